@@ -1,0 +1,169 @@
+# SPDX-License-Identifier: MIT
+# keel: hand-written GNU Makefile. Quiet unless V=1.
+#
+#   make                 libkeel.a, libkeel.so.0.1.0, examples, tools
+#   make test            install missing packages, build, run every test
+#   make demo            install missing packages, run the echo demo
+#   make bench           keel's micro-benchmarks (+ the peer harness if found)
+#   make install/uninstall   honour DESTDIR, prefix, libdir, includedir
+#   SANITIZE=address,undefined make test    (or SANITIZE=thread)
+#   make format          clang-format the tree
+#
+# Sanitizer builds go to their own build directory and use libc malloc for
+# frames (KEEL_ALLOC_LIBC) so that the sanitizer sees every frame's lifetime.
+
+VERSION := 0.1.0
+SOVERSION := 0
+prefix ?= /usr/local
+libdir ?= $(prefix)/lib
+includedir ?= $(prefix)/include
+DESTDIR ?=
+PEERS ?= $(wildcard ../shared/bench/peers)
+
+CC ?= cc
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+MAKEFLAGS += --no-print-directory
+
+SANITIZE ?=
+ifeq ($(SANITIZE),)
+BUILD ?= build
+else
+BUILD ?= build/san-$(subst $(comma),-,$(SANITIZE))
+endif
+comma := ,
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wpointer-arith -Wformat=2 -Wundef -Wwrite-strings -Wvla \
+	-Wno-unused-parameter
+OPT ?= -O2
+CPPFLAGS += -D_GNU_SOURCE -Iinclude -Icore -Iio -Isched -Isupervise
+CFLAGS ?= $(OPT) -g
+CFLAGS += -std=gnu11 -pthread -fPIC $(WARN)
+LIBS := -luring -ljemalloc -lpthread
+LDFLAGS ?=
+
+ifneq ($(SANITIZE),)
+CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+CPPFLAGS += -DKEEL_ALLOC_LIBC
+LDFLAGS += -fsanitize=$(SANITIZE)
+SO_DEFS :=
+else
+SO_DEFS := -Wl,-z,defs
+endif
+
+LIB_SRC := $(wildcard core/*.c io/*.c sched/*.c supervise/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+TOOLS := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
+TEST_SRC := $(wildcard test/test_*.c)
+TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
+TEST_HELPERS := $(wildcard test/helpers/*.c)
+STATIC := $(BUILD)/libkeel.a
+SHARED := $(BUILD)/libkeel.so.$(VERSION)
+HEADERS := include/keel.h $(wildcard include/keel/*.h)
+
+.PHONY: all lib examples tools tests check test demo bench deps install \
+	uninstall clean format format-check
+
+all: lib examples tools
+
+lib: $(STATIC) $(SHARED)
+examples: $(EXAMPLES)
+tools: $(TOOLS)
+tests: $(TESTS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(STATIC): $(LIB_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ) keel.map
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -shared -Wl,-soname,libkeel.so.$(SOVERSION) \
+		-Wl,--version-script=keel.map $(SO_DEFS) $(LDFLAGS) \
+		-o $@ $(LIB_OBJ) $(LIBS)
+	$(Q)ln -sf libkeel.so.$(VERSION) $(BUILD)/libkeel.so.$(SOVERSION)
+	$(Q)ln -sf libkeel.so.$(SOVERSION) $(BUILD)/libkeel.so
+
+$(BUILD)/examples/%: examples/%.c $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
+
+$(BUILD)/tools/%: tools/%.c $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
+
+$(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) -Itest $(CFLAGS) $(LDFLAGS) -o $@ $< \
+		$(TEST_HELPERS) $(STATIC) -lcriterion $(LIBS) -lm
+
+# Run every test binary (Criterion; each test under a timeout), then the
+# install/pkg-config test. Fails if any fails.
+check: all tests
+	$(Q)BUILD=$(BUILD) CC="$(CC)" SANITIZE="$(SANITIZE)" \
+		sh test/run.sh $(TESTS)
+
+test:
+	$(Q)$(MAKE) deps
+	$(Q)$(MAKE) check
+
+demo:
+	$(Q)$(MAKE) deps
+	$(Q)$(MAKE) all
+	$(Q)BUILD=$(BUILD) sh tools/demo.sh
+
+bench:
+	$(Q)$(MAKE) deps
+	$(Q)$(MAKE) all
+	$(Q)BUILD=$(BUILD) PEERS="$(PEERS)" sh tools/bench.sh
+
+deps:
+	$(Q)sh tools/deps.sh
+
+install: lib
+	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig
+	$(Q)install -m 644 include/keel.h $(DESTDIR)$(includedir)/keel.h
+	$(Q)install -m 644 $(wildcard include/keel/*.h) $(DESTDIR)$(includedir)/keel/
+	$(Q)install -m 644 $(STATIC) $(DESTDIR)$(libdir)/libkeel.a
+	$(Q)install -m 755 $(SHARED) $(DESTDIR)$(libdir)/libkeel.so.$(VERSION)
+	$(Q)ln -sf libkeel.so.$(VERSION) $(DESTDIR)$(libdir)/libkeel.so.$(SOVERSION)
+	$(Q)ln -sf libkeel.so.$(SOVERSION) $(DESTDIR)$(libdir)/libkeel.so
+	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
+		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
+		keel.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel.pc
+
+uninstall:
+	$(Q)rm -f $(DESTDIR)$(includedir)/keel.h \
+		$(addprefix $(DESTDIR)$(includedir)/keel/,$(notdir $(wildcard include/keel/*.h))) \
+		$(DESTDIR)$(libdir)/libkeel.a $(DESTDIR)$(libdir)/libkeel.so \
+		$(DESTDIR)$(libdir)/libkeel.so.$(SOVERSION) \
+		$(DESTDIR)$(libdir)/libkeel.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/pkgconfig/keel.pc
+	$(Q)rmdir $(DESTDIR)$(includedir)/keel 2>/dev/null || true
+
+format:
+	$(Q)clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	$(Q)clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+
+clean:
+	$(Q)rm -rf build
+
+-include $(LIB_OBJ:.o=.d)

@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * core.h: private core of a loop: run queues, the frame allocator, the task
+ * table and task bookkeeping. Knows nothing of io_uring.
+ *
+ * Layering: struct keel_loop (sched/) embeds struct keel__io (io/) as its
+ * first member, which embeds struct keel__core as its first member, so each
+ * layer reaches its own part from a loop pointer without knowing the layers
+ * above it (keel__core_of()).
+ */
+#ifndef KEEL_CORE_H
+#define KEEL_CORE_H
+
+#include <keel/task.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Task state bits (struct keel_task.flags). */
+#define KEEL__T_QUEUED	 0x01 /* on a run queue */
+#define KEEL__T_WAITING	 0x02 /* suspended until an op or event wakes it */
+#define KEEL__T_JOINABLE 0x04 /* keeps its status until joined/detached */
+#define KEEL__T_EXITED	 0x08 /* ran its last step; runs no more code */
+#define KEEL__T_RELEASED 0x10 /* joined or detached: free when ops drain */
+
+/* What a step function returns after KEEL_EXIT. */
+#define KEEL__EXITED 2
+
+/* A FIFO of tasks linked through keel_task.next. */
+struct keel__taskq {
+	struct keel_task *head;
+	struct keel_task *tail;
+	uint32_t len;
+};
+
+/* Frame allocator: a per-loop jemalloc arena and explicit tcache. */
+struct keel__alloc {
+	int mallocx_flags;
+	unsigned arena;
+	unsigned tcache;
+	bool have_arena;
+	bool have_tcache;
+};
+
+/* Rarely needed per-task state, allocated on first use. */
+struct keel__defer_entry {
+	keel_defer_fn fn;
+	void *arg;
+};
+
+struct keel__task_ext {
+	struct keel__defer_entry *defers;
+	unsigned ndefers;
+	unsigned cap;
+};
+
+/* Task table slot: lets a dump walk every live task and gives handles. */
+struct keel__task_slot {
+	struct keel_task *task; /* NULL when free */
+	uint32_t gen;		/* bumped on every reuse */
+	uint32_t next_free;	/* free-list link (index + 1, 0 = end) */
+};
+
+struct keel__core_counters {
+	uint64_t steps;
+	uint64_t spawned;
+	uint64_t exited;
+	uint64_t zombies; /* now */
+	uint64_t live;	  /* now: spawned and not exited */
+};
+
+struct keel__core {
+	struct keel__taskq runq[KEEL_PRIO_CLASSES];
+	uint32_t runnable;   /* sum of runq[].len */
+	int32_t turn_budget; /* steps and ready-at-once awaits left this turn */
+	struct keel__alloc alloc;
+	struct keel__task_slot *slots;
+	uint32_t nslots;
+	uint32_t free_slot; /* index + 1, 0 = none */
+	struct keel__core_counters count;
+};
+
+static inline struct keel__core *keel__core_of(struct keel_loop *loop)
+{
+	return (struct keel__core *)loop;
+}
+
+static inline void keel__taskq_push(struct keel__taskq *q, struct keel_task *t)
+{
+	t->next = NULL;
+	if (q->tail)
+		q->tail->next = t;
+	else
+		q->head = t;
+	q->tail = t;
+	q->len++;
+}
+
+static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
+{
+	struct keel_task *t = q->head;
+
+	if (t) {
+		q->head = t->next;
+		if (!q->head)
+			q->tail = NULL;
+		q->len--;
+		t->next = NULL;
+	}
+	return t;
+}
+
+/* Allocator (core/alloc.c). */
+int keel__alloc_init(struct keel__alloc *a);
+void keel__alloc_fini(struct keel__alloc *a);
+void *keel__alloc_zeroed(struct keel__alloc *a, size_t size);
+void keel__alloc_free(struct keel__alloc *a, void *p, size_t size);
+
+/* Tasks (core/task.c). */
+int keel__core_init(struct keel__core *c);
+void keel__core_fini(struct keel__core *c);
+
+/* Make a waiting task runnable (no-op if it already is, or has exited). */
+void keel__task_wake(struct keel_task *t);
+
+/* Wake `t` with `res` as the result of its await. */
+static inline void keel__task_complete(struct keel_task *t, int res)
+{
+	t->res = res;
+	keel__task_wake(t);
+}
+
+int keel_yield(struct keel_task *t);
+
+/*
+ * An await whose result `res` is known at once: it does not suspend while
+ * the turn's budget lasts (each costs one unit, like a step); then it yields,
+ * so a task whose awaits are always ready cannot starve the others.
+ */
+static inline int keel__task_ready(struct keel_task *t, int res)
+{
+	struct keel__core *c = keel__core_of(t->loop);
+
+	t->res = res;
+	if (c->turn_budget > 0) {
+		c->turn_budget--;
+		return KEEL_READY;
+	}
+	return keel_yield(t);
+}
+
+/* Mark the task suspended; the await returns KEEL_PENDING. */
+static inline int keel__task_suspend(struct keel_task *t)
+{
+	t->flags |= KEEL__T_WAITING;
+	return KEEL_PENDING;
+}
+
+/*
+ * Called by the ledger when the kernel returned the last op of an exited
+ * task (a zombie): frees its frame if nothing else holds it.
+ */
+void keel__task_ops_drained(struct keel_task *t);
+
+/* Called by the loop after a step returned KEEL__EXITED. */
+void keel__task_after_exit(struct keel_task *t);
+
+/* Run every remaining defer of `t` (LIFO). */
+void keel__task_run_defers(struct keel_task *t);
+
+/* Free a task's frame and table slot (no ops may be in flight). */
+void keel__task_free(struct keel_task *t);
+
+static inline struct keel_task *keel__task_by_slot(struct keel__core *c,
+						   uint32_t id)
+{
+	return id < c->nslots ? c->slots[id].task : NULL;
+}
+
+#endif

@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * task.c: task lifecycle: spawn, wake, yield, exit, join, detach, the defer
+ * stack and the task table.
+ *
+ * Invariants:
+ * - A task is on at most one run queue (KEEL__T_QUEUED), and a queued task
+ *   is never also waiting (KEEL__T_WAITING).
+ * - An exited task runs no more code. Its frame is freed only when the
+ *   kernel has returned all its ops (inflight == 0) and nobody can still
+ *   join it (detached, or joined: KEEL__T_RELEASED).
+ * - The task table holds every frame not yet freed, so a dump can list them
+ *   and a (slot, generation) handle can tell a live task from a reused slot.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(sizeof(struct keel_task) <= 64, "task header exceeds 64 bytes");
+
+int keel__core_init(struct keel__core *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->nslots = 64;
+	c->slots = calloc(c->nslots, sizeof(*c->slots));
+	if (!c->slots)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < c->nslots; i++)
+		c->slots[i].next_free = i + 2 <= c->nslots ? i + 2 : 0;
+	c->free_slot = 1;
+	return keel__alloc_init(&c->alloc);
+}
+
+void keel__core_fini(struct keel__core *c)
+{
+	keel__alloc_fini(&c->alloc);
+	free(c->slots);
+	c->slots = NULL;
+}
+
+static int slot_take(struct keel__core *c, struct keel_task *t)
+{
+	if (!c->free_slot) {
+		uint32_t n = c->nslots * 2;
+		struct keel__task_slot *s = realloc(c->slots, n * sizeof(*s));
+
+		if (!s)
+			return -ENOMEM;
+		memset(s + c->nslots, 0, (n - c->nslots) * sizeof(*s));
+		for (uint32_t i = c->nslots; i < n; i++)
+			s[i].next_free = i + 2 <= n ? i + 2 : 0;
+		c->free_slot = c->nslots + 1;
+		c->slots = s;
+		c->nslots = n;
+	}
+	uint32_t id = c->free_slot - 1;
+
+	c->free_slot = c->slots[id].next_free;
+	c->slots[id].task = t;
+	c->slots[id].gen++;
+	t->id = id;
+	return 0;
+}
+
+static void slot_release(struct keel__core *c, uint32_t id)
+{
+	c->slots[id].task = NULL;
+	c->slots[id].gen++;
+	c->slots[id].next_free = c->free_slot;
+	c->free_slot = id + 1;
+}
+
+static void enqueue(struct keel__core *c, struct keel_task *t)
+{
+	t->flags = (uint8_t)((t->flags & ~KEEL__T_WAITING) | KEEL__T_QUEUED);
+	keel__taskq_push(&c->runq[t->prio], t);
+	c->runnable++;
+}
+
+void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
+		 unsigned flags)
+{
+	struct keel__core *c = keel__core_of(loop);
+	void *frame = keel__alloc_zeroed(&c->alloc, type->frame_size);
+
+	if (!frame)
+		return NULL;
+	struct keel_task *t = keel_task_of(type, frame);
+
+	if (slot_take(c, t)) {
+		keel__alloc_free(&c->alloc, frame, type->frame_size);
+		return NULL;
+	}
+	t->type = type;
+	t->loop = loop;
+	t->prio = (uint8_t)(flags & KEEL_SPAWN_PRIO_MASK);
+	if (flags & KEEL_SPAWN_JOINABLE)
+		t->flags = KEEL__T_JOINABLE;
+	c->count.spawned++;
+	c->count.live++;
+	enqueue(c, t);
+	return frame;
+}
+
+void keel__task_wake(struct keel_task *t)
+{
+	if (t->flags & (KEEL__T_QUEUED | KEEL__T_EXITED))
+		return;
+	enqueue(keel__core_of(t->loop), t);
+}
+
+int keel_yield(struct keel_task *t)
+{
+	enqueue(keel__core_of(t->loop), t);
+	return KEEL_PENDING;
+}
+
+const char *keel_task_name(const struct keel_task *t)
+{
+	return t->type->name;
+}
+
+void keel__task_free(struct keel_task *t)
+{
+	struct keel__core *c = keel__core_of(t->loop);
+
+	if (t->ext) {
+		free(t->ext->defers);
+		free(t->ext);
+	}
+	slot_release(c, t->id);
+	keel__alloc_free(&c->alloc, (char *)t - t->type->task_offset,
+			 t->type->frame_size);
+}
+
+/* Free the frame if the kernel and any joiner are done with it. */
+static void maybe_free(struct keel_task *t)
+{
+	if (!(t->flags & KEEL__T_EXITED) || t->inflight)
+		return;
+	if ((t->flags & KEEL__T_JOINABLE) && !(t->flags & KEEL__T_RELEASED))
+		return;
+	keel__task_free(t);
+}
+
+void keel__task_run_defers(struct keel_task *t)
+{
+	keel_defer_unwind(t, 0);
+}
+
+int keel__task_exit(struct keel_task *t, int status)
+{
+	struct keel__core *c = keel__core_of(t->loop);
+
+	keel__task_run_defers(t);
+	t->res = status;
+	t->flags = (uint8_t)((t->flags & ~KEEL__T_WAITING) | KEEL__T_EXITED);
+	c->count.exited++;
+	c->count.live--;
+	if (t->joiner) {
+		keel__task_complete(t->joiner, status);
+		t->joiner = NULL;
+		t->flags |= KEEL__T_RELEASED;
+	}
+	return KEEL__EXITED;
+}
+
+void keel__task_after_exit(struct keel_task *t)
+{
+	if (t->inflight)
+		keel__core_of(t->loop)->count.zombies++;
+	else
+		maybe_free(t);
+}
+
+void keel__task_ops_drained(struct keel_task *t)
+{
+	if (!(t->flags & KEEL__T_EXITED))
+		return;
+	keel__core_of(t->loop)->count.zombies--;
+	maybe_free(t);
+}
+
+int keel_join(struct keel_task *self, struct keel_task *target)
+{
+	if (target == self)
+		return keel__task_ready(self, -EDEADLK);
+	if (!(target->flags & KEEL__T_JOINABLE) ||
+	    (target->flags & KEEL__T_RELEASED))
+		return keel__task_ready(self, -EINVAL);
+	if (target->joiner)
+		return keel__task_ready(self, -EBUSY);
+	if (target->flags & KEEL__T_EXITED) {
+		int status = target->res;
+
+		target->flags |= KEEL__T_RELEASED;
+		maybe_free(target);
+		return keel__task_ready(self, status);
+	}
+	target->joiner = self;
+	return keel__task_suspend(self);
+}
+
+void keel_task_detach(struct keel_task *target)
+{
+	if (!(target->flags & KEEL__T_JOINABLE) ||
+	    (target->flags & KEEL__T_RELEASED) || target->joiner)
+		return;
+	target->flags |= KEEL__T_RELEASED;
+	maybe_free(target);
+}
+
+int keel_defer(struct keel_task *t, keel_defer_fn fn, void *arg)
+{
+	struct keel__task_ext *x = t->ext;
+
+	if (!x) {
+		x = calloc(1, sizeof(*x));
+		if (!x)
+			return -ENOMEM;
+		t->ext = x;
+	}
+	if (x->ndefers == x->cap) {
+		unsigned cap = x->cap ? x->cap * 2 : 8;
+		struct keel__defer_entry *d =
+		    realloc(x->defers, cap * sizeof(*d));
+
+		if (!d)
+			return -ENOMEM;
+		x->defers = d;
+		x->cap = cap;
+	}
+	x->defers[x->ndefers].fn = fn;
+	x->defers[x->ndefers].arg = arg;
+	x->ndefers++;
+	return 0;
+}
+
+unsigned keel_defer_mark(const struct keel_task *t)
+{
+	return t->ext ? t->ext->ndefers : 0;
+}
+
+void keel_defer_unwind(struct keel_task *t, unsigned mark)
+{
+	struct keel__task_ext *x = t->ext;
+
+	/* Re-read the depth each time: a cleanup may push or unwind too. */
+	while (x && x->ndefers > mark) {
+		struct keel__defer_entry e = x->defers[--x->ndefers];
+
+		e.fn(e.arg);
+	}
+}
+
+void keel_defer_drop(struct keel_task *t, unsigned mark)
+{
+	if (t->ext && t->ext->ndefers > mark)
+		t->ext->ndefers = mark;
+}

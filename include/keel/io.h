@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * keel/io.h: ring operations, awaited from a task.
+ *
+ * Each op queues one request on the task's ring and returns KEEL_PENDING
+ * (the task is woken with the result) or KEEL_READY (the result is known at
+ * once, e.g. an error). Always use them inside KEEL_AWAIT; afterwards
+ * keel_res(t) is the op's result: the kernel's cqe->res (a count, or a
+ * negative errno), never errno.
+ *
+ * Ownership, for every op: buffers, paths, iovecs, sockaddrs and output
+ * structs handed to an op belong to the kernel until the op's result is
+ * delivered. Keep them in the task's frame: a frame outlives its task until
+ * the kernel has returned every op the task started (an exited task with ops
+ * in flight is a zombie; its ops are cancelled and its frame freed after the
+ * last completion).
+ */
+#ifndef KEEL_IO_H
+#define KEEL_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct keel_task;
+struct statx;
+
+/* Offset meaning "the file's current position" for read/write. */
+#define KEEL_OFF_CURRENT ((uint64_t)-1)
+
+/*
+ * Give the next op this task starts (and only that one) a deadline `ns`
+ * from now, as a linked timeout. If it expires, the op is cancelled and its
+ * result is -ETIMEDOUT (or the op's own result if it completed first).
+ */
+void keel_op_timeout(struct keel_task *t, uint64_t ns);
+
+/* A no-op through the ring; result 0. */
+int keel_nop(struct keel_task *t);
+
+/* read/write at `off` (or KEEL_OFF_CURRENT); result: bytes or -errno. */
+int keel_read(struct keel_task *t, int fd, void *buf, unsigned len,
+	      uint64_t off);
+int keel_write(struct keel_task *t, int fd, const void *buf, unsigned len,
+	       uint64_t off);
+int keel_readv(struct keel_task *t, int fd, const struct iovec *iov,
+	       unsigned iovcnt, uint64_t off);
+int keel_writev(struct keel_task *t, int fd, const struct iovec *iov,
+		unsigned iovcnt, uint64_t off);
+
+/* openat(2); result: the new fd or -errno. */
+int keel_openat(struct keel_task *t, int dfd, const char *path, int flags,
+		mode_t mode);
+
+/*
+ * Close `fd`: first cancels every op in flight on it (so a reused fd number
+ * never receives a stale op; their owners see -ECANCELED), then closes it.
+ * Result: 0 or -errno.
+ */
+int keel_close(struct keel_task *t, int fd);
+
+/* fsync(2); flags: 0 or IORING_FSYNC_DATASYNC. */
+int keel_fsync(struct keel_task *t, int fd, unsigned flags);
+
+/* statx(2) into *out. */
+int keel_statx(struct keel_task *t, int dfd, const char *path, int flags,
+	       unsigned mask, struct statx *out);
+
+/* socket(2) through the ring; result: the fd or -errno. */
+int keel_socket(struct keel_task *t, int domain, int type, int protocol);
+
+/* accept4(2); addr/addrlen may be NULL. Result: the new fd or -errno. */
+int keel_accept(struct keel_task *t, int fd, struct sockaddr *addr,
+		socklen_t *addrlen, int flags);
+
+/* connect(2); result: 0 or -errno. */
+int keel_connect(struct keel_task *t, int fd, const struct sockaddr *addr,
+		 socklen_t addrlen);
+
+/* recv(2)/send(2); result: bytes (0 = peer closed, for recv) or -errno. */
+int keel_recv(struct keel_task *t, int fd, void *buf, size_t len, int flags);
+int keel_send(struct keel_task *t, int fd, const void *buf, size_t len,
+	      int flags);
+
+/*
+ * Send all `len` bytes, resubmitting short sends without waking the task.
+ * Result: `len`, or -errno (bytes may have been sent before the error).
+ */
+int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,
+		  int flags);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * compat.h: what Debian's liburing 2.3 headers lack but the running kernel
+ * may have (6.18 here). Every name is guarded, so newer headers win; keel
+ * probes the kernel at run time before using any of them.
+ */
+#ifndef KEEL_IO_COMPAT_H
+#define KEEL_IO_COMPAT_H
+
+#include <liburing.h>
+
+/* Opcodes after IORING_OP_SENDMSG_ZC (48), the last one 2.3 knows. */
+#define KEEL_IORING_OP_READ_MULTISHOT	49 /* 6.7 */
+#define KEEL_IORING_OP_WAITID		50 /* 6.7 */
+#define KEEL_IORING_OP_FUTEX_WAIT	51 /* 6.7 */
+#define KEEL_IORING_OP_FUTEX_WAKE	52 /* 6.7 */
+#define KEEL_IORING_OP_FUTEX_WAITV	53 /* 6.7 */
+#define KEEL_IORING_OP_FIXED_FD_INSTALL 54 /* 6.8 */
+#define KEEL_IORING_OP_FTRUNCATE	55 /* 6.9 */
+#define KEEL_IORING_OP_BIND		56 /* 6.11 */
+#define KEEL_IORING_OP_LISTEN		57 /* 6.11 */
+/* The highest opcode keel knows by name (for probes and dumps). */
+#define KEEL_IORING_OP_MAX 58
+
+/* Setup flags newer than 2.3. */
+#ifndef IORING_SETUP_NO_MMAP
+#define IORING_SETUP_NO_MMAP (1U << 14) /* 6.5 */
+#endif
+#ifndef IORING_SETUP_REGISTERED_FD_ONLY
+#define IORING_SETUP_REGISTERED_FD_ONLY (1U << 15) /* 6.5 */
+#endif
+#ifndef IORING_SETUP_NO_SQARRAY
+#define IORING_SETUP_NO_SQARRAY (1U << 16) /* 6.6 */
+#endif
+
+/* Features newer than 2.3. */
+#ifndef IORING_FEAT_REG_REG_RING
+#define IORING_FEAT_REG_REG_RING (1U << 13) /* 6.3 */
+#endif
+#ifndef IORING_FEAT_RECVSEND_BUNDLE
+#define IORING_FEAT_RECVSEND_BUNDLE (1U << 14) /* 6.10 */
+#endif
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15) /* 6.12 */
+#endif
+
+/* Send/recv and buffer-ring flags newer than 2.3. */
+#ifndef IORING_RECVSEND_BUNDLE
+#define IORING_RECVSEND_BUNDLE (1U << 4) /* 6.10 */
+#endif
+#ifndef IOU_PBUF_RING_MMAP
+#define IOU_PBUF_RING_MMAP 1 /* 6.4 */
+#endif
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2 /* 6.12 */
+#endif
+
+#endif

@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * io.h: private io layer: the ring and the op ledger.
+ *
+ * Every request keel puts on the ring is an op in the ledger. Its user_data
+ * encodes the op's ledger index, a generation and the role of the CQE:
+ *
+ *	63            32 31               2 1    0
+ *	+---------------+------------------+------+
+ *	|  generation   |   ledger index   | role |
+ *	+---------------+------------------+------+
+ *
+ * A CQE whose generation does not match the slot's is stale: counted and
+ * dropped, never delivered. An op stays in the ledger (and its task's frame
+ * stays allocated) until every CQE the kernel owes for it has arrived.
+ */
+#ifndef KEEL_IO_PRIV_H
+#define KEEL_IO_PRIV_H
+
+#include "compat.h"
+#include "core.h"
+
+#include <keel/io.h>
+#include <keel/loop.h>
+#include <keel/timer.h>
+
+/* CQE roles (user_data bits 1:0). */
+#define KEEL__UD_MAIN	   0u /* the op's own CQE */
+#define KEEL__UD_TIMEOUT   1u /* its linked timeout's CQE */
+#define KEEL__UD_INTERNAL  2u /* a helper request (cancel): only counted */
+#define KEEL__UD_ROLE_MASK 3u
+
+/* What an op is, for the completion path. */
+enum keel__op_kind {
+	KEEL__OP_KERNEL,   /* one kernel request, result = cqe->res */
+	KEEL__OP_SEND_ALL, /* send, resubmitted until all is sent */
+	KEEL__OP_USER,	   /* a user-space wait (a sleep): no kernel CQE */
+};
+
+/* Op state bits (struct keel__op.flags). */
+#define KEEL__OP_INUSE	     0x01 /* slot holds a live op */
+#define KEEL__OP_CANCEL_SENT 0x02 /* an ASYNC_CANCEL was queued for it */
+#define KEEL__OP_TIMED_OUT   0x04 /* its linked timeout fired (-ETIME) */
+#define KEEL__OP_LINKED	     0x08 /* carries a linked timeout */
+
+struct keel__op;
+typedef void (*keel__op_cancel_fn)(struct keel__op *op);
+
+struct keel__op {
+	struct keel_task *task; /* owner */
+	uint32_t index;		/* own ledger index */
+	uint32_t gen;
+	uint32_t next; /* free list, or the task's op list (index + 1) */
+	uint32_t prev; /* the task's op list (index + 1, 0 = head) */
+	uint8_t kind;
+	uint8_t opcode;	 /* IORING_OP_*, for dumps and traces */
+	uint8_t pending; /* CQEs the kernel still owes */
+	uint8_t flags;
+	int32_t res;
+	int32_t fd;
+	uint64_t start_ns;
+	/* The linked timeout's absolute deadline; read by the kernel. */
+	struct __kernel_timespec ts;
+	union {
+		struct {
+			const char *buf;
+			size_t len;
+			size_t done;
+			int msg_flags;
+		} send_all;
+		struct {
+			struct keel_timer timer;
+			keel__op_cancel_fn cancel;
+		} user;
+	} u;
+};
+
+#define KEEL__OP_CHUNK_SHIFT 8
+#define KEEL__OP_CHUNK	     (1u << KEEL__OP_CHUNK_SHIFT)
+
+struct keel__ledger {
+	struct keel__op **chunks; /* KEEL__OP_CHUNK ops each, never moved */
+	uint32_t nchunks;
+	uint32_t free;	/* index + 1, 0 = none */
+	uint32_t inuse; /* ops the kernel (or a timer) still owns */
+};
+
+struct keel__io_counters {
+	uint64_t enters;
+	uint64_t sqes;
+	uint64_t cqes;
+	uint64_t stale_cqes;
+	uint64_t internal_cqes;
+	uint64_t sq_full;
+	uint64_t cq_overflows;
+};
+
+struct keel__io {
+	struct keel__core core; /* first: see core.h */
+	struct io_uring ring;
+	struct keel__ledger ledger;
+	uint64_t now; /* the loop's clock, CLOCK_MONOTONIC ns */
+	/* keel_op_timeout(): a deadline for the next op of this task. */
+	struct keel_task *timeout_task;
+	uint64_t timeout_ns;
+	unsigned setup_flags;
+	unsigned features;
+	unsigned sq_entries;
+	unsigned cq_entries;
+	uint64_t ops_supported[2]; /* bit per IORING_OP_* */
+	char downgrades[320];	   /* why flags were dropped */
+	bool ring_fd_registered;
+	bool ring_ready;
+	struct keel__io_counters count;
+};
+
+static inline struct keel__io *keel__io_of(struct keel_loop *loop)
+{
+	return (struct keel__io *)loop;
+}
+
+static inline struct keel__op *keel__op_at(struct keel__ledger *l,
+					   uint32_t index)
+{
+	return &l->chunks[index >> KEEL__OP_CHUNK_SHIFT]
+			 [index & (KEEL__OP_CHUNK - 1)];
+}
+
+static inline uint64_t keel__op_ud(const struct keel__op *op, unsigned role)
+{
+	return ((uint64_t)op->gen << 32) | ((uint64_t)op->index << 2) | role;
+}
+
+/* Ring setup and teardown (io/ring.c). */
+int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts);
+void keel__io_fini(struct keel__io *io);
+
+/* A free SQE; submits first if the SQ is full. NULL if it stays full. */
+struct io_uring_sqe *keel__io_sqe(struct keel__io *io);
+
+/* Submit what is queued; counts the enter. */
+int keel__io_submit(struct keel__io *io);
+
+/* Ledger (io/ledger.c). */
+int keel__ledger_init(struct keel__ledger *l);
+void keel__ledger_fini(struct keel__ledger *l);
+
+/* A new op owned by `t`, linked into its op list. NULL: -ENOMEM. */
+struct keel__op *keel__op_new(struct keel__io *io, struct keel_task *t,
+			      uint8_t kind, uint8_t opcode);
+
+/*
+ * Start an op of `t`: an op slot and its SQE (room for a linked timeout
+ * too when one is pending). Returns the SQE, or NULL with *err set.
+ */
+struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
+				    uint8_t kind, struct keel__op **opp,
+				    int *err);
+
+/*
+ * Finish queuing an op begun with keel__op_begin(): set its user_data, link
+ * the pending timeout if any, and suspend the task (returns KEEL_PENDING).
+ */
+int keel__op_commit(struct keel_task *t, struct keel__op *op,
+		    struct io_uring_sqe *sqe);
+
+/* Complete a user-space op (a sleep): wakes its task with `res`. */
+void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res);
+
+/* Handle every CQE in the CQ, overflowed ones included. */
+void keel__io_reap(struct keel__io *io);
+
+/* Cancel every op of `t` still in flight (results arrive as CQEs). */
+void keel__io_cancel_task(struct keel__io *io, struct keel_task *t);
+
+/* Cancel every op in the ledger (loop teardown). */
+void keel__io_cancel_all(struct keel__io *io);
+
+#endif

@@ -1,0 +1,350 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ledger.c: the op ledger: every op in flight, who owns it, and what the
+ * kernel still owes for it.
+ *
+ * Invariants:
+ * - An op slot is reused only after every CQE it is owed has arrived
+ *   (pending == 0); reuse bumps the generation, so a late CQE for the old op
+ *   is recognised as stale and dropped.
+ * - A task's inflight count equals the number of ops on its op list; its
+ *   frame is not freed while it is non-zero (see core/task.c).
+ * - The task is woken once per op, when the op's last CQE arrives, with the
+ *   op's real result: the kernel's, or -ETIMEDOUT when its linked timeout
+ *   fired and cancelled it.
+ */
+#include "io.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int keel__ledger_init(struct keel__ledger *l)
+{
+	memset(l, 0, sizeof(*l));
+	return 0;
+}
+
+void keel__ledger_fini(struct keel__ledger *l)
+{
+	for (uint32_t i = 0; i < l->nchunks; i++)
+		free(l->chunks[i]);
+	free(l->chunks);
+	memset(l, 0, sizeof(*l));
+}
+
+static int ledger_grow(struct keel__ledger *l)
+{
+	struct keel__op **chunks =
+	    realloc(l->chunks, (l->nchunks + 1) * sizeof(*chunks));
+
+	if (!chunks)
+		return -ENOMEM;
+	l->chunks = chunks;
+	struct keel__op *c = calloc(KEEL__OP_CHUNK, sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	uint32_t base = l->nchunks << KEEL__OP_CHUNK_SHIFT;
+
+	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
+		c[i].index = base + i;
+		c[i].gen = 1; /* user_data 0 is never a valid op */
+		c[i].next = i + 1 < KEEL__OP_CHUNK ? base + i + 2 : l->free;
+	}
+	chunks[l->nchunks++] = c;
+	l->free = base + 1;
+	return 0;
+}
+
+struct keel__op *keel__op_new(struct keel__io *io, struct keel_task *t,
+			      uint8_t kind, uint8_t opcode)
+{
+	struct keel__ledger *l = &io->ledger;
+
+	if (!l->free && ledger_grow(l))
+		return NULL;
+	struct keel__op *op = keel__op_at(l, l->free - 1);
+
+	l->free = op->next;
+	l->inuse++;
+	op->task = t;
+	op->kind = kind;
+	op->opcode = opcode;
+	op->pending = 0;
+	op->flags = KEEL__OP_INUSE;
+	op->res = 0;
+	op->fd = -1;
+	op->start_ns = io->now;
+	/* Newest first on the task's list. */
+	op->prev = 0;
+	op->next = t->ops;
+	if (t->ops)
+		keel__op_at(l, t->ops - 1)->prev = op->index + 1;
+	t->ops = op->index + 1;
+	t->inflight++;
+	return op;
+}
+
+static void op_release(struct keel__io *io, struct keel__op *op)
+{
+	struct keel__ledger *l = &io->ledger;
+	struct keel_task *t = op->task;
+
+	if (op->prev)
+		keel__op_at(l, op->prev - 1)->next = op->next;
+	else
+		t->ops = op->next;
+	if (op->next)
+		keel__op_at(l, op->next - 1)->prev = op->prev;
+	t->inflight--;
+	op->task = NULL;
+	op->flags = 0;
+	op->gen++;
+	op->next = l->free;
+	l->free = op->index + 1;
+	l->inuse--;
+}
+
+/* The op's last CQE is in: release it, then tell its task. */
+static void op_done(struct keel__io *io, struct keel__op *op, int res)
+{
+	struct keel_task *t = op->task;
+
+	op_release(io, op);
+	if (t->flags & KEEL__T_EXITED) {
+		if (!t->inflight)
+			keel__task_ops_drained(t);
+		return;
+	}
+	keel__task_complete(t, res);
+}
+
+struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
+				    uint8_t kind, struct keel__op **opp,
+				    int *err)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+	bool linked = io->timeout_task == t;
+
+	/* The op and its linked timeout must be adjacent in the SQ. */
+	if (io_uring_sq_space_left(&io->ring) < (linked ? 2u : 1u)) {
+		io->count.sq_full++;
+		keel__io_submit(io);
+	}
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	if (!sqe) {
+		*err = -EAGAIN;
+		return NULL;
+	}
+	*opp = keel__op_new(io, t, kind, opcode);
+	if (!*opp) {
+		/* Leave the SQE harmless: a NOP nobody waits for. */
+		io_uring_prep_nop(sqe);
+		io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+		*err = -ENOMEM;
+		return NULL;
+	}
+	return sqe;
+}
+
+static void link_timeout(struct keel__io *io, struct keel__op *op,
+			 struct io_uring_sqe *sqe)
+{
+	struct io_uring_sqe *tmo = io_uring_get_sqe(&io->ring);
+
+	/* keel__op_begin() made room for it. */
+	sqe->flags |= IOSQE_IO_LINK;
+	io_uring_prep_link_timeout(tmo, &op->ts, IORING_TIMEOUT_ABS);
+	io_uring_sqe_set_data64(tmo, keel__op_ud(op, KEEL__UD_TIMEOUT));
+	op->pending++;
+}
+
+int keel__op_commit(struct keel_task *t, struct keel__op *op,
+		    struct io_uring_sqe *sqe)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+
+	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
+	op->pending = 1;
+	if (io->timeout_task == t) {
+		/* Absolute, so that a resubmitted send_all keeps it. */
+		uint64_t deadline = io->now + io->timeout_ns;
+
+		op->ts.tv_sec = (long long)(deadline / 1000000000u);
+		op->ts.tv_nsec = (long long)(deadline % 1000000000u);
+		op->flags |= KEEL__OP_LINKED;
+		io->timeout_task = NULL;
+		link_timeout(io, op, sqe);
+	}
+	return keel__task_suspend(t);
+}
+
+void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res)
+{
+	op_done(io, op, res);
+}
+
+/* A short send_all: queue the rest under the same op and user_data. */
+static bool send_all_continue(struct keel__io *io, struct keel__op *op)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+	bool linked = op->flags & KEEL__OP_LINKED;
+
+	if (!sqe || (linked && io_uring_sq_space_left(&io->ring) < 1)) {
+		if (sqe) {
+			io_uring_prep_nop(sqe);
+			io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+		}
+		keel__io_submit(io);
+		sqe = io_uring_get_sqe(&io->ring);
+		if (!sqe)
+			return false;
+	}
+	io_uring_prep_send(
+	    sqe, op->fd, op->u.send_all.buf + op->u.send_all.done,
+	    op->u.send_all.len - op->u.send_all.done, op->u.send_all.msg_flags);
+	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
+	op->pending++;
+	if (linked)
+		link_timeout(io, op, sqe);
+	return true;
+}
+
+static void handle_main(struct keel__io *io, struct keel__op *op, int res)
+{
+	if (op->kind == KEEL__OP_SEND_ALL) {
+		if (res > 0) {
+			op->u.send_all.done += (size_t)res;
+			if (op->u.send_all.done < op->u.send_all.len &&
+			    !(op->flags &
+			      (KEEL__OP_CANCEL_SENT | KEEL__OP_TIMED_OUT)) &&
+			    send_all_continue(io, op))
+				return;
+			res = op->u.send_all.done == op->u.send_all.len
+				  ? (int)op->u.send_all.done
+				  : -ECANCELED;
+		} else if (res == 0) {
+			res = -EPIPE;
+		}
+	}
+	op->res = res;
+}
+
+static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	unsigned role = ud & KEEL__UD_ROLE_MASK;
+	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
+	uint32_t gen = (uint32_t)(ud >> 32);
+	struct keel__ledger *l = &io->ledger;
+
+	if (role == KEEL__UD_INTERNAL) {
+		io->count.internal_cqes++;
+		return;
+	}
+	struct keel__op *op = index < (l->nchunks << KEEL__OP_CHUNK_SHIFT)
+				  ? keel__op_at(l, index)
+				  : NULL;
+
+	if (!op || op->gen != gen || !(op->flags & KEEL__OP_INUSE) ||
+	    !op->pending) {
+		io->count.stale_cqes++;
+		return;
+	}
+	if (role == KEEL__UD_TIMEOUT) {
+		if (cqe->res == -ETIME)
+			op->flags |= KEEL__OP_TIMED_OUT;
+	} else {
+		handle_main(io, op, cqe->res);
+	}
+	if (--op->pending)
+		return;
+	int res = op->res;
+
+	/* Cancelled by its deadline: say so, unless it completed first. */
+	if ((op->flags & KEEL__OP_TIMED_OUT) &&
+	    (res == -ECANCELED || res == -EINTR))
+		res = -ETIMEDOUT;
+	op_done(io, op, res);
+}
+
+static unsigned reap_batch(struct keel__io *io)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+
+	io_uring_for_each_cqe (&io->ring, head, cqe) {
+		handle_cqe(io, cqe);
+		n++;
+	}
+	io_uring_cq_advance(&io->ring, n);
+	io->count.cqes += n;
+	return n;
+}
+
+void keel__io_reap(struct keel__io *io)
+{
+	reap_batch(io);
+	/*
+	 * With FEAT_NODROP the kernel keeps CQEs that did not fit on an
+	 * overflow list; flush them into the (now empty) CQ and reap again
+	 * until none is left.
+	 */
+	while (io_uring_cq_has_overflow(&io->ring)) {
+		io->count.cq_overflows++;
+		io_uring_get_events(&io->ring);
+		io->count.enters++;
+		if (!reap_batch(io))
+			break;
+	}
+}
+
+static void cancel_op(struct keel__io *io, struct keel__op *op)
+{
+	if (op->flags & KEEL__OP_CANCEL_SENT)
+		return;
+	op->flags |= KEEL__OP_CANCEL_SENT;
+	if (op->kind == KEEL__OP_USER) {
+		op->u.user.cancel(op);
+		return;
+	}
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	if (!sqe) {
+		op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
+		return;
+	}
+	io_uring_prep_cancel64(sqe, keel__op_ud(op, KEEL__UD_MAIN), 0);
+	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+	/* Its result only matters as the cancelled op's own CQE. */
+	if (io->features & IORING_FEAT_CQE_SKIP)
+		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+void keel__io_cancel_task(struct keel__io *io, struct keel_task *t)
+{
+	uint32_t next = t->ops;
+
+	while (next) {
+		struct keel__op *op = keel__op_at(&io->ledger, next - 1);
+
+		/* A user op completes inside cancel_op(): read next first. */
+		next = op->next;
+		cancel_op(io, op);
+	}
+}
+
+void keel__io_cancel_all(struct keel__io *io)
+{
+	struct keel__ledger *l = &io->ledger;
+	uint32_t n = l->nchunks << KEEL__OP_CHUNK_SHIFT;
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct keel__op *op = keel__op_at(l, i);
+
+		if (op->flags & KEEL__OP_INUSE)
+			cancel_op(io, op);
+	}
+}

@@ -1,0 +1,176 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ops.c: the ops a task awaits: one function per io_uring request, each
+ * preparing its SQE through the ledger (io/ledger.c), which owns the op
+ * until its last CQE. An op that cannot be queued reports its error at once
+ * (KEEL_READY with the error in keel_res), never through errno.
+ */
+#include "io.h"
+
+#include <errno.h>
+
+/* Begin an op or return its error; binds `sqe` and `op` in the caller. */
+#define OP_BEGIN(t, opcode, kind)                                              \
+	struct keel__op *op;                                                   \
+	int begin_err;                                                         \
+	struct io_uring_sqe *sqe =                                             \
+	    keel__op_begin((t), (opcode), (kind), &op, &begin_err);            \
+	if (!sqe)                                                              \
+		return keel__task_ready((t), begin_err);
+
+void keel_op_timeout(struct keel_task *t, uint64_t ns)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+
+	io->timeout_task = t;
+	io->timeout_ns = ns;
+}
+
+int keel_nop(struct keel_task *t)
+{
+	OP_BEGIN(t, IORING_OP_NOP, KEEL__OP_KERNEL);
+	io_uring_prep_nop(sqe);
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_read(struct keel_task *t, int fd, void *buf, unsigned len,
+	      uint64_t off)
+{
+	OP_BEGIN(t, IORING_OP_READ, KEEL__OP_KERNEL);
+	io_uring_prep_read(sqe, fd, buf, len, off);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_write(struct keel_task *t, int fd, const void *buf, unsigned len,
+	       uint64_t off)
+{
+	OP_BEGIN(t, IORING_OP_WRITE, KEEL__OP_KERNEL);
+	io_uring_prep_write(sqe, fd, buf, len, off);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_readv(struct keel_task *t, int fd, const struct iovec *iov,
+	       unsigned iovcnt, uint64_t off)
+{
+	OP_BEGIN(t, IORING_OP_READV, KEEL__OP_KERNEL);
+	io_uring_prep_readv(sqe, fd, iov, iovcnt, off);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_writev(struct keel_task *t, int fd, const struct iovec *iov,
+		unsigned iovcnt, uint64_t off)
+{
+	OP_BEGIN(t, IORING_OP_WRITEV, KEEL__OP_KERNEL);
+	io_uring_prep_writev(sqe, fd, iov, iovcnt, off);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_openat(struct keel_task *t, int dfd, const char *path, int flags,
+		mode_t mode)
+{
+	OP_BEGIN(t, IORING_OP_OPENAT, KEEL__OP_KERNEL);
+	io_uring_prep_openat(sqe, dfd, path, flags | O_CLOEXEC, mode);
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_close(struct keel_task *t, int fd)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+	struct io_uring_sqe *cancel;
+
+	/* The cancel and the close must be adjacent: make room for both. */
+	if (io_uring_sq_space_left(&io->ring) < 3) {
+		io->count.sq_full++;
+		keel__io_submit(io);
+	}
+	cancel = keel__io_sqe(io);
+	if (!cancel)
+		return keel__task_ready(t, -EAGAIN);
+	io_uring_prep_cancel_fd(cancel, fd, IORING_ASYNC_CANCEL_ALL);
+	io_uring_sqe_set_data64(cancel, KEEL__UD_INTERNAL);
+	/* Hard link: the close runs even when nothing was there to cancel
+	 * (-ENOENT), which would break a soft link. */
+	cancel->flags |= IOSQE_IO_HARDLINK;
+
+	OP_BEGIN(t, IORING_OP_CLOSE, KEEL__OP_KERNEL);
+	io_uring_prep_close(sqe, fd);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_fsync(struct keel_task *t, int fd, unsigned flags)
+{
+	OP_BEGIN(t, IORING_OP_FSYNC, KEEL__OP_KERNEL);
+	io_uring_prep_fsync(sqe, fd, flags);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_statx(struct keel_task *t, int dfd, const char *path, int flags,
+	       unsigned mask, struct statx *out)
+{
+	OP_BEGIN(t, IORING_OP_STATX, KEEL__OP_KERNEL);
+	io_uring_prep_statx(sqe, dfd, path, flags, mask, out);
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_socket(struct keel_task *t, int domain, int type, int protocol)
+{
+	OP_BEGIN(t, IORING_OP_SOCKET, KEEL__OP_KERNEL);
+	io_uring_prep_socket(sqe, domain, type | SOCK_CLOEXEC, protocol, 0);
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_accept(struct keel_task *t, int fd, struct sockaddr *addr,
+		socklen_t *addrlen, int flags)
+{
+	OP_BEGIN(t, IORING_OP_ACCEPT, KEEL__OP_KERNEL);
+	io_uring_prep_accept(sqe, fd, addr, addrlen, flags | SOCK_CLOEXEC);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_connect(struct keel_task *t, int fd, const struct sockaddr *addr,
+		 socklen_t addrlen)
+{
+	OP_BEGIN(t, IORING_OP_CONNECT, KEEL__OP_KERNEL);
+	io_uring_prep_connect(sqe, fd, addr, addrlen);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_recv(struct keel_task *t, int fd, void *buf, size_t len, int flags)
+{
+	OP_BEGIN(t, IORING_OP_RECV, KEEL__OP_KERNEL);
+	io_uring_prep_recv(sqe, fd, buf, len, flags);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_send(struct keel_task *t, int fd, const void *buf, size_t len,
+	      int flags)
+{
+	OP_BEGIN(t, IORING_OP_SEND, KEEL__OP_KERNEL);
+	io_uring_prep_send(sqe, fd, buf, len, flags);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,
+		  int flags)
+{
+	if (len == 0)
+		return keel__task_ready(t, 0);
+	OP_BEGIN(t, IORING_OP_SEND, KEEL__OP_SEND_ALL);
+	io_uring_prep_send(sqe, fd, buf, len, flags);
+	op->fd = fd;
+	op->u.send_all.buf = buf;
+	op->u.send_all.len = len;
+	op->u.send_all.done = 0;
+	op->u.send_all.msg_flags = flags;
+	return keel__op_commit(t, op, sqe);
+}

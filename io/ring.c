@@ -1,0 +1,239 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ring.c: io_uring setup, feature probe, SQE acquisition and submission.
+ *
+ * Setup asks for the best flags first (SINGLE_ISSUER | DEFER_TASKRUN:
+ * completions are processed only when this thread enters the kernel, no
+ * interrupts from task work) and steps down one flag at a time when the
+ * kernel refuses with -EINVAL, recording why. Any other error (EPERM from
+ * kernel.io_uring_disabled or seccomp, ENOMEM from memlock, ENOSYS) is
+ * returned as it is: keel_loop_explain() says what to do about it.
+ */
+#include "io.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+struct setup_try {
+	unsigned flags;
+	const char *dropped; /* why the previous try failed */
+};
+
+static const struct setup_try try_default[] = {
+    {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+	 IORING_SETUP_SUBMIT_ALL,
+     NULL},
+    {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN |
+	 IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+     "DEFER_TASKRUN refused (needs Linux 6.1): using COOP_TASKRUN"},
+    {IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+	 IORING_SETUP_SUBMIT_ALL,
+     "SINGLE_ISSUER refused (needs Linux 6.0)"},
+    {IORING_SETUP_SUBMIT_ALL,
+     "COOP_TASKRUN refused (needs Linux 5.19): task work may interrupt"},
+    {0, "SUBMIT_ALL refused (needs Linux 5.18)"},
+};
+
+static const struct setup_try try_no_defer[] = {
+    {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN |
+	 IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+     NULL},
+    {IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
+	 IORING_SETUP_SUBMIT_ALL,
+     "SINGLE_ISSUER refused (needs Linux 6.0)"},
+    {0, "COOP_TASKRUN refused (needs Linux 5.19)"},
+};
+
+/* SQPOLL cannot be combined with DEFER_TASKRUN. */
+static const struct setup_try try_sqpoll[] = {
+    {IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_SUBMIT_ALL,
+     NULL},
+    {IORING_SETUP_SQPOLL, "SINGLE_ISSUER refused with SQPOLL"},
+};
+
+#define KEEL__MAX_SQ 32768u
+#define KEEL__MAX_CQ 65536u
+
+static void note_downgrade(struct keel__io *io, const char *why)
+{
+	size_t n = strlen(io->downgrades);
+
+	snprintf(io->downgrades + n, sizeof(io->downgrades) - n, "%s%s",
+		 n ? "; " : "", why);
+}
+
+static void probe_ops(struct keel__io *io)
+{
+	struct io_uring_probe *p = io_uring_get_probe_ring(&io->ring);
+
+	memset(io->ops_supported, 0, sizeof(io->ops_supported));
+	if (!p)
+		return;
+	for (unsigned op = 0; op < p->ops_len && op < 128; op++)
+		if (p->ops[op].flags & IO_URING_OP_SUPPORTED)
+			io->ops_supported[op / 64] |= 1ull << (op % 64);
+	io_uring_free_probe(p);
+}
+
+int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
+{
+	unsigned sq = opts && opts->sq_entries ? opts->sq_entries : 256;
+	unsigned cq = opts && opts->cq_entries ? opts->cq_entries : 4 * sq;
+	unsigned flags = opts ? opts->flags : 0;
+	const struct setup_try *tries = try_default;
+	size_t ntries = sizeof(try_default) / sizeof(try_default[0]);
+	int err = -EINVAL;
+
+	if (flags & ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER))
+		return -EINVAL;
+	/* Checked here: the kernel's -EINVAL would read as a missing flag. */
+	if (sq > KEEL__MAX_SQ || cq < sq || cq > KEEL__MAX_CQ)
+		return -EINVAL;
+	if (flags & KEEL_LOOP_SQPOLL) {
+		tries = try_sqpoll;
+		ntries = sizeof(try_sqpoll) / sizeof(try_sqpoll[0]);
+	} else if (flags & KEEL_LOOP_NO_DEFER) {
+		tries = try_no_defer;
+		ntries = sizeof(try_no_defer) / sizeof(try_no_defer[0]);
+	}
+	io->downgrades[0] = '\0';
+	for (size_t i = 0; i < ntries; i++) {
+		struct io_uring_params p;
+
+		memset(&p, 0, sizeof(p));
+		p.flags = tries[i].flags | IORING_SETUP_CQSIZE;
+		p.cq_entries = cq;
+		if (tries[i].dropped)
+			note_downgrade(io, tries[i].dropped);
+		err = io_uring_queue_init_params(sq, &io->ring, &p);
+		if (err != -EINVAL)
+			break;
+	}
+	if (err)
+		return err;
+	io->ring_ready = true;
+	io->setup_flags = io->ring.flags;
+	io->features = io->ring.features;
+	io->sq_entries = io->ring.sq.ring_entries;
+	io->cq_entries = io->ring.cq.ring_entries;
+	if (!(io->features & IORING_FEAT_NODROP))
+		note_downgrade(io, "no FEAT_NODROP (needs Linux 5.5): a CQ "
+				   "overflow could lose completions");
+	/* Saves an fget/fput per io_uring_enter; the plain fd stays open
+	 * for hosts that poll it. */
+	io->ring_fd_registered = io_uring_register_ring_fd(&io->ring) == 1;
+	probe_ops(io);
+	return keel__ledger_init(&io->ledger);
+}
+
+void keel__io_fini(struct keel__io *io)
+{
+	keel__ledger_fini(&io->ledger);
+	if (io->ring_ready)
+		io_uring_queue_exit(&io->ring);
+	io->ring_ready = false;
+}
+
+int keel__io_submit(struct keel__io *io)
+{
+	int n = io_uring_submit(&io->ring);
+
+	io->count.enters++;
+	if (n > 0)
+		io->count.sqes += (unsigned)n;
+	return n;
+}
+
+struct io_uring_sqe *keel__io_sqe(struct keel__io *io)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+
+	if (sqe)
+		return sqe;
+	/* A full SQ: hand what is queued to the kernel and carry on. */
+	io->count.sq_full++;
+	keel__io_submit(io);
+	return io_uring_get_sqe(&io->ring);
+}
+
+int keel_loop_has_op(const struct keel_loop *loop, unsigned opcode)
+{
+	const struct keel__io *io = (const struct keel__io *)loop;
+
+	return opcode < 128 &&
+	       (io->ops_supported[opcode / 64] >> (opcode % 64) & 1);
+}
+
+const char *keel_loop_explain(int err)
+{
+	switch (err) {
+	case 0:
+		return "no error";
+	case -EPERM:
+		return "io_uring is not permitted here: the sysctl "
+		       "kernel.io_uring_disabled is 1 (only its group) or 2 "
+		       "(nobody), or a seccomp profile (container runtimes "
+		       "ship one) blocks io_uring_setup; set "
+		       "kernel.io_uring_disabled=0 or allow io_uring_setup, "
+		       "io_uring_enter and io_uring_register";
+	case -ENOSYS:
+		return "this kernel has no io_uring (keel needs Linux 5.19, "
+		       "and 6.1 or newer for DEFER_TASKRUN)";
+	case -ENOMEM:
+		return "not enough locked memory for the io_uring ring: raise "
+		       "the memlock limit (ulimit -l, or LimitMEMLOCK= in a "
+		       "systemd unit) or use smaller rings (sq_entries)";
+	case -EINVAL:
+		return "invalid loop options: sq_entries must be at most "
+		       "32768, "
+		       "cq_entries between sq_entries and 65536, and flags "
+		       "only "
+		       "KEEL_LOOP_*";
+	case -EMFILE:
+	case -ENFILE:
+		return "out of file descriptors for the io_uring ring: raise "
+		       "the open-files limit (ulimit -n)";
+	default:
+		return "io_uring setup failed with an unexpected error; see "
+		       "strerror() of the returned value";
+	}
+}
+
+static const struct {
+	unsigned bit;
+	const char *name;
+} setup_names[] = {
+    {IORING_SETUP_SQPOLL, "SQPOLL"},
+    {IORING_SETUP_CQSIZE, "CQSIZE"},
+    {IORING_SETUP_SUBMIT_ALL, "SUBMIT_ALL"},
+    {IORING_SETUP_COOP_TASKRUN, "COOP_TASKRUN"},
+    {IORING_SETUP_TASKRUN_FLAG, "TASKRUN_FLAG"},
+    {IORING_SETUP_SINGLE_ISSUER, "SINGLE_ISSUER"},
+    {IORING_SETUP_DEFER_TASKRUN, "DEFER_TASKRUN"},
+};
+
+size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len)
+{
+	const struct keel__io *io = (const struct keel__io *)loop;
+	char flags[160] = "";
+	size_t n = 0;
+
+	for (size_t i = 0; i < sizeof(setup_names) / sizeof(setup_names[0]);
+	     i++)
+		if (io->setup_flags & setup_names[i].bit)
+			n += (size_t)snprintf(flags + n, sizeof(flags) - n,
+					      "%s%s", n ? " " : "",
+					      setup_names[i].name);
+	int w = snprintf(
+	    buf, len,
+	    "flags: %s; sq %u, cq %u; features:%s%s%s; registered ring "
+	    "fd: %s; downgrades: %s",
+	    flags, io->sq_entries, io->cq_entries,
+	    io->features & IORING_FEAT_NODROP ? " NODROP" : "",
+	    io->features & IORING_FEAT_EXT_ARG ? " EXT_ARG" : "",
+	    io->features & IORING_FEAT_CQE_SKIP ? " CQE_SKIP" : "",
+	    io->ring_fd_registered ? "yes" : "no",
+	    io->downgrades[0] ? io->downgrades : "none");
+	return w < 0 ? 0 : (size_t)w;
+}

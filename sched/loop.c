@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * loop.c: the per-thread loop and its turn.
+ *
+ * A turn has five steps, always in this order (loop_turn()):
+ *   1. run ready tasks, at most `budget` steps, by priority shares;
+ *   2. drain cross-loop messages (the multi-thread runtime's; a lone loop
+ *      has none);
+ *   3. submit queued SQEs and wait, in one io_uring_enter: no wait if tasks
+ *      are ready, else until a completion, the nearest timer or the caller's
+ *      limit;
+ *   4. reap completions, each waking the task that owns it;
+ *   5. fire expired timers (which wake sleepers).
+ * Woken tasks run in step 1 of the next turn.
+ *
+ * Fairness (step 1): each priority class first gets its share of the budget
+ * (critical 8/15, high 4/15, normal 2/15, low 1/15, at least one step), then
+ * what is left goes to the classes in priority order. A task that yields
+ * goes to the tail of its class, so a spinning task cannot starve its class,
+ * lower classes, or I/O: the turn always reaches step 3.
+ */
+#include "loop.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static __thread struct keel_loop *current_loop;
+
+static const unsigned class_weight[KEEL_PRIO_CLASSES] = {1, 2, 4, 8};
+#define WEIGHT_SUM 15u
+
+struct keel_loop *keel_loop_current(void)
+{
+	return current_loop;
+}
+
+int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
+{
+	struct keel_loop *loop = calloc(1, sizeof(*loop));
+	int err;
+
+	if (!loop)
+		return -ENOMEM;
+	err = keel__core_init(&loop->io.core);
+	if (!err)
+		err = keel__io_init(&loop->io, opts);
+	if (err) {
+		keel__io_fini(&loop->io);
+		keel__core_fini(&loop->io.core);
+		free(loop);
+		return err;
+	}
+	loop->budget = opts && opts->budget ? opts->budget : 256;
+	loop->io.now = keel__clock_now();
+	*out = loop;
+	return 0;
+}
+
+/* A step returned KEEL__EXITED: release the task, cancel what it left. */
+static void task_exited(struct keel_loop *loop, struct keel_task *t)
+{
+	bool had_ops = t->inflight != 0;
+
+	/* Counts a zombie, or frees the frame if nothing holds it. */
+	keel__task_after_exit(t);
+	/* Ops left behind are cancelled; the frame goes after their CQEs
+	 * (a cancelled sleep completes at once and may free it here). */
+	if (had_ops)
+		keel__io_cancel_task(&loop->io, t);
+}
+
+static void run_class(struct keel_loop *loop, unsigned prio, int32_t limit)
+{
+	struct keel__core *c = &loop->io.core;
+	struct keel__taskq *q = &c->runq[prio];
+
+	while (limit-- > 0 && c->turn_budget > 0) {
+		struct keel_task *t = keel__taskq_pop(q);
+
+		if (!t)
+			return;
+		c->runnable--;
+		t->flags &= (uint8_t)~KEEL__T_QUEUED;
+		c->turn_budget--;
+		c->count.steps++;
+		if (t->type->step(t) == KEEL__EXITED)
+			task_exited(loop, t);
+		/* keel_op_timeout() covers one op of the step that set it. */
+		loop->io.timeout_task = NULL;
+	}
+}
+
+static void run_ready(struct keel_loop *loop)
+{
+	struct keel__core *c = &loop->io.core;
+
+	c->turn_budget = (int32_t)loop->budget;
+	for (int p = KEEL_PRIO_CLASSES - 1; p >= 0; p--) {
+		unsigned share = loop->budget * class_weight[p] / WEIGHT_SUM;
+
+		run_class(loop, (unsigned)p, share ? (int32_t)share : 1);
+	}
+	for (int p = KEEL_PRIO_CLASSES - 1; p >= 0 && c->turn_budget > 0; p--)
+		run_class(loop, (unsigned)p, c->turn_budget);
+	c->turn_budget = 0;
+}
+
+/* Anything that can still make progress: tasks, ops or timers. */
+static bool has_work(const struct keel_loop *loop)
+{
+	const struct keel__core *c = &loop->io.core;
+
+	return c->runnable || c->count.live || c->count.zombies ||
+	       loop->io.ledger.inuse || loop->timers.n;
+}
+
+static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
+{
+	struct keel__io *io = &loop->io;
+	struct io_uring *ring = &io->ring;
+	uint64_t next = keel__timers_next(loop);
+	int64_t wait = max_wait_ns;
+	struct io_uring_cqe *cqe;
+	int ret;
+
+	if (next != UINT64_MAX) {
+		int64_t until = next > io->now ? (int64_t)(next - io->now) : 0;
+
+		if (wait < 0 || until < wait)
+			wait = until;
+	}
+	/* Nothing ready, nothing in flight, no timer: waiting would hang. */
+	if (io->core.runnable || (!io->ledger.inuse && wait < 0))
+		wait = 0;
+	io->count.sqes += io_uring_sq_ready(ring);
+	io->count.enters++;
+	if (wait == 0) {
+		ret = io_uring_submit_and_get_events(ring);
+	} else if (wait < 0) {
+		ret = io_uring_submit_and_wait(ring, 1);
+	} else {
+		struct __kernel_timespec ts = {
+		    .tv_sec = wait / 1000000000,
+		    .tv_nsec = wait % 1000000000,
+		};
+
+		ret =
+		    io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+	}
+	/* A timeout, a signal or a busy CQ are not errors of the loop. */
+	if (ret == -ETIME || ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
+		ret = 0;
+	return ret < 0 ? ret : 0;
+}
+
+static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
+{
+	struct keel_loop *outer = current_loop;
+	int err;
+
+	current_loop = loop;
+	loop->turns++;
+	/* 1. Run ready tasks. */
+	run_ready(loop);
+	/* 2. Cross-loop messages: a lone loop has none. */
+	/* 3. Submit and wait. */
+	err = submit_and_wait(loop, max_wait_ns);
+	loop->io.now = keel__clock_now();
+	/* 4. Reap completions. */
+	keel__io_reap(&loop->io);
+	/* 5. Fire expired timers. */
+	keel__timers_expire(loop);
+	current_loop = outer;
+	return err;
+}
+
+int keel_loop_run(struct keel_loop *loop)
+{
+	loop->stop = false;
+	while (!loop->stop && has_work(loop)) {
+		const struct keel__core *c = &loop->io.core;
+
+		/* Every task waits and nothing in flight can wake one: the
+		 * tasks wait on each other (a join cycle). */
+		if (!c->runnable && !loop->io.ledger.inuse && !loop->timers.n)
+			return -EDEADLK;
+		int err = loop_turn(loop, -1);
+
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+int keel_loop_step(struct keel_loop *loop, int64_t timeout_ns)
+{
+	int err = loop_turn(loop, timeout_ns);
+
+	if (err)
+		return err;
+	return has_work(loop) ? 1 : 0;
+}
+
+void keel_loop_stop(struct keel_loop *loop)
+{
+	loop->stop = true;
+}
+
+int keel_loop_fd(const struct keel_loop *loop)
+{
+	return loop->io.ring.ring_fd;
+}
+
+uint64_t keel_loop_now(const struct keel_loop *loop)
+{
+	return loop->io.now;
+}
+
+int64_t keel_loop_timeout_ns(const struct keel_loop *loop)
+{
+	uint64_t next = keel__timers_next(loop);
+
+	if (loop->io.core.runnable || io_uring_sq_ready(&loop->io.ring))
+		return 0;
+	if (next == UINT64_MAX)
+		return -1;
+	uint64_t now = keel__clock_now();
+
+	return next > now ? (int64_t)(next - now) : 0;
+}
+
+void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
+{
+	const struct keel__io *io = &loop->io;
+	const struct keel__core *c = &io->core;
+
+	memset(out, 0, sizeof(*out));
+	out->turns = loop->turns;
+	out->steps = c->count.steps;
+	out->enters = io->count.enters;
+	out->sqes = io->count.sqes;
+	out->cqes = io->count.cqes;
+	out->stale_cqes = io->count.stale_cqes;
+	out->sq_full = io->count.sq_full;
+	out->cq_overflows = io->count.cq_overflows;
+	out->spawned = c->count.spawned;
+	out->exited = c->count.exited;
+	out->timers_fired = loop->timers_fired;
+	out->tasks_live = c->count.live;
+	out->zombies = c->count.zombies;
+	out->ops_inflight = io->ledger.inuse;
+	out->timers_armed = loop->timers.n;
+}
+
+/*
+ * Teardown: cancel every op and wait (bounded) for the kernel to return
+ * them, so no frame is freed while the kernel may still write into it.
+ */
+static void drain_ops(struct keel_loop *loop)
+{
+	struct keel__io *io = &loop->io;
+
+	keel__io_cancel_all(io);
+	for (int i = 0; i < 100 && io->ledger.inuse; i++) {
+		struct __kernel_timespec ts = {.tv_nsec = 10 * 1000 * 1000};
+		struct io_uring_cqe *cqe;
+
+		io_uring_submit_and_wait_timeout(&io->ring, &cqe, 1, &ts, NULL);
+		keel__io_reap(io);
+		keel__io_cancel_all(io);
+	}
+}
+
+void keel_loop_destroy(struct keel_loop *loop)
+{
+	struct keel__core *c = &loop->io.core;
+	struct keel_loop *outer = current_loop;
+
+	if (!loop)
+		return;
+	current_loop = loop;
+	drain_ops(loop);
+	/* Tasks that never exited still get their cleanups run. */
+	for (uint32_t i = 0; i < c->nslots; i++) {
+		struct keel_task *t = c->slots[i].task;
+
+		if (!t)
+			continue;
+		if (!(t->flags & KEEL__T_EXITED))
+			keel__task_run_defers(t);
+		/* An op the kernel never returned: leak its frame rather
+		 * than free memory the kernel may still write into. */
+		if (!t->inflight)
+			keel__task_free(t);
+	}
+	keel__timers_fini(&loop->timers);
+	keel__io_fini(&loop->io);
+	keel__core_fini(c);
+	current_loop = outer;
+	free(loop);
+}

@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * loop.h: private definition of struct keel_loop (see core.h for how the
+ * layers embed each other) and the timer heap.
+ */
+#ifndef KEEL_SCHED_LOOP_H
+#define KEEL_SCHED_LOOP_H
+
+#include "io.h"
+
+#include <keel/loop.h>
+#include <keel/timer.h>
+
+/* Heap entries carry the deadline inline so that sifting rarely touches
+ * the timers themselves (only to break ties). */
+struct keel__heap_entry {
+	uint64_t deadline;
+	struct keel_timer *timer;
+};
+
+struct keel__timer_heap {
+	struct keel__heap_entry *v;
+	uint32_t n;
+	uint32_t cap;
+	uint64_t seq; /* arming counter: ties fire in arming order */
+};
+
+struct keel_loop {
+	struct keel__io io; /* first: see core.h */
+	struct keel__timer_heap timers;
+	unsigned budget; /* task steps per turn */
+	bool stop;
+	uint64_t turns;
+	uint64_t timers_fired;
+};
+
+/* sched/timer.c */
+void keel__timers_fini(struct keel__timer_heap *h);
+void keel__timers_expire(struct keel_loop *loop);
+
+/* The deadline of the nearest timer, or UINT64_MAX. */
+static inline uint64_t keel__timers_next(const struct keel_loop *loop)
+{
+	return loop->timers.n ? loop->timers.v[0].deadline : UINT64_MAX;
+}
+
+uint64_t keel__clock_now(void);
+
+#endif

@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * timer.c: the loop's timers: a 4-ary min-heap of (deadline, arming order),
+ * and keel_sleep() built on it.
+ *
+ * Arm and cancel are O(log n); a 4-ary heap halves the depth of a binary
+ * one and keeps siblings in one cache line. Each timer knows its heap index,
+ * so cancel needs no search. A sleep is an op in the ledger (a user-space
+ * op): cancelling a task's ops cancels its sleep too, and a task dump shows
+ * it like any other wait.
+ */
+#include "loop.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define ARITY	  4
+#define NOT_ARMED UINT32_MAX
+
+uint64_t keel__clock_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline bool earlier(const struct keel__heap_entry *a,
+			   const struct keel__heap_entry *b)
+{
+	return a->deadline < b->deadline ||
+	       (a->deadline == b->deadline && a->timer->seq < b->timer->seq);
+}
+
+static inline void place(struct keel__timer_heap *h, uint32_t i,
+			 struct keel__heap_entry e)
+{
+	h->v[i] = e;
+	e.timer->heap_index = i;
+}
+
+static void sift_up(struct keel__timer_heap *h, uint32_t i)
+{
+	struct keel__heap_entry e = h->v[i];
+
+	while (i > 0) {
+		uint32_t parent = (i - 1) / ARITY;
+
+		if (!earlier(&e, &h->v[parent]))
+			break;
+		place(h, i, h->v[parent]);
+		i = parent;
+	}
+	place(h, i, e);
+}
+
+static void sift_down(struct keel__timer_heap *h, uint32_t i)
+{
+	struct keel__heap_entry e = h->v[i];
+
+	for (;;) {
+		uint32_t first = i * ARITY + 1, best = i;
+		const struct keel__heap_entry *min = &e;
+
+		if (first >= h->n)
+			break;
+		uint32_t last = first + ARITY < h->n ? first + ARITY : h->n;
+
+		for (uint32_t c = first; c < last; c++)
+			if (earlier(&h->v[c], min)) {
+				min = &h->v[c];
+				best = c;
+			}
+		if (best == i)
+			break;
+		place(h, i, h->v[best]);
+		i = best;
+	}
+	place(h, i, e);
+}
+
+static void heap_remove(struct keel__timer_heap *h, uint32_t i)
+{
+	struct keel_timer *gone = h->v[i].timer;
+
+	h->n--;
+	if (i != h->n) {
+		place(h, i, h->v[h->n]);
+		sift_down(h, i);
+		sift_up(h, h->v[i].timer->heap_index);
+	}
+	gone->heap_index = NOT_ARMED;
+}
+
+void keel_timer_init(struct keel_timer *timer, keel_timer_fn fn, void *arg)
+{
+	timer->deadline = 0;
+	timer->seq = 0;
+	timer->heap_index = NOT_ARMED;
+	timer->fn = fn;
+	timer->arg = arg;
+}
+
+int keel_timer_arm(struct keel_loop *loop, struct keel_timer *timer,
+		   uint64_t deadline_ns)
+{
+	struct keel__timer_heap *h = &loop->timers;
+
+	if (timer->heap_index != NOT_ARMED)
+		heap_remove(h, timer->heap_index);
+	if (h->n == h->cap) {
+		uint32_t cap = h->cap ? h->cap * 2 : 256;
+		struct keel__heap_entry *v = realloc(h->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		h->v = v;
+		h->cap = cap;
+	}
+	timer->deadline = deadline_ns;
+	timer->seq = ++h->seq;
+	h->v[h->n] = (struct keel__heap_entry){deadline_ns, timer};
+	timer->heap_index = h->n++;
+	sift_up(h, timer->heap_index);
+	return 0;
+}
+
+int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
+			 uint64_t delay_ns)
+{
+	return keel_timer_arm(loop, timer, loop->io.now + delay_ns);
+}
+
+bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer)
+{
+	if (timer->heap_index == NOT_ARMED)
+		return false;
+	heap_remove(&loop->timers, timer->heap_index);
+	return true;
+}
+
+void keel__timers_fini(struct keel__timer_heap *h)
+{
+	for (uint32_t i = 0; i < h->n; i++)
+		h->v[i].timer->heap_index = NOT_ARMED;
+	free(h->v);
+	h->v = NULL;
+	h->n = h->cap = 0;
+}
+
+void keel__timers_expire(struct keel_loop *loop)
+{
+	struct keel__timer_heap *h = &loop->timers;
+	uint64_t now = loop->io.now;
+	/* Timers armed by the callbacks below wait for the next turn, so a
+	 * callback that re-arms itself at `now` cannot loop forever. */
+	uint64_t last_seq = h->seq;
+
+	while (h->n && h->v[0].deadline <= now &&
+	       h->v[0].timer->seq <= last_seq) {
+		struct keel_timer *timer = h->v[0].timer;
+
+		heap_remove(h, 0);
+		loop->timers_fired++;
+		timer->fn(loop, timer, timer->arg);
+	}
+}
+
+/* Sleeps: a user-space op whose timer wakes the task. */
+static void sleep_fired(struct keel_loop *loop, struct keel_timer *timer,
+			void *arg)
+{
+	struct keel__op *op = arg;
+
+	keel__op_user_done(&loop->io, op, op->res);
+}
+
+static void sleep_cancel(struct keel__op *op)
+{
+	struct keel_loop *loop = op->task->loop;
+
+	keel_timer_cancel(loop, &op->u.user.timer);
+	keel__op_user_done(&loop->io, op, -ECANCELED);
+}
+
+int keel_sleep_until(struct keel_task *t, uint64_t deadline_ns)
+{
+	struct keel_loop *loop = t->loop;
+	struct keel__io *io = &loop->io;
+	struct keel__op *op =
+	    keel__op_new(io, t, KEEL__OP_USER, IORING_OP_TIMEOUT);
+
+	if (!op)
+		return keel__task_ready(t, -ENOMEM);
+	op->pending = 1;
+	op->res = 0;
+	op->u.user.cancel = sleep_cancel;
+	/* A deadline from keel_op_timeout() that comes first wins. */
+	if (io->timeout_task == t) {
+		io->timeout_task = NULL;
+		if (io->now + io->timeout_ns < deadline_ns) {
+			deadline_ns = io->now + io->timeout_ns;
+			op->res = -ETIMEDOUT;
+		}
+	}
+	keel_timer_init(&op->u.user.timer, sleep_fired, op);
+	if (keel_timer_arm(loop, &op->u.user.timer, deadline_ns)) {
+		keel__op_user_done(io, op, -ENOMEM);
+		return KEEL_PENDING;
+	}
+	return keel__task_suspend(t);
+}
+
+int keel_sleep(struct keel_task *t, uint64_t ns)
+{
+	return keel_sleep_until(t, t->loop->io.now + ns);
+}

@@ -1,0 +1,69 @@
+#!/bin/sh
+# install_test.sh: `make install` into a staging DESTDIR, build a tiny
+# program against the installed library through `pkg-config keel` (shared
+# and static), run it, then `make uninstall` and check nothing is left.
+set -eu
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+prefix=/usr/local
+make -s install DESTDIR="$stage" prefix=$prefix
+export PKG_CONFIG_PATH="$stage$prefix/lib/pkgconfig"
+export PKG_CONFIG_SYSROOT_DIR="$stage"
+cat >"$stage/consumer.c" <<'C'
+#include <keel.h>
+#include <stdio.h>
+
+struct hello {
+	struct keel_task task;
+	int ticks;
+};
+
+static int hello_step(struct keel_task *t)
+{
+	struct hello *h = keel_container_of(t, struct hello, task);
+
+	KEEL_BEGIN(t);
+	for (h->ticks = 0; h->ticks < 3; h->ticks++) {
+		KEEL_AWAIT(t, keel_nop(t));
+		if (keel_res(t) != 0)
+			KEEL_EXIT(t, 1);
+	}
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(hello_task, struct hello, task, hello_step);
+
+int main(void)
+{
+	struct keel_loop *loop;
+	int err = keel_loop_create(&loop, NULL);
+
+	if (err) {
+		fprintf(stderr, "%s\n", keel_loop_explain(err));
+		return 1;
+	}
+	struct hello *h = keel_spawn(loop, &hello_task, KEEL_PRIO_NORMAL);
+	if (!h || keel_loop_run(loop))
+		return 1;
+	printf("ticks=%d\n", h ? 3 : 0);
+	keel_loop_destroy(loop);
+	return 0;
+}
+C
+cc -o "$stage/consumer" "$stage/consumer.c" $(pkg-config --cflags --libs keel)
+LD_LIBRARY_PATH="$stage$prefix/lib" "$stage/consumer" | grep -q 'ticks=3'
+# The .so must carry its soname and export no internal symbols.
+readelf -d "$stage$prefix/lib/libkeel.so.0.1.0" | grep -q 'SONAME.*libkeel.so.0'
+if nm -D --defined-only "$stage$prefix/lib/libkeel.so.0.1.0" | awk '{print $3}' |
+	grep -v -E '^(keel_|keel__task_exit$|KEEL_)' | grep -q .; then
+	echo "libkeel.so exports symbols outside keel_*" >&2
+	exit 1
+fi
+# Static: the archive itself plus what `pkg-config --static` says it needs.
+cc -o "$stage/consumer-static" "$stage/consumer.c" $(pkg-config --cflags keel) \
+	"$stage$prefix/lib/libkeel.a" $(pkg-config --libs-only-l --static keel | sed 's/-lkeel//')
+"$stage/consumer-static" | grep -q 'ticks=3'
+make -s uninstall DESTDIR="$stage" prefix=$prefix
+left=$(find "$stage$prefix" -type f | wc -l)
+[ "$left" = 0 ] || { echo "uninstall left $left files" >&2; find "$stage$prefix" -type f >&2; exit 1; }
+echo "install test passed"

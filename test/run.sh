@@ -1,0 +1,45 @@
+#!/bin/sh
+# run.sh: run every Criterion test binary given as an argument, then the
+# install/pkg-config test, and print one closing line with the totals.
+# Each Criterion test carries its own timeout (.timeout in the test); the
+# whole binary is also bounded here so that nothing can hang CI.
+set -u
+pass=0
+fail=0
+failed=""
+for t in "$@"; do
+	name=$(basename "$t")
+	log="${BUILD:-build}/test/$name.log"
+	if timeout 600 "$t" --jobs 2 >"$log" 2>&1; then
+		status=ok
+	else
+		status=FAIL
+	fi
+	# Criterion's synthesis line: "Tested: N | Passing: N | Failing: N | Crashing: N"
+	syn=$(grep -a 'Synthesis' "$log" | tail -n 1)
+	tested=$(echo "$syn" | sed -n 's/.*Tested: \([0-9]*\).*/\1/p')
+	passing=$(echo "$syn" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
+	tested=${tested:-0}
+	passing=${passing:-0}
+	if [ "$status" = FAIL ] || [ "$tested" = 0 ]; then
+		fail=$((fail + tested - passing))
+		[ "$tested" = 0 ] && fail=$((fail + 1))
+		failed="$failed $name"
+		echo "FAIL $name ($passing/$tested passed)"
+		grep -a -E '\[(FAIL|----)\]|Assertion|error|ERROR|SUMMARY' "$log" | head -n 40
+	else
+		echo "ok   $name ($tested tests)"
+	fi
+	pass=$((pass + passing))
+done
+if sh test/install_test.sh >"${BUILD:-build}/test/install.log" 2>&1; then
+	echo "ok   install + pkg-config consumer"
+	pass=$((pass + 1))
+else
+	echo "FAIL install + pkg-config consumer"
+	tail -n 20 "${BUILD:-build}/test/install.log"
+	fail=$((fail + 1))
+	failed="$failed install"
+fi
+echo "tests: $pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,22 @@
+#!/bin/sh
+# deps.sh: install the Debian packages keel's build, tests and demo need,
+# when they are missing. Runs `apt-get update` first (a fresh machine has no
+# package lists). When not root, prints the exact command instead.
+set -eu
+PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev python3"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+		missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends$missing"
+if [ "$(id -u)" != 0 ]; then
+	echo "keel: missing packages:$missing" >&2
+	echo "keel: run as root:  sudo sh -c '$cmd'" >&2
+	exit 1
+fi
+echo "keel: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get -o DPkg::Lock::Timeout=300 update -qq
+apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $missing >/dev/null
