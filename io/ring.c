@@ -15,6 +15,31 @@
 #include <stdio.h>
 #include <string.h>
 
+/*
+ * liburing maps the rings with raw system calls that ThreadSanitizer does
+ * not see, so when a thread's ring is unmapped and another thread's new ring
+ * lands at the same address, TSan takes the old and new owners' accesses
+ * for a race. Ordering every teardown before every later setup (release /
+ * acquire on one sync object) tells it the mappings never coexisted.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define KEEL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KEEL_TSAN 1
+#endif
+#endif
+#ifdef KEEL_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char ring_mappings_sync;
+#define RING_MAPPED()	__tsan_acquire(&ring_mappings_sync)
+#define RING_UNMAPPED() __tsan_release(&ring_mappings_sync)
+#else
+#define RING_MAPPED()	((void)0)
+#define RING_UNMAPPED() ((void)0)
+#endif
+
 struct setup_try {
 	unsigned flags;
 	const char *dropped; /* why the previous try failed */
@@ -112,6 +137,7 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 	}
 	if (err)
 		return err;
+	RING_MAPPED();
 	io->ring_ready = true;
 	io->setup_flags = io->ring.flags;
 	io->features = io->ring.features;
@@ -130,8 +156,10 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 void keel__io_fini(struct keel__io *io)
 {
 	keel__ledger_fini(&io->ledger);
-	if (io->ring_ready)
+	if (io->ring_ready) {
+		RING_UNMAPPED();
 		io_uring_queue_exit(&io->ring);
+	}
 	io->ring_ready = false;
 }
 

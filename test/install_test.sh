@@ -6,6 +6,9 @@ set -eu
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 prefix=/usr/local
+# A plain (unsanitized) build of its own, whatever build ran the tests.
+unset SANITIZE
+export BUILD=build/install-test
 make -s install DESTDIR="$stage" prefix=$prefix
 export PKG_CONFIG_PATH="$stage$prefix/lib/pkgconfig"
 export PKG_CONFIG_SYSROOT_DIR="$stage"

@@ -10,15 +10,30 @@ failed=""
 for t in "$@"; do
 	name=$(basename "$t")
 	log="${BUILD:-build}/test/$name.log"
-	if timeout 600 "$t" --jobs 2 >"$log" 2>&1; then
+	case "$name" in
+	mt_*) args= ;;     # plain programs: "name: N passed, N failed"
+	*) args="--jobs 2" ;; # Criterion
+	esac
+	# shellcheck disable=SC2086
+	if timeout 600 "$t" $args >"$log" 2>&1; then
 		status=ok
 	else
 		status=FAIL
 	fi
-	# Criterion's synthesis line: "Tested: N | Passing: N | Failing: N | Crashing: N"
-	syn=$(grep -a 'Synthesis' "$log" | tail -n 1)
-	tested=$(echo "$syn" | sed -n 's/.*Tested: \([0-9]*\).*/\1/p')
-	passing=$(echo "$syn" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
+	case "$name" in
+	mt_*)
+		line=$(grep -a -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+		passing=$(echo "$line" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
+		failing=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+		tested=$((${passing:-0} + ${failing:-0}))
+		;;
+	*)
+		# Criterion: "Synthesis: Tested: N | Passing: N | Failing: N | Crashing: N"
+		syn=$(grep -a 'Synthesis' "$log" | tail -n 1)
+		tested=$(echo "$syn" | sed -n 's/.*Tested: \([0-9]*\).*/\1/p')
+		passing=$(echo "$syn" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
+		;;
+	esac
 	tested=${tested:-0}
 	passing=${passing:-0}
 	if [ "$status" = FAIL ] || [ "$tested" = 0 ]; then

@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_ledger.c: the op ledger's defences, driven through its private
+ * interface: CQEs of a stale generation (an op slot reused since), of an
+ * index never handed out, and of a free slot are counted and dropped, and
+ * never wake the task that owns the slot now.
+ */
+#include "loop.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <keel.h>
+
+struct waiter {
+	struct keel_task task;
+	int fds[2];
+	char buf[8];
+};
+
+/* Outcomes live outside the frame: it is freed when the task exits. */
+static struct {
+	int woke;
+	int res;
+	uint64_t first_ud; /* user_data of the first (completed) op */
+} seen;
+
+/* First a nop (completes, its slot is freed), then a read on an idle pipe
+ * that reuses the same slot with a new generation. */
+static int waiter_step(struct keel_task *t)
+{
+	struct waiter *w = keel_container_of(t, struct waiter, task);
+	struct keel__io *io = keel__io_of(t->loop);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_nop(t));
+	seen.first_ud =
+	    ((uint64_t)(keel__op_at(&io->ledger, 0)->gen - 1) << 32) |
+	    KEEL__UD_MAIN;
+	KEEL_AWAIT(t, keel_read(t, w->fds[0], w->buf, sizeof(w->buf),
+				KEEL_OFF_CURRENT));
+	seen.woke++;
+	seen.res = keel_res(t);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(waiter_task, struct waiter, task, waiter_step);
+
+/* Queue a raw NOP whose CQE carries a forged user_data. */
+static void forge_cqe(struct keel_loop *loop, uint64_t ud)
+{
+	struct io_uring_sqe *sqe = keel__io_sqe(keel__io_of(loop));
+
+	cr_assert_not_null(sqe);
+	io_uring_prep_nop(sqe);
+	io_uring_sqe_set_data64(sqe, ud);
+}
+
+Test(ledger, stale_generation_cqes_are_dropped, .timeout = 10)
+{
+	struct keel_loop *loop;
+	struct keel_loop_stats s;
+
+	cr_assert_eq(keel_loop_create(&loop, NULL), 0);
+	struct waiter *w = keel_spawn(loop, &waiter_task, KEEL_PRIO_NORMAL);
+
+	cr_assert_eq(pipe(w->fds), 0);
+	/* Turn 1 queues the nop; turn 2 reaps it; turn 3 queues the read. */
+	for (int i = 0; i < 3; i++)
+		keel_loop_step(loop, 0);
+	struct keel__op *op = keel__op_at(&keel__io_of(loop)->ledger, 0);
+
+	cr_assert(op->flags & KEEL__OP_INUSE, "the read reuses slot 0");
+	cr_assert_eq(op->gen, 2, "slot 0 is in its second generation");
+	/* The first op's user_data (generation 1), an index never handed
+	 * out, and a current one with a bad role are all stale. */
+	forge_cqe(loop, seen.first_ud);
+	forge_cqe(loop, ((uint64_t)2 << 32) | (100000u << 2));
+	forge_cqe(loop, ((uint64_t)op->gen << 32) | (5u << 2));
+	keel_loop_step(loop, 0);
+	keel_loop_stats(loop, &s);
+	cr_assert_eq(s.stale_cqes, 3);
+	cr_assert_eq(seen.woke, 0,
+		     "a stale CQE must not wake the slot's owner");
+	cr_assert_eq(s.ops_inflight, 1);
+
+	/* The real completion still arrives and is delivered. */
+	int wfd = w->fds[1];
+
+	cr_assert_eq(write(wfd, "ok", 2), 2);
+	cr_assert_eq(keel_loop_run(loop), 0);
+	cr_assert_eq(seen.woke, 1);
+	cr_assert_eq(seen.res, 2);
+	keel_loop_stats(loop, &s);
+	cr_assert_eq(s.ops_inflight, 0);
+	cr_assert_eq(s.tasks_live, 0);
+	keel_loop_destroy(loop);
+}
+
+Test(ledger, user_data_encodes_index_generation_and_role, .timeout = 10)
+{
+	struct keel__op op = {.index = 0x1234, .gen = 0xabcdef01};
+	uint64_t ud = keel__op_ud(&op, KEEL__UD_TIMEOUT);
+
+	cr_assert_eq(ud >> 32, 0xabcdef01);
+	cr_assert_eq((ud >> 2) & 0x3fffffff, 0x1234);
+	cr_assert_eq(ud & KEEL__UD_ROLE_MASK, KEEL__UD_TIMEOUT);
+	cr_assert_neq(keel__op_ud(&op, KEEL__UD_MAIN), 0);
+}
