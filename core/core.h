@@ -14,6 +14,7 @@
 #include <keel/task.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 /* Task state bits (struct keel_task.flags). */
 #define KEEL__T_QUEUED	 0x01 /* on a run queue */
@@ -32,8 +33,21 @@ struct keel__taskq {
 	uint32_t len;
 };
 
-/* Frame allocator: a per-loop jemalloc arena and explicit tcache. */
+/*
+ * Frame allocator: small frames (up to 4 KiB, in 64-byte classes) are carved
+ * from 64 KiB slabs of a per-loop jemalloc arena and recycled through
+ * per-class free lists; larger ones come from the arena itself
+ * (mallocx/sdallocx with the loop's arena and explicit tcache).
+ */
+#define KEEL__FRAME_CLASS_SHIFT 6
+#define KEEL__FRAME_CLASSES	64
+#define KEEL__SLAB_BYTES	(64u * 1024)
+
 struct keel__alloc {
+	void *cached[KEEL__FRAME_CLASSES]; /* free frames, linked by 1st word */
+	void *slabs;			   /* all slabs, linked by 1st word */
+	char *bump; /* uncarved rest of the newest slab */
+	size_t bump_left;
 	int mallocx_flags;
 	unsigned arena;
 	unsigned tcache;
@@ -70,14 +84,23 @@ struct keel__core_counters {
 
 struct keel__core {
 	struct keel__taskq runq[KEEL_PRIO_CLASSES];
-	uint32_t runnable;   /* sum of runq[].len */
-	int32_t turn_budget; /* steps and ready-at-once awaits left this turn */
+	uint32_t runnable;    /* sum of runq[].len */
+	int32_t ready_budget; /* ready-at-once awaits left to this step */
 	struct keel__alloc alloc;
 	struct keel__task_slot *slots;
 	uint32_t nslots;
 	uint32_t free_slot; /* index + 1, 0 = none */
 	struct keel__core_counters count;
 };
+
+/* CLOCK_MONOTONIC in ns: keel's only clock (a vDSO call). */
+static inline uint64_t keel__clock_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static inline struct keel__core *keel__core_of(struct keel_loop *loop)
 {
@@ -129,20 +152,21 @@ static inline void keel__task_complete(struct keel_task *t, int res)
 	keel__task_wake(t);
 }
 
-int keel_yield(struct keel_task *t);
+/* Ready-at-once awaits one step may complete before it must yield. */
+#define KEEL__READY_PER_STEP 64
 
 /*
- * An await whose result `res` is known at once: it does not suspend while
- * the turn's budget lasts (each costs one unit, like a step); then it yields,
- * so a task whose awaits are always ready cannot starve the others.
+ * An await whose result `res` is known at once does not suspend while the
+ * step's allowance lasts (as tokio's coop budget); then it yields, so a task
+ * whose awaits are always ready cannot starve the others.
  */
 static inline int keel__task_ready(struct keel_task *t, int res)
 {
 	struct keel__core *c = keel__core_of(t->loop);
 
 	t->res = res;
-	if (c->turn_budget > 0) {
-		c->turn_budget--;
+	if (c->ready_budget > 0) {
+		c->ready_budget--;
 		return KEEL_READY;
 	}
 	return keel_yield(t);

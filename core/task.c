@@ -147,7 +147,8 @@ static void maybe_free(struct keel_task *t)
 
 void keel__task_run_defers(struct keel_task *t)
 {
-	keel_defer_unwind(t, 0);
+	if (t->ext)
+		keel_defer_unwind(t, 0);
 }
 
 int keel__task_exit(struct keel_task *t, int status)

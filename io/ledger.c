@@ -169,8 +169,9 @@ int keel__op_commit(struct keel_task *t, struct keel__op *op,
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
 	if (io->timeout_task == t) {
-		/* Absolute, so that a resubmitted send_all keeps it. */
-		uint64_t deadline = io->now + io->timeout_ns;
+		/* Absolute, so that a resubmitted send_all keeps it; from the
+		 * clock now, so the op gets at least its full time. */
+		uint64_t deadline = keel__clock_now() + io->timeout_ns;
 
 		op->ts.tv_sec = (long long)(deadline / 1000000000u);
 		op->ts.tv_nsec = (long long)(deadline % 1000000000u);

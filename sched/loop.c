@@ -70,40 +70,47 @@ static void task_exited(struct keel_loop *loop, struct keel_task *t)
 		keel__io_cancel_task(&loop->io, t);
 }
 
-static void run_class(struct keel_loop *loop, unsigned prio, int32_t limit)
+/* Run at most `limit` steps of one class; returns how many ran. */
+static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 {
 	struct keel__core *c = &loop->io.core;
 	struct keel__taskq *q = &c->runq[prio];
+	unsigned ran = 0;
 
-	while (limit-- > 0 && c->turn_budget > 0) {
+	while (ran < limit) {
 		struct keel_task *t = keel__taskq_pop(q);
 
 		if (!t)
-			return;
+			break;
+		ran++;
 		c->runnable--;
 		t->flags &= (uint8_t)~KEEL__T_QUEUED;
-		c->turn_budget--;
+		c->ready_budget = KEEL__READY_PER_STEP;
 		c->count.steps++;
 		if (t->type->step(t) == KEEL__EXITED)
 			task_exited(loop, t);
 		/* keel_op_timeout() covers one op of the step that set it. */
 		loop->io.timeout_task = NULL;
 	}
+	c->ready_budget = 0;
+	return ran;
 }
 
+/* Step 1 of the turn: each class's share, then the rest by priority. */
 static void run_ready(struct keel_loop *loop)
 {
-	struct keel__core *c = &loop->io.core;
+	unsigned left = loop->budget;
 
-	c->turn_budget = (int32_t)loop->budget;
 	for (int p = KEEL_PRIO_CLASSES - 1; p >= 0; p--) {
 		unsigned share = loop->budget * class_weight[p] / WEIGHT_SUM;
 
-		run_class(loop, (unsigned)p, share ? (int32_t)share : 1);
+		if (!share)
+			share = 1;
+		left -=
+		    run_class(loop, (unsigned)p, share < left ? share : left);
 	}
-	for (int p = KEEL_PRIO_CLASSES - 1; p >= 0 && c->turn_budget > 0; p--)
-		run_class(loop, (unsigned)p, c->turn_budget);
-	c->turn_budget = 0;
+	for (int p = KEEL_PRIO_CLASSES - 1; p >= 0 && left; p--)
+		left -= run_class(loop, (unsigned)p, left);
 }
 
 /* Anything that can still make progress: tasks, ops or timers. */
@@ -130,8 +137,9 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 		if (wait < 0 || until < wait)
 			wait = until;
 	}
-	/* Nothing ready, nothing in flight, no timer: waiting would hang. */
-	if (io->core.runnable || (!io->ledger.inuse && wait < 0))
+	/* Tasks ready or a stop requested: do not wait. Nothing in
+	 * flight and no timer: waiting would hang. */
+	if (io->core.runnable || loop->stop || (!io->ledger.inuse && wait < 0))
 		wait = 0;
 	io->count.sqes += io_uring_sq_ready(ring);
 	io->count.enters++;

@@ -19,7 +19,8 @@ struct keel__heap_entry {
 };
 
 struct keel__timer_heap {
-	struct keel__heap_entry *v;
+	struct keel__heap_entry *v; /* entry i's children: 4i+1 .. 4i+4 */
+	void *block;		    /* v - 3, 64-byte aligned: see timer.c */
 	uint32_t n;
 	uint32_t cap;
 	uint64_t seq; /* arming counter: ties fire in arming order */
@@ -43,7 +44,5 @@ static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 {
 	return loop->timers.n ? loop->timers.v[0].deadline : UINT64_MAX;
 }
-
-uint64_t keel__clock_now(void);
 
 #endif
