@@ -11,7 +11,12 @@
 #ifndef KEEL_CORE_H
 #define KEEL_CORE_H
 
+#include <keel/abort.h>
+#include <keel/cancel.h>
+#include <keel/scope.h>
 #include <keel/task.h>
+#include <keel/timer.h>
+#include <setjmp.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -61,10 +66,47 @@ struct keel__defer_entry {
 	void *arg;
 };
 
+/* Wakes a task from a wait that is not an op (a join): unregisters it. */
+typedef void (*keel__wait_cancel_fn)(struct keel_task *t);
+
 struct keel__task_ext {
+	struct keel_task *task;
 	struct keel__defer_entry *defers;
 	unsigned ndefers;
 	unsigned cap;
+	/* The token observed (a reference); NULL: the loop's root token. */
+	struct keel_token *token;
+	struct keel__task_ext *tok_next; /* the token's observer list */
+	struct keel__task_ext *tok_prev;
+	keel__wait_cancel_fn wait_cancel; /* set while in such a wait */
+	struct keel_task *join_target;	  /* while waiting in keel_join */
+	struct keel_scope *scope;	  /* the scope the task belongs to */
+	uint32_t scope_index;
+	struct keel_abort abort;	/* why it aborted (message owned) */
+	struct keel_abort joined_abort; /* last joined task's (owned) */
+};
+
+/* A cancellation token (see keel/cancel.h). */
+struct keel_token {
+	struct keel_loop *loop;
+	struct keel_token *parent; /* holds a reference */
+	struct keel_token *children;
+	struct keel_token *sibling_next;
+	struct keel_token *sibling_prev;
+	struct keel__task_ext *observers;
+	struct keel_token_cb *callbacks;
+	uint64_t deadline; /* own; UINT64_MAX: none */
+	struct keel_timer timer;
+	uint32_t refs;
+	int cause;
+};
+
+/* Services the layers above core provide to it (set at loop creation). */
+struct keel__core_hooks {
+	void (*cancel_ops)(struct keel_task *t);
+	int (*timer_arm)(struct keel_loop *loop, struct keel_timer *timer,
+			 uint64_t deadline_ns);
+	bool (*timer_cancel)(struct keel_loop *loop, struct keel_timer *timer);
 };
 
 /* Task table slot: lets a dump walk every live task and gives handles. */
@@ -91,7 +133,22 @@ struct keel__core {
 	uint32_t nslots;
 	uint32_t free_slot; /* index + 1, 0 = none */
 	struct keel__core_counters count;
+	struct keel__core_hooks hooks;
+	struct keel_token *root; /* the loop's root token */
+	/* Abort frames (core/abort.c): where a panic in a step jumps to. */
+	struct keel_task *current;   /* the task whose step is running */
+	struct keel_task *unwinding; /* the aborted task whose defers run */
+	jmp_buf abort_env;
+	bool abort_armed; /* abort_env is set up by the running loop */
+	int fault_mode;	  /* enum keel_fault_mode */
+	struct keel_abort panic;
+	char panic_msg[256];
+	uint64_t aborted;
+	uint64_t fault_recoveries;
 };
+
+/* The core of the loop running on this thread, or NULL. */
+extern __thread struct keel__core *keel__current_core;
 
 /* CLOCK_MONOTONIC in ns: keel's only clock (a vDSO call). */
 static inline uint64_t keel__clock_now(void)
@@ -132,6 +189,36 @@ static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 	return t;
 }
 
+/* Tokens (core/cancel.c). */
+int keel__tokens_init(struct keel__core *c, struct keel_loop *loop);
+void keel__tokens_fini(struct keel__core *c);
+/* The cause of the token `t` observes: 0 if not cancelled. */
+static inline int keel__task_cancel_cause(const struct keel_task *t)
+{
+	const struct keel_token *tok = t->ext ? t->ext->token : NULL;
+
+	if (!tok)
+		tok = ((const struct keel__core *)t->loop)->root;
+	return tok->cause;
+}
+/* Make an exiting task stop observing its token. */
+void keel__task_drop_token(struct keel_task *t);
+/* Give a new task the token of the task spawning it, if any. */
+int keel__task_inherit_token(struct keel_task *child,
+			     const struct keel_task *parent);
+/* The ext of `t`, allocated on first use; NULL when out of memory. */
+struct keel__task_ext *keel__task_ext(struct keel_task *t);
+
+/* Abort frames (core/abort.c). */
+/* The step of c->current panicked: unwind it (defers, exit, joiner). */
+void keel__task_aborted(struct keel__core *c, struct keel_task *t);
+/* Hand an exited task's abort record to whoever collects its status. */
+void keel__abort_transfer(struct keel_task *from, struct keel_abort *to);
+void keel__abort_clear(struct keel_abort *a);
+
+/* Scopes (core/scope.c): a child of a scope exited with `status`. */
+void keel__scope_child_exited(struct keel_task *t, int status);
+
 /* Allocator (core/alloc.c). */
 int keel__alloc_init(struct keel__alloc *a);
 void keel__alloc_fini(struct keel__alloc *a);
@@ -139,6 +226,9 @@ void *keel__alloc_zeroed(struct keel__alloc *a, size_t size);
 void keel__alloc_free(struct keel__alloc *a, void *p, size_t size);
 
 /* Tasks (core/task.c). */
+/* keel_spawn(), optionally with the task's ext allocated (or failing). */
+void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
+		  unsigned flags, bool with_ext);
 int keel__core_init(struct keel__core *c);
 void keel__core_fini(struct keel__core *c);
 

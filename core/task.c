@@ -30,11 +30,17 @@ int keel__core_init(struct keel__core *c)
 	for (uint32_t i = 0; i < c->nslots; i++)
 		c->slots[i].next_free = i + 2 <= c->nslots ? i + 2 : 0;
 	c->free_slot = 1;
-	return keel__alloc_init(&c->alloc);
+	int err = keel__alloc_init(&c->alloc);
+
+	/* The core is the first member of its loop (see the top of core.h). */
+	if (!err)
+		err = keel__tokens_init(c, (struct keel_loop *)c);
+	return err;
 }
 
 void keel__core_fini(struct keel__core *c)
 {
+	keel__tokens_fini(c);
 	keel__alloc_fini(&c->alloc);
 	free(c->slots);
 	c->slots = NULL;
@@ -82,6 +88,12 @@ static void enqueue(struct keel__core *c, struct keel_task *t)
 void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
 		 unsigned flags)
 {
+	return keel__spawn(loop, type, flags, false);
+}
+
+void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
+		  unsigned flags, bool with_ext)
+{
 	struct keel__core *c = keel__core_of(loop);
 	void *frame = keel__alloc_zeroed(&c->alloc, type->frame_size);
 
@@ -93,11 +105,23 @@ void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
 		keel__alloc_free(&c->alloc, frame, type->frame_size);
 		return NULL;
 	}
+	if (with_ext && !keel__task_ext(t)) {
+		slot_release(c, t->id);
+		keel__alloc_free(&c->alloc, frame, type->frame_size);
+		return NULL;
+	}
 	t->type = type;
 	t->loop = loop;
 	t->prio = (uint8_t)(flags & KEEL_SPAWN_PRIO_MASK);
 	if (flags & KEEL_SPAWN_JOINABLE)
 		t->flags = KEEL__T_JOINABLE;
+	/* A task spawned by a running step observes its spawner's token. */
+	if (c->current && keel__task_inherit_token(t, c->current)) {
+		free(t->ext);
+		slot_release(c, t->id);
+		keel__alloc_free(&c->alloc, frame, type->frame_size);
+		return NULL;
+	}
 	c->count.spawned++;
 	c->count.live++;
 	enqueue(c, t);
@@ -127,6 +151,9 @@ void keel__task_free(struct keel_task *t)
 	struct keel__core *c = keel__core_of(t->loop);
 
 	if (t->ext) {
+		keel__task_drop_token(t);
+		keel__abort_clear(&t->ext->abort);
+		keel__abort_clear(&t->ext->joined_abort);
 		free(t->ext->defers);
 		free(t->ext);
 	}
@@ -151,6 +178,22 @@ void keel__task_run_defers(struct keel_task *t)
 		keel_defer_unwind(t, 0);
 }
 
+/* Hand the exit status (and an abort record) to the task joining `t`. */
+static void deliver_to_joiner(struct keel_task *t, struct keel_task *joiner)
+{
+	struct keel__task_ext *jx = joiner->ext;
+
+	t->joiner = NULL;
+	t->flags |= KEEL__T_RELEASED;
+	if (jx) {
+		jx->join_target = NULL;
+		jx->wait_cancel = NULL;
+	}
+	if (t->res == KEEL_ABORTED && (jx || (jx = keel__task_ext(joiner))))
+		keel__abort_transfer(t, &jx->joined_abort);
+	keel__task_complete(joiner, t->res);
+}
+
 int keel__task_exit(struct keel_task *t, int status)
 {
 	struct keel__core *c = keel__core_of(t->loop);
@@ -160,11 +203,13 @@ int keel__task_exit(struct keel_task *t, int status)
 	t->flags = (uint8_t)((t->flags & ~KEEL__T_WAITING) | KEEL__T_EXITED);
 	c->count.exited++;
 	c->count.live--;
-	if (t->joiner) {
-		keel__task_complete(t->joiner, status);
-		t->joiner = NULL;
-		t->flags |= KEEL__T_RELEASED;
+	if (t->ext) {
+		keel__task_drop_token(t);
+		if (t->ext->scope)
+			keel__scope_child_exited(t, status);
 	}
+	if (t->joiner)
+		deliver_to_joiner(t, t->joiner);
 	return KEEL__EXITED;
 }
 
@@ -184,8 +229,22 @@ void keel__task_ops_drained(struct keel_task *t)
 	maybe_free(t);
 }
 
+static void join_cancelled(struct keel_task *self)
+{
+	struct keel__task_ext *sx = self->ext;
+
+	sx->join_target->joiner = NULL;
+	sx->join_target = NULL;
+	sx->wait_cancel = NULL;
+	keel__task_complete(self, keel__task_cancel_cause(self));
+}
+
 int keel_join(struct keel_task *self, struct keel_task *target)
 {
+	int cause = keel__task_cancel_cause(self);
+
+	if (cause)
+		return keel__task_ready(self, cause);
 	if (target == self)
 		return keel__task_ready(self, -EDEADLK);
 	if (!(target->flags & KEEL__T_JOINABLE) ||
@@ -195,11 +254,22 @@ int keel_join(struct keel_task *self, struct keel_task *target)
 		return keel__task_ready(self, -EBUSY);
 	if (target->flags & KEEL__T_EXITED) {
 		int status = target->res;
+		struct keel__task_ext *sx = self->ext;
 
 		target->flags |= KEEL__T_RELEASED;
+		if (status == KEEL_ABORTED &&
+		    (sx || (sx = keel__task_ext(self))))
+			keel__abort_transfer(target, &sx->joined_abort);
 		maybe_free(target);
 		return keel__task_ready(self, status);
 	}
+	/* Registered so that a cancel can take the joiner back out. */
+	struct keel__task_ext *sx = keel__task_ext(self);
+
+	if (!sx)
+		return keel__task_ready(self, -ENOMEM);
+	sx->join_target = target;
+	sx->wait_cancel = join_cancelled;
 	target->joiner = self;
 	return keel__task_suspend(self);
 }

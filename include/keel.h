@@ -9,9 +9,12 @@
 #ifndef KEEL_H
 #define KEEL_H
 
+#include <keel/abort.h>
+#include <keel/cancel.h>
 #include <keel/io.h>
 #include <keel/loop.h>
 #include <keel/net.h>
+#include <keel/scope.h>
 #include <keel/task.h>
 #include <keel/timer.h>
 

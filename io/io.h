@@ -35,6 +35,8 @@ enum keel__op_kind {
 	KEEL__OP_KERNEL,   /* one kernel request, result = cqe->res */
 	KEEL__OP_SEND_ALL, /* send, resubmitted until all is sent */
 	KEEL__OP_USER,	   /* a user-space wait (a sleep): no kernel CQE */
+	KEEL__OP_CLEANUP,  /* like KERNEL, but starts under a cancelled token
+			    * too (close: cleanup must always work) */
 };
 
 /* Op state bits (struct keel__op.flags). */
@@ -109,6 +111,7 @@ struct keel__io {
 	unsigned cq_entries;
 	uint64_t ops_supported[2]; /* bit per IORING_OP_* */
 	char downgrades[320];	   /* why flags were dropped */
+	int event_fd; /* for hosts' epoll (keel_loop_fd); -1 until asked */
 	bool ring_fd_registered;
 	bool ring_ready;
 	struct keel__io_counters count;
@@ -137,6 +140,13 @@ void keel__io_fini(struct keel__io *io);
 
 /* A free SQE; submits first if the SQ is full. NULL if it stays full. */
 struct io_uring_sqe *keel__io_sqe(struct keel__io *io);
+
+/* The eventfd the ring signals on every completion (created on first
+ * use), or a negative errno. */
+int keel__io_event_fd(struct keel__io *io);
+
+/* Reset the eventfd's counter, if there is one. */
+void keel__io_event_fd_drain(struct keel__io *io);
 
 /* Submit what is queued; counts the enter. */
 int keel__io_submit(struct keel__io *io);
@@ -172,6 +182,9 @@ void keel__io_reap(struct keel__io *io);
 
 /* Cancel every op of `t` still in flight (results arrive as CQEs). */
 void keel__io_cancel_task(struct keel__io *io, struct keel_task *t);
+
+/* Give core the io services it calls back (cancel a task's ops). */
+void keel__io_install_hooks(struct keel__io *io);
 
 /* Cancel every op in the ledger (loop teardown). */
 void keel__io_cancel_all(struct keel__io *io);

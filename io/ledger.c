@@ -117,6 +117,14 @@ static void op_done(struct keel__io *io, struct keel__op *op, int res)
 			keel__task_ops_drained(t);
 		return;
 	}
+	/* Cancelled because its token was: say why (-ETIMEDOUT for a
+	 * deadline). An op that completed first keeps its own result. */
+	if (res == -ECANCELED) {
+		int cause = keel__task_cancel_cause(t);
+
+		if (cause)
+			res = cause;
+	}
 	keel__task_complete(t, res);
 }
 
@@ -126,7 +134,13 @@ struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
 {
 	struct keel__io *io = keel__io_of(t->loop);
 	bool linked = io->timeout_task == t;
+	int cause = kind == KEEL__OP_CLEANUP ? 0 : keel__task_cancel_cause(t);
 
+	/* Level-triggered: under a cancelled token no op starts. */
+	if (cause) {
+		*err = cause;
+		return NULL;
+	}
 	/* The op and its linked timeout must be adjacent in the SQ. */
 	if (io_uring_sq_space_left(&io->ring) < (linked ? 2u : 1u)) {
 		io->count.sq_full++;
@@ -322,6 +336,16 @@ static void cancel_op(struct keel__io *io, struct keel__op *op)
 	/* Its result only matters as the cancelled op's own CQE. */
 	if (io->features & IORING_FEAT_CQE_SKIP)
 		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+static void cancel_ops_hook(struct keel_task *t)
+{
+	keel__io_cancel_task(keel__io_of(t->loop), t);
+}
+
+void keel__io_install_hooks(struct keel__io *io)
+{
+	io->core.hooks.cancel_ops = cancel_ops_hook;
 }
 
 void keel__io_cancel_task(struct keel__io *io, struct keel_task *t)

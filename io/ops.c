@@ -96,7 +96,7 @@ int keel_close(struct keel_task *t, int fd)
 	 * (-ENOENT), which would break a soft link. */
 	cancel->flags |= IOSQE_IO_HARDLINK;
 
-	OP_BEGIN(t, IORING_OP_CLOSE, KEEL__OP_KERNEL);
+	OP_BEGIN(t, IORING_OP_CLOSE, KEEL__OP_CLEANUP);
 	io_uring_prep_close(sqe, fd);
 	op->fd = fd;
 	return keel__op_commit(t, op, sqe);

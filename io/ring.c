@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 /*
  * liburing maps the rings with raw system calls that ThreadSanitizer does
@@ -123,6 +125,7 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 		ntries = sizeof(try_no_defer) / sizeof(try_no_defer[0]);
 	}
 	io->downgrades[0] = '\0';
+	io->event_fd = -1;
 	for (size_t i = 0; i < ntries; i++) {
 		struct io_uring_params p;
 
@@ -150,11 +153,51 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 	 * for hosts that poll it. */
 	io->ring_fd_registered = io_uring_register_ring_fd(&io->ring) == 1;
 	probe_ops(io);
+	keel__io_install_hooks(io);
 	return keel__ledger_init(&io->ledger);
+}
+
+/*
+ * Why an eventfd and not the ring fd: with DEFER_TASKRUN a completion is
+ * task work for the submitting thread, and the kernel does not wake
+ * pollers of the ring fd for it (measured on 6.18: an epoll on the ring fd
+ * slept through a completed recv); it does signal a registered eventfd.
+ * Created on first use, because signalling it costs every completion.
+ */
+int keel__io_event_fd(struct keel__io *io)
+{
+	if (io->event_fd >= 0)
+		return io->event_fd;
+	int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	int err = io_uring_register_eventfd(&io->ring, fd);
+
+	if (err) {
+		close(fd);
+		return err;
+	}
+	io->event_fd = fd;
+	return fd;
+}
+
+void keel__io_event_fd_drain(struct keel__io *io)
+{
+	uint64_t count;
+
+	if (io->event_fd >= 0 && read(io->event_fd, &count, sizeof(count))) {
+		/* nonblocking: EAGAIN when it was not signalled */
+	}
 }
 
 void keel__io_fini(struct keel__io *io)
 {
+	if (io->event_fd >= 0) {
+		io_uring_unregister_eventfd(&io->ring);
+		close(io->event_fd);
+		io->event_fd = -1;
+	}
 	keel__ledger_fini(&io->ledger);
 	if (io->ring_ready) {
 		RING_UNMAPPED();

@@ -25,14 +25,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static __thread struct keel_loop *current_loop;
-
 static const unsigned class_weight[KEEL_PRIO_CLASSES] = {1, 2, 4, 8};
 #define WEIGHT_SUM 15u
 
 struct keel_loop *keel_loop_current(void)
 {
-	return current_loop;
+	/* The core is the first member of its loop (see core.h). */
+	return (struct keel_loop *)keel__current_core;
 }
 
 int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
@@ -45,6 +44,8 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	err = keel__core_init(&loop->io.core);
 	if (!err)
 		err = keel__io_init(&loop->io, opts);
+	loop->io.core.hooks.timer_arm = keel_timer_arm;
+	loop->io.core.hooks.timer_cancel = keel_timer_cancel;
 	if (err) {
 		keel__io_fini(&loop->io);
 		keel__core_fini(&loop->io.core);
@@ -70,13 +71,30 @@ static void task_exited(struct keel_loop *loop, struct keel_task *t)
 		keel__io_cancel_task(&loop->io, t);
 }
 
-/* Run at most `limit` steps of one class; returns how many ran. */
+/*
+ * Run at most `limit` steps of one class; returns how many ran.
+ *
+ * The abort frame: setjmp once per call, not per step, so that a resume
+ * costs nothing extra; a panic in any step of the batch longjmps back here,
+ * the task is unwound, and the batch goes on. `ran` changes after setjmp
+ * and is read after a longjmp, hence volatile; the running task is in the
+ * core (c->current), not in a local.
+ */
 static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 {
 	struct keel__core *c = &loop->io.core;
 	struct keel__taskq *q = &c->runq[prio];
-	unsigned ran = 0;
+	volatile unsigned ran = 0;
 
+	if (setjmp(c->abort_env)) {
+		struct keel_task *t = c->current;
+
+		c->current = NULL;
+		loop->io.timeout_task = NULL;
+		keel__task_aborted(c, t);
+		task_exited(loop, t);
+	}
+	c->abort_armed = true;
 	while (ran < limit) {
 		struct keel_task *t = keel__taskq_pop(q);
 
@@ -87,11 +105,16 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 		t->flags &= (uint8_t)~KEEL__T_QUEUED;
 		c->ready_budget = KEEL__READY_PER_STEP;
 		c->count.steps++;
-		if (t->type->step(t) == KEEL__EXITED)
+		c->current = t;
+		int r = t->type->step(t);
+
+		c->current = NULL;
+		if (r == KEEL__EXITED)
 			task_exited(loop, t);
 		/* keel_op_timeout() covers one op of the step that set it. */
 		loop->io.timeout_task = NULL;
 	}
+	c->abort_armed = false;
 	c->ready_budget = 0;
 	return ran;
 }
@@ -164,10 +187,10 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 
 static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 {
-	struct keel_loop *outer = current_loop;
+	struct keel__core *outer = keel__current_core;
 	int err;
 
-	current_loop = loop;
+	keel__current_core = &loop->io.core;
 	loop->turns++;
 	/* 1. Run ready tasks. */
 	run_ready(loop);
@@ -175,11 +198,13 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	/* 3. Submit and wait. */
 	err = submit_and_wait(loop, max_wait_ns);
 	loop->io.now = keel__clock_now();
-	/* 4. Reap completions. */
+	/* 4. Reap completions (first resetting a host's eventfd: completions
+	 * after this point signal it again). */
+	keel__io_event_fd_drain(&loop->io);
 	keel__io_reap(&loop->io);
 	/* 5. Fire expired timers. */
 	keel__timers_expire(loop);
-	current_loop = outer;
+	keel__current_core = outer;
 	return err;
 }
 
@@ -215,9 +240,9 @@ void keel_loop_stop(struct keel_loop *loop)
 	loop->stop = true;
 }
 
-int keel_loop_fd(const struct keel_loop *loop)
+int keel_loop_fd(struct keel_loop *loop)
 {
-	return loop->io.ring.ring_fd;
+	return keel__io_event_fd(&loop->io);
 }
 
 uint64_t keel_loop_now(const struct keel_loop *loop)
@@ -259,6 +284,8 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->zombies = c->count.zombies;
 	out->ops_inflight = io->ledger.inuse;
 	out->timers_armed = loop->timers.n;
+	out->aborted = c->aborted;
+	out->fault_recoveries = c->fault_recoveries;
 }
 
 /*
@@ -283,11 +310,11 @@ static void drain_ops(struct keel_loop *loop)
 void keel_loop_destroy(struct keel_loop *loop)
 {
 	struct keel__core *c = &loop->io.core;
-	struct keel_loop *outer = current_loop;
+	struct keel__core *outer = keel__current_core;
 
 	if (!loop)
 		return;
-	current_loop = loop;
+	keel__current_core = c;
 	drain_ops(loop);
 	/* Tasks that never exited still get their cleanups run. */
 	for (uint32_t i = 0; i < c->nslots; i++) {
@@ -302,9 +329,10 @@ void keel_loop_destroy(struct keel_loop *loop)
 		if (!t->inflight)
 			keel__task_free(t);
 	}
+	keel__faults_fini(loop);
 	keel__timers_fini(&loop->timers);
 	keel__io_fini(&loop->io);
 	keel__core_fini(c);
-	current_loop = outer;
+	keel__current_core = outer;
 	free(loop);
 }

@@ -33,7 +33,11 @@ struct keel_loop {
 	bool stop;
 	uint64_t turns;
 	uint64_t timers_fired;
+	void *altstack; /* the signal stack keel gave this thread, if any */
 };
+
+/* sched/faults.c: undo keel_loop_set_faults() for this thread. */
+void keel__faults_fini(struct keel_loop *loop);
 
 /* sched/timer.c */
 void keel__timers_fini(struct keel__timer_heap *h);

@@ -61,6 +61,7 @@ int keel_openat(struct keel_task *t, int dfd, const char *path, int flags,
 /*
  * Close `fd`: first cancels every op in flight on it (so a reused fd number
  * never receives a stale op; their owners see -ECANCELED), then closes it.
+ * It runs under a cancelled token too, so cleanup can always close.
  * Result: 0 or -errno.
  */
 int keel_close(struct keel_task *t, int fd);

@@ -70,10 +70,13 @@ int keel_loop_step(struct keel_loop *loop, int64_t timeout_ns);
 void keel_loop_stop(struct keel_loop *loop);
 
 /*
- * The ring's file descriptor, for a host's epoll: it is readable when
- * completions are waiting; then call keel_loop_step(loop, 0).
+ * A file descriptor for a host's epoll: readable when completions are
+ * waiting; then call keel_loop_step(loop, 0), which also resets it. It is
+ * an eventfd registered with the ring (created on the first call), not the
+ * ring fd: with DEFER_TASKRUN the kernel does not wake pollers of the ring
+ * fd for completions. Returns the fd or a negative errno; the loop owns it.
  */
-int keel_loop_fd(const struct keel_loop *loop);
+int keel_loop_fd(struct keel_loop *loop);
 
 /*
  * How long a host may sleep before the next keel_loop_step(): 0 when tasks
@@ -117,6 +120,8 @@ struct keel_loop_stats {
 	uint64_t zombies;      /* exited tasks whose ops are still in flight */
 	uint64_t ops_inflight; /* ledger entries the kernel still owns */
 	uint64_t timers_armed; /* timers armed now */
+	uint64_t aborted;      /* tasks aborted by a panic or a fault */
+	uint64_t fault_recoveries; /* faults turned into task aborts */
 };
 
 /* A snapshot of the loop's counters. */

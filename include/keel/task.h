@@ -23,9 +23,9 @@
  *
  *		KEEL_BEGIN(t);
  *		for (;;) {
- *			KEEL_AWAIT(t, keel_recv(t, c->fd, c->buf, sizeof(c->buf),
- *0)); if (keel_res(t) <= 0) break; KEEL_AWAIT(t, keel_send_all(t, c->fd,
- *c->buf, keel_res(t), 0)); if (keel_res(t) < 0) break;
+ *			KEEL_AWAIT(t, keel_recv(t, c->fd, c->buf,
+ *sizeof(c->buf), 0)); if (keel_res(t) <= 0) break; KEEL_AWAIT(t,
+ *keel_send_all(t, c->fd, c->buf, keel_res(t), 0)); if (keel_res(t) < 0) break;
  *		}
  *		KEEL_END(t);
  *	}
