@@ -75,6 +75,9 @@ void keel__task_aborted(struct keel__core *c, struct keel_task *t)
 	struct keel__task_ext *x = keel__task_ext(t);
 
 	c->aborted++;
+	KEEL__TRACE(c, KEEL_EV_ABORT, 0, t->id,
+		    keel__trace_str_once(c, c->panic.message),
+		    keel__trace_str_site(c, t->at));
 	if (x) {
 		keel__abort_clear(&x->abort);
 		x->abort = c->panic;

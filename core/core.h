@@ -16,6 +16,7 @@
 #include <keel/scope.h>
 #include <keel/task.h>
 #include <keel/timer.h>
+#include <keel/trace.h>
 #include <setjmp.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -145,6 +146,9 @@ struct keel__core {
 	char panic_msg[256];
 	uint64_t aborted;
 	uint64_t fault_recoveries;
+	/* Tracing (core/trace.c): NULL when off. */
+	struct keel__trace_loop *trace;
+	uint32_t trace_gen;
 };
 
 /* The core of the loop running on this thread, or NULL. */
@@ -188,6 +192,28 @@ static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 	}
 	return t;
 }
+
+/* Tracing (core/trace.c). Events per buffer handed to the writer. */
+#define KEEL__TRACE_BUF 4096
+struct keel__trace_loop;
+void keel__trace_env(void);
+void keel__trace_turn(struct keel__core *c);
+void keel__trace_detach(struct keel__core *c);
+void keel__trace_emit(struct keel__core *c, uint8_t type, uint8_t op,
+		      uint32_t task, uint64_t a, uint64_t b);
+uint64_t keel__trace_str_name(struct keel__core *c, const char *name);
+uint64_t keel__trace_str_site(struct keel__core *c,
+			      const struct keel_await_point *at);
+uint64_t keel__trace_str_once(struct keel__core *c, const char *text);
+
+/* An event site: one predictable branch when tracing is off; the
+ * arguments are evaluated only when it is on. */
+#define KEEL__TRACE(c, type, op, task, a, b)                                   \
+	do {                                                                   \
+		if (__builtin_expect((c)->trace != NULL, 0))                   \
+			keel__trace_emit((c), (type), (op), (task),            \
+					 (uint64_t)(a), (uint64_t)(b));        \
+	} while (0)
 
 /* Tokens (core/cancel.c). */
 int keel__tokens_init(struct keel__core *c, struct keel_loop *loop);

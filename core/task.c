@@ -124,6 +124,9 @@ void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
 	}
 	c->count.spawned++;
 	c->count.live++;
+	KEEL__TRACE(c, KEEL_EV_SPAWN, 0, t->id,
+		    keel__trace_str_name(c, type->name),
+		    c->current ? c->current->id + 1 : 0);
 	enqueue(c, t);
 	return frame;
 }
@@ -203,6 +206,7 @@ int keel__task_exit(struct keel_task *t, int status)
 	t->flags = (uint8_t)((t->flags & ~KEEL__T_WAITING) | KEEL__T_EXITED);
 	c->count.exited++;
 	c->count.live--;
+	KEEL__TRACE(c, KEEL_EV_EXIT, 0, t->id, (int64_t)status, 0);
 	if (t->ext) {
 		keel__task_drop_token(t);
 		if (t->ext->scope)

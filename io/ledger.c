@@ -111,6 +111,8 @@ static void op_done(struct keel__io *io, struct keel__op *op, int res)
 {
 	struct keel_task *t = op->task;
 
+	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
+		    (int64_t)res, keel__clock_now() - op->start_ns);
 	op_release(io, op);
 	if (t->flags & KEEL__T_EXITED) {
 		if (!t->inflight)
@@ -182,6 +184,12 @@ int keel__op_commit(struct keel_task *t, struct keel__op *op,
 
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
+	if (__builtin_expect(io->core.trace != NULL, 0)) {
+		op->start_ns =
+		    keel__clock_now(); /* exact latency when tracing */
+		keel__trace_emit(&io->core, KEEL_EV_OP_SUBMIT, op->opcode,
+				 t->id, op->index, 0);
+	}
 	if (io->timeout_task == t) {
 		/* Absolute, so that a resubmitted send_all keeps it; from the
 		 * clock now, so the op gets at least its full time. */

@@ -41,11 +41,15 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 
 	if (!loop)
 		return -ENOMEM;
+	keel__trace_env(); /* KEEL_TRACE=<file> starts the tracer */
 	err = keel__core_init(&loop->io.core);
 	if (!err)
 		err = keel__io_init(&loop->io, opts);
 	loop->io.core.hooks.timer_arm = keel_timer_arm;
 	loop->io.core.hooks.timer_cancel = keel_timer_cancel;
+	/* Attach to a running trace now, so that spawns before the first
+	 * turn are recorded. */
+	keel__trace_turn(&loop->io.core);
 	if (err) {
 		keel__io_fini(&loop->io);
 		keel__core_fini(&loop->io.core);
@@ -86,11 +90,15 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 	struct keel__taskq *q = &c->runq[prio];
 	volatile unsigned ran = 0;
 
+	/* Most classes are empty most turns: no abort frame for them. */
+	if (!q->head || !limit)
+		return 0;
 	if (setjmp(c->abort_env)) {
 		struct keel_task *t = c->current;
 
 		c->current = NULL;
 		loop->io.timeout_task = NULL;
+		KEEL__TRACE(c, KEEL_EV_STEP_END, 0, t->id, 3, 0);
 		keel__task_aborted(c, t);
 		task_exited(loop, t);
 	}
@@ -106,9 +114,15 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 		c->ready_budget = KEEL__READY_PER_STEP;
 		c->count.steps++;
 		c->current = t;
+		KEEL__TRACE(c, KEEL_EV_STEP_BEGIN, 0, t->id, 0, 0);
 		int r = t->type->step(t);
 
 		c->current = NULL;
+		KEEL__TRACE(c, KEEL_EV_STEP_END, 0, t->id,
+			    r == KEEL__EXITED ? 2 : 1, 0);
+		if (r != KEEL__EXITED)
+			KEEL__TRACE(c, KEEL_EV_WAIT, 0, t->id,
+				    keel__trace_str_site(c, t->at), 0);
 		if (r == KEEL__EXITED)
 			task_exited(loop, t);
 		/* keel_op_timeout() covers one op of the step that set it. */
@@ -166,6 +180,9 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 		wait = 0;
 	io->count.sqes += io_uring_sq_ready(ring);
 	io->count.enters++;
+	if (wait)
+		KEEL__TRACE(&io->core, KEEL_EV_LOOP_IDLE, 0, UINT32_MAX, wait,
+			    0);
 	if (wait == 0) {
 		ret = io_uring_submit_and_get_events(ring);
 	} else if (wait < 0) {
@@ -191,6 +208,7 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	int err;
 
 	keel__current_core = &loop->io.core;
+	keel__trace_turn(&loop->io.core);
 	loop->turns++;
 	/* 1. Run ready tasks. */
 	run_ready(loop);
@@ -201,7 +219,13 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	/* 4. Reap completions (first resetting a host's eventfd: completions
 	 * after this point signal it again). */
 	keel__io_event_fd_drain(&loop->io);
+	uint64_t cqes = loop->io.count.cqes;
+
 	keel__io_reap(&loop->io);
+	KEEL__TRACE(&loop->io.core, KEEL_EV_LOOP_WAKE, 0, UINT32_MAX,
+		    loop->io.count.cqes - cqes, 0);
+	KEEL__TRACE(&loop->io.core, KEEL_EV_INFLIGHT, 0, UINT32_MAX,
+		    loop->io.ledger.inuse, 0);
 	/* 5. Fire expired timers. */
 	keel__timers_expire(loop);
 	keel__current_core = outer;
@@ -316,6 +340,7 @@ void keel_loop_destroy(struct keel_loop *loop)
 		return;
 	keel__current_core = c;
 	drain_ops(loop);
+	keel__trace_detach(c);
 	/* Tasks that never exited still get their cleanups run. */
 	for (uint32_t i = 0; i < c->nslots; i++) {
 		struct keel_task *t = c->slots[i].task;

@@ -179,6 +179,8 @@ void keel__timers_expire(struct keel_loop *loop)
 
 		heap_remove(h, 0);
 		loop->timers_fired++;
+		KEEL__TRACE(&loop->io.core, KEEL_EV_TIMER_FIRE, 0, UINT32_MAX,
+			    now - timer->deadline, 0);
 		timer->fn(loop, timer, timer->arg);
 	}
 }

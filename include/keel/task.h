@@ -142,12 +142,18 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 #define KEEL__CAT2(a, b) a##b
 #define KEEL__CAT(a, b)	 KEEL__CAT2(a, b)
 
-/* Start of a step function or routine: jump to where it last waited. */
+/*
+ * Start of a step function or routine: jump to where it last waited. (It
+ * also takes a label's address, which clang requires of any function with
+ * an indirect goto, even one whose body has no await.)
+ */
 #define KEEL_BEGIN(co)                                                         \
 	do {                                                                   \
 		if ((co)->at)                                                  \
 			goto *(co)->at->label;                                 \
-	} while (0)
+	} while (0);                                                           \
+	keel__begin:                                                           \
+	(void)&&keel__begin
 
 #define KEEL__AWAIT(co, op, id)                                                \
 	do {                                                                   \

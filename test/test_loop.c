@@ -1,0 +1,414 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_loop.c: creating and running a loop. Defaults and the ring
+ * description, the start-up error messages, io_uring refused by a seccomp
+ * filter (-EPERM), bad options (-EINVAL), a full SQ and an overflowing CQ
+ * losing no completion, keel_loop_stop(), and what keel_loop_destroy()
+ * does with tasks that never finished.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <keel.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/io_uring.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers/keel_test.h"
+
+Test(loop, create_with_null_opts_uses_single_issuer_and_defer_taskrun,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	char desc[512];
+	size_t n = keel_loop_describe(loop, desc, sizeof(desc));
+
+	cr_assert_gt(n, 0);
+	cr_assert_lt(n, sizeof(desc));
+	cr_assert_eq(strlen(desc), n);
+	cr_assert(strstr(desc, "SINGLE_ISSUER"), "describe: %s", desc);
+	cr_assert(strstr(desc, "DEFER_TASKRUN"), "describe: %s", desc);
+	keel_loop_destroy(loop);
+}
+
+Test(loop, describe_truncates_and_returns_the_length_it_needed, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	char full[512], part[8];
+	size_t n = keel_loop_describe(loop, full, sizeof(full));
+
+	memset(part, 'x', sizeof(part));
+	cr_assert_eq(keel_loop_describe(loop, part, sizeof(part)), n);
+	cr_assert_gt(n, sizeof(part) - 1);
+	cr_assert_eq(part[sizeof(part) - 1], '\0');
+	cr_assert_eq(memcmp(part, full, sizeof(part) - 1), 0);
+	keel_loop_destroy(loop);
+}
+
+static void assert_one_line(int err, const char *must1, const char *must2)
+{
+	const char *msg = keel_loop_explain(err);
+
+	cr_assert_not_null(msg, "no explanation for %d", err);
+	cr_assert_gt(strlen(msg), 0);
+	cr_assert_null(strchr(msg, '\n'), "not one line: %s", msg);
+	if (must1)
+		cr_assert(strstr(msg, must1), "%d: '%s' lacks %s", err, msg,
+			  must1);
+	if (must2)
+		cr_assert(strstr(msg, must2), "%d: '%s' lacks %s", err, msg,
+			  must2);
+}
+
+Test(loop, explain_eperm_names_io_uring_disabled_and_seccomp, .timeout = 10)
+{
+	assert_one_line(-EPERM, "io_uring_disabled", "seccomp");
+}
+
+Test(loop, explain_enomem_names_memlock, .timeout = 10)
+{
+	assert_one_line(-ENOMEM, "memlock", NULL);
+}
+
+Test(loop, explain_gives_one_line_for_other_errors, .timeout = 10)
+{
+	assert_one_line(-ENOSYS, NULL, NULL);
+	assert_one_line(-EINVAL, NULL, NULL);
+}
+
+/* Exit codes of the seccomp child. */
+enum {
+	CHILD_EPERM = 0,
+	CHILD_CREATED = 1,
+	CHILD_NO_FILTER = 2,
+	CHILD_OTHER = 3
+};
+
+#if defined(__x86_64__)
+#define TEST_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define TEST_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+#ifdef TEST_AUDIT_ARCH
+/* io_uring_setup fails with EPERM; everything else is allowed. */
+static int deny_io_uring_setup(void)
+{
+	struct sock_filter filter[] = {
+	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+		     offsetof(struct seccomp_data, arch)),
+	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
+	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+		     offsetof(struct seccomp_data, nr)),
+	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+	    BPF_STMT(BPF_RET | BPF_K,
+		     SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {
+	    .len = sizeof(filter) / sizeof(filter[0]),
+	    .filter = filter,
+	};
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+static void seccomp_child(void)
+{
+	struct keel_loop *loop = NULL;
+	int err;
+
+	if (deny_io_uring_setup() != 0)
+		_exit(CHILD_NO_FILTER);
+	err = keel_loop_create(&loop, NULL);
+	if (err == -EPERM)
+		_exit(CHILD_EPERM);
+	_exit(err == 0 ? CHILD_CREATED : CHILD_OTHER);
+}
+#endif
+
+Test(loop, create_under_seccomp_denying_io_uring_gives_eperm, .timeout = 10)
+{
+#ifdef TEST_AUDIT_ARCH
+	int status;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		seccomp_child();
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "child died: status %#x", status);
+	cr_assert_neq(WEXITSTATUS(status), CHILD_NO_FILTER,
+		      "could not install the seccomp filter");
+	cr_assert_neq(WEXITSTATUS(status), CHILD_CREATED,
+		      "keel_loop_create succeeded under the filter");
+	cr_assert_eq(WEXITSTATUS(status), CHILD_EPERM,
+		     "keel_loop_create gave another error than -EPERM");
+#else
+	cr_skip_test("no seccomp audit arch known for this machine");
+#endif
+}
+
+static void expect_create_error(const struct keel_loop_opts *opts, int want)
+{
+	struct keel_loop *loop = NULL;
+	int err = keel_loop_create(&loop, opts);
+
+	if (err == 0)
+		keel_loop_destroy(loop);
+	cr_assert_eq(err, want, "keel_loop_create gave %d, expected %d", err,
+		     want);
+}
+
+Test(loop, sq_entries_beyond_kernel_max_give_einval, .timeout = 10)
+{
+	struct keel_loop_opts opts = {.sq_entries = 100000};
+
+	expect_create_error(&opts, -EINVAL);
+}
+
+Test(loop, unknown_option_flags_give_einval, .timeout = 10)
+{
+	struct keel_loop_opts opts = {.flags = 0x80000000u};
+
+	expect_create_error(&opts, -EINVAL);
+}
+
+/* A task that awaits one nop; counts the ones that got 0. */
+static int g_nops_ok;
+static int g_nops_bad;
+
+struct nopper {
+	struct keel_task task;
+};
+
+static int nopper_step(struct keel_task *t);
+static KEEL_TASK_TYPE(nopper_task, struct nopper, task, nopper_step);
+
+static int nopper_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_nop(t));
+	if (keel_res(t) == 0)
+		g_nops_ok++;
+	else
+		g_nops_bad++;
+	KEEL_END(t);
+}
+
+static struct keel_loop_stats run_nops(const struct keel_loop_opts *opts, int n)
+{
+	struct keel_loop *loop = kt_loop_new(opts);
+	struct keel_loop_stats s;
+
+	for (int i = 0; i < n; i++)
+		kt_spawn(loop, &nopper_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	s = kt_stats(loop);
+	keel_loop_destroy(loop);
+	cr_assert_eq(g_nops_bad, 0);
+	cr_assert_eq(g_nops_ok, n, "%d of %d nops completed", g_nops_ok, n);
+	cr_assert_eq(s.exited, (uint64_t)n);
+	cr_assert_eq(s.ops_inflight, 0);
+	cr_assert_geq(s.cqes, (uint64_t)n);
+	return s;
+}
+
+Test(loop, full_sq_is_submitted_and_every_op_completes, .timeout = 10)
+{
+	struct keel_loop_opts opts = {.sq_entries = 4};
+	struct keel_loop_stats s = run_nops(&opts, 200);
+
+	cr_assert_gt(s.sq_full, 0, "200 ops in one turn never filled 4 SQEs");
+}
+
+Test(loop, cq_overflow_loses_no_completion, .timeout = 10)
+{
+	struct keel_loop_opts opts = {.sq_entries = 4, .cq_entries = 8};
+	struct keel_loop_stats s = run_nops(&opts, 500);
+
+	/*
+	 * A turn runs up to 256 nops against an 8-entry CQ, so the CQ does
+	 * overflow (61 times on 6.18); if it no longer did, this test would
+	 * check nothing: grow the task count or shrink the CQ.
+	 */
+	cr_log_info("cq_overflows = %lu, sq_full = %lu",
+		    (unsigned long)s.cq_overflows, (unsigned long)s.sq_full);
+	cr_assert_gt(s.cq_overflows, 0, "the CQ never overflowed");
+}
+
+Test(loop, no_defer_flag_still_gives_working_loop, .timeout = 10)
+{
+	struct keel_loop_opts opts = {.flags = KEEL_LOOP_NO_DEFER};
+
+	run_nops(&opts, 10);
+}
+
+/* keel_loop_stop() and keel_loop_destroy() with work left. */
+static int g_stage;
+static struct kt_log g_log;
+static struct keel_loop *g_current_inside;
+
+static void defer_log(void *arg)
+{
+	kt_log_push(&g_log, (int)(intptr_t)arg);
+}
+
+struct stopper {
+	struct keel_task task;
+	int stop; /* call keel_loop_stop() first */
+	int fd;	  /* >= 0: then wait on it (forever), else sleep 20 ms */
+	char buf[8];
+};
+
+static int stopper_step(struct keel_task *t);
+static KEEL_TASK_TYPE(stopper_task, struct stopper, task, stopper_step);
+
+static int stopper_step(struct keel_task *t)
+{
+	struct stopper *s = keel_container_of(t, struct stopper, task);
+
+	KEEL_BEGIN(t);
+	g_current_inside = keel_loop_current();
+	if (keel_defer(t, defer_log, (void *)9) != 0)
+		KEEL_EXIT(t, 1);
+	g_stage = 1;
+	if (s->stop)
+		keel_loop_stop(keel_task_loop(t));
+	if (s->fd >= 0) {
+		KEEL_AWAIT(t, keel_recv(t, s->fd, s->buf, sizeof(s->buf), 0));
+		kt_log_push(&g_log, keel_res(t));
+	} else {
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(20)));
+	}
+	g_stage = 2;
+	KEEL_END(t);
+}
+
+static struct stopper *spawn_stopper(struct keel_loop *loop, int stop, int fd)
+{
+	struct stopper *s = kt_spawn(loop, &stopper_task, KEEL_PRIO_NORMAL);
+
+	s->stop = stop;
+	s->fd = fd;
+	return s;
+}
+
+Test(loop, stop_from_task_makes_run_return_and_run_resumes, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	spawn_stopper(loop, 1, -1);
+	cr_assert_null(keel_loop_current());
+	kt_loop_run(loop);
+	cr_assert_eq(g_stage, 1, "run did not return after the stop");
+	cr_assert_eq(kt_stats(loop).tasks_live, 1);
+	cr_assert_eq(g_current_inside, loop);
+	cr_assert_null(keel_loop_current());
+	/* The stop was for one run: the next one finishes the work. */
+	kt_loop_run(loop);
+	cr_assert_eq(g_stage, 2);
+	kt_log_expect(&g_log, (const int[]){9}, 1);
+	keel_loop_destroy(loop);
+}
+
+Test(loop, stop_makes_run_return_while_only_an_idle_recv_is_left, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	int sv[2];
+
+	/* Nothing will ever complete: the turn must not wait for it. */
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	spawn_stopper(loop, 1, sv[0]);
+	kt_loop_run(loop);
+	cr_assert_eq(g_stage, 1);
+	cr_assert_eq(kt_stats(loop).tasks_live, 1);
+	keel_loop_destroy(loop);
+	close(sv[0]);
+	close(sv[1]);
+}
+
+Test(loop, destroy_cancels_ops_and_runs_defers_of_unfinished_task,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	int sv[2];
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	spawn_stopper(loop, 0, sv[0]);
+	/* One turn: the recv is in the kernel's hands. */
+	cr_assert_eq(keel_loop_step(loop, 0), 1);
+	cr_assert_eq(g_stage, 1);
+	cr_assert_geq(kt_stats(loop).ops_inflight, 1);
+	keel_loop_destroy(loop);
+	/* The task never resumed, but its cleanup ran. */
+	cr_assert_eq(g_stage, 1);
+	kt_log_expect(&g_log, (const int[]){9}, 1);
+	close(sv[0]);
+	close(sv[1]);
+}
+
+Test(loop, loop_fd_is_an_open_descriptor, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	int fd = keel_loop_fd(loop);
+
+	cr_assert_geq(fd, 0);
+	cr_assert_neq(fcntl(fd, F_GETFD), -1);
+	keel_loop_destroy(loop);
+}
+
+Test(loop, has_op_knows_nop_and_rejects_unknown_opcode, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	cr_assert(keel_loop_has_op(loop, IORING_OP_NOP));
+	cr_assert(keel_loop_has_op(loop, IORING_OP_RECV));
+	cr_assert_not(keel_loop_has_op(loop, 250));
+	keel_loop_destroy(loop);
+}
+
+Test(loop, loop_now_follows_the_monotonic_clock, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	uint64_t before, now, after;
+
+	kt_spawn(loop, &nopper_task, KEEL_PRIO_NORMAL);
+	before = kt_now_ns();
+	cr_assert_geq(keel_loop_step(loop, 0), 0);
+	after = kt_now_ns();
+	now = keel_loop_now(loop);
+	cr_assert(now >= before && now <= after,
+		  "loop now %lu outside [%lu, %lu]", (unsigned long)now,
+		  (unsigned long)before, (unsigned long)after);
+	keel_loop_destroy(loop);
+}
+
+Test(loop, two_loops_on_one_thread_run_independently, .timeout = 10)
+{
+	struct keel_loop *a = kt_loop_new(NULL);
+	struct keel_loop *b = kt_loop_new(NULL);
+
+	for (int i = 0; i < 3; i++)
+		kt_spawn(a, &nopper_task, KEEL_PRIO_NORMAL);
+	kt_spawn(b, &nopper_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(a);
+	cr_assert_eq(g_nops_ok, 3);
+	cr_assert_eq(kt_stats(b).tasks_live, 1);
+	kt_loop_run(b);
+	cr_assert_eq(g_nops_ok, 4);
+	keel_loop_destroy(a);
+	keel_loop_destroy(b);
+}
