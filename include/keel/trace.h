@@ -53,7 +53,7 @@ enum keel_trace_record {
 enum keel_trace_type {
 	KEEL_EV_SPAWN = 1, /* a: name string, b: spawner's slot+1 (0: none) */
 	KEEL_EV_STEP_BEGIN = 2, /* a: -, b: - */
-	KEEL_EV_STEP_END = 3,	/* a: 1 suspended, 2 exited; b: - */
+	KEEL_EV_STEP_END = 3,	/* a: 1 suspended, 2 exited, 3 aborted */
 	KEEL_EV_WAIT = 4,	/* a: await site string ("file:line what") */
 	KEEL_EV_EXIT = 5,	/* a: exit status (int64) */
 	KEEL_EV_ABORT = 6,	/* a: message string, b: site string */
