@@ -149,6 +149,14 @@ struct keel__core {
 	/* Tracing (core/trace.c): NULL when off. */
 	struct keel__trace_loop *trace;
 	uint32_t trace_gen;
+	/*
+	 * Read by the stall watchdog thread (sched/introspect.c): the step
+	 * counter and the running task's resume site, written with relaxed
+	 * atomic stores (plain moves on x86) before each step.
+	 */
+	const struct keel_await_point *current_site;
+	const struct keel_task_type *current_type;
+	uint64_t stall_flag; /* set by the watchdog: the step stalled (ns) */
 };
 
 /* The core of the loop running on this thread, or NULL. */

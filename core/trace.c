@@ -366,7 +366,8 @@ void keel__trace_emit(struct keel__core *c, uint8_t type, uint8_t op,
 }
 
 /* Queue a string record and return its id (0 when out of memory). */
-static uint32_t add_string(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static uint32_t
+add_string(const char *fmt, ...)
 {
 	char tmp[512];
 	va_list ap;
@@ -432,9 +433,10 @@ static bool intern_grow(struct keel__trace_loop *tl)
 	return true;
 }
 
+/* The id of the string for `key`; `line` < 0: `file` is the whole text,
+ * else "file:line what" (an await point). */
 static uint32_t intern(struct keel__trace_loop *tl, const void *key,
-		       const char *fmt, const char *s1, int line,
-		       const char *s2)
+		       const char *file, int line, const char *what)
 {
 	if ((tl->n + 1) * 2 > tl->cap && !intern_grow(tl))
 		return 0;
@@ -442,7 +444,8 @@ static uint32_t intern(struct keel__trace_loop *tl, const void *key,
 
 	if (tl->keys[i])
 		return tl->ids[i];
-	uint32_t id = add_string(fmt, s1, line, s2);
+	uint32_t id = line < 0 ? add_string("%s", file)
+			       : add_string("%s:%d %s", file, line, what);
 
 	if (id) {
 		tl->keys[i] = key;
@@ -454,7 +457,7 @@ static uint32_t intern(struct keel__trace_loop *tl, const void *key,
 
 uint64_t keel__trace_str_name(struct keel__core *c, const char *name)
 {
-	return intern(c->trace, name, "%s%.0d%s", name, 0, "");
+	return intern(c->trace, name, name, -1, NULL);
 }
 
 uint64_t keel__trace_str_site(struct keel__core *c,
@@ -462,7 +465,7 @@ uint64_t keel__trace_str_site(struct keel__core *c,
 {
 	if (!at)
 		return 0;
-	return intern(c->trace, at, "%s:%d %s", at->file, at->line, at->what);
+	return intern(c->trace, at, at->file, at->line, at->what);
 }
 
 uint64_t keel__trace_str_once(struct keel__core *c, const char *text)

@@ -11,12 +11,14 @@
 
 #include <keel/abort.h>
 #include <keel/cancel.h>
+#include <keel/introspect.h>
 #include <keel/io.h>
 #include <keel/loop.h>
 #include <keel/net.h>
 #include <keel/scope.h>
 #include <keel/task.h>
 #include <keel/timer.h>
+#include <keel/trace.h>
 
 #define KEEL_VERSION_MAJOR 0
 #define KEEL_VERSION_MINOR 1

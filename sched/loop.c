@@ -50,6 +50,7 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	/* Attach to a running trace now, so that spawns before the first
 	 * turn are recorded. */
 	keel__trace_turn(&loop->io.core);
+	keel__watchdog_add(loop);
 	if (err) {
 		keel__io_fini(&loop->io);
 		keel__core_fini(&loop->io.core);
@@ -96,7 +97,7 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 	if (setjmp(c->abort_env)) {
 		struct keel_task *t = c->current;
 
-		c->current = NULL;
+		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
 		loop->io.timeout_task = NULL;
 		KEEL__TRACE(c, KEEL_EV_STEP_END, 0, t->id, 3, 0);
 		keel__task_aborted(c, t);
@@ -112,12 +113,22 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 		c->runnable--;
 		t->flags &= (uint8_t)~KEEL__T_QUEUED;
 		c->ready_budget = KEEL__READY_PER_STEP;
-		c->count.steps++;
-		c->current = t;
+		/* Relaxed stores: the stall watchdog reads these. */
+		const struct keel_await_point *resumed_from = t->at;
+
+		__atomic_store_n(&c->current, t, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->current_type, t->type, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->current_site, resumed_from,
+				 __ATOMIC_RELAXED);
+		__atomic_store_n(&c->count.steps, c->count.steps + 1,
+				 __ATOMIC_RELAXED);
 		KEEL__TRACE(c, KEEL_EV_STEP_BEGIN, 0, t->id, 0, 0);
 		int r = t->type->step(t);
 
-		c->current = NULL;
+		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
+		if (__builtin_expect(
+			__atomic_load_n(&c->stall_flag, __ATOMIC_RELAXED), 0))
+			keel__stall_after_step(loop, t, resumed_from);
 		KEEL__TRACE(c, KEEL_EV_STEP_END, 0, t->id,
 			    r == KEEL__EXITED ? 2 : 1, 0);
 		if (r != KEEL__EXITED)
@@ -202,6 +213,15 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 	return ret < 0 ? ret : 0;
 }
 
+/* Histogram bucket of a wake that reaped `n` CQEs: le 0, 1, 2, 4, ... */
+static unsigned wake_bucket(uint64_t n)
+{
+	unsigned b = n <= 1 ? (unsigned)n
+			    : 1u + (64u - (unsigned)__builtin_clzll(n - 1));
+
+	return b < KEEL__WAKE_BUCKETS ? b : KEEL__WAKE_BUCKETS - 1;
+}
+
 static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 {
 	struct keel__core *outer = keel__current_core;
@@ -222,8 +242,9 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	uint64_t cqes = loop->io.count.cqes;
 
 	keel__io_reap(&loop->io);
-	KEEL__TRACE(&loop->io.core, KEEL_EV_LOOP_WAKE, 0, UINT32_MAX,
-		    loop->io.count.cqes - cqes, 0);
+	cqes = loop->io.count.cqes - cqes;
+	loop->cqes_per_wake[wake_bucket(cqes)]++;
+	KEEL__TRACE(&loop->io.core, KEEL_EV_LOOP_WAKE, 0, UINT32_MAX, cqes, 0);
 	KEEL__TRACE(&loop->io.core, KEEL_EV_INFLIGHT, 0, UINT32_MAX,
 		    loop->io.ledger.inuse, 0);
 	/* 5. Fire expired timers. */
@@ -310,6 +331,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->timers_armed = loop->timers.n;
 	out->aborted = c->aborted;
 	out->fault_recoveries = c->fault_recoveries;
+	out->stalls = __atomic_load_n(&loop->watch.stalls, __ATOMIC_RELAXED);
 }
 
 /*
@@ -339,6 +361,7 @@ void keel_loop_destroy(struct keel_loop *loop)
 	if (!loop)
 		return;
 	keel__current_core = c;
+	keel__watchdog_remove(loop);
 	drain_ops(loop);
 	keel__trace_detach(c);
 	/* Tasks that never exited still get their cleanups run. */

@@ -8,6 +8,7 @@
 
 #include "io.h"
 
+#include <keel/introspect.h>
 #include <keel/loop.h>
 #include <keel/timer.h>
 
@@ -26,6 +27,21 @@ struct keel__timer_heap {
 	uint64_t seq; /* arming counter: ties fire in arming order */
 };
 
+/* The stall watchdog's view of a loop (sched/introspect.c). */
+struct keel__loop_watch {
+	struct keel_loop *next; /* the watchdog's list, under its lock */
+	uint64_t threshold_ns;	/* 0: off */
+	keel_stall_fn fn;
+	void *arg;
+	uint64_t seen_steps; /* watchdog thread only */
+	uint64_t since;
+	uint64_t last_report;
+	bool reported;
+	uint64_t stalls;
+};
+
+#define KEEL__WAKE_BUCKETS 12
+
 struct keel_loop {
 	struct keel__io io; /* first: see core.h */
 	struct keel__timer_heap timers;
@@ -34,7 +50,15 @@ struct keel_loop {
 	uint64_t turns;
 	uint64_t timers_fired;
 	void *altstack; /* the signal stack keel gave this thread, if any */
+	struct keel__loop_watch watch;
+	uint64_t cqes_per_wake[KEEL__WAKE_BUCKETS]; /* le 0,1,2,4..,+Inf */
 };
+
+/* sched/introspect.c */
+void keel__watchdog_add(struct keel_loop *loop);
+void keel__watchdog_remove(struct keel_loop *loop);
+void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
+			    const struct keel_await_point *resumed_from);
 
 /* sched/faults.c: undo keel_loop_set_faults() for this thread. */
 void keel__faults_fini(struct keel_loop *loop);

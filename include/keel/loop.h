@@ -122,6 +122,7 @@ struct keel_loop_stats {
 	uint64_t timers_armed; /* timers armed now */
 	uint64_t aborted;      /* tasks aborted by a panic or a fault */
 	uint64_t fault_recoveries; /* faults turned into task aborts */
+	uint64_t stalls;	   /* steps longer than the stall threshold */
 };
 
 /* A snapshot of the loop's counters. */

@@ -1,0 +1,411 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * introspect.c: task dumps, the stall watchdog, and Prometheus metrics.
+ *
+ * The stall detector costs the loop nothing per step beyond two relaxed
+ * stores (the step counter and the resume site, sched/loop.c): a watchdog
+ * thread, started with the first loop, samples every registered loop each
+ * half threshold. A loop whose step counter has not moved while a task is
+ * running, for longer than its threshold, is stalled: the watchdog writes
+ * one line to stderr at once (at most once a second per loop), so a step
+ * that never returns is still reported, and flags the loop; after the step
+ * the loop emits the STALL trace event and calls the user's reporter.
+ * (Timing each step instead would cost a clock read, 15-40 ns here, per
+ * step.)
+ */
+#include "loop.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- stall watchdog -------------------------------------------------- */
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	struct keel_loop *loops; /* linked through watch.next */
+	bool running;
+} watchdog = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER,
+};
+
+static void watch_one(struct keel_loop *loop, uint64_t now)
+{
+	struct keel__loop_watch *w = &loop->watch;
+	struct keel__core *c = &loop->io.core;
+	uint64_t steps = __atomic_load_n(&c->count.steps, __ATOMIC_RELAXED);
+	struct keel_task *t = __atomic_load_n(&c->current, __ATOMIC_RELAXED);
+	uint64_t threshold =
+	    __atomic_load_n(&w->threshold_ns, __ATOMIC_RELAXED);
+
+	if (!t || steps != w->seen_steps || !threshold) {
+		w->seen_steps = steps;
+		w->since = now;
+		w->reported = false;
+		return;
+	}
+	if (w->reported || now - w->since < threshold)
+		return;
+	w->reported = true;
+	__atomic_store_n(&c->stall_flag, now - w->since, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&w->stalls, 1, __ATOMIC_RELAXED);
+	if (w->fn || now - w->last_report < 1000000000u)
+		return;
+	w->last_report = now;
+	const struct keel_await_point *at =
+	    __atomic_load_n(&c->current_site, __ATOMIC_RELAXED);
+	const struct keel_task_type *type =
+	    __atomic_load_n(&c->current_type, __ATOMIC_RELAXED);
+
+	/* Only static data: the task itself may be freed under us. */
+	char site[256] = "in its first step";
+
+	if (at)
+		snprintf(site, sizeof(site), "resumed from %s:%d %s", at->file,
+			 at->line, at->what);
+	fprintf(stderr,
+		"keel: stall: task %s has run one step for over %llu "
+		"ms (%s)\n",
+		type ? type->name : "?",
+		(unsigned long long)((now - w->since) / 1000000u), site);
+}
+
+static void *watchdog_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&watchdog.lock);
+	while (watchdog.loops) {
+		uint64_t tick = UINT64_MAX;
+
+		for (struct keel_loop *l = watchdog.loops; l;
+		     l = l->watch.next) {
+			uint64_t th = __atomic_load_n(&l->watch.threshold_ns,
+						      __ATOMIC_RELAXED);
+
+			if (th && th / 2 < tick)
+				tick = th / 2;
+		}
+		if (tick < 1000000u)
+			tick = 1000000u;
+		if (tick == UINT64_MAX)
+			tick = 1000000000u;
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t until = (uint64_t)ts.tv_sec * 1000000000u +
+				 (uint64_t)ts.tv_nsec + tick;
+
+		ts.tv_sec = (time_t)(until / 1000000000u);
+		ts.tv_nsec = (long)(until % 1000000000u);
+		pthread_cond_timedwait(&watchdog.wake, &watchdog.lock, &ts);
+		uint64_t now = keel__clock_now();
+
+		for (struct keel_loop *l = watchdog.loops; l; l = l->watch.next)
+			watch_one(l, now);
+	}
+	watchdog.running = false;
+	pthread_mutex_unlock(&watchdog.lock);
+	return NULL;
+}
+
+void keel__watchdog_add(struct keel_loop *loop)
+{
+	loop->watch.threshold_ns = KEEL_STALL_DEFAULT_NS;
+	pthread_mutex_lock(&watchdog.lock);
+	loop->watch.next = watchdog.loops;
+	watchdog.loops = loop;
+	if (!watchdog.running) {
+		pthread_t th;
+		pthread_attr_t attr;
+
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		/* Without it the loop runs undetected; nothing else breaks. */
+		watchdog.running =
+		    pthread_create(&th, &attr, watchdog_main, NULL) == 0;
+		pthread_attr_destroy(&attr);
+	}
+	pthread_mutex_unlock(&watchdog.lock);
+}
+
+void keel__watchdog_remove(struct keel_loop *loop)
+{
+	pthread_mutex_lock(&watchdog.lock);
+	for (struct keel_loop **p = &watchdog.loops; *p; p = &(*p)->watch.next)
+		if (*p == loop) {
+			*p = loop->watch.next;
+			break;
+		}
+	/* The thread exits when the list is empty: wake it to notice. */
+	pthread_cond_signal(&watchdog.wake);
+	pthread_mutex_unlock(&watchdog.lock);
+}
+
+void keel_loop_set_stall(struct keel_loop *loop, uint64_t threshold_ns,
+			 keel_stall_fn fn, void *arg)
+{
+	pthread_mutex_lock(&watchdog.lock);
+	loop->watch.fn = fn;
+	loop->watch.arg = arg;
+	__atomic_store_n(&loop->watch.threshold_ns, threshold_ns,
+			 __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&watchdog.lock);
+}
+
+/* After a step the watchdog flagged: trace it and tell the reporter. */
+void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
+			    const struct keel_await_point *resumed_from)
+{
+	struct keel__core *c = &loop->io.core;
+	uint64_t ns = __atomic_exchange_n(&c->stall_flag, 0, __ATOMIC_RELAXED);
+
+	KEEL__TRACE(c, KEEL_EV_STALL, 0, t->id, ns,
+		    keel__trace_str_site(c, resumed_from));
+	pthread_mutex_lock(&watchdog.lock);
+	keel_stall_fn fn = loop->watch.fn;
+	void *arg = loop->watch.arg;
+
+	pthread_mutex_unlock(&watchdog.lock);
+	if (!fn)
+		return;
+	char site[256];
+
+	if (resumed_from)
+		snprintf(site, sizeof(site), "%s:%d %s", resumed_from->file,
+			 resumed_from->line, resumed_from->what);
+	else
+		snprintf(site, sizeof(site), "its start");
+	fn(loop, t->type->name, site, ns, arg);
+}
+
+/* ---- task dump --------------------------------------------------------- */
+
+static const char *const op_names[] = {
+    "nop",
+    "readv",
+    "writev",
+    "fsync",
+    "read_fixed",
+    "write_fixed",
+    "poll_add",
+    "poll_remove",
+    "sync_file_range",
+    "sendmsg",
+    "recvmsg",
+    "timeout",
+    "timeout_remove",
+    "accept",
+    "async_cancel",
+    "link_timeout",
+    "connect",
+    "fallocate",
+    "openat",
+    "close",
+    "files_update",
+    "statx",
+    "read",
+    "write",
+    "fadvise",
+    "madvise",
+    "send",
+    "recv",
+    "openat2",
+    "epoll_ctl",
+    "splice",
+    "provide_buffers",
+    "remove_buffers",
+    "tee",
+    "shutdown",
+    "renameat",
+    "unlinkat",
+    "mkdirat",
+    "symlinkat",
+    "linkat",
+    "msg_ring",
+    "fsetxattr",
+    "setxattr",
+    "fgetxattr",
+    "getxattr",
+    "socket",
+    "uring_cmd",
+    "send_zc",
+    "sendmsg_zc",
+};
+
+static const char *op_name(unsigned op)
+{
+	return op < sizeof(op_names) / sizeof(op_names[0]) ? op_names[op] : "?";
+}
+
+static const char *task_state(const struct keel_task *t)
+{
+	if (t->flags & KEEL__T_EXITED)
+		return t->inflight ? "zombie" : "exited";
+	if (t->flags & KEEL__T_QUEUED)
+		return "ready";
+	if (t->flags & KEEL__T_WAITING)
+		return "waiting";
+	return "running";
+}
+
+int keel_loop_dump(struct keel_loop *loop, int fd)
+{
+	struct keel__core *c = &loop->io.core;
+	struct keel__ledger *l = &loop->io.ledger;
+	uint64_t now = keel__clock_now();
+	FILE *out = fdopen(dup(fd), "w");
+	int listed = 0;
+
+	if (!out)
+		return -errno;
+	fprintf(out,
+		"keel: task dump: %llu live, %llu zombies, %u ops in "
+		"flight, %u timers\n",
+		(unsigned long long)c->count.live,
+		(unsigned long long)c->count.zombies, l->inuse, loop->timers.n);
+	for (uint32_t i = 0; i < c->nslots; i++) {
+		struct keel_task *t = c->slots[i].task;
+
+		if (!t)
+			continue;
+		listed++;
+		fprintf(out, "  task %u %s [%s, prio %u]", i, t->type->name,
+			task_state(t), t->prio);
+		if (t->at)
+			fprintf(out, " at %s:%d %s", t->at->file, t->at->line,
+				t->at->what);
+		fputc('\n', out);
+		for (uint32_t o = t->ops; o; o = keel__op_at(l, o - 1)->next) {
+			const struct keel__op *op = keel__op_at(l, o - 1);
+
+			fprintf(out, "    op %s", op_name(op->opcode));
+			if (op->fd >= 0)
+				fprintf(out, " fd %d", op->fd);
+			fprintf(out, ", %.3f ms%s\n",
+				(double)(now - op->start_ns) / 1e6,
+				op->flags & KEEL__OP_CANCEL_SENT
+				    ? ", cancelling"
+				    : "");
+		}
+	}
+	fclose(out);
+	return listed;
+}
+
+/* ---- metrics ------------------------------------------------------------ */
+
+struct metric {
+	const char *name;
+	const char *type; /* counter or gauge */
+	const char *help;
+	size_t offset; /* into struct keel_loop_stats */
+};
+
+#define STAT(field) offsetof(struct keel_loop_stats, field)
+
+static const struct metric metrics[] = {
+    {"keel_loop_turns_total", "counter", "Loop turns.", STAT(turns)},
+    {"keel_task_steps_total", "counter", "Task steps run.", STAT(steps)},
+    {"keel_tasks_spawned_total", "counter", "Tasks spawned.", STAT(spawned)},
+    {"keel_tasks_exited_total", "counter", "Tasks exited.", STAT(exited)},
+    {"keel_tasks_aborted_total", "counter",
+     "Tasks aborted by a panic or a fault.", STAT(aborted)},
+    {"keel_ring_enters_total", "counter", "io_uring_enter calls.",
+     STAT(enters)},
+    {"keel_ring_sqes_total", "counter", "SQEs submitted.", STAT(sqes)},
+    {"keel_ring_cqes_total", "counter", "CQEs reaped.", STAT(cqes)},
+    {"keel_ring_stale_cqes_total", "counter",
+     "CQEs of a stale generation, dropped.", STAT(stale_cqes)},
+    {"keel_ring_sq_full_total", "counter", "Submits forced by a full SQ.",
+     STAT(sq_full)},
+    {"keel_ring_cq_overflows_total", "counter",
+     "Times the CQ overflowed (nothing lost).", STAT(cq_overflows)},
+    {"keel_timers_fired_total", "counter", "Timers fired.", STAT(timers_fired)},
+    {"keel_fault_recoveries_total", "counter",
+     "Hardware faults turned into task aborts.", STAT(fault_recoveries)},
+    {"keel_stalls_total", "counter",
+     "Steps that ran longer than the stall threshold.", STAT(stalls)},
+    {"keel_tasks_live", "gauge", "Tasks spawned and not exited.",
+     STAT(tasks_live)},
+    {"keel_tasks_zombie", "gauge",
+     "Exited tasks whose ops are still in flight.", STAT(zombies)},
+    {"keel_ops_inflight", "gauge", "Ops the kernel still owns.",
+     STAT(ops_inflight)},
+    {"keel_timers_armed", "gauge", "Timers armed.", STAT(timers_armed)},
+};
+
+struct sink {
+	char *buf;
+	size_t len;
+	size_t need;
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct sink *s,
+						      const char *fmt, ...)
+{
+	va_list ap;
+	size_t room = s->need < s->len ? s->len - s->need : 0;
+
+	va_start(ap, fmt);
+	int n = vsnprintf(room ? s->buf + s->need : NULL, room, fmt, ap);
+
+	va_end(ap);
+	if (n > 0)
+		s->need += (size_t)n;
+}
+
+size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
+			   char *buf, size_t len)
+{
+	struct sink s = {buf, len, 0};
+
+	if (len)
+		buf[0] = '\0';
+	for (size_t m = 0; m < sizeof(metrics) / sizeof(metrics[0]); m++) {
+		put(&s, "# HELP %s %s\n# TYPE %s %s\n", metrics[m].name,
+		    metrics[m].help, metrics[m].name, metrics[m].type);
+		for (unsigned i = 0; i < n; i++) {
+			struct keel_loop_stats st;
+			uint64_t v;
+
+			keel_loop_stats(loops[i], &st);
+			memcpy(&v, (char *)&st + metrics[m].offset, sizeof(v));
+			put(&s, "%s{loop=\"%u\"} %llu\n", metrics[m].name, i,
+			    (unsigned long long)v);
+		}
+	}
+	/* CQEs reaped per wake: how well completions batch. */
+	const char *h = "keel_ring_cqes_per_wake";
+
+	put(&s, "# HELP %s CQEs reaped per wake-up of the loop.\n", h);
+	put(&s, "# TYPE %s histogram\n", h);
+	for (unsigned i = 0; i < n; i++) {
+		const struct keel_loop *l = loops[i];
+		uint64_t cum = 0;
+
+		for (unsigned b = 0; b < KEEL__WAKE_BUCKETS; b++) {
+			cum += l->cqes_per_wake[b];
+			if (b + 1 < KEEL__WAKE_BUCKETS)
+				put(&s,
+				    "%s_bucket{loop=\"%u\",le=\"%u\"} %llu\n",
+				    h, i, (1u << b) >> 1,
+				    (unsigned long long)cum);
+			else
+				put(&s,
+				    "%s_bucket{loop=\"%u\",le=\"+Inf\"} %llu\n",
+				    h, i, (unsigned long long)cum);
+		}
+		put(&s,
+		    "%s_sum{loop=\"%u\"} %llu\n%s_count{loop=\"%u\"} %llu\n", h,
+		    i, (unsigned long long)l->io.count.cqes, h, i,
+		    (unsigned long long)cum);
+	}
+	return s.need;
+}
