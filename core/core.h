@@ -13,6 +13,7 @@
 
 #include <keel/abort.h>
 #include <keel/cancel.h>
+#include <keel/mailbox.h>
 #include <keel/scope.h>
 #include <keel/task.h>
 #include <keel/timer.h>
@@ -28,6 +29,7 @@
 #define KEEL__T_JOINABLE 0x04 /* keeps its status until joined/detached */
 #define KEEL__T_EXITED	 0x08 /* ran its last step; runs no more code */
 #define KEEL__T_RELEASED 0x10 /* joined or detached: free when ops drain */
+#define KEEL__T_EXTERNAL 0x20 /* waits on another thread (a mailbox) */
 
 /* What a step function returns after KEEL_EXIT. */
 #define KEEL__EXITED 2
@@ -70,6 +72,83 @@ struct keel__defer_entry {
 /* Wakes a task from a wait that is not an op (a join): unregisters it. */
 typedef void (*keel__wait_cancel_fn)(struct keel_task *t);
 
+/*
+ * An item for a loop's inbox (sched/remote.c): work another thread hands
+ * to the loop, run on the loop's thread in step 2 of its turn. Embedded in
+ * whatever it concerns (a mailbox, a waiter, a spawn request).
+ */
+struct keel__remote_item;
+typedef void (*keel__remote_fn)(struct keel_loop *loop,
+				struct keel__remote_item *item);
+struct keel__remote_item {
+	struct keel__remote_item *next;
+	keel__remote_fn run;
+};
+
+/*
+ * A task waiting in a queue (a blocked send, a semaphore...): at most one
+ * per task, so it lives in the task's ext. Linked into a FIFO keel__waitq.
+ */
+struct keel__waiter {
+	struct keel__waiter *next;
+	struct keel__waiter *prev;
+	struct keel_task *task;
+	void *payload; /* what the wait carries (a message to send) */
+	void *owner;   /* the object waited on */
+	int state;     /* keel__waiter_state, atomic across loops */
+	int result;
+	struct keel__remote_item wake; /* to wake it from another loop */
+};
+
+enum keel__waiter_state {
+	KEEL__WAIT_IDLE = 0,
+	KEEL__WAIT_QUEUED = 1,
+	KEEL__WAIT_WAKING = 2, /* taken off the queue, a wake is in flight */
+	KEEL__WAIT_SENT = 3,   /* done meanwhile; the wake only completes it */
+};
+
+struct keel__waitq {
+	struct keel__waiter *head;
+	struct keel__waiter *tail;
+	uint32_t len;
+};
+
+static inline void keel__waitq_push(struct keel__waitq *q,
+				    struct keel__waiter *w)
+{
+	w->next = NULL;
+	w->prev = q->tail;
+	if (q->tail)
+		q->tail->next = w;
+	else
+		q->head = w;
+	q->tail = w;
+	q->len++;
+}
+
+static inline void keel__waitq_remove(struct keel__waitq *q,
+				      struct keel__waiter *w)
+{
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		q->head = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	else
+		q->tail = w->prev;
+	w->next = w->prev = NULL;
+	q->len--;
+}
+
+static inline struct keel__waiter *keel__waitq_pop(struct keel__waitq *q)
+{
+	struct keel__waiter *w = q->head;
+
+	if (w)
+		keel__waitq_remove(q, w);
+	return w;
+}
 struct keel__task_ext {
 	struct keel_task *task;
 	struct keel__defer_entry *defers;
@@ -85,6 +164,7 @@ struct keel__task_ext {
 	uint32_t scope_index;
 	struct keel_abort abort;	/* why it aborted (message owned) */
 	struct keel_abort joined_abort; /* last joined task's (owned) */
+	struct keel__waiter waiter;	/* its queue wait, if any */
 };
 
 /* A cancellation token (see keel/cancel.h). */
@@ -108,6 +188,9 @@ struct keel__core_hooks {
 	int (*timer_arm)(struct keel_loop *loop, struct keel_timer *timer,
 			 uint64_t deadline_ns);
 	bool (*timer_cancel)(struct keel_loop *loop, struct keel_timer *timer);
+	/* Hand `item` to `loop` from any thread (sched/remote.c). */
+	void (*remote_post)(struct keel_loop *loop,
+			    struct keel__remote_item *item);
 };
 
 /* Task table slot: lets a dump walk every live task and gives handles. */
@@ -134,6 +217,7 @@ struct keel__core {
 	uint32_t nslots;
 	uint32_t free_slot; /* index + 1, 0 = none */
 	struct keel__core_counters count;
+	uint32_t external_waits; /* tasks another thread may wake */
 	struct keel__core_hooks hooks;
 	struct keel_token *root; /* the loop's root token */
 	/* Abort frames (core/abort.c): where a panic in a step jumps to. */
@@ -294,6 +378,17 @@ static inline int keel__task_ready(struct keel_task *t, int res)
 		return KEEL_READY;
 	}
 	return keel_yield(t);
+}
+
+/*
+ * Suspend on something only another thread may complete (a mailbox fed by
+ * other loops): the loop may then block with nothing in flight.
+ */
+static inline int keel__task_suspend_external(struct keel_task *t)
+{
+	keel__core_of(t->loop)->external_waits++;
+	t->flags |= KEEL__T_EXTERNAL | KEEL__T_WAITING;
+	return KEEL_PENDING;
 }
 
 /* Mark the task suspended; the await returns KEEL_PENDING. */

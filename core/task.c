@@ -80,7 +80,11 @@ static void slot_release(struct keel__core *c, uint32_t id)
 
 static void enqueue(struct keel__core *c, struct keel_task *t)
 {
-	t->flags = (uint8_t)((t->flags & ~KEEL__T_WAITING) | KEEL__T_QUEUED);
+	if (t->flags & KEEL__T_EXTERNAL)
+		c->external_waits--;
+	t->flags =
+	    (uint8_t)((t->flags & ~(KEEL__T_WAITING | KEEL__T_EXTERNAL)) |
+		      KEEL__T_QUEUED);
 	keel__taskq_push(&c->runq[t->prio], t);
 	c->runnable++;
 }

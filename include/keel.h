@@ -14,7 +14,9 @@
 #include <keel/introspect.h>
 #include <keel/io.h>
 #include <keel/loop.h>
+#include <keel/mailbox.h>
 #include <keel/net.h>
+#include <keel/runtime.h>
 #include <keel/scope.h>
 #include <keel/task.h>
 #include <keel/timer.h>

@@ -28,6 +28,7 @@
 #define KEEL__UD_MAIN	   0u /* the op's own CQE */
 #define KEEL__UD_TIMEOUT   1u /* its linked timeout's CQE */
 #define KEEL__UD_INTERNAL  2u /* a helper request (cancel): only counted */
+#define KEEL__UD_WAKE	   3u /* a doorbell (MSG_RING) from another thread */
 #define KEEL__UD_ROLE_MASK 3u
 
 /* What an op is, for the completion path. */

@@ -263,7 +263,8 @@ static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 	uint32_t gen = (uint32_t)(ud >> 32);
 	struct keel__ledger *l = &io->ledger;
 
-	if (role == KEEL__UD_INTERNAL) {
+	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
+		/* A doorbell's work is in the inbox, drained in step 2. */
 		io->count.internal_cqes++;
 		return;
 	}

@@ -47,6 +47,7 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 		err = keel__io_init(&loop->io, opts);
 	loop->io.core.hooks.timer_arm = keel_timer_arm;
 	loop->io.core.hooks.timer_cancel = keel_timer_cancel;
+	loop->io.core.hooks.remote_post = keel__remote_post;
 	/* Attach to a running trace now, so that spawns before the first
 	 * turn are recorded. */
 	keel__trace_turn(&loop->io.core);
@@ -167,7 +168,8 @@ static bool has_work(const struct keel_loop *loop)
 	const struct keel__core *c = &loop->io.core;
 
 	return c->runnable || c->count.live || c->count.zombies ||
-	       loop->io.ledger.inuse || loop->timers.n;
+	       loop->io.ledger.inuse || loop->timers.n ||
+	       (loop->persistent && !loop->stop);
 }
 
 static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
@@ -187,8 +189,19 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 	}
 	/* Tasks ready or a stop requested: do not wait. Nothing in
 	 * flight and no timer: waiting would hang. */
-	if (io->core.runnable || loop->stop || (!io->ledger.inuse && wait < 0))
+	if (io->core.runnable || loop->stop ||
+	    (!io->ledger.inuse && wait < 0 && !io->core.external_waits &&
+	     !loop->persistent))
 		wait = 0;
+	/* About to block: park, then look at the inbox once more (a poster
+	 * pushes, then looks at `parked`: one of us sees the other). */
+	bool parked = wait != 0;
+
+	if (parked) {
+		keel__remote_park(loop, true);
+		if (keel__remote_pending(loop))
+			wait = 0;
+	}
 	io->count.sqes += io_uring_sq_ready(ring);
 	io->count.enters++;
 	if (wait)
@@ -207,6 +220,8 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 		ret =
 		    io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
 	}
+	if (parked)
+		keel__remote_park(loop, false);
 	/* A timeout, a signal or a busy CQ are not errors of the loop. */
 	if (ret == -ETIME || ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
 		ret = 0;
@@ -232,7 +247,8 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	loop->turns++;
 	/* 1. Run ready tasks. */
 	run_ready(loop);
-	/* 2. Cross-loop messages: a lone loop has none. */
+	/* 2. Drain the inbox: cross-loop messages, wakes, spawns. */
+	keel__remote_drain(loop);
 	/* 3. Submit and wait. */
 	err = submit_and_wait(loop, max_wait_ns);
 	loop->io.now = keel__clock_now();
@@ -261,7 +277,8 @@ int keel_loop_run(struct keel_loop *loop)
 
 		/* Every task waits and nothing in flight can wake one: the
 		 * tasks wait on each other (a join cycle). */
-		if (!c->runnable && !loop->io.ledger.inuse && !loop->timers.n)
+		if (!c->runnable && !loop->io.ledger.inuse && !loop->timers.n &&
+		    !c->external_waits && !loop->persistent)
 			return -EDEADLK;
 		int err = loop_turn(loop, -1);
 

@@ -42,6 +42,14 @@ struct keel__loop_watch {
 
 #define KEEL__WAKE_BUCKETS 12
 
+/* Work other threads hand to the loop (sched/remote.c). */
+struct keel__inbox {
+	struct keel__remote_item *head; /* lock-free stack */
+	int parked;	    /* blocked (or about to) in the kernel */
+	int wake_pending;   /* a doorbell is on its way */
+	uint64_t doorbells; /* rung so far */
+};
+
 struct keel_loop {
 	struct keel__io io; /* first: see core.h */
 	struct keel__timer_heap timers;
@@ -51,8 +59,16 @@ struct keel_loop {
 	uint64_t timers_fired;
 	void *altstack; /* the signal stack keel gave this thread, if any */
 	struct keel__loop_watch watch;
+	struct keel__inbox inbox;
+	bool persistent; /* a runtime loop: keeps running while idle */
 	uint64_t cqes_per_wake[KEEL__WAKE_BUCKETS]; /* le 0,1,2,4..,+Inf */
 };
+
+/* sched/remote.c */
+void keel__remote_post(struct keel_loop *loop, struct keel__remote_item *it);
+bool keel__remote_pending(struct keel_loop *loop);
+void keel__remote_park(struct keel_loop *loop, bool parked);
+void keel__remote_drain(struct keel_loop *loop);
 
 /* sched/introspect.c */
 void keel__watchdog_add(struct keel_loop *loop);

@@ -1,0 +1,603 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * mailbox.c: bounded mailboxes (semantics in keel/mailbox.h).
+ *
+ * Two queues feed one receiver on the owner loop:
+ * - `local`: a plain ring for senders on the owner loop (no atomics);
+ * - `remote`: a bounded lock-free queue (Vyukov's, with a sequence word per
+ *   slot) for senders on other threads. It is multi-consumer so that a
+ *   remote DROP_OLDEST sender can take the oldest message out itself.
+ * A remote send marks the mailbox `notified` and, only if it was not yet,
+ * posts the mailbox's item to the owner loop's inbox; the inbox rings the
+ * loop's doorbell only when the loop is parked. So a burst of sends costs
+ * one notification and at most one wake-up.
+ *
+ * Blocked senders wait in FIFO queues: owner-loop tasks in `local_senders`
+ * (the receiver moves a waiting sender's message in as room frees), tasks
+ * of other loops in `remote_senders` under `lock` (the receiver posts a
+ * wake to the sender's loop, which retries its send there).
+ *
+ * Invariant (no lost notification): the receiver clears `notified` before
+ * it looks at the remote queue; a sender queues before it looks at
+ * `notified`. Both with sequentially consistent atomics.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOAD(p)		  __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v)	  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define RELAXED_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+
+struct mb_slot {
+	uint64_t seq;
+	void *msg;
+};
+
+struct keel_mailbox {
+	struct keel_loop *owner;
+	uint32_t cap;
+	int policy;
+	keel_mb_drop_fn on_drop;
+	void *drop_arg;
+	uint32_t refs;
+	int closed;
+	/* Owner-loop senders. */
+	void **local;
+	uint32_t lhead;
+	uint32_t lcount;
+	/* Other threads' senders: Vyukov bounded MPMC queue. */
+	struct mb_slot *remote;
+	uint64_t rmask;
+	uint64_t renq __attribute__((aligned(64)));
+	uint64_t rdeq __attribute__((aligned(64)));
+	int notified __attribute__((aligned(64)));
+	struct keel__remote_item ready;
+	/* The receiving task. */
+	struct keel_task *receiver;
+	void **recv_out;
+	bool take_remote_first; /* alternate the two queues when both fill */
+	struct keel__waitq local_senders;
+	pthread_mutex_t lock; /* remote_senders */
+	struct keel__waitq remote_senders;
+	uint32_t nremote_senders; /* atomic hint read without the lock */
+	uint64_t sent, received, dropped, full;
+};
+
+static bool remote_push(struct keel_mailbox *mb, void *msg)
+{
+	uint64_t pos = __atomic_load_n(&mb->renq, __ATOMIC_RELAXED);
+
+	for (;;) {
+		struct mb_slot *s = &mb->remote[pos & mb->rmask];
+		uint64_t seq = LOAD(&s->seq);
+		int64_t dif = (int64_t)(seq - pos);
+
+		if (dif == 0) {
+			if (__atomic_compare_exchange_n(
+				&mb->renq, &pos, pos + 1, true,
+				__ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+				s->msg = msg;
+				STORE(&s->seq, pos + 1);
+				return true;
+			}
+		} else if (dif < 0) {
+			return false; /* full */
+		} else {
+			pos = __atomic_load_n(&mb->renq, __ATOMIC_RELAXED);
+		}
+	}
+}
+
+static bool remote_pop(struct keel_mailbox *mb, void **msg)
+{
+	uint64_t pos = __atomic_load_n(&mb->rdeq, __ATOMIC_RELAXED);
+
+	for (;;) {
+		struct mb_slot *s = &mb->remote[pos & mb->rmask];
+		uint64_t seq = LOAD(&s->seq);
+		int64_t dif = (int64_t)(seq - (pos + 1));
+
+		if (dif == 0) {
+			if (__atomic_compare_exchange_n(
+				&mb->rdeq, &pos, pos + 1, true,
+				__ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+				*msg = s->msg;
+				STORE(&s->seq, pos + mb->rmask + 1);
+				return true;
+			}
+		} else if (dif < 0) {
+			return false; /* empty */
+		} else {
+			pos = __atomic_load_n(&mb->rdeq, __ATOMIC_RELAXED);
+		}
+	}
+}
+
+static bool on_owner(const struct keel_mailbox *mb)
+{
+	return keel__current_core == keel__core_of(mb->owner);
+}
+
+static void drop(struct keel_mailbox *mb, void *msg)
+{
+	RELAXED_ADD(&mb->dropped, 1);
+	if (mb->on_drop)
+		mb->on_drop(msg, mb->drop_arg);
+}
+
+static void ready_run(struct keel_loop *loop, struct keel__remote_item *it);
+
+int keel_mailbox_new(struct keel_loop *owner,
+		     const struct keel_mailbox_opts *opts,
+		     struct keel_mailbox **out)
+{
+	uint32_t cap = opts && opts->capacity ? opts->capacity : 1024;
+	struct keel_mailbox *mb;
+
+	if (opts && (opts->policy < KEEL_MB_BLOCK ||
+		     opts->policy > KEEL_MB_DROP_OLDEST))
+		return -EINVAL;
+	if (cap > (1u << 30))
+		return -EINVAL;
+	mb = calloc(1, sizeof(*mb));
+	if (!mb)
+		return -ENOMEM;
+	uint64_t rsize = 1;
+
+	while (rsize < cap)
+		rsize <<= 1;
+	mb->local = calloc(cap, sizeof(*mb->local));
+	mb->remote = calloc(rsize, sizeof(*mb->remote));
+	if (!mb->local || !mb->remote) {
+		free(mb->local);
+		free(mb->remote);
+		free(mb);
+		return -ENOMEM;
+	}
+	for (uint64_t i = 0; i < rsize; i++)
+		mb->remote[i].seq = i;
+	mb->rmask = rsize - 1;
+	mb->owner = owner;
+	mb->cap = cap;
+	mb->policy = opts ? (int)opts->policy : KEEL_MB_BLOCK;
+	mb->on_drop = opts ? opts->on_drop : NULL;
+	mb->drop_arg = opts ? opts->drop_arg : NULL;
+	mb->refs = 1;
+	mb->ready.run = ready_run;
+	pthread_mutex_init(&mb->lock, NULL);
+	*out = mb;
+	return 0;
+}
+
+struct keel_mailbox *keel_mailbox_ref(struct keel_mailbox *mb)
+{
+	RELAXED_ADD(&mb->refs, 1);
+	return mb;
+}
+
+void keel_mailbox_release(struct keel_mailbox *mb)
+{
+	void *msg;
+
+	if (__atomic_sub_fetch(&mb->refs, 1, __ATOMIC_ACQ_REL))
+		return;
+	while (mb->lcount) {
+		msg = mb->local[mb->lhead];
+		mb->lhead = (mb->lhead + 1) % mb->cap;
+		mb->lcount--;
+		if (mb->on_drop)
+			mb->on_drop(msg, mb->drop_arg);
+	}
+	while (remote_pop(mb, &msg))
+		if (mb->on_drop)
+			mb->on_drop(msg, mb->drop_arg);
+	pthread_mutex_destroy(&mb->lock);
+	free(mb->local);
+	free(mb->remote);
+	free(mb);
+}
+
+/* ---- the receiving side (owner loop) ---------------------------------- */
+
+static void local_push(struct keel_mailbox *mb, void *msg)
+{
+	mb->local[(mb->lhead + mb->lcount) % mb->cap] = msg;
+	mb->lcount++;
+}
+
+static void *local_pop(struct keel_mailbox *mb)
+{
+	void *msg = mb->local[mb->lhead];
+
+	mb->lhead = (mb->lhead + 1) % mb->cap;
+	mb->lcount--;
+	return msg;
+}
+
+static void wake_remote_sender(struct keel_mailbox *mb);
+
+/* Take the next message, refilling from blocked senders. */
+static bool take(struct keel_mailbox *mb, void **msg)
+{
+	bool got = false;
+
+	if (mb->take_remote_first || !mb->lcount)
+		got = remote_pop(mb, msg);
+	if (got) {
+		if (LOAD(&mb->nremote_senders))
+			wake_remote_sender(mb);
+	} else if (mb->lcount) {
+		*msg = local_pop(mb);
+		got = true;
+		/* Room: the first blocked local sender's message moves in. */
+		struct keel__waiter *w = keel__waitq_pop(&mb->local_senders);
+
+		if (w) {
+			local_push(mb, w->payload);
+			RELAXED_ADD(&mb->sent, 1);
+			w->state = KEEL__WAIT_IDLE;
+			w->task->ext->wait_cancel = NULL;
+			keel__task_complete(w->task, 0);
+		}
+	} else if (!mb->take_remote_first) {
+		got = remote_pop(mb, msg);
+		if (got && LOAD(&mb->nremote_senders))
+			wake_remote_sender(mb);
+	}
+	mb->take_remote_first = !mb->take_remote_first;
+	if (got)
+		RELAXED_ADD(&mb->received, 1);
+	return got;
+}
+
+/* A receiver is waiting: give it a message, or -EPIPE once closed. */
+static void deliver(struct keel_mailbox *mb)
+{
+	struct keel_task *r = mb->receiver;
+	void *msg;
+	int res = 0;
+
+	if (!r)
+		return;
+	if (take(mb, &msg))
+		*mb->recv_out = msg;
+	else if (LOAD(&mb->closed))
+		res = -EPIPE;
+	else
+		return;
+	mb->receiver = NULL;
+	r->ext->wait_cancel = NULL;
+	keel__task_complete(r, res);
+}
+
+/* The owner loop's inbox ran the mailbox's item: remote messages came. */
+static void ready_run(struct keel_loop *loop, struct keel__remote_item *it)
+{
+	struct keel_mailbox *mb =
+	    keel_container_of(it, struct keel_mailbox, ready);
+
+	(void)loop;
+	__atomic_store_n(&mb->notified, 0, __ATOMIC_SEQ_CST);
+	deliver(mb);
+	keel_mailbox_release(mb); /* the reference the notifier took */
+}
+
+static void recv_cancelled(struct keel_task *t)
+{
+	struct keel_mailbox *mb = t->ext->waiter.owner;
+
+	mb->receiver = NULL;
+	t->ext->wait_cancel = NULL;
+	keel__task_complete(t, keel__task_cancel_cause(t));
+}
+
+int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
+{
+	void *msg;
+
+	if (mb->receiver)
+		return keel__task_ready(t, -EBUSY);
+	if (take(mb, &msg)) {
+		*out = msg;
+		return keel__task_ready(t, 0);
+	}
+	if (LOAD(&mb->closed))
+		return keel__task_ready(t, -EPIPE);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	struct keel__task_ext *x = keel__task_ext(t);
+
+	if (!x)
+		return keel__task_ready(t, -ENOMEM);
+	x->waiter.owner = mb;
+	x->wait_cancel = recv_cancelled;
+	mb->receiver = t;
+	mb->recv_out = out;
+	return keel__task_suspend_external(t);
+}
+
+int keel_mb_try_recv(struct keel_mailbox *mb, void **out)
+{
+	if (take(mb, out))
+		return 0;
+	return LOAD(&mb->closed) ? -EPIPE : -EAGAIN;
+}
+
+/* ---- the sending side --------------------------------------------------- */
+
+/* Tell the owner loop that remote messages wait (once per burst). */
+static void notify(struct keel_mailbox *mb)
+{
+	if (__atomic_load_n(&mb->notified, __ATOMIC_SEQ_CST) ||
+	    __atomic_exchange_n(&mb->notified, 1, __ATOMIC_SEQ_CST))
+		return;
+	keel_mailbox_ref(mb); /* held until the owner ran the item */
+	keel__core_of(mb->owner)->hooks.remote_post(mb->owner, &mb->ready);
+}
+
+/* Send from the owner loop: 0, KEEL_MB_DROPPED, -EAGAIN, -EPIPE, or 1000
+ * ("full, must wait") for BLOCK. */
+#define MUST_WAIT 1000
+
+static int local_send(struct keel_mailbox *mb, void *msg)
+{
+	if (mb->lcount < mb->cap) {
+		local_push(mb, msg);
+		RELAXED_ADD(&mb->sent, 1);
+		deliver(mb);
+		return 0;
+	}
+	RELAXED_ADD(&mb->full, 1);
+	switch (mb->policy) {
+	case KEEL_MB_FAIL:
+		return -EAGAIN;
+	case KEEL_MB_DROP_NEWEST:
+		drop(mb, msg);
+		return KEEL_MB_DROPPED;
+	case KEEL_MB_DROP_OLDEST:
+		drop(mb, local_pop(mb));
+		local_push(mb, msg);
+		RELAXED_ADD(&mb->sent, 1);
+		return KEEL_MB_DROPPED;
+	default:
+		return MUST_WAIT;
+	}
+}
+
+static int remote_send(struct keel_mailbox *mb, void *msg)
+{
+	if (remote_push(mb, msg)) {
+		RELAXED_ADD(&mb->sent, 1);
+		notify(mb);
+		return 0;
+	}
+	RELAXED_ADD(&mb->full, 1);
+	switch (mb->policy) {
+	case KEEL_MB_FAIL:
+		return -EAGAIN;
+	case KEEL_MB_DROP_NEWEST:
+		drop(mb, msg);
+		return KEEL_MB_DROPPED;
+	case KEEL_MB_DROP_OLDEST: {
+		void *old;
+
+		/* Racing other senders: take one out, retry, a few times. */
+		for (int i = 0; i < 64; i++) {
+			if (remote_pop(mb, &old))
+				drop(mb, old);
+			if (remote_push(mb, msg)) {
+				RELAXED_ADD(&mb->sent, 1);
+				notify(mb);
+				return KEEL_MB_DROPPED;
+			}
+		}
+		drop(mb, msg);
+		return KEEL_MB_DROPPED;
+	}
+	default:
+		return MUST_WAIT;
+	}
+}
+
+static int send_now(struct keel_mailbox *mb, void *msg)
+{
+	if (LOAD(&mb->closed))
+		return -EPIPE;
+	return on_owner(mb) ? local_send(mb, msg) : remote_send(mb, msg);
+}
+
+int keel_mb_try_send(struct keel_mailbox *mb, void *msg)
+{
+	int r = send_now(mb, msg);
+
+	return r == MUST_WAIT ? -EAGAIN : r;
+}
+
+static void local_send_cancelled(struct keel_task *t)
+{
+	struct keel__waiter *w = &t->ext->waiter;
+	struct keel_mailbox *mb = w->owner;
+
+	keel__waitq_remove(&mb->local_senders, w);
+	w->state = KEEL__WAIT_IDLE;
+	t->ext->wait_cancel = NULL;
+	keel__task_complete(t, keel__task_cancel_cause(t));
+}
+
+static void remote_send_cancelled(struct keel_task *t)
+{
+	struct keel__waiter *w = &t->ext->waiter;
+	struct keel_mailbox *mb = w->owner;
+	bool queued;
+
+	pthread_mutex_lock(&mb->lock);
+	queued = w->state == KEEL__WAIT_QUEUED;
+	if (queued) {
+		keel__waitq_remove(&mb->remote_senders, w);
+		__atomic_sub_fetch(&mb->nremote_senders, 1, __ATOMIC_RELEASE);
+		w->state = KEEL__WAIT_IDLE;
+	}
+	pthread_mutex_unlock(&mb->lock);
+	/* Else its wake is on the way: the retry sees the cancellation. */
+	if (queued) {
+		t->ext->wait_cancel = NULL;
+		keel__task_complete(t, keel__task_cancel_cause(t));
+	}
+}
+
+/*
+ * Queue `t` as a blocked remote sender; false if room appeared and the
+ * message went in. If a wake was posted meanwhile, the message is in but
+ * `t` must still wait for that wake (its item is in flight and may not be
+ * reused until it ran): state SENT, and true.
+ */
+static bool remote_wait(struct keel_mailbox *mb, struct keel_task *t)
+{
+	struct keel__waiter *w = &t->ext->waiter;
+
+	pthread_mutex_lock(&mb->lock);
+	w->state = KEEL__WAIT_QUEUED;
+	keel__waitq_push(&mb->remote_senders, w);
+	__atomic_add_fetch(&mb->nremote_senders, 1, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&mb->lock);
+	/* The receiver may have made room before it saw us: retry once. */
+	if (remote_push(mb, w->payload)) {
+		pthread_mutex_lock(&mb->lock);
+		bool still = w->state == KEEL__WAIT_QUEUED;
+
+		if (still) {
+			keel__waitq_remove(&mb->remote_senders, w);
+			__atomic_sub_fetch(&mb->nremote_senders, 1,
+					   __ATOMIC_RELEASE);
+			w->state = KEEL__WAIT_IDLE;
+		} else {
+			w->state = KEEL__WAIT_SENT;
+		}
+		pthread_mutex_unlock(&mb->lock);
+		RELAXED_ADD(&mb->sent, 1);
+		notify(mb);
+		return !still;
+	}
+	return true;
+}
+
+/* On the sender's loop: the receiver made room (or closed); retry. */
+static void remote_sender_woken(struct keel_loop *loop,
+				struct keel__remote_item *it)
+{
+	struct keel__waiter *w =
+	    keel_container_of(it, struct keel__waiter, wake);
+	struct keel_task *t = w->task;
+	struct keel_mailbox *mb = w->owner;
+	int cause = keel__task_cancel_cause(t);
+
+	(void)loop;
+	if (w->state == KEEL__WAIT_SENT) {
+		w->state = KEEL__WAIT_IDLE;
+		t->ext->wait_cancel = NULL;
+		keel__task_complete(t, 0);
+		keel_mailbox_release(mb);
+		return;
+	}
+	w->state = KEEL__WAIT_IDLE;
+	if (cause || LOAD(&mb->closed)) {
+		t->ext->wait_cancel = NULL;
+		keel__task_complete(t, cause ? cause : -EPIPE);
+		keel_mailbox_release(mb);
+		return;
+	}
+	int r = remote_send(mb, w->payload);
+
+	keel_mailbox_release(mb); /* this wake's reference */
+	if (r == MUST_WAIT && remote_wait(mb, t))
+		return; /* waiting again (or a new wake will complete it) */
+	t->ext->wait_cancel = NULL;
+	keel__task_complete(t, r == MUST_WAIT ? 0 : r);
+}
+
+/* The receiver took a remote message: wake the first blocked sender. */
+static void wake_remote_sender(struct keel_mailbox *mb)
+{
+	pthread_mutex_lock(&mb->lock);
+	struct keel__waiter *w = keel__waitq_pop(&mb->remote_senders);
+
+	if (w) {
+		__atomic_sub_fetch(&mb->nremote_senders, 1, __ATOMIC_RELEASE);
+		w->state = KEEL__WAIT_WAKING;
+	}
+	pthread_mutex_unlock(&mb->lock);
+	if (w) {
+		struct keel_loop *loop = w->task->loop;
+
+		keel_mailbox_ref(mb); /* held until the wake ran */
+		keel__core_of(loop)->hooks.remote_post(loop, &w->wake);
+	}
+}
+
+int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
+{
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	int r = send_now(mb, msg);
+
+	if (r != MUST_WAIT)
+		return keel__task_ready(t, r);
+	struct keel__task_ext *x = keel__task_ext(t);
+
+	if (!x)
+		return keel__task_ready(t, -ENOMEM);
+	struct keel__waiter *w = &x->waiter;
+
+	w->task = t;
+	w->owner = mb;
+	w->payload = msg;
+	if (on_owner(mb)) {
+		w->state = KEEL__WAIT_QUEUED;
+		keel__waitq_push(&mb->local_senders, w);
+		x->wait_cancel = local_send_cancelled;
+		return keel__task_suspend(t);
+	}
+	w->wake.run = remote_sender_woken;
+	if (!remote_wait(mb, t))
+		return keel__task_ready(t, 0);
+	x->wait_cancel = remote_send_cancelled;
+	return keel__task_suspend_external(t);
+}
+
+void keel_mb_close(struct keel_mailbox *mb)
+{
+	struct keel__waiter *w;
+
+	if (__atomic_exchange_n(&mb->closed, 1, __ATOMIC_SEQ_CST))
+		return;
+	while ((w = keel__waitq_pop(&mb->local_senders))) {
+		w->state = KEEL__WAIT_IDLE;
+		w->task->ext->wait_cancel = NULL;
+		keel__task_complete(w->task, -EPIPE);
+	}
+	/* Remote senders retry on their loops and find it closed. */
+	while (LOAD(&mb->nremote_senders))
+		wake_remote_sender(mb);
+	deliver(mb);
+}
+
+void keel_mb_stats(struct keel_mailbox *mb, struct keel_mb_stats *out)
+{
+	uint64_t renq = __atomic_load_n(&mb->renq, __ATOMIC_RELAXED);
+	uint64_t rdeq = __atomic_load_n(&mb->rdeq, __ATOMIC_RELAXED);
+
+	out->sent = __atomic_load_n(&mb->sent, __ATOMIC_RELAXED);
+	out->received = __atomic_load_n(&mb->received, __ATOMIC_RELAXED);
+	out->dropped = __atomic_load_n(&mb->dropped, __ATOMIC_RELAXED);
+	out->full = __atomic_load_n(&mb->full, __ATOMIC_RELAXED);
+	out->depth = mb->lcount + (uint32_t)(renq - rdeq);
+	out->capacity = mb->cap;
+}

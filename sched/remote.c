@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * remote.c: a loop's inbox: how other threads hand it work (a mailbox with
+ * new messages, a task to wake, a task to spawn), and how they wake it.
+ *
+ * The inbox is a lock-free LIFO stack (one CAS per post); the loop takes it
+ * whole in step 2 of its turn and runs the items in posting order.
+ *
+ * Waking: a loop about to block in io_uring_enter sets `parked`, then looks
+ * at the inbox once more; a poster pushes, then looks at `parked` (both
+ * sequentially consistent, so one of them sees the other). Only a poster
+ * that finds the loop parked rings the doorbell, and `wake_pending` makes
+ * a burst ring it once: an IORING_OP_MSG_RING from the poster's own ring,
+ * or, for a thread that runs no loop, from a small ring of its own.
+ */
+#include "loop.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#define SEQ_LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+
+/* A ring for threads that run no loop, used only to ring doorbells. */
+static pthread_key_t doorbell_key;
+static pthread_once_t doorbell_once = PTHREAD_ONCE_INIT;
+
+static void doorbell_ring_free(void *p)
+{
+	io_uring_queue_exit(p);
+	free(p);
+}
+
+static void doorbell_key_init(void)
+{
+	pthread_key_create(&doorbell_key, doorbell_ring_free);
+}
+
+static struct io_uring *thread_doorbell_ring(void)
+{
+	pthread_once(&doorbell_once, doorbell_key_init);
+	struct io_uring *ring = pthread_getspecific(doorbell_key);
+
+	if (ring)
+		return ring;
+	ring = calloc(1, sizeof(*ring));
+	if (!ring)
+		return NULL;
+	if (io_uring_queue_init(8, ring, 0)) {
+		free(ring);
+		return NULL;
+	}
+	pthread_setspecific(doorbell_key, ring);
+	return ring;
+}
+
+static void prep_doorbell(struct io_uring_sqe *sqe, struct keel_loop *target)
+{
+	io_uring_prep_msg_ring(sqe, target->io.ring.ring_fd, 0, KEEL__UD_WAKE,
+			       0);
+	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+static void ring_doorbell(struct keel_loop *target)
+{
+	struct keel__core *self = keel__current_core;
+
+	__atomic_add_fetch(&target->inbox.doorbells, 1, __ATOMIC_RELAXED);
+	if (self && self != &target->io.core) {
+		/* From a loop: its next io_uring_enter carries it. */
+		struct io_uring_sqe *sqe =
+		    keel__io_sqe((struct keel__io *)self);
+
+		if (sqe) {
+			prep_doorbell(sqe, target);
+			return;
+		}
+	}
+	struct io_uring *ring = thread_doorbell_ring();
+	struct io_uring_sqe *sqe = ring ? io_uring_get_sqe(ring) : NULL;
+
+	if (!sqe)
+		return; /* out of memory: the loop wakes at its next timer */
+	prep_doorbell(sqe, target);
+	io_uring_submit(ring);
+}
+
+void keel__remote_post(struct keel_loop *loop, struct keel__remote_item *it)
+{
+	struct keel__inbox *in = &loop->inbox;
+	struct keel__remote_item *head =
+	    __atomic_load_n(&in->head, __ATOMIC_RELAXED);
+
+	do {
+		it->next = head;
+	} while (!__atomic_compare_exchange_n(
+	    &in->head, &head, it, true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+	if (SEQ_LOAD(&in->parked) &&
+	    !__atomic_exchange_n(&in->wake_pending, 1, __ATOMIC_SEQ_CST))
+		ring_doorbell(loop);
+}
+
+bool keel__remote_pending(struct keel_loop *loop)
+{
+	return SEQ_LOAD(&loop->inbox.head) != NULL;
+}
+
+void keel__remote_park(struct keel_loop *loop, bool parked)
+{
+	__atomic_store_n(&loop->inbox.parked, parked, __ATOMIC_SEQ_CST);
+	if (!parked)
+		__atomic_store_n(&loop->inbox.wake_pending, 0,
+				 __ATOMIC_SEQ_CST);
+}
+
+void keel__remote_drain(struct keel_loop *loop)
+{
+	struct keel__remote_item *it =
+	    __atomic_exchange_n(&loop->inbox.head, NULL, __ATOMIC_ACQUIRE);
+	struct keel__remote_item *fifo = NULL;
+
+	/* The stack is newest first: reverse it into posting order. */
+	while (it) {
+		struct keel__remote_item *next = it->next;
+
+		it->next = fifo;
+		fifo = it;
+		it = next;
+	}
+	while (fifo) {
+		struct keel__remote_item *next = fifo->next;
+
+		fifo->run(loop, fifo);
+		fifo = next;
+	}
+}
