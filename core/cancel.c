@@ -320,6 +320,21 @@ int keel__task_inherit_token(struct keel_task *child,
 int keel_task_cancel(struct keel_task *t)
 {
 	struct keel_token *tok;
+	struct keel_shield *s = t->ext ? t->ext->shield : NULL;
+
+	if (s) {
+		while (s->prev)
+			s = s->prev;
+		int e = keel_token_new(t->loop, s->saved, &tok);
+
+		if (e)
+			return e;
+		keel_token_cancel(tok);
+		if (s->saved)
+			keel_token_release(s->saved);
+		s->saved = tok;
+		return 0;
+	}
 	int err = keel_token_new(t->loop, keel_task_token(t), &tok);
 
 	if (err)
@@ -352,6 +367,8 @@ int keel_shield_begin(struct keel_task *t, struct keel_shield *s,
 	s->saved = x->token ? keel_token_ref(x->token) : NULL;
 	unobserve(x);
 	observe(x, s->own);
+	s->prev = x->shield;
+	x->shield = s;
 	return 0;
 }
 
@@ -359,6 +376,7 @@ void keel_shield_end(struct keel_task *t, struct keel_shield *s)
 {
 	struct keel__task_ext *x = t->ext;
 
+	x->shield = s->prev;
 	unobserve(x);
 	if (s->saved) {
 		observe(x, s->saved);

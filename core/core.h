@@ -161,6 +161,8 @@ struct keel__task_ext {
 	keel__wait_cancel_fn wait_cancel; /* set while in such a wait */
 	struct keel_task *join_target;	  /* while waiting in keel_join */
 	struct keel_scope *scope;	  /* the scope the task belongs to */
+	struct keel_shield *shield;	  /* innermost shield up */
+	struct keel_scope *owned;	  /* open scopes it owns */
 	uint32_t scope_index;
 	struct keel_abort abort;	/* why it aborted (message owned) */
 	struct keel_abort joined_abort; /* last joined task's (owned) */
@@ -336,6 +338,7 @@ void keel__abort_clear(struct keel_abort *a);
 
 /* Scopes (core/scope.c): a child of a scope exited with `status`. */
 void keel__scope_child_exited(struct keel_task *t, int status);
+void keel__scope_orphan_all(struct keel_task *owner);
 
 /* Allocator (core/alloc.c). */
 int keel__alloc_init(struct keel__alloc *a);

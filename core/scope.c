@@ -21,15 +21,51 @@
 int keel_scope_init(struct keel_task *owner, struct keel_scope *scope,
 		    enum keel_scope_policy policy)
 {
+	struct keel__task_ext *x = keel__task_ext(owner);
+
 	memset(scope, 0, sizeof(*scope));
+	if (!x)
+		return -ENOMEM;
 	scope->owner = owner;
 	scope->policy = policy;
-	return keel_token_new(owner->loop, keel_task_token(owner),
-			      &scope->token);
+	int err =
+	    keel_token_new(owner->loop, keel_task_token(owner), &scope->token);
+	if (!err) {
+		scope->next_owned = x->owned;
+		x->owned = scope;
+	}
+	return err;
+}
+
+/* The owner exits with the scope open: cancel and orphan its children. */
+void keel__scope_orphan_all(struct keel_task *owner)
+{
+	struct keel__core *c = keel__core_of(owner->loop);
+
+	while (owner->ext && owner->ext->owned) {
+		struct keel_scope *scope = owner->ext->owned;
+
+		keel_token_cancel(scope->token);
+		for (uint32_t i = 0; i < c->nslots; i++) {
+			struct keel_task *t = c->slots[i].task;
+
+			if (t && t->ext && t->ext->scope == scope)
+				t->ext->scope = NULL;
+		}
+		keel_scope_fini(scope);
+	}
 }
 
 void keel_scope_fini(struct keel_scope *scope)
 {
+	if (scope->owner && scope->owner->ext) {
+		struct keel_scope **p = &scope->owner->ext->owned;
+
+		while (*p && *p != scope)
+			p = &(*p)->next_owned;
+		if (*p)
+			*p = scope->next_owned;
+	}
 	for (uint32_t i = 0; i < scope->nresults; i++)
 		keel__abort_clear(&scope->results[i].abort);
 	free(scope->results);

@@ -212,6 +212,7 @@ int keel__task_exit(struct keel_task *t, int status)
 	c->count.live--;
 	KEEL__TRACE(c, KEEL_EV_EXIT, 0, t->id, (int64_t)status, 0);
 	if (t->ext) {
+		keel__scope_orphan_all(t);
 		keel__task_drop_token(t);
 		if (t->ext->scope)
 			keel__scope_child_exited(t, status);
@@ -250,6 +251,9 @@ static void join_cancelled(struct keel_task *self)
 int keel_join(struct keel_task *self, struct keel_task *target)
 {
 	int cause = keel__task_cancel_cause(self);
+
+	if (self->ext)
+		keel__abort_clear(&self->ext->joined_abort);
 
 	if (cause)
 		return keel__task_ready(self, cause);

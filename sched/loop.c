@@ -48,16 +48,16 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	loop->io.core.hooks.timer_arm = keel_timer_arm;
 	loop->io.core.hooks.timer_cancel = keel_timer_cancel;
 	loop->io.core.hooks.remote_post = keel__remote_post;
-	/* Attach to a running trace now, so that spawns before the first
-	 * turn are recorded. */
-	keel__trace_turn(&loop->io.core);
-	keel__watchdog_add(loop);
 	if (err) {
 		keel__io_fini(&loop->io);
 		keel__core_fini(&loop->io.core);
 		free(loop);
 		return err;
 	}
+	/* Attach to a running trace now, so that spawns before the first
+	 * turn are recorded; and let the stall watchdog see the loop. */
+	keel__trace_turn(&loop->io.core);
+	keel__watchdog_add(loop);
 	loop->budget = opts && opts->budget ? opts->budget : 256;
 	loop->io.now = keel__clock_now();
 	*out = loop;

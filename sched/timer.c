@@ -206,6 +206,13 @@ int keel_sleep_until(struct keel_task *t, uint64_t deadline_ns)
 {
 	struct keel_loop *loop = t->loop;
 	struct keel__io *io = &loop->io;
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause) {
+		if (io->timeout_task == t)
+			io->timeout_task = NULL;
+		return keel__task_ready(t, cause);
+	}
 	struct keel__op *op =
 	    keel__op_new(io, t, KEEL__OP_USER, IORING_OP_TIMEOUT);
 

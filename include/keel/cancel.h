@@ -116,6 +116,7 @@ int keel_task_set_token(struct keel_task *t, struct keel_token *tok);
 struct keel_shield {
 	struct keel_token *saved; /* the task's token, restored at the end */
 	struct keel_token *own;
+	struct keel_shield *prev; /* the shield it is nested in */
 };
 
 int keel_shield_begin(struct keel_task *t, struct keel_shield *s,

@@ -34,12 +34,12 @@ struct keel_task;
 struct keel_task_type;
 
 struct keel_runtime_opts {
-	unsigned threads;          /* loops; 0: the CPUs this process may use */
-	bool pin;                  /* pin loop i to the i-th allowed CPU */
-	bool no_signals;           /* leave SIGINT/SIGTERM/SIGUSR1 alone */
+	unsigned threads; /* loops; 0: the CPUs this process may use */
+	bool pin;	  /* pin loop i to the i-th allowed CPU */
+	bool no_signals;  /* leave SIGINT/SIGTERM/SIGUSR1 alone */
 	struct keel_loop_opts loop; /* for every loop */
-	unsigned blocking_threads; /* blocking pool size (default 4) */
-	unsigned blocking_queue;   /* its queue bound (default 1024) */
+	unsigned blocking_threads;  /* blocking pool size (default 4) */
+	unsigned blocking_queue;    /* its queue bound (default 1024) */
 };
 
 /*

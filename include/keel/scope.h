@@ -54,6 +54,7 @@ struct keel_scope {
 	int policy;
 	int waiting;	   /* owner waits: 1 for all, 2 for any */
 	uint32_t any_seen; /* results already returned by join_any */
+	struct keel_scope *next_owned;
 };
 
 /*

@@ -1,0 +1,1000 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sync.c: the primitives of keel/sync.h: oneshot, broadcast, semaphore,
+ * mutex, event, barrier and latch.
+ *
+ * All but the oneshot belong to one loop and share one mechanism, `struct
+ * waitq`: a FIFO of the waiting tasks' ext->waiter (a task waits on one
+ * thing at a time, so that node is free), whose `owner` points back at the
+ * queue. Whoever satisfies a waiter takes it off the queue and completes
+ * its task (wait_end); a cancellation or a timeout takes it off from the
+ * other side (wait_leave) and then calls the queue's `left` hook, so that
+ * the primitive can hand what the leaver held back to the next waiter
+ * (a semaphore's permits, a barrier arrival). Invariants:
+ * - a waiter is on its queue exactly while its task waits there, with
+ *   ext->wait_cancel set; nothing else points at it;
+ * - a task is never completed from inside its own await call (the awaits
+ *   return keel__task_ready() instead), so a task is never both queued
+ *   to run and waiting.
+ *
+ * The oneshot is the one cross-thread primitive: its state is a word of
+ * bits changed with compare-and-swap. The sender sets SENT or CLOSED; the
+ * receiver sets WAITING (before suspending) or GONE (giving up). Only the
+ * side that sees the other's bit acts on it: a sender that finds WAITING
+ * wakes the receiver (on its loop: directly, or through the loop's inbox);
+ * a receiver that finds SENT/CLOSED while giving up takes the outcome
+ * instead. The receiver's own fields (task, out, timer) are touched only
+ * on its loop's thread.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <keel/sync.h>
+#include <limits.h>
+#include <stdlib.h>
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+
+/* ---- waiting on a primitive of one loop --------------------------------- */
+
+struct waitq {
+	struct keel__waitq q;
+	struct keel_loop *loop;
+	/* A waiter left early (after its task was completed). May be NULL. */
+	void (*left)(struct waitq *wq, struct keel__waiter *w);
+	/* Waiters' payload is a struct timed_wait (or NULL): a deadline. */
+	bool timed;
+};
+
+/* A waiter's deadline: the loop's timer, allocated per timed wait. */
+struct timed_wait {
+	struct keel_timer timer;
+	struct keel_task *task;
+};
+
+static void waitq_init(struct waitq *wq, struct keel_loop *loop,
+		       void (*left)(struct waitq *, struct keel__waiter *))
+{
+	wq->q.head = wq->q.tail = NULL;
+	wq->q.len = 0;
+	wq->loop = loop;
+	wq->left = left;
+	wq->timed = false;
+}
+
+/*
+ * Whether the calling thread may touch a primitive of `loop`: it runs no
+ * loop (set-up before keel_loop_run, or a host between steps: the caller's
+ * word), or it runs this one.
+ */
+static bool on_loop(struct keel_loop *loop)
+{
+	return !keel__current_core || keel__current_core == keel__core_of(loop);
+}
+
+/* Complete a waiter that has already been taken off its queue. */
+static void wait_end(struct waitq *wq, struct keel__waiter *w, int res)
+{
+	struct keel_task *t = w->task;
+
+	if (wq->timed && w->payload) {
+		struct keel__core *c = keel__core_of(wq->loop);
+		struct timed_wait *tw = w->payload;
+
+		c->hooks.timer_cancel(wq->loop, &tw->timer);
+		keel__alloc_free(&c->alloc, tw, sizeof(*tw));
+		w->payload = NULL;
+	}
+	w->state = KEEL__WAIT_IDLE;
+	w->owner = NULL;
+	t->ext->wait_cancel = NULL;
+	keel__task_complete(t, res);
+}
+
+/* Pop the first waiter and complete it with `res`; false if none. */
+static bool wake_one(struct waitq *wq, int res)
+{
+	struct keel__waiter *w = keel__waitq_pop(&wq->q);
+
+	if (w)
+		wait_end(wq, w, res);
+	return w != NULL;
+}
+
+static void wake_all(struct waitq *wq, int res)
+{
+	while (wake_one(wq, res))
+		;
+}
+
+/* `t` leaves its queue before being satisfied (cancelled, timed out). */
+static void wait_leave(struct keel_task *t, int res)
+{
+	struct keel__waiter *w = &t->ext->waiter;
+	struct waitq *wq = w->owner;
+
+	keel__waitq_remove(&wq->q, w);
+	wait_end(wq, w, res);
+	if (wq->left)
+		wq->left(wq, w);
+}
+
+static void wait_cancelled(struct keel_task *t)
+{
+	wait_leave(t, keel__task_cancel_cause(t));
+}
+
+static void wait_timed_out(struct keel_loop *loop, struct keel_timer *timer,
+			   void *arg)
+{
+	struct timed_wait *tw = arg;
+
+	(void)loop;
+	wait_leave(tw->task, -ETIMEDOUT);
+}
+
+/*
+ * Suspend `t` at the tail of `wq`; its ext must exist (wait_prepare()).
+ * `request` is kept in the waiter's `result` (what it asks for: permits),
+ * `payload` in its payload. Cannot fail, so a caller may commit to the
+ * wait before calling it.
+ */
+static int wait_begin(struct keel_task *t, struct waitq *wq, int request,
+		      void *payload)
+{
+	struct keel__task_ext *x = t->ext;
+	struct keel__waiter *w = &x->waiter;
+
+	w->task = t;
+	w->owner = wq;
+	w->payload = payload;
+	w->result = request;
+	w->state = KEEL__WAIT_QUEUED;
+	keel__waitq_push(&wq->q, w);
+	x->wait_cancel = wait_cancelled;
+	return keel__task_suspend(t);
+}
+
+/* The ext a wait needs (its waiter node): false when out of memory. */
+static bool wait_prepare(struct keel_task *t)
+{
+	return keel__task_ext(t) != NULL;
+}
+
+/* A deadline `timeout_ns` from now, saturating at "none". */
+static uint64_t deadline_after(uint64_t timeout_ns)
+{
+	uint64_t now = keel__clock_now();
+
+	if (timeout_ns == UINT64_MAX || timeout_ns > UINT64_MAX - now)
+		return UINT64_MAX;
+	return now + timeout_ns;
+}
+
+/*
+ * Suspend on `wq` until satisfied or `deadline` (UINT64_MAX: none); after
+ * wait_prepare().
+ */
+static int wait_begin_until(struct keel_task *t, struct waitq *wq,
+			    uint64_t deadline)
+{
+	struct keel__core *c = keel__core_of(t->loop);
+	struct timed_wait *tw = NULL;
+
+	if (deadline != UINT64_MAX) {
+		tw = keel__alloc_zeroed(&c->alloc, sizeof(*tw));
+		if (!tw)
+			return keel__task_ready(t, -ENOMEM);
+		tw->task = t;
+		keel_timer_init(&tw->timer, wait_timed_out, tw);
+		if (c->hooks.timer_arm(t->loop, &tw->timer, deadline)) {
+			keel__alloc_free(&c->alloc, tw, sizeof(*tw));
+			return keel__task_ready(t, -ENOMEM);
+		}
+	}
+	return wait_begin(t, wq, 0, tw);
+}
+
+/* ---- oneshot ------------------------------------------------------------ */
+
+#define OS_SENT	   0x01u /* a value is in the slot */
+#define OS_CLOSED  0x02u /* the sender gave up: the receiver gets `err` */
+#define OS_WAITING 0x04u /* a receiver waits: whoever finishes wakes it */
+#define OS_GONE	   0x08u /* the receiver gave up: sends fail */
+#define OS_TAKEN   0x10u /* the value was received */
+
+struct keel_oneshot {
+	struct keel_loop *loop; /* the receiver's */
+	unsigned state;		/* OS_* bits, atomic */
+	uint32_t refs;		/* atomic */
+	void *value;		/* written before SENT is published */
+	int err;		/* written before CLOSED is published */
+	keel_mb_drop_fn on_drop;
+	void *drop_arg;
+	/* The receiver's side: its loop's thread only. */
+	struct keel_task *receiver;
+	void **out;
+	struct keel_timer timer; /* the receive's deadline */
+	struct keel__remote_item wake;
+};
+
+static void oneshot_wake_run(struct keel_loop *loop,
+			     struct keel__remote_item *it);
+
+int keel_oneshot_new(struct keel_loop *loop, keel_mb_drop_fn on_drop,
+		     void *drop_arg, struct keel_oneshot **out)
+{
+	struct keel_oneshot *os = calloc(1, sizeof(*os));
+
+	if (!os)
+		return -ENOMEM;
+	os->loop = loop;
+	os->refs = 1;
+	os->err = -EPIPE;
+	os->on_drop = on_drop;
+	os->drop_arg = drop_arg;
+	keel_timer_init(&os->timer, NULL, os);
+	os->wake.run = oneshot_wake_run;
+	*out = os;
+	return 0;
+}
+
+struct keel_oneshot *keel_oneshot_ref(struct keel_oneshot *os)
+{
+	__atomic_add_fetch(&os->refs, 1, __ATOMIC_RELAXED);
+	return os;
+}
+
+void keel_oneshot_release(struct keel_oneshot *os)
+{
+	if (__atomic_sub_fetch(&os->refs, 1, __ATOMIC_ACQ_REL))
+		return;
+	unsigned s = LOAD(&os->state);
+
+	if ((s & OS_SENT) && !(s & OS_TAKEN) && os->on_drop)
+		os->on_drop(os->value, os->drop_arg);
+	free(os);
+}
+
+/* The outcome for the receiver once SENT or CLOSED is set; takes it. */
+static int oneshot_take(struct keel_oneshot *os, void **out)
+{
+	unsigned s = LOAD(&os->state);
+
+	if (s & OS_SENT) {
+		if (s & OS_TAKEN)
+			return -EPIPE;
+		*out = os->value;
+		__atomic_fetch_or(&os->state, OS_TAKEN, __ATOMIC_RELAXED);
+		return 0;
+	}
+	return os->err;
+}
+
+/* End the receiver's wait with `res` (its loop). Drops the wait's ref. */
+static void oneshot_wait_end(struct keel_oneshot *os, int res)
+{
+	struct keel_task *t = os->receiver;
+
+	os->receiver = NULL;
+	os->out = NULL;
+	keel__core_of(os->loop)->hooks.timer_cancel(os->loop, &os->timer);
+	t->ext->wait_cancel = NULL;
+	keel__task_complete(t, res);
+	keel_oneshot_release(os);
+}
+
+/* The sender finished: hand the waiting receiver its outcome. */
+static void oneshot_deliver(struct keel_oneshot *os)
+{
+	if (os->receiver)
+		oneshot_wait_end(os, oneshot_take(os, os->out));
+}
+
+static void oneshot_wake_run(struct keel_loop *loop,
+			     struct keel__remote_item *it)
+{
+	struct keel_oneshot *os =
+	    keel_container_of(it, struct keel_oneshot, wake);
+
+	(void)loop;
+	/* The receiver may have given up meanwhile and taken the outcome
+	 * itself: then there is nobody to deliver to. */
+	oneshot_deliver(os);
+	keel_oneshot_release(os); /* the reference the waker took */
+}
+
+/* Set SENT or CLOSED unless the slot is done; wake a waiting receiver. */
+static int oneshot_finish(struct keel_oneshot *os, unsigned bit)
+{
+	unsigned old = __atomic_load_n(&os->state, __ATOMIC_RELAXED);
+
+	do {
+		if (old & (OS_SENT | OS_CLOSED | OS_GONE))
+			return -EPIPE;
+	} while (!__atomic_compare_exchange_n(&os->state, &old, old | bit, true,
+					      __ATOMIC_ACQ_REL,
+					      __ATOMIC_RELAXED));
+	if (!(old & OS_WAITING))
+		return 0; /* the receiver will find it when it looks */
+	if (keel__current_core == keel__core_of(os->loop)) {
+		oneshot_deliver(os);
+	} else {
+		keel_oneshot_ref(os); /* held until the wake ran */
+		keel__core_of(os->loop)->hooks.remote_post(os->loop, &os->wake);
+	}
+	return 0;
+}
+
+int keel_oneshot_send(struct keel_oneshot *os, void *value)
+{
+	/* Look first, so that a second send cannot overwrite the value the
+	 * receiver may be reading. */
+	if (LOAD(&os->state) & (OS_SENT | OS_CLOSED | OS_GONE))
+		return -EPIPE;
+	os->value = value;
+	return oneshot_finish(os, OS_SENT);
+}
+
+void keel_oneshot_fail(struct keel_oneshot *os, int err)
+{
+	if (LOAD(&os->state) & (OS_SENT | OS_CLOSED | OS_GONE))
+		return;
+	os->err = err < 0 ? err : -EPIPE;
+	oneshot_finish(os, OS_CLOSED);
+}
+
+void keel_oneshot_close(struct keel_oneshot *os)
+{
+	keel_oneshot_fail(os, -EPIPE);
+}
+
+/*
+ * The receiver gives up with `res` (its loop). If the sender finished
+ * first, the receiver gets that outcome instead. Returns the result.
+ */
+static int oneshot_give_up(struct keel_oneshot *os, void **out, int res)
+{
+	unsigned old = __atomic_load_n(&os->state, __ATOMIC_RELAXED);
+
+	do {
+		if (old & (OS_SENT | OS_CLOSED))
+			return oneshot_take(os, out);
+	} while (!__atomic_compare_exchange_n(
+	    &os->state, &old, (old & ~OS_WAITING) | OS_GONE, true,
+	    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+	return res;
+}
+
+static void oneshot_recv_cancelled(struct keel_task *t)
+{
+	struct keel_oneshot *os = t->ext->waiter.owner;
+
+	oneshot_wait_end(
+	    os, oneshot_give_up(os, os->out, keel__task_cancel_cause(t)));
+}
+
+static void oneshot_timed_out(struct keel_loop *loop, struct keel_timer *timer,
+			      void *arg)
+{
+	struct keel_oneshot *os = arg;
+
+	(void)loop;
+	if (os->receiver)
+		oneshot_wait_end(os, oneshot_give_up(os, os->out, -ETIMEDOUT));
+}
+
+int keel_oneshot_try_recv(struct keel_oneshot *os, void **out)
+{
+	unsigned s = LOAD(&os->state);
+
+	if (s & (OS_SENT | OS_CLOSED))
+		return oneshot_take(os, out);
+	return s & OS_GONE ? -EPIPE : -EAGAIN;
+}
+
+int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
+			    void **out, uint64_t deadline_ns)
+{
+	struct keel__core *c = keel__core_of(t->loop);
+
+	if (t->loop != os->loop)
+		return keel__task_ready(t, -EXDEV);
+	if (os->receiver)
+		return keel__task_ready(t, -EBUSY);
+	int r = keel_oneshot_try_recv(os, out);
+
+	if (r != -EAGAIN)
+		return keel__task_ready(t, r);
+	int cause = keel__task_cancel_cause(t);
+
+	if (!cause && deadline_ns != UINT64_MAX &&
+	    deadline_ns <= keel__clock_now())
+		cause = -ETIMEDOUT;
+	if (cause)
+		return keel__task_ready(t, oneshot_give_up(os, out, cause));
+	struct keel__task_ext *x = keel__task_ext(t);
+
+	if (!x)
+		return keel__task_ready(t, -ENOMEM);
+	if (deadline_ns != UINT64_MAX) {
+		os->timer.fn = oneshot_timed_out;
+		if (c->hooks.timer_arm(t->loop, &os->timer, deadline_ns))
+			return keel__task_ready(t, -ENOMEM);
+	}
+	os->receiver = t;
+	os->out = out;
+	/* Publish WAITING; if the sender finished meanwhile, take that. */
+	unsigned old = __atomic_load_n(&os->state, __ATOMIC_RELAXED);
+
+	do {
+		if (old & (OS_SENT | OS_CLOSED | OS_GONE)) {
+			os->receiver = NULL;
+			os->out = NULL;
+			c->hooks.timer_cancel(t->loop, &os->timer);
+			return keel__task_ready(t,
+						keel_oneshot_try_recv(os, out));
+		}
+	} while (!__atomic_compare_exchange_n(
+	    &os->state, &old, old | OS_WAITING, true, __ATOMIC_ACQ_REL,
+	    __ATOMIC_RELAXED));
+	keel_oneshot_ref(os); /* the wait's: dropped by oneshot_wait_end */
+	x->waiter.owner = os;
+	x->wait_cancel = oneshot_recv_cancelled;
+	/* The sender may be another thread: the loop must not give up. */
+	return keel__task_suspend_external(t);
+}
+
+int keel_oneshot_recv(struct keel_task *t, struct keel_oneshot *os, void **out)
+{
+	return keel_oneshot_recv_until(t, os, out, UINT64_MAX);
+}
+
+/* ---- broadcast ---------------------------------------------------------- */
+
+struct keel_broadcast {
+	struct waitq wq; /* caught-up receivers; waiter payload: the rx */
+	void **ring;
+	uint32_t cap;
+	uint32_t receivers;
+	uint32_t refs; /* the sending side's + one per receiver */
+	bool closed;
+	uint64_t next_seq; /* sequence number of the next message */
+	keel_mb_drop_fn on_drop;
+	void *drop_arg;
+};
+
+struct keel_broadcast_rx {
+	struct keel_broadcast *bc;
+	uint64_t next;	 /* sequence number of the next message to read */
+	uint64_t lagged; /* skipped by the last -EOVERFLOW */
+	void **out;	 /* while a task awaits */
+	bool waiting;
+};
+
+static void broadcast_left(struct waitq *wq, struct keel__waiter *w)
+{
+	struct keel_broadcast_rx *rx = w->payload;
+
+	(void)wq;
+	rx->waiting = false;
+	rx->out = NULL;
+}
+
+int keel_broadcast_new(struct keel_loop *loop, uint32_t capacity,
+		       keel_mb_drop_fn on_drop, void *drop_arg,
+		       struct keel_broadcast **out)
+{
+	struct keel_broadcast *bc;
+
+	if (!capacity)
+		return -EINVAL;
+	bc = calloc(1, sizeof(*bc));
+	if (!bc)
+		return -ENOMEM;
+	bc->ring = calloc(capacity, sizeof(*bc->ring));
+	if (!bc->ring) {
+		free(bc);
+		return -ENOMEM;
+	}
+	waitq_init(&bc->wq, loop, broadcast_left);
+	bc->cap = capacity;
+	bc->refs = 1;
+	bc->on_drop = on_drop;
+	bc->drop_arg = drop_arg;
+	*out = bc;
+	return 0;
+}
+
+static uint64_t broadcast_oldest(const struct keel_broadcast *bc)
+{
+	return bc->next_seq > bc->cap ? bc->next_seq - bc->cap : 0;
+}
+
+static void broadcast_release(struct keel_broadcast *bc)
+{
+	if (--bc->refs)
+		return;
+	for (uint64_t seq = broadcast_oldest(bc); seq < bc->next_seq; seq++)
+		if (bc->on_drop)
+			bc->on_drop(bc->ring[seq % bc->cap], bc->drop_arg);
+	free(bc->ring);
+	free(bc);
+}
+
+void keel_broadcast_close(struct keel_broadcast *bc)
+{
+	bc->closed = true;
+	/* Waiters are caught up: nothing is left for them to drain. */
+	wake_all(&bc->wq, -EPIPE);
+}
+
+void keel_broadcast_free(struct keel_broadcast *bc)
+{
+	keel_broadcast_close(bc);
+	broadcast_release(bc);
+}
+
+int keel_broadcast_subscribe(struct keel_broadcast *bc,
+			     struct keel_broadcast_rx **out)
+{
+	struct keel_broadcast_rx *rx;
+
+	if (bc->closed)
+		return -EPIPE;
+	rx = calloc(1, sizeof(*rx));
+	if (!rx)
+		return -ENOMEM;
+	rx->bc = bc;
+	rx->next = bc->next_seq;
+	bc->refs++;
+	bc->receivers++;
+	*out = rx;
+	return 0;
+}
+
+int keel_broadcast_unsubscribe(struct keel_broadcast_rx *rx)
+{
+	if (rx->waiting)
+		return -EBUSY;
+	rx->bc->receivers--;
+	broadcast_release(rx->bc);
+	free(rx);
+	return 0;
+}
+
+int keel_broadcast_send(struct keel_broadcast *bc, void *msg)
+{
+	struct keel__waiter *w;
+
+	if (!on_loop(bc->wq.loop))
+		return -EXDEV;
+	if (bc->closed)
+		return -EPIPE;
+	if (!bc->receivers)
+		return 0;
+	uint64_t seq = bc->next_seq++;
+	uint32_t slot = (uint32_t)(seq % bc->cap);
+
+	/* The message `cap` older leaves the ring now. */
+	if (seq >= bc->cap && bc->on_drop)
+		bc->on_drop(bc->ring[slot], bc->drop_arg);
+	bc->ring[slot] = msg;
+	/* Every waiter was caught up: this message is its next one. */
+	while ((w = keel__waitq_pop(&bc->wq.q))) {
+		struct keel_broadcast_rx *rx = w->payload;
+
+		*rx->out = msg;
+		rx->next = seq + 1;
+		rx->waiting = false;
+		rx->out = NULL;
+		wait_end(&bc->wq, w, 0);
+	}
+	return (int)(bc->receivers > INT_MAX ? INT_MAX : bc->receivers);
+}
+
+int keel_broadcast_try_recv(struct keel_broadcast_rx *rx, void **out)
+{
+	struct keel_broadcast *bc = rx->bc;
+	uint64_t oldest = broadcast_oldest(bc);
+
+	if (rx->next < oldest) {
+		rx->lagged = oldest - rx->next;
+		rx->next = oldest;
+		return -EOVERFLOW;
+	}
+	if (rx->next < bc->next_seq) {
+		*out = bc->ring[rx->next % bc->cap];
+		rx->next++;
+		return 0;
+	}
+	return bc->closed ? -EPIPE : -EAGAIN;
+}
+
+int keel_broadcast_recv(struct keel_task *t, struct keel_broadcast_rx *rx,
+			void **out)
+{
+	struct keel_broadcast *bc = rx->bc;
+
+	if (t->loop != bc->wq.loop)
+		return keel__task_ready(t, -EXDEV);
+	if (rx->waiting)
+		return keel__task_ready(t, -EBUSY);
+	int r = keel_broadcast_try_recv(rx, out);
+
+	if (r != -EAGAIN)
+		return keel__task_ready(t, r);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	if (!wait_prepare(t))
+		return keel__task_ready(t, -ENOMEM);
+	rx->out = out;
+	rx->waiting = true;
+	return wait_begin(t, &bc->wq, 0, rx);
+}
+
+uint64_t keel_broadcast_lagged(const struct keel_broadcast_rx *rx)
+{
+	return rx->lagged;
+}
+
+/* ---- semaphore ---------------------------------------------------------- */
+
+struct keel_semaphore {
+	struct waitq wq; /* waiter result: the permits it asks for */
+	uint64_t permits;
+	bool closed;
+};
+
+/* Serve waiters in order while the head's request fits. */
+static void semaphore_grant(struct waitq *wq, struct keel__waiter *left)
+{
+	struct keel_semaphore *s =
+	    keel_container_of(wq, struct keel_semaphore, wq);
+	struct keel__waiter *w;
+
+	(void)left;
+	while ((w = wq->q.head) && s->permits >= (uint64_t)w->result) {
+		s->permits -= (uint64_t)w->result;
+		keel__waitq_remove(&wq->q, w);
+		wait_end(wq, w, 0);
+	}
+}
+
+int keel_semaphore_new(struct keel_loop *loop, uint32_t permits,
+		       struct keel_semaphore **out)
+{
+	struct keel_semaphore *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return -ENOMEM;
+	/* A waiter that leaves may have been the head holding others back. */
+	waitq_init(&s->wq, loop, semaphore_grant);
+	s->permits = permits;
+	*out = s;
+	return 0;
+}
+
+void keel_semaphore_close(struct keel_semaphore *s)
+{
+	s->closed = true;
+	wake_all(&s->wq, -EPIPE);
+}
+
+void keel_semaphore_free(struct keel_semaphore *s)
+{
+	keel_semaphore_close(s);
+	free(s);
+}
+
+int keel_semaphore_acquire(struct keel_task *t, struct keel_semaphore *s,
+			   uint32_t n)
+{
+	if (t->loop != s->wq.loop)
+		return keel__task_ready(t, -EXDEV);
+	if (n > INT32_MAX)
+		return keel__task_ready(t, -EINVAL);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	if (s->closed)
+		return keel__task_ready(t, -EPIPE);
+	/* FIFO: with others waiting, even a fitting request queues. */
+	if (!s->wq.q.len && s->permits >= n) {
+		s->permits -= n;
+		return keel__task_ready(t, 0);
+	}
+	if (!wait_prepare(t))
+		return keel__task_ready(t, -ENOMEM);
+	return wait_begin(t, &s->wq, (int)n, NULL);
+}
+
+int keel_semaphore_try_acquire(struct keel_semaphore *s, uint32_t n)
+{
+	if (s->closed)
+		return -EPIPE;
+	if (s->wq.q.len || s->permits < n)
+		return -EAGAIN;
+	s->permits -= n;
+	return 0;
+}
+
+int keel_semaphore_release(struct keel_semaphore *s, uint32_t n)
+{
+	if (!on_loop(s->wq.loop))
+		return -EXDEV;
+	s->permits += n;
+	semaphore_grant(&s->wq, NULL);
+	return 0;
+}
+
+uint64_t keel_semaphore_available(const struct keel_semaphore *s)
+{
+	return s->permits;
+}
+
+/* ---- mutex -------------------------------------------------------------- */
+
+struct keel_mutex {
+	struct waitq wq; /* timed: waiter payload is its deadline */
+	struct keel_task *holder;
+};
+
+int keel_mutex_new(struct keel_loop *loop, struct keel_mutex **out)
+{
+	struct keel_mutex *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return -ENOMEM;
+	waitq_init(&m->wq, loop, NULL);
+	m->wq.timed = true;
+	*out = m;
+	return 0;
+}
+
+void keel_mutex_free(struct keel_mutex *m)
+{
+	wake_all(&m->wq, -EPIPE);
+	free(m);
+}
+
+int keel_mutex_lock(struct keel_task *t, struct keel_mutex *m,
+		    uint64_t timeout_ns)
+{
+	if (t->loop != m->wq.loop)
+		return keel__task_ready(t, -EXDEV);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	if (m->holder == t)
+		return keel__task_ready(t, -EDEADLK);
+	if (!m->holder) {
+		m->holder = t;
+		return keel__task_ready(t, 0);
+	}
+	if (!timeout_ns)
+		return keel__task_ready(t, -ETIMEDOUT);
+	if (!wait_prepare(t))
+		return keel__task_ready(t, -ENOMEM);
+	return wait_begin_until(t, &m->wq, deadline_after(timeout_ns));
+}
+
+int keel_mutex_try_lock(struct keel_task *t, struct keel_mutex *m)
+{
+	if (m->holder)
+		return -EBUSY;
+	m->holder = t;
+	return 0;
+}
+
+int keel_mutex_unlock(struct keel_task *t, struct keel_mutex *m)
+{
+	if (!on_loop(m->wq.loop))
+		return -EXDEV;
+	if (m->holder != t)
+		return -EPERM;
+	/* Hand it over: the first waiter holds it before it even runs. */
+	struct keel__waiter *w = keel__waitq_pop(&m->wq.q);
+
+	m->holder = w ? w->task : NULL;
+	if (w)
+		wait_end(&m->wq, w, 0);
+	return 0;
+}
+
+struct keel_task *keel_mutex_holder(const struct keel_mutex *m)
+{
+	return m->holder;
+}
+
+/* ---- event -------------------------------------------------------------- */
+
+struct keel_event {
+	struct waitq wq;
+	bool set;
+};
+
+int keel_event_new(struct keel_loop *loop, struct keel_event **out)
+{
+	struct keel_event *ev = calloc(1, sizeof(*ev));
+
+	if (!ev)
+		return -ENOMEM;
+	waitq_init(&ev->wq, loop, NULL);
+	*out = ev;
+	return 0;
+}
+
+void keel_event_free(struct keel_event *ev)
+{
+	wake_all(&ev->wq, -EPIPE);
+	free(ev);
+}
+
+int keel_event_set(struct keel_event *ev)
+{
+	if (!on_loop(ev->wq.loop))
+		return -EXDEV;
+	ev->set = true;
+	wake_all(&ev->wq, 0);
+	return 0;
+}
+
+int keel_event_clear(struct keel_event *ev)
+{
+	if (!on_loop(ev->wq.loop))
+		return -EXDEV;
+	ev->set = false;
+	return 0;
+}
+
+bool keel_event_is_set(const struct keel_event *ev)
+{
+	return ev->set;
+}
+
+int keel_event_wait(struct keel_task *t, struct keel_event *ev)
+{
+	if (t->loop != ev->wq.loop)
+		return keel__task_ready(t, -EXDEV);
+	if (ev->set)
+		return keel__task_ready(t, 0);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	if (!wait_prepare(t))
+		return keel__task_ready(t, -ENOMEM);
+	return wait_begin(t, &ev->wq, 0, NULL);
+}
+
+/* ---- barrier ------------------------------------------------------------ */
+
+struct keel_barrier {
+	struct waitq wq;
+	uint32_t parties;
+	uint32_t arrived; /* in the current generation */
+	uint64_t generation;
+};
+
+/* A waiter cancelled before the release takes its arrival back. */
+static void barrier_left(struct waitq *wq, struct keel__waiter *w)
+{
+	struct keel_barrier *b = keel_container_of(wq, struct keel_barrier, wq);
+
+	(void)w;
+	b->arrived--;
+}
+
+int keel_barrier_new(struct keel_loop *loop, uint32_t parties,
+		     struct keel_barrier **out)
+{
+	struct keel_barrier *b;
+
+	if (!parties)
+		return -EINVAL;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	waitq_init(&b->wq, loop, barrier_left);
+	b->parties = parties;
+	*out = b;
+	return 0;
+}
+
+void keel_barrier_free(struct keel_barrier *b)
+{
+	/* Not an early leave: no arrival to take back. */
+	b->wq.left = NULL;
+	wake_all(&b->wq, -EPIPE);
+	free(b);
+}
+
+int keel_barrier_wait(struct keel_task *t, struct keel_barrier *b)
+{
+	if (t->loop != b->wq.loop)
+		return keel__task_ready(t, -EXDEV);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	if (b->arrived + 1 < b->parties) {
+		if (!wait_prepare(t))
+			return keel__task_ready(t, -ENOMEM);
+		b->arrived++;
+		return wait_begin(t, &b->wq, 0, NULL);
+	}
+	/* The last arrival: release this generation, start the next. The
+	 * released waiters are off the queue before anyone can arrive. */
+	b->arrived = 0;
+	b->generation++;
+	wake_all(&b->wq, 0);
+	return keel__task_ready(t, KEEL_BARRIER_LEADER);
+}
+
+uint64_t keel_barrier_generation(const struct keel_barrier *b)
+{
+	return b->generation;
+}
+
+/* ---- countdown latch ---------------------------------------------------- */
+
+struct keel_latch {
+	struct waitq wq;
+	uint32_t count;
+};
+
+int keel_latch_new(struct keel_loop *loop, uint32_t count,
+		   struct keel_latch **out)
+{
+	struct keel_latch *l = calloc(1, sizeof(*l));
+
+	if (!l)
+		return -ENOMEM;
+	waitq_init(&l->wq, loop, NULL);
+	l->count = count;
+	*out = l;
+	return 0;
+}
+
+void keel_latch_free(struct keel_latch *l)
+{
+	wake_all(&l->wq, -EPIPE);
+	free(l);
+}
+
+int64_t keel_latch_count_down(struct keel_latch *l, uint32_t n)
+{
+	if (!on_loop(l->wq.loop))
+		return -EXDEV;
+	if (!l->count)
+		return 0;
+	l->count -= n < l->count ? n : l->count;
+	if (!l->count)
+		wake_all(&l->wq, 0);
+	return l->count;
+}
+
+int keel_latch_wait(struct keel_task *t, struct keel_latch *l)
+{
+	if (t->loop != l->wq.loop)
+		return keel__task_ready(t, -EXDEV);
+	if (!l->count)
+		return keel__task_ready(t, 0);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	if (!wait_prepare(t))
+		return keel__task_ready(t, -ENOMEM);
+	return wait_begin(t, &l->wq, 0, NULL);
+}
+
+uint32_t keel_latch_count(const struct keel_latch *l)
+{
+	return l->count;
+}

@@ -1,0 +1,298 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * keel/sync.h: what tasks wait on besides I/O: a oneshot reply slot (across
+ * loops), a broadcast channel, a semaphore, an async mutex with a timeout,
+ * an event, a barrier and a countdown latch. The tokio::sync and asyncio
+ * toolbox, for stackless tasks.
+ *
+ * Every wait is an await: it returns KEEL_READY or KEEL_PENDING and leaves
+ * its result in keel_res(), 0 or a negative errno. Waiters are served in
+ * FIFO order. Every wait honours the task's cancellation token: a cancelled
+ * waiter is woken with the cause (-ECANCELED, -ETIMEDOUT) and leaves no
+ * trace, so what it waited for goes to the next waiter. An await on an
+ * already-cancelled token returns the cause at once, except where the
+ * result is already there (a sent value, a set event): that is returned
+ * first, as keel_mb_recv() does.
+ *
+ * Loops: the oneshot works across loops and threads (its receiver is a task
+ * of the loop it was made for; its sender anything). Everything else is
+ * "use from tasks of one loop": the loop it was made for, checked at each
+ * await (-EXDEV) and, where a keel loop runs on the calling thread, at each
+ * call that wakes waiters. Send work to another loop with a mailbox.
+ *
+ * Deadlines and timeouts are CLOCK_MONOTONIC nanoseconds; UINT64_MAX means
+ * none.
+ */
+#ifndef KEEL_SYNC_H
+#define KEEL_SYNC_H
+
+#include <keel/mailbox.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct keel_loop;
+struct keel_task;
+
+/* ---- oneshot: one value, once, from any thread --------------------------
+ * A reply slot: a sender (any thread) puts one value in, or gives up; a
+ * task of the slot's loop awaits it. Refcounted, so that the sender and
+ * the receiver can let go in either order. A sender that gives up must say
+ * so with keel_oneshot_close(), as dropping a tokio Sender does: merely
+ * releasing its reference leaves the receiver waiting.
+ */
+struct keel_oneshot;
+
+/*
+ * A new slot whose receiver runs on `loop`. `on_drop` (may be NULL) gets a
+ * value that was sent and never received when the slot is freed.
+ * Returns 0 and sets *out, or -ENOMEM.
+ * Ownership: the caller holds one reference; hand the sender its own with
+ * keel_oneshot_ref().
+ */
+int keel_oneshot_new(struct keel_loop *loop, keel_mb_drop_fn on_drop,
+		     void *drop_arg, struct keel_oneshot **out);
+
+/* Take / drop a reference (any thread). Freed with the last one. */
+struct keel_oneshot *keel_oneshot_ref(struct keel_oneshot *os);
+void keel_oneshot_release(struct keel_oneshot *os);
+
+/*
+ * Put `value` in the slot, from any thread, and wake the receiver.
+ * Returns 0 (the value now belongs to the receiver), or -EPIPE: the
+ * receiver gave up (its wait was cancelled or timed out) or a value was
+ * already sent or the slot closed; the value is still the caller's.
+ * One sender at a time.
+ */
+int keel_oneshot_send(struct keel_oneshot *os, void *value);
+
+/*
+ * Give up sending (any thread): the receiver gets `err` (a negative errno)
+ * instead of a value. No-op if a value was already sent or the slot
+ * closed. keel_oneshot_close() is keel_oneshot_fail(os, -EPIPE).
+ */
+void keel_oneshot_fail(struct keel_oneshot *os, int err);
+void keel_oneshot_close(struct keel_oneshot *os);
+
+/*
+ * Await the value, from a task of the slot's loop. keel_res: 0 with *out
+ * set (the value is the caller's), -EPIPE (closed without a value, or
+ * already received), the error given to keel_oneshot_fail(), -ETIMEDOUT
+ * when `deadline_ns` passes (absolute; UINT64_MAX: none), the cancellation
+ * cause, -EBUSY (another task is receiving), -EXDEV (wrong loop).
+ * A timeout or a cancellation retires the receiver: a later send returns
+ * -EPIPE (if the value came first, the await returns it instead).
+ * `out` must stay valid until the await returns (keep it in the frame);
+ * the wait holds its own reference on the slot.
+ */
+int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
+			    void **out, uint64_t deadline_ns);
+int keel_oneshot_recv(struct keel_task *t, struct keel_oneshot *os, void **out);
+
+/* Take the value without waiting (slot's loop): 0, -EAGAIN, or as above. */
+int keel_oneshot_try_recv(struct keel_oneshot *os, void **out);
+
+/* ---- broadcast: every receiver sees every message -----------------------
+ * A bounded ring of `capacity` messages and any number of receivers, each
+ * with its own cursor; all on one loop. A receiver that falls more than
+ * `capacity` messages behind lags: its next receive returns -EOVERFLOW,
+ * keel_broadcast_lagged() says how many it missed, and the one after that
+ * returns the oldest message still held (tokio's RecvError::Lagged).
+ *
+ * Messages are pointers the channel holds until they are pushed out of the
+ * ring (or the channel is freed), then hands to `on_drop`. A received
+ * message is borrowed: it stays valid at least until the receiving task's
+ * next await; to keep it longer, take a reference of your own.
+ */
+struct keel_broadcast;
+struct keel_broadcast_rx;
+
+/*
+ * A channel on `loop` holding the last `capacity` (>= 1) messages.
+ * Returns 0 and sets *out, -EINVAL or -ENOMEM.
+ * Ownership: the caller owns the sending side: keel_broadcast_free().
+ */
+int keel_broadcast_new(struct keel_loop *loop, uint32_t capacity,
+		       keel_mb_drop_fn on_drop, void *drop_arg,
+		       struct keel_broadcast **out);
+
+/*
+ * Close the channel and drop the sending side. Receivers drain what is
+ * left, then get -EPIPE; the memory goes with the last receiver.
+ */
+void keel_broadcast_free(struct keel_broadcast *bc);
+
+/* Close without dropping the sending side: later sends return -EPIPE. */
+void keel_broadcast_close(struct keel_broadcast *bc);
+
+/*
+ * A receiver that sees the messages sent from now on. Returns 0 and sets
+ * *out, -EPIPE (closed) or -ENOMEM.
+ * Ownership: the caller owns it: keel_broadcast_unsubscribe().
+ */
+int keel_broadcast_subscribe(struct keel_broadcast *bc,
+			     struct keel_broadcast_rx **out);
+
+/* Free a receiver. Returns 0, or -EBUSY while a task awaits on it. */
+int keel_broadcast_unsubscribe(struct keel_broadcast_rx *rx);
+
+/*
+ * Send `msg` to every receiver. Returns the number of receivers (the
+ * channel now holds the message), 0 (no receiver: not queued, the message
+ * is still the caller's), -EPIPE (closed: not queued) or -EXDEV.
+ */
+int keel_broadcast_send(struct keel_broadcast *bc, void *msg);
+
+/*
+ * Await the receiver's next message. keel_res: 0 with *out set,
+ * -EOVERFLOW (lagged: see above), -EPIPE (closed and drained), the
+ * cancellation cause, -EBUSY (another task awaits on it), -EXDEV.
+ */
+int keel_broadcast_recv(struct keel_task *t, struct keel_broadcast_rx *rx,
+			void **out);
+
+/* The same without waiting: -EAGAIN when there is nothing new. */
+int keel_broadcast_try_recv(struct keel_broadcast_rx *rx, void **out);
+
+/* How many messages the receiver's last -EOVERFLOW skipped. */
+uint64_t keel_broadcast_lagged(const struct keel_broadcast_rx *rx);
+
+/* ---- semaphore ----------------------------------------------------------
+ * Counted permits, handed out in FIFO order: a waiter at the head that
+ * needs more permits than are free holds back the ones behind it (no
+ * barging), as tokio's Semaphore.
+ */
+struct keel_semaphore;
+
+/* A semaphore on `loop` with `permits` free. 0, or -ENOMEM. */
+int keel_semaphore_new(struct keel_loop *loop, uint32_t permits,
+		       struct keel_semaphore **out);
+
+/* Free it; tasks still waiting are woken with -EPIPE. */
+void keel_semaphore_free(struct keel_semaphore *s);
+
+/*
+ * Await `n` permits (n <= INT32_MAX). keel_res: 0 (acquired), -EPIPE
+ * (closed), the cancellation cause, -EINVAL, -EXDEV.
+ */
+int keel_semaphore_acquire(struct keel_task *t, struct keel_semaphore *s,
+			   uint32_t n);
+
+/* Take `n` permits now: 0, -EAGAIN (too few, or others wait), -EPIPE. */
+int keel_semaphore_try_acquire(struct keel_semaphore *s, uint32_t n);
+
+/* Give back (or add) `n` permits, waking waiters in order. 0 or -EXDEV. */
+int keel_semaphore_release(struct keel_semaphore *s, uint32_t n);
+
+/* Permits free now. */
+uint64_t keel_semaphore_available(const struct keel_semaphore *s);
+
+/* Close: waiters and later acquires get -EPIPE; releases still count. */
+void keel_semaphore_close(struct keel_semaphore *s);
+
+/* ---- mutex --------------------------------------------------------------
+ * Held by one task at a time (across its awaits). Unlock hands the mutex to
+ * the first waiter directly, so nobody can barge in between. The holder
+ * must unlock it: a task that exits holding it leaves it locked (register
+ * the unlock with keel_defer() if the task may abort).
+ */
+struct keel_mutex;
+
+int keel_mutex_new(struct keel_loop *loop, struct keel_mutex **out);
+
+/* Free it (unlocked, or not); waiters are woken with -EPIPE. */
+void keel_mutex_free(struct keel_mutex *m);
+
+/*
+ * Await the mutex for at most `timeout_ns` (UINT64_MAX: no limit; 0: only
+ * if free now). keel_res: 0 (t holds it), -ETIMEDOUT, the cancellation
+ * cause, -EDEADLK (t holds it already), -ENOMEM, -EXDEV.
+ */
+int keel_mutex_lock(struct keel_task *t, struct keel_mutex *m,
+		    uint64_t timeout_ns);
+
+/* Lock for `t` without waiting: 0 or -EBUSY. */
+int keel_mutex_try_lock(struct keel_task *t, struct keel_mutex *m);
+
+/* Unlock: 0, -EPERM (t does not hold it), -EXDEV. */
+int keel_mutex_unlock(struct keel_task *t, struct keel_mutex *m);
+
+/* The holder, or NULL. */
+struct keel_task *keel_mutex_holder(const struct keel_mutex *m);
+
+/* ---- event --------------------------------------------------------------
+ * A flag tasks wait for (asyncio.Event): set wakes every waiter, and later
+ * waits return at once until it is cleared (level-triggered).
+ */
+struct keel_event;
+
+int keel_event_new(struct keel_loop *loop, struct keel_event **out);
+
+/* Free it; waiters are woken with -EPIPE. */
+void keel_event_free(struct keel_event *ev);
+
+/* Set (wakes every waiter with 0) / clear. 0 or -EXDEV. */
+int keel_event_set(struct keel_event *ev);
+int keel_event_clear(struct keel_event *ev);
+bool keel_event_is_set(const struct keel_event *ev);
+
+/* Await the event. keel_res: 0, the cancellation cause, -EXDEV. */
+int keel_event_wait(struct keel_task *t, struct keel_event *ev);
+
+/* ---- barrier ------------------------------------------------------------
+ * `parties` tasks meet: each waits until the last one arrives, which
+ * releases them all and starts a new generation, so the barrier can be
+ * used again at once. A waiter cancelled before the release withdraws its
+ * arrival.
+ */
+struct keel_barrier;
+
+/* keel_res of the one arrival that released the others (the last one). */
+#define KEEL_BARRIER_LEADER 1
+
+/* A barrier for `parties` (>= 1) tasks. 0, -EINVAL or -ENOMEM. */
+int keel_barrier_new(struct keel_loop *loop, uint32_t parties,
+		     struct keel_barrier **out);
+
+/* Free it; waiters are woken with -EPIPE. */
+void keel_barrier_free(struct keel_barrier *b);
+
+/*
+ * Arrive and await the others. keel_res: 0, KEEL_BARRIER_LEADER, the
+ * cancellation cause (not counted as arrived), -EXDEV.
+ */
+int keel_barrier_wait(struct keel_task *t, struct keel_barrier *b);
+
+/* Completed generations (releases) so far. */
+uint64_t keel_barrier_generation(const struct keel_barrier *b);
+
+/* ---- countdown latch ----------------------------------------------------
+ * A count that only goes down; tasks wait until it reaches zero (Java's
+ * CountDownLatch, C++ std::latch). Single use.
+ */
+struct keel_latch;
+
+int keel_latch_new(struct keel_loop *loop, uint32_t count,
+		   struct keel_latch **out);
+
+/* Free it; waiters are woken with -EPIPE. */
+void keel_latch_free(struct keel_latch *l);
+
+/*
+ * Count down by `n` (stopping at zero); at zero every waiter is woken.
+ * Returns the count left, or -EXDEV.
+ */
+int64_t keel_latch_count_down(struct keel_latch *l, uint32_t n);
+
+/* Await zero. keel_res: 0, the cancellation cause, -EXDEV. */
+int keel_latch_wait(struct keel_task *t, struct keel_latch *l);
+
+uint32_t keel_latch_count(const struct keel_latch *l);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
