@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# bench.sh: what `make bench` runs. Three parts, each bounded in time:
+#
+#  1. keel's microbenchmarks: build/tools/keel-micro (ns per op, the peers'
+#     method: runs of >= 0.3 s, median of 5), printed as a table.
+#  2. Exact instruction counts: keel-micro's fixed-count mode under callgrind
+#     for a few benchmarks, twice (N1 and N2 ops), so that setup cost cancels:
+#     Ir/op = (Ir(N2) - Ir(N1)) / (N2 - N1); with the functions that make up
+#     those instructions.
+#  3. The peer harness (PEERS, default ../shared/bench/peers), if present:
+#     copied into $BUILD/peers (the shared folder is never written to), built
+#     there, then the runtime microbenchmarks with keel as one more column and
+#     the echo matrix with keel's examples/echo next to the raw io_uring and
+#     epoll servers. Loopback only. A peer that fails to build is skipped.
+#
+# Knobs (environment):
+#   BENCH_QUICK=1     short runs everywhere (a smoke test of the whole thing)
+#   SKIP_CALLGRIND=1  SKIP_PEERS=1  SKIP_ECHO=1
+#   FILTER=substr     only benchmarks whose name contains it (keel and peers)
+#   REPS              repetitions for the peer runs (MICRO_REPS, ECHO_REPS
+#                     override it per run; defaults 1 and 7)
+#   MICRO_PEERS="tokio-ct tokio-mt go-p1 go-p2 c"   peer columns of the micro run
+#   ECHO_PEERS="uring epoll"                        peers of the echo matrix
+#   CG_BENCHES="spawn_join ..."  benchmarks counted under callgrind (default:
+#                     spawn_join spawn_yield_join yield await_ready
+#                     timer_arm_cancel timer_100k_wall nop_b1)
+#   DUR WARM CONFIGS PIN ...  passed through to the peers' run.sh
+#   BENCH_OUT=dir     where results go (default $BUILD/bench/<timestamp>)
+#
+# Make runs this with `sh`; the script needs bash.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+BUILD="${BUILD:-build}"
+[[ -d "$BUILD" ]] || { echo "bench: no build directory '$BUILD': run make" >&2; exit 1; }
+BUILD="$(cd "$BUILD" && pwd)"
+MICRO="$BUILD/tools/keel-micro"
+ECHO_BIN="$BUILD/examples/echo"
+REPORT="$HERE/bench/report.py"
+[[ -x "$MICRO" ]] || { echo "bench: $MICRO not built: run make" >&2; exit 1; }
+
+# PEERS is the harness's location here (from the Makefile; empty: absent).
+# The harness's own scripts use PEERS for a list of peer names, so it must
+# not leak into their environment.
+PEERS_SRC="${PEERS-$ROOT/../shared/bench/peers}"
+unset PEERS
+
+QUICK="${BENCH_QUICK:-0}"
+[[ "$QUICK" == 1 ]] || QUICK=0
+FILTER="${FILTER:-}"
+RES="${BENCH_OUT:-$BUILD/bench/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$RES" && RES="$(cd "$RES" && pwd)"
+T0=$(date +%s)
+FAILED=()
+TABLES=()
+
+say() { printf '\n== %s\n' "$*"; }
+elapsed() { echo "$(($(date +%s) - $1)) s"; }
+on() { [[ -n "${1:-}" && "$1" != 0 ]]; }
+
+say "keel bench: results in $RES${FILTER:+; filter: $FILTER}$([[ $QUICK == 1 ]] && echo '; quick')"
+echo "machine: $(uname -r), $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo))"
+rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" &&
+	{ git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || rev="$rev+changes"; }
+echo "keel: ${rev:-unknown revision}"
+# Busy share of all CPUs over one second: ns/op numbers taken on a busy
+# machine are noise (instruction counts are not).
+busy=$(
+	snap() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+	a=$(snap); sleep 1; b=$(snap)
+	awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); d=y[2]-x[2]; if (d<=0) d=1; printf "%.0f", 100*(y[1]-x[1])/d}'
+)
+echo "machine busy before the run: ${busy}% of all CPUs"
+((busy > 10)) && echo "WARNING: the machine is not idle: ns/op numbers will be noisy"
+
+# --- 1. keel-micro ------------------------------------------------------------
+say "1. keel microbenchmarks (build/tools/keel-micro${FILTER:+ $FILTER})"
+t=$(date +%s)
+QOPT=()
+[[ $QUICK == 1 ]] && QOPT=(--quick)
+timeout -k 5 600 "$MICRO" "${QOPT[@]}" ${FILTER:+"$FILTER"} \
+	>"$RES/keel-micro.out" 2>"$RES/keel-micro.err"
+rc=$?
+grep '^RESULT' "$RES/keel-micro.out" | sed 's/^/   /'
+if ((rc != 0)); then
+	echo "!! keel-micro exited with status $rc:"
+	tail -5 "$RES/keel-micro.err"
+	FAILED+=("keel-micro")
+fi
+sed 's/^/   /' "$RES/keel-micro.err"
+timeout 60 python3 "$REPORT" keel "$RES/keel-micro.out" >"$RES/keel-micro.md"
+echo
+cat "$RES/keel-micro.md"
+TABLES+=("$RES/keel-micro.md")
+echo "(part 1: $(elapsed "$t"))"
+
+# --- 2. callgrind -------------------------------------------------------------
+CG="$RES/callgrind"
+if on "${SKIP_CALLGRIND:-}"; then
+	say "2. instruction counts: skipped (SKIP_CALLGRIND)"
+else
+	say "2. instructions per op (callgrind, exact: (Ir(N2) - Ir(N1)) / (N2 - N1))"
+	t=$(date +%s)
+	if ! command -v valgrind >/dev/null && [[ "$(id -u)" == 0 ]]; then
+		echo "valgrind missing: installing it (Debian package)"
+		DEBIAN_FRONTEND=noninteractive timeout 600 apt-get -o DPkg::Lock::Timeout=120 \
+			install -y -qq --no-install-recommends valgrind >/dev/null 2>&1 ||
+			{ timeout 300 apt-get -o DPkg::Lock::Timeout=120 update -qq &&
+			  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get -o DPkg::Lock::Timeout=120 \
+				install -y -qq --no-install-recommends valgrind; } >/dev/null 2>&1
+	fi
+	if ! command -v valgrind >/dev/null; then
+		echo "valgrind not installed: skipped (apt-get install valgrind)"
+	else
+		mkdir -p "$CG"
+		: >"$CG/ir.tsv"
+		if [[ $QUICK == 1 ]]; then N1=2000 N2=12000; else N1=20000 N2=120000; fi
+		for b in ${CG_BENCHES:-spawn_join spawn_yield_join yield await_ready timer_arm_cancel timer_100k_wall nop_b1}; do
+			[[ -z "$FILTER" || "$b" == *"$FILTER"* ]] || continue
+			n1=$N1 n2=$N2
+			# One round of timer_100k is 100k ops; under callgrind every
+			# sleep has expired by the time the loop looks (no idle turns).
+			[[ "$b" == timer_100k* ]] && n1=100000 n2=200000
+			ok=1
+			for n in "$n1" "$n2"; do
+				timeout -k 5 600 valgrind --tool=callgrind \
+					--callgrind-out-file="$CG/$b.$n.out" \
+					"$MICRO" --callgrind "$n" "=$b" >"$CG/$b.$n.log" 2>&1 ||
+					{ ok=0; echo "!! callgrind $b $n failed:"; tail -5 "$CG/$b.$n.log"; }
+			done
+			if ((ok)); then
+				timeout 300 python3 "$REPORT" callgrind "$CG" "$b" "$n1" "$n2" |
+					tee -a "$CG/ir.md"
+			else
+				FAILED+=("callgrind $b")
+			fi
+		done
+		TABLES+=("$CG/ir.md")
+		echo "(profiles: $CG/*.out, e.g. callgrind_annotate $CG/spawn_join.$N2.out)"
+	fi
+	echo "(part 2: $(elapsed "$t"))"
+fi
+
+# --- 3. the peers -------------------------------------------------------------
+MICRO_RAW=""
+run_peers() {
+	local src="$1" dst="$BUILD/peers" e t
+	say "3. peer harness: $src -> $dst (copied; the source is never written)"
+	t=$(date +%s)
+	mkdir -p "$dst"
+	# Copy everything but earlier results and binaries; an earlier copy's
+	# bin/ and cargo target/ dirs are kept, so rebuilds are incremental.
+	for e in "$src"/* "$src"/.[!.]*; do
+		[[ -e "$e" ]] || continue
+		case "${e##*/}" in results | bin) continue ;; esac
+		cp -r "$e" "$dst/" || { echo "!! copying $e failed"; return 1; }
+	done
+
+	echo "building the peers (log: $RES/peers-build.log) ..."
+	(cd "$dst" && timeout -k 10 2400 ./build.sh) >"$RES/peers-build.log" 2>&1 ||
+		echo "!! some peers failed to build (they are skipped):"
+	grep -E '^(built|failed):|^!!' "$RES/peers-build.log" | sed 's/^/   /'
+	(cd "$dst" && timeout -k 10 2400 ./micro/build.sh) >"$RES/peers-micro-build.log" 2>&1 ||
+		echo "!! some micro peers failed to build (they are skipped):"
+	grep -E '^(built|failed):|^!!' "$RES/peers-micro-build.log" | sed 's/^/   /'
+	echo "(build: $(elapsed "$t"))"
+
+	say "3a. runtime microbenchmarks, keel as a column (micro/run.sh)"
+	t=$(date +%s)
+	local mpeers="${MICRO_PEERS:-}" kcmd="$MICRO"
+	if [[ $QUICK == 1 ]]; then
+		mpeers="${MICRO_PEERS:-tokio-ct go-p1 c}"
+		kcmd="$MICRO --quick"
+	fi
+	local envs=(REPS="${MICRO_REPS:-${REPS:-1}}" EXTRA_MICRO="keel|$kcmd"
+		OUT="$RES/micro")
+	[[ -n "$mpeers" ]] && envs+=(PEERS="$mpeers")
+	env "${envs[@]}" timeout -k 10 1800 "$dst/micro/run.sh" 2>&1 |
+		tee "$RES/micro-run.log" | grep -v '^   RESULT'
+	if [[ -s "$RES/micro/table.md" ]]; then
+		TABLES+=("$RES/micro/table.md")
+		MICRO_RAW="$RES/micro/raw.tsv"
+	else
+		echo "!! the micro run produced no table (see $RES/micro-run.log)"
+	fi
+	echo "(micro: $(elapsed "$t"))"
+
+	if on "${SKIP_ECHO:-}"; then
+		say "3b. echo matrix: skipped (SKIP_ECHO)"
+		return 0
+	fi
+	if [[ ! -x "$ECHO_BIN" ]]; then
+		say "3b. echo matrix: skipped: $ECHO_BIN is not built (examples/echo.c)"
+		return 0
+	fi
+	say "3b. echo matrix: keel's examples/echo vs ${ECHO_PEERS:-uring epoll} (run.sh)"
+	t=$(date +%s)
+	envs=(PEERS="${ECHO_PEERS:-uring epoll}" REPS="${ECHO_REPS:-${REPS:-7}}"
+		EXTRA_PEERS="keel|$ECHO_BIN 127.0.0.1 {port}" OUT="$RES/echo")
+	[[ $QUICK == 1 ]] && envs+=(REPS="${ECHO_REPS:-2}" DUR="${DUR:-0.5}"
+		WARM="${WARM:-0.1}" WARMUP_S="${WARMUP_S:-1}")
+	env "${envs[@]}" timeout -k 10 1800 "$dst/run.sh" 2>&1 |
+		tee "$RES/echo-run.log" | grep -v '^  rep'
+	if [[ -s "$RES/echo/table.md" ]]; then
+		TABLES+=("$RES/echo/table.md")
+	else
+		echo "!! the echo run produced no table (see $RES/echo-run.log)"
+	fi
+	echo "(echo: $(elapsed "$t"))"
+}
+
+if on "${SKIP_PEERS:-}"; then
+	say "3. peer harness: skipped (SKIP_PEERS)"
+elif [[ -z "$PEERS_SRC" || ! -f "$PEERS_SRC/micro/run.sh" ]]; then
+	say "3. peer harness: skipped: not found (PEERS='${PEERS_SRC}'; default ../shared/bench/peers)"
+else
+	run_peers "$(cd "$PEERS_SRC" && pwd)"
+fi
+
+# --- summary --------------------------------------------------------------------
+say "summary: keel against the targets (ns per op; Ir = instructions per op)"
+timeout 60 python3 "$REPORT" summary "$RES/keel-micro.out" "$CG/ir.tsv" \
+	${MICRO_RAW:+"$MICRO_RAW"} | tee "$RES/summary.md"
+TABLES+=("$RES/summary.md")
+echo
+echo "result tables:"
+printf '   %s\n' "${TABLES[@]}"
+echo "make bench took $(elapsed "$T0")"
+if ((${#FAILED[@]})); then
+	echo "FAILED: ${FAILED[*]}"
+	exit 1
+fi

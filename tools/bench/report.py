@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""report.py: the tables of tools/bench.sh (`make bench`).
+
+  report.py keel FILE
+      keel-micro's output (RESULT/INFO lines) -> markdown table: ns per op,
+      spread of the 5 runs, and what the loop did per op (turns, io_uring_enter
+      calls, task steps, SQEs).
+  report.py callgrind DIR BENCH N1 N2
+      DIR/BENCH.N1.out and DIR/BENCH.N2.out are callgrind profiles of
+      `keel-micro --callgrind N =BENCH`. Prints the exact instructions per op,
+      (Ir(N2) - Ir(N1)) / (N2 - N1) (setup cost cancels), and the functions
+      that account for them (per-function Ir difference / (N2 - N1), from
+      callgrind_annotate); appends "BENCH<TAB>Ir_per_op" to DIR/ir.tsv.
+  report.py summary KEEL_OUT IR_TSV [MICRO_RAW_TSV]
+      The targets table: keel's ns/op (and Ir/op) next to the targets and,
+      when the peer run happened, tokio-ct / go-p1 from the same run.
+"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+# bench -> target ns/op (the issue's goals) and tokio-ct's measured ns/op
+TARGETS = [
+    ("spawn_join", 15, 117),
+    ("yield", 10, 282),
+    ("timer_arm_cancel", 25, 466),
+    ("timer_100k_cpu", 150, 2220),
+    ("timer_100k_wall", 150, 2220),
+]
+
+
+def fmt(ns):
+    if ns >= 10000:
+        return f"{ns:,.0f}"
+    if ns >= 100:
+        return f"{ns:.0f}"
+    return f"{ns:.1f}"
+
+
+def kv_line(line):
+    out = {}
+    for tok in line.split()[1:]:
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            out[k] = v
+    return out
+
+
+def parse_keel(path):
+    """-> (order, results, runs, loopstats, info)"""
+    order, res, runs, loop, info = [], {}, {}, {}, {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("RESULT "):
+                kv = kv_line(line)
+                n = kv.get("name")
+                if n not in res:
+                    order.append(n)
+                res[n] = (float(kv["ns_per_op"]), int(kv.get("ops", 0)))
+            elif line.startswith("INFO "):
+                kv = kv_line(line)
+                n = kv.get("name")
+                if "runs_ns_per_op" in kv:
+                    runs[n] = [float(x) for x in kv["runs_ns_per_op"].split(",") if x]
+                elif "turns_per_op" in kv:
+                    loop[n] = kv
+                else:
+                    info[n] = kv
+    return order, res, runs, loop, info
+
+
+def cmd_keel(path):
+    order, res, runs, loop, info = parse_keel(path)
+    print("| bench | ns/op | runs spread | ops/run | turns/op | enters/op | steps/op | SQEs/op |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for n in order:
+        ns, ops = res[n]
+        r = runs.get(n, [])
+        spread = f"{100 * (max(r) - min(r)) / ns:.0f} %" if r and ns > 0 else ""
+        base = n[:-4] + "_wall" if n.endswith("_cpu") else n
+        ls = loop.get(base, {}) if n == base else {}
+        cols = [ls.get(k, "") for k in ("turns_per_op", "enters_per_op", "steps_per_op", "sqes_per_op")]
+        print(f"| {n} | {fmt(ns)} | {spread} | {ops:,} | " + " | ".join(cols) + " |")
+    for n, kv in info.items():
+        rest = " ".join(f"{k}={v}" for k, v in kv.items() if k != "name")
+        print(f"\n{n}: {rest}")
+
+
+def cg_total(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise SystemExit(f"{path}: no summary line")
+
+
+ANN = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)\s*(\[[^\]]*\])?\s*$")
+
+
+def cg_functions(path):
+    """callgrind_annotate's per-function self cost: {file:function: Ir}."""
+    out = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", "--auto=no", path],
+        capture_output=True, text=True, timeout=120, check=False).stdout
+    funcs, started = {}, False
+    for line in out.splitlines():
+        if "file:function" in line:
+            started = True
+            continue
+        if not started:
+            continue
+        m = ANN.match(line)
+        if m and "PROGRAM TOTALS" not in line:
+            name = m.group(2)
+            if name.startswith("???") and m.group(3):
+                # no debug info: say which object it is in
+                name += " " + os.path.basename(m.group(3).strip("[]"))
+            funcs[name] = funcs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return funcs
+
+
+def short(fn):
+    # "/abs/path/core/task.c:keel_spawn" -> "core/task.c:keel_spawn"
+    if fn.startswith("???"):
+        return fn
+    file, _, func = fn.rpartition(":")
+    parts = file.split("/")
+    return ("/".join(parts[-2:]) if len(parts) > 1 else file) + ":" + func
+
+
+def cmd_callgrind(d, bench, n1, n2, top=12):
+    n1, n2 = int(n1), int(n2)
+    p1 = os.path.join(d, f"{bench}.{n1}.out")
+    p2 = os.path.join(d, f"{bench}.{n2}.out")
+    i1, i2 = cg_total(p1), cg_total(p2)
+    per = (i2 - i1) / (n2 - n1)
+    print(f"### {bench}: {per:.1f} instructions per op"
+          f"  (Ir {i1:,} @ {n1:,} ops, {i2:,} @ {n2:,} ops)")
+    f1, f2 = cg_functions(p1), cg_functions(p2)
+    diff = sorted(((f2.get(k, 0) - f1.get(k, 0)) / (n2 - n1), k)
+                  for k in set(f1) | set(f2))
+    diff.reverse()
+    print()
+    print("| Ir/op | function (self cost per op) |")
+    print("|--:|---|")
+    shown = 0
+    for v, k in diff:
+        if v < 0.5 or shown == top:
+            break
+        print(f"| {v:.1f} | {short(k)} |")
+        shown += 1
+    print()
+    with open(os.path.join(d, "ir.tsv"), "a") as f:
+        f.write(f"{bench}\t{per:.1f}\n")
+
+
+def micro_raw(path):
+    """micro/run.sh raw.tsv -> {(peer, bench): median ns over reps}"""
+    cells = {}
+    with open(path) as f:
+        next(f, None)
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            if len(p) < 4:
+                continue
+            try:
+                cells.setdefault((p[0], p[2]), []).append(float(p[3]))
+            except ValueError:
+                pass
+    return {k: statistics.median(v) for k, v in cells.items()}
+
+
+def cmd_summary(keel_out, ir_tsv, raw=None):
+    _, res, _, _, _ = parse_keel(keel_out)
+    ir = {}
+    if ir_tsv and os.path.exists(ir_tsv):
+        with open(ir_tsv) as f:
+            for line in f:
+                b, v = line.split("\t")
+                ir[b] = float(v)
+    peers = micro_raw(raw) if raw and os.path.exists(raw) else {}
+    cols = ["tokio-ct", "go-p1"] if peers else []
+    print("| bench | keel ns/op | target | keel Ir/op | "
+          + "".join(f"{c} (this run) | " for c in cols)
+          + "tokio-ct (issue) | keel vs target |")
+    print("|---|--:|--:|--:|" + "--:|" * len(cols) + "--:|---|")
+    ir_alias = {"timer_100k_cpu": "timer_100k_wall"}
+    for b, target, tokio in TARGETS:
+        if b not in res:
+            continue
+        if b not in ir and ir_alias.get(b) in ir:
+            ir[b] = ir[ir_alias[b]]
+        ns = res[b][0]
+        verdict = "met" if ns <= target else f"{ns / target:.1f}x over"
+        row = [b, fmt(ns), str(target), f"{ir[b]:.0f}" if b in ir else ""]
+        row += [fmt(peers[(c, b)]) if (c, b) in peers else "" for c in cols]
+        row += [str(tokio), verdict]
+        print("| " + " | ".join(row) + " |")
+    if "timer_100k_wall" in res:
+        print()
+        print("(timer_100k_wall cannot go below 10 ms / 100k = 100 ns: the"
+              " sleeps span 10 ms.)")
+
+
+def main():
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    cmd = sys.argv[1]
+    if cmd == "keel":
+        cmd_keel(sys.argv[2])
+    elif cmd == "callgrind" and len(sys.argv) == 6:
+        cmd_callgrind(*sys.argv[2:6])
+    elif cmd == "summary" and len(sys.argv) in (4, 5):
+        cmd_summary(*sys.argv[2:])
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

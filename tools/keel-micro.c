@@ -1,0 +1,649 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * keel-micro: keel's per-operation microbenchmarks, printed in the format of
+ * the peer harness (bench/peers/micro in the shared folder) so that keel is
+ * one more column next to tokio, Go and raw liburing:
+ *
+ *   RESULT name=<bench> ns_per_op=<median> ops=<ops per run>
+ *   INFO name=<bench> runs_ns_per_op=<r1,...,r5>
+ *   INFO name=<bench> turns_per_op=... enters_per_op=... steps_per_op=...
+ *
+ * The method is the peers' (c_micro.c): each benchmark is calibrated until
+ * one run takes >= 0.3 s, then runs 5 times; the median is reported. One run
+ * is: spawn a driver task on the benchmark's loop, keel_loop_run() until the
+ * loop is idle again; wall (and process CPU) time is taken around that. The
+ * loop is created once per benchmark and reused by its runs, like a server's.
+ * The thread is pinned to CPU 0, as the peers' single-thread columns are.
+ *
+ * Benchmarks (names shared with the peers where the operation matches):
+ *   spawn_join        a task spawns 1000 empty joinable tasks, then joins
+ *                     them all; per task
+ *   spawn_yield_join  the same, each child yields once first; per task
+ *   yield             one task yielding in a loop; per yield
+ *   await_ready       an await whose result is ready at once (a join that
+ *                     fails with -EDEADLK: the task joins itself); per await
+ *   timer_arm_cancel  arm a keel_timer 100-163 ms ahead, cancel it; per pair
+ *   timer_arm_cancel_heap1k   the same with 1000 other timers armed an
+ *                     hour ahead: each arm sifts to the top of the heap and
+ *                     each cancel takes the top out (O(log n) both ways)
+ *   timer_100k_wall   100k tasks spawned, each keel_sleep()s a random
+ *                     0-10 ms, all joined; wall ns per timer, spawn included
+ *   timer_100k_cpu    the same run, process CPU ns per timer
+ *   nop_b1 .. b128    B tasks each awaiting keel_nop() in a loop (B = 1, 8,
+ *                     32, 128: B NOPs per loop turn); per NOP
+ *   task_header_bytes INFO only: sizeof(struct keel_task)
+ *
+ * usage: keel-micro [--quick] [--callgrind N] [FILTER]
+ *   FILTER       run the benchmarks whose name contains it ("=name": only
+ *                the one with exactly that name)
+ *   --quick      runs of >= 50 ms instead of 0.3 s (also BENCH_QUICK=1)
+ *   --callgrind N  no calibration, no pinning: run each benchmark once with
+ *                exactly N ops (rounded up to whole iterations), for
+ *                instruction counts under valgrind (also KEEL_MICRO_OPS=N)
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <keel.h>
+
+#define RUNS		5
+#define BATCH		1000   /* tasks spawned before they are all joined */
+#define TIMERS		100000 /* tasks (timers) per timer_100k round */
+#define TIMER_WINDOW_NS 10000000ull /* sleeps are uniform in [0, 10 ms) */
+#define HEAP_TIMERS	1000	    /* other timers armed in ..._heap1k */
+#define MS		1000000ull
+
+/* Run lengths; --quick shortens them. */
+static uint64_t run_min_ns = 300 * MS;	  /* every run at least this long */
+static uint64_t run_target_ns = 330 * MS; /* what calibration aims for */
+static uint64_t calib_ns = 30 * MS;	  /* calibration stops above this */
+
+static void die(const char *what, int err)
+{
+	fprintf(stderr, "keel-micro: %s: %s\n", what, strerror(err));
+	exit(1);
+}
+
+static uint64_t clock_ns(clockid_t id)
+{
+	struct timespec ts;
+
+	clock_gettime(id, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t xorshift(uint64_t *state)
+{
+	uint64_t x = *state;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	*state = x;
+	return x;
+}
+
+static struct keel_task *spawn_or_die(struct keel_loop *loop,
+				      const struct keel_task_type *type,
+				      unsigned flags)
+{
+	void *frame = keel_spawn(loop, type, flags);
+
+	if (!frame)
+		die("keel_spawn", ENOMEM);
+	return keel_task_of(type, frame);
+}
+
+/* ---- child tasks ---------------------------------------------------------
+ * A step function without awaits needs no KEEL_BEGIN (it has no resume
+ * point to jump to).
+ */
+struct empty_frame {
+	struct keel_task task;
+};
+
+static int empty_step(struct keel_task *t)
+{
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(empty_task, struct empty_frame, task, empty_step);
+
+static int yield_once_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_YIELD(t);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(yield_once_task, struct empty_frame, task,
+		      yield_once_step);
+
+struct sleeper_frame {
+	struct keel_task task;
+	uint64_t ns;
+};
+
+static int sleeper_step(struct keel_task *t)
+{
+	struct sleeper_frame *f =
+	    keel_container_of(t, struct sleeper_frame, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, f->ns));
+	KEEL_EXIT(t, keel_res(t));
+}
+static KEEL_TASK_TYPE(sleeper_task, struct sleeper_frame, task, sleeper_step);
+
+struct nop_frame {
+	struct keel_task task;
+	uint64_t n, i;
+};
+
+static int nop_step(struct keel_task *t)
+{
+	struct nop_frame *f = keel_container_of(t, struct nop_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(t, keel_nop(t));
+		if (keel_res(t) != 0)
+			KEEL_EXIT(t, keel_res(t));
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(nop_task, struct nop_frame, task, nop_step);
+
+/* ---- drivers: one per benchmark, spawned by each run ----------------------
+ */
+
+/* spawn_join, spawn_yield_join: batches of BATCH children, then join all. */
+struct spawn_join_frame {
+	struct keel_task task;
+	const struct keel_task_type *child;
+	uint64_t batches, b;
+	unsigned i;
+	struct keel_task *kids[BATCH];
+};
+
+static int spawn_join_step(struct keel_task *t)
+{
+	struct spawn_join_frame *f =
+	    keel_container_of(t, struct spawn_join_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->b = 0; f->b < f->batches; f->b++) {
+		for (f->i = 0; f->i < BATCH; f->i++)
+			f->kids[f->i] = spawn_or_die(
+			    keel_task_loop(t), f->child,
+			    KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+		for (f->i = 0; f->i < BATCH; f->i++) {
+			KEEL_AWAIT(t, keel_join(t, f->kids[f->i]));
+			if (keel_res(t) != 0)
+				die("spawn_join: child exit status",
+				    -keel_res(t));
+		}
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(spawn_join_task, struct spawn_join_frame, task,
+		      spawn_join_step);
+
+/* yield and await_ready: one task, n awaits. */
+struct loop_frame {
+	struct keel_task task;
+	uint64_t n, i;
+};
+
+static int yield_step(struct keel_task *t)
+{
+	struct loop_frame *f = keel_container_of(t, struct loop_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++)
+		KEEL_YIELD(t);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(yield_task, struct loop_frame, task, yield_step);
+
+static int await_ready_step(struct keel_task *t)
+{
+	struct loop_frame *f = keel_container_of(t, struct loop_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(t, keel_join(t, t));
+		if (keel_res(t) != -EDEADLK)
+			die("await_ready: keel_join(self) should fail with "
+			    "-EDEADLK",
+			    keel_res(t) < 0 ? -keel_res(t) : EPROTO);
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(await_ready_task, struct loop_frame, task,
+		      await_ready_step);
+
+/* timer_arm_cancel[_heap1k]: arm, cancel, n times, in one step. */
+struct arm_cancel_frame {
+	struct keel_task task;
+	uint64_t n;
+	unsigned others; /* timers kept armed meanwhile */
+	struct keel_timer timer;
+	struct keel_timer *other;
+};
+
+static void timer_fired(struct keel_loop *loop, struct keel_timer *timer,
+			void *arg)
+{
+	die("timer_arm_cancel: a timer fired", EPROTO);
+}
+
+static int arm_cancel_step(struct keel_task *t)
+{
+	struct arm_cancel_frame *f =
+	    keel_container_of(t, struct arm_cancel_frame, task);
+	struct keel_loop *loop = keel_task_loop(t);
+	uint64_t i;
+
+	/* Others an hour ahead, spread, so that the heap is really 1k deep. */
+	for (i = 0; i < f->others; i++) {
+		keel_timer_init(&f->other[i], timer_fired, NULL);
+		if (keel_timer_arm_after(loop, &f->other[i],
+					 3600000 * MS + i * MS))
+			die("keel_timer_arm_after", ENOMEM);
+	}
+	keel_timer_init(&f->timer, timer_fired, NULL);
+	for (i = 0; i < f->n; i++) {
+		if (keel_timer_arm_after(loop, &f->timer,
+					 100 * MS + (i & 63) * MS))
+			die("keel_timer_arm_after", ENOMEM);
+		if (!keel_timer_cancel(loop, &f->timer))
+			die("keel_timer_cancel: timer was not armed", EPROTO);
+	}
+	for (i = 0; i < f->others; i++)
+		keel_timer_cancel(loop, &f->other[i]);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(arm_cancel_task, struct arm_cancel_frame, task,
+		      arm_cancel_step);
+
+/* timer_100k: rounds of TIMERS sleepers, each joined. */
+static struct keel_task *sleepers[TIMERS];
+
+struct timers_frame {
+	struct keel_task task;
+	uint64_t rounds, r, rng;
+	unsigned i;
+};
+
+static int timers_step(struct keel_task *t)
+{
+	struct timers_frame *f =
+	    keel_container_of(t, struct timers_frame, task);
+	struct sleeper_frame *s;
+
+	KEEL_BEGIN(t);
+	for (f->r = 0; f->r < f->rounds; f->r++) {
+		for (f->i = 0; f->i < TIMERS; f->i++) {
+			s = keel_spawn(keel_task_loop(t), &sleeper_task,
+				       KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+			if (!s)
+				die("keel_spawn", ENOMEM);
+			s->ns = xorshift(&f->rng) % TIMER_WINDOW_NS;
+			sleepers[f->i] = keel_task_of(&sleeper_task, s);
+		}
+		for (f->i = 0; f->i < TIMERS; f->i++) {
+			KEEL_AWAIT(t, keel_join(t, sleepers[f->i]));
+			if (keel_res(t) != 0)
+				die("timer_100k: keel_sleep", -keel_res(t));
+		}
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(timers_task, struct timers_frame, task, timers_step);
+
+/* nop_bB: B nop tasks of n NOPs each, joined. */
+struct nops_frame {
+	struct keel_task task;
+	uint64_t n;
+	unsigned width, i;
+	struct keel_task *kids[128];
+};
+
+static int nops_step(struct keel_task *t)
+{
+	struct nops_frame *f = keel_container_of(t, struct nops_frame, task);
+	struct nop_frame *c;
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->width; f->i++) {
+		c = keel_spawn(keel_task_loop(t), &nop_task,
+			       KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+		if (!c)
+			die("keel_spawn", ENOMEM);
+		c->n = f->n;
+		f->kids[f->i] = keel_task_of(&nop_task, c);
+	}
+	for (f->i = 0; f->i < f->width; f->i++) {
+		KEEL_AWAIT(t, keel_join(t, f->kids[f->i]));
+		if (keel_res(t) != 0)
+			die("keel_nop", -keel_res(t));
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(nops_task, struct nops_frame, task, nops_step);
+
+/* ---- the benchmark table ---------------------------------------------------
+ */
+
+struct bench {
+	const char *name;
+	const char *cpu_name; /* also report CPU ns per op under this name */
+	uint64_t ops_per_iter;
+	unsigned param;
+	void (*start)(struct keel_loop *loop, const struct bench *b,
+		      uint64_t n);
+};
+
+static void start_spawn_join(struct keel_loop *loop, const struct bench *b,
+			     uint64_t n)
+{
+	struct spawn_join_frame *f =
+	    keel_spawn(loop, &spawn_join_task, KEEL_PRIO_NORMAL);
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	f->child = b->param ? &yield_once_task : &empty_task;
+	f->batches = n;
+}
+
+static void start_loop(struct keel_loop *loop, const struct bench *b,
+		       uint64_t n)
+{
+	const struct keel_task_type *type =
+	    b->param ? &await_ready_task : &yield_task;
+	struct loop_frame *f = keel_spawn(loop, type, KEEL_PRIO_NORMAL);
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	f->n = n;
+}
+
+static void start_arm_cancel(struct keel_loop *loop, const struct bench *b,
+			     uint64_t n)
+{
+	static struct keel_timer others[HEAP_TIMERS];
+	struct arm_cancel_frame *f =
+	    keel_spawn(loop, &arm_cancel_task, KEEL_PRIO_NORMAL);
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	f->n = n;
+	f->others = b->param;
+	f->other = others;
+}
+
+static void start_timers(struct keel_loop *loop, const struct bench *b,
+			 uint64_t n)
+{
+	static uint64_t seed = 0x9e3779b97f4a7c15ull;
+	struct timers_frame *f =
+	    keel_spawn(loop, &timers_task, KEEL_PRIO_NORMAL);
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	seed = seed * 6364136223846793005ull + 1; /* new delays every run */
+	f->rounds = n;
+	f->rng = seed | 1;
+}
+
+static void start_nops(struct keel_loop *loop, const struct bench *b,
+		       uint64_t n)
+{
+	struct nops_frame *f = keel_spawn(loop, &nops_task, KEEL_PRIO_NORMAL);
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	f->n = n;
+	f->width = b->param;
+}
+
+static const struct bench benches[] = {
+    {"spawn_join", NULL, BATCH, 0, start_spawn_join},
+    {"spawn_yield_join", NULL, BATCH, 1, start_spawn_join},
+    {"yield", NULL, 1, 0, start_loop},
+    {"await_ready", NULL, 1, 1, start_loop},
+    {"timer_arm_cancel", NULL, 1, 0, start_arm_cancel},
+    {"timer_arm_cancel_heap1k", NULL, 1, HEAP_TIMERS, start_arm_cancel},
+    {"timer_100k_wall", "timer_100k_cpu", TIMERS, 0, start_timers},
+    {"nop_b1", NULL, 1, 1, start_nops},
+    {"nop_b8", NULL, 8, 8, start_nops},
+    {"nop_b32", NULL, 32, 32, start_nops},
+    {"nop_b128", NULL, 128, 128, start_nops},
+};
+
+/* ---- harness ----------------------------------------------------------------
+ */
+
+struct sample {
+	uint64_t wall_ns;
+	uint64_t cpu_ns;
+};
+
+/*
+ * One run: n iterations of the benchmark on `loop`. Not inlined, so that a
+ * profile shows the runs under one name.
+ */
+static __attribute__((noinline)) struct sample
+run_once(struct keel_loop *loop, const struct bench *b, uint64_t n)
+{
+	struct sample s;
+	uint64_t c0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+	uint64_t t0 = clock_ns(CLOCK_MONOTONIC);
+	int err;
+
+	b->start(loop, b, n);
+	err = keel_loop_run(loop);
+	if (err < 0)
+		die("keel_loop_run", -err);
+	s.wall_ns = clock_ns(CLOCK_MONOTONIC) - t0;
+	s.cpu_ns = clock_ns(CLOCK_PROCESS_CPUTIME_ID) - c0;
+	return s;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+static void report(const char *name, uint64_t ops, const double *runs)
+{
+	double sorted[RUNS];
+	int i;
+
+	memcpy(sorted, runs, sizeof(sorted));
+	qsort(sorted, RUNS, sizeof(double), cmp_double);
+	printf("RESULT name=%s ns_per_op=%.1f ops=%llu\n", name,
+	       sorted[RUNS / 2], (unsigned long long)ops);
+	printf("INFO name=%s runs_ns_per_op=", name);
+	for (i = 0; i < RUNS; i++)
+		printf("%s%.1f", i ? "," : "", runs[i]);
+	printf("\n");
+}
+
+/* What the loop did per op over the measured runs: turns, enters, steps. */
+static void report_loop(const char *name, const struct keel_loop_stats *a,
+			const struct keel_loop_stats *b, uint64_t ops)
+{
+	double d = ops ? (double)ops : 1.0;
+
+	printf("INFO name=%s turns_per_op=%.3f enters_per_op=%.3f "
+	       "steps_per_op=%.3f sqes_per_op=%.3f\n",
+	       name, (double)(b->turns - a->turns) / d,
+	       (double)(b->enters - a->enters) / d,
+	       (double)(b->steps - a->steps) / d,
+	       (double)(b->sqes - a->sqes) / d);
+}
+
+static uint64_t scale(uint64_t n, uint64_t want_ns, uint64_t took_ns)
+{
+	return (uint64_t)((double)n * (double)want_ns /
+			  (double)(took_ns ? took_ns : 1)) +
+	       1;
+}
+
+/* The peers' method: calibrate to runs of >= run_min_ns, median of 5. */
+static void measure(struct keel_loop *loop, const struct bench *b)
+{
+	struct keel_loop_stats st0, st1;
+	double wall[RUNS], cpu[RUNS];
+	uint64_t n = 1, f, ops = 0;
+	struct sample s;
+	int i;
+
+	for (;;) {
+		s = run_once(loop, b, n);
+		if (s.wall_ns >= calib_ns)
+			break;
+		f = s.wall_ns ? 2 * calib_ns / s.wall_ns : 100;
+		n *= f < 2 ? 2 : f > 100 ? 100 : f;
+	}
+	n = scale(n, run_target_ns, s.wall_ns);
+	keel_loop_stats(loop, &st0);
+	for (i = 0; i < RUNS; i++) {
+		s = run_once(loop, b, n);
+		ops += n * b->ops_per_iter;
+		while (s.wall_ns <
+		       run_min_ns) { /* got faster: lengthen, redo */
+			n = scale(n, run_target_ns, s.wall_ns);
+			s = run_once(loop, b, n);
+			ops += n * b->ops_per_iter;
+		}
+		wall[i] = (double)s.wall_ns / (double)(n * b->ops_per_iter);
+		cpu[i] = (double)s.cpu_ns / (double)(n * b->ops_per_iter);
+	}
+	keel_loop_stats(loop, &st1);
+	report(b->name, n * b->ops_per_iter, wall);
+	if (b->cpu_name)
+		report(b->cpu_name, n * b->ops_per_iter, cpu);
+	report_loop(b->name, &st0, &st1, ops);
+	fflush(stdout);
+}
+
+/* Fixed count, no calibration: for instruction counts under callgrind. */
+static void run_fixed(struct keel_loop *loop, const struct bench *b,
+		      uint64_t ops)
+{
+	uint64_t n = (ops + b->ops_per_iter - 1) / b->ops_per_iter;
+	struct sample s;
+
+	if (n == 0)
+		n = 1;
+	s = run_once(loop, b, n);
+	printf("RESULT name=%s ns_per_op=%.1f ops=%llu\n", b->name,
+	       (double)s.wall_ns / (double)(n * b->ops_per_iter),
+	       (unsigned long long)(n * b->ops_per_iter));
+	fflush(stdout);
+}
+
+static int wanted(const char *name, const char *filter)
+{
+	if (filter[0] == '=')
+		return strcmp(name, filter + 1) == 0;
+	return strstr(name, filter) != NULL;
+}
+
+static void pin_cpu0(void)
+{
+	cpu_set_t set;
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		return; /* one CPU: nothing to choose */
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		fprintf(stderr, "keel-micro: sched_setaffinity(0): %s\n",
+			strerror(errno));
+}
+
+static void set_quick(void)
+{
+	run_min_ns = 50 * MS;
+	run_target_ns = 55 * MS;
+	calib_ns = 10 * MS;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: keel-micro [--quick] [--callgrind N] "
+			"[FILTER | =NAME]\n");
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	const char *filter = "", *env;
+	uint64_t fixed_ops = 0;
+	struct keel_loop *loop;
+	unsigned i;
+	int a, err, described = 0;
+	char desc[256];
+
+	env = getenv("KEEL_MICRO_OPS");
+	if (env && *env)
+		fixed_ops = strtoull(env, NULL, 10);
+	env = getenv("BENCH_QUICK");
+	if (env && strcmp(env, "1") == 0)
+		set_quick();
+	for (a = 1; a < argc; a++) {
+		if (strcmp(argv[a], "--quick") == 0) {
+			set_quick();
+		} else if (strcmp(argv[a], "--callgrind") == 0) {
+			if (++a == argc)
+				usage();
+			fixed_ops = strtoull(argv[a], NULL, 10);
+			if (!fixed_ops)
+				usage();
+		} else if (argv[a][0] == '-' && argv[a][1] == '-') {
+			usage();
+		} else {
+			filter = argv[a];
+		}
+	}
+	if (!fixed_ops)
+		pin_cpu0();
+
+	if (wanted("task_header_bytes", filter))
+		printf("INFO name=task_header_bytes bytes=%zu\n",
+		       sizeof(struct keel_task));
+	for (i = 0; i < sizeof(benches) / sizeof(benches[0]); i++) {
+		const struct bench *b = &benches[i];
+
+		if (!wanted(b->name, filter) &&
+		    !(b->cpu_name && wanted(b->cpu_name, filter)))
+			continue;
+		err = keel_loop_create(&loop, NULL);
+		if (err < 0) {
+			fprintf(stderr, "keel-micro: keel_loop_create: %s\n",
+				keel_loop_explain(err));
+			return 1;
+		}
+		if (!described) {
+			keel_loop_describe(loop, desc, sizeof(desc));
+			fprintf(stderr, "keel-micro: ring: %s\n", desc);
+			described = 1;
+		}
+		if (fixed_ops)
+			run_fixed(loop, b, fixed_ops);
+		else
+			measure(loop, b);
+		keel_loop_destroy(loop);
+	}
+	return 0;
+}
