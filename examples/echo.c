@@ -2,24 +2,30 @@
 /*
  * echo: a TCP echo server on keel, the example to copy.
  *
- *	echo [ADDR] PORT                 ADDR defaults to 127.0.0.1
- *	echo --port PORT [--threads N]   the peer benchmark harness's style
+ *	echo [--threads N] [--metrics MPORT] [ADDR] PORT
+ *	echo --port PORT [--threads N]     (the peer harness's style)
  *
- * One acceptor task, one task per connection (recv into a buffer in its
- * frame, send it all back) and one task that waits for SIGINT/SIGTERM on a
- * signalfd. On a signal the server stops accepting, shuts every live
- * connection down so that its task sees end-of-file and exits, and once no
- * task is left keel_loop_run() returns: a clean exit with status 0.
+ * One loop per thread (default: one per CPU), each with its own
+ * SO_REUSEPORT listener, one acceptor task and one task per connection
+ * (recv into a buffer in its frame, send it all back). Nothing is shared
+ * between loops: each counts its own connections and bytes.
+ *
+ * Shutdown is keel's: on SIGINT or SIGTERM the runtime cancels every
+ * loop's root token, so each pending accept and recv returns -ECANCELED,
+ * every task closes its socket (keel_close runs under a cancelled token)
+ * and exits, every loop drains, and the process exits 0. A second signal
+ * kills it. SIGUSR1 prints a task dump of every loop.
+ *
+ * --metrics MPORT serves the runtime's counters at
+ * http://127.0.0.1:MPORT/metrics (Prometheus text format).
  */
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,22 +34,17 @@
 #define LISTEN_BACKLOG	1024
 #define ACCEPT_RETRY_NS (10 * 1000 * 1000) /* out of fds: wait 10 ms */
 
-struct conn;
-
-/* What the tasks share. Only the loop's thread touches it: no locks. */
-struct server {
+/* One per loop, touched only by that loop's thread while it runs. */
+struct shard {
 	int listen_fd;
-	bool stopping;	      /* a signal came: accept no more */
-	struct conn *conns;   /* live connections, to shut down on exit */
-	uint64_t connections; /* accepted so far */
-	uint64_t bytes;	      /* echoed so far */
-	int status;	      /* exit status of the process */
+	uint64_t connections;
+	uint64_t bytes;
+	int error; /* a fatal accept error, or 0 */
 };
 
 struct conn {
 	struct keel_task task;
-	struct server *srv;
-	struct conn *prev, *next; /* on srv->conns while the task lives */
+	struct shard *shard;
 	int fd;
 	/* Handed to the kernel by recv and send: it lives in the frame. */
 	char buf[16384];
@@ -51,33 +52,44 @@ struct conn {
 
 struct acceptor {
 	struct keel_task task;
-	struct server *srv;
+	struct shard *shard;
 };
 
-struct signal_waiter {
+struct main_frame {
 	struct keel_task task;
-	struct server *srv;
-	int fd; /* the signalfd */
-	struct signalfd_siginfo info;
+	unsigned i;
 };
+
+struct metrics_server {
+	struct keel_task task;
+	int fd;
+};
+
+struct metrics_conn {
+	struct keel_task task;
+	int fd;
+	char req[2048];
+	char *resp;
+	size_t len;
+};
+
+static struct shard *shards;
+static unsigned nshards;
+static int metrics_fd = -1;
 
 static int conn_step(struct keel_task *t);
 static int acceptor_step(struct keel_task *t);
-static int signal_step(struct keel_task *t);
+static int main_step(struct keel_task *t);
+static int metrics_server_step(struct keel_task *t);
+static int metrics_conn_step(struct keel_task *t);
 
 static KEEL_TASK_TYPE(conn_task, struct conn, task, conn_step);
 static KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
-static KEEL_TASK_TYPE(signal_task, struct signal_waiter, task, signal_step);
-
-static void conn_unlink(struct conn *c)
-{
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		c->srv->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-}
+static KEEL_TASK_TYPE(echo_main, struct main_frame, task, main_step);
+static KEEL_TASK_TYPE(metrics_server_task, struct metrics_server, task,
+		      metrics_server_step);
+static KEEL_TASK_TYPE(metrics_conn_task, struct metrics_conn, task,
+		      metrics_conn_step);
 
 static int conn_step(struct keel_task *t)
 {
@@ -86,120 +98,190 @@ static int conn_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	for (;;) {
 		KEEL_AWAIT(t, keel_recv(t, c->fd, c->buf, sizeof(c->buf), 0));
-		if (keel_res(t) <= 0) /* 0: the peer (or shutdown) closed */
-			break;
-		/* MSG_NOSIGNAL: a peer gone mid-send is -EPIPE, not SIGPIPE. */
-		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf, keel_res(t),
-					    MSG_NOSIGNAL));
+		if (keel_res(t) <= 0)
+			break; /* end of file, an error, or the shutdown */
+		c->shard->bytes += (uint64_t)keel_res(t);
+		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf,
+					    (size_t)keel_res(t), MSG_NOSIGNAL));
 		if (keel_res(t) < 0)
 			break;
-		c->srv->bytes += (uint64_t)keel_res(t);
 	}
-	conn_unlink(c);
 	KEEL_AWAIT(t, keel_close(t, c->fd));
 	KEEL_END(t);
 }
 
-/* Start a task for an accepted socket; on failure, just close it. */
-static void conn_start(struct server *srv, struct keel_loop *loop, int fd)
+static bool out_of_fds(int err)
 {
-	struct conn *c = keel_spawn(loop, &conn_task, KEEL_PRIO_NORMAL);
-
-	if (!c) {
-		close(fd);
-		return;
-	}
-	/* Echo traffic is request/response: do not let Nagle hold replies. */
-	keel_tcp_nodelay(fd);
-	c->srv = srv;
-	c->fd = fd;
-	c->next = srv->conns;
-	if (srv->conns)
-		srv->conns->prev = c;
-	srv->conns = c;
-	srv->connections++;
+	return err == -EMFILE || err == -ENFILE || err == -ENOBUFS ||
+	       err == -ENOMEM;
 }
 
 static int acceptor_step(struct keel_task *t)
 {
 	struct acceptor *a = keel_container_of(t, struct acceptor, task);
-	struct server *srv = a->srv;
-	int fd;
+	struct shard *s = a->shard;
 
 	KEEL_BEGIN(t);
-	/* After a signal the listener is closed: its number may be reused. */
-	while (!srv->stopping) {
-		KEEL_AWAIT(t, keel_accept(t, srv->listen_fd, NULL, NULL,
-					  SOCK_CLOEXEC));
-		fd = keel_res(t);
-		if (fd >= 0 && srv->stopping) {
-			/* Accepted as the signal task was shutting the live
-			 * connections down: it would miss this one. */
-			close(fd);
-		} else if (fd >= 0) {
-			conn_start(srv, keel_task_loop(t), fd);
-		} else if (fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS ||
-			   fd == -ENOMEM) {
-			/*
-			 * Out of fds or memory: the connection waits in the
-			 * backlog. Retrying at once would spin; wait a little
-			 * for connections to close.
-			 */
+	for (;;) {
+		KEEL_AWAIT(t, keel_accept(t, s->listen_fd, NULL, NULL, 0));
+		int fd = keel_res(t);
+
+		if (fd == -ECANCELED || fd == -ETIMEDOUT)
+			break; /* the runtime is shutting down */
+		if (out_of_fds(fd)) {
+			/* Back off, never spin: a connection will close. */
 			KEEL_AWAIT(t, keel_sleep(t, ACCEPT_RETRY_NS));
-		} else if (fd == -ECONNABORTED || fd == -EINTR ||
-			   fd == -EAGAIN) {
-			continue; /* that client gave up: take the next */
-		} else if (!srv->stopping) {
-			fprintf(stderr, "echo: accept: %s\n", strerror(-fd));
-			srv->status = 1;
-			/* Else the signal task keeps the loop alive. */
-			keel_loop_stop(keel_task_loop(t));
+			continue;
+		}
+		if (fd == -EINTR || fd == -ECONNABORTED || fd == -EAGAIN)
+			continue;
+		if (fd < 0) {
+			s->error = fd;
+			keel_runtime_shutdown(keel_runtime_current());
 			break;
 		}
+		keel_tcp_nodelay(fd);
+		struct conn *c =
+		    keel_spawn(t->loop, &conn_task, KEEL_PRIO_NORMAL);
+
+		if (!c) {
+			close(fd); /* out of memory: refuse this one */
+			continue;
+		}
+		c->shard = s;
+		c->fd = fd;
+		s->connections++;
 	}
+	KEEL_AWAIT(t, keel_close(t, s->listen_fd));
 	KEEL_END(t);
 }
 
-static int signal_step(struct keel_task *t)
+/* ---- /metrics ---------------------------------------------------------- */
+
+static char *render_metrics(size_t *len)
 {
-	struct signal_waiter *w =
-	    keel_container_of(t, struct signal_waiter, task);
-	struct server *srv = w->srv;
-	sigset_t mask;
+	struct keel_runtime *rt = keel_runtime_current();
+	unsigned n = keel_runtime_size(rt);
+	struct keel_loop *loops[256];
+	size_t cap = 16384;
+
+	if (n > 256)
+		n = 256;
+	for (unsigned i = 0; i < n; i++)
+		loops[i] = keel_runtime_loop(rt, i);
+	for (;;) {
+		char *body = malloc(cap);
+
+		if (!body)
+			return NULL;
+		/* Other loops' counters are read as they are: a snapshot. */
+		size_t need = keel_metrics_render(loops, n, body, cap);
+
+		if (need < cap) {
+			*len = need;
+			return body;
+		}
+		free(body);
+		cap = need + 1;
+	}
+}
+
+static int metrics_conn_step(struct keel_task *t)
+{
+	struct metrics_conn *m =
+	    keel_container_of(t, struct metrics_conn, task);
 
 	KEEL_BEGIN(t);
-	KEEL_AWAIT(t, keel_read(t, w->fd, &w->info, sizeof(w->info),
-				KEEL_OFF_CURRENT));
-	if (keel_res(t) < 0)
-		fprintf(stderr, "echo: signalfd: %s\n", strerror(-keel_res(t)));
-	srv->stopping = true;
+	KEEL_AWAIT(t, keel_recv(t, m->fd, m->req, sizeof(m->req) - 1, 0));
+	if (keel_res(t) > 0) {
+		char head[160];
+		size_t blen = 0;
+		char *body = render_metrics(&blen);
 
-	/* Closing the listener cancels the acceptor's pending accept. */
-	KEEL_AWAIT(t, keel_close(t, srv->listen_fd));
+		if (body) {
+			int h = snprintf(head, sizeof(head),
+					 "HTTP/1.0 200 OK\r\nContent-Type: "
+					 "text/plain; version=0.0.4\r\n"
+					 "Content-Length: %zu\r\n\r\n",
+					 blen);
 
-	/*
-	 * Each connection task is waiting in recv or send: shutting its socket
-	 * down wakes it with end-of-file (or -EPIPE), and it exits on its own.
-	 */
-	for (struct conn *c = srv->conns; c; c = c->next)
-		shutdown(c->fd, SHUT_RDWR);
+			m->resp = malloc((size_t)h + blen);
+			if (m->resp) {
+				memcpy(m->resp, head, (size_t)h);
+				memcpy(m->resp + h, body, blen);
+				m->len = (size_t)h + blen;
+			}
+			free(body);
+		}
+		if (m->resp)
+			KEEL_AWAIT(t, keel_send_all(t, m->fd, m->resp, m->len,
+						    MSG_NOSIGNAL));
+	}
+	free(m->resp);
+	KEEL_AWAIT(t, keel_close(t, m->fd));
+	KEEL_END(t);
+}
 
-	/* A second signal now kills the process, should shutdown hang. */
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGTERM);
-	sigprocmask(SIG_UNBLOCK, &mask, NULL);
-	KEEL_AWAIT(t, keel_close(t, w->fd));
+static int metrics_server_step(struct keel_task *t)
+{
+	struct metrics_server *s =
+	    keel_container_of(t, struct metrics_server, task);
+
+	KEEL_BEGIN(t);
+	for (;;) {
+		KEEL_AWAIT(t, keel_accept(t, s->fd, NULL, NULL, 0));
+		if (keel_res(t) < 0) {
+			if (keel_res(t) == -ECANCELED)
+				break;
+			continue;
+		}
+		struct metrics_conn *m =
+		    keel_spawn(t->loop, &metrics_conn_task, KEEL_PRIO_LOW);
+
+		if (m)
+			m->fd = keel_res(t);
+		else
+			close(keel_res(t));
+	}
+	KEEL_AWAIT(t, keel_close(t, s->fd));
+	KEEL_END(t);
+}
+
+/* ---- the main task ----------------------------------------------------- */
+
+static void init_acceptor(void *frame, void *arg)
+{
+	((struct acceptor *)frame)->shard = arg;
+}
+
+static int main_step(struct keel_task *t)
+{
+	struct main_frame *m = keel_container_of(t, struct main_frame, task);
+	struct keel_runtime *rt = keel_runtime_current();
+
+	KEEL_BEGIN(t);
+	for (m->i = 0; m->i < nshards; m->i++)
+		if (keel_spawn_on(keel_runtime_loop(rt, m->i), &acceptor_task,
+				  KEEL_PRIO_HIGH, init_acceptor, &shards[m->i]))
+			KEEL_EXIT(t, 1);
+	if (metrics_fd >= 0) {
+		struct metrics_server *ms =
+		    keel_spawn(t->loop, &metrics_server_task, KEEL_PRIO_LOW);
+
+		if (ms)
+			ms->fd = metrics_fd;
+	}
+	/* Until the runtime shuts down, which cancels this sleep. */
+	KEEL_AWAIT(t, keel_sleep(t, UINT64_MAX / 2));
 	KEEL_END(t);
 }
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: echo [ADDR] PORT\n"
+	fprintf(out, "usage: echo [--threads N] [--metrics MPORT] [ADDR] PORT\n"
 		     "       echo --port PORT [--threads N]\n");
 }
 
-/* A decimal number in [min, max], or -1. */
 static long parse_number(const char *s, long min, long max)
 {
 	char *end;
@@ -214,108 +296,121 @@ static long parse_number(const char *s, long min, long max)
 
 int main(int argc, char **argv)
 {
-	static const struct option options[] = {
+	static const struct option longopts[] = {
 	    {"port", required_argument, NULL, 'p'},
 	    {"threads", required_argument, NULL, 't'},
+	    {"metrics", required_argument, NULL, 'm'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	struct server srv = {.listen_fd = -1};
 	const char *addr = "127.0.0.1";
-	struct keel_loop *loop;
-	struct acceptor *a;
-	struct signal_waiter *w;
-	long port = -1, threads = 1;
-	sigset_t mask;
-	int opt, err, sfd;
+	long port = -1, threads = 0, mport = -1;
+	int opt;
 
-	while ((opt = getopt_long(argc, argv, "p:t:h", options, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "p:t:m:h", longopts, NULL)) !=
+	       -1) {
 		switch (opt) {
 		case 'p':
 			port = parse_number(optarg, 0, 65535);
-			if (port < 0)
-				goto bad_usage;
 			break;
 		case 't':
 			threads = parse_number(optarg, 1, 1024);
-			if (threads < 0)
-				goto bad_usage;
+			break;
+		case 'm':
+			mport = parse_number(optarg, 1, 65535);
 			break;
 		case 'h':
 			usage(stdout);
 			return 0;
 		default:
-			goto bad_usage;
+			usage(stderr);
+			return 2;
+		}
+		if ((opt == 'p' && port < 0) || (opt == 't' && threads < 0) ||
+		    (opt == 'm' && mport < 0)) {
+			fprintf(stderr, "echo: bad value for --%s: %s\n",
+				opt == 'p'   ? "port"
+				: opt == 't' ? "threads"
+					     : "metrics",
+				optarg);
+			return 2;
 		}
 	}
-	/* Positional: [ADDR] PORT, or just ADDR after --port. */
-	if (argc - optind == 2 || (argc - optind == 1 && port >= 0))
-		addr = argv[optind++];
-	if (argc - optind == 1)
-		port = parse_number(argv[optind++], 0, 65535);
-	if (argc != optind || port < 0)
-		goto bad_usage;
-	if (threads > 1)
-		fprintf(stderr,
-			"echo: --threads %ld: not yet supported, using 1\n",
-			threads);
-
-	/*
-	 * Block the signals before anything else so that they queue on the
-	 * signalfd instead of killing the process. NONBLOCK matters: the ring
-	 * then polls the signalfd and reads it from this thread; a blocking
-	 * read could be punted to a kernel worker, which would wait for
-	 * signals sent to itself.
-	 */
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGTERM);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
-	sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (sfd < 0) {
-		fprintf(stderr, "echo: signalfd: %s\n", strerror(errno));
-		return 1;
+	if (argc - optind == 2) {
+		addr = argv[optind];
+		port = parse_number(argv[optind + 1], 0, 65535);
+	} else if (argc - optind == 1) {
+		port = parse_number(argv[optind], 0, 65535);
+	} else if (argc - optind > 2 || port < 0) {
+		usage(stderr);
+		return 2;
+	}
+	if (port < 0) {
+		fprintf(stderr, "echo: bad port: %s\n", argv[argc - 1]);
+		return 2;
 	}
 
-	srv.listen_fd =
-	    keel_tcp_listen(addr, (uint16_t)port, LISTEN_BACKLOG, 0);
-	if (srv.listen_fd < 0) {
-		fprintf(stderr, "echo: cannot listen on %s:%ld: %s\n", addr,
-			port, strerror(-srv.listen_fd));
-		return 1;
-	}
+	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
+	struct keel_runtime *rt;
+	int err = keel_runtime_create(&rt, &ropts);
 
-	err = keel_loop_create(&loop, NULL);
-	if (err < 0) {
+	if (err) {
 		fprintf(stderr, "echo: %s\n", keel_loop_explain(err));
 		return 1;
 	}
-	a = keel_spawn(loop, &acceptor_task, KEEL_PRIO_NORMAL);
-	w = keel_spawn(loop, &signal_task, KEEL_PRIO_HIGH);
-	if (!a || !w) {
+	nshards = keel_runtime_size(rt);
+	shards = calloc(nshards, sizeof(*shards));
+	if (!shards) {
 		fprintf(stderr, "echo: out of memory\n");
 		return 1;
 	}
-	a->srv = &srv;
-	w->srv = &srv;
-	w->fd = sfd;
+	/* One listener per loop on the same port: the kernel spreads the
+	 * connections (the first one picks the port when it is 0). */
+	for (unsigned i = 0; i < nshards; i++) {
+		int fd = keel_tcp_listen(addr, (uint16_t)port, LISTEN_BACKLOG,
+					 KEEL_NET_REUSEPORT);
 
-	printf("echo: listening on %s:%d\n", addr,
-	       keel_net_local_port(srv.listen_fd));
+		if (fd < 0) {
+			fprintf(stderr, "echo: cannot listen on %s:%ld: %s\n",
+				addr, port, strerror(-fd));
+			return 1;
+		}
+		if (port == 0)
+			port = keel_net_local_port(fd);
+		shards[i].listen_fd = fd;
+	}
+	if (mport > 0) {
+		metrics_fd =
+		    keel_tcp_listen("127.0.0.1", (uint16_t)mport, 64, 0);
+		if (metrics_fd < 0) {
+			fprintf(stderr,
+				"echo: cannot listen on 127.0.0.1:%ld "
+				"for metrics: %s\n",
+				mport, strerror(-metrics_fd));
+			return 1;
+		}
+	}
+	printf("echo: listening on %s:%ld (%u loops)\n", addr, port, nshards);
 	fflush(stdout);
 
-	err = keel_loop_run(loop);
-	if (err < 0) {
-		fprintf(stderr, "echo: loop: %s\n", strerror(-err));
-		srv.status = 1;
-	}
-	keel_loop_destroy(loop);
-	printf("echo: served %llu connections, echoed %llu bytes\n",
-	       (unsigned long long)srv.connections,
-	       (unsigned long long)srv.bytes);
-	return srv.status;
+	int status = keel_runtime_run(rt, &echo_main, NULL, NULL);
+	uint64_t conns = 0, bytes = 0;
+	int fatal = 0;
 
-bad_usage:
-	usage(stderr);
-	return 2;
+	/* Every loop has stopped: the shards are ours to read. */
+	for (unsigned i = 0; i < nshards; i++) {
+		conns += shards[i].connections;
+		bytes += shards[i].bytes;
+		if (shards[i].error && !fatal)
+			fatal = shards[i].error;
+	}
+	keel_runtime_destroy(rt);
+	free(shards);
+	printf("echo: served %llu connections, echoed %llu bytes\n",
+	       (unsigned long long)conns, (unsigned long long)bytes);
+	if (fatal) {
+		fprintf(stderr, "echo: accept failed: %s\n", strerror(-fatal));
+		return 1;
+	}
+	return status < 0 && status != -ECANCELED ? 1 : 0;
 }

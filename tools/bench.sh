@@ -199,7 +199,7 @@ run_peers() {
 	say "3b. echo matrix: keel's examples/echo vs ${ECHO_PEERS:-uring epoll} (run.sh)"
 	t=$(date +%s)
 	envs=(PEERS="${ECHO_PEERS:-uring epoll}" REPS="${ECHO_REPS:-${REPS:-7}}"
-		EXTRA_PEERS="keel|$ECHO_BIN 127.0.0.1 {port}" OUT="$RES/echo")
+		EXTRA_PEERS="keel|$ECHO_BIN --threads {threads} 127.0.0.1 {port}" OUT="$RES/echo")
 	[[ $QUICK == 1 ]] && envs+=(REPS="${ECHO_REPS:-2}" DUR="${DUR:-0.5}"
 		WARM="${WARM:-0.1}" WARMUP_S="${WARMUP_S:-1}")
 	env "${envs[@]}" timeout -k 10 1800 "$dst/run.sh" 2>&1 |
