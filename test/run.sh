@@ -52,6 +52,32 @@ for t in "$@"; do
 	fi
 	pass=$((pass + passing))
 done
+# Shell tests (test/test_*.sh): each ends with "NAME: N passed, M failed".
+for s in test/test_*.sh; do
+	[ -f "$s" ] || continue
+	name=$(basename "$s" .sh)
+	log="${BUILD:-build}/test/$name.log"
+	if BUILD=${BUILD:-build} timeout 600 sh "$s" >"$log" 2>&1; then
+		status=ok
+	else
+		status=FAIL
+	fi
+	line=$(grep -a -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+	passing=$(echo "$line" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
+	failing=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+	passing=${passing:-0}
+	failing=${failing:-0}
+	if [ "$status" = FAIL ] || [ "$failing" != 0 ] || [ "$passing" = 0 ]; then
+		[ "$failing" = 0 ] && failing=1
+		echo "FAIL $name ($passing passed)"
+		tail -n 20 "$log"
+		fail=$((fail + failing))
+		failed="$failed $name"
+	else
+		echo "ok   $name ($passing checks)"
+	fi
+	pass=$((pass + passing))
+done
 if sh test/install_test.sh >"${BUILD:-build}/test/install.log" 2>&1; then
 	echo "ok   install + pkg-config consumer"
 	pass=$((pass + 1))

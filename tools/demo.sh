@@ -13,10 +13,11 @@ set -u
 
 BUILD=${BUILD:-build}
 ECHO=$BUILD/examples/echo
+TRACE=$BUILD/tools/keel-trace
 LOAD=$BUILD/tools/keel-load
 SECS=${DEMO_SECS:-3}
 
-for bin in "$ECHO" "$LOAD"; do
+for bin in "$ECHO" "$LOAD" "$TRACE"; do
 	if [ ! -x "$bin" ]; then
 		echo "demo: $bin is missing: run make first" >&2
 		exit 1
@@ -30,6 +31,11 @@ failed=0
 # Whatever happens, do not leave the server running: on an early exit, ask
 # it to stop (SIGTERM), and kill it if it has not within 2 s.
 cleanup() {
+	if [ -n "${traced_pid:-}" ]; then
+		kill -TERM "$traced_pid" 2>/dev/null
+		sleep 0.5
+		kill -KILL "$traced_pid" 2>/dev/null
+	fi
 	if [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null; then
 		tries=0
 		while kill -0 "$server_pid" 2>/dev/null &&
@@ -115,12 +121,62 @@ field() {
 	echo "${v:--}"
 }
 
-# Hook for tracing, run after the loads while the server is still up. The
-# tracer will run one more short load here with KEEL_TRACE=<file> in
-# keel-load's environment (and start the server with it, in start_server)
-# and summarise the trace with keel-trace; until then this does nothing.
+# The trace: a second echo server (one loop) runs with KEEL_TRACE=<file>
+# under a short load of its own (8 connections, 1 s), so that the trace
+# stays small; keel-trace then writes its summary and HTML report.
 trace_step() {
-	:
+	outdir=$BUILD/demo
+	mkdir -p "$outdir"
+	ktrace=$outdir/echo.ktrace
+	html=$outdir/echo-trace.html
+	tport=$((PORT + 1))
+	while [ "$tport" -lt $((PORT + 50)) ]; do
+		: >"$tmp/traced.log"
+		KEEL_TRACE=$ktrace "$ECHO" --threads 1 127.0.0.1 "$tport" \
+			>"$tmp/traced.log" 2>&1 &
+		traced_pid=$!
+		tries=0
+		while [ "$tries" -lt 50 ] && ! grep -q "listening on" "$tmp/traced.log"; do
+			kill -0 "$traced_pid" 2>/dev/null || break
+			sleep 0.1
+			tries=$((tries + 1))
+		done
+		grep -q "listening on" "$tmp/traced.log" && break
+		wait "$traced_pid" 2>/dev/null
+		traced_pid=""
+		grep -q "Address already in use" "$tmp/traced.log" || break
+		tport=$((tport + 1))
+	done
+	if [ -z "$traced_pid" ]; then
+		echo "demo: the traced echo server did not start:" >&2
+		cat "$tmp/traced.log" >&2
+		return 1
+	fi
+	echo "demo: tracing: keel-load -c 8 -s 64 -d 1 against a traced echo"
+	$bounded "$LOAD" -h 127.0.0.1 -p "$tport" -c 8 -s 64 -d 1 -w 0.2 \
+		>"$tmp/load-traced.log" 2>&1 || {
+		echo "demo: traced load failed:" >&2
+		cat "$tmp/load-traced.log" >&2
+	}
+	kill -TERM "$traced_pid" 2>/dev/null
+	wait "$traced_pid"
+	status=$?
+	traced_pid=""
+	if [ "$status" -ne 0 ]; then
+		echo "demo: FAIL: the traced echo exited with status $status" >&2
+		return 1
+	fi
+	if ! "$TRACE" summary "$ktrace" >"$outdir/echo-trace.txt" ||
+		! "$TRACE" html "$ktrace" -o "$html" ||
+		! "$TRACE" chrome "$ktrace" -o "$outdir/echo-trace.json"; then
+		echo "demo: FAIL: keel-trace could not read the trace" >&2
+		return 1
+	fi
+	sed -n '1,12p' "$outdir/echo-trace.txt"
+	echo "demo: trace:       $ktrace ($(wc -c <"$ktrace") bytes)"
+	echo "demo: summary:     $outdir/echo-trace.txt"
+	echo "demo: HTML report: $html"
+	echo "demo: Perfetto:    $outdir/echo-trace.json (open in ui.perfetto.dev or chrome://tracing)"
 }
 
 stop_server() {
