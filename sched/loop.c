@@ -59,6 +59,7 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	keel__trace_turn(&loop->io.core);
 	keel__watchdog_add(loop);
 	loop->budget = opts && opts->budget ? opts->budget : 256;
+	loop->spin_ns = opts ? opts->spin_ns : 0;
 	loop->io.now = keel__clock_now();
 	*out = loop;
 	return 0;
@@ -172,6 +173,32 @@ static bool has_work(const struct keel_loop *loop)
 	       (loop->persistent && !loop->stop);
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+/* Spin until the inbox has work (return 0: do not wait) or spin_ns pass. */
+static int64_t spin_for_work(struct keel_loop *loop, int64_t wait)
+{
+	uint64_t until = keel__clock_now() + loop->spin_ns;
+
+	if (io_uring_sq_ready(&loop->io.ring))
+		keel__io_submit(&loop->io);
+	do {
+		for (int i = 0; i < 64; i++) {
+			if (keel__remote_pending(loop))
+				return 0;
+			cpu_relax();
+		}
+	} while (keel__clock_now() < until);
+	return wait;
+}
+
 static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 {
 	struct keel__io *io = &loop->io;
@@ -193,6 +220,10 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 	    (!io->ledger.inuse && wait < 0 && !io->core.external_waits &&
 	     !loop->persistent))
 		wait = 0;
+	/* Opt-in: poll the inbox a while before blocking. Not parked yet,
+	 * so posters ring no doorbell; what they post shows up here. */
+	if (wait != 0 && loop->spin_ns && !io->ledger.inuse)
+		wait = spin_for_work(loop, wait);
 	/* About to block: park, then look at the inbox once more (a poster
 	 * pushes, then looks at `parked`: one of us sees the other). */
 	bool parked = wait != 0;
@@ -201,6 +232,15 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 		keel__remote_park(loop, true);
 		if (keel__remote_pending(loop))
 			wait = 0;
+	}
+	/* Not waiting, nothing to submit, nothing in flight: the kernel has
+	 * nothing for us, so save the system call (a yield loop, or a task
+	 * woken from another thread, goes straight on). */
+	if (wait == 0 && !io_uring_sq_ready(ring) && !io->ledger.inuse &&
+	    !io_uring_cq_ready(ring)) {
+		if (parked)
+			keel__remote_park(loop, false);
+		return 0;
 	}
 	io->count.sqes += io_uring_sq_ready(ring);
 	io->count.enters++;
@@ -265,6 +305,11 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 		    loop->io.ledger.inuse, 0);
 	/* 5. Fire expired timers. */
 	keel__timers_expire(loop);
+	/* What other threads posted while we waited: drained now, so the
+	 * tasks it wakes run at the start of the next turn, not a turn later.
+	 */
+	if (keel__remote_pending(loop))
+		keel__remote_drain(loop);
 	keel__current_core = outer;
 	return err;
 }

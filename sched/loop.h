@@ -60,7 +60,8 @@ struct keel_loop {
 	void *altstack; /* the signal stack keel gave this thread, if any */
 	struct keel__loop_watch watch;
 	struct keel__inbox inbox;
-	bool persistent; /* a runtime loop: keeps running while idle */
+	bool persistent;  /* a runtime loop: keeps running while idle */
+	unsigned spin_ns; /* spin before parking (keel_loop_opts.spin_ns) */
 	uint64_t cqes_per_wake[KEEL__WAKE_BUCKETS]; /* le 0,1,2,4..,+Inf */
 };
 

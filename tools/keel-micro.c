@@ -42,7 +42,9 @@
  *                instruction counts under valgrind (also KEEL_MICRO_OPS=N)
  */
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -337,6 +339,156 @@ static int nops_step(struct keel_task *t)
 }
 static KEEL_TASK_TYPE(nops_task, struct nops_frame, task, nops_step);
 
+/* ---- mailboxes --------------------------------------------------------------
+ * chan_*: a producer task sends n messages to a consumer task through a
+ * mailbox of 1024 (BLOCK); pingpong_*: a message goes there and back
+ * through two mailboxes (one round trip per op). *_2tasks: both tasks on
+ * one loop. *_cross_thread / *_xthread: one loop per thread, threads pinned
+ * to CPUs 0 and 1, as the peers measure it.
+ */
+struct chan_frame {
+	struct keel_task task;
+	struct keel_mailbox *in;  /* received from */
+	struct keel_mailbox *out; /* sent to */
+	uint64_t n, i;
+	void *msg;
+};
+
+static int producer_step(struct keel_task *t)
+{
+	struct chan_frame *f = keel_container_of(t, struct chan_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(
+		    t, keel_mb_send(t, f->out, (void *)(uintptr_t)(f->i + 1)));
+		if (keel_res(t))
+			die("keel_mb_send", -keel_res(t));
+	}
+	KEEL_END(t);
+}
+
+static int consumer_step(struct keel_task *t)
+{
+	struct chan_frame *f = keel_container_of(t, struct chan_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(t, keel_mb_recv(t, f->in, &f->msg));
+		if (keel_res(t) || (uintptr_t)f->msg != f->i + 1)
+			die("keel_mb_recv (order)", EPROTO);
+	}
+	KEEL_END(t);
+}
+
+static int pinger_step(struct keel_task *t)
+{
+	struct chan_frame *f = keel_container_of(t, struct chan_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(
+		    t, keel_mb_send(t, f->out, (void *)(uintptr_t)(f->i + 1)));
+		KEEL_AWAIT(t, keel_mb_recv(t, f->in, &f->msg));
+		if (keel_res(t) || (uintptr_t)f->msg != f->i + 1)
+			die("ping", EPROTO);
+	}
+	KEEL_END(t);
+}
+
+static int ponger_step(struct keel_task *t)
+{
+	struct chan_frame *f = keel_container_of(t, struct chan_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(t, keel_mb_recv(t, f->in, &f->msg));
+		if (keel_res(t))
+			die("pong", -keel_res(t));
+		KEEL_AWAIT(t, keel_mb_send(t, f->out, f->msg));
+	}
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(producer_task, struct chan_frame, task, producer_step);
+static KEEL_TASK_TYPE(consumer_task, struct chan_frame, task, consumer_step);
+static KEEL_TASK_TYPE(pinger_task, struct chan_frame, task, pinger_step);
+static KEEL_TASK_TYPE(ponger_task, struct chan_frame, task, ponger_step);
+
+static struct keel_mailbox *new_mailbox(struct keel_loop *owner)
+{
+	struct keel_mailbox_opts o = {.capacity = 1024,
+				      .policy = KEEL_MB_BLOCK};
+	struct keel_mailbox *mb;
+	int err = keel_mailbox_new(owner, &o, &mb);
+
+	if (err)
+		die("keel_mailbox_new", -err);
+	return mb;
+}
+
+static struct chan_frame *spawn_chan(struct keel_loop *loop,
+				     const struct keel_task_type *type,
+				     struct keel_mailbox *in,
+				     struct keel_mailbox *out, uint64_t n)
+{
+	struct chan_frame *f = keel_spawn(loop, type, KEEL_PRIO_NORMAL);
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	f->in = in;
+	f->out = out;
+	f->n = n;
+	return f;
+}
+
+/* Two threads (CPU 0 and 1), each running a loop with one task. */
+struct xside {
+	pthread_t thread;
+	int cpu;
+	unsigned spin_ns;
+	const struct keel_task_type *type;
+	struct keel_loop *loop;
+	struct keel_mailbox *inbox; /* owned by this side's loop */
+	struct xside *peer;
+	uint64_t n;
+};
+
+static pthread_barrier_t xready;
+static struct xside xsides[2];
+
+static void *xside_main(void *arg)
+{
+	struct xside *s = arg;
+	struct keel_loop_opts o = {.spin_ns = s->spin_ns};
+	cpu_set_t set;
+	int err;
+
+	CPU_ZERO(&set);
+	CPU_SET(s->cpu, &set);
+	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	err = keel_loop_create(&s->loop, &o);
+	if (err)
+		die("keel_loop_create", -err);
+	s->inbox = new_mailbox(s->loop);
+	pthread_barrier_wait(&xready); /* both inboxes exist */
+	spawn_chan(s->loop, s->type, s->inbox, s->peer->inbox, s->n);
+	err = keel_loop_run(s->loop);
+	if (err < 0)
+		die("keel_loop_run", -err);
+	pthread_barrier_wait(&xready); /* nobody sends any more */
+	keel_mailbox_release(s->inbox);
+	keel_loop_destroy(s->loop);
+	return NULL;
+}
+
+struct bench;
+static void start_local_chan(struct keel_loop *loop, const struct bench *b,
+			     uint64_t n);
+static void start_xthread(struct keel_loop *loop, const struct bench *b,
+			  uint64_t n);
+static void finish_xthread(const struct bench *b);
+
 /* ---- the benchmark table ---------------------------------------------------
  */
 
@@ -347,6 +499,7 @@ struct bench {
 	unsigned param;
 	void (*start)(struct keel_loop *loop, const struct bench *b,
 		      uint64_t n);
+	void (*finish)(const struct bench *b); /* after the run; timed too */
 };
 
 static void start_spawn_join(struct keel_loop *loop, const struct bench *b,
@@ -412,18 +565,73 @@ static void start_nops(struct keel_loop *loop, const struct bench *b,
 	f->width = b->param;
 }
 
+/* param: 0 one-way stream, 1 ping-pong; +2 spin before parking. */
+static struct keel_mailbox *local_mb[2];
+
+static void start_local_chan(struct keel_loop *loop, const struct bench *b,
+			     uint64_t n)
+{
+	if (!local_mb[0]) {
+		local_mb[0] = new_mailbox(loop);
+		local_mb[1] = new_mailbox(loop);
+	}
+	if (b->param & 1) {
+		spawn_chan(loop, &ponger_task, local_mb[0], local_mb[1], n);
+		spawn_chan(loop, &pinger_task, local_mb[1], local_mb[0], n);
+	} else {
+		spawn_chan(loop, &consumer_task, local_mb[0], NULL, n);
+		spawn_chan(loop, &producer_task, NULL, local_mb[0], n);
+	}
+}
+
+static void start_xthread(struct keel_loop *loop, const struct bench *b,
+			  uint64_t n)
+{
+	bool pingpong = b->param & 1;
+
+	(void)loop;
+	pthread_barrier_init(&xready, NULL, 2);
+	for (int i = 0; i < 2; i++) {
+		struct xside *s = &xsides[i];
+
+		s->cpu = i;
+		s->spin_ns = b->param & 2 ? 200000 : 0;
+		s->peer = &xsides[1 - i];
+		s->n = n;
+	}
+	xsides[0].type = pingpong ? &pinger_task : &consumer_task;
+	xsides[1].type = pingpong ? &ponger_task : &producer_task;
+	for (int i = 0; i < 2; i++)
+		if (pthread_create(&xsides[i].thread, NULL, xside_main,
+				   &xsides[i]))
+			die("pthread_create", EAGAIN);
+}
+
+static void finish_xthread(const struct bench *b)
+{
+	(void)b;
+	for (int i = 0; i < 2; i++)
+		pthread_join(xsides[i].thread, NULL);
+	pthread_barrier_destroy(&xready);
+}
+
 static const struct bench benches[] = {
-    {"spawn_join", NULL, BATCH, 0, start_spawn_join},
-    {"spawn_yield_join", NULL, BATCH, 1, start_spawn_join},
-    {"yield", NULL, 1, 0, start_loop},
-    {"await_ready", NULL, 1, 1, start_loop},
-    {"timer_arm_cancel", NULL, 1, 0, start_arm_cancel},
-    {"timer_arm_cancel_heap1k", NULL, 1, HEAP_TIMERS, start_arm_cancel},
-    {"timer_100k_wall", "timer_100k_cpu", TIMERS, 0, start_timers},
-    {"nop_b1", NULL, 1, 1, start_nops},
-    {"nop_b8", NULL, 8, 8, start_nops},
-    {"nop_b32", NULL, 32, 32, start_nops},
-    {"nop_b128", NULL, 128, 128, start_nops},
+    {"spawn_join", NULL, BATCH, 0, start_spawn_join, NULL},
+    {"spawn_yield_join", NULL, BATCH, 1, start_spawn_join, NULL},
+    {"yield", NULL, 1, 0, start_loop, NULL},
+    {"await_ready", NULL, 1, 1, start_loop, NULL},
+    {"timer_arm_cancel", NULL, 1, 0, start_arm_cancel, NULL},
+    {"timer_arm_cancel_heap1k", NULL, 1, HEAP_TIMERS, start_arm_cancel, NULL},
+    {"timer_100k_wall", "timer_100k_cpu", TIMERS, 0, start_timers, NULL},
+    {"nop_b1", NULL, 1, 1, start_nops, NULL},
+    {"nop_b8", NULL, 8, 8, start_nops, NULL},
+    {"nop_b32", NULL, 32, 32, start_nops, NULL},
+    {"nop_b128", NULL, 128, 128, start_nops, NULL},
+    {"chan_2tasks", NULL, 1, 0, start_local_chan, NULL},
+    {"pingpong_2tasks", NULL, 1, 1, start_local_chan, NULL},
+    {"chan_cross_thread", NULL, 1, 0, start_xthread, finish_xthread},
+    {"pingpong_xthread", NULL, 1, 1, start_xthread, finish_xthread},
+    {"pingpong_xthread_spin", NULL, 1, 3, start_xthread, finish_xthread},
 };
 
 /* ---- harness ----------------------------------------------------------------
@@ -450,6 +658,8 @@ run_once(struct keel_loop *loop, const struct bench *b, uint64_t n)
 	err = keel_loop_run(loop);
 	if (err < 0)
 		die("keel_loop_run", -err);
+	if (b->finish)
+		b->finish(b);
 	s.wall_ns = clock_ns(CLOCK_MONOTONIC) - t0;
 	s.cpu_ns = clock_ns(CLOCK_PROCESS_CPUTIME_ID) - c0;
 	return s;

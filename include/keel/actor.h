@@ -27,10 +27,9 @@
  *
  * Beware: two actors whose behaviours (or tasks acting for them) block on
  * each other's full KEEL_MB_BLOCK mailboxes deadlock, as in any system of
- * bounded queues. Asks never wait for room (a full mailbox fails them with
- * -EAGAIN), and every ask has a deadline, so ask cycles end at the
- * deadline; tell_await cycles do not. Break cycles with KEEL_MB_FAIL or a
- * DROP policy on one side.
+ * bounded queues. Every ask has a deadline that also bounds its wait for
+ * room, so ask cycles end at the deadline; tell_await cycles do not. Break
+ * cycles with KEEL_MB_FAIL or a DROP policy on one side.
  *
  * A handle outlives its actor (it then reports -EPIPE) but not the actor's
  * loop: do not send to an actor whose loop has been destroyed.
@@ -156,16 +155,20 @@ int keel_actor_tell_await(struct keel_task *t, struct keel_actor *a,
 
 /*
  * Await the actor's reply to `payload`, until `deadline_ns` (absolute
- * CLOCK_MONOTONIC, e.g. keel_loop_now(loop) + timeout). keel_res:
+ * CLOCK_MONOTONIC, e.g. keel_loop_now(loop) + timeout). With the
+ * KEEL_MB_BLOCK policy a full mailbox makes the request wait for room (in
+ * FIFO order with tell_await's), within the same deadline. keel_res:
  *   0           *reply is the reply value (now the caller's);
  *   -ETIMEDOUT  the deadline passed: the reply slot is retired;
  *   -EPIPE      the actor is down, or went down before replying;
  *   -ENOMSG     the behaviour returned without replying;
  *   -ENOBUFS    the mailbox's DROP policy dropped the request;
- *   -EAGAIN     the mailbox is full (an ask never waits for room);
+ *   -EAGAIN     the mailbox is full (KEEL_MB_FAIL);
  *   the cancellation cause, or -ENOMEM.
- * The payload is the actor's once the request is queued (any result but
- * -EAGAIN, -EPIPE before queueing, a cause or -ENOMEM: then the caller's).
+ * The payload is the caller's again only if the ask failed before it was
+ * sent: the cancellation cause, -EPIPE or -ETIMEDOUT at once, -EAGAIN,
+ * -ENOMEM. Otherwise it is the actor's (a request that never reaches the
+ * behaviour goes to the spec's on_drop).
  * `reply` must stay valid until the await returns (keep it in the frame).
  */
 int keel_actor_ask(struct keel_task *t, struct keel_actor *a, void *payload,

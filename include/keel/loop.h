@@ -29,6 +29,13 @@ struct keel_loop_opts {
 	unsigned cq_entries; /* completion queue size (default 4 x sq) */
 	unsigned budget;     /* task steps per turn (default 256) */
 	unsigned flags;	     /* KEEL_LOOP_* */
+	/*
+	 * Spin before parking (opt-in): when idle, poll for cross-loop work
+	 * for up to this many ns before blocking in the kernel. Trades CPU
+	 * for latency: a cross-thread round trip then costs about a cache
+	 * line exchange instead of two thread wake-ups (~7 us here).
+	 */
+	unsigned spin_ns;
 };
 
 /*

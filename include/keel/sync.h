@@ -95,6 +95,13 @@ int keel_oneshot_recv(struct keel_task *t, struct keel_oneshot *os, void **out);
 /* Take the value without waiting (slot's loop): 0, -EAGAIN, or as above. */
 int keel_oneshot_try_recv(struct keel_oneshot *os, void **out);
 
+/*
+ * Whether a send would now fail (any thread): the receiver gave up, or a
+ * value was already sent, or the slot closed. Lets a sender skip work
+ * nobody awaits (tokio's Sender::is_closed).
+ */
+bool keel_oneshot_is_closed(const struct keel_oneshot *os);
+
 /* ---- broadcast: every receiver sees every message -----------------------
  * A bounded ring of `capacity` messages and any number of receivers, each
  * with its own cursor; all on one loop. A receiver that falls more than
