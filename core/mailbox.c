@@ -73,6 +73,13 @@ static bool remote_push(struct keel_mailbox *mb, void *msg)
 
 	for (;;) {
 		struct mb_slot *s = &mb->remote[pos & mb->rmask];
+
+		/* The ring is a power of two of at least two slots: keep to the
+		 * capacity (exact for one sender; racing senders may each pass
+		 * this check, bounded by the ring). */
+		if (pos - __atomic_load_n(&mb->rdeq, __ATOMIC_ACQUIRE) >=
+		    mb->cap)
+			return false;
 		uint64_t seq = LOAD(&s->seq);
 		int64_t dif = (int64_t)(seq - pos);
 
@@ -146,7 +153,7 @@ int keel_mailbox_new(struct keel_loop *owner,
 	mb = calloc(1, sizeof(*mb));
 	if (!mb)
 		return -ENOMEM;
-	uint64_t rsize = 1;
+	uint64_t rsize = 2; /* Vyukov's queue needs two slots at least */
 
 	while (rsize < cap)
 		rsize <<= 1;
@@ -299,6 +306,12 @@ int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 {
 	void *msg;
 
+	int cause = keel__task_cancel_cause(t);
+
+	/* Level-triggered: a cancelled task takes nothing (the message stays
+	 * for the next receiver). */
+	if (cause)
+		return keel__task_ready(t, cause);
 	if (mb->receiver)
 		return keel__task_ready(t, -EBUSY);
 	if (take(mb, &msg)) {
@@ -307,10 +320,6 @@ int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 	}
 	if (LOAD(&mb->closed))
 		return keel__task_ready(t, -EPIPE);
-	int cause = keel__task_cancel_cause(t);
-
-	if (cause)
-		return keel__task_ready(t, cause);
 	struct keel__task_ext *x = keel__task_ext(t);
 
 	if (!x)

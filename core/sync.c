@@ -393,6 +393,11 @@ int keel_oneshot_try_recv(struct keel_oneshot *os, void **out)
 	return s & OS_GONE ? -EPIPE : -EAGAIN;
 }
 
+bool keel_oneshot_is_closed(const struct keel_oneshot *os)
+{
+	return LOAD(&os->state) & (OS_SENT | OS_CLOSED | OS_GONE);
+}
+
 int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
 			    void **out, uint64_t deadline_ns)
 {
