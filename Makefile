@@ -46,7 +46,7 @@ WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 OPT ?= -O2
 CPPFLAGS += -D_GNU_SOURCE -Iinclude -Icore -Iio -Isched -Isupervise
 CFLAGS ?= $(OPT) -g
-CFLAGS += -std=gnu11 -pthread -fPIC $(WARN)
+CFLAGS += -std=gnu11 -pthread -fPIC $(WARN) $(EXTRA_CFLAGS)
 LIBS := -luring -ljemalloc -lpthread
 LDFLAGS ?=
 

@@ -301,13 +301,18 @@ uint64_t keel__trace_str_site(struct keel__core *c,
 uint64_t keel__trace_str_once(struct keel__core *c, const char *text);
 
 /* An event site: one predictable branch when tracing is off; the
- * arguments are evaluated only when it is on. */
+ * arguments are evaluated only when it is on. (KEEL_NO_TRACE compiles the
+ * sites out: only to measure what the branches cost.) */
+#ifdef KEEL_NO_TRACE
+#define KEEL__TRACE(c, type, op, task, a, b) ((void)(c))
+#else
 #define KEEL__TRACE(c, type, op, task, a, b)                                   \
 	do {                                                                   \
 		if (__builtin_expect((c)->trace != NULL, 0))                   \
 			keel__trace_emit((c), (type), (op), (task),            \
 					 (uint64_t)(a), (uint64_t)(b));        \
 	} while (0)
+#endif
 
 /* Tokens (core/cancel.c). */
 int keel__tokens_init(struct keel__core *c, struct keel_loop *loop);

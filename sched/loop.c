@@ -96,6 +96,7 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 	/* Most classes are empty most turns: no abort frame for them. */
 	if (!q->head || !limit)
 		return 0;
+#ifndef KEEL_NO_ABORT_FRAME /* only to measure what the frame costs */
 	if (setjmp(c->abort_env)) {
 		struct keel_task *t = c->current;
 
@@ -106,6 +107,7 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 		task_exited(loop, t);
 	}
 	c->abort_armed = true;
+#endif
 	while (ran < limit) {
 		struct keel_task *t = keel__taskq_pop(q);
 

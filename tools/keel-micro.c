@@ -49,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -482,7 +483,77 @@ static void *xside_main(void *arg)
 	return NULL;
 }
 
+/* ---- cancellation and aborts ------------------------------------------------
+ * cancel_sleep: a child sleeps (a user-space wait), the parent cancels it
+ * (keel_task_cancel) and joins it. cancel_recv: the same with the child in
+ * a recv on an idle socketpair (an IORING_OP_ASYNC_CANCEL round trip).
+ * panic_join: the child panics at once; the parent joins it (the abort:
+ * longjmp, defers, exit, join). Each op includes its spawn and join.
+ */
+struct victim_frame {
+	struct keel_task task;
+	int mode; /* 0 sleep, 1 recv, 2 panic */
+	int fd;
+	char buf[8];
+};
+
+static int victim_step(struct keel_task *t)
+{
+	struct victim_frame *v =
+	    keel_container_of(t, struct victim_frame, task);
+
+	KEEL_BEGIN(t);
+	if (v->mode == 2)
+		keel_panic("bench");
+	if (v->mode == 1)
+		KEEL_AWAIT(t, keel_recv(t, v->fd, v->buf, sizeof(v->buf), 0));
+	else
+		KEEL_AWAIT(t, keel_sleep(t, 60 * 1000 * MS));
+	KEEL_EXIT(t, keel_res(t));
+}
+
+static KEEL_TASK_TYPE(victim_task, struct victim_frame, task, victim_step);
+
+struct canceller_frame {
+	struct keel_task task;
+	int mode;
+	int fds[2];
+	uint64_t n, i;
+	struct victim_frame *v;
+};
+
+static int canceller_step(struct keel_task *t)
+{
+	struct canceller_frame *f =
+	    keel_container_of(t, struct canceller_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		f->v = keel_spawn(t->loop, &victim_task,
+				  KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+		if (!f->v)
+			die("keel_spawn", ENOMEM);
+		f->v->mode = f->mode;
+		f->v->fd = f->fds[0];
+		if (f->mode != 2) {
+			KEEL_YIELD(t); /* the victim starts waiting */
+			keel_task_cancel(&f->v->task);
+		}
+		KEEL_AWAIT(t, keel_join(t, &f->v->task));
+		if (keel_res(t) != (f->mode == 2 ? KEEL_ABORTED : -ECANCELED))
+			die("cancel result", EPROTO);
+	}
+	close(f->fds[0]);
+	close(f->fds[1]);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(canceller_task, struct canceller_frame, task,
+		      canceller_step);
+
 struct bench;
+static void start_cancel(struct keel_loop *loop, const struct bench *b,
+			 uint64_t n);
 static void start_local_chan(struct keel_loop *loop, const struct bench *b,
 			     uint64_t n);
 static void start_xthread(struct keel_loop *loop, const struct bench *b,
@@ -615,6 +686,20 @@ static void finish_xthread(const struct bench *b)
 	pthread_barrier_destroy(&xready);
 }
 
+static void start_cancel(struct keel_loop *loop, const struct bench *b,
+			 uint64_t n)
+{
+	struct canceller_frame *f =
+	    keel_spawn(loop, &canceller_task, KEEL_PRIO_NORMAL);
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, f->fds))
+		die("socketpair", errno);
+	f->mode = (int)b->param;
+	f->n = n;
+}
+
 static const struct bench benches[] = {
     {"spawn_join", NULL, BATCH, 0, start_spawn_join, NULL},
     {"spawn_yield_join", NULL, BATCH, 1, start_spawn_join, NULL},
@@ -627,6 +712,9 @@ static const struct bench benches[] = {
     {"nop_b8", NULL, 8, 8, start_nops, NULL},
     {"nop_b32", NULL, 32, 32, start_nops, NULL},
     {"nop_b128", NULL, 128, 128, start_nops, NULL},
+    {"cancel_sleep", NULL, 1, 0, start_cancel, NULL},
+    {"cancel_recv", NULL, 1, 1, start_cancel, NULL},
+    {"panic_join", NULL, 1, 2, start_cancel, NULL},
     {"chan_2tasks", NULL, 1, 0, start_local_chan, NULL},
     {"pingpong_2tasks", NULL, 1, 1, start_local_chan, NULL},
     {"chan_cross_thread", NULL, 1, 0, start_xthread, finish_xthread},
