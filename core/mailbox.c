@@ -227,6 +227,17 @@ static void *local_pop(struct keel_mailbox *mb)
 
 static void wake_remote_sender(struct keel_mailbox *mb);
 
+/*
+ * After freeing a slot: is a remote sender blocked? A plain load could be
+ * ordered before the slot's release store, and a sender that queued itself
+ * meanwhile would retry, find no room, and sleep: a sequentially consistent
+ * read-modify-write orders it (a fence would do, but TSan cannot see one).
+ */
+static bool remote_senders_waiting(struct keel_mailbox *mb)
+{
+	return __atomic_fetch_add(&mb->nremote_senders, 0, __ATOMIC_SEQ_CST);
+}
+
 /* Take the next message, refilling from blocked senders. */
 static bool take(struct keel_mailbox *mb, void **msg)
 {
@@ -235,7 +246,7 @@ static bool take(struct keel_mailbox *mb, void **msg)
 	if (mb->take_remote_first || !mb->lcount)
 		got = remote_pop(mb, msg);
 	if (got) {
-		if (LOAD(&mb->nremote_senders))
+		if (remote_senders_waiting(mb))
 			wake_remote_sender(mb);
 	} else if (mb->lcount) {
 		*msg = local_pop(mb);
@@ -252,7 +263,7 @@ static bool take(struct keel_mailbox *mb, void **msg)
 		}
 	} else if (!mb->take_remote_first) {
 		got = remote_pop(mb, msg);
-		if (got && LOAD(&mb->nremote_senders))
+		if (got && remote_senders_waiting(mb))
 			wake_remote_sender(mb);
 	}
 	mb->take_remote_first = !mb->take_remote_first;

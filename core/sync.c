@@ -407,17 +407,21 @@ int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
 		return keel__task_ready(t, -EXDEV);
 	if (os->receiver)
 		return keel__task_ready(t, -EBUSY);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause) {
+		/* Level-triggered: the cause, whatever is in the slot (a value
+		 * left there goes to on_drop); the receiver is retired. */
+		__atomic_fetch_or(&os->state, OS_GONE, __ATOMIC_ACQ_REL);
+		return keel__task_ready(t, cause);
+	}
 	int r = keel_oneshot_try_recv(os, out);
 
 	if (r != -EAGAIN)
 		return keel__task_ready(t, r);
-	int cause = keel__task_cancel_cause(t);
-
-	if (!cause && deadline_ns != UINT64_MAX &&
-	    deadline_ns <= keel__clock_now())
-		cause = -ETIMEDOUT;
-	if (cause)
-		return keel__task_ready(t, oneshot_give_up(os, out, cause));
+	if (deadline_ns != UINT64_MAX && deadline_ns <= keel__clock_now())
+		return keel__task_ready(t,
+					oneshot_give_up(os, out, -ETIMEDOUT));
 	struct keel__task_ext *x = keel__task_ext(t);
 
 	if (!x)
@@ -625,14 +629,14 @@ int keel_broadcast_recv(struct keel_task *t, struct keel_broadcast_rx *rx,
 		return keel__task_ready(t, -EXDEV);
 	if (rx->waiting)
 		return keel__task_ready(t, -EBUSY);
-	int r = keel_broadcast_try_recv(rx, out);
-
-	if (r != -EAGAIN)
-		return keel__task_ready(t, r);
 	int cause = keel__task_cancel_cause(t);
 
 	if (cause)
 		return keel__task_ready(t, cause);
+	int r = keel_broadcast_try_recv(rx, out);
+
+	if (r != -EAGAIN)
+		return keel__task_ready(t, r);
 	if (!wait_prepare(t))
 		return keel__task_ready(t, -ENOMEM);
 	rx->out = out;
@@ -866,12 +870,12 @@ int keel_event_wait(struct keel_task *t, struct keel_event *ev)
 {
 	if (t->loop != ev->wq.loop)
 		return keel__task_ready(t, -EXDEV);
-	if (ev->set)
-		return keel__task_ready(t, 0);
 	int cause = keel__task_cancel_cause(t);
 
 	if (cause)
 		return keel__task_ready(t, cause);
+	if (ev->set)
+		return keel__task_ready(t, 0);
 	if (!wait_prepare(t))
 		return keel__task_ready(t, -ENOMEM);
 	return wait_begin(t, &ev->wq, 0, NULL);
@@ -988,12 +992,12 @@ int keel_latch_wait(struct keel_task *t, struct keel_latch *l)
 {
 	if (t->loop != l->wq.loop)
 		return keel__task_ready(t, -EXDEV);
-	if (!l->count)
-		return keel__task_ready(t, 0);
 	int cause = keel__task_cancel_cause(t);
 
 	if (cause)
 		return keel__task_ready(t, cause);
+	if (!l->count)
+		return keel__task_ready(t, 0);
 	if (!wait_prepare(t))
 		return keel__task_ready(t, -ENOMEM);
 	return wait_begin(t, &l->wq, 0, NULL);

@@ -10,6 +10,7 @@
 #define KEEL_H
 
 #include <keel/abort.h>
+#include <keel/actor.h>
 #include <keel/cancel.h>
 #include <keel/introspect.h>
 #include <keel/io.h>
@@ -18,6 +19,7 @@
 #include <keel/net.h>
 #include <keel/runtime.h>
 #include <keel/scope.h>
+#include <keel/sync.h>
 #include <keel/task.h>
 #include <keel/timer.h>
 #include <keel/trace.h>

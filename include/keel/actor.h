@@ -116,7 +116,9 @@ struct keel_actor_spec {
  * Create an actor on `loop` from the loop's own thread (a task or callback
  * of it, or before it runs): its task starts on a later turn; messages sent
  * meanwhile wait in its mailbox. The spec is copied; `state` is the
- * behaviour's.
+ * behaviour's. Like any task, the actor observes the cancellation token of
+ * the task spawning it (if any): cancelling that stops the actor, with
+ * the cause as its exit status.
  * Returns 0 and sets *out, -EINVAL (no behaviour, bad mailbox options),
  * -EXDEV (called on another loop's thread), -ENOMEM.
  * Ownership: the caller holds one reference (keel_actor_release()); the

@@ -9,10 +9,11 @@
  * its result in keel_res(), 0 or a negative errno. Waiters are served in
  * FIFO order. Every wait honours the task's cancellation token: a cancelled
  * waiter is woken with the cause (-ECANCELED, -ETIMEDOUT) and leaves no
- * trace, so what it waited for goes to the next waiter. An await on an
- * already-cancelled token returns the cause at once, except where the
- * result is already there (a sent value, a set event): that is returned
- * first, as keel_mb_recv() does.
+ * trace, so what it waited for goes to the next waiter. Cancellation is
+ * level-triggered: an await on an already-cancelled token returns the cause
+ * at once, even where the result is there (a sent value, a set event), as
+ * keel_mb_recv() does. A wait satisfied just before its cancellation took
+ * effect returns what it got (the value, the permits, the lock).
  *
  * Loops: the oneshot works across loops and threads (its receiver is a task
  * of the loop it was made for; its sender anything). Everything else is
@@ -84,7 +85,8 @@ void keel_oneshot_close(struct keel_oneshot *os);
  * when `deadline_ns` passes (absolute; UINT64_MAX: none), the cancellation
  * cause, -EBUSY (another task is receiving), -EXDEV (wrong loop).
  * A timeout or a cancellation retires the receiver: a later send returns
- * -EPIPE (if the value came first, the await returns it instead).
+ * -EPIPE (a value that came first is returned instead, or, when the
+ * token was already cancelled at the await, left to on_drop).
  * `out` must stay valid until the await returns (keep it in the frame);
  * the wait holds its own reference on the slot.
  */
