@@ -551,7 +551,47 @@ static int canceller_step(struct keel_task *t)
 static KEEL_TASK_TYPE(canceller_task, struct canceller_frame, task,
 		      canceller_step);
 
+/* ---- actors
+ * ------------------------------------------------------------------
+ * ask_2tasks: a task asks an actor on the same loop, which replies with the
+ * payload (one ask round trip per op, deadline included).
+ */
+static int echo_behaviour(struct keel_actor_ctx *ctx, struct keel_envelope *m)
+{
+	(void)ctx;
+	keel_actor_reply(m, m->payload);
+	return 0;
+}
+
+struct asker_frame {
+	struct keel_task task;
+	struct keel_actor *actor;
+	uint64_t n, i;
+	void *reply;
+};
+
+static int asker_step(struct keel_task *t)
+{
+	struct asker_frame *f = keel_container_of(t, struct asker_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(t, keel_actor_ask(t, f->actor,
+					     (void *)(uintptr_t)(f->i + 1),
+					     UINT64_MAX, &f->reply));
+		if (keel_res(t) || (uintptr_t)f->reply != f->i + 1)
+			die("keel_actor_ask", EPROTO);
+	}
+	keel_actor_stop(f->actor);
+	keel_actor_release(f->actor);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(asker_task, struct asker_frame, task, asker_step);
+
 struct bench;
+static void start_ask(struct keel_loop *loop, const struct bench *b,
+		      uint64_t n);
 static void start_cancel(struct keel_loop *loop, const struct bench *b,
 			 uint64_t n);
 static void start_local_chan(struct keel_loop *loop, const struct bench *b,
@@ -686,6 +726,22 @@ static void finish_xthread(const struct bench *b)
 	pthread_barrier_destroy(&xready);
 }
 
+static void start_ask(struct keel_loop *loop, const struct bench *b, uint64_t n)
+{
+	struct keel_actor_spec spec = {.name = "echo",
+				       .behaviour = echo_behaviour};
+	struct asker_frame *f = keel_spawn(loop, &asker_task, KEEL_PRIO_NORMAL);
+	int err;
+
+	(void)b;
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	err = keel_actor_spawn(loop, &spec, NULL, &f->actor);
+	if (err)
+		die("keel_actor_spawn", -err);
+	f->n = n;
+}
+
 static void start_cancel(struct keel_loop *loop, const struct bench *b,
 			 uint64_t n)
 {
@@ -715,6 +771,7 @@ static const struct bench benches[] = {
     {"cancel_sleep", NULL, 1, 0, start_cancel, NULL},
     {"cancel_recv", NULL, 1, 1, start_cancel, NULL},
     {"panic_join", NULL, 1, 2, start_cancel, NULL},
+    {"ask_2tasks", NULL, 1, 0, start_ask, NULL},
     {"chan_2tasks", NULL, 1, 0, start_local_chan, NULL},
     {"pingpong_2tasks", NULL, 1, 1, start_local_chan, NULL},
     {"chan_cross_thread", NULL, 1, 0, start_xthread, finish_xthread},

@@ -30,6 +30,7 @@ one() {
 	notrace) bin=$NOTRACE/examples/echo ;;
 	on) env=(KEEL_TRACE="$out/t.ktrace") ;;
 	esac
+	PORT=$((PORT + 1)) # a fresh port each run: no wait for the last one
 	env "${env[@]}" taskset -c 1 "$bin" --threads 1 127.0.0.1 "$PORT" >"$out/srv.log" 2>&1 &
 	pid=$!
 	for _ in $(seq 50); do grep -q listening "$out/srv.log" && break; sleep 0.1; done
@@ -46,10 +47,12 @@ for rep in $(seq "$REPS"); do
 	n=$(one notrace); f=$(one off); o=$(one on)
 	echo "$rep $n $f $o" | tee -a "$out/raw"
 done
-awk '{ off[NR] = $3 / $2; on[NR] = $4 / $2; n[NR] = $2; f[NR] = $3; o[NR] = $4 }
-END {
-	k = NR; asort(off); asort(on); asort(n); asort(f); asort(o)
-	m = int((k + 1) / 2)
-	printf "server CPU ns/request (median of %d): notrace %.0f, off %.0f, on %.0f\n", k, n[m], f[m], o[m]
-	printf "tracing off: %+.1f%%   tracing on: %+.1f%%   (paired medians vs notrace)\n", (off[m] - 1) * 100, (on[m] - 1) * 100
-}' "$out/raw"
+python3 - "$out/raw" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split()[1:])) for l in open(sys.argv[1]) if 'nan' not in l]
+med = lambda xs: statistics.median(xs)
+n, f, o = zip(*rows)
+print(f"server CPU ns/request (median of {len(rows)}): notrace {med(n):.0f}, off {med(f):.0f}, on {med(o):.0f}")
+print(f"tracing off: {100 * (med([b / a for a, b, _ in rows]) - 1):+.1f}%   "
+      f"tracing on: {100 * (med([c / a for a, _, c in rows]) - 1):+.1f}%   (paired medians vs notrace)")
+PY
