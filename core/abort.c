@@ -75,9 +75,17 @@ void keel__task_aborted(struct keel__core *c, struct keel_task *t)
 	struct keel__task_ext *x = keel__task_ext(t);
 
 	c->aborted++;
-	KEEL__TRACE(c, KEEL_EV_ABORT, 0, t->id,
-		    keel__trace_str_once(c, c->panic.message),
-		    keel__trace_str_site(c, t->at));
+	if (c->trace) {
+		char site[256];
+
+		snprintf(site, sizeof(site), "%s:%d", c->panic.file,
+			 c->panic.line);
+		keel__trace_emit(c, KEEL_EV_ABORT, 0, t->id,
+				 keel__trace_str_once(c, c->panic.message),
+				 keel__trace_str_once(c, site));
+		/* The panic happened inside the step: the step ends here. */
+		keel__trace_emit(c, KEEL_EV_STEP_END, 0, t->id, 3, 0);
+	}
 	if (x) {
 		keel__abort_clear(&x->abort);
 		x->abort = c->panic;

@@ -79,6 +79,10 @@ static struct {
     .fd = -1,
 };
 
+/* The loop this thread runs (between turns too): keel_trace_stop()
+ * flushes it. Set when it attaches, cleared when it detaches. */
+static __thread struct keel__core *thread_loop;
+
 /* Bumped (under the lock) by start and stop; loops compare at each turn. */
 static uint32_t tracer_gen;
 static bool tracer_on;
@@ -117,7 +121,7 @@ static void write_item(struct trace_item *it)
 	uint32_t hdr[4] = {it->kind, it->loop, it->count, it->extra};
 	int err = write_all(tracer.fd, hdr, sizeof(hdr));
 
-	if (!err && it->kind == KEEL_TRACE_REC_EVENTS)
+	if (!err && it->kind == KEEL_TRACE_REC_EVENTS && it->count)
 		err = write_all(tracer.fd, it->buf->ev,
 				it->count * sizeof(struct keel_trace_event));
 	if (!err && it->kind == KEEL_TRACE_REC_STRING) {
@@ -226,8 +230,26 @@ static void flush_locked(struct keel__trace_loop *tl)
 	struct trace_buf *buf = tl->cur;
 
 	tl->cur = NULL;
-	if (!buf)
+	if (!buf) {
+		/* Dropping when it ends: still count them, in a record of no
+		 * events that carries the number. */
+		struct trace_item *it =
+		    tl->dropped && tracer.writer_running && !tracer.stopping
+			? calloc(1, sizeof(*it))
+			: NULL;
+
+		if (it) {
+			it->kind = KEEL_TRACE_REC_EVENTS;
+			it->loop = tl->loop;
+			it->extra =
+			    (uint32_t)(tl->dropped > UINT32_MAX ? UINT32_MAX
+								: tl->dropped);
+			enqueue_locked(it);
+		}
+		tracer.dropped_total += tl->dropped;
+		tl->dropped = 0;
 		return;
+	}
 	if (!tracer.writer_running || tracer.stopping) {
 		free(buf); /* detached after the trace was stopped */
 		return;
@@ -290,6 +312,7 @@ static void attach(struct keel__core *c)
 		tracer.pool = b;
 	}
 	tracer.attached++;
+	thread_loop = c;
 	struct trace_item *it = calloc(1, sizeof(*it));
 
 	if (it) {
@@ -317,6 +340,8 @@ void keel__trace_detach(struct keel__core *c)
 	free(tl->ids);
 	free(tl);
 	c->trace = NULL;
+	if (thread_loop == c)
+		thread_loop = NULL;
 }
 
 void keel__trace_turn(struct keel__core *c)
@@ -489,6 +514,8 @@ int64_t keel_trace_stop(void)
 	 * runs, or lose their last buffer if that comes after this. */
 	if (keel__current_core)
 		keel__trace_detach(keel__current_core);
+	else if (thread_loop)
+		keel__trace_detach(thread_loop);
 	pthread_mutex_lock(&tracer.lock);
 	tracer.stopping = true;
 	pthread_cond_signal(&tracer.wake);

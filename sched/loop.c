@@ -102,8 +102,7 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 
 		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
 		loop->io.timeout_task = NULL;
-		KEEL__TRACE(c, KEEL_EV_STEP_END, 0, t->id, 3, 0);
-		keel__task_aborted(c, t);
+		keel__task_aborted(c, t); /* traces ABORT, STEP_END 3, EXIT */
 		task_exited(loop, t);
 	}
 	c->abort_armed = true;

@@ -54,9 +54,9 @@ enum keel_trace_type {
 	KEEL_EV_SPAWN = 1, /* a: name string, b: spawner's slot+1 (0: none) */
 	KEEL_EV_STEP_BEGIN = 2, /* a: -, b: - */
 	KEEL_EV_STEP_END = 3,	/* a: 1 suspended, 2 exited, 3 aborted */
-	KEEL_EV_WAIT = 4,	/* a: await site string ("file:line what") */
+	KEEL_EV_WAIT = 4,	/* after STEP_END a=1; a: await site string */
 	KEEL_EV_EXIT = 5,	/* a: exit status (int64) */
-	KEEL_EV_ABORT = 6,	/* a: message string, b: site string */
+	KEEL_EV_ABORT = 6,	/* a: message, b: "file:line" of the panic */
 	KEEL_EV_OP_SUBMIT = 7,	/* op: opcode; a: op id */
 	KEEL_EV_OP_COMPLETE =
 	    8, /* op: opcode; a: result (int64), b: latency ns */
