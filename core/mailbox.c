@@ -354,7 +354,9 @@ int keel_mb_try_recv(struct keel_mailbox *mb, void **out)
 /* Tell the owner loop that remote messages wait (once per burst). */
 static void notify(struct keel_mailbox *mb)
 {
-	if (__atomic_load_n(&mb->notified, __ATOMIC_SEQ_CST) ||
+	/* A read-modify-write, not a load: the slot's release store before
+	 * it must not pass it (the receiver clears `notified`, then looks). */
+	if (__atomic_fetch_or(&mb->notified, 0, __ATOMIC_SEQ_CST) ||
 	    __atomic_exchange_n(&mb->notified, 1, __ATOMIC_SEQ_CST))
 		return;
 	keel_mailbox_ref(mb); /* held until the owner ran the item */

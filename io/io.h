@@ -149,6 +149,10 @@ int keel__io_event_fd(struct keel__io *io);
 /* Reset the eventfd's counter, if there is one. */
 void keel__io_event_fd_drain(struct keel__io *io);
 
+/* Tell ThreadSanitizer a ring was mapped / is about to be unmapped. */
+void keel__ring_mapped(void);
+void keel__ring_unmapped(void);
+
 /* Submit what is queued; counts the enter. */
 int keel__io_submit(struct keel__io *io);
 

@@ -42,6 +42,17 @@ static char ring_mappings_sync;
 #define RING_UNMAPPED() ((void)0)
 #endif
 
+/* For rings keel creates outside a loop (doorbell rings, sched/remote.c). */
+void keel__ring_mapped(void)
+{
+	RING_MAPPED();
+}
+
+void keel__ring_unmapped(void)
+{
+	RING_UNMAPPED();
+}
+
 struct setup_try {
 	unsigned flags;
 	const char *dropped; /* why the previous try failed */

@@ -27,6 +27,7 @@ static pthread_once_t doorbell_once = PTHREAD_ONCE_INIT;
 
 static void doorbell_ring_free(void *p)
 {
+	keel__ring_unmapped();
 	io_uring_queue_exit(p);
 	free(p);
 }
@@ -50,6 +51,7 @@ static struct io_uring *thread_doorbell_ring(void)
 		free(ring);
 		return NULL;
 	}
+	keel__ring_mapped();
 	pthread_setspecific(doorbell_key, ring);
 	return ring;
 }
@@ -106,12 +108,18 @@ bool keel__remote_pending(struct keel_loop *loop)
 	return SEQ_LOAD(&loop->inbox.head) != NULL;
 }
 
+/*
+ * `wake_pending` is cleared when the loop parks, before `parked` is set:
+ * cleared at unpark instead, a doorbell rung just after the unpark would
+ * be spent on a turn that does not park, the flag would stay set, and the
+ * next park would sleep through every later post.
+ */
 void keel__remote_park(struct keel_loop *loop, bool parked)
 {
-	__atomic_store_n(&loop->inbox.parked, parked, __ATOMIC_SEQ_CST);
-	if (!parked)
+	if (parked)
 		__atomic_store_n(&loop->inbox.wake_pending, 0,
 				 __ATOMIC_SEQ_CST);
+	__atomic_store_n(&loop->inbox.parked, parked, __ATOMIC_SEQ_CST);
 }
 
 void keel__remote_drain(struct keel_loop *loop)

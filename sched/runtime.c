@@ -45,6 +45,7 @@ struct keel_runtime {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	unsigned started; /* workers that created their loop (or failed) */
+	unsigned stopped; /* loops whose run returned */
 	bool go;	  /* keel_runtime_run: workers may run */
 	int shutting_down;
 	int main_status;
@@ -104,6 +105,20 @@ static void pin(struct worker *w)
 	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
+/*
+ * A loop that has stopped may still be posted to by another that has not
+ * (a last notification, a wake): no loop is destroyed until all stopped.
+ */
+static void all_stopped(struct keel_runtime *rt)
+{
+	pthread_mutex_lock(&rt->lock);
+	rt->stopped++;
+	pthread_cond_broadcast(&rt->cond);
+	while (rt->stopped < rt->n)
+		pthread_cond_wait(&rt->cond, &rt->lock);
+	pthread_mutex_unlock(&rt->lock);
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -125,6 +140,7 @@ static void *worker_main(void *arg)
 	pthread_mutex_unlock(&rt->lock);
 	if (!w->err) {
 		keel_loop_run(w->loop);
+		all_stopped(rt);
 		keel_loop_destroy(w->loop);
 	}
 	return NULL;
@@ -414,6 +430,7 @@ int keel_runtime_run(struct keel_runtime *rt,
 	start_workers(rt);
 	int err = keel_loop_run(loop0);
 
+	all_stopped(rt);
 	for (unsigned i = 1; i < rt->n; i++)
 		pthread_join(rt->w[i].thread, NULL);
 	keel_loop_destroy(loop0);
