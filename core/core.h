@@ -292,6 +292,8 @@ static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 struct keel__trace_loop;
 void keel__trace_env(void);
 void keel__trace_turn(struct keel__core *c);
+/* ns since the trace started, on the trace's clock (cheap while tracing). */
+uint64_t keel__trace_clock(void);
 void keel__trace_detach(struct keel__core *c);
 void keel__trace_emit(struct keel__core *c, uint8_t type, uint8_t op,
 		      uint32_t task, uint64_t a, uint64_t b);

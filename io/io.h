@@ -61,7 +61,8 @@ struct keel__op {
 	uint8_t flags;
 	int32_t res;
 	int32_t fd;
-	uint64_t start_ns;
+	uint64_t start_ns; /* the loop's clock at submit (for dumps) */
+	uint64_t trace_ns; /* the trace clock at submit, 0: not traced */
 	/* The linked timeout's absolute deadline; read by the kernel. */
 	struct __kernel_timespec ts;
 	union {

@@ -76,6 +76,9 @@ struct keel__op *keel__op_new(struct keel__io *io, struct keel_task *t,
 	op->res = 0;
 	op->fd = -1;
 	op->start_ns = io->now;
+	/* Its latency while tracing, on the trace's cheap clock (every kind
+	 * of op: a sleep never goes through keel__op_commit). */
+	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
 	/* Newest first on the task's list. */
 	op->prev = 0;
 	op->next = t->ops;
@@ -112,7 +115,8 @@ static void op_done(struct keel__io *io, struct keel__op *op, int res)
 	struct keel_task *t = op->task;
 
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
-		    (int64_t)res, keel__clock_now() - op->start_ns);
+		    (int64_t)res,
+		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
 	op_release(io, op);
 	if (t->flags & KEEL__T_EXITED) {
 		if (!t->inflight)
@@ -184,12 +188,8 @@ int keel__op_commit(struct keel_task *t, struct keel__op *op,
 
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
-	if (__builtin_expect(io->core.trace != NULL, 0)) {
-		op->start_ns =
-		    keel__clock_now(); /* exact latency when tracing */
-		keel__trace_emit(&io->core, KEEL_EV_OP_SUBMIT, op->opcode,
-				 t->id, op->index, 0);
-	}
+	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, t->id, op->index,
+		    0);
 	if (io->timeout_task == t) {
 		/* Absolute, so that a resubmitted send_all keeps it; from the
 		 * clock now, so the op gets at least its full time. */
