@@ -367,6 +367,22 @@ static void notify(struct keel_mailbox *mb)
  * ("full, must wait") for BLOCK. */
 #define MUST_WAIT 1000
 
+/*
+ * The mailbox is full: FAIL and DROP_NEWEST end the send here; for
+ * DROP_OLDEST and BLOCK (MUST_WAIT) the caller's path decides.
+ */
+static int full_send(struct keel_mailbox *mb, void *msg)
+{
+	RELAXED_ADD(&mb->full, 1);
+	if (mb->policy == KEEL_MB_FAIL)
+		return -EAGAIN;
+	if (mb->policy == KEEL_MB_DROP_NEWEST) {
+		drop(mb, msg);
+		return KEEL_MB_DROPPED;
+	}
+	return MUST_WAIT;
+}
+
 static int local_send(struct keel_mailbox *mb, void *msg)
 {
 	if (mb->lcount < mb->cap) {
@@ -375,21 +391,14 @@ static int local_send(struct keel_mailbox *mb, void *msg)
 		deliver(mb);
 		return 0;
 	}
-	RELAXED_ADD(&mb->full, 1);
-	switch (mb->policy) {
-	case KEEL_MB_FAIL:
-		return -EAGAIN;
-	case KEEL_MB_DROP_NEWEST:
-		drop(mb, msg);
-		return KEEL_MB_DROPPED;
-	case KEEL_MB_DROP_OLDEST:
-		drop(mb, local_pop(mb));
-		local_push(mb, msg);
-		RELAXED_ADD(&mb->sent, 1);
-		return KEEL_MB_DROPPED;
-	default:
-		return MUST_WAIT;
-	}
+	int r = full_send(mb, msg);
+
+	if (r != MUST_WAIT || mb->policy != KEEL_MB_DROP_OLDEST)
+		return r;
+	drop(mb, local_pop(mb));
+	local_push(mb, msg);
+	RELAXED_ADD(&mb->sent, 1);
+	return KEEL_MB_DROPPED;
 }
 
 static int remote_send(struct keel_mailbox *mb, void *msg)
@@ -399,32 +408,24 @@ static int remote_send(struct keel_mailbox *mb, void *msg)
 		notify(mb);
 		return 0;
 	}
-	RELAXED_ADD(&mb->full, 1);
-	switch (mb->policy) {
-	case KEEL_MB_FAIL:
-		return -EAGAIN;
-	case KEEL_MB_DROP_NEWEST:
-		drop(mb, msg);
-		return KEEL_MB_DROPPED;
-	case KEEL_MB_DROP_OLDEST: {
+	int r = full_send(mb, msg);
+
+	if (r != MUST_WAIT || mb->policy != KEEL_MB_DROP_OLDEST)
+		return r;
+	/* Racing other senders: take one out, retry, a few times. */
+	for (int i = 0; i < 64; i++) {
 		void *old;
 
-		/* Racing other senders: take one out, retry, a few times. */
-		for (int i = 0; i < 64; i++) {
-			if (remote_pop(mb, &old))
-				drop(mb, old);
-			if (remote_push(mb, msg)) {
-				RELAXED_ADD(&mb->sent, 1);
-				notify(mb);
-				return KEEL_MB_DROPPED;
-			}
+		if (remote_pop(mb, &old))
+			drop(mb, old);
+		if (remote_push(mb, msg)) {
+			RELAXED_ADD(&mb->sent, 1);
+			notify(mb);
+			return KEEL_MB_DROPPED;
 		}
-		drop(mb, msg);
-		return KEEL_MB_DROPPED;
 	}
-	default:
-		return MUST_WAIT;
-	}
+	drop(mb, msg);
+	return KEEL_MB_DROPPED;
 }
 
 static int send_now(struct keel_mailbox *mb, void *msg)

@@ -160,6 +160,15 @@ static int allowed_cpus(int *cpus, int max)
 	return n;
 }
 
+/* The signals a runtime takes over: shutdown, and task dumps. */
+static void runtime_signals(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGUSR1);
+}
+
 static void start_workers(struct keel_runtime *rt)
 {
 	pthread_mutex_lock(&rt->lock);
@@ -197,10 +206,7 @@ int keel_runtime_create(struct keel_runtime **out,
 	if (rt->signals) {
 		sigset_t set;
 
-		sigemptyset(&set);
-		sigaddset(&set, SIGINT);
-		sigaddset(&set, SIGTERM);
-		sigaddset(&set, SIGUSR1);
+		runtime_signals(&set);
 		pthread_sigmask(SIG_BLOCK, &set, &rt->old_mask);
 	}
 	for (unsigned i = 0; i < rt->n; i++) {
@@ -411,10 +417,7 @@ int keel_runtime_run(struct keel_runtime *rt,
 	if (rt->signals) {
 		sigset_t set;
 
-		sigemptyset(&set);
-		sigaddset(&set, SIGINT);
-		sigaddset(&set, SIGTERM);
-		sigaddset(&set, SIGUSR1);
+		runtime_signals(&set);
 		int fd = signalfd(-1, &set, SFD_CLOEXEC);
 		struct signal_task *s =
 		    fd >= 0 ? keel_spawn(loop0, &runtime_signal_task, 0) : NULL;
