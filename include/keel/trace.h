@@ -94,9 +94,12 @@ struct keel_trace_event {
 int keel_trace_start(const char *path);
 
 /*
- * Stop recording: each loop's buffered events are flushed by the loop's
- * next turn or its destruction; then the file is closed. Returns the
- * number of events dropped in all (0 if none).
+ * Stop recording and close the file. The calling thread's loop (if it runs
+ * one, between turns too) is flushed now; a loop on another thread has its
+ * events written when it is destroyed or runs a turn before this call, so
+ * call it once the loops have stopped (after keel_loop_run() or
+ * keel_runtime_run() returned); with KEEL_TRACE it runs at exit. Returns
+ * the number of events dropped in all (0 if none).
  */
 int64_t keel_trace_stop(void);
 
