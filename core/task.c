@@ -120,7 +120,8 @@ void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
 	if (flags & KEEL_SPAWN_JOINABLE)
 		t->flags = KEEL__T_JOINABLE;
 	/* A task spawned by a running step observes its spawner's token. */
-	if (c->current && keel__task_inherit_token(t, c->current)) {
+	if (c->current && c->current->ext && c->current->ext->token &&
+	    keel__task_inherit_token(t, c->current)) {
 		free(t->ext);
 		slot_release(c, t->id);
 		keel__alloc_free(&c->alloc, frame, type->frame_size);
@@ -252,7 +253,9 @@ int keel_join(struct keel_task *self, struct keel_task *target)
 {
 	int cause = keel__task_cancel_cause(self);
 
-	if (self->ext)
+	/* The last join's abort record goes (only there is one: clearing
+	 * an empty one costs a free(NULL) on every join). */
+	if (self->ext && self->ext->joined_abort.file)
 		keel__abort_clear(&self->ext->joined_abort);
 
 	if (cause)
