@@ -31,6 +31,11 @@
 #define LOAD(p)		  __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define STORE(p, v)	  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define RELAXED_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+/* A counter only the owner loop writes: a plain store (no lock prefix),
+ * atomic only so that stats read from other threads see whole values. */
+#define OWNER_INC(p)                                                           \
+	__atomic_store_n((p), __atomic_load_n((p), __ATOMIC_RELAXED) + 1,      \
+			 __ATOMIC_RELAXED)
 
 struct mb_slot {
 	uint64_t seq;
@@ -64,7 +69,10 @@ struct keel_mailbox {
 	pthread_mutex_t lock; /* remote_senders */
 	struct keel__waitq remote_senders;
 	uint32_t nremote_senders; /* atomic hint read without the lock */
-	uint64_t sent, received, dropped, full;
+	uint64_t sent_local;	  /* by the owner loop (OWNER_INC) */
+	uint64_t received;	  /* by the owner loop (OWNER_INC) */
+	uint64_t sent_remote;	  /* by other threads (atomic add) */
+	uint64_t dropped, full;
 };
 
 static bool remote_push(struct keel_mailbox *mb, void *msg)
@@ -256,7 +264,7 @@ static bool take(struct keel_mailbox *mb, void **msg)
 
 		if (w) {
 			local_push(mb, w->payload);
-			RELAXED_ADD(&mb->sent, 1);
+			OWNER_INC(&mb->sent_local);
 			w->state = KEEL__WAIT_IDLE;
 			w->task->ext->wait_cancel = NULL;
 			keel__task_complete(w->task, 0);
@@ -268,7 +276,7 @@ static bool take(struct keel_mailbox *mb, void **msg)
 	}
 	mb->take_remote_first = !mb->take_remote_first;
 	if (got)
-		RELAXED_ADD(&mb->received, 1);
+		OWNER_INC(&mb->received);
 	return got;
 }
 
@@ -387,7 +395,7 @@ static int local_send(struct keel_mailbox *mb, void *msg)
 {
 	if (mb->lcount < mb->cap) {
 		local_push(mb, msg);
-		RELAXED_ADD(&mb->sent, 1);
+		OWNER_INC(&mb->sent_local);
 		deliver(mb);
 		return 0;
 	}
@@ -397,14 +405,14 @@ static int local_send(struct keel_mailbox *mb, void *msg)
 		return r;
 	drop(mb, local_pop(mb));
 	local_push(mb, msg);
-	RELAXED_ADD(&mb->sent, 1);
+	OWNER_INC(&mb->sent_local);
 	return KEEL_MB_DROPPED;
 }
 
 static int remote_send(struct keel_mailbox *mb, void *msg)
 {
 	if (remote_push(mb, msg)) {
-		RELAXED_ADD(&mb->sent, 1);
+		RELAXED_ADD(&mb->sent_remote, 1);
 		notify(mb);
 		return 0;
 	}
@@ -419,7 +427,7 @@ static int remote_send(struct keel_mailbox *mb, void *msg)
 		if (remote_pop(mb, &old))
 			drop(mb, old);
 		if (remote_push(mb, msg)) {
-			RELAXED_ADD(&mb->sent, 1);
+			RELAXED_ADD(&mb->sent_remote, 1);
 			notify(mb);
 			return KEEL_MB_DROPPED;
 		}
@@ -503,7 +511,7 @@ static bool remote_wait(struct keel_mailbox *mb, struct keel_task *t)
 			w->state = KEEL__WAIT_SENT;
 		}
 		pthread_mutex_unlock(&mb->lock);
-		RELAXED_ADD(&mb->sent, 1);
+		RELAXED_ADD(&mb->sent_remote, 1);
 		notify(mb);
 		return !still;
 	}
@@ -617,7 +625,8 @@ void keel_mb_stats(struct keel_mailbox *mb, struct keel_mb_stats *out)
 	uint64_t renq = __atomic_load_n(&mb->renq, __ATOMIC_RELAXED);
 	uint64_t rdeq = __atomic_load_n(&mb->rdeq, __ATOMIC_RELAXED);
 
-	out->sent = __atomic_load_n(&mb->sent, __ATOMIC_RELAXED);
+	out->sent = __atomic_load_n(&mb->sent_local, __ATOMIC_RELAXED) +
+		    __atomic_load_n(&mb->sent_remote, __ATOMIC_RELAXED);
 	out->received = __atomic_load_n(&mb->received, __ATOMIC_RELAXED);
 	out->dropped = __atomic_load_n(&mb->dropped, __ATOMIC_RELAXED);
 	out->full = __atomic_load_n(&mb->full, __ATOMIC_RELAXED);
