@@ -140,6 +140,10 @@ static inline uint64_t keel__op_ud(const struct keel__op *op, unsigned role)
 int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts);
 void keel__io_fini(struct keel__io *io);
 
+/* Make sure `n` SQEs can be taken back to back (linked requests must be
+ * adjacent): submits what is queued if the SQ has less room. */
+void keel__io_reserve(struct keel__io *io, unsigned n);
+
 /* A free SQE; submits first if the SQ is full. NULL if it stays full. */
 struct io_uring_sqe *keel__io_sqe(struct keel__io *io);
 

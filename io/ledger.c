@@ -148,10 +148,7 @@ struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
 		return NULL;
 	}
 	/* The op and its linked timeout must be adjacent in the SQ. */
-	if (io_uring_sq_space_left(&io->ring) < (linked ? 2u : 1u)) {
-		io->count.sq_full++;
-		keel__io_submit(io);
-	}
+	keel__io_reserve(io, linked ? 2u : 1u);
 	struct io_uring_sqe *sqe = keel__io_sqe(io);
 
 	if (!sqe) {
@@ -212,19 +209,13 @@ void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res)
 /* A short send_all: queue the rest under the same op and user_data. */
 static bool send_all_continue(struct keel__io *io, struct keel__op *op)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
 	bool linked = op->flags & KEEL__OP_LINKED;
+	struct io_uring_sqe *sqe;
 
-	if (!sqe || (linked && io_uring_sq_space_left(&io->ring) < 1)) {
-		if (sqe) {
-			io_uring_prep_nop(sqe);
-			io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
-		}
-		keel__io_submit(io);
-		sqe = io_uring_get_sqe(&io->ring);
-		if (!sqe)
-			return false;
-	}
+	keel__io_reserve(io, linked ? 2u : 1u);
+	sqe = io_uring_get_sqe(&io->ring);
+	if (!sqe)
+		return false;
 	io_uring_prep_send(
 	    sqe, op->fd, op->u.send_all.buf + op->u.send_all.done,
 	    op->u.send_all.len - op->u.send_all.done, op->u.send_all.msg_flags);

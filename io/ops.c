@@ -82,11 +82,8 @@ int keel_close(struct keel_task *t, int fd)
 	struct keel__io *io = keel__io_of(t->loop);
 	struct io_uring_sqe *cancel;
 
-	/* The cancel and the close must be adjacent: make room for both. */
-	if (io_uring_sq_space_left(&io->ring) < 3) {
-		io->count.sq_full++;
-		keel__io_submit(io);
-	}
+	/* The cancel, the close and a linked timeout must be adjacent. */
+	keel__io_reserve(io, 3);
 	cancel = keel__io_sqe(io);
 	if (!cancel)
 		return keel__task_ready(t, -EAGAIN);

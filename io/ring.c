@@ -227,6 +227,15 @@ int keel__io_submit(struct keel__io *io)
 	return n;
 }
 
+void keel__io_reserve(struct keel__io *io, unsigned n)
+{
+	if (io_uring_sq_space_left(&io->ring) >= n)
+		return;
+	/* Not enough room left: hand what is queued to the kernel. */
+	io->count.sq_full++;
+	keel__io_submit(io);
+}
+
 struct io_uring_sqe *keel__io_sqe(struct keel__io *io)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
