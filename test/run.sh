@@ -1,91 +1,76 @@
 #!/bin/sh
-# run.sh: run every Criterion test binary given as an argument, then the
+# run.sh: run every test binary given as an argument (Criterion binaries,
+# and plain mt_* programs), then the shell tests (test/test_*.sh) and the
 # install/pkg-config test, and print one closing line with the totals.
-# Each Criterion test carries its own timeout (.timeout in the test); the
-# whole binary is also bounded here so that nothing can hang CI.
+# Each Criterion test carries its own timeout (.timeout in the test); each
+# program is also bounded here so that nothing can hang CI.
 set -u
+BUILD=${BUILD:-build}
 # Leaks of the Criterion runner itself are not ours (see lsan.supp).
 LSAN_OPTIONS="suppressions=$(pwd)/test/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export LSAN_OPTIONS
 pass=0
 fail=0
-failed=""
-for t in "$@"; do
-	name=$(basename "$t")
-	log="${BUILD:-build}/test/$name.log"
-	case "$name" in
-	mt_*) args= ;;     # plain programs: "name: N passed, N failed"
-	*) args="--jobs 2" ;; # Criterion
-	esac
-	# shellcheck disable=SC2086
-	if timeout 600 "$t" $args >"$log" 2>&1; then
-		status=ok
+
+# count LOG KIND: set `passing` and `tested` from the log's closing line:
+# Criterion's "Synthesis: Tested: N | Passing: N | ...", or the plain
+# "N passed, M failed" of mt_* programs and shell tests.
+count() {
+	if [ "$2" = criterion ]; then
+		line=$(grep -a 'Synthesis' "$1" | tail -n 1)
+		tested=$(echo "$line" | sed -n 's/.*Tested: \([0-9]*\).*/\1/p')
+		passing=$(echo "$line" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
 	else
-		status=FAIL
-	fi
-	case "$name" in
-	mt_*)
-		line=$(grep -a -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+		line=$(grep -a -E '[0-9]+ passed, [0-9]+ failed' "$1" | tail -n 1)
 		passing=$(echo "$line" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
 		failing=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
 		tested=$((${passing:-0} + ${failing:-0}))
-		;;
-	*)
-		# Criterion: "Synthesis: Tested: N | Passing: N | Failing: N | Crashing: N"
-		syn=$(grep -a 'Synthesis' "$log" | tail -n 1)
-		tested=$(echo "$syn" | sed -n 's/.*Tested: \([0-9]*\).*/\1/p')
-		passing=$(echo "$syn" | sed -n 's/.*Passing: \([0-9]*\).*/\1/p')
-		;;
-	esac
+	fi
 	tested=${tested:-0}
 	passing=${passing:-0}
-	if [ "$status" = FAIL ] || [ "$tested" = 0 ]; then
-		fail=$((fail + tested - passing))
-		# A binary that failed with every test passing (a sanitizer's
-		# report at exit, a crash between tests) or ran none still fails.
-		[ "$tested" = "$passing" ] && fail=$((fail + 1))
-		failed="$failed $name"
-		echo "FAIL $name ($passing/$tested passed)"
-		grep -a -E '\[(FAIL|----)\]|Assertion|error|ERROR|SUMMARY' "$log" | head -n 40
+}
+
+# tally NAME STATUS LOG: add up one run. A run that failed with every test
+# passing (a sanitizer's report at exit, a crash between tests) or that ran
+# none counts one failure more.
+tally() {
+	if [ "$2" = ok ] && [ "$tested" != 0 ] && [ "$passing" = "$tested" ]; then
+		echo "ok   $1 ($tested tests)"
 	else
-		echo "ok   $name ($tested tests)"
+		fail=$((fail + tested - passing))
+		[ "$tested" = "$passing" ] && fail=$((fail + 1))
+		echo "FAIL $1 ($passing/$tested passed)"
+		grep -a -E '\[(FAIL|----)\]|Assertion|error|ERROR|SUMMARY|FAIL' "$3" |
+			head -n 40
 	fi
 	pass=$((pass + passing))
+}
+
+for t in "$@"; do
+	name=$(basename "$t")
+	log="$BUILD/test/$name.log"
+	case "$name" in
+	mt_*) kind=plain args= ;;
+	*) kind=criterion args="--jobs 2" ;;
+	esac
+	# shellcheck disable=SC2086
+	if timeout 600 "$t" $args >"$log" 2>&1; then status=ok; else status=FAIL; fi
+	count "$log" "$kind"
+	tally "$name" "$status" "$log"
 done
-# Shell tests (test/test_*.sh): each ends with "NAME: N passed, M failed".
 for s in test/test_*.sh; do
 	[ -f "$s" ] || continue
 	name=$(basename "$s" .sh)
-	log="${BUILD:-build}/test/$name.log"
-	if BUILD=${BUILD:-build} timeout 600 sh "$s" >"$log" 2>&1; then
-		status=ok
-	else
-		status=FAIL
-	fi
-	line=$(grep -a -E '[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
-	passing=$(echo "$line" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
-	failing=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
-	passing=${passing:-0}
-	failing=${failing:-0}
-	if [ "$status" = FAIL ] || [ "$failing" != 0 ] || [ "$passing" = 0 ]; then
-		[ "$failing" = 0 ] && failing=1
-		echo "FAIL $name ($passing passed)"
-		tail -n 20 "$log"
-		fail=$((fail + failing))
-		failed="$failed $name"
-	else
-		echo "ok   $name ($passing checks)"
-	fi
-	pass=$((pass + passing))
+	log="$BUILD/test/$name.log"
+	if BUILD=$BUILD timeout 600 sh "$s" >"$log" 2>&1; then status=ok; else status=FAIL; fi
+	count "$log" plain
+	tally "$name" "$status" "$log"
 done
-if sh test/install_test.sh >"${BUILD:-build}/test/install.log" 2>&1; then
-	echo "ok   install + pkg-config consumer"
-	pass=$((pass + 1))
-else
-	echo "FAIL install + pkg-config consumer"
-	tail -n 20 "${BUILD:-build}/test/install.log"
-	fail=$((fail + 1))
-	failed="$failed install"
-fi
+log="$BUILD/test/install.log"
+if sh test/install_test.sh >"$log" 2>&1; then status=ok; else status=FAIL; fi
+tested=1
+passing=0
+[ "$status" = ok ] && passing=1
+tally "install + pkg-config consumer" "$status" "$log"
 echo "tests: $pass passed, $fail failed"
 [ "$fail" = 0 ]
