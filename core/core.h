@@ -423,10 +423,4 @@ void keel__task_run_defers(struct keel_task *t);
 /* Free a task's frame and table slot (no ops may be in flight). */
 void keel__task_free(struct keel_task *t);
 
-static inline struct keel_task *keel__task_by_slot(struct keel__core *c,
-						   uint32_t id)
-{
-	return id < c->nslots ? c->slots[id].task : NULL;
-}
-
 #endif
