@@ -309,8 +309,7 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	/* What other threads posted while we waited: drained now, so the
 	 * tasks it wakes run at the start of the next turn, not a turn later.
 	 */
-	if (keel__remote_pending(loop))
-		keel__remote_drain(loop);
+	keel__remote_drain(loop);
 	keel__current_core = outer;
 	return err;
 }

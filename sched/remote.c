@@ -124,6 +124,9 @@ void keel__remote_park(struct keel_loop *loop, bool parked)
 
 void keel__remote_drain(struct keel_loop *loop)
 {
+	/* Empty nearly every turn: a load, not a locked exchange, for that. */
+	if (!__atomic_load_n(&loop->inbox.head, __ATOMIC_RELAXED))
+		return;
 	struct keel__remote_item *it =
 	    __atomic_exchange_n(&loop->inbox.head, NULL, __ATOMIC_ACQUIRE);
 	struct keel__remote_item *fifo = NULL;
