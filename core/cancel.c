@@ -115,9 +115,10 @@ static void wake_cancelled(struct keel_task *t, int cause)
 
 	if (!(t->flags & KEEL__T_WAITING))
 		return; /* it will see the cause at its next await */
+	/* Both: a task may wait on a mailbox with a stream open. */
 	if (t->inflight)
 		c->hooks.cancel_ops(t); /* results arrive as CQEs */
-	else if (t->ext && t->ext->wait_cancel)
+	if (t->ext && t->ext->wait_cancel)
 		t->ext->wait_cancel(t);
 	/* Else the wait cannot be cancelled (a scope join waits for its
 	 * children, which this same cancellation stops). */

@@ -6,9 +6,16 @@
  *	echo --port PORT [--threads N]     (the peer harness's style)
  *
  * One loop per thread (default: one per CPU), each with its own
- * SO_REUSEPORT listener, one acceptor task and one task per connection
- * (recv into a buffer in its frame, send it all back). Nothing is shared
+ * SO_REUSEPORT listener, one acceptor task (a multishot accept) and one
+ * task per connection. Connections receive through a multishot recv into
+ * the loop's provided-buffer ring and send the received buffer itself back
+ * (no copy), returning it to the ring when the send has completed; so an
+ * idle connection holds no buffer, only its small frame. Nothing is shared
  * between loops: each counts its own connections and bytes.
+ *
+ * --plain switches to the simple shape (recv into a 16 KiB buffer in the
+ * connection's frame, send it back) for comparison; --bufs N and
+ * --buf-size BYTES size each loop's ring (default 1024 x 4 KiB).
  *
  * Shutdown is keel's: on SIGINT or SIGTERM the runtime cancels every
  * loop's root token, so each pending accept and recv returns -ECANCELED,
@@ -37,12 +44,22 @@
 /* One per loop, touched only by that loop's thread while it runs. */
 struct shard {
 	int listen_fd;
+	struct keel_bufring *ring;
 	uint64_t connections;
 	uint64_t bytes;
 	int error; /* a fatal accept error, or 0 */
 };
 
+/* The fast path: what an idle connection costs is this frame. */
 struct conn {
+	struct keel_task task;
+	struct shard *shard;
+	struct keel_recv_stream rs;
+	struct keel_buf buf; /* the chunk being sent back */
+};
+
+/* --plain: recv into a buffer in the frame, send it back. */
+struct plain_conn {
 	struct keel_task task;
 	struct shard *shard;
 	int fd;
@@ -53,6 +70,7 @@ struct conn {
 struct acceptor {
 	struct keel_task task;
 	struct shard *shard;
+	struct keel_accept_stream as;
 };
 
 struct main_frame {
@@ -76,14 +94,19 @@ struct metrics_conn {
 static struct shard *shards;
 static unsigned nshards;
 static int metrics_fd = -1;
+static bool plain_mode;
+static struct keel_bufring_opts ring_opts = {.count = 1024, .size = 4096};
 
 static int conn_step(struct keel_task *t);
+static int plain_conn_step(struct keel_task *t);
 static int acceptor_step(struct keel_task *t);
 static int main_step(struct keel_task *t);
 static int metrics_server_step(struct keel_task *t);
 static int metrics_conn_step(struct keel_task *t);
 
 static KEEL_TASK_TYPE(conn_task, struct conn, task, conn_step);
+static KEEL_TASK_TYPE(plain_conn_task, struct plain_conn, task,
+		      plain_conn_step);
 static KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
 static KEEL_TASK_TYPE(echo_main, struct main_frame, task, main_step);
 static KEEL_TASK_TYPE(metrics_server_task, struct metrics_server, task,
@@ -94,6 +117,33 @@ static KEEL_TASK_TYPE(metrics_conn_task, struct metrics_conn, task,
 static int conn_step(struct keel_task *t)
 {
 	struct conn *c = keel_container_of(t, struct conn, task);
+
+	KEEL_BEGIN(t);
+	/* The fd is in the stream (c->rs.fd) until the stream opens. */
+	if (keel_recv_stream_open(t, &c->rs, c->rs.fd, c->shard->ring, 0))
+		goto out;
+	for (;;) {
+		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+		if (keel_res(t) <= 0)
+			break; /* end of file, an error, or the shutdown */
+		c->shard->bytes += c->buf.len;
+		/* The kernel sends from the ring buffer; it goes back to the
+		 * ring once the send has completed. */
+		KEEL_AWAIT(t, keel_send_all(t, c->rs.fd, c->buf.data,
+					    c->buf.len, MSG_NOSIGNAL));
+		keel_buf_release(&c->buf);
+		if (keel_res(t) < 0)
+			break;
+	}
+	keel_recv_stream_close(&c->rs);
+out:
+	KEEL_AWAIT(t, keel_close(t, c->rs.fd));
+	KEEL_END(t);
+}
+
+static int plain_conn_step(struct keel_task *t)
+{
+	struct plain_conn *c = keel_container_of(t, struct plain_conn, task);
 
 	KEEL_BEGIN(t);
 	for (;;) {
@@ -122,6 +172,44 @@ static int acceptor_step(struct keel_task *t)
 	struct shard *s = a->shard;
 
 	KEEL_BEGIN(t);
+	if (plain_mode)
+		goto plain;
+	/* The ring is registered from the loop's own thread (the ring is
+	 * SINGLE_ISSUER). */
+	s->error = keel_bufring_create(t->loop, &ring_opts, &s->ring);
+	if (!s->error)
+		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd);
+	if (s->error) {
+		keel_runtime_shutdown(keel_runtime_current());
+		goto done;
+	}
+	for (;;) {
+		/* EMFILE & co pause the stream by themselves (backoff). */
+		KEEL_AWAIT(t, keel_accept_next(t, &a->as));
+		int fd = keel_res(t);
+
+		if (fd < 0) {
+			if (fd != -ECANCELED && fd != -ETIMEDOUT) {
+				s->error = fd;
+				keel_runtime_shutdown(keel_runtime_current());
+			}
+			break; /* else the runtime is shutting down */
+		}
+		keel_tcp_nodelay(fd);
+		struct conn *c =
+		    keel_spawn(t->loop, &conn_task, KEEL_PRIO_NORMAL);
+
+		if (!c) {
+			close(fd); /* out of memory: refuse this one */
+			continue;
+		}
+		c->shard = s;
+		c->rs.fd = fd;
+		s->connections++;
+	}
+	keel_accept_stream_close(&a->as);
+	goto done;
+plain:
 	for (;;) {
 		KEEL_AWAIT(t, keel_accept(t, s->listen_fd, NULL, NULL, 0));
 		int fd = keel_res(t);
@@ -141,8 +229,8 @@ static int acceptor_step(struct keel_task *t)
 			break;
 		}
 		keel_tcp_nodelay(fd);
-		struct conn *c =
-		    keel_spawn(t->loop, &conn_task, KEEL_PRIO_NORMAL);
+		struct plain_conn *c =
+		    keel_spawn(t->loop, &plain_conn_task, KEEL_PRIO_NORMAL);
 
 		if (!c) {
 			close(fd); /* out of memory: refuse this one */
@@ -152,6 +240,7 @@ static int acceptor_step(struct keel_task *t)
 		c->fd = fd;
 		s->connections++;
 	}
+done:
 	KEEL_AWAIT(t, keel_close(t, s->listen_fd));
 	KEEL_END(t);
 }
@@ -278,7 +367,8 @@ static int main_step(struct keel_task *t)
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: echo [--threads N] [--metrics MPORT] [ADDR] PORT\n"
+	fprintf(out, "usage: echo [--threads N] [--metrics MPORT] [--plain]\n"
+		     "            [--bufs N] [--buf-size BYTES] [ADDR] PORT\n"
 		     "       echo --port PORT [--threads N]\n");
 }
 
@@ -300,6 +390,9 @@ int main(int argc, char **argv)
 	    {"port", required_argument, NULL, 'p'},
 	    {"threads", required_argument, NULL, 't'},
 	    {"metrics", required_argument, NULL, 'm'},
+	    {"plain", no_argument, NULL, 'P'},
+	    {"bufs", required_argument, NULL, 'b'},
+	    {"buf-size", required_argument, NULL, 'B'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -307,8 +400,8 @@ int main(int argc, char **argv)
 	long port = -1, threads = 0, mport = -1;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "p:t:m:h", longopts, NULL)) !=
-	       -1) {
+	while ((opt = getopt_long(argc, argv, "p:t:m:Pb:B:h", longopts,
+				  NULL)) != -1) {
 		switch (opt) {
 		case 'p':
 			port = parse_number(optarg, 0, 65535);
@@ -319,6 +412,29 @@ int main(int argc, char **argv)
 		case 'm':
 			mport = parse_number(optarg, 1, 65535);
 			break;
+		case 'P':
+			plain_mode = true;
+			break;
+		case 'b':
+		case 'B': {
+			long v = parse_number(optarg, 1,
+					      opt == 'b' ? 32768 : 1 << 24);
+
+			if (v < 0 || (opt == 'b' && (v & (v - 1)))) {
+				fprintf(
+				    stderr,
+				    "echo: bad value for --%s: %s (%s)\n",
+				    opt == 'b' ? "bufs" : "buf-size", optarg,
+				    opt == 'b' ? "a power of two up to 32768"
+					       : "1 to 16 MiB");
+				return 2;
+			}
+			if (opt == 'b')
+				ring_opts.count = (uint32_t)v;
+			else
+				ring_opts.size = (uint32_t)v;
+			break;
+		}
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -409,7 +525,7 @@ int main(int argc, char **argv)
 	printf("echo: served %llu connections, echoed %llu bytes\n",
 	       (unsigned long long)conns, (unsigned long long)bytes);
 	if (fatal) {
-		fprintf(stderr, "echo: accept failed: %s\n", strerror(-fatal));
+		fprintf(stderr, "echo: %s\n", keel_loop_explain(fatal));
 		return 1;
 	}
 	return status < 0 && status != -ECANCELED ? 1 : 0;

@@ -11,6 +11,7 @@
 
 #include <keel/abort.h>
 #include <keel/actor.h>
+#include <keel/buf.h>
 #include <keel/cancel.h>
 #include <keel/introspect.h>
 #include <keel/io.h>

@@ -54,5 +54,16 @@
 #ifndef IOU_PBUF_RING_INC
 #define IOU_PBUF_RING_INC 2 /* 6.12 */
 #endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4) /* 6.12: the buffer is not done */
+#endif
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3) /* 6.2 */
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31) /* 6.2 */
+#endif
+/* 2.3's struct io_uring_buf_reg calls the flags field (6.4) `pad`. */
+#define KEEL_BUF_REG_FLAGS(reg) ((reg).pad)
 
 #endif

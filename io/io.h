@@ -38,6 +38,9 @@ enum keel__op_kind {
 	KEEL__OP_USER,	   /* a user-space wait (a sleep): no kernel CQE */
 	KEEL__OP_CLEANUP,  /* like KERNEL, but starts under a cancelled token
 			    * too (close: cleanup must always work) */
+	KEEL__OP_STREAM,   /* a multishot stream (io/stream.c): every CQE
+			    * goes to its handler; the op lives as long as
+			    * the stream is open, armed or not */
 };
 
 /* Op state bits (struct keel__op.flags). */
@@ -45,9 +48,18 @@ enum keel__op_kind {
 #define KEEL__OP_CANCEL_SENT 0x02 /* an ASYNC_CANCEL was queued for it */
 #define KEEL__OP_TIMED_OUT   0x04 /* its linked timeout fired (-ETIME) */
 #define KEEL__OP_LINKED	     0x08 /* carries a linked timeout */
+#define KEEL__OP_ZEROCOPY                                                      \
+	0x10 /* send_all with SEND_ZC: each send owes a                        \
+	      * notification CQE too */
 
 struct keel__op;
+struct keel__io;
 typedef void (*keel__op_cancel_fn)(struct keel__op *op);
+/* A stream's CQE handler, and what it does when its task cancels or exits. */
+typedef void (*keel__stream_cqe_fn)(struct keel__io *io, struct keel__op *op,
+				    int res, unsigned cqe_flags);
+typedef void (*keel__stream_cancel_fn)(struct keel__io *io,
+				       struct keel__op *op);
 
 struct keel__op {
 	struct keel_task *task; /* owner */
@@ -68,6 +80,7 @@ struct keel__op {
 	union {
 		struct {
 			const char *buf;
+			struct msghdr *msg; /* sendmsg_all: iovecs */
 			size_t len;
 			size_t done;
 			int msg_flags;
@@ -76,6 +89,11 @@ struct keel__op {
 			struct keel_timer timer;
 			keel__op_cancel_fn cancel;
 		} user;
+		struct {
+			void *stream;
+			keel__stream_cqe_fn on_cqe;
+			keel__stream_cancel_fn on_cancel;
+		} stream;
 	} u;
 };
 
@@ -97,6 +115,28 @@ struct keel__io_counters {
 	uint64_t internal_cqes;
 	uint64_t sq_full;
 	uint64_t cq_overflows;
+	uint64_t zc_sends;	   /* SEND_ZC requests */
+	uint64_t zc_copied;	   /* ... whose notification said "copied" */
+	uint64_t multishot_rearms; /* streams re-armed after a final CQE */
+	uint64_t enobufs;	   /* recv streams stopped by an empty ring */
+	uint64_t accept_backoffs;  /* accept streams paused by EMFILE & co */
+	uint64_t bufs_lent;	   /* buffers handed to tasks */
+};
+
+/* A queued stream item: a received chunk, or an accepted fd (len). */
+struct keel__chunk {
+	struct keel__chunk *next;
+	char *data;
+	uint32_t len;
+	uint16_t bid;
+	uint16_t ring; /* the buffer ring's index in the loop, + 1; 0: none */
+};
+
+/* Chunk nodes come from a per-loop free list, grown in blocks. */
+struct keel__chunk_pool {
+	struct keel__chunk *free;
+	void **blocks;
+	uint32_t nblocks;
 };
 
 struct keel__io {
@@ -116,7 +156,13 @@ struct keel__io {
 	int event_fd; /* for hosts' epoll (keel_loop_fd); -1 until asked */
 	bool ring_fd_registered;
 	bool ring_ready;
+	bool closing; /* the loop is being destroyed: streams close */
 	struct keel__io_counters count;
+	struct keel__chunk_pool chunks;
+	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
+	struct keel_bufring **bufrings;
+	uint32_t nbufrings;
+	uint32_t zc_threshold; /* keel_send_zc() copies below this */
 };
 
 static inline struct keel__io *keel__io_of(struct keel_loop *loop)
@@ -198,5 +244,40 @@ void keel__io_install_hooks(struct keel__io *io);
 
 /* Cancel every op in the ledger (loop teardown). */
 void keel__io_cancel_all(struct keel__io *io);
+
+/* Release an op whose last CQE is in without waking its task (streams,
+ * which wake their task themselves). */
+void keel__op_release_quiet(struct keel__io *io, struct keel__op *op);
+
+/* Queue an ASYNC_CANCEL for `op` (once); its CQE says how it ended. */
+void keel__op_send_cancel(struct keel__io *io, struct keel__op *op);
+
+/* Prepare the (rest of a) send_all, as SEND_ZC if the op is zero-copy. */
+void keel__prep_send(struct io_uring_sqe *sqe, struct keel__op *op);
+void keel__bufring_stream_ref(struct keel_bufring *r, int delta);
+
+/* Chunk nodes (io/stream.c). */
+struct keel__chunk *keel__chunk_get(struct keel__io *io);
+void keel__chunk_put(struct keel__io *io, struct keel__chunk *c);
+void keel__chunk_pool_fini(struct keel__io *io);
+
+/* Buffer rings (io/bufring.c). */
+struct keel_bufring;
+/* The kernel used buffer `bid` of ring `ring` for `res` bytes of a CQE
+ * with `cqe_flags`: fill `c` (and more chunks for a bundle, appended after
+ * it); returns the chunk count or a negative errno. */
+int keel__bufring_take(struct keel__io *io, struct keel_bufring *ring,
+		       unsigned cqe_flags, int res, struct keel__chunk **first,
+		       struct keel__chunk **last);
+/* A stream stopped by -ENOBUFS waits for a buffer to come back. */
+struct keel_recv_stream;
+void keel__bufring_wait(struct keel_bufring *ring, struct keel_recv_stream *s);
+void keel__bufring_unwait(struct keel_bufring *ring,
+			  struct keel_recv_stream *s);
+uint16_t keel__bufring_gid(const struct keel_bufring *ring);
+bool keel__bufring_has_free(const struct keel_bufring *ring);
+void keel__bufrings_fini(struct keel__io *io);
+/* Re-arm a recv stream (io/stream.c), called when buffers come back. */
+void keel__recv_stream_resume(struct keel__io *io, struct keel_recv_stream *s);
 
 #endif

@@ -109,6 +109,15 @@ static void op_release(struct keel__io *io, struct keel__op *op)
 	l->inuse--;
 }
 
+void keel__op_release_quiet(struct keel__io *io, struct keel__op *op)
+{
+	struct keel_task *t = op->task;
+
+	op_release(io, op);
+	if ((t->flags & KEEL__T_EXITED) && !t->inflight)
+		keel__task_ops_drained(t);
+}
+
 /* The op's last CQE is in: release it, then tell its task. */
 static void op_done(struct keel__io *io, struct keel__op *op, int res)
 {
@@ -216,9 +225,7 @@ static bool send_all_continue(struct keel__io *io, struct keel__op *op)
 	sqe = io_uring_get_sqe(&io->ring);
 	if (!sqe)
 		return false;
-	io_uring_prep_send(
-	    sqe, op->fd, op->u.send_all.buf + op->u.send_all.done,
-	    op->u.send_all.len - op->u.send_all.done, op->u.send_all.msg_flags);
+	keel__prep_send(sqe, op);
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending++;
 	if (linked)
@@ -246,6 +253,15 @@ static void handle_main(struct keel__io *io, struct keel__op *op, int res)
 	op->res = res;
 }
 
+/* SEND_ZC: the CQE that says the kernel no longer reads the buffer. */
+static void handle_notif(struct keel__io *io, struct keel__op *op,
+			 const struct io_uring_cqe *cqe)
+{
+	if (cqe->res & IORING_NOTIF_USAGE_ZC_COPIED)
+		io->count.zc_copied++;
+	(void)op;
+}
+
 static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
@@ -268,10 +284,19 @@ static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 		io->count.stale_cqes++;
 		return;
 	}
+	if (op->kind == KEEL__OP_STREAM && role == KEEL__UD_MAIN) {
+		op->u.stream.on_cqe(io, op, cqe->res, cqe->flags);
+		return;
+	}
 	if (role == KEEL__UD_TIMEOUT) {
 		if (cqe->res == -ETIME)
 			op->flags |= KEEL__OP_TIMED_OUT;
+	} else if (cqe->flags & IORING_CQE_F_NOTIF) {
+		handle_notif(io, op, cqe);
 	} else {
+		/* A zero-copy send owes its notification too. */
+		if (cqe->flags & IORING_CQE_F_MORE)
+			op->pending++;
 		handle_main(io, op, cqe->res);
 	}
 	if (--op->pending)
@@ -317,6 +342,16 @@ void keel__io_reap(struct keel__io *io)
 }
 
 static void cancel_op(struct keel__io *io, struct keel__op *op)
+{
+	/* A stream decides itself: end, close, or cancel its request. */
+	if (op->kind == KEEL__OP_STREAM) {
+		op->u.stream.on_cancel(io, op);
+		return;
+	}
+	keel__op_send_cancel(io, op);
+}
+
+void keel__op_send_cancel(struct keel__io *io, struct keel__op *op)
 {
 	if (op->flags & KEEL__OP_CANCEL_SENT)
 		return;

@@ -157,17 +157,131 @@ int keel_send(struct keel_task *t, int fd, const void *buf, size_t len,
 	return keel__op_commit(t, op, sqe);
 }
 
-int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,
-		  int flags)
+/* Skip the first `n` bytes of `msg`'s iovecs, in place. */
+static void msg_advance(struct msghdr *msg, size_t n)
 {
+	while (n && msg->msg_iovlen) {
+		struct iovec *v = msg->msg_iov;
+
+		if (n < v->iov_len) {
+			v->iov_base = (char *)v->iov_base + n;
+			v->iov_len -= n;
+			return;
+		}
+		n -= v->iov_len;
+		msg->msg_iov++;
+		msg->msg_iovlen--;
+	}
+}
+
+void keel__prep_send(struct io_uring_sqe *sqe, struct keel__op *op)
+{
+	size_t done = op->u.send_all.done;
+	size_t left = op->u.send_all.len - done;
+	int flags = op->u.send_all.msg_flags;
+
+	if (op->u.send_all.msg) {
+		/* What was sent is skipped in the caller's iovecs. */
+		struct msghdr *msg = op->u.send_all.msg;
+
+		msg_advance(msg, done - (size_t)op->res);
+		op->res = (int32_t)done;
+		if (op->flags & KEEL__OP_ZEROCOPY) {
+			io_uring_prep_sendmsg_zc(sqe, op->fd, msg,
+						 (unsigned)flags);
+			sqe->ioprio |= IORING_SEND_ZC_REPORT_USAGE;
+		} else
+			io_uring_prep_sendmsg(sqe, op->fd, msg,
+					      (unsigned)flags);
+	} else if (op->flags & KEEL__OP_ZEROCOPY) {
+		io_uring_prep_send_zc(sqe, op->fd, op->u.send_all.buf + done,
+				      left, flags, IORING_SEND_ZC_REPORT_USAGE);
+	} else {
+		io_uring_prep_send(sqe, op->fd, op->u.send_all.buf + done, left,
+				   flags);
+	}
+}
+
+static int send_all_start(struct keel_task *t, int fd, const void *buf,
+			  struct msghdr *msg, size_t len, int flags)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+	bool zc = len >= io->zc_threshold &&
+		  keel_loop_has_op(t->loop, msg ? IORING_OP_SENDMSG_ZC
+						: IORING_OP_SEND_ZC) > 0;
+	uint8_t opcode = msg ? (zc ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG)
+			     : (zc ? IORING_OP_SEND_ZC : IORING_OP_SEND);
+
 	if (len == 0)
 		return keel__task_ready(t, 0);
-	OP_BEGIN(t, IORING_OP_SEND, KEEL__OP_SEND_ALL);
-	io_uring_prep_send(sqe, fd, buf, len, flags);
+	OP_BEGIN(t, opcode, KEEL__OP_SEND_ALL);
 	op->fd = fd;
 	op->u.send_all.buf = buf;
+	op->u.send_all.msg = msg;
 	op->u.send_all.len = len;
 	op->u.send_all.done = 0;
 	op->u.send_all.msg_flags = flags;
+	if (zc) {
+		op->flags |= KEEL__OP_ZEROCOPY;
+		io->count.zc_sends++;
+	}
+	keel__prep_send(sqe, op);
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,
+		  int flags)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+
+	/* Plain send_all never goes zero-copy: its callers may reuse the
+	 * buffer as soon as the send completes. */
+	uint32_t threshold = io->zc_threshold;
+
+	io->zc_threshold = UINT32_MAX;
+	int r = send_all_start(t, fd, buf, NULL, len, flags);
+
+	io->zc_threshold = threshold;
+	return r;
+}
+
+int keel_send_zc(struct keel_task *t, int fd, const void *buf, size_t len,
+		 int flags)
+{
+	return send_all_start(t, fd, buf, NULL, len, flags);
+}
+
+int keel_sendmsg_all(struct keel_task *t, int fd, struct msghdr *msg, int flags)
+{
+	size_t len = 0;
+
+	for (size_t i = 0; i < msg->msg_iovlen; i++)
+		len += msg->msg_iov[i].iov_len;
+	if (len > INT32_MAX)
+		return keel__task_ready(t, -EINVAL);
+	return send_all_start(t, fd, NULL, msg, len, flags);
+}
+
+void keel_loop_set_zc_threshold(struct keel_loop *loop, size_t bytes)
+{
+	keel__io_of(loop)->zc_threshold =
+	    bytes > UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
+}
+
+int keel_splice(struct keel_task *t, int fd_in, int64_t off_in, int fd_out,
+		int64_t off_out, unsigned len, unsigned flags)
+{
+	OP_BEGIN(t, IORING_OP_SPLICE, KEEL__OP_KERNEL);
+	io_uring_prep_splice(sqe, fd_in, off_in, fd_out, off_out, len, flags);
+	op->fd = fd_in;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_tee(struct keel_task *t, int fd_in, int fd_out, unsigned len,
+	     unsigned flags)
+{
+	OP_BEGIN(t, IORING_OP_TEE, KEEL__OP_KERNEL);
+	io_uring_prep_tee(sqe, fd_in, fd_out, len, flags);
+	op->fd = fd_in;
 	return keel__op_commit(t, op, sqe);
 }

@@ -137,6 +137,7 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 	}
 	io->downgrades[0] = '\0';
 	io->event_fd = -1;
+	io->zc_threshold = 16384;
 	for (size_t i = 0; i < ntries; i++) {
 		struct io_uring_params p;
 
@@ -209,6 +210,9 @@ void keel__io_fini(struct keel__io *io)
 		close(io->event_fd);
 		io->event_fd = -1;
 	}
+	if (io->ring_ready)
+		keel__bufrings_fini(io);
+	keel__chunk_pool_fini(io);
 	keel__ledger_fini(&io->ledger);
 	if (io->ring_ready) {
 		RING_UNMAPPED();

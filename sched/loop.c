@@ -404,6 +404,7 @@ static void drain_ops(struct keel_loop *loop)
 {
 	struct keel__io *io = &loop->io;
 
+	io->closing = true; /* streams close instead of ending */
 	keel__io_cancel_all(io);
 	for (int i = 0; i < 100 && io->ledger.inuse; i++) {
 		struct __kernel_timespec ts = {.tv_nsec = 10 * 1000 * 1000};

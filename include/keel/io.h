@@ -96,6 +96,39 @@ int keel_send(struct keel_task *t, int fd, const void *buf, size_t len,
 int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,
 		  int flags);
 
+/*
+ * keel_send_all() with zero-copy for large sends: from the loop's
+ * threshold (keel_loop_set_zc_threshold(), default 16 KiB) and when the
+ * kernel has SEND_ZC, the kernel sends straight from `buf`; the op
+ * completes only when the kernel's notification says it no longer reads
+ * it (so `buf` may be reused after the await, as with a copy). Below the
+ * threshold, or without SEND_ZC, it copies. Over loopback the kernel copies
+ * anyway (counted as zc_copied in the loop's stats).
+ */
+int keel_send_zc(struct keel_task *t, int fd, const void *buf, size_t len,
+		 int flags);
+void keel_loop_set_zc_threshold(struct keel_loop *loop, size_t bytes);
+
+/*
+ * Send every byte of `msg`'s iovecs with sendmsg(2) (a batch of small
+ * writes in one request), resubmitting short sends; zero-copy from the
+ * threshold like keel_send_zc(). `msg` and its iovecs must stay valid until
+ * the op completes; on a short send keel advances msg_iov/msg_iovlen and
+ * the first iovec in place. Result: the total, or -errno.
+ */
+int keel_sendmsg_all(struct keel_task *t, int fd, struct msghdr *msg,
+		     int flags);
+
+/*
+ * splice(2) / tee(2): move up to `len` bytes between a pipe and another fd
+ * inside the kernel (off_* = -1 for no offset, as for sockets and pipes).
+ * Result: bytes moved, 0 at end of input, or -errno.
+ */
+int keel_splice(struct keel_task *t, int fd_in, int64_t off_in, int fd_out,
+		int64_t off_out, unsigned len, unsigned flags);
+int keel_tee(struct keel_task *t, int fd_in, int fd_out, unsigned len,
+	     unsigned flags);
+
 #ifdef __cplusplus
 }
 #endif
