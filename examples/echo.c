@@ -511,7 +511,21 @@ int main(int argc, char **argv)
 
 	int status = keel_runtime_run(rt, &echo_main, NULL, NULL);
 	uint64_t conns = 0, bytes = 0;
+	struct keel_loop_stats sum = {0};
 	int fatal = 0;
+
+	/* The ring's own counters: syscalls and completions per request. */
+	for (unsigned i = 0; i < nshards; i++) {
+		struct keel_loop_stats st;
+
+		keel_runtime_loop_stats(rt, i, &st);
+		sum.enters += st.enters;
+		sum.cqes += st.cqes;
+		sum.sqes += st.sqes;
+		sum.chunks_lent += st.chunks_lent;
+		sum.enobufs += st.enobufs;
+		sum.multishot_rearms += st.multishot_rearms;
+	}
 
 	/* Every loop has stopped: the shards are ours to read. */
 	for (unsigned i = 0; i < nshards; i++) {
@@ -524,6 +538,19 @@ int main(int argc, char **argv)
 	free(shards);
 	printf("echo: served %llu connections, echoed %llu bytes\n",
 	       (unsigned long long)conns, (unsigned long long)bytes);
+	if (sum.chunks_lent)
+		printf("echo: ring: %llu enters, %llu SQEs, %llu CQEs for %llu "
+		       "received chunks: %.3f enters and %.2f CQEs per chunk, "
+		       "%.1f CQEs per enter; %llu ENOBUFS, %llu re-arms\n",
+		       (unsigned long long)sum.enters,
+		       (unsigned long long)sum.sqes,
+		       (unsigned long long)sum.cqes,
+		       (unsigned long long)sum.chunks_lent,
+		       (double)sum.enters / (double)sum.chunks_lent,
+		       (double)sum.cqes / (double)sum.chunks_lent,
+		       sum.enters ? (double)sum.cqes / (double)sum.enters : 0.0,
+		       (unsigned long long)sum.enobufs,
+		       (unsigned long long)sum.multishot_rearms);
 	if (fatal) {
 		fprintf(stderr, "echo: %s\n", keel_loop_explain(fatal));
 		return 1;

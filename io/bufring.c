@@ -31,9 +31,9 @@
 #define DEFAULT_SIZE  4096u
 
 struct buf_state {
-	uint32_t off;	   /* incremental: bytes the kernel has filled */
-	uint16_t refs;	   /* chunks lent out of this buffer */
-	uint8_t in_ring;   /* the kernel may (still) fill it */
+	uint32_t off;	 /* incremental: bytes the kernel has filled */
+	uint16_t refs;	 /* chunks lent out of this buffer */
+	uint8_t in_ring; /* the kernel may (still) fill it */
 	uint8_t reserved;
 };
 
@@ -212,6 +212,17 @@ void keel__bufrings_fini(struct keel__io *io)
 	free(io->bufrings);
 	io->bufrings = NULL;
 	io->nbufrings = 0;
+}
+
+uint64_t keel__bufrings_in_use(const struct keel__io *io)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; i < io->nbufrings; i++)
+		if (io->bufrings[i])
+			n +=
+			    io->bufrings[i]->count - io->bufrings[i]->in_kernel;
+	return n;
 }
 
 void keel_bufring_stats(const struct keel_bufring *r,

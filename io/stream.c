@@ -36,7 +36,6 @@
 #define ACCEPT_BACKOFF_MIN (10ull * 1000 * 1000)
 #define ACCEPT_BACKOFF_MAX (1000ull * 1000 * 1000)
 
-
 /* ---- chunk nodes ---------------------------------------------------- */
 
 struct keel__chunk *keel__chunk_get(struct keel__io *io)
@@ -406,6 +405,14 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 	}
 	s->state |= S_WAITING;
 	return keel__task_suspend(t);
+}
+
+int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out)
+{
+	out->ring = NULL;
+	if (!s->op || !s->head)
+		return -EAGAIN;
+	return recv_pop(keel__io_of(s->task->loop), s, out);
 }
 
 void keel_recv_stream_close(struct keel_recv_stream *s)

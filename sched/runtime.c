@@ -36,6 +36,7 @@ struct worker {
 	struct keel__remote_item shutdown;
 	struct keel__remote_item dump;
 	int dump_posted;
+	struct keel_loop_stats final; /* taken just before the loop went */
 };
 
 struct keel_runtime {
@@ -68,6 +69,18 @@ unsigned keel_runtime_size(const struct keel_runtime *rt)
 struct keel_loop *keel_runtime_loop(struct keel_runtime *rt, unsigned i)
 {
 	return i < rt->n ? rt->w[i].loop : NULL;
+}
+
+int keel_runtime_loop_stats(struct keel_runtime *rt, unsigned i,
+			    struct keel_loop_stats *out)
+{
+	if (i >= rt->n)
+		return -EINVAL;
+	if (rt->w[i].loop)
+		keel_loop_stats(rt->w[i].loop, out);
+	else
+		*out = rt->w[i].final;
+	return 0;
 }
 
 static void shutdown_run(struct keel_loop *loop, struct keel__remote_item *it)
@@ -141,6 +154,7 @@ static void *worker_main(void *arg)
 	if (!w->err) {
 		keel_loop_run(w->loop);
 		all_stopped(rt);
+		keel_loop_stats(w->loop, &w->final);
 		keel_loop_destroy(w->loop);
 	}
 	return NULL;
@@ -436,6 +450,7 @@ int keel_runtime_run(struct keel_runtime *rt,
 	all_stopped(rt);
 	for (unsigned i = 1; i < rt->n; i++)
 		pthread_join(rt->w[i].thread, NULL);
+	keel_loop_stats(loop0, &rt->w[0].final);
 	keel_loop_destroy(loop0);
 	current_runtime = NULL;
 	for (unsigned i = 0; i < rt->n; i++)

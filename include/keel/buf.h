@@ -51,8 +51,9 @@ struct keel_bufring;
 struct keel__chunk;
 
 /* keel_bufring_opts.flags */
-#define KEEL_BUFRING_INCREMENTAL 0x1u /* share buffers between arrivals
-				       * (Linux 6.12+; else plain) */
+#define KEEL_BUFRING_INCREMENTAL                                               \
+	0x1u /* share buffers between arrivals                                 \
+	      * (Linux 6.12+; else plain) */
 
 struct keel_bufring_opts {
 	uint32_t count; /* buffers: a power of two, 1..32768 (default 1024) */
@@ -145,6 +146,12 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
  */
 int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 		   struct keel_buf *out);
+
+/*
+ * Take a chunk already received, without waiting (to gather several into
+ * one sendmsg). Returns its length, or -EAGAIN when none is queued.
+ */
+int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out);
 
 /* Close the stream: cancel the recv, give back the queued buffers. The
  * socket itself stays open. Safe to call twice. */

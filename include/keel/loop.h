@@ -130,6 +130,14 @@ struct keel_loop_stats {
 	uint64_t aborted;      /* tasks aborted by a panic or a fault */
 	uint64_t fault_recoveries; /* faults turned into task aborts */
 	uint64_t stalls;	   /* steps longer than the stall threshold */
+	/* The fast network path (keel/buf.h, keel_send_zc). */
+	uint64_t zc_sends;	   /* SEND_ZC requests */
+	uint64_t zc_copied;	   /* ... the kernel copied anyway (loopback) */
+	uint64_t multishot_rearms; /* streams re-armed after a final CQE */
+	uint64_t enobufs;	  /* recv streams that found their ring empty */
+	uint64_t accept_backoffs; /* accepts paused by EMFILE & co */
+	uint64_t chunks_lent;	  /* received chunks handed to tasks */
+	uint64_t bufs_in_use;	  /* ring buffers out of the kernel's hands */
 };
 
 /* A snapshot of the loop's counters. */

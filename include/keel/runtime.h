@@ -54,6 +54,14 @@ int keel_runtime_create(struct keel_runtime **out,
 void keel_runtime_destroy(struct keel_runtime *rt);
 
 unsigned keel_runtime_size(const struct keel_runtime *rt);
+
+/*
+ * Loop i's counters: a snapshot while the runtime runs (read from another
+ * thread: each value is current or a little old), its final counters after
+ * keel_runtime_run() returned. -EINVAL for a bad index.
+ */
+int keel_runtime_loop_stats(struct keel_runtime *rt, unsigned i,
+			    struct keel_loop_stats *out);
 struct keel_loop *keel_runtime_loop(struct keel_runtime *rt, unsigned i);
 
 /* The runtime of the calling thread's loop, or NULL. */

@@ -1,0 +1,553 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * proxy: a TCP proxy on keel (listen address -> backend address).
+ *
+ *	proxy [--threads N] [--mode buffers|splice] [--bufs N]
+ *	      [--buf-size BYTES] -l [ADDR:]PORT -b HOST:PORT
+ *
+ * One loop per thread, each with its own SO_REUSEPORT listener and a
+ * multishot accept. Per connection, a session task connects to the backend
+ * and runs one pump task per direction, then closes both sockets.
+ *
+ * --mode buffers (default): a pump keeps a multishot recv armed on its
+ * source, into the loop's provided-buffer ring (with recv bundles where the
+ * kernel has them), and sends the received buffers themselves on (up to 8
+ * gathered into one sendmsg), returning them to the ring when the send has
+ * completed. Nothing is copied in user space; an idle connection holds no
+ * buffer.
+ * --mode splice: a pump moves data through a pipe with splice(2), inside
+ * the kernel.
+ *
+ * Half-close is passed on: when one side shuts down its writing half, the
+ * proxy shuts down the other socket's writing half and keeps the other
+ * direction flowing until it ends too. A reset or an error on either side
+ * shuts both sockets down, which ends both pumps. A backend that refuses
+ * or cannot be reached closes the client connection; such failures are
+ * counted and reported on stderr (at most one line per second).
+ *
+ * SIGINT/SIGTERM: graceful shutdown, exit 0; the summary line says what
+ * was served.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <keel.h>
+
+#define LISTEN_BACKLOG 1024
+#define GATHER	       8	   /* chunks per sendmsg */
+#define SPLICE_CHUNK   (64 * 1024) /* bytes per splice */
+
+/* One per loop, touched only by that loop's thread while it runs. */
+struct shard {
+	int listen_fd;
+	struct keel_bufring *ring;
+	uint64_t connections;
+	uint64_t up, down; /* bytes client->backend, backend->client */
+	uint64_t backend_failures;
+	uint64_t resets; /* directions ended by an error */
+	int error;
+};
+
+struct pump {
+	struct keel_task task;
+	struct shard *shard;
+	uint64_t *bytes;
+	int from, to;
+	int result; /* 0: end of file passed on; < 0: the error */
+	/* buffers mode */
+	struct keel_recv_stream rs;
+	struct keel_buf bufs[GATHER];
+	struct iovec iov[GATHER];
+	struct msghdr msg;
+	unsigned n;
+	/* splice mode */
+	int pipe[2];
+	int moved, left;
+};
+
+struct session {
+	struct keel_task task;
+	struct shard *shard;
+	int client, backend;
+	struct pump *pumps[2];
+	unsigned i;
+};
+
+struct acceptor {
+	struct keel_task task;
+	struct shard *shard;
+	struct keel_accept_stream as;
+};
+
+struct main_frame {
+	struct keel_task task;
+	unsigned i;
+};
+
+static struct shard *shards;
+static unsigned nshards;
+static bool splice_mode;
+static struct keel_bufring_opts ring_opts = {.count = 1024, .size = 16384};
+static struct sockaddr_storage backend_addr;
+static socklen_t backend_len;
+static const char *backend_text;
+
+static int pump_step(struct keel_task *t);
+static int splice_pump_step(struct keel_task *t);
+static int session_step(struct keel_task *t);
+static int acceptor_step(struct keel_task *t);
+static int main_step(struct keel_task *t);
+
+static KEEL_TASK_TYPE(pump_task, struct pump, task, pump_step);
+static KEEL_TASK_TYPE(splice_pump_task, struct pump, task, splice_pump_step);
+static KEEL_TASK_TYPE(session_task, struct session, task, session_step);
+static KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
+static KEEL_TASK_TYPE(proxy_main, struct main_frame, task, main_step);
+
+static void release_all(struct pump *p)
+{
+	for (unsigned i = 0; i < p->n; i++)
+		keel_buf_release(&p->bufs[i]);
+	p->n = 0;
+}
+
+/* End of a direction: pass a clean end on as a half-close; after an
+ * error, stop both directions (the other pump then sees its end too). */
+static void pump_finish(struct pump *p)
+{
+	if (p->result == 0) {
+		shutdown(p->to, SHUT_WR);
+	} else {
+		p->shard->resets++;
+		shutdown(p->from, SHUT_RDWR);
+		shutdown(p->to, SHUT_RDWR);
+	}
+}
+
+static int pump_step(struct keel_task *t)
+{
+	struct pump *p = keel_container_of(t, struct pump, task);
+
+	KEEL_BEGIN(t);
+	p->result = keel_recv_stream_open(t, &p->rs, p->from, p->shard->ring,
+					  KEEL_RECV_BUNDLE);
+	if (p->result)
+		goto out;
+	for (;;) {
+		KEEL_AWAIT(t, keel_recv_next(t, &p->rs, &p->bufs[0]));
+		if (keel_res(t) <= 0) {
+			p->result = keel_res(t);
+			break;
+		}
+		/* Gather what else has arrived into one sendmsg. */
+		p->n = 1;
+		while (p->n < GATHER &&
+		       keel_recv_try(&p->rs, &p->bufs[p->n]) > 0)
+			p->n++;
+		size_t total = 0;
+
+		for (unsigned i = 0; i < p->n; i++) {
+			p->iov[i].iov_base = p->bufs[i].data;
+			p->iov[i].iov_len = p->bufs[i].len;
+			total += p->bufs[i].len;
+		}
+		*p->bytes += total;
+		memset(&p->msg, 0, sizeof(p->msg));
+		p->msg.msg_iov = p->iov;
+		p->msg.msg_iovlen = p->n;
+		KEEL_AWAIT(t, keel_sendmsg_all(t, p->to, &p->msg, MSG_NOSIGNAL));
+		release_all(p);
+		if (keel_res(t) < 0) {
+			p->result = keel_res(t);
+			break;
+		}
+	}
+	keel_recv_stream_close(&p->rs);
+out:
+	pump_finish(p);
+	KEEL_END(t);
+}
+
+static int splice_pump_step(struct keel_task *t)
+{
+	struct pump *p = keel_container_of(t, struct pump, task);
+
+	KEEL_BEGIN(t);
+	if (pipe2(p->pipe, O_CLOEXEC) < 0) {
+		p->result = -errno;
+		goto out;
+	}
+	for (;;) {
+		KEEL_AWAIT(t, keel_splice(t, p->from, -1, p->pipe[1], -1,
+					  SPLICE_CHUNK, SPLICE_F_MOVE));
+		if (keel_res(t) <= 0) {
+			p->result = keel_res(t);
+			break;
+		}
+		p->left = keel_res(t);
+		*p->bytes += (uint64_t)p->left;
+		while (p->left > 0) {
+			KEEL_AWAIT(t, keel_splice(t, p->pipe[0], -1, p->to, -1,
+						  (unsigned)p->left,
+						  SPLICE_F_MOVE));
+			if (keel_res(t) <= 0) {
+				p->result = keel_res(t) ? keel_res(t) : -EPIPE;
+				goto done;
+			}
+			p->left -= keel_res(t);
+		}
+	}
+done:
+	close(p->pipe[0]);
+	close(p->pipe[1]);
+out:
+	pump_finish(p);
+	KEEL_END(t);
+}
+
+/* At most one line a second, however many backends fail. */
+static void report_backend_failure(struct shard *s, int err)
+{
+	static _Thread_local time_t last;
+	time_t now = time(NULL);
+
+	s->backend_failures++;
+	if (now == last)
+		return;
+	last = now;
+	fprintf(stderr, "proxy: backend %s: %s (%llu failures on this loop)\n",
+		backend_text, strerror(-err),
+		(unsigned long long)s->backend_failures);
+}
+
+static struct pump *start_pump(struct session *ss, int from, int to,
+			       uint64_t *bytes)
+{
+	struct pump *p = keel_spawn(ss->task.loop,
+				    splice_mode ? &splice_pump_task : &pump_task,
+				    KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+
+	if (p) {
+		p->shard = ss->shard;
+		p->from = from;
+		p->to = to;
+		p->bytes = bytes;
+	}
+	return p;
+}
+
+static int session_step(struct keel_task *t)
+{
+	struct session *ss = keel_container_of(t, struct session, task);
+
+	KEEL_BEGIN(t);
+	ss->backend = keel_tcp_socket(backend_addr.ss_family);
+	if (ss->backend < 0) {
+		report_backend_failure(ss->shard, ss->backend);
+		goto close_client;
+	}
+	KEEL_AWAIT(t, keel_connect(t, ss->backend,
+				   (struct sockaddr *)&backend_addr,
+				   backend_len));
+	if (keel_res(t) < 0) {
+		if (keel_res(t) != -ECANCELED)
+			report_backend_failure(ss->shard, keel_res(t));
+		goto close_both;
+	}
+	keel_tcp_nodelay(ss->backend);
+	ss->pumps[0] =
+	    start_pump(ss, ss->client, ss->backend, &ss->shard->up);
+	ss->pumps[1] =
+	    start_pump(ss, ss->backend, ss->client, &ss->shard->down);
+	if (!ss->pumps[0] || !ss->pumps[1]) {
+		/* Out of memory: end the one that started. */
+		shutdown(ss->client, SHUT_RDWR);
+		shutdown(ss->backend, SHUT_RDWR);
+	}
+	for (ss->i = 0; ss->i < 2; ss->i++) {
+		if (!ss->pumps[ss->i])
+			continue;
+		KEEL_AWAIT(t, keel_join(t, &ss->pumps[ss->i]->task));
+		/* A pump exits 0; anything else is the join's own error
+		 * (the shutdown): let the pump go when it is done. */
+		if (keel_res(t) != 0)
+			keel_task_detach(&ss->pumps[ss->i]->task);
+	}
+close_both:
+	KEEL_AWAIT(t, keel_close(t, ss->backend));
+close_client:
+	KEEL_AWAIT(t, keel_close(t, ss->client));
+	KEEL_END(t);
+}
+
+static int acceptor_step(struct keel_task *t)
+{
+	struct acceptor *a = keel_container_of(t, struct acceptor, task);
+	struct shard *s = a->shard;
+
+	KEEL_BEGIN(t);
+	if (!splice_mode)
+		s->error = keel_bufring_create(t->loop, &ring_opts, &s->ring);
+	if (!s->error)
+		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd);
+	if (s->error) {
+		keel_runtime_shutdown(keel_runtime_current());
+		goto done;
+	}
+	for (;;) {
+		KEEL_AWAIT(t, keel_accept_next(t, &a->as));
+		int fd = keel_res(t);
+
+		if (fd < 0) {
+			if (fd != -ECANCELED && fd != -ETIMEDOUT) {
+				s->error = fd;
+				keel_runtime_shutdown(keel_runtime_current());
+			}
+			break;
+		}
+		keel_tcp_nodelay(fd);
+		struct session *ss =
+		    keel_spawn(t->loop, &session_task, KEEL_PRIO_NORMAL);
+
+		if (!ss) {
+			close(fd);
+			continue;
+		}
+		ss->shard = s;
+		ss->client = fd;
+		s->connections++;
+	}
+	keel_accept_stream_close(&a->as);
+done:
+	KEEL_AWAIT(t, keel_close(t, s->listen_fd));
+	KEEL_END(t);
+}
+
+static void init_acceptor(void *frame, void *arg)
+{
+	((struct acceptor *)frame)->shard = arg;
+}
+
+static int main_step(struct keel_task *t)
+{
+	struct main_frame *m = keel_container_of(t, struct main_frame, task);
+	struct keel_runtime *rt = keel_runtime_current();
+
+	KEEL_BEGIN(t);
+	for (m->i = 0; m->i < nshards; m->i++)
+		if (keel_spawn_on(keel_runtime_loop(rt, m->i), &acceptor_task,
+				  KEEL_PRIO_HIGH, init_acceptor, &shards[m->i]))
+			KEEL_EXIT(t, 1);
+	KEEL_AWAIT(t, keel_sleep(t, UINT64_MAX / 2));
+	KEEL_END(t);
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: proxy [--threads N] [--mode buffers|splice] "
+		     "[--bufs N] [--buf-size BYTES]\n"
+		     "             -l [ADDR:]PORT -b HOST:PORT\n");
+}
+
+static long parse_number(const char *s, long min, long max)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < min || v > max)
+		return -1;
+	return v;
+}
+
+/* "[ADDR:]PORT" or "[v6]:PORT": split in place; -1 on a bad port. */
+static long split_host_port(char *s, const char **host, const char *dflt)
+{
+	char *colon = strrchr(s, ':');
+
+	*host = dflt;
+	if (colon) {
+		*colon = '\0';
+		*host = s;
+		if (s[0] == '[' && colon > s && colon[-1] == ']') {
+			colon[-1] = '\0';
+			*host = s + 1;
+		}
+		s = colon + 1;
+	}
+	return parse_number(s, 0, 65535);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+	    {"threads", required_argument, NULL, 't'},
+	    {"mode", required_argument, NULL, 'm'},
+	    {"bufs", required_argument, NULL, 'n'},
+	    {"buf-size", required_argument, NULL, 's'},
+	    {"listen", required_argument, NULL, 'l'},
+	    {"backend", required_argument, NULL, 'b'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	char *listen_arg = NULL, *backend_arg = NULL;
+	long threads = 0;
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "t:m:n:s:l:b:h", longopts,
+				  NULL)) != -1) {
+		long v;
+
+		switch (opt) {
+		case 't':
+			threads = parse_number(optarg, 1, 1024);
+			if (threads < 0) {
+				fprintf(stderr,
+					"proxy: bad --threads: %s (1..1024)\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'm':
+			if (!strcmp(optarg, "splice")) {
+				splice_mode = true;
+			} else if (strcmp(optarg, "buffers")) {
+				fprintf(stderr,
+					"proxy: bad --mode: %s (buffers or "
+					"splice)\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'n':
+			v = parse_number(optarg, 1, 32768);
+			if (v < 0 || (v & (v - 1))) {
+				fprintf(stderr,
+					"proxy: bad --bufs: %s (a power of two "
+					"up to 32768)\n",
+					optarg);
+				return 2;
+			}
+			ring_opts.count = (uint32_t)v;
+			break;
+		case 's':
+			v = parse_number(optarg, 1, 1 << 24);
+			if (v < 0) {
+				fprintf(stderr,
+					"proxy: bad --buf-size: %s (1 to 16 "
+					"MiB)\n",
+					optarg);
+				return 2;
+			}
+			ring_opts.size = (uint32_t)v;
+			break;
+		case 'l':
+			listen_arg = optarg;
+			break;
+		case 'b':
+			backend_arg = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!listen_arg || !backend_arg || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	const char *lhost, *bhost;
+	long lport = split_host_port(listen_arg, &lhost, "127.0.0.1");
+	long bport = split_host_port(backend_arg, &bhost, "127.0.0.1");
+
+	if (lport < 0 || bport <= 0) {
+		fprintf(stderr, "proxy: bad %s port\n",
+			lport < 0 ? "listen" : "backend");
+		return 2;
+	}
+	if (keel_net_parse_addr(bhost, (uint16_t)bport, &backend_addr,
+				&backend_len)) {
+		fprintf(stderr,
+			"proxy: bad backend address: %s (a numeric IPv4 or "
+			"IPv6 address)\n",
+			bhost);
+		return 2;
+	}
+	static char btext[128];
+
+	snprintf(btext, sizeof(btext), "%s:%ld", bhost, bport);
+	backend_text = btext;
+
+	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
+	struct keel_runtime *rt;
+	int err = keel_runtime_create(&rt, &ropts);
+
+	if (err) {
+		fprintf(stderr, "proxy: %s\n", keel_loop_explain(err));
+		return 1;
+	}
+	nshards = keel_runtime_size(rt);
+	shards = calloc(nshards, sizeof(*shards));
+	if (!shards) {
+		fprintf(stderr, "proxy: out of memory\n");
+		return 1;
+	}
+	for (unsigned i = 0; i < nshards; i++) {
+		int fd = keel_tcp_listen(lhost, (uint16_t)lport,
+					 LISTEN_BACKLOG, KEEL_NET_REUSEPORT);
+
+		if (fd < 0) {
+			fprintf(stderr, "proxy: cannot listen on %s:%ld: %s\n",
+				lhost, lport, strerror(-fd));
+			return 1;
+		}
+		if (lport == 0)
+			lport = keel_net_local_port(fd);
+		shards[i].listen_fd = fd;
+	}
+	printf("proxy: listening on %s:%ld (%u loops, %s mode) -> %s\n", lhost,
+	       lport, nshards, splice_mode ? "splice" : "buffers", btext);
+	fflush(stdout);
+
+	int status = keel_runtime_run(rt, &proxy_main, NULL, NULL);
+	struct shard sum = {0};
+	int fatal = 0;
+
+	for (unsigned i = 0; i < nshards; i++) {
+		sum.connections += shards[i].connections;
+		sum.up += shards[i].up;
+		sum.down += shards[i].down;
+		sum.backend_failures += shards[i].backend_failures;
+		sum.resets += shards[i].resets;
+		if (shards[i].error && !fatal)
+			fatal = shards[i].error;
+	}
+	keel_runtime_destroy(rt);
+	free(shards);
+	printf("proxy: served %llu connections, %llu bytes up, %llu bytes "
+	       "down, %llu backend failures, %llu directions ended by an "
+	       "error\n",
+	       (unsigned long long)sum.connections,
+	       (unsigned long long)sum.up, (unsigned long long)sum.down,
+	       (unsigned long long)sum.backend_failures,
+	       (unsigned long long)sum.resets);
+	if (fatal) {
+		fprintf(stderr, "proxy: %s\n", keel_loop_explain(fatal));
+		return 1;
+	}
+	return status < 0 && status != -ECANCELED ? 1 : 0;
+}
