@@ -10,18 +10,24 @@
 #     those instructions.
 #  3. The peer harness (PEERS, default ../shared/bench/peers), if present:
 #     copied into $BUILD/peers (the shared folder is never written to), built
-#     there, then the runtime microbenchmarks with keel as one more column and
+#     there, then the runtime microbenchmarks with keel as one more column,
 #     the echo matrix with keel's examples/echo next to the raw io_uring and
-#     epoll servers. Loopback only. A peer that fails to build is skipped.
+#     epoll servers, io_uring_enter calls per request (keel's counters and
+#     strace -c), the proxy run (keel's examples/proxy in both modes next to
+#     haproxy and a direct connection) and the idle-connection memory run
+#     (10,000 idle connections). Loopback only. A peer that fails to build is
+#     skipped.
 #
 # Knobs (environment):
 #   BENCH_QUICK=1     short runs everywhere (a smoke test of the whole thing)
-#   SKIP_CALLGRIND=1  SKIP_PEERS=1  SKIP_ECHO=1
+#   SKIP_CALLGRIND=1  SKIP_PEERS=1  SKIP_ECHO=1  SKIP_ENTERS=1  SKIP_PROXY=1
+#   SKIP_IDLE=1
 #   FILTER=substr     only benchmarks whose name contains it (keel and peers)
 #   REPS              repetitions for the peer runs (MICRO_REPS, ECHO_REPS
 #                     override it per run; defaults 1 and 7)
 #   MICRO_PEERS="tokio-ct tokio-mt go-p1 go-p2 c"   peer columns of the micro run
 #   ECHO_PEERS="uring epoll"                        peers of the echo matrix
+#   IDLE_PEERS="uring epoll uv tokio-ct go"  peers of the idle run; IDLE_N=10000
 #   CG_BENCHES="spawn_join ..."  benchmarks counted under callgrind (default:
 #                     spawn_join spawn_yield_join yield await_ready
 #                     timer_arm_cancel timer_100k_wall nop_b1)
@@ -39,6 +45,7 @@ BUILD="${BUILD:-build}"
 BUILD="$(cd "$BUILD" && pwd)"
 MICRO="$BUILD/tools/keel-micro"
 ECHO_BIN="$BUILD/examples/echo"
+PROXY_BIN="$BUILD/examples/proxy"
 REPORT="$HERE/bench/report.py"
 [[ -x "$MICRO" ]] || { echo "bench: $MICRO not built: run make" >&2; exit 1; }
 
@@ -212,6 +219,100 @@ run_peers() {
 		echo "!! the echo run produced no table (see $RES/echo-run.log)"
 	fi
 	echo "(echo: $(elapsed "$t"))"
+	run_enters "$dst"
+	run_proxy "$dst"
+	run_idle "$dst"
+}
+
+# io_uring_enter calls per request at c=64, 64 B: keel's own counters (its
+# exit summary), then the same run under strace -c for keel and the raw
+# io_uring server (strace slows every syscall, so batches grow: compare the
+# two strace figures with each other, not with the counter).
+run_enters() {
+	local dst="$1" t port=23990 pid n
+	if on "${SKIP_ENTERS:-}"; then
+		say "3c. enters per request: skipped (SKIP_ENTERS)"
+		return 0
+	fi
+	say "3c. io_uring_enter calls per request (c=64, 64 B, 1 loop)"
+	t=$(date +%s)
+	local dur=3
+	[[ $QUICK == 1 ]] && dur=1
+	taskset -c 1 "$ECHO_BIN" --threads 1 127.0.0.1 $port >"$RES/enters-keel.log" 2>&1 &
+	pid=$!
+	"$dst/bin/loadgen" -P -p $port -d 5 >/dev/null 2>&1
+	taskset -c 0 "$dst/bin/loadgen" -p $port -c 64 -s 64 -d $dur -w 0.2 -q 2>&1 |
+		tail -1 >"$RES/enters-load.log"
+	kill -TERM $pid 2>/dev/null
+	wait $pid
+	grep 'ring:' "$RES/enters-keel.log" | sed 's/^/   keel counters: /'
+	if command -v strace >/dev/null; then
+		for srv in keel uring; do
+			local cmd=("$ECHO_BIN" --threads 1 127.0.0.1 $port)
+			[[ $srv == uring ]] && cmd=("$dst/bin/uring-echo" $port 1)
+			strace -f -c -e trace=io_uring_enter -o "$RES/enters-strace-$srv.txt" \
+				taskset -c 1 "${cmd[@]}" >/dev/null 2>&1 &
+			pid=$!
+			"$dst/bin/loadgen" -P -p $port -d 5 >/dev/null 2>&1
+			local res reqs calls
+			res=$(taskset -c 0 "$dst/bin/loadgen" -p $port -c 64 -s 64 -d $dur -w 0 -q 2>&1 | tail -1)
+			kill -TERM $pid 2>/dev/null
+			sleep 0.5
+			pkill -TERM -P $pid 2>/dev/null
+			wait $pid 2>/dev/null
+			reqs=$(sed -n 's/.* reqs=\([0-9]*\).*/\1/p' <<<"$res")
+			calls=$(awk '$NF=="io_uring_enter"{print $4}' "$RES/enters-strace-$srv.txt")
+			[[ -n "$reqs" && -n "$calls" && "$reqs" -gt 0 ]] &&
+				awk -v s=$srv -v c="$calls" -v r="$reqs" \
+					'BEGIN{printf "   under strace -c: %-5s %d enters / %d requests = %.3f per request\n", s, c, r, c/r}'
+		done
+	else
+		echo "   (strace not installed: no cross-check)"
+	fi
+	echo "(enters: $(elapsed "$t"))"
+}
+
+run_proxy() {
+	local dst="$1" t
+	if on "${SKIP_PROXY:-}" || [[ ! -x "$PROXY_BIN" ]]; then
+		say "3d. proxy: skipped"
+		return 0
+	fi
+	say "3d. proxy: keel's examples/proxy (buffers, splice) vs haproxy vs direct (run-proxy.sh)"
+	t=$(date +%s)
+	local envs=(REPS="${PROXY_REPS:-${REPS:-5}}" OUT="$RES/proxy"
+		EXTRA_PROXIES="keel|$PROXY_BIN --threads {threads} -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port};keel-splice|$PROXY_BIN --threads {threads} --mode splice -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port}")
+	[[ $QUICK == 1 ]] && envs+=(REPS="${PROXY_REPS:-2}" DUR="${DUR:-0.5}" WARM="${WARM:-0.1}")
+	env "${envs[@]}" timeout -k 10 1200 "$dst/run-proxy.sh" 2>&1 |
+		tee "$RES/proxy-run.log" | grep -v '^  rep'
+	if [[ -s "$RES/proxy/table.md" ]]; then
+		TABLES+=("$RES/proxy/table.md")
+	else
+		echo "!! the proxy run produced no table (see $RES/proxy-run.log)"
+	fi
+	echo "(proxy: $(elapsed "$t"))"
+}
+
+run_idle() {
+	local dst="$1" t
+	if on "${SKIP_IDLE:-}"; then
+		say "3e. idle connections: skipped (SKIP_IDLE)"
+		return 0
+	fi
+	say "3e. server memory per idle connection (run-idle.sh, ${IDLE_N:-10000} connections)"
+	t=$(date +%s)
+	local envs=(PEERS="${IDLE_PEERS:-uring epoll uv tokio-ct go}" N="${IDLE_N:-10000}"
+		REPS="${IDLE_REPS:-3}" OUT="$RES/idle"
+		EXTRA_PEERS="keel|$ECHO_BIN --threads {threads} 127.0.0.1 {port}")
+	[[ $QUICK == 1 ]] && envs+=(REPS="${IDLE_REPS:-1}" N="${IDLE_N:-2000}")
+	env "${envs[@]}" timeout -k 10 1200 "$dst/run-idle.sh" 2>&1 |
+		tee "$RES/idle-run.log" | grep -v '^  rep'
+	if [[ -s "$RES/idle/table.md" ]]; then
+		TABLES+=("$RES/idle/table.md")
+	else
+		echo "!! the idle run produced no table (see $RES/idle-run.log)"
+	fi
+	echo "(idle: $(elapsed "$t"))"
 }
 
 if on "${SKIP_PEERS:-}"; then

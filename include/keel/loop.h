@@ -23,6 +23,7 @@ struct keel_loop;
 /* keel_loop_opts.flags */
 #define KEEL_LOOP_SQPOLL   0x1u /* kernel SQ polling thread (opt-in) */
 #define KEEL_LOOP_NO_DEFER 0x2u /* do not ask for DEFER_TASKRUN */
+#define KEEL_LOOP_NO_BATCH_WAIT 0x4u /* see batch_wait_ns */
 
 struct keel_loop_opts {
 	unsigned sq_entries; /* submission queue size (default 256) */
@@ -36,6 +37,15 @@ struct keel_loop_opts {
 	 * line exchange instead of two thread wake-ups (~7 us here).
 	 */
 	unsigned spin_ns;
+	/*
+	 * Completion batching under load: when recent wake-ups each brought
+	 * several CQEs (>= 4 on average), wait up to this long for half that
+	 * many before handling the first, so one io_uring_enter serves more
+	 * requests. Idle or lightly loaded loops (one CQE per wake-up) never
+	 * wait for more. Default 50000 ns; KEEL_LOOP_NO_BATCH_WAIT turns it
+	 * off.
+	 */
+	unsigned batch_wait_ns;
 };
 
 /*
