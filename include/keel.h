@@ -18,6 +18,7 @@
 #include <keel/loop.h>
 #include <keel/mailbox.h>
 #include <keel/net.h>
+#include <keel/resilience.h>
 #include <keel/runtime.h>
 #include <keel/scope.h>
 #include <keel/sync.h>
