@@ -14,7 +14,9 @@
  * between loops: each counts its own connections and bytes.
  *
  * --plain switches to the simple shape (recv into a 16 KiB buffer in the
- * connection's frame, send it back) for comparison; --bufs N and
+ * connection's frame, send it back) for comparison; --batch-wait NS sets
+ * how long a busy loop may wait to batch completions (0: never; default
+ * 50 us, see keel_loop_opts.batch_wait_ns); --bufs N and
  * --buf-size BYTES size each loop's ring (default 1024 x 4 KiB).
  *
  * Shutdown is keel's: on SIGINT or SIGTERM the runtime cancels every
@@ -367,9 +369,11 @@ static int main_step(struct keel_task *t)
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: echo [--threads N] [--metrics MPORT] [--plain]\n"
-		     "            [--bufs N] [--buf-size BYTES] [ADDR] PORT\n"
-		     "       echo --port PORT [--threads N]\n");
+	fprintf(out,
+		"usage: echo [--threads N] [--metrics MPORT] [--plain]\n"
+		"            [--batch-wait NS] [--bufs N] [--buf-size BYTES]\n"
+		"            [ADDR] PORT\n"
+		"       echo --port PORT [--threads N]\n");
 }
 
 static long parse_number(const char *s, long min, long max)
@@ -391,16 +395,17 @@ int main(int argc, char **argv)
 	    {"threads", required_argument, NULL, 't'},
 	    {"metrics", required_argument, NULL, 'm'},
 	    {"plain", no_argument, NULL, 'P'},
+	    {"batch-wait", required_argument, NULL, 'w'},
 	    {"bufs", required_argument, NULL, 'b'},
 	    {"buf-size", required_argument, NULL, 'B'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	const char *addr = "127.0.0.1";
-	long port = -1, threads = 0, mport = -1;
+	long port = -1, threads = 0, mport = -1, batch_wait = -1;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "p:t:m:Pb:B:h", longopts,
+	while ((opt = getopt_long(argc, argv, "p:t:m:Pw:b:B:h", longopts,
 				  NULL)) != -1) {
 		switch (opt) {
 		case 'p':
@@ -414,6 +419,16 @@ int main(int argc, char **argv)
 			break;
 		case 'P':
 			plain_mode = true;
+			break;
+		case 'w':
+			batch_wait = parse_number(optarg, 0, 10000000);
+			if (batch_wait < 0) {
+				fprintf(stderr,
+					"echo: bad value for --batch-wait: %s "
+					"(ns, 0 to 10000000; 0: off)\n",
+					optarg);
+				return 2;
+			}
 			break;
 		case 'b':
 		case 'B': {
@@ -467,6 +482,11 @@ int main(int argc, char **argv)
 	}
 
 	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
+
+	if (batch_wait == 0)
+		ropts.loop.flags |= KEEL_LOOP_NO_BATCH_WAIT;
+	else if (batch_wait > 0)
+		ropts.loop.batch_wait_ns = (unsigned)batch_wait;
 	struct keel_runtime *rt;
 	int err = keel_runtime_create(&rt, &ropts);
 

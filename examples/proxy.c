@@ -165,7 +165,8 @@ static int pump_step(struct keel_task *t)
 		memset(&p->msg, 0, sizeof(p->msg));
 		p->msg.msg_iov = p->iov;
 		p->msg.msg_iovlen = p->n;
-		KEEL_AWAIT(t, keel_sendmsg_all(t, p->to, &p->msg, MSG_NOSIGNAL));
+		KEEL_AWAIT(t,
+			   keel_sendmsg_all(t, p->to, &p->msg, MSG_NOSIGNAL));
 		release_all(p);
 		if (keel_res(t) < 0) {
 			p->result = keel_res(t);
@@ -233,9 +234,9 @@ static void report_backend_failure(struct shard *s, int err)
 static struct pump *start_pump(struct session *ss, int from, int to,
 			       uint64_t *bytes)
 {
-	struct pump *p = keel_spawn(ss->task.loop,
-				    splice_mode ? &splice_pump_task : &pump_task,
-				    KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+	struct pump *p = keel_spawn(
+	    ss->task.loop, splice_mode ? &splice_pump_task : &pump_task,
+	    KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	if (p) {
 		p->shard = ss->shard;
@@ -256,17 +257,16 @@ static int session_step(struct keel_task *t)
 		report_backend_failure(ss->shard, ss->backend);
 		goto close_client;
 	}
-	KEEL_AWAIT(t, keel_connect(t, ss->backend,
-				   (struct sockaddr *)&backend_addr,
-				   backend_len));
+	KEEL_AWAIT(t,
+		   keel_connect(t, ss->backend,
+				(struct sockaddr *)&backend_addr, backend_len));
 	if (keel_res(t) < 0) {
 		if (keel_res(t) != -ECANCELED)
 			report_backend_failure(ss->shard, keel_res(t));
 		goto close_both;
 	}
 	keel_tcp_nodelay(ss->backend);
-	ss->pumps[0] =
-	    start_pump(ss, ss->client, ss->backend, &ss->shard->up);
+	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, &ss->shard->up);
 	ss->pumps[1] =
 	    start_pump(ss, ss->backend, ss->client, &ss->shard->down);
 	if (!ss->pumps[0] || !ss->pumps[1]) {
@@ -507,8 +507,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (unsigned i = 0; i < nshards; i++) {
-		int fd = keel_tcp_listen(lhost, (uint16_t)lport,
-					 LISTEN_BACKLOG, KEEL_NET_REUSEPORT);
+		int fd = keel_tcp_listen(lhost, (uint16_t)lport, LISTEN_BACKLOG,
+					 KEEL_NET_REUSEPORT);
 
 		if (fd < 0) {
 			fprintf(stderr, "proxy: cannot listen on %s:%ld: %s\n",
@@ -541,8 +541,8 @@ int main(int argc, char **argv)
 	printf("proxy: served %llu connections, %llu bytes up, %llu bytes "
 	       "down, %llu backend failures, %llu directions ended by an "
 	       "error\n",
-	       (unsigned long long)sum.connections,
-	       (unsigned long long)sum.up, (unsigned long long)sum.down,
+	       (unsigned long long)sum.connections, (unsigned long long)sum.up,
+	       (unsigned long long)sum.down,
 	       (unsigned long long)sum.backend_failures,
 	       (unsigned long long)sum.resets);
 	if (fatal) {

@@ -60,8 +60,8 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	keel__watchdog_add(loop);
 	loop->budget = opts && opts->budget ? opts->budget : 256;
 	loop->spin_ns = opts ? opts->spin_ns : 0;
-	loop->batch_wait_ns = opts && opts->batch_wait_ns ? opts->batch_wait_ns
-							  : 50000;
+	loop->batch_wait_ns =
+	    opts && opts->batch_wait_ns ? opts->batch_wait_ns : 50000;
 	if (opts && (opts->flags & KEEL_LOOP_NO_BATCH_WAIT))
 		loop->batch_wait_ns = 0;
 	loop->io.now = keel__clock_now();

@@ -21,8 +21,8 @@ extern "C" {
 struct keel_loop;
 
 /* keel_loop_opts.flags */
-#define KEEL_LOOP_SQPOLL   0x1u /* kernel SQ polling thread (opt-in) */
-#define KEEL_LOOP_NO_DEFER 0x2u /* do not ask for DEFER_TASKRUN */
+#define KEEL_LOOP_SQPOLL	0x1u /* kernel SQ polling thread (opt-in) */
+#define KEEL_LOOP_NO_DEFER	0x2u /* do not ask for DEFER_TASKRUN */
 #define KEEL_LOOP_NO_BATCH_WAIT 0x4u /* see batch_wait_ns */
 
 struct keel_loop_opts {
