@@ -300,14 +300,12 @@ void keel_task_detach(struct keel_task *target)
 
 int keel_defer(struct keel_task *t, keel_defer_fn fn, void *arg)
 {
-	struct keel__task_ext *x = t->ext;
+	/* The one way to make the extension: it must know its task (a
+	 * token's observer list reaches the task through it). */
+	struct keel__task_ext *x = keel__task_ext(t);
 
-	if (!x) {
-		x = calloc(1, sizeof(*x));
-		if (!x)
-			return -ENOMEM;
-		t->ext = x;
-	}
+	if (!x)
+		return -ENOMEM;
 	if (x->ndefers == x->cap) {
 		unsigned cap = x->cap ? x->cap * 2 : 8;
 		struct keel__defer_entry *d =

@@ -29,6 +29,11 @@
 #define MAX_BUF_SIZE  (16u << 20)
 #define DEFAULT_COUNT 1024u
 #define DEFAULT_SIZE  4096u
+/* A starved stream waits for a lent chunk to come back. When none is lent
+ * (the kernel's idea of an empty ring and keel's may differ, e.g. around
+ * incremental buffers), it retries this often instead: bounded, never a
+ * spin. */
+#define STARVED_RETRY_NS (1000ull * 1000)
 
 struct buf_state {
 	uint32_t off;	 /* incremental: bytes the kernel has filled */
@@ -50,9 +55,21 @@ struct keel_bufring {
 	uint16_t gid;
 	bool inc;
 	uint32_t streams; /* open recv streams using it */
+	uint32_t refs;	  /* chunks lent, over all buffers */
 	struct keel_recv_stream *starved, *starved_tail;
+	struct keel_timer retry; /* armed while streams are starved */
 	uint64_t chunks, enobufs;
 };
+
+static struct keel_loop *loop_of(struct keel_bufring *r)
+{
+	return (struct keel_loop *)r->io; /* the io is the loop's start */
+}
+
+bool keel__bufring_incremental(const struct keel_bufring *ring)
+{
+	return ring->inc;
+}
 
 uint16_t keel__bufring_gid(const struct keel_bufring *ring)
 {
@@ -110,6 +127,31 @@ static int take_gid(struct keel__io *io, struct keel_bufring *r)
 	return gid;
 }
 
+static void resume_starved(struct keel_bufring *r)
+{
+	if (keel_timer_armed(&r->retry))
+		keel_timer_cancel(loop_of(r), &r->retry);
+	/* Streams that starve again join a fresh list. */
+	struct keel_recv_stream *s = r->starved;
+
+	r->starved = r->starved_tail = NULL;
+	while (s) {
+		struct keel_recv_stream *next = s->next_starved;
+
+		s->next_starved = NULL;
+		keel__recv_stream_resume(r->io, s);
+		s = next;
+	}
+}
+
+static void retry_fired(struct keel_loop *loop, struct keel_timer *timer,
+			void *arg)
+{
+	(void)loop;
+	(void)timer;
+	resume_starved(arg);
+}
+
 static void ring_free(struct keel_bufring *r)
 {
 	if (r->br)
@@ -138,6 +180,7 @@ int keel_bufring_create(struct keel_loop *loop,
 	if (!r)
 		return -ENOMEM;
 	r->io = io;
+	keel_timer_init(&r->retry, retry_fired, r);
 	r->count = count;
 	r->size = size;
 	r->mask = count - 1;
@@ -186,6 +229,8 @@ int keel_bufring_create(struct keel_loop *loop,
 
 static void destroy(struct keel_bufring *r)
 {
+	if (keel_timer_armed(&r->retry))
+		keel_timer_cancel(loop_of(r), &r->retry);
 	io_uring_unregister_buf_ring(&r->io->ring, r->gid);
 	r->io->bufrings[r->gid] = NULL;
 	ring_free(r);
@@ -249,15 +294,8 @@ static void maybe_recycle(struct keel_bufring *r, uint16_t bid)
 	if (b->refs || b->in_ring)
 		return;
 	ring_add(r, bid);
-	while (r->starved) {
-		struct keel_recv_stream *s = r->starved;
-
-		r->starved = s->next_starved;
-		if (!r->starved)
-			r->starved_tail = NULL;
-		s->next_starved = NULL;
-		keel__recv_stream_resume(r->io, s);
-	}
+	if (r->starved)
+		resume_starved(r);
 }
 
 void keel_buf_release(struct keel_buf *buf)
@@ -268,6 +306,7 @@ void keel_buf_release(struct keel_buf *buf)
 		return;
 	buf->ring = NULL;
 	r->bufs[buf->bid].refs--;
+	r->refs--;
 	maybe_recycle(r, buf->bid);
 }
 
@@ -285,6 +324,7 @@ static struct keel__chunk *lend(struct keel__io *io, struct keel_bufring *r,
 	c->bid = bid;
 	c->ring = (uint16_t)(r->gid + 1);
 	r->bufs[bid].refs++;
+	r->refs++;
 	r->chunks++;
 	io->count.bufs_lent++;
 	return c;
@@ -383,6 +423,9 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s)
 	else
 		r->starved = s;
 	r->starved_tail = s;
+	if (!r->refs && !keel_timer_armed(&r->retry))
+		keel_timer_arm(loop_of(r), &r->retry,
+			       r->io->now + STARVED_RETRY_NS);
 }
 
 void keel__bufring_unwait(struct keel_bufring *r, struct keel_recv_stream *s)

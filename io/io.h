@@ -276,6 +276,7 @@ void keel__bufring_unwait(struct keel_bufring *ring,
 			  struct keel_recv_stream *s);
 uint16_t keel__bufring_gid(const struct keel_bufring *ring);
 bool keel__bufring_has_free(const struct keel_bufring *ring);
+bool keel__bufring_incremental(const struct keel_bufring *ring);
 void keel__bufrings_fini(struct keel__io *io);
 /* Buffers of all the loop's rings that are out of the kernel's hands. */
 uint64_t keel__bufrings_in_use(const struct keel__io *io);

@@ -116,8 +116,11 @@ static int recv_arm(struct keel__io *io, struct keel_recv_stream *s)
 	io_uring_prep_recv_multishot(sqe, s->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = keel__bufring_gid(s->ring);
+	/* Bundles read their buffer ids from the ring in order, which an
+	 * incremental ring does not keep: one or the other. */
 	if ((s->flags & KEEL_RECV_BUNDLE) &&
-	    (io->features & IORING_FEAT_RECVSEND_BUNDLE))
+	    (io->features & IORING_FEAT_RECVSEND_BUNDLE) &&
+	    !keel__bufring_incremental(s->ring))
 		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
@@ -272,14 +275,10 @@ static void recv_cqe(struct keel__io *io, struct keel__op *op, int res,
 			recv_end(s, 0); /* end of file */
 		} else if (res == -ENOBUFS) {
 			/* The data waits in the socket; so do we, for a
-			 * buffer (unless one came back meanwhile). */
-			if (keel__bufring_has_free(s->ring)) {
-				io->count.enobufs++;
-				recv_rearm(io, s);
-			} else {
-				s->state |= S_STARVED;
-				keel__bufring_wait(s->ring, s);
-			}
+			 * buffer to come back (or the ring's retry timer:
+			 * never an immediate re-arm, which could spin). */
+			s->state |= S_STARVED;
+			keel__bufring_wait(s->ring, s);
 		} else if (res < 0) {
 			recv_end(s, end_result(s->task, res));
 		} else if (!(s->state & S_ENDED)) {
@@ -334,7 +333,9 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 	s->op = 0;
 	if (!ring || fd < 0 || (flags & ~KEEL_RECV_BUNDLE))
 		return -EINVAL;
-	if (io->bufrings[keel__bufring_gid(ring)] != ring)
+	uint16_t gid = keel__bufring_gid(ring);
+
+	if (gid >= io->nbufrings || io->bufrings[gid] != ring)
 		return -EINVAL; /* another loop's ring */
 	if (!(io->ops_supported[IORING_OP_RECV / 64] &
 	      (1ull << (IORING_OP_RECV % 64))))
