@@ -10,7 +10,8 @@
  * and runs one pump task per direction, then closes both sockets.
  *
  * --mode buffers (default): a pump keeps a multishot recv armed on its
- * source, into the loop's provided-buffer ring (with recv bundles where the
+ * source, into the loop's provided-buffer ring (--bufs x --buf-size,
+ * default 256 x 16 KiB; with recv bundles where the
  * kernel has them), and sends the received buffers themselves on (up to 8
  * gathered into one sendmsg), returning them to the ring when the send has
  * completed. Nothing is copied in user space; an idle connection holds no
@@ -97,7 +98,7 @@ struct main_frame {
 static struct shard *shards;
 static unsigned nshards;
 static bool splice_mode;
-static struct keel_bufring_opts ring_opts = {.count = 1024, .size = 16384};
+static struct keel_bufring_opts ring_opts = {.count = 256, .size = 16384};
 static struct sockaddr_storage backend_addr;
 static socklen_t backend_len;
 static const char *backend_text;

@@ -29,10 +29,11 @@
 #define MAX_BUF_SIZE  (16u << 20)
 #define DEFAULT_COUNT 1024u
 #define DEFAULT_SIZE  4096u
-/* A starved stream waits for a lent chunk to come back. When none is lent
- * (the kernel's idea of an empty ring and keel's may differ, e.g. around
- * incremental buffers), it retries this often instead: bounded, never a
- * spin. */
+/* A starved stream waits for a lent chunk to come back. When none is lent,
+ * or keel sees buffers in the ring the kernel said it had not (a release
+ * between the kernel's -ENOBUFS and keel reading it, without
+ * DEFER_TASKRUN; or incremental buffers), it retries this often instead:
+ * bounded, never a spin. */
 #define STARVED_RETRY_NS (1000ull * 1000)
 
 struct buf_state {
@@ -423,7 +424,7 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s)
 	else
 		r->starved = s;
 	r->starved_tail = s;
-	if (!r->refs && !keel_timer_armed(&r->retry))
+	if ((!r->refs || r->in_kernel) && !keel_timer_armed(&r->retry))
 		keel_timer_arm(loop_of(r), &r->retry,
 			       r->io->now + STARVED_RETRY_NS);
 }

@@ -214,6 +214,10 @@ static int send_all_start(struct keel_task *t, int fd, const void *buf,
 
 	if (len == 0)
 		return keel__task_ready(t, 0);
+	/* Results are ints and SQE lengths 32 bits: refuse, never send
+	 * part of it and report a broken pipe. */
+	if (len > INT32_MAX)
+		return keel__task_ready(t, -EINVAL);
 	OP_BEGIN(t, opcode, KEEL__OP_SEND_ALL);
 	op->fd = fd;
 	op->u.send_all.buf = buf;

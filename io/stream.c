@@ -377,7 +377,8 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 {
 	struct keel__io *io = keel__io_of(t->loop);
 
-	out->ring = NULL;
+	/* A chunk still held in `out` would be lost: give it back. */
+	keel_buf_release(out);
 	if (!s->op || (s->state & S_CLOSED))
 		return keel__task_ready(t, -EBADF);
 	if (s->task != t)
@@ -410,7 +411,7 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 
 int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out)
 {
-	out->ring = NULL;
+	keel_buf_release(out);
 	if (!s->op || !s->head)
 		return -EAGAIN;
 	return recv_pop(keel__io_of(s->task->loop), s, out);

@@ -139,7 +139,8 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 			  int fd, struct keel_bufring *ring, unsigned flags);
 
 /*
- * Await the next chunk into `*out`: keel_res() is its length (> 0), 0 at
+ * Await the next chunk into `*out` (a chunk `*out` still holds is released
+ * first; a new keel_buf must be zeroed): keel_res() is its length (> 0), 0 at
  * end of file, or a negative errno (the stream's final error, e.g. the
  * task's cancellation cause, -ECONNRESET). Data received before the end is
  * always delivered first.

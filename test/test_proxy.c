@@ -1,0 +1,908 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_proxy.c: examples/proxy as a black box, in both modes (buffers and
+ * splice), over loopback TCP (127.0.0.1 only). Each test starts the proxy
+ * as a subprocess (its port read from the "proxy: listening on ADDR:PORT"
+ * line on its stdout), talks to it with plain blocking sockets, and stops
+ * it with SIGTERM: it must exit 0 with a "proxy: " summary line. The
+ * backend is in the test (threads with blocking sockets):
+ *
+ * - echo, one connection and 16 at once;
+ * - half-close: the client shuts down its writing half, the backend sees
+ *   end of file, still sends its reply, the client gets it and then EOF;
+ * - backend refusal: nothing listens on the backend port, the client's
+ *   connection is closed; the proxy keeps running, counts the failures
+ *   and serves the next connection once a backend is there;
+ * - backend reset mid-stream (SO_LINGER 0 while data flows): the client's
+ *   connection ends, the proxy keeps running and its descriptor count
+ *   (/proc/PID/fd) comes back to where it was;
+ * - 100 MiB through the proxy and back, checked byte for byte.
+ *
+ * The proxy binary is looked for next to this test's build directory
+ * (<build>/examples/proxy, <build> being this binary's ../), or in
+ * $KEEL_PROXY; the tests are skipped when it has not been built.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helpers/keel_test.h"
+
+#define KIB ((size_t)1024)
+#define MIB ((size_t)1024 * 1024)
+
+static void sleep_ms(unsigned ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000,
+			      .tv_nsec = (long)(ms % 1000) * 1000000};
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+static void set_timeouts(int fd, int seconds)
+{
+	struct timeval tv = {.tv_sec = seconds};
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+static int send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Read exactly `len` bytes; returns what was read (short: EOF or error,
+ * with *err set to 0 for EOF or the errno). */
+static size_t recv_full(int fd, void *buf, size_t len, int *err)
+{
+	char *p = buf;
+	size_t got = 0;
+
+	*err = 0;
+	while (got < len) {
+		ssize_t n = recv(fd, p + got, len - got, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			*err = n ? errno : 0;
+			break;
+		}
+		got += (size_t)n;
+	}
+	return got;
+}
+
+/* What the next recv says: 1 (data), 0 (end of file) or -errno. */
+static int recv_end(int fd)
+{
+	char c;
+	ssize_t n;
+
+	do
+		n = recv(fd, &c, 1, 0);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : (int)n;
+}
+
+static int connect_to(uint16_t port)
+{
+	struct sockaddr_in sin;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons(port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0,
+		     "connect to the proxy: %s", strerror(errno));
+	set_timeouts(fd, 20);
+	return fd;
+}
+
+/* A loopback port nobody listens on (bound, then released). */
+static uint16_t free_port(void)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+	close(fd);
+	return ntohs(sin.sin_port);
+}
+
+/* ---- the backend: a listening thread, one thread per connection ------ */
+
+enum backend_mode {
+	B_ECHO,	 /* send back everything, close after end of file */
+	B_REPLY, /* read to end of file, then send a reply and close */
+	B_RESET, /* read `reset_after` bytes, then reset (SO_LINGER 0) */
+};
+
+#define BACKEND_CONNS 128
+#define REPLY_LEN     (200 * KIB)
+
+struct backend {
+	int lfd;
+	uint16_t port;
+	int mode; /* read when a connection is accepted */
+	size_t reset_after;
+	pthread_t th;
+	int running;
+	pthread_mutex_t lock;
+	pthread_t conns[BACKEND_CONNS];
+	int nconns;
+	/* what the connections saw (under lock) */
+	int accepted;
+	int eofs;	  /* connections that saw end of file */
+	int resets;	  /* connections reset on purpose */
+	size_t last_read; /* B_REPLY: bytes read before end of file */
+	int reply_sent;	  /* B_REPLY: the reply's send result */
+};
+
+struct backend_conn {
+	struct backend *b;
+	int fd;
+	int mode;
+};
+
+static void *backend_conn_main(void *arg)
+{
+	struct backend_conn *c = arg;
+	struct backend *b = c->b;
+	size_t total = 0;
+	char *buf = malloc(REPLY_LEN); /* >= 64 KiB */
+	int eof = 0, sent = 0;
+
+	set_timeouts(c->fd, 30);
+	while (buf) {
+		ssize_t n = recv(c->fd, buf, 64 * KIB, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			eof = n == 0;
+			break;
+		}
+		total += (size_t)n;
+		if (c->mode == B_ECHO && send_all(c->fd, buf, (size_t)n))
+			break;
+		if (c->mode == B_RESET && total >= b->reset_after) {
+			struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+			setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg,
+				   sizeof(lg));
+			pthread_mutex_lock(&b->lock);
+			b->resets++;
+			pthread_mutex_unlock(&b->lock);
+			break;
+		}
+	}
+	if (c->mode == B_REPLY && eof && buf) {
+		/* The client's half is closed; ours still works. */
+		int head = snprintf(buf, 64, "got %zu\n", total);
+
+		kt_pattern_fill(buf + head, REPLY_LEN - (size_t)head, 0, 77);
+		sent = send_all(c->fd, buf, REPLY_LEN) ? -1 : (int)REPLY_LEN;
+	}
+	pthread_mutex_lock(&b->lock);
+	b->eofs += eof;
+	if (c->mode == B_REPLY) {
+		b->last_read = total;
+		b->reply_sent = sent;
+	}
+	pthread_mutex_unlock(&b->lock);
+	close(c->fd);
+	free(buf);
+	free(c);
+	return NULL;
+}
+
+static void *backend_main(void *arg)
+{
+	struct backend *b = arg;
+
+	for (;;) {
+		int fd = accept4(b->lfd, NULL, NULL, SOCK_CLOEXEC);
+		struct backend_conn *c;
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			break; /* shut down: backend_stop */
+		}
+		c = malloc(sizeof(*c));
+		pthread_mutex_lock(&b->lock);
+		if (!c || b->nconns == BACKEND_CONNS) {
+			pthread_mutex_unlock(&b->lock);
+			free(c);
+			close(fd);
+			continue;
+		}
+		c->b = b;
+		c->fd = fd;
+		c->mode = b->mode;
+		b->accepted++;
+		if (pthread_create(&b->conns[b->nconns], NULL,
+				   backend_conn_main, c) == 0) {
+			b->nconns++;
+		} else {
+			close(fd);
+			free(c);
+		}
+		pthread_mutex_unlock(&b->lock);
+	}
+	return NULL;
+}
+
+/* Listen on 127.0.0.1:port (0: any) and serve in `mode`. */
+static void backend_start(struct backend *b, uint16_t port, int mode)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	int one = 1;
+
+	memset(b, 0, sizeof(*b));
+	pthread_mutex_init(&b->lock, NULL);
+	b->mode = mode;
+	b->reset_after = 128 * KIB;
+	b->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(b->lfd, 0);
+	setsockopt(b->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons(port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(b->lfd, (struct sockaddr *)&sin, sizeof(sin)), 0,
+		     "backend bind to port %u: %s", port, strerror(errno));
+	cr_assert_eq(listen(b->lfd, 128), 0);
+	cr_assert_eq(getsockname(b->lfd, (struct sockaddr *)&sin, &len), 0);
+	b->port = ntohs(sin.sin_port);
+	cr_assert_eq(pthread_create(&b->th, NULL, backend_main, b), 0);
+	b->running = 1;
+}
+
+static void backend_set_mode(struct backend *b, int mode)
+{
+	pthread_mutex_lock(&b->lock);
+	b->mode = mode;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Stop accepting, wait for every connection's thread. */
+static void backend_stop(struct backend *b)
+{
+	if (!b->running)
+		return;
+	b->running = 0;
+	/* shutdown() wakes the blocked accept (it fails with EINVAL). */
+	shutdown(b->lfd, SHUT_RDWR);
+	pthread_join(b->th, NULL);
+	close(b->lfd);
+	for (int i = 0; i < b->nconns; i++)
+		pthread_join(b->conns[i], NULL);
+	b->nconns = 0;
+}
+
+/* ---- the proxy process ----------------------------------------------- */
+
+struct proxy {
+	pid_t pid;
+	FILE *out; /* its stdout */
+	uint16_t port;
+	char listening[256];
+	char summary[512];
+};
+
+static struct proxy g_px;
+
+/* Kill a proxy a failed test left behind (.fini of every test). */
+static void proxy_reap(void)
+{
+	if (g_px.pid > 0) {
+		kill(g_px.pid, SIGKILL);
+		waitpid(g_px.pid, NULL, 0);
+		g_px.pid = 0;
+	}
+}
+
+static int proxy_path(char *path, size_t len)
+{
+	const char *env = getenv("KEEL_PROXY");
+	char self[PATH_MAX];
+	ssize_t n;
+	char *slash;
+
+	if (env && *env) {
+		snprintf(path, len, "%s", env);
+		return access(path, X_OK) == 0;
+	}
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return 0;
+	self[n] = '\0';
+	/* <build>/test/test_proxy -> <build>/examples/proxy */
+	for (int i = 0; i < 2; i++) {
+		slash = strrchr(self, '/');
+		if (!slash)
+			return 0;
+		*slash = '\0';
+	}
+	n = snprintf(path, len, "%s/examples/proxy", self);
+	return n > 0 && (size_t)n < len && access(path, X_OK) == 0;
+}
+
+static void proxy_start(struct proxy *px, const char *mode, int threads,
+			uint16_t backend_port)
+{
+	char path[PATH_MAX], nthreads[16], backend[64];
+	const char *argv[10];
+	pid_t parent = getpid();
+	int out[2];
+	char *p;
+
+	if (!proxy_path(path, sizeof(path)))
+		cr_skip_test("the proxy example is not built (make examples), "
+			     "or set KEEL_PROXY");
+	snprintf(nthreads, sizeof(nthreads), "%d", threads);
+	snprintf(backend, sizeof(backend), "127.0.0.1:%u", backend_port);
+	argv[0] = path;
+	argv[1] = "--threads";
+	argv[2] = nthreads;
+	argv[3] = "--mode";
+	argv[4] = mode;
+	argv[5] = "-l";
+	argv[6] = "127.0.0.1:0";
+	argv[7] = "-b";
+	argv[8] = backend;
+	argv[9] = NULL;
+
+	memset(px, 0, sizeof(*px));
+	cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+	fflush(NULL);
+	px->pid = fork();
+	cr_assert_geq(px->pid, 0, "fork: %s", strerror(errno));
+	if (px->pid == 0) {
+		/* Dies with the test, whatever happens to the test. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
+		dup2(out[1], STDOUT_FILENO);
+		execv(path, (char *const *)argv);
+		_exit(127);
+	}
+	g_px = *px;
+	close(out[1]);
+	px->out = fdopen(out[0], "r");
+	cr_assert_not_null(px->out);
+	g_px.out = px->out;
+
+	/* Its first line says where it listens. */
+	struct pollfd pfd = {.fd = out[0], .events = POLLIN};
+
+	cr_assert_eq(poll(&pfd, 1, 10000), 1,
+		     "the proxy printed nothing in 10 s");
+	cr_assert_not_null(fgets(px->listening, sizeof(px->listening), px->out),
+			   "the proxy exited before listening");
+	p = strstr(px->listening, "listening on ");
+	cr_assert_not_null(p, "unexpected first line: %s", px->listening);
+	p += strlen("listening on ");
+	p[strcspn(p, " \n")] = '\0';
+	p = strrchr(p, ':');
+	cr_assert_not_null(p, "no port in: %s", px->listening);
+	px->port = (uint16_t)atoi(p + 1);
+	cr_assert_gt(px->port, 0, "no port in: %s", px->listening);
+	g_px.port = px->port;
+}
+
+static int proxy_alive(const struct proxy *px)
+{
+	int status;
+
+	return waitpid(px->pid, &status, WNOHANG) == 0;
+}
+
+/* Open descriptors of the proxy process. */
+static int proxy_fds(const struct proxy *px)
+{
+	char dir[64];
+	DIR *d;
+	struct dirent *e;
+	int n = 0;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)px->pid);
+	d = opendir(dir);
+	cr_assert_not_null(d, "%s: %s", dir, strerror(errno));
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+/*
+ * SIGTERM: it must exit 0 (in at most 20 s) after printing its summary.
+ * Returns the summary line.
+ */
+static const char *proxy_stop(struct proxy *px)
+{
+	char line[512];
+	int status = 0, exited = 0;
+
+	cr_assert(proxy_alive(px), "the proxy died during the test");
+	cr_assert_eq(kill(px->pid, SIGTERM), 0);
+	while (fgets(line, sizeof(line), px->out))
+		if (!strncmp(line, "proxy: ", 7))
+			snprintf(px->summary, sizeof(px->summary), "%s", line);
+	fclose(px->out);
+	for (int i = 0; i < 2000 && !exited; i++) {
+		pid_t r = waitpid(px->pid, &status, WNOHANG);
+
+		if (r == px->pid)
+			exited = 1;
+		else
+			sleep_ms(10);
+	}
+	if (!exited) {
+		kill(px->pid, SIGKILL);
+		waitpid(px->pid, &status, 0);
+	}
+	px->pid = 0;
+	g_px.pid = 0;
+	cr_assert(exited, "the proxy did not exit within 20 s of SIGTERM");
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "the proxy's exit: %s %d",
+		  WIFEXITED(status) ? "status" : "signal",
+		  WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+	cr_assert_eq(strncmp(px->summary, "proxy: ", 7), 0,
+		     "no summary line on exit");
+	cr_assert_null(strstr(px->summary, "listening on"),
+		       "no summary line on exit");
+	cr_log_info("%s", px->summary);
+	return px->summary;
+}
+
+/* The number just before `word` in the summary, or -1. */
+static long long summary_count(const char *summary, const char *word)
+{
+	const char *w = strstr(summary, word), *p;
+
+	if (!w || w == summary)
+		return -1;
+	p = w - 1;
+	while (p > summary && *p == ' ')
+		p--;
+	while (p > summary && p[-1] >= '0' && p[-1] <= '9')
+		p--;
+	if (*p < '0' || *p > '9')
+		return -1;
+	return strtoll(p, NULL, 10);
+}
+
+/* ---- clients ----------------------------------------------------------- */
+
+/* Send `len` bytes (pattern from `seed`), read them back, compare. */
+static void echo_once(uint16_t port, size_t len, unsigned seed)
+{
+	char *tx = malloc(len), *rx = malloc(len);
+	int fd = connect_to(port), err;
+	size_t got;
+
+	cr_assert(tx && rx);
+	kt_pattern_fill(tx, len, 0, seed);
+	cr_assert_eq(send_all(fd, tx, len), 0, "send through the proxy");
+	got = recv_full(fd, rx, len, &err);
+	cr_assert_eq(got, len, "echo: %zu of %zu bytes (%s)", got, len,
+		     err ? strerror(err) : "end of file");
+	cr_assert_eq(memcmp(tx, rx, len), 0, "echo: wrong bytes");
+	/* Our end of file goes through; the backend closes; so do we. */
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	cr_assert_eq(recv_end(fd), 0, "after the echo: not end of file");
+	close(fd);
+	free(tx);
+	free(rx);
+}
+
+static void run_echo(const char *mode)
+{
+	static const size_t sizes[] = {1, 100, 4096, 16384, 65536, 100000};
+	struct backend b;
+	struct proxy px;
+	const char *sum;
+
+	backend_start(&b, 0, B_ECHO);
+	proxy_start(&px, mode, 2, b.port);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+		echo_once(px.port, sizes[i], (unsigned)i + 1);
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(b.accepted, 6);
+	cr_assert_eq(b.eofs, 6, "the backend saw %d ends of file", b.eofs);
+	if (summary_count(sum, "connections") >= 0)
+		cr_assert_eq(summary_count(sum, "connections"), 6);
+}
+
+Test(proxy, echo_buffers, .timeout = 60, .fini = proxy_reap)
+{
+	run_echo("buffers");
+}
+
+Test(proxy, echo_splice, .timeout = 60, .fini = proxy_reap)
+{
+	run_echo("splice");
+}
+
+/* 16 connections at once, each echoing its own message. */
+static void run_many(const char *mode)
+{
+	enum { N = 16, LEN = 10000 };
+	struct backend b;
+	struct proxy px;
+	int fds[N], err;
+	char *tx = malloc(LEN), *rx = malloc(LEN);
+
+	cr_assert(tx && rx);
+	backend_start(&b, 0, B_ECHO);
+	proxy_start(&px, mode, 2, b.port);
+	for (int i = 0; i < N; i++)
+		fds[i] = connect_to(px.port);
+	for (int i = 0; i < N; i++) {
+		kt_pattern_fill(tx, LEN, 0, 100 + (unsigned)i);
+		cr_assert_eq(send_all(fds[i], tx, LEN), 0);
+	}
+	for (int i = 0; i < N; i++) {
+		size_t got = recv_full(fds[i], rx, LEN, &err);
+
+		cr_assert_eq(got, LEN, "connection %d: %zu bytes back", i, got);
+		cr_assert_eq(kt_pattern_mismatch(rx, LEN, 0, 100 + (unsigned)i),
+			     SIZE_MAX, "connection %d: wrong bytes", i);
+		close(fds[i]);
+	}
+	proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(b.accepted, N);
+	free(tx);
+	free(rx);
+}
+
+Test(proxy, sixteen_connections_at_once_buffers, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_many("buffers");
+}
+
+Test(proxy, sixteen_connections_at_once_splice, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_many("splice");
+}
+
+/* ---- half-close -------------------------------------------------------- */
+
+static void run_half_close(const char *mode)
+{
+	const size_t len = 100 * KIB;
+	struct backend b;
+	struct proxy px;
+	char *tx = malloc(len), *rx = malloc(REPLY_LEN);
+	char head[64];
+	size_t got;
+	int fd, err, hl;
+
+	cr_assert(tx && rx);
+	backend_start(&b, 0, B_REPLY);
+	proxy_start(&px, mode, 2, b.port);
+	fd = connect_to(px.port);
+	kt_pattern_fill(tx, len, 0, 5);
+	cr_assert_eq(send_all(fd, tx, len), 0);
+	/* Done writing: the backend must see end of file, and still be
+	 * able to answer through the other half. */
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	got = recv_full(fd, rx, REPLY_LEN, &err);
+	cr_assert_eq(got, REPLY_LEN, "reply: %zu of %zu bytes (%s)", got,
+		     REPLY_LEN, err ? strerror(err) : "end of file");
+	hl = snprintf(head, sizeof(head), "got %zu\n", len);
+	cr_assert_eq(memcmp(rx, head, (size_t)hl), 0,
+		     "the backend read something else than %zu bytes: %.20s",
+		     len, rx);
+	cr_assert_eq(
+	    kt_pattern_mismatch(rx + hl, REPLY_LEN - (size_t)hl, 0, 77),
+	    SIZE_MAX, "the reply came back wrong");
+	cr_assert_eq(recv_end(fd), 0, "after the reply: not end of file");
+	close(fd);
+	proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(b.eofs, 1, "the backend did not see end of file");
+	cr_assert_eq(b.last_read, len, "the backend read %zu bytes",
+		     b.last_read);
+	cr_assert_eq(b.reply_sent, (int)REPLY_LEN);
+	free(tx);
+	free(rx);
+}
+
+Test(proxy, half_close_passes_eof_and_keeps_other_direction_buffers,
+     .timeout = 60, .fini = proxy_reap)
+{
+	run_half_close("buffers");
+}
+
+Test(proxy, half_close_passes_eof_and_keeps_other_direction_splice,
+     .timeout = 60, .fini = proxy_reap)
+{
+	run_half_close("splice");
+}
+
+/* ---- backend refusal --------------------------------------------------- */
+
+static void run_refusal(const char *mode)
+{
+	uint16_t bport = free_port();
+	struct backend b;
+	struct proxy px;
+	const char *sum;
+	int fd, end;
+
+	proxy_start(&px, mode, 2, bport);
+	for (int i = 0; i < 3; i++) {
+		fd = connect_to(px.port);
+		/* Nothing listens there: the proxy closes our connection
+		 * (the 20 s receive timeout would say it did not). */
+		end = recv_end(fd);
+		cr_assert(end == 0 || end == -ECONNRESET,
+			  "connection %d with no backend: %s", i,
+			  end > 0 ? "data" : strerror(-end));
+		close(fd);
+		cr_assert(proxy_alive(&px), "the proxy died");
+	}
+	/* A backend appears on that port: the next connection works. */
+	backend_start(&b, bport, B_ECHO);
+	echo_once(px.port, 5000, 9);
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(b.accepted, 1);
+	if (summary_count(sum, "backend failure") >= 0)
+		cr_assert_eq(summary_count(sum, "backend failure"), 3,
+			     "summary: %s", sum);
+	else
+		cr_log_warn("no backend failure count in: %s", sum);
+}
+
+Test(proxy, backend_refused_closes_client_and_proxy_keeps_serving_buffers,
+     .timeout = 60, .fini = proxy_reap)
+{
+	run_refusal("buffers");
+}
+
+Test(proxy, backend_refused_closes_client_and_proxy_keeps_serving_splice,
+     .timeout = 60, .fini = proxy_reap)
+{
+	run_refusal("splice");
+}
+
+/* ---- backend reset mid-stream ----------------------------------------- */
+
+struct pusher {
+	pthread_t th;
+	int fd;
+	size_t len;
+	size_t sent;
+	int err; /* the send error that ended it, or 0 */
+};
+
+/* Sends `len` pattern bytes, shuts down its writing half. */
+static void *pusher_main(void *arg)
+{
+	struct pusher *p = arg;
+	char *buf = malloc(64 * KIB);
+
+	while (buf && p->sent < p->len) {
+		size_t n =
+		    p->len - p->sent < 64 * KIB ? p->len - p->sent : 64 * KIB;
+		ssize_t r;
+
+		kt_pattern_fill(buf, n, p->sent, 31);
+		r = send(p->fd, buf, n, MSG_NOSIGNAL);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			p->err = errno;
+			break;
+		}
+		p->sent += (size_t)r;
+	}
+	if (!p->err)
+		shutdown(p->fd, SHUT_WR);
+	free(buf);
+	return NULL;
+}
+
+static void run_reset(const char *mode)
+{
+	enum { N = 10 };
+	struct backend b;
+	struct proxy px;
+	int base, now = -1, resets = 0, eofs = 0;
+	const char *sum;
+
+	backend_start(&b, 0, B_ECHO);
+	proxy_start(&px, mode, 2, b.port);
+	/* The baseline: after one complete connection, once the count
+	 * has stayed the same for a while. */
+	echo_once(px.port, 1000, 3);
+	base = proxy_fds(&px);
+	for (int same = 0, i = 0; same < 5 && i < 500; i++) {
+		sleep_ms(20);
+		now = proxy_fds(&px);
+		same = now == base ? same + 1 : 0;
+		base = now;
+	}
+
+	backend_set_mode(&b, B_RESET);
+	for (int i = 0; i < N; i++) {
+		struct pusher p = {.len = 8 * MIB};
+		char *buf = malloc(64 * KIB);
+		ssize_t n;
+
+		cr_assert_not_null(buf);
+		p.fd = connect_to(px.port);
+		cr_assert_eq(pthread_create(&p.th, NULL, pusher_main, &p), 0);
+		/* The backend reads 128 KiB and resets: the connection must
+		 * end (end of file or reset), not hang. */
+		do
+			n = recv(p.fd, buf, 64 * KIB, 0);
+		while (n > 0 || (n < 0 && errno == EINTR));
+		cr_assert(n == 0 || errno == ECONNRESET,
+			  "connection %d after the backend's reset: %s", i,
+			  strerror(errno));
+		if (n)
+			resets++;
+		else
+			eofs++;
+		shutdown(p.fd, SHUT_RDWR);
+		pthread_join(p.th, NULL);
+		close(p.fd);
+		free(buf);
+		cr_assert(proxy_alive(&px), "the proxy died");
+	}
+	cr_log_info("%s: %d ended by reset, %d by end of file", mode, resets,
+		    eofs);
+	/* Every connection's descriptors go away (bounded wait: the proxy
+	 * closes asynchronously). */
+	for (int i = 0; i < 500; i++) {
+		now = proxy_fds(&px);
+		if (now <= base)
+			break;
+		sleep_ms(10);
+	}
+	cr_assert_leq(now, base, "the proxy holds %d descriptors, %d before",
+		      now, base);
+	/* And it still serves. */
+	backend_set_mode(&b, B_ECHO);
+	echo_once(px.port, 70000, 4);
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(b.resets, N, "the backend reset %d connections", b.resets);
+	if (summary_count(sum, "connections") >= 0)
+		cr_assert_eq(summary_count(sum, "connections"), N + 2);
+}
+
+Test(proxy, backend_reset_mid_stream_ends_client_no_leak_buffers, .timeout = 90,
+     .fini = proxy_reap)
+{
+	run_reset("buffers");
+}
+
+Test(proxy, backend_reset_mid_stream_ends_client_no_leak_splice, .timeout = 90,
+     .fini = proxy_reap)
+{
+	run_reset("splice");
+}
+
+/* ---- 100 MiB byte for byte --------------------------------------------- */
+
+static void run_big(const char *mode)
+{
+	const size_t len = 100 * MIB;
+	struct backend b;
+	struct proxy px;
+	struct pusher p = {.len = len};
+	char *buf = malloc(64 * KIB);
+	size_t got = 0, bad = SIZE_MAX;
+	uint64_t t0;
+	const char *sum;
+	int end;
+
+	cr_assert_not_null(buf);
+	backend_start(&b, 0, B_ECHO);
+	proxy_start(&px, mode, 2, b.port);
+	p.fd = connect_to(px.port);
+	t0 = kt_now_ns();
+	cr_assert_eq(pthread_create(&p.th, NULL, pusher_main, &p), 0);
+	for (;;) {
+		ssize_t n = recv(p.fd, buf, 64 * KIB, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			end = n ? -errno : 0;
+			break;
+		}
+		if (bad == SIZE_MAX) {
+			size_t m = kt_pattern_mismatch(buf, (size_t)n, got, 31);
+
+			if (m != SIZE_MAX)
+				bad = got + m;
+		}
+		got += (size_t)n;
+	}
+	pthread_join(p.th, NULL);
+	cr_log_info("%s: 100 MiB there and back in %.2f s", mode,
+		    (double)(kt_now_ns() - t0) / 1e9);
+	cr_assert_eq(p.err, 0, "sending: %s", strerror(p.err));
+	cr_assert_eq(p.sent, len);
+	cr_assert_eq(end, 0, "the echo ended with %s", strerror(-end));
+	cr_assert_eq(got, len, "%zu of %zu bytes came back", got, len);
+	cr_assert_eq(bad, SIZE_MAX, "wrong byte at offset %zu", bad);
+	close(p.fd);
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(b.eofs, 1);
+	if (summary_count(sum, "bytes up") >= 0) {
+		cr_assert_eq(summary_count(sum, "bytes up"), (long long)len,
+			     "summary: %s", sum);
+		cr_assert_eq(summary_count(sum, "bytes down"), (long long)len,
+			     "summary: %s", sum);
+	}
+	free(buf);
+}
+
+Test(proxy, hundred_mib_there_and_back_byte_for_byte_buffers, .timeout = 120,
+     .fini = proxy_reap)
+{
+	run_big("buffers");
+}
+
+Test(proxy, hundred_mib_there_and_back_byte_for_byte_splice, .timeout = 120,
+     .fini = proxy_reap)
+{
+	run_big("splice");
+}
