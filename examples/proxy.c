@@ -163,11 +163,18 @@ static int pump_step(struct keel_task *t)
 			total += p->bufs[i].len;
 		}
 		*p->bytes += total;
-		memset(&p->msg, 0, sizeof(p->msg));
-		p->msg.msg_iov = p->iov;
-		p->msg.msg_iovlen = p->n;
-		KEEL_AWAIT(t,
-			   keel_sendmsg_all(t, p->to, &p->msg, MSG_NOSIGNAL));
+		if (p->n == 1) {
+			/* One chunk: a plain send (no msghdr to copy). */
+			KEEL_AWAIT(t,
+				   keel_send_all(t, p->to, p->bufs[0].data,
+						 p->bufs[0].len, MSG_NOSIGNAL));
+		} else {
+			memset(&p->msg, 0, sizeof(p->msg));
+			p->msg.msg_iov = p->iov;
+			p->msg.msg_iovlen = p->n;
+			KEEL_AWAIT(t, keel_sendmsg_all(t, p->to, &p->msg,
+						       MSG_NOSIGNAL));
+		}
 		release_all(p);
 		if (keel_res(t) < 0) {
 			p->result = keel_res(t);
