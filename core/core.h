@@ -348,6 +348,10 @@ void keel__task_aborted(struct keel__core *c, struct keel_task *t);
 void keel__abort_transfer(struct keel_task *from, struct keel_abort *to);
 void keel__abort_clear(struct keel_abort *a);
 
+/* Mailboxes (core/mailbox.c): open a closed mailbox again (owner loop;
+ * nobody may be blocked on it). For actors that a supervisor restarts. */
+void keel__mb_reopen(struct keel_mailbox *mb);
+
 /* Scopes (core/scope.c): a child of a scope exited with `status`. */
 void keel__scope_child_exited(struct keel_task *t, int status);
 void keel__scope_orphan_all(struct keel_task *owner);
