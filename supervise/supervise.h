@@ -254,8 +254,9 @@ struct sup__link {
 	bool keep_mailbox;
 	struct keel_actor *actor; /* to restart: the child's (borrowed) */
 	/* Set on the child's loop while it starts; read by the supervisor
-	 * after the started notice. */
+	 * after the started notice (never written again after it). */
 	int start_result;
+	bool start_refused; /* its loop was shutting down: nothing started */
 	bool ready_later;	      /* its readiness comes from the child */
 	struct keel_actor *new_actor; /* created by this start (a ref) */
 	struct keel_sup *new_sup;     /* a supervisor child (a ref) */
