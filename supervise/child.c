@@ -111,7 +111,7 @@ static void actor_ready(void *arg)
 	sup__link_ready(arg);
 }
 
-/* ---- the child's side: exit ------------------------------------------- */
+/* ---- the child's side: exit --------------------------------------------- */
 
 /* On the child task's defer stack: its incarnation is over. */
 static void link_task_exited(void *arg)
@@ -148,7 +148,7 @@ static void attach(struct keel_child_start *cs, struct keel_task *t)
 	cs->spawned = true;
 }
 
-/* ---- the child's side: start, stop, kill --------------------------------- */
+/* ---- the child's side: start, stop, kill -------------------------------- */
 
 static void stop_run(struct keel_loop *loop, struct keel__remote_item *it);
 static void kill_run(struct keel_loop *loop, struct keel__remote_item *it);
@@ -368,4 +368,9 @@ struct keel_loop *keel_child_start_loop(const struct keel_child_start *cs)
 struct keel_child_id keel_child_start_id(const struct keel_child_start *cs)
 {
 	return cs->link->id;
+}
+
+struct keel_sup *keel_child_start_sup(const struct keel_child_start *cs)
+{
+	return cs->link->sup; /* the link holds a reference */
 }

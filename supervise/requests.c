@@ -178,8 +178,7 @@ int keel_sup_delete_child(struct keel_task *t, struct keel_sup *s,
 	return request_on(t, s, SUP_CMD_DELETE_CHILD, id);
 }
 
-/* ---- waiting for the exit
- * ----------------------------------------------------- */
+/* ---- waiting for the exit ----------------------------------------------- */
 
 static void exit_wait_cancelled(struct keel_task *t)
 {

@@ -17,8 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-/* ---- exit reasons
- * ------------------------------------------------------------ */
+/* ---- exit reasons ------------------------------------------------------- */
 
 enum keel_exit_kind keel_exit_kind_of(int status)
 {
@@ -57,8 +56,7 @@ void sup__exit_info(struct keel_exit_info *out, enum keel_exit_kind kind,
 	}
 }
 
-/* ---- snapshots
- * ----------------------------------------------------------------- */
+/* ---- snapshots ---------------------------------------------------------- */
 
 static enum keel_child_state public_state(const struct sup__child *ch)
 {
@@ -161,8 +159,7 @@ void keel_sup_stats(struct keel_sup *s, struct keel_sup_stats *out)
 	pthread_mutex_unlock(&s->lock);
 }
 
-/* ---- lookups
- * ---------------------------------------------------------------------- */
+/* ---- lookups ------------------------------------------------------------ */
 
 int keel_sup_child_id(struct keel_sup *s, const char *name,
 		      struct keel_child_id *out)
@@ -210,8 +207,7 @@ struct keel_sup *keel_sup_child_sup(struct keel_sup *s, struct keel_child_id id)
 	return c;
 }
 
-/* ---- the tree
- * ------------------------------------------------------------------------ */
+/* ---- the tree ----------------------------------------------------------- */
 
 /* A copy of a supervisor's children, with references on the supervisors
  * among them, to walk the tree without holding any lock. */
@@ -327,8 +323,7 @@ int keel_sup_dump(struct keel_sup *s, int fd)
 	return lines;
 }
 
-/* ---- metrics
- * ------------------------------------------------------------------------ */
+/* ---- metrics ------------------------------------------------------------ */
 
 struct sink {
 	char *buf;

@@ -80,8 +80,7 @@ static int64_t shutdown_of(const struct keel_child_spec *spec)
 					     : WORKER_SHUTDOWN_MS;
 }
 
-/* ---- the child table ------------------------------------------------------
- */
+/* ---- the child table ---------------------------------------------------- */
 
 struct sup__child *sup__lookup(struct keel_sup *s, struct keel_child_id id)
 {
@@ -234,8 +233,7 @@ static void set_state(struct keel_sup *s, struct sup__child *ch,
 	unlock(s);
 }
 
-/* ---- creating a supervisor ------------------------------------------------
- */
+/* ---- creating a supervisor ---------------------------------------------- */
 
 static int check_child(const struct keel_child_spec *c,
 		       enum keel_auto_shutdown auto_shutdown)
@@ -400,8 +398,7 @@ struct keel_loop *keel_sup_loop(const struct keel_sup *s)
 	return s->loop;
 }
 
-/* ---- waiting and being woken ----------------------------------------------
- */
+/* ---- waiting and being woken -------------------------------------------- */
 
 void sup__kick(struct keel_sup *s)
 {
@@ -523,8 +520,7 @@ static void sup_cancelled(struct keel_token *tok, int cause, void *arg)
 	sup__kick(s);
 }
 
-/* ---- taking notices in ------------------------------------------------------
- */
+/* ---- taking notices in -------------------------------------------------- */
 
 static void exits_push(struct keel_sup *s, struct keel_child_id id)
 {
@@ -704,8 +700,7 @@ static void absorb(struct keel_sup *s)
 	enforce_deadlines(s);
 }
 
-/* ---- plans -----------------------------------------------------------------
- */
+/* ---- plans -------------------------------------------------------------- */
 
 static void plan_reset(struct keel_sup *s, enum sup__purpose purpose)
 {
@@ -735,8 +730,7 @@ static void plan_push(struct keel_sup *s, enum sup__step_kind kind,
 	s->plan_len++;
 }
 
-/* ---- OTP's restart decisions -----------------------------------------------
- */
+/* ---- OTP's restart decisions -------------------------------------------- */
 
 /* Make room for one more stamp, unwrapping the ring into a bigger one. */
 static bool stamps_grow(struct keel_sup *s)
@@ -793,8 +787,9 @@ static uint64_t backoff_delay(struct keel_sup *s, struct sup__child *ch)
 
 	if (!min)
 		return 0;
-	/* Up long enough: not failing in a row any more. */
-	if (ch->backoff_level && sup_now(s) - ch->started_at >= s->period_ns)
+	/* Up for longer than the longest delay: not a crash loop any more
+	 * (as Akka's backoff resets once the child ran for a while). */
+	if (ch->backoff_level && sup_now(s) - ch->started_at > max)
 		ch->backoff_level = 0;
 	for (uint32_t i = 0; i < ch->backoff_level && base < max; i++)
 		base *= 2;
@@ -941,8 +936,7 @@ static void decide(struct keel_sup *s, struct sup__child *ch)
 		auto_shutdown(s);
 }
 
-/* ---- steps
- * ------------------------------------------------------------------- */
+/* ---- steps -------------------------------------------------------------- */
 
 static void begin_start(struct keel_sup *s, struct sup__child *ch)
 {
@@ -1120,8 +1114,7 @@ static void step_end(struct keel_sup *s)
 		return; /* a new plan replaced this one */
 }
 
-/* ---- choosing what to do next
- * ------------------------------------------------ */
+/* ---- choosing what to do next ------------------------------------------- */
 
 static void plan_shutdown(struct keel_sup *s)
 {
@@ -1235,8 +1228,7 @@ static void plan_end(struct keel_sup *s)
 	}
 }
 
-/* ---- requests, on the supervisor's loop
- * --------------------------------------- */
+/* ---- requests, on the supervisor's loop --------------------------------- */
 
 static bool plan_request(struct keel_sup *s, struct sup__cmd *cmd,
 			 enum sup__step_kind kind, struct sup__child *ch,
@@ -1314,8 +1306,7 @@ static bool begin_request(struct keel_sup *s, struct sup__cmd *cmd)
 	return false;
 }
 
-/* ---- the task
- * ------------------------------------------------------------------- */
+/* ---- the task ----------------------------------------------------------- */
 
 /* The nearest deadline it must wake for: a kill, or a restart. */
 static void arm_timer(struct keel_sup *s)

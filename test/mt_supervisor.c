@@ -77,8 +77,7 @@ static uint64_t now(void)
 static struct keel_runtime *rt;
 static struct keel_sup *top;
 
-/* ---- the actor ------------------------------------------------------------
- */
+/* ---- the actor ---------------------------------------------------------- */
 
 static int behave(struct keel_actor_ctx *ctx, struct keel_envelope *m)
 {
@@ -102,8 +101,7 @@ static int actor_start(struct keel_child_start *cs, void *arg)
 	return keel_child_spawn_actor(cs, &spec, NULL);
 }
 
-/* ---- workers
- * ------------------------------------------------------------------ */
+/* ---- workers ------------------------------------------------------------ */
 
 enum { W_RUN, W_FAIL, W_STUBBORN };
 
@@ -176,8 +174,7 @@ static int sup_start(struct keel_child_start *cs, void *arg)
 	return keel_child_spawn_supervisor(cs, arg);
 }
 
-/* ---- askers on every loop
- * ------------------------------------------------------- */
+/* ---- askers on every loop ----------------------------------------------- */
 
 static int asks_ok, asks_down, asks_bad; /* atomics */
 static int askers_done;			 /* atomic */
@@ -220,9 +217,7 @@ static void asker_init(void *frame, void *arg)
 	((struct asker *)frame)->a = arg;
 }
 
-/* ---- main
- * ---------------------------------------------------------------------------
- */
+/* ---- main --------------------------------------------------------------- */
 
 static struct keel_child_info find(struct keel_sup *s, const char *name)
 {

@@ -55,7 +55,7 @@ static uint64_t test_clock(const struct keel_loop *loop)
 	return g_clock;
 }
 
-/* ---- kids -------------------------------------------------------------- */
+/* ---- kids --------------------------------------------------------------- */
 
 enum act {
 	ACT_RUN = 0,	    /* run until stopped (cancelled), then exit 0 */
@@ -333,7 +333,7 @@ static int run_sup(const struct keel_sup_spec *spec, cond_fn until,
 	return status;
 }
 
-/* ---- keel_task_kill ------------------------------------------------------ */
+/* ---- keel_task_kill ----------------------------------------------------- */
 
 static int g_killed_ran;
 static int g_kill_res[8];
@@ -516,7 +516,7 @@ Test(kill, a_task_that_never_ran_runs_none_of_its_code, .timeout = 10)
 	keel_loop_destroy(loop);
 }
 
-/* ---- strategies: a failure at every position ----------------------------- */
+/* ---- strategies: a failure at every position ---------------------------- */
 
 /* Three permanent kids; kid `fail` exits with -EIO once, right away. */
 static void strategy_case(enum keel_sup_strategy strategy, int fail,
@@ -617,7 +617,7 @@ Test(strategy, one_for_all_stops_temporary_siblings_for_good, .timeout = 10)
 	keel_sup_release(sup);
 }
 
-/* ---- restart types against exit reasons ---------------------------------- */
+/* ---- restart types against exit reasons --------------------------------- */
 
 static bool g_expect_restart;
 static struct keel_exit_info g_seen_exit;
@@ -737,7 +737,7 @@ Test(restart, a_transient_child_cancelled_by_someone_else_stays_down,
 	keel_sup_release(sup);
 }
 
-/* ---- restart intensity, with the test's clock ---------------------------- */
+/* ---- restart intensity, with the test's clock --------------------------- */
 
 /*
  * Kid 0 fails `n` times, its k-th exit at clock times[k] (ms); intensity
@@ -878,8 +878,7 @@ Test(intensity, a_failed_restart_attempt_counts_too, .timeout = 10)
 	keel_sup_release(sup);
 }
 
-/* ---- nested supervisors
- * ------------------------------------------------------ */
+/* ---- nested supervisors ------------------------------------------------- */
 
 static int child_sup_start(struct keel_child_start *cs, void *arg)
 {
@@ -1000,8 +999,7 @@ Test(nested, an_escalation_climbs_two_levels_and_is_traced, .timeout = 10)
 	}
 }
 
-/* ---- shutdown ---------------------------------------------------------------
- */
+/* ---- shutdown ----------------------------------------------------------- */
 
 Test(shutdown, a_child_ignoring_its_cancellation_is_killed_and_drained,
      .timeout = 10)
@@ -1143,8 +1141,7 @@ Test(shutdown, cancelling_its_token_stops_the_children_in_reverse_order,
 	keel_loop_destroy(loop);
 }
 
-/* ---- the initial start ------------------------------------------------------
- */
+/* ---- the initial start -------------------------------------------------- */
 
 Test(start, a_child_failing_to_start_stops_those_started_and_says_why,
      .timeout = 10)
@@ -1230,8 +1227,7 @@ Test(start, an_ignored_child_stays_stopped, .timeout = 10)
 	keel_sup_release(sup);
 }
 
-/* ---- simple_one_for_one, and requests
- * ------------------------------------------ */
+/* ---- simple_one_for_one, and requests ----------------------------------- */
 
 /* A dynamic child: `extra` > 0 is the kid's index, < 0 a start error. */
 static int dyn_start(struct keel_child_start *cs, void *arg)
@@ -1423,8 +1419,7 @@ Test(requests, static_children_are_added_stopped_restarted_and_deleted,
 	keel_sup_release(g_sup);
 }
 
-/* ---- backoff
- * ----------------------------------------------------------------- */
+/* ---- backoff ------------------------------------------------------------ */
 
 static uint64_t g_backoff[16];
 static int g_nbackoff;
@@ -1514,8 +1509,7 @@ Test(backoff, never_bypasses_intensity, .timeout = 10)
 	keel_sup_release(g_sup);
 }
 
-/* ---- actor children
- * ------------------------------------------------------------ */
+/* ---- actor children ----------------------------------------------------- */
 
 #define M_PANIC 1000
 
@@ -1733,8 +1727,7 @@ Test(actor_child, an_on_start_error_is_a_failed_start, .timeout = 10)
 	keel_sup_release(sup);
 }
 
-/* ---- auto_shutdown
- * --------------------------------------------------------------- */
+/* ---- auto_shutdown ------------------------------------------------------ */
 
 Test(auto_shutdown, any_significant_child_ending_stops_the_supervisor,
      .timeout = 10)
@@ -1790,8 +1783,7 @@ Test(auto_shutdown, all_significant_waits_for_the_last_one, .timeout = 10)
 	kt_log_expect(&g_log, want, 6);
 }
 
-/* ---- bad specs
- * ------------------------------------------------------------------- */
+/* ---- bad specs ---------------------------------------------------------- */
 
 Test(spec, bad_specs_are_refused, .timeout = 10)
 {
@@ -1821,8 +1813,7 @@ Test(spec, bad_specs_are_refused, .timeout = 10)
 	keel_loop_destroy(loop);
 }
 
-/* ---- exit reasons, snapshots, dump, metrics
- * ----------------------------------- */
+/* ---- exit reasons, snapshots, dump, metrics ----------------------------- */
 
 Test(introspect, exit_statuses_read_as_otp_reasons)
 {

@@ -141,7 +141,9 @@ struct keel_child_spec {
 /* Backoff between restarts of a child that keeps failing: the n-th quick
  * restart in a row waits min * 2^(n-1), at most max, then +- jitter_pct
  * percent of that, never below min nor above max. A child that stayed up
- * for `period` starts again from min. min_ms 0: no backoff. */
+ * for longer than max before failing starts again from min (it is not in
+ * a crash loop). Uptime is measured on the supervisor's clock (`now`).
+ * min_ms 0: no backoff. */
 struct keel_backoff {
 	uint32_t min_ms;
 	uint32_t max_ms;     /* 0: same as min_ms */
@@ -426,6 +428,13 @@ struct keel_loop *keel_child_start_loop(const struct keel_child_start *start);
 
 /* The child's stable id. */
 struct keel_child_id keel_child_start_id(const struct keel_child_start *start);
+
+/*
+ * The supervisor starting the child: to look its siblings up (an acceptor
+ * finding its connection pool). Valid during the start function; take a
+ * reference (keel_sup_ref()) to keep it.
+ */
+struct keel_sup *keel_child_start_sup(const struct keel_child_start *start);
 
 #ifdef __cplusplus
 }
