@@ -87,6 +87,7 @@ struct sup__child {
 	uint32_t backoff_level; /* quick restarts in a row */
 	uint64_t backoff_ns;
 	uint64_t started_at;	/* the supervisor's clock */
+	uint64_t uptime;	/* how long its last life lasted (0: none) */
 	uint64_t restart_at;	/* CLOCK_MONOTONIC: RESTARTING until then */
 	uint64_t stop_deadline; /* CLOCK_MONOTONIC: killed when passed */
 	bool exited;
@@ -257,7 +258,7 @@ struct sup__link {
 	 * after the started notice (never written again after it). */
 	int start_result;
 	bool start_refused; /* its loop was shutting down: nothing started */
-	bool ready_later;	      /* its readiness comes from the child */
+	bool ready_later;   /* its readiness comes from the child */
 	struct keel_actor *new_actor; /* created by this start (a ref) */
 	struct keel_sup *new_sup;     /* a supervisor child (a ref) */
 	/* The child's loop only. */

@@ -529,9 +529,12 @@ static void exits_push(struct keel_sup *s, struct keel_child_id id)
 		uint32_t cap = s->exits_cap ? s->exits_cap * 2 : 16;
 		struct keel_child_id *v = malloc(cap * sizeof(*v));
 
-		if (!v)
-			return; /* the child stays EXITED: decided at shutdown
-				 */
+		if (!v) {
+			/* It cannot be decided about: stop, rather than leave
+			 * a permanent child down unnoticed. */
+			begin_stopping(s, -ENOMEM);
+			return;
+		}
 		for (uint32_t i = 0; i < s->exits_len; i++)
 			v[i] = s->exits[(s->exits_head + i) % s->exits_cap];
 		free(s->exits);
@@ -578,6 +581,7 @@ static void apply_started(struct keel_sup *s, struct sup__child *ch,
 		ch->started_at = sup_now(s);
 	} else {
 		ch->state = SUP_CH_STOPPED;
+		ch->uptime = 0;
 		drop = ch->link;
 		ch->link = NULL;
 		if (r < 0 && !l->start_refused) {
@@ -616,6 +620,7 @@ static void apply_exited(struct keel_sup *s, struct sup__child *ch,
 		/* It died before it was up: the start failed (an actor's
 		 * on_start, a supervisor's own start). */
 		ch->state = SUP_CH_STOPPED;
+		ch->uptime = 0;
 		ch->start_result =
 		    l->exit_status < 0 ? l->exit_status : -ECHILD;
 		if (!l->loop_stopping) {
@@ -625,10 +630,11 @@ static void apply_exited(struct keel_sup *s, struct sup__child *ch,
 		break;
 	case SUP_CH_RUNNING:
 		ch->state = SUP_CH_EXITED;
+		ch->uptime = sup_now(s) - ch->started_at;
 		break;
 	case SUP_CH_STOPPING:
-		ch->state =
-		    SUP_CH_STOPPED; /* the stop step decides what next */
+		/* The stop step decides where it goes next. */
+		ch->state = SUP_CH_STOPPED;
 		ch->stop_finished = true;
 		break;
 	default:
@@ -787,9 +793,10 @@ static uint64_t backoff_delay(struct keel_sup *s, struct sup__child *ch)
 
 	if (!min)
 		return 0;
-	/* Up for longer than the longest delay: not a crash loop any more
-	 * (as Akka's backoff resets once the child ran for a while). */
-	if (ch->backoff_level && sup_now(s) - ch->started_at > max)
+	/* Its last life was longer than the longest delay: not a crash loop
+	 * (as Akka's backoff resets once the child ran for a while). A start
+	 * that failed lasted no time at all. */
+	if (ch->backoff_level && ch->uptime > max)
 		ch->backoff_level = 0;
 	for (uint32_t i = 0; i < ch->backoff_level && base < max; i++)
 		base *= 2;
@@ -950,6 +957,7 @@ static void begin_start(struct keel_sup *s, struct sup__child *ch)
 	if (err) {
 		lock(s);
 		ch->state = SUP_CH_STOPPED;
+		ch->uptime = 0;
 		ch->start_result = err;
 		ch->start_failures++;
 		s->start_failures++;

@@ -159,8 +159,11 @@ static int kid_start(struct keel_child_start *cs, void *arg)
 		act = k->script[k->starts];
 	k->starts++;
 	kt_log_push(&g_log, EV_START(k->index));
-	if (act.act == ACT_FAIL_START)
+	if (act.act == ACT_FAIL_START) {
+		if (act.clock)
+			g_clock = act.clock;
 		return act.status;
+	}
 	if (act.act == ACT_IGNORE)
 		return KEEL_CHILD_IGNORE;
 	f = keel_child_spawn(cs, &kid_task, KEEL_PRIO_NORMAL);
@@ -1435,10 +1438,26 @@ static int backoff_start(struct keel_child_start *cs, void *arg)
 	return kid_start(cs, arg);
 }
 
+/* Kid 0 follows `steps`; the backoffs of its restarts are recorded. */
+static int backoff_script(const struct act_step *steps, int n, uint32_t min_ms,
+			  uint32_t max_ms, uint32_t jitter, uint32_t intensity,
+			  int want_starts);
+
 static int backoff_case(uint32_t min_ms, uint32_t max_ms, uint32_t jitter,
 			uint32_t intensity, int failures)
 {
 	struct act_step steps[16];
+
+	for (int i = 0; i < failures; i++)
+		steps[i] = (struct act_step){ACT_EXIT, -EIO, 0};
+	return backoff_script(steps, failures, min_ms, max_ms, jitter,
+			      intensity, failures + 1);
+}
+
+static int backoff_script(const struct act_step *steps, int n, uint32_t min_ms,
+			  uint32_t max_ms, uint32_t jitter, uint32_t intensity,
+			  int want_starts)
+{
 	struct keel_child_spec c[1];
 	struct keel_sup_spec spec;
 	struct keel_loop *loop = kt_loop_new(NULL);
@@ -1446,9 +1465,7 @@ static int backoff_case(uint32_t min_ms, uint32_t max_ms, uint32_t jitter,
 
 	memset(g_kids, 0, sizeof(g_kids));
 	g_nbackoff = 0;
-	for (int i = 0; i < failures; i++)
-		steps[i] = (struct act_step){ACT_EXIT, -EIO, 0};
-	script(0, failures, steps);
+	script(0, n, steps);
 	c[0] = kid_spec(0, KEEL_PERMANENT);
 	c[0].start = backoff_start;
 	spec = sup_spec("s", KEEL_ONE_FOR_ONE, intensity, c, 1);
@@ -1456,7 +1473,7 @@ static int backoff_case(uint32_t min_ms, uint32_t max_ms, uint32_t jitter,
 	spec.seed = 42;
 	g_clock = 1; /* constant: every restart is within the period */
 	g_sup = start_sup(loop, &spec);
-	g_want_starts = failures + 1;
+	g_want_starts = want_starts;
 	control(loop, g_sup, started_all);
 	kt_loop_run(loop);
 	cr_assert(g_ctl.done);
@@ -1492,6 +1509,46 @@ Test(backoff, jitter_stays_within_min_and_max, .timeout = 10)
 		cr_expect_geq(g_backoff[i], b / 2, "restart %d", i);
 		cr_expect_leq(g_backoff[i], b + b / 2, "restart %d", i);
 	}
+	keel_sup_release(g_sup);
+}
+
+Test(backoff, a_long_life_starts_the_delays_over, .timeout = 10)
+{
+	/* Lives of 0, 0, then 10 ms (longer than max): 1, 2, then 1 again. */
+	const struct act_step steps[] = {
+	    {ACT_EXIT, -EIO, 0},
+	    {ACT_EXIT, -EIO, 0},
+	    {ACT_EXIT, -EIO, KT_MS(10) + 1},
+	};
+	const uint64_t want_ms[] = {1, 2, 1};
+
+	cr_expect_eq(backoff_script(steps, 3, 1, 4, 0, 10, 4), 0);
+	cr_assert_eq(g_nbackoff, 3);
+	for (int i = 0; i < 3; i++)
+		cr_expect_eq(g_backoff[i], want_ms[i] * 1000000u,
+			     "restart %d waited %llu ns", i,
+			     (unsigned long long)g_backoff[i]);
+	keel_sup_release(g_sup);
+}
+
+Test(backoff, failed_starts_keep_backing_off_as_time_passes, .timeout = 10)
+{
+	/* One crash, then starts that fail while the clock runs far past
+	 * max: a failed start lived no time, the delay keeps growing. */
+	const struct act_step steps[] = {
+	    {ACT_EXIT, -EIO, 0},
+	    {ACT_FAIL_START, -ECONNREFUSED, KT_MS(100)},
+	    {ACT_FAIL_START, -ECONNREFUSED, KT_MS(200)},
+	    {ACT_FAIL_START, -ECONNREFUSED, KT_MS(300)},
+	};
+	const uint64_t want_ms[] = {1, 2, 4, 4};
+
+	cr_expect_eq(backoff_script(steps, 4, 1, 4, 0, 10, 5), 0);
+	cr_assert_eq(g_nbackoff, 4);
+	for (int i = 0; i < 4; i++)
+		cr_expect_eq(g_backoff[i], want_ms[i] * 1000000u,
+			     "restart %d waited %llu ns", i,
+			     (unsigned long long)g_backoff[i]);
 	keel_sup_release(g_sup);
 }
 

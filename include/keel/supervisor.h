@@ -27,6 +27,8 @@
  *               `shutdown` in Erlang, a request to stop, not a failure. A
  *               deadline that ran out (-ETIMEDOUT) is an error.
  *   temporary   never restarted (and forgotten once it exits).
+ * Nothing is restarted on a loop that is shutting down (its root token
+ * cancelled, as when the runtime stops): its children stay stopped.
  *
  * Restart intensity is OTP's add_restart: every restart (and every failed
  * attempt to restart) is time-stamped with the supervisor's clock; the
@@ -140,10 +142,10 @@ struct keel_child_spec {
 
 /* Backoff between restarts of a child that keeps failing: the n-th quick
  * restart in a row waits min * 2^(n-1), at most max, then +- jitter_pct
- * percent of that, never below min nor above max. A child that stayed up
- * for longer than max before failing starts again from min (it is not in
- * a crash loop). Uptime is measured on the supervisor's clock (`now`).
- * min_ms 0: no backoff. */
+ * percent of that, never below min nor above max. A child whose last life
+ * lasted longer than max starts again from min (it is not in a crash
+ * loop); a failed start lasted no time. Lives are measured on the
+ * supervisor's clock (`now`). min_ms 0: no backoff. */
 struct keel_backoff {
 	uint32_t min_ms;
 	uint32_t max_ms;     /* 0: same as min_ms */
