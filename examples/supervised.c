@@ -833,9 +833,10 @@ static int run_server(void)
 	       (unsigned long long)read_count(&app.connections),
 	       (unsigned long long)read_count(&app.errors));
 	printf("supervised: shards restarted %llu times (%llu requests lost "
-	       "at panics), the shards supervisor escalated %llu times\n",
+	       "at panics), the shards supervisor escalated %llu time%s\n",
 	       (unsigned long long)restarts, (unsigned long long)dropped,
-	       (unsigned long long)seen.escalations);
+	       (unsigned long long)seen.escalations,
+	       seen.escalations == 1 ? "" : "s");
 	printf("supervised: top exited with %d (%s)%s\n", server_status,
 	       keel_exit_kind_name(keel_exit_kind_of(server_status)),
 	       st.escalated ? ": the tree gave up" : "");
