@@ -4,6 +4,7 @@
 #   make                 libkeel.a, libkeel.so.0.1.0, examples, tools
 #   make test            install missing packages, build, run every test
 #   make demo            install missing packages, run the echo demo
+#   make demo-supervised the supervision-tree demo (a KV server that crashes)
 #   make bench           keel's micro-benchmarks (+ the peer harness if found)
 #   make install/uninstall   honour DESTDIR, prefix, libdir, includedir
 #   SANITIZE=address,undefined make test    (or SANITIZE=thread)
@@ -73,8 +74,8 @@ STATIC := $(BUILD)/libkeel.a
 SHARED := $(BUILD)/libkeel.so.$(VERSION)
 HEADERS := include/keel.h $(wildcard include/keel/*.h)
 
-.PHONY: all lib examples tools tests check test demo bench deps install \
-	uninstall clean format format-check
+.PHONY: all lib examples tools tests check test demo demo-supervised bench \
+	deps install uninstall clean format format-check
 
 all: lib examples tools
 
@@ -136,6 +137,11 @@ demo:
 	$(Q)$(MAKE) deps
 	$(Q)$(MAKE) all
 	$(Q)BUILD=$(BUILD) sh tools/demo.sh
+
+demo-supervised:
+	$(Q)$(MAKE) deps
+	$(Q)$(MAKE) all
+	$(Q)BUILD=$(BUILD) sh tools/demo-supervised.sh
 
 bench:
 	$(Q)$(MAKE) deps

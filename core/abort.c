@@ -92,7 +92,9 @@ void keel__task_aborted(struct keel__core *c, struct keel_task *t)
 		x->abort.message =
 		    strdup(c->panic.message ? c->panic.message : "");
 	}
-	/* The cleanups run now; a panic inside one is fatal. */
+	/* The cleanups run now, seeing the exit status in keel_res(); a
+	 * panic inside one is fatal. */
+	t->res = KEEL_ABORTED;
 	c->unwinding = t;
 	keel__task_run_defers(t);
 	c->unwinding = NULL;

@@ -30,6 +30,7 @@
 #define KEEL__T_EXITED	 0x08 /* ran its last step; runs no more code */
 #define KEEL__T_RELEASED 0x10 /* joined or detached: free when ops drain */
 #define KEEL__T_EXTERNAL 0x20 /* waits on another thread (a mailbox) */
+#define KEEL__T_KILLED	 0x40 /* killed: runs no more code (core/kill.c) */
 
 /* What a step function returns after KEEL_EXIT. */
 #define KEEL__EXITED 2
@@ -167,6 +168,10 @@ struct keel__task_ext {
 	struct keel_abort abort;	/* why it aborted (message owned) */
 	struct keel_abort joined_abort; /* last joined task's (owned) */
 	struct keel__waiter waiter;	/* its queue wait, if any */
+	/* A killed task whose wait could not be undone at once finishes
+	 * dying from its own loop's inbox when that wait ends (kill.c). */
+	struct keel__remote_item kill_item;
+	bool kill_pending;
 };
 
 /* A cancellation token (see keel/cancel.h). */
@@ -343,6 +348,10 @@ void keel__task_aborted(struct keel__core *c, struct keel_task *t);
 void keel__abort_transfer(struct keel_task *from, struct keel_abort *to);
 void keel__abort_clear(struct keel_abort *a);
 
+/* Mailboxes (core/mailbox.c): open a closed mailbox again (owner loop;
+ * nobody may be blocked on it). For actors that a supervisor restarts. */
+void keel__mb_reopen(struct keel_mailbox *mb);
+
 /* Scopes (core/scope.c): a child of a scope exited with `status`. */
 void keel__scope_child_exited(struct keel_task *t, int status);
 void keel__scope_orphan_all(struct keel_task *owner);
@@ -360,8 +369,14 @@ void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
 int keel__core_init(struct keel__core *c);
 void keel__core_fini(struct keel__core *c);
 
-/* Make a waiting task runnable (no-op if it already is, or has exited). */
+/*
+ * Make a waiting task runnable (no-op if it already is, or has exited; a
+ * killed task finishes dying instead).
+ */
 void keel__task_wake(struct keel_task *t);
+
+/* A killed task's last wait ended: finish killing it (core/kill.c). */
+void keel__task_kill_later(struct keel_task *t);
 
 /* Wake `t` with `res` as the result of its await. */
 static inline void keel__task_complete(struct keel_task *t, int res)

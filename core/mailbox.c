@@ -620,6 +620,12 @@ void keel_mb_close(struct keel_mailbox *mb)
 	deliver(mb);
 }
 
+void keel__mb_reopen(struct keel_mailbox *mb)
+{
+	/* Closing woke every blocked sender with -EPIPE: none is left. */
+	__atomic_store_n(&mb->closed, 0, __ATOMIC_SEQ_CST);
+}
+
 void keel_mb_stats(struct keel_mailbox *mb, struct keel_mb_stats *out)
 {
 	uint64_t renq = __atomic_load_n(&mb->renq, __ATOMIC_RELAXED);

@@ -138,8 +138,12 @@ void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
 
 void keel__task_wake(struct keel_task *t)
 {
-	if (t->flags & (KEEL__T_QUEUED | KEEL__T_EXITED))
+	if (t->flags & (KEEL__T_QUEUED | KEEL__T_EXITED | KEEL__T_KILLED)) {
+		/* Killed, and this wake was on its way: its last wait. */
+		if (!(t->flags & (KEEL__T_QUEUED | KEEL__T_EXITED)))
+			keel__task_kill_later(t);
 		return;
+	}
 	enqueue(keel__core_of(t->loop), t);
 }
 
@@ -206,8 +210,15 @@ int keel__task_exit(struct keel_task *t, int status)
 {
 	struct keel__core *c = keel__core_of(t->loop);
 
+	/* The cleanups see the exit status in keel_res() (a supervisor's
+	 * link reports it from there). */
+	t->res = status;
 	keel__task_run_defers(t);
 	t->res = status;
+	/* Shields still up (an abort or a kill came in the middle) hold
+	 * references on their tokens: give them back. */
+	while (t->ext && t->ext->shield)
+		keel_shield_end(t, t->ext->shield);
 	t->flags = (uint8_t)((t->flags & ~KEEL__T_WAITING) | KEEL__T_EXITED);
 	c->count.exited++;
 	c->count.live--;

@@ -21,6 +21,7 @@
 #include <keel/resilience.h>
 #include <keel/runtime.h>
 #include <keel/scope.h>
+#include <keel/supervisor.h>
 #include <keel/sync.h>
 #include <keel/task.h>
 #include <keel/timer.h>

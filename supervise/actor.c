@@ -33,8 +33,19 @@
  * - A waiting envelope (struct envelope_box) is owned by two sides, its
  *   sender's and, once posted, the mailbox's: the actor may handle it
  *   while its sender's wake is still on the way. It goes with the last.
+ *
+ * Supervised actors (supervise/supervisor.c) have incarnations: when one
+ * goes down, its supervisor may start another behind the same handle
+ * (keel__actor_start_supervised). Each incarnation has a new `generation`;
+ * an ask carries the one it was sent to, so an ask queued for an
+ * incarnation that went down fails with -EPIPE instead of reaching the
+ * next. With `keep_mailbox`, the tells still queued when it went down are
+ * kept in `carry` (in order) and handed to the next incarnation first;
+ * without, they are dropped like any left-over message. While down, tells
+ * and asks fail at once with -EPIPE, as for any actor that is down.
  */
 #include "core.h"
+#include "supervise.h"
 
 #include <errno.h>
 #include <keel/actor.h>
@@ -56,8 +67,8 @@
 
 struct keel_actor {
 	uint32_t refs; /* atomic */
-	int down;      /* atomic: set once, by actor_down() */
-	uint32_t generation;
+	int down;      /* atomic: set by actor_down(), cleared by a restart */
+	uint32_t generation; /* atomic: a new one per incarnation */
 	struct keel_loop *loop;
 	struct keel_mailbox *mb;
 	struct keel_actor_spec spec;
@@ -65,8 +76,19 @@ struct keel_actor {
 	struct keel_actor_ctx ctx;
 	struct keel_envelope *current; /* being handled */
 	bool started;		       /* on_start succeeded */
-	int exit_status;	       /* written before `down` */
-	uint64_t next_request;	       /* atomic */
+	int exit_status;	       /* atomic, written before `down` */
+	bool supervised;	       /* may be restarted (immutable) */
+	bool keep_mailbox;	       /* queued tells survive a restart */
+	/* Tells kept for the next incarnation (keep_mailbox), oldest at
+	 * carry[carry_head]: the actor's loop, or whoever holds the last
+	 * reference once no incarnation can follow. */
+	struct keel_envelope **carry; /* under `lock` */
+	uint32_t carry_head, carry_len, carry_cap;
+	bool retired; /* no incarnation will follow: keep nothing */
+	/* The incarnation's supervisor hears when on_start succeeded. */
+	void (*on_ready)(void *arg);
+	void *ready_arg;
+	uint64_t next_request; /* atomic */
 	uint64_t handled, asks, replies, late_replies, unanswered,
 	    panic_drops; /* relaxed atomic counters */
 	/* Sends waiting for room (struct envelope_box), from any loop. */
@@ -84,6 +106,8 @@ struct actor_frame {
 	struct keel_task task;
 	struct keel_actor *actor;
 	void *msg;
+	struct keel_envelope *kept; /* a tell kept from the last incarnation */
+	unsigned batch;		    /* kept tells handled since a yield */
 	int status;
 	bool stopping; /* `status` is final: a normal exit */
 	bool down_registered;
@@ -111,6 +135,7 @@ struct envelope_box {
 static uint32_t next_generation;
 
 static int actor_step(struct keel_task *t);
+static void carry_drop(struct keel_actor *a);
 static KEEL_TASK_TYPE(keel_actor_task, struct actor_frame, task, actor_step);
 
 /* ---- the handle --------------------------------------------------------- */
@@ -125,8 +150,11 @@ void keel_actor_release(struct keel_actor *a)
 {
 	if (__atomic_sub_fetch(&a->refs, 1, __ATOMIC_ACQ_REL))
 		return;
-	/* Envelopes still queued (the task never ran) go to on_drop. */
+	/* Envelopes still queued (the task never ran), or kept for an
+	 * incarnation that will not come, go to on_drop. */
 	__atomic_store_n(&a->down, 1, __ATOMIC_SEQ_CST);
+	carry_drop(a);
+	free(a->carry);
 	keel_mailbox_release(a->mb);
 	pthread_mutex_destroy(&a->lock);
 	free(a);
@@ -144,7 +172,7 @@ const char *keel_actor_name(const struct keel_actor *a)
 
 uint32_t keel_actor_generation(const struct keel_actor *a)
 {
-	return a->generation;
+	return LOAD(&a->generation);
 }
 
 void keel_actor_stats(struct keel_actor *a, struct keel_actor_stats *out)
@@ -157,7 +185,8 @@ void keel_actor_stats(struct keel_actor *a, struct keel_actor_stats *out)
 	out->panic_drops = READ_COUNT(&a->panic_drops);
 	keel_mb_stats(a->mb, &out->mailbox);
 	out->alive = keel_actor_alive(a);
-	out->exit_status = out->alive ? 0 : a->exit_status;
+	out->exit_status =
+	    out->alive ? 0 : __atomic_load_n(&a->exit_status, __ATOMIC_RELAXED);
 }
 
 /* ---- envelopes ---------------------------------------------------------- */
@@ -171,7 +200,7 @@ static struct keel_envelope *envelope_new(struct keel_actor *a, void *payload,
 	if (env) {
 		env->payload = payload;
 		env->actor = a;
-		env->generation = a->generation;
+		env->generation = LOAD(&a->generation);
 		env->deadline = UINT64_MAX;
 	}
 	return env;
@@ -267,12 +296,74 @@ uint64_t keel_envelope_deadline(const struct keel_envelope *msg)
 /* ---- down: one exit path ------------------------------------------------ */
 
 /* Fail whatever is still in the mailbox (the actor's loop). */
+/* Keep a tell for the next incarnation; false: drop it instead. */
+static bool carry_push(struct keel_actor *a, struct keel_envelope *env)
+{
+	bool kept = false;
+
+	pthread_mutex_lock(&a->lock);
+	if (a->retired)
+		goto out;
+	if (a->carry_len == a->carry_cap && a->carry_head) {
+		a->carry_len -= a->carry_head;
+		memmove(a->carry, a->carry + a->carry_head,
+			a->carry_len * sizeof(*a->carry));
+		a->carry_head = 0;
+	}
+	if (a->carry_len == a->carry_cap) {
+		uint32_t cap = a->carry_cap ? a->carry_cap * 2 : 16;
+		struct keel_envelope **c = realloc(a->carry, cap * sizeof(*c));
+
+		if (!c)
+			goto out;
+		a->carry = c;
+		a->carry_cap = cap;
+	}
+	a->carry[a->carry_len++] = env;
+	kept = true;
+out:
+	pthread_mutex_unlock(&a->lock);
+	return kept;
+}
+
+/* The oldest kept tell, or NULL. */
+static struct keel_envelope *carry_pop(struct keel_actor *a)
+{
+	struct keel_envelope *env = NULL;
+
+	pthread_mutex_lock(&a->lock);
+	if (a->carry_head < a->carry_len)
+		env = a->carry[a->carry_head++];
+	if (a->carry_head == a->carry_len)
+		a->carry_head = a->carry_len = 0;
+	pthread_mutex_unlock(&a->lock);
+	return env;
+}
+
+/* Drop every kept tell (to on_drop), outside the lock: on_drop is the
+ * user's and may send to this actor. */
+static void carry_drop(struct keel_actor *a)
+{
+	struct keel_envelope *env;
+
+	while ((env = carry_pop(a)))
+		envelope_discard(env, -EPIPE);
+}
+
+/* Fail whatever is still in the mailbox (the actor's loop); with
+ * keep_mailbox, tells are kept for the next incarnation instead. */
 static void drain_mailbox(struct keel_actor *a)
 {
 	void *msg;
 
-	while (keel_mb_try_recv(a->mb, &msg) == 0)
-		envelope_discard(msg, -EPIPE);
+	while (keel_mb_try_recv(a->mb, &msg) == 0) {
+		struct keel_envelope *env = msg;
+
+		if (a->keep_mailbox && !(env->flags & ENV_ASK) &&
+		    carry_push(a, env))
+			continue;
+		envelope_discard(env, -EPIPE);
+	}
 }
 
 static void drain_run(struct keel_loop *loop, struct keel__remote_item *it)
@@ -282,7 +373,10 @@ static void drain_run(struct keel_loop *loop, struct keel__remote_item *it)
 
 	(void)loop;
 	__atomic_store_n(&a->drain_posted, 0, __ATOMIC_SEQ_CST);
-	drain_mailbox(a);
+	/* Up again (a supervisor restarted it meanwhile): what came in is
+	 * the new incarnation's to handle. */
+	if (LOAD(&a->down))
+		drain_mailbox(a);
 	keel_actor_release(a); /* the poster's */
 }
 
@@ -321,11 +415,15 @@ static void actor_down(void *arg)
 	struct actor_frame *f = arg;
 	struct keel_actor *a = f->actor;
 	struct keel__core *c = keel__core_of(a->loop);
-	int status = f->stopping		? f->status
-		     : c->unwinding == &f->task ? KEEL_ABORTED
-						: -ECANCELED;
+	/* Unwound without stopping: a panic, or a kill (whose status is the
+	 * cancellation's), or a loop torn down under it. */
+	bool panicked =
+	    c->unwinding == &f->task && !(f->task.flags & KEEL__T_KILLED);
+	int status = f->stopping ? f->status
+		     : panicked	 ? KEEL_ABORTED
+				 : -ECANCELED;
 
-	a->exit_status = status;
+	__atomic_store_n(&a->exit_status, status, __ATOMIC_RELAXED);
 	__atomic_exchange_n(&a->down, 1, __ATOMIC_SEQ_CST); /* see post() */
 	keel_mb_close(a->mb);
 	/* The behaviour panicked mid-message: its asker must not wait. */
@@ -351,8 +449,10 @@ static int handle(struct keel_actor *a, struct keel_envelope *env)
 {
 	int rc;
 
-	if (env->generation != a->generation) {
-		/* For an earlier incarnation (a restart): not ours. */
+	if (env->generation != LOAD(&a->generation) &&
+	    (!a->keep_mailbox || (env->flags & ENV_ASK))) {
+		/* For an earlier incarnation (a restart): not ours, unless
+		 * it is a tell and the mailbox is meant to survive. */
 		envelope_discard(env, -EPIPE);
 		return 0;
 	}
@@ -373,6 +473,8 @@ static int actor_step(struct keel_task *t)
 	int rc;
 
 	KEEL_BEGIN(t);
+	if (!a) /* a supervised start that ran out of memory */
+		KEEL_EXIT(t, -ENOMEM);
 	if (!f->down_registered) {
 		f->status = -ENOMEM;
 		f->stopping = true;
@@ -387,6 +489,22 @@ static int actor_step(struct keel_task *t)
 		}
 	}
 	a->started = true;
+	if (a->on_ready) {
+		a->on_ready(a->ready_arg);
+		a->on_ready = NULL;
+	}
+	/* Tells kept from the last incarnation come before any newer one. */
+	while ((f->kept = carry_pop(a))) {
+		rc = handle(a, f->kept);
+		if (rc) {
+			f->status = rc == KEEL_ACTOR_STOP ? 0 : rc;
+			goto out;
+		}
+		if (++f->batch == 64) {
+			f->batch = 0;
+			KEEL_YIELD(t);
+		}
+	}
 	for (;;) {
 		KEEL_AWAIT(t, keel_mb_recv(t, a->mb, &f->msg));
 		if (keel_res(t) < 0) {
@@ -421,6 +539,11 @@ static void actor_init(void *frame, void *arg)
 
 static void stop_run(struct keel_loop *loop, struct keel__remote_item *it);
 
+static uint32_t new_generation(void)
+{
+	return __atomic_add_fetch(&next_generation, 1, __ATOMIC_RELAXED);
+}
+
 /* A handle with two references: the caller's and the task's. */
 static int actor_new(struct keel_loop *loop, const struct keel_actor_spec *spec,
 		     void *state, struct keel_actor **out)
@@ -445,8 +568,7 @@ static int actor_new(struct keel_loop *loop, const struct keel_actor_spec *spec,
 		return err;
 	}
 	a->refs = 2;
-	a->generation =
-	    __atomic_add_fetch(&next_generation, 1, __ATOMIC_RELAXED);
+	a->generation = new_generation();
 	a->loop = loop;
 	a->ctx.self = a;
 	a->ctx.state = state;
@@ -501,12 +623,94 @@ int keel_actor_spawn_on(struct keel_loop *loop,
 	return 0;
 }
 
+/* ---- supervised incarnations (supervise/supervise.h) -------------------- */
+
+/* A down supervised actor becomes a new incarnation (its loop). */
+static void reincarnate(struct keel_actor *a,
+			const struct keel_actor_spec *spec, void *state)
+{
+	/* Only the fields the actor's own loop reads: other threads read the
+	 * name and the mailbox options, which stay as they were. */
+	a->spec.behaviour = spec->behaviour;
+	a->spec.on_start = spec->on_start;
+	a->spec.on_stop = spec->on_stop;
+	a->ctx.state = state;
+	a->current = NULL;
+	a->started = false;
+	__atomic_store_n(&a->generation, new_generation(), __ATOMIC_RELEASE);
+	keel__mb_reopen(a->mb); /* a graceful stop closed it */
+}
+
+int keel__actor_start_supervised(struct keel_loop *loop, struct keel_actor **ap,
+				 struct keel__actor_incarnation *inc)
+{
+	const struct keel_actor_spec *spec = inc->spec;
+	struct keel_actor *a = *ap;
+	struct actor_frame *f;
+	int err;
+
+	if (keel__current_core != keel__core_of(loop))
+		return -EXDEV;
+	if (!spec || !spec->behaviour ||
+	    (unsigned)spec->prio >= KEEL_PRIO_CLASSES)
+		return -EINVAL;
+	if (a && (!LOAD(&a->down) || a->ctx.task || a->loop != loop))
+		return a->loop != loop ? -EXDEV : -EBUSY;
+	if (!a) {
+		err = actor_new(loop, spec, inc->state, &a);
+		if (err)
+			return err;
+		a->supervised = true;
+		a->keep_mailbox = inc->keep_mailbox;
+	} else {
+		keel_actor_ref(a); /* the new task's */
+		reincarnate(a, spec, inc->state);
+	}
+	f = keel_spawn(loop, &keel_actor_task, (unsigned)spec->prio);
+	if (!f)
+		goto fail;
+	/* The supervisor's cleanup first, so that it runs after the actor's
+	 * own (LIFO): it then reports the final status and drop count. If it
+	 * cannot be pushed, the task exits at its first step, unsupervised
+	 * and harmless (no actor attached). */
+	if (inc->on_exit && keel_defer(&f->task, inc->on_exit, inc->exit_arg))
+		goto fail;
+	a->on_ready = inc->on_ready;
+	a->ready_arg = inc->ready_arg;
+	actor_init(f, a);
+	if (*ap) /* up again: senders may send */
+		__atomic_exchange_n(&a->down, 0, __ATOMIC_SEQ_CST);
+	*ap = a;
+	inc->task = &f->task;
+	return 0;
+fail:
+	keel_actor_release(a); /* the task's */
+	if (!*ap)
+		keel_actor_release(a); /* the caller's */
+	return -ENOMEM;
+}
+
+void keel__actor_retire(struct keel_actor *a)
+{
+	pthread_mutex_lock(&a->lock);
+	a->retired = true;
+	pthread_mutex_unlock(&a->lock);
+	carry_drop(a);
+}
+
+uint64_t keel__actor_panic_drops(const struct keel_actor *a)
+{
+	return READ_COUNT(&a->panic_drops);
+}
+
 static void stop_run(struct keel_loop *loop, struct keel__remote_item *it)
 {
 	struct keel_actor *a =
 	    keel_container_of(it, struct keel_actor, stop_item);
 
 	(void)loop;
+	/* Done with the item: a restarted actor can be stopped again. */
+	__atomic_store_n(&a->stop_posted, 0, __ATOMIC_RELEASE);
 	/* The task drains what is queued, then its receive gets -EPIPE. */
 	keel_mb_close(a->mb);
 	keel_actor_release(a); /* the stopper's */

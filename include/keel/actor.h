@@ -33,6 +33,11 @@
  *
  * A handle outlives its actor (it then reports -EPIPE) but not the actor's
  * loop: do not send to an actor whose loop has been destroyed.
+ *
+ * An actor started by a supervisor (keel_child_spawn_actor(), see
+ * keel/supervisor.h) has incarnations behind one handle: while it is down
+ * it reports -EPIPE and keel_actor_alive() is false; once restarted the
+ * same handle works again, with a new keel_actor_generation().
  */
 #ifndef KEEL_ACTOR_H
 #define KEEL_ACTOR_H

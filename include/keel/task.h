@@ -239,6 +239,22 @@ int keel_join(struct keel_task *self, struct keel_task *target);
 /* Give up joining a joinable task: its frame goes when it is done. */
 void keel_task_detach(struct keel_task *target);
 
+/*
+ * Kill `t`, from a task or callback of t's loop (not from t itself): no
+ * more of its code runs. Its wait is undone (its token is cancelled, so a
+ * wake already on its way from another thread gives up), its defers run
+ * (LIFO; a panic in one is fatal, as during an abort), it exits with
+ * -ECANCELED (its joiner, scope or supervisor sees that), and its ops in
+ * flight are cancelled: the frame, and the buffers in it, are freed only
+ * when the kernel has returned every one of them. Use it when a task does
+ * not answer its cancellation in time (a supervisor's brutal_kill); prefer
+ * keel_task_cancel(), which lets the task clean up itself.
+ * Returns 0 (it is dead, or dies as soon as a wake already on its way from
+ * another thread arrives), -ESRCH (already exited), -EDEADLK (t is the
+ * running task), -EXDEV (called on another loop's thread), -ENOMEM.
+ */
+int keel_task_kill(struct keel_task *t);
+
 /* Await the next loop turn. */
 int keel_yield(struct keel_task *t);
 
@@ -250,8 +266,10 @@ int keel__task_exit(struct keel_task *t, int status);
 
 /*
  * The defer stack: cleanups registered where a resource is acquired, run
- * last-in first-out when the task exits (and, later, when it aborts), or
- * down to a mark. A callback runs on the loop's thread and must not await.
+ * last-in first-out when the task exits, aborts or is killed, or down to a
+ * mark. A callback runs on the loop's thread and must not await. While the
+ * cleanups of an exiting task run, keel_res() is its exit status (as a
+ * joiner will see it: KEEL_ABORTED after a panic, -ECANCELED after a kill).
  */
 typedef void (*keel_defer_fn)(void *arg);
 
