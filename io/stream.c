@@ -31,6 +31,7 @@
 #define S_ENDED	  0x08 /* `end` holds the final result */
 #define S_STARVED 0x10 /* recv: waiting for a buffer (-ENOBUFS) */
 #define S_BACKOFF 0x20 /* accept: paused by EMFILE & co */
+#define S_PAUSING 0x40 /* recv: cancelled for backpressure (queue full) */
 
 #define CHUNK_BLOCK	   256
 #define ACCEPT_BACKOFF_MIN (10ull * 1000 * 1000)
@@ -163,6 +164,7 @@ static void recv_finalise(struct keel__io *io, struct keel_recv_stream *s)
 	struct keel__op *op = stream_op(io, s->op);
 
 	drop_queue(io, &s->head, &s->tail, false);
+	s->queued = 0;
 	if (s->state & S_STARVED)
 		keel__bufring_unwait(s->ring, s);
 	keel__bufring_stream_ref(s->ring, -1);
@@ -170,6 +172,8 @@ static void recv_finalise(struct keel__io *io, struct keel_recv_stream *s)
 	s->op = 0;
 	keel__op_release_quiet(io, op);
 }
+
+static void recv_rearm(struct keel__io *io, struct keel_recv_stream *s);
 
 /* Move the first queued chunk into `out`; returns its length. */
 static int recv_pop(struct keel__io *io, struct keel_recv_stream *s,
@@ -186,6 +190,14 @@ static int recv_pop(struct keel__io *io, struct keel_recv_stream *s,
 	out->bid = c->bid;
 	out->flags = 0;
 	keel__chunk_put(io, c);
+	s->queued--;
+	/* Paused by a full queue and half of it taken: receive again. */
+	if ((s->state & S_PAUSING) && !(s->state & S_ARMED) &&
+	    s->queued <= s->limit / 2) {
+		s->state &= (uint16_t)~S_PAUSING;
+		if (!(s->state & (S_CLOSED | S_ENDED | S_STARVED)))
+			recv_rearm(io, s);
+	}
 	return (int)out->len;
 }
 
@@ -258,6 +270,13 @@ static void recv_cqe(struct keel__io *io, struct keel__op *op, int res,
 		else
 			s->head = first;
 		s->tail = last;
+		s->queued = (uint16_t)(s->queued + n);
+		/* Backpressure: enough queued, stop receiving for now. */
+		if (more && s->queued >= s->limit &&
+		    !(op->flags & KEEL__OP_CANCEL_SENT)) {
+			s->state |= S_PAUSING;
+			keel__op_send_cancel(io, op);
+		}
 	} else if (n < 0) {
 		recv_end(s, n);
 		if (more && !(op->flags & KEEL__OP_CANCEL_SENT)) {
@@ -266,6 +285,7 @@ static void recv_cqe(struct keel__io *io, struct keel__op *op, int res,
 	}
 	if (s->state & S_CLOSED) {
 		drop_queue(io, &s->head, &s->tail, false);
+		s->queued = 0;
 		if (!(s->state & S_ARMED))
 			recv_finalise(io, s);
 		return;
@@ -279,10 +299,24 @@ static void recv_cqe(struct keel__io *io, struct keel__op *op, int res,
 			 * never an immediate re-arm, which could spin). */
 			s->state |= S_STARVED;
 			keel__bufring_wait(s->ring, s);
+		} else if ((s->state & S_PAUSING) &&
+			   (res == -ECANCELED || res >= 0) &&
+			   !keel__task_cancel_cause(s->task)) {
+			/* Paused for backpressure: keel_recv_next() and
+			 * keel_recv_try() re-arm once the queue drains. */
+			if (s->queued <= s->limit / 2) {
+				s->state &= (uint16_t)~S_PAUSING;
+				recv_rearm(io, s);
+			}
 		} else if (res < 0) {
 			recv_end(s, end_result(s->task, res));
 		} else if (!(s->state & S_ENDED)) {
-			recv_rearm(io, s); /* the kernel ended it early */
+			/* The kernel ended it early: re-arm, unless the
+			 * queue is full (then as if paused). */
+			if (s->queued >= s->limit)
+				s->state |= S_PAUSING;
+			else
+				recv_rearm(io, s);
 		}
 	}
 	recv_deliver(s);
@@ -295,6 +329,7 @@ static void recv_close(struct keel__io *io, struct keel_recv_stream *s)
 	s->state |= S_CLOSED;
 	s->state &= (uint16_t)~S_WAITING;
 	drop_queue(io, &s->head, &s->tail, false);
+	s->queued = 0;
 	if (s->state & S_ARMED)
 		keel__op_send_cancel(io, stream_op(io, s->op));
 	else
@@ -361,6 +396,8 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 	s->end = 0;
 	s->state = 0;
 	s->flags = (uint16_t)flags;
+	s->queued = 0;
+	s->limit = KEEL_RECV_QUEUE_DEFAULT;
 	keel__bufring_stream_ref(ring, 1);
 	int err = recv_arm(io, s);
 
@@ -396,6 +433,7 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 		return keel__task_ready(t, cause);
 	}
 	if (!(s->state & (S_ARMED | S_STARVED))) {
+		s->state &= (uint16_t)~S_PAUSING; /* the queue is empty */
 		if (keel__bufring_has_free(s->ring))
 			recv_rearm(io, s);
 		else {
@@ -407,6 +445,14 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 	}
 	s->state |= S_WAITING;
 	return keel__task_suspend(t);
+}
+
+int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit)
+{
+	if (limit < 1 || limit > 4096)
+		return -EINVAL;
+	s->limit = (uint16_t)limit;
+	return 0;
 }
 
 int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out)

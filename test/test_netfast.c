@@ -1021,6 +1021,28 @@ Test(netfast, recv_stream_small_socket_buffers_many_pieces, .timeout = 20)
 	});
 }
 
+/*
+ * Backpressure: a reader that stops taking chunks holds about its
+ * stream's queue limit (32 by default, plus the CQEs reaped before the
+ * cancel is submitted) of a large ring, not the whole ring; nothing lost.
+ */
+Test(netfast, stalled_reader_holds_its_queue_limit_not_the_ring, .timeout = 60)
+{
+	run_xfer(&(struct xfer_cfg){
+	    .count = 1024,
+	    .size = 64,
+	    .total = 1 * MIB,
+	    .stall_at = 10,
+	    .reply = 1,
+	});
+	cr_assert(g_rx.stalled);
+	/* The cancel goes in with the next enter: the CQEs reaped before it
+	 * still queue (here ~25 more); without the limit all 1024 go. */
+	cr_assert_leq(g_rx.stall_lent, 4 * KEEL_RECV_QUEUE_DEFAULT,
+		      "%u of 1024 buffers lent while the reader stalled",
+		      g_rx.stall_lent);
+}
+
 /* ---- 3. -ENOBUFS with a tiny ring ------------------------------------- */
 
 Test(netfast, tiny_ring_two_buffers_loses_nothing_on_enobufs, .timeout = 60)

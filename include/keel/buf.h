@@ -127,7 +127,12 @@ struct keel_recv_stream {
 	int32_t end;	/* the final result, once known */
 	uint16_t state; /* private bits */
 	uint16_t flags;
+	uint16_t queued; /* chunks received, not yet taken */
+	uint16_t limit;	 /* pause receiving at this many */
 };
+
+/* Chunks a stream queues before it stops receiving (default). */
+#define KEEL_RECV_QUEUE_DEFAULT 32
 
 /*
  * Open a stream on socket `fd` for task `t`, receiving into `ring`
@@ -147,6 +152,16 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
  */
 int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 		   struct keel_buf *out);
+
+/*
+ * Backpressure: a stream that has `limit` chunks (1..4096) received but not
+ * taken stops receiving (its multishot recv is cancelled, the data waits in
+ * the socket, TCP slows the sender) and resumes when the task has taken
+ * half of them. So one fast sender cannot take every buffer of a shared
+ * ring (which could deadlock a proxy). Default KEEL_RECV_QUEUE_DEFAULT.
+ * Returns 0 or -EINVAL.
+ */
+int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit);
 
 /*
  * Take a chunk already received, without waiting (to gather several into
