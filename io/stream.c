@@ -89,6 +89,19 @@ static struct keel__op *stream_op(struct keel__io *io, uint32_t op)
 	return keel__op_at(&io->ledger, op - 1);
 }
 
+/* A stream's "latency" in traces: the wait since it was armed or since
+ * its previous CQE (for a recv, the time between arrivals). */
+static uint64_t stream_wait_ns(struct keel__io *io, struct keel__op *op)
+{
+	if (!io->core.trace || !op->trace_ns)
+		return 0;
+	uint64_t now = keel__trace_clock();
+	uint64_t wait = now - op->trace_ns;
+
+	op->trace_ns = now;
+	return wait;
+}
+
 /* The result a cancelled request reports: the token's cause if any. */
 static int end_result(struct keel_task *t, int res)
 {
@@ -127,6 +140,7 @@ static int recv_arm(struct keel__io *io, struct keel_recv_stream *s)
 	op->pending = 1;
 	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
 	op->start_ns = io->now;
+	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
 	s->state |= S_ARMED;
 	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, s->task->id,
 		    op->index, 0);
@@ -259,7 +273,7 @@ static void recv_cqe(struct keel__io *io, struct keel__op *op, int res,
 	int n = keel__bufring_take(io, s->ring, cqe_flags, res, &first, &last);
 
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, s->task->id,
-		    (int64_t)res, 0);
+		    (int64_t)res, stream_wait_ns(io, op));
 	if (!more) {
 		s->state &= (uint16_t)~S_ARMED;
 		op->pending = 0;
@@ -484,6 +498,7 @@ static int accept_arm(struct keel__io *io, struct keel_accept_stream *s)
 	op->pending = 1;
 	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
 	op->start_ns = io->now;
+	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
 	s->state |= S_ARMED;
 	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, s->task->id,
 		    op->index, 0);
@@ -580,7 +595,7 @@ static void accept_cqe(struct keel__io *io, struct keel__op *op, int res,
 	bool more = cqe_flags & IORING_CQE_F_MORE;
 
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, s->task->id,
-		    (int64_t)res, 0);
+		    (int64_t)res, stream_wait_ns(io, op));
 	if (!more) {
 		s->state &= (uint16_t)~S_ARMED;
 		op->pending = 0;
