@@ -123,8 +123,7 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 	size_t ntries = sizeof(try_default) / sizeof(try_default[0]);
 	int err = -EINVAL;
 
-	if (flags &
-	    ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER | KEEL_LOOP_NO_BATCH_WAIT))
+	if (flags & ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER))
 		return -EINVAL;
 	/* Checked here: the kernel's -EINVAL would read as a missing flag. */
 	if (sq > KEEL__MAX_SQ || cq < sq || cq > KEEL__MAX_CQ)

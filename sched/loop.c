@@ -60,10 +60,7 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	keel__watchdog_add(loop);
 	loop->budget = opts && opts->budget ? opts->budget : 256;
 	loop->spin_ns = opts ? opts->spin_ns : 0;
-	loop->batch_wait_ns =
-	    opts && opts->batch_wait_ns ? opts->batch_wait_ns : 50000;
-	if (opts && (opts->flags & KEEL_LOOP_NO_BATCH_WAIT))
-		loop->batch_wait_ns = 0;
+	loop->batch_wait_ns = opts ? opts->batch_wait_ns : 0;
 	loop->io.now = keel__clock_now();
 	*out = loop;
 	return 0;
@@ -252,10 +249,11 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 	if (wait)
 		KEEL__TRACE(&io->core, KEEL_EV_LOOP_IDLE, 0, UINT32_MAX, wait,
 			    0);
-	/* Busy (several CQEs per wake-up lately): wait a little for half
-	 * as many, so that one enter serves more requests. At worst a wake
-	 * is batch_wait_ns late, and only while the loop is busy. */
-	unsigned want = loop->batch_avg / 32;
+	/* Opt-in batching (batch_wait_ns): busy, with several CQEs per
+	 * wake-up lately, wait a little for as many again, so that one enter
+	 * serves more requests. At worst a wake is batch_wait_ns late, and
+	 * only while the loop is busy. */
+	unsigned want = loop->batch_avg / 16;
 
 	if (wait != 0 && want >= 2 && loop->batch_wait_ns) {
 		int64_t bw = loop->batch_wait_ns;

@@ -238,14 +238,20 @@ run_enters() {
 	t=$(date +%s)
 	local dur=3
 	[[ $QUICK == 1 ]] && dur=1
-	taskset -c 1 "$ECHO_BIN" --threads 1 127.0.0.1 $port >"$RES/enters-keel.log" 2>&1 &
-	pid=$!
-	"$dst/bin/loadgen" -P -p $port -d 5 >/dev/null 2>&1
-	taskset -c 0 "$dst/bin/loadgen" -p $port -c 64 -s 64 -d $dur -w 0.2 -q 2>&1 |
-		tail -1 >"$RES/enters-load.log"
-	kill -TERM $pid 2>/dev/null
-	wait $pid
-	grep 'ring:' "$RES/enters-keel.log" | sed 's/^/   keel counters: /'
+	# Default, then with completion batching (keel_loop_opts.batch_wait_ns).
+	local bw
+	for bw in 0 50000; do
+		taskset -c 1 "$ECHO_BIN" --threads 1 --batch-wait $bw 127.0.0.1 $port \
+			>"$RES/enters-keel-$bw.log" 2>&1 &
+		pid=$!
+		"$dst/bin/loadgen" -P -p $port -d 5 >/dev/null 2>&1
+		taskset -c 0 "$dst/bin/loadgen" -p $port -c 64 -s 64 -d $dur -w 0.2 -q 2>&1 |
+			tail -1 >"$RES/enters-load-$bw.log"
+		kill -TERM $pid 2>/dev/null
+		wait $pid
+		grep 'ring:' "$RES/enters-keel-$bw.log" |
+			sed "s/^/   keel counters (--batch-wait $bw): /"
+	done
 	if command -v strace >/dev/null; then
 		for srv in keel uring; do
 			local cmd=("$ECHO_BIN" --threads 1 127.0.0.1 $port)
