@@ -412,3 +412,57 @@ Test(loop, two_loops_on_one_thread_run_independently, .timeout = 10)
 	keel_loop_destroy(a);
 	keel_loop_destroy(b);
 }
+
+/*
+ * Completion batching (batch_wait_ns): many ops completing together make
+ * the loop wait for batches; when fewer completions come than it waits for
+ * (a lone sleep), the wait times out and the loop goes on. Every op
+ * completes, and the enters are fewer than the ops.
+ */
+struct batch_worker {
+	struct keel_task task;
+	int i, sleeps, *done;
+};
+
+static int batch_worker_step(struct keel_task *t)
+{
+	struct batch_worker *w =
+	    keel_container_of(t, struct batch_worker, task);
+
+	KEEL_BEGIN(t);
+	for (w->i = 0; w->i < 200; w->i++) {
+		KEEL_AWAIT(t, keel_nop(t));
+		cr_assert_eq(keel_res(t), 0);
+	}
+	/* Alone now: one CQE per wake, less than the batch waited for. */
+	for (w->i = 0; w->i < w->sleeps; w->i++)
+		KEEL_AWAIT(t, keel_sleep(t, 1000 * 1000));
+	(*w->done)++;
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(batch_worker_task, struct batch_worker, task,
+		      batch_worker_step);
+
+Test(loop, batch_wait_batches_busy_turns_and_never_stalls, .timeout = 20)
+{
+	struct keel_loop_opts opts = {.batch_wait_ns = 50000};
+	struct keel_loop *loop = kt_loop_new(&opts);
+	struct keel_loop_stats st;
+	int done = 0;
+
+	for (int i = 0; i < 32; i++) {
+		struct batch_worker *w =
+		    keel_spawn(loop, &batch_worker_task, KEEL_PRIO_NORMAL);
+
+		cr_assert_not_null(w);
+		w->done = &done;
+		w->sleeps = i == 0 ? 5 : 0;
+	}
+	cr_assert_eq(keel_loop_run(loop), 0);
+	cr_assert_eq(done, 32);
+	keel_loop_stats(loop, &st);
+	cr_assert_lt(st.enters, 32 * 200 / 4, "%lu enters for 6400 nops",
+		     (unsigned long)st.enters);
+	keel_loop_destroy(loop);
+}
