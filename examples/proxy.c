@@ -364,6 +364,7 @@ static void usage(FILE *out)
 {
 	fprintf(out, "usage: proxy [--threads N] [--mode buffers|splice] "
 		     "[--bufs N] [--buf-size BYTES]\n"
+		     "             [--batch-wait NS]\n"
 		     "             -l [ADDR:]PORT -b HOST:PORT\n");
 }
 
@@ -404,16 +405,17 @@ int main(int argc, char **argv)
 	    {"mode", required_argument, NULL, 'm'},
 	    {"bufs", required_argument, NULL, 'n'},
 	    {"buf-size", required_argument, NULL, 's'},
+	    {"batch-wait", required_argument, NULL, 'w'},
 	    {"listen", required_argument, NULL, 'l'},
 	    {"backend", required_argument, NULL, 'b'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	char *listen_arg = NULL, *backend_arg = NULL;
-	long threads = 0;
+	long threads = 0, batch_wait = 0;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "t:m:n:s:l:b:h", longopts,
+	while ((opt = getopt_long(argc, argv, "t:m:n:s:w:l:b:h", longopts,
 				  NULL)) != -1) {
 		long v;
 
@@ -460,6 +462,16 @@ int main(int argc, char **argv)
 			}
 			ring_opts.size = (uint32_t)v;
 			break;
+		case 'w':
+			batch_wait = parse_number(optarg, 0, 10000000);
+			if (batch_wait < 0) {
+				fprintf(stderr,
+					"proxy: bad --batch-wait: %s (ns, 0 "
+					"to 10000000; 0: off)\n",
+					optarg);
+				return 2;
+			}
+			break;
 		case 'l':
 			listen_arg = optarg;
 			break;
@@ -501,6 +513,8 @@ int main(int argc, char **argv)
 	backend_text = btext;
 
 	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
+
+	ropts.loop.batch_wait_ns = (unsigned)batch_wait;
 	struct keel_runtime *rt;
 	int err = keel_runtime_create(&rt, &ropts);
 
