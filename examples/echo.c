@@ -17,7 +17,9 @@
  * connection's frame, send it back) for comparison; --batch-wait NS lets
  * a busy loop wait up to NS to batch completions (default 0: never; see
  * keel_loop_opts.batch_wait_ns); --bufs N and
- * --buf-size BYTES size each loop's ring (default 1024 x 4 KiB).
+ * --buf-size BYTES size each loop's ring (default 1024 x 4 KiB); --direct
+ * accepts into the ring's file table (registered descriptors: no per-op
+ * file lookup in the kernel).
  *
  * Shutdown is keel's: on SIGINT or SIGTERM the runtime cancels every
  * loop's root token, so each pending accept and recv returns -ECANCELED,
@@ -97,6 +99,7 @@ static struct shard *shards;
 static unsigned nshards;
 static int metrics_fd = -1;
 static bool plain_mode;
+static bool direct_fds; /* --direct: sockets in the ring's file table */
 static struct keel_bufring_opts ring_opts = {.count = 1024, .size = 4096};
 
 static int conn_step(struct keel_task *t);
@@ -180,7 +183,9 @@ static int acceptor_step(struct keel_task *t)
 	 * SINGLE_ISSUER). */
 	s->error = keel_bufring_create(t->loop, &ring_opts, &s->ring);
 	if (!s->error)
-		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd);
+		s->error = keel_accept_stream_open(
+		    t, &a->as, s->listen_fd,
+		    direct_fds ? KEEL_ACCEPT_DIRECT : 0);
 	if (s->error) {
 		keel_runtime_shutdown(keel_runtime_current());
 		goto done;
@@ -197,7 +202,8 @@ static int acceptor_step(struct keel_task *t)
 			}
 			break; /* else the runtime is shutting down */
 		}
-		keel_tcp_nodelay(fd);
+		if (!direct_fds) /* a direct socket inherits the listener's */
+			keel_tcp_nodelay(fd);
 		struct conn *c =
 		    keel_spawn(t->loop, &conn_task, KEEL_PRIO_NORMAL);
 
@@ -372,7 +378,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: echo [--threads N] [--metrics MPORT] [--plain]\n"
 		"            [--batch-wait NS] [--bufs N] [--buf-size BYTES]\n"
-		"            [ADDR] PORT\n"
+		"            [--direct] [ADDR] PORT\n"
 		"       echo --port PORT [--threads N]\n");
 }
 
@@ -395,6 +401,7 @@ int main(int argc, char **argv)
 	    {"threads", required_argument, NULL, 't'},
 	    {"metrics", required_argument, NULL, 'm'},
 	    {"plain", no_argument, NULL, 'P'},
+	    {"direct", no_argument, NULL, 'D'},
 	    {"batch-wait", required_argument, NULL, 'w'},
 	    {"bufs", required_argument, NULL, 'b'},
 	    {"buf-size", required_argument, NULL, 'B'},
@@ -405,7 +412,7 @@ int main(int argc, char **argv)
 	long port = -1, threads = 0, mport = -1, batch_wait = -1;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "p:t:m:Pw:b:B:h", longopts,
+	while ((opt = getopt_long(argc, argv, "p:t:m:PDw:b:B:h", longopts,
 				  NULL)) != -1) {
 		switch (opt) {
 		case 'p':
@@ -419,6 +426,9 @@ int main(int argc, char **argv)
 			break;
 		case 'P':
 			plain_mode = true;
+			break;
+		case 'D':
+			direct_fds = true;
 			break;
 		case 'w':
 			batch_wait = parse_number(optarg, 0, 10000000);
@@ -512,6 +522,10 @@ int main(int argc, char **argv)
 		}
 		if (port == 0)
 			port = keel_net_local_port(fd);
+		/* Accepted sockets inherit TCP_NODELAY: direct ones cannot
+		 * be given it with setsockopt(2). */
+		if (direct_fds)
+			keel_tcp_nodelay(fd);
 		shards[i].listen_fd = fd;
 	}
 	if (mport > 0) {

@@ -307,7 +307,7 @@ static int acceptor_step(struct keel_task *t)
 	if (!splice_mode)
 		s->error = keel_bufring_create(t->loop, &ring_opts, &s->ring);
 	if (!s->error)
-		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd);
+		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd, 0);
 	if (s->error) {
 		keel_runtime_shutdown(keel_runtime_current());
 		goto done;

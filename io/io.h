@@ -163,6 +163,7 @@ struct keel__io {
 	struct keel_bufring **bufrings;
 	uint32_t nbufrings;
 	uint32_t zc_threshold; /* keel_send_zc() copies below this */
+	uint32_t files;	       /* direct descriptor slots registered */
 };
 
 static inline struct keel__io *keel__io_of(struct keel_loop *loop)
@@ -251,6 +252,18 @@ void keel__op_release_quiet(struct keel__io *io, struct keel__op *op);
 
 /* Queue an ASYNC_CANCEL for `op` (once); its CQE says how it ended. */
 void keel__op_send_cancel(struct keel__io *io, struct keel__op *op);
+
+/* A KEEL_FIXED_FD in sqe->fd: the index, and IOSQE_FIXED_FILE. */
+static inline void keel__sqe_fixed_fd(struct io_uring_sqe *sqe)
+{
+	if (sqe->fd >= 0 && (sqe->fd & KEEL_FIXED_FD_BIT)) {
+		sqe->fd &= ~KEEL_FIXED_FD_BIT;
+		sqe->flags |= IOSQE_FIXED_FILE;
+	}
+}
+
+/* Register a sparse file table for direct descriptors (once). */
+int keel__io_files(struct keel__io *io);
 
 /* Prepare the (rest of a) send_all, as SEND_ZC if the op is zero-copy. */
 void keel__prep_send(struct io_uring_sqe *sqe, struct keel__op *op);

@@ -193,6 +193,7 @@ int keel__op_commit(struct keel_task *t, struct keel__op *op,
 	struct keel__io *io = keel__io_of(t->loop);
 
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
+	keel__sqe_fixed_fd(sqe);
 	op->pending = 1;
 	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, t->id, op->index,
 		    0);
@@ -226,6 +227,7 @@ static bool send_all_continue(struct keel__io *io, struct keel__op *op)
 	if (!sqe)
 		return false;
 	keel__prep_send(sqe, op);
+	keel__sqe_fixed_fd(sqe);
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending++;
 	if (linked)

@@ -87,14 +87,21 @@ int keel_close(struct keel_task *t, int fd)
 	cancel = keel__io_sqe(io);
 	if (!cancel)
 		return keel__task_ready(t, -EAGAIN);
-	io_uring_prep_cancel_fd(cancel, fd, IORING_ASYNC_CANCEL_ALL);
+	io_uring_prep_cancel_fd(
+	    cancel, fd & ~KEEL_FIXED_FD_BIT,
+	    IORING_ASYNC_CANCEL_ALL |
+		(keel_fd_is_fixed(fd) ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
 	io_uring_sqe_set_data64(cancel, KEEL__UD_INTERNAL);
 	/* Hard link: the close runs even when nothing was there to cancel
 	 * (-ENOENT), which would break a soft link. */
 	cancel->flags |= IOSQE_IO_HARDLINK;
 
 	OP_BEGIN(t, IORING_OP_CLOSE, KEEL__OP_CLEANUP);
-	io_uring_prep_close(sqe, fd);
+	if (keel_fd_is_fixed(fd))
+		io_uring_prep_close_direct(sqe,
+					   (unsigned)fd & ~KEEL_FIXED_FD_BIT);
+	else
+		io_uring_prep_close(sqe, fd);
 	op->fd = fd;
 	return keel__op_commit(t, op, sqe);
 }
@@ -276,6 +283,10 @@ int keel_splice(struct keel_task *t, int fd_in, int64_t off_in, int fd_out,
 		int64_t off_out, unsigned len, unsigned flags)
 {
 	OP_BEGIN(t, IORING_OP_SPLICE, KEEL__OP_KERNEL);
+	if (keel_fd_is_fixed(fd_in)) {
+		fd_in &= ~KEEL_FIXED_FD_BIT;
+		flags |= SPLICE_F_FD_IN_FIXED;
+	}
 	io_uring_prep_splice(sqe, fd_in, off_in, fd_out, off_out, len, flags);
 	op->fd = fd_in;
 	return keel__op_commit(t, op, sqe);

@@ -203,6 +203,21 @@ void keel__io_event_fd_drain(struct keel__io *io)
 	}
 }
 
+/* Slots of the direct-descriptor table, registered on first use. */
+#define KEEL__FILE_SLOTS 16384u
+
+int keel__io_files(struct keel__io *io)
+{
+	if (io->files)
+		return 0;
+	int err = io_uring_register_files_sparse(&io->ring, KEEL__FILE_SLOTS);
+
+	if (err)
+		return err;
+	io->files = KEEL__FILE_SLOTS;
+	return 0;
+}
+
 void keel__io_fini(struct keel__io *io)
 {
 	if (io->event_fd >= 0) {

@@ -132,6 +132,7 @@ static int recv_arm(struct keel__io *io, struct keel_recv_stream *s)
 	sqe->buf_group = keel__bufring_gid(s->ring);
 	/* Bundles read their buffer ids from the ring in order, which an
 	 * incremental ring does not keep: one or the other. */
+	keel__sqe_fixed_fd(sqe);
 	if ((s->flags & KEEL_RECV_BUNDLE) &&
 	    (io->features & IORING_FEAT_RECVSEND_BUNDLE) &&
 	    !keel__bufring_incremental(s->ring))
@@ -147,6 +148,22 @@ static int recv_arm(struct keel__io *io, struct keel_recv_stream *s)
 	return 0;
 }
 
+/* Close a socket nobody took: a direct one through the ring (the CQE is
+ * only counted). */
+static void close_socket(struct keel__io *io, int fd)
+{
+	if (!keel_fd_is_fixed(fd)) {
+		close(fd);
+		return;
+	}
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	if (!sqe)
+		return; /* the slot stays taken until the loop goes */
+	io_uring_prep_close_direct(sqe, (unsigned)fd & ~KEEL_FIXED_FD_BIT);
+	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+}
+
 static void drop_queue(struct keel__io *io, struct keel__chunk **head,
 		       struct keel__chunk **tail, bool sockets)
 {
@@ -156,7 +173,7 @@ static void drop_queue(struct keel__io *io, struct keel__chunk **head,
 		struct keel__chunk *next = c->next;
 
 		if (sockets) {
-			close((int)c->len);
+			close_socket(io, (int)c->len);
 		} else {
 			struct keel_buf b = {
 			    .data = c->data,
@@ -493,7 +510,15 @@ static int accept_arm(struct keel__io *io, struct keel_accept_stream *s)
 
 	if (!sqe)
 		return -EAGAIN;
-	io_uring_prep_multishot_accept(sqe, s->fd, NULL, NULL, SOCK_CLOEXEC);
+	if (s->flags & KEEL_ACCEPT_DIRECT)
+		/* No SOCK_CLOEXEC: a direct socket has no fd to inherit
+		 * (the kernel refuses the flag). */
+		io_uring_prep_multishot_accept_direct(sqe, s->fd, NULL, NULL,
+						      0);
+	else
+		io_uring_prep_multishot_accept(sqe, s->fd, NULL, NULL,
+					       SOCK_CLOEXEC);
+	keel__sqe_fixed_fd(sqe);
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
 	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
@@ -604,8 +629,10 @@ static void accept_cqe(struct keel__io *io, struct keel__op *op, int res,
 		struct keel__chunk *c =
 		    (s->state & S_CLOSED) ? NULL : keel__chunk_get(io);
 
+		if (s->flags & KEEL_ACCEPT_DIRECT)
+			res = KEEL_FIXED_FD(res);
 		if (!c) {
-			close(res); /* closed, or no memory to queue it */
+			close_socket(io, res); /* closed, or no memory */
 		} else {
 			c->next = NULL;
 			c->data = NULL;
@@ -681,14 +708,20 @@ static void accept_cancel(struct keel__io *io, struct keel__op *op)
 }
 
 int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
-			    int fd)
+			    int fd, unsigned flags)
 {
 	struct keel__io *io = keel__io_of(t->loop);
 	int cause = keel__task_cancel_cause(t);
 
 	s->op = 0;
-	if (fd < 0)
+	if (fd < 0 || (flags & ~KEEL_ACCEPT_DIRECT))
 		return -EINVAL;
+	if (flags & KEEL_ACCEPT_DIRECT) {
+		int err = keel__io_files(io);
+
+		if (err)
+			return err;
+	}
 	if (!(io->ops_supported[IORING_OP_ACCEPT / 64] &
 	      (1ull << (IORING_OP_ACCEPT % 64))))
 		return -EOPNOTSUPP;
@@ -712,7 +745,7 @@ int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
 	s->fd = fd;
 	s->end = 0;
 	s->state = 0;
-	s->flags = 0;
+	s->flags = (uint16_t)flags;
 	int err = accept_arm(io, s);
 
 	if (err) {

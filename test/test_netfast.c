@@ -658,7 +658,7 @@ static int acc_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	while (a->go && !*a->go)
 		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
-	a->open = keel_accept_stream_open(t, &a->as, a->lfd);
+	a->open = keel_accept_stream_open(t, &a->as, a->lfd, 0);
 	if (a->open)
 		KEEL_EXIT(t, 1);
 	if (a->linger) {
@@ -1528,7 +1528,7 @@ static int idler_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	if (i->mode == 2) {
-		if (keel_accept_stream_open(t, &i->as, i->fd))
+		if (keel_accept_stream_open(t, &i->as, i->fd, 0))
 			KEEL_EXIT(t, 1);
 		g_idlers_ready++;
 		KEEL_AWAIT(t, keel_sleep(t, KT_MS(60000)));
@@ -2399,7 +2399,7 @@ static int many_acc_step(struct keel_task *t)
 	struct many_conn *c;
 
 	KEEL_BEGIN(t);
-	g_many.accept_end = keel_accept_stream_open(t, &a->as, a->lfd);
+	g_many.accept_end = keel_accept_stream_open(t, &a->as, a->lfd, 0);
 	if (g_many.accept_end)
 		KEEL_EXIT(t, 1);
 	while (g_many.accepted < NCONN) {
@@ -2639,7 +2639,7 @@ static int bad_step(struct keel_task *t)
 	g_bad.neg_fd = keel_recv_stream_open(t, &b->rs, -1, b->ring, 0);
 	g_bad.bad_flags =
 	    keel_recv_stream_open(t, &b->rs, b->fd, b->ring, 0x80u);
-	g_bad.acc_neg_fd = keel_accept_stream_open(t, &b->as, -1);
+	g_bad.acc_neg_fd = keel_accept_stream_open(t, &b->as, -1, 0);
 	/* Streams never opened (zeroed in the frame). */
 	KEEL_AWAIT(t, keel_recv_next(t, &b->never, &b->other));
 	g_bad.never_opened = keel_res(t);
@@ -2832,7 +2832,7 @@ static int opener_step(struct keel_task *t)
 
 	keel_task_cancel(t);
 	g_open_recv = keel_recv_stream_open(t, &o->rs, o->fd, o->ring, 0);
-	g_open_accept = keel_accept_stream_open(t, &o->as, o->lfd);
+	g_open_accept = keel_accept_stream_open(t, &o->as, o->lfd, 0);
 	KEEL_EXIT(t, 0);
 }
 
@@ -2916,5 +2916,136 @@ Test(netfast, recv_next_on_another_tasks_stream_is_eperm, .timeout = 10)
 	expect_all_returned(ring, "after");
 	close(fds[0]);
 	close(fds[1]);
+	keel_loop_destroy(loop);
+}
+
+/* ---- registered (direct) descriptors ---------------------------------- */
+
+/*
+ * KEEL_ACCEPT_DIRECT: sockets land in the ring's file table as
+ * KEEL_FIXED_FD()s; a recv stream, send_all and keel_close work on them;
+ * the process's own descriptor table does not grow.
+ */
+struct direct_out {
+	int served, fixed, err;
+};
+static struct direct_out g_direct; /* the frame is gone after the run */
+
+struct direct_srv {
+	struct keel_task task;
+	struct keel_accept_stream as;
+	struct keel_recv_stream rs;
+	struct keel_buf buf;
+	struct keel_bufring *ring;
+	struct direct_out *out;
+	int lfd, fd, n;
+};
+
+static int direct_srv_step(struct keel_task *t)
+{
+	struct direct_srv *d = keel_container_of(t, struct direct_srv, task);
+
+	KEEL_BEGIN(t);
+	d->out->err =
+	    keel_accept_stream_open(t, &d->as, d->lfd, KEEL_ACCEPT_DIRECT);
+	if (d->out->err)
+		KEEL_EXIT(t, 0);
+	for (d->n = 0; d->n < 3; d->n++) {
+		KEEL_AWAIT(t, keel_accept_next(t, &d->as));
+		d->fd = keel_res(t);
+		if (d->fd < 0) {
+			d->out->err = d->fd;
+			break;
+		}
+		d->out->fixed += keel_fd_is_fixed(d->fd);
+		d->out->err =
+		    keel_recv_stream_open(t, &d->rs, d->fd, d->ring, 0);
+		if (d->out->err)
+			break;
+		for (;;) {
+			KEEL_AWAIT(t, keel_recv_next(t, &d->rs, &d->buf));
+			if (keel_res(t) <= 0)
+				break;
+			KEEL_AWAIT(t, keel_send_all(t, d->fd, d->buf.data,
+						    d->buf.len, MSG_NOSIGNAL));
+			keel_buf_release(&d->buf);
+			if (keel_res(t) < 0)
+				break;
+		}
+		keel_recv_stream_close(&d->rs);
+		KEEL_AWAIT(t, keel_close(t, d->fd));
+		if (keel_res(t) == 0)
+			d->out->served++;
+	}
+	keel_accept_stream_close(&d->as);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(direct_srv_task, struct direct_srv, task,
+		      direct_srv_step);
+
+struct direct_client {
+	uint16_t port;
+	int ok;
+};
+
+static void *direct_client_main(void *arg)
+{
+	struct direct_client *c = arg;
+
+	for (int i = 0; i < 3; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len;
+		char out[3000], in[3000];
+		size_t got = 0;
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		kt_loopback_addr(c->port, &ss, &len);
+		if (fd < 0 || connect(fd, (struct sockaddr *)&ss, len))
+			return NULL;
+		kt_pattern_fill(out, sizeof(out), 0, (unsigned)i);
+		if (write(fd, out, sizeof(out)) != (ssize_t)sizeof(out))
+			return NULL;
+		while (got < sizeof(in)) {
+			ssize_t n = read(fd, in + got, sizeof(in) - got);
+
+			if (n <= 0)
+				return NULL;
+			got += (size_t)n;
+		}
+		if (!memcmp(in, out, sizeof(in)))
+			c->ok++;
+		close(fd);
+	}
+	return NULL;
+}
+
+Test(netfast, direct_descriptors_accept_recv_send_close, .timeout = 20)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_bufring *ring = ring_new(loop, 64, 1024, 0);
+	struct direct_client cl = {0};
+	struct direct_srv *d;
+	pthread_t th;
+	int fds_before, lfd = kt_listen(&cl.port);
+
+	memset(&g_direct, 0, sizeof(g_direct));
+	d = kt_spawn(loop, &direct_srv_task, KEEL_PRIO_NORMAL);
+	d->lfd = lfd;
+	d->ring = ring;
+	d->out = &g_direct;
+	fds_before = count_fds();
+	cr_assert_eq(pthread_create(&th, NULL, direct_client_main, &cl), 0);
+	kt_loop_run(loop);
+	pthread_join(th, NULL);
+	cr_assert_eq(g_direct.err, 0, "direct server: %d", g_direct.err);
+	cr_assert_eq(g_direct.fixed, 3, "%d of 3 sockets were direct",
+		     g_direct.fixed);
+	cr_assert_eq(g_direct.served, 3);
+	cr_assert_eq(cl.ok, 3, "%d of 3 echoes verified", cl.ok);
+	/* Only the client's sockets came and went: none of the server's. */
+	cr_assert_leq(count_fds(), fds_before);
+	expect_all_returned(ring, "after the direct server");
+	close(lfd);
 	keel_loop_destroy(loop);
 }

@@ -188,14 +188,21 @@ struct keel_accept_stream {
 	uint16_t flags;
 };
 
+/* keel_accept_stream_open() flags */
+#define KEEL_ACCEPT_DIRECT                                                     \
+	0x1u /* accept into the ring's file table:                             \
+	      * sockets are KEEL_FIXED_FD()s (keel/io.h) */
+
 /*
  * Keep one multishot accept armed on listening socket `fd`. When the
- * process runs out of descriptors (EMFILE, ENFILE) or memory, accepting
+ * process runs out of descriptors (EMFILE, ENFILE; with
+ * KEEL_ACCEPT_DIRECT, a full file table: ENFILE) or memory, accepting
  * pauses (10 ms, doubling to 1 s) and resumes by itself: never a spin.
- * Accepted sockets are SOCK_CLOEXEC. Returns 0 or a negative errno.
+ * Accepted sockets are SOCK_CLOEXEC. Returns 0 or a negative errno (with
+ * KEEL_ACCEPT_DIRECT: the kernel's error registering the file table).
  */
 int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
-			    int fd);
+			    int fd, unsigned flags);
 
 /* Await the next accepted socket: keel_res() is its fd (the caller owns
  * it), or the stream's final negative errno. */

@@ -18,6 +18,7 @@
 #ifndef KEEL_IO_H
 #define KEEL_IO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -65,6 +66,22 @@ int keel_openat(struct keel_task *t, int dfd, const char *path, int flags,
  * Result: 0 or -errno.
  */
 int keel_close(struct keel_task *t, int fd);
+
+/*
+ * Registered (direct) descriptors: a socket accepted with
+ * KEEL_ACCEPT_DIRECT lives in the ring's file table, not the process's,
+ * and keel hands it out as KEEL_FIXED_FD(index). Every keel op takes it
+ * where it takes an fd (the kernel skips the per-op file lookup and its
+ * reference count); keel_close() releases the slot. Plain system calls
+ * (setsockopt, getpeername, close) do not know it: set socket options on
+ * the listening socket, whose accepted sockets inherit them.
+ */
+#define KEEL_FIXED_FD_BIT    0x40000000
+#define KEEL_FIXED_FD(index) ((int)(KEEL_FIXED_FD_BIT | (unsigned)(index)))
+static inline bool keel_fd_is_fixed(int fd)
+{
+	return fd >= 0 && (fd & KEEL_FIXED_FD_BIT);
+}
 
 /* fsync(2); flags: 0 or IORING_FSYNC_DATASYNC. */
 int keel_fsync(struct keel_task *t, int fd, unsigned flags);
