@@ -209,11 +209,14 @@ void keel__prep_send(struct io_uring_sqe *sqe, struct keel__op *op)
 	}
 }
 
+/* `allow_zc`: from the loop's threshold, send zero-copy (the op then owes
+ * a notification CQE too, which only keel_send_zc/sendmsg_all ask for). */
 static int send_all_start(struct keel_task *t, int fd, const void *buf,
-			  struct msghdr *msg, size_t len, int flags)
+			  struct msghdr *msg, size_t len, int flags,
+			  bool allow_zc)
 {
 	struct keel__io *io = keel__io_of(t->loop);
-	bool zc = len >= io->zc_threshold &&
+	bool zc = allow_zc && len >= io->zc_threshold &&
 		  keel_loop_has_op(t->loop, msg ? IORING_OP_SENDMSG_ZC
 						: IORING_OP_SEND_ZC) > 0;
 	uint8_t opcode = msg ? (zc ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG)
@@ -243,23 +246,13 @@ static int send_all_start(struct keel_task *t, int fd, const void *buf,
 int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,
 		  int flags)
 {
-	struct keel__io *io = keel__io_of(t->loop);
-
-	/* Plain send_all never goes zero-copy: its callers may reuse the
-	 * buffer as soon as the send completes. */
-	uint32_t threshold = io->zc_threshold;
-
-	io->zc_threshold = UINT32_MAX;
-	int r = send_all_start(t, fd, buf, NULL, len, flags);
-
-	io->zc_threshold = threshold;
-	return r;
+	return send_all_start(t, fd, buf, NULL, len, flags, false);
 }
 
 int keel_send_zc(struct keel_task *t, int fd, const void *buf, size_t len,
 		 int flags)
 {
-	return send_all_start(t, fd, buf, NULL, len, flags);
+	return send_all_start(t, fd, buf, NULL, len, flags, true);
 }
 
 int keel_sendmsg_all(struct keel_task *t, int fd, struct msghdr *msg, int flags)
@@ -268,9 +261,7 @@ int keel_sendmsg_all(struct keel_task *t, int fd, struct msghdr *msg, int flags)
 
 	for (size_t i = 0; i < msg->msg_iovlen; i++)
 		len += msg->msg_iov[i].iov_len;
-	if (len > INT32_MAX)
-		return keel__task_ready(t, -EINVAL);
-	return send_all_start(t, fd, NULL, msg, len, flags);
+	return send_all_start(t, fd, NULL, msg, len, flags, true);
 }
 
 void keel_loop_set_zc_threshold(struct keel_loop *loop, size_t bytes)
