@@ -262,6 +262,17 @@ static inline uint64_t keel__clock_now(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* keel's one PRNG for jitter (retry, supervisor backoff): splitmix64
+ * (Steele, Lea, Flood 2014), any seed, one add and a mix per draw. */
+static inline uint64_t keel__rand64(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
 static inline struct keel__core *keel__core_of(struct keel_loop *loop)
 {
 	return (struct keel__core *)loop;

@@ -37,21 +37,11 @@ static uint64_t now(const struct keel_retry_policy *p)
 	return loop ? keel_loop_now(loop) : keel__clock_now();
 }
 
-/* splitmix64 (Steele, Lea, Flood 2014): one add and a mix per draw. */
-static uint64_t splitmix64(uint64_t *state)
-{
-	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 static uint64_t random64(struct keel_retry *r)
 {
 	if (r->policy.random)
 		return r->policy.random(r->policy.random_arg);
-	return splitmix64(&r->rng);
+	return keel__rand64(&r->rng);
 }
 
 /* Uniform in [lo, hi] (lo <= hi <= INT64_MAX, so hi - lo + 1 cannot wrap;

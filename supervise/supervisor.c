@@ -63,15 +63,6 @@ static uint64_t sup_now(const struct keel_sup *s)
 	return s->now ? s->now(s->loop) : keel_loop_now(s->loop);
 }
 
-/* xorshift64*: the backoff's jitter. */
-static uint64_t sup_random(struct keel_sup *s)
-{
-	s->rng ^= s->rng >> 12;
-	s->rng ^= s->rng << 25;
-	s->rng ^= s->rng >> 27;
-	return s->rng * 2685821657736338717ull;
-}
-
 static int64_t shutdown_of(const struct keel_child_spec *spec)
 {
 	if (spec->shutdown_ms != KEEL_SHUTDOWN_DEFAULT)
@@ -338,10 +329,9 @@ int sup__create(struct keel_loop *loop, const struct keel_sup_spec *spec,
 	if (!s->backoff.max_ms)
 		s->backoff.max_ms = s->backoff.min_ms;
 	s->now = spec->now;
+	/* Any seed will do for splitmix64, zero included. */
 	s->rng = spec->seed ? spec->seed
 			    : keel__clock_now() ^ (uint64_t)(uintptr_t)s;
-	if (!s->rng)
-		s->rng = 1;
 	s->parent_link = parent;
 	s->wake_item.run = wake_run;
 	s->state = KEEL_SUP_STARTING;
@@ -808,7 +798,7 @@ static uint64_t backoff_delay(struct keel_sup *s, struct sup__child *ch)
 	if (s->backoff.jitter_pct) {
 		uint64_t span = base / 100 * s->backoff.jitter_pct;
 
-		delay = base - span + sup_random(s) % (2 * span + 1);
+		delay = base - span + keel__rand64(&s->rng) % (2 * span + 1);
 	}
 	return delay < min ? min : delay > max ? max : delay;
 }
