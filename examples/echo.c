@@ -58,6 +58,7 @@ struct shard {
 struct conn {
 	struct keel_task task;
 	struct shard *shard;
+	int fd;
 	struct keel_recv_stream rs;
 	struct keel_buf buf; /* the chunk being sent back */
 };
@@ -124,8 +125,7 @@ static int conn_step(struct keel_task *t)
 	struct conn *c = keel_container_of(t, struct conn, task);
 
 	KEEL_BEGIN(t);
-	/* The fd is in the stream (c->rs.fd) until the stream opens. */
-	if (keel_recv_stream_open(t, &c->rs, c->rs.fd, c->shard->ring, 0))
+	if (keel_recv_stream_open(t, &c->rs, c->fd, c->shard->ring, 0))
 		goto out;
 	for (;;) {
 		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
@@ -134,15 +134,15 @@ static int conn_step(struct keel_task *t)
 		c->shard->bytes += c->buf.len;
 		/* The kernel sends from the ring buffer; it goes back to the
 		 * ring once the send has completed. */
-		KEEL_AWAIT(t, keel_send_all(t, c->rs.fd, c->buf.data,
-					    c->buf.len, MSG_NOSIGNAL));
+		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf.data, c->buf.len,
+					    MSG_NOSIGNAL));
 		keel_buf_release(&c->buf);
 		if (keel_res(t) < 0)
 			break;
 	}
 	keel_recv_stream_close(&c->rs);
 out:
-	KEEL_AWAIT(t, keel_close(t, c->rs.fd));
+	KEEL_AWAIT(t, keel_close(t, c->fd));
 	KEEL_END(t);
 }
 
@@ -212,7 +212,7 @@ static int acceptor_step(struct keel_task *t)
 			continue;
 		}
 		c->shard = s;
-		c->rs.fd = fd;
+		c->fd = fd;
 		s->connections++;
 	}
 	keel_accept_stream_close(&a->as);
