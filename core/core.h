@@ -11,12 +11,9 @@
 #ifndef KEEL_CORE_H
 #define KEEL_CORE_H
 
-#include <keel/abort.h>
-#include <keel/cancel.h>
-#include <keel/mailbox.h>
-#include <keel/scope.h>
+#include <keel/loop.h>
+#include <keel/sync.h>
 #include <keel/task.h>
-#include <keel/timer.h>
 #include <keel/trace.h>
 #include <setjmp.h>
 #include <stdbool.h>
@@ -174,7 +171,7 @@ struct keel__task_ext {
 	bool kill_pending;
 };
 
-/* A cancellation token (see keel/cancel.h). */
+/* A cancellation token (see keel/task.h). */
 struct keel_token {
 	struct keel_loop *loop;
 	struct keel_token *parent; /* holds a reference */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * mailbox.c: bounded mailboxes (semantics in keel/mailbox.h).
+ * mailbox.c: bounded mailboxes (semantics in keel/sync.h).
  *
  * Two queues feed one receiver on the owner loop:
  * - `local`: a plain ring for senders on the owner loop (no atomics);

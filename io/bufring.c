@@ -23,7 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include <keel/buf.h>
+#include <keel/io.h>
 
 #define MAX_BUFS      32768u
 #define MAX_BUF_SIZE  (16u << 20)

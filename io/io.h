@@ -22,7 +22,6 @@
 
 #include <keel/io.h>
 #include <keel/loop.h>
-#include <keel/timer.h>
 
 /* CQE roles (user_data bits 1:0). */
 #define KEEL__UD_MAIN	   0u /* the op's own CQE */

@@ -4,7 +4,7 @@
  * listening never block, so they are plain system calls; they return a
  * negative errno instead of setting errno for the caller.
  */
-#include <keel/net.h>
+#include <keel/io.h>
 
 #include <arpa/inet.h>
 #include <errno.h>

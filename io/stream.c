@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include <keel/buf.h>
+#include <keel/io.h>
 
 /* Stream state bits (keel_recv_stream.state, keel_accept_stream.state). */
 #define S_ARMED	  0x01 /* a multishot request is in the kernel */

@@ -14,7 +14,7 @@
  *
  * KEEL_FAULTS_RECOVER jumps back to the loop's abort frame: the task is
  * aborted like a panic, with the signal and its last await site recorded.
- * This is a last resort, documented as such in keel/abort.h.
+ * This is a last resort, documented as such in keel/task.h.
  */
 #include "loop.h"
 

@@ -8,9 +8,7 @@
 
 #include "io.h"
 
-#include <keel/introspect.h>
 #include <keel/loop.h>
-#include <keel/timer.h>
 
 /* Heap entries carry the deadline inline so that sifting rarely touches
  * the timers themselves (only to break ties). */

@@ -13,7 +13,7 @@
 #include "loop.h"
 
 #include <errno.h>
-#include <keel/runtime.h>
+#include <keel/loop.h>
 #include <pthread.h>
 #include <stdlib.h>
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * runtime.c: N loops on N threads (semantics in keel/runtime.h).
+ * runtime.c: N loops on N threads (semantics in keel/loop.h).
  *
  * Each loop is created on the thread that runs it (a SINGLE_ISSUER ring
  * belongs to its creator). Runtime loops are `persistent`: idle, they
@@ -17,7 +17,7 @@
 #include "loop.h"
 
 #include <errno.h>
-#include <keel/runtime.h>
+#include <keel/loop.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>

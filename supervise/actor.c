@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * actor.c: actors (semantics in keel/actor.h): a task that receives
+ * actor.c: actors (semantics in keel/supervisor.h): a task that receives
  * envelopes from its mailbox and calls the behaviour on each.
  *
  * Every message is an envelope (malloc'd: any thread may send it); an ask's
@@ -48,8 +48,8 @@
 #include "supervise.h"
 
 #include <errno.h>
-#include <keel/actor.h>
-#include <keel/runtime.h>
+#include <keel/loop.h>
+#include <keel/supervisor.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>

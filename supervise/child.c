@@ -29,7 +29,7 @@
 
 /* What a start function gets (keel/supervisor.h). */
 struct keel_child_start {
-	struct sup__link *link;
+	struct keel__sup_link *link;
 	struct keel_loop *loop;
 	struct keel_token *token; /* the child's, made before its spawn */
 	bool spawned;
@@ -45,13 +45,13 @@ static void post(struct keel_loop *loop, struct keel__remote_item *it)
 	keel__core_of(loop)->hooks.remote_post(loop, it);
 }
 
-static struct sup__link *link_ref(struct sup__link *l)
+static struct keel__sup_link *link_ref(struct keel__sup_link *l)
 {
 	__atomic_add_fetch(&l->refs, 1, __ATOMIC_RELAXED);
 	return l;
 }
 
-void sup__link_release(struct sup__link *l)
+void keel__sup_link_release(struct keel__sup_link *l)
 {
 	if (__atomic_sub_fetch(&l->refs, 1, __ATOMIC_ACQ_REL))
 		return;
@@ -69,30 +69,30 @@ void sup__link_release(struct sup__link *l)
 
 static void started_run(struct keel_loop *loop, struct keel__remote_item *it)
 {
-	struct sup__link *l =
-	    keel_container_of(it, struct sup__link, started_item);
+	struct keel__sup_link *l =
+	    keel_container_of(it, struct keel__sup_link, started_item);
 
 	(void)loop;
-	sup__notice(l->sup, l, SUP_NOTICE_STARTED);
-	sup__link_release(l); /* the item's */
+	keel__sup_notice(l->sup, l, SUP_NOTICE_STARTED);
+	keel__sup_link_release(l); /* the item's */
 }
 
 static void exited_run(struct keel_loop *loop, struct keel__remote_item *it)
 {
-	struct sup__link *l =
-	    keel_container_of(it, struct sup__link, exited_item);
+	struct keel__sup_link *l =
+	    keel_container_of(it, struct keel__sup_link, exited_item);
 
 	(void)loop;
-	sup__notice(l->sup, l, SUP_NOTICE_EXITED);
-	sup__link_release(l); /* the item's */
+	keel__sup_notice(l->sup, l, SUP_NOTICE_EXITED);
+	keel__sup_link_release(l); /* the item's */
 }
 
-static void notify(struct sup__link *l, unsigned what)
+static void notify(struct keel__sup_link *l, unsigned what)
 {
 	struct keel_loop *sup_loop = l->sup->loop;
 
 	if (on_loop(sup_loop)) {
-		sup__notice(l->sup, l, what);
+		keel__sup_notice(l->sup, l, what);
 		return;
 	}
 	link_ref(l);
@@ -100,7 +100,7 @@ static void notify(struct sup__link *l, unsigned what)
 	     what == SUP_NOTICE_STARTED ? &l->started_item : &l->exited_item);
 }
 
-void sup__link_ready(struct sup__link *l)
+void keel__sup_link_ready(struct keel__sup_link *l)
 {
 	l->start_result = 0;
 	notify(l, SUP_NOTICE_STARTED);
@@ -108,7 +108,7 @@ void sup__link_ready(struct sup__link *l)
 
 static void actor_ready(void *arg)
 {
-	sup__link_ready(arg);
+	keel__sup_link_ready(arg);
 }
 
 /* ---- the child's side: exit --------------------------------------------- */
@@ -116,7 +116,7 @@ static void actor_ready(void *arg)
 /* On the child task's defer stack: its incarnation is over. */
 static void link_task_exited(void *arg)
 {
-	struct sup__link *l = arg;
+	struct keel__sup_link *l = arg;
 	struct keel_task *t = l->task;
 
 	l->exit_status = keel_res(t);
@@ -132,13 +132,13 @@ static void link_task_exited(void *arg)
 	keel_token_release(l->token);
 	l->token = NULL;
 	notify(l, SUP_NOTICE_EXITED);
-	sup__link_release(l); /* the task's */
+	keel__sup_link_release(l); /* the task's */
 }
 
 /* The spawned task is this incarnation: give it its token, keep it. */
 static void attach(struct keel_child_start *cs, struct keel_task *t)
 {
-	struct sup__link *l = cs->link;
+	struct keel__sup_link *l = cs->link;
 
 	/* Its ext exists (the exit defer was pushed): this cannot fail. */
 	keel_task_set_token(t, cs->token);
@@ -155,8 +155,8 @@ static void kill_run(struct keel_loop *loop, struct keel__remote_item *it);
 
 static void start_run(struct keel_loop *loop, struct keel__remote_item *it)
 {
-	struct sup__link *l =
-	    keel_container_of(it, struct sup__link, start_item);
+	struct keel__sup_link *l =
+	    keel_container_of(it, struct keel__sup_link, start_item);
 	struct keel_child_start cs = {.link = l, .loop = loop};
 	int r;
 
@@ -183,12 +183,12 @@ static void start_run(struct keel_loop *loop, struct keel__remote_item *it)
 	 * notice, so that the supervisor hears of the failure first). */
 	if (r != 0 && l->task)
 		keel_task_kill(l->task);
-	sup__link_release(l); /* the item's */
+	keel__sup_link_release(l); /* the item's */
 }
 
-int sup__link_start(struct keel_sup *s, struct sup__child *ch)
+int keel__sup_link_start(struct keel_sup *s, struct keel__sup_child *ch)
 {
-	struct sup__link *l = calloc(1, sizeof(*l));
+	struct keel__sup_link *l = calloc(1, sizeof(*l));
 
 	if (!l)
 		return -ENOMEM;
@@ -217,8 +217,8 @@ int sup__link_start(struct keel_sup *s, struct sup__child *ch)
 
 static void stop_run(struct keel_loop *loop, struct keel__remote_item *it)
 {
-	struct sup__link *l =
-	    keel_container_of(it, struct sup__link, stop_item);
+	struct keel__sup_link *l =
+	    keel_container_of(it, struct keel__sup_link, stop_item);
 
 	(void)loop;
 	if (l->task && l->token) {
@@ -228,10 +228,10 @@ static void stop_run(struct keel_loop *loop, struct keel__remote_item *it)
 		if (l->stop_deadline != UINT64_MAX)
 			keel_token_set_deadline(l->token, l->stop_deadline);
 	}
-	sup__link_release(l); /* the item's */
+	keel__sup_link_release(l); /* the item's */
 }
 
-void sup__link_stop(struct sup__link *l, uint64_t deadline)
+void keel__sup_link_stop(struct keel__sup_link *l, uint64_t deadline)
 {
 	if (l->stop_posted)
 		return;
@@ -246,17 +246,17 @@ void sup__link_stop(struct sup__link *l, uint64_t deadline)
 
 static void kill_run(struct keel_loop *loop, struct keel__remote_item *it)
 {
-	struct sup__link *l =
-	    keel_container_of(it, struct sup__link, kill_item);
+	struct keel__sup_link *l =
+	    keel_container_of(it, struct keel__sup_link, kill_item);
 
 	if (l->task && keel_task_kill(l->task) == -ENOMEM) {
 		post(loop, it); /* keep the reference: try again next turn */
 		return;
 	}
-	sup__link_release(l); /* the item's */
+	keel__sup_link_release(l); /* the item's */
 }
 
-void sup__link_kill(struct sup__link *l)
+void keel__sup_link_kill(struct keel__sup_link *l)
 {
 	if (l->kill_posted)
 		return;
@@ -293,7 +293,7 @@ void *keel_child_spawn(struct keel_child_start *cs,
 int keel_child_spawn_actor(struct keel_child_start *cs,
 			   const struct keel_actor_spec *spec, void *state)
 {
-	struct sup__link *l;
+	struct keel__sup_link *l;
 	struct keel_actor *a;
 	int err;
 
@@ -321,7 +321,7 @@ int keel_child_spawn_actor(struct keel_child_start *cs,
 	return 0;
 }
 
-/* Called by sup__create() on the new supervisor's task, before its own
+/* Called by keel__sup_create() on the new supervisor's task, before its own
  * teardown is pushed (so that the exit notice goes after it). */
 static int attach_supervisor(struct keel_task *t, void *arg)
 {
@@ -341,8 +341,8 @@ int keel_child_spawn_supervisor(struct keel_child_start *cs,
 
 	if (!cs || cs->spawned || !cs->token)
 		return -EINVAL;
-	err =
-	    sup__create(cs->loop, spec, cs->link, attach_supervisor, cs, &sup);
+	err = keel__sup_create(cs->loop, spec, cs->link, attach_supervisor, cs,
+			       &sup);
 	if (err)
 		return err;
 	cs->link->new_sup = sup;

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-void sup__cmd_release(struct sup__cmd *cmd)
+void keel__sup_cmd_release(struct keel__sup_cmd *cmd)
 {
 	if (__atomic_sub_fetch(&cmd->refs, 1, __ATOMIC_ACQ_REL))
 		return;
@@ -29,8 +29,8 @@ void sup__cmd_release(struct sup__cmd *cmd)
 /* On the caller's loop: hand the answer to the task if it still waits. */
 static void reply_run(struct keel_loop *loop, struct keel__remote_item *it)
 {
-	struct sup__cmd *cmd =
-	    keel_container_of(it, struct sup__cmd, reply_item);
+	struct keel__sup_cmd *cmd =
+	    keel_container_of(it, struct keel__sup_cmd, reply_item);
 	struct keel_task *t = cmd->task;
 
 	(void)loop;
@@ -40,12 +40,12 @@ static void reply_run(struct keel_loop *loop, struct keel__remote_item *it)
 			*cmd->id_out = cmd->id;
 		t->ext->wait_cancel = NULL;
 		keel__task_complete(t, cmd->result);
-		sup__cmd_release(cmd); /* the caller's */
+		keel__sup_cmd_release(cmd); /* the caller's */
 	}
-	sup__cmd_release(cmd); /* the supervisor's */
+	keel__sup_cmd_release(cmd); /* the supervisor's */
 }
 
-void sup__reply(struct sup__cmd *cmd, int result)
+void keel__sup_reply(struct keel__sup_cmd *cmd, int result)
 {
 	cmd->result = result;
 	if (keel__current_core == keel__core_of(cmd->from))
@@ -58,24 +58,24 @@ void sup__reply(struct sup__cmd *cmd, int result)
 /* The caller was cancelled (its loop): it stops waiting for the answer. */
 static void request_cancelled(struct keel_task *t)
 {
-	struct sup__cmd *cmd = t->ext->waiter.payload;
+	struct keel__sup_cmd *cmd = t->ext->waiter.payload;
 
 	cmd->task = NULL;
 	t->ext->wait_cancel = NULL;
 	keel__task_complete(t, keel__task_cancel_cause(t));
-	sup__cmd_release(cmd); /* the caller's */
+	keel__sup_cmd_release(cmd); /* the caller's */
 }
 
 /* Queue `cmd` (already filled in) and await its answer. */
 static int request(struct keel_task *t, struct keel_sup *s,
-		   struct sup__cmd *cmd)
+		   struct keel__sup_cmd *cmd)
 {
 	struct keel__task_ext *x;
 	int cause = keel__task_cancel_cause(t);
 	bool refused;
 
 	if (cause || !(x = keel__task_ext(t))) {
-		sup__cmd_release(cmd);
+		keel__sup_cmd_release(cmd);
 		return keel__task_ready(t, cause ? cause : -ENOMEM);
 	}
 	cmd->refs = 2;
@@ -95,21 +95,21 @@ static int request(struct keel_task *t, struct keel_sup *s,
 	pthread_mutex_unlock(&s->lock);
 	if (refused) {
 		cmd->refs = 1;
-		sup__cmd_release(cmd);
+		keel__sup_cmd_release(cmd);
 		return keel__task_ready(t, -ESHUTDOWN);
 	}
 	/* The answer runs on this loop (reply_run), never before this task
 	 * is suspended: it is safe to set the wait up after queueing. */
 	x->waiter.payload = cmd;
 	x->wait_cancel = request_cancelled;
-	sup__wake(s);
+	keel__sup_wake(s);
 	/* The answer may come from another thread: keep the loop alive. */
 	return keel__task_suspend_external(t);
 }
 
-static struct sup__cmd *cmd_new(enum sup__cmd_kind kind)
+static struct keel__sup_cmd *cmd_new(enum keel__sup_cmd_kind kind)
 {
-	struct sup__cmd *cmd = calloc(1, sizeof(*cmd));
+	struct keel__sup_cmd *cmd = calloc(1, sizeof(*cmd));
 
 	if (cmd)
 		cmd->kind = kind;
@@ -119,7 +119,7 @@ static struct sup__cmd *cmd_new(enum sup__cmd_kind kind)
 int keel_sup_start_child(struct keel_task *t, struct keel_sup *s, void *extra,
 			 struct keel_child_id *id)
 {
-	struct sup__cmd *cmd = cmd_new(SUP_CMD_START_CHILD);
+	struct keel__sup_cmd *cmd = cmd_new(SUP_CMD_START_CHILD);
 
 	if (!cmd)
 		return keel__task_ready(t, -ENOMEM);
@@ -132,7 +132,7 @@ int keel_sup_add_child(struct keel_task *t, struct keel_sup *s,
 		       const struct keel_child_spec *spec,
 		       struct keel_child_id *id)
 {
-	struct sup__cmd *cmd;
+	struct keel__sup_cmd *cmd;
 
 	if (!spec || !spec->name)
 		return keel__task_ready(t, -EINVAL);
@@ -150,9 +150,9 @@ int keel_sup_add_child(struct keel_task *t, struct keel_sup *s,
 }
 
 static int request_on(struct keel_task *t, struct keel_sup *s,
-		      enum sup__cmd_kind kind, struct keel_child_id id)
+		      enum keel__sup_cmd_kind kind, struct keel_child_id id)
 {
-	struct sup__cmd *cmd = cmd_new(kind);
+	struct keel__sup_cmd *cmd = cmd_new(kind);
 
 	if (!cmd)
 		return keel__task_ready(t, -ENOMEM);

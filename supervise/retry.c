@@ -19,10 +19,9 @@
 #include "core.h"
 
 #include <errno.h>
-#include <keel/cancel.h>
 #include <keel/loop.h>
 #include <keel/resilience.h>
-#include <keel/timer.h>
+#include <keel/task.h>
 #include <math.h>
 #include <string.h>
 #include <sys/random.h>

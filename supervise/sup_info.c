@@ -41,8 +41,9 @@ const char *keel_exit_kind_name(enum keel_exit_kind kind)
 								 : "?";
 }
 
-void sup__exit_info(struct keel_exit_info *out, enum keel_exit_kind kind,
-		    int status, bool killed, const struct keel_abort *abort)
+void keel__sup_exit_info(struct keel_exit_info *out, enum keel_exit_kind kind,
+			 int status, bool killed,
+			 const struct keel_abort *abort)
 {
 	memset(out, 0, sizeof(*out));
 	out->kind = kind;
@@ -58,7 +59,7 @@ void sup__exit_info(struct keel_exit_info *out, enum keel_exit_kind kind,
 
 /* ---- snapshots ---------------------------------------------------------- */
 
-static enum keel_child_state public_state(const struct sup__child *ch)
+static enum keel_child_state public_state(const struct keel__sup_child *ch)
 {
 	switch (ch->state) {
 	case SUP_CH_STARTING:
@@ -82,7 +83,8 @@ static enum keel_child_state public_state(const struct sup__child *ch)
 }
 
 /* Lock held. */
-static void fill_info(const struct keel_sup *s, const struct sup__child *ch,
+static void fill_info(const struct keel_sup *s,
+		      const struct keel__sup_child *ch,
 		      struct keel_child_info *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -106,12 +108,13 @@ static void fill_info(const struct keel_sup *s, const struct sup__child *ch,
 #define FOR_EACH_CHILD(s, ch, body)                                            \
 	do {                                                                   \
 		for (uint32_t i_ = 0; i_ < (s)->norder; i_++) {                \
-			struct sup__child *ch = (s)->slots[(s)->order[i_]];    \
+			struct keel__sup_child *ch =                           \
+			    (s)->slots[(s)->order[i_]];                        \
 			body;                                                  \
 		}                                                              \
 		for (uint32_t i_ = 0; (s)->ndynamic && i_ < (s)->nslots;       \
 		     i_++) {                                                   \
-			struct sup__child *ch = (s)->slots[i_];                \
+			struct keel__sup_child *ch = (s)->slots[i_];           \
 			if (!ch || !ch->dynamic)                               \
 				continue;                                      \
 			body;                                                  \
@@ -168,7 +171,7 @@ int keel_sup_child_id(struct keel_sup *s, const char *name,
 
 	pthread_mutex_lock(&s->lock);
 	for (uint32_t i = 0; i < s->norder; i++) {
-		struct sup__child *ch = s->slots[s->order[i]];
+		struct keel__sup_child *ch = s->slots[s->order[i]];
 
 		if (!strcmp(ch->spec.name, name)) {
 			*out = ch->id;
@@ -184,10 +187,10 @@ struct keel_actor *keel_sup_child_actor(struct keel_sup *s,
 					struct keel_child_id id)
 {
 	struct keel_actor *a = NULL;
-	struct sup__child *ch;
+	struct keel__sup_child *ch;
 
 	pthread_mutex_lock(&s->lock);
-	ch = sup__lookup(s, id);
+	ch = keel__sup_lookup(s, id);
 	if (ch && ch->actor)
 		a = keel_actor_ref(ch->actor);
 	pthread_mutex_unlock(&s->lock);
@@ -197,10 +200,10 @@ struct keel_actor *keel_sup_child_actor(struct keel_sup *s,
 struct keel_sup *keel_sup_child_sup(struct keel_sup *s, struct keel_child_id id)
 {
 	struct keel_sup *c = NULL;
-	struct sup__child *ch;
+	struct keel__sup_child *ch;
 
 	pthread_mutex_lock(&s->lock);
-	ch = sup__lookup(s, id);
+	ch = keel__sup_lookup(s, id);
 	if (ch && ch->child_sup)
 		c = keel_sup_ref(ch->child_sup);
 	pthread_mutex_unlock(&s->lock);

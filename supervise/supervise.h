@@ -18,7 +18,6 @@
 
 #include "core.h"
 
-#include <keel/actor.h>
 #include <keel/supervisor.h>
 #include <pthread.h>
 
@@ -55,11 +54,11 @@ uint64_t keel__actor_panic_drops(const struct keel_actor *a);
 
 /* ---- the supervisor ----------------------------------------------------- */
 
-struct sup__link;
-struct sup__cmd;
+struct keel__sup_link;
+struct keel__sup_cmd;
 
 /* A child's life as its supervisor sees it. */
-enum sup__child_state {
+enum keel__sup_child_state {
 	SUP_CH_STOPPED = 0,  /* not running, not to be restarted */
 	SUP_CH_STARTING = 1, /* its start is under way */
 	SUP_CH_RUNNING = 2,
@@ -68,18 +67,18 @@ enum sup__child_state {
 	SUP_CH_STOPPING = 5,   /* asked to stop; waiting for its exit */
 };
 
-struct sup__child {
+struct keel__sup_child {
 	struct keel_child_spec spec; /* name owned */
 	struct keel_child_id id;
-	enum sup__child_state state;
+	enum keel__sup_child_state state;
 	bool dynamic;
-	void *extra;		    /* a dynamic child's start argument */
-	struct sup__link *link;	    /* the incarnation now, if any */
-	struct keel_actor *actor;   /* an actor child's stable handle (ref) */
-	struct keel_sup *child_sup; /* a supervisor child, this incarnation */
-	int start_result;	    /* of the last start: 0, IGNORE, errno */
-	bool loop_stopping;	    /* its loop was shutting down at its end */
-	bool stop_finished;	    /* STOPPING ended: its exit came */
+	void *extra;		     /* a dynamic child's start argument */
+	struct keel__sup_link *link; /* the incarnation now, if any */
+	struct keel_actor *actor;    /* an actor child's stable handle (ref) */
+	struct keel_sup *child_sup;  /* a supervisor child, this incarnation */
+	int start_result;	     /* of the last start: 0, IGNORE, errno */
+	bool loop_stopping;	     /* its loop was shutting down at its end */
+	bool stop_finished;	     /* STOPPING ended: its exit came */
 	bool kill_sent;
 	uint32_t restarts;
 	uint32_t start_failures;
@@ -96,34 +95,34 @@ struct sup__child {
 
 /* One step of the supervisor's current plan (a restart, a request, its
  * own start or shutdown), carried out in order. */
-enum sup__step_kind {
+enum keel__sup_step_kind {
 	SUP_STEP_START,
 	SUP_STEP_STOP,	       /* then the child goes to `then` */
 	SUP_STEP_STOP_DYNAMIC, /* every dynamic child at once, then forgot */
 };
 
 /* Where a stopped child goes. */
-enum sup__then {
+enum keel__sup_then {
 	SUP_THEN_STOPPED,
 	SUP_THEN_RESTART, /* RESTARTING, at the plan's restart_at */
 	SUP_THEN_REMOVE,
 };
 
-struct sup__step {
-	enum sup__step_kind kind;
-	enum sup__then then;
+struct keel__sup_step {
+	enum keel__sup_step_kind kind;
+	enum keel__sup_then then;
 	struct keel_child_id id;
 };
 
 /* Why the plan runs: what a failed start means. */
-enum sup__purpose {
+enum keel__sup_purpose {
 	SUP_PLAN_INIT,	   /* the initial start: a failure stops everything */
 	SUP_PLAN_RESTART,  /* a failure is a failed restart: try again */
 	SUP_PLAN_REQUEST,  /* a caller awaits the outcome */
 	SUP_PLAN_SHUTDOWN, /* then the supervisor exits */
 };
 
-enum sup__phase {
+enum keel__sup_phase {
 	SUP_PHASE_INIT,
 	SUP_PHASE_RUNNING,
 	SUP_PHASE_SHUTDOWN,
@@ -147,7 +146,7 @@ struct keel_sup {
 	/* The child table (under lock). Slots hold children; static ones are
 	 * also in `order` (start order); a freed slot goes on the free list
 	 * and its next child gets the next generation. */
-	struct sup__child **slots;
+	struct keel__sup_child **slots;
 	uint32_t *slot_gen;   /* generation of each slot's last child */
 	uint32_t *free_slots; /* at most nslots */
 	uint32_t nslots, nfree, slots_cap; /* the three share slots_cap */
@@ -163,13 +162,14 @@ struct keel_sup {
 	bool escalated;
 	bool exited;
 	int exit_status;
-	struct sup__cmd *cmds; /* requests waiting (FIFO, under lock) */
-	struct sup__cmd *cmds_tail;
+	struct keel__sup_cmd *cmds; /* requests waiting (FIFO, under lock) */
+	struct keel__sup_cmd *cmds_tail;
 
 	/* The supervisor's loop only. */
-	struct keel_task *task;	       /* NULL once its task is gone */
-	struct sup__link *parent_link; /* as a child of another supervisor */
-	enum sup__phase phase;
+	struct keel_task *task; /* NULL once its task is gone */
+	struct keel__sup_link
+	    *parent_link; /* as a child of another supervisor */
+	enum keel__sup_phase phase;
 	bool stopping;
 	int stop_status; /* the exit status once stopping */
 	/* Restart time stamps within the period, oldest first: a ring that
@@ -177,21 +177,21 @@ struct keel_sup {
 	uint64_t *stamps;
 	uint32_t nstamps, stamp_head, stamps_cap;
 	/* Exit and start notices from links, oldest first. */
-	struct sup__link *notices, *notices_tail;
+	struct keel__sup_link *notices, *notices_tail;
 	/* Children that exited by themselves, to decide about (FIFO). */
 	struct keel_child_id *exits;
 	uint32_t exits_head, exits_len, exits_cap;
 	uint32_t nrestarting; /* children in SUP_CH_RESTARTING */
 	/* The plan being carried out. */
-	struct sup__step *plan;
+	struct keel__sup_step *plan;
 	uint32_t plan_len, plan_pos, plan_cap;
-	enum sup__purpose purpose;
+	enum keel__sup_purpose purpose;
 	bool plan_active;
 	bool step_active;
 	uint64_t plan_restart_at;
 	uint64_t dyn_deadline; /* SUP_STEP_STOP_DYNAMIC's kill time */
 	bool dyn_killed;
-	struct sup__cmd *cmd; /* the request the plan carries out */
+	struct keel__sup_cmd *cmd; /* the request the plan carries out */
 	/* Waiting: woken by notices, requests, timers, its token. */
 	bool kick;
 	bool waiting;
@@ -208,7 +208,7 @@ struct keel_sup {
 };
 
 /* A request from keel_sup_start_child() and friends. */
-enum sup__cmd_kind {
+enum keel__sup_cmd_kind {
 	SUP_CMD_START_CHILD,
 	SUP_CMD_ADD_CHILD,
 	SUP_CMD_TERMINATE_CHILD,
@@ -216,10 +216,10 @@ enum sup__cmd_kind {
 	SUP_CMD_DELETE_CHILD,
 };
 
-struct sup__cmd {
+struct keel__sup_cmd {
 	uint32_t refs; /* atomic: the supervisor's side and the caller's */
-	struct sup__cmd *next;
-	enum sup__cmd_kind kind;
+	struct keel__sup_cmd *next;
+	enum keel__sup_cmd_kind kind;
 	struct keel_child_id id;
 	void *extra;
 	struct keel_child_spec spec; /* SUP_CMD_ADD_CHILD (name owned) */
@@ -242,7 +242,7 @@ struct sup__cmd {
  * incarnation), the child task's (until its exit), one per item in flight,
  * one while on the notice queue.
  */
-struct sup__link {
+struct keel__sup_link {
 	uint32_t refs;		/* atomic */
 	struct keel_sup *sup;	/* a reference */
 	struct keel_loop *loop; /* the child's */
@@ -271,7 +271,7 @@ struct sup__link {
 	bool loop_stopping;	 /* the child's loop was shutting down */
 	struct keel_abort abort; /* a panic's (message owned) */
 	/* The supervisor's loop only. */
-	struct sup__link *next_notice;
+	struct keel__sup_link *next_notice;
 	unsigned notices;
 	bool queued;
 	bool stop_posted, kill_posted;
@@ -284,34 +284,37 @@ struct sup__link {
 };
 
 /* child.c: links. */
-int sup__link_start(struct keel_sup *s, struct sup__child *ch);
-void sup__link_stop(struct sup__link *link, uint64_t deadline);
-void sup__link_kill(struct sup__link *link);
-void sup__link_release(struct sup__link *link);
+int keel__sup_link_start(struct keel_sup *s, struct keel__sup_child *ch);
+void keel__sup_link_stop(struct keel__sup_link *link, uint64_t deadline);
+void keel__sup_link_kill(struct keel__sup_link *link);
+void keel__sup_link_release(struct keel__sup_link *link);
 /* The child supervisor of `link` has started its children. */
-void sup__link_ready(struct sup__link *link);
+void keel__sup_link_ready(struct keel__sup_link *link);
 
 /* supervisor.c: what the links call on the supervisor's loop. */
-void sup__notice(struct keel_sup *s, struct sup__link *link, unsigned what);
-void sup__kick(struct keel_sup *s);
+void keel__sup_notice(struct keel_sup *s, struct keel__sup_link *link,
+		      unsigned what);
+void keel__sup_kick(struct keel_sup *s);
 /* Wake the supervisor from any thread (a request or a stop waits). */
-void sup__wake(struct keel_sup *s);
+void keel__sup_wake(struct keel_sup *s);
 /* A new supervisor and its task on `loop` (its thread). `attach(task,
  * arg)`, if given, runs on the task before the supervisor's own cleanup is
  * pushed on its defer stack. The caller holds a reference. */
-int sup__create(struct keel_loop *loop, const struct keel_sup_spec *spec,
-		struct sup__link *parent,
-		int (*attach)(struct keel_task *t, void *arg), void *attach_arg,
-		struct keel_sup **out);
+int keel__sup_create(struct keel_loop *loop, const struct keel_sup_spec *spec,
+		     struct keel__sup_link *parent,
+		     int (*attach)(struct keel_task *t, void *arg),
+		     void *attach_arg, struct keel_sup **out);
 /* requests.c: a request's answer goes back to its caller. */
-void sup__reply(struct sup__cmd *cmd, int result);
-void sup__cmd_release(struct sup__cmd *cmd);
+void keel__sup_reply(struct keel__sup_cmd *cmd, int result);
+void keel__sup_cmd_release(struct keel__sup_cmd *cmd);
 /* Free what a supervisor holds once its task is gone (last reference). */
-void sup__free(struct keel_sup *s);
+void keel__sup_free(struct keel_sup *s);
 
 /* sup_info.c */
-void sup__exit_info(struct keel_exit_info *out, enum keel_exit_kind kind,
-		    int status, bool killed, const struct keel_abort *abort);
-struct sup__child *sup__lookup(struct keel_sup *s, struct keel_child_id id);
+void keel__sup_exit_info(struct keel_exit_info *out, enum keel_exit_kind kind,
+			 int status, bool killed,
+			 const struct keel_abort *abort);
+struct keel__sup_child *keel__sup_lookup(struct keel_sup *s,
+					 struct keel_child_id id);
 
 #endif

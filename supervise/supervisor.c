@@ -30,7 +30,6 @@
 
 #include <errno.h>
 #include <keel/loop.h>
-#include <keel/timer.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,9 +72,10 @@ static int64_t shutdown_of(const struct keel_child_spec *spec)
 
 /* ---- the child table ---------------------------------------------------- */
 
-struct sup__child *sup__lookup(struct keel_sup *s, struct keel_child_id id)
+struct keel__sup_child *keel__sup_lookup(struct keel_sup *s,
+					 struct keel_child_id id)
 {
-	struct sup__child *ch;
+	struct keel__sup_child *ch;
 
 	if (!id.gen || id.slot >= s->nslots)
 		return NULL;
@@ -83,10 +83,11 @@ struct sup__child *sup__lookup(struct keel_sup *s, struct keel_child_id id)
 	return ch && ch->id.gen == id.gen ? ch : NULL;
 }
 
-static struct sup__child *find_by_name(struct keel_sup *s, const char *name)
+static struct keel__sup_child *find_by_name(struct keel_sup *s,
+					    const char *name)
 {
 	for (uint32_t i = 0; i < s->norder; i++) {
-		struct sup__child *ch = s->slots[s->order[i]];
+		struct keel__sup_child *ch = s->slots[s->order[i]];
 
 		if (!strcmp(ch->spec.name, name))
 			return ch;
@@ -120,11 +121,11 @@ static bool slots_grow(struct keel_sup *s)
 }
 
 /* A new child in a free slot (lock held, or nobody else sees `s` yet). */
-static struct sup__child *child_new(struct keel_sup *s,
-				    const struct keel_child_spec *spec,
-				    bool dynamic, void *extra)
+static struct keel__sup_child *child_new(struct keel_sup *s,
+					 const struct keel_child_spec *spec,
+					 bool dynamic, void *extra)
 {
-	struct sup__child *ch = calloc(1, sizeof(*ch));
+	struct keel__sup_child *ch = calloc(1, sizeof(*ch));
 	uint32_t slot;
 
 	if (!ch)
@@ -167,7 +168,7 @@ fail:
 }
 
 /* Take a child out of the table (lock held); child_destroy() frees it. */
-static void child_unlink(struct keel_sup *s, struct sup__child *ch)
+static void child_unlink(struct keel_sup *s, struct keel__sup_child *ch)
 {
 	s->slots[ch->id.slot] = NULL;
 	s->free_slots[s->nfree++] = ch->id.slot;
@@ -190,10 +191,10 @@ static void child_unlink(struct keel_sup *s, struct sup__child *ch)
 }
 
 /* Free an unlinked child (no lock: an actor's on_drop may run). */
-static void child_destroy(struct sup__child *ch)
+static void child_destroy(struct keel__sup_child *ch)
 {
 	if (ch->link)
-		sup__link_release(ch->link);
+		keel__sup_link_release(ch->link);
 	if (ch->actor) {
 		keel__actor_retire(ch->actor);
 		keel_actor_release(ch->actor);
@@ -204,7 +205,7 @@ static void child_destroy(struct sup__child *ch)
 	free(ch);
 }
 
-static void child_remove(struct keel_sup *s, struct sup__child *ch)
+static void child_remove(struct keel_sup *s, struct keel__sup_child *ch)
 {
 	lock(s);
 	child_unlink(s, ch);
@@ -212,8 +213,8 @@ static void child_remove(struct keel_sup *s, struct sup__child *ch)
 	child_destroy(ch);
 }
 
-static void set_state(struct keel_sup *s, struct sup__child *ch,
-		      enum sup__child_state st)
+static void set_state(struct keel_sup *s, struct keel__sup_child *ch,
+		      enum keel__sup_child_state st)
 {
 	lock(s);
 	if (ch->state == SUP_CH_RESTARTING)
@@ -270,7 +271,7 @@ static int check_spec(const struct keel_sup_spec *spec)
 	return 0;
 }
 
-void sup__free(struct keel_sup *s)
+void keel__sup_free(struct keel_sup *s)
 {
 	for (uint32_t i = 0; i < s->nslots; i++)
 		if (s->slots[i])
@@ -297,16 +298,16 @@ struct keel_sup *keel_sup_ref(struct keel_sup *s)
 void keel_sup_release(struct keel_sup *s)
 {
 	if (s && !__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL))
-		sup__free(s);
+		keel__sup_free(s);
 }
 
 static void sup_teardown(void *arg);
 static void wake_run(struct keel_loop *loop, struct keel__remote_item *it);
 
-int sup__create(struct keel_loop *loop, const struct keel_sup_spec *spec,
-		struct sup__link *parent,
-		int (*attach)(struct keel_task *t, void *arg), void *attach_arg,
-		struct keel_sup **out)
+int keel__sup_create(struct keel_loop *loop, const struct keel_sup_spec *spec,
+		     struct keel__sup_link *parent,
+		     int (*attach)(struct keel_task *t, void *arg),
+		     void *attach_arg, struct keel_sup **out)
 {
 	struct keel_sup *s;
 	struct sup_frame *f;
@@ -363,10 +364,10 @@ int sup__create(struct keel_loop *loop, const struct keel_sup_spec *spec,
 orphan:
 	/* The task runs once, sees no supervisor and exits with -ENOMEM. */
 	err = -ENOMEM;
-	sup__free(s);
+	keel__sup_free(s);
 	return err;
 nomem:
-	sup__free(s);
+	keel__sup_free(s);
 	return -ENOMEM;
 }
 
@@ -375,7 +376,7 @@ int keel_sup_start(struct keel_loop *loop, const struct keel_sup_spec *spec,
 {
 	if (keel__current_core && keel__current_core != keel__core_of(loop))
 		return -EXDEV;
-	return sup__create(loop, spec, NULL, NULL, NULL, out);
+	return keel__sup_create(loop, spec, NULL, NULL, NULL, out);
 }
 
 const char *keel_sup_name(const struct keel_sup *s)
@@ -390,7 +391,7 @@ struct keel_loop *keel_sup_loop(const struct keel_sup *s)
 
 /* ---- waiting and being woken -------------------------------------------- */
 
-void sup__kick(struct keel_sup *s)
+void keel__sup_kick(struct keel_sup *s)
 {
 	struct keel_task *t = s->task;
 
@@ -437,14 +438,14 @@ static void wake_run(struct keel_loop *loop, struct keel__remote_item *it)
 
 	(void)loop;
 	__atomic_store_n(&s->wake_posted, 0, __ATOMIC_SEQ_CST);
-	sup__kick(s);
+	keel__sup_kick(s);
 	keel_sup_release(s); /* the poster's */
 }
 
-void sup__wake(struct keel_sup *s)
+void keel__sup_wake(struct keel_sup *s)
 {
 	if (keel__current_core == keel__core_of(s->loop)) {
-		sup__kick(s);
+		keel__sup_kick(s);
 		return;
 	}
 	if (__atomic_exchange_n(&s->wake_posted, 1, __ATOMIC_SEQ_CST))
@@ -463,10 +464,11 @@ void keel_sup_stop(struct keel_sup *s)
 	if (exited ||
 	    __atomic_exchange_n(&s->stop_requested, 1, __ATOMIC_SEQ_CST))
 		return;
-	sup__wake(s);
+	keel__sup_wake(s);
 }
 
-void sup__notice(struct keel_sup *s, struct sup__link *l, unsigned what)
+void keel__sup_notice(struct keel_sup *s, struct keel__sup_link *l,
+		      unsigned what)
 {
 	if (!s->task)
 		return; /* the supervisor is gone */
@@ -481,7 +483,7 @@ void sup__notice(struct keel_sup *s, struct sup__link *l, unsigned what)
 			s->notices = l;
 		s->notices_tail = l;
 	}
-	sup__kick(s);
+	keel__sup_kick(s);
 }
 
 static void sup_timer_fired(struct keel_loop *loop, struct keel_timer *timer,
@@ -489,7 +491,7 @@ static void sup_timer_fired(struct keel_loop *loop, struct keel_timer *timer,
 {
 	(void)loop;
 	(void)timer;
-	sup__kick(arg);
+	keel__sup_kick(arg);
 }
 
 static void begin_stopping(struct keel_sup *s, int status)
@@ -507,7 +509,7 @@ static void sup_cancelled(struct keel_token *tok, int cause, void *arg)
 	(void)tok;
 	(void)cause;
 	begin_stopping(s, -ESHUTDOWN);
-	sup__kick(s);
+	keel__sup_kick(s);
 }
 
 /* ---- taking notices in -------------------------------------------------- */
@@ -545,11 +547,11 @@ static bool exits_pop(struct keel_sup *s, struct keel_child_id *id)
 	return true;
 }
 
-static void apply_started(struct keel_sup *s, struct sup__child *ch,
-			  struct sup__link *l)
+static void apply_started(struct keel_sup *s, struct keel__sup_child *ch,
+			  struct keel__sup_link *l)
 {
 	struct keel_sup *old_sup = NULL;
-	struct sup__link *drop = NULL;
+	struct keel__sup_link *drop = NULL;
 	int r = l->start_result;
 
 	if (ch->state != SUP_CH_STARTING)
@@ -583,11 +585,11 @@ static void apply_started(struct keel_sup *s, struct sup__child *ch,
 	if (old_sup)
 		keel_sup_release(old_sup);
 	if (drop)
-		sup__link_release(drop);
+		keel__sup_link_release(drop);
 }
 
-static void apply_exited(struct keel_sup *s, struct sup__child *ch,
-			 struct sup__link *l)
+static void apply_exited(struct keel_sup *s, struct keel__sup_child *ch,
+			 struct keel__sup_link *l)
 {
 	bool asked = ch->state == SUP_CH_STOPPING;
 	enum keel_exit_kind kind = keel_exit_kind_of(l->exit_status);
@@ -596,8 +598,8 @@ static void apply_exited(struct keel_sup *s, struct sup__child *ch,
 	if (asked && kind != KEEL_EXIT_ABORTED)
 		kind = KEEL_EXIT_SHUTDOWN;
 	lock(s);
-	sup__exit_info(&ch->last_exit, kind, l->exit_status, l->killed,
-		       &l->abort);
+	keel__sup_exit_info(&ch->last_exit, kind, l->exit_status, l->killed,
+			    &l->abort);
 	ch->exited = true;
 	if (l->killed) {
 		ch->kills++;
@@ -633,12 +635,12 @@ static void apply_exited(struct keel_sup *s, struct sup__child *ch,
 	unlock(s);
 	if (ch->state == SUP_CH_EXITED)
 		exits_push(s, ch->id);
-	sup__link_release(l); /* the supervisor's */
+	keel__sup_link_release(l); /* the supervisor's */
 }
 
-static struct sup__child *step_child(struct keel_sup *s)
+static struct keel__sup_child *step_child(struct keel_sup *s)
 {
-	return sup__lookup(s, s->plan[s->plan_pos].id);
+	return keel__sup_lookup(s, s->plan[s->plan_pos].id);
 }
 
 /* Kill what outstayed its shutdown timeout. */
@@ -650,23 +652,23 @@ static void enforce_deadlines(struct keel_sup *s)
 		return;
 	now = keel__clock_now();
 	if (s->plan[s->plan_pos].kind == SUP_STEP_STOP) {
-		struct sup__child *ch = step_child(s);
+		struct keel__sup_child *ch = step_child(s);
 
 		if (ch && ch->state == SUP_CH_STOPPING && !ch->kill_sent &&
 		    now >= ch->stop_deadline) {
 			ch->kill_sent = true;
-			sup__link_kill(ch->link);
+			keel__sup_link_kill(ch->link);
 		}
 	} else if (s->plan[s->plan_pos].kind == SUP_STEP_STOP_DYNAMIC &&
 		   !s->dyn_killed && now >= s->dyn_deadline) {
 		s->dyn_killed = true;
 		for (uint32_t i = 0; i < s->nslots; i++) {
-			struct sup__child *ch = s->slots[i];
+			struct keel__sup_child *ch = s->slots[i];
 
 			if (ch && ch->dynamic && ch->state == SUP_CH_STOPPING &&
 			    !ch->kill_sent) {
 				ch->kill_sent = true;
-				sup__link_kill(ch->link);
+				keel__sup_link_kill(ch->link);
 			}
 		}
 	}
@@ -674,13 +676,13 @@ static void enforce_deadlines(struct keel_sup *s)
 
 static void absorb(struct keel_sup *s)
 {
-	struct sup__link *l;
+	struct keel__sup_link *l;
 
 	if (__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
 		begin_stopping(s, 0);
 	while ((l = s->notices)) {
 		unsigned what = l->notices;
-		struct sup__child *ch = sup__lookup(s, l->id);
+		struct keel__sup_child *ch = keel__sup_lookup(s, l->id);
 
 		s->notices = l->next_notice;
 		if (!s->notices)
@@ -691,14 +693,14 @@ static void absorb(struct keel_sup *s)
 			apply_started(s, ch, l);
 		if (ch && ch->link == l && (what & SUP_NOTICE_EXITED))
 			apply_exited(s, ch, l);
-		sup__link_release(l); /* the queue's */
+		keel__sup_link_release(l); /* the queue's */
 	}
 	enforce_deadlines(s);
 }
 
 /* ---- plans -------------------------------------------------------------- */
 
-static void plan_reset(struct keel_sup *s, enum sup__purpose purpose)
+static void plan_reset(struct keel_sup *s, enum keel__sup_purpose purpose)
 {
 	s->plan_len = s->plan_pos = 0;
 	s->plan_active = true;
@@ -706,8 +708,8 @@ static void plan_reset(struct keel_sup *s, enum sup__purpose purpose)
 	s->purpose = purpose;
 }
 
-static void plan_push(struct keel_sup *s, enum sup__step_kind kind,
-		      struct keel_child_id id, enum sup__then then)
+static void plan_push(struct keel_sup *s, enum keel__sup_step_kind kind,
+		      struct keel_child_id id, enum keel__sup_then then)
 {
 	if (s->plan_len == s->plan_cap) {
 		uint32_t cap = s->plan_cap ? s->plan_cap * 2 : 8;
@@ -775,7 +777,7 @@ static bool add_restart(struct keel_sup *s)
 }
 
 /* The delay before this restart of `ch` (ns): see keel_backoff. */
-static uint64_t backoff_delay(struct keel_sup *s, struct sup__child *ch)
+static uint64_t backoff_delay(struct keel_sup *s, struct keel__sup_child *ch)
 {
 	uint64_t min = (uint64_t)s->backoff.min_ms * 1000000u;
 	uint64_t max = (uint64_t)s->backoff.max_ms * 1000000u;
@@ -803,7 +805,7 @@ static uint64_t backoff_delay(struct keel_sup *s, struct sup__child *ch)
 	return delay < min ? min : delay > max ? max : delay;
 }
 
-static void mark_restarting(struct keel_sup *s, struct sup__child *ch,
+static void mark_restarting(struct keel_sup *s, struct keel__sup_child *ch,
 			    uint64_t at)
 {
 	lock(s);
@@ -836,7 +838,7 @@ static bool in_group(struct keel_sup *s, uint32_t pos, uint32_t failed_pos)
  * OTP's restart/2: `ch` must be restarted (it exited, or a restart of it
  * failed). Returns true when it built a new plan (group strategies).
  */
-static bool sup_restart(struct keel_sup *s, struct sup__child *ch)
+static bool sup_restart(struct keel_sup *s, struct keel__sup_child *ch)
 {
 	struct keel__core *c = keel__core_of(s->loop);
 	uint64_t at;
@@ -874,7 +876,7 @@ static bool sup_restart(struct keel_sup *s, struct sup__child *ch)
 	plan_reset(s, SUP_PLAN_RESTART);
 	s->plan_restart_at = at;
 	for (uint32_t i = s->norder; i-- > 0;) {
-		struct sup__child *sib = s->slots[s->order[i]];
+		struct keel__sup_child *sib = s->slots[s->order[i]];
 
 		if (sib == ch || !in_group(s, i, failed_pos))
 			continue;
@@ -900,7 +902,7 @@ static void auto_shutdown(struct keel_sup *s)
 		return;
 	}
 	for (uint32_t i = 0; i < s->norder; i++) {
-		struct sup__child *ch = s->slots[s->order[i]];
+		struct keel__sup_child *ch = s->slots[s->order[i]];
 
 		if (ch->spec.significant && ch->state != SUP_CH_STOPPED)
 			return;
@@ -909,7 +911,7 @@ static void auto_shutdown(struct keel_sup *s)
 }
 
 /* OTP's do_restart: `ch` exited by itself; its last_exit says how. */
-static void decide(struct keel_sup *s, struct sup__child *ch)
+static void decide(struct keel_sup *s, struct keel__sup_child *ch)
 {
 	enum keel_exit_kind kind = ch->last_exit.kind;
 	bool significant = ch->spec.significant;
@@ -935,7 +937,7 @@ static void decide(struct keel_sup *s, struct sup__child *ch)
 
 /* ---- steps -------------------------------------------------------------- */
 
-static void begin_start(struct keel_sup *s, struct sup__child *ch)
+static void begin_start(struct keel_sup *s, struct keel__sup_child *ch)
 {
 	int err;
 
@@ -943,7 +945,7 @@ static void begin_start(struct keel_sup *s, struct sup__child *ch)
 		return; /* running already: the step is a no-op */
 	set_state(s, ch, SUP_CH_STARTING);
 	ch->start_result = 0;
-	err = sup__link_start(s, ch);
+	err = keel__sup_link_start(s, ch);
 	if (err) {
 		lock(s);
 		ch->state = SUP_CH_STOPPED;
@@ -955,7 +957,7 @@ static void begin_start(struct keel_sup *s, struct sup__child *ch)
 	}
 }
 
-static void begin_stop(struct keel_sup *s, struct sup__child *ch,
+static void begin_stop(struct keel_sup *s, struct keel__sup_child *ch,
 		       uint64_t deadline)
 {
 	int64_t sd = shutdown_of(ch->dynamic ? &s->tmpl : &ch->spec);
@@ -967,7 +969,7 @@ static void begin_stop(struct keel_sup *s, struct sup__child *ch,
 		set_state(s, ch, SUP_CH_STOPPING);
 		if (sd == KEEL_SHUTDOWN_BRUTAL_KILL) {
 			ch->kill_sent = true;
-			sup__link_kill(ch->link);
+			keel__sup_link_kill(ch->link);
 			break;
 		}
 		if (!deadline)
@@ -976,7 +978,7 @@ static void begin_stop(struct keel_sup *s, struct sup__child *ch,
 				? UINT64_MAX
 				: keel__clock_now() + (uint64_t)sd * 1000000u;
 		ch->stop_deadline = deadline;
-		sup__link_stop(ch->link, deadline);
+		keel__sup_link_stop(ch->link, deadline);
 		break;
 	case SUP_CH_EXITED:	/* it exited by itself: that was its stop */
 	case SUP_CH_RESTARTING: /* down: no restart now */
@@ -989,8 +991,8 @@ static void begin_stop(struct keel_sup *s, struct sup__child *ch,
 
 static void step_begin(struct keel_sup *s)
 {
-	struct sup__step *st = &s->plan[s->plan_pos];
-	struct sup__child *ch = sup__lookup(s, st->id);
+	struct keel__sup_step *st = &s->plan[s->plan_pos];
+	struct keel__sup_child *ch = keel__sup_lookup(s, st->id);
 
 	s->step_active = true;
 	if (st->kind == SUP_STEP_STOP_DYNAMIC) {
@@ -1003,7 +1005,7 @@ static void step_begin(struct keel_sup *s)
 		    sd > 0 ? keel__clock_now() + (uint64_t)sd * 1000000u
 			   : UINT64_MAX;
 		for (uint32_t i = 0; i < s->nslots; i++) {
-			struct sup__child *c = s->slots[i];
+			struct keel__sup_child *c = s->slots[i];
 
 			if (c && c->dynamic)
 				begin_stop(s, c, s->dyn_deadline);
@@ -1020,8 +1022,8 @@ static void step_begin(struct keel_sup *s)
 
 static bool step_done(struct keel_sup *s)
 {
-	struct sup__step *st = &s->plan[s->plan_pos];
-	struct sup__child *ch;
+	struct keel__sup_step *st = &s->plan[s->plan_pos];
+	struct keel__sup_child *ch;
 
 	if (st->kind == SUP_STEP_STOP_DYNAMIC) {
 		for (uint32_t i = 0; i < s->nslots; i++) {
@@ -1031,7 +1033,7 @@ static bool step_done(struct keel_sup *s)
 		}
 		return true;
 	}
-	ch = sup__lookup(s, st->id);
+	ch = keel__sup_lookup(s, st->id);
 	if (!ch)
 		return true;
 	return st->kind == SUP_STEP_START ? ch->state != SUP_CH_STARTING
@@ -1039,9 +1041,9 @@ static bool step_done(struct keel_sup *s)
 }
 
 /* The plan's request learns how its start went. */
-static void request_started(struct keel_sup *s, struct sup__child *ch)
+static void request_started(struct keel_sup *s, struct keel__sup_child *ch)
 {
-	struct sup__cmd *cmd = s->cmd;
+	struct keel__sup_cmd *cmd = s->cmd;
 	int r = ch->state == SUP_CH_RUNNING ? 0 : ch->start_result;
 
 	cmd->result = r;
@@ -1056,7 +1058,7 @@ static void request_started(struct keel_sup *s, struct sup__child *ch)
 
 /* A start in a restart plan failed: OTP's try_again_restart. Returns
  * true when a new plan replaced this one. */
-static bool restart_failed(struct keel_sup *s, struct sup__child *ch)
+static bool restart_failed(struct keel_sup *s, struct keel__sup_child *ch)
 {
 	if (ch->start_result == KEEL_CHILD_IGNORE || ch->loop_stopping) {
 		if (ch->spec.restart == KEEL_TEMPORARY || ch->dynamic)
@@ -1068,8 +1070,8 @@ static bool restart_failed(struct keel_sup *s, struct sup__child *ch)
 
 static void step_end(struct keel_sup *s)
 {
-	struct sup__step st = s->plan[s->plan_pos];
-	struct sup__child *ch = sup__lookup(s, st.id);
+	struct keel__sup_step st = s->plan[s->plan_pos];
+	struct keel__sup_child *ch = keel__sup_lookup(s, st.id);
 
 	s->step_active = false;
 	s->plan_pos++;
@@ -1139,7 +1141,7 @@ static bool plan_due_restarts(struct keel_sup *s)
 		return false;
 	plan_reset(s, SUP_PLAN_RESTART);
 	for (uint32_t i = 0; i < s->norder; i++) {
-		struct sup__child *ch = s->slots[s->order[i]];
+		struct keel__sup_child *ch = s->slots[s->order[i]];
 
 		if (ch->state == SUP_CH_RESTARTING && ch->restart_at <= now) {
 			plan_push(s, SUP_STEP_START, ch->id, SUP_THEN_STOPPED);
@@ -1147,7 +1149,7 @@ static bool plan_due_restarts(struct keel_sup *s)
 		}
 	}
 	for (uint32_t i = 0; s->ndynamic && i < s->nslots; i++) {
-		struct sup__child *ch = s->slots[i];
+		struct keel__sup_child *ch = s->slots[i];
 
 		if (ch && ch->dynamic && ch->state == SUP_CH_RESTARTING &&
 		    ch->restart_at <= now) {
@@ -1159,12 +1161,12 @@ static bool plan_due_restarts(struct keel_sup *s)
 	return any;
 }
 
-static bool begin_request(struct keel_sup *s, struct sup__cmd *cmd);
+static bool begin_request(struct keel_sup *s, struct keel__sup_cmd *cmd);
 
 static bool plan_next(struct keel_sup *s)
 {
 	struct keel_child_id id;
-	struct sup__cmd *cmd;
+	struct keel__sup_cmd *cmd;
 
 	for (;;) {
 		if (s->stopping) {
@@ -1176,7 +1178,7 @@ static bool plan_next(struct keel_sup *s)
 			return false;
 		}
 		if (exits_pop(s, &id)) {
-			struct sup__child *ch = sup__lookup(s, id);
+			struct keel__sup_child *ch = keel__sup_lookup(s, id);
 
 			/* Stale when a stop consumed the exit meanwhile. */
 			if (!ch || ch->state != SUP_CH_EXITED)
@@ -1205,7 +1207,7 @@ static bool plan_next(struct keel_sup *s)
 
 static void plan_end(struct keel_sup *s)
 {
-	enum sup__purpose purpose = s->purpose;
+	enum keel__sup_purpose purpose = s->purpose;
 
 	s->plan_active = false;
 	s->plan_len = s->plan_pos = 0;
@@ -1215,12 +1217,12 @@ static void plan_end(struct keel_sup *s)
 		s->state = KEEL_SUP_RUNNING;
 		unlock(s);
 		if (s->parent_link)
-			sup__link_ready(s->parent_link);
+			keel__sup_link_ready(s->parent_link);
 	} else if (purpose == SUP_PLAN_REQUEST) {
-		struct sup__cmd *cmd = s->cmd;
+		struct keel__sup_cmd *cmd = s->cmd;
 
 		s->cmd = NULL;
-		sup__reply(cmd, cmd->result);
+		keel__sup_reply(cmd, cmd->result);
 	} else if (purpose == SUP_PLAN_SHUTDOWN) {
 		s->phase = SUP_PHASE_EXIT;
 	}
@@ -1228,9 +1230,9 @@ static void plan_end(struct keel_sup *s)
 
 /* ---- requests, on the supervisor's loop --------------------------------- */
 
-static bool plan_request(struct keel_sup *s, struct sup__cmd *cmd,
-			 enum sup__step_kind kind, struct sup__child *ch,
-			 enum sup__then then)
+static bool plan_request(struct keel_sup *s, struct keel__sup_cmd *cmd,
+			 enum keel__sup_step_kind kind,
+			 struct keel__sup_child *ch, enum keel__sup_then then)
 {
 	plan_reset(s, SUP_PLAN_REQUEST);
 	s->cmd = cmd;
@@ -1239,10 +1241,10 @@ static bool plan_request(struct keel_sup *s, struct sup__cmd *cmd,
 }
 
 /* Carry out or answer a request; true when it became the plan. */
-static bool begin_request(struct keel_sup *s, struct sup__cmd *cmd)
+static bool begin_request(struct keel_sup *s, struct keel__sup_cmd *cmd)
 {
 	bool simple = s->strategy == KEEL_SIMPLE_ONE_FOR_ONE;
-	struct sup__child *ch = NULL;
+	struct keel__sup_child *ch = NULL;
 	int r = 0;
 
 	cmd->result = -ESHUTDOWN;
@@ -1270,7 +1272,7 @@ static bool begin_request(struct keel_sup *s, struct sup__cmd *cmd)
 		return plan_request(s, cmd, SUP_STEP_START, ch,
 				    SUP_THEN_STOPPED);
 	case SUP_CMD_TERMINATE_CHILD:
-		ch = sup__lookup(s, cmd->id);
+		ch = keel__sup_lookup(s, cmd->id);
 		if (!ch) {
 			r = -ENOENT;
 			break;
@@ -1282,7 +1284,7 @@ static bool begin_request(struct keel_sup *s, struct sup__cmd *cmd)
 					: SUP_THEN_STOPPED);
 	case SUP_CMD_RESTART_CHILD:
 	case SUP_CMD_DELETE_CHILD:
-		ch = sup__lookup(s, cmd->id);
+		ch = keel__sup_lookup(s, cmd->id);
 		if (simple)
 			r = -EOPNOTSUPP;
 		else if (!ch)
@@ -1300,7 +1302,7 @@ static bool begin_request(struct keel_sup *s, struct sup__cmd *cmd)
 			child_remove(s, ch);
 		break;
 	}
-	sup__reply(cmd, r);
+	keel__sup_reply(cmd, r);
 	return false;
 }
 
@@ -1312,8 +1314,8 @@ static void arm_timer(struct keel_sup *s)
 	uint64_t next = UINT64_MAX;
 
 	if (s->step_active) {
-		struct sup__step *st = &s->plan[s->plan_pos];
-		struct sup__child *ch = sup__lookup(s, st->id);
+		struct keel__sup_step *st = &s->plan[s->plan_pos];
+		struct keel__sup_child *ch = keel__sup_lookup(s, st->id);
 
 		if (st->kind == SUP_STEP_STOP && ch &&
 		    ch->state == SUP_CH_STOPPING && !ch->kill_sent)
@@ -1323,7 +1325,7 @@ static void arm_timer(struct keel_sup *s)
 	} else if (!s->plan_active && s->nrestarting) {
 		/* Restarts wait while a plan runs: only then do they count. */
 		for (uint32_t i = 0; i < s->nslots; i++) {
-			struct sup__child *ch = s->slots[i];
+			struct keel__sup_child *ch = s->slots[i];
 
 			if (ch && ch->state == SUP_CH_RESTARTING &&
 			    ch->restart_at < next)
@@ -1412,8 +1414,8 @@ static void sup_teardown(void *arg)
 	struct keel_sup *s = arg;
 	struct keel_task *t = s->task;
 	int status = keel_res(t);
-	struct sup__cmd *cmds;
-	struct sup__link *l;
+	struct keel__sup_cmd *cmds;
+	struct keel__sup_link *l;
 	struct keel__waiter *w;
 
 	if (s->cb_registered)
@@ -1425,18 +1427,18 @@ static void sup_teardown(void *arg)
 	s->waiting = false;
 	s->task = NULL; /* notices from now on are dropped */
 	for (uint32_t i = 0; i < s->nslots; i++) {
-		struct sup__child *ch = s->slots[i];
+		struct keel__sup_child *ch = s->slots[i];
 
 		if (!ch || !ch->link)
 			continue;
 		l = ch->link;
 		ch->link = NULL;
-		sup__link_kill(l);
-		sup__link_release(l);
+		keel__sup_link_kill(l);
+		keel__sup_link_release(l);
 	}
 	while ((l = s->notices)) {
 		s->notices = l->next_notice;
-		sup__link_release(l);
+		keel__sup_link_release(l);
 	}
 	s->notices_tail = NULL;
 	lock(s);
@@ -1447,13 +1449,13 @@ static void sup_teardown(void *arg)
 	s->cmds = s->cmds_tail = NULL;
 	unlock(s);
 	if (s->cmd) {
-		sup__reply(s->cmd, -ESHUTDOWN);
+		keel__sup_reply(s->cmd, -ESHUTDOWN);
 		s->cmd = NULL;
 	}
 	while (cmds) {
-		struct sup__cmd *next = cmds->next;
+		struct keel__sup_cmd *next = cmds->next;
 
-		sup__reply(cmds, -ESHUTDOWN);
+		keel__sup_reply(cmds, -ESHUTDOWN);
 		cmds = next;
 	}
 	while ((w = keel__waitq_pop(&s->waiters))) {

@@ -7,7 +7,7 @@
  */
 #include <errno.h>
 #include <keel.h>
-#include <keel/actor.h>
+#include <keel/supervisor.h>
 #include <keel/sync.h>
 #include <pthread.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test_actor.c: keel/actor.h. Tells handled in order between on_start and
+ * test_actor.c: keel/supervisor.h. Tells handled in order between on_start and
  * on_stop; a graceful stop; ask round trips; an ask timing out and its late
  * reply dropped and counted; the actor exiting, panicking or not replying
  * during an ask (and asks still queued at exit); tell_await blocking on a
@@ -15,7 +15,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <keel.h>
-#include <keel/actor.h>
+#include <keel/supervisor.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>

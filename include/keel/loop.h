@@ -1,16 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * keel/loop.h: the per-thread event loop, run by keel or embedded in a host.
- *
- * A loop owns one io_uring ring, its run queues, timers, op ledger and
- * allocator arena. It is used from one thread only (the ring is created
- * SINGLE_ISSUER). keel_loop_run() drives it until no work is left; a host
- * program can instead call keel_loop_step() from its own loop and poll
- * keel_loop_fd() in its own epoll set.
+ * keel/loop.h: the loop (run by keel's runtime or embedded in a host
+ * program), its timers, the multi-thread runtime and introspection (task
+ * dumps, stall detector, metrics).
  */
 #ifndef KEEL_LOOP_H
 #define KEEL_LOOP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,6 +15,16 @@
 extern "C" {
 #endif
 
+/* ---- loop ---- */
+/*
+ * the per-thread event loop, run by keel or embedded in a host.
+ *
+ * A loop owns one io_uring ring, its run queues, timers, op ledger and
+ * allocator arena. It is used from one thread only (the ring is created
+ * SINGLE_ISSUER). keel_loop_run() drives it until no work is left; a host
+ * program can instead call keel_loop_step() from its own loop and poll
+ * keel_loop_fd() in its own epoll set.
+ */
 struct keel_loop;
 
 /* keel_loop_opts.flags */
@@ -141,7 +148,7 @@ struct keel_loop_stats {
 	uint64_t aborted;      /* tasks aborted by a panic or a fault */
 	uint64_t fault_recoveries; /* faults turned into task aborts */
 	uint64_t stalls;	   /* steps longer than the stall threshold */
-	/* The fast network path (keel/buf.h, keel_send_zc). */
+	/* The fast network path (keel/io.h, keel_send_zc). */
 	uint64_t zc_sends;	   /* SEND_ZC requests */
 	uint64_t zc_copied;	   /* ... the kernel copied anyway (loopback) */
 	uint64_t multishot_rearms; /* streams re-armed after a final CQE */
@@ -153,6 +160,218 @@ struct keel_loop_stats {
 
 /* A snapshot of the loop's counters. */
 void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out);
+
+/* ---- timer ---- */
+/*
+ * the loop's timers, and sleeping in a task.
+ *
+ * Timers live on a 4-ary min-heap keyed by (deadline, arming order): arm and
+ * cancel are O(log n), timers due together fire in the order they were
+ * armed, and a loop holds millions of them. Deadlines are absolute
+ * CLOCK_MONOTONIC nanoseconds (keel_loop_now() is the loop's clock).
+ */
+struct keel_loop;
+struct keel_task;
+struct keel_timer;
+
+/* Runs on the loop's thread when the timer fires; it may re-arm it. */
+typedef void (*keel_timer_fn)(struct keel_loop *loop, struct keel_timer *timer,
+			      void *arg);
+
+/* Caller-owned; its fields are private. */
+struct keel_timer {
+	uint64_t deadline;
+	uint64_t seq;	     /* arming order, breaks ties */
+	uint32_t heap_index; /* UINT32_MAX when not armed */
+	keel_timer_fn fn;
+	void *arg;
+};
+
+/* Prepare a timer (not armed). */
+void keel_timer_init(struct keel_timer *timer, keel_timer_fn fn, void *arg);
+
+/*
+ * Arm (or move) the timer to fire at `deadline_ns`. A deadline already past
+ * fires on the next turn. Returns 0 or -ENOMEM.
+ * Ownership: the timer must stay valid until it fires or is cancelled.
+ */
+int keel_timer_arm(struct keel_loop *loop, struct keel_timer *timer,
+		   uint64_t deadline_ns);
+
+/* Arm the timer `delay_ns` after the loop's current time. */
+int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
+			 uint64_t delay_ns);
+
+/* Disarm; returns true if the timer was armed. */
+bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer);
+
+static inline bool keel_timer_armed(const struct keel_timer *timer)
+{
+	return timer->heap_index != UINT32_MAX;
+}
+
+/* Await `ns` nanoseconds; keel_res() is 0 (or a negative errno). */
+int keel_sleep(struct keel_task *t, uint64_t ns);
+
+/* Await an absolute CLOCK_MONOTONIC deadline. */
+int keel_sleep_until(struct keel_task *t, uint64_t deadline_ns);
+
+/* ---- runtime ---- */
+/*
+ * N loops on N threads, shared-nothing, and the blocking
+ * pool.
+ *
+ * keel_runtime_create() starts one loop per thread (default: as many as
+ * the CPUs the process may use), each with its own ring, allocator arena,
+ * timers and run queues, optionally pinned to a CPU. keel_runtime_run()
+ * runs a main task on loop 0 (on the calling thread) and returns when it
+ * exits, after a graceful shutdown of every loop.
+ *
+ * Shutdown: every loop's root token is cancelled, so every task sees
+ * -ECANCELED at its await and its ops are cancelled; each loop runs until
+ * its tasks have exited and the kernel has returned their ops; the threads
+ * are joined. SIGINT or SIGTERM start it (unless opts.no_signals); a second
+ * one kills the process. SIGUSR1 writes a task dump of every loop to
+ * stderr.
+ *
+ * Loops talk through mailboxes (keel/sync.h); a task can be spawned on
+ * any loop from any thread with keel_spawn_on().
+ */
+struct keel_runtime;
+struct keel_task;
+struct keel_task_type;
+
+struct keel_runtime_opts {
+	unsigned threads; /* loops; 0: the CPUs this process may use */
+	bool pin;	  /* pin loop i to the i-th allowed CPU */
+	bool no_signals;  /* leave SIGINT/SIGTERM/SIGUSR1 alone */
+	struct keel_loop_opts loop; /* for every loop */
+	unsigned blocking_threads;  /* blocking pool size (default 4) */
+	unsigned blocking_queue;    /* its queue bound (default 1024) */
+};
+
+/*
+ * Create the loops and their threads (loop 0 on the calling thread, which
+ * must then call keel_runtime_run). Returns 0 or a negative errno (a loop's
+ * ring setup error: see keel_loop_explain()).
+ */
+int keel_runtime_create(struct keel_runtime **out,
+			const struct keel_runtime_opts *opts);
+
+/* Free a runtime after keel_runtime_run returned. */
+void keel_runtime_destroy(struct keel_runtime *rt);
+
+unsigned keel_runtime_size(const struct keel_runtime *rt);
+
+/*
+ * Loop i's counters: a snapshot while the runtime runs (read from another
+ * thread: each value is current or a little old), its final counters after
+ * keel_runtime_run() returned. -EINVAL for a bad index.
+ */
+int keel_runtime_loop_stats(struct keel_runtime *rt, unsigned i,
+			    struct keel_loop_stats *out);
+struct keel_loop *keel_runtime_loop(struct keel_runtime *rt, unsigned i);
+
+/* The runtime of the calling thread's loop, or NULL. */
+struct keel_runtime *keel_runtime_current(void);
+
+/* Fills a new task's frame on its loop's thread, before its first step. */
+typedef void (*keel_init_fn)(void *frame, void *arg);
+
+/*
+ * Spawn a task on `loop` from any thread (a task of another loop, or a
+ * plain thread). The frame is allocated and `init(frame, arg)` runs on the
+ * loop's own thread, then the task runs. Returns 0 or -ENOMEM; the spawn
+ * itself happens asynchronously (spawning on the calling task's own loop
+ * happens at once).
+ */
+int keel_spawn_on(struct keel_loop *loop, const struct keel_task_type *type,
+		  unsigned flags, keel_init_fn init, void *arg);
+
+/*
+ * Run `main_type` on loop 0 (init fills its frame) and every other loop on
+ * its thread; return the main task's exit status once it has exited and
+ * every loop has shut down. Returns a negative errno if the runtime could
+ * not run.
+ */
+int keel_runtime_run(struct keel_runtime *rt,
+		     const struct keel_task_type *main_type, keel_init_fn init,
+		     void *arg);
+
+/* Start a graceful shutdown (from any thread). */
+void keel_runtime_shutdown(struct keel_runtime *rt);
+
+/* ---- the blocking pool --------------------------------------------------
+ * For work io_uring cannot do (getaddrinfo, heavy CPU): it runs on a pool
+ * thread and the awaiting task is woken on its own loop with the result.
+ */
+typedef int (*keel_blocking_fn)(void *arg);
+
+/*
+ * Await fn(arg) on a pool thread; keel_res is its return value. The queue
+ * is bounded: -EAGAIN when it is full (try later, or shed load).
+ * Ownership: `arg` belongs to the pool until the await returns, even when
+ * the task is cancelled (a running job cannot be stopped; the task then
+ * gets the job's result when it finishes).
+ */
+int keel_blocking(struct keel_task *t, keel_blocking_fn fn, void *arg);
+
+/* Size the process's blocking pool before its first use. */
+int keel_blocking_pool_config(unsigned threads, unsigned queue);
+
+/* ---- introspect ---- */
+/*
+ * task dumps, the stall detector, and metrics.
+ *
+ * A task dump lists every live task of a loop with its state, where it
+ * waits (source site and the awaited expression), and its ops in flight
+ * with opcode and age; stackless frames make it cheap. Call it from the
+ * loop's thread (between turns, or from a task); the multi-thread runtime
+ * also dumps on SIGUSR1.
+ *
+ * The stall detector reports a step that runs longer than the threshold,
+ * with the task's name and the site it resumed from. It costs the loop no
+ * clock read: a watchdog thread samples each loop's step counter every half
+ * threshold, so a step that never returns is reported too (one stderr line
+ * at most once a second per loop; a custom reporter is called, after the
+ * step, for every stalled step). Step durations themselves are in traces.
+ *
+ * Metrics are rendered in the Prometheus text format 0.0.4: counters end
+ * in _total, durations are in seconds, the only label is the loop index.
+ */
+struct keel_loop;
+struct keel_task;
+
+/*
+ * Write a task dump of `loop` to `fd` (e.g. STDERR_FILENO). Returns the
+ * number of tasks listed or a negative errno.
+ */
+int keel_loop_dump(struct keel_loop *loop, int fd);
+
+/* The default stall threshold: a low-latency loop should not run a step
+ * for longer than this. */
+#define KEEL_STALL_DEFAULT_NS (10ull * 1000 * 1000)
+
+/* Called (on the loop's thread, after the step) for a reported stall. */
+typedef void (*keel_stall_fn)(struct keel_loop *loop, const char *task_name,
+			      const char *resumed_from, uint64_t step_ns,
+			      void *arg);
+
+/*
+ * Set the stall threshold (0 turns the detector off) and the reporter
+ * (NULL: one line on stderr, "keel: stall: ..."). On by default at
+ * KEEL_STALL_DEFAULT_NS with the stderr reporter.
+ */
+void keel_loop_set_stall(struct keel_loop *loop, uint64_t threshold_ns,
+			 keel_stall_fn fn, void *arg);
+
+/*
+ * Render the metrics of `n` loops (label loop="0".."n-1") into `buf` in
+ * Prometheus text format 0.0.4. Returns the length the full text needs
+ * (as snprintf: if it is >= len, the output was cut).
+ */
+size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
+			   char *buf, size_t len);
 
 #ifdef __cplusplus
 }

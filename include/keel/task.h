@@ -1,6 +1,23 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * keel/task.h: stackless tasks, the resume macros, spawn/join/exit and the
+ * keel/task.h: the core layer's API: stackless tasks and the resume
+ * macros, abort frames (panic, defer), cancellation tokens and scopes.
+ */
+#ifndef KEEL_TASK_H
+#define KEEL_TASK_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- task ---- */
+/*
+ * stackless tasks, the resume macros, spawn/join/exit and the
  * defer stack.
  *
  * A task is a struct (its frame) that embeds `struct keel_task` and is run by
@@ -33,16 +50,6 @@
  *	struct conn *c = keel_spawn(loop, &conn_task, KEEL_PRIO_NORMAL);
  *	c->fd = fd;
  */
-#ifndef KEEL_TASK_H
-#define KEEL_TASK_H
-
-#include <stddef.h>
-#include <stdint.h>
-
-#ifdef __cplusplus
-extern "C" {
-#endif
-
 struct keel_loop;
 struct keel_task;
 struct keel__task_ext;
@@ -284,6 +291,299 @@ void keel_defer_unwind(struct keel_task *t, unsigned mark);
 
 /* Pop every cleanup pushed after `mark` without running it. */
 void keel_defer_drop(struct keel_task *t, unsigned mark);
+
+/* ---- abort ---- */
+/*
+ * panic-style abort of one task.
+ *
+ * keel_panic() and KEEL_ASSERT() inside a task step unwind that step only
+ * (a longjmp to the loop, which set up the abort frame before resuming the
+ * task): the task is marked aborted with the message and source site, its
+ * defer stack runs (LIFO), its ops in flight are cancelled, its frame is
+ * freed once the kernel has returned them, and its joiner (or scope) sees
+ * the exit status KEEL_ABORTED with the message. Other tasks keep running.
+ *
+ * A panic outside a task step (loop code, a timer or token callback, a
+ * defer running during an abort) is a bug, not something to recover from:
+ * the process aborts with the message and site.
+ *
+ * Hardware faults (SIGSEGV, SIGBUS, SIGFPE) are not trapped unless a loop
+ * opts in with keel_loop_set_faults(); see there for the dangers.
+ */
+struct keel_loop;
+struct keel_task;
+
+/* The exit status of an aborted task (and a join's keel_res). */
+#define KEEL_ABORTED (-EOWNERDEAD)
+
+/* What an aborted task left: valid as long as its holder says. */
+struct keel_abort {
+	const char *message;
+	const char *file;
+	int line;
+	int signal; /* the trapped signal, or 0 for a panic */
+};
+
+__attribute__((noreturn, format(printf, 3, 4))) void
+keel__panic(const char *file, int line, const char *fmt, ...);
+
+/* Abort the running task with a printf-style message. */
+#define keel_panic(...) keel__panic(__FILE__, __LINE__, __VA_ARGS__)
+
+/* Abort the running task if `cond` is false. */
+#define KEEL_ASSERT(cond)                                                      \
+	do {                                                                   \
+		if (__builtin_expect(!(cond), 0))                              \
+			keel__panic(__FILE__, __LINE__,                        \
+				    "assertion failed: %s", #cond);            \
+	} while (0)
+
+/*
+ * After a keel_join() whose keel_res() is KEEL_ABORTED: what the joined
+ * task left, valid until `self`'s next join or exit. NULL otherwise.
+ */
+const struct keel_abort *keel_task_joined_abort(const struct keel_task *self);
+
+/* keel_loop_set_faults() modes. */
+enum keel_fault_mode {
+	/* Default: no signal handler; a fault kills the process. */
+	KEEL_FAULTS_DIE = 0,
+	/* Print the faulting task's name and await site to stderr, then let
+	 * the signal kill the process as it would have. */
+	KEEL_FAULTS_REPORT = 1,
+	/*
+	 * Turn SIGSEGV/SIGBUS/SIGFPE raised inside a task step into an abort
+	 * of that task (sigaltstack + a jump back to the loop). A LAST RESORT:
+	 * the fault means memory may already be corrupt, locks held by the
+	 * step stay held, and the step's C state is lost mid-update. Counted
+	 * in the loop's stats (fault_recoveries). Faults outside a task step
+	 * still kill the process.
+	 */
+	KEEL_FAULTS_RECOVER = 2,
+};
+
+/*
+ * Choose how this loop's thread handles hardware faults. Installs the
+ * process-wide handlers on first use (they defer to the previous handler for
+ * faults outside keel task steps) and an alternate signal stack for the
+ * calling thread. Returns 0 or a negative errno.
+ */
+int keel_loop_set_faults(struct keel_loop *loop, enum keel_fault_mode mode);
+
+/* ---- cancel ---- */
+/*
+ * cancellation tokens and shields.
+ *
+ * Tokens form a tree: cancelling one cancels its descendants. A token's
+ * effective deadline is the earlier of its own and its parent's; when it
+ * passes, the token is cancelled with -ETIMEDOUT. The first cause is kept
+ * (-ECANCELED or -ETIMEDOUT), and cancellation is level-triggered: every
+ * later await of a task observing the token returns the cause at once.
+ *
+ * Every task observes one token: the one it was given, else its spawner's,
+ * else the loop's root token (keel_loop_token()). Cancelling a task's token
+ * cancels its ops in flight (IORING_OP_ASYNC_CANCEL) and wakes it from any
+ * await (I/O, sleep, join); it gets the real outcome: the cause, or the
+ * op's own result when the op completed before the cancel took effect
+ * (a recv that already consumed data returns that data).
+ *
+ * Like Go's context, .NET's CancellationToken and Trio's cancel scopes.
+ */
+struct keel_loop;
+struct keel_task;
+struct keel_token;
+struct keel_token_cb;
+
+/*
+ * A new token, child of `parent` (NULL: a child of the loop's root token).
+ * Returns 0 and sets *out, or -ENOMEM. A child of a cancelled parent starts
+ * cancelled with the parent's cause.
+ * Ownership: the caller holds one reference (keel_token_release()); tasks
+ * observing the token and its children hold their own.
+ */
+int keel_token_new(struct keel_loop *loop, struct keel_token *parent,
+		   struct keel_token **out);
+
+/* Take / drop a reference. The token is freed with its last reference. */
+struct keel_token *keel_token_ref(struct keel_token *tok);
+void keel_token_release(struct keel_token *tok);
+
+/* The loop's root token: cancelling it cancels every task of the loop. */
+struct keel_token *keel_loop_token(struct keel_loop *loop);
+
+/* Cancel with -ECANCELED (no-op if already cancelled). */
+void keel_token_cancel(struct keel_token *tok);
+
+/*
+ * Set the token's own absolute CLOCK_MONOTONIC deadline (UINT64_MAX: none).
+ * Its effective deadline is the earlier of that and its parent's.
+ * Returns 0 or -ENOMEM.
+ */
+int keel_token_set_deadline(struct keel_token *tok, uint64_t deadline_ns);
+
+/* Set the deadline `ns` from now. */
+int keel_token_set_timeout(struct keel_token *tok, uint64_t ns);
+
+/* The effective deadline (UINT64_MAX: none). */
+uint64_t keel_token_deadline(const struct keel_token *tok);
+
+/* 0 while not cancelled, else the first cause: -ECANCELED or -ETIMEDOUT. */
+int keel_token_cause(const struct keel_token *tok);
+
+static inline bool keel_token_cancelled(const struct keel_token *tok)
+{
+	return keel_token_cause(tok) != 0;
+}
+
+/* Called on the loop's thread when the token is cancelled. */
+typedef void (*keel_token_fn)(struct keel_token *tok, int cause, void *arg);
+
+/*
+ * A cancellation callback registration; caller-owned, keep it alive while
+ * registered. Its fields are private.
+ */
+struct keel_token_cb {
+	struct keel_token_cb *next;
+	struct keel_token_cb *prev;
+	struct keel_token *tok;
+	keel_token_fn fn;
+	void *arg;
+};
+
+/*
+ * Call `fn` when `tok` is cancelled; if it already is, `fn` runs at once
+ * (before this returns). A callback runs once and is then unregistered.
+ */
+void keel_token_on_cancel(struct keel_token *tok, struct keel_token_cb *cb,
+			  keel_token_fn fn, void *arg);
+
+/* Unregister; safe if it already ran or was never registered. */
+void keel_token_cb_remove(struct keel_token_cb *cb);
+
+/* The token `t` observes. */
+struct keel_token *keel_task_token(const struct keel_task *t);
+
+/*
+ * Make `t` observe `tok` (it takes a reference). If `tok` is cancelled and
+ * `t` is waiting, it is woken with the cause. Returns 0 or -ENOMEM.
+ */
+int keel_task_set_token(struct keel_task *t, struct keel_token *tok);
+
+/*
+ * A shield: while it is up, the task's awaits ignore its token, so cleanup
+ * can still do I/O; the shield has its own deadline (ns from now;
+ * UINT64_MAX: none), after which awaits fail with -ETIMEDOUT. Caller-owned,
+ * keep it in the frame. Returns 0 or -ENOMEM.
+ */
+struct keel_shield {
+	struct keel_token *saved; /* the task's token, restored at the end */
+	struct keel_token *own;
+	struct keel_shield *prev; /* the shield it is nested in */
+};
+
+int keel_shield_begin(struct keel_task *t, struct keel_shield *s,
+		      uint64_t timeout_ns);
+void keel_shield_end(struct keel_task *t, struct keel_shield *s);
+
+/*
+ * Cancel `t` alone: like cancelling a token only it observes (the task
+ * gets its own child token, cancelled).
+ */
+int keel_task_cancel(struct keel_task *t);
+
+/* ---- scope ---- */
+/*
+ * structured concurrency.
+ *
+ * A scope owns the tasks spawned into it and cannot finish before all of
+ * them have: keel_scope_join() waits for every child and hands back each
+ * one's exit status. The children observe the scope's token, a child of the
+ * owner's, so cancelling the owner cancels them, and a scope deadline is a
+ * timeout on the whole group. Failure policy:
+ *   KEEL_SCOPE_FAIL_FAST  the first failure (negative exit status, or an
+ *                         abort) cancels the siblings (Trio's nursery,
+ *                         asyncio.TaskGroup);
+ *   KEEL_SCOPE_COLLECT    keep going; every failure is reported together.
+ * gather = spawn + keel_scope_join; race/select = keel_scope_join_any +
+ * keel_scope_cancel + keel_scope_join; wait_for = keel_scope_set_timeout.
+ */
+struct keel_loop;
+struct keel_task;
+struct keel_task_type;
+struct keel_token;
+
+enum keel_scope_policy {
+	KEEL_SCOPE_FAIL_FAST = 0,
+	KEEL_SCOPE_COLLECT = 1,
+};
+
+/* One child's outcome, in spawn order. */
+struct keel_scope_result {
+	uint32_t index;		 /* spawn order within the scope */
+	int status;		 /* exit status, KEEL_ABORTED if it panicked */
+	struct keel_abort abort; /* for KEEL_ABORTED; message owned by scope */
+};
+
+/* Caller-owned (keep it in the owner's frame); fields are private. */
+struct keel_scope {
+	struct keel_task *owner;
+	struct keel_token *token;
+	struct keel_scope_result *results;
+	uint32_t nresults; /* children finished */
+	uint32_t cap;
+	uint32_t spawned;  /* children spawned */
+	uint32_t failures; /* children with status < 0 */
+	int first_failure; /* status of the first failure, 0 if none */
+	int policy;
+	int waiting;	   /* owner waits: 1 for all, 2 for any */
+	uint32_t any_seen; /* results already returned by join_any */
+	struct keel_scope *next_owned;
+};
+
+/*
+ * Open a scope owned by `owner`. Returns 0 or -ENOMEM.
+ * Ownership: the scope must outlive its children: join it before the
+ * owner exits (keel_scope_join), then keel_scope_fini.
+ */
+int keel_scope_init(struct keel_task *owner, struct keel_scope *scope,
+		    enum keel_scope_policy policy);
+
+/* Release the scope's token and results (after the join). */
+void keel_scope_fini(struct keel_scope *scope);
+
+/*
+ * Spawn a child into the scope (flags: a keel_prio). Returns its zeroed
+ * frame or NULL (-ENOMEM). The child observes the scope's token.
+ */
+void *keel_scope_spawn(struct keel_scope *scope,
+		       const struct keel_task_type *type, unsigned flags);
+
+/*
+ * Await every child. keel_res: 0 if none failed; else, for FAIL_FAST the
+ * first failure's status, for COLLECT -ECHILD (see the results). A scope
+ * whose deadline passed reports -ETIMEDOUT if a child failed because of it.
+ */
+int keel_scope_join(struct keel_task *self, struct keel_scope *scope);
+
+/*
+ * Await the next child to finish (in finishing order); keel_res is its
+ * exit status, -ECHILD when every child has been reported.
+ */
+int keel_scope_join_any(struct keel_task *self, struct keel_scope *scope);
+
+/* Cancel every child (the scope's token). */
+void keel_scope_cancel(struct keel_scope *scope);
+
+/* A deadline for the whole scope, `ns` from now. Returns 0 or -ENOMEM. */
+int keel_scope_set_timeout(struct keel_scope *scope, uint64_t ns);
+
+/* The finished children's results, in finishing order. */
+static inline const struct keel_scope_result *
+keel_scope_results(const struct keel_scope *scope, uint32_t *n)
+{
+	*n = scope->nresults;
+	return scope->results;
+}
 
 #ifdef __cplusplus
 }
