@@ -34,10 +34,7 @@ static int token_alloc(struct keel_loop *loop, struct keel_token *parent,
 	keel_timer_init(&tok->timer, NULL, tok);
 	if (parent) {
 		tok->parent = keel_token_ref(parent);
-		tok->sibling_next = parent->children;
-		if (parent->children)
-			parent->children->sibling_prev = tok;
-		parent->children = tok;
+		keel__list_push_front(&parent->children, &tok->sibling);
 		tok->cause = parent->cause;
 	}
 	*out = tok;
@@ -80,19 +77,13 @@ void keel_token_release(struct keel_token *tok)
 			c->hooks.timer_cancel(tok->loop, &tok->timer);
 		/* Children hold references, so there are none left; pending
 		 * callbacks just lose their token. */
-		for (struct keel_token_cb *cb = tok->callbacks; cb;
-		     cb = cb->next)
-			cb->tok = NULL;
-		if (parent) {
-			if (tok->sibling_prev)
-				tok->sibling_prev->sibling_next =
-				    tok->sibling_next;
-			else
-				parent->children = tok->sibling_next;
-			if (tok->sibling_next)
-				tok->sibling_next->sibling_prev =
-				    tok->sibling_prev;
-		}
+		struct keel__link *n;
+
+		keel__list_for_each (n, &tok->callbacks)
+			keel__list_entry(n, struct keel_token_cb, link)->tok =
+			    NULL;
+		if (parent)
+			keel__list_remove(&parent->children, &tok->sibling);
 		free(tok);
 		tok = parent; /* drop the reference the child held */
 	}
@@ -147,23 +138,30 @@ static void token_cancel(struct keel_token *tok, int cause)
 	keel_token_ref(tok); /* callbacks may drop the last reference */
 	if (keel_timer_armed(&tok->timer))
 		c->hooks.timer_cancel(tok->loop, &tok->timer);
-	while (tok->callbacks) {
-		struct keel_token_cb *cb = tok->callbacks;
+	while (!keel__list_empty(&tok->callbacks)) {
+		struct keel_token_cb *cb = keel__list_entry(
+		    tok->callbacks.first, struct keel_token_cb, link);
 
 		keel_token_cb_remove(cb);
 		cb->fn(tok, cause, cb->arg);
 	}
 	if (tok == c->root)
 		cancel_root_observers(c, cause);
-	for (struct keel__task_ext *x = tok->observers, *next; x; x = next) {
-		next = x->tok_next;
-		wake_cancelled(x->task, cause);
-	}
-	/* Hold each child across its cancel: callbacks may release it. */
-	for (struct keel_token *ch = tok->children, *next; ch; ch = next) {
+	struct keel__link *n, *next;
+
+	keel__list_for_each_safe (n, next, &tok->observers)
+		wake_cancelled(
+		    keel__list_entry(n, struct keel__task_ext, tok_link)->task,
+		    cause);
+	/* Hold each child across its cancel: callbacks may release it (so
+	 * the next link is read after the cancel, not before). */
+	for (n = tok->children.first; n; n = next) {
+		struct keel_token *ch =
+		    keel__list_entry(n, struct keel_token, sibling);
+
 		keel_token_ref(ch);
 		token_cancel(ch, cause);
-		next = ch->sibling_next;
+		next = ch->sibling.next;
 		keel_token_release(ch);
 	}
 	keel_token_release(tok);
@@ -218,16 +216,13 @@ void keel_token_on_cancel(struct keel_token *tok, struct keel_token_cb *cb,
 	cb->fn = fn;
 	cb->arg = arg;
 	cb->tok = NULL;
-	cb->next = cb->prev = NULL;
+	cb->link.next = cb->link.prev = NULL;
 	if (tok->cause) {
 		fn(tok, tok->cause, arg);
 		return;
 	}
 	cb->tok = tok;
-	cb->next = tok->callbacks;
-	if (tok->callbacks)
-		tok->callbacks->prev = cb;
-	tok->callbacks = cb;
+	keel__list_push_front(&tok->callbacks, &cb->link);
 }
 
 void keel_token_cb_remove(struct keel_token_cb *cb)
@@ -236,13 +231,7 @@ void keel_token_cb_remove(struct keel_token_cb *cb)
 
 	if (!tok)
 		return;
-	if (cb->prev)
-		cb->prev->next = cb->next;
-	else
-		tok->callbacks = cb->next;
-	if (cb->next)
-		cb->next->prev = cb->prev;
-	cb->next = cb->prev = NULL;
+	keel__list_remove(&tok->callbacks, &cb->link);
 	cb->tok = NULL;
 }
 
@@ -259,11 +248,7 @@ struct keel__task_ext *keel__task_ext(struct keel_task *t)
 static void observe(struct keel__task_ext *x, struct keel_token *tok)
 {
 	x->token = keel_token_ref(tok);
-	x->tok_prev = NULL;
-	x->tok_next = tok->observers;
-	if (tok->observers)
-		tok->observers->tok_prev = x;
-	tok->observers = x;
+	keel__list_push_front(&tok->observers, &x->tok_link);
 }
 
 static void unobserve(struct keel__task_ext *x)
@@ -272,12 +257,7 @@ static void unobserve(struct keel__task_ext *x)
 
 	if (!tok)
 		return;
-	if (x->tok_prev)
-		x->tok_prev->tok_next = x->tok_next;
-	else
-		tok->observers = x->tok_next;
-	if (x->tok_next)
-		x->tok_next->tok_prev = x->tok_prev;
+	keel__list_remove(&tok->observers, &x->tok_link);
 	x->token = NULL;
 	keel_token_release(tok);
 }

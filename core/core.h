@@ -11,6 +11,8 @@
 #ifndef KEEL_CORE_H
 #define KEEL_CORE_H
 
+#include "list.h"
+
 #include <keel/loop.h>
 #include <keel/sync.h>
 #include <keel/task.h>
@@ -32,7 +34,12 @@
 /* What a step function returns after KEEL_EXIT. */
 #define KEEL__EXITED 2
 
-/* A FIFO of tasks linked through keel_task.next. */
+/*
+ * A FIFO of tasks linked through keel_task.next. Not a keel__list (list.h):
+ * the run queues are the hottest lists and a task sits on at most one, so
+ * one pointer in the 64-byte task header does; a prev pointer would not fit
+ * there. Only a kill takes a task out of the middle (a walk, kill.c).
+ */
 struct keel__taskq {
 	struct keel_task *head;
 	struct keel_task *tail;
@@ -88,8 +95,7 @@ struct keel__remote_item {
  * per task, so it lives in the task's ext. Linked into a FIFO keel__waitq.
  */
 struct keel__waiter {
-	struct keel__waiter *next;
-	struct keel__waiter *prev;
+	struct keel__link link; /* its keel__waitq */
 	struct keel_task *task;
 	void *payload; /* what the wait carries (a message to send) */
 	void *owner;   /* the object waited on */
@@ -106,42 +112,35 @@ enum keel__waiter_state {
 };
 
 struct keel__waitq {
-	struct keel__waiter *head;
-	struct keel__waiter *tail;
+	struct keel__list list;
 	uint32_t len;
 };
 
 static inline void keel__waitq_push(struct keel__waitq *q,
 				    struct keel__waiter *w)
 {
-	w->next = NULL;
-	w->prev = q->tail;
-	if (q->tail)
-		q->tail->next = w;
-	else
-		q->head = w;
-	q->tail = w;
+	keel__list_push_back(&q->list, &w->link);
 	q->len++;
 }
 
 static inline void keel__waitq_remove(struct keel__waitq *q,
 				      struct keel__waiter *w)
 {
-	if (w->prev)
-		w->prev->next = w->next;
-	else
-		q->head = w->next;
-	if (w->next)
-		w->next->prev = w->prev;
-	else
-		q->tail = w->prev;
-	w->next = w->prev = NULL;
+	keel__list_remove(&q->list, &w->link);
 	q->len--;
+}
+
+/* The longest waiting, or NULL. */
+static inline struct keel__waiter *keel__waitq_first(struct keel__waitq *q)
+{
+	struct keel__link *n = q->list.first;
+
+	return n ? keel__list_entry(n, struct keel__waiter, link) : NULL;
 }
 
 static inline struct keel__waiter *keel__waitq_pop(struct keel__waitq *q)
 {
-	struct keel__waiter *w = q->head;
+	struct keel__waiter *w = keel__waitq_first(q);
 
 	if (w)
 		keel__waitq_remove(q, w);
@@ -154,8 +153,7 @@ struct keel__task_ext {
 	unsigned cap;
 	/* The token observed (a reference); NULL: the loop's root token. */
 	struct keel_token *token;
-	struct keel__task_ext *tok_next; /* the token's observer list */
-	struct keel__task_ext *tok_prev;
+	struct keel__link tok_link;	  /* the token's observer list */
 	keel__wait_cancel_fn wait_cancel; /* set while in such a wait */
 	struct keel_task *join_target;	  /* while waiting in keel_join */
 	struct keel_scope *scope;	  /* the scope the task belongs to */
@@ -174,13 +172,12 @@ struct keel__task_ext {
 /* A cancellation token (see keel/task.h). */
 struct keel_token {
 	struct keel_loop *loop;
-	struct keel_token *parent; /* holds a reference */
-	struct keel_token *children;
-	struct keel_token *sibling_next;
-	struct keel_token *sibling_prev;
-	struct keel__task_ext *observers;
-	struct keel_token_cb *callbacks;
-	uint64_t deadline; /* own; UINT64_MAX: none */
+	struct keel_token *parent;   /* holds a reference */
+	struct keel__list children;  /* weak: of their sibling links */
+	struct keel__link sibling;   /* in the parent's children */
+	struct keel__list observers; /* task exts, by tok_link */
+	struct keel__list callbacks; /* keel_token_cb, by link */
+	uint64_t deadline;	     /* own; UINT64_MAX: none */
 	struct keel_timer timer;
 	uint32_t refs;
 	int cause;

@@ -55,7 +55,7 @@ struct timed_wait {
 static void waitq_init(struct waitq *wq, struct keel_loop *loop,
 		       void (*left)(struct waitq *, struct keel__waiter *))
 {
-	wq->q.head = wq->q.tail = NULL;
+	keel__list_init(&wq->q.list);
 	wq->q.len = 0;
 	wq->loop = loop;
 	wq->left = left;
@@ -665,7 +665,8 @@ static void semaphore_grant(struct waitq *wq, struct keel__waiter *left)
 	struct keel__waiter *w;
 
 	(void)left;
-	while ((w = wq->q.head) && s->permits >= (uint64_t)w->result) {
+	while ((w = keel__waitq_first(&wq->q)) &&
+	       s->permits >= (uint64_t)w->result) {
 		s->permits -= (uint64_t)w->result;
 		keel__waitq_remove(&wq->q, w);
 		wait_end(wq, w, 0);

@@ -85,12 +85,7 @@ static int request(struct keel_task *t, struct keel_sup *s,
 	pthread_mutex_lock(&s->lock);
 	refused = s->exited;
 	if (!refused) {
-		cmd->next = NULL;
-		if (s->cmds_tail)
-			s->cmds_tail->next = cmd;
-		else
-			s->cmds = cmd;
-		s->cmds_tail = cmd;
+		keel__list_push_back(&s->cmds, &cmd->link);
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (refused) {

@@ -162,8 +162,7 @@ struct keel_sup {
 	bool escalated;
 	bool exited;
 	int exit_status;
-	struct keel__sup_cmd *cmds; /* requests waiting (FIFO, under lock) */
-	struct keel__sup_cmd *cmds_tail;
+	struct keel__list cmds; /* requests waiting (FIFO, under lock) */
 
 	/* The supervisor's loop only. */
 	struct keel_task *task; /* NULL once its task is gone */
@@ -177,7 +176,7 @@ struct keel_sup {
 	uint64_t *stamps;
 	uint32_t nstamps, stamp_head, stamps_cap;
 	/* Exit and start notices from links, oldest first. */
-	struct keel__sup_link *notices, *notices_tail;
+	struct keel__list notices; /* keel__sup_link, by notice_link */
 	/* Children that exited by themselves, to decide about (FIFO). */
 	struct keel_child_id *exits;
 	uint32_t exits_head, exits_len, exits_cap;
@@ -218,7 +217,7 @@ enum keel__sup_cmd_kind {
 
 struct keel__sup_cmd {
 	uint32_t refs; /* atomic: the supervisor's side and the caller's */
-	struct keel__sup_cmd *next;
+	struct keel__link link; /* keel_sup.cmds */
 	enum keel__sup_cmd_kind kind;
 	struct keel_child_id id;
 	void *extra;
@@ -271,7 +270,7 @@ struct keel__sup_link {
 	bool loop_stopping;	 /* the child's loop was shutting down */
 	struct keel_abort abort; /* a panic's (message owned) */
 	/* The supervisor's loop only. */
-	struct keel__sup_link *next_notice;
+	struct keel__link notice_link; /* keel_sup.notices while queued */
 	unsigned notices;
 	bool queued;
 	bool stop_posted, kill_posted;

@@ -476,12 +476,7 @@ void keel__sup_notice(struct keel_sup *s, struct keel__sup_link *l,
 	if (!l->queued) {
 		l->queued = true;
 		__atomic_add_fetch(&l->refs, 1, __ATOMIC_RELAXED);
-		l->next_notice = NULL;
-		if (s->notices_tail)
-			s->notices_tail->next_notice = l;
-		else
-			s->notices = l;
-		s->notices_tail = l;
+		keel__list_push_back(&s->notices, &l->notice_link);
 	}
 	keel__sup_kick(s);
 }
@@ -676,17 +671,16 @@ static void enforce_deadlines(struct keel_sup *s)
 
 static void absorb(struct keel_sup *s)
 {
-	struct keel__sup_link *l;
+	struct keel__link *n;
 
 	if (__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE))
 		begin_stopping(s, 0);
-	while ((l = s->notices)) {
+	while ((n = keel__list_pop_front(&s->notices))) {
+		struct keel__sup_link *l =
+		    keel__list_entry(n, struct keel__sup_link, notice_link);
 		unsigned what = l->notices;
 		struct keel__sup_child *ch = keel__sup_lookup(s, l->id);
 
-		s->notices = l->next_notice;
-		if (!s->notices)
-			s->notices_tail = NULL;
 		l->queued = false;
 		l->notices = 0;
 		if (ch && ch->link == l && (what & SUP_NOTICE_STARTED))
@@ -1167,6 +1161,7 @@ static bool plan_next(struct keel_sup *s)
 {
 	struct keel_child_id id;
 	struct keel__sup_cmd *cmd;
+	struct keel__link *n;
 
 	for (;;) {
 		if (s->stopping) {
@@ -1191,13 +1186,10 @@ static bool plan_next(struct keel_sup *s)
 		if (plan_due_restarts(s))
 			return true;
 		lock(s);
-		cmd = s->cmds;
-		if (cmd) {
-			s->cmds = cmd->next;
-			if (!s->cmds)
-				s->cmds_tail = NULL;
-		}
+		n = keel__list_pop_front(&s->cmds);
 		unlock(s);
+		cmd =
+		    n ? keel__list_entry(n, struct keel__sup_cmd, link) : NULL;
 		if (!cmd)
 			return false;
 		if (begin_request(s, cmd))
@@ -1414,7 +1406,8 @@ static void sup_teardown(void *arg)
 	struct keel_sup *s = arg;
 	struct keel_task *t = s->task;
 	int status = keel_res(t);
-	struct keel__sup_cmd *cmds;
+	struct keel__list cmds;
+	struct keel__link *n, *next;
 	struct keel__sup_link *l;
 	struct keel__waiter *w;
 
@@ -1436,28 +1429,22 @@ static void sup_teardown(void *arg)
 		keel__sup_link_kill(l);
 		keel__sup_link_release(l);
 	}
-	while ((l = s->notices)) {
-		s->notices = l->next_notice;
-		keel__sup_link_release(l);
-	}
-	s->notices_tail = NULL;
+	while ((n = keel__list_pop_front(&s->notices)))
+		keel__sup_link_release(
+		    keel__list_entry(n, struct keel__sup_link, notice_link));
 	lock(s);
 	s->state = KEEL_SUP_EXITED;
 	s->exited = true;
 	s->exit_status = status;
-	cmds = s->cmds;
-	s->cmds = s->cmds_tail = NULL;
+	keel__list_move(&cmds, &s->cmds);
 	unlock(s);
 	if (s->cmd) {
 		keel__sup_reply(s->cmd, -ESHUTDOWN);
 		s->cmd = NULL;
 	}
-	while (cmds) {
-		struct keel__sup_cmd *next = cmds->next;
-
-		keel__sup_reply(cmds, -ESHUTDOWN);
-		cmds = next;
-	}
+	keel__list_for_each_safe (n, next, &cmds)
+		keel__sup_reply(keel__list_entry(n, struct keel__sup_cmd, link),
+				-ESHUTDOWN);
 	while ((w = keel__waitq_pop(&s->waiters))) {
 		w->task->ext->wait_cancel = NULL;
 		keel__task_complete(w->task, status);

@@ -57,6 +57,13 @@ struct keel__task_ext;
 #define keel_container_of(ptr, type, member)                                   \
 	((type *)((char *)(ptr)-offsetof(type, member)))
 
+/* A link in one of keel's intrusive lists (private; see core/list.h). It
+ * is here because public structs with private fields embed it. */
+struct keel__link {
+	struct keel__link *next;
+	struct keel__link *prev;
+};
+
 /* What an await expression (an op, a join, a yield) returns. */
 #define KEEL_READY   0 /* the result is already in keel_res(): go on */
 #define KEEL_PENDING 1 /* the task will be woken with the result: suspend */
@@ -443,8 +450,7 @@ typedef void (*keel_token_fn)(struct keel_token *tok, int cause, void *arg);
  * registered. Its fields are private.
  */
 struct keel_token_cb {
-	struct keel_token_cb *next;
-	struct keel_token_cb *prev;
+	struct keel__link link; /* the token's callback list */
 	struct keel_token *tok;
 	keel_token_fn fn;
 	void *arg;
