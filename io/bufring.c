@@ -55,10 +55,10 @@ struct keel_bufring {
 	uint16_t head; /* buffers the kernel has finished with (mod 2^16) */
 	uint16_t gid;
 	bool inc;
-	uint32_t streams; /* open recv streams using it */
-	uint32_t refs;	  /* chunks lent, over all buffers */
-	struct keel_recv_stream *starved, *starved_tail;
-	struct keel_timer retry; /* armed while streams are starved */
+	uint32_t streams;	   /* open recv streams using it */
+	uint32_t refs;		   /* chunks lent, over all buffers */
+	struct keel__list starved; /* recv streams, by their starved link */
+	struct keel_timer retry;   /* armed while streams are starved */
 	uint64_t chunks, enobufs;
 };
 
@@ -132,17 +132,16 @@ static void resume_starved(struct keel_bufring *r)
 {
 	if (keel_timer_armed(&r->retry))
 		keel_timer_cancel(loop_of(r), &r->retry);
-	/* Streams that starve again join a fresh list. */
-	struct keel_recv_stream *s = r->starved;
+	/* One at a time off the list itself, so that a stream closed while
+	 * another resumes (its task killed by the wake) leaves the list as
+	 * always. This ends: a resume only re-arms and wakes, and a stream
+	 * starves again only at a CQE or in keel_recv_next(), later. */
+	struct keel__link *n;
 
-	r->starved = r->starved_tail = NULL;
-	while (s) {
-		struct keel_recv_stream *next = s->next_starved;
-
-		s->next_starved = NULL;
-		keel__recv_stream_resume(r->io, s);
-		s = next;
-	}
+	while ((n = keel__list_pop_front(&r->starved)))
+		keel__recv_stream_resume(
+		    r->io,
+		    keel__list_entry(n, struct keel_recv_stream, starved));
 }
 
 static void retry_fired(struct keel_loop *loop, struct keel_timer *timer,
@@ -295,7 +294,7 @@ static void maybe_recycle(struct keel_bufring *r, uint16_t bid)
 	if (b->refs || b->in_ring)
 		return;
 	ring_add(r, bid);
-	if (r->starved)
+	if (!keel__list_empty(&r->starved))
 		resume_starved(r);
 }
 
@@ -418,12 +417,7 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s)
 {
 	r->enobufs++;
 	r->io->count.enobufs++;
-	s->next_starved = NULL;
-	if (r->starved_tail)
-		r->starved_tail->next_starved = s;
-	else
-		r->starved = s;
-	r->starved_tail = s;
+	keel__list_push_back(&r->starved, &s->starved);
 	if ((!r->refs || r->in_kernel) && !keel_timer_armed(&r->retry))
 		keel_timer_arm(loop_of(r), &r->retry,
 			       r->io->now + STARVED_RETRY_NS);
@@ -431,18 +425,7 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s)
 
 void keel__bufring_unwait(struct keel_bufring *r, struct keel_recv_stream *s)
 {
-	struct keel_recv_stream **pp = &r->starved, *prev = NULL;
-
-	while (*pp && *pp != s) {
-		prev = *pp;
-		pp = &(*pp)->next_starved;
-	}
-	if (!*pp)
-		return;
-	*pp = s->next_starved;
-	if (r->starved_tail == s)
-		r->starved_tail = prev;
-	s->next_starved = NULL;
+	keel__list_remove(&r->starved, &s->starved);
 }
 
 /* Streams count themselves in and out so that destroy can refuse. */

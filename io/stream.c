@@ -9,6 +9,12 @@
  * and handed over when the task asks, so a task can be busy sending while
  * its next request is already being received, with no syscall.
  *
+ * Both kinds share one base (struct keel__stream) and one life cycle here:
+ * open, arm, CQE, deliver, next, cancel, close, finalise. What differs is a
+ * struct keel__stream_kind of hooks: how to prepare the request, what a CQE
+ * queues, what to do when the request stops, how the task takes an item, and
+ * how a parked stream stops waiting (for a buffer, or for descriptors).
+ *
  * The op is the task's: it counts in the task's inflight ops, so the frame
  * that holds the stream outlives the kernel's last CQE. When the task
  * exits, aborts or the loop is destroyed, the stream is closed: the request
@@ -24,13 +30,14 @@
 
 #include <keel/io.h>
 
-/* Stream state bits (keel_recv_stream.state, keel_accept_stream.state). */
+/* Stream state bits (struct keel__stream.state). */
 #define S_ARMED	  0x01 /* a multishot request is in the kernel */
 #define S_WAITING 0x02 /* the task waits in keel_*_next() */
 #define S_CLOSED  0x04 /* closed: no more re-arms, finalised when unarmed */
 #define S_ENDED	  0x08 /* `end` holds the final result */
-#define S_STARVED 0x10 /* recv: waiting for a buffer (-ENOBUFS) */
-#define S_BACKOFF 0x20 /* accept: paused by EMFILE & co */
+#define S_PARKED                                                               \
+	0x10	       /* waiting for a resource before it re-arms: recv,      \
+			* a buffer (-ENOBUFS); accept, descriptors (EMFILE) */
 #define S_PAUSING 0x40 /* recv: cancelled for backpressure (queue full) */
 
 #define CHUNK_BLOCK	   256
@@ -82,7 +89,33 @@ void keel__chunk_pool_fini(struct keel__io *io)
 	io->chunks.free = NULL;
 }
 
-/* ---- common --------------------------------------------------------- */
+/* ---- the base ------------------------------------------------------ */
+
+/* What a kind of stream adds to the common life cycle. */
+struct keel__stream_kind {
+	uint8_t opcode; /* IORING_OP_*, the multishot request */
+	bool sockets;	/* queues accepted sockets (else ring chunks) */
+	/* Fill `sqe` with the multishot request (the rest is common). */
+	void (*prep)(struct keel__io *io, struct keel__stream *s,
+		     struct io_uring_sqe *sqe);
+	/* A CQE of the request: queue what it carries. */
+	void (*queue)(struct keel__io *io, struct keel__stream *s,
+		      struct keel__op *op, int res, unsigned cqe_flags);
+	/* The request stopped (its final CQE) on an open stream: re-arm,
+	 * park, pause or end. */
+	void (*stopped)(struct keel__io *io, struct keel__stream *s, int res,
+			unsigned cqe_flags);
+	/* keel_*_next() found the stream unarmed and not parked. */
+	void (*restart)(struct keel__io *io, struct keel__stream *s);
+	/* Hand the first queued item `c` (already unlinked) to `out`;
+	 * returns the await's result. */
+	int (*take)(struct keel__io *io, struct keel__stream *s,
+		    struct keel__chunk *c, void *out);
+	/* Stop waiting for the resource it is parked on. */
+	void (*unpark)(struct keel__io *io, struct keel__stream *s);
+	/* At finalise: give back what the kind holds (may be NULL). */
+	void (*release)(struct keel__io *io, struct keel__stream *s);
+};
 
 static struct keel__op *stream_op(struct keel__io *io, uint32_t op)
 {
@@ -114,29 +147,15 @@ static int end_result(struct keel_task *t, int res)
 	return res;
 }
 
-/* ---- recv streams --------------------------------------------------- */
-
-static void recv_cqe(struct keel__io *io, struct keel__op *op, int res,
-		     unsigned cqe_flags);
-static void recv_cancel(struct keel__io *io, struct keel__op *op);
-
-static int recv_arm(struct keel__io *io, struct keel_recv_stream *s)
+static int stream_arm(struct keel__io *io, struct keel__stream *s)
 {
 	struct keel__op *op = stream_op(io, s->op);
 	struct io_uring_sqe *sqe = keel__io_sqe(io);
 
 	if (!sqe)
 		return -EAGAIN;
-	io_uring_prep_recv_multishot(sqe, s->fd, NULL, 0, 0);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = keel__bufring_gid(s->ring);
-	/* Bundles read their buffer ids from the ring in order, which an
-	 * incremental ring does not keep: one or the other. */
+	s->kind->prep(io, s, sqe);
 	keel__sqe_fixed_fd(sqe);
-	if ((s->flags & KEEL_RECV_BUNDLE) &&
-	    (io->features & IORING_FEAT_RECVSEND_BUNDLE) &&
-	    !keel__bufring_incremental(s->ring))
-		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
 	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
@@ -164,15 +183,27 @@ static void close_socket(struct keel__io *io, int fd)
 	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
 }
 
-static void drop_queue(struct keel__io *io, struct keel__chunk **head,
-		       struct keel__chunk **tail, bool sockets)
+/* Append the chain `first`..`last` of `n` items to the queue. */
+static void stream_enqueue(struct keel__stream *s, struct keel__chunk *first,
+			   struct keel__chunk *last, int n)
 {
-	struct keel__chunk *c = *head;
+	if (s->tail)
+		s->tail->next = first;
+	else
+		s->head = first;
+	s->tail = last;
+	s->queued += (uint32_t)n;
+}
+
+/* Give back everything queued: buffers to their ring, sockets closed. */
+static void stream_drop(struct keel__io *io, struct keel__stream *s)
+{
+	struct keel__chunk *c = s->head;
 
 	while (c) {
 		struct keel__chunk *next = c->next;
 
-		if (sockets) {
+		if (s->kind->sockets) {
 			close_socket(io, (int)c->len);
 		} else {
 			struct keel_buf b = {
@@ -186,71 +217,60 @@ static void drop_queue(struct keel__io *io, struct keel__chunk **head,
 		keel__chunk_put(io, c);
 		c = next;
 	}
-	*head = *tail = NULL;
+	s->head = s->tail = NULL;
+	s->queued = 0;
 }
 
 /* Closed and unarmed: give the op back. The frame may go with it. */
-static void recv_finalise(struct keel__io *io, struct keel_recv_stream *s)
+static void stream_finalise(struct keel__io *io, struct keel__stream *s)
 {
 	struct keel__op *op = stream_op(io, s->op);
 
-	drop_queue(io, &s->head, &s->tail, false);
-	s->queued = 0;
-	if (s->state & S_STARVED)
-		keel__bufring_unwait(s->ring, s);
-	keel__bufring_stream_ref(s->ring, -1);
+	stream_drop(io, s);
+	if (s->state & S_PARKED)
+		s->kind->unpark(io, s);
+	if (s->kind->release)
+		s->kind->release(io, s);
 	s->state = S_CLOSED | S_ENDED;
 	s->op = 0;
 	keel__op_release_quiet(io, op);
 }
 
-static void recv_rearm(struct keel__io *io, struct keel_recv_stream *s);
-
-/* Move the first queued chunk into `out`; returns its length. */
-static int recv_pop(struct keel__io *io, struct keel_recv_stream *s,
-		    struct keel_buf *out)
+/* Move the first queued item into `out`; returns the await's result. */
+static int stream_pop(struct keel__io *io, struct keel__stream *s, void *out)
 {
 	struct keel__chunk *c = s->head;
 
 	s->head = c->next;
 	if (!s->head)
 		s->tail = NULL;
-	out->data = c->data;
-	out->ring = io->bufrings[c->ring - 1];
-	out->len = c->len;
-	out->bid = c->bid;
-	out->flags = 0;
-	keel__chunk_put(io, c);
 	s->queued--;
-	/* Paused by a full queue and half of it taken: receive again. */
-	if ((s->state & S_PAUSING) && !(s->state & S_ARMED) &&
-	    s->queued <= s->limit / 2) {
-		s->state &= (uint16_t)~S_PAUSING;
-		if (!(s->state & (S_CLOSED | S_ENDED | S_STARVED)))
-			recv_rearm(io, s);
-	}
-	return (int)out->len;
+	int res = s->kind->take(io, s, c, out);
+
+	keel__chunk_put(io, c);
+	return res;
 }
 
-/* Hand the waiting task its chunk or the end. */
-static void recv_deliver(struct keel_recv_stream *s)
+/* Hand the waiting task its item or the end. */
+static void stream_deliver(struct keel__stream *s)
 {
 	struct keel_task *t = s->task;
 
 	if (!(s->state & S_WAITING))
 		return;
 	if (s->head) {
-		int len = recv_pop(keel__io_of(t->loop), s, s->out);
+		int res = stream_pop(keel__io_of(t->loop), s, s->out);
 
 		s->state &= (uint16_t)~S_WAITING;
-		keel__task_complete(t, len);
+		keel__task_complete(t, res);
 	} else if (s->state & S_ENDED) {
 		s->state &= (uint16_t)~S_WAITING;
 		keel__task_complete(t, s->end);
 	}
 }
 
-static void recv_end(struct keel_recv_stream *s, int res)
+/* The first final result wins. */
+static void stream_end(struct keel__stream *s, int res)
 {
 	if (s->state & S_ENDED)
 		return;
@@ -259,121 +279,74 @@ static void recv_end(struct keel_recv_stream *s, int res)
 }
 
 /* Re-arm, or end the stream if the kernel will not take the request. */
-static void recv_rearm(struct keel__io *io, struct keel_recv_stream *s)
+static void stream_rearm(struct keel__io *io, struct keel__stream *s)
 {
 	int cause = keel__task_cancel_cause(s->task);
 
 	if (cause) {
-		recv_end(s, cause);
+		stream_end(s, cause);
 		return;
 	}
 	io->count.multishot_rearms++;
-	if (recv_arm(io, s))
-		recv_end(s, -EAGAIN);
+	if (stream_arm(io, s))
+		stream_end(s, -EAGAIN);
 }
 
-void keel__recv_stream_resume(struct keel__io *io, struct keel_recv_stream *s)
+/* The resource a parked stream waited for is back (or its retry is due). */
+static void stream_unparked(struct keel__io *io, struct keel__stream *s)
 {
-	s->state &= (uint16_t)~S_STARVED;
+	s->state &= (uint16_t)~S_PARKED;
 	if (s->state & (S_CLOSED | S_ENDED | S_ARMED))
 		return;
-	recv_rearm(io, s);
-	recv_deliver(s);
+	stream_rearm(io, s);
+	stream_deliver(s);
 }
 
-static void recv_cqe(struct keel__io *io, struct keel__op *op, int res,
-		     unsigned cqe_flags)
+/* Every CQE of a stream's request (the op's on_cqe). */
+static void stream_cqe(struct keel__io *io, struct keel__op *op, int res,
+		       unsigned cqe_flags)
 {
-	struct keel_recv_stream *s = op->u.stream.stream;
-	bool more = cqe_flags & IORING_CQE_F_MORE;
-	struct keel__chunk *first = NULL, *last = NULL;
-	int n = keel__bufring_take(io, s->ring, cqe_flags, res, &first, &last);
+	struct keel__stream *s = op->u.stream.stream;
 
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, s->task->id,
 		    (int64_t)res, stream_wait_ns(io, op));
-	if (!more) {
+	if (!(cqe_flags & IORING_CQE_F_MORE)) {
 		s->state &= (uint16_t)~S_ARMED;
 		op->pending = 0;
 	}
-	if (n > 0) {
-		if (s->tail)
-			s->tail->next = first;
-		else
-			s->head = first;
-		s->tail = last;
-		s->queued = (uint16_t)(s->queued + n);
-		/* Backpressure: enough queued, stop receiving for now. */
-		if (more && s->queued >= s->limit &&
-		    !(op->flags & KEEL__OP_CANCEL_SENT)) {
-			s->state |= S_PAUSING;
-			keel__op_send_cancel(io, op);
-		}
-	} else if (n < 0) {
-		recv_end(s, n);
-		if (more && !(op->flags & KEEL__OP_CANCEL_SENT)) {
-			keel__op_send_cancel(io, op);
-		}
-	}
+	s->kind->queue(io, s, op, res, cqe_flags);
 	if (s->state & S_CLOSED) {
-		drop_queue(io, &s->head, &s->tail, false);
-		s->queued = 0;
+		stream_drop(io, s);
 		if (!(s->state & S_ARMED))
-			recv_finalise(io, s);
+			stream_finalise(io, s);
 		return;
 	}
-	if (!more) {
-		if (res == 0 && !(cqe_flags & IORING_CQE_F_BUFFER)) {
-			recv_end(s, 0); /* end of file */
-		} else if (res == -ENOBUFS) {
-			/* The data waits in the socket; so do we, for a
-			 * buffer to come back (or the ring's retry timer:
-			 * never an immediate re-arm, which could spin). */
-			s->state |= S_STARVED;
-			keel__bufring_wait(s->ring, s);
-		} else if ((s->state & S_PAUSING) &&
-			   (res == -ECANCELED || res >= 0) &&
-			   !keel__task_cancel_cause(s->task)) {
-			/* Paused for backpressure: keel_recv_next() and
-			 * keel_recv_try() re-arm once the queue drains. */
-			if (s->queued <= s->limit / 2) {
-				s->state &= (uint16_t)~S_PAUSING;
-				recv_rearm(io, s);
-			}
-		} else if (res < 0) {
-			recv_end(s, end_result(s->task, res));
-		} else if (!(s->state & S_ENDED)) {
-			/* The kernel ended it early: re-arm, unless the
-			 * queue is full (then as if paused). */
-			if (s->queued >= s->limit)
-				s->state |= S_PAUSING;
-			else
-				recv_rearm(io, s);
-		}
-	}
-	recv_deliver(s);
+	if (!(cqe_flags & IORING_CQE_F_MORE))
+		s->kind->stopped(io, s, res, cqe_flags);
+	stream_deliver(s);
 }
 
-static void recv_close(struct keel__io *io, struct keel_recv_stream *s)
+static void stream_close(struct keel__io *io, struct keel__stream *s)
 {
 	if (!s->op || (s->state & S_CLOSED))
 		return;
 	s->state |= S_CLOSED;
 	s->state &= (uint16_t)~S_WAITING;
-	drop_queue(io, &s->head, &s->tail, false);
-	s->queued = 0;
+	stream_drop(io, s);
 	if (s->state & S_ARMED)
 		keel__op_send_cancel(io, stream_op(io, s->op));
 	else
-		recv_finalise(io, s);
+		stream_finalise(io, s);
 }
 
-/* The task exits or its token was cancelled, or the loop goes away. */
-static void recv_cancel(struct keel__io *io, struct keel__op *op)
+/* The task exits or its token was cancelled, or the loop goes away (the
+ * op's on_cancel). */
+static void stream_cancel(struct keel__io *io, struct keel__op *op)
 {
-	struct keel_recv_stream *s = op->u.stream.stream;
+	struct keel__stream *s = op->u.stream.stream;
 
 	if ((s->task->flags & KEEL__T_EXITED) || io->closing) {
-		recv_close(io, s);
+		stream_close(io, s);
 		return;
 	}
 	int cause = keel__task_cancel_cause(s->task);
@@ -382,77 +355,72 @@ static void recv_cancel(struct keel__io *io, struct keel__op *op)
 		keel__op_send_cancel(io, op); /* ends with -ECANCELED */
 		return;
 	}
-	if (s->state & S_STARVED) {
-		keel__bufring_unwait(s->ring, s);
-		s->state &= (uint16_t)~S_STARVED;
+	if (s->state & S_PARKED) {
+		s->kind->unpark(io, s);
+		s->state &= (uint16_t)~S_PARKED;
 	}
-	recv_end(s, cause ? cause : -ECANCELED);
-	recv_deliver(s);
+	stream_end(s, cause ? cause : -ECANCELED);
+	stream_deliver(s);
 }
 
-int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
-			  int fd, struct keel_bufring *ring, unsigned flags)
+/* The checks and the op every stream starts with; the caller then sets up
+ * its kind's fields and calls stream_start(). On error nothing is held. */
+static int stream_open(struct keel_task *t, struct keel__stream *s,
+		       const struct keel__stream_kind *kind, int fd,
+		       unsigned flags)
 {
 	struct keel__io *io = keel__io_of(t->loop);
 	int cause = keel__task_cancel_cause(t);
 
-	s->op = 0;
-	if (!ring || fd < 0 || (flags & ~KEEL_RECV_BUNDLE))
-		return -EINVAL;
-	uint16_t gid = keel__bufring_gid(ring);
-
-	if (gid >= io->nbufrings || io->bufrings[gid] != ring)
-		return -EINVAL; /* another loop's ring */
-	if (!(io->ops_supported[IORING_OP_RECV / 64] &
-	      (1ull << (IORING_OP_RECV % 64))))
+	if (!(io->ops_supported[kind->opcode / 64] &
+	      (1ull << (kind->opcode % 64))))
 		return -EOPNOTSUPP;
 	if (cause)
 		return cause;
 	struct keel__op *op =
-	    keel__op_new(io, t, KEEL__OP_STREAM, IORING_OP_RECV);
+	    keel__op_new(io, t, KEEL__OP_STREAM, kind->opcode);
 
 	if (!op)
 		return -ENOMEM;
 	op->fd = fd;
 	op->u.stream.stream = s;
-	op->u.stream.on_cqe = recv_cqe;
-	op->u.stream.on_cancel = recv_cancel;
+	op->u.stream.on_cqe = stream_cqe;
+	op->u.stream.on_cancel = stream_cancel;
+	s->kind = kind;
 	s->task = t;
-	s->ring = ring;
 	s->head = s->tail = NULL;
 	s->out = NULL;
-	s->next_starved = NULL;
 	s->op = op->index + 1;
 	s->fd = fd;
 	s->end = 0;
+	s->queued = 0;
 	s->state = 0;
 	s->flags = (uint16_t)flags;
-	s->queued = 0;
-	s->limit = KEEL_RECV_QUEUE_DEFAULT;
-	keel__bufring_stream_ref(ring, 1);
-	int err = recv_arm(io, s);
-
-	if (err) {
-		s->state |= S_CLOSED;
-		recv_finalise(io, s);
-		return err;
-	}
 	return 0;
 }
 
-int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
-		   struct keel_buf *out)
+/* Arm the first request; if the kernel will not take it, close. */
+static int stream_start(struct keel__io *io, struct keel__stream *s)
+{
+	int err = stream_arm(io, s);
+
+	if (err) {
+		s->state |= S_CLOSED;
+		stream_finalise(io, s);
+	}
+	return err;
+}
+
+static int stream_next(struct keel_task *t, struct keel__stream *s, void *out)
 {
 	struct keel__io *io = keel__io_of(t->loop);
 
-	/* A chunk still held in `out` would be lost: give it back. */
-	keel_buf_release(out);
 	if (!s->op || (s->state & S_CLOSED))
 		return keel__task_ready(t, -EBADF);
 	if (s->task != t)
 		return keel__task_ready(t, -EPERM);
 	if (s->head)
-		return keel__task_ready(t, recv_pop(io, s, out));
+		return keel__task_ready(t, stream_pop(io, s, out));
 	s->out = out;
 	if (s->state & S_ENDED)
 		return keel__task_ready(t, s->end);
@@ -460,22 +428,191 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 	int cause = keel__task_cancel_cause(t);
 
 	if (cause) {
-		recv_cancel(io, stream_op(io, s->op));
+		stream_cancel(io, stream_op(io, s->op));
 		return keel__task_ready(t, cause);
 	}
-	if (!(s->state & (S_ARMED | S_STARVED))) {
-		s->state &= (uint16_t)~S_PAUSING; /* the queue is empty */
-		if (keel__bufring_has_free(s->ring))
-			recv_rearm(io, s);
-		else {
-			s->state |= S_STARVED;
-			keel__bufring_wait(s->ring, s);
-		}
+	if (!(s->state & (S_ARMED | S_PARKED))) {
+		s->kind->restart(io, s);
 		if (s->state & S_ENDED)
 			return keel__task_ready(t, s->end);
 	}
 	s->state |= S_WAITING;
 	return keel__task_suspend(t);
+}
+
+/* ---- recv streams --------------------------------------------------- */
+
+static struct keel_recv_stream *recv_of(struct keel__stream *s)
+{
+	return keel_container_of(s, struct keel_recv_stream, base);
+}
+
+static void recv_prep(struct keel__io *io, struct keel__stream *s,
+		      struct io_uring_sqe *sqe)
+{
+	struct keel_recv_stream *r = recv_of(s);
+
+	io_uring_prep_recv_multishot(sqe, s->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = keel__bufring_gid(r->ring);
+	/* Bundles read their buffer ids from the ring in order, which an
+	 * incremental ring does not keep: one or the other. */
+	if ((s->flags & KEEL_RECV_BUNDLE) &&
+	    (io->features & IORING_FEAT_RECVSEND_BUNDLE) &&
+	    !keel__bufring_incremental(r->ring))
+		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+}
+
+static void recv_queue(struct keel__io *io, struct keel__stream *s,
+		       struct keel__op *op, int res, unsigned cqe_flags)
+{
+	struct keel_recv_stream *r = recv_of(s);
+	bool more = cqe_flags & IORING_CQE_F_MORE;
+	struct keel__chunk *first = NULL, *last = NULL;
+	int n = keel__bufring_take(io, r->ring, cqe_flags, res, &first, &last);
+
+	if (n > 0) {
+		stream_enqueue(s, first, last, n);
+		/* Backpressure: enough queued, stop receiving for now. */
+		if (more && s->queued >= r->limit &&
+		    !(op->flags & KEEL__OP_CANCEL_SENT)) {
+			s->state |= S_PAUSING;
+			keel__op_send_cancel(io, op);
+		}
+	} else if (n < 0) {
+		stream_end(s, n);
+		if (more && !(op->flags & KEEL__OP_CANCEL_SENT))
+			keel__op_send_cancel(io, op);
+	}
+}
+
+static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
+			 unsigned cqe_flags)
+{
+	struct keel_recv_stream *r = recv_of(s);
+
+	if (res == 0 && !(cqe_flags & IORING_CQE_F_BUFFER)) {
+		stream_end(s, 0); /* end of file */
+	} else if (res == -ENOBUFS) {
+		/* The data waits in the socket; so do we, for a buffer to
+		 * come back (or the ring's retry timer: never an immediate
+		 * re-arm, which could spin). */
+		s->state |= S_PARKED;
+		keel__bufring_wait(r->ring, r);
+	} else if ((s->state & S_PAUSING) && (res == -ECANCELED || res >= 0) &&
+		   !keel__task_cancel_cause(s->task)) {
+		/* Paused for backpressure: keel_recv_next() and
+		 * keel_recv_try() re-arm once the queue drains. */
+		if (s->queued <= r->limit / 2u) {
+			s->state &= (uint16_t)~S_PAUSING;
+			stream_rearm(io, s);
+		}
+	} else if (res < 0) {
+		stream_end(s, end_result(s->task, res));
+	} else if (!(s->state & S_ENDED)) {
+		/* The kernel ended it early: re-arm, unless the queue is
+		 * full (then as if paused). */
+		if (s->queued >= r->limit)
+			s->state |= S_PAUSING;
+		else
+			stream_rearm(io, s);
+	}
+}
+
+static void recv_restart(struct keel__io *io, struct keel__stream *s)
+{
+	struct keel_recv_stream *r = recv_of(s);
+
+	s->state &= (uint16_t)~S_PAUSING; /* the queue is empty */
+	if (keel__bufring_has_free(r->ring)) {
+		stream_rearm(io, s);
+	} else {
+		s->state |= S_PARKED;
+		keel__bufring_wait(r->ring, r);
+	}
+}
+
+static int recv_take(struct keel__io *io, struct keel__stream *s,
+		     struct keel__chunk *c, void *out)
+{
+	struct keel_recv_stream *r = recv_of(s);
+	struct keel_buf *b = out;
+
+	b->data = c->data;
+	b->ring = io->bufrings[c->ring - 1];
+	b->len = c->len;
+	b->bid = c->bid;
+	b->flags = 0;
+	/* Paused by a full queue and half of it taken: receive again. */
+	if ((s->state & S_PAUSING) && !(s->state & S_ARMED) &&
+	    s->queued <= r->limit / 2u) {
+		s->state &= (uint16_t)~S_PAUSING;
+		if (!(s->state & (S_CLOSED | S_ENDED | S_PARKED)))
+			stream_rearm(io, s);
+	}
+	return (int)b->len;
+}
+
+static void recv_unpark(struct keel__io *io, struct keel__stream *s)
+{
+	struct keel_recv_stream *r = recv_of(s);
+
+	(void)io;
+	keel__bufring_unwait(r->ring, r);
+}
+
+static void recv_release(struct keel__io *io, struct keel__stream *s)
+{
+	(void)io;
+	keel__bufring_stream_ref(recv_of(s)->ring, -1);
+}
+
+static const struct keel__stream_kind recv_kind = {
+    .opcode = IORING_OP_RECV,
+    .sockets = false,
+    .prep = recv_prep,
+    .queue = recv_queue,
+    .stopped = recv_stopped,
+    .restart = recv_restart,
+    .take = recv_take,
+    .unpark = recv_unpark,
+    .release = recv_release,
+};
+
+void keel__recv_stream_resume(struct keel__io *io, struct keel_recv_stream *s)
+{
+	stream_unparked(io, &s->base);
+}
+
+int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
+			  int fd, struct keel_bufring *ring, unsigned flags)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+
+	s->base.op = 0;
+	if (!ring || fd < 0 || (flags & ~KEEL_RECV_BUNDLE))
+		return -EINVAL;
+	uint16_t gid = keel__bufring_gid(ring);
+
+	if (gid >= io->nbufrings || io->bufrings[gid] != ring)
+		return -EINVAL; /* another loop's ring */
+	int err = stream_open(t, &s->base, &recv_kind, fd, flags);
+
+	if (err)
+		return err;
+	s->ring = ring;
+	s->starved.next = s->starved.prev = NULL;
+	s->limit = KEEL_RECV_QUEUE_DEFAULT;
+	keel__bufring_stream_ref(ring, 1);
+	return stream_start(io, &s->base);
+}
+
+int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
+		   struct keel_buf *out)
+{
+	/* A chunk still held in `out` would be lost: give it back. */
+	keel_buf_release(out);
+	return stream_next(t, &s->base, out);
 }
 
 int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit)
@@ -489,27 +626,29 @@ int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit)
 int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out)
 {
 	keel_buf_release(out);
-	if (!s->op || !s->head)
+	if (!s->base.op || !s->base.head)
 		return -EAGAIN;
-	return recv_pop(keel__io_of(s->task->loop), s, out);
+	return stream_pop(keel__io_of(s->base.task->loop), &s->base, out);
 }
 
 void keel_recv_stream_close(struct keel_recv_stream *s)
 {
-	if (!s->op)
+	if (!s->base.op)
 		return;
-	recv_close(keel__io_of(s->task->loop), s);
+	stream_close(keel__io_of(s->base.task->loop), &s->base);
 }
 
 /* ---- accept streams ------------------------------------------------- */
 
-static int accept_arm(struct keel__io *io, struct keel_accept_stream *s)
+static struct keel_accept_stream *accept_of(struct keel__stream *s)
 {
-	struct keel__op *op = stream_op(io, s->op);
-	struct io_uring_sqe *sqe = keel__io_sqe(io);
+	return keel_container_of(s, struct keel_accept_stream, base);
+}
 
-	if (!sqe)
-		return -EAGAIN;
+static void accept_prep(struct keel__io *io, struct keel__stream *s,
+			struct io_uring_sqe *sqe)
+{
+	(void)io;
 	if (s->flags & KEEL_ACCEPT_DIRECT)
 		/* No SOCK_CLOEXEC: a direct socket has no fd to inherit
 		 * (the kernel refuses the flag). */
@@ -518,93 +657,29 @@ static int accept_arm(struct keel__io *io, struct keel_accept_stream *s)
 	else
 		io_uring_prep_multishot_accept(sqe, s->fd, NULL, NULL,
 					       SOCK_CLOEXEC);
-	keel__sqe_fixed_fd(sqe);
-	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
-	op->pending = 1;
-	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
-	op->start_ns = io->now;
-	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
-	s->state |= S_ARMED;
-	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, s->task->id,
-		    op->index, 0);
-	return 0;
 }
 
-static void accept_finalise(struct keel__io *io, struct keel_accept_stream *s)
+static void accept_queue(struct keel__io *io, struct keel__stream *s,
+			 struct keel__op *op, int res, unsigned cqe_flags)
 {
-	struct keel__op *op = stream_op(io, s->op);
-
-	drop_queue(io, &s->head, &s->tail, true);
-	if (s->state & S_BACKOFF)
-		keel_timer_cancel(s->task->loop, &s->backoff);
-	s->state = S_CLOSED | S_ENDED;
-	s->op = 0;
-	keel__op_release_quiet(io, op);
-}
-
-static int accept_pop(struct keel__io *io, struct keel_accept_stream *s)
-{
-	struct keel__chunk *c = s->head;
-	int fd = (int)c->len;
-
-	s->head = c->next;
-	if (!s->head)
-		s->tail = NULL;
-	keel__chunk_put(io, c);
-	return fd;
-}
-
-static void accept_deliver(struct keel_accept_stream *s)
-{
-	struct keel_task *t = s->task;
-	struct keel__chunk *c = s->head;
-
-	if (!(s->state & S_WAITING))
+	(void)op;
+	(void)cqe_flags;
+	if (res < 0)
 		return;
-	if (c) {
-		int fd = accept_pop(keel__io_of(t->loop), s);
+	struct keel__chunk *c =
+	    (s->state & S_CLOSED) ? NULL : keel__chunk_get(io);
 
-		s->state &= (uint16_t)~S_WAITING;
-		keel__task_complete(t, fd);
-	} else if (s->state & S_ENDED) {
-		s->state &= (uint16_t)~S_WAITING;
-		keel__task_complete(t, s->end);
+	if (s->flags & KEEL_ACCEPT_DIRECT)
+		res = KEEL_FIXED_FD(res);
+	if (!c) {
+		close_socket(io, res); /* closed, or no memory */
+	} else {
+		c->next = NULL;
+		c->data = NULL;
+		c->len = (uint32_t)res;
+		stream_enqueue(s, c, c, 1);
 	}
-}
-
-static void accept_end(struct keel_accept_stream *s, int res)
-{
-	if (!(s->state & S_ENDED)) {
-		s->state |= S_ENDED;
-		s->end = res;
-	}
-}
-
-static void accept_rearm(struct keel__io *io, struct keel_accept_stream *s)
-{
-	int cause = keel__task_cancel_cause(s->task);
-
-	if (cause) {
-		accept_end(s, cause);
-		return;
-	}
-	io->count.multishot_rearms++;
-	if (accept_arm(io, s))
-		accept_end(s, -EAGAIN);
-}
-
-static void accept_backoff_fired(struct keel_loop *loop,
-				 struct keel_timer *timer, void *arg)
-{
-	struct keel_accept_stream *s = arg;
-	struct keel__io *io = keel__io_of(loop);
-
-	(void)timer;
-	s->state &= (uint16_t)~S_BACKOFF;
-	if (s->state & (S_CLOSED | S_ENDED | S_ARMED))
-		return;
-	accept_rearm(io, s);
-	accept_deliver(s);
+	accept_of(s)->backoff_ns = 0;
 }
 
 static bool out_of_resources(int res)
@@ -613,107 +688,73 @@ static bool out_of_resources(int res)
 	       res == -ENOBUFS;
 }
 
-static void accept_cqe(struct keel__io *io, struct keel__op *op, int res,
-		       unsigned cqe_flags)
+static void accept_stopped(struct keel__io *io, struct keel__stream *s, int res,
+			   unsigned cqe_flags)
 {
-	struct keel_accept_stream *s = op->u.stream.stream;
-	bool more = cqe_flags & IORING_CQE_F_MORE;
+	struct keel_accept_stream *a = accept_of(s);
 
-	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, s->task->id,
-		    (int64_t)res, stream_wait_ns(io, op));
-	if (!more) {
-		s->state &= (uint16_t)~S_ARMED;
-		op->pending = 0;
+	(void)cqe_flags;
+	if (out_of_resources(res)) {
+		/* Nothing to accept into: pause, never spin. */
+		a->backoff_ns =
+		    a->backoff_ns ? a->backoff_ns * 2 : ACCEPT_BACKOFF_MIN;
+		if (a->backoff_ns > ACCEPT_BACKOFF_MAX)
+			a->backoff_ns = ACCEPT_BACKOFF_MAX;
+		a->backoffs++;
+		io->count.accept_backoffs++;
+		s->state |= S_PARKED;
+		keel_timer_arm(s->task->loop, &a->backoff,
+			       io->now + a->backoff_ns);
+	} else if (res < 0 && res != -EINTR && res != -ECONNABORTED &&
+		   res != -EAGAIN) {
+		stream_end(s, end_result(s->task, res));
+	} else if (!(s->state & S_ENDED)) {
+		stream_rearm(io, s);
 	}
-	if (res >= 0) {
-		struct keel__chunk *c =
-		    (s->state & S_CLOSED) ? NULL : keel__chunk_get(io);
-
-		if (s->flags & KEEL_ACCEPT_DIRECT)
-			res = KEEL_FIXED_FD(res);
-		if (!c) {
-			close_socket(io, res); /* closed, or no memory */
-		} else {
-			c->next = NULL;
-			c->data = NULL;
-			c->len = (uint32_t)res;
-			if (s->tail)
-				s->tail->next = c;
-			else
-				s->head = c;
-			s->tail = c;
-		}
-		s->backoff_ns = 0;
-	}
-	if (s->state & S_CLOSED) {
-		if (!(s->state & S_ARMED))
-			accept_finalise(io, s);
-		return;
-	}
-	if (!more) {
-		if (out_of_resources(res)) {
-			/* Nothing to accept into: pause, never spin. */
-			s->backoff_ns = s->backoff_ns ? s->backoff_ns * 2
-						      : ACCEPT_BACKOFF_MIN;
-			if (s->backoff_ns > ACCEPT_BACKOFF_MAX)
-				s->backoff_ns = ACCEPT_BACKOFF_MAX;
-			s->backoffs++;
-			io->count.accept_backoffs++;
-			s->state |= S_BACKOFF;
-			keel_timer_arm(s->task->loop, &s->backoff,
-				       io->now + s->backoff_ns);
-		} else if (res < 0 && res != -EINTR && res != -ECONNABORTED &&
-			   res != -EAGAIN) {
-			accept_end(s, end_result(s->task, res));
-		} else if (!(s->state & S_ENDED)) {
-			accept_rearm(io, s);
-		}
-	}
-	accept_deliver(s);
 }
 
-static void accept_close(struct keel__io *io, struct keel_accept_stream *s)
+static int accept_take(struct keel__io *io, struct keel__stream *s,
+		       struct keel__chunk *c, void *out)
 {
-	if (!s->op || (s->state & S_CLOSED))
-		return;
-	s->state |= S_CLOSED;
-	s->state &= (uint16_t)~S_WAITING;
-	drop_queue(io, &s->head, &s->tail, true);
-	if (s->state & S_ARMED)
-		keel__op_send_cancel(io, stream_op(io, s->op));
-	else
-		accept_finalise(io, s);
+	(void)io;
+	(void)s;
+	(void)out;
+	return (int)c->len; /* the socket */
 }
 
-static void accept_cancel(struct keel__io *io, struct keel__op *op)
+static void accept_unpark(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel_accept_stream *s = op->u.stream.stream;
+	(void)io;
+	keel_timer_cancel(s->task->loop, &accept_of(s)->backoff);
+}
 
-	if ((s->task->flags & KEEL__T_EXITED) || io->closing) {
-		accept_close(io, s);
-		return;
-	}
-	int cause = keel__task_cancel_cause(s->task);
+static const struct keel__stream_kind accept_kind = {
+    .opcode = IORING_OP_ACCEPT,
+    .sockets = true,
+    .prep = accept_prep,
+    .queue = accept_queue,
+    .stopped = accept_stopped,
+    .restart = stream_rearm,
+    .take = accept_take,
+    .unpark = accept_unpark,
+    .release = NULL,
+};
 
-	if (s->state & S_ARMED) {
-		keel__op_send_cancel(io, op);
-		return;
-	}
-	if (s->state & S_BACKOFF) {
-		keel_timer_cancel(s->task->loop, &s->backoff);
-		s->state &= (uint16_t)~S_BACKOFF;
-	}
-	accept_end(s, cause ? cause : -ECANCELED);
-	accept_deliver(s);
+static void accept_backoff_fired(struct keel_loop *loop,
+				 struct keel_timer *timer, void *arg)
+{
+	struct keel_accept_stream *a = arg;
+
+	(void)timer;
+	stream_unparked(keel__io_of(loop), &a->base);
 }
 
 int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
 			    int fd, unsigned flags)
 {
 	struct keel__io *io = keel__io_of(t->loop);
-	int cause = keel__task_cancel_cause(t);
 
-	s->op = 0;
+	s->base.op = 0;
 	if (fd < 0 || (flags & ~KEEL_ACCEPT_DIRECT))
 		return -EINVAL;
 	if (flags & KEEL_ACCEPT_DIRECT) {
@@ -722,70 +763,24 @@ int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
 		if (err)
 			return err;
 	}
-	if (!(io->ops_supported[IORING_OP_ACCEPT / 64] &
-	      (1ull << (IORING_OP_ACCEPT % 64))))
-		return -EOPNOTSUPP;
-	if (cause)
-		return cause;
-	struct keel__op *op =
-	    keel__op_new(io, t, KEEL__OP_STREAM, IORING_OP_ACCEPT);
+	int err = stream_open(t, &s->base, &accept_kind, fd, flags);
 
-	if (!op)
-		return -ENOMEM;
-	op->fd = fd;
-	op->u.stream.stream = s;
-	op->u.stream.on_cqe = accept_cqe;
-	op->u.stream.on_cancel = accept_cancel;
-	s->task = t;
-	s->head = s->tail = NULL;
+	if (err)
+		return err;
 	keel_timer_init(&s->backoff, accept_backoff_fired, s);
 	s->backoff_ns = 0;
 	s->backoffs = 0;
-	s->op = op->index + 1;
-	s->fd = fd;
-	s->end = 0;
-	s->state = 0;
-	s->flags = (uint16_t)flags;
-	int err = accept_arm(io, s);
-
-	if (err) {
-		s->state |= S_CLOSED;
-		accept_finalise(io, s);
-		return err;
-	}
-	return 0;
+	return stream_start(io, &s->base);
 }
 
 int keel_accept_next(struct keel_task *t, struct keel_accept_stream *s)
 {
-	struct keel__io *io = keel__io_of(t->loop);
-
-	if (!s->op || (s->state & S_CLOSED))
-		return keel__task_ready(t, -EBADF);
-	if (s->task != t)
-		return keel__task_ready(t, -EPERM);
-	if (s->head)
-		return keel__task_ready(t, accept_pop(io, s));
-	if (s->state & S_ENDED)
-		return keel__task_ready(t, s->end);
-	int cause = keel__task_cancel_cause(t);
-
-	if (cause) {
-		accept_cancel(io, stream_op(io, s->op));
-		return keel__task_ready(t, cause);
-	}
-	if (!(s->state & (S_ARMED | S_BACKOFF))) {
-		accept_rearm(io, s);
-		if (s->state & S_ENDED)
-			return keel__task_ready(t, s->end);
-	}
-	s->state |= S_WAITING;
-	return keel__task_suspend(t);
+	return stream_next(t, &s->base, NULL);
 }
 
 void keel_accept_stream_close(struct keel_accept_stream *s)
 {
-	if (!s->op)
+	if (!s->base.op)
 		return;
-	accept_close(keel__io_of(s->task->loop), s);
+	stream_close(keel__io_of(s->base.task->loop), &s->base);
 }

@@ -8,6 +8,7 @@
 #define KEEL_IO_H
 
 #include <keel/loop.h>
+#include <keel/task.h> /* struct keel__link */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -258,20 +259,27 @@ void keel_buf_release(struct keel_buf *buf);
 /* keel_recv_stream_open() flags */
 #define KEEL_RECV_BUNDLE 0x1u /* one CQE for several buffers (6.10+) */
 
-/* Lives in the task's frame; fields are private. */
-struct keel_recv_stream {
+/* What recv and accept streams share (private; io/stream.c). */
+struct keel__stream_kind;
+struct keel__stream {
+	const struct keel__stream_kind *kind; /* recv or accept */
 	struct keel_task *task;
-	struct keel_bufring *ring;
 	struct keel__chunk *head, *tail; /* received, not yet taken */
-	struct keel_buf *out;		 /* where a waiting take goes */
-	struct keel_recv_stream *next_starved;
+	void *out;			 /* where a waiting take goes */
 	uint32_t op; /* ledger index + 1 while open, else 0 */
 	int fd;
-	int32_t end;	/* the final result, once known */
-	uint16_t state; /* private bits */
+	int32_t end;	 /* the final result, once known */
+	uint32_t queued; /* items received, not yet taken */
+	uint16_t state;	 /* private bits */
 	uint16_t flags;
-	uint16_t queued; /* chunks received, not yet taken */
-	uint16_t limit;	 /* pause receiving at this many */
+};
+
+/* Lives in the task's frame; fields are private. */
+struct keel_recv_stream {
+	struct keel__stream base;
+	struct keel_bufring *ring;
+	struct keel__link starved; /* the ring's starved streams */
+	uint16_t limit;		   /* pause receiving at this many */
 };
 
 /* Chunks a stream queues before it stops receiving (default). */
@@ -318,17 +326,12 @@ void keel_recv_stream_close(struct keel_recv_stream *s);
 
 /* ---- accept streams ------------------------------------------------- */
 
+/* Lives in the task's frame; fields are private. */
 struct keel_accept_stream {
-	struct keel_task *task;
-	struct keel__chunk *head, *tail; /* accepted sockets, not yet taken */
-	struct keel_timer backoff;	 /* EMFILE & co: re-arm later */
+	struct keel__stream base;  /* queues accepted sockets */
+	struct keel_timer backoff; /* EMFILE & co: re-arm later */
 	uint64_t backoff_ns;
 	uint64_t backoffs; /* times accepting paused for lack of fds */
-	uint32_t op;
-	int fd;
-	int32_t end;
-	uint16_t state;
-	uint16_t flags;
 };
 
 /* keel_accept_stream_open() flags */
