@@ -1,15 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * list.h: keel's one intrusive list. Items embed a struct keel__link; the
- * list head holds the first and the last link, and links are NULL-ended.
+ * head is one pointer, to the first link. Links are NULL-ended forwards,
+ * and the first link's prev points to the last one, so appending is O(1)
+ * too (the shape of glibc's and BSD's TAILQ folded into one head pointer).
  *
  * Why not circular with a sentinel (Linux's list_head, libuv's uv__queue):
  * a zeroed head here is an empty list and a head may be copied or moved, so
  * lists live in calloc'd or caller-zeroed structs (tokens, task exts,
- * streams, sync objects) with no init call and no self-pointers. The price
- * is that removing an item needs its head; every user knows it (a waiter's
- * owner, a callback's token...). A link does not record whether it is on a
- * list: its owner keeps that state, as it must anyway to find the head.
+ * streams, sync objects) with no init call and no self-pointers, and a
+ * head costs 8 bytes (a token has three). The price is that removing an
+ * item needs its head; every user knows it (a waiter's owner, a callback's
+ * token...). A link does not record whether it is on a list: its owner
+ * keeps that state, as it must anyway to find the head. Links are not
+ * cleared on removal.
  *
  * struct keel__link itself is declared in keel/task.h, because public
  * structs with private fields embed it (keel_token_cb, keel_recv_stream).
@@ -26,8 +30,7 @@
 #include <stddef.h>
 
 struct keel__list {
-	struct keel__link *first;
-	struct keel__link *last;
+	struct keel__link *first; /* its prev is the last link */
 };
 
 /* The item holding `link` (of type `type`, embedding it as `member`). */
@@ -44,7 +47,7 @@ struct keel__list {
 
 static inline void keel__list_init(struct keel__list *l)
 {
-	l->first = l->last = NULL;
+	l->first = NULL;
 }
 
 static inline bool keel__list_empty(const struct keel__list *l)
@@ -52,42 +55,57 @@ static inline bool keel__list_empty(const struct keel__list *l)
 	return l->first == NULL;
 }
 
+static inline struct keel__link *keel__list_last(const struct keel__list *l)
+{
+	return l->first ? l->first->prev : NULL;
+}
+
 static inline void keel__list_push_back(struct keel__list *l,
 					struct keel__link *n)
 {
+	struct keel__link *first = l->first;
+
 	n->next = NULL;
-	n->prev = l->last;
-	if (l->last)
-		l->last->next = n;
-	else
+	if (first) {
+		n->prev = first->prev;
+		first->prev->next = n;
+		first->prev = n;
+	} else {
+		n->prev = n;
 		l->first = n;
-	l->last = n;
+	}
 }
 
 static inline void keel__list_push_front(struct keel__list *l,
 					 struct keel__link *n)
 {
-	n->prev = NULL;
-	n->next = l->first;
-	if (l->first)
-		l->first->prev = n;
-	else
-		l->last = n;
+	struct keel__link *first = l->first;
+
+	n->next = first;
+	if (first) {
+		n->prev = first->prev;
+		first->prev = n;
+	} else {
+		n->prev = n;
+	}
 	l->first = n;
 }
 
-/* Unlink `n`, which must be on `l`; its links are cleared. */
+/* Unlink `n`, which must be on `l`. */
 static inline void keel__list_remove(struct keel__list *l, struct keel__link *n)
 {
-	if (n->prev)
-		n->prev->next = n->next;
+	struct keel__link *next = n->next;
+
+	if (n == l->first)
+		l->first = next;
 	else
-		l->first = n->next;
-	if (n->next)
-		n->next->prev = n->prev;
-	else
-		l->last = n->prev;
-	n->next = n->prev = NULL;
+		n->prev->next = next;
+	/* Whoever follows takes n's prev; with none, n was the last and
+	 * the first link's prev (if any is left) must name the new last. */
+	if (next)
+		next->prev = n->prev;
+	else if (l->first)
+		l->first->prev = n->prev;
 }
 
 /* Unlink and return the first link, or NULL if `l` is empty. */
@@ -95,8 +113,11 @@ static inline struct keel__link *keel__list_pop_front(struct keel__list *l)
 {
 	struct keel__link *n = l->first;
 
-	if (n)
-		keel__list_remove(l, n);
+	if (n) {
+		l->first = n->next;
+		if (n->next)
+			n->next->prev = n->prev;
+	}
 	return n;
 }
 
