@@ -140,7 +140,7 @@ static int recv_arm(struct keel__io *io, struct keel_recv_stream *s)
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
 	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
-	op->start_ns = io->now;
+	op->start_ns = io->core.now;
 	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
 	s->state |= S_ARMED;
 	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, s->task->id,
@@ -522,7 +522,7 @@ static int accept_arm(struct keel__io *io, struct keel_accept_stream *s)
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
 	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
-	op->start_ns = io->now;
+	op->start_ns = io->core.now;
 	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
 	s->state |= S_ARMED;
 	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, s->task->id,
@@ -661,7 +661,7 @@ static void accept_cqe(struct keel__io *io, struct keel__op *op, int res,
 			io->count.accept_backoffs++;
 			s->state |= S_BACKOFF;
 			keel_timer_arm(s->task->loop, &s->backoff,
-				       io->now + s->backoff_ns);
+				       io->core.now + s->backoff_ns);
 		} else if (res < 0 && res != -EINTR && res != -ECONNABORTED &&
 			   res != -EAGAIN) {
 			accept_end(s, end_result(s->task, res));
