@@ -45,7 +45,19 @@ WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wpointer-arith -Wformat=2 -Wundef -Wwrite-strings -Wvla \
 	-Wno-unused-parameter
 OPT ?= -O2
-CPPFLAGS += -D_GNU_SOURCE -Iinclude -Icore -Iio -Isched -Isupervise
+CPPFLAGS += -D_GNU_SOURCE
+# Layers: core <- io <- sched <- supervise <- tools, examples. Each folder
+# is compiled with only its own and lower layers' include paths, so an
+# upward #include does not compile; `make check-layers` does the same for
+# calls (tools/check-layers.sh). Examples and tools see the public headers
+# only; the tests also use internal headers (loop.h: struct keel_loop).
+LAYERS := core io sched supervise
+INC_core := -Iinclude -Icore
+INC_io := $(INC_core) -Iio
+INC_sched := $(INC_io) -Isched
+INC_supervise := $(INC_sched) -Isupervise
+INC_public := -Iinclude
+INC_test := $(INC_sched) -Itest
 CFLAGS ?= $(OPT) -g
 CFLAGS += -std=gnu11 -pthread -fPIC $(WARN) $(EXTRA_CFLAGS)
 LIBS := -luring -ljemalloc -lpthread
@@ -60,7 +72,7 @@ else
 SO_DEFS := -Wl,-z,defs
 endif
 
-LIB_SRC := $(wildcard core/*.c io/*.c sched/*.c supervise/*.c)
+LIB_SRC := $(foreach l,$(LAYERS),$(wildcard $(l)/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 TOOLS := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
@@ -84,10 +96,12 @@ examples: $(EXAMPLES)
 tools: $(TOOLS)
 tests: $(TESTS) $(MT_TESTS)
 
+# A library object gets the include paths of its folder's layer.
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+	$(Q)$(CC) $(CPPFLAGS) $(INC_$(firstword $(subst /, ,$*))) $(CFLAGS) \
+		-MMD -MP -c -o $@ $<
 
 $(STATIC): $(LIB_OBJ)
 	@$(if $(Q),echo "  AR      $@")
@@ -104,23 +118,23 @@ $(SHARED): $(LIB_OBJ) keel.map
 $(BUILD)/examples/%: examples/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
+	$(Q)$(CC) $(CPPFLAGS) $(INC_public) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
 
 $(BUILD)/tools/%: tools/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
+	$(Q)$(CC) $(CPPFLAGS) $(INC_public) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
 
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) -Itest $(CFLAGS) $(LDFLAGS) -o $@ $< \
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
 		$(TEST_HELPERS) $(STATIC) -lcriterion $(LIBS) -lm
 
 $(BUILD)/test/mt_%: test/mt_%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
 
 # Run every test binary (Criterion; each test under a timeout), then the
 # install/pkg-config test. Fails if any fails.
