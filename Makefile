@@ -3,6 +3,7 @@
 #
 #   make                 libkeel.a, libkeel.so.0.1.0, examples, tools
 #   make test            install missing packages, build, run every test
+#   make check-layers    no lower layer calls a higher one (also in check)
 #   make demo            install missing packages, run the echo demo
 #   make demo-supervised the supervision-tree demo (a KV server that crashes)
 #   make bench           keel's micro-benchmarks (+ the peer harness if found)
@@ -86,8 +87,8 @@ STATIC := $(BUILD)/libkeel.a
 SHARED := $(BUILD)/libkeel.so.$(VERSION)
 HEADERS := include/keel.h $(wildcard include/keel/*.h)
 
-.PHONY: all lib examples tools tests check test demo demo-supervised bench \
-	deps install uninstall clean format format-check
+.PHONY: all lib examples tools tests check check-layers test demo \
+	demo-supervised bench deps install uninstall clean format format-check
 
 all: lib examples tools
 
@@ -136,9 +137,14 @@ $(BUILD)/test/mt_%: test/mt_%.c $(STATIC)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
 
-# Run every test binary (Criterion; each test under a timeout), then the
-# install/pkg-config test. Fails if any fails.
-check: all tests
+# No object of a lower layer may reference a symbol defined in a higher
+# one (the layers are in LAYERS, lowest first).
+check-layers: $(LIB_OBJ)
+	$(Q)LAYERS="$(LAYERS)" sh tools/check-layers.sh $(LIB_OBJ)
+
+# Check the layers, run every test binary (Criterion; each test under a
+# timeout), then the install/pkg-config test. Fails if any fails.
+check: all tests check-layers
 	$(Q)BUILD=$(BUILD) CC="$(CC)" SANITIZE="$(SANITIZE)" \
 		sh test/run.sh $(if $(findstring thread,$(SANITIZE)),,$(TESTS)) \
 		$(MT_TESTS)
