@@ -46,18 +46,18 @@ WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wpointer-arith -Wformat=2 -Wundef -Wwrite-strings -Wvla \
 	-Wno-unused-parameter
 OPT ?= -O2
-CPPFLAGS += -D_GNU_SOURCE
-# Layers: core <- io <- sched <- supervise <- tools, examples. Each folder
-# is compiled with only its own and lower layers' include paths, so an
-# upward #include does not compile; `make check-layers` does the same for
-# calls (tools/check-layers.sh). Examples and tools see the public headers
-# only; the tests also use internal headers (loop.h: struct keel_loop).
+CPPFLAGS += -D_GNU_SOURCE -Iinclude
+# Layers: core <- io <- sched <- supervise <- tools, examples. Everything
+# sees the public headers (include/); each layer's folder is compiled with
+# only its own and lower layers' private paths, so an upward #include does
+# not compile; `make check-layers` does the same for calls
+# (tools/check-layers.sh). Examples and tools use the public API only; the
+# tests also use internal headers (loop.h: struct keel_loop).
 LAYERS := core io sched supervise
-INC_core := -Iinclude -Icore
+INC_core := -Icore
 INC_io := $(INC_core) -Iio
 INC_sched := $(INC_io) -Isched
 INC_supervise := $(INC_sched) -Isupervise
-INC_public := -Iinclude
 INC_test := $(INC_sched) -Itest
 CFLAGS ?= $(OPT) -g
 CFLAGS += -std=gnu11 -pthread -fPIC $(WARN) $(EXTRA_CFLAGS)
@@ -119,12 +119,12 @@ $(SHARED): $(LIB_OBJ) keel.map
 $(BUILD)/examples/%: examples/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(INC_public) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
 
 $(BUILD)/tools/%: tools/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(INC_public) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
 
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(STATIC)
 	@mkdir -p $(dir $@)
