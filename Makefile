@@ -3,6 +3,7 @@
 #
 #   make                 libkeel.a, libkeel.so.0.1.0, examples, tools
 #   make test            install missing packages, build, run every test
+#   make check-layers    no lower layer calls a higher one (also in check)
 #   make demo            install missing packages, run the echo demo
 #   make demo-supervised the supervision-tree demo (a KV server that crashes)
 #   make bench           keel's micro-benchmarks (+ the peer harness if found)
@@ -45,7 +46,19 @@ WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wpointer-arith -Wformat=2 -Wundef -Wwrite-strings -Wvla \
 	-Wno-unused-parameter
 OPT ?= -O2
-CPPFLAGS += -D_GNU_SOURCE -Iinclude -Icore -Iio -Isched -Isupervise
+CPPFLAGS += -D_GNU_SOURCE -Iinclude
+# Layers: core <- io <- sched <- supervise <- tools, examples. Everything
+# sees the public headers (include/); each layer's folder is compiled with
+# only its own and lower layers' private paths, so an upward #include does
+# not compile; `make check-layers` does the same for calls
+# (tools/check-layers.sh). Examples and tools use the public API only; the
+# tests also use internal headers (loop.h: struct keel_loop).
+LAYERS := core io sched supervise
+INC_core := -Icore
+INC_io := $(INC_core) -Iio
+INC_sched := $(INC_io) -Isched
+INC_supervise := $(INC_sched) -Isupervise
+INC_test := $(INC_sched) -Itest
 CFLAGS ?= $(OPT) -g
 CFLAGS += -std=gnu11 -pthread -fPIC $(WARN) $(EXTRA_CFLAGS)
 LIBS := -luring -ljemalloc -lpthread
@@ -60,7 +73,7 @@ else
 SO_DEFS := -Wl,-z,defs
 endif
 
-LIB_SRC := $(wildcard core/*.c io/*.c sched/*.c supervise/*.c)
+LIB_SRC := $(foreach l,$(LAYERS),$(wildcard $(l)/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 TOOLS := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
@@ -74,8 +87,8 @@ STATIC := $(BUILD)/libkeel.a
 SHARED := $(BUILD)/libkeel.so.$(VERSION)
 HEADERS := include/keel.h $(wildcard include/keel/*.h)
 
-.PHONY: all lib examples tools tests check test demo demo-supervised bench \
-	deps install uninstall clean format format-check
+.PHONY: all lib examples tools tests check check-layers test demo \
+	demo-supervised bench deps install uninstall clean format format-check
 
 all: lib examples tools
 
@@ -84,10 +97,12 @@ examples: $(EXAMPLES)
 tools: $(TOOLS)
 tests: $(TESTS) $(MT_TESTS)
 
+# A library object gets the include paths of its folder's layer.
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+	$(Q)$(CC) $(CPPFLAGS) $(INC_$(firstword $(subst /, ,$*))) $(CFLAGS) \
+		-MMD -MP -c -o $@ $<
 
 $(STATIC): $(LIB_OBJ)
 	@$(if $(Q),echo "  AR      $@")
@@ -114,17 +129,22 @@ $(BUILD)/tools/%: tools/%.c $(STATIC)
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) -Itest $(CFLAGS) $(LDFLAGS) -o $@ $< \
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
 		$(TEST_HELPERS) $(STATIC) -lcriterion $(LIBS) -lm
 
 $(BUILD)/test/mt_%: test/mt_%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
 
-# Run every test binary (Criterion; each test under a timeout), then the
-# install/pkg-config test. Fails if any fails.
-check: all tests
+# No object of a lower layer may reference a symbol defined in a higher
+# one (the layers are in LAYERS, lowest first).
+check-layers: $(LIB_OBJ)
+	$(Q)LAYERS="$(LAYERS)" sh tools/check-layers.sh $(LIB_OBJ)
+
+# Check the layers, run every test binary (Criterion; each test under a
+# timeout), then the install/pkg-config test. Fails if any fails.
+check: all tests check-layers
 	$(Q)BUILD=$(BUILD) CC="$(CC)" SANITIZE="$(SANITIZE)" \
 		sh test/run.sh $(if $(findstring thread,$(SANITIZE)),,$(TESTS)) \
 		$(MT_TESTS)

@@ -71,10 +71,9 @@ void keel_token_release(struct keel_token *tok)
 {
 	while (tok && --tok->refs == 0) {
 		struct keel_token *parent = tok->parent;
-		struct keel__core *c = keel__core_of(tok->loop);
 
 		if (keel_timer_armed(&tok->timer))
-			c->hooks.timer_cancel(tok->loop, &tok->timer);
+			keel_timer_cancel(tok->loop, &tok->timer);
 		/* Children hold references, so there are none left; pending
 		 * callbacks just lose their token. */
 		struct keel__link *n;
@@ -137,7 +136,7 @@ static void token_cancel(struct keel_token *tok, int cause)
 	tok->cause = cause;
 	keel_token_ref(tok); /* callbacks may drop the last reference */
 	if (keel_timer_armed(&tok->timer))
-		c->hooks.timer_cancel(tok->loop, &tok->timer);
+		keel_timer_cancel(tok->loop, &tok->timer);
 	while (!keel__list_empty(&tok->callbacks)) {
 		struct keel_token_cb *cb = keel__list_entry(
 		    tok->callbacks.first, struct keel_token_cb, link);
@@ -180,19 +179,17 @@ static void deadline_fired(struct keel_loop *loop, struct keel_timer *timer,
 
 int keel_token_set_deadline(struct keel_token *tok, uint64_t deadline_ns)
 {
-	struct keel__core *c = keel__core_of(tok->loop);
-
 	tok->deadline = deadline_ns;
 	if (tok->cause)
 		return 0;
 	if (deadline_ns == UINT64_MAX) {
 		if (keel_timer_armed(&tok->timer))
-			c->hooks.timer_cancel(tok->loop, &tok->timer);
+			keel_timer_cancel(tok->loop, &tok->timer);
 		return 0;
 	}
 	/* A parent's earlier deadline cancels this token anyway. */
 	tok->timer.fn = deadline_fired;
-	return c->hooks.timer_arm(tok->loop, &tok->timer, deadline_ns);
+	return keel_timer_arm(tok->loop, &tok->timer, deadline_ns);
 }
 
 int keel_token_set_timeout(struct keel_token *tok, uint64_t ns)

@@ -183,15 +183,35 @@ struct keel_token {
 	int cause;
 };
 
-/* Services the layers above core provide to it (set at loop creation). */
+/*
+ * Services the layers above core provide to it (set at loop creation).
+ * Hooks, not calls, because what they do is above core by nature: a task's
+ * ops are io_uring requests (io/ledger.c installs cancel_ops), and waking
+ * another loop's thread rings its ring (sched/remote.c). Core only decides
+ * when; the layer that owns the mechanism says how.
+ */
 struct keel__core_hooks {
 	void (*cancel_ops)(struct keel_task *t);
-	int (*timer_arm)(struct keel_loop *loop, struct keel_timer *timer,
-			 uint64_t deadline_ns);
-	bool (*timer_cancel)(struct keel_loop *loop, struct keel_timer *timer);
 	/* Hand `item` to `loop` from any thread (sched/remote.c). */
 	void (*remote_post)(struct keel_loop *loop,
 			    struct keel__remote_item *item);
+};
+
+/* Heap entries carry the deadline inline so that sifting rarely touches
+ * the timers themselves (only to break ties). */
+struct keel__heap_entry {
+	uint64_t deadline;
+	struct keel_timer *timer;
+};
+
+/* The loop's timers (core/timer.c). */
+struct keel__timer_heap {
+	struct keel__heap_entry *v; /* entry i's children: 4i+1 .. 4i+4 */
+	void *block;		    /* v - 3, 64-byte aligned: see timer.c */
+	uint32_t n;
+	uint32_t cap;
+	uint64_t seq;	/* arming counter: ties fire in arming order */
+	uint64_t fired; /* timers fired so far */
 };
 
 /* Task table slot: lets a dump walk every live task and gives handles. */
@@ -218,6 +238,9 @@ struct keel__core {
 	uint32_t nslots;
 	uint32_t free_slot; /* index + 1, 0 = none */
 	struct keel__core_counters count;
+	/* The loop's clock, CLOCK_MONOTONIC ns: set once per turn. */
+	uint64_t now;
+	struct keel__timer_heap timers;
 	uint32_t external_waits; /* tasks another thread may wake */
 	struct keel__core_hooks hooks;
 	struct keel_token *root; /* the loop's root token */
@@ -325,6 +348,20 @@ uint64_t keel__trace_str_once(struct keel__core *c, const char *text);
 					 (uint64_t)(a), (uint64_t)(b));        \
 	} while (0)
 #endif
+
+/* Timers (core/timer.c): fire every timer due at c->now (step 5 of the
+ * turn); free the heap (at teardown, before the frames holding timers). */
+void keel__timers_expire(struct keel_loop *loop);
+void keel__timers_fini(struct keel__timer_heap *h);
+
+/* The deadline of the nearest timer, or UINT64_MAX. */
+static inline uint64_t keel__timers_next(const struct keel_loop *loop)
+{
+	const struct keel__timer_heap *h =
+	    &((const struct keel__core *)loop)->timers;
+
+	return h->n ? h->v[0].deadline : UINT64_MAX;
+}
 
 /* Tokens (core/cancel.c). */
 int keel__tokens_init(struct keel__core *c, struct keel_loop *loop);

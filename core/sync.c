@@ -81,7 +81,7 @@ static void wait_end(struct waitq *wq, struct keel__waiter *w, int res)
 		struct keel__core *c = keel__core_of(wq->loop);
 		struct timed_wait *tw = w->payload;
 
-		c->hooks.timer_cancel(wq->loop, &tw->timer);
+		keel_timer_cancel(wq->loop, &tw->timer);
 		keel__alloc_free(&c->alloc, tw, sizeof(*tw));
 		w->payload = NULL;
 	}
@@ -187,7 +187,7 @@ static int wait_begin_until(struct keel_task *t, struct waitq *wq,
 			return keel__task_ready(t, -ENOMEM);
 		tw->task = t;
 		keel_timer_init(&tw->timer, wait_timed_out, tw);
-		if (c->hooks.timer_arm(t->loop, &tw->timer, deadline)) {
+		if (keel_timer_arm(t->loop, &tw->timer, deadline)) {
 			keel__alloc_free(&c->alloc, tw, sizeof(*tw));
 			return keel__task_ready(t, -ENOMEM);
 		}
@@ -278,7 +278,7 @@ static void oneshot_wait_end(struct keel_oneshot *os, int res)
 
 	os->receiver = NULL;
 	os->out = NULL;
-	keel__core_of(os->loop)->hooks.timer_cancel(os->loop, &os->timer);
+	keel_timer_cancel(os->loop, &os->timer);
 	t->ext->wait_cancel = NULL;
 	keel__task_complete(t, res);
 	keel_oneshot_release(os);
@@ -401,8 +401,6 @@ bool keel_oneshot_is_closed(const struct keel_oneshot *os)
 int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
 			    void **out, uint64_t deadline_ns)
 {
-	struct keel__core *c = keel__core_of(t->loop);
-
 	if (t->loop != os->loop)
 		return keel__task_ready(t, -EXDEV);
 	if (os->receiver)
@@ -428,7 +426,7 @@ int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
 		return keel__task_ready(t, -ENOMEM);
 	if (deadline_ns != UINT64_MAX) {
 		os->timer.fn = oneshot_timed_out;
-		if (c->hooks.timer_arm(t->loop, &os->timer, deadline_ns))
+		if (keel_timer_arm(t->loop, &os->timer, deadline_ns))
 			return keel__task_ready(t, -ENOMEM);
 	}
 	os->receiver = t;
@@ -440,7 +438,7 @@ int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
 		if (old & (OS_SENT | OS_CLOSED | OS_GONE)) {
 			os->receiver = NULL;
 			os->out = NULL;
-			c->hooks.timer_cancel(t->loop, &os->timer);
+			keel_timer_cancel(t->loop, &os->timer);
 			return keel__task_ready(t,
 						keel_oneshot_try_recv(os, out));
 		}

@@ -420,7 +420,7 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s)
 	keel__list_push_back(&r->starved, &s->starved);
 	if ((!r->refs || r->in_kernel) && !keel_timer_armed(&r->retry))
 		keel_timer_arm(loop_of(r), &r->retry,
-			       r->io->now + STARVED_RETRY_NS);
+			       r->io->core.now + STARVED_RETRY_NS);
 }
 
 void keel__bufring_unwait(struct keel_bufring *r, struct keel_recv_stream *s)

@@ -142,7 +142,6 @@ struct keel__io {
 	struct keel__core core; /* first: see core.h */
 	struct io_uring ring;
 	struct keel__ledger ledger;
-	uint64_t now; /* the loop's clock, CLOCK_MONOTONIC ns */
 	/* keel_op_timeout(): a deadline for the next op of this task. */
 	struct keel_task *timeout_task;
 	uint64_t timeout_ns;

@@ -75,7 +75,7 @@ struct keel__op *keel__op_new(struct keel__io *io, struct keel_task *t,
 	op->flags = KEEL__OP_INUSE;
 	op->res = 0;
 	op->fd = -1;
-	op->start_ns = io->now;
+	op->start_ns = io->core.now;
 	/* Its latency while tracing, on the trace's cheap clock (every kind
 	 * of op: a sleep never goes through keel__op_commit). */
 	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;

@@ -159,7 +159,7 @@ static int stream_arm(struct keel__io *io, struct keel__stream *s)
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
 	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
-	op->start_ns = io->now;
+	op->start_ns = io->core.now;
 	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
 	s->state |= S_ARMED;
 	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, s->task->id,
@@ -704,7 +704,7 @@ static void accept_stopped(struct keel__io *io, struct keel__stream *s, int res,
 		io->count.accept_backoffs++;
 		s->state |= S_PARKED;
 		keel_timer_arm(s->task->loop, &a->backoff,
-			       io->now + a->backoff_ns);
+			       io->core.now + a->backoff_ns);
 	} else if (res < 0 && res != -EINTR && res != -ECONNABORTED &&
 		   res != -EAGAIN) {
 		stream_end(s, end_result(s->task, res));

@@ -45,8 +45,6 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	err = keel__core_init(&loop->io.core);
 	if (!err)
 		err = keel__io_init(&loop->io, opts);
-	loop->io.core.hooks.timer_arm = keel_timer_arm;
-	loop->io.core.hooks.timer_cancel = keel_timer_cancel;
 	loop->io.core.hooks.remote_post = keel__remote_post;
 	if (err) {
 		keel__io_fini(&loop->io);
@@ -61,7 +59,7 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	loop->budget = opts && opts->budget ? opts->budget : 256;
 	loop->spin_ns = opts ? opts->spin_ns : 0;
 	loop->batch_wait_ns = opts ? opts->batch_wait_ns : 0;
-	loop->io.now = keel__clock_now();
+	loop->io.core.now = keel__clock_now();
 	*out = loop;
 	return 0;
 }
@@ -171,7 +169,7 @@ static bool has_work(const struct keel_loop *loop)
 	const struct keel__core *c = &loop->io.core;
 
 	return c->runnable || c->count.live || c->count.zombies ||
-	       loop->io.ledger.inuse || loop->timers.n ||
+	       loop->io.ledger.inuse || c->timers.n ||
 	       (loop->persistent && !loop->stop);
 }
 
@@ -211,7 +209,8 @@ static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
 	int ret;
 
 	if (next != UINT64_MAX) {
-		int64_t until = next > io->now ? (int64_t)(next - io->now) : 0;
+		int64_t until =
+		    next > io->core.now ? (int64_t)(next - io->core.now) : 0;
 
 		if (wait < 0 || until < wait)
 			wait = until;
@@ -312,7 +311,7 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	keel__remote_drain(loop);
 	/* 3. Submit and wait. */
 	err = submit_and_wait(loop, max_wait_ns);
-	loop->io.now = keel__clock_now();
+	loop->io.core.now = keel__clock_now();
 	/* 4. Reap completions (first resetting a host's eventfd: completions
 	 * after this point signal it again). */
 	keel__io_event_fd_drain(&loop->io);
@@ -348,7 +347,7 @@ int keel_loop_run(struct keel_loop *loop)
 
 		/* Every task waits and nothing in flight can wake one: the
 		 * tasks wait on each other (a join cycle). */
-		if (!c->runnable && !loop->io.ledger.inuse && !loop->timers.n &&
+		if (!c->runnable && !loop->io.ledger.inuse && !c->timers.n &&
 		    !c->external_waits && !loop->persistent)
 			return -EDEADLK;
 		int err = loop_turn(loop, -1);
@@ -376,11 +375,6 @@ void keel_loop_stop(struct keel_loop *loop)
 int keel_loop_fd(struct keel_loop *loop)
 {
 	return keel__io_event_fd(&loop->io);
-}
-
-uint64_t keel_loop_now(const struct keel_loop *loop)
-{
-	return loop->io.now;
 }
 
 int64_t keel_loop_timeout_ns(const struct keel_loop *loop)
@@ -412,11 +406,11 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->cq_overflows = io->count.cq_overflows;
 	out->spawned = c->count.spawned;
 	out->exited = c->count.exited;
-	out->timers_fired = loop->timers_fired;
+	out->timers_fired = c->timers.fired;
 	out->tasks_live = c->count.live;
 	out->zombies = c->count.zombies;
 	out->ops_inflight = io->ledger.inuse;
-	out->timers_armed = loop->timers.n;
+	out->timers_armed = c->timers.n;
 	out->aborted = c->aborted;
 	out->fault_recoveries = c->fault_recoveries;
 	out->stalls = __atomic_load_n(&loop->watch.stalls, __ATOMIC_RELAXED);
@@ -477,7 +471,7 @@ void keel_loop_destroy(struct keel_loop *loop)
 			keel__task_free(t);
 	}
 	keel__faults_fini(loop);
-	keel__timers_fini(&loop->timers);
+	keel__timers_fini(&c->timers);
 	keel__io_fini(&loop->io);
 	keel__core_fini(c);
 	keel__current_core = outer;

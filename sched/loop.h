@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * loop.h: private definition of struct keel_loop (see core.h for how the
- * layers embed each other) and the timer heap.
+ * layers embed each other).
  */
 #ifndef KEEL_SCHED_LOOP_H
 #define KEEL_SCHED_LOOP_H
@@ -9,21 +9,6 @@
 #include "io.h"
 
 #include <keel/loop.h>
-
-/* Heap entries carry the deadline inline so that sifting rarely touches
- * the timers themselves (only to break ties). */
-struct keel__heap_entry {
-	uint64_t deadline;
-	struct keel_timer *timer;
-};
-
-struct keel__timer_heap {
-	struct keel__heap_entry *v; /* entry i's children: 4i+1 .. 4i+4 */
-	void *block;		    /* v - 3, 64-byte aligned: see timer.c */
-	uint32_t n;
-	uint32_t cap;
-	uint64_t seq; /* arming counter: ties fire in arming order */
-};
 
 /* The stall watchdog's view of a loop (sched/introspect.c). */
 struct keel__loop_watch {
@@ -50,11 +35,9 @@ struct keel__inbox {
 
 struct keel_loop {
 	struct keel__io io; /* first: see core.h */
-	struct keel__timer_heap timers;
-	unsigned budget; /* task steps per turn */
+	unsigned budget;    /* task steps per turn */
 	bool stop;
 	uint64_t turns;
-	uint64_t timers_fired;
 	void *altstack; /* the signal stack keel gave this thread, if any */
 	struct keel__loop_watch watch;
 	struct keel__inbox inbox;
@@ -79,15 +62,5 @@ void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
 
 /* sched/faults.c: undo keel_loop_set_faults() for this thread. */
 void keel__faults_fini(struct keel_loop *loop);
-
-/* sched/timer.c */
-void keel__timers_fini(struct keel__timer_heap *h);
-void keel__timers_expire(struct keel_loop *loop);
-
-/* The deadline of the nearest timer, or UINT64_MAX. */
-static inline uint64_t keel__timers_next(const struct keel_loop *loop)
-{
-	return loop->timers.n ? loop->timers.v[0].deadline : UINT64_MAX;
-}
 
 #endif

@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * timer.c: the loop's timers: a 4-ary min-heap of (deadline, arming order),
- * and keel_sleep() built on it.
+ * timer.c: the loop's clock and timers: a 4-ary min-heap of (deadline,
+ * arming order).
+ *
+ * They are core's because every layer arms timers: token deadlines and
+ * timed waits (core), sleeps and stream back-offs (io), the turn that fires
+ * them (sched). The loop turn sets the clock (c->now) once per turn and
+ * calls keel__timers_expire(); nothing here knows of io_uring.
  *
  * Arm and cancel are O(log n); a 4-ary heap halves the depth of a binary
  * one and keeps siblings in one cache line. Each timer knows its heap index,
- * so cancel needs no search. A sleep is an op in the ledger (a user-space
- * op): cancelling a task's ops cancels its sleep too, and a task dump shows
- * it like any other wait.
+ * so cancel needs no search.
  */
-#include "loop.h"
+#include "core.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -127,7 +130,7 @@ void keel_timer_init(struct keel_timer *timer, keel_timer_fn fn, void *arg)
 int keel_timer_arm(struct keel_loop *loop, struct keel_timer *timer,
 		   uint64_t deadline_ns)
 {
-	struct keel__timer_heap *h = &loop->timers;
+	struct keel__timer_heap *h = &keel__core_of(loop)->timers;
 
 	if (timer->heap_index != NOT_ARMED)
 		heap_remove(h, timer->heap_index);
@@ -144,14 +147,14 @@ int keel_timer_arm(struct keel_loop *loop, struct keel_timer *timer,
 int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
 			 uint64_t delay_ns)
 {
-	return keel_timer_arm(loop, timer, loop->io.now + delay_ns);
+	return keel_timer_arm(loop, timer, keel__core_of(loop)->now + delay_ns);
 }
 
 bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer)
 {
 	if (timer->heap_index == NOT_ARMED)
 		return false;
-	heap_remove(&loop->timers, timer->heap_index);
+	heap_remove(&keel__core_of(loop)->timers, timer->heap_index);
 	return true;
 }
 
@@ -167,8 +170,9 @@ void keel__timers_fini(struct keel__timer_heap *h)
 
 void keel__timers_expire(struct keel_loop *loop)
 {
-	struct keel__timer_heap *h = &loop->timers;
-	uint64_t now = loop->io.now;
+	struct keel__core *c = keel__core_of(loop);
+	struct keel__timer_heap *h = &c->timers;
+	uint64_t now = c->now;
 	/* Timers armed by the callbacks below wait for the next turn, so a
 	 * callback that re-arms itself at `now` cannot loop forever. */
 	uint64_t last_seq = h->seq;
@@ -178,70 +182,14 @@ void keel__timers_expire(struct keel_loop *loop)
 		struct keel_timer *timer = h->v[0].timer;
 
 		heap_remove(h, 0);
-		loop->timers_fired++;
-		KEEL__TRACE(&loop->io.core, KEEL_EV_TIMER_FIRE, 0, UINT32_MAX,
+		h->fired++;
+		KEEL__TRACE(c, KEEL_EV_TIMER_FIRE, 0, UINT32_MAX,
 			    now - timer->deadline, 0);
 		timer->fn(loop, timer, timer->arg);
 	}
 }
 
-/* Sleeps: a user-space op whose timer wakes the task. */
-static void sleep_fired(struct keel_loop *loop, struct keel_timer *timer,
-			void *arg)
+uint64_t keel_loop_now(const struct keel_loop *loop)
 {
-	struct keel__op *op = arg;
-
-	keel__op_user_done(&loop->io, op, op->res);
-}
-
-static void sleep_cancel(struct keel__op *op)
-{
-	struct keel_loop *loop = op->task->loop;
-
-	keel_timer_cancel(loop, &op->u.user.timer);
-	keel__op_user_done(&loop->io, op, -ECANCELED);
-}
-
-int keel_sleep_until(struct keel_task *t, uint64_t deadline_ns)
-{
-	struct keel_loop *loop = t->loop;
-	struct keel__io *io = &loop->io;
-	int cause = keel__task_cancel_cause(t);
-
-	if (cause) {
-		if (io->timeout_task == t)
-			io->timeout_task = NULL;
-		return keel__task_ready(t, cause);
-	}
-	struct keel__op *op =
-	    keel__op_new(io, t, KEEL__OP_USER, IORING_OP_TIMEOUT);
-
-	if (!op)
-		return keel__task_ready(t, -ENOMEM);
-	op->pending = 1;
-	op->res = 0;
-	op->u.user.cancel = sleep_cancel;
-	/* A deadline from keel_op_timeout() that comes first wins. */
-	if (io->timeout_task == t) {
-		uint64_t op_deadline = keel__clock_now() + io->timeout_ns;
-
-		io->timeout_task = NULL;
-		if (op_deadline < deadline_ns) {
-			deadline_ns = op_deadline;
-			op->res = -ETIMEDOUT;
-		}
-	}
-	keel_timer_init(&op->u.user.timer, sleep_fired, op);
-	if (keel_timer_arm(loop, &op->u.user.timer, deadline_ns)) {
-		keel__op_user_done(io, op, -ENOMEM);
-		return KEEL_PENDING;
-	}
-	return keel__task_suspend(t);
-}
-
-/* From the clock now, not the turn's cached time: a sleep lasts at least
- * `ns` from the call however long the turn has run. */
-int keel_sleep(struct keel_task *t, uint64_t ns)
-{
-	return keel_sleep_until(t, keel__clock_now() + ns);
+	return ((const struct keel__core *)loop)->now;
 }

@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sleep.c: keel_sleep() and keel_sleep_until(): a timer (core/timer.c) that
+ * completes a user-space op in the ledger.
+ *
+ * The op is why sleeps live in io and not with the timers: cancelling a
+ * task's ops cancels its sleep too, keel_op_timeout() bounds a sleep like
+ * any other op, and a task dump shows it like any other wait.
+ */
+#include "io.h"
+
+#include <errno.h>
+
+/* The timer fired: the sleep is over (res: 0, or -ETIMEDOUT when an op
+ * timeout cut it short). */
+static void sleep_fired(struct keel_loop *loop, struct keel_timer *timer,
+			void *arg)
+{
+	struct keel__op *op = arg;
+
+	keel__op_user_done(keel__io_of(loop), op, op->res);
+}
+
+static void sleep_cancel(struct keel__op *op)
+{
+	struct keel_loop *loop = op->task->loop;
+
+	keel_timer_cancel(loop, &op->u.user.timer);
+	keel__op_user_done(keel__io_of(loop), op, -ECANCELED);
+}
+
+int keel_sleep_until(struct keel_task *t, uint64_t deadline_ns)
+{
+	struct keel_loop *loop = t->loop;
+	struct keel__io *io = keel__io_of(loop);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause) {
+		if (io->timeout_task == t)
+			io->timeout_task = NULL;
+		return keel__task_ready(t, cause);
+	}
+	struct keel__op *op =
+	    keel__op_new(io, t, KEEL__OP_USER, IORING_OP_TIMEOUT);
+
+	if (!op)
+		return keel__task_ready(t, -ENOMEM);
+	op->pending = 1;
+	op->res = 0;
+	op->u.user.cancel = sleep_cancel;
+	/* A deadline from keel_op_timeout() that comes first wins. */
+	if (io->timeout_task == t) {
+		uint64_t op_deadline = keel__clock_now() + io->timeout_ns;
+
+		io->timeout_task = NULL;
+		if (op_deadline < deadline_ns) {
+			deadline_ns = op_deadline;
+			op->res = -ETIMEDOUT;
+		}
+	}
+	keel_timer_init(&op->u.user.timer, sleep_fired, op);
+	if (keel_timer_arm(loop, &op->u.user.timer, deadline_ns)) {
+		keel__op_user_done(io, op, -ENOMEM);
+		return KEEL_PENDING;
+	}
+	return keel__task_suspend(t);
+}
+
+/* From the clock now, not the turn's cached time: a sleep lasts at least
+ * `ns` from the call however long the turn has run. */
+int keel_sleep(struct keel_task *t, uint64_t ns)
+{
+	return keel_sleep_until(t, keel__clock_now() + ns);
+}
