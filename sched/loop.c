@@ -444,6 +444,7 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 int keel_loop_run(struct keel_loop *loop)
 {
 	loop->stop = false;
+	keel__remote_unpark(loop); /* a host's last step left it parked */
 	while (!loop->stop && loop_alive(loop)) {
 		/* Every task waits and nothing can wake one: the tasks wait
 		 * on each other (a join cycle). */
@@ -458,10 +459,20 @@ int keel_loop_run(struct keel_loop *loop)
 	return 0;
 }
 
+/*
+ * A host sleeps between steps (on keel_loop_fd(), as long as
+ * keel_loop_timeout_ns() says), so the loop stays parked from the end of
+ * one step to the start of the next: other threads' posts then ring its
+ * doorbell, whose CQE makes the fd readable. What was posted before the
+ * park, keel_loop_timeout_ns() sees (it returns 0).
+ */
 int keel_loop_step(struct keel_loop *loop, int64_t timeout_ns)
 {
-	int err = loop_turn(loop, timeout_ns);
+	int err;
 
+	keel__remote_unpark(loop);
+	err = loop_turn(loop, timeout_ns);
+	keel__remote_park(loop);
 	if (err)
 		return err;
 	return loop_alive(loop) ? 1 : 0;
