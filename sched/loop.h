@@ -43,7 +43,8 @@ struct keel__loop_watch {
 /* Work other threads hand to the loop (sched/remote.c). */
 struct keel__inbox {
 	struct keel__remote_item *head; /* lock-free stack */
-	int parked;	    /* blocked (or about to) in the kernel */
+	int parked;	    /* blocked (or about to) in the kernel, or a
+			     * host's loop between two keel_loop_step() */
 	int wake_pending;   /* a doorbell is on its way */
 	uint64_t doorbells; /* rung so far */
 };
