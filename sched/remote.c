@@ -12,6 +12,8 @@
  * that finds the loop parked rings the doorbell, and `wake_pending` makes
  * a burst ring it once: an IORING_OP_MSG_RING from the poster's own ring,
  * or, for a thread that runs no loop, from a small ring of its own.
+ * An embedded loop stays parked between keel_loop_step() calls, while its
+ * host may sleep on keel_loop_fd(): the doorbell's CQE wakes the host.
  */
 #include "loop.h"
 
