@@ -658,3 +658,30 @@ Test(sched, epoll_host_is_woken_by_another_threads_post_without_defer,
 
 	host_awaits_blocking_job(&opts);
 }
+
+/*
+ * keel_loop_timeout_ns() counts the inbox: once the pool thread has posted
+ * the job's result, a host must not sleep (it used to get -1 here, and
+ * sleep until only its own timeout woke it).
+ */
+Test(sched, timeout_ns_is_zero_once_another_thread_posted, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct blocker *b = kt_spawn(loop, &blocker_task, KEEL_PRIO_NORMAL);
+	uint64_t t0 = kt_now_ns();
+	struct timespec ms = {.tv_nsec = 1000 * 1000};
+
+	b->arg = 7;
+	g_block_res = -1;
+	/* The task hands its job to the pool and waits. */
+	cr_assert_eq(keel_loop_step(loop, 0), 1);
+	while (keel_loop_timeout_ns(loop) != 0) {
+		cr_assert_eq(g_block_res, -1);
+		cr_assert(kt_now_ns() - t0 < KT_MS(2000),
+			  "the job's result never showed in the timeout");
+		nanosleep(&ms, NULL);
+	}
+	kt_loop_run(loop);
+	cr_assert_eq(g_block_res, 7);
+	keel_loop_destroy(loop);
+}
