@@ -2,22 +2,30 @@
 /*
  * loop.c: the per-thread loop and its turn.
  *
- * A turn has five steps, always in this order (loop_turn()):
+ * A turn is a list of steps, always in this order (loop_turn()):
  *   1. run ready tasks, at most `budget` steps, by priority shares;
- *   2. drain cross-loop messages (the multi-thread runtime's; a lone loop
- *      has none);
- *   3. submit queued SQEs and wait, in one io_uring_enter: no wait if tasks
- *      are ready, else until a completion, the nearest timer or the caller's
- *      limit;
- *   4. reap completions, each waking the task that owns it;
- *   5. fire expired timers (which wake sleepers).
- * Woken tasks run in step 1 of the next turn.
+ *   2. submit queued SQEs and wait, in one io_uring_enter, as long as
+ *      turn_timeout() says: not at all if tasks are ready or the inbox has
+ *      items, else until a completion, a doorbell, the nearest timer or the
+ *      caller's limit;
+ *   3. reap completions, each waking the task that owns it;
+ *   4. fire expired timers (which wake sleepers);
+ *   5. drain the inbox: what other threads posted (sched/remote.c).
+ * Everything that wakes a task happens after the wait, and woken tasks run
+ * in step 1 of the next turn. The inbox is drained once, last: what other
+ * threads post while the loop waits runs in the very next turn; what they
+ * post while tasks run is seen when the loop parks (step 2), which then
+ * does not block, and is drained in step 5 of the same turn.
+ *
+ * Two questions have one answer each, for the turn, keel_loop_run(),
+ * keel_loop_step() and embedders alike: loop_alive() ("is there work")
+ * and loop_timeout() ("how long may the loop sleep").
  *
  * Fairness (step 1): each priority class first gets its share of the budget
  * (critical 8/15, high 4/15, normal 2/15, low 1/15, at least one step), then
  * what is left goes to the classes in priority order. A task that yields
  * goes to the tail of its class, so a spinning task cannot starve its class,
- * lower classes, or I/O: the turn always reaches step 3.
+ * lower classes, or I/O: the turn always reaches step 2.
  */
 #include "loop.h"
 
@@ -163,14 +171,65 @@ static void run_ready(struct keel_loop *loop)
 		left -= run_class(loop, (unsigned)p, left);
 }
 
-/* Anything that can still make progress: tasks, ops or timers. */
-static bool has_work(const struct keel_loop *loop)
+/*
+ * Whether anything outside this loop's ready tasks can still wake it: an
+ * op in flight, an armed timer, or another thread (a task waits on one, or
+ * a runtime loop waits for spawns).
+ */
+static bool loop_wakeable(const struct keel_loop *loop)
+{
+	return loop->io.ledger.inuse || loop->io.core.timers.n ||
+	       loop->io.core.external_waits || loop->persistent;
+}
+
+/*
+ * "Is there work": tasks (ready, waiting or zombie), ops in flight, armed
+ * timers, items in the inbox, or a runtime loop not told to stop. The one
+ * answer for keel_loop_run() and keel_loop_step().
+ */
+static bool loop_alive(const struct keel_loop *loop)
 {
 	const struct keel__core *c = &loop->io.core;
 
 	return c->runnable || c->count.live || c->count.zombies ||
-	       loop->io.ledger.inuse || c->timers.n ||
-	       (loop->persistent && !loop->stop);
+	       loop->io.ledger.inuse || loop->io.core.timers.n ||
+	       (loop->persistent && !loop->stop) || keel__remote_pending(loop);
+}
+
+/*
+ * "How long may the loop sleep", as of `now`: 0 when it has work at once
+ * (ready tasks, items in its inbox, a stop asked for), else until the
+ * nearest timer, or -1 when only a completion or a doorbell can wake it.
+ * The one answer for the turn (step 2) and for embedders
+ * (keel_loop_timeout_ns()).
+ */
+/* inline: on the turn's path; a call there costs a dozen instructions. */
+static inline int64_t loop_timeout(const struct keel_loop *loop, uint64_t now)
+{
+	uint64_t next;
+
+	if (loop->io.core.runnable || loop->stop || keel__remote_pending(loop))
+		return 0;
+	next = keel__timers_next(loop);
+	if (next == UINT64_MAX)
+		return -1;
+	return next > now ? (int64_t)(next - now) : 0;
+}
+
+/*
+ * The wait of this turn's step 2: loop_timeout(), capped by the caller's
+ * limit (keel_loop_step()'s timeout_ns; negative: none); 0 when nothing
+ * could ever end an unbounded wait (no op, no timer, no other thread).
+ */
+static int64_t turn_timeout(const struct keel_loop *loop, int64_t max_wait_ns)
+{
+	int64_t wait = loop_timeout(loop, loop->io.core.now);
+
+	if (max_wait_ns >= 0 && (wait < 0 || max_wait_ns < wait))
+		wait = max_wait_ns;
+	if (wait < 0 && !loop_wakeable(loop))
+		wait = 0;
+	return wait;
 }
 
 static inline void cpu_relax(void)
@@ -182,7 +241,11 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Spin until the inbox has work (return 0: do not wait) or spin_ns pass. */
+/*
+ * Opt-in (spin_ns): poll the inbox a while before blocking. Not parked
+ * yet, so posters ring no doorbell; what they post shows up here. Returns
+ * 0 (do not wait) if something came, else `wait`.
+ */
 static int64_t spin_for_work(struct keel_loop *loop, int64_t wait)
 {
 	uint64_t until = keel__clock_now() + loop->spin_ns;
@@ -199,93 +262,111 @@ static int64_t spin_for_work(struct keel_loop *loop, int64_t wait)
 	return wait;
 }
 
-static int submit_and_wait(struct keel_loop *loop, int64_t max_wait_ns)
+static struct __kernel_timespec ns_to_timespec(int64_t ns)
+{
+	return (struct __kernel_timespec){.tv_sec = ns / 1000000000,
+					  .tv_nsec = ns % 1000000000};
+}
+
+/*
+ * The one place that picks a liburing call: submit, then wait for `want`
+ * CQEs at most `wait` ns (0: do not wait; negative: no time limit).
+ */
+static int ring_submit_wait(struct io_uring *ring, int64_t wait, unsigned want)
+{
+	struct __kernel_timespec ts;
+	struct io_uring_cqe *cqe;
+
+	if (wait == 0)
+		return io_uring_submit_and_get_events(ring);
+	if (wait < 0)
+		return io_uring_submit_and_wait(ring, want);
+	ts = ns_to_timespec(wait);
+	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
+}
+
+/*
+ * Opt-in batching (batch_wait_ns): busy, with several CQEs per wake-up
+ * lately, wait a little for as many again, so that one enter serves more
+ * requests. At worst a wake is batch_wait_ns late, and only while the loop
+ * is busy.
+ */
+static bool batching(const struct keel_loop *loop, int64_t wait)
+{
+	return wait != 0 && loop->batch_wait_ns && loop->batch_avg / 16 >= 2;
+}
+
+static int enter_batched(struct keel_loop *loop, int64_t wait)
+{
+	unsigned want = loop->batch_avg / 16;
+	int64_t bw = loop->batch_wait_ns;
+	int ret;
+
+	if (wait > 0 && wait < bw)
+		bw = wait;
+	ret = ring_submit_wait(&loop->io.ring, bw, want > 32 ? 32 : want);
+	/* Nothing came at all: wait as usual next turn. */
+	if (ret == -ETIME && !io_uring_cq_ready(&loop->io.ring))
+		loop->batch_avg = 0;
+	return ret;
+}
+
+/* The one place that folds the enter's result: a timeout, a signal or a
+ * busy CQ are not errors of the loop. */
+static int enter_result(int ret)
+{
+	if (ret == -ETIME || ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
+		return 0;
+	return ret < 0 ? ret : 0;
+}
+
+/*
+ * One io_uring_enter: submit the queued SQEs, wait at most `wait` ns.
+ * Not waiting, nothing to submit, nothing in flight: the kernel has
+ * nothing for us, so save the system call (a yield loop, or a task woken
+ * from another thread, goes straight on).
+ */
+static int enter(struct keel_loop *loop, int64_t wait)
 {
 	struct keel__io *io = &loop->io;
 	struct io_uring *ring = &io->ring;
-	uint64_t next = keel__timers_next(loop);
-	int64_t wait = max_wait_ns;
-	struct io_uring_cqe *cqe;
 	int ret;
 
-	if (next != UINT64_MAX) {
-		int64_t until =
-		    next > io->core.now ? (int64_t)(next - io->core.now) : 0;
-
-		if (wait < 0 || until < wait)
-			wait = until;
-	}
-	/* Tasks ready or a stop requested: do not wait. Nothing in
-	 * flight and no timer: waiting would hang. */
-	if (io->core.runnable || loop->stop ||
-	    (!io->ledger.inuse && wait < 0 && !io->core.external_waits &&
-	     !loop->persistent))
-		wait = 0;
-	/* Opt-in: poll the inbox a while before blocking. Not parked yet,
-	 * so posters ring no doorbell; what they post shows up here. */
-	if (wait != 0 && loop->spin_ns && !io->ledger.inuse)
-		wait = spin_for_work(loop, wait);
-	/* About to block: park, then look at the inbox once more (a poster
-	 * pushes, then looks at `parked`: one of us sees the other). */
-	bool parked = wait != 0;
-
-	if (parked) {
-		keel__remote_park(loop, true);
-		if (keel__remote_pending(loop))
-			wait = 0;
-	}
-	/* Not waiting, nothing to submit, nothing in flight: the kernel has
-	 * nothing for us, so save the system call (a yield loop, or a task
-	 * woken from another thread, goes straight on). */
 	if (wait == 0 && !io_uring_sq_ready(ring) && !io->ledger.inuse &&
-	    !io_uring_cq_ready(ring)) {
-		if (parked)
-			keel__remote_park(loop, false);
+	    !io_uring_cq_ready(ring))
 		return 0;
-	}
 	io->count.sqes += io_uring_sq_ready(ring);
 	io->count.enters++;
 	if (wait)
 		KEEL__TRACE(&io->core, KEEL_EV_LOOP_IDLE, 0, UINT32_MAX, wait,
 			    0);
-	/* Opt-in batching (batch_wait_ns): busy, with several CQEs per
-	 * wake-up lately, wait a little for as many again, so that one enter
-	 * serves more requests. At worst a wake is batch_wait_ns late, and
-	 * only while the loop is busy. */
-	unsigned want = loop->batch_avg / 16;
+	if (batching(loop, wait))
+		ret = enter_batched(loop, wait);
+	else
+		ret = ring_submit_wait(ring, wait, 1);
+	return enter_result(ret);
+}
 
-	if (wait != 0 && want >= 2 && loop->batch_wait_ns) {
-		int64_t bw = loop->batch_wait_ns;
-		struct __kernel_timespec ts;
+/*
+ * Step 2: submit and wait, in one io_uring_enter. About to block, the loop
+ * parks (other threads' posts then ring its doorbell) and unparks after;
+ * parking finds what was posted before it, and then the loop does not
+ * block.
+ */
+static int submit_and_wait(struct keel_loop *loop, int64_t wait)
+{
+	bool parked;
+	int err;
 
-		if (wait > 0 && wait < bw)
-			bw = wait;
-		ts.tv_sec = 0;
-		ts.tv_nsec = bw;
-		ret = io_uring_submit_and_wait_timeout(
-		    ring, &cqe, want > 32 ? 32 : want, &ts, NULL);
-		/* Nothing came at all: wait as usual next turn. */
-		if (ret == -ETIME && !io_uring_cq_ready(ring))
-			loop->batch_avg = 0;
-	} else if (wait == 0) {
-		ret = io_uring_submit_and_get_events(ring);
-	} else if (wait < 0) {
-		ret = io_uring_submit_and_wait(ring, 1);
-	} else {
-		struct __kernel_timespec ts = {
-		    .tv_sec = wait / 1000000000,
-		    .tv_nsec = wait % 1000000000,
-		};
-
-		ret =
-		    io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
-	}
+	if (wait != 0 && loop->spin_ns && !loop->io.ledger.inuse)
+		wait = spin_for_work(loop, wait);
+	parked = wait != 0;
+	if (parked && !keel__remote_park(loop))
+		wait = 0;
+	err = enter(loop, wait);
 	if (parked)
-		keel__remote_park(loop, false);
-	/* A timeout, a signal or a busy CQ are not errors of the loop. */
-	if (ret == -ETIME || ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
-		ret = 0;
-	return ret < 0 ? ret : 0;
+		keel__remote_unpark(loop);
+	return err;
 }
 
 /* Histogram bucket of a wake that reaped `n` CQEs: le 0, 1, 2, 4, ... */
@@ -297,28 +378,10 @@ static unsigned wake_bucket(uint64_t n)
 	return b < KEEL__WAKE_BUCKETS ? b : KEEL__WAKE_BUCKETS - 1;
 }
 
-static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
+/* Statistics of a wake that reaped `cqes`: the histogram, the average that
+ * batching goes by, and the trace's wake and in-flight samples. */
+static void count_wake(struct keel_loop *loop, uint64_t cqes)
 {
-	struct keel__core *outer = keel__current_core;
-	int err;
-
-	keel__current_core = &loop->io.core;
-	keel__trace_turn(&loop->io.core);
-	loop->turns++;
-	/* 1. Run ready tasks. */
-	run_ready(loop);
-	/* 2. Drain the inbox: cross-loop messages, wakes, spawns. */
-	keel__remote_drain(loop);
-	/* 3. Submit and wait. */
-	err = submit_and_wait(loop, max_wait_ns);
-	loop->io.core.now = keel__clock_now();
-	/* 4. Reap completions (first resetting a host's eventfd: completions
-	 * after this point signal it again). */
-	keel__io_event_fd_drain(&loop->io);
-	uint64_t cqes = loop->io.count.cqes;
-
-	keel__io_reap(&loop->io);
-	cqes = loop->io.count.cqes - cqes;
 	loop->cqes_per_wake[wake_bucket(cqes)]++;
 	if (cqes) {
 		int avg = (int)loop->batch_avg;
@@ -329,11 +392,48 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	KEEL__TRACE(&loop->io.core, KEEL_EV_LOOP_WAKE, 0, UINT32_MAX, cqes, 0);
 	KEEL__TRACE(&loop->io.core, KEEL_EV_INFLIGHT, 0, UINT32_MAX,
 		    loop->io.ledger.inuse, 0);
-	/* 5. Fire expired timers. */
+}
+
+/*
+ * Step 3: the clock moves on; reap completions, each waking its task
+ * (first resetting a host's eventfd: completions after this point signal
+ * it again). Returns how many were reaped.
+ */
+static uint64_t reap_completions(struct keel_loop *loop)
+{
+	uint64_t cqes = loop->io.count.cqes;
+
+	loop->io.core.now = keel__clock_now();
+	keel__io_event_fd_drain(&loop->io);
+	keel__io_reap(&loop->io);
+	return loop->io.count.cqes - cqes;
+}
+
+/* Before the steps: count the turn; the tracer's turn marker (which also
+ * attaches the loop to a trace started since). */
+static void turn_begin(struct keel_loop *loop)
+{
+	keel__trace_turn(&loop->io.core);
+	loop->turns++;
+}
+
+/* One turn: the list of its steps (see the top of this file). */
+static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
+{
+	struct keel__core *outer = keel__current_core;
+	int err;
+
+	keel__current_core = &loop->io.core;
+	turn_begin(loop);
+	/* 1. Run ready tasks, at most `budget` steps. */
+	run_ready(loop);
+	/* 2. Submit and wait (as long as turn_timeout() says). */
+	err = submit_and_wait(loop, turn_timeout(loop, max_wait_ns));
+	/* 3. Reap completions, then count what this wake brought. */
+	count_wake(loop, reap_completions(loop));
+	/* 4. Fire expired timers (which wake sleepers). */
 	keel__timers_expire(loop);
-	/* What other threads posted while we waited: drained now, so the
-	 * tasks it wakes run at the start of the next turn, not a turn later.
-	 */
+	/* 5. Drain the inbox: cross-loop messages, wakes, spawns. */
 	keel__remote_drain(loop);
 	keel__current_core = outer;
 	return err;
@@ -342,13 +442,12 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 int keel_loop_run(struct keel_loop *loop)
 {
 	loop->stop = false;
-	while (!loop->stop && has_work(loop)) {
-		const struct keel__core *c = &loop->io.core;
-
-		/* Every task waits and nothing in flight can wake one: the
-		 * tasks wait on each other (a join cycle). */
-		if (!c->runnable && !loop->io.ledger.inuse && !c->timers.n &&
-		    !c->external_waits && !loop->persistent)
+	keel__remote_unpark(loop); /* a host's last step left it parked */
+	while (!loop->stop && loop_alive(loop)) {
+		/* Every task waits and nothing can wake one: the tasks wait
+		 * on each other (a join cycle). */
+		if (!loop->io.core.runnable && !loop_wakeable(loop) &&
+		    !keel__remote_pending(loop))
 			return -EDEADLK;
 		int err = loop_turn(loop, -1);
 
@@ -358,13 +457,23 @@ int keel_loop_run(struct keel_loop *loop)
 	return 0;
 }
 
+/*
+ * A host sleeps between steps (on keel_loop_fd(), as long as
+ * keel_loop_timeout_ns() says), so the loop stays parked from the end of
+ * one step to the start of the next: other threads' posts then ring its
+ * doorbell, whose CQE makes the fd readable. What was posted before the
+ * park, keel_loop_timeout_ns() sees (it returns 0).
+ */
 int keel_loop_step(struct keel_loop *loop, int64_t timeout_ns)
 {
-	int err = loop_turn(loop, timeout_ns);
+	int err;
 
+	keel__remote_unpark(loop);
+	err = loop_turn(loop, timeout_ns);
+	keel__remote_park(loop);
 	if (err)
 		return err;
-	return has_work(loop) ? 1 : 0;
+	return loop_alive(loop) ? 1 : 0;
 }
 
 void keel_loop_stop(struct keel_loop *loop)
@@ -379,15 +488,11 @@ int keel_loop_fd(struct keel_loop *loop)
 
 int64_t keel_loop_timeout_ns(const struct keel_loop *loop)
 {
-	uint64_t next = keel__timers_next(loop);
-
-	if (loop->io.core.runnable || io_uring_sq_ready(&loop->io.ring))
+	/* SQEs queued between turns (a re-arm, a timer's cancel) reach the
+	 * kernel only in a step's enter: the host must step first. */
+	if (io_uring_sq_ready(&loop->io.ring))
 		return 0;
-	if (next == UINT64_MAX)
-		return -1;
-	uint64_t now = keel__clock_now();
-
-	return next > now ? (int64_t)(next - now) : 0;
+	return loop_timeout(loop, keel__clock_now());
 }
 
 void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
@@ -406,11 +511,11 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->cq_overflows = io->count.cq_overflows;
 	out->spawned = c->count.spawned;
 	out->exited = c->count.exited;
-	out->timers_fired = c->timers.fired;
+	out->timers_fired = loop->io.core.timers.fired;
 	out->tasks_live = c->count.live;
 	out->zombies = c->count.zombies;
 	out->ops_inflight = io->ledger.inuse;
-	out->timers_armed = c->timers.n;
+	out->timers_armed = loop->io.core.timers.n;
 	out->aborted = c->aborted;
 	out->fault_recoveries = c->fault_recoveries;
 	out->stalls = __atomic_load_n(&loop->watch.stalls, __ATOMIC_RELAXED);
@@ -471,7 +576,7 @@ void keel_loop_destroy(struct keel_loop *loop)
 			keel__task_free(t);
 	}
 	keel__faults_fini(loop);
-	keel__timers_fini(&c->timers);
+	keel__timers_fini(&loop->io.core.timers);
 	keel__io_fini(&loop->io);
 	keel__core_fini(c);
 	keel__current_core = outer;

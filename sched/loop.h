@@ -28,7 +28,8 @@ struct keel__loop_watch {
 /* Work other threads hand to the loop (sched/remote.c). */
 struct keel__inbox {
 	struct keel__remote_item *head; /* lock-free stack */
-	int parked;	    /* blocked (or about to) in the kernel */
+	int parked;	    /* blocked (or about to) in the kernel, or a
+			     * host's loop between two keel_loop_step() */
 	int wake_pending;   /* a doorbell is on its way */
 	uint64_t doorbells; /* rung so far */
 };
@@ -50,8 +51,13 @@ struct keel_loop {
 
 /* sched/remote.c */
 void keel__remote_post(struct keel_loop *loop, struct keel__remote_item *it);
-bool keel__remote_pending(struct keel_loop *loop);
-void keel__remote_park(struct keel_loop *loop, bool parked);
+bool keel__remote_pending(const struct keel_loop *loop);
+/*
+ * Park before blocking: from now on posters ring the doorbell. Returns
+ * false if the inbox already has work: then do not block (but unpark).
+ */
+bool keel__remote_park(struct keel_loop *loop);
+void keel__remote_unpark(struct keel_loop *loop);
 void keel__remote_drain(struct keel_loop *loop);
 
 /* sched/introspect.c */

@@ -4,7 +4,7 @@
  * new messages, a task to wake, a task to spawn), and how they wake it.
  *
  * The inbox is a lock-free LIFO stack (one CAS per post); the loop takes it
- * whole in step 2 of its turn and runs the items in posting order.
+ * whole in the last step of its turn and runs the items in posting order.
  *
  * Waking: a loop about to block in io_uring_enter sets `parked`, then looks
  * at the inbox once more; a poster pushes, then looks at `parked` (both
@@ -12,6 +12,8 @@
  * that finds the loop parked rings the doorbell, and `wake_pending` makes
  * a burst ring it once: an IORING_OP_MSG_RING from the poster's own ring,
  * or, for a thread that runs no loop, from a small ring of its own.
+ * An embedded loop stays parked between keel_loop_step() calls, while its
+ * host may sleep on keel_loop_fd(): the doorbell's CQE wakes the host.
  */
 #include "loop.h"
 
@@ -103,7 +105,7 @@ void keel__remote_post(struct keel_loop *loop, struct keel__remote_item *it)
 		ring_doorbell(loop);
 }
 
-bool keel__remote_pending(struct keel_loop *loop)
+bool keel__remote_pending(const struct keel_loop *loop)
 {
 	return SEQ_LOAD(&loop->inbox.head) != NULL;
 }
@@ -114,12 +116,17 @@ bool keel__remote_pending(struct keel_loop *loop)
  * be spent on a turn that does not park, the flag would stay set, and the
  * next park would sleep through every later post.
  */
-void keel__remote_park(struct keel_loop *loop, bool parked)
+bool keel__remote_park(struct keel_loop *loop)
 {
-	if (parked)
-		__atomic_store_n(&loop->inbox.wake_pending, 0,
-				 __ATOMIC_SEQ_CST);
-	__atomic_store_n(&loop->inbox.parked, parked, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&loop->inbox.wake_pending, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&loop->inbox.parked, 1, __ATOMIC_SEQ_CST);
+	/* Posted before `parked` was set: the poster rang nothing. */
+	return !keel__remote_pending(loop);
+}
+
+void keel__remote_unpark(struct keel_loop *loop)
+{
+	__atomic_store_n(&loop->inbox.parked, 0, __ATOMIC_SEQ_CST);
 }
 
 void keel__remote_drain(struct keel_loop *loop)

@@ -567,3 +567,121 @@ Test(sched, step_with_negative_timeout_waits_for_nearest_timer, .timeout = 10)
 	cr_assert_eq(keel_loop_step(loop, 0), 0);
 	keel_loop_destroy(loop);
 }
+
+/*
+ * A host that follows keel/loop.h to the letter: step, then sleep in
+ * epoll_wait() on keel_loop_fd() as long as keel_loop_timeout_ns() says
+ * (-1 here: nothing but the fd can wake the loop). A pool thread finishes
+ * the task's job; its result must wake the host through the fd, not wait
+ * for some other wake-up. -1 is capped at 2 s, so a missed wake fails the
+ * bound below instead of hanging.
+ */
+static int sleepy_job(void *arg)
+{
+	struct timespec ts = {.tv_nsec = 50 * 1000 * 1000};
+
+	nanosleep(&ts, NULL);
+	return *(int *)arg;
+}
+
+struct blocker {
+	struct keel_task task;
+	int arg;
+};
+
+/* The frame is gone once the task exits: the result goes here. */
+static int g_block_res;
+static uint64_t g_block_done_ns;
+
+static int blocker_step(struct keel_task *t);
+static KEEL_TASK_TYPE(blocker_task, struct blocker, task, blocker_step);
+
+static int blocker_step(struct keel_task *t)
+{
+	struct blocker *b = keel_container_of(t, struct blocker, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_blocking(t, sleepy_job, &b->arg));
+	g_block_res = keel_res(t);
+	g_block_done_ns = kt_now_ns();
+	KEEL_END(t);
+}
+
+static void host_awaits_blocking_job(const struct keel_loop_opts *opts)
+{
+	struct keel_loop *loop = kt_loop_new(opts);
+	struct epoll_event ev = {.events = EPOLLIN};
+	struct blocker *b;
+	uint64_t t0, bound = KT_MS(2000);
+	int ep, rc;
+
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	cr_assert_geq(ep, 0);
+	ev.data.fd = keel_loop_fd(loop);
+	cr_assert_geq(ev.data.fd, 0);
+	cr_assert_eq(epoll_ctl(ep, EPOLL_CTL_ADD, ev.data.fd, &ev), 0);
+	b = kt_spawn(loop, &blocker_task, KEEL_PRIO_NORMAL);
+	b->arg = 42;
+	g_block_res = -1;
+	t0 = kt_now_ns();
+	for (;;) {
+		struct epoll_event out;
+		int64_t ns;
+		int n;
+
+		rc = keel_loop_step(loop, 0);
+		cr_assert_geq(rc, 0, "keel_loop_step: %s", strerror(-rc));
+		if (rc == 0)
+			break;
+		cr_assert(kt_now_ns() - t0 < bound,
+			  "the host was not woken for the job's result");
+		ns = keel_loop_timeout_ns(loop);
+		n = epoll_wait(ep, &out, 1, ns < 0 ? 2000 : ns_to_ms_up(ns));
+		cr_assert(n >= 0 || errno == EINTR, "epoll_wait: %s",
+			  strerror(errno));
+	}
+	cr_assert_eq(g_block_res, 42);
+	cr_assert_lt(g_block_done_ns - t0, bound);
+	close(ep);
+	keel_loop_destroy(loop);
+}
+
+Test(sched, epoll_host_is_woken_by_another_threads_post, .timeout = 10)
+{
+	host_awaits_blocking_job(NULL);
+}
+
+Test(sched, epoll_host_is_woken_by_another_threads_post_without_defer,
+     .timeout = 10)
+{
+	struct keel_loop_opts opts = {.flags = KEEL_LOOP_NO_DEFER};
+
+	host_awaits_blocking_job(&opts);
+}
+
+/*
+ * keel_loop_timeout_ns() counts the inbox: once the pool thread has posted
+ * the job's result, a host must not sleep (it used to get -1 here, and
+ * sleep until only its own timeout woke it).
+ */
+Test(sched, timeout_ns_is_zero_once_another_thread_posted, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct blocker *b = kt_spawn(loop, &blocker_task, KEEL_PRIO_NORMAL);
+	uint64_t t0 = kt_now_ns();
+	struct timespec ms = {.tv_nsec = 1000 * 1000};
+
+	b->arg = 7;
+	g_block_res = -1;
+	/* The task hands its job to the pool and waits. */
+	cr_assert_eq(keel_loop_step(loop, 0), 1);
+	while (keel_loop_timeout_ns(loop) != 0) {
+		cr_assert_eq(g_block_res, -1);
+		cr_assert(kt_now_ns() - t0 < KT_MS(2000),
+			  "the job's result never showed in the timeout");
+		nanosleep(&ms, NULL);
+	}
+	kt_loop_run(loop);
+	cr_assert_eq(g_block_res, 7);
+	keel_loop_destroy(loop);
+}
