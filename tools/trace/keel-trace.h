@@ -23,7 +23,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <liburing.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -269,7 +268,7 @@ struct trace {
 
 /* ---- numbers and JSON text (util.c) ----------------------------------- */
 
-/* An opcode's name; one the library does not know is "op<N>", in buf. */
+/* An opcode's name (keel_opcode_name()); an unknown one is "op<N>", in buf. */
 const char *op_name(unsigned op, char buf[16]);
 /* ns as text with three significant digits: 850ns, 12.3us, 1.05ms, 2.00s. */
 const char *fmt_ns(uint64_t ns, char buf[24]);
