@@ -12,7 +12,7 @@
  * Prometheus text passes a format check and reports its full length when
  * cut; a task dump names a task blocked in recv, its await site and its op;
  * the stall detector reports a 30 ms step once (and never when off), and
- * traces it.
+ * traces it; keel_opcode_name() names every opcode up to IORING_OP_PIPE.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
