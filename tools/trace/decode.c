@@ -10,6 +10,17 @@
 
 /* ---- the decoder: steps and task lifetimes ----------------------------- */
 
+static void decode_event(const unsigned char *p, struct keel_trace_event *ev)
+{
+	ev->ts = le64(p);
+	ev->type = p[8];
+	ev->op = p[9];
+	ev->flags = le16(p + 10);
+	ev->task = le32(p + 12);
+	ev->a = le64(p + 16);
+	ev->b = le64(p + 24);
+}
+
 /* A string id from an event field; one too large is an unknown string. */
 uint32_t string_id(uint64_t v)
 {

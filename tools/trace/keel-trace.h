@@ -92,8 +92,15 @@ struct map {
 	size_t cap, n;	/* cap: a power of two, or 0 */
 };
 
-/* The value under `key`, or NOT_FOUND. */
-uint32_t map_get(const struct map *m, uint64_t key);
+/* The slot that holds `key`, or the empty slot where it would go. */
+size_t map_find(const struct map *m, uint64_t key);
+
+/* The value under `key`, or NOT_FOUND. Inline: the decoder's hot path. */
+static inline uint32_t map_get(const struct map *m, uint64_t key)
+{
+	return m->cap ? m->vals[map_find(m, key)] : NOT_FOUND;
+}
+
 void map_put(struct map *m, uint64_t key, uint32_t val);
 void map_free(struct map *m);
 
@@ -283,6 +290,22 @@ void json_us(FILE *f, uint64_t ns);
 
 /* ---- the file (read.c) ------------------------------------------------ */
 
+/* Little-endian numbers, as the file stores them. */
+static inline uint16_t le16(const unsigned char *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static inline uint32_t le32(const unsigned char *p)
+{
+	return (uint32_t)le16(p) | (uint32_t)le16(p + 2) << 16;
+}
+
+static inline uint64_t le64(const unsigned char *p)
+{
+	return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
 /* Open the trace and check its header; any trouble is fatal. */
 void reader_open(struct reader *r, const char *path);
 /* Back to the first record, for the second pass. */
@@ -293,7 +316,6 @@ void reader_skip(struct reader *r, uint64_t n);
 bool reader_record(struct reader *r, struct record *rec);
 /* The body's length in bytes; a record that cannot be read is fatal. */
 uint64_t record_body(const struct reader *r, const struct record *rec);
-void decode_event(const unsigned char *p, struct keel_trace_event *ev);
 /* Read a STRING record's body into the table (first definition wins). */
 void read_string(struct reader *r, struct strings *s, const struct record *rec,
 		 uint64_t body);

@@ -7,21 +7,6 @@
  */
 #include "keel-trace.h"
 
-static uint16_t le16(const unsigned char *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t le32(const unsigned char *p)
-{
-	return (uint32_t)le16(p) | (uint32_t)le16(p + 2) << 16;
-}
-
-static uint64_t le64(const unsigned char *p)
-{
-	return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
-
 /* ---- the string table ------------------------------------------------- */
 
 /* The string with this id, or NULL if the file has not defined it. */
@@ -164,17 +149,6 @@ bool reader_record(struct reader *r, struct record *rec)
 	rec->count = le32(h + 8);
 	rec->extra = le32(h + 12);
 	return true;
-}
-
-void decode_event(const unsigned char *p, struct keel_trace_event *ev)
-{
-	ev->ts = le64(p);
-	ev->type = p[8];
-	ev->op = p[9];
-	ev->flags = le16(p + 10);
-	ev->task = le32(p + 12);
-	ev->a = le64(p + 16);
-	ev->b = le64(p + 24);
 }
 
 static uint64_t text_hash(const char *p)

@@ -61,18 +61,13 @@ static size_t map_hash(uint64_t key, size_t cap)
 	return (size_t)key & (cap - 1);
 }
 
-static size_t map_find(const struct map *m, uint64_t key)
+size_t map_find(const struct map *m, uint64_t key)
 {
 	size_t i = map_hash(key, m->cap);
 
 	while (m->vals[i] != NOT_FOUND && m->keys[i] != key)
 		i = (i + 1) & (m->cap - 1);
 	return i;
-}
-
-uint32_t map_get(const struct map *m, uint64_t key)
-{
-	return m->cap ? m->vals[map_find(m, key)] : NOT_FOUND;
 }
 
 static void map_rehash(struct map *m)
