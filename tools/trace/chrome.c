@@ -8,6 +8,8 @@
  */
 #include "keel-trace.h"
 
+#define MB_TRACKS 64 /* mailbox depth counters in the Chrome output */
+
 /* ---- pairing senders with receivers, for Chrome's flow arrows --------- */
 
 struct pairing {

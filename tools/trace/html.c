@@ -7,6 +7,9 @@
  */
 #include "keel-trace.h"
 
+#define HTML_BINS  1600 /* busy-fraction bins per loop in the report */
+#define HTML_TASKS 15	/* task names in the "top tasks" chart */
+
 /* ---- the HTML report -------------------------------------------------- */
 
 /*

@@ -35,20 +35,13 @@
 
 #include <keel/trace.h>
 
-#define HEADER_BYTES 32
-#define RECORD_BYTES 16
 #define EVENT_BYTES  32
 #define CHUNK_EVENTS 4096 /* events read per fread */
-/* A larger loop index is corruption: loops are threads of one process. */
-#define MAX_LOOPS    4096
 #define NO_TASK	     UINT32_MAX
 #define NOT_FOUND    UINT32_MAX
 #define LIST_ROWS    10	   /* rows per list in the summary */
 #define HTML_STEPS   20000 /* longest steps drawn one by one in the report */
-#define HTML_BINS    1600  /* busy-fraction bins per loop in the report */
 #define HTML_MARKS   2000  /* stalls, aborts, restarts marked on the timeline */
-#define HTML_TASKS   15	   /* task names in the "top tasks" chart */
-#define MB_TRACKS    64	   /* mailbox depth counters in the Chrome output */
 #define HIST_BUCKETS 65	   /* log2 buckets of a 64-bit ns value, and 0 */
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -92,7 +85,7 @@ struct map {
 	size_t cap, n;	/* cap: a power of two, or 0 */
 };
 
-/* The slot that holds `key`, or the empty slot where it would go. */
+/* The slot that holds `key`, or the empty slot where it would go (cap > 0). */
 size_t map_find(const struct map *m, uint64_t key);
 
 /* The value under `key`, or NOT_FOUND. Inline: the decoder's hot path. */

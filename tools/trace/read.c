@@ -7,6 +7,11 @@
  */
 #include "keel-trace.h"
 
+#define HEADER_BYTES 32
+#define RECORD_BYTES 16
+/* A larger loop index is corruption: loops are threads of one process. */
+#define MAX_LOOPS 4096
+
 /* ---- the string table ------------------------------------------------- */
 
 /* The string with this id, or NULL if the file has not defined it. */
