@@ -77,6 +77,10 @@ LIB_SRC := $(foreach l,$(LAYERS),$(wildcard $(l)/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 TOOLS := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
+# keel-trace is several files (tools/trace/); its HTML page is built in.
+TRACE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/trace/*.c)) \
+	$(BUILD)/obj/tools/trace/report.o
+TOOLS += $(BUILD)/tools/keel-trace
 TEST_SRC := $(wildcard test/test_*.c)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
 # Plain multi-thread test programs (no Criterion: it cannot start under
@@ -125,6 +129,22 @@ $(BUILD)/tools/%: tools/%.c $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
+
+$(BUILD)/obj/tools/trace/%.o: tools/trace/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+# .incbin finds the page through -I; the object depends on it by name.
+$(BUILD)/obj/tools/trace/report.o: tools/trace/report.S tools/trace/report.html
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  AS      $<")
+	$(Q)$(CC) $(CFLAGS) -Wa,-Itools/trace -c -o $@ $<
+
+$(BUILD)/tools/keel-trace: $(TRACE_OBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TRACE_OBJ) $(STATIC) $(LIBS) -lm
 
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(STATIC)
 	@mkdir -p $(dir $@)
@@ -201,4 +221,4 @@ format-check:
 clean:
 	$(Q)rm -rf build
 
--include $(LIB_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TRACE_OBJ:.o=.d)

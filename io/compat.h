@@ -19,8 +19,13 @@
 #define KEEL_IORING_OP_FTRUNCATE	55 /* 6.9 */
 #define KEEL_IORING_OP_BIND		56 /* 6.11 */
 #define KEEL_IORING_OP_LISTEN		57 /* 6.11 */
-/* The highest opcode keel knows by name (for probes and dumps). */
-#define KEEL_IORING_OP_MAX 58
+#define KEEL_IORING_OP_RECV_ZC		58 /* 6.15 */
+#define KEEL_IORING_OP_EPOLL_WAIT	59 /* 6.15 */
+#define KEEL_IORING_OP_READV_FIXED	60 /* 6.15 */
+#define KEEL_IORING_OP_WRITEV_FIXED	61 /* 6.15 */
+#define KEEL_IORING_OP_PIPE		62 /* 6.16; the last one 6.18 knows */
+/* One past the highest opcode keel knows by name (io/opcode.c). */
+#define KEEL_IORING_OP_MAX 63
 
 /* Setup flags newer than 2.3. */
 #ifndef IORING_SETUP_NO_MMAP

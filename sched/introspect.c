@@ -187,63 +187,6 @@ void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
 
 /* ---- task dump --------------------------------------------------------- */
 
-static const char *const op_names[] = {
-    "nop",
-    "readv",
-    "writev",
-    "fsync",
-    "read_fixed",
-    "write_fixed",
-    "poll_add",
-    "poll_remove",
-    "sync_file_range",
-    "sendmsg",
-    "recvmsg",
-    "timeout",
-    "timeout_remove",
-    "accept",
-    "async_cancel",
-    "link_timeout",
-    "connect",
-    "fallocate",
-    "openat",
-    "close",
-    "files_update",
-    "statx",
-    "read",
-    "write",
-    "fadvise",
-    "madvise",
-    "send",
-    "recv",
-    "openat2",
-    "epoll_ctl",
-    "splice",
-    "provide_buffers",
-    "remove_buffers",
-    "tee",
-    "shutdown",
-    "renameat",
-    "unlinkat",
-    "mkdirat",
-    "symlinkat",
-    "linkat",
-    "msg_ring",
-    "fsetxattr",
-    "setxattr",
-    "fgetxattr",
-    "getxattr",
-    "socket",
-    "uring_cmd",
-    "send_zc",
-    "sendmsg_zc",
-};
-
-static const char *op_name(unsigned op)
-{
-	return op < sizeof(op_names) / sizeof(op_names[0]) ? op_names[op] : "?";
-}
-
 static const char *task_state(const struct keel_task *t)
 {
 	if (t->flags & KEEL__T_EXITED)
@@ -285,7 +228,12 @@ int keel_loop_dump(struct keel_loop *loop, int fd)
 		for (uint32_t o = t->ops; o; o = keel__op_at(l, o - 1)->next) {
 			const struct keel__op *op = keel__op_at(l, o - 1);
 
-			fprintf(out, "    op %s", op_name(op->opcode));
+			const char *name = keel_opcode_name(op->opcode);
+
+			if (name)
+				fprintf(out, "    op %s", name);
+			else
+				fprintf(out, "    op %u", op->opcode);
 			if (op->fd >= 0)
 				fprintf(out, " fd %d", op->fd);
 			fprintf(out, ", %.3f ms%s\n",

@@ -12,7 +12,7 @@
  * Prometheus text passes a format check and reports its full length when
  * cut; a task dump names a task blocked in recv, its await site and its op;
  * the stall detector reports a 30 ms step once (and never when off), and
- * traces it.
+ * traces it; keel_opcode_name() names every opcode up to IORING_OP_PIPE.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -1569,4 +1569,51 @@ Test(trace, stall_is_traced_inside_the_step, .timeout = 10)
 	cr_assert_geq(t.ev[s].ev.a, KT_MS(10));
 	cr_assert_eq(t.ev[s].ev.b, t.ev[w].ev.a, "STALL site != WAIT site");
 	tr_free(&t);
+}
+
+/*
+ * keel_opcode_name(): one name for every opcode up to IORING_OP_PIPE (62,
+ * the last one Linux 6.18 knows), spelt as the constant without
+ * IORING_OP_ in lower case; none for a number past that.
+ */
+Test(trace, opcode_name_names_every_opcode_up_to_pipe, .timeout = 10)
+{
+	static const struct {
+		unsigned op;
+		const char *name;
+	} spot[] = {
+	    {IORING_OP_NOP, "nop"},
+	    {IORING_OP_ACCEPT, "accept"},
+	    {IORING_OP_RECV, "recv"},
+	    {IORING_OP_SEND, "send"},
+	    {IORING_OP_MSG_RING, "msg_ring"},
+	    {IORING_OP_SENDMSG_ZC, "sendmsg_zc"}, /* liburing 2.3's last */
+	    {49, "read_multishot"},
+	    {51, "futex_wait"},
+	    {57, "listen"},
+	    {62, "pipe"},
+	};
+
+	for (size_t i = 0; i < sizeof(spot) / sizeof(spot[0]); i++)
+		cr_assert_str_eq(keel_opcode_name(spot[i].op), spot[i].name,
+				 "opcode %u", spot[i].op);
+	for (unsigned op = 0; op <= 62; op++) {
+		const char *name = keel_opcode_name(op);
+
+		cr_assert_not_null(name, "opcode %u has no name", op);
+		cr_assert_gt(strlen(name), 0);
+		cr_assert_eq(
+		    strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_"),
+		    strlen(name), "opcode %u: \"%s\"", op, name);
+		for (unsigned other = 0; other < op; other++)
+			cr_assert_str_neq(keel_opcode_name(other), name,
+					  "opcodes %u and %u share a name",
+					  other, op);
+	}
+	cr_assert_null(keel_opcode_name(63));
+	cr_assert_null(keel_opcode_name(255));
+	cr_assert_null(keel_opcode_name(UINT32_MAX));
+	/* A static string: the same pointer every time. */
+	cr_assert_eq(keel_opcode_name(IORING_OP_RECV),
+		     keel_opcode_name(IORING_OP_RECV));
 }

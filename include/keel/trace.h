@@ -79,7 +79,7 @@ enum keel_trace_type {
 struct keel_trace_event {
 	uint64_t ts;  /* ns since the trace started (CLOCK_MONOTONIC) */
 	uint8_t type; /* enum keel_trace_type */
-	uint8_t op;   /* IORING_OP_* for op events */
+	uint8_t op;   /* IORING_OP_* for op events: keel_opcode_name() */
 	uint16_t flags;
 	uint32_t task; /* task slot, UINT32_MAX: none */
 	uint64_t a;
@@ -105,6 +105,17 @@ int64_t keel_trace_stop(void);
 
 /* Whether recording is on. */
 int keel_trace_enabled(void);
+
+/*
+ * The name of an io_uring opcode (IORING_OP_*: a trace event's `op`, an op
+ * in a task dump), as liburing spells the constant, lower case and without
+ * IORING_OP_: "recv", "send_zc", "futex_wait". Every opcode up to
+ * IORING_OP_PIPE (62, the last Linux 6.18 knows) has one. Returns NULL for
+ * a number it does not know; print the number then.
+ * Ownership: the string is static: never free it; it lives as long as the
+ * program.
+ */
+const char *keel_opcode_name(unsigned opcode);
 
 #ifdef __cplusplus
 }
