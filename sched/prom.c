@@ -104,8 +104,7 @@ static void label_begin(struct keel__prom *p, const char *key)
 	put_str(p, "=\"");
 }
 
-void keel__prom_label(struct keel__prom *p, const char *key,
-		      const char *value)
+void keel__prom_label(struct keel__prom *p, const char *key, const char *value)
 {
 	label_begin(p, key);
 	put_escaped(p, value, "\\\"\n");

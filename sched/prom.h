@@ -26,8 +26,8 @@ enum keel__prom_type {
 struct keel__prom {
 	char *buf;
 	size_t len;
-	size_t need;	/* the length of the whole text so far */
-	bool labelled;	/* the sample being written has its '{' open */
+	size_t need;   /* the length of the whole text so far */
+	bool labelled; /* the sample being written has its '{' open */
 };
 
 /* Start writing into buf (len may be 0, buf then NULL). */
@@ -44,8 +44,7 @@ void keel__prom_family(struct keel__prom *p, const char *name,
  */
 void keel__prom_sample(struct keel__prom *p, const char *name,
 		       const char *suffix);
-void keel__prom_label(struct keel__prom *p, const char *key,
-		      const char *value);
+void keel__prom_label(struct keel__prom *p, const char *key, const char *value);
 void keel__prom_label_uint(struct keel__prom *p, const char *key,
 			   uint64_t value);
 void keel__prom_value(struct keel__prom *p, uint64_t value);

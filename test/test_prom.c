@@ -19,7 +19,8 @@
 #include "helpers/keel_test.h"
 #include "prom.h"
 
-/* ---- the writer ----------------------------------------------------------- */
+/* ---- the writer -----------------------------------------------------------
+ */
 
 Test(prom, family_with_labelled_samples_is_one_help_one_type_then_samples)
 {
@@ -68,8 +69,7 @@ Test(prom, help_and_label_values_are_escaped_as_the_format_requires)
 
 	keel__prom_init(&p, buf, sizeof(buf));
 	/* Help: backslash and newline only; a quote stays as it is. */
-	keel__prom_family(&p, "x_total", KEEL__PROM_COUNTER,
-			  "a \\ b\nc \"d\"");
+	keel__prom_family(&p, "x_total", KEEL__PROM_COUNTER, "a \\ b\nc \"d\"");
 	/* Label values: backslash, double quote and newline. */
 	keel__prom_sample(&p, "x_total", NULL);
 	keel__prom_label(&p, "name", "a \\ b\nc \"d\"");
@@ -102,8 +102,9 @@ Test(prom, short_buffer_is_cut_and_terminated_and_the_full_length_returned)
 		if (len == 0)
 			cr_assert_eq(small[0], 'x', "len 0 wrote");
 		else
-			cr_assert_eq(strlen(buf), len - 1 < need ? len - 1 : need,
-				     "len %zu", len);
+			cr_assert_eq(strlen(buf),
+				     len - 1 < need ? len - 1 : need, "len %zu",
+				     len);
 		/* What was written is the start of the whole text. */
 		cr_assert_eq(strncmp(len ? buf : "", want, len ? len - 1 : 0),
 			     0, "len %zu: %s", len, buf);
@@ -111,7 +112,8 @@ Test(prom, short_buffer_is_cut_and_terminated_and_the_full_length_returned)
 	cr_assert_str_eq(full, want);
 }
 
-/* ---- a whole dump, read by a real parser ---------------------------------- */
+/* ---- a whole dump, read by a real parser ----------------------------------
+ */
 
 struct worker {
 	struct keel_task task;
@@ -161,8 +163,8 @@ static int renderer_step(struct keel_task *t)
 {
 	KEEL_BEGIN(t);
 	KEEL_AWAIT(t, keel_sleep(t, KT_MS(20)));
-	g_sup_len = keel_sup_metrics_render(&g_sup, 1, g_sup_text,
-					    sizeof(g_sup_text));
+	g_sup_len =
+	    keel_sup_metrics_render(&g_sup, 1, g_sup_text, sizeof(g_sup_text));
 	keel_sup_stop(g_sup);
 	KEEL_END(t);
 }
@@ -213,20 +215,20 @@ Test(prom, dump_of_loops_and_a_tree_with_awkward_names_parses, .timeout = 30)
 	if (!py)
 		cr_skip_test("python3-prometheus-client is not installed");
 	inner[0] = (struct keel_child_spec){.name = "kid \"a\"",
-					   .start = worker_start};
+					    .start = worker_start};
 	inner[1] = (struct keel_child_spec){.name = "kid\\b\nc",
-					   .start = worker_start};
+					    .start = worker_start};
 	sub = (struct keel_sup_spec){.name = "sub\\\"x\"",
 				     .intensity = 1,
 				     .period_ms = 1000,
 				     .children = inner,
 				     .nchildren = 2};
-	outer[0] = (struct keel_child_spec){.name = "w0",
-					   .start = worker_start};
+	outer[0] =
+	    (struct keel_child_spec){.name = "w0", .start = worker_start};
 	outer[1] = (struct keel_child_spec){.name = "sub",
-					   .start = sup_start,
-					   .arg = &sub,
-					   .type = KEEL_SUPERVISOR};
+					    .start = sup_start,
+					    .arg = &sub,
+					    .type = KEEL_SUPERVISOR};
 	top = (struct keel_sup_spec){.name = "top\nline",
 				     .intensity = 1,
 				     .period_ms = 1000,
@@ -275,7 +277,8 @@ Test(prom, dump_of_loops_and_a_tree_with_awkward_names_parses, .timeout = 30)
 	/* 25 loop families x 2 loops, a 12-bucket histogram (+ sum and count)
 	 * x 2; 5 counters x 2 supervisors, 5 states x 2, 4 static children. */
 	cr_expect(strstr(out, "samples 102\n"), "%s", out);
-	cr_expect(strstr(out, "\n\"top\\nline/sub\\\\\\\"x\\\"\"\n"), "%s", out);
+	cr_expect(strstr(out, "\n\"top\\nline/sub\\\\\\\"x\\\"\"\n"), "%s",
+		  out);
 	cr_expect(strstr(out, "\n\"kid \\\"a\\\"\"\n"), "%s", out);
 	cr_expect(strstr(out, "\n\"kid\\\\b\\nc\"\n"), "%s", out);
 	cr_expect(strstr(out, "\n\"+Inf\"\n"), "%s", out);
