@@ -328,7 +328,8 @@ int keel_sup_dump(struct keel_sup *s, int fd)
 
 /* ---- metrics ------------------------------------------------------------ */
 
-/* Every supervisor of the trees, with its path ("top/shards") as label. */
+/* Every supervisor of the trees but a pool's dynamic children, with its
+ * path ("top/shards") as label. */
 struct flat {
 	struct keel_sup **sups; /* references */
 	char **paths;
@@ -363,6 +364,11 @@ static void flatten(struct flat *f, struct keel_sup *s, const char *parent)
 	}
 	f->sups[f->n] = keel_sup_ref(s);
 	f->paths[f->n++] = path;
+	/* A pool's children are dynamic: as many as it was asked for, all
+	 * named after its template. A series each would be an unbounded set
+	 * that repeats one label value; keel_sup_children counts them. */
+	if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
+		return;
 	v = tree_children(s, &n);
 	for (uint32_t i = 0; i < n; i++)
 		if (v[i].sup)

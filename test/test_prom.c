@@ -7,7 +7,8 @@
  * whole dump, two loops and a supervisor tree whose names need escaping,
  * read back by a real parser (python3-prometheus-client's, skipped when
  * it is not installed): every sample parses, counters end in _total, and
- * the label values come back as they were.
+ * the label values come back as they were. And a pool's dynamic children,
+ * which must not become a series each.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -115,10 +116,14 @@ Test(prom, short_buffer_is_cut_and_terminated_and_the_full_length_returned)
 /* ---- a whole dump, read by a real parser ----------------------------------
  */
 
+/* Supervised workers up (all on one loop), and how many the test wants
+ * up before it renders. */
+static int g_up, g_want_up;
+
 struct worker {
 	struct keel_task task;
 	int i;
-	bool stay; /* then sleep until cancelled */
+	bool stay; /* a supervised one: count itself up, sleep until stopped */
 };
 
 static int worker_step(struct keel_task *t)
@@ -128,8 +133,10 @@ static int worker_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	for (w->i = 0; w->i < 3; w->i++)
 		KEEL_AWAIT(t, keel_nop(t));
-	if (w->stay)
+	if (w->stay) {
+		g_up++;
 		KEEL_AWAIT(t, keel_sleep(t, KT_MS(60000)));
+	}
 	KEEL_END(t);
 }
 
@@ -153,18 +160,36 @@ static int sup_start(struct keel_child_start *cs, void *arg)
 static struct keel_sup *g_sup;
 static char g_sup_text[16384];
 static size_t g_sup_len;
+static int g_cells; /* dynamic children to start in "pool" first */
 
-/* Renders the tree once it is up, then stops it. */
+/* Renders the tree once its workers are up, then stops it. */
 struct renderer {
 	struct keel_task task;
+	struct keel_sup *pool;
+	struct keel_child_id id;
+	int i;
 };
 
 static int renderer_step(struct keel_task *t)
 {
+	struct renderer *r = keel_container_of(t, struct renderer, task);
+
 	KEEL_BEGIN(t);
-	KEEL_AWAIT(t, keel_sleep(t, KT_MS(20)));
+	while (g_cells && !r->pool) {
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+		if (keel_sup_child_id(g_sup, "pool", &r->id) == 0)
+			r->pool = keel_sup_child_sup(g_sup, r->id);
+	}
+	for (r->i = 0; r->i < g_cells; r->i++) {
+		KEEL_AWAIT(t, keel_sup_start_child(t, r->pool, NULL, &r->id));
+		cr_assert_eq(keel_res(t), 0);
+	}
+	while (g_up < g_want_up)
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
 	g_sup_len =
 	    keel_sup_metrics_render(&g_sup, 1, g_sup_text, sizeof(g_sup_text));
+	if (r->pool)
+		keel_sup_release(r->pool);
 	keel_sup_stop(g_sup);
 	KEEL_END(t);
 }
@@ -234,6 +259,7 @@ Test(prom, dump_of_loops_and_a_tree_with_awkward_names_parses, .timeout = 30)
 				     .period_ms = 1000,
 				     .children = outer,
 				     .nchildren = 2};
+	g_want_up = 3;
 	for (int i = 0; i < 2; i++) {
 		loops[i] = kt_loop_new(NULL);
 		kt_spawn(loops[i], &worker_task, 0);
@@ -286,4 +312,60 @@ Test(prom, dump_of_loops_and_a_tree_with_awkward_names_parses, .timeout = 30)
 	for (int i = 0; i < 2; i++)
 		keel_loop_destroy(loops[i]);
 	kt_tmpdir_remove(dir);
+}
+
+/* A pool's dynamic children come and go and share one name: they are
+ * counted by state under the pool, never a series each. */
+Test(prom, pool_children_are_counted_by_state_not_one_series_each,
+     .timeout = 30)
+{
+	static struct keel_child_spec worker[1], cell[1], pool[1];
+	static struct keel_sup_spec cell_spec, pool_spec, top;
+	struct keel_loop *loop = kt_loop_new(NULL);
+	int restarts = 0;
+
+	worker[0] =
+	    (struct keel_child_spec){.name = "w", .start = worker_start};
+	cell_spec = (struct keel_sup_spec){.name = "cell",
+					   .intensity = 1,
+					   .period_ms = 1000,
+					   .children = worker,
+					   .nchildren = 1};
+	cell[0] = (struct keel_child_spec){.name = "cell",
+					   .start = sup_start,
+					   .arg = &cell_spec,
+					   .restart = KEEL_TEMPORARY,
+					   .type = KEEL_SUPERVISOR};
+	pool_spec = (struct keel_sup_spec){.name = "pool",
+					   .strategy = KEEL_SIMPLE_ONE_FOR_ONE,
+					   .intensity = 1,
+					   .period_ms = 1000,
+					   .children = cell,
+					   .nchildren = 1};
+	pool[0] = (struct keel_child_spec){.name = "pool",
+					   .start = sup_start,
+					   .arg = &pool_spec,
+					   .type = KEEL_SUPERVISOR};
+	top = (struct keel_sup_spec){.name = "top",
+				     .intensity = 1,
+				     .period_ms = 1000,
+				     .children = pool,
+				     .nchildren = 1};
+	g_cells = 3;
+	g_want_up = 3;
+	cr_assert_eq(keel_sup_start(loop, &top, &g_sup), 0);
+	kt_spawn(loop, &renderer_task, 0);
+	kt_loop_run(loop);
+	cr_assert_lt(g_sup_len, sizeof(g_sup_text));
+	cr_expect(strstr(g_sup_text, "keel_sup_children{sup=\"top/pool\","
+				     "state=\"running\"} 3\n"),
+		  "%s", g_sup_text);
+	cr_expect_null(strstr(g_sup_text, "top/pool/"), "%s", g_sup_text);
+	for (const char *l = g_sup_text; (l = strstr(l, "\nkeel_sup_restarts_"
+							"total{"));
+	     l++)
+		restarts++;
+	cr_expect_eq(restarts, 2, "%s", g_sup_text);
+	keel_sup_release(g_sup);
+	keel_loop_destroy(loop);
 }
