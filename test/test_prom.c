@@ -157,6 +157,31 @@ static int sup_start(struct keel_child_start *cs, void *arg)
 	return keel_child_spawn_supervisor(cs, arg);
 }
 
+static struct keel_sup_spec sup_spec(const char *name,
+				     enum keel_sup_strategy strategy,
+				     const struct keel_child_spec *children,
+				     uint32_t n)
+{
+	return (struct keel_sup_spec){.name = name,
+				      .strategy = strategy,
+				      .intensity = 1,
+				      .period_ms = 1000,
+				      .children = children,
+				      .nchildren = n};
+}
+
+/* A child that is a supervisor of `spec`. */
+static struct keel_child_spec sup_child(const char *name,
+					struct keel_sup_spec *spec,
+					enum keel_restart restart)
+{
+	return (struct keel_child_spec){.name = name,
+					.start = sup_start,
+					.arg = spec,
+					.restart = restart,
+					.type = KEEL_SUPERVISOR};
+}
+
 static struct keel_sup *g_sup;
 static char g_sup_text[16384];
 static size_t g_sup_len;
@@ -243,22 +268,11 @@ Test(prom, dump_of_loops_and_a_tree_with_awkward_names_parses, .timeout = 30)
 					    .start = worker_start};
 	inner[1] = (struct keel_child_spec){.name = "kid\\b\nc",
 					    .start = worker_start};
-	sub = (struct keel_sup_spec){.name = "sub\\\"x\"",
-				     .intensity = 1,
-				     .period_ms = 1000,
-				     .children = inner,
-				     .nchildren = 2};
+	sub = sup_spec("sub\\\"x\"", KEEL_ONE_FOR_ONE, inner, 2);
 	outer[0] =
 	    (struct keel_child_spec){.name = "w0", .start = worker_start};
-	outer[1] = (struct keel_child_spec){.name = "sub",
-					    .start = sup_start,
-					    .arg = &sub,
-					    .type = KEEL_SUPERVISOR};
-	top = (struct keel_sup_spec){.name = "top\nline",
-				     .intensity = 1,
-				     .period_ms = 1000,
-				     .children = outer,
-				     .nchildren = 2};
+	outer[1] = sup_child("sub", &sub, KEEL_PERMANENT);
+	top = sup_spec("top\nline", KEEL_ONE_FOR_ONE, outer, 2);
 	g_want_up = 3;
 	for (int i = 0; i < 2; i++) {
 		loops[i] = kt_loop_new(NULL);
@@ -326,31 +340,11 @@ Test(prom, pool_children_are_counted_by_state_not_one_series_each,
 
 	worker[0] =
 	    (struct keel_child_spec){.name = "w", .start = worker_start};
-	cell_spec = (struct keel_sup_spec){.name = "cell",
-					   .intensity = 1,
-					   .period_ms = 1000,
-					   .children = worker,
-					   .nchildren = 1};
-	cell[0] = (struct keel_child_spec){.name = "cell",
-					   .start = sup_start,
-					   .arg = &cell_spec,
-					   .restart = KEEL_TEMPORARY,
-					   .type = KEEL_SUPERVISOR};
-	pool_spec = (struct keel_sup_spec){.name = "pool",
-					   .strategy = KEEL_SIMPLE_ONE_FOR_ONE,
-					   .intensity = 1,
-					   .period_ms = 1000,
-					   .children = cell,
-					   .nchildren = 1};
-	pool[0] = (struct keel_child_spec){.name = "pool",
-					   .start = sup_start,
-					   .arg = &pool_spec,
-					   .type = KEEL_SUPERVISOR};
-	top = (struct keel_sup_spec){.name = "top",
-				     .intensity = 1,
-				     .period_ms = 1000,
-				     .children = pool,
-				     .nchildren = 1};
+	cell_spec = sup_spec("cell", KEEL_ONE_FOR_ONE, worker, 1);
+	cell[0] = sup_child("cell", &cell_spec, KEEL_TEMPORARY);
+	pool_spec = sup_spec("pool", KEEL_SIMPLE_ONE_FOR_ONE, cell, 1);
+	pool[0] = sup_child("pool", &pool_spec, KEEL_PERMANENT);
+	top = sup_spec("top", KEEL_ONE_FOR_ONE, pool, 1);
 	g_cells = 3;
 	g_want_up = 3;
 	cr_assert_eq(keel_sup_start(loop, &top, &g_sup), 0);
