@@ -14,8 +14,6 @@
  */
 #include "prom.h"
 
-#include <inttypes.h>
-#include <stdio.h>
 #include <string.h>
 
 /* Append n bytes, as much as fits; need counts them all. */
@@ -36,12 +34,18 @@ static void put_str(struct keel__prom *p, const char *s)
 	put(p, s, strlen(s));
 }
 
+/* Decimal digits by hand: snprintf's format parsing would be most of the
+ * cost of a sample line. */
 static void put_uint(struct keel__prom *p, uint64_t v)
 {
-	char num[24];
-	int n = snprintf(num, sizeof(num), "%" PRIu64, v);
+	char num[20]; /* UINT64_MAX has 20 digits */
+	size_t i = sizeof(num);
 
-	put(p, num, (size_t)n);
+	do {
+		num[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	put(p, num + i, sizeof(num) - i);
 }
 
 /* Copy s, writing each byte that `special` names as a backslash escape
