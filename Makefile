@@ -86,7 +86,11 @@ TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
 # Plain multi-thread test programs (no Criterion: it cannot start under
 # ThreadSanitizer, Criterion issue #274); they print "N passed, N failed".
 MT_TESTS := $(patsubst test/%.c,$(BUILD)/test/%,$(wildcard test/mt_*.c))
+# Helpers under test/helpers: keel_test.c asserts through Criterion; the
+# others (checks from any thread, scenarios) do not, so mt_* link them too.
 TEST_HELPERS := $(wildcard test/helpers/*.c)
+PLAIN_HELPERS := $(filter-out test/helpers/keel_test.c,$(TEST_HELPERS))
+TEST_HELPER_HEADERS := $(wildcard test/helpers/*.h)
 STATIC := $(BUILD)/libkeel.a
 SHARED := $(BUILD)/libkeel.so.$(VERSION)
 HEADERS := include/keel.h $(wildcard include/keel/*.h)
@@ -146,16 +150,19 @@ $(BUILD)/tools/keel-trace: $(TRACE_OBJ) $(STATIC)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TRACE_OBJ) $(STATIC) $(LIBS) -lm
 
-$(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(STATIC)
+$(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
+		$(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
 		$(TEST_HELPERS) $(STATIC) -lcriterion $(LIBS) -lm
 
-$(BUILD)/test/mt_%: test/mt_%.c $(STATIC)
+$(BUILD)/test/mt_%: test/mt_%.c $(PLAIN_HELPERS) $(TEST_HELPER_HEADERS) \
+		$(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS)
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
+		$(PLAIN_HELPERS) $(STATIC) $(LIBS)
 
 # No object of a lower layer may reference a symbol defined in a higher
 # one (the layers are in LAYERS, lowest first).

@@ -14,10 +14,10 @@
  * step.)
  */
 #include "loop.h"
+#include "prom.h"
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -251,7 +251,7 @@ int keel_loop_dump(struct keel_loop *loop, int fd)
 
 struct metric {
 	const char *name;
-	const char *type; /* counter or gauge */
+	enum keel__prom_type type; /* counter or gauge */
 	const char *help;
 	size_t offset; /* into struct keel_loop_stats */
 };
@@ -259,115 +259,101 @@ struct metric {
 #define STAT(field) offsetof(struct keel_loop_stats, field)
 
 static const struct metric metrics[] = {
-    {"keel_loop_turns_total", "counter", "Loop turns.", STAT(turns)},
-    {"keel_task_steps_total", "counter", "Task steps run.", STAT(steps)},
-    {"keel_tasks_spawned_total", "counter", "Tasks spawned.", STAT(spawned)},
-    {"keel_tasks_exited_total", "counter", "Tasks exited.", STAT(exited)},
-    {"keel_tasks_aborted_total", "counter",
+    {"keel_loop_turns_total", KEEL__PROM_COUNTER, "Loop turns.", STAT(turns)},
+    {"keel_task_steps_total", KEEL__PROM_COUNTER, "Task steps run.",
+     STAT(steps)},
+    {"keel_tasks_spawned_total", KEEL__PROM_COUNTER, "Tasks spawned.",
+     STAT(spawned)},
+    {"keel_tasks_exited_total", KEEL__PROM_COUNTER, "Tasks exited.",
+     STAT(exited)},
+    {"keel_tasks_aborted_total", KEEL__PROM_COUNTER,
      "Tasks aborted by a panic or a fault.", STAT(aborted)},
-    {"keel_ring_enters_total", "counter", "io_uring_enter calls.",
+    {"keel_ring_enters_total", KEEL__PROM_COUNTER, "io_uring_enter calls.",
      STAT(enters)},
-    {"keel_ring_sqes_total", "counter", "SQEs submitted.", STAT(sqes)},
-    {"keel_ring_cqes_total", "counter", "CQEs reaped.", STAT(cqes)},
-    {"keel_ring_stale_cqes_total", "counter",
+    {"keel_ring_sqes_total", KEEL__PROM_COUNTER, "SQEs submitted.", STAT(sqes)},
+    {"keel_ring_cqes_total", KEEL__PROM_COUNTER, "CQEs reaped.", STAT(cqes)},
+    {"keel_ring_stale_cqes_total", KEEL__PROM_COUNTER,
      "CQEs of a stale generation, dropped.", STAT(stale_cqes)},
-    {"keel_ring_sq_full_total", "counter", "Submits forced by a full SQ.",
-     STAT(sq_full)},
-    {"keel_ring_cq_overflows_total", "counter",
+    {"keel_ring_sq_full_total", KEEL__PROM_COUNTER,
+     "Submits forced by a full SQ.", STAT(sq_full)},
+    {"keel_ring_cq_overflows_total", KEEL__PROM_COUNTER,
      "Times the CQ overflowed (nothing lost).", STAT(cq_overflows)},
-    {"keel_timers_fired_total", "counter", "Timers fired.", STAT(timers_fired)},
-    {"keel_fault_recoveries_total", "counter",
+    {"keel_timers_fired_total", KEEL__PROM_COUNTER, "Timers fired.",
+     STAT(timers_fired)},
+    {"keel_fault_recoveries_total", KEEL__PROM_COUNTER,
      "Hardware faults turned into task aborts.", STAT(fault_recoveries)},
-    {"keel_stalls_total", "counter",
+    {"keel_stalls_total", KEEL__PROM_COUNTER,
      "Steps that ran longer than the stall threshold.", STAT(stalls)},
-    {"keel_zc_sends_total", "counter", "SEND_ZC requests.", STAT(zc_sends)},
-    {"keel_zc_copied_total", "counter",
+    {"keel_zc_sends_total", KEEL__PROM_COUNTER, "SEND_ZC requests.",
+     STAT(zc_sends)},
+    {"keel_zc_copied_total", KEEL__PROM_COUNTER,
      "SEND_ZC requests the kernel copied anyway.", STAT(zc_copied)},
-    {"keel_multishot_rearms_total", "counter",
+    {"keel_multishot_rearms_total", KEEL__PROM_COUNTER,
      "Multishot streams re-armed after a final CQE.", STAT(multishot_rearms)},
-    {"keel_bufring_enobufs_total", "counter",
+    {"keel_bufring_enobufs_total", KEEL__PROM_COUNTER,
      "Recv streams that found their buffer ring empty.", STAT(enobufs)},
-    {"keel_accept_backoffs_total", "counter",
+    {"keel_accept_backoffs_total", KEEL__PROM_COUNTER,
      "Accepts paused for lack of descriptors or memory.",
      STAT(accept_backoffs)},
-    {"keel_chunks_lent_total", "counter", "Received chunks handed to tasks.",
-     STAT(chunks_lent)},
-    {"keel_bufs_in_use", "gauge",
+    {"keel_chunks_lent_total", KEEL__PROM_COUNTER,
+     "Received chunks handed to tasks.", STAT(chunks_lent)},
+    {"keel_bufs_in_use", KEEL__PROM_GAUGE,
      "Ring buffers held by tasks or queued in streams.", STAT(bufs_in_use)},
-    {"keel_tasks_live", "gauge", "Tasks spawned and not exited.",
+    {"keel_tasks_live", KEEL__PROM_GAUGE, "Tasks spawned and not exited.",
      STAT(tasks_live)},
-    {"keel_tasks_zombie", "gauge",
+    {"keel_tasks_zombie", KEEL__PROM_GAUGE,
      "Exited tasks whose ops are still in flight.", STAT(zombies)},
-    {"keel_ops_inflight", "gauge", "Ops the kernel still owns.",
+    {"keel_ops_inflight", KEEL__PROM_GAUGE, "Ops the kernel still owns.",
      STAT(ops_inflight)},
-    {"keel_timers_armed", "gauge", "Timers armed.", STAT(timers_armed)},
+    {"keel_timers_armed", KEEL__PROM_GAUGE, "Timers armed.",
+     STAT(timers_armed)},
 };
-
-struct sink {
-	char *buf;
-	size_t len;
-	size_t need;
-};
-
-__attribute__((format(printf, 2, 3))) static void put(struct sink *s,
-						      const char *fmt, ...)
-{
-	va_list ap;
-	size_t room = s->need < s->len ? s->len - s->need : 0;
-
-	va_start(ap, fmt);
-	int n = vsnprintf(room ? s->buf + s->need : NULL, room, fmt, ap);
-
-	va_end(ap);
-	if (n > 0)
-		s->need += (size_t)n;
-}
 
 size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
 			   char *buf, size_t len)
 {
-	struct sink s = {buf, len, 0};
+	struct keel__prom p;
 
-	if (len)
-		buf[0] = '\0';
+	keel__prom_init(&p, buf, len);
 	for (size_t m = 0; m < sizeof(metrics) / sizeof(metrics[0]); m++) {
-		put(&s, "# HELP %s %s\n# TYPE %s %s\n", metrics[m].name,
-		    metrics[m].help, metrics[m].name, metrics[m].type);
+		keel__prom_family(&p, metrics[m].name, metrics[m].type,
+				  metrics[m].help);
 		for (unsigned i = 0; i < n; i++) {
 			struct keel_loop_stats st;
 			uint64_t v;
 
 			keel_loop_stats(loops[i], &st);
 			memcpy(&v, (char *)&st + metrics[m].offset, sizeof(v));
-			put(&s, "%s{loop=\"%u\"} %llu\n", metrics[m].name, i,
-			    (unsigned long long)v);
+			keel__prom_sample(&p, metrics[m].name, NULL);
+			keel__prom_label_uint(&p, "loop", i);
+			keel__prom_value(&p, v);
 		}
 	}
 	/* CQEs reaped per wake: how well completions batch. */
 	const char *h = "keel_ring_cqes_per_wake";
 
-	put(&s, "# HELP %s CQEs reaped per wake-up of the loop.\n", h);
-	put(&s, "# TYPE %s histogram\n", h);
+	keel__prom_family(&p, h, KEEL__PROM_HISTOGRAM,
+			  "CQEs reaped per wake-up of the loop.");
 	for (unsigned i = 0; i < n; i++) {
 		const struct keel_loop *l = loops[i];
 		uint64_t cum = 0;
 
 		for (unsigned b = 0; b < KEEL__WAKE_BUCKETS; b++) {
 			cum += l->cqes_per_wake[b];
+			keel__prom_sample(&p, h, "_bucket");
+			keel__prom_label_uint(&p, "loop", i);
 			if (b + 1 < KEEL__WAKE_BUCKETS)
-				put(&s,
-				    "%s_bucket{loop=\"%u\",le=\"%u\"} %llu\n",
-				    h, i, (1u << b) >> 1,
-				    (unsigned long long)cum);
+				keel__prom_label_uint(&p, "le", (1u << b) >> 1);
 			else
-				put(&s,
-				    "%s_bucket{loop=\"%u\",le=\"+Inf\"} %llu\n",
-				    h, i, (unsigned long long)cum);
+				keel__prom_label(&p, "le", "+Inf");
+			keel__prom_value(&p, cum);
 		}
-		put(&s,
-		    "%s_sum{loop=\"%u\"} %llu\n%s_count{loop=\"%u\"} %llu\n", h,
-		    i, (unsigned long long)l->io.count.cqes, h, i,
-		    (unsigned long long)cum);
+		keel__prom_sample(&p, h, "_sum");
+		keel__prom_label_uint(&p, "loop", i);
+		keel__prom_value(&p, l->io.count.cqes);
+		keel__prom_sample(&p, h, "_count");
+		keel__prom_label_uint(&p, "loop", i);
+		keel__prom_value(&p, cum);
 	}
-	return s.need;
+	return keel__prom_end(&p);
 }

@@ -8,10 +8,10 @@
  * whenever it writes those fields (supervisor.c), and copies out: a
  * snapshot stays valid after the supervisor has moved on or exited.
  */
+#include "prom.h"
 #include "supervise.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,40 +328,8 @@ int keel_sup_dump(struct keel_sup *s, int fd)
 
 /* ---- metrics ------------------------------------------------------------ */
 
-struct sink {
-	char *buf;
-	size_t len;
-	size_t need;
-};
-
-__attribute__((format(printf, 2, 3))) static void put(struct sink *k,
-						      const char *fmt, ...)
-{
-	va_list ap;
-	size_t room = k->need < k->len ? k->len - k->need : 0;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(room ? k->buf + k->need : NULL, room, fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		k->need += (size_t)n;
-}
-
-/* A label value, escaped as the text format wants. */
-static void put_label(struct sink *k, const char *v)
-{
-	for (; *v; v++) {
-		if (*v == '\\' || *v == '"')
-			put(k, "\\%c", *v);
-		else if (*v == '\n')
-			put(k, "\\n");
-		else
-			put(k, "%c", *v);
-	}
-}
-
-/* Every supervisor of the trees, with its path ("top/shards") as label. */
+/* Every supervisor of the trees but a pool's dynamic children, with its
+ * path ("top/shards") as label. */
 struct flat {
 	struct keel_sup **sups; /* references */
 	char **paths;
@@ -396,6 +364,11 @@ static void flatten(struct flat *f, struct keel_sup *s, const char *parent)
 	}
 	f->sups[f->n] = keel_sup_ref(s);
 	f->paths[f->n++] = path;
+	/* A pool's children are dynamic: as many as it was asked for, all
+	 * named after its template. A series each would be an unbounded set
+	 * that repeats one label value; keel_sup_children counts them. */
+	if (s->strategy == KEEL_SIMPLE_ONE_FOR_ONE)
+		return;
 	v = tree_children(s, &n);
 	for (uint32_t i = 0; i < n; i++)
 		if (v[i].sup)
@@ -403,21 +376,19 @@ static void flatten(struct flat *f, struct keel_sup *s, const char *parent)
 	tree_free(v, n);
 }
 
-struct sup_metric {
+struct sup_counter {
 	const char *name;
-	const char *type;
 	const char *help;
 };
 
-static const struct sup_metric counters[] = {
-    {"keel_sup_restarts_total", "counter",
-     "Child restarts decided by the supervisor."},
-    {"keel_sup_start_failures_total", "counter", "Child starts that failed."},
-    {"keel_sup_kills_total", "counter",
+static const struct sup_counter counters[] = {
+    {"keel_sup_restarts_total", "Child restarts decided by the supervisor."},
+    {"keel_sup_start_failures_total", "Child starts that failed."},
+    {"keel_sup_kills_total",
      "Children killed (brutal_kill or a shutdown timeout)."},
-    {"keel_sup_messages_dropped_total", "counter",
+    {"keel_sup_messages_dropped_total",
      "Messages actor children were handling when they panicked."},
-    {"keel_sup_escalations_total", "counter",
+    {"keel_sup_escalations_total",
      "Exits because the restart intensity was exceeded."},
 };
 
@@ -440,12 +411,11 @@ static uint64_t counter_value(const struct keel_sup_stats *st, size_t m)
 size_t keel_sup_metrics_render(struct keel_sup *const *sups, unsigned n,
 			       char *buf, size_t len)
 {
-	struct sink k = {buf, len, 0};
+	struct keel__prom p;
 	struct flat f = {0};
 	struct keel_sup_stats *st;
 
-	if (len)
-		buf[0] = '\0';
+	keel__prom_init(&p, buf, len);
 	for (unsigned i = 0; i < n; i++)
 		flatten(&f, sups[i], NULL);
 	st = calloc(f.n ? f.n : 1, sizeof(*st));
@@ -453,17 +423,16 @@ size_t keel_sup_metrics_render(struct keel_sup *const *sups, unsigned n,
 		keel_sup_stats(f.sups[i], &st[i]);
 	for (size_t m = 0; st && m < sizeof(counters) / sizeof(counters[0]);
 	     m++) {
-		put(&k, "# HELP %s %s\n# TYPE %s %s\n", counters[m].name,
-		    counters[m].help, counters[m].name, counters[m].type);
+		keel__prom_family(&p, counters[m].name, KEEL__PROM_COUNTER,
+				  counters[m].help);
 		for (uint32_t i = 0; i < f.n; i++) {
-			put(&k, "%s{sup=\"", counters[m].name);
-			put_label(&k, f.paths[i]);
-			put(&k, "\"} %llu\n",
-			    (unsigned long long)counter_value(&st[i], m));
+			keel__prom_sample(&p, counters[m].name, NULL);
+			keel__prom_label(&p, "sup", f.paths[i]);
+			keel__prom_value(&p, counter_value(&st[i], m));
 		}
 	}
-	put(&k, "# HELP keel_sup_children Children by state.\n"
-		"# TYPE keel_sup_children gauge\n");
+	keel__prom_family(&p, "keel_sup_children", KEEL__PROM_GAUGE,
+			  "Children by state.");
 	for (uint32_t i = 0; st && i < f.n; i++) {
 		uint64_t by_state[5] = {0};
 		struct tree_node *v;
@@ -474,26 +443,26 @@ size_t keel_sup_metrics_render(struct keel_sup *const *sups, unsigned n,
 			by_state[v[c].info.state]++;
 		tree_free(v, nc);
 		for (int s = 0; s < 5; s++) {
-			put(&k, "keel_sup_children{sup=\"");
-			put_label(&k, f.paths[i]);
-			put(&k, "\",state=\"%s\"} %llu\n", state_names[s],
-			    (unsigned long long)by_state[s]);
+			keel__prom_sample(&p, "keel_sup_children", NULL);
+			keel__prom_label(&p, "sup", f.paths[i]);
+			keel__prom_label(&p, "state", state_names[s]);
+			keel__prom_value(&p, by_state[s]);
 		}
 	}
 	/* Per child only for static children: a bounded set of names. */
-	put(&k, "# HELP keel_sup_child_restarts_total Restarts of a static "
-		"child.\n# TYPE keel_sup_child_restarts_total counter\n");
+	keel__prom_family(&p, "keel_sup_child_restarts_total",
+			  KEEL__PROM_COUNTER, "Restarts of a static child.");
 	for (uint32_t i = 0; st && i < f.n; i++) {
 		struct keel_sup *s = f.sups[i];
 		uint32_t nc = s->strategy == KEEL_SIMPLE_ONE_FOR_ONE ? 0 : 1;
 		struct tree_node *v = nc ? tree_children(s, &nc) : NULL;
 
 		for (uint32_t c = 0; c < nc; c++) {
-			put(&k, "keel_sup_child_restarts_total{sup=\"");
-			put_label(&k, f.paths[i]);
-			put(&k, "\",child=\"");
-			put_label(&k, v[c].info.name);
-			put(&k, "\"} %u\n", v[c].info.restarts);
+			keel__prom_sample(&p, "keel_sup_child_restarts_total",
+					  NULL);
+			keel__prom_label(&p, "sup", f.paths[i]);
+			keel__prom_label(&p, "child", v[c].info.name);
+			keel__prom_value(&p, v[c].info.restarts);
 		}
 		tree_free(v, nc);
 	}
@@ -504,5 +473,5 @@ size_t keel_sup_metrics_render(struct keel_sup *const *sups, unsigned n,
 	free(f.sups);
 	free(f.paths);
 	free(st);
-	return k.need;
+	return keel__prom_end(&p);
 }

@@ -14,14 +14,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static int fails;
-#define CHECK(c)                                                               \
-	do {                                                                   \
-		if (!(c)) {                                                    \
-			fails++;                                               \
-			fprintf(stderr, "%d: %s\n", __LINE__, #c);             \
-		}                                                              \
-	} while (0)
+#include "helpers/scenario.h"
 
 static uint64_t handled;
 static int behave(struct keel_actor_ctx *ctx, struct keel_envelope *m)
@@ -34,13 +27,6 @@ static int behave(struct keel_actor_ctx *ctx, struct keel_envelope *m)
 	if (keel_envelope_is_ask(m))
 		keel_actor_reply(m, (void *)(v + 1));
 	return 0;
-}
-
-static uint64_t now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
 static struct keel_actor *actor;
@@ -58,7 +44,8 @@ static int asker_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	for (a->i = 0; a->i < 300; a->i++) {
 		KEEL_AWAIT(t, keel_actor_ask(t, actor, (void *)(uintptr_t)a->i,
-					     now() + 2000000000ull, &a->reply));
+					     kt_now_ns() + 2000000000ull,
+					     &a->reply));
 		if (keel_res(t) == 0 &&
 		    (uintptr_t)a->reply == (uintptr_t)a->i + 1)
 			__atomic_add_fetch(&asks_ok, 1, __ATOMIC_RELAXED);
@@ -155,14 +142,16 @@ static int rx_step(struct keel_task *t)
 		if (r->i & 1)
 			KEEL_YIELD(t);
 		/* every 4th: a deadline that may beat the send */
-		KEEL_AWAIT(t, keel_oneshot_recv_until(
-				  t, r->os, &r->out,
-				  (r->i % 4 == 0) ? now() + 1000 : UINT64_MAX));
+		KEEL_AWAIT(t, keel_oneshot_recv_until(t, r->os, &r->out,
+						      (r->i % 4 == 0)
+							  ? kt_now_ns() + 1000
+							  : UINT64_MAX));
 		if (keel_res(t) == 0 &&
 		    (uintptr_t)r->out == (uintptr_t)r->i + 1)
 			os_ok++;
-		else if (keel_res(t) != -ETIMEDOUT)
-			fprintf(stderr, "os %d: %d\n", r->i, keel_res(t));
+		else
+			CHECK_EQ(keel_res(t),
+				 -ETIMEDOUT); /* or a wrong value */
 		keel_oneshot_release(r->os);
 	}
 	KEEL_END(t);
@@ -173,6 +162,9 @@ int main(void)
 {
 	struct keel_runtime_opts o = {.threads = 3, .no_signals = true};
 	struct keel_runtime *rt;
+
+	kt_scenarios_start("mt_actor");
+	kt_scenario_begin("asks and tells across loops and threads");
 	if (keel_runtime_create(&rt, &o))
 		return 1;
 	int st = keel_runtime_run(rt, &main_task, init, rt);
@@ -182,6 +174,7 @@ int main(void)
 	CHECK(tells_ok == 900);
 	printf("asks %d tells %d handled %lu\n", asks_ok, tells_ok, handled);
 
+	kt_scenario_begin("oneshots sent from a plain thread");
 	struct keel_loop *loop;
 	keel_loop_create(&loop, NULL);
 	keel_spawn(loop, &rx_task, 0);
@@ -191,6 +184,5 @@ int main(void)
 	pthread_join(th, NULL);
 	keel_loop_destroy(loop);
 	printf("oneshot ok %d\n", os_ok);
-	printf("mt_actor: %d passed, %d failed\n", fails ? 0 : 1, fails);
-	return fails != 0;
+	return kt_scenarios_finish();
 }

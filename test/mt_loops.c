@@ -15,23 +15,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "helpers/scenario.h"
+
 #define THREADS	 4
 #define CHILDREN 200
 #define ROUNDS	 50
-
-static int failures;
-static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			pthread_mutex_lock(&failures_lock);                    \
-			failures++;                                            \
-			pthread_mutex_unlock(&failures_lock);                  \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, \
-				__LINE__, #cond);                              \
-		}                                                              \
-	} while (0)
 
 struct child {
 	struct keel_task task;
@@ -148,11 +136,11 @@ int main(void)
 {
 	pthread_t th[THREADS];
 
+	kt_scenarios_start("mt_loops");
+	kt_scenario_begin("a loop on each of four threads at once");
 	for (int i = 0; i < THREADS; i++)
 		CHECK(pthread_create(&th[i], NULL, thread_main, NULL) == 0);
 	for (int i = 0; i < THREADS; i++)
 		pthread_join(th[i], NULL);
-	printf("mt_loops: %d passed, %d failed\n", failures ? 0 : 1,
-	       failures ? 1 : 0);
-	return failures ? 1 : 0;
+	return kt_scenarios_finish();
 }

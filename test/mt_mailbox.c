@@ -30,100 +30,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loop.h" /* struct keel_loop's inbox, shown when a scenario stalls */
+#include "helpers/scenario.h"
 
 #define MSG(v) ((void *)(uintptr_t)(v))
 #define VAL(p) ((uintptr_t)(p))
-#define MS(n)  ((uint64_t)(n)*1000000ull)
-
-static int failures;
-static int passed, failed;
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			__atomic_add_fetch(&failures, 1, __ATOMIC_SEQ_CST);    \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, \
-				__LINE__, #cond);                              \
-		}                                                              \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                         \
-	do {                                                                   \
-		long long a_ = (long long)(a), b_ = (long long)(b);            \
-		if (a_ != b_) {                                                \
-			__atomic_add_fetch(&failures, 1, __ATOMIC_SEQ_CST);    \
-			fprintf(stderr,                                        \
-				"%s:%d: check failed: %s == %s (%lld vs "      \
-				"%lld)\n",                                     \
-				__FILE__, __LINE__, #a, #b, a_, b_);           \
-		}                                                              \
-	} while (0)
-
-static int load(const int *p)
-{
-	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
-
-static void store(int *p, int v)
-{
-	__atomic_store_n(p, v, __ATOMIC_RELEASE);
-}
-
-static void add(int *p, int v)
-{
-	__atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
-}
-
-/* ---- the watchdog ---------------------------------------------------------
- */
-
-static const char *current_scenario;
-static int scenario_gen;
-
-/* Loops run by lthreads (not the runtime's), shown when a scenario stalls. */
-#define MAX_WATCHED 8
-static struct keel_loop *watched[MAX_WATCHED];
-static pthread_mutex_t watched_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void watch_loop(struct keel_loop *loop, bool on)
-{
-	pthread_mutex_lock(&watched_lock);
-	for (int i = 0; i < MAX_WATCHED; i++) {
-		if (on && !watched[i]) {
-			watched[i] = loop;
-			break;
-		}
-		if (!on && watched[i] == loop) {
-			watched[i] = NULL;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&watched_lock);
-}
-
-static void show_loops(void)
-{
-	pthread_mutex_lock(&watched_lock);
-	for (int i = 0; i < MAX_WATCHED; i++) {
-		struct keel__inbox *in = watched[i] ? &watched[i]->inbox : NULL;
-
-		if (!in)
-			continue;
-		fprintf(stderr,
-			"  loop %p: parked %d, wake_pending %d, inbox %s, "
-			"%llu doorbells\n",
-			(void *)watched[i],
-			__atomic_load_n(&in->parked, __ATOMIC_SEQ_CST),
-			__atomic_load_n(&in->wake_pending, __ATOMIC_SEQ_CST),
-			__atomic_load_n(&in->head, __ATOMIC_SEQ_CST)
-			    ? "NOT empty"
-			    : "empty",
-			(unsigned long long)__atomic_load_n(&in->doorbells,
-							    __ATOMIC_RELAXED));
-	}
-	pthread_mutex_unlock(&watched_lock);
-}
 
 /*
  * Plain helper threads stay alive until the end: a thread's doorbell ring
@@ -149,60 +59,17 @@ static void start_helper(void *(*fn)(void *))
 /* A helper's work is done: it only waits for the end now. */
 static void *helper_done(void)
 {
-	add(&helpers_idle, 1);
-	while (!load(&exiting))
+	kt_add(&helpers_idle, 1);
+	while (!kt_load(&exiting))
 		usleep(1000);
-	return NULL;
-}
-
-static void *watchdog(void *arg)
-{
-	int seen = -1, ticks = 0;
-
-	(void)arg;
-	for (;;) {
-		sleep(1);
-		int gen = load(&scenario_gen);
-
-		if (gen != seen) {
-			seen = gen;
-			ticks = 0;
-			continue;
-		}
-		if (++ticks < 60)
-			continue;
-		fprintf(stderr, "mt_mailbox: scenario %s stalled for 60 s\n",
-			__atomic_load_n(&current_scenario, __ATOMIC_ACQUIRE));
-		show_loops();
-		printf("mt_mailbox: %d passed, %d failed\n", passed,
-		       failed + 1);
-		fflush(stdout);
-		_exit(1);
-	}
 	return NULL;
 }
 
 /* Wait until every helper started so far is done with what it uses. */
 static void wait_helpers(void)
 {
-	while (load(&helpers_idle) < nhelpers)
+	while (kt_load(&helpers_idle) < nhelpers)
 		usleep(1000);
-}
-
-static void run(const char *name, void (*fn)(void))
-{
-	int before = load(&failures);
-
-	__atomic_store_n(&current_scenario, name, __ATOMIC_RELEASE);
-	add(&scenario_gen, 1);
-	fn();
-	if (load(&failures) == before) {
-		passed++;
-		fprintf(stderr, "ok   %s\n", name);
-	} else {
-		failed++;
-		fprintf(stderr, "FAIL %s\n", name);
-	}
 }
 
 /* ---- loops on plain threads ------------------------------------------------
@@ -210,51 +77,7 @@ static void run(const char *name, void (*fn)(void))
 
 #define MAX_LOOPS 4
 
-typedef void (*setup_fn)(struct keel_loop *loop, int index);
-
-struct lthread {
-	pthread_t th;
-	int index;
-	setup_fn setup;
-};
-
-static struct lthread lts[MAX_LOOPS];
-
-static void *lthread_main(void *arg)
-{
-	struct lthread *lt = arg;
-	struct keel_loop *loop = NULL;
-	struct keel_loop_stats st;
-
-	CHECK_EQ(keel_loop_create(&loop, NULL), 0);
-	if (!loop)
-		return NULL;
-	watch_loop(loop, true);
-	lt->setup(loop, lt->index);
-	CHECK_EQ(keel_loop_run(loop), 0);
-	keel_loop_stats(loop, &st);
-	CHECK_EQ(st.tasks_live, 0);
-	CHECK_EQ(st.ops_inflight, 0);
-	watch_loop(loop, false);
-	keel_loop_destroy(loop);
-	return NULL;
-}
-
-static void lthreads_start(int n, setup_fn setup)
-{
-	for (int i = 1; i < n; i++) {
-		lts[i].index = i;
-		lts[i].setup = setup;
-		CHECK_EQ(
-		    pthread_create(&lts[i].th, NULL, lthread_main, &lts[i]), 0);
-	}
-}
-
-static void lthreads_join(int n)
-{
-	for (int i = 1; i < n; i++)
-		pthread_join(lts[i].th, NULL);
-}
+static struct kt_lthread lts[MAX_LOOPS];
 
 /* ---- stream ----------------------------------------------------------------
  */
@@ -364,14 +187,14 @@ static void scenario_stream(void)
 	CHECK_EQ(keel_loop_create(&loop, NULL), 0);
 	if (!loop)
 		return;
-	watch_loop(loop, true);
+	kt_watch_loop(loop, true);
 	CHECK_EQ(keel_mailbox_new(loop, &o, &stream_mb), 0);
 	CHECK(keel_spawn(loop, &seq_receiver_task, KEEL_PRIO_NORMAL) != NULL);
 	stream_setup(loop, 0);
-	lthreads_start(STREAM_LOOPS, stream_setup);
+	kt_lthreads_start(lts, STREAM_LOOPS, stream_setup);
 	start_helper(stream_plain_sender);
 	CHECK_EQ(keel_loop_run(loop), 0);
-	lthreads_join(STREAM_LOOPS);
+	kt_lthreads_join(lts, STREAM_LOOPS);
 	CHECK_EQ(stream_total, (uint64_t)STREAM_SENDERS * STREAM_N);
 	CHECK_EQ(stream_bad, 0);
 	for (int i = 0; i < STREAM_SENDERS; i++)
@@ -382,7 +205,7 @@ static void scenario_stream(void)
 	CHECK_EQ(st.depth, 0);
 	wait_helpers(); /* the plain sender is out of the mailbox */
 	keel_mailbox_release(stream_mb);
-	watch_loop(loop, false);
+	kt_watch_loop(loop, false);
 	keel_loop_destroy(loop);
 }
 
@@ -413,7 +236,7 @@ static int ponger_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	CHECK_EQ(keel_mailbox_new(keel_task_loop(t), &o, &ping_mb), 0);
-	store(&ping_ready, 1);
+	kt_store(&ping_ready, 1);
 	for (p->n = 0; p->n < PING_ROUNDS; p->n++) {
 		KEEL_AWAIT(t, keel_mb_recv(t, ping_mb, &p->msg));
 		if (keel_res(t)) {
@@ -442,16 +265,16 @@ static int pinger_step(struct keel_task *t)
 	struct pinger *p = keel_container_of(t, struct pinger, task);
 
 	KEEL_BEGIN(t);
-	for (p->i = 0; !load(&ping_ready) && p->i < 10000; p->i++)
-		KEEL_AWAIT(t, keel_sleep(t, MS(1)));
-	CHECK(load(&ping_ready));
+	for (p->i = 0; !kt_load(&ping_ready) && p->i < 10000; p->i++)
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+	CHECK(kt_load(&ping_ready));
 	for (p->n = 1; p->n <= PING_ROUNDS; p->n++) {
 		KEEL_AWAIT(t, keel_mb_send(t, ping_mb, MSG(p->n)));
 		CHECK_EQ(keel_res(t), 0);
 		KEEL_AWAIT(t, keel_mb_recv(t, pong_mb, &p->msg));
 		CHECK_EQ(keel_res(t), 0);
 		if (VAL(p->msg) != 2 * (uintptr_t)p->n + 1)
-			add(&ping_bad, 1);
+			kt_add(&ping_bad, 1);
 	}
 	KEEL_EXIT(t, p->n - 1);
 }
@@ -488,7 +311,7 @@ static int pinger_joiner_step(struct keel_task *t)
 			  KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 	CHECK(j->p != NULL);
 	KEEL_AWAIT(t, keel_join(t, &j->p->task));
-	store(&pinger_status, keel_res(t));
+	kt_store(&pinger_status, keel_res(t));
 	KEEL_END(t);
 }
 
@@ -504,9 +327,9 @@ static int ping_main_step(struct keel_task *t)
 	CHECK_EQ(keel_spawn_on(keel_runtime_loop(rt, 1), &ponger_task,
 			       KEEL_PRIO_NORMAL, NULL, NULL),
 		 0);
-	while (!load(&pinger_status))
-		KEEL_AWAIT(t, keel_sleep(t, MS(1)));
-	KEEL_EXIT(t, load(&pinger_status));
+	while (!kt_load(&pinger_status))
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+	KEEL_EXIT(t, kt_load(&pinger_status));
 }
 
 static struct keel_runtime *rt_new(unsigned threads)
@@ -590,7 +413,7 @@ static int cc_script_step(struct keel_task *t)
 	CHECK_EQ(keel_task_cancel(&s->a->task), 0);
 	KEEL_AWAIT(t, keel_join(t, &s->a->task));
 	cc_cancelled_res = keel_res(t);
-	store(&cc_phase, 1);
+	kt_store(&cc_phase, 1);
 	KEEL_AWAIT(t, keel_join(t, &s->b->task));
 	cc_closed_res = keel_res(t);
 	KEEL_AWAIT(t, keel_mb_send(t, cc_mb, MSG(300)));
@@ -619,10 +442,10 @@ static int cc_owner_step(struct keel_task *t)
 	struct cc_owner *o = keel_container_of(t, struct cc_owner, task);
 
 	KEEL_BEGIN(t);
-	for (o->i = 0; !load(&cc_phase) && o->i < 20000; o->i++)
-		KEEL_AWAIT(t, keel_sleep(t, MS(1)));
-	CHECK(load(&cc_phase));
-	KEEL_AWAIT(t, keel_sleep(t, MS(5))); /* B waits by now */
+	for (o->i = 0; !kt_load(&cc_phase) && o->i < 20000; o->i++)
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+	CHECK(kt_load(&cc_phase));
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(5))); /* B waits by now */
 	keel_mb_close(cc_mb);
 	for (;;) {
 		KEEL_AWAIT(t, keel_mb_recv(t, cc_mb, &o->msg));
@@ -644,12 +467,12 @@ static void scenario_cancel_close(void)
 	CHECK_EQ(keel_loop_create(&loop, NULL), 0);
 	if (!loop)
 		return;
-	watch_loop(loop, true);
+	kt_watch_loop(loop, true);
 	CHECK_EQ(keel_mailbox_new(loop, &o, &cc_mb), 0);
 	CHECK(keel_spawn(loop, &cc_owner_task, KEEL_PRIO_NORMAL) != NULL);
-	lthreads_start(2, cc_setup);
+	kt_lthreads_start(lts, 2, cc_setup);
 	CHECK_EQ(keel_loop_run(loop), 0);
-	lthreads_join(2);
+	kt_lthreads_join(lts, 2);
 	CHECK_EQ(cc_cancelled_res, -ECANCELED);
 	CHECK_EQ(cc_closed_res, -EPIPE);
 	CHECK_EQ(cc_after_res, -EPIPE);
@@ -658,7 +481,7 @@ static void scenario_cancel_close(void)
 	CHECK_EQ(cc_got[0], 1);
 	CHECK_EQ(cc_got[1], 2);
 	keel_mailbox_release(cc_mb);
-	watch_loop(loop, false);
+	kt_watch_loop(loop, false);
 	keel_loop_destroy(loop);
 }
 
@@ -690,16 +513,16 @@ static int sd_task_step(struct keel_task *t)
 	if (s->kind == 1) {
 		/* A receiver on an empty mailbox of its own loop. */
 		CHECK_EQ(keel_mailbox_new(keel_task_loop(t), NULL, &s->mb), 0);
-		add(&sd_started, 1);
+		kt_add(&sd_started, 1);
 		KEEL_AWAIT(t, keel_mb_recv(t, s->mb, &s->msg));
-		store(&sd_recv_res[s->i], keel_res(t));
+		kt_store(&sd_recv_res[s->i], keel_res(t));
 		keel_mailbox_release(s->mb);
 		KEEL_END(t);
 	}
-	add(&sd_started, 1);
-	KEEL_AWAIT(t, keel_sleep(t, MS(3600 * 1000)));
-	store(s->kind == 0 ? &sd_sleep_res[s->i] : &sd_spawned_res[s->i],
-	      keel_res(t));
+	kt_add(&sd_started, 1);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(3600 * 1000)));
+	kt_store(s->kind == 0 ? &sd_sleep_res[s->i] : &sd_spawned_res[s->i],
+		 keel_res(t));
 	KEEL_END(t);
 }
 
@@ -734,9 +557,9 @@ static void *sd_spawner(void *arg)
 static void *sd_stopper(void *arg)
 {
 	(void)arg;
-	for (int i = 0; load(&sd_started) < 3 * SD_LOOPS && i < 100000; i++)
+	for (int i = 0; kt_load(&sd_started) < 3 * SD_LOOPS && i < 100000; i++)
 		usleep(1000);
-	CHECK_EQ(load(&sd_started), 3 * SD_LOOPS);
+	CHECK_EQ(kt_load(&sd_started), 3 * SD_LOOPS);
 	usleep(10000);
 	keel_runtime_shutdown(rt);
 	keel_runtime_shutdown(rt); /* twice is harmless */
@@ -770,7 +593,7 @@ static int sd_main_step(struct keel_task *t)
 	}
 	start_helper(sd_spawner);
 	start_helper(sd_stopper);
-	KEEL_AWAIT(t, keel_sleep(t, MS(3600 * 1000)));
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(3600 * 1000)));
 	sd_main_res = keel_res(t);
 	KEEL_EXIT(t, 11);
 }
@@ -839,9 +662,9 @@ static int pool_user_step(struct keel_task *t)
 		if (keel_res(t) == u->arg->in * u->arg->in + 1 &&
 		    u->arg->out == u->arg->in * u->arg->in &&
 		    keel_loop_current() == u->home)
-			add(&pool_ok, 1);
+			kt_add(&pool_ok, 1);
 		else
-			add(&pool_bad, 1);
+			kt_add(&pool_bad, 1);
 		free(u->arg);
 	}
 	KEEL_END(t);
@@ -852,11 +675,11 @@ static int slow_job(void *p)
 {
 	int *v = p;
 
-	for (int i = 0; i < 20000 && !load(&pool_release); i++)
+	for (int i = 0; i < 20000 && !kt_load(&pool_release); i++)
 		usleep(500);
 	usleep(10000);
 	*v = 99; /* the arg is still the job's */
-	store(&pool_job_done, 1);
+	kt_store(&pool_job_done, 1);
 	return 99;
 }
 
@@ -878,7 +701,7 @@ static int pool_victim_step(struct keel_task *t)
 	CHECK(v->arg != NULL);
 	*v->arg = 0;
 	KEEL_AWAIT(t, keel_blocking(t, slow_job, v->arg));
-	pool_done_at_resume = load(&pool_job_done);
+	pool_done_at_resume = kt_load(&pool_job_done);
 	pool_cancel_res = keel_res(t);
 	free(v->arg);
 	KEEL_AWAIT(t, keel_nop(t));
@@ -910,17 +733,18 @@ static int pool_main_step(struct keel_task *t)
 	m->victim = keel_spawn(keel_task_loop(t), &pool_victim_task,
 			       KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 	CHECK(m->victim != NULL);
-	KEEL_AWAIT(t, keel_sleep(t, MS(20))); /* its job runs */
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(20))); /* its job runs */
 	CHECK_EQ(keel_task_cancel(&m->victim->task), 0);
-	KEEL_AWAIT(t, keel_sleep(t, MS(20)));
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(20)));
 	CHECK_EQ(pool_cancel_res, 12345); /* not resumed: the job holds */
-	store(&pool_release, 1);
+	kt_store(&pool_release, 1);
 	KEEL_AWAIT(t, keel_join(t, &m->victim->task));
 	m->want = POOL_LOOPS * POOL_TASKS * POOL_JOBS;
 	for (m->i = 0;
-	     load(&pool_ok) + load(&pool_bad) < m->want && m->i < 20000; m->i++)
-		KEEL_AWAIT(t, keel_sleep(t, MS(1)));
-	KEEL_EXIT(t, load(&pool_ok));
+	     kt_load(&pool_ok) + kt_load(&pool_bad) < m->want && m->i < 20000;
+	     m->i++)
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+	KEEL_EXIT(t, kt_load(&pool_ok));
 }
 
 static void scenario_pool(void)
@@ -939,18 +763,14 @@ static void scenario_pool(void)
 
 int main(void)
 {
-	pthread_t wd;
-
-	if (pthread_create(&wd, NULL, watchdog, NULL) == 0)
-		pthread_detach(wd);
-	run("stream", scenario_stream);
-	run("pingpong", scenario_pingpong);
-	run("cancel_close", scenario_cancel_close);
-	run("shutdown", scenario_shutdown);
-	run("pool", scenario_pool);
-	store(&exiting, 1);
+	kt_scenarios_start("mt_mailbox");
+	kt_scenario_run("stream", scenario_stream);
+	kt_scenario_run("pingpong", scenario_pingpong);
+	kt_scenario_run("cancel_close", scenario_cancel_close);
+	kt_scenario_run("shutdown", scenario_shutdown);
+	kt_scenario_run("pool", scenario_pool);
+	kt_store(&exiting, 1);
 	for (int i = 0; i < nhelpers; i++)
 		pthread_join(helpers[i], NULL);
-	printf("mt_mailbox: %d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return kt_scenarios_finish();
 }

@@ -26,53 +26,11 @@
 #include <time.h>
 #include <unistd.h>
 
-static int fails, passed, failed; /* loop 0's thread, and main's after */
-static int fails_before;
-static const char *scenario;
+#include "helpers/scenario.h"
 
-#define CHECK(c)                                                               \
-	do {                                                                   \
-		if (!(c)) {                                                    \
-			fails++;                                               \
-			fprintf(stderr, "%s: %d: %s\n", scenario, __LINE__,    \
-				#c);                                           \
-		}                                                              \
-	} while (0)
-
-/* Scenarios follow each other in one run of the tree; each passes if
- * none of its checks failed. */
-static void scenario_end(void)
-{
-	if (scenario) {
-		fprintf(stderr, "%s %s\n",
-			fails == fails_before ? "ok  " : "FAIL", scenario);
-		if (fails == fails_before)
-			passed++;
-		else
-			failed++;
-	}
-	fails_before = fails;
-	scenario = NULL;
-}
-
-static void scenario_begin(const char *name)
-{
-	scenario_end();
-	scenario = name;
-}
-
-#define MS	1000000ull
 #define M_PANIC 1000000
 #define ASKS	300
 #define POOL	40
-
-static uint64_t now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static struct keel_runtime *rt;
 static struct keel_sup *top;
@@ -141,7 +99,7 @@ static int worker_step(struct keel_task *t)
 			KEEL_AWAIT(t, keel_recv(t, w->fds[0], w->buf,
 						sizeof(w->buf), 0));
 	}
-	KEEL_AWAIT(t, keel_sleep(t, 3600000 * MS));
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(3600000)));
 	KEEL_END(t);
 }
 
@@ -195,7 +153,8 @@ static int asker_step(struct keel_task *t)
 	for (k->i = 1; k->i <= ASKS; k->i++) {
 		k->v = k->i % 50 == 0 ? M_PANIC : (uintptr_t)k->i;
 		KEEL_AWAIT(t, keel_actor_ask(t, k->a, (void *)k->v,
-					     now() + 2000 * MS, &k->reply));
+					     kt_now_ns() + KT_MS(2000),
+					     &k->reply));
 		if (keel_res(t) == 0 && (uintptr_t)k->reply == k->v + 1)
 			__atomic_add_fetch(&asks_ok, 1, __ATOMIC_RELAXED);
 		else if (keel_res(t) == -EPIPE)
@@ -203,7 +162,7 @@ static int asker_step(struct keel_task *t)
 		else
 			__atomic_add_fetch(&asks_bad, 1, __ATOMIC_RELAXED);
 		if (keel_res(t) == -EPIPE)
-			KEEL_AWAIT(t, keel_sleep(t, MS / 10));
+			KEEL_AWAIT(t, keel_sleep(t, KT_MS(1) / 10));
 	}
 	keel_actor_release(k->a);
 	__atomic_add_fetch(&askers_done, 1, __ATOMIC_RELEASE);
@@ -249,17 +208,19 @@ static int main_step(struct keel_task *t)
 	struct keel_sup_stats st;
 
 	KEEL_BEGIN(t);
-	scenario_begin("the tree starts across loops, flaky restarted there");
+	kt_scenario_begin(
+	    "the tree starts across loops, flaky restarted there");
 	/* Up: every child running, flaky through its failures. */
 	while (m->polls++ < 5000 &&
 	       !((ci = find(top, "flaky")).state == KEEL_CHILD_RUNNING &&
 		 ci.restarts == 3 &&
 		 find(top, "pool").state == KEEL_CHILD_RUNNING &&
 		 find(top, "actor").state == KEEL_CHILD_RUNNING))
-		KEEL_AWAIT(t, keel_sleep(t, MS));
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
 	CHECK(find(top, "flaky").restarts == 3);
 	CHECK(find(top, "stubborn").state == KEEL_CHILD_RUNNING);
-	scenario_begin("the actor's stable handle, to askers on three loops");
+	kt_scenario_begin(
+	    "the actor's stable handle, to askers on three loops");
 	/* Askers on all three loops, at the actor on loop 1. */
 	keel_sup_child_id(top, "actor", &m->id);
 	for (m->i = 0; m->i < 3; m->i++) {
@@ -270,8 +231,8 @@ static int main_step(struct keel_task *t)
 			keel_spawn_on(keel_runtime_loop(rt, (unsigned)m->i),
 				      &asker_task, 0, asker_init, a);
 	}
-	scenario_begin("a pool on loop 2, its children on loop 1, driven "
-		       "from loop 0");
+	kt_scenario_begin("a pool on loop 2, its children on loop 1, driven "
+			  "from loop 0");
 	/* Meanwhile the pool on loop 2: children on loop 1. */
 	keel_sup_child_id(top, "pool", &m->id);
 	m->pool = keel_sup_child_sup(top, m->id);
@@ -293,8 +254,9 @@ static int main_step(struct keel_task *t)
 	}
 	while (__atomic_load_n(&askers_done, __ATOMIC_ACQUIRE) < 3 &&
 	       m->polls++ < 20000)
-		KEEL_AWAIT(t, keel_sleep(t, MS));
-	scenario_begin("asks from three loops to an actor child that panics");
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+	kt_scenario_begin(
+	    "asks from three loops to an actor child that panics");
 	/* Every ask answered: a reply, or -EPIPE while the actor was down
 	 * (never a timeout, never someone else's reply). Each panic cost one
 	 * restart and dropped the message it was handling. */
@@ -305,7 +267,7 @@ static int main_step(struct keel_task *t)
 	CHECK(ci.dropped == (uint64_t)ci.restarts);
 	CHECK(asks_down >= (int)ci.restarts);
 	CHECK(asks_ok >= 3 * ASKS / 2);
-	scenario_begin("a child supervisor escalates across loops");
+	kt_scenario_begin("a child supervisor escalates across loops");
 	/* doomed escalated, and being transient stays down. */
 	ci = find(top, "doomed");
 	CHECK(ci.state == KEEL_CHILD_STOPPED);
@@ -313,8 +275,8 @@ static int main_step(struct keel_task *t)
 	CHECK(ci.last_exit.status == -ESHUTDOWN);
 	keel_sup_stats(top, &st);
 	m->restarts_before = st.restarts;
-	scenario_begin("runtime shutdown: in order, nothing restarted, the "
-		       "stubborn child killed across threads");
+	kt_scenario_begin("runtime shutdown: in order, nothing restarted, the "
+			  "stubborn child killed across threads");
 	/* The runtime's shutdown: this task's own token goes too. */
 	keel_runtime_shutdown(rt);
 	keel_shield_begin(t, &m->shield, UINT64_MAX);
@@ -402,6 +364,7 @@ int main(void)
 	struct keel_runtime_opts o = {.threads = 3, .no_signals = true};
 	int st;
 
+	kt_scenarios_start("mt_supervisor");
 	if (keel_runtime_create(&rt, &o))
 		return 1;
 	st = keel_runtime_run(rt, &main_task, main_init, NULL);
@@ -409,11 +372,9 @@ int main(void)
 	CHECK(st == 0);
 	CHECK(__atomic_load_n(&stubborn_cleanups, __ATOMIC_RELAXED) == 1);
 	CHECK(__atomic_load_n(&wrong_loop, __ATOMIC_RELAXED) == 0);
-	scenario_end();
 	printf("asks ok %d, down %d, bad %d; flaky starts %d\n", asks_ok,
 	       asks_down, asks_bad, flaky_starts);
 	if (top)
 		keel_sup_release(top);
-	printf("mt_supervisor: %d passed, %d failed\n", passed, failed);
-	return failed != 0;
+	return kt_scenarios_finish();
 }

@@ -13,7 +13,7 @@
  * feeding a parked loop; wake-up coalescing (doorbells per burst); and
  * what a loop does with a notification still in its inbox when it ends.
  *
- * Loops other than the test thread's run on plain threads (lthread_*), each
+ * Loops other than the test thread's run on plain threads (kt_lthread_*), each
  * setting up its own tasks: no runtime needed.
  */
 #include <criterion/criterion.h>
@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "helpers/keel_test.h"
+#include "helpers/scenario.h"
 #include "loop.h" /* struct keel_loop: inbox.parked, inbox.doorbells */
 
 #define MSG(v) ((void *)(uintptr_t)(v))
@@ -36,53 +37,10 @@
 /*
  * Every test runs in its own process, so these start zeroed. Tasks record
  * what they saw here (a frame is freed when its task exits); checks made
- * on other threads count failures and keep the first one.
+ * on other threads are CHECK()s (helpers/check.h), asserted at the end.
+ *
+ * Send results by message value; values received in order.
  */
-static int g_fail;
-static int g_fail_line;
-static const char *g_fail_what;
-
-static void check_failed(int line, const char *what)
-{
-	if (__atomic_fetch_add(&g_fail, 1, __ATOMIC_SEQ_CST) == 0) {
-		g_fail_line = line;
-		g_fail_what = what;
-	}
-}
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond))                                                   \
-			check_failed(__LINE__, #cond);                         \
-	} while (0)
-
-/* As CHECK(a == b), keeping both values of the first failure. */
-static long long g_fail_a, g_fail_b;
-
-#define CHECK_EQ(a, b)                                                         \
-	do {                                                                   \
-		long long a_ = (long long)(a), b_ = (long long)(b);            \
-		if (a_ != b_) {                                                \
-			if (!__atomic_load_n(&g_fail, __ATOMIC_SEQ_CST)) {     \
-				g_fail_a = a_;                                 \
-				g_fail_b = b_;                                 \
-			}                                                      \
-			check_failed(__LINE__, #a " == " #b);                  \
-		}                                                              \
-	} while (0)
-
-static void expect_no_failures(void)
-{
-	int n = __atomic_load_n(&g_fail, __ATOMIC_SEQ_CST);
-
-	cr_assert_eq(n, 0,
-		     "%d failed check(s), the first at line %d: %s "
-		     "(CHECK_EQ: %lld vs %lld)",
-		     n, g_fail_line, g_fail_what ? g_fail_what : "?", g_fail_a,
-		     g_fail_b);
-}
-
-/* Send results by message value; values received in order. */
 #define MAXV 256
 static int g_res[MAXV];
 static struct kt_log g_got;  /* values received */
@@ -660,7 +618,7 @@ Test(mailbox, close_fails_blocked_senders_and_receiver_drains_then_epipe,
 	reset_results();
 	c->mb = mb;
 	kt_loop_run(loop);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_join[0], -EPIPE, "blocked sender 1 got %d", g_join[0]);
 	cr_assert_eq(g_join[1], -EPIPE, "blocked sender 2 got %d", g_join[1]);
 	cr_assert_eq(g_after_close_try, -EPIPE);
@@ -792,7 +750,7 @@ static void run_send_cancel(int deadline)
 	c->mb = mb;
 	c->deadline = deadline;
 	kt_loop_run(loop);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_join[0], deadline ? -ETIMEDOUT : -ECANCELED,
 		     "the blocked send gave %d", g_join[0]);
 	cr_assert_eq(g_join[1], 0, "the next blocked send gave %d", g_join[1]);
@@ -908,7 +866,7 @@ static void run_recv_cancel(int deadline)
 	c->mb = mb;
 	c->deadline = deadline;
 	kt_loop_run(loop);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_join[0], deadline ? -ETIMEDOUT : -ECANCELED,
 		     "the blocked recv gave %d", g_join[0]);
 	cr_assert_eq(g_res[1], 0xdead, "the cancelled recv wrote its out");
@@ -978,7 +936,7 @@ Test(mailbox, cancelled_task_send_and_recv_return_cause_at_once, .timeout = 10)
 
 	s->mb = mb;
 	kt_loop_run(loop);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_lvl_send, -ECANCELED, "send gave %d", g_lvl_send);
 	cr_assert_eq(g_lvl_recv, -ECANCELED,
 		     "recv under a cancelled token gave %d (a message "
@@ -994,59 +952,7 @@ Test(mailbox, cancelled_task_send_and_recv_return_cause_at_once, .timeout = 10)
 
 #define MAX_LOOPS 4
 
-typedef void (*lthread_setup_fn)(struct keel_loop *loop, int index);
-
-struct lthread {
-	pthread_t th;
-	int index;
-	lthread_setup_fn setup;
-	int create_err;
-	int run_err;
-	struct keel_loop_stats st;
-};
-
-static struct lthread g_lt[MAX_LOOPS];
-
-static void *lthread_main(void *arg)
-{
-	struct lthread *lt = arg;
-	struct keel_loop *loop = NULL;
-
-	lt->create_err = keel_loop_create(&loop, NULL);
-	if (lt->create_err)
-		return NULL;
-	lt->setup(loop, lt->index);
-	lt->run_err = keel_loop_run(loop);
-	keel_loop_stats(loop, &lt->st);
-	keel_loop_destroy(loop);
-	return NULL;
-}
-
-/* Loops 1..n-1 on threads, each set up by `setup`. */
-static void lthreads_start(int n, lthread_setup_fn setup)
-{
-	for (int i = 1; i < n; i++) {
-		g_lt[i].index = i;
-		g_lt[i].setup = setup;
-		cr_assert_eq(
-		    pthread_create(&g_lt[i].th, NULL, lthread_main, &g_lt[i]),
-		    0);
-	}
-}
-
-static void lthreads_join(int n)
-{
-	for (int i = 1; i < n; i++) {
-		pthread_join(g_lt[i].th, NULL);
-		cr_assert_eq(g_lt[i].create_err, 0, "loop %d: %s", i,
-			     strerror(-g_lt[i].create_err));
-		cr_assert_eq(g_lt[i].run_err, 0, "loop %d ran: %s", i,
-			     strerror(-g_lt[i].run_err));
-		cr_assert_eq(g_lt[i].st.tasks_live, 0);
-		cr_assert_eq(g_lt[i].st.zombies, 0);
-		cr_assert_eq(g_lt[i].st.ops_inflight, 0);
-	}
-}
+static struct kt_lthread g_lt[MAX_LOOPS];
 
 /* ---- FIFO per sender, many senders on several loops -----------------------
  */
@@ -1151,10 +1057,10 @@ static void run_fifo(uint32_t cap, uint64_t per_sender)
 	r = kt_spawn(loop, &seq_receiver_task, KEEL_PRIO_NORMAL);
 	r->want = total;
 	spawn_seq_senders(loop, 0);
-	lthreads_start(MAX_LOOPS, spawn_seq_senders);
+	kt_lthreads_start(g_lt, MAX_LOOPS, spawn_seq_senders);
 	kt_loop_run(loop);
-	lthreads_join(MAX_LOOPS);
-	expect_no_failures();
+	kt_lthreads_join(g_lt, MAX_LOOPS);
+	kt_expect_no_failures();
 	cr_assert_eq(g_send_errors, 0);
 	cr_assert_eq(g_total, total, "received %llu of %llu",
 		     (unsigned long long)g_total, (unsigned long long)total);
@@ -1305,10 +1211,10 @@ static void run_remote_send_cancel(int deadline)
 	r = kt_spawn(loop, &phased_receiver_task, KEEL_PRIO_NORMAL);
 	r->p = 1;
 	r->want = 5;
-	lthreads_start(2, setup_remote_script);
+	kt_lthreads_start(g_lt, 2, setup_remote_script);
 	kt_loop_run(loop);
-	lthreads_join(2);
-	expect_no_failures();
+	kt_lthreads_join(g_lt, 2);
+	kt_expect_no_failures();
 	cr_assert_eq(g_join[0], deadline ? -ETIMEDOUT : -ECANCELED,
 		     "the blocked remote send gave %d", g_join[0]);
 	cr_assert_eq(g_join[1], 0, "the next blocked remote send gave %d",
@@ -1429,10 +1335,10 @@ Test(mailbox, close_fails_blocked_local_and_remote_senders, .timeout = 10)
 
 	g_mb = mb_new(loop, 2, KEEL_MB_BLOCK);
 	kt_spawn(loop, &local_closer_task, KEEL_PRIO_NORMAL);
-	lthreads_start(2, setup_remote_filler);
+	kt_lthreads_start(g_lt, 2, setup_remote_filler);
 	kt_loop_run(loop);
-	lthreads_join(2);
-	expect_no_failures();
+	kt_lthreads_join(g_lt, 2);
+	kt_expect_no_failures();
 	cr_assert_eq(g_join[0], -EPIPE, "blocked local sender got %d",
 		     g_join[0]);
 	cr_assert_eq(g_join[1], -EPIPE, "blocked remote sender got %d",
@@ -1502,7 +1408,7 @@ static void run_plain_sender(uint32_t cap, uint64_t n,
 	cr_assert_eq(pthread_create(&th, NULL, plain_sender, NULL), 0);
 	kt_loop_run(loop);
 	pthread_join(th, NULL);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_total, n);
 	cr_assert_eq(g_order_errors, 0);
 	cr_assert_eq(g_last[15], n);
@@ -1546,7 +1452,7 @@ Test(mailbox, burst_from_other_thread_coalesces_doorbells, .timeout = 30)
 	cr_assert_eq(pthread_create(&th, NULL, plain_sender, NULL), 0);
 	kt_loop_run(loop);
 	pthread_join(th, NULL);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_total, BURST);
 	cr_assert_eq(g_order_errors, 0);
 	cr_assert_eq(g_eagain, 0, "the burst fitted");

@@ -36,62 +36,8 @@
 /*
  * Every test runs in its own process, so these start zeroed. Tasks record
  * what they saw here (a frame is freed when its task exits); checks made
- * on loop threads count failures and keep the first one.
+ * on loop threads are CHECK()s (helpers/check.h), asserted at the end.
  */
-static int g_fail;
-static int g_fail_line;
-static const char *g_fail_what;
-static long long g_fail_a, g_fail_b;
-
-static void check_failed(int line, const char *what, long long a, long long b)
-{
-	if (__atomic_fetch_add(&g_fail, 1, __ATOMIC_SEQ_CST) == 0) {
-		g_fail_line = line;
-		g_fail_what = what;
-		g_fail_a = a;
-		g_fail_b = b;
-	}
-}
-
-#define CHECK(cond)                                                            \
-	do {                                                                   \
-		if (!(cond))                                                   \
-			check_failed(__LINE__, #cond, 0, 0);                   \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                         \
-	do {                                                                   \
-		long long a_ = (long long)(a), b_ = (long long)(b);            \
-		if (a_ != b_)                                                  \
-			check_failed(__LINE__, #a " == " #b, a_, b_);          \
-	} while (0)
-
-static void expect_no_failures(void)
-{
-	int n = __atomic_load_n(&g_fail, __ATOMIC_SEQ_CST);
-
-	cr_assert_eq(n, 0,
-		     "%d failed check(s), the first at line %d: %s (%lld vs "
-		     "%lld)",
-		     n, g_fail_line, g_fail_what ? g_fail_what : "?", g_fail_a,
-		     g_fail_b);
-}
-
-static int load(const int *p)
-{
-	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
-
-static void store(int *p, int v)
-{
-	__atomic_store_n(p, v, __ATOMIC_RELEASE);
-}
-
-static void add(int *p, int v)
-{
-	__atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
-}
-
 static struct keel_runtime *g_rt;
 
 static struct keel_runtime *rt_new(unsigned threads)
@@ -286,7 +232,7 @@ Test(runtime, spawn_on_from_plain_thread_runs_init_and_task_on_that_loop,
 	g_test_thread = pthread_self();
 	g_hello_arg = 77;
 	ret = keel_runtime_run(rt, &spawn_main_task, NULL, NULL);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(ret, 77, "main got %d from the spawned task", ret);
 	cr_assert_eq(g_init_loop_ok, 1, "init ran on the target loop");
 	cr_assert_eq(g_step_loop_ok, 1, "the task ran on the target loop");
@@ -328,10 +274,10 @@ static int idle_io_step(struct keel_task *t)
 	struct idle_io *w = keel_container_of(t, struct idle_io, task);
 
 	KEEL_BEGIN(t);
-	add(&g_started, 1);
+	kt_add(&g_started, 1);
 	KEEL_AWAIT(t, keel_recv(t, g_sv[w->i][0], w->buf, sizeof(w->buf), 0));
-	store(&g_io_res[w->i], keel_res(t));
-	add(&g_exited[w->i], 1);
+	kt_store(&g_io_res[w->i], keel_res(t));
+	kt_add(&g_exited[w->i], 1);
 	KEEL_END(t);
 }
 
@@ -349,10 +295,10 @@ static int sleeper_step(struct keel_task *t)
 	struct sleeper *s = keel_container_of(t, struct sleeper, task);
 
 	KEEL_BEGIN(t);
-	add(&g_started, 1);
+	kt_add(&g_started, 1);
 	KEEL_AWAIT(t, keel_sleep(t, KT_MS(3600 * 1000)));
-	store(&g_sleep_res[s->i], keel_res(t));
-	add(&g_exited[s->i], 1);
+	kt_store(&g_sleep_res[s->i], keel_res(t));
+	kt_add(&g_exited[s->i], 1);
 	KEEL_END(t);
 }
 
@@ -376,13 +322,13 @@ static int checker_step(struct keel_task *t)
 	struct keel_loop_stats st;
 
 	KEEL_BEGIN(t);
-	add(&g_started, 1);
+	kt_add(&g_started, 1);
 	KEEL_AWAIT(t, keel_sleep(t, KT_MS(3600 * 1000)));
-	store(&g_checker_res[c->i], keel_res(t));
+	kt_store(&g_checker_res[c->i], keel_res(t));
 	c->until = kt_now_ns() + KT_MS(5000);
 	for (;;) {
 		keel_loop_stats(keel_task_loop(t), &st);
-		if (load(&g_exited[c->i]) == 2 && !st.ops_inflight &&
+		if (kt_load(&g_exited[c->i]) == 2 && !st.ops_inflight &&
 		    !st.zombies)
 			break;
 		if (kt_now_ns() > c->until)
@@ -390,7 +336,7 @@ static int checker_step(struct keel_task *t)
 		KEEL_YIELD(t);
 	}
 	keel_loop_stats(keel_task_loop(t), &g_final[c->i]);
-	store(&g_checked[c->i], 1);
+	kt_store(&g_checked[c->i], 1);
 	KEEL_END(t);
 }
 
@@ -457,10 +403,10 @@ static int shutdown_main_step(struct keel_task *t)
 			 0);
 	}
 	/* Everyone waits in its await before the shutdown starts. */
-	for (m->i = 0; load(&g_started) < (int)(3 * m->n) && m->i < 5000;
+	for (m->i = 0; kt_load(&g_started) < (int)(3 * m->n) && m->i < 5000;
 	     m->i++)
 		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
-	CHECK_EQ(load(&g_started), 3 * m->n);
+	CHECK_EQ(kt_load(&g_started), 3 * m->n);
 	KEEL_AWAIT(t, keel_sleep(t, KT_MS(10)));
 	if (g_by == BY_MAIN_EXIT)
 		KEEL_EXIT(t, 9);
@@ -488,7 +434,7 @@ static void run_shutdown(unsigned threads, enum shutdown_by by)
 	ret = keel_runtime_run(rt, &shutdown_main_task, NULL, NULL);
 	if (by == BY_PLAIN_THREAD)
 		pthread_join(g_shutdown_thread, NULL);
-	expect_no_failures();
+	kt_expect_no_failures();
 	if (by == BY_MAIN_EXIT) {
 		cr_assert_eq(ret, 9, "run returned %d", ret);
 	} else {
@@ -560,15 +506,15 @@ static int blocking_job(void *p)
 {
 	struct job_arg *a = p;
 
-	add(&g_running, 1);
-	for (int i = 0; i < 10000 && !load(&g_release); i++)
+	kt_add(&g_running, 1);
+	for (int i = 0; i < 10000 && !kt_load(&g_release); i++)
 		usleep(1000);
 	if (g_job_delay_ms)
 		usleep((useconds_t)g_job_delay_ms * 1000);
 	/* Still its owner: ASan reports this write if the task freed it. */
 	a->value = a->id * 10 + 3;
-	add(&g_job_runs[a->id], 1);
-	store(&g_job_done[a->id], 1);
+	kt_add(&g_job_runs[a->id], 1);
+	kt_store(&g_job_done[a->id], 1);
 	return a->id * 10 + 3;
 }
 
@@ -592,8 +538,8 @@ static int jobber_step(struct keel_task *t)
 	j->arg->id = j->id;
 	j->arg->value = -1;
 	KEEL_AWAIT(t, keel_blocking(t, blocking_job, j->arg));
-	store(&g_done_at_resume[j->id], load(&g_job_done[j->id]));
-	store(&g_job_res[j->id], keel_res(t));
+	kt_store(&g_done_at_resume[j->id], kt_load(&g_job_done[j->id]));
+	kt_store(&g_job_res[j->id], keel_res(t));
 	if (keel_res(t) >= 0)
 		CHECK_EQ(j->arg->value, keel_res(t));
 	free(j->arg);
@@ -644,17 +590,17 @@ static int saturator_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	spawn_jobber(keel_task_loop(t), 0, 0);
 	spawn_jobber(keel_task_loop(t), 1, 0);
-	for (s->i = 0; load(&g_running) < 2 && s->i < 5000; s->i++)
+	for (s->i = 0; kt_load(&g_running) < 2 && s->i < 5000; s->i++)
 		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
-	CHECK_EQ(load(&g_running), 2);
+	CHECK_EQ(kt_load(&g_running), 2);
 	for (s->i = 2; s->i < 10; s->i++)
 		spawn_jobber(keel_task_loop(t), s->i, 0);
 	KEEL_AWAIT(t, keel_sleep(t, KT_MS(20)));
 	for (s->i = 0; s->i < JOBS; s->i++)
-		if (load(&g_job_res[s->i]) == -EAGAIN)
+		if (kt_load(&g_job_res[s->i]) == -EAGAIN)
 			g_eagain_before_release++;
-	CHECK_EQ(load(&g_running), 2);
-	store(&g_release, 1);
+	CHECK_EQ(kt_load(&g_running), 2);
+	kt_store(&g_release, 1);
 	KEEL_END(t);
 }
 
@@ -667,7 +613,7 @@ Test(runtime, blocking_pool_saturated_queue_gives_eagain, .timeout = 10)
 	reset_jobs();
 	kt_spawn(loop, &saturator_task, KEEL_PRIO_NORMAL);
 	kt_loop_run(loop);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_eagain_before_release, 4, "%d sends got -EAGAIN",
 		     g_eagain_before_release);
 	for (int id = 0; id < 10; id++) {
@@ -722,18 +668,18 @@ static int job_canceller_step(struct keel_task *t)
 	if (g_blocker_id >= 0) {
 		/* Occupy the only pool thread first. */
 		spawn_jobber(keel_task_loop(t), g_blocker_id, 0);
-		for (c->i = 0; load(&g_running) < 1 && c->i < 5000; c->i++)
+		for (c->i = 0; kt_load(&g_running) < 1 && c->i < 5000; c->i++)
 			KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
 	}
 	c->j = spawn_jobber(keel_task_loop(t), 0, KEEL_SPAWN_JOINABLE);
 	KEEL_YIELD(t); /* it submits its job */
-	for (c->i = 0; load(&g_running) < 1 && c->i < 5000; c->i++)
+	for (c->i = 0; kt_load(&g_running) < 1 && c->i < 5000; c->i++)
 		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
 	CHECK(c->j != NULL);
 	CHECK_EQ(keel_task_cancel(&c->j->task), 0);
 	KEEL_AWAIT(t, keel_sleep(t, KT_MS(30)));
-	g_resumed_early = load(&g_job_res[0]) != UNSET;
-	store(&g_release, 1);
+	g_resumed_early = kt_load(&g_job_res[0]) != UNSET;
+	kt_store(&g_release, 1);
 	KEEL_AWAIT(t, keel_join(t, &c->j->task));
 	CHECK_EQ(keel_res(t), 0);
 	KEEL_END(t);
@@ -750,7 +696,7 @@ static void run_job_cancel(unsigned threads, int blocker)
 	g_job_delay_ms = 20;
 	kt_spawn(loop, &job_canceller_task, KEEL_PRIO_NORMAL);
 	kt_loop_run(loop);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_resumed_early, 0,
 		     "the cancelled task resumed while its job ran");
 	cr_assert_eq(g_done_at_resume[0], 1,
@@ -816,9 +762,9 @@ static int pool_user_step(struct keel_task *t)
 		KEEL_AWAIT(t, keel_blocking(t, square_job, &u->v));
 		if (keel_res(t) == u->v * u->v &&
 		    keel_loop_current() == u->home)
-			add(&g_pool_ok, 1);
+			kt_add(&g_pool_ok, 1);
 		else
-			add(&g_pool_bad, 1);
+			kt_add(&g_pool_bad, 1);
 	}
 	KEEL_END(t);
 }
@@ -844,11 +790,11 @@ static int pool_main_step(struct keel_task *t)
 				 0);
 	m->k =
 	    keel_runtime_size(g_rt) * POOL_TASKS_PER_LOOP * POOL_JOBS_PER_TASK;
-	for (m->i = 0;
-	     load(&g_pool_ok) + load(&g_pool_bad) < (int)m->k && m->i < 5000;
+	for (m->i = 0; kt_load(&g_pool_ok) + kt_load(&g_pool_bad) < (int)m->k &&
+		       m->i < 5000;
 	     m->i++)
 		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
-	KEEL_EXIT(t, load(&g_pool_ok));
+	KEEL_EXIT(t, kt_load(&g_pool_ok));
 }
 
 Test(runtime, blocking_jobs_from_every_loop_return_to_their_task, .timeout = 10)
@@ -864,7 +810,7 @@ Test(runtime, blocking_jobs_from_every_loop_return_to_their_task, .timeout = 10)
 
 	cr_assert_eq(keel_runtime_create(&g_rt, &o), 0);
 	ret = keel_runtime_run(g_rt, &pool_main_task, NULL, NULL);
-	expect_no_failures();
+	kt_expect_no_failures();
 	cr_assert_eq(g_pool_bad, 0, "%d jobs came back wrong", g_pool_bad);
 	cr_assert_eq(ret, want, "%d of %d jobs came back", ret, want);
 	keel_runtime_destroy(g_rt);
@@ -899,7 +845,7 @@ static KEEL_TASK_TYPE(reporter_task, struct reporter, task, reporter_step);
 static int reporter_step(struct keel_task *t)
 {
 	KEEL_BEGIN(t);
-	store(&g_reporter_started, 1);
+	kt_store(&g_reporter_started, 1);
 	KEEL_AWAIT(t, keel_sleep(t, KT_MS(3600 * 1000)));
 	g_reporter_res = keel_res(t);
 	report('c');
@@ -929,7 +875,7 @@ static int sig_main_step(struct keel_task *t)
 	if (keel_spawn_on(keel_runtime_loop(keel_runtime_current(), 1),
 			  &reporter_task, KEEL_PRIO_NORMAL, NULL, NULL))
 		KEEL_EXIT(t, 91);
-	for (m->i = 0; !load(&g_reporter_started) && m->i < 5000; m->i++)
+	for (m->i = 0; !kt_load(&g_reporter_started) && m->i < 5000; m->i++)
 		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
 	if (m->mode == CHILD_SHIELDED &&
 	    keel_shield_begin(t, &m->shield, UINT64_MAX))

@@ -3,7 +3,7 @@
 # when they are missing. Runs `apt-get update` first (a fresh machine has no
 # package lists). When not root, prints the exact command instead.
 set -eu
-PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev python3"
+PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev python3 python3-prometheus-client"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 struct keel_loop *kt_loop_new(const struct keel_loop_opts *opts)
@@ -51,12 +50,12 @@ void *kt_spawn(struct keel_loop *loop, const struct keel_task_type *type,
 	return frame;
 }
 
-uint64_t kt_now_ns(void)
+void kt_expect_no_failures(void)
 {
-	struct timespec ts;
+	char what[512];
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	kt_failures_describe(what, sizeof(what));
+	cr_assert_eq(kt_failures(), 0, "%s", what);
 }
 
 void kt_log_push(struct kt_log *log, int v)

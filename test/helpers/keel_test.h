@@ -5,7 +5,9 @@
  * monotonic clock, loopback sockets and temporary directories.
  *
  * Everything here asserts through Criterion, so a helper that fails ends
- * the calling test with a message instead of returning an error.
+ * the calling test with a message instead of returning an error. Checks
+ * made on other threads, the clock and atomic flags are in check.h (no
+ * Criterion there: the mt_* programs use it too).
  */
 #ifndef KEEL_TEST_H
 #define KEEL_TEST_H
@@ -14,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+
+#include "helpers/check.h"
 
 /* Create a loop (opts may be NULL); the test fails if that fails. */
 struct keel_loop *kt_loop_new(const struct keel_loop_opts *opts);
@@ -28,10 +32,8 @@ struct keel_loop_stats kt_stats(const struct keel_loop *loop);
 void *kt_spawn(struct keel_loop *loop, const struct keel_task_type *type,
 	       unsigned flags);
 
-/* CLOCK_MONOTONIC in nanoseconds. */
-uint64_t kt_now_ns(void);
-
-#define KT_MS(n) ((uint64_t)(n)*1000000ull)
+/* Assert that no check failed (check.h), reporting the first that did. */
+void kt_expect_no_failures(void);
 
 /*
  * An append-only log of integers: tasks and callbacks push events, the
