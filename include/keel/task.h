@@ -316,6 +316,16 @@ struct keel_task;
 /* The exit status of an aborted task (and a join's keel_res). */
 #define KEEL_ABORTED (-EOWNERDEAD)
 
+/*
+ * A one-line description of a status keel returned (a keel_res(), an exit
+ * status, a negative errno): keel's own meaning where it gives an errno one
+ * (KEEL_ABORTED is "task aborted", not libc's "Owner died"; a collecting
+ * scope's -ECHILD is "a child of the scope failed"), libc's text for other
+ * negative values, "success" for 0 and positive values.
+ * Ownership: a constant string, never NULL, never freed. Thread-safe.
+ */
+const char *keel_strerror(int status);
+
 /* What an aborted task left: valid as long as its holder says. */
 struct keel_abort {
 	const char *message;
