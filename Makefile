@@ -126,6 +126,7 @@ $(BUILD)/test/mt_%: test/mt_%.c $(STATIC)
 # install/pkg-config test. Fails if any fails.
 check: all tests
 	$(Q)BUILD=$(BUILD) CC="$(CC)" SANITIZE="$(SANITIZE)" \
+		TEST_CFLAGS="$(CFLAGS)" TEST_LDFLAGS="$(LDFLAGS)" \
 		sh test/run.sh $(if $(findstring thread,$(SANITIZE)),,$(TESTS)) \
 		$(MT_TESTS)
 
