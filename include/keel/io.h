@@ -35,6 +35,15 @@ extern "C" {
  * the kernel has returned every op the task started (an exited task with ops
  * in flight is a zombie; its ops are cancelled and its frame freed after the
  * last completion).
+ *
+ * SIGPIPE: keel never changes signal dispositions. keel_send, send_all,
+ * send_zc and sendmsg_all never raise it: io_uring's send ops add
+ * MSG_NOSIGNAL themselves, so a peer that is gone gives -EPIPE (passing
+ * MSG_NOSIGNAL too, as the examples do, is harmless and keeps the code
+ * right if it moves to send(2)). keel_write/writev (and splice/tee) into a
+ * socket or pipe whose reader is gone raise SIGPIPE as write(2) does, which
+ * kills the process unless it ignores the signal: use keel_send on sockets,
+ * or signal(SIGPIPE, SIG_IGN) once at start.
  */
 struct keel_task;
 struct statx;
@@ -46,6 +55,23 @@ struct statx;
  * Give the next op this task starts (and only that one) a deadline `ns`
  * from now, as a linked timeout. If it expires, the op is cancelled and its
  * result is -ETIMEDOUT (or the op's own result if it completed first).
+ * Call it right before the KEEL_AWAIT it is for: it is taken by the first
+ * of these the task starts after it in the same step, and dropped when the
+ * step returns (it never carries over to a later step):
+ * - every op of this header that goes to the ring (nop, read/write(v),
+ *   openat, close, fsync, statx, socket, accept, connect, recv, send,
+ *   splice, tee);
+ * - keel_send_all, keel_send_zc, keel_sendmsg_all: one deadline for the
+ *   whole send, short sends' resubmissions included (some bytes may have
+ *   gone when it expires);
+ * - keel_sleep/keel_sleep_until (keel/loop.h): the earlier deadline wins,
+ *   and the result is -ETIMEDOUT if it was this one.
+ * Other awaits do not take it (recv/accept streams' keel_recv_next and
+ * keel_accept_next, joins, mailboxes and keel/sync.h, keel_blocking): it
+ * would stay pending for the next op of that step. An op that fails at once
+ * (e.g. under a cancelled token) does not take it either. For those, and
+ * for a deadline over several awaits, use a token deadline
+ * (keel_token_set_timeout, keel/task.h).
  */
 void keel_op_timeout(struct keel_task *t, uint64_t ns);
 
@@ -100,7 +126,14 @@ int keel_statx(struct keel_task *t, int dfd, const char *path, int flags,
 /* socket(2) through the ring; result: the fd or -errno. */
 int keel_socket(struct keel_task *t, int domain, int type, int protocol);
 
-/* accept4(2); addr/addrlen may be NULL. Result: the new fd or -errno. */
+/*
+ * accept4(2); addr/addrlen may be NULL. Result: the new fd (the caller owns
+ * it) or -errno. Transient errors, after which the listener is fine: retry
+ * at once on -ECONNABORTED, -EINTR, -EAGAIN (and, as accept(2) says, on
+ * -ENETDOWN, -EPROTO, -ENOPROTOOPT, -EHOSTDOWN, -ENONET, -EHOSTUNREACH,
+ * -EOPNOTSUPP, -ENETUNREACH); on -EMFILE, -ENFILE, -ENOBUFS, -ENOMEM retry
+ * after a pause, or the task spins. An accept stream does all of that.
+ */
 int keel_accept(struct keel_task *t, int fd, struct sockaddr *addr,
 		socklen_t *addrlen, int flags);
 
@@ -339,10 +372,15 @@ struct keel_accept_stream {
 /*
  * Keep one multishot accept armed on listening socket `fd`. When the
  * process runs out of descriptors (EMFILE, ENFILE; with
- * KEEL_ACCEPT_DIRECT, a full file table: ENFILE) or memory, accepting
- * pauses (10 ms, doubling to 1 s) and resumes by itself: never a spin.
+ * KEEL_ACCEPT_DIRECT, a full file table: ENFILE) or memory (ENOMEM,
+ * ENOBUFS), accepting pauses (10 ms, doubling to 1 s) and resumes by
+ * itself: never a spin. ECONNABORTED, EINTR and EAGAIN re-arm at once. The
+ * task never sees those; any other error ends the stream and is what
+ * keel_accept_next() returns from then on.
  * Accepted sockets are SOCK_CLOEXEC. Returns 0 or a negative errno (with
  * KEEL_ACCEPT_DIRECT: the kernel's error registering the file table).
+ * Ownership: `s` is the caller's (keep it in t's frame) and belongs to t;
+ * `fd` stays the caller's (close it after keel_accept_stream_close).
  */
 int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
 			    int fd, unsigned flags);

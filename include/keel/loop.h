@@ -284,6 +284,12 @@ typedef void (*keel_init_fn)(void *frame, void *arg);
  * loop's own thread, then the task runs. Returns 0 or -ENOMEM; the spawn
  * itself happens asynchronously (spawning on the calling task's own loop
  * happens at once).
+ * Ownership: `arg` is only passed to `init`, and must stay valid until
+ * init has run: on another loop that is later, at a time the caller does
+ * not learn, and never if that loop cannot allocate the frame (the spawn is
+ * then dropped silently). So pass static data, or heap memory that init
+ * frees (it leaks in that out-of-memory case), never a local or a field of
+ * a frame that may be freed first. `type` must outlive the task.
  */
 int keel_spawn_on(struct keel_loop *loop, const struct keel_task_type *type,
 		  unsigned flags, keel_init_fn init, void *arg);

@@ -22,10 +22,29 @@ extern "C" {
  *
  * A task is a struct (its frame) that embeds `struct keel_task` and is run by
  * a step function. The step runs until it must wait, records where to resume
- * and returns; locals do not survive a wait, so what must survive lives in
- * the frame. Resume points use labels-as-values (GCC/Clang), so a `switch`
+ * and returns. Resume points use labels-as-values, a GNU C extension that GCC
+ * and Clang accept in every -std mode (the macros mark it so that
+ * -Wpedantic stays quiet; other compilers are not supported). A `switch`
  * inside a task body is fine, and each await records its source site.
  *
+ * LOCALS DO NOT SURVIVE AN AWAIT. Every KEEL_AWAIT returns from the step
+ * function and resumes by calling it again, so a local variable set before
+ * an await holds garbage after it. No compiler warns, and the old value may
+ * even seem to survive in one build (often GCC at -O2) and be garbage in
+ * another (-O0, Clang). Whatever is used after an await lives in the frame:
+ *
+ *	n = strlen(c->line);			// wrong: n is a local
+ *	KEEL_AWAIT(t, keel_send_all(t, c->fd, c->line, n, 0));
+ *	c->sent += n;				// n is garbage here
+ *
+ *	c->n = strlen(c->line);			// right: c->n is in the frame
+ *	KEEL_AWAIT(t, keel_send_all(t, c->fd, c->line, c->n, 0));
+ *	c->sent += c->n;
+ *
+ * A complete task (an echo connection; it owns its socket and closes it):
+ */
+/* clang-format off */
+/*
  *	struct conn {
  *		struct keel_task task;
  *		int fd;
@@ -41,15 +60,26 @@ extern "C" {
  *		KEEL_BEGIN(t);
  *		for (;;) {
  *			KEEL_AWAIT(t, keel_recv(t, c->fd, c->buf,
- *sizeof(c->buf), 0)); if (keel_res(t) <= 0) break; KEEL_AWAIT(t,
- *keel_send_all(t, c->fd, c->buf, keel_res(t), 0)); if (keel_res(t) < 0) break;
+ *						sizeof(c->buf), 0));
+ *			if (keel_res(t) <= 0)	// 0: peer closed; or -errno
+ *				break;
+ *			KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf,
+ *						    keel_res(t), MSG_NOSIGNAL));
+ *			if (keel_res(t) < 0)
+ *				break;
  *		}
+ *		KEEL_AWAIT(t, keel_close(t, c->fd));	// also when cancelled
  *		KEEL_END(t);
  *	}
  *
+ *	// from a task or callback on `loop`'s thread, with an accepted fd:
  *	struct conn *c = keel_spawn(loop, &conn_task, KEEL_PRIO_NORMAL);
- *	c->fd = fd;
+ *	if (c)
+ *		c->fd = fd;	// the task owns fd from here on
+ *	else
+ *		close(fd);
  */
+/* clang-format on */
 struct keel_loop;
 struct keel_task;
 struct keel__task_ext;
@@ -146,6 +176,16 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 	return t->loop;
 }
 
+/*
+ * Labels-as-values are a GNU extension: __extension__ (on `&&label`) and
+ * these pragmas (around `goto *`) keep -Wpedantic quiet about them, in C
+ * and C++, with GCC and Clang.
+ */
+#define KEEL__GNU_BEGIN                                                        \
+	_Pragma("GCC diagnostic push")                                         \
+	    _Pragma("GCC diagnostic ignored \"-Wpedantic\"")
+#define KEEL__GNU_END _Pragma("GCC diagnostic pop")
+
 #define KEEL__CAT2(a, b) a##b
 #define KEEL__CAT(a, b)	 KEEL__CAT2(a, b)
 
@@ -155,18 +195,21 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
  * an indirect goto, even one whose body has no await.)
  */
 #define KEEL_BEGIN(co)                                                         \
+	KEEL__GNU_BEGIN                                                        \
 	do {                                                                   \
 		if ((co)->at)                                                  \
 			goto *(co)->at->label;                                 \
 	} while (0);                                                           \
+	KEEL__GNU_END                                                          \
 	keel__begin:                                                           \
-	(void)&&keel__begin
+	(void)__extension__ &&keel__begin
 
 #define KEEL__AWAIT(co, op, id)                                                \
 	do {                                                                   \
-		static const struct keel_await_point KEEL__CAT(                \
-		    keel__ap_, id) = {&&KEEL__CAT(keel__resume_, id),          \
-				      __FILE__, #op, __LINE__};                \
+		static const struct keel_await_point KEEL__CAT(keel__ap_,      \
+							       id) = {         \
+		    __extension__ && KEEL__CAT(keel__resume_, id), __FILE__,   \
+		    #op, __LINE__};                                            \
 		(co)->at = &KEEL__CAT(keel__ap_, id);                          \
 		if ((op) == KEEL_PENDING)                                      \
 			return KEEL_PENDING;                                   \
@@ -182,9 +225,10 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 
 #define KEEL__AWAIT_CALL(co, call, id)                                         \
 	do {                                                                   \
-		static const struct keel_await_point KEEL__CAT(                \
-		    keel__ap_, id) = {&&KEEL__CAT(keel__resume_, id),          \
-				      __FILE__, #call, __LINE__};              \
+		static const struct keel_await_point KEEL__CAT(keel__ap_,      \
+							       id) = {         \
+		    __extension__ && KEEL__CAT(keel__resume_, id), __FILE__,   \
+		    #call, __LINE__};                                          \
 		(co)->at = &KEEL__CAT(keel__ap_, id);                          \
 		KEEL__CAT(keel__resume_, id) :;                                \
 		if ((call) == KEEL_PENDING)                                    \
@@ -516,6 +560,19 @@ int keel_task_cancel(struct keel_task *t);
  *   KEEL_SCOPE_COLLECT    keep going; every failure is reported together.
  * gather = spawn + keel_scope_join; race/select = keel_scope_join_any +
  * keel_scope_cancel + keel_scope_join; wait_for = keel_scope_set_timeout.
+ *
+ * Results are recorded in finishing order: keel_scope_results() lists them
+ * so, and the n-th keel_scope_join_any() reports the n-th of that list;
+ * each result's `index` is the child's place in spawn order (0, 1, ...).
+ * An aborted child's panic message (result.abort) is owned by the scope
+ * and stays valid until keel_scope_fini().
+ *
+ * The owner must join before it exits. If it exits (or aborts, or is
+ * killed) with the scope still open, keel cancels the scope's token, so
+ * the children are cancelled; they are orphaned (they run on until they
+ * answer the cancellation, and nobody sees their results), and the scope
+ * is finalised for the owner (keel_scope_fini(): results and messages are
+ * freed). Nothing leaks, but failures go unseen: join.
  */
 struct keel_loop;
 struct keel_task;
@@ -527,11 +584,12 @@ enum keel_scope_policy {
 	KEEL_SCOPE_COLLECT = 1,
 };
 
-/* One child's outcome, in spawn order. */
+/* One child's outcome (results are in finishing order; see above). */
 struct keel_scope_result {
-	uint32_t index;		 /* spawn order within the scope */
-	int status;		 /* exit status, KEEL_ABORTED if it panicked */
-	struct keel_abort abort; /* for KEEL_ABORTED; message owned by scope */
+	uint32_t index; /* the child's place in spawn order (0, 1, ...) */
+	int status;	/* exit status, KEEL_ABORTED if it panicked */
+	/* For KEEL_ABORTED: message and site, valid until keel_scope_fini. */
+	struct keel_abort abort;
 };
 
 /* Caller-owned (keep it in the owner's frame); fields are private. */
@@ -551,33 +609,44 @@ struct keel_scope {
 };
 
 /*
- * Open a scope owned by `owner`. Returns 0 or -ENOMEM.
- * Ownership: the scope must outlive its children: join it before the
- * owner exits (keel_scope_join), then keel_scope_fini.
+ * Open a scope owned by `owner` (the running task). Returns 0 or -ENOMEM
+ * (the scope is then zeroed; keel_scope_fini on it is harmless).
+ * Ownership: the caller owns `scope`; keep it in the owner's frame, join it
+ * (keel_scope_join) before the owner exits, then keel_scope_fini. An owner
+ * that exits without joining: see above.
  */
 int keel_scope_init(struct keel_task *owner, struct keel_scope *scope,
 		    enum keel_scope_policy policy);
 
-/* Release the scope's token and results (after the join). */
+/*
+ * Release the scope's token, results and panic messages (after the join;
+ * pointers from keel_scope_results() die here). The struct is zeroed.
+ */
 void keel_scope_fini(struct keel_scope *scope);
 
 /*
  * Spawn a child into the scope (flags: a keel_prio). Returns its zeroed
  * frame or NULL (-ENOMEM). The child observes the scope's token.
+ * Ownership: the loop owns the frame (fill it in before the next await;
+ * do not keep the pointer past the join); the scope keeps its result.
  */
 void *keel_scope_spawn(struct keel_scope *scope,
 		       const struct keel_task_type *type, unsigned flags);
 
 /*
  * Await every child. keel_res: 0 if none failed; else, for FAIL_FAST the
- * first failure's status, for COLLECT -ECHILD (see the results). A scope
- * whose deadline passed reports -ETIMEDOUT if a child failed because of it.
+ * first failure's status, for COLLECT -ECHILD (see the results;
+ * keel_strerror says so). If the scope's deadline passed and any child
+ * failed, -ETIMEDOUT. The wait itself cannot be cancelled: cancelling the
+ * owner cancels the children (the scope's token is a child of the owner's),
+ * so it ends when they have.
  */
 int keel_scope_join(struct keel_task *self, struct keel_scope *scope);
 
 /*
- * Await the next child to finish (in finishing order); keel_res is its
- * exit status, -ECHILD when every child has been reported.
+ * Await the next child to finish: keel_res is its exit status (it is the
+ * next entry of keel_scope_results(), which holds its index and abort),
+ * -ECHILD when every child spawned so far has been reported.
  */
 int keel_scope_join_any(struct keel_task *self, struct keel_scope *scope);
 
@@ -587,7 +656,11 @@ void keel_scope_cancel(struct keel_scope *scope);
 /* A deadline for the whole scope, `ns` from now. Returns 0 or -ENOMEM. */
 int keel_scope_set_timeout(struct keel_scope *scope, uint64_t ns);
 
-/* The finished children's results, in finishing order. */
+/*
+ * The finished children's results, in finishing order; *n is their count.
+ * Ownership: the scope's; valid until the next spawn into it or
+ * keel_scope_fini().
+ */
 static inline const struct keel_scope_result *
 keel_scope_results(const struct keel_scope *scope, uint32_t *n)
 {
