@@ -121,12 +121,19 @@ struct keel_task_type {
 	const char *name;     /* shown in task dumps and traces */
 };
 
+/*
+ * Define `var`, the type of a task whose frame is `frame_type` with its
+ * keel_task in `member`, run by `step_fn`. (Positional, not designated,
+ * initialisers: C++ before C++20 has none.)
+ * Ownership: the loop reads the type while any task of it lives; define it
+ * static (or at least outliving them).
+ */
 #define KEEL_TASK_TYPE(var, frame_type, member, step_fn)                       \
 	const struct keel_task_type var = {                                    \
-	    .step = (step_fn),                                                 \
-	    .frame_size = sizeof(frame_type),                                  \
-	    .task_offset = offsetof(frame_type, member),                       \
-	    .name = #var,                                                      \
+	    (step_fn),                                                         \
+	    (uint32_t)sizeof(frame_type),                                      \
+	    (uint32_t)offsetof(frame_type, member),                            \
+	    #var,                                                              \
 	}
 
 /*
