@@ -171,13 +171,20 @@ struct keel_routine {
 	const struct keel_await_point *at;
 };
 
-/* The result of the last await (an op's own result, or an exit status). */
+/*
+ * The result of the last await (an op's own result, or an exit status).
+ * Ownership: reads the task; nothing changes hands.
+ */
 static inline int keel_res(const struct keel_task *t)
 {
 	return t->res;
 }
 
-/* The loop that runs the task. */
+/*
+ * The loop that runs the task.
+ * Ownership: the loop is its owner's (the task does not own it); valid while
+ * the task runs.
+ */
 static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 {
 	return t->loop;
@@ -279,7 +286,10 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
 		 unsigned flags);
 
-/* The task header inside a frame returned by keel_spawn(). */
+/*
+ * The task header inside a frame returned by keel_spawn().
+ * Ownership: a pointer into `frame`, valid as long as the frame.
+ */
 static inline struct keel_task *keel_task_of(const struct keel_task_type *type,
 					     void *frame)
 {
@@ -291,10 +301,16 @@ static inline struct keel_task *keel_task_of(const struct keel_task_type *type,
  * must be joinable and joined once; then its frame is released.
  * Errors (in keel_res): -EINVAL (not joinable), -EBUSY (already being
  * joined), -EDEADLK (joining itself).
+ * Ownership: `target`'s frame is freed by the join (once its ops have
+ * drained): do not touch it after the await.
  */
 int keel_join(struct keel_task *self, struct keel_task *target);
 
-/* Give up joining a joinable task: its frame goes when it is done. */
+/*
+ * Give up joining a joinable task: its frame goes when it is done.
+ * Ownership: hands `target`'s frame back to the loop: do not touch it
+ * afterwards.
+ */
 void keel_task_detach(struct keel_task *target);
 
 /*
@@ -310,13 +326,21 @@ void keel_task_detach(struct keel_task *target);
  * Returns 0 (it is dead, or dies as soon as a wake already on its way from
  * another thread arrives), -ESRCH (already exited), -EDEADLK (t is the
  * running task), -EXDEV (called on another loop's thread), -ENOMEM.
+ * Ownership: the loop frees `t`'s frame (after its ops drain): do not touch
+ * it after a 0.
  */
 int keel_task_kill(struct keel_task *t);
 
-/* Await the next loop turn. */
+/*
+ * Await the next loop turn.
+ * Ownership: nothing changes hands.
+ */
 int keel_yield(struct keel_task *t);
 
-/* The task type's name. */
+/*
+ * The task type's name.
+ * Ownership: the type's static string, valid while the task type is.
+ */
 const char *keel_task_name(const struct keel_task *t);
 
 /* Used by KEEL_EXIT; do not call directly. */
@@ -331,16 +355,30 @@ int keel__task_exit(struct keel_task *t, int status);
  */
 typedef void (*keel_defer_fn)(void *arg);
 
-/* Push a cleanup. Returns 0, or -ENOMEM (nothing was pushed). */
+/*
+ * Push a cleanup. Returns 0, or -ENOMEM (nothing was pushed).
+ * Ownership: `arg` stays the caller's; it must stay valid until `fn` has run
+ * or been dropped.
+ */
 int keel_defer(struct keel_task *t, keel_defer_fn fn, void *arg);
 
-/* The current depth of the defer stack, to unwind or drop to later. */
+/*
+ * The current depth of the defer stack, to unwind or drop to later.
+ * Ownership: nothing changes hands.
+ */
 unsigned keel_defer_mark(const struct keel_task *t);
 
-/* Run (LIFO) and pop every cleanup pushed after `mark`. */
+/*
+ * Run (LIFO) and pop every cleanup pushed after `mark`.
+ * Ownership: each popped cleanup's `arg` is done with once it has run.
+ */
 void keel_defer_unwind(struct keel_task *t, unsigned mark);
 
-/* Pop every cleanup pushed after `mark` without running it. */
+/*
+ * Pop every cleanup pushed after `mark` without running it.
+ * Ownership: the dropped cleanups' `arg`s are the caller's again (nothing
+ * ran).
+ */
 void keel_defer_drop(struct keel_task *t, unsigned mark);
 
 /* ---- abort ---- */
@@ -402,6 +440,7 @@ keel__panic(const char *file, int line, const char *fmt, ...);
 /*
  * After a keel_join() whose keel_res() is KEEL_ABORTED: what the joined
  * task left, valid until `self`'s next join or exit. NULL otherwise.
+ * Ownership: the strings are keel's, valid until `self`'s next join or exit.
  */
 const struct keel_abort *keel_task_joined_abort(const struct keel_task *self);
 
@@ -428,6 +467,8 @@ enum keel_fault_mode {
  * process-wide handlers on first use (they defer to the previous handler for
  * faults outside keel task steps) and an alternate signal stack for the
  * calling thread. Returns 0 or a negative errno.
+ * Ownership: the handlers and the alternate stack are keel's, process- and
+ * thread-wide, never freed.
  */
 int keel_loop_set_faults(struct keel_loop *loop, enum keel_fault_mode mode);
 
@@ -465,32 +506,54 @@ struct keel_token_cb;
 int keel_token_new(struct keel_loop *loop, struct keel_token *parent,
 		   struct keel_token **out);
 
-/* Take / drop a reference. The token is freed with its last reference. */
+/*
+ * Take / drop a reference. The token is freed with its last reference.
+ * Ownership: the caller gets one more reference; each is dropped by
+ * keel_token_release().
+ */
 struct keel_token *keel_token_ref(struct keel_token *tok);
 void keel_token_release(struct keel_token *tok);
 
-/* The loop's root token: cancelling it cancels every task of the loop. */
+/*
+ * The loop's root token: cancelling it cancels every task of the loop.
+ * Ownership: the loop's; no reference is taken (keel_token_ref() to keep it
+ * past the loop).
+ */
 struct keel_token *keel_loop_token(struct keel_loop *loop);
 
-/* Cancel with -ECANCELED (no-op if already cancelled). */
+/*
+ * Cancel with -ECANCELED (no-op if already cancelled).
+ * Ownership: the caller's reference is unchanged.
+ */
 void keel_token_cancel(struct keel_token *tok);
 
 /*
  * Set the token's own absolute CLOCK_MONOTONIC deadline (UINT64_MAX: none).
  * Its effective deadline is the earlier of that and its parent's.
  * Returns 0 or -ENOMEM.
+ * Ownership: the caller's reference is unchanged.
  */
 int keel_token_set_deadline(struct keel_token *tok, uint64_t deadline_ns);
 
-/* Set the deadline `ns` from now. */
+/*
+ * Set the deadline `ns` from now.
+ * Ownership: the caller's reference is unchanged.
+ */
 int keel_token_set_timeout(struct keel_token *tok, uint64_t ns);
 
-/* The effective deadline (UINT64_MAX: none). */
+/*
+ * The effective deadline (UINT64_MAX: none).
+ * Ownership: reads the token; nothing changes hands.
+ */
 uint64_t keel_token_deadline(const struct keel_token *tok);
 
-/* 0 while not cancelled, else the first cause: -ECANCELED or -ETIMEDOUT. */
+/*
+ * 0 while not cancelled, else the first cause: -ECANCELED or -ETIMEDOUT.
+ * Ownership: reads the token; nothing changes hands.
+ */
 int keel_token_cause(const struct keel_token *tok);
 
+/* Ownership: reads the token; nothing changes hands. */
 static inline bool keel_token_cancelled(const struct keel_token *tok)
 {
 	return keel_token_cause(tok) != 0;
@@ -514,19 +577,29 @@ struct keel_token_cb {
 /*
  * Call `fn` when `tok` is cancelled; if it already is, `fn` runs at once
  * (before this returns). A callback runs once and is then unregistered.
+ * Ownership: `cb` and `arg` stay the caller's; keep both valid until the
+ * callback ran or keel_token_cb_remove().
  */
 void keel_token_on_cancel(struct keel_token *tok, struct keel_token_cb *cb,
 			  keel_token_fn fn, void *arg);
 
-/* Unregister; safe if it already ran or was never registered. */
+/*
+ * Unregister; safe if it already ran or was never registered.
+ * Ownership: `cb` is the caller's again when this returns.
+ */
 void keel_token_cb_remove(struct keel_token_cb *cb);
 
-/* The token `t` observes. */
+/*
+ * The token `t` observes.
+ * Ownership: the task's (or the loop's root); no reference is taken:
+ * keel_token_ref() to keep it.
+ */
 struct keel_token *keel_task_token(const struct keel_task *t);
 
 /*
  * Make `t` observe `tok` (it takes a reference). If `tok` is cancelled and
  * `t` is waiting, it is woken with the cause. Returns 0 or -ENOMEM.
+ * Ownership: `t` takes its own reference; the caller keeps theirs.
  */
 int keel_task_set_token(struct keel_task *t, struct keel_token *tok);
 
@@ -542,6 +615,10 @@ struct keel_shield {
 	struct keel_shield *prev; /* the shield it is nested in */
 };
 
+/*
+ * Ownership: `s` is the caller's (in t's frame) until keel_shield_end();
+ * keel ends a shield still up when the task exits.
+ */
 int keel_shield_begin(struct keel_task *t, struct keel_shield *s,
 		      uint64_t timeout_ns);
 void keel_shield_end(struct keel_task *t, struct keel_shield *s);
@@ -549,6 +626,7 @@ void keel_shield_end(struct keel_task *t, struct keel_shield *s);
 /*
  * Cancel `t` alone: like cancelling a token only it observes (the task
  * gets its own child token, cancelled).
+ * Ownership: nothing changes hands; the frame stays the loop's.
  */
 int keel_task_cancel(struct keel_task *t);
 
@@ -647,6 +725,8 @@ void *keel_scope_spawn(struct keel_scope *scope,
  * failed, -ETIMEDOUT. The wait itself cannot be cancelled: cancelling the
  * owner cancels the children (the scope's token is a child of the owner's),
  * so it ends when they have.
+ * Ownership: nothing changes hands; the results stay the scope's
+ * (keel_scope_results()).
  */
 int keel_scope_join(struct keel_task *self, struct keel_scope *scope);
 
@@ -654,13 +734,20 @@ int keel_scope_join(struct keel_task *self, struct keel_scope *scope);
  * Await the next child to finish: keel_res is its exit status (it is the
  * next entry of keel_scope_results(), which holds its index and abort),
  * -ECHILD when every child spawned so far has been reported.
+ * Ownership: as keel_scope_join().
  */
 int keel_scope_join_any(struct keel_task *self, struct keel_scope *scope);
 
-/* Cancel every child (the scope's token). */
+/*
+ * Cancel every child (the scope's token).
+ * Ownership: nothing changes hands.
+ */
 void keel_scope_cancel(struct keel_scope *scope);
 
-/* A deadline for the whole scope, `ns` from now. Returns 0 or -ENOMEM. */
+/*
+ * A deadline for the whole scope, `ns` from now. Returns 0 or -ENOMEM.
+ * Ownership: nothing changes hands.
+ */
 int keel_scope_set_timeout(struct keel_scope *scope, uint64_t ns);
 
 /*
