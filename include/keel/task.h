@@ -92,7 +92,7 @@ struct keel__task_ext;
 #define KEEL_PENDING 1 /* the task will be woken with the result: suspend */
 
 /*
- * Priority classes. Fairness rule (see sched/runq.c): every loop turn runs at
+ * Priority classes. Fairness rule (see sched/loop.c): every loop turn runs at
  * most `budget` steps; each non-empty class first gets its share of the
  * budget (critical 8/15, high 4/15, normal 2/15, low 1/15, at least one step
  * each), then what is left goes to the classes in priority order. So higher
