@@ -233,7 +233,9 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 /*
  * Await an op (anything returning KEEL_READY or KEEL_PENDING) in a task
  * (`co` is the task) or in a nested routine (`co` is its keel_routine).
- * Afterwards keel_res() holds the op's result.
+ * Afterwards keel_res() holds the op's result. The step may have returned
+ * and been called again in between: locals set before it hold garbage
+ * after it (see the top of this header); keep such values in the frame.
  */
 #define KEEL_AWAIT(co, op) KEEL__AWAIT(co, op, __COUNTER__)
 
