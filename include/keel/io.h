@@ -36,7 +36,7 @@ extern "C" {
  * in flight is a zombie; its ops are cancelled and its frame freed after the
  * last completion).
  *
- * SIGPIPE: keel never changes signal dispositions. keel_send, send_all,
+ * SIGPIPE: keel never touches its disposition. keel_send, send_all,
  * send_zc and sendmsg_all never raise it: io_uring's send ops add
  * MSG_NOSIGNAL themselves, so a peer that is gone gives -EPIPE (passing
  * MSG_NOSIGNAL too, as the examples do, is harmless and keeps the code
