@@ -173,6 +173,7 @@ check-layers: $(LIB_OBJ)
 # timeout), then the install/pkg-config test. Fails if any fails.
 check: all tests check-layers
 	$(Q)BUILD=$(BUILD) CC="$(CC)" SANITIZE="$(SANITIZE)" \
+		TEST_CFLAGS="$(CFLAGS)" TEST_LDFLAGS="$(LDFLAGS)" \
 		sh test/run.sh $(if $(findstring thread,$(SANITIZE)),,$(TESTS)) \
 		$(MT_TESTS)
 

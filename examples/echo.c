@@ -181,7 +181,7 @@ static int acceptor_step(struct keel_task *t)
 		goto plain;
 	/* The ring is registered from the loop's own thread (the ring is
 	 * SINGLE_ISSUER). */
-	s->error = keel_bufring_create(t->loop, &ring_opts, &s->ring);
+	s->error = keel_bufring_create(keel_task_loop(t), &ring_opts, &s->ring);
 	if (!s->error)
 		s->error = keel_accept_stream_open(
 		    t, &a->as, s->listen_fd,
@@ -205,7 +205,7 @@ static int acceptor_step(struct keel_task *t)
 		if (!direct_fds) /* a direct socket inherits the listener's */
 			keel_tcp_nodelay(fd);
 		struct conn *c =
-		    keel_spawn(t->loop, &conn_task, KEEL_PRIO_NORMAL);
+		    keel_spawn(keel_task_loop(t), &conn_task, KEEL_PRIO_NORMAL);
 
 		if (!c) {
 			close(fd); /* out of memory: refuse this one */
@@ -237,8 +237,8 @@ plain:
 			break;
 		}
 		keel_tcp_nodelay(fd);
-		struct plain_conn *c =
-		    keel_spawn(t->loop, &plain_conn_task, KEEL_PRIO_NORMAL);
+		struct plain_conn *c = keel_spawn(
+		    keel_task_loop(t), &plain_conn_task, KEEL_PRIO_NORMAL);
 
 		if (!c) {
 			close(fd); /* out of memory: refuse this one */
@@ -332,8 +332,8 @@ static int metrics_server_step(struct keel_task *t)
 				break;
 			continue;
 		}
-		struct metrics_conn *m =
-		    keel_spawn(t->loop, &metrics_conn_task, KEEL_PRIO_LOW);
+		struct metrics_conn *m = keel_spawn(
+		    keel_task_loop(t), &metrics_conn_task, KEEL_PRIO_LOW);
 
 		if (m)
 			m->fd = keel_res(t);
@@ -362,8 +362,8 @@ static int main_step(struct keel_task *t)
 				  KEEL_PRIO_HIGH, init_acceptor, &shards[m->i]))
 			KEEL_EXIT(t, 1);
 	if (metrics_fd >= 0) {
-		struct metrics_server *ms =
-		    keel_spawn(t->loop, &metrics_server_task, KEEL_PRIO_LOW);
+		struct metrics_server *ms = keel_spawn(
+		    keel_task_loop(t), &metrics_server_task, KEEL_PRIO_LOW);
 
 		if (ms)
 			ms->fd = metrics_fd;
@@ -517,7 +517,7 @@ int main(int argc, char **argv)
 
 		if (fd < 0) {
 			fprintf(stderr, "echo: cannot listen on %s:%ld: %s\n",
-				addr, port, strerror(-fd));
+				addr, port, keel_strerror(fd));
 			return 1;
 		}
 		if (port == 0)
@@ -535,7 +535,7 @@ int main(int argc, char **argv)
 			fprintf(stderr,
 				"echo: cannot listen on 127.0.0.1:%ld "
 				"for metrics: %s\n",
-				mport, strerror(-metrics_fd));
+				mport, keel_strerror(metrics_fd));
 			return 1;
 		}
 	}

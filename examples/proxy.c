@@ -235,16 +235,17 @@ static void report_backend_failure(struct shard *s, int err)
 		return;
 	last = now;
 	fprintf(stderr, "proxy: backend %s: %s (%llu failures on this loop)\n",
-		backend_text, strerror(-err),
+		backend_text, keel_strerror(err),
 		(unsigned long long)s->backend_failures);
 }
 
 static struct pump *start_pump(struct session *ss, int from, int to,
 			       uint64_t *bytes)
 {
-	struct pump *p = keel_spawn(
-	    ss->task.loop, splice_mode ? &splice_pump_task : &pump_task,
-	    KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+	struct pump *p =
+	    keel_spawn(keel_task_loop(&ss->task),
+		       splice_mode ? &splice_pump_task : &pump_task,
+		       KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	if (p) {
 		p->shard = ss->shard;
@@ -305,7 +306,8 @@ static int acceptor_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	if (!splice_mode)
-		s->error = keel_bufring_create(t->loop, &ring_opts, &s->ring);
+		s->error = keel_bufring_create(keel_task_loop(t), &ring_opts,
+					       &s->ring);
 	if (!s->error)
 		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd, 0);
 	if (s->error) {
@@ -324,8 +326,8 @@ static int acceptor_step(struct keel_task *t)
 			break;
 		}
 		keel_tcp_nodelay(fd);
-		struct session *ss =
-		    keel_spawn(t->loop, &session_task, KEEL_PRIO_NORMAL);
+		struct session *ss = keel_spawn(
+		    keel_task_loop(t), &session_task, KEEL_PRIO_NORMAL);
 
 		if (!ss) {
 			close(fd);
@@ -534,7 +536,7 @@ int main(int argc, char **argv)
 
 		if (fd < 0) {
 			fprintf(stderr, "proxy: cannot listen on %s:%ld: %s\n",
-				lhost, lport, strerror(-fd));
+				lhost, lport, keel_strerror(fd));
 			return 1;
 		}
 		if (lport == 0)

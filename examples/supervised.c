@@ -809,7 +809,7 @@ static int run_server(void)
 		if (fd < 0) {
 			fprintf(stderr,
 				"supervised: cannot listen on %s:%u: %s\n",
-				app.host, app.port, strerror(-fd));
+				app.host, app.port, keel_strerror(fd));
 			return 1;
 		}
 		if (app.port == 0)
@@ -837,8 +837,9 @@ static int run_server(void)
 	       (unsigned long long)restarts, (unsigned long long)dropped,
 	       (unsigned long long)seen.escalations,
 	       seen.escalations == 1 ? "" : "s");
-	printf("supervised: top exited with %d (%s)%s\n", server_status,
+	printf("supervised: top exited with %d (%s: %s)%s\n", server_status,
 	       keel_exit_kind_name(keel_exit_kind_of(server_status)),
+	       keel_strerror(server_status),
 	       st.escalated ? ": the tree gave up" : "");
 	if (seen.current)
 		keel_sup_release(seen.current);

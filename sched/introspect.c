@@ -5,13 +5,14 @@
  * The stall detector costs the loop nothing per step beyond two relaxed
  * stores (the step counter and the resume site, sched/loop.c): a watchdog
  * thread, started with the first loop, samples every registered loop each
- * half threshold. A loop whose step counter has not moved while a task is
- * running, for longer than its threshold, is stalled: the watchdog writes
- * one line to stderr at once (at most once a second per loop), so a step
- * that never returns is still reported, and flags the loop; after the step
- * the loop emits the STALL trace event and calls the user's reporter.
- * (Timing each step instead would cost a clock read, 15-40 ns here, per
- * step.)
+ * half threshold; the last loop to go stops and joins it (so no thread
+ * outlives the loops, e.g. under valgrind), and a new loop starts another. A
+ * loop whose step counter has not moved while a task is running, for longer
+ * than its threshold, is stalled: the watchdog writes one line to stderr at
+ * once (at most once a second per loop), so a step that never returns is still
+ * reported, and flags the loop; after the step the loop emits the STALL trace
+ * event and calls the user's reporter. (Timing each step instead would cost a
+ * clock read, 15-40 ns here, per step.)
  */
 #include "loop.h"
 #include "prom.h"
@@ -30,7 +31,12 @@ static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	struct keel_loop *loops; /* linked through watch.next */
-	bool running;
+	bool running;		 /* `thread` is the current watchdog */
+	pthread_t thread;
+	/* Bumped to retire the current thread: it runs while this is the
+	 * value it was started with, so a loop added before it noticed
+	 * cannot keep a retired thread (which someone joins) alive. */
+	uintptr_t epoch;
 } watchdog = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
@@ -79,9 +85,10 @@ static void watch_one(struct keel_loop *loop, uint64_t now)
 
 static void *watchdog_main(void *arg)
 {
-	(void)arg;
+	uintptr_t epoch = (uintptr_t)arg;
+
 	pthread_mutex_lock(&watchdog.lock);
-	while (watchdog.loops) {
+	while (watchdog.epoch == epoch) {
 		uint64_t tick = UINT64_MAX;
 
 		for (struct keel_loop *l = watchdog.loops; l;
@@ -110,7 +117,6 @@ static void *watchdog_main(void *arg)
 		for (struct keel_loop *l = watchdog.loops; l; l = l->watch.next)
 			watch_one(l, now);
 	}
-	watchdog.running = false;
 	pthread_mutex_unlock(&watchdog.lock);
 	return NULL;
 }
@@ -122,15 +128,10 @@ void keel__watchdog_add(struct keel_loop *loop)
 	loop->watch.next = watchdog.loops;
 	watchdog.loops = loop;
 	if (!watchdog.running) {
-		pthread_t th;
-		pthread_attr_t attr;
-
-		pthread_attr_init(&attr);
-		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 		/* Without it the loop runs undetected; nothing else breaks. */
 		watchdog.running =
-		    pthread_create(&th, &attr, watchdog_main, NULL) == 0;
-		pthread_attr_destroy(&attr);
+		    pthread_create(&watchdog.thread, NULL, watchdog_main,
+				   (void *)watchdog.epoch) == 0;
 	}
 	pthread_mutex_unlock(&watchdog.lock);
 }
@@ -143,9 +144,19 @@ void keel__watchdog_remove(struct keel_loop *loop)
 			*p = loop->watch.next;
 			break;
 		}
-	/* The thread exits when the list is empty: wake it to notice. */
-	pthread_cond_signal(&watchdog.wake);
+	bool last = !watchdog.loops && watchdog.running;
+	pthread_t th = watchdog.thread;
+
+	if (last) {
+		/* Retire the thread, wake it to notice, and join it (outside
+		 * the lock, which it needs to leave). */
+		watchdog.epoch++;
+		watchdog.running = false;
+		pthread_cond_broadcast(&watchdog.wake);
+	}
 	pthread_mutex_unlock(&watchdog.lock);
+	if (last)
+		pthread_join(th, NULL);
 }
 
 void keel_loop_set_stall(struct keel_loop *loop, uint64_t threshold_ns,

@@ -222,7 +222,7 @@ static void conn_fail(struct load_conn *c, const char *what, int err)
 		return;
 	if (err)
 		fprintf(stderr, "keel-load: connection %u to %s:%u: %s: %s\n",
-			c->id, cfg.host, cfg.port, what, strerror(-err));
+			c->id, cfg.host, cfg.port, what, keel_strerror(err));
 	else
 		fprintf(stderr, "keel-load: connection %u to %s:%u: %s\n",
 			c->id, cfg.host, cfg.port, what);
@@ -444,7 +444,7 @@ static void *worker_main(void *arg)
 		if (err < 0) {
 			if (!atomic_flag_test_and_set(&reported))
 				fprintf(stderr, "keel-load: loop: %s\n",
-					strerror(-err));
+					keel_strerror(err));
 			w->loop_failed = true;
 		}
 	}

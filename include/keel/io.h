@@ -36,6 +36,15 @@ extern "C" {
  * the kernel has returned every op the task started (an exited task with ops
  * in flight is a zombie; its ops are cancelled and its frame freed after the
  * last completion).
+ *
+ * SIGPIPE: keel never touches its disposition. keel_send, send_all,
+ * send_zc and sendmsg_all never raise it: io_uring's send ops add
+ * MSG_NOSIGNAL themselves, so a peer that is gone gives -EPIPE (passing
+ * MSG_NOSIGNAL too, as the examples do, is harmless and keeps the code
+ * right if it moves to send(2)). keel_write/writev (and splice/tee) into a
+ * socket or pipe whose reader is gone raise SIGPIPE as write(2) does, which
+ * kills the process unless it ignores the signal: use keel_send on sockets,
+ * or signal(SIGPIPE, SIG_IGN) once at start.
  */
 struct keel_task;
 struct statx;
@@ -47,13 +56,38 @@ struct statx;
  * Give the next op this task starts (and only that one) a deadline `ns`
  * from now, as a linked timeout. If it expires, the op is cancelled and its
  * result is -ETIMEDOUT (or the op's own result if it completed first).
+ * Call it right before the KEEL_AWAIT it is for: it is taken by the first
+ * of these the task starts after it in the same step, and dropped when the
+ * step returns (it never carries over to a later step):
+ * - every op of this header that goes to the ring (nop, read/write(v),
+ *   openat, close, fsync, statx, socket, accept, connect, recv, send,
+ *   splice, tee);
+ * - keel_send_all, keel_send_zc, keel_sendmsg_all: one deadline for the
+ *   whole send, short sends' resubmissions included (some bytes may have
+ *   gone when it expires);
+ * - keel_sleep/keel_sleep_until (keel/loop.h): the earlier deadline wins,
+ *   and the result is -ETIMEDOUT if it was this one.
+ * Other awaits do not take it (recv/accept streams' keel_recv_next and
+ * keel_accept_next, joins, mailboxes and keel/sync.h, keel_blocking): it
+ * would stay pending for the next op of that step. An op that fails at once
+ * (e.g. under a cancelled token) does not take it either. For those, and
+ * for a deadline over several awaits, use a token deadline
+ * (keel_token_set_timeout, keel/task.h).
+ * Ownership: nothing changes hands.
  */
 void keel_op_timeout(struct keel_task *t, uint64_t ns);
 
-/* A no-op through the ring; result 0. */
+/*
+ * A no-op through the ring; result 0.
+ * Ownership: nothing changes hands.
+ */
 int keel_nop(struct keel_task *t);
 
-/* read/write at `off` (or KEEL_OFF_CURRENT); result: bytes or -errno. */
+/*
+ * read/write at `off` (or KEEL_OFF_CURRENT); result: bytes or -errno.
+ * Ownership: `buf` (or `iov` and its buffers) belongs to the kernel until
+ * the op's result is delivered.
+ */
 int keel_read(struct keel_task *t, int fd, void *buf, unsigned len,
 	      uint64_t off);
 int keel_write(struct keel_task *t, int fd, const void *buf, unsigned len,
@@ -63,7 +97,11 @@ int keel_readv(struct keel_task *t, int fd, const struct iovec *iov,
 int keel_writev(struct keel_task *t, int fd, const struct iovec *iov,
 		unsigned iovcnt, uint64_t off);
 
-/* openat(2); result: the new fd or -errno. */
+/*
+ * openat(2); result: the new fd or -errno.
+ * Ownership: `path` belongs to the kernel until the result is delivered; the
+ * caller owns the new fd.
+ */
 int keel_openat(struct keel_task *t, int dfd, const char *path, int flags,
 		mode_t mode);
 
@@ -72,6 +110,8 @@ int keel_openat(struct keel_task *t, int dfd, const char *path, int flags,
  * never receives a stale op; their owners see -ECANCELED), then closes it.
  * It runs under a cancelled token too, so cleanup can always close.
  * Result: 0 or -errno.
+ * Ownership: on any result but -EAGAIN or -ENOMEM (nothing was submitted),
+ * `fd` is closed: do not use it again.
  */
 int keel_close(struct keel_task *t, int fd);
 
@@ -86,30 +126,55 @@ int keel_close(struct keel_task *t, int fd);
  */
 #define KEEL_FIXED_FD_BIT    0x40000000
 #define KEEL_FIXED_FD(index) ((int)(KEEL_FIXED_FD_BIT | (unsigned)(index)))
+/* Ownership: nothing changes hands. */
 static inline bool keel_fd_is_fixed(int fd)
 {
 	return fd >= 0 && (fd & KEEL_FIXED_FD_BIT);
 }
 
-/* fsync(2); flags: 0 or IORING_FSYNC_DATASYNC. */
+/*
+ * fsync(2); flags: 0 or IORING_FSYNC_DATASYNC.
+ * Ownership: nothing changes hands; `fd` stays the caller's.
+ */
 int keel_fsync(struct keel_task *t, int fd, unsigned flags);
 
-/* statx(2) into *out. */
+/*
+ * statx(2) into *out.
+ * Ownership: `path` and `out` belong to the kernel until the result is
+ * delivered.
+ */
 int keel_statx(struct keel_task *t, int dfd, const char *path, int flags,
 	       unsigned mask, struct statx *out);
 
-/* socket(2) through the ring; result: the fd or -errno. */
+/*
+ * socket(2) through the ring; result: the fd or -errno.
+ * Ownership: the caller owns the new fd.
+ */
 int keel_socket(struct keel_task *t, int domain, int type, int protocol);
 
-/* accept4(2); addr/addrlen may be NULL. Result: the new fd or -errno. */
+/*
+ * accept4(2); addr/addrlen may be NULL. Result: the new fd (the caller owns
+ * it) or -errno. Transient errors, after which the listener is fine: retry
+ * at once on -ECONNABORTED, -EINTR, -EAGAIN (and, as accept(2) says, on
+ * -ENETDOWN, -EPROTO, -ENOPROTOOPT, -EHOSTDOWN, -ENONET, -EHOSTUNREACH,
+ * -EOPNOTSUPP, -ENETUNREACH); on -EMFILE, -ENFILE, -ENOBUFS, -ENOMEM retry
+ * after a pause, or the task spins. An accept stream does all of that.
+ */
 int keel_accept(struct keel_task *t, int fd, struct sockaddr *addr,
 		socklen_t *addrlen, int flags);
 
-/* connect(2); result: 0 or -errno. */
+/*
+ * connect(2); result: 0 or -errno.
+ * Ownership: `addr` belongs to the kernel until the result is delivered;
+ * `fd` stays the caller's.
+ */
 int keel_connect(struct keel_task *t, int fd, const struct sockaddr *addr,
 		 socklen_t addrlen);
 
-/* recv(2)/send(2); result: bytes (0 = peer closed, for recv) or -errno. */
+/*
+ * recv(2)/send(2); result: bytes (0 = peer closed, for recv) or -errno.
+ * Ownership: `buf` belongs to the kernel until the op's result is delivered.
+ */
 int keel_recv(struct keel_task *t, int fd, void *buf, size_t len, int flags);
 int keel_send(struct keel_task *t, int fd, const void *buf, size_t len,
 	      int flags);
@@ -117,6 +182,8 @@ int keel_send(struct keel_task *t, int fd, const void *buf, size_t len,
 /*
  * Send all `len` bytes, resubmitting short sends without waking the task.
  * Result: `len`, or -errno (bytes may have been sent before the error).
+ * Ownership: `buf` belongs to the kernel until the result is delivered
+ * (every resubmission included).
  */
 int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,
 		  int flags);
@@ -129,9 +196,12 @@ int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,
  * it (so `buf` may be reused after the await, as with a copy). Below the
  * threshold, or without SEND_ZC, it copies. Over loopback the kernel copies
  * anyway (counted as zc_copied in the loop's stats).
+ * Ownership: `buf` belongs to the kernel until the result is delivered
+ * (after the kernel's notification).
  */
 int keel_send_zc(struct keel_task *t, int fd, const void *buf, size_t len,
 		 int flags);
+/* Ownership: nothing changes hands. */
 void keel_loop_set_zc_threshold(struct keel_loop *loop, size_t bytes);
 
 /*
@@ -140,6 +210,8 @@ void keel_loop_set_zc_threshold(struct keel_loop *loop, size_t bytes);
  * threshold like keel_send_zc(). `msg` and its iovecs must stay valid until
  * the op completes; on a short send keel advances msg_iov/msg_iovlen and
  * the first iovec in place. Result: the total, or -errno.
+ * Ownership: `msg`, its iovecs and buffers belong to the kernel (and keel,
+ * which edits them) until the result is delivered.
  */
 int keel_sendmsg_all(struct keel_task *t, int fd, struct msghdr *msg,
 		     int flags);
@@ -148,6 +220,7 @@ int keel_sendmsg_all(struct keel_task *t, int fd, struct msghdr *msg,
  * splice(2) / tee(2): move up to `len` bytes between a pipe and another fd
  * inside the kernel (off_* = -1 for no offset, as for sockets and pipes).
  * Result: bytes moved, 0 at end of input, or -errno.
+ * Ownership: the fds stay the caller's.
  */
 int keel_splice(struct keel_task *t, int fd_in, int64_t off_in, int fd_out,
 		int64_t off_out, unsigned len, unsigned flags);
@@ -211,6 +284,8 @@ struct keel_bufring_opts {
  * connection's). Errors: -EINVAL (bad sizes), -ENOMEM, -ENOSPC (the loop
  * has 65536 rings), or the kernel's error registering it (-EINVAL/-ENOENT
  * before Linux 5.19: no buffer rings there).
+ * Ownership: the loop owns the ring (keel_loop_destroy() frees it);
+ * keel_bufring_destroy() frees it earlier.
  */
 int keel_bufring_create(struct keel_loop *loop,
 			const struct keel_bufring_opts *opts,
@@ -220,6 +295,7 @@ int keel_bufring_create(struct keel_loop *loop,
  * Unregister and free a ring. -EBUSY while a task holds one of its buffers
  * or a stream uses it (nothing is freed then); keel_loop_destroy() frees
  * the rings left.
+ * Ownership: on 0, `ring` is freed; on -EBUSY nothing changed.
  */
 int keel_bufring_destroy(struct keel_bufring *ring);
 
@@ -234,6 +310,7 @@ struct keel_bufring_stats {
 	uint64_t enobufs; /* times a stream found the ring empty */
 };
 
+/* Ownership: a copy into the caller's `out`. */
 void keel_bufring_stats(const struct keel_bufring *ring,
 			struct keel_bufring_stats *out);
 
@@ -251,7 +328,10 @@ struct keel_buf {
 };
 
 /* Give the buffer back (to the kernel's ring, once no chunk of it is
- * lent and the kernel is done with it). Safe on an empty keel_buf. */
+ * lent and the kernel is done with it). Safe on an empty keel_buf.
+ * Ownership: the buffer is the ring's again: `buf->data` must not be read
+ * after this.
+ */
 void keel_buf_release(struct keel_buf *buf);
 
 /* ---- recv streams --------------------------------------------------- */
@@ -290,6 +370,8 @@ struct keel_recv_stream {
  * (a ring of t's loop), and arm it. Returns 0 or a negative errno
  * (-EINVAL: a ring of another loop; -EOPNOTSUPP: no multishot recv
  * (Linux 6.0); -ENOMEM; the task's cancellation cause).
+ * Ownership: `s` is the caller's (in t's frame) and belongs to t; `fd` and
+ * `ring` stay the caller's and must outlive the stream.
  */
 int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 			  int fd, struct keel_bufring *ring, unsigned flags);
@@ -300,6 +382,8 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
  * end of file, or a negative errno (the stream's final error, e.g. the
  * task's cancellation cause, -ECONNRESET). Data received before the end is
  * always delivered first.
+ * Ownership: the chunk in `out` is lent to the task until keel_buf_release()
+ * (or the next keel_recv_next into it).
  */
 int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 		   struct keel_buf *out);
@@ -311,17 +395,23 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
  * half of them. So one fast sender cannot take every buffer of a shared
  * ring (which could deadlock a proxy). Default KEEL_RECV_QUEUE_DEFAULT.
  * Returns 0 or -EINVAL.
+ * Ownership: nothing changes hands.
  */
 int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit);
 
 /*
  * Take a chunk already received, without waiting (to gather several into
  * one sendmsg). Returns its length, or -EAGAIN when none is queued.
+ * Ownership: as keel_recv_next(): the chunk is lent until
+ * keel_buf_release().
  */
 int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out);
 
 /* Close the stream: cancel the recv, give back the queued buffers. The
- * socket itself stays open. Safe to call twice. */
+ * socket itself stays open. Safe to call twice.
+ * Ownership: buffers queued in the stream go back to the ring; chunks
+ * already taken stay lent until released.
+ */
 void keel_recv_stream_close(struct keel_recv_stream *s);
 
 /* ---- accept streams ------------------------------------------------- */
@@ -342,10 +432,15 @@ struct keel_accept_stream {
 /*
  * Keep one multishot accept armed on listening socket `fd`. When the
  * process runs out of descriptors (EMFILE, ENFILE; with
- * KEEL_ACCEPT_DIRECT, a full file table: ENFILE) or memory, accepting
- * pauses (10 ms, doubling to 1 s) and resumes by itself: never a spin.
+ * KEEL_ACCEPT_DIRECT, a full file table: ENFILE) or memory (ENOMEM,
+ * ENOBUFS), accepting pauses (10 ms, doubling to 1 s) and resumes by
+ * itself: never a spin. ECONNABORTED, EINTR and EAGAIN re-arm at once. The
+ * task never sees those; any other error ends the stream and is what
+ * keel_accept_next() returns from then on.
  * Accepted sockets are SOCK_CLOEXEC. Returns 0 or a negative errno (with
  * KEEL_ACCEPT_DIRECT: the kernel's error registering the file table).
+ * Ownership: `s` is the caller's (keep it in t's frame) and belongs to t;
+ * `fd` stays the caller's (close it after keel_accept_stream_close).
  */
 int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
 			    int fd, unsigned flags);
@@ -355,7 +450,10 @@ int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
 int keel_accept_next(struct keel_task *t, struct keel_accept_stream *s);
 
 /* Close the stream (the listening socket stays open); sockets accepted
- * but not taken are closed. Safe to call twice. */
+ * but not taken are closed. Safe to call twice.
+ * Ownership: sockets accepted and not taken are closed by keel; those taken
+ * are the caller's.
+ */
 void keel_accept_stream_close(struct keel_accept_stream *s);
 
 /* ---- net ---- */
@@ -371,6 +469,7 @@ void keel_accept_stream_close(struct keel_accept_stream *s);
 /*
  * Parse a numeric IPv4 or IPv6 address ("127.0.0.1", "::1") and a port into
  * *ss. Returns 0 or -EINVAL.
+ * Ownership: writes into the caller's `ss` and `len`.
  */
 int keel_net_parse_addr(const char *host, uint16_t port,
 			struct sockaddr_storage *ss, socklen_t *len);
@@ -378,17 +477,27 @@ int keel_net_parse_addr(const char *host, uint16_t port,
 /*
  * socket + SO_REUSEADDR (+ SO_REUSEPORT) + bind + listen. Returns the
  * listening fd (close-on-exec) or a negative errno.
+ * Ownership: the caller owns the listening fd.
  */
 int keel_tcp_listen(const char *host, uint16_t port, int backlog,
 		    unsigned flags);
 
-/* The port a bound socket got (for port 0), or a negative errno. */
+/*
+ * The port a bound socket got (for port 0), or a negative errno.
+ * Ownership: `fd` stays the caller's.
+ */
 int keel_net_local_port(int fd);
 
-/* A TCP socket for `family` (close-on-exec), or a negative errno. */
+/*
+ * A TCP socket for `family` (close-on-exec), or a negative errno.
+ * Ownership: the caller owns the new fd.
+ */
 int keel_tcp_socket(int family);
 
-/* TCP_NODELAY on; returns 0 or a negative errno. */
+/*
+ * TCP_NODELAY on; returns 0 or a negative errno.
+ * Ownership: `fd` stays the caller's.
+ */
 int keel_tcp_nodelay(int fd);
 
 #ifdef __cplusplus

@@ -72,6 +72,8 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts);
  * Destroy a loop: cancels every op in flight and waits for the kernel to
  * return them, runs the defer stacks of tasks that never exited, frees all
  * frames, closes the ring. Must be called on the loop's thread.
+ * Ownership: frees the loop and every frame, ring and timer it held;
+ * pointers into them die here.
  */
 void keel_loop_destroy(struct keel_loop *loop);
 
@@ -79,6 +81,7 @@ void keel_loop_destroy(struct keel_loop *loop);
  * Run until there is nothing left to do (no live task, no op in flight, no
  * armed timer) or keel_loop_stop() is called. Returns 0 or a negative errno
  * from the ring.
+ * Ownership: nothing changes hands; the caller still owns the loop.
  */
 int keel_loop_run(struct keel_loop *loop);
 
@@ -88,10 +91,14 @@ int keel_loop_run(struct keel_loop *loop);
  * the nearest timer, reap completions, fire expired timers.
  * Returns 1 if work remains, 0 if the loop is idle with nothing pending, or
  * a negative errno.
+ * Ownership: nothing changes hands.
  */
 int keel_loop_step(struct keel_loop *loop, int64_t timeout_ns);
 
-/* Make keel_loop_run() return after the current turn. */
+/*
+ * Make keel_loop_run() return after the current turn.
+ * Ownership: nothing changes hands.
+ */
 void keel_loop_stop(struct keel_loop *loop);
 
 /*
@@ -107,26 +114,40 @@ int keel_loop_fd(struct keel_loop *loop);
  * How long a host may sleep before the next keel_loop_step(): 0 when tasks
  * are ready, the time to the nearest timer in ns, or -1 when only I/O (the
  * ring fd) can wake the loop.
+ * Ownership: reads the loop; nothing changes hands.
  */
 int64_t keel_loop_timeout_ns(const struct keel_loop *loop);
 
-/* The loop's clock: CLOCK_MONOTONIC in ns, read once per turn. */
+/*
+ * The loop's clock: CLOCK_MONOTONIC in ns, read once per turn.
+ * Ownership: reads the loop; nothing changes hands.
+ */
 uint64_t keel_loop_now(const struct keel_loop *loop);
 
-/* The loop the calling thread is currently running, or NULL. */
+/*
+ * The loop the calling thread is currently running, or NULL.
+ * Ownership: not a reference: valid while that loop exists.
+ */
 struct keel_loop *keel_loop_current(void);
 
-/* A one-line, actionable explanation of a keel_loop_create() error. */
+/*
+ * A one-line, actionable explanation of a keel_loop_create() error.
+ * Ownership: a constant string, never freed.
+ */
 const char *keel_loop_explain(int err);
 
 /*
  * Describe the ring: the setup flags in use and every downgrade with its
  * reason, e.g. "flags: SINGLE_ISSUER DEFER_TASKRUN ...". Writes at most
  * `len` bytes (NUL-terminated) and returns the length it needed.
+ * Ownership: writes into the caller's `buf`.
  */
 size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len);
 
-/* Whether the kernel supports an io_uring opcode (IORING_OP_*). */
+/*
+ * Whether the kernel supports an io_uring opcode (IORING_OP_*).
+ * Ownership: reads the loop; nothing changes hands.
+ */
 int keel_loop_has_op(const struct keel_loop *loop, unsigned opcode);
 
 struct keel_loop_stats {
@@ -158,7 +179,10 @@ struct keel_loop_stats {
 	uint64_t bufs_in_use;	  /* ring buffers out of the kernel's hands */
 };
 
-/* A snapshot of the loop's counters. */
+/*
+ * A snapshot of the loop's counters.
+ * Ownership: a copy into the caller's `out`.
+ */
 void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out);
 
 /* ---- timer ---- */
@@ -187,7 +211,11 @@ struct keel_timer {
 	void *arg;
 };
 
-/* Prepare a timer (not armed). */
+/*
+ * Prepare a timer (not armed).
+ * Ownership: `timer` and `arg` are the caller's; keel keeps no pointer until
+ * the timer is armed.
+ */
 void keel_timer_init(struct keel_timer *timer, keel_timer_fn fn, void *arg);
 
 /*
@@ -198,22 +226,36 @@ void keel_timer_init(struct keel_timer *timer, keel_timer_fn fn, void *arg);
 int keel_timer_arm(struct keel_loop *loop, struct keel_timer *timer,
 		   uint64_t deadline_ns);
 
-/* Arm the timer `delay_ns` after the loop's current time. */
+/*
+ * Arm the timer `delay_ns` after the loop's current time.
+ * Ownership: as keel_timer_arm(): `timer` stays valid until it fires or is
+ * cancelled.
+ */
 int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
 			 uint64_t delay_ns);
 
-/* Disarm; returns true if the timer was armed. */
+/*
+ * Disarm; returns true if the timer was armed.
+ * Ownership: `timer` is the caller's again (free to reuse or free).
+ */
 bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer);
 
+/* Ownership: reads the timer; nothing changes hands. */
 static inline bool keel_timer_armed(const struct keel_timer *timer)
 {
 	return timer->heap_index != UINT32_MAX;
 }
 
-/* Await `ns` nanoseconds; keel_res() is 0 (or a negative errno). */
+/*
+ * Await `ns` nanoseconds; keel_res() is 0 (or a negative errno).
+ * Ownership: nothing changes hands.
+ */
 int keel_sleep(struct keel_task *t, uint64_t ns);
 
-/* Await an absolute CLOCK_MONOTONIC deadline. */
+/*
+ * Await an absolute CLOCK_MONOTONIC deadline.
+ * Ownership: nothing changes hands.
+ */
 int keel_sleep_until(struct keel_task *t, uint64_t deadline_ns);
 
 /* ---- runtime ---- */
@@ -254,25 +296,39 @@ struct keel_runtime_opts {
  * Create the loops and their threads (loop 0 on the calling thread, which
  * must then call keel_runtime_run). Returns 0 or a negative errno (a loop's
  * ring setup error: see keel_loop_explain()).
+ * Ownership: the caller owns the runtime: keel_runtime_run(), then
+ * keel_runtime_destroy().
  */
 int keel_runtime_create(struct keel_runtime **out,
 			const struct keel_runtime_opts *opts);
 
-/* Free a runtime after keel_runtime_run returned. */
+/*
+ * Free a runtime after keel_runtime_run returned.
+ * Ownership: `rt` and its loops are freed.
+ */
 void keel_runtime_destroy(struct keel_runtime *rt);
 
+/* Ownership: reads the runtime; nothing changes hands. */
 unsigned keel_runtime_size(const struct keel_runtime *rt);
 
 /*
  * Loop i's counters: a snapshot while the runtime runs (read from another
  * thread: each value is current or a little old), its final counters after
  * keel_runtime_run() returned. -EINVAL for a bad index.
+ * Ownership: a copy into the caller's `out`.
  */
 int keel_runtime_loop_stats(struct keel_runtime *rt, unsigned i,
 			    struct keel_loop_stats *out);
+/*
+ * Ownership: the runtime's loop, valid from keel_runtime_create() until
+ * keel_runtime_run() returns; not a reference.
+ */
 struct keel_loop *keel_runtime_loop(struct keel_runtime *rt, unsigned i);
 
-/* The runtime of the calling thread's loop, or NULL. */
+/*
+ * The runtime of the calling thread's loop, or NULL.
+ * Ownership: not a reference: valid while that runtime runs.
+ */
 struct keel_runtime *keel_runtime_current(void);
 
 /* Fills a new task's frame on its loop's thread, before its first step. */
@@ -284,6 +340,12 @@ typedef void (*keel_init_fn)(void *frame, void *arg);
  * loop's own thread, then the task runs. Returns 0 or -ENOMEM; the spawn
  * itself happens asynchronously (spawning on the calling task's own loop
  * happens at once).
+ * Ownership: `arg` is only passed to `init`, and must stay valid until
+ * init has run: on another loop that is later, at a time the caller does
+ * not learn, and never if that loop cannot allocate the frame (the spawn is
+ * then dropped silently). So pass static data, or heap memory that init
+ * frees (it leaks in that out-of-memory case), never a local or a field of
+ * a frame that may be freed first. `type` must outlive the task.
  */
 int keel_spawn_on(struct keel_loop *loop, const struct keel_task_type *type,
 		  unsigned flags, keel_init_fn init, void *arg);
@@ -293,12 +355,18 @@ int keel_spawn_on(struct keel_loop *loop, const struct keel_task_type *type,
  * its thread; return the main task's exit status once it has exited and
  * every loop has shut down. Returns a negative errno if the runtime could
  * not run.
+ * Ownership: `arg` is passed to `init` on loop 0 and must stay valid until
+ * init ran (keel_runtime_run() returning is late enough); `main_type` must
+ * outlive the run.
  */
 int keel_runtime_run(struct keel_runtime *rt,
 		     const struct keel_task_type *main_type, keel_init_fn init,
 		     void *arg);
 
-/* Start a graceful shutdown (from any thread). */
+/*
+ * Start a graceful shutdown (from any thread).
+ * Ownership: nothing changes hands.
+ */
 void keel_runtime_shutdown(struct keel_runtime *rt);
 
 /* ---- the blocking pool --------------------------------------------------
@@ -316,7 +384,10 @@ typedef int (*keel_blocking_fn)(void *arg);
  */
 int keel_blocking(struct keel_task *t, keel_blocking_fn fn, void *arg);
 
-/* Size the process's blocking pool before its first use. */
+/*
+ * Size the process's blocking pool before its first use.
+ * Ownership: the pool is the process's; nothing changes hands.
+ */
 int keel_blocking_pool_config(unsigned threads, unsigned queue);
 
 /* ---- introspect ---- */
@@ -345,6 +416,7 @@ struct keel_task;
 /*
  * Write a task dump of `loop` to `fd` (e.g. STDERR_FILENO). Returns the
  * number of tasks listed or a negative errno.
+ * Ownership: `fd` stays the caller's.
  */
 int keel_loop_dump(struct keel_loop *loop, int fd);
 
@@ -361,6 +433,8 @@ typedef void (*keel_stall_fn)(struct keel_loop *loop, const char *task_name,
  * Set the stall threshold (0 turns the detector off) and the reporter
  * (NULL: one line on stderr, "keel: stall: ..."). On by default at
  * KEEL_STALL_DEFAULT_NS with the stderr reporter.
+ * Ownership: `arg` stays the caller's and must stay valid while `fn` is set
+ * on the loop.
  */
 void keel_loop_set_stall(struct keel_loop *loop, uint64_t threshold_ns,
 			 keel_stall_fn fn, void *arg);
@@ -369,6 +443,8 @@ void keel_loop_set_stall(struct keel_loop *loop, uint64_t threshold_ns,
  * Render the metrics of `n` loops (label loop="0".."n-1") into `buf` in
  * Prometheus text format 0.0.4. Returns the length the full text needs
  * (as snprintf: if it is >= len, the output was cut).
+ * Ownership: writes into the caller's `buf`; `loops` is only read during the
+ * call.
  */
 size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
 			   char *buf, size_t len);

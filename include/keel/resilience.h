@@ -208,6 +208,7 @@ struct keel_breaker_permit {
  * Fill `opts` with defaults (gobreaker's, with resilience4j's recovery
  * timeout): 5 failures in a row, no window, 60 s open, 1 probe at a time,
  * 1 success to close, no half-open limit, default classifier and clock.
+ * Ownership: writes into the caller's `opts`.
  */
 void keel_breaker_opts_default(struct keel_breaker_opts *opts);
 
@@ -224,6 +225,7 @@ int keel_breaker_init(struct keel_breaker *b,
  * held: record the result with keel_breaker_record()), -EAGAIN (OPEN, or
  * HALF_OPEN with its probes all out: rejected fast, nothing to record) or
  * -EINVAL (NULL, or a permit still held).
+ * Ownership: `permit` is the caller's; while held it must be recorded once.
  */
 int keel_breaker_acquire(struct keel_breaker *b,
 			 struct keel_breaker_permit *permit);
@@ -237,6 +239,7 @@ int keel_breaker_acquire(struct keel_breaker *b,
  * register a keel_defer() cleanup that records -ECANCELED (ignored by the
  * default classifier: it only frees the slot); after a normal record it
  * is a harmless -EINVAL.
+ * Ownership: the permit is released; the breaker keeps nothing of it.
  */
 int keel_breaker_record(struct keel_breaker *b,
 			struct keel_breaker_permit *permit, int result);
@@ -246,15 +249,20 @@ int keel_breaker_record(struct keel_breaker *b,
  * passed (or HALF_OPEN back to OPEN after half_open_max_ns), running the
  * state-change callback, as an acquire would. NULL: KEEL_BREAKER_OPEN
  * (nothing to call).
+ * Ownership: reads (and may advance) the breaker; nothing changes hands.
  */
 enum keel_breaker_state keel_breaker_state(struct keel_breaker *b);
 
-/* "closed", "open" or "half-open". */
+/*
+ * "closed", "open" or "half-open".
+ * Ownership: a constant string, never freed.
+ */
 const char *keel_breaker_state_name(enum keel_breaker_state state);
 
 /*
  * A snapshot of the counters (kept across transitions and resets). Does
  * nothing if either is NULL.
+ * Ownership: a copy into the caller's `out`.
  */
 void keel_breaker_stats(const struct keel_breaker *b,
 			struct keel_breaker_stats *out);
@@ -262,6 +270,7 @@ void keel_breaker_stats(const struct keel_breaker *b,
 /*
  * Back to CLOSED with clean counts, whatever the state (an operator's
  * override); permits out become stale. NULL: does nothing.
+ * Ownership: nothing changes hands.
  */
 void keel_breaker_reset(struct keel_breaker *b);
 
@@ -355,6 +364,7 @@ struct keel_retry {
 /*
  * Fill `policy` with defaults: 100 ms initial, 10 s max, multiplier 2, 5
  * attempts, full jitter, no overall deadline, keel_retry_transient.
+ * Ownership: writes into the caller's `policy`.
  */
 void keel_retry_policy_default(struct keel_retry_policy *policy);
 
@@ -362,6 +372,7 @@ void keel_retry_policy_default(struct keel_retry_policy *policy);
  * The default predicate: the transient errors -EAGAIN, -EINTR, -ETIMEDOUT,
  * -ECONNREFUSED, -ECONNRESET, -ECONNABORTED, -ENETUNREACH, -EHOSTUNREACH.
  * Never -ECANCELED.
+ * Ownership: nothing changes hands.
  */
 bool keel_retry_transient(int err);
 
@@ -371,6 +382,7 @@ bool keel_retry_transient(int err);
  * max_attempts 0, an unknown jitter); then `r` (if not NULL) is already
  * stopped with KEEL_RETRY_ERROR and result -EINVAL, so a loop around it
  * makes one attempt and ends.
+ * Ownership: `r` is the caller's; the policy is copied into it.
  */
 int keel_retry_begin(struct keel_retry *r,
 		     const struct keel_retry_policy *policy);
@@ -380,6 +392,7 @@ int keel_retry_begin(struct keel_retry *r,
  * who sleep by other means). Returns the delay in ns (> 0) to wait before
  * the next attempt, 0 when the retry is over (keel_retry_result() has the
  * outcome), or -EINVAL (NULL).
+ * Ownership: nothing changes hands.
  */
 int64_t keel_retry_next(struct keel_retry *r, int result);
 
@@ -396,6 +409,7 @@ int64_t keel_retry_next(struct keel_retry *r, int result);
  */
 int keel_retry_backoff(struct keel_task *t, struct keel_retry *r, int result);
 
+/* Ownership: reads `r`; nothing changes hands. */
 static inline bool keel_retry_done(const struct keel_retry *r)
 {
 	return r->stop != KEEL_RETRY_RUNNING;
@@ -404,6 +418,7 @@ static inline bool keel_retry_done(const struct keel_retry *r)
 /*
  * The outcome once done: the successful result, the last error, or the
  * cancellation cause (KEEL_RETRY_CANCELLED).
+ * Ownership: reads `r`; nothing changes hands.
  */
 static inline int keel_retry_result(const struct keel_retry *r)
 {
@@ -411,12 +426,16 @@ static inline int keel_retry_result(const struct keel_retry *r)
 }
 
 static inline enum keel_retry_stop
+/* Ownership: reads `r`; nothing changes hands. */
 keel_retry_stop_reason(const struct keel_retry *r)
 {
 	return (enum keel_retry_stop)r->stop;
 }
 
-/* Attempts made or under way (1 after keel_retry_begin()). */
+/*
+ * Attempts made or under way (1 after keel_retry_begin()).
+ * Ownership: reads `r`; nothing changes hands.
+ */
 static inline uint32_t keel_retry_attempts(const struct keel_retry *r)
 {
 	return r->attempts;

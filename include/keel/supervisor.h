@@ -138,12 +138,19 @@ struct keel_actor_spec {
 int keel_actor_spawn(struct keel_loop *loop, const struct keel_actor_spec *spec,
 		     void *state, struct keel_actor **out);
 
-/* The same from any thread (the task is created on the loop's thread). */
+/*
+ * The same from any thread (the task is created on the loop's thread).
+ * Ownership: as keel_actor_spawn().
+ */
 int keel_actor_spawn_on(struct keel_loop *loop,
 			const struct keel_actor_spec *spec, void *state,
 			struct keel_actor **out);
 
-/* Take / drop a reference (any thread). */
+/*
+ * Take / drop a reference (any thread).
+ * Ownership: each reference is dropped once with keel_actor_release() (any
+ * thread); a handle outlives its actor.
+ */
 struct keel_actor *keel_actor_ref(struct keel_actor *a);
 void keel_actor_release(struct keel_actor *a);
 
@@ -153,6 +160,8 @@ void keel_actor_release(struct keel_actor *a);
  * this one with DROP_NEWEST, handed to the spec's on_drop), -EAGAIN (full,
  * BLOCK or FAIL policy), -EPIPE (the actor is down), -ENOMEM. On an error
  * the payload is still the caller's.
+ * Ownership: see above: `payload` is the actor's once queued, the caller's
+ * on an error.
  */
 int keel_actor_tell(struct keel_actor *a, void *payload);
 
@@ -161,6 +170,7 @@ int keel_actor_tell(struct keel_actor *a, void *payload);
  * but with the KEEL_MB_BLOCK policy a full mailbox makes the task wait for
  * room (FIFO among waiting senders). keel_res: as keel_actor_tell(), or
  * the cancellation cause (not sent; the payload is still the caller's).
+ * Ownership: as keel_actor_tell().
  */
 int keel_actor_tell_await(struct keel_task *t, struct keel_actor *a,
 			  void *payload);
@@ -182,6 +192,7 @@ int keel_actor_tell_await(struct keel_task *t, struct keel_actor *a,
  * -ENOMEM. Otherwise it is the actor's (a request that never reaches the
  * behaviour goes to the spec's on_drop).
  * `reply` must stay valid until the await returns (keep it in the frame).
+ * Ownership: see above for `payload`; on 0 the reply is the caller's.
  */
 int keel_actor_ask(struct keel_task *t, struct keel_actor *a, void *payload,
 		   uint64_t deadline_ns, void **reply);
@@ -193,6 +204,7 @@ int keel_actor_ask(struct keel_task *t, struct keel_actor *a, void *payload,
  * or not the asker has noticed yet; the asker gets -ETIMEDOUT) or -EPIPE
  * (the asker gave up: cancelled); -EINVAL (a tell); -EALREADY (already
  * answered, or its slot taken).
+ * Ownership: on 0 `value` is the asker's; otherwise still the caller's.
  */
 int keel_actor_reply(struct keel_envelope *msg, void *value);
 
@@ -205,26 +217,43 @@ int keel_actor_reply(struct keel_envelope *msg, void *value);
  */
 struct keel_oneshot *keel_envelope_take_reply(struct keel_envelope *msg);
 
-/* Whether `msg` is an ask; its request id (0 for a tell). */
+/*
+ * Whether `msg` is an ask; its request id (0 for a tell).
+ * Ownership: reads the envelope; nothing changes hands.
+ */
 bool keel_envelope_is_ask(const struct keel_envelope *msg);
 uint64_t keel_envelope_request_id(const struct keel_envelope *msg);
 
-/* The ask's deadline (UINT64_MAX for a tell): to skip work nobody awaits. */
+/*
+ * The ask's deadline (UINT64_MAX for a tell): to skip work nobody awaits.
+ * Ownership: reads the envelope; nothing changes hands.
+ */
 uint64_t keel_envelope_deadline(const struct keel_envelope *msg);
 
 /*
  * Stop the actor gracefully, from any thread: its mailbox closes (senders
  * get -EPIPE), the messages already in it are handled, then it exits with
  * status 0. No-op when it is down.
+ * Ownership: the caller's reference is unchanged.
  */
 void keel_actor_stop(struct keel_actor *a);
 
-/* Whether the actor is still running (or yet to start). */
+/*
+ * Whether the actor is still running (or yet to start).
+ * Ownership: reads the handle; nothing changes hands.
+ */
 bool keel_actor_alive(const struct keel_actor *a);
 
+/*
+ * Ownership: the spec's `name` string ("actor" if NULL), valid as long as
+ * that string.
+ */
 const char *keel_actor_name(const struct keel_actor *a);
 
-/* The incarnation its handle addresses: asks carry it in their envelope. */
+/*
+ * The incarnation its handle addresses: asks carry it in their envelope.
+ * Ownership: reads the handle; nothing changes hands.
+ */
 uint32_t keel_actor_generation(const struct keel_actor *a);
 
 struct keel_actor_stats {
@@ -239,7 +268,10 @@ struct keel_actor_stats {
 	bool alive;
 };
 
-/* A snapshot of the actor's counters (any thread). */
+/*
+ * A snapshot of the actor's counters (any thread).
+ * Ownership: a copy into the caller's `out`.
+ */
 void keel_actor_stats(struct keel_actor *a, struct keel_actor_stats *out);
 
 /* ---- supervisor ---- */
@@ -427,13 +459,18 @@ struct keel_child_id {
 int keel_sup_start(struct keel_loop *loop, const struct keel_sup_spec *spec,
 		   struct keel_sup **out);
 
-/* Take / drop a reference (any thread). A handle outlives its supervisor. */
+/*
+ * Take / drop a reference (any thread). A handle outlives its supervisor.
+ * Ownership: each reference is dropped once with keel_sup_release() (any
+ * thread).
+ */
 struct keel_sup *keel_sup_ref(struct keel_sup *sup);
 void keel_sup_release(struct keel_sup *sup);
 
 /*
  * Stop the supervisor (any thread): its children stop in reverse order,
  * then it exits with status 0. No-op once it is stopping.
+ * Ownership: the caller's reference is unchanged.
  */
 void keel_sup_stop(struct keel_sup *sup);
 
@@ -443,9 +480,11 @@ void keel_sup_stop(struct keel_sup *sup);
  * was exceeded, an auto_shutdown, or its token was cancelled), a child's
  * start error (the initial start failed), -ECANCELED (killed); or -EXDEV
  * (another loop), the cancellation cause, -ENOMEM.
+ * Ownership: the caller's reference is unchanged.
  */
 int keel_sup_wait(struct keel_task *t, struct keel_sup *sup);
 
+/* Ownership: keel's copy, valid while the caller holds a reference. */
 const char *keel_sup_name(const struct keel_sup *sup);
 struct keel_loop *keel_sup_loop(const struct keel_sup *sup);
 
@@ -462,6 +501,8 @@ struct keel_loop *keel_sup_loop(const struct keel_sup *sup);
  * set, KEEL_CHILD_IGNORE, the start function's error, -EOPNOTSUPP (not a
  * simple_one_for_one supervisor). `id` must stay valid until the await
  * returns (keep it in the frame).
+ * Ownership: `extra` stays the caller's and must outlive the child: its
+ * start function sees it at every (re)start.
  */
 int keel_sup_start_child(struct keel_task *t, struct keel_sup *sup, void *extra,
 			 struct keel_child_id *id);
@@ -471,6 +512,7 @@ int keel_sup_start_child(struct keel_task *t, struct keel_sup *sup, void *extra,
  * start_child/2 with a child spec). keel_res: 0 with *id set,
  * KEEL_CHILD_IGNORE (kept, stopped), the start error (not added), -EEXIST
  * (the name is taken), -EINVAL (a bad spec), -EOPNOTSUPP.
+ * Ownership: the spec is copied.
  */
 int keel_sup_add_child(struct keel_task *t, struct keel_sup *sup,
 		       const struct keel_child_spec *spec,
@@ -480,24 +522,32 @@ int keel_sup_add_child(struct keel_task *t, struct keel_sup *sup,
  * Stop a child by its shutdown spec (not restarted). A dynamic child is
  * then forgotten; a static one stays, stopped (keel_sup_restart_child,
  * keel_sup_delete_child). keel_res: 0, -ENOENT (no such child).
+ * Ownership: nothing changes hands.
  */
 int keel_sup_terminate_child(struct keel_task *t, struct keel_sup *sup,
 			     struct keel_child_id id);
 
 /* Start a stopped static child again. keel_res: 0, KEEL_CHILD_IGNORE, the
  * start error, -EALREADY (running), -EINPROGRESS (restarting), -ENOENT,
- * -EOPNOTSUPP (simple_one_for_one). */
+ * -EOPNOTSUPP (simple_one_for_one).
+ * Ownership: nothing changes hands.
+ */
 int keel_sup_restart_child(struct keel_task *t, struct keel_sup *sup,
 			   struct keel_child_id id);
 
 /* Forget a stopped static child. keel_res: 0, -EBUSY (running),
- * -EINPROGRESS (restarting), -ENOENT, -EOPNOTSUPP. */
+ * -EINPROGRESS (restarting), -ENOENT, -EOPNOTSUPP.
+ * Ownership: nothing changes hands.
+ */
 int keel_sup_delete_child(struct keel_task *t, struct keel_sup *sup,
 			  struct keel_child_id id);
 
 /* ---- looking children up (any thread) ----------------------------------- */
 
-/* A static child's id by name: 0, or -ENOENT. */
+/*
+ * A static child's id by name: 0, or -ENOENT.
+ * Ownership: writes into the caller's `out`; `name` is only read.
+ */
 int keel_sup_child_id(struct keel_sup *sup, const char *name,
 		      struct keel_child_id *out);
 
@@ -511,7 +561,10 @@ struct keel_actor *keel_sup_child_actor(struct keel_sup *sup,
 					struct keel_child_id id);
 
 /* A supervisor child's current incarnation, as keel_sup_child_actor(). A
- * restarted child supervisor is a new supervisor: look it up again. */
+ * restarted child supervisor is a new supervisor: look it up again.
+ * Ownership: as keel_sup_child_actor(): the caller holds the returned
+ * reference (keel_sup_release()).
+ */
 struct keel_sup *keel_sup_child_sup(struct keel_sup *sup,
 				    struct keel_child_id id);
 
@@ -526,13 +579,21 @@ enum keel_exit_kind {
 };
 
 /* How a task's exit status reads to a supervisor (one that did not ask
- * the child to stop: then any exit but a panic is KEEL_EXIT_SHUTDOWN). */
+ * the child to stop: then any exit but a panic is KEEL_EXIT_SHUTDOWN).
+ * Ownership: nothing changes hands.
+ */
 enum keel_exit_kind keel_exit_kind_of(int status);
 
-/* "normal", "shutdown", "cancelled", "error", "aborted". */
+/*
+ * "normal", "shutdown", "cancelled", "error", "aborted".
+ * Ownership: a constant string, never freed.
+ */
 const char *keel_exit_kind_name(enum keel_exit_kind kind);
 
-/* Whether a transient child is restarted after such an exit. */
+/*
+ * Whether a transient child is restarted after such an exit.
+ * Ownership: nothing changes hands.
+ */
 static inline bool keel_exit_abnormal(enum keel_exit_kind kind)
 {
 	return kind == KEEL_EXIT_ERROR || kind == KEEL_EXIT_ABORTED;
@@ -579,6 +640,7 @@ struct keel_child_info {
  * A snapshot of the children, in start order (dynamic ones in slot order):
  * fills at most `max` entries of `out`, returns how many children there
  * are (more than `max` means the snapshot was cut).
+ * Ownership: copies into the caller's `out`.
  */
 uint32_t keel_sup_which_children(struct keel_sup *sup,
 				 struct keel_child_info *out, uint32_t max);
@@ -603,12 +665,14 @@ struct keel_sup_stats {
 	int exit_status;	  /* once exited */
 };
 
+/* Ownership: a copy into the caller's `out`. */
 void keel_sup_stats(struct keel_sup *sup, struct keel_sup_stats *out);
 
 /*
  * Write the tree under `sup` to `fd`, one line per child (nested
  * supervisors indented): name, state, restarts, last exit. Returns the
  * number of lines or a negative errno.
+ * Ownership: `fd` stays the caller's.
  */
 int keel_sup_dump(struct keel_sup *sup, int fd);
 
@@ -617,6 +681,8 @@ int keel_sup_dump(struct keel_sup *sup, int fd);
  * Prometheus text format 0.0.4 (labels: the supervisor's name, and a
  * static child's name): restarts, escalations, kills, dropped messages,
  * children by state. Returns the length the full text needs (as snprintf).
+ * Ownership: writes into the caller's `buf`; `sups` is only read during the
+ * call.
  */
 size_t keel_sup_metrics_render(struct keel_sup *const *sups, unsigned n,
 			       char *buf, size_t len);
@@ -628,6 +694,8 @@ size_t keel_sup_metrics_render(struct keel_sup *const *sups, unsigned n,
  * frame to fill in (the task runs on a later turn), or NULL (-ENOMEM: the
  * start fails). The task observes a token of its own, which the
  * supervisor cancels to stop it.
+ * Ownership: the loop owns the frame (fill it in now); the supervisor stops
+ * the task.
  */
 void *keel_child_spawn(struct keel_child_start *start,
 		       const struct keel_task_type *type, unsigned flags);
@@ -638,6 +706,8 @@ void *keel_child_spawn(struct keel_child_start *start,
  * (keel_sup_child_actor()). The child counts as started once its on_start
  * has succeeded (an on_start error is a failed start, as a failing
  * gen_server init). Returns 0, -EINVAL, -ENOMEM.
+ * Ownership: the spec is copied; `state` stays the caller's (free it in
+ * on_stop).
  */
 int keel_child_spawn_actor(struct keel_child_start *start,
 			   const struct keel_actor_spec *spec, void *state);
@@ -646,20 +716,33 @@ int keel_child_spawn_actor(struct keel_child_start *start,
  * Start the child as a supervisor (a new one at each restart). The child
  * counts as started once it has started its own children; if that fails,
  * so does this start. Returns 0, -EINVAL, -ENOMEM.
+ * Ownership: the spec is copied.
  */
 int keel_child_spawn_supervisor(struct keel_child_start *start,
 				const struct keel_sup_spec *spec);
 
-/* The dynamic child's `extra` (keel_sup_start_child), else NULL. */
+/*
+ * The dynamic child's `extra` (keel_sup_start_child), else NULL.
+ * Ownership: keel_sup_start_child()'s `extra`, still its caller's.
+ */
 void *keel_child_start_extra(const struct keel_child_start *start);
 
-/* How many times this child was restarted before this start. */
+/*
+ * How many times this child was restarted before this start.
+ * Ownership: reads the start; nothing changes hands.
+ */
 uint32_t keel_child_start_restarts(const struct keel_child_start *start);
 
-/* The loop the start function runs on (the child's). */
+/*
+ * The loop the start function runs on (the child's).
+ * Ownership: not a reference: valid while the loop exists.
+ */
 struct keel_loop *keel_child_start_loop(const struct keel_child_start *start);
 
-/* The child's stable id. */
+/*
+ * The child's stable id.
+ * Ownership: a copy.
+ */
 struct keel_child_id keel_child_start_id(const struct keel_child_start *start);
 
 /*

@@ -79,6 +79,10 @@ struct keel_mailbox_opts {
 int keel_mailbox_new(struct keel_loop *owner,
 		     const struct keel_mailbox_opts *opts,
 		     struct keel_mailbox **out);
+/*
+ * Ownership: each reference (the one returned is `mb` itself) is dropped
+ * once with keel_mailbox_release(); the last frees the mailbox.
+ */
 struct keel_mailbox *keel_mailbox_ref(struct keel_mailbox *mb);
 void keel_mailbox_release(struct keel_mailbox *mb);
 
@@ -86,10 +90,15 @@ void keel_mailbox_release(struct keel_mailbox *mb);
  * Await sending `msg` from task `t` (on any loop). keel_res: 0 (queued),
  * KEEL_MB_DROPPED, -EAGAIN (FAIL policy, full), -EPIPE (closed), or the
  * task's cancellation cause (the message was not queued).
+ * Ownership: `msg` is the receiver's once queued (keel_res 0), on_drop's
+ * once dropped, still the caller's on an error.
  */
 int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg);
 
-/* Send without waiting, from any thread: as above, -EAGAIN when full. */
+/*
+ * Send without waiting, from any thread: as above, -EAGAIN when full.
+ * Ownership: as keel_mb_send().
+ */
 int keel_mb_try_send(struct keel_mailbox *mb, void *msg);
 
 /*
@@ -97,13 +106,21 @@ int keel_mb_try_send(struct keel_mailbox *mb, void *msg);
  * keel_res: 0 with *out set, -EPIPE (closed and drained), -EBUSY (another
  * task is receiving), or the cancellation cause. `out` must stay valid
  * until the await returns (keep it in the frame).
+ * Ownership: the message received is the caller's.
  */
 int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out);
 
-/* Receive without waiting (owner loop): 0, -EAGAIN (empty), -EPIPE. */
+/*
+ * Receive without waiting (owner loop): 0, -EAGAIN (empty), -EPIPE.
+ * Ownership: on 0, the message in *out is the caller's.
+ */
 int keel_mb_try_recv(struct keel_mailbox *mb, void **out);
 
-/* Close (from the owner loop). Blocked senders are woken with -EPIPE. */
+/*
+ * Close (from the owner loop). Blocked senders are woken with -EPIPE.
+ * Ownership: queued messages stay in the mailbox for the receiver (or
+ * on_drop at its end).
+ */
 void keel_mb_close(struct keel_mailbox *mb);
 
 struct keel_mb_stats {
@@ -115,6 +132,7 @@ struct keel_mb_stats {
 	uint32_t capacity;
 };
 
+/* Ownership: a copy into the caller's `out`. */
 void keel_mb_stats(struct keel_mailbox *mb, struct keel_mb_stats *out);
 
 /* ---- sync ---- */
@@ -165,7 +183,11 @@ struct keel_oneshot;
 int keel_oneshot_new(struct keel_loop *loop, keel_mb_drop_fn on_drop,
 		     void *drop_arg, struct keel_oneshot **out);
 
-/* Take / drop a reference (any thread). Freed with the last one. */
+/*
+ * Take / drop a reference (any thread). Freed with the last one.
+ * Ownership: each reference is dropped once with keel_oneshot_release() (any
+ * thread).
+ */
 struct keel_oneshot *keel_oneshot_ref(struct keel_oneshot *os);
 void keel_oneshot_release(struct keel_oneshot *os);
 
@@ -182,6 +204,7 @@ int keel_oneshot_send(struct keel_oneshot *os, void *value);
  * Give up sending (any thread): the receiver gets `err` (a negative errno)
  * instead of a value. No-op if a value was already sent or the slot
  * closed. keel_oneshot_close() is keel_oneshot_fail(os, -EPIPE).
+ * Ownership: the caller's reference is unchanged (release it as usual).
  */
 void keel_oneshot_fail(struct keel_oneshot *os, int err);
 void keel_oneshot_close(struct keel_oneshot *os);
@@ -202,13 +225,17 @@ int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
 			    void **out, uint64_t deadline_ns);
 int keel_oneshot_recv(struct keel_task *t, struct keel_oneshot *os, void **out);
 
-/* Take the value without waiting (slot's loop): 0, -EAGAIN, or as above. */
+/*
+ * Take the value without waiting (slot's loop): 0, -EAGAIN, or as above.
+ * Ownership: on 0, the value in *out is the caller's.
+ */
 int keel_oneshot_try_recv(struct keel_oneshot *os, void **out);
 
 /*
  * Whether a send would now fail (any thread): the receiver gave up, or a
  * value was already sent, or the slot closed. Lets a sender skip work
  * nobody awaits (tokio's Sender::is_closed).
+ * Ownership: reads the slot; nothing changes hands.
  */
 bool keel_oneshot_is_closed(const struct keel_oneshot *os);
 
@@ -239,10 +266,15 @@ int keel_broadcast_new(struct keel_loop *loop, uint32_t capacity,
 /*
  * Close the channel and drop the sending side. Receivers drain what is
  * left, then get -EPIPE; the memory goes with the last receiver.
+ * Ownership: the caller's sending side is gone; receivers keep the channel's
+ * memory alive.
  */
 void keel_broadcast_free(struct keel_broadcast *bc);
 
-/* Close without dropping the sending side: later sends return -EPIPE. */
+/*
+ * Close without dropping the sending side: later sends return -EPIPE.
+ * Ownership: the caller still owns the sending side (keel_broadcast_free()).
+ */
 void keel_broadcast_close(struct keel_broadcast *bc);
 
 /*
@@ -253,13 +285,19 @@ void keel_broadcast_close(struct keel_broadcast *bc);
 int keel_broadcast_subscribe(struct keel_broadcast *bc,
 			     struct keel_broadcast_rx **out);
 
-/* Free a receiver. Returns 0, or -EBUSY while a task awaits on it. */
+/*
+ * Free a receiver. Returns 0, or -EBUSY while a task awaits on it.
+ * Ownership: on 0, `rx` is freed; messages it had not read stay the
+ * channel's.
+ */
 int keel_broadcast_unsubscribe(struct keel_broadcast_rx *rx);
 
 /*
  * Send `msg` to every receiver. Returns the number of receivers (the
  * channel now holds the message), 0 (no receiver: not queued, the message
  * is still the caller's), -EPIPE (closed: not queued) or -EXDEV.
+ * Ownership: with receivers, `msg` is the channel's (to on_drop when pushed
+ * out); otherwise still the caller's.
  */
 int keel_broadcast_send(struct keel_broadcast *bc, void *msg);
 
@@ -267,14 +305,23 @@ int keel_broadcast_send(struct keel_broadcast *bc, void *msg);
  * Await the receiver's next message. keel_res: 0 with *out set,
  * -EOVERFLOW (lagged: see above), -EPIPE (closed and drained), the
  * cancellation cause, -EBUSY (another task awaits on it), -EXDEV.
+ * Ownership: the message in *out is borrowed from the channel until t's next
+ * await.
  */
 int keel_broadcast_recv(struct keel_task *t, struct keel_broadcast_rx *rx,
 			void **out);
 
-/* The same without waiting: -EAGAIN when there is nothing new. */
+/*
+ * The same without waiting: -EAGAIN when there is nothing new.
+ * Ownership: as keel_broadcast_recv(): borrowed until the caller's next
+ * await.
+ */
 int keel_broadcast_try_recv(struct keel_broadcast_rx *rx, void **out);
 
-/* How many messages the receiver's last -EOVERFLOW skipped. */
+/*
+ * How many messages the receiver's last -EOVERFLOW skipped.
+ * Ownership: reads the receiver; nothing changes hands.
+ */
 uint64_t keel_broadcast_lagged(const struct keel_broadcast_rx *rx);
 
 /* ---- semaphore ----------------------------------------------------------
@@ -284,30 +331,50 @@ uint64_t keel_broadcast_lagged(const struct keel_broadcast_rx *rx);
  */
 struct keel_semaphore;
 
-/* A semaphore on `loop` with `permits` free. 0, or -ENOMEM. */
+/*
+ * A semaphore on `loop` with `permits` free. 0, or -ENOMEM.
+ * Ownership: the caller owns the semaphore: keel_semaphore_free().
+ */
 int keel_semaphore_new(struct keel_loop *loop, uint32_t permits,
 		       struct keel_semaphore **out);
 
-/* Free it; tasks still waiting are woken with -EPIPE. */
+/*
+ * Free it; tasks still waiting are woken with -EPIPE.
+ * Ownership: `s` is freed; permits held by tasks are forgotten.
+ */
 void keel_semaphore_free(struct keel_semaphore *s);
 
 /*
  * Await `n` permits (n <= INT32_MAX). keel_res: 0 (acquired), -EPIPE
  * (closed), the cancellation cause, -EINVAL, -EXDEV.
+ * Ownership: on 0 the task holds the permits until it releases them (an exit
+ * does not: keel_defer()).
  */
 int keel_semaphore_acquire(struct keel_task *t, struct keel_semaphore *s,
 			   uint32_t n);
 
-/* Take `n` permits now: 0, -EAGAIN (too few, or others wait), -EPIPE. */
+/*
+ * Take `n` permits now: 0, -EAGAIN (too few, or others wait), -EPIPE.
+ * Ownership: as keel_semaphore_acquire().
+ */
 int keel_semaphore_try_acquire(struct keel_semaphore *s, uint32_t n);
 
-/* Give back (or add) `n` permits, waking waiters in order. 0 or -EXDEV. */
+/*
+ * Give back (or add) `n` permits, waking waiters in order. 0 or -EXDEV.
+ * Ownership: the permits go back to the semaphore.
+ */
 int keel_semaphore_release(struct keel_semaphore *s, uint32_t n);
 
-/* Permits free now. */
+/*
+ * Permits free now.
+ * Ownership: reads the semaphore; nothing changes hands.
+ */
 uint64_t keel_semaphore_available(const struct keel_semaphore *s);
 
-/* Close: waiters and later acquires get -EPIPE; releases still count. */
+/*
+ * Close: waiters and later acquires get -EPIPE; releases still count.
+ * Ownership: the caller still owns `s` (keel_semaphore_free()).
+ */
 void keel_semaphore_close(struct keel_semaphore *s);
 
 /* ---- mutex --------------------------------------------------------------
@@ -318,26 +385,42 @@ void keel_semaphore_close(struct keel_semaphore *s);
  */
 struct keel_mutex;
 
+/* Ownership: the caller owns the mutex: keel_mutex_free(). */
 int keel_mutex_new(struct keel_loop *loop, struct keel_mutex **out);
 
-/* Free it (unlocked, or not); waiters are woken with -EPIPE. */
+/*
+ * Free it (unlocked, or not); waiters are woken with -EPIPE.
+ * Ownership: `m` is freed, held or not.
+ */
 void keel_mutex_free(struct keel_mutex *m);
 
 /*
  * Await the mutex for at most `timeout_ns` (UINT64_MAX: no limit; 0: only
  * if free now). keel_res: 0 (t holds it), -ETIMEDOUT, the cancellation
  * cause, -EDEADLK (t holds it already), -ENOMEM, -EXDEV.
+ * Ownership: on 0, `t` holds the mutex until keel_mutex_unlock() (not
+ * released by its exit).
  */
 int keel_mutex_lock(struct keel_task *t, struct keel_mutex *m,
 		    uint64_t timeout_ns);
 
-/* Lock for `t` without waiting: 0 or -EBUSY. */
+/*
+ * Lock for `t` without waiting: 0 or -EBUSY.
+ * Ownership: as keel_mutex_lock().
+ */
 int keel_mutex_try_lock(struct keel_task *t, struct keel_mutex *m);
 
-/* Unlock: 0, -EPERM (t does not hold it), -EXDEV. */
+/*
+ * Unlock: 0, -EPERM (t does not hold it), -EXDEV.
+ * Ownership: the mutex goes to the first waiter, or is free.
+ */
 int keel_mutex_unlock(struct keel_task *t, struct keel_mutex *m);
 
-/* The holder, or NULL. */
+/*
+ * The holder, or NULL.
+ * Ownership: a pointer to the holding task, valid while it runs; not a
+ * reference.
+ */
 struct keel_task *keel_mutex_holder(const struct keel_mutex *m);
 
 /* ---- event --------------------------------------------------------------
@@ -346,17 +429,28 @@ struct keel_task *keel_mutex_holder(const struct keel_mutex *m);
  */
 struct keel_event;
 
+/* Ownership: the caller owns the event: keel_event_free(). */
 int keel_event_new(struct keel_loop *loop, struct keel_event **out);
 
-/* Free it; waiters are woken with -EPIPE. */
+/*
+ * Free it; waiters are woken with -EPIPE.
+ * Ownership: `ev` is freed.
+ */
 void keel_event_free(struct keel_event *ev);
 
-/* Set (wakes every waiter with 0) / clear. 0 or -EXDEV. */
+/*
+ * Set (wakes every waiter with 0) / clear. 0 or -EXDEV.
+ * Ownership: nothing changes hands.
+ */
 int keel_event_set(struct keel_event *ev);
 int keel_event_clear(struct keel_event *ev);
+/* Ownership: reads the event; nothing changes hands. */
 bool keel_event_is_set(const struct keel_event *ev);
 
-/* Await the event. keel_res: 0, the cancellation cause, -EXDEV. */
+/*
+ * Await the event. keel_res: 0, the cancellation cause, -EXDEV.
+ * Ownership: nothing changes hands.
+ */
 int keel_event_wait(struct keel_task *t, struct keel_event *ev);
 
 /* ---- barrier ------------------------------------------------------------
@@ -370,20 +464,30 @@ struct keel_barrier;
 /* keel_res of the one arrival that released the others (the last one). */
 #define KEEL_BARRIER_LEADER 1
 
-/* A barrier for `parties` (>= 1) tasks. 0, -EINVAL or -ENOMEM. */
+/*
+ * A barrier for `parties` (>= 1) tasks. 0, -EINVAL or -ENOMEM.
+ * Ownership: the caller owns the barrier: keel_barrier_free().
+ */
 int keel_barrier_new(struct keel_loop *loop, uint32_t parties,
 		     struct keel_barrier **out);
 
-/* Free it; waiters are woken with -EPIPE. */
+/*
+ * Free it; waiters are woken with -EPIPE.
+ * Ownership: `b` is freed.
+ */
 void keel_barrier_free(struct keel_barrier *b);
 
 /*
  * Arrive and await the others. keel_res: 0, KEEL_BARRIER_LEADER, the
  * cancellation cause (not counted as arrived), -EXDEV.
+ * Ownership: nothing changes hands.
  */
 int keel_barrier_wait(struct keel_task *t, struct keel_barrier *b);
 
-/* Completed generations (releases) so far. */
+/*
+ * Completed generations (releases) so far.
+ * Ownership: reads the barrier; nothing changes hands.
+ */
 uint64_t keel_barrier_generation(const struct keel_barrier *b);
 
 /* ---- countdown latch ----------------------------------------------------
@@ -392,21 +496,30 @@ uint64_t keel_barrier_generation(const struct keel_barrier *b);
  */
 struct keel_latch;
 
+/* Ownership: the caller owns the latch: keel_latch_free(). */
 int keel_latch_new(struct keel_loop *loop, uint32_t count,
 		   struct keel_latch **out);
 
-/* Free it; waiters are woken with -EPIPE. */
+/*
+ * Free it; waiters are woken with -EPIPE.
+ * Ownership: `l` is freed.
+ */
 void keel_latch_free(struct keel_latch *l);
 
 /*
  * Count down by `n` (stopping at zero); at zero every waiter is woken.
  * Returns the count left, or -EXDEV.
+ * Ownership: nothing changes hands.
  */
 int64_t keel_latch_count_down(struct keel_latch *l, uint32_t n);
 
-/* Await zero. keel_res: 0, the cancellation cause, -EXDEV. */
+/*
+ * Await zero. keel_res: 0, the cancellation cause, -EXDEV.
+ * Ownership: nothing changes hands.
+ */
 int keel_latch_wait(struct keel_task *t, struct keel_latch *l);
 
+/* Ownership: reads the latch; nothing changes hands. */
 uint32_t keel_latch_count(const struct keel_latch *l);
 
 #ifdef __cplusplus

@@ -22,10 +22,29 @@ extern "C" {
  *
  * A task is a struct (its frame) that embeds `struct keel_task` and is run by
  * a step function. The step runs until it must wait, records where to resume
- * and returns; locals do not survive a wait, so what must survive lives in
- * the frame. Resume points use labels-as-values (GCC/Clang), so a `switch`
+ * and returns. Resume points use labels-as-values, a GNU C extension that GCC
+ * and Clang accept in every -std mode (the macros mark it so that
+ * -Wpedantic stays quiet; other compilers are not supported). A `switch`
  * inside a task body is fine, and each await records its source site.
  *
+ * LOCALS DO NOT SURVIVE AN AWAIT. Every KEEL_AWAIT returns from the step
+ * function and resumes by calling it again, so a local variable set before
+ * an await holds garbage after it. No compiler warns, and the old value may
+ * even seem to survive in one build (often GCC at -O2) and be garbage in
+ * another (-O0, Clang). Whatever is used after an await lives in the frame:
+ *
+ *	n = strlen(c->line);			// wrong: n is a local
+ *	KEEL_AWAIT(t, keel_send_all(t, c->fd, c->line, n, 0));
+ *	c->sent += n;				// n is garbage here
+ *
+ *	c->n = strlen(c->line);			// right: c->n is in the frame
+ *	KEEL_AWAIT(t, keel_send_all(t, c->fd, c->line, c->n, 0));
+ *	c->sent += c->n;
+ *
+ * A complete task (an echo connection; it owns its socket and closes it):
+ */
+/* clang-format off */
+/*
  *	struct conn {
  *		struct keel_task task;
  *		int fd;
@@ -41,15 +60,26 @@ extern "C" {
  *		KEEL_BEGIN(t);
  *		for (;;) {
  *			KEEL_AWAIT(t, keel_recv(t, c->fd, c->buf,
- *sizeof(c->buf), 0)); if (keel_res(t) <= 0) break; KEEL_AWAIT(t,
- *keel_send_all(t, c->fd, c->buf, keel_res(t), 0)); if (keel_res(t) < 0) break;
+ *						sizeof(c->buf), 0));
+ *			if (keel_res(t) <= 0)	// 0: peer closed; or -errno
+ *				break;
+ *			KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf,
+ *						    keel_res(t), MSG_NOSIGNAL));
+ *			if (keel_res(t) < 0)
+ *				break;
  *		}
+ *		KEEL_AWAIT(t, keel_close(t, c->fd));	// also when cancelled
  *		KEEL_END(t);
  *	}
  *
+ *	// from a task or callback on `loop`'s thread, with an accepted fd:
  *	struct conn *c = keel_spawn(loop, &conn_task, KEEL_PRIO_NORMAL);
- *	c->fd = fd;
+ *	if (c)
+ *		c->fd = fd;	// the task owns fd from here on
+ *	else
+ *		close(fd);
  */
+/* clang-format on */
 struct keel_loop;
 struct keel_task;
 struct keel__task_ext;
@@ -69,7 +99,7 @@ struct keel__link {
 #define KEEL_PENDING 1 /* the task will be woken with the result: suspend */
 
 /*
- * Priority classes. Fairness rule (see sched/runq.c): every loop turn runs at
+ * Priority classes. Fairness rule (see sched/loop.c): every loop turn runs at
  * most `budget` steps; each non-empty class first gets its share of the
  * budget (critical 8/15, high 4/15, normal 2/15, low 1/15, at least one step
  * each), then what is left goes to the classes in priority order. So higher
@@ -98,12 +128,19 @@ struct keel_task_type {
 	const char *name;     /* shown in task dumps and traces */
 };
 
+/*
+ * Define `var`, the type of a task whose frame is `frame_type` with its
+ * keel_task in `member`, run by `step_fn`. (Positional, not designated,
+ * initialisers: C++ before C++20 has none.)
+ * Ownership: the loop reads the type while any task of it lives; define it
+ * static (or at least outliving them).
+ */
 #define KEEL_TASK_TYPE(var, frame_type, member, step_fn)                       \
 	const struct keel_task_type var = {                                    \
-	    .step = (step_fn),                                                 \
-	    .frame_size = sizeof(frame_type),                                  \
-	    .task_offset = offsetof(frame_type, member),                       \
-	    .name = #var,                                                      \
+	    (step_fn),                                                         \
+	    (uint32_t)sizeof(frame_type),                                      \
+	    (uint32_t)offsetof(frame_type, member),                            \
+	    #var,                                                              \
 	}
 
 /*
@@ -141,17 +178,34 @@ struct keel_routine {
 	const struct keel_await_point *at;
 };
 
-/* The result of the last await (an op's own result, or an exit status). */
+/*
+ * The result of the last await (an op's own result, or an exit status).
+ * Ownership: reads the task; nothing changes hands.
+ */
 static inline int keel_res(const struct keel_task *t)
 {
 	return t->res;
 }
 
-/* The loop that runs the task. */
+/*
+ * The loop that runs the task.
+ * Ownership: the loop is its owner's (the task does not own it); valid while
+ * the task runs.
+ */
 static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 {
 	return t->loop;
 }
+
+/*
+ * Labels-as-values are a GNU extension: __extension__ (on `&&label`) and
+ * these pragmas (around `goto *`) keep -Wpedantic quiet about them, in C
+ * and C++, with GCC and Clang.
+ */
+#define KEEL__GNU_BEGIN                                                        \
+	_Pragma("GCC diagnostic push")                                         \
+	    _Pragma("GCC diagnostic ignored \"-Wpedantic\"")
+#define KEEL__GNU_END _Pragma("GCC diagnostic pop")
 
 #define KEEL__CAT2(a, b) a##b
 #define KEEL__CAT(a, b)	 KEEL__CAT2(a, b)
@@ -162,18 +216,21 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
  * an indirect goto, even one whose body has no await.)
  */
 #define KEEL_BEGIN(co)                                                         \
+	KEEL__GNU_BEGIN                                                        \
 	do {                                                                   \
 		if ((co)->at)                                                  \
 			goto *(co)->at->label;                                 \
 	} while (0);                                                           \
+	KEEL__GNU_END                                                          \
 	keel__begin:                                                           \
-	(void)&&keel__begin
+	(void)__extension__ &&keel__begin
 
 #define KEEL__AWAIT(co, op, id)                                                \
 	do {                                                                   \
-		static const struct keel_await_point KEEL__CAT(                \
-		    keel__ap_, id) = {&&KEEL__CAT(keel__resume_, id),          \
-				      __FILE__, #op, __LINE__};                \
+		static const struct keel_await_point KEEL__CAT(keel__ap_,      \
+							       id) = {         \
+		    __extension__ && KEEL__CAT(keel__resume_, id), __FILE__,   \
+		    #op, __LINE__};                                            \
 		(co)->at = &KEEL__CAT(keel__ap_, id);                          \
 		if ((op) == KEEL_PENDING)                                      \
 			return KEEL_PENDING;                                   \
@@ -183,15 +240,18 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 /*
  * Await an op (anything returning KEEL_READY or KEEL_PENDING) in a task
  * (`co` is the task) or in a nested routine (`co` is its keel_routine).
- * Afterwards keel_res() holds the op's result.
+ * Afterwards keel_res() holds the op's result. The step may have returned
+ * and been called again in between: locals set before it hold garbage
+ * after it (see the top of this header); keep such values in the frame.
  */
 #define KEEL_AWAIT(co, op) KEEL__AWAIT(co, op, __COUNTER__)
 
 #define KEEL__AWAIT_CALL(co, call, id)                                         \
 	do {                                                                   \
-		static const struct keel_await_point KEEL__CAT(                \
-		    keel__ap_, id) = {&&KEEL__CAT(keel__resume_, id),          \
-				      __FILE__, #call, __LINE__};              \
+		static const struct keel_await_point KEEL__CAT(keel__ap_,      \
+							       id) = {         \
+		    __extension__ && KEEL__CAT(keel__resume_, id), __FILE__,   \
+		    #call, __LINE__};                                          \
 		(co)->at = &KEEL__CAT(keel__ap_, id);                          \
 		KEEL__CAT(keel__resume_, id) :;                                \
 		if ((call) == KEEL_PENDING)                                    \
@@ -235,7 +295,10 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
 		 unsigned flags);
 
-/* The task header inside a frame returned by keel_spawn(). */
+/*
+ * The task header inside a frame returned by keel_spawn().
+ * Ownership: a pointer into `frame`, valid as long as the frame.
+ */
 static inline struct keel_task *keel_task_of(const struct keel_task_type *type,
 					     void *frame)
 {
@@ -247,10 +310,16 @@ static inline struct keel_task *keel_task_of(const struct keel_task_type *type,
  * must be joinable and joined once; then its frame is released.
  * Errors (in keel_res): -EINVAL (not joinable), -EBUSY (already being
  * joined), -EDEADLK (joining itself).
+ * Ownership: `target`'s frame is freed by the join (once its ops have
+ * drained): do not touch it after the await.
  */
 int keel_join(struct keel_task *self, struct keel_task *target);
 
-/* Give up joining a joinable task: its frame goes when it is done. */
+/*
+ * Give up joining a joinable task: its frame goes when it is done.
+ * Ownership: hands `target`'s frame back to the loop: do not touch it
+ * afterwards.
+ */
 void keel_task_detach(struct keel_task *target);
 
 /*
@@ -266,13 +335,21 @@ void keel_task_detach(struct keel_task *target);
  * Returns 0 (it is dead, or dies as soon as a wake already on its way from
  * another thread arrives), -ESRCH (already exited), -EDEADLK (t is the
  * running task), -EXDEV (called on another loop's thread), -ENOMEM.
+ * Ownership: the loop frees `t`'s frame (after its ops drain): do not touch
+ * it after a 0.
  */
 int keel_task_kill(struct keel_task *t);
 
-/* Await the next loop turn. */
+/*
+ * Await the next loop turn.
+ * Ownership: nothing changes hands.
+ */
 int keel_yield(struct keel_task *t);
 
-/* The task type's name. */
+/*
+ * The task type's name.
+ * Ownership: the type's static string, valid while the task type is.
+ */
 const char *keel_task_name(const struct keel_task *t);
 
 /* Used by KEEL_EXIT; do not call directly. */
@@ -287,16 +364,30 @@ int keel__task_exit(struct keel_task *t, int status);
  */
 typedef void (*keel_defer_fn)(void *arg);
 
-/* Push a cleanup. Returns 0, or -ENOMEM (nothing was pushed). */
+/*
+ * Push a cleanup. Returns 0, or -ENOMEM (nothing was pushed).
+ * Ownership: `arg` stays the caller's; it must stay valid until `fn` has run
+ * or been dropped.
+ */
 int keel_defer(struct keel_task *t, keel_defer_fn fn, void *arg);
 
-/* The current depth of the defer stack, to unwind or drop to later. */
+/*
+ * The current depth of the defer stack, to unwind or drop to later.
+ * Ownership: nothing changes hands.
+ */
 unsigned keel_defer_mark(const struct keel_task *t);
 
-/* Run (LIFO) and pop every cleanup pushed after `mark`. */
+/*
+ * Run (LIFO) and pop every cleanup pushed after `mark`.
+ * Ownership: each popped cleanup's `arg` is done with once it has run.
+ */
 void keel_defer_unwind(struct keel_task *t, unsigned mark);
 
-/* Pop every cleanup pushed after `mark` without running it. */
+/*
+ * Pop every cleanup pushed after `mark` without running it.
+ * Ownership: the dropped cleanups' `arg`s are the caller's again (nothing
+ * ran).
+ */
 void keel_defer_drop(struct keel_task *t, unsigned mark);
 
 /* ---- abort ---- */
@@ -323,6 +414,16 @@ struct keel_task;
 /* The exit status of an aborted task (and a join's keel_res). */
 #define KEEL_ABORTED (-EOWNERDEAD)
 
+/*
+ * A one-line description of a status keel returned (a keel_res(), an exit
+ * status, a negative errno): keel's own meaning where it gives an errno one
+ * (KEEL_ABORTED is "task aborted", not libc's "Owner died"; a collecting
+ * scope's -ECHILD is "a child of the scope failed"), libc's text for other
+ * negative values, "success" for 0 and positive values.
+ * Ownership: a constant string, never NULL, never freed. Thread-safe.
+ */
+const char *keel_strerror(int status);
+
 /* What an aborted task left: valid as long as its holder says. */
 struct keel_abort {
 	const char *message;
@@ -348,6 +449,7 @@ keel__panic(const char *file, int line, const char *fmt, ...);
 /*
  * After a keel_join() whose keel_res() is KEEL_ABORTED: what the joined
  * task left, valid until `self`'s next join or exit. NULL otherwise.
+ * Ownership: the strings are keel's, valid until `self`'s next join or exit.
  */
 const struct keel_abort *keel_task_joined_abort(const struct keel_task *self);
 
@@ -374,6 +476,8 @@ enum keel_fault_mode {
  * process-wide handlers on first use (they defer to the previous handler for
  * faults outside keel task steps) and an alternate signal stack for the
  * calling thread. Returns 0 or a negative errno.
+ * Ownership: the handlers and the alternate stack are keel's, process- and
+ * thread-wide, never freed.
  */
 int keel_loop_set_faults(struct keel_loop *loop, enum keel_fault_mode mode);
 
@@ -411,32 +515,54 @@ struct keel_token_cb;
 int keel_token_new(struct keel_loop *loop, struct keel_token *parent,
 		   struct keel_token **out);
 
-/* Take / drop a reference. The token is freed with its last reference. */
+/*
+ * Take / drop a reference. The token is freed with its last reference.
+ * Ownership: the caller gets one more reference; each is dropped by
+ * keel_token_release().
+ */
 struct keel_token *keel_token_ref(struct keel_token *tok);
 void keel_token_release(struct keel_token *tok);
 
-/* The loop's root token: cancelling it cancels every task of the loop. */
+/*
+ * The loop's root token: cancelling it cancels every task of the loop.
+ * Ownership: the loop's; no reference is taken (keel_token_ref() to keep it
+ * past the loop).
+ */
 struct keel_token *keel_loop_token(struct keel_loop *loop);
 
-/* Cancel with -ECANCELED (no-op if already cancelled). */
+/*
+ * Cancel with -ECANCELED (no-op if already cancelled).
+ * Ownership: the caller's reference is unchanged.
+ */
 void keel_token_cancel(struct keel_token *tok);
 
 /*
  * Set the token's own absolute CLOCK_MONOTONIC deadline (UINT64_MAX: none).
  * Its effective deadline is the earlier of that and its parent's.
  * Returns 0 or -ENOMEM.
+ * Ownership: the caller's reference is unchanged.
  */
 int keel_token_set_deadline(struct keel_token *tok, uint64_t deadline_ns);
 
-/* Set the deadline `ns` from now. */
+/*
+ * Set the deadline `ns` from now.
+ * Ownership: the caller's reference is unchanged.
+ */
 int keel_token_set_timeout(struct keel_token *tok, uint64_t ns);
 
-/* The effective deadline (UINT64_MAX: none). */
+/*
+ * The effective deadline (UINT64_MAX: none).
+ * Ownership: reads the token; nothing changes hands.
+ */
 uint64_t keel_token_deadline(const struct keel_token *tok);
 
-/* 0 while not cancelled, else the first cause: -ECANCELED or -ETIMEDOUT. */
+/*
+ * 0 while not cancelled, else the first cause: -ECANCELED or -ETIMEDOUT.
+ * Ownership: reads the token; nothing changes hands.
+ */
 int keel_token_cause(const struct keel_token *tok);
 
+/* Ownership: reads the token; nothing changes hands. */
 static inline bool keel_token_cancelled(const struct keel_token *tok)
 {
 	return keel_token_cause(tok) != 0;
@@ -459,19 +585,29 @@ struct keel_token_cb {
 /*
  * Call `fn` when `tok` is cancelled; if it already is, `fn` runs at once
  * (before this returns). A callback runs once and is then unregistered.
+ * Ownership: `cb` and `arg` stay the caller's; keep both valid until the
+ * callback ran or keel_token_cb_remove().
  */
 void keel_token_on_cancel(struct keel_token *tok, struct keel_token_cb *cb,
 			  keel_token_fn fn, void *arg);
 
-/* Unregister; safe if it already ran or was never registered. */
+/*
+ * Unregister; safe if it already ran or was never registered.
+ * Ownership: `cb` is the caller's again when this returns.
+ */
 void keel_token_cb_remove(struct keel_token_cb *cb);
 
-/* The token `t` observes. */
+/*
+ * The token `t` observes.
+ * Ownership: the task's (or the loop's root); no reference is taken:
+ * keel_token_ref() to keep it.
+ */
 struct keel_token *keel_task_token(const struct keel_task *t);
 
 /*
  * Make `t` observe `tok` (it takes a reference). If `tok` is cancelled and
  * `t` is waiting, it is woken with the cause. Returns 0 or -ENOMEM.
+ * Ownership: `t` takes its own reference; the caller keeps theirs.
  */
 int keel_task_set_token(struct keel_task *t, struct keel_token *tok);
 
@@ -487,6 +623,10 @@ struct keel_shield {
 	struct keel_shield *prev; /* the shield it is nested in */
 };
 
+/*
+ * Ownership: `s` is the caller's (in t's frame) until keel_shield_end();
+ * keel ends a shield still up when the task exits.
+ */
 int keel_shield_begin(struct keel_task *t, struct keel_shield *s,
 		      uint64_t timeout_ns);
 void keel_shield_end(struct keel_task *t, struct keel_shield *s);
@@ -494,6 +634,7 @@ void keel_shield_end(struct keel_task *t, struct keel_shield *s);
 /*
  * Cancel `t` alone: like cancelling a token only it observes (the task
  * gets its own child token, cancelled).
+ * Ownership: nothing changes hands; the frame stays the loop's.
  */
 int keel_task_cancel(struct keel_task *t);
 
@@ -512,6 +653,19 @@ int keel_task_cancel(struct keel_task *t);
  *   KEEL_SCOPE_COLLECT    keep going; every failure is reported together.
  * gather = spawn + keel_scope_join; race/select = keel_scope_join_any +
  * keel_scope_cancel + keel_scope_join; wait_for = keel_scope_set_timeout.
+ *
+ * Results are recorded in finishing order: keel_scope_results() lists them
+ * so, and the n-th keel_scope_join_any() reports the n-th of that list;
+ * each result's `index` is the child's place in spawn order (0, 1, ...).
+ * An aborted child's panic message (result.abort) is owned by the scope
+ * and stays valid until keel_scope_fini().
+ *
+ * The owner must join before it exits. If it exits (or aborts, or is
+ * killed) with the scope still open, keel cancels the scope's token, so
+ * the children are cancelled; they are orphaned (they run on until they
+ * answer the cancellation, and nobody sees their results), and the scope
+ * is finalised for the owner (keel_scope_fini(): results and messages are
+ * freed). Nothing leaks, but failures go unseen: join.
  */
 struct keel_loop;
 struct keel_task;
@@ -523,11 +677,12 @@ enum keel_scope_policy {
 	KEEL_SCOPE_COLLECT = 1,
 };
 
-/* One child's outcome, in spawn order. */
+/* One child's outcome (results are in finishing order; see above). */
 struct keel_scope_result {
-	uint32_t index;		 /* spawn order within the scope */
-	int status;		 /* exit status, KEEL_ABORTED if it panicked */
-	struct keel_abort abort; /* for KEEL_ABORTED; message owned by scope */
+	uint32_t index; /* the child's place in spawn order (0, 1, ...) */
+	int status;	/* exit status, KEEL_ABORTED if it panicked */
+	/* For KEEL_ABORTED: message and site, valid until keel_scope_fini. */
+	struct keel_abort abort;
 };
 
 /* Caller-owned (keep it in the owner's frame); fields are private. */
@@ -547,43 +702,67 @@ struct keel_scope {
 };
 
 /*
- * Open a scope owned by `owner`. Returns 0 or -ENOMEM.
- * Ownership: the scope must outlive its children: join it before the
- * owner exits (keel_scope_join), then keel_scope_fini.
+ * Open a scope owned by `owner` (the running task). Returns 0 or -ENOMEM
+ * (the scope is then zeroed; keel_scope_fini on it is harmless).
+ * Ownership: the caller owns `scope`; keep it in the owner's frame, join it
+ * (keel_scope_join) before the owner exits, then keel_scope_fini. An owner
+ * that exits without joining: see above.
  */
 int keel_scope_init(struct keel_task *owner, struct keel_scope *scope,
 		    enum keel_scope_policy policy);
 
-/* Release the scope's token and results (after the join). */
+/*
+ * Release the scope's token, results and panic messages (after the join;
+ * pointers from keel_scope_results() die here). The struct is zeroed.
+ */
 void keel_scope_fini(struct keel_scope *scope);
 
 /*
  * Spawn a child into the scope (flags: a keel_prio). Returns its zeroed
  * frame or NULL (-ENOMEM). The child observes the scope's token.
+ * Ownership: the loop owns the frame (fill it in before the next await;
+ * do not keep the pointer past the join); the scope keeps its result.
  */
 void *keel_scope_spawn(struct keel_scope *scope,
 		       const struct keel_task_type *type, unsigned flags);
 
 /*
  * Await every child. keel_res: 0 if none failed; else, for FAIL_FAST the
- * first failure's status, for COLLECT -ECHILD (see the results). A scope
- * whose deadline passed reports -ETIMEDOUT if a child failed because of it.
+ * first failure's status, for COLLECT -ECHILD (see the results;
+ * keel_strerror says so). If the scope's deadline passed and any child
+ * failed, -ETIMEDOUT. The wait itself cannot be cancelled: cancelling the
+ * owner cancels the children (the scope's token is a child of the owner's),
+ * so it ends when they have.
+ * Ownership: nothing changes hands; the results stay the scope's
+ * (keel_scope_results()).
  */
 int keel_scope_join(struct keel_task *self, struct keel_scope *scope);
 
 /*
- * Await the next child to finish (in finishing order); keel_res is its
- * exit status, -ECHILD when every child has been reported.
+ * Await the next child to finish: keel_res is its exit status (it is the
+ * next entry of keel_scope_results(), which holds its index and abort),
+ * -ECHILD when every child spawned so far has been reported.
+ * Ownership: as keel_scope_join().
  */
 int keel_scope_join_any(struct keel_task *self, struct keel_scope *scope);
 
-/* Cancel every child (the scope's token). */
+/*
+ * Cancel every child (the scope's token).
+ * Ownership: nothing changes hands.
+ */
 void keel_scope_cancel(struct keel_scope *scope);
 
-/* A deadline for the whole scope, `ns` from now. Returns 0 or -ENOMEM. */
+/*
+ * A deadline for the whole scope, `ns` from now. Returns 0 or -ENOMEM.
+ * Ownership: nothing changes hands.
+ */
 int keel_scope_set_timeout(struct keel_scope *scope, uint64_t ns);
 
-/* The finished children's results, in finishing order. */
+/*
+ * The finished children's results, in finishing order; *n is their count.
+ * Ownership: the scope's; valid until the next spawn into it or
+ * keel_scope_fini().
+ */
 static inline const struct keel_scope_result *
 keel_scope_results(const struct keel_scope *scope, uint32_t *n)
 {

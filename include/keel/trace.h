@@ -90,6 +90,8 @@ struct keel_trace_event {
  * Start recording every loop of the process to `path` (loops created
  * before and after). Returns 0, -EALREADY if already recording, or a
  * negative errno from opening the file.
+ * Ownership: `path` is only read; keel owns the file until
+ * keel_trace_stop().
  */
 int keel_trace_start(const char *path);
 
@@ -100,10 +102,14 @@ int keel_trace_start(const char *path);
  * call it once the loops have stopped (after keel_loop_run() or
  * keel_runtime_run() returned); with KEEL_TRACE it runs at exit. Returns
  * the number of events dropped in all (0 if none).
+ * Ownership: the file is closed; it is the caller's to read.
  */
 int64_t keel_trace_stop(void);
 
-/* Whether recording is on. */
+/*
+ * Whether recording is on.
+ * Ownership: nothing changes hands.
+ */
 int keel_trace_enabled(void);
 
 /*
