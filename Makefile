@@ -7,7 +7,8 @@
 #   make demo            install missing packages, run the echo demo
 #   make demo-supervised the supervision-tree demo (a KV server that crashes)
 #   make bench           keel's micro-benchmarks (+ the peer harness if found)
-#   make install/uninstall   honour DESTDIR, prefix, libdir, includedir
+#   make man             the man pages (scdoc) into $(BUILD)/man
+#   make install/uninstall   honour DESTDIR, prefix, libdir, includedir, mandir
 #   SANITIZE=address,undefined make test    (or SANITIZE=thread)
 #   make format          clang-format the tree
 #
@@ -19,6 +20,7 @@ SOVERSION := 0
 prefix ?= /usr/local
 libdir ?= $(prefix)/lib
 includedir ?= $(prefix)/include
+mandir ?= $(prefix)/share/man
 DESTDIR ?=
 PEERS ?= $(wildcard ../shared/bench/peers)
 
@@ -95,15 +97,29 @@ STATIC := $(BUILD)/libkeel.a
 SHARED := $(BUILD)/libkeel.so.$(VERSION)
 HEADERS := include/keel.h $(wildcard include/keel/*.h)
 
-.PHONY: all lib examples tools tests check check-layers test demo \
-	demo-supervised bench deps install uninstall clean format format-check
+# Man pages: man/<name>.<section>.scd -> $(BUILD)/man/man<section>/<name>.<s>.
+# Every other name on a page's NAME line ("a, b, c - what") gets an alias
+# page ".so man<s>/<name>.<s>", as liburing ships them. man_names lists a
+# source's names; MAN_FILES is every page and alias, relative to mandir.
+MAN_SRC := $(wildcard man/*.scd)
+man_sect = $(subst .,,$(suffix $(basename $(1))))
+MAN_PAGES := $(foreach s,$(MAN_SRC),\
+	$(BUILD)/man/man$(call man_sect,$(s))/$(basename $(notdir $(s))))
+man_names = $(shell awk '/^\# NAME/ { f = 1; next } \
+	f && NF { sub(/ - .*/, ""); gsub(/,/, " "); print; exit }' $(1))
+MAN_FILES := $(foreach s,$(MAN_SRC),$(foreach n,$(call man_names,$(s)),\
+	man$(call man_sect,$(s))/$(n).$(call man_sect,$(s))))
 
-all: lib examples tools
+.PHONY: all lib examples tools tests man check check-layers test demo demo-supervised \
+	bench deps install uninstall clean format format-check
+
+all: lib examples tools man
 
 lib: $(STATIC) $(SHARED)
 examples: $(EXAMPLES)
 tools: $(TOOLS)
 tests: $(TESTS) $(MT_TESTS)
+man: $(MAN_PAGES)
 
 # A library object gets the include paths of its folder's layer.
 $(BUILD)/obj/%.o: %.c
@@ -123,6 +139,23 @@ $(SHARED): $(LIB_OBJ) keel.map
 		-o $@ $(LIB_OBJ) $(LIBS)
 	$(Q)ln -sf libkeel.so.$(VERSION) $(BUILD)/libkeel.so.$(SOVERSION)
 	$(Q)ln -sf libkeel.so.$(SOVERSION) $(BUILD)/libkeel.so
+
+# The page, then an alias page for each other name on its NAME line.
+define MAN_RECIPE
+@mkdir -p $(@D)
+@$(if $(Q),echo "  SCDOC   $<")
+$(Q)scdoc <$< >$@.tmp
+$(Q)for n in $(filter-out $*,$(call man_names,$<)); do \
+	echo ".so $(notdir $(@D))/$(notdir $@)" >$(@D)/$$n$(suffix $@); \
+done
+$(Q)mv $@.tmp $@
+endef
+
+$(BUILD)/man/man3/%.3: man/%.3.scd
+	$(MAN_RECIPE)
+
+$(BUILD)/man/man7/%.7: man/%.7.scd
+	$(MAN_RECIPE)
 
 $(BUILD)/examples/%: examples/%.c $(STATIC)
 	@mkdir -p $(dir $@)
@@ -199,8 +232,12 @@ bench:
 deps:
 	$(Q)sh tools/deps.sh
 
-install: lib
-	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig
+install: lib man
+	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig \
+		$(DESTDIR)$(mandir)/man3 $(DESTDIR)$(mandir)/man7
+	$(Q)for f in $(MAN_FILES); do \
+		install -m 644 $(BUILD)/man/$$f $(DESTDIR)$(mandir)/$$f || exit 1; \
+	done
 	$(Q)install -m 644 include/keel.h $(DESTDIR)$(includedir)/keel.h
 	$(Q)install -m 644 $(wildcard include/keel/*.h) $(DESTDIR)$(includedir)/keel/
 	$(Q)install -m 644 $(STATIC) $(DESTDIR)$(libdir)/libkeel.a
@@ -217,7 +254,8 @@ uninstall:
 		$(DESTDIR)$(libdir)/libkeel.a $(DESTDIR)$(libdir)/libkeel.so \
 		$(DESTDIR)$(libdir)/libkeel.so.$(SOVERSION) \
 		$(DESTDIR)$(libdir)/libkeel.so.$(VERSION) \
-		$(DESTDIR)$(libdir)/pkgconfig/keel.pc
+		$(DESTDIR)$(libdir)/pkgconfig/keel.pc \
+		$(addprefix $(DESTDIR)$(mandir)/,$(MAN_FILES))
 	$(Q)rmdir $(DESTDIR)$(includedir)/keel 2>/dev/null || true
 
 format:

@@ -44,7 +44,7 @@ const struct keel_abort *keel_task_joined_abort(const struct keel_task *self)
 	return &self->ext->joined_abort;
 }
 
-void keel__panic(const char *file, int line, const char *fmt, ...)
+void keel_panic_at(const char *file, int line, const char *fmt, ...)
 {
 	struct keel__core *c = keel__current_core;
 	va_list ap;
@@ -98,5 +98,5 @@ void keel__task_aborted(struct keel__core *c, struct keel_task *t)
 	c->unwinding = t;
 	keel__task_run_defers(t);
 	c->unwinding = NULL;
-	keel__task_exit(t, KEEL_ABORTED);
+	keel_task_exit(t, KEEL_ABORTED);
 }

@@ -71,7 +71,7 @@ static void kill_finish(struct keel_task *t)
 	c->unwinding = t;
 	keel__task_run_defers(t);
 	c->unwinding = outer;
-	keel__task_exit(t, -ECANCELED);
+	keel_task_exit(t, -ECANCELED);
 	/* Counts a zombie or frees the frame; then the ops are cancelled (a
 	 * user op completes at once and may free the frame here). */
 	keel__task_after_exit(t);

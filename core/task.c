@@ -206,7 +206,7 @@ static void deliver_to_joiner(struct keel_task *t, struct keel_task *joiner)
 	keel__task_complete(joiner, t->res);
 }
 
-int keel__task_exit(struct keel_task *t, int status)
+int keel_task_exit(struct keel_task *t, int status)
 {
 	struct keel__core *c = keel__core_of(t->loop);
 

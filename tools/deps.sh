@@ -2,8 +2,10 @@
 # deps.sh: install the Debian packages keel's build, tests and demo need,
 # when they are missing. Runs `apt-get update` first (a fresh machine has no
 # package lists). When not root, prints the exact command instead.
+# scdoc builds the man pages; man-db (and the groff it brings) checks them.
 set -eu
-PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev python3 python3-prometheus-client"
+PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev
+python3 python3-prometheus-client scdoc man-db"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||

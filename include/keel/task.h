@@ -270,7 +270,7 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 #define KEEL_YIELD(t) KEEL_AWAIT(t, keel_yield(t))
 
 /* Exit the task with `status` (its joiner sees it). Runs the defer stack. */
-#define KEEL_EXIT(t, status) return keel__task_exit((t), (status))
+#define KEEL_EXIT(t, status) return keel_task_exit((t), (status))
 
 /* End of a step function: exit with status 0. */
 #define KEEL_END(t) KEEL_EXIT(t, 0)
@@ -352,8 +352,11 @@ int keel_yield(struct keel_task *t);
  */
 const char *keel_task_name(const struct keel_task *t);
 
-/* Used by KEEL_EXIT; do not call directly. */
-int keel__task_exit(struct keel_task *t, int status);
+/*
+ * What KEEL_EXIT expands to: exit the running task `t` with `status`, from
+ * its own step function, which must return the value this returns.
+ */
+int keel_task_exit(struct keel_task *t, int status);
 
 /*
  * The defer stack: cleanups registered where a resource is acquired, run
@@ -432,18 +435,19 @@ struct keel_abort {
 	int signal; /* the trapped signal, or 0 for a panic */
 };
 
+/* What keel_panic() expands to: the same, with the site given. */
 __attribute__((noreturn, format(printf, 3, 4))) void
-keel__panic(const char *file, int line, const char *fmt, ...);
+keel_panic_at(const char *file, int line, const char *fmt, ...);
 
 /* Abort the running task with a printf-style message. */
-#define keel_panic(...) keel__panic(__FILE__, __LINE__, __VA_ARGS__)
+#define keel_panic(...) keel_panic_at(__FILE__, __LINE__, __VA_ARGS__)
 
 /* Abort the running task if `cond` is false. */
 #define KEEL_ASSERT(cond)                                                      \
 	do {                                                                   \
 		if (__builtin_expect(!(cond), 0))                              \
-			keel__panic(__FILE__, __LINE__,                        \
-				    "assertion failed: %s", #cond);            \
+			keel_panic_at(__FILE__, __LINE__,                      \
+				      "assertion failed: %s", #cond);          \
 	} while (0)
 
 /*
