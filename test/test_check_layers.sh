@@ -12,26 +12,8 @@ set -u
 BUILD=${BUILD:-build}
 CC=${CC:-cc}
 check=tools/check-layers.sh
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT INT TERM
-pass=0
-fail=0
-
-ok() {
-	pass=$((pass + 1))
-	echo "ok   $1"
-}
-
-bad() {
-	fail=$((fail + 1))
-	echo "FAIL $1"
-}
-
-finish() {
-	echo "check-layers: $pass passed, $fail failed"
-	[ "$fail" = 0 ]
-	exit
-}
+SUITE=check-layers
+. test/helpers/checks.sh
 
 # The library's objects, from its sources (as the Makefile's LIB_OBJ), so
 # that stale objects of deleted sources do not count.

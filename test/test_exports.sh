@@ -11,26 +11,13 @@
 set -u
 BUILD=${BUILD:-build}
 CC=${CC:-cc}
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT INT TERM
-pass=0
-fail=0
-
-ok() {
-	pass=$((pass + 1))
-	echo "ok   $1"
-}
-
-bad() {
-	fail=$((fail + 1))
-	echo "FAIL $1"
-}
+SUITE=exports
+. test/helpers/checks.sh
 
 so=$(ls "$BUILD"/libkeel.so.*.*.* 2>/dev/null | head -n 1)
 if [ -z "$so" ]; then
 	bad "no $BUILD/libkeel.so.*.*.* (run make first)"
-	echo "exports: $pass passed, $fail failed"
-	exit 1
+	finish
 fi
 
 # The version script: every `name;` line (the `local: *;` is no name).
@@ -99,5 +86,4 @@ for s in map nm hdr; do
 		ok "$s names only keel_* symbols"
 	fi
 done
-echo "exports: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

@@ -10,25 +10,21 @@
 # Last line: "headers: N passed, M failed"; exit status 1 on any failure.
 set -u
 CC=${CC:-cc}
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-trap 'exit 1' INT TERM
-pass=0
-fail=0
+SUITE=headers
+. test/helpers/checks.sh
 CWARN="-Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes \
 -Wmissing-prototypes -Wundef -Wconversion -Wsign-conversion -Werror"
 CXXWARN="-Wall -Wextra -Wpedantic -Werror"
 
-# check NAME CMD...: one test, passed if CMD succeeds without output.
-check() {
+# quiet NAME CMD...: one test, passed if CMD succeeds without output
+# (a warning is a failure).
+quiet() {
 	name=$1
 	shift
 	if "$@" >"$dir/log" 2>&1 && [ ! -s "$dir/log" ]; then
-		pass=$((pass + 1))
-		echo "ok   $name"
+		ok "$name"
 	else
-		fail=$((fail + 1))
-		echo "FAIL $name"
+		bad "$name"
 		head -n 20 "$dir/log"
 	fi
 }
@@ -102,14 +98,14 @@ for h in include/keel.h include/keel/*.h; do
 	for c in $ccs; do
 		for std in c11 gnu11; do
 			# shellcheck disable=SC2086 # the flags split on purpose
-			check "$name alone, $c -std=$std" \
+			quiet "$name alone, $c -std=$std" \
 				$c -std=$std $CWARN -Iinclude -fsyntax-only \
 				"$dir/one.c"
 		done
 	done
 	for c in $cxxs; do
 		# shellcheck disable=SC2086
-		check "$name alone, $c -std=c++17" \
+		quiet "$name alone, $c -std=c++17" \
 			$c -std=c++17 $CXXWARN -Iinclude -fsyntax-only "$dir/one.cc"
 	done
 done
@@ -118,17 +114,16 @@ cp "$dir/macros.c" "$dir/macros.cc"
 for c in $ccs; do
 	for o in -O0 -O2; do
 		# shellcheck disable=SC2086
-		check "resume macros, $c -std=c11 $o" \
+		quiet "resume macros, $c -std=c11 $o" \
 			$c -std=c11 $o $CWARN -Iinclude -c -o "$dir/m.o" \
 			"$dir/macros.c"
 	done
 done
 for c in $cxxs; do
 	# shellcheck disable=SC2086
-	check "resume macros, $c -std=c++17" \
+	quiet "resume macros, $c -std=c++17" \
 		$c -std=c++17 -O2 $CXXWARN -Iinclude -c -o "$dir/m.o" \
 		"$dir/macros.cc"
 done
 [ -n "$cxx" ] || echo "note: no C++ compiler found, C++ checks skipped"
-echo "headers: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

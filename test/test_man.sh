@@ -15,20 +15,8 @@
 # failed"; exit status 1 on any failure.
 set -u
 BUILD=${BUILD:-build}
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT INT TERM
-pass=0
-fail=0
-
-ok() {
-	pass=$((pass + 1))
-	echo "ok   $1"
-}
-
-bad() {
-	fail=$((fail + 1))
-	echo "FAIL $1"
-}
+SUITE=man
+. test/helpers/checks.sh
 
 # The names on a source's NAME line, one per line.
 names() {
@@ -151,5 +139,4 @@ if [ "$built" = "$srcs" ] && [ "$srcs" != 0 ]; then
 else
 	bad "$BUILD/man holds $built pages for $srcs sources (run make man)"
 fi
-echo "man: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

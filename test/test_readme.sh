@@ -15,28 +15,10 @@ CC=${CC:-cc}
 # make check passes its CFLAGS and LDFLAGS as TEST_CFLAGS and TEST_LDFLAGS.
 CFLAGS=${TEST_CFLAGS:--O2 -g -std=gnu11 -pthread -Wall -Wextra}
 LDFLAGS=${TEST_LDFLAGS:-}
-dir=$(mktemp -d)
+SUITE=readme
+. test/helpers/checks.sh
 pid=
 trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
-trap 'exit 1' INT TERM
-pass=0
-fail=0
-
-ok() {
-	pass=$((pass + 1))
-	echo "ok   $1"
-}
-
-bad() {
-	fail=$((fail + 1))
-	echo "FAIL $1"
-}
-
-finish() {
-	echo "readme: $pass passed, $fail failed"
-	[ "$fail" = 0 ]
-	exit
-}
 
 if [ ! -f "$BUILD/libkeel.a" ] || ! command -v python3 >/dev/null; then
 	bad "$BUILD/libkeel.a and python3 are needed (run make first)"

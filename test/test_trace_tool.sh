@@ -12,33 +12,8 @@ set -u
 BUILD=${BUILD:-build}
 tool=$BUILD/tools/keel-trace
 gen=test/trace/gen_trace.py
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT INT TERM
-pass=0
-fail=0
-
-ok() {
-	pass=$((pass + 1))
-	echo "ok   $1"
-}
-
-bad() {
-	fail=$((fail + 1))
-	echo "FAIL $1"
-}
-
-# check NAME CMD...: one test, passed if CMD succeeds.
-check() {
-	name=$1
-	shift
-	if "$@"; then ok "$name"; else bad "$name"; fi
-}
-
-finish() {
-	echo "trace-tool: $pass passed, $fail failed"
-	[ "$fail" = 0 ]
-	exit
-}
+SUITE=trace-tool
+. test/helpers/checks.sh
 
 if [ ! -x "$tool" ] || ! command -v python3 >/dev/null; then
 	bad "$tool and python3 are needed (run make first)"
