@@ -389,8 +389,7 @@ static void schedule_drain(struct keel_actor *a)
 	if (keel__current_core == keel__core_of(a->loop))
 		drain_run(a->loop, &a->drain_item);
 	else
-		keel__core_of(a->loop)->hooks.remote_post(a->loop,
-							  &a->drain_item);
+		keel__remote_post(a->loop, &a->drain_item);
 }
 
 /* Queue an envelope: the mailbox's status. On an error it was not taken. */
@@ -725,8 +724,7 @@ void keel_actor_stop(struct keel_actor *a)
 	if (keel__current_core == keel__core_of(a->loop))
 		stop_run(a->loop, &a->stop_item);
 	else
-		keel__core_of(a->loop)->hooks.remote_post(a->loop,
-							  &a->stop_item);
+		keel__remote_post(a->loop, &a->stop_item);
 }
 
 /* ---- sending ------------------------------------------------------------ */
@@ -909,8 +907,7 @@ static void wake_blocked_sender(struct keel_actor *a)
 		    keel_container_of(w, struct envelope_box, wait);
 
 		keel_actor_ref(a); /* held until the wake ran */
-		keel__core_of(box->from)->hooks.remote_post(box->from,
-							    &w->wake);
+		keel__remote_post(box->from, &w->wake);
 	}
 }
 

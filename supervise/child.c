@@ -42,7 +42,7 @@ static bool on_loop(struct keel_loop *loop)
 
 static void post(struct keel_loop *loop, struct keel__remote_item *it)
 {
-	keel__core_of(loop)->hooks.remote_post(loop, it);
+	keel__remote_post(loop, it);
 }
 
 static struct keel__sup_link *link_ref(struct keel__sup_link *l)

@@ -51,8 +51,7 @@ void keel__sup_reply(struct keel__sup_cmd *cmd, int result)
 	if (keel__current_core == keel__core_of(cmd->from))
 		reply_run(cmd->from, &cmd->reply_item);
 	else
-		keel__core_of(cmd->from)->hooks.remote_post(cmd->from,
-							    &cmd->reply_item);
+		keel__remote_post(cmd->from, &cmd->reply_item);
 }
 
 /* The caller was cancelled (its loop): it stops waiting for the answer. */

@@ -16,7 +16,7 @@
 #ifndef KEEL_SUPERVISE_PRIV_H
 #define KEEL_SUPERVISE_PRIV_H
 
-#include "core.h"
+#include "loop.h" /* sched: keel__remote_post (and, below it, core.h) */
 
 #include <keel/supervisor.h>
 #include <pthread.h>

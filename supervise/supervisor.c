@@ -451,7 +451,7 @@ void keel__sup_wake(struct keel_sup *s)
 	if (__atomic_exchange_n(&s->wake_posted, 1, __ATOMIC_SEQ_CST))
 		return;
 	keel_sup_ref(s);
-	keel__core_of(s->loop)->hooks.remote_post(s->loop, &s->wake_item);
+	keel__remote_post(s->loop, &s->wake_item);
 }
 
 void keel_sup_stop(struct keel_sup *s)
