@@ -112,8 +112,12 @@ int keel_loop_fd(struct keel_loop *loop);
 
 /*
  * How long a host may sleep before the next keel_loop_step(): 0 when tasks
- * are ready, the time to the nearest timer in ns, or -1 when only I/O (the
- * ring fd) can wake the loop.
+ * are ready, other threads have posted work to the loop, a stop was asked
+ * for or requests are queued for the kernel; else the time to the nearest
+ * timer in ns, or -1 when only keel_loop_fd() can wake the loop (a
+ * completion, or another thread's post: between steps the loop stays
+ * parked, so a post rings its doorbell and makes the fd readable). The
+ * same answer the loop's own turn uses.
  * Ownership: reads the loop; nothing changes hands.
  */
 int64_t keel_loop_timeout_ns(const struct keel_loop *loop);
