@@ -270,14 +270,25 @@ void keel_loop_set_zc_threshold(struct keel_loop *loop, size_t bytes)
 	    bytes > UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
 }
 
+/*
+ * splice and tee name their input in the SQE's splice_fd_in, which
+ * IOSQE_FIXED_FILE does not cover (that flag is for the output, sqe->fd):
+ * a registered input is flagged with SPLICE_F_FD_IN_FIXED instead.
+ */
+static unsigned splice_in_flags(int *fd_in, unsigned flags)
+{
+	if (keel_fd_is_fixed(*fd_in)) {
+		*fd_in &= ~KEEL_FIXED_FD_BIT;
+		flags |= SPLICE_F_FD_IN_FIXED;
+	}
+	return flags;
+}
+
 int keel_splice(struct keel_task *t, int fd_in, int64_t off_in, int fd_out,
 		int64_t off_out, unsigned len, unsigned flags)
 {
 	OP_BEGIN(t, IORING_OP_SPLICE, KEEL__OP_KERNEL);
-	if (keel_fd_is_fixed(fd_in)) {
-		fd_in &= ~KEEL_FIXED_FD_BIT;
-		flags |= SPLICE_F_FD_IN_FIXED;
-	}
+	flags = splice_in_flags(&fd_in, flags);
 	io_uring_prep_splice(sqe, fd_in, off_in, fd_out, off_out, len, flags);
 	op->fd = fd_in;
 	return keel__op_commit(t, op, sqe);
@@ -287,6 +298,7 @@ int keel_tee(struct keel_task *t, int fd_in, int fd_out, unsigned len,
 	     unsigned flags)
 {
 	OP_BEGIN(t, IORING_OP_TEE, KEEL__OP_KERNEL);
+	flags = splice_in_flags(&fd_in, flags);
 	io_uring_prep_tee(sqe, fd_in, fd_out, len, flags);
 	op->fd = fd_in;
 	return keel__op_commit(t, op, sqe);

@@ -482,8 +482,8 @@ static int actor_step(struct keel_task *t)
 	}
 	if (a->spec.on_start) {
 		rc = a->spec.on_start(&a->ctx);
-		if (rc < 0) {
-			f->status = rc;
+		if (rc < 0 || rc == KEEL_ACTOR_STOP) { /* not started */
+			f->status = rc < 0 ? rc : 0;
 			goto out;
 		}
 	}

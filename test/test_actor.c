@@ -188,6 +188,50 @@ Test(actor, tells_are_handled_in_order_between_start_and_stop, .timeout = 10)
 	keel_loop_destroy(loop);
 }
 
+static int g_start_result;
+
+static int start_with_result(struct keel_actor_ctx *ctx)
+{
+	check_loop(ctx);
+	kt_log_push(&g_log, EV_START);
+	return g_start_result;
+}
+
+/* on_start's result decides whether the actor starts: KEEL_ACTOR_STOP and
+ * a negative errno both keep it from handling anything or running
+ * on_stop; the exit status tells them apart. */
+Test(actor, on_start_can_refuse_to_start_normally_or_with_an_error,
+     .timeout = 10)
+{
+	const int results[] = {KEEL_ACTOR_STOP, -ECONNREFUSED};
+	const int want[] = {EV_START};
+
+	for (int i = 0; i < 2; i++) {
+		struct keel_loop *loop = kt_loop_new(NULL);
+		struct keel_actor_spec s = spec(8, KEEL_MB_BLOCK);
+		struct keel_actor_stats st;
+		struct keel_actor *a = NULL;
+
+		g_log.n = 0;
+		g_dropped = 0;
+		g_start_result = results[i];
+		g_actor_loop = loop;
+		s.on_start = start_with_result;
+		cr_assert_eq(keel_actor_spawn(loop, &s, NULL, &a), 0);
+		tell_ok(a, 7); /* queued before the actor's first step */
+		kt_loop_run(loop);
+		kt_log_expect(&g_log, want, 1); /* no message, no on_stop */
+		keel_actor_stats(a, &st);
+		cr_expect_not(st.alive);
+		cr_expect_eq(st.handled, 0);
+		cr_expect_eq(st.exit_status, i == 0 ? 0 : -ECONNREFUSED,
+			     "exit status %d", st.exit_status);
+		cr_expect_eq(g_dropped, 1, "the queued tell goes to on_drop");
+		keel_actor_release(a);
+		keel_loop_destroy(loop);
+	}
+}
+
 static int g_after_stop;
 
 /* Tells 1, 2, 3, stops the actor, then tells 4 (refused at once). */

@@ -97,7 +97,12 @@ struct keel_actor_ctx {
 typedef int (*keel_actor_fn)(struct keel_actor_ctx *ctx,
 			     struct keel_envelope *msg);
 
-/* Before the first message: 0, or a negative errno not to start at all. */
+/*
+ * Before the first message: 0 to start; KEEL_ACTOR_STOP not to start and
+ * exit normally (status 0), or a negative errno not to start and exit with
+ * it. An actor that did not start never runs on_stop; messages already in
+ * its mailbox go to the mailbox's on_drop.
+ */
 typedef int (*keel_actor_start_fn)(struct keel_actor_ctx *ctx);
 
 /*
