@@ -157,6 +157,7 @@ void keel_actor_release(struct keel_actor *a)
 	free(a->carry);
 	keel_mailbox_release(a->mb);
 	pthread_mutex_destroy(&a->lock);
+	free((char *)a->spec.name);
 	free(a);
 }
 
@@ -558,11 +559,18 @@ static int actor_new(struct keel_loop *loop, const struct keel_actor_spec *spec,
 	if (!a)
 		return -ENOMEM;
 	a->spec = *spec;
+	/* The spec is copied, its name too: callers build names on the
+	 * stack (as for supervisors and child specs). */
+	if (spec->name && !(a->spec.name = strdup(spec->name))) {
+		free(a);
+		return -ENOMEM;
+	}
 	opts = spec->mailbox;
 	opts.on_drop = envelope_dropped;
 	opts.drop_arg = a;
 	err = keel_mailbox_new(loop, &opts, &a->mb);
 	if (err) {
+		free((char *)a->spec.name);
 		free(a);
 		return err;
 	}

@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -230,6 +231,28 @@ Test(actor, on_start_can_refuse_to_start_normally_or_with_an_error,
 		keel_actor_release(a);
 		keel_loop_destroy(loop);
 	}
+}
+
+/* The spec is copied, its name included: a name built in a buffer that
+ * is then reused still reads back. */
+Test(actor, spawn_copies_the_name, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_actor_spec s = spec(8, KEEL_MB_BLOCK);
+	struct keel_actor *a = NULL;
+	char name[32];
+
+	snprintf(name, sizeof(name), "shard-%d", 7);
+	s.name = name;
+	g_actor_loop = loop;
+	cr_assert_eq(keel_actor_spawn(loop, &s, NULL, &a), 0);
+	memset(name, 'x', sizeof(name) - 1);
+	cr_expect_str_eq(keel_actor_name(a), "shard-7");
+	tell_ok(a, M_STOP);
+	kt_loop_run(loop);
+	cr_expect_str_eq(keel_actor_name(a), "shard-7");
+	keel_actor_release(a);
+	keel_loop_destroy(loop);
 }
 
 static int g_after_stop;

@@ -130,8 +130,8 @@ struct keel_actor_spec {
 /*
  * Create an actor on `loop` from the loop's own thread (a task or callback
  * of it, or before it runs): its task starts on a later turn; messages sent
- * meanwhile wait in its mailbox. The spec is copied; `state` is the
- * behaviour's. Like any task, the actor observes the cancellation token of
+ * meanwhile wait in its mailbox. The spec is copied, its name too; `state` is
+ * the behaviour's. Like any task, the actor observes the cancellation token of
  * the task spawning it (if any): cancelling that stops the actor, with
  * the cause as its exit status.
  * Returns 0 and sets *out, -EINVAL (no behaviour, bad mailbox options),
