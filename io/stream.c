@@ -688,6 +688,31 @@ static bool out_of_resources(int res)
 	       res == -ENOBUFS;
 }
 
+/*
+ * Errors after which the listener is fine, so the stream re-arms at once:
+ * the connection went away before it was accepted, or (accept(2): Linux
+ * passes already-pending network errors to accept) a network error of
+ * that connection.
+ */
+static bool accept_transient(int res)
+{
+	switch (res) {
+	case -EINTR:
+	case -EAGAIN:
+	case -ECONNABORTED:
+	case -ENETDOWN:
+	case -EPROTO:
+	case -ENOPROTOOPT:
+	case -EHOSTDOWN:
+	case -ENONET:
+	case -EHOSTUNREACH:
+	case -EOPNOTSUPP:
+	case -ENETUNREACH:
+		return true;
+	}
+	return false;
+}
+
 static void accept_stopped(struct keel__io *io, struct keel__stream *s, int res,
 			   unsigned cqe_flags)
 {
@@ -705,8 +730,7 @@ static void accept_stopped(struct keel__io *io, struct keel__stream *s, int res,
 		s->state |= S_PARKED;
 		keel_timer_arm(s->task->loop, &a->backoff,
 			       io->core.now + a->backoff_ns);
-	} else if (res < 0 && res != -EINTR && res != -ECONNABORTED &&
-		   res != -EAGAIN) {
+	} else if (res < 0 && !accept_transient(res)) {
 		stream_end(s, end_result(s->task, res));
 	} else if (!(s->state & S_ENDED)) {
 		stream_rearm(io, s);

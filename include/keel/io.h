@@ -434,9 +434,10 @@ struct keel_accept_stream {
  * process runs out of descriptors (EMFILE, ENFILE; with
  * KEEL_ACCEPT_DIRECT, a full file table: ENFILE) or memory (ENOMEM,
  * ENOBUFS), accepting pauses (10 ms, doubling to 1 s) and resumes by
- * itself: never a spin. ECONNABORTED, EINTR and EAGAIN re-arm at once. The
- * task never sees those; any other error ends the stream and is what
- * keel_accept_next() returns from then on.
+ * itself: never a spin. The transient errors keel_accept() lists
+ * (ECONNABORTED, EINTR, EAGAIN and the network errors accept(2) passes on)
+ * re-arm at once. The task never sees those; any other error ends the
+ * stream and is what keel_accept_next() returns from then on.
  * Accepted sockets are SOCK_CLOEXEC. Returns 0 or a negative errno (with
  * KEEL_ACCEPT_DIRECT: the kernel's error registering the file table).
  * Ownership: `s` is the caller's (keep it in t's frame) and belongs to t;
