@@ -538,7 +538,7 @@ Test(abort, joined_abort_of_exited_task_then_null_after_normal_join,
 	cr_assert_eq(g_ja.third.res, KEEL_ABORTED);
 	cr_assert_str_eq(g_ja.third.msg, "early 3");
 	cr_assert_eq(g_ja.second.res, 5);
-	/* abort.h: "NULL otherwise" after a join that was not aborted. */
+	/* task.h: "NULL otherwise" after a join that was not aborted. */
 	cr_assert(!g_ja.second.has,
 		  "joined_abort after a normal join still gives \"%s\"",
 		  g_ja.second.msg);
