@@ -117,6 +117,21 @@ struct keel__stream_kind {
 	void (*release)(struct keel__io *io, struct keel__stream *s);
 };
 
+/* A stream names its kind by index (one byte in the frame, where a
+ * pointer would push an idle connection's frame into a larger class). */
+enum stream_kind_index { KIND_RECV, KIND_ACCEPT };
+static const struct keel__stream_kind recv_kind, accept_kind;
+static const struct keel__stream_kind *const stream_kinds[] = {
+    [KIND_RECV] = &recv_kind,
+    [KIND_ACCEPT] = &accept_kind,
+};
+
+static inline const struct keel__stream_kind *
+kind_of(const struct keel__stream *s)
+{
+	return stream_kinds[s->kind];
+}
+
 static struct keel__op *stream_op(struct keel__io *io, uint32_t op)
 {
 	return keel__op_at(&io->ledger, op - 1);
@@ -154,7 +169,7 @@ static int stream_arm(struct keel__io *io, struct keel__stream *s)
 
 	if (!sqe)
 		return -EAGAIN;
-	s->kind->prep(io, s, sqe);
+	kind_of(s)->prep(io, s, sqe);
 	keel__sqe_fixed_fd(sqe);
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
@@ -203,7 +218,7 @@ static void stream_drop(struct keel__io *io, struct keel__stream *s)
 	while (c) {
 		struct keel__chunk *next = c->next;
 
-		if (s->kind->sockets) {
+		if (kind_of(s)->sockets) {
 			close_socket(io, (int)c->len);
 		} else {
 			struct keel_buf b = {
@@ -228,9 +243,9 @@ static void stream_finalise(struct keel__io *io, struct keel__stream *s)
 
 	stream_drop(io, s);
 	if (s->state & S_PARKED)
-		s->kind->unpark(io, s);
-	if (s->kind->release)
-		s->kind->release(io, s);
+		kind_of(s)->unpark(io, s);
+	if (kind_of(s)->release)
+		kind_of(s)->release(io, s);
 	s->state = S_CLOSED | S_ENDED;
 	s->op = 0;
 	keel__op_release_quiet(io, op);
@@ -245,7 +260,7 @@ static int stream_pop(struct keel__io *io, struct keel__stream *s, void *out)
 	if (!s->head)
 		s->tail = NULL;
 	s->queued--;
-	int res = s->kind->take(io, s, c, out);
+	int res = kind_of(s)->take(io, s, c, out);
 
 	keel__chunk_put(io, c);
 	return res;
@@ -314,7 +329,7 @@ static void stream_cqe(struct keel__io *io, struct keel__op *op, int res,
 		s->state &= (uint16_t)~S_ARMED;
 		op->pending = 0;
 	}
-	s->kind->queue(io, s, op, res, cqe_flags);
+	kind_of(s)->queue(io, s, op, res, cqe_flags);
 	if (s->state & S_CLOSED) {
 		stream_drop(io, s);
 		if (!(s->state & S_ARMED))
@@ -322,7 +337,7 @@ static void stream_cqe(struct keel__io *io, struct keel__op *op, int res,
 		return;
 	}
 	if (!(cqe_flags & IORING_CQE_F_MORE))
-		s->kind->stopped(io, s, res, cqe_flags);
+		kind_of(s)->stopped(io, s, res, cqe_flags);
 	stream_deliver(s);
 }
 
@@ -356,7 +371,7 @@ static void stream_cancel(struct keel__io *io, struct keel__op *op)
 		return;
 	}
 	if (s->state & S_PARKED) {
-		s->kind->unpark(io, s);
+		kind_of(s)->unpark(io, s);
 		s->state &= (uint16_t)~S_PARKED;
 	}
 	stream_end(s, cause ? cause : -ECANCELED);
@@ -366,9 +381,10 @@ static void stream_cancel(struct keel__io *io, struct keel__op *op)
 /* The checks and the op every stream starts with; the caller then sets up
  * its kind's fields and calls stream_start(). On error nothing is held. */
 static int stream_open(struct keel_task *t, struct keel__stream *s,
-		       const struct keel__stream_kind *kind, int fd,
+		       enum stream_kind_index kind_index, int fd,
 		       unsigned flags)
 {
+	const struct keel__stream_kind *kind = stream_kinds[kind_index];
 	struct keel__io *io = keel__io_of(t->loop);
 	int cause = keel__task_cancel_cause(t);
 
@@ -386,7 +402,7 @@ static int stream_open(struct keel_task *t, struct keel__stream *s,
 	op->u.stream.stream = s;
 	op->u.stream.on_cqe = stream_cqe;
 	op->u.stream.on_cancel = stream_cancel;
-	s->kind = kind;
+	s->kind = (uint8_t)kind_index;
 	s->task = t;
 	s->head = s->tail = NULL;
 	s->out = NULL;
@@ -432,7 +448,7 @@ static int stream_next(struct keel_task *t, struct keel__stream *s, void *out)
 		return keel__task_ready(t, cause);
 	}
 	if (!(s->state & (S_ARMED | S_PARKED))) {
-		s->kind->restart(io, s);
+		kind_of(s)->restart(io, s);
 		if (s->state & S_ENDED)
 			return keel__task_ready(t, s->end);
 	}
@@ -474,7 +490,7 @@ static void recv_queue(struct keel__io *io, struct keel__stream *s,
 	if (n > 0) {
 		stream_enqueue(s, first, last, n);
 		/* Backpressure: enough queued, stop receiving for now. */
-		if (more && s->queued >= r->limit &&
+		if (more && s->queued >= s->limit &&
 		    !(op->flags & KEEL__OP_CANCEL_SENT)) {
 			s->state |= S_PAUSING;
 			keel__op_send_cancel(io, op);
@@ -503,7 +519,7 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 		   !keel__task_cancel_cause(s->task)) {
 		/* Paused for backpressure: keel_recv_next() and
 		 * keel_recv_try() re-arm once the queue drains. */
-		if (s->queued <= r->limit / 2u) {
+		if (s->queued <= s->limit / 2u) {
 			s->state &= (uint16_t)~S_PAUSING;
 			stream_rearm(io, s);
 		}
@@ -512,7 +528,7 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 	} else if (!(s->state & S_ENDED)) {
 		/* The kernel ended it early: re-arm, unless the queue is
 		 * full (then as if paused). */
-		if (s->queued >= r->limit)
+		if (s->queued >= s->limit)
 			s->state |= S_PAUSING;
 		else
 			stream_rearm(io, s);
@@ -535,7 +551,6 @@ static void recv_restart(struct keel__io *io, struct keel__stream *s)
 static int recv_take(struct keel__io *io, struct keel__stream *s,
 		     struct keel__chunk *c, void *out)
 {
-	struct keel_recv_stream *r = recv_of(s);
 	struct keel_buf *b = out;
 
 	b->data = c->data;
@@ -545,7 +560,7 @@ static int recv_take(struct keel__io *io, struct keel__stream *s,
 	b->flags = 0;
 	/* Paused by a full queue and half of it taken: receive again. */
 	if ((s->state & S_PAUSING) && !(s->state & S_ARMED) &&
-	    s->queued <= r->limit / 2u) {
+	    s->queued <= s->limit / 2u) {
 		s->state &= (uint16_t)~S_PAUSING;
 		if (!(s->state & (S_CLOSED | S_ENDED | S_PARKED)))
 			stream_rearm(io, s);
@@ -596,13 +611,13 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 
 	if (gid >= io->nbufrings || io->bufrings[gid] != ring)
 		return -EINVAL; /* another loop's ring */
-	int err = stream_open(t, &s->base, &recv_kind, fd, flags);
+	int err = stream_open(t, &s->base, KIND_RECV, fd, flags);
 
 	if (err)
 		return err;
 	s->ring = ring;
 	s->starved.next = s->starved.prev = NULL;
-	s->limit = KEEL_RECV_QUEUE_DEFAULT;
+	s->base.limit = KEEL_RECV_QUEUE_DEFAULT;
 	keel__bufring_stream_ref(ring, 1);
 	return stream_start(io, &s->base);
 }
@@ -619,7 +634,7 @@ int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit)
 {
 	if (limit < 1 || limit > 4096)
 		return -EINVAL;
-	s->limit = (uint16_t)limit;
+	s->base.limit = (uint16_t)limit;
 	return 0;
 }
 
@@ -787,7 +802,7 @@ int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
 		if (err)
 			return err;
 	}
-	int err = stream_open(t, &s->base, &accept_kind, fd, flags);
+	int err = stream_open(t, &s->base, KIND_ACCEPT, fd, flags);
 
 	if (err)
 		return err;

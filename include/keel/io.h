@@ -340,9 +340,7 @@ void keel_buf_release(struct keel_buf *buf);
 #define KEEL_RECV_BUNDLE 0x1u /* one CQE for several buffers (6.10+) */
 
 /* What recv and accept streams share (private; io/stream.c). */
-struct keel__stream_kind;
 struct keel__stream {
-	const struct keel__stream_kind *kind; /* recv or accept */
 	struct keel_task *task;
 	struct keel__chunk *head, *tail; /* received, not yet taken */
 	void *out;			 /* where a waiting take goes */
@@ -352,6 +350,9 @@ struct keel__stream {
 	uint32_t queued; /* items received, not yet taken */
 	uint16_t state;	 /* private bits */
 	uint16_t flags;
+	uint16_t limit; /* recv: pause receiving at this many queued */
+	uint8_t kind;	/* its hooks: an index (io/stream.c), not a pointer,
+			 * so that an idle connection's frame stays small */
 };
 
 /* Lives in the task's frame; fields are private. */
@@ -359,7 +360,6 @@ struct keel_recv_stream {
 	struct keel__stream base;
 	struct keel_bufring *ring;
 	struct keel__link starved; /* the ring's starved streams */
-	uint16_t limit;		   /* pause receiving at this many */
 };
 
 /* Chunks a stream queues before it stops receiving (default). */
