@@ -2,6 +2,9 @@
 /*
  * introspect.c: task dumps, the stall watchdog, and Prometheus metrics.
  *
+ * A dump is built in memory and written under a process-wide lock, so that
+ * the dumps of several loops (SIGUSR1 in a runtime) do not mix on stderr.
+ *
  * The stall detector costs the loop nothing per step beyond two relaxed
  * stores (the step counter and the resume site, sched/loop.c): a watchdog
  * thread, started with the first loop, samples every registered loop each
@@ -209,13 +212,44 @@ static const char *task_state(const struct keel_task *t)
 	return "running";
 }
 
+/* Serialises the writes of dumps: loops on several threads (SIGUSR1 in a
+ * runtime) dump at the same time to the same stderr. */
+static pthread_mutex_t dump_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* All of `buf`, in as few writes as `fd` takes, none of another dump's in
+ * between. */
+static int dump_write(int fd, const char *buf, size_t len)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&dump_lock);
+	while (len) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err = -errno;
+			break;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	pthread_mutex_unlock(&dump_lock);
+	return err;
+}
+
 int keel_loop_dump(struct keel_loop *loop, int fd)
 {
 	struct keel__core *c = &loop->io.core;
 	struct keel__ledger *l = &loop->io.ledger;
 	uint64_t now = keel__clock_now();
-	FILE *out = fdopen(dup(fd), "w");
-	int listed = 0;
+	char *text = NULL;
+	size_t len = 0;
+	/* Built in memory, then written at once (a stdio stream on `fd`
+	 * would flush it a buffer at a time, between another loop's). */
+	FILE *out = open_memstream(&text, &len);
+	int listed = 0, err;
 
 	if (!out)
 		return -errno;
@@ -254,8 +288,14 @@ int keel_loop_dump(struct keel_loop *loop, int fd)
 				    : "");
 		}
 	}
-	fclose(out);
-	return listed;
+	if (fclose(out)) {
+		err = -errno;
+		free(text);
+		return err;
+	}
+	err = dump_write(fd, text, len);
+	free(text);
+	return err ? err : listed;
 }
 
 /* ---- metrics ------------------------------------------------------------ */

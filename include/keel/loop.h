@@ -418,8 +418,10 @@ struct keel_loop;
 struct keel_task;
 
 /*
- * Write a task dump of `loop` to `fd` (e.g. STDERR_FILENO). Returns the
- * number of tasks listed or a negative errno.
+ * Write a task dump of `loop` to `fd` (e.g. STDERR_FILENO), in one piece:
+ * the dumps of loops on other threads to the same `fd` are written before
+ * or after it, never in the middle. Returns the number of tasks listed or a
+ * negative errno.
  * Ownership: `fd` stays the caller's.
  */
 int keel_loop_dump(struct keel_loop *loop, int fd);
