@@ -13,7 +13,8 @@
  * loop whose step counter has not moved while a task is running, for longer
  * than its threshold, is stalled: the watchdog writes one line to stderr at
  * once (at most once a second per loop), so a step that never returns is still
- * reported, and flags the loop; after the step the loop emits the STALL trace
+ * reported, and flags the loop (a task's first step, its startup work, only
+ * past ten thresholds); after the step the loop emits the STALL trace
  * event and calls the user's reporter. (Timing each step instead would cost a
  * clock read, 15-40 ns here, per step.)
  */
@@ -45,6 +46,13 @@ static struct {
     .wake = PTHREAD_COND_INITIALIZER,
 };
 
+/*
+ * A task's first step is its startup work (a listener creating a buffer ring
+ * with MAP_POPULATE, an actor's on_start): it may take longer than a step of
+ * the steady state, so it is reported only past this many thresholds.
+ */
+#define FIRST_STEP_THRESHOLDS 10
+
 static void watch_one(struct keel_loop *loop, uint64_t now)
 {
 	struct keel__loop_watch *w = &loop->watch;
@@ -60,7 +68,15 @@ static void watch_one(struct keel_loop *loop, uint64_t now)
 		w->reported = false;
 		return;
 	}
-	if (w->reported || now - w->since < threshold)
+	if (w->reported)
+		return;
+	/* Stored before the step began: the step counter has not moved. */
+	const struct keel_await_point *at =
+	    __atomic_load_n(&c->current_site, __ATOMIC_RELAXED);
+
+	if (!at && threshold < UINT64_MAX / FIRST_STEP_THRESHOLDS)
+		threshold *= FIRST_STEP_THRESHOLDS;
+	if (now - w->since < threshold)
 		return;
 	w->reported = true;
 	__atomic_store_n(&c->stall_flag, now - w->since, __ATOMIC_RELAXED);
@@ -68,8 +84,6 @@ static void watch_one(struct keel_loop *loop, uint64_t now)
 	if (w->fn || now - w->last_report < 1000000000u)
 		return;
 	w->last_report = now;
-	const struct keel_await_point *at =
-	    __atomic_load_n(&c->current_site, __ATOMIC_RELAXED);
 	const struct keel_task_type *type =
 	    __atomic_load_n(&c->current_type, __ATOMIC_RELAXED);
 

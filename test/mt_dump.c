@@ -89,8 +89,7 @@ static void check_dumps(char *text)
 	int dumps = 0, lines = TASKS, bad = 0;
 	const char *type = NULL;
 
-	for (char *line = strtok(text, "\n"); line;
-	     line = strtok(NULL, "\n")) {
+	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
 		if (lines == TASKS) {
 			if (strncmp(line, "keel: task dump: ", 17) != 0) {
 				if (!bad++)
@@ -103,8 +102,7 @@ static void check_dumps(char *text)
 			type = NULL;
 			continue;
 		}
-		const char *this = strstr(line, " alpha_task [")
-				       ? "alpha"
+		const char *this = strstr(line, " alpha_task [")  ? "alpha"
 				   : strstr(line, " beta_task [") ? "beta"
 								  : NULL;
 

@@ -409,7 +409,10 @@ int keel_blocking_pool_config(unsigned threads, unsigned queue);
  * clock read: a watchdog thread samples each loop's step counter every half
  * threshold, so a step that never returns is reported too (one stderr line
  * at most once a second per loop; a custom reporter is called, after the
- * step, for every stalled step). Step durations themselves are in traces.
+ * step, for every stalled step). A task's first step is its startup work
+ * (e.g. creating a buffer ring with MAP_POPULATE, an actor's on_start): it
+ * is reported only when it runs longer than ten times the threshold. Step
+ * durations themselves are in traces.
  *
  * Metrics are rendered in the Prometheus text format 0.0.4: counters end
  * in _total, durations are in seconds, the only label is the loop index.
