@@ -216,11 +216,24 @@ struct keel__op *keel__op_new(struct keel__io *io, struct keel_task *t,
 
 /*
  * Start an op of `t`: an op slot and its SQE (room for a linked timeout
- * too when one is pending). Returns the SQE, or NULL with *err set.
+ * too when one is pending). Returns the SQE, or NULL with *err set (and
+ * the pending timeout, if any, dropped: it was this op's).
  */
 struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
 				    uint8_t kind, struct keel__op **opp,
 				    int *err);
+
+/*
+ * An op of `t` that ends at once, without reaching the kernel, still takes
+ * the deadline keel_op_timeout() gave the op that follows it: drop it, so
+ * that it does not land on a later op of the step.
+ */
+static inline void keel__op_timeout_drop(struct keel__io *io,
+					 const struct keel_task *t)
+{
+	if (io->timeout_task == t)
+		io->timeout_task = NULL;
+}
 
 /*
  * Finish queuing an op begun with keel__op_begin(): set its user_data, link

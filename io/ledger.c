@@ -154,7 +154,7 @@ struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
 	/* Level-triggered: under a cancelled token no op starts. */
 	if (cause) {
 		*err = cause;
-		return NULL;
+		goto fail;
 	}
 	/* The op and its linked timeout must be adjacent in the SQ. */
 	keel__io_reserve(io, linked ? 2u : 1u);
@@ -162,7 +162,7 @@ struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
 
 	if (!sqe) {
 		*err = -EAGAIN;
-		return NULL;
+		goto fail;
 	}
 	*opp = keel__op_new(io, t, kind, opcode);
 	if (!*opp) {
@@ -170,9 +170,12 @@ struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
 		io_uring_prep_nop(sqe);
 		io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
 		*err = -ENOMEM;
-		return NULL;
+		goto fail;
 	}
 	return sqe;
+fail:
+	keel__op_timeout_drop(io, t);
+	return NULL;
 }
 
 static void link_timeout(struct keel__io *io, struct keel__op *op,

@@ -85,8 +85,10 @@ int keel_close(struct keel_task *t, int fd)
 	/* The cancel, the close and a linked timeout must be adjacent. */
 	keel__io_reserve(io, 3);
 	cancel = keel__io_sqe(io);
-	if (!cancel)
+	if (!cancel) {
+		keel__op_timeout_drop(io, t);
 		return keel__task_ready(t, -EAGAIN);
+	}
 	io_uring_prep_cancel_fd(
 	    cancel, fd & ~KEEL_FIXED_FD_BIT,
 	    IORING_ASYNC_CANCEL_ALL |
@@ -222,12 +224,12 @@ static int send_all_start(struct keel_task *t, int fd, const void *buf,
 	uint8_t opcode = msg ? (zc ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG)
 			     : (zc ? IORING_OP_SEND_ZC : IORING_OP_SEND);
 
-	if (len == 0)
-		return keel__task_ready(t, 0);
 	/* Results are ints and SQE lengths 32 bits: refuse, never send
 	 * part of it and report a broken pipe. */
-	if (len > INT32_MAX)
-		return keel__task_ready(t, -EINVAL);
+	if (len == 0 || len > INT32_MAX) {
+		keel__op_timeout_drop(io, t);
+		return keel__task_ready(t, len ? -EINVAL : 0);
+	}
 	OP_BEGIN(t, opcode, KEEL__OP_SEND_ALL);
 	op->fd = fd;
 	op->u.send_all.buf = buf;

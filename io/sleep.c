@@ -36,15 +36,16 @@ int keel_sleep_until(struct keel_task *t, uint64_t deadline_ns)
 	int cause = keel__task_cancel_cause(t);
 
 	if (cause) {
-		if (io->timeout_task == t)
-			io->timeout_task = NULL;
+		keel__op_timeout_drop(io, t);
 		return keel__task_ready(t, cause);
 	}
 	struct keel__op *op =
 	    keel__op_new(io, t, KEEL__OP_USER, IORING_OP_TIMEOUT);
 
-	if (!op)
+	if (!op) {
+		keel__op_timeout_drop(io, t);
 		return keel__task_ready(t, -ENOMEM);
+	}
 	op->pending = 1;
 	op->res = 0;
 	op->u.user.cancel = sleep_cancel;

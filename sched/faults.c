@@ -9,8 +9,9 @@
  * handled, and SA_NODEFER, so jumping out of it leaves the signal mask as
  * it was) and gives the loop's thread an alternate signal stack. The
  * handler acts only when the faulting thread is running a task step of a
- * loop that opted in; any other fault gets the previous disposition back
- * and is re-raised by the faulting instruction when the handler returns.
+ * loop that opted in; any other fault is passed on to the previous
+ * disposition, for that fault alone: keel's handler stays installed for
+ * the next fault, which may be one of a task it can recover.
  *
  * KEEL_FAULTS_RECOVER jumps back to the loop's abort frame: the task is
  * aborted like a panic, with the signal and its last await site recorded.
@@ -21,6 +22,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -88,12 +90,44 @@ static int signal_slot(int sig)
 	return 0;
 }
 
+/*
+ * A fault keel does not recover: what the previous disposition would have
+ * done with it. A handler is called as the kernel would have (without its
+ * sa_mask and flags, which only the kernel applies). The default action
+ * (and an ignored fault, which the kernel would not ignore either) ends
+ * the process, so the default disposition can be put back for good: a
+ * fault re-runs its instruction when the handler returns, a signal someone
+ * sent is raised again (SA_NODEFER: delivered at once).
+ */
+static void pass_on(int sig, siginfo_t *si, void *uctx)
+{
+	const struct sigaction *prev = &previous[signal_slot(sig)];
+	bool sent = si->si_code <= 0;
+
+	if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+		if (prev->sa_flags & SA_SIGINFO)
+			prev->sa_sigaction(sig, si, uctx);
+		else
+			prev->sa_handler(sig);
+		return;
+	}
+	if (prev->sa_handler == SIG_IGN && sent)
+		return;
+	struct sigaction dfl;
+
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	sigaction(sig, &dfl, NULL);
+	if (sent)
+		raise(sig);
+}
+
 static void fault_handler(int sig, siginfo_t *si, void *uctx)
 {
 	struct keel__core *c = keel__current_core;
 	struct keel_task *t = c ? c->current : NULL;
 
-	(void)uctx;
 	if (t && c->abort_armed && !c->unwinding &&
 	    c->fault_mode != KEEL_FAULTS_DIE) {
 		if (c->fault_mode == KEEL_FAULTS_RECOVER) {
@@ -115,9 +149,8 @@ static void fault_handler(int sig, siginfo_t *si, void *uctx)
 			/* nothing more can be done about it here */
 		}
 	}
-	/* Not ours to recover: the previous disposition handles the fault
-	 * when the faulting instruction runs again. */
-	sigaction(sig, &previous[signal_slot(sig)], NULL);
+	/* Not ours to recover. */
+	pass_on(sig, si, uctx);
 }
 
 static void install_handlers(void)

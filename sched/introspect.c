@@ -2,6 +2,9 @@
 /*
  * introspect.c: task dumps, the stall watchdog, and Prometheus metrics.
  *
+ * A dump is built in memory and written under a process-wide lock, so that
+ * the dumps of several loops (SIGUSR1 in a runtime) do not mix on stderr.
+ *
  * The stall detector costs the loop nothing per step beyond two relaxed
  * stores (the step counter and the resume site, sched/loop.c): a watchdog
  * thread, started with the first loop, samples every registered loop each
@@ -10,7 +13,8 @@
  * loop whose step counter has not moved while a task is running, for longer
  * than its threshold, is stalled: the watchdog writes one line to stderr at
  * once (at most once a second per loop), so a step that never returns is still
- * reported, and flags the loop; after the step the loop emits the STALL trace
+ * reported, and flags the loop (a task's first step, its startup work, only
+ * past ten thresholds); after the step the loop emits the STALL trace
  * event and calls the user's reporter. (Timing each step instead would cost a
  * clock read, 15-40 ns here, per step.)
  */
@@ -42,6 +46,13 @@ static struct {
     .wake = PTHREAD_COND_INITIALIZER,
 };
 
+/*
+ * A task's first step is its startup work (a listener creating a buffer ring
+ * with MAP_POPULATE, an actor's on_start): it may take longer than a step of
+ * the steady state, so it is reported only past this many thresholds.
+ */
+#define FIRST_STEP_THRESHOLDS 10
+
 static void watch_one(struct keel_loop *loop, uint64_t now)
 {
 	struct keel__loop_watch *w = &loop->watch;
@@ -57,7 +68,15 @@ static void watch_one(struct keel_loop *loop, uint64_t now)
 		w->reported = false;
 		return;
 	}
-	if (w->reported || now - w->since < threshold)
+	if (w->reported)
+		return;
+	/* Stored before the step began: the step counter has not moved. */
+	const struct keel_await_point *at =
+	    __atomic_load_n(&c->current_site, __ATOMIC_RELAXED);
+
+	if (!at && threshold < UINT64_MAX / FIRST_STEP_THRESHOLDS)
+		threshold *= FIRST_STEP_THRESHOLDS;
+	if (now - w->since < threshold)
 		return;
 	w->reported = true;
 	__atomic_store_n(&c->stall_flag, now - w->since, __ATOMIC_RELAXED);
@@ -65,8 +84,6 @@ static void watch_one(struct keel_loop *loop, uint64_t now)
 	if (w->fn || now - w->last_report < 1000000000u)
 		return;
 	w->last_report = now;
-	const struct keel_await_point *at =
-	    __atomic_load_n(&c->current_site, __ATOMIC_RELAXED);
 	const struct keel_task_type *type =
 	    __atomic_load_n(&c->current_type, __ATOMIC_RELAXED);
 
@@ -209,13 +226,44 @@ static const char *task_state(const struct keel_task *t)
 	return "running";
 }
 
+/* Serialises the writes of dumps: loops on several threads (SIGUSR1 in a
+ * runtime) dump at the same time to the same stderr. */
+static pthread_mutex_t dump_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* All of `buf`, in as few writes as `fd` takes, none of another dump's in
+ * between. */
+static int dump_write(int fd, const char *buf, size_t len)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&dump_lock);
+	while (len) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err = -errno;
+			break;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	pthread_mutex_unlock(&dump_lock);
+	return err;
+}
+
 int keel_loop_dump(struct keel_loop *loop, int fd)
 {
 	struct keel__core *c = &loop->io.core;
 	struct keel__ledger *l = &loop->io.ledger;
 	uint64_t now = keel__clock_now();
-	FILE *out = fdopen(dup(fd), "w");
-	int listed = 0;
+	char *text = NULL;
+	size_t len = 0;
+	/* Built in memory, then written at once (a stdio stream on `fd`
+	 * would flush it a buffer at a time, between another loop's). */
+	FILE *out = open_memstream(&text, &len);
+	int listed = 0, err;
 
 	if (!out)
 		return -errno;
@@ -254,8 +302,14 @@ int keel_loop_dump(struct keel_loop *loop, int fd)
 				    : "");
 		}
 	}
-	fclose(out);
-	return listed;
+	if (fclose(out)) {
+		err = -errno;
+		free(text);
+		return err;
+	}
+	err = dump_write(fd, text, len);
+	free(text);
+	return err ? err : listed;
 }
 
 /* ---- metrics ------------------------------------------------------------ */

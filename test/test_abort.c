@@ -8,12 +8,14 @@
  * panic at various points; KEEL_ASSERT; panics in routines and in defers;
  * panics outside any task step abort the process (forked children); and
  * hardware faults: recovered as an abort with KEEL_FAULTS_RECOVER, fatal by
- * default, reported then fatal with KEEL_FAULTS_REPORT.
+ * default, reported then fatal with KEEL_FAULTS_REPORT; a fault outside any
+ * task goes to the handler that was there before, and recovery stays on.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <keel.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1179,4 +1181,58 @@ Test(abort, fault_outside_task_step_kills_even_when_recovering, .timeout = 10)
 	map_bad_page();
 	run_forked(child_fault_in_timer, &d);
 	expect_fault_death(&d);
+}
+
+/*
+ * A fault keel does not handle goes to the handler that was there before,
+ * for that fault only: the next fault, in a task, is recovered again.
+ */
+static sigjmp_buf g_outside_env;
+static volatile sig_atomic_t g_outside_armed;
+static volatile sig_atomic_t g_outside_faults;
+
+static void outside_handler(int sig, siginfo_t *si, void *uctx)
+{
+	static const char msg[] = "the test's handler got a task's fault\n";
+
+	g_outside_faults++;
+	if (!g_outside_armed) {
+		/* keel's handler is gone: say so, and fail the test. */
+		if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0)
+			_exit(98);
+		_exit(99);
+	}
+	g_outside_armed = 0;
+	siglongjmp(g_outside_env, 1);
+}
+
+Test(abort, fault_outside_task_goes_to_previous_handler_and_recovery_stays,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct sigaction sa;
+	struct keel_loop_stats s;
+
+	map_bad_page();
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = outside_handler;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGSEGV, &sa, NULL), 0);
+	cr_assert_eq(keel_loop_set_faults(loop, KEEL_FAULTS_RECOVER), 0);
+	/* Outside any task step: not keel's to recover. */
+	g_outside_armed = 1;
+	if (!sigsetjmp(g_outside_env, 1))
+		g_bad[3] = 1;
+	cr_assert_eq(g_outside_faults, 1);
+	/* In a task step: still recovered, twice. */
+	kt_spawn(loop, &fdriver_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	s = kt_stats(loop);
+	cr_assert_eq(g_outside_faults, 1);
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(g_fault[i].res, KEEL_ABORTED, "join %d gave %d", i,
+			     g_fault[i].res);
+	cr_assert_eq(s.fault_recoveries, 2);
+	keel_loop_destroy(loop);
 }

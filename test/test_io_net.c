@@ -5,8 +5,9 @@
  * 1 MiB payload checked byte for byte, end of stream, keel_close() of an fd
  * with a recv in flight, linked timeouts (expiry and not), a task that exits
  * with a recv in flight (a zombie until the kernel returns the op; also with
- * a linked timeout, and joined by its parent), a refused connection, and an
- * accept that times out.
+ * a linked timeout, and joined by its parent), a refused connection, an
+ * accept that times out, and an op deadline taken by a send that ends at
+ * once (it does not move on to the next op).
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -609,5 +610,48 @@ Test(io_net, accept_with_linked_timeout_and_no_client_times_out, .timeout = 10)
 	kt_log_expect(&g_log, (const int[]){-ETIMEDOUT}, 1);
 	cr_assert_eq(kt_stats(loop).ops_inflight, 0);
 	close(lfd);
+	keel_loop_destroy(loop);
+}
+
+/*
+ * keel_op_timeout() before a send_all that ends at once (nothing to send):
+ * the deadline was that send's, so the sleep after it runs its full time
+ * instead of being cut short by it.
+ */
+struct untimed {
+	struct keel_task task;
+	int fd;
+};
+
+static int untimed_step(struct keel_task *t);
+static KEEL_TASK_TYPE(untimed_task, struct untimed, task, untimed_step);
+
+static int untimed_step(struct keel_task *t)
+{
+	struct untimed *u = keel_container_of(t, struct untimed, task);
+
+	KEEL_BEGIN(t);
+	keel_op_timeout(t, KT_MS(1));
+	KEEL_AWAIT(t, keel_send_all(t, u->fd, "", 0, 0));
+	kt_log_push(&g_log, keel_res(t));
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(20)));
+	kt_log_push(&g_log, keel_res(t));
+	KEEL_END(t);
+}
+
+Test(io_net, op_timeout_is_taken_by_an_op_that_ends_at_once, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct untimed *u;
+	int fds[2];
+
+	kt_tcp_pair(fds);
+	u = kt_spawn(loop, &untimed_task, KEEL_PRIO_NORMAL);
+	u->fd = fds[0];
+	kt_loop_run(loop);
+	kt_log_expect(&g_log, (const int[]){0, 0}, 2);
+	cr_assert_eq(kt_stats(loop).ops_inflight, 0);
+	close(fds[0]);
+	close(fds[1]);
 	keel_loop_destroy(loop);
 }

@@ -67,11 +67,13 @@ struct statx;
  *   gone when it expires);
  * - keel_sleep/keel_sleep_until (keel/loop.h): the earlier deadline wins,
  *   and the result is -ETIMEDOUT if it was this one.
+ * One of these that ends at once without reaching the kernel (under a
+ * cancelled token, a zero-length send, no room in the SQ) takes it all the
+ * same and drops it: it never moves on to a later op.
  * Other awaits do not take it (recv/accept streams' keel_recv_next and
  * keel_accept_next, joins, mailboxes and keel/sync.h, keel_blocking): it
- * would stay pending for the next op of that step. An op that fails at once
- * (e.g. under a cancelled token) does not take it either. For those, and
- * for a deadline over several awaits, use a token deadline
+ * would stay pending for the next op of that step. For those, and for a
+ * deadline over several awaits, use a token deadline
  * (keel_token_set_timeout, keel/task.h).
  * Ownership: nothing changes hands.
  */

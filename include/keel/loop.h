@@ -409,7 +409,10 @@ int keel_blocking_pool_config(unsigned threads, unsigned queue);
  * clock read: a watchdog thread samples each loop's step counter every half
  * threshold, so a step that never returns is reported too (one stderr line
  * at most once a second per loop; a custom reporter is called, after the
- * step, for every stalled step). Step durations themselves are in traces.
+ * step, for every stalled step). A task's first step is its startup work
+ * (e.g. creating a buffer ring with MAP_POPULATE, an actor's on_start): it
+ * is reported only when it runs longer than ten times the threshold. Step
+ * durations themselves are in traces.
  *
  * Metrics are rendered in the Prometheus text format 0.0.4: counters end
  * in _total, durations are in seconds, the only label is the loop index.
@@ -418,8 +421,10 @@ struct keel_loop;
 struct keel_task;
 
 /*
- * Write a task dump of `loop` to `fd` (e.g. STDERR_FILENO). Returns the
- * number of tasks listed or a negative errno.
+ * Write a task dump of `loop` to `fd` (e.g. STDERR_FILENO), in one piece:
+ * the dumps of loops on other threads to the same `fd` are written before
+ * or after it, never in the middle. Returns the number of tasks listed or a
+ * negative errno.
  * Ownership: `fd` stays the caller's.
  */
 int keel_loop_dump(struct keel_loop *loop, int fd);

@@ -477,9 +477,10 @@ enum keel_fault_mode {
 
 /*
  * Choose how this loop's thread handles hardware faults. Installs the
- * process-wide handlers on first use (they defer to the previous handler for
- * faults outside keel task steps) and an alternate signal stack for the
- * calling thread. Returns 0 or a negative errno.
+ * process-wide handlers on first use (each fault outside a task step of a
+ * loop that opted in is passed on to the previous handler, or gets the
+ * default action; keel's handlers stay for later faults) and an alternate
+ * signal stack for the calling thread. Returns 0 or a negative errno.
  * Ownership: the handlers and the alternate stack are keel's, process- and
  * thread-wide, never freed.
  */
