@@ -86,6 +86,8 @@ struct main_frame {
 struct metrics_server {
 	struct keel_task task;
 	int fd;
+	/* Out of fds, a stream pauses accepting; a plain accept would spin. */
+	struct keel_accept_stream as;
 };
 
 struct metrics_conn {
@@ -325,13 +327,12 @@ static int metrics_server_step(struct keel_task *t)
 	    keel_container_of(t, struct metrics_server, task);
 
 	KEEL_BEGIN(t);
+	if (keel_accept_stream_open(t, &s->as, s->fd, 0))
+		goto out; /* no metrics, but echo goes on */
 	for (;;) {
-		KEEL_AWAIT(t, keel_accept(t, s->fd, NULL, NULL, 0));
-		if (keel_res(t) < 0) {
-			if (keel_res(t) == -ECANCELED)
-				break;
-			continue;
-		}
+		KEEL_AWAIT(t, keel_accept_next(t, &s->as));
+		if (keel_res(t) < 0)
+			break; /* the shutdown, or a fatal error */
 		struct metrics_conn *m = keel_spawn(
 		    keel_task_loop(t), &metrics_conn_task, KEEL_PRIO_LOW);
 
@@ -340,6 +341,8 @@ static int metrics_server_step(struct keel_task *t)
 		else
 			close(keel_res(t));
 	}
+	keel_accept_stream_close(&s->as);
+out:
 	KEEL_AWAIT(t, keel_close(t, s->fd));
 	KEEL_END(t);
 }
