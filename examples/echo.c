@@ -76,6 +76,7 @@ struct acceptor {
 	struct keel_task task;
 	struct shard *shard;
 	struct keel_accept_stream as;
+	int refused; /* a socket being closed for want of a frame */
 };
 
 struct main_frame {
@@ -210,7 +211,11 @@ static int acceptor_step(struct keel_task *t)
 		    keel_spawn(keel_task_loop(t), &conn_task, KEEL_PRIO_NORMAL);
 
 		if (!c) {
-			close(fd); /* out of memory: refuse this one */
+			/* Out of memory: refuse this one. A direct socket is
+			 * a slot in the ring's file table, which close(2)
+			 * does not know: keel_close releases either kind. */
+			a->refused = fd;
+			KEEL_AWAIT(t, keel_close(t, a->refused));
 			continue;
 		}
 		c->shard = s;
