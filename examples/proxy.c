@@ -626,6 +626,9 @@ int main(int argc, char **argv)
 				"proxy: the backend %s is the proxy's own "
 				"listener (%s:%ld)\n",
 				btext, lhost, lport);
+			close(fd);
+			keel_runtime_destroy(rt);
+			free(shards);
 			return 2;
 		}
 	}
