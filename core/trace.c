@@ -646,8 +646,20 @@ static void start_from_env(void)
 {
 	const char *path = getenv("KEEL_TRACE");
 
-	if (path && *path && keel_trace_start(path) == 0)
+	if (!path || !*path)
+		return;
+	int err = keel_trace_start(path);
+
+	if (err == 0) {
 		atexit(stop_at_exit);
+		return;
+	}
+	/* The one place library code prints: the environment has no caller
+	 * to return the error to, and a trace silently missing is worse. */
+	if (err != -EALREADY)
+		fprintf(stderr,
+			"keel: KEEL_TRACE=%s: tracing not started: %s\n", path,
+			strerror(-err));
 }
 
 void keel__trace_env(void)

@@ -76,6 +76,7 @@ struct acceptor {
 	struct keel_task task;
 	struct shard *shard;
 	struct keel_accept_stream as;
+	int refused; /* a socket being closed for want of a frame */
 };
 
 struct main_frame {
@@ -86,6 +87,8 @@ struct main_frame {
 struct metrics_server {
 	struct keel_task task;
 	int fd;
+	/* Out of fds, a stream pauses accepting; a plain accept would spin. */
+	struct keel_accept_stream as;
 };
 
 struct metrics_conn {
@@ -208,7 +211,11 @@ static int acceptor_step(struct keel_task *t)
 		    keel_spawn(keel_task_loop(t), &conn_task, KEEL_PRIO_NORMAL);
 
 		if (!c) {
-			close(fd); /* out of memory: refuse this one */
+			/* Out of memory: refuse this one. A direct socket is
+			 * a slot in the ring's file table, which close(2)
+			 * does not know: keel_close releases either kind. */
+			a->refused = fd;
+			KEEL_AWAIT(t, keel_close(t, a->refused));
 			continue;
 		}
 		c->shard = s;
@@ -325,13 +332,12 @@ static int metrics_server_step(struct keel_task *t)
 	    keel_container_of(t, struct metrics_server, task);
 
 	KEEL_BEGIN(t);
+	if (keel_accept_stream_open(t, &s->as, s->fd, 0))
+		goto out; /* no metrics, but echo goes on */
 	for (;;) {
-		KEEL_AWAIT(t, keel_accept(t, s->fd, NULL, NULL, 0));
-		if (keel_res(t) < 0) {
-			if (keel_res(t) == -ECANCELED)
-				break;
-			continue;
-		}
+		KEEL_AWAIT(t, keel_accept_next(t, &s->as));
+		if (keel_res(t) < 0)
+			break; /* the shutdown, or a fatal error */
 		struct metrics_conn *m = keel_spawn(
 		    keel_task_loop(t), &metrics_conn_task, KEEL_PRIO_LOW);
 
@@ -340,6 +346,8 @@ static int metrics_server_step(struct keel_task *t)
 		else
 			close(keel_res(t));
 	}
+	keel_accept_stream_close(&s->as);
+out:
 	KEEL_AWAIT(t, keel_close(t, s->fd));
 	KEEL_END(t);
 }

@@ -26,12 +26,18 @@
  * or cannot be reached closes the client connection; such failures are
  * counted and reported on stderr (at most one line per second).
  *
+ * A backend that is the proxy's own listener (the same port on the
+ * listening address, or on any local address for a wildcard listener) is
+ * refused at start-up: each session would connect to the proxy again until
+ * the descriptors ran out.
+ *
  * SIGINT/SIGTERM: graceful shutdown, exit 0; the summary line says what
  * was served.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -362,6 +368,79 @@ static int main_step(struct keel_task *t)
 	KEEL_END(t);
 }
 
+/* An address's port and bytes; a wildcard reads as loopback, which is
+ * where connect(2) takes it. */
+static bool addr_parts(struct sockaddr_storage *ss, uint16_t *port,
+		       const void **addr, size_t *len, bool *any)
+{
+	if (ss->ss_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)ss;
+
+		*port = in->sin_port;
+		*any = in->sin_addr.s_addr == htonl(INADDR_ANY);
+		*addr = &in->sin_addr;
+		*len = sizeof(in->sin_addr);
+		return true;
+	}
+	if (ss->ss_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+
+		*port = in6->sin6_port;
+		*any = IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr);
+		*addr = &in6->sin6_addr;
+		*len = sizeof(in6->sin6_addr);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Whether connecting to the backend reaches our own listener `fd`: then
+ * each client's session would connect to the proxy again, and so on until
+ * the descriptors run out. A listener on a wildcard address takes every
+ * local address of its family (an IPv6 one, IPv4 too): whether the
+ * backend's address is local is what bind(2) on it says.
+ */
+static bool backend_is_self(int fd)
+{
+	struct sockaddr_storage l, b = backend_addr;
+	socklen_t llen = sizeof(l);
+	uint16_t lport, bport;
+	const void *la, *ba;
+	size_t lalen, balen;
+	bool lany, bany;
+
+	if (getsockname(fd, (struct sockaddr *)&l, &llen) ||
+	    !addr_parts(&l, &lport, &la, &lalen, &lany) ||
+	    !addr_parts(&b, &bport, &ba, &balen, &bany) || lport != bport)
+		return false;
+	if (bany) { /* connect(2) to a wildcard goes to loopback */
+		if (b.ss_family == AF_INET)
+			((struct sockaddr_in *)&b)->sin_addr.s_addr =
+			    htonl(INADDR_LOOPBACK);
+		else
+			((struct sockaddr_in6 *)&b)->sin6_addr =
+			    in6addr_loopback;
+	}
+	if (!lany)
+		return l.ss_family == b.ss_family && lalen == balen &&
+		       memcmp(la, ba, lalen) == 0;
+	if (l.ss_family != b.ss_family && l.ss_family != AF_INET6)
+		return false;
+	int probe = socket(b.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (probe < 0)
+		return false;
+	if (b.ss_family == AF_INET)
+		((struct sockaddr_in *)&b)->sin_port = 0;
+	else
+		((struct sockaddr_in6 *)&b)->sin6_port = 0;
+	bool local = bind(probe, (struct sockaddr *)&b, backend_len) == 0;
+
+	close(probe);
+	return local;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: proxy [--threads N] [--mode buffers|splice] "
@@ -542,6 +621,16 @@ int main(int argc, char **argv)
 		if (lport == 0)
 			lport = keel_net_local_port(fd);
 		shards[i].listen_fd = fd;
+		if (i == 0 && backend_is_self(fd)) {
+			fprintf(stderr,
+				"proxy: the backend %s is the proxy's own "
+				"listener (%s:%ld)\n",
+				btext, lhost, lport);
+			close(fd);
+			keel_runtime_destroy(rt);
+			free(shards);
+			return 2;
+		}
 	}
 	printf("proxy: listening on %s:%ld (%u loops, %s mode) -> %s\n", lhost,
 	       lport, nshards, splice_mode ? "splice" : "buffers", btext);

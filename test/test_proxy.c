@@ -16,7 +16,8 @@
  * - backend reset mid-stream (SO_LINGER 0 while data flows): the client's
  *   connection ends, the proxy keeps running and its descriptor count
  *   (/proc/PID/fd) comes back to where it was;
- * - 100 MiB through the proxy and back, checked byte for byte.
+ * - 100 MiB through the proxy and back, checked byte for byte;
+ * - a backend that is the proxy's own listener: refused at start-up.
  *
  * The proxy binary is looked for next to this test's build directory
  * (<build>/examples/proxy, <build> being this binary's ../), or in
@@ -905,4 +906,82 @@ Test(proxy, hundred_mib_there_and_back_byte_for_byte_splice, .timeout = 120,
      .fini = proxy_reap)
 {
 	run_big("splice");
+}
+
+/* ---- a backend that is the proxy itself ------------------------------ */
+
+/*
+ * Run the proxy with -l LISTEN -b BACKEND (port `port` on both) and
+ * return its exit status, its stderr in `err`; -1 if it still runs after
+ * 10 s (then it is killed).
+ */
+static int proxy_run_to_exit(const char *lhost, const char *bhost,
+			     uint16_t port, char *err, size_t errlen)
+{
+	char path[PATH_MAX], listen_arg[64], backend_arg[64];
+	pid_t parent = getpid();
+	int pipefd[2], status = 0;
+
+	if (!proxy_path(path, sizeof(path)))
+		cr_skip_test("the proxy example is not built (make examples), "
+			     "or set KEEL_PROXY");
+	snprintf(listen_arg, sizeof(listen_arg), "%s:%u", lhost, port);
+	snprintf(backend_arg, sizeof(backend_arg), "%s:%u", bhost, port);
+	cr_assert_eq(pipe2(pipefd, O_CLOEXEC), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
+		dup2(pipefd[1], STDERR_FILENO);
+		execl(path, path, "--threads", "1", "-l", listen_arg, "-b",
+		      backend_arg, (char *)NULL);
+		_exit(127);
+	}
+	g_px.pid = pid;
+	close(pipefd[1]);
+	int i;
+
+	for (i = 0; i < 1000; i++) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+		sleep_ms(10);
+	}
+	if (i == 1000) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	g_px.pid = 0;
+	ssize_t n = read(pipefd[0], err, errlen - 1);
+
+	err[n > 0 ? n : 0] = '\0';
+	close(pipefd[0]);
+	return i == 1000 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+static void check_refuses_itself(const char *lhost, const char *bhost)
+{
+	char err[512];
+	int status =
+	    proxy_run_to_exit(lhost, bhost, free_port(), err, sizeof(err));
+	char *nl = strchr(err, '\n');
+
+	cr_assert_neq(status, -1, "-l %s -b %s: the proxy kept running", lhost,
+		      bhost);
+	cr_assert_neq(status, 0, "-l %s -b %s: exit 0", lhost, bhost);
+	cr_assert(nl && nl[1] == '\0', "not one line on stderr: '%s'", err);
+	cr_assert_not_null(strstr(err, "own listener"), "%s", err);
+}
+
+/* Each client connection would connect to the proxy again until the fds
+ * run out: refused at start-up, one line, non-zero exit. */
+Test(proxy, backend_that_is_its_own_listener_is_refused, .timeout = 60,
+     .fini = proxy_reap)
+{
+	check_refuses_itself("127.0.0.1", "127.0.0.1");
+	/* connect(2) to the wildcard address reaches loopback */
+	check_refuses_itself("127.0.0.1", "0.0.0.0");
 }

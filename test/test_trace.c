@@ -1649,3 +1649,59 @@ Test(trace, opcode_name_names_every_opcode_up_to_pipe, .timeout = 10)
 	cr_assert_eq(keel_opcode_name(IORING_OP_RECV),
 		     keel_opcode_name(IORING_OP_RECV));
 }
+
+/*
+ * KEEL_TRACE naming a file that cannot be created: the loops run without
+ * a trace, and stderr says so once, in one line, with the reason (the
+ * documented exception to "library code never prints": the environment
+ * has no caller to return the error to). In a child, because the
+ * variable is read once per process.
+ */
+Test(trace, env_path_that_cannot_be_written_says_so_once, .timeout = 30)
+{
+	char tmpl[] = "/tmp/keel-trace-env-XXXXXX";
+	char path[128], errpath[128];
+
+	cr_assert_not_null(mkdtemp(tmpl));
+	snprintf(path, sizeof(path), "%s/no-such-dir/t.ktrace", tmpl);
+	snprintf(errpath, sizeof(errpath), "%s/stderr", tmpl);
+
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+		if (fd < 0 || dup2(fd, 2) < 0)
+			_exit(3);
+		setenv("KEEL_TRACE", path, 1);
+		for (int i = 0; i < 2; i++) {
+			struct keel_loop *loop;
+
+			if (keel_loop_create(&loop, NULL))
+				_exit(4);
+			keel_loop_destroy(loop);
+		}
+		_exit(keel_trace_stop() == 0 ? 0 : 5);
+	}
+	int status;
+
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "the child failed (status %#x)", status);
+
+	char buf[1024] = {0};
+	FILE *f = fopen(errpath, "r");
+
+	cr_assert_not_null(f);
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+
+	fclose(f);
+	unlink(errpath);
+	rmdir(tmpl);
+	cr_assert_gt(n, 0, "nothing on stderr");
+	cr_assert_eq(strchr(buf, '\n'), buf + n - 1, "not one line: %s", buf);
+	cr_assert_not_null(strstr(buf, "KEEL_TRACE"), "%s", buf);
+	cr_assert_not_null(strstr(buf, path), "%s", buf);
+	cr_assert_not_null(strstr(buf, strerror(ENOENT)), "%s", buf);
+}

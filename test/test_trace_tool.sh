@@ -4,7 +4,8 @@
 # test/trace/gen_trace.py writes: the summary's numbers for the scripted
 # fixture; the Chrome JSON against the Trace Event Format's rules; the HTML
 # report is self-contained (and, if chromium is installed, its script runs);
-# a truncated, empty or foreign file gives exit 1 and one line on stderr;
+# a truncated, empty or foreign file, a directory or a FIFO gives exit 1
+# and one line on stderr (a FIFO at once, without waiting for a writer);
 # bad arguments give exit 2; damaged files never crash it.
 # Builds nothing: runs $BUILD/tools/keel-trace (BUILD defaults to build).
 # Last line: "trace-tool: N passed, M failed"; exit status 1 on any failure.
@@ -290,6 +291,21 @@ bad_file "a record longer than the file" "$dir/huge.ktrace" \
 	"truncated record at byte 32"
 bad_file "a missing file" "$dir/none.ktrace" "No such file"
 bad_file "a directory" "$dir" "not a regular file"
+# A FIFO must be refused, not opened: opening one for reading blocks
+# until a writer comes (the timeout turns that hang into a failure).
+mkfifo "$dir/fifo.ktrace"
+for cmd in summary chrome html; do
+	rm -f "$dir/out"
+	out="-o $dir/out"
+	[ $cmd = summary ] && out=
+	# shellcheck disable=SC2086 # $out is two words or none
+	timeout 10 "$tool" $cmd "$dir/fifo.ktrace" $out >"$dir/bad.out" \
+		2>"$dir/bad.err"
+	status=$?
+	check "$cmd: a FIFO is refused at once (exit 1, one line)" sh -c \
+		"[ $status = 1 ] && [ \$(wc -l <'$dir/bad.err') = 1 ] &&
+		grep -q 'not a regular file' '$dir/bad.err' && [ ! -e '$dir/out' ]"
+done
 
 # ---- output trouble: one line, exit 1 ---------------------------------------
 

@@ -5,10 +5,11 @@
  *
  * Recording is off by default; then every event site costs one predictable
  * branch. Turn it on with keel_trace_start() or the environment variable
- * KEEL_TRACE=<output file> (read when the first loop is created). Each loop
- * appends fixed-size binary events to its own buffer (no locks, no atomics
- * on the hot path); full buffers are handed to a writer thread, so the
- * loops never stop to write. When the writer falls behind, events are
+ * KEEL_TRACE=<output file> (read when the first loop is created; if the file
+ * cannot be written, one line on stderr says so and the loops run untraced).
+ * Each loop appends fixed-size binary events to its own buffer (no locks, no
+ * atomics on the hot path); full buffers are handed to a writer thread, so
+ * the loops never stop to write. When the writer falls behind, events are
  * dropped and counted, and the count is written to the file.
  *
  * File format (little-endian), version 1:

@@ -22,6 +22,7 @@
 #define KEEL_TRACE_TOOL_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>

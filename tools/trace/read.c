@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * read.c: the trace file. Every record is checked against the file's size
- * before it is read, so a truncated, empty or foreign file is refused with
+ * before it is read, so a truncated, empty or foreign file (or anything but
+ * a regular file, a FIFO without waiting for its writer) is refused with
  * one line before any output is written. Also the string table: STRING
  * records in, text by id out.
  */
@@ -82,14 +83,22 @@ static void reader_header(struct reader *r)
 
 void reader_open(struct reader *r, const char *path)
 {
-	r->f = fopen(path, "rb");
-	if (!r->f)
+	/* O_NONBLOCK: opening a FIFO would wait for a writer. The type is
+	 * checked on what was opened (fstat), so the path cannot change
+	 * under us between a check and the open; O_NONBLOCK means nothing
+	 * for the regular file we go on to read. */
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd < 0)
 		die("%s", strerror(errno));
-	if (fstat(fileno(r->f), &r->st) != 0)
+	if (fstat(fd, &r->st) != 0)
 		die("%s", strerror(errno));
 	/* Two passes need a file we can read again from the start. */
 	if (!S_ISREG(r->st.st_mode))
 		die("not a regular file");
+	r->f = fdopen(fd, "rb");
+	if (!r->f)
+		die("%s", strerror(errno));
 	r->size = (uint64_t)r->st.st_size;
 	setvbuf(r->f, NULL, _IOFBF, 1 << 16);
 	reader_header(r);

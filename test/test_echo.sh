@@ -1,0 +1,104 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# test_echo.sh: examples/echo under pressure. Out of descriptors (a low
+# `ulimit -n`, the echo port filled with idle connections), a client of
+# the --metrics port must not make echo spin on accept: its CPU time over
+# two seconds, read from /proc, stays under a tenth of a CPU. A spin
+# detector, not a timing test: a spinning echo takes what it can get (a
+# third of a CPU on a loaded two-core machine), a waiting one about none.
+# Then the metrics must be served again once the idle connections go.
+# Loopback only.
+# Builds nothing: runs $BUILD/examples/echo (BUILD defaults to build).
+# Last line: "echo: N passed, M failed"; exit status 1 on any failure.
+set -u
+BUILD=${BUILD:-build}
+echo_bin=$BUILD/examples/echo
+SUITE=echo
+. test/helpers/checks.sh
+
+if [ ! -x "$echo_bin" ] || ! command -v python3 >/dev/null; then
+	bad "$echo_bin and python3 are needed (run make first)"
+	finish
+fi
+
+# A free loopback port for the metrics (echo itself takes port 0).
+mport=$(python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
+
+(ulimit -n 64 && exec "$echo_bin" --threads 1 --metrics "$mport" \
+	127.0.0.1 0) >"$dir/echo.out" 2>"$dir/echo.err" &
+pid=$!
+port=
+for _ in $(seq 100); do
+	port=$(sed -n 's/^echo: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' \
+		"$dir/echo.out")
+	[ -n "$port" ] && break
+	kill -0 $pid 2>/dev/null || break
+	sleep 0.1
+done
+check "echo starts with ulimit -n 64" [ -n "$port" ]
+[ -n "$port" ] || finish
+
+# Fill the descriptors, ask for the metrics, sample echo's CPU time, free
+# the descriptors, then read the answer and ask once more.
+timeout 60 python3 - "$pid" "$port" "$mport" >"$dir/client.out" <<'PY'
+import os, socket, sys, time
+pid, port, mport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+hz = os.sysconf("SC_CLK_TCK")
+
+def cpu():
+    with open("/proc/%s/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+def get_metrics(s):
+    s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+time.sleep(0.5)  # echo accepts until it is out of descriptors
+m = socket.create_connection(("127.0.0.1", mport))
+m.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+time.sleep(0.5)
+t0, c0 = time.monotonic(), cpu()
+time.sleep(2)
+t1, c1 = time.monotonic(), cpu()
+print("cpu %.3f" % ((c1 - c0) / hz / (t1 - t0)))
+for s in idle:
+    s.close()
+m.settimeout(20)
+data = b""
+try:
+    while True:
+        chunk = m.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except OSError:
+    pass
+print("first", data.split(b"\r\n", 1)[0].decode(errors="replace"))
+s = socket.create_connection(("127.0.0.1", mport), timeout=20)
+data = get_metrics(s)
+print("second", data.split(b"\r\n", 1)[0].decode(errors="replace"),
+      "keel" in data.decode(errors="replace"))
+PY
+cat "$dir/client.out"
+ratio=$(sed -n 's/^cpu //p' "$dir/client.out")
+check "out of fds, a metrics client does not make echo spin (cpu ${ratio:-?})" \
+	python3 -c "import sys; sys.exit(not (0 <= float('${ratio:-9}') < 0.1))"
+check "the waiting metrics client is served once fds are free" \
+	grep -q '^first HTTP/1.0 200' "$dir/client.out"
+check "a new metrics client is served" \
+	grep -q '^second HTTP/1.0 200 OK True' "$dir/client.out"
+
+kill -TERM $pid 2>/dev/null
+wait $pid
+check "echo exits 0 on SIGTERM" [ $? = 0 ]
+finish
