@@ -550,11 +550,11 @@ static void drain_ops(struct keel_loop *loop)
 
 void keel_loop_destroy(struct keel_loop *loop)
 {
-	struct keel__core *c = &loop->io.core;
-	struct keel__core *outer = keel__current_core;
+	struct keel__core *c, *outer = keel__current_core;
 
 	if (!loop)
 		return;
+	c = &loop->io.core;
 	keel__current_core = c;
 	keel__watchdog_remove(loop);
 	/* Items posted by other threads hold references (a mailbox waiting
