@@ -31,6 +31,7 @@ struct worker {
 	unsigned index;
 	int cpu; /* -1: not pinned */
 	pthread_t thread;
+	bool joinable; /* thread was created: join it */
 	struct keel_loop *loop;
 	int err;
 	struct keel__remote_item shutdown;
@@ -239,6 +240,8 @@ int keel_runtime_create(struct keel_runtime **out,
 				   &rt->w[i])) {
 			rt->w[i].err = -EAGAIN;
 			rt->started++;
+		} else {
+			rt->w[i].joinable = true;
 		}
 	pthread_mutex_lock(&rt->lock);
 	while (!err && rt->started < rt->n)
@@ -253,8 +256,10 @@ int keel_runtime_create(struct keel_runtime **out,
 			if (rt->w[i].loop)
 				rt->w[i].loop->persistent = false;
 		start_workers(rt);
+		/* Every thread, also one whose loop failed: it still
+		 * waits for `go` on rt, which is freed below. */
 		for (unsigned i = 1; i < rt->n; i++)
-			if (rt->w[i].thread && !rt->w[i].err)
+			if (rt->w[i].joinable)
 				pthread_join(rt->w[i].thread, NULL);
 		if (rt->w[0].loop)
 			keel_loop_destroy(rt->w[0].loop);

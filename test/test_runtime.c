@@ -13,6 +13,7 @@
  * process, and SIGUSR1 writing a task dump to stderr.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <keel.h>
@@ -20,8 +21,10 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,6 +55,85 @@ static struct keel_runtime *rt_new(unsigned threads)
 	cr_assert_eq(keel_runtime_size(rt), threads);
 	g_rt = rt;
 	return rt;
+}
+
+/* ---- a worker that cannot create its loop ---------------------------------
+ */
+
+/* The number of descriptors open now (not counting the listing's own). */
+static int open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	cr_assert_not_null(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.' && atoi(e->d_name) != dirfd(d);
+	closedir(d);
+	return n;
+}
+
+/* A descriptor limit that leaves exactly `n` free descriptors. */
+static rlim_t room_for(int n)
+{
+	int fd = 0;
+
+	for (;; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && --n == 0)
+			return (rlim_t)fd + 1;
+}
+
+static long proc_status(const char *key)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long v = -1;
+
+	cr_assert_not_null(f);
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)))
+			v = atol(line + strlen(key));
+	fclose(f);
+	return v;
+}
+
+/*
+ * RLIMIT_NOFILE leaves room for exactly one loop's descriptors: loop 0 (on
+ * this thread) gets them, the worker's loop fails with -EMFILE. Every
+ * thread the failed create started must have been joined, so none is left
+ * (a thread nobody joined also waited on the freed runtime's lock).
+ */
+Test(runtime, create_failing_in_a_worker_joins_every_thread, .timeout = 20)
+{
+	struct keel_runtime_opts o = {.threads = 2, .no_signals = true};
+	int fds = open_fds();
+	struct keel_loop *probe = kt_loop_new(NULL);
+	struct rlimit old, lim;
+	long threads = proc_status("Threads:");
+
+	fds = open_fds() - fds;
+	keel_loop_destroy(probe);
+	lim.rlim_cur = room_for(fds);
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	lim.rlim_max = old.rlim_max;
+	for (int i = 0; i < 4; i++) {
+		struct keel_runtime *rt = NULL;
+		int err;
+
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &lim), 0);
+		err = keel_runtime_create(&rt, &o);
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+		cr_assert_eq(err, -EMFILE, "create: %d", err);
+		cr_assert_null(rt);
+		/* A joined thread may linger in the kernel a moment. */
+		for (int ms = 0; ms < 5000; ms++) {
+			if (proc_status("Threads:") <= threads)
+				break;
+			usleep(1000);
+		}
+		cr_assert_leq(proc_status("Threads:"), threads);
+	}
 }
 
 /* ---- the main task and its exit status ---------------------------------- */
