@@ -19,6 +19,7 @@
 #include <keel.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -205,6 +206,66 @@ Test(runtime, run_returns_zero_status_single_loop, .timeout = 10)
 Test(runtime, run_returns_negative_main_status, .timeout = 10)
 {
 	run_status(2, -7);
+}
+
+/* ---- counters read from another thread during shutdown --------------- */
+
+static int g_poll_stop;
+static int g_polls;
+
+/* Reads every loop's counters, as fast as it can, until told to stop. */
+static void *stats_poller(void *arg)
+{
+	struct keel_runtime *rt = arg;
+
+	while (!kt_load(&g_poll_stop)) {
+		for (unsigned i = 0; i < keel_runtime_size(rt); i++) {
+			struct keel_loop_stats st;
+
+			CHECK_EQ(keel_runtime_loop_stats(rt, i, &st), 0);
+			CHECK(st.exited <= st.spawned);
+		}
+		__atomic_add_fetch(&g_polls, 1, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+/*
+ * Each worker destroys its loop at the end of the run while another
+ * thread keeps asking for the counters: the reader must never touch a
+ * destroyed loop (ASan), nor race with the loop's own counters (TSan).
+ */
+Test(runtime, loop_stats_polled_during_shutdown_never_reads_a_dead_loop,
+     .timeout = 30)
+{
+	for (int round = 0; round < 5; round++) {
+		struct keel_runtime *rt = rt_new(3);
+		struct keel_loop_stats st;
+		pthread_t th;
+		int status = 0;
+
+		g_test_thread = pthread_self();
+		__atomic_store_n(&g_poll_stop, 0, __ATOMIC_RELAXED);
+		cr_assert_eq(pthread_create(&th, NULL, stats_poller, rt), 0);
+		while (!kt_load(&g_polls))
+			sched_yield();
+		cr_assert_eq(keel_runtime_run(rt, &status_main_task,
+					      status_init, &status),
+			     0);
+		/* Still polling the final counters for a while. */
+		for (int start = kt_load(&g_polls);
+		     kt_load(&g_polls) < start + 10;)
+			sched_yield();
+		__atomic_store_n(&g_poll_stop, 1, __ATOMIC_RELAXED);
+		pthread_join(th, NULL);
+		kt_expect_no_failures();
+		/* The final counters: main ran and exited on loop 0. */
+		cr_assert_eq(keel_runtime_loop_stats(rt, 0, &st), 0);
+		cr_assert_geq(st.spawned, 1);
+		cr_assert_eq(st.exited, st.spawned);
+		cr_assert_gt(st.turns, 0);
+		keel_runtime_destroy(rt);
+	}
 }
 
 /* ---- keel_spawn_on ----------------------------------------------------------

@@ -317,9 +317,12 @@ void keel_runtime_destroy(struct keel_runtime *rt);
 unsigned keel_runtime_size(const struct keel_runtime *rt);
 
 /*
- * Loop i's counters: a snapshot while the runtime runs (read from another
- * thread: each value is current or a little old), its final counters after
- * keel_runtime_run() returned. -EINVAL for a bad index.
+ * Loop i's counters: a snapshot while the runtime runs, its final counters
+ * once that loop has stopped (also during shutdown) and after
+ * keel_runtime_run() returned. -EINVAL for a bad index. On the loop's own
+ * thread the snapshot is current; from another thread it is the copy the
+ * loop made when last asked (each call asks for a fresh one), so it can
+ * be a call old, and all zeros before the loop first ran.
  * Ownership: a copy into the caller's `out`.
  */
 int keel_runtime_loop_stats(struct keel_runtime *rt, unsigned i,
