@@ -560,6 +560,7 @@ void keel_loop_destroy(struct keel_loop *loop)
 	/* Items posted by other threads hold references (a mailbox waiting
 	 * to be served, a spawn request): run them, so nothing is left. */
 	keel__remote_drain(loop);
+	keel__blocking_drain(loop);
 	drain_ops(loop);
 	keel__trace_detach(c);
 	/* Tasks that never exited still get their cleanups run. */

@@ -78,6 +78,7 @@ static void scenario_stats_during_shutdown(void)
 int main(void)
 {
 	kt_scenarios_start("mt_runtime");
-	kt_scenario_run("stats_during_shutdown", scenario_stats_during_shutdown);
+	kt_scenario_run("stats_during_shutdown",
+			scenario_stats_during_shutdown);
 	return kt_scenarios_finish();
 }

@@ -959,6 +959,84 @@ Test(runtime, blocking_jobs_from_every_loop_return_to_their_task, .timeout = 10)
 	keel_runtime_destroy(g_rt);
 }
 
+/* ---- destroying a loop with blocking jobs out ------------------------------
+ */
+
+static int g_slow_runs[2];
+static int g_slow_returned;
+static int g_slow_release;
+
+static int slow_job(void *p)
+{
+	int id = (int)(intptr_t)p;
+
+	kt_add(&g_slow_runs[id], 1);
+	for (int i = 0; i < 10000 && !kt_load(&g_slow_release); i++)
+		usleep(1000);
+	kt_store(&g_slow_returned, 1);
+	return 7;
+}
+
+struct slow_jobber {
+	struct keel_task task;
+	int id;
+};
+
+static int slow_jobber_step(struct keel_task *t)
+{
+	struct slow_jobber *j = keel_container_of(t, struct slow_jobber, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_blocking(t, slow_job, (void *)(intptr_t)j->id));
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(slow_jobber_task, struct slow_jobber, task,
+		      slow_jobber_step);
+
+/* Lets the running job return once destroy has long given up on the ops
+ * the kernel holds (it waits 1 s for those). */
+static void *slow_releaser(void *arg)
+{
+	(void)arg;
+	usleep(1500 * 1000);
+	kt_store(&g_slow_release, 1);
+	return NULL;
+}
+
+/*
+ * One pool thread: job 0 runs, job 1 waits in the queue. Destroying the
+ * loop drops job 1 and waits for job 0, however long it runs: its result
+ * goes to the loop, which must still be there (ASan: no use after free).
+ */
+Test(runtime, loop_destroy_waits_for_running_job_and_drops_queued_one,
+     .timeout = 20)
+{
+	struct keel_loop *loop;
+	pthread_t th;
+
+	cr_assert_eq(keel_blocking_pool_config(1, 0), 0);
+	loop = kt_loop_new(NULL);
+	for (int id = 0; id < 2; id++) {
+		struct slow_jobber *j = kt_spawn(loop, &slow_jobber_task, 0);
+
+		j->id = id;
+	}
+	for (int i = 0; i < 10000 && !kt_load(&g_slow_runs[0]); i++) {
+		keel_loop_step(loop, 0);
+		usleep(1000);
+	}
+	cr_assert_eq(kt_load(&g_slow_runs[0]), 1);
+	cr_assert_eq(pthread_create(&th, NULL, slow_releaser, NULL), 0);
+	keel_loop_destroy(loop);
+	cr_assert_eq(kt_load(&g_slow_returned), 1,
+		     "destroy returned while the job was running");
+	pthread_join(th, NULL);
+	/* The queued job never ran (the pool thread is free for it now). */
+	usleep(10 * 1000);
+	cr_assert_eq(kt_load(&g_slow_runs[1]), 0);
+}
+
 /* ---- signals, in forked children --------------------------------------------
  */
 

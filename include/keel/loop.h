@@ -70,9 +70,11 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts);
 
 /*
  * Destroy a loop: cancels every op in flight and waits for the kernel to
- * return them, runs the defer stacks of tasks that never exited, frees all
- * frames, closes the ring. Must be called on the loop's thread. A NULL
- * loop is a no-op.
+ * return them, drops its blocking jobs still queued (their awaits end with
+ * -ECANCELED) and waits for those running, however long they take (a job
+ * cannot be stopped, and its result goes to this loop), runs the defer
+ * stacks of tasks that never exited, frees all frames, closes the ring.
+ * Must be called on the loop's thread. A NULL loop is a no-op.
  * Ownership: frees the loop and every frame, ring and timer it held;
  * pointers into them die here.
  */
