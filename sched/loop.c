@@ -575,6 +575,8 @@ void keel_loop_destroy(struct keel_loop *loop)
 		 * than free memory the kernel may still write into. */
 		if (!t->inflight)
 			keel__task_free(t);
+		else
+			c->alloc.leaked = true;
 	}
 	keel__faults_fini(loop);
 	keel__timers_fini(&loop->io.core.timers);

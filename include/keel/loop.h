@@ -74,6 +74,8 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts);
  * -ECANCELED) and waits for those running, however long they take (a job
  * cannot be stopped, and its result goes to this loop), runs the defer
  * stacks of tasks that never exited, frees all frames, closes the ring.
+ * A frame whose op the kernel still holds after a second is leaked, with
+ * the loop's frame memory, since the kernel may yet write into it.
  * Must be called on the loop's thread. A NULL loop is a no-op.
  * Ownership: frees the loop and every frame, ring and timer it held;
  * pointers into them die here.
