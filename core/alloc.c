@@ -59,6 +59,19 @@ int keel__alloc_init(struct keel__alloc *a)
 void keel__alloc_fini(struct keel__alloc *a)
 {
 #ifndef KEEL_ALLOC_LIBC
+	/*
+	 * A frame left to the kernel (an op it never returned) lives in a
+	 * slab or straight in the arena: leave both alone, all of it, since
+	 * the kernel may still write there; only the tcache goes (it holds
+	 * free memory only, which it hands back to the arena).
+	 */
+	if (a->leaked) {
+		if (a->have_tcache)
+			mallctl("tcache.destroy", NULL, NULL, &a->tcache,
+				sizeof(a->tcache));
+		memset(a, 0, sizeof(*a));
+		return;
+	}
 	while (a->slabs) {
 		void *slab = a->slabs;
 

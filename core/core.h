@@ -66,6 +66,7 @@ struct keel__alloc {
 	unsigned tcache;
 	bool have_arena;
 	bool have_tcache;
+	bool leaked; /* a frame was leaked: keep the slabs and arena */
 };
 
 /* Rarely needed per-task state, allocated on first use. */

@@ -550,16 +550,17 @@ static void drain_ops(struct keel_loop *loop)
 
 void keel_loop_destroy(struct keel_loop *loop)
 {
-	struct keel__core *c = &loop->io.core;
-	struct keel__core *outer = keel__current_core;
+	struct keel__core *c, *outer = keel__current_core;
 
 	if (!loop)
 		return;
+	c = &loop->io.core;
 	keel__current_core = c;
 	keel__watchdog_remove(loop);
 	/* Items posted by other threads hold references (a mailbox waiting
 	 * to be served, a spawn request): run them, so nothing is left. */
 	keel__remote_drain(loop);
+	keel__blocking_drain(loop);
 	drain_ops(loop);
 	keel__trace_detach(c);
 	/* Tasks that never exited still get their cleanups run. */
@@ -574,6 +575,8 @@ void keel_loop_destroy(struct keel_loop *loop)
 		 * than free memory the kernel may still write into. */
 		if (!t->inflight)
 			keel__task_free(t);
+		else
+			c->alloc.leaked = true;
 	}
 	keel__faults_fini(loop);
 	keel__timers_fini(&loop->io.core.timers);

@@ -47,6 +47,7 @@ struct keel_loop {
 	unsigned batch_wait_ns; /* 0: off (keel_loop_opts.batch_wait_ns) */
 	unsigned batch_avg;	/* CQEs per wake-up, x16, moving average */
 	uint64_t cqes_per_wake[KEEL__WAKE_BUCKETS]; /* le 0,1,2,4..,+Inf */
+	unsigned jobs; /* blocking jobs not yet posted back (pool's lock) */
 };
 
 /* sched/remote.c */
@@ -65,6 +66,12 @@ void keel__watchdog_add(struct keel_loop *loop);
 void keel__watchdog_remove(struct keel_loop *loop);
 void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
 			    const struct keel_await_point *resumed_from);
+
+/*
+ * sched/pool.c: at destroy, drop this loop's queued jobs and wait for its
+ * running ones to post their results (then drain the inbox).
+ */
+void keel__blocking_drain(struct keel_loop *loop);
 
 /* sched/faults.c: undo keel_loop_set_faults() for this thread. */
 void keel__faults_fini(struct keel_loop *loop);

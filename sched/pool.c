@@ -9,6 +9,12 @@
  * task's loop's inbox (one doorbell if the loop is parked).
  *
  * The queue is bounded: a full queue fails the await with -EAGAIN at once.
+ *
+ * A job never outlives its loop: loop->jobs counts the jobs not yet posted
+ * back, and keel_loop_destroy() waits (keel__blocking_drain) until it is
+ * zero, however long a running job takes: a job cannot be stopped, and
+ * posting its result to a freed loop would corrupt memory. Jobs still in
+ * the queue are taken out and never run.
  */
 #include "loop.h"
 
@@ -33,6 +39,7 @@ struct job {
 static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
+	pthread_cond_t posted; /* a loop's last job was posted back */
 	struct job *head, *tail;
 	unsigned len;
 	unsigned queue;
@@ -41,6 +48,7 @@ static struct {
 } pool = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .cond = PTHREAD_COND_INITIALIZER,
+    .posted = PTHREAD_COND_INITIALIZER,
     .queue = 1024,
     .threads = 4,
 };
@@ -85,8 +93,15 @@ static void *pool_main(void *arg)
 		pool.len--;
 		pthread_mutex_unlock(&pool.lock);
 		job->result = job->fn(job->arg);
-		keel__remote_post(job->loop, &job->done);
+
+		struct keel_loop *loop = job->loop;
+
+		/* Post under the lock: the loop is not destroyed until its
+		 * count drops, which is after the post is done with it. */
 		pthread_mutex_lock(&pool.lock);
+		keel__remote_post(loop, &job->done);
+		if (--loop->jobs == 0)
+			pthread_cond_broadcast(&pool.posted);
 	}
 	return NULL;
 }
@@ -112,6 +127,39 @@ static void start_threads(void)
 static void job_cancel(struct keel__op *op)
 {
 	(void)op;
+}
+
+void keel__blocking_drain(struct keel_loop *loop)
+{
+	struct job *dropped = NULL, **link = &pool.head;
+
+	pthread_mutex_lock(&pool.lock);
+	pool.tail = NULL;
+	while (*link) {
+		struct job *job = *link;
+
+		if (job->loop != loop) {
+			pool.tail = job;
+			link = &job->next;
+			continue;
+		}
+		*link = job->next;
+		pool.len--;
+		loop->jobs--;
+		job->next = dropped;
+		dropped = job;
+	}
+	while (loop->jobs)
+		pthread_cond_wait(&pool.posted, &pool.lock);
+	pthread_mutex_unlock(&pool.lock);
+	while (dropped) {
+		struct job *job = dropped;
+
+		dropped = job->next;
+		job->result = -ECANCELED;
+		job_done(loop, &job->done);
+	}
+	keel__remote_drain(loop); /* the results of the jobs that ran */
 }
 
 int keel_blocking(struct keel_task *t, keel_blocking_fn fn, void *arg)
@@ -155,6 +203,7 @@ int keel_blocking(struct keel_task *t, keel_blocking_fn fn, void *arg)
 		pool.head = job;
 	pool.tail = job;
 	pool.len++;
+	loop->jobs++;
 	pthread_cond_signal(&pool.cond);
 	pthread_mutex_unlock(&pool.lock);
 	return keel__task_suspend(t);

@@ -31,12 +31,23 @@ struct worker {
 	unsigned index;
 	int cpu; /* -1: not pinned */
 	pthread_t thread;
+	bool joinable; /* thread was created: join it */
 	struct keel_loop *loop;
 	int err;
 	struct keel__remote_item shutdown;
 	struct keel__remote_item dump;
 	int dump_posted;
-	struct keel_loop_stats final; /* taken just before the loop went */
+	/*
+	 * Loop i's counters for other threads: the loop's own fields are
+	 * plain, so only its thread reads them; a reader posts `publish`,
+	 * which copies them here with atomic stores, and reads the last copy.
+	 * The final copy is taken just before the loop goes; `gone` (under
+	 * rt->lock) then says nothing may be posted to it any more.
+	 */
+	struct keel__remote_item publish;
+	bool publish_posted; /* under rt->lock */
+	bool gone;	     /* under rt->lock */
+	struct keel_loop_stats published;
 };
 
 struct keel_runtime {
@@ -71,16 +82,62 @@ struct keel_loop *keel_runtime_loop(struct keel_runtime *rt, unsigned i)
 	return i < rt->n ? rt->w[i].loop : NULL;
 }
 
+#define NSTATS (sizeof(struct keel_loop_stats) / sizeof(uint64_t))
+
+static void publish_stats(struct worker *w)
+{
+	struct keel_loop_stats st;
+	uint64_t *from = (uint64_t *)&st, *to = (uint64_t *)&w->published;
+
+	keel_loop_stats(w->loop, &st);
+	for (size_t k = 0; k < NSTATS; k++)
+		__atomic_store_n(&to[k], from[k], __ATOMIC_RELAXED);
+}
+
+static void publish_run(struct keel_loop *loop, struct keel__remote_item *it)
+{
+	struct worker *w = keel_container_of(it, struct worker, publish);
+
+	pthread_mutex_lock(&w->rt->lock);
+	w->publish_posted = false;
+	pthread_mutex_unlock(&w->rt->lock);
+	publish_stats(w);
+	(void)loop;
+}
+
+/* The last copy, and the loop asked for a fresh one unless it is gone. */
 int keel_runtime_loop_stats(struct keel_runtime *rt, unsigned i,
 			    struct keel_loop_stats *out)
 {
 	if (i >= rt->n)
 		return -EINVAL;
-	if (rt->w[i].loop)
-		keel_loop_stats(rt->w[i].loop, out);
-	else
-		*out = rt->w[i].final;
+	struct worker *w = &rt->w[i];
+	uint64_t *to = (uint64_t *)out;
+
+	pthread_mutex_lock(&rt->lock);
+	if (!w->gone && w->loop && keel__current_core == &w->loop->io.core) {
+		pthread_mutex_unlock(&rt->lock);
+		keel_loop_stats(w->loop, out); /* the loop's own thread */
+		return 0;
+	}
+	if (!w->gone && w->loop && !w->publish_posted) {
+		w->publish_posted = true;
+		keel__remote_post(w->loop, &w->publish);
+	}
+	pthread_mutex_unlock(&rt->lock);
+	for (size_t k = 0; k < NSTATS; k++)
+		to[k] = __atomic_load_n(&((uint64_t *)&w->published)[k],
+					__ATOMIC_RELAXED);
 	return 0;
+}
+
+/* Take the final counters; nothing is posted to the loop after this. */
+static void loop_going(struct worker *w)
+{
+	publish_stats(w);
+	pthread_mutex_lock(&w->rt->lock);
+	w->gone = true;
+	pthread_mutex_unlock(&w->rt->lock);
 }
 
 static void shutdown_run(struct keel_loop *loop, struct keel__remote_item *it)
@@ -144,6 +201,7 @@ static void *worker_main(void *arg)
 		w->loop->persistent = true;
 		w->shutdown.run = shutdown_run;
 		w->dump.run = dump_run;
+		w->publish.run = publish_run;
 	}
 	pthread_mutex_lock(&rt->lock);
 	rt->started++;
@@ -154,7 +212,7 @@ static void *worker_main(void *arg)
 	if (!w->err) {
 		keel_loop_run(w->loop);
 		all_stopped(rt);
-		keel_loop_stats(w->loop, &w->final);
+		loop_going(w);
 		keel_loop_destroy(w->loop);
 	}
 	return NULL;
@@ -239,6 +297,8 @@ int keel_runtime_create(struct keel_runtime **out,
 				   &rt->w[i])) {
 			rt->w[i].err = -EAGAIN;
 			rt->started++;
+		} else {
+			rt->w[i].joinable = true;
 		}
 	pthread_mutex_lock(&rt->lock);
 	while (!err && rt->started < rt->n)
@@ -253,8 +313,10 @@ int keel_runtime_create(struct keel_runtime **out,
 			if (rt->w[i].loop)
 				rt->w[i].loop->persistent = false;
 		start_workers(rt);
+		/* Every thread, also one whose loop failed: it still
+		 * waits for `go` on rt, which is freed below. */
 		for (unsigned i = 1; i < rt->n; i++)
-			if (rt->w[i].thread && !rt->w[i].err)
+			if (rt->w[i].joinable)
 				pthread_join(rt->w[i].thread, NULL);
 		if (rt->w[0].loop)
 			keel_loop_destroy(rt->w[0].loop);
@@ -267,6 +329,7 @@ int keel_runtime_create(struct keel_runtime **out,
 	rt->w[0].loop->persistent = true;
 	rt->w[0].shutdown.run = shutdown_run;
 	rt->w[0].dump.run = dump_run;
+	rt->w[0].publish.run = publish_run;
 	*out = rt;
 	return 0;
 }
@@ -450,7 +513,7 @@ int keel_runtime_run(struct keel_runtime *rt,
 	all_stopped(rt);
 	for (unsigned i = 1; i < rt->n; i++)
 		pthread_join(rt->w[i].thread, NULL);
-	keel_loop_stats(loop0, &rt->w[0].final);
+	loop_going(&rt->w[0]);
 	keel_loop_destroy(loop0);
 	current_runtime = NULL;
 	for (unsigned i = 0; i < rt->n; i++)

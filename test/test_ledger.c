@@ -10,6 +10,8 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <keel.h>
+#include <stddef.h>
+#include <string.h>
 
 struct waiter {
 	struct keel_task task;
@@ -105,4 +107,89 @@ Test(ledger, user_data_encodes_index_generation_and_role, .timeout = 10)
 	cr_assert_eq((ud >> 2) & 0x3fffffff, 0x1234);
 	cr_assert_eq(ud & KEEL__UD_ROLE_MASK, KEEL__UD_TIMEOUT);
 	cr_assert_neq(keel__op_ud(&op, KEEL__UD_MAIN), 0);
+}
+
+/*
+ * An op the kernel never returns (here a user-space op whose cancel does
+ * nothing): keel_loop_destroy() gives up waiting and leaks the frame, and
+ * that memory must stay the frame's, since the kernel may still write into
+ * it. A small frame lives in a slab, a large one straight in the arena.
+ */
+struct stuck {
+	struct keel_task task;
+	char buf[64];
+};
+
+struct stuck_big {
+	struct keel_task task;
+	char buf[16384];
+};
+
+static void *g_stuck[2]; /* reachable, so LSan does not call it a leak */
+
+static void stuck_cancel(struct keel__op *op)
+{
+	(void)op;
+}
+
+static int stuck_wait(struct keel_task *t)
+{
+	struct keel__op *op =
+	    keel__op_new(keel__io_of(t->loop), t, KEEL__OP_USER, 0xfd);
+
+	cr_assert_not_null(op);
+	op->pending = 1;
+	op->u.user.cancel = stuck_cancel;
+	return keel__task_suspend(t);
+}
+
+static int stuck_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	g_stuck[0] = keel_container_of(t, struct stuck, task);
+	KEEL_AWAIT(t, stuck_wait(t));
+	KEEL_END(t);
+}
+
+static int stuck_big_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	g_stuck[1] = keel_container_of(t, struct stuck_big, task);
+	KEEL_AWAIT(t, stuck_wait(t));
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(stuck_task, struct stuck, task, stuck_step);
+static KEEL_TASK_TYPE(stuck_big_task, struct stuck_big, task, stuck_big_step);
+
+Test(ledger, frame_leaked_at_destroy_stays_mapped_and_unused, .timeout = 20)
+{
+	struct keel_loop *loop = NULL;
+
+	cr_assert_eq(keel_loop_create(&loop, NULL), 0);
+	cr_assert_not_null(keel_spawn(loop, &stuck_task, 0));
+	cr_assert_not_null(keel_spawn(loop, &stuck_big_task, 0));
+	keel_loop_step(loop, 0);
+	cr_assert_not_null(g_stuck[0]);
+	cr_assert_not_null(g_stuck[1]);
+	keel_loop_destroy(loop);
+	/* What a late kernel write would do: no fault, no one else's data. */
+	memset(((struct stuck *)g_stuck[0])->buf, 0xab,
+	       sizeof(struct stuck) - offsetof(struct stuck, buf));
+	memset(((struct stuck_big *)g_stuck[1])->buf, 0xab,
+	       sizeof(struct stuck_big) - offsetof(struct stuck_big, buf));
+	/* A new loop's frames do not land on the leaked ones either. */
+	cr_assert_eq(keel_loop_create(&loop, NULL), 0);
+	for (int i = 0; i < 1024; i++) {
+		char *p = keel_spawn(loop, &stuck_task, 0);
+		char *q = keel_spawn(loop, &stuck_big_task, 0);
+
+		cr_assert_not_null(p);
+		cr_assert_not_null(q);
+		cr_assert(p + sizeof(struct stuck) <= (char *)g_stuck[0] ||
+			  p >= (char *)g_stuck[0] + sizeof(struct stuck));
+		cr_assert(q + sizeof(struct stuck_big) <= (char *)g_stuck[1] ||
+			  q >= (char *)g_stuck[1] + sizeof(struct stuck_big));
+	}
+	keel_loop_destroy(loop); /* they never ran: freed */
 }

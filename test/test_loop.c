@@ -360,6 +360,11 @@ Test(loop, destroy_cancels_ops_and_runs_defers_of_unfinished_task,
 	close(sv[1]);
 }
 
+Test(loop, destroy_of_null_is_a_no_op, .timeout = 10)
+{
+	keel_loop_destroy(NULL);
+}
+
 Test(loop, loop_fd_is_an_open_descriptor, .timeout = 10)
 {
 	struct keel_loop *loop = kt_loop_new(NULL);

@@ -13,15 +13,19 @@
  * process, and SIGUSR1 writing a task dump to stderr.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <keel.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,6 +56,85 @@ static struct keel_runtime *rt_new(unsigned threads)
 	cr_assert_eq(keel_runtime_size(rt), threads);
 	g_rt = rt;
 	return rt;
+}
+
+/* ---- a worker that cannot create its loop ---------------------------------
+ */
+
+/* The number of descriptors open now (not counting the listing's own). */
+static int open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	cr_assert_not_null(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.' && atoi(e->d_name) != dirfd(d);
+	closedir(d);
+	return n;
+}
+
+/* A descriptor limit that leaves exactly `n` free descriptors. */
+static rlim_t room_for(int n)
+{
+	int fd = 0;
+
+	for (;; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && --n == 0)
+			return (rlim_t)fd + 1;
+}
+
+static long proc_status(const char *key)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long v = -1;
+
+	cr_assert_not_null(f);
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)))
+			v = atol(line + strlen(key));
+	fclose(f);
+	return v;
+}
+
+/*
+ * RLIMIT_NOFILE leaves room for exactly one loop's descriptors: loop 0 (on
+ * this thread) gets them, the worker's loop fails with -EMFILE. Every
+ * thread the failed create started must have been joined, so none is left
+ * (a thread nobody joined also waited on the freed runtime's lock).
+ */
+Test(runtime, create_failing_in_a_worker_joins_every_thread, .timeout = 20)
+{
+	struct keel_runtime_opts o = {.threads = 2, .no_signals = true};
+	int fds = open_fds();
+	struct keel_loop *probe = kt_loop_new(NULL);
+	struct rlimit old, lim;
+	long threads = proc_status("Threads:");
+
+	fds = open_fds() - fds;
+	keel_loop_destroy(probe);
+	lim.rlim_cur = room_for(fds);
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	lim.rlim_max = old.rlim_max;
+	for (int i = 0; i < 4; i++) {
+		struct keel_runtime *rt = NULL;
+		int err;
+
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &lim), 0);
+		err = keel_runtime_create(&rt, &o);
+		cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+		cr_assert_eq(err, -EMFILE, "create: %d", err);
+		cr_assert_null(rt);
+		/* A joined thread may linger in the kernel a moment. */
+		for (int ms = 0; ms < 5000; ms++) {
+			if (proc_status("Threads:") <= threads)
+				break;
+			usleep(1000);
+		}
+		cr_assert_leq(proc_status("Threads:"), threads);
+	}
 }
 
 /* ---- the main task and its exit status ---------------------------------- */
@@ -123,6 +206,66 @@ Test(runtime, run_returns_zero_status_single_loop, .timeout = 10)
 Test(runtime, run_returns_negative_main_status, .timeout = 10)
 {
 	run_status(2, -7);
+}
+
+/* ---- counters read from another thread during shutdown --------------- */
+
+static int g_poll_stop;
+static int g_polls;
+
+/* Reads every loop's counters, as fast as it can, until told to stop. */
+static void *stats_poller(void *arg)
+{
+	struct keel_runtime *rt = arg;
+
+	while (!kt_load(&g_poll_stop)) {
+		for (unsigned i = 0; i < keel_runtime_size(rt); i++) {
+			struct keel_loop_stats st;
+
+			CHECK_EQ(keel_runtime_loop_stats(rt, i, &st), 0);
+			CHECK(st.exited <= st.spawned);
+		}
+		__atomic_add_fetch(&g_polls, 1, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+/*
+ * Each worker destroys its loop at the end of the run while another
+ * thread keeps asking for the counters: the reader must never touch a
+ * destroyed loop (ASan), nor race with the loop's own counters (TSan).
+ */
+Test(runtime, loop_stats_polled_during_shutdown_never_reads_a_dead_loop,
+     .timeout = 30)
+{
+	for (int round = 0; round < 5; round++) {
+		struct keel_runtime *rt = rt_new(3);
+		struct keel_loop_stats st;
+		pthread_t th;
+		int status = 0;
+
+		g_test_thread = pthread_self();
+		__atomic_store_n(&g_poll_stop, 0, __ATOMIC_RELAXED);
+		cr_assert_eq(pthread_create(&th, NULL, stats_poller, rt), 0);
+		while (!kt_load(&g_polls))
+			sched_yield();
+		cr_assert_eq(keel_runtime_run(rt, &status_main_task,
+					      status_init, &status),
+			     0);
+		/* Still polling the final counters for a while. */
+		for (int start = kt_load(&g_polls);
+		     kt_load(&g_polls) < start + 10;)
+			sched_yield();
+		__atomic_store_n(&g_poll_stop, 1, __ATOMIC_RELAXED);
+		pthread_join(th, NULL);
+		kt_expect_no_failures();
+		/* The final counters: main ran and exited on loop 0. */
+		cr_assert_eq(keel_runtime_loop_stats(rt, 0, &st), 0);
+		cr_assert_geq(st.spawned, 1);
+		cr_assert_eq(st.exited, st.spawned);
+		cr_assert_gt(st.turns, 0);
+		keel_runtime_destroy(rt);
+	}
 }
 
 /* ---- keel_spawn_on ----------------------------------------------------------
@@ -814,6 +957,84 @@ Test(runtime, blocking_jobs_from_every_loop_return_to_their_task, .timeout = 10)
 	cr_assert_eq(g_pool_bad, 0, "%d jobs came back wrong", g_pool_bad);
 	cr_assert_eq(ret, want, "%d of %d jobs came back", ret, want);
 	keel_runtime_destroy(g_rt);
+}
+
+/* ---- destroying a loop with blocking jobs out ------------------------------
+ */
+
+static int g_slow_runs[2];
+static int g_slow_returned;
+static int g_slow_release;
+
+static int slow_job(void *p)
+{
+	int id = (int)(intptr_t)p;
+
+	kt_add(&g_slow_runs[id], 1);
+	for (int i = 0; i < 10000 && !kt_load(&g_slow_release); i++)
+		usleep(1000);
+	kt_store(&g_slow_returned, 1);
+	return 7;
+}
+
+struct slow_jobber {
+	struct keel_task task;
+	int id;
+};
+
+static int slow_jobber_step(struct keel_task *t)
+{
+	struct slow_jobber *j = keel_container_of(t, struct slow_jobber, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_blocking(t, slow_job, (void *)(intptr_t)j->id));
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(slow_jobber_task, struct slow_jobber, task,
+		      slow_jobber_step);
+
+/* Lets the running job return once destroy has long given up on the ops
+ * the kernel holds (it waits 1 s for those). */
+static void *slow_releaser(void *arg)
+{
+	(void)arg;
+	usleep(1500 * 1000);
+	kt_store(&g_slow_release, 1);
+	return NULL;
+}
+
+/*
+ * One pool thread: job 0 runs, job 1 waits in the queue. Destroying the
+ * loop drops job 1 and waits for job 0, however long it runs: its result
+ * goes to the loop, which must still be there (ASan: no use after free).
+ */
+Test(runtime, loop_destroy_waits_for_running_job_and_drops_queued_one,
+     .timeout = 20)
+{
+	struct keel_loop *loop;
+	pthread_t th;
+
+	cr_assert_eq(keel_blocking_pool_config(1, 0), 0);
+	loop = kt_loop_new(NULL);
+	for (int id = 0; id < 2; id++) {
+		struct slow_jobber *j = kt_spawn(loop, &slow_jobber_task, 0);
+
+		j->id = id;
+	}
+	for (int i = 0; i < 10000 && !kt_load(&g_slow_runs[0]); i++) {
+		keel_loop_step(loop, 0);
+		usleep(1000);
+	}
+	cr_assert_eq(kt_load(&g_slow_runs[0]), 1);
+	cr_assert_eq(pthread_create(&th, NULL, slow_releaser, NULL), 0);
+	keel_loop_destroy(loop);
+	cr_assert_eq(kt_load(&g_slow_returned), 1,
+		     "destroy returned while the job was running");
+	pthread_join(th, NULL);
+	/* The queued job never ran (the pool thread is free for it now). */
+	usleep(10 * 1000);
+	cr_assert_eq(kt_load(&g_slow_runs[1]), 0);
 }
 
 /* ---- signals, in forked children --------------------------------------------

@@ -70,8 +70,13 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts);
 
 /*
  * Destroy a loop: cancels every op in flight and waits for the kernel to
- * return them, runs the defer stacks of tasks that never exited, frees all
- * frames, closes the ring. Must be called on the loop's thread.
+ * return them, drops its blocking jobs still queued (their awaits end with
+ * -ECANCELED) and waits for those running, however long they take (a job
+ * cannot be stopped, and its result goes to this loop), runs the defer
+ * stacks of tasks that never exited, frees all frames, closes the ring.
+ * A frame whose op the kernel still holds after a second is leaked, with
+ * the loop's frame memory, since the kernel may yet write into it.
+ * Must be called on the loop's thread. A NULL loop is a no-op.
  * Ownership: frees the loop and every frame, ring and timer it held;
  * pointers into them die here.
  */
@@ -316,9 +321,12 @@ void keel_runtime_destroy(struct keel_runtime *rt);
 unsigned keel_runtime_size(const struct keel_runtime *rt);
 
 /*
- * Loop i's counters: a snapshot while the runtime runs (read from another
- * thread: each value is current or a little old), its final counters after
- * keel_runtime_run() returned. -EINVAL for a bad index.
+ * Loop i's counters: a snapshot while the runtime runs, its final counters
+ * once that loop has stopped (also during shutdown) and after
+ * keel_runtime_run() returned. -EINVAL for a bad index. On the loop's own
+ * thread the snapshot is current; from another thread it is the copy the
+ * loop made when last asked (each call asks for a fresh one), so it can
+ * be a call old, and all zeros before the loop first ran.
  * Ownership: a copy into the caller's `out`.
  */
 int keel_runtime_loop_stats(struct keel_runtime *rt, unsigned i,
