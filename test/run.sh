@@ -9,6 +9,9 @@ BUILD=${BUILD:-build}
 # Leaks of the Criterion runner itself are not ours (see lsan.supp).
 LSAN_OPTIONS="suppressions=$(pwd)/test/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export LSAN_OPTIONS
+# Undefined behaviour fails the test (UBSan only prints by default).
+UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+export UBSAN_OPTIONS
 pass=0
 fail=0
 
