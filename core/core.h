@@ -271,10 +271,24 @@ struct keel__core {
 /* The core of the loop running on this thread, or NULL. */
 extern __thread struct keel__core *keel__current_core;
 
-/* CLOCK_MONOTONIC in ns: keel's only clock (a vDSO call). */
+/*
+ * The simulated kernel's virtual clock, when this thread runs simulated
+ * loops (sim/): every clock read of keel (timers, deadlines, linked
+ * timeouts, supervisor restart times, trace timestamps) then reads it, so
+ * that a simulated run is the same run every time. NULL otherwise.
+ * Initial-exec: one load from the thread pointer, no call.
+ */
+extern __thread const uint64_t *keel__virtual_clock
+    __attribute__((tls_model("initial-exec")));
+
+/* CLOCK_MONOTONIC in ns: keel's only clock (a vDSO call), or the virtual
+ * clock of a simulated kernel. */
 static inline uint64_t keel__clock_now(void)
 {
 	struct timespec ts;
+
+	if (__builtin_expect(keel__virtual_clock != NULL, 0))
+		return *keel__virtual_clock;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;

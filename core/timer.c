@@ -19,6 +19,9 @@
 #include <string.h>
 #include <time.h>
 
+__thread const uint64_t *keel__virtual_clock
+    __attribute__((tls_model("initial-exec")));
+
 #define ARITY	  4
 #define NOT_ARMED UINT32_MAX
 

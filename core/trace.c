@@ -154,7 +154,7 @@ static void tclock_calibrate(void)
 /* ns since the trace started. */
 static inline uint64_t tclock_now(void)
 {
-	if (tclock.tsc)
+	if (tclock.tsc && !keel__virtual_clock)
 		return (
 		    uint64_t)(((unsigned __int128)(__rdtsc() - tclock.tsc0) *
 			       tclock.mult) >>

@@ -101,7 +101,7 @@ static int register_ring(struct keel_bufring *r, bool inc)
 	reg.ring_entries = r->count;
 	reg.bgid = r->gid;
 	KEEL_BUF_REG_FLAGS(reg) = inc ? IOU_PBUF_RING_INC : 0;
-	return io_uring_register_buf_ring(&r->io->ring, &reg, 0);
+	return keel__io_register(r->io, IORING_REGISTER_PBUF_RING, &reg, 1);
 }
 
 static int take_gid(struct keel__io *io, struct keel_bufring *r)
@@ -231,7 +231,9 @@ static void destroy(struct keel_bufring *r)
 {
 	if (keel_timer_armed(&r->retry))
 		keel_timer_cancel(loop_of(r), &r->retry);
-	io_uring_unregister_buf_ring(&r->io->ring, r->gid);
+	struct io_uring_buf_reg reg = {.bgid = r->gid};
+
+	keel__io_register(r->io, IORING_UNREGISTER_PBUF_RING, &reg, 1);
 	r->io->bufrings[r->gid] = NULL;
 	ring_free(r);
 }

@@ -17,6 +17,7 @@
 #ifndef KEEL_IO_PRIV_H
 #define KEEL_IO_PRIV_H
 
+#include "backend.h"
 #include "compat.h"
 #include "core.h"
 
@@ -141,6 +142,8 @@ struct keel__chunk_pool {
 struct keel__io {
 	struct keel__core core; /* first: see core.h */
 	struct io_uring ring;
+	/* Who executes the ring's SQEs: NULL for the kernel (backend.h). */
+	struct keel__backend *backend;
 	struct keel__ledger ledger;
 	/* keel_op_timeout(): a deadline for the next op of this task. */
 	struct keel_task *timeout_task;
@@ -181,8 +184,10 @@ static inline uint64_t keel__op_ud(const struct keel__op *op, unsigned role)
 	return ((uint64_t)op->gen << 32) | ((uint64_t)op->index << 2) | role;
 }
 
-/* Ring setup and teardown (io/ring.c). */
-int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts);
+/* Ring setup and teardown (io/ring.c). `backend` NULL: the kernel's
+ * io_uring; otherwise the loop's ring belongs to it (torn down by fini). */
+int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
+		  struct keel__backend *backend);
 void keel__io_fini(struct keel__io *io);
 
 /* Make sure `n` SQEs can be taken back to back (linked requests must be
@@ -205,6 +210,18 @@ void keel__ring_unmapped(void);
 
 /* Submit what is queued; counts the enter. */
 int keel__io_submit(struct keel__io *io);
+
+/*
+ * The one place that enters the backend: submit every queued SQE, then
+ * wait for `want` CQEs at most `wait_ns` (0: do not wait; negative: no
+ * limit). want == 0 && wait_ns == 0 only submits. Returns the SQEs
+ * submitted or a negative errno (-ETIME: the wait ran out). Counts nothing.
+ */
+int keel__io_enter(struct keel__io *io, unsigned want, int64_t wait_ns);
+
+/* io_uring_register() through the backend (see backend.h). */
+int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
+		      unsigned nr_args);
 
 /* Ledger (io/ledger.c). */
 int keel__ledger_init(struct keel__ledger *l);

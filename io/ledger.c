@@ -339,7 +339,7 @@ void keel__io_reap(struct keel__io *io)
 	 */
 	while (io_uring_cq_has_overflow(&io->ring)) {
 		io->count.cq_overflows++;
-		io_uring_get_events(&io->ring);
+		keel__io_enter(io, 1, 0);
 		io->count.enters++;
 		if (!reap_batch(io))
 			break;

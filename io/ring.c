@@ -114,7 +114,29 @@ static void probe_ops(struct keel__io *io)
 	io_uring_free_probe(p);
 }
 
-int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
+/* A backend's ring (backend.h): its setup stands for the kernel's. */
+static int backend_init(struct keel__io *io, struct keel__backend *b,
+			unsigned sq, unsigned cq)
+{
+	unsigned sq2 = 1, cq2 = 1;
+
+	while (sq2 < sq)
+		sq2 <<= 1;
+	while (cq2 < cq)
+		cq2 <<= 1;
+	memset(&io->ring, 0, sizeof(io->ring));
+	int err = b->setup(b, &io->ring, sq2, cq2, io->ops_supported);
+
+	if (err) {
+		/* Nothing was set up: fini must not tear it down. */
+		return err;
+	}
+	io->backend = b;
+	return 0;
+}
+
+int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
+		  struct keel__backend *backend)
 {
 	unsigned sq = opts && opts->sq_entries ? opts->sq_entries : 256;
 	unsigned cq = opts && opts->cq_entries ? opts->cq_entries : 4 * sq;
@@ -138,6 +160,12 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 	io->downgrades[0] = '\0';
 	io->event_fd = -1;
 	io->zc_threshold = 16384;
+	if (backend) {
+		err = backend_init(io, backend, sq, cq);
+		if (err)
+			return err;
+		goto ready;
+	}
 	for (size_t i = 0; i < ntries; i++) {
 		struct io_uring_params p;
 
@@ -153,6 +181,11 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 	if (err)
 		return err;
 	RING_MAPPED();
+	probe_ops(io);
+	/* Saves an fget/fput per io_uring_enter; the plain fd stays open
+	 * for hosts that poll it. */
+	io->ring_fd_registered = io_uring_register_ring_fd(&io->ring) == 1;
+ready:
 	io->ring_ready = true;
 	io->setup_flags = io->ring.flags;
 	io->features = io->ring.features;
@@ -161,10 +194,6 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts)
 	if (!(io->features & IORING_FEAT_NODROP))
 		note_downgrade(io, "no FEAT_NODROP (needs Linux 5.5): a CQ "
 				   "overflow could lose completions");
-	/* Saves an fget/fput per io_uring_enter; the plain fd stays open
-	 * for hosts that poll it. */
-	io->ring_fd_registered = io_uring_register_ring_fd(&io->ring) == 1;
-	probe_ops(io);
 	keel__io_install_hooks(io);
 	return keel__ledger_init(&io->ledger);
 }
@@ -184,7 +213,7 @@ int keel__io_event_fd(struct keel__io *io)
 
 	if (fd < 0)
 		return -errno;
-	int err = io_uring_register_eventfd(&io->ring, fd);
+	int err = keel__io_register(io, IORING_REGISTER_EVENTFD, &fd, 1);
 
 	if (err) {
 		close(fd);
@@ -210,7 +239,12 @@ int keel__io_files(struct keel__io *io)
 {
 	if (io->files)
 		return 0;
-	int err = io_uring_register_files_sparse(&io->ring, KEEL__FILE_SLOTS);
+	struct io_uring_rsrc_register reg = {
+	    .nr = KEEL__FILE_SLOTS,
+	    .flags = IORING_RSRC_REGISTER_SPARSE,
+	};
+	int err =
+	    keel__io_register(io, IORING_REGISTER_FILES2, &reg, sizeof(reg));
 
 	if (err)
 		return err;
@@ -221,7 +255,7 @@ int keel__io_files(struct keel__io *io)
 void keel__io_fini(struct keel__io *io)
 {
 	if (io->event_fd >= 0) {
-		io_uring_unregister_eventfd(&io->ring);
+		keel__io_register(io, IORING_UNREGISTER_EVENTFD, NULL, 0);
 		close(io->event_fd);
 		io->event_fd = -1;
 	}
@@ -229,16 +263,63 @@ void keel__io_fini(struct keel__io *io)
 		keel__bufrings_fini(io);
 	keel__chunk_pool_fini(io);
 	keel__ledger_fini(&io->ledger);
-	if (io->ring_ready) {
+	if (io->ring_ready && io->backend) {
+		io->backend->teardown(io->backend, &io->ring);
+		io->backend = NULL;
+	} else if (io->ring_ready) {
 		RING_UNMAPPED();
 		io_uring_queue_exit(&io->ring);
 	}
 	io->ring_ready = false;
 }
 
+int keel__io_enter(struct keel__io *io, unsigned want, int64_t wait_ns)
+{
+	struct io_uring *ring = &io->ring;
+	struct __kernel_timespec ts;
+	struct io_uring_cqe *cqe;
+
+	if (__builtin_expect(io->backend != NULL, 0))
+		return io->backend->enter(io->backend, ring, want, wait_ns);
+	if (wait_ns == 0)
+		return want ? io_uring_submit_and_get_events(ring)
+			    : io_uring_submit(ring);
+	if (wait_ns < 0)
+		return io_uring_submit_and_wait(ring, want);
+	ts.tv_sec = wait_ns / 1000000000;
+	ts.tv_nsec = wait_ns % 1000000000;
+	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
+}
+
+int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
+		      unsigned nr_args)
+{
+	struct io_uring *ring = &io->ring;
+
+	if (io->backend)
+		return io->backend->reg(io->backend, ring, opcode, arg,
+					nr_args);
+	switch (opcode) {
+	case IORING_REGISTER_PBUF_RING:
+		return io_uring_register_buf_ring(ring, arg, 0);
+	case IORING_UNREGISTER_PBUF_RING:
+		return io_uring_unregister_buf_ring(
+		    ring, ((struct io_uring_buf_reg *)arg)->bgid);
+	case IORING_REGISTER_FILES2:
+		return io_uring_register_files_sparse(
+		    ring, ((struct io_uring_rsrc_register *)arg)->nr);
+	case IORING_REGISTER_EVENTFD:
+		return io_uring_register_eventfd(ring, *(int *)arg);
+	case IORING_UNREGISTER_EVENTFD:
+		return io_uring_unregister_eventfd(ring);
+	default:
+		return -EINVAL;
+	}
+}
+
 int keel__io_submit(struct keel__io *io)
 {
-	int n = io_uring_submit(&io->ring);
+	int n = keel__io_enter(io, 0, 0);
 
 	io->count.enters++;
 	if (n > 0)
@@ -335,6 +416,15 @@ size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len)
 			n += (size_t)snprintf(flags + n, sizeof(flags) - n,
 					      "%s%s", n ? " " : "",
 					      setup_names[i].name);
+	if (io->backend) {
+		int w = snprintf(
+		    buf, len, "backend: %s; sq %u, cq %u; features:%s%s%s",
+		    io->backend->name, io->sq_entries, io->cq_entries,
+		    io->features & IORING_FEAT_NODROP ? " NODROP" : "",
+		    io->features & IORING_FEAT_EXT_ARG ? " EXT_ARG" : "",
+		    io->features & IORING_FEAT_CQE_SKIP ? " CQE_SKIP" : "");
+		return w < 0 ? 0 : (size_t)w;
+	}
 	int w = snprintf(
 	    buf, len,
 	    "flags: %s; sq %u, cq %u; features:%s%s%s; registered ring "

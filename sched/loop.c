@@ -44,6 +44,13 @@ struct keel_loop *keel_loop_current(void)
 
 int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 {
+	return keel__loop_create_on(out, opts, NULL);
+}
+
+int keel__loop_create_on(struct keel_loop **out,
+			 const struct keel_loop_opts *opts,
+			 struct keel__backend *backend)
+{
 	struct keel_loop *loop = calloc(1, sizeof(*loop));
 	int err;
 
@@ -52,7 +59,7 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 	keel__trace_env(); /* KEEL_TRACE=<file> starts the tracer */
 	err = keel__core_init(&loop->io.core);
 	if (!err)
-		err = keel__io_init(&loop->io, opts);
+		err = keel__io_init(&loop->io, opts, backend);
 	loop->io.core.hooks.remote_post = keel__remote_post;
 	if (err) {
 		keel__io_fini(&loop->io);
@@ -262,29 +269,6 @@ static int64_t spin_for_work(struct keel_loop *loop, int64_t wait)
 	return wait;
 }
 
-static struct __kernel_timespec ns_to_timespec(int64_t ns)
-{
-	return (struct __kernel_timespec){.tv_sec = ns / 1000000000,
-					  .tv_nsec = ns % 1000000000};
-}
-
-/*
- * The one place that picks a liburing call: submit, then wait for `want`
- * CQEs at most `wait` ns (0: do not wait; negative: no time limit).
- */
-static int ring_submit_wait(struct io_uring *ring, int64_t wait, unsigned want)
-{
-	struct __kernel_timespec ts;
-	struct io_uring_cqe *cqe;
-
-	if (wait == 0)
-		return io_uring_submit_and_get_events(ring);
-	if (wait < 0)
-		return io_uring_submit_and_wait(ring, want);
-	ts = ns_to_timespec(wait);
-	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
-}
-
 /*
  * Opt-in batching (batch_wait_ns): busy, with several CQEs per wake-up
  * lately, wait a little for as many again, so that one enter serves more
@@ -304,7 +288,7 @@ static int enter_batched(struct keel_loop *loop, int64_t wait)
 
 	if (wait > 0 && wait < bw)
 		bw = wait;
-	ret = ring_submit_wait(&loop->io.ring, bw, want > 32 ? 32 : want);
+	ret = keel__io_enter(&loop->io, want > 32 ? 32 : want, bw);
 	/* Nothing came at all: wait as usual next turn. */
 	if (ret == -ETIME && !io_uring_cq_ready(&loop->io.ring))
 		loop->batch_avg = 0;
@@ -343,7 +327,7 @@ static int enter(struct keel_loop *loop, int64_t wait)
 	if (batching(loop, wait))
 		ret = enter_batched(loop, wait);
 	else
-		ret = ring_submit_wait(ring, wait, 1);
+		ret = keel__io_enter(io, 1, wait);
 	return enter_result(ret);
 }
 
@@ -539,10 +523,7 @@ static void drain_ops(struct keel_loop *loop)
 	io->closing = true; /* streams close instead of ending */
 	keel__io_cancel_all(io);
 	for (int i = 0; i < 100 && io->ledger.inuse; i++) {
-		struct __kernel_timespec ts = {.tv_nsec = 10 * 1000 * 1000};
-		struct io_uring_cqe *cqe;
-
-		io_uring_submit_and_wait_timeout(&io->ring, &cqe, 1, &ts, NULL);
+		keel__io_enter(io, 1, 10 * 1000 * 1000);
 		keel__io_reap(io);
 		keel__io_cancel_all(io);
 	}

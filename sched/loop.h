@@ -73,6 +73,16 @@ void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
  */
 void keel__blocking_drain(struct keel_loop *loop);
 
+/*
+ * keel_loop_create() on a backend other than the kernel's io_uring (the
+ * simulated kernel; io/backend.h). Once the backend's setup succeeded the
+ * loop owns its ring: keel_loop_destroy() (or a failed create) tears it
+ * down.
+ */
+int keel__loop_create_on(struct keel_loop **out,
+			 const struct keel_loop_opts *opts,
+			 struct keel__backend *backend);
+
 /* sched/faults.c: undo keel_loop_set_faults() for this thread. */
 void keel__faults_fini(struct keel_loop *loop);
 
