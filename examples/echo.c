@@ -29,9 +29,14 @@
  *
  * --metrics MPORT serves the runtime's counters at
  * http://127.0.0.1:MPORT/metrics (Prometheus text format).
+ *
+ * --max-conns N caps the connections open at once (all loops together:
+ * the one count they share). A connection over the cap is accepted and
+ * closed at once, as one is when there is no memory for its task.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,7 +56,8 @@ struct shard {
 	struct keel_bufring *ring;
 	uint64_t connections;
 	uint64_t bytes;
-	int error; /* a fatal accept error, or 0 */
+	uint64_t refused; /* over --max-conns, or no memory for a task */
+	int error;	  /* a fatal accept error, or 0 */
 };
 
 /* The fast path: what an idle connection costs is this frame. */
@@ -105,6 +111,8 @@ static int metrics_fd = -1;
 static bool plain_mode;
 static bool direct_fds; /* --direct: sockets in the ring's file table */
 static struct keel_bufring_opts ring_opts = {.count = 1024, .size = 4096};
+static unsigned max_conns;     /* --max-conns; 0: no cap */
+static atomic_uint open_conns; /* all loops together, under a cap */
 
 static int conn_step(struct keel_task *t);
 static int plain_conn_step(struct keel_task *t);
@@ -122,6 +130,24 @@ static KEEL_TASK_TYPE(metrics_server_task, struct metrics_server, task,
 		      metrics_server_step);
 static KEEL_TASK_TYPE(metrics_conn_task, struct metrics_conn, task,
 		      metrics_conn_step);
+
+/* Room for one more connection? Takes it if so. */
+static bool conn_admit(void)
+{
+	if (!max_conns)
+		return true;
+	if (atomic_fetch_add_explicit(&open_conns, 1, memory_order_relaxed) <
+	    max_conns)
+		return true;
+	atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
+	return false;
+}
+
+static void conn_leave(void)
+{
+	if (max_conns)
+		atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
+}
 
 static int conn_step(struct keel_task *t)
 {
@@ -146,6 +172,7 @@ static int conn_step(struct keel_task *t)
 	keel_recv_stream_close(&c->rs);
 out:
 	KEEL_AWAIT(t, keel_close(t, c->fd));
+	conn_leave();
 	KEEL_END(t);
 }
 
@@ -165,6 +192,7 @@ static int plain_conn_step(struct keel_task *t)
 			break;
 	}
 	KEEL_AWAIT(t, keel_close(t, c->fd));
+	conn_leave();
 	KEEL_END(t);
 }
 
@@ -207,13 +235,20 @@ static int acceptor_step(struct keel_task *t)
 		}
 		if (!direct_fds) /* a direct socket inherits the listener's */
 			keel_tcp_nodelay(fd);
-		struct conn *c =
-		    keel_spawn(keel_task_loop(t), &conn_task, KEEL_PRIO_NORMAL);
+		struct conn *c = NULL;
 
+		if (conn_admit()) {
+			c = keel_spawn(keel_task_loop(t), &conn_task,
+				       KEEL_PRIO_NORMAL);
+			if (!c)
+				conn_leave();
+		}
 		if (!c) {
-			/* Out of memory: refuse this one. A direct socket is
-			 * a slot in the ring's file table, which close(2)
-			 * does not know: keel_close releases either kind. */
+			/* Over --max-conns, or out of memory: refuse this
+			 * one. A direct socket is a slot in the ring's file
+			 * table, which close(2) does not know: keel_close
+			 * releases either kind. */
+			s->refused++;
 			a->refused = fd;
 			KEEL_AWAIT(t, keel_close(t, a->refused));
 			continue;
@@ -244,11 +279,19 @@ plain:
 			break;
 		}
 		keel_tcp_nodelay(fd);
-		struct plain_conn *c = keel_spawn(
-		    keel_task_loop(t), &plain_conn_task, KEEL_PRIO_NORMAL);
+		struct plain_conn *c = NULL;
 
+		if (conn_admit()) {
+			c = keel_spawn(keel_task_loop(t), &plain_conn_task,
+				       KEEL_PRIO_NORMAL);
+			if (!c)
+				conn_leave();
+		}
 		if (!c) {
-			close(fd); /* out of memory: refuse this one */
+			/* Over --max-conns, or out of memory: refuse this
+			 * one (a plain socket: never a direct one). */
+			s->refused++;
+			close(fd);
 			continue;
 		}
 		c->shard = s;
@@ -386,7 +429,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: echo [--threads N] [--metrics MPORT] [--plain]\n"
 		"            [--batch-wait NS] [--bufs N] [--buf-size BYTES]\n"
-		"            [--direct] [ADDR] PORT\n"
+		"            [--direct] [--max-conns N] [ADDR] PORT\n"
 		"       echo --port PORT [--threads N]\n");
 }
 
@@ -413,14 +456,15 @@ int main(int argc, char **argv)
 	    {"batch-wait", required_argument, NULL, 'w'},
 	    {"bufs", required_argument, NULL, 'b'},
 	    {"buf-size", required_argument, NULL, 'B'},
+	    {"max-conns", required_argument, NULL, 'M'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	const char *addr = "127.0.0.1";
-	long port = -1, threads = 0, mport = -1, batch_wait = -1;
+	long port = -1, threads = 0, mport = -1, batch_wait = -1, cap = 0;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "p:t:m:PDw:b:B:h", longopts,
+	while ((opt = getopt_long(argc, argv, "p:t:m:PDw:b:B:M:h", longopts,
 				  NULL)) != -1) {
 		switch (opt) {
 		case 'p':
@@ -469,6 +513,9 @@ int main(int argc, char **argv)
 				ring_opts.size = (uint32_t)v;
 			break;
 		}
+		case 'M':
+			cap = parse_number(optarg, 1, 1 << 24);
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -477,11 +524,12 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		if ((opt == 'p' && port < 0) || (opt == 't' && threads < 0) ||
-		    (opt == 'm' && mport < 0)) {
+		    (opt == 'm' && mport < 0) || (opt == 'M' && cap < 0)) {
 			fprintf(stderr, "echo: bad value for --%s: %s\n",
 				opt == 'p'   ? "port"
 				: opt == 't' ? "threads"
-					     : "metrics",
+				: opt == 'm' ? "metrics"
+					     : "max-conns",
 				optarg);
 			return 2;
 		}
@@ -499,6 +547,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "echo: bad port: %s\n", argv[argc - 1]);
 		return 2;
 	}
+	max_conns = (unsigned)cap;
 
 	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
 
@@ -551,7 +600,7 @@ int main(int argc, char **argv)
 	fflush(stdout);
 
 	int status = keel_runtime_run(rt, &echo_main, NULL, NULL);
-	uint64_t conns = 0, bytes = 0;
+	uint64_t conns = 0, bytes = 0, refused = 0;
 	struct keel_loop_stats sum = {0};
 	int fatal = 0;
 
@@ -572,13 +621,16 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < nshards; i++) {
 		conns += shards[i].connections;
 		bytes += shards[i].bytes;
+		refused += shards[i].refused;
 		if (shards[i].error && !fatal)
 			fatal = shards[i].error;
 	}
 	keel_runtime_destroy(rt);
 	free(shards);
-	printf("echo: served %llu connections, echoed %llu bytes\n",
-	       (unsigned long long)conns, (unsigned long long)bytes);
+	printf("echo: served %llu connections, echoed %llu bytes, refused %llu "
+	       "connections\n",
+	       (unsigned long long)conns, (unsigned long long)bytes,
+	       (unsigned long long)refused);
 	if (sum.chunks_lent)
 		printf("echo: ring: %llu enters, %llu SQEs, %llu CQEs for %llu "
 		       "received chunks: %.3f enters and %.2f CQEs per chunk, "

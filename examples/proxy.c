@@ -3,11 +3,43 @@
  * proxy: a TCP proxy on keel (listen address -> backend address).
  *
  *	proxy [--threads N] [--mode buffers|splice] [--bufs N]
- *	      [--buf-size BYTES] -l [ADDR:]PORT -b HOST:PORT
+ *	      [--buf-size BYTES] [--connect-timeout MS] [--max-conns N]
+ *	      -l [ADDR:]PORT -b HOST:PORT
  *
  * One loop per thread, each with its own SO_REUSEPORT listener and a
  * multishot accept. Per connection, a session task connects to the backend
  * and runs one pump task per direction, then closes both sockets.
+ *
+ * A client that has gone (a reset, or end of file before it sent
+ * anything) is not connected onward. A session first peeks at it (no
+ * wait, nothing consumed); then connecting is a race (a select, in tokio's
+ * words) between two child tasks in a scope: one connects, the other
+ * watches the client (a recv with MSG_PEEK). A client that leaves first
+ * ends the race: the connect is cancelled and the session closes both
+ * sockets. The race has a deadline, --connect-timeout (default 5000 ms),
+ * after which the connect counts as a backend failure. (TCP cannot tell a
+ * client that closed from one that only shut down its writing half without
+ * sending anything: before the backend is connected, both are gone.)
+ *
+ * --max-conns N caps the sessions open at once, all loops together; a
+ * connection over the cap is accepted and closed at once (counted, and
+ * reported at most once a second). The default is what the descriptor
+ * limit (ulimit -n) leaves room for: each session holds 2 descriptors (6 in
+ * splice mode, with its pipes), and a few are kept for the rest; a larger N
+ * is lowered to that.
+ *
+ * Both matter when two proxies are pointed at each other (A's backend is
+ * B, B's is A), a loop neither can see: each client connection becomes a
+ * chain of sessions, through both, that grows as fast as they connect.
+ * The cap stops it: the refused connection's end travels back along the
+ * chain, and once the client has gone, the chain unwinds. Without the cap
+ * it took every descriptor of both, and its last connection could wait
+ * for good in a listen queue neither could accept from any more. A client
+ * that leaves at once leaves a chain that moves on instead: each session
+ * has connected onward (on loopback a connect completes at once) by the
+ * time it hears that its client has gone, so cancelling its connect cannot
+ * end the chain; the peek before connecting does, at the first session
+ * whose client's end arrives before it would connect.
  *
  * --mode buffers (default): a pump keeps a multishot recv armed on its
  * source, into the loop's provided-buffer ring (--bufs x --buf-size,
@@ -38,11 +70,13 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -53,6 +87,10 @@
 #define LISTEN_BACKLOG 1024
 #define GATHER	       8	   /* chunks per sendmsg */
 #define SPLICE_CHUNK   (64 * 1024) /* bytes per splice */
+/* Descriptors not for sessions: stdio, the signalfd, and per loop its
+ * ring, its listener and one to accept a connection it refuses. */
+#define FD_RESERVE	    32
+#define FD_RESERVE_PER_LOOP 3
 
 /* One per loop, touched only by that loop's thread while it runs. */
 struct shard {
@@ -61,7 +99,9 @@ struct shard {
 	uint64_t connections;
 	uint64_t up, down; /* bytes client->backend, backend->client */
 	uint64_t backend_failures;
-	uint64_t resets; /* directions ended by an error */
+	uint64_t resets;    /* directions ended by an error */
+	uint64_t abandoned; /* clients gone while connecting */
+	uint64_t refused;   /* connections over --max-conns */
 	int error;
 };
 
@@ -82,10 +122,32 @@ struct pump {
 	int moved, left;
 };
 
+/* The two sides of a session's connect race (see the top). */
+enum { RACE_CONNECT, RACE_WATCH };
+
+/* Connects the backend socket; exits with connect's result. */
+struct connector {
+	struct keel_task task;
+	int fd;
+};
+
+/* Waits for the client to speak or go; exits with WATCH_SPOKE, 0 (end of
+ * file), or recv's error (-ECANCELED, -ETIMEDOUT: the race was ended). */
+#define WATCH_SPOKE 1
+struct watcher {
+	struct keel_task task;
+	int fd;
+	char byte; /* MSG_PEEK's target: handed to the kernel, in the frame */
+};
+
 struct session {
 	struct keel_task task;
 	struct shard *shard;
 	int client, backend;
+	struct keel_scope race; /* connect vs. the client going */
+	uint32_t seen;		/* race results read */
+	int connected;		/* connect's result */
+	bool client_gone;
 	struct pump *pumps[2];
 	unsigned i;
 };
@@ -108,15 +170,22 @@ static struct keel_bufring_opts ring_opts = {.count = 256, .size = 16384};
 static struct sockaddr_storage backend_addr;
 static socklen_t backend_len;
 static const char *backend_text;
+static uint64_t connect_timeout_ns = 5000ull * 1000 * 1000;
+static unsigned max_sessions;	  /* --max-conns, or the fds' room */
+static atomic_uint open_sessions; /* all loops together */
 
 static int pump_step(struct keel_task *t);
 static int splice_pump_step(struct keel_task *t);
+static int connector_step(struct keel_task *t);
+static int watcher_step(struct keel_task *t);
 static int session_step(struct keel_task *t);
 static int acceptor_step(struct keel_task *t);
 static int main_step(struct keel_task *t);
 
 static KEEL_TASK_TYPE(pump_task, struct pump, task, pump_step);
 static KEEL_TASK_TYPE(splice_pump_task, struct pump, task, splice_pump_step);
+static KEEL_TASK_TYPE(connector_task, struct connector, task, connector_step);
+static KEEL_TASK_TYPE(watcher_task, struct watcher, task, watcher_step);
 static KEEL_TASK_TYPE(session_task, struct session, task, session_step);
 static KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
 static KEEL_TASK_TYPE(proxy_main, struct main_frame, task, main_step);
@@ -230,19 +299,55 @@ out:
 	KEEL_END(t);
 }
 
+/* Whether a report last made at *last may be made again: once a second. */
+static bool report_due(time_t *last)
+{
+	time_t now = time(NULL);
+
+	if (now == *last)
+		return false;
+	*last = now;
+	return true;
+}
+
 /* At most one line a second, however many backends fail. */
 static void report_backend_failure(struct shard *s, int err)
 {
 	static _Thread_local time_t last;
-	time_t now = time(NULL);
 
 	s->backend_failures++;
-	if (now == last)
-		return;
-	last = now;
-	fprintf(stderr, "proxy: backend %s: %s (%llu failures on this loop)\n",
-		backend_text, keel_strerror(err),
-		(unsigned long long)s->backend_failures);
+	if (report_due(&last))
+		fprintf(stderr,
+			"proxy: backend %s: %s (%llu failures on this loop)\n",
+			backend_text, keel_strerror(err),
+			(unsigned long long)s->backend_failures);
+}
+
+/* Room for one more session (all loops together)? Takes it if so. */
+static bool session_admit(void)
+{
+	if (atomic_fetch_add_explicit(&open_sessions, 1, memory_order_relaxed) <
+	    max_sessions)
+		return true;
+	atomic_fetch_sub_explicit(&open_sessions, 1, memory_order_relaxed);
+	return false;
+}
+
+static void session_leave(void)
+{
+	atomic_fetch_sub_explicit(&open_sessions, 1, memory_order_relaxed);
+}
+
+static void report_refusal(struct shard *s)
+{
+	static _Thread_local time_t last;
+
+	s->refused++;
+	if (report_due(&last))
+		fprintf(stderr,
+			"proxy: %u sessions open (--max-conns): refusing "
+			"connections (%llu on this loop)\n",
+			max_sessions, (unsigned long long)s->refused);
 }
 
 static struct pump *start_pump(struct session *ss, int from, int to,
@@ -262,22 +367,122 @@ static struct pump *start_pump(struct session *ss, int from, int to,
 	return p;
 }
 
+static int connector_step(struct keel_task *t)
+{
+	struct connector *c = keel_container_of(t, struct connector, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_connect(t, c->fd, (struct sockaddr *)&backend_addr,
+				   backend_len));
+	KEEL_EXIT(t, keel_res(t));
+	KEEL_END(t);
+}
+
+static int watcher_step(struct keel_task *t)
+{
+	struct watcher *w = keel_container_of(t, struct watcher, task);
+
+	KEEL_BEGIN(t);
+	/* A peek: a cancel that comes too late has consumed nothing. */
+	KEEL_AWAIT(t, keel_recv(t, w->fd, &w->byte, 1, MSG_PEEK));
+	KEEL_EXIT(t, keel_res(t) > 0 ? WATCH_SPOKE : keel_res(t));
+	KEEL_END(t);
+}
+
+/*
+ * Whether the client has gone already (a reset, or end of file before it
+ * sent anything): a non-blocking peek, which consumes nothing. Such a
+ * client is not connected onward: a connection that would outlive it is
+ * what keeps a loop of proxies going after its client has left.
+ */
+static bool client_gone_now(int fd)
+{
+	char c;
+	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+			  errno != EINTR);
+}
+
+/* Start the connect race in its scope, with its deadline; false: out of
+ * memory (whoever started must still be joined). */
+static bool race_start(struct session *ss)
+{
+	struct connector *c;
+	struct watcher *w;
+
+	c = keel_scope_spawn(&ss->race, &connector_task, KEEL_PRIO_NORMAL);
+	if (c)
+		c->fd = ss->backend;
+	w = keel_scope_spawn(&ss->race, &watcher_task, KEEL_PRIO_NORMAL);
+	if (w)
+		w->fd = ss->client;
+	return c && w && !keel_scope_set_timeout(&ss->race, connect_timeout_ns);
+}
+
+/*
+ * One racer has finished with `status`: whether the race is decided
+ * (ss->connected, or ss->client_gone). A client that has spoken stays
+ * (its data goes on once connected); a watcher ended by the deadline or
+ * a cancel leaves the verdict to the connector, which sees the same.
+ */
+static bool race_decided(struct session *ss, int status)
+{
+	uint32_t n;
+	const struct keel_scope_result *r = keel_scope_results(&ss->race, &n);
+
+	if (ss->seen == n) { /* -ECHILD: nobody left (not expected) */
+		ss->connected = -ECANCELED;
+		return true;
+	}
+	if (r[ss->seen++].index == RACE_CONNECT) {
+		ss->connected = status;
+		return true;
+	}
+	if (status == WATCH_SPOKE || status == -ECANCELED ||
+	    status == -ETIMEDOUT)
+		return false;
+	ss->client_gone = true;
+	return true;
+}
+
 static int session_step(struct keel_task *t)
 {
 	struct session *ss = keel_container_of(t, struct session, task);
 
 	KEEL_BEGIN(t);
+	if (client_gone_now(ss->client)) {
+		ss->shard->abandoned++;
+		goto close_client;
+	}
 	ss->backend = keel_tcp_socket(backend_addr.ss_family);
 	if (ss->backend < 0) {
 		report_backend_failure(ss->shard, ss->backend);
 		goto close_client;
 	}
-	KEEL_AWAIT(t,
-		   keel_connect(t, ss->backend,
-				(struct sockaddr *)&backend_addr, backend_len));
-	if (keel_res(t) < 0) {
-		if (keel_res(t) != -ECANCELED)
-			report_backend_failure(ss->shard, keel_res(t));
+	if (keel_scope_init(t, &ss->race, KEEL_SCOPE_COLLECT)) {
+		report_backend_failure(ss->shard, -ENOMEM);
+		goto close_both;
+	}
+	if (race_start(ss)) {
+		do
+			KEEL_AWAIT(t, keel_scope_join_any(t, &ss->race));
+		while (!race_decided(ss, keel_res(t)));
+	} else {
+		ss->connected = -ENOMEM;
+	}
+	/* The loser is cancelled (the ledger cancels its op); the join
+	 * waits until it has gone. */
+	keel_scope_cancel(&ss->race);
+	KEEL_AWAIT(t, keel_scope_join(t, &ss->race));
+	keel_scope_fini(&ss->race);
+	if (ss->client_gone) {
+		ss->shard->abandoned++;
+		goto close_both;
+	}
+	if (ss->connected < 0) {
+		if (ss->connected != -ECANCELED)
+			report_backend_failure(ss->shard, ss->connected);
 		goto close_both;
 	}
 	keel_tcp_nodelay(ss->backend);
@@ -302,6 +507,7 @@ close_both:
 	KEEL_AWAIT(t, keel_close(t, ss->backend));
 close_client:
 	KEEL_AWAIT(t, keel_close(t, ss->client));
+	session_leave();
 	KEEL_END(t);
 }
 
@@ -331,11 +537,19 @@ static int acceptor_step(struct keel_task *t)
 			}
 			break;
 		}
+		if (!session_admit()) {
+			/* Closing it also ends a chain of proxies pointed at
+			 * each other (see the top). */
+			close(fd);
+			report_refusal(s);
+			continue;
+		}
 		keel_tcp_nodelay(fd);
 		struct session *ss = keel_spawn(
 		    keel_task_loop(t), &session_task, KEEL_PRIO_NORMAL);
 
 		if (!ss) {
+			session_leave();
 			close(fd);
 			continue;
 		}
@@ -441,11 +655,30 @@ static bool backend_is_self(int fd)
 	return local;
 }
 
+/*
+ * How many sessions the descriptor limit leaves room for: each holds its
+ * client and backend sockets, and in splice mode each pump's pipe too.
+ * Above that a chain of proxies pointed at each other would run out of
+ * descriptors before a refusal could end it (see the top).
+ */
+static unsigned session_room(void)
+{
+	unsigned per_session = splice_mode ? 6 : 2;
+	uint64_t reserve = FD_RESERVE + (uint64_t)FD_RESERVE_PER_LOOP * nshards;
+	struct rlimit rl;
+	uint64_t fds = 1 << 24;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < fds)
+		fds = rl.rlim_cur;
+	return fds > reserve ? (unsigned)((fds - reserve) / per_session) : 0;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: proxy [--threads N] [--mode buffers|splice] "
 		     "[--bufs N] [--buf-size BYTES]\n"
-		     "             [--batch-wait NS]\n"
+		     "             [--batch-wait NS] [--connect-timeout MS] "
+		     "[--max-conns N]\n"
 		     "             -l [ADDR:]PORT -b HOST:PORT\n");
 }
 
@@ -487,16 +720,18 @@ int main(int argc, char **argv)
 	    {"bufs", required_argument, NULL, 'n'},
 	    {"buf-size", required_argument, NULL, 's'},
 	    {"batch-wait", required_argument, NULL, 'w'},
+	    {"connect-timeout", required_argument, NULL, 'c'},
+	    {"max-conns", required_argument, NULL, 'M'},
 	    {"listen", required_argument, NULL, 'l'},
 	    {"backend", required_argument, NULL, 'b'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	char *listen_arg = NULL, *backend_arg = NULL;
-	long threads = 0, batch_wait = 0;
+	long threads = 0, batch_wait = 0, max_conns = 0;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "t:m:n:s:w:l:b:h", longopts,
+	while ((opt = getopt_long(argc, argv, "t:m:n:s:w:c:M:l:b:h", longopts,
 				  NULL)) != -1) {
 		long v;
 
@@ -549,6 +784,27 @@ int main(int argc, char **argv)
 				fprintf(stderr,
 					"proxy: bad --batch-wait: %s (ns, 0 "
 					"to 10000000; 0: off)\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'c':
+			v = parse_number(optarg, 1, 3600000);
+			if (v < 0) {
+				fprintf(stderr,
+					"proxy: bad --connect-timeout: %s (ms, "
+					"1 to 3600000)\n",
+					optarg);
+				return 2;
+			}
+			connect_timeout_ns = (uint64_t)v * 1000 * 1000;
+			break;
+		case 'M':
+			max_conns = parse_number(optarg, 1, 1 << 24);
+			if (max_conns < 0) {
+				fprintf(stderr,
+					"proxy: bad --max-conns: %s (1 to "
+					"16777216)\n",
 					optarg);
 				return 2;
 			}
@@ -609,6 +865,22 @@ int main(int argc, char **argv)
 		fprintf(stderr, "proxy: out of memory\n");
 		return 1;
 	}
+	unsigned room = session_room();
+
+	if (!room) {
+		fprintf(stderr,
+			"proxy: the descriptor limit (ulimit -n) leaves no "
+			"room for a session\n");
+		return 1;
+	}
+	max_sessions = room;
+	if (max_conns > 0 && (unsigned long)max_conns < room)
+		max_sessions = (unsigned)max_conns;
+	else if (max_conns > 0)
+		fprintf(stderr,
+			"proxy: --max-conns %ld: the descriptor limit (ulimit "
+			"-n) leaves room for %u sessions: using %u\n",
+			max_conns, room, room);
 	for (unsigned i = 0; i < nshards; i++) {
 		int fd = keel_tcp_listen(lhost, (uint16_t)lport, LISTEN_BACKLOG,
 					 KEEL_NET_REUSEPORT);
@@ -632,8 +904,10 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	printf("proxy: listening on %s:%ld (%u loops, %s mode) -> %s\n", lhost,
-	       lport, nshards, splice_mode ? "splice" : "buffers", btext);
+	printf("proxy: listening on %s:%ld (%u loops, %s mode, at most %u "
+	       "sessions) -> %s\n",
+	       lhost, lport, nshards, splice_mode ? "splice" : "buffers",
+	       max_sessions, btext);
 	fflush(stdout);
 
 	int status = keel_runtime_run(rt, &proxy_main, NULL, NULL);
@@ -646,6 +920,8 @@ int main(int argc, char **argv)
 		sum.down += shards[i].down;
 		sum.backend_failures += shards[i].backend_failures;
 		sum.resets += shards[i].resets;
+		sum.abandoned += shards[i].abandoned;
+		sum.refused += shards[i].refused;
 		if (shards[i].error && !fatal)
 			fatal = shards[i].error;
 	}
@@ -653,11 +929,14 @@ int main(int argc, char **argv)
 	free(shards);
 	printf("proxy: served %llu connections, %llu bytes up, %llu bytes "
 	       "down, %llu backend failures, %llu directions ended by an "
-	       "error\n",
+	       "error, %llu clients gone while connecting, %llu refused "
+	       "over --max-conns\n",
 	       (unsigned long long)sum.connections, (unsigned long long)sum.up,
 	       (unsigned long long)sum.down,
 	       (unsigned long long)sum.backend_failures,
-	       (unsigned long long)sum.resets);
+	       (unsigned long long)sum.resets,
+	       (unsigned long long)sum.abandoned,
+	       (unsigned long long)sum.refused);
 	if (fatal) {
 		fprintf(stderr, "proxy: %s\n", keel_loop_explain(fatal));
 		return 1;

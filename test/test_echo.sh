@@ -7,7 +7,9 @@
 # detector, not a timing test: a spinning echo takes what it can get (a
 # third of a CPU on a loaded two-core machine), a waiting one about none.
 # Then the metrics must be served again once the idle connections go.
-# Loopback only.
+# --max-conns: connections over the cap are closed (with --direct too: a
+# registered socket's slot must be released, not leaked), and once under
+# the cap again, connections are served. Loopback only.
 # Builds nothing: runs $BUILD/examples/echo (BUILD defaults to build).
 # Last line: "echo: N passed, M failed"; exit status 1 on any failure.
 set -u
@@ -101,4 +103,83 @@ check "a new metrics client is served" \
 kill -TERM $pid 2>/dev/null
 wait $pid
 check "echo exits 0 on SIGTERM" [ $? = 0 ]
+
+# --max-conns 1: a second connection is refused through the path a failed
+# spawn of its task takes, which must release the socket. With --direct
+# the socket is a slot in the ring's file table, which close(2) does not
+# know: the slot and the socket would stay (the refused client waiting, the
+# table filling up). Each refused client must see its connection end.
+for mode in --direct --plain fds; do
+	opt=$mode
+	[ "$mode" = fds ] && opt=
+	echo "echo --max-conns 1 $opt"
+	# shellcheck disable=SC2086 # $opt is empty or one word
+	"$echo_bin" --threads 1 --max-conns 1 $opt 127.0.0.1 0 \
+		>"$dir/cap.out" 2>"$dir/cap.err" &
+	pid=$!
+	port=
+	for _ in $(seq 100); do
+		port=$(sed -n \
+			's/^echo: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' \
+			"$dir/cap.out")
+		[ -n "$port" ] && break
+		kill -0 $pid 2>/dev/null || break
+		sleep 0.1
+	done
+	check "echo --max-conns 1 $opt starts" [ -n "$port" ]
+	if [ -z "$port" ]; then
+		cat "$dir/cap.err"
+		continue
+	fi
+	timeout 120 python3 - "$port" >"$dir/cap.client" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+
+def echoes(s):
+    try:
+        s.sendall(b"k")
+        return s.recv(1) == b"k"
+    except OSError:
+        return False
+
+held = socket.create_connection(("127.0.0.1", port), timeout=20)
+print("held", echoes(held))
+for i in range(3):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        end = "closed" if s.recv(1) == b"" else "data"
+    except ConnectionResetError:
+        end = "closed"
+    except socket.timeout:
+        end = "still open after 10 s"
+    print("refused", i, end)
+    s.close()
+held.close()
+# Its task ends asynchronously: retry (bounded).
+for i in range(200):
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    ok = echoes(s)
+    s.close()
+    if ok:
+        break
+    time.sleep(0.05)
+print("after", ok)
+PY
+	cat "$dir/cap.client"
+	check "$mode: the connection under the cap is served" \
+		grep -q '^held True' "$dir/cap.client"
+	check "$mode: connections over the cap are closed" \
+		[ "$(grep -c '^refused [0-9] closed$' "$dir/cap.client")" = 3 ]
+	check "$mode: once the first has gone, a new one is served" \
+		grep -q '^after True' "$dir/cap.client"
+	kill -TERM $pid 2>/dev/null
+	wait $pid
+	check "$mode: echo exits 0 on SIGTERM" [ $? = 0 ]
+	cat "$dir/cap.out"
+	# (and those the retries found still over the cap)
+	refused=$(sed -n 's/.*, refused \([0-9]*\) connections$/\1/p' \
+		"$dir/cap.out")
+	check "$mode: echo counts the refused connections (${refused:-?})" \
+		[ "${refused:-0}" -ge 3 ]
+done
 finish

@@ -17,7 +17,14 @@
  *   connection ends, the proxy keeps running and its descriptor count
  *   (/proc/PID/fd) comes back to where it was;
  * - 100 MiB through the proxy and back, checked byte for byte;
- * - a backend that is the proxy's own listener: refused at start-up.
+ * - a backend that is the proxy's own listener: refused at start-up;
+ * - a backend that does not answer (its listen queue is full): a client
+ *   that leaves while the connect is pending ends the session at once,
+ *   and --connect-timeout closes the client's connection;
+ * - --max-conns: a connection over the cap is closed at once;
+ * - two proxies pointed at each other, each under a descriptor limit:
+ *   after a client has come and gone, both hold the descriptors they held
+ *   before, and a connection through one of them works.
  *
  * The proxy binary is looked for next to this test's build directory
  * (<build>/examples/proxy, <build> being this binary's ../), or in
@@ -38,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -334,16 +342,35 @@ struct proxy {
 	char summary[512];
 };
 
-static struct proxy g_px;
+/* The proxies running (a test runs at most two at once). */
+static pid_t g_pids[2];
 
-/* Kill a proxy a failed test left behind (.fini of every test). */
+static void reap_add(pid_t pid)
+{
+	for (size_t i = 0; i < sizeof(g_pids) / sizeof(g_pids[0]); i++)
+		if (!g_pids[i]) {
+			g_pids[i] = pid;
+			return;
+		}
+	cr_assert_fail("more proxies than g_pids holds");
+}
+
+static void reap_forget(pid_t pid)
+{
+	for (size_t i = 0; i < sizeof(g_pids) / sizeof(g_pids[0]); i++)
+		if (g_pids[i] == pid)
+			g_pids[i] = 0;
+}
+
+/* Kill the proxies a failed test left behind (.fini of every test). */
 static void proxy_reap(void)
 {
-	if (g_px.pid > 0) {
-		kill(g_px.pid, SIGKILL);
-		waitpid(g_px.pid, NULL, 0);
-		g_px.pid = 0;
-	}
+	for (size_t i = 0; i < sizeof(g_pids) / sizeof(g_pids[0]); i++)
+		if (g_pids[i] > 0) {
+			kill(g_pids[i], SIGKILL);
+			waitpid(g_pids[i], NULL, 0);
+			g_pids[i] = 0;
+		}
 }
 
 static int proxy_path(char *path, size_t len)
@@ -372,30 +399,43 @@ static int proxy_path(char *path, size_t len)
 	return n > 0 && (size_t)n < len && access(path, X_OK) == 0;
 }
 
-static void proxy_start(struct proxy *px, const char *mode, int threads,
-			uint16_t backend_port)
+/* How to start a proxy beyond the usual (proxy_launch). */
+struct proxy_opts {
+	const char *mode;
+	int threads;
+	uint16_t listen_port; /* 0: a free one, read from its first line */
+	uint16_t backend_port;
+	const char *extra[3]; /* more arguments, NULL-terminated */
+	int nofile;	      /* its descriptor limit (ulimit -n); 0: ours */
+};
+
+static void proxy_launch(struct proxy *px, const struct proxy_opts *o)
 {
-	char path[PATH_MAX], nthreads[16], backend[64];
-	const char *argv[10];
+	char path[PATH_MAX], nthreads[16], listen_arg[64], backend[64];
+	const char *argv[16];
 	pid_t parent = getpid();
-	int out[2];
+	int out[2], n = 0;
 	char *p;
 
 	if (!proxy_path(path, sizeof(path)))
 		cr_skip_test("the proxy example is not built (make examples), "
 			     "or set KEEL_PROXY");
-	snprintf(nthreads, sizeof(nthreads), "%d", threads);
-	snprintf(backend, sizeof(backend), "127.0.0.1:%u", backend_port);
-	argv[0] = path;
-	argv[1] = "--threads";
-	argv[2] = nthreads;
-	argv[3] = "--mode";
-	argv[4] = mode;
-	argv[5] = "-l";
-	argv[6] = "127.0.0.1:0";
-	argv[7] = "-b";
-	argv[8] = backend;
-	argv[9] = NULL;
+	snprintf(nthreads, sizeof(nthreads), "%d", o->threads);
+	snprintf(listen_arg, sizeof(listen_arg), "127.0.0.1:%u",
+		 o->listen_port);
+	snprintf(backend, sizeof(backend), "127.0.0.1:%u", o->backend_port);
+	argv[n++] = path;
+	argv[n++] = "--threads";
+	argv[n++] = nthreads;
+	argv[n++] = "--mode";
+	argv[n++] = o->mode;
+	argv[n++] = "-l";
+	argv[n++] = listen_arg;
+	argv[n++] = "-b";
+	argv[n++] = backend;
+	for (int i = 0; i < 3 && o->extra[i]; i++)
+		argv[n++] = o->extra[i];
+	argv[n] = NULL;
 
 	memset(px, 0, sizeof(*px));
 	cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
@@ -403,19 +443,23 @@ static void proxy_start(struct proxy *px, const char *mode, int threads,
 	px->pid = fork();
 	cr_assert_geq(px->pid, 0, "fork: %s", strerror(errno));
 	if (px->pid == 0) {
+		struct rlimit rl = {.rlim_cur = (rlim_t)o->nofile,
+				    .rlim_max = (rlim_t)o->nofile};
+
 		/* Dies with the test, whatever happens to the test. */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(127);
+		if (o->nofile && setrlimit(RLIMIT_NOFILE, &rl))
+			_exit(126);
 		dup2(out[1], STDOUT_FILENO);
 		execv(path, (char *const *)argv);
 		_exit(127);
 	}
-	g_px = *px;
+	reap_add(px->pid);
 	close(out[1]);
 	px->out = fdopen(out[0], "r");
 	cr_assert_not_null(px->out);
-	g_px.out = px->out;
 
 	/* Its first line says where it listens. */
 	struct pollfd pfd = {.fd = out[0], .events = POLLIN};
@@ -432,7 +476,15 @@ static void proxy_start(struct proxy *px, const char *mode, int threads,
 	cr_assert_not_null(p, "no port in: %s", px->listening);
 	px->port = (uint16_t)atoi(p + 1);
 	cr_assert_gt(px->port, 0, "no port in: %s", px->listening);
-	g_px.port = px->port;
+}
+
+static void proxy_start(struct proxy *px, const char *mode, int threads,
+			uint16_t backend_port)
+{
+	struct proxy_opts o = {
+	    .mode = mode, .threads = threads, .backend_port = backend_port};
+
+	proxy_launch(px, &o);
 }
 
 static int proxy_alive(const struct proxy *px)
@@ -458,6 +510,34 @@ static int proxy_fds(const struct proxy *px)
 			n++;
 	closedir(d);
 	return n;
+}
+
+/* The proxy's descriptor count once it has stayed the same for 100 ms
+ * (a bounded wait: the proxy closes asynchronously). */
+static int proxy_fds_settled(const struct proxy *px)
+{
+	int base = proxy_fds(px), now;
+
+	for (int same = 0, i = 0; same < 5 && i < 500; i++) {
+		sleep_ms(20);
+		now = proxy_fds(px);
+		same = now == base ? same + 1 : 0;
+		base = now;
+	}
+	return base;
+}
+
+/* Wait (20 s at most) until the proxy holds at most `base` descriptors;
+ * returns the last count. */
+static int proxy_fds_back_to(const struct proxy *px, int base)
+{
+	int now = proxy_fds(px);
+
+	for (int i = 0; i < 2000 && now > base; i++) {
+		sleep_ms(10);
+		now = proxy_fds(px);
+	}
+	return now;
 }
 
 /*
@@ -487,8 +567,8 @@ static const char *proxy_stop(struct proxy *px)
 		kill(px->pid, SIGKILL);
 		waitpid(px->pid, &status, 0);
 	}
+	reap_forget(px->pid);
 	px->pid = 0;
-	g_px.pid = 0;
 	cr_assert(exited, "the proxy did not exit within 20 s of SIGTERM");
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
 		  "the proxy's exit: %s %d",
@@ -761,7 +841,7 @@ static void run_reset(const char *mode)
 	enum { N = 10 };
 	struct backend b;
 	struct proxy px;
-	int base, now = -1, resets = 0, eofs = 0;
+	int base, now, resets = 0, eofs = 0;
 	const char *sum;
 
 	backend_start(&b, 0, B_ECHO);
@@ -769,13 +849,7 @@ static void run_reset(const char *mode)
 	/* The baseline: after one complete connection, once the count
 	 * has stayed the same for a while. */
 	echo_once(px.port, 1000, 3);
-	base = proxy_fds(&px);
-	for (int same = 0, i = 0; same < 5 && i < 500; i++) {
-		sleep_ms(20);
-		now = proxy_fds(&px);
-		same = now == base ? same + 1 : 0;
-		base = now;
-	}
+	base = proxy_fds_settled(&px);
 
 	backend_set_mode(&b, B_RESET);
 	for (int i = 0; i < N; i++) {
@@ -806,14 +880,8 @@ static void run_reset(const char *mode)
 	}
 	cr_log_info("%s: %d ended by reset, %d by end of file", mode, resets,
 		    eofs);
-	/* Every connection's descriptors go away (bounded wait: the proxy
-	 * closes asynchronously). */
-	for (int i = 0; i < 500; i++) {
-		now = proxy_fds(&px);
-		if (now <= base)
-			break;
-		sleep_ms(10);
-	}
+	/* Every connection's descriptors go away. */
+	now = proxy_fds_back_to(&px, base);
 	cr_assert_leq(now, base, "the proxy holds %d descriptors, %d before",
 		      now, base);
 	/* And it still serves. */
@@ -941,7 +1009,7 @@ static int proxy_run_to_exit(const char *lhost, const char *bhost,
 		      backend_arg, (char *)NULL);
 		_exit(127);
 	}
-	g_px.pid = pid;
+	reap_add(pid);
 	close(pipefd[1]);
 	int i;
 
@@ -954,7 +1022,7 @@ static int proxy_run_to_exit(const char *lhost, const char *bhost,
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
 	}
-	g_px.pid = 0;
+	reap_forget(pid);
 	ssize_t n = read(pipefd[0], err, errlen - 1);
 
 	err[n > 0 ? n : 0] = '\0';
@@ -984,4 +1052,265 @@ Test(proxy, backend_that_is_its_own_listener_is_refused, .timeout = 60,
 	check_refuses_itself("127.0.0.1", "127.0.0.1");
 	/* connect(2) to the wildcard address reaches loopback */
 	check_refuses_itself("127.0.0.1", "0.0.0.0");
+}
+
+/* ---- a backend that does not answer ------------------------------------ */
+
+/* A listener whose queue (backlog 0) is full: a connect to it waits (its
+ * SYNs are dropped) until the kernel gives up minutes later. */
+struct silent_backend {
+	int lfd, queued;
+	uint16_t port;
+};
+
+static void silent_backend_start(struct silent_backend *sb)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+
+	sb->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(sb->lfd, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(sb->lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(listen(sb->lfd, 0), 0);
+	cr_assert_eq(getsockname(sb->lfd, (struct sockaddr *)&sin, &len), 0);
+	sb->port = ntohs(sin.sin_port);
+	/* One connection fills the queue; nobody accepts it. */
+	sb->queued = connect_to(sb->port);
+}
+
+static void silent_backend_stop(struct silent_backend *sb)
+{
+	close(sb->queued);
+	close(sb->lfd);
+}
+
+/* Wait (20 s at most) until the proxy holds at least `n` descriptors. */
+static int proxy_fds_up_to(const struct proxy *px, int n)
+{
+	int now = proxy_fds(px);
+
+	for (int i = 0; i < 2000 && now < n; i++) {
+		sleep_ms(10);
+		now = proxy_fds(px);
+	}
+	return now;
+}
+
+/* The client leaves while the backend's connect is pending: the session
+ * cancels the connect and closes both sockets, long before the connect
+ * deadline. */
+Test(proxy, client_leaving_during_a_pending_connect_ends_the_session,
+     .timeout = 60, .fini = proxy_reap)
+{
+	struct silent_backend sb;
+	struct proxy_opts o = {.mode = "buffers", .threads = 1};
+	struct proxy px;
+	const char *sum;
+	int base, now, fd;
+
+	silent_backend_start(&sb);
+	o.backend_port = sb.port;
+	o.extra[0] = "--connect-timeout";
+	o.extra[1] = "600000";
+	proxy_launch(&px, &o);
+	base = proxy_fds_settled(&px);
+	fd = connect_to(px.port);
+	/* The client's socket and the backend's, being connected. */
+	now = proxy_fds_up_to(&px, base + 2);
+	cr_assert_geq(now, base + 2, "the proxy did not start connecting");
+	close(fd);
+	now = proxy_fds_back_to(&px, base);
+	cr_assert_leq(now, base,
+		      "the client left, the proxy holds %d descriptors, %d "
+		      "before",
+		      now, base);
+	sum = proxy_stop(&px);
+	silent_backend_stop(&sb);
+	cr_assert_eq(summary_count(sum, "clients gone"), 1, "summary: %s", sum);
+	cr_assert_eq(summary_count(sum, "backend failures"), 0, "summary: %s",
+		     sum);
+}
+
+/* --connect-timeout: a backend that does not answer in time is a backend
+ * failure: the client's connection is closed. */
+Test(proxy, connect_deadline_closes_the_client_and_counts_a_failure,
+     .timeout = 60, .fini = proxy_reap)
+{
+	struct silent_backend sb;
+	struct proxy_opts o = {.mode = "buffers", .threads = 1};
+	struct proxy px;
+	const char *sum;
+	int fd, end;
+
+	silent_backend_start(&sb);
+	o.backend_port = sb.port;
+	o.extra[0] = "--connect-timeout";
+	o.extra[1] = "200";
+	proxy_launch(&px, &o);
+	fd = connect_to(px.port);
+	/* (the 20 s receive timeout would say it was not closed) */
+	end = recv_end(fd);
+	cr_assert(end == 0 || end == -ECONNRESET, "after the deadline: %s",
+		  end > 0 ? "data" : strerror(-end));
+	close(fd);
+	sum = proxy_stop(&px);
+	silent_backend_stop(&sb);
+	cr_assert_eq(summary_count(sum, "backend failures"), 1, "summary: %s",
+		     sum);
+}
+
+/* ---- --max-conns --------------------------------------------------------- */
+
+/* One byte there and back; false if the proxy closed the connection. */
+static bool echo_byte(int fd)
+{
+	char c = 'k';
+
+	return send_all(fd, &c, 1) == 0 && recv_end(fd) == 1;
+}
+
+/* Over the cap a connection is closed at once; under it again (a session
+ * has ended), connections are served. */
+Test(proxy, max_conns_closes_connections_over_the_cap, .timeout = 60,
+     .fini = proxy_reap)
+{
+	struct proxy_opts o = {.mode = "buffers", .threads = 2};
+	struct backend b;
+	struct proxy px;
+	const char *sum;
+	int held[2], fd, end, i;
+
+	backend_start(&b, 0, B_ECHO);
+	o.backend_port = b.port;
+	o.extra[0] = "--max-conns";
+	o.extra[1] = "2";
+	proxy_launch(&px, &o);
+	for (i = 0; i < 2; i++) {
+		held[i] = connect_to(px.port);
+		cr_assert(echo_byte(held[i]), "connection %d was not served",
+			  i);
+	}
+	fd = connect_to(px.port);
+	end = recv_end(fd);
+	cr_assert(end == 0 || end == -ECONNRESET, "over the cap: %s",
+		  end > 0 ? "data" : strerror(-end));
+	close(fd);
+	close(held[0]);
+	/* Its session ends asynchronously: retry (bounded). */
+	for (i = 0; i < 200; i++) {
+		fd = connect_to(px.port);
+		if (echo_byte(fd))
+			break;
+		close(fd);
+		sleep_ms(50);
+	}
+	cr_assert_lt(i, 200, "no connection served after one left");
+	close(fd);
+	close(held[1]);
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_geq(summary_count(sum, "refused"), 1, "summary: %s", sum);
+}
+
+/* ---- two proxies pointed at each other --------------------------------- */
+
+/*
+ * A's backend is B, B's is A: every client connection becomes a chain of
+ * sessions through both, a loop neither can see. With a descriptor limit
+ * of `nofile` each (the default --max-conns follows it) the chain must
+ * stop at the cap instead of taking every descriptor, and once the client
+ * has gone both must hold what they held before, and still serve: B makes
+ * way for a real backend on its port, and a connection through A works.
+ * `speak`: the client sends 5 bytes and stays until the chain is long
+ * (they run ahead of its end of file: only the cap can stop that chain);
+ * else it closes at once.
+ */
+static void run_loop_once(const char *mode, bool speak, int nofile)
+{
+	struct proxy_opts oa = {.mode = mode, .threads = 1, .nofile = nofile};
+	struct proxy_opts ob = oa;
+	struct proxy a, b;
+	struct backend be;
+	char sum_a[512], sum_b[512];
+	int base_a, base_b, now_a, now_b, fd;
+
+	oa.listen_port = ob.backend_port = free_port();
+	ob.listen_port = oa.backend_port = free_port();
+	proxy_launch(&a, &oa);
+	proxy_launch(&b, &ob);
+	base_a = proxy_fds_settled(&a);
+	base_b = proxy_fds_settled(&b);
+
+	fd = connect_to(a.port);
+	if (speak) {
+		cr_assert_eq(send_all(fd, "hello", 5), 0);
+		proxy_fds_up_to(&a, base_a + 100);
+	}
+	close(fd);
+	/* Settled first: the count may not have risen yet (a chain that
+	 * waits for good is as settled as one that has unwound). Then back
+	 * to the baseline, and settled there: connections that kept
+	 * travelling between the two would not be. */
+	proxy_fds_settled(&a);
+	proxy_fds_settled(&b);
+	proxy_fds_back_to(&a, base_a);
+	proxy_fds_back_to(&b, base_b);
+	now_a = proxy_fds_settled(&a);
+	now_b = proxy_fds_settled(&b);
+	cr_assert(now_a <= base_a && now_b <= base_b,
+		  "ulimit -n %d: the client left; descriptors held: A %d (%d "
+		  "before), B %d (%d before)",
+		  nofile, now_a, base_a, now_b, base_b);
+
+	snprintf(sum_b, sizeof(sum_b), "%s", proxy_stop(&b));
+	backend_start(&be, ob.listen_port, B_ECHO);
+	echo_once(a.port, 70000, 6);
+	snprintf(sum_a, sizeof(sum_a), "%s", proxy_stop(&a));
+	backend_stop(&be);
+	cr_assert_eq(be.accepted, 1);
+	if (speak)
+		cr_assert_geq(summary_count(sum_a, "refused") +
+				  summary_count(sum_b, "refused"),
+			      1, "no proxy refused a connection: %s / %s",
+			      sum_a, sum_b);
+}
+
+/*
+ * With two limits, one odd and one even: without a cap, the chain would
+ * run out of descriptors either where its next backend socket cannot be
+ * made (that session gives up, and the chain unwinds) or where its last
+ * connection cannot be accepted (it waits in the listen queue for good,
+ * and so does the whole chain), depending on how many were left.
+ */
+static void run_loop(const char *mode, bool speak)
+{
+	run_loop_once(mode, speak, 256);
+	run_loop_once(mode, speak, 257);
+}
+
+Test(proxy, proxies_pointed_at_each_other_release_fds_client_silent_buffers,
+     .timeout = 120, .fini = proxy_reap)
+{
+	run_loop("buffers", false);
+}
+
+Test(proxy, proxies_pointed_at_each_other_release_fds_client_spoke_buffers,
+     .timeout = 120, .fini = proxy_reap)
+{
+	run_loop("buffers", true);
+}
+
+Test(proxy, proxies_pointed_at_each_other_release_fds_client_silent_splice,
+     .timeout = 120, .fini = proxy_reap)
+{
+	run_loop("splice", false);
+}
+
+Test(proxy, proxies_pointed_at_each_other_release_fds_client_spoke_splice,
+     .timeout = 120, .fini = proxy_reap)
+{
+	run_loop("splice", true);
 }
