@@ -15,6 +15,17 @@
  * bundle from the ring entries themselves. Entries between `head` and the
  * kernel's head cannot have been overwritten yet: every buffer not in the
  * ring is lent or still owed a CQE, so the tail stays behind them.
+ *
+ * Starved streams: a recv stream the kernel stopped with -ENOBUFS waits on
+ * its ring's list, first come first served, and re-arms only when a buffer
+ * is there for it. Each woken stream holds a claim on one free buffer
+ * until the next io_uring_enter has issued its request (the claims are
+ * forgotten once that enter's completions are reaped), so a buffer wakes
+ * one stream, not all of them: waking every waiter for one buffer made
+ * all but one re-arm only to get -ENOBUFS again, tens of CQEs per chunk.
+ * While completions are reaped keel's count of free buffers is stale (a
+ * CQE further on may have taken one), so wakes wait for the end of the
+ * batch (keel__bufrings_settle()), when the count is exact again.
  */
 #include "io.h"
 
@@ -29,11 +40,11 @@
 #define MAX_BUF_SIZE  (16u << 20)
 #define DEFAULT_COUNT 1024u
 #define DEFAULT_SIZE  4096u
-/* A starved stream waits for a lent chunk to come back. When none is lent,
- * or keel sees buffers in the ring the kernel said it had not (a release
- * between the kernel's -ENOBUFS and keel reading it, without
- * DEFER_TASKRUN; or incremental buffers), it retries this often instead:
- * bounded, never a spin. */
+/* A starved stream waits for a buffer to come back. When none is lent (no
+ * release will come), or a woken stream found no buffer although keel
+ * still counts one free (keel and the kernel disagree: the kernel runs
+ * recvs outside io_uring_enter without DEFER_TASKRUN, or with SQPOLL), the
+ * first in line retries this often instead: bounded, never a spin. */
 #define STARVED_RETRY_NS (1000ull * 1000)
 
 struct buf_state {
@@ -58,7 +69,10 @@ struct keel_bufring {
 	uint32_t streams;	   /* open recv streams using it */
 	uint32_t refs;		   /* chunks lent, over all buffers */
 	struct keel__list starved; /* recv streams, by their starved link */
-	struct keel_timer retry;   /* armed while streams are starved */
+	uint32_t claims; /* streams woken since the last settle, each to take
+			  * a free buffer */
+	bool missed;	 /* a woken stream found the ring empty */
+	struct keel_timer retry; /* see STARVED_RETRY_NS */
 	uint64_t chunks, enobufs;
 };
 
@@ -79,7 +93,7 @@ uint16_t keel__bufring_gid(const struct keel_bufring *ring)
 
 bool keel__bufring_has_free(const struct keel_bufring *ring)
 {
-	return ring->in_kernel > 0;
+	return ring->in_kernel > ring->claims;
 }
 
 static void ring_add(struct keel_bufring *r, uint16_t bid)
@@ -128,28 +142,42 @@ static int take_gid(struct keel__io *io, struct keel_bufring *r)
 	return gid;
 }
 
-static void resume_starved(struct keel_bufring *r)
+/* Wake the streams first in line, as many as the free buffers not yet
+ * claimed can serve. */
+static void wake_starved(struct keel_bufring *r)
 {
-	if (keel_timer_armed(&r->retry))
-		keel_timer_cancel(loop_of(r), &r->retry);
-	/* One at a time off the list itself, so that a stream closed while
-	 * another resumes (its task killed by the wake) leaves the list as
-	 * always. This ends: a resume only re-arms and wakes, and a stream
-	 * starves again only at a CQE or in keel_recv_next(), later. */
 	struct keel__link *n;
 
-	while ((n = keel__list_pop_front(&r->starved)))
-		keel__recv_stream_resume(
+	/* One at a time off the list itself, so that a stream closed while
+	 * another resumes (its task killed by the wake) leaves the list as
+	 * always. A resume only re-arms and wakes a task: a stream starves
+	 * again only at a CQE or in keel_recv_next(), later. */
+	while (r->in_kernel > r->claims &&
+	       (n = keel__list_pop_front(&r->starved)))
+		r->claims += keel__recv_stream_resume(
 		    r->io,
 		    keel__list_entry(n, struct keel_recv_stream, starved));
+	if (keel__list_empty(&r->starved) && keel_timer_armed(&r->retry))
+		keel_timer_cancel(loop_of(r), &r->retry);
 }
 
 static void retry_fired(struct keel_loop *loop, struct keel_timer *timer,
 			void *arg)
 {
+	struct keel_bufring *r = arg;
+	struct keel__link *n;
+
 	(void)loop;
 	(void)timer;
-	resume_starved(arg);
+	if (r->io->closing)
+		return;
+	/* keel's count may be wrong, so the first in line tries anyway. */
+	if (r->in_kernel <= r->claims &&
+	    (n = keel__list_pop_front(&r->starved)))
+		r->claims += keel__recv_stream_resume(
+		    r->io,
+		    keel__list_entry(n, struct keel_recv_stream, starved));
+	wake_starved(r);
 }
 
 static void ring_free(struct keel_bufring *r)
@@ -288,7 +316,8 @@ void keel_bufring_stats(const struct keel_bufring *r,
 }
 
 /* The buffer is neither lent nor filled: back into the kernel's ring, and
- * wake the streams that stopped for lack of one. */
+ * wake a stream that stopped for lack of one (while reaping, once the
+ * batch is done). */
 static void maybe_recycle(struct keel_bufring *r, uint16_t bid)
 {
 	struct buf_state *b = &r->bufs[bid];
@@ -296,8 +325,9 @@ static void maybe_recycle(struct keel_bufring *r, uint16_t bid)
 	if (b->refs || b->in_ring)
 		return;
 	ring_add(r, bid);
-	if (!keel__list_empty(&r->starved))
-		resume_starved(r);
+	if (!keel__list_empty(&r->starved) && !r->io->reaping &&
+	    !r->io->closing)
+		wake_starved(r);
 }
 
 void keel_buf_release(struct keel_buf *buf)
@@ -415,12 +445,20 @@ int keel__bufring_take(struct keel__io *io, struct keel_bufring *r,
 	return n;
 }
 
-void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s)
+void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s,
+			bool woken)
 {
 	r->enobufs++;
 	r->io->count.enobufs++;
-	keel__list_push_back(&r->starved, &s->starved);
-	if ((!r->refs || r->in_kernel) && !keel_timer_armed(&r->retry))
+	/* Woken but beaten to the buffer (by a stream armed before it, or
+	 * keel's count was off): it keeps its turn. */
+	if (woken) {
+		keel__list_push_front(&r->starved, &s->starved);
+		r->missed = true;
+	} else {
+		keel__list_push_back(&r->starved, &s->starved);
+	}
+	if (!r->refs && !keel_timer_armed(&r->retry))
 		keel_timer_arm(loop_of(r), &r->retry,
 			       r->io->core.now + STARVED_RETRY_NS);
 }
@@ -428,6 +466,40 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s)
 void keel__bufring_unwait(struct keel_bufring *r, struct keel_recv_stream *s)
 {
 	keel__list_remove(&r->starved, &s->starved);
+	if (keel__list_empty(&r->starved) && keel_timer_armed(&r->retry))
+		keel_timer_cancel(loop_of(r), &r->retry);
+}
+
+void keel__bufrings_settle(struct keel__io *io)
+{
+	if (io->closing)
+		return;
+	for (uint32_t i = 0; i < io->nbufrings; i++) {
+		struct keel_bufring *r = io->bufrings[i];
+
+		if (!r)
+			continue;
+		/* The streams woken before the enter that was just reaped
+		 * had their requests issued: each took its buffer, or its
+		 * CQE was reaped, or its socket had nothing to receive yet
+		 * (then the buffer is free for the next in line). */
+		r->claims = 0;
+		bool missed = r->missed;
+
+		r->missed = false;
+		if (keel__list_empty(&r->starved) || !r->in_kernel)
+			continue;
+		/* A woken stream found no buffer, yet keel counts one free
+		 * after the batch: keel and the kernel disagree. Retry on
+		 * the timer rather than spin on the count. */
+		if (missed) {
+			if (!keel_timer_armed(&r->retry))
+				keel_timer_arm(loop_of(r), &r->retry,
+					       io->core.now + STARVED_RETRY_NS);
+			continue;
+		}
+		wake_starved(r);
+	}
 }
 
 /* Streams count themselves in and out so that destroy can refuse. */

@@ -158,6 +158,7 @@ struct keel__io {
 	bool ring_fd_registered;
 	bool ring_ready;
 	bool closing; /* the loop is being destroyed: streams close */
+	bool reaping; /* in keel__io_reap(): buffer counts are stale */
 	struct keel__io_counters count;
 	struct keel__chunk_pool chunks;
 	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
@@ -310,18 +311,24 @@ struct keel_bufring;
 int keel__bufring_take(struct keel__io *io, struct keel_bufring *ring,
 		       unsigned cqe_flags, int res, struct keel__chunk **first,
 		       struct keel__chunk **last);
-/* A stream stopped by -ENOBUFS waits for a buffer to come back. */
+/* A stream stopped by -ENOBUFS waits for a buffer to come back; `woken`:
+ * it had been woken for one (by keel__recv_stream_resume()) and got none. */
 struct keel_recv_stream;
-void keel__bufring_wait(struct keel_bufring *ring, struct keel_recv_stream *s);
+void keel__bufring_wait(struct keel_bufring *ring, struct keel_recv_stream *s,
+			bool woken);
 void keel__bufring_unwait(struct keel_bufring *ring,
 			  struct keel_recv_stream *s);
 uint16_t keel__bufring_gid(const struct keel_bufring *ring);
 bool keel__bufring_has_free(const struct keel_bufring *ring);
 bool keel__bufring_incremental(const struct keel_bufring *ring);
 void keel__bufrings_fini(struct keel__io *io);
+/* The CQ has been reaped (keel's counts are exact): wake starved streams
+ * for the buffers free now. */
+void keel__bufrings_settle(struct keel__io *io);
 /* Buffers of all the loop's rings that are out of the kernel's hands. */
 uint64_t keel__bufrings_in_use(const struct keel__io *io);
-/* Re-arm a recv stream (io/stream.c), called when buffers come back. */
-void keel__recv_stream_resume(struct keel__io *io, struct keel_recv_stream *s);
+/* Re-arm a recv stream (io/stream.c), called when buffers come back;
+ * false if it did not re-arm (it was closed or ended meanwhile). */
+bool keel__recv_stream_resume(struct keel__io *io, struct keel_recv_stream *s);
 
 #endif

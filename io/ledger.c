@@ -331,6 +331,7 @@ static unsigned reap_batch(struct keel__io *io)
 
 void keel__io_reap(struct keel__io *io)
 {
+	io->reaping = true;
 	reap_batch(io);
 	/*
 	 * With FEAT_NODROP the kernel keeps CQEs that did not fit on an
@@ -344,6 +345,8 @@ void keel__io_reap(struct keel__io *io)
 		if (!reap_batch(io))
 			break;
 	}
+	io->reaping = false;
+	keel__bufrings_settle(io);
 }
 
 static void cancel_op(struct keel__io *io, struct keel__op *op)

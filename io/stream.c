@@ -38,6 +38,7 @@
 #define S_PARKED                                                               \
 	0x10	       /* waiting for a resource before it re-arms: recv,      \
 			* a buffer (-ENOBUFS); accept, descriptors (EMFILE) */
+#define S_WOKEN	  0x20 /* recv: re-armed for a free buffer, no CQE since */
 #define S_PAUSING 0x40 /* recv: cancelled for backpressure (queue full) */
 
 #define CHUNK_BLOCK	   256
@@ -487,6 +488,11 @@ static void recv_queue(struct keel__io *io, struct keel__stream *s,
 	struct keel__chunk *first = NULL, *last = NULL;
 	int n = keel__bufring_take(io, r->ring, cqe_flags, res, &first, &last);
 
+	/* A woken stream's first CQE tells whether it got its buffer;
+	 * recv_stopped() reads the bit for -ENOBUFS. */
+	if (res != -ENOBUFS)
+		s->state &= (uint16_t)~S_WOKEN;
+
 	if (n > 0) {
 		stream_enqueue(s, first, last, n);
 		/* Backpressure: enough queued, stop receiving for now. */
@@ -513,8 +519,11 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 		/* The data waits in the socket; so do we, for a buffer to
 		 * come back (or the ring's retry timer: never an immediate
 		 * re-arm, which could spin). */
+		bool woken = s->state & S_WOKEN;
+
+		s->state &= (uint16_t)~S_WOKEN;
 		s->state |= S_PARKED;
-		keel__bufring_wait(r->ring, r);
+		keel__bufring_wait(r->ring, r, woken);
 	} else if ((s->state & S_PAUSING) && (res == -ECANCELED || res >= 0) &&
 		   !keel__task_cancel_cause(s->task)) {
 		/* Paused for backpressure: keel_recv_next() and
@@ -544,7 +553,7 @@ static void recv_restart(struct keel__io *io, struct keel__stream *s)
 		stream_rearm(io, s);
 	} else {
 		s->state |= S_PARKED;
-		keel__bufring_wait(r->ring, r);
+		keel__bufring_wait(r->ring, r, false);
 	}
 }
 
@@ -594,9 +603,13 @@ static const struct keel__stream_kind recv_kind = {
     .release = recv_release,
 };
 
-void keel__recv_stream_resume(struct keel__io *io, struct keel_recv_stream *s)
+bool keel__recv_stream_resume(struct keel__io *io, struct keel_recv_stream *s)
 {
 	stream_unparked(io, &s->base);
+	if (!(s->base.state & S_ARMED))
+		return false; /* closed or ended meanwhile */
+	s->base.state |= S_WOKEN;
+	return true;
 }
 
 int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,

@@ -12,7 +12,9 @@
  *   the buffer size), end of file as 0, a peer's reset as -ECONNRESET;
  * - a tiny ring (1 or 2 buffers of 16..64 bytes) against a 1 MiB sender
  *   and a slow reader: -ENOBUFS loses nothing, the stream resumes, the
- *   connection still works, no spin while starved;
+ *   connection still works, no spin while starved; many connections
+ *   starved on 1 or 2 buffers take turns (every byte, none left behind)
+ *   with about one re-arm per chunk, not one per waiter per chunk;
  * - buffers always go back to the ring: a task exiting with chunks queued,
  *   a task panicking with a stream, a cancel or a deadline while waiting
  *   in keel_recv_next (also while starved for a buffer), a cancel with
@@ -302,6 +304,7 @@ struct rx {
 	char *base;	 /* where buffer 0 would start (from the first chunk) */
 	int shared_ring; /* other streams use the ring too */
 	char *lo, *hi;	 /* shared ring: the span the chunks cover */
+	void (*on_chunk)(struct rx *x); /* after each chunk is checked */
 	struct rx_out *out;
 };
 
@@ -382,6 +385,8 @@ static int rx_step(struct keel_task *t)
 		if ((uint32_t)keel_res(t) != x->buf.len)
 			o->bad_len++;
 		rx_check(x);
+		if (x->on_chunk)
+			x->on_chunk(x);
 		x->held[x->nheld++] = x->buf;
 		memset(&x->buf, 0, sizeof(x->buf));
 		if (x->stall_at && o->chunks == x->stall_at) {
@@ -1086,6 +1091,177 @@ Test(netfast, tiny_ring_one_buffer_waits_without_spinning, .timeout = 60)
 }
 
 /*
+ * Regression (defect 11, the -ENOBUFS re-arm storm): more connections
+ * receiving than the ring has buffers, every socket full of data. Each
+ * buffer that came back woke every starved stream: all re-armed, all but
+ * one got -ENOBUFS again (dozens of CQEs per chunk; under load some
+ * connections never got a buffer). A buffer now wakes the stream first in
+ * line. Every connection's bytes arrive complete and in order, none falls
+ * behind (when the first is done, each has most of its bytes), and the
+ * re-arms and -ENOBUFS stay within a small multiple of the chunks: counts,
+ * not times.
+ */
+#define STARVED_CONNS	 16
+#define STARVED_CLOSE_AT 8 /* closers: chunks taken before closing */
+
+enum starve_mode {
+	STARVE_ALL,	 /* every connection reads to the end */
+	STARVE_CLOSERS,	 /* every 4th closes its stream early, in line */
+	STARVE_TEARDOWN, /* the loop is destroyed while streams wait */
+};
+
+static struct rx_out g_vrx[STARVED_CONNS];
+static size_t g_v_each;
+static size_t g_v_at_first[STARVED_CONNS]; /* bytes when one was done */
+static int g_v_first_done;
+
+static int starved_closer(int i)
+{
+	return i % 4 == 3;
+}
+
+static void starved_on_chunk(struct rx *x)
+{
+	/* A closer leaves the line (its stream starved or woken, with data
+	 * in its socket); keel_recv_next then says -EBADF. */
+	if (x->seed & 0x10000 && x->out->chunks == STARVED_CLOSE_AT)
+		keel_recv_stream_close(&x->rs);
+	if (g_v_first_done || x->out->got < g_v_each)
+		return;
+	g_v_first_done = 1;
+	for (int i = 0; i < STARVED_CONNS; i++)
+		g_v_at_first[i] = g_vrx[i].got;
+}
+
+/* Step the loop until the streams have found the ring empty a while,
+ * then destroy it with them waiting. */
+static void starved_teardown(struct keel_loop *loop, struct keel_bufring *ring)
+{
+	uint64_t deadline = kt_now_ns() + KT_MS(10000);
+
+	while (ring_stats(ring).enobufs < 4 * STARVED_CONNS &&
+	       kt_now_ns() < deadline)
+		cr_assert_geq(keel_loop_step(loop, KT_MS(50)), 0);
+	cr_assert_geq(ring_stats(ring).enobufs, 4 * STARVED_CONNS);
+	keel_loop_destroy(loop);
+}
+
+static void run_starved(uint32_t count, uint32_t size, unsigned loop_flags,
+			size_t each, enum starve_mode mode)
+{
+	struct keel_loop_opts lo = {.flags = loop_flags};
+	struct keel_loop *loop = kt_loop_new(&lo);
+	struct keel_bufring *ring = ring_new(loop, count, size, 0);
+	char *data[STARVED_CONNS];
+	int fds[STARVED_CONNS][2];
+	struct keel_loop_stats ls;
+	struct keel_bufring_stats rs;
+	size_t least = SIZE_MAX;
+
+	g_v_each = each;
+	for (int i = 0; i < STARVED_CONNS; i++) {
+		kt_tcp_pair(fds[i]);
+		data[i] = pattern_new(each, 300 + (unsigned)i);
+		/* All of it waits in the receiver's socket at once. */
+		cr_assert_eq(write(fds[i][1], data[i], each), (ssize_t)each);
+		cr_assert_eq(shutdown(fds[i][1], SHUT_WR), 0);
+	}
+	for (int i = 0; i < STARVED_CONNS; i++) {
+		struct rx *rx = kt_spawn(loop, &rx_task, KEEL_PRIO_NORMAL);
+
+		rx->fd = fds[i][0];
+		rx->ring = ring;
+		rx->size = size;
+		rx->seed = 300 + (unsigned)i;
+		if (mode == STARVE_CLOSERS && starved_closer(i))
+			rx->seed |= 0x10000; /* same pattern (8 bits) */
+		rx->shared_ring = 1;
+		rx->yields = 1;
+		rx->on_chunk = starved_on_chunk;
+		rx->out = &g_vrx[i];
+	}
+	if (mode == STARVE_TEARDOWN) {
+		starved_teardown(loop, ring);
+		goto out;
+	}
+	run_bounded(loop, KT_MS(30000));
+	ls = kt_stats(loop);
+	rs = ring_stats(ring);
+	cr_log_info("%d streams on %u buffers: %lu chunks, %lu enobufs, "
+		    "%lu re-arms, %lu CQEs",
+		    STARVED_CONNS, count, (unsigned long)rs.chunks,
+		    (unsigned long)ls.enobufs,
+		    (unsigned long)ls.multishot_rearms, (unsigned long)ls.cqes);
+	for (int i = 0; i < STARVED_CONNS; i++) {
+		cr_assert_eq(g_vrx[i].open, 0);
+		cr_assert_eq(g_vrx[i].bad_at, SIZE_MAX,
+			     "connection %d: wrong byte at %zu", i,
+			     g_vrx[i].bad_at);
+		if (mode == STARVE_CLOSERS && starved_closer(i)) {
+			cr_assert_eq(g_vrx[i].chunks, STARVED_CLOSE_AT);
+			cr_assert_eq(g_vrx[i].end, -EBADF);
+			continue;
+		}
+		cr_assert_eq(g_vrx[i].got, each,
+			     "connection %d: %zu of %zu bytes (end %d)", i,
+			     g_vrx[i].got, each, g_vrx[i].end);
+		cr_assert_eq(g_vrx[i].end, 0);
+		if (g_v_at_first[i] < least)
+			least = g_v_at_first[i];
+	}
+	cr_log_info("when the first was done the furthest behind had %zu of "
+		    "%zu bytes",
+		    least, each);
+	cr_assert(g_v_first_done);
+	cr_assert_geq(least, each / 2,
+		      "a connection had %zu of %zu bytes when the first was "
+		      "done",
+		      least, each);
+	/* About one re-arm per chunk (a woken stream takes its buffer, then
+	 * finds the ring empty); the storm was one per waiter per chunk. */
+	cr_assert_leq(ls.multishot_rearms, 2 * rs.chunks + STARVED_CONNS,
+		      "%lu re-arms for %lu chunks",
+		      (unsigned long)ls.multishot_rearms,
+		      (unsigned long)rs.chunks);
+	cr_assert_leq(ls.enobufs, 2 * rs.chunks + STARVED_CONNS,
+		      "%lu -ENOBUFS for %lu chunks", (unsigned long)ls.enobufs,
+		      (unsigned long)rs.chunks);
+	expect_all_returned(ring, "after the transfers");
+	keel_loop_destroy(loop);
+out:
+	for (int i = 0; i < STARVED_CONNS; i++) {
+		close(fds[i][0]);
+		close(fds[i][1]);
+		free(data[i]);
+	}
+}
+
+Test(netfast, starved_streams_take_turns_on_two_buffers, .timeout = 60)
+{
+	run_starved(2, 64, 0, 32 * KIB, STARVE_ALL);
+}
+
+Test(netfast, starved_streams_take_turns_on_one_buffer, .timeout = 60)
+{
+	run_starved(1, 16, 0, 8 * KIB, STARVE_ALL);
+}
+
+Test(netfast, starved_streams_take_turns_without_defer_taskrun, .timeout = 60)
+{
+	run_starved(2, 64, KEEL_LOOP_NO_DEFER, 32 * KIB, STARVE_ALL);
+}
+
+Test(netfast, starved_streams_closed_in_line_leave_it, .timeout = 60)
+{
+	run_starved(2, 64, 0, 32 * KIB, STARVE_CLOSERS);
+}
+
+Test(netfast, loop_destroyed_with_streams_starved, .timeout = 60)
+{
+	run_starved(1, 16, 0, 8 * KIB, STARVE_TEARDOWN);
+}
+
+/*
  * A spurious -ENOBUFS: the kernel tries a stream's recv while the ring is
  * empty and posts -ENOBUFS; a buffer is released before keel reaps that
  * CQE. The stream must still get that buffer, not wait for some other
@@ -1097,14 +1273,10 @@ Test(netfast, tiny_ring_one_buffer_waits_without_spinning, .timeout = 60)
  * task work runs when any syscall returns: here the releaser's write() to
  * the waiter's peer makes the kernel try the waiter's recv right away.
  *
- * BUG (reported, not fixed here; a regression of 617a038): recv_cqe
- * (io/stream.c, the -ENOBUFS branch) now always waits, and
- * keel__bufring_wait (io/bufring.c) arms the retry timer only when no
- * chunk at all is lent (r->refs == 0). With a buffer free in the ring
- * (in_kernel > 0) and an unrelated chunk held, the stream waits until that
- * holder lets go: 2 s here, forever in a program whose holder waits on
- * this stream's data. Arming the retry timer also when in_kernel > 0
- * would fix it without the old immediate re-arm (the spin).
+ * The stream waits (io/stream.c, the -ENOBUFS branch), but once the batch
+ * of CQEs is reaped keel__bufrings_settle() sees the buffer free and wakes
+ * it; waiting for the holder instead would take 2 s here, forever in a
+ * program whose holder waits on this stream's data.
  */
 static int g_sp_a_armed, g_sp_a_got, g_sp_h_holding, g_sp_a_res;
 static int g_sp_got_while_held = -1, g_sp_r_wrote;
