@@ -49,18 +49,20 @@ WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wno-unused-parameter
 OPT ?= -O2
 CPPFLAGS += -D_GNU_SOURCE -Iinclude
-# Layers: core <- io <- sched <- supervise <- tools, examples. Everything
+# Layers: core <- io <- sched <- supervise <- sim <- tools, examples. Everything
 # sees the public headers (include/); each layer's folder is compiled with
 # only its own and lower layers' private paths, so an upward #include does
 # not compile; `make check-layers` does the same for calls
 # (tools/check-layers.sh). Examples and tools use the public API only; the
 # tests also use internal headers (loop.h: struct keel_loop).
-LAYERS := core io sched supervise
+LAYERS := core io sched supervise sim
 INC_core := -Icore
 INC_io := $(INC_core) -Iio
 INC_sched := $(INC_io) -Isched
 INC_supervise := $(INC_sched) -Isupervise
-INC_test := $(INC_sched) -Itest
+# The simulated kernel (keel/sim.h) sits on top: it creates loops.
+INC_sim := $(INC_supervise) -Isim
+INC_test := $(INC_sim) -Itest
 CFLAGS ?= $(OPT) -g
 CFLAGS += -std=gnu11 -pthread -fPIC $(WARN) $(EXTRA_CFLAGS)
 LIBS := -luring -ljemalloc -lpthread

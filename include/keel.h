@@ -3,7 +3,7 @@
  * keel.h: the whole public API of keel, an io_uring-native reactor framework.
  *
  * One io_uring ring per thread drives stackless state-machine tasks. The
- * seven headers follow the layers, lowest first:
+ * eight headers follow the layers, lowest first:
  *   keel/task.h        tasks, resume macros, abort frames, tokens, scopes
  *   keel/sync.h        mailboxes, oneshot, broadcast, semaphore, mutex...
  *   keel/loop.h        the loop, timers, the runtime, dumps and metrics
@@ -11,6 +11,7 @@
  *   keel/supervisor.h  actors and supervision trees
  *   keel/resilience.h  circuit breaker, retry with backoff
  *   keel/trace.h       the tracer and its file format
+ *   keel/sim.h         a deterministic simulated kernel for the loops
  * man 7 keel is the overview.
  */
 #ifndef KEEL_H
@@ -19,6 +20,7 @@
 #include <keel/io.h>
 #include <keel/loop.h>
 #include <keel/resilience.h>
+#include <keel/sim.h>
 #include <keel/supervisor.h>
 #include <keel/sync.h>
 #include <keel/task.h>

@@ -1,6 +1,6 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# check-layers.sh: keel's layers are core <- io <- sched <- supervise; a
+# check-layers.sh: keel's layers are core <- io <- sched <- supervise <- sim; a
 # lower layer must not call into a higher one. The include paths stop an
 # upward #include at compile time (see the Makefile); this stops an upward
 # call at link level: an object of a lower layer that references (nm -u) a
@@ -9,12 +9,12 @@
 # usage: check-layers.sh OBJECT...
 #   An object's layer is the folder it is in (build/obj/io/ring.o: io).
 #   LAYERS lists the layers, lowest first (default: core io sched
-#   supervise); an object in any other folder is a usage error.
+#   supervise sim); an object in any other folder is a usage error.
 # Prints one line per offending reference:
 #   check-layers: core/x.o (core) uses keel_runtime_create of sched/runtime.o (sched)
 # Exit status: 0 clean, 1 upward references, 2 usage error.
 set -u
-LAYERS=${LAYERS:-core io sched supervise}
+LAYERS=${LAYERS:-core io sched supervise sim}
 
 if [ $# = 0 ]; then
 	echo "usage: check-layers.sh OBJECT..." >&2
