@@ -698,9 +698,9 @@ static void make_or_free(struct program *pr)
 		lat.count = n;
 		break;
 	case 5:
-		if (bcast.bc) {
+		if (bcast.bc) { /* its receivers live on, and drain it */
 			free_bcast();
-			break;
+			return;
 		}
 		if (bcast.rxs) /* the old channel's receivers first */
 			break;
