@@ -450,6 +450,7 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s,
 {
 	r->enobufs++;
 	r->io->count.enobufs++;
+	r->io->bufrings_starved = true;
 	/* Woken but beaten to the buffer (by a stream armed before it, or
 	 * keel's count was off): it keeps its turn. */
 	if (woken) {
@@ -472,7 +473,12 @@ void keel__bufring_unwait(struct keel_bufring *r, struct keel_recv_stream *s)
 
 void keel__bufrings_settle(struct keel__io *io)
 {
-	if (io->closing)
+	bool starved = false;
+
+	/* Claims and misses come only from starved streams: with none since
+	 * the last settle, every ring is settled (the common case, and a
+	 * walk over every ring at every reap otherwise). */
+	if (io->closing || !io->bufrings_starved)
 		return;
 	for (uint32_t i = 0; i < io->nbufrings; i++) {
 		struct keel_bufring *r = io->bufrings[i];
@@ -487,19 +493,21 @@ void keel__bufrings_settle(struct keel__io *io)
 		bool missed = r->missed;
 
 		r->missed = false;
-		if (keel__list_empty(&r->starved) || !r->in_kernel)
-			continue;
-		/* A woken stream found no buffer, yet keel counts one free
-		 * after the batch: keel and the kernel disagree. Retry on
-		 * the timer rather than spin on the count. */
-		if (missed) {
-			if (!keel_timer_armed(&r->retry))
+		if (!keel__list_empty(&r->starved) && r->in_kernel) {
+			/* A woken stream found no buffer, yet keel counts one
+			 * free after the batch: keel and the kernel disagree.
+			 * Retry on the timer rather than spin on the count. */
+			if (!missed)
+				wake_starved(r);
+			else if (!keel_timer_armed(&r->retry))
 				keel_timer_arm(loop_of(r), &r->retry,
 					       io->core.now + STARVED_RETRY_NS);
-			continue;
 		}
-		wake_starved(r);
+		/* Streams still in line, or woken ones holding claims until
+		 * the next settle: settle again. */
+		starved |= !keel__list_empty(&r->starved) || r->claims;
 	}
+	io->bufrings_starved = starved;
 }
 
 /* Streams count themselves in and out so that destroy can refuse. */

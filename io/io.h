@@ -159,6 +159,9 @@ struct keel__io {
 	bool ring_ready;
 	bool closing; /* the loop is being destroyed: streams close */
 	bool reaping; /* in keel__io_reap(): buffer counts are stale */
+	/* Some buffer ring has had starved streams since the last settle:
+	 * only then has keel__bufrings_settle() anything to do. */
+	bool bufrings_starved;
 	struct keel__io_counters count;
 	struct keel__chunk_pool chunks;
 	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
