@@ -75,9 +75,9 @@ static const struct {
 	const char *name;
 	int err;
 } shorthands[] = {
-    {"reset", ECONNRESET},   {"pipe", EPIPE},	    {"again", EAGAIN},
-    {"nobufs", ENOBUFS},     {"io", EIO},	    {"nomem", ENOMEM},
-    {"canceled", ECANCELED}, {"emfile", EMFILE},    {"refused", ECONNREFUSED},
+    {"reset", ECONNRESET},   {"pipe", EPIPE},	 {"again", EAGAIN},
+    {"nobufs", ENOBUFS},     {"io", EIO},	 {"nomem", ENOMEM},
+    {"canceled", ECANCELED}, {"emfile", EMFILE}, {"refused", ECONNREFUSED},
     {"timedout", ETIMEDOUT},
 };
 
@@ -111,7 +111,8 @@ static bool parse_duration(const char *s, size_t len, uint64_t *ns)
 	static const struct {
 		const char *unit;
 		uint64_t mult;
-	} units[] = {{"ns", 1}, {"us", 1000}, {"ms", 1000000}, {"s", 1000000000}};
+	} units[] = {
+	    {"ns", 1}, {"us", 1000}, {"ms", 1000000}, {"s", 1000000000}};
 	char *end;
 	char num[32];
 
@@ -136,7 +137,8 @@ static bool parse_probability(const char *s, size_t len, uint64_t *below)
 	char num[32];
 	char *end;
 
-	if (!len || len >= sizeof(num) || !(s[0] == '.' || (s[0] >= '0' && s[0] <= '9')))
+	if (!len || len >= sizeof(num) ||
+	    !(s[0] == '.' || (s[0] >= '0' && s[0] <= '9')))
 		return false;
 	memcpy(num, s, len);
 	num[len] = '\0';
@@ -204,8 +206,8 @@ static int parse_rule(const char *f, size_t flen, struct rule *r, char *why,
 		}
 	} else {
 		r->kind = RULE_ERROR;
-		for (size_t i = 0; i < sizeof(shorthands) / sizeof(shorthands[0]);
-		     i++)
+		for (size_t i = 0;
+		     i < sizeof(shorthands) / sizeof(shorthands[0]); i++)
 			if (strlen(shorthands[i].name) == klen &&
 			    !memcmp(shorthands[i].name, kind, klen))
 				r->err = shorthands[i].err;
@@ -213,14 +215,15 @@ static int parse_rule(const char *f, size_t flen, struct rule *r, char *why,
 			r->err = errno_by_name(kind, klen);
 		if (!r->err) {
 			if (why && wlen)
-				snprintf(why, wlen,
-					 "unknown kind '%.*s' at '%.*s' (kinds: "
-					 "reset, pipe, again, nobufs, io, "
-					 "nomem, canceled, emfile, refused, "
-					 "timedout, an errno name like "
-					 "ECONNRESET, short, delay=5ms, "
-					 "reorder)",
-					 (int)klen, kind, (int)flen, f);
+				snprintf(
+				    why, wlen,
+				    "unknown kind '%.*s' at '%.*s' (kinds: "
+				    "reset, pipe, again, nobufs, io, "
+				    "nomem, canceled, emfile, refused, "
+				    "timedout, an errno name like "
+				    "ECONNRESET, short, delay=5ms, "
+				    "reorder)",
+				    (int)klen, kind, (int)flen, f);
 			return -EINVAL;
 		}
 		if (r->op == IORING_OP_CLOSE) {
@@ -459,18 +462,18 @@ static void walk(struct keel__io *io, uint64_t *now)
 				continue;
 			if (r->kind == RULE_ERROR) {
 				make_error(sqe, r->err);
-				count_fault(io, sqe->user_data, opc,
-					    RULE_ERROR, (uint64_t)r->err);
+				count_fault(io, sqe->user_data, opc, RULE_ERROR,
+					    (uint64_t)r->err);
 				break;
 			}
 			if (r->kind == RULE_SHORT) {
-				unsigned len = 1 + (unsigned)(keel__rand64(
-							       &inj->rng) %
-							   (sqe->len - 1));
+				unsigned len =
+				    1 + (unsigned)(keel__rand64(&inj->rng) %
+						   (sqe->len - 1));
 
 				sqe->len = len;
-				count_fault(io, sqe->user_data, opc,
-					    RULE_SHORT, len);
+				count_fault(io, sqe->user_data, opc, RULE_SHORT,
+					    len);
 				continue;
 			}
 			/* delay / reorder: the longest wins */
@@ -708,8 +711,9 @@ int keel__inject_env(struct keel__io *io)
 		return err;
 	}
 	if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
-		fprintf(stderr,
-			"keel: KEEL_FAULTS: injecting faults '%s' (seed %llu)\n",
-			spec, (unsigned long long)seed);
+		fprintf(
+		    stderr,
+		    "keel: KEEL_FAULTS: injecting faults '%s' (seed %llu)\n",
+		    spec, (unsigned long long)seed);
 	return 0;
 }

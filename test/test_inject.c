@@ -155,10 +155,12 @@ Test(inject, injected_error_with_a_linked_timeout, .timeout = 20)
 Test(inject, bad_spec_is_einval_and_changes_nothing, .timeout = 20)
 {
 	static const char *const bad[] = {
-	    "rcv:reset",       "recv",		"recv:bogus",
-	    "recv:reset:2",    "recv:reset:-0.1", "recv:reset:x",
-	    "recv:delay=5",    "recv:delay=ms",	"close:io",
-	    "recv:reset,send", "recv:EBOGUS",	"recv:reset:0.5:1",
+	    "rcv:reset",       "recv",
+	    "recv:bogus",      "recv:reset:2",
+	    "recv:reset:-0.1", "recv:reset:x",
+	    "recv:delay=5",    "recv:delay=ms",
+	    "close:io",	       "recv:reset,send",
+	    "recv:EBOGUS",     "recv:reset:0.5:1",
 	};
 	struct keel_loop *loop = kt_loop_new(NULL);
 	int fds[2];
@@ -363,8 +365,7 @@ Test(inject, cancelling_a_held_op_ends_it_at_once, .timeout = 20)
 	/* An hour: only the cancel can end it before the test's timeout. */
 	inject(loop, "recv:delay=3600s", 1);
 	struct one *o = one_new(loop, ONE_RECV, fds[0]);
-	struct canceller *c =
-	    kt_spawn(loop, &canceller_task, KEEL_PRIO_NORMAL);
+	struct canceller *c = kt_spawn(loop, &canceller_task, KEEL_PRIO_NORMAL);
 
 	c->victim = o;
 	kt_loop_run(loop);
