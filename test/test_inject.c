@@ -26,6 +26,9 @@
 
 #include "helpers/keel_test.h"
 
+/* Tasks are spawned joinable and never joined: their frames, which hold
+ * their results, stay until keel_loop_destroy(). */
+
 static void inject(struct keel_loop *loop, const char *spec, uint64_t seed)
 {
 	int err = keel_loop_inject_faults(loop, spec, seed);
@@ -73,7 +76,8 @@ static KEEL_TASK_TYPE(one_task, struct one, task, one_step);
 
 static struct one *one_new(struct keel_loop *loop, int kind, int fd)
 {
-	struct one *o = kt_spawn(loop, &one_task, KEEL_PRIO_NORMAL);
+	struct one *o =
+	    kt_spawn(loop, &one_task, KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	o->kind = kind;
 	o->fd = fd;
@@ -252,8 +256,10 @@ Test(inject, short_sends_and_recvs_still_deliver_every_byte, .timeout = 30)
 	kt_tcp_pair(fds);
 	kt_pattern_fill(tx, XFER_LEN, 0, 3);
 	inject(loop, "send:short,recv:short:0.5", 42);
-	struct xfer *s = kt_spawn(loop, &xfer_task, KEEL_PRIO_NORMAL);
-	struct xfer *r = kt_spawn(loop, &xfer_task, KEEL_PRIO_NORMAL);
+	struct xfer *s =
+	    kt_spawn(loop, &xfer_task, KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+	struct xfer *r =
+	    kt_spawn(loop, &xfer_task, KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	s->sender = 1;
 	s->fd = fds[0];
@@ -365,7 +371,8 @@ Test(inject, cancelling_a_held_op_ends_it_at_once, .timeout = 20)
 	/* An hour: only the cancel can end it before the test's timeout. */
 	inject(loop, "recv:delay=3600s", 1);
 	struct one *o = one_new(loop, ONE_RECV, fds[0]);
-	struct canceller *c = kt_spawn(loop, &canceller_task, KEEL_PRIO_NORMAL);
+	struct canceller *c = kt_spawn(loop, &canceller_task,
+				       KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	c->victim = o;
 	kt_loop_run(loop);
@@ -404,7 +411,8 @@ Test(inject, closing_the_fd_of_a_held_recv_cancels_it, .timeout = 20)
 	kt_tcp_pair(fds);
 	inject(loop, "recv:delay=3600s", 1);
 	struct one *o = one_new(loop, ONE_RECV, fds[0]);
-	struct closer *c = kt_spawn(loop, &closer_task, KEEL_PRIO_NORMAL);
+	struct closer *c = kt_spawn(loop, &closer_task,
+				    KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	c->fd = fds[0];
 	kt_loop_run(loop);
@@ -478,7 +486,8 @@ Test(inject, accept_stream_keeps_accepting_under_errors, .timeout = 30)
 		cr_assert_eq(connect(cfd[i], (struct sockaddr *)&ss, sl), 0);
 	}
 	inject(loop, "accept:ECONNABORTED:0.6,accept:emfile:0.5", 5);
-	struct acceptor *a = kt_spawn(loop, &acceptor_task, KEEL_PRIO_NORMAL);
+	struct acceptor *a = kt_spawn(loop, &acceptor_task,
+				      KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	a->lfd = lfd;
 	kt_loop_run(loop);
@@ -541,12 +550,14 @@ Test(inject, recv_stream_survives_injected_nobufs, .timeout = 30)
 
 	kt_tcp_pair(fds);
 	kt_pattern_fill(tx, XFER_LEN, 0, 9);
-	struct streamer *s = kt_spawn(loop, &streamer_task, KEEL_PRIO_NORMAL);
+	struct streamer *s = kt_spawn(loop, &streamer_task,
+				      KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	cr_assert_eq(keel_bufring_create(loop, &ro, &s->ring), 0);
 	s->fd = fds[1];
 	inject(loop, "recv:nobufs:0.3", 11);
-	struct xfer *x = kt_spawn(loop, &xfer_task, KEEL_PRIO_NORMAL);
+	struct xfer *x =
+	    kt_spawn(loop, &xfer_task, KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 
 	x->sender = 1;
 	x->fd = fds[0];
