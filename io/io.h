@@ -121,6 +121,7 @@ struct keel__io_counters {
 	uint64_t enobufs;	   /* recv streams stopped by an empty ring */
 	uint64_t accept_backoffs;  /* accept streams paused by EMFILE & co */
 	uint64_t bufs_lent;	   /* buffers handed to tasks */
+	uint64_t faults_injected;  /* io/inject.c */
 };
 
 /* A queued stream item: a received chunk, or an accepted fd (len). */
@@ -169,6 +170,8 @@ struct keel__io {
 	uint32_t nbufrings;
 	uint32_t zc_threshold; /* keel_send_zc() copies below this */
 	uint32_t files;	       /* direct descriptor slots registered */
+	/* Fault injection (io/inject.c): NULL when off, the usual case. */
+	struct keel__inject *inject;
 };
 
 static inline struct keel__io *keel__io_of(struct keel_loop *loop)
@@ -222,6 +225,21 @@ int keel__io_submit(struct keel__io *io);
  * submitted or a negative errno (-ETIME: the wait ran out). Counts nothing.
  */
 int keel__io_enter(struct keel__io *io, unsigned want, int64_t wait_ns);
+
+/*
+ * Fault injection (io/inject.c). keel__inject_enter(): called by
+ * keel__io_enter() when io->inject is set, on the SQEs about to be
+ * submitted; returns the wait, shortened to wake for a held-back op.
+ * keel__inject_set(): a spec (NULL or "": off) and a seed; `why` gets a
+ * one-line reason on error. keel__inject_env(): KEEL_FAULTS at loop
+ * creation (prints its error). keel__inject_fini(): before the timers go.
+ */
+struct keel__inject;
+int64_t keel__inject_enter(struct keel__io *io, unsigned want, int64_t wait_ns);
+int keel__inject_set(struct keel__io *io, const char *spec, uint64_t seed,
+		     char *why, size_t wlen);
+int keel__inject_env(struct keel__io *io);
+void keel__inject_fini(struct keel__io *io);
 
 /* io_uring_register() through the backend (see backend.h). */
 int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,

@@ -262,6 +262,7 @@ void keel__io_fini(struct keel__io *io)
 	if (io->ring_ready)
 		keel__bufrings_fini(io);
 	keel__chunk_pool_fini(io);
+	keel__inject_fini(io);
 	keel__ledger_fini(&io->ledger);
 	if (io->ring_ready && io->backend) {
 		io->backend->teardown(io->backend, &io->ring);
@@ -279,6 +280,8 @@ int keel__io_enter(struct keel__io *io, unsigned want, int64_t wait_ns)
 	struct __kernel_timespec ts;
 	struct io_uring_cqe *cqe;
 
+	if (__builtin_expect(io->inject != NULL, 0))
+		wait_ns = keel__inject_enter(io, want, wait_ns);
 	if (__builtin_expect(io->backend != NULL, 0))
 		return io->backend->enter(io->backend, ring, want, wait_ns);
 	if (wait_ns == 0)

@@ -347,6 +347,8 @@ static const struct metric metrics[] = {
      STAT(timers_fired)},
     {"keel_fault_recoveries_total", KEEL__PROM_COUNTER,
      "Hardware faults turned into task aborts.", STAT(fault_recoveries)},
+    {"keel_faults_injected_total", KEEL__PROM_COUNTER,
+     "Faults injected into I/O (KEEL_FAULTS).", STAT(faults_injected)},
     {"keel_stalls_total", KEEL__PROM_COUNTER,
      "Steps that ran longer than the stall threshold.", STAT(stalls)},
     {"keel_zc_sends_total", KEEL__PROM_COUNTER, "SEND_ZC requests.",

@@ -60,6 +60,8 @@ int keel__loop_create_on(struct keel_loop **out,
 	err = keel__core_init(&loop->io.core);
 	if (!err)
 		err = keel__io_init(&loop->io, opts, backend);
+	if (!err)
+		err = keel__inject_env(&loop->io); /* KEEL_FAULTS */
 	loop->io.core.hooks.remote_post = keel__remote_post;
 	if (err) {
 		keel__io_fini(&loop->io);
@@ -510,6 +512,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->accept_backoffs = io->count.accept_backoffs;
 	out->chunks_lent = io->count.bufs_lent;
 	out->bufs_in_use = keel__bufrings_in_use(io);
+	out->faults_injected = io->count.faults_injected;
 }
 
 /*
@@ -560,6 +563,7 @@ void keel_loop_destroy(struct keel_loop *loop)
 			c->alloc.leaked = true;
 	}
 	keel__faults_fini(loop);
+	keel__inject_fini(&loop->io); /* its timer: before the timers go */
 	keel__timers_fini(&loop->io.core.timers);
 	keel__io_fini(&loop->io);
 	keel__core_fini(c);

@@ -38,7 +38,7 @@ has() {
 		grep -q -F -x -- " $1" "$dir/summary.sq"
 }
 for line in \
-	'duration 25.1ms, 2 loops, 113 events, 3 dropped' \
+	'duration 25.1ms, 2 loops, 116 events, 3 dropped' \
 	'0 1001 2 1 13 25.0ms 20 3' \
 	'1 1002 3 1 4 4.30us 1 0' \
 	'recv 10 1 5.00us 9.00us 10.0us 10.0us' \
@@ -57,6 +57,9 @@ for line in \
 	'escalate pool 1x, first on loop 1 at 16.9us' \
 	'aborts: 1' \
 	'1x "boom: bad header" at echo.c:52 (first: task conn, loop 0, 25.1ms)' \
+	'faults injected: 3' \
+	'recv ECONNRESET 2x, first on loop 1 at 14.6us' \
+	'send short 1x, first on loop 1 at 14.7us' \
 	'drops: 3 events dropped (loop 0: 3)'; do
 	check "summary has: $line" has "$line"
 done

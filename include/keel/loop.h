@@ -159,6 +159,32 @@ size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len);
  */
 int keel_loop_has_op(const struct keel_loop *loop, unsigned opcode);
 
+/*
+ * Inject faults into this loop's I/O, to test how a program copes: `spec`
+ * is a comma-separated list of `op:kind[:probability]` rules, e.g.
+ * "recv:reset:0.01,send:short:0.05,accept:emfile:0.001". `op` is an opcode
+ * as keel_opcode_name() spells it (recv, send, accept, connect, read,
+ * write, ...) or `*` (every op; a close is never failed). `kind` is an
+ * error, a shorthand (reset, pipe, again, nobufs, io, nomem, canceled,
+ * emfile, refused, timedout) or an errno name (ECONNRESET): the op fails
+ * with it; `short`: a send, recv, read or write asks for fewer bytes;
+ * `delay=<n>(ns|us|ms|s)`: the op reaches the kernel that much later;
+ * `reorder`: one enter later (ops issued after it may overtake it). The
+ * probability is in [0,1] (default 1); draws come from a PRNG seeded with
+ * `seed`, so a run repeats. Faults are counted in
+ * keel_loop_stats.faults_injected and traced as KEEL_EV_FAULT. Rewrites
+ * requests just before they are submitted, on any backend; off, it costs
+ * one predictable branch per enter. The environment variable KEEL_FAULTS
+ * (seed: KEEL_FAULTS_SEED) applies a spec to every loop created.
+ * NULL or "" turns injection off (ops held back still go out). Returns 0;
+ * -EINVAL for a bad spec (nothing changed); -EOPNOTSUPP when the kernel
+ * cannot inject a result into a NOP (IORING_NOP_INJECT_RESULT, Linux
+ * 6.10); -ENOMEM.
+ * Ownership: `spec` is only read during the call.
+ */
+int keel_loop_inject_faults(struct keel_loop *loop, const char *spec,
+			    uint64_t seed);
+
 struct keel_loop_stats {
 	uint64_t turns;	       /* loop turns */
 	uint64_t steps;	       /* task steps run */
@@ -186,6 +212,7 @@ struct keel_loop_stats {
 	uint64_t accept_backoffs; /* accepts paused by EMFILE & co */
 	uint64_t chunks_lent;	  /* received chunks handed to tasks */
 	uint64_t bufs_in_use;	  /* ring buffers out of the kernel's hands */
+	uint64_t faults_injected; /* keel_loop_inject_faults(), KEEL_FAULTS */
 };
 
 /*

@@ -74,6 +74,18 @@ enum keel_trace_type {
 	KEEL_EV_SUP_ESCALATE = 19, /* a: supervisor name string */
 	KEEL_EV_STALL = 20,    /* a: step duration ns, b: resume site string */
 	KEEL_EV_INFLIGHT = 21, /* a: ops in flight (counter sample) */
+	/* An injected fault (keel_loop_inject_faults): op: opcode; a: kind
+	 * (KEEL_TRACE_FAULT_*), b: the errno (positive), the shortened
+	 * length, or the delay ns (0 for a reorder). */
+	KEEL_EV_FAULT = 22,
+};
+
+/* KEEL_EV_FAULT kinds. */
+enum keel_trace_fault {
+	KEEL_TRACE_FAULT_ERROR = 1,   /* the op failed with errno b */
+	KEEL_TRACE_FAULT_SHORT = 2,   /* the op asked for only b bytes */
+	KEEL_TRACE_FAULT_DELAY = 3,   /* the op was held back b ns */
+	KEEL_TRACE_FAULT_REORDER = 4, /* the op was held to the next enter */
 };
 
 /* One event: 32 bytes. */

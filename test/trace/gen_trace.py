@@ -21,7 +21,9 @@ MAGIC = b"KEELTRC1"
 REC_EVENTS, REC_STRING, REC_LOOP = 1, 2, 3
 (SPAWN, STEP_BEGIN, STEP_END, WAIT, EXIT, ABORT, OP_SUBMIT, OP_COMPLETE,
  TIMER_FIRE, LOOP_IDLE, LOOP_WAKE, MB_SEND, MB_RECV, MB_FULL, MB_DROP,
- MSG_SEND, MSG_RECV, SUP_RESTART, SUP_ESCALATE, STALL, INFLIGHT) = range(1, 22)
+ MSG_SEND, MSG_RECV, SUP_RESTART, SUP_ESCALATE, STALL, INFLIGHT,
+ FAULT) = range(1, 23)
+FAULT_ERROR, FAULT_SHORT = 1, 2
 # IORING_OP_* numbers (liburing 2.3).
 OP_NOP, OP_TIMEOUT, OP_ACCEPT, OP_READ, OP_SEND, OP_RECV = 0, 11, 13, 22, 26, 27
 NO_TASK = 0xFFFFFFFF
@@ -174,6 +176,10 @@ def fixture(path):
     l1.ev(14_500, MB_RECV, 1, 5, 0)
     l1.ev(14_600, OP_SUBMIT, 1, 1, op=OP_NOP)
     l1.ev(14_610, INFLIGHT, NO_TASK, 1)
+    # Injected faults (KEEL_FAULTS): two resets of a recv, a short send.
+    l1.ev(14_620, FAULT, 1, FAULT_ERROR, 104, op=OP_RECV)
+    l1.ev(14_630, FAULT, 1, FAULT_ERROR, 104, op=OP_RECV)
+    l1.ev(14_680, FAULT, 1, FAULT_SHORT, 17, op=OP_SEND)
     l1.ev(14_700, WAIT, 1, S("worker.c:20 nop"))
     l1.ev(15_300, STEP_END, 1, 1)                    # step: 1.00us
     l1.ev(15_350, OP_COMPLETE, 1, 0, 500, op=OP_NOP)

@@ -143,7 +143,7 @@ static void track(struct decoder *d, struct loop *l, struct task *t,
 		l->inflight_samples++;
 		break;
 	default:
-		if (ev->type == 0 || ev->type > KEEL_EV_INFLIGHT)
+		if (ev->type == 0 || ev->type > KEEL_EV_FAULT)
 			d->unknown++; /* a newer writer's event: skip it */
 		break;
 	}

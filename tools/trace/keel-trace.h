@@ -43,7 +43,7 @@
 #define NOT_FOUND    UINT32_MAX
 #define LIST_ROWS    10	   /* rows per list in the summary */
 #define HTML_STEPS   20000 /* longest steps drawn one by one in the report */
-#define HTML_MARKS   2000  /* stalls, aborts, restarts marked on the timeline */
+#define HTML_MARKS   2000  /* stalls, aborts, restarts, faults marked */
 #define HIST_BUCKETS 65	   /* log2 buckets of a 64-bit ns value, and 0 */
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -249,6 +249,9 @@ struct stats {
 	struct heap longest;
 	VEC(struct step) stalls; /* dur: the step's time; site: resume site */
 	struct table aborts, restarts, escalations, names;
+	/* Injected faults by opcode, kind and errno: s1 opcode, s2 kind,
+	 * max the errno (errors) */
+	struct table faults;
 	VEC(struct mark) marks;
 	uint64_t nmarks; /* all of them, also those past HTML_MARKS */
 	uint64_t msgs_sent, msgs_received, mb_full, mb_drop;

@@ -149,6 +149,22 @@ static void stats_stall(struct stats *st, const struct moment *m)
 	add_mark(st, m, s->site, s->dur);
 }
 
+/* An injected fault (keel_loop_inject_faults): counted by opcode, kind
+ * and errno, and marked on the timeline. */
+static void stats_fault(struct stats *st, const struct moment *m)
+{
+	const struct keel_trace_event *ev = m->ev;
+	uint64_t err = ev->a == KEEL_TRACE_FAULT_ERROR ? (uint32_t)ev->b : 0;
+	struct row *r = count_row(
+	    &st->faults,
+	    (uint64_t)ev->op << 40 | (uint64_t)(uint8_t)ev->a << 32 | err, m);
+
+	r->s1 = ev->op;
+	r->s2 = (uint32_t)ev->a;
+	r->max = err;
+	add_mark(st, m, 0, ev->b);
+}
+
 static void stats_endpoint(struct stats *st, const struct moment *m)
 {
 	const struct keel_trace_event *ev = m->ev;
@@ -203,6 +219,9 @@ static void stats_event(void *ctx, const struct moment *m)
 		break;
 	case KEEL_EV_STALL:
 		stats_stall(st, m);
+		break;
+	case KEEL_EV_FAULT:
+		stats_fault(st, m);
 		break;
 	case KEEL_EV_MSG_SEND:
 	case KEEL_EV_MSG_RECV:
@@ -275,6 +294,7 @@ static void stats_free(struct stats *st)
 	free(st->stalls.v);
 	table_free(&st->aborts);
 	table_free(&st->restarts);
+	table_free(&st->faults);
 	table_free(&st->escalations);
 	table_free(&st->names);
 	free(st->marks.v);

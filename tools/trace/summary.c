@@ -169,6 +169,47 @@ static void print_aborts(FILE *f, const struct trace *tr)
 	free(v);
 }
 
+/* A fault's kind as KEEL_FAULTS spells it; an error by its errno name. */
+static const char *fault_kind(const struct row *r, char buf[24])
+{
+	switch (r->s2) {
+	case KEEL_TRACE_FAULT_ERROR: {
+		const char *n = strerrorname_np((int)r->max);
+
+		if (n)
+			return n;
+		snprintf(buf, 24, "errno %" PRIu64, r->max);
+		return buf;
+	}
+	case KEEL_TRACE_FAULT_SHORT:
+		return "short";
+	case KEEL_TRACE_FAULT_DELAY:
+		return "delay";
+	case KEEL_TRACE_FAULT_REORDER:
+		return "reorder";
+	}
+	snprintf(buf, 24, "kind %" PRIu32, r->s2);
+	return buf;
+}
+
+static void print_faults(FILE *f, const struct trace *tr)
+{
+	struct row *v = sorted_rows(&tr->st.faults);
+	uint64_t all = 0;
+	char op[16], kind[24], at[24];
+
+	for (size_t i = 0; i < tr->st.faults.rows.n; i++)
+		all += v[i].count;
+	fprintf(f, "\nfaults injected: %" PRIu64 "\n", all);
+	for (size_t i = 0; i < tr->st.faults.rows.n && i < LIST_ROWS; i++)
+		fprintf(f,
+			"  %-12s %-14s %6" PRIu64 "x, first on loop %" PRIu32
+			" at %s\n",
+			op_name(v[i].s1, op), fault_kind(&v[i], kind),
+			v[i].count, v[i].loop, fmt_ns(v[i].ts, at));
+	free(v);
+}
+
 static void print_supervision(FILE *f, const struct trace *tr)
 {
 	struct row *r = sorted_rows(&tr->st.restarts);
@@ -237,6 +278,7 @@ void print_summary(FILE *f, const struct trace *tr)
 	print_stalls(f, tr);
 	print_supervision(f, tr);
 	print_aborts(f, tr);
+	print_faults(f, tr);
 	print_traffic(f, tr);
 	print_drops(f, tr);
 }
