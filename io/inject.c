@@ -665,6 +665,16 @@ int keel__inject_set(struct keel__io *io, const char *spec, uint64_t seed,
 	return 0;
 }
 
+int keel__inject_check(const char *spec, char *why, size_t wlen)
+{
+	struct rule *rules = NULL;
+	unsigned n = 0;
+	int err = spec && *spec ? parse_spec(spec, &rules, &n, why, wlen) : 0;
+
+	free(rules);
+	return err;
+}
+
 int keel_loop_inject_faults(struct keel_loop *loop, const char *spec,
 			    uint64_t seed)
 {

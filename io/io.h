@@ -239,6 +239,8 @@ int64_t keel__inject_enter(struct keel__io *io, unsigned want, int64_t wait_ns);
 int keel__inject_set(struct keel__io *io, const char *spec, uint64_t seed,
 		     char *why, size_t wlen);
 int keel__inject_env(struct keel__io *io);
+/* Whether `spec` parses (0 or -EINVAL with `why`), changing nothing. */
+int keel__inject_check(const char *spec, char *why, size_t wlen);
 void keel__inject_fini(struct keel__io *io);
 
 /* io_uring_register() through the backend (see backend.h). */

@@ -17,14 +17,25 @@ int keel_sim_create(struct keel_sim **out, const struct keel_sim_opts *opts)
 
 	if (!s)
 		return -ENOMEM;
-	/* Fault injection (keel_loop_inject_faults) is not in this tree
-	 * yet: say so rather than run without the faults asked for. */
-	if (opts && opts->faults && *opts->faults) {
-		free(s);
-		return -EOPNOTSUPP;
-	}
 	if (opts)
 		s->opts = *opts;
+	/* Checked now, applied to each loop as it is made (with its own
+	 * stream of the machine's seed); kept, since the caller's string
+	 * need not outlive this call. */
+	if (s->opts.faults && *s->opts.faults) {
+		char why[256];
+		int err = keel__inject_check(s->opts.faults, why, sizeof(why));
+
+		if (!err && !(s->faults = strdup(s->opts.faults)))
+			err = -ENOMEM;
+		if (err) {
+			free(s);
+			return err;
+		}
+		s->opts.faults = s->faults;
+	} else {
+		s->opts.faults = NULL;
+	}
 	if (!s->opts.max_latency_ns)
 		s->opts.max_latency_ns = 50000;
 	if (!s->opts.sndbuf)
@@ -52,6 +63,7 @@ void keel_sim_destroy(struct keel_sim *sim)
 	}
 	sim__model_fini(s);
 	sim__kernel_fini(s);
+	free(s->faults);
 	free(s);
 }
 
@@ -97,6 +109,18 @@ int keel_sim_loop_create(struct keel_sim *sim, struct keel_loop **out,
 		return err;
 	}
 	sim__ring_set_loop(b, *out);
+	if (s->opts.faults) {
+		uint64_t mix =
+		    s->opts.seed ^ (0x9e3779b97f4a7c15ull * (id + 1));
+
+		err = keel_loop_inject_faults(*out, s->opts.faults,
+					      keel__rand64(&mix));
+		if (err) {
+			keel_loop_destroy(*out);
+			*out = NULL;
+			return err;
+		}
+	}
 	return 0;
 }
 

@@ -141,6 +141,7 @@ struct keel__sim {
 	uint64_t rng; /* splitmix64 state */
 	uint64_t seq; /* event sequence: ties broken in insertion order */
 	struct keel_sim_opts opts;
+	char *faults; /* opts.faults, the machine's copy */
 	/* Event queue: binary heap of pending engine events (kernel.c). */
 	struct sim_event **heap;
 	uint32_t nheap, heap_cap;
