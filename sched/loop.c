@@ -510,6 +510,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->accept_backoffs = io->count.accept_backoffs;
 	out->chunks_lent = io->count.bufs_lent;
 	out->bufs_in_use = keel__bufrings_in_use(io);
+	out->frames_live = c->alloc.live;
 }
 
 /*

@@ -186,6 +186,9 @@ struct keel_loop_stats {
 	uint64_t accept_backoffs; /* accepts paused by EMFILE & co */
 	uint64_t chunks_lent;	  /* received chunks handed to tasks */
 	uint64_t bufs_in_use;	  /* ring buffers out of the kernel's hands */
+	/* Frames (and waiters) of the loop's allocator not yet freed: 0
+	 * once every task has exited and the kernel returned its ops. */
+	uint64_t frames_live;
 };
 
 /*
