@@ -11,6 +11,8 @@
 #   make install/uninstall   honour DESTDIR, prefix, libdir, includedir, mandir
 #   SANITIZE=address,undefined make test    (or SANITIZE=thread)
 #   make format          clang-format the tree
+#   make sim             the simulation scenarios over SIM_SEEDS seeds each
+#                        (from SIM_FROM); make sim-ci: fewer, under ASan+UBSan
 #
 # Sanitizer builds go to their own build directory and use libc malloc for
 # frames (KEEL_ALLOC_LIBC) so that the sanitizer sees every frame's lifetime.
@@ -85,6 +87,11 @@ TOOLS := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 TRACE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/trace/*.c)) \
 	$(BUILD)/obj/tools/trace/report.o
 TOOLS += $(BUILD)/tools/keel-trace
+# keel-sim, the simulation runner: the scenarios (sim/scenarios/, public
+# API only) and the parts of keel-trace that read and decode a trace.
+SIM_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard sim/scenarios/*.c))
+TRACE_READER_OBJ := $(patsubst %,$(BUILD)/obj/tools/trace/%.o,read decode util)
+TOOLS += $(BUILD)/tools/keel-sim
 TEST_SRC := $(wildcard test/test_*.c)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
 # Plain multi-thread test programs (no Criterion: it cannot start under
@@ -113,7 +120,7 @@ MAN_FILES := $(foreach s,$(MAN_SRC),$(foreach n,$(call man_names,$(s)),\
 	man$(call man_sect,$(s))/$(n).$(call man_sect,$(s))))
 
 .PHONY: all lib examples tools tests man check check-layers test demo demo-supervised \
-	bench deps install uninstall clean format format-check
+	bench deps install uninstall clean format format-check sim sim-ci
 
 all: lib examples tools man
 
@@ -185,6 +192,17 @@ $(BUILD)/tools/keel-trace: $(TRACE_OBJ) $(STATIC)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TRACE_OBJ) $(STATIC) $(LIBS) -lm
 
+$(BUILD)/obj/sim/scenarios/%.o: sim/scenarios/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) -Itools/trace $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tools/keel-sim: $(SIM_OBJ) $(TRACE_READER_OBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(SIM_OBJ) $(TRACE_READER_OBJ) \
+		$(STATIC) $(LIBS) -lm
+
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
 		$(STATIC)
 	@mkdir -p $(dir $@)
@@ -234,6 +252,20 @@ bench:
 deps:
 	$(Q)sh tools/deps.sh
 
+# The simulation runner over every scenario: SIM_SEEDS seeds each from
+# SIM_FROM, every 10th seed twice (the determinism check). sim-ci runs
+# fewer under ASan+UBSan (LeakSanitizer also finds a token never freed).
+SIM_SEEDS ?= 500
+SIM_FROM ?= 1
+SIM_CI_SEEDS ?= 150
+
+sim: $(BUILD)/tools/keel-sim
+	$(Q)$(BUILD)/tools/keel-sim --from $(SIM_FROM) --seeds $(SIM_SEEDS) \
+		--recheck 10
+
+sim-ci:
+	$(Q)$(MAKE) SANITIZE=address,undefined sim SIM_SEEDS=$(SIM_CI_SEEDS)
+
 install: lib man
 	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig \
 		$(DESTDIR)$(mandir)/man3 $(DESTDIR)$(mandir)/man7
@@ -269,4 +301,4 @@ format-check:
 clean:
 	$(Q)rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TRACE_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TRACE_OBJ:.o=.d) $(SIM_OBJ:.o=.d)
