@@ -68,6 +68,10 @@
 #ifndef IORING_NOTIF_USAGE_ZC_COPIED
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31) /* 6.2 */
 #endif
+/* NOP flags (sqe->nop_flags, 2.3's rw_flags position), 6.12. */
+#ifndef IORING_NOP_INJECT_RESULT
+#define IORING_NOP_INJECT_RESULT (1U << 0) /* res = sqe->len */
+#endif
 /* 2.3's struct io_uring_buf_reg calls the flags field (6.4) `pad`. */
 #define KEEL_BUF_REG_FLAGS(reg) ((reg).pad)
 

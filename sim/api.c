@@ -49,10 +49,49 @@ void keel_sim_destroy(struct keel_sim *sim)
 	free(s);
 }
 
+/*
+ * keel's clock reads the machine's while the machine has loops (and while
+ * keel_sim_run runs), from before the first loop's creation (its trace
+ * then has virtual timestamps) until the last one's teardown.
+ */
+static void clock_enter(struct keel__sim *s)
+{
+	if (keel__virtual_clock == &s->now)
+		return;
+	s->outer_clock = keel__virtual_clock;
+	keel__virtual_clock = &s->now;
+}
+
+static void clock_leave(struct keel__sim *s)
+{
+	if (!s->loops && !s->running && keel__virtual_clock == &s->now)
+		keel__virtual_clock = s->outer_clock;
+}
+
 int keel_sim_loop_create(struct keel_sim *sim, struct keel_loop **out,
 			 const struct keel_loop_opts *opts)
 {
-	return -ENOSYS;
+	struct keel__sim *s = (struct keel__sim *)sim;
+	struct keel__backend *b;
+	uint32_t id = s->nrings;
+	int err;
+
+	clock_enter(s);
+	b = sim__backend_new(s);
+	if (!b) {
+		clock_leave(s);
+		return -ENOMEM;
+	}
+	err = keel__loop_create_on(out, opts, b);
+	if (err) {
+		/* Torn down already if its setup had succeeded. */
+		if (s->rings[id])
+			sim__backend_drop(b);
+		clock_leave(s);
+		return err;
+	}
+	sim__ring_set_loop(b, *out);
+	return 0;
 }
 
 uint64_t keel_sim_now(const struct keel_sim *sim)
@@ -60,9 +99,119 @@ uint64_t keel_sim_now(const struct keel_sim *sim)
 	return ((const struct keel__sim *)sim)->now;
 }
 
+/* The machine's loops, in a PRNG order (Fisher-Yates over ring ids). */
+static uint32_t loops_shuffled(struct keel__sim *s, struct keel_loop **v)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < s->nrings; i++) {
+		struct keel_loop *loop = sim__ring_loop(s, i);
+
+		if (loop)
+			v[n++] = loop;
+	}
+	for (uint32_t i = n; i > 1; i--) {
+		uint32_t j = (uint32_t)(sim__rand(s) % i);
+		struct keel_loop *t = v[i - 1];
+
+		v[i - 1] = v[j];
+		v[j] = t;
+	}
+	return n;
+}
+
+/*
+ * One round: every loop steps once (never waiting), then the engine's
+ * events due now run. Returns 1 when something can happen at once (a loop
+ * has work, a CQE to reap, an event ran), 0 when only time can move things
+ * on (then *next is when, UINT64_MAX: never), or a step's error.
+ */
+static int run_round(struct keel__sim *s, struct keel_loop **v, bool *alive,
+		     uint64_t *next)
+{
+	uint32_t n = loops_shuffled(s, v);
+	int busy = 0;
+
+	*alive = false;
+	*next = UINT64_MAX;
+	for (uint32_t i = 0; i < n; i++) {
+		int r = keel_loop_step(v[i], 0);
+
+		if (r < 0)
+			return r;
+		*alive |= r > 0;
+	}
+	if (sim__run_due(s))
+		busy = 1;
+	for (uint32_t i = 0; i < n; i++) {
+		int64_t t = keel_loop_timeout_ns(v[i]);
+
+		if (t == 0 || sim__ring_has_cqes(v[i]))
+			busy = 1;
+		else if (t > 0 && s->now + (uint64_t)t < *next)
+			*next = s->now + (uint64_t)t;
+	}
+	if (sim__next_event(s) < *next)
+		*next = sim__next_event(s);
+	return busy;
+}
+
 int keel_sim_run(struct keel_sim *sim, uint64_t for_ns)
 {
-	return -ENOSYS;
+	struct keel__sim *s = (struct keel__sim *)sim;
+	uint64_t end = for_ns ? s->now + for_ns : UINT64_MAX;
+	uint32_t cap = s->nrings + 1;
+	struct keel_loop **v = calloc(cap, sizeof(*v));
+	int ret;
+
+	if (!v)
+		return -ENOMEM;
+	if (s->running) {
+		free(v);
+		return -EBUSY; /* called from a task of the machine */
+	}
+	clock_enter(s);
+	s->running = true;
+	for (;;) {
+		bool alive;
+		uint64_t next;
+
+		if (s->nrings >= cap) {
+			/* A task made a loop on the machine. */
+			struct keel_loop **nv =
+			    realloc(v, (s->nrings + 1) * sizeof(*v));
+
+			if (!nv) {
+				ret = -ENOMEM;
+				break;
+			}
+			v = nv;
+			cap = s->nrings + 1;
+		}
+		ret = run_round(s, v, &alive, &next);
+		if (ret < 0)
+			break;
+		if (ret)
+			continue;
+		if (!alive && next == UINT64_MAX) {
+			ret = 0;
+			break;
+		}
+		if (next == UINT64_MAX) {
+			ret = -EDEADLK; /* tasks wait for what never comes */
+			break;
+		}
+		if (next > end) {
+			s->now = end;
+			ret = -ETIME;
+			break;
+		}
+		s->now = next;
+	}
+	s->running = false;
+	clock_leave(s);
+	free(v);
+	return ret;
 }
 
 int keel_sim_listen(struct keel_sim *sim, const char *addr, int backlog)

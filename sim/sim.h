@@ -123,11 +123,11 @@ int sim__listen(struct keel__sim *s, const char *addr, int backlog,
 /* keel_sim_reset: reset the connection of `f` now (both ends). */
 int sim__reset(struct sim_file *f);
 /* IORING_OP_OPENAT (path relative to the machine's root; dfd ignored). */
-int sim__open(struct keel__sim *s, const char *path, int flags,
-	      unsigned mode, struct sim_file **out);
+int sim__open(struct keel__sim *s, const char *path, int flags, unsigned mode,
+	      struct sim_file **out);
 /* keel_sim_file: create (or replace) a file with this content. */
-int sim__file_create(struct keel__sim *s, const char *path,
-		     const void *data, size_t len);
+int sim__file_create(struct keel__sim *s, const char *path, const void *data,
+		     size_t len);
 /* The model's invariants at the end of a run: 0, or -1 and a reason. */
 int sim__model_check(const struct keel__sim *s, char *why, size_t len);
 /* keel_sim_destroy: free what the model keeps on the machine. */
@@ -153,6 +153,8 @@ struct keel__sim {
 	uint32_t nrings;
 	uint32_t loops; /* alive */
 	bool running;	/* inside keel_sim_run */
+	/* The thread's clock before the machine's loops set it to `now`. */
+	const uint64_t *outer_clock;
 	struct sim_model_stats model;
 	void *net; /* sim-net's state (sim/net.c) */
 	void *fs;  /* sim-net's state (sim/fs.c) */
@@ -164,6 +166,8 @@ struct keel__sim {
 
 /* The ring engine as a keel backend (kernel.c). */
 struct keel__backend *sim__backend_new(struct keel__sim *s);
+/* Undo sim__backend_new() when the loop's setup failed (no teardown). */
+void sim__backend_drop(struct keel__backend *b);
 /* The loop on ring `id`, or NULL. */
 struct keel_loop *sim__ring_loop(struct keel__sim *s, uint32_t id);
 void sim__ring_set_loop(struct keel__backend *b, struct keel_loop *loop);
