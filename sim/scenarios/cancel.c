@@ -132,10 +132,10 @@ static int worker_step(struct keel_task *t)
 					p->received, wk->buf,
 					(size_t)keel_res(t));
 			if (ok != (size_t)keel_res(t)) {
-				scn_fail(s, "pair %u: byte %llu differs",
-					 (unsigned)(p - wk->w->pairs),
-					 (unsigned long long)(p->received +
-							      ok));
+				scn_fail(
+				    s, "pair %u: byte %llu differs",
+				    (unsigned)(p - wk->w->pairs),
+				    (unsigned long long)(p->received + ok));
 				KEEL_EXIT(t, -EIO);
 			}
 			p->received += (uint64_t)keel_res(t);
@@ -143,8 +143,8 @@ static int worker_step(struct keel_task *t)
 			break;
 		case SLEEPER:
 			maybe_timeout(t, s);
-			KEEL_AWAIT(t, keel_sleep(t, scn_range(s, 1, 5000) *
-							1000));
+			KEEL_AWAIT(t,
+				   keel_sleep(t, scn_range(s, 1, 5000) * 1000));
 			break;
 		default:
 			maybe_timeout(t, s);
@@ -216,9 +216,9 @@ static int main_step(struct keel_task *t)
 		if (keel_res(t) < 0)
 			goto fail;
 		w->pairs[m->i].cfd = keel_res(t);
-		KEEL_AWAIT(t, keel_connect(t, w->pairs[m->i].cfd,
-					   (struct sockaddr *)&m->ss,
-					   m->sslen));
+		KEEL_AWAIT(t,
+			   keel_connect(t, w->pairs[m->i].cfd,
+					(struct sockaddr *)&m->ss, m->sslen));
 		if (keel_res(t) < 0)
 			goto fail;
 		KEEL_AWAIT(t, keel_accept(t, w->lfd, NULL, NULL, 0));
@@ -235,9 +235,9 @@ static int main_step(struct keel_task *t)
 			goto oom_scope;
 		wk->w = w;
 		wk->id = i;
-		wk->role = i < 2 * PAIRS ? (i & 1 ? RECEIVER : SENDER)
-					 : (enum role)scn_range(s, SLEEPER,
-								 NOPPER);
+		wk->role = i < 2 * PAIRS
+			       ? (i & 1 ? RECEIVER : SENDER)
+			       : (enum role)scn_range(s, SLEEPER, NOPPER);
 		wk->pair = i < 2 * PAIRS ? &w->pairs[i / 2] : NULL;
 		wk->rounds = (unsigned)scn_range(s, 1, 60);
 		w->workers[i] = keel_task_of(&storm_worker, wk);

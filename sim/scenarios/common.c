@@ -33,6 +33,10 @@ struct keel_loop *scn_loop(struct scn *s)
 			scn_fail(s, "keel_trace_start %s: %s", s->trace_path,
 				 keel_strerror(err));
 		s->tracing = !err;
+		/* A loop joins a trace started after it at its next turn:
+		 * take that turn now, before anything is spawned on it. */
+		if (!err)
+			keel_loop_step(loop, 0);
 	}
 	return loop;
 }

@@ -94,8 +94,8 @@ static int acceptor_step(struct keel_task *t)
 		KEEL_AWAIT(t, keel_accept_next(t, &a->as));
 		if (keel_res(t) < 0)
 			break;
-		struct conn *c = keel_spawn(keel_task_loop(t), &echo_conn,
-					    KEEL_PRIO_NORMAL);
+		struct conn *c =
+		    keel_spawn(keel_task_loop(t), &echo_conn, KEEL_PRIO_NORMAL);
 
 		if (!c) {
 			scn_fail(e->s, "out of memory");
@@ -162,8 +162,8 @@ static int writer_step(struct keel_task *t)
 		if (w->n > c->total - w->sent)
 			w->n = (size_t)(c->total - w->sent);
 		scn_fill(c->id, w->sent, w->wbuf, w->n);
-		KEEL_AWAIT(t, keel_send_all(t, c->fd, w->wbuf, w->n,
-					    MSG_NOSIGNAL));
+		KEEL_AWAIT(
+		    t, keel_send_all(t, c->fd, w->wbuf, w->n, MSG_NOSIGNAL));
 		if (keel_res(t) < 0)
 			KEEL_EXIT(t, keel_res(t));
 		w->sent += w->n;
@@ -194,8 +194,8 @@ static int client_step(struct keel_task *t)
 	}
 	c->fd = keel_res(t);
 	scn_addr(PORT, &c->ss, &c->sslen);
-	KEEL_AWAIT(t, keel_connect(t, c->fd, (struct sockaddr *)&c->ss,
-				   c->sslen));
+	KEEL_AWAIT(t,
+		   keel_connect(t, c->fd, (struct sockaddr *)&c->ss, c->sslen));
 	if (keel_res(t) < 0) {
 		scn_fail(s, "client %u: connect: %s", c->id,
 			 keel_strerror(keel_res(t)));
@@ -273,13 +273,12 @@ static void echo_run(struct scn *s)
 		return;
 	}
 	e->lfd = keel_sim_listen(s->sim, scn_addr_text(PORT, addr),
-				(int)scn_range(s, 1, 16));
+				 (int)scn_range(s, 1, 16));
 	if (e->lfd < 0) {
 		scn_fail(s, "keel_sim_listen: %s", keel_strerror(e->lfd));
 		return;
 	}
-	struct acceptor *a = keel_spawn(loop, &echo_acceptor,
-					KEEL_PRIO_NORMAL);
+	struct acceptor *a = keel_spawn(loop, &echo_acceptor, KEEL_PRIO_NORMAL);
 
 	if (!a) {
 		scn_fail(s, "out of memory");
@@ -303,8 +302,9 @@ static void echo_run(struct scn *s)
 		/* Mostly small; a few large enough to fill the buffers. */
 		c->total = scn_pct(s, 20) ? scn_below(s, 256 * 1024)
 					  : scn_below(s, 8192);
-		c->leave = scn_pct(s, 50) ? STAY
-					  : (scn_pct(s, 50) ? CLOSE_EARLY : RESET);
+		c->leave = scn_pct(s, 50)
+			       ? STAY
+			       : (scn_pct(s, 50) ? CLOSE_EARLY : RESET);
 		c->leave_at = scn_below(s, c->total + 1);
 	}
 	scn_run(s, 600 * SEC);

@@ -5,8 +5,8 @@
  * program would, instead of keel_sim_run(): it steps the poster loop; it
  * steps the embedded loop only when keel_loop_timeout_ns() says it must
  * not sleep or its keel_loop_fd() is readable; and when both would sleep
- * it lets virtual time pass with a waiting step of the poster, for at
- * most the shorter of their timeouts. A poster task on the other loop
+ * it lets virtual time pass with a waiting step, for at most the shorter
+ * of their timeouts. A poster task on the other loop
  * spawns jobs on the embedded loop (keel_spawn_on: its inbox and the
  * MSG_RING doorbell) at PRNG-chosen times; the jobs do a little work of
  * their own (a nop, a sleep).
@@ -76,8 +76,8 @@ static int poster_step(struct keel_task *t)
 	for (p->i = 0; p->i < w->jobs; p->i++) {
 		if (scn_pct(w->s, 70))
 			KEEL_AWAIT(t, keel_sleep(t, scn_below(w->s, 20 * MS)));
-		if (keel_spawn_on(w->host, &emb_job, KEEL_PRIO_NORMAL,
-				  job_init, w)) {
+		if (keel_spawn_on(w->host, &emb_job, KEEL_PRIO_NORMAL, job_init,
+				  w)) {
 			scn_fail(w->s, "keel_spawn_on failed");
 			break;
 		}
@@ -133,8 +133,9 @@ static void host(struct scn *s, struct world *w, int efd)
 		bool fd_ready = readable(efd);
 
 		if (w->posted > w->started && th != 0 && !fd_ready) {
-			scn_fail(s, "%u posts wait, but the embedded loop "
-				    "may sleep %lld ns and its fd is quiet",
+			scn_fail(s,
+				 "%u posts wait, but the embedded loop "
+				 "may sleep %lld ns and its fd is quiet",
 				 w->posted - w->started, (long long)th);
 			return;
 		}
@@ -152,11 +153,17 @@ static void host(struct scn *s, struct world *w, int efd)
 
 		if (to == 0)
 			continue;
-		if (idle(w->other) && idle(w->host) &&
-		    w->finished == w->jobs)
+		if (idle(w->other) && idle(w->host) && w->finished == w->jobs)
 			return; /* done */
-		/* Both would sleep: let virtual time pass. */
-		err = keel_loop_step(w->other, shorter(to, th));
+		/*
+		 * Both would sleep: let virtual time pass, at most until the
+		 * nearer of their timers (keel's timers are the loops' own,
+		 * not the machine's events). The embedded loop's waiting step
+		 * stands for the host sleeping on its fd; a loop with nothing
+		 * pending returns at once, so the other one waits then.
+		 */
+		err = keel_loop_step(idle(w->host) ? w->other : w->host,
+				     shorter(to, th));
 		if (err < 0 && err != -ETIME) {
 			scn_fail(s, "waiting step: %s (%u of %u jobs done)",
 				 keel_strerror(err), w->finished, w->jobs);

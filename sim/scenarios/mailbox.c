@@ -105,11 +105,12 @@ static int producer_step(struct keel_task *t)
 		if (scn_pct(s, 10)) {
 			p->value = scn_below(s, 1u << 20) + 1;
 			w->asks++;
-			KEEL_AWAIT(t, keel_actor_ask(
-					  t, w->actor, (void *)(uintptr_t)p->value,
-					  keel_loop_now(keel_task_loop(t)) +
-					      scn_range(s, 1, 20) * MS,
-					  &p->reply));
+			KEEL_AWAIT(
+			    t, keel_actor_ask(t, w->actor,
+					      (void *)(uintptr_t)p->value,
+					      keel_loop_now(keel_task_loop(t)) +
+						  scn_range(s, 1, 20) * MS,
+					      &p->reply));
 			if (keel_res(t) == 0) {
 				w->replies++;
 				if ((uintptr_t)p->reply != p->value + 1)
@@ -127,10 +128,10 @@ static int producer_step(struct keel_task *t)
 		}
 		if (scn_pct(s, 10))
 			KEEL_AWAIT(t, keel_sleep(t, scn_below(s, 5 * MS)));
-		KEEL_AWAIT(t, keel_mb_send(t, w->mb,
-					   (void *)(uintptr_t)((uint64_t)p->id
-								   << 32 |
-							       p->seq)));
+		KEEL_AWAIT(
+		    t, keel_mb_send(t, w->mb,
+				    (void *)(uintptr_t)((uint64_t)p->id << 32 |
+							p->seq)));
 		if (keel_res(t) == 0) {
 			w->sent++;
 			continue;
@@ -207,8 +208,8 @@ static int actor_answer(struct keel_actor_ctx *ctx, struct keel_envelope *msg)
 	return err == -ETIMEDOUT || err == -EPIPE ? 0 : err;
 }
 
-static bool spawn_producer(struct world *w, struct keel_loop *loop,
-			   uint32_t id, bool on_zero)
+static bool spawn_producer(struct world *w, struct keel_loop *loop, uint32_t id,
+			   bool on_zero)
 {
 	struct producer *p = keel_spawn(loop, &mb_producer, KEEL_PRIO_NORMAL);
 
@@ -255,8 +256,8 @@ static void mailbox_run(struct scn *s)
 		keel_mailbox_release(w->mb);
 		return;
 	}
-	struct consumer *c = keel_spawn(w->owner, &mb_consumer,
-					KEEL_PRIO_NORMAL);
+	struct consumer *c =
+	    keel_spawn(w->owner, &mb_consumer, KEEL_PRIO_NORMAL);
 	struct killer *k = keel_spawn(loops[0], &mb_killer, KEEL_PRIO_NORMAL);
 
 	if (!c || !k) {

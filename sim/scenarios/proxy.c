@@ -25,8 +25,8 @@
 #define MAX_CLIENTS  16
 
 struct plan {
-	bool client_reset;    /* the client resets at client_at bytes */
-	bool backend_reset;   /* the backend resets at backend_at bytes */
+	bool client_reset;  /* the client resets at client_at bytes */
+	bool backend_reset; /* the backend resets at backend_at bytes */
 	uint64_t total, client_at, backend_at;
 };
 
@@ -133,8 +133,9 @@ static int acceptor_step(struct keel_task *t)
 		if (keel_res(t) < 0)
 			break;
 		if (a->which) {
-			struct backend_conn *b = keel_spawn(
-			    keel_task_loop(t), &proxy_backend, KEEL_PRIO_NORMAL);
+			struct backend_conn *b =
+			    keel_spawn(keel_task_loop(t), &proxy_backend,
+				       KEEL_PRIO_NORMAL);
 
 			if (b) {
 				b->p = p;
@@ -142,9 +143,8 @@ static int acceptor_step(struct keel_task *t)
 				continue;
 			}
 		} else {
-			struct pair *q = keel_spawn(keel_task_loop(t),
-						    &proxy_pair,
-						    KEEL_PRIO_NORMAL);
+			struct pair *q = keel_spawn(
+			    keel_task_loop(t), &proxy_pair, KEEL_PRIO_NORMAL);
 
 			if (q) {
 				q->p = p;
@@ -162,16 +162,15 @@ static int acceptor_step(struct keel_task *t)
 out:
 	keel_accept_stream_close(&a->as);
 	p->acceptors[a->which] = NULL;
-	KEEL_AWAIT(t, keel_close(t, a->which ? p->backend_lfd
-					     : p->proxy_lfd));
+	KEEL_AWAIT(t, keel_close(t, a->which ? p->backend_lfd : p->proxy_lfd));
 	KEEL_END(t);
 }
 
 /* The backend: read the id, then echo; reset where the plan says. */
 static int backend_step(struct keel_task *t)
 {
-	struct backend_conn *b = keel_container_of(t, struct backend_conn,
-						   task);
+	struct backend_conn *b =
+	    keel_container_of(t, struct backend_conn, task);
 	const struct plan *pl;
 
 	KEEL_BEGIN(t);
@@ -204,8 +203,8 @@ static int backend_step(struct keel_task *t)
 		if (keel_res(t) <= 0)
 			break;
 		b->n = (size_t)keel_res(t);
-		KEEL_AWAIT(t, keel_send_all(t, b->fd, b->buf, b->n,
-					    MSG_NOSIGNAL));
+		KEEL_AWAIT(t,
+			   keel_send_all(t, b->fd, b->buf, b->n, MSG_NOSIGNAL));
 		if (keel_res(t) < 0)
 			break;
 		b->echoed += b->n;
@@ -238,8 +237,8 @@ static int copy_step(struct keel_task *t)
 
 static bool spawn_copy(struct pair *q, int from, int to)
 {
-	struct copy *c = keel_scope_spawn(&q->scope, &proxy_copy,
-					  KEEL_PRIO_NORMAL);
+	struct copy *c =
+	    keel_scope_spawn(&q->scope, &proxy_copy, KEEL_PRIO_NORMAL);
 
 	if (!c)
 		return false;
@@ -262,8 +261,8 @@ static int pair_step(struct keel_task *t)
 	}
 	q->bfd = keel_res(t);
 	scn_addr(BACKEND_PORT, &q->ss, &q->sslen);
-	KEEL_AWAIT(t, keel_connect(t, q->bfd, (struct sockaddr *)&q->ss,
-				   q->sslen));
+	KEEL_AWAIT(
+	    t, keel_connect(t, q->bfd, (struct sockaddr *)&q->ss, q->sslen));
 	if (keel_res(t) < 0) {
 		scn_fail(s, "proxy: connect: %s", keel_strerror(keel_res(t)));
 		goto out;
@@ -302,8 +301,8 @@ static int writer_step(struct keel_task *t)
 		if (w->n > pl->total - w->sent)
 			w->n = (size_t)(pl->total - w->sent);
 		scn_fill(c->id, w->sent, w->wbuf, w->n);
-		KEEL_AWAIT(t, keel_send_all(t, c->fd, w->wbuf, w->n,
-					    MSG_NOSIGNAL));
+		KEEL_AWAIT(
+		    t, keel_send_all(t, c->fd, w->wbuf, w->n, MSG_NOSIGNAL));
 		if (keel_res(t) < 0)
 			KEEL_EXIT(t, keel_res(t));
 		w->sent += w->n;
@@ -340,8 +339,8 @@ static int client_step(struct keel_task *t)
 	}
 	c->fd = keel_res(t);
 	scn_addr(PROXY_PORT, &c->ss, &c->sslen);
-	KEEL_AWAIT(t, keel_connect(t, c->fd, (struct sockaddr *)&c->ss,
-				   c->sslen));
+	KEEL_AWAIT(t,
+		   keel_connect(t, c->fd, (struct sockaddr *)&c->ss, c->sslen));
 	if (keel_res(t) < 0) {
 		scn_fail(s, "client %u: connect: %s", c->id,
 			 keel_strerror(keel_res(t)));
@@ -411,8 +410,8 @@ close:
 
 static bool spawn_acceptor(struct keel_loop *loop, struct proxy *p, int which)
 {
-	struct acceptor *a = keel_spawn(loop, &proxy_acceptor,
-					KEEL_PRIO_NORMAL);
+	struct acceptor *a =
+	    keel_spawn(loop, &proxy_acceptor, KEEL_PRIO_NORMAL);
 
 	if (!a)
 		return false;
@@ -432,13 +431,14 @@ static void proxy_run(struct scn *s)
 		return;
 	p->s = s;
 	p->proxy_lfd = keel_sim_listen(s->sim, scn_addr_text(PROXY_PORT, addr),
-				      (int)scn_range(s, 1, 16));
-	p->backend_lfd = keel_sim_listen(
-	    s->sim, scn_addr_text(BACKEND_PORT, addr), (int)scn_range(s, 1, 16));
+				       (int)scn_range(s, 1, 16));
+	p->backend_lfd =
+	    keel_sim_listen(s->sim, scn_addr_text(BACKEND_PORT, addr),
+			    (int)scn_range(s, 1, 16));
 	if (p->proxy_lfd < 0 || p->backend_lfd < 0) {
 		scn_fail(s, "keel_sim_listen: %s",
 			 keel_strerror(p->proxy_lfd < 0 ? p->proxy_lfd
-						       : p->backend_lfd));
+							: p->backend_lfd));
 		return;
 	}
 	if (!spawn_acceptor(loop, p, 0) || !spawn_acceptor(loop, p, 1)) {

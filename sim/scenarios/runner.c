@@ -131,8 +131,9 @@ static void check_loop(struct scn *s, unsigned i)
 
 	keel_loop_stats(s->loops[i], &st);
 	if (st.tasks_live || st.zombies)
-		scn_fail(s, "loop %u: %" PRIu64 " tasks and %" PRIu64
-			    " zombies left",
+		scn_fail(s,
+			 "loop %u: %" PRIu64 " tasks and %" PRIu64
+			 " zombies left",
 			 i, st.tasks_live, st.zombies);
 	else if (st.ops_inflight)
 		scn_fail(s, "loop %u: %" PRIu64 " ops in flight", i,
@@ -141,8 +142,8 @@ static void check_loop(struct scn *s, unsigned i)
 		scn_fail(s, "loop %u: %" PRIu64 " timers armed", i,
 			 st.timers_armed);
 	else if (st.bufs_in_use)
-		scn_fail(s, "loop %u: %" PRIu64 " ring buffers not returned",
-			 i, st.bufs_in_use);
+		scn_fail(s, "loop %u: %" PRIu64 " ring buffers not returned", i,
+			 st.bufs_in_use);
 	else if (st.frames_live)
 		scn_fail(s, "loop %u: %" PRIu64 " frames not freed", i,
 			 st.frames_live);
@@ -238,8 +239,8 @@ static bool run_seed(const struct scenario *sc, uint64_t seed,
 	alarm(0);
 	tot->seeds++;
 	if (o->verbose || o->one_seed)
-		printf("%s seed %" PRIu64 ": %s, %" PRIu64 " events, hash %016" PRIx64
-		       "\n",
+		printf("%s seed %" PRIu64 ": %s, %" PRIu64
+		       " events, hash %016" PRIx64 "\n",
 		       sc->name, seed, ok ? "ok" : "FAIL", tc.events, tc.hash);
 	if (!ok) {
 		tot->failed++;
@@ -253,7 +254,8 @@ static bool run_seed(const struct scenario *sc, uint64_t seed,
 
 static void print_totals(const char *name, const struct totals *t)
 {
-	printf("sim: %-10s %6" PRIu64 " seeds %3" PRIu64 " failed %7.1f s %7.0f "
+	printf("sim: %-10s %6" PRIu64 " seeds %3" PRIu64
+	       " failed %7.1f s %7.0f "
 	       "seeds/s | %" PRIu64 " events, %" PRIu64 " ops, %" PRIu64
 	       " transfers (%" PRIu64 " KiB checked), %" PRIu64
 	       " cancel races, %" PRIu64 " overflows, %" PRIu64

@@ -30,7 +30,7 @@ struct scn {
 	struct keel_loop *loops[SCN_MAX_LOOPS];
 	unsigned nloops;
 	bool failed;
-	char why[256]; /* the first failure */
+	char why[256];		/* the first failure */
 	uint64_t bytes_checked; /* bytes a scenario checked end to end */
 	uint64_t transfers;	/* transfers that reported success */
 	/* The most zombies (exited tasks with ops in flight) seen at once. */
@@ -49,8 +49,8 @@ struct scenario {
 };
 
 /* The scenarios, in the order `make sim` runs them. */
-extern const struct scenario scn_echo, scn_proxy, scn_supervise,
-    scn_mailbox, scn_cancel, scn_zombie, scn_embedded;
+extern const struct scenario scn_echo, scn_proxy, scn_supervise, scn_mailbox,
+    scn_cancel, scn_zombie, scn_embedded;
 
 /* A loop on the scenario's machine (the runner checks and destroys it at
  * the end). Fails the seed and returns NULL on error. */

@@ -102,8 +102,8 @@ static int worker_step(struct keel_task *t)
 static int start_worker(struct keel_child_start *start, void *arg)
 {
 	struct tree *tr = arg;
-	struct worker *w = keel_child_spawn(start, &sup_worker,
-					    KEEL_PRIO_NORMAL);
+	struct worker *w =
+	    keel_child_spawn(start, &sup_worker, KEEL_PRIO_NORMAL);
 
 	if (!w)
 		return -ENOMEM;

@@ -9,7 +9,8 @@
  * has its STEP_END; every task spawned exits (its EXIT is in the trace);
  * every op submitted completes within its task's lifetime (per task and
  * opcode, at least as many completions as submissions, and never a
- * completion before a submission: a multishot op completes several times,
+ * completion before a submission, but for the user-space waits, which
+ * trace no submission: a multishot op completes several times,
  * so a lost final CQE of a re-armed stream can hide behind an earlier
  * shot's extra ones; the loop's ops_inflight == 0 covers that case).
  *
@@ -22,7 +23,11 @@
 #include "keel-trace.h"
 #include "trace_check.h"
 
+#include <liburing.h>
 #include <setjmp.h>
+
+/* The opcode a blocking job's completion carries (sched/pool.c). */
+#define USER_BLOCKING_OP 0xfe
 
 /* keel-trace's parts end through die(): here it returns to the check. */
 const char *trace_path = "keel-sim";
@@ -105,8 +110,8 @@ static void hash_event(struct checker *c, uint32_t loop,
 	}
 	hash_u64(h, loop);
 	hash_u64(h, ev->ts - c->t0);
-	hash_u64(h, (uint64_t)ev->type << 32 | (uint64_t)ev->op << 16 |
-			ev->flags);
+	hash_u64(h,
+		 (uint64_t)ev->type << 32 | (uint64_t)ev->op << 16 | ev->flags);
 	hash_u64(h, ev->task);
 	switch (ev->type) {
 	case KEEL_EV_SPAWN:
@@ -178,7 +183,11 @@ static void on_event(void *ctx, const struct moment *m)
 		c->out->ops++;
 		return;
 	}
-	if (!o->submits)
+	/* User-space waits (a sleep: a timer completes it with the opcode
+	 * of a timeout; a blocking job) are not submitted to the kernel and
+	 * trace no OP_SUBMIT. */
+	if (!o->submits && ev->op != IORING_OP_TIMEOUT &&
+	    ev->op != USER_BLOCKING_OP)
 		failf(c, "loop %u: task %s completes op %s it never submitted",
 		      m->loop, str_or(c->strings, o->name, "?"),
 		      op_name(ev->op, buf));
@@ -197,16 +206,16 @@ static void on_lifetime_end(void *ctx, const struct task *t, uint64_t ts,
 
 static void on_drops(void *ctx, uint32_t loop, uint32_t n, uint64_t ts)
 {
-	failf(ctx, "loop %u: %u events dropped (the writer fell behind)",
-	      loop, n);
+	failf(ctx, "loop %u: %u events dropped (the writer fell behind)", loop,
+	      n);
 }
 
 void trace_check(const char *path, struct trace_check *out)
 {
 	struct reader *r = calloc(1, sizeof(*r)); /* 128 KiB of buffer */
 	struct strings strings = {0};
-	struct checker c = {.out = out, .strings = &strings,
-			    .hash = 0xcbf29ce484222325ull};
+	struct checker c = {
+	    .out = out, .strings = &strings, .hash = 0xcbf29ce484222325ull};
 	struct decoder d = {
 	    .strings = &strings,
 	    .load_strings = true,
@@ -234,16 +243,17 @@ void trace_check(const char *path, struct trace_check *out)
 	scan(r, &d);
 	for (uint32_t i = 0; i < d.nloops; i++)
 		if (d.loops[i].lost_steps)
-			failf(&c, "loop %u: %" PRIu64
-				  " steps without their begin or end",
+			failf(&c,
+			      "loop %u: %" PRIu64
+			      " steps without their begin or end",
 			      i, d.loops[i].lost_steps);
 	for (size_t i = 0; i < c.counts.n; i++) {
 		const struct opcount *o = &c.counts.v[i];
 
 		if (o->completes < o->submits)
 			failf(&c,
-			      "loop %u: task %s (slot %u) submitted op %s %" PRIu64
-			      " times, completed %" PRIu64,
+			      "loop %u: task %s (slot %u) submitted op %s "
+			      "%" PRIu64 " times, completed %" PRIu64,
 			      o->loop, str_or(&strings, o->name, "?"), o->slot,
 			      op_name(o->op, buf), o->submits, o->completes);
 	}

@@ -93,8 +93,8 @@ static int victim_step(struct keel_task *t)
 	switch (v->kind) {
 	case STREAM_EXIT:
 	case STREAM_PANIC:
-		err = keel_recv_stream_open(t, &v->rs, w->sfd[v->i], w->ring,
-					    0);
+		err =
+		    keel_recv_stream_open(t, &v->rs, w->sfd[v->i], w->ring, 0);
 		if (err) {
 			scn_fail(w->s, "recv_stream_open: %s",
 				 keel_strerror(err));
@@ -106,13 +106,13 @@ static int victim_step(struct keel_task *t)
 		/* dies holding a chunk, with the stream re-armed */
 		keel_panic("victim %u panics with a chunk", v->i);
 	case RECV_KILLED:
-		KEEL_AWAIT(t, keel_recv(t, w->sfd[v->i], v->rbuf,
-					sizeof(v->rbuf), 0));
+		KEEL_AWAIT(
+		    t, keel_recv(t, w->sfd[v->i], v->rbuf, sizeof(v->rbuf), 0));
 		break;
 	default:
 		keel_op_timeout(t, scn_range(w->s, 1, 20) * MS);
-		KEEL_AWAIT(t, keel_recv(t, w->sfd[v->i], v->rbuf,
-					sizeof(v->rbuf), 0));
+		KEEL_AWAIT(
+		    t, keel_recv(t, w->sfd[v->i], v->rbuf, sizeof(v->rbuf), 0));
 		break;
 	}
 	/* Not killed in time: wait to be. */
@@ -131,10 +131,11 @@ static int feeder_step(struct keel_task *t)
 		memset(f->buf, (int)f->rounds, f->n);
 		/* Nobody may read: give up rather than wait forever. */
 		keel_op_timeout(t, 5 * MS);
-		KEEL_AWAIT(t, keel_send(t, w->cfd[f->i], f->buf, f->n,
-					MSG_NOSIGNAL));
+		KEEL_AWAIT(
+		    t, keel_send(t, w->cfd[f->i], f->buf, f->n, MSG_NOSIGNAL));
 		if (keel_res(t) < 0 && keel_res(t) != -ETIMEDOUT)
-			scn_fail(w->s, "feeder: %s", keel_strerror(keel_res(t)));
+			scn_fail(w->s, "feeder: %s",
+				 keel_strerror(keel_res(t)));
 		if (keel_res(t) < 0)
 			break;
 		KEEL_AWAIT(t, keel_sleep(t, scn_below(w->s, 2 * MS)));
@@ -171,9 +172,9 @@ static int main_step(struct keel_task *t)
 		if (keel_res(t) < 0)
 			goto fail;
 		w->cfd[m->i] = keel_res(t);
-		KEEL_AWAIT(t, keel_connect(t, w->cfd[m->i],
-					   (struct sockaddr *)&m->ss,
-					   m->sslen));
+		KEEL_AWAIT(t,
+			   keel_connect(t, w->cfd[m->i],
+					(struct sockaddr *)&m->ss, m->sslen));
 		if (keel_res(t) < 0)
 			goto fail;
 		KEEL_AWAIT(t, keel_accept(t, w->lfd, NULL, NULL, 0));
@@ -182,10 +183,10 @@ static int main_step(struct keel_task *t)
 		w->sfd[m->i] = keel_res(t);
 	}
 	for (m->i = 0; m->i < PAIRS; m->i++) {
-		struct victim *v = keel_spawn(keel_task_loop(t),
-					      &zombie_victim, KEEL_PRIO_NORMAL);
-		struct feeder *f = keel_spawn(keel_task_loop(t),
-					      &zombie_feeder, KEEL_PRIO_NORMAL);
+		struct victim *v = keel_spawn(keel_task_loop(t), &zombie_victim,
+					      KEEL_PRIO_NORMAL);
+		struct feeder *f = keel_spawn(keel_task_loop(t), &zombie_feeder,
+					      KEEL_PRIO_NORMAL);
 
 		if (!v || !f) {
 			scn_fail(s, "out of memory");
@@ -199,8 +200,8 @@ static int main_step(struct keel_task *t)
 		w->victims_left++;
 		w->feeders_left++;
 	}
-	struct killer *k = keel_spawn(keel_task_loop(t), &zombie_killer,
-				      KEEL_PRIO_NORMAL);
+	struct killer *k =
+	    keel_spawn(keel_task_loop(t), &zombie_killer, KEEL_PRIO_NORMAL);
 
 	if (!k) {
 		scn_fail(s, "out of memory");
