@@ -61,6 +61,7 @@ struct keel__trace_loop {
 static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
+	pthread_cond_t returned; /* the writer gave a buffer back */
 	pthread_t writer;
 	bool writer_running;
 	bool stopping;
@@ -76,6 +77,7 @@ static struct {
 } tracer = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
+    .returned = PTHREAD_COND_INITIALIZER,
     .fd = -1,
 };
 
@@ -254,6 +256,7 @@ static void *writer_main(void *arg)
 				pthread_mutex_lock(&tracer.lock);
 				it->buf->next = tracer.pool;
 				tracer.pool = it->buf;
+				pthread_cond_broadcast(&tracer.returned);
 				pthread_mutex_unlock(&tracer.lock);
 			}
 			free(it);
@@ -492,6 +495,17 @@ void keel__trace_emit(struct keel__core *c, uint8_t type, uint8_t op,
 		pthread_mutex_lock(&tracer.lock);
 		flush_locked(tl);
 		take_buffer_locked(tl);
+		/*
+		 * Under a virtual clock (the simulated kernel) wait for the
+		 * writer rather than drop: a simulation's trace must be
+		 * complete to be checked and compared run against run, and
+		 * no time passes for the loop while it waits.
+		 */
+		while (!tl->cur && keel__virtual_clock &&
+		       tracer.writer_running && !tracer.stopping) {
+			pthread_cond_wait(&tracer.returned, &tracer.lock);
+			take_buffer_locked(tl);
+		}
 		pthread_mutex_unlock(&tracer.lock);
 	}
 }
@@ -625,6 +639,7 @@ int64_t keel_trace_stop(void)
 	pthread_mutex_lock(&tracer.lock);
 	tracer.stopping = true;
 	pthread_cond_signal(&tracer.wake);
+	pthread_cond_broadcast(&tracer.returned); /* simulated loops waiting */
 	pthread_mutex_unlock(&tracer.lock);
 	pthread_join(tracer.writer, NULL);
 	pthread_mutex_lock(&tracer.lock);
