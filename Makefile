@@ -255,7 +255,7 @@ deps:
 # The simulation runner over every scenario: SIM_SEEDS seeds each from
 # SIM_FROM, every 10th seed twice (the determinism check). sim-ci runs
 # fewer under ASan+UBSan (LeakSanitizer also finds a token never freed).
-SIM_SEEDS ?= 500
+SIM_SEEDS ?= 1000
 SIM_FROM ?= 1
 SIM_CI_SEEDS ?= 150
 

@@ -45,6 +45,7 @@ struct main_task {
 	struct world *w;
 	unsigned i;
 	struct keel_scope scope;
+	struct keel_task *killer; /* joinable: it uses the groups */
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 };
@@ -246,13 +247,16 @@ static int main_step(struct keel_task *t)
 					w->groups[scn_below(s, GROUPS)]))
 			goto oom_scope;
 	}
-	k = keel_spawn(keel_task_loop(t), &storm_killer, KEEL_PRIO_NORMAL);
+	k = keel_spawn(keel_task_loop(t), &storm_killer,
+		       KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
 	if (!k)
 		goto oom_scope;
 	k->w = w;
 	k->rounds = (unsigned)scn_range(s, 0, 40);
+	m->killer = keel_task_of(&storm_killer, k);
 	KEEL_AWAIT(t, keel_scope_join(t, &m->scope));
 	keel_scope_fini(&m->scope);
+	KEEL_AWAIT(t, keel_join(t, m->killer));
 	goto close;
 oom_scope:
 	scn_fail(s, "out of memory");

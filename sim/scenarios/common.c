@@ -27,6 +27,8 @@ struct keel_loop *scn_loop(struct scn *s)
 		return NULL;
 	}
 	s->loops[s->nloops++] = loop;
+	/* A step's real duration says nothing about the simulated run. */
+	keel_loop_set_stall(loop, 0, NULL, NULL);
 	if (s->nloops == 1 && s->trace_path) {
 		err = keel_trace_start(s->trace_path);
 		if (err)

@@ -259,11 +259,13 @@ static void print_totals(const char *name, const struct totals *t)
 	       "seeds/s | %" PRIu64 " events, %" PRIu64 " ops, %" PRIu64
 	       " transfers (%" PRIu64 " KiB checked), %" PRIu64
 	       " cancel races, %" PRIu64 " overflows, %" PRIu64
+	       " zombies (peaks), %" PRIu64 " faults, %" PRIu64
 	       " rechecked, %.1f s virtual\n",
 	       name, t->seeds, t->failed, t->secs,
 	       t->secs > 0 ? (double)t->seeds / t->secs : 0.0, t->events,
 	       t->ops, t->transfers, t->bytes_checked / 1024, t->cancels_raced,
-	       t->overflows, t->rechecked, (double)t->virtual_ns / 1e9);
+	       t->overflows, t->zombies_seen, t->faults, t->rechecked,
+	       (double)t->virtual_ns / 1e9);
 }
 
 static void usage(int status)

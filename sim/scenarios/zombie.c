@@ -79,6 +79,12 @@ static void victim_gone(void *arg)
 	v->w->victims_left--;
 }
 
+/* A chunk taken is the task's to give back, panic or not. */
+static void release_chunk(void *arg)
+{
+	keel_buf_release(arg);
+}
+
 static int victim_step(struct keel_task *t)
 {
 	struct victim *v = keel_container_of(t, struct victim, task);
@@ -102,6 +108,8 @@ static int victim_step(struct keel_task *t)
 		}
 		if (v->kind == STREAM_EXIT)
 			KEEL_EXIT(t, 0); /* the stream's op is still armed */
+		if (keel_defer(t, release_chunk, &v->buf))
+			KEEL_EXIT(t, -ENOMEM);
 		KEEL_AWAIT(t, keel_recv_next(t, &v->rs, &v->buf));
 		/* dies holding a chunk, with the stream re-armed */
 		keel_panic("victim %u panics with a chunk", v->i);
