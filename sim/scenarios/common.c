@@ -21,7 +21,17 @@ struct keel_loop *scn_loop(struct scn *s)
 		scn_fail(s, "more than %d loops", SCN_MAX_LOOPS);
 		return NULL;
 	}
-	err = keel_sim_loop_create(s->sim, &loop, NULL);
+	/* Small rings and budgets now and then: a full SQ, CQ overflow,
+	 * and turns that leave ready tasks for the next one. */
+	static const unsigned sq[] = {0, 0, 4, 16};
+	static const unsigned budget[] = {0, 0, 1, 8};
+	struct keel_loop_opts lo = {0};
+
+	lo.sq_entries = sq[scn_below(s, 4)];
+	if (lo.sq_entries && scn_pct(s, 50))
+		lo.cq_entries = lo.sq_entries; /* the least the ring allows */
+	lo.budget = budget[scn_below(s, 4)];
+	err = keel_sim_loop_create(s->sim, &loop, &lo);
 	if (err) {
 		scn_fail(s, "keel_sim_loop_create: %s", keel_strerror(err));
 		return NULL;
