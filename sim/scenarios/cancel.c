@@ -100,10 +100,6 @@ static int worker_step(struct keel_task *t)
 	size_t ok;
 
 	KEEL_BEGIN(t);
-	if (keel_defer(t, worker_gone, wk)) {
-		worker_gone(wk);
-		KEEL_EXIT(t, -ENOMEM);
-	}
 	for (; wk->rounds; wk->rounds--) {
 		switch (wk->role) {
 		case SENDER:
@@ -243,6 +239,12 @@ static int main_step(struct keel_task *t)
 		wk->rounds = (unsigned)scn_range(s, 1, 60);
 		w->workers[i] = keel_task_of(&storm_worker, wk);
 		w->nworkers = i + 1;
+		/* At the spawn: a worker killed before its first step must
+		 * leave the list too. */
+		if (keel_defer(w->workers[i], worker_gone, wk)) {
+			w->workers[i] = NULL;
+			goto oom_scope;
+		}
 		if (keel_task_set_token(keel_task_of(&storm_worker, wk),
 					w->groups[scn_below(s, GROUPS)]))
 			goto oom_scope;

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * echo.c: an echo server under churn. The server keeps an accept stream
- * on a simulated listener and gives each connection a task with a recv
- * stream (a shared provided-buffer ring, sometimes tiny, so that -ENOBUFS
- * happens) that echoes every chunk with send_all. Clients arrive at
- * PRNG-chosen times, send a PRNG-chosen amount (from nothing to a few
- * hundred KiB, in chunks of random sizes, from a writer task while they
- * read), and check every byte that comes back against the stream's
+ * on a simulated listener (its sockets sometimes direct descriptors) and
+ * gives each connection a task with a recv stream (a shared provided-buffer
+ * ring, sometimes tiny, so that -ENOBUFS happens; sometimes with bundles)
+ * that echoes every chunk with send_all (or send_zc and its notification).
+ * Clients arrive at PRNG-chosen times, send a PRNG-chosen amount (from nothing
+ * to a few hundred KiB, in chunks of random sizes, from a writer task while
+ * they read), and check every byte that comes back against the stream's
  * content. Half of them stay to the end; the others leave mid-transfer,
  * closing with data unread or resetting the connection.
  *
@@ -31,6 +32,9 @@ struct echo {
 	unsigned clients_left;
 	struct keel_task *acceptor; /* NULL once it exited */
 	unsigned accepted;
+	bool direct; /* accepted sockets are direct descriptors */
+	bool zc;     /* the server echoes with keel_send_zc */
+	bool bundle; /* recv streams ask for bundles */
 };
 
 struct acceptor {
@@ -85,7 +89,8 @@ static int acceptor_step(struct keel_task *t)
 	int err;
 
 	KEEL_BEGIN(t);
-	err = keel_accept_stream_open(t, &a->as, e->lfd, 0);
+	err = keel_accept_stream_open(t, &a->as, e->lfd,
+				      e->direct ? KEEL_ACCEPT_DIRECT : 0);
 	if (err) {
 		scn_fail(e->s, "accept_stream_open: %s", keel_strerror(err));
 		goto out;
@@ -124,7 +129,8 @@ static int conn_step(struct keel_task *t)
 	int err;
 
 	KEEL_BEGIN(t);
-	err = keel_recv_stream_open(t, &c->rs, c->fd, c->e->ring, 0);
+	err = keel_recv_stream_open(t, &c->rs, c->fd, c->e->ring,
+				    c->e->bundle ? KEEL_RECV_BUNDLE : 0);
 	if (err) {
 		scn_fail(c->e->s, "recv_stream_open: %s", keel_strerror(err));
 		goto out;
@@ -133,8 +139,12 @@ static int conn_step(struct keel_task *t)
 		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
 		if (keel_res(t) <= 0)
 			break;
-		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf.data, c->buf.len,
-					    MSG_NOSIGNAL));
+		if (c->e->zc)
+			KEEL_AWAIT(t, keel_send_zc(t, c->fd, c->buf.data,
+						   c->buf.len, MSG_NOSIGNAL));
+		else
+			KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf.data,
+						    c->buf.len, MSG_NOSIGNAL));
 		keel_buf_release(&c->buf);
 		if (keel_res(t) < 0)
 			break;
@@ -265,6 +275,11 @@ static void echo_run(struct scn *s)
 	if (!e || !loop)
 		return;
 	e->s = s;
+	e->direct = scn_pct(s, 30);
+	e->zc = scn_pct(s, 30);
+	e->bundle = scn_pct(s, 30);
+	if (e->zc) /* every echo zero-copy: the notification path */
+		keel_loop_set_zc_threshold(loop, 1);
 	ro.count = counts[scn_below(s, 3)];
 	ro.size = sizes[scn_below(s, 3)];
 	err = keel_bufring_create(loop, &ro, &e->ring);

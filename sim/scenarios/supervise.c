@@ -66,11 +66,6 @@ static int worker_step(struct keel_task *t)
 	struct scn *s = w->tr->s;
 
 	KEEL_BEGIN(t);
-	if (keel_defer(t, worker_gone, w->tr)) {
-		/* not counted as live then: see start_worker */
-		worker_gone(w->tr);
-		KEEL_EXIT(t, -ENOMEM);
-	}
 	for (;;) {
 		if (scn_pct(s, 30)) {
 			keel_op_timeout(t, scn_range(s, 1, 50) * MS);
@@ -109,6 +104,12 @@ static int start_worker(struct keel_child_start *start, void *arg)
 		return -ENOMEM;
 	w->tr = tr;
 	w->fate = (enum fate)scn_below(tr->s, NFATES);
+	/* Here, not in its first step: a brutal kill may come first. Out
+	 * of memory, it is not counted and fails at its first chance. */
+	if (keel_defer(keel_task_of(&sup_worker, w), worker_gone, tr)) {
+		w->fate = FAIL;
+		return 0;
+	}
 	tr->live++;
 	tr->started++;
 	return 0;

@@ -92,10 +92,6 @@ static int victim_step(struct keel_task *t)
 	int err;
 
 	KEEL_BEGIN(t);
-	if (keel_defer(t, victim_gone, v)) {
-		victim_gone(v);
-		KEEL_EXIT(t, -ENOMEM);
-	}
 	switch (v->kind) {
 	case STREAM_EXIT:
 	case STREAM_PANIC:
@@ -207,6 +203,11 @@ static int main_step(struct keel_task *t)
 		w->victims[m->i] = keel_task_of(&zombie_victim, v);
 		w->victims_left++;
 		w->feeders_left++;
+		/* At the spawn: one killed before its first step counts. */
+		if (keel_defer(w->victims[m->i], victim_gone, v)) {
+			scn_fail(s, "out of memory");
+			break;
+		}
 	}
 	struct killer *k =
 	    keel_spawn(keel_task_loop(t), &zombie_killer, KEEL_PRIO_NORMAL);
