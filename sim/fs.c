@@ -32,8 +32,8 @@ struct sim_ofile {
 	struct sim_file file; /* first: the engine sees a sim_file */
 	struct sim_fs *fs;
 	struct sim_inode *inode;
-	int flags;    /* open flags: access mode, O_APPEND */
-	uint64_t pos; /* the file position (offset -1) */
+	int flags;		/* open flags: access mode, O_APPEND */
+	uint64_t pos;		/* the file position (offset -1) */
 	struct keel__link node; /* fs->files */
 };
 
@@ -72,8 +72,8 @@ void sim__fs_fini(struct sim_fs *fs)
 	while ((it = keel__list_pop_front(&fs->files)))
 		free(keel__list_entry(it, struct sim_ofile, node));
 	while ((it = keel__list_pop_front(&fs->inodes))) {
-		struct sim_inode *i = keel__list_entry(it, struct sim_inode,
-						       link);
+		struct sim_inode *i =
+		    keel__list_entry(it, struct sim_inode, link);
 
 		free(i->path);
 		free(i->data);
@@ -86,10 +86,9 @@ static struct sim_inode *lookup(struct sim_fs *fs, const char *path)
 {
 	struct keel__link *it;
 
-	keel__list_for_each(it, &fs->inodes)
-	{
-		struct sim_inode *i = keel__list_entry(it, struct sim_inode,
-						       link);
+	keel__list_for_each (it, &fs->inodes) {
+		struct sim_inode *i =
+		    keel__list_entry(it, struct sim_inode, link);
 
 		if (!strcmp(i->path, path))
 			return i;

@@ -19,6 +19,8 @@
  */
 #include "sim.h"
 
+#include "model.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -738,6 +740,11 @@ static int install(struct sim_op *op, struct sim_file *f)
 	return op->sqe.file_index == IORING_FILE_INDEX_ALLOC ? (int)slot : 0;
 }
 
+static bool fd_table_full(const struct keel__sim *s)
+{
+	return s->fds_open >= s->opts.fd_limit;
+}
+
 static int exec_accept(struct sim_op *op, bool *more)
 {
 	const struct sim_file_ops *o = op->file->ops;
@@ -749,6 +756,15 @@ static int exec_accept(struct sim_op *op, bool *more)
 
 	if (res < 0)
 		return res;
+	/* Linux takes the descriptor before the connection: without one
+	 * the connection stays queued. */
+	if (!op->sqe.file_index && fd_table_full(op->r->sim))
+		return sim__sock_unaccept(op->file, nf) ? -EINVAL : -EMFILE;
+	/* accept4's peer address: sqe->addr, its size at sqe->addr2. */
+	if (op->sqe.addr && op->sqe.addr2)
+		sim__sock_name(nf, true,
+			       (struct sockaddr *)(uintptr_t)op->sqe.addr,
+			       (socklen_t *)(uintptr_t)op->sqe.addr2);
 	res = install(op, nf);
 	*more = op->multishot && res >= 0;
 	return res;

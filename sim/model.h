@@ -30,7 +30,7 @@
 struct sim_bytes {
 	uint64_t sent;	   /* accepted by a send or a write */
 	uint64_t received; /* delivered by a recv or a read (not by a peek) */
-	uint64_t lost;	   /* destroyed by a reset or a close with unread data */
+	uint64_t lost;	   /* destroyed (a close with unread data) */
 	uint64_t buffered; /* accepted and not yet delivered or destroyed */
 };
 
@@ -52,15 +52,15 @@ size_t sim__short(struct keel__sim *s, unsigned ppm, size_t n);
 /* The loopback of one machine: bound listeners and their ports. */
 struct sim_net {
 	struct keel__sim *sim;
-	unsigned sndbuf;	    /* bytes per direction of a connection */
-	unsigned short_ppm;	    /* chance per million of a short transfer */
-	uint16_t next_port;	    /* the next ephemeral port */
+	unsigned sndbuf;    /* bytes per direction of a connection */
+	unsigned short_ppm; /* chance per million of a short transfer */
+	uint16_t next_port; /* the next ephemeral port */
 	struct keel__list listeners; /* struct sim_sock, in bind order */
-	uint64_t conns;		    /* connections established, ever */
-	uint32_t open;		    /* sockets and pipe ends not released */
-	struct keel__list socks;    /* every socket not released */
-	struct keel__list pipes;    /* every pipe with an end not released */
-	uint64_t wakes;		    /* sim__file_wake calls made */
+	uint64_t conns;		     /* connections established, ever */
+	uint32_t open;		     /* sockets and pipe ends not released */
+	struct keel__list socks;     /* every socket not released */
+	struct keel__list pipes;     /* every pipe with an end not released */
+	uint64_t wakes;		     /* sim__file_wake calls made */
 	struct sim_bytes bytes;
 };
 

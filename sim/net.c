@@ -24,14 +24,19 @@
  *     -EPIPE; a recv then returns 0;
  *   - a send to a peer that has closed is accepted (and lost): the RST it
  *     draws makes the next send fail.
+ * Flags: MSG_PEEK copies without taking; MSG_NOSIGNAL changes nothing
+ * (nothing here raises a signal); MSG_DONTWAIT is the engine's (it does
+ * not park the op); MSG_WAITALL is not honoured (keel does not use it): a
+ * recv returns what is queued. A PRNG draw (short_ppm) may cut any send or
+ * recv of more than one byte short, as a real stack does under load.
  * Every change that can make a parked op succeed calls sim__file_wake().
  */
 #include "model.h"
 
 #include <arpa/inet.h>
-#include <keel/io.h>
 #include <assert.h>
 #include <errno.h>
+#include <keel/io.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
@@ -40,7 +45,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
-#define EPHEMERAL_FIRST 32768
+#define EPHEMERAL_FIRST	  32768
 #define SOMAXCONN_DEFAULT 4096
 
 enum sock_state {
@@ -84,9 +89,9 @@ struct sim_sock {
 	struct keel__link node; /* net->socks */
 	/* A listener: */
 	int backlog;
-	uint32_t queued;	  /* on acceptq */
+	uint32_t queued;	   /* on acceptq */
 	struct keel__list acceptq; /* established, not yet accepted */
-	struct keel__list synq;	  /* connects waiting for room */
+	struct keel__list synq;	   /* connects waiting for room */
 };
 
 static const struct sim_file_ops sock_ops;
@@ -306,9 +311,9 @@ static struct sim_sock *find_listener(struct sim_net *n,
 {
 	struct keel__link *it;
 
-	keel__list_for_each(it, &n->listeners)
-	{
-		struct sim_sock *l = keel__list_entry(it, struct sim_sock, link);
+	keel__list_for_each (it, &n->listeners) {
+		struct sim_sock *l =
+		    keel__list_entry(it, struct sim_sock, link);
 
 		if (addr_same_key(&l->local, a))
 			return l;
@@ -389,8 +394,8 @@ int sim__sock_listen(struct sim_net *n, const struct sockaddr *sa,
 	s->state = S_LISTEN;
 	/* listen(2) caps the backlog at somaxconn, negative included. */
 	s->backlog = backlog < 0 || backlog > SOMAXCONN_DEFAULT
-			     ? SOMAXCONN_DEFAULT
-			     : backlog;
+			 ? SOMAXCONN_DEFAULT
+			 : backlog;
 	keel__list_push_back(&n->listeners, &s->link);
 	*out = &s->file;
 	return 0;
@@ -452,8 +457,8 @@ static bool acceptq_full(const struct sim_sock *l)
 static void admit_waiting(struct sim_sock *l)
 {
 	while (!acceptq_full(l) && !keel__list_empty(&l->synq)) {
-		struct sim_sock *c = keel__list_entry(l->synq.first,
-						      struct sim_sock, link);
+		struct sim_sock *c =
+		    keel__list_entry(l->synq.first, struct sim_sock, link);
 
 		keel__list_remove(&l->synq, &c->link);
 		c->owner = NULL;
@@ -540,8 +545,8 @@ static void stop_listening(struct sim_sock *l)
 	keel__list_remove(&l->net->listeners, &l->link);
 	l->state = S_CLOSED;
 	while ((it = keel__list_pop_front(&l->acceptq))) {
-		struct sim_sock *child = keel__list_entry(it, struct sim_sock,
-							  link);
+		struct sim_sock *child =
+		    keel__list_entry(it, struct sim_sock, link);
 
 		child->owner = NULL;
 		close_conn(child, true);
@@ -549,7 +554,8 @@ static void stop_listening(struct sim_sock *l)
 	}
 	l->queued = 0;
 	while ((it = keel__list_pop_front(&l->synq))) {
-		struct sim_sock *c = keel__list_entry(it, struct sim_sock, link);
+		struct sim_sock *c =
+		    keel__list_entry(it, struct sim_sock, link);
 
 		c->owner = NULL;
 		c->state = S_CLOSED;
@@ -707,8 +713,8 @@ static int sock_recv(struct sim_file *f, void *buf, size_t len, int msg_flags)
 		bool peek = msg_flags & MSG_PEEK;
 		size_t k = len < s->rx.len ? len : s->rx.len;
 
-		k = sim__bq_get(&s->rx, buf, sim__short(n->sim, n->short_ppm, k),
-				peek);
+		k = sim__bq_get(&s->rx, buf,
+				sim__short(n->sim, n->short_ppm, k), peek);
 		if (peek)
 			return (int)k;
 		s->conn->dir[!s->dir].received += k;
@@ -971,9 +977,8 @@ void sim__model_fini(struct keel__sim *s)
 
 	if (n) {
 		while ((it = keel__list_pop_front(&n->socks))) {
-			struct sim_sock *k = keel__list_entry(it,
-							      struct sim_sock,
-							      node);
+			struct sim_sock *k =
+			    keel__list_entry(it, struct sim_sock, node);
 
 			sim__bq_free(&k->rx);
 			conn_put(k);

@@ -65,8 +65,8 @@ static struct sim_file *listener(uint16_t port, int backlog)
 	struct sockaddr_in in = inet_addr_of(port);
 	struct sim_file *l = NULL;
 
-	cr_assert_eq(sim__sock_listen(g_n, (struct sockaddr *)&in,
-				      sizeof(in), backlog, &l),
+	cr_assert_eq(sim__sock_listen(g_n, (struct sockaddr *)&in, sizeof(in),
+				      backlog, &l),
 		     0);
 	cr_assert_eq(l->refs, 1);
 	return l;
@@ -201,9 +201,9 @@ Test(sim_net, listen_on_a_taken_port_fails)
 	struct sim_file *l = listener(8081, 1), *l2 = NULL;
 	struct sockaddr_in in = inet_addr_of(8081);
 
-	cr_expect_eq(sim__sock_listen(g_n, (struct sockaddr *)&in,
-				      sizeof(in), 1, &l2),
-		     -EADDRINUSE);
+	cr_expect_eq(
+	    sim__sock_listen(g_n, (struct sockaddr *)&in, sizeof(in), 1, &l2),
+	    -EADDRINUSE);
 	release(l);
 }
 
@@ -529,12 +529,11 @@ Test(sim_net, unix_sockets_connect_by_path)
 	struct sim_file *l = NULL, *c = NULL;
 
 	strcpy(un.sun_path, "/run/sim.sock");
-	cr_assert_eq(sim__sock_listen(g_n, (struct sockaddr *)&un,
-				      sizeof(un), 4, &l),
-		     0);
+	cr_assert_eq(
+	    sim__sock_listen(g_n, (struct sockaddr *)&un, sizeof(un), 4, &l),
+	    0);
 	cr_assert_eq(sim__sock_create(g_n, AF_UNIX, SOCK_STREAM, &c), 0);
-	cr_expect_eq(c->ops->connect(c, (struct sockaddr *)&un, sizeof(un)),
-		     0);
+	cr_expect_eq(c->ops->connect(c, (struct sockaddr *)&un, sizeof(un)), 0);
 
 	struct sim_file *a = accept_one(l);
 	struct sockaddr_un name;
@@ -583,8 +582,7 @@ Test(sim_net, bad_socket_arguments)
 
 	cr_expect_eq(sim__sock_create(g_n, AF_PACKET, SOCK_STREAM, &s),
 		     -EAFNOSUPPORT);
-	cr_expect_eq(sim__sock_create(g_n, AF_INET, SOCK_DGRAM, &s),
-		     -EINVAL);
+	cr_expect_eq(sim__sock_create(g_n, AF_INET, SOCK_DGRAM, &s), -EINVAL);
 	s = sock();
 	struct sockaddr_in in = inet_addr_of(80);
 
@@ -671,8 +669,7 @@ Test(sim_net, missing_file_is_enoent_and_excl_is_eexist)
 	cr_expect_eq(sim__fs_open(g_fs, "/nope", O_RDONLY, &f), -ENOENT);
 	cr_expect_eq(sim__fs_statx(g_fs, "/nope", &st), -ENOENT);
 	f = open_ok("/new", O_RDWR | O_CREAT | O_EXCL);
-	cr_expect_eq(sim__fs_open(g_fs, "/new", O_RDWR | O_CREAT | O_EXCL,
-				  &f),
+	cr_expect_eq(sim__fs_open(g_fs, "/new", O_RDWR | O_CREAT | O_EXCL, &f),
 		     -EEXIST);
 	cr_expect_eq(g_fs->open, 1);
 	release(f);

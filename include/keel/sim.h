@@ -34,7 +34,9 @@ struct keel_sim_opts {
 	unsigned short_ppm; /* chance (per million) a transfer is cut short */
 	unsigned sndbuf;    /* socket buffer bytes per direction (65536) */
 	unsigned fd_limit;  /* descriptors before -EMFILE (1024) */
-	/* A KEEL_FAULTS spec applied to every loop of the machine, or NULL. */
+	/* A KEEL_FAULTS spec applied to every loop of the machine, or NULL
+	 * (until fault injection is in, keel_sim_create refuses one with
+	 * -EOPNOTSUPP). */
 	const char *faults;
 };
 
