@@ -155,7 +155,7 @@ static void check_loop(struct scn *s, unsigned i)
  */
 static bool run_once(const struct scenario *sc, uint64_t seed,
 		     const struct options *o, const char *trace,
-		     struct trace_check *tc, struct totals *tot, char *why,
+		     struct sim_trace_check *tc, struct totals *tot, char *why,
 		     size_t whylen)
 {
 	struct scn s = {.seed = seed};
@@ -191,7 +191,7 @@ static bool run_once(const struct scenario *sc, uint64_t seed,
 	keel_sim_destroy(s.sim);
 	memset(tc, 0, sizeof(*tc));
 	if (s.tracing)
-		trace_check(trace, tc);
+		sim_trace_check(trace, tc);
 	if (!s.failed && tc->failed)
 		scn_fail(&s, "trace: %s", tc->why);
 	if (s.failed)
@@ -213,7 +213,7 @@ static bool run_seed(const struct scenario *sc, uint64_t seed,
 		     const struct options *o, const char *trace,
 		     struct totals *tot)
 {
-	struct trace_check tc, tc2;
+	struct sim_trace_check tc, tc2;
 	char why[256] = "";
 	bool ok;
 

@@ -57,7 +57,7 @@ struct opcount {
 };
 
 struct checker {
-	struct trace_check *out;
+	struct sim_trace_check *out;
 	struct strings *strings;
 	uint64_t last_ts[64];
 	struct map ops; /* lifetime << 8 | opcode -> index in counts */
@@ -210,7 +210,7 @@ static void on_drops(void *ctx, uint32_t loop, uint32_t n, uint64_t ts)
 	      n);
 }
 
-void trace_check(const char *path, struct trace_check *out)
+void sim_trace_check(const char *path, struct sim_trace_check *out)
 {
 	struct reader *r = calloc(1, sizeof(*r)); /* 128 KiB of buffer */
 	struct strings strings = {0};

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-struct trace_check {
+struct sim_trace_check {
 	bool failed;
 	char why[256];	 /* the first thing wrong with it */
 	uint64_t hash;	 /* of every event and the text it names */
@@ -19,6 +19,6 @@ struct trace_check {
 };
 
 /* Read and check the trace at `path` (see trace.c for what is checked). */
-void trace_check(const char *path, struct trace_check *out);
+void sim_trace_check(const char *path, struct sim_trace_check *out);
 
 #endif
