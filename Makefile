@@ -13,6 +13,8 @@
 #   make format          clang-format the tree
 #   make sim             the simulation scenarios over SIM_SEEDS seeds each
 #                        (from SIM_FROM); make sim-ci: fewer, under ASan+UBSan
+#   make fuzz            each libFuzzer target of fuzz/ for FUZZ_TIME s (60)
+#   make fuzz-ci         the same, 20 s each (CI)
 #
 # Sanitizer builds go to their own build directory and use libc malloc for
 # frames (KEEL_ALLOC_LIBC) so that the sanitizer sees every frame's lifetime.
@@ -120,7 +122,8 @@ MAN_FILES := $(foreach s,$(MAN_SRC),$(foreach n,$(call man_names,$(s)),\
 	man$(call man_sect,$(s))/$(n).$(call man_sect,$(s))))
 
 .PHONY: all lib examples tools tests man check check-layers test demo demo-supervised \
-	bench deps install uninstall clean format format-check sim sim-ci
+	bench deps install uninstall clean format format-check fuzz fuzz-ci \
+	fuzz-targets sim sim-ci
 
 all: lib examples tools man
 
@@ -265,6 +268,42 @@ sim: $(BUILD)/tools/keel-sim
 
 sim-ci:
 	$(Q)$(MAKE) SANITIZE=address,undefined sim SIM_SEEDS=$(SIM_CI_SEEDS)
+# Fuzzing (fuzz/, libFuzzer): clang builds the library and keel-trace's
+# parts with coverage and ASan + UBSan, which abort on the first report, in
+# their own directory; tools/fuzz.sh runs each target on a copy of its
+# corpus (fuzz/corpus/<target>/) for FUZZ_TIME seconds. keel-trace's reader
+# target links every part of it but main.c (it has its own die()).
+FUZZ_BUILD := build/fuzz
+FUZZ_SANITIZE := fuzzer-no-link,address,undefined
+FUZZ_TIME ?= 60
+FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+
+fuzz:
+	$(Q)sh tools/deps.sh fuzz
+	$(Q)$(MAKE) CC=clang BUILD=$(FUZZ_BUILD) SANITIZE=$(FUZZ_SANITIZE) \
+		EXTRA_CFLAGS=-fno-sanitize-recover=all fuzz-targets
+	$(Q)BUILD=$(FUZZ_BUILD) FUZZ_TIME=$(FUZZ_TIME) sh tools/fuzz.sh \
+		$(FUZZ_TARGETS)
+
+fuzz-ci:
+	$(Q)$(MAKE) fuzz FUZZ_TIME=20
+
+fuzz-targets: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
+	@:
+
+$(BUILD)/fuzz/fuzz_trace_reader: fuzz/fuzz_trace_reader.c \
+		$(filter-out %/main.o,$(TRACE_OBJ)) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) -Itools/trace $(CFLAGS) -fsanitize=fuzzer \
+		$(LDFLAGS) -o $@ $< $(filter-out %/main.o,$(TRACE_OBJ)) \
+		$(STATIC) $(LIBS) -lm
+
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(wildcard fuzz/*.h) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< \
+		$(STATIC) $(LIBS) -lm
 
 install: lib man
 	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig \

@@ -28,7 +28,6 @@
 #ifndef KEEL_ALLOC_LIBC
 #include <jemalloc/jemalloc.h>
 #include <stdio.h>
-#endif
 
 #define CLASS_BYTES(cls) ((size_t)(cls) << KEEL__FRAME_CLASS_SHIFT)
 
@@ -36,6 +35,7 @@ static inline size_t size_class(size_t size)
 {
 	return (size + CLASS_BYTES(1) - 1) >> KEEL__FRAME_CLASS_SHIFT;
 }
+#endif
 
 int keel__alloc_init(struct keel__alloc *a)
 {

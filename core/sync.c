@@ -531,9 +531,16 @@ static void broadcast_release(struct keel_broadcast *bc)
 
 void keel_broadcast_close(struct keel_broadcast *bc)
 {
+	struct keel__waiter *w;
+
 	bc->closed = true;
-	/* Waiters are caught up: nothing is left for them to drain. */
-	wake_all(&bc->wq, -EPIPE);
+	/* Waiters are caught up: nothing is left for them to drain. Each
+	 * receiver is free again (its next receive, its unsubscribe), as
+	 * after a send. */
+	while ((w = keel__waitq_pop(&bc->wq.q))) {
+		broadcast_left(&bc->wq, w);
+		wait_end(&bc->wq, w, -EPIPE);
+	}
 }
 
 void keel_broadcast_free(struct keel_broadcast *bc)

@@ -1092,6 +1092,31 @@ Test(sync, broadcast_cancelled_receiver_can_receive_again_and_lags,
 	keel_loop_destroy(loop);
 }
 
+static void broadcast_close_script(struct keel_task *t, int stage)
+{
+	if (stage == 0) /* the reader waits: close the channel under it */
+		keel_broadcast_close(g_bc);
+	if (stage == 1) /* a second receive on the drained receiver */
+		spawn_waiter(t->loop, 1, W_BROADCAST, g_rx[0]);
+}
+
+/* Found by fuzz/fuzz_sync.c: the receiver stayed "awaited on" for good. */
+Test(sync, broadcast_receiver_woken_by_close_is_no_longer_busy, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_broadcast_new(loop, 2, NULL, NULL, &g_bc), 0);
+	cr_assert_eq(keel_broadcast_subscribe(g_bc, &g_rx[0]), 0);
+	spawn_waiter(loop, 0, W_BROADCAST, g_rx[0]);
+	run_script(loop, broadcast_close_script, 3);
+	cr_expect_eq(g_res[0], -EPIPE);
+	cr_expect_eq(g_res[1], -EPIPE, "not -EBUSY: %d", g_res[1]);
+	cr_expect_eq(keel_broadcast_unsubscribe(g_rx[0]), 0);
+	keel_broadcast_free(g_bc);
+	keel_loop_destroy(loop);
+}
+
 /* ---- level-triggered cancellation -------------------------------------- */
 
 static struct keel_oneshot *g_ready_os;

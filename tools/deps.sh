@@ -3,9 +3,14 @@
 # when they are missing. Runs `apt-get update` first (a fresh machine has no
 # package lists). When not root, prints the exact command instead.
 # scdoc builds the man pages; man-db (and the groff it brings) checks them.
+# `deps.sh fuzz` also installs what `make fuzz` needs: clang, and libFuzzer
+# (libclang_rt.fuzzer, in libclang-rt-dev).
 set -eu
 PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev
 python3 python3-prometheus-client scdoc man-db"
+if [ "${1:-}" = fuzz ]; then
+	PKGS="$PKGS clang libclang-rt-dev"
+fi
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||

@@ -16,7 +16,8 @@
  *	main.c     arguments, the output file, errors
  *	util.c     memory, the map, numbers and JSON text
  * Any error in any part ends the program through die(): one line on
- * stderr, exit 1.
+ * stderr, exit 1. (fuzz/fuzz_trace_reader.c links every part but main.c
+ * and has a die() of its own, which returns to the fuzzer instead.)
  */
 #ifndef KEEL_TRACE_TOOL_H
 #define KEEL_TRACE_TOOL_H
@@ -302,6 +303,9 @@ static inline uint64_t le64(const unsigned char *p)
 
 /* Open the trace and check its header; any trouble is fatal. */
 void reader_open(struct reader *r, const char *path);
+/* Take `size` bytes of an open stream `f` (at its start) as the trace and
+ * check its header: reader_open() without the file, for fuzz/. */
+void reader_start(struct reader *r, FILE *f, uint64_t size);
 /* Back to the first record, for the second pass. */
 void reader_rewind(struct reader *r);
 void reader_read(struct reader *r, void *buf, size_t n);
@@ -345,6 +349,8 @@ size_t ops_by_count(const struct stats *st, unsigned order[256]);
  */
 void trace_load(struct trace *tr, const char *path, size_t longest,
 		bool want_endpoints);
+/* The same on a reader already started (reader_start()). */
+void trace_check(struct trace *tr, size_t longest, bool want_endpoints);
 /* A second pass that hands everything to `sink`. */
 void trace_replay(struct trace *tr, struct decoder *d, struct sink sink);
 void trace_free(struct trace *tr);

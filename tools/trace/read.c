@@ -99,8 +99,16 @@ void reader_open(struct reader *r, const char *path)
 	r->f = fdopen(fd, "rb");
 	if (!r->f)
 		die("%s", strerror(errno));
-	r->size = (uint64_t)r->st.st_size;
 	setvbuf(r->f, NULL, _IOFBF, 1 << 16);
+	reader_start(r, r->f, (uint64_t)r->st.st_size);
+}
+
+/* Everything after the open: the fuzz target reads a buffer this way. */
+void reader_start(struct reader *r, FILE *f, uint64_t size)
+{
+	r->f = f;
+	r->size = size;
+	r->off = 0;
 	reader_header(r);
 }
 

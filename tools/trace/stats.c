@@ -356,6 +356,11 @@ void trace_load(struct trace *tr, const char *path, size_t longest,
 {
 	trace_path = path;
 	reader_open(&tr->r, path);
+	trace_check(tr, longest, want_endpoints);
+}
+
+void trace_check(struct trace *tr, size_t longest, bool want_endpoints)
+{
 	tr->st.longest.cap = longest;
 	tr->st.longest.v = xcalloc(longest, sizeof(struct step));
 	tr->st.want_endpoints = want_endpoints;
