@@ -131,6 +131,10 @@ static int conn_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	err = keel_recv_stream_open(t, &c->rs, c->fd, c->e->ring,
 				    c->e->bundle ? KEEL_RECV_BUNDLE : 0);
+	/* Accepted as the last client left: the acceptor, cancelled since,
+	 * spawned it under its cancelled token (seed 456). */
+	if (err == -ECANCELED)
+		goto out;
 	if (err) {
 		scn_fail(c->e->s, "recv_stream_open: %s", keel_strerror(err));
 		goto out;
