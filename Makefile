@@ -11,6 +11,8 @@
 #   make install/uninstall   honour DESTDIR, prefix, libdir, includedir, mandir
 #   SANITIZE=address,undefined make test    (or SANITIZE=thread)
 #   make format          clang-format the tree
+#   make sim             the simulation scenarios over SIM_SEEDS seeds each
+#                        (from SIM_FROM); make sim-ci: fewer, under ASan+UBSan
 #   make fuzz            each libFuzzer target of fuzz/ for FUZZ_TIME s (60)
 #   make fuzz-ci         the same, 20 s each (CI)
 #
@@ -87,6 +89,11 @@ TOOLS := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 TRACE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/trace/*.c)) \
 	$(BUILD)/obj/tools/trace/report.o
 TOOLS += $(BUILD)/tools/keel-trace
+# keel-sim, the simulation runner: the scenarios (sim/scenarios/, public
+# API only) and the parts of keel-trace that read and decode a trace.
+SIM_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard sim/scenarios/*.c))
+TRACE_READER_OBJ := $(patsubst %,$(BUILD)/obj/tools/trace/%.o,read decode util)
+TOOLS += $(BUILD)/tools/keel-sim
 TEST_SRC := $(wildcard test/test_*.c)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
 # Plain multi-thread test programs (no Criterion: it cannot start under
@@ -116,7 +123,7 @@ MAN_FILES := $(foreach s,$(MAN_SRC),$(foreach n,$(call man_names,$(s)),\
 
 .PHONY: all lib examples tools tests man check check-layers test demo demo-supervised \
 	bench deps install uninstall clean format format-check fuzz fuzz-ci \
-	fuzz-targets
+	fuzz-targets sim sim-ci
 
 all: lib examples tools man
 
@@ -188,6 +195,17 @@ $(BUILD)/tools/keel-trace: $(TRACE_OBJ) $(STATIC)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TRACE_OBJ) $(STATIC) $(LIBS) -lm
 
+$(BUILD)/obj/sim/scenarios/%.o: sim/scenarios/%.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) -Itools/trace $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tools/keel-sim: $(SIM_OBJ) $(TRACE_READER_OBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(SIM_OBJ) $(TRACE_READER_OBJ) \
+		$(STATIC) $(LIBS) -lm
+
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
 		$(STATIC)
 	@mkdir -p $(dir $@)
@@ -237,6 +255,19 @@ bench:
 deps:
 	$(Q)sh tools/deps.sh
 
+# The simulation runner over every scenario: SIM_SEEDS seeds each from
+# SIM_FROM, every 10th seed twice (the determinism check). sim-ci runs
+# fewer under ASan+UBSan (LeakSanitizer also finds a token never freed).
+SIM_SEEDS ?= 1000
+SIM_FROM ?= 1
+SIM_CI_SEEDS ?= 150
+
+sim: $(BUILD)/tools/keel-sim
+	$(Q)$(BUILD)/tools/keel-sim --from $(SIM_FROM) --seeds $(SIM_SEEDS) \
+		--recheck 10
+
+sim-ci:
+	$(Q)$(MAKE) SANITIZE=address,undefined sim SIM_SEEDS=$(SIM_CI_SEEDS)
 # Fuzzing (fuzz/, libFuzzer): clang builds the library and keel-trace's
 # parts with coverage and ASan + UBSan, which abort on the first report, in
 # their own directory; tools/fuzz.sh runs each target on a copy of its
@@ -309,4 +340,4 @@ format-check:
 clean:
 	$(Q)rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TRACE_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TRACE_OBJ:.o=.d) $(SIM_OBJ:.o=.d)

@@ -66,7 +66,8 @@ struct keel__alloc {
 	unsigned tcache;
 	bool have_arena;
 	bool have_tcache;
-	bool leaked; /* a frame was leaked: keep the slabs and arena */
+	bool leaked;   /* a frame was leaked: keep the slabs and arena */
+	uint64_t live; /* blocks handed out and not freed (loop stats) */
 };
 
 /* Rarely needed per-task state, allocated on first use. */

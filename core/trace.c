@@ -61,6 +61,7 @@ struct keel__trace_loop {
 static struct {
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
+	pthread_cond_t returned; /* the writer gave a buffer back */
 	pthread_t writer;
 	bool writer_running;
 	bool stopping;
@@ -76,6 +77,7 @@ static struct {
 } tracer = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
+    .returned = PTHREAD_COND_INITIALIZER,
     .fd = -1,
 };
 
@@ -254,6 +256,7 @@ static void *writer_main(void *arg)
 				pthread_mutex_lock(&tracer.lock);
 				it->buf->next = tracer.pool;
 				tracer.pool = it->buf;
+				pthread_cond_broadcast(&tracer.returned);
 				pthread_mutex_unlock(&tracer.lock);
 			}
 			free(it);
@@ -293,7 +296,13 @@ int keel_trace_start(const char *path)
 	hdr.version = KEEL_TRACE_VERSION;
 	hdr.event_size = sizeof(struct keel_trace_event);
 	tracer.start_ns = keel__clock_now();
-	tclock_calibrate();
+	/* Under a virtual clock the TSC is never read (tclock_now): skip
+	 * the 10 ms of calibration, which a simulation runner tracing every
+	 * seed would pay thousands of times. */
+	if (keel__virtual_clock)
+		tclock.tsc = false;
+	else
+		tclock_calibrate();
 	clock_gettime(CLOCK_REALTIME, &rt);
 	hdr.start_mono = tracer.start_ns;
 	hdr.start_real =
@@ -486,6 +495,17 @@ void keel__trace_emit(struct keel__core *c, uint8_t type, uint8_t op,
 		pthread_mutex_lock(&tracer.lock);
 		flush_locked(tl);
 		take_buffer_locked(tl);
+		/*
+		 * Under a virtual clock (the simulated kernel) wait for the
+		 * writer rather than drop: a simulation's trace must be
+		 * complete to be checked and compared run against run, and
+		 * no time passes for the loop while it waits.
+		 */
+		while (!tl->cur && keel__virtual_clock &&
+		       tracer.writer_running && !tracer.stopping) {
+			pthread_cond_wait(&tracer.returned, &tracer.lock);
+			take_buffer_locked(tl);
+		}
 		pthread_mutex_unlock(&tracer.lock);
 	}
 }
@@ -619,6 +639,7 @@ int64_t keel_trace_stop(void)
 	pthread_mutex_lock(&tracer.lock);
 	tracer.stopping = true;
 	pthread_cond_signal(&tracer.wake);
+	pthread_cond_broadcast(&tracer.returned); /* simulated loops waiting */
 	pthread_mutex_unlock(&tracer.lock);
 	pthread_join(tracer.writer, NULL);
 	pthread_mutex_lock(&tracer.lock);

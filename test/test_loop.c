@@ -226,6 +226,25 @@ static struct keel_loop_stats run_nops(const struct keel_loop_opts *opts, int n)
 	return s;
 }
 
+Test(loop, frames_live_counts_frames_until_their_tasks_are_freed, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_loop_stats s;
+
+	g_nops_ok = g_nops_bad = 0;
+	for (int i = 0; i < 3; i++)
+		kt_spawn(loop, &nopper_task, KEEL_PRIO_NORMAL);
+	s = kt_stats(loop);
+	cr_assert_eq(s.frames_live, 3, "three frames spawned: %lu live",
+		     (unsigned long)s.frames_live);
+	kt_loop_run(loop);
+	s = kt_stats(loop);
+	cr_assert_eq(g_nops_ok, 3);
+	cr_assert_eq(s.frames_live, 0, "every task freed: %lu live",
+		     (unsigned long)s.frames_live);
+	keel_loop_destroy(loop);
+}
+
 Test(loop, full_sq_is_submitted_and_every_op_completes, .timeout = 10)
 {
 	struct keel_loop_opts opts = {.sq_entries = 4};

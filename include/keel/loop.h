@@ -213,6 +213,9 @@ struct keel_loop_stats {
 	uint64_t chunks_lent;	  /* received chunks handed to tasks */
 	uint64_t bufs_in_use;	  /* ring buffers out of the kernel's hands */
 	uint64_t faults_injected; /* keel_loop_inject_faults(), KEEL_FAULTS */
+	/* Frames (and waiters) of the loop's allocator not yet freed: 0
+	 * once every task has exited and the kernel returned its ops. */
+	uint64_t frames_live;
 };
 
 /*

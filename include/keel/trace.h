@@ -10,7 +10,9 @@
  * Each loop appends fixed-size binary events to its own buffer (no locks, no
  * atomics on the hot path); full buffers are handed to a writer thread, so
  * the loops never stop to write. When the writer falls behind, events are
- * dropped and counted, and the count is written to the file.
+ * dropped and counted, and the count is written to the file (loops of the
+ * simulated kernel, keel/sim.h, wait for the writer instead: their traces
+ * are compared run against run).
  *
  * File format (little-endian), version 1:
  *
