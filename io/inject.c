@@ -579,6 +579,7 @@ static void inject_free(struct keel__io *io)
 	free(inj->held);
 	free(inj);
 	io->inject = NULL;
+	keel__io_enter_update(io);
 }
 
 int64_t keel__inject_enter(struct keel__io *io, unsigned want, int64_t wait_ns)
@@ -648,6 +649,7 @@ int keel__inject_set(struct keel__io *io, const char *spec, uint64_t seed,
 		keel_timer_init(&inj->timer, timer_fired, NULL);
 		inj->walked = io->ring.sq.sqe_head;
 		io->inject = inj;
+		keel__io_enter_update(io);
 	}
 	free(inj->rules);
 	inj->rules = rules;

@@ -145,6 +145,7 @@ struct keel__io {
 	struct io_uring ring;
 	/* Who executes the ring's SQEs: NULL for the kernel (backend.h). */
 	struct keel__backend *backend;
+	bool enter_slow; /* backend or inject set: keel__io_enter_slow() */
 	struct keel__ledger ledger;
 	/* keel_op_timeout(): a deadline for the next op of this task. */
 	struct keel_task *timeout_task;
@@ -223,8 +224,35 @@ int keel__io_submit(struct keel__io *io);
  * wait for `want` CQEs at most `wait_ns` (0: do not wait; negative: no
  * limit). want == 0 && wait_ns == 0 only submits. Returns the SQEs
  * submitted or a negative errno (-ETIME: the wait ran out). Counts nothing.
+ * Inline, and one flag for "a backend or fault injection", so that the
+ * kernel's ring pays one predictable branch for the seam.
  */
-int keel__io_enter(struct keel__io *io, unsigned want, int64_t wait_ns);
+int keel__io_enter_slow(struct keel__io *io, unsigned want, int64_t wait_ns);
+
+static inline int keel__io_enter_kernel(struct keel__io *io, unsigned want,
+					int64_t wait_ns)
+{
+	struct io_uring *ring = &io->ring;
+	struct __kernel_timespec ts;
+	struct io_uring_cqe *cqe;
+
+	if (wait_ns == 0)
+		return want ? io_uring_submit_and_get_events(ring)
+			    : io_uring_submit(ring);
+	if (wait_ns < 0)
+		return io_uring_submit_and_wait(ring, want);
+	ts.tv_sec = wait_ns / 1000000000;
+	ts.tv_nsec = wait_ns % 1000000000;
+	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
+}
+
+static inline int keel__io_enter(struct keel__io *io, unsigned want,
+				 int64_t wait_ns)
+{
+	if (__builtin_expect(io->enter_slow, 0))
+		return keel__io_enter_slow(io, want, wait_ns);
+	return keel__io_enter_kernel(io, want, wait_ns);
+}
 
 /*
  * Fault injection (io/inject.c). keel__inject_enter(): called by
@@ -242,6 +270,12 @@ int keel__inject_env(struct keel__io *io);
 /* Whether `spec` parses (0 or -EINVAL with `why`), changing nothing. */
 int keel__inject_check(const char *spec, char *why, size_t wlen);
 void keel__inject_fini(struct keel__io *io);
+
+/* io->backend or io->inject changed. */
+static inline void keel__io_enter_update(struct keel__io *io)
+{
+	io->enter_slow = io->backend || io->inject;
+}
 
 /* io_uring_register() through the backend (see backend.h). */
 int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,

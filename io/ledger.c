@@ -346,7 +346,8 @@ void keel__io_reap(struct keel__io *io)
 			break;
 	}
 	io->reaping = false;
-	keel__bufrings_settle(io);
+	if (io->bufrings_starved)
+		keel__bufrings_settle(io);
 }
 
 static void cancel_op(struct keel__io *io, struct keel__op *op)

@@ -132,6 +132,7 @@ static int backend_init(struct keel__io *io, struct keel__backend *b,
 		return err;
 	}
 	io->backend = b;
+	keel__io_enter_update(io);
 	return 0;
 }
 
@@ -267,6 +268,7 @@ void keel__io_fini(struct keel__io *io)
 	if (io->ring_ready && io->backend) {
 		io->backend->teardown(io->backend, &io->ring);
 		io->backend = NULL;
+		keel__io_enter_update(io);
 	} else if (io->ring_ready) {
 		RING_UNMAPPED();
 		io_uring_queue_exit(&io->ring);
@@ -274,24 +276,15 @@ void keel__io_fini(struct keel__io *io)
 	io->ring_ready = false;
 }
 
-int keel__io_enter(struct keel__io *io, unsigned want, int64_t wait_ns)
+/* A backend, or fault injection, or both (see keel__io_enter()). */
+int keel__io_enter_slow(struct keel__io *io, unsigned want, int64_t wait_ns)
 {
-	struct io_uring *ring = &io->ring;
-	struct __kernel_timespec ts;
-	struct io_uring_cqe *cqe;
-
-	if (__builtin_expect(io->inject != NULL, 0))
+	if (io->inject)
 		wait_ns = keel__inject_enter(io, want, wait_ns);
-	if (__builtin_expect(io->backend != NULL, 0))
-		return io->backend->enter(io->backend, ring, want, wait_ns);
-	if (wait_ns == 0)
-		return want ? io_uring_submit_and_get_events(ring)
-			    : io_uring_submit(ring);
-	if (wait_ns < 0)
-		return io_uring_submit_and_wait(ring, want);
-	ts.tv_sec = wait_ns / 1000000000;
-	ts.tv_nsec = wait_ns % 1000000000;
-	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
+	if (io->backend)
+		return io->backend->enter(io->backend, &io->ring, want,
+					  wait_ns);
+	return keel__io_enter_kernel(io, want, wait_ns);
 }
 
 int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
