@@ -12,7 +12,8 @@
 #   SANITIZE=address,undefined make test    (or SANITIZE=thread)
 #   make format          clang-format the tree
 #   make sim             the simulation scenarios over SIM_SEEDS seeds each
-#                        (from SIM_FROM); make sim-ci: fewer, under ASan+UBSan
+#                        (from SIM_FROM), then SIM_FAULT_SEEDS under faults;
+#                        make sim-ci: fewer, under ASan+UBSan
 #   make fuzz            each libFuzzer target of fuzz/ for FUZZ_TIME s (60)
 #   make fuzz-ci         the same, 20 s each (CI)
 #
@@ -256,18 +257,26 @@ deps:
 	$(Q)sh tools/deps.sh
 
 # The simulation runner over every scenario: SIM_SEEDS seeds each from
-# SIM_FROM, every 10th seed twice (the determinism check). sim-ci runs
-# fewer under ASan+UBSan (LeakSanitizer also finds a token never freed).
+# SIM_FROM, every 10th seed twice (the determinism check); then a faults
+# pass, SIM_FAULT_SEEDS seeds each under injected faults (--fault-mix: a
+# spec per seed, resets, short transfers, EMFILE and ECONNREFUSED,
+# ENOBUFS, ECANCELED, EIO, delay and reorder). sim-ci runs fewer under
+# ASan+UBSan (LeakSanitizer also finds a token never freed).
 SIM_SEEDS ?= 1000
+SIM_FAULT_SEEDS ?= 500
 SIM_FROM ?= 1
 SIM_CI_SEEDS ?= 150
+SIM_CI_FAULT_SEEDS ?= 100
 
 sim: $(BUILD)/tools/keel-sim
 	$(Q)$(BUILD)/tools/keel-sim --from $(SIM_FROM) --seeds $(SIM_SEEDS) \
 		--recheck 10
+	$(Q)$(BUILD)/tools/keel-sim --from $(SIM_FROM) \
+		--seeds $(SIM_FAULT_SEEDS) --recheck 10 --fault-mix
 
 sim-ci:
-	$(Q)$(MAKE) SANITIZE=address,undefined sim SIM_SEEDS=$(SIM_CI_SEEDS)
+	$(Q)$(MAKE) SANITIZE=address,undefined sim SIM_SEEDS=$(SIM_CI_SEEDS) \
+		SIM_FAULT_SEEDS=$(SIM_CI_FAULT_SEEDS)
 # Fuzzing (fuzz/, libFuzzer): clang builds the library and keel-trace's
 # parts with coverage and ASan + UBSan, which abort on the first report, in
 # their own directory; tools/fuzz.sh runs each target on a copy of its

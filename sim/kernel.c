@@ -11,7 +11,8 @@
  * An object that is not ready (-EAGAIN) parks the op on its waiters until
  * sim__file_wake(), which schedules another attempt, again after a PRNG
  * latency: so the order in which ops complete varies with the seed, and
- * only with it.
+ * only with it. Close, socket and openat run at issue instead, as on
+ * Linux (runs_at_issue()): a close can never be cancelled.
  *
  * Events are ordered by (virtual time, sequence number): a binary heap.
  * Nothing here reads real time or compares pointers; lists are walked in
@@ -352,6 +353,7 @@ static void flush_overflow(struct sim_ring *r)
 /* ---- op lifecycle ---- */
 
 static void op_attempt_ev(struct sim_event *ev);
+static void op_attempt(struct sim_op *op);
 static void op_start(struct sim_op *op);
 static void op_finish(struct sim_op *op, int res, unsigned cflags);
 
@@ -516,6 +518,24 @@ static bool uses_file(unsigned opcode)
 	}
 }
 
+/*
+ * Opcodes Linux completes at issue in the model's world: close (it cannot
+ * be cancelled once submitted, and keel_close() promises the descriptor
+ * is gone whatever it reports), and socket and openat, which never block
+ * here (in-memory objects). A linked timeout or a cancel finds them done.
+ */
+static bool runs_at_issue(unsigned opcode)
+{
+	switch (opcode) {
+	case IORING_OP_CLOSE:
+	case IORING_OP_SOCKET:
+	case IORING_OP_OPENAT:
+		return true;
+	default:
+		return false;
+	}
+}
+
 static void op_start(struct sim_op *op)
 {
 	struct keel__sim *s = op->r->sim;
@@ -531,6 +551,11 @@ static void op_start(struct sim_op *op)
 			return;
 		}
 		sim__file_get(op->file);
+	}
+	if (runs_at_issue(op->sqe.opcode)) {
+		/* Its CQE at once (its linked timeout, disarmed, too). */
+		op_attempt(op);
+		return;
 	}
 	if (op->lt) {
 		op->lt->ev.fire = lt_fire;

@@ -12,6 +12,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <keel.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -612,4 +613,63 @@ Test(sim_io, file_ops_on_the_in_memory_file_system)
 	cr_expect_eq(f->st2.stx_size, 23);
 	cr_expect(S_ISREG(f->st2.stx_mode));
 	sim_done(sim, loop);
+}
+
+/* ---- ops Linux runs at issue ---- */
+
+struct issue_task {
+	struct keel_task task;
+	int fd;
+	int *res; /* the test's: close, socket, openat */
+};
+
+/*
+ * Each under a linked timeout that fires 1 ns on: a close, a socket and
+ * an openat run at issue on Linux (a close cannot be cancelled once
+ * submitted), so the timeout always comes too late.
+ */
+static int issue_step(struct keel_task *t)
+{
+	struct issue_task *it = keel_container_of(t, struct issue_task, task);
+
+	KEEL_BEGIN(t);
+	keel_op_timeout(t, 1);
+	KEEL_AWAIT(t, keel_close(t, it->fd));
+	it->res[0] = keel_res(t);
+	keel_op_timeout(t, 1);
+	KEEL_AWAIT(t, keel_socket(t, AF_INET, SOCK_STREAM, 0));
+	it->res[1] = keel_res(t);
+	if (keel_res(t) >= 0)
+		KEEL_AWAIT(t, keel_close(t, it->res[1]));
+	keel_op_timeout(t, 1);
+	KEEL_AWAIT(t, keel_openat(t, AT_FDCWD, "/f", O_RDONLY, 0));
+	it->res[2] = keel_res(t);
+	if (keel_res(t) >= 0)
+		KEEL_AWAIT(t, keel_close(t, it->res[2]));
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(issue_task_type, struct issue_task, task, issue_step);
+
+Test(sim_io, a_close_under_a_linked_timeout_still_closes, .timeout = 30)
+{
+	for (uint64_t seed = 1; seed <= 20; seed++) {
+		struct keel_sim *sim = sim_new(seed, 0, 0);
+		struct keel_loop *loop = sim_loop(sim);
+		struct issue_task *it =
+		    kt_spawn(loop, &issue_task_type, KEEL_PRIO_NORMAL);
+		int res[3] = {1, -1, -1};
+
+		it->res = res;
+		it->fd = keel_sim_file(sim, "/f", "x", 1);
+		cr_assert_geq(it->fd, 0);
+		cr_assert_eq(keel_sim_run(sim, 1000000000u), 0);
+		cr_expect_eq(res[0], 0, "seed %" PRIu64 ": close gave %d", seed,
+			     res[0]);
+		cr_expect_geq(res[1], 0, "seed %" PRIu64 ": socket gave %d",
+			      seed, res[1]);
+		cr_expect_geq(res[2], 0, "seed %" PRIu64 ": openat gave %d",
+			      seed, res[2]);
+		sim_done(sim, loop);
+	}
 }

@@ -4,8 +4,9 @@
 # as `make test` sees it: every scenario passes a few seeds, each run twice
 # with the same trace hash (determinism); every seed of the regression
 # list (sim/scenarios/seeds.txt: seeds that once found a defect) passes;
-# one seed replays with its trace written, and keel-trace reads that
-# trace; --list names every scenario; bad arguments give exit 2.
+# a few seeds under injected faults (--fault-mix) pass, twice alike; one
+# seed replays with its trace written, and keel-trace reads that trace;
+# --list names every scenario; bad arguments give exit 2.
 # Builds nothing: runs $BUILD/tools/keel-sim (BUILD defaults to build).
 # Last line: "sim-run: N passed, M failed"; exit status 1 on any failure.
 set -u
@@ -33,11 +34,25 @@ for sc in $scenarios; do
 	fi
 done
 
-# The regression list: "scenario seed # what it found", one a line.
+# Under injected faults (a spec per seed): errors are outcomes, the
+# invariants and determinism still hold.
+for sc in $scenarios; do
+	if "$sim" --scenario "$sc" --from 1 --seeds 6 --recheck 1 \
+		--fault-mix >"$dir/$sc-faults.log" 2>&1; then
+		ok "$sc: 6 seeds under faults, each run twice to the same hash"
+	else
+		bad "$sc: 6 seeds under faults, each run twice to the same hash"
+		grep -v '^sim:' "$dir/$sc-faults.log" | head -5
+	fi
+done
+
+# The regression list: "scenario seed [--fault-mix] # what it found".
 while read -r sc seed rest; do
 	case $sc in '' | '#'*) continue ;; esac
+	mix=
+	case $rest in --fault-mix*) mix=--fault-mix ;; esac
 	check "regression: $sc seed $seed ($rest)" \
-		"$sim" --scenario "$sc" --seed "$seed" --recheck 1 \
+		"$sim" --scenario "$sc" --seed "$seed" --recheck 1 $mix \
 		>"$dir/regress.log" 2>&1
 done <sim/scenarios/seeds.txt
 

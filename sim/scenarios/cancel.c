@@ -149,8 +149,10 @@ static int worker_step(struct keel_task *t)
 			break;
 		}
 		if (!expected(keel_res(t))) {
-			scn_fail(s, "worker %u (role %d): %s", wk->id,
-				 (int)wk->role, keel_strerror(keel_res(t)));
+			if (!scn_faulted(s, keel_res(t)))
+				scn_fail(s, "worker %u (role %d): %s", wk->id,
+					 (int)wk->role,
+					 keel_strerror(keel_res(t)));
 			KEEL_EXIT(t, keel_res(t));
 		}
 		if (keel_res(t) == -ECANCELED ||
@@ -271,7 +273,9 @@ oom:
 	scn_fail(s, "out of memory");
 	goto close;
 fail:
-	scn_fail(s, "setting up pair %u: %s", m->i, keel_strerror(keel_res(t)));
+	if (!scn_faulted(s, keel_res(t)))
+		scn_fail(s, "setting up pair %u: %s", m->i,
+			 keel_strerror(keel_res(t)));
 close:
 	for (m->i = 0; m->i < PAIRS; m->i++) {
 		if (w->pairs[m->i].cfd >= 0)

@@ -73,6 +73,38 @@ void scn_fail(struct scn *s, const char *fmt, ...)
 	va_end(ap);
 }
 
+bool scn_faulted(struct scn *s, int res)
+{
+	switch (res) {
+	case 0:
+	case -ECONNRESET:
+	case -EPIPE:
+	case -ENOTCONN:
+	case -ECONNREFUSED:
+	case -ENOBUFS:
+	case -EIO:
+	case -ENOMEM:
+	case -ECANCELED:
+	case -EMFILE:
+	case -ENFILE:
+	case -ETIMEDOUT:
+		break;
+	default:
+		return false;
+	}
+	if (!s->faults)
+		return false;
+	s->faulted++;
+	return true;
+}
+
+int scn_writer_failed(struct keel_task *t, struct scn *s, int fd)
+{
+	if (s->faults && !keel_token_cancelled(keel_task_token(t)))
+		keel_sim_reset(s->sim, fd);
+	return keel_res(t);
+}
+
 uint64_t scn_rand(struct scn *s)
 {
 	uint64_t z = (s->rng += 0x9e3779b97f4a7c15ull);

@@ -113,7 +113,7 @@ static int acceptor_step(struct keel_task *t)
 		e->accepted++;
 	}
 	/* Only the last client stops it, by cancelling it. */
-	if (keel_res(t) != -ECANCELED)
+	if (keel_res(t) != -ECANCELED && !scn_faulted(e->s, keel_res(t)))
 		scn_fail(e->s, "accept stream ended: %s",
 			 keel_strerror(keel_res(t)));
 out:
@@ -155,7 +155,7 @@ static int conn_step(struct keel_task *t)
 	}
 	/* EOF, or the client left: its reset, or our send into it. */
 	if (keel_res(t) < 0 && keel_res(t) != -ECONNRESET &&
-	    keel_res(t) != -EPIPE)
+	    keel_res(t) != -EPIPE && !scn_faulted(c->e->s, keel_res(t)))
 		scn_fail(c->e->s, "server connection: %s",
 			 keel_strerror(keel_res(t)));
 out:
@@ -179,7 +179,7 @@ static int writer_step(struct keel_task *t)
 		KEEL_AWAIT(
 		    t, keel_send_all(t, c->fd, w->wbuf, w->n, MSG_NOSIGNAL));
 		if (keel_res(t) < 0)
-			KEEL_EXIT(t, keel_res(t));
+			KEEL_EXIT(t, scn_writer_failed(t, c->e->s, c->fd));
 		w->sent += w->n;
 	}
 	KEEL_END(t);
@@ -201,8 +201,9 @@ static int client_step(struct keel_task *t)
 	KEEL_AWAIT(t, keel_sleep(t, c->delay));
 	KEEL_AWAIT(t, keel_socket(t, AF_INET, SOCK_STREAM, 0));
 	if (keel_res(t) < 0) {
-		scn_fail(s, "client %u: socket: %s", c->id,
-			 keel_strerror(keel_res(t)));
+		if (!scn_faulted(s, keel_res(t)))
+			scn_fail(s, "client %u: socket: %s", c->id,
+				 keel_strerror(keel_res(t)));
 		client_done(c);
 		KEEL_EXIT(t, keel_res(t));
 	}
@@ -211,8 +212,9 @@ static int client_step(struct keel_task *t)
 	KEEL_AWAIT(t,
 		   keel_connect(t, c->fd, (struct sockaddr *)&c->ss, c->sslen));
 	if (keel_res(t) < 0) {
-		scn_fail(s, "client %u: connect: %s", c->id,
-			 keel_strerror(keel_res(t)));
+		if (!scn_faulted(s, keel_res(t)))
+			scn_fail(s, "client %u: connect: %s", c->id,
+				 keel_strerror(keel_res(t)));
 		goto close;
 	}
 	struct writer *w = keel_spawn(keel_task_loop(t), &echo_writer,
@@ -232,10 +234,14 @@ static int client_step(struct keel_task *t)
 			len = (size_t)(c->total - c->got);
 		KEEL_AWAIT(t, keel_recv(t, c->fd, c->rbuf, len, 0));
 		if (keel_res(t) <= 0) {
-			scn_fail(s, "client %u: recv after %llu of %llu: %s",
-				 c->id, (unsigned long long)c->got,
-				 (unsigned long long)c->total,
-				 keel_res(t) ? keel_strerror(keel_res(t))
+			if (!scn_faulted(s, keel_res(t)))
+				scn_fail(s,
+					 "client %u: recv after %llu of %llu: "
+					 "%s",
+					 c->id, (unsigned long long)c->got,
+					 (unsigned long long)c->total,
+					 keel_res(t)
+					     ? keel_strerror(keel_res(t))
 					     : "EOF");
 			break;
 		}

@@ -156,7 +156,7 @@ static int acceptor_step(struct keel_task *t)
 		scn_fail(p->s, "out of memory");
 		KEEL_AWAIT(t, keel_close(t, keel_res(t)));
 	}
-	if (keel_res(t) != -ECANCELED)
+	if (keel_res(t) != -ECANCELED && !scn_faulted(p->s, keel_res(t)))
 		scn_fail(p->s, "accept stream ended: %s",
 			 keel_strerror(keel_res(t)));
 out:
@@ -210,7 +210,7 @@ static int backend_step(struct keel_task *t)
 		b->echoed += b->n;
 	}
 out:
-	if (!benign(keel_res(t)))
+	if (!benign(keel_res(t)) && !scn_faulted(b->p->s, keel_res(t)))
 		scn_fail(b->p->s, "backend: %s", keel_strerror(keel_res(t)));
 	KEEL_AWAIT(t, keel_close(t, b->fd));
 	KEEL_END(t);
@@ -230,7 +230,7 @@ static int copy_step(struct keel_task *t)
 		if (keel_res(t) < 0)
 			break;
 	}
-	if (!benign(keel_res(t)))
+	if (!benign(keel_res(t)) && !scn_faulted(c->p->s, keel_res(t)))
 		scn_fail(c->p->s, "copy: %s", keel_strerror(keel_res(t)));
 	KEEL_EXIT(t, keel_res(t) < 0 ? keel_res(t) : 0);
 }
@@ -256,7 +256,9 @@ static int pair_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	KEEL_AWAIT(t, keel_socket(t, AF_INET, SOCK_STREAM, 0));
 	if (keel_res(t) < 0) {
-		scn_fail(s, "proxy: socket: %s", keel_strerror(keel_res(t)));
+		if (!scn_faulted(s, keel_res(t)))
+			scn_fail(s, "proxy: socket: %s",
+				 keel_strerror(keel_res(t)));
 		goto out;
 	}
 	q->bfd = keel_res(t);
@@ -264,7 +266,9 @@ static int pair_step(struct keel_task *t)
 	KEEL_AWAIT(
 	    t, keel_connect(t, q->bfd, (struct sockaddr *)&q->ss, q->sslen));
 	if (keel_res(t) < 0) {
-		scn_fail(s, "proxy: connect: %s", keel_strerror(keel_res(t)));
+		if (!scn_faulted(s, keel_res(t)))
+			scn_fail(s, "proxy: connect: %s",
+				 keel_strerror(keel_res(t)));
 		goto out;
 	}
 	if (keel_scope_init(t, &q->scope, KEEL_SCOPE_COLLECT) ||
@@ -295,7 +299,7 @@ static int writer_step(struct keel_task *t)
 	w->hdr = c->id;
 	KEEL_AWAIT(t, keel_send_all(t, c->fd, &w->hdr, 4, MSG_NOSIGNAL));
 	if (keel_res(t) < 0)
-		KEEL_EXIT(t, keel_res(t));
+		KEEL_EXIT(t, scn_writer_failed(t, c->p->s, c->fd));
 	while (w->sent < pl->total) {
 		w->n = (size_t)scn_range(c->p->s, 1, sizeof(w->wbuf));
 		if (w->n > pl->total - w->sent)
@@ -304,7 +308,7 @@ static int writer_step(struct keel_task *t)
 		KEEL_AWAIT(
 		    t, keel_send_all(t, c->fd, w->wbuf, w->n, MSG_NOSIGNAL));
 		if (keel_res(t) < 0)
-			KEEL_EXIT(t, keel_res(t));
+			KEEL_EXIT(t, scn_writer_failed(t, c->p->s, c->fd));
 		w->sent += w->n;
 	}
 	KEEL_END(t);
@@ -332,8 +336,9 @@ static int client_step(struct keel_task *t)
 	KEEL_AWAIT(t, keel_sleep(t, c->delay));
 	KEEL_AWAIT(t, keel_socket(t, AF_INET, SOCK_STREAM, 0));
 	if (keel_res(t) < 0) {
-		scn_fail(s, "client %u: socket: %s", c->id,
-			 keel_strerror(keel_res(t)));
+		if (!scn_faulted(s, keel_res(t)))
+			scn_fail(s, "client %u: socket: %s", c->id,
+				 keel_strerror(keel_res(t)));
 		client_done(c);
 		KEEL_EXIT(t, keel_res(t));
 	}
@@ -342,8 +347,9 @@ static int client_step(struct keel_task *t)
 	KEEL_AWAIT(t,
 		   keel_connect(t, c->fd, (struct sockaddr *)&c->ss, c->sslen));
 	if (keel_res(t) < 0) {
-		scn_fail(s, "client %u: connect: %s", c->id,
-			 keel_strerror(keel_res(t)));
+		if (!scn_faulted(s, keel_res(t)))
+			scn_fail(s, "client %u: connect: %s", c->id,
+				 keel_strerror(keel_res(t)));
 		goto close;
 	}
 	struct writer *w = keel_spawn(keel_task_loop(t), &proxy_writer,
@@ -387,7 +393,8 @@ static int client_step(struct keel_task *t)
 	}
 end:
 	/* Only a reset on the path may cut the echo short. */
-	if (c->got < pl->total && !reset && !s->failed)
+	if (c->got < pl->total && !reset && !s->failed &&
+	    !scn_faulted(s, keel_res(t)))
 		scn_fail(s, "client %u: echo ends after %llu of %llu: %s",
 			 c->id, (unsigned long long)c->got,
 			 (unsigned long long)pl->total,

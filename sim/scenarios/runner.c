@@ -50,6 +50,7 @@ struct options {
 	const char *trace; /* keep this seed's trace here */
 	uint64_t recheck;  /* every n-th seed twice (0: never) */
 	const char *faults;
+	bool fault_mix; /* a spec per seed from fault_specs[] */
 	bool verbose;
 };
 
@@ -57,9 +58,30 @@ struct options {
 struct totals {
 	uint64_t seeds, failed, rechecked;
 	uint64_t events, ops, cqes, bytes_checked, transfers, virtual_ns;
-	uint64_t cancels_raced, overflows, zombies_seen, faults;
+	uint64_t cancels_raced, overflows, zombies_seen, faults, faulted;
 	double secs;
 };
+
+/*
+ * --fault-mix: seed n runs under fault_specs[n % N], so that every
+ * scenario meets each kind of fault (resets, short transfers, EMFILE and
+ * ECONNREFUSED, ENOBUFS, ECANCELED, EIO, latency and reordering) over a
+ * few seeds, and a seed replays with the same spec.
+ */
+static const char *const fault_specs[] = {
+    "recv:reset:0.02,send:short:0.1,accept:emfile:0.02,connect:refused:0.02",
+    "send:pipe:0.02,recv:short:0.2,write:short:0.2,read:short:0.2",
+    "*:delay=1ms:0.05,*:reorder:0.05",
+    "recv:nobufs:0.02,send_zc:nobufs:0.05,socket:emfile:0.05",
+    "*:canceled:0.01,send:reset:0.01",
+    "*:io:0.005,*:reorder:0.02,recv:short:0.05",
+};
+#define NFAULT_SPECS (sizeof(fault_specs) / sizeof(fault_specs[0]))
+
+static const char *faults_of(const struct options *o, uint64_t seed)
+{
+	return o->fault_mix ? fault_specs[seed % NFAULT_SPECS] : o->faults;
+}
 
 static const char *argv0;
 /* What the watchdog reports. */
@@ -86,8 +108,8 @@ static void print_replay(FILE *f, const char *name, uint64_t seed,
 {
 	fprintf(f, "  replay: %s --scenario %s --seed %" PRIu64, argv0, name,
 		seed);
-	if (o && o->faults)
-		fprintf(f, " --faults '%s'", o->faults);
+	if (o && faults_of(o, seed))
+		fprintf(f, " --faults '%s'", faults_of(o, seed));
 	fprintf(f, " --trace %s/keel-sim-%s-%" PRIu64 ".trace\n", tmpdir(),
 		name, seed);
 }
@@ -121,7 +143,8 @@ static void machine_opts(struct scn *s, struct keel_sim_opts *mo,
 	mo->max_latency_ns = latency[scn_below(s, 4)];
 	mo->short_ppm = short_ppm[scn_below(s, 4)];
 	mo->sndbuf = sndbuf[scn_below(s, 4)];
-	mo->faults = o->faults;
+	mo->faults = faults_of(o, s->seed);
+	s->faults = mo->faults && *mo->faults;
 }
 
 /* What must hold of a loop once its scenario is over. */
@@ -130,6 +153,7 @@ static void check_loop(struct scn *s, unsigned i)
 	struct keel_loop_stats st;
 
 	keel_loop_stats(s->loops[i], &st);
+	s->faults_injected += st.faults_injected;
 	if (st.tasks_live || st.zombies)
 		scn_fail(s,
 			 "loop %u: %" PRIu64 " tasks and %" PRIu64
@@ -202,9 +226,11 @@ static bool run_once(const struct scenario *sc, uint64_t seed,
 	tot->virtual_ns += ss.virtual_ns - start_ns;
 	tot->cancels_raced += ss.cancels_raced;
 	tot->overflows += ss.overflows;
-	tot->faults += ss.faults;
+	/* Errors, short transfers, delays, reorders: the loops count all. */
+	tot->faults += s.faults_injected;
 	tot->bytes_checked += s.bytes_checked;
 	tot->transfers += s.transfers;
+	tot->faulted += s.faulted;
 	tot->zombies_seen += s.zombies_seen;
 	return !s.failed;
 }
@@ -259,13 +285,14 @@ static void print_totals(const char *name, const struct totals *t)
 	       "seeds/s | %" PRIu64 " events, %" PRIu64 " ops, %" PRIu64
 	       " transfers (%" PRIu64 " KiB checked), %" PRIu64
 	       " cancel races, %" PRIu64 " overflows, %" PRIu64
-	       " zombies (peaks), %" PRIu64 " faults, %" PRIu64
-	       " rechecked, %.1f s virtual\n",
+	       " zombies (peaks), %" PRIu64 " faults (%" PRIu64
+	       " transfers ended by one), %" PRIu64 " rechecked, %.1f s "
+	       "virtual\n",
 	       name, t->seeds, t->failed, t->secs,
 	       t->secs > 0 ? (double)t->seeds / t->secs : 0.0, t->events,
 	       t->ops, t->transfers, t->bytes_checked / 1024, t->cancels_raced,
-	       t->overflows, t->zombies_seen, t->faults, t->rechecked,
-	       (double)t->virtual_ns / 1e9);
+	       t->overflows, t->zombies_seen, t->faults, t->faulted,
+	       t->rechecked, (double)t->virtual_ns / 1e9);
 }
 
 static void usage(int status)
@@ -284,7 +311,8 @@ static void usage(int status)
 		"or 100)\n"
 		"  --recheck N      run every N-th seed twice and compare the "
 		"trace hashes\n"
-		"  --faults SPEC    a KEEL_FAULTS spec for every loop\n");
+		"  --faults SPEC    a KEEL_FAULTS spec for every loop\n"
+		"  --fault-mix      a spec per seed from a built-in set\n");
 	exit(status);
 }
 
@@ -314,6 +342,10 @@ static void parse(int argc, char **argv, struct options *o)
 			usage(0);
 		if (!strcmp(a, "-v")) {
 			o->verbose = true;
+			continue;
+		}
+		if (!strcmp(a, "--fault-mix")) {
+			o->fault_mix = true;
 			continue;
 		}
 		if (!strcmp(a, "--list")) {
@@ -389,6 +421,8 @@ int main(int argc, char **argv)
 		all.failed += t.failed;
 		all.secs += t.secs;
 		all.rechecked += t.rechecked;
+		all.faults += t.faults;
+		all.faulted += t.faulted;
 	}
 	if (!found) {
 		fprintf(stderr, "keel-sim: no scenario %s (--list)\n",
@@ -397,8 +431,10 @@ int main(int argc, char **argv)
 	}
 	if (!o.one_seed)
 		printf("sim: %" PRIu64 " seeds, %" PRIu64 " failed, %" PRIu64
-		       " rechecked, %.1f s, %.0f seeds/s\n",
-		       all.seeds, all.failed, all.rechecked, all.secs,
+		       " rechecked, %" PRIu64 " faults injected, %.1f s, %.0f "
+		       "seeds/s\n",
+		       all.seeds, all.failed, all.rechecked, all.faults,
+		       all.secs,
 		       all.secs > 0 ? (double)all.seeds / all.secs : 0.0);
 	return all.failed ? 1 : 0;
 }

@@ -33,6 +33,11 @@ struct scn {
 	char why[256];		/* the first failure */
 	uint64_t bytes_checked; /* bytes a scenario checked end to end */
 	uint64_t transfers;	/* transfers that reported success */
+	/* The machine runs under injected faults (keel_sim_opts.faults):
+	 * an error is an outcome then, not a failure (scn_faulted). */
+	bool faults;
+	uint64_t faulted;	  /* transfers or setups an error ended */
+	uint64_t faults_injected; /* of every kind, by the loops (stats) */
 	/* The most zombies (exited tasks with ops in flight) seen at once. */
 	uint64_t zombies_seen;
 	void *world; /* scn_world(): freed after the loops */
@@ -70,6 +75,27 @@ void scn_fail(struct scn *s, const char *fmt, ...)
 		if (!(cond))                                                   \
 			scn_fail((s), "%s:%d: %s", __FILE__, __LINE__, #cond); \
 	} while (0)
+
+/*
+ * An op ended with `res` (an error, or 0: an EOF that came early) where
+ * the scenario expects none without faults. Under injected faults that is
+ * an outcome if `res` is an error a fault can cause (the ones a fault spec
+ * injects, and what follows from them: a reset, a broken pipe, a refused
+ * connection, a timeout): counted (faulted), true, and the scenario winds
+ * the transfer down (what arrived before was checked all the same).
+ * Without faults, or for any other error: false, the caller fails the
+ * seed.
+ */
+bool scn_faulted(struct scn *s, int res);
+
+/*
+ * A client's writer task failed its send (`t`'s result) on `fd`, not
+ * cancelled: under faults the error (EPIPE, ECANCELED, EIO... injected)
+ * leaves the connection with bytes that will never come, so it is reset,
+ * as the real failure would have, and the client's reader sees the reset
+ * instead of waiting forever. Returns the result to exit with.
+ */
+int scn_writer_failed(struct keel_task *t, struct scn *s, int fd);
 
 /* The scenario's PRNG: a value, one below n (n > 0), lo..hi inclusive,
  * true with `pct` percent. */

@@ -137,7 +137,8 @@ static int feeder_step(struct keel_task *t)
 		keel_op_timeout(t, 5 * MS);
 		KEEL_AWAIT(
 		    t, keel_send(t, w->cfd[f->i], f->buf, f->n, MSG_NOSIGNAL));
-		if (keel_res(t) < 0 && keel_res(t) != -ETIMEDOUT)
+		if (keel_res(t) < 0 && keel_res(t) != -ETIMEDOUT &&
+		    !scn_faulted(w->s, keel_res(t)))
 			scn_fail(w->s, "feeder: %s",
 				 keel_strerror(keel_res(t)));
 		if (keel_res(t) < 0)
@@ -225,7 +226,9 @@ static int main_step(struct keel_task *t)
 	}
 	goto close;
 fail:
-	scn_fail(s, "setting up pair %u: %s", m->i, keel_strerror(keel_res(t)));
+	if (!scn_faulted(s, keel_res(t)))
+		scn_fail(s, "setting up pair %u: %s", m->i,
+			 keel_strerror(keel_res(t)));
 close:
 	for (m->i = 0; m->i < PAIRS; m->i++) {
 		if (w->cfd[m->i] >= 0)
