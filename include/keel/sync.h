@@ -397,7 +397,8 @@ void keel_mutex_free(struct keel_mutex *m);
 /*
  * Await the mutex for at most `timeout_ns` (UINT64_MAX: no limit; 0: only
  * if free now). keel_res: 0 (t holds it), -ETIMEDOUT, the cancellation
- * cause, -EDEADLK (t holds it already), -ENOMEM, -EXDEV.
+ * cause, -EDEADLK (t holds it already), -EPIPE (freed while t waited),
+ * -ENOMEM, -EXDEV.
  * Ownership: on 0, `t` holds the mutex until keel_mutex_unlock() (not
  * released by its exit).
  */
@@ -448,7 +449,8 @@ int keel_event_clear(struct keel_event *ev);
 bool keel_event_is_set(const struct keel_event *ev);
 
 /*
- * Await the event. keel_res: 0, the cancellation cause, -EXDEV.
+ * Await the event. keel_res: 0, the cancellation cause, -EPIPE (freed
+ * while t waited), -EXDEV.
  * Ownership: nothing changes hands.
  */
 int keel_event_wait(struct keel_task *t, struct keel_event *ev);
@@ -479,7 +481,8 @@ void keel_barrier_free(struct keel_barrier *b);
 
 /*
  * Arrive and await the others. keel_res: 0, KEEL_BARRIER_LEADER, the
- * cancellation cause (not counted as arrived), -EXDEV.
+ * cancellation cause (not counted as arrived), -EPIPE (freed while t
+ * waited), -EXDEV.
  * Ownership: nothing changes hands.
  */
 int keel_barrier_wait(struct keel_task *t, struct keel_barrier *b);
@@ -514,7 +517,8 @@ void keel_latch_free(struct keel_latch *l);
 int64_t keel_latch_count_down(struct keel_latch *l, uint32_t n);
 
 /*
- * Await zero. keel_res: 0, the cancellation cause, -EXDEV.
+ * Await zero. keel_res: 0, the cancellation cause, -EPIPE (freed while t
+ * waited), -EXDEV.
  * Ownership: nothing changes hands.
  */
 int keel_latch_wait(struct keel_task *t, struct keel_latch *l);
