@@ -19,45 +19,14 @@
  * input); the sanitizers catch a frame freed while the kernel still holds
  * an op that writes into it.
  */
-#include <errno.h>
-#include <keel.h>
+#include "program.h"
+
 #include <keel/sim.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #define MAX_WORKERS 16
 #define PAIRS	    2
 #define PORT	    7400
 #define MS	    1000000ull
-
-struct program {
-	const uint8_t *p;
-	size_t n;
-};
-
-static uint8_t next_byte(struct program *pr)
-{
-	if (!pr->n)
-		return 0;
-	pr->n--;
-	return *pr->p++;
-}
-
-static void __attribute__((noreturn, format(printf, 1, 2)))
-violation(const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs("fuzz_sim_ops: broken promise: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	abort();
-}
 
 enum role { SLEEP, RECV, SEND, NOP, CLOSE, NROLES };
 

@@ -70,7 +70,7 @@ static inline void expect_res(const char *what, int res, const int *allowed,
 	} while (0)
 
 /* The loop, made on first use; no stall reports (they would be timing). */
-static struct keel_loop *fuzz_loop(void)
+static inline struct keel_loop *fuzz_loop(void)
 {
 	static struct keel_loop *loop;
 
