@@ -32,14 +32,7 @@ print(s.getsockname()[1])')
 (ulimit -n 64 && exec "$echo_bin" --threads 1 --metrics "$mport" \
 	127.0.0.1 0) >"$dir/echo.out" 2>"$dir/echo.err" &
 pid=$!
-port=
-for _ in $(seq 100); do
-	port=$(sed -n 's/^echo: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' \
-		"$dir/echo.out")
-	[ -n "$port" ] && break
-	kill -0 $pid 2>/dev/null || break
-	sleep 0.1
-done
+port=$(echo_port $pid "$dir/echo.out")
 check "echo starts with ulimit -n 64" [ -n "$port" ]
 [ -n "$port" ] || finish
 
@@ -117,15 +110,7 @@ for mode in --direct --plain fds; do
 	"$echo_bin" --threads 1 --max-conns 1 $opt 127.0.0.1 0 \
 		>"$dir/cap.out" 2>"$dir/cap.err" &
 	pid=$!
-	port=
-	for _ in $(seq 100); do
-		port=$(sed -n \
-			's/^echo: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' \
-			"$dir/cap.out")
-		[ -n "$port" ] && break
-		kill -0 $pid 2>/dev/null || break
-		sleep 0.1
-	done
+	port=$(echo_port $pid "$dir/cap.out")
 	check "echo --max-conns 1 $opt starts" [ -n "$port" ]
 	if [ -z "$port" ]; then
 		cat "$dir/cap.err"

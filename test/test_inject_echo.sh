@@ -43,14 +43,7 @@ KEEL_FAULTS_SEED=7 KEEL_TRACE="$dir/echo.ktrace" \
 	"$echo_bin" --threads 1 --metrics "$mport" 127.0.0.1 0 \
 	>"$dir/echo.out" 2>"$dir/echo.err" &
 pid=$!
-port=
-for _ in $(seq 100); do
-	port=$(sed -n 's/^echo: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' \
-		"$dir/echo.out")
-	[ -n "$port" ] && break
-	kill -0 $pid 2>/dev/null || break
-	sleep 0.1
-done
+port=$(echo_port $pid "$dir/echo.out")
 check "echo starts under KEEL_FAULTS" [ -n "$port" ]
 [ -n "$port" ] || finish
 check "echo says faults are on" \

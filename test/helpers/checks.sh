@@ -3,7 +3,7 @@
 # its closing line), then sources this file (`. test/helpers/checks.sh`,
 # from the top of the tree, where test/run.sh runs it) and gets: a scratch
 # directory $dir removed on exit, the pass/fail counters, ok/bad/check, and
-# finish, which prints "SUITE: N passed, M failed" (the line test/run.sh
+# echo_port, and finish, which prints "SUITE: N passed, M failed" (the line test/run.sh
 # tallies) and exits 1 when anything failed.
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -26,6 +26,19 @@ check() {
 	name=$1
 	shift
 	if "$@"; then ok "$name"; else bad "$name"; fi
+}
+
+# echo_port PID OUT: the port examples/echo (PID, its stdout in OUT) says
+# it listens on, once it says so (10 s at most); empty if it exits first.
+echo_port() {
+	for _ in $(seq 100); do
+		p=$(sed -n 's/^echo: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' \
+			"$2")
+		[ -n "$p" ] && break
+		kill -0 "$1" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "$p"
 }
 
 finish() {
