@@ -84,6 +84,15 @@ endif
 
 LIB_SRC := $(foreach l,$(LAYERS),$(wildcard $(l)/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+# libkeel-http (http/, keel/http.h): its own library on keel's public API
+# (http/ sees only the public headers and its own) and Debian's
+# http-parser, so that libkeel itself needs only liburing and jemalloc.
+HTTP_SRC := $(wildcard http/*.c)
+HTTP_OBJ := $(HTTP_SRC:%.c=$(BUILD)/obj/%.o)
+INC_http := -Ihttp
+HTTP_LIBS := -lhttp_parser
+HTTP_STATIC := $(BUILD)/libkeel-http.a
+HTTP_SHARED := $(BUILD)/libkeel-http.so.$(VERSION)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 TOOLS := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 # keel-trace is several files (tools/trace/); its HTML page is built in.
@@ -128,7 +137,7 @@ MAN_FILES := $(foreach s,$(MAN_SRC),$(foreach n,$(call man_names,$(s)),\
 
 all: lib examples tools man
 
-lib: $(STATIC) $(SHARED)
+lib: $(STATIC) $(SHARED) $(HTTP_STATIC) $(HTTP_SHARED)
 examples: $(EXAMPLES)
 tools: $(TOOLS)
 tests: $(TESTS) $(MT_TESTS)
@@ -153,6 +162,19 @@ $(SHARED): $(LIB_OBJ) keel.map
 	$(Q)ln -sf libkeel.so.$(VERSION) $(BUILD)/libkeel.so.$(SOVERSION)
 	$(Q)ln -sf libkeel.so.$(SOVERSION) $(BUILD)/libkeel.so
 
+$(HTTP_STATIC): $(HTTP_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(HTTP_SHARED): $(HTTP_OBJ) keel-http.map $(SHARED)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -shared -Wl,-soname,libkeel-http.so.$(SOVERSION) \
+		-Wl,--version-script=keel-http.map $(SO_DEFS) $(LDFLAGS) \
+		-o $@ $(HTTP_OBJ) -L$(BUILD) -lkeel $(HTTP_LIBS) $(LIBS)
+	$(Q)ln -sf libkeel-http.so.$(VERSION) \
+		$(BUILD)/libkeel-http.so.$(SOVERSION)
+	$(Q)ln -sf libkeel-http.so.$(SOVERSION) $(BUILD)/libkeel-http.so
+
 # The page, then an alias page for each other name on its NAME line.
 define MAN_RECIPE
 @mkdir -p $(@D)
@@ -170,10 +192,11 @@ $(BUILD)/man/man3/%.3: man/%.3.scd
 $(BUILD)/man/man7/%.7: man/%.7.scd
 	$(MAN_RECIPE)
 
-$(BUILD)/examples/%: examples/%.c $(STATIC)
+$(BUILD)/examples/%: examples/%.c $(HTTP_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(HTTP_STATIC) \
+		$(STATIC) $(HTTP_LIBS) $(LIBS) -lm
 
 $(BUILD)/tools/%: tools/%.c $(STATIC)
 	@mkdir -p $(dir $@)
@@ -208,11 +231,12 @@ $(BUILD)/tools/keel-sim: $(SIM_OBJ) $(TRACE_READER_OBJ) $(STATIC)
 		$(STATIC) $(LIBS) -lm
 
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
-		$(STATIC)
+		$(HTTP_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
-		$(TEST_HELPERS) $(STATIC) -lcriterion $(LIBS) -lm
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(INC_http) $(CFLAGS) $(LDFLAGS) \
+		-o $@ $< $(TEST_HELPERS) $(HTTP_STATIC) $(STATIC) -lcriterion \
+		$(HTTP_LIBS) $(LIBS) -lm
 
 $(BUILD)/test/mt_%: test/mt_%.c $(PLAIN_HELPERS) $(TEST_HELPER_HEADERS) \
 		$(STATIC)
@@ -308,11 +332,13 @@ $(BUILD)/fuzz/fuzz_trace_reader: fuzz/fuzz_trace_reader.c \
 		$(LDFLAGS) -o $@ $< $(filter-out %/main.o,$(TRACE_OBJ)) \
 		$(STATIC) $(LIBS) -lm
 
-$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(wildcard fuzz/*.h) $(STATIC)
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(wildcard fuzz/*.h) $(HTTP_STATIC) \
+		$(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< \
-		$(STATIC) $(LIBS) -lm
+	$(Q)$(CC) $(CPPFLAGS) $(INC_http) $(CFLAGS) -fsanitize=fuzzer \
+		$(LDFLAGS) -o $@ $< $(HTTP_STATIC) $(STATIC) $(HTTP_LIBS) \
+		$(LIBS) -lm
 
 install: lib man
 	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig \
@@ -349,4 +375,5 @@ format-check:
 clean:
 	$(Q)rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TRACE_OBJ:.o=.d) $(SIM_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(HTTP_OBJ:.o=.d) $(TRACE_OBJ:.o=.d) \
+	$(SIM_OBJ:.o=.d)
