@@ -638,3 +638,376 @@ Test(http, listens_on_the_port_asked_for, .timeout = 20)
 	cl_close(fd);
 	server_stop(&s, NULL);
 }
+
+/* ---- handler tasks ------------------------------------------------------ */
+
+struct handler {
+	struct keel_http_handler h;
+	const char *data;
+	uint64_t count;
+	uint32_t sum;
+	char out[256];
+	size_t len;
+};
+
+/* Reads the body as it comes; answers "<bytes> <sum of the bytes>". */
+static int sum_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	for (;;) {
+		KEEL_AWAIT_CALL(t, keel_http_body_read(t, f->h.x, &f->data));
+		if (keel_res(t) <= 0)
+			break;
+		for (int i = 0; i < keel_res(t); i++)
+			f->sum += (unsigned char)f->data[i];
+		f->count += (uint64_t)keel_res(t);
+	}
+	if (keel_res(t) < 0)
+		f->len = (size_t)snprintf(f->out, sizeof(f->out), "error %d",
+					  keel_res(t));
+	else
+		f->len = (size_t)snprintf(f->out, sizeof(f->out), "%llu %u",
+					  (unsigned long long)f->count, f->sum);
+	KEEL_AWAIT_CALL(
+	    t, keel_http_respond(t, f->h.x, 200, "text/plain", f->out, f->len));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(sum_handler, struct handler, h, sum_step);
+
+/* The whole body, at most 10 bytes: 413 over it. */
+static int all_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT_CALL(t, keel_http_body_read_all(t, f->h.x, 10, &f->data));
+	if (keel_res(t) == -EMSGSIZE) {
+		KEEL_AWAIT_CALL(
+		    t, keel_http_respond(t, f->h.x, 413, NULL, NULL, 0));
+		KEEL_EXIT(t, 0);
+	}
+	f->len = (size_t)keel_res(t);
+	memcpy(f->out, f->data, f->len);
+	KEEL_AWAIT_CALL(
+	    t, keel_http_respond(t, f->h.x, 200, NULL, f->out, f->len));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(all_handler, struct handler, h, all_step);
+
+static int panic_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_YIELD(t);
+	keel_panic("a handler's bug");
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(panic_handler, struct handler, h, panic_step);
+
+static int silent_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_YIELD(t);
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(silent_handler, struct handler, h, silent_step);
+
+static _Atomic int sleeper_res = 1;
+
+/* Sleeps (long) before answering: its client leaves meanwhile. */
+static int sleeper_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(f->h.arg ? 300 : 10000)));
+	atomic_store(&sleeper_res, keel_res(t));
+	KEEL_AWAIT_CALL(t, keel_http_respond(t, f->h.x, 200, NULL, "late", 4));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(sleeper_handler, struct handler, h, sleeper_step);
+
+/* The request as the accessors see it. */
+static int echo_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+	struct keel_http_exchange *x = f->h.x;
+	size_t pl, ql, hl = 0;
+	const char *p, *q, *hv;
+
+	KEEL_BEGIN(t);
+	p = keel_http_path(x, &pl);
+	q = keel_http_query(x, &ql);
+	hv = keel_http_header(x, "x-thing", &hl);
+	f->len = (size_t)snprintf(
+	    f->out, sizeof(f->out), "%s %.*s ? %.*s v%d h=%.*s n=%u",
+	    keel_http_method(x), (int)pl, p, (int)ql, q, keel_http_version(x),
+	    (int)hl, hv ? hv : "", keel_http_header_count(x));
+	cr_assert_eq(keel_http_add_header(x, "X-Reply", "yes"), 0);
+	cr_assert_eq(keel_http_add_header(x, "Content-Length", "1"), -EINVAL);
+	KEEL_AWAIT_CALL(
+	    t, keel_http_respond(t, x, 200, "text/plain", f->out, f->len));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(echo_handler, struct handler, h, echo_step);
+
+/* A chunked response in three pieces. */
+static int stream_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT_CALL(t, keel_http_stream_begin(t, f->h.x, 200, NULL));
+	for (f->count = 0; f->count < 3; f->count++) {
+		f->len = (size_t)snprintf(f->out, sizeof(f->out), "piece%llu;",
+					  (unsigned long long)f->count);
+		KEEL_AWAIT_CALL(
+		    t, keel_http_stream_write(t, f->h.x, f->out, f->len));
+		if (keel_res(t) < 0)
+			KEEL_EXIT(t, keel_res(t));
+	}
+	KEEL_AWAIT_CALL(t, keel_http_stream_end(t, f->h.x));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(stream_handler, struct handler, h, stream_step);
+
+static struct keel_http_server *handler_server(const struct keel_http_opts *o)
+{
+	struct keel_http_server *srv = server_new(o);
+
+	cr_assert_eq(
+	    keel_http_route_task(srv, "POST", "/sum", 0, &sum_handler, NULL),
+	    0);
+	cr_assert_eq(
+	    keel_http_route_task(srv, "POST", "/all", 0, &all_handler, NULL),
+	    0);
+	cr_assert_eq(
+	    keel_http_route_task(srv, NULL, "/panic", 0, &panic_handler, NULL),
+	    0);
+	cr_assert_eq(keel_http_route_task(srv, NULL, "/silent", 0,
+					  &silent_handler, NULL),
+		     0);
+	cr_assert_eq(keel_http_route_task(srv, NULL, "/sleep", 0,
+					  &sleeper_handler, NULL),
+		     0);
+	cr_assert_eq(keel_http_route_task(srv, NULL, "/nap", 0,
+					  &sleeper_handler, (void *)1),
+		     0);
+	cr_assert_eq(keel_http_route_task(srv, NULL, "/echo", KEEL_HTTP_PREFIX,
+					  &echo_handler, NULL),
+		     0);
+	cr_assert_eq(keel_http_route_task(srv, "GET", "/stream", 0,
+					  &stream_handler, NULL),
+		     0);
+	return srv;
+}
+
+Test(http, chunked_body_is_streamed_to_the_handler, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* In pieces, so that the handler waits for the next one. */
+	SEND(fd, "POST /sum HTTP/1.1\r\nHost: x\r\n"
+		 "Transfer-Encoding: chunked\r\n\r\n5\r\nhel");
+	usleep(20000);
+	SEND(fd, "lo\r\n6;ext=1\r\n world\r\n");
+	usleep(20000);
+	SEND(fd, "0\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	/* "hello world": 11 bytes summing to 1116. */
+	cr_expect_eq(r.body_len, 7, "%.*s", (int)r.body_len, r.body);
+	cr_expect_eq(memcmp(r.body, "11 1116", 7), 0, "%.*s", (int)r.body_len,
+		     r.body);
+	cr_expect(!r.close);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, content_length_body_is_read_by_the_handler_then_next_request,
+     .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
+		 "abcGET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "3 294", 5), 0, "%.*s", (int)r.body_len,
+		     r.body);
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "hello", 5), 0);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, expect_100_continue_is_sent_before_the_body, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+		 "Expect: 100-continue\r\n\r\n");
+	/* The client sends the body only after the interim answer. */
+	cr_assert(cl_read(fd, &r, true));
+	cr_expect_eq(r.status, 100);
+	SEND(fd, "hello");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "5 532", 5), 0, "%.*s", (int)r.body_len,
+		     r.body);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, body_read_all_over_its_max_is_413, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "POST /all HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+		 "small");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "small", 5), 0);
+	cl_close(fd);
+	fd = cl_connect(s.port);
+	SEND(fd, "POST /all HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n"
+		 "0123456789abcdefghij");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 413);
+	cr_expect(r.close);
+	expect_closed(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, panicking_handler_gets_500_and_next_pipelined_request_answered,
+     .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /panic HTTP/1.1\r\nHost: x\r\n\r\n"
+		 "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 500);
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "hello", 5), 0);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.handler_panics, 1);
+	cr_expect_eq(st.responses_5xx, 1);
+}
+
+Test(http, handler_exiting_without_a_response_gets_500, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /silent HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 500);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.handler_panics, 1);
+}
+
+Test(http, client_leaving_cancels_its_handler, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+
+	atomic_store(&sleeper_res, 1);
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(50000);
+	cl_close(fd);
+	/* The handler's 10 s sleep ends at once, cancelled. */
+	for (int i = 0; i < 400 && atomic_load(&sleeper_res) == 1; i++)
+		usleep(5000);
+	cr_expect_eq(atomic_load(&sleeper_res), -ECANCELED, "handler saw %d",
+		     atomic_load(&sleeper_res));
+	/* Gone before the handler even began: cancelled all the same. */
+	atomic_store(&sleeper_res, 1);
+	fd = cl_connect(s.port);
+	SEND(fd, "GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n");
+	cl_close(fd);
+	for (int i = 0; i < 400 && atomic_load(&sleeper_res) == 1; i++)
+		usleep(5000);
+	cr_expect_eq(atomic_load(&sleeper_res), -ECANCELED, "handler saw %d",
+		     atomic_load(&sleeper_res));
+	server_stop(&s, &st);
+	cr_expect_eq(st.client_gone, 2);
+	cr_expect_eq(st.active, 0);
+}
+
+Test(http, handler_sees_the_request_and_adds_headers, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /echo/a/b?x=1&y HTTP/1.1\r\nHost: x\r\n"
+		 "X-Thing:  some value\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	r.body[r.body_len] = '\0';
+	cr_expect_str_eq(r.body, "GET /echo/a/b ? x=1&y v11 h=some value n=2");
+	cr_expect(strstr(r.head, "\r\nX-Reply: yes\r\n"), "%s", r.head);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, streamed_response_is_chunked, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect(strstr(r.head, "Transfer-Encoding: chunked"), "%s", r.head);
+	r.body[r.body_len] = '\0';
+	cr_expect_str_eq(r.body, "piece0;piece1;piece2;");
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
