@@ -431,12 +431,15 @@ static int build_text(struct keel__http_conn *c, struct keel_http_exchange *x)
 	const struct keel__http_route *r = x->route;
 	size_t dlen;
 	const char *date = keel__http_date(c->sh, &dlen);
-	bool body = !(x->flags & KEEL__HTTP_X_HEAD);
+	bool body = !(x->flags & KEEL__HTTP_X_HEAD) && r->body_len;
 	static const char keep[] = "Connection: keep-alive\r\n\r\n";
 	static const char close_[] = "Connection: close\r\n\r\n";
 	bool last = keel__http_conn_last(c, x);
-	size_t need =
-	    r->head_len + dlen + sizeof(keep) + (body ? r->body_len : 0);
+	/* A large body is sent from the route itself (a second iovec of
+	 * the same sendmsg), never copied. */
+	bool gather = body && r->body_len > KEEL__HTTP_COPY_MAX;
+	size_t need = r->head_len + dlen + sizeof(keep) +
+		      (body && !gather ? r->body_len : 0);
 
 	if (keel__http_x_out_reserve(x, need))
 		return -ENOMEM;
@@ -446,9 +449,19 @@ static int build_text(struct keel__http_conn *c, struct keel_http_exchange *x)
 	o += put(o, date, dlen);
 	o += last ? put(o, close_, sizeof(close_) - 1)
 		  : put(o, keep, sizeof(keep) - 1);
-	if (body)
+	if (body && !gather)
 		o += put(o, r->body, r->body_len);
 	x->out_len = (size_t)(o - x->out);
+	if (gather) {
+		x->iov[0].iov_base = x->out;
+		x->iov[0].iov_len = x->out_len;
+		x->iov[1].iov_base = r->body;
+		x->iov[1].iov_len = r->body_len;
+		memset(&x->msg, 0, sizeof(x->msg));
+		x->msg.msg_iov = x->iov;
+		x->msg.msg_iovlen = 2;
+		x->flags |= KEEL__HTTP_X_GATHER;
+	}
 	x->status = r->status;
 	x->body_sent = body ? r->body_len : 0;
 	x->flags |= KEEL__HTTP_X_STARTED | KEEL__HTTP_X_FINISHED;
@@ -724,10 +737,15 @@ static int conn_step(struct keel_task *t)
 			goto close;
 		conn_release_if_done(c);
 		conn_phase(c, KEEL__HTTP_SEND, o->send_timeout_ns);
-		KEEL_AWAIT(t, keel_send_all(t, c->fd, x->out, x->out_len,
-					    MSG_NOSIGNAL));
+		if (x->flags & KEEL__HTTP_X_GATHER)
+			KEEL_AWAIT(t, keel_sendmsg_all(t, c->fd, &c->x->msg,
+						       MSG_NOSIGNAL));
+		else
+			KEEL_AWAIT(t,
+				   keel_send_all(t, c->fd, c->x->out,
+						 c->x->out_len, MSG_NOSIGNAL));
 		if (keel_res(t) < 0) {
-			x->flags |= KEEL__HTTP_X_BROKEN;
+			c->x->flags |= KEEL__HTTP_X_BROKEN;
 			goto close;
 		}
 		goto done;
@@ -812,7 +830,8 @@ static int conn_step(struct keel_task *t)
 	after_handler:
 		/* The body the handler left: drop it (within max_body),
 		 * unless the client still waits for "100 Continue". */
-		if (!(x->flags & KEEL__HTTP_X_COMPLETE)) {
+		if (!(x->flags & KEEL__HTTP_X_COMPLETE) &&
+		    !(c->flags & KEEL__HTTP_C_CLOSE)) {
 			if ((x->flags & KEEL__HTTP_X_EXPECT) &&
 			    !(x->flags & KEEL__HTTP_X_CONTINUED)) {
 				c->flags |= KEEL__HTTP_C_CLOSE;

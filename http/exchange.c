@@ -324,6 +324,10 @@ void keel__http_sent(struct keel_http_exchange *x, int status,
 
 const char *keel_http_method(const struct keel_http_exchange *x)
 {
+	/* "" until the request line's method was parsed (a request refused
+	 * before it: the access log writes "-"). */
+	if (!x->url_len)
+		return "";
 	return http_method_str(x->parser.method);
 }
 

@@ -1011,3 +1011,262 @@ Test(http, streamed_response_is_chunked, .timeout = 20)
 	cl_close(fd);
 	server_stop(&s, NULL);
 }
+
+/* ---- timeouts ------------------------------------------------------------ */
+
+/* How long until the server closes `fd` (ms), reading what comes. */
+static long ms_until_closed(int fd)
+{
+	uint64_t t0 = kt_now_ns();
+	char b[512];
+	ssize_t n;
+
+	do
+		n = recv(fd, b, sizeof(b), 0);
+	while (n > 0);
+	cr_expect(n == 0 || errno == ECONNRESET, "not closed: %s",
+		  strerror(errno));
+	return (long)((kt_now_ns() - t0) / 1000000);
+}
+
+Test(http, idle_keep_alive_connection_is_closed_after_the_idle_timeout,
+     .timeout = 20)
+{
+	struct keel_http_opts o = {.idle_timeout_ns = KT_MS(300)};
+	struct server s = {.srv = server_new(&o)};
+	struct keel_http_stats st;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	expect_open(fd);
+	ms_until_closed(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.timeouts, 1);
+	cr_expect_eq(st.requests, 1);
+}
+
+Test(http, slowloris_is_cut_off_by_the_header_timeout, .timeout = 20)
+{
+	struct keel_http_opts o = {.header_timeout_ns = KT_MS(300)};
+	struct server s = {.srv = server_new(&o)};
+	struct keel_http_stats st;
+	struct pollfd p;
+	int lines = 0;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* A line every 50 ms, never the end of the head: each keeps the
+	 * connection busy, none may extend the header deadline. */
+	SEND(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n");
+	for (; lines < 100; lines++) {
+		p = (struct pollfd){.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 50) == 1)
+			break; /* the close */
+		if (send(fd, "X-Slow: a\r\n", 11, MSG_NOSIGNAL) != 11)
+			break;
+	}
+	cr_expect_lt(lines, 60, "still open after %d lines", lines);
+	ms_until_closed(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.timeouts, 1);
+	cr_expect_eq(st.requests, 0);
+}
+
+Test(http, body_timeout_ends_a_handlers_read_with_etimedout, .timeout = 20)
+{
+	struct keel_http_opts o = {.body_timeout_ns = KT_MS(300)};
+	struct server s = {.srv = handler_server(&o)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+		 "abc");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	r.body[r.body_len] = '\0';
+	cr_expect_str_eq(r.body, "error -110");
+	cr_expect(r.close);
+	ms_until_closed(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.timeouts, 1, "timeouts %llu",
+		     (unsigned long long)st.timeouts);
+}
+
+/* ---- the drain ------------------------------------------------------------
+ */
+
+Test(http, drain_closes_idle_finishes_in_flight_with_close_and_ends,
+     .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	server_start(&s);
+	int idle = cl_connect(s.port);
+	int busy = cl_connect(s.port);
+
+	expect_open(idle);
+	/* The handler takes 300 ms: the drain begins meanwhile. */
+	SEND(busy, "GET /nap HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(50000);
+	keel_http_server_drain(s.srv);
+	/* The idle one goes at once (at the next sweep), long before the
+	 * drain's 10 s deadline. */
+	cr_expect_lt(ms_until_closed(idle), 2000);
+	cr_assert(cl_read(busy, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "late", 4), 0);
+	cr_expect(r.close, "the last response says close: %s", r.head);
+	expect_closed(busy);
+	/* No new connection is accepted. */
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	kt_loopback_addr((uint16_t)s.port, &ss, &len);
+	usleep(200000);
+	cr_expect_neq(connect(fd, (struct sockaddr *)&ss, len), 0,
+		      "still accepting");
+	close(fd);
+	cl_close(idle);
+	cl_close(busy);
+	/* The loop ends by itself: the drain left nothing behind. */
+	server_stop(&s, &st);
+	cr_expect_eq(atomic_load(&sleeper_res), 0);
+	cr_expect_eq(st.active, 0);
+}
+
+Test(http, drain_deadline_cancels_what_is_left, .timeout = 20)
+{
+	struct keel_http_opts o = {.drain_timeout_ns = KT_MS(200)};
+	struct server s = {.srv = handler_server(&o)};
+	struct keel_http_stats st;
+
+	atomic_store(&sleeper_res, 1);
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* A 10 s handler: the drain's deadline cuts it. */
+	SEND(fd, "GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(50000);
+	keel_http_server_drain(s.srv);
+	cr_expect_lt(ms_until_closed(fd), 5000);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(atomic_load(&sleeper_res), -ECANCELED);
+	cr_expect_eq(st.active, 0);
+}
+
+struct rt_main {
+	struct keel_task task;
+};
+
+/* The runtime's main task: its exit shuts the runtime down. */
+static int rt_main_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(200)));
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(rt_main_task, struct rt_main, task, rt_main_step);
+
+struct rt_server {
+	struct keel_http_server *srv;
+	pthread_t thread;
+	_Atomic int port;
+	int run;
+};
+
+static void *rt_server_main(void *arg)
+{
+	struct rt_server *s = arg;
+	struct keel_runtime_opts ro = {.threads = 2, .no_signals = true};
+	struct keel_runtime *rt;
+	int err = keel_runtime_create(&rt, &ro);
+
+	if (err) {
+		atomic_store(&s->port, err);
+		return NULL;
+	}
+	err = keel_http_server_start(s->srv, rt);
+	atomic_store(&s->port, err ? err : keel_http_server_port(s->srv));
+	s->run = err ? err : keel_runtime_run(rt, &rt_main_task, NULL, NULL);
+	keel_runtime_destroy(rt);
+	return NULL;
+}
+
+Test(http, runtime_shutdown_drains_in_flight_requests, .timeout = 20)
+{
+	struct rt_server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	atomic_store(&sleeper_res, 1);
+	cr_assert_eq(pthread_create(&s.thread, NULL, rt_server_main, &s), 0);
+	while (!atomic_load(&s.port))
+		usleep(1000);
+	cr_assert_gt(atomic_load(&s.port), 0);
+	int fd = cl_connect(s.port);
+
+	/* 300 ms of handler; the runtime shuts down after 200 ms. */
+	SEND(fd, "GET /nap HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "late", 4), 0);
+	cr_expect(r.close, "the last response says close: %s", r.head);
+	expect_closed(fd);
+	cl_close(fd);
+	cr_assert_eq(pthread_join(s.thread, NULL), 0);
+	cr_expect_eq(s.run, 0);
+	cr_expect_eq(atomic_load(&sleeper_res), 0);
+	keel_http_server_stats(s.srv, &st);
+	cr_expect_eq(st.requests, 1);
+	cr_expect_eq(st.active, 0);
+	keel_http_server_free(s.srv);
+}
+
+Test(http, client_not_reading_is_cut_off_by_the_send_timeout, .timeout = 30)
+{
+	struct keel_http_opts o = {.send_timeout_ns = KT_MS(300)};
+	struct keel_http_server *srv = server_new(&o);
+	struct server s = {.srv = srv};
+	struct keel_http_stats st;
+	size_t big = 32u << 20;
+	char *body = calloc(1, big);
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int rcv = 4096;
+
+	cr_assert_not_null(body);
+	cr_assert_eq(
+	    keel_http_route_text(srv, "GET", "/big", 0, 200, NULL, body, big),
+	    0);
+	free(body);
+	server_start(&s);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	kt_loopback_addr((uint16_t)s.port, &ss, &len);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), 0);
+	SEND(fd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+	/* Never read: the send stalls and the sweep cuts it. */
+	for (int i = 0; i < 400; i++) {
+		keel_http_server_stats(srv, &st);
+		if (st.timeouts)
+			break;
+		usleep(10000);
+	}
+	cr_expect_eq(st.timeouts, 1);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.active, 0);
+}
