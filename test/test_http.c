@@ -1270,3 +1270,57 @@ Test(http, client_not_reading_is_cut_off_by_the_send_timeout, .timeout = 30)
 	server_stop(&s, &st);
 	cr_expect_eq(st.active, 0);
 }
+
+/* ---- max_conns ------------------------------------------------------------
+ */
+
+Test(http, at_max_conns_accepting_stops_and_resumes_below_it, .timeout = 20)
+{
+	struct keel_http_opts o = {.max_conns = 2};
+	struct server s = {.srv = server_new(&o)};
+	struct keel_http_stats st;
+	struct pollfd p;
+	struct resp r;
+
+	server_start(&s);
+	int a = cl_connect(s.port);
+	int b = cl_connect(s.port);
+
+	expect_open(a);
+	expect_open(b);
+	/* The third waits in the kernel's backlog, unanswered... */
+	int c = cl_connect(s.port);
+
+	SEND(c, hello_req);
+	p = (struct pollfd){.fd = c, .events = POLLIN};
+	cr_expect_eq(poll(&p, 1, 300), 0, "answered over max_conns");
+	/* ...until one goes. */
+	cl_close(a);
+	cr_assert(cl_read(c, &r, false));
+	cr_expect_eq(r.status, 200);
+	expect_open(b);
+	cl_close(b);
+	cl_close(c);
+	server_stop(&s, &st);
+	cr_expect_eq(st.connections, 3);
+	cr_expect_eq(st.refused, 0);
+}
+
+Test(http, streamed_response_to_http_1_0_is_unframed_then_closed, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /stream HTTP/1.0\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect(!strstr(r.head, "Transfer-Encoding"), "%s", r.head);
+	cr_expect(r.close);
+	r.body[r.body_len] = '\0';
+	cr_expect_str_eq(r.body, "piece0;piece1;piece2;");
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
