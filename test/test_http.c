@@ -728,6 +728,18 @@ static int sleeper_step(struct keel_task *t)
 }
 static KEEL_HTTP_HANDLER_TYPE(sleeper_handler, struct handler, h, sleeper_step);
 
+/* Sleeps; cancelled, it exits with the cause as its status. */
+static int quitter_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(10000)));
+	atomic_store(&sleeper_res, keel_res(t));
+	if (keel_res(t) < 0)
+		KEEL_EXIT(t, keel_res(t));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(quitter_handler, struct handler, h, quitter_step);
+
 /* The request as the accessors see it. */
 static int echo_step(struct keel_task *t)
 {
@@ -791,6 +803,9 @@ static struct keel_http_server *handler_server(const struct keel_http_opts *o)
 	cr_assert_eq(keel_http_route_task(srv, NULL, "/sleep", 0,
 					  &sleeper_handler, NULL),
 		     0);
+	cr_assert_eq(
+	    keel_http_route_task(srv, NULL, "/quit", 0, &quitter_handler, NULL),
+	    0);
 	cr_assert_eq(keel_http_route_task(srv, NULL, "/nap", 0,
 					  &sleeper_handler, (void *)1),
 		     0);
@@ -1323,4 +1338,30 @@ Test(http, streamed_response_to_http_1_0_is_unframed_then_closed, .timeout = 20)
 	cr_expect_str_eq(r.body, "piece0;piece1;piece2;");
 	cl_close(fd);
 	server_stop(&s, NULL);
+}
+
+Test(http, handler_exiting_with_its_cancellation_status_ends_cleanly,
+     .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+
+	atomic_store(&sleeper_res, 1);
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* Its client leaves; the handler exits with -ECANCELED (not a
+	 * cancellation of the connection's own wait). */
+	SEND(fd, "GET /quit HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(50000);
+	cl_close(fd);
+	for (int i = 0; i < 400 && atomic_load(&sleeper_res) == 1; i++)
+		usleep(5000);
+	cr_expect_eq(atomic_load(&sleeper_res), -ECANCELED);
+	fd = cl_connect(s.port);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.client_gone, 1);
+	cr_expect_eq(st.active, 0);
 }
