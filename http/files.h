@@ -14,15 +14,17 @@
 #include <time.h>
 
 /*
- * Percent-decode the request path `in` (`len` bytes, the part after the
- * route's prefix) into `out` as a path relative to the served root: no
- * leading '/', empty and "." segments dropped, a trailing '/' kept (so a
- * regular file asked for as a directory fails with ENOTDIR), "" for the
- * root itself. NUL-terminated.
- * Returns the length, -EINVAL (a bad %-escape, a NUL, a ".." segment
- * before or after decoding) or -ENAMETOOLONG (more than cap - 1 bytes).
+ * Turn the request path `in` (`len` bytes, the part after the route's
+ * prefix; percent-decoded when `percent`, else taken as a file name) into
+ * `out`, a path relative to the served root: no leading '/', empty and
+ * "." segments dropped, a trailing '/' kept (so a regular file asked for
+ * as a directory fails with ENOTDIR), "" for the root itself.
+ * NUL-terminated. Returns the length, -EINVAL (a bad %-escape, a NUL, a
+ * ".." segment, before or after decoding) or -ENAMETOOLONG (more than
+ * cap - 1 bytes).
  */
-int keel__http_path_decode(const char *in, size_t len, char *out, size_t cap);
+int keel__http_path_decode(const char *in, size_t len, bool percent, char *out,
+			   size_t cap);
 
 /*
  * A Range header's value against a representation of `size` bytes:

@@ -35,7 +35,8 @@ static int hexval(char c)
  * RESOLVE_BENEATH in files.c; this check is what turns the plain cases
  * into a clean 400 before the file system is asked.
  */
-int keel__http_path_decode(const char *in, size_t len, char *out, size_t cap)
+int keel__http_path_decode(const char *in, size_t len, bool percent, char *out,
+			   size_t cap)
 {
 	size_t o = 0, seg = 0; /* seg: where the current segment starts */
 	size_t i;
@@ -47,7 +48,7 @@ int keel__http_path_decode(const char *in, size_t len, char *out, size_t cap)
 
 		if (i == len) {
 			c = '/'; /* ends the last segment */
-		} else if (in[i] == '%') {
+		} else if (in[i] == '%' && percent) {
 			int hi, lo;
 
 			if (len - i < 3)

@@ -19,7 +19,7 @@
 
 static int decode(const char *in, char *out, size_t cap)
 {
-	return keel__http_path_decode(in, strlen(in), out, cap);
+	return keel__http_path_decode(in, strlen(in), true, out, cap);
 }
 
 static void expect_path(const char *in, const char *want)
@@ -67,8 +67,23 @@ Test(http_files, path_refuses_dotdot_nul_and_bad_escapes)
 		cr_expect_eq(decode(bad[i], out, sizeof(out)), -EINVAL, "%s",
 			     bad[i]);
 	/* a raw NUL inside the given length */
-	cr_expect_eq(keel__http_path_decode("/a\0b", 4, out, sizeof(out)),
+	cr_expect_eq(keel__http_path_decode("/a\0b", 4, true, out, sizeof(out)),
 		     -EINVAL);
+}
+
+Test(http_files, file_name_is_taken_as_is_but_still_checked)
+{
+	char out[64];
+
+	cr_expect_eq(
+	    keel__http_path_decode("a%41/b", 6, false, out, sizeof(out)), 6);
+	cr_expect_str_eq(out, "a%41/b");
+	cr_expect_eq(
+	    keel__http_path_decode("a/../b", 6, false, out, sizeof(out)),
+	    -EINVAL);
+	cr_expect_eq(
+	    keel__http_path_decode("%2e%2e", 6, false, out, sizeof(out)), 6,
+	    "a file named %%2e%%2e is no escape");
 }
 
 Test(http_files, path_longer_than_the_buffer_is_enametoolong)
