@@ -455,6 +455,7 @@ static void server_start(void)
 	kt_tmpdir_make(S.dir, sizeof(S.dir));
 	put_file("index.html", "<p>root</p>\n", 12);
 	put_file("hello.txt", "hello\n", 6);
+	put_file("empty.txt", "", 0);
 	put_pattern("small.bin", 4096, 1);
 	put_pattern("big.bin", 1 << 20, 2);
 	put_pattern("huge.bin", 16 << 20, 3);
@@ -637,6 +638,25 @@ Test(http_files_server, large_file_by_splice_is_whole_and_in_order)
 	}
 	request(fd, "GET", "/hello.txt", NULL, false, &r);
 	cr_expect_str_eq(r.body, "hello\n", "the connection goes on");
+	response_free(&r);
+	close(fd);
+}
+
+Test(http_files_server, empty_file_is_200_with_no_body_and_416_for_a_range)
+{
+	struct response r;
+	int fd = client();
+
+	request(fd, "GET", "/empty.txt", NULL, false, &r);
+	cr_expect_eq(r.status, 200);
+	cr_expect_str_eq(hdr(&r, "Content-Length"), "0");
+	response_free(&r);
+	request(fd, "GET", "/empty.txt", "Range: bytes=0-\r\n", false, &r);
+	cr_expect_eq(r.status, 416);
+	cr_expect_str_eq(hdr(&r, "Content-Range"), "bytes */0");
+	response_free(&r);
+	request(fd, "GET", "/hello.txt", NULL, false, &r);
+	cr_expect_str_eq(r.body, "hello\n");
 	response_free(&r);
 	close(fd);
 }
