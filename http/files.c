@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,7 +49,7 @@
 #include "files.h"
 #include "internal.h"
 
-#define FILES_SMALL	(16 * 1024) /* bodies kept and sent with the head */
+#define FILES_SMALL	(16 * 1024)   /* bodies kept and sent with the head */
 #define FILES_VALID_NS	1000000000ull /* revalidate an entry after 1 s */
 #define FILES_MAX	256	      /* entries per loop (LRU beyond) */
 #define FILES_BUCKETS	512	      /* hash buckets, a power of two */
@@ -61,10 +62,10 @@ struct files_entry {
 	struct files_entry *hnext;	 /* hash chain */
 	struct files_entry *prev, *next; /* LRU, most recent first */
 	uint64_t hash;
-	unsigned refs;	   /* the table's (while linked) + responses' */
-	bool linked;	   /* in the table */
-	int fd;		   /* O_RDONLY, the file (or the dir's index) */
-	uint64_t checked;  /* loop time of the last open or revalidation */
+	unsigned refs;	  /* the table's (while linked) + responses' */
+	bool linked;	  /* in the table */
+	int fd;		  /* O_RDONLY, the file (or the dir's index) */
+	uint64_t checked; /* loop time of the last open or revalidation */
 	uint64_t size;
 	uint64_t mtime_ns;
 	uint64_t dev, ino; /* revalidation: the same file? */
@@ -108,15 +109,16 @@ struct files_state {
 	struct files_entry *old; /* a stale entry being revalidated */
 	uint64_t first, len;	 /* the body: a range of e's bytes */
 	uint64_t sent;		 /* body bytes sent */
-	char *head; /* head_buf, or malloc'ed when larger */
+	char *head;		 /* head_buf, or malloc'ed when larger */
 	size_t head_len;
 	struct iovec iov[2];
 	struct msghdr msg;
 	struct files_pipe pipe; /* fd[0] = -1: none */
 	bool deferred;		/* files_abandon is on the task's defer stack */
+	struct files_job *job;	/* STEP_OPEN's, referenced */
 	unsigned defer_mark;
-	unsigned in_pipe;	/* bytes in the pipe, not yet sent */
-	bool index;		/* the file opened is a directory's index */
+	unsigned in_pipe; /* bytes in the pipe, not yet sent */
+	bool index;	  /* the file opened is a directory's index */
 	struct statx stx;
 	char err_body[48];
 	char head_buf[FILES_HEAD];
@@ -153,8 +155,8 @@ static int openat2_beneath(int dirfd, const char *path, bool cached)
 static int files_open(int dirfd, const char *path, bool cached,
 		      struct statx *stx, bool *index)
 {
-	const unsigned mask = STATX_TYPE | STATX_MODE | STATX_SIZE |
-			      STATX_MTIME | STATX_INO;
+	const unsigned mask =
+	    STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_MTIME | STATX_INO;
 	int fd = openat2_beneath(dirfd, *path ? path : ".", cached), err;
 
 	if (fd < 0)
@@ -179,13 +181,56 @@ fail:
 	return err;
 }
 
-/* The blocking pool's job: the same open without RESOLVE_CACHED. */
+/*
+ * The blocking pool's job: the same open without RESOLVE_CACHED. It owns
+ * what it reads and writes, not the exchange's scratch block: a handler
+ * task killed while the job runs lets its exchange go, and the job must
+ * not write into that. Whichever of the job and the response lets go of
+ * it last frees it (and closes an fd nobody claimed).
+ */
+struct files_job {
+	atomic_uint refs; /* the job's, the response's */
+	int dirfd;
+	int fd;	  /* the result; -1 once the response took it */
+	bool ran; /* else the pool refused or dropped it: one put is ours */
+	bool index;
+	struct statx stx;
+	char path[];
+};
+
+static void job_put(struct files_job *j)
+{
+	if (atomic_fetch_sub(&j->refs, 1) != 1)
+		return;
+	if (j->fd >= 0)
+		close(j->fd);
+	free(j);
+}
+
 static int files_open_job(void *arg)
 {
-	struct files_state *st = arg;
+	struct files_job *j = arg;
+	int fd = files_open(j->dirfd, j->path, false, &j->stx, &j->index);
 
-	return files_open(st->e->dirfd, st->e->key, false, &st->stx,
-			  &st->index);
+	j->fd = fd;
+	j->ran = true;
+	job_put(j); /* the pool does not touch arg after this returns */
+	return fd;
+}
+
+static struct files_job *job_new(int dirfd, const char *path, size_t len)
+{
+	struct files_job *j = malloc(sizeof(*j) + len + 1);
+
+	if (!j)
+		return NULL;
+	atomic_init(&j->refs, 2);
+	j->dirfd = dirfd;
+	j->fd = -1;
+	j->ran = false;
+	j->index = false;
+	memcpy(j->path, path, len + 1);
+	return j;
 }
 
 static int errno_status(int err)
@@ -282,8 +327,8 @@ static struct files_entry *cache_find(struct files_cache *c, int dirfd,
 	struct files_entry *e = c->buckets[hash & (FILES_BUCKETS - 1)];
 
 	for (; e; e = e->hnext)
-		if (e->hash == hash && e->dirfd == dirfd &&
-		    e->key_len == len && !memcmp(e->key, key, len))
+		if (e->hash == hash && e->dirfd == dirfd && e->key_len == len &&
+		    !memcmp(e->key, key, len))
 			return e;
 	return NULL;
 }
@@ -340,7 +385,7 @@ static void entry_fill(struct files_entry *e, int fd, const struct statx *stx,
 	e->dev = (uint64_t)stx->stx_dev_major << 32 | stx->stx_dev_minor;
 	e->ino = stx->stx_ino;
 	e->content_type = index ? keel__http_content_type("index.html", 10)
-			        : keel__http_content_type(e->key, e->key_len);
+				: keel__http_content_type(e->key, e->key_len);
 	keel__http_etag(e->etag, sizeof(e->etag), e->mtime_ns, e->size);
 	keel__http_date_format(e->last_modified,
 			       (int64_t)stx->stx_mtime.tv_sec);
@@ -351,8 +396,8 @@ static bool entry_same(const struct files_entry *e, const struct statx *stx)
 	return e->size == stx->stx_size &&
 	       e->mtime_ns == stx_ns(&stx->stx_mtime) &&
 	       e->ino == stx->stx_ino &&
-	       e->dev == ((uint64_t)stx->stx_dev_major << 32 |
-			  stx->stx_dev_minor);
+	       e->dev ==
+		   ((uint64_t)stx->stx_dev_major << 32 | stx->stx_dev_minor);
 }
 
 /* ---- the pipes ---------------------------------------------------------- */
@@ -451,8 +496,7 @@ static bool not_modified(struct keel_http_exchange *x,
 	int64_t since;
 
 	if (v)
-		return keel__http_etag_match(v, len, e->etag,
-					     strlen(e->etag));
+		return keel__http_etag_match(v, len, e->etag, strlen(e->etag));
 	v = keel_http_header(x, "If-Modified-Since", &len);
 	return v && keel__http_date_parse(v, len, &since) == 0 &&
 	       (int64_t)(e->mtime_ns / 1000000000ull) <= since;
@@ -521,8 +565,7 @@ static enum files_step respond_entry(struct keel_http_exchange *x,
 			st->len = b - a + 1;
 		}
 	}
-	if (!build_head(x, st, st->status, e->content_type,
-			(int64_t)st->len)) {
+	if (!build_head(x, st, st->status, e->content_type, (int64_t)st->len)) {
 		st->err = -ENOMEM;
 		return STEP_SEND;
 	}
@@ -545,8 +588,7 @@ static enum files_step respond_entry(struct keel_http_exchange *x,
  * stale entry (st->old, referenced) that is unchanged, the old entry, its
  * fd and bytes serve on.
  */
-static enum files_step opened(struct keel_task *t,
-			      struct keel_http_exchange *x,
+static enum files_step opened(struct keel_task *t, struct keel_http_exchange *x,
 			      struct files_state *st, int fd)
 {
 	struct files_cache *c = keel__http_shard(x)->files;
@@ -626,6 +668,7 @@ static enum files_step begin(struct keel_task *t, struct keel_http_exchange *x,
 	st->pipe.fd[0] = st->pipe.fd[1] = -1;
 	st->in_pipe = 0;
 	st->deferred = false;
+	st->job = NULL;
 	if (strcmp(m, "GET") && strcmp(m, "HEAD"))
 		return respond_error(x, st, 405);
 	n = keel__http_path_decode(path, plen, encoded, key, sizeof(key));
@@ -673,22 +716,62 @@ static void finish(struct keel_http_exchange *x, struct files_state *st)
 }
 
 /*
- * The task died in the middle of a splice (killed, or its loop destroyed
- * with it waiting): let go of what the response holds. Not through the
- * cache, which may be gone already: the pipe is closed, the entry's
- * reference dropped.
+ * The task died waiting for the blocking pool or in the middle of a splice
+ * (killed, or its loop destroyed with it waiting): let go of what the
+ * response holds. Not through the cache, which may be gone already: the
+ * pipe is closed, the job's and the entry's references dropped.
  */
 static void files_abandon(void *arg)
 {
 	struct files_state *st = arg;
 
 	pipe_put(NULL, &st->pipe, false);
-	if (st->e)
+	/* An entry with bytes is left: a read may still write them, a send
+	 * read them. A splice's entry has none (its fd the kernel holds). */
+	if (st->e && st->step == STEP_SPLICE)
 		entry_put(st->e);
 	st->e = NULL;
-	if (st->head != st->head_buf)
-		free(st->head);
-	st->head = NULL;
+	if (st->job)
+		job_put(st->job);
+	st->job = NULL;
+	/* A head longer than head_buf is left: a send may still read it. */
+}
+
+/* Put files_abandon on the task's defer stack (once). */
+static int hold(struct keel_task *t, struct files_state *st)
+{
+	int err;
+
+	if (st->deferred)
+		return 0;
+	st->defer_mark = keel_defer_mark(t);
+	err = keel_defer(t, files_abandon, st);
+	st->deferred = err == 0;
+	return err;
+}
+
+/* The blocking pool answered: `res` is the job's fd or -errno, or the
+ * pool's own -errno when the job never ran (-EAGAIN: its queue is full;
+ * the task's cancellation; -ECANCELED: dropped with its loop). A
+ * cancelled task waits for a running job, so `ran` is settled here. */
+static enum files_step job_done(struct keel_task *t,
+				struct keel_http_exchange *x,
+				struct files_state *st, int res)
+{
+	struct files_job *j = st->job;
+	int fd = res;
+
+	st->job = NULL;
+	if (!j->ran) {
+		job_put(j); /* the job's own reference */
+	} else {
+		fd = j->fd;
+		j->fd = -1;
+		st->stx = j->stx;
+		st->index = j->index;
+	}
+	job_put(j);
+	return opened(t, x, st, fd);
 }
 
 static int files_serve(struct keel_task *t, struct keel_http_exchange *x,
@@ -703,8 +786,14 @@ static int files_serve(struct keel_task *t, struct keel_http_exchange *x,
 	KEEL_BEGIN(r);
 	st->step = begin(t, x, st, dirfd, path, len, encoded);
 	if (st->step == STEP_OPEN) {
-		KEEL_AWAIT(r, keel_blocking(t, files_open_job, st));
-		st->step = opened(t, x, st, keel_res(t));
+		st->job = job_new(dirfd, st->e->key, st->e->key_len);
+		if (!st->job || hold(t, st) < 0) {
+			st->step = opened(t, x, st, -ENOMEM);
+		} else {
+			KEEL_AWAIT(r,
+				   keel_blocking(t, files_open_job, st->job));
+			st->step = job_done(t, x, st, keel_res(t));
+		}
 	}
 	if (st->step == STEP_READ) {
 		KEEL_AWAIT(r, keel_read(t, st->e->fd, st->e->body,
@@ -724,15 +813,14 @@ static int files_serve(struct keel_task *t, struct keel_http_exchange *x,
 	/* STEP_SPLICE: the head (MSG_MORE: it leaves with the first body
 	 * bytes), then file -> pipe -> socket until st->len is sent: many
 	 * awaits, so what they hold is on the defer stack meanwhile. */
-	st->defer_mark = keel_defer_mark(t);
-	st->err = keel_defer(t, files_abandon, st);
+	st->err = hold(t, st);
 	if (st->err)
 		goto out;
-	st->deferred = true;
 	st->err = pipe_get(keel__http_shard(x)->files, &st->pipe);
 	if (st->err)
 		goto out;
-	KEEL_AWAIT(r, keel_sendmsg_all(t, fd, &st->msg, MSG_NOSIGNAL | MSG_MORE));
+	KEEL_AWAIT(r,
+		   keel_sendmsg_all(t, fd, &st->msg, MSG_NOSIGNAL | MSG_MORE));
 	if (keel_res(t) < 0) {
 		st->err = keel_res(t);
 		goto out;
@@ -753,13 +841,13 @@ static int files_serve(struct keel_task *t, struct keel_http_exchange *x,
 		}
 		st->in_pipe = (unsigned)keel_res(t);
 		while (st->in_pipe) {
-			KEEL_AWAIT(r, keel_splice(t, st->pipe.fd[0], -1, fd, -1,
-						  st->in_pipe,
-						  SPLICE_F_MOVE |
-						      (st->sent + st->in_pipe <
-							       st->len
-							   ? SPLICE_F_MORE
-							   : 0)));
+			KEEL_AWAIT(
+			    r, keel_splice(t, st->pipe.fd[0], -1, fd, -1,
+					   st->in_pipe,
+					   SPLICE_F_MOVE |
+					       (st->sent + st->in_pipe < st->len
+						    ? SPLICE_F_MORE
+						    : 0)));
 			if (keel_res(t) <= 0) {
 				st->err =
 				    keel_res(t) < 0 ? keel_res(t) : -EPIPE;
