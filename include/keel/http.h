@@ -277,7 +277,8 @@ int keel_http_stream_end(struct keel_task *t, struct keel_http_exchange *x);
 
 /* Await sending the file `path` beneath directory `dirfd` as
  * keel_http_route_files() would (conditional, Range, HEAD; 404/403 when it
- * cannot). */
+ * cannot). `path` is a file name, not a request target: it is not
+ * percent-decoded, and a ".." in it is refused (400). */
 int keel_http_send_file(struct keel_task *t, struct keel_http_exchange *x,
 			int dirfd, const char *path);
 
