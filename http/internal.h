@@ -52,7 +52,12 @@ struct keel__http_route {
 	char *content_type;		   /* TEXT */
 	char *body;			   /* TEXT */
 	size_t body_len;		   /* TEXT */
-	int root_fd;			   /* FILES: O_PATH|O_DIRECTORY */
+	/* TEXT: the response head up to Date: the status line, Content-Type
+	 * and Content-Length (the fast path copies it, then the Date and
+	 * Connection lines). */
+	char *head;
+	size_t head_len;
+	int root_fd; /* FILES: O_PATH|O_DIRECTORY */
 };
 
 /* Add a route (copies method and path). 0, -EINVAL, -ENOMEM, -EBUSY. */
@@ -68,6 +73,9 @@ const struct keel__http_route *
 keel__http_route_find(const struct keel_http_server *srv, const char *method,
 		      size_t method_len, const char *path, size_t path_len,
 		      int *status);
+
+/* Free the server's routes (keel_http_server_free). */
+void keel__http_routes_free(struct keel_http_server *srv);
 
 /* ---- the server (server.c) ----------------------------------------- */
 
@@ -96,10 +104,12 @@ struct keel__http_shard {
 	/* "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n" for the current second */
 	char date[40];
 	uint64_t date_sec;
-	void *metrics; /* metrics.c's per-route counters */
-	void *log;     /* accesslog.c's state, or NULL */
-	void *files;   /* files.c's open-file cache, or NULL */
-	void *core;    /* server.c/conn.c's own (connection list, sweep) */
+	uint64_t date_next; /* loop clock (ns) at which to refresh it */
+	int error;	    /* the loop could not serve (its ring, accept) */
+	void *metrics;	    /* metrics.c's per-route counters */
+	void *log;	    /* accesslog.c's state, or NULL */
+	void *files;	    /* files.c's open-file cache, or NULL */
+	void *core;	    /* server.c/conn.c's own (connection list, sweep) */
 };
 
 /* The cached "Date: ...\r\n" line (38 bytes), refreshed once a second. */

@@ -127,6 +127,8 @@ static const struct keel__stream_kind *const stream_kinds[] = {
     [KIND_ACCEPT] = &accept_kind,
 };
 
+static struct keel_recv_stream *recv_of(struct keel__stream *s);
+
 static inline const struct keel__stream_kind *
 kind_of(const struct keel__stream *s)
 {
@@ -267,13 +269,32 @@ static int stream_pop(struct keel__io *io, struct keel__stream *s, void *out)
 	return res;
 }
 
+/* The owner is not waiting: tell a recv stream's notify hook, if any, of
+ * what is queued or of the end. */
+static void stream_notify(struct keel__stream *s)
+{
+	struct keel_recv_stream *r;
+
+	if (s->kind != KIND_RECV)
+		return;
+	r = recv_of(s);
+	if (!r->notify)
+		return;
+	if (s->state & S_ENDED)
+		r->notify(r, s->end > 0 ? 0 : s->end);
+	else if (s->queued)
+		r->notify(r, (int)s->queued);
+}
+
 /* Hand the waiting task its item or the end. */
 static void stream_deliver(struct keel__stream *s)
 {
 	struct keel_task *t = s->task;
 
-	if (!(s->state & S_WAITING))
+	if (!(s->state & S_WAITING)) {
+		stream_notify(s);
 		return;
+	}
 	if (s->head) {
 		int res = stream_pop(keel__io_of(t->loop), s, s->out);
 
@@ -629,6 +650,7 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 	if (err)
 		return err;
 	s->ring = ring;
+	s->notify = NULL;
 	s->starved.next = s->starved.prev = NULL;
 	s->base.limit = KEEL_RECV_QUEUE_DEFAULT;
 	keel__bufring_stream_ref(ring, 1);
@@ -641,6 +663,11 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 	/* A chunk still held in `out` would be lost: give it back. */
 	keel_buf_release(out);
 	return stream_next(t, &s->base, out);
+}
+
+void keel_recv_stream_notify(struct keel_recv_stream *s, keel_recv_notify_fn fn)
+{
+	s->notify = fn;
 }
 
 int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit)

@@ -3091,6 +3091,106 @@ Test(netfast, recv_next_on_another_tasks_stream_is_eperm, .timeout = 10)
 	keel_loop_destroy(loop);
 }
 
+/* ---- the notify hook ------------------------------------------------- */
+
+/*
+ * keel_recv_stream_notify: while the owner sleeps, a chunk and then the
+ * end reach the hook (which may take the chunk with keel_recv_try); while
+ * the owner waits in keel_recv_next, the chunk goes to it and the hook is
+ * not called.
+ */
+struct notified {
+	struct keel_task task;
+	struct keel_recv_stream rs;
+	struct keel_buf buf;
+	struct keel_buf taken; /* what the hook took */
+	int fd, peer;
+	struct keel_bufring *ring;
+	int chunks_seen; /* hook calls with res > 0 */
+	int ends_seen;	 /* ... with res <= 0 */
+	int end_res;
+	int taken_len;
+	int next_res;	/* keel_recv_next after the sleep */
+	int direct_res; /* keel_recv_next while waiting: a chunk */
+	int hook_calls_while_waiting;
+};
+
+static void notified_hook(struct keel_recv_stream *s, int res)
+{
+	struct notified *n = keel_container_of(s, struct notified, rs);
+
+	if (res > 0) {
+		n->chunks_seen++;
+		if (!n->taken.ring)
+			n->taken_len = keel_recv_try(s, &n->taken);
+	} else {
+		n->ends_seen++;
+		n->end_res = res;
+	}
+}
+
+static int notified_step(struct keel_task *t);
+static KEEL_TASK_TYPE(notified_task, struct notified, task, notified_step);
+
+static int notified_step(struct keel_task *t)
+{
+	struct notified *n = keel_container_of(t, struct notified, task);
+
+	KEEL_BEGIN(t);
+	if (keel_recv_stream_open(t, &n->rs, n->fd, n->ring, 0))
+		KEEL_EXIT(t, 1);
+	keel_recv_stream_notify(&n->rs, notified_hook);
+	/* Waiting in keel_recv_next: the chunk comes here, not the hook. */
+	cr_assert_eq(send(n->peer, "x", 1, 0), 1);
+	KEEL_AWAIT(t, keel_recv_next(t, &n->rs, &n->buf));
+	n->direct_res = keel_res(t);
+	n->hook_calls_while_waiting = n->chunks_seen + n->ends_seen;
+	keel_buf_release(&n->buf);
+	/* Busy elsewhere: the chunk and the end go to the hook. */
+	cr_assert_eq(send(n->peer, "abc", 3, 0), 3);
+	shutdown(n->peer, SHUT_WR);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(50)));
+	keel_buf_release(&n->taken);
+	KEEL_AWAIT(t, keel_recv_next(t, &n->rs, &n->buf));
+	n->next_res = keel_res(t);
+	keel_recv_stream_close(&n->rs);
+	KEEL_END(t);
+}
+
+Test(netfast, recv_stream_notify_reports_chunks_and_end_while_busy,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_bufring *ring = ring_new(loop, 4, 64, 0);
+	struct notified *n;
+	int fds[2];
+
+	kt_tcp_pair(fds);
+	n = kt_spawn(loop, &notified_task, KEPT);
+	n->fd = fds[0];
+	n->peer = fds[1];
+	n->ring = ring;
+	struct keel_task *task = keel_task_of(&notified_task, n);
+
+	kt_loop_run(loop);
+	cr_expect_eq(n->direct_res, 1);
+	cr_expect_eq(n->hook_calls_while_waiting, 0,
+		     "the hook ran while the owner waited");
+	cr_expect_geq(n->chunks_seen, 1);
+	cr_expect_eq(n->taken_len, 3, "the hook's keel_recv_try: %d",
+		     n->taken_len);
+	cr_expect_geq(n->ends_seen, 1);
+	cr_expect_eq(n->end_res, 0);
+	/* The hook took the chunk: what is left is the end. */
+	cr_expect_eq(n->next_res, 0);
+	keel_task_detach(task);
+	run_dry(loop);
+	expect_all_returned(ring, "after");
+	close(fds[0]);
+	close(fds[1]);
+	keel_loop_destroy(loop);
+}
+
 /* ---- registered (direct) descriptors ---------------------------------- */
 
 /*

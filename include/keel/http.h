@@ -30,8 +30,10 @@
  * 400 (and every request-smuggling shape: Content-Length with
  * Transfer-Encoding, duplicate or differing Content-Length, obs-fold, bare
  * LF), unsupported version 505, absolute-form target 400, unknown method
- * 501, no route 404, method not allowed 405. Each error response carries
- * `Connection: close` and the connection is closed after it. A connection
+ * 501, no route 404, method not allowed 405. Each error response but 404
+ * and 405 (which keep a keep-alive connection: the request was well
+ * formed) carries `Connection: close` and the connection is closed after
+ * it. A connection
  * over keel_http_opts.max_conns is not accepted until the count falls below
  * the low-water mark.
  *

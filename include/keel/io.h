@@ -357,11 +357,19 @@ struct keel__stream {
 			 * so that an idle connection's frame stays small */
 };
 
+struct keel_recv_stream;
+
+/* keel_recv_stream_notify()'s callback: `res` > 0, that many chunks are
+ * queued; <= 0, the stream has ended with it (chunks may still be
+ * queued before the end). */
+typedef void (*keel_recv_notify_fn)(struct keel_recv_stream *s, int res);
+
 /* Lives in the task's frame; fields are private. */
 struct keel_recv_stream {
 	struct keel__stream base;
 	struct keel_bufring *ring;
-	struct keel__link starved; /* the ring's starved streams */
+	struct keel__link starved;  /* the ring's starved streams */
+	keel_recv_notify_fn notify; /* keel_recv_stream_notify(), or NULL */
 };
 
 /* Chunks a stream queues before it stops receiving (default). */
@@ -408,6 +416,22 @@ int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit);
  * keel_buf_release().
  */
 int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out);
+
+/*
+ * Be told when a chunk or the end arrives while the owning task is not
+ * waiting in keel_recv_next() (it is awaiting something else): `fn` is
+ * called on the loop's thread, from the loop's completion handling, with
+ * the stream (container_of finds the frame around it) and what happened
+ * (see keel_recv_notify_fn; the end may be reported more than once). It
+ * must not await, close the stream or cancel its owner; it may take
+ * chunks with keel_recv_try() (from any task of the loop, e.g. a helper
+ * the owner started), set an event, cancel another task's token. A task
+ * waiting in keel_recv_next() gets the chunk itself and `fn` is not
+ * called. NULL turns it off; keel_recv_stream_open() starts with none.
+ * Ownership: nothing changes hands; `fn` must stay callable while set.
+ */
+void keel_recv_stream_notify(struct keel_recv_stream *s,
+			     keel_recv_notify_fn fn);
 
 /* Close the stream: cancel the recv, give back the queued buffers. The
  * socket itself stays open. Safe to call twice.
