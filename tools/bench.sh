@@ -386,6 +386,16 @@ run_http() {
 	echo
 	timeout 60 python3 "$REPORT" http "$RES/http/raw.tsv" "$RES/http-floor/raw.tsv" |
 		tee "$RES/http.md"
+	# A server that did not start (e.g. a --root keel cannot serve) leaves
+	# an empty row: say why, from its log.
+	local f name
+	for f in "$RES"/http/logs/x-*.log; do
+		[[ -e "$f" ]] || continue
+		name="${f##*/x-}" name="${name%.log}"
+		awk -F'\t' -v p="$name" '$1 == p && $4 == "FAIL" { f = 1 } END { exit !f }' \
+			"$RES/http/raw.tsv" &&
+			echo "!! $name did not run: $(head -c 300 "$f")"
+	done
 	TABLES+=("$RES/http.md")
 	echo "(http: $(elapsed "$t"))"
 }
