@@ -273,18 +273,30 @@ size_t keel__http_head(struct keel_http_exchange *x, int status,
 		       char *buf, size_t cap)
 {
 	struct keel__http_conn *c = x->c;
-	char line[96];
+	char line[16];
 	size_t off = 0, dlen;
 	const char *date = keel__http_date(x->sh, &dlen);
-	int n;
 
 	if (content_length < 0 && x->parser.http_minor == 0)
 		c->flags |= KEEL__HTTP_C_CLOSE; /* HTTP/1.0: unframed */
 	bool last = keel__http_conn_last(c, x);
 
-	n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status,
-		     keel_http_reason(status));
-	app(buf, cap, &off, line, (size_t)n);
+	/* By hand, not snprintf: this runs for every response a handler or
+	 * the files responder sends (snprintf was ~40 % of a 4 KiB file's
+	 * user-space instructions). */
+	const char *reason = keel_http_reason(status);
+	size_t rlen = strlen(reason);
+
+	if (status < 100 || status > 999)
+		status = 500;
+	memcpy(line, "HTTP/1.1 ", 9);
+	line[9] = (char)('0' + status / 100);
+	line[10] = (char)('0' + status / 10 % 10);
+	line[11] = (char)('0' + status % 10);
+	line[12] = ' ';
+	app(buf, cap, &off, line, 13);
+	app(buf, cap, &off, reason, rlen);
+	app(buf, cap, &off, "\r\n", 2);
 	app(buf, cap, &off, date, dlen);
 	if (content_type) {
 		app(buf, cap, &off, "Content-Type: ", 14);
@@ -292,9 +304,16 @@ size_t keel__http_head(struct keel_http_exchange *x, int status,
 		app(buf, cap, &off, "\r\n", 2);
 	}
 	if (content_length >= 0) {
-		n = snprintf(line, sizeof(line),
-			     "Content-Length: %" PRId64 "\r\n", content_length);
-		app(buf, cap, &off, line, (size_t)n);
+		char digits[24];
+		size_t nd = 0;
+		uint64_t v = (uint64_t)content_length;
+
+		do
+			digits[sizeof(digits) - ++nd] = (char)('0' + v % 10);
+		while ((v /= 10));
+		app(buf, cap, &off, "Content-Length: ", 16);
+		app(buf, cap, &off, digits + sizeof(digits) - nd, nd);
+		app(buf, cap, &off, "\r\n", 2);
 	} else if (x->parser.http_minor > 0) {
 		app(buf, cap, &off, "Transfer-Encoding: chunked\r\n", 28);
 	}
