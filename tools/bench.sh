@@ -15,13 +15,17 @@
 #     epoll servers, io_uring_enter calls per request (keel's counters and
 #     strace -c), the proxy run (keel's examples/proxy in both modes next to
 #     haproxy and a direct connection) and the idle-connection memory run
-#     (10,000 idle connections). Loopback only. A peer that fails to build is
-#     skipped.
+#     (10,000 idle connections), and the HTTP table: keel's examples/http
+#     next to nginx and h2o (run-http.sh, wrk at 1, 64 and 256 connections;
+#     a 5-byte answer and a 4 KiB static file) with keel/nginx ratios and
+#     the echo floor. Loopback only. A peer that fails to build is skipped.
 #
 # Knobs (environment):
 #   BENCH_QUICK=1     short runs everywhere (a smoke test of the whole thing)
 #   SKIP_CALLGRIND=1  SKIP_PEERS=1  SKIP_ECHO=1  SKIP_ENTERS=1  SKIP_PROXY=1
-#   SKIP_IDLE=1
+#   SKIP_IDLE=1  SKIP_MICRO=1 (the peers' runtime microbenchmarks)
+#   BENCH_HTTP=0      no HTTP part; HTTP_CONFIGS="1 64 256" (wrk connections),
+#                     HTTP_REPS (default REPS, else 5), FLOOR_REPS (3)
 #   FILTER=substr     only benchmarks whose name contains it (keel and peers)
 #   REPS              repetitions for the peer runs (MICRO_REPS, ECHO_REPS
 #                     override it per run; defaults 1 and 7)
@@ -46,6 +50,7 @@ BUILD="$(cd "$BUILD" && pwd)"
 MICRO="$BUILD/tools/keel-micro"
 ECHO_BIN="$BUILD/examples/echo"
 PROXY_BIN="$BUILD/examples/proxy"
+HTTP_BIN="$BUILD/examples/http"
 REPORT="$HERE/bench/report.py"
 [[ -x "$MICRO" ]] || { echo "bench: $MICRO not built: run make" >&2; exit 1; }
 
@@ -177,6 +182,20 @@ run_peers() {
 	grep -E '^(built|failed):|^!!' "$RES/peers-micro-build.log" | sed 's/^/   /'
 	echo "(build: $(elapsed "$t"))"
 
+	if on "${SKIP_MICRO:-}"; then
+		say "3a. runtime microbenchmarks: skipped (SKIP_MICRO)"
+	else
+		run_micro "$dst"
+	fi
+	run_echo "$dst"
+	run_enters "$dst"
+	run_proxy "$dst"
+	run_idle "$dst"
+	run_http "$dst"
+}
+
+run_micro() {
+	local dst="$1" t
 	say "3a. runtime microbenchmarks, keel as a column (micro/run.sh)"
 	t=$(date +%s)
 	local mpeers="${MICRO_PEERS:-}" kcmd="$MICRO"
@@ -196,7 +215,10 @@ run_peers() {
 		echo "!! the micro run produced no table (see $RES/micro-run.log)"
 	fi
 	echo "(micro: $(elapsed "$t"))"
+}
 
+run_echo() {
+	local dst="$1" t envs
 	if on "${SKIP_ECHO:-}"; then
 		say "3b. echo matrix: skipped (SKIP_ECHO)"
 		return 0
@@ -219,9 +241,6 @@ run_peers() {
 		echo "!! the echo run produced no table (see $RES/echo-run.log)"
 	fi
 	echo "(echo: $(elapsed "$t"))"
-	run_enters "$dst"
-	run_proxy "$dst"
-	run_idle "$dst"
 }
 
 # io_uring_enter calls per request at c=64, 64 B: keel's own counters (its
@@ -319,6 +338,56 @@ run_idle() {
 		echo "!! the idle run produced no table (see $RES/idle-run.log)"
 	fi
 	echo "(idle: $(elapsed "$t"))"
+}
+
+# keel's examples/http next to the harness's nginx and h2o (run-http.sh,
+# wrk -t1, server pinned to one CPU, one thread each), all in one run so
+# that the ratios pair cells run back to back: keel's /hello (a fixed
+# answer) against nginx's `return 200` and h2o's mruby handler, and a 4 KiB
+# static file from keel, nginx and h2o (the harness's own static peers
+# serve a 5-byte file; tools/bench/http-peer.sh runs nginx and h2o with its
+# configs on a directory holding the 4 KiB file). Then the echo floor: the
+# raw liburing echo server at c=64, 64 B (run.sh), right after.
+run_http() {
+	local dst="$1" t www envs
+	if ! on "${BENCH_HTTP:-1}"; then
+		say "3f. HTTP: skipped (BENCH_HTTP=0)"
+		return 0
+	fi
+	if [[ ! -x "$HTTP_BIN" ]]; then
+		say "3f. HTTP: skipped: $HTTP_BIN is not built (examples/http.c)"
+		return 0
+	fi
+	say "3f. HTTP: keel's examples/http vs nginx and h2o (run-http.sh, wrk)"
+	t=$(date +%s)
+	www="$RES/http-www"
+	mkdir -p "$www"
+	head -c 4096 /dev/zero | tr '\0' k >"$www/4k.txt"
+	local keel="$HTTP_BIN --port {port} --threads {threads}"
+	local peer="$HERE/bench/http-peer.sh"
+	envs=(PEERS="nginx-w1 nginx-w1-static h2o-static h2o-mruby"
+		CONFIGS="${HTTP_CONFIGS:-1 64 256}" REPS="${HTTP_REPS:-${REPS:-5}}"
+		OUT="$RES/http"
+		EXTRA_HTTP="keel-http|$keel|/hello;keel-http-4k|$keel --root $www|/4k.txt;nginx-w1-4k|$peer nginx $www {port}|/4k.txt;h2o-4k|$peer h2o $www {port}|/4k.txt")
+	[[ $QUICK == 1 ]] && envs+=(REPS="${HTTP_REPS:-1}" WARMUP_S=1)
+	env "${envs[@]}" timeout -k 10 900 "$dst/run-http.sh" 2>&1 |
+		tee "$RES/http-run.log" | grep -v '^  rep'
+	if [[ ! -s "$RES/http/raw.tsv" ]]; then
+		echo "!! the HTTP run produced no data (see $RES/http-run.log)"
+		FAILED+=("http")
+		return 0
+	fi
+	envs=(PEERS=uring CONFIGS=64x64 REPS="${FLOOR_REPS:-3}" OUT="$RES/http-floor")
+	[[ $QUICK == 1 ]] && envs+=(REPS="${FLOOR_REPS:-1}" WARMUP_S=1)
+	env "${envs[@]}" timeout -k 10 300 "$dst/run.sh" >"$RES/http-floor.log" 2>&1 ||
+		echo "!! the echo floor run failed (see $RES/http-floor.log)"
+	echo
+	echo "### keel's HTTP (examples/http) vs nginx and h2o: wrk -t1, keep-alive, median of ${HTTP_REPS:-${REPS:-5}} runs"
+	echo
+	timeout 60 python3 "$REPORT" http "$RES/http/raw.tsv" "$RES/http-floor/raw.tsv" |
+		tee "$RES/http.md"
+	TABLES+=("$RES/http.md")
+	echo "(http: $(elapsed "$t"))"
 }
 
 if on "${SKIP_PEERS:-}"; then

@@ -15,6 +15,14 @@
   report.py summary KEEL_OUT IR_TSV [MICRO_RAW_TSV]
       The targets table: keel's ns/op (and Ir/op) next to the targets and,
       when the peer run happened, tokio-ct / go-p1 from the same run.
+  report.py http HTTP_RAW_TSV [FLOOR_RAW_TSV]
+      run-http.sh's raw.tsv (keel's examples/http next to nginx and h2o) ->
+      the HTTP table: req/s, p50, p99 and server CPU per request (srv_cpu% /
+      100 / req/s) per peer and wrk connection count (medians over the
+      repetitions); keel/nginx and keel/h2o ratios (paired: the median over
+      repetitions of the ratio of cells run back to back) against the
+      issue's goals; and the echo floor, the raw liburing echo server at
+      c=64, 64 B, from run.sh's raw.tsv (FLOOR_RAW_TSV).
 """
 import os
 import re
@@ -205,6 +213,130 @@ def cmd_summary(keel_out, ir_tsv, raw=None):
               " sleeps span 10 ms.)")
 
 
+def tsv_rows(path):
+    with open(path) as f:
+        head = next(f).rstrip("\n").split("\t")
+        for line in f:
+            yield dict(zip(head, line.rstrip("\n").split("\t")))
+
+
+def num(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def cpu_us(r):
+    """Server CPU per request in microseconds: srv_cpu% / 100 / (req/s)."""
+    c, v = num(r.get("srv_cpu_pct")), num(r.get("rps"))
+    return c / 100 / v * 1e6 if c is not None and v else None
+
+
+def metric(r, key):
+    return cpu_us(r) if key == "cpu" else num(r.get(key))
+
+
+# keel's rows and what they are held against (run-http.sh peer names; the
+# 4 KiB rows come from tools/bench/http-peer.sh).
+HTTP_PAIRS = [
+    ("keel-http", "nginx-w1"), ("keel-http", "h2o-mruby"),
+    ("keel-http-4k", "nginx-w1-4k"), ("keel-http-4k", "h2o-4k"),
+]
+
+
+def cmd_http(raw, floor_raw=None):
+    cells, peers, conns = {}, [], []
+    for r in tsv_rows(raw):
+        p, c = r["peer"], r["config"].split("x")[0]
+        if p not in peers:
+            peers.append(p)
+        if c not in conns:
+            conns.append(c)
+        cells.setdefault((p, c), []).append(r)
+
+    def med(p, c, key):
+        v = [metric(r, key) for r in cells.get((p, c), [])]
+        v = [x for x in v if x is not None]
+        return statistics.median(v) if v else None
+
+    def paired(p, base, c, key):
+        b = {r["rep"]: metric(r, key) for r in cells.get((base, c), [])}
+        v = [metric(r, key) / b[r["rep"]] for r in cells.get((p, c), [])
+             if metric(r, key) and b.get(r["rep"])]
+        return statistics.median(v) if v else None
+
+    def f(v, digits=1):
+        return "" if v is None else f"{v:,.{digits}f}"
+
+    def krps(v):
+        return "" if v is None else f"{v / 1000:.1f}k"
+
+    print("| peer | " + " | ".join(
+        f"c={c} req/s | p50 µs | p99 µs | CPU µs/req" for c in conns) + " |")
+    print("|---|" + "--:|--:|--:|--:|" * len(conns))
+    for p in peers:
+        row = [p]
+        for c in conns:
+            row += [krps(med(p, c, "rps")), f(med(p, c, "p50_us")),
+                    f(med(p, c, "p99_us")), f(med(p, c, "cpu"), 2)]
+        print("| " + " | ".join(row) + " |")
+    fails = sum(1 for rs in cells.values() for r in rs if r["rps"] == "FAIL")
+    errs = sum(int(num(r.get("errors")) or 0) for rs in cells.values()
+               for r in rs if r["rps"] != "FAIL")
+    print()
+    print(f"(wrk errors and non-2xx answers over all cells: {errs}; "
+          f"failed cells: {fails})")
+
+    pairs = [(k, b) for k, b in HTTP_PAIRS if k in peers and b in peers]
+    if pairs:
+        print()
+        print("| ratio (paired) | " + " | ".join(
+            f"c={c} req/s | p99 | CPU/req" for c in conns) + " |")
+        print("|---|" + "--:|--:|--:|" * len(conns))
+        for k, b in pairs:
+            row = [f"{k} / {b}"]
+            for c in conns:
+                row += [f(paired(k, b, c, key), 2)
+                        for key in ("rps", "p99_us", "cpu")]
+            print("| " + " | ".join(row) + " |")
+    if "keel-http" in peers and "nginx-w1" in peers and "64" in conns:
+        rps = paired("keel-http", "nginx-w1", "64", "rps")
+        p99 = paired("keel-http", "nginx-w1", "64", "p99_us")
+        cpu = paired("keel-http", "nginx-w1", "64", "cpu")
+        h2o = [paired(k, b, "64", "rps") for k, b in pairs
+               if b.startswith("h2o")]
+
+        def goal(v, op, g):
+            if v is None:
+                return "n/a"
+            ok = v <= g if op == "<=" else v >= g
+            return f"{v:.2f} (goal {op} {g}: {'met' if ok else 'not met'})"
+        print()
+        print("goals at c=64, keel-http / nginx-w1: req/s " +
+              goal(rps, ">=", 1.2) + ", p99 " + goal(p99, "<=", 0.7) +
+              ", CPU/req " + goal(cpu, "<=", 0.8) + "; req/s vs h2o: " +
+              (", ".join(f"{v:.2f}" for v in h2o if v is not None) or "n/a") +
+              " (goal >= 1)")
+    if floor_raw and os.path.exists(floor_raw):
+        rs = [r for r in tsv_rows(floor_raw)
+              if r["peer"] == "uring" and r["config"] == "64x64"]
+        fl = {k: [metric(r, k) for r in rs] for k in ("rps", "p99_us", "cpu")}
+        fl = {k: statistics.median([x for x in v if x is not None])
+              if any(x is not None for x in v) else None
+              for k, v in fl.items()}
+        print()
+        print(f"echo floor (raw liburing echo server, run.sh `uring`, c=64, "
+              f"64 B, {len(rs)} reps right after): {krps(fl['rps'])} req/s, "
+              f"p99 {f(fl['p99_us'])} µs, {f(fl['cpu'], 2)} µs CPU/req", end="")
+        k = med("keel-http", "64", "cpu")
+        if k and fl["cpu"]:
+            print(f"; keel-http at c=64: {k / fl['cpu']:.2f}x the floor's "
+                  f"CPU/req")
+        else:
+            print()
+
+
 def main():
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
@@ -215,6 +347,8 @@ def main():
         cmd_callgrind(*sys.argv[2:6])
     elif cmd == "summary" and len(sys.argv) in (4, 5):
         cmd_summary(*sys.argv[2:])
+    elif cmd == "http" and len(sys.argv) in (3, 4):
+        cmd_http(*sys.argv[2:])
     else:
         raise SystemExit(__doc__)
 
