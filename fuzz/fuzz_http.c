@@ -3,16 +3,19 @@
  * fuzz_http.c: libkeel-http's request path on the simulated kernel
  * (keel/sim.h). Each input builds a fresh machine (its seed, latency and
  * short-transfer rate: the first bytes) with one loop, an HTTP server on it
- * (default or tight limits, a small or a page-sized buffer ring: the next
- * byte) with a fixed text route, handler tasks (echo a body as it streams
- * in, read it whole, sleep, panic, exit without answering), /metrics and
- * /health; then 1 to 4 clients connect. The rest of the input is records:
- * a control byte, and for a write the bytes up to the next 0xff: write
- * them on a client, let virtual time pass, reset or close a client.
+ * (default or tight limits, a small or a page-sized buffer ring, at or
+ * under its connection cap, an access log to a file of the machine's or
+ * none: the next two bytes) with a fixed text route, handler tasks (echo a
+ * body as it streams in, read it whole, sleep, report what the accessors
+ * say, panic, exit without answering), /metrics and /health; then 1 to 4
+ * clients connect. The rest of the input is records: a control byte, and
+ * for a write the bytes up to the next 0xff: write them on a client, let
+ * virtual time pass, reset or close a client.
  *
  * At the end virtual time runs past every timeout (they are short here),
- * the clients are closed, the loop's root token cancelled (the server
- * drains), and the machine runs until nothing is alive. Then:
+ * the clients are closed, the server drained (keel_http_server_drain or
+ * the loop's root token cancelled), and the machine runs until nothing is
+ * alive. Then:
  *   - what each client received parses as HTTP/1.1 responses
  *     (http_parser in HTTP_RESPONSE mode; a response to HEAD has no body);
  *   - no more final responses than requests the client started (its bytes
@@ -76,6 +79,7 @@ struct world {
 	struct keel_loop *loop;
 	struct keel_http_server *srv;
 	int lfd;
+	int log_fd; /* the access log's, or -1 */
 	unsigned nclients;
 	struct client clients[MAX_CLIENTS];
 	bool setup_done;
@@ -159,6 +163,60 @@ static int sleep_step(struct keel_task *t)
 	KEEL_END(t);
 }
 
+/* Answers what the accessors say of the request, with a header added. */
+struct info_handler {
+	struct keel_http_handler h;
+	char text[1024];
+};
+
+static int info_step(struct keel_task *t)
+{
+	struct info_handler *in =
+	    keel_container_of(t, struct info_handler, h.task);
+	struct keel_http_exchange *x = in->h.x;
+	size_t len = 0, plen, qlen, nlen, vlen, hlen;
+	const char *path, *query, *name, *value, *host;
+	unsigned n;
+
+	KEEL_BEGIN(t);
+	path = keel_http_path(x, &plen);
+	query = keel_http_query(x, &qlen);
+	host = keel_http_header(x, "HOST", &hlen);
+	n = keel_http_header_count(x);
+	len += (size_t)snprintf(
+	    in->text, sizeof(in->text),
+	    "%s %.*s ? %.*s v%d len %lld host %.*s\n", keel_http_method(x),
+	    (int)(plen > 64 ? 64 : plen), path, (int)(qlen > 64 ? 64 : qlen),
+	    query, keel_http_version(x), (long long)keel_http_body_length(x),
+	    host ? (int)hlen : 0, host ? host : "");
+	for (unsigned i = 0; i <= n && len < sizeof(in->text); i++) {
+		int err =
+		    keel_http_header_at(x, i, &name, &nlen, &value, &vlen);
+
+		if (i == n) {
+			if (err != -ERANGE)
+				violation(
+				    "keel_http_header_at past the end: %d",
+				    err);
+			break;
+		}
+		if (err)
+			violation("keel_http_header_at(%u of %u): %d", i, n,
+				  err);
+		len += (size_t)snprintf(
+		    in->text + len, sizeof(in->text) - len, "%.*s=%zu\n",
+		    (int)(nlen > 32 ? 32 : nlen), name, vlen);
+	}
+	if (len >= sizeof(in->text))
+		len = sizeof(in->text) - 1;
+	if (keel_http_add_header(x, "X-Info", "1") ||
+	    keel_http_add_header(x, "Content-Length", "1") != -EINVAL)
+		violation("keel_http_add_header: not as documented");
+	KEEL_AWAIT_CALL(
+	    t, keel_http_respond(t, in->h.x, 200, "text/plain", in->text, len));
+	KEEL_END(t);
+}
+
 /* Panics (500), or exits without answering: the library answers. */
 struct bad_handler {
 	struct keel_http_handler h;
@@ -180,6 +238,7 @@ static int none_step(struct keel_task *t)
 static KEEL_HTTP_HANDLER_TYPE(echo_type, struct echo_handler, h, echo_step);
 static KEEL_HTTP_HANDLER_TYPE(all_type, struct all_handler, h, all_step);
 static KEEL_HTTP_HANDLER_TYPE(sleep_type, struct sleep_handler, h, sleep_step);
+static KEEL_HTTP_HANDLER_TYPE(info_type, struct info_handler, h, info_step);
 static KEEL_HTTP_HANDLER_TYPE(panic_type, struct bad_handler, h, panic_step);
 static KEEL_HTTP_HANDLER_TYPE(none_type, struct bad_handler, h, none_step);
 
@@ -209,6 +268,7 @@ struct cleanup {
 	struct keel_task task;
 	struct world *w;
 	unsigned i;
+	bool log; /* close the access log, not the clients */
 };
 
 static int writer_step(struct keel_task *t);
@@ -365,6 +425,12 @@ static int cleanup_step(struct keel_task *t)
 	int fd;
 
 	KEEL_BEGIN(t);
+	if (cu->log) {
+		fd = w->log_fd;
+		w->log_fd = -1;
+		KEEL_AWAIT(t, keel_close(t, fd));
+		KEEL_EXIT(t, 0);
+	}
 	for (cu->i = 0; cu->i < w->nclients; cu->i++) {
 		fd = w->clients[cu->i].fd;
 		if (fd < 0)
@@ -674,13 +740,15 @@ static void add_routes(struct keel_http_server *srv)
 				    &panic_type, NULL);
 	err |= keel_http_route_task(srv, NULL, "/none", KEEL_HTTP_EXACT,
 				    &none_type, NULL);
+	err |= keel_http_route_task(srv, "GET", "/info", KEEL_HTTP_PREFIX,
+				    &info_type, NULL);
 	err |= keel_http_route_metrics(srv, "/metrics");
 	err |= keel_http_route_health(srv, "/health");
 	if (err)
 		violation("a route was refused");
 }
 
-static void start_server(struct world *w, uint8_t flags)
+static void start_server(struct world *w, uint8_t flags, uint8_t more)
 {
 	struct keel_http_opts o = {
 	    .host = "127.0.0.1",
@@ -697,6 +765,13 @@ static void start_server(struct world *w, uint8_t flags)
 	};
 	int err;
 
+	if (more & 1) { /* an access log, to a file of the machine's */
+		w->log_fd = keel_sim_file(w->sim, "/access.log", NULL, 0);
+		if (w->log_fd < 0)
+			violation("keel_sim_file: %s",
+				  keel_strerror(w->log_fd));
+		o.access_log_fd = w->log_fd;
+	}
 	if (flags & 0x20) { /* tight limits: the fuzzer reaches them */
 		o.max_request_line = 64;
 		o.max_header_bytes = 256;
@@ -728,16 +803,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct program pr = {data, size};
 	struct keel_sim_opts so = {0};
 	static struct world w;
-	uint8_t flags;
+	uint8_t flags, more;
 	char why[256];
 	int err;
 
 	memset(&w, 0, sizeof(w));
 	w.lfd = -1;
+	w.log_fd = -1;
 	so.seed = next_byte(&pr) | (uint64_t)next_byte(&pr) << 8;
 	so.max_latency_ns = (uint64_t)next_byte(&pr) * 1000;
 	so.short_ppm = (unsigned)(next_byte(&pr) % 4) * 100000;
 	flags = next_byte(&pr);
+	more = next_byte(&pr);
 	w.nclients = 1 + (flags >> 6);
 	if (keel_sim_create(&w.sim, &so))
 		violation("keel_sim_create failed");
@@ -754,7 +831,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		c->tail = &c->head;
 		c->got = got_bufs[i];
 	}
-	start_server(&w, flags);
+	start_server(&w, flags, more);
 	struct setup *su = keel_spawn(w.loop, &fz_setup, KEEL_PRIO_NORMAL);
 
 	if (!su)
@@ -821,11 +898,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		violation("keel_spawn: out of memory");
 	cu->w = &w;
 	run(&w, 100 * MS);
-	keel_token_cancel(keel_loop_token(w.loop));
+	if (more & 2)
+		keel_http_server_drain(w.srv);
+	else
+		keel_token_cancel(keel_loop_token(w.loop));
 	err = keel_sim_run(w.sim, 60 * SEC);
 	if (err)
 		violation("the server does not wind down after a drain: %s",
 			  keel_strerror(err));
+	if (w.log_fd >= 0) { /* the server has let go of it */
+		cu = keel_spawn(w.loop, &fz_cleanup, KEEL_PRIO_NORMAL);
+		if (!cu)
+			violation("keel_spawn: out of memory");
+		cu->w = &w;
+		cu->log = true;
+		run(&w, 0);
+	}
 	check_loop(&w);
 	keel_loop_destroy(w.loop);
 	keel_http_server_free(w.srv);
