@@ -573,8 +573,7 @@ print("panic", a[0], a[3], "next", b[0], b[2])
 PY
 cat "$dir/panic.py"
 check "/panic: 500" grep -q '^panic 500 whole' "$dir/panic.py"
-xfail "/panic: the pipelined request behind it is answered" \
-	"core: the connection closes after the 500" \
+check "/panic: the pipelined request behind it is answered" \
 	grep -q "^panic 500 whole next 200 b'hello'" "$dir/panic.py"
 curl -s "$url/metrics" >"$dir/metrics2.txt"
 [ "$metrics" = no ] || check "/metrics counts the panic" \
