@@ -18,7 +18,8 @@
  *   the connection is idle (IDLE phase, no exchange, no chunk) between
  *   requests;
  * - while a handler runs, it (not this task) reads the body from the
- *   chunk and the stream (keel_recv_try): this task waits in keel_join;
+ *   chunk and the stream (keel_recv_try): this task waits for its exit
+ *   (x->done_ev, set by a defer on the handler, which is detached);
  *   the stream's notify hook tells the handler about new data and this
  *   connection about the client going away.
  *
@@ -770,14 +771,12 @@ static int conn_step(struct keel_task *t)
 			goto error;
 		}
 		conn_phase(c, KEEL__HTTP_HANDLER, UINT64_MAX);
-		for (;;) {
-			KEEL_AWAIT(t, keel_join(t, c->x->handler));
+		while (!(c->x->flags & KEEL__HTTP_X_HANDLER_DONE)) {
+			KEEL_AWAIT(t, keel_event_wait(t, c->x->done_ev));
 			x = c->x;
-			if (keel_res(t) != -ECANCELED &&
-			    keel_res(t) != -ETIMEDOUT)
-				break;
-			if (x->flags & KEEL__HTTP_X_HANDLER_DONE)
-				break;
+			if (keel_res(t) >= 0 ||
+			    (x->flags & KEEL__HTTP_X_HANDLER_DONE))
+				continue;
 			/* This task was cancelled (a timeout, the drain's
 			 * deadline): so is the handler, and it must have
 			 * exited before its exchange goes. */
@@ -787,8 +786,7 @@ static int conn_step(struct keel_task *t)
 			    keel_shield_begin(t, &x->shield, UINT64_MAX))
 				goto handler_lost;
 		}
-		x->handler_status = keel_res(t);
-		x->handler = NULL;
+		x = c->x;
 		if (x->shield.own)
 			keel_shield_end(t, &x->shield);
 		if (x->handler_status == KEEL_ABORTED) {

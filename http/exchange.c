@@ -116,6 +116,8 @@ static void x_free(struct keel_http_exchange *x)
 		free(x->out);
 	if (x->body_ev)
 		keel_event_free(x->body_ev);
+	if (x->done_ev)
+		keel_event_free(x->done_ev);
 	free(x);
 }
 
@@ -712,6 +714,18 @@ int keel_http_stream_end(struct keel_task *t, struct keel_http_exchange *x)
 
 /* ---- the handler task --------------------------------------------------- */
 
+/* The handler's last defer (pushed first): it has exited, aborted or
+ * been killed; keel_res() is its exit status. */
+static void handler_exited(void *arg)
+{
+	struct keel_http_exchange *x = arg;
+
+	x->handler_status = keel_res(x->handler);
+	x->handler = NULL;
+	x->flags |= KEEL__HTTP_X_HANDLER_DONE;
+	keel_event_set(x->done_ev);
+}
+
 int keel__http_handler_spawn(struct keel_http_exchange *x)
 {
 	struct keel__http_conn *c = x->c;
@@ -721,12 +735,16 @@ int keel__http_handler_spawn(struct keel_http_exchange *x)
 
 	if (!x->body_ev && keel_event_new(loop, &x->body_ev))
 		return -ENOMEM;
+	if (!x->done_ev && keel_event_new(loop, &x->done_ev))
+		return -ENOMEM;
+	keel_event_clear(x->done_ev);
 	/* Its own token, a child of the connection's: cancelled alone when
 	 * the client goes, with the connection by the drain's deadline. */
 	if (keel_token_new(loop, keel_task_token(&c->task), &tok))
 		return -ENOMEM;
-	void *frame = keel_spawn(loop, route->type,
-				 KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+	/* Detached: the loop frees its frame; the connection learns of its
+	 * end from handler_exited(), whatever the exit status says. */
+	void *frame = keel_spawn(loop, route->type, KEEL_PRIO_NORMAL);
 
 	if (!frame) {
 		keel_token_release(tok);
@@ -738,6 +756,13 @@ int keel__http_handler_spawn(struct keel_http_exchange *x)
 
 	h->x = x;
 	h->arg = route->arg;
+	if (keel_defer(ht, handler_exited, x)) {
+		/* Without it nobody would know when it is done: it must
+		 * not run (it has not yet: killing it runs no code). */
+		keel_task_kill(ht);
+		keel_token_release(tok);
+		return -ENOMEM;
+	}
 	if (keel_task_set_token(ht, tok)) {
 		/* It observes the connection's token: still cancelled by
 		 * the drain, not when the client goes. */

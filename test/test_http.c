@@ -728,6 +728,18 @@ static int sleeper_step(struct keel_task *t)
 }
 static KEEL_HTTP_HANDLER_TYPE(sleeper_handler, struct handler, h, sleeper_step);
 
+/* Sleeps; cancelled, it exits with the cause as its status. */
+static int quitter_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(10000)));
+	atomic_store(&sleeper_res, keel_res(t));
+	if (keel_res(t) < 0)
+		KEEL_EXIT(t, keel_res(t));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(quitter_handler, struct handler, h, quitter_step);
+
 /* The request as the accessors see it. */
 static int echo_step(struct keel_task *t)
 {
@@ -791,6 +803,9 @@ static struct keel_http_server *handler_server(const struct keel_http_opts *o)
 	cr_assert_eq(keel_http_route_task(srv, NULL, "/sleep", 0,
 					  &sleeper_handler, NULL),
 		     0);
+	cr_assert_eq(
+	    keel_http_route_task(srv, NULL, "/quit", 0, &quitter_handler, NULL),
+	    0);
 	cr_assert_eq(keel_http_route_task(srv, NULL, "/nap", 0,
 					  &sleeper_handler, (void *)1),
 		     0);
@@ -1268,5 +1283,85 @@ Test(http, client_not_reading_is_cut_off_by_the_send_timeout, .timeout = 30)
 	cr_expect_eq(st.timeouts, 1);
 	cl_close(fd);
 	server_stop(&s, &st);
+	cr_expect_eq(st.active, 0);
+}
+
+/* ---- max_conns ------------------------------------------------------------
+ */
+
+Test(http, at_max_conns_accepting_stops_and_resumes_below_it, .timeout = 20)
+{
+	struct keel_http_opts o = {.max_conns = 2};
+	struct server s = {.srv = server_new(&o)};
+	struct keel_http_stats st;
+	struct pollfd p;
+	struct resp r;
+
+	server_start(&s);
+	int a = cl_connect(s.port);
+	int b = cl_connect(s.port);
+
+	expect_open(a);
+	expect_open(b);
+	/* The third waits in the kernel's backlog, unanswered... */
+	int c = cl_connect(s.port);
+
+	SEND(c, hello_req);
+	p = (struct pollfd){.fd = c, .events = POLLIN};
+	cr_expect_eq(poll(&p, 1, 300), 0, "answered over max_conns");
+	/* ...until one goes. */
+	cl_close(a);
+	cr_assert(cl_read(c, &r, false));
+	cr_expect_eq(r.status, 200);
+	expect_open(b);
+	cl_close(b);
+	cl_close(c);
+	server_stop(&s, &st);
+	cr_expect_eq(st.connections, 3);
+	cr_expect_eq(st.refused, 0);
+}
+
+Test(http, streamed_response_to_http_1_0_is_unframed_then_closed, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /stream HTTP/1.0\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect(!strstr(r.head, "Transfer-Encoding"), "%s", r.head);
+	cr_expect(r.close);
+	r.body[r.body_len] = '\0';
+	cr_expect_str_eq(r.body, "piece0;piece1;piece2;");
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, handler_exiting_with_its_cancellation_status_ends_cleanly,
+     .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+
+	atomic_store(&sleeper_res, 1);
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* Its client leaves; the handler exits with -ECANCELED (not a
+	 * cancellation of the connection's own wait). */
+	SEND(fd, "GET /quit HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(50000);
+	cl_close(fd);
+	for (int i = 0; i < 400 && atomic_load(&sleeper_res) == 1; i++)
+		usleep(5000);
+	cr_expect_eq(atomic_load(&sleeper_res), -ECANCELED);
+	fd = cl_connect(s.port);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.client_gone, 1);
 	cr_expect_eq(st.active, 0);
 }
