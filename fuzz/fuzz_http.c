@@ -112,10 +112,10 @@ static int echo_step(struct keel_task *t)
 		KEEL_AWAIT_CALL(
 		    t, keel_http_stream_write(t, e->h.x, e->data, e->n));
 		if (keel_res(t) < 0)
-			KEEL_EXIT(t, 0);
+			KEEL_EXIT(t, keel_res(t));
 	}
-	if (keel_res(t) < 0)
-		KEEL_EXIT(t, 0); /* the library closes the connection */
+	if (keel_res(t) < 0) /* the library closes the connection */
+		KEEL_EXIT(t, keel_res(t));
 	KEEL_AWAIT_CALL(t, keel_http_stream_end(t, e->h.x));
 	KEEL_END(t);
 }
@@ -156,8 +156,8 @@ static int sleep_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	KEEL_AWAIT(t, keel_sleep(t, 10 * MS));
-	if (keel_res(t) < 0)
-		KEEL_EXIT(t, 0);
+	if (keel_res(t) < 0) /* cancelled: it exits saying so */
+		KEEL_EXIT(t, keel_res(t));
 	KEEL_AWAIT_CALL(
 	    t, keel_http_respond(t, s->h.x, 200, "text/plain", "slept\n", 6));
 	KEEL_END(t);
