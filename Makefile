@@ -332,13 +332,18 @@ $(BUILD)/fuzz/fuzz_trace_reader: fuzz/fuzz_trace_reader.c \
 		$(LDFLAGS) -o $@ $< $(filter-out %/main.o,$(TRACE_OBJ)) \
 		$(STATIC) $(LIBS) -lm
 
+# fuzz_http serves on the simulated kernel: its listening socket is the
+# machine's (keel_sim_listen), handed to the server by a wrapper of
+# keel_tcp_listen, which makes a real socket.
+$(BUILD)/fuzz/fuzz_http: FUZZ_LDFLAGS := -Wl,--wrap=keel_tcp_listen
+
 $(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(wildcard fuzz/*.h) $(HTTP_STATIC) \
 		$(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(INC_http) $(CFLAGS) -fsanitize=fuzzer \
-		$(LDFLAGS) -o $@ $< $(HTTP_STATIC) $(STATIC) $(HTTP_LIBS) \
-		$(LIBS) -lm
+		$(LDFLAGS) $(FUZZ_LDFLAGS) -o $@ $< $(HTTP_STATIC) $(STATIC) \
+		$(HTTP_LIBS) $(LIBS) -lm
 
 install: lib man
 	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig \
