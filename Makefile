@@ -239,11 +239,12 @@ $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
 		$(HTTP_LIBS) $(LIBS) -lm
 
 $(BUILD)/test/mt_%: test/mt_%.c $(PLAIN_HELPERS) $(TEST_HELPER_HEADERS) \
-		$(STATIC)
+		$(HTTP_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
-		$(PLAIN_HELPERS) $(STATIC) $(LIBS)
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(INC_http) $(CFLAGS) $(LDFLAGS) \
+		-o $@ $< $(PLAIN_HELPERS) $(HTTP_STATIC) $(STATIC) \
+		$(HTTP_LIBS) $(LIBS)
 
 # No object of a lower layer may reference a symbol defined in a higher
 # one (the layers are in LAYERS, lowest first).

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * http/stubs.c: TEMPORARY stand-ins for the modules other helpers write
- * (files.c, metrics.c, accesslog.c), so that the core links and its tests
- * run before those land. Delete this file when merging them.
+ * (files.c, accesslog.c; metrics.c has landed), so that the core links
+ * and its tests run before those land. Delete this file when merging
+ * them.
  */
 #include <errno.h>
 
@@ -41,60 +42,6 @@ int keel__http_files_serve(struct keel_task *t, struct keel_http_exchange *x,
 void keel__http_files_fini(struct keel__http_shard *sh)
 {
 	(void)sh;
-}
-
-int keel_http_route_metrics(struct keel_http_server *srv, const char *path)
-{
-	struct keel__http_route r = {
-	    .method = (char *)"GET",
-	    .path = (char *)path,
-	    .kind = KEEL__HTTP_R_METRICS,
-	    .root_fd = -1,
-	};
-
-	return keel__http_route_add(srv, &r);
-}
-
-int keel_http_route_health(struct keel_http_server *srv, const char *path)
-{
-	struct keel__http_route r = {
-	    .method = (char *)"GET",
-	    .path = (char *)path,
-	    .kind = KEEL__HTTP_R_HEALTH,
-	    .root_fd = -1,
-	};
-
-	return keel__http_route_add(srv, &r);
-}
-
-int keel__http_metrics_init(struct keel__http_shard *sh)
-{
-	(void)sh;
-	return 0;
-}
-
-void keel__http_metrics_fini(struct keel__http_shard *sh)
-{
-	(void)sh;
-}
-
-void keel__http_observe(struct keel__http_shard *sh,
-			const struct keel__http_route *route, int status,
-			uint64_t ns)
-{
-	(void)sh;
-	(void)route;
-	(void)status;
-	(void)ns;
-}
-
-size_t keel__http_metrics_render(struct keel_http_server *srv, char *buf,
-				 size_t len)
-{
-	(void)srv;
-	if (len)
-		buf[0] = '\0';
-	return 0;
 }
 
 int keel__http_log_start(struct keel__http_shard *sh)
