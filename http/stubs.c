@@ -1,9 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * http/stubs.c: TEMPORARY stand-ins for the modules other helpers write
- * (files.c, accesslog.c; metrics.c has landed), so that the core links
- * and its tests run before those land. Delete this file when merging
- * them.
+ * (files.c; metrics.c and accesslog.c have landed), so that the core links
+ * and its tests run before those land. Delete this file when merging them.
  */
 #include <errno.h>
 
@@ -40,28 +39,6 @@ int keel__http_files_serve(struct keel_task *t, struct keel_http_exchange *x,
 }
 
 void keel__http_files_fini(struct keel__http_shard *sh)
-{
-	(void)sh;
-}
-
-int keel__http_log_start(struct keel__http_shard *sh)
-{
-	(void)sh;
-	return 0;
-}
-
-void keel__http_log(struct keel__http_shard *sh,
-		    const struct keel_http_exchange *x, int status,
-		    uint64_t body_bytes, uint64_t ns)
-{
-	(void)sh;
-	(void)x;
-	(void)status;
-	(void)body_bytes;
-	(void)ns;
-}
-
-void keel__http_log_stop(struct keel__http_shard *sh)
 {
 	(void)sh;
 }
