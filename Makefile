@@ -9,6 +9,7 @@
 #   make bench           keel's micro-benchmarks (+ the peer harness if found)
 #   make man             the man pages (scdoc) into $(BUILD)/man
 #   make install/uninstall   honour DESTDIR, prefix, libdir, includedir, mandir
+#                        (libkeel and libkeel-http, headers, .pc, man pages)
 #   SANITIZE=address,undefined make test    (or SANITIZE=thread)
 #   make format          clang-format the tree
 #   make sim             the simulation scenarios over SIM_SEEDS seeds each
@@ -356,6 +357,15 @@ install: lib man
 	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
 		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
 		keel.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel.pc
+	$(Q)install -m 644 $(HTTP_STATIC) $(DESTDIR)$(libdir)/libkeel-http.a
+	$(Q)install -m 755 $(HTTP_SHARED) \
+		$(DESTDIR)$(libdir)/libkeel-http.so.$(VERSION)
+	$(Q)ln -sf libkeel-http.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/libkeel-http.so.$(SOVERSION)
+	$(Q)ln -sf libkeel-http.so.$(SOVERSION) $(DESTDIR)$(libdir)/libkeel-http.so
+	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
+		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
+		keel-http.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel-http.pc
 
 uninstall:
 	$(Q)rm -f $(DESTDIR)$(includedir)/keel.h \
@@ -364,6 +374,11 @@ uninstall:
 		$(DESTDIR)$(libdir)/libkeel.so.$(SOVERSION) \
 		$(DESTDIR)$(libdir)/libkeel.so.$(VERSION) \
 		$(DESTDIR)$(libdir)/pkgconfig/keel.pc \
+		$(DESTDIR)$(libdir)/libkeel-http.a \
+		$(DESTDIR)$(libdir)/libkeel-http.so \
+		$(DESTDIR)$(libdir)/libkeel-http.so.$(SOVERSION) \
+		$(DESTDIR)$(libdir)/libkeel-http.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/pkgconfig/keel-http.pc \
 		$(addprefix $(DESTDIR)$(mandir)/,$(MAN_FILES))
 	$(Q)rmdir $(DESTDIR)$(includedir)/keel 2>/dev/null || true
 
