@@ -150,8 +150,12 @@ static int on_headers_complete(http_parser *p)
 	struct keel_http_exchange *x = x_of(p);
 
 	x->flags |= KEEL__HTTP_X_HEADERS_DONE;
-	/* Stop here: the request is routed before its body is parsed. */
-	http_parser_pause(p, 1);
+	/* A body follows: stop here, the request is routed before its body
+	 * is parsed. Without one the message ends with the next byte: go
+	 * on to on_message_complete (one parser call for a plain GET). */
+	if ((p->flags & F_CHUNKED) ||
+	    (p->content_length != ULLONG_MAX && p->content_length > 0))
+		http_parser_pause(p, 1);
 	return 0;
 }
 
@@ -263,9 +267,9 @@ static int parse_error_status(struct keel_http_exchange *x, enum http_errno e,
 }
 
 /*
- * Parse the head from the chunk. The parser pauses at the end of the
- * head with the blank line's LF not taken (it is taken, and the message
- * may end, when parsing resumes).
+ * Parse the head from the chunk. A request without a body is parsed to
+ * its end (on_message_complete pauses after the blank line's LF); one with
+ * a body pauses at the end of the head with that LF not taken.
  */
 static enum feed conn_feed(struct keel__http_conn *c)
 {
@@ -274,16 +278,20 @@ static enum feed conn_feed(struct keel__http_conn *c)
 	size_t len = c->buf.len - c->off;
 	size_t n = http_parser_execute(&x->parser, &settings, p, len);
 	enum http_errno e = HTTP_PARSER_ERRNO(&x->parser);
-	int st = scan_head(x, p, n);
+	bool ended = (x->flags & KEEL__HTTP_X_COMPLETE) && n;
+	int st = scan_head(x, p, ended ? n - 1 : n);
 
 	c->off += (uint32_t)n;
-	if (e == HPE_PAUSED) {
+	if (e == HPE_PAUSED)
 		http_parser_pause(&x->parser, 0);
-		/* The blank line's LF is next; its CR was scanned. */
-		if (n == len || p[n] != '\n' || x->last != '\r')
-			st = st ? st : 400;
-	} else if (e != HPE_OK) {
+	else if (e != HPE_OK)
 		st = st ? st : parse_error_status(x, e, p, len);
+	if (!st && (x->flags & KEEL__HTTP_X_HEADERS_DONE)) {
+		/* The blank line's LF, after a CR (scanned last). */
+		char lf = ended ? p[n - 1] : n < len ? p[n] : 0;
+
+		if (lf != '\n' || x->last != '\r')
+			st = 400;
 	}
 	if (st) {
 		x->err = st;
@@ -292,26 +300,39 @@ static enum feed conn_feed(struct keel__http_conn *c)
 	return (x->flags & KEEL__HTTP_X_HEADERS_DONE) ? FEED_HEAD : FEED_MORE;
 }
 
-/* A header's value by name (case-insensitive), counting the matches. */
-static const struct keel__http_hdr *
-find_header(const struct keel_http_exchange *x, const char *name,
-	    unsigned *count)
-{
-	const struct keel__http_hdr *first = NULL;
-	size_t len = strlen(name);
+/* The headers that frame the request, found in one pass over the head
+ * (by length first: a request's other headers cost one compare each). */
+struct framing {
+	const struct keel__http_hdr *te, *expect;
+	unsigned host, te_count, cl_count;
+};
 
-	*count = 0;
+static void find_framing(const struct keel_http_exchange *x, struct framing *f)
+{
+	memset(f, 0, sizeof(*f));
 	for (uint32_t i = 0; i < x->nhdrs; i++) {
 		const struct keel__http_hdr *h = &x->hdrs[i];
+		const char *name = x->data + h->name;
 
-		if (h->name_len == len &&
-		    !strncasecmp(x->data + h->name, name, len)) {
-			if (!first)
-				first = h;
-			(*count)++;
+		switch (h->name_len) {
+		case 4:
+			f->host += !strncasecmp(name, "host", 4);
+			break;
+		case 6:
+			if (!f->expect && !strncasecmp(name, "expect", 6))
+				f->expect = h;
+			break;
+		case 14:
+			f->cl_count += !strncasecmp(name, "content-length", 14);
+			break;
+		case 17:
+			if (!strncasecmp(name, "transfer-encoding", 17)) {
+				f->te = h;
+				f->te_count++;
+			}
+			break;
 		}
 	}
-	return first;
 }
 
 /* Trim OWS and compare case-insensitively. */
@@ -339,8 +360,7 @@ static int conn_request(struct keel__http_conn *c, struct keel_http_exchange *x)
 {
 	struct keel_http_server *srv = c->sh->srv;
 	http_parser *p = &x->parser;
-	const struct keel__http_hdr *h;
-	unsigned n;
+	struct framing f;
 	int status;
 
 	if (p->http_major != 1 || p->http_minor > 1)
@@ -353,14 +373,12 @@ static int conn_request(struct keel__http_conn *c, struct keel_http_exchange *x)
 	    (x->data[0] != '/' && !(x->url_len == 1 && x->data[0] == '*' &&
 				    p->method == HTTP_OPTIONS)))
 		return 400;
-	find_header(x, "host", &n);
-	if (n > 1 || (n == 0 && p->http_minor == 1))
+	find_framing(x, &f);
+	if (f.host > 1 || (f.host == 0 && p->http_minor == 1))
 		return 400;
-	h = find_header(x, "transfer-encoding", &n);
-	if (n > 1 || (n == 1 && !value_is(x, h, "chunked")))
+	if (f.te_count > 1 || (f.te && !value_is(x, f.te, "chunked")))
 		return 400;
-	find_header(x, "content-length", &n);
-	if (n > 1 || (n && (p->flags & F_CHUNKED)))
+	if (f.cl_count > 1 || (f.cl_count && (p->flags & F_CHUNKED)))
 		return 400; /* the parser says so too; never trust one check */
 	if (p->flags & F_CHUNKED)
 		x->content_length = -1;
@@ -369,8 +387,8 @@ static int conn_request(struct keel__http_conn *c, struct keel_http_exchange *x)
 	if (x->content_length > 0 &&
 	    (uint64_t)x->content_length > srv->opts.max_body)
 		return 413;
-	h = find_header(x, "expect", &n);
-	if (h && value_is(x, h, "100-continue") && x->content_length)
+	if (f.expect && value_is(x, f.expect, "100-continue") &&
+	    x->content_length)
 		x->flags |= KEEL__HTTP_X_EXPECT;
 	if (http_should_keep_alive(p))
 		x->flags |= KEEL__HTTP_X_KEEP_ALIVE;
@@ -413,12 +431,15 @@ static int build_text(struct keel__http_conn *c, struct keel_http_exchange *x)
 	const struct keel__http_route *r = x->route;
 	size_t dlen;
 	const char *date = keel__http_date(c->sh, &dlen);
-	bool body = !(x->flags & KEEL__HTTP_X_HEAD);
+	bool body = !(x->flags & KEEL__HTTP_X_HEAD) && r->body_len;
 	static const char keep[] = "Connection: keep-alive\r\n\r\n";
 	static const char close_[] = "Connection: close\r\n\r\n";
 	bool last = keel__http_conn_last(c, x);
-	size_t need =
-	    r->head_len + dlen + sizeof(keep) + (body ? r->body_len : 0);
+	/* A large body is sent from the route itself (a second iovec of
+	 * the same sendmsg), never copied. */
+	bool gather = body && r->body_len > KEEL__HTTP_COPY_MAX;
+	size_t need = r->head_len + dlen + sizeof(keep) +
+		      (body && !gather ? r->body_len : 0);
 
 	if (keel__http_x_out_reserve(x, need))
 		return -ENOMEM;
@@ -428,9 +449,19 @@ static int build_text(struct keel__http_conn *c, struct keel_http_exchange *x)
 	o += put(o, date, dlen);
 	o += last ? put(o, close_, sizeof(close_) - 1)
 		  : put(o, keep, sizeof(keep) - 1);
-	if (body)
+	if (body && !gather)
 		o += put(o, r->body, r->body_len);
 	x->out_len = (size_t)(o - x->out);
+	if (gather) {
+		x->iov[0].iov_base = x->out;
+		x->iov[0].iov_len = x->out_len;
+		x->iov[1].iov_base = r->body;
+		x->iov[1].iov_len = r->body_len;
+		memset(&x->msg, 0, sizeof(x->msg));
+		x->msg.msg_iov = x->iov;
+		x->msg.msg_iovlen = 2;
+		x->flags |= KEEL__HTTP_X_GATHER;
+	}
 	x->status = r->status;
 	x->body_sent = body ? r->body_len : 0;
 	x->flags |= KEEL__HTTP_X_STARTED | KEEL__HTTP_X_FINISHED;
@@ -442,8 +473,6 @@ static int build_simple(struct keel__http_conn *c, struct keel_http_exchange *x,
 			int status, const char *content_type, const char *body,
 			size_t len)
 {
-	if (status >= 400 && status != 404 && status != 405)
-		c->flags |= KEEL__HTTP_C_CLOSE;
 	keel__http_conn_last(c, x);
 	size_t need = keel__http_head(x, status, content_type, (int64_t)len,
 				      x->out, x->out_cap);
@@ -555,6 +584,8 @@ static enum feed conn_discard(struct keel__http_conn *c)
 	size_t len = c->buf.len - c->off;
 
 	x->flags &= ~KEEL__HTTP_X_SINK;
+	if (x->flags & KEEL__HTTP_X_COMPLETE)
+		return FEED_HEAD; /* what is left is the next request */
 	if (len) {
 		size_t n = http_parser_execute(&x->parser, &settings, p, len);
 		enum http_errno e = HTTP_PARSER_ERRNO(&x->parser);
@@ -706,10 +737,15 @@ static int conn_step(struct keel_task *t)
 			goto close;
 		conn_release_if_done(c);
 		conn_phase(c, KEEL__HTTP_SEND, o->send_timeout_ns);
-		KEEL_AWAIT(t, keel_send_all(t, c->fd, x->out, x->out_len,
-					    MSG_NOSIGNAL));
+		if (x->flags & KEEL__HTTP_X_GATHER)
+			KEEL_AWAIT(t, keel_sendmsg_all(t, c->fd, &c->x->msg,
+						       MSG_NOSIGNAL));
+		else
+			KEEL_AWAIT(t,
+				   keel_send_all(t, c->fd, c->x->out,
+						 c->x->out_len, MSG_NOSIGNAL));
 		if (keel_res(t) < 0) {
-			x->flags |= KEEL__HTTP_X_BROKEN;
+			c->x->flags |= KEEL__HTTP_X_BROKEN;
 			goto close;
 		}
 		goto done;
@@ -777,21 +813,25 @@ static int conn_step(struct keel_task *t)
 	answer_500:
 		if ((c->flags & (KEEL__HTTP_C_KILLED | KEEL__HTTP_C_ENDED)))
 			goto close;
-		c->flags |= KEEL__HTTP_C_CLOSE;
+		/* Nothing was sent: the client gets a 500 and the connection
+		 * goes on with its next request. */
 		if (build_error(c, x, 500))
 			goto close;
 		conn_phase(c, KEEL__HTTP_SEND, o->send_timeout_ns);
 		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->x->out, c->x->out_len,
 					    MSG_NOSIGNAL));
 		x = c->x;
-		if (keel_res(t) < 0)
+		if (keel_res(t) < 0) {
 			x->flags |= KEEL__HTTP_X_BROKEN;
-		goto close;
+			goto close;
+		}
+		goto after_handler;
 
 	after_handler:
 		/* The body the handler left: drop it (within max_body),
 		 * unless the client still waits for "100 Continue". */
-		if (!(x->flags & KEEL__HTTP_X_COMPLETE)) {
+		if (!(x->flags & KEEL__HTTP_X_COMPLETE) &&
+		    !(c->flags & KEEL__HTTP_C_CLOSE)) {
 			if ((x->flags & KEEL__HTTP_X_EXPECT) &&
 			    !(x->flags & KEEL__HTTP_X_CONTINUED)) {
 				c->flags |= KEEL__HTTP_C_CLOSE;
@@ -835,6 +875,7 @@ static int conn_step(struct keel_task *t)
 	error:
 		/* ---- a limit or a malformed request: answer, close ---- */
 		x = c->x;
+		c->flags |= KEEL__HTTP_C_CLOSE;
 		if (build_error(c, x, x->err))
 			goto close;
 		conn_release_if_done(c);

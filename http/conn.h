@@ -77,6 +77,11 @@ struct keel__http_hdr {
 #define KEEL__HTTP_X_HANDLER_DONE 0x4000  /* the handler task has exited */
 #define KEEL__HTTP_X_BODY_WAIT	  0x8000  /* the handler waits for body */
 #define KEEL__HTTP_X_COUNTED	  0x10000 /* keel__http_x_done() ran */
+#define KEEL__HTTP_X_GATHER	  0x20000 /* send x->msg (head + body) */
+
+/* A fixed body up to this is copied after the head (one send); a larger
+ * one is the second iovec of one sendmsg. */
+#define KEEL__HTTP_COPY_MAX 1024
 
 /* The response head is built here when it fits (the fast path). */
 #define KEEL__HTTP_OUT_INLINE 1024

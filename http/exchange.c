@@ -137,12 +137,11 @@ void keel__http_x_put(struct keel_http_exchange *x)
 		x->out = x->out_inline;
 		x->out_cap = sizeof(x->out_inline);
 	}
-	free(x->body_all);
-	x->body_all = NULL;
-	x->body_all_cap = 0;
-	free(x->scratch);
-	x->scratch = NULL;
-	x->scratch_size = 0;
+	if (x->body_all) {
+		free(x->body_all);
+		x->body_all = NULL;
+		x->body_all_cap = 0;
+	}
 	x->c = NULL;
 	x->next_free = core->free_x;
 	core->free_x = x;
@@ -325,6 +324,10 @@ void keel__http_sent(struct keel_http_exchange *x, int status,
 
 const char *keel_http_method(const struct keel_http_exchange *x)
 {
+	/* "" until the request line's method was parsed (a request refused
+	 * before it: the access log writes "-"). */
+	if (!x->url_len)
+		return "";
 	return http_method_str(x->parser.method);
 }
 
@@ -743,6 +746,12 @@ int keel__http_handler_spawn(struct keel_http_exchange *x)
 	}
 	x->tok = tok;
 	x->handler = ht;
+	if ((c->flags & KEEL__HTTP_C_ENDED) && tok) {
+		/* The client went away before its handler began (the end
+		 * came while the request was being parsed). */
+		KEEL__HTTP_COUNT(c->sh, client_gone, 1);
+		keel_token_cancel(tok);
+	}
 	return 0;
 }
 

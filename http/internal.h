@@ -41,6 +41,7 @@ enum keel__http_route_kind {
 
 struct keel__http_route {
 	char *method; /* NULL: any */
+	size_t method_len;
 	char *path;
 	size_t path_len;
 	unsigned flags; /* KEEL_HTTP_EXACT or KEEL_HTTP_PREFIX */

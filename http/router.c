@@ -51,6 +51,7 @@ int keel__http_route_add(struct keel_http_server *srv,
 	/* What the caller passed is copied; head, content_type and body
 	 * are already ours when set (keel_http_route_text builds them). */
 	n.method = r->method ? strdup(r->method) : NULL;
+	n.method_len = r->method ? strlen(r->method) : 0;
 	n.path = strdup(r->path);
 	n.path_len = strlen(r->path);
 	n.index = srv->nroutes;
@@ -77,11 +78,11 @@ static bool method_matches(const struct keel__http_route *r, const char *method,
 {
 	if (!r->method)
 		return true;
-	if (strlen(r->method) == len && !memcmp(r->method, method, len))
+	if (r->method_len == len && !memcmp(r->method, method, len))
 		return true;
 	/* A GET route answers HEAD (without the body). */
-	return len == 4 && !memcmp(method, "HEAD", 4) &&
-	       !strcmp(r->method, "GET");
+	return len == 4 && r->method_len == 3 && !memcmp(method, "HEAD", 4) &&
+	       !memcmp(r->method, "GET", 3);
 }
 
 const struct keel__http_route *

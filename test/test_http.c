@@ -638,3 +638,635 @@ Test(http, listens_on_the_port_asked_for, .timeout = 20)
 	cl_close(fd);
 	server_stop(&s, NULL);
 }
+
+/* ---- handler tasks ------------------------------------------------------ */
+
+struct handler {
+	struct keel_http_handler h;
+	const char *data;
+	uint64_t count;
+	uint32_t sum;
+	char out[256];
+	size_t len;
+};
+
+/* Reads the body as it comes; answers "<bytes> <sum of the bytes>". */
+static int sum_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	for (;;) {
+		KEEL_AWAIT_CALL(t, keel_http_body_read(t, f->h.x, &f->data));
+		if (keel_res(t) <= 0)
+			break;
+		for (int i = 0; i < keel_res(t); i++)
+			f->sum += (unsigned char)f->data[i];
+		f->count += (uint64_t)keel_res(t);
+	}
+	if (keel_res(t) < 0)
+		f->len = (size_t)snprintf(f->out, sizeof(f->out), "error %d",
+					  keel_res(t));
+	else
+		f->len = (size_t)snprintf(f->out, sizeof(f->out), "%llu %u",
+					  (unsigned long long)f->count, f->sum);
+	KEEL_AWAIT_CALL(
+	    t, keel_http_respond(t, f->h.x, 200, "text/plain", f->out, f->len));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(sum_handler, struct handler, h, sum_step);
+
+/* The whole body, at most 10 bytes: 413 over it. */
+static int all_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT_CALL(t, keel_http_body_read_all(t, f->h.x, 10, &f->data));
+	if (keel_res(t) == -EMSGSIZE) {
+		KEEL_AWAIT_CALL(
+		    t, keel_http_respond(t, f->h.x, 413, NULL, NULL, 0));
+		KEEL_EXIT(t, 0);
+	}
+	f->len = (size_t)keel_res(t);
+	memcpy(f->out, f->data, f->len);
+	KEEL_AWAIT_CALL(
+	    t, keel_http_respond(t, f->h.x, 200, NULL, f->out, f->len));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(all_handler, struct handler, h, all_step);
+
+static int panic_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_YIELD(t);
+	keel_panic("a handler's bug");
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(panic_handler, struct handler, h, panic_step);
+
+static int silent_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_YIELD(t);
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(silent_handler, struct handler, h, silent_step);
+
+static _Atomic int sleeper_res = 1;
+
+/* Sleeps (long) before answering: its client leaves meanwhile. */
+static int sleeper_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(f->h.arg ? 300 : 10000)));
+	atomic_store(&sleeper_res, keel_res(t));
+	KEEL_AWAIT_CALL(t, keel_http_respond(t, f->h.x, 200, NULL, "late", 4));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(sleeper_handler, struct handler, h, sleeper_step);
+
+/* The request as the accessors see it. */
+static int echo_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+	struct keel_http_exchange *x = f->h.x;
+	size_t pl, ql, hl = 0;
+	const char *p, *q, *hv;
+
+	KEEL_BEGIN(t);
+	p = keel_http_path(x, &pl);
+	q = keel_http_query(x, &ql);
+	hv = keel_http_header(x, "x-thing", &hl);
+	f->len = (size_t)snprintf(
+	    f->out, sizeof(f->out), "%s %.*s ? %.*s v%d h=%.*s n=%u",
+	    keel_http_method(x), (int)pl, p, (int)ql, q, keel_http_version(x),
+	    (int)hl, hv ? hv : "", keel_http_header_count(x));
+	cr_assert_eq(keel_http_add_header(x, "X-Reply", "yes"), 0);
+	cr_assert_eq(keel_http_add_header(x, "Content-Length", "1"), -EINVAL);
+	KEEL_AWAIT_CALL(
+	    t, keel_http_respond(t, x, 200, "text/plain", f->out, f->len));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(echo_handler, struct handler, h, echo_step);
+
+/* A chunked response in three pieces. */
+static int stream_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT_CALL(t, keel_http_stream_begin(t, f->h.x, 200, NULL));
+	for (f->count = 0; f->count < 3; f->count++) {
+		f->len = (size_t)snprintf(f->out, sizeof(f->out), "piece%llu;",
+					  (unsigned long long)f->count);
+		KEEL_AWAIT_CALL(
+		    t, keel_http_stream_write(t, f->h.x, f->out, f->len));
+		if (keel_res(t) < 0)
+			KEEL_EXIT(t, keel_res(t));
+	}
+	KEEL_AWAIT_CALL(t, keel_http_stream_end(t, f->h.x));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(stream_handler, struct handler, h, stream_step);
+
+static struct keel_http_server *handler_server(const struct keel_http_opts *o)
+{
+	struct keel_http_server *srv = server_new(o);
+
+	cr_assert_eq(
+	    keel_http_route_task(srv, "POST", "/sum", 0, &sum_handler, NULL),
+	    0);
+	cr_assert_eq(
+	    keel_http_route_task(srv, "POST", "/all", 0, &all_handler, NULL),
+	    0);
+	cr_assert_eq(
+	    keel_http_route_task(srv, NULL, "/panic", 0, &panic_handler, NULL),
+	    0);
+	cr_assert_eq(keel_http_route_task(srv, NULL, "/silent", 0,
+					  &silent_handler, NULL),
+		     0);
+	cr_assert_eq(keel_http_route_task(srv, NULL, "/sleep", 0,
+					  &sleeper_handler, NULL),
+		     0);
+	cr_assert_eq(keel_http_route_task(srv, NULL, "/nap", 0,
+					  &sleeper_handler, (void *)1),
+		     0);
+	cr_assert_eq(keel_http_route_task(srv, NULL, "/echo", KEEL_HTTP_PREFIX,
+					  &echo_handler, NULL),
+		     0);
+	cr_assert_eq(keel_http_route_task(srv, "GET", "/stream", 0,
+					  &stream_handler, NULL),
+		     0);
+	return srv;
+}
+
+Test(http, chunked_body_is_streamed_to_the_handler, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* In pieces, so that the handler waits for the next one. */
+	SEND(fd, "POST /sum HTTP/1.1\r\nHost: x\r\n"
+		 "Transfer-Encoding: chunked\r\n\r\n5\r\nhel");
+	usleep(20000);
+	SEND(fd, "lo\r\n6;ext=1\r\n world\r\n");
+	usleep(20000);
+	SEND(fd, "0\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	/* "hello world": 11 bytes summing to 1116. */
+	cr_expect_eq(r.body_len, 7, "%.*s", (int)r.body_len, r.body);
+	cr_expect_eq(memcmp(r.body, "11 1116", 7), 0, "%.*s", (int)r.body_len,
+		     r.body);
+	cr_expect(!r.close);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, content_length_body_is_read_by_the_handler_then_next_request,
+     .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
+		 "abcGET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "3 294", 5), 0, "%.*s", (int)r.body_len,
+		     r.body);
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "hello", 5), 0);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, expect_100_continue_is_sent_before_the_body, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+		 "Expect: 100-continue\r\n\r\n");
+	/* The client sends the body only after the interim answer. */
+	cr_assert(cl_read(fd, &r, true));
+	cr_expect_eq(r.status, 100);
+	SEND(fd, "hello");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "5 532", 5), 0, "%.*s", (int)r.body_len,
+		     r.body);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, body_read_all_over_its_max_is_413, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "POST /all HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+		 "small");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "small", 5), 0);
+	cl_close(fd);
+	fd = cl_connect(s.port);
+	SEND(fd, "POST /all HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n"
+		 "0123456789abcdefghij");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 413);
+	cr_expect(r.close);
+	expect_closed(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, panicking_handler_gets_500_and_next_pipelined_request_answered,
+     .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /panic HTTP/1.1\r\nHost: x\r\n\r\n"
+		 "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 500);
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "hello", 5), 0);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.handler_panics, 1);
+	cr_expect_eq(st.responses_5xx, 1);
+}
+
+Test(http, handler_exiting_without_a_response_gets_500, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /silent HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 500);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.handler_panics, 1);
+}
+
+Test(http, client_leaving_cancels_its_handler, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+
+	atomic_store(&sleeper_res, 1);
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(50000);
+	cl_close(fd);
+	/* The handler's 10 s sleep ends at once, cancelled. */
+	for (int i = 0; i < 400 && atomic_load(&sleeper_res) == 1; i++)
+		usleep(5000);
+	cr_expect_eq(atomic_load(&sleeper_res), -ECANCELED, "handler saw %d",
+		     atomic_load(&sleeper_res));
+	/* Gone before the handler even began: cancelled all the same. */
+	atomic_store(&sleeper_res, 1);
+	fd = cl_connect(s.port);
+	SEND(fd, "GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n");
+	cl_close(fd);
+	for (int i = 0; i < 400 && atomic_load(&sleeper_res) == 1; i++)
+		usleep(5000);
+	cr_expect_eq(atomic_load(&sleeper_res), -ECANCELED, "handler saw %d",
+		     atomic_load(&sleeper_res));
+	server_stop(&s, &st);
+	cr_expect_eq(st.client_gone, 2);
+	cr_expect_eq(st.active, 0);
+}
+
+Test(http, handler_sees_the_request_and_adds_headers, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /echo/a/b?x=1&y HTTP/1.1\r\nHost: x\r\n"
+		 "X-Thing:  some value\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	r.body[r.body_len] = '\0';
+	cr_expect_str_eq(r.body, "GET /echo/a/b ? x=1&y v11 h=some value n=2");
+	cr_expect(strstr(r.head, "\r\nX-Reply: yes\r\n"), "%s", r.head);
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+Test(http, streamed_response_is_chunked, .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect(strstr(r.head, "Transfer-Encoding: chunked"), "%s", r.head);
+	r.body[r.body_len] = '\0';
+	cr_expect_str_eq(r.body, "piece0;piece1;piece2;");
+	expect_open(fd);
+	cl_close(fd);
+	server_stop(&s, NULL);
+}
+
+/* ---- timeouts ------------------------------------------------------------ */
+
+/* How long until the server closes `fd` (ms), reading what comes. */
+static long ms_until_closed(int fd)
+{
+	uint64_t t0 = kt_now_ns();
+	char b[512];
+	ssize_t n;
+
+	do
+		n = recv(fd, b, sizeof(b), 0);
+	while (n > 0);
+	cr_expect(n == 0 || errno == ECONNRESET, "not closed: %s",
+		  strerror(errno));
+	return (long)((kt_now_ns() - t0) / 1000000);
+}
+
+Test(http, idle_keep_alive_connection_is_closed_after_the_idle_timeout,
+     .timeout = 20)
+{
+	struct keel_http_opts o = {.idle_timeout_ns = KT_MS(300)};
+	struct server s = {.srv = server_new(&o)};
+	struct keel_http_stats st;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	expect_open(fd);
+	ms_until_closed(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.timeouts, 1);
+	cr_expect_eq(st.requests, 1);
+}
+
+Test(http, slowloris_is_cut_off_by_the_header_timeout, .timeout = 20)
+{
+	struct keel_http_opts o = {.header_timeout_ns = KT_MS(300)};
+	struct server s = {.srv = server_new(&o)};
+	struct keel_http_stats st;
+	struct pollfd p;
+	int lines = 0;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* A line every 50 ms, never the end of the head: each keeps the
+	 * connection busy, none may extend the header deadline. */
+	SEND(fd, "GET /hello HTTP/1.1\r\nHost: x\r\n");
+	for (; lines < 100; lines++) {
+		p = (struct pollfd){.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 50) == 1)
+			break; /* the close */
+		if (send(fd, "X-Slow: a\r\n", 11, MSG_NOSIGNAL) != 11)
+			break;
+	}
+	cr_expect_lt(lines, 60, "still open after %d lines", lines);
+	ms_until_closed(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.timeouts, 1);
+	cr_expect_eq(st.requests, 0);
+}
+
+Test(http, body_timeout_ends_a_handlers_read_with_etimedout, .timeout = 20)
+{
+	struct keel_http_opts o = {.body_timeout_ns = KT_MS(300)};
+	struct server s = {.srv = handler_server(&o)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	SEND(fd, "POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+		 "abc");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	r.body[r.body_len] = '\0';
+	cr_expect_str_eq(r.body, "error -110");
+	cr_expect(r.close);
+	ms_until_closed(fd);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.timeouts, 1, "timeouts %llu",
+		     (unsigned long long)st.timeouts);
+}
+
+/* ---- the drain ------------------------------------------------------------
+ */
+
+Test(http, drain_closes_idle_finishes_in_flight_with_close_and_ends,
+     .timeout = 20)
+{
+	struct server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	server_start(&s);
+	int idle = cl_connect(s.port);
+	int busy = cl_connect(s.port);
+
+	expect_open(idle);
+	/* The handler takes 300 ms: the drain begins meanwhile. */
+	SEND(busy, "GET /nap HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(50000);
+	keel_http_server_drain(s.srv);
+	/* The idle one goes at once (at the next sweep), long before the
+	 * drain's 10 s deadline. */
+	cr_expect_lt(ms_until_closed(idle), 2000);
+	cr_assert(cl_read(busy, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "late", 4), 0);
+	cr_expect(r.close, "the last response says close: %s", r.head);
+	expect_closed(busy);
+	/* No new connection is accepted. */
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	kt_loopback_addr((uint16_t)s.port, &ss, &len);
+	usleep(200000);
+	cr_expect_neq(connect(fd, (struct sockaddr *)&ss, len), 0,
+		      "still accepting");
+	close(fd);
+	cl_close(idle);
+	cl_close(busy);
+	/* The loop ends by itself: the drain left nothing behind. */
+	server_stop(&s, &st);
+	cr_expect_eq(atomic_load(&sleeper_res), 0);
+	cr_expect_eq(st.active, 0);
+}
+
+Test(http, drain_deadline_cancels_what_is_left, .timeout = 20)
+{
+	struct keel_http_opts o = {.drain_timeout_ns = KT_MS(200)};
+	struct server s = {.srv = handler_server(&o)};
+	struct keel_http_stats st;
+
+	atomic_store(&sleeper_res, 1);
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* A 10 s handler: the drain's deadline cuts it. */
+	SEND(fd, "GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n");
+	usleep(50000);
+	keel_http_server_drain(s.srv);
+	cr_expect_lt(ms_until_closed(fd), 5000);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(atomic_load(&sleeper_res), -ECANCELED);
+	cr_expect_eq(st.active, 0);
+}
+
+struct rt_main {
+	struct keel_task task;
+};
+
+/* The runtime's main task: its exit shuts the runtime down. */
+static int rt_main_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(200)));
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(rt_main_task, struct rt_main, task, rt_main_step);
+
+struct rt_server {
+	struct keel_http_server *srv;
+	pthread_t thread;
+	_Atomic int port;
+	int run;
+};
+
+static void *rt_server_main(void *arg)
+{
+	struct rt_server *s = arg;
+	struct keel_runtime_opts ro = {.threads = 2, .no_signals = true};
+	struct keel_runtime *rt;
+	int err = keel_runtime_create(&rt, &ro);
+
+	if (err) {
+		atomic_store(&s->port, err);
+		return NULL;
+	}
+	err = keel_http_server_start(s->srv, rt);
+	atomic_store(&s->port, err ? err : keel_http_server_port(s->srv));
+	s->run = err ? err : keel_runtime_run(rt, &rt_main_task, NULL, NULL);
+	keel_runtime_destroy(rt);
+	return NULL;
+}
+
+Test(http, runtime_shutdown_drains_in_flight_requests, .timeout = 20)
+{
+	struct rt_server s = {.srv = handler_server(NULL)};
+	struct keel_http_stats st;
+	struct resp r;
+
+	atomic_store(&sleeper_res, 1);
+	cr_assert_eq(pthread_create(&s.thread, NULL, rt_server_main, &s), 0);
+	while (!atomic_load(&s.port))
+		usleep(1000);
+	cr_assert_gt(atomic_load(&s.port), 0);
+	int fd = cl_connect(s.port);
+
+	/* 300 ms of handler; the runtime shuts down after 200 ms. */
+	SEND(fd, "GET /nap HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect_eq(memcmp(r.body, "late", 4), 0);
+	cr_expect(r.close, "the last response says close: %s", r.head);
+	expect_closed(fd);
+	cl_close(fd);
+	cr_assert_eq(pthread_join(s.thread, NULL), 0);
+	cr_expect_eq(s.run, 0);
+	cr_expect_eq(atomic_load(&sleeper_res), 0);
+	keel_http_server_stats(s.srv, &st);
+	cr_expect_eq(st.requests, 1);
+	cr_expect_eq(st.active, 0);
+	keel_http_server_free(s.srv);
+}
+
+Test(http, client_not_reading_is_cut_off_by_the_send_timeout, .timeout = 30)
+{
+	struct keel_http_opts o = {.send_timeout_ns = KT_MS(300)};
+	struct keel_http_server *srv = server_new(&o);
+	struct server s = {.srv = srv};
+	struct keel_http_stats st;
+	size_t big = 32u << 20;
+	char *body = calloc(1, big);
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int rcv = 4096;
+
+	cr_assert_not_null(body);
+	cr_assert_eq(
+	    keel_http_route_text(srv, "GET", "/big", 0, 200, NULL, body, big),
+	    0);
+	free(body);
+	server_start(&s);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	kt_loopback_addr((uint16_t)s.port, &ss, &len);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), 0);
+	SEND(fd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+	/* Never read: the send stalls and the sweep cuts it. */
+	for (int i = 0; i < 400; i++) {
+		keel_http_server_stats(srv, &st);
+		if (st.timeouts)
+			break;
+		usleep(10000);
+	}
+	cr_expect_eq(st.timeouts, 1);
+	cl_close(fd);
+	server_stop(&s, &st);
+	cr_expect_eq(st.active, 0);
+}
