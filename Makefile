@@ -9,6 +9,7 @@
 #   make bench           keel's micro-benchmarks (+ the peer harness if found)
 #   make man             the man pages (scdoc) into $(BUILD)/man
 #   make install/uninstall   honour DESTDIR, prefix, libdir, includedir, mandir
+#                        (libkeel and libkeel-http, headers, .pc, man pages)
 #   SANITIZE=address,undefined make test    (or SANITIZE=thread)
 #   make format          clang-format the tree
 #   make sim             the simulation scenarios over SIM_SEEDS seeds each
@@ -239,11 +240,12 @@ $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
 		$(HTTP_LIBS) $(LIBS) -lm
 
 $(BUILD)/test/mt_%: test/mt_%.c $(PLAIN_HELPERS) $(TEST_HELPER_HEADERS) \
-		$(STATIC)
+		$(HTTP_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
-		$(PLAIN_HELPERS) $(STATIC) $(LIBS)
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(INC_http) $(CFLAGS) $(LDFLAGS) \
+		-o $@ $< $(PLAIN_HELPERS) $(HTTP_STATIC) $(STATIC) \
+		$(HTTP_LIBS) $(LIBS)
 
 # No object of a lower layer may reference a symbol defined in a higher
 # one (the layers are in LAYERS, lowest first).
@@ -360,6 +362,15 @@ install: lib man
 	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
 		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
 		keel.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel.pc
+	$(Q)install -m 644 $(HTTP_STATIC) $(DESTDIR)$(libdir)/libkeel-http.a
+	$(Q)install -m 755 $(HTTP_SHARED) \
+		$(DESTDIR)$(libdir)/libkeel-http.so.$(VERSION)
+	$(Q)ln -sf libkeel-http.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/libkeel-http.so.$(SOVERSION)
+	$(Q)ln -sf libkeel-http.so.$(SOVERSION) $(DESTDIR)$(libdir)/libkeel-http.so
+	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
+		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
+		keel-http.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel-http.pc
 
 uninstall:
 	$(Q)rm -f $(DESTDIR)$(includedir)/keel.h \
@@ -368,6 +379,11 @@ uninstall:
 		$(DESTDIR)$(libdir)/libkeel.so.$(SOVERSION) \
 		$(DESTDIR)$(libdir)/libkeel.so.$(VERSION) \
 		$(DESTDIR)$(libdir)/pkgconfig/keel.pc \
+		$(DESTDIR)$(libdir)/libkeel-http.a \
+		$(DESTDIR)$(libdir)/libkeel-http.so \
+		$(DESTDIR)$(libdir)/libkeel-http.so.$(SOVERSION) \
+		$(DESTDIR)$(libdir)/libkeel-http.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/pkgconfig/keel-http.pc \
 		$(addprefix $(DESTDIR)$(mandir)/,$(MAN_FILES))
 	$(Q)rmdir $(DESTDIR)$(includedir)/keel 2>/dev/null || true
 

@@ -191,13 +191,35 @@ size_t keel__http_metrics_render(struct keel_http_server *srv, char *buf,
 
 /* ---- the access log (accesslog.c) ----------------------------------- */
 
-/* Start the shard's log task (opts.access_log_fd > 0). */
+/*
+ * Start the shard's log task when opts.access_log_fd > 0 (sets sh->log;
+ * nothing and 0 otherwise), on the shard's loop. Returns 0, -ENOMEM.
+ */
 int keel__http_log_start(struct keel__http_shard *sh);
-/* Append a line (dropped and counted when the buffer is full). */
+/*
+ * Append a line for an answered request, from the shard's loop (a no-op
+ * when sh->log is NULL). Dropped and counted (stats.log_dropped) when the
+ * buffer is full. A request refused before its request line was whole
+ * (keel_http_method() NULL or "", or an empty path) is logged as "-".
+ */
 void keel__http_log(struct keel__http_shard *sh,
 		    const struct keel_http_exchange *x, int status,
 		    uint64_t body_bytes, uint64_t ns);
-/* Flush what is buffered and let the log task exit (drain). */
+/*
+ * Flush what is buffered and let the log task exit, within 1 s (a reader
+ * that stopped reading cannot hold the loop longer); sh->log is NULL once
+ * it has. Call it when the shard's drain is over: the task keeps the loop
+ * running until then (after the root token's cancellation too, for at
+ * most drain_timeout_ns + 1 s, so that the drain's last requests log).
+ */
 void keel__http_log_stop(struct keel__http_shard *sh);
+/*
+ * The client's address for the log, "127.0.0.1" or "::1" (no port), NUL
+ * terminated in buf. Returns its length, or a negative errno (-ENOSPC:
+ * len too small; the log then writes "-"). For exchange.c to implement
+ * from the accept's address; accesslog.c has a weak stand-in that calls
+ * getpeername(2) on keel__http_fd() until it does.
+ */
+int keel__http_peer(const struct keel_http_exchange *x, char *buf, size_t len);
 
 #endif

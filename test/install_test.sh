@@ -1,7 +1,8 @@
 #!/bin/sh
 # install_test.sh: `make install` into a staging DESTDIR, build a tiny
 # program against the installed library through `pkg-config keel` (shared
-# and static), run it, check the man pages installed and render, then
+# and static), run it, check the man pages installed and render; the same
+# for libkeel-http (`pkg-config keel-http`, keel/http.h); then
 # `make uninstall` and check nothing is left.
 set -eu
 stage=$(mktemp -d)
@@ -79,6 +80,46 @@ MANWIDTH=80 man -M "$man" 3 keel_task_detach 2>/dev/null | grep -q 'keel_join' |
 cc -o "$stage/consumer-static" "$stage/consumer.c" $(pkg-config --cflags keel) \
 	"$stage$prefix/lib/libkeel.a" $(pkg-config --libs-only-l --static keel | sed 's/-lkeel//')
 "$stage/consumer-static" | grep -q 'ticks=3'
+# libkeel-http: a program using keel/http.h, through `pkg-config
+# keel-http` (which brings keel), shared and static.
+cat >"$stage/http_consumer.c" <<'C'
+#include <keel.h>
+#include <keel/http.h>
+#include <stdio.h>
+
+int main(void)
+{
+	struct keel_http_opts o = {.port = 0};
+	struct keel_http_server *srv;
+
+	if (keel_http_server_new(&o, &srv))
+		return 1;
+	if (keel_http_route_text(srv, "GET", "/hello", KEEL_HTTP_EXACT, 200,
+				 "text/plain", "hello", 5) ||
+	    keel_http_route_metrics(srv, "/metrics") ||
+	    keel_http_route_health(srv, "/health"))
+		return 1;
+	printf("reason=%s\n", keel_http_reason(404));
+	keel_http_server_free(srv);
+	return 0;
+}
+C
+cc -o "$stage/http_consumer" "$stage/http_consumer.c" $(pkg-config --cflags --libs keel-http)
+LD_LIBRARY_PATH="$stage$prefix/lib" "$stage/http_consumer" | grep -qx 'reason=Not Found'
+readelf -d "$stage$prefix/lib/libkeel-http.so.0.1.0" | grep -q 'SONAME.*libkeel-http.so.0'
+if nm -D --defined-only "$stage$prefix/lib/libkeel-http.so.0.1.0" | awk '{print $3}' |
+	grep -v -E '^keel_http_[a-z0-9]' | grep -q .; then
+	echo "libkeel-http.so exports symbols outside keel_http_*" >&2
+	exit 1
+fi
+cc -o "$stage/http_consumer-static" "$stage/http_consumer.c" \
+	$(pkg-config --cflags keel-http) "$stage$prefix/lib/libkeel-http.a" \
+	"$stage$prefix/lib/libkeel.a" \
+	$(pkg-config --libs-only-l --static keel-http | sed 's/-lkeel-http//; s/-lkeel//')
+"$stage/http_consumer-static" | grep -qx 'reason=Not Found'
+[ -f "$man/man7/keel_http.7" ] || { echo "keel_http.7 not installed" >&2; exit 1; }
+MANWIDTH=80 man -M "$man" 3 keel_http_server_start 2>/dev/null | grep -q 'keel_http_server_new' ||
+	{ echo "man 3 keel_http_server_start does not render through its alias" >&2; exit 1; }
 make -s uninstall DESTDIR="$stage" prefix=$prefix
 left=$(find "$stage$prefix" -type f | wc -l)
 [ "$left" = 0 ] || { echo "uninstall left $left files" >&2; find "$stage$prefix" -type f >&2; exit 1; }

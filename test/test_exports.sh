@@ -6,6 +6,9 @@
 # the public headers declare (keel.h preprocessed, then every top-level
 # declaration whose declarator is a keel_* name: static inline functions
 # and typedefs excluded). No set may hold an internal keel__* name.
+# The same for libkeel-http: keel-http.map, `nm -D` of
+# $BUILD/libkeel-http.so.* and what include/keel/http.h itself declares,
+# every name a keel_http_* one.
 # Builds nothing (BUILD defaults to build). Prints each difference; last
 # line "exports: N passed, M failed"; exit status 1 on any failure.
 set -u
@@ -33,9 +36,20 @@ nm -D --defined-only "$so" | awk '$2 != "A" { sub(/@.*/, "", $3); print $3 }' |
 if ! $CC -E -P -D_GNU_SOURCE -Iinclude include/keel.h >"$dir/keel.i"; then
 	bad "preprocessing include/keel.h"
 fi
-python3 - "$dir/keel.i" >"$dir/hdr" <<'PY'
+# decls FILE [HEADER]: the keel_* functions FILE (preprocessed) declares,
+# one per line; with HEADER, only those declared in that header (FILE then
+# keeps cpp's line markers, which say where each line comes from).
+decls() {
+	python3 - "$@" <<'PY'
 import re, sys
-src = open(sys.argv[1]).read()
+lines, keep = [], len(sys.argv) < 3
+for line in open(sys.argv[1]):
+    m = re.match(r'# \d+ "([^"]*)"', line)
+    if m:
+        keep = len(sys.argv) < 3 or m.group(1).endswith(sys.argv[2])
+    elif keep:
+        lines.append(line)
+src = ''.join(lines)
 out, depth = [], 0
 for ch in src:
     if ch == '{':
@@ -56,6 +70,8 @@ for decl in ''.join(out).split(';'):
         names.add(m.group(1))
 print('\n'.join(sorted(names)))
 PY
+}
+decls "$dir/keel.i" >"$dir/hdr"
 sort -u -o "$dir/hdr" "$dir/hdr"
 
 # same A B WHAT: A and B hold the same names; else print the difference.
@@ -72,18 +88,47 @@ same() {
 [ -s "$dir/hdr" ] && ok "headers declare functions" || bad "no function found in the headers"
 same map nm "keel.map = nm -D $(basename "$so")"
 same nm hdr "nm -D = functions declared in include/keel/*.h"
-for s in map nm hdr; do
-	if grep -q '^keel__' "$dir/$s"; then
-		bad "$s names internal symbols:"
-		grep '^keel__' "$dir/$s" | sed 's/^/  /'
-	else
-		ok "$s names no keel__ symbol"
-	fi
-	if grep -v -q '^keel_' "$dir/$s"; then
-		bad "$s names symbols outside keel_*:"
-		grep -v '^keel_' "$dir/$s" | sed 's/^/  /'
-	else
-		ok "$s names only keel_* symbols"
-	fi
-done
+# only SETS PREFIX: no set names an internal keel__ symbol, and every name
+# starts with PREFIX.
+only() {
+	prefix=$1
+	shift
+	for s in "$@"; do
+		if grep -q '^keel__' "$dir/$s"; then
+			bad "$s names internal symbols:"
+			grep '^keel__' "$dir/$s" | sed 's/^/  /'
+		else
+			ok "$s names no keel__ symbol"
+		fi
+		if grep -v -q "^$prefix" "$dir/$s"; then
+			bad "$s names symbols outside $prefix*:"
+			grep -v "^$prefix" "$dir/$s" | sed 's/^/  /'
+		else
+			ok "$s names only $prefix* symbols"
+		fi
+	done
+}
+only keel_ map nm hdr
+
+# ---- libkeel-http: keel-http.map = nm -D libkeel-http.so = keel/http.h --
+# keel/http.h includes keel/task.h, whose functions are libkeel's: only
+# what http.h itself declares counts.
+so=$(ls "$BUILD"/libkeel-http.so.*.*.* 2>/dev/null | head -n 1)
+if [ -z "$so" ]; then
+	bad "no $BUILD/libkeel-http.so.*.*.* (run make first)"
+	finish
+fi
+grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-http.map | tr -d ' \t;' |
+	sort -u >"$dir/http_map"
+nm -D --defined-only "$so" | awk '$2 != "A" { sub(/@.*/, "", $3); print $3 }' |
+	sort -u >"$dir/http_nm"
+if ! $CC -E -D_GNU_SOURCE -Iinclude include/keel/http.h >"$dir/http.i"; then
+	bad "preprocessing include/keel/http.h"
+fi
+decls "$dir/http.i" include/keel/http.h | sort -u >"$dir/http_hdr"
+[ -s "$dir/http_hdr" ] && ok "keel/http.h declares functions" ||
+	bad "no function found in keel/http.h"
+same http_map http_nm "keel-http.map = nm -D $(basename "$so")"
+same http_nm http_hdr "nm -D $(basename "$so") = functions declared in include/keel/http.h"
+only keel_http_ http_map http_nm http_hdr
 finish

@@ -4,6 +4,8 @@
 #  - every function the shared library exports (nm -D) is named on the
 #    NAME line of some page, checked header by header (keel.map groups its
 #    names by header) so that a miss says which header's pages lack it;
+#    the same for libkeel-http (keel/http.h: what libkeel-http.so exports
+#    and what keel-http.map lists);
 #  - every page follows the convention: first line `name(s) "keel 0.1"
 #    "keel manual"` matching its file name, a one-line NAME section whose
 #    first name is the page's, sections in the agreed order; no name is on
@@ -108,6 +110,29 @@ else
 			printf '%s\n' "$miss" | sed 's/^/  /'
 		fi
 	done
+fi
+
+# ---- coverage: libkeel-http (keel-http.map, keel/http.h) ----
+# Its own library and version script, checked the same way: what the .so
+# exports, and every name keel-http.map lists (so that a function missing
+# from the build is not missed here).
+awk '{ print $1 }' "$dir/named" | sort -u >"$dir/names"
+so=$(ls "$BUILD"/libkeel-http.so.*.*.* 2>/dev/null | head -n 1)
+if [ -z "$so" ]; then
+	bad "no $BUILD/libkeel-http.so.*.*.* (run make first)"
+else
+	nm -D --defined-only "$so" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
+		sort -u >"$dir/exported_http"
+	grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-http.map |
+		tr -d ' \t;' | sort -u >>"$dir/exported_http"
+	sort -u -o "$dir/exported_http" "$dir/exported_http"
+	miss=$(comm -23 "$dir/exported_http" "$dir/names")
+	if [ -z "$miss" ]; then
+		ok "every exported function of keel/http.h (libkeel-http) is on a page's NAME line"
+	else
+		bad "exported functions of keel/http.h (libkeel-http) on no page's NAME line:"
+		printf '%s\n' "$miss" | sed 's/^/  /'
+	fi
 fi
 
 # ---- rendering ----
