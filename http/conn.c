@@ -504,6 +504,11 @@ static int build_error(struct keel__http_conn *c, struct keel_http_exchange *x,
 	int n = snprintf(body, sizeof(body), "%d %s\n", status,
 			 keel_http_reason(status));
 
+	/* An error found before conn_request() looked at the method (a bad
+	 * version, a missing Host...) still answers HEAD without a body:
+	 * the method is known once the request line's target began. */
+	if (x->url_len && x->parser.method == HTTP_HEAD)
+		x->flags |= KEEL__HTTP_X_HEAD;
 	return build_simple(c, x, status, "text/plain", body, (size_t)n);
 }
 
@@ -793,14 +798,21 @@ static int conn_step(struct keel_task *t)
 			KEEL__HTTP_COUNT(sh, handler_panics, 1);
 			if (!(x->flags & KEEL__HTTP_X_STARTED)) {
 				x->err = 500;
-				goto answer_500;
+				goto answer_error;
 			}
 			x->flags |= KEEL__HTTP_X_BROKEN;
 		} else if (!(x->flags & KEEL__HTTP_X_STARTED)) {
-			/* Exited without a response. */
-			KEEL__HTTP_COUNT(sh, handler_panics, 1);
-			x->err = 500;
-			goto answer_500;
+			/* Exited without a response: the client's fault when
+			 * its body was malformed or over the limit (the
+			 * handler's read failed on it; the framing is lost,
+			 * so the connection closes), else the handler's. */
+			if (x->err == 400 || x->err == 413) {
+				c->flags |= KEEL__HTTP_C_CLOSE;
+			} else {
+				KEEL__HTTP_COUNT(sh, handler_panics, 1);
+				x->err = 500;
+			}
+			goto answer_error;
 		}
 		if (!(x->flags & KEEL__HTTP_X_FINISHED) ||
 		    (x->flags & KEEL__HTTP_X_BROKEN) ||
@@ -808,12 +820,13 @@ static int conn_step(struct keel_task *t)
 			goto close;
 		goto after_handler;
 
-	answer_500:
+	answer_error:
 		if ((c->flags & (KEEL__HTTP_C_KILLED | KEEL__HTTP_C_ENDED)))
 			goto close;
-		/* Nothing was sent: the client gets a 500 and the connection
-		 * goes on with its next request. */
-		if (build_error(c, x, 500))
+		/* Nothing was sent: the client gets a 500 (or the 400/413
+		 * its body earned) and the connection goes on with its next
+		 * request (not after a 400/413: C_CLOSE). */
+		if (build_error(c, x, x->err))
 			goto close;
 		conn_phase(c, KEEL__HTTP_SEND, o->send_timeout_ns);
 		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->x->out, c->x->out_len,

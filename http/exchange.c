@@ -194,6 +194,9 @@ int keel__http_x_out_reserve(struct keel_http_exchange *x, size_t len)
 
 	if (!o)
 		return -ENOMEM;
+	/* What was built inline (a head before its large body) moves too. */
+	if (x->out == x->out_inline)
+		memcpy(o, x->out_inline, x->out_cap);
 	x->out = o;
 	x->out_cap = cap;
 	return 0;

@@ -18,6 +18,7 @@
 #ifndef KEEL_HTTP_INTERNAL_H
 #define KEEL_HTTP_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

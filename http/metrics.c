@@ -225,7 +225,7 @@ static const struct counter counters[] = {
 
 static unsigned shard_count(const struct keel_http_server *srv)
 {
-	unsigned n = __atomic_load_n(&srv->nshards, __ATOMIC_ACQUIRE);
+	unsigned n = atomic_load_explicit(&srv->nshards, memory_order_acquire);
 
 	return n < KEEL__HTTP_MAX_LOOPS ? n : KEEL__HTTP_MAX_LOOPS;
 }

@@ -507,12 +507,7 @@ cases = [
      b"HEAD /hello HTTP/1.1\r\n\r\n", [400], "closed"),
 ]
 # Reported bugs: their cases say XFAIL while they fail.
-KNOWN = {
-    "an invalid chunk size": "core: the handler's body read fails, the "
-                             "library answers 500",
-    "HEAD without Host (an error, no body)": "core: an error answering HEAD "
-                                             "carries its body",
-}
+KNOWN = {}  # none open
 # Behind each request that must close its connection, one that must not
 # be answered (smuggled in, were the first taken for something else).
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
