@@ -3,7 +3,8 @@
  * http: an HTTP/1.1 server on libkeel-http, the example to copy.
  *
  *	http [--threads N] [--root DIR] [--access-log FILE] [--max-conns N]
- *	     [--drain-timeout MS] [--test-routes] [ADDR] PORT
+ *	     [--drain-timeout MS] [--header-timeout MS] [--idle-timeout MS]
+ *	     [--send-timeout MS] [--test-routes] [ADDR] PORT
  *	http --port PORT [--threads N]     (the peer harness's style)
  *
  * One loop per thread (default: one per CPU), each with its own
@@ -28,7 +29,10 @@
  *
  * --access-log FILE appends a line per request ("-": standard output),
  * written by a task of each loop that never blocks it. --max-conns N caps
- * the connections open at once (all loops together).
+ * the connections open at once (all loops together). --header-timeout,
+ * --idle-timeout and --send-timeout (milliseconds) shorten the library's
+ * defaults (10 s for a request's head, 60 s keep-alive idle, 30 s for a
+ * response's send) for a slowloris or a client that never reads.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -181,6 +185,8 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: http [--threads N] [--root DIR] [--access-log FILE]\n"
 		"            [--max-conns N] [--drain-timeout MS] "
+		"[--header-timeout MS]\n"
+		"            [--idle-timeout MS] [--send-timeout MS] "
 		"[--test-routes] [ADDR] PORT\n"
 		"       http --port PORT [--threads N]\n");
 }
@@ -236,17 +242,21 @@ int main(int argc, char **argv)
 	    {"access-log", required_argument, NULL, 'l'},
 	    {"max-conns", required_argument, NULL, 'M'},
 	    {"drain-timeout", required_argument, NULL, 'd'},
+	    {"header-timeout", required_argument, NULL, 'H'},
+	    {"idle-timeout", required_argument, NULL, 'I'},
+	    {"send-timeout", required_argument, NULL, 'S'},
 	    {"test-routes", no_argument, NULL, 'T'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct keel_http_opts opts = {.host = "127.0.0.1"};
 	const char *root = NULL, *log_path = NULL;
-	long port = -1, threads = 0, cap = 0, drain_ms = 0;
+	long port = -1, threads = 0, cap = 0, drain_ms = 0, header_ms = 0,
+	     idle_ms = 0, send_ms = 0;
 	bool test_routes = false;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "p:t:r:l:M:d:Th", longopts,
+	while ((opt = getopt_long(argc, argv, "p:t:r:l:M:d:H:I:S:Th", longopts,
 				  NULL)) != -1) {
 		long *v = NULL, min = 1, max = 1 << 24;
 		const char *name = NULL;
@@ -264,6 +274,16 @@ int main(int argc, char **argv)
 		case 'd':
 			v = &drain_ms, max = 3600 * 1000,
 			name = "drain-timeout";
+			break;
+		case 'H':
+			v = &header_ms, max = 3600 * 1000,
+			name = "header-timeout";
+			break;
+		case 'I':
+			v = &idle_ms, max = 3600 * 1000, name = "idle-timeout";
+			break;
+		case 'S':
+			v = &send_ms, max = 3600 * 1000, name = "send-timeout";
 			break;
 		case 'r':
 			root = optarg;
@@ -305,6 +325,9 @@ int main(int argc, char **argv)
 	opts.port = (uint16_t)port;
 	opts.max_conns = (unsigned)cap;
 	opts.drain_timeout_ns = (uint64_t)drain_ms * 1000000;
+	opts.header_timeout_ns = (uint64_t)header_ms * 1000000;
+	opts.idle_timeout_ns = (uint64_t)idle_ms * 1000000;
+	opts.send_timeout_ns = (uint64_t)send_ms * 1000000;
 	if (log_path) {
 		opts.access_log_fd =
 		    strcmp(log_path, "-")
@@ -318,23 +341,28 @@ int main(int argc, char **argv)
 		}
 	}
 
+	/* The server and its routes first: they need no loop, and a
+	 * mistake in them is reported before any thread starts. */
 	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
 	struct keel_runtime *rt;
 	struct keel_http_server *srv;
-	int err = keel_runtime_create(&rt, &ropts);
+	int err = keel_http_server_new(&opts, &srv);
 
-	if (err) {
-		fprintf(stderr, "http: %s\n", keel_loop_explain(err));
-		return 1;
-	}
-	err = keel_http_server_new(&opts, &srv);
 	if (err) {
 		fprintf(stderr, "http: cannot create the server: %s\n",
 			keel_strerror(err));
 		return 1;
 	}
-	if (add_routes(srv, root, test_routes))
+	if (add_routes(srv, root, test_routes)) {
+		keel_http_server_free(srv);
 		return 1;
+	}
+	err = keel_runtime_create(&rt, &ropts);
+	if (err) {
+		fprintf(stderr, "http: %s\n", keel_loop_explain(err));
+		keel_http_server_free(srv);
+		return 1;
+	}
 	/* A listener, a buffer ring and an acceptor on every loop. */
 	err = keel_http_server_start(srv, rt);
 	if (err) {
