@@ -509,6 +509,13 @@ static int build_error(struct keel__http_conn *c, struct keel_http_exchange *x,
 	 * the method is known once the request line's target began. */
 	if (x->url_len && x->parser.method == HTTP_HEAD)
 		x->flags |= KEEL__HTTP_X_HEAD;
+	if (status == 405) {
+		char allow[128];
+
+		if (keel__http_route_allow(c->sh->srv, x->data, x->path_len,
+					   allow, sizeof(allow)))
+			keel_http_add_header(x, "Allow", allow);
+	}
 	return build_simple(c, x, status, "text/plain", body, (size_t)n);
 }
 

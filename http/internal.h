@@ -79,6 +79,15 @@ keel__http_route_find(const struct keel_http_server *srv, const char *method,
 /* Free the server's routes (keel_http_server_free). */
 void keel__http_routes_free(struct keel_http_server *srv);
 
+/*
+ * The methods the routes for `path` answer, "GET, HEAD, POST" (a 405's
+ * Allow header, which RFC 9110 requires), into buf (NUL-terminated; what
+ * does not fit is left out). Returns its length.
+ */
+size_t keel__http_route_allow(const struct keel_http_server *srv,
+			      const char *path, size_t path_len, char *buf,
+			      size_t cap);
+
 /* ---- the server (server.c) ----------------------------------------- */
 
 struct keel_http_server {

@@ -105,6 +105,53 @@ keel__http_route_find(const struct keel_http_server *srv, const char *method,
 	return NULL;
 }
 
+size_t keel__http_route_allow(const struct keel_http_server *srv,
+			      const char *path, size_t path_len, char *buf,
+			      size_t cap)
+{
+	size_t off = 0;
+
+	if (!cap)
+		return 0;
+	buf[0] = '\0';
+	for (unsigned i = 0; i < srv->nroutes; i++) {
+		const struct keel__http_route *r = &srv->routes[i];
+		const char *m[2] = {r->method, NULL};
+		size_t ml[2] = {r->method_len, 0};
+
+		if (!r->method || !path_matches(r, path, path_len))
+			continue; /* a route for any method would have matched
+				   */
+		if (r->method_len == 3 && !memcmp(r->method, "GET", 3)) {
+			m[1] = "HEAD";
+			ml[1] = 4;
+		}
+		for (int k = 0; k < 2 && m[k]; k++) {
+			bool seen = false;
+
+			/* Listed once: scan what is already there. */
+			for (const char *q = buf; q < buf + off;) {
+				const char *e = strchr(q, ',');
+				size_t n = e ? (size_t)(e - q) : strlen(q);
+
+				if (n == ml[k] && !memcmp(q, m[k], n))
+					seen = true;
+				q += n + (e ? 2 : 0);
+			}
+			if (seen || off + (off ? 2 : 0) + ml[k] + 1 > cap)
+				continue;
+			if (off) {
+				memcpy(buf + off, ", ", 2);
+				off += 2;
+			}
+			memcpy(buf + off, m[k], ml[k]);
+			off += ml[k];
+			buf[off] = '\0';
+		}
+	}
+	return off;
+}
+
 int keel_http_route_task(struct keel_http_server *srv, const char *method,
 			 const char *path, unsigned flags,
 			 const struct keel_task_type *type, void *arg)

@@ -398,6 +398,8 @@ Test(http, unknown_path_is_404_and_wrong_method_405_connection_kept,
 		 "abc");
 	cr_assert(cl_read(fd, &r, false));
 	cr_expect_eq(r.status, 405);
+	/* RFC 9110: a 405 says what the path allows (a GET route: HEAD). */
+	cr_expect(strstr(r.head, "\r\nAllow: GET, HEAD\r\n"), "%s", r.head);
 	/* The body was dropped: the next request parses. */
 	expect_open(fd);
 	cl_close(fd);
