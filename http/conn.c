@@ -666,15 +666,14 @@ static void conn_notify(struct keel_recv_stream *s, int res)
 
 static int conn_open(struct keel__http_conn *c)
 {
-	struct keel__http_core *core = keel__http_core(c->sh);
 	int err;
 
 	c->slot = UINT32_MAX;
-	/* The server's token, outside the loop's tree: a shutdown drains
-	 * the connections rather than cutting them (see server.c). */
-	err = keel_task_set_token(&c->task, core->tok);
-	if (!err)
-		err = keel__http_conn_track(c);
+	/* It observes the loop's root token (no token of its own, so an
+	 * idle connection has no task extension): a runtime shutdown holds
+	 * off cancelling it while the server holds the loop (see server.c),
+	 * and the drain's deadline cuts each one left (conn_kill). */
+	err = keel__http_conn_track(c);
 	if (!err)
 		err = keel_recv_stream_open(&c->task, &c->rs, c->fd,
 					    c->sh->ring, 0);
@@ -1040,4 +1039,12 @@ void keel__http_conns_drain(struct keel__http_shard *sh)
 		if (c->phase == KEEL__HTTP_IDLE && !c->x)
 			conn_kill(c);
 	}
+}
+
+void keel__http_conns_cut(struct keel__http_shard *sh)
+{
+	struct keel__http_core *core = keel__http_core(sh);
+
+	for (unsigned i = 0; i < core->nconns; i++)
+		conn_kill(core->conns[i]);
 }

@@ -148,12 +148,13 @@ struct keel__http_core {
 	unsigned nconns, conns_cap;
 	struct keel_http_exchange *free_x; /* idle exchanges */
 	unsigned nfree;
-	struct keel_timer sweep;    /* every 100 ms: deadlines, the drain */
-	struct keel_token *tok;	    /* connections': outside the loop's tree */
-	struct keel_task *acceptor; /* NULL once it has exited */
+	struct keel_timer sweep;      /* every 100 ms: deadlines, the drain */
+	struct keel_token_cb stop_cb; /* the loop's stop token: drain */
+	struct keel_task *acceptor;   /* NULL once it has exited */
 	uint64_t drain_deadline;
+	bool held;	      /* the loop is held; the sweep runs */
 	bool draining;	      /* this loop's drain has begun */
-	bool drain_cancelled; /* its deadline passed: tok cancelled */
+	bool drain_cancelled; /* its deadline passed: connections cut */
 	bool stopped;	      /* the sweep is over; the loop may end */
 };
 
@@ -186,6 +187,8 @@ void keel__http_conn_untrack(struct keel__http_conn *c);
 void keel__http_conns_sweep(struct keel__http_shard *sh, uint64_t now);
 /* The drain: close the idle connections now. */
 void keel__http_conns_drain(struct keel__http_shard *sh);
+/* The drain's deadline: cut every connection (and its handler) left. */
+void keel__http_conns_cut(struct keel__http_shard *sh);
 
 /* ---- exchange.c ------------------------------------------------------ */
 

@@ -4,13 +4,17 @@
  * a SO_REUSEPORT listener, a buffer ring and an acceptor task), the
  * counters, the drain, the per-loop sweep (timeouts) and the Date cache.
  *
- * Tokens: the acceptor observes the loop's root token, so a runtime
- * shutdown (which cancels it) ends accepting and begins the loop's drain.
- * Connections and their handlers observe the loop's server token, which is
- * outside the loop's token tree (made from a shield's own token): the
- * shutdown does not cut them; the drain closes the idle ones at once, lets
- * the others finish their request with "Connection: close", and cancels
- * that token when drain_timeout_ns has passed.
+ * Shutdown: each loop's server holds the loop (keel_loop_hold()) from its
+ * start until its last connection has closed after a drain, so a runtime
+ * shutdown first cancels only the loop's stop token: a callback on it
+ * cancels the acceptor, which ends accepting and begins the loop's drain.
+ * The drain closes the idle connections at once, lets the others finish
+ * their request with "Connection: close", and cuts each one left (and its
+ * handler) when drain_timeout_ns has passed. Connections observe the
+ * loop's root token, with no token of their own, so an idle connection
+ * costs no task extension; the root is cancelled once the hold is released
+ * (or the runtime's shutdown grace has passed: then every connection
+ * ends at once).
  *
  * The sweep is a loop timer, every 100 ms: it compares each connection's
  * deadline (set by the connection when it changes phase: no timer op per
@@ -151,9 +155,12 @@ static void shard_stop(struct keel__http_shard *sh)
 		keel__http_log_stop(sh);
 	keel__http_files_fini(sh);
 	keel__http_x_fini(sh);
-	if (core->tok) {
-		keel_token_release(core->tok);
-		core->tok = NULL;
+	keel_token_cb_remove(&core->stop_cb);
+	if (core->held) {
+		/* Last: in a runtime shutdown this cancels the loop's root
+		 * token. */
+		core->held = false;
+		keel_loop_release(sh->loop);
 	}
 }
 
@@ -171,7 +178,7 @@ static void sweep_fired(struct keel_loop *loop, struct keel_timer *timer,
 	    now >= core->drain_deadline) {
 		/* What is left is cut: connections and handlers. */
 		core->drain_cancelled = true;
-		keel_token_cancel(core->tok);
+		keel__http_conns_cut(sh);
 	}
 	keel__http_conns_sweep(sh, now);
 	if (core->draining && !core->nconns && !core->acceptor) {
@@ -187,14 +194,24 @@ struct acceptor {
 	struct keel_task task;
 	struct keel__http_shard *sh;
 	struct keel_accept_stream as;
-	struct keel_shield shield; /* only to make the server token */
-	bool open;		   /* the accept stream is open */
+	bool open; /* the accept stream is open */
 };
 
 static int acceptor_step(struct keel_task *t);
 static KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
 
-/* The loop's side of the start: ring, core state, token, timer. */
+/* A runtime shutdown has begun: stop accepting; the acceptor drains. */
+static void stop_cancelled(struct keel_token *tok, int cause, void *arg)
+{
+	struct keel__http_core *core = keel__http_core(arg);
+
+	if (core->acceptor)
+		keel_task_cancel(core->acceptor);
+	(void)tok;
+	(void)cause;
+}
+
+/* The loop's side of the start: ring, core state, hold, timer. */
 static int shard_setup(struct acceptor *a)
 {
 	struct keel__http_shard *sh = a->sh;
@@ -207,18 +224,18 @@ static int shard_setup(struct acceptor *a)
 	err = keel_bufring_create(sh->loop, &ro, &sh->ring);
 	if (err)
 		return err;
-	/* A shield's own token is outside the loop's token tree: keep a
-	 * reference to it as the connections' token. */
-	err = keel_shield_begin(&a->task, &a->shield, UINT64_MAX);
-	if (err)
-		return err;
-	core->tok = keel_token_ref(a->shield.own);
-	keel_shield_end(&a->task, &a->shield);
 	core->acceptor = &a->task;
 	keel_timer_init(&core->sweep, sweep_fired, sh);
 	err = keel_timer_arm_after(sh->loop, &core->sweep, KEEL__HTTP_SWEEP_NS);
 	if (err)
 		return err;
+	/* The sweep ends with shard_stop(), which releases the hold. The
+	 * acceptor keeps observing the root token: connections inherit its
+	 * token, and must have none of their own. */
+	keel_loop_hold(sh->loop);
+	core->held = true;
+	keel_token_on_cancel(keel_loop_stop_token(sh->loop), &core->stop_cb,
+			     stop_cancelled, sh);
 	err = keel__http_metrics_init(sh);
 	if (!err && o->access_log_fd > 0)
 		err = keel__http_log_start(sh);
@@ -307,7 +324,7 @@ out:
 		a->open = false;
 	}
 	keel__http_core(sh)->acceptor = NULL;
-	if (keel__http_core(sh)->tok)
+	if (keel__http_core(sh)->held)
 		shard_drain(sh);
 	KEEL_AWAIT(t, keel_close(t, sh->listen_fd));
 	sh->listen_fd = -1;

@@ -42,6 +42,15 @@ struct keel_loop *keel_loop_current(void)
 	return (struct keel_loop *)keel__current_core;
 }
 
+/* The shutdown grace has passed with holds left: stop everything. */
+static void grace_passed(struct keel_loop *loop, struct keel_timer *timer,
+			 void *arg)
+{
+	keel_token_cancel(keel_loop_token(loop));
+	(void)timer;
+	(void)arg;
+}
+
 int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts)
 {
 	return keel__loop_create_on(out, opts, NULL);
@@ -63,7 +72,10 @@ int keel__loop_create_on(struct keel_loop **out,
 	if (!err)
 		err = keel__inject_env(&loop->io); /* KEEL_FAULTS */
 	loop->io.core.hooks.remote_post = keel__remote_post;
+	if (!err)
+		err = keel_token_new(loop, NULL, &loop->stop_tok);
 	if (err) {
+		keel_token_release(loop->stop_tok);
 		keel__io_fini(&loop->io);
 		keel__core_fini(&loop->io.core);
 		free(loop);
@@ -77,8 +89,43 @@ int keel__loop_create_on(struct keel_loop **out,
 	loop->spin_ns = opts ? opts->spin_ns : 0;
 	loop->batch_wait_ns = opts ? opts->batch_wait_ns : 0;
 	loop->io.core.now = keel__clock_now();
+	keel_timer_init(&loop->grace, grace_passed, NULL);
 	*out = loop;
 	return 0;
+}
+
+/* ---- the two-phase stop --------------------------------------------- */
+
+struct keel_token *keel_loop_stop_token(struct keel_loop *loop)
+{
+	return loop->stop_tok;
+}
+
+void keel_loop_hold(struct keel_loop *loop)
+{
+	loop->holds++;
+}
+
+void keel_loop_release(struct keel_loop *loop)
+{
+	if (loop->holds && --loop->holds == 0 && loop->stopping) {
+		keel_timer_cancel(loop, &loop->grace);
+		keel_token_cancel(keel_loop_token(loop));
+	}
+}
+
+void keel__loop_begin_stop(struct keel_loop *loop, uint64_t grace_ns)
+{
+	if (loop->stopping)
+		return;
+	loop->stopping = true;
+	keel_token_cancel(loop->stop_tok);
+	/* What holds the loop may have let go from the stop token's own
+	 * callbacks: look at the count only now. */
+	if (!loop->holds)
+		keel_token_cancel(keel_loop_token(loop));
+	else if (grace_ns != UINT64_MAX)
+		keel_timer_arm_after(loop, &loop->grace, grace_ns);
 }
 
 /* A step returned KEEL__EXITED: release the task, cancel what it left. */
@@ -565,6 +612,9 @@ void keel_loop_destroy(struct keel_loop *loop)
 	}
 	keel__faults_fini(loop);
 	keel__inject_fini(&loop->io); /* its timer: before the timers go */
+	if (keel_timer_armed(&loop->grace))
+		keel_timer_cancel(loop, &loop->grace);
+	keel_token_release(loop->stop_tok);
 	keel__timers_fini(&loop->io.core.timers);
 	keel__io_fini(&loop->io);
 	keel__core_fini(c);

@@ -48,6 +48,11 @@ struct keel_loop {
 	unsigned batch_avg;	/* CQEs per wake-up, x16, moving average */
 	uint64_t cqes_per_wake[KEEL__WAKE_BUCKETS]; /* le 0,1,2,4..,+Inf */
 	unsigned jobs; /* blocking jobs not yet posted back (pool's lock) */
+	/* The two-phase stop (keel_loop_stop_token(), keel_loop_hold()). */
+	struct keel_token *stop_tok; /* a child of the root token */
+	unsigned holds;
+	bool stopping;		 /* stop token cancelled by the runtime */
+	struct keel_timer grace; /* cancels the root when it passes */
 };
 
 /* sched/remote.c */
@@ -82,6 +87,12 @@ void keel__blocking_drain(struct keel_loop *loop);
 int keel__loop_create_on(struct keel_loop **out,
 			 const struct keel_loop_opts *opts,
 			 struct keel__backend *backend);
+
+/*
+ * The runtime's graceful stop of this loop: cancel its stop token, then its
+ * root token once it has no holds, or `grace_ns` later (UINT64_MAX: never).
+ */
+void keel__loop_begin_stop(struct keel_loop *loop, uint64_t grace_ns);
 
 /* sched/faults.c: undo keel_loop_set_faults() for this thread. */
 void keel__faults_fini(struct keel_loop *loop);

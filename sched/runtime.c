@@ -5,9 +5,10 @@
  * Each loop is created on the thread that runs it (a SINGLE_ISSUER ring
  * belongs to its creator). Runtime loops are `persistent`: idle, they
  * block in the kernel until another thread posts to their inbox, instead
- * of returning. Shutdown posts an item to every loop that cancels its root
- * token and clears `persistent`, so each loop returns once its tasks have
- * exited and their ops drained.
+ * of returning. Shutdown posts an item to every loop that clears
+ * `persistent` and begins its two-phase stop (the stop token now, the root
+ * token once the loop's holds are gone or the grace has passed), so each
+ * loop returns once its tasks have exited and their ops drained.
  *
  * Signals: SIGINT, SIGTERM and SIGUSR1 are blocked in every runtime thread
  * and read from a signalfd by a task on loop 0. The first SIGINT/SIGTERM
@@ -142,9 +143,11 @@ static void loop_going(struct worker *w)
 
 static void shutdown_run(struct keel_loop *loop, struct keel__remote_item *it)
 {
+	struct worker *w = keel_container_of(it, struct worker, shutdown);
+	uint64_t grace = w->rt->opts.shutdown_grace_ns;
+
 	loop->persistent = false;
-	keel_token_cancel(keel_loop_token(loop));
-	(void)it;
+	keel__loop_begin_stop(loop, grace ? grace : 30 * 1000000000ull);
 }
 
 static void dump_run(struct keel_loop *loop, struct keel__remote_item *it)

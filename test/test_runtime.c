@@ -1273,3 +1273,150 @@ Test(runtime, sigusr1_writes_task_dump_to_stderr, .timeout = 20)
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
 		  "the child ended with status %#x", status);
 }
+
+/* ---- the two-phase stop: stop token, holds, grace ---------------------
+ * The main task sets up the case and exits, which starts the shutdown; a
+ * callback on each of loop 0's tokens records the order they were
+ * cancelled in, and a waiter observing the stop token looks at the root
+ * token when it wakes.
+ */
+
+enum { HOLD_NONE, HOLD_RELEASED, HOLD_KEPT };
+
+static int g_hold_case;
+static int g_seq;
+static int g_stop_seq, g_root_seq;
+static uint64_t g_stop_at, g_root_at;
+static int g_root_cause;
+static int g_waiter_res = UNSET;
+static int g_root_at_wake = UNSET; /* root cancelled when the waiter woke */
+static int g_root_after_release = UNSET;
+static struct keel_token_cb g_stop_cb, g_root_cb;
+
+static void stop_cancelled(struct keel_token *tok, int cause, void *arg)
+{
+	CHECK(!keel_token_cancelled(keel_loop_token(arg)));
+	g_stop_seq = ++g_seq;
+	g_stop_at = keel_loop_now(arg);
+	(void)tok;
+	(void)cause;
+}
+
+static void root_cancelled(struct keel_token *tok, int cause, void *arg)
+{
+	g_root_seq = ++g_seq;
+	g_root_at = keel_loop_now(arg);
+	g_root_cause = cause;
+	(void)tok;
+}
+
+struct stop_waiter {
+	struct keel_task task;
+};
+
+static int stop_waiter_step(struct keel_task *t)
+{
+	struct keel_loop *loop = keel_task_loop(t);
+
+	KEEL_BEGIN(t);
+	/* Woken by the stop token, not by a timer. */
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(60000)));
+	g_waiter_res = keel_res(t);
+	g_root_at_wake = keel_token_cancelled(keel_loop_token(loop));
+	if (g_hold_case == HOLD_RELEASED) {
+		keel_loop_release(loop);
+		g_root_after_release =
+		    keel_token_cancelled(keel_loop_token(loop));
+	}
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(stop_waiter_task, struct stop_waiter, task,
+		      stop_waiter_step);
+
+struct hold_main {
+	struct keel_task task;
+};
+
+static int hold_main_step(struct keel_task *t)
+{
+	struct keel_loop *loop = keel_task_loop(t);
+	struct keel_token *stop = keel_loop_stop_token(loop);
+	struct stop_waiter *w;
+
+	KEEL_BEGIN(t);
+	CHECK(stop != NULL && stop != keel_loop_token(loop));
+	CHECK(!keel_token_cancelled(stop));
+	keel_token_on_cancel(stop, &g_stop_cb, stop_cancelled, loop);
+	keel_token_on_cancel(keel_loop_token(loop), &g_root_cb, root_cancelled,
+			     loop);
+	if (g_hold_case != HOLD_NONE)
+		keel_loop_hold(loop);
+	w = keel_spawn(loop, &stop_waiter_task, 0);
+	CHECK(w != NULL);
+	if (w)
+		CHECK_EQ(keel_task_set_token(&w->task, stop), 0);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(hold_main_task, struct hold_main, task, hold_main_step);
+
+static void run_hold_case(int hold_case, uint64_t grace_ns)
+{
+	struct keel_runtime_opts o = {
+	    .threads = 1, .no_signals = true, .shutdown_grace_ns = grace_ns};
+	struct keel_runtime *rt = NULL;
+
+	g_hold_case = hold_case;
+	cr_assert_eq(keel_runtime_create(&rt, &o), 0);
+	g_rt = rt;
+	cr_assert_eq(keel_runtime_run(rt, &hold_main_task, NULL, NULL), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(g_stop_seq, 1, "the stop token is cancelled first");
+	cr_assert_eq(g_root_seq, 2, "then the root token");
+	cr_assert_eq(g_root_cause, -ECANCELED);
+	cr_assert_eq(g_waiter_res, -ECANCELED, "woken by the stop token");
+}
+
+Test(runtime, shutdown_without_holds_cancels_root_at_once, .timeout = 10)
+{
+	run_hold_case(HOLD_NONE, 0);
+	/* The root was cancelled with the stop token, before the waiter ran. */
+	cr_assert_eq(g_root_at_wake, 1);
+}
+
+Test(runtime, shutdown_with_a_hold_cancels_root_when_released, .timeout = 10)
+{
+	/* A grace far longer than the test's timeout: only the release can
+	 * have ended it. */
+	run_hold_case(HOLD_RELEASED, UINT64_MAX);
+	cr_assert_eq(g_root_at_wake, 0, "the root waits for the hold");
+	cr_assert_eq(g_root_after_release, 1, "and goes with the last one");
+}
+
+Test(runtime, shutdown_with_a_hold_kept_cancels_root_at_grace, .timeout = 10)
+{
+	run_hold_case(HOLD_KEPT, KT_MS(50));
+	cr_assert_eq(g_root_at_wake, 0, "the root waits for the hold");
+	/* A timer never fires early. */
+	cr_assert_geq(g_root_at - g_stop_at, KT_MS(50));
+}
+
+/* An embedded loop: its stop token is its host's to cancel, and cancelling
+ * it cancels nothing else. */
+Test(runtime, embedded_loop_stop_token_is_the_hosts, .timeout = 10)
+{
+	struct keel_loop *loop = NULL;
+
+	cr_assert_eq(keel_loop_create(&loop, NULL), 0);
+	struct keel_token *stop = keel_loop_stop_token(loop);
+
+	cr_assert_not_null(stop);
+	keel_loop_hold(loop);
+	keel_token_cancel(stop);
+	cr_assert(keel_token_cancelled(stop));
+	cr_assert_not(keel_token_cancelled(keel_loop_token(loop)));
+	keel_loop_release(loop);
+	cr_assert_not(keel_token_cancelled(keel_loop_token(loop)));
+	keel_loop_destroy(loop);
+}

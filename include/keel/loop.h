@@ -308,12 +308,18 @@ int keel_sleep_until(struct keel_task *t, uint64_t deadline_ns);
  * runs a main task on loop 0 (on the calling thread) and returns when it
  * exits, after a graceful shutdown of every loop.
  *
- * Shutdown: every loop's root token is cancelled, so every task sees
- * -ECANCELED at its await and its ops are cancelled; each loop runs until
- * its tasks have exited and the kernel has returned their ops; the threads
- * are joined. SIGINT or SIGTERM start it (unless opts.no_signals); a second
- * one kills the process. SIGUSR1 writes a task dump of every loop to
- * stderr.
+ * Shutdown, in two phases (ask, wait, then stop): on every loop the stop
+ * token (keel_loop_stop_token()) is cancelled first; a service that wants
+ * to finish its work holds the loop (keel_loop_hold()) and watches that
+ * token. A loop without holds then has its root token cancelled at once;
+ * one with holds when its last hold is released, or when
+ * opts.shutdown_grace_ns has passed, whichever comes first. Cancelling the
+ * root token makes every task see -ECANCELED at its await and cancels its
+ * ops; each loop runs until its tasks have exited and the kernel has
+ * returned their ops; the threads are joined. The main task's exit,
+ * keel_runtime_shutdown(), SIGINT or SIGTERM start it (the signals unless
+ * opts.no_signals); a second SIGINT or SIGTERM kills the process. SIGUSR1
+ * writes a task dump of every loop to stderr.
  *
  * Loops talk through mailboxes (keel/sync.h); a task can be spawned on
  * any loop from any thread with keel_spawn_on().
@@ -329,6 +335,9 @@ struct keel_runtime_opts {
 	struct keel_loop_opts loop; /* for every loop */
 	unsigned blocking_threads;  /* blocking pool size (default 4) */
 	unsigned blocking_queue;    /* its queue bound (default 1024) */
+	/* How long a shutdown waits for the loops' holds before it cancels
+	 * their root tokens; 0: 30 s, UINT64_MAX: no limit. */
+	uint64_t shutdown_grace_ns;
 };
 
 /*
@@ -410,6 +419,26 @@ int keel_runtime_run(struct keel_runtime *rt,
  * Ownership: nothing changes hands.
  */
 void keel_runtime_shutdown(struct keel_runtime *rt);
+
+/*
+ * The loop's stop token: a child of its root token (so cancelling the root
+ * cancels it too), cancelled alone when a runtime shutdown begins. An
+ * embedded loop's is cancelled only by its host (keel_token_cancel()).
+ * Ownership: the loop's; no reference is taken (keel_token_ref() to keep it
+ * for a task or callback of the loop).
+ */
+struct keel_token *keel_loop_stop_token(struct keel_loop *loop);
+
+/*
+ * Hold the loop: a runtime shutdown cancels its root token only once every
+ * hold is released (or the shutdown grace has passed). A count; call both
+ * on the loop's own thread. Releasing the last hold of a stopping loop
+ * cancels its root token at once.
+ * Ownership: the caller owns the hold until keel_loop_release().
+ */
+void keel_loop_hold(struct keel_loop *loop);
+/* Ownership: gives back one hold taken with keel_loop_hold(). */
+void keel_loop_release(struct keel_loop *loop);
 
 /* ---- the blocking pool --------------------------------------------------
  * For work io_uring cannot do (getaddrinfo, heavy CPU): it runs on a pool
