@@ -21,11 +21,13 @@
  * Listens on 127.0.0.1 unless ADDR is given; PORT 0 picks a free port, and
  * the line "http: listening on ADDR:PORT (N threads)" says which.
  *
- * Shutdown is keel's: SIGINT or SIGTERM cancels every loop's root token,
- * which starts the server's drain (stop accepting, close idle keep-alive
- * connections, finish the requests in flight with "Connection: close",
- * cancel what is left after --drain-timeout); then the process exits 0. A
- * second signal kills it. SIGUSR1 prints a task dump of every loop.
+ * Shutdown is keel's, in two phases: SIGINT or SIGTERM cancels every
+ * loop's stop token, which starts the server's drain (stop accepting,
+ * close idle keep-alive connections, finish the requests in flight with
+ * "Connection: close", cancel what is left after --drain-timeout); the
+ * server holds each loop until its last connection is gone, then the
+ * loops' root tokens are cancelled and the process exits 0. A second
+ * signal kills it. SIGUSR1 prints a task dump of every loop.
  *
  * --access-log FILE appends a line per request ("-": standard output),
  * written by a task of each loop that never blocks it. --max-conns N caps

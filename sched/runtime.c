@@ -410,6 +410,13 @@ static int main_step(struct keel_task *t)
 	struct main_task *m = keel_container_of(t, struct main_task, task);
 
 	KEEL_BEGIN(t);
+	if (!m->type) {
+		/* No main task: the loops serve until a shutdown (a signal,
+		 * keel_runtime_shutdown()) cancels this root-token sleep. */
+		KEEL_AWAIT(t, keel_sleep(t, UINT64_MAX / 2));
+		m->rt->main_status = 0;
+		KEEL_END(t);
+	}
 	m->child = keel_spawn(t->loop, m->type, KEEL_SPAWN_JOINABLE);
 	if (!m->child) {
 		m->rt->main_status = -ENOMEM;

@@ -1420,3 +1420,48 @@ Test(runtime, embedded_loop_stop_token_is_the_hosts, .timeout = 10)
 	cr_assert_not(keel_token_cancelled(keel_loop_token(loop)));
 	keel_loop_destroy(loop);
 }
+
+/* ---- no main task ----------------------------------------------------- */
+
+struct waiter_until_shutdown {
+	struct keel_task task;
+};
+
+static int g_no_main_res = 1;
+
+static int no_main_waiter_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, UINT64_MAX / 2));
+	__atomic_store_n(&g_no_main_res, keel_res(t), __ATOMIC_RELEASE);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(no_main_waiter_task, struct waiter_until_shutdown, task,
+		      no_main_waiter_step);
+
+static void *shutdown_later(void *arg)
+{
+	usleep(50 * 1000);
+	keel_runtime_shutdown(arg);
+	return NULL;
+}
+
+Test(runtime, run_without_main_serves_until_shutdown, .timeout = 10)
+{
+	struct keel_runtime_opts o = {.threads = 2, .no_signals = true};
+	struct keel_runtime *rt;
+	pthread_t th;
+
+	cr_assert_eq(keel_runtime_create(&rt, &o), 0);
+	cr_assert_eq(keel_spawn_on(keel_runtime_loop(rt, 1),
+				   &no_main_waiter_task, 0, NULL, NULL),
+		     0);
+	cr_assert_eq(pthread_create(&th, NULL, shutdown_later, rt), 0);
+	/* No main task: the run lasts until the shutdown, and is 0. */
+	cr_expect_eq(keel_runtime_run(rt, NULL, NULL, NULL), 0);
+	pthread_join(th, NULL);
+	cr_expect_eq(__atomic_load_n(&g_no_main_res, __ATOMIC_ACQUIRE),
+		     -ECANCELED);
+	keel_runtime_destroy(rt);
+}

@@ -127,9 +127,13 @@ int keel_http_server_start_loop(struct keel_http_server *srv,
 int keel_http_server_port(const struct keel_http_server *srv);
 
 /*
- * Begin a graceful drain (thread-safe; also begun by the loop's root
- * token being cancelled, as keel_runtime_shutdown() does). The server's
- * tasks exit when the last connection is closed.
+ * Begin a graceful drain (thread-safe; also begun by the loop's stop
+ * token being cancelled, as keel_runtime_shutdown() does first: the
+ * server holds each loop (keel_loop_hold) until its last connection is
+ * closed, so the runtime's root-token cancel comes after the drain, or at
+ * its shutdown_grace_ns). The server's tasks exit when the last
+ * connection is closed. A root-token cancel alone (a hard stop) ends
+ * every connection at once.
  */
 void keel_http_server_drain(struct keel_http_server *srv);
 

@@ -405,7 +405,9 @@ int keel_spawn_on(struct keel_loop *loop, const struct keel_task_type *type,
  * Run `main_type` on loop 0 (init fills its frame) and every other loop on
  * its thread; return the main task's exit status once it has exited and
  * every loop has shut down. Returns a negative errno if the runtime could
- * not run.
+ * not run. With `main_type` NULL there is no main task: the loops serve
+ * (the tasks spawned on them before, e.g. a server's) until a shutdown,
+ * and the result is 0.
  * Ownership: `arg` is passed to `init` on loop 0 and must stay valid until
  * init ran (keel_runtime_run() returning is late enough); `main_type` must
  * outlive the run.
