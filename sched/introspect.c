@@ -376,27 +376,58 @@ static const struct metric metrics[] = {
      STAT(timers_armed)},
 };
 
+/*
+ * A loop's counters as the calling thread may read them: live for its own
+ * loop (or a loop of no runtime of this thread: the caller vouches), and
+ * for another loop of this thread's runtime the copy it published
+ * (keel_runtime_loop_stats()), because reading another thread's live
+ * counters is a data race. Returns whether they are live.
+ */
+static bool stats_for_render(struct keel_loop *l, struct keel_loop_stats *st)
+{
+	struct keel_runtime *rt = keel_runtime_current();
+
+	if (rt && keel__current_core != &l->io.core)
+		for (unsigned j = 0; j < keel_runtime_size(rt); j++)
+			if (keel_runtime_loop(rt, j) == l) {
+				keel_runtime_loop_stats(rt, j, st);
+				return false;
+			}
+	keel_loop_stats(l, st);
+	return true;
+}
+
 size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
 			   char *buf, size_t len)
 {
 	struct keel__prom p;
+	struct keel_loop_stats *st = calloc(n ? n : 1, sizeof(*st));
+	bool *live = calloc(n ? n : 1, sizeof(*live));
 
 	keel__prom_init(&p, buf, len);
+	if (!st || !live) {
+		free(st);
+		free(live);
+		return keel__prom_end(&p);
+	}
+	for (unsigned i = 0; i < n; i++)
+		live[i] = stats_for_render(loops[i], &st[i]);
 	for (size_t m = 0; m < sizeof(metrics) / sizeof(metrics[0]); m++) {
 		keel__prom_family(&p, metrics[m].name, metrics[m].type,
 				  metrics[m].help);
 		for (unsigned i = 0; i < n; i++) {
-			struct keel_loop_stats st;
 			uint64_t v;
 
-			keel_loop_stats(loops[i], &st);
-			memcpy(&v, (char *)&st + metrics[m].offset, sizeof(v));
+			memcpy(&v, (char *)&st[i] + metrics[m].offset,
+			       sizeof(v));
 			keel__prom_sample(&p, metrics[m].name, NULL);
 			keel__prom_label_uint(&p, "loop", i);
 			keel__prom_value(&p, v);
 		}
 	}
-	/* CQEs reaped per wake: how well completions batch. */
+	/* CQEs reaped per wake: how well completions batch. Only for the
+	 * loops whose live counters this thread may read (the published
+	 * copy has no histogram). */
 	const char *h = "keel_ring_cqes_per_wake";
 
 	keel__prom_family(&p, h, KEEL__PROM_HISTOGRAM,
@@ -405,6 +436,8 @@ size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
 		const struct keel_loop *l = loops[i];
 		uint64_t cum = 0;
 
+		if (!live[i])
+			continue;
 		for (unsigned b = 0; b < KEEL__WAKE_BUCKETS; b++) {
 			cum += l->cqes_per_wake[b];
 			keel__prom_sample(&p, h, "_bucket");
@@ -422,5 +455,7 @@ size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
 		keel__prom_label_uint(&p, "loop", i);
 		keel__prom_value(&p, cum);
 	}
+	free(st);
+	free(live);
 	return keel__prom_end(&p);
 }

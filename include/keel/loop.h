@@ -520,7 +520,10 @@ void keel_loop_set_stall(struct keel_loop *loop, uint64_t threshold_ns,
 /*
  * Render the metrics of `n` loops (label loop="0".."n-1") into `buf` in
  * Prometheus text format 0.0.4. Returns the length the full text needs
- * (as snprintf: if it is >= len, the output was cut).
+ * (as snprintf: if it is >= len, the output was cut). Thread-safe for the
+ * loops of the calling thread's runtime: another loop's counters are the
+ * copy it last published (keel_runtime_loop_stats()), and its
+ * keel_ring_cqes_per_wake histogram is left out.
  * Ownership: writes into the caller's `buf`; `loops` is only read during the
  * call.
  */
