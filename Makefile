@@ -95,6 +95,9 @@ HTTP_LIBS := -lhttp_parser
 HTTP_STATIC := $(BUILD)/libkeel-http.a
 HTTP_SHARED := $(BUILD)/libkeel-http.so.$(VERSION)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+# An example of several files is a folder: examples/NAME/*.c -> NAME.
+EXAMPLE_DIRS := $(patsubst examples/%/,%,$(sort $(dir $(wildcard examples/*/*.c))))
+EXAMPLES += $(EXAMPLE_DIRS:%=$(BUILD)/examples/%)
 TOOLS := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 # keel-trace is several files (tools/trace/); its HTML page is built in.
 TRACE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/trace/*.c)) \
@@ -131,6 +134,8 @@ man_names = $(shell awk '/^\# NAME/ { f = 1; next } \
 	f && NF { sub(/ - .*/, ""); gsub(/,/, " "); print; exit }' $(1))
 MAN_FILES := $(foreach s,$(MAN_SRC),$(foreach n,$(call man_names,$(s)),\
 	man$(call man_sect,$(s))/$(n).$(call man_sect,$(s))))
+
+.SECONDEXPANSION:
 
 .PHONY: all lib examples tools tests man check check-layers test demo demo-supervised \
 	bench deps install uninstall clean format format-check fuzz fuzz-ci \
@@ -198,6 +203,13 @@ $(BUILD)/examples/%: examples/%.c $(HTTP_STATIC) $(STATIC)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(HTTP_STATIC) \
 		$(STATIC) $(HTTP_LIBS) $(LIBS) -lm
+
+$(BUILD)/examples/%: examples/%/main.c $$(wildcard examples/%/*.c) \
+		$$(wildcard examples/%/*.h) $(HTTP_STATIC) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ \
+		$(filter %.c,$^) $(HTTP_STATIC) $(STATIC) $(HTTP_LIBS) $(LIBS) -lm
 
 $(BUILD)/tools/%: tools/%.c $(STATIC)
 	@mkdir -p $(dir $@)

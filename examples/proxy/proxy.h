@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * proxy.h: what the proxy's modules share: the per-loop shard, the
+ * settings main.c parses, and the tasks each module starts.
+ */
+#ifndef PROXY_H
+#define PROXY_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <keel.h>
+
+#define LISTEN_BACKLOG 1024
+#define GATHER	       8	   /* chunks per sendmsg */
+#define SPLICE_CHUNK   (64 * 1024) /* bytes per splice */
+/* Descriptors not for sessions: stdio, the signalfd, and per loop its
+ * ring, its listener and one to accept a connection it refuses. */
+#define FD_RESERVE	    32
+#define FD_RESERVE_PER_LOOP 3
+
+/* One per loop, touched only by that loop's thread while it runs. */
+struct shard {
+	int listen_fd;
+	struct keel_bufring *ring;
+	uint64_t connections;
+	uint64_t up, down; /* bytes client->backend, backend->client */
+	uint64_t backend_failures;
+	uint64_t resets;    /* directions ended by an error */
+	uint64_t abandoned; /* clients gone while connecting */
+	uint64_t refused;   /* connections over --max-conns */
+	int error;
+};
+
+/* Settings (main.c), read by every loop once they run. */
+extern struct shard *shards;
+extern unsigned nshards;
+extern bool splice_mode;
+extern struct keel_bufring_opts ring_opts;
+extern struct sockaddr_storage backend_addr;
+extern socklen_t backend_len;
+extern const char *backend_text;
+extern uint64_t connect_timeout_ns;
+extern unsigned max_sessions;	  /* --max-conns, or the fds' room */
+extern atomic_uint open_sessions; /* all loops together */
+
+/* session.c: a loop's acceptor, which starts a session per connection;
+ * init_acceptor() is keel_spawn_on()'s init, its arg the loop's shard. */
+extern const struct keel_task_type acceptor_task;
+void init_acceptor(void *frame, void *arg);
+
+/* Whether a report last made at *last may be made again: once a second. */
+bool report_due(time_t *last);
+
+#endif
