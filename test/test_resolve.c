@@ -42,9 +42,9 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cond = PTHREAD_COND_INITIALIZER;
 static bool g_gate_open;
 static struct addrinfo *g_hang_results[HANG_MAX];
-static int g_hang_answered; /* hang lookups returned (g_lock) */
-static int g_hang_freed;    /* ... whose answer was freed (g_lock) */
-static int g_hanging;	    /* blocked at the gate now */
+static int g_hang_answered;  /* hang lookups returned (g_lock) */
+static int g_hang_freed;     /* ... whose answer was freed (g_lock) */
+static int g_hanging;	     /* blocked at the gate now */
 static int g_resolver_calls; /* lookups that were not numeric-only */
 static pthread_t g_test_thread;
 
@@ -214,7 +214,8 @@ static uint16_t port_of(const struct sockaddr_storage *ss)
 static bool is_loopback(const struct sockaddr_storage *ss)
 {
 	if (ss->ss_family == AF_INET)
-		return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >>
+		return (ntohl(((const struct sockaddr_in *)ss)
+				  ->sin_addr.s_addr) >>
 			24) == 127;
 	if (ss->ss_family == AF_INET6)
 		return IN6_IS_ADDR_LOOPBACK(
@@ -224,13 +225,13 @@ static bool is_loopback(const struct sockaddr_storage *ss)
 
 /* ---- numeric, at once ------------------------------------------------ */
 
-Test(resolve, numeric_ipv4_is_answered_at_once_without_the_pool,
-     .timeout = 10)
+Test(resolve, numeric_ipv4_is_answered_at_once_without_the_pool, .timeout = 10)
 {
 	struct keel_resolve_req req;
 	int ret, res = resolve_once("127.0.0.1", "8080", AF_UNSPEC, &req, &ret);
 
-	cr_assert_eq(res, 1, "res %d (%s)", res, keel_resolve_strerror(&req, res));
+	cr_assert_eq(res, 1, "res %d (%s)", res,
+		     keel_resolve_strerror(&req, res));
 	cr_assert_eq(ret, KEEL_READY);
 	cr_assert_eq(req.count, 1);
 	cr_assert_eq(req.lens[0], sizeof(struct sockaddr_in));
@@ -241,8 +242,7 @@ Test(resolve, numeric_ipv4_is_answered_at_once_without_the_pool,
 	cr_assert_str_eq(keel_resolve_strerror(&req, res), "ok");
 }
 
-Test(resolve, numeric_ipv6_is_answered_at_once_without_the_pool,
-     .timeout = 10)
+Test(resolve, numeric_ipv6_is_answered_at_once_without_the_pool, .timeout = 10)
 {
 	struct keel_resolve_req req;
 	int ret, res = resolve_once("::1", NULL, AF_INET6, &req, &ret);
@@ -265,8 +265,7 @@ Test(resolve, numeric_address_of_the_other_family_fails, .timeout = 10)
 	cr_assert_eq(req.count, 0);
 }
 
-Test(resolve, numeric_host_with_a_service_name_goes_to_the_pool,
-     .timeout = 10)
+Test(resolve, numeric_host_with_a_service_name_goes_to_the_pool, .timeout = 10)
 {
 	struct keel_resolve_req req;
 	int ret, res = resolve_once("127.0.0.1", "nosuchservice-keel", AF_INET,
@@ -335,17 +334,17 @@ Test(resolve, localhost_any_family_each_address_once, .timeout = 10)
 	for (unsigned i = 0; i < req.count; i++) {
 		cr_assert(is_loopback(&req.addrs[i]));
 		for (unsigned j = 0; j < i; j++)
-			cr_assert(req.lens[i] != req.lens[j] ||
-				  memcmp(&req.addrs[i], &req.addrs[j],
-					 req.lens[i]));
+			cr_assert(
+			    req.lens[i] != req.lens[j] ||
+			    memcmp(&req.addrs[i], &req.addrs[j], req.lens[i]));
 	}
 }
 
 Test(resolve, a_name_that_does_not_exist, .timeout = 20)
 {
 	struct keel_resolve_req req;
-	int res = resolve_once("nonexistent.invalid", "80", AF_UNSPEC, &req,
-			       NULL);
+	int res =
+	    resolve_once("nonexistent.invalid", "80", AF_UNSPEC, &req, NULL);
 
 	/* NXDOMAIN from a name server; EAI_AGAIN when none answers. */
 	cr_assert(res == -ENOENT || res == -EAGAIN, "res %d", res);
@@ -371,8 +370,8 @@ Test(resolve, name_server_errors_map_to_errnos_and_reasons, .timeout = 10)
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct keel_resolve_req req;
-		int res = resolve_once(cases[i].host, "80", AF_UNSPEC, &req,
-				       NULL);
+		int res =
+		    resolve_once(cases[i].host, "80", AF_UNSPEC, &req, NULL);
 
 		cr_assert_eq(res, cases[i].res, "%s: %d", cases[i].host, res);
 		cr_assert_eq(req.gai_error, cases[i].gai);
@@ -402,8 +401,7 @@ Test(resolve, bad_requests_fail_at_once, .timeout = 10)
 
 /* Run the loop until every resolver in `rs` is done (no loop_run: a
  * lookup left behind must not keep it alive, and it does not). */
-static void run_until_done(struct keel_loop *loop, struct resolver **rs,
-			   int n)
+static void run_until_done(struct keel_loop *loop, struct resolver **rs, int n)
 {
 	for (;;) {
 		bool all = true;
@@ -442,8 +440,7 @@ Test(resolve, deadline_ends_the_await_while_getaddrinfo_hangs, .timeout = 10)
 	keel_loop_destroy(loop);
 }
 
-Test(resolve, op_timeout_applies_and_the_earlier_deadline_wins,
-     .timeout = 10)
+Test(resolve, op_timeout_applies_and_the_earlier_deadline_wins, .timeout = 10)
 {
 	struct keel_loop *loop = kt_loop_new(NULL);
 	struct resolver *r =
@@ -568,8 +565,7 @@ Test(resolve, loop_destroyed_while_getaddrinfo_hangs, .timeout = 10)
 /* One pool thread, a queue of 2: the first lookup hangs on the thread, two
  * wait in the queue, the rest get -EAGAIN at once. Cancelled, the queued
  * ones are dropped without running; the running one is freed later. */
-Test(resolve, full_queue_gives_eagain_and_cancel_drops_queued,
-     .timeout = 10)
+Test(resolve, full_queue_gives_eagain_and_cancel_drops_queued, .timeout = 10)
 {
 	enum { N = 8 };
 	struct keel_loop *loop;
