@@ -285,6 +285,12 @@ $(BUILD)/test/mt_%: test/mt_%.c $(PLAIN_HELPERS) $(TEST_HELPER_HEADERS) \
 		$(LDFLAGS) -o $@ $< $(PLAIN_HELPERS) $(HTTP_STATIC) \
 		$(TLS_STATIC) $(STATIC) $(HTTP_LIBS) $(TLS_LIBS) $(LIBS)
 
+# test_resolve and mt_resolve stand in for a name server: getaddrinfo and
+# freeaddrinfo are wrapped (a name that hangs, the resolver's errors).
+RESOLVE_WRAP := -Wl,--wrap=getaddrinfo -Wl,--wrap=freeaddrinfo
+$(BUILD)/test/test_resolve $(BUILD)/test/mt_resolve: private LDFLAGS += \
+	$(RESOLVE_WRAP)
+
 # No object of a lower layer may reference a symbol defined in a higher
 # one (the layers are in LAYERS, lowest first).
 check-layers: $(LIB_OBJ)

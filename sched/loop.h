@@ -78,6 +78,40 @@ void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
  */
 void keel__blocking_drain(struct keel_loop *loop);
 
+/* The opcode a dump shows for a blocking job (no io_uring opcode). */
+#define KEEL__OPCODE_BLOCKING 0xfe
+
+/*
+ * sched/pool.c: a job its awaiter may leave before it ends (keel_resolve:
+ * a cancel or a deadline ends the await at once, though the job cannot be
+ * stopped). The awaiter owns a KEEL__OP_USER op and ends it itself; `arg`
+ * is on the heap, handed to the pool with the job.
+ */
+struct keel__job;
+struct keel__job_class {
+	/* On a pool thread; its result goes to finish (a negative errno
+	 * there instead: the job was dropped before it ran). */
+	keel_blocking_fn run;
+	/* On the loop's thread, when the job is back and `op` still
+	 * awaited: end `op` (keel__op_user_done). */
+	void (*finish)(struct keel_loop *loop, struct keel__op *op, void *arg,
+		       int result);
+	/* Free `arg`: once, after finish, or when the job ends after it was
+	 * left (on whichever thread that is). */
+	void (*release)(void *arg);
+};
+
+/* Queue `arg` for cls->run; sets *job before it may run. Returns 0, or
+ * -EAGAIN (queue full) or -ENOMEM: then the pool did not take `arg`. */
+int keel__job_submit(struct keel_loop *loop, struct keel__op *op,
+		     const struct keel__job_class *cls, void *arg,
+		     struct keel__job **job);
+
+/* On the loop's thread, before its op ends: leave `job` (queued: it never
+ * runs). Its finish is not called; its arg is released when the job is
+ * done with it, maybe on another thread later: do not touch it after. */
+void keel__job_detach(struct keel_loop *loop, struct keel__job *job);
+
 /*
  * keel_loop_create() on a backend other than the kernel's io_uring (the
  * simulated kernel; io/backend.h). Once the backend's setup succeeded the

@@ -527,6 +527,77 @@ int keel_tcp_socket(int family);
  */
 int keel_tcp_nodelay(int fd);
 
+/* ---- resolve ---- */
+/*
+ * host names to addresses, off the loop.
+ *
+ * keel_resolve() is an await: getaddrinfo(3) runs on the blocking pool
+ * (keel_blocking, keel/loop.h) and the task gets the addresses in its own
+ * request. A numeric host ("10.0.0.7", "::1") with a numeric port or none
+ * is answered at once on the loop's thread, without the pool.
+ *
+ * getaddrinfo cannot be stopped, but the await does not wait for it: a
+ * cancel (the task's token, keel_task_cancel, a kill) or the deadline ends
+ * it at once with -ECANCELED or -ETIMEDOUT. The lookup goes on with its
+ * own copy of the question on the heap, occupies its pool thread until
+ * getaddrinfo returns (the resolver's own timeouts, resolv.conf(5)), and
+ * is then freed without touching the task, its frame or its loop, which
+ * may be gone by then. A lookup still queued is dropped.
+ */
+#define KEEL_RESOLVE_MAX 8 /* addresses kept; more are left out */
+/* The deadline of a request whose timeout_ns is 0. */
+#define KEEL_RESOLVE_TIMEOUT_DEFAULT_NS (5ull * 1000 * 1000 * 1000)
+
+struct keel_resolve_req {
+	/* The question (read during the keel_resolve() call only). */
+	const char *host;    /* a name or a numeric address; required */
+	const char *service; /* a port ("5432") or a service name; NULL: 0 */
+	int family;	     /* AF_UNSPEC (0), AF_INET or AF_INET6 */
+	int socktype;	     /* 0: SOCK_STREAM */
+	int flags;	     /* more AI_* flags (AI_ADDRCONFIG...); usually 0 */
+	uint64_t timeout_ns; /* 0: KEEL_RESOLVE_TIMEOUT_DEFAULT_NS */
+	/* The answer: `count` addresses in getaddrinfo's order, each once,
+	 * with the port; gai_error is getaddrinfo's EAI_* code when it
+	 * failed, else 0 (for keel_resolve_strerror). */
+	unsigned count;
+	int gai_error;
+	socklen_t lens[KEEL_RESOLVE_MAX];
+	struct sockaddr_storage addrs[KEEL_RESOLVE_MAX];
+};
+
+/*
+ * Resolve req->host and req->service into req->addrs. keel_res is the
+ * number of addresses (> 0) or a negative errno:
+ *   -ENOENT      the name does not resolve, or has no address of the
+ *                family (EAI_NONAME, EAI_NODATA, EAI_ADDRFAMILY)
+ *   -EAGAIN      the name server failed for now or did not answer in its
+ *                own time (EAI_AGAIN), or the blocking pool's queue is full
+ *                (gai_error 0): try later
+ *   -EIO         the name server failed for good (EAI_FAIL), or another
+ *                getaddrinfo error
+ *   -EINVAL      no host, or an unknown service or port (EAI_SERVICE)
+ *   -EAFNOSUPPORT a family other than AF_UNSPEC, AF_INET, AF_INET6
+ *   -ESOCKTNOSUPPORT  a socktype getaddrinfo refuses (EAI_SOCKTYPE)
+ *   -ENOMEM      out of memory (EAI_MEMORY too)
+ *   -ETIMEDOUT   the deadline passed (or a keel_op_timeout() before it,
+ *                or the token's deadline)
+ *   -ECANCELED   the task was cancelled
+ *   other        EAI_SYSTEM: getaddrinfo's errno, negated
+ * keel_op_timeout() applies to it; the earlier deadline wins.
+ * Ownership: `req` belongs to keel until the await returns (keep it in the
+ * task's frame); host and service are copied, so they need only live
+ * during the call. After the await, nothing of keel touches `req`.
+ */
+int keel_resolve(struct keel_task *t, struct keel_resolve_req *req);
+
+/*
+ * Why keel_resolve() on `req` returned `res`, in a few words for a log
+ * line: "name does not resolve (EAI_NONAME)", "timed out". A static
+ * string; "ok" for res > 0.
+ * Ownership: nothing changes hands; `req` is only read.
+ */
+const char *keel_resolve_strerror(const struct keel_resolve_req *req, int res);
+
 #ifdef __cplusplus
 }
 #endif

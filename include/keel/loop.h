@@ -72,7 +72,9 @@ int keel_loop_create(struct keel_loop **out, const struct keel_loop_opts *opts);
  * Destroy a loop: cancels every op in flight and waits for the kernel to
  * return them, drops its blocking jobs still queued (their awaits end with
  * -ECANCELED) and waits for those running, however long they take (a job
- * cannot be stopped, and its result goes to this loop), runs the defer
+ * cannot be stopped, and its result goes to this loop; a keel_resolve()
+ * lookup is the exception: its await ends and the lookup, left behind,
+ * no longer needs the loop), runs the defer
  * stacks of tasks that never exited, frees all frames, closes the ring.
  * A frame whose op the kernel still holds after a second is leaked, with
  * the loop's frame memory, since the kernel may yet write into it.
@@ -445,6 +447,8 @@ void keel_loop_release(struct keel_loop *loop);
 /* ---- the blocking pool --------------------------------------------------
  * For work io_uring cannot do (getaddrinfo, heavy CPU): it runs on a pool
  * thread and the awaiting task is woken on its own loop with the result.
+ * For host names, keel_resolve() (keel/io.h) is ready-made, and a cancel
+ * or its deadline ends its await at once.
  */
 typedef int (*keel_blocking_fn)(void *arg);
 
