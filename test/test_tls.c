@@ -11,7 +11,8 @@
  * - streams, a keel server and a keel client over loopback TCP on one
  *   loop: TLS 1.2 and 1.3, ALPN chosen and absent, SNI picks the
  *   certificate (the client sees its name), an IP address verified
- *   against the certificate's IP names, resumption (1.2 and 1.3),
+ *   against the certificate's IP names, resumption (1.2 and 1.3; and
+ *   after a connection dropped without close_notify),
  *   close_notify (clean) against a plain close (truncated), a client
  *   whose verification fails;
  * - bad input: garbage instead of a ClientHello, a truncated record, a
@@ -786,6 +787,19 @@ Test(tls, resumption_tls12)
 Test(tls, resumption_tls13)
 {
 	resumption(KEEL_TLS_1_3);
+}
+
+Test(tls, a_dropped_connection_keeps_its_session)
+{
+	struct keel_tls_ctx *sc = server_ctx(NULL), *cc = client_ctx(NULL);
+	struct pair_result r = run_pair(sc, cc, "a.test", M_PING_DROP, M_ECHO);
+
+	cr_assert_eq(r.client_hs, 0);
+	r = run_pair(sc, cc, "a.test", M_PING_DROP, M_ECHO);
+	cr_assert_eq(r.client_hs, 0);
+	cr_assert(r.resumed_c, "the client's session was dropped with it");
+	keel_tls_ctx_free(sc);
+	keel_tls_ctx_free(cc);
 }
 
 Test(tls, close_without_close_notify_is_truncated)

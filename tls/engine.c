@@ -196,6 +196,14 @@ void keel_tls_free(struct keel_tls *tls)
 {
 	if (!tls)
 		return;
+	/* OpenSSL makes the session of a connection freed without our
+	 * close_notify unresumable (a client's cached ticket too). A
+	 * connection that failed stays so (OpenSSL marked it already); one
+	 * that simply ended, cleanly or dropped, keeps its session. */
+	if ((tls->flags & KEEL__TLS_HS_DONE) &&
+	    !(tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG)))
+		SSL_set_shutdown(tls->ssl, SSL_get_shutdown(tls->ssl) |
+					       SSL_SENT_SHUTDOWN);
 	SSL_free(tls->ssl);
 	free(tls->server_name);
 	free(tls->alpn);
