@@ -10,7 +10,9 @@
  * - the raw engine, in memory, TLS 1.2 and 1.3 with small windows;
  * - streams, a keel server and a keel client over loopback TCP on one
  *   loop: TLS 1.2 and 1.3, ALPN chosen and absent, SNI picks the
- *   certificate (the client sees its name), resumption (1.2 and 1.3),
+ *   certificate (the client sees its name), an IP address verified
+ *   against the certificate's IP names, resumption (1.2 and 1.3; and
+ *   after a connection dropped without close_notify),
  *   close_notify (clean) against a plain close (truncated), a client
  *   whose verification fails;
  * - bad input: garbage instead of a ClientHello, a truncated record, a
@@ -18,7 +20,8 @@
  *   -ETIMEDOUT, and the task's own token is left as it was), a TLS 1.2
  *   renegotiation by a plain OpenSSL client in a thread (refused,
  *   counted), a cancel mid-handshake, a kill of a task waiting in
- *   keel_tls_recv (ASan: no use after free, no leak);
+ *   keel_tls_recv (ASan: no use after free, no leak), and one killed
+ *   while it holds a ring buffer (it goes back to the ring);
  * - 8 MiB each way at once with a reader and a sender task on each side
  *   of one stream, KeyUpdates requested every 512 KiB by each sender and
  *   each reader (OpenSSL writes a reader's own KeyUpdate in its next
@@ -73,7 +76,7 @@ static void make_cert(const char *name, const char *cn, const char *san)
 static void setup(void)
 {
 	kt_tmpdir_make(dir, sizeof(dir));
-	make_cert("a", "a.test", "DNS:a.test,DNS:localhost");
+	make_cert("a", "a.test", "DNS:a.test,DNS:localhost,IP:127.0.0.1");
 	make_cert("b", "b.test", "DNS:*.b.test");
 	snprintf(path_a, sizeof(path_a), "%s/a.pem", dir);
 	snprintf(key_a, sizeof(key_a), "%s/a.key", dir);
@@ -379,6 +382,7 @@ enum {
 	M_CORRUPT,   /* client: a record with a flipped byte */
 	M_HANDSHAKE, /* either: the handshake only */
 	M_HOLD,	     /* either: the handshake, then 300 ms of nothing */
+	M_TWO_HOLD,  /* client: two records in one send, then M_HOLD */
 	M_BIG,	     /* either: 8 MiB each way */
 };
 
@@ -426,6 +430,14 @@ static int peer_step(struct keel_task *t)
 	p->cause_after = keel_token_cause(keel_task_token(t));
 	if (p->hs || p->mode == M_HANDSHAKE)
 		goto close;
+	if (p->mode == M_TWO_HOLD) {
+		cr_assert_eq(keel_tls_write(p->tls, "a", 1), 1);
+		cr_assert_eq(keel_tls_write(p->tls, "b", 1), 1);
+		p->n = keel_tls_output_len(p->tls);
+		KEEL_AWAIT(t, keel_send_all(t, p->fd, p->s.out, p->n, 0));
+		cr_assert_eq(keel_res(t), (int)p->n);
+		p->mode = M_HOLD;
+	}
 	if (p->mode == M_HOLD) {
 		KEEL_AWAIT(t, keel_sleep(t, 300000000));
 		goto close;
@@ -724,6 +736,19 @@ Test(tls, sni_picks_the_certificate)
 	keel_tls_ctx_free(cc);
 }
 
+Test(tls, an_ip_address_is_verified_against_ip_names)
+{
+	struct keel_tls_ctx *sc = server_ctx(NULL), *cc = client_ctx(NULL);
+	struct pair_result r = run_pair(sc, cc, "127.0.0.1", M_PING, M_ECHO);
+
+	cr_assert_eq(r.client_hs, 0);
+	cr_assert(r.verified);
+	r = run_pair(sc, cc, "127.0.0.2", M_PING, M_ECHO);
+	cr_assert_eq(r.client_hs, -EKEYREJECTED);
+	keel_tls_ctx_free(sc);
+	keel_tls_ctx_free(cc);
+}
+
 static void resumption(uint16_t version)
 {
 	struct keel_tls_opts vo = {.min_version = version,
@@ -762,6 +787,19 @@ Test(tls, resumption_tls12)
 Test(tls, resumption_tls13)
 {
 	resumption(KEEL_TLS_1_3);
+}
+
+Test(tls, a_dropped_connection_keeps_its_session)
+{
+	struct keel_tls_ctx *sc = server_ctx(NULL), *cc = client_ctx(NULL);
+	struct pair_result r = run_pair(sc, cc, "a.test", M_PING_DROP, M_ECHO);
+
+	cr_assert_eq(r.client_hs, 0);
+	r = run_pair(sc, cc, "a.test", M_PING_DROP, M_ECHO);
+	cr_assert_eq(r.client_hs, 0);
+	cr_assert(r.resumed_c, "the client's session was dropped with it");
+	keel_tls_ctx_free(sc);
+	keel_tls_ctx_free(cc);
 }
 
 Test(tls, close_without_close_notify_is_truncated)
@@ -947,6 +985,57 @@ Test(tls, a_kill_mid_recv)
 	conn_run(&ct);
 	cr_assert_eq(res, 0);
 	cr_assert_eq(c->hs, 0);
+	close(ct.fds[0]);
+	conn_finish(&ct, &c, 1);
+	keel_tls_ctx_free(sc);
+	keel_tls_ctx_free(cc);
+}
+
+/* Killed while it holds a ring buffer (the second record of a chunk is
+ * still to be decrypted): the buffer goes back to the ring. */
+static int holder_step(struct keel_task *t)
+{
+	struct victim *v = keel_container_of(t, struct victim, task);
+
+	KEEL_BEGIN(t);
+	cr_assert_eq(keel_defer(t, free_engine, v->tls), 0);
+	cr_assert_eq(keel_tls_stream_open(t, &v->s, v->tls, v->fd, v->ring), 0);
+	KEEL_AWAIT_CALL(t, keel_tls_handshake(t, &v->s));
+	v->hs = keel_res(t);
+	KEEL_AWAIT_CALL(t, keel_tls_recv(t, &v->s, v->buf, 1));
+	cr_assert_eq(keel_res(t), 1);
+	cr_assert_gt(keel_tls_input_left(v->tls), 0);
+	KEEL_AWAIT(t, keel_sleep(t, 10000000000));
+	cr_assert_fail("not killed");
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(holder_task, struct victim, task, holder_step);
+
+Test(tls, a_kill_gives_back_the_ring_buffer)
+{
+	struct keel_tls_ctx *sc = server_ctx(NULL), *cc = client_ctx(NULL);
+	struct keel_bufring_stats st;
+	struct conn_test ct;
+	int res = 1;
+
+	conn_setup(&ct);
+	struct victim *v = kt_spawn(ct.loop, &holder_task, KEEL_PRIO_NORMAL);
+
+	cr_assert_eq(keel_tls_new(sc, NULL, &v->tls), 0);
+	v->ring = ct.ring;
+	v->fd = ct.fds[0];
+	struct peer *c = spawn_peer(&ct, cc, "a.test", ct.fds[1], M_TWO_HOLD);
+	struct killer *k = kt_spawn(ct.loop, &killer_task, KEEL_PRIO_NORMAL);
+
+	k->victim = &v->task;
+	k->kill = true;
+	k->res = &res;
+	conn_run(&ct);
+	cr_assert_eq(res, 0);
+	cr_assert_eq(c->hs, 0);
+	keel_bufring_stats(ct.ring, &st);
+	cr_assert_eq(st.lent, 0, "%u buffers still lent", st.lent);
 	close(ct.fds[0]);
 	conn_finish(&ct, &c, 1);
 	keel_tls_ctx_free(sc);
