@@ -108,7 +108,8 @@ struct keel_http_opts {
 	 * HTTP. Each connection does its handshake first, bounded by the
 	 * context's handshake timeout (a failure or a timeout is closed and
 	 * counted in the context's stats), then serves HTTP/1.1 as plain
-	 * does. Files are read and encrypted (no splice). Closing a
+	 * does (a client offering only "h2" gets no ALPN and HTTP/1.1).
+	 * Files are read and encrypted (no splice). Closing a
 	 * connection sends close_notify first. The context must outlive the
 	 * server; /metrics adds its counters.
 	 */
@@ -211,7 +212,8 @@ int keel_http_route_text(struct keel_http_server *srv, const char *method,
  * If-Modified-Since (304), a single Range (206, 416), Content-Type by
  * extension, "index.html" for a directory. Bodies go by splice through a
  * pipe (zero-copy) from the kernel's page cache when large, else in the
- * same sendmsg as the headers.
+ * same sendmsg as the headers. Over TLS (keel_http_opts.tls) a large body
+ * is read into the connection's buffer and encrypted (no splice).
  */
 int keel_http_route_files(struct keel_http_server *srv, const char *path,
 			  const char *root);
