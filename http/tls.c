@@ -36,14 +36,14 @@
 /* A TLS record's plaintext at most (RFC 8446 5.1). */
 #define RECORD 16384
 /* The plaintext buffer a connection receives into. */
-#define IN_SIZE RECORD
+#define IN_SIZE	 RECORD
 #define NS_PER_S (1000ull * 1000 * 1000)
 
 struct keel__https {
 	struct keel__http_conn c; /* first: conn.c's frame */
 	struct keel_tls_stream ts;
 	struct keel_tls *tls;
-	char *in; /* plaintext received, IN_SIZE bytes */
+	char *in;  /* plaintext received, IN_SIZE bytes */
 	bool open; /* ts is open */
 	bool shielded;
 	/* sendv: the pieces left */
@@ -94,13 +94,11 @@ struct keel__http_conn *keel__http_conn_spawn(struct keel__http_shard *sh)
  */
 static void https_notify(struct keel_recv_stream *s, int res)
 {
-	struct keel__https *h =
-	    keel_container_of(s, struct keel__https, ts.rs);
+	struct keel__https *h = keel_container_of(s, struct keel__https, ts.rs);
 	struct keel_http_exchange *x = h->c.x;
 
 	if (res > 0 || !x || !x->handler || !x->tok ||
-	    (x->flags & KEEL__HTTP_X_BODY_WAIT) ||
-	    keel_token_cancelled(x->tok))
+	    (x->flags & KEEL__HTTP_X_BODY_WAIT) || keel_token_cancelled(x->tok))
 		return;
 	KEEL__HTTP_COUNT(h->c.sh, client_gone, 1);
 	keel_token_cancel(x->tok);
@@ -200,8 +198,8 @@ int keel__http_tls_sendv(struct keel_task *t, struct keel__http_conn *c,
 				h->iov_off = 0;
 			}
 		}
-		KEEL_AWAIT_CALL(r,
-				keel_tls_send(t, &h->ts, h->stage, h->stage_len));
+		KEEL_AWAIT_CALL(
+		    r, keel_tls_send(t, &h->ts, h->stage, h->stage_len));
 		if (keel_res(t) < 0)
 			KEEL_ROUTINE_RETURN(r, t, keel_res(t));
 		h->total += h->stage_len;
@@ -252,21 +250,21 @@ int keel__http_tls_sendfile(struct keel_task *t, struct keel__http_conn *c,
 		if (keel_res(t) <= 0) {
 			/* 0: the file shrank after its statx; the head
 			 * promised more, so the connection must close. */
-			KEEL_ROUTINE_RETURN(r, t,
-					    keel_res(t) < 0 ? keel_res(t) : -EIO);
+			KEEL_ROUTINE_RETURN(
+			    r, t, keel_res(t) < 0 ? keel_res(t) : -EIO);
 		}
 		h->stage_len += (size_t)keel_res(t);
 		h->f_off += (uint64_t)keel_res(t);
 		h->f_left -= (uint64_t)keel_res(t);
-		KEEL_AWAIT_CALL(r,
-				keel_tls_send(t, &h->ts, h->stage, h->stage_len));
+		KEEL_AWAIT_CALL(
+		    r, keel_tls_send(t, &h->ts, h->stage, h->stage_len));
 		if (keel_res(t) < 0)
 			KEEL_ROUTINE_RETURN(r, t, keel_res(t));
 		h->stage_len = 0;
 	}
 	if (h->stage_len) {
-		KEEL_AWAIT_CALL(r,
-				keel_tls_send(t, &h->ts, h->stage, h->stage_len));
+		KEEL_AWAIT_CALL(
+		    r, keel_tls_send(t, &h->ts, h->stage, h->stage_len));
 		if (keel_res(t) < 0)
 			KEEL_ROUTINE_RETURN(r, t, keel_res(t));
 	}
@@ -316,10 +314,9 @@ int keel__http_x_tls_sendv(struct keel_task *t, struct keel_http_exchange *x,
 	return keel__http_tls_sendv(t, x->c, iov, iovcnt);
 }
 
-int keel__http_x_tls_sendfile(struct keel_task *t,
-			      struct keel_http_exchange *x, const void *head,
-			      size_t head_len, int fd, uint64_t off,
-			      uint64_t len)
+int keel__http_x_tls_sendfile(struct keel_task *t, struct keel_http_exchange *x,
+			      const void *head, size_t head_len, int fd,
+			      uint64_t off, uint64_t len)
 {
 	return keel__http_tls_sendfile(t, x->c, head, head_len, fd, off, len);
 }

@@ -118,7 +118,8 @@ struct sum_handler {
 
 static int sum_step(struct keel_task *t)
 {
-	struct sum_handler *s = keel_container_of(t, struct sum_handler, h.task);
+	struct sum_handler *s =
+	    keel_container_of(t, struct sum_handler, h.task);
 
 	KEEL_BEGIN(t);
 	for (;;) {
