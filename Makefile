@@ -289,8 +289,18 @@ $(BUILD)/test/mt_%: test/mt_%.c $(PLAIN_HELPERS) $(TEST_HELPER_HEADERS) \
 
 # No object of a lower layer may reference a symbol defined in a higher
 # one (the layers are in LAYERS, lowest first).
-check-layers: $(LIB_OBJ)
+# libkeel-http and libkeel-tls see only the public headers (their include
+# paths); at link level, neither may reference one of libkeel's internal
+# keel__* symbols.
+check-layers: $(LIB_OBJ) $(HTTP_OBJ) $(TLS_OBJ)
 	$(Q)LAYERS="$(LAYERS)" sh tools/check-layers.sh $(LIB_OBJ)
+	$(Q)nm -g --defined-only $(LIB_OBJ) | awk '$$3 ~ /^keel__/ { print $$3 }' | \
+		sort -u >$(BUILD)/keel-internal.syms
+	$(Q)for o in $(HTTP_OBJ) $(TLS_OBJ); do \
+		nm -u $$o | awk '{ print $$2 }' | sort -u | \
+		comm -12 - $(BUILD)/keel-internal.syms | \
+		sed "s|^|check-layers: $$o uses libkeel's internal |"; \
+	done | awk '{ print } END { exit NR > 0 }'
 
 # Check the layers, run every test binary (Criterion; each test under a
 # timeout), then the install/pkg-config test. Fails if any fails.

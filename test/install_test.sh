@@ -2,7 +2,8 @@
 # install_test.sh: `make install` into a staging DESTDIR, build a tiny
 # program against the installed library through `pkg-config keel` (shared
 # and static), run it, check the man pages installed and render; the same
-# for libkeel-http (`pkg-config keel-http`, keel/http.h); then
+# for libkeel-http (`pkg-config keel-http`, keel/http.h) and libkeel-tls
+# (`pkg-config keel-tls`, keel/tls.h); then
 # `make uninstall` and check nothing is left.
 set -eu
 stage=$(mktemp -d)
@@ -121,6 +122,51 @@ cc -o "$stage/http_consumer-static" "$stage/http_consumer.c" \
 [ -f "$man/man7/keel_http.7" ] || { echo "keel_http.7 not installed" >&2; exit 1; }
 MANWIDTH=80 man -M "$man" 3 keel_http_server_start 2>/dev/null | grep -q 'keel_http_server_new' ||
 	{ echo "man 3 keel_http_server_start does not render through its alias" >&2; exit 1; }
+# libkeel-tls: a program using keel/tls.h, through `pkg-config keel-tls`
+# (which brings keel; libssl only privately), shared and static.
+cat >"$stage/tls_consumer.c" <<'C'
+#include <keel.h>
+#include <keel/tls.h>
+#include <stdio.h>
+
+int main(void)
+{
+	struct keel_tls_opts o = {.role = KEEL_TLS_CLIENT, .verify_none = true,
+				  .alpn = "http/1.1"};
+	struct keel_tls_ctx *ctx;
+	struct keel_tls *tls;
+	char why[256], win[4096];
+	int step;
+
+	if (keel_tls_ctx_create(&ctx, &o, why, sizeof(why)))
+		return 1;
+	if (keel_tls_new(ctx, "example.test", &tls))
+		return 1;
+	keel_tls_output(tls, win, sizeof(win));
+	/* the ClientHello goes into the window; then it wants the reply */
+	step = keel_tls_handshake_step(tls);
+	printf("step=%d hello=%d\n", step, keel_tls_output_len(tls) > 0);
+	keel_tls_free(tls);
+	keel_tls_ctx_free(ctx);
+	return 0;
+}
+C
+cc -o "$stage/tls_consumer" "$stage/tls_consumer.c" $(pkg-config --cflags --libs keel-tls)
+LD_LIBRARY_PATH="$stage$prefix/lib" "$stage/tls_consumer" | grep -qx 'step=-11 hello=1'
+readelf -d "$stage$prefix/lib/libkeel-tls.so.0.1.0" | grep -q 'SONAME.*libkeel-tls.so.0'
+if nm -D --defined-only "$stage$prefix/lib/libkeel-tls.so.0.1.0" | awk '{print $3}' |
+	grep -v -E '^keel_tls_[a-z0-9]' | grep -q .; then
+	echo "libkeel-tls.so exports symbols outside keel_tls_*" >&2
+	exit 1
+fi
+cc -o "$stage/tls_consumer-static" "$stage/tls_consumer.c" \
+	$(pkg-config --cflags keel-tls) "$stage$prefix/lib/libkeel-tls.a" \
+	"$stage$prefix/lib/libkeel.a" \
+	$(pkg-config --libs-only-l --static keel-tls | sed 's/-lkeel-tls//; s/-lkeel//')
+"$stage/tls_consumer-static" | grep -qx 'step=-11 hello=1'
+[ -f "$man/man7/keel_tls.7" ] || { echo "keel_tls.7 not installed" >&2; exit 1; }
+MANWIDTH=80 man -M "$man" 3 keel_tls_recv 2>/dev/null | grep -q 'keel_tls_stream_open' ||
+	{ echo "man 3 keel_tls_recv does not render through its alias" >&2; exit 1; }
 make -s uninstall DESTDIR="$stage" prefix=$prefix
 left=$(find "$stage$prefix" -type f | wc -l)
 [ "$left" = 0 ] || { echo "uninstall left $left files" >&2; find "$stage$prefix" -type f >&2; exit 1; }

@@ -8,7 +8,8 @@
 # and typedefs excluded). No set may hold an internal keel__* name.
 # The same for libkeel-http: keel-http.map, `nm -D` of
 # $BUILD/libkeel-http.so.* and what include/keel/http.h itself declares,
-# every name a keel_http_* one.
+# every name a keel_http_* one; and for libkeel-tls (keel-tls.map,
+# libkeel-tls.so.*, include/keel/tls.h, keel_tls_* names).
 # Builds nothing (BUILD defaults to build). Prints each difference; last
 # line "exports: N passed, M failed"; exit status 1 on any failure.
 set -u
@@ -131,4 +132,24 @@ decls "$dir/http.i" include/keel/http.h | sort -u >"$dir/http_hdr"
 same http_map http_nm "keel-http.map = nm -D $(basename "$so")"
 same http_nm http_hdr "nm -D $(basename "$so") = functions declared in include/keel/http.h"
 only keel_http_ http_map http_nm http_hdr
+
+# ---- libkeel-tls: keel-tls.map = nm -D libkeel-tls.so = keel/tls.h ----
+so=$(ls "$BUILD"/libkeel-tls.so.*.*.* 2>/dev/null | head -n 1)
+if [ -z "$so" ]; then
+	bad "no $BUILD/libkeel-tls.so.*.*.* (run make first)"
+	finish
+fi
+grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-tls.map | tr -d ' \t;' |
+	sort -u >"$dir/tls_map"
+nm -D --defined-only "$so" | awk '$2 != "A" { sub(/@.*/, "", $3); print $3 }' |
+	sort -u >"$dir/tls_nm"
+if ! $CC -E -D_GNU_SOURCE -Iinclude include/keel/tls.h >"$dir/tls.i"; then
+	bad "preprocessing include/keel/tls.h"
+fi
+decls "$dir/tls.i" include/keel/tls.h | sort -u >"$dir/tls_hdr"
+[ -s "$dir/tls_hdr" ] && ok "keel/tls.h declares functions" ||
+	bad "no function found in keel/tls.h"
+same tls_map tls_nm "keel-tls.map = nm -D $(basename "$so")"
+same tls_nm tls_hdr "nm -D $(basename "$so") = functions declared in include/keel/tls.h"
+only keel_tls_ tls_map tls_nm tls_hdr
 finish

@@ -5,7 +5,8 @@
 #    NAME line of some page, checked header by header (keel.map groups its
 #    names by header) so that a miss says which header's pages lack it;
 #    the same for libkeel-http (keel/http.h: what libkeel-http.so exports
-#    and what keel-http.map lists);
+#    and what keel-http.map lists) and libkeel-tls (keel/tls.h,
+#    keel-tls.map);
 #  - every page follows the convention: first line `name(s) "keel 0.1"
 #    "keel manual"` matching its file name, a one-line NAME section whose
 #    first name is the page's, sections in the agreed order; no name is on
@@ -131,6 +132,25 @@ else
 		ok "every exported function of keel/http.h (libkeel-http) is on a page's NAME line"
 	else
 		bad "exported functions of keel/http.h (libkeel-http) on no page's NAME line:"
+		printf '%s\n' "$miss" | sed 's/^/  /'
+	fi
+fi
+
+# ---- coverage: libkeel-tls (keel-tls.map, keel/tls.h) ----
+so=$(ls "$BUILD"/libkeel-tls.so.*.*.* 2>/dev/null | head -n 1)
+if [ -z "$so" ]; then
+	bad "no $BUILD/libkeel-tls.so.*.*.* (run make first)"
+else
+	nm -D --defined-only "$so" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
+		sort -u >"$dir/exported_tls"
+	grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-tls.map |
+		tr -d ' \t;' | sort -u >>"$dir/exported_tls"
+	sort -u -o "$dir/exported_tls" "$dir/exported_tls"
+	miss=$(comm -23 "$dir/exported_tls" "$dir/names")
+	if [ -z "$miss" ]; then
+		ok "every exported function of keel/tls.h (libkeel-tls) is on a page's NAME line"
+	else
+		bad "exported functions of keel/tls.h (libkeel-tls) on no page's NAME line:"
 		printf '%s\n' "$miss" | sed 's/^/  /'
 	fi
 fi

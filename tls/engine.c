@@ -18,11 +18,13 @@
  * answer with (a KeyUpdate, an alert). Then a reader and a writer can take
  * turns on one connection, as a stream's two directions do.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #include "internal.h"
 
@@ -120,6 +122,14 @@ BIO_METHOD *keel__tls_bio_method(void)
 
 /* ---- connections ------------------------------------------------------ */
 
+static bool is_ip(const char *name)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+
+	return inet_pton(AF_INET, name, addr) == 1 ||
+	       inet_pton(AF_INET6, name, addr) == 1;
+}
+
 int keel_tls_new(struct keel_tls_ctx *ctx, const char *server_name,
 		 struct keel_tls **out)
 {
@@ -151,13 +161,22 @@ int keel_tls_new(struct keel_tls_ctx *ctx, const char *server_name,
 		tls->server_name = strdup(server_name);
 		if (!tls->server_name)
 			goto nomem;
-		/* SNI only for a name: RFC 6066 forbids an IP address. */
-		if (!strchr(server_name, ':') &&
-		    strspn(server_name, "0123456789.") != strlen(server_name) &&
-		    SSL_set_tlsext_host_name(tls->ssl, server_name) != 1)
-			goto nomem;
-		if (ctx->verify && SSL_set1_host(tls->ssl, server_name) != 1)
-			goto nomem;
+		/* An IP address is verified against the certificate's IP
+		 * addresses and sent as no SNI (RFC 6066 forbids it); a name
+		 * against its DNS names, and sent. */
+		if (is_ip(server_name)) {
+			if (ctx->verify &&
+			    X509_VERIFY_PARAM_set1_ip_asc(
+				SSL_get0_param(tls->ssl), server_name) != 1)
+				goto nomem;
+		} else {
+			if (SSL_set_tlsext_host_name(tls->ssl, server_name) !=
+			    1)
+				goto nomem;
+			if (ctx->verify &&
+			    SSL_set1_host(tls->ssl, server_name) != 1)
+				goto nomem;
+		}
 	}
 	SSL_SESSION *sess = keel__tls_session_get(ctx, server_name);
 
@@ -364,6 +383,15 @@ int keel_tls_close_notify(struct keel_tls *tls)
 		return -EPROTO;
 	if (window_room(tls) < RECORD_OVERHEAD)
 		return -ENOBUFS;
+	/* A KeyUpdate we asked for (SSL_key_update) is still to be written,
+	 * and OpenSSL refuses to shut down "in init": write it first. */
+	if (SSL_in_init(tls->ssl)) {
+		r = SSL_do_handshake(tls->ssl);
+		if (r != 1) {
+			r = ssl_result(tls, r);
+			return r == 0 ? -EPROTO : r;
+		}
+	}
 	r = SSL_shutdown(tls->ssl);
 	if (r >= 0) {
 		tls->flags |= KEEL__TLS_CLOSE_SENT;

@@ -42,14 +42,27 @@
  * flush is in flight. */
 #define FLUSH_POLL_NS 1000000
 
+/* The task ended, however it did (a kill or an abort too): the chunk it
+ * was decrypting goes back to the ring (keel only gives back the chunks
+ * still queued in the stream). Harmless after keel_tls_stream_close. */
+static void stream_cleanup(void *arg)
+{
+	keel_tls_stream_close(arg);
+}
+
 int keel_tls_stream_open(struct keel_task *t, struct keel_tls_stream *s,
 			 struct keel_tls *tls, int fd,
 			 struct keel_bufring *ring)
 {
+	int err;
+
 	memset(s, 0, offsetof(struct keel_tls_stream, out));
 	s->tls = tls;
 	s->fd = fd;
 	keel__tls_window(tls, s->out, sizeof(s->out), 0);
+	err = keel_defer(t, stream_cleanup, s);
+	if (err)
+		return err;
 	return keel_recv_stream_open(t, &s->rs, fd, ring, 0);
 }
 

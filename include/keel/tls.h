@@ -179,7 +179,9 @@ int keel_tls_render_metrics(const struct keel_tls_ctx *ctx,
 /*
  * A new connection of `ctx`'s role. Client: `server_name` is sent as SNI
  * and is the name the server's certificate is verified against (NULL: no
- * SNI, and no name check). Server: NULL. Returns 0 or a negative errno.
+ * SNI, and no name check; an IP address is checked against the
+ * certificate's IP addresses and not sent). Server: NULL. Returns 0 or a
+ * negative errno.
  * Ownership: the caller owns *out (keel_tls_free); `ctx` must outlive it;
  * `server_name` is copied.
  */
@@ -300,8 +302,10 @@ struct keel_tls_stream {
 /*
  * Set up `s` for task `t` (the task that receives; it owns the recv
  * stream) on connected socket `fd`, receiving into `ring` (a buffer ring of
- * t's loop), with engine `tls`. Returns 0 or a negative errno (as
- * keel_recv_stream_open()).
+ * t's loop), with engine `tls`. It pushes a defer (keel_defer) that
+ * closes the stream when `t` ends, however it ends, so a killed task gives
+ * back the ring buffer it was decrypting. Returns 0 or a negative errno
+ * (as keel_recv_stream_open(), or keel_defer()'s -ENOMEM).
  * Ownership: `s` is the caller's (in t's frame); `fd`, `ring` and `tls`
  * stay the caller's and must outlive the stream (keel_tls_stream_close).
  */
@@ -328,8 +332,9 @@ int keel_tls_stream_open(struct keel_task *t, struct keel_tls_stream *s,
  * not wait for the peer's.
  *
  * One task may be in keel_tls_recv while another is in keel_tls_send or
- * keel_tls_shutdown on the same stream (both tasks of one loop); the
- * handshake runs alone.
+ * keel_tls_shutdown on the same stream (both tasks of one loop; the
+ * sender must be done before the owner's frame goes: its sends read the
+ * buffer in it); the handshake runs alone.
  */
 int keel_tls_handshake(struct keel_task *t, struct keel_tls_stream *s);
 int keel_tls_recv(struct keel_task *t, struct keel_tls_stream *s, void *buf,
