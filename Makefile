@@ -183,11 +183,13 @@ $(HTTP_STATIC): $(HTTP_OBJ)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(HTTP_SHARED): $(HTTP_OBJ) keel-http.map $(SHARED)
+# libkeel-http serves HTTPS through libkeel-tls (keel_http_opts.tls).
+$(HTTP_SHARED): $(HTTP_OBJ) keel-http.map $(SHARED) $(TLS_SHARED)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -shared -Wl,-soname,libkeel-http.so.$(SOVERSION) \
 		-Wl,--version-script=keel-http.map $(SO_DEFS) $(LDFLAGS) \
-		-o $@ $(HTTP_OBJ) -L$(BUILD) -lkeel $(HTTP_LIBS) $(LIBS)
+		-o $@ $(HTTP_OBJ) -L$(BUILD) -lkeel-tls -lkeel $(HTTP_LIBS) \
+		$(LIBS)
 	$(Q)ln -sf libkeel-http.so.$(VERSION) \
 		$(BUILD)/libkeel-http.so.$(SOVERSION)
 	$(Q)ln -sf libkeel-http.so.$(SOVERSION) $(BUILD)/libkeel-http.so
@@ -394,12 +396,12 @@ $(BUILD)/fuzz/fuzz_trace_reader: fuzz/fuzz_trace_reader.c \
 $(BUILD)/fuzz/fuzz_http: FUZZ_LDFLAGS := -Wl,--wrap=keel_tcp_listen
 
 $(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(wildcard fuzz/*.h) $(HTTP_STATIC) \
-		$(STATIC)
+		$(TLS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(INC_http) $(CFLAGS) -fsanitize=fuzzer \
-		$(LDFLAGS) $(FUZZ_LDFLAGS) -o $@ $< $(HTTP_STATIC) $(STATIC) \
-		$(HTTP_LIBS) $(LIBS) -lm
+		$(LDFLAGS) $(FUZZ_LDFLAGS) -o $@ $< $(HTTP_STATIC) \
+		$(TLS_STATIC) $(STATIC) $(HTTP_LIBS) $(TLS_LIBS) $(LIBS) -lm
 
 install: lib man
 	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig \

@@ -72,6 +72,7 @@ extern "C" {
 
 struct keel_loop;
 struct keel_runtime;
+struct keel_tls_ctx;
 struct keel_http_server;
 struct keel_http_exchange;
 
@@ -101,6 +102,18 @@ struct keel_http_opts {
 	 * are dropped and counted when its buffer is full, so the loop never
 	 * blocks on it. 0: none (fd 0 is never a log). */
 	int access_log_fd;
+	/*
+	 * HTTPS: a TLS context (keel/tls.h, libkeel-tls; a server role,
+	 * created with alpn "http/1.1") shared by every loop; NULL: plain
+	 * HTTP. Each connection does its handshake first, bounded by the
+	 * context's handshake timeout (a failure or a timeout is closed and
+	 * counted in the context's stats), then serves HTTP/1.1 as plain
+	 * does (a client offering only "h2" gets no ALPN and HTTP/1.1).
+	 * Files are read and encrypted (no splice). Closing a
+	 * connection sends close_notify first. The context must outlive the
+	 * server; /metrics adds its counters.
+	 */
+	struct keel_tls_ctx *tls;
 };
 
 /*
@@ -199,7 +212,8 @@ int keel_http_route_text(struct keel_http_server *srv, const char *method,
  * If-Modified-Since (304), a single Range (206, 416), Content-Type by
  * extension, "index.html" for a directory. Bodies go by splice through a
  * pipe (zero-copy) from the kernel's page cache when large, else in the
- * same sendmsg as the headers.
+ * same sendmsg as the headers. Over TLS (keel_http_opts.tls) a large body
+ * is read into the connection's buffer and encrypted (no splice).
  */
 int keel_http_route_files(struct keel_http_server *srv, const char *path,
 			  const char *root);
