@@ -22,6 +22,12 @@
  * client that closed from one that only shut down its writing half without
  * sending anything: before the backend is connected, both are gone.)
  *
+ * A connect that fails or runs out of time moves on to the next backend
+ * (backend_pick(): one this session has not tried), up to --retries N
+ * more (default 2): safe for any client, since nothing is sent to a
+ * backend before its connect has completed. With none left, the client's
+ * connection is closed; both are counted.
+ *
  * --max-conns N caps the sessions open at once, all loops together; a
  * connection over the cap is accepted and closed at once (counted, and
  * reported at most once a second). The default is what the descriptor
@@ -94,6 +100,10 @@ const char *backend_text;
 uint64_t connect_timeout_ns = 5000ull * 1000 * 1000;
 unsigned max_sessions;
 atomic_uint open_sessions;
+
+/* --- session.c's settings --- */
+unsigned retries = 2;
+/* --- end of session.c's settings --- */
 
 static int main_step(struct keel_task *t);
 static KEEL_TASK_TYPE(proxy_main, struct main_frame, task, main_step);
@@ -203,12 +213,18 @@ static unsigned session_room(void)
 	return fds > reserve ? (unsigned)((fds - reserve) / per_session) : 0;
 }
 
+/* session.c's long options (no short form), apart from the others. */
+enum {
+	OPT_RETRIES = 0x200,
+};
+
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: proxy [--threads N] [--mode buffers|splice] "
 		     "[--bufs N] [--buf-size BYTES]\n"
 		     "             [--batch-wait NS] [--connect-timeout MS] "
 		     "[--max-conns N]\n"
+		     "             [--retries N]\n"
 		     "             -l [ADDR:]PORT -b HOST:PORT\n");
 }
 
@@ -255,6 +271,9 @@ int main(int argc, char **argv)
 	    {"listen", required_argument, NULL, 'l'},
 	    {"backend", required_argument, NULL, 'b'},
 	    {"help", no_argument, NULL, 'h'},
+	    /* session.c's options */
+	    {"retries", required_argument, NULL, OPT_RETRIES},
+	    /* end of session.c's options */
 	    {NULL, 0, NULL, 0},
 	};
 	char *listen_arg = NULL, *backend_arg = NULL;
@@ -345,6 +364,18 @@ int main(int argc, char **argv)
 		case 'b':
 			backend_arg = optarg;
 			break;
+		/* session.c's options */
+		case OPT_RETRIES:
+			v = parse_number(optarg, 0, 63);
+			if (v < 0) {
+				fprintf(stderr,
+					"proxy: bad --retries: %s (0 to 63)\n",
+					optarg);
+				return 2;
+			}
+			retries = (unsigned)v;
+			break;
+		/* end of session.c's options */
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -452,6 +483,8 @@ int main(int argc, char **argv)
 		sum.resets += shards[i].resets;
 		sum.abandoned += shards[i].abandoned;
 		sum.refused += shards[i].refused;
+		sum.retried += shards[i].retried;
+		sum.no_backend += shards[i].no_backend;
 		if (shards[i].error && !fatal)
 			fatal = shards[i].error;
 	}
@@ -460,13 +493,15 @@ int main(int argc, char **argv)
 	printf("proxy: served %llu connections, %llu bytes up, %llu bytes "
 	       "down, %llu backend failures, %llu directions ended by an "
 	       "error, %llu clients gone while connecting, %llu refused "
-	       "over --max-conns\n",
+	       "over --max-conns, %llu connects retried, %llu clients with "
+	       "no backend\n",
 	       (unsigned long long)sum.connections, (unsigned long long)sum.up,
 	       (unsigned long long)sum.down,
 	       (unsigned long long)sum.backend_failures,
 	       (unsigned long long)sum.resets,
 	       (unsigned long long)sum.abandoned,
-	       (unsigned long long)sum.refused);
+	       (unsigned long long)sum.refused, (unsigned long long)sum.retried,
+	       (unsigned long long)sum.no_backend);
 	if (fatal) {
 		fprintf(stderr, "proxy: %s\n", keel_loop_explain(fatal));
 		return 1;

@@ -18,7 +18,8 @@
 struct pump {
 	struct keel_task task;
 	struct shard *shard;
-	uint64_t *bytes;
+	uint64_t *bytes; /* the session's count of this direction */
+	uint64_t *total; /* the loop's */
 	int from, to;
 	int result; /* 0: end of file passed on; < 0: the error */
 	/* buffers mode */
@@ -39,6 +40,8 @@ enum { RACE_CONNECT, RACE_WATCH };
 struct connector {
 	struct keel_task task;
 	int fd;
+	socklen_t len;
+	struct sockaddr_storage addr; /* handed to the kernel: in the frame */
 };
 
 /* Waits for the client to speak or go; exits with WATCH_SPOKE, 0 (end of
@@ -54,10 +57,17 @@ struct session {
 	struct keel_task task;
 	struct shard *shard;
 	int client, backend;
+	struct backend *be;	      /* being tried, then the one connected */
+	uint64_t tried;		      /* bit i: backend i was tried */
+	unsigned attempts;	      /* connects started */
+	uint64_t started;	      /* when this connect started */
+	struct sockaddr_storage addr; /* this connect's backend address */
+	socklen_t addrlen;
 	struct keel_scope race; /* connect vs. the client going */
 	uint32_t seen;		/* race results read */
 	int connected;		/* connect's result */
 	bool client_gone;
+	uint64_t bytes[2]; /* this session's: up, down */
 	struct pump *pumps[2];
 	unsigned i;
 };
@@ -135,6 +145,7 @@ static int pump_step(struct keel_task *t)
 			total += p->bufs[i].len;
 		}
 		*p->bytes += total;
+		*p->total += total;
 		if (p->n == 1) {
 			/* One chunk: a plain send (no msghdr to copy). */
 			KEEL_AWAIT(t,
@@ -177,6 +188,7 @@ static int splice_pump_step(struct keel_task *t)
 		}
 		p->left = keel_res(t);
 		*p->bytes += (uint64_t)p->left;
+		*p->total += (uint64_t)p->left;
 		while (p->left > 0) {
 			KEEL_AWAIT(t, keel_splice(t, p->pipe[0], -1, p->to, -1,
 						  (unsigned)p->left,
@@ -208,7 +220,8 @@ bool report_due(time_t *last)
 }
 
 /* At most one line a second, however many backends fail. */
-static void report_backend_failure(struct shard *s, int err)
+static void report_backend_failure(struct shard *s, const struct backend *b,
+				   int err)
 {
 	static _Thread_local time_t last;
 
@@ -216,8 +229,22 @@ static void report_backend_failure(struct shard *s, int err)
 	if (report_due(&last))
 		fprintf(stderr,
 			"proxy: backend %s: %s (%llu failures on this loop)\n",
-			backend_text, keel_strerror(err),
+			backend_name(b), keel_strerror(err),
 			(unsigned long long)s->backend_failures);
+}
+
+/* A client closed for want of a backend: every one was tried (or as many
+ * as --retries allows), or none is healthy. */
+static void report_no_backend(struct shard *s)
+{
+	static _Thread_local time_t last;
+
+	s->no_backend++;
+	if (report_due(&last))
+		fprintf(stderr,
+			"proxy: no backend left to try: closing the client "
+			"(%llu on this loop)\n",
+			(unsigned long long)s->no_backend);
 }
 
 /* Room for one more session (all loops together)? Takes it if so. */
@@ -247,8 +274,9 @@ static void report_refusal(struct shard *s)
 			max_sessions, (unsigned long long)s->refused);
 }
 
+/* A pump for one direction (0: up, client -> backend; 1: down). */
 static struct pump *start_pump(struct session *ss, int from, int to,
-			       uint64_t *bytes)
+			       unsigned dir)
 {
 	struct pump *p =
 	    keel_spawn(keel_task_loop(&ss->task),
@@ -259,7 +287,8 @@ static struct pump *start_pump(struct session *ss, int from, int to,
 		p->shard = ss->shard;
 		p->from = from;
 		p->to = to;
-		p->bytes = bytes;
+		p->bytes = &ss->bytes[dir];
+		p->total = dir ? &ss->shard->down : &ss->shard->up;
 	}
 	return p;
 }
@@ -269,8 +298,8 @@ static int connector_step(struct keel_task *t)
 	struct connector *c = keel_container_of(t, struct connector, task);
 
 	KEEL_BEGIN(t);
-	KEEL_AWAIT(t, keel_connect(t, c->fd, (struct sockaddr *)&backend_addr,
-				   backend_len));
+	KEEL_AWAIT(t,
+		   keel_connect(t, c->fd, (struct sockaddr *)&c->addr, c->len));
 	KEEL_EXIT(t, keel_res(t));
 	KEEL_END(t);
 }
@@ -309,8 +338,11 @@ static bool race_start(struct session *ss)
 	struct watcher *w;
 
 	c = keel_scope_spawn(&ss->race, &connector_task, KEEL_PRIO_NORMAL);
-	if (c)
+	if (c) {
 		c->fd = ss->backend;
+		c->addr = ss->addr;
+		c->len = ss->addrlen;
+	}
 	w = keel_scope_spawn(&ss->race, &watcher_task, KEEL_PRIO_NORMAL);
 	if (w)
 		w->fd = ss->client;
@@ -343,6 +375,22 @@ static bool race_decided(struct session *ss, int status)
 	return true;
 }
 
+/*
+ * The connect race has failed with `err` (not a cancel): whether to try
+ * the next backend. Nothing has been sent to this one (nothing is, before
+ * the connect completes), so moving on is safe for any client.
+ */
+static bool retry_next(struct session *ss, int err)
+{
+	backend_connected(ss->be, err,
+			  keel_loop_now(keel_task_loop(&ss->task)) -
+			      ss->started);
+	report_backend_failure(ss->shard, ss->be, err);
+	backend_release(ss->be, 0, 0);
+	ss->be = NULL;
+	return ss->attempts <= retries;
+}
+
 static int session_step(struct keel_task *t)
 {
 	struct session *ss = keel_container_of(t, struct session, task);
@@ -352,13 +400,28 @@ static int session_step(struct keel_task *t)
 		ss->shard->abandoned++;
 		goto close_client;
 	}
-	ss->backend = keel_tcp_socket(backend_addr.ss_family);
-	if (ss->backend < 0) {
-		report_backend_failure(ss->shard, ss->backend);
+next_backend:
+	ss->be = backend_pick(ss->tried, &ss->addr, &ss->addrlen);
+	if (!ss->be) {
+		report_no_backend(ss->shard);
 		goto close_client;
 	}
+	if (backend_index(ss->be) < 64)
+		ss->tried |= 1ull << backend_index(ss->be);
+	ss->attempts++;
+	ss->backend = keel_tcp_socket(ss->addr.ss_family);
+	if (ss->backend < 0) {
+		/* Ours (descriptors, memory), not the backend's. */
+		report_backend_failure(ss->shard, ss->be, ss->backend);
+		backend_release(ss->be, 0, 0);
+		goto close_client;
+	}
+	ss->seen = 0;
+	ss->connected = 0;
+	ss->started = keel_loop_now(keel_task_loop(t));
 	if (keel_scope_init(t, &ss->race, KEEL_SCOPE_COLLECT)) {
-		report_backend_failure(ss->shard, -ENOMEM);
+		report_backend_failure(ss->shard, ss->be, -ENOMEM);
+		backend_release(ss->be, 0, 0);
 		goto close_both;
 	}
 	if (race_start(ss)) {
@@ -373,19 +436,27 @@ static int session_step(struct keel_task *t)
 	keel_scope_cancel(&ss->race);
 	KEEL_AWAIT(t, keel_scope_join(t, &ss->race));
 	keel_scope_fini(&ss->race);
-	if (ss->client_gone) {
-		ss->shard->abandoned++;
+	if (ss->client_gone || ss->connected == -ECANCELED) {
+		/* Gone, or the proxy is shutting down: nobody's failure. */
+		if (ss->client_gone)
+			ss->shard->abandoned++;
+		backend_release(ss->be, 0, 0);
 		goto close_both;
 	}
 	if (ss->connected < 0) {
-		if (ss->connected != -ECANCELED)
-			report_backend_failure(ss->shard, ss->connected);
-		goto close_both;
+		if (!retry_next(ss, ss->connected)) {
+			report_no_backend(ss->shard);
+			goto close_both;
+		}
+		ss->shard->retried++;
+		KEEL_AWAIT(t, keel_close(t, ss->backend));
+		goto next_backend;
 	}
+	backend_connected(ss->be, 0,
+			  keel_loop_now(keel_task_loop(t)) - ss->started);
 	keel_tcp_nodelay(ss->backend);
-	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, &ss->shard->up);
-	ss->pumps[1] =
-	    start_pump(ss, ss->backend, ss->client, &ss->shard->down);
+	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, 0);
+	ss->pumps[1] = start_pump(ss, ss->backend, ss->client, 1);
 	if (!ss->pumps[0] || !ss->pumps[1]) {
 		/* Out of memory: end the one that started. */
 		shutdown(ss->client, SHUT_RDWR);
@@ -396,10 +467,14 @@ static int session_step(struct keel_task *t)
 			continue;
 		KEEL_AWAIT(t, keel_join(t, &ss->pumps[ss->i]->task));
 		/* A pump exits 0; anything else is the join's own error
-		 * (the shutdown): let the pump go when it is done. */
-		if (keel_res(t) != 0)
+		 * (the shutdown): let the pump go when it is done, counting
+		 * into the shard from now on (this frame goes first). */
+		if (keel_res(t) != 0) {
+			ss->pumps[ss->i]->bytes = &ss->shard->detached;
 			keel_task_detach(&ss->pumps[ss->i]->task);
+		}
 	}
+	backend_release(ss->be, ss->bytes[0], ss->bytes[1]);
 close_both:
 	KEEL_AWAIT(t, keel_close(t, ss->backend));
 close_client:
