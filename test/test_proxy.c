@@ -1314,3 +1314,71 @@ Test(proxy, proxies_pointed_at_each_other_release_fds_client_spoke_splice,
 {
 	run_loop("splice", true);
 }
+
+/* ---- --idle-timeout ------------------------------------------------------ */
+
+/* The backend's count of connections that saw end of file. */
+static int backend_eofs(struct backend *b)
+{
+	int n;
+
+	pthread_mutex_lock(&b->lock);
+	n = b->eofs;
+	pthread_mutex_unlock(&b->lock);
+	return n;
+}
+
+/*
+ * A connection that moves nothing for --idle-timeout is closed, both
+ * sides: the client sees its end, so does the backend; one that keeps
+ * talking (ten times more often than the timeout) is left alone.
+ */
+static void run_idle(const char *mode)
+{
+	struct proxy_opts o = {.mode = mode, .threads = 1};
+	struct backend b;
+	struct proxy px;
+	const char *sum;
+	int quiet, busy, end, i;
+
+	backend_start(&b, 0, B_ECHO);
+	o.backend_port = b.port;
+	o.extra[0] = "--idle-timeout";
+	o.extra[1] = "1000";
+	proxy_launch(&px, &o);
+	quiet = connect_to(px.port);
+	cr_assert(echo_byte(quiet), "the quiet connection was not served");
+	busy = connect_to(px.port);
+	for (i = 0; i < 20; i++) {
+		cr_assert(echo_byte(busy),
+			  "the busy connection was closed "
+			  "after %d round trips",
+			  i);
+		sleep_ms(100);
+	}
+	/* (the 20 s receive timeout would say it was not closed) */
+	end = recv_end(quiet);
+	cr_assert(end == 0 || end == -ECONNRESET, "the quiet connection: %s",
+		  end > 0 ? "data" : strerror(-end));
+	for (i = 0; i < 2000 && backend_eofs(&b) < 1; i++)
+		sleep_ms(10);
+	cr_assert_eq(backend_eofs(&b), 1, "the backend did not see its end");
+	cr_assert(echo_byte(busy), "the busy connection was closed");
+	close(quiet);
+	close(busy);
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(summary_count(sum, "closed idle"), 1, "summary: %s", sum);
+}
+
+Test(proxy, idle_timeout_closes_both_sides_buffers, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_idle("buffers");
+}
+
+Test(proxy, idle_timeout_closes_both_sides_splice, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_idle("splice");
+}

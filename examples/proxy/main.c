@@ -28,6 +28,11 @@
  * backend before its connect has completed. With none left, the client's
  * connection is closed; both are counted.
  *
+ * --idle-timeout MS (default 0: off): a session that has moved no byte in
+ * either direction for that long is closed, both sides (counted). A loop's
+ * sweep checks its sessions' byte counts every quarter of it (at most
+ * 100 ms), so the data path pays nothing per recv.
+ *
  * --max-conns N caps the sessions open at once, all loops together; a
  * connection over the cap is accepted and closed at once (counted, and
  * reported at most once a second). The default is what the descriptor
@@ -103,6 +108,7 @@ atomic_uint open_sessions;
 
 /* --- session.c's settings --- */
 unsigned retries = 2;
+uint64_t idle_timeout_ns;
 /* --- end of session.c's settings --- */
 
 static int main_step(struct keel_task *t);
@@ -216,6 +222,7 @@ static unsigned session_room(void)
 /* session.c's long options (no short form), apart from the others. */
 enum {
 	OPT_RETRIES = 0x200,
+	OPT_IDLE_TIMEOUT,
 };
 
 static void usage(FILE *out)
@@ -224,7 +231,7 @@ static void usage(FILE *out)
 		     "[--bufs N] [--buf-size BYTES]\n"
 		     "             [--batch-wait NS] [--connect-timeout MS] "
 		     "[--max-conns N]\n"
-		     "             [--retries N]\n"
+		     "             [--retries N] [--idle-timeout MS]\n"
 		     "             -l [ADDR:]PORT -b HOST:PORT\n");
 }
 
@@ -273,6 +280,7 @@ int main(int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},
 	    /* session.c's options */
 	    {"retries", required_argument, NULL, OPT_RETRIES},
+	    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
 	    /* end of session.c's options */
 	    {NULL, 0, NULL, 0},
 	};
@@ -374,6 +382,17 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			retries = (unsigned)v;
+			break;
+		case OPT_IDLE_TIMEOUT:
+			v = parse_number(optarg, 0, 86400000);
+			if (v < 0) {
+				fprintf(stderr,
+					"proxy: bad --idle-timeout: %s (ms, 0 "
+					"to 86400000; 0: off)\n",
+					optarg);
+				return 2;
+			}
+			idle_timeout_ns = (uint64_t)v * 1000 * 1000;
 			break;
 		/* end of session.c's options */
 		case 'h':
@@ -485,6 +504,7 @@ int main(int argc, char **argv)
 		sum.refused += shards[i].refused;
 		sum.retried += shards[i].retried;
 		sum.no_backend += shards[i].no_backend;
+		sum.idle_closed += shards[i].idle_closed;
 		if (shards[i].error && !fatal)
 			fatal = shards[i].error;
 	}
@@ -494,14 +514,15 @@ int main(int argc, char **argv)
 	       "down, %llu backend failures, %llu directions ended by an "
 	       "error, %llu clients gone while connecting, %llu refused "
 	       "over --max-conns, %llu connects retried, %llu clients with "
-	       "no backend\n",
+	       "no backend, %llu closed idle\n",
 	       (unsigned long long)sum.connections, (unsigned long long)sum.up,
 	       (unsigned long long)sum.down,
 	       (unsigned long long)sum.backend_failures,
 	       (unsigned long long)sum.resets,
 	       (unsigned long long)sum.abandoned,
 	       (unsigned long long)sum.refused, (unsigned long long)sum.retried,
-	       (unsigned long long)sum.no_backend);
+	       (unsigned long long)sum.no_backend,
+	       (unsigned long long)sum.idle_closed);
 	if (fatal) {
 		fprintf(stderr, "proxy: %s\n", keel_loop_explain(fatal));
 		return 1;

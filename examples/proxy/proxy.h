@@ -37,6 +37,9 @@ struct shard {
 	uint64_t retried;    /* connects moved on to the next backend */
 	uint64_t no_backend; /* clients closed: no backend left to try */
 	uint64_t detached;   /* what pumps whose session has gone count */
+	/* --idle-timeout */
+	struct session *sessions; /* those whose pumps run (session.c) */
+	uint64_t idle_closed;	  /* sessions ended by it */
 	int error;
 };
 
@@ -73,7 +76,8 @@ void backend_release(struct backend *b, uint64_t up, uint64_t down);
 /* --- end of the seam --- */
 
 /* --- session.c's settings (main.c parses them) --- */
-extern unsigned retries; /* --retries: backends tried after the first */
+extern unsigned retries;	 /* --retries: backends tried after the first */
+extern uint64_t idle_timeout_ns; /* --idle-timeout; 0: off */
 /* --- end of session.c's settings --- */
 
 /* session.c: a loop's acceptor, which starts a session per connection;

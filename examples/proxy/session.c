@@ -70,6 +70,18 @@ struct session {
 	uint64_t bytes[2]; /* this session's: up, down */
 	struct pump *pumps[2];
 	unsigned i;
+	/* --idle-timeout: on the shard's list while the pumps run */
+	struct session *next, **pprev;
+	uint64_t moved;	      /* bytes[0] + bytes[1] at the last sweep */
+	uint64_t quiet_since; /* when the sweep last saw them change */
+	bool idled;	      /* closed for it */
+};
+
+/* A loop's idle sweep (--idle-timeout). */
+struct sweeper {
+	struct keel_task task;
+	struct shard *shard;
+	uint64_t period;
 };
 
 struct acceptor {
@@ -89,6 +101,7 @@ static int connector_step(struct keel_task *t);
 static int watcher_step(struct keel_task *t);
 static int session_step(struct keel_task *t);
 static int acceptor_step(struct keel_task *t);
+static int sweeper_step(struct keel_task *t);
 
 static KEEL_TASK_TYPE(pump_task, struct pump, task, pump_step);
 static KEEL_TASK_TYPE(splice_pump_task, struct pump, task, splice_pump_step);
@@ -96,6 +109,7 @@ static KEEL_TASK_TYPE(connector_task, struct connector, task, connector_step);
 static KEEL_TASK_TYPE(watcher_task, struct watcher, task, watcher_step);
 static KEEL_TASK_TYPE(session_task, struct session, task, session_step);
 KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
+static KEEL_TASK_TYPE(sweeper_task, struct sweeper, task, sweeper_step);
 
 static void release_all(struct pump *p)
 {
@@ -105,7 +119,8 @@ static void release_all(struct pump *p)
 }
 
 /* End of a direction: pass a clean end on as a half-close; after an
- * error, stop both directions (the other pump then sees its end too). */
+ * error, stop both directions (the other pump then sees its end too).
+ */
 static void pump_finish(struct pump *p)
 {
 	if (p->result == 0) {
@@ -147,7 +162,8 @@ static int pump_step(struct keel_task *t)
 		*p->bytes += total;
 		*p->total += total;
 		if (p->n == 1) {
-			/* One chunk: a plain send (no msghdr to copy). */
+			/* One chunk: a plain send (no msghdr to copy).
+			 */
 			KEEL_AWAIT(t,
 				   keel_send_all(t, p->to, p->bufs[0].data,
 						 p->bufs[0].len, MSG_NOSIGNAL));
@@ -208,7 +224,8 @@ out:
 	KEEL_END(t);
 }
 
-/* Whether a report last made at *last may be made again: once a second. */
+/* Whether a report last made at *last may be made again: once a second.
+ */
 bool report_due(time_t *last)
 {
 	time_t now = time(NULL);
@@ -228,13 +245,14 @@ static void report_backend_failure(struct shard *s, const struct backend *b,
 	s->backend_failures++;
 	if (report_due(&last))
 		fprintf(stderr,
-			"proxy: backend %s: %s (%llu failures on this loop)\n",
+			"proxy: backend %s: %s (%llu failures on this "
+			"loop)\n",
 			backend_name(b), keel_strerror(err),
 			(unsigned long long)s->backend_failures);
 }
 
-/* A client closed for want of a backend: every one was tried (or as many
- * as --retries allows), or none is healthy. */
+/* A client closed for want of a backend: every one was tried (or as
+ * many as --retries allows), or none is healthy. */
 static void report_no_backend(struct shard *s)
 {
 	static _Thread_local time_t last;
@@ -316,10 +334,10 @@ static int watcher_step(struct keel_task *t)
 }
 
 /*
- * Whether the client has gone already (a reset, or end of file before it
- * sent anything): a non-blocking peek, which consumes nothing. Such a
- * client is not connected onward: a connection that would outlive it is
- * what keeps a loop of proxies going after its client has left.
+ * Whether the client has gone already (a reset, or end of file before
+ * it sent anything): a non-blocking peek, which consumes nothing. Such
+ * a client is not connected onward: a connection that would outlive it
+ * is what keeps a loop of proxies going after its client has left.
  */
 static bool client_gone_now(int fd)
 {
@@ -376,9 +394,95 @@ static bool race_decided(struct session *ss, int status)
 }
 
 /*
+ * --idle-timeout. The pumps count the bytes they move anyway; the
+ * sweep, a task per loop that wakes every period (a quarter of the
+ * timeout, at most 100 ms), compares each session's count with what it
+ * saw last time: a count that has stood still for the timeout ends the
+ * session. So the data path pays nothing for it (no timer re-armed per
+ * recv, not even a clock read), and a session closes between the
+ * timeout and a period after it.
+ */
+static void idle_watch(struct session *ss)
+{
+	struct shard *s = ss->shard;
+
+	if (!idle_timeout_ns)
+		return;
+	ss->moved = 0;
+	ss->quiet_since = keel_loop_now(keel_task_loop(&ss->task));
+	ss->next = s->sessions;
+	if (ss->next)
+		ss->next->pprev = &ss->next;
+	ss->pprev = &s->sessions;
+	s->sessions = ss;
+}
+
+static void idle_unwatch(struct session *ss)
+{
+	if (!ss->pprev)
+		return;
+	*ss->pprev = ss->next;
+	if (ss->next)
+		ss->next->pprev = ss->pprev;
+	ss->pprev = NULL;
+}
+
+static void idle_sweep(struct shard *s, uint64_t now)
+{
+	for (struct session *ss = s->sessions; ss; ss = ss->next) {
+		uint64_t moved = ss->bytes[0] + ss->bytes[1];
+
+		if (moved != ss->moved) {
+			ss->moved = moved;
+			ss->quiet_since = now;
+		} else if (!ss->idled &&
+			   now - ss->quiet_since >= idle_timeout_ns) {
+			/* Both pumps see their end: the session ends. */
+			ss->idled = true;
+			s->idle_closed++;
+			shutdown(ss->client, SHUT_RDWR);
+			shutdown(ss->backend, SHUT_RDWR);
+		}
+	}
+}
+
+static int sweeper_step(struct keel_task *t)
+{
+	struct sweeper *w = keel_container_of(t, struct sweeper, task);
+
+	KEEL_BEGIN(t);
+	for (;;) {
+		KEEL_AWAIT(t, keel_sleep(t, w->period));
+		if (keel_res(t) < 0)
+			break; /* the shutdown */
+		idle_sweep(w->shard, keel_loop_now(keel_task_loop(t)));
+	}
+	KEEL_END(t);
+}
+
+/* Start the loop's sweep, if --idle-timeout asks for one. */
+static int sweeper_start(struct keel_task *acceptor, struct shard *s)
+{
+	struct sweeper *w;
+
+	if (!idle_timeout_ns)
+		return 0;
+	w = keel_spawn(keel_task_loop(acceptor), &sweeper_task, KEEL_PRIO_HIGH);
+	if (!w)
+		return -ENOMEM;
+	w->shard = s;
+	w->period = idle_timeout_ns / 4;
+	if (w->period > 100 * 1000 * 1000)
+		w->period = 100 * 1000 * 1000;
+	if (!w->period)
+		w->period = 1;
+	return 0;
+}
+
+/*
  * The connect race has failed with `err` (not a cancel): whether to try
- * the next backend. Nothing has been sent to this one (nothing is, before
- * the connect completes), so moving on is safe for any client.
+ * the next backend. Nothing has been sent to this one (nothing is,
+ * before the connect completes), so moving on is safe for any client.
  */
 static bool retry_next(struct session *ss, int err)
 {
@@ -437,7 +541,8 @@ next_backend:
 	KEEL_AWAIT(t, keel_scope_join(t, &ss->race));
 	keel_scope_fini(&ss->race);
 	if (ss->client_gone || ss->connected == -ECANCELED) {
-		/* Gone, or the proxy is shutting down: nobody's failure. */
+		/* Gone, or the proxy is shutting down: nobody's
+		 * failure. */
 		if (ss->client_gone)
 			ss->shard->abandoned++;
 		backend_release(ss->be, 0, 0);
@@ -462,18 +567,21 @@ next_backend:
 		shutdown(ss->client, SHUT_RDWR);
 		shutdown(ss->backend, SHUT_RDWR);
 	}
+	idle_watch(ss);
 	for (ss->i = 0; ss->i < 2; ss->i++) {
 		if (!ss->pumps[ss->i])
 			continue;
 		KEEL_AWAIT(t, keel_join(t, &ss->pumps[ss->i]->task));
 		/* A pump exits 0; anything else is the join's own error
-		 * (the shutdown): let the pump go when it is done, counting
-		 * into the shard from now on (this frame goes first). */
+		 * (the shutdown): let the pump go when it is done,
+		 * counting into the shard from now on (this frame goes
+		 * first). */
 		if (keel_res(t) != 0) {
 			ss->pumps[ss->i]->bytes = &ss->shard->detached;
 			keel_task_detach(&ss->pumps[ss->i]->task);
 		}
 	}
+	idle_unwatch(ss);
 	backend_release(ss->be, ss->bytes[0], ss->bytes[1]);
 close_both:
 	KEEL_AWAIT(t, keel_close(t, ss->backend));
@@ -493,6 +601,8 @@ static int acceptor_step(struct keel_task *t)
 		s->error = keel_bufring_create(keel_task_loop(t), &ring_opts,
 					       &s->ring);
 	if (!s->error)
+		s->error = sweeper_start(t, s);
+	if (!s->error)
 		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd, 0);
 	if (s->error) {
 		keel_runtime_shutdown(keel_runtime_current());
@@ -510,8 +620,8 @@ static int acceptor_step(struct keel_task *t)
 			break;
 		}
 		if (!session_admit()) {
-			/* Closing it also ends a chain of proxies pointed at
-			 * each other (see the top). */
+			/* Closing it also ends a chain of proxies
+			 * pointed at each other (see the top). */
 			close(fd);
 			report_refusal(s);
 			continue;
