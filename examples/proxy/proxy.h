@@ -19,7 +19,7 @@
 #define GATHER	       8	   /* chunks per sendmsg */
 #define SPLICE_CHUNK   (64 * 1024) /* bytes per splice */
 /* Descriptors not for sessions: stdio, the signalfd, and per loop its
- * ring, its listener and one to accept a connection it refuses. */
+ * ring, its listener and one for a client it holds or refuses. */
 #define FD_RESERVE	    32
 #define FD_RESERVE_PER_LOOP 3
 
@@ -78,6 +78,7 @@ void backend_release(struct backend *b, uint64_t up, uint64_t down);
 /* --- session.c's settings (main.c parses them) --- */
 extern unsigned retries;	 /* --retries: backends tried after the first */
 extern uint64_t idle_timeout_ns; /* --idle-timeout; 0: off */
+extern unsigned low_water;	 /* --low-water: accept again at this many */
 /* --- end of session.c's settings --- */
 
 /* session.c: a loop's acceptor, which starts a session per connection;

@@ -84,10 +84,18 @@ struct sweeper {
 	uint64_t period;
 };
 
+#define PAUSE_NS (10ull * 1000 * 1000) /* full: look again this often */
+
 struct acceptor {
 	struct keel_task task;
 	struct shard *shard;
 	struct keel_accept_stream as;
+	bool open;	    /* the accept stream is armed */
+	bool reported;	    /* this pause's line was printed */
+	int waiting;	    /* accepted over the cap, waits for room; or -1 */
+	unsigned open_seen; /* sessions open at the last look (paused) */
+	uint64_t stalled_since; /* none has ended since (paused) */
+	unsigned drained;	/* clients refused by this drain */
 };
 
 struct main_frame {
@@ -119,8 +127,7 @@ static void release_all(struct pump *p)
 }
 
 /* End of a direction: pass a clean end on as a half-close; after an
- * error, stop both directions (the other pump then sees its end too).
- */
+ * error, stop both directions (the other pump then sees its end too). */
 static void pump_finish(struct pump *p)
 {
 	if (p->result == 0) {
@@ -162,8 +169,7 @@ static int pump_step(struct keel_task *t)
 		*p->bytes += total;
 		*p->total += total;
 		if (p->n == 1) {
-			/* One chunk: a plain send (no msghdr to copy).
-			 */
+			/* One chunk: a plain send (no msghdr to copy). */
 			KEEL_AWAIT(t,
 				   keel_send_all(t, p->to, p->bufs[0].data,
 						 p->bufs[0].len, MSG_NOSIGNAL));
@@ -224,8 +230,7 @@ out:
 	KEEL_END(t);
 }
 
-/* Whether a report last made at *last may be made again: once a second.
- */
+/* Whether a report last made at *last may be made again: once a second. */
 bool report_due(time_t *last)
 {
 	time_t now = time(NULL);
@@ -245,8 +250,7 @@ static void report_backend_failure(struct shard *s, const struct backend *b,
 	s->backend_failures++;
 	if (report_due(&last))
 		fprintf(stderr,
-			"proxy: backend %s: %s (%llu failures on this "
-			"loop)\n",
+			"proxy: backend %s: %s (%llu failures on this loop)\n",
 			backend_name(b), keel_strerror(err),
 			(unsigned long long)s->backend_failures);
 }
@@ -280,16 +284,53 @@ static void session_leave(void)
 	atomic_fetch_sub_explicit(&open_sessions, 1, memory_order_relaxed);
 }
 
-static void report_refusal(struct shard *s)
+/* Pauses are reported once a second at most, all loops together: a
+ * resume is reported when its pause was. */
+static _Atomic time_t last_pause_report;
+
+static bool pause_report_due(void)
+{
+	time_t now = time(NULL);
+	time_t last =
+	    atomic_load_explicit(&last_pause_report, memory_order_relaxed);
+
+	return now != last && atomic_compare_exchange_strong_explicit(
+				  &last_pause_report, &last, now,
+				  memory_order_relaxed, memory_order_relaxed);
+}
+
+static void report_pause(struct acceptor *a)
+{
+	a->reported = pause_report_due();
+	if (a->reported)
+		fprintf(stderr,
+			"proxy: %u sessions open (--max-conns): not accepting "
+			"until %u are; new clients wait in the listen queue\n",
+			max_sessions, low_water);
+}
+
+static void report_resume(struct acceptor *a)
+{
+	if (a->reported)
+		fprintf(
+		    stderr, "proxy: %u sessions open: accepting again\n",
+		    atomic_load_explicit(&open_sessions, memory_order_relaxed));
+	a->reported = false;
+}
+
+static void report_refusal(struct shard *s, unsigned n)
 {
 	static _Thread_local time_t last;
 
-	s->refused++;
+	s->refused += n;
 	if (report_due(&last))
 		fprintf(stderr,
-			"proxy: %u sessions open (--max-conns): refusing "
-			"connections (%llu on this loop)\n",
-			max_sessions, (unsigned long long)s->refused);
+			"proxy: %u sessions open (--max-conns) and none has "
+			"ended for %llu ms: refused the %u clients waiting "
+			"(%llu on this loop)\n",
+			max_sessions,
+			(unsigned long long)(connect_timeout_ns / 1000000), n,
+			(unsigned long long)s->refused);
 }
 
 /* A pump for one direction (0: up, client -> backend; 1: down). */
@@ -334,10 +375,10 @@ static int watcher_step(struct keel_task *t)
 }
 
 /*
- * Whether the client has gone already (a reset, or end of file before
- * it sent anything): a non-blocking peek, which consumes nothing. Such
- * a client is not connected onward: a connection that would outlive it
- * is what keeps a loop of proxies going after its client has left.
+ * Whether the client has gone already (a reset, or end of file before it
+ * sent anything): a non-blocking peek, which consumes nothing. Such a
+ * client is not connected onward: a connection that would outlive it is
+ * what keeps a loop of proxies going after its client has left.
  */
 static bool client_gone_now(int fd)
 {
@@ -591,56 +632,138 @@ close_client:
 	KEEL_END(t);
 }
 
+/* Start a session for client `fd`, admitted already. */
+static void session_start(struct acceptor *a, int fd)
+{
+	struct session *ss = keel_spawn(keel_task_loop(&a->task), &session_task,
+					KEEL_PRIO_NORMAL);
+
+	if (!ss) {
+		session_leave();
+		close(fd);
+		return;
+	}
+	keel_tcp_nodelay(fd);
+	ss->shard = a->shard;
+	ss->client = fd;
+	a->shard->connections++;
+}
+
+/* Room again: at or below the low-water mark (a client waiting here
+ * takes its place first). */
+static bool room_again(struct acceptor *a)
+{
+	if (atomic_load_explicit(&open_sessions, memory_order_relaxed) >
+	    low_water)
+		return false;
+	if (a->waiting >= 0) {
+		if (!session_admit())
+			return false; /* other loops were quicker */
+		session_start(a, a->waiting);
+		a->waiting = -1;
+	}
+	return true;
+}
+
+/* While paused: whether the sessions open have stood still for the
+ * connect timeout (then the clients waiting are refused: see the top). */
+static bool stalled(struct acceptor *a)
+{
+	uint64_t now = keel_loop_now(keel_task_loop(&a->task));
+	unsigned n = atomic_load_explicit(&open_sessions, memory_order_relaxed);
+
+	if (n < a->open_seen)
+		a->stalled_since = now;
+	a->open_seen = n;
+	return now - a->stalled_since >= connect_timeout_ns;
+}
+
 static int acceptor_step(struct keel_task *t)
 {
 	struct acceptor *a = keel_container_of(t, struct acceptor, task);
 	struct shard *s = a->shard;
+	int fd;
 
 	KEEL_BEGIN(t);
+	a->waiting = -1;
 	if (!splice_mode)
 		s->error = keel_bufring_create(keel_task_loop(t), &ring_opts,
 					       &s->ring);
 	if (!s->error)
 		s->error = sweeper_start(t, s);
-	if (!s->error)
-		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd, 0);
-	if (s->error) {
-		keel_runtime_shutdown(keel_runtime_current());
-		goto done;
-	}
+	if (s->error)
+		goto out;
 	for (;;) {
+		if (!a->open) {
+			s->error =
+			    keel_accept_stream_open(t, &a->as, s->listen_fd, 0);
+			if (s->error)
+				goto out;
+			a->open = true;
+		}
 		KEEL_AWAIT(t, keel_accept_next(t, &a->as));
-		int fd = keel_res(t);
-
+		fd = keel_res(t);
 		if (fd < 0) {
-			if (fd != -ECANCELED && fd != -ETIMEDOUT) {
+			if (fd != -ECANCELED && fd != -ETIMEDOUT)
 				s->error = fd;
-				keel_runtime_shutdown(keel_runtime_current());
-			}
 			break;
 		}
 		if (!session_admit()) {
-			/* Closing it also ends a chain of proxies
-			 * pointed at each other (see the top). */
-			close(fd);
-			report_refusal(s);
-			continue;
+			/* Another loop took the last place: this one
+			 * waits here for room, the next in the queue. */
+			a->waiting = fd;
+		} else {
+			session_start(a, fd);
+			if (atomic_load_explicit(&open_sessions,
+						 memory_order_relaxed) <
+			    max_sessions)
+				continue;
 		}
-		keel_tcp_nodelay(fd);
-		struct session *ss = keel_spawn(
-		    keel_task_loop(t), &session_task, KEEL_PRIO_NORMAL);
-
-		if (!ss) {
-			session_leave();
-			close(fd);
-			continue;
+		/* Full: stop accepting (the listen queue holds the next
+		 * clients) until the sessions open fall to the low-water
+		 * mark. */
+		keel_accept_stream_close(&a->as);
+		a->open = false;
+		report_pause(a);
+		a->open_seen = max_sessions;
+		a->stalled_since = keel_loop_now(keel_task_loop(t));
+		while (!room_again(a)) {
+			KEEL_AWAIT(t, keel_sleep(t, PAUSE_NS));
+			if (keel_res(t) < 0)
+				goto out; /* the shutdown */
+			if (!stalled(a))
+				continue;
+			/* Refuse the clients waiting: the one held here and
+			 * those in the listen queue (each accept waits a
+			 * millisecond at most for one). */
+			a->drained = 0;
+			if (a->waiting >= 0) {
+				close(a->waiting);
+				a->waiting = -1;
+				a->drained++;
+			}
+			while (a->drained < LISTEN_BACKLOG) {
+				keel_op_timeout(t, 1000 * 1000);
+				KEEL_AWAIT(t, keel_accept(t, s->listen_fd, NULL,
+							  NULL, SOCK_CLOEXEC));
+				if (keel_res(t) < 0)
+					break;
+				close(keel_res(t));
+				a->drained++;
+			}
+			if (a->drained)
+				report_refusal(s, a->drained);
+			a->stalled_since = keel_loop_now(keel_task_loop(t));
 		}
-		ss->shard = s;
-		ss->client = fd;
-		s->connections++;
+		report_resume(a);
 	}
-	keel_accept_stream_close(&a->as);
-done:
+out:
+	if (a->open)
+		keel_accept_stream_close(&a->as);
+	if (a->waiting >= 0)
+		close(a->waiting);
+	if (s->error)
+		keel_runtime_shutdown(keel_runtime_current());
 	KEEL_AWAIT(t, keel_close(t, s->listen_fd));
 	KEEL_END(t);
 }
