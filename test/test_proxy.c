@@ -404,7 +404,8 @@ static int proxy_path(char *path, size_t len)
 struct proxy_opts {
 	const char *mode;
 	int threads;
-	uint16_t listen_port; /* 0: a free one, read from its first line */
+	uint16_t listen_port;	 /* 0: a free one, read from its first line */
+	const char *listen_host; /* NULL: 127.0.0.1 ("[::1]" for IPv6) */
 	uint16_t backend_port;
 	const char *extra[3]; /* more arguments, NULL-terminated */
 	int nofile;	      /* its descriptor limit (ulimit -n); 0: ours */
@@ -422,8 +423,8 @@ static void proxy_launch(struct proxy *px, const struct proxy_opts *o)
 		cr_skip_test("the proxy example is not built (make examples), "
 			     "or set KEEL_PROXY");
 	snprintf(nthreads, sizeof(nthreads), "%d", o->threads);
-	snprintf(listen_arg, sizeof(listen_arg), "127.0.0.1:%u",
-		 o->listen_port);
+	snprintf(listen_arg, sizeof(listen_arg), "%s:%u",
+		 o->listen_host ? o->listen_host : "127.0.0.1", o->listen_port);
 	snprintf(backend, sizeof(backend), "127.0.0.1:%u", o->backend_port);
 	argv[n++] = path;
 	argv[n++] = "--threads";
@@ -1389,4 +1390,122 @@ Test(proxy, idle_timeout_closes_both_sides_splice, .timeout = 60,
      .fini = proxy_reap)
 {
 	run_idle("splice");
+}
+
+/* ---- --proxy-protocol ---------------------------------------------------- */
+
+/*
+ * The backend connection begins with the PROXY protocol v2 header (as
+ * haproxy's proxy-protocol.txt lays it out, built here byte by byte),
+ * then the client's bytes: over IPv4 (listening on 127.0.0.1) and IPv6
+ * (on ::1; the backend stays on 127.0.0.1: the header tells of the
+ * client's connection); an IPv4 client of a wildcard IPv6 listener (its
+ * addresses v4-mapped) is told of as IPv4.
+ */
+static void run_proxy_protocol(bool v6, const char *listen_host)
+{
+	struct proxy_opts o = {.mode = "buffers", .threads = 1};
+	struct sockaddr_storage cl;
+	socklen_t cllen = sizeof(cl);
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	uint8_t want[64], got[64 + 5];
+	size_t n = 0;
+	struct proxy px;
+	int lfd, fd, bfd, err;
+	uint16_t cport;
+
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(lfd, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(listen(lfd, 8), 0);
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+	set_timeouts(lfd, 20); /* the accept below too */
+	o.backend_port = ntohs(sin.sin_port);
+	o.listen_host = listen_host;
+	o.extra[0] = "--proxy-protocol";
+	proxy_launch(&px, &o);
+
+	if (v6) {
+		struct sockaddr_in6 s6 = {.sin6_family = AF_INET6,
+					  .sin6_port = htons(px.port),
+					  .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+
+		fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(connect(fd, (struct sockaddr *)&s6, sizeof(s6)), 0,
+			     "connect to [::1]:%u: %s", px.port,
+			     strerror(errno));
+		set_timeouts(fd, 20);
+	} else {
+		fd = connect_to(px.port);
+	}
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&cl, &cllen), 0);
+	cport = v6 ? ntohs(((struct sockaddr_in6 *)&cl)->sin6_port)
+		   : ntohs(((struct sockaddr_in *)&cl)->sin_port);
+	cr_assert_eq(send_all(fd, "hello", 5), 0);
+
+	/* signature, version 2 + PROXY, TCP over IPv4/IPv6, length */
+	memcpy(want, "\r\n\r\n\0\r\nQUIT\n", 12);
+	n = 12;
+	want[n++] = 0x21;
+	want[n++] = v6 ? 0x21 : 0x11;
+	want[n++] = 0;
+	want[n++] = v6 ? 36 : 12;
+	for (int i = 0; i < 2; i++) { /* source, destination: loopback */
+		if (v6) {
+			memset(want + n, 0, 15);
+			want[n + 15] = 1;
+			n += 16;
+		} else {
+			memcpy(want + n, "\x7f\0\0\x01", 4);
+			n += 4;
+		}
+	}
+	want[n++] = (uint8_t)(cport >> 8);
+	want[n++] = (uint8_t)cport;
+	want[n++] = (uint8_t)(px.port >> 8);
+	want[n++] = (uint8_t)px.port;
+	memcpy(want + n, "hello", 5);
+	n += 5;
+
+	bfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	cr_assert_geq(bfd, 0, "the proxy did not connect: %s", strerror(errno));
+	set_timeouts(bfd, 20);
+	cr_assert_eq(recv_full(bfd, got, n, &err), n,
+		     "the backend got fewer bytes than the header and hello");
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(got[i], want[i],
+			     "byte %zu: 0x%02x, the spec says 0x%02x", i,
+			     got[i], want[i]);
+	/* Nothing more: the client's bytes went once. */
+	cr_assert_eq(send_all(bfd, "bye", 3), 0);
+	cr_assert_eq(recv_full(fd, got, 3, &err), 3);
+	cr_assert_eq(memcmp(got, "bye", 3), 0);
+	close(fd);
+	cr_assert_eq(recv_end(bfd), 0,
+		     "after the client's end: not end of "
+		     "file");
+	close(bfd);
+	close(lfd);
+	proxy_stop(&px);
+}
+
+Test(proxy, proxy_protocol_v2_header_ipv4, .timeout = 60, .fini = proxy_reap)
+{
+	run_proxy_protocol(false, NULL);
+}
+
+Test(proxy, proxy_protocol_v2_header_ipv4_mapped, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_proxy_protocol(false, "[::]");
+}
+
+Test(proxy, proxy_protocol_v2_header_ipv6, .timeout = 60, .fini = proxy_reap)
+{
+	run_proxy_protocol(true, "[::1]");
 }

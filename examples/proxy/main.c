@@ -33,6 +33,11 @@
  * sweep checks its sessions' byte counts every quarter of it (at most
  * 100 ms), so the data path pays nothing per recv.
  *
+ * --proxy-protocol: each backend connection begins with a PROXY protocol
+ * v2 header (haproxy's proxy-protocol.txt), in one send before any byte of
+ * the client's: the client's address and port, and the address and port
+ * it connected to (IPv4 or IPv6). The backend must expect it.
+ *
  * --max-conns N caps the sessions open at once, all loops together. At
  * the cap a loop stops accepting (its multishot accept is cancelled): new
  * clients wait in the listen queue, their connects complete by the
@@ -123,6 +128,7 @@ atomic_uint open_sessions;
 unsigned retries = 2;
 uint64_t idle_timeout_ns;
 unsigned low_water;
+bool proxy_protocol;
 /* --- end of session.c's settings --- */
 
 static int main_step(struct keel_task *t);
@@ -238,6 +244,7 @@ enum {
 	OPT_RETRIES = 0x200,
 	OPT_IDLE_TIMEOUT,
 	OPT_LOW_WATER,
+	OPT_PROXY_PROTOCOL,
 };
 
 static void usage(FILE *out)
@@ -248,6 +255,7 @@ static void usage(FILE *out)
 		     "[--max-conns N]\n"
 		     "             [--retries N] [--idle-timeout MS] "
 		     "[--low-water N]\n"
+		     "             [--proxy-protocol]\n"
 		     "             -l [ADDR:]PORT -b HOST:PORT\n");
 }
 
@@ -298,6 +306,7 @@ int main(int argc, char **argv)
 	    {"retries", required_argument, NULL, OPT_RETRIES},
 	    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
 	    {"low-water", required_argument, NULL, OPT_LOW_WATER},
+	    {"proxy-protocol", no_argument, NULL, OPT_PROXY_PROTOCOL},
 	    /* end of session.c's options */
 	    {NULL, 0, NULL, 0},
 	};
@@ -411,6 +420,9 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			idle_timeout_ns = (uint64_t)v * 1000 * 1000;
+			break;
+		case OPT_PROXY_PROTOCOL:
+			proxy_protocol = true;
 			break;
 		case OPT_LOW_WATER:
 			low_water_arg = parse_number(optarg, 0, 1 << 24);

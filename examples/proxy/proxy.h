@@ -78,6 +78,7 @@ void backend_release(struct backend *b, uint64_t up, uint64_t down);
 /* --- session.c's settings (main.c parses them) --- */
 extern unsigned retries;	 /* --retries: backends tried after the first */
 extern uint64_t idle_timeout_ns; /* --idle-timeout; 0: off */
+extern bool proxy_protocol;	 /* --proxy-protocol: v2 to the backend */
 extern unsigned low_water;	 /* --low-water: accept again at this many */
 /* --- end of session.c's settings --- */
 

@@ -53,6 +53,10 @@ struct watcher {
 	char byte; /* MSG_PEEK's target: handed to the kernel, in the frame */
 };
 
+/* PROXY protocol v2: the fixed part (16 bytes) and the longest address
+ * block this proxy sends (two IPv6 addresses and ports). */
+#define PROXY_V2_MAX (16 + 36)
+
 struct session {
 	struct keel_task task;
 	struct shard *shard;
@@ -68,6 +72,9 @@ struct session {
 	int connected;		/* connect's result */
 	bool client_gone;
 	uint64_t bytes[2]; /* this session's: up, down */
+	/* --proxy-protocol: the header, handed to the kernel: in the frame */
+	uint8_t header[PROXY_V2_MAX];
+	unsigned header_len;
 	struct pump *pumps[2];
 	unsigned i;
 	/* --idle-timeout: on the shard's list while the pumps run */
@@ -521,6 +528,65 @@ static int sweeper_start(struct keel_task *acceptor, struct shard *s)
 }
 
 /*
+ * --proxy-protocol: the PROXY protocol v2 header (haproxy's
+ * proxy-protocol.txt, section 2.2) for client `fd`, into `out`: the
+ * 12-byte signature; version 2 and the PROXY command; TCP over IPv4 or
+ * IPv6; the address block's length; then the client's address and the
+ * address it connected to (ours), and their ports, in network order. An
+ * IPv4 client of an IPv6 listener (a v4-mapped address) is sent as IPv4.
+ * Returns the length, or 0 when the client's addresses cannot be read
+ * (it has gone).
+ */
+static unsigned proxy_v2_header(int fd, uint8_t *out)
+{
+	static const uint8_t sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
+					0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a};
+	struct sockaddr_storage src, dst;
+	socklen_t slen = sizeof(src), dlen = sizeof(dst);
+	const uint8_t *sa, *da;
+	uint16_t sport, dport;
+	unsigned alen;
+
+	if (getpeername(fd, (struct sockaddr *)&src, &slen) ||
+	    getsockname(fd, (struct sockaddr *)&dst, &dlen) ||
+	    src.ss_family != dst.ss_family)
+		return 0;
+	memcpy(out, sig, sizeof(sig));
+	out[12] = 0x21; /* version 2, PROXY */
+	if (src.ss_family == AF_INET) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&src;
+		struct sockaddr_in *d4 = (struct sockaddr_in *)&dst;
+
+		sa = (const uint8_t *)&s4->sin_addr;
+		da = (const uint8_t *)&d4->sin_addr;
+		sport = s4->sin_port;
+		dport = d4->sin_port;
+		alen = 4;
+	} else if (src.ss_family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&src;
+		struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
+		bool mapped = IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr) &&
+			      IN6_IS_ADDR_V4MAPPED(&d6->sin6_addr);
+
+		sa = (const uint8_t *)&s6->sin6_addr + (mapped ? 12 : 0);
+		da = (const uint8_t *)&d6->sin6_addr + (mapped ? 12 : 0);
+		sport = s6->sin6_port;
+		dport = d6->sin6_port;
+		alen = mapped ? 4 : 16;
+	} else {
+		return 0;
+	}
+	out[13] = alen == 4 ? 0x11 : 0x21; /* AF_INET(6) << 4 | STREAM */
+	out[14] = 0;
+	out[15] = (uint8_t)(2 * alen + 4); /* the address block */
+	memcpy(out + 16, sa, alen);
+	memcpy(out + 16 + alen, da, alen);
+	memcpy(out + 16 + 2 * alen, &sport, 2);
+	memcpy(out + 18 + 2 * alen, &dport, 2);
+	return 16 + 2 * alen + 4;
+}
+
+/*
  * The connect race has failed with `err` (not a cancel): whether to try
  * the next backend. Nothing has been sent to this one (nothing is,
  * before the connect completes), so moving on is safe for any client.
@@ -601,6 +667,23 @@ next_backend:
 	backend_connected(ss->be, 0,
 			  keel_loop_now(keel_task_loop(t)) - ss->started);
 	keel_tcp_nodelay(ss->backend);
+	if (proxy_protocol) {
+		/* Before any byte of the client's, in one send (the spec
+		 * asks for the header in one segment). */
+		ss->header_len = proxy_v2_header(ss->client, ss->header);
+		if (!ss->header_len) {
+			ss->shard->abandoned++;
+			backend_release(ss->be, 0, 0);
+			goto close_both;
+		}
+		KEEL_AWAIT(t, keel_send_all(t, ss->backend, ss->header,
+					    ss->header_len, MSG_NOSIGNAL));
+		if (keel_res(t) < 0) {
+			ss->shard->resets++;
+			backend_release(ss->be, 0, 0);
+			goto close_both;
+		}
+	}
 	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, 0);
 	ss->pumps[1] = start_pump(ss, ss->backend, ss->client, 1);
 	if (!ss->pumps[0] || !ss->pumps[1]) {
