@@ -407,14 +407,14 @@ struct proxy_opts {
 	uint16_t listen_port;	 /* 0: a free one, read from its first line */
 	const char *listen_host; /* NULL: 127.0.0.1 ("[::1]" for IPv6) */
 	uint16_t backend_port;
-	const char *extra[3]; /* more arguments, NULL-terminated */
+	const char *extra[8]; /* more arguments, NULL-terminated */
 	int nofile;	      /* its descriptor limit (ulimit -n); 0: ours */
 };
 
 static void proxy_launch(struct proxy *px, const struct proxy_opts *o)
 {
 	char path[PATH_MAX], nthreads[16], listen_arg[64], backend[64];
-	const char *argv[16];
+	const char *argv[24];
 	pid_t parent = getpid();
 	int out[2], n = 0;
 	char *p;
@@ -435,7 +435,7 @@ static void proxy_launch(struct proxy *px, const struct proxy_opts *o)
 	argv[n++] = listen_arg;
 	argv[n++] = "-b";
 	argv[n++] = backend;
-	for (int i = 0; i < 3 && o->extra[i]; i++)
+	for (int i = 0; i < 8 && o->extra[i]; i++)
 		argv[n++] = o->extra[i];
 	argv[n] = NULL;
 
