@@ -7,7 +7,8 @@
 # (libclang_rt.fuzzer, in libclang-rt-dev).
 set -eu
 PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev
-python3 python3-prometheus-client scdoc man-db libhttp-parser-dev curl wrk"
+python3 python3-prometheus-client scdoc man-db libhttp-parser-dev curl wrk
+libssl-dev openssl"
 if [ "${1:-}" = fuzz ]; then
 	PKGS="$PKGS clang libclang-rt-dev"
 fi
