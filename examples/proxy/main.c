@@ -425,13 +425,16 @@ static int backends_option(int opt, char *arg)
 	case OPT_FALL:
 		return count_option("fall", arg, &c->fall) ? 0 : 2;
 	case OPT_METRICS:
-		port = split_host_port(arg, &c->metrics_host, "127.0.0.1");
+		port = parse_number(
+		    strrchr(arg, ':') ? strrchr(arg, ':') + 1 : arg, 0, 65535);
 		if (port < 0) {
 			fprintf(stderr,
-				"proxy: bad --metrics: [ADDR:]PORT (the port "
-				"0 to 65535)\n");
+				"proxy: bad --metrics: %s ([ADDR:]PORT, the "
+				"port 0 to 65535)\n",
+				arg);
 			return 2;
 		}
+		split_host_port(arg, &c->metrics_host, "127.0.0.1");
 		c->metrics_port = (uint16_t)port;
 		return 0;
 	}
@@ -730,9 +733,13 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < nbackends; i++)
 		printf("%s%s", i ? ", " : "", backends[i].name);
 	printf("\n");
-	if (backends_conf.metrics_host)
-		printf("proxy: metrics on http://%s:%d/metrics\n",
-		       backends_conf.metrics_host, metrics_port());
+	if (backends_conf.metrics_host) {
+		bool v6 = strchr(backends_conf.metrics_host, ':');
+
+		printf("proxy: metrics on http://%s%s%s:%d/metrics\n",
+		       v6 ? "[" : "", backends_conf.metrics_host, v6 ? "]" : "",
+		       metrics_port());
+	}
 	fflush(stdout);
 
 	int status = keel_runtime_run(rt, &proxy_main, NULL, NULL);
