@@ -74,14 +74,15 @@ scrape() {
 	curl -sf --max-time 10 "http://127.0.0.1:$mport/metrics"
 }
 
-# metric NAME BACKEND: one per-backend value from /metrics.
+# metric NAME BACKEND: one per-backend value from /metrics (-1 if none).
 metric() {
-	scrape | sed -n "s/^$1{backend=\"$2\"} \([0-9]*\)$/\1/p"
+	v=$(scrape | sed -n "s/^$1{backend=\"$2\"} \([0-9]*\)$/\1/p")
+	echo "${v:--1}"
 }
 
-# wait_for CMD...: until CMD succeeds (20 s at most).
+# wait_for CMD...: until CMD succeeds (60 s at most: only a hang takes it).
 wait_for() {
-	for _ in $(seq 200); do
+	for _ in $(seq 600); do
 		"$@" && return 0
 		sleep 0.1
 	done
@@ -232,7 +233,7 @@ time.sleep(30)
 PY
 holder=$!
 pids="$pids $holder"
-wait_for [ -f "$dir/held" ]
+check "leastconn: a connection is held" wait_for [ -f "$dir/held" ]
 # The held one is on the backend with a session open; the rest each end
 # (the proxy has let go of it) before the next starts.
 active_total() {
