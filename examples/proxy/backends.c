@@ -227,41 +227,52 @@ unsigned backends_resolve_all(void)
 	return resolved;
 }
 
-/* The resolver task (loop 0): every --resolve-every, each name again. */
+/* The resolver task (loop 0): every --resolve-every, each name again,
+ * with keel_resolve() (getaddrinfo on the blocking pool, with a deadline;
+ * a stop does not wait for a lookup in progress). */
 struct resolver {
 	struct keel_task task;
 	unsigned i;
-	/* The blocking job's arguments and answer: the pool's until the
-	 * await returns, so in the frame. */
-	struct resolve_job {
-		const char *host;
-		uint16_t port;
-		struct sockaddr_storage ss;
-		socklen_t len;
-		int gai, err;
-	} job;
+	char port[8];
+	struct keel_resolve_req req; /* keel's until the await returns */
 };
 
-static int resolve_job_run(void *arg)
+/* The address a name resolves to: its first IPv4 one, else its first
+ * IPv6 one (as at start). */
+static bool resolve_pick(const struct keel_resolve_req *req,
+			 struct sockaddr_storage *ss, socklen_t *len)
 {
-	struct resolve_job *j = arg;
+	int at = -1;
 
-	j->gai = resolve_now(j->host, j->port, &j->ss, &j->len);
-	j->err = errno;
-	return j->gai ? -EHOSTUNREACH : 0;
+	for (unsigned i = 0; i < req->count; i++) {
+		if (req->addrs[i].ss_family == AF_INET) {
+			at = (int)i;
+			break;
+		}
+		if (req->addrs[i].ss_family == AF_INET6 && at < 0)
+			at = (int)i;
+	}
+	if (at < 0)
+		return false;
+	*ss = req->addrs[at];
+	*len = req->lens[at];
+	return true;
 }
 
 /* A name resolved again: follow a change; keep the last good address
  * on a failure (counted, one line a second at most). */
-static void resolve_done(struct backend *b, struct resolve_job *j, int res)
+static void resolve_done(struct backend *b, const struct keel_resolve_req *req,
+			 int res)
 {
 	static time_t last;
-	struct sockaddr_storage old;
-	socklen_t olen;
+	struct sockaddr_storage old, ss;
+	socklen_t olen, len;
 	bool had = backend_current(b, &old, &olen);
 	char text[INET6_ADDRSTRLEN + 16];
 
-	if (res < 0) {
+	if (res > 0 && !resolve_pick(req, &ss, &len))
+		res = -ENOENT;
+	if (res <= 0) {
 		uint64_t n = atomic_fetch_add_explicit(&b->resolve_failures, 1,
 						       memory_order_relaxed) +
 			     1;
@@ -270,17 +281,15 @@ static void resolve_done(struct backend *b, struct resolve_job *j, int res)
 			fprintf(stderr,
 				"proxy: backend %s: cannot resolve: %s (%llu "
 				"failures; %s)\n",
-				b->name,
-				j->gai ? resolve_error(j->gai, j->err)
-				       : keel_strerror(res),
+				b->name, keel_resolve_strerror(req, res),
 				(unsigned long long)n,
 				had ? "keeping its last address" : "down");
 		return;
 	}
-	if (had && olen == j->len && !memcmp(&old, &j->ss, olen))
+	if (had && olen == len && !memcmp(&old, &ss, olen))
 		return;
-	backend_set_addr(b, &j->ss, j->len);
-	addr_text(&j->ss, text, sizeof(text));
+	backend_set_addr(b, &ss, len);
+	addr_text(&ss, text, sizeof(text));
 	fprintf(stderr, "proxy: backend %s resolves to %s\n", b->name, text);
 	/* Without checks, an address is all it takes to be up. */
 	if (!had && !health_on())
@@ -302,14 +311,15 @@ static int resolver_step(struct keel_task *t)
 		for (r->i = 0; r->i < nbackends; r->i++) {
 			if (backends[r->i].numeric)
 				continue;
-			memset(&r->job, 0, sizeof(r->job));
-			r->job.host = backends[r->i].host;
-			r->job.port = backends[r->i].port;
-			KEEL_AWAIT(t,
-				   keel_blocking(t, resolve_job_run, &r->job));
-			if (keel_token_cancelled(keel_task_token(t)))
+			memset(&r->req, 0, sizeof(r->req));
+			snprintf(r->port, sizeof(r->port), "%u",
+				 backends[r->i].port);
+			r->req.host = backends[r->i].host;
+			r->req.service = r->port;
+			KEEL_AWAIT(t, keel_resolve(t, &r->req));
+			if (keel_res(t) == -ECANCELED)
 				KEEL_EXIT(t, 0);
-			resolve_done(&backends[r->i], &r->job, keel_res(t));
+			resolve_done(&backends[r->i], &r->req, keel_res(t));
 		}
 	}
 	KEEL_END(t);
