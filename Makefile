@@ -9,7 +9,8 @@
 #   make bench           keel's micro-benchmarks (+ the peer harness if found)
 #   make man             the man pages (scdoc) into $(BUILD)/man
 #   make install/uninstall   honour DESTDIR, prefix, libdir, includedir, mandir
-#                        (libkeel and libkeel-http, headers, .pc, man pages)
+#                        (libkeel, libkeel-http, libkeel-tls, headers, .pc,
+#                        man pages)
 #   SANITIZE=address,undefined make test    (or SANITIZE=thread)
 #   make format          clang-format the tree
 #   make sim             the simulation scenarios over SIM_SEEDS seeds each
@@ -94,6 +95,15 @@ INC_http := -Ihttp
 HTTP_LIBS := -lhttp_parser
 HTTP_STATIC := $(BUILD)/libkeel-http.a
 HTTP_SHARED := $(BUILD)/libkeel-http.so.$(VERSION)
+# libkeel-tls (tls/, keel/tls.h): TLS on OpenSSL 3, the same way: keel's
+# public API only (tls/ sees the public headers and its own), so that
+# neither libkeel nor libkeel-http needs libssl.
+TLS_SRC := $(wildcard tls/*.c)
+TLS_OBJ := $(TLS_SRC:%.c=$(BUILD)/obj/%.o)
+INC_tls := -Itls
+TLS_LIBS := -lssl -lcrypto
+TLS_STATIC := $(BUILD)/libkeel-tls.a
+TLS_SHARED := $(BUILD)/libkeel-tls.so.$(VERSION)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 # An example of several files is a folder: examples/NAME/*.c -> NAME.
 EXAMPLE_DIRS := $(patsubst examples/%/,%,$(sort $(dir $(wildcard examples/*/*.c))))
@@ -143,7 +153,8 @@ MAN_FILES := $(foreach s,$(MAN_SRC),$(foreach n,$(call man_names,$(s)),\
 
 all: lib examples tools man
 
-lib: $(STATIC) $(SHARED) $(HTTP_STATIC) $(HTTP_SHARED)
+lib: $(STATIC) $(SHARED) $(HTTP_STATIC) $(HTTP_SHARED) $(TLS_STATIC) \
+	$(TLS_SHARED)
 examples: $(EXAMPLES)
 tools: $(TOOLS)
 tests: $(TESTS) $(MT_TESTS)
@@ -172,14 +183,29 @@ $(HTTP_STATIC): $(HTTP_OBJ)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(HTTP_SHARED): $(HTTP_OBJ) keel-http.map $(SHARED)
+# libkeel-http serves HTTPS through libkeel-tls (keel_http_opts.tls).
+$(HTTP_SHARED): $(HTTP_OBJ) keel-http.map $(SHARED) $(TLS_SHARED)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -shared -Wl,-soname,libkeel-http.so.$(SOVERSION) \
 		-Wl,--version-script=keel-http.map $(SO_DEFS) $(LDFLAGS) \
-		-o $@ $(HTTP_OBJ) -L$(BUILD) -lkeel $(HTTP_LIBS) $(LIBS)
+		-o $@ $(HTTP_OBJ) -L$(BUILD) -lkeel-tls -lkeel $(HTTP_LIBS) \
+		$(LIBS)
 	$(Q)ln -sf libkeel-http.so.$(VERSION) \
 		$(BUILD)/libkeel-http.so.$(SOVERSION)
 	$(Q)ln -sf libkeel-http.so.$(SOVERSION) $(BUILD)/libkeel-http.so
+
+$(TLS_STATIC): $(TLS_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(TLS_SHARED): $(TLS_OBJ) keel-tls.map $(SHARED)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -shared -Wl,-soname,libkeel-tls.so.$(SOVERSION) \
+		-Wl,--version-script=keel-tls.map $(SO_DEFS) $(LDFLAGS) \
+		-o $@ $(TLS_OBJ) -L$(BUILD) -lkeel $(TLS_LIBS) $(LIBS)
+	$(Q)ln -sf libkeel-tls.so.$(VERSION) \
+		$(BUILD)/libkeel-tls.so.$(SOVERSION)
+	$(Q)ln -sf libkeel-tls.so.$(SOVERSION) $(BUILD)/libkeel-tls.so
 
 # The page, then an alias page for each other name on its NAME line.
 define MAN_RECIPE
@@ -198,18 +224,19 @@ $(BUILD)/man/man3/%.3: man/%.3.scd
 $(BUILD)/man/man7/%.7: man/%.7.scd
 	$(MAN_RECIPE)
 
-$(BUILD)/examples/%: examples/%.c $(HTTP_STATIC) $(STATIC)
+$(BUILD)/examples/%: examples/%.c $(HTTP_STATIC) $(TLS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(HTTP_STATIC) \
-		$(STATIC) $(HTTP_LIBS) $(LIBS) -lm
+		$(TLS_STATIC) $(STATIC) $(HTTP_LIBS) $(TLS_LIBS) $(LIBS) -lm
 
 $(BUILD)/examples/%: examples/%/main.c $$(wildcard examples/%/*.c) \
-		$$(wildcard examples/%/*.h) $(HTTP_STATIC) $(STATIC)
+		$$(wildcard examples/%/*.h) $(HTTP_STATIC) $(TLS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ \
-		$(filter %.c,$^) $(HTTP_STATIC) $(STATIC) $(HTTP_LIBS) $(LIBS) -lm
+		$(filter %.c,$^) $(HTTP_STATIC) $(TLS_STATIC) $(STATIC) \
+		$(HTTP_LIBS) $(TLS_LIBS) $(LIBS) -lm
 
 $(BUILD)/tools/%: tools/%.c $(STATIC)
 	@mkdir -p $(dir $@)
@@ -244,20 +271,21 @@ $(BUILD)/tools/keel-sim: $(SIM_OBJ) $(TRACE_READER_OBJ) $(STATIC)
 		$(STATIC) $(LIBS) -lm
 
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
-		$(HTTP_STATIC) $(STATIC)
+		$(HTTP_STATIC) $(TLS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(INC_http) $(CFLAGS) $(LDFLAGS) \
-		-o $@ $< $(TEST_HELPERS) $(HTTP_STATIC) $(STATIC) -lcriterion \
-		$(HTTP_LIBS) $(LIBS) -lm
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(INC_http) $(INC_tls) $(CFLAGS) \
+		$(LDFLAGS) -o $@ $< $(TEST_HELPERS) $(HTTP_STATIC) \
+		$(TLS_STATIC) $(STATIC) -lcriterion $(HTTP_LIBS) $(TLS_LIBS) \
+		$(LIBS) -lm
 
 $(BUILD)/test/mt_%: test/mt_%.c $(PLAIN_HELPERS) $(TEST_HELPER_HEADERS) \
-		$(HTTP_STATIC) $(STATIC)
+		$(HTTP_STATIC) $(TLS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
-	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(INC_http) $(CFLAGS) $(LDFLAGS) \
-		-o $@ $< $(PLAIN_HELPERS) $(HTTP_STATIC) $(STATIC) \
-		$(HTTP_LIBS) $(LIBS)
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(INC_http) $(INC_tls) $(CFLAGS) \
+		$(LDFLAGS) -o $@ $< $(PLAIN_HELPERS) $(HTTP_STATIC) \
+		$(TLS_STATIC) $(STATIC) $(HTTP_LIBS) $(TLS_LIBS) $(LIBS)
 
 # No object of a lower layer may reference a symbol defined in a higher
 # one (the layers are in LAYERS, lowest first).
@@ -352,12 +380,12 @@ $(BUILD)/fuzz/fuzz_trace_reader: fuzz/fuzz_trace_reader.c \
 $(BUILD)/fuzz/fuzz_http: FUZZ_LDFLAGS := -Wl,--wrap=keel_tcp_listen
 
 $(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(wildcard fuzz/*.h) $(HTTP_STATIC) \
-		$(STATIC)
+		$(TLS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(INC_http) $(CFLAGS) -fsanitize=fuzzer \
-		$(LDFLAGS) $(FUZZ_LDFLAGS) -o $@ $< $(HTTP_STATIC) $(STATIC) \
-		$(HTTP_LIBS) $(LIBS) -lm
+		$(LDFLAGS) $(FUZZ_LDFLAGS) -o $@ $< $(HTTP_STATIC) \
+		$(TLS_STATIC) $(STATIC) $(HTTP_LIBS) $(TLS_LIBS) $(LIBS) -lm
 
 install: lib man
 	$(Q)install -d $(DESTDIR)$(includedir)/keel $(DESTDIR)$(libdir)/pkgconfig \
@@ -383,6 +411,15 @@ install: lib man
 	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
 		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
 		keel-http.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel-http.pc
+	$(Q)install -m 644 $(TLS_STATIC) $(DESTDIR)$(libdir)/libkeel-tls.a
+	$(Q)install -m 755 $(TLS_SHARED) \
+		$(DESTDIR)$(libdir)/libkeel-tls.so.$(VERSION)
+	$(Q)ln -sf libkeel-tls.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/libkeel-tls.so.$(SOVERSION)
+	$(Q)ln -sf libkeel-tls.so.$(SOVERSION) $(DESTDIR)$(libdir)/libkeel-tls.so
+	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
+		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
+		keel-tls.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel-tls.pc
 
 uninstall:
 	$(Q)rm -f $(DESTDIR)$(includedir)/keel.h \
@@ -396,6 +433,11 @@ uninstall:
 		$(DESTDIR)$(libdir)/libkeel-http.so.$(SOVERSION) \
 		$(DESTDIR)$(libdir)/libkeel-http.so.$(VERSION) \
 		$(DESTDIR)$(libdir)/pkgconfig/keel-http.pc \
+		$(DESTDIR)$(libdir)/libkeel-tls.a \
+		$(DESTDIR)$(libdir)/libkeel-tls.so \
+		$(DESTDIR)$(libdir)/libkeel-tls.so.$(SOVERSION) \
+		$(DESTDIR)$(libdir)/libkeel-tls.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/pkgconfig/keel-tls.pc \
 		$(addprefix $(DESTDIR)$(mandir)/,$(MAN_FILES))
 	$(Q)rmdir $(DESTDIR)$(includedir)/keel 2>/dev/null || true
 
@@ -408,5 +450,5 @@ format-check:
 clean:
 	$(Q)rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(HTTP_OBJ:.o=.d) $(TRACE_OBJ:.o=.d) \
+-include $(LIB_OBJ:.o=.d) $(HTTP_OBJ:.o=.d) $(TLS_OBJ:.o=.d) $(TRACE_OBJ:.o=.d) \
 	$(SIM_OBJ:.o=.d)

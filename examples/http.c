@@ -4,7 +4,9 @@
  *
  *	http [--threads N] [--root DIR] [--access-log FILE] [--max-conns N]
  *	     [--drain-timeout MS] [--header-timeout MS] [--idle-timeout MS]
- *	     [--send-timeout MS] [--test-routes] [ADDR] PORT
+ *	     [--send-timeout MS] [--test-routes]
+ *	     [--cert FILE --key FILE [--sni-cert FILE --sni-key FILE]...
+ *	      [--tls-min 1.2|1.3] [--handshake-timeout MS]] [ADDR] PORT
  *	http --port PORT [--threads N]     (the peer harness's style)
  *
  * One loop per thread (default: one per CPU), each with its own
@@ -35,6 +37,14 @@
  * --idle-timeout and --send-timeout (milliseconds) shorten the library's
  * defaults (10 s for a request's head, 60 s keep-alive idle, 30 s for a
  * response's send) for a slowloris or a client that never reads.
+ *
+ * HTTPS: --cert FILE --key FILE (PEM: the certificate chain and its key)
+ * serve every connection over TLS (1.2 and 1.3, or from --tls-min; ALPN
+ * "http/1.1"; session tickets). Each --sni-cert FILE --sni-key FILE pair
+ * adds a certificate chosen when the client's server name matches one of
+ * its names (the first is the default). --handshake-timeout MS bounds a
+ * handshake (default 10 s). A file that is missing or bad is one line on
+ * stderr and exit status 2. The listening line says what TLS does.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -48,8 +58,10 @@
 
 #include <keel.h>
 #include <keel/http.h>
+#include <keel/tls.h>
 
 #define MAX_SLEEP_MS 60000
+#define MAX_SNI	     16
 
 /* GET /sleep?ms=N: awaits a timer (any await would do: an actor's ask, an
  * upstream, a mailbox), then answers. If the client goes away meanwhile,
@@ -189,7 +201,11 @@ static void usage(FILE *out)
 		"            [--max-conns N] [--drain-timeout MS] "
 		"[--header-timeout MS]\n"
 		"            [--idle-timeout MS] [--send-timeout MS] "
-		"[--test-routes] [ADDR] PORT\n"
+		"[--test-routes]\n"
+		"            [--cert FILE --key FILE [--sni-cert FILE "
+		"--sni-key FILE]...\n"
+		"             [--tls-min 1.2|1.3] [--handshake-timeout MS]] "
+		"[ADDR] PORT\n"
 		"       http --port PORT [--threads N]\n");
 }
 
@@ -248,6 +264,12 @@ int main(int argc, char **argv)
 	    {"idle-timeout", required_argument, NULL, 'I'},
 	    {"send-timeout", required_argument, NULL, 'S'},
 	    {"test-routes", no_argument, NULL, 'T'},
+	    {"cert", required_argument, NULL, 'c'},
+	    {"key", required_argument, NULL, 'k'},
+	    {"sni-cert", required_argument, NULL, 'C'},
+	    {"sni-key", required_argument, NULL, 'K'},
+	    {"tls-min", required_argument, NULL, 'm'},
+	    {"handshake-timeout", required_argument, NULL, 'x'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -257,6 +279,12 @@ int main(int argc, char **argv)
 	     idle_ms = 0, send_ms = 0;
 	bool test_routes = false;
 	int opt;
+	/* HTTPS */
+	struct keel_tls_opts topts = {.role = KEEL_TLS_SERVER,
+				      .alpn = "http/1.1"};
+	const char *sni_cert[MAX_SNI], *sni_key[MAX_SNI];
+	unsigned nsni_cert = 0, nsni_key = 0;
+	long handshake_ms = 0;
 
 	while ((opt = getopt_long(argc, argv, "p:t:r:l:M:d:H:I:S:Th", longopts,
 				  NULL)) != -1) {
@@ -296,6 +324,43 @@ int main(int argc, char **argv)
 		case 'T':
 			test_routes = true;
 			break;
+		case 'c':
+			topts.cert_file = optarg;
+			break;
+		case 'k':
+			topts.key_file = optarg;
+			break;
+		case 'C':
+		case 'K':
+			if ((opt == 'C' ? nsni_cert : nsni_key) == MAX_SNI) {
+				fprintf(stderr,
+					"http: at most %d --sni-cert "
+					"and --sni-key pairs\n",
+					MAX_SNI);
+				return 2;
+			}
+			if (opt == 'C')
+				sni_cert[nsni_cert++] = optarg;
+			else
+				sni_key[nsni_key++] = optarg;
+			break;
+		case 'm':
+			if (!strcmp(optarg, "1.2")) {
+				topts.min_version = KEEL_TLS_1_2;
+			} else if (!strcmp(optarg, "1.3")) {
+				topts.min_version = KEEL_TLS_1_3;
+			} else {
+				fprintf(stderr,
+					"http: bad value for --tls-min: "
+					"%s (1.2 or 1.3)\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'x':
+			v = &handshake_ms, max = 3600 * 1000,
+			name = "handshake-timeout";
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -330,6 +395,33 @@ int main(int argc, char **argv)
 	opts.header_timeout_ns = (uint64_t)header_ms * 1000000;
 	opts.idle_timeout_ns = (uint64_t)idle_ms * 1000000;
 	opts.send_timeout_ns = (uint64_t)send_ms * 1000000;
+	if (!topts.cert_file != !topts.key_file || nsni_cert != nsni_key ||
+	    (nsni_cert && !topts.cert_file) ||
+	    (!topts.cert_file && (topts.min_version || handshake_ms))) {
+		fprintf(stderr, "http: HTTPS wants --cert FILE and --key FILE "
+				"(and each --sni-cert with its --sni-key)\n");
+		return 2;
+	}
+	struct keel_tls_ctx *tls = NULL;
+	char tls_line[512] = "";
+
+	if (topts.cert_file) {
+		char why[256];
+		int e;
+
+		topts.handshake_timeout_ns = (uint64_t)handshake_ms * 1000000;
+		e = keel_tls_ctx_create(&tls, &topts, why, sizeof(why));
+		for (unsigned i = 0; !e && i < nsni_cert; i++)
+			e = keel_tls_ctx_add_cert(tls, sni_cert[i], sni_key[i],
+						  why, sizeof(why));
+		if (e) {
+			fprintf(stderr, "http: %s\n", why);
+			keel_tls_ctx_free(tls);
+			return 2;
+		}
+		opts.tls = tls;
+		keel_tls_ctx_describe(tls, tls_line, sizeof(tls_line));
+	}
 	if (log_path) {
 		opts.access_log_fd =
 		    strcmp(log_path, "-")
@@ -372,8 +464,13 @@ int main(int argc, char **argv)
 			opts.host, port, keel_strerror(err));
 		return 1;
 	}
-	printf("http: listening on %s:%d (%u threads)\n", opts.host,
-	       keel_http_server_port(srv), keel_runtime_size(rt));
+	if (tls)
+		printf("http: listening on %s:%d (%u threads, TLS: %s)\n",
+		       opts.host, keel_http_server_port(srv),
+		       keel_runtime_size(rt), tls_line);
+	else
+		printf("http: listening on %s:%d (%u threads)\n", opts.host,
+		       keel_http_server_port(srv), keel_runtime_size(rt));
 	fflush(stdout);
 
 	int status = keel_runtime_run(rt, &http_main, NULL, NULL);
@@ -383,6 +480,7 @@ int main(int argc, char **argv)
 	keel_http_server_stats(srv, &st);
 	keel_http_server_free(srv);
 	keel_runtime_destroy(rt);
+	keel_tls_ctx_free(tls);
 	printf("http: served %llu requests on %llu connections (%llu 4xx, "
 	       "%llu 5xx, %llu handler panics, %llu timeouts, %llu refused)\n",
 	       (unsigned long long)st.requests,

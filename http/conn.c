@@ -578,7 +578,7 @@ static void conn_phase(struct keel__http_conn *c, enum keel__http_phase phase,
 /* The chunk is parsed to its end: give it back to the ring now. */
 static void conn_release_if_done(struct keel__http_conn *c)
 {
-	if (c->buf.ring && c->off == c->buf.len) {
+	if (c->buf.len && c->off == c->buf.len) {
 		keel_buf_release(&c->buf);
 		c->buf.len = 0;
 		c->off = 0;
@@ -618,7 +618,7 @@ int keel__http_conn_body(struct keel_http_exchange *x)
 {
 	struct keel__http_conn *c = x->c;
 
-	if (!c->buf.ring || c->off == c->buf.len)
+	if (c->off == c->buf.len)
 		return 0;
 	const char *p = c->buf.data + c->off;
 	size_t len = c->buf.len - c->off;
@@ -674,15 +674,15 @@ static int conn_open(struct keel__http_conn *c)
 	 * off cancelling it while the server holds the loop (see server.c),
 	 * and the drain's deadline cuts each one left (conn_kill). */
 	err = keel__http_conn_track(c);
-	if (!err)
+	if (!err && !(c->flags & KEEL__HTTP_C_TLS))
 		err = keel_recv_stream_open(&c->task, &c->rs, c->fd,
 					    c->sh->ring, 0);
-	if (!err)
+	if (!err && !(c->flags & KEEL__HTTP_C_TLS))
 		keel_recv_stream_notify(&c->rs, conn_notify);
 	return err;
 }
 
-static int conn_step(struct keel_task *t)
+int keel__http_conn_step(struct keel_task *t)
 {
 	struct keel__http_conn *c =
 	    keel_container_of(t, struct keel__http_conn, task);
@@ -695,13 +695,21 @@ static int conn_step(struct keel_task *t)
 	if (conn_open(c))
 		goto close;
 	conn_phase(c, KEEL__HTTP_IDLE, o->idle_timeout_ns);
+	if (c->flags & KEEL__HTTP_C_TLS) {
+		/* The handshake first, bounded by the TLS context's own
+		 * timeout; a drain cuts it like an idle connection. */
+		KEEL_AWAIT_CALL(t, keel__http_tls_open(t, c));
+		if (keel_res(t) < 0)
+			goto close;
+		conn_phase(c, KEEL__HTTP_IDLE, o->idle_timeout_ns);
+	}
 	for (;;) {
 		/* ---- the head ---- */
 		if (c->off == c->buf.len) {
 			conn_release_if_done(c);
 			if (!c->x && keel__http_core(sh)->draining)
 				goto close;
-			KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+			KEEL__HTTP_RECV(t, t, c);
 			if (keel_res(t) <= 0)
 				goto close;
 			c->off = 0;
@@ -736,8 +744,7 @@ static int conn_step(struct keel_task *t)
 				conn_release_if_done(c);
 				conn_phase(c, KEEL__HTTP_BODY,
 					   o->body_timeout_ns);
-				KEEL_AWAIT(t,
-					   keel_recv_next(t, &c->rs, &c->buf));
+				KEEL__HTTP_RECV(t, t, c);
 				if (keel_res(t) <= 0)
 					goto close;
 				c->off = 0;
@@ -750,12 +757,9 @@ static int conn_step(struct keel_task *t)
 		conn_release_if_done(c);
 		conn_phase(c, KEEL__HTTP_SEND, o->send_timeout_ns);
 		if (x->flags & KEEL__HTTP_X_GATHER)
-			KEEL_AWAIT(t, keel_sendmsg_all(t, c->fd, &c->x->msg,
-						       MSG_NOSIGNAL));
+			KEEL__HTTP_SENDMSG(t, t, c, &c->x->msg);
 		else
-			KEEL_AWAIT(t,
-				   keel_send_all(t, c->fd, c->x->out,
-						 c->x->out_len, MSG_NOSIGNAL));
+			KEEL__HTTP_SEND(t, t, c, c->x->out, c->x->out_len);
 		if (keel_res(t) < 0) {
 			c->x->flags |= KEEL__HTTP_X_BROKEN;
 			goto close;
@@ -783,6 +787,26 @@ static int conn_step(struct keel_task *t)
 		}
 		conn_phase(c, KEEL__HTTP_HANDLER, UINT64_MAX);
 		while (!(c->x->flags & KEEL__HTTP_X_HANDLER_DONE)) {
+			if (c->x->flags & KEEL__HTTP_X_WANT_BODY) {
+				/* TLS: the handler waits for body bytes, which
+				 * only this task can decrypt (it owns the
+				 * stream): receive them into c->buf for it. */
+				c->x->flags &= ~KEEL__HTTP_X_WANT_BODY;
+				keel_event_clear(c->x->done_ev);
+				conn_phase(c, KEEL__HTTP_BODY,
+					   o->body_timeout_ns);
+				KEEL__HTTP_RECV(t, t, c);
+				x = c->x;
+				if (keel_res(t) <= 0) {
+					c->flags |= KEEL__HTTP_C_ENDED;
+					c->end = keel_res(t);
+				} else {
+					c->off = 0;
+				}
+				conn_phase(c, KEEL__HTTP_HANDLER, UINT64_MAX);
+				keel_event_set(x->body_ev);
+				continue;
+			}
 			KEEL_AWAIT(t, keel_event_wait(t, c->x->done_ev));
 			x = c->x;
 			if (keel_res(t) >= 0 ||
@@ -835,8 +859,7 @@ static int conn_step(struct keel_task *t)
 		if (build_error(c, x, x->err))
 			goto close;
 		conn_phase(c, KEEL__HTTP_SEND, o->send_timeout_ns);
-		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->x->out, c->x->out_len,
-					    MSG_NOSIGNAL));
+		KEEL__HTTP_SEND(t, t, c, c->x->out, c->x->out_len);
 		x = c->x;
 		if (keel_res(t) < 0) {
 			x->flags |= KEEL__HTTP_X_BROKEN;
@@ -858,8 +881,7 @@ static int conn_step(struct keel_task *t)
 				conn_release_if_done(c);
 				conn_phase(c, KEEL__HTTP_BODY,
 					   o->body_timeout_ns);
-				KEEL_AWAIT(t,
-					   keel_recv_next(t, &c->rs, &c->buf));
+				KEEL__HTTP_RECV(t, t, c);
 				if (keel_res(t) <= 0)
 					goto close;
 				c->off = 0;
@@ -878,7 +900,7 @@ static int conn_step(struct keel_task *t)
 		if (keel__http_conn_last(c, x))
 			goto close;
 		conn_release_if_done(c);
-		if (c->buf.ring) {
+		if (c->buf.len) {
 			/* Pipelined: the next request is in the chunk. */
 			keel__http_x_reset(x);
 			conn_phase(c, KEEL__HTTP_HEAD, o->header_timeout_ns);
@@ -897,8 +919,7 @@ static int conn_step(struct keel_task *t)
 			goto close;
 		conn_release_if_done(c);
 		conn_phase(c, KEEL__HTTP_SEND, o->send_timeout_ns);
-		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->x->out, c->x->out_len,
-					    MSG_NOSIGNAL));
+		KEEL__HTTP_SEND(t, t, c, c->x->out, c->x->out_len);
 		x = c->x;
 		if (keel_res(t) < 0)
 			x->flags |= KEEL__HTTP_X_BROKEN;
@@ -909,12 +930,23 @@ handler_lost:
 	/* No memory for a shield: the handler still runs on the exchange,
 	 * so it is left to the loop (never freed under it). */
 	keel__http_conn_untrack(c);
-	keel_recv_stream_close(&c->rs);
+	if (c->flags & KEEL__HTTP_C_TLS)
+		keel__http_tls_fini(c);
+	else
+		keel_recv_stream_close(&c->rs);
 	KEEL_AWAIT(t, keel_close(t, c->fd));
 	KEEL_END(t);
 
 close:
 	c->phase = KEEL__HTTP_LINGER;
+	if ((c->flags & KEEL__HTTP_C_SECURE) &&
+	    !(c->flags & KEEL__HTTP_C_ENDED) &&
+	    !(c->x && (c->x->flags & KEEL__HTTP_X_BROKEN))) {
+		/* A TLS connection says close_notify before its FIN (also
+		 * when the drain or a timeout cut it: the routine is
+		 * shielded). */
+		KEEL_AWAIT_CALL(t, keel__http_tls_close(t, c));
+	}
 	if (c->x) {
 		keel__http_x_done(c->x);
 		/* A response went out: the client reads it before the close
@@ -937,21 +969,27 @@ close:
 		 * destroyed by a reset. */
 		conn_phase(c, KEEL__HTTP_LINGER, 2ull * 1000 * 1000 * 1000);
 		for (;;) {
-			KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+			KEEL__HTTP_RECV(t, t, c);
 			if (keel_res(t) <= 0)
 				break;
+			c->off = c->buf.len;
 		}
 		keel_buf_release(&c->buf);
+		c->buf.len = 0;
 	}
 	keel__http_conn_untrack(c);
-	keel_recv_stream_close(&c->rs);
+	if (c->flags & KEEL__HTTP_C_TLS)
+		keel__http_tls_fini(c);
+	else
+		keel_recv_stream_close(&c->rs);
 	KEEL_AWAIT(t, keel_close(t, c->fd));
 	KEEL__HTTP_COUNT(c->sh, active, (uint64_t)-1);
 	atomic_fetch_sub_explicit(&c->sh->srv->conns, 1, memory_order_relaxed);
 	KEEL_END(t);
 }
 
-KEEL_TASK_TYPE(keel__http_conn_task, struct keel__http_conn, task, conn_step);
+KEEL_TASK_TYPE(keel__http_conn_task, struct keel__http_conn, task,
+	       keel__http_conn_step);
 
 /* ---- the loop's connections: the sweep and the drain ----------------- */
 
@@ -1017,7 +1055,8 @@ void keel__http_conns_sweep(struct keel__http_shard *sh, uint64_t now)
 		KEEL__HTTP_COUNT(sh, timeouts, 1);
 		c->flags |= KEEL__HTTP_C_TIMEDOUT;
 		if (c->phase == KEEL__HTTP_BODY && x && x->handler &&
-		    (x->flags & KEEL__HTTP_X_BODY_WAIT)) {
+		    (x->flags & KEEL__HTTP_X_BODY_WAIT) &&
+		    !(c->flags & KEEL__HTTP_C_TLS)) {
 			/* A handler waits for body bytes: its read says
 			 * -ETIMEDOUT; the connection closes after it. */
 			x->body_err = -ETIMEDOUT;

@@ -37,14 +37,20 @@ enum keel__http_phase {
 #define KEEL__HTTP_C_TIMEDOUT 0x04 /* cut by the sweep */
 #define KEEL__HTTP_C_KILLED   0x08 /* cancelled by the sweep or the drain */
 #define KEEL__HTTP_C_LINGER   0x10 /* closing: drop what the client sends */
+#define KEEL__HTTP_C_TLS      0x20 /* a TLS connection (struct keel__https) */
+#define KEEL__HTTP_C_SECURE   0x40 /* ... whose handshake is done */
 
-/* The connection task's frame. */
+/*
+ * The connection task's frame. A TLS connection's frame is bigger (struct
+ * keel__https in tls.c, which embeds this one first); its `rs` is unused
+ * (the TLS stream has its own) and `buf` holds plaintext (ring NULL).
+ */
 struct keel__http_conn {
 	struct keel_task task;
 	struct keel_recv_stream rs;
 	struct keel__http_shard *sh;
 	struct keel_http_exchange *x; /* the request in progress, or NULL */
-	struct keel_buf buf;	      /* the chunk being parsed, or empty */
+	struct keel_buf buf;	      /* the chunk being parsed (len 0: none) */
 	uint64_t deadline;	      /* of the phase; UINT64_MAX: none */
 	uint32_t off;		      /* bytes of buf already parsed */
 	uint32_t slot;		      /* index in the core's conns[] */
@@ -78,6 +84,7 @@ struct keel__http_hdr {
 #define KEEL__HTTP_X_BODY_WAIT	  0x8000  /* the handler waits for body */
 #define KEEL__HTTP_X_COUNTED	  0x10000 /* keel__http_x_done() ran */
 #define KEEL__HTTP_X_GATHER	  0x20000 /* send x->msg (head + body) */
+#define KEEL__HTTP_X_WANT_BODY	  0x40000 /* TLS: the handler asks for body */
 
 /* A fixed body up to this is copied after the head (one send); a larger
  * one is the second iovec of one sendmsg. */
@@ -169,6 +176,9 @@ keel__http_core(struct keel__http_shard *sh)
 /* ---- conn.c ---------------------------------------------------------- */
 
 extern const struct keel_task_type keel__http_conn_task;
+/* The step of both connection task types (tls.c's frame embeds the plain
+ * one first). */
+int keel__http_conn_step(struct keel_task *t);
 
 /* Whether this response is the connection's last (then it says
  * "Connection: close"): the client's wish, an error, the drain. */
@@ -189,6 +199,84 @@ void keel__http_conns_sweep(struct keel__http_shard *sh, uint64_t now);
 void keel__http_conns_drain(struct keel__http_shard *sh);
 /* The drain's deadline: cut every connection (and its handler) left. */
 void keel__http_conns_cut(struct keel__http_shard *sh);
+
+/* ---- tls.c: the TLS transport ------------------------------------------ */
+
+/*
+ * A connection reads requests and sends responses through a transport:
+ * plain, the socket itself (a recv stream into the loop's ring, parsed in
+ * place; sendmsg; splice), or TLS (keel_tls_stream: ciphertext read in
+ * place from the ring by the engine, plaintext into the connection's
+ * buffer; responses gathered into one record's worth of plaintext and
+ * encrypted straight into the stream's output). The plain path stays as
+ * it was: a flag test picks the TLS routines, which are awaited with
+ * KEEL_AWAIT_CALL (their state is in the TLS frame).
+ */
+extern const struct keel_task_type keel__https_conn_task;
+
+/* Spawn a connection task for the accepted `fd`: TLS when the server has
+ * a TLS context. NULL when out of memory. */
+struct keel__http_conn *keel__http_conn_spawn(struct keel__http_shard *sh);
+/* Open the TLS stream and run the handshake (routine; keel_res() 0 or a
+ * negative errno: close). */
+int keel__http_tls_open(struct keel_task *t, struct keel__http_conn *c);
+/* Plaintext into c->buf (ring NULL), from offset 0 (routine; keel_res():
+ * bytes, 0 at close_notify, or a negative errno). Only when c->buf is
+ * parsed to its end. */
+int keel__http_tls_recv(struct keel_task *t, struct keel__http_conn *c);
+/* Send the bytes of `iov` (routine, from the connection's task or its
+ * handler, one at a time): gathered into as few records as fit, one
+ * send each. keel_res(): the total, or a negative errno. */
+int keel__http_tls_sendv(struct keel_task *t, struct keel__http_conn *c,
+			 const struct iovec *iov, unsigned iovcnt);
+/* keel__http_tls_sendv() of one piece. */
+int keel__http_tls_send(struct keel_task *t, struct keel__http_conn *c,
+			const void *buf, size_t len);
+/* The head, then `len` bytes of file `fd` from `off`, read into the
+ * frame's staging buffer and encrypted (no splice: the kernel cannot
+ * encrypt). keel_res(): body bytes sent, or a negative errno. */
+int keel__http_tls_sendfile(struct keel_task *t, struct keel__http_conn *c,
+			    const void *head, size_t head_len, int fd,
+			    uint64_t off, uint64_t len);
+/* close_notify (routine, shielded: it runs after a cancel too, within a
+ * second); then what the client still sends is dropped as for plain. */
+int keel__http_tls_close(struct keel_task *t, struct keel__http_conn *c);
+/* Close the TLS stream and free the engine (the fd stays open). */
+void keel__http_tls_fini(struct keel__http_conn *c);
+
+/* Await the next request bytes into c->buf: keel_res() > 0, 0 at the
+ * end, < 0 an error. In a task step (`co` the task) or routine. */
+#define KEEL__HTTP_RECV(co, t, c)                                              \
+	do {                                                                   \
+		if ((c)->flags & KEEL__HTTP_C_TLS)                             \
+			KEEL_AWAIT_CALL(co, keel__http_tls_recv(t, c));        \
+		else                                                           \
+			KEEL_AWAIT(co,                                         \
+				   keel_recv_next(t, &(c)->rs, &(c)->buf));    \
+	} while (0)
+
+/* Await sending `len` bytes at `buf`: keel_res() `len` or < 0. */
+#define KEEL__HTTP_SEND(co, t, c, buf, len)                                    \
+	do {                                                                   \
+		if ((c)->flags & KEEL__HTTP_C_TLS)                             \
+			KEEL_AWAIT_CALL(co,                                    \
+					keel__http_tls_send(t, c, buf, len));  \
+		else                                                           \
+			KEEL_AWAIT(co, keel_send_all(t, (c)->fd, buf, len,     \
+						     MSG_NOSIGNAL));           \
+	} while (0)
+
+/* Await sending every byte of `msg`'s iovecs. */
+#define KEEL__HTTP_SENDMSG(co, t, c, msg)                                      \
+	do {                                                                   \
+		if ((c)->flags & KEEL__HTTP_C_TLS)                             \
+			KEEL_AWAIT_CALL(co, keel__http_tls_sendv(              \
+						t, c, (msg)->msg_iov,          \
+						(unsigned)(msg)->msg_iovlen)); \
+		else                                                           \
+			KEEL_AWAIT(co, keel_sendmsg_all(t, (c)->fd, msg,       \
+							MSG_NOSIGNAL));        \
+	} while (0)
 
 /* ---- exchange.c ------------------------------------------------------ */
 

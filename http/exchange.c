@@ -456,9 +456,8 @@ static int body_read(struct keel_task *t, struct keel_http_exchange *x,
 		/* The client waits for this before sending the body. */
 		x->flags |= KEEL__HTTP_X_CONTINUED;
 		set_phase(x, KEEL__HTTP_SEND, o->send_timeout_ns);
-		KEEL_AWAIT(r, keel_send_all(t, x->c->fd, continue_100,
-					    sizeof(continue_100) - 1,
-					    MSG_NOSIGNAL));
+		KEEL__HTTP_SEND(r, t, x->c, continue_100,
+				sizeof(continue_100) - 1);
 		set_phase(x, KEEL__HTTP_HANDLER, UINT64_MAX);
 		if (keel_res(t) < 0) {
 			x->flags |= KEEL__HTTP_X_BROKEN;
@@ -484,10 +483,12 @@ static int body_read(struct keel_task *t, struct keel_http_exchange *x,
 		keel_buf_release(&c->buf);
 		c->buf.len = 0;
 		c->off = 0;
-		res = keel_recv_try(&c->rs, &c->buf);
-		if (res > 0)
-			continue;
-		c->buf.len = 0;
+		if (!(c->flags & KEEL__HTTP_C_TLS)) {
+			res = keel_recv_try(&c->rs, &c->buf);
+			if (res > 0)
+				continue;
+			c->buf.len = 0;
+		}
 		if (x->body_err) {
 			c->flags |= KEEL__HTTP_C_CLOSE;
 			KEEL_ROUTINE_RETURN(r, t, x->body_err);
@@ -500,6 +501,12 @@ static int body_read(struct keel_task *t, struct keel_http_exchange *x,
 		set_phase(x, KEEL__HTTP_BODY, o->body_timeout_ns);
 		x->flags |= KEEL__HTTP_X_BODY_WAIT;
 		keel_event_clear(x->body_ev);
+		if (c->flags & KEEL__HTTP_C_TLS) {
+			/* Only the connection's task reads its TLS stream:
+			 * wake it to receive (conn.c), then body_ev. */
+			x->flags |= KEEL__HTTP_X_WANT_BODY;
+			keel_event_set(x->done_ev);
+		}
 		KEEL_AWAIT(r, keel_event_wait(t, x->body_ev));
 		x->flags &= ~KEEL__HTTP_X_BODY_WAIT;
 		if (x->c->phase == KEEL__HTTP_BODY)
@@ -606,14 +613,13 @@ static int build_head(struct keel_http_exchange *x, int status,
 	return 0;
 }
 
-static int send_msg(struct keel_task *t, struct keel_http_exchange *x,
-		    unsigned iovcnt)
+/* Set x->msg to send x->iov[0..iovcnt) (then KEEL__HTTP_SENDMSG). */
+static void send_msg(struct keel_http_exchange *x, unsigned iovcnt)
 {
 	memset(&x->msg, 0, sizeof(x->msg));
 	x->msg.msg_iov = x->iov;
 	x->msg.msg_iovlen = iovcnt;
 	set_phase(x, KEEL__HTTP_SEND, x->sh->srv->opts.send_timeout_ns);
-	return keel_sendmsg_all(t, x->c->fd, &x->msg, MSG_NOSIGNAL);
 }
 
 /* After a send: the phase goes back, a failure breaks the response. */
@@ -653,7 +659,8 @@ int keel_http_respond(struct keel_task *t, struct keel_http_exchange *x,
 		n = 2;
 		x->body_sent = len;
 	}
-	KEEL_AWAIT(r, send_msg(t, x, n));
+	send_msg(x, n);
+	KEEL__HTTP_SENDMSG(r, t, x->c, &x->msg);
 	if (sent(x, keel_res(t)) < 0)
 		KEEL_ROUTINE_RETURN(r, t, keel_res(t));
 	x->flags |= KEEL__HTTP_X_FINISHED;
@@ -676,7 +683,8 @@ int keel_http_stream_begin(struct keel_task *t, struct keel_http_exchange *x,
 	x->flags |= KEEL__HTTP_X_STREAMING;
 	x->iov[0].iov_base = x->out;
 	x->iov[0].iov_len = x->out_len;
-	KEEL_AWAIT(r, send_msg(t, x, 1));
+	send_msg(x, 1);
+	KEEL__HTTP_SENDMSG(r, t, x->c, &x->msg);
 	KEEL_ROUTINE_RETURN(r, t, sent(x, keel_res(t)));
 }
 
@@ -698,7 +706,8 @@ int keel_http_stream_write(struct keel_task *t, struct keel_http_exchange *x,
 		/* HTTP/1.0: the body unframed; the close ends it. */
 		x->iov[0].iov_base = (void *)data;
 		x->iov[0].iov_len = len;
-		KEEL_AWAIT(r, send_msg(t, x, 1));
+		send_msg(x, 1);
+		KEEL__HTTP_SENDMSG(r, t, x->c, &x->msg);
 	} else {
 		n = snprintf(x->chunk_head, sizeof(x->chunk_head), "%zx\r\n",
 			     len);
@@ -708,7 +717,8 @@ int keel_http_stream_write(struct keel_task *t, struct keel_http_exchange *x,
 		x->iov[1].iov_len = len;
 		x->iov[2].iov_base = (void *)"\r\n";
 		x->iov[2].iov_len = 2;
-		KEEL_AWAIT(r, send_msg(t, x, 3));
+		send_msg(x, 3);
+		KEEL__HTTP_SENDMSG(r, t, x->c, &x->msg);
 	}
 	KEEL_ROUTINE_RETURN(r, t, sent(x, keel_res(t)));
 }
@@ -726,7 +736,8 @@ int keel_http_stream_end(struct keel_task *t, struct keel_http_exchange *x)
 	if (x->parser.http_minor > 0 && !(x->flags & KEEL__HTTP_X_HEAD)) {
 		x->iov[0].iov_base = (void *)"0\r\n\r\n";
 		x->iov[0].iov_len = 5;
-		KEEL_AWAIT(r, send_msg(t, x, 1));
+		send_msg(x, 1);
+		KEEL__HTTP_SENDMSG(r, t, x->c, &x->msg);
 		if (sent(x, keel_res(t)) < 0)
 			KEEL_ROUTINE_RETURN(r, t, keel_res(t));
 	}

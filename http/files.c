@@ -15,7 +15,9 @@
  *      in the same sendmsg as the head: a cached 4 KiB file costs one
  *      sendmsg and no open, statx, read or close. A large body goes by
  *      splice, file -> pipe -> socket, so its bytes never enter user
- *      space; the pipes are pooled per loop.
+ *      space; the pipes are pooled per loop. Over TLS (the kernel cannot
+ *      encrypt without kTLS) it is read into the connection's staging
+ *      buffer and encrypted from there (tls.c).
  *
  * Opening: openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS, so
  * neither "..", nor an absolute symlink, nor a /proc magic link inside
@@ -803,7 +805,13 @@ static int files_serve(struct keel_task *t, struct keel_http_exchange *x,
 	if (st->err)
 		goto out;
 	if (st->step == STEP_SEND) {
-		KEEL_AWAIT(r, keel_sendmsg_all(t, fd, &st->msg, MSG_NOSIGNAL));
+		if (keel__http_is_tls(x))
+			KEEL_AWAIT_CALL(r, keel__http_x_tls_sendv(
+					       t, x, st->msg.msg_iov,
+					       (unsigned)st->msg.msg_iovlen));
+		else
+			KEEL_AWAIT(
+			    r, keel_sendmsg_all(t, fd, &st->msg, MSG_NOSIGNAL));
 		if (keel_res(t) < 0)
 			st->err = keel_res(t);
 		else
@@ -816,6 +824,19 @@ static int files_serve(struct keel_task *t, struct keel_http_exchange *x,
 	st->err = hold(t, st);
 	if (st->err)
 		goto out;
+	if (keel__http_is_tls(x)) {
+		/* TLS: the kernel cannot encrypt, so no splice: the file is
+		 * read into the connection's staging buffer (after the
+		 * head, for the first record) and encrypted from there. */
+		KEEL_AWAIT_CALL(r, keel__http_x_tls_sendfile(
+				       t, x, st->head, st->head_len, st->e->fd,
+				       st->first, st->len));
+		if (keel_res(t) < 0)
+			st->err = keel_res(t);
+		else
+			st->sent = st->len;
+		goto out;
+	}
 	st->err = pipe_get(keel__http_shard(x)->files, &st->pipe);
 	if (st->err)
 		goto out;

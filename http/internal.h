@@ -12,6 +12,8 @@
  *   files.c     static files (keel_http_route_files, keel_http_send_file)
  *   metrics.c   per-route counts and latency histograms, /metrics, /health
  *   accesslog.c the per-loop access-log task
+ *   tls.c       the TLS transport (keel/tls.h): handshake, plaintext in,
+ *               records out, close_notify
  *
  * libkeel-http uses keel's public API only.
  */
@@ -22,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include <keel.h>
 #include <keel/http.h>
@@ -139,6 +142,14 @@ const char *keel__http_date(struct keel__http_shard *sh, size_t *len);
 struct keel__http_shard *keel__http_shard(const struct keel_http_exchange *x);
 /* The client socket. */
 int keel__http_fd(const struct keel_http_exchange *x);
+/* The connection speaks TLS (tls.c): no splice, sends through these
+ * routines (awaited with KEEL_AWAIT_CALL; see conn.h). */
+bool keel__http_is_tls(const struct keel_http_exchange *x);
+int keel__http_x_tls_sendv(struct keel_task *t, struct keel_http_exchange *x,
+			   const struct iovec *iov, unsigned iovcnt);
+int keel__http_x_tls_sendfile(struct keel_task *t, struct keel_http_exchange *x,
+			      const void *head, size_t head_len, int fd,
+			      uint64_t off, uint64_t len);
 /* The request is HEAD (send headers, no body). */
 bool keel__http_is_head(const struct keel_http_exchange *x);
 /*

@@ -27,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <keel/tls.h>
+
 #include "internal.h"
 
 /* Upper bounds of the latency buckets (le, inclusive), then +Inf. From
@@ -378,6 +380,30 @@ static void render_durations(struct keel_http_server *srv, struct out *o,
 	}
 }
 
+/* The TLS context's counters (handshakes, failures, resumptions...),
+ * keel_tls_render_metrics()'s text. */
+static void render_tls(struct keel_http_server *srv, struct out *o)
+{
+	char small[4096], *text = small;
+	size_t cap = sizeof(small);
+	int n;
+
+	while ((n = keel_tls_render_metrics(srv->opts.tls, "keel_http", text,
+					    cap)) == -ENOSPC &&
+	       cap < (1u << 20)) {
+		if (text != small)
+			free(text);
+		cap *= 4;
+		text = malloc(cap);
+		if (!text)
+			return;
+	}
+	if (n > 0)
+		put(o, text, (size_t)n);
+	if (text != small)
+		free(text);
+}
+
 size_t keel__http_metrics_render(struct keel_http_server *srv, char *buf,
 				 size_t len)
 {
@@ -416,6 +442,8 @@ size_t keel__http_metrics_render(struct keel_http_server *srv, char *buf,
 	}
 	free(sums);
 	free(owner);
+	if (srv->opts.tls)
+		render_tls(srv, &o);
 	if (o.len)
 		o.buf[o.need < o.len ? o.need : o.len - 1] = '\0';
 	return o.need;

@@ -289,8 +289,7 @@ static int acceptor_step(struct keel_task *t)
 		struct keel__http_conn *c = NULL;
 
 		if (admit(srv)) {
-			c = keel_spawn(sh->loop, &keel__http_conn_task,
-				       KEEL_PRIO_NORMAL);
+			c = keel__http_conn_spawn(sh);
 			if (!c)
 				atomic_fetch_sub_explicit(&srv->conns, 1,
 							  memory_order_relaxed);

@@ -114,8 +114,9 @@ if nm -D --defined-only "$stage$prefix/lib/libkeel-http.so.0.1.0" | awk '{print 
 fi
 cc -o "$stage/http_consumer-static" "$stage/http_consumer.c" \
 	$(pkg-config --cflags keel-http) "$stage$prefix/lib/libkeel-http.a" \
-	"$stage$prefix/lib/libkeel.a" \
-	$(pkg-config --libs-only-l --static keel-http | sed 's/-lkeel-http//; s/-lkeel//')
+	"$stage$prefix/lib/libkeel-tls.a" "$stage$prefix/lib/libkeel.a" \
+	$(pkg-config --libs-only-l --static keel-http |
+		sed 's/-lkeel-http//; s/-lkeel-tls//; s/-lkeel\( \|$\)/ /')
 "$stage/http_consumer-static" | grep -qx 'reason=Not Found'
 [ -f "$man/man7/keel_http.7" ] || { echo "keel_http.7 not installed" >&2; exit 1; }
 MANWIDTH=80 man -M "$man" 3 keel_http_server_start 2>/dev/null | grep -q 'keel_http_server_new' ||

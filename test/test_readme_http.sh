@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 # test_readme_http.sh: the HTTP service in README.md still works, as a new
 # user would find it. Extracts the C block between the "begin hello.c" and
-# "end hello.c" markers, compiles it against $BUILD/libkeel-http.a and
-# $BUILD/libkeel.a with the project's CFLAGS (TEST_CFLAGS) and -Werror,
+# "end hello.c" markers, compiles it against $BUILD/libkeel-http.a,
+# $BUILD/libkeel-tls.a and $BUILD/libkeel.a with the project's CFLAGS
+# (TEST_CFLAGS) and -Werror,
 # runs it on a free loopback port (port 0) and talks to it with python3's
 # http.client: /hello twice on one kept-alive connection, /health, a path
 # with no route (404), a POST to a GET route (405); then SIGTERM with a
@@ -36,8 +37,9 @@ fi
 
 # shellcheck disable=SC2086 # word splitting of the flags is intended
 if $CC $CFLAGS -Werror -Iinclude -o "$dir/hello" "$dir/hello.c" \
-	$LDFLAGS "$BUILD/libkeel-http.a" "$BUILD/libkeel.a" -lhttp_parser \
-	-luring -ljemalloc -lpthread >"$dir/cc.log" 2>&1; then
+	$LDFLAGS "$BUILD/libkeel-http.a" "$BUILD/libkeel-tls.a" "$BUILD/libkeel.a" \
+	-lhttp_parser -lssl -lcrypto -luring -ljemalloc -lpthread \
+	>"$dir/cc.log" 2>&1; then
 	ok "it compiles without a warning"
 else
 	cat "$dir/cc.log"

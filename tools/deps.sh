@@ -9,7 +9,8 @@
 # handshakes; the openssl tool: the certificate and the probe).
 set -eu
 PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev
-python3 python3-prometheus-client scdoc man-db libhttp-parser-dev curl wrk"
+python3 python3-prometheus-client scdoc man-db libhttp-parser-dev curl wrk
+libssl-dev openssl"
 if [ "${1:-}" = fuzz ]; then
 	PKGS="$PKGS clang libclang-rt-dev"
 fi

@@ -72,6 +72,7 @@ extern "C" {
 
 struct keel_loop;
 struct keel_runtime;
+struct keel_tls_ctx;
 struct keel_http_server;
 struct keel_http_exchange;
 
@@ -101,6 +102,17 @@ struct keel_http_opts {
 	 * are dropped and counted when its buffer is full, so the loop never
 	 * blocks on it. 0: none (fd 0 is never a log). */
 	int access_log_fd;
+	/*
+	 * HTTPS: a TLS context (keel/tls.h, libkeel-tls; a server role,
+	 * created with alpn "http/1.1") shared by every loop; NULL: plain
+	 * HTTP. Each connection does its handshake first, bounded by the
+	 * context's handshake timeout (a failure or a timeout is closed and
+	 * counted in the context's stats), then serves HTTP/1.1 as plain
+	 * does. Files are read and encrypted (no splice). Closing a
+	 * connection sends close_notify first. The context must outlive the
+	 * server; /metrics adds its counters.
+	 */
+	struct keel_tls_ctx *tls;
 };
 
 /*
