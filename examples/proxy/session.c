@@ -39,6 +39,8 @@ enum { RACE_CONNECT, RACE_WATCH };
 struct connector {
 	struct keel_task task;
 	int fd;
+	const struct sockaddr_storage *addr; /* the session's copy */
+	socklen_t len;
 };
 
 /* Waits for the client to speak or go; exits with WATCH_SPOKE, 0 (end of
@@ -54,6 +56,11 @@ struct session {
 	struct keel_task task;
 	struct shard *shard;
 	int client, backend;
+	struct backend *b; /* backend_pick()'s, until backend_release() */
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
+	uint64_t started; /* the connect's start, for its latency */
+	uint64_t up, down;
 	struct keel_scope race; /* connect vs. the client going */
 	uint32_t seen;		/* race results read */
 	int connected;		/* connect's result */
@@ -208,7 +215,7 @@ bool report_due(time_t *last)
 }
 
 /* At most one line a second, however many backends fail. */
-static void report_backend_failure(struct shard *s, int err)
+static void report_backend_failure(struct shard *s, const char *name, int err)
 {
 	static _Thread_local time_t last;
 
@@ -216,7 +223,7 @@ static void report_backend_failure(struct shard *s, int err)
 	if (report_due(&last))
 		fprintf(stderr,
 			"proxy: backend %s: %s (%llu failures on this loop)\n",
-			backend_text, keel_strerror(err),
+			name, keel_strerror(err),
 			(unsigned long long)s->backend_failures);
 }
 
@@ -269,8 +276,8 @@ static int connector_step(struct keel_task *t)
 	struct connector *c = keel_container_of(t, struct connector, task);
 
 	KEEL_BEGIN(t);
-	KEEL_AWAIT(t, keel_connect(t, c->fd, (struct sockaddr *)&backend_addr,
-				   backend_len));
+	KEEL_AWAIT(t,
+		   keel_connect(t, c->fd, (struct sockaddr *)c->addr, c->len));
 	KEEL_EXIT(t, keel_res(t));
 	KEEL_END(t);
 }
@@ -309,8 +316,11 @@ static bool race_start(struct session *ss)
 	struct watcher *w;
 
 	c = keel_scope_spawn(&ss->race, &connector_task, KEEL_PRIO_NORMAL);
-	if (c)
+	if (c) {
 		c->fd = ss->backend;
+		c->addr = &ss->addr;
+		c->len = ss->addr_len;
+	}
 	w = keel_scope_spawn(&ss->race, &watcher_task, KEEL_PRIO_NORMAL);
 	if (w)
 		w->fd = ss->client;
@@ -352,15 +362,22 @@ static int session_step(struct keel_task *t)
 		ss->shard->abandoned++;
 		goto close_client;
 	}
-	ss->backend = keel_tcp_socket(backend_addr.ss_family);
-	if (ss->backend < 0) {
-		report_backend_failure(ss->shard, ss->backend);
+	ss->b = backend_pick(0, &ss->addr, &ss->addr_len);
+	if (!ss->b) {
+		report_backend_failure(ss->shard, "(any)", -EHOSTUNREACH);
 		goto close_client;
 	}
+	ss->backend = keel_tcp_socket(ss->addr.ss_family);
+	if (ss->backend < 0) {
+		report_backend_failure(ss->shard, backend_name(ss->b),
+				       ss->backend);
+		goto release;
+	}
 	if (keel_scope_init(t, &ss->race, KEEL_SCOPE_COLLECT)) {
-		report_backend_failure(ss->shard, -ENOMEM);
+		report_backend_failure(ss->shard, backend_name(ss->b), -ENOMEM);
 		goto close_both;
 	}
+	ss->started = keel_loop_now(keel_task_loop(t));
 	if (race_start(ss)) {
 		do
 			KEEL_AWAIT(t, keel_scope_join_any(t, &ss->race));
@@ -377,15 +394,19 @@ static int session_step(struct keel_task *t)
 		ss->shard->abandoned++;
 		goto close_both;
 	}
+	if (ss->connected != -ECANCELED)
+		backend_connected(ss->b, ss->connected,
+				  keel_loop_now(keel_task_loop(t)) -
+				      ss->started);
 	if (ss->connected < 0) {
 		if (ss->connected != -ECANCELED)
-			report_backend_failure(ss->shard, ss->connected);
+			report_backend_failure(ss->shard, backend_name(ss->b),
+					       ss->connected);
 		goto close_both;
 	}
 	keel_tcp_nodelay(ss->backend);
-	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, &ss->shard->up);
-	ss->pumps[1] =
-	    start_pump(ss, ss->backend, ss->client, &ss->shard->down);
+	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, &ss->up);
+	ss->pumps[1] = start_pump(ss, ss->backend, ss->client, &ss->down);
 	if (!ss->pumps[0] || !ss->pumps[1]) {
 		/* Out of memory: end the one that started. */
 		shutdown(ss->client, SHUT_RDWR);
@@ -397,11 +418,19 @@ static int session_step(struct keel_task *t)
 		KEEL_AWAIT(t, keel_join(t, &ss->pumps[ss->i]->task));
 		/* A pump exits 0; anything else is the join's own error
 		 * (the shutdown): let the pump go when it is done. */
-		if (keel_res(t) != 0)
+		if (keel_res(t) != 0) {
+			/* It outlives this frame: it counts on the shard. */
+			ss->pumps[ss->i]->bytes =
+			    ss->i ? &ss->shard->down : &ss->shard->up;
 			keel_task_detach(&ss->pumps[ss->i]->task);
+		}
 	}
 close_both:
 	KEEL_AWAIT(t, keel_close(t, ss->backend));
+release:
+	ss->shard->up += ss->up;
+	ss->shard->down += ss->down;
+	backend_release(ss->b, ss->up, ss->down);
 close_client:
 	KEEL_AWAIT(t, keel_close(t, ss->client));
 	session_leave();
