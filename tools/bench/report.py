@@ -536,8 +536,18 @@ def cmd_tls(raw, probe=None):
                    " backend: keel's examples/proxy vs haproxy (mode tcp),"
                    " wrk -t1 https", "proxy CPU", tp_goals)
     if "pp" in peers:
+        meta = {}
+        mp = os.path.join(os.path.dirname(raw), "meta.tsv")
+        if os.path.exists(mp):
+            with open(mp) as fm:
+                meta = dict(line.rstrip("\n").split("\t", 1)
+                            for line in fm if "\t" in line)
+        opts = ""
+        if meta:
+            opts = (f" (keel-proxy: `{meta.get('health_off', '')}`;"
+                    f" keel-proxy-health: `{meta.get('health_on', '')}`)")
         conn_table("pp", "Plain TCP proxy, health checks off and on: keel's"
-                   " examples/proxy, wrk -t1 http, the same backend",
+                   " examples/proxy, wrk -t1 http, the same backend" + opts,
                    "proxy CPU", pp_goals)
 
 

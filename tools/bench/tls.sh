@@ -35,8 +35,8 @@
 # OUT, HTTP_BIN, PROXY_BIN, TLS_CONFIGS ("1 64"), TLS_HS_CONNS (64),
 # TLS_REPS (5), TLS_DUR (2 s; whole seconds, wrk's unit), QUICK=1 (1 rep,
 # 1 s), SRV_CPU (1), LG_CPU (0), KEEL_HEALTH_OPTS (examples/proxy's health
-# check options for the pp row). Writes OUT/raw.tsv, OUT/probe.tsv and
-# OUT/logs/; every process it starts is stopped at exit.
+# check options for the pp row). Writes OUT/raw.tsv, OUT/probe.tsv,
+# OUT/meta.tsv (the pp rows' options) and OUT/logs/; every process it starts is stopped at exit.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${PEERS_DIR:?tls.sh: PEERS_DIR (the peer harness) is not set}"
@@ -58,7 +58,9 @@ SRV_CPU="${SRV_CPU:-1}"
 LG_CPU="${LG_CPU:-0}"
 SUITE="${TLS_SUITE:-TLS_AES_128_GCM_SHA256}"
 GROUP="${TLS_GROUP:-X25519}"
-HEALTH="${KEEL_HEALTH_OPTS:---health-interval 1000}"
+# The pp rows: health checks off, and on as KEEL_HEALTH_OPTS says (an HTTP
+# GET of the nginx backend every second; haproxy's `check` default is 2 s).
+HEALTH="${KEEL_HEALTH_OPTS:---health http --health-every 1000}"
 BASE_PORT="${BASE_PORT:-24000}"
 # shellcheck disable=SC2034 # (read by lib.sh's alloc_port)
 NEXT_PORT="$BASE_PORT"
@@ -163,9 +165,13 @@ if [[ -n "${PORT[backend]:-}" ]]; then
 		log "  keel-proxy-tls: skipped: ${PROXY_BIN:-examples/proxy} has no --cert option: no keel row"
 	fi
 	if [[ -x "$PROXY_BIN" ]]; then
-		alloc_port || exit 1
-		up keel-proxy / http $ALLOC_PORT "$PROXY_BIN" --threads 1 -l '127.0.0.1:{port}' -b "127.0.0.1:$bp"
 		read -ra hopts <<<"$HEALTH"
+		off=()
+		has_opt "$PROXY_BIN" --health && off=(--health off)
+		alloc_port || exit 1
+		up keel-proxy / http $ALLOC_PORT "$PROXY_BIN" --threads 1 -l '127.0.0.1:{port}' \
+			-b "127.0.0.1:$bp" "${off[@]}"
+		printf 'health_off\t%s\nhealth_on\t%s\n' "${off[*]:-(no health options)}" "$HEALTH" >"$OUT/meta.tsv"
 		if has_opt "$PROXY_BIN" "${hopts[0]}"; then
 			alloc_port || exit 1
 			up keel-proxy-health / http $ALLOC_PORT "$PROXY_BIN" --threads 1 -l '127.0.0.1:{port}' \
