@@ -35,7 +35,8 @@
 # OUT, HTTP_BIN, PROXY_BIN, TLS_CONFIGS ("1 64"), TLS_HS_CONNS (64),
 # TLS_REPS (5), TLS_DUR (2 s; whole seconds, wrk's unit), QUICK=1 (1 rep,
 # 1 s), SRV_CPU (1), LG_CPU (0), KEEL_HEALTH_OPTS (examples/proxy's health
-# check options for the pp row). Writes OUT/raw.tsv, OUT/probe.tsv,
+# check options for the pp row), KEEL_TLS_PROXY_BIN (the proxy of the tp
+# row, default PROXY_BIN: e.g. another build's). Writes OUT/raw.tsv, OUT/probe.tsv,
 # OUT/meta.tsv (the pp rows' options) and OUT/logs/; every process it starts is stopped at exit.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -157,12 +158,16 @@ if [[ -n "${PORT[backend]:-}" ]]; then
 	# -db: foreground, so that the PID is haproxy's own.
 	up haproxy-tls / https $hp haproxy -db -f "$OUT/haproxy/haproxy.cfg"
 
-	if has_opt "$PROXY_BIN" --cert; then
+	tproxy="${KEEL_TLS_PROXY_BIN:-$PROXY_BIN}"
+	if has_opt "$tproxy" --cert; then
+		# ALPN as haproxy's bind line has it.
+		alpn=()
+		has_opt "$tproxy" --alpn && alpn=(--alpn http/1.1)
 		alloc_port || exit 1
-		up keel-proxy-tls / https $ALLOC_PORT "$PROXY_BIN" --threads 1 -l '127.0.0.1:{port}' \
-			-b "127.0.0.1:$bp" --cert "$CERT" --key "$KEY"
+		up keel-proxy-tls / https $ALLOC_PORT "$tproxy" --threads 1 -l '127.0.0.1:{port}' \
+			-b "127.0.0.1:$bp" --cert "$CERT" --key "$KEY" "${alpn[@]}"
 	else
-		log "  keel-proxy-tls: skipped: ${PROXY_BIN:-examples/proxy} has no --cert option: no keel row"
+		log "  keel-proxy-tls: skipped: ${tproxy:-examples/proxy} has no --cert option: no keel row"
 	fi
 	if [[ -x "$PROXY_BIN" ]]; then
 		read -ra hopts <<<"$HEALTH"
