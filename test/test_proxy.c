@@ -21,7 +21,8 @@
  * - a backend that does not answer (its listen queue is full): a client
  *   that leaves while the connect is pending ends the session at once,
  *   and --connect-timeout closes the client's connection;
- * - --max-conns: a connection over the cap is closed at once;
+ * - --max-conns: at the cap the proxy stops accepting; a client that
+ *   connects meanwhile waits and is served once a session has left;
  * - two proxies pointed at each other, each under a descriptor limit:
  *   after a client has come and gone, both hold the descriptors they held
  *   before, and a connection through one of them works.
@@ -403,16 +404,17 @@ static int proxy_path(char *path, size_t len)
 struct proxy_opts {
 	const char *mode;
 	int threads;
-	uint16_t listen_port; /* 0: a free one, read from its first line */
+	uint16_t listen_port;	 /* 0: a free one, read from its first line */
+	const char *listen_host; /* NULL: 127.0.0.1 ("[::1]" for IPv6) */
 	uint16_t backend_port;
-	const char *extra[3]; /* more arguments, NULL-terminated */
+	const char *extra[8]; /* more arguments, NULL-terminated */
 	int nofile;	      /* its descriptor limit (ulimit -n); 0: ours */
 };
 
 static void proxy_launch(struct proxy *px, const struct proxy_opts *o)
 {
 	char path[PATH_MAX], nthreads[16], listen_arg[64], backend[64];
-	const char *argv[16];
+	const char *argv[24];
 	pid_t parent = getpid();
 	int out[2], n = 0;
 	char *p;
@@ -421,8 +423,8 @@ static void proxy_launch(struct proxy *px, const struct proxy_opts *o)
 		cr_skip_test("the proxy example is not built (make examples), "
 			     "or set KEEL_PROXY");
 	snprintf(nthreads, sizeof(nthreads), "%d", o->threads);
-	snprintf(listen_arg, sizeof(listen_arg), "127.0.0.1:%u",
-		 o->listen_port);
+	snprintf(listen_arg, sizeof(listen_arg), "%s:%u",
+		 o->listen_host ? o->listen_host : "127.0.0.1", o->listen_port);
 	snprintf(backend, sizeof(backend), "127.0.0.1:%u", o->backend_port);
 	argv[n++] = path;
 	argv[n++] = "--threads";
@@ -433,7 +435,7 @@ static void proxy_launch(struct proxy *px, const struct proxy_opts *o)
 	argv[n++] = listen_arg;
 	argv[n++] = "-b";
 	argv[n++] = backend;
-	for (int i = 0; i < 3 && o->extra[i]; i++)
+	for (int i = 0; i < 8 && o->extra[i]; i++)
 		argv[n++] = o->extra[i];
 	argv[n] = NULL;
 
@@ -1172,16 +1174,22 @@ static bool echo_byte(int fd)
 	return send_all(fd, &c, 1) == 0 && recv_end(fd) == 1;
 }
 
-/* Over the cap a connection is closed at once; under it again (a session
- * has ended), connections are served. */
-Test(proxy, max_conns_closes_connections_over_the_cap, .timeout = 60,
-     .fini = proxy_reap)
+/*
+ * At the cap the proxy stops accepting: a client that connects then waits
+ * in the listen queue (its connect completes, nothing is served, nothing
+ * is refused) and is served as soon as a session leaves (--low-water: at
+ * one session open, below the cap of two). Two loops: the third client
+ * may reach the loop that did not fill the cap, which holds it instead.
+ */
+Test(proxy, max_conns_pauses_accepting_and_the_waiting_client_is_served,
+     .timeout = 60, .fini = proxy_reap)
 {
 	struct proxy_opts o = {.mode = "buffers", .threads = 2};
 	struct backend b;
 	struct proxy px;
 	const char *sum;
-	int held[2], fd, end, i;
+	int held[2], fd, i;
+	char c = 'w';
 
 	backend_start(&b, 0, B_ECHO);
 	o.backend_port = b.port;
@@ -1194,25 +1202,26 @@ Test(proxy, max_conns_closes_connections_over_the_cap, .timeout = 60,
 			  i);
 	}
 	fd = connect_to(px.port);
-	end = recv_end(fd);
-	cr_assert(end == 0 || end == -ECONNRESET, "over the cap: %s",
-		  end > 0 ? "data" : strerror(-end));
-	close(fd);
+	cr_assert_eq(send_all(fd, &c, 1), 0);
+	/* It waits: for half a second nothing comes (a refusal would be
+	 * end of file or a reset, at once). */
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+	cr_assert_eq(poll(&pfd, 1, 500), 0,
+		     "over the cap: the client's connection was %s",
+		     pfd.revents & POLLIN ? "answered or closed" : "broken");
+	/* A session leaves: the waiting client is served. */
 	close(held[0]);
-	/* Its session ends asynchronously: retry (bounded). */
-	for (i = 0; i < 200; i++) {
-		fd = connect_to(px.port);
-		if (echo_byte(fd))
-			break;
-		close(fd);
-		sleep_ms(50);
-	}
-	cr_assert_lt(i, 200, "no connection served after one left");
+	cr_assert_eq(recv_end(fd), 1, "the waiting client was not served");
+	cr_assert(echo_byte(fd), "the waiting client was not served");
 	close(fd);
 	close(held[1]);
 	sum = proxy_stop(&px);
 	backend_stop(&b);
-	cr_assert_geq(summary_count(sum, "refused"), 1, "summary: %s", sum);
+	cr_assert_eq(summary_count(sum, "refused"), 0, "summary: %s", sum);
+	cr_assert_eq(summary_count(sum, "connections"), 3, "summary: %s", sum);
+	cr_assert_eq(b.accepted, 3, "the backend saw %d connections",
+		     b.accepted);
 }
 
 /* ---- two proxies pointed at each other --------------------------------- */
@@ -1313,4 +1322,190 @@ Test(proxy, proxies_pointed_at_each_other_release_fds_client_spoke_splice,
      .timeout = 120, .fini = proxy_reap)
 {
 	run_loop("splice", true);
+}
+
+/* ---- --idle-timeout ------------------------------------------------------ */
+
+/* The backend's count of connections that saw end of file. */
+static int backend_eofs(struct backend *b)
+{
+	int n;
+
+	pthread_mutex_lock(&b->lock);
+	n = b->eofs;
+	pthread_mutex_unlock(&b->lock);
+	return n;
+}
+
+/*
+ * A connection that moves nothing for --idle-timeout is closed, both
+ * sides: the client sees its end, so does the backend; one that keeps
+ * talking (ten times more often than the timeout) is left alone.
+ */
+static void run_idle(const char *mode)
+{
+	struct proxy_opts o = {.mode = mode, .threads = 1};
+	struct backend b;
+	struct proxy px;
+	const char *sum;
+	int quiet, busy, end, i;
+
+	backend_start(&b, 0, B_ECHO);
+	o.backend_port = b.port;
+	o.extra[0] = "--idle-timeout";
+	o.extra[1] = "1000";
+	proxy_launch(&px, &o);
+	quiet = connect_to(px.port);
+	cr_assert(echo_byte(quiet), "the quiet connection was not served");
+	busy = connect_to(px.port);
+	for (i = 0; i < 20; i++) {
+		cr_assert(echo_byte(busy),
+			  "the busy connection was closed "
+			  "after %d round trips",
+			  i);
+		sleep_ms(100);
+	}
+	/* (the 20 s receive timeout would say it was not closed) */
+	end = recv_end(quiet);
+	cr_assert(end == 0 || end == -ECONNRESET, "the quiet connection: %s",
+		  end > 0 ? "data" : strerror(-end));
+	for (i = 0; i < 2000 && backend_eofs(&b) < 1; i++)
+		sleep_ms(10);
+	cr_assert_eq(backend_eofs(&b), 1, "the backend did not see its end");
+	cr_assert(echo_byte(busy), "the busy connection was closed");
+	close(quiet);
+	close(busy);
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(summary_count(sum, "closed idle"), 1, "summary: %s", sum);
+}
+
+Test(proxy, idle_timeout_closes_both_sides_buffers, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_idle("buffers");
+}
+
+Test(proxy, idle_timeout_closes_both_sides_splice, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_idle("splice");
+}
+
+/* ---- --proxy-protocol ---------------------------------------------------- */
+
+/*
+ * The backend connection begins with the PROXY protocol v2 header (as
+ * haproxy's proxy-protocol.txt lays it out, built here byte by byte),
+ * then the client's bytes: over IPv4 (listening on 127.0.0.1) and IPv6
+ * (on ::1; the backend stays on 127.0.0.1: the header tells of the
+ * client's connection); an IPv4 client of a wildcard IPv6 listener (its
+ * addresses v4-mapped) is told of as IPv4.
+ */
+static void run_proxy_protocol(bool v6, const char *listen_host)
+{
+	struct proxy_opts o = {.mode = "buffers", .threads = 1};
+	struct sockaddr_storage cl;
+	socklen_t cllen = sizeof(cl);
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	uint8_t want[64], got[64 + 5];
+	size_t n = 0;
+	struct proxy px;
+	int lfd, fd, bfd, err;
+	uint16_t cport;
+
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(lfd, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(listen(lfd, 8), 0);
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sin, &len), 0);
+	set_timeouts(lfd, 20); /* the accept below too */
+	o.backend_port = ntohs(sin.sin_port);
+	o.listen_host = listen_host;
+	o.extra[0] = "--proxy-protocol";
+	proxy_launch(&px, &o);
+
+	if (v6) {
+		struct sockaddr_in6 s6 = {.sin6_family = AF_INET6,
+					  .sin6_port = htons(px.port),
+					  .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+
+		fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(connect(fd, (struct sockaddr *)&s6, sizeof(s6)), 0,
+			     "connect to [::1]:%u: %s", px.port,
+			     strerror(errno));
+		set_timeouts(fd, 20);
+	} else {
+		fd = connect_to(px.port);
+	}
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&cl, &cllen), 0);
+	cport = v6 ? ntohs(((struct sockaddr_in6 *)&cl)->sin6_port)
+		   : ntohs(((struct sockaddr_in *)&cl)->sin_port);
+	cr_assert_eq(send_all(fd, "hello", 5), 0);
+
+	/* signature, version 2 + PROXY, TCP over IPv4/IPv6, length */
+	memcpy(want, "\r\n\r\n\0\r\nQUIT\n", 12);
+	n = 12;
+	want[n++] = 0x21;
+	want[n++] = v6 ? 0x21 : 0x11;
+	want[n++] = 0;
+	want[n++] = v6 ? 36 : 12;
+	for (int i = 0; i < 2; i++) { /* source, destination: loopback */
+		if (v6) {
+			memset(want + n, 0, 15);
+			want[n + 15] = 1;
+			n += 16;
+		} else {
+			memcpy(want + n, "\x7f\0\0\x01", 4);
+			n += 4;
+		}
+	}
+	want[n++] = (uint8_t)(cport >> 8);
+	want[n++] = (uint8_t)cport;
+	want[n++] = (uint8_t)(px.port >> 8);
+	want[n++] = (uint8_t)px.port;
+	memcpy(want + n, "hello", 5);
+	n += 5;
+
+	bfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	cr_assert_geq(bfd, 0, "the proxy did not connect: %s", strerror(errno));
+	set_timeouts(bfd, 20);
+	cr_assert_eq(recv_full(bfd, got, n, &err), n,
+		     "the backend got fewer bytes than the header and hello");
+	for (size_t i = 0; i < n; i++)
+		cr_assert_eq(got[i], want[i],
+			     "byte %zu: 0x%02x, the spec says 0x%02x", i,
+			     got[i], want[i]);
+	/* Nothing more: the client's bytes went once. */
+	cr_assert_eq(send_all(bfd, "bye", 3), 0);
+	cr_assert_eq(recv_full(fd, got, 3, &err), 3);
+	cr_assert_eq(memcmp(got, "bye", 3), 0);
+	close(fd);
+	cr_assert_eq(recv_end(bfd), 0,
+		     "after the client's end: not end of "
+		     "file");
+	close(bfd);
+	close(lfd);
+	proxy_stop(&px);
+}
+
+Test(proxy, proxy_protocol_v2_header_ipv4, .timeout = 60, .fini = proxy_reap)
+{
+	run_proxy_protocol(false, NULL);
+}
+
+Test(proxy, proxy_protocol_v2_header_ipv4_mapped, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_proxy_protocol(false, "[::]");
+}
+
+Test(proxy, proxy_protocol_v2_header_ipv6, .timeout = 60, .fini = proxy_reap)
+{
+	run_proxy_protocol(true, "[::1]");
 }

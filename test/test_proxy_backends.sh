@@ -159,8 +159,8 @@ b1=127.0.0.1:$e1_port
 b2=localhost:$e2_port
 b3=127.0.0.1:$e3_port
 
-start_proxy --threads 1 --health off -b "$b1" -b "$b2" -b "$b3" \
-	-b no-such-host.invalid:80
+start_proxy --threads 1 --health off --resolve-every 100 -b "$b1" -b "$b2" \
+	-b "$b3" -b no-such-host.invalid:80
 if [ -z "$port" ]; then
 	cat "$dir/proxy.out" "$dir/proxy.err"
 	bad "the proxy starts with three backends and one that does not resolve"
@@ -178,6 +178,18 @@ check "rr: 10 sessions on each backend (got $s1 $s2 $s3; $b2 by name)" \
 	[ "$s1/$s2/$s3" = 10/10/10 ]
 check "the backend that does not resolve is down in /metrics" \
 	[ "$(metric proxy_backend_up no-such-host.invalid:80)" = 0 ]
+# Every 100 ms it is tried again on the blocking pool: counted each time,
+# reported once a second at most.
+retried() {
+	[ "$(metric proxy_backend_resolve_failures_total no-such-host.invalid:80)" -ge 15 ]
+}
+check "a name that does not resolve is tried again, each failure counted" \
+	wait_for retried
+lines=$(grep -c "^proxy: backend no-such-host.invalid:80: cannot resolve: .* failures; down)$" \
+	"$dir/proxy.err")
+failures=$(metric proxy_backend_resolve_failures_total no-such-host.invalid:80)
+check "... and reported once a second at most ($lines lines, $failures failures)" \
+	[ "$lines" -ge 1 -a "$lines" -lt "$failures" ]
 
 # /metrics: every family, with HELP and TYPE, and the loops' metrics.
 scrape >"$dir/metrics"

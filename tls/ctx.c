@@ -500,6 +500,9 @@ static int configure(struct keel_tls_ctx *ctx, SSL_CTX *sc,
 		SSL_CTX_set_tlsext_servername_arg(sc, ctx);
 		if (o->no_tickets)
 			SSL_CTX_set_num_tickets(sc, 0);
+		/* Resumption is by tickets only: stateless, so no server
+		 * cache (a lock shared by every loop, per handshake). */
+		SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_OFF);
 		SSL_CTX_set_session_id_context(
 		    sc, (const unsigned char *)"keel", 4);
 	}

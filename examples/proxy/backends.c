@@ -51,7 +51,7 @@ unsigned nbackends;
 /* Connect latency buckets (seconds), for the histogram metrics.c shows. */
 const double latency_bounds[LATENCY_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-    0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5,
+    0.025,  0.05,    0.1,    0.25,  0.5,    1,	   2.5,
 };
 
 int backends_add(const char *arg)
@@ -113,7 +113,7 @@ void backend_set_addr(struct backend *b, const struct sockaddr_storage *ss,
 }
 
 bool backend_current(const struct backend *b, struct sockaddr_storage *ss,
-		  socklen_t *len)
+		     socklen_t *len)
 {
 	uint64_t w[ADDR_WORDS];
 	unsigned seq, l;
@@ -262,8 +262,8 @@ static void resolve_done(struct backend *b, struct resolve_job *j, int res)
 	char text[INET6_ADDRSTRLEN + 16];
 
 	if (res < 0) {
-		uint64_t n = atomic_fetch_add_explicit(
-				 &b->resolve_failures, 1, memory_order_relaxed) +
+		uint64_t n = atomic_fetch_add_explicit(&b->resolve_failures, 1,
+						       memory_order_relaxed) +
 			     1;
 
 		if (report_due(&last))
@@ -327,9 +327,8 @@ int backends_start(struct keel_runtime *rt)
 
 	for (unsigned i = 0; i < nbackends; i++)
 		named |= !backends[i].numeric;
-	if (named &&
-	    !keel_spawn(keel_runtime_loop(rt, 0), &resolver_task,
-			KEEL_PRIO_LOW))
+	if (named && !keel_spawn(keel_runtime_loop(rt, 0), &resolver_task,
+				 KEEL_PRIO_LOW))
 		return -ENOMEM;
 	return health_start(rt);
 }
@@ -373,8 +372,8 @@ struct backend *backend_pick(uint64_t tried, struct sockaddr_storage *addr,
 		}
 		/* leastconn: the fewest sessions on it; the rotation breaks
 		 * ties, so equal backends still take turns. */
-		uint64_t active = atomic_load_explicit(&b->active,
-						       memory_order_relaxed);
+		uint64_t active =
+		    atomic_load_explicit(&b->active, memory_order_relaxed);
 
 		if (active < best_active) {
 			best = b;

@@ -74,7 +74,7 @@ void metrics_free(void);
 
 /* backends.c */
 bool backend_current(const struct backend *b, struct sockaddr_storage *ss,
-		  socklen_t *len);
+		     socklen_t *len);
 void backend_set_addr(struct backend *b, const struct sockaddr_storage *ss,
 		      socklen_t len);
 void backend_set_up(struct backend *b, bool up, const char *why);

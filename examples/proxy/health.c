@@ -28,8 +28,8 @@ struct health {
 	struct backend *b;
 	int fd;
 	unsigned ok_run, fail_run; /* successes, failures in a row */
-	int result;		   /* this check: 0, -errno, or an HTTP status */
-	const char *stage;	   /* where it failed: "connect", "http"... */
+	int result;	   /* this check: 0, -errno, or an HTTP status */
+	const char *stage; /* where it failed: "connect", "http"... */
 	uint64_t deadline;
 	/* Handed to the kernel: in the frame. */
 	struct sockaddr_storage ss;
@@ -159,8 +159,8 @@ static int health_step(struct keel_task *t)
 			KEEL_AWAIT(t, keel_recv(t, h->fd, h->resp + h->got,
 						sizeof(h->resp) - h->got, 0));
 			if (keel_res(t) <= 0) {
-				h->result = keel_res(t) ? keel_res(t)
-							: -ECONNRESET;
+				h->result =
+				    keel_res(t) ? keel_res(t) : -ECONNRESET;
 				break;
 			}
 			h->got += (size_t)keel_res(t);

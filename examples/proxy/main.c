@@ -42,25 +42,54 @@
  * client that closed from one that only shut down its writing half without
  * sending anything: before the backend is connected, both are gone.)
  *
- * --max-conns N caps the sessions open at once, all loops together; a
- * connection over the cap is accepted and closed at once (counted, and
- * reported at most once a second). The default is what the descriptor
- * limit (ulimit -n) leaves room for: each session holds 2 descriptors (6 in
- * splice mode, with its pipes), and a few are kept for the rest; a larger N
- * is lowered to that.
+ * A connect that fails or runs out of time moves on to the next backend
+ * (backend_pick(): one this session has not tried), up to --retries N
+ * more (default 2): safe for any client, since nothing is sent to a
+ * backend before its connect has completed. With none left, the client's
+ * connection is closed; both are counted.
+ *
+ * --idle-timeout MS (default 0: off): a session that has moved no byte in
+ * either direction for that long is closed, both sides (counted). A loop's
+ * sweep checks its sessions' byte counts every quarter of it (at most
+ * 100 ms), so the data path pays nothing per recv.
+ *
+ * --proxy-protocol: each backend connection begins with a PROXY protocol
+ * v2 header (haproxy's proxy-protocol.txt), in one send before any byte of
+ * the client's: the client's address and port, and the address and port
+ * it connected to (IPv4 or IPv6). The backend must expect it.
+ *
+ * --max-conns N caps the sessions open at once, all loops together. At
+ * the cap a loop stops accepting (its multishot accept is cancelled): new
+ * clients wait in the listen queue, their connects complete by the
+ * kernel, and are served when the sessions open have fallen to
+ * --low-water N (default 90% of the cap, and below it), when accepting
+ * resumes. A connection another loop accepted just as the cap was reached
+ * waits in its acceptor the same way. Pauses and resumes are reported on
+ * stderr (one line each, at most one pause a second). The default cap is
+ * what the descriptor limit (ulimit -n) leaves room for: each session
+ * holds 2 descriptors (6 in splice mode, with its pipes), and a few are
+ * kept for the rest; a larger N is lowered to that.
  *
  * Both matter when two proxies are pointed at each other (A's backend is
  * B, B's is A), a loop neither can see: each client connection becomes a
  * chain of sessions, through both, that grows as fast as they connect.
- * The cap stops it: the refused connection's end travels back along the
- * chain, and once the client has gone, the chain unwinds. Without the cap
- * it took every descriptor of both, and its last connection could wait
- * for good in a listen queue neither could accept from any more. A client
- * that leaves at once leaves a chain that moves on instead: each session
- * has connected onward (on loopback a connect completes at once) by the
- * time it hears that its client has gone, so cancelling its connect cannot
- * end the chain; the peek before connecting does, at the first session
- * whose client's end arrives before it would connect.
+ * The cap stops it growing. Waiting does not end it, though: the chain's
+ * last connection waits in a full proxy's listen queue, and each session
+ * of the chain waits for the one after it, so no session ever leaves to
+ * make room. Hence the refusal: while a proxy is full and no session has
+ * ended for --connect-timeout, the clients waiting (in its listen queue,
+ * and the one its acceptor may hold) are accepted and closed, counted as
+ * refused. The refused connection's end travels back along the chain,
+ * and once the client has gone, the chain unwinds. (A proxy in front of a
+ * full one would give up on a connect that long, or its client would.)
+ * Without the cap the chain took every descriptor of both, and its last
+ * connection could wait for good in a listen queue neither could accept
+ * from any more. A client that leaves at once leaves a chain that moves
+ * on instead: each session has connected onward (on loopback a connect
+ * completes at once) by the time it hears that its client has gone, so
+ * cancelling its connect cannot end the chain; the peek before connecting
+ * does, at the first session whose client's end arrives before it would
+ * connect.
  *
  * --mode buffers (default): a pump keeps a multishot recv armed on its
  * source, into the loop's provided-buffer ring (--bufs x --buf-size,
@@ -111,6 +140,13 @@ struct keel_bufring_opts ring_opts = {.count = 256, .size = 16384};
 uint64_t connect_timeout_ns = 5000ull * 1000 * 1000;
 unsigned max_sessions;
 atomic_uint open_sessions;
+
+/* --- session.c's settings --- */
+unsigned retries = 2;
+uint64_t idle_timeout_ns;
+unsigned low_water;
+bool proxy_protocol;
+/* --- end of session.c's settings --- */
 
 static int main_step(struct keel_task *t);
 static KEEL_TASK_TYPE(proxy_main, struct main_frame, task, main_step);
@@ -222,6 +258,14 @@ static unsigned session_room(void)
 	return fds > reserve ? (unsigned)((fds - reserve) / per_session) : 0;
 }
 
+/* session.c's long options (no short form), apart from the others. */
+enum {
+	OPT_RETRIES = 0x200,
+	OPT_IDLE_TIMEOUT,
+	OPT_LOW_WATER,
+	OPT_PROXY_PROTOCOL,
+};
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -229,6 +273,9 @@ static void usage(FILE *out)
 		"[--bufs N] [--buf-size BYTES]\n"
 		"             [--batch-wait NS] [--connect-timeout MS] "
 		"[--max-conns N]\n"
+		"             [--retries N] [--idle-timeout MS] "
+		"[--low-water N]\n"
+		"             [--proxy-protocol]\n"
 		"             [--balance rr|leastconn] [--resolve-every MS]\n"
 		"             [--health tcp|http[:PATH]|off] "
 		"[--health-every MS]\n"
@@ -427,10 +474,17 @@ int main(int argc, char **argv)
 	    {"fall", required_argument, NULL, OPT_FALL},
 	    {"metrics", required_argument, NULL, OPT_METRICS},
 	    {"help", no_argument, NULL, 'h'},
+	    /* session.c's options */
+	    {"retries", required_argument, NULL, OPT_RETRIES},
+	    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+	    {"low-water", required_argument, NULL, OPT_LOW_WATER},
+	    {"proxy-protocol", no_argument, NULL, OPT_PROXY_PROTOCOL},
+	    /* end of session.c's options */
 	    {NULL, 0, NULL, 0},
 	};
 	char *listen_arg = NULL;
 	long threads = 0, batch_wait = 0, max_conns = 0;
+	long low_water_arg = -1; /* session.c's */
 	int opt;
 
 	while ((opt = getopt_long(argc, argv, "t:m:n:s:w:c:M:l:b:h", longopts,
@@ -530,6 +584,42 @@ int main(int argc, char **argv)
 			if (backends_option(opt, optarg))
 				return 2;
 			break;
+		/* session.c's options */
+		case OPT_RETRIES:
+			v = parse_number(optarg, 0, 63);
+			if (v < 0) {
+				fprintf(stderr,
+					"proxy: bad --retries: %s (0 to 63)\n",
+					optarg);
+				return 2;
+			}
+			retries = (unsigned)v;
+			break;
+		case OPT_IDLE_TIMEOUT:
+			v = parse_number(optarg, 0, 86400000);
+			if (v < 0) {
+				fprintf(stderr,
+					"proxy: bad --idle-timeout: %s (ms, 0 "
+					"to 86400000; 0: off)\n",
+					optarg);
+				return 2;
+			}
+			idle_timeout_ns = (uint64_t)v * 1000 * 1000;
+			break;
+		case OPT_PROXY_PROTOCOL:
+			proxy_protocol = true;
+			break;
+		case OPT_LOW_WATER:
+			low_water_arg = parse_number(optarg, 0, 1 << 24);
+			if (low_water_arg < 0) {
+				fprintf(stderr,
+					"proxy: bad --low-water: %s (0 to "
+					"16777216, below --max-conns)\n",
+					optarg);
+				return 2;
+			}
+			break;
+		/* end of session.c's options */
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -540,6 +630,13 @@ int main(int argc, char **argv)
 	}
 	if (!listen_arg || !nbackends || optind != argc) {
 		usage(stderr);
+		return 2;
+	}
+	if (low_water_arg >= 0 && max_conns > 0 && low_water_arg >= max_conns) {
+		fprintf(stderr,
+			"proxy: --low-water %ld: must be below --max-conns "
+			"%ld\n",
+			low_water_arg, max_conns);
 		return 2;
 	}
 	const char *lhost;
@@ -590,6 +687,10 @@ int main(int argc, char **argv)
 			"proxy: --max-conns %ld: the descriptor limit (ulimit "
 			"-n) leaves room for %u sessions: using %u\n",
 			max_conns, room, room);
+	/* session.c's: where accepting resumes after the cap paused it */
+	low_water = max_sessions - (max_sessions / 10 ? max_sessions / 10 : 1);
+	if (low_water_arg >= 0 && (unsigned long)low_water_arg < max_sessions)
+		low_water = (unsigned)low_water_arg;
 	for (unsigned i = 0; i < nshards; i++) {
 		int fd = keel_tcp_listen(lhost, (uint16_t)lport, LISTEN_BACKLOG,
 					 KEEL_NET_REUSEPORT);
@@ -646,6 +747,9 @@ int main(int argc, char **argv)
 		sum.resets += shards[i].resets;
 		sum.abandoned += shards[i].abandoned;
 		sum.refused += shards[i].refused;
+		sum.retried += shards[i].retried;
+		sum.no_backend += shards[i].no_backend;
+		sum.idle_closed += shards[i].idle_closed;
 		if (shards[i].error && !fatal)
 			fatal = shards[i].error;
 	}
@@ -655,13 +759,16 @@ int main(int argc, char **argv)
 	printf("proxy: served %llu connections, %llu bytes up, %llu bytes "
 	       "down, %llu backend failures, %llu directions ended by an "
 	       "error, %llu clients gone while connecting, %llu refused "
-	       "over --max-conns\n",
+	       "over --max-conns, %llu connects retried, %llu clients with "
+	       "no backend, %llu closed idle\n",
 	       (unsigned long long)sum.connections, (unsigned long long)sum.up,
 	       (unsigned long long)sum.down,
 	       (unsigned long long)sum.backend_failures,
 	       (unsigned long long)sum.resets,
 	       (unsigned long long)sum.abandoned,
-	       (unsigned long long)sum.refused);
+	       (unsigned long long)sum.refused, (unsigned long long)sum.retried,
+	       (unsigned long long)sum.no_backend,
+	       (unsigned long long)sum.idle_closed);
 	if (fatal) {
 		fprintf(stderr, "proxy: %s\n", keel_loop_explain(fatal));
 		return 1;

@@ -49,8 +49,8 @@ static bool text_room(struct text *s, size_t more)
 	return true;
 }
 
-__attribute__((format(printf, 2, 3))) static void
-text_add(struct text *s, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void text_add(struct text *s,
+							   const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -127,8 +127,8 @@ static void latency(struct text *s)
 					 name, l, latency_bounds[k],
 					 (unsigned long long)sum);
 		}
-		text_add(s, "%s_bucket{backend=\"%s\",le=\"+Inf\"} %llu\n", name,
-			 l, (unsigned long long)sum);
+		text_add(s, "%s_bucket{backend=\"%s\",le=\"+Inf\"} %llu\n",
+			 name, l, (unsigned long long)sum);
 		text_add(s, "%s_sum{backend=\"%s\"} %.9f\n", name, l,
 			 (double)load(&b->latency_ns) / 1e9);
 		text_add(s, "%s_count{backend=\"%s\"} %llu\n", name, l,
@@ -165,15 +165,16 @@ static char *render(size_t *len)
 	latency(&s);
 	per_backend(&s, "proxy_backend_health_checks_total", "counter",
 		    "Health checks of the backend.", FIELD(checks));
-	per_backend(&s, "proxy_backend_health_check_failures_total",
-		    "counter", "Health checks of the backend that failed.",
+	per_backend(&s, "proxy_backend_health_check_failures_total", "counter",
+		    "Health checks of the backend that failed.",
 		    FIELD(check_failures));
 	per_backend(&s, "proxy_backend_resolve_failures_total", "counter",
 		    "Times the backend's name did not resolve.",
 		    FIELD(resolve_failures));
 	while (!s.oom) {
 		size_t room = s.cap - s.len;
-		size_t n = keel_metrics_render(loops, nloops, s.p + s.len, room);
+		size_t n =
+		    keel_metrics_render(loops, nloops, s.p + s.len, room);
 
 		if (n < room) {
 			s.len += n;
@@ -210,9 +211,9 @@ static int scrape_step(struct keel_task *t)
 		m->body = NULL;
 	}
 	if (!m->body) {
-		KEEL_AWAIT_CALL(t, keel_http_respond(t, m->h.x, 503,
-						     "text/plain",
-						     "out of memory\n", 14));
+		KEEL_AWAIT_CALL(t,
+				keel_http_respond(t, m->h.x, 503, "text/plain",
+						  "out of memory\n", 14));
 		KEEL_EXIT(t, 0);
 	}
 	KEEL_AWAIT_CALL(t, keel_http_respond(t, m->h.x, 200,

@@ -19,7 +19,7 @@
 #define GATHER	       8	   /* chunks per sendmsg */
 #define SPLICE_CHUNK   (64 * 1024) /* bytes per splice */
 /* Descriptors not for sessions: stdio, the signalfd, and per loop its
- * ring, its listener and one to accept a connection it refuses. */
+ * ring, its listener and one for a client it holds or refuses. */
 #define FD_RESERVE	    32
 #define FD_RESERVE_PER_LOOP 3
 
@@ -33,6 +33,13 @@ struct shard {
 	uint64_t resets;    /* directions ended by an error */
 	uint64_t abandoned; /* clients gone while connecting */
 	uint64_t refused;   /* connections over --max-conns */
+	/* --retries */
+	uint64_t retried;    /* connects moved on to the next backend */
+	uint64_t no_backend; /* clients closed: no backend left to try */
+	uint64_t detached;   /* what pumps whose session has gone count */
+	/* --idle-timeout */
+	struct session *sessions; /* those whose pumps run (session.c) */
+	uint64_t idle_closed;	  /* sessions ended by it */
 	int error;
 };
 
@@ -45,18 +52,9 @@ extern uint64_t connect_timeout_ns;
 extern unsigned max_sessions;	  /* --max-conns, or the fds' room */
 extern atomic_uint open_sessions; /* all loops together */
 
-/* session.c: a loop's acceptor, which starts a session per connection;
- * init_acceptor() is keel_spawn_on()'s init, its arg the loop's shard. */
-extern const struct keel_task_type acceptor_task;
-void init_acceptor(void *frame, void *arg);
-
-/* Whether a report last made at *last may be made again: once a second. */
-bool report_due(time_t *last);
-
-/* ---- backends (backends.c, health.c, metrics.c) ----
- * The seam between the sessions and the backends. */
+/* --- the seam between session.c and backends.c (backends.c's block) --- */
 struct backend; /* one configured backend (a name or address, and what it
-		 * resolved to) */
+		   resolved to) */
 /* The backend a new session should try next: a healthy one not in `tried`
  * (bit i set: backend i was tried already by this session), chosen by the
  * --balance policy (rr, leastconn); NULL when none is left. Its current
@@ -68,9 +66,25 @@ struct backend *backend_pick(uint64_t tried, struct sockaddr_storage *addr,
 unsigned backend_index(const struct backend *b);   /* its bit in `tried` */
 const char *backend_name(const struct backend *b); /* "host:port" as given */
 /* A connect's outcome: 0 or -errno, after ns (the latency metric; a
- * failure is counted). */
+ * failure is counted; the health checks alone decide what is up). */
 void backend_connected(struct backend *b, int result, uint64_t ns);
 /* The session on it ended having moved these bytes. */
 void backend_release(struct backend *b, uint64_t up, uint64_t down);
+/* --- end of the seam --- */
+
+/* --- session.c's settings (main.c parses them) --- */
+extern unsigned retries;	 /* --retries: backends tried after the first */
+extern uint64_t idle_timeout_ns; /* --idle-timeout; 0: off */
+extern bool proxy_protocol;	 /* --proxy-protocol: v2 to the backend */
+extern unsigned low_water;	 /* --low-water: accept again at this many */
+/* --- end of session.c's settings --- */
+
+/* session.c: a loop's acceptor, which starts a session per connection;
+ * init_acceptor() is keel_spawn_on()'s init, its arg the loop's shard. */
+extern const struct keel_task_type acceptor_task;
+void init_acceptor(void *frame, void *arg);
+
+/* Whether a report last made at *last may be made again: once a second. */
+bool report_due(time_t *last);
 
 #endif

@@ -18,7 +18,8 @@
 struct pump {
 	struct keel_task task;
 	struct shard *shard;
-	uint64_t *bytes;
+	uint64_t *bytes; /* the session's count of this direction */
+	uint64_t *total; /* the loop's */
 	int from, to;
 	int result; /* 0: end of file passed on; < 0: the error */
 	/* buffers mode */
@@ -39,8 +40,8 @@ enum { RACE_CONNECT, RACE_WATCH };
 struct connector {
 	struct keel_task task;
 	int fd;
-	const struct sockaddr_storage *addr; /* the session's copy */
 	socklen_t len;
+	struct sockaddr_storage addr; /* handed to the kernel: in the frame */
 };
 
 /* Waits for the client to speak or go; exits with WATCH_SPOKE, 0 (end of
@@ -52,27 +53,56 @@ struct watcher {
 	char byte; /* MSG_PEEK's target: handed to the kernel, in the frame */
 };
 
+/* PROXY protocol v2: the fixed part (16 bytes) and the longest address
+ * block this proxy sends (two IPv6 addresses and ports). */
+#define PROXY_V2_MAX (16 + 36)
+
 struct session {
 	struct keel_task task;
 	struct shard *shard;
 	int client, backend;
-	struct backend *b; /* backend_pick()'s, until backend_release() */
-	struct sockaddr_storage addr;
-	socklen_t addr_len;
-	uint64_t started; /* the connect's start, for its latency */
-	uint64_t up, down;
+	struct backend *be;	      /* being tried, then the one connected */
+	uint64_t tried;		      /* bit i: backend i was tried */
+	unsigned attempts;	      /* connects started */
+	uint64_t started;	      /* when this connect started */
+	struct sockaddr_storage addr; /* this connect's backend address */
+	socklen_t addrlen;
 	struct keel_scope race; /* connect vs. the client going */
 	uint32_t seen;		/* race results read */
 	int connected;		/* connect's result */
 	bool client_gone;
+	uint64_t bytes[2]; /* this session's: up, down */
+	/* --proxy-protocol: the header, handed to the kernel: in the frame */
+	uint8_t header[PROXY_V2_MAX];
+	unsigned header_len;
 	struct pump *pumps[2];
 	unsigned i;
+	/* --idle-timeout: on the shard's list while the pumps run */
+	struct session *next, **pprev;
+	uint64_t moved;	      /* bytes[0] + bytes[1] at the last sweep */
+	uint64_t quiet_since; /* when the sweep last saw them change */
+	bool idled;	      /* closed for it */
 };
+
+/* A loop's idle sweep (--idle-timeout). */
+struct sweeper {
+	struct keel_task task;
+	struct shard *shard;
+	uint64_t period;
+};
+
+#define PAUSE_NS (10ull * 1000 * 1000) /* full: look again this often */
 
 struct acceptor {
 	struct keel_task task;
 	struct shard *shard;
 	struct keel_accept_stream as;
+	bool open;	    /* the accept stream is armed */
+	bool reported;	    /* this pause's line was printed */
+	int waiting;	    /* accepted over the cap, waits for room; or -1 */
+	unsigned open_seen; /* sessions open at the last look (paused) */
+	uint64_t stalled_since; /* none has ended since (paused) */
+	unsigned drained;	/* clients refused by this drain */
 };
 
 struct main_frame {
@@ -86,6 +116,7 @@ static int connector_step(struct keel_task *t);
 static int watcher_step(struct keel_task *t);
 static int session_step(struct keel_task *t);
 static int acceptor_step(struct keel_task *t);
+static int sweeper_step(struct keel_task *t);
 
 static KEEL_TASK_TYPE(pump_task, struct pump, task, pump_step);
 static KEEL_TASK_TYPE(splice_pump_task, struct pump, task, splice_pump_step);
@@ -93,6 +124,7 @@ static KEEL_TASK_TYPE(connector_task, struct connector, task, connector_step);
 static KEEL_TASK_TYPE(watcher_task, struct watcher, task, watcher_step);
 static KEEL_TASK_TYPE(session_task, struct session, task, session_step);
 KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
+static KEEL_TASK_TYPE(sweeper_task, struct sweeper, task, sweeper_step);
 
 static void release_all(struct pump *p)
 {
@@ -142,6 +174,7 @@ static int pump_step(struct keel_task *t)
 			total += p->bufs[i].len;
 		}
 		*p->bytes += total;
+		*p->total += total;
 		if (p->n == 1) {
 			/* One chunk: a plain send (no msghdr to copy). */
 			KEEL_AWAIT(t,
@@ -184,6 +217,7 @@ static int splice_pump_step(struct keel_task *t)
 		}
 		p->left = keel_res(t);
 		*p->bytes += (uint64_t)p->left;
+		*p->total += (uint64_t)p->left;
 		while (p->left > 0) {
 			KEEL_AWAIT(t, keel_splice(t, p->pipe[0], -1, p->to, -1,
 						  (unsigned)p->left,
@@ -215,7 +249,8 @@ bool report_due(time_t *last)
 }
 
 /* At most one line a second, however many backends fail. */
-static void report_backend_failure(struct shard *s, const char *name, int err)
+static void report_backend_failure(struct shard *s, const struct backend *b,
+				   int err)
 {
 	static _Thread_local time_t last;
 
@@ -223,8 +258,22 @@ static void report_backend_failure(struct shard *s, const char *name, int err)
 	if (report_due(&last))
 		fprintf(stderr,
 			"proxy: backend %s: %s (%llu failures on this loop)\n",
-			name, keel_strerror(err),
+			backend_name(b), keel_strerror(err),
 			(unsigned long long)s->backend_failures);
+}
+
+/* A client closed for want of a backend: every one was tried (or as
+ * many as --retries allows), or none is healthy. */
+static void report_no_backend(struct shard *s)
+{
+	static _Thread_local time_t last;
+
+	s->no_backend++;
+	if (report_due(&last))
+		fprintf(stderr,
+			"proxy: no backend left to try: closing the client "
+			"(%llu on this loop)\n",
+			(unsigned long long)s->no_backend);
 }
 
 /* Room for one more session (all loops together)? Takes it if so. */
@@ -242,20 +291,58 @@ static void session_leave(void)
 	atomic_fetch_sub_explicit(&open_sessions, 1, memory_order_relaxed);
 }
 
-static void report_refusal(struct shard *s)
+/* Pauses are reported once a second at most, all loops together: a
+ * resume is reported when its pause was. */
+static _Atomic time_t last_pause_report;
+
+static bool pause_report_due(void)
+{
+	time_t now = time(NULL);
+	time_t last =
+	    atomic_load_explicit(&last_pause_report, memory_order_relaxed);
+
+	return now != last && atomic_compare_exchange_strong_explicit(
+				  &last_pause_report, &last, now,
+				  memory_order_relaxed, memory_order_relaxed);
+}
+
+static void report_pause(struct acceptor *a)
+{
+	a->reported = pause_report_due();
+	if (a->reported)
+		fprintf(stderr,
+			"proxy: %u sessions open (--max-conns): not accepting "
+			"until %u are; new clients wait in the listen queue\n",
+			max_sessions, low_water);
+}
+
+static void report_resume(struct acceptor *a)
+{
+	if (a->reported)
+		fprintf(
+		    stderr, "proxy: %u sessions open: accepting again\n",
+		    atomic_load_explicit(&open_sessions, memory_order_relaxed));
+	a->reported = false;
+}
+
+static void report_refusal(struct shard *s, unsigned n)
 {
 	static _Thread_local time_t last;
 
-	s->refused++;
+	s->refused += n;
 	if (report_due(&last))
 		fprintf(stderr,
-			"proxy: %u sessions open (--max-conns): refusing "
-			"connections (%llu on this loop)\n",
-			max_sessions, (unsigned long long)s->refused);
+			"proxy: %u sessions open (--max-conns) and none has "
+			"ended for %llu ms: refused the %u clients waiting "
+			"(%llu on this loop)\n",
+			max_sessions,
+			(unsigned long long)(connect_timeout_ns / 1000000), n,
+			(unsigned long long)s->refused);
 }
 
+/* A pump for one direction (0: up, client -> backend; 1: down). */
 static struct pump *start_pump(struct session *ss, int from, int to,
-			       uint64_t *bytes)
+			       unsigned dir)
 {
 	struct pump *p =
 	    keel_spawn(keel_task_loop(&ss->task),
@@ -266,7 +353,8 @@ static struct pump *start_pump(struct session *ss, int from, int to,
 		p->shard = ss->shard;
 		p->from = from;
 		p->to = to;
-		p->bytes = bytes;
+		p->bytes = &ss->bytes[dir];
+		p->total = dir ? &ss->shard->down : &ss->shard->up;
 	}
 	return p;
 }
@@ -277,7 +365,7 @@ static int connector_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	KEEL_AWAIT(t,
-		   keel_connect(t, c->fd, (struct sockaddr *)c->addr, c->len));
+		   keel_connect(t, c->fd, (struct sockaddr *)&c->addr, c->len));
 	KEEL_EXIT(t, keel_res(t));
 	KEEL_END(t);
 }
@@ -318,8 +406,8 @@ static bool race_start(struct session *ss)
 	c = keel_scope_spawn(&ss->race, &connector_task, KEEL_PRIO_NORMAL);
 	if (c) {
 		c->fd = ss->backend;
-		c->addr = &ss->addr;
-		c->len = ss->addr_len;
+		c->addr = ss->addr;
+		c->len = ss->addrlen;
 	}
 	w = keel_scope_spawn(&ss->race, &watcher_task, KEEL_PRIO_NORMAL);
 	if (w)
@@ -353,6 +441,167 @@ static bool race_decided(struct session *ss, int status)
 	return true;
 }
 
+/*
+ * --idle-timeout. The pumps count the bytes they move anyway; the
+ * sweep, a task per loop that wakes every period (a quarter of the
+ * timeout, at most 100 ms), compares each session's count with what it
+ * saw last time: a count that has stood still for the timeout ends the
+ * session. So the data path pays nothing for it (no timer re-armed per
+ * recv, not even a clock read), and a session closes between the
+ * timeout and a period after it.
+ */
+static void idle_watch(struct session *ss)
+{
+	struct shard *s = ss->shard;
+
+	if (!idle_timeout_ns)
+		return;
+	ss->moved = 0;
+	ss->quiet_since = keel_loop_now(keel_task_loop(&ss->task));
+	ss->next = s->sessions;
+	if (ss->next)
+		ss->next->pprev = &ss->next;
+	ss->pprev = &s->sessions;
+	s->sessions = ss;
+}
+
+static void idle_unwatch(struct session *ss)
+{
+	if (!ss->pprev)
+		return;
+	*ss->pprev = ss->next;
+	if (ss->next)
+		ss->next->pprev = ss->pprev;
+	ss->pprev = NULL;
+}
+
+static void idle_sweep(struct shard *s, uint64_t now)
+{
+	for (struct session *ss = s->sessions; ss; ss = ss->next) {
+		uint64_t moved = ss->bytes[0] + ss->bytes[1];
+
+		if (moved != ss->moved) {
+			ss->moved = moved;
+			ss->quiet_since = now;
+		} else if (!ss->idled &&
+			   now - ss->quiet_since >= idle_timeout_ns) {
+			/* Both pumps see their end: the session ends. */
+			ss->idled = true;
+			s->idle_closed++;
+			shutdown(ss->client, SHUT_RDWR);
+			shutdown(ss->backend, SHUT_RDWR);
+		}
+	}
+}
+
+static int sweeper_step(struct keel_task *t)
+{
+	struct sweeper *w = keel_container_of(t, struct sweeper, task);
+
+	KEEL_BEGIN(t);
+	for (;;) {
+		KEEL_AWAIT(t, keel_sleep(t, w->period));
+		if (keel_res(t) < 0)
+			break; /* the shutdown */
+		idle_sweep(w->shard, keel_loop_now(keel_task_loop(t)));
+	}
+	KEEL_END(t);
+}
+
+/* Start the loop's sweep, if --idle-timeout asks for one. */
+static int sweeper_start(struct keel_task *acceptor, struct shard *s)
+{
+	struct sweeper *w;
+
+	if (!idle_timeout_ns)
+		return 0;
+	w = keel_spawn(keel_task_loop(acceptor), &sweeper_task, KEEL_PRIO_HIGH);
+	if (!w)
+		return -ENOMEM;
+	w->shard = s;
+	w->period = idle_timeout_ns / 4;
+	if (w->period > 100 * 1000 * 1000)
+		w->period = 100 * 1000 * 1000;
+	if (!w->period)
+		w->period = 1;
+	return 0;
+}
+
+/*
+ * --proxy-protocol: the PROXY protocol v2 header (haproxy's
+ * proxy-protocol.txt, section 2.2) for client `fd`, into `out`: the
+ * 12-byte signature; version 2 and the PROXY command; TCP over IPv4 or
+ * IPv6; the address block's length; then the client's address and the
+ * address it connected to (ours), and their ports, in network order. An
+ * IPv4 client of an IPv6 listener (a v4-mapped address) is sent as IPv4.
+ * Returns the length, or 0 when the client's addresses cannot be read
+ * (it has gone).
+ */
+static unsigned proxy_v2_header(int fd, uint8_t *out)
+{
+	static const uint8_t sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
+					0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a};
+	struct sockaddr_storage src, dst;
+	socklen_t slen = sizeof(src), dlen = sizeof(dst);
+	const uint8_t *sa, *da;
+	uint16_t sport, dport;
+	unsigned alen;
+
+	if (getpeername(fd, (struct sockaddr *)&src, &slen) ||
+	    getsockname(fd, (struct sockaddr *)&dst, &dlen) ||
+	    src.ss_family != dst.ss_family)
+		return 0;
+	memcpy(out, sig, sizeof(sig));
+	out[12] = 0x21; /* version 2, PROXY */
+	if (src.ss_family == AF_INET) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&src;
+		struct sockaddr_in *d4 = (struct sockaddr_in *)&dst;
+
+		sa = (const uint8_t *)&s4->sin_addr;
+		da = (const uint8_t *)&d4->sin_addr;
+		sport = s4->sin_port;
+		dport = d4->sin_port;
+		alen = 4;
+	} else if (src.ss_family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&src;
+		struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
+		bool mapped = IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr) &&
+			      IN6_IS_ADDR_V4MAPPED(&d6->sin6_addr);
+
+		sa = (const uint8_t *)&s6->sin6_addr + (mapped ? 12 : 0);
+		da = (const uint8_t *)&d6->sin6_addr + (mapped ? 12 : 0);
+		sport = s6->sin6_port;
+		dport = d6->sin6_port;
+		alen = mapped ? 4 : 16;
+	} else {
+		return 0;
+	}
+	out[13] = alen == 4 ? 0x11 : 0x21; /* AF_INET(6) << 4 | STREAM */
+	out[14] = 0;
+	out[15] = (uint8_t)(2 * alen + 4); /* the address block */
+	memcpy(out + 16, sa, alen);
+	memcpy(out + 16 + alen, da, alen);
+	memcpy(out + 16 + 2 * alen, &sport, 2);
+	memcpy(out + 18 + 2 * alen, &dport, 2);
+	return 16 + 2 * alen + 4;
+}
+
+/*
+ * The connect race has failed with `err` (not a cancel): whether to try
+ * the next backend. Nothing has been sent to this one (nothing is,
+ * before the connect completes), so moving on is safe for any client.
+ */
+static bool retry_next(struct session *ss, int err)
+{
+	backend_connected(ss->be, err,
+			  keel_loop_now(keel_task_loop(&ss->task)) -
+			      ss->started);
+	report_backend_failure(ss->shard, ss->be, err);
+	backend_release(ss->be, 0, 0);
+	ss->be = NULL;
+	return ss->attempts <= retries;
+}
+
 static int session_step(struct keel_task *t)
 {
 	struct session *ss = keel_container_of(t, struct session, task);
@@ -362,22 +611,30 @@ static int session_step(struct keel_task *t)
 		ss->shard->abandoned++;
 		goto close_client;
 	}
-	ss->b = backend_pick(0, &ss->addr, &ss->addr_len);
-	if (!ss->b) {
-		report_backend_failure(ss->shard, "(any)", -EHOSTUNREACH);
+next_backend:
+	ss->be = backend_pick(ss->tried, &ss->addr, &ss->addrlen);
+	if (!ss->be) {
+		report_no_backend(ss->shard);
 		goto close_client;
 	}
+	if (backend_index(ss->be) < 64)
+		ss->tried |= 1ull << backend_index(ss->be);
+	ss->attempts++;
 	ss->backend = keel_tcp_socket(ss->addr.ss_family);
 	if (ss->backend < 0) {
-		report_backend_failure(ss->shard, backend_name(ss->b),
-				       ss->backend);
-		goto release;
+		/* Ours (descriptors, memory), not the backend's. */
+		report_backend_failure(ss->shard, ss->be, ss->backend);
+		backend_release(ss->be, 0, 0);
+		goto close_client;
 	}
+	ss->seen = 0;
+	ss->connected = 0;
+	ss->started = keel_loop_now(keel_task_loop(t));
 	if (keel_scope_init(t, &ss->race, KEEL_SCOPE_COLLECT)) {
-		report_backend_failure(ss->shard, backend_name(ss->b), -ENOMEM);
+		report_backend_failure(ss->shard, ss->be, -ENOMEM);
+		backend_release(ss->be, 0, 0);
 		goto close_both;
 	}
-	ss->started = keel_loop_now(keel_task_loop(t));
 	if (race_start(ss)) {
 		do
 			KEEL_AWAIT(t, keel_scope_join_any(t, &ss->race));
@@ -390,101 +647,206 @@ static int session_step(struct keel_task *t)
 	keel_scope_cancel(&ss->race);
 	KEEL_AWAIT(t, keel_scope_join(t, &ss->race));
 	keel_scope_fini(&ss->race);
-	if (ss->client_gone) {
-		ss->shard->abandoned++;
+	if (ss->client_gone || ss->connected == -ECANCELED) {
+		/* Gone, or the proxy is shutting down: nobody's
+		 * failure. */
+		if (ss->client_gone)
+			ss->shard->abandoned++;
+		backend_release(ss->be, 0, 0);
 		goto close_both;
 	}
-	if (ss->connected != -ECANCELED)
-		backend_connected(ss->b, ss->connected,
-				  keel_loop_now(keel_task_loop(t)) -
-				      ss->started);
 	if (ss->connected < 0) {
-		if (ss->connected != -ECANCELED)
-			report_backend_failure(ss->shard, backend_name(ss->b),
-					       ss->connected);
-		goto close_both;
+		if (!retry_next(ss, ss->connected)) {
+			report_no_backend(ss->shard);
+			goto close_both;
+		}
+		ss->shard->retried++;
+		KEEL_AWAIT(t, keel_close(t, ss->backend));
+		goto next_backend;
 	}
+	backend_connected(ss->be, 0,
+			  keel_loop_now(keel_task_loop(t)) - ss->started);
 	keel_tcp_nodelay(ss->backend);
-	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, &ss->up);
-	ss->pumps[1] = start_pump(ss, ss->backend, ss->client, &ss->down);
+	if (proxy_protocol) {
+		/* Before any byte of the client's, in one send (the spec
+		 * asks for the header in one segment). */
+		ss->header_len = proxy_v2_header(ss->client, ss->header);
+		if (!ss->header_len) {
+			ss->shard->abandoned++;
+			backend_release(ss->be, 0, 0);
+			goto close_both;
+		}
+		KEEL_AWAIT(t, keel_send_all(t, ss->backend, ss->header,
+					    ss->header_len, MSG_NOSIGNAL));
+		if (keel_res(t) < 0) {
+			ss->shard->resets++;
+			backend_release(ss->be, 0, 0);
+			goto close_both;
+		}
+	}
+	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, 0);
+	ss->pumps[1] = start_pump(ss, ss->backend, ss->client, 1);
 	if (!ss->pumps[0] || !ss->pumps[1]) {
 		/* Out of memory: end the one that started. */
 		shutdown(ss->client, SHUT_RDWR);
 		shutdown(ss->backend, SHUT_RDWR);
 	}
+	idle_watch(ss);
 	for (ss->i = 0; ss->i < 2; ss->i++) {
 		if (!ss->pumps[ss->i])
 			continue;
 		KEEL_AWAIT(t, keel_join(t, &ss->pumps[ss->i]->task));
 		/* A pump exits 0; anything else is the join's own error
-		 * (the shutdown): let the pump go when it is done. */
+		 * (the shutdown): let the pump go when it is done,
+		 * counting into the shard from now on (this frame goes
+		 * first). */
 		if (keel_res(t) != 0) {
-			/* It outlives this frame: it counts on the shard. */
-			ss->pumps[ss->i]->bytes =
-			    ss->i ? &ss->shard->down : &ss->shard->up;
+			ss->pumps[ss->i]->bytes = &ss->shard->detached;
 			keel_task_detach(&ss->pumps[ss->i]->task);
 		}
 	}
+	idle_unwatch(ss);
+	backend_release(ss->be, ss->bytes[0], ss->bytes[1]);
 close_both:
 	KEEL_AWAIT(t, keel_close(t, ss->backend));
-release:
-	ss->shard->up += ss->up;
-	ss->shard->down += ss->down;
-	backend_release(ss->b, ss->up, ss->down);
 close_client:
 	KEEL_AWAIT(t, keel_close(t, ss->client));
 	session_leave();
 	KEEL_END(t);
 }
 
+/* Start a session for client `fd`, admitted already. */
+static void session_start(struct acceptor *a, int fd)
+{
+	struct session *ss = keel_spawn(keel_task_loop(&a->task), &session_task,
+					KEEL_PRIO_NORMAL);
+
+	if (!ss) {
+		session_leave();
+		close(fd);
+		return;
+	}
+	keel_tcp_nodelay(fd);
+	ss->shard = a->shard;
+	ss->client = fd;
+	a->shard->connections++;
+}
+
+/* Room again: at or below the low-water mark (a client waiting here
+ * takes its place first). */
+static bool room_again(struct acceptor *a)
+{
+	if (atomic_load_explicit(&open_sessions, memory_order_relaxed) >
+	    low_water)
+		return false;
+	if (a->waiting >= 0) {
+		if (!session_admit())
+			return false; /* other loops were quicker */
+		session_start(a, a->waiting);
+		a->waiting = -1;
+	}
+	return true;
+}
+
+/* While paused: whether the sessions open have stood still for the
+ * connect timeout (then the clients waiting are refused: see the top). */
+static bool stalled(struct acceptor *a)
+{
+	uint64_t now = keel_loop_now(keel_task_loop(&a->task));
+	unsigned n = atomic_load_explicit(&open_sessions, memory_order_relaxed);
+
+	if (n < a->open_seen)
+		a->stalled_since = now;
+	a->open_seen = n;
+	return now - a->stalled_since >= connect_timeout_ns;
+}
+
 static int acceptor_step(struct keel_task *t)
 {
 	struct acceptor *a = keel_container_of(t, struct acceptor, task);
 	struct shard *s = a->shard;
+	int fd;
 
 	KEEL_BEGIN(t);
+	a->waiting = -1;
 	if (!splice_mode)
 		s->error = keel_bufring_create(keel_task_loop(t), &ring_opts,
 					       &s->ring);
 	if (!s->error)
-		s->error = keel_accept_stream_open(t, &a->as, s->listen_fd, 0);
-	if (s->error) {
-		keel_runtime_shutdown(keel_runtime_current());
-		goto done;
-	}
+		s->error = sweeper_start(t, s);
+	if (s->error)
+		goto out;
 	for (;;) {
+		if (!a->open) {
+			s->error =
+			    keel_accept_stream_open(t, &a->as, s->listen_fd, 0);
+			if (s->error)
+				goto out;
+			a->open = true;
+		}
 		KEEL_AWAIT(t, keel_accept_next(t, &a->as));
-		int fd = keel_res(t);
-
+		fd = keel_res(t);
 		if (fd < 0) {
-			if (fd != -ECANCELED && fd != -ETIMEDOUT) {
+			if (fd != -ECANCELED && fd != -ETIMEDOUT)
 				s->error = fd;
-				keel_runtime_shutdown(keel_runtime_current());
-			}
 			break;
 		}
 		if (!session_admit()) {
-			/* Closing it also ends a chain of proxies pointed at
-			 * each other (see the top). */
-			close(fd);
-			report_refusal(s);
-			continue;
+			/* Another loop took the last place: this one
+			 * waits here for room, the next in the queue. */
+			a->waiting = fd;
+		} else {
+			session_start(a, fd);
+			if (atomic_load_explicit(&open_sessions,
+						 memory_order_relaxed) <
+			    max_sessions)
+				continue;
 		}
-		keel_tcp_nodelay(fd);
-		struct session *ss = keel_spawn(
-		    keel_task_loop(t), &session_task, KEEL_PRIO_NORMAL);
-
-		if (!ss) {
-			session_leave();
-			close(fd);
-			continue;
+		/* Full: stop accepting (the listen queue holds the next
+		 * clients) until the sessions open fall to the low-water
+		 * mark. */
+		keel_accept_stream_close(&a->as);
+		a->open = false;
+		report_pause(a);
+		a->open_seen = max_sessions;
+		a->stalled_since = keel_loop_now(keel_task_loop(t));
+		while (!room_again(a)) {
+			KEEL_AWAIT(t, keel_sleep(t, PAUSE_NS));
+			if (keel_res(t) < 0)
+				goto out; /* the shutdown */
+			if (!stalled(a))
+				continue;
+			/* Refuse the clients waiting: the one held here and
+			 * those in the listen queue (each accept waits a
+			 * millisecond at most for one). */
+			a->drained = 0;
+			if (a->waiting >= 0) {
+				close(a->waiting);
+				a->waiting = -1;
+				a->drained++;
+			}
+			while (a->drained < LISTEN_BACKLOG) {
+				keel_op_timeout(t, 1000 * 1000);
+				KEEL_AWAIT(t, keel_accept(t, s->listen_fd, NULL,
+							  NULL, SOCK_CLOEXEC));
+				if (keel_res(t) < 0)
+					break;
+				close(keel_res(t));
+				a->drained++;
+			}
+			if (a->drained)
+				report_refusal(s, a->drained);
+			a->stalled_since = keel_loop_now(keel_task_loop(t));
 		}
-		ss->shard = s;
-		ss->client = fd;
-		s->connections++;
+		report_resume(a);
 	}
-	keel_accept_stream_close(&a->as);
-done:
+out:
+	if (a->open)
+		keel_accept_stream_close(&a->as);
+	if (a->waiting >= 0)
+		close(a->waiting);
+	if (s->error)
+		keel_runtime_shutdown(keel_runtime_current());
 	KEEL_AWAIT(t, keel_close(t, s->listen_fd));
 	KEEL_END(t);
 }
