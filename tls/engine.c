@@ -364,6 +364,15 @@ int keel_tls_close_notify(struct keel_tls *tls)
 		return -EPROTO;
 	if (window_room(tls) < RECORD_OVERHEAD)
 		return -ENOBUFS;
+	/* A KeyUpdate we asked for (SSL_key_update) is still to be written,
+	 * and OpenSSL refuses to shut down "in init": write it first. */
+	if (SSL_in_init(tls->ssl)) {
+		r = SSL_do_handshake(tls->ssl);
+		if (r != 1) {
+			r = ssl_result(tls, r);
+			return r == 0 ? -EPROTO : r;
+		}
+	}
 	r = SSL_shutdown(tls->ssl);
 	if (r >= 0) {
 		tls->flags |= KEEL__TLS_CLOSE_SENT;
