@@ -331,7 +331,7 @@ demo-supervised:
 	$(Q)BUILD=$(BUILD) sh tools/demo-supervised.sh
 
 bench:
-	$(Q)$(MAKE) deps
+	$(Q)sh tools/deps.sh bench
 	$(Q)$(MAKE) all
 	$(Q)BUILD=$(BUILD) PEERS="$(PEERS)" sh tools/bench.sh
 

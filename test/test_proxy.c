@@ -53,6 +53,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "helpers/keel_test.h"
 
 #define KIB ((size_t)1024)
@@ -1508,4 +1511,90 @@ Test(proxy, proxy_protocol_v2_header_ipv4_mapped, .timeout = 60,
 Test(proxy, proxy_protocol_v2_header_ipv6, .timeout = 60, .fini = proxy_reap)
 {
 	run_proxy_protocol(true, "[::1]");
+}
+
+/* ---- TLS termination: half-close ------------------------------------------
+ */
+
+/*
+ * Through a TLS-terminating proxy (--cert/--key), with OpenSSL as the
+ * client: its close_notify reaches the backend as end of file (a
+ * shutdown of the writing half), the backend still answers, 200 KiB, and
+ * its end comes back as the proxy's close_notify (SSL_read says
+ * ZERO_RETURN, not a truncated stream).
+ */
+Test(proxy, tls_half_close_close_notify_both_ways, .timeout = 60,
+     .fini = proxy_reap)
+{
+	char tmp[] = "/tmp/keel-proxy-tls-XXXXXX", cmd[1024], cert[256],
+	     key[256];
+	struct proxy_opts o = {.mode = "buffers", .threads = 1};
+	char *rx = malloc(REPLY_LEN), head[64];
+	struct backend b;
+	struct proxy px;
+	size_t got = 0;
+	SSL_CTX *ctx;
+	SSL *ssl;
+	int fd, n = 0, hl;
+
+	cr_assert_not_null(rx);
+	cr_assert_not_null(mkdtemp(tmp));
+	snprintf(cert, sizeof(cert), "%s/cert.pem", tmp);
+	snprintf(key, sizeof(key), "%s/key.pem", tmp);
+	snprintf(cmd, sizeof(cmd),
+		 "openssl req -x509 -newkey ec -pkeyopt "
+		 "ec_paramgen_curve:P-256 -nodes -keyout %s -out %s -days 2 "
+		 "-subj /CN=localhost -addext subjectAltName=DNS:localhost "
+		 "2>/dev/null",
+		 key, cert);
+	if (system(cmd) != 0)
+		cr_skip_test("openssl cannot make a certificate");
+	backend_start(&b, 0, B_REPLY);
+	o.backend_port = b.port;
+	o.extra[0] = "--cert";
+	o.extra[1] = cert;
+	o.extra[2] = "--key";
+	o.extra[3] = key;
+	proxy_launch(&px, &o);
+
+	ctx = SSL_CTX_new(TLS_client_method());
+	cr_assert_not_null(ctx);
+	cr_assert_eq(SSL_CTX_load_verify_locations(ctx, cert, NULL), 1);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	ssl = SSL_new(ctx);
+	cr_assert_not_null(ssl);
+	fd = connect_to(px.port);
+	SSL_set_fd(ssl, fd);
+	SSL_set_tlsext_host_name(ssl, "localhost");
+	SSL_set1_host(ssl, "localhost");
+	cr_assert_eq(SSL_connect(ssl), 1, "the TLS handshake failed");
+	cr_assert_eq(SSL_write(ssl, "hello", 5), 5);
+	/* close_notify: our writing half ends; we go on reading. */
+	cr_assert_geq(SSL_shutdown(ssl), 0);
+	while (got < REPLY_LEN) {
+		n = SSL_read(ssl, rx + got, (int)(REPLY_LEN - got));
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	cr_assert_eq(got, REPLY_LEN, "reply: %zu of %zu bytes", got, REPLY_LEN);
+	hl = snprintf(head, sizeof(head), "got 5\n");
+	cr_assert_eq(memcmp(rx, head, (size_t)hl), 0,
+		     "the backend read something else: %.20s", rx);
+	n = SSL_read(ssl, head, sizeof(head));
+	cr_assert_eq(SSL_get_error(ssl, n), SSL_ERROR_ZERO_RETURN,
+		     "after the reply: not close_notify (SSL_read %d, error "
+		     "%d)",
+		     n, SSL_get_error(ssl, n));
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(b.eofs, 1, "the backend did not see end of file");
+	cr_assert_eq(b.last_read, 5, "the backend read %zu bytes", b.last_read);
+	unlink(cert);
+	unlink(key);
+	rmdir(tmp);
+	free(rx);
 }

@@ -18,7 +18,14 @@
 #     (10,000 idle connections), and the HTTP table: keel's examples/http
 #     next to nginx and h2o (run-http.sh, wrk at 1, 64 and 256 connections;
 #     a 5-byte answer and a 4 KiB static file) with keel/nginx ratios and
-#     the echo floor. Loopback only. A peer that fails to build is skipped.
+#     the echo floor. Then the TLS tables (tools/bench/tls.sh, section 3g):
+#     full handshakes per second and HTTPS keep-alive, keel's examples/http
+#     against nginx; the TLS-terminating proxy, keel's examples/proxy
+#     against haproxy, in front of one plain nginx backend; the plain proxy
+#     with health checks off and on; one ECDSA P-256 certificate (made in
+#     the output directory) and one TLS 1.3 suite for all. A keel binary
+#     without the option a row needs leaves the row out, with a line.
+#     Loopback only. A peer that fails to build is skipped.
 #
 # Knobs (environment):
 #   BENCH_QUICK=1     short runs everywhere (a smoke test of the whole thing)
@@ -26,6 +33,12 @@
 #   SKIP_IDLE=1  SKIP_MICRO=1 (the peers' runtime microbenchmarks)
 #   BENCH_HTTP=0      no HTTP part; HTTP_CONFIGS="1 64 256" (wrk connections),
 #                     HTTP_REPS (default REPS, else 5), FLOOR_REPS (3)
+#   BENCH_TLS=0       no TLS part; BENCH_TLS=only: the TLS part alone (no
+#                     keel-micro, callgrind, other peer runs or summary);
+#                     TLS_CONFIGS="1 64" (wrk connections), TLS_HS_CONNS=64
+#                     (clients per handshake round), TLS_REPS (default REPS,
+#                     else 5), TLS_DUR=2 (s per cell), TLS_SUITE, TLS_GROUP,
+#                     KEEL_HEALTH_OPTS (examples/proxy's health check options)
 #   FILTER=substr     only benchmarks whose name contains it (keel and peers)
 #   REPS              repetitions for the peer runs (MICRO_REPS, ECHO_REPS
 #                     override it per run; defaults 1 and 7)
@@ -68,6 +81,12 @@ mkdir -p "$RES" && RES="$(cd "$RES" && pwd)"
 T0=$(date +%s)
 FAILED=()
 TABLES=()
+TLS_ONLY=0
+if [[ "${BENCH_TLS:-1}" == only ]]; then
+	TLS_ONLY=1
+	SKIP_CALLGRIND=1 SKIP_MICRO=1 SKIP_ECHO=1 SKIP_ENTERS=1 SKIP_PROXY=1
+	SKIP_IDLE=1 BENCH_HTTP=0
+fi
 
 say() { printf '\n== %s\n' "$*"; }
 elapsed() { echo "$(($(date +%s) - $1)) s"; }
@@ -89,25 +108,32 @@ echo "machine busy before the run: ${busy}% of all CPUs"
 ((busy > 10)) && echo "WARNING: the machine is not idle: ns/op numbers will be noisy"
 
 # --- 1. keel-micro ------------------------------------------------------------
-say "1. keel microbenchmarks (build/tools/keel-micro${FILTER:+ $FILTER})"
-t=$(date +%s)
-QOPT=()
-[[ $QUICK == 1 ]] && QOPT=(--quick)
-timeout -k 5 600 "$MICRO" "${QOPT[@]}" ${FILTER:+"$FILTER"} \
-	>"$RES/keel-micro.out" 2>"$RES/keel-micro.err"
-rc=$?
-grep '^RESULT' "$RES/keel-micro.out" | sed 's/^/   /'
-if ((rc != 0)); then
-	echo "!! keel-micro exited with status $rc:"
-	tail -5 "$RES/keel-micro.err"
-	FAILED+=("keel-micro")
+keel_micro() {
+	say "1. keel microbenchmarks (build/tools/keel-micro${FILTER:+ $FILTER})"
+	t=$(date +%s)
+	QOPT=()
+	[[ $QUICK == 1 ]] && QOPT=(--quick)
+	timeout -k 5 600 "$MICRO" "${QOPT[@]}" ${FILTER:+"$FILTER"} \
+		>"$RES/keel-micro.out" 2>"$RES/keel-micro.err"
+	rc=$?
+	grep '^RESULT' "$RES/keel-micro.out" | sed 's/^/   /'
+	if ((rc != 0)); then
+		echo "!! keel-micro exited with status $rc:"
+		tail -5 "$RES/keel-micro.err"
+		FAILED+=("keel-micro")
+	fi
+	sed 's/^/   /' "$RES/keel-micro.err"
+	timeout 60 python3 "$REPORT" keel "$RES/keel-micro.out" >"$RES/keel-micro.md"
+	echo
+	cat "$RES/keel-micro.md"
+	TABLES+=("$RES/keel-micro.md")
+	echo "(part 1: $(elapsed "$t"))"
+}
+if ((TLS_ONLY)); then
+	say "1. keel microbenchmarks: skipped (BENCH_TLS=only)"
+else
+	keel_micro
 fi
-sed 's/^/   /' "$RES/keel-micro.err"
-timeout 60 python3 "$REPORT" keel "$RES/keel-micro.out" >"$RES/keel-micro.md"
-echo
-cat "$RES/keel-micro.md"
-TABLES+=("$RES/keel-micro.md")
-echo "(part 1: $(elapsed "$t"))"
 
 # --- 2. callgrind -------------------------------------------------------------
 CG="$RES/callgrind"
@@ -192,6 +218,7 @@ run_peers() {
 	run_proxy "$dst"
 	run_idle "$dst"
 	run_http "$dst"
+	run_tls "$dst"
 }
 
 run_micro() {
@@ -400,6 +427,36 @@ run_http() {
 	echo "(http: $(elapsed "$t"))"
 }
 
+# TLS (tools/bench/tls.sh, which says how each figure is taken): the
+# servers and proxies on one CPU, the clients (wrk, h2load) on the other,
+# one thread each, cells interleaved per repetition as in run-http.sh.
+run_tls() {
+	local dst="$1" t envs
+	if ! on "${BENCH_TLS:-1}"; then
+		say "3g. TLS: skipped (BENCH_TLS=0)"
+		return 0
+	fi
+	say "3g. TLS: handshakes and HTTPS (keel's examples/http vs nginx), TLS-terminating proxy (keel's examples/proxy vs haproxy), health checks (tools/bench/tls.sh)"
+	t=$(date +%s)
+	envs=(PEERS_DIR="$dst" OUT="$RES/tls" HTTP_BIN="$HTTP_BIN"
+		PROXY_BIN="$PROXY_BIN" QUICK="$QUICK")
+	[[ -n "${REPS:-}" ]] && envs+=(TLS_REPS="${TLS_REPS:-$REPS}")
+	env "${envs[@]}" timeout -k 10 1500 bash "$HERE/bench/tls.sh" 2>&1 |
+		tee "$RES/tls-run.log" | grep -v '^  rep'
+	if [[ ! -s "$RES/tls/raw.tsv" ]] || (($(wc -l <"$RES/tls/raw.tsv") < 2)); then
+		echo "!! the TLS run produced no data (see $RES/tls-run.log)"
+		FAILED+=("tls")
+		return 0
+	fi
+	echo
+	echo "### TLS: TLS 1.3, ${TLS_SUITE:-TLS_AES_128_GCM_SHA256}, ${TLS_GROUP:-X25519}, one ECDSA P-256 certificate; servers on CPU ${SRV_CPU:-1}, clients on CPU ${LG_CPU:-0}, one thread each; medians of ${TLS_REPS:-${REPS:-$([[ $QUICK == 1 ]] && echo 1 || echo 5)}} runs of ${TLS_DUR:-$([[ $QUICK == 1 ]] && echo 1 || echo 2)} s"
+	echo
+	timeout 60 python3 "$REPORT" tls "$RES/tls/raw.tsv" "$RES/tls/probe.tsv" |
+		tee "$RES/tls.md"
+	TABLES+=("$RES/tls.md")
+	echo "(tls: $(elapsed "$t"))"
+}
+
 if on "${SKIP_PEERS:-}"; then
 	say "3. peer harness: skipped (SKIP_PEERS)"
 elif [[ -z "$PEERS_SRC" || ! -f "$PEERS_SRC/micro/run.sh" ]]; then
@@ -409,13 +466,17 @@ else
 fi
 
 # --- summary --------------------------------------------------------------------
-say "summary: keel against the targets (ns per op; Ir = instructions per op)"
-timeout 60 python3 "$REPORT" summary "$RES/keel-micro.out" "$CG/ir.tsv" \
-	${MICRO_RAW:+"$MICRO_RAW"} | tee "$RES/summary.md"
-TABLES+=("$RES/summary.md")
-echo
-echo "result tables:"
-printf '   %s\n' "${TABLES[@]}"
+if ((!TLS_ONLY)); then
+	say "summary: keel against the targets (ns per op; Ir = instructions per op)"
+	timeout 60 python3 "$REPORT" summary "$RES/keel-micro.out" "$CG/ir.tsv" \
+		${MICRO_RAW:+"$MICRO_RAW"} | tee "$RES/summary.md"
+	TABLES+=("$RES/summary.md")
+fi
+if ((${#TABLES[@]})); then
+	echo
+	echo "result tables:"
+	printf '   %s\n' "${TABLES[@]}"
+fi
 echo "make bench took $(elapsed "$T0")"
 if ((${#FAILED[@]})); then
 	echo "FAILED: ${FAILED[*]}"

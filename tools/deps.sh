@@ -4,13 +4,18 @@
 # package lists). When not root, prints the exact command instead.
 # scdoc builds the man pages; man-db (and the groff it brings) checks them.
 # `deps.sh fuzz` also installs what `make fuzz` needs: clang, and libFuzzer
-# (libclang_rt.fuzzer, in libclang-rt-dev).
+# (libclang_rt.fuzzer, in libclang-rt-dev). `deps.sh bench`: also what
+# `make bench`'s TLS part needs (h2load, from nghttp2-client: full TLS
+# handshakes; the openssl tool: the certificate and the probe).
 set -eu
 PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev
 python3 python3-prometheus-client scdoc man-db libhttp-parser-dev curl wrk
 libssl-dev openssl"
 if [ "${1:-}" = fuzz ]; then
 	PKGS="$PKGS clang libclang-rt-dev"
+fi
+if [ "${1:-}" = bench ]; then
+	PKGS="$PKGS nghttp2-client openssl"
 fi
 missing=""
 for p in $PKGS; do

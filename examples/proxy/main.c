@@ -126,6 +126,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <keel/tls.h>
+
 #include "backends.h"
 
 struct main_frame {
@@ -146,6 +148,17 @@ unsigned retries = 2;
 uint64_t idle_timeout_ns;
 unsigned low_water;
 bool proxy_protocol;
+struct keel_tls_ctx *tls_server, *tls_client;
+const char *backend_sni;
+
+#define SNI_CERTS 16
+/* The TLS options, until the contexts are made from them. */
+struct tls_args {
+	struct keel_tls_opts server, client;
+	const char *sni_cert[SNI_CERTS], *sni_key[SNI_CERTS];
+	unsigned sni_certs, sni_keys;
+	bool backend_tls;
+};
 /* --- end of session.c's settings --- */
 
 static int main_step(struct keel_task *t);
@@ -258,12 +271,86 @@ static unsigned session_room(void)
 	return fds > reserve ? (unsigned)((fds - reserve) / per_session) : 0;
 }
 
+/* The TLS options' combinations: one line and true when wrong. */
+static bool tls_check(const struct tls_args *ta)
+{
+	const char *bad = NULL;
+	bool server = ta->server.cert_file || ta->server.key_file;
+
+	if (!ta->server.cert_file != !ta->server.key_file)
+		bad = "--cert and --key go together";
+	else if (ta->sni_certs != ta->sni_keys)
+		bad = "each --sni-cert needs its --sni-key";
+	else if ((ta->sni_certs || ta->server.alpn) && !server)
+		bad = "--sni-cert, --sni-key and --alpn need --cert and --key";
+	else if ((ta->client.ca_file || backend_sni ||
+		  ta->client.verify_none) &&
+		 !ta->backend_tls)
+		bad = "--backend-ca, --backend-sni and --backend-insecure need "
+		      "--backend-tls";
+	else if (ta->client.ca_file && ta->client.verify_none)
+		bad = "--backend-ca and --backend-insecure: pick one";
+	else if ((server || ta->backend_tls) && splice_mode)
+		bad =
+		    "TLS (--cert, --backend-tls) needs --mode buffers: splice "
+		    "moves the bytes inside the kernel, where they cannot "
+		    "be encrypted";
+	else if (server && ta->backend_tls)
+		bad = "--cert with --backend-tls (TLS on both sides) is not "
+		      "supported yet";
+	if (bad)
+		fprintf(stderr, "proxy: %s\n", bad);
+	return bad != NULL;
+}
+
+/* Make the TLS contexts (files are read now); false after one line. */
+static bool tls_setup(struct tls_args *ta)
+{
+	char why[256];
+	int err = 0;
+
+	if (ta->server.cert_file) {
+		err = keel_tls_ctx_create(&tls_server, &ta->server, why,
+					  sizeof(why));
+		for (unsigned i = 0; !err && i < ta->sni_certs; i++)
+			err = keel_tls_ctx_add_cert(tls_server, ta->sni_cert[i],
+						    ta->sni_key[i], why,
+						    sizeof(why));
+	}
+	if (!err && ta->backend_tls)
+		err = keel_tls_ctx_create(&tls_client, &ta->client, why,
+					  sizeof(why));
+	if (err) {
+		fprintf(stderr, "proxy: TLS: %s\n", why);
+		return false;
+	}
+	return true;
+}
+
+static void tls_teardown(void)
+{
+	if (tls_server)
+		keel_tls_ctx_free(tls_server);
+	if (tls_client)
+		keel_tls_ctx_free(tls_client);
+	tls_server = tls_client = NULL;
+}
+
 /* session.c's long options (no short form), apart from the others. */
 enum {
 	OPT_RETRIES = 0x200,
 	OPT_IDLE_TIMEOUT,
 	OPT_LOW_WATER,
 	OPT_PROXY_PROTOCOL,
+	OPT_CERT,
+	OPT_KEY,
+	OPT_SNI_CERT,
+	OPT_SNI_KEY,
+	OPT_ALPN,
+	OPT_BACKEND_TLS,
+	OPT_BACKEND_CA,
+	OPT_BACKEND_SNI,
+	OPT_BACKEND_INSECURE,
 };
 
 static void usage(FILE *out)
@@ -275,7 +362,10 @@ static void usage(FILE *out)
 		"[--max-conns N]\n"
 		"             [--retries N] [--idle-timeout MS] "
 		"[--low-water N]\n"
-		"             [--proxy-protocol]\n"
+		"             [--proxy-protocol] [--cert FILE --key FILE "
+		"[--sni-cert FILE --sni-key FILE]... [--alpn LIST]]\n"
+		"             [--backend-tls [--backend-ca FILE | "
+		"--backend-insecure] [--backend-sni NAME]]\n"
 		"             [--balance rr|leastconn] [--resolve-every MS]\n"
 		"             [--health tcp|http[:PATH]|off] "
 		"[--health-every MS]\n"
@@ -482,12 +572,23 @@ int main(int argc, char **argv)
 	    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
 	    {"low-water", required_argument, NULL, OPT_LOW_WATER},
 	    {"proxy-protocol", no_argument, NULL, OPT_PROXY_PROTOCOL},
+	    {"cert", required_argument, NULL, OPT_CERT},
+	    {"key", required_argument, NULL, OPT_KEY},
+	    {"sni-cert", required_argument, NULL, OPT_SNI_CERT},
+	    {"sni-key", required_argument, NULL, OPT_SNI_KEY},
+	    {"alpn", required_argument, NULL, OPT_ALPN},
+	    {"backend-tls", no_argument, NULL, OPT_BACKEND_TLS},
+	    {"backend-ca", required_argument, NULL, OPT_BACKEND_CA},
+	    {"backend-sni", required_argument, NULL, OPT_BACKEND_SNI},
+	    {"backend-insecure", no_argument, NULL, OPT_BACKEND_INSECURE},
 	    /* end of session.c's options */
 	    {NULL, 0, NULL, 0},
 	};
 	char *listen_arg = NULL;
 	long threads = 0, batch_wait = 0, max_conns = 0;
 	long low_water_arg = -1; /* session.c's */
+	struct tls_args ta = {.server.role = KEEL_TLS_SERVER,
+			      .client.role = KEEL_TLS_CLIENT};
 	int opt;
 
 	while ((opt = getopt_long(argc, argv, "t:m:n:s:w:c:M:l:b:h", longopts,
@@ -612,6 +713,42 @@ int main(int argc, char **argv)
 		case OPT_PROXY_PROTOCOL:
 			proxy_protocol = true;
 			break;
+		case OPT_CERT:
+			ta.server.cert_file = optarg;
+			break;
+		case OPT_KEY:
+			ta.server.key_file = optarg;
+			break;
+		case OPT_SNI_CERT:
+		case OPT_SNI_KEY:
+			if ((opt == OPT_SNI_CERT ? ta.sni_certs
+						 : ta.sni_keys) == SNI_CERTS) {
+				fprintf(stderr,
+					"proxy: more than %d --sni-cert/--sni-"
+					"key\n",
+					SNI_CERTS);
+				return 2;
+			}
+			if (opt == OPT_SNI_CERT)
+				ta.sni_cert[ta.sni_certs++] = optarg;
+			else
+				ta.sni_key[ta.sni_keys++] = optarg;
+			break;
+		case OPT_ALPN:
+			ta.server.alpn = optarg;
+			break;
+		case OPT_BACKEND_TLS:
+			ta.backend_tls = true;
+			break;
+		case OPT_BACKEND_CA:
+			ta.client.ca_file = optarg;
+			break;
+		case OPT_BACKEND_SNI:
+			backend_sni = optarg;
+			break;
+		case OPT_BACKEND_INSECURE:
+			ta.client.verify_none = true;
+			break;
 		case OPT_LOW_WATER:
 			low_water_arg = parse_number(optarg, 0, 1 << 24);
 			if (low_water_arg < 0) {
@@ -635,6 +772,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (tls_check(&ta))
+		return 2;
 	if (low_water_arg >= 0 && max_conns > 0 && low_water_arg >= max_conns) {
 		fprintf(stderr,
 			"proxy: --low-water %ld: must be below --max-conns "
@@ -662,10 +801,14 @@ int main(int argc, char **argv)
 
 	ropts.loop.batch_wait_ns = (unsigned)batch_wait;
 	struct keel_runtime *rt;
+
+	if (!tls_setup(&ta))
+		return 2;
 	int err = keel_runtime_create(&rt, &ropts);
 
 	if (err) {
 		fprintf(stderr, "proxy: %s\n", keel_loop_explain(err));
+		tls_teardown();
 		return 1;
 	}
 	nshards = keel_runtime_size(rt);
@@ -715,6 +858,7 @@ int main(int argc, char **argv)
 				self, lhost, lport);
 			close(fd);
 			keel_runtime_destroy(rt);
+			tls_teardown();
 			free(shards);
 			return 2;
 		}
@@ -757,17 +901,19 @@ int main(int argc, char **argv)
 		sum.retried += shards[i].retried;
 		sum.no_backend += shards[i].no_backend;
 		sum.idle_closed += shards[i].idle_closed;
+		sum.tls_failed += shards[i].tls_failed;
 		if (shards[i].error && !fatal)
 			fatal = shards[i].error;
 	}
 	keel_runtime_destroy(rt);
 	metrics_free();
+	tls_teardown();
 	free(shards);
 	printf("proxy: served %llu connections, %llu bytes up, %llu bytes "
 	       "down, %llu backend failures, %llu directions ended by an "
 	       "error, %llu clients gone while connecting, %llu refused "
 	       "over --max-conns, %llu connects retried, %llu clients with "
-	       "no backend, %llu closed idle\n",
+	       "no backend, %llu closed idle, %llu TLS handshakes failed\n",
 	       (unsigned long long)sum.connections, (unsigned long long)sum.up,
 	       (unsigned long long)sum.down,
 	       (unsigned long long)sum.backend_failures,
@@ -775,7 +921,8 @@ int main(int argc, char **argv)
 	       (unsigned long long)sum.abandoned,
 	       (unsigned long long)sum.refused, (unsigned long long)sum.retried,
 	       (unsigned long long)sum.no_backend,
-	       (unsigned long long)sum.idle_closed);
+	       (unsigned long long)sum.idle_closed,
+	       (unsigned long long)sum.tls_failed);
 	if (fatal) {
 		fprintf(stderr, "proxy: %s\n", keel_loop_explain(fatal));
 		return 1;

@@ -37,6 +37,7 @@ struct shard {
 	uint64_t retried;    /* connects moved on to the next backend */
 	uint64_t no_backend; /* clients closed: no backend left to try */
 	uint64_t detached;   /* what pumps whose session has gone count */
+	uint64_t tls_failed; /* clients whose TLS handshake failed */
 	/* --idle-timeout */
 	struct session *sessions; /* those whose pumps run (session.c) */
 	uint64_t idle_closed;	  /* sessions ended by it */
@@ -77,6 +78,10 @@ extern unsigned retries;	 /* --retries: backends tried after the first */
 extern uint64_t idle_timeout_ns; /* --idle-timeout; 0: off */
 extern bool proxy_protocol;	 /* --proxy-protocol: v2 to the backend */
 extern unsigned low_water;	 /* --low-water: accept again at this many */
+/* TLS: termination (--cert), origination (--backend-tls); NULL: off */
+struct keel_tls_ctx;
+extern struct keel_tls_ctx *tls_server, *tls_client;
+extern const char *backend_sni; /* --backend-sni */
 /* --- end of session.c's settings --- */
 
 /* session.c: a loop's acceptor, which starts a session per connection;

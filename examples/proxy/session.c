@@ -13,6 +13,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <keel/tls.h>
+
 #include "proxy.h"
 
 struct pump {
@@ -77,11 +79,53 @@ struct session {
 	unsigned header_len;
 	struct pump *pumps[2];
 	unsigned i;
+	struct tls_side *tls; /* TLS to one side, or NULL (see below) */
 	/* --idle-timeout: on the shard's list while the pumps run */
 	struct session *next, **pprev;
 	uint64_t moved;	      /* bytes[0] + bytes[1] at the last sweep */
 	uint64_t quiet_since; /* when the sweep last saw them change */
 	bool idled;	      /* closed for it */
+};
+
+/*
+ * TLS on one side of a session (--cert: the client's; --backend-tls: the
+ * backend's). The session task does that side's handshake and then
+ * receives from it (it owns the stream's recv stream, as keel/tls.h
+ * wants), sending the plaintext on from `buf`; a tls_pump moves the other
+ * direction, encrypting into this stream. Everything the kernel touches
+ * is in this frame (the stream's output, `buf`) or the loop's ring, so
+ * the session joins that pump before it goes, whatever happens.
+ */
+struct tls_side {
+	struct keel_tls *engine;
+	struct keel_tls_stream ts;
+	bool open;	       /* ts is open */
+	int fd, plain;	       /* the TLS socket; the other one */
+	unsigned dir;	       /* the session's direction: 0 up, 1 down */
+	int result;	       /* how it ended: 0 (close_notify) or < 0 */
+	unsigned len;	       /* plaintext in buf */
+	struct tls_pump *pump; /* the other direction */
+	struct keel_shield shield;
+	char sni[256];
+	unsigned char buf[16384];
+};
+
+struct tls_session {
+	struct session s;
+	struct tls_side x;
+};
+
+/* The plain side's direction: recv chunks from the ring, encrypted into
+ * the session's stream. */
+struct tls_pump {
+	struct keel_task task;
+	struct shard *shard;
+	uint64_t *bytes, *total;
+	int from;		    /* the plain socket */
+	struct keel_tls_stream *to; /* in the session's frame */
+	int result;
+	struct keel_recv_stream rs;
+	struct keel_buf buf;
 };
 
 /* A loop's idle sweep (--idle-timeout). */
@@ -117,12 +161,16 @@ static int watcher_step(struct keel_task *t);
 static int session_step(struct keel_task *t);
 static int acceptor_step(struct keel_task *t);
 static int sweeper_step(struct keel_task *t);
+static int tls_pump_step(struct keel_task *t);
 
 static KEEL_TASK_TYPE(pump_task, struct pump, task, pump_step);
 static KEEL_TASK_TYPE(splice_pump_task, struct pump, task, splice_pump_step);
 static KEEL_TASK_TYPE(connector_task, struct connector, task, connector_step);
 static KEEL_TASK_TYPE(watcher_task, struct watcher, task, watcher_step);
 static KEEL_TASK_TYPE(session_task, struct session, task, session_step);
+static KEEL_TASK_TYPE(tls_session_task, struct tls_session, s.task,
+		      session_step);
+static KEEL_TASK_TYPE(tls_pump_task, struct tls_pump, task, tls_pump_step);
 KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
 static KEEL_TASK_TYPE(sweeper_task, struct sweeper, task, sweeper_step);
 
@@ -586,6 +634,138 @@ static unsigned proxy_v2_header(int fd, uint8_t *out)
 	return 16 + 2 * alen + 4;
 }
 
+/* ---- TLS ---------------------------------------------------------------- */
+
+static int tls_pump_step(struct keel_task *t)
+{
+	struct tls_pump *p = keel_container_of(t, struct tls_pump, task);
+
+	KEEL_BEGIN(t);
+	p->result = keel_recv_stream_open(t, &p->rs, p->from, p->shard->ring,
+					  KEEL_RECV_BUNDLE);
+	if (p->result)
+		goto out;
+	for (;;) {
+		KEEL_AWAIT(t, keel_recv_next(t, &p->rs, &p->buf));
+		if (keel_res(t) <= 0) {
+			p->result = keel_res(t);
+			break;
+		}
+		*p->bytes += p->buf.len;
+		*p->total += p->buf.len;
+		KEEL_AWAIT_CALL(
+		    t, keel_tls_send(t, p->to, p->buf.data, p->buf.len));
+		keel_buf_release(&p->buf);
+		if (keel_res(t) < 0) {
+			p->result = keel_res(t);
+			break;
+		}
+	}
+	keel_recv_stream_close(&p->rs);
+	if (p->result == 0) {
+		/* The plain side's end: close_notify, then our FIN. */
+		KEEL_AWAIT_CALL(t, keel_tls_shutdown(t, p->to));
+		if (keel_res(t) == 0) {
+			shutdown(p->to->fd, SHUT_WR);
+			KEEL_EXIT(t, 0);
+		}
+		p->result = keel_res(t);
+	}
+out:
+	p->shard->resets++;
+	shutdown(p->from, SHUT_RDWR);
+	shutdown(p->to->fd, SHUT_RDWR);
+	KEEL_END(t);
+}
+
+/* A failed handshake with a client, counted; one line a second. */
+static void report_tls_failure(struct shard *s, int err)
+{
+	static _Thread_local time_t last;
+
+	s->tls_failed++;
+	if (report_due(&last))
+		fprintf(stderr,
+			"proxy: a client's TLS handshake failed: %s (%llu on "
+			"this loop)\n",
+			keel_strerror(err), (unsigned long long)s->tls_failed);
+}
+
+/* The name to send and check (SNI) for this session's backend:
+ * --backend-sni, else the backend's host when it is a name. */
+static const char *tls_backend_name(struct session *ss)
+{
+	struct tls_side *x = ss->tls;
+	const char *name = backend_name(ss->be);
+	const char *colon = strrchr(name, ':');
+	struct sockaddr_storage ignored;
+	socklen_t len;
+
+	if (backend_sni)
+		return backend_sni;
+	if (!colon || name[0] == '[' ||
+	    (size_t)(colon - name) >= sizeof(x->sni))
+		return NULL; /* a bracketed IPv6 address */
+	memcpy(x->sni, name, (size_t)(colon - name));
+	x->sni[colon - name] = '\0';
+	if (!keel_net_parse_addr(x->sni, 1, &ignored, &len))
+		return NULL; /* numeric: no SNI */
+	return x->sni;
+}
+
+/* Open TLS on socket `fd` (the session receives from it). */
+static int tls_open(struct session *ss, struct keel_tls_ctx *ctx,
+		    const char *name, int fd)
+{
+	struct tls_side *x = ss->tls;
+	int err = keel_tls_new(ctx, name, &x->engine);
+
+	if (err)
+		return err;
+	x->fd = fd;
+	err = keel_tls_stream_open(&ss->task, &x->ts, x->engine, fd,
+				   ss->shard->ring);
+	if (err) {
+		keel_tls_free(x->engine);
+		x->engine = NULL;
+		return err;
+	}
+	x->open = true;
+	return 0;
+}
+
+/* Undo tls_open (safe when nothing is open). */
+static void tls_close(struct session *ss)
+{
+	struct tls_side *x = ss->tls;
+
+	if (!x || !x->engine)
+		return;
+	if (x->open)
+		keel_tls_stream_close(&x->ts);
+	x->open = false;
+	keel_tls_free(x->engine);
+	x->engine = NULL;
+}
+
+/* Start the plain side's pump (direction `dir`) into the stream. */
+static struct tls_pump *tls_pump_start(struct session *ss, int from,
+				       unsigned dir)
+{
+	struct tls_pump *p =
+	    keel_spawn(keel_task_loop(&ss->task), &tls_pump_task,
+		       KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+
+	if (p) {
+		p->shard = ss->shard;
+		p->from = from;
+		p->to = &ss->tls->ts;
+		p->bytes = &ss->bytes[dir];
+		p->total = dir ? &ss->shard->down : &ss->shard->up;
+	}
+	return p;
+}
+
 /*
  * The connect race has failed with `err` (not a cancel): whether to try
  * the next backend. Nothing has been sent to this one (nothing is,
@@ -611,6 +791,22 @@ static int session_step(struct keel_task *t)
 		ss->shard->abandoned++;
 		goto close_client;
 	}
+	if (tls_server) {
+		/* TLS termination: the handshake comes first, so that a
+		 * client that never completes it costs no backend
+		 * connection. Its deadline is the context's. */
+		ss->connected = tls_open(ss, tls_server, NULL, ss->client);
+		if (!ss->connected) {
+			KEEL_AWAIT_CALL(t, keel_tls_handshake(t, &ss->tls->ts));
+			ss->connected = keel_res(t);
+		}
+		if (ss->connected < 0) {
+			if (ss->connected != -ECANCELED)
+				report_tls_failure(ss->shard, ss->connected);
+			goto close_client;
+		}
+		ss->tls->plain = -1; /* the backend's, once connected */
+	}
 next_backend:
 	ss->be = backend_pick(ss->tried, &ss->addr, &ss->addrlen);
 	if (!ss->be) {
@@ -619,7 +815,8 @@ next_backend:
 	}
 	if (backend_index(ss->be) < 64)
 		ss->tried |= 1ull << backend_index(ss->be);
-	ss->attempts++;
+	if (ss->attempts++)
+		ss->shard->retried++;
 	ss->backend = keel_tcp_socket(ss->addr.ss_family);
 	if (ss->backend < 0) {
 		/* Ours (descriptors, memory), not the backend's. */
@@ -660,12 +857,9 @@ next_backend:
 			report_no_backend(ss->shard);
 			goto close_both;
 		}
-		ss->shard->retried++;
 		KEEL_AWAIT(t, keel_close(t, ss->backend));
 		goto next_backend;
 	}
-	backend_connected(ss->be, 0,
-			  keel_loop_now(keel_task_loop(t)) - ss->started);
 	keel_tcp_nodelay(ss->backend);
 	if (proxy_protocol) {
 		/* Before any byte of the client's, in one send (the spec
@@ -684,6 +878,34 @@ next_backend:
 			goto close_both;
 		}
 	}
+	if (tls_client) {
+		/* TLS origination: a handshake that fails moves on to the
+		 * next backend like a failed connect (nothing of the
+		 * client's has been sent). */
+		ss->connected =
+		    tls_open(ss, tls_client, tls_backend_name(ss), ss->backend);
+		if (!ss->connected) {
+			KEEL_AWAIT_CALL(t, keel_tls_handshake(t, &ss->tls->ts));
+			ss->connected = keel_res(t);
+		}
+		if (ss->connected == -ECANCELED) {
+			backend_release(ss->be, 0, 0);
+			goto close_both;
+		}
+		if (ss->connected < 0) {
+			tls_close(ss);
+			if (!retry_next(ss, ss->connected)) {
+				report_no_backend(ss->shard);
+				goto close_both;
+			}
+			KEEL_AWAIT(t, keel_close(t, ss->backend));
+			goto next_backend;
+		}
+	}
+	backend_connected(ss->be, 0,
+			  keel_loop_now(keel_task_loop(t)) - ss->started);
+	if (ss->tls)
+		goto tls_pumps;
 	ss->pumps[0] = start_pump(ss, ss->client, ss->backend, 0);
 	ss->pumps[1] = start_pump(ss, ss->backend, ss->client, 1);
 	if (!ss->pumps[0] || !ss->pumps[1]) {
@@ -705,11 +927,73 @@ next_backend:
 			keel_task_detach(&ss->pumps[ss->i]->task);
 		}
 	}
+	goto done;
+
+tls_pumps:
+	/* The TLS side's direction is this task's; the plain side's is a
+	 * pump's (see struct tls_side). */
+	ss->tls->plain = tls_server ? ss->backend : ss->client;
+	ss->tls->dir = tls_server ? 0 : 1;
+	ss->tls->pump = tls_pump_start(ss, ss->tls->plain, 1 - ss->tls->dir);
+	if (!ss->tls->pump) {
+		backend_release(ss->be, 0, 0);
+		goto close_both;
+	}
+	idle_watch(ss);
+	for (;;) {
+		KEEL_AWAIT_CALL(t, keel_tls_recv(t, &ss->tls->ts, ss->tls->buf,
+						 sizeof(ss->tls->buf)));
+		if (keel_res(t) <= 0) {
+			ss->tls->result = keel_res(t);
+			break;
+		}
+		ss->tls->len = (unsigned)keel_res(t);
+		ss->bytes[ss->tls->dir] += ss->tls->len;
+		*(ss->tls->dir ? &ss->shard->down : &ss->shard->up) +=
+		    ss->tls->len;
+		KEEL_AWAIT(t, keel_send_all(t, ss->tls->plain, ss->tls->buf,
+					    ss->tls->len, MSG_NOSIGNAL));
+		if (keel_res(t) < 0) {
+			ss->tls->result = keel_res(t);
+			break;
+		}
+	}
+	if (ss->tls->result == 0) {
+		/* close_notify: the plain side's writing half ends. */
+		shutdown(ss->tls->plain, SHUT_WR);
+	} else {
+		/* An error, a truncated stream (no close_notify), or the
+		 * shutdown: both directions end. */
+		ss->shard->resets++;
+		shutdown(ss->tls->fd, SHUT_RDWR);
+		shutdown(ss->tls->plain, SHUT_RDWR);
+	}
+	KEEL_AWAIT(t, keel_join(t, &ss->tls->pump->task));
+	if (keel_res(t) != 0) {
+		/* The join's own error (the shutdown). The pump encrypts
+		 * into this frame: it must have ended before the frame
+		 * goes, so wait for it behind a shield (it ends at once:
+		 * it is cancelled too, and both sockets are shut down). */
+		shutdown(ss->tls->fd, SHUT_RDWR);
+		shutdown(ss->tls->plain, SHUT_RDWR);
+		if (keel_shield_begin(t, &ss->tls->shield, UINT64_MAX)) {
+			/* No memory for a shield: closing the sockets
+			 * below cancels its ops first (keel_close). */
+			ss->tls->pump->bytes = &ss->shard->detached;
+			keel_task_detach(&ss->tls->pump->task);
+		} else {
+			KEEL_AWAIT(t, keel_join(t, &ss->tls->pump->task));
+			keel_shield_end(t, &ss->tls->shield);
+		}
+	}
+done:
 	idle_unwatch(ss);
 	backend_release(ss->be, ss->bytes[0], ss->bytes[1]);
 close_both:
+	tls_close(ss);
 	KEEL_AWAIT(t, keel_close(t, ss->backend));
 close_client:
+	tls_close(ss);
 	KEEL_AWAIT(t, keel_close(t, ss->client));
 	session_leave();
 	KEEL_END(t);
@@ -718,9 +1002,13 @@ close_client:
 /* Start a session for client `fd`, admitted already. */
 static void session_start(struct acceptor *a, int fd)
 {
-	struct session *ss = keel_spawn(keel_task_loop(&a->task), &session_task,
+	bool tls = tls_server || tls_client;
+	struct session *ss = keel_spawn(keel_task_loop(&a->task),
+					tls ? &tls_session_task : &session_task,
 					KEEL_PRIO_NORMAL);
 
+	if (ss && tls)
+		ss->tls = &((struct tls_session *)ss)->x;
 	if (!ss) {
 		session_leave();
 		close(fd);

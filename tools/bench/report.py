@@ -23,6 +23,13 @@
       repetitions of the ratio of cells run back to back) against the
       issue's goals; and the echo floor, the raw liburing echo server at
       c=64, 64 B, from run.sh's raw.tsv (FLOOR_RAW_TSV).
+  report.py tls TLS_RAW_TSV [PROBE_TSV]
+      tools/bench/tls.sh's raw.tsv -> the TLS tables: full handshakes per
+      second (and the server's CPU per handshake), HTTPS keep-alive (keel's
+      examples/http vs nginx), the TLS-terminating proxy (keel's
+      examples/proxy vs haproxy) and the plain proxy with health checks on
+      vs off; medians over the repetitions, ratios paired as in `http`, the
+      issue's goals. PROBE_TSV: what each server negotiated.
 """
 import os
 import re
@@ -337,6 +344,213 @@ def cmd_http(raw, floor_raw=None):
             print()
 
 
+# tools/bench/tls.sh's tests and rows: (test, keel's row, what it is held
+# against).
+TLS_PAIRS = {
+    "hs": ("keel-https", "nginx-https"),
+    "res": ("keel-https", "nginx-https"),
+    "ka": ("keel-https", "nginx-https"),
+    "tp": ("keel-proxy-tls", "haproxy-tls"),
+    "pp": ("keel-proxy-health", "keel-proxy"),
+}
+
+
+def tls_metric(r, key):
+    if key == "cpu":
+        c, n = num(r.get("cpu_ns")), num(r.get("reqs"))
+        return c / n / 1e3 if c is not None and n else None
+    return num(r.get(key))
+
+
+def cmd_tls(raw, probe=None):
+    cells, peers, conns = {}, {}, {}
+    for r in tsv_rows(raw):
+        t, p, c = r["test"], r["peer"], r["conns"]
+        peers.setdefault(t, [])
+        conns.setdefault(t, [])
+        if p not in peers[t]:
+            peers[t].append(p)
+        if c not in conns[t]:
+            conns[t].append(c)
+        cells.setdefault((t, p, c), []).append(r)
+
+    def good(t, p, c):
+        return [r for r in cells.get((t, p, c), []) if r["rps"] != "FAIL"]
+
+    def med(t, p, c, key):
+        v = [tls_metric(r, key) for r in good(t, p, c)]
+        v = [x for x in v if x is not None]
+        return statistics.median(v) if v else None
+
+    def ratios(t, c, key):
+        k, b = TLS_PAIRS[t]
+        base = {r["rep"]: tls_metric(r, key) for r in good(t, b, c)}
+        return [tls_metric(r, key) / base[r["rep"]] for r in good(t, k, c)
+                if tls_metric(r, key) and base.get(r["rep"])]
+
+    def paired(t, c, key):
+        v = ratios(t, c, key)
+        return statistics.median(v) if v else None
+
+    def f(v, digits=1):
+        return "" if v is None else f"{v:,.{digits}f}"
+
+    def krps(v):
+        return "" if v is None else f"{v / 1000:.2f}k"
+
+    def has_pair(t):
+        k, b = TLS_PAIRS[t]
+        return k in peers.get(t, []) and b in peers.get(t, [])
+
+    def skipped(t):
+        k, _ = TLS_PAIRS[t]
+        if t in peers and k not in peers[t]:
+            print(f"\n({k}: not run: the binary lacks the option; "
+                  "see the bench log)")
+
+    def goal(v, op, g):
+        if v is None:
+            return "n/a"
+        ok = v <= g if op == "<=" else (v < g if op == "<" else v >= g)
+        return f"{v:.2f} (goal {op} {g}: {'met' if ok else 'not met'})"
+
+    if probe and os.path.exists(probe):
+        rows = list(tsv_rows(probe))
+        if rows:
+            print("What each TLS server negotiated with `openssl s_client`"
+                  " (resumes: a second connection with the first one's"
+                  " session was resumed):")
+            print()
+            print("| server | protocol | suite | group | ALPN | resumes |"
+                  " certificate (sha256) |")
+            print("|---|---|---|---|---|---|---|")
+            for r in rows:
+                print("| " + " | ".join(r.get(k, "") for k in (
+                    "peer", "protocol", "suite", "group", "alpn", "resumes",
+                    "cert_sha256")) + " |")
+            print()
+
+    if "hs" in peers or "res" in peers:
+        hc = (conns.get("hs") or conns.get("res"))[0]
+        print(f"#### TLS handshakes, a new connection per request (c={hc})")
+        print()
+        print("| server | full handshakes/s (h2load) | server CPU µs/handshake"
+              " | server CPU busy % | wrk `Connection: close` req/s | p99 µs |"
+              " server CPU µs/conn |")
+        print("|---|--:|--:|--:|--:|--:|--:|")
+        for p in dict.fromkeys(peers.get("hs", []) + peers.get("res", [])):
+            print(f"| {p} | {f(med('hs', p, hc, 'rps'), 0)} | "
+                  f"{f(med('hs', p, hc, 'cpu'))} | "
+                  f"{f(med('hs', p, hc, 'core_pct'), 0)} | "
+                  f"{f(med('res', p, hc, 'rps'), 0)} | "
+                  f"{f(med('res', p, hc, 'p99_us'), 0)} | "
+                  f"{f(med('res', p, hc, 'cpu'))} |")
+        if has_pair("hs"):
+            print(f"| keel-https / nginx-https (paired) | "
+                  f"{f(paired('hs', hc, 'rps'), 2)} | "
+                  f"{f(paired('hs', hc, 'cpu'), 2)} | | "
+                  f"{f(paired('res', hc, 'rps'), 2)} | "
+                  f"{f(paired('res', hc, 'p99_us'), 2)} | "
+                  f"{f(paired('res', hc, 'cpu'), 2)} |")
+        print()
+        print("(h2load: rounds of -c C -n C, each client one connection and"
+              " one request, so every handshake is a full one; h2load gives"
+              " no percentiles. wrk reconnects with the session it had, so"
+              " its `Connection: close` handshakes are resumptions where the"
+              " server resumes (see `resumes` above). Server CPU busy: the"
+              " share of the server's CPU in use, by anything; well below"
+              " 100 % the client, which also verifies the server's"
+              " signature, was the limit: then handshakes/s compares the"
+              " client's runs and CPU µs/handshake compares the servers.)")
+        skipped("hs")
+        if has_pair("hs"):
+            print()
+            print("goals: keel-https / nginx-https full handshakes/s " +
+                  goal(paired("hs", hc, "rps"), ">=", 1) +
+                  "; server CPU per handshake " +
+                  goal(paired("hs", hc, "cpu"), "<=", 1))
+        print()
+
+    def conn_table(t, title, cpu_name, goals):
+        cs = conns.get(t, [])
+        print(f"#### {title}")
+        print()
+        print("| peer | " + " | ".join(
+            f"c={c} req/s | p50 µs | p99 µs | {cpu_name} µs/req"
+            for c in cs) + " |")
+        print("|---|" + "--:|--:|--:|--:|" * len(cs))
+        for p in peers.get(t, []):
+            row = [p]
+            for c in cs:
+                row += [krps(med(t, p, c, "rps")), f(med(t, p, c, "p50_us")),
+                        f(med(t, p, c, "p99_us")), f(med(t, p, c, "cpu"), 2)]
+            print("| " + " | ".join(row) + " |")
+        if has_pair(t):
+            k, b = TLS_PAIRS[t]
+            row = [f"{k} / {b} (paired)"]
+            for c in cs:
+                row += [f(paired(t, c, "rps"), 2), "",
+                        f(paired(t, c, "p99_us"), 2),
+                        f(paired(t, c, "cpu"), 2)]
+            print("| " + " | ".join(row) + " |")
+        errs = sum(int(num(r.get("errors")) or 0) for (tt, _, _), rs
+                   in cells.items() if tt == t for r in rs if r["rps"] != "FAIL")
+        fails = sum(1 for (tt, _, _), rs in cells.items() if tt == t
+                    for r in rs if r["rps"] == "FAIL")
+        print()
+        print(f"(wrk errors and non-2xx answers: {errs}; failed cells: {fails})")
+        skipped(t)
+        if has_pair(t):
+            print()
+            goals(cs)
+        print()
+
+    def ka_goals(cs):
+        print("goals: keel-https / nginx-https req/s " + ", ".join(
+            f"c={c}: " + goal(paired("ka", c, "rps"), ">=", 1) for c in cs))
+
+    def tp_goals(cs):
+        for c in cs:
+            print(f"goals at c={c}, keel-proxy-tls / haproxy-tls: CPU/req " +
+                  goal(paired("tp", c, "cpu"), "<=", 0.85) + ", req/s " +
+                  goal(paired("tp", c, "rps"), ">=", 1.15) + ", p99 " +
+                  goal(paired("tp", c, "p99_us"), "<", 1))
+            print()
+
+    def pp_goals(cs):
+        parts = []
+        for c in cs:
+            for key, name in (("cpu", "CPU/req"), ("rps", "req/s")):
+                v = ratios("pp", c, key)
+                if v:
+                    parts.append(f"c={c} {name} {statistics.median(v):.2f}"
+                                 f" (reps {min(v):.2f}-{max(v):.2f})")
+        print("health checks on / off (goal: no measurable cost, a ratio"
+              " of 1 within the run-to-run spread): " + "; ".join(parts))
+
+    if "ka" in peers:
+        conn_table("ka", "HTTPS keep-alive: keel's examples/http vs nginx"
+                   " (wrk -t1, 5-byte answer)", "server CPU", ka_goals)
+    if "tp" in peers:
+        conn_table("tp", "TLS-terminating proxy in front of a plain nginx"
+                   " backend: keel's examples/proxy vs haproxy (mode tcp),"
+                   " wrk -t1 https", "proxy CPU", tp_goals)
+    if "pp" in peers:
+        meta = {}
+        mp = os.path.join(os.path.dirname(raw), "meta.tsv")
+        if os.path.exists(mp):
+            with open(mp) as fm:
+                meta = dict(line.rstrip("\n").split("\t", 1)
+                            for line in fm if "\t" in line)
+        opts = ""
+        if meta:
+            opts = (f" (keel-proxy: `{meta.get('health_off', '')}`;"
+                    f" keel-proxy-health: `{meta.get('health_on', '')}`)")
+        conn_table("pp", "Plain TCP proxy, health checks off and on: keel's"
+                   " examples/proxy, wrk -t1 http, the same backend" + opts,
+                   "proxy CPU", pp_goals)
+
+
 def main():
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
@@ -349,6 +563,8 @@ def main():
         cmd_summary(*sys.argv[2:])
     elif cmd == "http" and len(sys.argv) in (3, 4):
         cmd_http(*sys.argv[2:])
+    elif cmd == "tls" and len(sys.argv) in (3, 4):
+        cmd_tls(*sys.argv[2:])
     else:
         raise SystemExit(__doc__)
 
