@@ -67,6 +67,7 @@ struct statx;
  *   gone when it expires);
  * - keel_sleep/keel_sleep_until (keel/loop.h): the earlier deadline wins,
  *   and the result is -ETIMEDOUT if it was this one.
+ * - keel_resolve: the earlier of it and the request's deadline wins.
  * One of these that ends at once without reaching the kernel (under a
  * cancelled token, a zero-length send, no room in the SQ) takes it all the
  * same and drops it: it never moves on to a later op.
@@ -543,6 +544,8 @@ int keel_tcp_nodelay(int fd);
  * getaddrinfo returns (the resolver's own timeouts, resolv.conf(5)), and
  * is then freed without touching the task, its frame or its loop, which
  * may be gone by then. A lookup still queued is dropped.
+ * On the simulated kernel (keel/sim.h) the deadline is virtual: a name
+ * times out long before the real lookup answers; use numeric addresses.
  */
 #define KEEL_RESOLVE_MAX 8 /* addresses kept; more are left out */
 /* The deadline of a request whose timeout_ns is 0. */
