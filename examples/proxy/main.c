@@ -5,7 +5,32 @@
  *
  *	proxy [--threads N] [--mode buffers|splice] [--bufs N]
  *	      [--buf-size BYTES] [--connect-timeout MS] [--max-conns N]
- *	      -l [ADDR:]PORT -b HOST:PORT
+ *	      [--balance rr|leastconn] [--resolve-every MS]
+ *	      [--health tcp|http[:PATH]|off] [--health-every MS]
+ *	      [--health-timeout MS] [--rise N] [--fall N]
+ *	      [--metrics [ADDR:]PORT]
+ *	      [--retries N] [--idle-timeout MS] [--low-water N]
+ *	      [--proxy-protocol] [--cert FILE --key FILE
+ *	      [--sni-cert FILE --sni-key FILE]... [--alpn LIST]]
+ *	      [--backend-tls [--backend-ca FILE | --backend-insecure]
+ *	      [--backend-sni NAME]]
+ *	      -l [ADDR:]PORT -b HOST:PORT [-b HOST:PORT...]
+ *
+ * Backends (backends.c, health.c, metrics.c): -b names one (up to 64), by
+ * address or host name. Names are resolved at start (the proxy exits 1 if
+ * none resolves; one that does not is down, with the reason) and again
+ * every --resolve-every (default 30000 ms) on the blocking pool: a changed
+ * address is followed, a failure keeps the last good one. A session goes
+ * to a backend that is up, chosen by --balance: rr (default, round-robin)
+ * or leastconn (the fewest sessions open). --health checks each backend
+ * every --health-every (2000 ms) within --health-timeout (1000 ms): tcp (a
+ * connect), http[:PATH] (a GET of PATH, default /, answered 2xx or 3xx) or
+ * off; the default is tcp with more than one backend, else off. --fall
+ * (3) failed checks in a row take a backend out, --rise (2) good ones
+ * bring it back; each change is a line on stderr. --metrics serves
+ * Prometheus text at GET /metrics: per backend (label backend="host:port"),
+ * its state, sessions, bytes, connect failures and latency, checks,
+ * resolutions, and keel's loop metrics.
  *
  * One loop per thread, each with its own SO_REUSEPORT listener and a
  * multishot accept. Per connection, a session task connects to the backend
@@ -108,7 +133,7 @@
 
 #include <keel/tls.h>
 
-#include "proxy.h"
+#include "backends.h"
 
 struct main_frame {
 	struct keel_task task;
@@ -119,9 +144,6 @@ struct shard *shards;
 unsigned nshards;
 bool splice_mode;
 struct keel_bufring_opts ring_opts = {.count = 256, .size = 16384};
-struct sockaddr_storage backend_addr;
-socklen_t backend_len;
-const char *backend_text;
 uint64_t connect_timeout_ns = 5000ull * 1000 * 1000;
 unsigned max_sessions;
 atomic_uint open_sessions;
@@ -153,6 +175,8 @@ static int main_step(struct keel_task *t)
 	struct keel_runtime *rt = keel_runtime_current();
 
 	KEEL_BEGIN(t);
+	if (backends_start(rt))
+		KEEL_EXIT(t, 1);
 	for (m->i = 0; m->i < nshards; m->i++)
 		if (keel_spawn_on(keel_runtime_loop(rt, m->i), &acceptor_task,
 				  KEEL_PRIO_HIGH, init_acceptor, &shards[m->i]))
@@ -194,9 +218,9 @@ static bool addr_parts(struct sockaddr_storage *ss, uint16_t *port,
  * local address of its family (an IPv6 one, IPv4 too): whether the
  * backend's address is local is what bind(2) on it says.
  */
-static bool backend_is_self(int fd)
+static bool backend_is_self(int fd, struct sockaddr_storage b, socklen_t blen)
 {
-	struct sockaddr_storage l, b = backend_addr;
+	struct sockaddr_storage l;
 	socklen_t llen = sizeof(l);
 	uint16_t lport, bport;
 	const void *la, *ba;
@@ -228,7 +252,7 @@ static bool backend_is_self(int fd)
 		((struct sockaddr_in *)&b)->sin_port = 0;
 	else
 		((struct sockaddr_in6 *)&b)->sin6_port = 0;
-	bool local = bind(probe, (struct sockaddr *)&b, backend_len) == 0;
+	bool local = bind(probe, (struct sockaddr *)&b, blen) == 0;
 
 	close(probe);
 	return local;
@@ -336,17 +360,23 @@ enum {
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: proxy [--threads N] [--mode buffers|splice] "
-		     "[--bufs N] [--buf-size BYTES]\n"
-		     "             [--batch-wait NS] [--connect-timeout MS] "
-		     "[--max-conns N]\n"
-		     "             [--retries N] [--idle-timeout MS] "
-		     "[--low-water N]\n"
-		     "             [--proxy-protocol] [--cert FILE --key FILE "
-		     "[--sni-cert FILE --sni-key FILE]... [--alpn LIST]]\n"
-		     "             [--backend-tls [--backend-ca FILE | "
-		     "--backend-insecure] [--backend-sni NAME]]\n"
-		     "             -l [ADDR:]PORT -b HOST:PORT\n");
+	fprintf(out,
+		"usage: proxy [--threads N] [--mode buffers|splice] "
+		"[--bufs N] [--buf-size BYTES]\n"
+		"             [--batch-wait NS] [--connect-timeout MS] "
+		"[--max-conns N]\n"
+		"             [--balance rr|leastconn] [--resolve-every MS]\n"
+		"             [--health tcp|http[:PATH]|off] "
+		"[--health-every MS]\n"
+		"             [--health-timeout MS] [--rise N] [--fall N] "
+		"[--metrics [ADDR:]PORT]\n"
+		"             [--retries N] [--idle-timeout MS] "
+		"[--low-water N]\n"
+		"             [--proxy-protocol] [--cert FILE --key FILE "
+		"[--sni-cert FILE --sni-key FILE]... [--alpn LIST]]\n"
+		"             [--backend-tls [--backend-ca FILE | "
+		"--backend-insecure] [--backend-sni NAME]]\n"
+		"             -l [ADDR:]PORT -b HOST:PORT [-b HOST:PORT...]\n");
 }
 
 static long parse_number(const char *s, long min, long max)
@@ -379,6 +409,144 @@ static long split_host_port(char *s, const char **host, const char *dflt)
 	return parse_number(s, 0, 65535);
 }
 
+/* ---- backends' options (backends.c, health.c, metrics.c) ---- */
+
+enum {
+	OPT_BALANCE = 256,
+	OPT_RESOLVE_EVERY,
+	OPT_HEALTH,
+	OPT_HEALTH_EVERY,
+	OPT_HEALTH_TIMEOUT,
+	OPT_RISE,
+	OPT_FALL,
+	OPT_METRICS,
+};
+
+/* -b HOST:PORT (repeatable); nonzero: said why. */
+static int backend_option(const char *arg)
+{
+	int err = backends_add(arg);
+
+	if (err == -E2BIG)
+		fprintf(stderr, "proxy: too many backends (at most %d)\n",
+			MAX_BACKENDS);
+	else if (err == -ENAMETOOLONG)
+		fprintf(stderr, "proxy: backend name too long: %s\n", arg);
+	else if (err)
+		fprintf(stderr,
+			"proxy: bad backend: %s (HOST:PORT, [IPV6]:PORT; the "
+			"port 1 to 65535)\n",
+			arg);
+	return err;
+}
+
+/* A duration option in ms, 1 to an hour; false: said why. */
+static bool ms_option(const char *name, const char *arg, uint64_t *ns)
+{
+	long v = parse_number(arg, 1, 3600000);
+
+	if (v < 0) {
+		fprintf(stderr, "proxy: bad --%s: %s (ms, 1 to 3600000)\n",
+			name, arg);
+		return false;
+	}
+	*ns = (uint64_t)v * 1000 * 1000;
+	return true;
+}
+
+static bool count_option(const char *name, const char *arg, unsigned *n)
+{
+	long v = parse_number(arg, 1, 100);
+
+	if (v < 0) {
+		fprintf(stderr, "proxy: bad --%s: %s (1 to 100)\n", name, arg);
+		return false;
+	}
+	*n = (unsigned)v;
+	return true;
+}
+
+/* Every other backends' option; nonzero: said why. */
+static int backends_option(int opt, char *arg)
+{
+	struct backends_config *c = &backends_conf;
+	long port;
+
+	switch (opt) {
+	case OPT_BALANCE:
+		if (!strcmp(arg, "rr")) {
+			c->balance = BALANCE_RR;
+		} else if (!strcmp(arg, "leastconn")) {
+			c->balance = BALANCE_LEASTCONN;
+		} else {
+			fprintf(stderr,
+				"proxy: bad --balance: %s (rr or leastconn)\n",
+				arg);
+			return 2;
+		}
+		return 0;
+	case OPT_RESOLVE_EVERY:
+		return ms_option("resolve-every", arg, &c->resolve_every_ns)
+			   ? 0
+			   : 2;
+	case OPT_HEALTH:
+		if (!strcmp(arg, "tcp")) {
+			c->health = HEALTH_TCP;
+		} else if (!strcmp(arg, "off")) {
+			c->health = HEALTH_OFF;
+		} else if (!strcmp(arg, "http")) {
+			c->health = HEALTH_HTTP;
+		} else if (!strncmp(arg, "http:/", 6) && strlen(arg) < 200 &&
+			   !strpbrk(arg, " \r\n")) {
+			c->health = HEALTH_HTTP;
+			c->health_path = arg + 5;
+		} else {
+			fprintf(stderr,
+				"proxy: bad --health: %s (tcp, http, "
+				"http:/PATH or off)\n",
+				arg);
+			return 2;
+		}
+		return 0;
+	case OPT_HEALTH_EVERY:
+		return ms_option("health-every", arg, &c->health_every_ns) ? 0
+									   : 2;
+	case OPT_HEALTH_TIMEOUT:
+		return ms_option("health-timeout", arg, &c->health_timeout_ns)
+			   ? 0
+			   : 2;
+	case OPT_RISE:
+		return count_option("rise", arg, &c->rise) ? 0 : 2;
+	case OPT_FALL:
+		return count_option("fall", arg, &c->fall) ? 0 : 2;
+	case OPT_METRICS:
+		port = split_host_port(arg, &c->metrics_host, "127.0.0.1");
+		if (port < 0) {
+			fprintf(stderr,
+				"proxy: bad --metrics: [ADDR:]PORT (the port "
+				"0 to 65535)\n");
+			return 2;
+		}
+		c->metrics_port = (uint16_t)port;
+		return 0;
+	}
+	return 2;
+}
+
+/* The name of a backend that is our own listener `fd`, or NULL. */
+static const char *backend_self(int fd)
+{
+	for (unsigned i = 0; i < nbackends; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len;
+
+		if (backend_current(&backends[i], &ss, &len) &&
+		    backend_is_self(fd, ss, len))
+			return backends[i].name;
+	}
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -391,6 +559,15 @@ int main(int argc, char **argv)
 	    {"max-conns", required_argument, NULL, 'M'},
 	    {"listen", required_argument, NULL, 'l'},
 	    {"backend", required_argument, NULL, 'b'},
+	    /* backends.c, health.c, metrics.c */
+	    {"balance", required_argument, NULL, OPT_BALANCE},
+	    {"resolve-every", required_argument, NULL, OPT_RESOLVE_EVERY},
+	    {"health", required_argument, NULL, OPT_HEALTH},
+	    {"health-every", required_argument, NULL, OPT_HEALTH_EVERY},
+	    {"health-timeout", required_argument, NULL, OPT_HEALTH_TIMEOUT},
+	    {"rise", required_argument, NULL, OPT_RISE},
+	    {"fall", required_argument, NULL, OPT_FALL},
+	    {"metrics", required_argument, NULL, OPT_METRICS},
 	    {"help", no_argument, NULL, 'h'},
 	    /* session.c's options */
 	    {"retries", required_argument, NULL, OPT_RETRIES},
@@ -409,7 +586,7 @@ int main(int argc, char **argv)
 	    /* end of session.c's options */
 	    {NULL, 0, NULL, 0},
 	};
-	char *listen_arg = NULL, *backend_arg = NULL;
+	char *listen_arg = NULL;
 	long threads = 0, batch_wait = 0, max_conns = 0;
 	long low_water_arg = -1; /* session.c's */
 	struct tls_args ta = {.server.role = KEEL_TLS_SERVER,
@@ -497,8 +674,21 @@ int main(int argc, char **argv)
 		case 'l':
 			listen_arg = optarg;
 			break;
+		/* backends.c, health.c, metrics.c */
 		case 'b':
-			backend_arg = optarg;
+			if (backend_option(optarg))
+				return 2;
+			break;
+		case OPT_BALANCE:
+		case OPT_RESOLVE_EVERY:
+		case OPT_HEALTH:
+		case OPT_HEALTH_EVERY:
+		case OPT_HEALTH_TIMEOUT:
+		case OPT_RISE:
+		case OPT_FALL:
+		case OPT_METRICS:
+			if (backends_option(opt, optarg))
+				return 2;
 			break;
 		/* session.c's options */
 		case OPT_RETRIES:
@@ -580,7 +770,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (!listen_arg || !backend_arg || optind != argc) {
+	if (!listen_arg || !nbackends || optind != argc) {
 		usage(stderr);
 		return 2;
 	}
@@ -593,27 +783,21 @@ int main(int argc, char **argv)
 			low_water_arg, max_conns);
 		return 2;
 	}
-	const char *lhost, *bhost;
+	const char *lhost;
 	long lport = split_host_port(listen_arg, &lhost, "127.0.0.1");
-	long bport = split_host_port(backend_arg, &bhost, "127.0.0.1");
 
-	if (lport < 0 || bport <= 0) {
-		fprintf(stderr, "proxy: bad %s port\n",
-			lport < 0 ? "listen" : "backend");
+	if (lport < 0) {
+		fprintf(stderr, "proxy: bad listen port\n");
 		return 2;
 	}
-	if (keel_net_parse_addr(bhost, (uint16_t)bport, &backend_addr,
-				&backend_len)) {
-		fprintf(stderr,
-			"proxy: bad backend address: %s (a numeric IPv4 or "
-			"IPv6 address)\n",
-			bhost);
-		return 2;
+	if (backends_conf.health == HEALTH_DEFAULT)
+		backends_conf.health = nbackends > 1 ? HEALTH_TCP : HEALTH_OFF;
+	/* Before the loops run: blocking here blocks none of them. */
+	if (!backends_resolve_all()) {
+		fprintf(stderr, "proxy: no backend resolves: nothing to "
+				"proxy to\n");
+		return 1;
 	}
-	static char btext[128];
-
-	snprintf(btext, sizeof(btext), "%s:%ld", bhost, bport);
-	backend_text = btext;
 
 	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
 
@@ -667,11 +851,13 @@ int main(int argc, char **argv)
 		if (lport == 0)
 			lport = keel_net_local_port(fd);
 		shards[i].listen_fd = fd;
-		if (i == 0 && backend_is_self(fd)) {
+		const char *self = i == 0 ? backend_self(fd) : NULL;
+
+		if (self) {
 			fprintf(stderr,
 				"proxy: the backend %s is the proxy's own "
 				"listener (%s:%ld)\n",
-				btext, lhost, lport);
+				self, lhost, lport);
 			close(fd);
 			keel_runtime_destroy(rt);
 			tls_teardown();
@@ -679,10 +865,23 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	err = metrics_start(rt);
+	if (err) {
+		fprintf(stderr, "proxy: cannot serve metrics on %s:%u: %s\n",
+			backends_conf.metrics_host, backends_conf.metrics_port,
+			keel_strerror(err));
+		return 1;
+	}
 	printf("proxy: listening on %s:%ld (%u loops, %s mode, at most %u "
-	       "sessions) -> %s\n",
+	       "sessions) -> ",
 	       lhost, lport, nshards, splice_mode ? "splice" : "buffers",
-	       max_sessions, btext);
+	       max_sessions);
+	for (unsigned i = 0; i < nbackends; i++)
+		printf("%s%s", i ? ", " : "", backends[i].name);
+	printf("\n");
+	if (backends_conf.metrics_host)
+		printf("proxy: metrics on http://%s:%d/metrics\n",
+		       backends_conf.metrics_host, metrics_port());
 	fflush(stdout);
 
 	int status = keel_runtime_run(rt, &proxy_main, NULL, NULL);
@@ -706,6 +905,7 @@ int main(int argc, char **argv)
 	}
 	keel_runtime_destroy(rt);
 	tls_teardown();
+	metrics_free();
 	free(shards);
 	printf("proxy: served %llu connections, %llu bytes up, %llu bytes "
 	       "down, %llu backend failures, %llu directions ended by an "
