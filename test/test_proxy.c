@@ -1598,3 +1598,83 @@ Test(proxy, tls_half_close_close_notify_both_ways, .timeout = 60,
 	rmdir(tmp);
 	free(rx);
 }
+/* ---- several backends: --retries ----------------------------------------- */
+
+/*
+ * Two backends, the first refusing (nothing listens there) or silent (its
+ * listen queue full: the connect runs into --connect-timeout), the second
+ * an echo; health checks off, so the first stays in the rotation. Every
+ * client is served: a session whose first pick fails moves on to the
+ * other backend (nothing was sent to the first), counted. With --retries
+ * 0 a client whose pick fails is closed instead.
+ */
+static void run_retry(bool silent, const char *retries, int clients)
+{
+	struct proxy_opts o = {.mode = "buffers", .threads = 1};
+	struct silent_backend sb;
+	struct backend b;
+	struct proxy px;
+	char first[64];
+	const char *sum;
+	int served = 0, fd;
+
+	backend_start(&b, 0, B_ECHO);
+	if (silent) {
+		silent_backend_start(&sb);
+		o.backend_port = sb.port;
+	} else {
+		o.backend_port = free_port();
+	}
+	snprintf(first, sizeof(first), "127.0.0.1:%u", b.port);
+	o.extra[0] = "-b";
+	o.extra[1] = first;
+	o.extra[2] = "--health";
+	o.extra[3] = "off";
+	o.extra[4] = "--connect-timeout";
+	o.extra[5] = "200";
+	o.extra[6] = "--retries";
+	o.extra[7] = retries;
+	proxy_launch(&px, &o);
+	for (int i = 0; i < clients; i++) {
+		fd = connect_to(px.port);
+		served += echo_byte(fd);
+		close(fd);
+	}
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	if (silent)
+		silent_backend_stop(&sb);
+	if (strcmp(retries, "0")) {
+		cr_assert_eq(served, clients, "%d of %d clients served", served,
+			     clients);
+		cr_assert_geq(summary_count(sum, "connects retried"), 1,
+			      "summary: %s", sum);
+		cr_assert_eq(summary_count(sum, "clients with no backend"), 0,
+			     "summary: %s", sum);
+	} else {
+		cr_assert_lt(served, clients, "every client was served");
+		cr_assert_eq(summary_count(sum, "connects retried"), 0,
+			     "summary: %s", sum);
+		cr_assert_eq(summary_count(sum, "clients with no backend"),
+			     clients - served, "summary: %s", sum);
+	}
+	cr_assert_geq(summary_count(sum, "backend failures"), 1, "summary: %s",
+		      sum);
+}
+
+Test(proxy, retry_on_the_next_backend_when_one_refuses, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_retry(false, "2", 6);
+}
+
+Test(proxy, retry_on_the_next_backend_after_a_connect_timeout, .timeout = 60,
+     .fini = proxy_reap)
+{
+	run_retry(true, "2", 4);
+}
+
+Test(proxy, no_retry_with_retries_0, .timeout = 60, .fini = proxy_reap)
+{
+	run_retry(false, "0", 6);
+}

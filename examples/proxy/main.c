@@ -9,6 +9,11 @@
  *	      [--health tcp|http[:PATH]|off] [--health-every MS]
  *	      [--health-timeout MS] [--rise N] [--fall N]
  *	      [--metrics [ADDR:]PORT]
+ *	      [--retries N] [--idle-timeout MS] [--low-water N]
+ *	      [--proxy-protocol] [--cert FILE --key FILE
+ *	      [--sni-cert FILE --sni-key FILE]... [--alpn LIST]]
+ *	      [--backend-tls [--backend-ca FILE | --backend-insecure]
+ *	      [--backend-sni NAME]]
  *	      -l [ADDR:]PORT -b HOST:PORT [-b HOST:PORT...]
  *
  * Backends (backends.c, health.c, metrics.c): -b names one (up to 64), by
@@ -360,17 +365,17 @@ static void usage(FILE *out)
 		"[--bufs N] [--buf-size BYTES]\n"
 		"             [--batch-wait NS] [--connect-timeout MS] "
 		"[--max-conns N]\n"
+		"             [--balance rr|leastconn] [--resolve-every MS]\n"
+		"             [--health tcp|http[:PATH]|off] "
+		"[--health-every MS]\n"
+		"             [--health-timeout MS] [--rise N] [--fall N] "
+		"[--metrics [ADDR:]PORT]\n"
 		"             [--retries N] [--idle-timeout MS] "
 		"[--low-water N]\n"
 		"             [--proxy-protocol] [--cert FILE --key FILE "
 		"[--sni-cert FILE --sni-key FILE]... [--alpn LIST]]\n"
 		"             [--backend-tls [--backend-ca FILE | "
 		"--backend-insecure] [--backend-sni NAME]]\n"
-		"             [--balance rr|leastconn] [--resolve-every MS]\n"
-		"             [--health tcp|http[:PATH]|off] "
-		"[--health-every MS]\n"
-		"             [--health-timeout MS] [--rise N] [--fall N] "
-		"[--metrics [ADDR:]PORT]\n"
 		"             -l [ADDR:]PORT -b HOST:PORT [-b HOST:PORT...]\n");
 }
 
@@ -515,16 +520,13 @@ static int backends_option(int opt, char *arg)
 	case OPT_FALL:
 		return count_option("fall", arg, &c->fall) ? 0 : 2;
 	case OPT_METRICS:
-		port = parse_number(
-		    strrchr(arg, ':') ? strrchr(arg, ':') + 1 : arg, 0, 65535);
+		port = split_host_port(arg, &c->metrics_host, "127.0.0.1");
 		if (port < 0) {
 			fprintf(stderr,
-				"proxy: bad --metrics: %s ([ADDR:]PORT, the "
-				"port 0 to 65535)\n",
-				arg);
+				"proxy: bad --metrics: [ADDR:]PORT (the port "
+				"0 to 65535)\n");
 			return 2;
 		}
-		split_host_port(arg, &c->metrics_host, "127.0.0.1");
 		c->metrics_port = (uint16_t)port;
 		return 0;
 	}
@@ -877,13 +879,9 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < nbackends; i++)
 		printf("%s%s", i ? ", " : "", backends[i].name);
 	printf("\n");
-	if (backends_conf.metrics_host) {
-		bool v6 = strchr(backends_conf.metrics_host, ':');
-
-		printf("proxy: metrics on http://%s%s%s:%d/metrics\n",
-		       v6 ? "[" : "", backends_conf.metrics_host, v6 ? "]" : "",
-		       metrics_port());
-	}
+	if (backends_conf.metrics_host)
+		printf("proxy: metrics on http://%s:%d/metrics\n",
+		       backends_conf.metrics_host, metrics_port());
 	fflush(stdout);
 
 	int status = keel_runtime_run(rt, &proxy_main, NULL, NULL);
@@ -906,8 +904,8 @@ int main(int argc, char **argv)
 			fatal = shards[i].error;
 	}
 	keel_runtime_destroy(rt);
-	metrics_free();
 	tls_teardown();
+	metrics_free();
 	free(shards);
 	printf("proxy: served %llu connections, %llu bytes up, %llu bytes "
 	       "down, %llu backend failures, %llu directions ended by an "

@@ -53,26 +53,6 @@ extern uint64_t connect_timeout_ns;
 extern unsigned max_sessions;	  /* --max-conns, or the fds' room */
 extern atomic_uint open_sessions; /* all loops together */
 
-/* --- the seam between session.c and backends.c (backends.c's block) --- */
-struct backend; /* one configured backend (a name or address, and what it
-		   resolved to) */
-/* The backend a new session should try next: a healthy one not in `tried`
- * (bit i set: backend i was tried already by this session), chosen by the
- * --balance policy (rr, leastconn); NULL when none is left. Its current
- * address is copied to *addr and *len (re-resolution may change it later; the
- * copy stays the session's). Counts a session as on it until
- * backend_release(). */
-struct backend *backend_pick(uint64_t tried, struct sockaddr_storage *addr,
-			     socklen_t *len);
-unsigned backend_index(const struct backend *b);   /* its bit in `tried` */
-const char *backend_name(const struct backend *b); /* "host:port" as given */
-/* A connect's outcome: 0 or -errno, after ns (the latency metric; a
- * failure is counted; the health checks alone decide what is up). */
-void backend_connected(struct backend *b, int result, uint64_t ns);
-/* The session on it ended having moved these bytes. */
-void backend_release(struct backend *b, uint64_t up, uint64_t down);
-/* --- end of the seam --- */
-
 /* --- session.c's settings (main.c parses them) --- */
 extern unsigned retries;	 /* --retries: backends tried after the first */
 extern uint64_t idle_timeout_ns; /* --idle-timeout; 0: off */
@@ -91,5 +71,25 @@ void init_acceptor(void *frame, void *arg);
 
 /* Whether a report last made at *last may be made again: once a second. */
 bool report_due(time_t *last);
+
+/* ---- backends (backends.c, health.c, metrics.c) ----
+ * The seam between the sessions and the backends. */
+struct backend; /* one configured backend (a name or address, and what it
+		 * resolved to) */
+/* The backend a new session should try next: a healthy one not in `tried`
+ * (bit i set: backend i was tried already by this session), chosen by the
+ * --balance policy (rr, leastconn); NULL when none is left. Its current
+ * address is copied to *addr and *len (re-resolution may change it later; the
+ * copy stays the session's). Counts a session as on it until
+ * backend_release(). */
+struct backend *backend_pick(uint64_t tried, struct sockaddr_storage *addr,
+			     socklen_t *len);
+unsigned backend_index(const struct backend *b);   /* its bit in `tried` */
+const char *backend_name(const struct backend *b); /* "host:port" as given */
+/* A connect's outcome: 0 or -errno, after ns (the latency metric; a
+ * failure is counted). */
+void backend_connected(struct backend *b, int result, uint64_t ns);
+/* The session on it ended having moved these bytes. */
+void backend_release(struct backend *b, uint64_t up, uint64_t down);
 
 #endif
