@@ -26,11 +26,11 @@
 
 #include "helpers/keel_test.h"
 
-#define MS	(1000000ull)
-#define SEC	(1000 * MS)
-#define PORT	8443
-#define AMOUNT	(300 * 1024)
-#define SEEDS	8
+#define MS     (1000000ull)
+#define SEC    (1000 * MS)
+#define PORT   8443
+#define AMOUNT (300 * 1024)
+#define SEEDS  8
 
 static char dir[256], cert[300], key[300];
 
@@ -115,9 +115,9 @@ static int side_step(struct keel_task *t)
 		}
 		sd->fd = keel_res(t);
 		keel_net_parse_addr("127.0.0.1", PORT, &sd->ss, &sd->sslen);
-		KEEL_AWAIT(t, keel_connect(t, sd->fd,
-					   (struct sockaddr *)&sd->ss,
-					   sd->sslen));
+		KEEL_AWAIT(t,
+			   keel_connect(t, sd->fd, (struct sockaddr *)&sd->ss,
+					sd->sslen));
 	} else {
 		KEEL_AWAIT(t, keel_accept(t, sd->w->lfd, NULL, NULL, 0));
 		if (keel_res(t) >= 0)
@@ -143,11 +143,13 @@ static int side_step(struct keel_task *t)
 		if (sd->client == (sd->done == 0)) {
 			while (sd->r->sent < AMOUNT) {
 				KEEL_AWAIT_CALL(
-				    t, keel_tls_send(
-					   t, &sd->s, out + sd->r->sent,
-					   piece(sd->r->sent, AMOUNT - sd->r->sent)));
+				    t,
+				    keel_tls_send(t, &sd->s, out + sd->r->sent,
+						  piece(sd->r->sent,
+							AMOUNT - sd->r->sent)));
 				if (keel_res(t) !=
-				    (int)piece(sd->r->sent, AMOUNT - sd->r->sent)) {
+				    (int)piece(sd->r->sent,
+					       AMOUNT - sd->r->sent)) {
 					sd->r->failed_at = "send";
 					sd->r->res = keel_res(t);
 					break;
@@ -156,17 +158,17 @@ static int side_step(struct keel_task *t)
 			}
 		} else {
 			while (sd->r->got < AMOUNT) {
-				KEEL_AWAIT_CALL(t,
-						keel_tls_recv(t, &sd->s, sd->rbuf,
-							      sizeof(sd->rbuf)));
+				KEEL_AWAIT_CALL(
+				    t, keel_tls_recv(t, &sd->s, sd->rbuf,
+						     sizeof(sd->rbuf)));
 				if (keel_res(t) <= 0 ||
 				    sd->r->got + (size_t)keel_res(t) > AMOUNT ||
 				    memcmp(sd->rbuf, in + sd->r->got,
 					   (size_t)keel_res(t))) {
 					sd->r->failed_at = keel_res(t) <= 0
-							    ? "recv"
-							    : "recv: bytes "
-							      "differ";
+							       ? "recv"
+							       : "recv: bytes "
+								 "differ";
 					sd->r->res = keel_res(t);
 					break;
 				}
@@ -295,9 +297,8 @@ static void run_seed(uint64_t seed)
 		     "seed %llu: the run did not end: %s (client: sent %zu, "
 		     "got %zu, %s %d; server: sent %zu, got %zu, %s %d)",
 		     (unsigned long long)seed, keel_strerror(err), cr.sent,
-		     cr.got, cr.failed_at ? cr.failed_at : "-", cr.res,
-		     sr.sent, sr.got, sr.failed_at ? sr.failed_at : "-",
-		     sr.res);
+		     cr.got, cr.failed_at ? cr.failed_at : "-", cr.res, sr.sent,
+		     sr.got, sr.failed_at ? sr.failed_at : "-", sr.res);
 	check_side(seed, &cr, true);
 	check_side(seed, &sr, false);
 	/* The engines are the test's: free them after the tasks. */
