@@ -395,6 +395,15 @@ $(BUILD)/fuzz/fuzz_trace_reader: fuzz/fuzz_trace_reader.c \
 # keel_tcp_listen, which makes a real socket.
 $(BUILD)/fuzz/fuzz_http: FUZZ_LDFLAGS := -Wl,--wrap=keel_tcp_listen
 
+# fuzz_tls links libkeel-tls and OpenSSL (and reads the engine's SSL
+# through tls/internal.h, as test_tls does).
+$(BUILD)/fuzz/fuzz_tls: fuzz/fuzz_tls.c $(wildcard fuzz/*.h) $(TLS_STATIC) \
+		$(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< \
+		$(TLS_STATIC) $(STATIC) $(TLS_LIBS) $(LIBS) -lm
+
 $(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(wildcard fuzz/*.h) $(HTTP_STATIC) \
 		$(TLS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
