@@ -230,19 +230,6 @@ static bool must_fail(unsigned sv, unsigned c)
 	       (s12 && c13) || ((sv == 1 || sv == 5) && (c == 1 || c == 6));
 }
 
-/*
- * KNOWN BUG (tls/ctx.c, reported; fuzz/corpus/fuzz_tls/sni-client-cert
- * replays it with FUZZ_TLS_STRICT=1): a server that requires client
- * certificates (ca_file) refuses every valid one when SNI picked a
- * certificate of keel_tls_ctx_add_cert: that certificate's SSL_CTX, which
- * OpenSSL then verifies against, has no CA store. Until it is fixed the
- * outcome of those pairs is not checked.
- */
-static bool known_bug(unsigned sv, unsigned c)
-{
-	return sv == 4 && c == 6 && !getenv("FUZZ_TLS_STRICT");
-}
-
 /* The client configuration: the header's third byte % NCLIENT. A new
  * context for each input: its session cache starts empty. */
 static struct keel_tls_ctx *client_make(unsigned c, struct client_cfg *cc)
@@ -917,8 +904,7 @@ static bool connection(struct pair *pp, struct keel_tls_ctx *cctx,
 	/* Nothing was touched: it must have gone through. */
 	bool clean = false, reneg = (ccfg & 0x40) && !second;
 
-	if (!pp->mutated && !pp->freed_early &&
-	    !known_bug(scfg % NSERVER, ccfg % NCLIENT)) {
+	if (!pp->mutated && !pp->freed_early) {
 		if (must_fail(scfg % NSERVER, ccfg % NCLIENT)) {
 			if (c->s.hs_done && sv->s.hs_done && !c->s.failed &&
 			    !sv->s.failed)

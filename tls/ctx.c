@@ -659,6 +659,10 @@ int keel_tls_ctx_add_cert(struct keel_tls_ctx *ctx, const char *cert_file,
 		SSL_CTX_free(sc);
 		return err;
 	}
+	/* OpenSSL verifies a client's certificate against the store of the
+	 * SSL_CTX that SNI swapped in: share the default context's (its
+	 * ca_file), or every client certificate would be refused. */
+	SSL_CTX_set1_cert_store(sc, SSL_CTX_get_cert_store(ctx->ssl_ctx));
 	if (ctx->alpn_len)
 		SSL_CTX_set_alpn_select_cb(sc, alpn_select, ctx);
 	SSL_CTX_set_info_callback(sc, info_cb);
