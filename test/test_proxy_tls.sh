@@ -165,6 +165,30 @@ check "termination: exit 0 on SIGTERM" [ "$pstatus" = 0 ]
 n=$(count "TLS handshakes failed")
 check "garbage ClientHello: counted ($n TLS handshakes failed)" [ "$n" = 1 ]
 
+# A client that stalls mid-handshake (half a ClientHello, then nothing):
+# closed after --handshake-timeout, counted, and never connected onward.
+start_proxy -b "127.0.0.1:$hport" --cert "$dir/main.pem" \
+	--key "$dir/main.key" --handshake-timeout 300
+python3 - "$pport" <<'PY' >"$dir/py" 2>&1
+import socket, sys
+# 5 s: far above the 300 ms asked for, below the library's default 10 s.
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+try:
+    data = s.recv(4096)
+except ConnectionResetError:
+    data = b""
+except socket.timeout:
+    data = b"hung"
+print("closed" if not data else "not closed: %r" % data)
+PY
+check "--handshake-timeout: a stalled handshake is closed" \
+	grep -q "^closed" "$dir/py"
+stop_proxy
+n=$(count "TLS handshakes failed")
+check "--handshake-timeout: counted ($n TLS handshakes failed)" [ "$n" = 1 ]
+one_line_exit2 "--handshake-timeout 0" --handshake-timeout 0
+
 # ---- origination ------------------------------------------------------------
 
 # openssl s_server -www on a free port (it answers a GET with a page).

@@ -13,7 +13,7 @@
  *	      [--proxy-protocol] [--cert FILE --key FILE
  *	      [--sni-cert FILE --sni-key FILE]... [--alpn LIST]]
  *	      [--backend-tls [--backend-ca FILE | --backend-insecure]
- *	      [--backend-sni NAME]]
+ *	      [--backend-sni NAME]] [--handshake-timeout MS]
  *	      -l [ADDR:]PORT -b HOST:PORT [-b HOST:PORT...]
  *
  * Backends (backends.c, health.c, metrics.c): -b names one (up to 64), by
@@ -112,6 +112,17 @@
  * shuts both sockets down, which ends both pumps. A backend that refuses
  * or cannot be reached closes the client connection; such failures are
  * counted and reported on stderr (at most one line per second).
+ *
+ * TLS (keel/tls.h; buffers mode only): --cert/--key terminate it (the
+ * client's handshake comes before the backend connect, so a client that
+ * never completes one is never connected onward; --sni-cert/--sni-key for
+ * more names, --alpn), --backend-tls originates it (verified against
+ * --backend-ca for --backend-sni, or not at all with --backend-insecure;
+ * a failed handshake moves on to the next backend like a failed connect).
+ * --handshake-timeout MS bounds a handshake either way (default 10 s); a
+ * failed or timed-out one is counted. close_notify is passed on as a
+ * half-close and a half-close as close_notify. TLS on both sides at once
+ * is refused (see session.c).
  *
  * A backend that is the proxy's own listener (the same port on the
  * listening address, or on any local address for a wildcard listener) is
@@ -356,6 +367,7 @@ enum {
 	OPT_BACKEND_CA,
 	OPT_BACKEND_SNI,
 	OPT_BACKEND_INSECURE,
+	OPT_HANDSHAKE_TIMEOUT,
 };
 
 static void usage(FILE *out)
@@ -376,6 +388,7 @@ static void usage(FILE *out)
 		"[--sni-cert FILE --sni-key FILE]... [--alpn LIST]]\n"
 		"             [--backend-tls [--backend-ca FILE | "
 		"--backend-insecure] [--backend-sni NAME]]\n"
+		"             [--handshake-timeout MS]\n"
 		"             -l [ADDR:]PORT -b HOST:PORT [-b HOST:PORT...]\n");
 }
 
@@ -579,6 +592,8 @@ int main(int argc, char **argv)
 	    {"sni-cert", required_argument, NULL, OPT_SNI_CERT},
 	    {"sni-key", required_argument, NULL, OPT_SNI_KEY},
 	    {"alpn", required_argument, NULL, OPT_ALPN},
+	    {"handshake-timeout", required_argument, NULL,
+	     OPT_HANDSHAKE_TIMEOUT},
 	    {"backend-tls", no_argument, NULL, OPT_BACKEND_TLS},
 	    {"backend-ca", required_argument, NULL, OPT_BACKEND_CA},
 	    {"backend-sni", required_argument, NULL, OPT_BACKEND_SNI},
@@ -750,6 +765,22 @@ int main(int argc, char **argv)
 			break;
 		case OPT_BACKEND_INSECURE:
 			ta.client.verify_none = true;
+			break;
+		case OPT_HANDSHAKE_TIMEOUT:
+			/* Both directions: a client that stalls mid-handshake,
+			 * a TLS backend that does. */
+			v = parse_number(optarg, 1, 3600000);
+			if (v < 0) {
+				fprintf(stderr,
+					"proxy: bad --handshake-timeout: %s "
+					"(ms, 1 to 3600000)\n",
+					optarg);
+				return 2;
+			}
+			ta.server.handshake_timeout_ns =
+			    (uint64_t)v * 1000 * 1000;
+			ta.client.handshake_timeout_ns =
+			    ta.server.handshake_timeout_ns;
 			break;
 		case OPT_LOW_WATER:
 			low_water_arg = parse_number(optarg, 0, 1 << 24);
