@@ -131,8 +131,8 @@ static void *alloc_zeroed(struct keel__alloc *a, size_t size)
 		 * with madvise(MADV_DONTNEED), which costs a system call and
 		 * a page fault per page touched again: a TLS connection's
 		 * 36 KB frame paid 1 madvise and ~2.3 faults per connection
-		 * (about twice nginx's system time per full handshake). A memset
-		 * of memory that is already mapped is cheaper. */
+		 * (about twice nginx's system time per full handshake). A
+		 * memset of memory that is already mapped is cheaper. */
 		void *big = mallocx(size, a->mallocx_flags);
 
 		return big ? memset(big, 0, size) : NULL;

@@ -370,9 +370,15 @@ SSL_SESSION *keel__tls_session_get(struct keel_tls_ctx *ctx, const char *name)
 		struct keel__tls_session *s = &ctx->sessions[i];
 
 		if (s->name && !strcmp(s->name, name)) {
-			if (s->sess && SSL_SESSION_is_resumable(s->sess) &&
-			    SSL_SESSION_up_ref(s->sess))
-				sess = s->sess;
+			/* A copy of its own, not a reference: OpenSSL reads
+			 * a connection's session outside our lock (a 1.3
+			 * ticket dups it) while another loop may drop the
+			 * cached one, and only its reference count, atomics
+			 * ThreadSanitizer cannot see, orders the two (mt_tls
+			 * reported it). The cached object is now touched
+			 * only under the lock. */
+			if (s->sess && SSL_SESSION_is_resumable(s->sess))
+				sess = SSL_SESSION_dup(s->sess);
 			s->used = ++ctx->sess_clock;
 			break;
 		}
