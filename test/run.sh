@@ -9,6 +9,9 @@ BUILD=${BUILD:-build}
 # Leaks of the Criterion runner itself are not ours (see lsan.supp).
 LSAN_OPTIONS="suppressions=$(pwd)/test/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export LSAN_OPTIONS
+# Races inside OpenSSL, which is not instrumented (see tsan.supp).
+TSAN_OPTIONS="suppressions=$(pwd)/test/tsan.supp${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
+export TSAN_OPTIONS
 # Undefined behaviour fails the test (UBSan only prints by default).
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export UBSAN_OPTIONS
