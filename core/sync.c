@@ -1,21 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * sync.c: the primitives of keel/sync.h: oneshot, broadcast, semaphore,
- * mutex, event, barrier and latch.
+ * mutex, rwlock, condition variable, event, barrier and latch.
  *
- * All but the oneshot belong to one loop and share one mechanism, `struct
- * waitq`: a FIFO of the waiting tasks' ext->waiter (a task waits on one
- * thing at a time, so that node is free), whose `owner` points back at the
- * queue. Whoever satisfies a waiter takes it off the queue and completes
- * its task (wait_end); a cancellation or a timeout takes it off from the
- * other side (wait_leave) and then calls the queue's `left` hook, so that
- * the primitive can hand what the leaver held back to the next waiter
- * (a semaphore's permits, a barrier arrival). Invariants:
- * - a waiter is on its queue exactly while its task waits there, with
- *   ext->wait_cancel set; nothing else points at it;
- * - a task is never completed from inside its own await call (the awaits
- *   return keel__task_ready() instead), so a task is never both queued
- *   to run and waiting.
+ * All but the oneshot belong to one loop and share one mechanism, the wait
+ * queue of core/wait.c (`struct keel__wq`): a FIFO of waiting tasks that a
+ * satisfier completes from one side and a cancellation or a timeout from
+ * the other.
+ *
+ * The rwlock and the condition variable are here, next to the mutex,
+ * because the condition variable hands its waiters to the mutex's queue.
  *
  * The oneshot is the one cross-thread primitive: its state is a word of
  * bits changed with compare-and-swap. The sender sets SENT or CLOSED; the
@@ -26,7 +20,7 @@
  * instead. The receiver's own fields (task, out, timer) are touched only
  * on its loop's thread.
  */
-#include "core.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <keel/sync.h>
@@ -34,166 +28,6 @@
 #include <stdlib.h>
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-
-/* ---- waiting on a primitive of one loop --------------------------------- */
-
-struct waitq {
-	struct keel__waitq q;
-	struct keel_loop *loop;
-	/* A waiter left early (after its task was completed). May be NULL. */
-	void (*left)(struct waitq *wq, struct keel__waiter *w);
-	/* Waiters' payload is a struct timed_wait (or NULL): a deadline. */
-	bool timed;
-};
-
-/* A waiter's deadline: the loop's timer, allocated per timed wait. */
-struct timed_wait {
-	struct keel_timer timer;
-	struct keel_task *task;
-};
-
-static void waitq_init(struct waitq *wq, struct keel_loop *loop,
-		       void (*left)(struct waitq *, struct keel__waiter *))
-{
-	keel__list_init(&wq->q.list);
-	wq->q.len = 0;
-	wq->loop = loop;
-	wq->left = left;
-	wq->timed = false;
-}
-
-/*
- * Whether the calling thread may touch a primitive of `loop`: it runs no
- * loop (set-up before keel_loop_run, or a host between steps: the caller's
- * word), or it runs this one.
- */
-static bool on_loop(struct keel_loop *loop)
-{
-	return !keel__current_core || keel__current_core == keel__core_of(loop);
-}
-
-/* Complete a waiter that has already been taken off its queue. */
-static void wait_end(struct waitq *wq, struct keel__waiter *w, int res)
-{
-	struct keel_task *t = w->task;
-
-	if (wq->timed && w->payload) {
-		struct keel__core *c = keel__core_of(wq->loop);
-		struct timed_wait *tw = w->payload;
-
-		keel_timer_cancel(wq->loop, &tw->timer);
-		keel__alloc_free(&c->alloc, tw, sizeof(*tw));
-		w->payload = NULL;
-	}
-	w->state = KEEL__WAIT_IDLE;
-	w->owner = NULL;
-	t->ext->wait_cancel = NULL;
-	keel__task_complete(t, res);
-}
-
-/* Pop the first waiter and complete it with `res`; false if none. */
-static bool wake_one(struct waitq *wq, int res)
-{
-	struct keel__waiter *w = keel__waitq_pop(&wq->q);
-
-	if (w)
-		wait_end(wq, w, res);
-	return w != NULL;
-}
-
-static void wake_all(struct waitq *wq, int res)
-{
-	while (wake_one(wq, res))
-		;
-}
-
-/* `t` leaves its queue before being satisfied (cancelled, timed out). */
-static void wait_leave(struct keel_task *t, int res)
-{
-	struct keel__waiter *w = &t->ext->waiter;
-	struct waitq *wq = w->owner;
-
-	keel__waitq_remove(&wq->q, w);
-	wait_end(wq, w, res);
-	if (wq->left)
-		wq->left(wq, w);
-}
-
-static void wait_cancelled(struct keel_task *t)
-{
-	wait_leave(t, keel__task_cancel_cause(t));
-}
-
-static void wait_timed_out(struct keel_loop *loop, struct keel_timer *timer,
-			   void *arg)
-{
-	struct timed_wait *tw = arg;
-
-	(void)loop;
-	wait_leave(tw->task, -ETIMEDOUT);
-}
-
-/*
- * Suspend `t` at the tail of `wq`; its ext must exist (wait_prepare()).
- * `request` is kept in the waiter's `result` (what it asks for: permits),
- * `payload` in its payload. Cannot fail, so a caller may commit to the
- * wait before calling it.
- */
-static int wait_begin(struct keel_task *t, struct waitq *wq, int request,
-		      void *payload)
-{
-	struct keel__task_ext *x = t->ext;
-	struct keel__waiter *w = &x->waiter;
-
-	w->task = t;
-	w->owner = wq;
-	w->payload = payload;
-	w->result = request;
-	w->state = KEEL__WAIT_QUEUED;
-	keel__waitq_push(&wq->q, w);
-	x->wait_cancel = wait_cancelled;
-	return keel__task_suspend(t);
-}
-
-/* The ext a wait needs (its waiter node): false when out of memory. */
-static bool wait_prepare(struct keel_task *t)
-{
-	return keel__task_ext(t) != NULL;
-}
-
-/* A deadline `timeout_ns` from now, saturating at "none". */
-static uint64_t deadline_after(uint64_t timeout_ns)
-{
-	uint64_t now = keel__clock_now();
-
-	if (timeout_ns == UINT64_MAX || timeout_ns > UINT64_MAX - now)
-		return UINT64_MAX;
-	return now + timeout_ns;
-}
-
-/*
- * Suspend on `wq` until satisfied or `deadline` (UINT64_MAX: none); after
- * wait_prepare().
- */
-static int wait_begin_until(struct keel_task *t, struct waitq *wq,
-			    uint64_t deadline)
-{
-	struct keel__core *c = keel__core_of(t->loop);
-	struct timed_wait *tw = NULL;
-
-	if (deadline != UINT64_MAX) {
-		tw = keel__alloc_zeroed(&c->alloc, sizeof(*tw));
-		if (!tw)
-			return keel__task_ready(t, -ENOMEM);
-		tw->task = t;
-		keel_timer_init(&tw->timer, wait_timed_out, tw);
-		if (keel_timer_arm(t->loop, &tw->timer, deadline)) {
-			keel__alloc_free(&c->alloc, tw, sizeof(*tw));
-			return keel__task_ready(t, -ENOMEM);
-		}
-	}
-	return wait_begin(t, wq, 0, tw);
-}
 
 /* ---- oneshot ------------------------------------------------------------ */
 
@@ -460,7 +294,7 @@ int keel_oneshot_recv(struct keel_task *t, struct keel_oneshot *os, void **out)
 /* ---- broadcast ---------------------------------------------------------- */
 
 struct keel_broadcast {
-	struct waitq wq; /* caught-up receivers; waiter payload: the rx */
+	struct keel__wq wq; /* caught-up receivers; waiter payload: the rx */
 	void **ring;
 	uint32_t cap;
 	uint32_t receivers;
@@ -479,7 +313,7 @@ struct keel_broadcast_rx {
 	bool waiting;
 };
 
-static void broadcast_left(struct waitq *wq, struct keel__waiter *w)
+static void broadcast_left(struct keel__wq *wq, struct keel__waiter *w)
 {
 	struct keel_broadcast_rx *rx = w->payload;
 
@@ -504,7 +338,7 @@ int keel_broadcast_new(struct keel_loop *loop, uint32_t capacity,
 		free(bc);
 		return -ENOMEM;
 	}
-	waitq_init(&bc->wq, loop, broadcast_left);
+	keel__wq_init(&bc->wq, loop, broadcast_left);
 	bc->cap = capacity;
 	bc->refs = 1;
 	bc->on_drop = on_drop;
@@ -539,7 +373,7 @@ void keel_broadcast_close(struct keel_broadcast *bc)
 	 * after a send. */
 	while ((w = keel__waitq_pop(&bc->wq.q))) {
 		broadcast_left(&bc->wq, w);
-		wait_end(&bc->wq, w, -EPIPE);
+		keel__wq_end(&bc->wq, w, -EPIPE);
 	}
 }
 
@@ -581,7 +415,7 @@ int keel_broadcast_send(struct keel_broadcast *bc, void *msg)
 {
 	struct keel__waiter *w;
 
-	if (!on_loop(bc->wq.loop))
+	if (!keel__wq_on_loop(bc->wq.loop))
 		return -EXDEV;
 	if (bc->closed)
 		return -EPIPE;
@@ -602,7 +436,7 @@ int keel_broadcast_send(struct keel_broadcast *bc, void *msg)
 		rx->next = seq + 1;
 		rx->waiting = false;
 		rx->out = NULL;
-		wait_end(&bc->wq, w, 0);
+		keel__wq_end(&bc->wq, w, 0);
 	}
 	return (int)(bc->receivers > INT_MAX ? INT_MAX : bc->receivers);
 }
@@ -642,11 +476,11 @@ int keel_broadcast_recv(struct keel_task *t, struct keel_broadcast_rx *rx,
 
 	if (r != -EAGAIN)
 		return keel__task_ready(t, r);
-	if (!wait_prepare(t))
+	if (!keel__wq_prepare(t))
 		return keel__task_ready(t, -ENOMEM);
 	rx->out = out;
 	rx->waiting = true;
-	return wait_begin(t, &bc->wq, 0, rx);
+	return keel__wq_begin(t, &bc->wq, 0, rx);
 }
 
 uint64_t keel_broadcast_lagged(const struct keel_broadcast_rx *rx)
@@ -657,13 +491,13 @@ uint64_t keel_broadcast_lagged(const struct keel_broadcast_rx *rx)
 /* ---- semaphore ---------------------------------------------------------- */
 
 struct keel_semaphore {
-	struct waitq wq; /* waiter result: the permits it asks for */
+	struct keel__wq wq; /* waiter result: the permits it asks for */
 	uint64_t permits;
 	bool closed;
 };
 
 /* Serve waiters in order while the head's request fits. */
-static void semaphore_grant(struct waitq *wq, struct keel__waiter *left)
+static void semaphore_grant(struct keel__wq *wq, struct keel__waiter *left)
 {
 	struct keel_semaphore *s =
 	    keel_container_of(wq, struct keel_semaphore, wq);
@@ -674,7 +508,7 @@ static void semaphore_grant(struct waitq *wq, struct keel__waiter *left)
 	       s->permits >= (uint64_t)w->result) {
 		s->permits -= (uint64_t)w->result;
 		keel__waitq_remove(&wq->q, w);
-		wait_end(wq, w, 0);
+		keel__wq_end(wq, w, 0);
 	}
 }
 
@@ -686,7 +520,7 @@ int keel_semaphore_new(struct keel_loop *loop, uint32_t permits,
 	if (!s)
 		return -ENOMEM;
 	/* A waiter that leaves may have been the head holding others back. */
-	waitq_init(&s->wq, loop, semaphore_grant);
+	keel__wq_init(&s->wq, loop, semaphore_grant);
 	s->permits = permits;
 	*out = s;
 	return 0;
@@ -695,7 +529,7 @@ int keel_semaphore_new(struct keel_loop *loop, uint32_t permits,
 void keel_semaphore_close(struct keel_semaphore *s)
 {
 	s->closed = true;
-	wake_all(&s->wq, -EPIPE);
+	keel__wq_wake_all(&s->wq, -EPIPE);
 }
 
 void keel_semaphore_free(struct keel_semaphore *s)
@@ -722,9 +556,9 @@ int keel_semaphore_acquire(struct keel_task *t, struct keel_semaphore *s,
 		s->permits -= n;
 		return keel__task_ready(t, 0);
 	}
-	if (!wait_prepare(t))
+	if (!keel__wq_prepare(t))
 		return keel__task_ready(t, -ENOMEM);
-	return wait_begin(t, &s->wq, (int)n, NULL);
+	return keel__wq_begin(t, &s->wq, (int)n, NULL);
 }
 
 int keel_semaphore_try_acquire(struct keel_semaphore *s, uint32_t n)
@@ -739,7 +573,7 @@ int keel_semaphore_try_acquire(struct keel_semaphore *s, uint32_t n)
 
 int keel_semaphore_release(struct keel_semaphore *s, uint32_t n)
 {
-	if (!on_loop(s->wq.loop))
+	if (!keel__wq_on_loop(s->wq.loop))
 		return -EXDEV;
 	s->permits += n;
 	semaphore_grant(&s->wq, NULL);
@@ -754,7 +588,7 @@ uint64_t keel_semaphore_available(const struct keel_semaphore *s)
 /* ---- mutex -------------------------------------------------------------- */
 
 struct keel_mutex {
-	struct waitq wq; /* timed: waiter payload is its deadline */
+	struct keel__wq wq; /* timed: waiter payload is its deadline */
 	struct keel_task *holder;
 };
 
@@ -764,7 +598,7 @@ int keel_mutex_new(struct keel_loop *loop, struct keel_mutex **out)
 
 	if (!m)
 		return -ENOMEM;
-	waitq_init(&m->wq, loop, NULL);
+	keel__wq_init(&m->wq, loop, NULL);
 	m->wq.timed = true;
 	*out = m;
 	return 0;
@@ -772,7 +606,7 @@ int keel_mutex_new(struct keel_loop *loop, struct keel_mutex **out)
 
 void keel_mutex_free(struct keel_mutex *m)
 {
-	wake_all(&m->wq, -EPIPE);
+	keel__wq_wake_all(&m->wq, -EPIPE);
 	free(m);
 }
 
@@ -793,9 +627,10 @@ int keel_mutex_lock(struct keel_task *t, struct keel_mutex *m,
 	}
 	if (!timeout_ns)
 		return keel__task_ready(t, -ETIMEDOUT);
-	if (!wait_prepare(t))
+	if (!keel__wq_prepare(t))
 		return keel__task_ready(t, -ENOMEM);
-	return wait_begin_until(t, &m->wq, deadline_after(timeout_ns));
+	return keel__wq_begin_until(t, &m->wq, 0,
+				    keel__wq_deadline_after(timeout_ns));
 }
 
 int keel_mutex_try_lock(struct keel_task *t, struct keel_mutex *m)
@@ -806,18 +641,37 @@ int keel_mutex_try_lock(struct keel_task *t, struct keel_mutex *m)
 	return 0;
 }
 
+/*
+ * Hand the free mutex to the first waiter that can take it. A waiter's
+ * `result` is what its wait returns once it holds the mutex: 0 for a
+ * locker, a condition variable's outcome for a waiter it handed over. A
+ * killed task (only such a handed-over waiter stays queued once killed)
+ * finishes dying instead of taking it.
+ */
+static void mutex_hand_over(struct keel_mutex *m)
+{
+	struct keel__waiter *w;
+
+	m->holder = NULL;
+	while ((w = keel__waitq_pop(&m->wq.q))) {
+		if (w->task->flags & KEEL__T_KILLED) {
+			keel__wq_end(&m->wq, w, -ECANCELED);
+			continue;
+		}
+		m->holder = w->task;
+		keel__wq_end(&m->wq, w, w->result);
+		return;
+	}
+}
+
 int keel_mutex_unlock(struct keel_task *t, struct keel_mutex *m)
 {
-	if (!on_loop(m->wq.loop))
+	if (!keel__wq_on_loop(m->wq.loop))
 		return -EXDEV;
 	if (m->holder != t)
 		return -EPERM;
 	/* Hand it over: the first waiter holds it before it even runs. */
-	struct keel__waiter *w = keel__waitq_pop(&m->wq.q);
-
-	m->holder = w ? w->task : NULL;
-	if (w)
-		wait_end(&m->wq, w, 0);
+	mutex_hand_over(m);
 	return 0;
 }
 
@@ -826,10 +680,280 @@ struct keel_task *keel_mutex_holder(const struct keel_mutex *m)
 	return m->holder;
 }
 
+/* ---- rwlock ------------------------------------------------------------- */
+
+#define RW_READ	 0 /* a waiter's request */
+#define RW_WRITE 1
+
+struct keel_rwlock {
+	struct keel__wq wq; /* timed; waiter result: RW_READ or RW_WRITE */
+	struct keel_task *writer;
+	uint32_t readers; /* read holds out */
+};
+
+/*
+ * Admit waiters from the head while they fit: a writer when the lock is
+ * free, then nothing more; readers while no writer holds it, up to the
+ * first queued writer. Also the queue's `left` hook: a writer leaving the
+ * head may let the readers behind it in.
+ */
+static void rwlock_admit(struct keel__wq *wq, struct keel__waiter *left)
+{
+	struct keel_rwlock *rw = keel_container_of(wq, struct keel_rwlock, wq);
+	struct keel__waiter *w;
+
+	(void)left;
+	while (!rw->writer && (w = keel__waitq_first(&wq->q))) {
+		if (w->result == RW_WRITE) {
+			if (rw->readers)
+				return;
+			rw->writer = w->task;
+		} else {
+			rw->readers++;
+		}
+		keel__waitq_remove(&wq->q, w);
+		keel__wq_end(wq, w, 0);
+	}
+}
+
+int keel_rwlock_new(struct keel_loop *loop, struct keel_rwlock **out)
+{
+	struct keel_rwlock *rw = calloc(1, sizeof(*rw));
+
+	if (!rw)
+		return -ENOMEM;
+	keel__wq_init(&rw->wq, loop, rwlock_admit);
+	rw->wq.timed = true;
+	*out = rw;
+	return 0;
+}
+
+void keel_rwlock_free(struct keel_rwlock *rw)
+{
+	rw->wq.left = NULL;
+	keel__wq_wake_all(&rw->wq, -EPIPE);
+	free(rw);
+}
+
+/* The common await: `request` is RW_READ or RW_WRITE. */
+static int rwlock_lock(struct keel_task *t, struct keel_rwlock *rw, int request,
+		       uint64_t deadline_ns)
+{
+	if (t->loop != rw->wq.loop)
+		return keel__task_ready(t, -EXDEV);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	if (rw->writer == t)
+		return keel__task_ready(t, -EDEADLK);
+	/* Writer preference: anyone queued (a writer, or readers behind
+	 * one) goes first. */
+	if (!rw->writer && !rw->wq.q.len) {
+		if (request == RW_READ) {
+			rw->readers++;
+			return keel__task_ready(t, 0);
+		}
+		if (!rw->readers) {
+			rw->writer = t;
+			return keel__task_ready(t, 0);
+		}
+	}
+	if (deadline_ns != UINT64_MAX && deadline_ns <= keel__clock_now())
+		return keel__task_ready(t, -ETIMEDOUT);
+	if (!keel__wq_prepare(t))
+		return keel__task_ready(t, -ENOMEM);
+	return keel__wq_begin_until(t, &rw->wq, request, deadline_ns);
+}
+
+int keel_rwlock_read_lock(struct keel_task *t, struct keel_rwlock *rw,
+			  uint64_t deadline_ns)
+{
+	return rwlock_lock(t, rw, RW_READ, deadline_ns);
+}
+
+int keel_rwlock_write_lock(struct keel_task *t, struct keel_rwlock *rw,
+			   uint64_t deadline_ns)
+{
+	return rwlock_lock(t, rw, RW_WRITE, deadline_ns);
+}
+
+int keel_rwlock_try_read_lock(struct keel_rwlock *rw)
+{
+	if (rw->writer || rw->wq.q.len)
+		return -EBUSY;
+	rw->readers++;
+	return 0;
+}
+
+int keel_rwlock_try_write_lock(struct keel_task *t, struct keel_rwlock *rw)
+{
+	if (rw->writer || rw->readers || rw->wq.q.len)
+		return -EBUSY;
+	rw->writer = t;
+	return 0;
+}
+
+int keel_rwlock_read_unlock(struct keel_rwlock *rw)
+{
+	if (!keel__wq_on_loop(rw->wq.loop))
+		return -EXDEV;
+	if (!rw->readers)
+		return -EPERM;
+	if (!--rw->readers)
+		rwlock_admit(&rw->wq, NULL);
+	return 0;
+}
+
+int keel_rwlock_write_unlock(struct keel_task *t, struct keel_rwlock *rw)
+{
+	if (!keel__wq_on_loop(rw->wq.loop))
+		return -EXDEV;
+	if (rw->writer != t)
+		return -EPERM;
+	rw->writer = NULL;
+	rwlock_admit(&rw->wq, NULL);
+	return 0;
+}
+
+struct keel_task *keel_rwlock_writer(const struct keel_rwlock *rw)
+{
+	return rw->writer;
+}
+
+uint32_t keel_rwlock_readers(const struct keel_rwlock *rw)
+{
+	return rw->readers;
+}
+
+/* ---- condition variable ------------------------------------------------- */
+
+struct keel_cond {
+	struct keel__wq wq;	  /* timed; the waiters for a signal */
+	struct keel_mutex *mutex; /* theirs, while any waits */
+};
+
+/*
+ * A waiter handed over to the mutex's queue cannot be cancelled (it must
+ * hold the mutex when its wait returns). A kill still ends it: the mutex
+ * then skips it (mutex_hand_over), and the kill finishes with that wake.
+ */
+static void cond_relock_cancelled(struct keel_task *t)
+{
+	(void)t;
+}
+
+/*
+ * Move waiter `w`, already off the condition variable's queue, to its
+ * mutex: it holds it at once if it is free, else it queues for it; its
+ * wait returns `res` once it holds it.
+ */
+static void cond_hand_to_mutex(struct keel_cond *cv, struct keel__waiter *w,
+			       int res)
+{
+	struct keel_mutex *m = cv->mutex;
+
+	keel__wq_untime(&cv->wq, w);
+	if (!cv->wq.q.len)
+		cv->mutex = NULL;
+	if (!m->holder) {
+		m->holder = w->task;
+		keel__wq_end(&cv->wq, w, res);
+		return;
+	}
+	w->owner = &m->wq;
+	w->result = res;
+	keel__waitq_push(&m->wq.q, w);
+	w->task->ext->wait_cancel = cond_relock_cancelled;
+}
+
+/* A waiter gave up (timeout, cancellation): it takes the mutex back. */
+static void cond_leave(struct keel__wq *wq, struct keel__waiter *w, int res)
+{
+	struct keel_cond *cv = keel_container_of(wq, struct keel_cond, wq);
+
+	keel__waitq_remove(&wq->q, w);
+	cond_hand_to_mutex(cv, w, res);
+}
+
+int keel_cond_new(struct keel_loop *loop, struct keel_cond **out)
+{
+	struct keel_cond *cv = calloc(1, sizeof(*cv));
+
+	if (!cv)
+		return -ENOMEM;
+	keel__wq_init(&cv->wq, loop, NULL);
+	cv->wq.leave = cond_leave;
+	cv->wq.timed = true;
+	*out = cv;
+	return 0;
+}
+
+/* Wake up to `n` waiters with `res`; returns how many. */
+static int cond_wake(struct keel_cond *cv, int n, int res)
+{
+	struct keel__waiter *w;
+	int woken = 0;
+
+	while (woken < n && (w = keel__waitq_pop(&cv->wq.q))) {
+		cond_hand_to_mutex(cv, w, res);
+		woken++;
+	}
+	return woken;
+}
+
+void keel_cond_free(struct keel_cond *cv)
+{
+	cond_wake(cv, INT_MAX, -EPIPE);
+	free(cv);
+}
+
+int keel_cond_signal(struct keel_cond *cv)
+{
+	if (!keel__wq_on_loop(cv->wq.loop))
+		return -EXDEV;
+	return cond_wake(cv, 1, 0);
+}
+
+int keel_cond_broadcast(struct keel_cond *cv)
+{
+	if (!keel__wq_on_loop(cv->wq.loop))
+		return -EXDEV;
+	return cond_wake(cv, INT_MAX, 0);
+}
+
+int keel_cond_wait(struct keel_task *t, struct keel_cond *cv,
+		   struct keel_mutex *m, uint64_t deadline_ns)
+{
+	if (t->loop != cv->wq.loop || t->loop != m->wq.loop)
+		return keel__task_ready(t, -EXDEV);
+	if (m->holder != t)
+		return keel__task_ready(t, -EPERM);
+	if (cv->mutex && cv->mutex != m)
+		return keel__task_ready(t, -EINVAL);
+	int cause = keel__task_cancel_cause(t);
+
+	if (cause)
+		return keel__task_ready(t, cause);
+	if (deadline_ns != UINT64_MAX && deadline_ns <= keel__clock_now())
+		return keel__task_ready(t, -ETIMEDOUT);
+	if (!keel__wq_prepare(t))
+		return keel__task_ready(t, -ENOMEM);
+	/* Queue first, then unlock: both before anyone else runs, so no
+	 * signal can fall between them. */
+	int r = keel__wq_begin_until(t, &cv->wq, 0, deadline_ns);
+
+	if (t->ext->waiter.owner != &cv->wq)
+		return r; /* -ENOMEM: still holding the mutex */
+	cv->mutex = m;
+	mutex_hand_over(m);
+	return r;
+}
+
 /* ---- event -------------------------------------------------------------- */
 
 struct keel_event {
-	struct waitq wq;
+	struct keel__wq wq;
 	bool set;
 };
 
@@ -839,29 +963,29 @@ int keel_event_new(struct keel_loop *loop, struct keel_event **out)
 
 	if (!ev)
 		return -ENOMEM;
-	waitq_init(&ev->wq, loop, NULL);
+	keel__wq_init(&ev->wq, loop, NULL);
 	*out = ev;
 	return 0;
 }
 
 void keel_event_free(struct keel_event *ev)
 {
-	wake_all(&ev->wq, -EPIPE);
+	keel__wq_wake_all(&ev->wq, -EPIPE);
 	free(ev);
 }
 
 int keel_event_set(struct keel_event *ev)
 {
-	if (!on_loop(ev->wq.loop))
+	if (!keel__wq_on_loop(ev->wq.loop))
 		return -EXDEV;
 	ev->set = true;
-	wake_all(&ev->wq, 0);
+	keel__wq_wake_all(&ev->wq, 0);
 	return 0;
 }
 
 int keel_event_clear(struct keel_event *ev)
 {
-	if (!on_loop(ev->wq.loop))
+	if (!keel__wq_on_loop(ev->wq.loop))
 		return -EXDEV;
 	ev->set = false;
 	return 0;
@@ -882,22 +1006,22 @@ int keel_event_wait(struct keel_task *t, struct keel_event *ev)
 		return keel__task_ready(t, cause);
 	if (ev->set)
 		return keel__task_ready(t, 0);
-	if (!wait_prepare(t))
+	if (!keel__wq_prepare(t))
 		return keel__task_ready(t, -ENOMEM);
-	return wait_begin(t, &ev->wq, 0, NULL);
+	return keel__wq_begin(t, &ev->wq, 0, NULL);
 }
 
 /* ---- barrier ------------------------------------------------------------ */
 
 struct keel_barrier {
-	struct waitq wq;
+	struct keel__wq wq;
 	uint32_t parties;
 	uint32_t arrived; /* in the current generation */
 	uint64_t generation;
 };
 
 /* A waiter cancelled before the release takes its arrival back. */
-static void barrier_left(struct waitq *wq, struct keel__waiter *w)
+static void barrier_left(struct keel__wq *wq, struct keel__waiter *w)
 {
 	struct keel_barrier *b = keel_container_of(wq, struct keel_barrier, wq);
 
@@ -915,7 +1039,7 @@ int keel_barrier_new(struct keel_loop *loop, uint32_t parties,
 	b = calloc(1, sizeof(*b));
 	if (!b)
 		return -ENOMEM;
-	waitq_init(&b->wq, loop, barrier_left);
+	keel__wq_init(&b->wq, loop, barrier_left);
 	b->parties = parties;
 	*out = b;
 	return 0;
@@ -925,7 +1049,7 @@ void keel_barrier_free(struct keel_barrier *b)
 {
 	/* Not an early leave: no arrival to take back. */
 	b->wq.left = NULL;
-	wake_all(&b->wq, -EPIPE);
+	keel__wq_wake_all(&b->wq, -EPIPE);
 	free(b);
 }
 
@@ -938,16 +1062,16 @@ int keel_barrier_wait(struct keel_task *t, struct keel_barrier *b)
 	if (cause)
 		return keel__task_ready(t, cause);
 	if (b->arrived + 1 < b->parties) {
-		if (!wait_prepare(t))
+		if (!keel__wq_prepare(t))
 			return keel__task_ready(t, -ENOMEM);
 		b->arrived++;
-		return wait_begin(t, &b->wq, 0, NULL);
+		return keel__wq_begin(t, &b->wq, 0, NULL);
 	}
 	/* The last arrival: release this generation, start the next. The
 	 * released waiters are off the queue before anyone can arrive. */
 	b->arrived = 0;
 	b->generation++;
-	wake_all(&b->wq, 0);
+	keel__wq_wake_all(&b->wq, 0);
 	return keel__task_ready(t, KEEL_BARRIER_LEADER);
 }
 
@@ -959,7 +1083,7 @@ uint64_t keel_barrier_generation(const struct keel_barrier *b)
 /* ---- countdown latch ---------------------------------------------------- */
 
 struct keel_latch {
-	struct waitq wq;
+	struct keel__wq wq;
 	uint32_t count;
 };
 
@@ -970,7 +1094,7 @@ int keel_latch_new(struct keel_loop *loop, uint32_t count,
 
 	if (!l)
 		return -ENOMEM;
-	waitq_init(&l->wq, loop, NULL);
+	keel__wq_init(&l->wq, loop, NULL);
 	l->count = count;
 	*out = l;
 	return 0;
@@ -978,19 +1102,19 @@ int keel_latch_new(struct keel_loop *loop, uint32_t count,
 
 void keel_latch_free(struct keel_latch *l)
 {
-	wake_all(&l->wq, -EPIPE);
+	keel__wq_wake_all(&l->wq, -EPIPE);
 	free(l);
 }
 
 int64_t keel_latch_count_down(struct keel_latch *l, uint32_t n)
 {
-	if (!on_loop(l->wq.loop))
+	if (!keel__wq_on_loop(l->wq.loop))
 		return -EXDEV;
 	if (!l->count)
 		return 0;
 	l->count -= n < l->count ? n : l->count;
 	if (!l->count)
-		wake_all(&l->wq, 0);
+		keel__wq_wake_all(&l->wq, 0);
 	return l->count;
 }
 
@@ -1004,9 +1128,9 @@ int keel_latch_wait(struct keel_task *t, struct keel_latch *l)
 		return keel__task_ready(t, cause);
 	if (!l->count)
 		return keel__task_ready(t, 0);
-	if (!wait_prepare(t))
+	if (!keel__wq_prepare(t))
 		return keel__task_ready(t, -ENOMEM);
-	return wait_begin(t, &l->wq, 0, NULL);
+	return keel__wq_begin(t, &l->wq, 0, NULL);
 }
 
 uint32_t keel_latch_count(const struct keel_latch *l)

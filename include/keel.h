@@ -3,13 +3,14 @@
  * keel.h: the whole public API of keel, an io_uring-native reactor framework.
  *
  * One io_uring ring per thread drives stackless state-machine tasks. The
- * eight headers follow the layers, lowest first:
+ * nine headers follow the layers, lowest first:
  *   keel/task.h        tasks, resume macros, abort frames, tokens, scopes
  *   keel/sync.h        mailboxes, oneshot, broadcast, semaphore, mutex...
  *   keel/loop.h        the loop, timers, the runtime, dumps and metrics
  *   keel/io.h          ops, buffer rings, recv/accept streams, sockets
  *   keel/supervisor.h  actors and supervision trees
  *   keel/resilience.h  circuit breaker, retry with backoff
+ *   keel/limit.h       rate limiter, bulkhead, load shedding
  *   keel/trace.h       the tracer and its file format
  *   keel/sim.h         a deterministic simulated kernel for the loops
  * man 7 keel is the overview.
@@ -18,6 +19,7 @@
 #define KEEL_H
 
 #include <keel/io.h>
+#include <keel/limit.h>
 #include <keel/loop.h>
 #include <keel/resilience.h>
 #include <keel/sim.h>

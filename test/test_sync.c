@@ -1209,3 +1209,463 @@ Test(sync, await_from_another_loop_fails_with_exdev, .timeout = 10)
 	keel_loop_destroy(b);
 	keel_loop_destroy(a);
 }
+
+/* ---- rwlock ------------------------------------------------------------- */
+
+static struct keel_rwlock *g_rw;
+static int g_readers_in, g_writers_in, g_max_readers, g_overlap;
+
+struct rw_user {
+	struct keel_task task;
+	int id;
+	int write;
+	uint64_t deadline;
+	int hold; /* yields while holding; -1: until g_release[id] */
+};
+
+static int g_release[MAX_TASKS];
+
+static int rw_user_step(struct keel_task *t)
+{
+	struct rw_user *u = keel_container_of(t, struct rw_user, task);
+
+	KEEL_BEGIN(t);
+	if (u->write)
+		KEEL_AWAIT(t, keel_rwlock_write_lock(t, g_rw, u->deadline));
+	else
+		KEEL_AWAIT(t, keel_rwlock_read_lock(t, g_rw, u->deadline));
+	record(u->id, keel_res(t), NULL);
+	if (keel_res(t) != 0)
+		KEEL_EXIT(t, 0);
+	if (u->write) {
+		if (g_readers_in || g_writers_in)
+			g_overlap++;
+		g_writers_in++;
+		cr_expect_eq(keel_rwlock_writer(g_rw), t);
+	} else {
+		if (g_writers_in)
+			g_overlap++;
+		if (++g_readers_in > g_max_readers)
+			g_max_readers = g_readers_in;
+	}
+	while (u->hold > 0 || (u->hold < 0 && !g_release[u->id])) {
+		if (u->hold > 0)
+			u->hold--;
+		KEEL_YIELD(t);
+	}
+	if (u->write) {
+		g_writers_in--;
+		g_unlock[u->id] = keel_rwlock_write_unlock(t, g_rw);
+	} else {
+		g_readers_in--;
+		g_unlock[u->id] = keel_rwlock_read_unlock(g_rw);
+	}
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(rw_user_task, struct rw_user, task, rw_user_step);
+
+static void spawn_rw(struct keel_loop *loop, int id, int write, int hold,
+		     uint64_t deadline)
+{
+	struct rw_user *u = kt_spawn(loop, &rw_user_task, KEEL_PRIO_NORMAL);
+
+	u->id = id;
+	u->write = write;
+	u->hold = hold;
+	u->deadline = deadline;
+	g_task[id] = keel_task_of(&rw_user_task, u);
+}
+
+Test(sync, rwlock_readers_share_writers_exclude, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_rwlock_new(loop, &g_rw), 0);
+	spawn_rw(loop, 0, 0, 3, UINT64_MAX);
+	spawn_rw(loop, 1, 0, 3, UINT64_MAX);
+	spawn_rw(loop, 2, 0, 3, UINT64_MAX);
+	spawn_rw(loop, 3, 1, 2, UINT64_MAX);
+	spawn_rw(loop, 4, 1, 2, UINT64_MAX);
+	kt_loop_run(loop);
+	for (int i = 0; i < 5; i++) {
+		cr_expect_eq(g_res[i], 0, "user %d: %d", i, g_res[i]);
+		cr_expect_eq(g_unlock[i], 0, "user %d unlock", i);
+	}
+	cr_expect_eq(g_max_readers, 3);
+	cr_expect_eq(g_overlap, 0);
+	cr_expect_null(keel_rwlock_writer(g_rw));
+	cr_expect_eq(keel_rwlock_readers(g_rw), 0);
+	keel_rwlock_free(g_rw);
+	keel_loop_destroy(loop);
+}
+
+static int g_try_rw[4];
+
+static void rw_pref_script(struct keel_task *t, int stage)
+{
+	switch (stage) {
+	case 0: /* reader 0 holds, writer 1 waits: reader 2 must queue */
+		g_try_rw[0] = keel_rwlock_try_read_lock(g_rw);
+		g_try_rw[1] = keel_rwlock_try_write_lock(t, g_rw);
+		spawn_rw(t->loop, 2, 0, 0, UINT64_MAX);
+		break;
+	case 2:
+		cr_expect_eq(g_done[2], 0, "a reader barged past a writer");
+		cr_expect_eq(g_done[1], 0);
+		cr_expect_eq(keel_rwlock_readers(g_rw), 1);
+		g_release[0] = 1;
+		break;
+	}
+}
+
+Test(sync, rwlock_waiting_writer_blocks_new_readers, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_rwlock_new(loop, &g_rw), 0);
+	spawn_rw(loop, 0, 0, -1, UINT64_MAX);
+	spawn_rw(loop, 1, 1, 1, UINT64_MAX);
+	run_script(loop, rw_pref_script, 3);
+	cr_expect_eq(g_try_rw[0], -EBUSY);
+	cr_expect_eq(g_try_rw[1], -EBUSY);
+	for (int i = 0; i < 3; i++)
+		cr_expect_eq(g_res[i], 0);
+	/* The writer before the reader that came after it. */
+	const int want[] = {0, 1, 2};
+
+	kt_log_expect(&g_log, want, 3);
+	cr_expect_eq(g_overlap, 0);
+	keel_rwlock_free(g_rw);
+	keel_loop_destroy(loop);
+}
+
+static void rw_cancel_script(struct keel_task *t, int stage)
+{
+	(void)t;
+	switch (stage) {
+	case 0: /* 0 reads; 1 (writer) waits; 2, 3 (readers) queue behind */
+		cr_expect_eq(g_done[2], 0);
+		keel_task_cancel(g_task[1]);
+		break;
+	case 1: /* the writer left: both readers are in, with 0 */
+		cr_expect_eq(keel_rwlock_readers(g_rw), 3);
+		g_release[0] = g_release[2] = g_release[3] = 1;
+		break;
+	}
+}
+
+Test(sync, rwlock_cancelled_writer_leaves_and_lets_readers_in, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_rwlock_new(loop, &g_rw), 0);
+	spawn_rw(loop, 0, 0, -1, UINT64_MAX);
+	spawn_rw(loop, 1, 1, 0, UINT64_MAX);
+	spawn_rw(loop, 2, 0, -1, UINT64_MAX);
+	spawn_rw(loop, 3, 0, -1, UINT64_MAX);
+	run_script(loop, rw_cancel_script, 2);
+	cr_expect_eq(g_res[1], -ECANCELED);
+	cr_expect_eq(g_res[0], 0);
+	cr_expect_eq(g_res[2], 0);
+	cr_expect_eq(g_res[3], 0);
+	cr_expect_null(keel_rwlock_writer(g_rw));
+	cr_expect_eq(keel_rwlock_readers(g_rw), 0);
+	keel_rwlock_free(g_rw);
+	keel_loop_destroy(loop);
+}
+
+static void rw_timeout_script(struct keel_task *t, int stage)
+{
+	(void)t;
+	if (stage == 1) { /* the writer timed out and left */
+		cr_expect_eq(g_res[1], -ETIMEDOUT);
+		cr_expect_eq(keel_rwlock_try_read_lock(g_rw), 0);
+		cr_expect_eq(keel_rwlock_read_unlock(g_rw), 0);
+		g_release[0] = 1;
+	}
+}
+
+Test(sync, rwlock_write_lock_times_out_and_leaves_no_trace, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_rwlock_new(loop, &g_rw), 0);
+	spawn_rw(loop, 0, 0, -1, UINT64_MAX);
+	spawn_rw(loop, 1, 1, 0, kt_now_ns() + KT_MS(20));
+	g_stage_sleep = KT_MS(60);
+	run_script(loop, rw_timeout_script, 2);
+	g_stage_sleep = 0;
+	cr_expect_eq(g_res[0], 0);
+	cr_expect_eq(g_res[1], -ETIMEDOUT);
+	cr_expect_eq(kt_stats(loop).timers_armed, 0);
+	cr_expect_eq(keel_rwlock_readers(g_rw), 0);
+	keel_rwlock_free(g_rw);
+	keel_loop_destroy(loop);
+}
+
+static int g_rw_misuse[6];
+
+static int rw_misuser_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_rwlock_write_lock(t, g_rw, UINT64_MAX));
+	g_rw_misuse[0] = keel_res(t);
+	KEEL_AWAIT(t, keel_rwlock_write_lock(t, g_rw, UINT64_MAX));
+	g_rw_misuse[1] = keel_res(t); /* -EDEADLK */
+	KEEL_AWAIT(t, keel_rwlock_read_lock(t, g_rw, UINT64_MAX));
+	g_rw_misuse[2] = keel_res(t); /* -EDEADLK */
+	g_rw_misuse[3] = keel_rwlock_write_unlock(&g_other, g_rw);
+	g_rw_misuse[4] = keel_rwlock_read_unlock(g_rw); /* no read hold */
+	g_rw_misuse[5] = keel_rwlock_write_unlock(t, g_rw);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(rw_misuser_task, struct misuser, task, rw_misuser_step);
+
+Test(sync, rwlock_reports_relock_and_foreign_unlock, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	cr_assert_eq(keel_rwlock_new(loop, &g_rw), 0);
+	kt_spawn(loop, &rw_misuser_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	cr_expect_eq(g_rw_misuse[0], 0);
+	cr_expect_eq(g_rw_misuse[1], -EDEADLK);
+	cr_expect_eq(g_rw_misuse[2], -EDEADLK);
+	cr_expect_eq(g_rw_misuse[3], -EPERM);
+	cr_expect_eq(g_rw_misuse[4], -EPERM);
+	cr_expect_eq(g_rw_misuse[5], 0);
+	keel_rwlock_free(g_rw);
+	keel_loop_destroy(loop);
+}
+
+/* ---- condition variable ------------------------------------------------- */
+
+static struct keel_cond *g_cv;
+static int g_ready; /* the predicate, under g_mutex */
+static struct keel_task *g_holder_after[MAX_TASKS];
+
+struct cv_user {
+	struct keel_task task;
+	int id;
+	uint64_t deadline;
+};
+
+/* Lock, wait until g_ready (or an error), record, unlock. */
+static int cv_waiter_step(struct keel_task *t)
+{
+	struct cv_user *u = keel_container_of(t, struct cv_user, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_mutex_lock(t, g_mutex, UINT64_MAX));
+	cr_assert_eq(keel_res(t), 0);
+	if (++g_inside > g_max_inside)
+		g_max_inside = g_inside;
+	while (!g_ready) {
+		g_inside--;
+		KEEL_AWAIT(t, keel_cond_wait(t, g_cv, g_mutex, u->deadline));
+		if (++g_inside > g_max_inside)
+			g_max_inside = g_inside;
+		g_holder_after[u->id] = keel_mutex_holder(g_mutex);
+		if (keel_res(t) != 0)
+			break;
+	}
+	record(u->id, keel_res(t), NULL);
+	KEEL_YIELD(t); /* hold it a while: the others queue for it */
+	g_inside--;
+	g_unlock[u->id] = keel_mutex_unlock(t, g_mutex);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(cv_waiter_task, struct cv_user, task, cv_waiter_step);
+
+static void spawn_cv_waiter(struct keel_loop *loop, int id, uint64_t deadline)
+{
+	struct cv_user *u = kt_spawn(loop, &cv_waiter_task, KEEL_PRIO_NORMAL);
+
+	u->id = id;
+	u->deadline = deadline;
+	g_task[id] = keel_task_of(&cv_waiter_task, u);
+}
+
+/* Takes the mutex (queued behind a waiter that holds it), sets the
+ * predicate, signals once or broadcasts, unlocks. */
+struct cv_setter {
+	struct keel_task task;
+	int broadcast;
+	int woken;
+};
+
+static int g_woken;
+
+static int cv_setter_step(struct keel_task *t)
+{
+	struct cv_setter *s = keel_container_of(t, struct cv_setter, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_mutex_lock(t, g_mutex, UINT64_MAX));
+	cr_assert_eq(keel_res(t), 0);
+	g_ready = 1;
+	g_woken =
+	    s->broadcast ? keel_cond_broadcast(g_cv) : keel_cond_signal(g_cv);
+	keel_mutex_unlock(t, g_mutex);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(cv_setter_task, struct cv_setter, task, cv_setter_step);
+
+Test(sync, cond_wait_hands_the_mutex_over_and_misses_no_signal, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_mutex_new(loop, &g_mutex), 0);
+	cr_assert_eq(keel_cond_new(loop, &g_cv), 0);
+	/* The waiter holds the mutex when the setter asks for it: only the
+	 * wait's release lets the setter in, and its signal must land. */
+	spawn_cv_waiter(loop, 0, UINT64_MAX);
+	struct cv_setter *s = kt_spawn(loop, &cv_setter_task, KEEL_PRIO_NORMAL);
+
+	s->broadcast = 0;
+	kt_loop_run(loop);
+	cr_expect_eq(g_woken, 1);
+	cr_expect_eq(g_res[0], 0);
+	cr_expect_eq(g_holder_after[0], g_task[0]);
+	cr_expect_eq(g_unlock[0], 0);
+	cr_expect_null(keel_mutex_holder(g_mutex));
+	keel_cond_free(g_cv);
+	keel_mutex_free(g_mutex);
+	keel_loop_destroy(loop);
+}
+
+Test(sync, cond_broadcast_wakes_all_and_each_takes_the_mutex_in_turn,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_mutex_new(loop, &g_mutex), 0);
+	cr_assert_eq(keel_cond_new(loop, &g_cv), 0);
+	for (int i = 0; i < 4; i++)
+		spawn_cv_waiter(loop, i, UINT64_MAX);
+	struct cv_setter *s = kt_spawn(loop, &cv_setter_task, KEEL_PRIO_NORMAL);
+
+	s->broadcast = 1;
+	kt_loop_run(loop);
+	cr_expect_eq(g_woken, 4);
+	for (int i = 0; i < 4; i++) {
+		cr_expect_eq(g_res[i], 0, "waiter %d: %d", i, g_res[i]);
+		cr_expect_eq(g_holder_after[i], g_task[i]);
+		cr_expect_eq(g_unlock[i], 0);
+	}
+	cr_expect_eq(g_max_inside, 1);
+	const int want[] = {0, 1, 2, 3};
+
+	kt_log_expect(&g_log, want, 4);
+	keel_cond_free(g_cv);
+	keel_mutex_free(g_mutex);
+	keel_loop_destroy(loop);
+}
+
+/* Holds the mutex across the waiter's deadline, then lets go. */
+static void cv_timeout_script(struct keel_task *t, int stage)
+{
+	switch (stage) {
+	case 0:
+		cr_assert_eq(keel_mutex_try_lock(t, g_mutex), 0);
+		break;
+	case 1: /* the deadline passed: the waiter waits for the mutex */
+		cr_expect_eq(g_done[0], 0, "returned without the mutex");
+		cr_expect_eq(keel_mutex_unlock(t, g_mutex), 0);
+		break;
+	}
+}
+
+Test(sync, cond_wait_timeout_returns_holding_the_mutex, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_mutex_new(loop, &g_mutex), 0);
+	cr_assert_eq(keel_cond_new(loop, &g_cv), 0);
+	spawn_cv_waiter(loop, 0, kt_now_ns() + KT_MS(10));
+	g_stage_sleep = KT_MS(40);
+	run_script(loop, cv_timeout_script, 2);
+	g_stage_sleep = 0;
+	cr_expect_eq(g_res[0], -ETIMEDOUT);
+	cr_expect_eq(g_holder_after[0], g_task[0]);
+	cr_expect_eq(g_unlock[0], 0);
+	cr_expect_eq(kt_stats(loop).timers_armed, 0);
+	keel_cond_free(g_cv);
+	keel_mutex_free(g_mutex);
+	keel_loop_destroy(loop);
+}
+
+static void cv_cancel_script(struct keel_task *t, int stage)
+{
+	(void)t;
+	if (stage == 0) /* 0 and 1 wait: cancel 0, signal: 1 gets it */
+		keel_task_cancel(g_task[0]);
+	if (stage == 1) {
+		g_ready = 1;
+		cr_expect_eq(keel_cond_signal(g_cv), 1);
+	}
+}
+
+Test(sync, cond_cancelled_waiter_returns_holding_the_mutex, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	reset();
+	cr_assert_eq(keel_mutex_new(loop, &g_mutex), 0);
+	cr_assert_eq(keel_cond_new(loop, &g_cv), 0);
+	spawn_cv_waiter(loop, 0, UINT64_MAX);
+	spawn_cv_waiter(loop, 1, UINT64_MAX);
+	run_script(loop, cv_cancel_script, 2);
+	cr_expect_eq(g_res[0], -ECANCELED);
+	cr_expect_eq(g_holder_after[0], g_task[0]);
+	cr_expect_eq(g_unlock[0], 0);
+	cr_expect_eq(g_res[1], 0);
+	cr_expect_eq(g_holder_after[1], g_task[1]);
+	cr_expect_eq(g_max_inside, 1);
+	keel_cond_free(g_cv);
+	keel_mutex_free(g_mutex);
+	keel_loop_destroy(loop);
+}
+
+static int g_cv_misuse[3];
+
+static int cv_misuser_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_cond_wait(t, g_cv, g_mutex, UINT64_MAX));
+	g_cv_misuse[0] = keel_res(t); /* -EPERM: not held */
+	KEEL_AWAIT(t, keel_mutex_lock(t, g_mutex, UINT64_MAX));
+	KEEL_AWAIT(t, keel_cond_wait(t, g_cv, g_mutex, kt_now_ns()));
+	g_cv_misuse[1] = keel_res(t); /* -ETIMEDOUT at once, still held */
+	g_cv_misuse[2] = keel_mutex_unlock(t, g_mutex);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(cv_misuser_task, struct misuser, task, cv_misuser_step);
+
+Test(sync, cond_wait_refuses_a_mutex_not_held, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	cr_assert_eq(keel_mutex_new(loop, &g_mutex), 0);
+	cr_assert_eq(keel_cond_new(loop, &g_cv), 0);
+	kt_spawn(loop, &cv_misuser_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	cr_expect_eq(g_cv_misuse[0], -EPERM);
+	cr_expect_eq(g_cv_misuse[1], -ETIMEDOUT);
+	cr_expect_eq(g_cv_misuse[2], 0);
+	keel_cond_free(g_cv);
+	keel_mutex_free(g_mutex);
+	keel_loop_destroy(loop);
+}

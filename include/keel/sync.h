@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * keel/sync.h: bounded mailboxes and the task-level synchronisation
- * primitives built on them (oneshot, broadcast, semaphore, mutex, event,
- * barrier, latch).
+ * primitives built on them (oneshot, broadcast, semaphore, mutex, rwlock,
+ * condition variable, event, barrier, latch, ticker).
  */
 #ifndef KEEL_SYNC_H
 #define KEEL_SYNC_H
@@ -525,6 +525,174 @@ int keel_latch_wait(struct keel_task *t, struct keel_latch *l);
 
 /* Ownership: reads the latch; nothing changes hands. */
 uint32_t keel_latch_count(const struct keel_latch *l);
+
+/* ---- rwlock -------------------------------------------------------------
+ * Many readers or one writer, held across awaits. Writer-preferring: once
+ * a writer waits, new readers queue behind it, so a stream of readers
+ * cannot starve writers. Waiters are served in FIFO order, the readers at
+ * the head of the queue together (a writer releasing it lets in every
+ * reader queued before the next writer). As with the mutex, the lock is
+ * handed to the waiters it admits before they run, nobody barges in
+ * between, and a task that exits holding it leaves it held (keel_defer()).
+ * The writer is tracked (keel_rwlock_writer()); readers are counted only.
+ */
+struct keel_rwlock;
+
+/* Ownership: the caller owns the rwlock: keel_rwlock_free(). */
+int keel_rwlock_new(struct keel_loop *loop, struct keel_rwlock **out);
+
+/*
+ * Free it, held or not; waiters are woken with -EPIPE.
+ * Ownership: `rw` is freed.
+ */
+void keel_rwlock_free(struct keel_rwlock *rw);
+
+/*
+ * Await a read (shared) hold until `deadline_ns` (absolute; UINT64_MAX:
+ * none). keel_res: 0 (t holds a read hold), -ETIMEDOUT, the cancellation
+ * cause, -EDEADLK (t holds the write lock), -EPIPE (freed while t waited),
+ * -ENOMEM, -EXDEV. A waiter that gives up leaves the queue and never holds
+ * the lock.
+ * Ownership: on 0, one read hold until keel_rwlock_read_unlock().
+ */
+int keel_rwlock_read_lock(struct keel_task *t, struct keel_rwlock *rw,
+			  uint64_t deadline_ns);
+
+/*
+ * Await the write (exclusive) lock until `deadline_ns`. keel_res: as
+ * keel_rwlock_read_lock(); -EDEADLK when t holds it already.
+ * Ownership: on 0, `t` holds it until keel_rwlock_write_unlock().
+ */
+int keel_rwlock_write_lock(struct keel_task *t, struct keel_rwlock *rw,
+			   uint64_t deadline_ns);
+
+/*
+ * Without waiting: 0, or -EBUSY (held by a writer or, for a read, a writer
+ * waits; for a write, held at all).
+ * Ownership: as the awaits.
+ */
+int keel_rwlock_try_read_lock(struct keel_rwlock *rw);
+int keel_rwlock_try_write_lock(struct keel_task *t, struct keel_rwlock *rw);
+
+/*
+ * Give back a read hold / the write lock, admitting waiters in order.
+ * 0, -EPERM (no read hold is out / t is not the writer), -EXDEV.
+ * Ownership: the hold goes back to the lock.
+ */
+int keel_rwlock_read_unlock(struct keel_rwlock *rw);
+int keel_rwlock_write_unlock(struct keel_task *t, struct keel_rwlock *rw);
+
+/*
+ * The writer holding it, or NULL; and the read holds out.
+ * Ownership: a pointer to the writing task, valid while it runs; not a
+ * reference.
+ */
+struct keel_task *keel_rwlock_writer(const struct keel_rwlock *rw);
+uint32_t keel_rwlock_readers(const struct keel_rwlock *rw);
+
+/* ---- condition variable -------------------------------------------------
+ * Tasks wait, with a keel_mutex they hold, for a signal (asyncio's
+ * Condition, pthread_cond_t). The wait releases the mutex and sleeps in one
+ * step, so a signal sent after the mutex is released is never lost; the
+ * mutex is held again when the wait returns, whatever it returns (as
+ * pthread_cond_timedwait() after a timeout, and after a cancellation
+ * cleanup handler runs): a waiter that is signalled, times out or is
+ * cancelled then queues for the mutex like any locker, and that second
+ * wait cannot be cancelled or time out. Waiters are woken in FIFO order.
+ * As with pthreads, a wakeup says "look again": check the predicate in a
+ * loop. All waiters at a time use the same mutex.
+ */
+struct keel_cond;
+
+/* Ownership: the caller owns it: keel_cond_free(). */
+int keel_cond_new(struct keel_loop *loop, struct keel_cond **out);
+
+/*
+ * Free it; waiters take their mutex back as after a signal, then get
+ * -EPIPE.
+ * Ownership: `cv` is freed.
+ */
+void keel_cond_free(struct keel_cond *cv);
+
+/*
+ * Release `m` (which t holds), await a signal until `deadline_ns`
+ * (absolute; UINT64_MAX: none), then take `m` back. keel_res: 0
+ * (signalled), -ETIMEDOUT, the cancellation cause (t holds `m` again in
+ * all three), or, with `m` held and never released: -EPERM (t does not
+ * hold it), -EINVAL (other waiters use another mutex), -ENOMEM, -EXDEV,
+ * and the cause of a token already cancelled at the call. -EPIPE: the
+ * condition variable was freed while t waited (t holds `m` again), or the
+ * mutex was (it is gone).
+ * Ownership: `m` is released for the wait and held again on return.
+ */
+int keel_cond_wait(struct keel_task *t, struct keel_cond *cv,
+		   struct keel_mutex *m, uint64_t deadline_ns);
+
+/*
+ * Wake the first waiter / every waiter (each then takes the mutex in
+ * turn). Returns the number woken, or -EXDEV.
+ * Ownership: nothing changes hands.
+ */
+int keel_cond_signal(struct keel_cond *cv);
+int keel_cond_broadcast(struct keel_cond *cv);
+
+/* ---- ticker -------------------------------------------------------------
+ * An interval timer a task awaits: ticks are due at start + k * interval.
+ * A tick the task was too late for is "missed"; the policy says what
+ * then:
+ *   KEEL_TICK_BURST  every tick is delivered: the missed ones return back
+ *                    to back (one per wait) until it has caught up; the
+ *                    schedule is kept;
+ *   KEEL_TICK_DELAY  one wait returns them all; the next tick is due one
+ *                    interval after that late wait (the schedule slides);
+ *   KEEL_TICK_SKIP   one wait returns them all; the next tick is the next
+ *                    one of the original schedule (the missed are skipped).
+ * (tokio's MissedTickBehavior Burst, Delay, Skip.)
+ */
+enum keel_tick_policy {
+	KEEL_TICK_BURST = 0,
+	KEEL_TICK_DELAY = 1,
+	KEEL_TICK_SKIP = 2,
+};
+
+struct keel_ticker;
+
+/*
+ * A ticker on `loop` whose first tick is due `interval_ns` (>= 1) from now.
+ * 0, -EINVAL or -ENOMEM.
+ * Ownership: the caller owns it: keel_ticker_free().
+ */
+int keel_ticker_new(struct keel_loop *loop, uint64_t interval_ns,
+		    enum keel_tick_policy policy, struct keel_ticker **out);
+
+/*
+ * Free it; a waiting task is woken with -EPIPE.
+ * Ownership: `tk` is freed.
+ */
+void keel_ticker_free(struct keel_ticker *tk);
+
+/*
+ * Await the next tick. keel_res: the ticks this wait accounts for (>= 1:
+ * 1 on time, 1 + the missed ones with DELAY and SKIP; always 1 with
+ * BURST), the cancellation cause, -EBUSY (another task waits on it),
+ * -EPIPE (freed while t waited), -ENOMEM, -EXDEV.
+ * Ownership: nothing changes hands.
+ */
+int keel_ticker_wait(struct keel_task *t, struct keel_ticker *tk);
+
+/*
+ * Start the schedule again: the next tick is due one interval from now.
+ * Ownership: nothing changes hands.
+ */
+void keel_ticker_reset(struct keel_ticker *tk);
+
+/*
+ * When the next tick is due (CLOCK_MONOTONIC ns), and the ticks missed so
+ * far (delivered late with BURST, folded into a wait with DELAY and SKIP).
+ * Ownership: reads the ticker; nothing changes hands.
+ */
+uint64_t keel_ticker_next(const struct keel_ticker *tk);
+uint64_t keel_ticker_missed(const struct keel_ticker *tk);
 
 #ifdef __cplusplus
 }
