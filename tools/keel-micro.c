@@ -31,6 +31,13 @@
  *   timer_100k_cpu    the same run, process CPU ns per timer
  *   nop_b1 .. b128    B tasks each awaiting keel_nop() in a loop (B = 1, 8,
  *                     32, 128: B NOPs per loop turn); per NOP
+ *   ratelimit_acquire one task awaiting keel_ratelimit_acquire() of one
+ *                     token on a limiter that always conforms (a rate
+ *                     far above what a task can take): the cost of the
+ *                     admission itself (clock read, GCRA, a ready await);
+ *                     per acquire
+ *   ratelimit_try     keel_ratelimit_try() of one token, the same limiter;
+ *                     per try
  *   task_header_bytes INFO only: sizeof(struct keel_task)
  *
  * usage: keel-micro [--quick] [--callgrind N] [FILTER]
@@ -229,6 +236,36 @@ static int await_ready_step(struct keel_task *t)
 }
 static KEEL_TASK_TYPE(await_ready_task, struct loop_frame, task,
 		      await_ready_step);
+
+/* ratelimit_acquire / ratelimit_try: one task, n admissions. */
+struct ratelimit_frame {
+	struct keel_task task;
+	struct keel_ratelimit *rl;
+	uint64_t n, i;
+	bool try_only;
+};
+
+static int ratelimit_step(struct keel_task *t)
+{
+	struct ratelimit_frame *f =
+	    keel_container_of(t, struct ratelimit_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		if (f->try_only) {
+			if (keel_ratelimit_try(f->rl, 1, NULL))
+				die("ratelimit_try: refused", EPROTO);
+			continue;
+		}
+		KEEL_AWAIT(t, keel_ratelimit_acquire(t, f->rl, 1, UINT64_MAX));
+		if (keel_res(t) != 0)
+			die("ratelimit_acquire", -keel_res(t));
+	}
+	keel_ratelimit_free(f->rl);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(ratelimit_task, struct ratelimit_frame, task,
+		      ratelimit_step);
 
 /* timer_arm_cancel[_heap1k]: arm, cancel, n times, in one step. */
 struct arm_cancel_frame {
@@ -637,6 +674,25 @@ static void start_loop(struct keel_loop *loop, const struct bench *b,
 	f->n = n;
 }
 
+static void start_ratelimit(struct keel_loop *loop, const struct bench *b,
+			    uint64_t n)
+{
+	/* 1e12/s: one token per ns (the emission interval's floor), and a
+	 * burst of 2^20: no admission can ever have to wait. */
+	const struct keel_ratelimit_opts o = {.rate = 1e12, .burst = 1u << 20};
+	struct ratelimit_frame *f =
+	    keel_spawn(loop, &ratelimit_task, KEEL_PRIO_NORMAL);
+	int err;
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	err = keel_ratelimit_new(loop, &o, &f->rl);
+	if (err)
+		die("keel_ratelimit_new", -err);
+	f->n = n;
+	f->try_only = b->param;
+}
+
 static void start_arm_cancel(struct keel_loop *loop, const struct bench *b,
 			     uint64_t n)
 {
@@ -777,6 +833,8 @@ static const struct bench benches[] = {
     {"chan_cross_thread", NULL, 1, 0, start_xthread, finish_xthread},
     {"pingpong_xthread", NULL, 1, 1, start_xthread, finish_xthread},
     {"pingpong_xthread_spin", NULL, 1, 3, start_xthread, finish_xthread},
+    {"ratelimit_acquire", NULL, 1, 0, start_ratelimit, NULL},
+    {"ratelimit_try", NULL, 1, 1, start_ratelimit, NULL},
 };
 
 /* ---- harness ----------------------------------------------------------------
