@@ -22,7 +22,7 @@
 #include <errno.h>
 
 void keel__wq_init(struct keel__wq *wq, struct keel_loop *loop,
-		       void (*left)(struct keel__wq *, struct keel__waiter *))
+		   void (*left)(struct keel__wq *, struct keel__waiter *))
 {
 	keel__list_init(&wq->q.list);
 	wq->q.len = 0;
@@ -121,7 +121,7 @@ static void wait_timed_out(struct keel_loop *loop, struct keel_timer *timer,
  * wait before calling it.
  */
 int keel__wq_begin(struct keel_task *t, struct keel__wq *wq, int request,
-		      void *payload)
+		   void *payload)
 {
 	struct keel__task_ext *x = t->ext;
 	struct keel__waiter *w = &x->waiter;
@@ -150,8 +150,8 @@ uint64_t keel__wq_deadline_after(uint64_t timeout_ns)
  * Suspend on `wq` until satisfied or `deadline` (UINT64_MAX: none); after
  * keel__wq_prepare().
  */
-int keel__wq_begin_until(struct keel_task *t, struct keel__wq *wq,
-			 int request, uint64_t deadline)
+int keel__wq_begin_until(struct keel_task *t, struct keel__wq *wq, int request,
+			 uint64_t deadline)
 {
 	struct keel__core *c = keel__core_of(t->loop);
 	struct keel__timed_wait *tw = NULL;

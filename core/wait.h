@@ -50,8 +50,8 @@ void keel__wq_cancelled(struct keel_task *t);
 int keel__wq_begin(struct keel_task *t, struct keel__wq *wq, int request,
 		   void *payload);
 /* The same with a deadline (UINT64_MAX: none), for a timed queue. */
-int keel__wq_begin_until(struct keel_task *t, struct keel__wq *wq,
-			 int request, uint64_t deadline);
+int keel__wq_begin_until(struct keel_task *t, struct keel__wq *wq, int request,
+			 uint64_t deadline);
 /* The ext a wait needs (its waiter node): false when out of memory. */
 static inline bool keel__wq_prepare(struct keel_task *t)
 {

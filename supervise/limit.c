@@ -213,8 +213,7 @@ void keel_ratelimit_free(struct keel_ratelimit *rl)
 	free(rl);
 }
 
-int keel_ratelimit_try(struct keel_ratelimit *rl, uint32_t n,
-		       uint64_t *wait_ns)
+int keel_ratelimit_try(struct keel_ratelimit *rl, uint32_t n, uint64_t *wait_ns)
 {
 	uint64_t wait = 0;
 	bool ok;

@@ -118,8 +118,8 @@ static int acquirer_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	do {
-		KEEL_AWAIT(t, keel_ratelimit_acquire(t, g_rl, a->n,
-						     a->deadline));
+		KEEL_AWAIT(t,
+			   keel_ratelimit_acquire(t, g_rl, a->n, a->deadline));
 		g_acq.res[g_acq.n] = keel_res(t);
 		g_acq.at[g_acq.n] = keel_loop_now(keel_task_loop(t)) - g_t0;
 		g_acq.n++;
@@ -162,8 +162,7 @@ Test(limit, ratelimit_acquire_sleeps_exactly_until_conforming, .timeout = 10)
 	sim_teardown(loop);
 }
 
-Test(limit, ratelimit_admits_rate_plus_burst_over_a_real_second,
-     .timeout = 30)
+Test(limit, ratelimit_admits_rate_plus_burst_over_a_real_second, .timeout = 30)
 {
 	struct keel_loop *loop = kt_loop_new(NULL);
 	struct keel_ratelimit_opts o = {.rate = 100, .burst = 10};
@@ -179,8 +178,7 @@ Test(limit, ratelimit_admits_rate_plus_burst_over_a_real_second,
 		admitted += g_acq.res[i] == 0;
 	cr_expect_eq(g_acq.res[g_acq.n - 1], -ETIMEDOUT);
 	/* 100/s over 1 s admits 100 +- the burst; counted, not timed. */
-	cr_expect(admitted >= 90 && admitted <= 121, "admitted %d",
-		  admitted);
+	cr_expect(admitted >= 90 && admitted <= 121, "admitted %d", admitted);
 	keel_ratelimit_free(g_rl);
 	keel_loop_destroy(loop);
 }
@@ -416,8 +414,7 @@ Test(limit, bulkhead_queue_timeout_and_a_cancelled_waiter, .timeout = 10)
 	sim_teardown(loop);
 }
 
-Test(limit, bulkhead_hands_a_released_permit_to_the_next_waiter,
-     .timeout = 10)
+Test(limit, bulkhead_hands_a_released_permit_to_the_next_waiter, .timeout = 10)
 {
 	struct keel_loop *loop = kt_loop_new(NULL);
 	struct keel_bulkhead_opts o = {.max_concurrent = 1, .max_queue = 4};

@@ -50,8 +50,7 @@ static int ticking_step(struct keel_task *t)
 		KEEL_AWAIT(t, keel_sleep(t, k->late));
 	for (k->i = 0; k->i < k->waits; k->i++) {
 		KEEL_AWAIT(t, keel_ticker_wait(t, g_tk));
-		log_tick(k->log, keel_res(t),
-			 keel_loop_now(keel_task_loop(t)));
+		log_tick(k->log, keel_res(t), keel_loop_now(keel_task_loop(t)));
 	}
 	KEEL_END(t);
 }
@@ -105,8 +104,7 @@ Test(ticker, ticks_on_time_every_interval, .timeout = 10)
 	struct tick_log log = {0};
 	struct ticking *k;
 
-	cr_assert_eq(keel_ticker_new(loop, 7 * MS, KEEL_TICK_BURST, &g_tk),
-		     0);
+	cr_assert_eq(keel_ticker_new(loop, 7 * MS, KEEL_TICK_BURST, &g_tk), 0);
 	k = kt_spawn(loop, &ticking_task, KEEL_PRIO_NORMAL);
 	k->waits = 5;
 	k->log = &log;
@@ -158,8 +156,7 @@ Test(ticker, delay_folds_the_missed_ticks_and_slides_the_schedule,
 	sim_teardown(loop);
 }
 
-Test(ticker, skip_folds_the_missed_ticks_and_keeps_the_schedule,
-     .timeout = 10)
+Test(ticker, skip_folds_the_missed_ticks_and_keeps_the_schedule, .timeout = 10)
 {
 	struct tick_log log = {0};
 	struct keel_loop *loop = run_late(KEEL_TICK_SKIP, 2, &log);
@@ -204,8 +201,7 @@ Test(ticker, a_cancelled_wait_leaves_and_disarms, .timeout = 10)
 	struct ticking *k;
 	struct canceller *c;
 
-	cr_assert_eq(keel_ticker_new(loop, 10 * MS, KEEL_TICK_SKIP, &g_tk),
-		     0);
+	cr_assert_eq(keel_ticker_new(loop, 10 * MS, KEEL_TICK_SKIP, &g_tk), 0);
 	k = kt_spawn(loop, &ticking_task, KEEL_PRIO_NORMAL);
 	k->log = &log;
 	c = kt_spawn(loop, &canceller_task, KEEL_PRIO_NORMAL);
@@ -222,8 +218,7 @@ Test(ticker, a_cancelled_wait_leaves_and_disarms, .timeout = 10)
 	sim_teardown(loop);
 }
 
-Test(ticker, reset_restarts_the_schedule_and_bad_arguments_fail,
-     .timeout = 10)
+Test(ticker, reset_restarts_the_schedule_and_bad_arguments_fail, .timeout = 10)
 {
 	struct keel_loop *loop = sim_setup();
 	struct keel_ticker *tk;
