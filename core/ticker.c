@@ -61,10 +61,13 @@ static void ticker_fired(struct keel_loop *loop, struct keel_timer *timer,
 			 void *arg)
 {
 	struct keel_ticker *tk = arg;
+	uint64_t now = keel__clock_now();
 
 	(void)timer;
 	(void)loop;
-	keel__wq_wake_one(&tk->wq, ticker_take(tk, keel__clock_now()));
+	/* A timer fires at its deadline or after: never count from before. */
+	keel__wq_wake_one(&tk->wq,
+			  ticker_take(tk, now > tk->next ? now : tk->next));
 }
 
 /* The waiter gave up: nobody needs the tick now. */
