@@ -118,6 +118,14 @@ TOOLS += $(BUILD)/tools/keel-trace
 SIM_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard sim/scenarios/*.c))
 TRACE_READER_OBJ := $(patsubst %,$(BUILD)/obj/tools/trace/%.o,read decode util)
 TOOLS += $(BUILD)/tools/keel-sim
+# keel-seccomp (tools/seccomp/): runs a command under keel's seccomp
+# profile. keel.syscalls is the one list; gen.sh makes the committed
+# Docker/OCI and systemd profiles and the launcher's tables from it
+# (`make seccomp` remakes the profiles; a test checks they are current).
+SECCOMP_LIST := tools/seccomp/keel.syscalls
+SECCOMP_PROFILES := tools/seccomp/keel.json tools/seccomp/keel-seccomp.conf
+SECCOMP_GEN := $(BUILD)/gen/seccomp_keel.h $(BUILD)/gen/seccomp_table.h
+TOOLS += $(BUILD)/tools/keel-seccomp
 TEST_SRC := $(wildcard test/test_*.c)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
 # Plain multi-thread test programs (no Criterion: it cannot start under
@@ -258,6 +266,34 @@ $(BUILD)/tools/keel-trace: $(TRACE_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TRACE_OBJ) $(STATIC) $(LIBS) -lm
+
+.PHONY: seccomp
+seccomp: $(SECCOMP_PROFILES)
+
+tools/seccomp/keel.json: $(SECCOMP_LIST) tools/seccomp/gen.sh
+	@$(if $(Q),echo "  GEN     $@")
+	$(Q)sh tools/seccomp/gen.sh json $< >$@.tmp && mv $@.tmp $@
+
+tools/seccomp/keel-seccomp.conf: $(SECCOMP_LIST) tools/seccomp/gen.sh
+	@$(if $(Q),echo "  GEN     $@")
+	$(Q)sh tools/seccomp/gen.sh systemd $< >$@.tmp && mv $@.tmp $@
+
+$(BUILD)/gen/seccomp_keel.h: $(SECCOMP_LIST) tools/seccomp/gen.sh
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  GEN     $@")
+	$(Q)sh tools/seccomp/gen.sh header $< >$@.tmp && mv $@.tmp $@
+
+$(BUILD)/gen/seccomp_table.h: tools/seccomp/gen.sh
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  GEN     $@")
+	$(Q)sh tools/seccomp/gen.sh table "$(CC)" >$@.tmp && mv $@.tmp $@
+
+# No keel in it: a filter and an execvp.
+$(BUILD)/tools/keel-seccomp: tools/seccomp/launcher.c $(SECCOMP_GEN) \
+		$(SECCOMP_PROFILES)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) -I$(BUILD)/gen $(CFLAGS) $(LDFLAGS) -o $@ $<
 
 $(BUILD)/obj/sim/scenarios/%.o: sim/scenarios/%.c
 	@mkdir -p $(dir $@)
