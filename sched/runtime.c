@@ -493,29 +493,40 @@ int keel_runtime_run(struct keel_runtime *rt,
 		     void *arg)
 {
 	struct keel_loop *loop0 = rt->w[0].loop;
-	struct main_task *m = keel_spawn(loop0, &runtime_main_task, 0);
+	struct signal_task *s = NULL;
 
-	if (!m)
-		return -ENOMEM;
-	m->rt = rt;
-	m->type = main_type;
-	m->init = init;
-	m->arg = arg;
+	/*
+	 * The signals are blocked in every runtime thread: without the
+	 * signalfd that reads them, SIGTERM would be ignored for good and
+	 * the service could only be killed. So no signalfd, no run.
+	 */
 	if (rt->signals) {
 		sigset_t set;
 
 		runtime_signals(&set);
 		int fd = signalfd(-1, &set, SFD_CLOEXEC);
-		struct signal_task *s =
-		    fd >= 0 ? keel_spawn(loop0, &runtime_signal_task, 0) : NULL;
 
-		if (s) {
-			s->rt = rt;
-			s->fd = fd;
-		} else if (fd >= 0) {
+		if (fd < 0)
+			return -errno;
+		s = keel_spawn(loop0, &runtime_signal_task, 0);
+		if (!s) {
 			close(fd);
+			return -ENOMEM;
 		}
+		s->rt = rt;
+		s->fd = fd;
 	}
+	struct main_task *m = keel_spawn(loop0, &runtime_main_task, 0);
+
+	if (!m) {
+		if (s)
+			close(s->fd); /* its task never runs: freed unrun */
+		return -ENOMEM;
+	}
+	m->rt = rt;
+	m->type = main_type;
+	m->init = init;
+	m->arg = arg;
 	current_runtime = rt;
 	start_workers(rt);
 	int err = keel_loop_run(loop0);

@@ -208,6 +208,30 @@ Test(runtime, run_returns_negative_main_status, .timeout = 10)
 	run_status(2, -7);
 }
 
+/*
+ * Without the signalfd that reads SIGINT and SIGTERM (blocked in every
+ * runtime thread), a service could only be killed: run must fail instead.
+ */
+Test(runtime, run_fails_when_no_signalfd_can_be_made, .timeout = 10)
+{
+	struct keel_runtime_opts o = {.threads = 1};
+	struct keel_runtime *rt = NULL;
+	struct rlimit lim;
+	int status = 5, fds = 0, ret;
+
+	cr_assert_eq(keel_runtime_create(&rt, &o), 0);
+	/* Use up every descriptor this process may have (its own fork). */
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &lim), 0);
+	lim.rlim_cur = 64;
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &lim), 0);
+	while (dup(0) >= 0)
+		fds++;
+	ret = keel_runtime_run(rt, &status_main_task, status_init, &status);
+	cr_assert_eq(ret, -EMFILE, "keel_runtime_run returned %d", ret);
+	cr_assert_gt(fds, 0);
+	keel_runtime_destroy(rt);
+}
+
 /* ---- counters read from another thread during shutdown --------------- */
 
 static int g_poll_stop;
