@@ -17,6 +17,7 @@
 #ifndef KEEL_H
 #define KEEL_H
 
+#include <keel/health.h>
 #include <keel/io.h>
 #include <keel/loop.h>
 #include <keel/resilience.h>

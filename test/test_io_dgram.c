@@ -50,13 +50,13 @@ static bool is_loopback(const struct sockaddr *sa)
 #define ECHO_ROUNDS 20
 
 struct echo_result {
-	int rounds_ok;	  /* client: replies equal to what it sent */
-	int bad_src;	  /* replies (client) or requests (server) whose
-			   * source was not the peer */
-	int err;	  /* first unexpected result */
-	int trunc_res;	  /* a 100-byte datagram into 10 bytes */
-	int trunc_flags;  /* its msg_flags */
-	int full_res;	  /* the same with MSG_TRUNC in flags */
+	int rounds_ok;	 /* client: replies equal to what it sent */
+	int bad_src;	 /* replies (client) or requests (server) whose
+			  * source was not the peer */
+	int err;	 /* first unexpected result */
+	int trunc_res;	 /* a 100-byte datagram into 10 bytes */
+	int trunc_flags; /* its msg_flags */
+	int full_res;	 /* the same with MSG_TRUNC in flags */
 	uint16_t cli_port;
 };
 
@@ -270,19 +270,19 @@ Test(io_dgram, recvmsg_reports_truncation, .timeout = 10)
 
 /* ---- the multishot recvmsg stream ----------------------------------- */
 
-#define SENDERS	 2
-#define BURST	 16
-#define BURSTS	 8
-#define DGRAMS	 (SENDERS * BURST * BURSTS)
+#define SENDERS	  2
+#define BURST	  16
+#define BURSTS	  8
+#define DGRAMS	  (SENDERS * BURST * BURSTS)
 #define BIG_DGRAM 300 /* more than a 256-byte buffer holds */
 
 struct ms_result {
-	int got;	   /* datagrams taken */
-	int in_order;	   /* per sender, sequence numbers as sent */
-	int bad_src;	   /* a source that was not the sender's socket */
-	int bad_payload;   /* a payload that was not what was sent */
-	int end;	   /* the result that ended the receive loop */
-	int trunc_len;	   /* the big datagram: bytes delivered */
+	int got;	     /* datagrams taken */
+	int in_order;	     /* per sender, sequence numbers as sent */
+	int bad_src;	     /* a source that was not the sender's socket */
+	int bad_payload;     /* a payload that was not what was sent */
+	int end;	     /* the result that ended the receive loop */
+	int trunc_len;	     /* the big datagram: bytes delivered */
 	uint32_t trunc_full; /* its full length */
 	int trunc_flags;
 	uint64_t enobufs;
@@ -324,7 +324,8 @@ static int ms_srv_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	{
-		int err = keel_recvmsg_stream_open(t, &s->rs, s->fd, s->ring, 0);
+		int err =
+		    keel_recvmsg_stream_open(t, &s->rs, s->fd, s->ring, 0);
 
 		if (err) {
 			s->out->end = err;
@@ -401,8 +402,7 @@ static int ms_cli_step(struct keel_task *t)
 			int n = dgram_fill(buf, c->id, seq);
 
 			if (sendto(c->fd, buf, (size_t)n, 0,
-				   (struct sockaddr *)&c->srv,
-				   c->srvlen) != n)
+				   (struct sockaddr *)&c->srv, c->srvlen) != n)
 				*c->err = -errno;
 		}
 		KEEL_AWAIT(t, keel_recv(t, c->fd, c->ack, sizeof(c->ack), 0));
@@ -506,8 +506,10 @@ static int misuse_step(struct keel_task *t)
 	struct misuse *m = keel_container_of(t, struct misuse, task);
 
 	KEEL_BEGIN(t);
-	m->out->small_open = keel_recvmsg_stream_open(t, &m->rs, m->fd, m->small, 0);
-	m->out->good_open = keel_recvmsg_stream_open(t, &m->rs, m->fd, m->good, 0);
+	m->out->small_open =
+	    keel_recvmsg_stream_open(t, &m->rs, m->fd, m->small, 0);
+	m->out->good_open =
+	    keel_recvmsg_stream_open(t, &m->rs, m->fd, m->good, 0);
 	/* Its items are datagrams: the raw recv calls refuse it. */
 	m->out->raw_try = keel_recv_try(&m->rs.rs, &m->b);
 	KEEL_AWAIT(t, keel_recv_next(t, &m->rs.rs, &m->b));
@@ -517,8 +519,7 @@ static int misuse_step(struct keel_task *t)
 	KEEL_END(t);
 }
 
-Test(io_dgram, recvmsg_stream_refuses_small_rings_and_raw_takes,
-     .timeout = 10)
+Test(io_dgram, recvmsg_stream_refuses_small_rings_and_raw_takes, .timeout = 10)
 {
 	struct keel_loop *loop = kt_loop_new(NULL);
 	struct keel_bufring_opts so = {.count = 8, .size = 128};
@@ -570,8 +571,9 @@ static int v6_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	if (x->client) {
 		x->fd = keel_tcp_socket(AF_INET6);
-		KEEL_AWAIT(t, keel_connect(t, x->fd, (struct sockaddr *)&x->addr,
-					   x->addrlen));
+		KEEL_AWAIT(t,
+			   keel_connect(t, x->fd, (struct sockaddr *)&x->addr,
+					x->addrlen));
 		x->out->connect = keel_res(t);
 		KEEL_AWAIT(t, keel_send_all(t, x->fd, "ping over v6", 12, 0));
 		/* Half close: the server reads to end of file, then answers
@@ -593,9 +595,9 @@ static int v6_step(struct keel_task *t)
 	x->out->peer_v6_loopback = x->addr.ss_family == AF_INET6 &&
 				   is_loopback((struct sockaddr *)&x->addr);
 	for (;;) {
-		KEEL_AWAIT(t, keel_recv(t, x->fd, x->buf + x->out->srv_got,
-					sizeof(x->buf) - (size_t)x->out->srv_got,
-					0));
+		KEEL_AWAIT(
+		    t, keel_recv(t, x->fd, x->buf + x->out->srv_got,
+				 sizeof(x->buf) - (size_t)x->out->srv_got, 0));
 		if (keel_res(t) <= 0)
 			break;
 		x->out->srv_got += keel_res(t);
@@ -668,8 +670,9 @@ static int ux_step(struct keel_task *t)
 		x->fd = keel_res(t);
 		if (x->fd < 0)
 			KEEL_EXIT(t, x->fd);
-		KEEL_AWAIT(t, keel_connect(t, x->fd, (struct sockaddr *)&x->addr,
-					   x->addrlen));
+		KEEL_AWAIT(t,
+			   keel_connect(t, x->fd, (struct sockaddr *)&x->addr,
+					x->addrlen));
 		x->out->connect = keel_res(t);
 		KEEL_AWAIT(t, keel_send_all(t, x->fd, "hello unix", 10, 0));
 		KEEL_AWAIT(t, keel_recv(t, x->fd, x->out->buf,
@@ -685,8 +688,8 @@ static int ux_step(struct keel_task *t)
 		KEEL_EXIT(t, x->fd);
 	KEEL_AWAIT(t, keel_recv(t, x->fd, x->buf, 10, MSG_WAITALL));
 	if (keel_res(t) > 0)
-		KEEL_AWAIT(t, keel_send_all(t, x->fd, x->buf,
-					    (size_t)keel_res(t), 0));
+		KEEL_AWAIT(
+		    t, keel_send_all(t, x->fd, x->buf, (size_t)keel_res(t), 0));
 	KEEL_AWAIT(t, keel_shutdown(t, x->fd, SHUT_WR));
 	KEEL_AWAIT(t, keel_close(t, x->fd));
 	KEEL_END(t);
