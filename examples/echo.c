@@ -28,7 +28,10 @@
  * kills it. SIGUSR1 prints a task dump of every loop.
  *
  * --metrics MPORT serves the runtime's counters at
- * http://127.0.0.1:MPORT/metrics (Prometheus text format).
+ * http://127.0.0.1:MPORT/metrics (Prometheus text format), and its health
+ * at http://127.0.0.1:MPORT/health (keel/health.h's JSON; 503 when
+ * unhealthy): each loop reports whether it accepts, and the connections
+ * are degraded while --max-conns refuses some.
  *
  * --max-conns N caps the connections open at once (all loops together:
  * the one count they share). A connection over the cap is accepted and
@@ -111,8 +114,10 @@ static int metrics_fd = -1;
 static bool plain_mode;
 static bool direct_fds; /* --direct: sockets in the ring's file table */
 static struct keel_bufring_opts ring_opts = {.count = 1024, .size = 4096};
-static unsigned max_conns;     /* --max-conns; 0: no cap */
-static atomic_uint open_conns; /* all loops together, under a cap */
+static unsigned max_conns;	   /* --max-conns; 0: no cap */
+static atomic_uint open_conns;	   /* all loops together, under a cap */
+static struct keel_health *health; /* every loop reports into it */
+static atomic_bool capped;	   /* "connections" reported degraded */
 
 static int conn_step(struct keel_task *t);
 static int plain_conn_step(struct keel_task *t);
@@ -134,12 +139,26 @@ static KEEL_TASK_TYPE(metrics_conn_task, struct metrics_conn, task,
 /* Room for one more connection? Takes it if so. */
 static bool conn_admit(void)
 {
+	char why[64];
+
 	if (!max_conns)
 		return true;
 	if (atomic_fetch_add_explicit(&open_conns, 1, memory_order_relaxed) <
-	    max_conns)
+	    max_conns) {
+		/* Only a change of state takes the registry's lock. */
+		if (atomic_load_explicit(&capped, memory_order_relaxed) &&
+		    atomic_exchange(&capped, false))
+			keel_health_set(health, "connections",
+					KEEL_HEALTH_HEALTHY, NULL);
 		return true;
+	}
 	atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
+	if (!atomic_exchange(&capped, true)) {
+		snprintf(why, sizeof(why),
+			 "refusing connections at --max-conns %u", max_conns);
+		keel_health_set(health, "connections", KEEL_HEALTH_DEGRADED,
+				why);
+	}
 	return false;
 }
 
@@ -202,6 +221,17 @@ static bool out_of_fds(int err)
 	       err == -ENOMEM;
 }
 
+/* This loop's component in the health registry: "loop N". */
+static void report_loop(const struct shard *s, enum keel_health_state state,
+			int err)
+{
+	char name[32];
+
+	snprintf(name, sizeof(name), "loop %u", (unsigned)(s - shards));
+	keel_health_set(health, name, state,
+			err ? keel_strerror(err) : "accepting");
+}
+
 static int acceptor_step(struct keel_task *t)
 {
 	struct acceptor *a = keel_container_of(t, struct acceptor, task);
@@ -218,9 +248,11 @@ static int acceptor_step(struct keel_task *t)
 		    t, &a->as, s->listen_fd,
 		    direct_fds ? KEEL_ACCEPT_DIRECT : 0);
 	if (s->error) {
+		report_loop(s, KEEL_HEALTH_UNHEALTHY, s->error);
 		keel_runtime_shutdown(keel_runtime_current());
 		goto done;
 	}
+	report_loop(s, KEEL_HEALTH_HEALTHY, 0);
 	for (;;) {
 		/* EMFILE & co pause the stream by themselves (backoff). */
 		KEEL_AWAIT(t, keel_accept_next(t, &a->as));
@@ -229,6 +261,7 @@ static int acceptor_step(struct keel_task *t)
 		if (fd < 0) {
 			if (fd != -ECANCELED && fd != -ETIMEDOUT) {
 				s->error = fd;
+				report_loop(s, KEEL_HEALTH_UNHEALTHY, fd);
 				keel_runtime_shutdown(keel_runtime_current());
 			}
 			break; /* else the runtime is shutting down */
@@ -260,6 +293,7 @@ static int acceptor_step(struct keel_task *t)
 	keel_accept_stream_close(&a->as);
 	goto done;
 plain:
+	report_loop(s, KEEL_HEALTH_HEALTHY, 0);
 	for (;;) {
 		KEEL_AWAIT(t, keel_accept(t, s->listen_fd, NULL, NULL, 0));
 		int fd = keel_res(t);
@@ -275,6 +309,7 @@ plain:
 			continue;
 		if (fd < 0) {
 			s->error = fd;
+			report_loop(s, KEEL_HEALTH_UNHEALTHY, fd);
 			keel_runtime_shutdown(keel_runtime_current());
 			break;
 		}
@@ -333,6 +368,32 @@ static char *render_metrics(size_t *len)
 	}
 }
 
+/* The health registry's JSON, and whether it says unhealthy. */
+static char *render_health(size_t *len, bool *unhealthy)
+{
+	size_t need = keel_health_render_json(health, NULL, 0);
+	char *body = malloc(need + 1);
+
+	if (!body)
+		return NULL;
+	/* Reports may come in meanwhile: never more than was asked for. */
+	size_t got = keel_health_render_json(health, body, need + 1);
+
+	*len = got < need ? got : need;
+	*unhealthy = !strncmp(body, "{\"status\":\"unhealthy\"", 21);
+	return body;
+}
+
+/* GET /health gets the health, anything else the metrics. */
+static bool wants_health(const char *req)
+{
+	static const char get[] = "GET /health";
+	size_t n = sizeof(get) - 1;
+
+	return !strncmp(req, get, n) &&
+	       (req[n] == ' ' || req[n] == '?' || req[n] == '\r');
+}
+
 static int metrics_conn_step(struct keel_task *t)
 {
 	struct metrics_conn *m =
@@ -343,14 +404,22 @@ static int metrics_conn_step(struct keel_task *t)
 	if (keel_res(t) > 0) {
 		char head[160];
 		size_t blen = 0;
-		char *body = render_metrics(&blen);
+		bool unhealthy = false;
+
+		m->req[keel_res(t)] = '\0';
+		bool is_health = wants_health(m->req);
+		char *body = is_health ? render_health(&blen, &unhealthy)
+				       : render_metrics(&blen);
 
 		if (body) {
-			int h = snprintf(head, sizeof(head),
-					 "HTTP/1.0 200 OK\r\nContent-Type: "
-					 "text/plain; version=0.0.4\r\n"
-					 "Content-Length: %zu\r\n\r\n",
-					 blen);
+			int h = snprintf(
+			    head, sizeof(head),
+			    "HTTP/1.0 %s\r\nContent-Type: %s\r\n"
+			    "Content-Length: %zu\r\n\r\n",
+			    unhealthy ? "503 Service Unavailable" : "200 OK",
+			    is_health ? "application/json"
+				      : "text/plain; version=0.0.4",
+			    blen);
 
 			m->resp = malloc((size_t)h + blen);
 			if (m->resp) {
@@ -596,6 +665,10 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (keel_health_new(&health)) {
+		fprintf(stderr, "echo: out of memory\n");
+		return 1;
+	}
 	printf("echo: listening on %s:%ld (%u loops)\n", addr, port, nshards);
 	fflush(stdout);
 
@@ -626,6 +699,7 @@ int main(int argc, char **argv)
 			fatal = shards[i].error;
 	}
 	keel_runtime_destroy(rt);
+	keel_health_free(health);
 	free(shards);
 	printf("echo: served %llu connections, echoed %llu bytes, refused %llu "
 	       "connections\n",

@@ -497,6 +497,34 @@ static int build_simple(struct keel__http_conn *c, struct keel_http_exchange *x,
 	return 0;
 }
 
+/* A health registry's JSON: 503 when it is unhealthy (a load balancer
+ * takes the instance out), 200 when healthy or degraded (still serving). */
+static int build_health(struct keel__http_conn *c, struct keel_http_exchange *x,
+			struct keel_health *reg)
+{
+	char small[1024], *body = small;
+	size_t len = keel_health_render_json(reg, small, sizeof(small));
+
+	if (len >= sizeof(small)) {
+		body = malloc(len + 1);
+		if (!body)
+			return -ENOMEM;
+		/* Components may have changed meanwhile: cut, never overrun. */
+		size_t again = keel_health_render_json(reg, body, len + 1);
+
+		len = again < len ? again : len;
+	}
+	/* The status as rendered, so that the body and the code agree. */
+	static const char unhealthy[] = "{\"status\":\"unhealthy\"";
+	int status =
+	    strncmp(body, unhealthy, sizeof(unhealthy) - 1) ? 200 : 503;
+	int err = build_simple(c, x, status, "application/json", body, len);
+
+	if (body != small)
+		free(body);
+	return err;
+}
+
 static int build_error(struct keel__http_conn *c, struct keel_http_exchange *x,
 		       int status)
 {
@@ -531,6 +559,8 @@ static int build_inline(struct keel__http_conn *c, struct keel_http_exchange *x)
 		if (srv->draining)
 			return build_simple(c, x, 503, "text/plain",
 					    "draining\n", 9);
+		if (x->route->arg)
+			return build_health(c, x, x->route->arg);
 		return build_simple(c, x, 200, "text/plain", "ok\n", 3);
 	case KEEL__HTTP_R_METRICS: {
 		char *body = NULL;

@@ -477,3 +477,21 @@ int keel_http_route_health(struct keel_http_server *srv, const char *path)
 {
 	return add(srv, path, KEEL__HTTP_R_HEALTH);
 }
+
+int keel_http_route_health_registry(struct keel_http_server *srv,
+				    const char *path, struct keel_health *reg)
+{
+	struct keel__http_route r = {
+	    .method = (char *)"GET",
+	    .path = (char *)path,
+	    .path_len = path ? strlen(path) : 0,
+	    .flags = KEEL_HTTP_EXACT,
+	    .kind = KEEL__HTTP_R_HEALTH,
+	    .arg = reg,
+	    .root_fd = -1,
+	};
+
+	if (!srv || !path || !reg)
+		return -EINVAL;
+	return keel__http_route_add(srv, &r);
+}

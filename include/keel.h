@@ -18,6 +18,7 @@
 #ifndef KEEL_H
 #define KEEL_H
 
+#include <keel/health.h>
 #include <keel/io.h>
 #include <keel/limit.h>
 #include <keel/loop.h>

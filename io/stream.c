@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * stream.c: multishot recv and accept streams.
+ * stream.c: multishot recv, recvmsg (datagram) and accept streams.
  *
  * A stream is one ledger op (kind STREAM) that lives as long as the stream
  * is open, whether a multishot request is armed in the kernel or not. Every
@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <keel/io.h>
@@ -120,11 +121,12 @@ struct keel__stream_kind {
 
 /* A stream names its kind by index (one byte in the frame, where a
  * pointer would push an idle connection's frame into a larger class). */
-enum stream_kind_index { KIND_RECV, KIND_ACCEPT };
-static const struct keel__stream_kind recv_kind, accept_kind;
+enum stream_kind_index { KIND_RECV, KIND_ACCEPT, KIND_RECVMSG };
+static const struct keel__stream_kind recv_kind, accept_kind, recvmsg_kind;
 static const struct keel__stream_kind *const stream_kinds[] = {
     [KIND_RECV] = &recv_kind,
     [KIND_ACCEPT] = &accept_kind,
+    [KIND_RECVMSG] = &recvmsg_kind,
 };
 
 static struct keel_recv_stream *recv_of(struct keel__stream *s);
@@ -275,7 +277,7 @@ static void stream_notify(struct keel__stream *s)
 {
 	struct keel_recv_stream *r;
 
-	if (s->kind != KIND_RECV)
+	if (s->kind == KIND_ACCEPT)
 		return;
 	r = recv_of(s);
 	if (!r->notify)
@@ -662,6 +664,8 @@ int keel_recv_next(struct keel_task *t, struct keel_recv_stream *s,
 {
 	/* A chunk still held in `out` would be lost: give it back. */
 	keel_buf_release(out);
+	if (s->base.kind == KIND_RECVMSG)
+		return keel__task_ready(t, -EINVAL); /* keel_recvmsg_next */
 	return stream_next(t, &s->base, out);
 }
 
@@ -681,6 +685,8 @@ int keel_recv_stream_set_limit(struct keel_recv_stream *s, unsigned limit)
 int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out)
 {
 	keel_buf_release(out);
+	if (s->base.kind == KIND_RECVMSG)
+		return -EINVAL; /* its items are datagrams */
 	if (!s->base.op || !s->base.head)
 		return -EAGAIN;
 	return stream_pop(keel__io_of(s->base.task->loop), &s->base, out);
@@ -691,6 +697,131 @@ void keel_recv_stream_close(struct keel_recv_stream *s)
 	if (!s->base.op)
 		return;
 	stream_close(keel__io_of(s->base.task->loop), &s->base);
+}
+
+/* ---- datagram streams ----------------------------------------------- */
+
+/*
+ * A recv stream whose request is a multishot recvmsg: each CQE fills one
+ * buffer with a struct io_uring_recvmsg_out, the source address and the
+ * payload; taking it parses them. Everything else (queueing, -ENOBUFS
+ * parking, backpressure, close) is the recv stream's.
+ */
+static struct keel_recvmsg_stream *recvmsg_of(struct keel__stream *s)
+{
+	return keel_container_of(recv_of(s), struct keel_recvmsg_stream, rs);
+}
+
+static void recvmsg_prep(struct keel__io *io, struct keel__stream *s,
+			 struct io_uring_sqe *sqe)
+{
+	struct keel_recvmsg_stream *m = recvmsg_of(s);
+
+	(void)io;
+	/* MSG_TRUNC: the header's payloadlen is the datagram's full length
+	 * even when the buffer could not hold it. */
+	io_uring_prep_recvmsg_multishot(sqe, s->fd, &m->msg, MSG_TRUNC);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = keel__bufring_gid(m->rs.ring);
+}
+
+static void recvmsg_stopped(struct keel__io *io, struct keel__stream *s,
+			    int res, unsigned cqe_flags)
+{
+	/* No end of file on a datagram socket: a 0 without a buffer is the
+	 * receive side shut down. */
+	if (res == 0 && !(cqe_flags & IORING_CQE_F_BUFFER)) {
+		stream_end(s, -ESHUTDOWN);
+		return;
+	}
+	recv_stopped(io, s, res, cqe_flags);
+}
+
+static int recvmsg_take(struct keel__io *io, struct keel__stream *s,
+			struct keel__chunk *c, void *out)
+{
+	struct keel_datagram *d = out;
+	struct msghdr *msg = &recvmsg_of(s)->msg;
+	int len = recv_take(io, s, c, &d->buf);
+	struct io_uring_recvmsg_out *o =
+	    io_uring_recvmsg_validate(d->buf.data, len, msg);
+
+	if (!o) {
+		/* Shorter than the header and the name: never with a sane
+		 * kernel, as the stream refuses rings that small. */
+		keel_buf_release(&d->buf);
+		d->data = d->addr = NULL;
+		d->len = d->full_len = 0;
+		d->addrlen = 0;
+		d->flags = 0;
+		return -EFAULT;
+	}
+	d->data = io_uring_recvmsg_payload(o, msg);
+	d->len = io_uring_recvmsg_payload_length(o, len, msg);
+	d->full_len = o->payloadlen;
+	d->addrlen =
+	    o->namelen < msg->msg_namelen ? o->namelen : msg->msg_namelen;
+	d->addr = d->addrlen ? io_uring_recvmsg_name(o) : NULL;
+	d->flags = (int)o->flags;
+	if (d->full_len > d->len)
+		d->flags |= MSG_TRUNC;
+	return (int)d->len;
+}
+
+static const struct keel__stream_kind recvmsg_kind = {
+    .opcode = IORING_OP_RECVMSG,
+    .sockets = false,
+    .prep = recvmsg_prep,
+    .queue = recv_queue,
+    .stopped = recvmsg_stopped,
+    .restart = recv_restart,
+    .take = recvmsg_take,
+    .unpark = recv_unpark,
+    .release = recv_release,
+};
+
+int keel_recvmsg_stream_open(struct keel_task *t, struct keel_recvmsg_stream *s,
+			     int fd, struct keel_bufring *ring, unsigned flags)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+	struct keel_bufring_stats st;
+
+	s->rs.base.op = 0;
+	if (!ring || fd < 0 || flags)
+		return -EINVAL;
+	uint16_t gid = keel__bufring_gid(ring);
+
+	if (gid >= io->nbufrings || io->bufrings[gid] != ring)
+		return -EINVAL; /* another loop's ring */
+	/* One datagram per buffer, header first: an incremental ring would
+	 * pack several into one. */
+	keel_bufring_stats(ring, &st);
+	if (keel__bufring_incremental(ring) || st.size < 256)
+		return -EINVAL;
+	int err = stream_open(t, &s->rs.base, KIND_RECVMSG, fd, 0);
+
+	if (err)
+		return err;
+	memset(&s->msg, 0, sizeof(s->msg));
+	s->msg.msg_namelen = sizeof(struct sockaddr_storage);
+	s->rs.ring = ring;
+	s->rs.notify = NULL;
+	s->rs.starved.next = s->rs.starved.prev = NULL;
+	s->rs.base.limit = KEEL_RECV_QUEUE_DEFAULT;
+	keel__bufring_stream_ref(ring, 1);
+	return stream_start(io, &s->rs.base);
+}
+
+int keel_recvmsg_next(struct keel_task *t, struct keel_recvmsg_stream *s,
+		      struct keel_datagram *out)
+{
+	keel_buf_release(&out->buf);
+	return stream_next(t, &s->rs.base, out);
+}
+
+void keel_recvmsg_stream_close(struct keel_recvmsg_stream *s)
+{
+	keel_recv_stream_close(&s->rs);
 }
 
 /* ---- accept streams ------------------------------------------------- */

@@ -712,12 +712,15 @@ static int exec_send(struct sim_op *op, const void *buf, size_t len)
 		   : -ENOTSOCK;
 }
 
-/* SENDMSG: the iovecs gathered into one send. */
+/* SENDMSG: the iovecs gathered into one send (connected sockets only). */
 static int exec_sendmsg(struct sim_op *op)
 {
 	const struct msghdr *m = (const struct msghdr *)(uintptr_t)op->sqe.addr;
 	size_t len = 0, at = 0;
 
+	/* The model's sockets are streams: no datagrams to address. */
+	if (m->msg_name)
+		return -EOPNOTSUPP;
 	for (size_t i = 0; i < m->msg_iovlen; i++)
 		len += m->msg_iov[i].iov_len;
 	char *buf = malloc(len ? len : 1);

@@ -163,6 +163,9 @@ struct keel_sup {
 	bool exited;
 	int exit_status;
 	struct keel__list cmds; /* requests waiting (FIFO, under lock) */
+	/* keel_sup_observe()'s hook (under lock; called with it held). */
+	keel_sup_observer_fn observer;
+	void *observer_arg;
 
 	/* The supervisor's loop only. */
 	struct keel_task *task; /* NULL once its task is gone */

@@ -810,12 +810,50 @@ static void mark_restarting(struct keel_sup *s, struct keel__sup_child *ch,
 	unlock(s);
 }
 
+/* Tell the observer, if any (with the lock held, so that removing it
+ * waits for a call in progress). */
+static void observe(struct keel_sup *s, enum keel_sup_event_kind kind,
+		    const struct keel__sup_child *ch)
+{
+	if (!s->observer)
+		return;
+	struct keel_sup_event ev = {
+	    .kind = kind,
+	    .sup_name = s->name,
+	    .child = ch ? ch->spec.name : NULL,
+	    .id = ch ? ch->id : (struct keel_child_id){0, 0},
+	    .restarts = ch ? ch->restarts : 0,
+	    .period_ns = s->period_ns,
+	};
+	s->observer(s->observer_arg, s, &ev);
+}
+
+int keel_sup_observe(struct keel_sup *s, keel_sup_observer_fn fn, void *arg)
+{
+	int err = 0;
+
+	if (!s)
+		return -EINVAL;
+	lock(s);
+	if (fn && s->observer)
+		err = -EBUSY;
+	else if (!fn && s->observer_arg != arg)
+		err = -ENOENT;
+	else {
+		s->observer = fn;
+		s->observer_arg = fn ? arg : NULL;
+	}
+	unlock(s);
+	return err;
+}
+
 static void escalate(struct keel_sup *s)
 {
 	struct keel__core *c = keel__core_of(s->loop);
 
 	lock(s);
 	s->escalated = true;
+	observe(s, KEEL_SUP_EV_ESCALATE, NULL);
 	unlock(s);
 	KEEL__TRACE(c, KEEL_EV_SUP_ESCALATE, 0, s->task->id,
 		    keel__trace_str_once(c, s->name), 0);
@@ -853,6 +891,7 @@ static bool sup_restart(struct keel_sup *s, struct keel__sup_child *ch)
 	ch->restarts++;
 	s->restarts++;
 	ch->backoff_ns = backoff_delay(s, ch);
+	observe(s, KEEL_SUP_EV_RESTART, ch);
 	unlock(s);
 	KEEL__TRACE(c, KEEL_EV_SUP_RESTART, 0, s->task->id,
 		    keel__trace_str_once(c, ch->spec.name), ch->restarts);

@@ -25,7 +25,9 @@
  *   response, request accessors;
  * - timeouts: idle keep-alive, header (slowloris); the drain (idle
  *   connections closed at once, an in-flight request completes with
- *   "Connection: close", the loop ends).
+ *   "Connection: close", the loop end);
+ * - /health from a health registry: JSON, 200 while healthy or degraded,
+ *   503 when a component is unhealthy.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -1445,4 +1447,52 @@ Test(http, idle_keep_alive_connection_has_no_task_extension, .timeout = 30)
 	for (int i = 0; i < IDLE_N; i++)
 		cl_close(fds[i]);
 	server_stop(&s, NULL);
+}
+
+/* ---- /health from a registry ------------------------------------------ */
+
+Test(http, health_registry_route_serves_json_and_503_when_unhealthy,
+     .timeout = 20)
+{
+	struct server s = {.srv = server_new(NULL)};
+	struct keel_health *reg;
+	struct resp r;
+	static const char req[] = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+	cr_assert_eq(keel_health_new(&reg), 0);
+	cr_assert_eq(keel_http_route_health_registry(s.srv, "/health", reg), 0);
+	cr_expect_eq(keel_http_route_health_registry(s.srv, "/h2", NULL),
+		     -EINVAL);
+	server_start(&s);
+	int fd = cl_connect(s.port);
+
+	/* Reported from this thread while the server's loop reads it. */
+	SEND(fd, req);
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cr_expect(strstr(r.head, "\r\nContent-Type: application/json\r\n"),
+		  "%s", r.head);
+	cr_expect_str_eq(r.body, "{\"status\":\"healthy\",\"components\":[]}");
+
+	keel_health_set(reg, "db", KEEL_HEALTH_DEGRADED, "replica lag 3 s");
+	SEND(fd, req);
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200, "degraded still serves");
+	cr_expect(strstr(r.body, "\"reason\":\"replica lag 3 s\""), "%s",
+		  r.body);
+
+	keel_health_set(reg, "queue", KEEL_HEALTH_UNHEALTHY, "broker gone");
+	SEND(fd, req);
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 503);
+	cr_expect_eq(strncmp(r.body, "{\"status\":\"unhealthy\"", 21), 0, "%s",
+		     r.body);
+
+	keel_health_set(reg, "queue", KEEL_HEALTH_HEALTHY, NULL);
+	SEND(fd, req);
+	cr_assert(cl_read(fd, &r, false));
+	cr_expect_eq(r.status, 200);
+	cl_close(fd);
+	server_stop(&s, NULL);
+	keel_health_free(reg);
 }

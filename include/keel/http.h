@@ -222,6 +222,12 @@ int keel_http_route_files(struct keel_http_server *srv, const char *path,
 int keel_http_route_metrics(struct keel_http_server *srv, const char *path);
 /* 200 "ok\n" while serving, 503 "draining\n" during a drain. */
 int keel_http_route_health(struct keel_http_server *srv, const char *path);
+/* The health registry's JSON (keel_health_render_json, keel/health.h):
+ * 200 while it is healthy or degraded, 503 when unhealthy, and 503
+ * "draining\n" during a drain. The registry must outlive the server. */
+struct keel_health;
+int keel_http_route_health_registry(struct keel_http_server *srv,
+				    const char *path, struct keel_health *reg);
 
 /* ---- inside a handler task: the request ------------------------------- */
 

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * keel/io.h: operations on the ring (files, sockets, splice, deadlines),
- * provided-buffer rings with multishot recv and accept streams, and the
- * socket helpers.
+ * provided-buffer rings with multishot recv, recvmsg and accept streams,
+ * and the socket helpers (TCP, UDP, Unix).
  */
 #ifndef KEEL_IO_H
 #define KEEL_IO_H
@@ -218,6 +218,30 @@ void keel_loop_set_zc_threshold(struct keel_loop *loop, size_t bytes);
  */
 int keel_sendmsg_all(struct keel_task *t, int fd, struct msghdr *msg,
 		     int flags);
+
+/*
+ * recvmsg(2) / sendmsg(2), once each: one datagram with its address (a
+ * UDP or Unix datagram socket), or one read/write of a stream socket.
+ * keel_recvmsg fills msg->msg_name (msg_namelen is set to the address's
+ * length), the iovecs and msg_flags (MSG_TRUNC: the datagram was longer
+ * than the iovecs; pass MSG_TRUNC in `flags` to get its full length as the
+ * result). keel_sendmsg sends to msg->msg_name (NULL on a connected
+ * socket); a datagram goes whole or not at all. Result: bytes or -errno;
+ * -EOPNOTSUPP on a backend without the op (the simulated kernel, keel/sim.h,
+ * has no datagram sockets).
+ * Ownership: `msg`, its name, iovecs, buffers and control data belong to
+ * the kernel until the result is delivered: keep them in the task's frame.
+ */
+int keel_recvmsg(struct keel_task *t, int fd, struct msghdr *msg, int flags);
+int keel_sendmsg(struct keel_task *t, int fd, const struct msghdr *msg,
+		 int flags);
+
+/*
+ * shutdown(2) through the ring: SHUT_RD, SHUT_WR (send a FIN after what is
+ * queued; the peer's recv gets 0) or SHUT_RDWR. Result: 0 or -errno.
+ * Ownership: nothing changes hands; `fd` stays the caller's (close it).
+ */
+int keel_shutdown(struct keel_task *t, int fd, int how);
 
 /*
  * splice(2) / tee(2): move up to `len` bytes between a pipe and another fd
@@ -441,6 +465,67 @@ void keel_recv_stream_notify(struct keel_recv_stream *s,
  */
 void keel_recv_stream_close(struct keel_recv_stream *s);
 
+/* ---- datagram streams ----------------------------------------------- */
+
+/*
+ * A multishot recvmsg on a datagram socket (UDP, Unix SOCK_DGRAM) into a
+ * buffer ring: every datagram lands in one ring buffer with its source
+ * address, and the task takes them one by one with keel_recvmsg_next().
+ * The ring's life cycle, -ENOBUFS re-arm, backpressure
+ * (keel_recv_stream_set_limit(&s->rs, n)) and notify hook are a recv
+ * stream's; each buffer holds a 16-byte header and up to
+ * sizeof(struct sockaddr_storage) bytes of address before the payload, so
+ * a datagram longer than the ring's size minus 144 bytes is truncated
+ * (MSG_TRUNC, with its full length reported).
+ */
+struct keel_recvmsg_stream {
+	struct keel_recv_stream rs;
+	struct msghdr msg; /* what the kernel reads at each arm (private) */
+};
+
+/* A received datagram, lent to the task. */
+struct keel_datagram {
+	struct keel_buf buf; /* its ring buffer: keel_buf_release(&buf) */
+	const void *data;    /* the payload (inside buf) */
+	uint32_t len;	     /* payload bytes in `data` */
+	uint32_t full_len;   /* the datagram's length as sent */
+	const struct sockaddr *addr; /* the source (inside buf), or NULL */
+	socklen_t addrlen;
+	int flags; /* MSG_TRUNC: longer than the room in the buffer */
+};
+
+/*
+ * Open a datagram stream on socket `fd` for task `t`, receiving into
+ * `ring` (of t's loop, not incremental, at least 256-byte buffers), and
+ * arm it. Returns 0 or a negative errno (-EINVAL: a ring of another loop,
+ * an incremental ring or small buffers; -EOPNOTSUPP: no multishot recvmsg
+ * (Linux 6.0) or a backend without it, such as the simulated kernel;
+ * -ENOMEM; the task's cancellation cause).
+ * Ownership: as keel_recv_stream_open(): `s` is in t's frame and belongs
+ * to t; `fd` and `ring` stay the caller's and must outlive the stream.
+ */
+int keel_recvmsg_stream_open(struct keel_task *t, struct keel_recvmsg_stream *s,
+			     int fd, struct keel_bufring *ring, unsigned flags);
+
+/*
+ * Await the next datagram into `*out` (one `*out` still holds is released
+ * first; a new keel_datagram must be zeroed): keel_res() is its payload
+ * length (>= 0: an empty datagram is 0) or a negative errno that ends the
+ * stream (the task's cancellation cause, -ESHUTDOWN after shutdown(2) of
+ * the receive side, another error of the socket).
+ * Ownership: the buffer in out->buf is lent to the task until
+ * keel_buf_release(&out->buf) (or the next keel_recvmsg_next into it);
+ * out->data and out->addr point into it.
+ */
+int keel_recvmsg_next(struct keel_task *t, struct keel_recvmsg_stream *s,
+		      struct keel_datagram *out);
+
+/* Close the stream: cancel the recvmsg, give back the queued buffers; the
+ * socket stays open. Safe to call twice.
+ * Ownership: datagrams already taken stay lent until released.
+ */
+void keel_recvmsg_stream_close(struct keel_recvmsg_stream *s);
+
 /* ---- accept streams ------------------------------------------------- */
 
 /* Lives in the task's frame; fields are private. */
@@ -509,6 +594,46 @@ int keel_net_parse_addr(const char *host, uint16_t port,
  */
 int keel_tcp_listen(const char *host, uint16_t port, int backlog,
 		    unsigned flags);
+
+/*
+ * A UDP socket for `family` (close-on-exec), or a negative errno.
+ * Ownership: the caller owns the new fd.
+ */
+int keel_udp_socket(int family);
+
+/*
+ * socket + (SO_REUSEPORT) + bind: a UDP socket on a numeric address
+ * ("127.0.0.1", "::1"; port 0 for any, see keel_net_local_port). flags: 0
+ * or KEEL_NET_REUSEPORT. Returns the fd (close-on-exec) or a negative
+ * errno.
+ * Ownership: the caller owns the fd.
+ */
+int keel_udp_bind(const char *host, uint16_t port, unsigned flags);
+
+/* keel_unix_listen() flags */
+#define KEEL_NET_UNLINK_STALE                                                  \
+	0x2u /* remove a socket file nothing listens on                        \
+	      * (never a live one, never another kind of file) */
+
+/*
+ * An AF_UNIX address for connect or bind: a path, or "@name" for Linux's
+ * abstract namespace (no file; gone with the last socket). Returns 0,
+ * -EINVAL (empty) or -ENAMETOOLONG (more than 107 bytes).
+ * Ownership: writes into the caller's `ss` and `len`.
+ */
+int keel_unix_addr(const char *path, struct sockaddr_storage *ss,
+		   socklen_t *len);
+
+/*
+ * socket + bind + listen on a Unix stream socket at `path` (or "@name",
+ * abstract). With KEEL_NET_UNLINK_STALE, a socket file left behind by a
+ * process that is gone is removed first: only if it is a socket and a
+ * connect to it is refused; a live listener or any other file gives
+ * -EADDRINUSE. Returns the listening fd (close-on-exec) or a negative
+ * errno. The caller removes the path when done (unlink(2)).
+ * Ownership: the caller owns the fd and the socket file.
+ */
+int keel_unix_listen(const char *path, int backlog, unsigned flags);
 
 /*
  * The port a bound socket got (for port 0), or a negative errno.

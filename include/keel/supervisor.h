@@ -692,6 +692,40 @@ int keel_sup_dump(struct keel_sup *sup, int fd);
 size_t keel_sup_metrics_render(struct keel_sup *const *sups, unsigned n,
 			       char *buf, size_t len);
 
+/*
+ * Be told of a supervisor's restart decisions (for health reporting,
+ * keel/health.h): `fn` is called on the supervisor's loop thread when it
+ * decides to restart a child (KEEL_SUP_EV_RESTART, after the intensity
+ * check passed) and when it escalates (KEEL_SUP_EV_ESCALATE: intensity
+ * exceeded, it stops its children and exits with -ESHUTDOWN). It runs
+ * with the supervisor's lock held: it must be short, must not block and
+ * must not call keel_sup_* on this supervisor. One observer per
+ * supervisor: -EBUSY if one is set. fn NULL removes the observer set
+ * with `arg` (-ENOENT if that is not it); once that returns, `fn` is not
+ * running and will not be called again. Any thread. Returns 0 or a
+ * negative errno.
+ * Ownership: `ev` and its strings are valid during the call only; `arg`
+ * stays the caller's and must stay valid until the observer is removed.
+ */
+enum keel_sup_event_kind {
+	KEEL_SUP_EV_RESTART = 1,
+	KEEL_SUP_EV_ESCALATE = 2,
+};
+
+struct keel_sup_event {
+	enum keel_sup_event_kind kind;
+	const char *sup_name;	 /* the supervisor's name */
+	const char *child;	 /* RESTART: the child's name; else NULL */
+	struct keel_child_id id; /* RESTART: the child */
+	uint32_t restarts;	 /* RESTART: the child's restarts so far */
+	uint64_t period_ns;	 /* the supervisor's restart period */
+};
+
+typedef void (*keel_sup_observer_fn)(void *arg, struct keel_sup *sup,
+				     const struct keel_sup_event *ev);
+
+int keel_sup_observe(struct keel_sup *sup, keel_sup_observer_fn fn, void *arg);
+
 /* ---- inside a start function --------------------------------------------- */
 
 /*
