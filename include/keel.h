@@ -3,12 +3,13 @@
  * keel.h: the whole public API of keel, an io_uring-native reactor framework.
  *
  * One io_uring ring per thread drives stackless state-machine tasks. The
- * nine headers follow the layers, lowest first:
+ * ten headers follow the layers, lowest first:
  *   keel/task.h        tasks, resume macros, abort frames, tokens, scopes
  *   keel/sync.h        mailboxes, oneshot, broadcast, semaphore, mutex...
  *   keel/loop.h        the loop, timers, the runtime, dumps and metrics
  *   keel/io.h          ops, buffer rings, recv/accept streams, sockets
  *   keel/supervisor.h  actors and supervision trees
+ *   keel/health.h      a health registry, rendered as JSON
  *   keel/resilience.h  circuit breaker, retry with backoff
  *   keel/limit.h       rate limiter, bulkhead, load shedding
  *   keel/trace.h       the tracer and its file format
