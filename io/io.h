@@ -122,6 +122,7 @@ struct keel__io_counters {
 	uint64_t accept_backoffs;  /* accept streams paused by EMFILE & co */
 	uint64_t bufs_lent;	   /* buffers handed to tasks */
 	uint64_t faults_injected;  /* io/inject.c */
+	uint64_t ops_refused;	   /* io/restrict.c */
 };
 
 /* A queued stream item: a received chunk, or an accepted fd (len). */
@@ -150,6 +151,9 @@ struct keel__io {
 	/* keel_op_timeout(): a deadline for the next op of this task. */
 	struct keel_task *timeout_task;
 	uint64_t timeout_ns;
+	/* The kernel enforces ring restrictions (io/restrict.c): ops are
+	 * checked against ops_allowed before they take an SQE. */
+	bool restricted;
 	unsigned setup_flags;
 	unsigned features;
 	unsigned sq_entries;
@@ -173,6 +177,11 @@ struct keel__io {
 	uint32_t files;	       /* direct descriptor slots registered */
 	/* Fault injection (io/inject.c): NULL when off, the usual case. */
 	struct keel__inject *inject;
+	/* Ring restrictions (io/restrict.c). restrict_ops: the KEEL_OPS_*
+	 * asked for (KEEL_LOOP_RESTRICT or KEEL_RESTRICT), 0: none. */
+	unsigned restrict_ops;
+	uint32_t regs_allowed;	 /* bit per IORING_REGISTER_* */
+	uint64_t ops_allowed[2]; /* bit per IORING_OP_* */
 };
 
 static inline struct keel__io *keel__io_of(struct keel_loop *loop)
@@ -275,6 +284,31 @@ void keel__inject_fini(struct keel__io *io);
 static inline void keel__io_enter_update(struct keel__io *io)
 {
 	io->enter_slow = io->backend || io->inject;
+}
+
+/*
+ * Ring restrictions (io/restrict.c). keel__restrict_plan(): what the
+ * options (or KEEL_RESTRICT) ask for, before the ring is set up (-EINVAL:
+ * bad options or variable). keel__restrict_apply(): on a ring set up with
+ * IORING_SETUP_R_DISABLED, register the restrictions and enable it (on a
+ * backend's ring: note that they do not apply). keel__restrict_refuse():
+ * count a refused op or registration; returns -EACCES, the kernel's
+ * answer. keel__restrict_describe(): the describe text's tail.
+ */
+int keel__restrict_plan(struct keel__io *io, const struct keel_loop_opts *opts);
+int keel__restrict_apply(struct keel__io *io);
+int keel__restrict_refuse(struct keel__io *io);
+size_t keel__restrict_describe(const struct keel__io *io, char *buf,
+			       size_t len);
+
+/* Await `fd` readable (one POLL_ADD): for keel's own reads of descriptors
+ * on rings that refuse READ (the runtime's signalfd, sched/runtime.c). */
+int keel__poll_in(struct keel_task *t, int fd);
+
+static inline bool keel__op_allowed(const struct keel__io *io, unsigned opcode)
+{
+	return opcode < 128 &&
+	       (io->ops_allowed[opcode / 64] >> (opcode % 64) & 1);
 }
 
 /* io_uring_register() through the backend (see backend.h). */

@@ -156,6 +156,13 @@ struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
 		*err = cause;
 		goto fail;
 	}
+	/* A restricted ring's kernel would refuse it: so does keel, before
+	 * it takes an SQE (io/restrict.c). */
+	if (__builtin_expect(io->restricted, 0) &&
+	    !keel__op_allowed(io, opcode)) {
+		*err = keel__restrict_refuse(io);
+		goto fail;
+	}
 	/* The op and its linked timeout must be adjacent in the SQ. */
 	keel__io_reserve(io, linked ? 2u : 1u);
 	struct io_uring_sqe *sqe = keel__io_sqe(io);

@@ -8,6 +8,7 @@
 #include "io.h"
 
 #include <errno.h>
+#include <poll.h>
 
 /* Begin an op or return its error; binds `sqe` and `op` in the caller. */
 #define OP_BEGIN(t, opcode, kind)                                              \
@@ -345,5 +346,13 @@ int keel_tee(struct keel_task *t, int fd_in, int fd_out, unsigned len,
 	flags = splice_in_flags(&fd_in, flags);
 	io_uring_prep_tee(sqe, fd_in, fd_out, len, flags);
 	op->fd = fd_in;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel__poll_in(struct keel_task *t, int fd)
+{
+	OP_BEGIN(t, IORING_OP_POLL_ADD, KEEL__OP_KERNEL);
+	io_uring_prep_poll_add(sqe, fd, POLLIN);
+	op->fd = fd;
 	return keel__op_commit(t, op, sqe);
 }

@@ -146,7 +146,8 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 	size_t ntries = sizeof(try_default) / sizeof(try_default[0]);
 	int err = -EINVAL;
 
-	if (flags & ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER))
+	if (flags &
+	    ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER | KEEL_LOOP_RESTRICT))
 		return -EINVAL;
 	/* Checked here: the kernel's -EINVAL would read as a missing flag. */
 	if (sq > KEEL__MAX_SQ || cq < sq || cq > KEEL__MAX_CQ)
@@ -161,6 +162,12 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 	io->downgrades[0] = '\0';
 	io->event_fd = -1;
 	io->zc_threshold = 16384;
+	/* Ring restrictions (io/restrict.c): the ring starts disabled. */
+	err = keel__restrict_plan(io, opts);
+	if (err)
+		return err;
+	unsigned r_disabled = io->restrict_ops ? IORING_SETUP_R_DISABLED : 0;
+
 	if (backend) {
 		err = backend_init(io, backend, sq, cq);
 		if (err)
@@ -171,7 +178,7 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 		struct io_uring_params p;
 
 		memset(&p, 0, sizeof(p));
-		p.flags = tries[i].flags | IORING_SETUP_CQSIZE;
+		p.flags = tries[i].flags | IORING_SETUP_CQSIZE | r_disabled;
 		p.cq_entries = cq;
 		if (tries[i].dropped)
 			note_downgrade(io, tries[i].dropped);
@@ -196,6 +203,11 @@ ready:
 		note_downgrade(io, "no FEAT_NODROP (needs Linux 5.5): a CQ "
 				   "overflow could lose completions");
 	keel__io_install_hooks(io);
+	/* Restrictions: registered and the ring enabled, or noted as not
+	 * applying to a backend. On error keel__io_fini() tears down. */
+	err = keel__restrict_apply(io);
+	if (err)
+		return err;
 	return keel__ledger_init(&io->ledger);
 }
 
@@ -292,6 +304,9 @@ int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
 {
 	struct io_uring *ring = &io->ring;
 
+	if (io->restricted &&
+	    (opcode >= 32 || !(io->regs_allowed >> opcode & 1)))
+		return keel__restrict_refuse(io);
 	if (io->backend)
 		return io->backend->reg(io->backend, ring, opcode, arg,
 					nr_args);
@@ -349,7 +364,8 @@ int keel_loop_has_op(const struct keel_loop *loop, unsigned opcode)
 	const struct keel__io *io = (const struct keel__io *)loop;
 
 	return opcode < 128 &&
-	       (io->ops_supported[opcode / 64] >> (opcode % 64) & 1);
+	       (io->ops_supported[opcode / 64] >> (opcode % 64) & 1) &&
+	       (!io->restricted || keel__op_allowed(io, opcode));
 }
 
 const char *keel_loop_explain(int err)
@@ -374,9 +390,10 @@ const char *keel_loop_explain(int err)
 	case -EINVAL:
 		return "invalid loop options: sq_entries must be at most "
 		       "32768, "
-		       "cq_entries between sq_entries and 65536, and flags "
-		       "only "
-		       "KEEL_LOOP_*";
+		       "cq_entries between sq_entries and 65536, flags "
+		       "only KEEL_LOOP_*, restrict_ops only KEEL_OPS_* and "
+		       "with KEEL_LOOP_RESTRICT (and KEEL_RESTRICT, if set, "
+		       "1, all, 0 or a list of net, files, pipes)";
 	case -EMFILE:
 	case -ENFILE:
 		return "out of file descriptors for the io_uring ring: raise "
@@ -400,6 +417,16 @@ static const struct {
     {IORING_SETUP_DEFER_TASKRUN, "DEFER_TASKRUN"},
 };
 
+/* Ring restrictions' part of the description (io/restrict.c), after `w`. */
+static size_t describe_tail(const struct keel__io *io, char *buf, size_t len,
+			    int w)
+{
+	size_t n = w < 0 ? 0 : (size_t)w;
+
+	return n + keel__restrict_describe(io, n < len ? buf + n : NULL,
+					   n < len ? len - n : 0);
+}
+
 size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len)
 {
 	const struct keel__io *io = (const struct keel__io *)loop;
@@ -419,7 +446,7 @@ size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len)
 		    io->features & IORING_FEAT_NODROP ? " NODROP" : "",
 		    io->features & IORING_FEAT_EXT_ARG ? " EXT_ARG" : "",
 		    io->features & IORING_FEAT_CQE_SKIP ? " CQE_SKIP" : "");
-		return w < 0 ? 0 : (size_t)w;
+		return describe_tail(io, buf, len, w);
 	}
 	int w = snprintf(
 	    buf, len,
@@ -431,5 +458,5 @@ size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len)
 	    io->features & IORING_FEAT_CQE_SKIP ? " CQE_SKIP" : "",
 	    io->ring_fd_registered ? "yes" : "no",
 	    io->downgrades[0] ? io->downgrades : "none");
-	return w < 0 ? 0 : (size_t)w;
+	return describe_tail(io, buf, len, w);
 }

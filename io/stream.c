@@ -415,6 +415,8 @@ static int stream_open(struct keel_task *t, struct keel__stream *s,
 	if (!(io->ops_supported[kind->opcode / 64] &
 	      (1ull << (kind->opcode % 64))))
 		return -EOPNOTSUPP;
+	if (io->restricted && !keel__op_allowed(io, kind->opcode))
+		return keel__restrict_refuse(io);
 	if (cause)
 		return cause;
 	struct keel__op *op =

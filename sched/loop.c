@@ -561,6 +561,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->bufs_in_use = keel__bufrings_in_use(io);
 	out->faults_injected = io->count.faults_injected;
 	out->frames_live = c->alloc.live;
+	out->ops_refused = io->count.ops_refused;
 }
 
 /*

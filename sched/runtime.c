@@ -442,6 +442,7 @@ struct signal_task {
 	struct keel_task task;
 	struct keel_runtime *rt;
 	int fd;
+	int res;
 	struct signalfd_siginfo si;
 };
 
@@ -455,15 +456,38 @@ static void dump_all(struct keel_runtime *rt)
 	}
 }
 
+/* A restricted ring without KEEL_OPS_FILES (io/restrict.c). */
+static bool reads_refused(struct keel_loop *loop)
+{
+	return loop->io.restricted &&
+	       !keel__op_allowed(&loop->io, IORING_OP_READ);
+}
+
 static int signal_step(struct keel_task *t)
 {
 	struct signal_task *s = keel_container_of(t, struct signal_task, task);
 
 	KEEL_BEGIN(t);
 	for (;;) {
-		KEEL_AWAIT(t, keel_read(t, s->fd, &s->si, sizeof(s->si),
-					KEEL_OFF_CURRENT));
-		if (keel_res(t) != (int)sizeof(s->si))
+		if (!reads_refused(t->loop)) {
+			KEEL_AWAIT(t, keel_read(t, s->fd, &s->si, sizeof(s->si),
+						KEEL_OFF_CURRENT));
+			s->res = keel_res(t);
+		} else {
+			/* A restricted ring that refuses reads (net only):
+			 * wait for readiness, then read it here (the fd is
+			 * nonblocking then). */
+			KEEL_AWAIT(t, keel__poll_in(t, s->fd));
+			s->res = keel_res(t);
+			if (s->res >= 0) {
+				ssize_t n = read(s->fd, &s->si, sizeof(s->si));
+
+				s->res = n < 0 ? -errno : (int)n;
+				if (s->res == -EAGAIN)
+					continue;
+			}
+		}
+		if (s->res != (int)sizeof(s->si))
 			break; /* cancelled: the runtime is shutting down */
 		if (s->si.ssi_signo == SIGUSR1) {
 			dump_all(s->rt);
@@ -504,7 +528,10 @@ int keel_runtime_run(struct keel_runtime *rt,
 		sigset_t set;
 
 		runtime_signals(&set);
-		int fd = signalfd(-1, &set, SFD_CLOEXEC);
+		/* Nonblocking when the signal task must read it itself. */
+		int fd = signalfd(
+		    -1, &set,
+		    SFD_CLOEXEC | (reads_refused(loop0) ? SFD_NONBLOCK : 0));
 
 		if (fd < 0)
 			return -errno;

@@ -30,6 +30,18 @@ struct keel_loop;
 /* keel_loop_opts.flags */
 #define KEEL_LOOP_SQPOLL   0x1u /* kernel SQ polling thread (opt-in) */
 #define KEEL_LOOP_NO_DEFER 0x2u /* do not ask for DEFER_TASKRUN */
+#define KEEL_LOOP_RESTRICT 0x4u /* a least-privilege ring: restrict_ops */
+
+/*
+ * keel_loop_opts.restrict_ops: the op classes a KEEL_LOOP_RESTRICT ring
+ * allows (0: all of them, every op keel offers). Keel's own machinery
+ * (nop, close, cancels, linked timeouts, cross-loop posts) is always
+ * allowed; a sleep or timer needs no kernel op. See keel_loop_create(3).
+ */
+#define KEEL_OPS_NET 0x1u /* socket, accept, connect, send, recv, streams */
+#define KEEL_OPS_FILES                                                         \
+	0x2u /* openat, read, write, readv, writev, fsync, statx */
+#define KEEL_OPS_PIPES 0x4u /* splice, tee */
 
 struct keel_loop_opts {
 	unsigned sq_entries; /* submission queue size (default 256) */
@@ -54,6 +66,8 @@ struct keel_loop_opts {
 	 * off by default.
 	 */
 	unsigned batch_wait_ns;
+	/* With KEEL_LOOP_RESTRICT: KEEL_OPS_* allowed, 0: every class. */
+	unsigned restrict_ops;
 };
 
 /*
@@ -156,7 +170,8 @@ const char *keel_loop_explain(int err);
 size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len);
 
 /*
- * Whether the kernel supports an io_uring opcode (IORING_OP_*).
+ * Whether the kernel supports an io_uring opcode (IORING_OP_*) and, on a
+ * restricted ring (KEEL_LOOP_RESTRICT), the ring allows it.
  * Ownership: reads the loop; nothing changes hands.
  */
 int keel_loop_has_op(const struct keel_loop *loop, unsigned opcode);
@@ -218,6 +233,9 @@ struct keel_loop_stats {
 	/* Frames (and waiters) of the loop's allocator not yet freed: 0
 	 * once every task has exited and the kernel returned its ops. */
 	uint64_t frames_live;
+	/* Ops and registrations a restricted ring refused (KEEL_LOOP_RESTRICT)
+	 * before they reached the kernel. */
+	uint64_t ops_refused;
 };
 
 /*
