@@ -146,6 +146,8 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 	size_t ntries = sizeof(try_default) / sizeof(try_default[0]);
 	int err = -EINVAL;
 
+	/* First: a create that fails the checks below still runs fini. */
+	io->event_fd = -1;
 	if (flags &
 	    ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER | KEEL_LOOP_RESTRICT))
 		return -EINVAL;
@@ -160,7 +162,6 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 		ntries = sizeof(try_no_defer) / sizeof(try_no_defer[0]);
 	}
 	io->downgrades[0] = '\0';
-	io->event_fd = -1;
 	io->zc_threshold = 16384;
 	/* Ring restrictions (io/restrict.c): the ring starts disabled. */
 	err = keel__restrict_plan(io, opts);

@@ -164,12 +164,16 @@ Test(loop, create_under_seccomp_denying_io_uring_gives_eperm, .timeout = 10)
 static void expect_create_error(const struct keel_loop_opts *opts, int want)
 {
 	struct keel_loop *loop = NULL;
+	int fd0 = fcntl(0, F_GETFD);
 	int err = keel_loop_create(&loop, opts);
 
 	if (err == 0)
 		keel_loop_destroy(loop);
 	cr_assert_eq(err, want, "keel_loop_create gave %d, expected %d", err,
 		     want);
+	/* A refused create closes nothing of the caller's (it once closed
+	 * fd 0: its eventfd number was not yet set when it cleaned up). */
+	cr_assert_eq(fcntl(0, F_GETFD) >= 0, fd0 >= 0, "fd 0 was closed");
 }
 
 Test(loop, sq_entries_beyond_kernel_max_give_einval, .timeout = 10)
