@@ -155,6 +155,10 @@ struct keel_tls_stats {
 	uint64_t ktls;		 /* connections handed to the kernel's TLS */
 	uint64_t bytes_in;	 /* plaintext received */
 	uint64_t bytes_out;	 /* plaintext sent */
+	/* connections that stayed on memory BIOs where kTLS was planned
+	 * (a cipher the kernel does not take, data already read past the
+	 * handshake, the kernel refused the keys) */
+	uint64_t ktls_fallbacks;
 };
 
 /*
