@@ -17,15 +17,28 @@
  * TLS 1.2 with ECDHE-ECDSA-AES128-GCM-SHA256 and
  * ECDHE-ECDSA-CHACHA20-POLY1305.
  * And the refusals: records of the peer already read past the handshake
- * (-EBUSY), a TLS 1.3 client with tickets, kTLS off; describe and
- * REQUIRE when the kernel (pretends to) take keys.
+ * (-EBUSY), kTLS off; describe and REQUIRE when the kernel (pretends to)
+ * take keys.
+ *
+ * Streams over loopback TCP with a plain OpenSSL client in a thread, the
+ * seam standing in for setsockopt: the keel server reads the handshake a
+ * record at a time, so the client's records written right after it stay
+ * in the socket; the keys go to the seam; from there keel_tls_recv and
+ * keel_tls_send move the socket's bytes as they are (with no kernel TLS
+ * here they are records, which the test opens and seals with the keys
+ * the seam got), and keel_tls_shutdown sends its alert. A refused
+ * hand-off leaves the connection on OpenSSL (an echo works, counted in
+ * ktls_fallbacks); with REQUIRE it fails the handshake.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
@@ -53,6 +66,7 @@ static void setup(void)
 	snprintf(cert, sizeof(cert), "%s/k.pem", dir);
 	snprintf(key, sizeof(key), "%s/k.key", dir);
 	keel__tls_ktls_force = true;
+	signal(SIGPIPE, SIG_IGN); /* a client writing to a closed server */
 }
 
 static void teardown(void)
@@ -352,9 +366,8 @@ static size_t seal_record(struct keys *k, const void *data, size_t len,
 	cr_assert_eq(EVP_EncryptUpdate(c, NULL, &n, aad, (int)aad_len), 1);
 	cr_assert_eq(EVP_EncryptUpdate(c, p, &n, inner, (int)in_len), 1);
 	cr_assert_eq(EVP_EncryptFinal_ex(c, p + n, &m), 1);
-	cr_assert_eq(EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, 16,
-					 p + n + m),
-		     1);
+	cr_assert_eq(
+	    EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, 16, p + n + m), 1);
 	EVP_CIPHER_CTX_free(c);
 	k->seq++;
 	return 5 + body;
@@ -376,8 +389,8 @@ static void hand_off(uint16_t version, const char *suite, unsigned type,
 
 	pair_init(p, version, suite, KEEL_TLS_KTLS_AUTO);
 	handshake(p, NULL);
-	cr_assert_eq(keel__tls_ktls_keys(p->srv, &tx, &rx, &len, &why), 0,
-		     "%s", why);
+	cr_assert_eq(keel__tls_ktls_keys(p->srv, &tx, &rx, &len, &why), 0, "%s",
+		     why);
 	cr_assert_eq(tx.info.cipher_type, type);
 	cr_assert_eq(rx.info.cipher_type, type);
 	cr_assert_eq(tx.info.version, version);
@@ -409,8 +422,9 @@ static void hand_off(uint16_t version, const char *suite, unsigned type,
 	else if (tx.info.cipher_type == TLS_CIPHER_AES_GCM_256)
 		memcpy(explicit, tx.gcm256.iv, 8);
 	for (int i = 0; i < 2; i++) {
-		const char *msg = i ? "from the kernel, again" : "from the "
-								 "kernel";
+		const char *msg = i ? "from the kernel, again"
+				    : "from the "
+				      "kernel";
 		size_t n = seal_record(&ktx, msg, strlen(msg), explicit, rec);
 
 		cr_assert_eq(BIO_write(p->c_in, rec, (int)n), (int)n);
@@ -468,8 +482,7 @@ Test(ktls, records_read_past_the_handshake_keep_it_in_openssl)
 	pair_init(p, KEEL_TLS_1_3, "TLS_AES_128_GCM_SHA256",
 		  KEEL_TLS_KTLS_AUTO);
 	handshake(p, "with the Finished");
-	cr_assert_eq(keel__tls_ktls_keys(p->srv, &tx, &rx, &len, &why),
-		     -EBUSY);
+	cr_assert_eq(keel__tls_ktls_keys(p->srv, &tx, &rx, &len, &why), -EBUSY);
 	cr_assert(strstr(why, "already read"), "%s", why);
 	pair_free(p);
 	free(p);
@@ -503,4 +516,287 @@ Test(ktls, describe_and_require_when_the_kernel_takes_keys)
 	cr_assert_gt(keel_tls_ctx_describe(ctx, line, sizeof(line)), 0);
 	cr_assert(strstr(line, "kTLS: on"), "%s", line);
 	keel_tls_ctx_free(ctx);
+}
+
+/* ---- streams, with the seam for setsockopt ----------------------------- */
+
+static struct {
+	int calls, fd, result;
+	union keel__tls_crypto tx, rx;
+	uint32_t len;
+} seam;
+
+static int seam_install(int fd, const union keel__tls_crypto *tx,
+			const union keel__tls_crypto *rx, uint32_t len)
+{
+	seam.calls++;
+	seam.fd = fd;
+	seam.tx = *tx;
+	seam.rx = *rx;
+	seam.len = len;
+	return seam.result;
+}
+
+enum { S_RECORDS, S_ECHO };
+
+struct server {
+	struct keel_task task;
+	struct keel_tls_stream s;
+	struct keel_tls *tls;
+	struct keel_bufring *ring;
+	int fd, mode, hs, last, sent;
+	unsigned char got[1024];
+	size_t got_len;
+	unsigned char rec[512];
+	size_t rec_len;
+	char buf[256];
+};
+
+/* Two whole records in what was received? */
+static bool two_records(const struct server *sv)
+{
+	size_t off = 0;
+
+	for (int i = 0; i < 2; i++) {
+		if (sv->got_len < off + 5)
+			return false;
+		off += 5 + ((size_t)sv->got[off + 3] << 8 | sv->got[off + 4]);
+	}
+	return sv->got_len >= off;
+}
+
+static int server_step(struct keel_task *t)
+{
+	struct server *sv = keel_container_of(t, struct server, task);
+
+	KEEL_BEGIN(t);
+	sv->hs = keel_tls_stream_open(t, &sv->s, sv->tls, sv->fd, sv->ring);
+	if (sv->hs)
+		goto out;
+	KEEL_AWAIT_CALL(t, keel_tls_handshake(t, &sv->s));
+	sv->hs = keel_res(t);
+	if (sv->hs)
+		goto close;
+	if (sv->mode == S_ECHO) {
+		KEEL_AWAIT_CALL(
+		    t, keel_tls_recv(t, &sv->s, sv->buf, sizeof(sv->buf)));
+		sv->last = keel_res(t);
+		if (sv->last <= 0)
+			goto close;
+		KEEL_AWAIT_CALL(
+		    t, keel_tls_send(t, &sv->s, sv->buf, (size_t)sv->last));
+		sv->sent = keel_res(t);
+		goto close;
+	}
+	/* What the kernel would decrypt comes as it is. */
+	while (!two_records(sv)) {
+		KEEL_AWAIT_CALL(t,
+				keel_tls_recv(t, &sv->s, sv->got + sv->got_len,
+					      sizeof(sv->got) - sv->got_len));
+		sv->last = keel_res(t);
+		if (sv->last <= 0)
+			goto close;
+		sv->got_len += (size_t)sv->last;
+	}
+	{
+		struct keys k = keys_of(&seam.tx);
+		unsigned char explicit[8] = {0};
+
+		if (seam.tx.info.cipher_type == TLS_CIPHER_AES_GCM_128)
+			memcpy(explicit, seam.tx.gcm128.iv, 8);
+		sv->rec_len = seal_record(&k, "sealed by the kernel", 20,
+					  explicit, sv->rec);
+	}
+	KEEL_AWAIT_CALL(t, keel_tls_send(t, &sv->s, sv->rec, sv->rec_len));
+	sv->sent = keel_res(t);
+	KEEL_AWAIT_CALL(t, keel_tls_shutdown(t, &sv->s));
+	sv->last = keel_res(t);
+close:
+	keel_tls_stream_close(&sv->s);
+out:
+	KEEL_AWAIT(t, keel_close(t, sv->fd));
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(server_task, struct server, task, server_step);
+
+/*
+ * A plain OpenSSL client over memory BIOs, moving the bytes itself: its
+ * Finished and its first records go out in one write, so they reach the
+ * server together (a server that read past its handshake would take the
+ * records along).
+ */
+struct client {
+	int fd, mode, handshake;
+	char read[64];
+	int read_len;
+};
+
+static void flush_out(BIO *out, int fd)
+{
+	char b[16384];
+	int n;
+
+	while ((n = BIO_read(out, b, sizeof(b))) > 0)
+		cr_assert_eq(write(fd, b, (size_t)n), n);
+}
+
+static bool fill_in(BIO *in, int fd)
+{
+	char b[16384];
+	ssize_t n = read(fd, b, sizeof(b));
+
+	if (n <= 0)
+		return false;
+	BIO_write(in, b, (int)n);
+	return true;
+}
+
+static void *client_main(void *arg)
+{
+	struct client *c = arg;
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	BIO *in = BIO_new(BIO_s_mem()), *out = BIO_new(BIO_s_mem());
+	SSL *ssl;
+
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	ssl = SSL_new(ctx);
+	SSL_set_bio(ssl, in, out);
+	SSL_set_connect_state(ssl);
+	while ((c->handshake = SSL_do_handshake(ssl)) != 1) {
+		flush_out(out, c->fd);
+		if (SSL_get_error(ssl, c->handshake) != SSL_ERROR_WANT_READ ||
+		    !fill_in(in, c->fd))
+			goto out;
+	}
+	if (c->mode == S_ECHO) {
+		SSL_write(ssl, "ping", 4);
+	} else {
+		SSL_write(ssl, "first record", 12);
+		SSL_write(ssl, "and the second", 14);
+	}
+	flush_out(out, c->fd); /* the Finished and the records at once */
+	for (;;) {
+		c->read_len = SSL_read(ssl, c->read, sizeof(c->read) - 1);
+		if (c->read_len > 0 ||
+		    SSL_get_error(ssl, c->read_len) != SSL_ERROR_WANT_READ ||
+		    !fill_in(in, c->fd))
+			break;
+	}
+out:
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(c->fd);
+	return NULL;
+}
+
+struct run {
+	struct keel_tls_ctx *ctx;
+	struct server *sv;
+	struct client cl;
+	struct keel_tls_stats st;
+	struct keel_loop *loop;
+};
+
+static void run_stream(struct run *rn, enum keel_tls_ktls mode, int which,
+		       int install_result)
+{
+	struct keel_bufring_opts ro = {.count = 16, .size = 16384};
+	struct keel_bufring *ring;
+	pthread_t th;
+	int fds[2];
+
+	memset(&seam, 0, sizeof(seam));
+	seam.result = install_result;
+	keel__tls_ktls_install = seam_install;
+	rn->ctx = server_ctx(KEEL_TLS_1_3, "TLS_AES_128_GCM_SHA256", mode);
+	rn->loop = kt_loop_new(NULL);
+	cr_assert_eq(keel_bufring_create(rn->loop, &ro, &ring), 0);
+	kt_tcp_pair(fds);
+	rn->sv = kt_spawn(rn->loop, &server_task,
+			  KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE);
+	cr_assert_eq(keel_tls_new(rn->ctx, NULL, &rn->sv->tls), 0);
+	rn->sv->ring = ring;
+	rn->sv->fd = fds[0];
+	rn->sv->mode = which;
+	rn->cl.fd = fds[1];
+	rn->cl.mode = which;
+	cr_assert_eq(pthread_create(&th, NULL, client_main, &rn->cl), 0);
+	kt_loop_run(rn->loop);
+	pthread_join(th, NULL);
+	keel_tls_ctx_stats(rn->ctx, &rn->st);
+}
+
+static void run_end(struct run *rn)
+{
+	keel_tls_free(rn->sv->tls);
+	keel_task_detach(&rn->sv->task);
+	keel_loop_destroy(rn->loop);
+	keel_tls_ctx_free(rn->ctx);
+	keel__tls_ktls_install = NULL;
+}
+
+Test(ktls, a_stream_hands_over_at_a_record_boundary)
+{
+	struct run rn = {0};
+	unsigned char plain[256];
+	struct keys k;
+	size_t off;
+
+	run_stream(&rn, KEEL_TLS_KTLS_AUTO, S_RECORDS, 0);
+	cr_assert_eq(rn.cl.handshake, 1);
+	cr_assert_eq(rn.sv->hs, 0);
+	cr_assert_eq(seam.calls, 1);
+	cr_assert_eq(rn.st.ktls, 1);
+	cr_assert_eq(rn.st.ktls_fallbacks, 0);
+	cr_assert_null(keel_tls_ktls(rn.sv->tls));
+	/* Nothing of the client's records went to OpenSSL: they open with
+	 * the receiving keys from sequence 0 on. */
+	k = keys_of(&seam.rx);
+	cr_assert_eq(k.seq, 0);
+	cr_assert_eq(open_record(&k, rn.sv->got, rn.sv->got_len, plain), 12);
+	cr_assert_eq(memcmp(plain, "first record", 12), 0);
+	off = 5 + ((size_t)rn.sv->got[3] << 8 | rn.sv->got[4]);
+	cr_assert_eq(
+	    open_record(&k, rn.sv->got + off, rn.sv->got_len - off, plain), 14);
+	/* The record sent as it was reached the client whole. */
+	cr_assert_eq(rn.sv->sent, (int)rn.sv->rec_len);
+	cr_assert_eq(rn.cl.read_len, 20, "%d", rn.cl.read_len);
+	cr_assert_eq(memcmp(rn.cl.read, "sealed by the kernel", 20), 0);
+	cr_assert_eq(rn.sv->last, 0, "shutdown: %d", rn.sv->last);
+	/* The engine is not used any more. */
+	cr_assert_eq(keel_tls_write(rn.sv->tls, "x", 1), -EPROTO);
+	run_end(&rn);
+}
+
+Test(ktls, a_refused_hand_off_stays_on_openssl)
+{
+	struct run rn = {0};
+
+	run_stream(&rn, KEEL_TLS_KTLS_AUTO, S_ECHO, -ENOPROTOOPT);
+	cr_assert_eq(rn.sv->hs, 0);
+	cr_assert_eq(seam.calls, 1);
+	cr_assert_eq(rn.st.ktls, 0);
+	cr_assert_eq(rn.st.ktls_fallbacks, 1);
+	cr_assert_not_null(keel_tls_ktls(rn.sv->tls));
+	/* the ping the client wrote right after the handshake waited in
+	 * the socket for the recv stream */
+	cr_assert_eq(rn.sv->last, 4);
+	cr_assert_eq(rn.sv->sent, 4);
+	cr_assert_eq(rn.cl.read_len, 4);
+	cr_assert_eq(memcmp(rn.cl.read, "ping", 4), 0);
+	run_end(&rn);
+}
+
+Test(ktls, required_and_refused_fails_the_handshake)
+{
+	struct run rn = {0};
+
+	run_stream(&rn, KEEL_TLS_KTLS_REQUIRE, S_ECHO, -ENOPROTOOPT);
+	cr_assert_eq(rn.sv->hs, -EOPNOTSUPP);
+	cr_assert_eq(rn.st.ktls, 0);
+	cr_assert_eq(rn.st.ktls_fallbacks, 1);
+	cr_assert_eq(rn.st.failed, 1);
+	cr_assert_leq(rn.cl.read_len, 0);
+	run_end(&rn);
 }

@@ -307,10 +307,7 @@ void keel_tls_free(struct keel_tls *tls)
 		SSL_set_shutdown(tls->ssl, SSL_get_shutdown(tls->ssl) |
 					       SSL_SENT_SHUTDOWN);
 	SSL_free(tls->ssl);
-	if (tls->ktls) {
-		OPENSSL_cleanse(tls->ktls, sizeof(*tls->ktls));
-		free(tls->ktls);
-	}
+	keel__tls_ktls_done(tls);
 	free(tls->server_name);
 	free(tls->alpn);
 	free(tls);
@@ -420,8 +417,8 @@ int keel_tls_read(struct keel_tls *tls, void *buf, size_t len)
 
 	if (tls->flags & KEEL__TLS_CLOSE_RECVD)
 		return 0;
-	if (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG))
-		return -EPROTO;
+	if (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG | KEEL__TLS_KTLS))
+		return -EPROTO; /* KTLS: the stream reads from the kernel */
 	if (!(tls->flags & KEEL__TLS_HS_DONE))
 		return -EPROTO; /* the handshake first */
 	if (tls->out_len && window_room(tls) < CONTROL_ROOM)
@@ -463,8 +460,8 @@ int keel_tls_write(struct keel_tls *tls, const void *buf, size_t len)
 	size_t room = window_room(tls), n = 0;
 	int r;
 
-	if (tls->flags &
-	    (KEEL__TLS_FAILED | KEEL__TLS_RENEG | KEEL__TLS_CLOSE_SENT))
+	if (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG |
+			  KEEL__TLS_CLOSE_SENT | KEEL__TLS_KTLS))
 		return -EPROTO;
 	if (!(tls->flags & KEEL__TLS_HS_DONE))
 		return -EPROTO;
@@ -493,7 +490,7 @@ int keel_tls_close_notify(struct keel_tls *tls)
 
 	if (tls->flags & KEEL__TLS_CLOSE_SENT)
 		return 0;
-	if (tls->flags & KEEL__TLS_FAILED)
+	if (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_KTLS))
 		return -EPROTO;
 	if (window_room(tls) < RECORD_OVERHEAD)
 		return -ENOBUFS;
@@ -620,6 +617,15 @@ static int derive_rx(struct keel_tls *tls)
 	return ok;
 }
 
+void keel__tls_ktls_done(struct keel_tls *tls)
+{
+	if (tls->ktls) {
+		OPENSSL_cleanse(tls->ktls, sizeof(*tls->ktls));
+		free(tls->ktls);
+		tls->ktls = NULL;
+	}
+}
+
 /* Add `n` to the big-endian counter of `len` bytes at `p`. */
 static void be_add(unsigned char *p, size_t len, uint64_t n)
 {
@@ -731,6 +737,22 @@ const char *keel_tls_cipher(const struct keel_tls *tls)
 	const SSL_CIPHER *c = SSL_get_current_cipher(tls->ssl);
 
 	return c ? SSL_CIPHER_standard_name(c) : NULL;
+}
+
+const char *keel_tls_ktls(const struct keel_tls *tls)
+{
+	if (tls->flags & KEEL__TLS_KTLS)
+		return NULL;
+	if (tls->ktls_why)
+		return tls->ktls_why;
+	if (tls->ctx->ktls == KEEL_TLS_KTLS_OFF)
+		return "kTLS is off for this context";
+	if (!tls->ctx->ktls_possible)
+		return "the kernel has no tls ULP (keel_tls_ctx_describe says "
+		       "why)";
+	if (!(tls->flags & KEEL__TLS_HS_DONE))
+		return "the handshake is not done";
+	return "only a stream hands records to the kernel";
 }
 
 bool keel_tls_peer_verified(const struct keel_tls *tls)

@@ -77,6 +77,7 @@ struct keel_tls_ctx {
 #define KEEL__TLS_RENEG	      0x04u /* a renegotiation was refused */
 #define KEEL__TLS_CLOSE_SENT  0x08u /* our close_notify is written */
 #define KEEL__TLS_CLOSE_RECVD 0x10u /* the peer's close_notify (counted) */
+#define KEEL__TLS_KTLS	      0x20u /* the kernel has the records (stream.c) */
 
 /*
  * kTLS: the keys of one direction as the kernel takes them
@@ -118,8 +119,9 @@ struct keel_tls {
 	unsigned char *out; /* the caller's output window */
 	size_t out_cap, out_len;
 	unsigned flags;
-	char *server_name; /* client: the name asked for */
-	char *alpn;	   /* the protocol agreed on, or NULL */
+	char *server_name;    /* client: the name asked for */
+	char *alpn;	      /* the protocol agreed on, or NULL */
+	const char *ktls_why; /* why the records are not the kernel's */
 };
 
 /* ctx.c: the index of keel's ex_data slot on SSL objects (the engine),
@@ -146,6 +148,9 @@ void keel__tls_window(struct keel_tls *tls, void *buf, size_t cap, size_t len);
 
 /* engine.c: the handshake or a record failed: count it once. */
 void keel__tls_failed(struct keel_tls *tls);
+
+/* engine.c: the kernel has the keys: forget ours. */
+void keel__tls_ktls_done(struct keel_tls *tls);
 
 /* engine.c: a key log line of `tls` (ctx.c's callback, when kTLS is
  * planned): the peer's TLS 1.3 application traffic secret. */
