@@ -306,8 +306,8 @@ void keel_tls_free(struct keel_tls *tls)
 	    !(tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG)))
 		SSL_set_shutdown(tls->ssl, SSL_get_shutdown(tls->ssl) |
 					       SSL_SENT_SHUTDOWN);
-	SSL_free(tls->ssl);
 	keel__tls_ktls_done(tls);
+	SSL_free(tls->ssl);
 	free(tls->server_name);
 	free(tls->alpn);
 	free(tls);
@@ -620,6 +620,9 @@ static int derive_rx(struct keel_tls *tls)
 void keel__tls_ktls_done(struct keel_tls *tls)
 {
 	if (tls->ktls) {
+		/* no more offers (a KeyUpdate on a connection that stayed
+		 * with OpenSSL) */
+		SSL_clear_options(tls->ssl, SSL_OP_ENABLE_KTLS);
 		OPENSSL_cleanse(tls->ktls, sizeof(*tls->ktls));
 		free(tls->ktls);
 		tls->ktls = NULL;

@@ -75,7 +75,7 @@
 #define HS_NEW_SESSION_TICKET 4
 #define HS_KEY_UPDATE	      24
 #define REC_HEADER	      5
-/* The longest record's plaintext, and some (a control record's). */
+/* The longest record's plaintext (a control record's too). */
 #define RECORD_MAX 16384
 
 /* The task ended, however it did (a kill or an abort too): the chunk it
@@ -458,6 +458,8 @@ static int ktls_control(struct keel_tls_stream *s)
 	if (type == REC_HANDSHAKE && n >= 1 && rec[0] == HS_NEW_SESSION_TICKET)
 		return 1; /* a client without tickets has no use for it */
 	keel__tls_failed(tls);
+	if (type == REC_DATA || type < 0)
+		return -EIO; /* the EIO was not about a control record */
 	if (type == REC_HANDSHAKE && n >= 1 && rec[0] == HS_KEY_UPDATE)
 		return -EKEYEXPIRED; /* the kernel would need new keys */
 	return -EPROTO; /* a fatal alert, or a message we do not take */

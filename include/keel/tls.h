@@ -320,7 +320,7 @@ struct keel_tls_stream {
 	struct msghdr ctl_msg;
 	struct iovec ctl_iov;
 	union {
-		struct cmsghdr h;
+		size_t align; /* a cmsghdr's */
 		unsigned char buf[CMSG_SPACE(1)];
 	} ctl_cmsg;
 	unsigned char ctl_alert[2];
