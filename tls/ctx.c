@@ -53,6 +53,9 @@ static void why_set(char *why, size_t len, const char *fmt, ...)
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int ssl_index = -1;
+bool keel__tls_ktls_force;
+int (*keel__tls_ktls_install)(int fd, const union keel__tls_crypto *tx,
+			      const union keel__tls_crypto *rx, uint32_t len);
 static int ktls_errno; /* 0: the kernel has the tls ULP */
 static const char *ktls_step = "";
 
@@ -112,13 +115,25 @@ int keel__tls_ssl_index(void)
 	return ssl_index;
 }
 
-/* The kTLS verdict: "on"... or "off: <why>". */
+/* Does the kernel take TLS keys (or does a test pretend it does)? */
+static bool ktls_kernel(void)
+{
+	return ktls_errno == 0 || keel__tls_ktls_force;
+}
+
+/* The kTLS verdict: "on..." or "off: <why>". */
 static void ktls_verdict(const struct keel_tls_ctx *ctx, char *buf, size_t len)
 {
 	if (ctx->ktls == KEEL_TLS_KTLS_OFF)
 		snprintf(buf, len,
 			 "off (disabled); records through memory "
 			 "BIOs");
+	else if (ktls_kernel())
+		snprintf(buf, len,
+			 "on: keys go to the kernel after the handshake "
+			 "(AES-GCM, ChaCha20-Poly1305; not TLS 1.3 clients "
+			 "with tickets); else records through memory BIOs, "
+			 "counted in ktls_fallbacks");
 	else if (ktls_errno == ENOENT && !strcmp(ktls_step, "setsockopt "
 							    "TCP_ULP "
 							    "\"tls\""))
@@ -126,15 +141,11 @@ static void ktls_verdict(const struct keel_tls_ctx *ctx, char *buf, size_t len)
 			 "off: the kernel has no tls ULP (%s: %s); records "
 			 "through memory BIOs",
 			 ktls_step, strerror(ktls_errno));
-	else if (ktls_errno)
+	else
 		snprintf(buf, len,
 			 "off: the probe failed (%s: %s); records through "
 			 "memory BIOs",
 			 ktls_step, strerror(ktls_errno));
-	else
-		snprintf(buf, len,
-			 "off: the kernel has the tls ULP but keel does not "
-			 "hand it keys yet; records through memory BIOs");
 }
 
 /* ---- files ------------------------------------------------------------ */
@@ -313,6 +324,15 @@ static void info_cb(const SSL *ssl, int where, int ret)
 			keel__tls_count(&tls->ctx->c.renegotiations, 1);
 		}
 	}
+}
+
+/* kTLS planned: the peer's TLS 1.3 traffic secret (engine.c). */
+static void keylog(const SSL *ssl, const char *line)
+{
+	struct keel_tls *tls = SSL_get_ex_data(ssl, ssl_index);
+
+	if (tls)
+		keel__tls_ktls_keylog(tls, line);
 }
 
 /* Client: keep the newest session per server name. */
@@ -499,6 +519,8 @@ static int configure(struct keel_tls_ctx *ctx, SSL_CTX *sc,
 		return -EINVAL;
 	}
 	SSL_CTX_set_info_callback(sc, info_cb);
+	if (ctx->ktls != KEEL_TLS_KTLS_OFF && ctx->ktls_possible)
+		SSL_CTX_set_keylog_callback(sc, keylog);
 	if (ctx->role == KEEL_TLS_SERVER) {
 		if (ctx->alpn_len)
 			SSL_CTX_set_alpn_select_cb(sc, alpn_select, ctx);
@@ -548,7 +570,7 @@ int keel_tls_ctx_create(struct keel_tls_ctx **out,
 		return -EINVAL;
 	}
 	pthread_once(&once, init_once);
-	if (o->ktls == KEEL_TLS_KTLS_REQUIRE) {
+	if (o->ktls == KEEL_TLS_KTLS_REQUIRE && !ktls_kernel()) {
 		char v[256];
 		struct keel_tls_ctx probe = {.ktls = KEEL_TLS_KTLS_AUTO};
 
@@ -567,7 +589,7 @@ int keel_tls_ctx_create(struct keel_tls_ctx **out,
 	pthread_mutex_init(&ctx->sess_lock, NULL);
 	ctx->role = o->role;
 	ctx->ktls = o->ktls;
-	ctx->ktls_possible = ktls_errno == 0;
+	ctx->ktls_possible = ktls_kernel();
 	ctx->min_version = o->min_version;
 	ctx->max_version = o->max_version;
 	ctx->handshake_timeout_ns = o->handshake_timeout_ns
@@ -672,6 +694,8 @@ int keel_tls_ctx_add_cert(struct keel_tls_ctx *ctx, const char *cert_file,
 	if (ctx->alpn_len)
 		SSL_CTX_set_alpn_select_cb(sc, alpn_select, ctx);
 	SSL_CTX_set_info_callback(sc, info_cb);
+	if (ctx->ktls != KEEL_TLS_KTLS_OFF && ctx->ktls_possible)
+		SSL_CTX_set_keylog_callback(sc, keylog); /* read from here */
 	SSL_CTX_set_session_id_context(sc, (const unsigned char *)"keel", 4);
 	certs[ctx->ncerts].ssl_ctx = sc;
 	certs[ctx->ncerts].leaf = leaf;
@@ -741,6 +765,7 @@ void keel_tls_ctx_stats(const struct keel_tls_ctx *ctx,
 	out->ktls = LOAD(ktls);
 	out->bytes_in = LOAD(bytes_in);
 	out->bytes_out = LOAD(bytes_out);
+	out->ktls_fallbacks = LOAD(ktls_fallbacks);
 #undef LOAD
 }
 
@@ -762,6 +787,8 @@ int keel_tls_render_metrics(const struct keel_tls_ctx *ctx,
 	    {"ktls", "TLS connections handed to the kernel"},
 	    {"bytes_in", "TLS plaintext bytes received"},
 	    {"bytes_out", "TLS plaintext bytes sent"},
+	    {"ktls_fallbacks", "TLS connections kept off the kernel's TLS "
+			       "where it was planned"},
 	};
 	const char *p = name_prefix && *name_prefix ? name_prefix : "";
 	const char *sep = *p ? "_" : "";
@@ -772,9 +799,9 @@ int keel_tls_render_metrics(const struct keel_tls_ctx *ctx,
 	keel_tls_ctx_stats(ctx, &st);
 	/* In the order of rows[]. */
 	const uint64_t values[] = {
-	    st.handshakes,     st.resumed,	st.failed,    st.timeouts,
-	    st.renegotiations, st.clean_closes, st.truncated, st.ktls,
-	    st.bytes_in,       st.bytes_out};
+	    st.handshakes,     st.resumed,	st.failed,	  st.timeouts,
+	    st.renegotiations, st.clean_closes, st.truncated,	  st.ktls,
+	    st.bytes_in,       st.bytes_out,	st.ktls_fallbacks};
 
 	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
 		int n = snprintf(buf + used, len - used,

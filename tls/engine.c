@@ -23,7 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/kdf.h>
 #include <openssl/x509v3.h>
 
 #include "internal.h"
@@ -37,6 +40,11 @@
 #define CONTROL_ROOM 2048
 /* The most plaintext in one record. */
 #define RECORD_PLAIN 16384
+/* OpenSSL's ctrl that hands a BIO the kernel's keys at the switch to the
+ * application key, with SSL_OP_ENABLE_KTLS (include/internal/bio.h:
+ * BIO_CTRL_SET_KTLS; `num` is 1 for the sending direction, `ptr` its
+ * ktls_crypto_info_t, which begins with linux/tls.h's struct). */
+#define BIO_CTRL_SET_KTLS 72
 
 /* ---- the BIO ---------------------------------------------------------- */
 
@@ -45,6 +53,31 @@
 static size_t window_room(const struct keel_tls *tls)
 {
 	return tls->out_len < tls->out_cap ? tls->out_cap - tls->out_len : 0;
+}
+
+/* Count the records in `len` bytes of a direction's ciphertext (kTLS:
+ * their number after the key switch is the sequence number the kernel
+ * starts at). */
+static void count_records(struct keel__tls_ktls_dir *d, const unsigned char *p,
+			  size_t len)
+{
+	while (len) {
+		if (d->skip) {
+			size_t k = d->skip < len ? d->skip : len;
+
+			d->skip -= (uint32_t)k;
+			p += k;
+			len -= k;
+			continue;
+		}
+		d->hdr[d->hdr_len++] = *p++;
+		len--;
+		if (d->hdr_len == sizeof(d->hdr)) {
+			d->records++;
+			d->skip = (uint32_t)d->hdr[3] << 8 | d->hdr[4];
+			d->hdr_len = 0;
+		}
+	}
 }
 
 static int bio_read(BIO *b, char *buf, int len)
@@ -60,6 +93,8 @@ static int bio_read(BIO *b, char *buf, int len)
 	memcpy(buf, tls->in, n);
 	tls->in += n;
 	tls->in_left -= n;
+	if (tls->ktls && tls->ktls->rx.len)
+		count_records(&tls->ktls->rx, (const unsigned char *)buf, n);
 	return (int)n;
 }
 
@@ -76,7 +111,60 @@ static int bio_write(BIO *b, const char *buf, int len)
 	}
 	memcpy(tls->out + tls->out_len, buf, n);
 	tls->out_len += n;
+	if (tls->ktls && tls->ktls->tx.len)
+		count_records(&tls->ktls->tx, (const unsigned char *)buf, n);
 	return (int)n;
+}
+
+/* The size of a kernel crypto_info of `type` and where its IV and record
+ * sequence lie; 0: a cipher the kernel's TLS does not take from us. */
+static uint32_t crypto_layout(unsigned type, size_t *iv, size_t *iv_len,
+			      size_t *seq)
+{
+	switch (type) {
+	case TLS_CIPHER_AES_GCM_128:
+		*iv = offsetof(struct tls12_crypto_info_aes_gcm_128, iv);
+		*iv_len = TLS_CIPHER_AES_GCM_128_IV_SIZE;
+		*seq = offsetof(struct tls12_crypto_info_aes_gcm_128, rec_seq);
+		return sizeof(struct tls12_crypto_info_aes_gcm_128);
+	case TLS_CIPHER_AES_GCM_256:
+		*iv = offsetof(struct tls12_crypto_info_aes_gcm_256, iv);
+		*iv_len = TLS_CIPHER_AES_GCM_256_IV_SIZE;
+		*seq = offsetof(struct tls12_crypto_info_aes_gcm_256, rec_seq);
+		return sizeof(struct tls12_crypto_info_aes_gcm_256);
+	case TLS_CIPHER_CHACHA20_POLY1305:
+		*iv = offsetof(struct tls12_crypto_info_chacha20_poly1305, iv);
+		*iv_len = TLS_CIPHER_CHACHA20_POLY1305_IV_SIZE;
+		*seq = offsetof(struct tls12_crypto_info_chacha20_poly1305,
+				rec_seq);
+		return sizeof(struct tls12_crypto_info_chacha20_poly1305);
+	}
+	return 0;
+}
+
+/*
+ * OpenSSL switches a direction to the application key and offers the
+ * kernel's keys (SSL_OP_ENABLE_KTLS). Keep them and say no: OpenSSL goes
+ * on with the records itself until the handshake is over and the stream
+ * hands over (keel__tls_ktls_keys). Saying yes would make OpenSSL write
+ * plaintext into the window from here on (the server's session tickets
+ * too), which only a socket with the keys already set could take.
+ */
+static void ktls_capture(struct keel_tls *tls, int is_tx, const void *ptr)
+{
+	struct keel__tls_ktls_dir *d = is_tx ? &tls->ktls->tx : &tls->ktls->rx;
+	struct tls_crypto_info info;
+	size_t iv = 0, iv_len = 0, seq = 0;
+	uint32_t len;
+
+	memcpy(&info, ptr, sizeof(info));
+	len = crypto_layout(info.cipher_type, &iv, &iv_len, &seq);
+	OPENSSL_cleanse(d, sizeof(*d));
+	if (!len || (info.version != TLS_1_2_VERSION &&
+		     info.version != TLS_1_3_VERSION))
+		return; /* not one for the kernel: stays unset */
+	memcpy(&d->ci, ptr, len);
+	d->len = len;
 }
 
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
@@ -87,6 +175,13 @@ static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
 	case BIO_CTRL_PENDING:
 	case BIO_CTRL_WPENDING:
 		return 0;
+	case BIO_CTRL_SET_KTLS: {
+		struct keel_tls *tls = BIO_get_data(b);
+
+		if (tls->ktls && ptr)
+			ktls_capture(tls, num != 0, ptr);
+		return 0;
+	}
 	}
 	return 0;
 }
@@ -151,6 +246,13 @@ int keel_tls_new(struct keel_tls_ctx *ctx, const char *server_name,
 	BIO_set_data(bio, tls);
 	SSL_set_bio(tls->ssl, bio, bio); /* the SSL owns it */
 	SSL_set_ex_data(tls->ssl, idx, tls);
+	if (ctx->ktls != KEEL_TLS_KTLS_OFF && ctx->ktls_possible) {
+		/* OpenSSL offers the keys at the key switch (ktls_capture) */
+		tls->ktls = calloc(1, sizeof(*tls->ktls));
+		if (!tls->ktls)
+			goto nomem;
+		SSL_set_options(tls->ssl, SSL_OP_ENABLE_KTLS);
+	}
 	if (ctx->role == KEEL_TLS_SERVER) {
 		SSL_set_accept_state(tls->ssl);
 		*out = tls;
@@ -204,6 +306,7 @@ void keel_tls_free(struct keel_tls *tls)
 	    !(tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG)))
 		SSL_set_shutdown(tls->ssl, SSL_get_shutdown(tls->ssl) |
 					       SSL_SENT_SHUTDOWN);
+	keel__tls_ktls_done(tls);
 	SSL_free(tls->ssl);
 	free(tls->server_name);
 	free(tls->alpn);
@@ -314,8 +417,8 @@ int keel_tls_read(struct keel_tls *tls, void *buf, size_t len)
 
 	if (tls->flags & KEEL__TLS_CLOSE_RECVD)
 		return 0;
-	if (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG))
-		return -EPROTO;
+	if (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG | KEEL__TLS_KTLS))
+		return -EPROTO; /* KTLS: the stream reads from the kernel */
 	if (!(tls->flags & KEEL__TLS_HS_DONE))
 		return -EPROTO; /* the handshake first */
 	if (tls->out_len && window_room(tls) < CONTROL_ROOM)
@@ -357,8 +460,8 @@ int keel_tls_write(struct keel_tls *tls, const void *buf, size_t len)
 	size_t room = window_room(tls), n = 0;
 	int r;
 
-	if (tls->flags &
-	    (KEEL__TLS_FAILED | KEEL__TLS_RENEG | KEEL__TLS_CLOSE_SENT))
+	if (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG |
+			  KEEL__TLS_CLOSE_SENT | KEEL__TLS_KTLS))
 		return -EPROTO;
 	if (!(tls->flags & KEEL__TLS_HS_DONE))
 		return -EPROTO;
@@ -387,7 +490,7 @@ int keel_tls_close_notify(struct keel_tls *tls)
 
 	if (tls->flags & KEEL__TLS_CLOSE_SENT)
 		return 0;
-	if (tls->flags & KEEL__TLS_FAILED)
+	if (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_KTLS))
 		return -EPROTO;
 	if (window_room(tls) < RECORD_OVERHEAD)
 		return -ENOBUFS;
@@ -407,6 +510,203 @@ int keel_tls_close_notify(struct keel_tls *tls)
 	}
 	r = ssl_result(tls, r);
 	return r == 0 ? -EPROTO : r;
+}
+
+/*
+ * TLS 1.3's receiving direction: OpenSSL 3.0 offers the kernel only the
+ * sending keys (its kTLS receive for 1.3 came in 3.2), so the peer's
+ * application traffic secret comes from the key log, which OpenSSL
+ * writes at the moment it switches to it: records are counted from here.
+ * The key and IV are derived from it at the hand-off (RFC 8446 7.3).
+ */
+void keel__tls_ktls_keylog(struct keel_tls *tls, const char *line)
+{
+	const char *want = tls->ctx->role == KEEL_TLS_SERVER
+			       ? "CLIENT_TRAFFIC_SECRET_0 "
+			       : "SERVER_TRAFFIC_SECRET_0 ";
+	struct keel__tls_ktls *k = tls->ktls;
+	const char *hex;
+	size_t n = 0;
+
+	if (!k || strncmp(line, want, strlen(want)))
+		return;
+	hex = strchr(line + strlen(want), ' ');
+	if (!hex)
+		return;
+	OPENSSL_cleanse(&k->rx, sizeof(k->rx));
+	k->rx_secret_len = 0;
+	for (hex++; hex[0] && hex[1] && n < sizeof(k->rx_secret); hex += 2) {
+		int hi = OPENSSL_hexchar2int((unsigned char)hex[0]);
+		int lo = OPENSSL_hexchar2int((unsigned char)hex[1]);
+
+		if (hi < 0 || lo < 0)
+			return;
+		k->rx_secret[n++] = (unsigned char)(hi << 4 | lo);
+	}
+	k->rx_secret_len = (uint8_t)n;
+	k->rx.len = 1; /* counting; the keys come at the hand-off */
+}
+
+/* HKDF-Expand-Label(secret, label, "", len) of TLS 1.3. */
+static int expand_label(const EVP_MD *md, const unsigned char *secret,
+			size_t secret_len, const char *label,
+			unsigned char *out, size_t len)
+{
+	unsigned char info[2 + 1 + 6 + 16 + 1];
+	size_t label_len = strlen(label), n = 0;
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY, ok = 0;
+	OSSL_PARAM params[5];
+
+	info[n++] = (unsigned char)(len >> 8);
+	info[n++] = (unsigned char)len;
+	info[n++] = (unsigned char)(6 + label_len);
+	memcpy(info + n, "tls13 ", 6);
+	n += 6;
+	memcpy(info + n, label, label_len);
+	n += label_len;
+	info[n++] = 0; /* no context */
+	params[0] = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
+	params[1] = OSSL_PARAM_construct_utf8_string(
+	    OSSL_KDF_PARAM_DIGEST, (char *)EVP_MD_get0_name(md), 0);
+	params[2] = OSSL_PARAM_construct_octet_string(
+	    OSSL_KDF_PARAM_KEY, (void *)secret, secret_len);
+	params[3] =
+	    OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, n);
+	params[4] = OSSL_PARAM_construct_end();
+	if (kctx && EVP_KDF_derive(kctx, out, len, params) == 1)
+		ok = 1;
+	EVP_KDF_CTX_free(kctx);
+	EVP_KDF_free(kdf);
+	return ok;
+}
+
+/* The receiving keys of TLS 1.3 from the peer's secret, of the cipher
+ * OpenSSL gave for sending. */
+static int derive_rx(struct keel_tls *tls)
+{
+	struct keel__tls_ktls *k = tls->ktls;
+	const SSL_CIPHER *c = SSL_get_current_cipher(tls->ssl);
+	const EVP_MD *md = c ? SSL_CIPHER_get_handshake_digest(c) : NULL;
+	unsigned type = k->tx.ci.info.cipher_type;
+	size_t iv_off, iv_len, seq, key_len = 32;
+	unsigned char key[32], iv[12];
+	unsigned char *ci = (unsigned char *)&k->rx.ci;
+	uint32_t len = crypto_layout(type, &iv_off, &iv_len, &seq);
+	int ok = 0;
+
+	if (type == TLS_CIPHER_AES_GCM_128)
+		key_len = 16;
+	if (len && md && k->rx_secret_len &&
+	    expand_label(md, k->rx_secret, k->rx_secret_len, "key", key,
+			 key_len) &&
+	    expand_label(md, k->rx_secret, k->rx_secret_len, "iv", iv, 12)) {
+		memset(ci, 0, sizeof(k->rx.ci));
+		k->rx.ci.info.version = TLS_1_3_VERSION;
+		k->rx.ci.info.cipher_type = (uint16_t)type;
+		/* salt (4) and IV (8) for AES-GCM; IV (12) for ChaCha20 */
+		memcpy(ci + iv_off, iv + 12 - iv_len, iv_len);
+		memcpy(ci + iv_off + iv_len, key, key_len);
+		memcpy(ci + iv_off + iv_len + key_len, iv, 12 - iv_len);
+		k->rx.len = len;
+		ok = 1;
+	}
+	OPENSSL_cleanse(key, sizeof(key));
+	OPENSSL_cleanse(iv, sizeof(iv));
+	return ok;
+}
+
+void keel__tls_ktls_done(struct keel_tls *tls)
+{
+	if (tls->ktls) {
+		/* no more offers (a KeyUpdate on a connection that stayed
+		 * with OpenSSL) */
+		SSL_clear_options(tls->ssl, SSL_OP_ENABLE_KTLS);
+		OPENSSL_cleanse(tls->ktls, sizeof(*tls->ktls));
+		free(tls->ktls);
+		tls->ktls = NULL;
+	}
+}
+
+/* Add `n` to the big-endian counter of `len` bytes at `p`. */
+static void be_add(unsigned char *p, size_t len, uint64_t n)
+{
+	for (size_t i = len; i-- && n;) {
+		uint64_t v = p[i] + (n & 0xff);
+
+		p[i] = (unsigned char)v;
+		n = (n >> 8) + (v >> 8);
+	}
+}
+
+/* One direction's keys with its sequence number brought up to date. */
+static void ktls_dir_keys(const struct keel__tls_ktls_dir *d, bool tx,
+			  union keel__tls_crypto *out)
+{
+	size_t iv = 0, iv_len = 0, seq = 0;
+
+	crypto_layout(d->ci.info.cipher_type, &iv, &iv_len, &seq);
+	memcpy(out, &d->ci, d->len);
+	be_add((unsigned char *)out + seq, 8, d->records);
+	/* TLS 1.2's AES-GCM carries an explicit nonce in each record: the
+	 * captured one is the next OpenSSL would have used, and the kernel
+	 * counts up from what it is given. Skip the ones OpenSSL used. */
+	if (tx && d->ci.info.version == TLS_1_2_VERSION &&
+	    d->ci.info.cipher_type != TLS_CIPHER_CHACHA20_POLY1305)
+		be_add((unsigned char *)out + iv, iv_len, d->records);
+}
+
+int keel__tls_ktls_keys(struct keel_tls *tls, union keel__tls_crypto *tx,
+			union keel__tls_crypto *rx, uint32_t *len,
+			const char **why)
+{
+	struct keel__tls_ktls *k = tls->ktls;
+
+	if (!k) {
+		*why = "kTLS is off for this context";
+		return -EOPNOTSUPP;
+	}
+	if (!(tls->flags & KEEL__TLS_HS_DONE) ||
+	    (tls->flags & (KEEL__TLS_FAILED | KEEL__TLS_RENEG |
+			   KEEL__TLS_CLOSE_SENT | KEEL__TLS_CLOSE_RECVD))) {
+		*why = "the handshake did not complete";
+		return -EPROTO;
+	}
+	if (k->tx.len && k->tx.ci.info.version == TLS_1_3_VERSION &&
+	    k->rx_secret_len && k->rx.len == 1 && !derive_rx(tls)) {
+		*why = "the receiving keys could not be derived";
+		return -EOPNOTSUPP;
+	}
+	if (!k->tx.len || k->rx.len <= sizeof(struct tls_crypto_info) ||
+	    k->tx.ci.info.cipher_type != k->rx.ci.info.cipher_type) {
+		*why = "the cipher is not one the kernel's TLS takes "
+		       "(AES-GCM or ChaCha20-Poly1305)";
+		return -EOPNOTSUPP;
+	}
+	if (tls->ctx->role == KEEL_TLS_CLIENT &&
+	    k->rx.ci.info.version == TLS_1_3_VERSION &&
+	    !(SSL_get_options(tls->ssl) & SSL_OP_NO_TICKET)) {
+		/* They come after the handshake: the kernel would get them
+		 * and OpenSSL could not make sessions of them. */
+		*why = "a TLS 1.3 client's session tickets arrive after the "
+		       "handshake (no_tickets allows kTLS)";
+		return -EOPNOTSUPP;
+	}
+	if (tls->in_left || SSL_has_pending(tls->ssl) || k->rx.skip ||
+	    k->rx.hdr_len) {
+		*why = "the peer's records after the handshake were already "
+		       "read";
+		return -EBUSY;
+	}
+	if (tls->out_len || k->tx.skip || k->tx.hdr_len) {
+		*why = "records to the peer are not yet sent";
+		return -EBUSY;
+	}
+	ktls_dir_keys(&k->tx, true, tx);
+	ktls_dir_keys(&k->rx, false, rx);
+	*len = k->tx.len;
+	return 0;
 }
 
 const char *keel_tls_alpn(const struct keel_tls *tls)
@@ -440,6 +740,22 @@ const char *keel_tls_cipher(const struct keel_tls *tls)
 	const SSL_CIPHER *c = SSL_get_current_cipher(tls->ssl);
 
 	return c ? SSL_CIPHER_standard_name(c) : NULL;
+}
+
+const char *keel_tls_ktls(const struct keel_tls *tls)
+{
+	if (tls->flags & KEEL__TLS_KTLS)
+		return NULL;
+	if (tls->ktls_why)
+		return tls->ktls_why;
+	if (tls->ctx->ktls == KEEL_TLS_KTLS_OFF)
+		return "kTLS is off for this context";
+	if (!tls->ctx->ktls_possible)
+		return "the kernel has no tls ULP (keel_tls_ctx_describe says "
+		       "why)";
+	if (!(tls->flags & KEEL__TLS_HS_DONE))
+		return "the handshake is not done";
+	return "only a stream hands records to the kernel";
 }
 
 bool keel_tls_peer_verified(const struct keel_tls *tls)

@@ -28,10 +28,29 @@
  *     sending a control record, which is rare).
  * The first send error is sticky (err): a short send leaves the peer a
  * broken record stream, so nothing more can go out.
+ *
+ * kTLS (when the context plans it: the kernel has the tls ULP): the
+ * handshake reads one record at a time with plain recvs (header, then
+ * body) instead of the recv stream, so that whatever the peer sends after
+ * it stays in the socket; then the keys go to the kernel (TCP_ULP "tls",
+ * TLS_TX, TLS_RX) and the recv stream opens on a socket that yields
+ * plaintext. From there recv and send are plain io_uring ops on the fd
+ * (OpenSSL is not called again); a record that is not data makes the
+ * kernel fail the recv with EIO, and it is read with recvmsg and its
+ * TLS_GET_RECORD_TYPE: an alert (close_notify is the end), a session
+ * ticket (dropped: only a client without tickets hands over), a KeyUpdate
+ * (the connection ends with -EKEYEXPIRED: keel does not rekey the
+ * kernel). close_notify goes out as a sendmsg with TLS_SET_RECORD_TYPE.
+ * If the hand-off cannot happen (see keel__tls_ktls_keys), the connection
+ * stays on OpenSSL (counted in ktls_fallbacks; REQUIRE fails it).
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+
+#include <openssl/crypto.h>
 
 #include "internal.h"
 
@@ -41,6 +60,23 @@
 /* How often a sender that needs room looks again while the reader's
  * flush is in flight. */
 #define FLUSH_POLL_NS 1000000
+
+#ifndef TCP_ULP
+#define TCP_ULP 31
+#endif
+#ifndef SOL_TLS
+#define SOL_TLS 282
+#endif
+
+/* TLS record types and handshake messages the kTLS receiver meets. */
+#define REC_ALERT	      21
+#define REC_HANDSHAKE	      22
+#define REC_DATA	      23
+#define HS_NEW_SESSION_TICKET 4
+#define HS_KEY_UPDATE	      24
+#define REC_HEADER	      5
+/* The longest record's plaintext (a control record's too). */
+#define RECORD_MAX 16384
 
 /* The task ended, however it did (a kill or an abort too): the chunk it
  * was decrypting goes back to the ring (keel only gives back the chunks
@@ -59,10 +95,14 @@ int keel_tls_stream_open(struct keel_task *t, struct keel_tls_stream *s,
 	memset(s, 0, offsetof(struct keel_tls_stream, out));
 	s->tls = tls;
 	s->fd = fd;
+	s->owner = t;
+	s->ring = ring;
 	keel__tls_window(tls, s->out, sizeof(s->out), 0);
 	err = keel_defer(t, stream_cleanup, s);
 	if (err)
 		return err;
+	if (tls->ktls)
+		return 0; /* after the handshake (see the top) */
 	return keel_recv_stream_open(t, &s->rs, fd, ring, 0);
 }
 
@@ -188,6 +228,92 @@ static int hs_deadline_end(struct keel_task *t, struct keel_tls_stream *s,
 	return res;
 }
 
+/*
+ * kTLS planned: the handshake's input is one record read into out[]
+ * (empty then: the flight before it was flushed), and the engine's window
+ * follows it; after the step, move what the engine wrote to the front.
+ * OpenSSL reads a record whole before it writes anything.
+ */
+static void hs_window_back(struct keel_tls_stream *s)
+{
+	struct keel_tls *tls = s->tls;
+
+	if (tls->out != s->out && !tls->in_left) {
+		memmove(s->out, tls->out, tls->out_len);
+		keel__tls_window(tls, s->out, sizeof(s->out), tls->out_len);
+	}
+}
+
+/* Hand the keys to the kernel. 0 or a negative errno. The first
+ * setsockopt that fails leaves the socket as it was (a tls ULP without
+ * keys passes bytes through) but for TLS_RX after TLS_TX: then the
+ * kernel encrypts and OpenSSL would decrypt, which cannot go on. */
+static int ktls_install(int fd, const union keel__tls_crypto *tx,
+			const union keel__tls_crypto *rx, uint32_t len,
+			const char **why, bool *broken)
+{
+	int saved = errno, err = 0;
+
+	*broken = false;
+	if (keel__tls_ktls_install)
+		return keel__tls_ktls_install(fd, tx, rx, len);
+	if (setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls"))) {
+		err = -errno;
+		*why = "the kernel refused the tls ULP on this socket";
+	} else if (setsockopt(fd, SOL_TLS, TLS_TX, tx, len)) {
+		err = -errno;
+		*why = "the kernel refused the sending keys";
+	} else if (setsockopt(fd, SOL_TLS, TLS_RX, rx, len)) {
+		err = -errno;
+		*why = "the kernel took the sending keys but refused the "
+		       "receiving ones";
+		*broken = true;
+	}
+	errno = saved;
+	return err;
+}
+
+/* After the handshake: give the records to the kernel, or say why not.
+ * 0 (handed over, or staying on OpenSSL) or a negative errno (REQUIRE
+ * could not be met; a half-done hand-off). */
+static int hand_off(struct keel_tls_stream *s)
+{
+	struct keel_tls *tls = s->tls;
+	struct keel_tls_ctx *ctx = tls->ctx;
+	union keel__tls_crypto tx, rx;
+	const char *why = NULL;
+	bool broken = false;
+	uint32_t len = 0;
+	int err;
+
+	err = keel__tls_ktls_keys(tls, &tx, &rx, &len, &why);
+	if (!err) {
+		err = ktls_install(s->fd, &tx, &rx, len, &why, &broken);
+		if (err && !why)
+			why = "the kernel refused the keys";
+	}
+	OPENSSL_cleanse(&tx, sizeof(tx));
+	OPENSSL_cleanse(&rx, sizeof(rx));
+	keel__tls_ktls_done(tls); /* ours are not needed any more */
+	if (!err) {
+		tls->flags |= KEEL__TLS_KTLS;
+		tls->ktls_why = NULL;
+		keel__tls_count(&ctx->c.ktls, 1);
+		return 0;
+	}
+	tls->ktls_why = why;
+	keel__tls_count(&ctx->c.ktls_fallbacks, 1);
+	if (broken) {
+		keel__tls_failed(tls);
+		return err;
+	}
+	if (ctx->ktls == KEEL_TLS_KTLS_REQUIRE) {
+		keel__tls_failed(tls);
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
 int keel_tls_handshake(struct keel_task *t, struct keel_tls_stream *s)
 {
 	struct keel_routine *r = &s->hs_r;
@@ -200,6 +326,7 @@ int keel_tls_handshake(struct keel_task *t, struct keel_tls_stream *s)
 	window_reader(s);
 	for (;;) {
 		s->hs_res = keel_tls_handshake_step(s->tls);
+		hs_window_back(s);
 		if (keel_tls_output_len(s->tls)) {
 			/* our flight, or the alert of a failure */
 			KEEL_AWAIT_CALL(r, flush(t, s, &s->flush_rd, true));
@@ -212,29 +339,175 @@ int keel_tls_handshake(struct keel_task *t, struct keel_tls_stream *s)
 		if (s->hs_res == 0 ||
 		    (s->hs_res != -EAGAIN && s->hs_res != -ENOBUFS))
 			break;
-		if (s->hs_res == -EAGAIN) {
-			KEEL_AWAIT(r, keel_recv_next(t, &s->rs, &s->in));
-			if (keel_res(t) <= 0) {
-				/* the peer left mid-handshake */
-				s->hs_res =
-				    keel_res(t) ? keel_res(t) : -ECONNRESET;
-				if (!keel_res(t))
-					keel__tls_failed(s->tls);
+		if (s->hs_res != -EAGAIN)
+			continue;
+		if (s->tls->ktls) {
+			/* One record: its header, then its body. */
+			if (keel_tls_input_left(s->tls)) {
+				s->hs_res = -EPROTO; /* OpenSSL left some */
+				keel__tls_failed(s->tls);
 				break;
 			}
-			keel_tls_input(s->tls, s->in.data, s->in.len);
+			s->hs_got = 0;
+			s->hs_need = REC_HEADER;
+			while (s->hs_got < s->hs_need) {
+				KEEL_AWAIT(
+				    r, keel_recv(t, s->fd, s->out + s->hs_got,
+						 s->hs_need - s->hs_got, 0));
+				if (keel_res(t) <= 0)
+					break;
+				s->hs_got += (uint32_t)keel_res(t);
+				if (s->hs_got == REC_HEADER &&
+				    s->hs_need == REC_HEADER) {
+					uint32_t body = (uint32_t)s->out[3]
+							    << 8 |
+							s->out[4];
+
+					/* Too long for out[]: OpenSSL
+					 * refuses it from the header. */
+					if (REC_HEADER + body <= sizeof(s->out))
+						s->hs_need += body;
+				}
+			}
+			if (keel_res(t) > 0) {
+				keel_tls_input(s->tls, s->out, s->hs_got);
+				keel__tls_window(s->tls, s->out + s->hs_got,
+						 sizeof(s->out) - s->hs_got, 0);
+				continue;
+			}
+		} else {
+			KEEL_AWAIT(r, keel_recv_next(t, &s->rs, &s->in));
+			if (keel_res(t) > 0) {
+				keel_tls_input(s->tls, s->in.data, s->in.len);
+				continue;
+			}
 		}
+		/* the peer left mid-handshake */
+		s->hs_res = keel_res(t) ? keel_res(t) : -ECONNRESET;
+		if (!keel_res(t))
+			keel__tls_failed(s->tls);
+		break;
+	}
+	if (s->tls->ktls) {
+		/* The recv stream was not open: hand over, then open it on
+		 * what the socket now yields (plaintext or records). */
+		if (s->hs_res == 0)
+			s->hs_res = hand_off(s);
+		if (s->hs_res == 0)
+			s->hs_res = keel_recv_stream_open(s->owner, &s->rs,
+							  s->fd, s->ring, 0);
+		keel__tls_ktls_done(s->tls);
 	}
 	KEEL_ROUTINE_RETURN(r, t, hs_deadline_end(t, s, s->hs_res));
 }
 
 /* ---- data ------------------------------------------------------------- */
 
+/* kTLS: the plaintext left in the chunk, into the caller's buffer. */
+static int ktls_take(struct keel_tls_stream *s, void *buf, size_t len)
+{
+	struct keel_tls *tls = s->tls;
+	size_t n = tls->in_left < len ? tls->in_left : len;
+
+	if (n > INT32_MAX)
+		n = INT32_MAX;
+	memcpy(buf, tls->in, n);
+	tls->in += n;
+	tls->in_left -= n;
+	keel__tls_count(&tls->ctx->c.bytes_in, n);
+	return (int)n;
+}
+
+/*
+ * kTLS: the kernel failed a recv with EIO: the next record is not data.
+ * Read it (its type comes in a control message) and say what it means:
+ * 1 (nothing for the caller: go on), 0 (close_notify), or a negative
+ * errno. A nonblocking recvmsg: the record is in the socket already.
+ */
+static int ktls_control(struct keel_tls_stream *s)
+{
+	struct keel_tls *tls = s->tls;
+	unsigned char rec[RECORD_MAX];
+	union {
+		struct cmsghdr h;
+		unsigned char buf[CMSG_SPACE(1)];
+	} cbuf;
+	struct iovec iov = {.iov_base = rec, .iov_len = sizeof(rec)};
+	struct msghdr msg = {.msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cbuf.buf,
+			     .msg_controllen = sizeof(cbuf.buf)};
+	struct cmsghdr *c;
+	int saved = errno, type = -1;
+	ssize_t n = recvmsg(s->fd, &msg, MSG_DONTWAIT);
+
+	if (n < 0)
+		n = -errno;
+	errno = saved;
+	if (n < 0)
+		return n == -EAGAIN ? -EIO : (int)n;
+	for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_TLS &&
+		    c->cmsg_type == TLS_GET_RECORD_TYPE)
+			type = *CMSG_DATA(c);
+	if (type == REC_ALERT && n >= 2 && rec[1] == 0) {
+		tls->flags |= KEEL__TLS_CLOSE_RECVD;
+		keel__tls_count(&tls->ctx->c.clean_closes, 1);
+		return 0;
+	}
+	if (type == REC_HANDSHAKE && n >= 1 && rec[0] == HS_NEW_SESSION_TICKET)
+		return 1; /* a client without tickets has no use for it */
+	keel__tls_failed(tls);
+	if (type == REC_DATA || type < 0)
+		return -EIO; /* the EIO was not about a control record */
+	if (type == REC_HANDSHAKE && n >= 1 && rec[0] == HS_KEY_UPDATE)
+		return -EKEYEXPIRED; /* the kernel would need new keys */
+	return -EPROTO; /* a fatal alert, or a message we do not take */
+}
+
+/* kTLS: keel_tls_recv on plaintext from the kernel. */
+static int ktls_recv(struct keel_task *t, struct keel_tls_stream *s, void *buf,
+		     size_t len)
+{
+	struct keel_routine *r = &s->rd_r;
+
+	KEEL_BEGIN(r);
+	for (;;) {
+		if (keel_tls_input_left(s->tls))
+			KEEL_ROUTINE_RETURN(r, t, ktls_take(s, buf, len));
+		if (s->tls->flags & KEEL__TLS_CLOSE_RECVD)
+			KEEL_ROUTINE_RETURN(r, t, 0);
+		if (s->tls->flags & KEEL__TLS_FAILED)
+			KEEL_ROUTINE_RETURN(r, t, -EPROTO);
+		KEEL_AWAIT(r, keel_recv_next(t, &s->rs, &s->in));
+		if (keel_res(t) > 0) {
+			keel_tls_input(s->tls, s->in.data, s->in.len);
+			continue;
+		}
+		if (keel_res(t) == 0) {
+			keel__tls_count(&s->tls->ctx->c.truncated, 1);
+			KEEL_ROUTINE_RETURN(r, t, -ECONNRESET);
+		}
+		if (keel_res(t) != -EIO)
+			KEEL_ROUTINE_RETURN(r, t, keel_res(t));
+		s->rd_res = ktls_control(s);
+		if (s->rd_res <= 0)
+			KEEL_ROUTINE_RETURN(r, t, s->rd_res);
+		/* The EIO ended the recv stream: a new one. */
+		keel_recv_stream_close(&s->rs);
+		s->rd_res = keel_recv_stream_open(t, &s->rs, s->fd, s->ring, 0);
+		if (s->rd_res < 0)
+			KEEL_ROUTINE_RETURN(r, t, s->rd_res);
+	}
+}
+
 int keel_tls_recv(struct keel_task *t, struct keel_tls_stream *s, void *buf,
 		  size_t len)
 {
 	struct keel_routine *r = &s->rd_r;
 
+	if (s->tls->flags & KEEL__TLS_KTLS)
+		return ktls_recv(t, s, buf, len);
 	KEEL_BEGIN(r);
 	for (;;) {
 		window_reader(s);
@@ -278,12 +551,45 @@ int keel_tls_recv(struct keel_task *t, struct keel_tls_stream *s, void *buf,
 	}
 }
 
+/* kTLS: keel_tls_send as plain sends. The plaintext is copied into out[]
+ * first: the kernel reads a send's buffer until it completes, and only
+ * the frame is sure to live that long (the caller's buffer may not). */
+static int ktls_send(struct keel_task *t, struct keel_tls_stream *s,
+		     const void *buf, size_t len)
+{
+	struct keel_routine *r = &s->wr_r;
+
+	KEEL_BEGIN(r);
+	s->wr_off = 0;
+	while (s->wr_off < len) {
+		if (s->err)
+			KEEL_ROUTINE_RETURN(r, t, s->err);
+		s->out_sending = (uint32_t)(len - s->wr_off < sizeof(s->out)
+						? len - s->wr_off
+						: sizeof(s->out));
+		memcpy(s->out, (const char *)buf + s->wr_off, s->out_sending);
+		KEEL_AWAIT(r, keel_send_all(t, s->fd, s->out, s->out_sending,
+					    MSG_NOSIGNAL));
+		if (keel_res(t) < 0) {
+			s->out_sending = 0;
+			s->err = keel_res(t);
+			KEEL_ROUTINE_RETURN(r, t, s->err);
+		}
+		s->wr_off += s->out_sending;
+		keel__tls_count(&s->tls->ctx->c.bytes_out, s->out_sending);
+		s->out_sending = 0;
+	}
+	KEEL_ROUTINE_RETURN(r, t, len > INT32_MAX ? INT32_MAX : (int)len);
+}
+
 int keel_tls_send(struct keel_task *t, struct keel_tls_stream *s,
 		  const void *buf, size_t len)
 {
 	struct keel_routine *r = &s->wr_r;
 	int n;
 
+	if (s->tls->flags & KEEL__TLS_KTLS)
+		return ktls_send(t, s, buf, len);
 	KEEL_BEGIN(r);
 	s->wr_off = 0;
 	while (s->wr_off < len) {
@@ -309,10 +615,47 @@ int keel_tls_send(struct keel_task *t, struct keel_tls_stream *s,
 	KEEL_ROUTINE_RETURN(r, t, len > INT32_MAX ? INT32_MAX : (int)len);
 }
 
+/* kTLS: close_notify, an alert record the kernel makes from a sendmsg
+ * whose control message sets the record type. */
+static int ktls_shutdown(struct keel_task *t, struct keel_tls_stream *s)
+{
+	struct keel_routine *r = &s->wr_r;
+	struct cmsghdr *c;
+
+	KEEL_BEGIN(r);
+	if (s->tls->flags & KEEL__TLS_CLOSE_SENT)
+		KEEL_ROUTINE_RETURN(r, t, 0);
+	if (s->err)
+		KEEL_ROUTINE_RETURN(r, t, s->err);
+	s->ctl_alert[0] = 1; /* warning */
+	s->ctl_alert[1] = 0; /* close_notify */
+	s->ctl_iov.iov_base = s->ctl_alert;
+	s->ctl_iov.iov_len = sizeof(s->ctl_alert);
+	memset(&s->ctl_msg, 0, sizeof(s->ctl_msg));
+	s->ctl_msg.msg_iov = &s->ctl_iov;
+	s->ctl_msg.msg_iovlen = 1;
+	s->ctl_msg.msg_control = s->ctl_cmsg.buf;
+	s->ctl_msg.msg_controllen = sizeof(s->ctl_cmsg.buf);
+	c = CMSG_FIRSTHDR(&s->ctl_msg);
+	c->cmsg_level = SOL_TLS;
+	c->cmsg_type = TLS_SET_RECORD_TYPE;
+	c->cmsg_len = CMSG_LEN(1);
+	*CMSG_DATA(c) = REC_ALERT;
+	KEEL_AWAIT(r, keel_sendmsg_all(t, s->fd, &s->ctl_msg, MSG_NOSIGNAL));
+	if (keel_res(t) < 0) {
+		s->err = keel_res(t);
+		KEEL_ROUTINE_RETURN(r, t, s->err);
+	}
+	s->tls->flags |= KEEL__TLS_CLOSE_SENT;
+	KEEL_ROUTINE_RETURN(r, t, 0);
+}
+
 int keel_tls_shutdown(struct keel_task *t, struct keel_tls_stream *s)
 {
 	struct keel_routine *r = &s->wr_r;
 
+	if (s->tls->flags & KEEL__TLS_KTLS)
+		return ktls_shutdown(t, s);
 	KEEL_BEGIN(r);
 	for (;;) {
 		window_sender(s);

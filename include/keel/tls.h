@@ -33,7 +33,10 @@
  * when configured, resumption by session tickets (off with no_tickets),
  * a handshake deadline. kTLS (the kernel's TLS record layer) is probed
  * once per process; keel_tls_ctx_describe() says whether it is used and
- * why not.
+ * why not. Where the kernel has it, a stream hands its connection's keys
+ * to the kernel after the handshake and moves plaintext with plain
+ * io_uring ops from there (keel_tls(7)); keel_tls_ktls() says whether it
+ * did and why not.
  *
  * Errors are negative errnos: -EAGAIN (the engine needs ciphertext from
  * the peer), -ENOBUFS (the engine's output window is full: send it and
@@ -72,7 +75,9 @@ enum keel_tls_role {
 enum keel_tls_ktls {
 	KEEL_TLS_KTLS_AUTO = 0,	   /* use the kernel's TLS when it has it */
 	KEEL_TLS_KTLS_OFF = 1,	   /* never */
-	KEEL_TLS_KTLS_REQUIRE = 2, /* keel_tls_ctx_create fails without it */
+	KEEL_TLS_KTLS_REQUIRE = 2, /* without it, keel_tls_ctx_create fails;
+				    * a stream that cannot hand over fails
+				    * its handshake */
 };
 
 struct keel_tls_opts {
@@ -155,6 +160,10 @@ struct keel_tls_stats {
 	uint64_t ktls;		 /* connections handed to the kernel's TLS */
 	uint64_t bytes_in;	 /* plaintext received */
 	uint64_t bytes_out;	 /* plaintext sent */
+	/* connections that stayed on memory BIOs where kTLS was planned
+	 * (a cipher the kernel does not take, data already read past the
+	 * handshake, the kernel refused the keys) */
+	uint64_t ktls_fallbacks;
 };
 
 /*
@@ -263,6 +272,11 @@ uint16_t keel_tls_version(const struct keel_tls *tls);	 /* KEEL_TLS_1_x */
 const char *keel_tls_cipher(const struct keel_tls *tls); /* IANA name */
 /* The peer presented a certificate and it was verified. */
 bool keel_tls_peer_verified(const struct keel_tls *tls);
+/* NULL when the kernel has this connection's records (kTLS: a stream
+ * handed them over after its handshake); else why not, a few words ("the
+ * kernel has no tls ULP ...", "the cipher is not one the kernel's TLS
+ * takes ..."). The string is static. */
+const char *keel_tls_ktls(const struct keel_tls *tls);
 
 /* ---- streams ---- */
 
@@ -294,6 +308,22 @@ struct keel_tls_stream {
 	/* the handshake's deadline: its token and the one it replaced */
 	struct keel_token *hs_tok, *hs_saved;
 	unsigned hs_mark;
+	/* kTLS: the handshake reads one record at a time into out[] (hs_got
+	 * of hs_need bytes), so that no byte after it leaves the socket
+	 * before the kernel has the keys; the recv stream opens after it,
+	 * for `owner` on `ring` */
+	uint32_t hs_got, hs_need;
+	struct keel_task *owner;
+	struct keel_bufring *ring;
+	/* kTLS: close_notify, a sendmsg with the record type in a control
+	 * message */
+	struct msghdr ctl_msg;
+	struct iovec ctl_iov;
+	union {
+		size_t align; /* a cmsghdr's */
+		unsigned char buf[CMSG_SPACE(1)];
+	} ctl_cmsg;
+	unsigned char ctl_alert[2];
 	/* ciphertext for the peer: [0, output length) pending, of which
 	 * [0, out_sending) is with the kernel */
 	unsigned char out[KEEL_TLS_STREAM_OUT];
