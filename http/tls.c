@@ -65,9 +65,17 @@ struct keel__https {
 	char stage[RECORD];
 };
 
-/* The buffers, 35 KB, are written before they are read: zeroing them on
- * every connection cost a memset and page faults (keel's server took 2.6
- * faults per full handshake, nginx 0.7). */
+/* Everything of the stream but its output buffer is zeroed: the buffer
+ * must stay its last member. */
+_Static_assert(sizeof(struct keel_tls_stream) -
+		       offsetof(struct keel_tls_stream, out) -
+		       sizeof(((struct keel_tls_stream *)0)->out) <
+		   _Alignof(struct keel_tls_stream),
+	       "keel_tls_stream: out[] is not the last member");
+
+/* The buffers, 35 KB, are written before they are read: zeroing them
+ * cost every connection a memset of 43k instructions, 1.3 % of a full
+ * handshake's (callgrind), which kept keel's server above nginx's. */
 KEEL_TASK_TYPE_TAIL(keel__https_conn_task, struct keel__https, c.task,
 		    keel__http_conn_step, ts.out);
 
