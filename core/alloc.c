@@ -118,11 +118,16 @@ static void *slab_carve(struct keel__alloc *a, size_t cls)
 }
 #endif
 
-static void *alloc_zeroed(struct keel__alloc *a, size_t size)
+static void *alloc_zeroed(struct keel__alloc *a, size_t size, size_t zero)
 {
 #ifdef KEEL_ALLOC_LIBC
+	void *p;
+
 	(void)a;
-	return calloc(1, size);
+	if (zero >= size)
+		return calloc(1, size);
+	p = malloc(size);
+	return p ? memset(p, 0, zero) : NULL;
 #else
 	size_t cls = size_class(size);
 
@@ -135,20 +140,25 @@ static void *alloc_zeroed(struct keel__alloc *a, size_t size)
 		 * memset of memory that is already mapped is cheaper. */
 		void *big = mallocx(size, a->mallocx_flags);
 
-		return big ? memset(big, 0, size) : NULL;
+		return big ? memset(big, 0, zero) : NULL;
 	}
 	void *p = a->cached[cls];
 
 	if (!p)
 		return slab_carve(a, cls);
 	a->cached[cls] = *(void **)p;
-	return memset(p, 0, CLASS_BYTES(cls));
+	return memset(p, 0, zero < CLASS_BYTES(cls) ? zero : CLASS_BYTES(cls));
 #endif
 }
 
 void *keel__alloc_zeroed(struct keel__alloc *a, size_t size)
 {
-	void *p = alloc_zeroed(a, size);
+	return keel__alloc_part(a, size, size);
+}
+
+void *keel__alloc_part(struct keel__alloc *a, size_t size, size_t zero)
+{
+	void *p = alloc_zeroed(a, size, zero < size ? zero : size);
 
 	/* Counted so that a frame never freed shows (the simulation
 	 * runner checks it is 0 at the end of every seed). */

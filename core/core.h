@@ -418,6 +418,8 @@ void keel__scope_orphan_all(struct keel_task *owner);
 int keel__alloc_init(struct keel__alloc *a);
 void keel__alloc_fini(struct keel__alloc *a);
 void *keel__alloc_zeroed(struct keel__alloc *a, size_t size);
+/* The same with only the first `zero` bytes zeroed. */
+void *keel__alloc_part(struct keel__alloc *a, size_t size, size_t zero);
 void keel__alloc_free(struct keel__alloc *a, void *p, size_t size);
 
 /* Tasks (core/task.c). */

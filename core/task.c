@@ -99,7 +99,15 @@ void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
 		  unsigned flags, bool with_ext)
 {
 	struct keel__core *c = keel__core_of(loop);
-	void *frame = keel__alloc_zeroed(&c->alloc, type->frame_size);
+	/* A type's tail (KEEL_TASK_TYPE_TAIL) is left as allocated, but
+	 * never the header. */
+	size_t zero = type->zero_size;
+
+	if (!zero || zero > type->frame_size)
+		zero = type->frame_size;
+	else if (zero < type->task_offset + sizeof(struct keel_task))
+		zero = type->task_offset + sizeof(struct keel_task);
+	void *frame = keel__alloc_part(&c->alloc, type->frame_size, zero);
 
 	if (!frame)
 		return NULL;

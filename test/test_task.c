@@ -644,3 +644,64 @@ Test(task, spawn_returns_zeroed_frame_even_from_recycled_memory, .timeout = 10)
 	}
 	keel_loop_destroy(loop);
 }
+
+/*
+ * KEEL_TASK_TYPE_TAIL: the frame is zeroed up to its tail and no further.
+ * The step scribbles over all of it; the next spawn of the type gets the
+ * same memory back from keel's allocator (a small frame's size class is a
+ * LIFO cache) with the head zeroed and the tail as it was left. Sanitizer
+ * builds allocate frames with malloc (KEEL_ALLOC_LIBC), so there only the
+ * head is checked.
+ */
+struct tailed {
+	struct keel_task task;
+	int fields[8];
+	struct {
+		int len;
+		unsigned char bytes[600];
+	} buf;
+};
+
+static int tailed_step(struct keel_task *t);
+static KEEL_TASK_TYPE_TAIL(tailed_task, struct tailed, task, tailed_step,
+			   buf.bytes);
+
+static int tailed_step(struct keel_task *t)
+{
+	struct tailed *s = keel_container_of(t, struct tailed, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_nop(t));
+	memset(s->fields, 0xa5, sizeof(s->fields));
+	s->buf.len = -1;
+	memset(s->buf.bytes, 0xa5, sizeof(s->buf.bytes));
+	KEEL_END(t);
+}
+
+Test(task, tail_type_zeroes_the_frame_up_to_its_tail_only, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct tailed *s;
+
+	cr_assert_eq(tailed_task.zero_size, offsetof(struct tailed, buf.bytes));
+	for (int round = 0; round < 3; round++) {
+		s = kt_spawn(loop, &tailed_task, KEEL_PRIO_NORMAL);
+		cr_assert(all_zero((const unsigned char *)s->fields,
+				   sizeof(s->fields)),
+			  "round %d: head not zeroed", round);
+		cr_assert_eq(s->buf.len, 0, "round %d: head not zeroed", round);
+		cr_assert_eq(keel_task_loop(keel_task_of(&tailed_task, s)),
+			     loop);
+#ifndef KEEL_ALLOC_LIBC
+		if (round > 0)
+			for (size_t i = 0; i < sizeof(s->buf.bytes); i++)
+				cr_assert_eq(s->buf.bytes[i], 0xa5,
+					     "round %d: tail byte %zu zeroed",
+					     round, i);
+#endif
+		kt_loop_run(loop);
+	}
+	/* A plain type still zeroes everything (zero_size 0: all). */
+	cr_assert_eq(scribbler_task.zero_size, 0);
+	keel_loop_destroy(loop);
+}

@@ -126,6 +126,8 @@ struct keel_task_type {
 	uint32_t frame_size;  /* sizeof the frame that embeds the task */
 	uint32_t task_offset; /* offsetof the task within the frame */
 	const char *name;     /* shown in task dumps and traces */
+	/* Bytes of the frame keel_spawn() zeroes, from its start; 0: all. */
+	uint32_t zero_size;
 };
 
 /*
@@ -141,6 +143,24 @@ struct keel_task_type {
 	    (uint32_t)sizeof(frame_type),                                      \
 	    (uint32_t)offsetof(frame_type, member),                            \
 	    #var,                                                              \
+	    0,                                                                 \
+	}
+
+/*
+ * KEEL_TASK_TYPE, for a frame that ends in buffers the task writes before
+ * it reads them (a TLS connection's 35 KB): keel_spawn() zeroes the frame
+ * only up to `tail`, a member (a nested one too: `stream.buf`), and the
+ * buffers from there on are left as the allocator returns them. Zeroing
+ * them cost a memset and, for memory the allocator had given back to the
+ * kernel, a page fault per page, on every spawn.
+ */
+#define KEEL_TASK_TYPE_TAIL(var, frame_type, member, step_fn, tail)            \
+	const struct keel_task_type var = {                                    \
+	    (step_fn),                                                         \
+	    (uint32_t)sizeof(frame_type),                                      \
+	    (uint32_t)offsetof(frame_type, member),                            \
+	    #var,                                                              \
+	    (uint32_t)offsetof(frame_type, tail),                              \
 	}
 
 /*
@@ -285,9 +305,9 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 
 /*
  * Spawn a task of `type` on `loop`; flags: a keel_prio, or'ed with
- * KEEL_SPAWN_JOINABLE. Returns the frame, zeroed but for the header, or
- * NULL when out of memory. The task first runs on a later loop turn, so the
- * caller fills the frame in first.
+ * KEEL_SPAWN_JOINABLE. Returns the frame, zeroed but for the header (and
+ * the tail of a KEEL_TASK_TYPE_TAIL type), or NULL when out of memory. The task
+ * first runs on a later loop turn, so the caller fills the frame in first.
  * Ownership: the loop owns the frame. A detached task's frame is freed when
  * it has exited and the kernel has returned all its ops; a joinable one's
  * after that and its keel_join() or keel_task_detach().
