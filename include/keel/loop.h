@@ -54,7 +54,19 @@ struct keel_loop_opts {
 	 * off by default.
 	 */
 	unsigned batch_wait_ns;
+	/*
+	 * Who executes the loop's I/O: KEEL_BACKEND_AUTO (0: the
+	 * KEEL_BACKEND environment variable, else io_uring with a fallback
+	 * to epoll where io_uring is refused), KEEL_BACKEND_IO_URING or
+	 * KEEL_BACKEND_EPOLL. See keel_backends(7).
+	 */
+	unsigned backend;
 };
+
+/* keel_loop_opts.backend */
+#define KEEL_BACKEND_AUTO     0u
+#define KEEL_BACKEND_IO_URING 1u
+#define KEEL_BACKEND_EPOLL    2u
 
 /*
  * Create a loop on the calling thread. `opts` may be NULL for defaults.
