@@ -19,7 +19,7 @@
  * descriptor's waiters; the descriptor is in the epoll set edge-triggered
  * for input and output, added on the first park, so a readiness edge
  * retries the ops parked for that direction. Why edge-triggered and kept
- * registered: a stream's multishot recv parks after every short read, and
+ * registered: a stream's multishot recv parks at every EAGAIN, and
  * re-arming a one-shot registration would cost an epoll_ctl per request.
  * The price is that a registration outlives a close() made behind the
  * backend's back; a descriptor's registration is therefore checked again
@@ -119,10 +119,10 @@ struct ep_ring {
 	struct io_uring *ring;
 	uint32_t id;
 	int epfd;
-	int doorbell;  /* eventfd: other threads posted CQEs */
-	int timerfd;   /* for hosts sleeping on the epoll fd; -1 until then */
+	int doorbell;	/* eventfd: other threads posted CQEs */
+	int timerfd;	/* for hosts sleeping on the epoll fd; -1 until then */
 	uint64_t armed; /* the timerfd's deadline, 0: disarmed */
-	int eventfd;   /* registered eventfd, -1: none */
+	int eventfd;	/* registered eventfd, -1: none */
 	uint64_t epoch; /* enters so far */
 	unsigned skipped; /* enters in a row that did not poll */
 	struct ep_ring_words *w;
@@ -273,8 +273,7 @@ static int remote_post(struct ep_ring *r, uint64_t ud, int res)
 	pthread_mutex_lock(&r->lock);
 	if (r->nremote == r->remote_cap) {
 		uint32_t cap = r->remote_cap ? 2 * r->remote_cap : 16;
-		struct ep_remote_cqe *v =
-		    realloc(r->remote, cap * sizeof(*v));
+		struct ep_remote_cqe *v = realloc(r->remote, cap * sizeof(*v));
 
 		if (!v) {
 			pthread_mutex_unlock(&r->lock);
@@ -474,8 +473,8 @@ static uint64_t deadline_of(const struct io_uring_sqe *sqe)
 {
 	const struct __kernel_timespec *ts =
 	    (const struct __kernel_timespec *)(uintptr_t)sqe->addr;
-	uint64_t t = (uint64_t)ts->tv_sec * 1000000000ull +
-		     (uint64_t)ts->tv_nsec;
+	uint64_t t =
+	    (uint64_t)ts->tv_sec * 1000000000ull + (uint64_t)ts->tv_nsec;
 
 	return sqe->timeout_flags & IORING_TIMEOUT_ABS ? t : mono_now() + t;
 }
@@ -541,8 +540,13 @@ static void op_finish(struct ep_op *op, int res, unsigned cflags)
 		post_cqe(r, op->sqe.user_data, res,
 			 cflags | (op->zc_notif && res >= 0 ? IORING_CQE_F_MORE
 							    : 0));
+	/* SEND_ZC copies here: a notification that says so when asked. */
 	if (op->zc_notif && res >= 0)
-		post_cqe(r, op->sqe.user_data, 0, IORING_CQE_F_NOTIF);
+		post_cqe(r, op->sqe.user_data,
+			 op->sqe.ioprio & IORING_SEND_ZC_REPORT_USAGE
+			     ? (int)IORING_NOTIF_USAGE_ZC_COPIED
+			     : 0,
+			 IORING_CQE_F_NOTIF);
 	if (op->lt) {
 		post_cqe(r, op->lt->sqe.user_data, -ECANCELED, 0);
 		op_free(op->lt);
@@ -627,8 +631,8 @@ static void op_start(struct ep_op *op)
 	op->state = OP_RUNNING;
 	keel__list_push_back(&r->ops, &op->link);
 	if (uses_file(op->sqe.opcode)) {
-		op->fd = resolve_fd(r, op->sqe.fd,
-				    op->sqe.flags & IOSQE_FIXED_FILE);
+		op->fd =
+		    resolve_fd(r, op->sqe.fd, op->sqe.flags & IOSQE_FIXED_FILE);
 		struct ep_fd *e = fd_entry(r, op->fd);
 
 		if (!e) {
@@ -665,8 +669,7 @@ static bool park(struct ep_op *op, int fd, uint32_t events)
 
 	if (!e)
 		return false;
-	if (!e->registered ||
-	    (!op->parked_before && e->proved != r->epoch)) {
+	if (!e->registered || (!op->parked_before && e->proved != r->epoch)) {
 		struct epoll_event ev = {
 		    .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
 		    .data.u64 = (uint64_t)fd,
@@ -730,7 +733,6 @@ struct result {
 	int res;
 	unsigned flags;
 	bool more;	 /* multishot goes on */
-	bool drained;	 /* a short read: wait for the next edge */
 	int park_fd;	 /* res == -EAGAIN: where to wait */
 	uint32_t events; /* ... and for what */
 };
@@ -749,8 +751,7 @@ static int rw_flags(const struct ep_op *op)
 static int do_read(struct ep_op *op, void *buf, size_t len)
 {
 	struct iovec iov = {buf, len};
-	int n = sys(preadv2(op->fd, &iov, 1, (off_t)op->sqe.off,
-			    rw_flags(op)));
+	int n = sys(preadv2(op->fd, &iov, 1, (off_t)op->sqe.off, rw_flags(op)));
 
 	if (n == -EOPNOTSUPP && !op->blocking) {
 		/* No RWF_NOWAIT here (a tty, some devices): poll first. */
@@ -768,8 +769,8 @@ static int do_recv(struct ep_op *op, void *buf, size_t len)
 {
 	if (op->sqe.opcode == IORING_OP_READ)
 		return do_read(op, buf, len);
-	return sys(recv(op->fd, buf, len,
-			(int)op->sqe.msg_flags | MSG_DONTWAIT));
+	return sys(
+	    recv(op->fd, buf, len, (int)op->sqe.msg_flags | MSG_DONTWAIT));
 }
 
 /* READ and RECV, with a buffer of their own or a selected one. */
@@ -789,7 +790,19 @@ static struct result exec_input(struct ep_op *op)
 	struct io_uring_buf *buf = b ? buf_peek(b) : NULL;
 
 	if (!buf) {
+		/*
+		 * The kernel says -ENOBUFS when data comes and finds no
+		 * buffer: a multishot recv that emptied the ring waits for
+		 * data first (a peek, as the edge may have come already).
+		 */
+		char c;
+
 		out.res = -ENOBUFS;
+		if (op->multishot && op->parked_before &&
+		    sqe->opcode == IORING_OP_RECV &&
+		    recv(op->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+		    errno == EAGAIN)
+			out.res = -EAGAIN;
 		return out;
 	}
 	if (!len || buf->len < len)
@@ -798,7 +811,6 @@ static struct result exec_input(struct ep_op *op)
 	if (out.res > 0)
 		out.flags = buf_consume(b, buf, (unsigned)out.res);
 	out.more = op->multishot && out.res > 0;
-	out.drained = out.res > 0 && (size_t)out.res < len;
 	return out;
 }
 
@@ -813,10 +825,10 @@ static int exec_rw(struct ep_op *op, bool write)
 		iov = (const struct iovec *)(uintptr_t)sqe->addr;
 		cnt = (int)sqe->len;
 	}
-	int n = write ? sys(pwritev2(op->fd, iov, cnt, (off_t)sqe->off,
-				     rw_flags(op)))
-		      : sys(preadv2(op->fd, iov, cnt, (off_t)sqe->off,
-				    rw_flags(op)));
+	int n =
+	    write
+		? sys(pwritev2(op->fd, iov, cnt, (off_t)sqe->off, rw_flags(op)))
+		: sys(preadv2(op->fd, iov, cnt, (off_t)sqe->off, rw_flags(op)));
 
 	if (n == -EOPNOTSUPP && !op->blocking) {
 		struct pollfd p = {op->fd, write ? POLLOUT : POLLIN, 0};
@@ -912,8 +924,8 @@ static int exec_splice(struct ep_op *op, struct result *out)
 		loff_t oin = (loff_t)sqe->splice_off_in;
 		loff_t oout = (loff_t)sqe->off;
 
-		n = sys(splice(in, sqe->splice_off_in == (uint64_t)-1 ? NULL
-								      : &oin,
+		n = sys(splice(in,
+			       sqe->splice_off_in == (uint64_t)-1 ? NULL : &oin,
 			       op->fd, sqe->off == (uint64_t)-1 ? NULL : &oout,
 			       sqe->len, flags | SPLICE_F_NONBLOCK));
 	}
@@ -967,15 +979,15 @@ static struct result exec(struct ep_op *op)
 		break;
 	case IORING_OP_SEND:
 	case IORING_OP_SEND_ZC:
-		out.res = sys(send(op->fd, (const void *)(uintptr_t)sqe->addr,
-				   sqe->len,
-				   (int)sqe->msg_flags | MSG_DONTWAIT));
+		out.res =
+		    sys(send(op->fd, (const void *)(uintptr_t)sqe->addr,
+			     sqe->len, (int)sqe->msg_flags | MSG_DONTWAIT));
 		break;
 	case IORING_OP_SENDMSG:
 	case IORING_OP_SENDMSG_ZC:
-		out.res =
-		    sys(sendmsg(op->fd, (const struct msghdr *)(uintptr_t)sqe->addr,
-				(int)sqe->msg_flags | MSG_DONTWAIT));
+		out.res = sys(
+		    sendmsg(op->fd, (const struct msghdr *)(uintptr_t)sqe->addr,
+			    (int)sqe->msg_flags | MSG_DONTWAIT));
 		break;
 	case IORING_OP_ACCEPT:
 		out.res = exec_accept(op, &out.more);
@@ -1067,10 +1079,7 @@ static void op_attempt(struct ep_op *op)
 		/* Multishot: this CQE, and the op stays armed. */
 		post_cqe(op->r, op->sqe.user_data, out.res,
 			 out.flags | IORING_CQE_F_MORE);
-		if (out.drained) {
-			park(op, out.park_fd, out.events);
-			return;
-		}
+		op->parked_before = true;
 		if (i + 1 >= MULTISHOT_BURST) {
 			run_later(op);
 			return;
@@ -1112,9 +1121,9 @@ static int exec_accept(struct ep_op *op, bool *more)
 
 	if (err)
 		return err;
-	int fd = accept4(op->fd, (struct sockaddr *)(uintptr_t)sqe->addr,
-			 (socklen_t *)(uintptr_t)sqe->addr2,
-			 (int)sqe->accept_flags);
+	int fd =
+	    accept4(op->fd, (struct sockaddr *)(uintptr_t)sqe->addr,
+		    (socklen_t *)(uintptr_t)sqe->addr2, (int)sqe->accept_flags);
 
 	if (fd < 0)
 		return -errno;
@@ -1205,8 +1214,8 @@ static void free_memory(struct ep_ring *r)
 	r->cqes = NULL;
 }
 
-static int ep_setup(struct keel__backend *b, struct io_uring *ring,
-		    unsigned sq, unsigned cq, uint64_t ops[2])
+static int ep_setup(struct keel__backend *b, struct io_uring *ring, unsigned sq,
+		    unsigned cq, uint64_t ops[2])
 {
 	struct ep_ring *r = ring_of(b);
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_DOORBELL};
@@ -1360,19 +1369,19 @@ static void fd_ready(struct ep_ring *r, int fd, uint32_t events)
 {
 	if ((uint32_t)fd >= r->nfds)
 		return;
-	struct ep_fd *e = &r->fds[fd];
-	struct keel__list q = e->waiters;
+	struct keel__list q = r->fds[fd].waiters;
 	struct keel__link *l;
 	uint32_t in = EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP;
 	uint32_t out = EPOLLOUT | EPOLLERR | EPOLLHUP;
 
-	e->proved = r->epoch;
-	keel__list_init(&e->waiters);
+	/* Attempts may grow r->fds: no pointer into it is kept. */
+	r->fds[fd].proved = r->epoch;
+	keel__list_init(&r->fds[fd].waiters);
 	while ((l = keel__list_pop_front(&q))) {
 		struct ep_op *op = keel__list_entry(l, struct ep_op, wait);
 
 		if (!(events & (op->events == EPOLLIN ? in : out))) {
-			keel__list_push_back(&e->waiters, &op->wait);
+			keel__list_push_back(&r->fds[fd].waiters, &op->wait);
 			continue;
 		}
 		op->state = OP_RUNNING;
@@ -1458,8 +1467,8 @@ static int ep_enter(struct keel__backend *b, struct io_uring *ring,
 		int64_t t = 0;
 
 		fire_timers(r, now);
-		if (io_uring_cq_ready(ring) < want && keel__list_empty(&r->runq) &&
-		    wait_ns != 0) {
+		if (io_uring_cq_ready(ring) < want &&
+		    keel__list_empty(&r->runq) && wait_ns != 0) {
 			uint64_t end = until;
 
 			if (r->nheap && r->heap[0]->deadline < end)
@@ -1567,8 +1576,8 @@ static int ep_poll_fd(struct keel__backend *b)
 	struct ep_ring *r = ring_of(b);
 
 	if (r->timerfd < 0) {
-		int fd = timerfd_create(CLOCK_MONOTONIC,
-					TFD_NONBLOCK | TFD_CLOEXEC);
+		int fd =
+		    timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 		struct epoll_event ev = {.events = EPOLLIN,
 					 .data.u64 = TAG_TIMER};
 
