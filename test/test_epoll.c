@@ -118,8 +118,7 @@ Test(epoll, recv_parks_until_data, .timeout = 20)
 		pair(fds);
 		io_uring_prep_recv(t_sqe(&t, 1), fds[0], buf, sizeof(buf), 0);
 		t_reap(&t, 1, 30);
-		cr_assert_eq(t.n, 0, "%s: recv completed with no data",
-			     t.name);
+		cr_assert_eq(t.n, 0, "%s: recv completed with no data", t.name);
 		cr_assert_eq(write(fds[1], "hello", 5), 5);
 		t_reap(&t, 1, 5000);
 		cr_assert_eq(t_cqe(&t, 1, 0)->res, 5, "%s", t.name);
@@ -239,14 +238,12 @@ Test(epoll, multishot_recv_runs_out_of_buffers_then_rearms, .timeout = 20)
 		t_reap(&t, 1, 20);
 		cr_assert_eq(t.n, 0, "%s", t.name);
 		for (int i = 0; i < 2; i++) {
-			cr_assert_eq(write(fds[1], "0123456789abcdef", 16),
-				     16);
+			cr_assert_eq(write(fds[1], "0123456789abcdef", 16), 16);
 			t_reap(&t, i + 1, 5000);
 			struct io_uring_cqe *c = t_cqe(&t, 1, i);
 
 			cr_assert_eq(c->res, 16, "%s", t.name);
-			cr_assert(c->flags & IORING_CQE_F_BUFFER, "%s",
-				  t.name);
+			cr_assert(c->flags & IORING_CQE_F_BUFFER, "%s", t.name);
 			cr_assert(c->flags & IORING_CQE_F_MORE, "%s", t.name);
 		}
 		/* Both buffers used: the next data finds none. */
