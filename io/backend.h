@@ -18,8 +18,8 @@
  * So everything above the seam runs unchanged on every backend. The
  * kernel's io_uring is the default and is not behind a function pointer:
  * io->backend is NULL and io/ring.c calls liburing directly, one
- * predictable branch per enter. The simulated kernel (sim/) is a backend;
- * epoll will be one.
+ * predictable branch per enter. The simulated kernel (sim/) is a backend,
+ * and so is epoll (io/epoll.c), for where io_uring is refused.
  */
 #ifndef KEEL_IO_BACKEND_H
 #define KEEL_IO_BACKEND_H
@@ -67,6 +67,15 @@ struct keel__backend {
 		   unsigned opcode, void *arg, unsigned nr_args);
 	/* The ring is going away: free what setup made. Called once, last. */
 	void (*teardown)(struct keel__backend *b, struct io_uring *ring);
+	/*
+	 * Optional (NULL: the loop's registered eventfd is what hosts poll).
+	 * poll_fd: the descriptor a host sleeps on (keel_loop_fd()): readable
+	 * when an enter would find work, deadlines included. post: from any
+	 * thread, put a CQE in this ring's CQ before its next enter returns
+	 * and wake it (a doorbell); 0 or a negative errno.
+	 */
+	int (*poll_fd)(struct keel__backend *b);
+	int (*post)(struct keel__backend *b, uint64_t user_data, int res);
 };
 
 #endif

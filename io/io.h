@@ -203,6 +203,9 @@ static inline uint64_t keel__op_ud(const struct keel__op *op, unsigned role)
 
 /* Ring setup and teardown (io/ring.c). `backend` NULL: the kernel's
  * io_uring; otherwise the loop's ring belongs to it (torn down by fini). */
+/* io/select.c: the loop's KEEL_BACKEND_* (or -EINVAL); the fallback line. */
+int keel__backend_mode(const struct keel_loop_opts *opts);
+void keel__backend_notice(const char *why);
 int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 		  struct keel__backend *backend);
 void keel__io_fini(struct keel__io *io);

@@ -9,6 +9,7 @@
  * kernel.io_uring_disabled or seccomp, ENOMEM from memlock, ENOSYS) is
  * returned as it is: keel_loop_explain() says what to do about it.
  */
+#include "epoll.h"
 #include "io.h"
 
 #include <errno.h>
@@ -136,6 +137,26 @@ static int backend_init(struct keel__io *io, struct keel__backend *b,
 	return 0;
 }
 
+/* The epoll backend (io/epoll.c); `why` it was chosen, if not asked for. */
+static int epoll_init(struct keel__io *io, unsigned sq, unsigned cq,
+		      const char *why)
+{
+	struct keel__backend *b = keel__epoll_new();
+
+	if (!b)
+		return -ENOMEM;
+	int err = backend_init(io, b, sq, cq);
+
+	if (err) {
+		keel__epoll_drop(b);
+		return err;
+	}
+	snprintf(io->downgrades, sizeof(io->downgrades), "%s", why ? why : "");
+	if (why)
+		keel__backend_notice(why);
+	return 0;
+}
+
 int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 		  struct keel__backend *backend)
 {
@@ -145,11 +166,13 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 	const struct setup_try *tries = try_default;
 	size_t ntries = sizeof(try_default) / sizeof(try_default[0]);
 	int err = -EINVAL;
+	int mode = keel__backend_mode(opts);
 
 	/* First: a create that fails the checks below still runs fini. */
 	io->event_fd = -1;
-	if (flags &
-	    ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER | KEEL_LOOP_RESTRICT))
+	if (mode < 0 ||
+	    (flags &
+	     ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER | KEEL_LOOP_RESTRICT)))
 		return -EINVAL;
 	/* Checked here: the kernel's -EINVAL would read as a missing flag. */
 	if (sq > KEEL__MAX_SQ || cq < sq || cq > KEEL__MAX_CQ)
@@ -175,6 +198,12 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 			return err;
 		goto ready;
 	}
+	if (mode == KEEL_BACKEND_EPOLL) {
+		err = epoll_init(io, sq, cq, NULL);
+		if (err)
+			return err;
+		goto ready;
+	}
 	for (size_t i = 0; i < ntries; i++) {
 		struct io_uring_params p;
 
@@ -186,6 +215,18 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 		err = io_uring_queue_init_params(sq, &io->ring, &p);
 		if (err != -EINVAL)
 			break;
+	}
+	if (mode == KEEL_BACKEND_AUTO &&
+	    (err == -EPERM || err == -ENOSYS || err == -ENOMEM)) {
+		char why[128];
+
+		snprintf(why, sizeof(why),
+			 "io_uring refused: io_uring_setup: %s",
+			 strerror(-err));
+		err = epoll_init(io, sq, cq, why);
+		if (err)
+			return err;
+		goto ready;
 	}
 	if (err)
 		return err;
@@ -221,6 +262,8 @@ ready:
  */
 int keel__io_event_fd(struct keel__io *io)
 {
+	if (io->backend && io->backend->poll_fd)
+		return io->backend->poll_fd(io->backend);
 	if (io->event_fd >= 0)
 		return io->event_fd;
 	int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -394,7 +437,8 @@ const char *keel_loop_explain(int err)
 		       "cq_entries between sq_entries and 65536, flags "
 		       "only KEEL_LOOP_*, restrict_ops only KEEL_OPS_* and "
 		       "with KEEL_LOOP_RESTRICT (and KEEL_RESTRICT, if set, "
-		       "1, all, 0 or a list of net, files, pipes)";
+		       "1, all, 0 or a list of net, files, pipes), backend "
+		       "(or KEEL_BACKEND) auto, io_uring or epoll";
 	case -EMFILE:
 	case -ENFILE:
 		return "out of file descriptors for the io_uring ring: raise "
@@ -442,8 +486,11 @@ size_t keel_loop_describe(const struct keel_loop *loop, char *buf, size_t len)
 					      setup_names[i].name);
 	if (io->backend) {
 		int w = snprintf(
-		    buf, len, "backend: %s; sq %u, cq %u; features:%s%s%s",
-		    io->backend->name, io->sq_entries, io->cq_entries,
+		    buf, len,
+		    "backend: %s%s%s%s; sq %u, cq %u; features:%s%s%s",
+		    io->backend->name, io->downgrades[0] ? " (" : "",
+		    io->downgrades, io->downgrades[0] ? ")" : "",
+		    io->sq_entries, io->cq_entries,
 		    io->features & IORING_FEAT_NODROP ? " NODROP" : "",
 		    io->features & IORING_FEAT_EXT_ARG ? " EXT_ARG" : "",
 		    io->features & IORING_FEAT_CQE_SKIP ? " CQE_SKIP" : "");

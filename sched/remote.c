@@ -69,9 +69,17 @@ static void prep_doorbell(struct io_uring_sqe *sqe, struct keel_loop *target)
 static void ring_doorbell(struct keel_loop *target)
 {
 	struct keel__core *self = keel__current_core;
+	struct keel__backend *tb = target->io.backend;
 
 	__atomic_add_fetch(&target->inbox.doorbells, 1, __ATOMIC_RELAXED);
-	if (self && self != &target->io.core) {
+	/* A backend with a doorbell of its own (epoll): from any thread. */
+	if (tb && tb->post) {
+		tb->post(tb, KEEL__UD_WAKE, 0);
+		return;
+	}
+	/* MSG_RING from a loop goes to a ring of the same kind only. */
+	if (self && self != &target->io.core &&
+	    !((struct keel__io *)self)->backend == !tb) {
 		/* From a loop: its next io_uring_enter carries it. */
 		struct io_uring_sqe *sqe =
 		    keel__io_sqe((struct keel__io *)self);

@@ -127,12 +127,15 @@ static int deny_io_uring_setup(void)
 
 static void seccomp_child(void)
 {
+	/* io_uring asked for by name: no fallback to epoll (test_epoll.c
+	 * has the fallback). */
+	struct keel_loop_opts opts = {.backend = KEEL_BACKEND_IO_URING};
 	struct keel_loop *loop = NULL;
 	int err;
 
 	if (deny_io_uring_setup() != 0)
 		_exit(CHILD_NO_FILTER);
-	err = keel_loop_create(&loop, NULL);
+	err = keel_loop_create(&loop, &opts);
 	if (err == -EPERM)
 		_exit(CHILD_EPERM);
 	_exit(err == 0 ? CHILD_CREATED : CHILD_OTHER);

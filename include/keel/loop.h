@@ -68,7 +68,19 @@ struct keel_loop_opts {
 	unsigned batch_wait_ns;
 	/* With KEEL_LOOP_RESTRICT: KEEL_OPS_* allowed, 0: every class. */
 	unsigned restrict_ops;
+	/*
+	 * Who executes the loop's I/O: KEEL_BACKEND_AUTO (0: the
+	 * KEEL_BACKEND environment variable, else io_uring with a fallback
+	 * to epoll where io_uring is refused), KEEL_BACKEND_IO_URING or
+	 * KEEL_BACKEND_EPOLL. keel_loop_create(3), NOTES, says what differs.
+	 */
+	unsigned backend;
 };
+
+/* keel_loop_opts.backend */
+#define KEEL_BACKEND_AUTO     0u
+#define KEEL_BACKEND_IO_URING 1u
+#define KEEL_BACKEND_EPOLL    2u
 
 /*
  * Create a loop on the calling thread. `opts` may be NULL for defaults.
