@@ -170,9 +170,8 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 
 	/* First: a create that fails the checks below still runs fini. */
 	io->event_fd = -1;
-	if (mode < 0 ||
-	    (flags &
-	     ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER | KEEL_LOOP_RESTRICT)))
+	if (mode < 0 || (flags & ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER |
+				   KEEL_LOOP_RESTRICT)))
 		return -EINVAL;
 	/* Checked here: the kernel's -EINVAL would read as a missing flag. */
 	if (sq > KEEL__MAX_SQ || cq < sq || cq > KEEL__MAX_CQ)

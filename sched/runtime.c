@@ -487,13 +487,18 @@ static int signal_step(struct keel_task *t)
 					continue;
 			}
 		}
-		if (s->res != (int)sizeof(s->si))
-			break; /* cancelled: the runtime is shutting down */
-		if (s->si.ssi_signo == SIGUSR1) {
+		if (s->res == (int)sizeof(s->si) &&
+		    s->si.ssi_signo == SIGUSR1) {
 			dump_all(s->rt);
 			continue;
 		}
-		/* A second SIGINT/SIGTERM now kills the process. */
+		if (s->res == -ECANCELED)
+			break; /* the runtime is shutting down */
+		/*
+		 * A SIGINT/SIGTERM: the next one kills the process. So does
+		 * the first after a read that failed (a seccomp filter that
+		 * refuses it, say): better killed than never stopped.
+		 */
 		sigset_t set;
 
 		sigemptyset(&set);
@@ -502,7 +507,8 @@ static int signal_step(struct keel_task *t)
 		signal(SIGINT, SIG_DFL);
 		signal(SIGTERM, SIG_DFL);
 		pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-		keel_runtime_shutdown(s->rt);
+		if (s->res == (int)sizeof(s->si))
+			keel_runtime_shutdown(s->rt);
 		break;
 	}
 	KEEL_AWAIT(t, keel_close(t, s->fd));
