@@ -80,7 +80,6 @@ struct ep_fd {
 	uint32_t refs;		   /* started ops using it */
 	bool registered;	   /* in the epoll set (as far as we know) */
 	bool close_pending;	   /* CLOSE came while refs > 0 */
-	bool nonblock;		   /* O_NONBLOCK set by us (accept, connect) */
 };
 
 struct ep_remote_cqe {
@@ -336,7 +335,6 @@ static void fd_fresh(struct ep_ring *r, int fd)
 
 	if (e) {
 		e->registered = false;
-		e->nonblock = false;
 	}
 }
 
@@ -347,7 +345,6 @@ static void fd_really_close(struct ep_ring *r, int fd)
 	if (e) {
 		e->registered = false;
 		e->close_pending = false;
-		e->nonblock = false;
 	}
 	close(fd);
 }
@@ -365,7 +362,6 @@ static int fd_close(struct ep_ring *r, int fd)
 	}
 	if (e) {
 		e->registered = false;
-		e->nonblock = false;
 	}
 	return close(fd) ? -errno : 0;
 }
@@ -378,20 +374,20 @@ static void fd_put(struct ep_ring *r, int fd)
 		fd_really_close(r, fd);
 }
 
-static int set_nonblock(struct ep_ring *r, int fd)
+/*
+ * Asked of the file every time, not remembered per number: a program may
+ * close(2) a descriptor behind the ring's back and get the number again
+ * for a blocking socket (the proxy's pipes, then its backend socket), and
+ * one blocking call would stop the loop.
+ */
+static int set_nonblock(int fd)
 {
-	struct ep_fd *e = fd_entry(r, fd);
-
-	if (e && e->nonblock)
-		return 0;
 	int fl = fcntl(fd, F_GETFL);
 
 	if (fl < 0)
 		return -errno;
 	if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
 		return -errno;
-	if (e)
-		e->nonblock = true;
 	return 0;
 }
 
@@ -600,6 +596,7 @@ static bool uses_file(unsigned opcode)
 	case IORING_OP_RECV:
 	case IORING_OP_SEND:
 	case IORING_OP_SENDMSG:
+	case IORING_OP_RECVMSG:
 	case IORING_OP_SEND_ZC:
 	case IORING_OP_SENDMSG_ZC:
 	case IORING_OP_ACCEPT:
@@ -814,6 +811,76 @@ static struct result exec_input(struct ep_op *op)
 	return out;
 }
 
+/*
+ * RECVMSG: one message into the caller's msghdr, or (multishot, with a
+ * selected buffer) the kernel's layout in the buffer: struct
+ * io_uring_recvmsg_out, the name and control space the msghdr reserves,
+ * then the payload; res counts all of it, and payloadlen is the
+ * datagram's whole length (MSG_TRUNC), as the kernel reports it.
+ */
+static struct result exec_recvmsg(struct ep_op *op)
+{
+	struct result out = {0};
+	struct io_uring_sqe *sqe = &op->sqe;
+	struct msghdr *msg = (struct msghdr *)(uintptr_t)sqe->addr;
+	int flags = (int)sqe->msg_flags | MSG_DONTWAIT;
+
+	out.park_fd = op->fd;
+	out.events = EPOLLIN;
+	if (!(sqe->flags & IOSQE_BUFFER_SELECT)) {
+		out.res = sys(recvmsg(op->fd, msg, flags));
+		return out;
+	}
+	struct ep_bufring *b = bufring(op->r, sqe->buf_group);
+	struct io_uring_buf *buf = b ? buf_peek(b) : NULL;
+
+	if (!buf) {
+		char c;
+
+		out.res = -ENOBUFS;
+		if (op->multishot && op->parked_before &&
+		    recv(op->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+		    errno == EAGAIN)
+			out.res = -EAGAIN;
+		return out;
+	}
+	size_t head = sizeof(struct io_uring_recvmsg_out) + msg->msg_namelen +
+		      msg->msg_controllen;
+
+	if (buf->len < head) {
+		out.res = -EFAULT;
+		return out;
+	}
+	char *base = (char *)(uintptr_t)buf->addr;
+	struct io_uring_recvmsg_out *o = (struct io_uring_recvmsg_out *)base;
+	struct iovec iov = {base + head, buf->len - head};
+	struct msghdr m = {
+	    .msg_name = msg->msg_namelen ? o + 1 : NULL,
+	    .msg_namelen = msg->msg_namelen,
+	    .msg_iov = &iov,
+	    .msg_iovlen = 1,
+	    .msg_control = msg->msg_controllen
+			       ? base + sizeof(*o) + msg->msg_namelen
+			       : NULL,
+	    .msg_controllen = msg->msg_controllen,
+	};
+	int n = sys(recvmsg(op->fd, &m, flags | MSG_TRUNC));
+
+	if (n < 0) {
+		out.res = n;
+		return out;
+	}
+	o->namelen = m.msg_namelen;
+	o->controllen = (uint32_t)m.msg_controllen;
+	o->payloadlen = (uint32_t)n;
+	o->flags = (uint32_t)m.msg_flags;
+	out.res =
+	    (int)(head + ((size_t)n < iov.iov_len ? (size_t)n : iov.iov_len));
+	out.flags = buf_consume(b, buf, buf->len);
+	out.more = op->multishot;
+	return out;
+}
+
 static int exec_rw(struct ep_op *op, bool write)
 {
 	const struct io_uring_sqe *sqe = &op->sqe;
@@ -855,7 +922,7 @@ static int exec_connect(struct ep_op *op)
 			return -errno;
 		return -err;
 	}
-	err = set_nonblock(op->r, op->fd);
+	err = set_nonblock(op->fd);
 	if (err)
 		return err;
 	if (!connect(op->fd, (const struct sockaddr *)(uintptr_t)op->sqe.addr,
@@ -918,6 +985,16 @@ static int exec_splice(struct ep_op *op, struct result *out)
 
 	if (in < 0)
 		return -EBADF;
+	/*
+	 * SPLICE_F_NONBLOCK covers the pipe only: a socket's side of a
+	 * splice blocks unless its file is O_NONBLOCK (tcp_splice_read
+	 * reads the file's flag), and a blocked splice would stop the loop.
+	 */
+	n = set_nonblock(in);
+	if (!n)
+		n = set_nonblock(op->fd);
+	if (n)
+		return n;
 	if (sqe->opcode == IORING_OP_TEE) {
 		n = sys(tee(in, op->fd, sqe->len, flags | SPLICE_F_NONBLOCK));
 	} else {
@@ -983,6 +1060,8 @@ static struct result exec(struct ep_op *op)
 		    sys(send(op->fd, (const void *)(uintptr_t)sqe->addr,
 			     sqe->len, (int)sqe->msg_flags | MSG_DONTWAIT));
 		break;
+	case IORING_OP_RECVMSG:
+		return exec_recvmsg(op);
 	case IORING_OP_SENDMSG:
 	case IORING_OP_SENDMSG_ZC:
 		out.res = sys(
@@ -1050,6 +1129,7 @@ static bool wants_dontwait(const struct ep_op *op)
 	case IORING_OP_SEND_ZC:
 	case IORING_OP_SENDMSG:
 	case IORING_OP_SENDMSG_ZC:
+	case IORING_OP_RECVMSG:
 		return op->sqe.msg_flags & MSG_DONTWAIT;
 	default:
 		return false;
@@ -1117,7 +1197,7 @@ static int install(struct ep_op *op, int fd)
 static int exec_accept(struct ep_op *op, bool *more)
 {
 	const struct io_uring_sqe *sqe = &op->sqe;
-	int err = set_nonblock(op->r, op->fd);
+	int err = set_nonblock(op->fd);
 
 	if (err)
 		return err;
@@ -1200,6 +1280,7 @@ static const uint8_t executed_ops[] = {
     IORING_OP_SEND,	  IORING_OP_RECV,	  IORING_OP_SHUTDOWN,
     IORING_OP_MSG_RING,	  IORING_OP_SOCKET,	  IORING_OP_SEND_ZC,
     IORING_OP_SENDMSG_ZC, IORING_OP_SPLICE,	  IORING_OP_TEE,
+    IORING_OP_RECVMSG,
 };
 
 static void free_memory(struct ep_ring *r)
@@ -1301,7 +1382,8 @@ static int take_sqes(struct ep_ring *r)
 		op->sqe = *sqe;
 		op->fd = -1;
 		op->hslot = NO_SLOT;
-		op->multishot = (sqe->opcode == IORING_OP_RECV &&
+		op->multishot = ((sqe->opcode == IORING_OP_RECV ||
+				  sqe->opcode == IORING_OP_RECVMSG) &&
 				 (sqe->ioprio & IORING_RECV_MULTISHOT)) ||
 				(sqe->opcode == IORING_OP_ACCEPT &&
 				 (sqe->ioprio & IORING_ACCEPT_MULTISHOT));

@@ -35,6 +35,10 @@ Test(loop, create_with_null_opts_uses_single_issuer_and_defer_taskrun,
 	cr_assert_gt(n, 0);
 	cr_assert_lt(n, sizeof(desc));
 	cr_assert_eq(strlen(desc), n);
+	if (strstr(desc, "backend: epoll")) {
+		keel_loop_destroy(loop);
+		cr_skip_test("io_uring's setup flags: this loop runs on epoll");
+	}
 	cr_assert(strstr(desc, "SINGLE_ISSUER"), "describe: %s", desc);
 	cr_assert(strstr(desc, "DEFER_TASKRUN"), "describe: %s", desc);
 	keel_loop_destroy(loop);
