@@ -770,6 +770,21 @@ static int do_recv(struct ep_op *op, void *buf, size_t len)
 	    recv(op->fd, buf, len, (int)op->sqe.msg_flags | MSG_DONTWAIT));
 }
 
+/*
+ * The ring has no buffer for a socket's recv. The kernel says -ENOBUFS
+ * when data comes and finds none: a multishot recv that emptied the ring
+ * waits for data first (a peek, as the edge may have come already).
+ */
+static int no_buffer(struct ep_op *op)
+{
+	char c;
+
+	if (op->multishot && op->parked_before &&
+	    recv(op->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno == EAGAIN)
+		return -EAGAIN;
+	return -ENOBUFS;
+}
+
 /* READ and RECV, with a buffer of their own or a selected one. */
 static struct result exec_input(struct ep_op *op)
 {
@@ -787,19 +802,8 @@ static struct result exec_input(struct ep_op *op)
 	struct io_uring_buf *buf = b ? buf_peek(b) : NULL;
 
 	if (!buf) {
-		/*
-		 * The kernel says -ENOBUFS when data comes and finds no
-		 * buffer: a multishot recv that emptied the ring waits for
-		 * data first (a peek, as the edge may have come already).
-		 */
-		char c;
-
-		out.res = -ENOBUFS;
-		if (op->multishot && op->parked_before &&
-		    sqe->opcode == IORING_OP_RECV &&
-		    recv(op->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
-		    errno == EAGAIN)
-			out.res = -EAGAIN;
+		out.res =
+		    sqe->opcode == IORING_OP_RECV ? no_buffer(op) : -ENOBUFS;
 		return out;
 	}
 	if (!len || buf->len < len)
@@ -835,13 +839,7 @@ static struct result exec_recvmsg(struct ep_op *op)
 	struct io_uring_buf *buf = b ? buf_peek(b) : NULL;
 
 	if (!buf) {
-		char c;
-
-		out.res = -ENOBUFS;
-		if (op->multishot && op->parked_before &&
-		    recv(op->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
-		    errno == EAGAIN)
-			out.res = -EAGAIN;
+		out.res = no_buffer(op);
 		return out;
 	}
 	size_t head = sizeof(struct io_uring_recvmsg_out) + msg->msg_namelen +
