@@ -23,6 +23,7 @@
 #include <keel/io.h>
 #include <keel/limit.h>
 #include <keel/loop.h>
+#include <keel/pipeline.h>
 #include <keel/resilience.h>
 #include <keel/sim.h>
 #include <keel/supervisor.h>

@@ -131,6 +131,22 @@ void keel__prom_value(struct keel__prom *p, uint64_t value)
 	p->labelled = false;
 }
 
+/* Seconds from nanoseconds, exactly (no floating point): "S.NNNNNNNNN". */
+void keel__prom_value_ns(struct keel__prom *p, uint64_t ns)
+{
+	char frac[10];
+	uint64_t f = ns % 1000000000u;
+
+	put_str(p, p->labelled ? "} " : " ");
+	put_uint(p, ns / 1000000000u);
+	frac[0] = '.';
+	for (int i = 9; i >= 1; i--, f /= 10)
+		frac[i] = (char)('0' + f % 10);
+	put(p, frac, sizeof(frac));
+	put_str(p, "\n");
+	p->labelled = false;
+}
+
 size_t keel__prom_end(const struct keel__prom *p)
 {
 	return p->need;

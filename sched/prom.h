@@ -49,6 +49,9 @@ void keel__prom_label_uint(struct keel__prom *p, const char *key,
 			   uint64_t value);
 void keel__prom_value(struct keel__prom *p, uint64_t value);
 
+/* keel__prom_value() for a time: `ns` written as seconds. */
+void keel__prom_value_ns(struct keel__prom *p, uint64_t ns);
+
 /* The length the whole text needs (>= len: it was cut). */
 size_t keel__prom_end(const struct keel__prom *p);
 
