@@ -316,9 +316,11 @@ static int process(struct keel_task *t, struct pipe_worker *w)
 		if (st->o.on_error != KEEL_PIPE_RETRY ||
 		    keel__task_cancel_cause(t))
 			KEEL_ROUTINE_RETURN(&w->pr, t, w->res);
-		KEEL_AWAIT_CALL(&w->pr, keel_retry_backoff(t, &w->retry, w->res));
+		KEEL_AWAIT_CALL(&w->pr,
+				keel_retry_backoff(t, &w->retry, w->res));
 		if (keel_retry_done(&w->retry))
-			KEEL_ROUTINE_RETURN(&w->pr, t, keel_retry_result(&w->retry));
+			KEEL_ROUTINE_RETURN(&w->pr, t,
+					    keel_retry_result(&w->retry));
 		st->stats.retries++;
 	}
 }
@@ -331,8 +333,7 @@ static void worker_exit(struct pipe_stage *st)
 }
 
 /* Ordered: file the item (or a hole) under its number. */
-static void slot_fill(struct pipe_stage *st, uint64_t seq, void *item,
-		      bool ok)
+static void slot_fill(struct pipe_stage *st, uint64_t seq, void *item, bool ok)
 {
 	struct pipe_slot *s = &st->slots[seq % st->win];
 
@@ -552,8 +553,8 @@ int keel_pipeline_add_stage(struct keel_pipeline *p,
 	st->o.name = st->name;
 	st->q.cap = o.queue + o.buffer;
 	st->q.soft = o.queue;
-	st->q.full = o.backpressure == KEEL_PIPE_BUFFER ? o.overflow
-							: o.backpressure;
+	st->q.full =
+	    o.backpressure == KEEL_PIPE_BUFFER ? o.overflow : o.backpressure;
 	st->q.ring = calloc(st->q.cap, sizeof(void *));
 	if (o.state_size)
 		st->states = calloc(o.concurrency, o.state_size);
@@ -569,7 +570,8 @@ int keel_pipeline_add_stage(struct keel_pipeline *p,
 	keel__wq_init(&st->q.senders, p->loop, NULL);
 	st->q.senders.timed = true;
 	keel__wq_init(&st->q.receivers, p->loop, NULL);
-	st->q.trace_id = __atomic_fetch_add(&next_trace_id, 1, __ATOMIC_RELAXED);
+	st->q.trace_id =
+	    __atomic_fetch_add(&next_trace_id, 1, __ATOMIC_RELAXED);
 	if (p->nstages)
 		p->stages[p->nstages - 1]->next = st;
 	else
@@ -597,7 +599,8 @@ static int spawn_stage(struct keel_pipeline *p, struct pipe_stage *st,
 		w->ctx.arg = st->o.arg;
 		w->ctx.worker = i;
 		if (st->states)
-			w->ctx.state = st->states + (size_t)i * st->o.state_size;
+			w->ctx.state =
+			    st->states + (size_t)i * st->o.state_size;
 		st->alive++;
 	}
 	return 0;
@@ -699,8 +702,10 @@ static const struct {
 	const char *help;
 } counters[] = {
 #define C(field, help)                                                         \
-	{"keel_pipeline_" #field "_total",                                     \
-	 offsetof(struct keel_pipe_stage_stats, field), help}
+	{                                                                      \
+		"keel_pipeline_" #field "_total",                              \
+		    offsetof(struct keel_pipe_stage_stats, field), help        \
+	}
     C(received, "Items a stage took from its input."),
     C(processed, "Items a stage's function succeeded on (the source: "
 		 "produced; the sink: delivered)."),
@@ -732,8 +737,8 @@ static void labels(struct keel__prom *pr, const struct keel_pipeline *p,
 	keel__prom_label(pr, "stage", st->name);
 }
 
-size_t keel_pipeline_metrics_render(struct keel_pipeline *const *ps,
-				    unsigned n, char *buf, size_t len)
+size_t keel_pipeline_metrics_render(struct keel_pipeline *const *ps, unsigned n,
+				    char *buf, size_t len)
 {
 	const char *h = "keel_pipeline_latency_seconds";
 	struct keel__prom pr;

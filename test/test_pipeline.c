@@ -119,8 +119,7 @@ static int work_fn(struct keel_task *t, struct keel_pipe_ctx *ctx)
 	}
 	if ((g.fail == FAIL_MOD5 && v % 5 == 0) || g.fail == FAIL_IO)
 		KEEL_ROUTINE_RETURN(&ctx->r, t, -EIO);
-	if ((g.fail == FAIL_TWICE && ctx->attempt <= 2) ||
-	    g.fail == FAIL_AGAIN)
+	if ((g.fail == FAIL_TWICE && ctx->attempt <= 2) || g.fail == FAIL_AGAIN)
 		KEEL_ROUTINE_RETURN(&ctx->r, t, -EAGAIN);
 	ctx->out = ctx->in;
 	KEEL_ROUTINE_RETURN(&ctx->r, t, 0);
@@ -172,6 +171,27 @@ static int canceller_step(struct keel_task *t)
 
 static KEEL_TASK_TYPE(canceller_task, struct canceller, task, canceller_step);
 
+/* Cancels token `tok` after `after` ns. */
+struct token_canceller {
+	struct keel_task task;
+	struct keel_token *tok;
+	uint64_t after;
+};
+
+static int token_canceller_step(struct keel_task *t)
+{
+	struct token_canceller *c =
+	    keel_container_of(t, struct token_canceller, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, c->after));
+	keel_token_cancel(c->tok);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(token_canceller_task, struct token_canceller, task,
+		      token_canceller_step);
+
 static struct keel_loop *setup(void)
 {
 	struct keel_loop *loop = sim_setup();
@@ -221,8 +241,8 @@ static void expect_accounted(void)
 		     "produced %llu, delivered %d, counted %llu",
 		     (unsigned long long)src.processed, g.ndelivered,
 		     (unsigned long long)lost);
-	cr_expect_eq((uint64_t)g.freed, lost, "freed %d, counted %llu",
-		     g.freed, (unsigned long long)lost);
+	cr_expect_eq((uint64_t)g.freed, lost, "freed %d, counted %llu", g.freed,
+		     (unsigned long long)lost);
 }
 
 static void finish(struct keel_loop *loop)
@@ -250,8 +270,7 @@ static void add_sink(uint32_t queue, enum keel_pipe_backpressure bp,
 
 /* ---- backpressure under overload ---------------------------------------- */
 
-Test(pipeline, block_delivers_everything_in_order_to_a_slow_sink,
-     .timeout = 30)
+Test(pipeline, block_delivers_everything_in_order_to_a_slow_sink, .timeout = 30)
 {
 	struct keel_loop *loop = setup();
 
@@ -554,8 +573,7 @@ Test(pipeline, concurrent_sink_takes_every_item, .timeout = 30)
 
 /* ---- cancellation ------------------------------------------------------- */
 
-Test(pipeline, cancel_mid_stream_stops_every_stage_and_frees_all,
-     .timeout = 30)
+Test(pipeline, cancel_mid_stream_stops_every_stage_and_frees_all, .timeout = 30)
 {
 	struct keel_loop *loop = setup();
 	struct canceller *c;
@@ -580,6 +598,34 @@ Test(pipeline, cancel_mid_stream_stops_every_stage_and_frees_all,
 	finish(loop);
 }
 
+/* Cancelling the token the running task observes stops the pipeline. */
+Test(pipeline, cancelling_the_running_tasks_token_stops_the_pipeline,
+     .timeout = 30)
+{
+	struct keel_loop *loop = setup();
+	struct keel_token *tok;
+	struct driver *d;
+	struct token_canceller *c;
+
+	g.n = 0;
+	g.src_sleep = 1 * MS;
+	g.sink_sleep = 2 * MS;
+	add_sink(4, KEEL_PIPE_BLOCK, 0);
+	cr_assert_eq(keel_token_new(loop, NULL, &tok), 0);
+	d = kt_spawn(loop, &driver_task, KEEL_PRIO_NORMAL);
+	cr_assert_eq(keel_task_set_token(keel_task_of(&driver_task, d), tok),
+		     0);
+	c = kt_spawn(loop, &token_canceller_task, KEEL_PRIO_NORMAL);
+	c->tok = tok;
+	c->after = 50 * MS;
+	cr_assert_eq(keel_sim_run(g_sim, 0), 0);
+	cr_expect_eq(g.res, -ECANCELED);
+	cr_expect_gt(g.ndelivered, 5);
+	expect_accounted();
+	keel_token_release(tok);
+	finish(loop);
+}
+
 Test(pipeline, cancelled_before_it_runs_returns_at_once, .timeout = 30)
 {
 	struct keel_loop *loop = setup();
@@ -591,6 +637,36 @@ Test(pipeline, cancelled_before_it_runs_returns_at_once, .timeout = 30)
 	cr_expect_eq(g.res, -ECANCELED);
 	cr_expect_eq(stats(KEEL_PIPE_SOURCE).processed, 0);
 	finish(loop);
+}
+
+/* On a real loop (io_uring or epoll), with real short sleeps. */
+Test(pipeline, real_loop_delivers_everything_through_two_stages, .timeout = 30)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_pipeline_opts o = {
+	    .name = "real",
+	    .source = src_fn,
+	    .source_state = sizeof(struct src_state),
+	    .on_drop = drop_item,
+	};
+
+	memset(&g, 0, sizeof(g));
+	g.res = 1;
+	g.n = 50;
+	g.random_delay = true;
+	g.sink_sleep = 100000; /* 0.1 ms */
+	cr_assert_eq(keel_pipeline_new(loop, &o, &g_p), 0);
+	add_work(KEEL_PIPE_SKIP, 4, KEEL_PIPE_ORDERED, NULL);
+	add_sink(2, KEEL_PIPE_BLOCK, 0);
+	kt_spawn(loop, &driver_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	cr_expect_eq(g.res, 0);
+	cr_expect_eq(g.ndelivered, 50);
+	cr_expect(in_order());
+	expect_accounted();
+	keel_pipeline_free(g_p);
+	g_p = NULL;
+	keel_loop_destroy(loop);
 }
 
 /* ---- set-up errors and metrics ------------------------------------------ */
@@ -633,7 +709,8 @@ Test(pipeline, prometheus_text_has_every_stage_counter, .timeout = 30)
 	need = keel_pipeline_metrics_render(&g_p, 1, buf, sizeof(buf));
 	cr_assert_lt(need, sizeof(buf));
 	cr_expect_eq(keel_pipeline_metrics_render(&g_p, 1, NULL, 0), need);
-	cr_expect(strstr(buf, "# TYPE keel_pipeline_processed_total counter\n"));
+	cr_expect(
+	    strstr(buf, "# TYPE keel_pipeline_processed_total counter\n"));
 	cr_expect(strstr(buf, "keel_pipeline_processed_total{pipeline=\"p\","
 			      "stage=\"source\"} 20\n"),
 		  "%s", buf);
@@ -649,7 +726,8 @@ Test(pipeline, prometheus_text_has_every_stage_counter, .timeout = 30)
 			      "stage=\"sink\"} 0\n"));
 	cr_expect(strstr(buf, "keel_pipeline_queue_depth{pipeline=\"p\","
 			      "stage=\"work\"} 0\n"));
-	cr_expect(strstr(buf, "# TYPE keel_pipeline_latency_seconds histogram\n"));
+	cr_expect(
+	    strstr(buf, "# TYPE keel_pipeline_latency_seconds histogram\n"));
 	cr_expect(strstr(buf, "keel_pipeline_latency_seconds_bucket{pipeline="
 			      "\"p\",stage=\"sink\",le=\"+Inf\"} 16\n"));
 	/* Each sink call slept 1 ms: 16 ms in all. */
@@ -675,7 +753,8 @@ static void count_events(const char *path, uint64_t counts[32])
 	cr_assert_eq(memcmp(hdr, KEEL_TRACE_MAGIC, 8), 0);
 	while (fread(rec, sizeof(rec), 1, f) == 1) {
 		if (rec[0] == KEEL_TRACE_REC_STRING) {
-			cr_assert_eq(fseek(f, (rec[2] + 7) / 8 * 8, SEEK_CUR), 0);
+			cr_assert_eq(fseek(f, (rec[2] + 7) / 8 * 8, SEEK_CUR),
+				     0);
 			continue;
 		}
 		if (rec[0] != KEEL_TRACE_REC_EVENTS)
@@ -691,8 +770,7 @@ static void count_events(const char *path, uint64_t counts[32])
 	fclose(f);
 }
 
-Test(pipeline, trace_has_an_event_per_item_taken_and_per_drop,
-     .timeout = 30)
+Test(pipeline, trace_has_an_event_per_item_taken_and_per_drop, .timeout = 30)
 {
 	char dir[256], path[300];
 	uint64_t counts[32] = {0};

@@ -142,9 +142,9 @@ struct keel_pipe_stage_opts {
 	uint32_t concurrency; /* workers; 0: 1 */
 	uint32_t queue;	      /* the input's bound; 0: 64 */
 	enum keel_pipe_backpressure backpressure;
-	uint64_t wait_ns;			/* WAIT (and a WAIT overflow) */
-	uint32_t buffer;			/* BUFFER: items beyond queue */
-	enum keel_pipe_backpressure overflow;	/* BUFFER: then this */
+	uint64_t wait_ns;		      /* WAIT (and a WAIT overflow) */
+	uint32_t buffer;		      /* BUFFER: items beyond queue */
+	enum keel_pipe_backpressure overflow; /* BUFFER: then this */
 	enum keel_pipe_on_error on_error;
 	struct keel_retry_policy retry; /* RETRY */
 	struct keel_breaker *breaker;	/* BREAKER: the caller's */
@@ -169,7 +169,8 @@ struct keel_pipe_stage_stats {
 	uint64_t latency_count;
 	uint64_t latency_sum_ns;
 	uint64_t latency_max_ns;
-	uint64_t latency_buckets[KEEL_PIPE_LATENCY_BUCKETS]; /* not cumulative */
+	/* Per bucket, not cumulative. */
+	uint64_t latency_buckets[KEEL_PIPE_LATENCY_BUCKETS];
 };
 
 /*
@@ -234,8 +235,8 @@ int keel_pipeline_stage_stats(const struct keel_pipeline *p, uint32_t stage,
  * Returns the length the full text needs (as snprintf).
  * Ownership: writes into the caller's `buf`; `ps` is only read.
  */
-size_t keel_pipeline_metrics_render(struct keel_pipeline *const *ps,
-				    unsigned n, char *buf, size_t len);
+size_t keel_pipeline_metrics_render(struct keel_pipeline *const *ps, unsigned n,
+				    char *buf, size_t len);
 
 #ifdef __cplusplus
 }
