@@ -295,31 +295,63 @@ int keel__task_inherit_token(struct keel_task *child,
 	return keel_task_set_token(child, parent->ext->token);
 }
 
+/* Whether `tok` is `anc` or below it. */
+static bool descends_from(const struct keel_token *tok,
+			  const struct keel_token *anc)
+{
+	for (; tok; tok = tok->parent)
+		if (tok == anc)
+			return true;
+	return false;
+}
+
+/*
+ * The scopes `t` owns hang off the token it had when each was opened, not
+ * off the new one keel_task_cancel() gives it: cancel their tokens too, as
+ * cancelling the task's own token would have (their children must stop and
+ * the owner's join end). Scopes opened under a shield stay: their work is
+ * the cleanup the shield protects.
+ */
+static void cancel_owned_scopes(struct keel_task *t)
+{
+	for (struct keel_scope *sc = t->ext->owned; sc; sc = sc->next_owned) {
+		bool shielded = false;
+
+		for (struct keel_shield *s = t->ext->shield; s && !shielded;
+		     s = s->prev)
+			shielded = descends_from(sc->token, s->own);
+		if (!shielded && sc->token)
+			keel_token_cancel(sc->token);
+	}
+}
+
 int keel_task_cancel(struct keel_task *t)
 {
 	struct keel_token *tok;
 	struct keel_shield *s = t->ext ? t->ext->shield : NULL;
+	int err;
 
 	if (s) {
 		while (s->prev)
 			s = s->prev;
-		int e = keel_token_new(t->loop, s->saved, &tok);
-
-		if (e)
-			return e;
+		err = keel_token_new(t->loop, s->saved, &tok);
+		if (err)
+			return err;
 		keel_token_cancel(tok);
 		if (s->saved)
 			keel_token_release(s->saved);
 		s->saved = tok;
+		cancel_owned_scopes(t);
 		return 0;
 	}
-	int err = keel_token_new(t->loop, keel_task_token(t), &tok);
-
+	err = keel_token_new(t->loop, keel_task_token(t), &tok);
 	if (err)
 		return err;
 	err = keel_task_set_token(t, tok);
-	if (!err)
+	if (!err) {
 		keel_token_cancel(tok);
+		cancel_owned_scopes(t);
+	}
 	keel_token_release(tok);
 	return err;
 }

@@ -86,6 +86,7 @@ enum probe_kind {
 	P_LINKED,  /* recv with a linked timeout of `ns` */
 	P_ROUTINE, /* recv inside a nested routine */
 	P_NOPS,	   /* nops in a loop until one fails */
+	P_SCOPE,   /* join a scope whose one child sleeps `ns` */
 };
 
 struct probe {
@@ -99,6 +100,7 @@ struct probe {
 	uint64_t t0;
 	int i;
 	struct probe *child;
+	struct keel_scope scope;
 	char buf[64];
 };
 
@@ -152,6 +154,18 @@ static int probe_step(struct keel_task *t)
 		 * the join's own, and the child is still ours to detach. */
 		if (keel_res(t) < 0)
 			keel_task_detach(keel_task_of(&probe_task, p->child));
+		break;
+	case P_SCOPE:
+		if (keel_scope_init(t, &p->scope, KEEL_SCOPE_COLLECT))
+			KEEL_EXIT(t, -ENOMEM);
+		p->child = keel_scope_spawn(&p->scope, &probe_task, 0);
+		if (!p->child)
+			KEEL_EXIT(t, -ENOMEM);
+		p->child->kind = P_SLEEP;
+		p->child->ns = p->ns;
+		p->child->out = p->child_out;
+		KEEL_AWAIT(t, keel_scope_join(t, &p->scope));
+		keel_scope_fini(&p->scope);
 		break;
 	case P_LINKED:
 		keel_op_timeout(t, p->ns);
@@ -1264,6 +1278,43 @@ Test(cancel, task_cancel_cancels_only_that_task, .timeout = 10)
 		     g_out[1].res);
 	cr_assert_geq(g_out[1].ns, KT_MS(600));
 	cr_assert_eq(g_out[1].after, 0);
+	assert_quiet(loop);
+	keel_loop_destroy(loop);
+}
+
+/*
+ * keel_task_cancel on a task joining a scope reaches the scope's children
+ * (they observe the scope's token, a child of the token the owner had):
+ * the join then ends when they have. Before the fix the owner got a new
+ * cancelled token of its own, the scope's token stayed live, and the join
+ * waited the child's whole sleep.
+ */
+Test(cancel, task_cancel_reaches_the_children_of_its_scopes, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_timer tm;
+	struct probe *owner, *b;
+	uint64_t t0;
+
+	memset(g_out, 0, sizeof(g_out));
+	owner = spawn_probe(loop, P_SCOPE, -1, KT_MS(5000), &g_out[0]);
+	owner->child_out = &g_out[1];
+	b = spawn_probe(loop, P_SLEEP, -1, KT_MS(50), &g_out[2]);
+	g_tc.victim = keel_task_of(&probe_task, owner);
+	g_tc.bystander = keel_task_of(&probe_task, b);
+	arm(loop, &tm, task_cancel_cb, NULL, KT_MS(20));
+	t0 = kt_now_ns();
+	kt_loop_run(loop);
+	cr_assert_lt(kt_now_ns() - t0, KT_MS(2000),
+		     "the join waited the sleep");
+	cr_assert_eq(g_tc.rc, 0);
+	cr_assert(g_out[1].done, "the child never finished");
+	cr_assert_eq(g_out[1].res, -ECANCELED, "the child's sleep gave %d",
+		     g_out[1].res);
+	cr_assert(g_out[0].done, "the owner never finished");
+	cr_assert_eq(g_out[2].res, 0, "the bystander was cancelled: %d",
+		     g_out[2].res);
+	cr_assert_eq(g_tc.root_cause, 0, "keel_task_cancel cancelled the root");
 	assert_quiet(loop);
 	keel_loop_destroy(loop);
 }
