@@ -215,8 +215,8 @@ Test(epoll_files, regular_file_ops_complete_with_their_results, .timeout = 30)
 		sqe = t_sqe(&t, 3);
 		io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
 		sqe->flags |= IOSQE_IO_LINK;
-		io_uring_prep_statx(t_sqe(&t, 4), AT_FDCWD, path, 0,
-				    STATX_SIZE, &stx);
+		io_uring_prep_statx(t_sqe(&t, 4), AT_FDCWD, path, 0, STATX_SIZE,
+				    &stx);
 		t_reap(&t, 4, 10000);
 		cr_assert_eq(t_cqe(&t, 1)->res, 12, "%s", t.name);
 		cr_assert_eq(t_cqe(&t, 2)->res, 12, "%s", t.name);
@@ -272,16 +272,19 @@ Test(epoll_files, open_read_close_chain_on_a_direct_descriptor, .timeout = 30)
 		sqe->flags |= IOSQE_IO_LINK | IOSQE_FIXED_FILE;
 		io_uring_prep_close_direct(t_sqe(&t, 3), 7);
 		t_reap(&t, 4, 10000);
-		cr_assert_eq(t_cqe(&t, 1)->res, 0, "%s: %d", t.name, t_cqe(&t, 1)->res);
+		cr_assert_eq(t_cqe(&t, 1)->res, 0, "%s: %d", t.name,
+			     t_cqe(&t, 1)->res);
 		cr_assert_eq(t_cqe(&t, 2)->res, 6, "%s", t.name);
 		cr_assert_str_eq(buf, "direct", "%s", t.name);
-		cr_assert_eq(t_cqe(&t, 3)->res, 0, "%s: %d", t.name, t_cqe(&t, 3)->res);
+		cr_assert_eq(t_cqe(&t, 3)->res, 0, "%s: %d", t.name,
+			     t_cqe(&t, 3)->res);
 		/* The slot is empty again: a read through it fails. */
 		sqe = t_sqe(&t, 4);
 		io_uring_prep_read(sqe, 7, buf, sizeof(buf), 0);
 		sqe->flags |= IOSQE_FIXED_FILE;
 		t_reap(&t, 5, 10000);
-		cr_assert_eq(t_cqe(&t, 4)->res, -EBADF, "%s: %d", t.name, t_cqe(&t, 4)->res);
+		cr_assert_eq(t_cqe(&t, 4)->res, -EBADF, "%s: %d", t.name,
+			     t_cqe(&t, 4)->res);
 	}
 }
 
@@ -312,11 +315,11 @@ static int threads_in_openat(void)
 	return n;
 }
 
-static void wait_workers_blocked(void)
+static void wait_workers_blocked(int n)
 {
 	uint64_t until = kt_now_ns() + KT_MS(10000);
 
-	while (threads_in_openat() < KEEL__EP_POOL_THREADS) {
+	while (threads_in_openat() < n) {
 		cr_assert_lt(kt_now_ns(), until, "the workers never blocked");
 		usleep(1000);
 	}
@@ -354,7 +357,7 @@ Test(epoll_files, cancel_and_link_timeout_of_queued_and_running_ops,
 	io_uring_prep_statx(t_sqe(&t, 6), AT_FDCWD, "/", 0, STATX_SIZE, &stx);
 	/* Submit only: no timer fires before the workers are seen busy. */
 	keel__io_enter(t.io, 0, 0);
-	wait_workers_blocked();
+	wait_workers_blocked(KEEL__EP_POOL_THREADS);
 	io_uring_prep_cancel64(t_sqe(&t, 10), 6, 0);
 	io_uring_prep_cancel64(t_sqe(&t, 11), 2, 0);
 	t_reap(&t, 6, 10000);
@@ -410,7 +413,8 @@ static void *open_writer_later(void *arg)
 	while (syscall_of(l->loop_tid) != SYS_futex && kt_now_ns() < until)
 		usleep(1000);
 	while ((l->fd = open(l->t->fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) <
-	       0)
+		   0 &&
+	       kt_now_ns() < until)
 		usleep(1000);
 	return NULL;
 }
@@ -440,6 +444,8 @@ Test(epoll_files, destroying_a_loop_waits_for_its_running_op, .timeout = 30)
 	io_uring_prep_openat(t_sqe(&t, 1), AT_FDCWD, t.fifo,
 			     O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
 	keel__io_enter(t.io, 0, 0);
+	/* Running, not queued: keel_loop_destroy() would cancel it. */
+	wait_workers_blocked(1);
 	cr_assert_eq(pthread_create(&th, NULL, open_writer_later, &l), 0);
 	keel_loop_destroy(t.loop);
 	pthread_join(th, NULL);
