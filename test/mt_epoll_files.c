@@ -74,8 +74,8 @@ static void lthread_join(struct lthread *lt)
 
 /* ---- files ---------------------------------------------------------- */
 
-#define FILE_LOOPS 3
-#define FILE_TASKS 4
+#define FILE_LOOPS  3
+#define FILE_TASKS  4
 #define FILE_ROUNDS 20
 
 static int files_done;
@@ -97,10 +97,10 @@ static int filer_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	for (f->round = 0; f->round < FILE_ROUNDS; f->round++) {
-		KEEL_AWAIT(t, keel_openat(t, AT_FDCWD, f->path,
-					  O_RDWR | O_CREAT | O_TRUNC |
-					      O_CLOEXEC,
-					  0600));
+		KEEL_AWAIT(t,
+			   keel_openat(t, AT_FDCWD, f->path,
+				       O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+				       0600));
 		if (keel_res(t) < 0) {
 			CHECK_EQ(keel_res(t), 0);
 			break;
@@ -108,7 +108,8 @@ static int filer_step(struct keel_task *t)
 		f->fd = keel_res(t);
 		f->len = snprintf(f->out, sizeof(f->out), "%s round %d",
 				  f->path, f->round);
-		KEEL_AWAIT(t, keel_write(t, f->fd, f->out, (unsigned)f->len, 0));
+		KEEL_AWAIT(t,
+			   keel_write(t, f->fd, f->out, (unsigned)f->len, 0));
 		CHECK_EQ(keel_res(t), f->len);
 		KEEL_AWAIT(t, keel_fsync(t, f->fd, 0));
 		CHECK_EQ(keel_res(t), 0);
@@ -130,8 +131,8 @@ static int filer_step(struct keel_task *t)
 static void files_setup(struct keel_loop *loop, int index)
 {
 	for (int i = 0; i < FILE_TASKS; i++) {
-		struct filer *f = keel_spawn(loop, &filer_task,
-					     KEEL_PRIO_NORMAL);
+		struct filer *f =
+		    keel_spawn(loop, &filer_task, KEEL_PRIO_NORMAL);
 
 		CHECK(f != NULL);
 		if (f)
@@ -186,7 +187,8 @@ static int fifo_step(struct keel_task *t)
 		KEEL_EXIT(t, 0);
 	e->fd = keel_res(t);
 	if (e->writer) {
-		KEEL_AWAIT(t, keel_write(t, e->fd, "fifo!", 5, KEEL_OFF_CURRENT));
+		KEEL_AWAIT(t,
+			   keel_write(t, e->fd, "fifo!", 5, KEEL_OFF_CURRENT));
 		CHECK_EQ(keel_res(t), 5);
 	} else {
 		KEEL_AWAIT(t, keel_read(t, e->fd, e->buf, sizeof(e->buf),
@@ -203,8 +205,8 @@ static void fifo_setup(struct keel_loop *loop, int index)
 {
 	(void)index;
 	for (int w = 0; w < 2; w++) {
-		struct fifo_end *e = keel_spawn(loop, &fifo_task,
-						KEEL_PRIO_NORMAL);
+		struct fifo_end *e =
+		    keel_spawn(loop, &fifo_task, KEEL_PRIO_NORMAL);
 
 		CHECK(e != NULL);
 		if (e)
