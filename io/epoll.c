@@ -26,19 +26,28 @@
  * (EPOLL_CTL_ADD, EEXIST is fine) on an op's first park unless an event or
  * an add has proved it in this same enter, when no user code can have run.
  *
- * Regular files have no readiness: their reads and writes, fsync, openat
- * and statx run inline, blocking the loop for as long as the disk takes
- * (documented in keel_loop_create(3), NOTES).
+ * Regular files and block devices have no readiness. As on io_uring, an
+ * op is attempted without blocking first (RWF_NOWAIT: a read from the page
+ * cache; openat with a cached lookup and O_NONBLOCK, which is also why a
+ * FIFO opens at once, as with io_uring); what would block (and fsync and
+ * statx, which io_uring never attempts inline) goes to a worker thread
+ * (epoll_pool.c) and comes back through the doorbell below to complete on
+ * the loop's thread like any op: links, linked timeouts, fd references.
+ * A queued op is cancelled; one a worker runs cannot be stopped: its
+ * cancel (and its linked timeout) says -EALREADY and it completes with its
+ * own result. The ring's teardown waits for the ops workers still run.
  *
  * A close through the ring (CLOSE) while ops of this backend still use the
  * descriptor defers the real close(2) until the last of them completes, as
  * the kernel's file references do: the CQE says 0 at once.
  */
 #include "epoll.h"
+#include "epoll_pool.h"
 #include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -47,6 +56,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -87,7 +97,7 @@ struct ep_remote_cqe {
 	int res;
 };
 
-enum { OP_WAITING, OP_RUNNING, OP_PARKED, OP_TIMER, OP_QUEUED };
+enum { OP_WAITING, OP_RUNNING, OP_PARKED, OP_TIMER, OP_QUEUED, OP_POOL };
 
 struct ep_op {
 	struct keel__link link; /* r->ops while started */
@@ -111,6 +121,11 @@ struct ep_op {
 	bool blocking;	 /* no readiness: run the plain system call */
 	bool connecting; /* connect(2) said EINPROGRESS */
 	bool fd_ref;	 /* holds a reference on r->fds[fd] */
+	bool busy;	 /* OP_POOL, and a worker has started it */
+	/* OP_POOL: the job, its result, and the ring's list of those done. */
+	struct keel__ep_job job;
+	int res;
+	struct ep_op *done_next;
 };
 
 struct ep_ring {
@@ -144,7 +159,8 @@ struct ep_ring {
 	pthread_mutex_t lock;
 	struct ep_remote_cqe *remote;
 	uint32_t nremote, remote_cap;
-	int remote_pending; /* atomic: nremote != 0 */
+	struct ep_op *done, *done_tail; /* back from the pool, in order */
+	int remote_pending; /* atomic: nremote != 0 or done != NULL */
 };
 
 static struct ep_ring *ring_of(struct keel__backend *b)
@@ -289,9 +305,12 @@ static int remote_post(struct ep_ring *r, uint64_t ud, int res)
 	return err;
 }
 
+static void pool_finish(struct ep_op *op);
+
 static void drain_remote(struct ep_ring *r)
 {
 	uint64_t count;
+	struct ep_op *done;
 
 	if (!__atomic_load_n(&r->remote_pending, __ATOMIC_ACQUIRE))
 		return;
@@ -302,8 +321,16 @@ static void drain_remote(struct ep_ring *r)
 	for (uint32_t i = 0; i < r->nremote; i++)
 		post_cqe(r, r->remote[i].ud, r->remote[i].res, 0);
 	r->nremote = 0;
+	done = r->done;
+	r->done = r->done_tail = NULL;
 	__atomic_store_n(&r->remote_pending, 0, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&r->lock);
+	while (done) {
+		struct ep_op *op = done;
+
+		done = op->done_next;
+		pool_finish(op);
+	}
 }
 
 /* ---- descriptors ---- */
@@ -520,6 +547,35 @@ static void op_cancel_unstarted(struct ep_op *op)
 	}
 }
 
+/*
+ * A read or write that did less than asked fails, as on io_uring: its CQE
+ * is posted even with CQE_SKIP_SUCCESS and its link is broken (links are
+ * for "all of it, then the next").
+ */
+static bool short_rw(const struct ep_op *op, int res)
+{
+	const struct io_uring_sqe *sqe = &op->sqe;
+	const struct iovec *iov = (const struct iovec *)(uintptr_t)sqe->addr;
+	size_t want = 0;
+
+	if (sqe->flags & IOSQE_BUFFER_SELECT)
+		return false;
+	switch (sqe->opcode) {
+	case IORING_OP_READ:
+	case IORING_OP_WRITE:
+		want = sqe->len;
+		break;
+	case IORING_OP_READV:
+	case IORING_OP_WRITEV:
+		for (uint32_t i = 0; i < sqe->len; i++)
+			want += iov[i].iov_len;
+		break;
+	default:
+		return false;
+	}
+	return (size_t)res < want;
+}
+
 static bool skip_cqe(const struct ep_op *op, int res)
 {
 	return (op->sqe.flags & IOSQE_CQE_SKIP_SUCCESS) && res >= 0;
@@ -531,8 +587,9 @@ static void op_finish(struct ep_op *op, int res, unsigned cflags)
 	struct ep_ring *r = op->r;
 	struct ep_op *next = op->next;
 	bool hard = op->hard;
+	bool failed = res >= 0 && short_rw(op, res);
 
-	if (!skip_cqe(op, res))
+	if (!skip_cqe(op, res) || failed)
 		post_cqe(r, op->sqe.user_data, res,
 			 cflags | (op->zc_notif && res >= 0 ? IORING_CQE_F_MORE
 							    : 0));
@@ -551,16 +608,28 @@ static void op_finish(struct ep_op *op, int res, unsigned cflags)
 	op_free(op);
 	if (!next)
 		return;
-	if (res < 0 && !hard)
+	if ((res < 0 || failed) && !hard)
 		op_cancel_unstarted(next);
 	else
 		op_start(next);
 }
 
-static void op_cancel(struct ep_op *op)
+/*
+ * Cancel a started op: false when a worker already runs it (it cannot be
+ * stopped, and completes with its own result, as in io-wq).
+ */
+static bool op_cancel(struct ep_op *op)
 {
+	if (op->state == OP_POOL) {
+		if (op->busy || !keel__ep_pool_unqueue(&op->job)) {
+			op->busy = true;
+			return false;
+		}
+		op->state = OP_RUNNING;
+	}
 	op_unqueue(op);
 	op_finish(op, -ECANCELED, 0);
+	return true;
 }
 
 /* A due timer: a TIMEOUT completes, a LINK_TIMEOUT cancels its op. */
@@ -572,10 +641,20 @@ static void timer_fire(struct ep_op *t)
 		return;
 	}
 	struct ep_op *op = t->target;
+	bool running = op->state == OP_POOL &&
+		       (op->busy || !keel__ep_pool_unqueue(&op->job));
 
+	/* A worker runs it: -EALREADY, as io_uring's linked timeout says,
+	 * and the op completes with its own result. */
 	op->lt = NULL;
-	post_cqe(t->r, t->sqe.user_data, -ETIME, 0);
+	post_cqe(t->r, t->sqe.user_data, running ? -EALREADY : -ETIME, 0);
 	op_free(t);
+	if (running) {
+		op->busy = true;
+		return;
+	}
+	if (op->state == OP_POOL)
+		op->state = OP_RUNNING; /* taken out of the queue above */
 	op_cancel(op);
 }
 
@@ -732,6 +811,7 @@ struct result {
 	bool more;	 /* multishot goes on */
 	int park_fd;	 /* res == -EAGAIN: where to wait */
 	uint32_t events; /* ... and for what */
+	bool pool;	 /* res == -EAGAIN: a worker's, no readiness */
 };
 
 static int sys(ssize_t n)
@@ -745,6 +825,18 @@ static int rw_flags(const struct ep_op *op)
 			    : (int)op->sqe.rw_flags | RWF_NOWAIT;
 }
 
+/*
+ * A regular file or a block device: poll(2) says ready, yet a read may
+ * wait for the disk. An attempt says -EAGAIN, the park finds no
+ * readiness, and a worker runs it (see op_attempt).
+ */
+static bool no_readiness(int fd)
+{
+	struct stat st;
+
+	return !fstat(fd, &st) && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+}
+
 static int do_read(struct ep_op *op, void *buf, size_t len)
 {
 	struct iovec iov = {buf, len};
@@ -754,7 +846,7 @@ static int do_read(struct ep_op *op, void *buf, size_t len)
 		/* No RWF_NOWAIT here (a tty, some devices): poll first. */
 		struct pollfd p = {op->fd, POLLIN, 0};
 
-		if (poll(&p, 1, 0) == 0)
+		if (poll(&p, 1, 0) == 0 || no_readiness(op->fd))
 			return -EAGAIN;
 		op->blocking = true;
 		return do_read(op, buf, len);
@@ -898,7 +990,7 @@ static int exec_rw(struct ep_op *op, bool write)
 	if (n == -EOPNOTSUPP && !op->blocking) {
 		struct pollfd p = {op->fd, write ? POLLOUT : POLLIN, 0};
 
-		if (poll(&p, 1, 0) == 0)
+		if (poll(&p, 1, 0) == 0 || no_readiness(op->fd))
 			return -EAGAIN;
 		op->blocking = true;
 		return exec_rw(op, write);
@@ -1020,6 +1112,53 @@ static int exec_splice(struct ep_op *op, struct result *out)
 	return n;
 }
 
+/*
+ * A direct descriptor's file is in no table of the process on io_uring:
+ * here it is, and is not to reach a program exec(2) starts.
+ */
+static int open_flags(const struct io_uring_sqe *sqe)
+{
+	return (int)sqe->open_flags | (sqe->file_index ? O_CLOEXEC : 0);
+}
+
+/*
+ * OPENAT's first attempt, as io_uring's: a path lookup that needs no disk
+ * (RESOLVE_CACHED), with O_NONBLOCK, so that a FIFO opens at once (a
+ * writer with no reader gets -ENXIO), as it does on io_uring. -EAGAIN: a
+ * worker opens it, blocking (O_CREAT, O_TRUNC and O_TMPFILE always, as
+ * io_uring punts them; a FIFO's open then waits for its other end).
+ */
+static int open_cached(struct ep_op *op)
+{
+	const struct io_uring_sqe *sqe = &op->sqe;
+	int flags = open_flags(sqe);
+	struct open_how how = {
+	    .flags = (uint64_t)(unsigned)(flags | O_NONBLOCK),
+	    .resolve = RESOLVE_CACHED,
+	};
+	long fd;
+
+	if (flags & (O_CREAT | O_TRUNC | (O_TMPFILE & ~O_DIRECTORY)))
+		return -EAGAIN;
+	fd = syscall(SYS_openat2, sqe->fd, (const char *)(uintptr_t)sqe->addr,
+		     &how, sizeof(how));
+	if (fd < 0) {
+		/* EINVAL: flags openat2 refuses (O_PATH's); ENOSYS, EPERM: a
+		 * filter. A worker's openat gives the real answer. */
+		if (errno == EAGAIN || errno == EINVAL || errno == ENOSYS ||
+		    errno == EPERM)
+			return -EAGAIN;
+		return -errno;
+	}
+	if (!(flags & O_NONBLOCK)) {
+		int fl = fcntl((int)fd, F_GETFL);
+
+		if (fl >= 0)
+			fcntl((int)fd, F_SETFL, fl & ~O_NONBLOCK);
+	}
+	return (int)fd;
+}
+
 static int exec_cancel(struct ep_op *op);
 
 /* Execute the op now: its result, or -EAGAIN with where to wait. */
@@ -1087,10 +1226,21 @@ static struct result exec(struct ep_op *op)
 		out.res = exec_close(op);
 		break;
 	case IORING_OP_OPENAT: {
-		int fd = openat(sqe->fd, (const char *)(uintptr_t)sqe->addr,
-				(int)sqe->open_flags, (mode_t)sqe->len);
+		/* As io_uring: a direct descriptor has no close-on-exec. */
+		if (sqe->file_index && (sqe->open_flags & O_CLOEXEC)) {
+			out.res = -EINVAL;
+			break;
+		}
+		int fd =
+		    op->blocking
+			? openat(sqe->fd, (const char *)(uintptr_t)sqe->addr,
+				 open_flags(sqe), (mode_t)sqe->len)
+			: open_cached(op);
 
-		out.res = fd < 0 ? -errno : install(op, fd);
+		if (fd == -EAGAIN && !op->blocking)
+			out.pool = true;
+		out.res =
+		    fd < 0 ? (op->blocking ? -errno : fd) : install(op, fd);
 		break;
 	}
 	case IORING_OP_SOCKET: {
@@ -1134,19 +1284,130 @@ static bool wants_dontwait(const struct ep_op *op)
 	}
 }
 
+/* ---- the pool: ops without readiness ---- */
+
+/* Opcodes io_uring always runs on io-wq: a worker runs them at once. */
+static bool pooled_at_once(unsigned opcode)
+{
+	switch (opcode) {
+	case IORING_OP_FSYNC:
+	case IORING_OP_STATX:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/*
+ * On a worker: the blocking system call, into the op's own memory (the
+ * SQE's buffers live until its CQE, by keel's ownership rule); nothing of
+ * the ring is touched but its lock and doorbell, to hand the op back.
+ */
+static int run_blocking(struct ep_op *op)
+{
+	const struct io_uring_sqe *sqe = &op->sqe;
+
+	switch (sqe->opcode) {
+	case IORING_OP_READ:
+		return do_read(op, (void *)(uintptr_t)sqe->addr, sqe->len);
+	case IORING_OP_READV:
+		return exec_rw(op, false);
+	case IORING_OP_WRITE:
+	case IORING_OP_WRITEV:
+		return exec_rw(op, true);
+	case IORING_OP_FSYNC:
+		return (sqe->fsync_flags & IORING_FSYNC_DATASYNC
+			    ? fdatasync(op->fd)
+			    : fsync(op->fd))
+			   ? -errno
+			   : 0;
+	case IORING_OP_OPENAT: {
+		int fd = openat(sqe->fd, (const char *)(uintptr_t)sqe->addr,
+				open_flags(sqe), (mode_t)sqe->len);
+
+		return fd < 0 ? -errno : fd; /* installed by the loop */
+	}
+	case IORING_OP_STATX:
+		return statx(sqe->fd, (const char *)(uintptr_t)sqe->addr,
+			     (int)sqe->statx_flags, sqe->len,
+			     (struct statx *)(uintptr_t)sqe->off)
+			   ? -errno
+			   : 0;
+	default:
+		return -EINVAL;
+	}
+}
+
+static void pool_run(struct keel__ep_job *job)
+{
+	struct ep_op *op = keel_container_of(job, struct ep_op, job);
+	struct ep_ring *r = op->r;
+	uint64_t one = 1;
+
+	op->res = run_blocking(op);
+	pthread_mutex_lock(&r->lock);
+	op->done_next = NULL;
+	if (r->done_tail)
+		r->done_tail->done_next = op;
+	else
+		r->done = op;
+	r->done_tail = op;
+	__atomic_store_n(&r->remote_pending, 1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&r->lock);
+	/* The ring outlives this: its teardown waits for the worker. */
+	if (write(r->doorbell, &one, sizeof(one)) < 0) {
+		/* a full counter still wakes the loop */
+	}
+}
+
+/* Hand the op to a worker; false: the queue is full, run it here. */
+static bool to_pool(struct ep_op *op)
+{
+	op->blocking = true;
+	if (op->sqe.flags & IOSQE_BUFFER_SELECT)
+		return false; /* the ring's buffers are the loop thread's */
+	op->job.run = pool_run;
+	op->job.owner = op->r;
+	op->state = OP_POOL;
+	if (keel__ep_pool_submit(&op->job)) {
+		op->state = OP_RUNNING;
+		return false;
+	}
+	return true;
+}
+
+/* Back from a worker (drain_remote): the normal completion path. */
+static void pool_finish(struct ep_op *op)
+{
+	int res = op->res;
+
+	op->state = OP_RUNNING;
+	if (op->sqe.opcode == IORING_OP_OPENAT && res >= 0)
+		res = install(op, res);
+	op_finish(op, res, 0);
+}
+
 /* Run the op's attempt: complete it, park it, or keep it going. */
 static void op_attempt(struct ep_op *op)
 {
+	if (!op->blocking && pooled_at_once(op->sqe.opcode) && to_pool(op))
+		return;
 	for (int i = 0;; i++) {
 		struct result out = exec(op);
 
+		if (out.pool) {
+			if (to_pool(op))
+				return;
+			continue; /* the queue is full: blocking, here */
+		}
 		if (out.res == -EAGAIN && out.park_fd >= 0 &&
 		    !wants_dontwait(op)) {
 			if (park(op, out.park_fd, out.events))
 				return;
+			/* No readiness (a regular file): a worker's. */
 			if (!op->blocking) {
-				/* No readiness (a regular file): block. */
-				op->blocking = true;
+				if (to_pool(op))
+					return;
 				continue;
 			}
 		}
@@ -1232,14 +1493,16 @@ static bool cancel_matches(const struct ep_op *c, const struct ep_op *op)
 }
 
 /*
- * Every op that is still in flight here is waiting (on readiness, a timer
- * or its turn): none is half done, so a match is always cancelled.
+ * An op in flight here is waiting (on readiness, a timer, its turn or a
+ * worker) and is cancelled, or a worker runs it: -EALREADY, and it
+ * completes with its own result, as io-wq's running work does.
  */
 static int exec_cancel(struct ep_op *c)
 {
 	struct ep_ring *r = c->r;
 	bool all = c->sqe.cancel_flags &
 		   (IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_ANY);
+	bool running = false;
 	int cancelled = 0;
 
 	for (;;) {
@@ -1250,21 +1513,24 @@ static int exec_cancel(struct ep_op *c)
 			struct ep_op *op =
 			    keel__list_entry(l, struct ep_op, link);
 
-			if (op->state != OP_RUNNING && cancel_matches(c, op)) {
+			if (op->state != OP_RUNNING && !op->busy &&
+			    cancel_matches(c, op)) {
 				hit = op;
 				break;
 			}
 		}
 		if (!hit)
 			break;
-		op_cancel(hit);
-		cancelled++;
+		if (op_cancel(hit))
+			cancelled++;
+		else
+			running = true;
 		if (!all)
 			break;
 	}
-	if (all)
-		return cancelled ? cancelled : -ENOENT;
-	return cancelled ? 0 : -ENOENT;
+	if (cancelled)
+		return all ? cancelled : 0;
+	return running ? -EALREADY : -ENOENT;
 }
 
 /* ---- the backend ---- */
@@ -1698,6 +1964,12 @@ static void ep_teardown(struct keel__backend *b, struct io_uring *ring)
 	struct keel__link *l;
 
 	registry_remove(r);
+	/* No worker touches the ring after this; a descriptor opened for
+	 * an op that never got to the loop is closed. */
+	keel__ep_pool_drain(r);
+	for (struct ep_op *op = r->done; op; op = op->done_next)
+		if (op->sqe.opcode == IORING_OP_OPENAT && op->res >= 0)
+			close(op->res);
 	/* Ops the loop left behind go with the ring, silently. */
 	while ((l = r->ops.first)) {
 		struct ep_op *op = keel__list_entry(l, struct ep_op, link);
