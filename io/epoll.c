@@ -39,6 +39,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -1478,6 +1479,8 @@ static void timer_drain(struct ep_ring *r)
 	}
 }
 
+static bool no_pwait2; /* epoll_pwait2 said ENOSYS (see poll_events) */
+
 static int poll_events(struct ep_ring *r, int64_t timeout_ns)
 {
 	struct epoll_event evs[64];
@@ -1488,8 +1491,21 @@ static int poll_events(struct ep_ring *r, int64_t timeout_ns)
 		ts.tv_nsec = timeout_ns % 1000000000;
 		tsp = &ts;
 	}
-	int n = epoll_pwait2(r->epfd, evs, 64, tsp, NULL);
+	int n = -1;
 
+	/* epoll_pwait2 is Linux 5.11 (and unknown to valgrind): before it,
+	 * epoll_wait with the timeout rounded up to a millisecond. */
+	if (!__atomic_load_n(&no_pwait2, __ATOMIC_RELAXED)) {
+		n = epoll_pwait2(r->epfd, evs, 64, tsp, NULL);
+		if (n < 0 && errno == ENOSYS)
+			__atomic_store_n(&no_pwait2, true, __ATOMIC_RELAXED);
+	}
+	if (__atomic_load_n(&no_pwait2, __ATOMIC_RELAXED))
+		n = epoll_wait(r->epfd, evs, 64,
+			       timeout_ns < 0 ? -1
+			       : timeout_ns > INT_MAX * 1000000ll
+				   ? INT_MAX
+				   : (int)((timeout_ns + 999999) / 1000000));
 	if (n < 0)
 		return -errno;
 	for (int i = 0; i < n; i++) {

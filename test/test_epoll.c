@@ -424,3 +424,91 @@ Test(epoll, a_bad_backend_is_einval, .timeout = 10)
 
 	cr_assert_eq(keel_loop_create(&loop, &o), -EINVAL);
 }
+
+/* ---- kernels before 5.11 have no epoll_pwait2 (epoll.c, poll_events) ---- */
+
+#if defined(TEST_AUDIT_ARCH) && defined(__NR_epoll_pwait2)
+static int deny_epoll_pwait2(void)
+{
+	struct sock_filter filter[] = {
+	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+		     offsetof(struct seccomp_data, arch)),
+	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
+	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+		     offsetof(struct seccomp_data, nr)),
+	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_epoll_pwait2, 0, 1),
+	    BPF_STMT(BPF_RET | BPF_K,
+		     SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {
+	    .len = (unsigned short)(sizeof(filter) / sizeof(filter[0])),
+	    .filter = filter,
+	};
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+/* A parked recv and a timeout, on epoll_wait; exit status: what failed. */
+static void no_pwait2_child(void)
+{
+	struct keel_loop_opts o = {.backend = KEEL_BACKEND_EPOLL};
+	struct keel_loop *loop;
+	struct io_uring_cqe *cqe;
+	struct __kernel_timespec ts = {.tv_nsec = 20 * 1000000};
+	char buf[8];
+	int fds[2], got = 0;
+
+	if (deny_epoll_pwait2() != 0)
+		_exit(10);
+	if (keel_loop_create(&loop, &o) ||
+	    socketpair(AF_UNIX, SOCK_STREAM, 0, fds))
+		_exit(11);
+	struct keel__io *io = &loop->io;
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	io_uring_prep_recv(sqe, fds[0], buf, sizeof(buf), 0);
+	io_uring_sqe_set_data64(sqe, 1);
+	sqe = keel__io_sqe(io);
+	io_uring_prep_timeout(sqe, &ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, 2);
+	uint64_t t0 = kt_now_ns();
+
+	/* The timeout first (the recv has no data yet), then the recv. */
+	while (got < 2 && kt_now_ns() - t0 < KT_MS(5000)) {
+		keel__io_enter(io, 1, KT_MS(1000));
+		while (io_uring_peek_cqe(&io->ring, &cqe) == 0) {
+			if (cqe->user_data != (got ? 1u : 2u))
+				_exit(12);
+			if (cqe->res != (got ? 2 : -ETIME))
+				_exit(13);
+			if (!got++ && (kt_now_ns() - t0 < KT_MS(20) ||
+				       write(fds[1], "hi", 2) != 2))
+				_exit(14);
+			io_uring_cqe_seen(&io->ring, cqe);
+		}
+	}
+	keel_loop_destroy(loop);
+	_exit(got == 2 ? 0 : 15);
+}
+#endif
+
+Test(epoll, waits_with_epoll_wait_where_epoll_pwait2_is_enosys, .timeout = 20)
+{
+#if defined(TEST_AUDIT_ARCH) && defined(__NR_epoll_pwait2)
+	int status;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		no_pwait2_child();
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "child: status %#x", status);
+#else
+	cr_skip_test("no seccomp audit arch or epoll_pwait2 here");
+#endif
+}
