@@ -425,6 +425,96 @@ Test(epoll, a_bad_backend_is_einval, .timeout = 10)
 	cr_assert_eq(keel_loop_create(&loop, &o), -EINVAL);
 }
 
+/* ---- a TCP multishot recv parks on a short read (epoll.c, drained()) ---- */
+
+static void tcp_pair(int fds[2])
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(l, 0);
+	cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(l, 1), 0);
+	cr_assert_eq(getsockname(l, (struct sockaddr *)&a, &al), 0);
+	fds[1] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fds[1], 0);
+	cr_assert_eq(connect(fds[1], (struct sockaddr *)&a, sizeof(a)), 0);
+	fds[0] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	cr_assert_geq(fds[0], 0);
+	close(l);
+}
+
+/*
+ * A multishot recv into a buffer ring, parked on an empty TCP socket; then
+ * `send_it` writes to the other end. Its CQEs must bring `want` bytes and
+ * then, if `fin`, the end (res 0), each within a bound that only a hang
+ * exceeds.
+ */
+static void tcp_stream(void (*send_it)(int fd), int want, bool fin)
+{
+	struct t t;
+
+	EACH_BACKEND(t)
+	{
+		struct keel_bufring_opts bo = {.count = 8, .size = 64};
+		struct keel_bufring *ring;
+		struct io_uring_sqe *sqe;
+		int fds[2], n = 0, end = 1;
+
+		tcp_pair(fds);
+		cr_assert_eq(keel_bufring_create(t.loop, &bo, &ring), 0);
+		sqe = t_sqe(&t, 1);
+		io_uring_prep_recv_multishot(sqe, fds[0], NULL, 0, 0);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = keel__bufring_gid(ring);
+		t_reap(&t, 1, 20);
+		cr_assert_eq(t.n, 0, "%s", t.name);
+		send_it(fds[1]);
+		for (int i = 0; end > 0 && (fin || n < want); i++) {
+			t_reap(&t, i + 1, 5000);
+			cr_assert_gt(t.n, i, "%s: no CQE after %d bytes",
+				     t.name, n);
+			end = t.cqes[i].res;
+			if (end > 0)
+				n += end;
+		}
+		cr_assert_eq(n, want, "%s", t.name);
+		if (fin)
+			cr_assert_eq(end, 0, "%s: %d", t.name, end);
+		close(fds[0]);
+		close(fds[1]);
+	}
+}
+
+static void data_then_fin(int fd)
+{
+	cr_assert_eq(send(fd, "abc", 3, 0), 3);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+}
+
+/* The read that returns "abc" stops short at the FIN: the edge that
+ * brought both says EPOLLRDHUP, and the op must read on for the end. */
+Test(epoll, tcp_short_read_before_a_fin_still_sees_the_end, .timeout = 30)
+{
+	tcp_stream(data_then_fin, 3, true);
+}
+
+static void data_around_urgent(int fd)
+{
+	cr_assert_eq(send(fd, "ab", 2, 0), 2);
+	cr_assert_eq(send(fd, "U", 1, MSG_OOB), 1);
+	cr_assert_eq(send(fd, "cd", 2, 0), 2);
+}
+
+/* A TCP read stops short at the urgent mark with data behind it (the
+ * urgent byte itself is out of band): EPOLLPRI says so. */
+Test(epoll, tcp_short_read_at_the_urgent_mark_reads_on, .timeout = 30)
+{
+	tcp_stream(data_around_urgent, 4, false);
+}
+
 /* ---- kernels before 5.11 have no epoll_pwait2 (epoll.c, poll_events) ---- */
 
 #if defined(TEST_AUDIT_ARCH) && defined(__NR_epoll_pwait2)
