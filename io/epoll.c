@@ -47,7 +47,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/openat2.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -89,6 +92,7 @@ struct ep_fd {
 	uint64_t proved;	   /* the enter whose event or add proved it */
 	uint32_t refs;		   /* started ops using it */
 	bool registered;	   /* in the epoll set (as far as we know) */
+	bool eventful;		   /* an edge said RDHUP, PRI, ERR or HUP */
 	bool close_pending;	   /* CLOSE came while refs > 0 */
 };
 
@@ -122,6 +126,8 @@ struct ep_op {
 	bool connecting; /* connect(2) said EINPROGRESS */
 	bool fd_ref;	 /* holds a reference on r->fds[fd] */
 	bool busy;	 /* OP_POOL, and a worker has started it */
+	bool tcp_known;	 /* tcp_plain is known (drained()) */
+	bool tcp_plain;	 /* a TCP socket without an upper-layer protocol */
 	/* OP_POOL: the job, its result, and the ring's list of those done. */
 	struct keel__ep_job job;
 	int res;
@@ -362,6 +368,7 @@ static void fd_fresh(struct ep_ring *r, int fd)
 
 	if (e) {
 		e->registered = false;
+		e->eventful = false;
 	}
 }
 
@@ -747,7 +754,8 @@ static bool park(struct ep_op *op, int fd, uint32_t events)
 		return false;
 	if (!e->registered || (!op->parked_before && e->proved != r->epoch)) {
 		struct epoll_event ev = {
-		    .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+		    .events =
+			EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET,
 		    .data.u64 = (uint64_t)fd,
 		};
 
@@ -809,6 +817,7 @@ struct result {
 	int res;
 	unsigned flags;
 	bool more;	 /* multishot goes on */
+	bool drained;	 /* ... and the read proved the socket empty */
 	int park_fd;	 /* res == -EAGAIN: where to wait */
 	uint32_t events; /* ... and for what */
 	bool pool;	 /* res == -EAGAIN: a worker's, no readiness */
@@ -877,6 +886,41 @@ static int no_buffer(struct ep_op *op)
 	return -ENOBUFS;
 }
 
+/*
+ * Did a multishot recv's short read (n of len bytes) empty the socket?
+ * Then it parks at once instead of reading again for the EAGAIN, one
+ * system call per request less (the plain epoll servers' rule). Only for
+ * TCP: tcp_recvmsg() stops short of len only when the receive queue (and
+ * backlog) is empty, at the urgent mark, at a FIN, or with an error
+ * pending; and every later arrival wakes the epoll set again, which with
+ * EPOLLET queues a fresh edge. The urgent mark, FIN and errors come with
+ * EPOLLPRI, EPOLLRDHUP, EPOLLERR or EPOLLHUP, set on the socket before its
+ * wake-up: once an edge has said one of those (eventful), the op reads
+ * until EAGAIN as before. Not for other sockets: a unix stream stops
+ * between writers' credentials, a datagram is one message, kTLS (an upper-
+ * layer protocol, TCP_ULP) at a record that is not data; asked once per op,
+ * at its first short read (kTLS hands over before its stream opens).
+ */
+static bool drained(struct ep_op *op, int n, size_t len)
+{
+	if (!op->multishot || n <= 0 || (size_t)n >= len ||
+	    op->sqe.opcode != IORING_OP_RECV ||
+	    (op->sqe.msg_flags & (MSG_PEEK | MSG_OOB | MSG_WAITALL)))
+		return false;
+	if (!op->tcp_known) {
+		int proto = 0;
+		char ulp[16];
+		socklen_t pl = sizeof(proto), ul = sizeof(ulp);
+
+		op->tcp_known = true;
+		op->tcp_plain =
+		    !getsockopt(op->fd, SOL_SOCKET, SO_PROTOCOL, &proto, &pl) &&
+		    proto == IPPROTO_TCP &&
+		    !getsockopt(op->fd, SOL_TCP, TCP_ULP, ulp, &ul) && !ul;
+	}
+	return op->tcp_plain && !op->r->fds[op->fd].eventful;
+}
+
 /* READ and RECV, with a buffer of their own or a selected one. */
 static struct result exec_input(struct ep_op *op)
 {
@@ -904,6 +948,7 @@ static struct result exec_input(struct ep_op *op)
 	if (out.res > 0)
 		out.flags = buf_consume(b, buf, (unsigned)out.res);
 	out.more = op->multishot && out.res > 0;
+	out.drained = drained(op, out.res, len);
 	return out;
 }
 
@@ -1419,6 +1464,8 @@ static void op_attempt(struct ep_op *op)
 		post_cqe(op->r, op->sqe.user_data, out.res,
 			 out.flags | IORING_CQE_F_MORE);
 		op->parked_before = true;
+		if (out.drained && park(op, out.park_fd, out.events))
+			return;
 		if (i + 1 >= MULTISHOT_BURST) {
 			run_later(op);
 			return;
@@ -1717,11 +1764,13 @@ static void fd_ready(struct ep_ring *r, int fd, uint32_t events)
 		return;
 	struct keel__list q = r->fds[fd].waiters;
 	struct keel__link *l;
-	uint32_t in = EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP;
+	uint32_t in = EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP;
 	uint32_t out = EPOLLOUT | EPOLLERR | EPOLLHUP;
 
 	/* Attempts may grow r->fds: no pointer into it is kept. */
 	r->fds[fd].proved = r->epoch;
+	if (events & (EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP))
+		r->fds[fd].eventful = true;
 	keel__list_init(&r->fds[fd].waiters);
 	while ((l = keel__list_pop_front(&q))) {
 		struct ep_op *op = keel__list_entry(l, struct ep_op, wait);
@@ -1744,6 +1793,8 @@ static void timer_drain(struct ep_ring *r)
 	}
 }
 
+static bool no_pwait2; /* epoll_pwait2 said ENOSYS (see poll_events) */
+
 static int poll_events(struct ep_ring *r, int64_t timeout_ns)
 {
 	struct epoll_event evs[64];
@@ -1754,8 +1805,21 @@ static int poll_events(struct ep_ring *r, int64_t timeout_ns)
 		ts.tv_nsec = timeout_ns % 1000000000;
 		tsp = &ts;
 	}
-	int n = epoll_pwait2(r->epfd, evs, 64, tsp, NULL);
+	int n = -1;
 
+	/* epoll_pwait2 is Linux 5.11 (and unknown to valgrind): before it,
+	 * epoll_wait with the timeout rounded up to a millisecond. */
+	if (!__atomic_load_n(&no_pwait2, __ATOMIC_RELAXED)) {
+		n = epoll_pwait2(r->epfd, evs, 64, tsp, NULL);
+		if (n < 0 && errno == ENOSYS)
+			__atomic_store_n(&no_pwait2, true, __ATOMIC_RELAXED);
+	}
+	if (__atomic_load_n(&no_pwait2, __ATOMIC_RELAXED))
+		n = epoll_wait(r->epfd, evs, 64,
+			       timeout_ns < 0 ? -1
+			       : timeout_ns > INT_MAX * 1000000ll
+				   ? INT_MAX
+				   : (int)((timeout_ns + 999999) / 1000000));
 	if (n < 0)
 		return -errno;
 	for (int i = 0; i < n; i++) {

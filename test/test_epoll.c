@@ -424,3 +424,181 @@ Test(epoll, a_bad_backend_is_einval, .timeout = 10)
 
 	cr_assert_eq(keel_loop_create(&loop, &o), -EINVAL);
 }
+
+/* ---- a TCP multishot recv parks on a short read (epoll.c, drained()) ---- */
+
+static void tcp_pair(int fds[2])
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(l, 0);
+	cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(l, 1), 0);
+	cr_assert_eq(getsockname(l, (struct sockaddr *)&a, &al), 0);
+	fds[1] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fds[1], 0);
+	cr_assert_eq(connect(fds[1], (struct sockaddr *)&a, sizeof(a)), 0);
+	fds[0] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	cr_assert_geq(fds[0], 0);
+	close(l);
+}
+
+/*
+ * A multishot recv into a buffer ring, parked on an empty TCP socket; then
+ * `send_it` writes to the other end. Its CQEs must bring `want` bytes and
+ * then, if `fin`, the end (res 0), each within a bound that only a hang
+ * exceeds.
+ */
+static void tcp_stream(void (*send_it)(int fd), int want, bool fin)
+{
+	struct t t;
+
+	EACH_BACKEND(t)
+	{
+		struct keel_bufring_opts bo = {.count = 8, .size = 64};
+		struct keel_bufring *ring;
+		struct io_uring_sqe *sqe;
+		int fds[2], n = 0, end = 1;
+
+		tcp_pair(fds);
+		cr_assert_eq(keel_bufring_create(t.loop, &bo, &ring), 0);
+		sqe = t_sqe(&t, 1);
+		io_uring_prep_recv_multishot(sqe, fds[0], NULL, 0, 0);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = keel__bufring_gid(ring);
+		t_reap(&t, 1, 20);
+		cr_assert_eq(t.n, 0, "%s", t.name);
+		send_it(fds[1]);
+		for (int i = 0; end > 0 && (fin || n < want); i++) {
+			t_reap(&t, i + 1, 5000);
+			cr_assert_gt(t.n, i, "%s: no CQE after %d bytes",
+				     t.name, n);
+			end = t.cqes[i].res;
+			if (end > 0)
+				n += end;
+		}
+		cr_assert_eq(n, want, "%s", t.name);
+		if (fin)
+			cr_assert_eq(end, 0, "%s: %d", t.name, end);
+		close(fds[0]);
+		close(fds[1]);
+	}
+}
+
+static void data_then_fin(int fd)
+{
+	cr_assert_eq(send(fd, "abc", 3, 0), 3);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+}
+
+/* The read that returns "abc" stops short at the FIN: the edge that
+ * brought both says EPOLLRDHUP, and the op must read on for the end. */
+Test(epoll, tcp_short_read_before_a_fin_still_sees_the_end, .timeout = 30)
+{
+	tcp_stream(data_then_fin, 3, true);
+}
+
+static void data_around_urgent(int fd)
+{
+	cr_assert_eq(send(fd, "ab", 2, 0), 2);
+	cr_assert_eq(send(fd, "U", 1, MSG_OOB), 1);
+	cr_assert_eq(send(fd, "cd", 2, 0), 2);
+}
+
+/* A TCP read stops short at the urgent mark with data behind it (the
+ * urgent byte itself is out of band): EPOLLPRI says so. */
+Test(epoll, tcp_short_read_at_the_urgent_mark_reads_on, .timeout = 30)
+{
+	tcp_stream(data_around_urgent, 4, false);
+}
+
+/* ---- kernels before 5.11 have no epoll_pwait2 (epoll.c, poll_events) ---- */
+
+#if defined(TEST_AUDIT_ARCH) && defined(__NR_epoll_pwait2)
+static int deny_epoll_pwait2(void)
+{
+	struct sock_filter filter[] = {
+	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+		     offsetof(struct seccomp_data, arch)),
+	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
+	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+		     offsetof(struct seccomp_data, nr)),
+	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_epoll_pwait2, 0, 1),
+	    BPF_STMT(BPF_RET | BPF_K,
+		     SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = {
+	    .len = (unsigned short)(sizeof(filter) / sizeof(filter[0])),
+	    .filter = filter,
+	};
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+/* A parked recv and a timeout, on epoll_wait; exit status: what failed. */
+static void no_pwait2_child(void)
+{
+	struct keel_loop_opts o = {.backend = KEEL_BACKEND_EPOLL};
+	struct keel_loop *loop;
+	struct io_uring_cqe *cqe;
+	struct __kernel_timespec ts = {.tv_nsec = 20 * 1000000};
+	char buf[8];
+	int fds[2], got = 0;
+
+	if (deny_epoll_pwait2() != 0)
+		_exit(10);
+	if (keel_loop_create(&loop, &o) ||
+	    socketpair(AF_UNIX, SOCK_STREAM, 0, fds))
+		_exit(11);
+	struct keel__io *io = &loop->io;
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	io_uring_prep_recv(sqe, fds[0], buf, sizeof(buf), 0);
+	io_uring_sqe_set_data64(sqe, 1);
+	sqe = keel__io_sqe(io);
+	io_uring_prep_timeout(sqe, &ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, 2);
+	uint64_t t0 = kt_now_ns();
+
+	/* The timeout first (the recv has no data yet), then the recv. */
+	while (got < 2 && kt_now_ns() - t0 < KT_MS(5000)) {
+		keel__io_enter(io, 1, KT_MS(1000));
+		while (io_uring_peek_cqe(&io->ring, &cqe) == 0) {
+			if (cqe->user_data != (got ? 1u : 2u))
+				_exit(12);
+			if (cqe->res != (got ? 2 : -ETIME))
+				_exit(13);
+			if (!got++ && (kt_now_ns() - t0 < KT_MS(20) ||
+				       write(fds[1], "hi", 2) != 2))
+				_exit(14);
+			io_uring_cqe_seen(&io->ring, cqe);
+		}
+	}
+	keel_loop_destroy(loop);
+	_exit(got == 2 ? 0 : 15);
+}
+#endif
+
+Test(epoll, waits_with_epoll_wait_where_epoll_pwait2_is_enosys, .timeout = 20)
+{
+#if defined(TEST_AUDIT_ARCH) && defined(__NR_epoll_pwait2)
+	int status;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		no_pwait2_child();
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "child: status %#x", status);
+#else
+	cr_skip_test("no seccomp audit arch or epoll_pwait2 here");
+#endif
+}

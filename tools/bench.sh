@@ -25,7 +25,11 @@
 #     with health checks off and on; one ECDSA P-256 certificate (made in
 #     the output directory) and one TLS 1.3 suite for all. A keel binary
 #     without the option a row needs leaves the row out, with a line.
-#     Loopback only. A peer that fails to build is skipped.
+#     Loopback only. A peer that fails to build is skipped. keel's rows
+#     also run on the epoll backend (KEEL_BACKEND=epoll: keel-epoll,
+#     keel-splice-epoll, keel-http-epoll, keel-http-4k-epoll), with paired
+#     ratios against the plain epoll server (CPU per request, goal <= 1.1x),
+#     keel on io_uring, haproxy and nginx.
 #
 # Knobs (environment):
 #   BENCH_QUICK=1     short runs everywhere (a smoke test of the whole thing)
@@ -257,13 +261,21 @@ run_echo() {
 	say "3b. echo matrix: keel's examples/echo vs ${ECHO_PEERS:-uring epoll} (run.sh)"
 	t=$(date +%s)
 	envs=(PEERS="${ECHO_PEERS:-uring epoll}" REPS="${ECHO_REPS:-${REPS:-7}}"
-		EXTRA_PEERS="keel|$ECHO_BIN --threads {threads} 127.0.0.1 {port}" OUT="$RES/echo")
+		EXTRA_PEERS="keel|$ECHO_BIN --threads {threads} 127.0.0.1 {port};keel-epoll|env KEEL_BACKEND=epoll $ECHO_BIN --threads {threads} 127.0.0.1 {port}" OUT="$RES/echo")
 	[[ $QUICK == 1 ]] && envs+=(REPS="${ECHO_REPS:-2}" DUR="${DUR:-0.5}"
 		WARM="${WARM:-0.1}" WARMUP_S="${WARMUP_S:-1}")
 	env "${envs[@]}" timeout -k 10 1800 "$dst/run.sh" 2>&1 |
 		tee "$RES/echo-run.log" | grep -v '^  rep'
 	if [[ -s "$RES/echo/table.md" ]]; then
 		TABLES+=("$RES/echo/table.md")
+		# keel on the epoll backend against the plain epoll server (issue
+		# 15's goal: CPU per request within 1.1x) and keel on io_uring.
+		echo
+		echo "### keel-epoll (examples/echo, KEEL_BACKEND=epoll) against the plain epoll server and keel on io_uring"
+		echo
+		timeout 60 python3 "$REPORT" pairs "$RES/echo/raw.tsv" 1.1 \
+			keel-epoll/epoll keel-epoll/keel keel/uring | tee "$RES/echo-epoll.md"
+		TABLES+=("$RES/echo-epoll.md")
 	else
 		echo "!! the echo run produced no table (see $RES/echo-run.log)"
 	fi
@@ -333,12 +345,19 @@ run_proxy() {
 	say "3d. proxy: keel's examples/proxy (buffers, splice) vs haproxy vs direct (run-proxy.sh)"
 	t=$(date +%s)
 	local envs=(REPS="${PROXY_REPS:-${REPS:-5}}" OUT="$RES/proxy"
-		EXTRA_PROXIES="keel|$PROXY_BIN --threads {threads} -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port};keel-splice|$PROXY_BIN --threads {threads} --mode splice -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port}")
+		EXTRA_PROXIES="keel|$PROXY_BIN --threads {threads} -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port};keel-splice|$PROXY_BIN --threads {threads} --mode splice -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port};keel-epoll|env KEEL_BACKEND=epoll $PROXY_BIN --threads {threads} -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port};keel-splice-epoll|env KEEL_BACKEND=epoll $PROXY_BIN --threads {threads} --mode splice -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port}")
 	[[ $QUICK == 1 ]] && envs+=(REPS="${PROXY_REPS:-2}" DUR="${DUR:-0.5}" WARM="${WARM:-0.1}")
 	env "${envs[@]}" timeout -k 10 1200 "$dst/run-proxy.sh" 2>&1 |
 		tee "$RES/proxy-run.log" | grep -v '^  rep'
 	if [[ -s "$RES/proxy/table.md" ]]; then
 		TABLES+=("$RES/proxy/table.md")
+		echo
+		echo "### keel's proxy on the epoll backend (KEEL_BACKEND=epoll) against io_uring and haproxy"
+		echo
+		timeout 60 python3 "$REPORT" pairs "$RES/proxy/raw.tsv" - \
+			keel-epoll/keel keel-splice-epoll/keel-splice keel-epoll/haproxy |
+			tee "$RES/proxy-epoll.md"
+		TABLES+=("$RES/proxy-epoll.md")
 	else
 		echo "!! the proxy run produced no table (see $RES/proxy-run.log)"
 	fi
@@ -395,7 +414,7 @@ run_http() {
 	envs=(PEERS="nginx-w1 nginx-w1-static h2o-static h2o-mruby"
 		CONFIGS="${HTTP_CONFIGS:-1 64 256}" REPS="${HTTP_REPS:-${REPS:-5}}"
 		OUT="$RES/http"
-		EXTRA_HTTP="keel-http|$keel|/hello;keel-http-4k|$keel --root $www|/4k.txt;nginx-w1-4k|$peer nginx $www {port}|/4k.txt;h2o-4k|$peer h2o $www {port}|/4k.txt")
+		EXTRA_HTTP="keel-http|$keel|/hello;keel-http-4k|$keel --root $www|/4k.txt;keel-http-epoll|env KEEL_BACKEND=epoll $keel|/hello;keel-http-4k-epoll|env KEEL_BACKEND=epoll $keel --root $www|/4k.txt;nginx-w1-4k|$peer nginx $www {port}|/4k.txt;h2o-4k|$peer h2o $www {port}|/4k.txt")
 	[[ $QUICK == 1 ]] && envs+=(REPS="${HTTP_REPS:-1}" WARMUP_S=1)
 	env "${envs[@]}" timeout -k 10 900 "$dst/run-http.sh" 2>&1 |
 		tee "$RES/http-run.log" | grep -v '^  rep'

@@ -23,6 +23,12 @@
       repetitions of the ratio of cells run back to back) against the
       issue's goals; and the echo floor, the raw liburing echo server at
       c=64, 64 B, from run.sh's raw.tsv (FLOOR_RAW_TSV).
+  report.py pairs RAW_TSV GOAL A/B [A/B ...]
+      A run.sh-shaped raw.tsv (the echo matrix, run-proxy.sh) -> paired
+      ratios A / B per config (req/s, p99, server CPU per request; medians
+      over repetitions of cells run back to back), and, if GOAL is not "-",
+      the first pair's CPU per request held against it (<= GOAL): keel on
+      the epoll backend against the harness's plain epoll server.
   report.py tls TLS_RAW_TSV [PROBE_TSV]
       tools/bench/tls.sh's raw.tsv -> the TLS tables: full handshakes per
       second (and the server's CPU per handshake), HTTPS keep-alive (keel's
@@ -249,6 +255,9 @@ def metric(r, key):
 HTTP_PAIRS = [
     ("keel-http", "nginx-w1"), ("keel-http", "h2o-mruby"),
     ("keel-http-4k", "nginx-w1-4k"), ("keel-http-4k", "h2o-4k"),
+    # the epoll backend (KEEL_BACKEND=epoll) against io_uring and nginx
+    ("keel-http-epoll", "keel-http"), ("keel-http-epoll", "nginx-w1"),
+    ("keel-http-4k-epoll", "keel-http-4k"),
 ]
 
 
@@ -342,6 +351,49 @@ def cmd_http(raw, floor_raw=None):
                   f"CPU/req")
         else:
             print()
+
+
+def cmd_pairs(raw, goal, *pairs):
+    cells, configs = {}, []
+    for r in tsv_rows(raw):
+        if r["config"] not in configs:
+            configs.append(r["config"])
+        cells.setdefault((r["peer"], r["config"]), []).append(r)
+
+    def paired(p, base, c, key):
+        b = {r["rep"]: metric(r, key) for r in cells.get((base, c), [])}
+        v = [metric(r, key) / b[r["rep"]] for r in cells.get((p, c), [])
+             if metric(r, key) and b.get(r["rep"])]
+        return statistics.median(v) if v else None
+
+    def f(v):
+        return "" if v is None else f"{v:.2f}"
+
+    pairs = [tuple(x.split("/", 1)) for x in pairs if "/" in x]
+    pairs = [(a, b) for a, b in pairs
+             if any(k[0] == a for k in cells) and any(k[0] == b for k in cells)]
+    if not pairs:
+        print("(no pairs to compare)")
+        return
+    print("| ratio (paired) | " + " | ".join(
+        f"{c} req/s | p99 | CPU/req" for c in configs) + " |")
+    print("|---|" + "--:|--:|--:|" * len(configs))
+    for a, b in pairs:
+        row = [f"{a} / {b}"]
+        for c in configs:
+            row += [f(paired(a, b, c, k)) for k in ("rps", "p99_us", "cpu")]
+        print("| " + " | ".join(row) + " |")
+    if goal != "-":
+        a, b = pairs[0]
+        g = float(goal)
+        res = []
+        for c in configs:
+            v = paired(a, b, c, "cpu")
+            res.append(f"{c} " + ("n/a" if v is None else
+                                  f"{v:.2f} ({'met' if v <= g else 'not met'})"))
+        print()
+        print(f"goal: server CPU per request {a} / {b} <= {g:g}: " +
+              ", ".join(res))
 
 
 # tools/bench/tls.sh's tests and rows: (test, keel's row, what it is held
@@ -563,6 +615,8 @@ def main():
         cmd_summary(*sys.argv[2:])
     elif cmd == "http" and len(sys.argv) in (3, 4):
         cmd_http(*sys.argv[2:])
+    elif cmd == "pairs" and len(sys.argv) >= 5:
+        cmd_pairs(*sys.argv[2:])
     elif cmd == "tls" and len(sys.argv) in (3, 4):
         cmd_tls(*sys.argv[2:])
     else:
