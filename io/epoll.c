@@ -53,6 +53,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -1110,6 +1111,41 @@ static int exec_msg_ring(struct ep_op *op)
 	return err;
 }
 
+/* io_uring's sends add MSG_NOSIGNAL: a peer that is gone is -EPIPE. */
+#define SEND_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL)
+
+/*
+ * splice(2) and tee(2) have no MSG_NOSIGNAL: into a socket or pipe whose
+ * reader is gone they raise SIGPIPE on the calling thread, which kills a
+ * process at the default disposition. io_uring runs them on its kernel
+ * workers, which never take the signal, so a splicing proxy survives a
+ * reset backend there; here the thread blocks SIGPIPE for the call and
+ * takes back the one the call raised (an unblocked SIGPIPE cannot have
+ * been pending before). Two sigprocmask calls per splice; if the thread
+ * already blocks SIGPIPE, its own choice is left alone.
+ */
+static int splice_nosignal(int in, loff_t *oin, int out, loff_t *oout,
+			   size_t len, unsigned flags, bool tee_op)
+{
+	static const struct timespec now = {0, 0};
+	sigset_t pipe_set, old;
+	int n;
+
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+	if (tee_op)
+		n = sys(tee(in, out, len, flags));
+	else
+		n = sys(splice(in, oin, out, oout, len, flags));
+	if (!sigismember(&old, SIGPIPE)) {
+		if (n == -EPIPE)
+			sigtimedwait(&pipe_set, NULL, &now);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	return n;
+}
+
 static int exec_splice(struct ep_op *op, struct result *out)
 {
 	const struct io_uring_sqe *sqe = &op->sqe;
@@ -1131,15 +1167,16 @@ static int exec_splice(struct ep_op *op, struct result *out)
 	if (n)
 		return n;
 	if (sqe->opcode == IORING_OP_TEE) {
-		n = sys(tee(in, op->fd, sqe->len, flags | SPLICE_F_NONBLOCK));
+		n = splice_nosignal(in, NULL, op->fd, NULL, sqe->len,
+				    flags | SPLICE_F_NONBLOCK, true);
 	} else {
 		loff_t oin = (loff_t)sqe->splice_off_in;
 		loff_t oout = (loff_t)sqe->off;
 
-		n = sys(splice(in,
-			       sqe->splice_off_in == (uint64_t)-1 ? NULL : &oin,
-			       op->fd, sqe->off == (uint64_t)-1 ? NULL : &oout,
-			       sqe->len, flags | SPLICE_F_NONBLOCK));
+		n = splice_nosignal(
+		    in, sqe->splice_off_in == (uint64_t)-1 ? NULL : &oin,
+		    op->fd, sqe->off == (uint64_t)-1 ? NULL : &oout, sqe->len,
+		    flags | SPLICE_F_NONBLOCK, false);
 	}
 	if (n == -EAGAIN) {
 		/* Wait on the side that blocks: the input unless it has
@@ -1238,9 +1275,8 @@ static struct result exec(struct ep_op *op)
 		break;
 	case IORING_OP_SEND:
 	case IORING_OP_SEND_ZC:
-		out.res =
-		    sys(send(op->fd, (const void *)(uintptr_t)sqe->addr,
-			     sqe->len, (int)sqe->msg_flags | MSG_DONTWAIT));
+		out.res = sys(send(op->fd, (const void *)(uintptr_t)sqe->addr,
+				   sqe->len, (int)sqe->msg_flags | SEND_FLAGS));
 		break;
 	case IORING_OP_RECVMSG:
 		return exec_recvmsg(op);
@@ -1248,7 +1284,7 @@ static struct result exec(struct ep_op *op)
 	case IORING_OP_SENDMSG_ZC:
 		out.res = sys(
 		    sendmsg(op->fd, (const struct msghdr *)(uintptr_t)sqe->addr,
-			    (int)sqe->msg_flags | MSG_DONTWAIT));
+			    (int)sqe->msg_flags | SEND_FLAGS));
 		break;
 	case IORING_OP_ACCEPT:
 		out.res = exec_accept(op, &out.more);

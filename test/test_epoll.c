@@ -15,6 +15,7 @@
 #include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -355,6 +356,60 @@ Test(epoll, loop_fd_wakes_a_host_for_a_parked_recv, .timeout = 20)
 #ifdef TEST_AUDIT_ARCH
 
 /* Two loops under the filter; what they say goes to the pipe `out`. */
+/*
+ * A peer that is gone: io_uring's sends add MSG_NOSIGNAL and its splices
+ * and tees run on kernel workers, so neither raises SIGPIPE; the epoll
+ * backend must not either (a splicing proxy died of it when a backend
+ * reset mid-stream). SIGPIPE is at its default here: a signal kills the
+ * test.
+ */
+Test(epoll, a_peer_gone_is_epipe_not_sigpipe, .timeout = 20)
+{
+	struct t t;
+	sigset_t pending;
+
+	signal(SIGPIPE, SIG_DFL);
+	EACH_BACKEND(t)
+	{
+		int fds[2], p[2];
+
+		/* send without MSG_NOSIGNAL, and sendmsg */
+		pair(fds);
+		close(fds[1]);
+		io_uring_prep_send(t_sqe(&t, 1), fds[0], "x", 1, 0);
+		t_reap(&t, 1, 5000);
+		cr_assert_eq(t_cqe(&t, 1, 0)->res, -EPIPE, "%s: send: %d",
+			     t.name, t_cqe(&t, 1, 0)->res);
+		close(fds[0]);
+
+		/* splice from a pipe into a socket whose peer is gone */
+		pair(fds);
+		cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+		cr_assert_eq(write(p[1], "abc", 3), 3);
+		close(fds[1]);
+		io_uring_prep_splice(t_sqe(&t, 2), p[0], -1, fds[0], -1, 3, 0);
+		t_reap(&t, 2, 5000);
+		cr_assert_eq(t_cqe(&t, 2, 0)->res, -EPIPE, "%s: splice: %d",
+			     t.name, t_cqe(&t, 2, 0)->res);
+		close(fds[0]);
+
+		/* splice from a socket into a pipe whose reader is gone */
+		pair(fds);
+		cr_assert_eq(write(fds[1], "abc", 3), 3);
+		close(p[0]);
+		io_uring_prep_splice(t_sqe(&t, 3), fds[0], -1, p[1], -1, 3, 0);
+		t_reap(&t, 3, 5000);
+		cr_assert_eq(t_cqe(&t, 3, 0)->res, -EPIPE, "%s: splice: %d",
+			     t.name, t_cqe(&t, 3, 0)->res);
+		close(p[1]);
+		close(fds[0]);
+		close(fds[1]);
+		cr_assert_eq(sigpending(&pending), 0);
+		cr_assert_not(sigismember(&pending, SIGPIPE),
+			      "%s: a SIGPIPE is left pending", t.name);
+	}
+}
+
 static void fallback_child(int out)
 {
 	struct keel_loop *a = NULL, *b = NULL;

@@ -58,9 +58,12 @@ for src in man/*.scd; do
 		while read -r s; do
 			i=0
 			pos=
+			# One tr per section, not one per name in $order: forks
+			# are slow on a loaded machine (it once took 600 s).
+			s_=$(echo "$s" | tr ' ' _)
 			for o in $order; do
 				i=$((i + 1))
-				[ "$(echo "$o" | tr _ ' ')" = "$s" ] && pos=$i
+				[ "$o" = "$s_" ] && pos=$i
 			done
 			if [ -z "$pos" ]; then
 				problems="$problems; unknown section $s"

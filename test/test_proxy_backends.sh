@@ -229,7 +229,9 @@ s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
 s.sendall(b"held\n")
 assert s.recv(10) == b"held\n"
 open(sys.argv[2], "w").write("1")
-time.sleep(30)
+# Held until killed below: ten rounds of clients take over 30 s on a
+# loaded machine, and a hold that ended sooner failed every wait_for.
+time.sleep(600)
 PY
 holder=$!
 pids="$pids $holder"

@@ -16,6 +16,10 @@ SUITE=restrict_examples
 . test/helpers/checks.sh
 ECHO=$BUILD/examples/echo
 HTTP=$BUILD/examples/http
+# Ring restrictions are io_uring's (the epoll backend accepts and ignores
+# KEEL_RESTRICT): io_uring, whatever backend the suite runs on.
+KEEL_BACKEND=io_uring
+export KEEL_BACKEND
 pid=
 trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 

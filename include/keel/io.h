@@ -41,10 +41,12 @@ extern "C" {
  * send_zc and sendmsg_all never raise it: io_uring's send ops add
  * MSG_NOSIGNAL themselves, so a peer that is gone gives -EPIPE (passing
  * MSG_NOSIGNAL too, as the examples do, is harmless and keeps the code
- * right if it moves to send(2)). keel_write/writev (and splice/tee) into a
- * socket or pipe whose reader is gone raise SIGPIPE as write(2) does, which
- * kills the process unless it ignores the signal: use keel_send on sockets,
- * or signal(SIGPIPE, SIG_IGN) once at start.
+ * right if it moves to send(2)). splice and tee never raise it either (a
+ * gone reader is -EPIPE: io_uring runs them on kernel workers, the epoll
+ * backend blocks the signal around them). keel_write/writev into a socket
+ * or pipe whose reader is gone raise SIGPIPE as write(2) does, which kills
+ * the process unless it ignores the signal: use keel_send on sockets, or
+ * signal(SIGPIPE, SIG_IGN) once at start.
  */
 struct keel_task;
 struct statx;
