@@ -36,12 +36,12 @@ struct keel_job {
 	struct keel_executor *ex;
 	struct keel_job_opts opts;
 	struct keel_retry_policy retry;
-	struct keel_timer timer;      /* the deadline, while queued */
-	struct keel__wq done;	      /* its one awaiter */
-	struct keel_task *task;	      /* while running */
-	struct keel_token *token;     /* while running */
-	struct keel_task *submitter;  /* while blocked */
-	struct keel_job **out;	      /* while blocked: the submitter's */
+	struct keel_timer timer;     /* the deadline, while queued */
+	struct keel__wq done;	     /* its one awaiter */
+	struct keel_task *task;	     /* while running */
+	struct keel_token *token;    /* while running */
+	struct keel_task *submitter; /* while blocked */
+	struct keel_job **out;	     /* while blocked: the submitter's */
 	int state;
 	int res;
 	bool ran;      /* the task set `res` itself */
@@ -225,8 +225,7 @@ static struct keel_job *blocked_of(struct keel_executor *ex,
 {
 	struct keel__link *it;
 
-	keel__list_for_each(it, &ex->blocked)
-	{
+	keel__list_for_each (it, &ex->blocked) {
 		struct keel_job *job =
 		    keel__list_entry(it, struct keel_job, link);
 
@@ -309,8 +308,7 @@ static int job_step(struct keel_task *t)
 		keel_retry_begin(&f->retry, &f->job->retry);
 	for (;;) {
 		f->r.at = NULL;
-		KEEL_AWAIT_CALL(t,
-				f->job->opts.fn(t, &f->r, f->job->opts.arg));
+		KEEL_AWAIT_CALL(t, f->job->opts.fn(t, &f->r, f->job->opts.arg));
 		f->res = keel_res(t);
 		if (!f->job->opts.retry)
 			break;
@@ -334,7 +332,8 @@ int keel_executor_new(struct keel_loop *loop,
 {
 	struct keel_executor *ex;
 
-	if (!opts || !opts->max_running || (unsigned)opts->full > KEEL_EXEC_BLOCK)
+	if (!opts || !opts->max_running ||
+	    (unsigned)opts->full > KEEL_EXEC_BLOCK)
 		return -EINVAL;
 	ex = calloc(1, sizeof(*ex));
 	if (!ex)
@@ -421,7 +420,8 @@ void keel_executor_free(struct keel_executor *ex)
 
 /* Accept, queue or refuse `job` under the full policy. 0: placed;
  * 1: a BLOCK submitter must wait; else a negative errno (job freed). */
-static int submit(struct keel_executor *ex, struct keel_job *job, bool may_block)
+static int submit(struct keel_executor *ex, struct keel_job *job,
+		  bool may_block)
 {
 	if (ex->closed) {
 		free(job);
@@ -628,10 +628,15 @@ static const struct {
 	bool gauge;
 } metrics[] = {
 #define C(f, h)                                                                \
-	{"keel_executor_jobs_" #f "_total", h,                                 \
-	 offsetof(struct keel_executor_stats, f), false}
+	{                                                                      \
+		"keel_executor_jobs_" #f "_total", h,                          \
+		    offsetof(struct keel_executor_stats, f), false             \
+	}
 #define G(f, h)                                                                \
-	{"keel_executor_" #f, h, offsetof(struct keel_executor_stats, f), true}
+	{                                                                      \
+		"keel_executor_" #f, h,                                        \
+		    offsetof(struct keel_executor_stats, f), true              \
+	}
     C(submitted, "Jobs accepted."),
     C(started, "Jobs started."),
     C(completed, "Started jobs that succeeded."),

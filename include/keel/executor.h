@@ -21,10 +21,9 @@
  *
  *	struct keel_job_opts jo = {.fn = fetch, .arg = f,
  *				   .prio = KEEL_PRIO_HIGH,
- *				   .deadline_ns = keel_loop_now(loop) + 50 * MS};
- *	KEEL_AWAIT(t, keel_executor_submit(t, ex, &jo, &c->job));
- *	if (keel_res(t) == 0)
- *		KEEL_AWAIT(t, keel_job_await(t, c->job)); // keel_res: 42
+ *				   .deadline_ns = keel_loop_now(loop) + 50 *
+ *MS}; KEEL_AWAIT(t, keel_executor_submit(t, ex, &jo, &c->job)); if (keel_res(t)
+ *== 0) KEEL_AWAIT(t, keel_job_await(t, c->job)); // keel_res: 42
  *
  * The job's task observes a token of its own (a child of the executor's),
  * whose deadline is the job's: a job still queued at its deadline fails
