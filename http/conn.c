@@ -854,6 +854,14 @@ int keel__http_conn_step(struct keel_task *t)
 		x = c->x;
 		if (x->shield.own)
 			keel_shield_end(t, &x->shield);
+		if (x->flags & KEEL__HTTP_X_SHED) {
+			/* Its body, if any, is unread: answer and close. */
+			KEEL__HTTP_COUNT(sh, shed, 1);
+			keel_http_add_header(x, "Retry-After", "1");
+			c->flags |= KEEL__HTTP_C_CLOSE;
+			x->err = 503;
+			goto answer_error;
+		}
 		if (x->handler_status == KEEL_ABORTED) {
 			KEEL__HTTP_COUNT(sh, handler_panics, 1);
 			if (!(x->flags & KEEL__HTTP_X_STARTED)) {

@@ -66,25 +66,27 @@ struct keel__http_hdr {
 };
 
 /* keel_http_exchange.flags */
-#define KEEL__HTTP_X_HEADERS_DONE 0x0001  /* on_headers_complete ran */
-#define KEEL__HTTP_X_COMPLETE	  0x0002  /* the whole message was parsed */
-#define KEEL__HTTP_X_HEAD	  0x0004  /* a HEAD request */
-#define KEEL__HTTP_X_KEEP_ALIVE	  0x0008  /* the client keeps it open */
-#define KEEL__HTTP_X_EXPECT	  0x0010  /* Expect: 100-continue */
-#define KEEL__HTTP_X_CONTINUED	  0x0020  /* "100 Continue" was sent */
-#define KEEL__HTTP_X_AFTER_LF	  0x0040  /* the last byte scanned was LF */
-#define KEEL__HTTP_X_IN_FIELD	  0x0080  /* parsing a header name */
-#define KEEL__HTTP_X_IN_VALUE	  0x0100  /* parsing a header value */
-#define KEEL__HTTP_X_STARTED	  0x0200  /* the response has begun */
-#define KEEL__HTTP_X_FINISHED	  0x0400  /* the response is complete */
-#define KEEL__HTTP_X_SINK	  0x0800  /* on_body hands the piece over */
-#define KEEL__HTTP_X_STREAMING	  0x1000  /* a chunked response is open */
-#define KEEL__HTTP_X_BROKEN	  0x2000  /* a send failed: close */
-#define KEEL__HTTP_X_HANDLER_DONE 0x4000  /* the handler task has exited */
-#define KEEL__HTTP_X_BODY_WAIT	  0x8000  /* the handler waits for body */
-#define KEEL__HTTP_X_COUNTED	  0x10000 /* keel__http_x_done() ran */
-#define KEEL__HTTP_X_GATHER	  0x20000 /* send x->msg (head + body) */
-#define KEEL__HTTP_X_WANT_BODY	  0x40000 /* TLS: the handler asks for body */
+#define KEEL__HTTP_X_HEADERS_DONE 0x0001   /* on_headers_complete ran */
+#define KEEL__HTTP_X_COMPLETE	  0x0002   /* the whole message was parsed */
+#define KEEL__HTTP_X_HEAD	  0x0004   /* a HEAD request */
+#define KEEL__HTTP_X_KEEP_ALIVE	  0x0008   /* the client keeps it open */
+#define KEEL__HTTP_X_EXPECT	  0x0010   /* Expect: 100-continue */
+#define KEEL__HTTP_X_CONTINUED	  0x0020   /* "100 Continue" was sent */
+#define KEEL__HTTP_X_AFTER_LF	  0x0040   /* the last byte scanned was LF */
+#define KEEL__HTTP_X_IN_FIELD	  0x0080   /* parsing a header name */
+#define KEEL__HTTP_X_IN_VALUE	  0x0100   /* parsing a header value */
+#define KEEL__HTTP_X_STARTED	  0x0200   /* the response has begun */
+#define KEEL__HTTP_X_FINISHED	  0x0400   /* the response is complete */
+#define KEEL__HTTP_X_SINK	  0x0800   /* on_body hands the piece over */
+#define KEEL__HTTP_X_STREAMING	  0x1000   /* a chunked response is open */
+#define KEEL__HTTP_X_BROKEN	  0x2000   /* a send failed: close */
+#define KEEL__HTTP_X_HANDLER_DONE 0x4000   /* the handler task has exited */
+#define KEEL__HTTP_X_BODY_WAIT	  0x8000   /* the handler waits for body */
+#define KEEL__HTTP_X_COUNTED	  0x10000  /* keel__http_x_done() ran */
+#define KEEL__HTTP_X_GATHER	  0x20000  /* send x->msg (head + body) */
+#define KEEL__HTTP_X_WANT_BODY	  0x40000  /* TLS: the handler asks for body */
+#define KEEL__HTTP_X_BEGAN	  0x80000  /* the handler's first step ran */
+#define KEEL__HTTP_X_SHED	  0x100000 /* shed: the handler did not run */
 
 /* A fixed body up to this is copied after the head (one send); a larger
  * one is the second iovec of one sendmsg. */
@@ -100,6 +102,7 @@ struct keel_http_exchange {
 	http_parser parser;
 	const struct keel__http_route *route;
 	uint64_t start_ns; /* the request's first byte (loop clock) */
+	uint64_t spawn_ns; /* its handler's spawn (shedding; CLOCK_MONOTONIC) */
 	uint32_t flags;
 	int err; /* a status found while parsing (400, 414, 431...) */
 

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "conn.h"
 
@@ -759,6 +760,16 @@ static void handler_exited(void *arg)
 	keel_event_set(x->done_ev);
 }
 
+/* Shedding's clock: a fresh reading, not the loop's (keel_loop_now()
+ * is the turn's, and a handler often starts in the turn of its spawn). */
+static uint64_t mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 int keel__http_handler_spawn(struct keel_http_exchange *x)
 {
 	struct keel__http_conn *c = x->c;
@@ -777,13 +788,15 @@ int keel__http_handler_spawn(struct keel_http_exchange *x)
 		return -ENOMEM;
 	/* Detached: the loop frees its frame; the connection learns of its
 	 * end from handler_exited(), whatever the exit status says. */
-	void *frame = keel_spawn(loop, route->type, KEEL_PRIO_NORMAL);
+	const struct keel_task_type *type =
+	    c->sh->srv->opts.shed_target_ns ? &route->shed_type : route->type;
+	void *frame = keel_spawn(loop, type, KEEL_PRIO_NORMAL);
 
 	if (!frame) {
 		keel_token_release(tok);
 		return -ENOMEM;
 	}
-	struct keel_task *ht = keel_task_of(route->type, frame);
+	struct keel_task *ht = keel_task_of(type, frame);
 	struct keel_http_handler *h =
 	    keel_container_of(ht, struct keel_http_handler, task);
 
@@ -804,6 +817,8 @@ int keel__http_handler_spawn(struct keel_http_exchange *x)
 	}
 	x->tok = tok;
 	x->handler = ht;
+	if (type != route->type)
+		x->spawn_ns = mono_now();
 	if ((c->flags & KEEL__HTTP_C_ENDED) && tok) {
 		/* The client went away before its handler began (the end
 		 * came while the request was being parsed). */
@@ -811,6 +826,31 @@ int keel__http_handler_spawn(struct keel_http_exchange *x)
 		keel_token_cancel(tok);
 	}
 	return 0;
+}
+
+/*
+ * Load shedding's measure: the time from a handler's spawn to its first
+ * step is how long it queued behind the loop's other work (CoDel's
+ * sojourn time). A shed handler exits before its own step runs; the
+ * connection answers 503 for it.
+ */
+int keel__http_shed_step(struct keel_task *t)
+{
+	struct keel_http_handler *h =
+	    keel_container_of(t, struct keel_http_handler, task);
+	struct keel_http_exchange *x = h->x;
+
+	if (!(x->flags & KEEL__HTTP_X_BEGAN)) {
+		struct keel__http_shard *sh = x->sh;
+
+		x->flags |= KEEL__HTTP_X_BEGAN;
+		keel_shed_record(&sh->shed, mono_now() - x->spawn_ns);
+		if (keel_shed_admit(&sh->shed)) {
+			x->flags |= KEEL__HTTP_X_SHED;
+			return keel_task_exit(t, 0);
+		}
+	}
+	return x->route->type->step(t);
 }
 
 /* ---- reason phrases ----------------------------------------------------- */

@@ -28,6 +28,7 @@
 
 #include <keel.h>
 #include <keel/http.h>
+#include <keel/limit.h>
 
 #define KEEL__HTTP_MAX_LOOPS 256
 
@@ -52,11 +53,14 @@ struct keel__http_route {
 	enum keel__http_route_kind kind;
 	unsigned index; /* position in srv->routes (metrics) */
 	const struct keel_task_type *type; /* TASK */
-	void *arg;			   /* TASK */
-	int status;			   /* TEXT */
-	char *content_type;		   /* TEXT */
-	char *body;			   /* TEXT */
-	size_t body_len;		   /* TEXT */
+	/* TASK, with opts.shed_target_ns: `type` with keel__http_shed_step
+	 * in front (the handler's first step decides). */
+	struct keel_task_type shed_type;
+	void *arg;	    /* TASK */
+	int status;	    /* TEXT */
+	char *content_type; /* TEXT */
+	char *body;	    /* TEXT */
+	size_t body_len;    /* TEXT */
 	/* TEXT: the response head up to Date: the status line, Content-Type
 	 * and Content-Length (the fast path copies it, then the Date and
 	 * Connection lines). */
@@ -64,6 +68,11 @@ struct keel__http_route {
 	size_t head_len;
 	int root_fd; /* FILES: O_PATH|O_DIRECTORY */
 };
+
+/* A shed_type's step: on a handler's first step, record its queueing
+ * delay (since its spawn) and, if the shedder says so, exit at once with
+ * the exchange marked shed; then (and otherwise) the route's own step. */
+int keel__http_shed_step(struct keel_task *t);
 
 /* Add a route (copies method and path). 0, -EINVAL, -ENOMEM, -EBUSY. */
 int keel__http_route_add(struct keel_http_server *srv,
@@ -124,6 +133,7 @@ struct keel__http_shard {
 	void *log;	    /* accesslog.c's state, or NULL */
 	void *files;	    /* files.c's open-file cache, or NULL */
 	void *core;	    /* server.c/conn.c's own (connection list, sweep) */
+	struct keel_shed shed; /* opts.shed_target_ns: this loop's shedder */
 };
 
 /* The cached "Date: ...\r\n" line (38 bytes), refreshed once a second. */

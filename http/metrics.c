@@ -223,6 +223,9 @@ static const struct counter counters[] = {
     {"keel_http_log_dropped_total", "counter",
      "Access-log lines dropped (the log's buffer was full).",
      offsetof(struct keel_http_stats, log_dropped)},
+    {"keel_http_shed_total", "counter",
+     "Requests answered 503 by the load shedder (queueing delay).",
+     offsetof(struct keel_http_stats, shed)},
 };
 
 static unsigned shard_count(const struct keel_http_server *srv)

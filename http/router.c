@@ -168,6 +168,8 @@ int keel_http_route_task(struct keel_http_server *srv, const char *method,
 	    .root_fd = -1,
 	};
 
+	r.shed_type = *type;
+	r.shed_type.step = keel__http_shed_step;
 	return keel__http_route_add(srv, &r);
 }
 

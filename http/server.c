@@ -76,6 +76,12 @@ int keel_http_server_new(const struct keel_http_opts *opts,
 	o.drain_timeout_ns = or_default(o.drain_timeout_ns, 10 * NS_PER_S);
 	o.bufs = (unsigned)or_default(o.bufs, 1024);
 	o.buf_size = (unsigned)or_default(o.buf_size, 4096);
+	if (o.shed_target_ns) {
+		o.shed_interval_ns =
+		    or_default(o.shed_interval_ns, NS_PER_S / 10);
+		if (o.shed_target_ns >= o.shed_interval_ns)
+			return -EINVAL;
+	}
 	if ((o.bufs & (o.bufs - 1)) || o.bufs > 32768 ||
 	    o.buf_size > 16u << 20 || o.max_request_line > 1u << 20 ||
 	    o.max_header_bytes > 1u << 24 || o.max_headers > 1u << 16 ||
@@ -374,6 +380,14 @@ static int shard_new(struct keel_http_server *srv, struct keel_loop *loop,
 	sh->srv = srv;
 	sh->loop = loop;
 	sh->listen_fd = fd;
+	if (srv->opts.shed_target_ns) {
+		struct keel_shed_opts so = {
+		    .target_ns = srv->opts.shed_target_ns,
+		    .interval_ns = srv->opts.shed_interval_ns,
+		};
+
+		keel_shed_init(&sh->shed, &so); /* checked at _new */
+	}
 	sh->core = core;
 	srv->shards[i] = sh;
 	atomic_store(&srv->port, port);
@@ -466,6 +480,7 @@ void keel_http_server_stats(const struct keel_http_server *srv,
 		SUM(timeouts);
 		SUM(client_gone);
 		SUM(log_dropped);
+		SUM(shed);
 #undef SUM
 	}
 }

@@ -19,6 +19,7 @@
 #ifndef KEEL_H
 #define KEEL_H
 
+#include <keel/executor.h>
 #include <keel/health.h>
 #include <keel/io.h>
 #include <keel/limit.h>

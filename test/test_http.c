@@ -28,6 +28,9 @@
  *   "Connection: close", the loop end);
  * - /health from a health registry: JSON, 200 while healthy or degraded,
  *   503 when a component is unhealthy.
+ * - load shedding (shed_target_ns): handlers that hold the loop's thread
+ *   make eight clients' requests queue: 503s with Retry-After, each
+ *   counted in stats.shed; one client alone is then served again.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -1495,4 +1498,138 @@ Test(http, health_registry_route_serves_json_and_503_when_unhealthy,
 	cl_close(fd);
 	server_stop(&s, NULL);
 	keel_health_free(reg);
+}
+
+/* ---- load shedding ------------------------------------------------------ */
+
+/* Work that keeps the loop's thread (CPU-bound, as far as the loop can
+ * tell): nothing else on the loop runs meanwhile, so requests queue. */
+static int busy_step(struct keel_task *t)
+{
+	struct handler *f = keel_container_of(t, struct handler, h.task);
+
+	KEEL_BEGIN(t);
+	usleep(10000);
+	KEEL_AWAIT_CALL(t, keel_http_respond(t, f->h.x, 200, NULL, "ok", 2));
+	KEEL_END(t);
+}
+static KEEL_HTTP_HANDLER_TYPE(busy_handler, struct handler, h, busy_step);
+
+/* One GET /busy on a connection of its own (no criterion asserts: it
+ * runs on client threads too): the status, or -1; whether a
+ * Retry-After came with it. */
+static int busy_get(int port, bool *retry_after)
+{
+	static const char req[] =
+	    "GET /busy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct timeval tv = {.tv_sec = 10};
+	char buf[2048];
+	size_t got = 0;
+	ssize_t n;
+	int status = -1;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	*retry_after = false;
+	if (fd < 0)
+		return -1;
+	kt_loopback_addr((uint16_t)port, &ss, &len);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *)&ss, len) ||
+	    send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) !=
+		(ssize_t)sizeof(req) - 1) {
+		close(fd);
+		return -1;
+	}
+	while (got < sizeof(buf) - 1 &&
+	       (n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0)) > 0)
+		got += (size_t)n;
+	buf[got] = 0;
+	close(fd);
+	if (sscanf(buf, "HTTP/1.1 %d", &status) != 1)
+		return -1;
+	*retry_after = strstr(buf, "\r\nRetry-After: 1\r\n") != NULL;
+	return status;
+}
+
+struct shed_load {
+	int port;
+	atomic_bool stop;
+	atomic_int ok, shed, shed_with_retry, other;
+};
+
+static void *shed_client(void *arg)
+{
+	struct shed_load *l = arg;
+	bool ra;
+
+	while (!atomic_load(&l->stop)) {
+		int st = busy_get(l->port, &ra);
+
+		if (st == 200) {
+			atomic_fetch_add(&l->ok, 1);
+		} else if (st == 503) {
+			atomic_fetch_add(&l->shed, 1);
+			if (ra)
+				atomic_fetch_add(&l->shed_with_retry, 1);
+		} else {
+			atomic_fetch_add(&l->other, 1);
+		}
+	}
+	return NULL;
+}
+
+Test(http, shedding_answers_503_while_requests_queue_then_stops, .timeout = 60)
+{
+	struct keel_http_opts o = {.shed_target_ns = KT_MS(5),
+				   .shed_interval_ns = KT_MS(20)};
+	struct server s = {.srv = server_new(&o)};
+	struct shed_load l = {0};
+	struct keel_http_stats st;
+	pthread_t th[8];
+	bool ra;
+	int last_ok = 0, shed2 = 0;
+
+	cr_assert_eq(
+	    keel_http_route_task(s.srv, "GET", "/busy", 0, &busy_handler, NULL),
+	    0);
+	server_start(&s);
+	l.port = atomic_load(&s.port);
+	/* Eight clients at once: each request waits behind the others'
+	 * 10 ms of work, a standing queue: the shedder answers 503. */
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(pthread_create(&th[i], NULL, shed_client, &l), 0);
+	for (int i = 0; i < 2000; i++) { /* 20 s: a bound, not a timing */
+		keel_http_server_stats(s.srv, &st);
+		if (st.shed >= 5)
+			break;
+		usleep(10000);
+	}
+	atomic_store(&l.stop, true);
+	for (int i = 0; i < 8; i++)
+		pthread_join(th[i], NULL);
+	cr_expect_geq(atomic_load(&l.shed), 5, "503s: %d, 200s: %d",
+		      atomic_load(&l.shed), atomic_load(&l.ok));
+	cr_expect_gt(atomic_load(&l.ok), 0);
+	cr_expect_eq(atomic_load(&l.shed_with_retry), atomic_load(&l.shed));
+	cr_expect_eq(atomic_load(&l.other), 0);
+	/* One client: no queue; after at most a few requests (a sample at
+	 * or below target ends shedding) every one is served. */
+	for (int i = 0; i < 20; i++) {
+		int status = busy_get(l.port, &ra);
+
+		cr_expect(status == 200 || status == 503, "status %d", status);
+		if (status == 200) {
+			last_ok++;
+		} else {
+			last_ok = 0;
+			shed2++;
+		}
+	}
+	cr_expect_geq(last_ok, 10, "the last %d of 20 were 200", last_ok);
+	server_stop(&s, &st);
+	/* Every 503 the clients saw was the shedder's. */
+	cr_expect_eq(st.shed, (uint64_t)(atomic_load(&l.shed) + shed2),
+		     "shed %llu", (unsigned long long)st.shed);
 }

@@ -114,6 +114,17 @@ struct keel_http_opts {
 	 * server; /metrics adds its counters.
 	 */
 	struct keel_tls_ctx *tls;
+	/*
+	 * Load shedding (CoDel-style, keel/limit.h's shedder, one per loop):
+	 * > 0: a request's queueing delay is the time from its handler
+	 * task's spawn to the task's first step (how long it waited behind
+	 * the loop's other work); while that has stayed above this target
+	 * for shed_interval_ns, a handler is not run: its request is
+	 * answered at once with 503 and "Retry-After: 1", and closed
+	 * (stats.shed). 0: off.
+	 */
+	uint64_t shed_target_ns;
+	uint64_t shed_interval_ns; /* default 100 ms; > shed_target_ns */
 };
 
 /*
@@ -164,6 +175,7 @@ struct keel_http_stats {
 	uint64_t timeouts;	 /* connections cut by a timeout */
 	uint64_t client_gone;	 /* handlers cancelled: client went away */
 	uint64_t log_dropped;	 /* access-log lines dropped (buffer full) */
+	uint64_t shed;		 /* requests answered 503 by the shedder */
 };
 
 /* Sum of every loop's counters (approximate while running). */

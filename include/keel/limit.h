@@ -54,7 +54,7 @@ struct keel_task;
  *
  * Using it in a server: record the delay when a request starts being
  * served, and answer a rejected one at once with 503 and Retry-After (the
- * HTTP server and the proxy have no built-in hook yet: call
+ * HTTP server does: keel_http_opts.shed_target_ns; elsewhere call
  * keel_shed_admit() first thing in the handler, or guard the handler
  * with a bulkhead whose opts.shed is set, which records the delays
  * itself).
