@@ -8,6 +8,7 @@
  *   keel/sync.h        mailboxes, oneshot, broadcast, semaphore, mutex...
  *   keel/loop.h        the loop, timers, the runtime, dumps and metrics
  *   keel/io.h          ops, buffer rings, recv/accept streams, sockets
+ *   keel/select.h      select over several waits in one task
  *   keel/supervisor.h  actors and supervision trees
  *   keel/health.h      a health registry, rendered as JSON
  *   keel/resilience.h  circuit breaker, retry with backoff
@@ -24,6 +25,7 @@
 #include <keel/limit.h>
 #include <keel/loop.h>
 #include <keel/resilience.h>
+#include <keel/select.h>
 #include <keel/sim.h>
 #include <keel/supervisor.h>
 #include <keel/sync.h>
