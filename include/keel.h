@@ -3,7 +3,7 @@
  * keel.h: the whole public API of keel, an io_uring-native reactor framework.
  *
  * One io_uring ring per thread drives stackless state-machine tasks. The
- * ten headers follow the layers, lowest first:
+ * eleven headers follow the layers, lowest first:
  *   keel/task.h        tasks, resume macros, abort frames, tokens, scopes
  *   keel/sync.h        mailboxes, oneshot, broadcast, semaphore, mutex...
  *   keel/loop.h        the loop, timers, the runtime, dumps and metrics

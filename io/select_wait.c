@@ -77,8 +77,7 @@ static struct keel_select_branch *add(struct keel_select *s, int kind, int *i)
 	return b;
 }
 
-int keel_select_recv(struct keel_select *s, struct keel_mailbox *mb,
-		     void **out)
+int keel_select_recv(struct keel_select *s, struct keel_mailbox *mb, void **out)
 {
 	int i;
 	struct keel_select_branch *b = add(s, SEL_RECV, &i);
@@ -90,8 +89,7 @@ int keel_select_recv(struct keel_select *s, struct keel_mailbox *mb,
 	return i;
 }
 
-int keel_select_op(struct keel_select *s, keel_select_start_fn start,
-		   void *arg)
+int keel_select_op(struct keel_select *s, keel_select_start_fn start, void *arg)
 {
 	int i;
 	struct keel_select_branch *b = add(s, SEL_OP, &i);
@@ -259,7 +257,8 @@ bool keel__select_op_done(struct keel_task *t, uint32_t op, int res)
 	for (unsigned i = 0; i < s->n; i++) {
 		struct keel_select_branch *b = &s->b[i];
 
-		if (b->kind != SEL_OP || b->state != B_ARMED || b->u.op.op != op)
+		if (b->kind != SEL_OP || b->state != B_ARMED ||
+		    b->u.op.op != op)
 			continue;
 		b->state = B_DONE;
 		b->res = res;
@@ -340,8 +339,8 @@ static int arm(struct keel_select *s, struct keel_select_branch *b)
 		b->u.join.child->joiner = t;
 		break;
 	case SEL_TOKEN:
-		keel_token_on_cancel(b->u.token.tok, &b->u.token.cb, token_fired,
-				     b);
+		keel_token_on_cancel(b->u.token.tok, &b->u.token.cb,
+				     token_fired, b);
 		break;
 	}
 	if (!r)
@@ -390,7 +389,7 @@ int keel_select(struct keel_task *t, struct keel_select *s)
 	/* Level-triggered, as every await: a cancelled task takes nothing. */
 	if (cause)
 		return keel__task_ready(t, cause);
-	if (s->err || !n)
+	if (s->err || !n || s->phase != P_IDLE || s->winner != -EINVAL)
 		return keel__task_ready(t, s->err ? s->err : -EINVAL);
 	if (t->inflight)
 		return keel__task_ready(t, -EBUSY);
@@ -398,29 +397,26 @@ int keel_select(struct keel_task *t, struct keel_select *s)
 
 	if (!x)
 		return keel__task_ready(t, -ENOMEM);
+	/* (keel_select_init() and the adders left every branch B_IDLE with
+	 * res -ECANCELED: a select is awaited once per init.) */
 	s->task = t;
-	s->ops_out = 0;
-	s->external = 0;
-	s->winner = -EINVAL;
-	for (unsigned i = 0; i < n; i++) {
-		s->b[i].state = B_IDLE;
-		s->b[i].res = -ECANCELED;
-	}
 	/* Ready now? Look from a random branch on (Go's and tokio's rule),
-	 * taking only from the first that is. */
+	 * taking only from the first that is. Lemire's multiply-shift maps
+	 * the draw onto 0..n-1 without a division. */
 	if (!(s->flags & KEEL_SELECT_BIASED))
-		first = (unsigned)(keel__rand64(&fair_state) % n);
-	for (unsigned k = 0; k < n; k++) {
-		struct keel_select_branch *b = &s->b[(first + k) % n];
+		first =
+		    (unsigned)(((keel__rand64(&fair_state) >> 32) * n) >> 32);
+	for (unsigned k = 0, i = first; k < n; k++, i = i + 1 < n ? i + 1 : 0) {
+		struct keel_select_branch *b = &s->b[i];
 
 		if (b->kind == SEL_OP)
 			continue;
 		r = try_now(s, b);
-		if (r < 0)
-			return keel__task_ready(t, r);
 		if (r) {
-			b->state = B_DONE;
-			return keel__task_ready(t, (int)(b - s->b));
+			s->winner = r < 0 ? r : (int)i;
+			if (r > 0)
+				b->state = B_DONE;
+			return keel__task_ready(t, s->winner);
 		}
 	}
 	/* Nothing is: arm the waits, then start the ops. */

@@ -105,11 +105,10 @@ static int selector_step(struct keel_task *t)
 	KEEL_AWAIT(t, keel_select(t, &f->sel));
 	record(f, t);
 	/* The losing recv's buffer is ours again: a plain recv into it. */
-	if (f->with_recv && g.res[2] == -ECANCELED &&
-	    g.winner != -ECANCELED) {
+	if (f->with_recv && g.res[2] == -ECANCELED && g.winner != -ECANCELED) {
 		(void)!write(g_fds[1], "again", 5);
-		KEEL_AWAIT(t, keel_recv(t, g_fds[0], f->buf, sizeof(f->buf),
-					0));
+		KEEL_AWAIT(t,
+			   keel_recv(t, g_fds[0], f->buf, sizeof(f->buf), 0));
 		g.after = keel_res(t);
 		memcpy(g.again, f->buf, sizeof(g.again));
 	}
@@ -185,8 +184,7 @@ static void teardown(struct keel_loop *loop)
 	keel_loop_destroy(loop);
 }
 
-Test(select, losing_mailbox_keeps_a_message_that_came_meanwhile,
-     .timeout = 10)
+Test(select, losing_mailbox_keeps_a_message_that_came_meanwhile, .timeout = 10)
 {
 	struct keel_loop *loop = setup();
 	struct selector *f = kt_spawn(loop, &selector_task, KEEL_PRIO_NORMAL);
@@ -238,6 +236,71 @@ Test(select, recv_that_completed_after_losing_is_reported, .timeout = 10)
 		     g.res[2]);
 	cr_assert_eq(memcmp(g.buf, "hello", 5), 0);
 	cr_assert_eq(g.inflight, 0);
+	teardown(loop);
+}
+
+/* The same race with an accept: the fd it got is reported, not leaked. */
+static int g_lfd;
+
+struct acceptor {
+	struct keel_task task;
+	struct keel_select sel;
+	void *m;
+};
+
+static int start_accept(struct keel_task *t, void *arg)
+{
+	(void)arg;
+	return keel_accept(t, g_lfd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+static int acceptor_step(struct keel_task *t)
+{
+	struct acceptor *a = keel_container_of(t, struct acceptor, task);
+
+	KEEL_BEGIN(t);
+	keel_select_init(&a->sel, t, 0);
+	keel_select_recv(&a->sel, g_a, &a->m);
+	keel_select_op(&a->sel, start_accept, NULL);
+	KEEL_AWAIT(t, keel_select(t, &a->sel));
+	g.winner = keel_res(t);
+	g.res[0] = keel_select_res(&a->sel, 0);
+	g.res[1] = keel_select_res(&a->sel, 1);
+	g.inflight = t->inflight;
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(acceptor_task, struct acceptor, task, acceptor_step);
+
+Test(select, accept_that_completed_after_losing_reports_its_fd, .timeout = 10)
+{
+	struct keel_loop *loop = setup();
+	struct sockaddr_storage ss;
+	socklen_t len;
+	uint16_t port;
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	g_lfd = kt_listen(&port);
+	kt_loopback_addr(port, &ss, &len);
+	cr_assert_eq(connect(c, (struct sockaddr *)&ss, len), 0);
+	kt_spawn(loop, &acceptor_task, KEEL_PRIO_NORMAL);
+	struct sender *s = kt_spawn(loop, &sender_task, KEEL_PRIO_NORMAL);
+
+	s->to1 = g_a;
+	s->first = 1;
+	kt_loop_run(loop);
+	cr_assert_eq(g.winner, 0);
+	cr_assert(g.res[1] >= 0, "the loser's fd is reported: %d", g.res[1]);
+	cr_assert_eq(g.inflight, 0);
+	/* It is the accepted end of c: bytes written to c arrive there. */
+	cr_assert_eq(write(c, "x", 1), 1);
+	char b;
+
+	cr_assert_eq(read(g.res[1], &b, 1), 1);
+	cr_assert_eq(b, 'x');
+	close(g.res[1]);
+	close(c);
+	close(g_lfd);
 	teardown(loop);
 }
 
@@ -324,8 +387,7 @@ Test(select, token_branch_wins_with_its_cause, .timeout = 10)
 	teardown(loop);
 }
 
-Test(select, own_cancellation_ends_it_with_the_same_loser_rules,
-     .timeout = 10)
+Test(select, own_cancellation_ends_it_with_the_same_loser_rules, .timeout = 10)
 {
 	struct keel_loop *loop = setup();
 	struct selector *f = kt_spawn(loop, &selector_task, KEEL_PRIO_NORMAL);

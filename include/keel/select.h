@@ -142,11 +142,11 @@ int keel_select_token(struct keel_select *s, struct keel_token *tok);
 /*
  * Await the first branch: keel_res(t) is its index, or a negative errno:
  * t's own token was cancelled (-ECANCELED, -ETIMEDOUT; the losers' rules
- * hold for every branch), -E2BIG or -EINVAL (no branch), -EBUSY (a
- * mailbox already has a receiver, or t has an op in flight outside the
- * select), -ENOMEM. The losers are undone as described at the top.
- * Ownership: nothing changes hands but what the winner (and a loser that
- * completed anyway) received.
+ * hold for every branch), -E2BIG, -EINVAL (no branch, or awaited again
+ * without keel_select_init()), -EBUSY (a mailbox already has a receiver,
+ * or t has an op in flight outside the select), -ENOMEM. The losers are undone
+ * as described at the top. Ownership: nothing changes hands but what the winner
+ * (and a loser that completed anyway) received.
  */
 int keel_select(struct keel_task *t, struct keel_select *s);
 
