@@ -30,6 +30,7 @@
 #define KEEL__T_RELEASED 0x10 /* joined or detached: free when ops drain */
 #define KEEL__T_EXTERNAL 0x20 /* waits on another thread (a mailbox) */
 #define KEEL__T_KILLED	 0x40 /* killed: runs no more code (core/kill.c) */
+#define KEEL__T_SELECT	 0x80 /* waits in a keel_select (io/select_wait.c) */
 
 /* What a step function returns after KEEL_EXIT. */
 #define KEEL__EXITED 2
@@ -169,6 +170,10 @@ struct keel__task_ext {
 	 * dying from its own loop's inbox when that wait ends (kill.c). */
 	struct keel__remote_item kill_item;
 	bool kill_pending;
+	/* While KEEL__T_SELECT: the select, and how a mailbox or a join
+	 * that its task armed tells it that it won (io/select_wait.c). */
+	struct keel_select *select;
+	void (*select_wake)(struct keel_task *t, void *what, int res);
 };
 
 /* A cancellation token (see keel/task.h). */
@@ -409,6 +414,27 @@ void keel__abort_clear(struct keel_abort *a);
 /* Mailboxes (core/mailbox.c): open a closed mailbox again (owner loop;
  * nobody may be blocked on it). For actors that a supervisor restarts. */
 void keel__mb_reopen(struct keel_mailbox *mb);
+
+/*
+ * For a select (io/select_wait.c), which arms several waits of one task.
+ * keel__mb_select_take: take a message now: 0 (in *out), -EPIPE (closed
+ * and empty), -EAGAIN (empty), -EBUSY (someone receives). arm: make `t`
+ * the receiver; a message (or the close) goes to *out and is reported
+ * through t->ext->select_wake(t, mb, res). disarm: stop receiving.
+ */
+int keel__mb_select_take(struct keel_mailbox *mb, void **out);
+int keel__mb_select_arm(struct keel_task *t, struct keel_mailbox *mb,
+			void **out);
+void keel__mb_select_disarm(struct keel_mailbox *mb, struct keel_task *t);
+/*
+ * keel__join_select_check: 1 if `target` exited (joined: *status holds its
+ * exit status, its frame is released), 0 if not yet, or keel_join()'s
+ * -EINVAL / -EBUSY / -EDEADLK. A select then arms by making `self` the
+ * joiner: the exit is reported through self->ext->select_wake(self,
+ * target, status), after the same release.
+ */
+int keel__join_select_check(struct keel_task *self, struct keel_task *target,
+			    int *status);
 
 /* Scopes (core/scope.c): a child of a scope exited with `status`. */
 void keel__scope_child_exited(struct keel_task *t, int status);

@@ -296,6 +296,11 @@ static void deliver(struct keel_mailbox *mb)
 	else
 		return;
 	mb->receiver = NULL;
+	/* A select's branch: the select decides what its task learns. */
+	if (r->flags & KEEL__T_SELECT) {
+		r->ext->select_wake(r, mb, res);
+		return;
+	}
 	r->ext->wait_cancel = NULL;
 	keel__task_complete(r, res);
 }
@@ -355,6 +360,30 @@ int keel_mb_try_recv(struct keel_mailbox *mb, void **out)
 	if (take(mb, out))
 		return 0;
 	return LOAD(&mb->closed) ? -EPIPE : -EAGAIN;
+}
+
+/* A select's receive: the same as keel_mb_recv() without the await. */
+int keel__mb_select_take(struct keel_mailbox *mb, void **out)
+{
+	if (mb->receiver)
+		return -EBUSY;
+	return keel_mb_try_recv(mb, out);
+}
+
+int keel__mb_select_arm(struct keel_task *t, struct keel_mailbox *mb,
+			void **out)
+{
+	if (mb->receiver)
+		return -EBUSY;
+	mb->receiver = t;
+	mb->recv_out = out;
+	return 0;
+}
+
+void keel__mb_select_disarm(struct keel_mailbox *mb, struct keel_task *t)
+{
+	if (mb->receiver == t)
+		mb->receiver = NULL;
 }
 
 /* ---- the sending side --------------------------------------------------- */

@@ -205,12 +205,17 @@ static void deliver_to_joiner(struct keel_task *t, struct keel_task *joiner)
 
 	t->joiner = NULL;
 	t->flags |= KEEL__T_RELEASED;
+	if (t->res == KEEL_ABORTED && (jx || (jx = keel__task_ext(joiner))))
+		keel__abort_transfer(t, &jx->joined_abort);
+	/* A select's branch: the select decides what its task learns. */
+	if (joiner->flags & KEEL__T_SELECT) {
+		jx->select_wake(joiner, t, t->res);
+		return;
+	}
 	if (jx) {
 		jx->join_target = NULL;
 		jx->wait_cancel = NULL;
 	}
-	if (t->res == KEEL_ABORTED && (jx || (jx = keel__task_ext(joiner))))
-		keel__abort_transfer(t, &jx->joined_abort);
 	keel__task_complete(joiner, t->res);
 }
 
@@ -306,6 +311,27 @@ int keel_join(struct keel_task *self, struct keel_task *target)
 	sx->wait_cancel = join_cancelled;
 	target->joiner = self;
 	return keel__task_suspend(self);
+}
+
+int keel__join_select_check(struct keel_task *self, struct keel_task *target,
+			    int *status)
+{
+	if (target == self)
+		return -EDEADLK;
+	if (!(target->flags & KEEL__T_JOINABLE) ||
+	    (target->flags & KEEL__T_RELEASED))
+		return -EINVAL;
+	if (target->joiner)
+		return -EBUSY;
+	if (!(target->flags & KEEL__T_EXITED))
+		return 0;
+	/* As keel_join() of an exited task. */
+	*status = target->res;
+	target->flags |= KEEL__T_RELEASED;
+	if (*status == KEEL_ABORTED && self->ext)
+		keel__abort_transfer(target, &self->ext->joined_abort);
+	maybe_free(target);
+	return 1;
 }
 
 void keel_task_detach(struct keel_task *target)

@@ -3,15 +3,18 @@
  * keel.h: the whole public API of keel, an io_uring-native reactor framework.
  *
  * One io_uring ring per thread drives stackless state-machine tasks. The
- * ten headers follow the layers, lowest first:
+ * headers follow the layers, lowest first:
  *   keel/task.h        tasks, resume macros, abort frames, tokens, scopes
  *   keel/sync.h        mailboxes, oneshot, broadcast, semaphore, mutex...
  *   keel/loop.h        the loop, timers, the runtime, dumps and metrics
  *   keel/io.h          ops, buffer rings, recv/accept streams, sockets
+ *   keel/select.h      select over several waits in one task
  *   keel/supervisor.h  actors and supervision trees
  *   keel/health.h      a health registry, rendered as JSON
  *   keel/resilience.h  circuit breaker, retry with backoff
  *   keel/limit.h       rate limiter, bulkhead, load shedding
+ *   keel/pipeline.h    stream pipelines: source, stages, sink
+ *   keel/executor.h    a bounded task executor
  *   keel/trace.h       the tracer and its file format
  *   keel/sim.h         a deterministic simulated kernel for the loops
  * man 7 keel is the overview.
@@ -26,6 +29,7 @@
 #include <keel/loop.h>
 #include <keel/pipeline.h>
 #include <keel/resilience.h>
+#include <keel/select.h>
 #include <keel/sim.h>
 #include <keel/supervisor.h>
 #include <keel/sync.h>

@@ -357,6 +357,13 @@ int keel__op_commit(struct keel_task *t, struct keel__op *op,
 /* Complete a user-space op (a sleep): wakes its task with `res`. */
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res);
 
+/*
+ * An op of `t`, which waits in a select (KEEL__T_SELECT), ended with `res`:
+ * true if it was one of the select's branches (io/select_wait.c), which
+ * then decides whether and when t is woken.
+ */
+bool keel__select_op_done(struct keel_task *t, uint32_t op, int res);
+
 /* Handle every CQE in the CQ, overflowed ones included. */
 void keel__io_reap(struct keel__io *io);
 

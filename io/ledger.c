@@ -122,6 +122,7 @@ void keel__op_release_quiet(struct keel__io *io, struct keel__op *op)
 static void op_done(struct keel__io *io, struct keel__op *op, int res)
 {
 	struct keel_task *t = op->task;
+	uint32_t ref = op->index + 1;
 
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
 		    (int64_t)res,
@@ -140,6 +141,10 @@ static void op_done(struct keel__io *io, struct keel__op *op, int res)
 		if (cause)
 			res = cause;
 	}
+	/* One of a select's branches: the select decides what t learns. */
+	if (__builtin_expect(t->flags & KEEL__T_SELECT, 0) &&
+	    keel__select_op_done(t, ref, res))
+		return;
 	keel__task_complete(t, res);
 }
 

@@ -160,7 +160,7 @@ else
 		mkdir -p "$CG"
 		: >"$CG/ir.tsv"
 		if [[ $QUICK == 1 ]]; then N1=2000 N2=12000; else N1=20000 N2=120000; fi
-		for b in ${CG_BENCHES:-spawn_join spawn_yield_join yield await_ready timer_arm_cancel timer_100k_wall nop_b1 ratelimit_acquire}; do
+		for b in ${CG_BENCHES:-spawn_join spawn_yield_join yield await_ready timer_arm_cancel timer_100k_wall nop_b1 ratelimit_acquire mb_recv_ready select_mb2}; do
 			[[ -z "$FILTER" || "$b" == *"$FILTER"* ]] || continue
 			n1=$N1 n2=$N2
 			# One round of timer_100k is 100k ops; under callgrind every

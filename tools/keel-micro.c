@@ -38,6 +38,12 @@
  *                     per acquire
  *   ratelimit_try     keel_ratelimit_try() of one token, the same limiter;
  *                     per try
+ *   mb_recv_ready     one task sends itself a message (keel_mb_try_send)
+ *                     and takes it with keel_mb_recv(), ready at once;
+ *                     per message
+ *   select_mb2        the same, taken with a keel_select() over two
+ *                     mailboxes, the first ready (init, two branches,
+ *                     the select); per message
  *   task_header_bytes INFO only: sizeof(struct keel_task)
  *
  * usage: keel-micro [--quick] [--callgrind N] [FILTER]
@@ -266,6 +272,47 @@ static int ratelimit_step(struct keel_task *t)
 }
 static KEEL_TASK_TYPE(ratelimit_task, struct ratelimit_frame, task,
 		      ratelimit_step);
+
+/* mb_recv_ready / select_mb2: one task sends itself a message and takes
+ * it with keel_mb_recv(), or with a keel_select() over two mailboxes of
+ * which only the first holds one (the other is looked at, not armed). */
+struct select_mb_frame {
+	struct keel_task task;
+	struct keel_mailbox *mb[2];
+	struct keel_select sel;
+	void *msg[2];
+	uint64_t n, i;
+	bool select;
+};
+
+static int select_mb_step(struct keel_task *t)
+{
+	struct select_mb_frame *f =
+	    keel_container_of(t, struct select_mb_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		if (keel_mb_try_send(f->mb[0], (void *)(uintptr_t)(f->i + 1)))
+			die("keel_mb_try_send", EPROTO);
+		if (!f->select) {
+			KEEL_AWAIT(t, keel_mb_recv(t, f->mb[0], &f->msg[0]));
+			if (keel_res(t) != 0)
+				die("keel_mb_recv", -keel_res(t));
+			continue;
+		}
+		keel_select_init(&f->sel, t, 0);
+		keel_select_recv(&f->sel, f->mb[0], &f->msg[0]);
+		keel_select_recv(&f->sel, f->mb[1], &f->msg[1]);
+		KEEL_AWAIT(t, keel_select(t, &f->sel));
+		if (keel_res(t) != 0)
+			die("keel_select", -keel_res(t));
+	}
+	keel_mailbox_release(f->mb[0]);
+	keel_mailbox_release(f->mb[1]);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(select_mb_task, struct select_mb_frame, task,
+		      select_mb_step);
 
 /* timer_arm_cancel[_heap1k]: arm, cancel, n times, in one step. */
 struct arm_cancel_frame {
@@ -693,6 +740,22 @@ static void start_ratelimit(struct keel_loop *loop, const struct bench *b,
 	f->try_only = b->param;
 }
 
+static struct keel_mailbox *new_mailbox(struct keel_loop *owner);
+
+static void start_select_mb(struct keel_loop *loop, const struct bench *b,
+			    uint64_t n)
+{
+	struct select_mb_frame *f =
+	    keel_spawn(loop, &select_mb_task, KEEL_PRIO_NORMAL);
+
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	f->mb[0] = new_mailbox(loop);
+	f->mb[1] = new_mailbox(loop);
+	f->n = n;
+	f->select = b->param;
+}
+
 static void start_arm_cancel(struct keel_loop *loop, const struct bench *b,
 			     uint64_t n)
 {
@@ -835,6 +898,8 @@ static const struct bench benches[] = {
     {"pingpong_xthread_spin", NULL, 1, 3, start_xthread, finish_xthread},
     {"ratelimit_acquire", NULL, 1, 0, start_ratelimit, NULL},
     {"ratelimit_try", NULL, 1, 1, start_ratelimit, NULL},
+    {"mb_recv_ready", NULL, 1, 0, start_select_mb, NULL},
+    {"select_mb2", NULL, 1, 1, start_select_mb, NULL},
 };
 
 /* ---- harness ----------------------------------------------------------------
