@@ -38,6 +38,8 @@
  *                     per acquire
  *   ratelimit_try     keel_ratelimit_try() of one token, the same limiter;
  *                     per try
+ *   mutex_lock_unlock an uncontended keel_mutex_lock() (a ready await) and
+ *                     keel_mutex_unlock(); per pair
  *   task_header_bytes INFO only: sizeof(struct keel_task)
  *
  * usage: keel-micro [--quick] [--callgrind N] [FILTER]
@@ -266,6 +268,31 @@ static int ratelimit_step(struct keel_task *t)
 }
 static KEEL_TASK_TYPE(ratelimit_task, struct ratelimit_frame, task,
 		      ratelimit_step);
+
+/* mutex_lock_unlock: an uncontended keel_mutex taken and given back (the
+ * wait-for graph's bookkeeping rides on this path). */
+struct mutex_frame {
+	struct keel_task task;
+	struct keel_mutex *m;
+	uint64_t n, i;
+};
+
+static int mutex_step(struct keel_task *t)
+{
+	struct mutex_frame *f = keel_container_of(t, struct mutex_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(t, keel_mutex_lock(t, f->m, UINT64_MAX));
+		if (keel_res(t))
+			die("keel_mutex_lock", -keel_res(t));
+		if (keel_mutex_unlock(t, f->m))
+			die("keel_mutex_unlock", EPERM);
+	}
+	keel_mutex_free(f->m);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(mutex_task, struct mutex_frame, task, mutex_step);
 
 /* timer_arm_cancel[_heap1k]: arm, cancel, n times, in one step. */
 struct arm_cancel_frame {
@@ -693,6 +720,21 @@ static void start_ratelimit(struct keel_loop *loop, const struct bench *b,
 	f->try_only = b->param;
 }
 
+static void start_mutex(struct keel_loop *loop, const struct bench *b,
+			uint64_t n)
+{
+	struct mutex_frame *f = keel_spawn(loop, &mutex_task, KEEL_PRIO_NORMAL);
+	int err;
+
+	(void)b;
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	err = keel_mutex_new(loop, &f->m);
+	if (err)
+		die("keel_mutex_new", -err);
+	f->n = n;
+}
+
 static void start_arm_cancel(struct keel_loop *loop, const struct bench *b,
 			     uint64_t n)
 {
@@ -835,6 +877,7 @@ static const struct bench benches[] = {
     {"pingpong_xthread_spin", NULL, 1, 3, start_xthread, finish_xthread},
     {"ratelimit_acquire", NULL, 1, 0, start_ratelimit, NULL},
     {"ratelimit_try", NULL, 1, 1, start_ratelimit, NULL},
+    {"mutex_lock_unlock", NULL, 1, 0, start_mutex, NULL},
 };
 
 /* ---- harness ----------------------------------------------------------------
