@@ -272,6 +272,12 @@ struct keel__core {
 	const struct keel_await_point *current_site;
 	const struct keel_task_type *current_type;
 	uint64_t stall_flag; /* set by the watchdog: the step stalled (ns) */
+	/* Deadlock checks (core/deadlock.c): cycles first seen, and the
+	 * signatures of those the last check found (so that a cycle still
+	 * there is counted once). */
+	uint64_t deadlocks;
+	uint64_t deadlock_seen[16];
+	uint32_t deadlock_nseen;
 };
 
 /* The core of the loop running on this thread, or NULL. */
@@ -435,6 +441,38 @@ void keel__mb_select_disarm(struct keel_mailbox *mb, struct keel_task *t);
  */
 int keel__join_select_check(struct keel_task *self, struct keel_task *target,
 			    int *status);
+/*
+ * Deadlock detection (core/deadlock.c): what a waiting task waits for, and
+ * which tasks can end that wait (the edges of the wait-for graph). Each
+ * kind of wait answers for itself, from the primitive's own bookkeeping;
+ * `by` may hold a task that has exited meanwhile (a mutex left locked):
+ * deadlock.c checks each against the loop's task table before use.
+ */
+#define KEEL__WF_MAX 6
+struct keel__wf {
+	const char *what; /* "mutex", "mailbox"...; NULL: no wait of keel's */
+	const void *obj;  /* the primitive (printed as an address) */
+	const char *rel;  /* how `by` relate to it: "held by", "received by" */
+	const char *note; /* why there is no edge, or NULL */
+	struct keel_task *by[KEEL__WF_MAX];
+	/* Nonzero: by[i] only if its task table slot is in this generation
+	 * (the task may have exited, and another taken its frame). */
+	uint32_t by_gen[KEEL__WF_MAX];
+	unsigned n;
+	bool last_ahead; /* by[n - 1] is not a holder but queued ahead */
+};
+/* Each fills `out` and returns true if `t` (waiting) waits in its kind. */
+bool keel__sync_waits_for(struct keel_task *t, struct keel__wf *out);
+bool keel__mb_waits_for(struct keel_task *t, struct keel__wf *out);
+bool keel__join_waits_for(struct keel_task *t, struct keel__wf *out);
+/*
+ * Find the cycles of `loop`'s wait-for graph (its thread only); write one
+ * line per cycle into `buf` (as snprintf; may be NULL with len 0) and
+ * return the number of cycles, or -ENOMEM. Cycles not found by the
+ * previous check are counted in `deadlocks`.
+ */
+int keel__deadlock_check(struct keel_loop *loop, char *buf, size_t len,
+			 size_t *need);
 
 /* Scopes (core/scope.c): a child of a scope exited with `status`. */
 void keel__scope_child_exited(struct keel_task *t, int status);

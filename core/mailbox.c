@@ -64,6 +64,16 @@ struct keel_mailbox {
 	/* The receiving task. */
 	struct keel_task *receiver;
 	void **recv_out;
+	/*
+	 * The task that last received, and its table slot's generation then:
+	 * whom a blocked sender waits for, in the wait-for graph. The
+	 * generation is taken when the receiver changes (a compare on the
+	 * fast path) and at each suspending receive, so that a new task in a
+	 * freed one's frame (a restarted actor) is known after its first
+	 * wait, and a stale record draws no edge.
+	 */
+	struct keel_task *rx;
+	uint32_t rx_gen;
 	bool take_remote_first; /* alternate the two queues when both fill */
 	struct keel__waitq local_senders;
 	pthread_mutex_t lock; /* remote_senders */
@@ -317,6 +327,12 @@ static void ready_run(struct keel_loop *loop, struct keel__remote_item *it)
 	keel_mailbox_release(mb); /* the reference the notifier took */
 }
 
+static void mb_set_receiver(struct keel_mailbox *mb, struct keel_task *t)
+{
+	mb->rx = t;
+	mb->rx_gen = keel__core_of(t->loop)->slots[t->id].gen;
+}
+
 static void recv_cancelled(struct keel_task *t)
 {
 	struct keel_mailbox *mb = t->ext->waiter.owner;
@@ -338,6 +354,8 @@ int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 		return keel__task_ready(t, cause);
 	if (mb->receiver)
 		return keel__task_ready(t, -EBUSY);
+	if (__builtin_expect(mb->rx != t, 0))
+		mb_set_receiver(mb, t);
 	if (take(mb, &msg)) {
 		*out = msg;
 		return keel__task_ready(t, 0);
@@ -350,6 +368,7 @@ int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 		return keel__task_ready(t, -ENOMEM);
 	x->waiter.owner = mb;
 	x->wait_cancel = recv_cancelled;
+	mb_set_receiver(mb, t);
 	mb->receiver = t;
 	mb->recv_out = out;
 	return keel__task_suspend_external(t);
@@ -667,4 +686,35 @@ void keel_mb_stats(struct keel_mailbox *mb, struct keel_mb_stats *out)
 	out->full = __atomic_load_n(&mb->full, __ATOMIC_RELAXED);
 	out->depth = mb->lcount + (uint32_t)(renq - rdeq);
 	out->capacity = mb->cap;
+}
+
+/* ---- wait-for graph ----------------------------------------------------- */
+
+/*
+ * A sender blocked on a full mailbox waits for its receiver: the task that
+ * last received from it, if it is still the same task (slot generation).
+ * Only on the sender's own loop: another loop's task table is its own.
+ */
+bool keel__mb_waits_for(struct keel_task *t, struct keel__wf *out)
+{
+	struct keel__task_ext *x = t->ext;
+	struct keel_mailbox *mb = x->waiter.owner;
+	if (x->wait_cancel == remote_send_cancelled) {
+		out->what = "mailbox";
+		out->obj = mb;
+		out->note = "its receiver runs on another loop";
+		return true;
+	}
+	if (x->wait_cancel != local_send_cancelled)
+		return false;
+	out->what = "mailbox";
+	out->obj = mb;
+	out->rel = "received by";
+	if (mb->rx) {
+		out->by[out->n] = mb->rx;
+		out->by_gen[out->n++] = mb->rx_gen;
+	} else {
+		out->note = "no task has received from it";
+	}
+	return true;
 }

@@ -512,6 +512,16 @@ static void semaphore_grant(struct keel__wq *wq, struct keel__waiter *left)
 	}
 }
 
+/* Who holds permits is not recorded (they are counted): no edge. */
+static void semaphore_waits_for(struct keel__wq *wq, struct keel__waiter *w,
+				struct keel__wf *out)
+{
+	(void)w;
+	out->what = "semaphore";
+	out->obj = keel_container_of(wq, struct keel_semaphore, wq);
+	out->note = "its permit holders are not tracked";
+}
+
 int keel_semaphore_new(struct keel_loop *loop, uint32_t permits,
 		       struct keel_semaphore **out)
 {
@@ -521,6 +531,7 @@ int keel_semaphore_new(struct keel_loop *loop, uint32_t permits,
 		return -ENOMEM;
 	/* A waiter that leaves may have been the head holding others back. */
 	keel__wq_init(&s->wq, loop, semaphore_grant);
+	s->wq.waits_for = semaphore_waits_for;
 	s->permits = permits;
 	*out = s;
 	return 0;
@@ -592,6 +603,19 @@ struct keel_mutex {
 	struct keel_task *holder;
 };
 
+static void mutex_waits_for(struct keel__wq *wq, struct keel__waiter *w,
+			    struct keel__wf *out)
+{
+	struct keel_mutex *m = keel_container_of(wq, struct keel_mutex, wq);
+
+	(void)w;
+	out->what = "mutex";
+	out->obj = m;
+	out->rel = "held by";
+	if (m->holder)
+		out->by[out->n++] = m->holder;
+}
+
 int keel_mutex_new(struct keel_loop *loop, struct keel_mutex **out)
 {
 	struct keel_mutex *m = calloc(1, sizeof(*m));
@@ -600,6 +624,7 @@ int keel_mutex_new(struct keel_loop *loop, struct keel_mutex **out)
 		return -ENOMEM;
 	keel__wq_init(&m->wq, loop, NULL);
 	m->wq.timed = true;
+	m->wq.waits_for = mutex_waits_for;
 	*out = m;
 	return 0;
 }
@@ -685,11 +710,92 @@ struct keel_task *keel_mutex_holder(const struct keel_mutex *m)
 #define RW_READ	 0 /* a waiter's request */
 #define RW_WRITE 1
 
+/* Read holders recorded by task, for the wait-for graph. */
+#define RW_TRACKED 4
+
 struct keel_rwlock {
 	struct keel__wq wq; /* timed; waiter result: RW_READ or RW_WRITE */
 	struct keel_task *writer;
 	uint32_t readers; /* read holds out */
+	/*
+	 * The first RW_TRACKED read holders. A read unlock names no task, so
+	 * it is matched with the task running it; when that fails (more
+	 * holders than slots, an unlock from outside the holder's step) the
+	 * record is `lost` until the readers are all gone: then no edge is
+	 * drawn, rather than a stale one.
+	 */
+	struct keel_task *rd[RW_TRACKED];
+	uint8_t nrd;
+	bool rd_lost;
 };
+
+static void rwlock_track(struct keel_rwlock *rw, struct keel_task *t)
+{
+	if (t && rw->nrd < RW_TRACKED)
+		rw->rd[rw->nrd++] = t;
+	else
+		rw->rd_lost = true;
+}
+
+static void rwlock_untrack(struct keel_rwlock *rw)
+{
+	struct keel_task *t =
+	    keel__current_core ? keel__current_core->current : NULL;
+
+	if (!rw->readers) {
+		rw->nrd = 0;
+		rw->rd_lost = false;
+		return;
+	}
+	for (unsigned i = 0; i < rw->nrd; i++)
+		if (rw->rd[i] == t) {
+			rw->rd[i] = rw->rd[--rw->nrd];
+			return;
+		}
+	rw->rd_lost = true;
+}
+
+/*
+ * A waiter waits for the holders (the writer, or the readers), and also
+ * for the nearest writer queued ahead of it: a writer goes first, so a
+ * reader that reads again while a writer queues waits for that writer.
+ */
+static void rwlock_waits_for(struct keel__wq *wq, struct keel__waiter *w,
+			     struct keel__wf *out)
+{
+	struct keel_rwlock *rw = keel_container_of(wq, struct keel_rwlock, wq);
+	struct keel__waiter *ahead = NULL;
+
+	out->what = "rwlock";
+	out->obj = rw;
+	out->rel = "held by";
+	if (rw->writer) {
+		out->by[out->n++] = rw->writer;
+	} else if (rw->readers && rw->rd_lost) {
+		out->note = "its readers are not all tracked";
+	} else {
+		/* Not itself: a reader reading again waits for the writer
+		 * ahead, not for its own hold. */
+		for (unsigned i = 0; i < rw->nrd; i++)
+			if (rw->rd[i] != w->task)
+				out->by[out->n++] = rw->rd[i];
+	}
+	struct keel__link *it;
+
+	keel__list_for_each (it, &wq->q.list) {
+		struct keel__waiter *x =
+		    keel__list_entry(it, struct keel__waiter, link);
+
+		if (x == w)
+			break;
+		if (x->result == RW_WRITE)
+			ahead = x;
+	}
+	if (ahead && out->n < KEEL__WF_MAX) {
+		out->by[out->n++] = ahead->task;
+		out->last_ahead = true;
+	}
+}
 
 /*
  * Admit waiters from the head while they fit: a writer when the lock is
@@ -710,6 +816,7 @@ static void rwlock_admit(struct keel__wq *wq, struct keel__waiter *left)
 			rw->writer = w->task;
 		} else {
 			rw->readers++;
+			rwlock_track(rw, w->task);
 		}
 		keel__waitq_remove(&wq->q, w);
 		keel__wq_end(wq, w, 0);
@@ -724,6 +831,7 @@ int keel_rwlock_new(struct keel_loop *loop, struct keel_rwlock **out)
 		return -ENOMEM;
 	keel__wq_init(&rw->wq, loop, rwlock_admit);
 	rw->wq.timed = true;
+	rw->wq.waits_for = rwlock_waits_for;
 	*out = rw;
 	return 0;
 }
@@ -752,6 +860,7 @@ static int rwlock_lock(struct keel_task *t, struct keel_rwlock *rw, int request,
 	if (!rw->writer && !rw->wq.q.len) {
 		if (request == RW_READ) {
 			rw->readers++;
+			rwlock_track(rw, t);
 			return keel__task_ready(t, 0);
 		}
 		if (!rw->readers) {
@@ -783,6 +892,8 @@ int keel_rwlock_try_read_lock(struct keel_rwlock *rw)
 	if (rw->writer || rw->wq.q.len)
 		return -EBUSY;
 	rw->readers++;
+	rwlock_track(rw,
+		     keel__current_core ? keel__current_core->current : NULL);
 	return 0;
 }
 
@@ -800,7 +911,9 @@ int keel_rwlock_read_unlock(struct keel_rwlock *rw)
 		return -EXDEV;
 	if (!rw->readers)
 		return -EPERM;
-	if (!--rw->readers)
+	rw->readers--;
+	rwlock_untrack(rw);
+	if (!rw->readers)
 		rwlock_admit(&rw->wq, NULL);
 	return 0;
 }
@@ -876,6 +989,17 @@ static void cond_leave(struct keel__wq *wq, struct keel__waiter *w, int res)
 	cond_hand_to_mutex(cv, w, res);
 }
 
+/* Any task may signal: no edge. (Handed over to the mutex, a waiter
+ * waits for the mutex: the mutex's queue answers.) */
+static void cond_waits_for(struct keel__wq *wq, struct keel__waiter *w,
+			   struct keel__wf *out)
+{
+	(void)w;
+	out->what = "condition variable";
+	out->obj = keel_container_of(wq, struct keel_cond, wq);
+	out->note = "any task may signal it";
+}
+
 int keel_cond_new(struct keel_loop *loop, struct keel_cond **out)
 {
 	struct keel_cond *cv = calloc(1, sizeof(*cv));
@@ -884,6 +1008,7 @@ int keel_cond_new(struct keel_loop *loop, struct keel_cond **out)
 		return -ENOMEM;
 	keel__wq_init(&cv->wq, loop, NULL);
 	cv->wq.leave = cond_leave;
+	cv->wq.waits_for = cond_waits_for;
 	cv->wq.timed = true;
 	*out = cv;
 	return 0;
@@ -1136,4 +1261,24 @@ int keel_latch_wait(struct keel_task *t, struct keel_latch *l)
 uint32_t keel_latch_count(const struct keel_latch *l)
 {
 	return l->count;
+}
+
+/* ---- wait-for graph ----------------------------------------------------- */
+
+bool keel__sync_waits_for(struct keel_task *t, struct keel__wf *out)
+{
+	struct keel__task_ext *x = t->ext;
+	struct keel__wq *wq;
+
+	if (x->wait_cancel != keel__wq_cancelled &&
+	    x->wait_cancel != cond_relock_cancelled)
+		return false;
+	wq = x->waiter.owner;
+	out->what = "wait queue";
+	out->obj = wq;
+	if (wq->waits_for)
+		wq->waits_for(wq, &x->waiter, out);
+	else
+		out->note = "its releaser is not tracked";
+	return true;
 }

@@ -389,3 +389,13 @@ void keel_defer_drop(struct keel_task *t, unsigned mark)
 	if (t->ext && t->ext->ndefers > mark)
 		t->ext->ndefers = mark;
 }
+
+/* A joiner waits for its target to exit (deadlock detection). */
+bool keel__join_waits_for(struct keel_task *t, struct keel__wf *out)
+{
+	if (t->ext->wait_cancel != join_cancelled)
+		return false;
+	out->what = "the exit of";
+	out->by[out->n++] = t->ext->join_target;
+	return true;
+}

@@ -29,6 +29,7 @@ void keel__wq_init(struct keel__wq *wq, struct keel_loop *loop,
 	wq->loop = loop;
 	wq->left = left;
 	wq->leave = NULL;
+	wq->waits_for = NULL;
 	wq->timed = false;
 	wq->stamped = false;
 }

@@ -21,6 +21,13 @@ struct keel__wq {
 	 * variable's waiter goes on to wait for its mutex). May be NULL.
 	 */
 	void (*leave)(struct keel__wq *wq, struct keel__waiter *w, int res);
+	/*
+	 * Who can end waiter `w`'s wait (deadlock detection, core.h's
+	 * struct keel__wf): its kind's answer. NULL: a wait of keel's whose
+	 * releaser is not known (no edge).
+	 */
+	void (*waits_for)(struct keel__wq *wq, struct keel__waiter *w,
+			  struct keel__wf *out);
 	/* Waiters' payload is a struct keel__timed_wait (or NULL). */
 	bool timed;
 	/* Timed, and every waiter gets one, stamped with when it queued. */

@@ -187,6 +187,8 @@ void keel_loop_set_stall(struct keel_loop *loop, uint64_t threshold_ns,
 	pthread_mutex_unlock(&watchdog.lock);
 }
 
+static void stall_deadlocks(struct keel_loop *loop, bool quiet);
+
 /* After a step the watchdog flagged: trace it and tell the reporter. */
 void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
 			    const struct keel_await_point *resumed_from)
@@ -201,6 +203,10 @@ void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
 	void *arg = loop->watch.arg;
 
 	pthread_mutex_unlock(&watchdog.lock);
+	/* A stall is when to look for tasks stuck for good, too: with the
+	 * default reporter the cycles go to stderr after its line; a
+	 * reporter of one's own may call keel_loop_deadlocks(). */
+	stall_deadlocks(loop, fn != NULL);
 	if (!fn)
 		return;
 	char site[256];
@@ -253,6 +259,51 @@ static int dump_write(int fd, const char *buf, size_t len)
 	return err;
 }
 
+/* ---- deadlocks ---------------------------------------------------------- */
+
+int keel_loop_deadlocks(struct keel_loop *loop, char *buf, size_t len)
+{
+	return keel__deadlock_check(loop, buf, len, NULL);
+}
+
+/* The deadlock lines of `loop`, if any, onto `out` (a dump, a report). */
+static int deadlocks_to(struct keel_loop *loop, FILE *out)
+{
+	size_t need = 0;
+	int n = keel__deadlock_check(loop, NULL, 0, &need);
+	char *text;
+
+	if (n <= 0)
+		return n;
+	text = malloc(need + 1);
+	if (!text)
+		return -ENOMEM;
+	/* The same graph: nothing ran in between. Counted once, above. */
+	n = keel__deadlock_check(loop, text, need + 1, NULL);
+	if (n > 0)
+		fputs(text, out);
+	free(text);
+	return n;
+}
+
+/* Check after a stall; write the cycles to stderr unless `quiet`. */
+static void stall_deadlocks(struct keel_loop *loop, bool quiet)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = quiet ? NULL : open_memstream(&text, &len);
+
+	if (!out) {
+		keel__deadlock_check(loop, NULL, 0, NULL);
+		return;
+	}
+	int n = deadlocks_to(loop, out);
+
+	if (!fclose(out) && n > 0)
+		dump_write(STDERR_FILENO, text, len);
+	free(text);
+}
+
 int keel_loop_dump(struct keel_loop *loop, int fd)
 {
 	struct keel__core *c = &loop->io.core;
@@ -302,6 +353,7 @@ int keel_loop_dump(struct keel_loop *loop, int fd)
 				    : "");
 		}
 	}
+	deadlocks_to(loop, out);
 	if (fclose(out)) {
 		err = -errno;
 		free(text);
@@ -354,6 +406,8 @@ static const struct metric metrics[] = {
      STAT(ops_refused)},
     {"keel_stalls_total", KEEL__PROM_COUNTER,
      "Steps that ran longer than the stall threshold.", STAT(stalls)},
+    {"keel_deadlocks_detected_total", KEEL__PROM_COUNTER,
+     "Wait-for cycles among tasks found by deadlock checks.", STAT(deadlocks)},
     {"keel_zc_sends_total", KEEL__PROM_COUNTER, "SEND_ZC requests.",
      STAT(zc_sends)},
     {"keel_zc_copied_total", KEEL__PROM_COUNTER,

@@ -552,6 +552,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->aborted = c->aborted;
 	out->fault_recoveries = c->fault_recoveries;
 	out->stalls = __atomic_load_n(&loop->watch.stalls, __ATOMIC_RELAXED);
+	out->deadlocks = c->deadlocks;
 	out->zc_sends = io->count.zc_sends;
 	out->zc_copied = io->count.zc_copied;
 	out->multishot_rearms = io->count.multishot_rearms;

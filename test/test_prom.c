@@ -314,9 +314,9 @@ Test(prom, dump_of_loops_and_a_tree_with_awkward_names_parses, .timeout = 30)
 
 	out[got] = '\0';
 	cr_assert_eq(pclose(p), 0, "parser: %s", out);
-	/* 27 loop families x 2 loops, a 12-bucket histogram (+ sum and count)
+	/* 28 loop families x 2 loops, a 12-bucket histogram (+ sum and count)
 	 * x 2; 5 counters x 2 supervisors, 5 states x 2, 4 static children. */
-	cr_expect(strstr(out, "samples 106\n"), "%s", out);
+	cr_expect(strstr(out, "samples 108\n"), "%s", out);
 	cr_expect(strstr(out, "\n\"top\\nline/sub\\\\\\\"x\\\"\"\n"), "%s",
 		  out);
 	cr_expect(strstr(out, "\n\"kid \\\"a\\\"\"\n"), "%s", out);

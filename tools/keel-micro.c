@@ -44,6 +44,8 @@
  *   select_mb2        the same, taken with a keel_select() over two
  *                     mailboxes, the first ready (init, two branches,
  *                     the select); per message
+ *   mutex_lock_unlock an uncontended keel_mutex_lock() (a ready await) and
+ *                     keel_mutex_unlock(); per pair
  *   task_header_bytes INFO only: sizeof(struct keel_task)
  *
  * usage: keel-micro [--quick] [--callgrind N] [FILTER]
@@ -313,6 +315,31 @@ static int select_mb_step(struct keel_task *t)
 }
 static KEEL_TASK_TYPE(select_mb_task, struct select_mb_frame, task,
 		      select_mb_step);
+
+/* mutex_lock_unlock: an uncontended keel_mutex taken and given back (the
+ * wait-for graph's bookkeeping rides on this path). */
+struct mutex_frame {
+	struct keel_task task;
+	struct keel_mutex *m;
+	uint64_t n, i;
+};
+
+static int mutex_step(struct keel_task *t)
+{
+	struct mutex_frame *f = keel_container_of(t, struct mutex_frame, task);
+
+	KEEL_BEGIN(t);
+	for (f->i = 0; f->i < f->n; f->i++) {
+		KEEL_AWAIT(t, keel_mutex_lock(t, f->m, UINT64_MAX));
+		if (keel_res(t))
+			die("keel_mutex_lock", -keel_res(t));
+		if (keel_mutex_unlock(t, f->m))
+			die("keel_mutex_unlock", EPERM);
+	}
+	keel_mutex_free(f->m);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(mutex_task, struct mutex_frame, task, mutex_step);
 
 /* timer_arm_cancel[_heap1k]: arm, cancel, n times, in one step. */
 struct arm_cancel_frame {
@@ -756,6 +783,21 @@ static void start_select_mb(struct keel_loop *loop, const struct bench *b,
 	f->select = b->param;
 }
 
+static void start_mutex(struct keel_loop *loop, const struct bench *b,
+			uint64_t n)
+{
+	struct mutex_frame *f = keel_spawn(loop, &mutex_task, KEEL_PRIO_NORMAL);
+	int err;
+
+	(void)b;
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	err = keel_mutex_new(loop, &f->m);
+	if (err)
+		die("keel_mutex_new", -err);
+	f->n = n;
+}
+
 static void start_arm_cancel(struct keel_loop *loop, const struct bench *b,
 			     uint64_t n)
 {
@@ -900,6 +942,7 @@ static const struct bench benches[] = {
     {"ratelimit_try", NULL, 1, 1, start_ratelimit, NULL},
     {"mb_recv_ready", NULL, 1, 0, start_select_mb, NULL},
     {"select_mb2", NULL, 1, 1, start_select_mb, NULL},
+    {"mutex_lock_unlock", NULL, 1, 0, start_mutex, NULL},
 };
 
 /* ---- harness ----------------------------------------------------------------

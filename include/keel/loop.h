@@ -248,6 +248,9 @@ struct keel_loop_stats {
 	/* Ops and registrations a restricted ring refused (KEEL_LOOP_RESTRICT)
 	 * before they reached the kernel. */
 	uint64_t ops_refused;
+	/* Wait-for cycles found by deadlock checks (each counted when first
+	 * found: keel_loop_deadlocks()). */
+	uint64_t deadlocks;
 };
 
 /*
@@ -531,6 +534,30 @@ struct keel_task;
  * Ownership: `fd` stays the caller's.
  */
 int keel_loop_dump(struct keel_loop *loop, int fd);
+
+/*
+ * Deadlock detection. Every wait of keel's own kind knows whom it waits
+ * for: a mutex its holder, an rwlock its writer or its read holders (the
+ * first four, by task) and the writer queued ahead, a BLOCK send to a full
+ * mailbox the task that last received from it, a join its target. A
+ * semaphore's permits and a condition variable's signal have no known
+ * releaser and add no edge; nor do ops, timers, or anything on another
+ * loop (a cycle across loops is not seen). The check walks that wait-for
+ * graph of the loop and reports each cycle, one line each:
+ *   deadlock: task 3 (a) waits at f.c:40 `keel_mutex_lock(t, m2, ...)`
+ *   for mutex 0x... held by task 4 (b), which waits at f.c:40 `...` for
+ *   mutex 0x... held by task 3 (a)
+ * Task dumps end with these lines, and a stall report checks too; the
+ * tasks in a cycle stay as they are and the rest of the loop runs on
+ * (break a cycle with a timeout or a cancellation). Cycles found for the
+ * first time are counted (keel_deadlocks_detected_total).
+ *
+ * Check `loop` (from its thread, as a dump): write the lines into `buf` (as
+ * snprintf: cut at `len`, always terminated if len > 0; buf may be NULL
+ * with len 0) and return the number of cycles, or -ENOMEM.
+ * Ownership: writes into the caller's `buf`; nothing changes hands.
+ */
+int keel_loop_deadlocks(struct keel_loop *loop, char *buf, size_t len);
 
 /* The default stall threshold: a low-latency loop should not run a step
  * for longer than this. */

@@ -44,7 +44,8 @@ extern "C" {
  * gets -EPIPE. Waits honour the task's cancellation token.
  *
  * Beware: two tasks blocking on each other's full BLOCK mailboxes deadlock,
- * as in any bounded-queue system (Erlang avoids it with unbounded ones).
+ * as in any bounded-queue system (Erlang avoids it with unbounded ones);
+ * keel_loop_deadlocks() (keel/loop.h) names such a cycle on one loop.
  */
 struct keel_loop;
 struct keel_task;
@@ -534,7 +535,8 @@ uint32_t keel_latch_count(const struct keel_latch *l);
  * reader queued before the next writer). As with the mutex, the lock is
  * handed to the waiters it admits before they run, nobody barges in
  * between, and a task that exits holding it leaves it held (keel_defer()).
- * The writer is tracked (keel_rwlock_writer()); readers are counted only.
+ * The writer is tracked (keel_rwlock_writer()); readers are counted (and
+ * the first four recorded by task, for keel_loop_deadlocks()).
  */
 struct keel_rwlock;
 
