@@ -35,6 +35,7 @@
 #include <keel/sync.h>
 #include <keel/task.h>
 #include <keel/trace.h>
+#include <keel/workq.h>
 
 #define KEEL_VERSION_MAJOR 0
 #define KEEL_VERSION_MINOR 1
