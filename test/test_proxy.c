@@ -25,7 +25,10 @@
  *   connects meanwhile waits and is served once a session has left;
  * - two proxies pointed at each other, each under a descriptor limit:
  *   after a client has come and gone, both hold the descriptors they held
- *   before, and a connection through one of them works.
+ *   before, and a connection through one of them works;
+ * - --shed-target: a burst met by a stopped proxy is partly shed (closed
+ *   before any backend connect, counted), none without the option, and
+ *   clients are served again once it has drained.
  *
  * The proxy binary is looked for next to this test's build directory
  * (<build>/examples/proxy, <build> being this binary's ../), or in
@@ -1677,4 +1680,96 @@ Test(proxy, retry_on_the_next_backend_after_a_connect_timeout, .timeout = 60,
 Test(proxy, no_retry_with_retries_0, .timeout = 60, .fini = proxy_reap)
 {
 	run_retry(false, "0", 6);
+}
+
+/* ---- --shed-target: CoDel load shedding ---------------------------------- */
+
+/* One echo through the proxy; false if the proxy closed the connection
+ * first (shed), asserting on anything else. */
+static bool echo_or_shed(uint16_t port, unsigned seed)
+{
+	char tx[100], rx[100];
+	int fd = connect_to(port), err;
+	size_t got;
+
+	kt_pattern_fill(tx, sizeof(tx), 0, seed);
+	if (send_all(fd, tx, sizeof(tx))) {
+		close(fd); /* closed under us: shed */
+		return false;
+	}
+	got = recv_full(fd, rx, sizeof(rx), &err);
+	close(fd);
+	if (got == 0)
+		return false;
+	cr_assert_eq(got, sizeof(rx), "echo: %zu bytes (%s)", got,
+		     err ? strerror(err) : "end of file");
+	cr_assert_eq(memcmp(tx, rx, sizeof(tx)), 0, "echo: wrong bytes");
+	return true;
+}
+
+/*
+ * A queue built honestly: the proxy is stopped (SIGSTOP, as a CPU stall
+ * would) while BURST clients connect and leave, so its one loop comes back
+ * to a full listen queue and spawns sessions faster than it can start
+ * them. With a target of 1 us and an interval of 1 ms the delays stay
+ * above target for the interval: sessions are shed (closed before any
+ * backend connect). Without the option none is. Once the burst is over,
+ * clients are echoed as usual (a few tries while the burst drains).
+ */
+static void run_shed(bool shed)
+{
+	enum { BURST = 600, ECHOES = 3 };
+	struct proxy_opts o = {.mode = "buffers", .threads = 1};
+	struct backend b;
+	struct proxy px;
+	const char *sum;
+	unsigned ok = 0, tries = 0;
+
+	backend_start(&b, 0, B_ECHO);
+	o.backend_port = b.port;
+	if (shed) {
+		o.extra[0] = "--shed-target";
+		o.extra[1] = "0.001";
+		o.extra[2] = "--shed-interval";
+		o.extra[3] = "1";
+	}
+	proxy_launch(&px, &o);
+	cr_assert_eq(kill(px.pid, SIGSTOP), 0);
+	for (int i = 0; i < BURST; i++)
+		close(connect_to(px.port));
+	cr_assert_eq(kill(px.pid, SIGCONT), 0);
+	/* Then normal load: one client at a time, each after a pause longer
+	 * than the interval (the shedder sees the queue has drained). */
+	while (ok < ECHOES) {
+		cr_assert_lt(tries++, 200, "clients still shed after %u tries",
+			     tries);
+		sleep_ms(20);
+		if (echo_or_shed(px.port, tries))
+			ok++;
+		else
+			ok = 0;
+	}
+	sum = proxy_stop(&px);
+	backend_stop(&b);
+	cr_assert_eq(summary_count(sum, "connections"), BURST + tries,
+		     "summary: %s", sum);
+	if (shed)
+		cr_assert_gt(summary_count(sum, "shed"), 0, "summary: %s", sum);
+	else
+		cr_assert_eq(summary_count(sum, "shed"), 0, "summary: %s", sum);
+	/* The burst's clients had gone; no session shed or not reached the
+	 * backend for them: only the echoes did. */
+	cr_assert_leq(b.accepted, (int)tries, "summary: %s", sum);
+	cr_assert_geq(b.accepted, ECHOES);
+}
+
+Test(proxy, shed_target_closes_new_clients_while_a_queue_stands, .timeout = 120,
+     .fini = proxy_reap)
+{
+	run_shed(true);
+}
+
+Test(proxy, no_shedding_without_shed_target, .timeout = 120, .fini = proxy_reap)
+{
+	run_shed(false);
 }

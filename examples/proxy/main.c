@@ -10,6 +10,7 @@
  *	      [--health-timeout MS] [--rise N] [--fall N]
  *	      [--metrics [ADDR:]PORT]
  *	      [--retries N] [--idle-timeout MS] [--low-water N]
+ *	      [--shed-target MS [--shed-interval MS]]
  *	      [--proxy-protocol] [--cert FILE --key FILE
  *	      [--sni-cert FILE --sni-key FILE]... [--alpn LIST]]
  *	      [--backend-tls [--backend-ca FILE | --backend-insecure]
@@ -57,6 +58,16 @@
  * either direction for that long is closed, both sides (counted). A loop's
  * sweep checks its sessions' byte counts every quarter of it (at most
  * 100 ms), so the data path pays nothing per recv.
+ *
+ * --shed-target MS (default 0: off; fractions allowed, e.g. 0.5):
+ * CoDel-style load shedding (keel/limit.h's keel_shed, one per loop). A
+ * session's queueing delay is the time from its spawn, when its accept
+ * completed, to its first step: how long it waited behind its loop's
+ * other work. While that delay has stayed above the target for a whole
+ * --shed-interval MS (default 100), new clients are closed at once, before
+ * any backend connect (the proxy speaks TCP, so a close is its only
+ * answer), until a session starts within the target again or none comes
+ * for an interval. The summary counts them ("shed").
  *
  * --proxy-protocol: each backend connection begins with a PROXY protocol
  * v2 header (haproxy's proxy-protocol.txt), in one send before any byte of
@@ -163,6 +174,8 @@ atomic_uint open_sessions;
 unsigned retries = 2;
 uint64_t idle_timeout_ns;
 unsigned low_water;
+uint64_t shed_target_ns;
+uint64_t shed_interval_ns = 100ull * 1000 * 1000;
 bool proxy_protocol;
 struct keel_tls_ctx *tls_server, *tls_client;
 const char *backend_sni;
@@ -368,6 +381,8 @@ enum {
 	OPT_BACKEND_SNI,
 	OPT_BACKEND_INSECURE,
 	OPT_HANDSHAKE_TIMEOUT,
+	OPT_SHED_TARGET,
+	OPT_SHED_INTERVAL,
 };
 
 static void usage(FILE *out)
@@ -384,6 +399,7 @@ static void usage(FILE *out)
 		"[--metrics [ADDR:]PORT]\n"
 		"             [--retries N] [--idle-timeout MS] "
 		"[--low-water N]\n"
+		"             [--shed-target MS [--shed-interval MS]]\n"
 		"             [--proxy-protocol] [--cert FILE --key FILE "
 		"[--sni-cert FILE --sni-key FILE]... [--alpn LIST]]\n"
 		"             [--backend-tls [--backend-ca FILE | "
@@ -402,6 +418,20 @@ static long parse_number(const char *s, long min, long max)
 	if (errno || end == s || *end || v < min || v > max)
 		return -1;
 	return v;
+}
+
+/* Milliseconds, fractions allowed, to ns in [min, max]; -1 if bad. */
+static int64_t parse_ms(const char *s, int64_t min, int64_t max)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v * 1e6 >= (double)min) ||
+	    !(v * 1e6 <= (double)max))
+		return -1;
+	return (int64_t)(v * 1e6);
 }
 
 /* "[ADDR:]PORT" or "[v6]:PORT": split in place; -1 on a bad port. */
@@ -594,6 +624,8 @@ int main(int argc, char **argv)
 	    {"alpn", required_argument, NULL, OPT_ALPN},
 	    {"handshake-timeout", required_argument, NULL,
 	     OPT_HANDSHAKE_TIMEOUT},
+	    {"shed-target", required_argument, NULL, OPT_SHED_TARGET},
+	    {"shed-interval", required_argument, NULL, OPT_SHED_INTERVAL},
 	    {"backend-tls", no_argument, NULL, OPT_BACKEND_TLS},
 	    {"backend-ca", required_argument, NULL, OPT_BACKEND_CA},
 	    {"backend-sni", required_argument, NULL, OPT_BACKEND_SNI},
@@ -727,6 +759,26 @@ int main(int argc, char **argv)
 			}
 			idle_timeout_ns = (uint64_t)v * 1000 * 1000;
 			break;
+		case OPT_SHED_TARGET:
+		case OPT_SHED_INTERVAL: {
+			int64_t ns = parse_ms(optarg, 0, 3600000ll * 1000000);
+
+			if (ns < 0 || (opt == OPT_SHED_INTERVAL && ns == 0)) {
+				fprintf(
+				    stderr,
+				    "proxy: bad --%s: %s (ms, fractions "
+				    "allowed; %s to 3600000)\n",
+				    opt == OPT_SHED_TARGET ? "shed-target"
+							   : "shed-interval",
+				    optarg,
+				    opt == OPT_SHED_TARGET ? "0" : "above 0");
+				return 2;
+			}
+			*(opt == OPT_SHED_TARGET ? &shed_target_ns
+						 : &shed_interval_ns) =
+			    (uint64_t)ns;
+			break;
+		}
 		case OPT_PROXY_PROTOCOL:
 			proxy_protocol = true;
 			break;
@@ -807,6 +859,13 @@ int main(int argc, char **argv)
 	}
 	if (tls_check(&ta))
 		return 2;
+	if (shed_target_ns && shed_target_ns >= shed_interval_ns) {
+		fprintf(stderr,
+			"proxy: --shed-target must be below --shed-interval "
+			"(%.3f ms)\n",
+			(double)shed_interval_ns / 1e6);
+		return 2;
+	}
 	if (low_water_arg >= 0 && max_conns > 0 && low_water_arg >= max_conns) {
 		fprintf(stderr,
 			"proxy: --low-water %ld: must be below --max-conns "
@@ -931,6 +990,7 @@ int main(int argc, char **argv)
 		sum.no_backend += shards[i].no_backend;
 		sum.idle_closed += shards[i].idle_closed;
 		sum.tls_failed += shards[i].tls_failed;
+		sum.shed_closed += shards[i].shed_closed;
 		if (shards[i].error && !fatal)
 			fatal = shards[i].error;
 	}
@@ -942,7 +1002,8 @@ int main(int argc, char **argv)
 	       "down, %llu backend failures, %llu directions ended by an "
 	       "error, %llu clients gone while connecting, %llu refused "
 	       "over --max-conns, %llu connects retried, %llu clients with "
-	       "no backend, %llu closed idle, %llu TLS handshakes failed\n",
+	       "no backend, %llu closed idle, %llu TLS handshakes failed, "
+	       "%llu shed\n",
 	       (unsigned long long)sum.connections, (unsigned long long)sum.up,
 	       (unsigned long long)sum.down,
 	       (unsigned long long)sum.backend_failures,
@@ -951,7 +1012,8 @@ int main(int argc, char **argv)
 	       (unsigned long long)sum.refused, (unsigned long long)sum.retried,
 	       (unsigned long long)sum.no_backend,
 	       (unsigned long long)sum.idle_closed,
-	       (unsigned long long)sum.tls_failed);
+	       (unsigned long long)sum.tls_failed,
+	       (unsigned long long)sum.shed_closed);
 	if (fatal) {
 		fprintf(stderr, "proxy: %s\n", keel_loop_explain(fatal));
 		return 1;

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include <keel.h>
+#include <keel/limit.h>
 
 #define LISTEN_BACKLOG 1024
 #define GATHER	       8	   /* chunks per sendmsg */
@@ -41,6 +42,9 @@ struct shard {
 	/* --idle-timeout */
 	struct session *sessions; /* those whose pumps run (session.c) */
 	uint64_t idle_closed;	  /* sessions ended by it */
+	/* --shed-target: this loop's shedder, and the clients it closed */
+	struct keel_shed shed;
+	uint64_t shed_closed;
 	int error;
 };
 
@@ -58,6 +62,8 @@ extern unsigned retries;	 /* --retries: backends tried after the first */
 extern uint64_t idle_timeout_ns; /* --idle-timeout; 0: off */
 extern bool proxy_protocol;	 /* --proxy-protocol: v2 to the backend */
 extern unsigned low_water;	 /* --low-water: accept again at this many */
+extern uint64_t shed_target_ns;	 /* --shed-target; 0: off */
+extern uint64_t shed_interval_ns; /* --shed-interval */
 /* TLS: termination (--cert), origination (--backend-tls); NULL: off */
 struct keel_tls_ctx;
 extern struct keel_tls_ctx *tls_server, *tls_client;

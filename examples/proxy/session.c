@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <keel/tls.h>
@@ -86,6 +87,7 @@ struct session {
 	uint64_t moved;	      /* bytes[0] + bytes[1] at the last sweep */
 	uint64_t quiet_since; /* when the sweep last saw them change */
 	bool idled;	      /* closed for it */
+	uint64_t spawned;     /* --shed-target: its spawn (mono_now()) */
 };
 
 /*
@@ -788,11 +790,48 @@ static bool retry_next(struct session *ss, int err)
 	return ss->attempts <= retries;
 }
 
+/* Shedding's clock: a fresh reading, not the loop's (keel_loop_now() is
+ * the turn's, and a session often starts in the turn of its spawn). */
+static uint64_t mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * --shed-target: a session's queueing delay is the time from its spawn
+ * (its accept's completion) to its first step, how long it waited behind
+ * the loop's other work. While the loop's shedder sheds, a new client is
+ * closed before anything else is done for it: no handshake, no backend
+ * connect. (The proxy speaks TCP, not HTTP, so a close is all it can
+ * say; a client that retries later finds the queue gone.)
+ */
+static bool session_shed(struct session *ss)
+{
+	struct shard *s = ss->shard;
+	bool shed;
+
+	if (!shed_target_ns)
+		return false;
+	/* Ask before recording: an interval without a session means the
+	 * queue drained, which this session's own sample (above target
+	 * when the target is tiny) would otherwise hide. */
+	shed = keel_shed_admit(&s->shed) != 0;
+	keel_shed_record(&s->shed, mono_now() - ss->spawned);
+	if (shed)
+		s->shed_closed++;
+	return shed;
+}
+
 static int session_step(struct keel_task *t)
 {
 	struct session *ss = keel_container_of(t, struct session, task);
 
 	KEEL_BEGIN(t);
+	if (session_shed(ss))
+		goto close_client;
 	if (client_gone_now(ss->client)) {
 		ss->shard->abandoned++;
 		goto close_client;
@@ -1023,6 +1062,8 @@ static void session_start(struct acceptor *a, int fd)
 	keel_tcp_nodelay(fd);
 	ss->shard = a->shard;
 	ss->client = fd;
+	if (shed_target_ns)
+		ss->spawned = mono_now();
 	a->shard->connections++;
 }
 
@@ -1063,6 +1104,14 @@ static int acceptor_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	a->waiting = -1;
+	if (shed_target_ns) {
+		struct keel_shed_opts so = {.target_ns = shed_target_ns,
+					    .interval_ns = shed_interval_ns};
+
+		s->error = keel_shed_init(&s->shed, &so);
+		if (s->error)
+			goto out;
+	}
 	if (!splice_mode)
 		s->error = keel_bufring_create(keel_task_loop(t), &ring_opts,
 					       &s->ring);
