@@ -238,9 +238,8 @@ static void wait_leave(struct keel_task *t, int res)
 	pthread_mutex_lock(&q->lock);
 	queued = w->state == KEEL__WAIT_QUEUED;
 	if (queued)
-		keel__waitq_remove(w->wake.run == popper_woken ? &q->poppers
-							       : &q->pushers,
-				   w);
+		keel__waitq_remove(
+		    w->wake.run == popper_woken ? &q->poppers : &q->pushers, w);
 	pthread_mutex_unlock(&q->lock);
 	if (queued)
 		wait_end(t, res);
@@ -319,8 +318,8 @@ int keel_workq_try_push(struct keel_workq *q, void *item)
 	return r;
 }
 
-int keel_workq_push_until(struct keel_task *t, struct keel_workq *q,
-			  void *item, uint64_t deadline_ns)
+int keel_workq_push_until(struct keel_task *t, struct keel_workq *q, void *item,
+			  uint64_t deadline_ns)
 {
 	int cause = keel__task_cancel_cause(t);
 
@@ -373,8 +372,8 @@ int keel_workq_try_pop(struct keel_workq *q, void **out)
 	return r;
 }
 
-int keel_workq_pop_until(struct keel_task *t, struct keel_workq *q,
-			 void **out, uint64_t deadline_ns)
+int keel_workq_pop_until(struct keel_task *t, struct keel_workq *q, void **out,
+			 uint64_t deadline_ns)
 {
 	int cause = keel__task_cancel_cause(t);
 
@@ -423,7 +422,8 @@ void keel_workq_close(struct keel_workq *q)
 	pthread_mutex_lock(&q->lock);
 	if (!q->closed) {
 		q->closed = 1;
-		/* Pushers fail; poppers retry: they drain, then see it closed. */
+		/* Pushers fail; poppers retry: they drain, then see it closed.
+		 */
 		while ((w = keel__waitq_pop(&q->pushers))) {
 			w->state = KEEL__WAIT_WAKING;
 			w->result = -EPIPE;

@@ -8,6 +8,7 @@
  *   keel/sync.h        mailboxes, oneshot, broadcast, semaphore, mutex...
  *   keel/loop.h        the loop, timers, the runtime, dumps and metrics
  *   keel/io.h          ops, buffer rings, recv/accept streams, sockets
+ *   keel/workq.h       a bounded MPMC work queue shared by loops
  *   keel/select.h      select over several waits in one task
  *   keel/supervisor.h  actors and supervision trees
  *   keel/health.h      a health registry, rendered as JSON

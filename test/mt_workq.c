@@ -158,8 +158,7 @@ static KEEL_TASK_TYPE(producer_task, struct producer, task, producer_step);
 static void producer_done(struct keel_loop *loop)
 {
 	if (__atomic_sub_fetch(&producers_left, 1, __ATOMIC_ACQ_REL) == 0)
-		CHECK(keel_spawn(loop, &closer_task, KEEL_PRIO_NORMAL) !=
-		      NULL);
+		CHECK(keel_spawn(loop, &closer_task, KEEL_PRIO_NORMAL) != NULL);
 }
 
 static int producer_step(struct keel_task *t)
@@ -181,8 +180,7 @@ static int producer_step(struct keel_task *t)
 static void spawn_poppers(struct keel_loop *loop, int n)
 {
 	for (int i = 0; i < n; i++)
-		CHECK(keel_spawn(loop, &popper_task, KEEL_PRIO_NORMAL) !=
-		      NULL);
+		CHECK(keel_spawn(loop, &popper_task, KEEL_PRIO_NORMAL) != NULL);
 }
 
 static void spread_setup(struct keel_loop *loop, int index)
@@ -282,7 +280,8 @@ static KEEL_TASK_TYPE(close_script_task, struct close_script, task,
 
 static int close_script_step(struct keel_task *t)
 {
-	struct close_script *c = keel_container_of(t, struct close_script, task);
+	struct close_script *c =
+	    keel_container_of(t, struct close_script, task);
 	struct keel_workq_stats a, b;
 
 	KEEL_BEGIN(t);
@@ -366,9 +365,9 @@ static int dl_waiter_step(struct keel_task *t)
 	KEEL_AWAIT(t, keel_workq_pop_until(t, wq, &d->item,
 					   keel_loop_now(t->loop) + KT_MS(20)));
 	kt_store(&dl_pop_res, keel_res(t));
-	KEEL_AWAIT(t, keel_workq_push_until(t, full_q, ITEM(9),
-					    keel_loop_now(t->loop) +
-						KT_MS(20)));
+	KEEL_AWAIT(t,
+		   keel_workq_push_until(t, full_q, ITEM(9),
+					 keel_loop_now(t->loop) + KT_MS(20)));
 	kt_store(&dl_push_res, keel_res(t));
 	KEEL_END(t);
 }

@@ -55,11 +55,11 @@ static int op_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	if (o->pop)
-		KEEL_AWAIT(t, keel_workq_pop_until(t, q, &o->item,
-						   o->deadline));
+		KEEL_AWAIT(t,
+			   keel_workq_pop_until(t, q, &o->item, o->deadline));
 	else
-		KEEL_AWAIT(t, keel_workq_push_until(t, q, o->item,
-						    o->deadline));
+		KEEL_AWAIT(t,
+			   keel_workq_push_until(t, q, o->item, o->deadline));
 	g_res[o->idx] = keel_res(t);
 	if (o->pop && keel_res(t) == 0)
 		g_got[o->idx] = VAL(o->item);

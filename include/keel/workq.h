@@ -49,8 +49,8 @@ void keel_workq_release(struct keel_workq *q);
  * (absolute, keel_loop_now() clock; UINT64_MAX: none), the cancellation
  * cause, -ENOMEM. On any error the item was not queued.
  */
-int keel_workq_push_until(struct keel_task *t, struct keel_workq *q,
-			  void *item, uint64_t deadline_ns);
+int keel_workq_push_until(struct keel_task *t, struct keel_workq *q, void *item,
+			  uint64_t deadline_ns);
 int keel_workq_push(struct keel_task *t, struct keel_workq *q, void *item);
 /* Push without waiting, from any thread: 0, -EAGAIN (full), -EPIPE. */
 int keel_workq_try_push(struct keel_workq *q, void *item);
@@ -61,8 +61,8 @@ int keel_workq_try_push(struct keel_workq *q, void *item);
  * cancelled popper takes nothing), -ENOMEM. `out` must stay valid until
  * the await returns (keep it in the frame).
  */
-int keel_workq_pop_until(struct keel_task *t, struct keel_workq *q,
-			 void **out, uint64_t deadline_ns);
+int keel_workq_pop_until(struct keel_task *t, struct keel_workq *q, void **out,
+			 uint64_t deadline_ns);
 int keel_workq_pop(struct keel_task *t, struct keel_workq *q, void **out);
 /* Pop without waiting, from any thread: 0, -EAGAIN (empty), -EPIPE
  * (closed and drained). */
