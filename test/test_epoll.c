@@ -25,7 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "helpers/deny_io_uring.h"
+#include "helpers/deny_syscall.h"
 #include "helpers/keel_test.h"
 #include "loop.h"
 
@@ -575,26 +575,7 @@ Test(epoll, tcp_short_read_at_the_urgent_mark_reads_on, .timeout = 30)
 #if defined(TEST_AUDIT_ARCH) && defined(__NR_epoll_pwait2)
 static int deny_epoll_pwait2(void)
 {
-	struct sock_filter filter[] = {
-	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-		     offsetof(struct seccomp_data, arch)),
-	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
-	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-		     offsetof(struct seccomp_data, nr)),
-	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_epoll_pwait2, 0, 1),
-	    BPF_STMT(BPF_RET | BPF_K,
-		     SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
-	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-	};
-	struct sock_fprog prog = {
-	    .len = (unsigned short)(sizeof(filter) / sizeof(filter[0])),
-	    .filter = filter,
-	};
-
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-		return -1;
-	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+	return deny_syscall(__NR_epoll_pwait2, ENOSYS);
 }
 
 /* A parked recv and a timeout, on epoll_wait; exit status: what failed. */

@@ -23,7 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "helpers/deny_io_uring.h"
+#include "helpers/deny_syscall.h"
 #include "helpers/keel_test.h"
 
 Test(loop, create_with_null_opts_uses_single_issuer_and_defer_taskrun,

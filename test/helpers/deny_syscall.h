@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * deny_io_uring.h: a seccomp filter under which io_uring_setup fails with
- * EPERM, as in Docker's default profile; everything else is allowed. For
- * tests that need io_uring refused (in a forked child: the filter stays
- * for the process's life). TEST_AUDIT_ARCH is undefined on machines whose
- * audit arch the tests do not know: skip there.
+ * deny_syscall.h: a seccomp filter under which one system call fails with
+ * a chosen errno and everything else is allowed: io_uring_setup with EPERM
+ * as in Docker's default profile, or a call an older kernel lacks with
+ * ENOSYS. For tests, in a forked child: the filter stays for the process's
+ * life. TEST_AUDIT_ARCH is undefined on machines whose audit arch the
+ * tests do not know: skip there.
  */
-#ifndef KEEL_TEST_DENY_IO_URING_H
-#define KEEL_TEST_DENY_IO_URING_H
+#ifndef KEEL_TEST_DENY_SYSCALL_H
+#define KEEL_TEST_DENY_SYSCALL_H
 
 #include <errno.h>
 #include <linux/audit.h>
@@ -24,7 +25,7 @@
 #endif
 
 #ifdef TEST_AUDIT_ARCH
-static inline int deny_io_uring_setup(void)
+static inline int deny_syscall(unsigned nr, int err)
 {
 	struct sock_filter filter[] = {
 	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
@@ -33,9 +34,9 @@ static inline int deny_io_uring_setup(void)
 	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 	    BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
 		     offsetof(struct seccomp_data, nr)),
-	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+	    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
 	    BPF_STMT(BPF_RET | BPF_K,
-		     SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+		     SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
 	    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 	};
 	struct sock_fprog prog = {
@@ -46,6 +47,12 @@ static inline int deny_io_uring_setup(void)
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
 		return -1;
 	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
+
+/* io_uring refused as Docker's default profile refuses it. */
+static inline int deny_io_uring_setup(void)
+{
+	return deny_syscall(__NR_io_uring_setup, EPERM);
 }
 #endif
 
