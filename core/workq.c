@@ -318,30 +318,40 @@ int keel_workq_try_push(struct keel_workq *q, void *item)
 	return r;
 }
 
-int keel_workq_push_until(struct keel_task *t, struct keel_workq *q, void *item,
-			  uint64_t deadline_ns)
+/*
+ * The awaiting push (`item`) or pop (into `out`): try at once; when the queue
+ * is full (push) or empty (pop), try again and queue the task in one locked
+ * section, so that no wake can slip between the try and the sleep.
+ * Level-triggered cancellation: a cancelled task takes and puts nothing.
+ */
+static int await_turn(struct keel_task *t, struct keel_workq *q, bool push,
+		      void *item, void **out, uint64_t deadline_ns)
 {
 	int cause = keel__task_cancel_cause(t);
 
 	if (cause)
 		return keel__task_ready(t, cause);
-	int r = keel_workq_try_push(q, item);
+	int r =
+	    push ? keel_workq_try_push(q, item) : keel_workq_try_pop(q, out);
 
 	if (r != -EAGAIN)
 		return keel__task_ready(t, r);
 	if (deadline_ns != UINT64_MAX && deadline_ns <= keel__clock_now())
 		return keel__task_ready(t, -ETIMEDOUT);
-	struct wq_wait *st = wait_prepare(t, q, pusher_woken);
+	struct wq_wait *st =
+	    wait_prepare(t, q, push ? pusher_woken : popper_woken);
 	struct keel__waiter *w = NULL;
 
 	if (!st)
 		return keel__task_ready(t, -ENOMEM);
 	st->item = item;
+	st->out = out;
 	pthread_mutex_lock(&q->lock);
-	r = put_locked(q, item, &w);
+	r = push ? put_locked(q, item, &w) : take_locked(q, out, &w);
 	if (r == -EAGAIN) {
 		t->ext->waiter.state = KEEL__WAIT_QUEUED;
-		keel__waitq_push(&q->pushers, &t->ext->waiter);
+		keel__waitq_push(push ? &q->pushers : &q->poppers,
+				 &t->ext->waiter);
 	}
 	pthread_mutex_unlock(&q->lock);
 	if (w)
@@ -352,6 +362,12 @@ int keel_workq_push_until(struct keel_task *t, struct keel_workq *q, void *item,
 		return keel__task_ready(t, r);
 	}
 	return wait_sleep(t, q, st, deadline_ns);
+}
+
+int keel_workq_push_until(struct keel_task *t, struct keel_workq *q, void *item,
+			  uint64_t deadline_ns)
+{
+	return await_turn(t, q, true, item, NULL, deadline_ns);
 }
 
 int keel_workq_push(struct keel_task *t, struct keel_workq *q, void *item)
@@ -375,38 +391,7 @@ int keel_workq_try_pop(struct keel_workq *q, void **out)
 int keel_workq_pop_until(struct keel_task *t, struct keel_workq *q, void **out,
 			 uint64_t deadline_ns)
 {
-	int cause = keel__task_cancel_cause(t);
-
-	/* Level-triggered: a cancelled task takes nothing. */
-	if (cause)
-		return keel__task_ready(t, cause);
-	int r = keel_workq_try_pop(q, out);
-
-	if (r != -EAGAIN)
-		return keel__task_ready(t, r);
-	if (deadline_ns != UINT64_MAX && deadline_ns <= keel__clock_now())
-		return keel__task_ready(t, -ETIMEDOUT);
-	struct wq_wait *st = wait_prepare(t, q, popper_woken);
-	struct keel__waiter *w = NULL;
-
-	if (!st)
-		return keel__task_ready(t, -ENOMEM);
-	st->out = out;
-	pthread_mutex_lock(&q->lock);
-	r = take_locked(q, out, &w);
-	if (r == -EAGAIN) {
-		t->ext->waiter.state = KEEL__WAIT_QUEUED;
-		keel__waitq_push(&q->poppers, &t->ext->waiter);
-	}
-	pthread_mutex_unlock(&q->lock);
-	if (w)
-		post_wake(q, w);
-	if (r != -EAGAIN) {
-		t->ext->waiter.payload = NULL;
-		free(st);
-		return keel__task_ready(t, r);
-	}
-	return wait_sleep(t, q, st, deadline_ns);
+	return await_turn(t, q, false, NULL, out, deadline_ns);
 }
 
 int keel_workq_pop(struct keel_task *t, struct keel_workq *q, void **out)
