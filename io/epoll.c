@@ -167,7 +167,10 @@ struct ep_ring {
 	struct ep_remote_cqe *remote;
 	uint32_t nremote, remote_cap;
 	struct ep_op *done, *done_tail; /* back from the pool, in order */
-	struct ep_op *spare;		/* freed ops kept for the next SQEs */
+	bool pipe_blocked;     /* this enter blocked SIGPIPE (splice) */
+	bool pipe_was_blocked; /* the thread blocked it already */
+	bool pipe_raised;      /* a splice raised one: take it back */
+	struct ep_op *spare;   /* freed ops kept for the next SQEs */
 	uint32_t nspare;
 	int remote_pending; /* atomic: nremote != 0 or done != NULL */
 };
@@ -1151,31 +1154,55 @@ static int exec_msg_ring(struct ep_op *op)
  * reader is gone they raise SIGPIPE on the calling thread, which kills a
  * process at the default disposition. io_uring runs them on its kernel
  * workers, which never take the signal, so a splicing proxy survives a
- * reset backend there; here the thread blocks SIGPIPE for the call and
- * takes back the one the call raised (an unblocked SIGPIPE cannot have
- * been pending before). Two sigprocmask calls per splice; if the thread
- * already blocks SIGPIPE, its own choice is left alone.
+ * reset backend there; here the loop's thread blocks SIGPIPE from its
+ * first splice of an enter to the enter's end (pipe_unblock: two
+ * sigprocmask calls per enter, not per splice; no user code runs in
+ * between) and takes back the one a call raised (an unblocked SIGPIPE
+ * cannot have been pending before). If the thread already blocks SIGPIPE,
+ * its own choice is left alone.
  */
-static int splice_nosignal(int in, loff_t *oin, int out, loff_t *oout,
-			   size_t len, unsigned flags, bool tee_op)
+static int splice_nosignal(struct ep_ring *r, int in, loff_t *oin, int out,
+			   loff_t *oout, size_t len, unsigned flags,
+			   bool tee_op)
 {
-	static const struct timespec now = {0, 0};
-	sigset_t pipe_set, old;
 	int n;
 
-	sigemptyset(&pipe_set);
-	sigaddset(&pipe_set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+	if (!r->pipe_blocked) {
+		sigset_t pipe_set, old;
+
+		sigemptyset(&pipe_set);
+		sigaddset(&pipe_set, SIGPIPE);
+		pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+		r->pipe_blocked = true;
+		r->pipe_was_blocked = sigismember(&old, SIGPIPE);
+	}
 	if (tee_op)
 		n = sys(tee(in, out, len, flags));
 	else
 		n = sys(splice(in, oin, out, oout, len, flags));
-	if (!sigismember(&old, SIGPIPE)) {
-		if (n == -EPIPE)
-			sigtimedwait(&pipe_set, NULL, &now);
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
-	}
+	if (n == -EPIPE && !r->pipe_was_blocked)
+		r->pipe_raised = true;
 	return n;
+}
+
+/* The end of an enter: SIGPIPE as the thread had it (splice_nosignal). */
+static void pipe_unblock(struct ep_ring *r)
+{
+	static const struct timespec now = {0, 0};
+	sigset_t pipe_set;
+
+	if (!r->pipe_blocked)
+		return;
+	r->pipe_blocked = false;
+	if (r->pipe_was_blocked)
+		return;
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	if (r->pipe_raised) {
+		r->pipe_raised = false;
+		sigtimedwait(&pipe_set, NULL, &now);
+	}
+	pthread_sigmask(SIG_UNBLOCK, &pipe_set, NULL);
 }
 
 static int exec_splice(struct ep_op *op, struct result *out)
@@ -1199,14 +1226,14 @@ static int exec_splice(struct ep_op *op, struct result *out)
 	if (n)
 		return n;
 	if (sqe->opcode == IORING_OP_TEE) {
-		n = splice_nosignal(in, NULL, op->fd, NULL, sqe->len,
+		n = splice_nosignal(op->r, in, NULL, op->fd, NULL, sqe->len,
 				    flags | SPLICE_F_NONBLOCK, true);
 	} else {
 		loff_t oin = (loff_t)sqe->splice_off_in;
 		loff_t oout = (loff_t)sqe->off;
 
 		n = splice_nosignal(
-		    in, sqe->splice_off_in == (uint64_t)-1 ? NULL : &oin,
+		    op->r, in, sqe->splice_off_in == (uint64_t)-1 ? NULL : &oin,
 		    op->fd, sqe->off == (uint64_t)-1 ? NULL : &oout, sqe->len,
 		    flags | SPLICE_F_NONBLOCK, false);
 	}
@@ -1970,6 +1997,7 @@ static int ep_enter(struct keel__backend *b, struct io_uring *ring,
 		}
 	}
 out:
+	pipe_unblock(r);
 	host_timer_update(r);
 	if (err == -ETIME || err == -EINTR)
 		return io_uring_cq_ready(ring) >= want ? n : err;

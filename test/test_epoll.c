@@ -407,6 +407,10 @@ Test(epoll, a_peer_gone_is_epipe_not_sigpipe, .timeout = 20)
 		cr_assert_eq(sigpending(&pending), 0);
 		cr_assert_not(sigismember(&pending, SIGPIPE),
 			      "%s: a SIGPIPE is left pending", t.name);
+		/* The enter gave the thread its mask back. */
+		cr_assert_eq(pthread_sigmask(SIG_BLOCK, NULL, &pending), 0);
+		cr_assert_not(sigismember(&pending, SIGPIPE),
+			      "%s: SIGPIPE is left blocked", t.name);
 	}
 }
 
