@@ -40,9 +40,21 @@ static inline size_t size_class(size_t size)
 int keel__alloc_init(struct keel__alloc *a)
 {
 	memset(a, 0, sizeof(*a));
+	return 0;
+}
+
 #ifndef KEEL_ALLOC_LIBC
+/*
+ * The arena and its tcache are made at the first mallocx, not with the
+ * loop: an arena's metadata is about 84 KiB of RSS (176 KiB for the
+ * process's first), most of what a fresh loop cost before anything ran on
+ * it. On the loop's thread, like every allocation here.
+ */
+static void arena_make(struct keel__alloc *a)
+{
 	size_t sz = sizeof(unsigned);
 
+	a->arena_made = true;
 	if (mallctl("arenas.create", &a->arena, &sz, NULL, 0) == 0) {
 		a->have_arena = true;
 		a->mallocx_flags |= MALLOCX_ARENA(a->arena);
@@ -52,9 +64,15 @@ int keel__alloc_init(struct keel__alloc *a)
 		a->have_tcache = true;
 		a->mallocx_flags |= MALLOCX_TCACHE(a->tcache);
 	}
-#endif
-	return 0;
 }
+
+static inline int arena_flags(struct keel__alloc *a)
+{
+	if (!a->arena_made)
+		arena_make(a);
+	return a->mallocx_flags;
+}
+#endif
 
 void keel__alloc_fini(struct keel__alloc *a)
 {
@@ -100,7 +118,7 @@ static void *slab_carve(struct keel__alloc *a, size_t cls)
 
 	if (a->bump_left < bytes) {
 		char *slab =
-		    mallocx(KEEL__SLAB_BYTES, a->mallocx_flags | MALLOCX_ZERO);
+		    mallocx(KEEL__SLAB_BYTES, arena_flags(a) | MALLOCX_ZERO);
 
 		if (!slab)
 			return NULL;
@@ -138,7 +156,7 @@ static void *alloc_zeroed(struct keel__alloc *a, size_t size, size_t zero)
 		 * 36 KB frame paid 1 madvise and ~2.3 faults per connection
 		 * (about twice nginx's system time per full handshake). A
 		 * memset of memory that is already mapped is cheaper. */
-		void *big = mallocx(size, a->mallocx_flags);
+		void *big = mallocx(size, arena_flags(a));
 
 		return big ? memset(big, 0, zero) : NULL;
 	}

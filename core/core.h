@@ -65,6 +65,7 @@ struct keel__alloc {
 	int mallocx_flags;
 	unsigned arena;
 	unsigned tcache;
+	bool arena_made; /* arena and tcache asked for (at first use) */
 	bool have_arena;
 	bool have_tcache;
 	bool leaked;   /* a frame was leaked: keep the slabs and arena */

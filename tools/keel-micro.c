@@ -47,6 +47,12 @@
  *   mutex_lock_unlock an uncontended keel_mutex_lock() (a ready await) and
  *                     keel_mutex_unlock(); per pair
  *   task_header_bytes INFO only: sizeof(struct keel_task)
+ *   loop_fresh_rss    INFO only: RSS in KiB per loop of FRESH_LOOPS
+ *                     loops just created (kib=: rings, loop struct; the
+ *                     process's code and jemalloc already warm from one
+ *                     loop used and destroyed before), and per loop
+ *                     once each has run one empty task (used_kib=: its
+ *                     frame arena, made at the first frame)
  *
  * usage: keel-micro [--quick] [--callgrind N] [FILTER]
  *   FILTER       run the benchmarks whose name contains it ("=name": only
@@ -1073,6 +1079,63 @@ static void run_fixed(struct keel_loop *loop, const struct bench *b,
 	fflush(stdout);
 }
 
+/* ---- loop_fresh_rss ---------------------------------------------------- */
+#define FRESH_LOOPS 8
+
+/* Resident set in KiB (/proc/self/statm). */
+static double rss_kib(void)
+{
+	unsigned long size = 0, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	if (!f)
+		die("/proc/self/statm", errno);
+	if (fscanf(f, "%lu %lu", &size, &resident) != 2)
+		die("/proc/self/statm", EPROTO);
+	fclose(f);
+	return (double)resident * (double)sysconf(_SC_PAGESIZE) / 1024.0;
+}
+
+static struct keel_loop *fresh_loop(void)
+{
+	struct keel_loop *loop;
+	int err = keel_loop_create(&loop, NULL);
+
+	if (err < 0) {
+		fprintf(stderr, "keel-micro: keel_loop_create: %s\n",
+			keel_loop_explain(err));
+		exit(1);
+	}
+	return loop;
+}
+
+static void fresh_rss(void)
+{
+	struct keel_loop *loops[FRESH_LOOPS];
+	double r0, r1, r2;
+
+	/* Code paths and jemalloc warm (its first arena costs more). */
+	loops[0] = fresh_loop();
+	if (!keel_spawn(loops[0], &empty_task, KEEL_PRIO_NORMAL) ||
+	    keel_loop_run(loops[0]) < 0)
+		die("warm-up loop", EIO);
+	keel_loop_destroy(loops[0]);
+	r0 = rss_kib();
+	for (int i = 0; i < FRESH_LOOPS; i++)
+		loops[i] = fresh_loop();
+	r1 = rss_kib();
+	for (int i = 0; i < FRESH_LOOPS; i++) {
+		if (!keel_spawn(loops[i], &empty_task, KEEL_PRIO_NORMAL) ||
+		    keel_loop_run(loops[i]) < 0)
+			die("empty task", EIO);
+	}
+	r2 = rss_kib();
+	printf("INFO name=loop_fresh_rss kib=%.1f used_kib=%.1f loops=%d\n",
+	       (r1 - r0) / FRESH_LOOPS, (r2 - r0) / FRESH_LOOPS, FRESH_LOOPS);
+	for (int i = 0; i < FRESH_LOOPS; i++)
+		keel_loop_destroy(loops[i]);
+}
+
 static int wanted(const char *name, const char *filter)
 {
 	if (filter[0] == '=')
@@ -1143,6 +1206,8 @@ int main(int argc, char **argv)
 	if (wanted("task_header_bytes", filter))
 		printf("INFO name=task_header_bytes bytes=%zu\n",
 		       sizeof(struct keel_task));
+	if (wanted("loop_fresh_rss", filter) && !fixed_ops)
+		fresh_rss();
 	for (i = 0; i < sizeof(benches) / sizeof(benches[0]); i++) {
 		const struct bench *b = &benches[i];
 
