@@ -214,8 +214,16 @@ void keel__io_fini(struct keel__io *io);
  * adjacent): submits what is queued if the SQ has less room. */
 void keel__io_reserve(struct keel__io *io, unsigned n);
 
-/* A free SQE; submits first if the SQ is full. NULL if it stays full. */
-struct io_uring_sqe *keel__io_sqe(struct keel__io *io);
+/* A free SQE; submits first if the SQ is full. NULL if it stays full.
+ * Inline: every op takes one; the full SQ is the rare case. */
+struct io_uring_sqe *keel__io_sqe_full(struct keel__io *io);
+
+static inline struct io_uring_sqe *keel__io_sqe(struct keel__io *io)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+
+	return __builtin_expect(sqe != NULL, 1) ? sqe : keel__io_sqe_full(io);
+}
 
 /* The eventfd the ring signals on every completion (created on first
  * use), or a negative errno. */

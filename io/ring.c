@@ -390,12 +390,8 @@ void keel__io_reserve(struct keel__io *io, unsigned n)
 	keel__io_submit(io);
 }
 
-struct io_uring_sqe *keel__io_sqe(struct keel__io *io)
+struct io_uring_sqe *keel__io_sqe_full(struct keel__io *io)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-
-	if (sqe)
-		return sqe;
 	/* A full SQ: hand what is queued to the kernel and carry on. */
 	io->count.sq_full++;
 	keel__io_submit(io);
