@@ -38,6 +38,9 @@
 #define IORING_SETUP_NO_SQARRAY (1U << 16) /* 6.6 */
 #endif
 
+/* io_uring_register() opcodes newer than 2.3. */
+#define KEEL_IORING_REGISTER_SEND_MSG_RING 31 /* 6.13, with fd -1 */
+
 /* Features newer than 2.3. */
 #ifndef IORING_FEAT_REG_REG_RING
 #define IORING_FEAT_REG_REG_RING (1U << 13) /* 6.3 */

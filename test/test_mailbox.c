@@ -10,7 +10,8 @@
  * blocked receive, leaving no trace in the queue, and level-triggered
  * send/recv in a cancelled task; FIFO per sender under many senders on
  * several loops, with a roomy and with a tiny capacity; a plain thread
- * feeding a parked loop; wake-up coalescing (doorbells per burst); and
+ * feeding a parked loop, its doorbells needing no ring of its own (Linux
+ * 6.13); wake-up coalescing (doorbells per burst); and
  * what a loop does with a notification still in its inbox when it ends.
  *
  * Loops other than the test thread's run on plain threads (kt_lthread_*), each
@@ -22,7 +23,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "helpers/keel_test.h"
@@ -1464,6 +1467,73 @@ Test(mailbox, burst_from_other_thread_coalesces_doorbells, .timeout = 30)
 	cr_assert_geq(bells, 1, "the parked loop was never woken");
 	cr_assert_leq(bells, BURST / 10, "%llu doorbells for %d sends",
 		      (unsigned long long)bells, BURST);
+	keel_mailbox_release(g_mb);
+	keel_loop_destroy(loop);
+}
+
+/*
+ * A plain thread's doorbell takes no io_uring of its own where the kernel
+ * sends a MSG_RING without one (IORING_REGISTER_SEND_MSG_RING, Linux
+ * 6.13): the thread's io_uring descriptors are as many after its sends as
+ * before (a thread's doorbell ring lives as long as the thread).
+ */
+static int io_uring_fds(void)
+{
+	char path[64], target[64];
+	int n = 0;
+
+	for (int fd = 0; fd < 1024; fd++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		ssize_t len = readlink(path, target, sizeof(target) - 1);
+
+		if (len <= 0)
+			continue;
+		target[len] = '\0';
+		n += strstr(target, "[io_uring]") != NULL;
+	}
+	return n;
+}
+
+static int g_fds_before, g_fds_after;
+
+static void *counting_sender(void *arg)
+{
+	(void)arg;
+	g_fds_before = io_uring_fds();
+	for (uint64_t seq = 1; seq <= g_per_sender; seq++) {
+		CHECK(wait_parked(g_loop0));
+		CHECK(keel_mb_try_send(g_mb, MSG(15ull << 32 | seq)) == 0);
+	}
+	g_fds_after = io_uring_fds();
+	return NULL;
+}
+
+Test(mailbox, plain_thread_doorbell_needs_no_ring_of_its_own, .timeout = 30)
+{
+	/* 6.13 and newer refuse a NULL sqe (-EINVAL); before, fd -1 is
+	 * -EBADF. */
+	if (syscall(__NR_io_uring_register, -1, 31, NULL, 1) >= 0 ||
+	    errno != EINVAL)
+		cr_skip("no IORING_REGISTER_SEND_MSG_RING (Linux 6.13)");
+
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct seq_receiver *r;
+	pthread_t th;
+
+	g_loop0 = loop;
+	g_mb = mb_new(loop, 16, KEEL_MB_FAIL);
+	g_per_sender = 3;
+	r = kt_spawn(loop, &seq_receiver_task, KEEL_PRIO_NORMAL);
+	r->want = 3;
+	cr_assert_eq(pthread_create(&th, NULL, counting_sender, NULL), 0);
+	kt_loop_run(loop);
+	pthread_join(th, NULL);
+	kt_expect_no_failures();
+	cr_assert_eq(g_total, 3);
+	cr_assert_geq(loop->inbox.doorbells, 1, "no doorbell was rung");
+	cr_assert_eq(g_fds_after, g_fds_before,
+		     "the sender's doorbells opened %d io_uring(s)",
+		     g_fds_after - g_fds_before);
 	keel_mailbox_release(g_mb);
 	keel_loop_destroy(loop);
 }
