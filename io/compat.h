@@ -71,6 +71,9 @@
 #ifndef IORING_NOTIF_USAGE_ZC_COPIED
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31) /* 6.2 */
 #endif
+#ifndef IORING_SEND_VECTORIZED
+#define IORING_SEND_VECTORIZED (1U << 5) /* 6.17: SEND[_ZC] of an iovec */
+#endif
 /* NOP flags (sqe->nop_flags, 2.3's rw_flags position), 6.10. */
 #ifndef IORING_NOP_INJECT_RESULT
 #define IORING_NOP_INJECT_RESULT (1U << 0) /* res = sqe->len */

@@ -52,6 +52,9 @@ enum keel__op_kind {
 	0x10 /* send_all with SEND_ZC: each send owes a                        \
 	      * notification CQE too */
 
+/* sendmsg_all as a vectored SEND or SEND_ZC (6.17). */
+#define KEEL__OP_VECTORED 0x20
+
 struct keel__op;
 struct keel__io;
 typedef void (*keel__op_cancel_fn)(struct keel__op *op);
@@ -123,6 +126,7 @@ struct keel__io_counters {
 	uint64_t bufs_lent;	   /* buffers handed to tasks */
 	uint64_t faults_injected;  /* io/inject.c */
 	uint64_t ops_refused;	   /* io/restrict.c */
+	uint64_t vec_sends;	   /* sendmsg_all as a vectored SEND */
 };
 
 /* A queued stream item: a received chunk, or an accepted fd (len). */
@@ -175,6 +179,9 @@ struct keel__io {
 	uint32_t nbufrings;
 	uint32_t zc_threshold; /* keel_send_zc() copies below this */
 	uint32_t files;	       /* direct descriptor slots registered */
+	/* sendmsg_all may go as a vectored SEND (io/ops.c): until the
+	 * kernel refuses one (before 6.17), or KEEL_SEND_VEC=0. */
+	bool send_vec;
 	/* Fault injection (io/inject.c): NULL when off, the usual case. */
 	struct keel__inject *inject;
 	/* Ring restrictions (io/restrict.c). restrict_ops: the KEEL_OPS_*
@@ -405,6 +412,11 @@ int keel__io_files(struct keel__io *io);
 
 /* Prepare the (rest of a) send_all, as SEND_ZC if the op is zero-copy. */
 void keel__prep_send(struct io_uring_sqe *sqe, struct keel__op *op);
+/* Whether a new loop's sendmsg_all should try vectored SENDs (io/ops.c). */
+bool keel__send_vec_wanted(const struct keel__io *io);
+/* A vectored SEND refused with -EINVAL: the kernel is older than 6.17.
+ * Stops trying them on this loop; the op is then sent as a SENDMSG. */
+void keel__send_vec_refused(struct keel__io *io, struct keel__op *op);
 void keel__bufring_stream_ref(struct keel_bufring *r, int delta);
 
 /* Chunk nodes (io/stream.c). */

@@ -263,6 +263,13 @@ static bool send_all_continue(struct keel__io *io, struct keel__op *op)
 static void handle_main(struct keel__io *io, struct keel__op *op, int res)
 {
 	if (op->kind == KEEL__OP_SEND_ALL) {
+		if (res == -EINVAL && (op->flags & KEEL__OP_VECTORED)) {
+			keel__send_vec_refused(io, op);
+			if (!(op->flags &
+			      (KEEL__OP_CANCEL_SENT | KEEL__OP_TIMED_OUT)) &&
+			    send_all_continue(io, op))
+				return;
+		}
 		if (res > 0) {
 			op->u.send_all.done += (size_t)res;
 			if (op->u.send_all.done < op->u.send_all.len &&

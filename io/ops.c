@@ -9,6 +9,8 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* Begin an op or return its error; binds `sqe` and `op` in the caller. */
 #define OP_BEGIN(t, opcode, kind)                                              \
@@ -238,7 +240,18 @@ void keel__prep_send(struct io_uring_sqe *sqe, struct keel__op *op)
 
 		msg_advance(msg, done - (size_t)op->res);
 		op->res = (int32_t)done;
-		if (op->flags & KEEL__OP_ZEROCOPY) {
+		if (op->flags & KEEL__OP_VECTORED) {
+			/* The iovecs themselves: no msghdr for the kernel to
+			 * copy in and parse. */
+			if (op->flags & KEEL__OP_ZEROCOPY)
+				io_uring_prep_send_zc(
+				    sqe, op->fd, msg->msg_iov, msg->msg_iovlen,
+				    flags, IORING_SEND_ZC_REPORT_USAGE);
+			else
+				io_uring_prep_send(sqe, op->fd, msg->msg_iov,
+						   msg->msg_iovlen, flags);
+			sqe->ioprio |= IORING_SEND_VECTORIZED;
+		} else if (op->flags & KEEL__OP_ZEROCOPY) {
 			io_uring_prep_sendmsg_zc(sqe, op->fd, msg,
 						 (unsigned)flags);
 			sqe->ioprio |= IORING_SEND_ZC_REPORT_USAGE;
@@ -264,8 +277,12 @@ static int send_all_start(struct keel_task *t, int fd, const void *buf,
 	bool zc = allow_zc && len >= io->zc_threshold &&
 		  keel_loop_has_op(t->loop, msg ? IORING_OP_SENDMSG_ZC
 						: IORING_OP_SEND_ZC) > 0;
-	uint8_t opcode = msg ? (zc ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG)
-			     : (zc ? IORING_OP_SEND_ZC : IORING_OP_SEND);
+	uint8_t single = zc ? IORING_OP_SEND_ZC : IORING_OP_SEND;
+	bool vec = msg && io->send_vec && !msg->msg_name && !msg->msg_control &&
+		   keel_loop_has_op(t->loop, single) > 0;
+	uint8_t opcode = msg && !vec
+			     ? (zc ? IORING_OP_SENDMSG_ZC : IORING_OP_SENDMSG)
+			     : single;
 
 	/* Results are ints and SQE lengths 32 bits: refuse, never send
 	 * part of it and report a broken pipe. */
@@ -284,8 +301,39 @@ static int send_all_start(struct keel_task *t, int fd, const void *buf,
 		op->flags |= KEEL__OP_ZEROCOPY;
 		io->count.zc_sends++;
 	}
+	if (vec) {
+		op->flags |= KEEL__OP_VECTORED;
+		io->count.vec_sends++;
+	}
 	keel__prep_send(sqe, op);
 	return keel__op_commit(t, op, sqe);
+}
+
+/*
+ * A vectored SEND (6.17) has no probe bit, so it is tried until a kernel
+ * refuses one: since 6.10 (FEAT_RECVSEND_BUNDLE) a send with an unknown
+ * ioprio flag fails its prep with -EINVAL before touching the socket, so
+ * the retry as a SENDMSG is exact. Older kernels may not check the flag
+ * (and would send the iovec array itself), so they never get one; nor do
+ * backends (backend.h), which execute SENDMSG. KEEL_SEND_VEC=0 turns it
+ * off (tests of the fallback, A/B runs).
+ */
+bool keel__send_vec_wanted(const struct keel__io *io)
+{
+	const char *env = getenv("KEEL_SEND_VEC");
+
+	if (env && !strcmp(env, "0"))
+		return false;
+	return !io->backend && (io->features & IORING_FEAT_RECVSEND_BUNDLE);
+}
+
+void keel__send_vec_refused(struct keel__io *io, struct keel__op *op)
+{
+	io->send_vec = false;
+	io->count.vec_sends--;
+	op->flags &= (uint8_t)~KEEL__OP_VECTORED;
+	op->opcode = op->flags & KEEL__OP_ZEROCOPY ? IORING_OP_SENDMSG_ZC
+						   : IORING_OP_SENDMSG;
 }
 
 int keel_send_all(struct keel_task *t, int fd, const void *buf, size_t len,

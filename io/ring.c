@@ -240,6 +240,7 @@ ready:
 	io->features = io->ring.features;
 	io->sq_entries = io->ring.sq.ring_entries;
 	io->cq_entries = io->ring.cq.ring_entries;
+	io->send_vec = keel__send_vec_wanted(io);
 	if (!(io->features & IORING_FEAT_NODROP))
 		note_downgrade(io, "no FEAT_NODROP (needs Linux 5.5): a CQ "
 				   "overflow could lose completions");

@@ -27,6 +27,10 @@
  *   the buffer may be overwritten at once; the copy path below the
  *   threshold and for keel_send_all; keel_sendmsg_all over many iovecs
  *   with short sends, copying and zero-copy;
+ * - keel_sendmsg_all as a vectored SEND (6.17+): used where the kernel
+ *   has it, a SENDMSG with KEEL_SEND_VEC=0, on the epoll backend and after
+ *   a refusal (an injected -EINVAL, as an older kernel answers), every
+ *   byte checked;
  * - splice socket -> pipe -> socket, and tee;
  * - 10,000 concurrent connections echoing one message each (the clients
  *   in a forked child with its own descriptor limit), with a normal ring
@@ -51,6 +55,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -59,11 +64,13 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "helpers/keel_test.h"
+#include "io.h"
 
 #define KIB ((size_t)1024)
 #define MIB ((size_t)1024 * 1024)
@@ -2079,11 +2086,18 @@ static int have_send_zc(struct keel_loop *loop, int msg)
  * before the peer reads must not deadlock the test); the buffer is
  * overwritten as soon as the await returns.
  */
+/* For run_zc: the loop's options and a fault spec (NULL: none); what its
+ * loop did with vectored sends. */
+static const struct keel_loop_opts *g_zc_opts;
+static const char *g_zc_faults;
+static uint64_t g_vec_sends;
+static bool g_send_vec;
+
 static void run_zc(int kind, size_t len, size_t threshold, int sndbuf,
 		   int rcvbuf, uint64_t wait_ms, const size_t *iov_sizes,
 		   unsigned niov)
 {
-	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_loop *loop = kt_loop_new(g_zc_opts);
 	struct reader rd;
 	struct zc_tx *z;
 	int fds[2];
@@ -2092,6 +2106,8 @@ static void run_zc(int kind, size_t len, size_t threshold, int sndbuf,
 	set_bufs(fds[1], sndbuf, 0);
 	set_bufs(fds[0], 0, rcvbuf);
 	keel_loop_set_zc_threshold(loop, threshold);
+	if (g_zc_faults)
+		cr_assert_eq(keel_loop_inject_faults(loop, g_zc_faults, 1), 0);
 	z = kt_spawn(loop, &zc_tx_task, KEEL_PRIO_NORMAL);
 	z->kind = kind;
 	z->fd = fds[1];
@@ -2125,6 +2141,8 @@ static void run_zc(int kind, size_t len, size_t threshold, int sndbuf,
 	cr_assert_eq(g_zc.res, (int)len, "send: %d", g_zc.res);
 	cr_assert_eq(g_zc.close, 0);
 	g_ls = kt_stats(loop);
+	g_vec_sends = keel__io_of(loop)->count.vec_sends;
+	g_send_vec = keel__io_of(loop)->send_vec;
 	close(fds[0]);
 	free(buf);
 	keel_loop_destroy(loop);
@@ -2219,6 +2237,98 @@ Test(netfast, sendmsg_all_small_batch_with_empty_iovecs, .timeout = 30)
 
 	run_zc(SENDMSG, 384, SIZE_MAX, 0, 0, 0, small, 11);
 	run_zc(SENDMSG, 384, 1, 0, 0, 0, small, 11);
+}
+
+static int have_send_zc_now(void)
+{
+	struct keel_loop *probe = kt_loop_new(NULL);
+	int zc = have_send_zc(probe, 0);
+
+	keel_loop_destroy(probe);
+	return zc;
+}
+
+/* Whether the running kernel is 6.17 or later (vectored SEND). */
+static bool kernel_has_send_vec(void)
+{
+	struct utsname u;
+	unsigned major = 0, minor = 0;
+
+	cr_assert_eq(uname(&u), 0);
+	sscanf(u.release, "%u.%u", &major, &minor);
+	return major > 6 || (major == 6 && minor >= 17);
+}
+
+Test(netfast, sendmsg_all_is_a_vectored_send_where_the_kernel_has_it,
+     .timeout = 30)
+{
+	static const size_t small[] = {0, 5, 1, 0, 300, 12, 0, 0, 64, 2, 0};
+
+	/* Short sends resuming inside iovecs, then a small batch. */
+	run_zc(SENDMSG, iov_total(), SIZE_MAX, 4096, 0, 0, g_iovs, 16);
+	if (!kernel_has_send_vec()) {
+		cr_log_warn("kernel before 6.17: vectored sends refused");
+		cr_assert_eq(g_vec_sends, 0);
+		cr_assert(!g_send_vec);
+		return;
+	}
+	cr_assert(g_send_vec, "6.17+ refused a vectored send");
+	cr_assert_eq(g_vec_sends, 1, "%lu vectored sends",
+		     (unsigned long)g_vec_sends);
+	cr_assert_gt(g_zc.after.sqes - g_zc.before.sqes, 2,
+		     "no short send happened");
+	run_zc(SENDMSG, 384, SIZE_MAX, 0, 0, 0, small, 11);
+	cr_assert_eq(g_vec_sends, 1);
+	/* From the zero-copy threshold: a vectored SEND_ZC. */
+	run_zc(SENDMSG, iov_total(), 1, 4096, 0, 0, g_iovs, 16);
+	cr_assert(g_send_vec, "6.17+ refused a vectored SEND_ZC");
+	cr_assert_eq(g_vec_sends, 1);
+	if (have_send_zc_now())
+		cr_assert_gt(g_ls.zc_sends, 0, "it did not go zero-copy");
+}
+
+Test(netfast, sendmsg_all_with_send_vec_off_is_a_sendmsg, .timeout = 30)
+{
+	cr_assert_eq(setenv("KEEL_SEND_VEC", "0", 1), 0);
+	run_zc(SENDMSG, iov_total(), SIZE_MAX, 4096, 0, 0, g_iovs, 16);
+	unsetenv("KEEL_SEND_VEC");
+	cr_assert_eq(g_vec_sends, 0, "KEEL_SEND_VEC=0: %lu vectored sends",
+		     (unsigned long)g_vec_sends);
+	cr_assert(!g_send_vec);
+}
+
+Test(netfast, sendmsg_all_on_the_epoll_backend_is_a_sendmsg, .timeout = 30)
+{
+	struct keel_loop_opts opts = {.backend = KEEL_BACKEND_EPOLL};
+
+	g_zc_opts = &opts;
+	run_zc(SENDMSG, iov_total(), SIZE_MAX, 4096, 0, 0, g_iovs, 16);
+	g_zc_opts = NULL;
+	cr_assert_eq(g_vec_sends, 0);
+	cr_assert(!g_send_vec);
+}
+
+Test(netfast, sendmsg_all_refused_vectored_send_goes_again_as_sendmsg,
+     .timeout = 30)
+{
+	struct keel_loop *probe = kt_loop_new(NULL);
+	int err = keel_loop_inject_faults(probe, "send:EINVAL", 1);
+	bool tried = keel__io_of(probe)->send_vec;
+
+	keel_loop_destroy(probe);
+	if (err == -EOPNOTSUPP || !tried) {
+		cr_log_warn("no fault injection or no vectored send here");
+		return;
+	}
+	/* What a kernel before 6.17 answers: the first send is refused,
+	 * sent again as a SENDMSG (which the rule does not match), and no
+	 * other vectored send is tried on this loop. */
+	g_zc_faults = "send:EINVAL";
+	run_zc(SENDMSG, iov_total(), SIZE_MAX, 4096, 0, 0, g_iovs, 16);
+	g_zc_faults = NULL;
+	cr_assert_eq(g_ls.faults_injected, 1);
+	cr_assert_eq(g_vec_sends, 0);
+	cr_assert(!g_send_vec);
 }
 
 /*
