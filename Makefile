@@ -329,7 +329,8 @@ $(NATS_SHARED): $(NATS_OBJ) keel-nats.map $(SHARED)
 		$(BUILD)/libkeel-nats.so.$(SOVERSION)
 	$(Q)ln -sf libkeel-nats.so.$(SOVERSION) $(BUILD)/libkeel-nats.so
 
-# test_nats links libkeel-nats (and so cnats); no other test does.
+# test_nats and mt_nats link libkeel-nats (and so cnats); no other test
+# does.
 $(BUILD)/test/test_nats: test/test_nats.c $(TEST_HELPERS) \
 		$(TEST_HELPER_HEADERS) $(NATS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
@@ -337,6 +338,13 @@ $(BUILD)/test/test_nats: test/test_nats.c $(TEST_HELPERS) \
 	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
 		$(TEST_HELPERS) $(NATS_STATIC) $(STATIC) -lcriterion \
 		$(NATS_LIBS) $(LIBS) -lm
+
+$(BUILD)/test/mt_nats: test/mt_nats.c $(PLAIN_HELPERS) \
+		$(TEST_HELPER_HEADERS) $(NATS_STATIC) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
+		$(PLAIN_HELPERS) $(NATS_STATIC) $(STATIC) $(NATS_LIBS) $(LIBS)
 
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
 		$(HTTP_STATIC) $(TLS_STATIC) $(STATIC)
