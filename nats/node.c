@@ -704,7 +704,7 @@ static void driver_events(struct keel_node *n)
 {
 	unsigned ev = atomic_exchange(&n->events, 0);
 
-	if (ev & EV_CONNECTED)
+	if ((ev & EV_CONNECTED) && atomic_load(&n->state) != KEEL_NODE_CLOSED)
 		set_state(n, KEEL_NODE_CONNECTED);
 	if (ev & EV_DISCONNECT) {
 		count(&n->c.disconnects);
@@ -902,6 +902,8 @@ static int close_job(void *arg)
 		for (int i = 0; i < 5000 && !atomic_load(&n->closed_cb); i++)
 			usleep(1000);
 	}
+	/* As connect_job: the state holds when keel_node_close returns. */
+	atomic_store(&n->state, KEEL_NODE_CLOSED);
 	post(n, EV_CLOSED);
 	return 0;
 }
