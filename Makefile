@@ -104,6 +104,15 @@ INC_tls := -Itls
 TLS_LIBS := -lssl -lcrypto
 TLS_STATIC := $(BUILD)/libkeel-tls.a
 TLS_SHARED := $(BUILD)/libkeel-tls.so.$(VERSION)
+# libkeel-nats (nats/, keel/node.h): remote actors over NATS, the same way:
+# keel's public API only, and Debian's cnats (libnats-dev), which no other
+# library links.
+NATS_SRC := $(wildcard nats/*.c)
+NATS_OBJ := $(NATS_SRC:%.c=$(BUILD)/obj/%.o)
+INC_nats := -Inats
+NATS_LIBS := -lnats
+NATS_STATIC := $(BUILD)/libkeel-nats.a
+NATS_SHARED := $(BUILD)/libkeel-nats.so.$(VERSION)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 # An example of several files is a folder: examples/NAME/*.c -> NAME.
 EXAMPLE_DIRS := $(patsubst examples/%/,%,$(sort $(dir $(wildcard examples/*/*.c))))
@@ -163,6 +172,7 @@ all: lib examples tools man
 
 lib: $(STATIC) $(SHARED) $(HTTP_STATIC) $(HTTP_SHARED) $(TLS_STATIC) \
 	$(TLS_SHARED)
+lib: $(NATS_STATIC) $(NATS_SHARED)
 examples: $(EXAMPLES)
 tools: $(TOOLS)
 tests: $(TESTS) $(MT_TESTS)
@@ -306,6 +316,36 @@ $(BUILD)/tools/keel-sim: $(SIM_OBJ) $(TRACE_READER_OBJ) $(STATIC)
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(SIM_OBJ) $(TRACE_READER_OBJ) \
 		$(STATIC) $(LIBS) -lm
 
+$(NATS_STATIC): $(NATS_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(NATS_SHARED): $(NATS_OBJ) keel-nats.map $(SHARED)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -shared -Wl,-soname,libkeel-nats.so.$(SOVERSION) \
+		-Wl,--version-script=keel-nats.map $(SO_DEFS) $(LDFLAGS) \
+		-o $@ $(NATS_OBJ) -L$(BUILD) -lkeel $(NATS_LIBS) $(LIBS)
+	$(Q)ln -sf libkeel-nats.so.$(VERSION) \
+		$(BUILD)/libkeel-nats.so.$(SOVERSION)
+	$(Q)ln -sf libkeel-nats.so.$(SOVERSION) $(BUILD)/libkeel-nats.so
+
+# test_nats and mt_nats link libkeel-nats (and so cnats); no other test
+# does.
+$(BUILD)/test/test_nats: test/test_nats.c $(TEST_HELPERS) \
+		$(TEST_HELPER_HEADERS) $(NATS_STATIC) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
+		$(TEST_HELPERS) $(NATS_STATIC) $(STATIC) -lcriterion \
+		$(NATS_LIBS) $(LIBS) -lm
+
+$(BUILD)/test/mt_nats: test/mt_nats.c $(PLAIN_HELPERS) \
+		$(TEST_HELPER_HEADERS) $(NATS_STATIC) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(INC_test) $(CFLAGS) $(LDFLAGS) -o $@ $< \
+		$(PLAIN_HELPERS) $(NATS_STATIC) $(STATIC) $(NATS_LIBS) $(LIBS)
+
 $(BUILD)/test/%: test/%.c $(TEST_HELPERS) $(TEST_HELPER_HEADERS) \
 		$(HTTP_STATIC) $(TLS_STATIC) $(STATIC)
 	@mkdir -p $(dir $@)
@@ -334,11 +374,11 @@ $(BUILD)/test/test_resolve $(BUILD)/test/mt_resolve: private LDFLAGS += \
 # libkeel-http and libkeel-tls see only the public headers (their include
 # paths); at link level, neither may reference one of libkeel's internal
 # keel__* symbols.
-check-layers: $(LIB_OBJ) $(HTTP_OBJ) $(TLS_OBJ)
+check-layers: $(LIB_OBJ) $(HTTP_OBJ) $(TLS_OBJ) $(NATS_OBJ)
 	$(Q)LAYERS="$(LAYERS)" sh tools/check-layers.sh $(LIB_OBJ)
 	$(Q)nm -g --defined-only $(LIB_OBJ) | awk '$$3 ~ /^keel__/ { print $$3 }' | \
 		sort -u >$(BUILD)/keel-internal.syms
-	$(Q)for o in $(HTTP_OBJ) $(TLS_OBJ); do \
+	$(Q)for o in $(HTTP_OBJ) $(TLS_OBJ) $(NATS_OBJ); do \
 		nm -u $$o | awk '{ print $$2 }' | sort -u | \
 		comm -12 - $(BUILD)/keel-internal.syms | \
 		sed "s|^|check-layers: $$o uses libkeel's internal |"; \
@@ -481,6 +521,15 @@ install: lib man
 	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
 		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
 		keel-tls.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel-tls.pc
+	$(Q)install -m 644 $(NATS_STATIC) $(DESTDIR)$(libdir)/libkeel-nats.a
+	$(Q)install -m 755 $(NATS_SHARED) \
+		$(DESTDIR)$(libdir)/libkeel-nats.so.$(VERSION)
+	$(Q)ln -sf libkeel-nats.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/libkeel-nats.so.$(SOVERSION)
+	$(Q)ln -sf libkeel-nats.so.$(SOVERSION) $(DESTDIR)$(libdir)/libkeel-nats.so
+	$(Q)sed -e 's|@prefix@|$(prefix)|' -e 's|@libdir@|$(libdir)|' \
+		-e 's|@includedir@|$(includedir)|' -e 's|@VERSION@|$(VERSION)|' \
+		keel-nats.pc.in > $(DESTDIR)$(libdir)/pkgconfig/keel-nats.pc
 
 uninstall:
 	$(Q)rm -f $(DESTDIR)$(includedir)/keel.h \
@@ -499,6 +548,11 @@ uninstall:
 		$(DESTDIR)$(libdir)/libkeel-tls.so.$(SOVERSION) \
 		$(DESTDIR)$(libdir)/libkeel-tls.so.$(VERSION) \
 		$(DESTDIR)$(libdir)/pkgconfig/keel-tls.pc \
+		$(DESTDIR)$(libdir)/libkeel-nats.a \
+		$(DESTDIR)$(libdir)/libkeel-nats.so \
+		$(DESTDIR)$(libdir)/libkeel-nats.so.$(SOVERSION) \
+		$(DESTDIR)$(libdir)/libkeel-nats.so.$(VERSION) \
+		$(DESTDIR)$(libdir)/pkgconfig/keel-nats.pc \
 		$(addprefix $(DESTDIR)$(mandir)/,$(MAN_FILES))
 	$(Q)rmdir $(DESTDIR)$(includedir)/keel 2>/dev/null || true
 
@@ -511,5 +565,6 @@ format-check:
 clean:
 	$(Q)rm -rf build
 
+-include $(NATS_OBJ:.o=.d)
 -include $(LIB_OBJ:.o=.d) $(HTTP_OBJ:.o=.d) $(TLS_OBJ:.o=.d) $(TRACE_OBJ:.o=.d) \
 	$(SIM_OBJ:.o=.d)

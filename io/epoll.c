@@ -727,6 +727,7 @@ static bool uses_file(unsigned opcode)
 	case IORING_OP_FSYNC:
 	case IORING_OP_SPLICE:
 	case IORING_OP_TEE:
+	case IORING_OP_POLL_ADD:
 		return true;
 	default:
 		return false;
@@ -1401,6 +1402,16 @@ static struct result exec(struct ep_op *op)
 	case IORING_OP_TEE:
 		out.res = exec_splice(op, &out);
 		break;
+	case IORING_OP_POLL_ADD: {
+		/* Park on one direction, as every op here does: POLLIN
+		 * when asked for, else POLLOUT (keel_poll(3) says so). */
+		struct pollfd p = {op->fd, (short)sqe->poll32_events, 0};
+		int n = poll(&p, 1, 0);
+
+		out.res = n < 0 ? -errno : n ? p.revents : -EAGAIN;
+		out.events = p.events & POLLIN ? EPOLLIN : EPOLLOUT;
+		break;
+	}
 	default:
 		out.res = -EINVAL;
 		break;
@@ -1686,7 +1697,7 @@ static const uint8_t executed_ops[] = {
     IORING_OP_SEND,	  IORING_OP_RECV,	  IORING_OP_SHUTDOWN,
     IORING_OP_MSG_RING,	  IORING_OP_SOCKET,	  IORING_OP_SEND_ZC,
     IORING_OP_SENDMSG_ZC, IORING_OP_SPLICE,	  IORING_OP_TEE,
-    IORING_OP_RECVMSG,
+    IORING_OP_RECVMSG,	  IORING_OP_POLL_ADD,
 };
 
 static void free_memory(struct ep_ring *r)

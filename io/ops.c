@@ -397,6 +397,14 @@ int keel_tee(struct keel_task *t, int fd_in, int fd_out, unsigned len,
 	return keel__op_commit(t, op, sqe);
 }
 
+int keel_poll(struct keel_task *t, int fd, unsigned events)
+{
+	OP_BEGIN(t, IORING_OP_POLL_ADD, KEEL__OP_KERNEL);
+	io_uring_prep_poll_add(sqe, fd, events);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
 int keel__poll_in(struct keel_task *t, int fd)
 {
 	OP_BEGIN(t, IORING_OP_POLL_ADD, KEEL__OP_KERNEL);

@@ -152,4 +152,24 @@ decls "$dir/tls.i" include/keel/tls.h | sort -u >"$dir/tls_hdr"
 same tls_map tls_nm "keel-tls.map = nm -D $(basename "$so")"
 same tls_nm tls_hdr "nm -D $(basename "$so") = functions declared in include/keel/tls.h"
 only keel_tls_ tls_map tls_nm tls_hdr
+
+# ---- libkeel-nats: keel-nats.map = nm -D libkeel-nats.so = keel/node.h --
+so=$(ls "$BUILD"/libkeel-nats.so.*.*.* 2>/dev/null | head -n 1)
+if [ -z "$so" ]; then
+	bad "no $BUILD/libkeel-nats.so.*.*.* (run make first)"
+	finish
+fi
+grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-nats.map | tr -d ' \t;' |
+	sort -u >"$dir/nats_map"
+nm -D --defined-only "$so" | awk '$2 != "A" { sub(/@.*/, "", $3); print $3 }' |
+	sort -u >"$dir/nats_nm"
+if ! $CC -E -D_GNU_SOURCE -Iinclude include/keel/node.h >"$dir/nats.i"; then
+	bad "preprocessing include/keel/node.h"
+fi
+decls "$dir/nats.i" include/keel/node.h | sort -u >"$dir/nats_hdr"
+[ -s "$dir/nats_hdr" ] && ok "keel/node.h declares functions" ||
+	bad "no function found in keel/node.h"
+same nats_map nats_nm "keel-nats.map = nm -D $(basename "$so")"
+same nats_nm nats_hdr "nm -D $(basename "$so") = functions declared in include/keel/node.h"
+only keel_node_ nats_map nats_nm nats_hdr
 finish

@@ -7,7 +7,8 @@
  * with a recv in flight (a zombie until the kernel returns the op; also with
  * a linked timeout, and joined by its parent), a refused connection, an
  * accept that times out, and an op deadline taken by a send that ends at
- * once (it does not move on to the next op).
+ * once (it does not move on to the next op), and keel_poll on both
+ * backends.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -15,6 +16,7 @@
 #include <fcntl.h>
 #include <keel.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -654,4 +656,85 @@ Test(io_net, op_timeout_is_taken_by_an_op_that_ends_at_once, .timeout = 10)
 	close(fds[0]);
 	close(fds[1]);
 	keel_loop_destroy(loop);
+}
+
+/*
+ * keel_poll (one POLL_ADD), on io_uring and on the epoll backend: a
+ * connected socket is writable at once; readable only once the peer
+ * wrote, and the poll waits until then (the peer writes from a second
+ * task after the first poll was queued); keel_poll never reads.
+ */
+static int g_poll_out, g_poll_in, g_poll_after;
+
+struct poller {
+	struct keel_task task;
+	int fd;
+	int peer;
+};
+
+struct poke {
+	struct keel_task task;
+	int fd;
+};
+
+static int poke_step(struct keel_task *t)
+{
+	struct poke *p = keel_container_of(t, struct poke, task);
+
+	KEEL_BEGIN(t);
+	KEEL_YIELD(t);
+	cr_assert_eq(g_poll_in, -1, "the poll ended before the peer wrote");
+	cr_assert_eq(write(p->fd, "x", 1), 1);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(poke_task, struct poke, task, poke_step);
+
+static int poller_step(struct keel_task *t)
+{
+	struct poller *p = keel_container_of(t, struct poller, task);
+	struct poke *k;
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_poll(t, p->fd, POLLOUT));
+	g_poll_out = keel_res(t);
+	k = keel_spawn(keel_task_loop(t), &poke_task, KEEL_PRIO_NORMAL);
+	cr_assert(k);
+	k->fd = p->peer;
+	g_poll_in = -1;
+	KEEL_AWAIT(t, keel_poll(t, p->fd, POLLIN));
+	g_poll_in = keel_res(t);
+	KEEL_AWAIT(t, keel_poll(t, p->fd, POLLIN));
+	g_poll_after = keel_res(t); /* the byte is still there */
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(poller_task, struct poller, task, poller_step);
+
+static void poll_on(unsigned backend)
+{
+	struct keel_loop_opts o = {.backend = backend};
+	struct keel_loop *loop = kt_loop_new(&o);
+	struct poller *p = kt_spawn(loop, &poller_task, KEEL_PRIO_NORMAL);
+	int fds[2];
+
+	kt_tcp_pair(fds);
+	p->fd = fds[0];
+	p->peer = fds[1];
+	kt_loop_run(loop);
+	cr_assert(g_poll_out & POLLOUT, "POLLOUT: %d", g_poll_out);
+	cr_assert(g_poll_in > 0 && (g_poll_in & POLLIN), "POLLIN: %d",
+		  g_poll_in);
+	cr_assert(g_poll_after & POLLIN);
+	keel_loop_destroy(loop);
+	close(fds[0]);
+	close(fds[1]);
+}
+
+Test(io_net, poll_waits_for_readiness_io_uring, .timeout = 10)
+{
+	poll_on(KEEL_BACKEND_IO_URING);
+}
+
+Test(io_net, poll_waits_for_readiness_epoll, .timeout = 10)
+{
+	poll_on(KEEL_BACKEND_EPOLL);
 }

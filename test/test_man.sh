@@ -158,6 +158,25 @@ else
 	fi
 fi
 
+# ---- coverage: libkeel-nats (keel-nats.map, keel/node.h) ----
+so=$(ls "$BUILD"/libkeel-nats.so.*.*.* 2>/dev/null | head -n 1)
+if [ -z "$so" ]; then
+	bad "no $BUILD/libkeel-nats.so.*.*.* (run make first)"
+else
+	nm -D --defined-only "$so" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
+		sort -u >"$dir/exported_nats"
+	grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-nats.map |
+		tr -d ' \t;' | sort -u >>"$dir/exported_nats"
+	sort -u -o "$dir/exported_nats" "$dir/exported_nats"
+	miss=$(comm -23 "$dir/exported_nats" "$dir/names")
+	if [ -z "$miss" ]; then
+		ok "every exported function of keel/node.h (libkeel-nats) is on a page's NAME line"
+	else
+		bad "exported functions of keel/node.h (libkeel-nats) on no page's NAME line:"
+		printf '%s\n' "$miss" | sed 's/^/  /'
+	fi
+fi
+
 # ---- rendering ----
 built=0
 for page in "$BUILD"/man/man[37]/*.[37]; do

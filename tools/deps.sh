@@ -7,10 +7,11 @@
 # (libclang_rt.fuzzer, in libclang-rt-dev). `deps.sh bench`: also what
 # `make bench`'s TLS part needs (h2load, from nghttp2-client: full TLS
 # handshakes; the openssl tool: the certificate and the probe).
+# libnats-dev (cnats) builds libkeel-nats; nats-server runs its tests.
 set -eu
 PKGS="build-essential pkg-config liburing-dev libjemalloc-dev libcriterion-dev
 python3 python3-prometheus-client scdoc man-db libhttp-parser-dev curl wrk
-libssl-dev openssl"
+libssl-dev openssl libnats-dev nats-server"
 if [ "${1:-}" = fuzz ]; then
 	PKGS="$PKGS clang libclang-rt-dev"
 fi

@@ -256,6 +256,17 @@ int keel_splice(struct keel_task *t, int fd_in, int64_t off_in, int fd_out,
 int keel_tee(struct keel_task *t, int fd_in, int fd_out, unsigned len,
 	     unsigned flags);
 
+/*
+ * Await readiness of `fd` for `events` (POLLIN, POLLOUT, ...: poll(2)'s
+ * bits), one IORING_OP_POLL_ADD: for a library that drives someone else's
+ * socket (a client library's event-loop adapter) and must only learn when
+ * to call it. Result: the ready events (POLLERR and POLLHUP may come
+ * unasked), or -errno. The epoll backend waits for one of POLLIN and
+ * POLLOUT at a time, as its other ops do.
+ * Ownership: nothing changes hands; `fd` stays the caller's.
+ */
+int keel_poll(struct keel_task *t, int fd, unsigned events);
+
 /* ---- buf ---- */
 /*
  * the fast network path: provided-buffer rings, multishot recv

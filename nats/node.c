@@ -1,0 +1,1034 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * nats/node.c: a node (keel/node.h): cnats driven by a keel loop through
+ * cnats's event-loop adapter, served names, tells, asks and replies, and
+ * the node's counters.
+ *
+ * Who runs where. With natsOptions_SetEventLoop cnats has no reader or
+ * flusher thread: it asks the adapter (attach / read / write / detach,
+ * below) to watch its socket, and the loop calls
+ * natsConnection_ProcessReadEvent / ProcessWriteEvent when the ring says
+ * the socket is ready. The driver task does that: it selects over a
+ * POLLIN and a POLLOUT keel_poll() of the socket and the node's control
+ * mailbox. Served names and ask inboxes are synchronous subscriptions,
+ * which have no delivery thread: the driver drains them with
+ * natsSubscription_NextMsg(0) after each read, so a message goes from the
+ * socket to a served mailbox without leaving the loop's thread.
+ *
+ * cnats still runs three kinds of threads of its own: the timer thread
+ * (pings; a ping queues bytes, so it calls the write callback), the
+ * reconnect thread while the server is away (it connects, then calls
+ * attach), and the thread that runs the connection callbacks
+ * (disconnected, reconnected, closed, errors such as slow consumer).
+ * keel_node_connect/close add a blocking-pool thread for cnats's blocking
+ * connect and close. None of them calls a loop-thread function: they set
+ * bits in node->events and, when the bits were clear, send one wake-up
+ * into the control mailbox (keel_mb_try_send: never waits; a full box
+ * would be counted in wake_drops, but one wake-up at most is in it).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <linux/io_uring.h>
+#include <nats/nats.h>
+
+#include <keel/io.h>
+#include <keel/loop.h>
+#include <keel/node.h>
+#include <keel/select.h>
+#include <keel/sync.h>
+#include <keel/task.h>
+
+/* keel's header in front of every payload: magic, version, type,
+ * generation, request id; little endian. */
+#define HDR_LEN	    16
+#define HDR_MAGIC   0x4b /* 'K' */
+#define HDR_VERSION 1
+
+/* node->events: what cnats's threads tell the driver. */
+#define EV_IO	      0x1u /* the socket or what to watch changed */
+#define EV_DISCONNECT 0x2u
+#define EV_RECONNECT  0x4u
+#define EV_CLOSED     0x8u
+#define EV_CONNECTED  0x10u
+#define EV_STOP	      0x20u
+
+struct served {
+	struct served *next;
+	char *name;
+	natsSubscription *sub;
+	struct keel_mailbox *mb;
+};
+
+/* An ask waiting for its reply: its own inbox subscription, so that a
+ * no-responders status (which NextMsg reports without the message) is
+ * known to be this ask's. */
+struct pending {
+	struct pending *next;
+	natsSubscription *sub;
+	struct keel_oneshot *os; /* the node's reference */
+};
+
+struct counters {
+	_Atomic uint64_t disconnects, reconnects, tells, asks, send_nobufs,
+	    send_failed, ask_timeouts, ask_no_resp, received, dropped,
+	    slow_consumer, wake_drops;
+};
+
+struct keel_node {
+	struct keel_loop *loop;
+	natsOptions *opts;
+	_Atomic(natsConnection *) nc;
+	struct keel_mailbox *ctl;
+	char *name;
+	keel_node_state_fn on_state;
+	void *state_arg;
+	uint64_t rc_min_ms, rc_max_ms;
+	uint32_t pending_msgs, pending_bytes;
+	_Atomic unsigned events;
+	_Atomic int fd;
+	_Atomic bool want_read, want_write;
+	_Atomic int state;
+	_Atomic bool closed_cb;	       /* cnats ran its closed callback */
+	enum keel_node_state reported; /* to on_state; loop thread */
+	struct served *served;
+	struct pending *asks;
+	uint64_t next_req;
+	uint32_t generation;
+	int refs; /* the owner's and the driver's; loop thread */
+	bool stopping;
+	bool closed_once;
+	unsigned char *scratch; /* header + payload being published */
+	size_t scratch_len;
+	struct counters c;
+};
+
+static void count(_Atomic uint64_t *c)
+{
+	atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
+static uint64_t load(const _Atomic uint64_t *c)
+{
+	return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+static int errno_of(natsStatus s)
+{
+	switch (s) {
+	case NATS_OK:
+		return 0;
+	case NATS_INSUFFICIENT_BUFFER:
+		return -ENOBUFS;
+	case NATS_CONNECTION_CLOSED:
+	case NATS_CONNECTION_DISCONNECTED:
+	case NATS_NO_RESPONDERS:
+		return -EPIPE;
+	case NATS_NO_SERVER:
+		return -ECONNREFUSED;
+	case NATS_TIMEOUT:
+		return -ETIMEDOUT;
+	case NATS_NO_MEMORY:
+		return -ENOMEM;
+	case NATS_INVALID_ARG:
+	case NATS_INVALID_SUBJECT:
+		return -EINVAL;
+	case NATS_MAX_PAYLOAD:
+		return -EMSGSIZE;
+	default:
+		return -EIO;
+	}
+}
+
+/* From any thread: set `bits` and wake the driver unless a wake-up is
+ * already on its way (the bits were set). */
+static void post(struct keel_node *n, unsigned bits)
+{
+	if (atomic_fetch_or(&n->events, bits))
+		return;
+	if (keel_mb_try_send(n->ctl, n) < 0)
+		count(&n->c.wake_drops);
+}
+
+/* ---- cnats's event-loop adapter: any cnats thread, or the loop's ---- */
+
+static natsStatus ev_attach(void **user, void *loop, natsConnection *nc,
+			    natsSock sock)
+{
+	struct keel_node *n = loop;
+
+	*user = n;
+	atomic_store(&n->nc, nc);
+	atomic_store(&n->fd, (int)sock);
+	atomic_store(&n->want_read, true);
+	post(n, EV_IO);
+	return NATS_OK;
+}
+
+static natsStatus ev_read(void *user, bool add)
+{
+	struct keel_node *n = user;
+
+	atomic_store(&n->want_read, add);
+	post(n, EV_IO);
+	return NATS_OK;
+}
+
+static natsStatus ev_write(void *user, bool add)
+{
+	struct keel_node *n = user;
+
+	/* A publish from the loop asks for a write each time the buffer
+	 * was empty: the wake-up is the driver's cue to flush the batch. */
+	atomic_store(&n->want_write, add);
+	if (add)
+		post(n, EV_IO);
+	return NATS_OK;
+}
+
+static natsStatus ev_detach(void *user)
+{
+	struct keel_node *n = user;
+
+	/* cnats closes the socket after this: the driver's polls of it
+	 * must go, which the wake-up makes it do. */
+	atomic_store(&n->fd, -1);
+	atomic_store(&n->want_write, false);
+	post(n, EV_IO);
+	return NATS_OK;
+}
+
+static void on_disconnected(natsConnection *nc, void *arg)
+{
+	(void)nc;
+	post(arg, EV_DISCONNECT);
+}
+
+static void on_reconnected(natsConnection *nc, void *arg)
+{
+	(void)nc;
+	post(arg, EV_RECONNECT);
+}
+
+static void on_closed(natsConnection *nc, void *arg)
+{
+	struct keel_node *n = arg;
+
+	(void)nc;
+	post(n, EV_CLOSED);
+	/* The last callback of a closed connection: close_job waits for
+	 * it, so that none runs on a freed node. */
+	atomic_store(&n->closed_cb, true);
+}
+
+static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err,
+		     void *arg)
+{
+	struct keel_node *n = arg;
+
+	(void)nc;
+	(void)sub;
+	if (err == NATS_SLOW_CONSUMER)
+		count(&n->c.slow_consumer);
+}
+
+/* Exponential backoff from reconnect_min up to reconnect_max (cnats
+ * calls it after a round of failed attempts, from its reconnect thread). */
+static int64_t reconnect_delay(natsConnection *nc, int attempts, void *arg)
+{
+	struct keel_node *n = arg;
+	uint64_t ms = n->rc_min_ms;
+
+	(void)nc;
+	for (int i = 1; i < attempts && ms < n->rc_max_ms; i++)
+		ms *= 2;
+	return (int64_t)(ms < n->rc_max_ms ? ms : n->rc_max_ms);
+}
+
+/* ---- messages ---- */
+
+static void put16(unsigned char *p, uint16_t v)
+{
+	p[0] = (unsigned char)v;
+	p[1] = (unsigned char)(v >> 8);
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le(const unsigned char *p, int bytes)
+{
+	uint64_t v = 0;
+
+	for (int i = bytes - 1; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* Wrap a received natsMsg. A payload without keel's header (a plain NATS
+ * client's) is passed whole, with type 0. */
+static struct keel_node_msg *wrap(natsMsg *m)
+{
+	struct keel_node_msg *km = calloc(1, sizeof(*km));
+	const unsigned char *p = (const unsigned char *)natsMsg_GetData(m);
+	int len = natsMsg_GetDataLength(m);
+
+	if (!km)
+		return NULL;
+	km->priv = m;
+	km->name = natsMsg_GetSubject(m);
+	km->data = p;
+	km->len = len > 0 ? (size_t)len : 0;
+	if (len >= HDR_LEN && p[0] == HDR_MAGIC && p[1] == HDR_VERSION) {
+		km->type = (uint16_t)get_le(p + 2, 2);
+		km->generation = (uint32_t)get_le(p + 4, 4);
+		km->request_id = get_le(p + 8, 8);
+		km->data = p + HDR_LEN;
+		km->len = (size_t)len - HDR_LEN;
+	}
+	return km;
+}
+
+void keel_node_msg_free(struct keel_node_msg *msg)
+{
+	if (!msg)
+		return;
+	natsMsg_Destroy(msg->priv);
+	free(msg);
+}
+
+void keel_node_msg_drop(void *msg, void *arg)
+{
+	(void)arg;
+	keel_node_msg_free(msg);
+}
+
+/* Publish keel's header and `data` to `subject` (loop thread). */
+static int publish(struct keel_node *n, const char *subject, const char *reply,
+		   uint16_t type, uint64_t req, const void *data, size_t len)
+{
+	natsConnection *nc = atomic_load(&n->nc);
+
+	if (!subject || (len && !data) || len > INT32_MAX - HDR_LEN)
+		return -EINVAL;
+	if (atomic_load(&n->state) == KEEL_NODE_CLOSED)
+		return -EPIPE;
+	if (!nc)
+		return -ENOTCONN;
+	if (n->scratch_len < HDR_LEN + len) {
+		size_t want = HDR_LEN + len < 4096 ? 4096 : HDR_LEN + len;
+		unsigned char *p = realloc(n->scratch, want);
+
+		if (!p)
+			return -ENOMEM;
+		n->scratch = p;
+		n->scratch_len = want;
+	}
+	n->scratch[0] = HDR_MAGIC;
+	n->scratch[1] = HDR_VERSION;
+	put16(n->scratch + 2, type);
+	put32(n->scratch + 4, n->generation);
+	put64(n->scratch + 8, req);
+	if (len)
+		memcpy(n->scratch + HDR_LEN, data, len);
+	/* PublishRequest refuses a NULL reply. */
+	natsStatus s =
+	    reply ? natsConnection_PublishRequest(
+			nc, subject, reply, n->scratch, (int)(HDR_LEN + len))
+		  : natsConnection_Publish(nc, subject, n->scratch,
+					   (int)(HDR_LEN + len));
+	int err = errno_of(s);
+
+	if (err == -ENOBUFS)
+		count(&n->c.send_nobufs);
+	else if (err)
+		count(&n->c.send_failed);
+	return err;
+}
+
+int keel_node_tell(struct keel_node *node, const char *name, uint16_t type,
+		   const void *data, size_t len)
+{
+	int err = publish(node, name, NULL, type, 0, data, len);
+
+	if (!err)
+		count(&node->c.tells);
+	return err;
+}
+
+int keel_node_reply(struct keel_node *node, const struct keel_node_msg *req,
+		    uint16_t type, const void *data, size_t len)
+{
+	const char *to = req && req->priv ? natsMsg_GetReply(req->priv) : NULL;
+
+	if (!to || !*to)
+		return -EINVAL;
+	int err = publish(node, to, NULL, type, req->request_id, data, len);
+
+	if (!err)
+		count(&node->c.tells);
+	return err;
+}
+
+void keel_node_set_generation(struct keel_node *node, uint32_t generation)
+{
+	node->generation = generation;
+}
+
+/* ---- asks ---- */
+
+static void pending_free(struct pending *p)
+{
+	/* Unsubscribing a closed connection's subscription fails; it is
+	 * gone with the connection anyway. */
+	natsSubscription_Unsubscribe(p->sub);
+	natsSubscription_Destroy(p->sub);
+	keel_oneshot_release(p->os);
+	free(p);
+}
+
+/* Fail every ask waiting (the link to the server is gone). */
+static void fail_asks(struct keel_node *n, int err)
+{
+	struct pending *p;
+
+	while ((p = n->asks)) {
+		n->asks = p->next;
+		if (!keel_oneshot_is_closed(p->os))
+			count(&n->c.ask_no_resp);
+		keel_oneshot_fail(p->os, err);
+		pending_free(p);
+	}
+}
+
+/* Hand replies and no-responders to their asks; forget asks whose task
+ * gave up (timed out or was cancelled). */
+static void drain_asks(struct keel_node *n)
+{
+	struct pending **pp = &n->asks;
+	struct pending *p;
+
+	while ((p = *pp)) {
+		natsMsg *m = NULL;
+		natsStatus s = natsSubscription_NextMsg(&m, p->sub, 0);
+
+		if (s == NATS_SLOW_CONSUMER) /* said once; the reply follows */
+			s = natsSubscription_NextMsg(&m, p->sub, 0);
+
+		if (s == NATS_TIMEOUT && !keel_oneshot_is_closed(p->os)) {
+			pp = &p->next;
+			continue;
+		}
+		if (s == NATS_OK) {
+			struct keel_node_msg *km = wrap(m);
+
+			if (!km)
+				natsMsg_Destroy(m);
+			else if (keel_oneshot_send(p->os, km) < 0)
+				keel_node_msg_free(km);
+		} else if (s != NATS_TIMEOUT) {
+			count(&n->c.ask_no_resp);
+			keel_oneshot_fail(p->os, -EPIPE);
+		}
+		*pp = p->next;
+		pending_free(p);
+	}
+}
+
+static void drain_served(struct keel_node *n)
+{
+	for (struct served *s = n->served; s; s = s->next) {
+		natsMsg *m;
+		natsStatus st;
+
+		/* NextMsg says NATS_SLOW_CONSUMER once, before the messages
+		 * still queued, when cnats dropped some: go on draining. */
+		while ((st = natsSubscription_NextMsg(&m, s->sub, 0)) ==
+			   NATS_OK ||
+		       st == NATS_SLOW_CONSUMER) {
+			if (st != NATS_OK)
+				continue;
+			struct keel_node_msg *km = wrap(m);
+			int r;
+
+			if (!km) {
+				natsMsg_Destroy(m);
+				count(&n->c.dropped);
+				continue;
+			}
+			/* Never waits: a full BLOCK mailbox drops too. */
+			r = keel_mb_try_send(s->mb, km);
+			if (r == 0) {
+				count(&n->c.received);
+				continue;
+			}
+			count(&n->c.dropped);
+			if (r < 0)
+				keel_node_msg_free(km);
+		}
+	}
+}
+
+static void msg_drop(void *msg, void *arg)
+{
+	(void)arg;
+	keel_node_msg_free(msg);
+}
+
+/* Subscribe an inbox and publish the request; on 0, c->os awaits the
+ * reply. */
+static int ask_start(struct keel_node *n, struct keel_node_call *c,
+		     const char *name, uint16_t type, const void *data,
+		     size_t len)
+{
+	natsConnection *nc = atomic_load(&n->nc);
+	natsInbox *inbox = NULL;
+	struct pending *p;
+	int err;
+
+	switch (atomic_load(&n->state)) {
+	case KEEL_NODE_CONNECTED:
+		break;
+	case KEEL_NODE_RECONNECTING:
+		count(&n->c.ask_no_resp);
+		return -EPIPE;
+	default:
+		return -ENOTCONN;
+	}
+	if (!nc)
+		return -ENOTCONN;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	err = errno_of(natsInbox_Create(&inbox));
+	if (!err)
+		err =
+		    errno_of(natsConnection_SubscribeSync(&p->sub, nc, inbox));
+	if (!err)
+		err = keel_oneshot_new(n->loop, msg_drop, NULL, &c->os);
+	if (err)
+		goto fail;
+	p->os = keel_oneshot_ref(c->os);
+	err = publish(n, name, inbox, type, ++n->next_req, data, len);
+	if (err)
+		goto fail;
+	natsInbox_Destroy(inbox);
+	count(&n->c.asks);
+	p->next = n->asks;
+	n->asks = p;
+	return 0;
+fail:
+	natsInbox_Destroy(inbox);
+	if (p->os)
+		keel_oneshot_release(p->os);
+	if (c->os)
+		keel_oneshot_release(c->os);
+	c->os = NULL;
+	if (p->sub) {
+		natsSubscription_Unsubscribe(p->sub);
+		natsSubscription_Destroy(p->sub);
+	}
+	free(p);
+	return err;
+}
+
+int keel_node_ask(struct keel_task *t, struct keel_node_call *call,
+		  struct keel_node *node, const char *name, uint16_t type,
+		  const void *data, size_t len, uint64_t timeout_ns,
+		  struct keel_node_msg **reply)
+{
+	KEEL_BEGIN(&call->r);
+	call->os = NULL;
+	call->val = NULL;
+	call->err = ask_start(node, call, name, type, data, len);
+	if (call->err)
+		KEEL_ROUTINE_RETURN(&call->r, t, call->err);
+	KEEL_AWAIT(&call->r,
+		   keel_oneshot_recv_until(
+		       t, call->os, &call->val,
+		       timeout_ns >= UINT64_MAX - keel_loop_now(node->loop)
+			   ? UINT64_MAX
+			   : keel_loop_now(node->loop) + timeout_ns));
+	call->err = keel_res(t);
+	keel_oneshot_release(call->os);
+	call->os = NULL;
+	if (call->err == -ETIMEDOUT)
+		count(&node->c.ask_timeouts);
+	if (!call->err)
+		*reply = call->val;
+	KEEL_ROUTINE_RETURN(&call->r, t, call->err);
+}
+
+/* ---- served names ---- */
+
+int keel_node_serve(struct keel_node *node, const char *name, const char *queue,
+		    struct keel_mailbox *mb)
+{
+	natsConnection *nc = atomic_load(&node->nc);
+	struct served *s;
+	natsStatus st;
+
+	if (!name || !*name || !mb)
+		return -EINVAL;
+	if (!nc)
+		return -ENOTCONN;
+	for (s = node->served; s; s = s->next)
+		if (!strcmp(s->name, name))
+			return -EEXIST;
+	s = calloc(1, sizeof(*s));
+	if (!s || !(s->name = strdup(name))) {
+		free(s);
+		return -ENOMEM;
+	}
+	st = queue ? natsConnection_QueueSubscribeSync(&s->sub, nc, name, queue)
+		   : natsConnection_SubscribeSync(&s->sub, nc, name);
+	if (st == NATS_OK)
+		st = natsSubscription_SetPendingLimits(
+		    s->sub, (int)node->pending_msgs, (int)node->pending_bytes);
+	if (st != NATS_OK) {
+		natsSubscription_Destroy(s->sub);
+		free(s->name);
+		free(s);
+		return errno_of(st);
+	}
+	s->mb = keel_mailbox_ref(mb);
+	s->next = node->served;
+	node->served = s;
+	return 0;
+}
+
+static void served_free(struct served *s)
+{
+	natsSubscription_Unsubscribe(s->sub);
+	natsSubscription_Destroy(s->sub);
+	keel_mailbox_release(s->mb);
+	free(s->name);
+	free(s);
+}
+
+int keel_node_unserve(struct keel_node *node, const char *name)
+{
+	for (struct served **sp = &node->served; *sp; sp = &(*sp)->next) {
+		struct served *s = *sp;
+
+		if (name && !strcmp(s->name, name)) {
+			*sp = s->next;
+			served_free(s);
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+/* ---- the driver: the loop's side of the adapter ---- */
+
+struct driver {
+	struct keel_task task;
+	struct keel_node *node;
+	struct keel_select sel;
+	void *msg;
+	int fd;
+	int in, out;
+};
+
+static int driver_step(struct keel_task *t);
+static KEEL_TASK_TYPE(driver_task, struct driver, task, driver_step);
+
+static int poll_in(struct keel_task *t, void *arg)
+{
+	return keel_poll(t, ((struct driver *)arg)->fd, POLLIN);
+}
+
+static int poll_out(struct keel_task *t, void *arg)
+{
+	return keel_poll(t, ((struct driver *)arg)->fd, POLLOUT);
+}
+
+/* The state is stored where it becomes known (connect_job stores
+ * CONNECTED on the pool, so that it holds when keel_node_connect returns);
+ * on_state hears of each change once, on the loop, in order. */
+static void set_state(struct keel_node *n, enum keel_node_state st)
+{
+	atomic_store(&n->state, (int)st);
+	if (n->reported == st)
+		return;
+	n->reported = st;
+	if (n->on_state)
+		n->on_state(n, st, n->state_arg);
+}
+
+static void node_destroy(struct keel_node *n)
+{
+	struct served *s;
+	natsConnection *nc = atomic_load(&n->nc);
+
+	fail_asks(n, -EPIPE);
+	while ((s = n->served)) {
+		n->served = s->next;
+		served_free(s);
+	}
+	if (nc)
+		natsConnection_Destroy(nc);
+	natsOptions_Destroy(n->opts);
+	keel_mb_close(n->ctl);
+	keel_mailbox_release(n->ctl);
+	free(n->scratch);
+	free(n->name);
+	free(n);
+}
+
+static void node_put(struct keel_node *n)
+{
+	if (--n->refs == 0)
+		node_destroy(n);
+}
+
+/* What cnats's threads said since the last time. */
+static void driver_events(struct keel_node *n)
+{
+	unsigned ev = atomic_exchange(&n->events, 0);
+
+	if ((ev & EV_CONNECTED) && atomic_load(&n->state) != KEEL_NODE_CLOSED)
+		set_state(n, KEEL_NODE_CONNECTED);
+	if (ev & EV_DISCONNECT) {
+		count(&n->c.disconnects);
+		if (atomic_load(&n->state) != KEEL_NODE_CLOSED)
+			set_state(n, KEEL_NODE_RECONNECTING);
+		/* A reply may yet come after a reconnect, but an ask must
+		 * not wait on a link known to be down (keel_node_ask(3)). */
+		fail_asks(n, -EPIPE);
+	}
+	if (ev & EV_RECONNECT) {
+		count(&n->c.reconnects);
+		if (atomic_load(&n->state) != KEEL_NODE_CLOSED)
+			set_state(n, KEEL_NODE_CONNECTED);
+	}
+	if (ev & EV_CLOSED) {
+		set_state(n, KEEL_NODE_CLOSED);
+		fail_asks(n, -EPIPE);
+	}
+	if (ev & EV_STOP)
+		n->stopping = true;
+}
+
+static int driver_step(struct keel_task *t)
+{
+	struct driver *d = keel_container_of(t, struct driver, task);
+	struct keel_node *n = d->node;
+	natsConnection *nc;
+	int r;
+
+	KEEL_BEGIN(t);
+	while (!n->stopping) {
+		keel_select_init(&d->sel, t, KEEL_SELECT_BIASED);
+		keel_select_recv(&d->sel, n->ctl, &d->msg);
+		d->fd = atomic_load(&n->fd);
+		d->in = d->out = -1;
+		if (d->fd >= 0 && atomic_load(&n->want_read))
+			d->in = keel_select_op(&d->sel, poll_in, d);
+		if (d->fd >= 0 && atomic_load(&n->want_write))
+			d->out = keel_select_op(&d->sel, poll_out, d);
+		KEEL_AWAIT(t, keel_select(t, &d->sel));
+		r = keel_res(t);
+		if (r < 0 && r != -EPIPE)
+			break; /* cancelled: the loop is going away */
+		driver_events(n);
+		nc = atomic_load(&n->nc);
+		if (!nc || atomic_load(&n->fd) != d->fd || d->fd < 0)
+			continue;
+		if (d->in >= 0 && keel_select_res(&d->sel, d->in) > 0) {
+			natsConnection_ProcessReadEvent(nc);
+			drain_served(n);
+			drain_asks(n);
+		}
+		/* Flush what the loop published since the last turn at
+		 * once: the socket is writable more often than not, and a
+		 * POLLOUT round would cost a wake-up per batch. */
+		if ((d->out >= 0 && keel_select_res(&d->sel, d->out) > 0) ||
+		    (r == 0 && atomic_load(&n->want_write)))
+			natsConnection_ProcessWriteEvent(nc);
+	}
+	node_put(n);
+	KEEL_END(t);
+}
+
+/* ---- life ---- */
+
+int keel_node_new(struct keel_loop *loop, const struct keel_node_opts *opts,
+		  struct keel_node **out)
+{
+	struct keel_mailbox_opts mo = {.capacity = 4, .policy = KEEL_MB_FAIL};
+	struct keel_node *n;
+	struct driver *d;
+	natsStatus s;
+	int err;
+
+	if (!loop || !opts || !opts->url || !out)
+		return -EINVAL;
+	if (!keel_loop_has_op(loop, IORING_OP_POLL_ADD))
+		return -EOPNOTSUPP;
+	n = calloc(1, sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	n->loop = loop;
+	atomic_init(&n->fd, -1);
+	n->name = strdup(opts->name ? opts->name : "node");
+	n->on_state = opts->on_state;
+	n->state_arg = opts->state_arg;
+	n->rc_min_ms =
+	    opts->reconnect_min_ns ? opts->reconnect_min_ns / 1000000 : 50;
+	n->rc_max_ms =
+	    opts->reconnect_max_ns ? opts->reconnect_max_ns / 1000000 : 2000;
+	if (!n->rc_min_ms)
+		n->rc_min_ms = 1;
+	if (n->rc_max_ms < n->rc_min_ms)
+		n->rc_max_ms = n->rc_min_ms;
+	n->pending_msgs = opts->pending_msgs ? opts->pending_msgs : 65536;
+	n->pending_bytes =
+	    opts->pending_bytes ? opts->pending_bytes : 64u << 20;
+	if (!n->name) {
+		free(n);
+		return -ENOMEM;
+	}
+	err = keel_mailbox_new(loop, &mo, &n->ctl);
+	if (err) {
+		free(n->name);
+		free(n);
+		return err;
+	}
+	s = natsOptions_Create(&n->opts);
+	if (s == NATS_OK)
+		s = natsOptions_SetURL(n->opts, opts->url);
+	if (s == NATS_OK)
+		s = natsOptions_SetName(n->opts, n->name);
+	if (s == NATS_OK)
+		s = natsOptions_SetEventLoop(n->opts, n, ev_attach, ev_read,
+					     ev_write, ev_detach);
+	if (s == NATS_OK)
+		s = natsOptions_SetMaxReconnect(
+		    n->opts, opts->max_reconnect < 0	? 0
+			     : opts->max_reconnect == 0 ? -1
+							: opts->max_reconnect);
+	if (s == NATS_OK)
+		s = natsOptions_SetCustomReconnectDelay(n->opts,
+							reconnect_delay, n);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectBufSize(
+		    n->opts,
+		    opts->reconnect_buf ? (int)opts->reconnect_buf : 1 << 20);
+	if (s == NATS_OK)
+		s = natsOptions_SetTimeout(
+		    n->opts, opts->connect_timeout_ns
+				 ? (int64_t)(opts->connect_timeout_ns / 1000000)
+				 : 2000);
+	/* No flusher thread: a publish asks for a write (ev_write) at once,
+	 * and the driver flushes what the loop's turn published. */
+	if (s == NATS_OK)
+		s = natsOptions_SetSendAsap(n->opts, true);
+	if (s == NATS_OK)
+		s = natsOptions_SetDisconnectedCB(n->opts, on_disconnected, n);
+	if (s == NATS_OK)
+		s = natsOptions_SetReconnectedCB(n->opts, on_reconnected, n);
+	if (s == NATS_OK)
+		s = natsOptions_SetClosedCB(n->opts, on_closed, n);
+	if (s == NATS_OK)
+		s = natsOptions_SetErrorHandler(n->opts, on_error, n);
+	d = s == NATS_OK ? keel_spawn(loop, &driver_task, KEEL_PRIO_HIGH)
+			 : NULL;
+	if (!d) {
+		err = s == NATS_OK ? -ENOMEM : errno_of(s);
+		natsOptions_Destroy(n->opts);
+		keel_mailbox_release(n->ctl);
+		free(n->name);
+		free(n);
+		return err;
+	}
+	d->node = n;
+	n->refs = 2;
+	*out = n;
+	return 0;
+}
+
+static int connect_job(void *arg)
+{
+	struct keel_node *n = arg;
+	natsConnection *nc = NULL;
+	natsStatus s = natsConnection_Connect(&nc, n->opts);
+
+	if (s != NATS_OK)
+		return errno_of(s);
+	atomic_store(&n->nc, nc);
+	atomic_store(&n->state, KEEL_NODE_CONNECTED);
+	post(n, EV_CONNECTED);
+	return 0;
+}
+
+int keel_node_connect(struct keel_task *t, struct keel_node *node)
+{
+	if (atomic_load(&node->nc) || node->closed_once) {
+		t->res = -EALREADY;
+		return KEEL_READY;
+	}
+	/* cnats's connect reads and writes its socket blocking until the
+	 * handshake is done: on the pool, never on the loop. */
+	return keel_blocking(t, connect_job, node);
+}
+
+static int close_job(void *arg)
+{
+	struct keel_node *n = arg;
+	natsConnection *nc = atomic_load(&n->nc);
+
+	if (nc) {
+		natsConnection_Close(nc);
+		/* cnats posts its callbacks to a thread of its own, in
+		 * order; the closed one comes last. Bounded: 5 s. */
+		for (int i = 0; i < 5000 && !atomic_load(&n->closed_cb); i++)
+			usleep(1000);
+	}
+	/* As connect_job: the state holds when keel_node_close returns. */
+	atomic_store(&n->state, KEEL_NODE_CLOSED);
+	post(n, EV_CLOSED);
+	return 0;
+}
+
+int keel_node_close(struct keel_task *t, struct keel_node *node)
+{
+	struct served *s;
+
+	if (node->closed_once) {
+		t->res = 0;
+		return KEEL_READY;
+	}
+	node->closed_once = true;
+	fail_asks(node, -EPIPE);
+	while ((s = node->served)) {
+		node->served = s->next;
+		served_free(s);
+	}
+	/* natsConnection_Close joins cnats's reconnect thread: blocking. */
+	return keel_blocking(t, close_job, node);
+}
+
+void keel_node_free(struct keel_node *node)
+{
+	if (!node)
+		return;
+	post(node, EV_STOP);
+	node_put(node);
+}
+
+enum keel_node_state keel_node_state(const struct keel_node *node)
+{
+	return (enum keel_node_state)atomic_load(&node->state);
+}
+
+void keel_node_stats(const struct keel_node *node, struct keel_node_stats *out)
+{
+	const struct counters *c = &node->c;
+	struct keel_node_stats st = {
+	    .state = keel_node_state(node),
+	    .disconnects = load(&c->disconnects),
+	    .reconnects = load(&c->reconnects),
+	    .tells = load(&c->tells),
+	    .asks = load(&c->asks),
+	    .send_nobufs = load(&c->send_nobufs),
+	    .send_failed = load(&c->send_failed),
+	    .ask_timeouts = load(&c->ask_timeouts),
+	    .ask_no_resp = load(&c->ask_no_resp),
+	    .received = load(&c->received),
+	    .dropped = load(&c->dropped),
+	    .slow_consumer = load(&c->slow_consumer),
+	    .wake_drops = load(&c->wake_drops),
+	};
+
+	*out = st;
+}
+
+/* ---- metrics ---- */
+
+static const char *const state_names[] = {"idle", "connected", "reconnecting",
+					  "closed"};
+
+struct counter_row {
+	const char *name;
+	const char *help;
+	size_t off;
+};
+
+#define ROW(f, h)                                                              \
+	{                                                                      \
+#f, h, offsetof(struct keel_node_stats, f)                     \
+	}
+static const struct counter_row rows[] = {
+    ROW(disconnects, "Times the NATS server went away."),
+    ROW(reconnects, "Times the NATS connection came back."),
+    ROW(tells, "Tells and replies published."),
+    ROW(asks, "Asks published."),
+    ROW(send_nobufs, "Sends refused: the reconnect buffer was full."),
+    ROW(send_failed, "Sends refused for another reason."),
+    ROW(ask_timeouts, "Asks that reached their deadline."),
+    ROW(ask_no_resp, "Asks nobody served, or whose link was lost."),
+    ROW(received, "Messages handed to served mailboxes."),
+    ROW(dropped, "Messages a served mailbox dropped (full or closed)."),
+    ROW(slow_consumer, "NATS slow-consumer errors."),
+    ROW(wake_drops, "Wake-ups of the loop lost to a full control box."),
+};
+
+#define OUT(...)                                                               \
+	do {                                                                   \
+		int k_ =                                                       \
+		    snprintf(buf ? buf + used : NULL,                          \
+			     buf && used < len ? len - used : 0, __VA_ARGS__); \
+		if (k_ > 0)                                                    \
+			used += (size_t)k_;                                    \
+	} while (0)
+
+size_t keel_node_metrics_render(struct keel_node *const *nodes, unsigned n,
+				char *buf, size_t len)
+{
+	size_t used = 0;
+
+	if (buf && len)
+		buf[0] = '\0';
+	if (!n)
+		return 0;
+	OUT("# HELP keel_node_state Connection state of the node to NATS.\n"
+	    "# TYPE keel_node_state gauge\n");
+	for (unsigned i = 0; i < n; i++)
+		for (int s = 0; s < 4; s++)
+			OUT("keel_node_state{node=\"%s\",state=\"%s\"} %d\n",
+			    nodes[i]->name, state_names[s],
+			    (int)keel_node_state(nodes[i]) == s);
+	for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+		OUT("# HELP keel_node_%s_total %s\n"
+		    "# TYPE keel_node_%s_total counter\n",
+		    rows[r].name, rows[r].help, rows[r].name);
+		for (unsigned i = 0; i < n; i++) {
+			struct keel_node_stats st;
+			uint64_t v;
+
+			keel_node_stats(nodes[i], &st);
+			memcpy(&v, (const char *)&st + rows[r].off, sizeof(v));
+			OUT("keel_node_%s_total{node=\"%s\"} %" PRIu64 "\n",
+			    rows[r].name, nodes[i]->name, v);
+		}
+	}
+	return used;
+}

@@ -1,0 +1,566 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_nats.c: libkeel-nats against a real nats-server on loopback, which
+ * each test starts on a free port (skipped, saying so, where nats-server
+ * is not installed: `make deps`). Served names live in forked processes
+ * with their own loop and node: tell and ask across processes, a deadline
+ * (-ETIMEDOUT), no responders (-EPIPE, long before the deadline), a queue
+ * group whose two members both get a share, the server killed and
+ * restarted under tells (the node reconnects, the reconnect buffer
+ * bounds what is kept and refuses the rest with -ENOBUFS, the state shows
+ * in the metrics), and a slow consumer and a full served mailbox, counted.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <keel.h>
+#include <keel/node.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helpers/keel_test.h"
+
+#define T_ECHO	 1 /* ask: the reply is the payload */
+#define T_COUNT	 2 /* tell: counted */
+#define T_TOTAL	 3 /* ask: the reply is the count so far */
+#define T_WHO	 4 /* ask: the reply is the server's id */
+#define T_SILENT 5 /* ask: never answered */
+
+#define SEC 1000000000ull
+
+static uint16_t server_port;
+static pid_t server_pid = -1;
+static pid_t children[2] = {-1, -1};
+static char url[64];
+
+static bool have_server(void)
+{
+	return system("command -v nats-server >/dev/null 2>&1") == 0;
+}
+
+static uint16_t free_port(void)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t al = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	cr_assert(fd >= 0);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+static bool port_open(uint16_t port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_port = htons(port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	bool ok = fd >= 0 && !connect(fd, (struct sockaddr *)&a, sizeof(a));
+
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+static void server_start(void)
+{
+	char port[16];
+
+	snprintf(port, sizeof(port), "%u", server_port);
+	server_pid = fork();
+	cr_assert(server_pid >= 0);
+	if (server_pid == 0) {
+		freopen("/dev/null", "w", stdout);
+		freopen("/dev/null", "w", stderr);
+		execlp("nats-server", "nats-server", "-a", "127.0.0.1", "-p",
+		       port, (char *)NULL);
+		_exit(127);
+	}
+	/* A bound to catch a server that never comes up, not a timing. */
+	for (int i = 0; i < 1000 && !port_open(server_port); i++)
+		usleep(10000);
+	cr_assert(port_open(server_port), "nats-server did not listen");
+}
+
+static void server_kill(void)
+{
+	if (server_pid > 0) {
+		kill(server_pid, SIGKILL);
+		waitpid(server_pid, NULL, 0);
+	}
+	server_pid = -1;
+}
+
+static void setup(void)
+{
+	if (!have_server())
+		cr_skip_test("nats-server is not installed (make deps)");
+	server_port = free_port();
+	snprintf(url, sizeof(url), "nats://127.0.0.1:%u", server_port);
+	server_start();
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < 2; i++)
+		if (children[i] > 0) {
+			kill(children[i], SIGKILL);
+			waitpid(children[i], NULL, 0);
+		}
+	server_kill();
+}
+
+/* ---- the serving process ---- */
+
+struct server {
+	struct keel_task task;
+	struct keel_node *node;
+	struct keel_mailbox *mb;
+	const char *name, *queue;
+	int id;
+	uint64_t count;
+	void *msg;
+	char who[16];
+};
+
+static int server_step(struct keel_task *t)
+{
+	struct server *s = keel_container_of(t, struct server, task);
+	struct keel_node_msg *m;
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_node_connect(t, s->node));
+	if (keel_res(t))
+		_exit(10);
+	if (keel_node_serve(s->node, s->name, s->queue, s->mb))
+		_exit(11);
+	for (;;) {
+		KEEL_AWAIT(t, keel_mb_recv(t, s->mb, &s->msg));
+		if (keel_res(t))
+			_exit(12);
+		m = s->msg;
+		switch (m->type) {
+		case T_ECHO:
+			keel_node_reply(s->node, m, T_ECHO, m->data, m->len);
+			break;
+		case T_COUNT:
+			s->count++;
+			break;
+		case T_TOTAL:
+			keel_node_reply(s->node, m, T_TOTAL, &s->count,
+					sizeof(s->count));
+			break;
+		case T_WHO:
+			keel_node_reply(s->node, m, T_WHO, &s->id,
+					sizeof(s->id));
+			break;
+		default:
+			break;
+		}
+		keel_node_msg_free(m);
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(server_task, struct server, task, server_step);
+
+/* Fork a process serving `name` (in `queue`, if any) until killed. */
+static void serve_in_child(int slot, const char *name, const char *queue)
+{
+	pid_t pid = fork();
+
+	cr_assert(pid >= 0);
+	if (pid) {
+		children[slot] = pid;
+		return;
+	}
+	struct keel_loop *loop;
+	struct keel_node_opts o = {
+	    .url = url, .name = "server", .reconnect_min_ns = 20000000};
+	struct keel_mailbox_opts mo = {.capacity = 4096,
+				       .policy = KEEL_MB_DROP_NEWEST,
+				       .on_drop = keel_node_msg_drop};
+	struct server *s;
+
+	if (keel_loop_create(&loop, NULL))
+		_exit(2);
+	s = keel_spawn(loop, &server_task, KEEL_PRIO_NORMAL);
+	if (!s || keel_node_new(loop, &o, &s->node) ||
+	    keel_mailbox_new(loop, &mo, &s->mb))
+		_exit(3);
+	s->name = name;
+	s->queue = queue;
+	s->id = slot;
+	keel_loop_run(loop);
+	_exit(0);
+}
+
+/* ---- the asking side ---- */
+
+struct client {
+	struct keel_task task;
+	struct keel_node *node;
+	struct keel_node_call call;
+	struct keel_node_msg *reply;
+	int (*body)(struct keel_task *t);
+	struct keel_routine r, r2;
+	int i, n, res, seen[2];
+	uint64_t t0, total;
+	struct keel_node_stats st;
+};
+
+/* Ask `name` until it answers (the child may not have subscribed yet):
+ * keel_res 0 and c->reply set, or the last error after ~10 s. */
+static int ask_ready(struct keel_task *t, struct client *c, const char *name,
+		     uint16_t type)
+{
+	KEEL_BEGIN(&c->r2);
+	for (c->i = 0; c->i < 500; c->i++) {
+		KEEL_AWAIT_CALL(&c->r2,
+				keel_node_ask(t, &c->call, c->node, name, type,
+					      "hi", 2, SEC, &c->reply));
+		c->res = keel_res(t);
+		if (c->res != -EPIPE)
+			break;
+		KEEL_AWAIT(&c->r2, keel_sleep(t, 20000000));
+	}
+	KEEL_ROUTINE_RETURN(&c->r2, t, c->res);
+}
+
+static int client_step(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_node_connect(t, c->node));
+	cr_assert_eq(keel_res(t), 0, "connect: %s", strerror(-keel_res(t)));
+	cr_assert_eq(keel_node_state(c->node), KEEL_NODE_CONNECTED);
+	KEEL_AWAIT_CALL(t, c->body(t));
+	KEEL_AWAIT(t, keel_node_close(t, c->node));
+	cr_assert_eq(keel_node_state(c->node), KEEL_NODE_CLOSED);
+	keel_node_free(c->node);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(client_task, struct client, task, client_step);
+
+static void run_client(int (*body)(struct keel_task *t),
+		       const struct keel_node_opts *opts)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_node_opts o = {.url = url, .name = "client"};
+	struct client *c = kt_spawn(loop, &client_task, KEEL_PRIO_NORMAL);
+
+	if (opts)
+		o = *opts;
+	o.url = url;
+	cr_assert_eq(keel_node_new(loop, &o, &c->node), 0);
+	c->body = body;
+	kt_loop_run(loop);
+	keel_loop_destroy(loop);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * SEC + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- tell and ask across processes ---- */
+
+static int tell_ask_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	uint64_t total = 0;
+
+	KEEL_BEGIN(&c->r);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0, "ask: %s", strerror(-keel_res(t)));
+	cr_assert_eq(c->reply->type, T_ECHO);
+	cr_assert_eq(c->reply->len, 2);
+	cr_assert_eq(memcmp(c->reply->data, "hi", 2), 0);
+	cr_assert_neq(c->reply->request_id, 0);
+	keel_node_msg_free(c->reply);
+
+	/* Round trips, one at a time: the figure the report quotes. */
+	c->n = 2000;
+	c->t0 = now_ns();
+	for (c->i = 0; c->i < c->n; c->i++) {
+		KEEL_AWAIT_CALL(&c->r, keel_node_ask(t, &c->call, c->node,
+						     "svc", T_ECHO, "ping", 4,
+						     5 * SEC, &c->reply));
+		cr_assert_eq(keel_res(t), 0, "ask %d: %s", c->i,
+			     strerror(-keel_res(t)));
+		keel_node_msg_free(c->reply);
+	}
+	fprintf(stderr, "test_nats: ask round trip %.1f us (%d asks)\n",
+		(double)(now_ns() - c->t0) / c->n / 1000.0, c->n);
+
+	/* Tells, then ask the total until every one has arrived. */
+	c->n = 50000;
+	c->t0 = now_ns();
+	for (c->i = 0; c->i < c->n; c->i++) {
+		cr_assert_eq(keel_node_tell(c->node, "svc", T_COUNT, "x", 1),
+			     0);
+		if (c->i % 256 == 255)
+			KEEL_AWAIT(&c->r,
+				   keel_yield(t)); /* let the driver flush */
+	}
+	for (c->i = 0; c->i < 1000; c->i++) {
+		KEEL_AWAIT_CALL(&c->r, keel_node_ask(t, &c->call, c->node,
+						     "svc", T_TOTAL, NULL, 0,
+						     5 * SEC, &c->reply));
+		cr_assert_eq(keel_res(t), 0);
+		cr_assert_eq(c->reply->len, sizeof(total));
+		memcpy(&total, c->reply->data, sizeof(total));
+		keel_node_msg_free(c->reply);
+		if (total == (uint64_t)c->n)
+			break;
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	}
+	cr_assert_eq(total, (uint64_t)c->n, "%d tells, %llu arrived", c->n,
+		     (unsigned long long)total);
+	fprintf(stderr, "test_nats: %.0f tells/s (%d, delivered)\n",
+		c->n / ((double)(now_ns() - c->t0) / SEC), c->n);
+	keel_node_stats(c->node, &c->st);
+	cr_assert_geq(c->st.tells, (uint64_t)c->n);
+	cr_assert_eq(c->st.send_nobufs + c->st.send_failed, 0);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, tell_and_ask_across_processes, .init = setup, .fini = teardown,
+     .timeout = 120)
+{
+	serve_in_child(0, "svc", NULL);
+	run_client(tell_ask_body, NULL);
+}
+
+/* ---- deadline, no responders ---- */
+
+static int deadline_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+
+	KEEL_BEGIN(&c->r);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	/* Served, never answered: the deadline ends the wait. */
+	KEEL_AWAIT_CALL(&c->r,
+			keel_node_ask(t, &c->call, c->node, "svc", T_SILENT,
+				      NULL, 0, 100000000, &c->reply));
+	cr_assert_eq(keel_res(t), -ETIMEDOUT);
+	/* Nobody serves it: -EPIPE, not the deadline's -ETIMEDOUT. */
+	KEEL_AWAIT_CALL(&c->r,
+			keel_node_ask(t, &c->call, c->node, "nobody", T_ECHO,
+				      "x", 1, 60 * SEC, &c->reply));
+	cr_assert_eq(keel_res(t), -EPIPE);
+	keel_node_stats(c->node, &c->st);
+	cr_assert_eq(c->st.ask_timeouts, 1);
+	cr_assert_geq(c->st.ask_no_resp, 1);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, deadline_and_no_responders, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+	serve_in_child(0, "svc", NULL);
+	run_client(deadline_body, NULL);
+}
+
+/* ---- queue group ---- */
+
+static int queue_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	int who;
+
+	KEEL_BEGIN(&c->r);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "qsvc", T_WHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	/* Both members subscribed: until then one may take every ask. */
+	for (c->n = 0; c->n < 400 && !(c->seen[0] && c->seen[1]); c->n++) {
+		KEEL_AWAIT_CALL(&c->r, keel_node_ask(t, &c->call, c->node,
+						     "qsvc", T_WHO, NULL, 0,
+						     5 * SEC, &c->reply));
+		cr_assert_eq(keel_res(t), 0);
+		memcpy(&who, c->reply->data, sizeof(who));
+		keel_node_msg_free(c->reply);
+		cr_assert(who == 0 || who == 1);
+		c->seen[who]++;
+		if (!(c->seen[0] && c->seen[1]))
+			KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	}
+	c->seen[0] = c->seen[1] = 0;
+	for (c->i = 0; c->i < 200; c->i++) {
+		KEEL_AWAIT_CALL(&c->r, keel_node_ask(t, &c->call, c->node,
+						     "qsvc", T_WHO, NULL, 0,
+						     5 * SEC, &c->reply));
+		cr_assert_eq(keel_res(t), 0);
+		memcpy(&who, c->reply->data, sizeof(who));
+		keel_node_msg_free(c->reply);
+		c->seen[who]++;
+	}
+	cr_assert_gt(c->seen[0], 0, "member 0 got none of 200");
+	cr_assert_gt(c->seen[1], 0, "member 1 got none of 200");
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, queue_group_balances, .init = setup, .fini = teardown, .timeout = 60)
+{
+	serve_in_child(0, "qsvc", "workers");
+	serve_in_child(1, "qsvc", "workers");
+	run_client(queue_body, NULL);
+}
+
+/* ---- the server killed and restarted under tells ---- */
+
+static enum keel_node_state states[16];
+static int nstates;
+
+static void on_state(struct keel_node *node, enum keel_node_state st, void *arg)
+{
+	(void)node;
+	(void)arg;
+	if (nstates < 16)
+		states[nstates++] = st;
+}
+
+static int restart_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	char buf[1024];
+	char metrics[8192];
+	int r;
+
+	KEEL_BEGIN(&c->r);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	server_kill();
+	/* Tell until the node notices; then until the buffer is full. */
+	memset(buf, 'b', sizeof(buf));
+	for (c->i = 0;
+	     c->i < 1000 && keel_node_state(c->node) != KEEL_NODE_RECONNECTING;
+	     c->i++) {
+		keel_node_tell(c->node, "svc", T_COUNT, buf, sizeof(buf));
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	}
+	cr_assert_eq(keel_node_state(c->node), KEEL_NODE_RECONNECTING);
+	keel_node_metrics_render(&c->node, 1, metrics, sizeof(metrics));
+	cr_assert(strstr(metrics, "keel_node_state{node=\"client\","
+				  "state=\"reconnecting\"} 1"),
+		  "%s", metrics);
+	for (c->n = 0; c->n < 10000; c->n++) {
+		r = keel_node_tell(c->node, "svc", T_COUNT, buf, sizeof(buf));
+		if (r == -ENOBUFS)
+			break;
+		cr_assert_eq(r, 0, "tell while away: %s", strerror(-r));
+	}
+	/* 64 KiB of buffer: about 60 tells of 1 KiB fit, no more. */
+	cr_assert_lt(c->n, 100, "%d tells were kept", c->n);
+	keel_node_stats(c->node, &c->st);
+	cr_assert_gt(c->st.send_nobufs, 0);
+	cr_assert_geq(c->st.disconnects, 1);
+	/* An ask while away fails at once. */
+	KEEL_AWAIT_CALL(&c->r,
+			keel_node_ask(t, &c->call, c->node, "svc", T_ECHO, "x",
+				      1, 60 * SEC, &c->reply));
+	cr_assert_eq(keel_res(t), -EPIPE);
+
+	server_start();
+	for (c->i = 0;
+	     c->i < 1000 && keel_node_state(c->node) != KEEL_NODE_CONNECTED;
+	     c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	cr_assert_eq(keel_node_state(c->node), KEEL_NODE_CONNECTED);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0, "after restart: %s",
+		     strerror(-keel_res(t)));
+	keel_node_msg_free(c->reply);
+	keel_node_stats(c->node, &c->st);
+	cr_assert_geq(c->st.reconnects, 1);
+	keel_node_metrics_render(&c->node, 1, metrics, sizeof(metrics));
+	cr_assert(strstr(metrics, "keel_node_reconnects_total{node=\"client\"}"
+				  " 1"),
+		  "%s", metrics);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, server_restart_reconnects_bounded, .init = setup, .fini = teardown,
+     .timeout = 90)
+{
+	struct keel_node_opts o = {.name = "client",
+				   .reconnect_min_ns = 20000000,
+				   .reconnect_max_ns = 100000000,
+				   .reconnect_buf = 64 * 1024,
+				   .on_state = on_state};
+
+	serve_in_child(0, "svc", NULL);
+	run_client(restart_body, &o);
+	cr_assert_geq(nstates, 3);
+	cr_assert_eq(states[0], KEEL_NODE_CONNECTED);
+	cr_assert_eq(states[1], KEEL_NODE_RECONNECTING);
+	cr_assert_eq(states[2], KEEL_NODE_CONNECTED);
+	cr_assert_eq(states[nstates - 1], KEEL_NODE_CLOSED);
+}
+
+/* ---- slow consumer, full served mailbox ---- */
+
+static int slow_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	static struct keel_mailbox *mb;
+	struct keel_mailbox_opts mo = {.capacity = 16,
+				       .policy = KEEL_MB_DROP_NEWEST,
+				       .on_drop = keel_node_msg_drop};
+	char buf[64];
+
+	KEEL_BEGIN(&c->r);
+	/* The node serves a mailbox nobody reads, with room for 8 messages
+	 * in cnats: a burst of tells from the child overflows both. */
+	cr_assert_eq(keel_mailbox_new(keel_task_loop(t), &mo, &mb), 0);
+	cr_assert_eq(keel_node_serve(c->node, "slow", NULL, mb), 0);
+	keel_mailbox_release(mb);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	memset(buf, 's', sizeof(buf));
+	for (c->i = 0; c->i < 20000; c->i++) {
+		cr_assert_eq(
+		    keel_node_tell(c->node, "slow", 0, buf, sizeof(buf)), 0);
+		if (c->i % 256 == 255)
+			KEEL_AWAIT(&c->r, keel_yield(t));
+	}
+	for (c->i = 0; c->i < 500; c->i++) {
+		keel_node_stats(c->node, &c->st);
+		if (c->st.slow_consumer && c->st.dropped)
+			break;
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	}
+	cr_assert_gt(c->st.slow_consumer, 0);
+	cr_assert_gt(c->st.dropped, 0, "received %llu, slow consumer %llu",
+		     (unsigned long long)c->st.received,
+		     (unsigned long long)c->st.slow_consumer);
+	cr_assert_leq(c->st.received, 16);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, slow_consumer_counted, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+	struct keel_node_opts o = {.name = "client", .pending_msgs = 8};
+
+	serve_in_child(0, "svc", NULL);
+	run_client(slow_body, &o);
+}
