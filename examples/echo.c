@@ -14,9 +14,9 @@
  * between loops: each counts its own connections and bytes.
  *
  * --plain switches to the simple shape (recv into a 16 KiB buffer in the
- * connection's frame, send it back) for comparison; --batch-wait NS lets
- * a busy loop wait up to NS to batch completions (default 0: never; see
- * keel_loop_opts.batch_wait_ns); --bufs N and
+ * connection's frame, send it back) for comparison; --batch-wait NS sets
+ * how long a busy loop may wait to batch completions (0: never; without
+ * it, the library's default; see keel_loop_opts.batch_wait_ns); --bufs N and
  * --buf-size BYTES size each loop's ring (default 1024 x 4 KiB); --direct
  * accepts into the ring's file table (registered descriptors: no per-op
  * file lookup in the kernel).
@@ -556,8 +556,7 @@ int main(int argc, char **argv)
 			if (batch_wait < 0) {
 				fprintf(stderr,
 					"echo: bad value for --batch-wait: %s "
-					"(ns, 0 to 10000000; 0: off, the "
-					"default)\n",
+					"(ns, 0 to 10000000; 0: off)\n",
 					optarg);
 				return 2;
 			}
@@ -620,8 +619,9 @@ int main(int argc, char **argv)
 
 	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
 
-	if (batch_wait > 0)
-		ropts.loop.batch_wait_ns = (unsigned)batch_wait;
+	if (batch_wait >= 0)
+		ropts.loop.batch_wait_ns =
+		    batch_wait ? (unsigned)batch_wait : KEEL_BATCH_WAIT_OFF;
 	struct keel_runtime *rt;
 	int err = keel_runtime_create(&rt, &ropts);
 

@@ -80,5 +80,7 @@
 #endif
 /* 2.3's struct io_uring_buf_reg calls the flags field (6.4) `pad`. */
 #define KEEL_BUF_REG_FLAGS(reg) ((reg).pad)
+/* ... and struct io_uring_getevents_arg's min_wait_usec (6.12) `pad`. */
+#define KEEL_GETEVENTS_MIN_WAIT(arg) ((arg).pad)
 
 #endif

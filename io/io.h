@@ -273,6 +273,20 @@ static inline int keel__io_enter_kernel(struct keel__io *io, unsigned want,
 	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
 }
 
+/*
+ * keel__io_enter() with the kernel's min-wait (io/ring.c): wait up to
+ * `min_wait_ns` for `want` CQEs, then for the first one, at most `wait_ns`
+ * (negative: no limit). Only where keel__io_has_min_wait().
+ */
+int keel__io_enter_min_wait(struct keel__io *io, unsigned want,
+			    int64_t min_wait_ns, int64_t wait_ns);
+
+static inline bool keel__io_has_min_wait(const struct keel__io *io)
+{
+	return (io->features & IORING_FEAT_MIN_TIMEOUT) && !io->enter_slow &&
+	       !(io->setup_flags & IORING_SETUP_SQPOLL);
+}
+
 static inline int keel__io_enter(struct keel__io *io, unsigned want,
 				 int64_t wait_ns)
 {

@@ -343,6 +343,49 @@ int keel__io_enter_slow(struct keel__io *io, unsigned want, int64_t wait_ns)
 	return keel__io_enter_kernel(io, want, wait_ns);
 }
 
+/*
+ * The kernel's min-wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12): submit, then
+ * wait up to `min_wait_ns` for `want` CQEs; if by then any CQE is there,
+ * return, else wait on for the first one, at most `wait_ns` (negative: no
+ * limit). liburing 2.3 has no call for it, so the SQ tail is published here
+ * as its own submit does (no SQPOLL: keel__io_has_min_wait()).
+ */
+#define MIN_WAIT_LIMIT_NS (3600ll * 1000000000)
+
+int keel__io_enter_min_wait(struct keel__io *io, unsigned want,
+			    int64_t min_wait_ns, int64_t wait_ns)
+{
+	struct io_uring *ring = &io->ring;
+	struct io_uring_sq *sq = &ring->sq;
+	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+	unsigned tail = sq->sqe_tail, usec;
+	struct io_uring_getevents_arg arg = {0};
+	struct __kernel_timespec ts;
+	int fd = ring->ring_fd;
+
+	if (sq->sqe_head != tail) {
+		sq->sqe_head = tail;
+		__atomic_store_n(sq->ktail, tail, __ATOMIC_RELEASE);
+	}
+	/* Without a general timeout (none, or one so far off that the kernel
+	 * takes it for none) the kernel ends the whole wait at the min-wait:
+	 * "no limit" is an hour, which only a loop idle since it was busy
+	 * could ever reach (it then enters again). */
+	if (wait_ns < 0 || wait_ns > MIN_WAIT_LIMIT_NS)
+		wait_ns = MIN_WAIT_LIMIT_NS;
+	usec = (unsigned)((min_wait_ns + 999) / 1000);
+	ts.tv_sec = wait_ns / 1000000000;
+	ts.tv_nsec = wait_ns % 1000000000;
+	KEEL_GETEVENTS_MIN_WAIT(arg) = usec ? usec : 1;
+	arg.ts = (uint64_t)(uintptr_t)&ts;
+	if (io->ring_fd_registered) {
+		fd = ring->enter_ring_fd;
+		flags |= IORING_ENTER_REGISTERED_RING;
+	}
+	return io_uring_enter2((unsigned)fd, tail - *sq->khead, want, flags,
+			       (sigset_t *)&arg, sizeof(arg));
+}
+
 int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
 		      unsigned nr_args)
 {

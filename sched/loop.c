@@ -36,6 +36,12 @@
 static const unsigned class_weight[KEEL_PRIO_CLASSES] = {1, 2, 4, 8};
 #define WEIGHT_SUM 15u
 
+/* Completion batching (see batching()): CQEs per wake-up, on average,
+ * from which the loop waits for a batch; the default bound of that wait
+ * (measured: see keel_loop_create(3)). */
+#define BATCH_MIN_CQES	      4u
+#define BATCH_WAIT_DEFAULT_NS 20000u
+
 struct keel_loop *keel_loop_current(void)
 {
 	/* The core is the first member of its loop (see core.h). */
@@ -87,7 +93,10 @@ int keel__loop_create_on(struct keel_loop **out,
 	keel__watchdog_add(loop);
 	loop->budget = opts && opts->budget ? opts->budget : 256;
 	loop->spin_ns = opts ? opts->spin_ns : 0;
-	loop->batch_wait_ns = opts ? opts->batch_wait_ns : 0;
+	loop->batch_wait_ns =
+	    !opts || !opts->batch_wait_ns		 ? BATCH_WAIT_DEFAULT_NS
+	    : opts->batch_wait_ns == KEEL_BATCH_WAIT_OFF ? 0
+							 : opts->batch_wait_ns;
 	loop->io.core.now = keel__clock_now();
 	keel_timer_init(&loop->grace, grace_passed, NULL);
 	*out = loop;
@@ -319,14 +328,24 @@ static int64_t spin_for_work(struct keel_loop *loop, int64_t wait)
 }
 
 /*
- * Opt-in batching (batch_wait_ns): busy, with several CQEs per wake-up
- * lately, wait a little for as many again, so that one enter serves more
- * requests. At worst a wake is batch_wait_ns late, and only while the loop
- * is busy.
+ * Completion batching (keel_loop_opts.batch_wait_ns), on by default: when
+ * recent wake-ups each brought several CQEs (BATCH_MIN_CQES on average),
+ * the loop is busy enough that waiting a little for as many again costs
+ * the first one at most `batch_wait_ns` and saves enters: one enter then
+ * serves more requests. A loop with one CQE per wake-up (a lone
+ * connection, a ping-pong) never waits for more.
+ *
+ * With the kernel's min-wait (Linux 6.12) the kernel does the rest: up to
+ * the bound it waits for the batch, then returns with whatever came, or,
+ * if nothing did, waits on for the first CQE in the same enter. Without it
+ * (older kernels, the epoll and simulated backends, fault injection), the
+ * wait for the batch times out after the bound with what came; if nothing
+ * came the average is reset, so the next turn waits as usual.
  */
 static bool batching(const struct keel_loop *loop, int64_t wait)
 {
-	return wait != 0 && loop->batch_wait_ns && loop->batch_avg / 16 >= 2;
+	return wait != 0 && loop->batch_wait_ns &&
+	       loop->batch_avg / 16 >= BATCH_MIN_CQES;
 }
 
 static int enter_batched(struct keel_loop *loop, int64_t wait)
@@ -335,10 +354,16 @@ static int enter_batched(struct keel_loop *loop, int64_t wait)
 	int64_t bw = loop->batch_wait_ns;
 	int ret;
 
+	if (want > 32)
+		want = 32;
 	if (wait > 0 && wait < bw)
 		bw = wait;
-	ret = keel__io_enter(&loop->io, want > 32 ? 32 : want, bw);
-	/* Nothing came at all: wait as usual next turn. */
+	if (keel__io_has_min_wait(&loop->io))
+		ret = keel__io_enter_min_wait(&loop->io, want, bw, wait);
+	else
+		ret = keel__io_enter(&loop->io, want, bw);
+	/* Nothing came at all (without min-wait, or a timer was due within
+	 * the bound): wait as usual next turn. */
 	if (ret == -ETIME && !io_uring_cq_ready(&loop->io.ring))
 		loop->batch_avg = 0;
 	return ret;
@@ -373,9 +398,10 @@ static int enter(struct keel_loop *loop, int64_t wait)
 	if (wait)
 		KEEL__TRACE(&io->core, KEEL_EV_LOOP_IDLE, 0, UINT32_MAX, wait,
 			    0);
-	if (batching(loop, wait))
+	if (batching(loop, wait)) {
+		loop->batch_waits++;
 		ret = enter_batched(loop, wait);
-	else
+	} else
 		ret = keel__io_enter(io, 1, wait);
 	return enter_result(ret);
 }
@@ -563,6 +589,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->faults_injected = io->count.faults_injected;
 	out->frames_live = c->alloc.live;
 	out->ops_refused = io->count.ops_refused;
+	out->batch_waits = loop->batch_waits;
 }
 
 /*

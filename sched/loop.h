@@ -44,8 +44,9 @@ struct keel_loop {
 	struct keel__inbox inbox;
 	bool persistent;  /* a runtime loop: keeps running while idle */
 	unsigned spin_ns; /* spin before parking (keel_loop_opts.spin_ns) */
-	unsigned batch_wait_ns; /* 0: off (keel_loop_opts.batch_wait_ns) */
+	unsigned batch_wait_ns; /* its bound; 0: off (keel_loop_opts) */
 	unsigned batch_avg;	/* CQEs per wake-up, x16, moving average */
+	uint64_t batch_waits;	/* enters that waited for a batch */
 	uint64_t cqes_per_wake[KEEL__WAKE_BUCKETS]; /* le 0,1,2,4..,+Inf */
 	unsigned jobs; /* blocking jobs not yet posted back (pool's lock) */
 	/* The two-phase stop (keel_loop_stop_token(), keel_loop_hold()). */

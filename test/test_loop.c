@@ -14,6 +14,7 @@
 #include <linux/filter.h>
 #include <linux/io_uring.h>
 #include <linux/seccomp.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -515,4 +516,187 @@ Test(loop, batch_wait_batches_busy_turns_and_never_stalls, .timeout = 20)
 	cr_assert_lt(st.enters, 32 * 200 / 4, "%lu enters for 6400 nops",
 		     (unsigned long)st.enters);
 	keel_loop_destroy(loop);
+}
+
+/*
+ * Completion batching by default (batch_wait_ns 0): busy loops wait for
+ * batches (with the kernel's min-wait where it has it, else the timed
+ * fallback; the epoll backend takes the fallback), a lone request never
+ * does, and KEEL_BATCH_WAIT_OFF turns it off. Each run is on both
+ * backends; completions must all arrive, in order, with the right data.
+ */
+static const unsigned batch_backends[] = {KEEL_BACKEND_IO_URING,
+					  KEEL_BACKEND_EPOLL};
+
+struct pinger {
+	struct keel_task task;
+	int fd, rounds, r, *done;
+	uint32_t id;
+	size_t got;
+	uint64_t out, in; /* handed to the kernel: in the frame */
+};
+
+/* Sends (id, r), expects (id, r + 1) back, `rounds` times. */
+static int pinger_step(struct keel_task *t)
+{
+	struct pinger *p = keel_container_of(t, struct pinger, task);
+
+	KEEL_BEGIN(t);
+	for (p->r = 0; p->r < p->rounds; p->r++) {
+		p->out = (uint64_t)p->id << 32 | (uint32_t)p->r;
+		KEEL_AWAIT(t,
+			   keel_send_all(t, p->fd, &p->out, 8, MSG_NOSIGNAL));
+		cr_assert_eq(keel_res(t), 8);
+		for (p->got = 0; p->got < 8; p->got += (size_t)keel_res(t)) {
+			KEEL_AWAIT(t,
+				   keel_recv(t, p->fd, (char *)&p->in + p->got,
+					     8 - p->got, 0));
+			cr_assert_gt(keel_res(t), 0, "recv: %d", keel_res(t));
+		}
+		cr_assert_eq(p->in, p->out + 1, "pair %u round %d", p->id,
+			     p->r);
+	}
+	/* The ponger (if it is a task) ends at the end of the stream. */
+	shutdown(p->fd, SHUT_WR);
+	(*p->done)++;
+	KEEL_END(t);
+}
+
+/* Answers each 8-byte value with value + 1 until the peer closes. */
+static int ponger_step(struct keel_task *t)
+{
+	struct pinger *p = keel_container_of(t, struct pinger, task);
+
+	KEEL_BEGIN(t);
+	for (;;) {
+		for (p->got = 0; p->got < 8; p->got += (size_t)keel_res(t)) {
+			KEEL_AWAIT(t,
+				   keel_recv(t, p->fd, (char *)&p->in + p->got,
+					     8 - p->got, 0));
+			if (keel_res(t) <= 0)
+				break;
+		}
+		if (p->got < 8)
+			break;
+		p->out = p->in + 1;
+		KEEL_AWAIT(t,
+			   keel_send_all(t, p->fd, &p->out, 8, MSG_NOSIGNAL));
+		cr_assert_eq(keel_res(t), 8);
+	}
+	(*p->done)++;
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(pinger_task, struct pinger, task, pinger_step);
+static KEEL_TASK_TYPE(ponger_task, struct pinger, task, ponger_step);
+
+/* Pongs from a plain thread: the loop then has one request in flight. */
+static void *pong_thread(void *arg)
+{
+	int fd = *(int *)arg;
+	uint64_t v;
+
+	while (read(fd, &v, 8) == 8) {
+		v++;
+		if (write(fd, &v, 8) != 8)
+			break;
+	}
+	return NULL;
+}
+
+/* `pairs` ping-pongs of `rounds` inside one loop; the stats after. */
+static struct keel_loop_stats ping_pongs(unsigned backend, unsigned bw,
+					 int pairs, int rounds)
+{
+	struct keel_loop_opts opts = {.backend = backend, .batch_wait_ns = bw};
+	struct keel_loop *loop = kt_loop_new(&opts);
+	struct keel_loop_stats st;
+	int fds[64][2], done = 0;
+
+	cr_assert_leq(pairs, 64);
+	for (int i = 0; i < pairs; i++) {
+		kt_tcp_pair(fds[i]);
+		struct pinger *a =
+		    kt_spawn(loop, &pinger_task, KEEL_PRIO_NORMAL);
+		struct pinger *b =
+		    kt_spawn(loop, &ponger_task, KEEL_PRIO_NORMAL);
+
+		a->fd = fds[i][0];
+		a->rounds = rounds;
+		a->done = &done;
+		a->id = (uint32_t)i;
+		b->fd = fds[i][1];
+		b->done = &done;
+	}
+	kt_loop_run(loop);
+	cr_assert_eq(done, 2 * pairs);
+	st = kt_stats(loop);
+	for (int i = 0; i < pairs; i++) {
+		close(fds[i][0]);
+		close(fds[i][1]);
+	}
+	keel_loop_destroy(loop);
+	return st;
+}
+
+Test(loop, batching_is_on_by_default_and_completions_stay_right, .timeout = 60)
+{
+	for (size_t b = 0; b < sizeof(batch_backends) / sizeof(*batch_backends);
+	     b++) {
+		struct keel_loop_stats st =
+		    ping_pongs(batch_backends[b], 0, 32, 300);
+
+		/* 32 pairs: wakes bring dozens of CQEs, so the loop waits
+		 * for batches (before batching was on by default: never). */
+		cr_assert_gt(st.batch_waits, 0, "backend %u",
+			     batch_backends[b]);
+		cr_assert_lt(st.enters, 32 * 300, "backend %u: %lu enters",
+			     batch_backends[b], (unsigned long)st.enters);
+	}
+}
+
+Test(loop, batching_off_never_waits_for_a_batch, .timeout = 60)
+{
+	for (size_t b = 0; b < sizeof(batch_backends) / sizeof(*batch_backends);
+	     b++) {
+		struct keel_loop_stats st =
+		    ping_pongs(batch_backends[b], KEEL_BATCH_WAIT_OFF, 32, 100);
+
+		cr_assert_eq(st.batch_waits, 0, "backend %u",
+			     batch_backends[b]);
+	}
+}
+
+/*
+ * A lone request in flight (one connection, its peer another thread) is
+ * never held back for a batch: each wake brings one or two CQEs. The
+ * time bound is only a hang check.
+ */
+Test(loop, lone_ping_pong_never_waits_for_a_batch, .timeout = 60)
+{
+	for (size_t b = 0; b < sizeof(batch_backends) / sizeof(*batch_backends);
+	     b++) {
+		struct keel_loop_opts opts = {.backend = batch_backends[b]};
+		struct keel_loop *loop = kt_loop_new(&opts);
+		int fds[2], done = 0;
+		pthread_t th;
+
+		kt_tcp_pair(fds);
+		cr_assert_eq(pthread_create(&th, NULL, pong_thread, &fds[1]),
+			     0);
+		struct pinger *a =
+		    kt_spawn(loop, &pinger_task, KEEL_PRIO_NORMAL);
+
+		a->fd = fds[0];
+		a->rounds = 2000;
+		a->done = &done;
+		kt_loop_run(loop);
+		cr_assert_eq(done, 1);
+		cr_assert_eq(kt_stats(loop).batch_waits, 0, "backend %u",
+			     batch_backends[b]);
+		pthread_join(th, NULL);
+		close(fds[0]);
+		close(fds[1]);
+		keel_loop_destroy(loop);
+	}
 }

@@ -302,10 +302,13 @@ run_enters() {
 	t=$(date +%s)
 	local dur=3
 	[[ $QUICK == 1 ]] && dur=1
-	# Default, then with completion batching (keel_loop_opts.batch_wait_ns).
+	# Default (completion batching on: keel_loop_opts.batch_wait_ns), then
+	# with batching off (--batch-wait 0).
 	local bw
-	for bw in 0 50000; do
-		taskset -c 1 "$ECHO_BIN" --threads 1 --batch-wait $bw 127.0.0.1 $port \
+	for bw in default 0; do
+		local bwarg=(--batch-wait "$bw")
+		[[ $bw == default ]] && bwarg=()
+		taskset -c 1 "$ECHO_BIN" --threads 1 "${bwarg[@]}" 127.0.0.1 $port \
 			>"$RES/enters-keel-$bw.log" 2>&1 &
 		pid=$!
 		"$dst/bin/loadgen" -P -p $port -d 5 >/dev/null 2>&1

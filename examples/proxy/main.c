@@ -634,7 +634,7 @@ int main(int argc, char **argv)
 	    {NULL, 0, NULL, 0},
 	};
 	char *listen_arg = NULL;
-	long threads = 0, batch_wait = 0, max_conns = 0;
+	long threads = 0, batch_wait = -1, max_conns = 0;
 	long low_water_arg = -1; /* session.c's */
 	struct tls_args ta = {.server.role = KEEL_TLS_SERVER,
 			      .client.role = KEEL_TLS_CLIENT};
@@ -891,7 +891,10 @@ int main(int argc, char **argv)
 
 	struct keel_runtime_opts ropts = {.threads = (unsigned)threads};
 
-	ropts.loop.batch_wait_ns = (unsigned)batch_wait;
+	/* Without --batch-wait: the library's default. */
+	if (batch_wait >= 0)
+		ropts.loop.batch_wait_ns =
+		    batch_wait ? (unsigned)batch_wait : KEEL_BATCH_WAIT_OFF;
 	struct keel_runtime *rt;
 
 	if (!tls_setup(&ta))

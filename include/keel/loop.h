@@ -56,14 +56,13 @@ struct keel_loop_opts {
 	 */
 	unsigned spin_ns;
 	/*
-	 * Completion batching under load (opt-in, 0: off): when recent
-	 * wake-ups each brought several CQEs (>= 2 on average), wait up to
-	 * this long for as many again before handling the first, so that one
-	 * io_uring_enter serves more requests. Loops with one CQE per wake-up
-	 * never wait for more. Measured on echo (50000 ns): at 64 busy
-	 * connections 0.03-0.05 enters per request instead of 0.2-0.4 and
-	 * less CPU per request; at 4-16 connections it cost throughput, hence
-	 * off by default.
+	 * Completion batching under load: when recent wake-ups each brought
+	 * several CQEs (>= 4 on average), wait up to this long for as many
+	 * again before handling the first, so that one io_uring_enter serves
+	 * more requests; where the kernel has min-wait (Linux 6.12) it then
+	 * returns with what came, or waits on for the first CQE. Loops with
+	 * one CQE per wake-up never wait for more. 0: the default bound
+	 * (20 us); KEEL_BATCH_WAIT_OFF: never wait for a batch.
 	 */
 	unsigned batch_wait_ns;
 	/* With KEEL_LOOP_RESTRICT: KEEL_OPS_* allowed, 0: every class. */
@@ -76,6 +75,9 @@ struct keel_loop_opts {
 	 */
 	unsigned backend;
 };
+
+/* keel_loop_opts.batch_wait_ns: no completion batching. */
+#define KEEL_BATCH_WAIT_OFF 0xffffffffu
 
 /* keel_loop_opts.backend */
 #define KEEL_BACKEND_AUTO     0u
@@ -251,6 +253,8 @@ struct keel_loop_stats {
 	/* Wait-for cycles found by deadlock checks (each counted when first
 	 * found: keel_loop_deadlocks()). */
 	uint64_t deadlocks;
+	/* Enters that waited for a batch of completions (batch_wait_ns). */
+	uint64_t batch_waits;
 };
 
 /*
