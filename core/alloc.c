@@ -16,6 +16,9 @@
  * a loop is, so this holds as long as frames are allocated and freed on the
  * loop's thread.
  *
+ * The fast paths (a free-list pop or push) are inline in core.h
+ * (keel__alloc_try, keel__alloc_free); this file has the rest.
+ *
  * Sanitizer builds (KEEL_ALLOC_LIBC) use calloc/free instead, so that ASan
  * and TSan see the lifetime of every frame.
  */
@@ -174,7 +177,7 @@ void *keel__alloc_zeroed(struct keel__alloc *a, size_t size)
 	return keel__alloc_part(a, size, size);
 }
 
-void *keel__alloc_part(struct keel__alloc *a, size_t size, size_t zero)
+void *keel__alloc_part_slow(struct keel__alloc *a, size_t size, size_t zero)
 {
 	void *p = alloc_zeroed(a, size, zero < size ? zero : size);
 
@@ -185,7 +188,7 @@ void *keel__alloc_part(struct keel__alloc *a, size_t size, size_t zero)
 	return p;
 }
 
-void keel__alloc_free(struct keel__alloc *a, void *p, size_t size)
+void keel__alloc_free_slow(struct keel__alloc *a, void *p, size_t size)
 {
 	a->live--;
 #ifdef KEEL_ALLOC_LIBC

@@ -44,7 +44,6 @@
 struct keel__taskq {
 	struct keel_task *head;
 	struct keel_task *tail;
-	uint32_t len;
 };
 
 /*
@@ -234,12 +233,12 @@ struct keel__core_counters {
 	uint64_t spawned;
 	uint64_t exited;
 	uint64_t zombies; /* now */
-	uint64_t live;	  /* now: spawned and not exited */
+			  /* Live now: spawned - exited (keel__tasks_live()). */
 };
 
 struct keel__core {
 	struct keel__taskq runq[KEEL_PRIO_CLASSES];
-	uint32_t runnable;    /* sum of runq[].len */
+	uint32_t runnable;    /* tasks on the run queues */
 	int32_t ready_budget; /* ready-at-once awaits left to this step */
 	struct keel__alloc alloc;
 	struct keel__task_slot *slots;
@@ -323,6 +322,13 @@ static inline struct keel__core *keel__core_of(struct keel_loop *loop)
 	return (struct keel__core *)loop;
 }
 
+/* Tasks spawned and not exited: derived, not counted (two counters fewer
+ * to move per task). */
+static inline uint64_t keel__tasks_live(const struct keel__core *c)
+{
+	return c->count.spawned - c->count.exited;
+}
+
 static inline void keel__taskq_push(struct keel__taskq *q, struct keel_task *t)
 {
 	t->next = NULL;
@@ -331,9 +337,10 @@ static inline void keel__taskq_push(struct keel__taskq *q, struct keel_task *t)
 	else
 		q->head = t;
 	q->tail = t;
-	q->len++;
 }
 
+/* The first task, taken off; its `next` is left stale: only a queue's
+ * walk reads it, and a push sets it. */
 static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 {
 	struct keel_task *t = q->head;
@@ -342,8 +349,6 @@ static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 		q->head = t->next;
 		if (!q->head)
 			q->tail = NULL;
-		q->len--;
-		t->next = NULL;
 	}
 	return t;
 }
@@ -483,9 +488,89 @@ void keel__scope_orphan_all(struct keel_task *owner);
 int keel__alloc_init(struct keel__alloc *a);
 void keel__alloc_fini(struct keel__alloc *a);
 void *keel__alloc_zeroed(struct keel__alloc *a, size_t size);
-/* The same with only the first `zero` bytes zeroed. */
-void *keel__alloc_part(struct keel__alloc *a, size_t size, size_t zero);
-void keel__alloc_free(struct keel__alloc *a, void *p, size_t size);
+/* keel__alloc_part() and keel__alloc_free() beyond their fast paths. */
+void *keel__alloc_part_slow(struct keel__alloc *a, size_t size, size_t zero);
+void keel__alloc_free_slow(struct keel__alloc *a, void *p, size_t size);
+
+/* Frames zeroed inline, in whole 64-byte blocks, up to this size. */
+#define KEEL__ZERO_INLINE 256u
+
+/*
+ * The allocator's fast path, inline because every spawn takes it: a small
+ * block, wholly zeroed (`zero` >= `size`), off its class's free list; NULL
+ * when it does not apply (the caller then takes keel__alloc_part_slow()).
+ * It is zeroed in whole 64-byte blocks with fixed-size stores: the class
+ * has room for them, and a memset whose length the compiler only bounds
+ * becomes `rep stos`, which costs some 30 cycles to start (more than the
+ * rest of a spawn). (A partly zeroed block goes the slow way: its tail
+ * must stay as it was.)
+ */
+static inline void *keel__alloc_try(struct keel__alloc *a, size_t size,
+				    size_t zero)
+{
+#ifndef KEEL_ALLOC_LIBC
+	size_t cls = (size + 63) >> KEEL__FRAME_CLASS_SHIFT;
+	char *p;
+
+	if (__builtin_expect(cls >= KEEL__FRAME_CLASSES, 0) || zero < size ||
+	    size > KEEL__ZERO_INLINE || !(p = a->cached[cls]))
+		return NULL;
+	a->cached[cls] = *(void **)p;
+	a->live++;
+	if (size) {
+		__builtin_memset(p, 0, 64);
+		if (size > 64) {
+			__builtin_memset(p + 64, 0, 64);
+			if (size > 128) {
+				__builtin_memset(p + 128, 0, 64);
+				if (size > 192)
+					__builtin_memset(p + 192, 0, 64);
+			}
+		}
+	}
+	return p;
+#else
+	(void)a;
+	(void)size;
+	(void)zero;
+	return NULL;
+#endif
+}
+
+/* A block of `size` bytes with the first `zero` zeroed, or NULL. */
+static inline void *keel__alloc_part(struct keel__alloc *a, size_t size,
+				     size_t zero)
+{
+	void *p = keel__alloc_try(a, size, zero);
+
+	return p ? p : keel__alloc_part_slow(a, size, zero);
+}
+
+/* Whether keel__alloc_free() of a block of `size` takes no call. */
+static inline bool keel__alloc_free_inline(size_t size)
+{
+#ifndef KEEL_ALLOC_LIBC
+	return ((size + 63) >> KEEL__FRAME_CLASS_SHIFT) < KEEL__FRAME_CLASSES;
+#else
+	(void)size;
+	return false;
+#endif
+}
+
+static inline void keel__alloc_free(struct keel__alloc *a, void *p, size_t size)
+{
+#ifndef KEEL_ALLOC_LIBC
+	size_t cls = (size + 63) >> KEEL__FRAME_CLASS_SHIFT;
+
+	if (__builtin_expect(cls < KEEL__FRAME_CLASSES, 1)) {
+		a->live--;
+		*(void **)p = a->cached[cls];
+		a->cached[cls] = p;
+		return;
+	}
+#endif
+	keel__alloc_free_slow(a, p, size);
+}
 
 /* Tasks (core/task.c). */
 /* keel_spawn(), optionally with the task's ext allocated (or failing). */
@@ -494,11 +579,35 @@ void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
 int keel__core_init(struct keel__core *c);
 void keel__core_fini(struct keel__core *c);
 
+/* Queue a task that is not queued (a wake, a yield). */
+static inline void keel__task_enqueue(struct keel__core *c, struct keel_task *t)
+{
+	if (t->flags & KEEL__T_EXTERNAL)
+		c->external_waits--;
+	t->flags =
+	    (uint8_t)((t->flags & ~(KEEL__T_WAITING | KEEL__T_EXTERNAL)) |
+		      KEEL__T_QUEUED);
+	keel__taskq_push(&c->runq[t->prio], t);
+	c->runnable++;
+}
+
+/* keel__task_wake() of a task queued, exited or killed. */
+void keel__task_wake_other(struct keel_task *t);
+
 /*
  * Make a waiting task runnable (no-op if it already is, or has exited; a
- * killed task finishes dying instead).
+ * killed task finishes dying instead). Inline: every wake on the loop's
+ * own thread (a mailbox, a join, a lock) comes here.
  */
-void keel__task_wake(struct keel_task *t);
+static inline void keel__task_wake(struct keel_task *t)
+{
+	if (__builtin_expect(
+		t->flags & (KEEL__T_QUEUED | KEEL__T_EXITED | KEEL__T_KILLED),
+		0))
+		keel__task_wake_other(t);
+	else
+		keel__task_enqueue(keel__core_of(t->loop), t);
+}
 
 /* A killed task's last wait ended: finish killing it (core/kill.c). */
 void keel__task_kill_later(struct keel_task *t);
@@ -554,13 +663,21 @@ static inline int keel__task_suspend(struct keel_task *t)
  */
 void keel__task_ops_drained(struct keel_task *t);
 
-/* Called by the loop after a step returned KEEL__EXITED. */
-void keel__task_after_exit(struct keel_task *t);
-
 /* Run every remaining defer of `t` (LIFO). */
 void keel__task_run_defers(struct keel_task *t);
 
 /* Free a task's frame and table slot (no ops may be in flight). */
 void keel__task_free(struct keel_task *t);
+
+/* Called by the loop after a step returned KEEL__EXITED: count a zombie,
+ * or free the frame if neither the kernel nor a joiner holds it. */
+static inline void keel__task_after_exit(struct keel_task *t)
+{
+	if (t->inflight)
+		keel__core_of(t->loop)->count.zombies++;
+	else if ((t->flags & (KEEL__T_JOINABLE | KEEL__T_RELEASED)) !=
+		 KEEL__T_JOINABLE)
+		keel__task_free(t);
+}
 
 #endif

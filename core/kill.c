@@ -41,7 +41,6 @@ static void runq_remove(struct keel__core *c, struct keel_task *t)
 			q->head = t->next;
 		if (q->tail == t)
 			q->tail = prev;
-		q->len--;
 		c->runnable--;
 		t->next = NULL;
 		t->flags &= (uint8_t)~KEEL__T_QUEUED;

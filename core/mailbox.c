@@ -228,19 +228,32 @@ void keel_mailbox_release(struct keel_mailbox *mb)
 
 /* ---- the receiving side (owner loop) ---------------------------------- */
 
-static void local_push(struct keel_mailbox *mb, void *msg)
+/* Ring indexes wrap with a compare, not `% cap`: a division is some 25
+ * cycles, twice per message. */
+static inline void local_push(struct keel_mailbox *mb, void *msg)
 {
-	mb->local[(mb->lhead + mb->lcount) % mb->cap] = msg;
+	uint32_t i = mb->lhead + mb->lcount;
+
+	mb->local[i >= mb->cap ? i - mb->cap : i] = msg;
 	mb->lcount++;
 }
 
-static void *local_pop(struct keel_mailbox *mb)
+static inline void *local_pop(struct keel_mailbox *mb)
 {
 	void *msg = mb->local[mb->lhead];
+	uint32_t h = mb->lhead + 1;
 
-	mb->lhead = (mb->lhead + 1) % mb->cap;
+	mb->lhead = h == mb->cap ? 0 : h;
 	mb->lcount--;
 	return msg;
+}
+
+/* Nothing in the remote queue (nor claimed by a sender still writing).
+ * Acquire loads, as remote_pop()'s: after ready_run() clears `notified`,
+ * this look must not move before the clear. */
+static inline bool remote_empty(struct keel_mailbox *mb)
+{
+	return LOAD(&mb->renq) == LOAD(&mb->rdeq);
 }
 
 static void wake_remote_sender(struct keel_mailbox *mb);
@@ -262,7 +275,7 @@ static bool take(struct keel_mailbox *mb, void **msg)
 	bool got = false;
 
 	if (mb->take_remote_first || !mb->lcount)
-		got = remote_pop(mb, msg);
+		got = !remote_empty(mb) && remote_pop(mb, msg);
 	if (got) {
 		if (remote_senders_waiting(mb))
 			wake_remote_sender(mb);
@@ -280,7 +293,7 @@ static bool take(struct keel_mailbox *mb, void **msg)
 			keel__task_complete(w->task, 0);
 		}
 	} else if (!mb->take_remote_first) {
-		got = remote_pop(mb, msg);
+		got = !remote_empty(mb) && remote_pop(mb, msg);
 		if (got && remote_senders_waiting(mb))
 			wake_remote_sender(mb);
 	}
@@ -342,7 +355,8 @@ static void recv_cancelled(struct keel_task *t)
 	keel__task_complete(t, keel__task_cancel_cause(t));
 }
 
-int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
+static __attribute__((noinline)) int
+recv_slow(struct keel_task *t, struct keel_mailbox *mb, void **out)
 {
 	void *msg;
 
@@ -372,6 +386,24 @@ int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 	mb->receiver = t;
 	mb->recv_out = out;
 	return keel__task_suspend_external(t);
+}
+
+/*
+ * The common receive, as take() would do it with no call: the same task
+ * as last time, a local message first in line (the remote queue empty or
+ * not its turn), no blocked local sender to move in. Anything else goes
+ * the general way.
+ */
+int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
+{
+	if (keel__task_cancel_cause(t) || mb->receiver || mb->rx != t ||
+	    !mb->lcount || (mb->take_remote_first && !remote_empty(mb)) ||
+	    mb->local_senders.list.first)
+		return recv_slow(t, mb, out);
+	*out = local_pop(mb);
+	mb->take_remote_first = !mb->take_remote_first;
+	OWNER_INC(&mb->received);
+	return keel__task_ready(t, 0);
 }
 
 int keel_mb_try_recv(struct keel_mailbox *mb, void **out)
@@ -619,7 +651,8 @@ static void wake_remote_sender(struct keel_mailbox *mb)
 	}
 }
 
-int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
+static __attribute__((noinline)) int
+send_slow(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 {
 	int cause = keel__task_cancel_cause(t);
 
@@ -649,6 +682,41 @@ int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 		return keel__task_ready(t, 0);
 	x->wait_cancel = remote_send_cancelled;
 	return keel__task_suspend_external(t);
+}
+
+/*
+ * The common sends from a task of the owner loop, with no call (but the
+ * receiver's wake): room and nobody receiving, the message is queued; or
+ * a receiver waits (not in a select) on an empty mailbox, and the message
+ * goes straight to it, as local_send() then deliver() would hand it over.
+ * (An empty local ring has no blocked local sender: senders block only
+ * on a full one, and take() moves one in per message taken.) Anything
+ * else goes the general way.
+ */
+int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
+{
+	struct keel_task *r = mb->receiver;
+
+	if (keel__task_cancel_cause(t) || t->loop != mb->owner ||
+	    LOAD(&mb->closed))
+		return send_slow(t, mb, msg);
+	if (!r) {
+		if (mb->lcount >= mb->cap)
+			return send_slow(t, mb, msg);
+		local_push(mb, msg);
+	} else {
+		if (mb->lcount || (r->flags & KEEL__T_SELECT) ||
+		    !remote_empty(mb))
+			return send_slow(t, mb, msg);
+		*mb->recv_out = msg;
+		mb->take_remote_first = !mb->take_remote_first;
+		OWNER_INC(&mb->received);
+		mb->receiver = NULL;
+		r->ext->wait_cancel = NULL;
+		keel__task_complete(r, 0);
+	}
+	OWNER_INC(&mb->sent_local);
+	return keel__task_ready(t, 0);
 }
 
 void keel_mb_close(struct keel_mailbox *mb)

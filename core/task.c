@@ -46,21 +46,27 @@ void keel__core_fini(struct keel__core *c)
 	c->slots = NULL;
 }
 
-static int slot_take(struct keel__core *c, struct keel_task *t)
+/* The table is full: double it. */
+static __attribute__((noinline)) int slots_grow(struct keel__core *c)
 {
-	if (!c->free_slot) {
-		uint32_t n = c->nslots * 2;
-		struct keel__task_slot *s = realloc(c->slots, n * sizeof(*s));
+	uint32_t n = c->nslots * 2;
+	struct keel__task_slot *s = realloc(c->slots, n * sizeof(*s));
 
-		if (!s)
-			return -ENOMEM;
-		memset(s + c->nslots, 0, (n - c->nslots) * sizeof(*s));
-		for (uint32_t i = c->nslots; i < n; i++)
-			s[i].next_free = i + 2 <= n ? i + 2 : 0;
-		c->free_slot = c->nslots + 1;
-		c->slots = s;
-		c->nslots = n;
-	}
+	if (!s)
+		return -ENOMEM;
+	memset(s + c->nslots, 0, (n - c->nslots) * sizeof(*s));
+	for (uint32_t i = c->nslots; i < n; i++)
+		s[i].next_free = i + 2 <= n ? i + 2 : 0;
+	c->free_slot = c->nslots + 1;
+	c->slots = s;
+	c->nslots = n;
+	return 0;
+}
+
+static inline int slot_take(struct keel__core *c, struct keel_task *t)
+{
+	if (__builtin_expect(!c->free_slot, 0) && slots_grow(c))
+		return -ENOMEM;
 	uint32_t id = c->free_slot - 1;
 
 	c->free_slot = c->slots[id].next_free;
@@ -78,25 +84,15 @@ static void slot_release(struct keel__core *c, uint32_t id)
 	c->free_slot = id + 1;
 }
 
-static void enqueue(struct keel__core *c, struct keel_task *t)
-{
-	if (t->flags & KEEL__T_EXTERNAL)
-		c->external_waits--;
-	t->flags =
-	    (uint8_t)((t->flags & ~(KEEL__T_WAITING | KEEL__T_EXTERNAL)) |
-		      KEEL__T_QUEUED);
-	keel__taskq_push(&c->runq[t->prio], t);
-	c->runnable++;
-}
-
-void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
-		 unsigned flags)
-{
-	return keel__spawn(loop, type, flags, false);
-}
-
-void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
-		  unsigned flags, bool with_ext)
+/*
+ * keel_spawn() and keel__spawn() in one body, inlined into each, so that
+ * the plain spawn tests no `with_ext`. The frame comes zeroed (but for a
+ * KEEL_TASK_TYPE_TAIL type's tail), so only the header's non-zero fields
+ * are set; the task is queued directly (a new task cannot be waiting).
+ */
+static inline __attribute__((always_inline)) void *
+spawn(struct keel_loop *loop, const struct keel_task_type *type, unsigned flags,
+      bool with_ext)
 {
 	struct keel__core *c = keel__core_of(loop);
 	/* A type's tail (KEEL_TASK_TYPE_TAIL) is left as allocated, but
@@ -125,8 +121,6 @@ void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
 	t->type = type;
 	t->loop = loop;
 	t->prio = (uint8_t)(flags & KEEL_SPAWN_PRIO_MASK);
-	if (flags & KEEL_SPAWN_JOINABLE)
-		t->flags = KEEL__T_JOINABLE;
 	/* A task spawned by a running step observes its spawner's token. */
 	if (c->current && c->current->ext && c->current->ext->token &&
 	    keel__task_inherit_token(t, c->current)) {
@@ -136,28 +130,80 @@ void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
 		return NULL;
 	}
 	c->count.spawned++;
-	c->count.live++;
 	KEEL__TRACE(c, KEEL_EV_SPAWN, 0, t->id,
 		    keel__trace_str_name(c, type->name),
 		    c->current ? c->current->id + 1 : 0);
-	enqueue(c, t);
+	t->flags = (flags & KEEL_SPAWN_JOINABLE)
+		       ? KEEL__T_JOINABLE | KEEL__T_QUEUED
+		       : KEEL__T_QUEUED;
+	keel__taskq_push(&c->runq[t->prio], t);
+	c->runnable++;
 	return frame;
 }
 
-void keel__task_wake(struct keel_task *t)
+static __attribute__((noinline)) void *
+spawn_slow(struct keel_loop *loop, const struct keel_task_type *type,
+	   unsigned flags)
 {
-	if (t->flags & (KEEL__T_QUEUED | KEEL__T_EXITED | KEEL__T_KILLED)) {
-		/* Killed, and this wake was on its way: its last wait. */
-		if (!(t->flags & (KEEL__T_QUEUED | KEEL__T_EXITED)))
-			keel__task_kill_later(t);
-		return;
-	}
-	enqueue(keel__core_of(t->loop), t);
+	return spawn(loop, type, flags, false);
+}
+
+/*
+ * The common spawn with no call in it (so no registers to save): a frame
+ * off its class's free list, a free table slot, no token to inherit,
+ * tracing off. Anything else goes the general way, which checks it all
+ * again.
+ */
+void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
+		 unsigned flags)
+{
+	struct keel__core *c = keel__core_of(loop);
+	const struct keel_task *cur = c->current;
+	size_t zero = type->zero_size;
+	struct keel_task *t;
+	char *frame;
+	uint32_t id;
+
+	if ((cur && cur->ext && cur->ext->token) || !c->free_slot || c->trace ||
+	    (zero && zero < type->frame_size))
+		return spawn_slow(loop, type, flags);
+	frame = keel__alloc_try(&c->alloc, type->frame_size, type->frame_size);
+	if (!frame)
+		return spawn_slow(loop, type, flags);
+	t = keel_task_of(type, frame);
+	id = c->free_slot - 1;
+	c->free_slot = c->slots[id].next_free;
+	c->slots[id].task = t;
+	c->slots[id].gen++;
+	t->id = id;
+	t->type = type;
+	t->loop = loop;
+	t->prio = (uint8_t)(flags & KEEL_SPAWN_PRIO_MASK);
+	t->flags = (flags & KEEL_SPAWN_JOINABLE)
+		       ? KEEL__T_JOINABLE | KEEL__T_QUEUED
+		       : KEEL__T_QUEUED;
+	c->count.spawned++;
+	keel__taskq_push(&c->runq[t->prio], t);
+	c->runnable++;
+	return frame;
+}
+
+void *keel__spawn(struct keel_loop *loop, const struct keel_task_type *type,
+		  unsigned flags, bool with_ext)
+{
+	return spawn(loop, type, flags, with_ext);
+}
+
+void keel__task_wake_other(struct keel_task *t)
+{
+	/* Killed, and this wake was on its way: its last wait. */
+	if (!(t->flags & (KEEL__T_QUEUED | KEEL__T_EXITED)))
+		keel__task_kill_later(t);
 }
 
 int keel_yield(struct keel_task *t)
 {
-	enqueue(keel__core_of(t->loop), t);
+	keel__task_enqueue(keel__core_of(t->loop), t);
 	return KEEL_PENDING;
 }
 
@@ -166,20 +212,30 @@ const char *keel_task_name(const struct keel_task *t)
 	return t->type->name;
 }
 
-void keel__task_free(struct keel_task *t)
+static void ext_free(struct keel_task *t)
+{
+	keel__task_drop_token(t);
+	keel__abort_clear(&t->ext->abort);
+	keel__abort_clear(&t->ext->joined_abort);
+	free(t->ext->defers);
+	free(t->ext);
+}
+
+/* keel__task_free(), inlined into the join that releases a frame. */
+static inline void task_free(struct keel_task *t)
 {
 	struct keel__core *c = keel__core_of(t->loop);
 
-	if (t->ext) {
-		keel__task_drop_token(t);
-		keel__abort_clear(&t->ext->abort);
-		keel__abort_clear(&t->ext->joined_abort);
-		free(t->ext->defers);
-		free(t->ext);
-	}
+	if (t->ext)
+		ext_free(t);
 	slot_release(c, t->id);
 	keel__alloc_free(&c->alloc, (char *)t - t->type->task_offset,
 			 t->type->frame_size);
+}
+
+void keel__task_free(struct keel_task *t)
+{
+	task_free(t);
 }
 
 /* Free the frame if the kernel and any joiner are done with it. */
@@ -189,7 +245,7 @@ static void maybe_free(struct keel_task *t)
 		return;
 	if ((t->flags & KEEL__T_JOINABLE) && !(t->flags & KEEL__T_RELEASED))
 		return;
-	keel__task_free(t);
+	task_free(t);
 }
 
 void keel__task_run_defers(struct keel_task *t)
@@ -219,40 +275,58 @@ static void deliver_to_joiner(struct keel_task *t, struct keel_task *joiner)
 	keel__task_complete(joiner, t->res);
 }
 
-int keel_task_exit(struct keel_task *t, int status)
+/* The part of an exit before the EXITED flag that only a task with an
+ * ext has: its cleanups and its shields. */
+static void exit_unwind(struct keel_task *t, int status)
 {
-	struct keel__core *c = keel__core_of(t->loop);
-
 	/* The cleanups see the exit status in keel_res() (a supervisor's
 	 * link reports it from there). */
-	t->res = status;
-	keel__task_run_defers(t);
+	keel_defer_unwind(t, 0);
 	t->res = status;
 	/* Shields still up (an abort or a kill came in the middle) hold
 	 * references on their tokens: give them back. */
-	while (t->ext && t->ext->shield)
+	while (t->ext->shield)
 		keel_shield_end(t, t->ext->shield);
+}
+
+/* ... and after it: scopes, the token. */
+static void exit_release(struct keel_task *t, int status)
+{
+	keel__scope_orphan_all(t);
+	keel__task_drop_token(t);
+	if (t->ext->scope)
+		keel__scope_child_exited(t, status);
+}
+
+static __attribute__((noinline)) int exit_slow(struct keel_task *t, int status)
+{
+	struct keel__core *c = keel__core_of(t->loop);
+
+	t->res = status;
+	if (t->ext)
+		exit_unwind(t, status);
 	t->flags = (uint8_t)((t->flags & ~KEEL__T_WAITING) | KEEL__T_EXITED);
 	c->count.exited++;
-	c->count.live--;
 	KEEL__TRACE(c, KEEL_EV_EXIT, 0, t->id, (int64_t)status, 0);
-	if (t->ext) {
-		keel__scope_orphan_all(t);
-		keel__task_drop_token(t);
-		if (t->ext->scope)
-			keel__scope_child_exited(t, status);
-	}
+	if (t->ext)
+		exit_release(t, status);
 	if (t->joiner)
 		deliver_to_joiner(t, t->joiner);
 	return KEEL__EXITED;
 }
 
-void keel__task_after_exit(struct keel_task *t)
+/* The common exit, with no call: no ext (so no cleanups, scope or token),
+ * nobody joining yet, tracing off. */
+int keel_task_exit(struct keel_task *t, int status)
 {
-	if (t->inflight)
-		keel__core_of(t->loop)->count.zombies++;
-	else
-		maybe_free(t);
+	struct keel__core *c = keel__core_of(t->loop);
+
+	if (t->ext || t->joiner || c->trace)
+		return exit_slow(t, status);
+	t->res = status;
+	t->flags = (uint8_t)((t->flags & ~KEEL__T_WAITING) | KEEL__T_EXITED);
+	c->count.exited++;
+	return KEEL__EXITED;
 }
 
 void keel__task_ops_drained(struct keel_task *t)
@@ -273,7 +347,8 @@ static void join_cancelled(struct keel_task *self)
 	keel__task_complete(self, keel__task_cancel_cause(self));
 }
 
-int keel_join(struct keel_task *self, struct keel_task *target)
+static __attribute__((noinline)) int join_slow(struct keel_task *self,
+					       struct keel_task *target)
 {
 	int cause = keel__task_cancel_cause(self);
 
@@ -299,7 +374,9 @@ int keel_join(struct keel_task *self, struct keel_task *target)
 		if (status == KEEL_ABORTED &&
 		    (sx || (sx = keel__task_ext(self))))
 			keel__abort_transfer(target, &sx->joined_abort);
-		maybe_free(target);
+		/* Exited and released: free unless the kernel holds it. */
+		if (!target->inflight)
+			task_free(target);
 		return keel__task_ready(self, status);
 	}
 	/* Registered so that a cancel can take the joiner back out. */
@@ -311,6 +388,37 @@ int keel_join(struct keel_task *self, struct keel_task *target)
 	sx->wait_cancel = join_cancelled;
 	target->joiner = self;
 	return keel__task_suspend(self);
+}
+
+/*
+ * The common join, with no call: a joiner observing the root token, with
+ * no abort record to clear, and a target that has exited (neither joined
+ * nor aborted, no ext, no op in flight: its frame goes now), with
+ * allowance left for a ready await. Anything else goes the general way.
+ */
+int keel_join(struct keel_task *self, struct keel_task *target)
+{
+	struct keel__core *c = keel__core_of(self->loop);
+	const struct keel__task_ext *sx = self->ext;
+
+	if ((sx && (sx->token || sx->joined_abort.file)) || c->root->cause)
+		return join_slow(self, target);
+	if (target == self)
+		return keel__task_ready(self, -EDEADLK);
+	if ((target->flags &
+	     (KEEL__T_JOINABLE | KEEL__T_EXITED | KEEL__T_RELEASED)) !=
+		(KEEL__T_JOINABLE | KEEL__T_EXITED) ||
+	    target->ext || target->inflight || target->res == KEEL_ABORTED ||
+	    c->ready_budget <= 0 ||
+	    !keel__alloc_free_inline(target->type->frame_size))
+		return join_slow(self, target);
+	/* An exited task has no joiner and is not self (which runs). */
+	self->res = target->res;
+	c->ready_budget--;
+	slot_release(c, target->id);
+	keel__alloc_free(&c->alloc, (char *)target - target->type->task_offset,
+			 target->type->frame_size);
+	return KEEL_READY;
 }
 
 int keel__join_select_check(struct keel_task *self, struct keel_task *target,

@@ -321,7 +321,7 @@ int keel_loop_dump(struct keel_loop *loop, int fd)
 	fprintf(out,
 		"keel: task dump: %llu live, %llu zombies, %u ops in "
 		"flight, %u timers\n",
-		(unsigned long long)c->count.live,
+		(unsigned long long)keel__tasks_live(c),
 		(unsigned long long)c->count.zombies, l->inuse, c->timers.n);
 	for (uint32_t i = 0; i < c->nslots; i++) {
 		struct keel_task *t = c->slots[i].task;

@@ -150,20 +150,34 @@ static void task_exited(struct keel_loop *loop, struct keel_task *t)
 		keel__io_cancel_task(&loop->io, t);
 }
 
+/* A step returned `r`: its end, and its wait if it did not exit. (Not
+ * inlined: the step loop tests c->trace once and calls this.) */
+static __attribute__((noinline, unused)) void
+trace_step_end(struct keel__core *c, struct keel_task *t, int r)
+{
+	KEEL__TRACE(c, KEEL_EV_STEP_END, 0, t->id, r == KEEL__EXITED ? 2 : 1,
+		    0);
+	if (r != KEEL__EXITED)
+		KEEL__TRACE(c, KEEL_EV_WAIT, 0, t->id,
+			    keel__trace_str_site(c, t->at), 0);
+}
+
 /*
  * Run at most `limit` steps of one class; returns how many ran.
  *
  * The abort frame: setjmp once per call, not per step, so that a resume
  * costs nothing extra; a panic in any step of the batch longjmps back here,
- * the task is unwound, and the batch goes on. `ran` changes after setjmp
- * and is read after a longjmp, hence volatile; the running task is in the
- * core (c->current), not in a local.
+ * the task is unwound, and the batch goes on. How many steps ran is
+ * counted from the step counter (in the core, so it survives the longjmp;
+ * a volatile count would be a load and a store per step); the running task
+ * is in the core (c->current), not in a local.
  */
 static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 {
 	struct keel__core *c = &loop->io.core;
 	struct keel__taskq *q = &c->runq[prio];
-	volatile unsigned ran = 0;
+	const uint64_t steps0 = c->count.steps;
+	unsigned ran;
 
 	/* Most classes are empty most turns: no abort frame for them. */
 	if (!q->head || !limit)
@@ -179,12 +193,11 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 	}
 	c->abort_armed = true;
 #endif
-	while (ran < limit) {
+	for (ran = (unsigned)(c->count.steps - steps0); ran < limit; ran++) {
 		struct keel_task *t = keel__taskq_pop(q);
 
 		if (!t)
 			break;
-		ran++;
 		c->runnable--;
 		t->flags &= (uint8_t)~KEEL__T_QUEUED;
 		c->ready_budget = KEEL__READY_PER_STEP;
@@ -195,7 +208,9 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 		__atomic_store_n(&c->current_type, t->type, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->current_site, resumed_from,
 				 __ATOMIC_RELAXED);
-		__atomic_store_n(&c->count.steps, c->count.steps + 1,
+		/* The loop is the counter's one writer: steps0 + ran is its
+		 * value (no load). */
+		__atomic_store_n(&c->count.steps, steps0 + ran + 1,
 				 __ATOMIC_RELAXED);
 		KEEL__TRACE(c, KEEL_EV_STEP_BEGIN, 0, t->id, 0, 0);
 		int r = t->type->step(t);
@@ -204,11 +219,11 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 		if (__builtin_expect(
 			__atomic_load_n(&c->stall_flag, __ATOMIC_RELAXED), 0))
 			keel__stall_after_step(loop, t, resumed_from);
-		KEEL__TRACE(c, KEEL_EV_STEP_END, 0, t->id,
-			    r == KEEL__EXITED ? 2 : 1, 0);
-		if (r != KEEL__EXITED)
-			KEEL__TRACE(c, KEEL_EV_WAIT, 0, t->id,
-				    keel__trace_str_site(c, t->at), 0);
+#ifndef KEEL_NO_TRACE
+		/* One test for both events while tracing is off. */
+		if (__builtin_expect(c->trace != NULL, 0))
+			trace_step_end(c, t, r);
+#endif
 		if (r == KEEL__EXITED)
 			task_exited(loop, t);
 		/* keel_op_timeout() covers one op of the step that set it. */
@@ -256,7 +271,7 @@ static bool loop_alive(const struct keel_loop *loop)
 {
 	const struct keel__core *c = &loop->io.core;
 
-	return c->runnable || c->count.live || c->count.zombies ||
+	return c->runnable || keel__tasks_live(c) || c->count.zombies ||
 	       loop->io.ledger.inuse || loop->io.core.timers.n ||
 	       (loop->persistent && !loop->stop) || keel__remote_pending(loop);
 }
@@ -571,7 +586,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->spawned = c->count.spawned;
 	out->exited = c->count.exited;
 	out->timers_fired = loop->io.core.timers.fired;
-	out->tasks_live = c->count.live;
+	out->tasks_live = keel__tasks_live(c);
 	out->zombies = c->count.zombies;
 	out->ops_inflight = io->ledger.inuse;
 	out->timers_armed = loop->io.core.timers.n;
