@@ -23,13 +23,10 @@ _Static_assert(sizeof(struct keel_task) <= 64, "task header exceeds 64 bytes");
 int keel__core_init(struct keel__core *c)
 {
 	memset(c, 0, sizeof(*c));
-	c->nslots = 64;
-	c->slots = calloc(c->nslots, sizeof(*c->slots));
+	c->cap_slots = 64;
+	c->slots = malloc(c->cap_slots * sizeof(*c->slots));
 	if (!c->slots)
 		return -ENOMEM;
-	for (uint32_t i = 0; i < c->nslots; i++)
-		c->slots[i].next_free = i + 2 <= c->nslots ? i + 2 : 0;
-	c->free_slot = 1;
 	int err = keel__alloc_init(&c->alloc);
 
 	/* The core is the first member of its loop (see the top of core.h). */
@@ -46,24 +43,32 @@ void keel__core_fini(struct keel__core *c)
 	c->slots = NULL;
 }
 
+/*
+ * A freed slot first; else the next never used one, initialised only now:
+ * a table grown to 16,384 slots for 10,000 tasks touched 26 bytes per task
+ * when each growth was initialised up front, 16 this way.
+ */
 static int slot_take(struct keel__core *c, struct keel_task *t)
 {
-	if (!c->free_slot) {
-		uint32_t n = c->nslots * 2;
-		struct keel__task_slot *s = realloc(c->slots, n * sizeof(*s));
+	uint32_t id;
 
-		if (!s)
-			return -ENOMEM;
-		memset(s + c->nslots, 0, (n - c->nslots) * sizeof(*s));
-		for (uint32_t i = c->nslots; i < n; i++)
-			s[i].next_free = i + 2 <= n ? i + 2 : 0;
-		c->free_slot = c->nslots + 1;
-		c->slots = s;
-		c->nslots = n;
+	if (c->free_slot) {
+		id = c->free_slot - 1;
+		c->free_slot = c->slots[id].next_free;
+	} else {
+		if (c->nslots == c->cap_slots) {
+			uint32_t n = c->cap_slots * 2;
+			struct keel__task_slot *s =
+			    realloc(c->slots, n * sizeof(*s));
+
+			if (!s)
+				return -ENOMEM;
+			c->slots = s;
+			c->cap_slots = n;
+		}
+		id = c->nslots++;
+		c->slots[id].gen = 0;
 	}
-	uint32_t id = c->free_slot - 1;
-
-	c->free_slot = c->slots[id].next_free;
 	c->slots[id].task = t;
 	c->slots[id].gen++;
 	t->id = id;
