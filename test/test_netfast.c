@@ -1690,7 +1690,8 @@ struct idle_conn {
 	struct keel_task task;
 	struct keel_recv_stream rs;
 	struct keel_buf buf;
-	int fd, peer, mode;
+	int fd, peer, mode, i;
+	bool polls; /* idle streams park on a poll on this loop */
 	struct keel_bufring *ring;
 };
 
@@ -1708,6 +1709,19 @@ static uint64_t idle_polls(struct keel_task *t)
 	return st.idle_polls;
 }
 
+/*
+ * Idle until the loop has parked `n` streams on a poll: 100 ms naps, 10 s
+ * at most (a loaded machine delays the sweep's timer); 800 ms, two sweep
+ * periods, where streams never poll.
+ */
+#define IDLE_WAIT(t, c, n)                                                     \
+	do {                                                                   \
+		for ((c)->i = 0; (c)->i < ((c)->polls ? 100 : 8) &&            \
+				 (!(c)->polls || idle_polls(t) < (n));         \
+		     (c)->i++)                                                 \
+			KEEL_AWAIT(t, keel_sleep(t, KT_MS(100)));              \
+	} while (0)
+
 static int idle_conn_step(struct keel_task *t)
 {
 	struct idle_conn *c = keel_container_of(t, struct idle_conn, task);
@@ -1716,8 +1730,7 @@ static int idle_conn_step(struct keel_task *t)
 	if (keel_defer(t, release_cb, &c->buf) ||
 	    keel_recv_stream_open(t, &c->rs, c->fd, c->ring, 0))
 		KEEL_EXIT(t, 1);
-	/* Long enough for two sweeps, whatever their phase. */
-	KEEL_AWAIT(t, keel_sleep(t, KT_MS(800)));
+	IDLE_WAIT(t, c, 1u);
 	g_idle.polls_idle = idle_polls(t);
 	if (c->mode == IDLE_EXIT)
 		KEEL_EXIT(t, 0); /* with the stream (and its poll) open */
@@ -1748,7 +1761,7 @@ static int idle_conn_step(struct keel_task *t)
 	g_idle.polls_after_data = idle_polls(t);
 	keel_buf_release(&c->buf);
 	/* Idle once more, then the peer's end of file through the poll. */
-	KEEL_AWAIT(t, keel_sleep(t, KT_MS(800)));
+	IDLE_WAIT(t, c, 2u);
 	g_idle.polls_end = idle_polls(t);
 	shutdown(c->peer, SHUT_WR);
 	KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
@@ -1780,6 +1793,7 @@ static bool run_idle_conn(int mode, unsigned flags)
 	c->peer = fds[1];
 	c->ring = ring;
 	c->mode = mode;
+	c->polls = polls;
 	run_dry(loop);
 	expect_all_returned(ring, "after the idle connection");
 	cr_assert_eq(kt_stats(loop).timers_armed, 0,
@@ -1787,7 +1801,7 @@ static bool run_idle_conn(int mode, unsigned flags)
 		     "its streams");
 	cr_assert_eq(kt_stats(loop).frames_live, 0);
 	cr_assert_eq(g_idle.polls_idle, polls ? 1u : 0u,
-		     "%lu idle polls after 800 ms idle",
+		     "%lu idle polls after idling",
 		     (unsigned long)g_idle.polls_idle);
 	close(fds[0]);
 	close(fds[1]);
