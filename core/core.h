@@ -241,9 +241,13 @@ struct keel__core {
 	uint32_t runnable;    /* tasks on the run queues */
 	int32_t ready_budget; /* ready-at-once awaits left to this step */
 	struct keel__alloc alloc;
+	/* The task table: slots [0, nslots) have been handed out at least
+	 * once; the rest of the allocation (cap_slots) is left untouched, so
+	 * that it costs no memory until used. */
 	struct keel__task_slot *slots;
 	uint32_t nslots;
 	uint32_t free_slot; /* index + 1, 0 = none */
+	uint32_t cap_slots;
 	struct keel__core_counters count;
 	/* The loop's clock, CLOCK_MONOTONIC ns: set once per turn. */
 	uint64_t now;

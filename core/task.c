@@ -23,13 +23,10 @@ _Static_assert(sizeof(struct keel_task) <= 64, "task header exceeds 64 bytes");
 int keel__core_init(struct keel__core *c)
 {
 	memset(c, 0, sizeof(*c));
-	c->nslots = 64;
-	c->slots = calloc(c->nslots, sizeof(*c->slots));
+	c->cap_slots = 64;
+	c->slots = malloc(c->cap_slots * sizeof(*c->slots));
 	if (!c->slots)
 		return -ENOMEM;
-	for (uint32_t i = 0; i < c->nslots; i++)
-		c->slots[i].next_free = i + 2 <= c->nslots ? i + 2 : 0;
-	c->free_slot = 1;
 	int err = keel__alloc_init(&c->alloc);
 
 	/* The core is the first member of its loop (see the top of core.h). */
@@ -46,30 +43,38 @@ void keel__core_fini(struct keel__core *c)
 	c->slots = NULL;
 }
 
-/* The table is full: double it. */
+/* No slot left in the allocation: double it (the new slots are initialised
+ * only when first handed out, in slot_take()). Out of line: rare. */
 static __attribute__((noinline)) int slots_grow(struct keel__core *c)
 {
-	uint32_t n = c->nslots * 2;
+	uint32_t n = c->cap_slots * 2;
 	struct keel__task_slot *s = realloc(c->slots, n * sizeof(*s));
 
 	if (!s)
 		return -ENOMEM;
-	memset(s + c->nslots, 0, (n - c->nslots) * sizeof(*s));
-	for (uint32_t i = c->nslots; i < n; i++)
-		s[i].next_free = i + 2 <= n ? i + 2 : 0;
-	c->free_slot = c->nslots + 1;
 	c->slots = s;
-	c->nslots = n;
+	c->cap_slots = n;
 	return 0;
 }
 
+/*
+ * A freed slot first; else the next never used one, initialised only now:
+ * a table grown to 16,384 slots for 10,000 tasks touched 26 bytes per task
+ * when each growth was initialised up front, 16 this way.
+ */
 static inline int slot_take(struct keel__core *c, struct keel_task *t)
 {
-	if (__builtin_expect(!c->free_slot, 0) && slots_grow(c))
-		return -ENOMEM;
-	uint32_t id = c->free_slot - 1;
+	uint32_t id;
 
-	c->free_slot = c->slots[id].next_free;
+	if (c->free_slot) {
+		id = c->free_slot - 1;
+		c->free_slot = c->slots[id].next_free;
+	} else {
+		if (c->nslots == c->cap_slots && slots_grow(c))
+			return -ENOMEM;
+		id = c->nslots++;
+		c->slots[id].gen = 0;
+	}
 	c->slots[id].task = t;
 	c->slots[id].gen++;
 	t->id = id;

@@ -123,6 +123,7 @@ struct keel__io_counters {
 	uint64_t multishot_rearms; /* streams re-armed after a final CQE */
 	uint64_t enobufs;	   /* recv streams stopped by an empty ring */
 	uint64_t accept_backoffs;  /* accept streams paused by EMFILE & co */
+	uint64_t idle_polls;	   /* idle recv streams parked on a poll */
 	uint64_t bufs_lent;	   /* buffers handed to tasks */
 	uint64_t faults_injected;  /* io/inject.c */
 	uint64_t ops_refused;	   /* io/restrict.c */
@@ -174,6 +175,12 @@ struct keel__io {
 	bool bufrings_starved;
 	struct keel__io_counters count;
 	struct keel__chunk_pool chunks;
+	/* Idle recv streams (io/stream.c): a periodic sweep, armed while
+	 * some recv stream has its multishot recv armed, parks the ones
+	 * that received nothing since the previous sweep on a poll. */
+	bool idle_poll; /* not KEEL_LOOP_NO_IDLE_POLL, and POLL_ADD runs */
+	uint32_t recv_streams; /* recv streams open */
+	struct keel_timer idle_sweep;
 	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
 	struct keel_bufring **bufrings;
 	uint32_t nbufrings;
@@ -432,6 +439,9 @@ bool keel__send_vec_wanted(const struct keel__io *io);
  * Stops trying them on this loop; the op is then sent as a SENDMSG. */
 void keel__send_vec_refused(struct keel__io *io, struct keel__op *op);
 void keel__bufring_stream_ref(struct keel_bufring *r, int delta);
+
+/* Streams (io/stream.c): set up the loop's idle sweep (at ring setup). */
+void keel__stream_io_init(struct keel__io *io);
 
 /* Chunk nodes (io/stream.c). */
 struct keel__chunk *keel__chunk_get(struct keel__io *io);

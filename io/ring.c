@@ -170,8 +170,9 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 
 	/* First: a create that fails the checks below still runs fini. */
 	io->event_fd = -1;
-	if (mode < 0 || (flags & ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER |
-				   KEEL_LOOP_RESTRICT)))
+	if (mode < 0 ||
+	    (flags & ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER |
+		       KEEL_LOOP_RESTRICT | KEEL_LOOP_NO_IDLE_POLL)))
 		return -EINVAL;
 	/* Checked here: the kernel's -EINVAL would read as a missing flag. */
 	if (sq > KEEL__MAX_SQ || cq < sq || cq > KEEL__MAX_CQ)
@@ -245,11 +246,17 @@ ready:
 		note_downgrade(io, "no FEAT_NODROP (needs Linux 5.5): a CQ "
 				   "overflow could lose completions");
 	keel__io_install_hooks(io);
+	keel__stream_io_init(io);
 	/* Restrictions: registered and the ring enabled, or noted as not
 	 * applying to a backend. On error keel__io_fini() tears down. */
 	err = keel__restrict_apply(io);
 	if (err)
 		return err;
+	/* Idle recv streams park on a poll where the ring executes one (and
+	 * its restrictions allow it). */
+	io->idle_poll =
+	    !(flags & KEEL_LOOP_NO_IDLE_POLL) &&
+	    keel_loop_has_op((struct keel_loop *)io, IORING_OP_POLL_ADD);
 	return keel__ledger_init(&io->ledger);
 }
 

@@ -598,6 +598,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->zc_copied = io->count.zc_copied;
 	out->multishot_rearms = io->count.multishot_rearms;
 	out->enobufs = io->count.enobufs;
+	out->idle_polls = io->count.idle_polls;
 	out->accept_backoffs = io->count.accept_backoffs;
 	out->chunks_lent = io->count.bufs_lent;
 	out->bufs_in_use = keel__bufrings_in_use(io);

@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -512,6 +513,7 @@ static bool uses_file(unsigned opcode)
 	case IORING_OP_CONNECT:
 	case IORING_OP_SHUTDOWN:
 	case IORING_OP_FSYNC:
+	case IORING_OP_POLL_ADD:
 		return true;
 	default:
 		return false;
@@ -814,6 +816,22 @@ static int exec_close(struct sim_op *op)
 	return sim__fd_close(r->sim, op->sqe.fd);
 }
 
+/* POLL_ADD, single-shot: the events asked for (errors and hang-ups
+ * always) that the object reports now, or -EAGAIN to wait for them. */
+static int exec_poll(struct sim_op *op)
+{
+	const struct sim_file_ops *o = op->file->ops;
+	unsigned want = op->sqe.poll32_events | POLLERR | POLLHUP;
+	unsigned mask;
+
+	if (op->sqe.len & IORING_POLL_ADD_MULTI)
+		return -EINVAL; /* not modelled */
+	/* An object without readiness (a regular file) is always ready. */
+	mask = o && o->poll ? o->poll(op->file) : POLLIN | POLLOUT;
+	mask &= want;
+	return mask ? (int)mask : -EAGAIN;
+}
+
 static int exec_cancel(struct sim_op *op);
 
 static int exec_msg_ring(struct sim_op *op)
@@ -940,6 +958,9 @@ static struct result exec(struct sim_op *op)
 	case IORING_OP_STATX:
 		out.res = exec_statx(op);
 		break;
+	case IORING_OP_POLL_ADD:
+		out.res = exec_poll(op);
+		break;
 	default:
 		out.res = -EINVAL;
 		break;
@@ -1064,7 +1085,7 @@ static const uint8_t executed_ops[] = {
     IORING_OP_STATX,	  IORING_OP_READ,	  IORING_OP_WRITE,
     IORING_OP_SEND,	  IORING_OP_RECV,	  IORING_OP_SHUTDOWN,
     IORING_OP_MSG_RING,	  IORING_OP_SOCKET,	  IORING_OP_SEND_ZC,
-    IORING_OP_SENDMSG_ZC,
+    IORING_OP_SENDMSG_ZC, IORING_OP_POLL_ADD,
 };
 
 static int sim_setup(struct keel__backend *b, struct io_uring *ring,

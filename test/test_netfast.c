@@ -1685,6 +1685,183 @@ Test(netfast, recv_stream_close_returns_queued_buffers, .timeout = 20)
 }
 
 /*
+ * Idle recv streams: a stream that received nothing for a sweep period or
+ * two (250-500 ms) trades its multishot recv for a poll (the kernel keeps
+ * less per idle socket), and data, the end of file, a cancel or a close
+ * all still reach it as before. Where the ring runs no POLL_ADD (the epoll
+ * backend) or with KEEL_LOOP_NO_IDLE_POLL, the stream simply stays armed.
+ */
+enum { IDLE_DATA, IDLE_CANCEL, IDLE_CLOSE, IDLE_EXIT };
+
+struct idle_conn {
+	struct keel_task task;
+	struct keel_recv_stream rs;
+	struct keel_buf buf;
+	int fd, peer, mode, i;
+	bool polls; /* idle streams park on a poll on this loop */
+	struct keel_bufring *ring;
+};
+
+static struct {
+	uint64_t polls_idle, polls_after_data, polls_end;
+	int first, second, end, again;
+	char got[16];
+} g_idle;
+
+static uint64_t idle_polls(struct keel_task *t)
+{
+	struct keel_loop_stats st;
+
+	keel_loop_stats(keel_task_loop(t), &st);
+	return st.idle_polls;
+}
+
+/*
+ * Idle until the loop has parked `n` streams on a poll: 100 ms naps, 10 s
+ * at most (a loaded machine delays the sweep's timer); 800 ms, two sweep
+ * periods, where streams never poll.
+ */
+#define IDLE_WAIT(t, c, n)                                                     \
+	do {                                                                   \
+		for ((c)->i = 0; (c)->i < ((c)->polls ? 100 : 8) &&            \
+				 (!(c)->polls || idle_polls(t) < (n));         \
+		     (c)->i++)                                                 \
+			KEEL_AWAIT(t, keel_sleep(t, KT_MS(100)));              \
+	} while (0)
+
+static int idle_conn_step(struct keel_task *t)
+{
+	struct idle_conn *c = keel_container_of(t, struct idle_conn, task);
+
+	KEEL_BEGIN(t);
+	if (keel_defer(t, release_cb, &c->buf) ||
+	    keel_recv_stream_open(t, &c->rs, c->fd, c->ring, 0))
+		KEEL_EXIT(t, 1);
+	IDLE_WAIT(t, c, 1u);
+	g_idle.polls_idle = idle_polls(t);
+	if (c->mode == IDLE_EXIT)
+		KEEL_EXIT(t, 0); /* with the stream (and its poll) open */
+	if (c->mode == IDLE_CLOSE) {
+		keel_recv_stream_close(&c->rs);
+		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+		g_idle.end = keel_res(t);
+		KEEL_EXIT(t, 0);
+	}
+	if (c->mode == IDLE_CANCEL) {
+		keel_task_cancel(t);
+		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+		g_idle.end = keel_res(t);
+		keel_recv_stream_close(&c->rs);
+		KEEL_EXIT(t, 0);
+	}
+	cr_assert_eq(write(c->peer, "hello", 5), 5);
+	KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+	g_idle.first = keel_res(t);
+	if (keel_res(t) > 0)
+		memcpy(g_idle.got, c->buf.data,
+		       c->buf.len < 5 ? c->buf.len : 5);
+	keel_buf_release(&c->buf);
+	/* Busy again (a multishot recv): the next bytes need no poll. */
+	cr_assert_eq(write(c->peer, "world!", 6), 6);
+	KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+	g_idle.second = keel_res(t);
+	g_idle.polls_after_data = idle_polls(t);
+	keel_buf_release(&c->buf);
+	/* Idle once more, then the peer's end of file through the poll. */
+	IDLE_WAIT(t, c, 2u);
+	g_idle.polls_end = idle_polls(t);
+	shutdown(c->peer, SHUT_WR);
+	KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+	g_idle.end = keel_res(t);
+	KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+	g_idle.again = keel_res(t);
+	keel_recv_stream_close(&c->rs);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(idle_conn_task, struct idle_conn, task, idle_conn_step);
+
+/* Runs one idle connection in `mode`; true if idle streams poll here. */
+static bool run_idle_conn(int mode, unsigned flags)
+{
+	struct keel_loop_opts o = {.flags = flags};
+	struct keel_loop *loop = kt_loop_new(&o);
+	struct keel_bufring *ring = ring_new(loop, 4, 64, 0);
+	bool polls = !(flags & KEEL_LOOP_NO_IDLE_POLL) &&
+		     keel_loop_has_op(loop, IORING_OP_POLL_ADD);
+	struct idle_conn *c;
+	int fds[2];
+
+	memset(&g_idle, 0, sizeof(g_idle));
+	g_idle.first = g_idle.second = g_idle.end = g_idle.again = 99;
+	kt_tcp_pair(fds);
+	c = kt_spawn(loop, &idle_conn_task, KEEL_PRIO_NORMAL);
+	c->fd = fds[0];
+	c->peer = fds[1];
+	c->ring = ring;
+	c->mode = mode;
+	c->polls = polls;
+	run_dry(loop);
+	expect_all_returned(ring, "after the idle connection");
+	cr_assert_eq(kt_stats(loop).timers_armed, 0,
+		     "the sweep outlived "
+		     "its streams");
+	cr_assert_eq(kt_stats(loop).frames_live, 0);
+	cr_assert_eq(g_idle.polls_idle, polls ? 1u : 0u,
+		     "%lu idle polls after idling",
+		     (unsigned long)g_idle.polls_idle);
+	close(fds[0]);
+	close(fds[1]);
+	keel_loop_destroy(loop);
+	return polls;
+}
+
+Test(netfast, idle_recv_stream_parks_on_a_poll_and_wakes_for_data,
+     .timeout = 30)
+{
+	bool polls = run_idle_conn(IDLE_DATA, 0);
+
+	cr_assert_eq(g_idle.first, 5, "first recv after idle: %d",
+		     g_idle.first);
+	cr_assert_eq(memcmp(g_idle.got, "hello", 5), 0);
+	cr_assert_eq(g_idle.second, 6, "second recv: %d", g_idle.second);
+	cr_assert_eq(g_idle.polls_after_data, polls ? 1u : 0u);
+	cr_assert_eq(g_idle.polls_end, polls ? 2u : 0u,
+		     "%lu idle polls after idling twice",
+		     (unsigned long)g_idle.polls_end);
+	cr_assert_eq(g_idle.end, 0, "end of file after idle: %d", g_idle.end);
+	cr_assert_eq(g_idle.again, 0, "again: %d", g_idle.again);
+}
+
+Test(netfast, idle_recv_stream_stays_armed_with_no_idle_poll, .timeout = 30)
+{
+	run_idle_conn(IDLE_DATA, KEEL_LOOP_NO_IDLE_POLL);
+	cr_assert_eq(g_idle.first, 5);
+	cr_assert_eq(g_idle.second, 6);
+	cr_assert_eq(g_idle.polls_end, 0);
+	cr_assert_eq(g_idle.end, 0);
+}
+
+Test(netfast, idle_recv_stream_cancelled_while_polling_returns_the_cause,
+     .timeout = 30)
+{
+	run_idle_conn(IDLE_CANCEL, 0);
+	cr_assert_eq(g_idle.end, -ECANCELED, "recv_next: %d", g_idle.end);
+}
+
+Test(netfast, idle_recv_stream_closed_while_polling, .timeout = 30)
+{
+	run_idle_conn(IDLE_CLOSE, 0);
+	cr_assert_eq(g_idle.end, -EBADF, "recv_next after close: %d",
+		     g_idle.end);
+}
+
+Test(netfast, idle_recv_stream_task_exits_while_polling, .timeout = 30)
+{
+	run_idle_conn(IDLE_EXIT, 0);
+}
+
+/*
  * keel_loop_destroy() with streams still open: a task waiting in
  * keel_recv_next, one holding a chunk (released by its defer), one with
  * accepted sockets queued. Everything goes (ASan watches), and the queued

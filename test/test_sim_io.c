@@ -2,7 +2,8 @@
 /*
  * test_sim_io.c: keel's socket and file ops end to end on the simulated
  * kernel: keel tasks on a sim loop use the public API (accept streams,
- * recv streams on a buffer ring, keel_send_all, keel_socket/connect,
+ * recv streams on a buffer ring (also parked on a poll while idle),
+ * keel_send_all, keel_socket/connect,
  * keel_accept, keel_send_zc, openat/read/write/fsync/statx/close), the
  * ring engine executes them on the models (sim/net.c, sim/fs.c), and the
  * machine's byte counters and invariants must agree with what the tasks
@@ -165,6 +166,7 @@ struct echo_client {
 	struct client_out *out; /* the test's */
 	int id;
 	int rounds;
+	uint64_t pause_ns; /* before each round after the first */
 	int fd;
 	int r;
 	int err;
@@ -194,6 +196,8 @@ static int echo_client_step(struct keel_task *t)
 				   sizeof(c->addr)));
 	c->err = keel_res(t);
 	for (c->r = 0; !c->err && c->r < c->rounds; c->r++) {
+		if (c->r && c->pause_ns)
+			KEEL_AWAIT(t, keel_sleep(t, c->pause_ns));
 		for (size_t i = 0; i < PIECE; i++)
 			c->data[i] = (char)(c->id * 31 + c->r * 7 + i);
 		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->data, PIECE, 0));
@@ -221,7 +225,8 @@ static int echo_client_step(struct keel_task *t)
 	KEEL_END(t);
 }
 
-static void run_echo(uint64_t seed, unsigned short_ppm, unsigned flags)
+static void run_echo_paused(uint64_t seed, unsigned short_ppm, unsigned flags,
+			    uint64_t pause_ns)
 {
 	enum { CLIENTS = 4, ROUNDS = 6 };
 	struct keel_sim *sim = sim_new(seed, short_ppm, 4096);
@@ -242,6 +247,7 @@ static void run_echo(uint64_t seed, unsigned short_ppm, unsigned flags)
 		cl->out = &out[i];
 		cl->id = i;
 		cl->rounds = ROUNDS;
+		cl->pause_ns = pause_ns;
 	}
 	cr_assert_eq(keel_sim_run(sim, 60ull * 1000000000u), 0);
 	cr_expect_eq(srv_err, 0, "server: %s", strerror(-srv_err));
@@ -260,7 +266,22 @@ static void run_echo(uint64_t seed, unsigned short_ppm, unsigned flags)
 	cr_expect_eq(st.bytes_received, st.bytes_sent);
 	cr_expect_eq(st.bytes_lost, 0);
 	cr_expect_eq(st.fds_open, 0);
+	/* A pause of a second: every server connection's stream went idle
+	 * and parked on a poll (POLL_ADD), once per pause. */
+	if (pause_ns >= 1000000000u) {
+		uint64_t polls = kt_stats(loop).idle_polls;
+
+		cr_expect_geq(polls, (uint64_t)CLIENTS * (ROUNDS - 1),
+			      "%" PRIu64 " idle polls", polls);
+		cr_expect_leq(polls, (uint64_t)CLIENTS * ROUNDS,
+			      "%" PRIu64 " idle polls", polls);
+	}
 	sim_done(sim, loop);
+}
+
+static void run_echo(uint64_t seed, unsigned short_ppm, unsigned flags)
+{
+	run_echo_paused(seed, short_ppm, flags, 0);
 }
 
 Test(sim_io, echo_through_streams_keeps_every_byte, .timeout = 30)
@@ -277,6 +298,15 @@ Test(sim_io, echo_with_short_transfers_keeps_every_byte, .timeout = 30)
 Test(sim_io, echo_on_direct_descriptors, .timeout = 30)
 {
 	run_echo(3, 100000, KEEL_ACCEPT_DIRECT);
+}
+
+/* Idle a second between rounds: each connection's recv stream parks on a
+ * poll and wakes for the next round, byte for byte, on several seeds. */
+Test(sim_io, echo_with_idle_pauses_parks_streams_on_a_poll, .timeout = 30)
+{
+	for (uint64_t seed = 1; seed <= 4; seed++)
+		run_echo_paused(seed, seed & 1 ? 200000 : 0, 0, 1000000000u);
+	run_echo_paused(5, 100000, KEEL_ACCEPT_DIRECT, 1000000000u);
 }
 
 /* ---- connection ends: refused, reset, EOF, close with unread data ---- */

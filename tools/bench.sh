@@ -15,7 +15,8 @@
 #     epoll servers, io_uring_enter calls per request (keel's counters and
 #     strace -c), the proxy run (keel's examples/proxy in both modes next to
 #     haproxy and a direct connection) and the idle-connection memory run
-#     (10,000 idle connections), and the HTTP table: keel's examples/http
+#     (10,000 idle connections; keel's row parks idle recv streams on a
+#     poll, keel-msrecv keeps the multishot recv armed: --no-idle-poll), and the HTTP table: keel's examples/http
 #     next to nginx and h2o (run-http.sh, wrk at 1, 64 and 256 connections;
 #     a 5-byte answer and a 4 KiB static file) with keel/nginx ratios and
 #     the echo floor. Then the TLS tables (tools/bench/tls.sh, section 3g):
@@ -383,7 +384,7 @@ run_idle() {
 	t=$(date +%s)
 	local envs=(PEERS="${IDLE_PEERS:-uring epoll uv tokio-ct go}" N="${IDLE_N:-10000}"
 		REPS="${IDLE_REPS:-3}" OUT="$RES/idle"
-		EXTRA_PEERS="keel|$ECHO_BIN --threads {threads} 127.0.0.1 {port}")
+		EXTRA_PEERS="keel|$ECHO_BIN --threads {threads} 127.0.0.1 {port};keel-msrecv|$ECHO_BIN --no-idle-poll --threads {threads} 127.0.0.1 {port}")
 	[[ $QUICK == 1 ]] && envs+=(REPS="${IDLE_REPS:-1}" N="${IDLE_N:-2000}")
 	env "${envs[@]}" timeout -k 10 1200 "$dst/run-idle.sh" 2>&1 |
 		tee "$RES/idle-run.log" | grep -v '^  rep'

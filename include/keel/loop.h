@@ -31,6 +31,16 @@ struct keel_loop;
 #define KEEL_LOOP_SQPOLL   0x1u /* kernel SQ polling thread (opt-in) */
 #define KEEL_LOOP_NO_DEFER 0x2u /* do not ask for DEFER_TASKRUN */
 #define KEEL_LOOP_RESTRICT 0x4u /* a least-privilege ring: restrict_ops */
+/*
+ * Keep an idle recv stream's multishot recv armed. By default a recv
+ * stream that has received nothing for 250-500 ms trades its armed recv
+ * for a poll for readability, and arms the recv again when data comes:
+ * an armed multishot recv costs the kernel about 600 bytes more per
+ * socket than a poll (io_uring's per-request async data), which is most
+ * of what an idle connection costs it. With this flag a connection that
+ * wakes up saves the poll's completion and the re-arm instead.
+ */
+#define KEEL_LOOP_NO_IDLE_POLL 0x8u
 
 /*
  * keel_loop_opts.restrict_ops: the op classes a KEEL_LOOP_RESTRICT ring
@@ -240,6 +250,7 @@ struct keel_loop_stats {
 	uint64_t zc_copied;	   /* ... the kernel copied anyway (loopback) */
 	uint64_t multishot_rearms; /* streams re-armed after a final CQE */
 	uint64_t enobufs;	  /* recv streams that found their ring empty */
+	uint64_t idle_polls;	  /* idle recv streams parked on a poll */
 	uint64_t accept_backoffs; /* accepts paused by EMFILE & co */
 	uint64_t chunks_lent;	  /* received chunks handed to tasks */
 	uint64_t bufs_in_use;	  /* ring buffers out of the kernel's hands */
