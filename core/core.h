@@ -211,12 +211,27 @@ struct keel__heap_entry {
 	struct keel_timer *timer;
 };
 
-/* The loop's timers (core/timer.c). */
+/* The near heap: a 4-ary min-heap of (deadline, arming order). */
 struct keel__timer_heap {
 	struct keel__heap_entry *v; /* entry i's children: 4i+1 .. 4i+4 */
 	void *block;		    /* v - 3, 64-byte aligned: see timer.c */
 	uint32_t n;
 	uint32_t cap;
+};
+
+/* The timing wheel's levels (of 64 slots) and its overflow. */
+#define KEEL__TIMER_LEVELS 6
+struct keel__timer_slot;
+
+/* The loop's timers (core/timer.c): a timing wheel for what is not due
+ * yet, the near heap for what is due up to the wheel's cursor. */
+struct keel__timers {
+	struct keel__timer_heap heap;
+	struct keel__timer_slot *slots; /* allocated with the first use */
+	uint64_t occupied[KEEL__TIMER_LEVELS + 1]; /* bit s: slot s has some */
+	uint32_t levels;			   /* bit L: occupied[L] != 0 */
+	uint32_t n;				   /* armed, in all */
+	uint64_t base;	/* the wheel's cursor, in ticks: see timer.c */
 	uint64_t seq;	/* arming counter: ties fire in arming order */
 	uint64_t fired; /* timers fired so far */
 };
@@ -251,7 +266,7 @@ struct keel__core {
 	struct keel__core_counters count;
 	/* The loop's clock, CLOCK_MONOTONIC ns: set once per turn. */
 	uint64_t now;
-	struct keel__timer_heap timers;
+	struct keel__timers timers;
 	uint32_t external_waits; /* tasks another thread may wake */
 	struct keel__core_hooks hooks;
 	struct keel_token *root; /* the loop's root token */
@@ -387,17 +402,31 @@ uint64_t keel__trace_str_once(struct keel__core *c, const char *text);
 #endif
 
 /* Timers (core/timer.c): fire every timer due at c->now (step 5 of the
- * turn); free the heap (at teardown, before the frames holding timers). */
+ * turn); free them (at teardown, before the frames holding timers). */
 void keel__timers_expire(struct keel_loop *loop);
-void keel__timers_fini(struct keel__timer_heap *h);
+void keel__timers_fini(struct keel__timers *h);
+uint64_t keel__timers_next_slow(struct keel__timers *h);
 
-/* The deadline of the nearest timer, or UINT64_MAX. */
+/* A tick of the timing wheel: 2^16 ns (65.5 us). See timer.c. */
+#define KEEL__TICK_SHIFT 16
+
+/*
+ * The deadline of the nearest timer, or UINT64_MAX: exact, so that the
+ * loop's wait ends at the first deadline, not at a tick's edge. Inline for
+ * the common case: the near heap's top is due by the wheel's cursor, so it
+ * is the nearest. Otherwise the wheel moves its cursor on to its nearest
+ * slot first (which changes nothing anyone can see: hence the cast).
+ */
 static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 {
-	const struct keel__timer_heap *h =
-	    &((const struct keel__core *)loop)->timers;
+	struct keel__timers *h =
+	    &((struct keel__core *)(uintptr_t)loop)->timers;
 
-	return h->n ? h->v[0].deadline : UINT64_MAX;
+	if (!h->n)
+		return UINT64_MAX;
+	if (h->heap.n && h->heap.v[0].deadline >> KEEL__TICK_SHIFT <= h->base)
+		return h->heap.v[0].deadline;
+	return keel__timers_next_slow(h);
 }
 
 /* Tokens (core/cancel.c). */

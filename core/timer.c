@@ -1,16 +1,32 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * timer.c: the loop's clock and timers: a 4-ary min-heap of (deadline,
- * arming order).
+ * timer.c: the loop's clock and timers: a hierarchical timing wheel for
+ * what is not due yet, and a 4-ary min-heap of (deadline, arming order) for
+ * what is due up to the wheel's cursor.
  *
  * They are core's because every layer arms timers: token deadlines and
  * timed waits (core), sleeps and stream back-offs (io), the turn that fires
  * them (sched). The loop turn sets the clock (c->now) once per turn and
  * calls keel__timers_expire(); nothing here knows of io_uring.
  *
- * Arm and cancel are O(log n); a 4-ary heap halves the depth of a binary
- * one and keeps siblings in one cache line. Each timer knows its heap index,
- * so cancel needs no search.
+ * The wheel: 6 levels of 64 slots; a tick is 2^16 ns (65.5 us), so level 0
+ * spans 4.2 ms, level L 64^L ticks a slot, and the six 52 days; what lies
+ * further out waits in an overflow slot. A timer goes to the level of the
+ * highest 6-bit group in which its tick differs from the cursor (`base`),
+ * as in Linux's and tokio's wheels; a bitmap per level finds the nearest
+ * slot without a walk. Arm and cancel are O(1): a slot is an array, and a
+ * timer knows its place in it. When the cursor reaches a slot, its timers
+ * go down a level or, once their tick is the cursor's, into the heap.
+ *
+ * The heap is the exact part: timers fire from it alone, in deadline order
+ * and ties in arming order, and never early (the deadline, not the tick, is
+ * compared with the clock); its top is the loop's next deadline, to the ns
+ * (keel__timers_next()), so a 1 ms sleep takes 1 ms and a simulated run
+ * wakes when it did before the wheel. It holds one tick's timers at a time
+ * (and those armed at or before the cursor), so it stays small and in
+ * cache where one heap of every timer missed it at each level. Every timer
+ * has room reserved in the heap: a wheel slot that cannot grow sends its
+ * timer there (still exact, see next_slow()), so only arming can fail.
  */
 #include "core.h"
 
@@ -25,6 +41,28 @@ __thread const uint64_t *keel__virtual_clock
 #define ARITY	  4
 #define NOT_ARMED UINT32_MAX
 
+#define TICK_SHIFT    KEEL__TICK_SHIFT
+#define LEVEL_BITS    6
+#define SLOTS	      (1u << LEVEL_BITS)
+#define LEVELS	      6
+#define SPAN_BITS     (LEVELS * LEVEL_BITS)
+#define OVERFLOW_SLOT (LEVELS * SLOTS) /* beyond the span: level LEVELS */
+#define IN_HEAP	      (OVERFLOW_SLOT + 1)
+
+_Static_assert(LEVELS == KEEL__TIMER_LEVELS, "core.h sizes the bitmaps");
+
+/* A wheel slot: its timers, in no order (the heap sorts them). */
+struct keel__timer_slot {
+	struct keel_timer **v;
+	uint32_t n;
+	uint32_t cap;
+};
+
+static inline uint64_t tick_of(uint64_t deadline)
+{
+	return deadline >> TICK_SHIFT;
+}
+
 static inline bool earlier(const struct keel__heap_entry *a,
 			   const struct keel__heap_entry *b)
 {
@@ -36,7 +74,7 @@ static inline void place(struct keel__timer_heap *h, uint32_t i,
 			 struct keel__heap_entry e)
 {
 	h->v[i] = e;
-	e.timer->heap_index = i;
+	e.timer->index = i;
 }
 
 static void sift_up(struct keel__timer_heap *h, uint32_t i)
@@ -79,7 +117,8 @@ static void sift_down(struct keel__timer_heap *h, uint32_t i)
 	place(h, i, e);
 }
 
-static void heap_remove(struct keel__timer_heap *h, uint32_t i)
+static __attribute__((noinline)) void heap_remove(struct keel__timer_heap *h,
+						  uint32_t i)
 {
 	struct keel_timer *gone = h->v[i].timer;
 
@@ -87,9 +126,9 @@ static void heap_remove(struct keel__timer_heap *h, uint32_t i)
 	if (i != h->n) {
 		place(h, i, h->v[h->n]);
 		sift_down(h, i);
-		sift_up(h, h->v[i].timer->heap_index);
+		sift_up(h, h->v[i].timer->index);
 	}
-	gone->heap_index = NOT_ARMED;
+	gone->where = NOT_ARMED;
 }
 
 /*
@@ -121,74 +160,294 @@ static int heap_grow(struct keel__timer_heap *h)
 	return 0;
 }
 
+/* Room reserved: see the top of the file. Out of line: the wheel's path
+ * is the one to keep short. */
+static __attribute__((noinline)) void heap_push(struct keel__timer_heap *h,
+						struct keel_timer *timer)
+{
+	h->v[h->n] = (struct keel__heap_entry){timer->deadline, timer};
+	timer->where = IN_HEAP;
+	timer->index = h->n++;
+	sift_up(h, timer->index);
+}
+
+/* The slot of a timer at `tick` (> base): the level of the highest group
+ * of bits in which it differs from the cursor, and its group there. */
+static inline uint32_t slot_of(uint64_t base, uint64_t tick)
+{
+	unsigned level =
+	    (63u - (unsigned)__builtin_clzll(tick ^ base)) / LEVEL_BITS;
+
+	if (level >= LEVELS)
+		return OVERFLOW_SLOT;
+	return level * SLOTS + (uint32_t)(tick >> (level * LEVEL_BITS)) % SLOTS;
+}
+
+/* The slots' first use, or a full slot: out of the arming path. */
+static __attribute__((noinline)) int slot_grow(struct keel__timers *h,
+					       uint32_t id)
+{
+	struct keel__timer_slot *sl;
+
+	if (!h->slots) {
+		h->slots = calloc(OVERFLOW_SLOT + 1, sizeof(*h->slots));
+		if (!h->slots)
+			return -ENOMEM;
+	}
+	sl = &h->slots[id];
+	if (sl->n == sl->cap) {
+		uint32_t cap = sl->cap ? sl->cap * 2 : 8;
+		struct keel_timer **v = realloc(sl->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		sl->v = v;
+		sl->cap = cap;
+	}
+	return 0;
+}
+
+/* Due by the cursor: the heap; else its wheel slot, or the heap if that
+ * has no room. */
+static inline void insert(struct keel__timers *h, struct keel_timer *timer)
+{
+	uint64_t tick = tick_of(timer->deadline);
+	uint32_t id;
+	struct keel__timer_slot *sl;
+
+	if (tick <= h->base)
+		goto heap;
+	id = slot_of(h->base, tick);
+	sl = h->slots ? &h->slots[id] : NULL;
+	if (__builtin_expect(!sl || sl->n == sl->cap, 0)) {
+		if (slot_grow(h, id))
+			goto heap;
+		sl = &h->slots[id];
+	}
+	sl->v[sl->n] = timer;
+	timer->where = id;
+	timer->index = sl->n++;
+	h->occupied[id / SLOTS] |= 1ull << id % SLOTS;
+	h->levels |= 1u << id / SLOTS;
+	return;
+heap:
+	heap_push(&h->heap, timer);
+}
+
+static void slot_clear(struct keel__timers *h, uint32_t id)
+{
+	uint32_t level = id / SLOTS;
+
+	h->occupied[level] &= ~(1ull << id % SLOTS);
+	if (!h->occupied[level])
+		h->levels &= ~(1u << level);
+}
+
+static inline void unlink_timer(struct keel__timers *h,
+				struct keel_timer *timer)
+{
+	if (timer->where == IN_HEAP) {
+		heap_remove(&h->heap, timer->index);
+	} else {
+		struct keel__timer_slot *sl = &h->slots[timer->where];
+		struct keel_timer *last = sl->v[--sl->n];
+
+		sl->v[timer->index] = last;
+		last->index = timer->index;
+		if (!sl->n)
+			slot_clear(h, timer->where);
+	}
+	timer->where = NOT_ARMED;
+	h->n--;
+}
+
+/* The cursor has reached slot `id`: its timers go down (never to the
+ * same slot: they differ from the cursor in lower bits only), or to the
+ * heap. The overflow's may go back to it, so its array is taken first. */
+static void cascade(struct keel__timers *h, uint32_t id)
+{
+	struct keel__timer_slot *sl = &h->slots[id];
+	struct keel__timer_slot was = *sl;
+
+	slot_clear(h, id);
+	if (id == OVERFLOW_SLOT)
+		*sl = (struct keel__timer_slot){0};
+	sl->n = 0;
+	for (uint32_t i = 0; i < was.n; i++)
+		insert(h, was.v[i]);
+	if (id == OVERFLOW_SLOT) {
+		if (sl->v)
+			free(was.v);
+		else
+			*sl = (struct keel__timer_slot){was.v, 0, was.cap};
+	}
+}
+
+/*
+ * Move the cursor on to `target` (> base), or to the start of the nearest
+ * occupied slot if that comes first, and cascade that slot. The nearest
+ * slot is on the lowest occupied level (a level's slots all lie past the
+ * level below's), and on it the first occupied (the cursor never passes
+ * one): two bit scans. The overflow's "slot" starts the next span.
+ */
+static void advance(struct keel__timers *h, uint64_t target)
+{
+	uint64_t start;
+	uint32_t level, id;
+
+	if (!h->levels) {
+		h->base = target;
+		return;
+	}
+	level = (uint32_t)__builtin_ctz(h->levels);
+	if (level == LEVELS) {
+		start = (h->base | ((1ull << SPAN_BITS) - 1)) + 1;
+		id = OVERFLOW_SLOT;
+	} else {
+		unsigned shift = level * LEVEL_BITS;
+		uint32_t s = (uint32_t)__builtin_ctzll(h->occupied[level]);
+
+		start = (h->base & ~((1ull << (shift + LEVEL_BITS)) - 1)) |
+			(uint64_t)s << shift;
+		id = level * SLOTS + s;
+	}
+	if (start > target) {
+		h->base = target;
+		return;
+	}
+	h->base = start;
+	cascade(h, id);
+}
+
+/*
+ * The heap's top is the nearest timer when its tick is the cursor's or
+ * before (every wheel timer's is after). If not, move the cursor on until
+ * it is: to the top's tick, or to the wheel's nearest slot first.
+ */
+uint64_t keel__timers_next_slow(struct keel__timers *h)
+{
+	for (;;) {
+		struct keel__heap_entry *top = h->heap.n ? &h->heap.v[0] : NULL;
+
+		if (top && tick_of(top->deadline) <= h->base)
+			return top->deadline;
+		if (!h->levels)
+			return top ? top->deadline : UINT64_MAX;
+		advance(h, top ? tick_of(top->deadline) : UINT64_MAX);
+	}
+}
+
 void keel_timer_init(struct keel_timer *timer, keel_timer_fn fn, void *arg)
 {
 	timer->deadline = 0;
 	timer->seq = 0;
-	timer->heap_index = NOT_ARMED;
+	timer->where = NOT_ARMED;
+	timer->index = 0;
 	timer->fn = fn;
 	timer->arg = arg;
+}
+
+/* A timer armed already, or a heap to grow: out of the arming path. */
+static __attribute__((noinline)) int arm_prepare(struct keel__timers *h,
+						 struct keel_timer *timer)
+{
+	if (timer->where != NOT_ARMED)
+		unlink_timer(h, timer);
+	if (h->heap.cap <= h->n && heap_grow(&h->heap))
+		return -ENOMEM;
+	return 0;
+}
+
+static inline int arm(struct keel__core *c, struct keel_timer *timer,
+		      uint64_t deadline_ns)
+{
+	struct keel__timers *h = &c->timers;
+
+	if (__builtin_expect(timer->where != NOT_ARMED || h->heap.cap <= h->n,
+			     0) &&
+	    arm_prepare(h, timer))
+		return -ENOMEM;
+	/* An empty wheel may take any cursor: the clock's keeps the heap
+	 * for what is due (a cursor moved on to a far timer would send
+	 * every nearer one there). */
+	if (!h->levels)
+		h->base = tick_of(c->now);
+	timer->deadline = deadline_ns;
+	timer->seq = ++h->seq;
+	h->n++;
+	insert(h, timer);
+	return 0;
 }
 
 int keel_timer_arm(struct keel_loop *loop, struct keel_timer *timer,
 		   uint64_t deadline_ns)
 {
-	struct keel__timer_heap *h = &keel__core_of(loop)->timers;
-
-	if (timer->heap_index != NOT_ARMED)
-		heap_remove(h, timer->heap_index);
-	if (h->n == h->cap && heap_grow(h))
-		return -ENOMEM;
-	timer->deadline = deadline_ns;
-	timer->seq = ++h->seq;
-	h->v[h->n] = (struct keel__heap_entry){deadline_ns, timer};
-	timer->heap_index = h->n++;
-	sift_up(h, timer->heap_index);
-	return 0;
+	return arm(keel__core_of(loop), timer, deadline_ns);
 }
 
 int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
 			 uint64_t delay_ns)
 {
-	return keel_timer_arm(loop, timer, keel__core_of(loop)->now + delay_ns);
+	struct keel__core *c = keel__core_of(loop);
+
+	return arm(c, timer, c->now + delay_ns);
 }
 
 bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer)
 {
-	if (timer->heap_index == NOT_ARMED)
+	if (timer->where == NOT_ARMED)
 		return false;
-	heap_remove(&keel__core_of(loop)->timers, timer->heap_index);
+	unlink_timer(&keel__core_of(loop)->timers, timer);
 	return true;
 }
 
-void keel__timers_fini(struct keel__timer_heap *h)
+void keel__timers_fini(struct keel__timers *h)
 {
-	for (uint32_t i = 0; i < h->n; i++)
-		h->v[i].timer->heap_index = NOT_ARMED;
-	free(h->block);
-	h->block = NULL;
-	h->v = NULL;
-	h->n = h->cap = 0;
+	for (uint32_t i = 0; i < h->heap.n; i++)
+		h->heap.v[i].timer->where = NOT_ARMED;
+	free(h->heap.block);
+	for (uint32_t id = 0; h->slots && id <= OVERFLOW_SLOT; id++) {
+		for (uint32_t i = 0; i < h->slots[id].n; i++)
+			h->slots[id].v[i]->where = NOT_ARMED;
+		free(h->slots[id].v);
+	}
+	free(h->slots);
+	*h = (struct keel__timers){.seq = h->seq, .fired = h->fired};
 }
 
 void keel__timers_expire(struct keel_loop *loop)
 {
 	struct keel__core *c = keel__core_of(loop);
-	struct keel__timer_heap *h = &c->timers;
-	uint64_t now = c->now;
+	struct keel__timers *h = &c->timers;
+	uint64_t now = c->now, now_tick = tick_of(now);
 	/* Timers armed by the callbacks below wait for the next turn, so a
 	 * callback that re-arms itself at `now` cannot loop forever. */
 	uint64_t last_seq = h->seq;
 
-	while (h->n && h->v[0].deadline <= now &&
-	       h->v[0].timer->seq <= last_seq) {
-		struct keel_timer *timer = h->v[0].timer;
+	while (h->n) {
+		struct keel__heap_entry *top = h->heap.n ? &h->heap.v[0] : NULL;
+		uint64_t target = now_tick;
 
-		heap_remove(h, 0);
-		h->fired++;
-		KEEL__TRACE(c, KEEL_EV_TIMER_FIRE, 0, UINT32_MAX,
-			    now - timer->deadline, 0);
-		timer->fn(loop, timer, timer->arg);
+		if (top && tick_of(top->deadline) <= h->base) {
+			struct keel_timer *timer = top->timer;
+
+			if (top->deadline > now || timer->seq > last_seq)
+				break;
+			heap_remove(&h->heap, 0);
+			h->n--;
+			h->fired++;
+			KEEL__TRACE(c, KEEL_EV_TIMER_FIRE, 0, UINT32_MAX,
+				    now - timer->deadline, 0);
+			timer->fn(loop, timer, timer->arg);
+			continue;
+		}
+		/* The wheel's due slots, one at a time: the heap holds one
+		 * tick's timers, not all that are due. */
+		if (top && tick_of(top->deadline) < target)
+			target = tick_of(top->deadline);
+		if (h->base >= target)
+			break;
+		advance(h, target);
 	}
 }
 

@@ -41,6 +41,10 @@ static struct {
 	 * value it was started with, so a loop added before it noticed
 	 * cannot keep a retired thread (which someone joins) alive. */
 	uintptr_t epoch;
+	/* Set (atomically) while the thread sleeps for want of a loop that
+	 * could stall: see all_parked(). */
+	int idle;
+	uint64_t ticks; /* samples taken: for tests */
 } watchdog = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
@@ -100,6 +104,54 @@ static void watch_one(struct keel_loop *loop, uint64_t now)
 		(unsigned long long)((now - w->since) / 1000000u), site);
 }
 
+/*
+ * Every loop waits in the kernel (parked, sched/remote.c): none runs a
+ * step, so none can stall, and the thread need not wake every half
+ * threshold (an idle process would wake 200 times a second for it). It
+ * sleeps until a loop unparks (keel__watchdog_unparked()). The two sides
+ * are Dekker's: the thread stores `idle` then reads each `parked`, a loop
+ * stores `parked` = 0 then reads `idle`, all sequentially consistent, so
+ * at least one sees the other: the thread stays up, or the loop wakes it.
+ */
+static bool all_parked(void)
+{
+	for (struct keel_loop *l = watchdog.loops; l; l = l->watch.next)
+		if (!__atomic_load_n(&l->inbox.parked, __ATOMIC_SEQ_CST))
+			return false;
+	return watchdog.loops != NULL;
+}
+
+/* Sleep while every loop is parked; true if it slept. */
+static bool idle_while_parked(uintptr_t epoch)
+{
+	if (!all_parked())
+		return false;
+	__atomic_store_n(&watchdog.idle, 1, __ATOMIC_SEQ_CST);
+	if (!all_parked()) {
+		__atomic_store_n(&watchdog.idle, 0, __ATOMIC_SEQ_CST);
+		return false;
+	}
+	while (__atomic_load_n(&watchdog.idle, __ATOMIC_SEQ_CST) &&
+	       watchdog.epoch == epoch)
+		pthread_cond_wait(&watchdog.wake, &watchdog.lock);
+	return true;
+}
+
+void keel__watchdog_unparked(void)
+{
+	if (!__atomic_load_n(&watchdog.idle, __ATOMIC_SEQ_CST))
+		return;
+	pthread_mutex_lock(&watchdog.lock);
+	__atomic_store_n(&watchdog.idle, 0, __ATOMIC_SEQ_CST);
+	pthread_cond_broadcast(&watchdog.wake);
+	pthread_mutex_unlock(&watchdog.lock);
+}
+
+uint64_t keel__watchdog_ticks(void)
+{
+	return __atomic_load_n(&watchdog.ticks, __ATOMIC_RELAXED);
+}
+
 static void *watchdog_main(void *arg)
 {
 	uintptr_t epoch = (uintptr_t)arg;
@@ -131,8 +183,10 @@ static void *watchdog_main(void *arg)
 		pthread_cond_timedwait(&watchdog.wake, &watchdog.lock, &ts);
 		uint64_t now = keel__clock_now();
 
+		__atomic_add_fetch(&watchdog.ticks, 1, __ATOMIC_RELAXED);
 		for (struct keel_loop *l = watchdog.loops; l; l = l->watch.next)
 			watch_one(l, now);
+		idle_while_parked(epoch);
 	}
 	pthread_mutex_unlock(&watchdog.lock);
 	return NULL;
@@ -144,6 +198,9 @@ void keel__watchdog_add(struct keel_loop *loop)
 	pthread_mutex_lock(&watchdog.lock);
 	loop->watch.next = watchdog.loops;
 	watchdog.loops = loop;
+	/* Not parked yet: the thread must watch it. */
+	__atomic_store_n(&watchdog.idle, 0, __ATOMIC_SEQ_CST);
+	pthread_cond_broadcast(&watchdog.wake);
 	if (!watchdog.running) {
 		/* Without it the loop runs undetected; nothing else breaks. */
 		watchdog.running =

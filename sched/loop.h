@@ -70,6 +70,10 @@ void keel__remote_drain(struct keel_loop *loop);
 /* sched/introspect.c */
 void keel__watchdog_add(struct keel_loop *loop);
 void keel__watchdog_remove(struct keel_loop *loop);
+/* A loop unparked: wake the watchdog if it sleeps (sched/introspect.c). */
+void keel__watchdog_unparked(void);
+/* The watchdog's samples so far (tests). */
+uint64_t keel__watchdog_ticks(void);
 void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,
 			    const struct keel_await_point *resumed_from);
 

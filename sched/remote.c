@@ -174,6 +174,8 @@ bool keel__remote_park(struct keel_loop *loop)
 void keel__remote_unpark(struct keel_loop *loop)
 {
 	__atomic_store_n(&loop->inbox.parked, 0, __ATOMIC_SEQ_CST);
+	/* The stall watchdog sleeps while every loop is parked. */
+	keel__watchdog_unparked();
 }
 
 void keel__remote_drain(struct keel_loop *loop)

@@ -358,3 +358,367 @@ Test(timer, task_exiting_during_sleep_leaves_no_timer_behind, .timeout = 10)
 	cr_assert_eq(s.exited, 1);
 	keel_loop_destroy(loop);
 }
+
+/*
+ * The timing wheel (core/timer.c), on a virtual clock (the simulated
+ * kernel's hook: every clock read of keel reads it), so that deadlines
+ * across every level, and the overflow beyond them, are reached in an
+ * instant. The loop's timeout (keel_loop_timeout_ns()) must be the next
+ * deadline to the ns, whatever level holds it.
+ */
+#include "core.h"
+
+#define TICK   (1ull << KEEL__TICK_SHIFT)
+#define LEVEL0 (TICK << 6) /* level 0 spans this; level L, 64^L of it */
+
+static uint64_t g_vclock;
+
+static struct keel_loop *virtual_loop(uint64_t start)
+{
+	g_vclock = start;
+	keel__virtual_clock = &g_vclock;
+	return kt_loop_new(NULL);
+}
+
+static void virtual_done(struct keel_loop *loop)
+{
+	keel_loop_destroy(loop);
+	keel__virtual_clock = NULL;
+}
+
+/* Move the clock to `t` and take one turn that does not wait. */
+static void step_at(struct keel_loop *loop, uint64_t t)
+{
+	g_vclock = t;
+	cr_assert_geq(keel_loop_step(loop, 0), 0);
+}
+
+static void log_id(struct keel_loop *loop, struct keel_timer *timer, void *arg)
+{
+	kt_log_push(&g_log, (int)(intptr_t)arg);
+	if (keel_loop_now(loop) < timer->deadline)
+		g_early++;
+}
+
+/* A deadline `far` ns ahead on each level, the overflow, and the heap. */
+static const uint64_t g_far[] = {
+    0,
+    TICK / 2,
+    TICK,
+    LEVEL0 - 1,
+    LEVEL0,
+    LEVEL0 + 1,
+    LEVEL0 << 6,
+    (LEVEL0 << 6) + TICK + 3,
+    LEVEL0 << 12,
+    LEVEL0 << 18,
+    (LEVEL0 << 24) - 1,
+    LEVEL0 << 24,
+    (LEVEL0 << 30) - TICK,
+    LEVEL0 << 30, /* past the span: the overflow */
+    (LEVEL0 << 30) * 3 + 17,
+};
+#define NFAR (sizeof(g_far) / sizeof(g_far[0]))
+
+Test(timer, wheel_timeout_is_the_next_deadline_to_the_ns_on_every_level,
+     .timeout = 10)
+{
+	/* Not on a tick boundary: a timer a tick ahead is in the next. */
+	uint64_t t0 = (1ull << 40) + 12345;
+	struct keel_loop *loop = virtual_loop(t0);
+	struct keel_timer timers[NFAR];
+
+	/* Armed farthest first, then fired nearest first. */
+	for (int i = (int)NFAR - 1; i >= 0; i--) {
+		keel_timer_init(&timers[i], log_id, (void *)(intptr_t)i);
+		cr_assert_eq(keel_timer_arm(loop, &timers[i], t0 + g_far[i]),
+			     0);
+	}
+	for (unsigned i = 0; i < NFAR; i++) {
+		uint64_t d = t0 + g_far[i];
+
+		if (d > g_vclock) {
+			g_vclock = d - 1;
+			cr_assert_eq(keel_loop_timeout_ns(loop), 1,
+				     "timer %u: timeout %lld, not 1 ns", i,
+				     (long long)keel_loop_timeout_ns(loop));
+			step_at(loop, d - 1);
+			cr_assert_eq(g_log.n, (int)i, "timer %u fired early",
+				     i);
+		}
+		step_at(loop, d);
+		cr_assert_eq(g_log.n, (int)i + 1, "timer %u did not fire", i);
+		cr_assert_eq(g_log.v[i], (int)i);
+	}
+	cr_assert_eq(keel_loop_timeout_ns(loop), -1);
+	cr_assert_eq(g_early, 0);
+	virtual_done(loop);
+}
+
+Test(timer, wheel_a_1ms_sleep_waits_1ms_not_a_tick_more, .timeout = 10)
+{
+	struct keel_loop *loop = virtual_loop((1ull << 40) + 999);
+	struct keel_timer a, b;
+
+	keel_timer_init(&a, log_id, (void *)1);
+	keel_timer_init(&b, log_id, (void *)2);
+	cr_assert_eq(keel_timer_arm_after(loop, &a, KT_MS(1)), 0);
+	cr_assert_eq(keel_loop_timeout_ns(loop), (int64_t)KT_MS(1));
+	cr_assert_eq(keel_timer_arm_after(loop, &b, KT_MS(10000)), 0);
+	cr_assert_eq(keel_loop_timeout_ns(loop), (int64_t)KT_MS(1));
+	keel_timer_cancel(loop, &a);
+	cr_assert_eq(keel_loop_timeout_ns(loop), (int64_t)KT_MS(10000));
+	virtual_done(loop);
+}
+
+/* Many timers on one deadline, armed before and after the wheel moved its
+ * cursor past some of their slot's levels: all in arming order. */
+Test(timer, wheel_equal_deadlines_fire_in_arming_order_across_cascades,
+     .timeout = 10)
+{
+	uint64_t t0 = 1ull << 40;
+	struct keel_loop *loop = virtual_loop(t0);
+	static struct keel_timer timers[300];
+	uint64_t d = t0 + (LEVEL0 << 7) + 5; /* level 2 at first */
+	int want[300];
+
+	for (int i = 0; i < 300; i++) {
+		keel_timer_init(&timers[i], log_id, (void *)(intptr_t)i);
+		want[i] = i;
+		if (i == 100)
+			step_at(loop, d - (LEVEL0 << 2)); /* now on level 1 */
+		if (i == 200)
+			step_at(loop, d - TICK / 2); /* now in the heap */
+		cr_assert_eq(keel_timer_arm(loop, &timers[i], d), 0);
+	}
+	cr_assert_eq(g_log.n, 0);
+	step_at(loop, d);
+	kt_log_expect(&g_log, want, 300);
+	virtual_done(loop);
+}
+
+Test(timer, wheel_cancel_from_every_level_and_the_overflow, .timeout = 10)
+{
+	uint64_t t0 = (1ull << 40) + 7;
+	struct keel_loop *loop = virtual_loop(t0);
+	struct keel_timer timers[NFAR];
+	int want[NFAR], n = 0;
+
+	for (unsigned i = 0; i < NFAR; i++) {
+		keel_timer_init(&timers[i], log_id, (void *)(intptr_t)i);
+		cr_assert_eq(keel_timer_arm(loop, &timers[i], t0 + g_far[i]),
+			     0);
+	}
+	for (unsigned i = 0; i < NFAR; i++)
+		if (i % 2)
+			cr_assert(keel_timer_cancel(loop, &timers[i]));
+		else
+			want[n++] = (int)i;
+	for (unsigned i = 0; i < NFAR; i++)
+		cr_assert_eq(keel_timer_armed(&timers[i]), i % 2 == 0);
+	cr_assert_eq(kt_stats(loop).timers_armed, (uint64_t)n);
+	step_at(loop, t0 + g_far[NFAR - 1] + 1);
+	kt_log_expect(&g_log, want, n);
+	cr_assert_eq(kt_stats(loop).timers_armed, 0);
+	virtual_done(loop);
+}
+
+/* A callback re-arms its own timer for now (next turn, not this one) and
+ * moves a later one, still in the wheel, to before it. */
+static struct keel_timer g_other;
+
+static void rearm_now_and_pull(struct keel_loop *loop, struct keel_timer *t,
+			       void *arg)
+{
+	kt_log_push(&g_log, (int)(intptr_t)arg);
+	if (g_log.n == 1) {
+		cr_assert_eq(keel_timer_arm(loop, t, keel_loop_now(loop)), 0);
+		cr_assert_eq(
+		    keel_timer_arm(loop, &g_other, keel_loop_now(loop) - 1), 0);
+	}
+}
+
+Test(timer, wheel_rearm_while_firing_waits_for_the_next_turn, .timeout = 10)
+{
+	uint64_t t0 = 1ull << 40;
+	struct keel_loop *loop = virtual_loop(t0);
+	struct keel_timer self;
+
+	keel_timer_init(&self, rearm_now_and_pull, (void *)1);
+	keel_timer_init(&g_other, log_id, (void *)2);
+	cr_assert_eq(keel_timer_arm(loop, &self, t0 + LEVEL0 * 3), 0);
+	cr_assert_eq(keel_timer_arm(loop, &g_other, t0 + (LEVEL0 << 12)), 0);
+	step_at(loop, t0 + LEVEL0 * 3);
+	kt_log_expect(&g_log, (const int[]){1}, 1);
+	cr_assert_eq(keel_loop_timeout_ns(loop), 0);
+	/* By deadline: the moved timer is due 1 ns before the re-armed. */
+	step_at(loop, t0 + LEVEL0 * 3);
+	kt_log_expect(&g_log, (const int[]){1, 2, 1}, 3);
+	virtual_done(loop);
+}
+
+Test(timer, wheel_now_or_past_fires_next_turn_and_boundaries_are_exact,
+     .timeout = 10)
+{
+	/* The clock one ns before a level-2 boundary. */
+	uint64_t t0 = (LEVEL0 << 20) - 1;
+	struct keel_loop *loop = virtual_loop(t0);
+	struct keel_timer now, past, at, after;
+
+	keel_timer_init(&now, log_id, (void *)1);
+	keel_timer_init(&past, log_id, (void *)2);
+	keel_timer_init(&at, log_id, (void *)3);
+	keel_timer_init(&after, log_id, (void *)4);
+	cr_assert_eq(keel_timer_arm(loop, &now, t0), 0);
+	cr_assert_eq(keel_timer_arm(loop, &past, t0 - (LEVEL0 << 6)), 0);
+	cr_assert_eq(keel_timer_arm(loop, &at, t0 + 1), 0);
+	cr_assert_eq(keel_timer_arm(loop, &after, t0 + 2), 0);
+	cr_assert_eq(keel_loop_timeout_ns(loop), 0);
+	step_at(loop, t0);
+	kt_log_expect(&g_log, (const int[]){2, 1}, 2);
+	cr_assert_eq(keel_loop_timeout_ns(loop), 1);
+	step_at(loop, t0 + 1);
+	kt_log_expect(&g_log, (const int[]){2, 1, 3}, 3);
+	step_at(loop, t0 + 2);
+	kt_log_expect(&g_log, (const int[]){2, 1, 3, 4}, 4);
+	virtual_done(loop);
+}
+
+/*
+ * 10^6 random arms, re-arms and cancels of 1024 timers, with deadlines
+ * on every level, the overflow and the past, against a reference model
+ * of the old 4-ary heap's semantics: at each turn every armed timer due by
+ * the clock fires, by deadline, ties by arming order, never early; and
+ * the loop's timeout is the nearest deadline to the ns.
+ */
+#define MODEL_TIMERS 1024u
+#define MODEL_OPS    1000000u
+
+struct model {
+	struct keel_timer t[MODEL_TIMERS];
+	uint64_t deadline[MODEL_TIMERS];
+	uint64_t seq[MODEL_TIMERS];
+	bool armed[MODEL_TIMERS];
+	uint32_t due[MODEL_TIMERS];
+	uint32_t fired[MODEL_TIMERS];
+	uint32_t nfired;
+};
+
+static struct model *g_model;
+
+static void model_fired(struct keel_loop *loop, struct keel_timer *timer,
+			void *arg)
+{
+	struct model *m = g_model;
+
+	cr_assert_lt(m->nfired, MODEL_TIMERS);
+	m->fired[m->nfired++] = (uint32_t)(timer - m->t);
+}
+
+static uint64_t rnd(uint64_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 7;
+	*x ^= *x << 17;
+	return *x;
+}
+
+static int by_deadline_seq(const void *a, const void *b)
+{
+	const struct model *m = g_model;
+	uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
+
+	if (m->deadline[i] != m->deadline[j])
+		return m->deadline[i] < m->deadline[j] ? -1 : 1;
+	return m->seq[i] < m->seq[j] ? -1 : 1;
+}
+
+static void model_turn(struct keel_loop *loop, struct model *m, uint64_t t)
+{
+	uint32_t ndue = 0;
+	uint64_t next = UINT64_MAX;
+
+	for (uint32_t i = 0; i < MODEL_TIMERS; i++)
+		if (m->armed[i] && m->deadline[i] <= t)
+			m->due[ndue++] = i;
+	qsort(m->due, ndue, sizeof(m->due[0]), by_deadline_seq);
+	m->nfired = 0;
+	step_at(loop, t);
+	cr_assert_eq(m->nfired, ndue, "at %llu: %u fired, %u due",
+		     (unsigned long long)t, m->nfired, ndue);
+	for (uint32_t k = 0; k < ndue; k++) {
+		cr_assert_eq(m->fired[k], m->due[k], "fire %u of %u", k, ndue);
+		m->armed[m->due[k]] = false;
+	}
+	for (uint32_t i = 0; i < MODEL_TIMERS; i++) {
+		cr_assert_eq(keel_timer_armed(&m->t[i]), m->armed[i]);
+		if (m->armed[i] && m->deadline[i] < next)
+			next = m->deadline[i];
+	}
+	cr_assert_eq(keel_loop_timeout_ns(loop),
+		     next == UINT64_MAX ? -1 : (int64_t)(next - t));
+}
+
+Test(timer, wheel_matches_the_heap_model_over_a_million_random_ops,
+     .timeout = 10)
+{
+	uint64_t t = (1ull << 41) + 4321, seq = 0, x = 0x9e3779b97f4a7c15ull;
+	struct keel_loop *loop = virtual_loop(t);
+	struct model *m = calloc(1, sizeof(*m));
+
+	cr_assert(m);
+	g_model = m;
+	for (uint32_t i = 0; i < MODEL_TIMERS; i++)
+		keel_timer_init(&m->t[i], model_fired, NULL);
+	for (uint32_t op = 0; op < MODEL_OPS; op++) {
+		uint64_t r = rnd(&x);
+		uint32_t i = (uint32_t)(r % MODEL_TIMERS);
+
+		if (op % 64 == 63) {
+			/* The clock moves: a little, to a deadline, or far. */
+			uint64_t s = rnd(&x), jump;
+
+			switch (s % 4) {
+			case 0:
+				jump = s >> 2 & (TICK * 4 - 1);
+				break;
+			case 1:
+				jump = m->armed[i] && m->deadline[i] > t
+					   ? m->deadline[i] - t
+					   : 0;
+				break;
+			case 2:
+				jump =
+				    (s >> 2) % (LEVEL0 << (6 * (s >> 8 & 3)));
+				break;
+			default:
+				jump = 0;
+			}
+			t += jump;
+			model_turn(loop, m, t);
+		} else if (r >> 32 & 1 && m->armed[i]) {
+			cr_assert(keel_timer_cancel(loop, &m->t[i]));
+			m->armed[i] = false;
+		} else {
+			/* A level (or the overflow, or the past), then an
+			 * offset in it; sometimes a tick boundary exactly. */
+			uint64_t s = rnd(&x);
+			unsigned level = (unsigned)(s % 9);
+			uint64_t d;
+
+			if (level == 8)
+				d = t - (s >> 8) % (LEVEL0 << 6);
+			else
+				d = t + (s >> 8) % (TICK << (6 * level));
+			if (s >> 60 == 0)
+				d &= ~(TICK - 1);
+			cr_assert_eq(keel_timer_arm(loop, &m->t[i], d), 0);
+			m->deadline[i] = d;
+			m->seq[i] = ++seq;
+			m->armed[i] = true;
+		}
+	}
+	model_turn(loop, m, t + (LEVEL0 << 42));
+	virtual_done(loop);
+	free(m);
+}

@@ -4,7 +4,8 @@
  * there are loops: it starts with the first loop, stays while any loop
  * does, is joined when the last one is destroyed (no thread left behind,
  * which valgrind reported as "possibly lost"), and a loop created after
- * that gets a new one that still reports stalls.
+ * that gets a new one that still reports stalls. It sleeps while every
+ * loop waits in the kernel, and wakes (and reports) when one runs again.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "helpers/keel_test.h"
+#include "loop.h"
 
 /* The process's threads, io_uring's own workers (iou-*) left out. */
 static int threads(void)
@@ -123,4 +125,44 @@ Test(watchdog, restarted_watchdog_still_reports_stalls, .timeout = 20)
 			     g_stalls);
 		keel_loop_destroy(loop);
 	}
+}
+
+/* Sleeps 300 ms first (the loop waits in the kernel), then stalls. */
+static uint64_t g_idle_ticks; /* the watchdog's while the task slept */
+
+static int idle_staller_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	g_idle_ticks = keel__watchdog_ticks();
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(300)));
+	g_idle_ticks = keel__watchdog_ticks() - g_idle_ticks;
+	uint64_t start = kt_now_ns();
+
+	while (!kt_stats(keel_task_loop(t)).stalls &&
+	       kt_now_ns() - start < KT_MS(2000))
+		;
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(idle_staller_task, struct staller, task,
+		      idle_staller_step);
+
+/*
+ * Sampling every 2.5 ms, the watchdog would wake ~120 times in 300 ms;
+ * idle, a few (the samples before it sees the loop parked, and the one
+ * after the loop wakes it). The stall after the sleep is still reported.
+ */
+Test(watchdog, sleeps_while_the_loop_waits_and_still_reports_stalls_after,
+     .timeout = 20)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	g_stalls = 0;
+	keel_loop_set_stall(loop, KT_MS(5), on_stall, NULL);
+	kt_spawn(loop, &idle_staller_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	cr_assert_leq(g_idle_ticks, 20,
+		      "the watchdog woke %llu times in 300 ms idle",
+		      (unsigned long long)g_idle_ticks);
+	cr_assert_eq(g_stalls, 1, "%d stalls reported", g_stalls);
+	keel_loop_destroy(loop);
 }

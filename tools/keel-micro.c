@@ -24,8 +24,9 @@
  *                     fails with -EDEADLK: the task joins itself); per await
  *   timer_arm_cancel  arm a keel_timer 100-163 ms ahead, cancel it; per pair
  *   timer_arm_cancel_heap1k   the same with 1000 other timers armed an
- *                     hour ahead: each arm sifts to the top of the heap and
- *                     each cancel takes the top out (O(log n) both ways)
+ *                     hour ahead (the name is from when timers were a
+ *                     heap, where each arm sifted to the top and each
+ *                     cancel took the top out; on the wheel both are O(1))
  *   timer_100k_wall   100k tasks spawned, each keel_sleep()s a random
  *                     0-10 ms, all joined; wall ns per timer, spawn included
  *   timer_100k_cpu    the same run, process CPU ns per timer
@@ -369,7 +370,7 @@ static int arm_cancel_step(struct keel_task *t)
 	struct keel_loop *loop = keel_task_loop(t);
 	uint64_t i;
 
-	/* Others an hour ahead, spread, so that the heap is really 1k deep. */
+	/* Others an hour ahead, spread (on a heap: really 1k deep). */
 	for (i = 0; i < f->others; i++) {
 		keel_timer_init(&f->other[i], timer_fired, NULL);
 		if (keel_timer_arm_after(loop, &f->other[i],

@@ -278,10 +278,11 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out);
 /*
  * the loop's timers, and sleeping in a task.
  *
- * Timers live on a 4-ary min-heap keyed by (deadline, arming order): arm and
- * cancel are O(log n), timers due together fire in the order they were
- * armed, and a loop holds millions of them. Deadlines are absolute
- * CLOCK_MONOTONIC nanoseconds (keel_loop_now() is the loop's clock).
+ * Timers live on a hierarchical timing wheel: arm and cancel are O(1),
+ * timers fire by deadline (to the ns, never early), those due together in
+ * the order they were armed, and a loop holds millions of them. Deadlines
+ * are absolute CLOCK_MONOTONIC nanoseconds (keel_loop_now() is the loop's
+ * clock).
  */
 struct keel_loop;
 struct keel_task;
@@ -294,8 +295,10 @@ typedef void (*keel_timer_fn)(struct keel_loop *loop, struct keel_timer *timer,
 /* Caller-owned; its fields are private. */
 struct keel_timer {
 	uint64_t deadline;
-	uint64_t seq;	     /* arming order, breaks ties */
-	uint32_t heap_index; /* UINT32_MAX when not armed */
+	uint64_t seq;	/* arming order, breaks ties */
+	uint32_t where; /* UINT32_MAX when not armed; else a wheel slot or
+			 * the near heap (core/timer.c) */
+	uint32_t index; /* its place there */
 	keel_timer_fn fn;
 	void *arg;
 };
@@ -332,7 +335,7 @@ bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer);
 /* Ownership: reads the timer; nothing changes hands. */
 static inline bool keel_timer_armed(const struct keel_timer *timer)
 {
-	return timer->heap_index != UINT32_MAX;
+	return timer->where != UINT32_MAX;
 }
 
 /*
