@@ -68,8 +68,8 @@ static int scraper_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	s->text = malloc(TEXT_MAX);
 	CHECK(s->text != NULL);
-	CHECK_EQ(keel_spawn_on(keel_runtime_loop(rt, 1), &nopper_task, 0,
-			       NULL, NULL),
+	CHECK_EQ(keel_spawn_on(keel_runtime_loop(rt, 1), &nopper_task, 0, NULL,
+			       NULL),
 		 0);
 	while (!kt_load(&nops_done)) {
 		now = scrape_nops(s->text);
