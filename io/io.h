@@ -103,6 +103,25 @@ struct keel__op {
 #define KEEL__OP_CHUNK_SHIFT 8
 #define KEEL__OP_CHUNK	     (1u << KEEL__OP_CHUNK_SHIFT)
 
+/*
+ * Latency of ops by opcode, submit to last CQE, on the loop's clock (set
+ * once per turn, so a figure is what the loop saw, to the turn), for the
+ * metrics (keel_metrics_render): log2 buckets, bucket k counting latencies
+ * in (2^(k-1), 2^k] x KEEL__LAT_UNIT_NS (bucket 0: up to the unit), the
+ * last one everything above. One table per opcode, allocated when the
+ * first op of that opcode completes. Only the loop's thread writes them,
+ * as single-writer relaxed atomics (a load and a store, no locked add), so
+ * that a scrape from another thread reads each count whole.
+ */
+#define KEEL__LAT_UNIT_SHIFT 10 /* 1024 ns */
+#define KEEL__LAT_BUCKETS    26 /* le 2^10 .. 2^34 ns (17 s), then +Inf */
+#define KEEL__LAT_OPCODES    64 /* IORING_OP_* below this are counted */
+
+struct keel__op_lat {
+	uint64_t bucket[KEEL__LAT_BUCKETS]; /* each bucket's own count */
+	uint64_t sum_ns;
+};
+
 struct keel__ledger {
 	struct keel__op **chunks; /* KEEL__OP_CHUNK ops each, never moved */
 	uint32_t nchunks;
@@ -174,6 +193,8 @@ struct keel__io {
 	 * only then has keel__bufrings_settle() anything to do. */
 	bool bufrings_starved;
 	struct keel__io_counters count;
+	/* Op latency by opcode (see struct keel__op_lat); NULL: none yet. */
+	struct keel__op_lat *op_lat[KEEL__LAT_OPCODES];
 	struct keel__chunk_pool chunks;
 	/* Idle recv streams (io/stream.c): a periodic sweep, armed while
 	 * some recv stream has its multishot recv armed, parks the ones
@@ -357,6 +378,8 @@ int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
 /* Ledger (io/ledger.c). */
 int keel__ledger_init(struct keel__ledger *l);
 void keel__ledger_fini(struct keel__ledger *l);
+/* Free the op latency tables (loop teardown). */
+void keel__op_lat_fini(struct keel__io *io);
 
 /* A new op owned by `t`, linked into its op list. NULL: -ENOMEM. */
 struct keel__op *keel__op_new(struct keel__io *io, struct keel_task *t,

@@ -126,12 +126,62 @@ void keel__op_release_quiet(struct keel__io *io, struct keel__op *op)
 		keel__task_ops_drained(t);
 }
 
+void keel__op_lat_fini(struct keel__io *io)
+{
+	for (unsigned i = 0; i < KEEL__LAT_OPCODES; i++) {
+		free(io->op_lat[i]);
+		io->op_lat[i] = NULL;
+	}
+}
+
+/* A table's first use; published with release for a scrape elsewhere. */
+static struct keel__op_lat *op_lat_table(struct keel__io *io, unsigned opcode)
+{
+	struct keel__op_lat *h = calloc(1, sizeof(*h));
+
+	if (h)
+		__atomic_store_n(&io->op_lat[opcode], h, __ATOMIC_RELEASE);
+	return h;
+}
+
+/*
+ * Count a kernel op's latency. A user op (a sleep) is left out: its
+ * "latency" is the time it was asked to wait; so is a multishot stream
+ * (its completions come when a peer sends or connects, and its own CQEs
+ * never come here but by a linked timeout). Out of memory for a table:
+ * the op goes uncounted rather than failing anything.
+ */
+static void op_lat_record(struct keel__io *io, const struct keel__op *op)
+{
+	struct keel__op_lat *h;
+	uint64_t ns = io->core.now - op->start_ns;
+	unsigned k;
+
+	if (op->kind == KEEL__OP_USER || op->kind == KEEL__OP_STREAM ||
+	    op->opcode >= KEEL__LAT_OPCODES)
+		return;
+	h = io->op_lat[op->opcode];
+	if (__builtin_expect(!h, 0) && !(h = op_lat_table(io, op->opcode)))
+		return;
+	/* ns in (2^(k-1), 2^k] units -> k, without a branch: ns - 1 (0
+	 * stays 0), its bits below the unit set so that up to one unit
+	 * lands in bucket 0. */
+	k = 64u -
+	    (unsigned)__builtin_clzll((ns - (ns != 0)) |
+				      ((1u << KEEL__LAT_UNIT_SHIFT) - 1)) -
+	    KEEL__LAT_UNIT_SHIFT;
+	k = k < KEEL__LAT_BUCKETS ? k : KEEL__LAT_BUCKETS - 1;
+	__atomic_store_n(&h->bucket[k], h->bucket[k] + 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->sum_ns, h->sum_ns + ns, __ATOMIC_RELAXED);
+}
+
 /* The op's last CQE is in: release it, then tell its task. */
 static void op_done(struct keel__io *io, struct keel__op *op, int res)
 {
 	struct keel_task *t = op->task;
 	uint32_t ref = op->index + 1;
 
+	op_lat_record(io, op);
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
 		    (int64_t)res,
 		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);

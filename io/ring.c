@@ -328,6 +328,7 @@ void keel__io_fini(struct keel__io *io)
 	keel__chunk_pool_fini(io);
 	keel__inject_fini(io);
 	keel__ledger_fini(&io->ledger);
+	keel__op_lat_fini(io);
 	if (io->ring_ready && io->backend) {
 		io->backend->teardown(io->backend, &io->ring);
 		io->backend = NULL;

@@ -511,6 +511,82 @@ static bool stats_for_render(struct keel_loop *l, struct keel_loop_stats *st)
 	return true;
 }
 
+/* "0.000001024": ns as seconds, exactly, for an le label. */
+static void seconds_label(char *out, size_t len, uint64_t ns)
+{
+	snprintf(out, len, "%llu.%09llu",
+		 (unsigned long long)(ns / 1000000000u),
+		 (unsigned long long)(ns % 1000000000u));
+}
+
+/*
+ * Op latency by opcode (io/ledger.c keeps it, struct keel__op_lat), the
+ * loops' tables merged: one series per opcode that any of them has used.
+ * Each count is read once with a relaxed load (the tables are another
+ * thread's single-writer counters), and the cumulative buckets and _count
+ * come from those same loads, so what is printed is consistent.
+ */
+static void render_op_latency(struct keel__prom *p,
+			      struct keel_loop *const *loops, unsigned n)
+{
+	const char *h = "keel_op_duration_seconds";
+	char le[32], num[16];
+	const char *name;
+
+	keel__prom_family(p, h, KEEL__PROM_HISTOGRAM,
+			  "Time from an op's submission to its completion, "
+			  "by io_uring opcode, on the loop's clock (to the "
+			  "turn); sleeps and multishot streams are left out.");
+	for (unsigned op = 0; op < KEEL__LAT_OPCODES; op++) {
+		struct keel__op_lat sum = {0};
+		bool used = false;
+		uint64_t cum = 0;
+
+		for (unsigned i = 0; i < n; i++) {
+			const struct keel__op_lat *t = __atomic_load_n(
+			    &loops[i]->io.op_lat[op], __ATOMIC_ACQUIRE);
+
+			if (!t)
+				continue;
+			used = true;
+			for (unsigned b = 0; b < KEEL__LAT_BUCKETS; b++)
+				sum.bucket[b] += __atomic_load_n(
+				    &t->bucket[b], __ATOMIC_RELAXED);
+			sum.sum_ns +=
+			    __atomic_load_n(&t->sum_ns, __ATOMIC_RELAXED);
+		}
+		if (!used)
+			continue;
+		/* An opcode newer than keel's names: its number, still one
+		 * label value per opcode. */
+		name = keel_opcode_name(op);
+		if (!name) {
+			snprintf(num, sizeof(num), "op%u", op);
+			name = num;
+		}
+		for (unsigned b = 0; b < KEEL__LAT_BUCKETS; b++) {
+			cum += sum.bucket[b];
+			keel__prom_sample(p, h, "_bucket");
+			keel__prom_label(p, "op", name);
+			if (b + 1 < KEEL__LAT_BUCKETS) {
+				seconds_label(
+				    le, sizeof(le),
+				    1ull << (b + KEEL__LAT_UNIT_SHIFT));
+				keel__prom_label(p, "le", le);
+			} else {
+				keel__prom_label(p, "le", "+Inf");
+			}
+			keel__prom_value(p, cum);
+		}
+		keel__prom_sample(p, h, "_sum");
+		keel__prom_label(p, "op", name);
+		keel__prom_value_ns(p, sum.sum_ns);
+		keel__prom_sample(p, h, "_count");
+		keel__prom_label(p, "op", name);
+		keel__prom_value(p, cum);
+	}
+}
+
 size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
 			   char *buf, size_t len)
 {
@@ -569,6 +645,7 @@ size_t keel_metrics_render(struct keel_loop *const *loops, unsigned n,
 		keel__prom_label_uint(&p, "loop", i);
 		keel__prom_value(&p, cum);
 	}
+	render_op_latency(&p, loops, n);
 	free(st);
 	free(live);
 	return keel__prom_end(&p);

@@ -8,7 +8,10 @@
  * read back by a real parser (python3-prometheus-client's, skipped when
  * it is not installed): every sample parses, counters end in _total, and
  * the label values come back as they were. And a pool's dynamic children,
- * which must not become a series each.
+ * which must not become a series each. Then the op latency histograms
+ * (keel_op_duration_seconds): ops of two loops merged into one series per
+ * opcode, read back by the parser: cumulative buckets that never go down,
+ * +Inf equal to _count equal to the ops made, sleeps left out.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -315,8 +318,10 @@ Test(prom, dump_of_loops_and_a_tree_with_awkward_names_parses, .timeout = 30)
 	out[got] = '\0';
 	cr_assert_eq(pclose(p), 0, "parser: %s", out);
 	/* 28 loop families x 2 loops, a 12-bucket histogram (+ sum and count)
-	 * x 2; 5 counters x 2 supervisors, 5 states x 2, 4 static children. */
-	cr_expect(strstr(out, "samples 108\n"), "%s", out);
+	 * x 2, the workers' nop latency (26 buckets + sum and count, the two
+	 * loops merged); 5 counters x 2 supervisors, 5 states x 2, 4 static
+	 * children. */
+	cr_expect(strstr(out, "samples 136\n"), "%s", out);
 	cr_expect(strstr(out, "\n\"top\\nline/sub\\\\\\\"x\\\"\"\n"), "%s",
 		  out);
 	cr_expect(strstr(out, "\n\"kid \\\"a\\\"\"\n"), "%s", out);
@@ -362,4 +367,102 @@ Test(prom, pool_children_are_counted_by_state_not_one_series_each,
 	cr_expect_eq(restarts, 2, "%s", g_sup_text);
 	keel_sup_release(g_sup);
 	keel_loop_destroy(loop);
+}
+
+/* ---- op latency ----------------------------------------------------------
+ */
+
+/* NOPs and a sleep: the NOPs are counted, the sleep is not. */
+struct nopper {
+	struct keel_task task;
+	int n;
+	int i;
+};
+
+static int nopper_step(struct keel_task *t)
+{
+	struct nopper *w = keel_container_of(t, struct nopper, task);
+
+	KEEL_BEGIN(t);
+	for (w->i = 0; w->i < w->n; w->i++)
+		KEEL_AWAIT(t, keel_nop(t));
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(nopper_task, struct nopper, task, nopper_step);
+
+/* Per opcode of keel_op_duration_seconds: "OP count sum_positive ok",
+ * ok when the buckets are cumulative, end in +Inf, and +Inf == _count. */
+static const char op_lat_py[] =
+    "import sys\n"
+    "from prometheus_client.parser import text_string_to_metric_families\n"
+    "for f in text_string_to_metric_families(open(sys.argv[1]).read()):\n"
+    "    if f.name != 'keel_op_duration_seconds':\n"
+    "        continue\n"
+    "    assert f.type == 'histogram', f.type\n"
+    "    ops = {}\n"
+    "    for s in f.samples:\n"
+    "        o = ops.setdefault(s.labels['op'], {'b': []})\n"
+    "        if s.name.endswith('_bucket'):\n"
+    "            o['b'].append((float(s.labels['le']), s.value))\n"
+    "        else:\n"
+    "            o[s.name.rsplit('_', 1)[1]] = s.value\n"
+    "    for op, o in sorted(ops.items()):\n"
+    "        b = o['b']\n"
+    "        ok = (b == sorted(b) and b[-1][0] == float('inf')\n"
+    "              and all(x[1] <= y[1] for x, y in zip(b, b[1:]))\n"
+    "              and b[-1][1] == o['count'])\n"
+    "        print(op, int(o['count']), int(o['sum'] > 0), int(ok))\n";
+
+Test(prom, op_latency_histograms_merge_loops_and_count_every_op, .timeout = 30)
+{
+	struct keel_loop *loops[2];
+	const char *py = python_with_parser();
+	char dir[256], path[320], script[320], cmd[1024], out[4096];
+	static const int nops[2] = {300, 200};
+
+	if (!py)
+		cr_skip_test("python3-prometheus-client is not installed");
+	for (int i = 0; i < 2; i++) {
+		struct nopper *w;
+
+		loops[i] = kt_loop_new(NULL);
+		w = kt_spawn(loops[i], &nopper_task, 0);
+		w->n = nops[i];
+		kt_loop_run(loops[i]);
+	}
+	kt_tmpdir_make(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/metrics.txt", dir);
+	snprintf(script, sizeof(script), "%s/op_lat.py", dir);
+	FILE *f = fopen(script, "w");
+
+	cr_assert_not_null(f);
+	fputs(op_lat_py, f);
+	fclose(f);
+
+	size_t n = keel_metrics_render(loops, 2, NULL, 0);
+	char *text = malloc(n + 1);
+
+	cr_assert_not_null(text);
+	cr_assert_eq(keel_metrics_render(loops, 2, text, n + 1), n);
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs(text, f);
+	fclose(f);
+	free(text);
+
+	snprintf(cmd, sizeof(cmd), "%s '%s' '%s' 2>&1", py, script, path);
+	FILE *p = popen(cmd, "r");
+
+	cr_assert_not_null(p);
+	size_t got = fread(out, 1, sizeof(out) - 1, p);
+
+	out[got] = '\0';
+	cr_assert_eq(pclose(p), 0, "parser: %s", out);
+	/* Only the NOPs: the sleeps are not ops of the kernel's. */
+	cr_expect_str_eq(out, "nop 500 1 1\n");
+	for (int i = 0; i < 2; i++)
+		keel_loop_destroy(loops[i]);
+	kt_tmpdir_remove(dir);
 }

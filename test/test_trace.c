@@ -1075,6 +1075,7 @@ struct family {
 	char type[256];
 	int help, typ, samples;
 	bool loop_seen[2];
+	char ops[2][32]; /* an op-labelled family's series (loops merged) */
 };
 
 struct hist_state {
@@ -1092,11 +1093,11 @@ static bool ends_with(const char *s, const char *suffix)
 	return a >= b && !strcmp(s + a - b, suffix);
 }
 
-/* Parse `k="v"` pairs into loop and le (empty when absent). */
+/* Parse `k="v"` pairs into loop, op and le (empty when absent). */
 static void parse_labels(const char *line, const char *p, const char *end,
-			 char *loop, char *le)
+			 char *loop, char *op, char *le)
 {
-	loop[0] = le[0] = '\0';
+	loop[0] = op[0] = le[0] = '\0';
 	while (p < end) {
 		const char *eq = memchr(p, '=', (size_t)(end - p));
 
@@ -1112,7 +1113,10 @@ static void parse_labels(const char *line, const char *p, const char *end,
 			dst = loop;
 		else if (kl == 2 && !memcmp(p, "le", 2))
 			dst = le;
-		cr_assert_not_null(dst, "label other than loop/le: %s", line);
+		else if (kl == 2 && !memcmp(p, "op", 2))
+			dst = op;
+		cr_assert_not_null(dst, "label other than loop/op/le: %s",
+				   line);
 		cr_assert_eq(dst[0], '\0', "label twice: %s", line);
 		cr_assert_lt(vl, 32);
 		memcpy(dst, eq + 2, vl);
@@ -1235,12 +1239,26 @@ static void check_prometheus(char *text)
 			  "sample of %s before its HELP and TYPE", f->name);
 		f->samples++;
 
-		char loop[32], le[32];
+		char loop[32], op[32], le[32];
+		int li;
 
-		parse_labels(line, brace + 1, close, loop, le);
-		cr_assert(!strcmp(loop, "0") || !strcmp(loop, "1"),
-			  "loop label: %s", line);
-		int li = loop[0] - '0';
+		parse_labels(line, brace + 1, close, loop, op, le);
+		if (op[0]) {
+			/* keel_op_duration_seconds: a series per opcode, the
+			 * loops merged; here loop 0's nops and loop 1's recv.
+			 */
+			cr_assert_eq(loop[0], '\0', "op and loop: %s", line);
+			for (li = 0;
+			     li < 2 && f->ops[li][0] && strcmp(f->ops[li], op);
+			     li++)
+				;
+			cr_assert_lt(li, 2, "a third op: %s", line);
+			snprintf(f->ops[li], sizeof(f->ops[li]), "%s", op);
+		} else {
+			cr_assert(!strcmp(loop, "0") || !strcmp(loop, "1"),
+				  "loop label: %s", line);
+			li = loop[0] - '0';
+		}
 		bool bucket = !strcmp(suffix, "_bucket");
 
 		cr_assert_eq(le[0] != '\0', bucket, "le label: %s", line);

@@ -56,6 +56,15 @@
 #                     timer_arm_cancel timer_100k_wall nop_b1)
 #   DUR WARM CONFIGS PIN ...  passed through to the peers' run.sh
 #   BENCH_OUT=dir     where results go (default $BUILD/bench/<timestamp>)
+#   BENCH_TABLE=only  just the inputs of issue 17's table, short (no part 1:
+#                     keel's column of the micro run instead; callgrind of
+#                     the table's micro rows; micro: tokio-ct and c; echo:
+#                     3 reps; proxy: 3 reps of 64x64 (PROXY_CONFIGS); idle:
+#                     uring and epoll, 1 rep of 2,000 connections; no HTTP,
+#                     no TLS; ~15 min with the peers built, on 2 busy vCPUs);
+#                     BENCH_TABLE=0: no table. The table ("the
+#                     table" at the end, report.py table) holds every row of
+#                     issue 17 against its floor and goal, from this run.
 #
 # Make runs this with `sh`; the script needs bash.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
@@ -88,6 +97,17 @@ T0=$(date +%s)
 FAILED=()
 TABLES=()
 TLS_ONLY=0
+# --- BENCH_TABLE=only: the table's inputs alone (see the knobs above) ---------
+TABLE_ONLY=0
+if [[ "${BENCH_TABLE:-1}" == only ]]; then
+	TABLE_ONLY=1
+	BENCH_HTTP=0 BENCH_TLS=0
+	: "${CG_BENCHES:=spawn_join chan_2tasks pingpong_2tasks timer_100k_wall nop_b1 nop_b8 nop_b32 nop_b128}"
+	: "${MICRO_PEERS:=tokio-ct c}" "${ECHO_REPS:=3}" "${PROXY_REPS:=3}"
+	: "${IDLE_PEERS:=uring epoll}" "${IDLE_REPS:=1}" "${IDLE_N:=2000}"
+	: "${PROXY_CONFIGS:=64x64}"
+fi
+# ------------------------------------------------------------------------------
 if [[ "${BENCH_TLS:-1}" == only ]]; then
 	TLS_ONLY=1
 	SKIP_CALLGRIND=1 SKIP_MICRO=1 SKIP_ECHO=1 SKIP_ENTERS=1 SKIP_PROXY=1
@@ -137,6 +157,8 @@ keel_micro() {
 }
 if ((TLS_ONLY)); then
 	say "1. keel microbenchmarks: skipped (BENCH_TLS=only)"
+elif ((TABLE_ONLY)); then
+	say "1. keel microbenchmarks: skipped (BENCH_TABLE=only: keel's column of the micro run)"
 else
 	keel_micro
 fi
@@ -162,7 +184,7 @@ else
 		mkdir -p "$CG"
 		: >"$CG/ir.tsv"
 		if [[ $QUICK == 1 ]]; then N1=2000 N2=12000; else N1=20000 N2=120000; fi
-		for b in ${CG_BENCHES:-spawn_join spawn_yield_join yield await_ready timer_arm_cancel timer_100k_wall nop_b1 ratelimit_acquire mb_recv_ready select_mb2}; do
+		for b in ${CG_BENCHES:-spawn_join spawn_yield_join yield await_ready timer_arm_cancel timer_100k_wall nop_b1 ratelimit_acquire mb_recv_ready select_mb2 chan_2tasks pingpong_2tasks nop_b8 nop_b32 nop_b128}; do
 			[[ -z "$FILTER" || "$b" == *"$FILTER"* ]] || continue
 			n1=$N1 n2=$N2
 			# One round of timer_100k is 100k ops; under callgrind every
@@ -338,7 +360,8 @@ run_enters() {
 			calls=$(awk '$NF=="io_uring_enter"{print $4}' "$RES/enters-strace-$srv.txt")
 			[[ -n "$reqs" && -n "$calls" && "$reqs" -gt 0 ]] &&
 				awk -v s=$srv -v c="$calls" -v r="$reqs" \
-					'BEGIN{printf "   under strace -c: %-5s %d enters / %d requests = %.3f per request\n", s, c, r, c/r}'
+					'BEGIN{printf "   under strace -c: %-5s %d enters / %d requests = %.3f per request\n", s, c, r, c/r}' |
+				tee -a "$RES/enters-strace.txt"
 		done
 	else
 		echo "   (strace not installed: no cross-check)"
@@ -357,6 +380,7 @@ run_proxy() {
 	local envs=(REPS="${PROXY_REPS:-${REPS:-5}}" OUT="$RES/proxy"
 		EXTRA_PROXIES="keel|$PROXY_BIN --threads {threads} -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port};keel-splice|$PROXY_BIN --threads {threads} --mode splice -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port};keel-epoll|env KEEL_BACKEND=epoll $PROXY_BIN --threads {threads} -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port};keel-splice-epoll|env KEEL_BACKEND=epoll $PROXY_BIN --threads {threads} --mode splice -l 127.0.0.1:{port} -b 127.0.0.1:{backend_port}")
 	[[ $QUICK == 1 ]] && envs+=(REPS="${PROXY_REPS:-2}" DUR="${DUR:-0.5}" WARM="${WARM:-0.1}")
+	[[ -n "${PROXY_CONFIGS:-}" ]] && envs+=(CONFIGS="$PROXY_CONFIGS")
 	env "${envs[@]}" timeout -k 10 1200 "$dst/run-proxy.sh" 2>&1 |
 		tee "$RES/proxy-run.log" | grep -v '^  rep'
 	if [[ -s "$RES/proxy/table.md" ]]; then
@@ -494,8 +518,62 @@ else
 	run_peers "$(cd "$PEERS_SRC" && pwd)"
 fi
 
+# --- issue 17's table ------------------------------------------------------------
+# RSS of a fresh loop: keel-micro's loop_fresh_rss when it has one (in part
+# 1, or run alone here), else a fallback (a few lines of C on libkeel.a, as
+# tools/bench/tls_cost.sh builds): 8 loops made with default options after
+# one made and destroyed (code paths and the allocator warm), RSS growth per
+# loop, no task run.
+loop_rss() {
+	[[ -f "$RES/keel-micro.out" ]] &&
+		grep -q '^INFO name=loop_fresh_rss' "$RES/keel-micro.out" && return 0
+	timeout -k 5 120 "$MICRO" =loop_fresh_rss 2>/dev/null |
+		grep '^INFO name=loop_fresh_rss' >>"$RES/keel-micro.out" && return 0
+	[[ -f "$BUILD/libkeel.a" ]] || return 0
+	cat >"$RES/loop-rss.c" <<'C'
+#include <stdio.h>
+#include <unistd.h>
+#include <keel.h>
+static double rss_kib(void)
+{
+	unsigned long size = 0, res = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	if (!f || fscanf(f, "%lu %lu", &size, &res) != 2)
+		return -1;
+	fclose(f);
+	return (double)res * (double)sysconf(_SC_PAGESIZE) / 1024.0;
+}
+int main(void)
+{
+	struct keel_loop *loops[8];
+	double r0;
+
+	if (keel_loop_create(&loops[0], NULL) < 0)
+		return 1;
+	keel_loop_destroy(loops[0]);
+	r0 = rss_kib();
+	for (int i = 0; i < 8; i++)
+		if (keel_loop_create(&loops[i], NULL) < 0)
+			return 1;
+	printf("kib=%.1f loops=8\n", (rss_kib() - r0) / 8);
+	return 0;
+}
+C
+	{ cc -O2 -I"$ROOT/include" -o "$RES/loop-rss" "$RES/loop-rss.c" \
+		"$BUILD/libkeel.a" -luring -ljemalloc -lpthread &&
+		"$RES/loop-rss" >"$RES/loop-rss.txt"; } 2>"$RES/loop-rss.err" ||
+		{ echo "   (loop RSS fallback failed: $(head -c 200 "$RES/loop-rss.err"))"; rm -f "$RES/loop-rss.txt"; }
+}
+if ! ((TLS_ONLY)) && [[ "${BENCH_TABLE:-1}" != 0 ]]; then
+	loop_rss
+	say "the table: issue 17, every row from this run (keel, floor / peer, goal)"
+	timeout 60 python3 "$REPORT" table "$RES" | tee "$RES/table.md"
+	TABLES+=("$RES/table.md")
+fi
+
 # --- summary --------------------------------------------------------------------
-if ((!TLS_ONLY)); then
+if ((!TLS_ONLY && !TABLE_ONLY)); then
 	say "summary: keel against the targets (ns per op; Ir = instructions per op)"
 	timeout 60 python3 "$REPORT" summary "$RES/keel-micro.out" "$CG/ir.tsv" \
 		${MICRO_RAW:+"$MICRO_RAW"} | tee "$RES/summary.md"

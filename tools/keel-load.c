@@ -3,10 +3,10 @@
  * keel-load: keel's own TCP echo load generator, built on keel.
  *
  *	keel-load [-h HOST] -p PORT [-c CONNS] [-s BYTES] [-d SECS]
- *		  [-w WARMUP_SECS] [-t THREADS]
+ *		  [-w WARMUP_SECS] [-t THREADS] [-r RATE]
  *
- * Closed loop, depth 1: each connection is a task that sends one message,
- * waits until all of it has come back, checks every byte, records the
+ * Closed loop (the default), depth 1: each connection is a task that sends one
+ *message, waits until all of it has come back, checks every byte, records the
  * round-trip time and sends the next. A message starts with its sequence
  * number and the connection's id, then a per-connection pattern, so a byte
  * lost, duplicated, reordered or crossed between connections is caught.
@@ -16,9 +16,24 @@
  * With -t N, N threads each run their own loop and share of connections; their
  * histograms are merged at the end. Only loopback targets are accepted.
  *
+ * Open loop (-r/--rate RATE, requests per second over all connections), as
+ * wrk2's constant-throughput mode does it: each connection has its own
+ * schedule of RATE / CONNS per second, the connections' schedules staggered
+ * so that sends are spread evenly over time, still one request in flight
+ * per connection. A request is sent at its intended time, or at once if the
+ * previous one came back late; its latency counts from the INTENDED time.
+ * A closed loop waits for the server, so a server that stalls for 200 ms
+ * shows up as one slow request per connection (coordinated omission); the
+ * open loop counts every request the schedule wanted to send during the
+ * stall, each with the time it waited. When the server cannot keep up, the
+ * latency grows with the run rather than settling: the achieved rate is
+ * printed next to the intended one and the RESULT line says
+ * schedule=missed when fewer than 95% of the scheduled requests were done.
+ *
  * The last line is for machines:
  *	RESULT rps=.. p50_us=.. p99_us=.. p999_us=.. mean_us=.. max_us=..
  *	       reqs=.. errors=.. verify_errors=.. conns_ok=..
+ *	       [rate=.. achieved=.. schedule=met|missed]   (open loop only)
  * Exit status: 0, 1 if any connection failed or any byte differed, 2 for
  * bad arguments.
  */
@@ -46,6 +61,7 @@
 #define MAX_WARMUP_SECS 60.0
 #define MAX_CONNS	65536u
 #define MAX_THREADS	256u
+#define MAX_RATE	1e8 /* requests per second, open loop */
 #define MAX_SIZE	(16u << 20)
 #define MAX_BUFFERS	(1ull << 30) /* all connections' buffers together */
 /* After the end, how long a request in flight may take before it is cut. */
@@ -87,8 +103,11 @@ static struct {
 	size_t size;
 	double duration;
 	double warmup;
-	uint64_t t_measure; /* CLOCK_MONOTONIC ns: the window opens */
-	uint64_t t_end;	    /* and closes */
+	double rate;	      /* open loop: requests per second; 0: closed */
+	uint64_t interval_ns; /* open loop: between one connection's sends */
+	uint64_t t_schedule;  /* open loop: connection 0's first send */
+	uint64_t t_measure;   /* CLOCK_MONOTONIC ns: the window opens */
+	uint64_t t_end;	      /* and closes */
 } cfg;
 
 struct load_conn;
@@ -120,7 +139,9 @@ struct load_conn {
 	size_t sent;  /* bytes of the request sent so far */
 	size_t piece; /* bytes being sent now */
 	size_t got;   /* bytes of the echo received so far */
-	uint64_t t0;  /* when the request started */
+	uint64_t t0;  /* when the request started (open loop: was meant to) */
+	uint64_t next_at;  /* open loop: when the next request is meant to go */
+	uint64_t intended; /* open loop: when this one was meant to go */
 	unsigned char *send_buf, *recv_buf;
 	/* connect's address belongs to the kernel until it completes. */
 	struct sockaddr_storage addr;
@@ -288,6 +309,20 @@ static void conn_next_request(struct load_conn *c)
 	c->t0 = now_ns();
 }
 
+/*
+ * Open loop: the next request's intended send time, advancing the schedule;
+ * UINT64_MAX when it falls at or after the end (no more requests).
+ */
+static uint64_t conn_schedule(struct load_conn *c)
+{
+	uint64_t at = c->next_at;
+
+	if (at >= cfg.t_end)
+		return UINT64_MAX;
+	c->next_at += cfg.interval_ns;
+	return at;
+}
+
 static int conn_step(struct keel_task *t)
 {
 	struct load_conn *c = keel_container_of(t, struct load_conn, task);
@@ -315,7 +350,21 @@ static int conn_step(struct keel_task *t)
 	keel_tcp_nodelay(c->fd);
 
 	while (!w->stop) {
-		conn_next_request(c);
+		if (cfg.rate > 0) {
+			/* In the frame: a local does not survive the await. */
+			c->intended = conn_schedule(c);
+			if (c->intended == UINT64_MAX)
+				break;
+			if (now_ns() < c->intended)
+				KEEL_AWAIT(t, keel_sleep_until(t, c->intended));
+			if (w->stop)
+				break;
+			conn_next_request(c);
+			/* Late or not, the wait counts (see the top). */
+			c->t0 = c->intended;
+		} else {
+			conn_next_request(c);
+		}
 		while (c->got < cfg.size) {
 			/* All that was sent has come back: send a piece more.
 			 */
@@ -403,6 +452,10 @@ static bool worker_spawn(struct worker *w, struct keel_loop *loop)
 		c->id = w->first_id + i;
 		c->fd = -1;
 		c->addr = cfg.addr;
+		/* Staggered: together the connections send every 1/RATE s. */
+		c->next_at =
+		    cfg.t_schedule + (uint64_t)((double)c->id * 1e9 /
+						(cfg.rate > 0 ? cfg.rate : 1));
 		c->send_buf = w->buffers + 2 * cfg.size * i;
 		c->recv_buf = c->send_buf + cfg.size;
 		for (size_t b = HEADER_BYTES; b < cfg.size; b++)
@@ -455,7 +508,20 @@ static void *worker_main(void *arg)
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: keel-load [-h HOST] -p PORT [-c CONNS] [-s BYTES] "
-		     "[-d SECS] [-w WARMUP_SECS] [-t THREADS]\n");
+		     "[-d SECS] [-w WARMUP_SECS] [-t THREADS] [-r RATE]\n");
+	if (out != stdout)
+		return;
+	fprintf(
+	    out,
+	    "  -c CONNS  connections (1); -s BYTES  message size (64)\n"
+	    "  -d SECS   measured time (3); -w SECS  warm-up (0.5)\n"
+	    "  -t N      threads (1)\n"
+	    "  -r, --rate RATE  open loop: RATE requests per second over "
+	    "all\n"
+	    "            connections on a fixed schedule (as wrk2), latency "
+	    "from\n"
+	    "            each request's intended send time; default: closed "
+	    "loop\n");
 }
 
 /* A decimal integer in [min, max], or -1. */
@@ -526,6 +592,7 @@ static int parse_args(int argc, char **argv)
 {
 	static const struct option options[] = {
 	    {"help", no_argument, NULL, 'H'},
+	    {"rate", required_argument, NULL, 'r'},
 	    {NULL, 0, NULL, 0},
 	};
 	long port = -1, v;
@@ -537,7 +604,7 @@ static int parse_args(int argc, char **argv)
 	cfg.size = 64;
 	cfg.duration = 3.0;
 	cfg.warmup = 0.5;
-	while ((opt = getopt_long(argc, argv, "h:p:c:s:d:w:t:", options,
+	while ((opt = getopt_long(argc, argv, "h:p:c:s:d:w:t:r:", options,
 				  NULL)) != -1) {
 		v = 0;
 		switch (opt) {
@@ -566,6 +633,10 @@ static int parse_args(int argc, char **argv)
 		case 'w':
 			cfg.warmup = parse_secs(optarg, 0, MAX_WARMUP_SECS);
 			v = cfg.warmup < 0 ? -1 : 0;
+			break;
+		case 'r':
+			cfg.rate = parse_secs(optarg, 1, MAX_RATE);
+			v = cfg.rate < 0 ? -1 : 0;
 			break;
 		case 'H':
 			usage(stdout);
@@ -612,6 +683,7 @@ int main(int argc, char **argv)
 	unsigned next_id = 0;
 	bool failed = false;
 	double rps, mean_us;
+	bool met;
 
 	switch (parse_args(argc, argv)) {
 	case 0:
@@ -648,6 +720,17 @@ int main(int argc, char **argv)
 	/* Connecting is part of the warm-up. */
 	cfg.t_measure = now_ns() + (uint64_t)(cfg.warmup * NS_PER_SEC);
 	cfg.t_end = cfg.t_measure + (uint64_t)(cfg.duration * NS_PER_SEC);
+	if (cfg.rate > 0) {
+		/*
+		 * The schedule starts with the run (connecting is part of the
+		 * warm-up, so a slow connect shows as late requests there).
+		 */
+		cfg.interval_ns =
+		    (uint64_t)((double)cfg.conns * 1e9 / cfg.rate);
+		if (!cfg.interval_ns)
+			cfg.interval_ns = 1;
+		cfg.t_schedule = now_ns();
+	}
 	for (unsigned i = 0; i < cfg.threads; i++) {
 		int err = pthread_create(&workers[i].thread, NULL, worker_main,
 					 &workers[i]);
@@ -671,6 +754,9 @@ int main(int argc, char **argv)
 	}
 
 	rps = (double)total->count / cfg.duration;
+	/* Open loop: done inside the window against what the schedule wanted.
+	 */
+	met = rps >= 0.95 * cfg.rate;
 	mean_us = total->count
 		      ? (double)total->sum_ns / (double)total->count / 1e3
 		      : 0.0;
@@ -689,14 +775,24 @@ int main(int argc, char **argv)
 	       hist_quantile_us(total, 0.50), hist_quantile_us(total, 0.99),
 	       hist_quantile_us(total, 0.999), mean_us,
 	       (double)total->max_ns / 1e3);
+	if (cfg.rate > 0)
+		printf("  schedule  %.0f req/s intended, %.0f achieved: %s\n",
+		       cfg.rate, rps,
+		       met ? "met"
+			   : "MISSED (the server, or this client, cannot keep "
+			     "up: latencies grow with the run)");
 	printf("RESULT rps=%.0f p50_us=%.1f p99_us=%.1f p999_us=%.1f "
 	       "mean_us=%.1f max_us=%.1f reqs=%llu errors=%llu "
-	       "verify_errors=%llu conns_ok=%llu\n",
+	       "verify_errors=%llu conns_ok=%llu",
 	       rps, hist_quantile_us(total, 0.50),
 	       hist_quantile_us(total, 0.99), hist_quantile_us(total, 0.999),
 	       mean_us, (double)total->max_ns / 1e3,
 	       (unsigned long long)total->count, (unsigned long long)errors,
 	       (unsigned long long)verify_errors, (unsigned long long)conns_ok);
+	if (cfg.rate > 0)
+		printf(" rate=%.0f achieved=%.0f schedule=%s", cfg.rate, rps,
+		       met ? "met" : "missed");
+	printf("\n");
 	free(total);
 	free(workers);
 	if (failed || errors || verify_errors || conns_ok != cfg.conns)

@@ -36,6 +36,15 @@
       examples/proxy vs haproxy) and the plain proxy with health checks on
       vs off; medians over the repetitions, ratios paired as in `http`, the
       issue's goals. PROBE_TSV: what each server negotiated.
+  report.py table RES_DIR
+      Issue 17's table, every row from figures of this run (RES_DIR is
+      bench.sh's output directory): what, keel, Ir/op (callgrind, micro
+      rows), floor / peer, goal, met?. Inputs: keel-micro.out, callgrind/
+      ir.tsv, micro/raw.tsv (tokio-ct, c), echo/raw.tsv (keel / uring,
+      paired), enters-keel-0.log and enters-strace.txt, idle/table.md,
+      proxy/raw.tsv (keel / haproxy, paired), loop-rss.txt (the fallback
+      when keel-micro has no loop_fresh_rss). A row whose input is missing
+      says "not measured (why)".
 """
 import os
 import re
@@ -603,6 +612,263 @@ def cmd_tls(raw, probe=None):
                    "proxy CPU", pp_goals)
 
 
+# --- issue 17's table (`report.py table`) -------------------------------------
+
+
+def md_table(path, first_header):
+    """A markdown table in PATH whose header starts with FIRST_HEADER ->
+    {first column: {header: cell}}."""
+    out, head = {}, None
+    try:
+        with open(path) as f:
+            for line in f:
+                if not line.startswith("|"):
+                    if head is not None and out:
+                        break
+                    continue
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                if head is None:
+                    if cells and cells[0] == first_header:
+                        head = [c.strip("*") for c in cells]
+                    continue
+                if set(cells[0]) <= set("-: "):
+                    continue
+                out[cells[0]] = dict(zip(head, cells))
+    except OSError:
+        pass
+    return out
+
+
+def lead_num(cell):
+    """'379 (370–390)' -> 379.0; None when there is no number."""
+    m = re.match(r"\s*(-?[\d,]+(?:\.\d+)?)", (cell or "").strip("* "))
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+def run_pairs(raw):
+    """run.sh-shaped raw.tsv -> paired(a, b, config, key) (median over reps
+    of a/b in the same rep) and med(a, config, key)."""
+    cells = {}
+    if raw and os.path.exists(raw):
+        for r in tsv_rows(raw):
+            cells.setdefault((r["peer"], r["config"]), []).append(r)
+
+    def paired(a, b, c, key):
+        base = {r["rep"]: metric(r, key) for r in cells.get((b, c), [])}
+        v = [metric(r, key) / base[r["rep"]] for r in cells.get((a, c), [])
+             if metric(r, key) and base.get(r["rep"])]
+        return statistics.median(v) if v else None
+
+    def med(a, c, key):
+        v = [metric(r, key) for r in cells.get((a, c), [])]
+        v = [x for x in v if x is not None]
+        return statistics.median(v) if v else None
+
+    return paired, med
+
+
+def cmd_table(res):
+    def path(*p):
+        return os.path.join(res, *p)
+
+    keel_out = path("keel-micro.out")
+    kres, kinfo = {}, {}
+    if os.path.exists(keel_out):
+        _, kres, _, _, kinfo = parse_keel(keel_out)
+    ir = {}
+    if os.path.exists(path("callgrind", "ir.tsv")):
+        with open(path("callgrind", "ir.tsv")) as f:
+            for line in f:
+                b, _, v = line.rstrip("\n").partition("\t")
+                if num(v) is not None:
+                    ir[b] = float(v)
+    peers = {}
+    if os.path.exists(path("micro", "raw.tsv")):
+        peers = micro_raw(path("micro", "raw.tsv"))
+    # BENCH_TABLE=only skips part 1: keel's column of the micro run then.
+    for (peer, bench), v in peers.items():
+        if peer == "keel" and bench not in kres:
+            kres[bench] = (v, 0)
+    rows = []
+
+    def row(what, keel, irc, floor, goal, met):
+        rows.append((what, keel, irc, floor, goal,
+                     "–" if met is None else ("yes" if met else "no")))
+
+    def nm(why):
+        return f"not measured ({why})"
+
+    # Idle connections (run-idle.sh).
+    idle = md_table(path("idle", "table.md"), "peer")
+    user = {p: lead_num(idle.get(p, {}).get("server RSS B/conn"))
+            for p in ("keel", "uring", "epoll")}
+    kern = {p: lead_num(idle.get(p, {}).get("other caches"))
+            for p in ("keel", "uring", "epoll")}
+    why_idle = "no idle run: SKIP_IDLE or no peer harness"
+
+    def b(v):
+        return "?" if v is None else f"{v:,.0f} B"
+
+    if user["keel"] is not None:
+        row("memory per idle connection, user space", b(user["keel"]), "",
+            f"raw liburing {b(user['uring'])}, epoll {b(user['epoll'])}",
+            "≤ 96 B", user["keel"] <= 96)
+    else:
+        row("memory per idle connection, user space", nm(why_idle), "", "",
+            "≤ 96 B", None)
+    if kern["keel"] is not None:
+        row("same, kernel slab outside the socket objects", b(kern["keel"]),
+            "", f"epoll {b(kern['epoll'])}, raw liburing {b(kern['uring'])}",
+            "≤ epoll's",
+            None if kern["epoll"] is None else kern["keel"] <= kern["epoll"])
+    else:
+        row("same, kernel slab outside the socket objects", nm(why_idle), "",
+            "", "≤ epoll's", None)
+
+    # keel-micro against tokio-ct (peers' micro run).
+    def micro_row(what, bench, goal, alt=None, ir_bench=None):
+        ir_bench = ir_bench or bench
+        irc = f"{ir[ir_bench]:.0f}" if ir_bench in ir else "not counted"
+        tok = peers.get(("tokio-ct", bench))
+        floor = (f"tokio-ct {fmt(tok)}" if tok is not None
+                 else nm("no tokio-ct micro run"))
+        if bench not in kres:
+            row(what, nm(f"keel-micro printed no {bench}"), irc, floor,
+                f"≤ {goal}", None)
+            return
+        ns = kres[bench][0]
+        k = fmt(ns)
+        if alt and alt in kres:
+            k += f" (wall {fmt(kres[alt][0])})"
+        row(what, k, irc, floor, f"≤ {goal}", ns <= goal)
+
+    micro_row("100k sleeping tasks, CPU per timer (spawn included)",
+              "timer_100k_cpu", 150, alt="timer_100k_wall",
+              ir_bench="timer_100k_wall")
+    micro_row("spawn + join", "spawn_join", 15)
+    micro_row("mailbox send+recv, one loop", "chan_2tasks", 7)
+    micro_row("round trip between two tasks, one loop", "pingpong_2tasks", 20)
+
+    # NOPs against the raw C ring, every batch.
+    ks, cs, irs, ok = [], [], [], True
+    for n in (1, 8, 32, 128):
+        bn = f"nop_b{n}"
+        kv, cv = kres.get(bn, (None,))[0], peers.get(("c", bn))
+        ks.append(fmt(kv) if kv is not None else "?")
+        cs.append(fmt(cv) if cv is not None else "?")
+        irs.append(f"{ir[bn]:.0f}" if bn in ir else "?")
+        ok = ok and kv is not None and cv is not None and kv <= 1.1 * cv
+    what = "io_uring NOP through keel, batch 1 / 8 / 32 / 128"
+    if all(x == "?" for x in ks):
+        row(what, nm("keel-micro printed no nop_b*"), " / ".join(irs),
+            "", "≤ 1.1× raw at every batch", None)
+    else:
+        have_c = any(x != "?" for x in cs)
+        row(what, " / ".join(ks), " / ".join(irs),
+            "raw C " + " / ".join(cs) if have_c else nm("no c micro run"),
+            "≤ 1.1× raw at every batch", ok if have_c else None)
+
+    # io_uring_enter per request (keel's counters, echo c=64, default).
+    enters = None
+    try:
+        with open(path("enters-keel-0.log")) as f:
+            m = re.search(r"([\d.]+) enters and", f.read())
+            enters = float(m.group(1)) if m else None
+    except OSError:
+        pass
+    strace = {}
+    try:
+        with open(path("enters-strace.txt")) as f:
+            for line in f:
+                m = re.search(r"strace -c: (\S+)\s.*= ([\d.]+) per request",
+                              line)
+                if m:
+                    strace[m.group(1)] = m.group(2)
+    except OSError:
+        pass
+    what = "io_uring_enter per request, echo c=64, default"
+    floor = (f"raw liburing {strace['uring']} under strace (keel "
+             f"{strace.get('keel', '?')})" if "uring" in strace
+             else "raw liburing: not measured (no strace run)")
+    if enters is None:
+        row(what, nm("no enters run: SKIP_ENTERS or no peer harness"), "",
+            floor, "≤ 0.05 by default", None)
+    else:
+        row(what, f"{enters:.3f}", "", floor, "≤ 0.05 by default",
+            enters <= 0.05)
+
+    # Echo CPU per request, paired against the raw liburing server.
+    paired, _ = run_pairs(path("echo", "raw.tsv"))
+    cfgs = [("1x64", 1.0), ("64x64", 0.9), ("64x4096", 0.9)]
+    kv = [paired("keel", "uring", c, "cpu") for c, _ in cfgs]
+    ev = [paired("epoll", "uring", c, "cpu") for c, _ in cfgs]
+    what = ("echo server CPU per request vs raw liburing, c=1 / c=64 / "
+            "c=64 4 KiB")
+
+    def ratios(v):
+        return " / ".join("?" if x is None else f"{x:.2f}" for x in v) + "×"
+
+    if all(x is None for x in kv):
+        row(what, nm("no echo matrix with keel and uring"), "", "",
+            "≤ 1.0 / 0.9 / 0.9×", None)
+    else:
+        row(what, ratios(kv), "",
+            "epoll " + ratios(ev) if any(x is not None for x in ev)
+            else "epoll: not measured",
+            "≤ 1.0 / 0.9 / 0.9×",
+            all(x is not None and x <= g for x, (_, g) in zip(kv, cfgs)))
+
+    # RSS of a fresh loop: keel-micro's loop_fresh_rss, else bench.sh's
+    # fallback (loop-rss.txt: "kib=.. how=..").
+    what = "RSS of a fresh loop"
+    kib, how = None, ""
+    if "loop_fresh_rss" in kinfo and num(kinfo["loop_fresh_rss"].get("kib")):
+        kib = float(kinfo["loop_fresh_rss"]["kib"])
+    else:
+        try:
+            with open(path("loop-rss.txt")) as f:
+                kv2 = kv_line("X " + f.read().strip())
+            kib = num(kv2.get("kib"))
+            how = " (bench.sh fallback: 8 loops on libkeel.a, no task run)"
+        except OSError:
+            pass
+    if kib is None:
+        row(what, nm("keel-micro has no loop_fresh_rss and the fallback "
+                     "did not run"), "", "–", "≤ 128 KiB until it is used",
+            None)
+    else:
+        row(what, f"{kib:,.0f} KiB{how}", "", "–",
+            "≤ 128 KiB until it is used", kib <= 128)
+
+    # The proxy against haproxy at c=64 (run-proxy.sh, paired).
+    paired, med = run_pairs(path("proxy", "raw.tsv"))
+    rps = paired("keel", "haproxy", "64x64", "rps")
+    p99 = paired("keel", "haproxy", "64x64", "p99_us")
+    what = "proxy req/s and p99 vs haproxy, c=64"
+    if rps is None or p99 is None:
+        row(what, nm("no proxy run with keel and haproxy at 64x64"), "", "",
+            "≥ 1.15× req/s, lower p99", None)
+    else:
+        kr, hr = med("keel", "64x64", "rps"), med("haproxy", "64x64", "rps")
+        kp, hp = (med("keel", "64x64", "p99_us"),
+                  med("haproxy", "64x64", "p99_us"))
+        row(what, f"{rps:.2f}× req/s, p99 {p99:.2f}× ({kr / 1000:.1f}k, "
+            f"{kp:.0f} µs)", "",
+            f"haproxy {hr / 1000:.1f}k req/s, p99 {hp:.0f} µs",
+            "≥ 1.15× req/s, lower p99", rps >= 1.15 and p99 < 1.0)
+
+    print("| what | keel | Ir/op | floor / peer | goal | met? |")
+    print("|---|--:|--:|--:|--:|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    met = sum(1 for r in rows if r[5] == "yes")
+    unmeasured = sum(1 for r in rows if r[5] == "–")
+    print()
+    print(f"({met} of {len(rows)} rows met, {unmeasured} not measured; "
+          "ns per op unless said; micro figures: keel-micro, median of 5 "
+          "runs; Ir/op: callgrind, exact; ratios paired per repetition)")
+
+
 def main():
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
@@ -619,6 +885,8 @@ def main():
         cmd_pairs(*sys.argv[2:])
     elif cmd == "tls" and len(sys.argv) in (3, 4):
         cmd_tls(*sys.argv[2:])
+    elif cmd == "table" and len(sys.argv) == 3:
+        cmd_table(sys.argv[2])
     else:
         raise SystemExit(__doc__)
 
