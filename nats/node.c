@@ -112,6 +112,7 @@ struct keel_node {
 	struct served *served;
 	struct pending *asks;
 	uint64_t next_req;
+	uint64_t link_up_at; /* loop time of the last reconnect; loop thread */
 	uint32_t generation;
 	int refs; /* the owner's and the driver's; loop thread */
 	bool stopping;
@@ -653,8 +654,12 @@ int keel_node_monitor(struct keel_task *t, struct keel_node_monitor *mon,
 		mon->err = keel_res(t);
 		if (mon->err == -ETIMEDOUT)
 			continue; /* unanswered: again, until the deadline */
+		/* No responders is trusted unless our link was down since
+		 * the last answer: then the serving node may not have
+		 * subscribed again yet, and the deadline decides. */
 		if (mon->err == -EPIPE &&
-		    keel_node_state(node) != KEEL_NODE_RECONNECTING)
+		    keel_node_state(node) != KEEL_NODE_RECONNECTING &&
+		    node->link_up_at <= mon->last_ok)
 			break; /* nobody serves it */
 		if (mon->err && mon->err != -EPIPE)
 			KEEL_ROUTINE_RETURN(&mon->r, t, mon->err);
@@ -663,8 +668,8 @@ int keel_node_monitor(struct keel_task *t, struct keel_node_monitor *mon,
 			mon->reply = NULL;
 			mon->last_ok = keel_loop_now(node->loop);
 		}
-		/* Answered, or our own link is down (the name may be
-		 * alive: the reconnect has until the deadline). */
+		/* Answered, or our own link is or was down (the name may
+		 * be alive: the reconnect has until the deadline). */
 		KEEL_AWAIT(&mon->r, keel_sleep(t, mon->interval_ns));
 		mon->err = keel_res(t);
 		if (mon->err < 0 && mon->err != -ETIMEDOUT)
@@ -814,6 +819,7 @@ static void driver_events(struct keel_node *n)
 	}
 	if (ev & EV_RECONNECT) {
 		count(&n->c.reconnects);
+		n->link_up_at = keel_loop_now(n->loop);
 		if (atomic_load(&n->state) != KEEL_NODE_CLOSED)
 			set_state(n, KEEL_NODE_CONNECTED);
 	}

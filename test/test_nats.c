@@ -43,6 +43,7 @@ static uint16_t server_port;
 static pid_t server_pid = -1;
 static pid_t children[2] = {-1, -1};
 static char url[64];
+static uint64_t child_reconnect_ns = 20000000;
 
 static bool have_server(void)
 {
@@ -188,8 +189,9 @@ static void serve_in_child(int slot, const char *name, const char *queue)
 		return;
 	}
 	struct keel_loop *loop;
-	struct keel_node_opts o = {
-	    .url = url, .name = "server", .reconnect_min_ns = 20000000};
+	struct keel_node_opts o = {.url = url,
+				   .name = "server",
+				   .reconnect_min_ns = child_reconnect_ns};
 	struct keel_mailbox_opts mo = {.capacity = 4096,
 				       .policy = KEEL_MB_DROP_NEWEST,
 				       .on_drop = keel_node_msg_drop};
@@ -218,6 +220,7 @@ struct client {
 	int (*body)(struct keel_task *t);
 	struct keel_routine r, r2;
 	int i, n, res, seen[2];
+	int fired; /* a watcher's result; 1 while it watches */
 	uint64_t t0, total;
 	struct keel_node_stats st;
 };
@@ -576,6 +579,7 @@ Test(nats, slow_consumer_counted, .init = setup, .fini = teardown,
 #define HB_DEADLINE 300000000ull /* 300 ms */
 
 static int watch_signal;
+static uint64_t watch_deadline = HB_DEADLINE;
 
 struct watcher {
 	struct keel_task task;
@@ -590,8 +594,8 @@ static int watcher_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	KEEL_AWAIT_CALL(t, keel_node_monitor(t, &w->mon, w->node, "svc",
-					     HB_INTERVAL, HB_DEADLINE));
-	w->c->res = keel_res(t);
+					     HB_INTERVAL, watch_deadline));
+	w->c->fired = keel_res(t);
 	w->c->total = now_ns(); /* when it fired */
 	KEEL_END(t);
 }
@@ -610,12 +614,12 @@ static int monitor_body(struct keel_task *t)
 	cr_assert_not_null(w);
 	w->node = c->node;
 	w->c = c;
-	c->res = 1; /* not fired */
+	c->fired = 1; /* not fired */
 	/* Healthy: 50 intervals, no exit. */
 	for (c->i = 0; c->i < 50; c->i++)
 		KEEL_AWAIT(&c->r, keel_sleep(t, HB_INTERVAL));
-	cr_assert_eq(c->res, 1, "the monitor fired (%d) on a healthy name",
-		     c->res);
+	cr_assert_eq(c->fired, 1, "the monitor fired (%d) on a healthy name",
+		     c->fired);
 	/* keel's own types are refused to senders. */
 	cr_assert_eq(
 	    keel_node_tell(c->node, "svc", KEEL_NODE_TYPE_RESERVED, NULL, 0),
@@ -626,9 +630,9 @@ static int monitor_body(struct keel_task *t)
 		server_kill(); /* our own link goes: the deadline applies */
 	c->t0 = now_ns();
 	/* A bound to catch a monitor that never fires, not a timing. */
-	for (c->i = 0; c->i < 1000 && c->res == 1; c->i++)
+	for (c->i = 0; c->i < 1000 && c->fired == 1; c->i++)
 		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
-	cr_assert_eq(c->res, -EPIPE, "monitor: %d", c->res);
+	cr_assert_eq(c->fired, -EPIPE, "monitor: %d", c->fired);
 	fprintf(stderr,
 		"test_nats: monitor fired %.1f ms after %s (deadline %llu "
 		"ms)\n",
@@ -662,6 +666,61 @@ Test(nats, monitor_fires_when_own_link_lost, .init = setup, .fini = teardown,
 	watch_signal = 0;
 	serve_in_child(0, "svc", NULL);
 	run_client(monitor_body, NULL);
+}
+
+/* The NATS server restarts within the deadline: both nodes reconnect,
+ * in either order, and the monitor does not fire (a no-responders before
+ * the serving node subscribed again is not trusted). */
+static int restart_monitor_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	static struct watcher *w;
+
+	KEEL_BEGIN(&c->r);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	w = keel_spawn(keel_task_loop(t), &watcher_task, KEEL_PRIO_NORMAL);
+	cr_assert_not_null(w);
+	w->node = c->node;
+	w->c = c;
+	c->fired = 1; /* not fired */
+	KEEL_AWAIT(&c->r, keel_sleep(t, 5 * HB_INTERVAL));
+	server_kill();
+	server_start();
+	for (c->i = 0;
+	     c->i < 1000 && keel_node_state(c->node) != KEEL_NODE_CONNECTED;
+	     c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	for (c->i = 0; c->i < 10; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, HB_INTERVAL));
+	cr_assert_eq(c->fired, 1, "the monitor fired (%d) across a restart",
+		     c->fired);
+	/* Stop the watch before this frame goes. */
+	cr_assert_eq(keel_task_cancel(&w->task), 0);
+	for (c->i = 0; c->i < 1000 && c->fired == 1; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	cr_assert_neq(c->fired, 1);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, monitor_quiet_across_server_restart, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+	struct keel_node_opts o = {.name = "client",
+				   .reconnect_min_ns = 20000000,
+				   .reconnect_max_ns = 100000000};
+
+	/* Long enough for any restart: not a timing, a bound. The serving
+	 * node reconnects last (its first retry waits 1 s): asked in
+	 * between, nobody serves the name. */
+	watch_deadline = 20 * SEC;
+	child_reconnect_ns = SEC;
+	serve_in_child(0, "svc", NULL);
+	run_client(restart_monitor_body, &o);
 }
 
 /* A supervisor's child "svc": its first incarnation monitors the remote

@@ -217,10 +217,11 @@ struct keel_node_monitor {
  * and its mailbox open. keel_res: -EPIPE when nobody serves the name (at
  * once), when no heartbeat was answered for `deadline_ns` (the serving
  * node died, hangs or lost its server), or when this node lost its own
- * server for longer than that; the task's cancellation cause; -ENOTCONN
- * (not connected, or closed); -EINVAL. It never returns 0: a supervisor
- * child whose task awaits it exits abnormally when the name goes.
- * Ownership: `name` must stay valid until the await returns.
+ * server for longer than that (no responders just after our own
+ * reconnect is not trusted: the serving node may reconnect later); the task's
+ * cancellation cause; -ENOTCONN (not connected, or closed); -EINVAL. It never
+ * returns 0: a supervisor child whose task awaits it exits abnormally when the
+ * name goes. Ownership: `name` must stay valid until the await returns.
  */
 int keel_node_monitor(struct keel_task *t, struct keel_node_monitor *mon,
 		      struct keel_node *node, const char *name,
