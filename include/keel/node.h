@@ -212,16 +212,17 @@ struct keel_node_monitor {
 
 /*
  * Watch `name` (served by any node) with heartbeats every `interval_ns`,
- * with KEEL_AWAIT_CALL, until it fails: the node serving a name answers
+ * with KEEL_AWAIT_CALL, until it goes: the node serving a name answers
  * keel's heartbeat itself (no actor code runs) while the name is served
- * and its mailbox open. keel_res: -EPIPE when nobody serves the name (at
- * once), when no heartbeat was answered for `deadline_ns` (the serving
- * node died, hangs or lost its server), or when this node lost its own
- * server for longer than that (no responders just after our own
- * reconnect is not trusted: the serving node may reconnect later); the task's
- * cancellation cause; -ENOTCONN (not connected, or closed); -EINVAL. It never
- * returns 0: a supervisor child whose task awaits it exits abnormally when the
- * name goes. Ownership: `name` must stay valid until the await returns.
+ * and its mailbox open; a heartbeat waits one interval at most.
+ * keel_res: -EPIPE when nobody serves the name (at once), when no
+ * heartbeat was answered for `deadline_ns` (the serving node died, hangs
+ * or lost its server), or when this node lost its own server for longer
+ * than that (no responders just after our own reconnect is not trusted:
+ * the serving node may reconnect later); the task's cancellation cause;
+ * -ENOTCONN (not connected, or closed); -EINVAL. Never 0: a supervisor
+ * child whose task awaits it exits abnormally when the name goes.
+ * Ownership: `name` must stay valid until the await returns.
  */
 int keel_node_monitor(struct keel_task *t, struct keel_node_monitor *mon,
 		      struct keel_node *node, const char *name,
