@@ -25,6 +25,13 @@
  * bits in node->events and, when the bits were clear, send one wake-up
  * into the control mailbox (keel_mb_try_send: never waits; a full box
  * would be counted in wake_drops, but one wake-up at most is in it).
+ *
+ * Remote supervision: a heartbeat (type T_HEARTBEAT, an ask) sent to a
+ * served name is answered by drain_served itself, on the loop, while the
+ * name is served and its mailbox was not found closed: whether the
+ * serving process and its loop are alive is what a monitor asks, and a
+ * heartbeat queued behind a busy actor's mailbox would measure its load
+ * instead. keel_node_monitor is a routine over keel_node_ask's.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -52,6 +59,9 @@
 #define HDR_MAGIC   0x4b /* 'K' */
 #define HDR_VERSION 1
 
+/* keel's own message types (KEEL_NODE_TYPE_RESERVED and up). */
+#define T_HEARTBEAT KEEL_NODE_TYPE_RESERVED
+
 /* node->events: what cnats's threads tell the driver. */
 #define EV_IO	      0x1u /* the socket or what to watch changed */
 #define EV_DISCONNECT 0x2u
@@ -65,6 +75,7 @@ struct served {
 	char *name;
 	natsSubscription *sub;
 	struct keel_mailbox *mb;
+	bool mb_closed; /* a send found it closed: heartbeats go unanswered */
 };
 
 /* An ask waiting for its reply: its own inbox subscription, so that a
@@ -101,6 +112,7 @@ struct keel_node {
 	struct served *served;
 	struct pending *asks;
 	uint64_t next_req;
+	uint64_t link_up_at; /* loop time of the last reconnect; loop thread */
 	uint32_t generation;
 	int refs; /* the owner's and the driver's; loop thread */
 	bool stopping;
@@ -365,7 +377,9 @@ static int publish(struct keel_node *n, const char *subject, const char *reply,
 int keel_node_tell(struct keel_node *node, const char *name, uint16_t type,
 		   const void *data, size_t len)
 {
-	int err = publish(node, name, NULL, type, 0, data, len);
+	int err = type >= KEEL_NODE_TYPE_RESERVED
+		      ? -EINVAL
+		      : publish(node, name, NULL, type, 0, data, len);
 
 	if (!err)
 		count(&node->c.tells);
@@ -377,7 +391,7 @@ int keel_node_reply(struct keel_node *node, const struct keel_node_msg *req,
 {
 	const char *to = req && req->priv ? natsMsg_GetReply(req->priv) : NULL;
 
-	if (!to || !*to)
+	if (!to || !*to || type >= KEEL_NODE_TYPE_RESERVED)
 		return -EINVAL;
 	int err = publish(node, to, NULL, type, req->request_id, data, len);
 
@@ -472,12 +486,23 @@ static void drain_served(struct keel_node *n)
 				count(&n->c.dropped);
 				continue;
 			}
+			if (km->type == T_HEARTBEAT && km->request_id) {
+				const char *to = natsMsg_GetReply(m);
+
+				if (!s->mb_closed && to && *to)
+					publish(n, to, NULL, T_HEARTBEAT,
+						km->request_id, NULL, 0);
+				keel_node_msg_free(km);
+				continue;
+			}
 			/* Never waits: a full BLOCK mailbox drops too. */
 			r = keel_mb_try_send(s->mb, km);
 			if (r == 0) {
 				count(&n->c.received);
 				continue;
 			}
+			if (r == -EPIPE)
+				s->mb_closed = true;
 			count(&n->c.dropped);
 			if (r < 0)
 				keel_node_msg_free(km);
@@ -548,10 +573,10 @@ fail:
 	return err;
 }
 
-int keel_node_ask(struct keel_task *t, struct keel_node_call *call,
-		  struct keel_node *node, const char *name, uint16_t type,
-		  const void *data, size_t len, uint64_t timeout_ns,
-		  struct keel_node_msg **reply)
+static int ask_call(struct keel_task *t, struct keel_node_call *call,
+		    struct keel_node *node, const char *name, uint16_t type,
+		    const void *data, size_t len, uint64_t timeout_ns,
+		    struct keel_node_msg **reply)
 {
 	KEEL_BEGIN(&call->r);
 	call->os = NULL;
@@ -573,6 +598,84 @@ int keel_node_ask(struct keel_task *t, struct keel_node_call *call,
 	if (!call->err)
 		*reply = call->val;
 	KEEL_ROUTINE_RETURN(&call->r, t, call->err);
+}
+
+int keel_node_ask(struct keel_task *t, struct keel_node_call *call,
+		  struct keel_node *node, const char *name, uint16_t type,
+		  const void *data, size_t len, uint64_t timeout_ns,
+		  struct keel_node_msg **reply)
+{
+	/* The same type is passed on every call of one await: refused on
+	 * the first, there is no other. */
+	if (type >= KEEL_NODE_TYPE_RESERVED) {
+		t->res = -EINVAL;
+		return KEEL_READY;
+	}
+	return ask_call(t, call, node, name, type, data, len, timeout_ns,
+			reply);
+}
+
+/* ---- remote supervision ---- */
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+	return a >= UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+int keel_node_monitor(struct keel_task *t, struct keel_node_monitor *mon,
+		      struct keel_node *node, const char *name,
+		      uint64_t interval_ns, uint64_t deadline_ns)
+{
+	/* Arguments of an await are read on its first call only. */
+	uint64_t now = 0, until = 0;
+
+	KEEL_BEGIN(&mon->r);
+	if (!node || !name || !*name || !interval_ns || !deadline_ns)
+		KEEL_ROUTINE_RETURN(&mon->r, t, -EINVAL);
+	mon->name = name;
+	mon->interval_ns = interval_ns;
+	mon->deadline_ns = deadline_ns;
+	mon->last_ok = keel_loop_now(node->loop);
+	for (;;) {
+		/* A heartbeat waits one interval at most: one sent to a
+		 * process that just died is never answered, and the next
+		 * one learns at once that nobody serves the name. */
+		now = keel_loop_now(node->loop);
+		until = sat_add(mon->last_ok, mon->deadline_ns);
+		if (now >= until)
+			break;
+		KEEL_AWAIT_CALL(&mon->r,
+				ask_call(t, &mon->call, node, mon->name,
+					 T_HEARTBEAT, NULL, 0,
+					 until - now < mon->interval_ns
+					     ? until - now
+					     : mon->interval_ns,
+					 &mon->reply));
+		mon->err = keel_res(t);
+		if (mon->err == -ETIMEDOUT)
+			continue; /* unanswered: again, until the deadline */
+		/* No responders is trusted unless our link was down since
+		 * the last answer: then the serving node may not have
+		 * subscribed again yet, and the deadline decides. */
+		if (mon->err == -EPIPE &&
+		    keel_node_state(node) != KEEL_NODE_RECONNECTING &&
+		    node->link_up_at <= mon->last_ok)
+			break; /* nobody serves it */
+		if (mon->err && mon->err != -EPIPE)
+			KEEL_ROUTINE_RETURN(&mon->r, t, mon->err);
+		if (!mon->err) {
+			keel_node_msg_free(mon->reply);
+			mon->reply = NULL;
+			mon->last_ok = keel_loop_now(node->loop);
+		}
+		/* Answered, or our own link is or was down (the name may
+		 * be alive: the reconnect has until the deadline). */
+		KEEL_AWAIT(&mon->r, keel_sleep(t, mon->interval_ns));
+		mon->err = keel_res(t);
+		if (mon->err < 0 && mon->err != -ETIMEDOUT)
+			KEEL_ROUTINE_RETURN(&mon->r, t, mon->err);
+	}
+	KEEL_ROUTINE_RETURN(&mon->r, t, -EPIPE);
 }
 
 /* ---- served names ---- */
@@ -716,6 +819,7 @@ static void driver_events(struct keel_node *n)
 	}
 	if (ev & EV_RECONNECT) {
 		count(&n->c.reconnects);
+		n->link_up_at = keel_loop_now(n->loop);
 		if (atomic_load(&n->state) != KEEL_NODE_CLOSED)
 			set_state(n, KEEL_NODE_CONNECTED);
 	}

@@ -8,7 +8,12 @@
  * group whose two members both get a share, the server killed and
  * restarted under tells (the node reconnects, the reconnect buffer
  * bounds what is kept and refuses the rest with -ENOBUFS, the state shows
- * in the metrics), and a slow consumer and a full served mailbox, counted.
+ * in the metrics), a slow consumer and a full served mailbox, counted, and
+ * remote supervision: a monitor of a served name stays quiet over many
+ * heartbeats while the serving process is healthy, and fires (-EPIPE)
+ * when it is killed or stopped (SIGSTOP: heartbeats go unanswered), and a
+ * supervisor whose child monitors the name restarts it as a local
+ * stand-in that serves the name itself.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -38,6 +43,7 @@ static uint16_t server_port;
 static pid_t server_pid = -1;
 static pid_t children[2] = {-1, -1};
 static char url[64];
+static uint64_t child_reconnect_ns = 20000000;
 
 static bool have_server(void)
 {
@@ -183,8 +189,9 @@ static void serve_in_child(int slot, const char *name, const char *queue)
 		return;
 	}
 	struct keel_loop *loop;
-	struct keel_node_opts o = {
-	    .url = url, .name = "server", .reconnect_min_ns = 20000000};
+	struct keel_node_opts o = {.url = url,
+				   .name = "server",
+				   .reconnect_min_ns = child_reconnect_ns};
 	struct keel_mailbox_opts mo = {.capacity = 4096,
 				       .policy = KEEL_MB_DROP_NEWEST,
 				       .on_drop = keel_node_msg_drop};
@@ -213,6 +220,7 @@ struct client {
 	int (*body)(struct keel_task *t);
 	struct keel_routine r, r2;
 	int i, n, res, seen[2];
+	int fired; /* a watcher's result; 1 while it watches */
 	uint64_t t0, total;
 	struct keel_node_stats st;
 };
@@ -563,4 +571,303 @@ Test(nats, slow_consumer_counted, .init = setup, .fini = teardown,
 
 	serve_in_child(0, "svc", NULL);
 	run_client(slow_body, &o);
+}
+
+/* ---- remote supervision ---- */
+
+#define HB_INTERVAL 20000000ull	 /* 20 ms */
+#define HB_DEADLINE 300000000ull /* 300 ms */
+
+static int watch_signal;
+static uint64_t watch_deadline = HB_DEADLINE;
+
+struct watcher {
+	struct keel_task task;
+	struct keel_node *node;
+	struct keel_node_monitor mon;
+	struct client *c;
+};
+
+static int watcher_step(struct keel_task *t)
+{
+	struct watcher *w = keel_container_of(t, struct watcher, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT_CALL(t, keel_node_monitor(t, &w->mon, w->node, "svc",
+					     HB_INTERVAL, watch_deadline));
+	w->c->fired = keel_res(t);
+	w->c->total = now_ns(); /* when it fired */
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(watcher_task, struct watcher, task, watcher_step);
+
+static int monitor_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	struct watcher *w;
+
+	KEEL_BEGIN(&c->r);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	w = keel_spawn(keel_task_loop(t), &watcher_task, KEEL_PRIO_NORMAL);
+	cr_assert_not_null(w);
+	w->node = c->node;
+	w->c = c;
+	c->fired = 1; /* not fired */
+	/* Healthy: 50 intervals, no exit. */
+	for (c->i = 0; c->i < 50; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, HB_INTERVAL));
+	cr_assert_eq(c->fired, 1, "the monitor fired (%d) on a healthy name",
+		     c->fired);
+	/* keel's own types are refused to senders. */
+	cr_assert_eq(
+	    keel_node_tell(c->node, "svc", KEEL_NODE_TYPE_RESERVED, NULL, 0),
+	    -EINVAL);
+	if (watch_signal)
+		cr_assert_eq(kill(children[0], watch_signal), 0);
+	else
+		server_kill(); /* our own link goes: the deadline applies */
+	c->t0 = now_ns();
+	/* A bound to catch a monitor that never fires, not a timing. */
+	for (c->i = 0; c->i < 1000 && c->fired == 1; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	cr_assert_eq(c->fired, -EPIPE, "monitor: %d", c->fired);
+	fprintf(stderr,
+		"test_nats: monitor fired %.1f ms after %s (deadline %llu "
+		"ms)\n",
+		(double)(c->total - c->t0) / 1e6,
+		watch_signal == SIGKILL	  ? "SIGKILL"
+		: watch_signal == SIGSTOP ? "SIGSTOP"
+					  : "losing the NATS server",
+		HB_DEADLINE / 1000000);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, monitor_fires_when_server_process_killed, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+	watch_signal = SIGKILL;
+	serve_in_child(0, "svc", NULL);
+	run_client(monitor_body, NULL);
+}
+
+Test(nats, monitor_fires_when_server_process_stopped, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+	watch_signal = SIGSTOP;
+	serve_in_child(0, "svc", NULL);
+	run_client(monitor_body, NULL);
+}
+
+Test(nats, monitor_fires_when_own_link_lost, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+	watch_signal = 0;
+	serve_in_child(0, "svc", NULL);
+	run_client(monitor_body, NULL);
+}
+
+/* The NATS server restarts within the deadline: both nodes reconnect,
+ * in either order, and the monitor does not fire (a no-responders before
+ * the serving node subscribed again is not trusted). */
+static int restart_monitor_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	static struct watcher *w;
+
+	KEEL_BEGIN(&c->r);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	w = keel_spawn(keel_task_loop(t), &watcher_task, KEEL_PRIO_NORMAL);
+	cr_assert_not_null(w);
+	w->node = c->node;
+	w->c = c;
+	c->fired = 1; /* not fired */
+	KEEL_AWAIT(&c->r, keel_sleep(t, 5 * HB_INTERVAL));
+	server_kill();
+	server_start();
+	for (c->i = 0;
+	     c->i < 1000 && keel_node_state(c->node) != KEEL_NODE_CONNECTED;
+	     c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_ECHO));
+	cr_assert_eq(keel_res(t), 0);
+	keel_node_msg_free(c->reply);
+	for (c->i = 0; c->i < 10; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, HB_INTERVAL));
+	cr_assert_eq(c->fired, 1, "the monitor fired (%d) across a restart",
+		     c->fired);
+	/* Stop the watch before this frame goes. */
+	cr_assert_eq(keel_task_cancel(&w->task), 0);
+	for (c->i = 0; c->i < 1000 && c->fired == 1; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	cr_assert_neq(c->fired, 1);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, monitor_quiet_across_server_restart, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+	struct keel_node_opts o = {.name = "client",
+				   .reconnect_min_ns = 20000000,
+				   .reconnect_max_ns = 100000000};
+
+	/* Long enough for any restart: not a timing, a bound. The serving
+	 * node reconnects last (its first retry waits 1 s): asked in
+	 * between, nobody serves the name. */
+	watch_deadline = 20 * SEC;
+	child_reconnect_ns = SEC;
+	serve_in_child(0, "svc", NULL);
+	run_client(restart_monitor_body, &o);
+}
+
+/* A supervisor's child "svc": its first incarnation monitors the remote
+ * name; after that exit, the restart serves the name locally (the
+ * stand-in answers T_WHO with 7). */
+static int incarnations;
+
+struct sup_watch {
+	struct keel_task task;
+	struct keel_node *node;
+	struct keel_node_monitor mon;
+};
+
+static int sup_watch_step(struct keel_task *t)
+{
+	struct sup_watch *w = keel_container_of(t, struct sup_watch, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT_CALL(t, keel_node_monitor(t, &w->mon, w->node, "svc",
+					     HB_INTERVAL, HB_DEADLINE));
+	KEEL_EXIT(t, keel_res(t));
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(sup_watch_task, struct sup_watch, task, sup_watch_step);
+
+struct standin {
+	struct keel_task task;
+	struct keel_node *node;
+	struct keel_mailbox *mb;
+	void *msg;
+};
+
+static int standin_step(struct keel_task *t)
+{
+	struct standin *s = keel_container_of(t, struct standin, task);
+	struct keel_mailbox_opts mo = {.capacity = 64,
+				       .policy = KEEL_MB_DROP_NEWEST,
+				       .on_drop = keel_node_msg_drop};
+	struct keel_node_msg *m;
+	int who = 7;
+
+	KEEL_BEGIN(t);
+	if (keel_mailbox_new(keel_task_loop(t), &mo, &s->mb))
+		KEEL_EXIT(t, -ENOMEM);
+	if (keel_node_serve(s->node, "svc", NULL, s->mb)) {
+		keel_mailbox_release(s->mb);
+		KEEL_EXIT(t, -EIO);
+	}
+	for (;;) {
+		KEEL_AWAIT(t, keel_mb_recv(t, s->mb, &s->msg));
+		if (keel_res(t))
+			break; /* stopped by the supervisor */
+		m = s->msg;
+		if (m->type == T_WHO)
+			keel_node_reply(s->node, m, T_WHO, &who, sizeof(who));
+		keel_node_msg_free(m);
+	}
+	keel_node_unserve(s->node, "svc");
+	keel_mb_close(s->mb);
+	keel_mailbox_release(s->mb);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(standin_task, struct standin, task, standin_step);
+
+static int svc_start(struct keel_child_start *cs, void *arg)
+{
+	struct keel_node *node = arg;
+
+	if (incarnations++ == 0) {
+		struct sup_watch *w =
+		    keel_child_spawn(cs, &sup_watch_task, KEEL_PRIO_NORMAL);
+
+		if (!w)
+			return -ENOMEM;
+		w->node = node;
+		return 0;
+	}
+	struct standin *s =
+	    keel_child_spawn(cs, &standin_task, KEEL_PRIO_NORMAL);
+
+	if (!s)
+		return -ENOMEM;
+	s->node = node;
+	return 0;
+}
+
+static struct keel_sup *sup;
+
+static int supervise_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	struct keel_child_spec child = {.name = "svc",
+					.start = svc_start,
+					.arg = c->node,
+					.restart = KEEL_PERMANENT,
+					.shutdown_ms = 1000};
+	struct keel_sup_spec spec = {.name = "remote",
+				     .strategy = KEEL_ONE_FOR_ONE,
+				     .intensity = 3,
+				     .period_ms = 5000,
+				     .children = &child,
+				     .nchildren = 1};
+	struct keel_sup_stats st;
+	int who = -1;
+
+	KEEL_BEGIN(&c->r);
+	KEEL_AWAIT_CALL(&c->r, ask_ready(t, c, "svc", T_WHO));
+	cr_assert_eq(keel_res(t), 0);
+	memcpy(&who, c->reply->data, sizeof(who));
+	keel_node_msg_free(c->reply);
+	cr_assert_eq(who, 0);
+	cr_assert_eq(keel_sup_start(keel_task_loop(t), &spec, &sup), 0);
+	for (c->i = 0; c->i < 25; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, HB_INTERVAL));
+	keel_sup_stats(sup, &st);
+	cr_assert_eq(st.restarts, 0, "restarted while the name was healthy");
+	cr_assert_eq(incarnations, 1);
+	cr_assert_eq(kill(children[0], SIGKILL), 0);
+	waitpid(children[0], NULL, 0);
+	children[0] = -1;
+	/* The stand-in answers once the supervisor has restarted it. */
+	for (c->i = 0; c->i < 500; c->i++) {
+		KEEL_AWAIT_CALL(&c->r,
+				keel_node_ask(t, &c->call, c->node, "svc",
+					      T_WHO, NULL, 0, SEC, &c->reply));
+		if (keel_res(t) == 0) {
+			memcpy(&who, c->reply->data, sizeof(who));
+			keel_node_msg_free(c->reply);
+			if (who == 7)
+				break;
+		}
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	}
+	cr_assert_eq(who, 7, "the stand-in never answered");
+	keel_sup_stats(sup, &st);
+	cr_assert_eq(st.restarts, 1);
+	cr_assert_eq(incarnations, 2);
+	keel_sup_stop(sup);
+	KEEL_AWAIT(&c->r, keel_sup_wait(t, sup));
+	cr_assert_eq(keel_res(t), 0);
+	keel_sup_release(sup);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, supervisor_restarts_local_standin, .init = setup, .fini = teardown,
+     .timeout = 60)
+{
+	serve_in_child(0, "svc", NULL);
+	run_client(supervise_body, NULL);
 }

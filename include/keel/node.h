@@ -193,6 +193,41 @@ int keel_node_ask(struct keel_task *t, struct keel_node_call *call,
 int keel_node_reply(struct keel_node *node, const struct keel_node_msg *req,
 		    uint16_t type, const void *data, size_t len);
 
+/* Message types from KEEL_NODE_TYPE_RESERVED up are keel's own: a send
+ * with one fails with -EINVAL. */
+#define KEEL_NODE_TYPE_RESERVED 0xff00u
+
+/*
+ * A watch on a remote name, in progress: keep it in the task's frame.
+ */
+struct keel_node_monitor {
+	struct keel_routine r;
+	struct keel_node_call call;
+	struct keel_node_msg *reply;
+	uint64_t last_ok; /* loop time of the last heartbeat answered */
+	uint64_t interval_ns, deadline_ns;
+	const char *name;
+	int err;
+};
+
+/*
+ * Watch `name` (served by any node) with heartbeats every `interval_ns`,
+ * with KEEL_AWAIT_CALL, until it goes: the node serving a name answers
+ * keel's heartbeat itself (no actor code runs) while the name is served
+ * and its mailbox open; a heartbeat waits one interval at most.
+ * keel_res: -EPIPE when nobody serves the name (at once), when no
+ * heartbeat was answered for `deadline_ns` (the serving node died, hangs
+ * or lost its server), or when this node lost its own server for longer
+ * than that (no responders just after our own reconnect is not trusted:
+ * the serving node may reconnect later); the task's cancellation cause;
+ * -ENOTCONN (not connected, or closed); -EINVAL. Never 0: a supervisor
+ * child whose task awaits it exits abnormally when the name goes.
+ * Ownership: `name` must stay valid until the await returns.
+ */
+int keel_node_monitor(struct keel_task *t, struct keel_node_monitor *mon,
+		      struct keel_node *node, const char *name,
+		      uint64_t interval_ns, uint64_t deadline_ns);
+
 /* Set the generation stamped on what this node sends from now on. */
 void keel_node_set_generation(struct keel_node *node, uint32_t generation);
 
