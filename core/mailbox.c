@@ -695,11 +695,13 @@ send_slow(struct keel_task *t, struct keel_mailbox *mb, void *msg)
  */
 int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 {
-	struct keel_task *r = mb->receiver;
-
 	if (keel__task_cancel_cause(t) || t->loop != mb->owner ||
 	    LOAD(&mb->closed))
 		return send_slow(t, mb, msg);
+	/* Only now: the receiver field is the owner loop's, not to be read by
+	 * a sender on another loop (a data race, seen by TSan). */
+	struct keel_task *r = mb->receiver;
+
 	if (!r) {
 		if (mb->lcount >= mb->cap)
 			return send_slow(t, mb, msg);
