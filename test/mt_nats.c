@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "helpers/check.h"
+#include "helpers/nats_server.h"
 #include "helpers/scenario.h"
 
 #define SEC 1000000000ull
@@ -30,40 +31,15 @@ static char g_url[64];
 static char g_port[16];
 static pid_t g_server = -1;
 
-static bool port_open(int port)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET,
-				.sin_port = htons((uint16_t)port),
-				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	bool ok = fd >= 0 && !connect(fd, (struct sockaddr *)&a, sizeof(a));
-
-	if (fd >= 0)
-		close(fd);
-	return ok;
-}
-
 static void server_start(void)
 {
-	g_server = fork();
-	if (g_server == 0) {
-		freopen("/dev/null", "w", stdout);
-		freopen("/dev/null", "w", stderr);
-		execlp("nats-server", "nats-server", "-a", "127.0.0.1", "-p",
-		       g_port, (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 1000 && !port_open(atoi(g_port)); i++)
-		usleep(10000);
-	CHECK(port_open(atoi(g_port)));
+	g_server = nats_server_start((uint16_t)atoi(g_port));
+	CHECK(g_server > 0);
 }
 
 static void server_kill(void)
 {
-	if (g_server > 0) {
-		kill(g_server, SIGKILL);
-		waitpid(g_server, NULL, 0);
-	}
+	nats_server_kill(g_server);
 	g_server = -1;
 }
 

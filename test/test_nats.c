@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "helpers/keel_test.h"
+#include "helpers/nats_server.h"
 
 #define T_ECHO	 1 /* ask: the reply is the payload */
 #define T_COUNT	 2 /* tell: counted */
@@ -64,45 +65,15 @@ static uint16_t free_port(void)
 	return ntohs(a.sin_port);
 }
 
-static bool port_open(uint16_t port)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET,
-				.sin_port = htons(port),
-				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	bool ok = fd >= 0 && !connect(fd, (struct sockaddr *)&a, sizeof(a));
-
-	if (fd >= 0)
-		close(fd);
-	return ok;
-}
-
 static void server_start(void)
 {
-	char port[16];
-
-	snprintf(port, sizeof(port), "%u", server_port);
-	server_pid = fork();
-	cr_assert(server_pid >= 0);
-	if (server_pid == 0) {
-		freopen("/dev/null", "w", stdout);
-		freopen("/dev/null", "w", stderr);
-		execlp("nats-server", "nats-server", "-a", "127.0.0.1", "-p",
-		       port, (char *)NULL);
-		_exit(127);
-	}
-	/* A bound to catch a server that never comes up, not a timing. */
-	for (int i = 0; i < 1000 && !port_open(server_port); i++)
-		usleep(10000);
-	cr_assert(port_open(server_port), "nats-server did not listen");
+	server_pid = nats_server_start(server_port);
+	cr_assert(server_pid > 0, "nats-server did not listen");
 }
 
 static void server_kill(void)
 {
-	if (server_pid > 0) {
-		kill(server_pid, SIGKILL);
-		waitpid(server_pid, NULL, 0);
-	}
+	nats_server_kill(server_pid);
 	server_pid = -1;
 }
 
