@@ -111,65 +111,33 @@ only() {
 }
 only keel_ map nm hdr
 
-# ---- libkeel-http: keel-http.map = nm -D libkeel-http.so = keel/http.h --
-# keel/http.h includes keel/task.h, whose functions are libkeel's: only
-# what http.h itself declares counts.
-so=$(ls "$BUILD"/libkeel-http.so.*.*.* 2>/dev/null | head -n 1)
-if [ -z "$so" ]; then
-	bad "no $BUILD/libkeel-http.so.*.*.* (run make first)"
-	finish
-fi
-grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-http.map | tr -d ' \t;' |
-	sort -u >"$dir/http_map"
-nm -D --defined-only "$so" | awk '$2 != "A" { sub(/@.*/, "", $3); print $3 }' |
-	sort -u >"$dir/http_nm"
-if ! $CC -E -D_GNU_SOURCE -Iinclude include/keel/http.h >"$dir/http.i"; then
-	bad "preprocessing include/keel/http.h"
-fi
-decls "$dir/http.i" include/keel/http.h | sort -u >"$dir/http_hdr"
-[ -s "$dir/http_hdr" ] && ok "keel/http.h declares functions" ||
-	bad "no function found in keel/http.h"
-same http_map http_nm "keel-http.map = nm -D $(basename "$so")"
-same http_nm http_hdr "nm -D $(basename "$so") = functions declared in include/keel/http.h"
-only keel_http_ http_map http_nm http_hdr
-
-# ---- libkeel-tls: keel-tls.map = nm -D libkeel-tls.so = keel/tls.h ----
-so=$(ls "$BUILD"/libkeel-tls.so.*.*.* 2>/dev/null | head -n 1)
-if [ -z "$so" ]; then
-	bad "no $BUILD/libkeel-tls.so.*.*.* (run make first)"
-	finish
-fi
-grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-tls.map | tr -d ' \t;' |
-	sort -u >"$dir/tls_map"
-nm -D --defined-only "$so" | awk '$2 != "A" { sub(/@.*/, "", $3); print $3 }' |
-	sort -u >"$dir/tls_nm"
-if ! $CC -E -D_GNU_SOURCE -Iinclude include/keel/tls.h >"$dir/tls.i"; then
-	bad "preprocessing include/keel/tls.h"
-fi
-decls "$dir/tls.i" include/keel/tls.h | sort -u >"$dir/tls_hdr"
-[ -s "$dir/tls_hdr" ] && ok "keel/tls.h declares functions" ||
-	bad "no function found in keel/tls.h"
-same tls_map tls_nm "keel-tls.map = nm -D $(basename "$so")"
-same tls_nm tls_hdr "nm -D $(basename "$so") = functions declared in include/keel/tls.h"
-only keel_tls_ tls_map tls_nm tls_hdr
-
-# ---- libkeel-nats: keel-nats.map = nm -D libkeel-nats.so = keel/node.h --
-so=$(ls "$BUILD"/libkeel-nats.so.*.*.* 2>/dev/null | head -n 1)
-if [ -z "$so" ]; then
-	bad "no $BUILD/libkeel-nats.so.*.*.* (run make first)"
-	finish
-fi
-grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-nats.map | tr -d ' \t;' |
-	sort -u >"$dir/nats_map"
-nm -D --defined-only "$so" | awk '$2 != "A" { sub(/@.*/, "", $3); print $3 }' |
-	sort -u >"$dir/nats_nm"
-if ! $CC -E -D_GNU_SOURCE -Iinclude include/keel/node.h >"$dir/nats.i"; then
-	bad "preprocessing include/keel/node.h"
-fi
-decls "$dir/nats.i" include/keel/node.h | sort -u >"$dir/nats_hdr"
-[ -s "$dir/nats_hdr" ] && ok "keel/node.h declares functions" ||
-	bad "no function found in keel/node.h"
-same nats_map nats_nm "keel-nats.map = nm -D $(basename "$so")"
-same nats_nm nats_hdr "nm -D $(basename "$so") = functions declared in include/keel/node.h"
-only keel_node_ nats_map nats_nm nats_hdr
+# ---- the protocol libraries: LIB.map = nm -D libLIB.so = its header ----
+# Each header includes keel/task.h (and more), whose functions are
+# libkeel's: only what the library's own header declares counts.
+# lib_exports LIB HEADER PREFIX: libkeel-http keel/http.h keel_http_
+lib_exports() {
+	lib=$1 hdr=include/$2 prefix=$3 k=${1#libkeel-}
+	so=$(ls "$BUILD"/$lib.so.*.*.* 2>/dev/null | head -n 1)
+	if [ -z "$so" ]; then
+		bad "no $BUILD/$lib.so.*.*.* (run make first)"
+		finish
+	fi
+	grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-$k.map |
+		tr -d ' \t;' | sort -u >"$dir/${k}_map"
+	nm -D --defined-only "$so" |
+		awk '$2 != "A" { sub(/@.*/, "", $3); print $3 }' |
+		sort -u >"$dir/${k}_nm"
+	if ! $CC -E -D_GNU_SOURCE -Iinclude "$hdr" >"$dir/$k.i"; then
+		bad "preprocessing $hdr"
+	fi
+	decls "$dir/$k.i" "$hdr" | sort -u >"$dir/${k}_hdr"
+	[ -s "$dir/${k}_hdr" ] && ok "$2 declares functions" ||
+		bad "no function found in $2"
+	same ${k}_map ${k}_nm "keel-$k.map = nm -D $(basename "$so")"
+	same ${k}_nm ${k}_hdr "nm -D $(basename "$so") = functions declared in $hdr"
+	only $prefix ${k}_map ${k}_nm ${k}_hdr
+}
+lib_exports libkeel-http keel/http.h keel_http_
+lib_exports libkeel-tls keel/tls.h keel_tls_
+lib_exports libkeel-nats keel/node.h keel_node_
 finish

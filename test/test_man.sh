@@ -116,66 +116,36 @@ else
 	done
 fi
 
-# ---- coverage: libkeel-http (keel-http.map, keel/http.h) ----
-# Its own library and version script, checked the same way: what the .so
-# exports, and every name keel-http.map lists (so that a function missing
+# ---- coverage: the protocol libraries (keel-LIB.map, their header) ----
+# Each its own library and version script, checked the same way: what the
+# .so exports, and every name its map lists (so that a function missing
 # from the build is not missed here).
 awk '{ print $1 }' "$dir/named" | sort -u >"$dir/names"
-so=$(ls "$BUILD"/libkeel-http.so.*.*.* 2>/dev/null | head -n 1)
-if [ -z "$so" ]; then
-	bad "no $BUILD/libkeel-http.so.*.*.* (run make first)"
-else
-	nm -D --defined-only "$so" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
-		sort -u >"$dir/exported_http"
-	grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-http.map |
-		tr -d ' \t;' | sort -u >>"$dir/exported_http"
-	sort -u -o "$dir/exported_http" "$dir/exported_http"
-	miss=$(comm -23 "$dir/exported_http" "$dir/names")
+# lib_pages LIB HEADER: libkeel-http keel/http.h
+lib_pages() {
+	k=${1#libkeel-}
+	so=$(ls "$BUILD"/$1.so.*.*.* 2>/dev/null | head -n 1)
+	if [ -z "$so" ]; then
+		bad "no $BUILD/$1.so.*.*.* (run make first)"
+		return
+	fi
+	nm -D --defined-only "$so" |
+		awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
+		sort -u >"$dir/exported_$k"
+	grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-$k.map |
+		tr -d ' \t;' | sort -u >>"$dir/exported_$k"
+	sort -u -o "$dir/exported_$k" "$dir/exported_$k"
+	miss=$(comm -23 "$dir/exported_$k" "$dir/names")
 	if [ -z "$miss" ]; then
-		ok "every exported function of keel/http.h (libkeel-http) is on a page's NAME line"
+		ok "every exported function of $2 ($1) is on a page's NAME line"
 	else
-		bad "exported functions of keel/http.h (libkeel-http) on no page's NAME line:"
+		bad "exported functions of $2 ($1) on no page's NAME line:"
 		printf '%s\n' "$miss" | sed 's/^/  /'
 	fi
-fi
-
-# ---- coverage: libkeel-tls (keel-tls.map, keel/tls.h) ----
-so=$(ls "$BUILD"/libkeel-tls.so.*.*.* 2>/dev/null | head -n 1)
-if [ -z "$so" ]; then
-	bad "no $BUILD/libkeel-tls.so.*.*.* (run make first)"
-else
-	nm -D --defined-only "$so" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
-		sort -u >"$dir/exported_tls"
-	grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-tls.map |
-		tr -d ' \t;' | sort -u >>"$dir/exported_tls"
-	sort -u -o "$dir/exported_tls" "$dir/exported_tls"
-	miss=$(comm -23 "$dir/exported_tls" "$dir/names")
-	if [ -z "$miss" ]; then
-		ok "every exported function of keel/tls.h (libkeel-tls) is on a page's NAME line"
-	else
-		bad "exported functions of keel/tls.h (libkeel-tls) on no page's NAME line:"
-		printf '%s\n' "$miss" | sed 's/^/  /'
-	fi
-fi
-
-# ---- coverage: libkeel-nats (keel-nats.map, keel/node.h) ----
-so=$(ls "$BUILD"/libkeel-nats.so.*.*.* 2>/dev/null | head -n 1)
-if [ -z "$so" ]; then
-	bad "no $BUILD/libkeel-nats.so.*.*.* (run make first)"
-else
-	nm -D --defined-only "$so" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
-		sort -u >"$dir/exported_nats"
-	grep -oE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_]*;' keel-nats.map |
-		tr -d ' \t;' | sort -u >>"$dir/exported_nats"
-	sort -u -o "$dir/exported_nats" "$dir/exported_nats"
-	miss=$(comm -23 "$dir/exported_nats" "$dir/names")
-	if [ -z "$miss" ]; then
-		ok "every exported function of keel/node.h (libkeel-nats) is on a page's NAME line"
-	else
-		bad "exported functions of keel/node.h (libkeel-nats) on no page's NAME line:"
-		printf '%s\n' "$miss" | sed 's/^/  /'
-	fi
-fi
+}
+lib_pages libkeel-http keel/http.h
+lib_pages libkeel-tls keel/tls.h
+lib_pages libkeel-nats keel/node.h
 
 # ---- rendering ----
 built=0
