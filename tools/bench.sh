@@ -50,6 +50,8 @@
 #   MICRO_PEERS="tokio-ct tokio-mt go-p1 go-p2 c"   peer columns of the micro run
 #   ECHO_PEERS="uring epoll"                        peers of the echo matrix
 #   ECHO_BUF=16384    keel's --buf-size in the echo matrix (the floor's size)
+#   ECHO_CONFIGS="1x64 64x64 64x4096"  CONNSxBYTES cells of the echo matrix
+#                     (BENCH_TABLE=only adds 4x64 16x64 256x64)
 #   IDLE_PEERS="uring epoll uv tokio-ct go"  peers of the idle run; IDLE_N=10000
 #   CG_BENCHES="spawn_join ..."  benchmarks counted under callgrind (default:
 #                     spawn_join spawn_yield_join yield await_ready
@@ -106,6 +108,8 @@ if [[ "${BENCH_TABLE:-1}" == only ]]; then
 	: "${MICRO_PEERS:=tokio-ct c}" "${ECHO_REPS:=3}" "${PROXY_REPS:=3}"
 	: "${IDLE_PEERS:=uring epoll}" "${IDLE_REPS:=1}" "${IDLE_N:=2000}"
 	: "${PROXY_CONFIGS:=64x64}"
+	# Batching by default must win at c=64 and lose nothing at c=1..16.
+	: "${ECHO_CONFIGS:=1x64 4x64 16x64 64x64 256x64 64x4096}"
 fi
 # ------------------------------------------------------------------------------
 if [[ "${BENCH_TLS:-1}" == only ]]; then
@@ -291,6 +295,7 @@ run_echo() {
 	local ebuf="${ECHO_BUF:-16384}"
 	envs=(PEERS="${ECHO_PEERS:-uring epoll}" REPS="${ECHO_REPS:-${REPS:-7}}"
 		EXTRA_PEERS="keel|$ECHO_BIN --threads {threads} --buf-size $ebuf 127.0.0.1 {port};keel-epoll|env KEEL_BACKEND=epoll $ECHO_BIN --threads {threads} --buf-size $ebuf 127.0.0.1 {port}" OUT="$RES/echo")
+	[[ -n "${ECHO_CONFIGS:-}" ]] && envs+=(CONFIGS="$ECHO_CONFIGS")
 	[[ $QUICK == 1 ]] && envs+=(REPS="${ECHO_REPS:-2}" DUR="${DUR:-0.5}"
 		WARM="${WARM:-0.1}" WARMUP_S="${WARMUP_S:-1}")
 	env "${envs[@]}" timeout -k 10 1800 "$dst/run.sh" 2>&1 |

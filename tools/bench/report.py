@@ -41,7 +41,7 @@
       bench.sh's output directory): what, keel, Ir/op (callgrind, micro
       rows), floor / peer, goal, met?. Inputs: keel-micro.out, callgrind/
       ir.tsv, micro/raw.tsv (tokio-ct, c), echo/raw.tsv (keel / uring,
-      paired), enters-keel-0.log and enters-strace.txt, idle/table.md,
+      paired), enters-keel-default.log, enters-keel-0.log and enters-strace.txt, idle/table.md,
       proxy/raw.tsv (keel / haproxy, paired), loop-rss.txt (the fallback
       when keel-micro has no loop_fresh_rss). A row whose input is missing
       says "not measured (why)".
@@ -769,13 +769,18 @@ def cmd_table(res):
             "≤ 1.1× raw at every batch", ok if have_c else None)
 
     # io_uring_enter per request (keel's counters, echo c=64, default).
-    enters = None
-    try:
-        with open(path("enters-keel-0.log")) as f:
-            m = re.search(r"([\d.]+) enters and", f.read())
-            enters = float(m.group(1)) if m else None
-    except OSError:
-        pass
+    # enters-keel-default.log is the default; enters-keel-0.log is
+    # --batch-wait 0, which is batching off.
+    def enters_of(name):
+        try:
+            with open(path(name)) as f:
+                m = re.search(r"([\d.]+) enters and", f.read())
+                return float(m.group(1)) if m else None
+        except OSError:
+            return None
+
+    enters = enters_of("enters-keel-default.log")
+    enters_off = enters_of("enters-keel-0.log")
     strace = {}
     try:
         with open(path("enters-strace.txt")) as f:
@@ -790,6 +795,8 @@ def cmd_table(res):
     floor = (f"raw liburing {strace['uring']} under strace (keel "
              f"{strace.get('keel', '?')})" if "uring" in strace
              else "raw liburing: not measured (no strace run)")
+    if enters_off is not None:
+        floor += f"; keel with batching off {enters_off:.3f}"
     if enters is None:
         row(what, nm("no enters run: SKIP_ENTERS or no peer harness"), "",
             floor, "≤ 0.05 by default", None)
@@ -817,6 +824,19 @@ def cmd_table(res):
             else "epoll: not measured",
             "≤ 1.0 / 0.9 / 0.9×",
             all(x is not None and x <= g for x, (_, g) in zip(kv, cfgs)))
+
+    # Batching by default by connections (BENCH_TABLE=only runs these
+    # cells): it must lose nothing at c=1..16 and win at c=64.
+    bycon = [("1x64", 1.0), ("4x64", 1.0), ("16x64", 1.0), ("64x64", 0.9),
+             ("256x64", None)]
+    kb = [paired("keel", "uring", c, "cpu") for c, _ in bycon]
+    if any(x is not None for x in kb[1:3] + kb[4:]):
+        eb = [paired("epoll", "uring", c, "cpu") for c, _ in bycon]
+        row("echo CPU per request vs raw liburing by connections, "
+            "64 B, c=1 / 4 / 16 / 64 / 256", ratios(kb), "",
+            "epoll " + ratios(eb), "≤ 1.0 / 1.0 / 1.0 / 0.9 / –×",
+            all(x is not None and x <= g
+                for x, (_, g) in zip(kb, bycon) if g is not None))
 
     # RSS of a fresh loop: keel-micro's loop_fresh_rss, else bench.sh's
     # fallback (loop-rss.txt: "kib=.. how=..").
