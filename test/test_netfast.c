@@ -2346,7 +2346,9 @@ Test(netfast, send_zc_buffer_reusable_once_await_returns_peer_not_reading,
 		/* Over loopback the kernel copies anyway, and says so. */
 		cr_assert_gt(g_ls.zc_copied, 0, "zc_copied not counted");
 	} else {
-		cr_log_warn("no SEND_ZC in this kernel: the copy path ran");
+		/* Not cr_log_warn(): a warning makes Criterion exit 1. */
+		fprintf(stderr,
+			"no SEND_ZC in this kernel: the copy path ran\n");
 	}
 }
 
