@@ -699,6 +699,7 @@ int main(int argc, char **argv)
 		sum.chunks_lent += st.chunks_lent;
 		sum.enobufs += st.enobufs;
 		sum.multishot_rearms += st.multishot_rearms;
+		sum.batch_waits += st.batch_waits;
 	}
 
 	/* Every loop has stopped: the shards are ours to read. */
@@ -719,7 +720,8 @@ int main(int argc, char **argv)
 	if (sum.chunks_lent)
 		printf("echo: ring: %llu enters, %llu SQEs, %llu CQEs for %llu "
 		       "received chunks: %.3f enters and %.2f CQEs per chunk, "
-		       "%.1f CQEs per enter; %llu ENOBUFS, %llu re-arms\n",
+		       "%.1f CQEs per enter; %llu ENOBUFS, %llu re-arms; "
+		       "%llu batched waits\n",
 		       (unsigned long long)sum.enters,
 		       (unsigned long long)sum.sqes,
 		       (unsigned long long)sum.cqes,
@@ -728,7 +730,8 @@ int main(int argc, char **argv)
 		       (double)sum.cqes / (double)sum.chunks_lent,
 		       sum.enters ? (double)sum.cqes / (double)sum.enters : 0.0,
 		       (unsigned long long)sum.enobufs,
-		       (unsigned long long)sum.multishot_rearms);
+		       (unsigned long long)sum.multishot_rearms,
+		       (unsigned long long)sum.batch_waits);
 	if (fatal) {
 		fprintf(stderr, "echo: %s\n", keel_loop_explain(fatal));
 		return 1;

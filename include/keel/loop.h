@@ -68,11 +68,12 @@ struct keel_loop_opts {
 	/*
 	 * Completion batching under load: when recent wake-ups each brought
 	 * several CQEs (>= 4 on average), wait up to this long for as many
-	 * again before handling the first, so that one io_uring_enter serves
-	 * more requests; where the kernel has min-wait (Linux 6.12) it then
-	 * returns with what came, or waits on for the first CQE. Loops with
-	 * one CQE per wake-up never wait for more. 0: the default bound
-	 * (20 us); KEEL_BATCH_WAIT_OFF: never wait for a batch.
+	 * again (at most a third of the ops in flight) before handling the
+	 * first, so that one io_uring_enter serves more requests; where the
+	 * kernel has min-wait (Linux 6.12) it then returns with what came, or
+	 * waits on for the first CQE. Loops with one CQE per wake-up never wait
+	 * for more. 0: the default bound (20 us); KEEL_BATCH_WAIT_OFF: never
+	 * wait for a batch.
 	 */
 	unsigned batch_wait_ns;
 	/* With KEEL_LOOP_RESTRICT: KEEL_OPS_* allowed, 0: every class. */
