@@ -10,8 +10,8 @@
 # the kill until the restarted process has served for a while; after),
 # and what the front saw. Fails (exit 1) if the front died, a client
 # waited 2 s for an answer (a hang), errors went on after the restart
-# settled, a value read back was wrong, or the front did not exit 0 on
-# SIGTERM.
+# settled, a value read back was wrong, or the front or a shard process
+# did not exit 0 on SIGTERM.
 #
 #   BUILD=build sh tools/demo-cluster.sh
 #
@@ -172,7 +172,9 @@ kill -0 "$front_pid" 2>/dev/null && front_alive=yes
 stop "$front_pid"
 front_status=$stopped
 stop "$shards0_pid"
+shards_status=$stopped
 stop "$shards_pid"
+shards_status="$shards_status $stopped"
 stop "$nats_pid"
 
 # Each period line of the client ("client: T s: N ok, E errors (D shard
@@ -231,6 +233,8 @@ failed=""
 	failed="$failed; the client failed (wrong values, or none ok)"
 [ "$front_status" = 0 ] ||
 	failed="$failed; the front exited $front_status on SIGTERM"
+[ "$shards_status" = "0 0" ] ||
+	failed="$failed; the shard processes exited $shards_status on SIGTERM"
 echo
 if [ -n "$failed" ]; then
 	echo "demo-cluster: FAILED${failed}" | sed 's/FAILED; /FAILED: /' >&2
