@@ -173,6 +173,19 @@ static uint64_t read_count(uint64_t *counter)
 	return __atomic_load_n(counter, __ATOMIC_RELAXED);
 }
 
+/* `start` (a now_ns() time) on the wall clock, so that a script can place
+ * what a process prints in its own time. */
+static void print_started_at(const char *who, uint64_t start)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	printf("%s: started at %.3f s (Unix time)\n", who,
+	       (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 -
+		   (double)(now_ns() - start) / 1e9);
+	fflush(stdout);
+}
+
 static bool is_loopback(const char *host)
 {
 	struct in_addr a4;
@@ -1271,6 +1284,9 @@ static void print_started(void)
 		    app.nats ? " over " : "", app.nats ? app.nats : "",
 		    app.panic_rate,
 		    app.storm_at >= 0 ? ", fault storm scheduled" : "");
+	/* The times of its shards going down and up, in a script's time. */
+	if (app.nats)
+		print_started_at("supervised", app.start_ns);
 	fflush(stdout);
 }
 
@@ -1659,17 +1675,6 @@ struct client_main {
 	struct client_seen last;
 };
 
-/* The wall clock, so that a script can place the periods in its time. */
-static void print_start(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	printf("client: started at %lld.%03ld s (Unix time)\n",
-	       (long long)ts.tv_sec, ts.tv_nsec / 1000000);
-	fflush(stdout);
-}
-
 static int client_main_step(struct keel_task *t)
 {
 	struct client_main *m = keel_container_of(t, struct client_main, task);
@@ -1678,9 +1683,9 @@ static int client_main_step(struct keel_task *t)
 	struct client_seen now;
 
 	KEEL_BEGIN(t);
-	if (cli.every > 0)
-		print_start();
 	m->start_ns = now_ns();
+	if (cli.every > 0)
+		print_started_at("client", m->start_ns);
 	m->next_period = m->start_ns + (uint64_t)(cli.every * 1e9);
 	cli.end_ns = m->start_ns + (uint64_t)(cli.duration * 1e9);
 	for (m->i = 0; m->i < cli.conns; m->i++)

@@ -209,12 +209,26 @@ echo "$phases"
 echo "-- in all"
 grep -v '^client: [0-9.]* s: \|^client: started' "$tmp/client.log" |
 	sed 's/^client: /  /'
-echo "-- what the front saw"
-awk -v kill="$t_kill" -v restart="$t_restart" -v back="$t_back" 'BEGIN {
-	printf "  (shard process 1/2 killed, restarted %.2f s later, serving " \
-	    "%.2f s after that)\n", restart - kill, back - restart }'
-grep ' s: shard [0-9]* \(up\|down\)\|^supervised: served\|remote shards' \
-	"$tmp/front.log" | sed 's/^supervised: /  /'
+echo "-- what the front saw (shard process 1/2 killed, restarted" \
+	"$(awk -v a="$t_kill" -v b="$t_restart" 'BEGIN { printf "%.2f", b - a }') s" \
+	"later)"
+# Its times are since its start: placed in ours through its Unix time.
+awk -v kill="$t_kill" -v restart="$t_restart" '
+	/^supervised: started at / { start = $4 }
+	/^supervised: [0-9.]+ s: shard [0-9]+ (up|down) / {
+		at = start + $2
+		note = ""
+		if ($6 == "down" && at >= kill)
+			note = sprintf(": %.3f s after the kill", at - kill)
+		if ($6 == "up" && at >= kill)
+			note = sprintf(": %.3f s after the restart", at - restart)
+		sub(/^supervised: /, "")
+		print "  " $0 note
+	}
+	/^supervised: served|^supervised: remote shards/ {
+		sub(/^supervised: /, "")
+		print "  " $0
+	}' "$tmp/front.log"
 echo "  exit status on SIGTERM: $front_status"
 echo "-- the restarted shard process"
 sed 's/^supervised: /  /' "$tmp/shards-1-again.log"
