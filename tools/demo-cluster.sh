@@ -71,18 +71,23 @@ wait_for() {
 	grep -q "$2" "$1" 2>/dev/null
 }
 
-# stop PID: SIGTERM, 5 s to exit, then SIGKILL; its exit status in
-# $stopped.
-stop() {
-	kill -TERM "$1" 2>/dev/null
+# reap PID TENTHS: TENTHS tenths of a second for PID to exit, then
+# SIGKILL; its exit status in $reaped.
+reap() {
 	tries=0
-	while kill -0 "$1" 2>/dev/null && [ "$tries" -lt 50 ]; do
+	while kill -0 "$1" 2>/dev/null && [ "$tries" -lt "$2" ]; do
 		sleep 0.1
 		tries=$((tries + 1))
 	done
 	kill -KILL "$1" 2>/dev/null
 	wait "$1"
-	stopped=$?
+	reaped=$?
+}
+
+# stop PID: SIGTERM, and 5 s to exit.
+stop() {
+	kill -TERM "$1" 2>/dev/null
+	reap "$1" 50
 }
 
 die() {
@@ -159,22 +164,16 @@ start_shards 1 "$tmp/shards-1-again.log"
 t_back=$(now)
 
 # The client's run is bounded (--duration); 60 s more is a hang.
-tries=0
-while kill -0 "$client_pid" 2>/dev/null && [ "$tries" -lt 600 ]; do
-	sleep 0.1
-	tries=$((tries + 1))
-done
-kill -KILL "$client_pid" 2>/dev/null
-wait "$client_pid"
-client_status=$?
+reap "$client_pid" 600
+client_status=$reaped
 front_alive=no
 kill -0 "$front_pid" 2>/dev/null && front_alive=yes
 stop "$front_pid"
-front_status=$stopped
+front_status=$reaped
 stop "$shards0_pid"
-shards_status=$stopped
+shards_status=$reaped
 stop "$shards_pid"
-shards_status="$shards_status $stopped"
+shards_status="$shards_status $reaped"
 stop "$nats_pid"
 
 # Each period line of the client ("client: T s: N ok, E errors (D shard
