@@ -51,12 +51,14 @@
  * the same requests travel as NATS asks. A shard process (--role shards
  * --shard-set K/M) runs the shards i of S with i % M == K, under the tree
  * above, and serves each under the name kv.shard.<i> in the queue group
- * "kv" (a second copy of that process would share the load): a link task
- * per shard hands what the name receives to the shard's actor, which
- * answers the ask through the node. A front (--role front, the same S)
- * holds no shard: a connection asks kv.shard.<i> with the same deadline,
- * and an ask that fails answers "ERR timeout" or "ERR shard down" to that
- * client only. Beside the fronts, a supervisor has one child per shard
+ * "kv": a link task per shard hands what the name receives to the shard's
+ * actor, which answers the ask through the node. A second copy of a shard
+ * process shares the load, and the front does not see one copy die; but
+ * each copy has data of its own (a key set through one is not in the
+ * other: a real shard would replicate, or rebuild from a log). A front (--role
+ *front, the same S) holds no shard: a connection asks kv.shard.<i> with the
+ *same deadline, and an ask that fails answers "ERR timeout" or "ERR shard down"
+ *to that client only. Beside the fronts, a supervisor has one child per shard
  * that pings its name and then watches it (keel_node_monitor, heartbeats
  * every 100 ms): when the name is no longer served, or stops answering
  * for 1 s, the child exits with -EPIPE, and until its supervisor has
@@ -1706,11 +1708,11 @@ static int client_main_step(struct keel_task *t)
 			m->next_period += (uint64_t)(cli.every * 1e9);
 		}
 	}
-	if (cli.every > 0) { /* the last period, cut short */
-		now = client_seen_now();
+	now = client_seen_now();
+	/* The last period, cut short, if anything came in it. */
+	if (cli.every > 0 && memcmp(&now, &m->last, sizeof(now)))
 		print_period((double)(now_ns() - m->start_ns) / 1e9, &now,
 			     &m->last);
-	}
 	KEEL_END(t);
 }
 
