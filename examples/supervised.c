@@ -289,12 +289,13 @@ static double random01(struct shard *sh)
 
 static void request_fail(struct kv_request *req)
 {
-	if (req->remote)
+	if (req->remote) {
+		count(&app.errors); /* a front counts those it answers */
 		reply_line(req->node, req->remote, "ERR shard down\n");
-	else
+	} else {
 		keel_oneshot_close(req->reply); /* the connection: -EPIPE */
-	if (req->reply)
 		keel_oneshot_release(req->reply);
+	}
 	free(req);
 }
 
