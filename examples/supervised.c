@@ -1005,6 +1005,20 @@ static void add_sup(const char *name, struct keel_sup_spec *spec,
 	};
 }
 
+/* A child that goes with shard i (the shard, its link, its remote): its
+ * start function gets i. */
+static struct keel_child_spec shard_child(const char *name,
+					  keel_child_start_fn start, unsigned i,
+					  struct keel_loop *loop)
+{
+	return (struct keel_child_spec){
+	    .name = name,
+	    .start = start,
+	    .arg = (void *)(uintptr_t)i,
+	    .loop = loop,
+	};
+}
+
 /* "shards": the shards this process holds; in a shard process, "links"
  * beside it. */
 static void build_shards(struct keel_runtime *rt)
@@ -1016,19 +1030,10 @@ static void build_shards(struct keel_runtime *rt)
 
 		snprintf(app.shard_name[i], sizeof(app.shard_name[i]),
 			 "shard-%u", i);
-		shard_specs[n] = (struct keel_child_spec){
-		    .name = app.shard_name[i],
-		    .start = shard_start,
-		    .arg = (void *)(uintptr_t)i,
-		    .loop = loop,
-		};
+		shard_specs[n] =
+		    shard_child(app.shard_name[i], shard_start, i, loop);
 		snprintf(peer_names[n], sizeof(peer_names[n]), "link-%u", i);
-		peer_specs[n] = (struct keel_child_spec){
-		    .name = peer_names[n],
-		    .start = link_start,
-		    .arg = (void *)(uintptr_t)i,
-		    .loop = loop,
-		};
+		peer_specs[n] = shard_child(peer_names[n], link_start, i, loop);
 		n++;
 	}
 	/* A shard crash is restarted at once, then with backoff if it keeps
@@ -1065,12 +1070,9 @@ static void build_remotes(struct keel_runtime *rt)
 {
 	for (unsigned i = 0; i < app.shards; i++) {
 		snprintf(peer_names[i], sizeof(peer_names[i]), "remote-%u", i);
-		peer_specs[i] = (struct keel_child_spec){
-		    .name = peer_names[i],
-		    .start = remote_start,
-		    .arg = (void *)(uintptr_t)i,
-		    .loop = keel_runtime_loop(rt, shard_loop(i)),
-		};
+		peer_specs[i] =
+		    shard_child(peer_names[i], remote_start, i,
+				keel_runtime_loop(rt, shard_loop(i)));
 	}
 	peers_spec = (struct keel_sup_spec){
 	    .name = "remotes",
