@@ -42,8 +42,8 @@ status=$?
 cat "$dir/demo.out"
 
 # phase P N: field N of phase P's line ("  before: S s, OK ok, E errors
-# (D shard down, T timeouts, L connections lost, U unanswered)"); -1 when
-# the demo printed none.
+# (D shard down, T timeouts, L connections lost, H hangs)", a hang being
+# no answer in 2 s); -1 when the demo printed none.
 phase() {
 	awk -v p="$1:" -v n="$2" '$1 == p { gsub(/[(,)]/, ""); v = $n }
 		END { print v == "" ? -1 : v }' "$dir/demo.out"
@@ -63,9 +63,9 @@ check "only requests in flight at the kill time out ($(phase down 11))" \
 check "after the restart settled, requests are answered" \
 	[ "$(phase after 4)" -gt 0 ]
 check "after the restart settled, no errors" [ "$(phase after 6)" = 0 ]
-unanswered=$(awk '$1 ~ /^(before|down|after):$/ { gsub(/[(,)]/, "");
+hangs=$(awk '$1 ~ /^(before|down|after):$/ { gsub(/[(,)]/, "");
 	n += $16 } END { print n + 0 }' "$dir/demo.out")
-check "no request went unanswered for 2 s ($unanswered)" [ "$unanswered" = 0 ]
+check "no request went unanswered for 2 s ($hangs)" [ "$hangs" = 0 ]
 check "the front saw a shard go down" grep -q ' s: shard [0-9]* down' \
 	"$dir/demo.out"
 check "the front saw the shards come back (6 ups: 4 at start, 2 after)" \

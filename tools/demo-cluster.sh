@@ -196,14 +196,14 @@ phases=$(awk -v start="$start" -v kill="$t_kill" -v back="$t_back" \
 		for (n = 1; n <= 3; n++) {
 			p = names[n]
 			printf "  %s: %.2f s, %d ok, %d errors (%d shard down, " \
-			    "%d timeouts, %d connections lost, %d unanswered)\n",
+			    "%d timeouts, %d connections lost, %d hangs)\n",
 			    p, secs[p], sum[p, 1], sum[p, 2], sum[p, 3],
 			    sum[p, 4], sum[p, 5], sum[p, 6]
 		}
 	}' "$tmp/client.log")
 
 echo "-- what the clients saw, per phase (down: from the kill until the"
-echo "   restarted process had served for $SETTLE s)"
+echo "   restarted process had served for $SETTLE s; hangs: no answer in 2 s)"
 echo "$phases"
 echo "-- in all"
 grep -v '^client: [0-9.]* s: \|^client: started' "$tmp/client.log" |
