@@ -1832,6 +1832,9 @@ static const char *bad_combination(bool client, bool set)
 		       "address>[:port]";
 	if (app.role == ROLE_SHARDS && app.set_index >= app.shards)
 		return "this shard set holds none of the shards";
+	if (app.role == ROLE_FRONT && (app.panic_rate > 0 || app.storm_at >= 0))
+		return "a front holds no shards: no --panic-rate, no "
+		       "--storm-at";
 	return NULL;
 }
 
