@@ -1444,17 +1444,25 @@ static int run_server(void)
 	for (unsigned i = 0; i < app.loops && app.role != ROLE_SHARDS; i++)
 		close(app.listen_fd[i]);
 	if (!app.top) {
-		fprintf(stderr, "supervised: could not start the tree: %d\n",
-			err);
+		if (!app.node_err) /* that one was said */
+			fprintf(stderr,
+				"supervised: could not start the tree: %d\n",
+				err);
 		return 1;
 	}
 	keel_sup_stats(app.top, &st);
 	shards_totals(&restarts, &dropped);
-	printf("supervised: served %llu requests on %llu connections, "
-	       "answered %llu with an error\n",
-	       (unsigned long long)read_count(&app.requests),
-	       (unsigned long long)read_count(&app.connections),
-	       (unsigned long long)read_count(&app.errors));
+	if (app.role == ROLE_SHARDS)
+		printf("supervised: served %llu requests over NATS, answered "
+		       "%llu with an error\n",
+		       (unsigned long long)read_count(&app.requests),
+		       (unsigned long long)read_count(&app.errors));
+	else
+		printf("supervised: served %llu requests on %llu connections, "
+		       "answered %llu with an error\n",
+		       (unsigned long long)read_count(&app.requests),
+		       (unsigned long long)read_count(&app.connections),
+		       (unsigned long long)read_count(&app.errors));
 	if (app.role == ROLE_FRONT)
 		printf("supervised: remote shards went down %llu times and "
 		       "came up %llu times (at start too)\n",
