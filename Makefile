@@ -6,6 +6,8 @@
 #   make check-layers    no lower layer calls a higher one (also in check)
 #   make demo            install missing packages, run the echo demo
 #   make demo-supervised the supervision-tree demo (a KV server that crashes)
+#   make demo-cluster    that server across processes over NATS, one of
+#                        them killed and restarted under load
 #   make bench           keel's micro-benchmarks (+ the peer harness if found)
 #   make man             the man pages (scdoc) into $(BUILD)/man
 #   make install/uninstall   honour DESTDIR, prefix, libdir, includedir, mandir
@@ -165,6 +167,7 @@ MAN_FILES := $(foreach s,$(MAN_SRC),$(foreach n,$(call man_names,$(s)),\
 .SECONDEXPANSION:
 
 .PHONY: all lib examples tools tests man check check-layers test demo demo-supervised \
+	demo-cluster \
 	bench deps install uninstall clean format format-check fuzz fuzz-ci \
 	fuzz-targets sim sim-ci
 
@@ -255,6 +258,14 @@ $(BUILD)/examples/%: examples/%/main.c $$(wildcard examples/%/*.c) \
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ \
 		$(filter %.c,$^) $(HTTP_STATIC) $(TLS_STATIC) $(STATIC) \
 		$(HTTP_LIBS) $(TLS_LIBS) $(LIBS) -lm
+
+# examples/supervised also runs across processes over NATS (--nats): it
+# links libkeel-nats, and so cnats.
+$(BUILD)/examples/supervised: examples/supervised.c $(NATS_STATIC) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(NATS_STATIC) \
+		$(STATIC) $(NATS_LIBS) $(LIBS) -lm
 
 $(BUILD)/tools/%: tools/%.c $(STATIC)
 	@mkdir -p $(dir $@)
@@ -405,6 +416,11 @@ demo-supervised:
 	$(Q)$(MAKE) deps
 	$(Q)$(MAKE) all
 	$(Q)BUILD=$(BUILD) sh tools/demo-supervised.sh
+
+demo-cluster:
+	$(Q)$(MAKE) deps
+	$(Q)$(MAKE) all
+	$(Q)BUILD=$(BUILD) sh tools/demo-cluster.sh
 
 bench:
 	$(Q)sh tools/deps.sh bench
