@@ -21,8 +21,9 @@
  * accepts into the ring's file table (registered descriptors: no per-op
  * file lookup in the kernel); --no-idle-poll keeps an idle connection's
  * multishot recv armed instead of parking it on a poll after 250-500 ms
- * (KEEL_LOOP_NO_IDLE_POLL: about 600 bytes more of kernel memory per
- * idle connection, one completion less when it wakes up).
+ * (KEEL_LOOP_NO_IDLE_POLL: about 600 bytes more of kernel memory and 120
+ * of user space per idle connection, one completion less when it wakes
+ * up).
  *
  * Shutdown is keel's: on SIGINT or SIGTERM the runtime cancels every
  * loop's root token, so each pending accept and recv returns -ECANCELED,

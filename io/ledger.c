@@ -7,8 +7,9 @@
  * - An op slot is reused only after every CQE it is owed has arrived
  *   (pending == 0); reuse bumps the generation, so a late CQE for the old op
  *   is recognised as stale and dropped.
- * - A task's inflight count equals the number of ops on its op list; its
- *   frame is not freed while it is non-zero (see core/task.c).
+ * - A task's inflight count equals the number of ops on its op list plus
+ *   its parked streams (io/stream.c: an idle stream's poll, which holds no
+ *   op); its frame is not freed while it is non-zero (see core/task.c).
  * - The task is woken once per op, when the op's last CQE arrives, with the
  *   op's real result: the kernel's, or -ETIMEDOUT when its linked timeout
  *   fired and cancelled it.
@@ -355,6 +356,11 @@ static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 	struct keel__ledger *l = &io->ledger;
 
 	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
+		/* An address above the role bits: a parked stream's poll. */
+		if (__builtin_expect(ud != role, 0)) {
+			keel__stream_parked_cqe(io, ud, cqe->res);
+			return;
+		}
 		/* A doorbell's work is in the inbox, drained in step 2. */
 		io->count.internal_cqes++;
 		return;
@@ -439,6 +445,20 @@ static void cancel_op(struct keel__io *io, struct keel__op *op)
 	keel__op_send_cancel(io, op);
 }
 
+bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud)
+{
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	if (!sqe)
+		return false;
+	io_uring_prep_cancel64(sqe, ud, 0);
+	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+	/* Its result only matters as the cancelled request's own CQE. */
+	if (io->features & IORING_FEAT_CQE_SKIP)
+		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	return true;
+}
+
 void keel__op_send_cancel(struct keel__io *io, struct keel__op *op)
 {
 	if (op->flags & KEEL__OP_CANCEL_SENT)
@@ -448,17 +468,8 @@ void keel__op_send_cancel(struct keel__io *io, struct keel__op *op)
 		op->u.user.cancel(op);
 		return;
 	}
-	struct io_uring_sqe *sqe = keel__io_sqe(io);
-
-	if (!sqe) {
+	if (!keel__io_cancel_ud(io, keel__op_ud(op, KEEL__UD_MAIN)))
 		op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
-		return;
-	}
-	io_uring_prep_cancel64(sqe, keel__op_ud(op, KEEL__UD_MAIN), 0);
-	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
-	/* Its result only matters as the cancelled op's own CQE. */
-	if (io->features & IORING_FEAT_CQE_SKIP)
-		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
 
 static void cancel_ops_hook(struct keel_task *t)
@@ -475,6 +486,9 @@ void keel__io_cancel_task(struct keel__io *io, struct keel_task *t)
 {
 	uint32_t next = t->ops;
 
+	/* Its parked streams first: when the last of them frees the frame
+	 * (closed, no poll left), t had no op (next is 0). */
+	keel__stream_cancel_parked(io, t);
 	while (next) {
 		struct keel__op *op = keel__op_at(&io->ledger, next - 1);
 
@@ -495,4 +509,5 @@ void keel__io_cancel_all(struct keel__io *io)
 		if (op->flags & KEEL__OP_INUSE)
 			cancel_op(io, op);
 	}
+	keel__stream_cancel_all_parked(io);
 }

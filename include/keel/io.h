@@ -384,7 +384,8 @@ struct keel__stream {
 	struct keel_task *task;
 	struct keel__chunk *head, *tail; /* received, not yet taken */
 	void *out;			 /* where a waiting take goes */
-	uint32_t op; /* ledger index + 1 while open, else 0 */
+	uint32_t op; /* ledger index + 1 while open (UINT32_MAX: parked,
+		      * holding none), else 0 */
 	int fd;
 	int32_t end;	 /* the final result, once known */
 	uint32_t queued; /* items received, not yet taken */
@@ -406,7 +407,9 @@ typedef void (*keel_recv_notify_fn)(struct keel_recv_stream *s, int res);
 struct keel_recv_stream {
 	struct keel__stream base;
 	struct keel_bufring *ring;
-	struct keel__link starved;  /* the ring's starved streams */
+	/* The ring's starved streams while it waits for a buffer, its
+	 * task's parked streams while it waits on an idle poll. */
+	struct keel__link link;
 	keel_recv_notify_fn notify; /* keel_recv_stream_notify(), or NULL */
 };
 
