@@ -126,12 +126,16 @@ struct keel__op_lat {
 };
 
 struct keel__ledger {
-	struct keel__op **chunks; /* KEEL__OP_CHUNK ops each, never moved */
+	/* KEEL__OP_CHUNK ops each, never moved (trailing free ones are
+	 * unmapped: keel__ledger_trim) */
+	struct keel__op **chunks;
 	uint32_t nchunks;
 	uint32_t free; /* index + 1, 0 = none */
 	/* Ops the kernel (or a timer) still owns, and parked streams' polls,
 	 * which the kernel owns without an op (io/stream.c). */
 	uint32_t inuse;
+	/* The first generation of a chunk's ops (see keel__ledger_trim). */
+	uint32_t gen_floor;
 };
 
 struct keel__io_counters {
@@ -387,6 +391,9 @@ int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
 /* Ledger (io/ledger.c). */
 int keel__ledger_init(struct keel__ledger *l);
 void keel__ledger_fini(struct keel__ledger *l);
+/* Give back the trailing chunks whose ops are all free (the first chunk
+ * stays): after a peak, their memory goes back to the kernel. */
+void keel__ledger_trim(struct keel__ledger *l);
 /* Free the op latency tables (loop teardown). */
 void keel__op_lat_fini(struct keel__io *io);
 

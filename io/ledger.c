@@ -19,17 +19,24 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+/* Chunks are mapped, not malloc'ed, so that a trimmed one is returned to
+ * the kernel at once (an allocator keeps freed memory resident for a
+ * while). */
+#define CHUNK_BYTES (KEEL__OP_CHUNK * sizeof(struct keel__op))
 
 int keel__ledger_init(struct keel__ledger *l)
 {
 	memset(l, 0, sizeof(*l));
+	l->gen_floor = 1; /* user_data 0 is never a valid op */
 	return 0;
 }
 
 void keel__ledger_fini(struct keel__ledger *l)
 {
 	for (uint32_t i = 0; i < l->nchunks; i++)
-		free(l->chunks[i]);
+		munmap(l->chunks[i], CHUNK_BYTES);
 	free(l->chunks);
 	memset(l, 0, sizeof(*l));
 }
@@ -42,20 +49,60 @@ static int ledger_grow(struct keel__ledger *l)
 	if (!chunks)
 		return -ENOMEM;
 	l->chunks = chunks;
-	struct keel__op *c = calloc(KEEL__OP_CHUNK, sizeof(*c));
+	struct keel__op *c = mmap(NULL, CHUNK_BYTES, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
-	if (!c)
+	if (c == MAP_FAILED)
 		return -ENOMEM;
 	uint32_t base = l->nchunks << KEEL__OP_CHUNK_SHIFT;
 
 	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
 		c[i].index = base + i;
-		c[i].gen = 1; /* user_data 0 is never a valid op */
+		c[i].gen = l->gen_floor;
 		c[i].next = i + 1 < KEEL__OP_CHUNK ? base + i + 2 : l->free;
 	}
 	chunks[l->nchunks++] = c;
 	l->free = base + 1;
 	return 0;
+}
+
+/* Whether every op of chunk `c` is free; `*gen` rises above theirs. */
+static bool chunk_free(const struct keel__op *c, uint32_t *gen)
+{
+	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
+		if (c[i].flags & KEEL__OP_INUSE)
+			return false;
+		if (c[i].gen >= *gen)
+			*gen = c[i].gen + 1;
+	}
+	return true;
+}
+
+void keel__ledger_trim(struct keel__ledger *l)
+{
+	uint32_t n = l->nchunks, gen = l->gen_floor;
+	uint32_t *link = &l->free;
+
+	while (n > 1 && chunk_free(l->chunks[n - 1], &gen))
+		n--;
+	if (n == l->nchunks)
+		return;
+	/* The free list without the trimmed chunks, lowest index first: new
+	 * ops fill the low chunks, so the high ones empty sooner. */
+	for (uint32_t i = 0; i < n << KEEL__OP_CHUNK_SHIFT; i++) {
+		struct keel__op *op = keel__op_at(l, i);
+
+		if (!(op->flags & KEEL__OP_INUSE)) {
+			*link = i + 1;
+			link = &op->next;
+		}
+	}
+	*link = 0;
+	while (l->nchunks > n)
+		munmap(l->chunks[--l->nchunks], CHUNK_BYTES);
+	/* A chunk mapped again later starts above every generation the
+	 * trimmed ones reached: no late CQE can match one of its ops. */
+	l->gen_floor = gen;
 }
 
 /* Inline: on every op's path (keel__op_begin()), where the call and its

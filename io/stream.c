@@ -739,7 +739,7 @@ static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 	struct keel__io *io = keel__io_of(loop);
 	struct keel__ledger *l = &io->ledger;
 	uint32_t n = l->nchunks << KEEL__OP_CHUNK_SHIFT;
-	bool hot = false;
+	bool hot = false, parking = false;
 
 	(void)arg;
 	for (uint32_t i = 0; i < n; i++) {
@@ -767,8 +767,13 @@ static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 			s->state &= (uint16_t)~S_IDLING; /* no SQE: later */
 			hot = true;
 		}
+		parking = true;
 	}
-	if (hot)
+	/* The ops of streams parked since the last sweep are free: a peak of
+	 * connections that went idle leaves no ledger behind. (One more
+	 * sweep after these park does it for them.) */
+	keel__ledger_trim(l);
+	if (hot || parking)
 		keel_timer_arm(loop, timer, io->core.now + IDLE_SWEEP_NS);
 }
 
