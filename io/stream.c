@@ -493,7 +493,7 @@ static int stream_open(struct keel_task *t, struct keel__stream *s,
 	s->end = 0;
 	s->queued = 0;
 	s->state = 0;
-	s->flags = (uint16_t)flags;
+	s->flags = (uint8_t)flags;
 	return 0;
 }
 
@@ -545,29 +545,34 @@ static struct keel_recv_stream *recv_of(struct keel__stream *s)
 	return keel_container_of(s, struct keel_recv_stream, base);
 }
 
+/* A recv stream's ring: the ring cannot go while a stream uses it. */
+static struct keel_bufring *recv_ring(struct keel__io *io,
+				      const struct keel__stream *s)
+{
+	return io->bufrings[s->ring];
+}
+
 static void recv_prep(struct keel__io *io, struct keel__stream *s,
 		      struct io_uring_sqe *sqe)
 {
-	struct keel_recv_stream *r = recv_of(s);
-
 	io_uring_prep_recv_multishot(sqe, s->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = keel__bufring_gid(r->ring);
+	sqe->buf_group = s->ring;
 	/* Bundles read their buffer ids from the ring in order, which an
 	 * incremental ring does not keep: one or the other. */
 	if ((s->flags & KEEL_RECV_BUNDLE) &&
 	    (io->features & IORING_FEAT_RECVSEND_BUNDLE) &&
-	    !keel__bufring_incremental(r->ring))
+	    !keel__bufring_incremental(recv_ring(io, s)))
 		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
 }
 
 static void recv_queue(struct keel__io *io, struct keel__stream *s,
 		       struct keel__op *op, int res, unsigned cqe_flags)
 {
-	struct keel_recv_stream *r = recv_of(s);
 	bool more = cqe_flags & IORING_CQE_F_MORE;
 	struct keel__chunk *first = NULL, *last = NULL;
-	int n = keel__bufring_take(io, r->ring, cqe_flags, res, &first, &last);
+	int n = keel__bufring_take(io, recv_ring(io, s), cqe_flags, res, &first,
+				   &last);
 
 	/* A woken stream's first CQE tells whether it got its buffer;
 	 * recv_stopped() reads the bit for -ENOBUFS. */
@@ -800,7 +805,7 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 
 		s->state &= (uint16_t)~S_WOKEN;
 		s->state |= S_PARKED;
-		keel__bufring_wait(r->ring, r, woken);
+		keel__bufring_wait(recv_ring(io, s), r, woken);
 	} else if ((s->state & S_PAUSING) && (res == -ECANCELED || res >= 0) &&
 		   !keel__task_cancel_cause(s->task)) {
 		/* Paused for backpressure: keel_recv_next() and
@@ -831,14 +836,12 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 
 static void recv_restart(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel_recv_stream *r = recv_of(s);
-
 	s->state &= (uint16_t)~S_PAUSING; /* the queue is empty */
-	if (keel__bufring_has_free(r->ring)) {
+	if (keel__bufring_has_free(recv_ring(io, s))) {
 		stream_rearm(io, s);
 	} else {
 		s->state |= S_PARKED;
-		keel__bufring_wait(r->ring, r, false);
+		keel__bufring_wait(recv_ring(io, s), recv_of(s), false);
 	}
 }
 
@@ -864,15 +867,12 @@ static int recv_take(struct keel__io *io, struct keel__stream *s,
 
 static void recv_unpark(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel_recv_stream *r = recv_of(s);
-
-	(void)io;
-	keel__bufring_unwait(r->ring, r);
+	keel__bufring_unwait(recv_ring(io, s), recv_of(s));
 }
 
 static void recv_release(struct keel__io *io, struct keel__stream *s)
 {
-	keel__bufring_stream_ref(recv_of(s)->ring, -1);
+	keel__bufring_stream_ref(recv_ring(io, s), -1);
 	/* The last recv stream gone: no sweep keeps the loop alive. */
 	if (s->kind == KIND_RECV && !--io->recv_streams)
 		keel_timer_cancel(s->task->loop, &io->idle_sweep);
@@ -915,7 +915,7 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 
 	if (err)
 		return err;
-	s->ring = ring;
+	s->base.ring = gid;
 	s->notify = NULL;
 	s->link.next = s->link.prev = NULL;
 	s->base.limit = KEEL_RECV_QUEUE_DEFAULT;
@@ -987,7 +987,7 @@ static void recvmsg_prep(struct keel__io *io, struct keel__stream *s,
 	 * even when the buffer could not hold it. */
 	io_uring_prep_recvmsg_multishot(sqe, s->fd, &m->msg, MSG_TRUNC);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = keel__bufring_gid(m->rs.ring);
+	sqe->buf_group = s->ring;
 }
 
 static void recvmsg_stopped(struct keel__io *io, struct keel__stream *s,
@@ -1069,7 +1069,7 @@ int keel_recvmsg_stream_open(struct keel_task *t, struct keel_recvmsg_stream *s,
 		return err;
 	memset(&s->msg, 0, sizeof(s->msg));
 	s->msg.msg_namelen = sizeof(struct sockaddr_storage);
-	s->rs.ring = ring;
+	s->rs.base.ring = gid;
 	s->rs.notify = NULL;
 	s->rs.link.next = s->rs.link.prev = NULL;
 	s->rs.base.limit = KEEL_RECV_QUEUE_DEFAULT;

@@ -390,10 +390,12 @@ struct keel__stream {
 	int32_t end;	 /* the final result, once known */
 	uint32_t queued; /* items received, not yet taken */
 	uint16_t state;	 /* private bits */
-	uint16_t flags;
-	uint16_t limit; /* recv: pause receiving at this many queued */
-	uint8_t kind;	/* its hooks: an index (io/stream.c), not a pointer,
-			 * so that an idle connection's frame stays small */
+	uint16_t limit;	 /* recv: pause receiving at this many queued */
+	/* recv: its buffer ring, as the ring's index in the loop (its bgid):
+	 * two bytes, not a pointer's eight, in an idle connection's frame */
+	uint16_t ring;
+	uint8_t flags;
+	uint8_t kind; /* its hooks: an index (io/stream.c), not a pointer */
 };
 
 struct keel_recv_stream;
@@ -406,7 +408,6 @@ typedef void (*keel_recv_notify_fn)(struct keel_recv_stream *s, int res);
 /* Lives in the task's frame; fields are private. */
 struct keel_recv_stream {
 	struct keel__stream base;
-	struct keel_bufring *ring;
 	/* The ring's starved streams while it waits for a buffer, its
 	 * task's parked streams while it waits on an idle poll. */
 	struct keel__link link;
