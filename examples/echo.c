@@ -67,19 +67,22 @@ struct shard {
 	int error;	  /* a fatal accept error, or 0 */
 };
 
-/* The fast path: what an idle connection costs is this frame. */
+/* The shard of this thread's loop (one loop per thread), so that a
+ * connection's frame need not point at it. */
+static __thread struct shard *my_shard;
+
+/* The fast path: what an idle connection costs is this frame (176 bytes
+ * on x86-64, an allocator class of its own). */
 struct conn {
 	struct keel_task task;
-	struct shard *shard;
-	int fd;
 	struct keel_recv_stream rs;
 	struct keel_buf buf; /* the chunk being sent back */
+	int fd;
 };
 
 /* --plain: recv into a buffer in the frame, send it back. */
 struct plain_conn {
 	struct keel_task task;
-	struct shard *shard;
 	int fd;
 	/* Handed to the kernel by recv and send: it lives in the frame. */
 	char buf[16384];
@@ -178,13 +181,13 @@ static int conn_step(struct keel_task *t)
 	struct conn *c = keel_container_of(t, struct conn, task);
 
 	KEEL_BEGIN(t);
-	if (keel_recv_stream_open(t, &c->rs, c->fd, c->shard->ring, 0))
+	if (keel_recv_stream_open(t, &c->rs, c->fd, my_shard->ring, 0))
 		goto out;
 	for (;;) {
 		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
 		if (keel_res(t) <= 0)
 			break; /* end of file, an error, or the shutdown */
-		c->shard->bytes += c->buf.len;
+		my_shard->bytes += c->buf.len;
 		/* The kernel sends from the ring buffer; it goes back to the
 		 * ring once the send has completed. */
 		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf.data, c->buf.len,
@@ -209,7 +212,7 @@ static int plain_conn_step(struct keel_task *t)
 		KEEL_AWAIT(t, keel_recv(t, c->fd, c->buf, sizeof(c->buf), 0));
 		if (keel_res(t) <= 0)
 			break; /* end of file, an error, or the shutdown */
-		c->shard->bytes += (uint64_t)keel_res(t);
+		my_shard->bytes += (uint64_t)keel_res(t);
 		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf,
 					    (size_t)keel_res(t), MSG_NOSIGNAL));
 		if (keel_res(t) < 0)
@@ -243,6 +246,7 @@ static int acceptor_step(struct keel_task *t)
 	struct shard *s = a->shard;
 
 	KEEL_BEGIN(t);
+	my_shard = s; /* its connections run on this thread */
 	if (plain_mode)
 		goto plain;
 	/* The ring is registered from the loop's own thread (the ring is
@@ -291,7 +295,6 @@ static int acceptor_step(struct keel_task *t)
 			KEEL_AWAIT(t, keel_close(t, a->refused));
 			continue;
 		}
-		c->shard = s;
 		c->fd = fd;
 		s->connections++;
 	}
@@ -334,7 +337,6 @@ plain:
 			close(fd);
 			continue;
 		}
-		c->shard = s;
 		c->fd = fd;
 		s->connections++;
 	}
