@@ -224,14 +224,18 @@ static void close_socket(struct keel__io *io, int fd)
 	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
 }
 
+/*
+ * The queue is a ring of chunks known by its last one (the first is the
+ * last's next): one pointer in the stream, not two.
+ */
+
 /* Append the chain `first`..`last` of `n` items to the queue. */
 static void stream_enqueue(struct keel__stream *s, struct keel__chunk *first,
 			   struct keel__chunk *last, int n)
 {
+	last->next = s->tail ? s->tail->next : first;
 	if (s->tail)
 		s->tail->next = first;
-	else
-		s->head = first;
 	s->tail = last;
 	s->queued += (uint32_t)n;
 }
@@ -239,8 +243,10 @@ static void stream_enqueue(struct keel__stream *s, struct keel__chunk *first,
 /* Give back everything queued: buffers to their ring, sockets closed. */
 static void stream_drop(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel__chunk *c = s->head;
+	struct keel__chunk *c = s->tail ? s->tail->next : NULL;
 
+	if (c)
+		s->tail->next = NULL; /* the end of the walk */
 	while (c) {
 		struct keel__chunk *next = c->next;
 
@@ -258,7 +264,7 @@ static void stream_drop(struct keel__io *io, struct keel__stream *s)
 		keel__chunk_put(io, c);
 		c = next;
 	}
-	s->head = s->tail = NULL;
+	s->tail = NULL;
 	s->queued = 0;
 }
 
@@ -290,11 +296,12 @@ static void stream_finalise(struct keel__io *io, struct keel__stream *s)
 /* Move the first queued item into `out`; returns the await's result. */
 static int stream_pop(struct keel__io *io, struct keel__stream *s, void *out)
 {
-	struct keel__chunk *c = s->head;
+	struct keel__chunk *c = s->tail->next;
 
-	s->head = c->next;
-	if (!s->head)
+	if (c == s->tail)
 		s->tail = NULL;
+	else
+		s->tail->next = c->next;
 	s->queued--;
 	int res = kind_of(s)->take(io, s, c, out);
 
@@ -328,7 +335,7 @@ static void stream_deliver(struct keel__stream *s)
 		stream_notify(s);
 		return;
 	}
-	if (s->head) {
+	if (s->tail) {
 		int res = stream_pop(keel__io_of(t->loop), s, s->out);
 
 		s->state &= (uint16_t)~S_WAITING;
@@ -486,7 +493,7 @@ static int stream_open(struct keel_task *t, struct keel__stream *s,
 		return -ENOMEM;
 	s->kind = (uint8_t)kind_index;
 	s->task = t;
-	s->head = s->tail = NULL;
+	s->tail = NULL;
 	s->out = NULL;
 	s->fd = fd;
 	stream_own_op(s, op);
@@ -517,7 +524,7 @@ static int stream_next(struct keel_task *t, struct keel__stream *s, void *out)
 		return keel__task_ready(t, -EBADF);
 	if (s->task != t)
 		return keel__task_ready(t, -EPERM);
-	if (s->head)
+	if (s->tail)
 		return keel__task_ready(t, stream_pop(io, s, out));
 	s->out = out;
 	if (s->state & S_ENDED)
@@ -952,7 +959,7 @@ int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out)
 	keel_buf_release(out);
 	if (s->base.kind == KIND_RECVMSG)
 		return -EINVAL; /* its items are datagrams */
-	if (!s->base.op || !s->base.head)
+	if (!s->base.op || !s->base.tail)
 		return -EAGAIN;
 	return stream_pop(keel__io_of(s->base.task->loop), &s->base, out);
 }

@@ -382,8 +382,9 @@ void keel_buf_release(struct keel_buf *buf);
 /* What recv and accept streams share (private; io/stream.c). */
 struct keel__stream {
 	struct keel_task *task;
-	struct keel__chunk *head, *tail; /* received, not yet taken */
-	void *out;			 /* where a waiting take goes */
+	struct keel__chunk *tail; /* received, not yet taken: tail->next is
+				   * the first (io/stream.c) */
+	void *out;		  /* where a waiting take goes */
 	uint32_t op; /* ledger index + 1 while open (UINT32_MAX: parked,
 		      * holding none), else 0 */
 	int fd;
