@@ -1755,6 +1755,7 @@ static int idle_conn_step(struct keel_task *t)
 	/* The stream's one request, recv or poll; only the recv has an op. */
 	g_idle.inflight_idle = kt_stats(keel_task_loop(t)).ops_inflight;
 	g_idle.ops_idle = ledger_ops(keel_task_loop(t));
+	cr_assert_eq(keel_recv_stream_fd(&c->rs), c->fd);
 	if (c->mode == IDLE_EXIT)
 		KEEL_EXIT(t, 0); /* with the stream (and its poll) open */
 	if (c->mode == IDLE_CLOSE) {

@@ -476,6 +476,14 @@ int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out);
 void keel_recv_stream_notify(struct keel_recv_stream *s,
 			     keel_recv_notify_fn fn);
 
+/*
+ * The socket the stream was opened on (after it closed too), so that a
+ * frame need not keep it twice. Only meaningful after a successful
+ * keel_recv_stream_open() on `s`.
+ * Ownership: reads the stream; nothing changes hands.
+ */
+int keel_recv_stream_fd(const struct keel_recv_stream *s);
+
 /* Close the stream: cancel the recv, give back the queued buffers. The
  * socket itself stays open. Safe to call twice.
  * Ownership: buffers queued in the stream go back to the ring; chunks
