@@ -30,6 +30,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <keel/io.h>
@@ -94,6 +95,12 @@ void keel__chunk_put(struct keel__io *io, struct keel__chunk *c)
 	io->chunks.free = c;
 }
 
+/* The bytes of io->parked (mapped: see parked_room()) at `cap` lists. */
+static size_t parked_bytes(uint32_t cap)
+{
+	return (size_t)cap * sizeof(struct keel__list);
+}
+
 void keel__stream_io_fini(struct keel__io *io)
 {
 	for (uint32_t i = 0; i < io->chunks.nblocks; i++)
@@ -102,7 +109,8 @@ void keel__stream_io_fini(struct keel__io *io)
 	io->chunks.blocks = NULL;
 	io->chunks.nblocks = 0;
 	io->chunks.free = NULL;
-	free(io->parked);
+	if (io->parked)
+		munmap(io->parked, parked_bytes(io->parked_cap));
 	io->parked = NULL;
 	io->parked_cap = 0;
 }
@@ -625,11 +633,16 @@ static void recv_queue(struct keel__io *io, struct keel__stream *s,
  * ops. Its completion takes an op again.
  */
 
-/* Room in io->parked for the list of `t`; false: no memory. */
+/*
+ * Room in io->parked for the list of `t`; false: no memory. The table is
+ * mapped and grown with mremap: its pages move, nothing is copied, and no
+ * old copy stays resident, so it costs 8 bytes per task id (the pages
+ * parked streams touch), no more.
+ */
 static bool parked_room(struct keel__io *io, const struct keel_task *t)
 {
-	uint32_t cap = io->parked_cap ? io->parked_cap : 64;
-	struct keel__list *v;
+	uint32_t cap = io->parked_cap ? io->parked_cap : 512;
+	void *v;
 
 	if (t->id < io->parked_cap)
 		return true;
@@ -637,11 +650,13 @@ static bool parked_room(struct keel__io *io, const struct keel_task *t)
 		cap *= 2;
 	if (cap <= t->id)
 		return false;
-	v = realloc(io->parked, cap * sizeof(*v));
-	if (!v)
+	v = io->parked ? mremap(io->parked, parked_bytes(io->parked_cap),
+				parked_bytes(cap), MREMAP_MAYMOVE)
+		       : mmap(NULL, parked_bytes(cap), PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (v == MAP_FAILED)
 		return false;
-	memset(v + io->parked_cap, 0, (cap - io->parked_cap) * sizeof(*v));
-	io->parked = v;
+	io->parked = v; /* new pages are zero: empty lists */
 	io->parked_cap = cap;
 	return true;
 }
