@@ -179,15 +179,25 @@ static void conn_leave(void)
 		atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
 }
 
+/* Open the stream on the socket the acceptor left in its place; on
+ * failure the socket is back in c->fd. */
+static int conn_open(struct keel_task *t, struct conn *c)
+{
+	int fd = c->fd;
+	int err = keel_recv_stream_open(t, &c->rs, fd, my_shard->ring, 0);
+
+	if (err)
+		c->fd = fd;
+	return err;
+}
+
 static int conn_step(struct keel_task *t)
 {
 	struct conn *c = keel_container_of(t, struct conn, task);
-	int fd;
 
 	KEEL_BEGIN(t);
-	fd = c->fd; /* the stream takes its place */
-	if (keel_recv_stream_open(t, &c->rs, fd, my_shard->ring, 0)) {
-		KEEL_AWAIT(t, keel_close(t, fd));
+	if (conn_open(t, c)) {
+		KEEL_AWAIT(t, keel_close(t, c->fd));
 		goto out;
 	}
 	for (;;) {

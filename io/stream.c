@@ -979,11 +979,6 @@ int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out)
 	return stream_pop(keel__io_of(s->base.task->loop), &s->base, out);
 }
 
-int keel_recv_stream_fd(const struct keel_recv_stream *s)
-{
-	return s->base.fd;
-}
-
 void keel_recv_stream_close(struct keel_recv_stream *s)
 {
 	if (!s->base.op)

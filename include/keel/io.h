@@ -479,10 +479,14 @@ void keel_recv_stream_notify(struct keel_recv_stream *s,
 /*
  * The socket the stream was opened on (after it closed too), so that a
  * frame need not keep it twice. Only meaningful after a successful
- * keel_recv_stream_open() on `s`.
+ * keel_recv_stream_open() on `s`. Inline: a connection's every send
+ * reads it.
  * Ownership: reads the stream; nothing changes hands.
  */
-int keel_recv_stream_fd(const struct keel_recv_stream *s);
+static inline int keel_recv_stream_fd(const struct keel_recv_stream *s)
+{
+	return s->base.fd;
+}
 
 /* Close the stream: cancel the recv, give back the queued buffers. The
  * socket itself stays open. Safe to call twice.
