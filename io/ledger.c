@@ -404,7 +404,8 @@ static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 
 	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
 		/* An address above the role bits: a parked stream's poll. */
-		if (__builtin_expect(ud != role, 0)) {
+		if (__builtin_expect(ud != role, 0) &&
+		    role == KEEL__UD_INTERNAL) {
 			keel__stream_parked_cqe(io, ud, cqe->res);
 			return;
 		}
