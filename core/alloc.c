@@ -5,7 +5,7 @@
  * threads never contend.
  *
  * Small frames (up to 4 KiB) are carved from 64 KiB slabs of that arena and
- * recycled through free lists per 64-byte size class: mallocx/sdallocx with
+ * recycled through free lists per 16-byte size class: mallocx/sdallocx with
  * explicit arena and tcache flags miss jemalloc's fast path (~140
  * instructions each, measured with callgrind), a free-list pop is a few.
  * The cost is that slab memory is kept at its peak until the loop is
@@ -33,11 +33,6 @@
 #include <stdio.h>
 
 #define CLASS_BYTES(cls) ((size_t)(cls) << KEEL__FRAME_CLASS_SHIFT)
-
-static inline size_t size_class(size_t size)
-{
-	return (size + CLASS_BYTES(1) - 1) >> KEEL__FRAME_CLASS_SHIFT;
-}
 #endif
 
 int keel__alloc_init(struct keel__alloc *a)
@@ -150,7 +145,7 @@ static void *alloc_zeroed(struct keel__alloc *a, size_t size, size_t zero)
 	p = malloc(size);
 	return p ? memset(p, 0, zero) : NULL;
 #else
-	size_t cls = size_class(size);
+	size_t cls = keel__alloc_class(size);
 
 	if (cls >= KEEL__FRAME_CLASSES) {
 		/* Not MALLOCX_ZERO: jemalloc zeroes a recycled large extent
@@ -196,7 +191,7 @@ void keel__alloc_free_slow(struct keel__alloc *a, void *p, size_t size)
 	(void)size;
 	free(p);
 #else
-	size_t cls = size_class(size);
+	size_t cls = keel__alloc_class(size);
 
 	if (cls >= KEEL__FRAME_CLASSES) {
 		sdallocx(p, size, a->mallocx_flags);

@@ -68,7 +68,7 @@ struct keel_bufring {
 	bool inc;
 	uint32_t streams;	   /* open recv streams using it */
 	uint32_t refs;		   /* chunks lent, over all buffers */
-	struct keel__list starved; /* recv streams, by their starved link */
+	struct keel__list starved; /* recv streams, by their link */
 	uint32_t claims; /* streams woken since the last settle, each to take
 			  * a free buffer */
 	bool missed;	 /* a woken stream found the ring empty */
@@ -155,8 +155,7 @@ static void wake_starved(struct keel_bufring *r)
 	while (r->in_kernel > r->claims &&
 	       (n = keel__list_pop_front(&r->starved)))
 		r->claims += keel__recv_stream_resume(
-		    r->io,
-		    keel__list_entry(n, struct keel_recv_stream, starved));
+		    r->io, keel__list_entry(n, struct keel_recv_stream, link));
 	if (keel__list_empty(&r->starved) && keel_timer_armed(&r->retry))
 		keel_timer_cancel(loop_of(r), &r->retry);
 }
@@ -175,8 +174,7 @@ static void retry_fired(struct keel_loop *loop, struct keel_timer *timer,
 	if (r->in_kernel <= r->claims &&
 	    (n = keel__list_pop_front(&r->starved)))
 		r->claims += keel__recv_stream_resume(
-		    r->io,
-		    keel__list_entry(n, struct keel_recv_stream, starved));
+		    r->io, keel__list_entry(n, struct keel_recv_stream, link));
 	wake_starved(r);
 }
 
@@ -454,10 +452,10 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s,
 	/* Woken but beaten to the buffer (by a stream armed before it, or
 	 * keel's count was off): it keeps its turn. */
 	if (woken) {
-		keel__list_push_front(&r->starved, &s->starved);
+		keel__list_push_front(&r->starved, &s->link);
 		r->missed = true;
 	} else {
-		keel__list_push_back(&r->starved, &s->starved);
+		keel__list_push_back(&r->starved, &s->link);
 	}
 	if (!r->refs && !keel_timer_armed(&r->retry))
 		keel_timer_arm(loop_of(r), &r->retry,
@@ -466,7 +464,7 @@ void keel__bufring_wait(struct keel_bufring *r, struct keel_recv_stream *s,
 
 void keel__bufring_unwait(struct keel_bufring *r, struct keel_recv_stream *s)
 {
-	keel__list_remove(&r->starved, &s->starved);
+	keel__list_remove(&r->starved, &s->link);
 	if (keel__list_empty(&r->starved) && keel_timer_armed(&r->retry))
 		keel_timer_cancel(loop_of(r), &r->retry);
 }

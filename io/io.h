@@ -13,6 +13,8 @@
  * A CQE whose generation does not match the slot's is stale: counted and
  * dropped, never delivered. An op stays in the ledger (and its task's frame
  * stays allocated) until every CQE the kernel owes for it has arrived.
+ * (Helper requests, and the poll of an idle stream, are not ops: see
+ * KEEL__UD_INTERNAL.)
  */
 #ifndef KEEL_IO_PRIV_H
 #define KEEL_IO_PRIV_H
@@ -24,7 +26,8 @@
 #include <keel/io.h>
 #include <keel/loop.h>
 
-/* CQE roles (user_data bits 1:0). */
+/* CQE roles (user_data bits 1:0). KEEL__UD_INTERNAL with an address above
+ * the role bits is a parked stream's poll (io/stream.c), which holds no op. */
 #define KEEL__UD_MAIN	   0u /* the op's own CQE */
 #define KEEL__UD_TIMEOUT   1u /* its linked timeout's CQE */
 #define KEEL__UD_INTERNAL  2u /* a helper request (cancel): only counted */
@@ -123,10 +126,16 @@ struct keel__op_lat {
 };
 
 struct keel__ledger {
-	struct keel__op **chunks; /* KEEL__OP_CHUNK ops each, never moved */
+	/* KEEL__OP_CHUNK ops each, never moved (trailing free ones are
+	 * unmapped: keel__ledger_trim) */
+	struct keel__op **chunks;
 	uint32_t nchunks;
-	uint32_t free;	/* index + 1, 0 = none */
-	uint32_t inuse; /* ops the kernel (or a timer) still owns */
+	uint32_t free; /* index + 1, 0 = none */
+	/* Ops the kernel (or a timer) still owns, and parked streams' polls,
+	 * which the kernel owns without an op (io/stream.c). */
+	uint32_t inuse;
+	/* The first generation of a chunk's ops (see keel__ledger_trim). */
+	uint32_t gen_floor;
 };
 
 struct keel__io_counters {
@@ -202,6 +211,10 @@ struct keel__io {
 	bool idle_poll; /* not KEEL_LOOP_NO_IDLE_POLL, and POLL_ADD runs */
 	uint32_t recv_streams; /* recv streams open */
 	struct keel_timer idle_sweep;
+	/* Each task's parked streams (holding no op), by task id: NULL or
+	 * parked_cap lists, grown as tasks with higher ids park. */
+	struct keel__list *parked;
+	uint32_t parked_cap;
 	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
 	struct keel_bufring **bufrings;
 	uint32_t nbufrings;
@@ -378,6 +391,9 @@ int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
 /* Ledger (io/ledger.c). */
 int keel__ledger_init(struct keel__ledger *l);
 void keel__ledger_fini(struct keel__ledger *l);
+/* Give back the trailing chunks whose ops are all free (the first chunk
+ * stays): after a peak, their memory goes back to the kernel. */
+void keel__ledger_trim(struct keel__ledger *l);
 /* Free the op latency tables (loop teardown). */
 void keel__op_lat_fini(struct keel__io *io);
 
@@ -463,13 +479,28 @@ bool keel__send_vec_wanted(const struct keel__io *io);
 void keel__send_vec_refused(struct keel__io *io, struct keel__op *op);
 void keel__bufring_stream_ref(struct keel_bufring *r, int delta);
 
-/* Streams (io/stream.c): set up the loop's idle sweep (at ring setup). */
+/* Streams (io/stream.c): set up the loop's idle sweep (at ring setup);
+ * free the chunk pool and the parked lists (at teardown). */
 void keel__stream_io_init(struct keel__io *io);
+void keel__stream_io_fini(struct keel__io *io);
+
+/* A parked stream's poll completed (`ud`: its KEEL__UD_INTERNAL user_data
+ * with the stream's address). */
+void keel__stream_parked_cqe(struct keel__io *io, uint64_t ud, int res);
+
+/* Cancel (or, exited or at teardown, close) the parked streams of `t`, or
+ * of every task: what keel__io_cancel_task() and keel__io_cancel_all() do
+ * for ops. */
+void keel__stream_cancel_parked(struct keel__io *io, struct keel_task *t);
+void keel__stream_cancel_all_parked(struct keel__io *io);
+
+/* Queue an ASYNC_CANCEL for the request with user_data `ud` (its CQE is
+ * skipped where the kernel can); false when no SQE was free. */
+bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud);
 
 /* Chunk nodes (io/stream.c). */
 struct keel__chunk *keel__chunk_get(struct keel__io *io);
 void keel__chunk_put(struct keel__io *io, struct keel__chunk *c);
-void keel__chunk_pool_fini(struct keel__io *io);
 
 /* Buffer rings (io/bufring.c). */
 struct keel_bufring;

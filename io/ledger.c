@@ -7,8 +7,9 @@
  * - An op slot is reused only after every CQE it is owed has arrived
  *   (pending == 0); reuse bumps the generation, so a late CQE for the old op
  *   is recognised as stale and dropped.
- * - A task's inflight count equals the number of ops on its op list; its
- *   frame is not freed while it is non-zero (see core/task.c).
+ * - A task's inflight count equals the number of ops on its op list plus
+ *   its parked streams (io/stream.c: an idle stream's poll, which holds no
+ *   op); its frame is not freed while it is non-zero (see core/task.c).
  * - The task is woken once per op, when the op's last CQE arrives, with the
  *   op's real result: the kernel's, or -ETIMEDOUT when its linked timeout
  *   fired and cancelled it.
@@ -18,17 +19,24 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+/* Chunks are mapped, not malloc'ed, so that a trimmed one is returned to
+ * the kernel at once (an allocator keeps freed memory resident for a
+ * while). */
+#define CHUNK_BYTES (KEEL__OP_CHUNK * sizeof(struct keel__op))
 
 int keel__ledger_init(struct keel__ledger *l)
 {
 	memset(l, 0, sizeof(*l));
+	l->gen_floor = 1; /* user_data 0 is never a valid op */
 	return 0;
 }
 
 void keel__ledger_fini(struct keel__ledger *l)
 {
 	for (uint32_t i = 0; i < l->nchunks; i++)
-		free(l->chunks[i]);
+		munmap(l->chunks[i], CHUNK_BYTES);
 	free(l->chunks);
 	memset(l, 0, sizeof(*l));
 }
@@ -41,20 +49,60 @@ static int ledger_grow(struct keel__ledger *l)
 	if (!chunks)
 		return -ENOMEM;
 	l->chunks = chunks;
-	struct keel__op *c = calloc(KEEL__OP_CHUNK, sizeof(*c));
+	struct keel__op *c = mmap(NULL, CHUNK_BYTES, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
-	if (!c)
+	if (c == MAP_FAILED)
 		return -ENOMEM;
 	uint32_t base = l->nchunks << KEEL__OP_CHUNK_SHIFT;
 
 	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
 		c[i].index = base + i;
-		c[i].gen = 1; /* user_data 0 is never a valid op */
+		c[i].gen = l->gen_floor;
 		c[i].next = i + 1 < KEEL__OP_CHUNK ? base + i + 2 : l->free;
 	}
 	chunks[l->nchunks++] = c;
 	l->free = base + 1;
 	return 0;
+}
+
+/* Whether every op of chunk `c` is free; `*gen` rises above theirs. */
+static bool chunk_free(const struct keel__op *c, uint32_t *gen)
+{
+	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
+		if (c[i].flags & KEEL__OP_INUSE)
+			return false;
+		if (c[i].gen >= *gen)
+			*gen = c[i].gen + 1;
+	}
+	return true;
+}
+
+void keel__ledger_trim(struct keel__ledger *l)
+{
+	uint32_t n = l->nchunks, gen = l->gen_floor;
+	uint32_t *link = &l->free;
+
+	while (n > 1 && chunk_free(l->chunks[n - 1], &gen))
+		n--;
+	if (n == l->nchunks)
+		return;
+	/* The free list without the trimmed chunks, lowest index first: new
+	 * ops fill the low chunks, so the high ones empty sooner. */
+	for (uint32_t i = 0; i < n << KEEL__OP_CHUNK_SHIFT; i++) {
+		struct keel__op *op = keel__op_at(l, i);
+
+		if (!(op->flags & KEEL__OP_INUSE)) {
+			*link = i + 1;
+			link = &op->next;
+		}
+	}
+	*link = 0;
+	while (l->nchunks > n)
+		munmap(l->chunks[--l->nchunks], CHUNK_BYTES);
+	/* A chunk mapped again later starts above every generation the
+	 * trimmed ones reached: no late CQE can match one of its ops. */
+	l->gen_floor = gen;
 }
 
 /* Inline: on every op's path (keel__op_begin()), where the call and its
@@ -355,6 +403,12 @@ static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 	struct keel__ledger *l = &io->ledger;
 
 	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
+		/* An address above the role bits: a parked stream's poll. */
+		if (__builtin_expect(ud != role, 0) &&
+		    role == KEEL__UD_INTERNAL) {
+			keel__stream_parked_cqe(io, ud, cqe->res);
+			return;
+		}
 		/* A doorbell's work is in the inbox, drained in step 2. */
 		io->count.internal_cqes++;
 		return;
@@ -439,6 +493,20 @@ static void cancel_op(struct keel__io *io, struct keel__op *op)
 	keel__op_send_cancel(io, op);
 }
 
+bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud)
+{
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	if (!sqe)
+		return false;
+	io_uring_prep_cancel64(sqe, ud, 0);
+	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+	/* Its result only matters as the cancelled request's own CQE. */
+	if (io->features & IORING_FEAT_CQE_SKIP)
+		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	return true;
+}
+
 void keel__op_send_cancel(struct keel__io *io, struct keel__op *op)
 {
 	if (op->flags & KEEL__OP_CANCEL_SENT)
@@ -448,17 +516,8 @@ void keel__op_send_cancel(struct keel__io *io, struct keel__op *op)
 		op->u.user.cancel(op);
 		return;
 	}
-	struct io_uring_sqe *sqe = keel__io_sqe(io);
-
-	if (!sqe) {
+	if (!keel__io_cancel_ud(io, keel__op_ud(op, KEEL__UD_MAIN)))
 		op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
-		return;
-	}
-	io_uring_prep_cancel64(sqe, keel__op_ud(op, KEEL__UD_MAIN), 0);
-	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
-	/* Its result only matters as the cancelled op's own CQE. */
-	if (io->features & IORING_FEAT_CQE_SKIP)
-		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
 
 static void cancel_ops_hook(struct keel_task *t)
@@ -475,6 +534,9 @@ void keel__io_cancel_task(struct keel__io *io, struct keel_task *t)
 {
 	uint32_t next = t->ops;
 
+	/* Its parked streams first: when the last of them frees the frame
+	 * (closed, no poll left), t had no op (next is 0). */
+	keel__stream_cancel_parked(io, t);
 	while (next) {
 		struct keel__op *op = keel__op_at(&io->ledger, next - 1);
 
@@ -495,4 +557,5 @@ void keel__io_cancel_all(struct keel__io *io)
 		if (op->flags & KEEL__OP_INUSE)
 			cancel_op(io, op);
 	}
+	keel__stream_cancel_all_parked(io);
 }

@@ -325,7 +325,7 @@ void keel__io_fini(struct keel__io *io)
 	}
 	if (io->ring_ready)
 		keel__bufrings_fini(io);
-	keel__chunk_pool_fini(io);
+	keel__stream_io_fini(io);
 	keel__inject_fini(io);
 	keel__ledger_fini(&io->ledger);
 	keel__op_lat_fini(io);

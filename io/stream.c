@@ -16,7 +16,9 @@
  * how a parked stream stops waiting (for a buffer, or for descriptors).
  *
  * The op is the task's: it counts in the task's inflight ops, so the frame
- * that holds the stream outlives the kernel's last CQE. When the task
+ * that holds the stream outlives the kernel's last CQE. (An idle recv
+ * stream parks on a poll without the op, and does that itself: see
+ * "Parked streams".) When the task
  * exits, aborts or the loop is destroyed, the stream is closed: the request
  * is cancelled, queued buffers go back to their ring, queued sockets are
  * closed. When the task's token is cancelled, the stream ends with the
@@ -28,6 +30,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <keel/io.h>
@@ -45,6 +48,11 @@
 #define S_POLLING 0x80	/* recv: idle, the armed request is a poll */
 #define S_IDLING  0x100 /* recv: cancelled by the idle sweep, to poll */
 #define S_ACTIVE  0x200 /* recv: armed or a CQE since the last sweep */
+#define S_OPLESS  0x400 /* recv: parked, holding no op (s->op is OP_NONE) */
+#define S_UNPOLL  0x800 /* recv: the parked poll's cancel is queued */
+
+/* s->op of a parked stream: open, but holding no op. */
+#define OP_NONE UINT32_MAX
 
 #define CHUNK_BLOCK	   256
 #define ACCEPT_BACKOFF_MIN (10ull * 1000 * 1000)
@@ -87,7 +95,13 @@ void keel__chunk_put(struct keel__io *io, struct keel__chunk *c)
 	io->chunks.free = c;
 }
 
-void keel__chunk_pool_fini(struct keel__io *io)
+/* The bytes of io->parked (mapped: see parked_room()) at `cap` lists. */
+static size_t parked_bytes(uint32_t cap)
+{
+	return (size_t)cap * sizeof(struct keel__list);
+}
+
+void keel__stream_io_fini(struct keel__io *io)
 {
 	for (uint32_t i = 0; i < io->chunks.nblocks; i++)
 		free(io->chunks.blocks[i]);
@@ -95,6 +109,10 @@ void keel__chunk_pool_fini(struct keel__io *io)
 	io->chunks.blocks = NULL;
 	io->chunks.nblocks = 0;
 	io->chunks.free = NULL;
+	if (io->parked)
+		munmap(io->parked, parked_bytes(io->parked_cap));
+	io->parked = NULL;
+	io->parked_cap = 0;
 }
 
 /* ---- the base ------------------------------------------------------ */
@@ -191,7 +209,7 @@ static int stream_arm(struct keel__io *io, struct keel__stream *s)
 	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, s->task->id,
 		    op->index, 0);
 	/* A multishot recv armed: the sweep looks for it going idle. */
-	if (s->kind == KIND_RECV && !(s->state & S_POLLING) && io->idle_poll &&
+	if (s->kind == KIND_RECV && io->idle_poll &&
 	    !keel_timer_armed(&io->idle_sweep))
 		keel_timer_arm(s->task->loop, &io->idle_sweep,
 			       io->core.now + IDLE_SWEEP_NS);
@@ -214,14 +232,18 @@ static void close_socket(struct keel__io *io, int fd)
 	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
 }
 
+/*
+ * The queue is a ring of chunks known by its last one (the first is the
+ * last's next): one pointer in the stream, not two.
+ */
+
 /* Append the chain `first`..`last` of `n` items to the queue. */
 static void stream_enqueue(struct keel__stream *s, struct keel__chunk *first,
 			   struct keel__chunk *last, int n)
 {
+	last->next = s->tail ? s->tail->next : first;
 	if (s->tail)
 		s->tail->next = first;
-	else
-		s->head = first;
 	s->tail = last;
 	s->queued += (uint32_t)n;
 }
@@ -229,8 +251,10 @@ static void stream_enqueue(struct keel__stream *s, struct keel__chunk *first,
 /* Give back everything queued: buffers to their ring, sockets closed. */
 static void stream_drop(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel__chunk *c = s->head;
+	struct keel__chunk *c = s->tail ? s->tail->next : NULL;
 
+	if (c)
+		s->tail->next = NULL; /* the end of the walk */
 	while (c) {
 		struct keel__chunk *next = c->next;
 
@@ -248,33 +272,44 @@ static void stream_drop(struct keel__io *io, struct keel__stream *s)
 		keel__chunk_put(io, c);
 		c = next;
 	}
-	s->head = s->tail = NULL;
+	s->tail = NULL;
 	s->queued = 0;
 }
 
-/* Closed and unarmed: give the op back. The frame may go with it. */
+static void parked_remove(struct keel__io *io, struct keel__stream *s);
+
+/* Closed and unarmed: give the op back (or, parked, what stood for it).
+ * The frame may go with it. */
 static void stream_finalise(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel__op *op = stream_op(io, s->op);
+	struct keel_task *t = s->task;
+	uint32_t op = s->op;
+	bool opless = s->state & S_OPLESS;
 
 	stream_drop(io, s);
 	if (s->state & S_PARKED)
 		kind_of(s)->unpark(io, s);
 	if (kind_of(s)->release)
 		kind_of(s)->release(io, s);
+	if (opless)
+		parked_remove(io, s);
 	s->state = S_CLOSED | S_ENDED;
 	s->op = 0;
-	keel__op_release_quiet(io, op);
+	if (!opless)
+		keel__op_release_quiet(io, stream_op(io, op));
+	else if ((t->flags & KEEL__T_EXITED) && !t->inflight)
+		keel__task_ops_drained(t);
 }
 
 /* Move the first queued item into `out`; returns the await's result. */
 static int stream_pop(struct keel__io *io, struct keel__stream *s, void *out)
 {
-	struct keel__chunk *c = s->head;
+	struct keel__chunk *c = s->tail->next;
 
-	s->head = c->next;
-	if (!s->head)
+	if (c == s->tail)
 		s->tail = NULL;
+	else
+		s->tail->next = c->next;
 	s->queued--;
 	int res = kind_of(s)->take(io, s, c, out);
 
@@ -308,7 +343,7 @@ static void stream_deliver(struct keel__stream *s)
 		stream_notify(s);
 		return;
 	}
-	if (s->head) {
+	if (s->tail) {
 		int res = stream_pop(keel__io_of(t->loop), s, s->out);
 
 		s->state &= (uint16_t)~S_WAITING;
@@ -352,9 +387,6 @@ static void stream_unparked(struct keel__io *io, struct keel__stream *s)
 	stream_deliver(s);
 }
 
-static void recv_poll_cqe(struct keel__io *io, struct keel__stream *s,
-			  struct keel__op *op, int res);
-
 /* Every CQE of a stream's request (the op's on_cqe). */
 static void stream_cqe(struct keel__io *io, struct keel__op *op, int res,
 		       unsigned cqe_flags)
@@ -363,10 +395,6 @@ static void stream_cqe(struct keel__io *io, struct keel__op *op, int res,
 
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, s->task->id,
 		    (int64_t)res, stream_wait_ns(io, op));
-	if (s->state & S_POLLING) {
-		recv_poll_cqe(io, s, op, res);
-		return;
-	}
 	s->state |= S_ACTIVE;
 	if (!(cqe_flags & IORING_CQE_F_MORE)) {
 		s->state &= (uint16_t)~S_ARMED;
@@ -384,6 +412,21 @@ static void stream_cqe(struct keel__io *io, struct keel__op *op, int res,
 	stream_deliver(s);
 }
 
+static uint64_t parked_ud(const struct keel__stream *s)
+{
+	return (uint64_t)(uintptr_t)s | KEEL__UD_INTERNAL;
+}
+
+/* Cancel the armed request: the op's, or the parked poll (once; with no
+ * SQE free, the next cancel or close tries again). */
+static void stream_unarm(struct keel__io *io, struct keel__stream *s)
+{
+	if (!(s->state & S_OPLESS))
+		keel__op_send_cancel(io, stream_op(io, s->op));
+	else if (!(s->state & S_UNPOLL) && keel__io_cancel_ud(io, parked_ud(s)))
+		s->state |= S_UNPOLL;
+}
+
 static void stream_close(struct keel__io *io, struct keel__stream *s)
 {
 	if (!s->op || (s->state & S_CLOSED))
@@ -392,17 +435,14 @@ static void stream_close(struct keel__io *io, struct keel__stream *s)
 	s->state &= (uint16_t)~S_WAITING;
 	stream_drop(io, s);
 	if (s->state & S_ARMED)
-		keel__op_send_cancel(io, stream_op(io, s->op));
+		stream_unarm(io, s);
 	else
 		stream_finalise(io, s);
 }
 
-/* The task exits or its token was cancelled, or the loop goes away (the
- * op's on_cancel). */
-static void stream_cancel(struct keel__io *io, struct keel__op *op)
+/* The task exits or its token was cancelled, or the loop goes away. */
+static void stream_stop(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel__stream *s = op->u.stream.stream;
-
 	if ((s->task->flags & KEEL__T_EXITED) || io->closing) {
 		stream_close(io, s);
 		return;
@@ -410,7 +450,7 @@ static void stream_cancel(struct keel__io *io, struct keel__op *op)
 	int cause = keel__task_cancel_cause(s->task);
 
 	if (s->state & S_ARMED) {
-		keel__op_send_cancel(io, op); /* ends with -ECANCELED */
+		stream_unarm(io, s); /* ends with -ECANCELED */
 		return;
 	}
 	if (s->state & S_PARKED) {
@@ -419,6 +459,22 @@ static void stream_cancel(struct keel__io *io, struct keel__op *op)
 	}
 	stream_end(s, cause ? cause : -ECANCELED);
 	stream_deliver(s);
+}
+
+/* The op's on_cancel. */
+static void stream_cancel(struct keel__io *io, struct keel__op *op)
+{
+	stream_stop(io, op->u.stream.stream);
+}
+
+/* Point `op` at stream `s`, and `s` at it. */
+static void stream_own_op(struct keel__stream *s, struct keel__op *op)
+{
+	op->fd = s->fd;
+	op->u.stream.stream = s;
+	op->u.stream.on_cqe = stream_cqe;
+	op->u.stream.on_cancel = stream_cancel;
+	s->op = op->index + 1;
 }
 
 /* The checks and the op every stream starts with; the caller then sets up
@@ -443,20 +499,16 @@ static int stream_open(struct keel_task *t, struct keel__stream *s,
 
 	if (!op)
 		return -ENOMEM;
-	op->fd = fd;
-	op->u.stream.stream = s;
-	op->u.stream.on_cqe = stream_cqe;
-	op->u.stream.on_cancel = stream_cancel;
 	s->kind = (uint8_t)kind_index;
 	s->task = t;
-	s->head = s->tail = NULL;
+	s->tail = NULL;
 	s->out = NULL;
-	s->op = op->index + 1;
 	s->fd = fd;
+	stream_own_op(s, op);
 	s->end = 0;
 	s->queued = 0;
 	s->state = 0;
-	s->flags = (uint16_t)flags;
+	s->flags = (uint8_t)flags;
 	return 0;
 }
 
@@ -480,7 +532,7 @@ static int stream_next(struct keel_task *t, struct keel__stream *s, void *out)
 		return keel__task_ready(t, -EBADF);
 	if (s->task != t)
 		return keel__task_ready(t, -EPERM);
-	if (s->head)
+	if (s->tail)
 		return keel__task_ready(t, stream_pop(io, s, out));
 	s->out = out;
 	if (s->state & S_ENDED)
@@ -489,7 +541,7 @@ static int stream_next(struct keel_task *t, struct keel__stream *s, void *out)
 	int cause = keel__task_cancel_cause(t);
 
 	if (cause) {
-		stream_cancel(io, stream_op(io, s->op));
+		stream_stop(io, s);
 		return keel__task_ready(t, cause);
 	}
 	if (!(s->state & (S_ARMED | S_PARKED))) {
@@ -508,33 +560,34 @@ static struct keel_recv_stream *recv_of(struct keel__stream *s)
 	return keel_container_of(s, struct keel_recv_stream, base);
 }
 
+/* A recv stream's ring: the ring cannot go while a stream uses it. */
+static struct keel_bufring *recv_ring(struct keel__io *io,
+				      const struct keel__stream *s)
+{
+	return io->bufrings[s->ring];
+}
+
 static void recv_prep(struct keel__io *io, struct keel__stream *s,
 		      struct io_uring_sqe *sqe)
 {
-	struct keel_recv_stream *r = recv_of(s);
-
 	io_uring_prep_recv_multishot(sqe, s->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = keel__bufring_gid(r->ring);
+	sqe->buf_group = s->ring;
 	/* Bundles read their buffer ids from the ring in order, which an
 	 * incremental ring does not keep: one or the other. */
-	if (s->state & S_POLLING) {
-		io_uring_prep_poll_add(sqe, s->fd, POLLIN);
-		return;
-	}
 	if ((s->flags & KEEL_RECV_BUNDLE) &&
 	    (io->features & IORING_FEAT_RECVSEND_BUNDLE) &&
-	    !keel__bufring_incremental(r->ring))
+	    !keel__bufring_incremental(recv_ring(io, s)))
 		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
 }
 
 static void recv_queue(struct keel__io *io, struct keel__stream *s,
 		       struct keel__op *op, int res, unsigned cqe_flags)
 {
-	struct keel_recv_stream *r = recv_of(s);
 	bool more = cqe_flags & IORING_CQE_F_MORE;
 	struct keel__chunk *first = NULL, *last = NULL;
-	int n = keel__bufring_take(io, r->ring, cqe_flags, res, &first, &last);
+	int n = keel__bufring_take(io, recv_ring(io, s), cqe_flags, res, &first,
+				   &last);
 
 	/* A woken stream's first CQE tells whether it got its buffer;
 	 * recv_stopped() reads the bit for -ENOBUFS. */
@@ -562,43 +615,149 @@ static void recv_queue(struct keel__io *io, struct keel__stream *s,
  * 6.18, measured with /proc/slabinfo), for as long as the connection is
  * idle; a poll holds the request only. So a periodic sweep (armed while
  * some multishot recv is) cancels the recv of every stream that received
- * nothing in a whole sweep period, the stream arms a poll for readability
- * instead (S_POLLING), and its completion arms the recv again. A busy
- * stream pays one flag per CQE; one that wakes after a pause pays the
- * poll's completion and a re-arm. The one op and its user_data serve both
- * requests, so cancellation and close work as for the recv.
+ * nothing in a whole sweep period, the stream parks on a poll for
+ * readability instead (S_POLLING), and its completion arms the recv again.
+ * A busy stream pays one flag per CQE; one that wakes after a pause pays
+ * the poll's completion, an op and a re-arm.
+ *
+ * Parked streams. A parked stream gives its op back to the ledger (120
+ * bytes less per idle connection) and does itself what the op did for it
+ * (S_OPLESS): its poll's user_data is its own address tagged
+ * KEEL__UD_INTERNAL, so the completion comes straight to it
+ * (keel__stream_parked_cqe()); it counts in its task's inflight (the frame
+ * outlives the poll) and in the ledger's inuse (the loop waits for it);
+ * and it is on its task's list of parked streams (io->parked, by task id,
+ * through its link, which only a stream waiting for a buffer uses
+ * otherwise), where a cancel or exit of the task (keel__io_cancel_task())
+ * and the loop's teardown (keel__io_cancel_all()) find it, as they find
+ * ops. Its completion takes an op again.
  */
-static void recv_poll(struct keel__io *io, struct keel__stream *s)
+
+/*
+ * Room in io->parked for the list of `t`; false: no memory. The table is
+ * mapped and grown with mremap: its pages move, nothing is copied, and no
+ * old copy stays resident, so it costs 8 bytes per task id (the pages
+ * parked streams touch), no more.
+ */
+static bool parked_room(struct keel__io *io, const struct keel_task *t)
 {
-	int cause = keel__task_cancel_cause(s->task);
+	uint32_t cap = io->parked_cap ? io->parked_cap : 512;
+	void *v;
+
+	if (t->id < io->parked_cap)
+		return true;
+	while (cap <= t->id && cap < UINT32_MAX / 2)
+		cap *= 2;
+	if (cap <= t->id)
+		return false;
+	v = io->parked ? mremap(io->parked, parked_bytes(io->parked_cap),
+				parked_bytes(cap), MREMAP_MAYMOVE)
+		       : mmap(NULL, parked_bytes(cap), PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (v == MAP_FAILED)
+		return false;
+	io->parked = v; /* new pages are zero: empty lists */
+	io->parked_cap = cap;
+	return true;
+}
+
+/* Off its task's list: the stream no longer stands for an op. */
+static void parked_remove(struct keel__io *io, struct keel__stream *s)
+{
+	keel__list_remove(&io->parked[s->task->id], &recv_of(s)->link);
+	s->task->inflight--;
+	io->ledger.inuse--;
+	s->state &= (uint16_t)~S_OPLESS;
+}
+
+/* Wait for readability on a poll, giving the op back. */
+static void recv_park(struct keel__io *io, struct keel__stream *s)
+{
+	struct keel_task *t = s->task;
+	int cause = keel__task_cancel_cause(t);
+	struct io_uring_sqe *sqe;
 
 	if (cause) {
 		stream_end(s, cause);
 		return;
 	}
-	s->state |= S_POLLING;
-	io->count.idle_polls++;
-	if (stream_arm(io, s)) {
-		s->state &= (uint16_t)~S_POLLING;
-		stream_end(s, -EAGAIN);
-	}
-}
-
-/* The poll's completion (single-shot): readable, or how it ended. */
-static void recv_poll_cqe(struct keel__io *io, struct keel__stream *s,
-			  struct keel__op *op, int res)
-{
-	s->state &= (uint16_t) ~(S_ARMED | S_POLLING);
-	op->pending = 0;
-	if (s->state & S_CLOSED) {
-		stream_finalise(io, s);
+	if (!parked_room(io, t)) {
+		stream_rearm(io, s); /* no memory to park: stay armed */
 		return;
 	}
-	if (res < 0)
-		stream_end(s, end_result(s->task, res));
-	else if (!(s->state & S_ENDED))
-		stream_rearm(io, s); /* the recv says what came */
+	sqe = keel__io_sqe(io);
+	if (!sqe) {
+		stream_end(s, -EAGAIN);
+		return;
+	}
+	io_uring_prep_poll_add(sqe, s->fd, POLLIN);
+	keel__sqe_fixed_fd(sqe);
+	io_uring_sqe_set_data64(sqe, parked_ud(s));
+	/* The stream stands for the op before the op goes: t's inflight
+	 * never drops to 0 on the way. */
+	keel__list_push_back(&io->parked[t->id], &recv_of(s)->link);
+	t->inflight++;
+	io->ledger.inuse++;
+	keel__op_release_quiet(io, stream_op(io, s->op));
+	s->op = OP_NONE;
+	s->state |= S_OPLESS | S_POLLING | S_ARMED;
+	io->count.idle_polls++;
+	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, IORING_OP_POLL_ADD, t->id, 0,
+		    0);
+}
+
+void keel__stream_parked_cqe(struct keel__io *io, uint64_t ud, int res)
+{
+	struct keel__stream *s =
+	    (struct keel__stream *)(uintptr_t)(ud &
+					       ~(uint64_t)KEEL__UD_ROLE_MASK);
+	struct keel_task *t = s->task;
+	struct keel__op *op;
+
+	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, IORING_OP_POLL_ADD, t->id,
+		    (int64_t)res, 0);
+	s->state &= (uint16_t) ~(S_ARMED | S_POLLING | S_UNPOLL);
+	if (s->state & S_CLOSED) {
+		stream_finalise(io, s); /* the frame may go */
+		return;
+	}
+	/* An op again: the stream stays on t's list until it has one. */
+	op = keel__op_new(io, t, KEEL__OP_STREAM, kind_of(s)->opcode);
+	if (!op) {
+		stream_end(s, -ENOMEM); /* closing it finalises it */
+	} else {
+		parked_remove(io, s);
+		stream_own_op(s, op);
+		if (res < 0)
+			stream_end(s, end_result(t, res));
+		else if (!(s->state & S_ENDED))
+			stream_rearm(io, s); /* the recv says what came */
+	}
 	stream_deliver(s);
+}
+
+/* Stop each stream on `l` (t's parked list); the last one to go may free
+ * t's frame, and so the list's links. */
+static void parked_stop(struct keel__io *io, struct keel__list *l)
+{
+	struct keel__link *n, *next;
+
+	keel__list_for_each_safe (n, next, l)
+		stream_stop(
+		    io,
+		    &keel__list_entry(n, struct keel_recv_stream, link)->base);
+}
+
+void keel__stream_cancel_parked(struct keel__io *io, struct keel_task *t)
+{
+	if (t->id < io->parked_cap)
+		parked_stop(io, &io->parked[t->id]);
+}
+
+void keel__stream_cancel_all_parked(struct keel__io *io)
+{
+	for (uint32_t i = 0; i < io->parked_cap; i++)
+		parked_stop(io, &io->parked[i]);
 }
 
 static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
@@ -607,7 +766,7 @@ static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 	struct keel__io *io = keel__io_of(loop);
 	struct keel__ledger *l = &io->ledger;
 	uint32_t n = l->nchunks << KEEL__OP_CHUNK_SHIFT;
-	bool hot = false;
+	bool hot = false, parking = false;
 
 	(void)arg;
 	for (uint32_t i = 0; i < n; i++) {
@@ -620,8 +779,8 @@ static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 			continue;
 		s = op->u.stream.stream;
 		if (s->kind != KIND_RECV ||
-		    (s->state & (S_ARMED | S_POLLING | S_CLOSED | S_ENDED |
-				 S_PAUSING | S_IDLING)) != S_ARMED ||
+		    (s->state & (S_ARMED | S_CLOSED | S_ENDED | S_PAUSING |
+				 S_IDLING)) != S_ARMED ||
 		    (op->flags & KEEL__OP_CANCEL_SENT))
 			continue;
 		if (s->state & S_ACTIVE) {
@@ -635,8 +794,13 @@ static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 			s->state &= (uint16_t)~S_IDLING; /* no SQE: later */
 			hot = true;
 		}
+		parking = true;
 	}
-	if (hot)
+	/* The ops of streams parked since the last sweep are free: a peak of
+	 * connections that went idle leaves no ledger behind. (One more
+	 * sweep after these park does it for them.) */
+	keel__ledger_trim(l);
+	if (hot || parking)
 		keel_timer_arm(loop, timer, io->core.now + IDLE_SWEEP_NS);
 }
 
@@ -663,7 +827,7 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 
 		s->state &= (uint16_t)~S_WOKEN;
 		s->state |= S_PARKED;
-		keel__bufring_wait(r->ring, r, woken);
+		keel__bufring_wait(recv_ring(io, s), r, woken);
 	} else if ((s->state & S_PAUSING) && (res == -ECANCELED || res >= 0) &&
 		   !keel__task_cancel_cause(s->task)) {
 		/* Paused for backpressure: keel_recv_next() and
@@ -679,7 +843,7 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 		if (s->queued >= s->limit)
 			s->state |= S_PAUSING;
 		else
-			recv_poll(io, s);
+			recv_park(io, s);
 	} else if (res < 0) {
 		stream_end(s, end_result(s->task, res));
 	} else if (!(s->state & S_ENDED)) {
@@ -694,14 +858,12 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 
 static void recv_restart(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel_recv_stream *r = recv_of(s);
-
 	s->state &= (uint16_t)~S_PAUSING; /* the queue is empty */
-	if (keel__bufring_has_free(r->ring)) {
+	if (keel__bufring_has_free(recv_ring(io, s))) {
 		stream_rearm(io, s);
 	} else {
 		s->state |= S_PARKED;
-		keel__bufring_wait(r->ring, r, false);
+		keel__bufring_wait(recv_ring(io, s), recv_of(s), false);
 	}
 }
 
@@ -727,15 +889,12 @@ static int recv_take(struct keel__io *io, struct keel__stream *s,
 
 static void recv_unpark(struct keel__io *io, struct keel__stream *s)
 {
-	struct keel_recv_stream *r = recv_of(s);
-
-	(void)io;
-	keel__bufring_unwait(r->ring, r);
+	keel__bufring_unwait(recv_ring(io, s), recv_of(s));
 }
 
 static void recv_release(struct keel__io *io, struct keel__stream *s)
 {
-	keel__bufring_stream_ref(recv_of(s)->ring, -1);
+	keel__bufring_stream_ref(recv_ring(io, s), -1);
 	/* The last recv stream gone: no sweep keeps the loop alive. */
 	if (s->kind == KIND_RECV && !--io->recv_streams)
 		keel_timer_cancel(s->task->loop, &io->idle_sweep);
@@ -778,9 +937,9 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 
 	if (err)
 		return err;
-	s->ring = ring;
+	s->base.ring = gid;
 	s->notify = NULL;
-	s->starved.next = s->starved.prev = NULL;
+	s->link.next = s->link.prev = NULL;
 	s->base.limit = KEEL_RECV_QUEUE_DEFAULT;
 	keel__bufring_stream_ref(ring, 1);
 	io->recv_streams++;
@@ -815,7 +974,7 @@ int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out)
 	keel_buf_release(out);
 	if (s->base.kind == KIND_RECVMSG)
 		return -EINVAL; /* its items are datagrams */
-	if (!s->base.op || !s->base.head)
+	if (!s->base.op || !s->base.tail)
 		return -EAGAIN;
 	return stream_pop(keel__io_of(s->base.task->loop), &s->base, out);
 }
@@ -850,7 +1009,7 @@ static void recvmsg_prep(struct keel__io *io, struct keel__stream *s,
 	 * even when the buffer could not hold it. */
 	io_uring_prep_recvmsg_multishot(sqe, s->fd, &m->msg, MSG_TRUNC);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = keel__bufring_gid(m->rs.ring);
+	sqe->buf_group = s->ring;
 }
 
 static void recvmsg_stopped(struct keel__io *io, struct keel__stream *s,
@@ -932,9 +1091,9 @@ int keel_recvmsg_stream_open(struct keel_task *t, struct keel_recvmsg_stream *s,
 		return err;
 	memset(&s->msg, 0, sizeof(s->msg));
 	s->msg.msg_namelen = sizeof(struct sockaddr_storage);
-	s->rs.ring = ring;
+	s->rs.base.ring = gid;
 	s->rs.notify = NULL;
-	s->rs.starved.next = s->rs.starved.prev = NULL;
+	s->rs.link.next = s->rs.link.prev = NULL;
 	s->rs.base.limit = KEEL_RECV_QUEUE_DEFAULT;
 	keel__bufring_stream_ref(ring, 1);
 	return stream_start(io, &s->rs.base);

@@ -1704,6 +1704,8 @@ struct idle_conn {
 
 static struct {
 	uint64_t polls_idle, polls_after_data, polls_end;
+	uint64_t inflight_idle;		   /* requests the kernel owns, idle */
+	unsigned ops_idle, ops_after_data; /* ledger ops in use */
 	int first, second, end, again;
 	char got[16];
 } g_idle;
@@ -1714,6 +1716,17 @@ static uint64_t idle_polls(struct keel_task *t)
 
 	keel_loop_stats(keel_task_loop(t), &st);
 	return st.idle_polls;
+}
+
+/* Ops in use in the loop's ledger: a parked stream holds none. */
+static unsigned ledger_ops(struct keel_loop *loop)
+{
+	struct keel__ledger *l = &keel__io_of(loop)->ledger;
+	unsigned n = 0;
+
+	for (uint32_t i = 0; i < l->nchunks << KEEL__OP_CHUNK_SHIFT; i++)
+		n += (keel__op_at(l, i)->flags & KEEL__OP_INUSE) != 0;
+	return n;
 }
 
 /*
@@ -1739,6 +1752,10 @@ static int idle_conn_step(struct keel_task *t)
 		KEEL_EXIT(t, 1);
 	IDLE_WAIT(t, c, 1u);
 	g_idle.polls_idle = idle_polls(t);
+	/* The stream's one request, recv or poll; only the recv has an op. */
+	g_idle.inflight_idle = kt_stats(keel_task_loop(t)).ops_inflight;
+	g_idle.ops_idle = ledger_ops(keel_task_loop(t));
+	cr_assert_eq(keel_recv_stream_fd(&c->rs), c->fd);
 	if (c->mode == IDLE_EXIT)
 		KEEL_EXIT(t, 0); /* with the stream (and its poll) open */
 	if (c->mode == IDLE_CLOSE) {
@@ -1766,6 +1783,7 @@ static int idle_conn_step(struct keel_task *t)
 	KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
 	g_idle.second = keel_res(t);
 	g_idle.polls_after_data = idle_polls(t);
+	g_idle.ops_after_data = ledger_ops(keel_task_loop(t));
 	keel_buf_release(&c->buf);
 	/* Idle once more, then the peer's end of file through the poll. */
 	IDLE_WAIT(t, c, 2u);
@@ -1810,6 +1828,10 @@ static bool run_idle_conn(int mode, unsigned flags)
 	cr_assert_eq(g_idle.polls_idle, polls ? 1u : 0u,
 		     "%lu idle polls after idling",
 		     (unsigned long)g_idle.polls_idle);
+	cr_assert_eq(g_idle.inflight_idle, 1, "%lu requests in flight, idle",
+		     (unsigned long)g_idle.inflight_idle);
+	cr_assert_eq(g_idle.ops_idle, polls ? 0u : 1u,
+		     "%u ledger ops held by an idle stream", g_idle.ops_idle);
 	close(fds[0]);
 	close(fds[1]);
 	keel_loop_destroy(loop);
@@ -1826,6 +1848,7 @@ Test(netfast, idle_recv_stream_parks_on_a_poll_and_wakes_for_data,
 	cr_assert_eq(memcmp(g_idle.got, "hello", 5), 0);
 	cr_assert_eq(g_idle.second, 6, "second recv: %d", g_idle.second);
 	cr_assert_eq(g_idle.polls_after_data, polls ? 1u : 0u);
+	cr_assert_eq(g_idle.ops_after_data, 1, "woken, the stream has an op");
 	cr_assert_eq(g_idle.polls_end, polls ? 2u : 0u,
 		     "%lu idle polls after idling twice",
 		     (unsigned long)g_idle.polls_end);
@@ -1859,6 +1882,97 @@ Test(netfast, idle_recv_stream_closed_while_polling, .timeout = 30)
 Test(netfast, idle_recv_stream_task_exits_while_polling, .timeout = 30)
 {
 	run_idle_conn(IDLE_EXIT, 0);
+}
+
+/*
+ * Many idle connections park at once, more than a ledger chunk of them:
+ * none holds an op, a later sweep gives back the chunk their ops filled,
+ * one wakes for data, one is cancelled while parked, and
+ * keel_loop_destroy() takes the rest, parked (ASan watches the frames).
+ */
+enum { PARKED_N = 300 };
+
+struct parked_conn {
+	struct keel_task task;
+	struct keel_recv_stream rs;
+	struct keel_buf buf;
+	int fd, i;
+	struct keel_bufring *ring;
+};
+
+static int g_parked_res[PARKED_N];
+
+static int parked_conn_step(struct keel_task *t)
+{
+	struct parked_conn *c = keel_container_of(t, struct parked_conn, task);
+
+	KEEL_BEGIN(t);
+	if (keel_defer(t, release_cb, &c->buf) ||
+	    keel_recv_stream_open(t, &c->rs, c->fd, c->ring, 0))
+		KEEL_EXIT(t, 1);
+	KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
+	g_parked_res[c->i] = keel_res(t);
+	keel_recv_stream_close(&c->rs);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(parked_conn_task, struct parked_conn, task,
+		      parked_conn_step);
+
+/* Step `loop` until `done` holds: 10 ms steps, 20 s at most (a loaded
+ * machine delays the sweep's timer). */
+#define STEP_UNTIL(loop, done)                                                 \
+	for (int k_ = 0; k_ < 2000 && !(done); k_++)                           \
+	cr_assert_geq(keel_loop_step(loop, KT_MS(10)), 0)
+
+Test(netfast, many_parked_streams_hold_no_ops_and_go_with_the_loop,
+     .timeout = 90)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_bufring *ring = ring_new(loop, 8, 64, 0);
+	struct keel__ledger *l = &keel__io_of(loop)->ledger;
+	static int fds[PARKED_N][2];
+	struct parked_conn *c[PARKED_N];
+
+	if (!keel_loop_has_op(loop, IORING_OP_POLL_ADD)) {
+		fprintf(stderr, "skipped: this ring runs no POLL_ADD\n");
+		keel_loop_destroy(loop);
+		return;
+	}
+	for (int i = 0; i < PARKED_N; i++) {
+		cr_assert_eq(
+		    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds[i]),
+		    0);
+		c[i] = kt_spawn(loop, &parked_conn_task, KEEL_PRIO_NORMAL);
+		c[i]->fd = fds[i][0];
+		c[i]->i = i;
+		c[i]->ring = ring;
+		g_parked_res[i] = 99;
+	}
+	STEP_UNTIL(loop, ledger_ops(loop) == PARKED_N);
+	cr_assert_eq(l->nchunks, 2, "%u ledger chunks for %d streams",
+		     l->nchunks, PARKED_N);
+	STEP_UNTIL(loop, kt_stats(loop).idle_polls >= PARKED_N);
+	cr_assert_eq(kt_stats(loop).idle_polls, PARKED_N);
+	cr_assert_eq(ledger_ops(loop), 0, "%u ops held by parked streams",
+		     ledger_ops(loop));
+	cr_assert_eq(kt_stats(loop).ops_inflight, PARKED_N);
+	STEP_UNTIL(loop, l->nchunks == 1);
+	cr_assert_eq(l->nchunks, 1, "%u ledger chunks kept", l->nchunks);
+
+	cr_assert_eq(write(fds[7][1], "wake", 4), 4);
+	cr_assert_eq(keel_task_cancel(&c[8]->task), 0);
+	STEP_UNTIL(loop, g_parked_res[7] != 99 && g_parked_res[8] != 99);
+	cr_assert_eq(g_parked_res[7], 4, "woken: %d", g_parked_res[7]);
+	cr_assert_eq(g_parked_res[8], -ECANCELED, "cancelled: %d",
+		     g_parked_res[8]);
+	cr_assert_eq(kt_stats(loop).tasks_live, PARKED_N - 2);
+	cr_assert_eq(kt_stats(loop).ops_inflight, PARKED_N - 2);
+	keel_loop_destroy(loop);
+	for (int i = 0; i < PARKED_N; i++) {
+		close(fds[i][0]);
+		close(fds[i][1]);
+	}
 }
 
 /*

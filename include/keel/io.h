@@ -382,17 +382,21 @@ void keel_buf_release(struct keel_buf *buf);
 /* What recv and accept streams share (private; io/stream.c). */
 struct keel__stream {
 	struct keel_task *task;
-	struct keel__chunk *head, *tail; /* received, not yet taken */
-	void *out;			 /* where a waiting take goes */
-	uint32_t op; /* ledger index + 1 while open, else 0 */
+	struct keel__chunk *tail; /* received, not yet taken: tail->next is
+				   * the first (io/stream.c) */
+	void *out;		  /* where a waiting take goes */
+	uint32_t op; /* ledger index + 1 while open (UINT32_MAX: parked,
+		      * holding none), else 0 */
 	int fd;
 	int32_t end;	 /* the final result, once known */
 	uint32_t queued; /* items received, not yet taken */
 	uint16_t state;	 /* private bits */
-	uint16_t flags;
-	uint16_t limit; /* recv: pause receiving at this many queued */
-	uint8_t kind;	/* its hooks: an index (io/stream.c), not a pointer,
-			 * so that an idle connection's frame stays small */
+	uint16_t limit;	 /* recv: pause receiving at this many queued */
+	/* recv: its buffer ring, as the ring's index in the loop (its bgid):
+	 * two bytes, not a pointer's eight, in an idle connection's frame */
+	uint16_t ring;
+	uint8_t flags;
+	uint8_t kind; /* its hooks: an index (io/stream.c), not a pointer */
 };
 
 struct keel_recv_stream;
@@ -405,8 +409,9 @@ typedef void (*keel_recv_notify_fn)(struct keel_recv_stream *s, int res);
 /* Lives in the task's frame; fields are private. */
 struct keel_recv_stream {
 	struct keel__stream base;
-	struct keel_bufring *ring;
-	struct keel__link starved;  /* the ring's starved streams */
+	/* The ring's starved streams while it waits for a buffer, its
+	 * task's parked streams while it waits on an idle poll. */
+	struct keel__link link;
 	keel_recv_notify_fn notify; /* keel_recv_stream_notify(), or NULL */
 };
 
@@ -470,6 +475,18 @@ int keel_recv_try(struct keel_recv_stream *s, struct keel_buf *out);
  */
 void keel_recv_stream_notify(struct keel_recv_stream *s,
 			     keel_recv_notify_fn fn);
+
+/*
+ * The socket the stream was opened on (after it closed too), so that a
+ * frame need not keep it twice. Only meaningful after a successful
+ * keel_recv_stream_open() on `s`. Inline: a connection's every send
+ * reads it.
+ * Ownership: reads the stream; nothing changes hands.
+ */
+static inline int keel_recv_stream_fd(const struct keel_recv_stream *s)
+{
+	return s->base.fd;
+}
 
 /* Close the stream: cancel the recv, give back the queued buffers. The
  * socket itself stays open. Safe to call twice.

@@ -241,7 +241,8 @@ struct keel_loop_stats {
 	uint64_t timers_fired; /* timers fired (sleeps included) */
 	uint64_t tasks_live;   /* tasks spawned and not yet exited */
 	uint64_t zombies;      /* exited tasks whose ops are still in flight */
-	uint64_t ops_inflight; /* ledger entries the kernel still owns */
+	uint64_t ops_inflight; /* requests the kernel still owns: ledger
+				* entries, and idle streams' polls */
 	uint64_t timers_armed; /* timers armed now */
 	uint64_t aborted;      /* tasks aborted by a panic or a fault */
 	uint64_t fault_recoveries; /* faults turned into task aborts */
