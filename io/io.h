@@ -215,6 +215,7 @@ struct keel__io {
 	 * parked_cap lists, grown as tasks with higher ids park. */
 	struct keel__list *parked;
 	uint32_t parked_cap;
+	uint32_t parked_polls; /* parked streams (counted in ledger.inuse) */
 	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
 	struct keel_bufring **bufrings;
 	uint32_t nbufrings;

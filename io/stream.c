@@ -667,6 +667,7 @@ static void parked_remove(struct keel__io *io, struct keel__stream *s)
 	keel__list_remove(&io->parked[s->task->id], &recv_of(s)->link);
 	s->task->inflight--;
 	io->ledger.inuse--;
+	io->parked_polls--;
 	s->state &= (uint16_t)~S_OPLESS;
 }
 
@@ -698,6 +699,7 @@ static void recv_park(struct keel__io *io, struct keel__stream *s)
 	keel__list_push_back(&io->parked[t->id], &recv_of(s)->link);
 	t->inflight++;
 	io->ledger.inuse++;
+	io->parked_polls++;
 	keel__op_release_quiet(io, stream_op(io, s->op));
 	s->op = OP_NONE;
 	s->state |= S_OPLESS | S_POLLING | S_ARMED;

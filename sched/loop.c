@@ -369,7 +369,9 @@ static int64_t spin_for_work(struct keel_loop *loop, int64_t wait)
  */
 static unsigned batch_want(const struct keel_loop *loop)
 {
-	unsigned want = loop->batch_avg / 16, cap = loop->io.ledger.inuse / 3;
+	/* Parked streams' polls are idle connections: they send nothing. */
+	unsigned want = loop->batch_avg / 16,
+		 cap = (loop->io.ledger.inuse - loop->io.parked_polls) / 3;
 
 	if (want > cap)
 		want = cap;
