@@ -36,6 +36,14 @@ count() {
 	passing=${passing:-0}
 }
 
+# sanitized LOG: true if a sanitizer reported in LOG. Criterion runs each
+# test in a worker process and does not look at how the worker exited, so
+# a leak LeakSanitizer reports when a worker exits, or a race TSan reports
+# without halting, leaves "Passing" intact: the report itself fails the run.
+sanitized() {
+	grep -a -q -E 'ERROR: (Leak|Address)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$1"
+}
+
 # tally NAME STATUS LOG: add up one run. A run that failed with every test
 # passing (a sanitizer's report at exit, a crash between tests) or that ran
 # none counts one failure more.
@@ -46,7 +54,7 @@ tally() {
 		fail=$((fail + tested - passing))
 		[ "$tested" = "$passing" ] && fail=$((fail + 1))
 		echo "FAIL $1 ($passing/$tested passed)"
-		grep -a -E '\[(FAIL|----)\]|Assertion|error|ERROR|SUMMARY|FAIL' "$3" |
+		grep -a -E '\[(FAIL|----)\]|Assertion|error|ERROR|WARNING: ThreadSanitizer|SUMMARY|FAIL' "$3" |
 			head -n 40
 	fi
 	pass=$((pass + passing))
@@ -61,6 +69,7 @@ for t in "$@"; do
 	esac
 	# shellcheck disable=SC2086
 	if timeout 600 "$t" $args >"$log" 2>&1; then status=ok; else status=FAIL; fi
+	sanitized "$log" && status=FAIL
 	count "$log" "$kind"
 	tally "$name" "$status" "$log"
 done
@@ -69,6 +78,7 @@ for s in test/test_*.sh; do
 	name=$(basename "$s" .sh)
 	log="$BUILD/test/$name.log"
 	if BUILD=$BUILD timeout 600 sh "$s" >"$log" 2>&1; then status=ok; else status=FAIL; fi
+	sanitized "$log" && status=FAIL
 	count "$log" plain
 	tally "$name" "$status" "$log"
 done
