@@ -31,6 +31,11 @@
 #     keel-splice-epoll, keel-http-epoll, keel-http-4k-epoll), with paired
 #     ratios against the plain epoll server (CPU per request, goal <= 1.1x),
 #     keel on io_uring, haproxy and nginx.
+#  4. NATS (issue 18): tools/keel-natsbench over one loopback nats-server
+#     started here on a free port: ask round trips one at a time (p50, p99)
+#     and tells delivered per second, keel's node against the floor, plain
+#     cnats (natsConnection_Request / Publish) between two processes; then
+#     keel's instructions per ask (callgrind, the asking process).
 #
 # Knobs (environment):
 #   BENCH_QUICK=1     short runs everywhere (a smoke test of the whole thing)
@@ -44,6 +49,8 @@
 #                     (clients per handshake round), TLS_REPS (default REPS,
 #                     else 5), TLS_DUR=2 (s per cell), TLS_SUITE, TLS_GROUP,
 #                     KEEL_HEALTH_OPTS (examples/proxy's health check options)
+#   SKIP_NATS=1       no NATS part; NATS_REPS (default 3), NATS_ASKS (20000),
+#                     NATS_TELLS (200000)
 #   FILTER=substr     only benchmarks whose name contains it (keel and peers)
 #   REPS              repetitions for the peer runs (MICRO_REPS, ECHO_REPS
 #                     override it per run; defaults 1 and 7)
@@ -517,6 +524,95 @@ elif [[ -z "$PEERS_SRC" || ! -f "$PEERS_SRC/micro/run.sh" ]]; then
 else
 	run_peers "$(cd "$PEERS_SRC" && pwd)"
 fi
+
+# --- 4. NATS (issue 18) ---------------------------------------------------------
+# keel's node (a keel node asking a name another keel process serves)
+# against the floor (the same with plain cnats: natsConnection_Request and
+# an async subscription), over one loopback nats-server started here on a
+# free port; the runs alternate keel and floor per repetition, so that
+# report.py pairs cells run back to back.
+NATS_BIN="$BUILD/tools/keel-natsbench"
+nats_wait_port() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+# nats_cell SIDE WHAT N REP: one serving process, one asking; its RESULT
+# line, prefixed with the repetition, goes to results.txt.
+nats_cell() {
+	local side=$1 what=$2 n=$3 rep=$4 spid
+	"$NATS_BIN" "$side-serve" "$NATS_URL" >>"$NATS_DIR/serve.log" 2>&1 &
+	spid=$!
+	timeout -k 5 300 "$NATS_BIN" "$side-$what" "$NATS_URL" "$n" \
+		2>>"$NATS_DIR/run.log" | sed "s/^/rep=$rep /" |
+		tee -a "$NATS_DIR/results.txt" | sed 's/^/   /'
+	kill "$spid" 2>/dev/null
+	wait "$spid" 2>/dev/null
+}
+run_nats() {
+	local t port srv rep asks tells reps side what
+	if on "${SKIP_NATS:-}"; then
+		say "4. NATS: skipped (SKIP_NATS)"
+		return 0
+	fi
+	if ! command -v nats-server >/dev/null || [[ ! -x "$NATS_BIN" ]]; then
+		say "4. NATS: skipped: nats-server (make deps) or $NATS_BIN (make tools) missing"
+		return 0
+	fi
+	say "4. NATS: keel's node vs plain cnats, two processes, one loopback nats-server"
+	t=$(date +%s)
+	NATS_DIR="$RES/nats"
+	mkdir -p "$NATS_DIR"
+	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	nats-server -a 127.0.0.1 -p "$port" >"$NATS_DIR/nats-server.log" 2>&1 &
+	srv=$!
+	if ! nats_wait_port "$port"; then
+		echo "!! nats-server did not listen on $port"
+		kill "$srv" 2>/dev/null
+		FAILED+=("nats")
+		return 0
+	fi
+	NATS_URL="nats://127.0.0.1:$port"
+	reps=${NATS_REPS:-3} asks=${NATS_ASKS:-20000} tells=${NATS_TELLS:-200000}
+	[[ $QUICK == 1 ]] && reps=${NATS_REPS:-1} asks=${NATS_ASKS:-2000} tells=${NATS_TELLS:-20000}
+	for ((rep = 1; rep <= reps; rep++)); do
+		for what in ask tell; do
+			for side in keel cnats; do
+				local n=$asks
+				[[ $what == tell ]] && n=$tells
+				nats_cell "$side" "$what" "$n" "$rep"
+			done
+		done
+	done
+	echo
+	echo "### NATS: ask round trip and tells/s, keel's node vs plain cnats (the floor); medians of $reps runs ($asks asks, $tells tells of 4 bytes; loopback, one machine: figures on a busy machine are indicative)"
+	echo
+	timeout 60 python3 "$REPORT" nats "$NATS_DIR/results.txt" | tee "$NATS_DIR/table.md"
+	TABLES+=("$NATS_DIR/table.md")
+	if ! on "${SKIP_CALLGRIND:-}" && command -v valgrind >/dev/null; then
+		local n1=2000 n2=12000 spid n
+		mkdir -p "$NATS_DIR/cg"
+		"$NATS_BIN" keel-serve "$NATS_URL" >>"$NATS_DIR/serve.log" 2>&1 &
+		spid=$!
+		for n in $n1 $n2; do
+			timeout -k 5 600 valgrind --tool=callgrind --fair-sched=yes \
+				--callgrind-out-file="$NATS_DIR/cg/keel_ask.$n.out" \
+				"$NATS_BIN" keel-ask "$NATS_URL" "$n" >"$NATS_DIR/cg/keel_ask.$n.log" 2>&1
+		done
+		kill "$spid" 2>/dev/null
+		wait "$spid" 2>/dev/null
+		timeout 300 python3 "$REPORT" callgrind "$NATS_DIR/cg" keel_ask $n1 $n2 |
+			tee "$NATS_DIR/ir.md" | sed -n 1p
+		echo "   (the asking process, cnats included; per function: $NATS_DIR/ir.md)"
+	fi
+	kill "$srv" 2>/dev/null
+	wait "$srv" 2>/dev/null
+	echo "(nats: $(elapsed "$t"))"
+}
+((TLS_ONLY || TABLE_ONLY)) || run_nats
 
 # --- issue 17's table ------------------------------------------------------------
 # RSS of a fresh loop: keel-micro's loop_fresh_rss when it has one (in part
