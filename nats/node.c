@@ -28,7 +28,7 @@
  *
  * Remote supervision: a heartbeat (type T_HEARTBEAT, an ask) sent to a
  * served name is answered by drain_served itself, on the loop, while the
- * name is served and its mailbox was not found closed: whether the
+ * name is served and its mailbox is open (keel_mb_is_closed): whether the
  * serving process and its loop are alive is what a monitor asks, and a
  * heartbeat queued behind a busy actor's mailbox would measure its load
  * instead. keel_node_monitor is a routine over keel_node_ask's.
@@ -75,7 +75,6 @@ struct served {
 	char *name;
 	natsSubscription *sub;
 	struct keel_mailbox *mb;
-	bool mb_closed; /* a send found it closed: heartbeats go unanswered */
 };
 
 /* An ask waiting for its reply: a slot of the node's table, named in the
@@ -731,7 +730,8 @@ static void drain_served(struct keel_node *n)
 			if (km->type == T_HEARTBEAT && km->request_id) {
 				const char *to = natsMsg_GetReply(m);
 
-				if (!s->mb_closed && to && *to)
+				/* A closed mailbox: its actor is gone. */
+				if (!keel_mb_is_closed(s->mb) && to && *to)
 					publish(n, to, NULL, T_HEARTBEAT,
 						km->request_id, NULL, 0);
 				keel_node_msg_free(km);
@@ -743,8 +743,6 @@ static void drain_served(struct keel_node *n)
 				count(&n->c.received);
 				continue;
 			}
-			if (r == -EPIPE)
-				s->mb_closed = true;
 			count(&n->c.dropped);
 			if (r < 0)
 				keel_node_msg_free(km);

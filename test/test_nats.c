@@ -18,6 +18,7 @@
  * nothing behind (the sanitizer build's leak check) and the late reply
  * reaches no other ask; asks side by side, one to a name nobody serves,
  * each get their own outcome (the no-responders status names no ask).
+ * Heartbeats of a served name go unanswered once its mailbox is closed.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -997,4 +998,46 @@ Test(nats, side_by_side_asks_no_responders_placed, .init = setup,
 {
 	serve_in_child(0, "svc", NULL);
 	run_client(side_by_side_body, NULL);
+}
+
+/* ---- heartbeats of a name whose mailbox closed ---- */
+
+/* The node serves a mailbox (its actor's) that closes before any message
+ * reached it: heartbeats go unanswered from then on, so a monitor of the
+ * name fires at its deadline. (They used to be answered until a message
+ * found the mailbox closed, which here never comes.) */
+static int closed_mailbox_body(struct keel_task *t)
+{
+	struct client *c = keel_container_of(t, struct client, task);
+	struct keel_mailbox_opts mo = {.capacity = 4,
+				       .policy = KEEL_MB_DROP_NEWEST,
+				       .on_drop = keel_node_msg_drop};
+	static struct keel_mailbox *mb;
+	struct watcher *w;
+
+	KEEL_BEGIN(&c->r);
+	cr_assert_eq(keel_mailbox_new(keel_task_loop(t), &mo, &mb), 0);
+	cr_assert_eq(keel_node_serve(c->node, "svc", NULL, mb), 0);
+	w = keel_spawn(keel_task_loop(t), &watcher_task, KEEL_PRIO_NORMAL);
+	cr_assert_not_null(w);
+	w->node = c->node;
+	w->c = c;
+	c->fired = 1; /* not fired */
+	for (c->i = 0; c->i < 25; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, HB_INTERVAL));
+	cr_assert_eq(c->fired, 1, "the monitor fired (%d) on an open mailbox",
+		     c->fired);
+	keel_mb_close(mb); /* the actor died */
+	/* A bound to catch a monitor that never fires, not a timing. */
+	for (c->i = 0; c->i < 1000 && c->fired == 1; c->i++)
+		KEEL_AWAIT(&c->r, keel_sleep(t, 10000000));
+	cr_assert_eq(c->fired, -EPIPE, "monitor: %d", c->fired);
+	keel_mailbox_release(mb);
+	KEEL_ROUTINE_RETURN(&c->r, t, 0);
+}
+
+Test(nats, heartbeats_unanswered_once_mailbox_closed, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+	run_client(closed_mailbox_body, NULL);
 }
