@@ -104,6 +104,7 @@ struct keel_node {
 	_Atomic(natsConnection *) nc;
 	struct keel_mailbox *ctl;
 	char *name;
+	char *label; /* the name as a Prometheus label value, escaped */
 	keel_node_state_fn on_state;
 	void *state_arg;
 	uint64_t rc_min_ms, rc_max_ms;
@@ -1045,6 +1046,7 @@ static void node_destroy(struct keel_node *n)
 	free(n->slots);
 	free(n->cands);
 	free(n->scratch);
+	free(n->label);
 	free(n->name);
 	free(n);
 }
@@ -1127,6 +1129,31 @@ static int driver_step(struct keel_task *t)
 
 /* ---- life ---- */
 
+/* `name` as a Prometheus label value: backslash, double quote and newline
+ * escaped. (libkeel's own writer, sched/prom.c, is internal to libkeel:
+ * the libraries on top of it link its public API only.) */
+static char *label_of(const char *name)
+{
+	size_t len = 1;
+	char *out, *o;
+
+	for (const char *p = name; *p; p++)
+		len += strchr("\\\"\n", *p) ? 2 : 1;
+	out = o = malloc(len);
+	if (!out)
+		return NULL;
+	for (const char *p = name; *p; p++) {
+		if (strchr("\\\"\n", *p)) {
+			*o++ = '\\';
+			*o++ = *p == '\n' ? 'n' : *p;
+		} else {
+			*o++ = *p;
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
 int keel_node_new(struct keel_loop *loop, const struct keel_node_opts *opts,
 		  struct keel_node **out)
 {
@@ -1160,12 +1187,15 @@ int keel_node_new(struct keel_loop *loop, const struct keel_node_opts *opts,
 	n->pending_msgs = opts->pending_msgs ? opts->pending_msgs : 65536;
 	n->pending_bytes =
 	    opts->pending_bytes ? opts->pending_bytes : 64u << 20;
-	if (!n->name) {
+	n->label = n->name ? label_of(n->name) : NULL;
+	if (!n->label) {
+		free(n->name);
 		free(n);
 		return -ENOMEM;
 	}
 	err = keel_mailbox_new(loop, &mo, &n->ctl);
 	if (err) {
+		free(n->label);
 		free(n->name);
 		free(n);
 		return err;
@@ -1213,6 +1243,7 @@ int keel_node_new(struct keel_loop *loop, const struct keel_node_opts *opts,
 		err = s == NATS_OK ? -ENOMEM : errno_of(s);
 		natsOptions_Destroy(n->opts);
 		keel_mailbox_release(n->ctl);
+		free(n->label);
 		free(n->name);
 		free(n);
 		return err;
@@ -1373,7 +1404,7 @@ size_t keel_node_metrics_render(struct keel_node *const *nodes, unsigned n,
 	for (unsigned i = 0; i < n; i++)
 		for (int s = 0; s < 4; s++)
 			OUT("keel_node_state{node=\"%s\",state=\"%s\"} %d\n",
-			    nodes[i]->name, state_names[s],
+			    nodes[i]->label, state_names[s],
 			    (int)keel_node_state(nodes[i]) == s);
 	for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
 		OUT("# HELP keel_node_%s_total %s\n"
@@ -1386,7 +1417,7 @@ size_t keel_node_metrics_render(struct keel_node *const *nodes, unsigned n,
 			keel_node_stats(nodes[i], &st);
 			memcpy(&v, (const char *)&st + rows[r].off, sizeof(v));
 			OUT("keel_node_%s_total{node=\"%s\"} %" PRIu64 "\n",
-			    rows[r].name, nodes[i]->name, v);
+			    rows[r].name, nodes[i]->label, v);
 		}
 	}
 	return used;

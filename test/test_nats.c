@@ -19,6 +19,7 @@
  * reaches no other ask; asks side by side, one to a name nobody serves,
  * each get their own outcome (the no-responders status names no ask).
  * Heartbeats of a served name go unanswered once its mailbox is closed.
+ * The metrics escape the node's name in their label.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -1040,4 +1041,27 @@ Test(nats, heartbeats_unanswered_once_mailbox_closed, .init = setup,
      .fini = teardown, .timeout = 60)
 {
 	run_client(closed_mailbox_body, NULL);
+}
+
+/* ---- the node's name in the metrics ---- */
+
+Test(nats, metrics_escape_the_node_name, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_node_opts o = {.url = "nats://127.0.0.1:1",
+				   .name = "a\"b\\c\nd"};
+	struct keel_node *node;
+	char buf[8192];
+
+	cr_assert_eq(keel_node_new(loop, &o, &node), 0);
+	keel_node_metrics_render(&node, 1, buf, sizeof(buf));
+	cr_assert(strstr(buf, "keel_node_state{node=\"a\\\"b\\\\c\\nd\","
+			      "state=\"idle\"} 1\n"),
+		  "%s", buf);
+	cr_assert(strstr(buf, "keel_node_asks_total{node=\"a\\\"b\\\\c\\nd\"} "
+			      "0\n"),
+		  "%s", buf);
+	keel_node_free(node);
+	kt_loop_run(loop);
+	keel_loop_destroy(loop);
 }
