@@ -34,8 +34,8 @@
 #  4. NATS (issue 18): tools/keel-natsbench over one loopback nats-server
 #     started here on a free port: ask round trips one at a time (p50, p99)
 #     and tells delivered per second, keel's node against the floor, plain
-#     cnats (natsConnection_Request / Publish) between two processes; then
-#     keel's instructions per ask (callgrind, the asking process).
+#     cnats (natsConnection_Request / Publish) between two processes, and
+#     the asking process's CPU time per ask.
 #
 # Knobs (environment):
 #   BENCH_QUICK=1     short runs everywhere (a smoke test of the whole thing)
@@ -49,8 +49,9 @@
 #                     (clients per handshake round), TLS_REPS (default REPS,
 #                     else 5), TLS_DUR=2 (s per cell), TLS_SUITE, TLS_GROUP,
 #                     KEEL_HEALTH_OPTS (examples/proxy's health check options)
-#   SKIP_NATS=1       no NATS part; NATS_REPS (default 3), NATS_ASKS (20000),
-#                     NATS_TELLS (200000)
+#   SKIP_NATS=1       no NATS part; BENCH_NATS=only: the NATS part alone;
+#                     NATS_REPS (default 3), NATS_ASKS (20000), NATS_TELLS
+#                     (200000)
 #   FILTER=substr     only benchmarks whose name contains it (keel and peers)
 #   REPS              repetitions for the peer runs (MICRO_REPS, ECHO_REPS
 #                     override it per run; defaults 1 and 7)
@@ -115,6 +116,11 @@ if [[ "${BENCH_TABLE:-1}" == only ]]; then
 	: "${PROXY_CONFIGS:=64x64}"
 fi
 # ------------------------------------------------------------------------------
+NATS_ONLY=0
+if [[ "${BENCH_NATS:-1}" == only ]]; then
+	NATS_ONLY=1
+	SKIP_CALLGRIND=1 SKIP_PEERS=1 BENCH_TABLE=0
+fi
 if [[ "${BENCH_TLS:-1}" == only ]]; then
 	TLS_ONLY=1
 	SKIP_CALLGRIND=1 SKIP_MICRO=1 SKIP_ECHO=1 SKIP_ENTERS=1 SKIP_PROXY=1
@@ -166,6 +172,8 @@ if ((TLS_ONLY)); then
 	say "1. keel microbenchmarks: skipped (BENCH_TLS=only)"
 elif ((TABLE_ONLY)); then
 	say "1. keel microbenchmarks: skipped (BENCH_TABLE=only: keel's column of the micro run)"
+elif ((NATS_ONLY)); then
+	say "1. keel microbenchmarks: skipped (BENCH_NATS=only)"
 else
 	keel_micro
 fi
@@ -530,7 +538,8 @@ fi
 # against the floor (the same with plain cnats: natsConnection_Request and
 # an async subscription), over one loopback nats-server started here on a
 # free port; the runs alternate keel and floor per repetition, so that
-# report.py pairs cells run back to back.
+# report.py pairs cells run back to back. (No callgrind here: the keel
+# side hangs under valgrind.)
 NATS_BIN="$BUILD/tools/keel-natsbench"
 nats_wait_port() {
 	local i
@@ -592,22 +601,6 @@ run_nats() {
 	echo
 	timeout 60 python3 "$REPORT" nats "$NATS_DIR/results.txt" | tee "$NATS_DIR/table.md"
 	TABLES+=("$NATS_DIR/table.md")
-	if ! on "${SKIP_CALLGRIND:-}" && command -v valgrind >/dev/null; then
-		local n1=2000 n2=12000 spid n
-		mkdir -p "$NATS_DIR/cg"
-		"$NATS_BIN" keel-serve "$NATS_URL" >>"$NATS_DIR/serve.log" 2>&1 &
-		spid=$!
-		for n in $n1 $n2; do
-			timeout -k 5 600 valgrind --tool=callgrind --fair-sched=yes \
-				--callgrind-out-file="$NATS_DIR/cg/keel_ask.$n.out" \
-				"$NATS_BIN" keel-ask "$NATS_URL" "$n" >"$NATS_DIR/cg/keel_ask.$n.log" 2>&1
-		done
-		kill "$spid" 2>/dev/null
-		wait "$spid" 2>/dev/null
-		timeout 300 python3 "$REPORT" callgrind "$NATS_DIR/cg" keel_ask $n1 $n2 |
-			tee "$NATS_DIR/ir.md" | sed -n 1p
-		echo "   (the asking process, cnats included; per function: $NATS_DIR/ir.md)"
-	fi
 	kill "$srv" 2>/dev/null
 	wait "$srv" 2>/dev/null
 	echo "(nats: $(elapsed "$t"))"
@@ -669,7 +662,7 @@ if ! ((TLS_ONLY)) && [[ "${BENCH_TABLE:-1}" != 0 ]]; then
 fi
 
 # --- summary --------------------------------------------------------------------
-if ((!TLS_ONLY && !TABLE_ONLY)); then
+if ((!TLS_ONLY && !TABLE_ONLY && !NATS_ONLY)); then
 	say "summary: keel against the targets (ns per op; Ir = instructions per op)"
 	timeout 60 python3 "$REPORT" summary "$RES/keel-micro.out" "$CG/ir.tsv" \
 		${MICRO_RAW:+"$MICRO_RAW"} | tee "$RES/summary.md"

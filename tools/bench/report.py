@@ -43,7 +43,7 @@
       cnats between two processes), medians over the repetitions, ratios
       paired per repetition (keel and the floor run back to back), held
       against the goals: <= 1.1x the floor's latency, >= 0.9x its
-      throughput.
+      throughput; and the asking process's CPU time per ask (no goal).
   report.py table RES_DIR
       Issue 17's table, every row from figures of this run (RES_DIR is
       bench.sh's output directory): what, keel, Ir/op (callgrind, micro
@@ -207,7 +207,8 @@ def cmd_nats(path):
     reps = sorted({r for r, _, _ in runs})
     rows = [("ask p50 (us)", "ask", "p50_us", "<=", 1.1),
             ("ask p99 (us)", "ask", "p99_us", "<=", 1.1),
-            ("tells/s delivered", "tell", "per_s", ">=", 0.9)]
+            ("tells/s delivered", "tell", "per_s", ">=", 0.9),
+            ("asking CPU per ask (us)", "ask", "cpu_us_per_ask", None, None)]
     print("| what | keel | floor (cnats) | keel / floor | goal | met? |")
     print("|---|--:|--:|--:|---|---|")
     for name, what, key, op, goal in rows:
@@ -223,13 +224,16 @@ def cmd_nats(path):
             if k is not None and fl is not None and float(fl) > 0:
                 ratios.append(float(k) / float(fl))
         if not ratios:
-            print(f"| {name} | - | - | not measured | {op} {goal}x | - |")
+            print(f"| {name} | - | - | not measured | - | - |")
             continue
         ratio = statistics.median(ratios)
+        cells = (f"| {name} | {statistics.median(vals['keel']):,.1f} "
+                 f"| {statistics.median(vals['floor']):,.1f} | {ratio:.2f}x ")
+        if op is None:
+            print(cells + "| - | - |")
+            continue
         met = ratio <= goal if op == "<=" else ratio >= goal
-        print(f"| {name} | {statistics.median(vals['keel']):,.1f} "
-              f"| {statistics.median(vals['floor']):,.1f} | {ratio:.2f}x "
-              f"| {op} {goal}x | {'yes' if met else 'NO'} |")
+        print(cells + f"| {op} {goal}x | {'yes' if met else 'NO'} |")
     lost = [(r, s, kv["delivered"], kv["n"]) for (r, s, w), kv in runs.items()
             if w == "tell" and kv.get("delivered") != kv.get("n")]
     for r, side, d, n in sorted(lost):
