@@ -52,6 +52,7 @@
 #include <keel/select.h>
 #include <keel/sync.h>
 #include <keel/task.h>
+#include <keel/trace.h>
 
 /* keel's header in front of every payload: magic, version, type,
  * generation, request id; little endian. */
@@ -1014,6 +1015,9 @@ static int poll_out(struct keel_task *t, void *arg)
 	return keel_poll(t, ((struct driver *)arg)->fd, POLLOUT);
 }
 
+static const char *const state_names[] = {"idle", "connected", "reconnecting",
+					  "closed"};
+
 /* The state is stored where it becomes known (connect_job stores
  * CONNECTED on the pool, so that it holds when keel_node_connect returns);
  * on_state hears of each change once, on the loop, in order. */
@@ -1023,6 +1027,13 @@ static void set_state(struct keel_node *n, enum keel_node_state st)
 	if (n->reported == st)
 		return;
 	n->reported = st;
+	if (keel_trace_enabled()) {
+		char mark[128];
+
+		snprintf(mark, sizeof(mark), "keel_node %s: %s", n->name,
+			 state_names[st]);
+		keel_trace_mark(mark, st);
+	}
 	if (n->on_state)
 		n->on_state(n, st, n->state_arg);
 }
@@ -1352,9 +1363,6 @@ void keel_node_stats(const struct keel_node *node, struct keel_node_stats *out)
 }
 
 /* ---- metrics ---- */
-
-static const char *const state_names[] = {"idle", "connected", "reconnecting",
-					  "closed"};
 
 struct counter_row {
 	const char *name;

@@ -19,12 +19,14 @@
  * reaches no other ask; asks side by side, one to a name nobody serves,
  * each get their own outcome (the no-responders status names no ask).
  * Heartbeats of a served name go unanswered once its mailbox is closed.
- * The metrics escape the node's name in their label.
+ * The metrics escape the node's name in their label, and each change of
+ * a node's state is a mark in the trace.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <keel.h>
 #include <keel/node.h>
+#include <keel/trace.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -488,6 +490,50 @@ static int restart_body(struct keel_task *t)
 	KEEL_ROUTINE_RETURN(&c->r, t, 0);
 }
 
+/* The KEEL_EV_MARK events of a trace file, "name=arg" each, in order
+ * (at most `max`; the strings they name come before them in the file). */
+static int trace_marks(const char *path, char marks[][96], int max)
+{
+	FILE *f = fopen(path, "rb");
+	char hdr[32], *strings[4096] = {0};
+	uint32_t rec[4];
+	int n = 0;
+
+	cr_assert_not_null(f);
+	cr_assert_eq(fread(hdr, 1, sizeof(hdr), f), sizeof(hdr));
+	cr_assert_eq(memcmp(hdr, KEEL_TRACE_MAGIC, 8), 0);
+	while (fread(rec, sizeof(rec), 1, f) == 1) {
+		if (rec[0] == KEEL_TRACE_REC_STRING) {
+			size_t padded = (rec[2] + 7u) & ~7u;
+			char *text = calloc(1, padded + 1);
+
+			cr_assert_not_null(text);
+			cr_assert_eq(fread(text, 1, padded, f), padded);
+			if (rec[3] < 4096)
+				strings[rec[3]] = text;
+			else
+				free(text);
+			continue;
+		}
+		for (uint32_t i = 0;
+		     rec[0] == KEEL_TRACE_REC_EVENTS && i < rec[2]; i++) {
+			struct keel_trace_event ev;
+
+			cr_assert_eq(fread(&ev, sizeof(ev), 1, f), 1);
+			if (ev.type == KEEL_EV_MARK && n < max)
+				snprintf(
+				    marks[n++], sizeof(marks[0]), "%s=%lld",
+				    ev.a < 4096 && strings[ev.a] ? strings[ev.a]
+								 : "?",
+				    (long long)ev.b);
+		}
+	}
+	fclose(f);
+	for (int i = 0; i < 4096; i++)
+		free(strings[i]);
+	return n;
+}
+
 Test(nats, server_restart_reconnects_bounded, .init = setup, .fini = teardown,
      .timeout = 90)
 {
@@ -496,14 +542,29 @@ Test(nats, server_restart_reconnects_bounded, .init = setup, .fini = teardown,
 				   .reconnect_max_ns = 100000000,
 				   .reconnect_buf = 64 * 1024,
 				   .on_state = on_state};
+	char dir[256], path[300], marks[16][96];
+	int n;
 
 	serve_in_child(0, "svc", NULL);
+	/* Traced from here: the serving child must not inherit it. */
+	kt_tmpdir_make(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/nats.trace", dir);
+	cr_assert_eq(keel_trace_start(path), 0);
 	run_client(restart_body, &o);
+	keel_trace_stop();
 	cr_assert_geq(nstates, 3);
 	cr_assert_eq(states[0], KEEL_NODE_CONNECTED);
 	cr_assert_eq(states[1], KEEL_NODE_RECONNECTING);
 	cr_assert_eq(states[2], KEEL_NODE_CONNECTED);
 	cr_assert_eq(states[nstates - 1], KEEL_NODE_CLOSED);
+	/* Each change of state is a mark in the trace, as on_state saw it. */
+	n = trace_marks(path, marks, 16);
+	cr_assert_eq(n, nstates, "%d marks for %d states", n, nstates);
+	cr_assert_str_eq(marks[0], "keel_node client: connected=1");
+	cr_assert_str_eq(marks[1], "keel_node client: reconnecting=2");
+	cr_assert_str_eq(marks[2], "keel_node client: connected=1");
+	cr_assert_str_eq(marks[n - 1], "keel_node client: closed=3");
+	kt_tmpdir_remove(dir);
 }
 
 /* ---- slow consumer, full served mailbox ---- */
