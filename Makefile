@@ -272,6 +272,14 @@ $(BUILD)/tools/%: tools/%.c $(STATIC)
 	@$(if $(Q),echo "  CCLD    $@")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(STATIC) $(LIBS) -lm
 
+# keel-natsbench (issue 18's benchmark) links libkeel-nats, and so cnats,
+# for its keel side and cnats alone for the floor.
+$(BUILD)/tools/keel-natsbench: tools/keel-natsbench.c $(NATS_STATIC) $(STATIC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CCLD    $@")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(NATS_STATIC) \
+		$(STATIC) $(NATS_LIBS) $(LIBS) -lm
+
 $(BUILD)/obj/tools/trace/%.o: tools/trace/%.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")

@@ -738,6 +738,11 @@ void keel_mb_close(struct keel_mailbox *mb)
 	deliver(mb);
 }
 
+bool keel_mb_is_closed(const struct keel_mailbox *mb)
+{
+	return LOAD(&mb->closed);
+}
+
 void keel__mb_reopen(struct keel_mailbox *mb)
 {
 	/* Closing woke every blocked sender with -EPIPE: none is left. */

@@ -619,6 +619,17 @@ uint64_t keel__trace_str_once(struct keel__core *c, const char *text)
 	return add_string("%s", text ? text : "");
 }
 
+void keel_trace_mark(const char *name, int64_t arg)
+{
+	struct keel__core *c = keel__current_core;
+
+	if (!c || !name)
+		return;
+	KEEL__TRACE(c, KEEL_EV_MARK, 0,
+		    c->current ? c->current->id : UINT32_MAX,
+		    keel__trace_str_once(c, name), arg);
+}
+
 int64_t keel_trace_stop(void)
 {
 	pthread_mutex_lock(&tracer.lock);

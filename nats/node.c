@@ -10,7 +10,7 @@
  * natsConnection_ProcessReadEvent / ProcessWriteEvent when the ring says
  * the socket is ready. The driver task does that: it selects over a
  * POLLIN and a POLLOUT keel_poll() of the socket and the node's control
- * mailbox. Served names and ask inboxes are synchronous subscriptions,
+ * mailbox. Served names and the reply inbox are synchronous subscriptions,
  * which have no delivery thread: the driver drains them with
  * natsSubscription_NextMsg(0) after each read, so a message goes from the
  * socket to a served mailbox without leaving the loop's thread.
@@ -28,7 +28,7 @@
  *
  * Remote supervision: a heartbeat (type T_HEARTBEAT, an ask) sent to a
  * served name is answered by drain_served itself, on the loop, while the
- * name is served and its mailbox was not found closed: whether the
+ * name is served and its mailbox is open (keel_mb_is_closed): whether the
  * serving process and its loop are alive is what a monitor asks, and a
  * heartbeat queued behind a busy actor's mailbox would measure its load
  * instead. keel_node_monitor is a routine over keel_node_ask's.
@@ -52,6 +52,7 @@
 #include <keel/select.h>
 #include <keel/sync.h>
 #include <keel/task.h>
+#include <keel/trace.h>
 
 /* keel's header in front of every payload: magic, version, type,
  * generation, request id; little endian. */
@@ -75,16 +76,21 @@ struct served {
 	char *name;
 	natsSubscription *sub;
 	struct keel_mailbox *mb;
-	bool mb_closed; /* a send found it closed: heartbeats go unanswered */
 };
 
-/* An ask waiting for its reply: its own inbox subscription, so that a
- * no-responders status (which NextMsg reports without the message) is
- * known to be this ask's. */
+/* An ask waiting for its reply: a slot of the node's table, named in the
+ * reply subject by its index and the ask's sequence number. */
 struct pending {
-	struct pending *next;
-	natsSubscription *sub;
-	struct keel_oneshot *os; /* the node's reference */
+	struct keel_oneshot *os; /* the node's reference; NULL: free slot */
+	uint64_t seq;		 /* the ask's request id */
+	uint64_t epoch;		 /* fences published before it */
+	uint32_t next_free;
+};
+
+/* The last ask of an epoch whose no-responders status may still come. */
+struct candidate {
+	uint64_t epoch, seq;
+	uint32_t slot;
 };
 
 struct counters {
@@ -99,6 +105,7 @@ struct keel_node {
 	_Atomic(natsConnection *) nc;
 	struct keel_mailbox *ctl;
 	char *name;
+	char *label; /* the name as a Prometheus label value, escaped */
 	keel_node_state_fn on_state;
 	void *state_arg;
 	uint64_t rc_min_ms, rc_max_ms;
@@ -110,7 +117,16 @@ struct keel_node {
 	_Atomic bool closed_cb;	       /* cnats ran its closed callback */
 	enum keel_node_state reported; /* to on_state; loop thread */
 	struct served *served;
-	struct pending *asks;
+	/* Asks (loop thread): see "asks" below. */
+	natsSubscription *replies; /* <inbox>.>, made by the first ask */
+	char inbox[64];		   /* "_INBOX.<nuid>" */
+	size_t inbox_len;
+	struct pending *slots;
+	uint32_t nslots, free_slot;
+	struct candidate *cands; /* a ring, oldest epoch first */
+	uint32_t ncands, cand_head, cand_cap;
+	uint64_t fences_sent, fence_seen, blind_until;
+	bool must_fence;
 	uint64_t next_req;
 	uint64_t link_up_at; /* loop time of the last reconnect; loop thread */
 	uint32_t generation;
@@ -405,64 +421,291 @@ void keel_node_set_generation(struct keel_node *node, uint32_t generation)
 	node->generation = generation;
 }
 
-/* ---- asks ---- */
+/* ---- asks ----
+ *
+ * One subscription per node takes every reply, <inbox>.> (as cnats's own
+ * "new style" request does), and an ask's reply subject names its slot in
+ * the node's table and its sequence number, <inbox>.<slot>.<seq> in hex:
+ * a reply finds its ask without a subscription of its own (no SUB and
+ * UNSUB per ask), and a late one, whose slot is free or was reused (the
+ * sequence differs), is dropped.
+ *
+ * No responders is the catch: the server answers a request that nobody
+ * serves with a status message to its reply subject, which
+ * natsSubscription_NextMsg reports as NATS_NO_RESPONDERS and destroys,
+ * subject and all: which ask it was for is not said. The order of the
+ * server's output says it. The server sends the status while it processes
+ * the request, so statuses come in the order of our requests, and a fence
+ * (the node's own publish to <inbox>.z.<k>, echoed back) comes after the
+ * statuses of every request published before it. Asks fall into epochs,
+ * the fences between them, and an epoch holds at most one ask that may
+ * still get a status: an ask published while the previous one is neither
+ * answered nor its status seen (it waits, or gave up) publishes a fence
+ * first. A status seen after fence k is then the one such ask of epoch k.
+ * Asks one at a time need no fence; concurrent ones cost a small publish
+ * and its echo each.
+ */
 
-static void pending_free(struct pending *p)
+#define NO_SLOT UINT32_MAX
+
+/* The slot of ask `seq`, if that ask still has one. */
+static struct pending *slot_of(struct keel_node *n, uint64_t i, uint64_t seq)
 {
-	/* Unsubscribing a closed connection's subscription fails; it is
-	 * gone with the connection anyway. */
-	natsSubscription_Unsubscribe(p->sub);
-	natsSubscription_Destroy(p->sub);
-	keel_oneshot_release(p->os);
-	free(p);
+	struct pending *p = i < n->nslots ? &n->slots[i] : NULL;
+
+	return p && p->os && p->seq == seq ? p : NULL;
 }
 
-/* Fail every ask waiting (the link to the server is gone). */
-static void fail_asks(struct keel_node *n, int err)
+static void slot_free(struct keel_node *n, struct pending *p)
 {
+	keel_oneshot_release(p->os);
+	p->os = NULL;
+	p->next_free = n->free_slot;
+	n->free_slot = (uint32_t)(p - n->slots);
+}
+
+static int slots_grow(struct keel_node *n)
+{
+	uint32_t cap = n->nslots ? n->nslots * 2 : 8;
+	struct pending *s;
+
+	if (cap <= n->nslots || !(s = realloc(n->slots, cap * sizeof(*s))))
+		return -ENOMEM;
+	n->slots = s;
+	for (uint32_t i = cap; i-- > n->nslots;) {
+		s[i].os = NULL;
+		s[i].next_free = n->free_slot;
+		n->free_slot = i;
+	}
+	n->nslots = cap;
+	return 0;
+}
+
+/* A free slot's index. When none is free, asks given up that no status
+ * can reach any more are freed (the reply that would free their slots may
+ * never come), and the table grows if that freed less than a quarter. */
+static int slot_new(struct keel_node *n, uint32_t *out)
+{
+	if (n->free_slot == NO_SLOT) {
+		uint32_t freed = 0;
+
+		for (uint32_t i = 0; i < n->nslots; i++) {
+			struct pending *p = &n->slots[i];
+
+			if (p->os && p->epoch < n->fence_seen &&
+			    keel_oneshot_is_closed(p->os)) {
+				slot_free(n, p);
+				freed++;
+			}
+		}
+		if ((!freed || freed * 4 < n->nslots) && slots_grow(n) &&
+		    !freed)
+			return -ENOMEM;
+	}
+	*out = n->free_slot;
+	n->free_slot = n->slots[*out].next_free;
+	return 0;
+}
+
+/* Ask `slot`/`seq` is now the last of the current epoch. */
+static int candidate_note(struct keel_node *n, uint32_t slot, uint64_t seq)
+{
+	struct candidate *c;
+
+	if (n->ncands) {
+		c = &n->cands[(n->cand_head + n->ncands - 1) % n->cand_cap];
+		if (c->epoch == n->fences_sent)
+			goto set; /* its previous last was answered */
+	}
+	if (n->ncands == n->cand_cap) {
+		uint32_t cap = n->cand_cap ? n->cand_cap * 2 : 8;
+		struct candidate *r = malloc(cap * sizeof(*r));
+
+		if (!r)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < n->ncands; i++)
+			r[i] = n->cands[(n->cand_head + i) % n->cand_cap];
+		free(n->cands);
+		n->cands = r;
+		n->cand_cap = cap;
+		n->cand_head = 0;
+	}
+	c = &n->cands[(n->cand_head + n->ncands++) % n->cand_cap];
+set:
+	c->epoch = n->fences_sent;
+	c->slot = slot;
+	c->seq = seq;
+	return 0;
+}
+
+/* Whether the next ask must open an epoch: the current one's last ask may
+ * still get a status. */
+static bool fence_needed(struct keel_node *n)
+{
+	const struct candidate *c;
+
+	if (n->must_fence)
+		return true;
+	if (!n->ncands)
+		return false;
+	c = &n->cands[(n->cand_head + n->ncands - 1) % n->cand_cap];
+	return c->epoch == n->fences_sent && slot_of(n, c->slot, c->seq);
+}
+
+static int fence(struct keel_node *n, natsConnection *nc)
+{
+	char subj[sizeof(n->inbox) + 24];
+	int err;
+
+	/* 'z': no slot index (hex) starts with it. */
+	snprintf(subj, sizeof(subj), "%s.z.%" PRIx64, n->inbox,
+		 n->fences_sent + 1);
+	err = errno_of(natsConnection_Publish(nc, subj, NULL, 0));
+	if (!err) {
+		n->fences_sent++;
+		n->must_fence = false;
+	}
+	return err;
+}
+
+/* Fence k came back: the statuses of every ask before it came too. */
+static void fence_back(struct keel_node *n, uint64_t k)
+{
+	if (k <= n->fence_seen)
+		return;
+	n->fence_seen = k;
+	while (n->ncands && n->cands[n->cand_head].epoch < k) {
+		struct candidate *c = &n->cands[n->cand_head];
+		struct pending *p = slot_of(n, c->slot, c->seq);
+
+		if (p && keel_oneshot_is_closed(p->os))
+			slot_free(n, p); /* given up; no status can come */
+		n->cand_head = (n->cand_head + 1) % n->cand_cap;
+		n->ncands--;
+	}
+}
+
+/* A status: for the ask of the epoch the last fence seen opened. */
+static void no_responders(struct keel_node *n)
+{
+	const struct candidate *c;
 	struct pending *p;
 
-	while ((p = n->asks)) {
-		n->asks = p->next;
+	/* Replies were lost (slow consumer): a fence published since must
+	 * come back before a status can be placed again. */
+	if (n->fence_seen < n->blind_until || !n->ncands)
+		return;
+	c = &n->cands[n->cand_head];
+	if (c->epoch != n->fence_seen || !(p = slot_of(n, c->slot, c->seq)))
+		return;
+	if (!keel_oneshot_is_closed(p->os))
+		count(&n->c.ask_no_resp);
+	keel_oneshot_fail(p->os, -EPIPE);
+	slot_free(n, p);
+}
+
+static void reply_in(struct keel_node *n, natsMsg *m)
+{
+	const char *s = natsMsg_GetSubject(m) + n->inbox_len + 1;
+	struct keel_node_msg *km;
+	struct pending *p;
+	char *end;
+
+	if (s[0] == 'z' && s[1] == '.') {
+		fence_back(n, strtoull(s + 2, NULL, 16));
+		natsMsg_Destroy(m);
+		return;
+	}
+	uint64_t slot = strtoull(s, &end, 16);
+
+	p = *end == '.' ? slot_of(n, slot, strtoull(end + 1, NULL, 16)) : NULL;
+	if (!p) {
+		natsMsg_Destroy(m); /* late: its ask is gone */
+		return;
+	}
+	km = wrap(m);
+	if (!km) {
+		natsMsg_Destroy(m);
+		keel_oneshot_fail(p->os, -ENOMEM);
+	} else if (keel_oneshot_send(p->os, km) < 0) {
+		keel_node_msg_free(km); /* its task gave up */
+	}
+	slot_free(n, p);
+}
+
+/* Hand replies and no-responders to their asks. */
+static void drain_replies(struct keel_node *n)
+{
+	natsMsg *m;
+	natsStatus s;
+
+	while (n->replies && (s = natsSubscription_NextMsg(
+				  &m, n->replies, 0)) != NATS_TIMEOUT) {
+		if (s == NATS_OK) {
+			reply_in(n, m);
+		} else if (s == NATS_NO_RESPONDERS) {
+			no_responders(n);
+		} else if (s == NATS_SLOW_CONSUMER) {
+			n->blind_until = n->fences_sent + 1;
+			n->must_fence = true;
+		} else {
+			break;
+		}
+	}
+}
+
+/* Fail every ask waiting (the link to the server is gone, or the node
+ * closes). Statuses still on their way are for asks no longer there: the
+ * next ask opens an epoch of its own. */
+static void fail_asks(struct keel_node *n, int err)
+{
+	for (uint32_t i = 0; i < n->nslots; i++) {
+		struct pending *p = &n->slots[i];
+
+		if (!p->os)
+			continue;
 		if (!keel_oneshot_is_closed(p->os))
 			count(&n->c.ask_no_resp);
 		keel_oneshot_fail(p->os, err);
-		pending_free(p);
+		slot_free(n, p);
 	}
+	n->ncands = 0;
+	n->must_fence = true;
 }
 
-/* Hand replies and no-responders to their asks; forget asks whose task
- * gave up (timed out or was cancelled). */
-static void drain_asks(struct keel_node *n)
+static int replies_open(struct keel_node *n, natsConnection *nc)
 {
-	struct pending **pp = &n->asks;
-	struct pending *p;
+	char subj[sizeof(n->inbox) + 2];
+	natsInbox *inbox = NULL;
+	natsStatus s = natsInbox_Create(&inbox);
 
-	while ((p = *pp)) {
-		natsMsg *m = NULL;
-		natsStatus s = natsSubscription_NextMsg(&m, p->sub, 0);
-
-		if (s == NATS_SLOW_CONSUMER) /* said once; the reply follows */
-			s = natsSubscription_NextMsg(&m, p->sub, 0);
-
-		if (s == NATS_TIMEOUT && !keel_oneshot_is_closed(p->os)) {
-			pp = &p->next;
-			continue;
-		}
-		if (s == NATS_OK) {
-			struct keel_node_msg *km = wrap(m);
-
-			if (!km)
-				natsMsg_Destroy(m);
-			else if (keel_oneshot_send(p->os, km) < 0)
-				keel_node_msg_free(km);
-		} else if (s != NATS_TIMEOUT) {
-			count(&n->c.ask_no_resp);
-			keel_oneshot_fail(p->os, -EPIPE);
-		}
-		*pp = p->next;
-		pending_free(p);
+	if (s == NATS_OK) {
+		n->inbox_len =
+		    (size_t)snprintf(n->inbox, sizeof(n->inbox), "%s", inbox);
+		snprintf(subj, sizeof(subj), "%s.>", n->inbox);
+		s = natsConnection_SubscribeSync(&n->replies, nc, subj);
 	}
+	natsInbox_Destroy(inbox);
+	if (s == NATS_OK)
+		s = natsSubscription_SetPendingLimits(
+		    n->replies, (int)n->pending_msgs, (int)n->pending_bytes);
+	if (s != NATS_OK && n->replies) {
+		natsSubscription_Unsubscribe(n->replies);
+		natsSubscription_Destroy(n->replies);
+		n->replies = NULL;
+	}
+	return errno_of(s);
+}
+
+static void replies_close(struct keel_node *n)
+{
+	if (!n->replies)
+		return;
+	/* Unsubscribing a closed connection's subscription fails; it is
+	 * gone with the connection anyway. */
+	natsSubscription_Unsubscribe(n->replies);
+	natsSubscription_Destroy(n->replies);
+	n->replies = NULL;
 }
 
 static void drain_served(struct keel_node *n)
@@ -489,7 +732,8 @@ static void drain_served(struct keel_node *n)
 			if (km->type == T_HEARTBEAT && km->request_id) {
 				const char *to = natsMsg_GetReply(m);
 
-				if (!s->mb_closed && to && *to)
+				/* A closed mailbox: its actor is gone. */
+				if (!keel_mb_is_closed(s->mb) && to && *to)
 					publish(n, to, NULL, T_HEARTBEAT,
 						km->request_id, NULL, 0);
 				keel_node_msg_free(km);
@@ -501,8 +745,6 @@ static void drain_served(struct keel_node *n)
 				count(&n->c.received);
 				continue;
 			}
-			if (r == -EPIPE)
-				s->mb_closed = true;
 			count(&n->c.dropped);
 			if (r < 0)
 				keel_node_msg_free(km);
@@ -516,15 +758,15 @@ static void msg_drop(void *msg, void *arg)
 	keel_node_msg_free(msg);
 }
 
-/* Subscribe an inbox and publish the request; on 0, c->os awaits the
- * reply. */
+/* Publish the request; on 0, c->os awaits the reply. */
 static int ask_start(struct keel_node *n, struct keel_node_call *c,
 		     const char *name, uint16_t type, const void *data,
 		     size_t len)
 {
 	natsConnection *nc = atomic_load(&n->nc);
-	natsInbox *inbox = NULL;
+	char reply[sizeof(n->inbox) + 40];
 	struct pending *p;
+	uint32_t slot;
 	int err;
 
 	switch (atomic_load(&n->state)) {
@@ -536,41 +778,53 @@ static int ask_start(struct keel_node *n, struct keel_node_call *c,
 	default:
 		return -ENOTCONN;
 	}
-	if (!nc)
+	if (!nc || n->closed_once)
 		return -ENOTCONN;
-	p = calloc(1, sizeof(*p));
-	if (!p)
-		return -ENOMEM;
-	err = errno_of(natsInbox_Create(&inbox));
-	if (!err)
-		err =
-		    errno_of(natsConnection_SubscribeSync(&p->sub, nc, inbox));
-	if (!err)
-		err = keel_oneshot_new(n->loop, msg_drop, NULL, &c->os);
+	if (!n->replies && (err = replies_open(n, nc)))
+		return err;
+	if (fence_needed(n) && (err = fence(n, nc)))
+		return err;
+	err = keel_oneshot_new(n->loop, msg_drop, NULL, &c->os);
 	if (err)
-		goto fail;
-	p->os = keel_oneshot_ref(c->os);
-	err = publish(n, name, inbox, type, ++n->next_req, data, len);
-	if (err)
-		goto fail;
-	natsInbox_Destroy(inbox);
-	count(&n->c.asks);
-	p->next = n->asks;
-	n->asks = p;
-	return 0;
-fail:
-	natsInbox_Destroy(inbox);
-	if (p->os)
-		keel_oneshot_release(p->os);
-	if (c->os)
+		return err;
+	err = slot_new(n, &slot);
+	if (err) {
 		keel_oneshot_release(c->os);
-	c->os = NULL;
-	if (p->sub) {
-		natsSubscription_Unsubscribe(p->sub);
-		natsSubscription_Destroy(p->sub);
+		c->os = NULL;
+		return err;
 	}
-	free(p);
-	return err;
+	p = &n->slots[slot];
+	p->os = keel_oneshot_ref(c->os);
+	p->seq = ++n->next_req;
+	p->epoch = n->fences_sent;
+	snprintf(reply, sizeof(reply), "%s.%x.%" PRIx64, n->inbox, slot,
+		 p->seq);
+	err = publish(n, name, reply, type, p->seq, data, len);
+	if (!err)
+		err = candidate_note(n, slot, p->seq);
+	if (err) {
+		/* A request that may have gone out opens no epoch's last. */
+		n->must_fence = true;
+		slot_free(n, p);
+		keel_oneshot_release(c->os);
+		c->os = NULL;
+		return err;
+	}
+	count(&n->c.asks);
+	return 0;
+}
+
+/* Await the reply. The task lets go of its reference on the slot at once
+ * (the wait holds one of its own), so that a task killed mid-ask leaves
+ * nothing behind: the node's reference goes with the slot. */
+static int await_reply(struct keel_task *t, struct keel_node_call *c,
+		       uint64_t deadline_ns)
+{
+	int r = keel_oneshot_recv_until(t, c->os, &c->val, deadline_ns);
+
+	keel_oneshot_release(c->os);
+	c->os = NULL;
+	return r;
 }
 
 static int ask_call(struct keel_task *t, struct keel_node_call *call,
@@ -584,15 +838,13 @@ static int ask_call(struct keel_task *t, struct keel_node_call *call,
 	call->err = ask_start(node, call, name, type, data, len);
 	if (call->err)
 		KEEL_ROUTINE_RETURN(&call->r, t, call->err);
-	KEEL_AWAIT(&call->r,
-		   keel_oneshot_recv_until(
-		       t, call->os, &call->val,
-		       timeout_ns >= UINT64_MAX - keel_loop_now(node->loop)
-			   ? UINT64_MAX
-			   : keel_loop_now(node->loop) + timeout_ns));
+	KEEL_AWAIT(
+	    &call->r,
+	    await_reply(t, call,
+			timeout_ns >= UINT64_MAX - keel_loop_now(node->loop)
+			    ? UINT64_MAX
+			    : keel_loop_now(node->loop) + timeout_ns));
 	call->err = keel_res(t);
-	keel_oneshot_release(call->os);
-	call->os = NULL;
 	if (call->err == -ETIMEDOUT)
 		count(&node->c.ask_timeouts);
 	if (!call->err)
@@ -763,6 +1015,9 @@ static int poll_out(struct keel_task *t, void *arg)
 	return keel_poll(t, ((struct driver *)arg)->fd, POLLOUT);
 }
 
+static const char *const state_names[] = {"idle", "connected", "reconnecting",
+					  "closed"};
+
 /* The state is stored where it becomes known (connect_job stores
  * CONNECTED on the pool, so that it holds when keel_node_connect returns);
  * on_state hears of each change once, on the loop, in order. */
@@ -772,6 +1027,13 @@ static void set_state(struct keel_node *n, enum keel_node_state st)
 	if (n->reported == st)
 		return;
 	n->reported = st;
+	if (keel_trace_enabled()) {
+		char mark[128];
+
+		snprintf(mark, sizeof(mark), "keel_node %s: %s", n->name,
+			 state_names[st]);
+		keel_trace_mark(mark, st);
+	}
 	if (n->on_state)
 		n->on_state(n, st, n->state_arg);
 }
@@ -782,6 +1044,7 @@ static void node_destroy(struct keel_node *n)
 	natsConnection *nc = atomic_load(&n->nc);
 
 	fail_asks(n, -EPIPE);
+	replies_close(n);
 	while ((s = n->served)) {
 		n->served = s->next;
 		served_free(s);
@@ -791,7 +1054,10 @@ static void node_destroy(struct keel_node *n)
 	natsOptions_Destroy(n->opts);
 	keel_mb_close(n->ctl);
 	keel_mailbox_release(n->ctl);
+	free(n->slots);
+	free(n->cands);
 	free(n->scratch);
+	free(n->label);
 	free(n->name);
 	free(n);
 }
@@ -859,7 +1125,7 @@ static int driver_step(struct keel_task *t)
 		if (d->in >= 0 && keel_select_res(&d->sel, d->in) > 0) {
 			natsConnection_ProcessReadEvent(nc);
 			drain_served(n);
-			drain_asks(n);
+			drain_replies(n);
 		}
 		/* Flush what the loop published since the last turn at
 		 * once: the socket is writable more often than not, and a
@@ -873,6 +1139,31 @@ static int driver_step(struct keel_task *t)
 }
 
 /* ---- life ---- */
+
+/* `name` as a Prometheus label value: backslash, double quote and newline
+ * escaped. (libkeel's own writer, sched/prom.c, is internal to libkeel:
+ * the libraries on top of it link its public API only.) */
+static char *label_of(const char *name)
+{
+	size_t len = 1;
+	char *out, *o;
+
+	for (const char *p = name; *p; p++)
+		len += strchr("\\\"\n", *p) ? 2 : 1;
+	out = o = malloc(len);
+	if (!out)
+		return NULL;
+	for (const char *p = name; *p; p++) {
+		if (strchr("\\\"\n", *p)) {
+			*o++ = '\\';
+			*o++ = *p == '\n' ? 'n' : *p;
+		} else {
+			*o++ = *p;
+		}
+	}
+	*o = '\0';
+	return out;
+}
 
 int keel_node_new(struct keel_loop *loop, const struct keel_node_opts *opts,
 		  struct keel_node **out)
@@ -891,6 +1182,7 @@ int keel_node_new(struct keel_loop *loop, const struct keel_node_opts *opts,
 	if (!n)
 		return -ENOMEM;
 	n->loop = loop;
+	n->free_slot = NO_SLOT;
 	atomic_init(&n->fd, -1);
 	n->name = strdup(opts->name ? opts->name : "node");
 	n->on_state = opts->on_state;
@@ -906,12 +1198,15 @@ int keel_node_new(struct keel_loop *loop, const struct keel_node_opts *opts,
 	n->pending_msgs = opts->pending_msgs ? opts->pending_msgs : 65536;
 	n->pending_bytes =
 	    opts->pending_bytes ? opts->pending_bytes : 64u << 20;
-	if (!n->name) {
+	n->label = n->name ? label_of(n->name) : NULL;
+	if (!n->label) {
+		free(n->name);
 		free(n);
 		return -ENOMEM;
 	}
 	err = keel_mailbox_new(loop, &mo, &n->ctl);
 	if (err) {
+		free(n->label);
 		free(n->name);
 		free(n);
 		return err;
@@ -959,6 +1254,7 @@ int keel_node_new(struct keel_loop *loop, const struct keel_node_opts *opts,
 		err = s == NATS_OK ? -ENOMEM : errno_of(s);
 		natsOptions_Destroy(n->opts);
 		keel_mailbox_release(n->ctl);
+		free(n->label);
 		free(n->name);
 		free(n);
 		return err;
@@ -1022,6 +1318,7 @@ int keel_node_close(struct keel_task *t, struct keel_node *node)
 	}
 	node->closed_once = true;
 	fail_asks(node, -EPIPE);
+	replies_close(node);
 	while ((s = node->served)) {
 		node->served = s->next;
 		served_free(s);
@@ -1066,9 +1363,6 @@ void keel_node_stats(const struct keel_node *node, struct keel_node_stats *out)
 }
 
 /* ---- metrics ---- */
-
-static const char *const state_names[] = {"idle", "connected", "reconnecting",
-					  "closed"};
 
 struct counter_row {
 	const char *name;
@@ -1118,7 +1412,7 @@ size_t keel_node_metrics_render(struct keel_node *const *nodes, unsigned n,
 	for (unsigned i = 0; i < n; i++)
 		for (int s = 0; s < 4; s++)
 			OUT("keel_node_state{node=\"%s\",state=\"%s\"} %d\n",
-			    nodes[i]->name, state_names[s],
+			    nodes[i]->label, state_names[s],
 			    (int)keel_node_state(nodes[i]) == s);
 	for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
 		OUT("# HELP keel_node_%s_total %s\n"
@@ -1131,7 +1425,7 @@ size_t keel_node_metrics_render(struct keel_node *const *nodes, unsigned n,
 			keel_node_stats(nodes[i], &st);
 			memcpy(&v, (const char *)&st + rows[r].off, sizeof(v));
 			OUT("keel_node_%s_total{node=\"%s\"} %" PRIu64 "\n",
-			    rows[r].name, nodes[i]->name, v);
+			    rows[r].name, nodes[i]->label, v);
 		}
 	}
 	return used;

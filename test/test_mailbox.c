@@ -589,7 +589,9 @@ static int closer_step(struct keel_task *t)
 	}
 	KEEL_YIELD(t); /* they run and wait */
 	CHECK_EQ(mb_stats(c->mb).full, 2);
+	CHECK(!keel_mb_is_closed(c->mb));
 	keel_mb_close(c->mb);
+	CHECK(keel_mb_is_closed(c->mb));
 	keel_mb_close(c->mb); /* twice is harmless */
 	g_after_close_try = keel_mb_try_send(c->mb, MSG(9));
 	KEEL_AWAIT(t, keel_mb_send(t, c->mb, MSG(10)));

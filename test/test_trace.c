@@ -151,6 +151,7 @@ static void tr_decode(const unsigned char *p, size_t len, struct tr *t)
 				case KEEL_EV_WAIT:
 				case KEEL_EV_SUP_RESTART:
 				case KEEL_EV_SUP_ESCALATE:
+				case KEEL_EV_MARK:
 					check_ref(t, &e->ev, e->ev.a, "a");
 					break;
 				case KEEL_EV_ABORT:
@@ -162,7 +163,7 @@ static void tr_decode(const unsigned char *p, size_t len, struct tr *t)
 					break;
 				}
 				cr_assert(e->ev.type >= KEEL_EV_SPAWN &&
-					      e->ev.type <= KEEL_EV_INFLIGHT,
+					      e->ev.type <= KEEL_EV_MARK,
 					  "unknown event type %u", e->ev.type);
 			}
 			t->nrec_events++;
@@ -638,6 +639,54 @@ static int yielder_step(struct keel_task *t)
 		KEEL_YIELD(t);
 	}
 	KEEL_END(t);
+}
+
+/* ---- keel_trace_mark --------------------------------------------------- */
+
+struct marker {
+	struct keel_task task;
+};
+
+static int marker_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	keel_trace_mark("state: up", -7);
+	keel_trace_mark(NULL, 1); /* nothing */
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(marker_task, struct marker, task, marker_step);
+
+/* A mark from a task of a traced loop: its name, its argument and the
+ * task; one from a thread that runs no loop records nothing. */
+Test(trace, mark_records_name_argument_and_task, .timeout = 10)
+{
+	char path[300];
+	struct keel_loop *loop;
+	struct tr t;
+	int marks = 0;
+
+	kt_tmpdir_make(g_dir, sizeof(g_dir));
+	snprintf(path, sizeof(path), "%s/mark.ktrace", g_dir);
+	cr_assert_eq(keel_trace_start(path), 0);
+	keel_trace_mark("off any loop", 1);
+	loop = kt_loop_new(NULL);
+	kt_spawn(loop, &marker_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	keel_loop_destroy(loop);
+	keel_trace_stop();
+	tr_load(path, &t);
+	for (size_t i = 0; i < t.nev; i++) {
+		const struct keel_trace_event *ev = &t.ev[i].ev;
+
+		if (ev->type != KEEL_EV_MARK)
+			continue;
+		marks++;
+		cr_assert_str_eq(tr_str(&t, ev->a), "state: up");
+		cr_assert_eq((int64_t)ev->b, -7);
+		cr_assert_eq(ev->task, tr_slot_of(&t, "marker_task"));
+	}
+	cr_assert_eq(marks, 1);
+	tr_free(&t);
 }
 
 /* From inside a task: the loop's events up to the call are in the file. */

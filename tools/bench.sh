@@ -31,6 +31,11 @@
 #     keel-splice-epoll, keel-http-epoll, keel-http-4k-epoll), with paired
 #     ratios against the plain epoll server (CPU per request, goal <= 1.1x),
 #     keel on io_uring, haproxy and nginx.
+#  4. NATS (issue 18): tools/keel-natsbench over one loopback nats-server
+#     started here on a free port: ask round trips one at a time (p50, p99)
+#     and tells delivered per second, keel's node against the floor, plain
+#     cnats (natsConnection_Request / Publish) between two processes, and
+#     the asking process's CPU time per ask.
 #
 # Knobs (environment):
 #   BENCH_QUICK=1     short runs everywhere (a smoke test of the whole thing)
@@ -44,6 +49,9 @@
 #                     (clients per handshake round), TLS_REPS (default REPS,
 #                     else 5), TLS_DUR=2 (s per cell), TLS_SUITE, TLS_GROUP,
 #                     KEEL_HEALTH_OPTS (examples/proxy's health check options)
+#   SKIP_NATS=1       no NATS part; BENCH_NATS=only: the NATS part alone;
+#                     NATS_REPS (default 3), NATS_ASKS (20000), NATS_TELLS
+#                     (200000)
 #   FILTER=substr     only benchmarks whose name contains it (keel and peers)
 #   REPS              repetitions for the peer runs (MICRO_REPS, ECHO_REPS
 #                     override it per run; defaults 1 and 7)
@@ -112,6 +120,11 @@ if [[ "${BENCH_TABLE:-1}" == only ]]; then
 	: "${ECHO_CONFIGS:=1x64 4x64 16x64 64x64 256x64 64x4096}"
 fi
 # ------------------------------------------------------------------------------
+NATS_ONLY=0
+if [[ "${BENCH_NATS:-1}" == only ]]; then
+	NATS_ONLY=1
+	SKIP_CALLGRIND=1 SKIP_PEERS=1 BENCH_TABLE=0
+fi
 if [[ "${BENCH_TLS:-1}" == only ]]; then
 	TLS_ONLY=1
 	SKIP_CALLGRIND=1 SKIP_MICRO=1 SKIP_ECHO=1 SKIP_ENTERS=1 SKIP_PROXY=1
@@ -163,6 +176,8 @@ if ((TLS_ONLY)); then
 	say "1. keel microbenchmarks: skipped (BENCH_TLS=only)"
 elif ((TABLE_ONLY)); then
 	say "1. keel microbenchmarks: skipped (BENCH_TABLE=only: keel's column of the micro run)"
+elif ((NATS_ONLY)); then
+	say "1. keel microbenchmarks: skipped (BENCH_NATS=only)"
 else
 	keel_micro
 fi
@@ -523,6 +538,80 @@ else
 	run_peers "$(cd "$PEERS_SRC" && pwd)"
 fi
 
+# --- 4. NATS (issue 18) ---------------------------------------------------------
+# keel's node (a keel node asking a name another keel process serves)
+# against the floor (the same with plain cnats: natsConnection_Request and
+# an async subscription), over one loopback nats-server started here on a
+# free port; the runs alternate keel and floor per repetition, so that
+# report.py pairs cells run back to back. (No callgrind here: the keel
+# side hangs under valgrind.)
+NATS_BIN="$BUILD/tools/keel-natsbench"
+nats_wait_port() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+# nats_cell SIDE WHAT N REP: one serving process, one asking; its RESULT
+# line, prefixed with the repetition, goes to results.txt.
+nats_cell() {
+	local side=$1 what=$2 n=$3 rep=$4 spid
+	"$NATS_BIN" "$side-serve" "$NATS_URL" >>"$NATS_DIR/serve.log" 2>&1 &
+	spid=$!
+	timeout -k 5 300 "$NATS_BIN" "$side-$what" "$NATS_URL" "$n" \
+		2>>"$NATS_DIR/run.log" | sed "s/^/rep=$rep /" |
+		tee -a "$NATS_DIR/results.txt" | sed 's/^/   /'
+	kill "$spid" 2>/dev/null
+	wait "$spid" 2>/dev/null
+}
+run_nats() {
+	local t port srv rep asks tells reps side what
+	if on "${SKIP_NATS:-}"; then
+		say "4. NATS: skipped (SKIP_NATS)"
+		return 0
+	fi
+	if ! command -v nats-server >/dev/null || [[ ! -x "$NATS_BIN" ]]; then
+		say "4. NATS: skipped: nats-server (make deps) or $NATS_BIN (make tools) missing"
+		return 0
+	fi
+	say "4. NATS: keel's node vs plain cnats, two processes, one loopback nats-server"
+	t=$(date +%s)
+	NATS_DIR="$RES/nats"
+	mkdir -p "$NATS_DIR"
+	port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	nats-server -a 127.0.0.1 -p "$port" >"$NATS_DIR/nats-server.log" 2>&1 &
+	srv=$!
+	if ! nats_wait_port "$port"; then
+		echo "!! nats-server did not listen on $port"
+		kill "$srv" 2>/dev/null
+		FAILED+=("nats")
+		return 0
+	fi
+	NATS_URL="nats://127.0.0.1:$port"
+	reps=${NATS_REPS:-3} asks=${NATS_ASKS:-20000} tells=${NATS_TELLS:-200000}
+	[[ $QUICK == 1 ]] && reps=${NATS_REPS:-1} asks=${NATS_ASKS:-2000} tells=${NATS_TELLS:-20000}
+	for ((rep = 1; rep <= reps; rep++)); do
+		for what in ask tell; do
+			for side in keel cnats; do
+				local n=$asks
+				[[ $what == tell ]] && n=$tells
+				nats_cell "$side" "$what" "$n" "$rep"
+			done
+		done
+	done
+	echo
+	echo "### NATS: ask round trip and tells/s, keel's node vs plain cnats (the floor); medians of $reps runs ($asks asks, $tells tells of 4 bytes; loopback, one machine: figures on a busy machine are indicative)"
+	echo
+	timeout 60 python3 "$REPORT" nats "$NATS_DIR/results.txt" | tee "$NATS_DIR/table.md"
+	TABLES+=("$NATS_DIR/table.md")
+	kill "$srv" 2>/dev/null
+	wait "$srv" 2>/dev/null
+	echo "(nats: $(elapsed "$t"))"
+}
+((TLS_ONLY || TABLE_ONLY)) || run_nats
+
 # --- issue 17's table ------------------------------------------------------------
 # RSS of a fresh loop: keel-micro's loop_fresh_rss when it has one (in part
 # 1, or run alone here), else a fallback (a few lines of C on libkeel.a, as
@@ -578,7 +667,7 @@ if ! ((TLS_ONLY)) && [[ "${BENCH_TABLE:-1}" != 0 ]]; then
 fi
 
 # --- summary --------------------------------------------------------------------
-if ((!TLS_ONLY && !TABLE_ONLY)); then
+if ((!TLS_ONLY && !TABLE_ONLY && !NATS_ONLY)); then
 	say "summary: keel against the targets (ns per op; Ir = instructions per op)"
 	timeout 60 python3 "$REPORT" summary "$RES/keel-micro.out" "$CG/ir.tsv" \
 		${MICRO_RAW:+"$MICRO_RAW"} | tee "$RES/summary.md"

@@ -124,6 +124,13 @@ int keel_mb_try_recv(struct keel_mailbox *mb, void **out);
  */
 void keel_mb_close(struct keel_mailbox *mb);
 
+/*
+ * Whether the mailbox was closed (any thread): a send would now fail with
+ * -EPIPE. Lets a sender skip work for a receiver that is gone.
+ * Ownership: reads the mailbox; nothing changes hands.
+ */
+bool keel_mb_is_closed(const struct keel_mailbox *mb);
+
 struct keel_mb_stats {
 	uint64_t sent; /* messages queued */
 	uint64_t received;

@@ -80,6 +80,8 @@ enum keel_trace_type {
 	 * (KEEL_TRACE_FAULT_*), b: the errno (positive), the shortened
 	 * length, or the delay ns (0 for a reorder). */
 	KEEL_EV_FAULT = 22,
+	/* keel_trace_mark(): a: the name (string), b: the argument (int64). */
+	KEEL_EV_MARK = 23,
 };
 
 /* KEEL_EV_FAULT kinds. */
@@ -126,6 +128,18 @@ int64_t keel_trace_stop(void);
  * Ownership: nothing changes hands.
  */
 int keel_trace_enabled(void);
+
+/*
+ * Record an instant event, KEEL_EV_MARK, on the loop running on the
+ * calling thread (from its tasks and callbacks): `name` (copied into the
+ * file) and `arg`, which the caller gives its own meaning; tools/keel-trace
+ * shows it at its time on the loop's timeline. For rare moments (a
+ * connection's state changed): each mark writes its name into the file
+ * anew. A no-op while not recording, off a loop's thread, or when `name`
+ * is NULL.
+ * Ownership: `name` is only read.
+ */
+void keel_trace_mark(const char *name, int64_t arg);
 
 /*
  * The name of an io_uring opcode (IORING_OP_*: a trace event's `op`, an op

@@ -36,6 +36,14 @@
       examples/proxy vs haproxy) and the plain proxy with health checks on
       vs off; medians over the repetitions, ratios paired as in `http`, the
       issue's goals. PROBE_TSV: what each server negotiated.
+  report.py nats RESULTS
+      tools/keel-natsbench's RESULT lines, each prefixed "rep=R " by
+      bench.sh's NATS part -> issue 18's table: ask round trip p50 and p99
+      and tells delivered per second, keel's node against the floor (plain
+      cnats between two processes), medians over the repetitions, ratios
+      paired per repetition (keel and the floor run back to back), held
+      against the goals: <= 1.1x the floor's latency, >= 0.9x its
+      throughput; and the asking process's CPU time per ask (no goal).
   report.py table RES_DIR
       Issue 17's table, every row from figures of this run (RES_DIR is
       bench.sh's output directory): what, keel, Ir/op (callgrind, micro
@@ -185,6 +193,51 @@ def cmd_callgrind(d, bench, n1, n2, top=12):
     print()
     with open(os.path.join(d, "ir.tsv"), "a") as f:
         f.write(f"{bench}\t{per:.1f}\n")
+
+
+def cmd_nats(path):
+    runs = {}  # (rep, side, what) -> {key: value}
+    with open(path) as f:
+        for line in f:
+            if " RESULT " not in line or not line.startswith("rep="):
+                continue
+            rep = line.split()[0].split("=", 1)[1]
+            kv = kv_line(line.split(" ", 1)[1])
+            runs[(rep, kv.get("side"), kv.get("what"))] = kv
+    reps = sorted({r for r, _, _ in runs})
+    rows = [("ask p50 (us)", "ask", "p50_us", "<=", 1.1),
+            ("ask p99 (us)", "ask", "p99_us", "<=", 1.1),
+            ("tells/s delivered", "tell", "per_s", ">=", 0.9),
+            ("asking CPU per ask (us)", "ask", "cpu_us_per_ask", None, None)]
+    print("| what | keel | floor (cnats) | keel / floor | goal | met? |")
+    print("|---|--:|--:|--:|---|---|")
+    for name, what, key, op, goal in rows:
+        vals = {"keel": [], "floor": []}
+        ratios = []
+        for r in reps:
+            k = runs.get((r, "keel", what), {}).get(key)
+            fl = runs.get((r, "floor", what), {}).get(key)
+            if k is not None:
+                vals["keel"].append(float(k))
+            if fl is not None:
+                vals["floor"].append(float(fl))
+            if k is not None and fl is not None and float(fl) > 0:
+                ratios.append(float(k) / float(fl))
+        if not ratios:
+            print(f"| {name} | - | - | not measured | - | - |")
+            continue
+        ratio = statistics.median(ratios)
+        cells = (f"| {name} | {statistics.median(vals['keel']):,.1f} "
+                 f"| {statistics.median(vals['floor']):,.1f} | {ratio:.2f}x ")
+        if op is None:
+            print(cells + "| - | - |")
+            continue
+        met = ratio <= goal if op == "<=" else ratio >= goal
+        print(cells + f"| {op} {goal}x | {'yes' if met else 'NO'} |")
+    lost = [(r, s, kv["delivered"], kv["n"]) for (r, s, w), kv in runs.items()
+            if w == "tell" and kv.get("delivered") != kv.get("n")]
+    for r, side, d, n in sorted(lost):
+        print(f"\n(rep {r}, {side}: {d} of {n} tells delivered)")
 
 
 def micro_raw(path):
@@ -907,6 +960,8 @@ def main():
         cmd_tls(*sys.argv[2:])
     elif cmd == "table" and len(sys.argv) == 3:
         cmd_table(sys.argv[2])
+    elif cmd == "nats" and len(sys.argv) == 3:
+        cmd_nats(sys.argv[2])
     else:
         raise SystemExit(__doc__)
 

@@ -329,6 +329,15 @@ static void chrome_supervision(struct chrome *c, const struct moment *m)
 	free(name);
 }
 
+static void chrome_mark(struct chrome *c, const struct moment *m)
+{
+	const char *name = str_or(&c->tr->strings, m->ev->a, "(unnamed)");
+
+	ce_instant(c, m, "mark", name);
+	ce_i64(c, "arg", (int64_t)m->ev->b);
+	ce_close_args(c);
+}
+
 static void chrome_stall(struct chrome *c, const struct moment *m)
 {
 	char dur[24], *name = xasprintf("stall %s", fmt_ns(m->ev->a, dur));
@@ -469,6 +478,9 @@ static void chrome_event(void *ctx, const struct moment *m)
 		break;
 	case KEEL_EV_STALL:
 		chrome_stall(c, m);
+		break;
+	case KEEL_EV_MARK:
+		chrome_mark(c, m);
 		break;
 	case KEEL_EV_MB_FULL:
 	case KEEL_EV_MB_DROP:

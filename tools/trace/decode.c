@@ -143,7 +143,7 @@ static void track(struct decoder *d, struct loop *l, struct task *t,
 		l->inflight_samples++;
 		break;
 	default:
-		if (ev->type == 0 || ev->type > KEEL_EV_FAULT)
+		if (ev->type == 0 || ev->type > KEEL_EV_MARK)
 			d->unknown++; /* a newer writer's event: skip it */
 		break;
 	}
@@ -161,6 +161,7 @@ static void canonical_strings(const struct strings *s,
 	case KEEL_EV_WAIT:  /* a: site */
 	case KEEL_EV_SUP_RESTART:
 	case KEEL_EV_SUP_ESCALATE:
+	case KEEL_EV_MARK: /* a: name */
 		ev->a = str_canonical(s, string_id(ev->a));
 		break;
 	case KEEL_EV_STALL: /* b: site */
