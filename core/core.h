@@ -219,14 +219,27 @@ struct keel__timer_heap {
 	uint32_t cap;
 };
 
+/* The run: one tick's timers, sorted by (deadline, arming order) when
+ * their wheel slot came due (core/timer.c). [head, n) are still to fire;
+ * a cancelled one's entry keeps a NULL timer, never at the head. */
+struct keel__timer_run {
+	struct keel__heap_entry *v;
+	struct keel__heap_entry *tmp; /* the sort's other half (same block) */
+	uint32_t head;
+	uint32_t n;
+	uint32_t cap;
+};
+
 /* The timing wheel's levels (of 64 slots) and its overflow. */
 #define KEEL__TIMER_LEVELS 6
 struct keel__timer_slot;
 
 /* The loop's timers (core/timer.c): a timing wheel for what is not due
- * yet, the near heap for what is due up to the wheel's cursor. */
+ * yet, the run and the near heap for what is due up to the wheel's
+ * cursor. */
 struct keel__timers {
 	struct keel__timer_heap heap;
+	struct keel__timer_run run;
 	struct keel__timer_slot *slots; /* allocated with the first use */
 	uint64_t occupied[KEEL__TIMER_LEVELS + 1]; /* bit s: slot s has some */
 	uint32_t levels;			   /* bit L: occupied[L] != 0 */
@@ -413,19 +426,25 @@ uint64_t keel__timers_next_slow(struct keel__timers *h);
 /*
  * The deadline of the nearest timer, or UINT64_MAX: exact, so that the
  * loop's wait ends at the first deadline, not at a tick's edge. Inline for
- * the common case: the near heap's top is due by the wheel's cursor, so it
- * is the nearest. Otherwise the wheel moves its cursor on to its nearest
- * slot first (which changes nothing anyone can see: hence the cast).
+ * the common case: the nearer of the run's head and the near heap's top is
+ * due by the wheel's cursor, so it is the nearest. Otherwise the wheel
+ * moves its cursor on to its nearest slot first (which changes nothing
+ * anyone can see: hence the cast).
  */
 static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 {
 	struct keel__timers *h =
 	    &((struct keel__core *)(uintptr_t)loop)->timers;
+	uint64_t next = UINT64_MAX;
 
 	if (!h->n)
 		return UINT64_MAX;
-	if (h->heap.n && h->heap.v[0].deadline >> KEEL__TICK_SHIFT <= h->base)
-		return h->heap.v[0].deadline;
+	if (h->heap.n)
+		next = h->heap.v[0].deadline;
+	if (h->run.head < h->run.n && h->run.v[h->run.head].deadline < next)
+		next = h->run.v[h->run.head].deadline;
+	if (next != UINT64_MAX && next >> KEEL__TICK_SHIFT <= h->base)
+		return next;
 	return keel__timers_next_slow(h);
 }
 

@@ -16,17 +16,26 @@
  * as in Linux's and tokio's wheels; a bitmap per level finds the nearest
  * slot without a walk. Arm and cancel are O(1): a slot is an array, and a
  * timer knows its place in it. When the cursor reaches a slot, its timers
- * go down a level or, once their tick is the cursor's, into the heap.
+ * go down a level or, once their tick is the cursor's, into the run or the
+ * heap.
  *
- * The heap is the exact part: timers fire from it alone, in deadline order
- * and ties in arming order, and never early (the deadline, not the tick, is
- * compared with the clock); its top is the loop's next deadline, to the ns
- * (keel__timers_next()), so a 1 ms sleep takes 1 ms and a simulated run
- * wakes when it did before the wheel. It holds one tick's timers at a time
- * (and those armed at or before the cursor), so it stays small and in
- * cache where one heap of every timer missed it at each level. Every timer
- * has room reserved in the heap: a wheel slot that cannot grow sends its
- * timer there (still exact, see next_slow()), so only arming can fail.
+ * The run and the heap are the exact part: timers fire from them alone,
+ * in deadline order and ties in arming order, and never early (the
+ * deadline, not the tick, is compared with the clock); the nearer of
+ * their heads is the loop's next deadline, to the ns (keel__timers_next()),
+ * so a 1 ms sleep takes 1 ms and a simulated run wakes when it did before
+ * the wheel. The run is a level-0 slot's timers, sorted at once when the
+ * cursor reaches it (run_fill()); the heap takes the rest that are due by
+ * the cursor (those armed at or before it, a slot that came due while the
+ * run was not empty), so it stays small and in cache where one heap of
+ * every timer missed it at each level. Every timer has room reserved in
+ * the heap: a wheel slot or a run that cannot grow sends its timers there
+ * (still exact, see next_slow()), so only arming can fail.
+ *
+ * Why a slot keeps arming order unless a cancel breaks it: arming appends
+ * (the newest last); a cascade appends a slot's timers in its order, and
+ * only to slots that were empty (the cursor reaches a slot before any
+ * timer can be armed into the slots it splits into).
  */
 #include "core.h"
 
@@ -48,6 +57,7 @@ __thread const uint64_t *keel__virtual_clock
 #define SPAN_BITS     (LEVELS * LEVEL_BITS)
 #define OVERFLOW_SLOT (LEVELS * SLOTS) /* beyond the span: level LEVELS */
 #define IN_HEAP	      (OVERFLOW_SLOT + 1)
+#define IN_RUN	      (OVERFLOW_SLOT + 2)
 
 _Static_assert(LEVELS == KEEL__TIMER_LEVELS, "core.h sizes the bitmaps");
 
@@ -171,6 +181,129 @@ static __attribute__((noinline)) void heap_push(struct keel__timer_heap *h,
 	sift_up(h, timer->index);
 }
 
+/* Up to this many, a due slot's timers are sorted by insertion. */
+#define RUN_SMALL 16
+
+static int run_grow(struct keel__timer_run *r, uint32_t n)
+{
+	uint32_t cap = r->cap ? r->cap : 64;
+	struct keel__heap_entry *v;
+
+	while (cap < n)
+		cap *= 2;
+	v = malloc(2 * (size_t)cap * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	free(r->v);
+	r->v = v;
+	r->tmp = v + cap;
+	r->cap = cap;
+	return 0;
+}
+
+static inline void run_place(struct keel__timer_run *r, uint32_t i,
+			     struct keel__heap_entry e)
+{
+	r->v[i] = e;
+	e.timer->where = IN_RUN;
+	e.timer->index = i;
+}
+
+/* The `n` timers of `v`, all of one tick, into the run by insertion:
+ * any order. */
+static void run_insertion(struct keel__timer_run *r, struct keel_timer **v,
+			  uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		struct keel__heap_entry e = {v[i]->deadline, v[i]};
+		uint32_t j = i;
+
+		for (; j > 0 && earlier(&e, &r->v[j - 1]); j--)
+			run_place(r, j, r->v[j - 1]);
+		run_place(r, j, e);
+	}
+}
+
+/*
+ * The same in arming order (false, and nothing done, if they are not):
+ * two stable radix passes over the deadline's 16 bits below the tick keep
+ * that order among equal deadlines.
+ */
+static bool run_radix(struct keel__timer_run *r, struct keel_timer **v,
+		      uint32_t n)
+{
+	uint32_t lo[256] = {0}, hi[256] = {0}, sum_lo = 0, sum_hi = 0;
+	uint64_t seq = 0;
+
+	_Static_assert(TICK_SHIFT == 16, "two passes of 8 bits");
+	for (uint32_t i = 0; i < n; i++) {
+		if (v[i]->seq < seq)
+			return false;
+		seq = v[i]->seq;
+		lo[v[i]->deadline & 255]++;
+		hi[v[i]->deadline >> 8 & 255]++;
+	}
+	for (unsigned k = 0; k < 256; k++) {
+		uint32_t l = lo[k], h = hi[k];
+
+		lo[k] = sum_lo;
+		hi[k] = sum_hi;
+		sum_lo += l;
+		sum_hi += h;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		r->tmp[lo[v[i]->deadline & 255]++] =
+		    (struct keel__heap_entry){v[i]->deadline, v[i]};
+	for (uint32_t i = 0; i < n; i++)
+		run_place(r, hi[r->tmp[i].deadline >> 8 & 255]++, r->tmp[i]);
+	return true;
+}
+
+/*
+ * A level-0 slot has come due: its timers all have the cursor's tick.
+ * Through the heap each would cost a sift up and a sift down through
+ * hundreds (100k sleepers over 10 ms: 650 a tick); sorted at once into
+ * the run, a few passes over the slot. The run must be empty (it is, but
+ * for a cursor an empty wheel moved back); false when it is not, when the
+ * slot's arming order was lost to a cancel (its last timer moved into the
+ * hole) or memory for the run was not there: the heap takes them then.
+ */
+static bool run_fill(struct keel__timers *h, const struct keel__timer_slot *sl)
+{
+	struct keel__timer_run *r = &h->run;
+
+	if (r->head < r->n || (r->cap < sl->n && run_grow(r, sl->n)))
+		return false;
+	if (sl->n <= RUN_SMALL)
+		run_insertion(r, sl->v, sl->n);
+	else if (!run_radix(r, sl->v, sl->n))
+		return false;
+	r->head = 0;
+	r->n = sl->n;
+	return true;
+}
+
+/* Entry i of the run goes; the head moves past those gone. */
+static void run_remove(struct keel__timer_run *r, uint32_t i)
+{
+	r->v[i].timer = NULL;
+	while (r->head < r->n && !r->v[r->head].timer)
+		r->head++;
+	if (r->head == r->n)
+		r->head = r->n = 0;
+}
+
+/* The nearest of the run's head and the heap's top, or NULL. */
+static inline struct keel__heap_entry *due_top(struct keel__timers *h)
+{
+	struct keel__heap_entry *run =
+	    h->run.head < h->run.n ? &h->run.v[h->run.head] : NULL;
+
+	if (!h->heap.n || (run && earlier(run, &h->heap.v[0])))
+		return run;
+	return &h->heap.v[0];
+}
+
 /* The slot of a timer at `tick` (> base): the level of the highest group
  * of bits in which it differs from the cursor, and its group there. */
 static inline uint32_t slot_of(uint64_t base, uint64_t tick)
@@ -183,32 +316,33 @@ static inline uint32_t slot_of(uint64_t base, uint64_t tick)
 	return level * SLOTS + (uint32_t)(tick >> (level * LEVEL_BITS)) % SLOTS;
 }
 
-/* The slots' first use, or a full slot: out of the arming path. */
-static __attribute__((noinline)) int slot_grow(struct keel__timers *h,
-					       uint32_t id)
+/* A full slot: out of the arming path. */
+static __attribute__((noinline)) int slot_grow(struct keel__timer_slot *sl)
 {
-	struct keel__timer_slot *sl;
+	uint32_t cap = sl->cap ? sl->cap * 2 : 8;
+	struct keel_timer **v = realloc(sl->v, cap * sizeof(*v));
 
-	if (!h->slots) {
-		h->slots = calloc(OVERFLOW_SLOT + 1, sizeof(*h->slots));
-		if (!h->slots)
-			return -ENOMEM;
-	}
-	sl = &h->slots[id];
-	if (sl->n == sl->cap) {
-		uint32_t cap = sl->cap ? sl->cap * 2 : 8;
-		struct keel_timer **v = realloc(sl->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		sl->v = v;
-		sl->cap = cap;
-	}
+	if (!v)
+		return -ENOMEM;
+	sl->v = v;
+	sl->cap = cap;
 	return 0;
 }
 
+/* Append to slot `id` (`sl`), which has room. */
+static inline void slot_push(struct keel__timers *h,
+			     struct keel__timer_slot *sl, uint32_t id,
+			     struct keel_timer *timer)
+{
+	sl->v[sl->n] = timer;
+	timer->where = id;
+	timer->index = sl->n++;
+	h->occupied[id / SLOTS] |= 1ull << id % SLOTS;
+	h->levels |= 1u << id / SLOTS;
+}
+
 /* Due by the cursor: the heap; else its wheel slot, or the heap if that
- * has no room. */
+ * has no room. The slots exist (the first arm made them). */
 static inline void insert(struct keel__timers *h, struct keel_timer *timer)
 {
 	uint64_t tick = tick_of(timer->deadline);
@@ -218,17 +352,10 @@ static inline void insert(struct keel__timers *h, struct keel_timer *timer)
 	if (tick <= h->base)
 		goto heap;
 	id = slot_of(h->base, tick);
-	sl = h->slots ? &h->slots[id] : NULL;
-	if (__builtin_expect(!sl || sl->n == sl->cap, 0)) {
-		if (slot_grow(h, id))
-			goto heap;
-		sl = &h->slots[id];
-	}
-	sl->v[sl->n] = timer;
-	timer->where = id;
-	timer->index = sl->n++;
-	h->occupied[id / SLOTS] |= 1ull << id % SLOTS;
-	h->levels |= 1u << id / SLOTS;
+	sl = &h->slots[id];
+	if (__builtin_expect(sl->n == sl->cap, 0) && slot_grow(sl))
+		goto heap;
+	slot_push(h, sl, id, timer);
 	return;
 heap:
 	heap_push(&h->heap, timer);
@@ -243,22 +370,41 @@ static void slot_clear(struct keel__timers *h, uint32_t id)
 		h->levels &= ~(1u << level);
 }
 
+/* An armed timer in a wheel slot leaves it: its slot's last takes its
+ * place. */
+static inline void slot_unlink(struct keel__timers *h, struct keel_timer *timer)
+{
+	struct keel__timer_slot *sl = &h->slots[timer->where];
+	struct keel_timer *last = sl->v[--sl->n];
+
+	sl->v[timer->index] = last;
+	last->index = timer->index;
+	if (!sl->n)
+		slot_clear(h, timer->where);
+	timer->where = NOT_ARMED;
+	h->n--;
+}
+
+/* An armed timer in the heap or the run leaves it: out of the cancelling
+ * path (a timer is most often cancelled before it is due). */
+static __attribute__((noinline)) void due_unlink(struct keel__timers *h,
+						 struct keel_timer *timer)
+{
+	if (timer->where == IN_HEAP)
+		heap_remove(&h->heap, timer->index);
+	else
+		run_remove(&h->run, timer->index);
+	timer->where = NOT_ARMED;
+	h->n--;
+}
+
 static inline void unlink_timer(struct keel__timers *h,
 				struct keel_timer *timer)
 {
-	if (timer->where == IN_HEAP) {
-		heap_remove(&h->heap, timer->index);
-	} else {
-		struct keel__timer_slot *sl = &h->slots[timer->where];
-		struct keel_timer *last = sl->v[--sl->n];
-
-		sl->v[timer->index] = last;
-		last->index = timer->index;
-		if (!sl->n)
-			slot_clear(h, timer->where);
-	}
-	timer->where = NOT_ARMED;
-	h->n--;
+	if (__builtin_expect(timer->where <= OVERFLOW_SLOT, 1))
+		slot_unlink(h, timer);
+	else
+		due_unlink(h, timer);
 }
 
 /* The cursor has reached slot `id`: its timers go down (never to the
@@ -270,6 +416,10 @@ static void cascade(struct keel__timers *h, uint32_t id)
 	struct keel__timer_slot was = *sl;
 
 	slot_clear(h, id);
+	if (id < SLOTS && run_fill(h, sl)) {
+		sl->n = 0;
+		return;
+	}
 	if (id == OVERFLOW_SLOT)
 		*sl = (struct keel__timer_slot){0};
 	sl->n = 0;
@@ -327,7 +477,7 @@ static void advance(struct keel__timers *h, uint64_t target)
 uint64_t keel__timers_next_slow(struct keel__timers *h)
 {
 	for (;;) {
-		struct keel__heap_entry *top = h->heap.n ? &h->heap.v[0] : NULL;
+		struct keel__heap_entry *top = due_top(h);
 
 		if (top && tick_of(top->deadline) <= h->base)
 			return top->deadline;
@@ -347,14 +497,39 @@ void keel_timer_init(struct keel_timer *timer, keel_timer_fn fn, void *arg)
 	timer->arg = arg;
 }
 
-/* A timer armed already, or a heap to grow: out of the arming path. */
-static __attribute__((noinline)) int arm_prepare(struct keel__timers *h,
-						 struct keel_timer *timer)
+/* An empty wheel may take any cursor: the clock's keeps the heap for what
+ * is due (a cursor moved on to a far timer would send every nearer one
+ * there). */
+static inline uint64_t arm_base(const struct keel__core *c)
 {
+	return c->timers.levels ? c->timers.base : tick_of(c->now);
+}
+
+/*
+ * Every arm but the common one: a timer armed already, a heap to grow
+ * (the first arm too: the slots come with it), a deadline due by the
+ * cursor, a full slot. Out of line, so that the common one is a leaf that
+ * saves no registers.
+ */
+static __attribute__((noinline)) int
+arm_slow(struct keel__core *c, struct keel_timer *timer, uint64_t deadline_ns)
+{
+	struct keel__timers *h = &c->timers;
+
 	if (timer->where != NOT_ARMED)
 		unlink_timer(h, timer);
+	if (!h->slots) {
+		h->slots = calloc(OVERFLOW_SLOT + 1, sizeof(*h->slots));
+		if (!h->slots)
+			return -ENOMEM;
+	}
 	if (h->heap.cap <= h->n && heap_grow(&h->heap))
 		return -ENOMEM;
+	h->base = arm_base(c);
+	timer->deadline = deadline_ns;
+	timer->seq = ++h->seq;
+	h->n++;
+	insert(h, timer);
 	return 0;
 }
 
@@ -362,20 +537,23 @@ static inline int arm(struct keel__core *c, struct keel_timer *timer,
 		      uint64_t deadline_ns)
 {
 	struct keel__timers *h = &c->timers;
+	uint64_t base = arm_base(c), tick = tick_of(deadline_ns);
+	struct keel__timer_slot *sl;
+	uint32_t id;
 
-	if (__builtin_expect(timer->where != NOT_ARMED || h->heap.cap <= h->n,
-			     0) &&
-	    arm_prepare(h, timer))
-		return -ENOMEM;
-	/* An empty wheel may take any cursor: the clock's keeps the heap
-	 * for what is due (a cursor moved on to a far timer would send
-	 * every nearer one there). */
-	if (!h->levels)
-		h->base = tick_of(c->now);
+	if (__builtin_expect(timer->where != NOT_ARMED || h->heap.cap <= h->n ||
+				 tick <= base,
+			     0))
+		return arm_slow(c, timer, deadline_ns);
+	id = slot_of(base, tick);
+	sl = &h->slots[id];
+	if (__builtin_expect(sl->n == sl->cap, 0))
+		return arm_slow(c, timer, deadline_ns);
+	h->base = base;
 	timer->deadline = deadline_ns;
 	timer->seq = ++h->seq;
 	h->n++;
-	insert(h, timer);
+	slot_push(h, sl, id, timer);
 	return 0;
 }
 
@@ -395,9 +573,14 @@ int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
 
 bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer)
 {
+	struct keel__timers *h = &keel__core_of(loop)->timers;
+
 	if (timer->where == NOT_ARMED)
 		return false;
-	unlink_timer(&keel__core_of(loop)->timers, timer);
+	if (__builtin_expect(timer->where <= OVERFLOW_SLOT, 1))
+		slot_unlink(h, timer);
+	else
+		due_unlink(h, timer);
 	return true;
 }
 
@@ -406,6 +589,10 @@ void keel__timers_fini(struct keel__timers *h)
 	for (uint32_t i = 0; i < h->heap.n; i++)
 		h->heap.v[i].timer->where = NOT_ARMED;
 	free(h->heap.block);
+	for (uint32_t i = h->run.head; i < h->run.n; i++)
+		if (h->run.v[i].timer)
+			h->run.v[i].timer->where = NOT_ARMED;
+	free(h->run.v);
 	for (uint32_t id = 0; h->slots && id <= OVERFLOW_SLOT; id++) {
 		for (uint32_t i = 0; i < h->slots[id].n; i++)
 			h->slots[id].v[i]->where = NOT_ARMED;
@@ -425,7 +612,7 @@ void keel__timers_expire(struct keel_loop *loop)
 	uint64_t last_seq = h->seq;
 
 	while (h->n) {
-		struct keel__heap_entry *top = h->heap.n ? &h->heap.v[0] : NULL;
+		struct keel__heap_entry *top = due_top(h);
 		uint64_t target = now_tick;
 
 		if (top && tick_of(top->deadline) <= h->base) {
@@ -433,7 +620,11 @@ void keel__timers_expire(struct keel_loop *loop)
 
 			if (top->deadline > now || timer->seq > last_seq)
 				break;
-			heap_remove(&h->heap, 0);
+			if (timer->where == IN_RUN)
+				run_remove(&h->run, h->run.head);
+			else
+				heap_remove(&h->heap, 0);
+			timer->where = NOT_ARMED;
 			h->n--;
 			h->fired++;
 			KEEL__TRACE(c, KEEL_EV_TIMER_FIRE, 0, UINT32_MAX,
