@@ -419,6 +419,10 @@ uint64_t keel__trace_str_once(struct keel__core *c, const char *text);
 void keel__timers_expire(struct keel_loop *loop);
 void keel__timers_fini(struct keel__timers *h);
 uint64_t keel__timers_next_slow(struct keel__timers *h);
+/* keel_timer_init() and keel_timer_arm() in one call, for a timer of
+ * keel's own that is not armed (a sleep's: one call on its path, not two). */
+int keel__timer_start(struct keel_loop *loop, struct keel_timer *timer,
+		      keel_timer_fn fn, void *arg, uint64_t deadline_ns);
 
 /* A tick of the timing wheel: 2^16 ns (65.5 us). See timer.c. */
 #define KEEL__TICK_SHIFT 16

@@ -181,8 +181,17 @@ static __attribute__((noinline)) void heap_push(struct keel__timer_heap *h,
 	sift_up(h, timer->index);
 }
 
-/* Up to this many, a due slot's timers are sorted by insertion. */
-#define RUN_SMALL 16
+/*
+ * The run is sorted by a key per timer, in the deadline's slot while it
+ * is sorted: the deadline's 16 bits below the tick (all of the run's have
+ * the same tick) above its arming order, as an offset from the last 2^48
+ * arms (older, in a slot of 2^48 arms ago: the heap takes the slot).
+ * Up to RUN_SMALL timers are sorted by insertion on the whole key; more,
+ * by two stable radix passes over the deadline's bits, when the slot was
+ * in arming order (see the top of the file; else the heap sorts them).
+ */
+#define RUN_SMALL    32
+#define KEY_SEQ_BITS 48
 
 static int run_grow(struct keel__timer_run *r, uint32_t n)
 {
@@ -201,47 +210,28 @@ static int run_grow(struct keel__timer_run *r, uint32_t n)
 	return 0;
 }
 
-static inline void run_place(struct keel__timer_run *r, uint32_t i,
-			     struct keel__heap_entry e)
+static void run_insertion(struct keel__heap_entry *e, uint32_t n)
 {
-	r->v[i] = e;
-	e.timer->where = IN_RUN;
-	e.timer->index = i;
-}
-
-/* The `n` timers of `v`, all of one tick, into the run by insertion:
- * any order. */
-static void run_insertion(struct keel__timer_run *r, struct keel_timer **v,
-			  uint32_t n)
-{
-	for (uint32_t i = 0; i < n; i++) {
-		struct keel__heap_entry e = {v[i]->deadline, v[i]};
+	for (uint32_t i = 1; i < n; i++) {
+		struct keel__heap_entry x = e[i];
 		uint32_t j = i;
 
-		for (; j > 0 && earlier(&e, &r->v[j - 1]); j--)
-			run_place(r, j, r->v[j - 1]);
-		run_place(r, j, e);
+		for (; j > 0 && e[j - 1].deadline > x.deadline; j--)
+			e[j] = e[j - 1];
+		e[j] = x;
 	}
 }
 
-/*
- * The same in arming order (false, and nothing done, if they are not):
- * two stable radix passes over the deadline's 16 bits below the tick keep
- * that order among equal deadlines.
- */
-static bool run_radix(struct keel__timer_run *r, struct keel_timer **v,
+/* Stable: `e` (in arming order) by the keys' top 16 bits, through
+ * `tmp`. */
+static void run_radix(struct keel__heap_entry *e, struct keel__heap_entry *tmp,
 		      uint32_t n)
 {
 	uint32_t lo[256] = {0}, hi[256] = {0}, sum_lo = 0, sum_hi = 0;
-	uint64_t seq = 0;
 
-	_Static_assert(TICK_SHIFT == 16, "two passes of 8 bits");
 	for (uint32_t i = 0; i < n; i++) {
-		if (v[i]->seq < seq)
-			return false;
-		seq = v[i]->seq;
-		lo[v[i]->deadline & 255]++;
-		hi[v[i]->deadline >> 8 & 255]++;
+		lo[e[i].deadline >> 48 & 255]++;
+		hi[e[i].deadline >> 56]++;
 	}
 	for (unsigned k = 0; k < 256; k++) {
 		uint32_t l = lo[k], h = hi[k];
@@ -252,11 +242,9 @@ static bool run_radix(struct keel__timer_run *r, struct keel_timer **v,
 		sum_hi += h;
 	}
 	for (uint32_t i = 0; i < n; i++)
-		r->tmp[lo[v[i]->deadline & 255]++] =
-		    (struct keel__heap_entry){v[i]->deadline, v[i]};
+		tmp[lo[e[i].deadline >> 48 & 255]++] = e[i];
 	for (uint32_t i = 0; i < n; i++)
-		run_place(r, hi[r->tmp[i].deadline >> 8 & 255]++, r->tmp[i]);
-	return true;
+		e[hi[tmp[i].deadline >> 56]++] = tmp[i];
 }
 
 /*
@@ -264,22 +252,49 @@ static bool run_radix(struct keel__timer_run *r, struct keel_timer **v,
  * Through the heap each would cost a sift up and a sift down through
  * hundreds (100k sleepers over 10 ms: 650 a tick); sorted at once into
  * the run, a few passes over the slot. The run must be empty (it is, but
- * for a cursor an empty wheel moved back); false when it is not, when the
- * slot's arming order was lost to a cancel (its last timer moved into the
- * hole) or memory for the run was not there: the heap takes them then.
+ * for a cursor an empty wheel moved back); false (nothing done) when it
+ * is not, when the keys cannot sort the slot or there is no memory for
+ * the run: the heap takes its timers then.
  */
 static bool run_fill(struct keel__timers *h, const struct keel__timer_slot *sl)
 {
 	struct keel__timer_run *r = &h->run;
+	uint64_t span = (1ull << KEY_SEQ_BITS) - 1, prev = 0;
+	uint64_t seq0 = h->seq > span ? h->seq - span : 0;
+	uint32_t n = sl->n;
+	struct keel__heap_entry *e;
+	bool ordered = true;
 
-	if (r->head < r->n || (r->cap < sl->n && run_grow(r, sl->n)))
+	if (r->head < r->n || (r->cap < n && run_grow(r, n)))
 		return false;
-	if (sl->n <= RUN_SMALL)
-		run_insertion(r, sl->v, sl->n);
-	else if (!run_radix(r, sl->v, sl->n))
+	e = r->tmp;
+	for (uint32_t i = 0; i < n; i++) {
+		struct keel_timer *t = sl->v[i];
+
+		if (t->seq < seq0)
+			return false;
+		ordered &= t->seq > prev;
+		prev = t->seq;
+		e[i] = (struct keel__heap_entry){
+		    (t->deadline & ((1ull << TICK_SHIFT) - 1)) << KEY_SEQ_BITS |
+			(t->seq - seq0),
+		    t};
+	}
+	if (n <= RUN_SMALL)
+		run_insertion(e, n);
+	else if (ordered)
+		run_radix(e, r->v, n);
+	else
 		return false;
+	for (uint32_t k = 0; k < n; k++) {
+		struct keel_timer *t = e[k].timer;
+
+		r->v[k] = (struct keel__heap_entry){t->deadline, t};
+		t->where = IN_RUN;
+		t->index = k;
+	}
 	r->head = 0;
-	r->n = sl->n;
+	r->n = n;
 	return true;
 }
 
@@ -569,6 +584,15 @@ int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
 	struct keel__core *c = keel__core_of(loop);
 
 	return arm(c, timer, c->now + delay_ns);
+}
+
+int keel__timer_start(struct keel_loop *loop, struct keel_timer *timer,
+		      keel_timer_fn fn, void *arg, uint64_t deadline_ns)
+{
+	timer->where = NOT_ARMED;
+	timer->fn = fn;
+	timer->arg = arg;
+	return arm(keel__core_of(loop), timer, deadline_ns);
 }
 
 bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer)
