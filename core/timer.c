@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * timer.c: the loop's clock and timers: a hierarchical timing wheel for
- * what is not due yet, and a 4-ary min-heap of (deadline, arming order) for
- * what is due up to the wheel's cursor.
+ * what is not due yet; for what is due up to the wheel's cursor, a sorted
+ * run of one tick's timers and a 4-ary min-heap of (deadline, arming
+ * order).
  *
  * They are core's because every layer arms timers: token deadlines and
  * timed waits (core), sleeps and stream back-offs (io), the turn that fires
@@ -182,16 +183,19 @@ static __attribute__((noinline)) void heap_push(struct keel__timer_heap *h,
 }
 
 /*
- * The run is sorted by a key per timer, in the deadline's slot while it
- * is sorted: the deadline's 16 bits below the tick (all of the run's have
- * the same tick) above its arming order, as an offset from the last 2^48
- * arms (older, in a slot of 2^48 arms ago: the heap takes the slot).
- * Up to RUN_SMALL timers are sorted by insertion on the whole key; more,
- * by two stable radix passes over the deadline's bits, when the slot was
- * in arming order (see the top of the file; else the heap sorts them).
+ * While a run is sorted, its entries' `deadline` holds a key: the
+ * deadline's 16 bits below the tick (a run's timers all have one tick)
+ * above the arming order, as an offset into the last 2^48 arms (a slot
+ * with a timer armed longer ago than that goes to the heap). Up to
+ * RUN_SMALL timers are sorted by insertion on the whole key; more, by two
+ * stable radix passes over its deadline bits, when the slot was in arming
+ * order (see the top of the file; else the heap sorts them): insertion
+ * costs the square of the count, the radix passes a fixed 512 counters.
  */
 #define RUN_SMALL    32
 #define KEY_SEQ_BITS 48
+#define KEY_LO(key)  ((key) >> KEY_SEQ_BITS & 255)
+#define KEY_HI(key)  ((key) >> (KEY_SEQ_BITS + 8))
 
 static int run_grow(struct keel__timer_run *r, uint32_t n)
 {
@@ -222,7 +226,7 @@ static void run_insertion(struct keel__heap_entry *e, uint32_t n)
 	}
 }
 
-/* Stable: `e` (in arming order) by the keys' top 16 bits, through
+/* Stable: `e` (in arming order) by its keys' deadline bits, through
  * `tmp`. */
 static void run_radix(struct keel__heap_entry *e, struct keel__heap_entry *tmp,
 		      uint32_t n)
@@ -230,8 +234,8 @@ static void run_radix(struct keel__heap_entry *e, struct keel__heap_entry *tmp,
 	uint32_t lo[256] = {0}, hi[256] = {0}, sum_lo = 0, sum_hi = 0;
 
 	for (uint32_t i = 0; i < n; i++) {
-		lo[e[i].deadline >> 48 & 255]++;
-		hi[e[i].deadline >> 56]++;
+		lo[KEY_LO(e[i].deadline)]++;
+		hi[KEY_HI(e[i].deadline)]++;
 	}
 	for (unsigned k = 0; k < 256; k++) {
 		uint32_t l = lo[k], h = hi[k];
@@ -242,9 +246,9 @@ static void run_radix(struct keel__heap_entry *e, struct keel__heap_entry *tmp,
 		sum_hi += h;
 	}
 	for (uint32_t i = 0; i < n; i++)
-		tmp[lo[e[i].deadline >> 48 & 255]++] = e[i];
+		tmp[lo[KEY_LO(e[i].deadline)]++] = e[i];
 	for (uint32_t i = 0; i < n; i++)
-		e[hi[tmp[i].deadline >> 56]++] = tmp[i];
+		e[hi[KEY_HI(tmp[i].deadline)]++] = tmp[i];
 }
 
 /*
