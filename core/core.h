@@ -241,6 +241,12 @@ struct keel__timers {
 	struct keel__timer_heap heap;
 	struct keel__timer_run run;
 	struct keel__timer_slot *slots; /* allocated with the first use */
+	/* Armed since the wheel last took them in (timer.c: settle()); a
+	 * cancelled one leaves a NULL (holes of them) but at the end. */
+	struct keel_timer **fresh;
+	uint32_t nfresh;
+	uint32_t fresh_cap;
+	uint32_t fresh_holes;
 	uint64_t occupied[KEEL__TIMER_LEVELS + 1]; /* bit s: slot s has some */
 	uint32_t levels;			   /* bit L: occupied[L] != 0 */
 	uint32_t n;				   /* armed, in all */
@@ -418,7 +424,7 @@ uint64_t keel__trace_str_once(struct keel__core *c, const char *text);
  * turn); free them (at teardown, before the frames holding timers). */
 void keel__timers_expire(struct keel_loop *loop);
 void keel__timers_fini(struct keel__timers *h);
-uint64_t keel__timers_next_slow(struct keel__timers *h);
+uint64_t keel__timers_next_slow(struct keel__core *c);
 /* keel_timer_init() and keel_timer_arm() in one call, for a timer of
  * keel's own that is not armed (a sleep's: one call on its path, not two). */
 int keel__timer_start(struct keel_loop *loop, struct keel_timer *timer,
@@ -431,14 +437,15 @@ int keel__timer_start(struct keel_loop *loop, struct keel_timer *timer,
  * The deadline of the nearest timer, or UINT64_MAX: exact, so that the
  * loop's wait ends at the first deadline, not at a tick's edge. Inline for
  * the common case: the nearer of the run's head and the near heap's top is
- * due by the wheel's cursor, so it is the nearest. Otherwise the wheel
- * moves its cursor on to its nearest slot first (which changes nothing
+ * due by the wheel's cursor, so it is the nearest. Otherwise (or with
+ * timers armed since the wheel last took them in) the wheel takes them in
+ * and moves its cursor on to its nearest slot first (which changes nothing
  * anyone can see: hence the cast).
  */
 static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 {
-	struct keel__timers *h =
-	    &((struct keel__core *)(uintptr_t)loop)->timers;
+	struct keel__core *c = (struct keel__core *)(uintptr_t)loop;
+	struct keel__timers *h = &c->timers;
 	uint64_t next = UINT64_MAX;
 
 	if (!h->n)
@@ -447,9 +454,10 @@ static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 		next = h->heap.v[0].deadline;
 	if (h->run.head < h->run.n && h->run.v[h->run.head].deadline < next)
 		next = h->run.v[h->run.head].deadline;
-	if (next != UINT64_MAX && next >> KEEL__TICK_SHIFT <= h->base)
+	if (!h->nfresh && next != UINT64_MAX &&
+	    next >> KEEL__TICK_SHIFT <= h->base)
 		return next;
-	return keel__timers_next_slow(h);
+	return keel__timers_next_slow(c);
 }
 
 /* Tokens (core/cancel.c). */

@@ -59,6 +59,7 @@ __thread const uint64_t *keel__virtual_clock
 #define OVERFLOW_SLOT (LEVELS * SLOTS) /* beyond the span: level LEVELS */
 #define IN_HEAP	      (OVERFLOW_SLOT + 1)
 #define IN_RUN	      (OVERFLOW_SLOT + 2)
+#define IN_FRESH      (OVERFLOW_SLOT + 3)
 
 _Static_assert(LEVELS == KEEL__TIMER_LEVELS, "core.h sizes the bitmaps");
 
@@ -404,6 +405,22 @@ static inline void slot_unlink(struct keel__timers *h, struct keel_timer *timer)
 	h->n--;
 }
 
+/* An armed timer not yet taken in leaves its hole; the holes at the end
+ * go (all of them when the newest is cancelled, as a timer armed and
+ * cancelled within one turn is). */
+static inline void fresh_unlink(struct keel__timers *h,
+				struct keel_timer *timer)
+{
+	h->fresh[timer->index] = NULL;
+	h->fresh_holes++;
+	while (h->nfresh && !h->fresh[h->nfresh - 1]) {
+		h->nfresh--;
+		h->fresh_holes--;
+	}
+	timer->where = NOT_ARMED;
+	h->n--;
+}
+
 /* An armed timer in the heap or the run leaves it: out of the cancelling
  * path (a timer is most often cancelled before it is due). */
 static __attribute__((noinline)) void due_unlink(struct keel__timers *h,
@@ -420,7 +437,9 @@ static __attribute__((noinline)) void due_unlink(struct keel__timers *h,
 static inline void unlink_timer(struct keel__timers *h,
 				struct keel_timer *timer)
 {
-	if (__builtin_expect(timer->where <= OVERFLOW_SLOT, 1))
+	if (timer->where == IN_FRESH)
+		fresh_unlink(h, timer);
+	else if (__builtin_expect(timer->where <= OVERFLOW_SLOT, 1))
 		slot_unlink(h, timer);
 	else
 		due_unlink(h, timer);
@@ -488,13 +507,43 @@ static void advance(struct keel__timers *h, uint64_t target)
 	cascade(h, id);
 }
 
+/* An empty wheel may take any cursor: the clock's keeps the heap for what
+ * is due (a cursor moved on to a far timer would send every nearer one
+ * there). */
+static inline uint64_t arm_base(const struct keel__core *c)
+{
+	return c->timers.levels ? c->timers.base : tick_of(c->now);
+}
+
+/*
+ * The wheel takes in the timers armed since it last did, in arming order:
+ * once a turn (keel__timers_expire(), keel__timers_next()), not at each
+ * arm, so that a timer armed and cancelled within a turn (a deadline that
+ * did not come: most of them) never touches the wheel.
+ */
+static void settle(struct keel__core *c)
+{
+	struct keel__timers *h = &c->timers;
+
+	if (!h->nfresh)
+		return;
+	h->base = arm_base(c);
+	for (uint32_t i = 0; i < h->nfresh; i++)
+		if (h->fresh[i])
+			insert(h, h->fresh[i]);
+	h->nfresh = h->fresh_holes = 0;
+}
+
 /*
  * The heap's top is the nearest timer when its tick is the cursor's or
  * before (every wheel timer's is after). If not, move the cursor on until
  * it is: to the top's tick, or to the wheel's nearest slot first.
  */
-uint64_t keel__timers_next_slow(struct keel__timers *h)
+uint64_t keel__timers_next_slow(struct keel__core *c)
 {
+	struct keel__timers *h = &c->timers;
+
+	settle(c);
 	for (;;) {
 		struct keel__heap_entry *top = due_top(h);
 
@@ -516,19 +565,45 @@ void keel_timer_init(struct keel_timer *timer, keel_timer_fn fn, void *arg)
 	timer->arg = arg;
 }
 
-/* An empty wheel may take any cursor: the clock's keeps the heap for what
- * is due (a cursor moved on to a far timer would send every nearer one
- * there). */
-static inline uint64_t arm_base(const struct keel__core *c)
+/* The fresh array is full: without its holes if they are half of it (so
+ * that it holds at most twice the timers in it), else twice as large. */
+static int fresh_room(struct keel__timers *h)
 {
-	return c->timers.levels ? c->timers.base : tick_of(c->now);
+	struct keel_timer **v;
+	uint32_t cap, k = 0;
+
+	if (h->fresh_holes && h->fresh_holes >= h->nfresh / 2) {
+		for (uint32_t i = 0; i < h->nfresh; i++)
+			if (h->fresh[i]) {
+				h->fresh[k] = h->fresh[i];
+				h->fresh[k]->index = k;
+				k++;
+			}
+		h->nfresh = k;
+		h->fresh_holes = 0;
+		return 0;
+	}
+	cap = h->fresh_cap ? h->fresh_cap * 2 : 64;
+	v = realloc(h->fresh, cap * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	h->fresh = v;
+	h->fresh_cap = cap;
+	return 0;
+}
+
+static inline void fresh_push(struct keel__timers *h, struct keel_timer *timer)
+{
+	timer->where = IN_FRESH;
+	timer->index = h->nfresh;
+	h->fresh[h->nfresh++] = timer;
 }
 
 /*
  * Every arm but the common one: a timer armed already, a heap to grow
- * (the first arm too: the slots come with it), a deadline due by the
- * cursor, a full slot. Out of line, so that the common one is a leaf that
- * saves no registers.
+ * (the first arm too: the slots come with it), a full fresh array (with
+ * no memory to grow it, the timer goes into the wheel at once). Out of
+ * line, so that the common one is a leaf that saves no registers.
  */
 static __attribute__((noinline)) int
 arm_slow(struct keel__core *c, struct keel_timer *timer, uint64_t deadline_ns)
@@ -544,11 +619,15 @@ arm_slow(struct keel__core *c, struct keel_timer *timer, uint64_t deadline_ns)
 	}
 	if (h->heap.cap <= h->n && heap_grow(&h->heap))
 		return -ENOMEM;
-	h->base = arm_base(c);
 	timer->deadline = deadline_ns;
 	timer->seq = ++h->seq;
 	h->n++;
-	insert(h, timer);
+	if (h->nfresh == h->fresh_cap && fresh_room(h)) {
+		h->base = arm_base(c);
+		insert(h, timer);
+		return 0;
+	}
+	fresh_push(h, timer);
 	return 0;
 }
 
@@ -556,23 +635,15 @@ static inline int arm(struct keel__core *c, struct keel_timer *timer,
 		      uint64_t deadline_ns)
 {
 	struct keel__timers *h = &c->timers;
-	uint64_t base = arm_base(c), tick = tick_of(deadline_ns);
-	struct keel__timer_slot *sl;
-	uint32_t id;
 
 	if (__builtin_expect(timer->where != NOT_ARMED || h->heap.cap <= h->n ||
-				 tick <= base,
+				 h->nfresh == h->fresh_cap,
 			     0))
 		return arm_slow(c, timer, deadline_ns);
-	id = slot_of(base, tick);
-	sl = &h->slots[id];
-	if (__builtin_expect(sl->n == sl->cap, 0))
-		return arm_slow(c, timer, deadline_ns);
-	h->base = base;
 	timer->deadline = deadline_ns;
 	timer->seq = ++h->seq;
 	h->n++;
-	slot_push(h, sl, id, timer);
+	fresh_push(h, timer);
 	return 0;
 }
 
@@ -601,14 +672,9 @@ int keel__timer_start(struct keel_loop *loop, struct keel_timer *timer,
 
 bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer)
 {
-	struct keel__timers *h = &keel__core_of(loop)->timers;
-
 	if (timer->where == NOT_ARMED)
 		return false;
-	if (__builtin_expect(timer->where <= OVERFLOW_SLOT, 1))
-		slot_unlink(h, timer);
-	else
-		due_unlink(h, timer);
+	unlink_timer(&keel__core_of(loop)->timers, timer);
 	return true;
 }
 
@@ -621,6 +687,10 @@ void keel__timers_fini(struct keel__timers *h)
 		if (h->run.v[i].timer)
 			h->run.v[i].timer->where = NOT_ARMED;
 	free(h->run.v);
+	for (uint32_t i = 0; i < h->nfresh; i++)
+		if (h->fresh[i])
+			h->fresh[i]->where = NOT_ARMED;
+	free(h->fresh);
 	for (uint32_t id = 0; h->slots && id <= OVERFLOW_SLOT; id++) {
 		for (uint32_t i = 0; i < h->slots[id].n; i++)
 			h->slots[id].v[i]->where = NOT_ARMED;
@@ -638,6 +708,8 @@ void keel__timers_expire(struct keel_loop *loop)
 	/* Timers armed by the callbacks below wait for the next turn, so a
 	 * callback that re-arms itself at `now` cannot loop forever. */
 	uint64_t last_seq = h->seq;
+
+	settle(c);
 
 	while (h->n) {
 		struct keel__heap_entry *top = due_top(h);

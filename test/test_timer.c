@@ -830,3 +830,38 @@ Test(timer, wheel_cancel_in_a_crowded_tick_while_it_fires, .timeout = 10)
 	cr_assert_eq(g_early, 0);
 	virtual_done(loop);
 }
+
+/*
+ * Thousands of arms, moves and cancels between two turns: the timers
+ * armed since the last turn wait in an array (core/timer.c: settle()) that
+ * grows, and loses its holes when they are half of it; then the model's
+ * order, as above.
+ */
+Test(timer, wheel_many_arms_and_cancels_within_one_turn_match_the_model,
+     .timeout = 10)
+{
+	uint64_t t = (1ull << 41) + 99, x = 0x853c49e6748fea9bull;
+	struct keel_loop *loop;
+	struct model *m = model_new(&loop, t);
+
+	for (uint32_t round = 0; round < 60; round++) {
+		for (uint32_t op = 0; op < 3000; op++) {
+			uint64_t r = rnd(&x);
+			uint32_t i = (uint32_t)(r % MODEL_TIMERS);
+
+			if (r >> 32 & 1 && m->armed[i]) {
+				cr_assert(keel_timer_cancel(loop, &m->t[i]));
+				m->armed[i] = false;
+			} else {
+				model_arm(loop, m, i,
+					  t - LEVEL0 +
+					      (r >> 34) % (LEVEL0 * 4));
+			}
+		}
+		t += (rnd(&x) % 3) * LEVEL0;
+		model_turn(loop, m, t);
+	}
+	model_turn(loop, m, t + (LEVEL0 << 42));
+	virtual_done(loop);
+	free(m);
+}
