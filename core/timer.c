@@ -411,11 +411,15 @@ static inline void slot_unlink(struct keel__timers *h, struct keel_timer *timer)
 static inline void fresh_unlink(struct keel__timers *h,
 				struct keel_timer *timer)
 {
-	h->fresh[timer->index] = NULL;
-	h->fresh_holes++;
-	while (h->nfresh && !h->fresh[h->nfresh - 1]) {
+	if (timer->index + 1 == h->nfresh) {
 		h->nfresh--;
-		h->fresh_holes--;
+		while (h->fresh_holes && !h->fresh[h->nfresh - 1]) {
+			h->nfresh--;
+			h->fresh_holes--;
+		}
+	} else {
+		h->fresh[timer->index] = NULL;
+		h->fresh_holes++;
 	}
 	timer->where = NOT_ARMED;
 	h->n--;
