@@ -365,13 +365,13 @@ static inline void slot_push(struct keel__timers *h,
  * has no room. The slots exist (the first arm made them). */
 static inline void insert(struct keel__timers *h, struct keel_timer *timer)
 {
-	uint64_t tick = tick_of(timer->deadline);
+	uint64_t tick = tick_of(timer->deadline), base = h->base;
 	uint32_t id;
 	struct keel__timer_slot *sl;
 
-	if (tick <= h->base)
+	if (tick <= base)
 		goto heap;
-	id = slot_of(h->base, tick);
+	id = slot_of(base, tick);
 	sl = &h->slots[id];
 	if (__builtin_expect(sl->n == sl->cap, 0) && slot_grow(sl))
 		goto heap;
@@ -531,10 +531,13 @@ static void settle(struct keel__core *c)
 
 	if (!h->nfresh)
 		return;
+	struct keel_timer **fresh = h->fresh;
+	uint32_t n = h->nfresh;
+
 	h->base = arm_base(c);
-	for (uint32_t i = 0; i < h->nfresh; i++)
-		if (h->fresh[i])
-			insert(h, h->fresh[i]);
+	for (uint32_t i = 0; i < n; i++)
+		if (fresh[i])
+			insert(h, fresh[i]);
 	h->nfresh = h->fresh_holes = 0;
 }
 
