@@ -242,7 +242,8 @@ struct keel__timers {
 	struct keel__timer_run run;
 	struct keel__timer_slot *slots; /* allocated with the first use */
 	/* Armed since the wheel last took them in (timer.c: settle()); a
-	 * cancelled one leaves a NULL (holes of them) but at the end. */
+	 * cancelled one leaves a NULL behind (fresh_holes of them) unless
+	 * it was the newest. */
 	struct keel_timer **fresh;
 	uint32_t nfresh;
 	uint32_t fresh_cap;
