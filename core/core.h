@@ -231,15 +231,35 @@ struct keel__timer_heap {
 	uint32_t cap;
 };
 
+/* The run: one tick's timers, sorted by (deadline, arming order) when
+ * their wheel slot came due (core/timer.c). [head, n) are still to fire;
+ * a cancelled one's entry keeps a NULL timer, never at the head. */
+struct keel__timer_run {
+	struct keel__heap_entry *v;
+	struct keel__heap_entry *tmp; /* the sort's other half (same block) */
+	uint32_t head;
+	uint32_t n;
+	uint32_t cap;
+};
+
 /* The timing wheel's levels (of 64 slots) and its overflow. */
 #define KEEL__TIMER_LEVELS 6
 struct keel__timer_slot;
 
 /* The loop's timers (core/timer.c): a timing wheel for what is not due
- * yet, the near heap for what is due up to the wheel's cursor. */
+ * yet, the run and the near heap for what is due up to the wheel's
+ * cursor. */
 struct keel__timers {
 	struct keel__timer_heap heap;
+	struct keel__timer_run run;
 	struct keel__timer_slot *slots; /* allocated with the first use */
+	/* Armed since the wheel last took them in (timer.c: settle()); a
+	 * cancelled one leaves a NULL behind (fresh_holes of them) unless
+	 * it was the newest. */
+	struct keel_timer **fresh;
+	uint32_t nfresh;
+	uint32_t fresh_cap;
+	uint32_t fresh_holes;
 	uint64_t occupied[KEEL__TIMER_LEVELS + 1]; /* bit s: slot s has some */
 	uint32_t levels;			   /* bit L: occupied[L] != 0 */
 	uint32_t n;				   /* armed, in all */
@@ -417,7 +437,11 @@ uint64_t keel__trace_str_once(struct keel__core *c, const char *text);
  * turn); free them (at teardown, before the frames holding timers). */
 void keel__timers_expire(struct keel_loop *loop);
 void keel__timers_fini(struct keel__timers *h);
-uint64_t keel__timers_next_slow(struct keel__timers *h);
+uint64_t keel__timers_next_slow(struct keel__core *c);
+/* keel_timer_init() and keel_timer_arm() in one call, for a timer of
+ * keel's own that is not armed (a sleep's: one call on its path, not two). */
+int keel__timer_start(struct keel_loop *loop, struct keel_timer *timer,
+		      keel_timer_fn fn, void *arg, uint64_t deadline_ns);
 
 /* A tick of the timing wheel: 2^16 ns (65.5 us). See timer.c. */
 #define KEEL__TICK_SHIFT 16
@@ -425,20 +449,28 @@ uint64_t keel__timers_next_slow(struct keel__timers *h);
 /*
  * The deadline of the nearest timer, or UINT64_MAX: exact, so that the
  * loop's wait ends at the first deadline, not at a tick's edge. Inline for
- * the common case: the near heap's top is due by the wheel's cursor, so it
- * is the nearest. Otherwise the wheel moves its cursor on to its nearest
- * slot first (which changes nothing anyone can see: hence the cast).
+ * the common case: the nearer of the run's head and the near heap's top is
+ * due by the wheel's cursor, so it is the nearest. Otherwise (or with
+ * timers armed since the wheel last took them in) the wheel takes them in
+ * and moves its cursor on to its nearest slot first (which changes nothing
+ * anyone can see: hence the cast).
  */
 static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 {
-	struct keel__timers *h =
-	    &((struct keel__core *)(uintptr_t)loop)->timers;
+	struct keel__core *c = (struct keel__core *)(uintptr_t)loop;
+	struct keel__timers *h = &c->timers;
+	uint64_t next = UINT64_MAX;
 
 	if (!h->n)
 		return UINT64_MAX;
-	if (h->heap.n && h->heap.v[0].deadline >> KEEL__TICK_SHIFT <= h->base)
-		return h->heap.v[0].deadline;
-	return keel__timers_next_slow(h);
+	if (h->heap.n)
+		next = h->heap.v[0].deadline;
+	if (h->run.head < h->run.n && h->run.v[h->run.head].deadline < next)
+		next = h->run.v[h->run.head].deadline;
+	if (!h->nfresh && next != UINT64_MAX &&
+	    next >> KEEL__TICK_SHIFT <= h->base)
+		return next;
+	return keel__timers_next_slow(c);
 }
 
 /* Tokens (core/cancel.c). */

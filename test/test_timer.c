@@ -602,6 +602,7 @@ struct model {
 	uint32_t due[MODEL_TIMERS];
 	uint32_t fired[MODEL_TIMERS];
 	uint32_t nfired;
+	uint64_t nseq; /* arms so far */
 };
 
 static struct model *g_model;
@@ -659,17 +660,35 @@ static void model_turn(struct keel_loop *loop, struct model *m, uint64_t t)
 		     next == UINT64_MAX ? -1 : (int64_t)(next - t));
 }
 
-Test(timer, wheel_matches_the_heap_model_over_a_million_random_ops,
-     .timeout = 10)
+/* The model's timers, on a virtual loop at `t`. */
+static struct model *model_new(struct keel_loop **loop, uint64_t t)
 {
-	uint64_t t = (1ull << 41) + 4321, seq = 0, x = 0x9e3779b97f4a7c15ull;
-	struct keel_loop *loop = virtual_loop(t);
 	struct model *m = calloc(1, sizeof(*m));
 
 	cr_assert(m);
+	*loop = virtual_loop(t);
 	g_model = m;
 	for (uint32_t i = 0; i < MODEL_TIMERS; i++)
 		keel_timer_init(&m->t[i], model_fired, NULL);
+	return m;
+}
+
+static void model_arm(struct keel_loop *loop, struct model *m, uint32_t i,
+		      uint64_t d)
+{
+	cr_assert_eq(keel_timer_arm(loop, &m->t[i], d), 0);
+	m->deadline[i] = d;
+	m->seq[i] = ++m->nseq;
+	m->armed[i] = true;
+}
+
+Test(timer, wheel_matches_the_heap_model_over_a_million_random_ops,
+     .timeout = 10)
+{
+	uint64_t t = (1ull << 41) + 4321, x = 0x9e3779b97f4a7c15ull;
+	struct keel_loop *loop;
+	struct model *m = model_new(&loop, t);
+
 	for (uint32_t op = 0; op < MODEL_OPS; op++) {
 		uint64_t r = rnd(&x);
 		uint32_t i = (uint32_t)(r % MODEL_TIMERS);
@@ -712,11 +731,135 @@ Test(timer, wheel_matches_the_heap_model_over_a_million_random_ops,
 				d = t + (s >> 8) % (TICK << (6 * level));
 			if (s >> 60 == 0)
 				d &= ~(TICK - 1);
-			cr_assert_eq(keel_timer_arm(loop, &m->t[i], d), 0);
-			m->deadline[i] = d;
-			m->seq[i] = ++seq;
-			m->armed[i] = true;
+			model_arm(loop, m, i, d);
 		}
+	}
+	model_turn(loop, m, t + (LEVEL0 << 42));
+	virtual_done(loop);
+	free(m);
+}
+
+/*
+ * The same model, crowded: the timers on a few ticks just ahead (hundreds
+ * a level-0 slot: a due slot is sorted at once into the run), a fifth on
+ * a few shared deadlines, the clock on by a fraction of a tick at a time.
+ * Odd rounds also move and cancel some (a slot that lost its arming order
+ * to one goes through the heap instead): both paths, and both at once.
+ */
+Test(timer, wheel_crowded_ticks_match_the_heap_model, .timeout = 10)
+{
+	uint64_t t = (1ull << 41) + 4321, x = 0x2545f4914f6cdd1dull;
+	struct keel_loop *loop;
+	struct model *m = model_new(&loop, t);
+
+	for (uint32_t round = 0; round < 300; round++) {
+		for (uint32_t i = 0; i < MODEL_TIMERS; i++) {
+			uint64_t s = rnd(&x), d;
+
+			if (m->armed[i] && (round % 2 == 0 || s % 8))
+				continue;
+			d = t + TICK / 2 + (s >> 8) % (TICK * 4);
+			if (s >> 60 < 3)
+				d = t + TICK * 2 + (s >> 20) % 4 * 1000;
+			model_arm(loop, m, i, d);
+		}
+		for (uint32_t k = 0; round % 2 && k < 16; k++) {
+			uint32_t i = (uint32_t)(rnd(&x) % MODEL_TIMERS);
+
+			cr_assert_eq(keel_timer_cancel(loop, &m->t[i]),
+				     m->armed[i]);
+			m->armed[i] = false;
+		}
+		for (uint32_t k = 0; k < 4; k++) {
+			t += TICK / 3 + rnd(&x) % 1000;
+			model_turn(loop, m, t);
+		}
+	}
+	model_turn(loop, m, t + (LEVEL0 << 42));
+	virtual_done(loop);
+	free(m);
+}
+
+/*
+ * 40 timers of one tick (a sorted run), armed latest deadline first, in
+ * pairs on one deadline. While they fire, one cancels the next due (the
+ * run's head then) and one further on, and moves a third out of the tick:
+ * none of those fires with the rest; the moved one fires later.
+ */
+#define CROWD 40
+static struct keel_timer g_crowd[CROWD];
+
+static void cancel_neighbours(struct keel_loop *loop, struct keel_timer *t,
+			      void *arg)
+{
+	log_id(loop, t, arg);
+	if ((intptr_t)arg == 10) {
+		cr_assert(keel_timer_cancel(loop, &g_crowd[11]));
+		cr_assert(keel_timer_cancel(loop, &g_crowd[20]));
+		cr_assert_eq(keel_timer_arm(loop, &g_crowd[30],
+					    keel_loop_now(loop) + TICK * 2),
+			     0);
+	}
+}
+
+Test(timer, wheel_cancel_in_a_crowded_tick_while_it_fires, .timeout = 10)
+{
+	uint64_t t0 = 1ull << 40, d0 = t0 + TICK * 3;
+	struct keel_loop *loop = virtual_loop(t0);
+	int want[CROWD], n = 0;
+
+	/* Pair k (timers 2k, 2k+1) on deadline k, armed pair by pair from
+	 * the last, 2k first: timer i fires i-th. */
+	for (int i = CROWD - 1; i >= 0; i--) {
+		int id = i % 2 ? i - 1 : i + 1;
+
+		keel_timer_init(&g_crowd[id], cancel_neighbours,
+				(void *)(intptr_t)id);
+		cr_assert_eq(keel_timer_arm(loop, &g_crowd[id],
+					    d0 + (uint64_t)(i / 2) * 1000),
+			     0);
+	}
+	for (int i = 0; i < CROWD; i++)
+		if (i != 11 && i != 20 && i != 30)
+			want[n++] = i;
+	step_at(loop, d0 + TICK - 1);
+	kt_log_expect(&g_log, want, n);
+	want[n++] = 30;
+	step_at(loop, d0 + TICK * 3);
+	kt_log_expect(&g_log, want, n);
+	cr_assert_eq(g_early, 0);
+	virtual_done(loop);
+}
+
+/*
+ * Thousands of arms, moves and cancels between two turns: the timers
+ * armed since the last turn wait in an array (core/timer.c: settle()) that
+ * grows, and loses its holes when they are half of it; then the model's
+ * order, as above.
+ */
+Test(timer, wheel_many_arms_and_cancels_within_one_turn_match_the_model,
+     .timeout = 10)
+{
+	uint64_t t = (1ull << 41) + 99, x = 0x853c49e6748fea9bull;
+	struct keel_loop *loop;
+	struct model *m = model_new(&loop, t);
+
+	for (uint32_t round = 0; round < 60; round++) {
+		for (uint32_t op = 0; op < 3000; op++) {
+			uint64_t r = rnd(&x);
+			uint32_t i = (uint32_t)(r % MODEL_TIMERS);
+
+			if (r >> 32 & 1 && m->armed[i]) {
+				cr_assert(keel_timer_cancel(loop, &m->t[i]));
+				m->armed[i] = false;
+			} else {
+				model_arm(loop, m, i,
+					  t - LEVEL0 +
+					      (r >> 34) % (LEVEL0 * 4));
+			}
+		}
+		t += (rnd(&x) % 3) * LEVEL0;
+		model_turn(loop, m, t);
 	}
 	model_turn(loop, m, t + (LEVEL0 << 42));
 	virtual_done(loop);

@@ -298,8 +298,9 @@ typedef void (*keel_timer_fn)(struct keel_loop *loop, struct keel_timer *timer,
 struct keel_timer {
 	uint64_t deadline;
 	uint64_t seq;	/* arming order, breaks ties */
-	uint32_t where; /* UINT32_MAX when not armed; else a wheel slot or
-			 * the near heap (core/timer.c) */
+	uint32_t where; /* UINT32_MAX when not armed; else a wheel slot,
+			 * the run, the near heap or the timers armed
+			 * since the last turn (core/timer.c) */
 	uint32_t index; /* its place there */
 	keel_timer_fn fn;
 	void *arg;
