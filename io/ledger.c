@@ -312,13 +312,23 @@ static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 		io->count.internal_cqes++;
 		return;
 	}
-	struct keel__op *op = index < (l->nchunks << KEEL__OP_CHUNK_SHIFT)
-				  ? keel__op_at(l, index)
-				  : NULL;
+	struct keel__op *op;
 
-	if (!op || op->gen != gen || !(op->flags & KEEL__OP_INUSE) ||
-	    !op->pending) {
+	if (index >= (l->nchunks << KEEL__OP_CHUNK_SHIFT) ||
+	    (op = keel__op_at(l, index))->gen != gen ||
+	    !(op->flags & KEEL__OP_INUSE) || !op->pending) {
 		io->count.stale_cqes++;
+		return;
+	}
+	/* The common case first: a one-shot op's own CQE, no deadline that
+	 * fired, no notification owed. The rest of this function would come
+	 * to op_done() with cqe->res for it, by a dozen more tests. */
+	if (__builtin_expect(
+		op->kind == KEEL__OP_KERNEL && role == KEEL__UD_MAIN &&
+		    op->pending == 1 && !(op->flags & KEEL__OP_TIMED_OUT) &&
+		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
+		1)) {
+		op_done(io, op, cqe->res);
 		return;
 	}
 	if (op->kind == KEEL__OP_STREAM && role == KEEL__UD_MAIN) {
