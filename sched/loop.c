@@ -168,37 +168,20 @@ trace_step_end(struct keel__core *c, struct keel_task *t, int r)
 }
 
 /*
- * Run at most `limit` steps of one class; returns how many ran.
- *
- * The abort frame: setjmp once per call, not per step, so that a resume
- * costs nothing extra; a panic in any step of the batch longjmps back here,
- * the task is unwound, and the batch goes on. How many steps ran is
- * counted from the step counter (in the core, so it survives the longjmp;
- * a volatile count would be a load and a store per step); the running task
- * is in the core (c->current), not in a local.
+ * Run at most `limit` steps of the tasks queued in class `prio`. Not
+ * inlined into run_class(): there, after its setjmp, the compiler keeps
+ * every local in memory (a __builtin_setjmp's resume clobbers every
+ * register), a load or a store more per use in the step loop.
  */
-static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
+static __attribute__((noinline)) void run_steps(struct keel_loop *loop,
+						unsigned prio, unsigned limit)
 {
 	struct keel__core *c = &loop->io.core;
 	struct keel__taskq *q = &c->runq[prio];
-	const uint64_t steps0 = c->count.steps;
-	unsigned ran;
+	/* The loop is the counter's one writer: no load per step. */
+	uint64_t steps = c->count.steps;
 
-	/* Most classes are empty most turns: no abort frame for them. */
-	if (!q->head || !limit)
-		return 0;
-#ifndef KEEL_NO_ABORT_FRAME /* only to measure what the frame costs */
-	if (setjmp(c->abort_env)) {
-		struct keel_task *t = c->current;
-
-		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
-		loop->io.timeout_task = NULL;
-		keel__task_aborted(c, t); /* traces ABORT, STEP_END 3, EXIT */
-		task_exited(loop, t);
-	}
-	c->abort_armed = true;
-#endif
-	for (ran = (unsigned)(c->count.steps - steps0); ran < limit; ran++) {
+	for (unsigned ran = 0; ran < limit; ran++) {
 		struct keel_task *t = keel__taskq_pop(q);
 
 		if (!t)
@@ -213,10 +196,7 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 		__atomic_store_n(&c->current_type, t->type, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->current_site, resumed_from,
 				 __ATOMIC_RELAXED);
-		/* The loop is the counter's one writer: steps0 + ran is its
-		 * value (no load). */
-		__atomic_store_n(&c->count.steps, steps0 + ran + 1,
-				 __ATOMIC_RELAXED);
+		__atomic_store_n(&c->count.steps, ++steps, __ATOMIC_RELAXED);
 		KEEL__TRACE(c, KEEL_EV_STEP_BEGIN, 0, t->id, 0, 0);
 		int r = t->type->step(t);
 
@@ -234,9 +214,40 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 		/* keel_op_timeout() covers one op of the step that set it. */
 		loop->io.timeout_task = NULL;
 	}
+}
+
+/*
+ * Run at most `limit` steps of one class; returns how many ran.
+ *
+ * The abort frame: set once per call, not per step, so that a resume
+ * costs nothing extra; a panic in any step of the batch jumps back here,
+ * the task is unwound, and the batch goes on with what is left of it. How
+ * many steps ran is counted from the step counter (in the core, so it
+ * survives the jump); the running task is in the core (c->current).
+ */
+static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
+{
+	struct keel__core *c = &loop->io.core;
+	const uint64_t steps0 = c->count.steps;
+
+	/* Most classes are empty most turns: no abort frame for them. */
+	if (!c->runq[prio].head || !limit)
+		return 0;
+#ifndef KEEL_NO_ABORT_FRAME /* only to measure what the frame costs */
+	if (KEEL__ABORT_SET(c->abort_env)) {
+		struct keel_task *t = c->current;
+
+		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
+		loop->io.timeout_task = NULL;
+		keel__task_aborted(c, t); /* traces ABORT, STEP_END 3, EXIT */
+		task_exited(loop, t);
+	}
+	c->abort_armed = true;
+#endif
+	run_steps(loop, prio, limit - (unsigned)(c->count.steps - steps0));
 	c->abort_armed = false;
 	c->ready_budget = 0;
-	return ran;
+	return (unsigned)(c->count.steps - steps0);
 }
 
 /*
