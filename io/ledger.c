@@ -136,19 +136,12 @@ op_lat_record(struct keel__io *io, const struct keel__op *op)
 	__atomic_store_n(&h->sum_ns, h->sum_ns + ns, __ATOMIC_RELAXED);
 }
 
-/* The op's last CQE is in: release it, then tell its task. Inline in the
- * CQE loop, where a call spilled and restored six registers per CQE. */
-static inline __attribute__((always_inline)) void
-op_done(struct keel__io *io, struct keel__op *op, int res)
+/* Tell `t` that its op `ref` ended with `res`: every case. Out of line:
+ * op_done() is inline in the CQE loop, and comes here only for an exited
+ * task, a select or a cancel. */
+static __attribute__((noinline)) void op_tell_task(struct keel_task *t,
+						   uint32_t ref, int res)
 {
-	struct keel_task *t = op->task;
-	uint32_t ref = op->index + 1;
-
-	op_lat_record(io, op);
-	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
-		    (int64_t)res,
-		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
-	op_release(io, op);
 	if (t->flags & KEEL__T_EXITED) {
 		if (!t->inflight)
 			keel__task_ops_drained(t);
@@ -167,6 +160,27 @@ op_done(struct keel__io *io, struct keel__op *op, int res)
 	    keel__select_op_done(t, ref, res))
 		return;
 	keel__task_complete(t, res);
+}
+
+/* The op's last CQE is in: release it, then tell its task. Inline in the
+ * CQE loop, where a call spilled and restored six registers per CQE. */
+static inline __attribute__((always_inline)) void
+op_done(struct keel__io *io, struct keel__op *op, int res)
+{
+	struct keel_task *t = op->task;
+	uint32_t ref = op->index + 1;
+
+	op_lat_record(io, op);
+	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
+		    (int64_t)res,
+		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
+	op_release(io, op);
+	if (__builtin_expect((t->flags & (KEEL__T_EXITED | KEEL__T_SELECT)) ||
+				 res == -ECANCELED,
+			     0))
+		op_tell_task(t, ref, res);
+	else
+		keel__task_complete(t, res);
 }
 
 struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
@@ -299,38 +313,13 @@ static void handle_notif(struct keel__io *io, struct keel__op *op,
 	(void)op;
 }
 
-static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
+/* A CQE of a live op, but for handle_cqe()'s common case: a stream's, a
+ * linked timeout's, a send_all's, a notification. Out of line, to keep
+ * the CQE loop small. */
+static __attribute__((noinline)) void
+handle_op_cqe(struct keel__io *io, struct keel__op *op, unsigned role,
+	      const struct io_uring_cqe *cqe)
 {
-	uint64_t ud = cqe->user_data;
-	unsigned role = ud & KEEL__UD_ROLE_MASK;
-	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
-	uint32_t gen = (uint32_t)(ud >> 32);
-	struct keel__ledger *l = &io->ledger;
-
-	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
-		/* A doorbell's work is in the inbox, drained in step 2. */
-		io->count.internal_cqes++;
-		return;
-	}
-	struct keel__op *op;
-
-	if (index >= (l->nchunks << KEEL__OP_CHUNK_SHIFT) ||
-	    (op = keel__op_at(l, index))->gen != gen ||
-	    !(op->flags & KEEL__OP_INUSE) || !op->pending) {
-		io->count.stale_cqes++;
-		return;
-	}
-	/* The common case first: a one-shot op's own CQE, no deadline that
-	 * fired, no notification owed. The rest of this function would come
-	 * to op_done() with cqe->res for it, by a dozen more tests. */
-	if (__builtin_expect(
-		op->kind == KEEL__OP_KERNEL && role == KEEL__UD_MAIN &&
-		    op->pending == 1 && !(op->flags & KEEL__OP_TIMED_OUT) &&
-		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
-		1)) {
-		op_done(io, op, cqe->res);
-		return;
-	}
 	if (op->kind == KEEL__OP_STREAM && role == KEEL__UD_MAIN) {
 		op->u.stream.on_cqe(io, op, cqe->res, cqe->flags);
 		return;
@@ -355,6 +344,41 @@ static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 	    (res == -ECANCELED || res == -EINTR))
 		res = -ETIMEDOUT;
 	op_done(io, op, res);
+}
+
+static inline void handle_cqe(struct keel__io *io,
+			      const struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	unsigned role = ud & KEEL__UD_ROLE_MASK;
+	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
+	uint32_t gen = (uint32_t)(ud >> 32);
+	struct keel__ledger *l = &io->ledger;
+
+	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
+		/* A doorbell's work is in the inbox, drained in step 2. */
+		io->count.internal_cqes++;
+		return;
+	}
+	struct keel__op *op;
+
+	if (index >= (l->nchunks << KEEL__OP_CHUNK_SHIFT) ||
+	    (op = keel__op_at(l, index))->gen != gen ||
+	    !(op->flags & KEEL__OP_INUSE) || !op->pending) {
+		io->count.stale_cqes++;
+		return;
+	}
+	/* The common case: a one-shot op's own CQE, no deadline that fired,
+	 * no notification owed. handle_op_cqe() would come to op_done() with
+	 * cqe->res for it, by a dozen more tests. */
+	if (__builtin_expect(
+		op->kind == KEEL__OP_KERNEL && role == KEEL__UD_MAIN &&
+		    op->pending == 1 && !(op->flags & KEEL__OP_TIMED_OUT) &&
+		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
+		1))
+		op_done(io, op, cqe->res);
+	else
+		handle_op_cqe(io, op, role, cqe);
 }
 
 /*
