@@ -406,7 +406,18 @@ static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 #define KEEL__TRACE_BUF 4096
 struct keel__trace_loop;
 void keel__trace_env(void);
-void keel__trace_turn(struct keel__core *c);
+/* A turn begins: attach to a trace started since, or detach from one
+ * stopped; while tracing, take a buffer if the loop had none. Inline for
+ * the turns of a loop not traced, nothing changed: two loads. */
+extern uint32_t keel__tracer_gen;
+void keel__trace_turn_slow(struct keel__core *c);
+static inline void keel__trace_turn(struct keel__core *c)
+{
+	if (__atomic_load_n(&keel__tracer_gen, __ATOMIC_ACQUIRE) !=
+		c->trace_gen ||
+	    c->trace)
+		keel__trace_turn_slow(c);
+}
 /* ns since the trace started, on the trace's clock (cheap while tracing). */
 uint64_t keel__trace_clock(void);
 void keel__trace_detach(struct keel__core *c);
