@@ -284,6 +284,13 @@ int keel__io_submit(struct keel__io *io);
  */
 int keel__io_enter_slow(struct keel__io *io, unsigned want, int64_t wait_ns);
 
+/*
+ * Submit and wait for `want` CQEs, without a limit, in one io_uring_enter
+ * (io/ring.c): io_uring_submit_and_wait() without liburing's general
+ * path (some 40 instructions a turn), where there is no SQPOLL.
+ */
+int keel__io_enter_wait(struct keel__io *io, unsigned want);
+
 static inline int keel__io_enter_kernel(struct keel__io *io, unsigned want,
 					int64_t wait_ns)
 {
@@ -295,7 +302,9 @@ static inline int keel__io_enter_kernel(struct keel__io *io, unsigned want,
 		return want ? io_uring_submit_and_get_events(ring)
 			    : io_uring_submit(ring);
 	if (wait_ns < 0)
-		return io_uring_submit_and_wait(ring, want);
+		return io->setup_flags & IORING_SETUP_SQPOLL
+			   ? io_uring_submit_and_wait(ring, want)
+			   : keel__io_enter_wait(io, want);
 	ts.tv_sec = wait_ns / 1000000000;
 	ts.tv_nsec = wait_ns % 1000000000;
 	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
