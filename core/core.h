@@ -329,8 +329,11 @@ struct keel__core {
 	uint32_t deadlock_nseen;
 };
 
-/* The core of the loop running on this thread, or NULL. */
-extern __thread struct keel__core *keel__current_core;
+/* The core of the loop running on this thread, or NULL. Initial-exec: a
+ * load from the thread pointer; libkeel.so's default model made each turn
+ * call __tls_get_addr for it twice. */
+extern __thread struct keel__core *keel__current_core
+    __attribute__((tls_model("initial-exec")));
 
 /*
  * The simulated kernel's virtual clock, when this thread runs simulated
