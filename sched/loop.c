@@ -230,7 +230,8 @@ static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
 	struct keel__core *c = &loop->io.core;
 	const uint64_t steps0 = c->count.steps;
 
-	/* Most classes are empty most turns: no abort frame for them. */
+	/* No abort frame for nothing to run (the budget is spent; an empty
+	 * class, which run_ready() does not call for anyway). */
 	if (!c->runq[prio].head || !limit)
 		return 0;
 #ifndef KEEL_NO_ABORT_FRAME /* only to measure what the frame costs */
