@@ -67,7 +67,7 @@ void keel_panic_at(const char *file, int line, const char *fmt, ...)
 	c->panic.file = file;
 	c->panic.line = line;
 	c->panic.signal = 0;
-	longjmp(c->abort_env, 1);
+	KEEL__ABORT_JUMP(c->abort_env);
 }
 
 void keel__task_aborted(struct keel__core *c, struct keel_task *t)

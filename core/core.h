@@ -22,6 +22,36 @@
 #include <stdint.h>
 #include <time.h>
 
+/*
+ * The abort frame's jump buffer (sched/loop.c sets it before running
+ * steps; core/abort.c and sched/faults.c jump to it): the compiler's
+ * __builtin_setjmp, which stores the frame, the stack pointer and the
+ * resume address (three moves) where libc's _setjmp is a call of some 30
+ * instructions, paid on every turn that runs a task. It takes
+ * __builtin_longjmp, from another function, as both jumps are. The
+ * sanitizers intercept libc's setjmp and longjmp to keep their view of the
+ * stack right, so their builds use those; so does clang off x86, which
+ * may not implement the builtins.
+ */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define KEEL__LIBC_SETJMP 1
+#elif defined(__clang__) && !defined(__x86_64__)
+#define KEEL__LIBC_SETJMP 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define KEEL__LIBC_SETJMP 1
+#endif
+#endif
+#ifdef KEEL__LIBC_SETJMP
+typedef jmp_buf keel__abort_buf;
+#define KEEL__ABORT_SET(buf)  setjmp(buf)
+#define KEEL__ABORT_JUMP(buf) longjmp((buf), 1)
+#else
+typedef void *keel__abort_buf[5];
+#define KEEL__ABORT_SET(buf)  __builtin_setjmp(buf)
+#define KEEL__ABORT_JUMP(buf) __builtin_longjmp((buf), 1)
+#endif
+
 /* Task state bits (struct keel_task.flags). */
 #define KEEL__T_QUEUED	 0x01 /* on a run queue */
 #define KEEL__T_WAITING	 0x02 /* suspended until an op or event wakes it */
@@ -305,7 +335,7 @@ struct keel__core {
 	/* Abort frames (core/abort.c): where a panic in a step jumps to. */
 	struct keel_task *current;   /* the task whose step is running */
 	struct keel_task *unwinding; /* the aborted task whose defers run */
-	jmp_buf abort_env;
+	keel__abort_buf abort_env;
 	bool abort_armed; /* abort_env is set up by the running loop */
 	int fault_mode;	  /* enum keel_fault_mode */
 	struct keel_abort panic;
@@ -331,8 +361,11 @@ struct keel__core {
 	uint32_t deadlock_nseen;
 };
 
-/* The core of the loop running on this thread, or NULL. */
-extern __thread struct keel__core *keel__current_core;
+/* The core of the loop running on this thread, or NULL. Initial-exec: a
+ * load from the thread pointer; libkeel.so's default model made each turn
+ * call __tls_get_addr for it twice. */
+extern __thread struct keel__core *keel__current_core
+    __attribute__((tls_model("initial-exec")));
 
 /*
  * The simulated kernel's virtual clock, when this thread runs simulated
@@ -408,7 +441,18 @@ static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 #define KEEL__TRACE_BUF 4096
 struct keel__trace_loop;
 void keel__trace_env(void);
-void keel__trace_turn(struct keel__core *c);
+/* A turn begins: attach to a trace started since, or detach from one
+ * stopped; while tracing, take a buffer if the loop had none. Inline for
+ * the turns of a loop not traced, nothing changed: two loads. */
+extern uint32_t keel__tracer_gen;
+void keel__trace_turn_slow(struct keel__core *c);
+static inline void keel__trace_turn(struct keel__core *c)
+{
+	if (__atomic_load_n(&keel__tracer_gen, __ATOMIC_ACQUIRE) !=
+		c->trace_gen ||
+	    c->trace)
+		keel__trace_turn_slow(c);
+}
 /* ns since the trace started, on the trace's clock (cheap while tracing). */
 uint64_t keel__trace_clock(void);
 void keel__trace_detach(struct keel__core *c);

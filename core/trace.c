@@ -184,8 +184,9 @@ uint64_t keel__trace_clock(void)
  * flushes it. Set when it attaches, cleared when it detaches. */
 static __thread struct keel__core *thread_loop;
 
-/* Bumped (under the lock) by start and stop; loops compare at each turn. */
-static uint32_t tracer_gen;
+/* Bumped (under the lock) by start and stop; loops compare at each turn
+ * (keel__trace_turn(), core.h). */
+uint32_t keel__tracer_gen;
 static bool tracer_on;
 
 static void enqueue_locked(struct trace_item *it)
@@ -323,7 +324,7 @@ int keel_trace_start(const char *path)
 	tracer.dropped_total = 0;
 	tracer.write_error = 0;
 	__atomic_store_n(&tracer_on, true, __ATOMIC_RELEASE);
-	__atomic_add_fetch(&tracer_gen, 1, __ATOMIC_RELEASE);
+	__atomic_add_fetch(&keel__tracer_gen, 1, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&tracer.lock);
 	return 0;
 }
@@ -453,9 +454,9 @@ void keel__trace_detach(struct keel__core *c)
 		thread_loop = NULL;
 }
 
-void keel__trace_turn(struct keel__core *c)
+void keel__trace_turn_slow(struct keel__core *c)
 {
-	uint32_t gen = __atomic_load_n(&tracer_gen, __ATOMIC_ACQUIRE);
+	uint32_t gen = __atomic_load_n(&keel__tracer_gen, __ATOMIC_ACQUIRE);
 
 	if (gen != c->trace_gen) {
 		c->trace_gen = gen;
@@ -638,7 +639,7 @@ int64_t keel_trace_stop(void)
 		return 0;
 	}
 	__atomic_store_n(&tracer_on, false, __ATOMIC_RELEASE);
-	__atomic_add_fetch(&tracer_gen, 1, __ATOMIC_RELEASE);
+	__atomic_add_fetch(&keel__tracer_gen, 1, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&tracer.lock);
 	/* The calling thread's loop, if it runs one, flushes right now; the
 	 * others flush at their next turn or destruction while the writer

@@ -298,6 +298,13 @@ int keel__io_submit(struct keel__io *io);
  */
 int keel__io_enter_slow(struct keel__io *io, unsigned want, int64_t wait_ns);
 
+/*
+ * Submit and wait for `want` CQEs, without a limit, in one io_uring_enter
+ * (io/ring.c): io_uring_submit_and_wait() without liburing's general
+ * path (some 40 instructions a turn), where there is no SQPOLL.
+ */
+int keel__io_enter_wait(struct keel__io *io, unsigned want);
+
 static inline int keel__io_enter_kernel(struct keel__io *io, unsigned want,
 					int64_t wait_ns)
 {
@@ -309,7 +316,9 @@ static inline int keel__io_enter_kernel(struct keel__io *io, unsigned want,
 		return want ? io_uring_submit_and_get_events(ring)
 			    : io_uring_submit(ring);
 	if (wait_ns < 0)
-		return io_uring_submit_and_wait(ring, want);
+		return io->setup_flags & IORING_SETUP_SQPOLL
+			   ? io_uring_submit_and_wait(ring, want)
+			   : keel__io_enter_wait(io, want);
 	ts.tv_sec = wait_ns / 1000000000;
 	ts.tv_nsec = wait_ns % 1000000000;
 	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
@@ -398,18 +407,79 @@ void keel__ledger_trim(struct keel__ledger *l);
 /* Free the op latency tables (loop teardown). */
 void keel__op_lat_fini(struct keel__io *io);
 
-/* A new op owned by `t`, linked into its op list. NULL: -ENOMEM. */
-struct keel__op *keel__op_new(struct keel__io *io, struct keel_task *t,
-			      uint8_t kind, uint8_t opcode);
+/* A chunk more of op slots, on the free list; -ENOMEM. */
+int keel__ledger_grow(struct keel__ledger *l);
+
+/*
+ * A new op owned by `t`, linked into its op list. NULL: -ENOMEM. Inline:
+ * on every op's path (keel__op_begin()), where the call and its spills
+ * were a fifth of what the ledger costs a NOP.
+ */
+static inline struct keel__op *keel__op_new(struct keel__io *io,
+					    struct keel_task *t, uint8_t kind,
+					    uint8_t opcode)
+{
+	struct keel__ledger *l = &io->ledger;
+
+	if (__builtin_expect(!l->free, 0) && keel__ledger_grow(l))
+		return NULL;
+	struct keel__op *op = keel__op_at(l, l->free - 1);
+
+	l->free = op->next;
+	l->inuse++;
+	op->task = t;
+	op->kind = kind;
+	op->opcode = opcode;
+	op->pending = 0;
+	op->flags = KEEL__OP_INUSE;
+	op->res = 0;
+	op->fd = -1;
+	op->start_ns = io->core.now;
+	/* Its latency while tracing, on the trace's cheap clock (every kind
+	 * of op: a sleep never goes through keel__op_commit). */
+	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
+	/* Newest first on the task's list. */
+	op->prev = 0;
+	op->next = t->ops;
+	if (t->ops)
+		keel__op_at(l, t->ops - 1)->prev = op->index + 1;
+	t->ops = op->index + 1;
+	t->inflight++;
+	return op;
+}
+
+/* keel__op_begin() beyond its fast path: every case, in its order. */
+struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
+					 uint8_t kind, struct keel__op **opp,
+					 int *err);
 
 /*
  * Start an op of `t`: an op slot and its SQE (room for a linked timeout
  * too when one is pending). Returns the SQE, or NULL with *err set (and
- * the pending timeout, if any, dropped: it was this op's).
+ * the pending timeout, if any, dropped: it was this op's). Inline for the
+ * common case (no deadline on it, no ring restrictions, its token not
+ * cancelled, a free op slot and SQE); anything else, and every failure,
+ * takes keel__op_begin_slow(), which checks it all again in order. Always
+ * inline: GCC would otherwise make one copy per file, a call per op.
  */
-struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
-				    uint8_t kind, struct keel__op **opp,
-				    int *err);
+static inline __attribute__((always_inline)) struct io_uring_sqe *
+keel__op_begin(struct keel_task *t, uint8_t opcode, uint8_t kind,
+	       struct keel__op **opp, int *err)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+	struct io_uring_sqe *sqe;
+
+	if (__builtin_expect(
+		io->timeout_task != t && !io->restricted &&
+		    io->ledger.free != 0 &&
+		    (kind == KEEL__OP_CLEANUP || !keel__task_cancel_cause(t)),
+		1) &&
+	    (sqe = io_uring_get_sqe(&io->ring))) {
+		*opp = keel__op_new(io, t, kind, opcode);
+		return sqe;
+	}
+	return keel__op_begin_slow(t, opcode, kind, opp, err);
+}
 
 /*
  * An op of `t` that ends at once, without reaching the kernel, still takes
@@ -423,12 +493,38 @@ static inline void keel__op_timeout_drop(struct keel__io *io,
 		io->timeout_task = NULL;
 }
 
+/* A KEEL_FIXED_FD in sqe->fd: the index, and IOSQE_FIXED_FILE. */
+static inline void keel__sqe_fixed_fd(struct io_uring_sqe *sqe)
+{
+	if (sqe->fd >= 0 && (sqe->fd & KEEL_FIXED_FD_BIT)) {
+		sqe->fd &= ~KEEL_FIXED_FD_BIT;
+		sqe->flags |= IOSQE_FIXED_FILE;
+	}
+}
+
+/* Give `op` (its SQE: `sqe`) the deadline keel_op_timeout() set: a linked
+ * timeout in the SQE after it (keel__op_begin() made room for it). */
+void keel__op_link_deadline(struct keel__io *io, struct keel__op *op,
+			    struct io_uring_sqe *sqe);
+
 /*
  * Finish queuing an op begun with keel__op_begin(): set its user_data, link
  * the pending timeout if any, and suspend the task (returns KEEL_PENDING).
  */
-int keel__op_commit(struct keel_task *t, struct keel__op *op,
-		    struct io_uring_sqe *sqe);
+static inline int keel__op_commit(struct keel_task *t, struct keel__op *op,
+				  struct io_uring_sqe *sqe)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+
+	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
+	keel__sqe_fixed_fd(sqe);
+	op->pending = 1;
+	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, t->id, op->index,
+		    0);
+	if (__builtin_expect(io->timeout_task == t, 0))
+		keel__op_link_deadline(io, op, sqe);
+	return keel__task_suspend(t);
+}
 
 /* Complete a user-space op (a sleep): wakes its task with `res`. */
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res);
@@ -458,15 +554,6 @@ void keel__op_release_quiet(struct keel__io *io, struct keel__op *op);
 
 /* Queue an ASYNC_CANCEL for `op` (once); its CQE says how it ended. */
 void keel__op_send_cancel(struct keel__io *io, struct keel__op *op);
-
-/* A KEEL_FIXED_FD in sqe->fd: the index, and IOSQE_FIXED_FILE. */
-static inline void keel__sqe_fixed_fd(struct io_uring_sqe *sqe)
-{
-	if (sqe->fd >= 0 && (sqe->fd & KEEL_FIXED_FD_BIT)) {
-		sqe->fd &= ~KEEL_FIXED_FD_BIT;
-		sqe->flags |= IOSQE_FIXED_FILE;
-	}
-}
 
 /* Register a sparse file table for direct descriptors (once). */
 int keel__io_files(struct keel__io *io);

@@ -41,7 +41,7 @@ void keel__ledger_fini(struct keel__ledger *l)
 	memset(l, 0, sizeof(*l));
 }
 
-static int ledger_grow(struct keel__ledger *l)
+int keel__ledger_grow(struct keel__ledger *l)
 {
 	struct keel__op **chunks =
 	    realloc(l->chunks, (l->nchunks + 1) * sizeof(*chunks));
@@ -105,46 +105,6 @@ void keel__ledger_trim(struct keel__ledger *l)
 	l->gen_floor = gen;
 }
 
-/* Inline: on every op's path (keel__op_begin()), where the call and its
- * spills were a fifth of what the ledger costs a NOP. */
-static inline struct keel__op *op_new(struct keel__io *io, struct keel_task *t,
-				      uint8_t kind, uint8_t opcode)
-{
-	struct keel__ledger *l = &io->ledger;
-
-	if (__builtin_expect(!l->free, 0) && ledger_grow(l))
-		return NULL;
-	struct keel__op *op = keel__op_at(l, l->free - 1);
-
-	l->free = op->next;
-	l->inuse++;
-	op->task = t;
-	op->kind = kind;
-	op->opcode = opcode;
-	op->pending = 0;
-	op->flags = KEEL__OP_INUSE;
-	op->res = 0;
-	op->fd = -1;
-	op->start_ns = io->core.now;
-	/* Its latency while tracing, on the trace's cheap clock (every kind
-	 * of op: a sleep never goes through keel__op_commit). */
-	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
-	/* Newest first on the task's list. */
-	op->prev = 0;
-	op->next = t->ops;
-	if (t->ops)
-		keel__op_at(l, t->ops - 1)->prev = op->index + 1;
-	t->ops = op->index + 1;
-	t->inflight++;
-	return op;
-}
-
-struct keel__op *keel__op_new(struct keel__io *io, struct keel_task *t,
-			      uint8_t kind, uint8_t opcode)
-{
-	return op_new(io, t, kind, opcode);
-}
-
 static inline void op_release(struct keel__io *io, struct keel__op *op)
 {
 	struct keel__ledger *l = &io->ledger;
@@ -199,7 +159,8 @@ static struct keel__op_lat *op_lat_table(struct keel__io *io, unsigned opcode)
  * never come here but by a linked timeout). Out of memory for a table:
  * the op goes uncounted rather than failing anything.
  */
-static void op_lat_record(struct keel__io *io, const struct keel__op *op)
+static inline __attribute__((always_inline)) void
+op_lat_record(struct keel__io *io, const struct keel__op *op)
 {
 	struct keel__op_lat *h;
 	uint64_t ns = io->core.now - op->start_ns;
@@ -223,17 +184,12 @@ static void op_lat_record(struct keel__io *io, const struct keel__op *op)
 	__atomic_store_n(&h->sum_ns, h->sum_ns + ns, __ATOMIC_RELAXED);
 }
 
-/* The op's last CQE is in: release it, then tell its task. */
-static void op_done(struct keel__io *io, struct keel__op *op, int res)
+/* Tell `t` that its op `ref` ended with `res`: every case. Out of line:
+ * op_done() is inline in the CQE loop, and comes here only for an exited
+ * task, a select or a cancel. */
+static __attribute__((noinline)) void op_tell_task(struct keel_task *t,
+						   uint32_t ref, int res)
 {
-	struct keel_task *t = op->task;
-	uint32_t ref = op->index + 1;
-
-	op_lat_record(io, op);
-	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
-		    (int64_t)res,
-		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
-	op_release(io, op);
 	if (t->flags & KEEL__T_EXITED) {
 		if (!t->inflight)
 			keel__task_ops_drained(t);
@@ -254,9 +210,30 @@ static void op_done(struct keel__io *io, struct keel__op *op, int res)
 	keel__task_complete(t, res);
 }
 
-struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
-				    uint8_t kind, struct keel__op **opp,
-				    int *err)
+/* The op's last CQE is in: release it, then tell its task. Inline in the
+ * CQE loop, where a call spilled and restored six registers per CQE. */
+static inline __attribute__((always_inline)) void
+op_done(struct keel__io *io, struct keel__op *op, int res)
+{
+	struct keel_task *t = op->task;
+	uint32_t ref = op->index + 1;
+
+	op_lat_record(io, op);
+	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
+		    (int64_t)res,
+		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
+	op_release(io, op);
+	if (__builtin_expect((t->flags & (KEEL__T_EXITED | KEEL__T_SELECT)) ||
+				 res == -ECANCELED,
+			     0))
+		op_tell_task(t, ref, res);
+	else
+		keel__task_complete(t, res);
+}
+
+struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
+					 uint8_t kind, struct keel__op **opp,
+					 int *err)
 {
 	struct keel__io *io = keel__io_of(t->loop);
 	bool linked = io->timeout_task == t;
@@ -284,7 +261,7 @@ struct io_uring_sqe *keel__op_begin(struct keel_task *t, uint8_t opcode,
 		*err = -EAGAIN;
 		goto fail;
 	}
-	*opp = op_new(io, t, kind, opcode);
+	*opp = keel__op_new(io, t, kind, opcode);
 	if (!*opp) {
 		/* Leave the SQE harmless: a NOP nobody waits for. */
 		io_uring_prep_nop(sqe);
@@ -310,28 +287,18 @@ static void link_timeout(struct keel__io *io, struct keel__op *op,
 	op->pending++;
 }
 
-int keel__op_commit(struct keel_task *t, struct keel__op *op,
-		    struct io_uring_sqe *sqe)
+void keel__op_link_deadline(struct keel__io *io, struct keel__op *op,
+			    struct io_uring_sqe *sqe)
 {
-	struct keel__io *io = keel__io_of(t->loop);
+	/* Absolute, so that a resubmitted send_all keeps it; from the clock
+	 * now, so the op gets at least its full time. */
+	uint64_t deadline = keel__clock_now() + io->timeout_ns;
 
-	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
-	keel__sqe_fixed_fd(sqe);
-	op->pending = 1;
-	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, t->id, op->index,
-		    0);
-	if (io->timeout_task == t) {
-		/* Absolute, so that a resubmitted send_all keeps it; from the
-		 * clock now, so the op gets at least its full time. */
-		uint64_t deadline = keel__clock_now() + io->timeout_ns;
-
-		op->ts.tv_sec = (long long)(deadline / 1000000000u);
-		op->ts.tv_nsec = (long long)(deadline % 1000000000u);
-		op->flags |= KEEL__OP_LINKED;
-		io->timeout_task = NULL;
-		link_timeout(io, op, sqe);
-	}
-	return keel__task_suspend(t);
+	op->ts.tv_sec = (long long)(deadline / 1000000000u);
+	op->ts.tv_nsec = (long long)(deadline % 1000000000u);
+	op->flags |= KEEL__OP_LINKED;
+	io->timeout_task = NULL;
+	link_timeout(io, op, sqe);
 }
 
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res)
@@ -394,34 +361,13 @@ static void handle_notif(struct keel__io *io, struct keel__op *op,
 	(void)op;
 }
 
-static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
+/* A CQE of a live op, but for handle_cqe()'s common case: a stream's, a
+ * linked timeout's, a send_all's, a notification. Out of line, to keep
+ * the CQE loop small. */
+static __attribute__((noinline)) void
+handle_op_cqe(struct keel__io *io, struct keel__op *op, unsigned role,
+	      const struct io_uring_cqe *cqe)
 {
-	uint64_t ud = cqe->user_data;
-	unsigned role = ud & KEEL__UD_ROLE_MASK;
-	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
-	uint32_t gen = (uint32_t)(ud >> 32);
-	struct keel__ledger *l = &io->ledger;
-
-	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
-		/* An address above the role bits: a parked stream's poll. */
-		if (__builtin_expect(ud != role, 0) &&
-		    role == KEEL__UD_INTERNAL) {
-			keel__stream_parked_cqe(io, ud, cqe->res);
-			return;
-		}
-		/* A doorbell's work is in the inbox, drained in step 2. */
-		io->count.internal_cqes++;
-		return;
-	}
-	struct keel__op *op = index < (l->nchunks << KEEL__OP_CHUNK_SHIFT)
-				  ? keel__op_at(l, index)
-				  : NULL;
-
-	if (!op || op->gen != gen || !(op->flags & KEEL__OP_INUSE) ||
-	    !op->pending) {
-		io->count.stale_cqes++;
-		return;
-	}
 	if (op->kind == KEEL__OP_STREAM && role == KEEL__UD_MAIN) {
 		op->u.stream.on_cqe(io, op, cqe->res, cqe->flags);
 		return;
@@ -448,35 +394,94 @@ static void handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe)
 	op_done(io, op, res);
 }
 
-static unsigned reap_batch(struct keel__io *io)
+static inline void handle_cqe(struct keel__io *io,
+			      const struct io_uring_cqe *cqe)
 {
-	struct io_uring_cqe *cqe;
-	unsigned head, n = 0;
+	uint64_t ud = cqe->user_data;
+	unsigned role = ud & KEEL__UD_ROLE_MASK;
+	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
+	uint32_t gen = (uint32_t)(ud >> 32);
+	struct keel__ledger *l = &io->ledger;
 
-	io_uring_for_each_cqe (&io->ring, head, cqe) {
-		handle_cqe(io, cqe);
-		n++;
+	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
+		/* An address above the role bits: a parked stream's poll. */
+		if (__builtin_expect(ud != role, 0) &&
+		    role == KEEL__UD_INTERNAL) {
+			keel__stream_parked_cqe(io, ud, cqe->res);
+			return;
+		}
+		/* A doorbell's work is in the inbox, drained in step 2. */
+		io->count.internal_cqes++;
+		return;
 	}
-	io_uring_cq_advance(&io->ring, n);
-	io->count.cqes += n;
-	return n;
+	struct keel__op *op;
+
+	if (index >= (l->nchunks << KEEL__OP_CHUNK_SHIFT) ||
+	    (op = keel__op_at(l, index))->gen != gen ||
+	    !(op->flags & KEEL__OP_INUSE) || !op->pending) {
+		io->count.stale_cqes++;
+		return;
+	}
+	/* The common case: a one-shot op's own CQE, no deadline that fired,
+	 * no notification owed. handle_op_cqe() would come to op_done() with
+	 * cqe->res for it, by a dozen more tests. */
+	if (__builtin_expect(
+		op->kind == KEEL__OP_KERNEL && role == KEEL__UD_MAIN &&
+		    op->pending == 1 && !(op->flags & KEEL__OP_TIMED_OUT) &&
+		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
+		1))
+		op_done(io, op, cqe->res);
+	else
+		handle_op_cqe(io, op, role, cqe);
+}
+
+/*
+ * Every CQE in the CQ, as io_uring_for_each_cqe() would, but with the ring's
+ * geometry in locals and the tail read once per run of CQEs, not once per
+ * CQE: handle_cqe() stores through pointers, so the compiler reloaded each
+ * of them around every CQE. The tail is read again after the run, so CQEs
+ * posted meanwhile (a backend executes what a handler submits at once) are
+ * reaped in this batch, as before.
+ */
+static inline __attribute__((always_inline)) unsigned
+reap_batch(struct keel__io *io)
+{
+	struct io_uring_cq *cq = &io->ring.cq;
+	struct io_uring_cqe *cqes = cq->cqes;
+	const unsigned mask = cq->ring_mask;
+	const unsigned shift = io_uring_cqe_shift(&io->ring);
+	const unsigned first = *cq->khead;
+	unsigned head = first, tail;
+
+	while ((tail = io_uring_smp_load_acquire(cq->ktail)) != head) {
+		do
+			handle_cqe(io, &cqes[(head & mask) << shift]);
+		while (++head != tail);
+	}
+	if (head != first)
+		io_uring_smp_store_release(cq->khead, head);
+	io->count.cqes += head - first;
+	return head - first;
 }
 
 void keel__io_reap(struct keel__io *io)
 {
+	bool flushed = false;
+
 	io->reaping = true;
-	reap_batch(io);
 	/*
 	 * With FEAT_NODROP the kernel keeps CQEs that did not fit on an
 	 * overflow list; flush them into the (now empty) CQ and reap again
-	 * until none is left.
+	 * until none is left. (One call of reap_batch(), inlined: a second
+	 * copy made it a call, and its register saves, every turn.)
 	 */
-	while (io_uring_cq_has_overflow(&io->ring)) {
+	while (reap_batch(io) || !flushed) {
+		if (!io_uring_cq_has_overflow(&io->ring))
+			break;
 		io->count.cq_overflows++;
 		keel__io_enter(io, 1, 0);
 		io->count.enters++;
-		if (!reap_batch(io))
-			break;
+		flushed = true;
 	}
 	io->reaping = false;
 	if (io->bufrings_starved)

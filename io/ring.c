@@ -352,29 +352,57 @@ int keel__io_enter_slow(struct keel__io *io, unsigned want, int64_t wait_ns)
 }
 
 /*
+ * What liburing's submit does before its io_uring_enter, without SQPOLL
+ * (the kernel's thread reads the tail itself): publish the SQ tail; the
+ * SQEs the kernel has not consumed yet.
+ */
+static unsigned sq_publish(struct io_uring *ring)
+{
+	struct io_uring_sq *sq = &ring->sq;
+	unsigned tail = sq->sqe_tail;
+
+	if (sq->sqe_head != tail) {
+		sq->sqe_head = tail;
+		__atomic_store_n(sq->ktail, tail, __ATOMIC_RELEASE);
+	}
+	return tail - *sq->khead;
+}
+
+/* The ring fd to enter with, the registered one if there is: `flags`
+ * gets IORING_ENTER_REGISTERED_RING then. */
+static unsigned enter_fd(const struct keel__io *io, unsigned *flags)
+{
+	if (!io->ring_fd_registered)
+		return (unsigned)io->ring.ring_fd;
+	*flags |= IORING_ENTER_REGISTERED_RING;
+	return (unsigned)io->ring.enter_ring_fd;
+}
+
+int keel__io_enter_wait(struct keel__io *io, unsigned want)
+{
+	unsigned flags = IORING_ENTER_GETEVENTS;
+	unsigned fd = enter_fd(io, &flags);
+
+	return io_uring_enter(fd, sq_publish(&io->ring), want, flags, NULL);
+}
+
+/*
  * The kernel's min-wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12): submit, then
  * wait up to `min_wait_ns` for `want` CQEs; if by then any CQE is there,
  * return, else wait on for the first one, at most `wait_ns` (negative: no
  * limit). liburing 2.3 has no call for it, so the SQ tail is published here
- * as its own submit does (no SQPOLL: keel__io_has_min_wait()).
+ * (sq_publish(); no SQPOLL: keel__io_has_min_wait()).
  */
 #define MIN_WAIT_LIMIT_NS (3600ll * 1000000000)
 
 int keel__io_enter_min_wait(struct keel__io *io, unsigned want,
 			    int64_t min_wait_ns, int64_t wait_ns)
 {
-	struct io_uring *ring = &io->ring;
-	struct io_uring_sq *sq = &ring->sq;
 	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
-	unsigned tail = sq->sqe_tail, usec;
+	unsigned fd = enter_fd(io, &flags), usec;
 	struct io_uring_getevents_arg arg = {0};
 	struct __kernel_timespec ts;
-	int fd = ring->ring_fd;
 
-	if (sq->sqe_head != tail) {
-		sq->sqe_head = tail;
-		__atomic_store_n(sq->ktail, tail, __ATOMIC_RELEASE);
-	}
 	/* Without a general timeout (none, or one so far off that the kernel
 	 * takes it for none) the kernel ends the whole wait at the min-wait:
 	 * "no limit" is an hour, which only a loop idle since it was busy
@@ -386,11 +414,7 @@ int keel__io_enter_min_wait(struct keel__io *io, unsigned want,
 	ts.tv_nsec = wait_ns % 1000000000;
 	KEEL_GETEVENTS_MIN_WAIT(arg) = usec ? usec : 1;
 	arg.ts = (uint64_t)(uintptr_t)&ts;
-	if (io->ring_fd_registered) {
-		fd = ring->enter_ring_fd;
-		flags |= IORING_ENTER_REGISTERED_RING;
-	}
-	return io_uring_enter2((unsigned)fd, tail - *sq->khead, want, flags,
+	return io_uring_enter2(fd, sq_publish(&io->ring), want, flags,
 			       (sigset_t *)&arg, sizeof(arg));
 }
 

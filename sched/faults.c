@@ -138,7 +138,7 @@ static void fault_handler(int sig, siginfo_t *si, void *uctx)
 			c->panic.file = t->at ? t->at->file : "(first step)";
 			c->panic.line = t->at ? t->at->line : 0;
 			c->panic.signal = sig;
-			longjmp(c->abort_env, 1);
+			KEEL__ABORT_JUMP(c->abort_env);
 		}
 		char msg[400];
 		size_t n = put_str(msg, 0, sizeof(msg), "keel: ");

@@ -37,6 +37,8 @@ struct keel__inbox {
 struct keel_loop {
 	struct keel__io io; /* first: see core.h */
 	unsigned budget;    /* task steps per turn */
+	/* Each class's share of the budget (see run_ready()). */
+	unsigned share[KEEL_PRIO_CLASSES];
 	bool stop;
 	uint64_t turns;
 	void *altstack; /* the signal stack keel gave this thread, if any */
@@ -58,7 +60,11 @@ struct keel_loop {
 
 /* sched/remote.c */
 void keel__remote_post(struct keel_loop *loop, struct keel__remote_item *it);
-bool keel__remote_pending(const struct keel_loop *loop);
+/* Whether the inbox has items (inline: the turn asks it twice). */
+static inline bool keel__remote_pending(const struct keel_loop *loop)
+{
+	return __atomic_load_n(&loop->inbox.head, __ATOMIC_SEQ_CST) != NULL;
+}
 /*
  * Park before blocking: from now on posters ring the doorbell. Returns
  * false if the inbox already has work: then do not block (but unpark).

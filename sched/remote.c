@@ -152,11 +152,6 @@ void keel__remote_post(struct keel_loop *loop, struct keel__remote_item *it)
 		ring_doorbell(loop);
 }
 
-bool keel__remote_pending(const struct keel_loop *loop)
-{
-	return SEQ_LOAD(&loop->inbox.head) != NULL;
-}
-
 /*
  * `wake_pending` is cleared when the loop parks, before `parked` is set:
  * cleared at unpark instead, a doorbell rung just after the unpark would
