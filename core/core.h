@@ -299,8 +299,16 @@ struct keel__core {
 	uint32_t deadlock_nseen;
 };
 
-/* The core of the loop running on this thread, or NULL. */
-extern __thread struct keel__core *keel__current_core;
+/*
+ * The core of the loop running on this thread, or NULL. Initial-exec, as
+ * keel__virtual_clock below: one load from the thread pointer, not a call
+ * to __tls_get_addr from libkeel.so (a mailbox send asks it each time).
+ * glibc places such a library's variables in the static TLS block, or
+ * when it is dlopen'ed late, in that block's reserve (some hundreds of
+ * bytes: these are two pointers).
+ */
+extern __thread struct keel__core *keel__current_core
+    __attribute__((tls_model("initial-exec")));
 
 /*
  * The simulated kernel's virtual clock, when this thread runs simulated
