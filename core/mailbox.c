@@ -355,6 +355,20 @@ static void recv_cancelled(struct keel_task *t)
 	keel__task_complete(t, keel__task_cancel_cause(t));
 }
 
+/* Make `t` the waiting receiver: a message (or the close) completes it. The
+ * receiver's slot generation is taken again: a new task in a freed one's
+ * frame and slot is the same pointer (see `rx`). */
+static inline int recv_wait(struct keel_task *t, struct keel__task_ext *x,
+			    struct keel_mailbox *mb, void **out)
+{
+	x->waiter.owner = mb;
+	x->wait_cancel = recv_cancelled;
+	mb_set_receiver(mb, t);
+	mb->receiver = t;
+	mb->recv_out = out;
+	return keel__task_suspend_external(t);
+}
+
 static __attribute__((noinline)) int
 recv_slow(struct keel_task *t, struct keel_mailbox *mb, void **out)
 {
@@ -380,30 +394,38 @@ recv_slow(struct keel_task *t, struct keel_mailbox *mb, void **out)
 
 	if (!x)
 		return keel__task_ready(t, -ENOMEM);
-	x->waiter.owner = mb;
-	x->wait_cancel = recv_cancelled;
-	mb_set_receiver(mb, t);
-	mb->receiver = t;
-	mb->recv_out = out;
-	return keel__task_suspend_external(t);
+	return recv_wait(t, x, mb, out);
 }
 
 /*
- * The common receive, as take() would do it with no call: the same task
- * as last time, a local message first in line (the remote queue empty or
- * not its turn), no blocked local sender to move in. Anything else goes
- * the general way.
+ * The common receives, as recv_slow() would do them with no call, by the
+ * same task as last time with nobody else receiving: a local message first
+ * in line (the remote queue empty or not its turn) with no blocked local
+ * sender to move in is taken; or, both queues empty and the mailbox open,
+ * the task waits (its ext was made by its first wait: the first receive of
+ * a task goes the general way, as rx is not yet the task). Anything else
+ * goes the general way.
  */
 int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 {
-	if (keel__task_cancel_cause(t) || mb->receiver || mb->rx != t ||
-	    !mb->lcount || (mb->take_remote_first && !remote_empty(mb)) ||
-	    mb->local_senders.list.first)
+	struct keel__task_ext *x = t->ext;
+
+	if (keel__task_cancel_cause(t) || mb->receiver || mb->rx != t)
 		return recv_slow(t, mb, out);
-	*out = local_pop(mb);
+	if (mb->lcount) {
+		if ((mb->take_remote_first && !remote_empty(mb)) ||
+		    mb->local_senders.list.first)
+			return recv_slow(t, mb, out);
+		*out = local_pop(mb);
+		mb->take_remote_first = !mb->take_remote_first;
+		OWNER_INC(&mb->received);
+		return keel__task_ready(t, 0);
+	}
+	if (!x || !remote_empty(mb) || LOAD(&mb->closed))
+		return recv_slow(t, mb, out);
+	/* As take() of nothing: the turn passes all the same. */
 	mb->take_remote_first = !mb->take_remote_first;
-	OWNER_INC(&mb->received);
-	return keel__task_ready(t, 0);
+	return recv_wait(t, x, mb, out);
 }
 
 int keel_mb_try_recv(struct keel_mailbox *mb, void **out)
