@@ -36,6 +36,7 @@ static int token_alloc(struct keel_loop *loop, struct keel_token *parent,
 		tok->parent = keel_token_ref(parent);
 		keel__list_push_front(&parent->children, &tok->sibling);
 		tok->cause = parent->cause;
+		keel__core_of(loop)->cancelled += tok->cause != 0;
 	}
 	*out = tok;
 	return 0;
@@ -83,6 +84,8 @@ void keel_token_release(struct keel_token *tok)
 			    NULL;
 		if (parent)
 			keel__list_remove(&parent->children, &tok->sibling);
+		if (tok->cause)
+			keel__core_of(tok->loop)->cancelled--;
 		free(tok);
 		tok = parent; /* drop the reference the child held */
 	}
@@ -134,6 +137,7 @@ static void token_cancel(struct keel_token *tok, int cause)
 	if (tok->cause)
 		return;
 	tok->cause = cause;
+	c->cancelled++;
 	keel_token_ref(tok); /* callbacks may drop the last reference */
 	if (keel_timer_armed(&tok->timer))
 		keel_timer_cancel(tok->loop, &tok->timer);

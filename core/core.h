@@ -270,6 +270,9 @@ struct keel__core {
 	uint32_t external_waits; /* tasks another thread may wake */
 	struct keel__core_hooks hooks;
 	struct keel_token *root; /* the loop's root token */
+	/* Tokens of this loop cancelled and not yet freed: while none is,
+	 * no task's is either (a task observes a token of its own loop). */
+	uint32_t cancelled;
 	/* Abort frames (core/abort.c): where a panic in a step jumps to. */
 	struct keel_task *current;   /* the task whose step is running */
 	struct keel_task *unwinding; /* the aborted task whose defers run */
@@ -440,14 +443,17 @@ static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 /* Tokens (core/cancel.c). */
 int keel__tokens_init(struct keel__core *c, struct keel_loop *loop);
 void keel__tokens_fini(struct keel__core *c);
-/* The cause of the token `t` observes: 0 if not cancelled. */
+/* The cause of the token `t` observes: 0 if not cancelled. One test while
+ * no token of the loop is cancelled (every await asks). */
 static inline int keel__task_cancel_cause(const struct keel_task *t)
 {
-	const struct keel_token *tok = t->ext ? t->ext->token : NULL;
+	const struct keel__core *c = (const struct keel__core *)t->loop;
 
-	if (!tok)
-		tok = ((const struct keel__core *)t->loop)->root;
-	return tok->cause;
+	if (__builtin_expect(!c->cancelled, 1))
+		return 0;
+	if (t->ext && t->ext->token)
+		return t->ext->token->cause;
+	return c->root->cause;
 }
 /* Make an exiting task stop observing its token. */
 void keel__task_drop_token(struct keel_task *t);

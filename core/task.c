@@ -396,8 +396,8 @@ static __attribute__((noinline)) int join_slow(struct keel_task *self,
 }
 
 /*
- * The common join, with no call: a joiner observing the root token, with
- * no abort record to clear, and a target that has exited (neither joined
+ * The common join, with no call: no token of the loop cancelled, a joiner
+ * with no abort record to clear, and a target that has exited (neither joined
  * nor aborted, no ext, no op in flight: its frame goes now), with
  * allowance left for a ready await. Anything else goes the general way.
  */
@@ -406,7 +406,7 @@ int keel_join(struct keel_task *self, struct keel_task *target)
 	struct keel__core *c = keel__core_of(self->loop);
 	const struct keel__task_ext *sx = self->ext;
 
-	if ((sx && (sx->token || sx->joined_abort.file)) || c->root->cause)
+	if ((sx && sx->joined_abort.file) || c->cancelled)
 		return join_slow(self, target);
 	if (target == self)
 		return keel__task_ready(self, -EDEADLK);
