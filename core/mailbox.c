@@ -707,13 +707,16 @@ send_slow(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 }
 
 /*
- * The common sends from a task of the owner loop, with no call (but the
- * receiver's wake): room and nobody receiving, the message is queued; or
- * a receiver waits (not in a select) on an empty mailbox, and the message
- * goes straight to it, as local_send() then deliver() would hand it over.
+ * The common sends from a task of the owner loop, with no call: room and
+ * nobody receiving, the message is queued; or a receiver waits (not in a
+ * select, not killed) on an empty local ring, and the message goes
+ * straight to it, as local_send() then deliver() would hand it over.
  * (An empty local ring has no blocked local sender: senders block only
- * on a full one, and take() moves one in per message taken.) Anything
- * else goes the general way.
+ * on a full one, and take() moves one in per message taken. A remote
+ * message that came meanwhile is the receiver's next: order is kept per
+ * sender, and the turn passes on.) A waiting receiver is neither queued
+ * nor exited, so its wake is keel__task_enqueue()'s alone. Anything else
+ * goes the general way.
  */
 int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 {
@@ -729,15 +732,16 @@ int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 			return send_slow(t, mb, msg);
 		local_push(mb, msg);
 	} else {
-		if (mb->lcount || (r->flags & KEEL__T_SELECT) ||
-		    !remote_empty(mb))
+		if (mb->lcount ||
+		    (r->flags & (KEEL__T_SELECT | KEEL__T_KILLED)))
 			return send_slow(t, mb, msg);
 		*mb->recv_out = msg;
 		mb->take_remote_first = !mb->take_remote_first;
 		OWNER_INC(&mb->received);
 		mb->receiver = NULL;
 		r->ext->wait_cancel = NULL;
-		keel__task_complete(r, 0);
+		r->res = 0;
+		keel__task_enqueue(keel__core_of(r->loop), r);
 	}
 	OWNER_INC(&mb->sent_local);
 	return keel__task_ready(t, 0);
