@@ -470,6 +470,33 @@ void keel__task_aborted(struct keel__core *c, struct keel_task *t);
 void keel__abort_transfer(struct keel_task *from, struct keel_abort *to);
 void keel__abort_clear(struct keel_abort *a);
 
+/*
+ * Oneshots (core/sync.c; semantics in keel/sync.h). Defined here so that
+ * one can live inside another object: an actor's ask holds its reply slot
+ * in its envelope's allocation (supervise/actor.c).
+ */
+struct keel_oneshot {
+	struct keel_loop *loop; /* the receiver's */
+	unsigned state;		/* OS_* bits (sync.c), atomic */
+	uint32_t refs;		/* atomic */
+	void *value;		/* written before SENT is published */
+	int err;		/* written before CLOSED is published */
+	keel_mb_drop_fn on_drop;
+	void *drop_arg;
+	/* Instead of free() when the last reference goes (embedded). */
+	void (*done)(struct keel_oneshot *os);
+	/* The receiver's side: its loop's thread only. */
+	struct keel_task *receiver;
+	void **out;
+	struct keel_timer timer; /* the receive's deadline */
+	struct keel__remote_item wake;
+};
+
+/* Make a oneshot in zeroed memory, holding one reference (no on_drop);
+ * `done`, if not NULL, runs instead of free() when the last one goes. */
+void keel__oneshot_init(struct keel_oneshot *os, struct keel_loop *loop,
+			void (*done)(struct keel_oneshot *os));
+
 /* Mailboxes (core/mailbox.c): open a closed mailbox again (owner loop;
  * nobody may be blocked on it). For actors that a supervisor restarts. */
 void keel__mb_reopen(struct keel_mailbox *mb);
