@@ -586,8 +586,11 @@ static inline void *keel__alloc_try(struct keel__alloc *a, size_t size,
 	size_t cls = (size + 63) >> KEEL__FRAME_CLASS_SHIFT;
 	char *p;
 
-	if (__builtin_expect(cls >= KEEL__FRAME_CLASSES, 0) || zero < size ||
-	    size > KEEL__ZERO_INLINE || !(p = a->cached[cls]))
+	/* Up to KEEL__ZERO_INLINE bytes: a small class (one test for both). */
+	_Static_assert(KEEL__ZERO_INLINE >> KEEL__FRAME_CLASS_SHIFT <
+			   KEEL__FRAME_CLASSES,
+		       "inline-zeroed blocks are of small classes");
+	if (size > KEEL__ZERO_INLINE || zero < size || !(p = a->cached[cls]))
 		return NULL;
 	a->cached[cls] = *(void **)p;
 	a->live++;

@@ -397,9 +397,11 @@ static __attribute__((noinline)) int join_slow(struct keel_task *self,
 
 /*
  * The common join, with no call: no token of the loop cancelled, a joiner
- * with no abort record to clear, and a target that has exited (neither joined
- * nor aborted, no ext, no op in flight: its frame goes now), with
- * allowance left for a ready await. Anything else goes the general way.
+ * with no abort record to clear, and a target that has exited (not joined,
+ * no ext, no op in flight: its frame goes now), with allowance left for a
+ * ready await. Anything else goes the general way. (An aborted target with
+ * no ext has no abort record to hand on: the general way would only give
+ * the joiner an empty one.)
  */
 int keel_join(struct keel_task *self, struct keel_task *target)
 {
@@ -413,8 +415,7 @@ int keel_join(struct keel_task *self, struct keel_task *target)
 	if ((target->flags &
 	     (KEEL__T_JOINABLE | KEEL__T_EXITED | KEEL__T_RELEASED)) !=
 		(KEEL__T_JOINABLE | KEEL__T_EXITED) ||
-	    target->ext || target->inflight || target->res == KEEL_ABORTED ||
-	    c->ready_budget <= 0 ||
+	    target->ext || target->inflight || c->ready_budget <= 0 ||
 	    !keel__alloc_free_inline(target->type->frame_size))
 		return join_slow(self, target);
 	/* An exited task has no joiner and is not self (which runs). */
