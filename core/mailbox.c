@@ -79,8 +79,14 @@ struct keel_mailbox {
 	pthread_mutex_t lock; /* remote_senders */
 	struct keel__waitq remote_senders;
 	uint32_t nremote_senders; /* atomic hint read without the lock */
-	uint64_t sent_local;	  /* by the owner loop (OWNER_INC) */
+	/*
+	 * A message sent by the owner loop is received, still queued, or
+	 * dropped queued (DROP_OLDEST): it needs no count of its own, so a
+	 * local message costs one count, not two (keel_mb_stats()).
+	 */
 	uint64_t received;	  /* by the owner loop (OWNER_INC) */
+	uint64_t received_remote; /* of them, from the remote queue */
+	uint64_t dropped_local;	  /* queued local messages dropped */
 	uint64_t sent_remote;	  /* by other threads (atomic add) */
 	uint64_t dropped, full;
 };
@@ -277,6 +283,7 @@ static bool take(struct keel_mailbox *mb, void **msg)
 	if (mb->take_remote_first || !mb->lcount)
 		got = !remote_empty(mb) && remote_pop(mb, msg);
 	if (got) {
+		OWNER_INC(&mb->received_remote);
 		if (remote_senders_waiting(mb))
 			wake_remote_sender(mb);
 	} else if (mb->lcount) {
@@ -287,15 +294,17 @@ static bool take(struct keel_mailbox *mb, void **msg)
 
 		if (w) {
 			local_push(mb, w->payload);
-			OWNER_INC(&mb->sent_local);
 			w->state = KEEL__WAIT_IDLE;
 			w->task->ext->wait_cancel = NULL;
 			keel__task_complete(w->task, 0);
 		}
 	} else if (!mb->take_remote_first) {
 		got = !remote_empty(mb) && remote_pop(mb, msg);
-		if (got && remote_senders_waiting(mb))
-			wake_remote_sender(mb);
+		if (got) {
+			OWNER_INC(&mb->received_remote);
+			if (remote_senders_waiting(mb))
+				wake_remote_sender(mb);
+		}
 	}
 	mb->take_remote_first = !mb->take_remote_first;
 	if (got)
@@ -497,7 +506,6 @@ static int local_send(struct keel_mailbox *mb, void *msg)
 {
 	if (mb->lcount < mb->cap) {
 		local_push(mb, msg);
-		OWNER_INC(&mb->sent_local);
 		deliver(mb);
 		return 0;
 	}
@@ -506,8 +514,8 @@ static int local_send(struct keel_mailbox *mb, void *msg)
 	if (r != MUST_WAIT || mb->policy != KEEL_MB_DROP_OLDEST)
 		return r;
 	drop(mb, local_pop(mb));
+	OWNER_INC(&mb->dropped_local);
 	local_push(mb, msg);
-	OWNER_INC(&mb->sent_local);
 	return KEEL_MB_DROPPED;
 }
 
@@ -743,7 +751,6 @@ int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 		r->res = 0;
 		keel__task_enqueue(keel__core_of(r->loop), r);
 	}
-	OWNER_INC(&mb->sent_local);
 	return keel__task_ready(t, 0);
 }
 
@@ -775,12 +782,18 @@ void keel_mb_stats(struct keel_mailbox *mb, struct keel_mb_stats *out)
 	uint64_t renq = __atomic_load_n(&mb->renq, __ATOMIC_RELAXED);
 	uint64_t rdeq = __atomic_load_n(&mb->rdeq, __ATOMIC_RELAXED);
 
-	out->sent = __atomic_load_n(&mb->sent_local, __ATOMIC_RELAXED) +
-		    __atomic_load_n(&mb->sent_remote, __ATOMIC_RELAXED);
-	out->received = __atomic_load_n(&mb->received, __ATOMIC_RELAXED);
+	uint64_t received = __atomic_load_n(&mb->received, __ATOMIC_RELAXED);
+	uint32_t lcount = mb->lcount;
+
+	/* Local: received, queued or dropped queued (see `received`). */
+	out->sent =
+	    received - __atomic_load_n(&mb->received_remote, __ATOMIC_RELAXED) +
+	    lcount + __atomic_load_n(&mb->dropped_local, __ATOMIC_RELAXED) +
+	    __atomic_load_n(&mb->sent_remote, __ATOMIC_RELAXED);
+	out->received = received;
 	out->dropped = __atomic_load_n(&mb->dropped, __ATOMIC_RELAXED);
 	out->full = __atomic_load_n(&mb->full, __ATOMIC_RELAXED);
-	out->depth = mb->lcount + (uint32_t)(renq - rdeq);
+	out->depth = lcount + (uint32_t)(renq - rdeq);
 	out->capacity = mb->cap;
 }
 
