@@ -206,9 +206,15 @@ void keel__task_wake_other(struct keel_task *t)
 		keel__task_kill_later(t);
 }
 
+/* The running task itself (an await): neither queued nor waiting, so
+ * only its QUEUED bit changes (keel__task_enqueue() less its tests). */
 int keel_yield(struct keel_task *t)
 {
-	keel__task_enqueue(keel__core_of(t->loop), t);
+	struct keel__core *c = keel__core_of(t->loop);
+
+	t->flags |= KEEL__T_QUEUED;
+	keel__taskq_push(&c->runq[t->prio], t);
+	c->runnable++;
 	return KEEL_PENDING;
 }
 
