@@ -502,11 +502,46 @@ static int full_send(struct keel_mailbox *mb, void *msg)
 	return MUST_WAIT;
 }
 
+/*
+ * Whether a send on the owner loop may hand its message straight to the
+ * waiting receiver `r`, as local_push() then deliver() would: not in a
+ * select, not killed, and the local ring empty. (An empty local ring has no
+ * blocked local sender: senders block only on a full one, and take() moves
+ * one in per message taken. A remote message that came meanwhile is the
+ * receiver's next: order is kept per sender, and the turn passes on.)
+ */
+static inline bool can_hand_over(const struct keel_mailbox *mb,
+				 const struct keel_task *r)
+{
+	return !mb->lcount && !(r->flags & (KEEL__T_SELECT | KEEL__T_KILLED));
+}
+
+/* A waiting receiver is neither queued nor exited: its wake is
+ * keel__task_enqueue()'s alone. */
+static inline void hand_over(struct keel_mailbox *mb, struct keel_task *r,
+			     void *msg)
+{
+	*mb->recv_out = msg;
+	mb->take_remote_first = !mb->take_remote_first;
+	OWNER_INC(&mb->received);
+	mb->receiver = NULL;
+	r->ext->wait_cancel = NULL;
+	r->res = 0;
+	keel__task_enqueue(keel__core_of(r->loop), r);
+}
+
 static int local_send(struct keel_mailbox *mb, void *msg)
 {
+	struct keel_task *rx = mb->receiver;
+
 	if (mb->lcount < mb->cap) {
+		if (rx && can_hand_over(mb, rx)) {
+			hand_over(mb, rx, msg);
+			return 0;
+		}
 		local_push(mb, msg);
-		deliver(mb);
+		if (rx) /* not directly (a select...): deliver() decides */
+			deliver(mb);
 		return 0;
 	}
 	int r = full_send(mb, msg);
@@ -716,15 +751,9 @@ send_slow(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 
 /*
  * The common sends from a task of the owner loop, with no call: room and
- * nobody receiving, the message is queued; or a receiver waits (not in a
- * select, not killed) on an empty local ring, and the message goes
- * straight to it, as local_send() then deliver() would hand it over.
- * (An empty local ring has no blocked local sender: senders block only
- * on a full one, and take() moves one in per message taken. A remote
- * message that came meanwhile is the receiver's next: order is kept per
- * sender, and the turn passes on.) A waiting receiver is neither queued
- * nor exited, so its wake is keel__task_enqueue()'s alone. Anything else
- * goes the general way.
+ * nobody receiving, the message is queued; or a receiver waits, and the
+ * message goes straight to it (can_hand_over()). Anything else goes the
+ * general way.
  */
 int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 {
@@ -740,16 +769,9 @@ int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 			return send_slow(t, mb, msg);
 		local_push(mb, msg);
 	} else {
-		if (mb->lcount ||
-		    (r->flags & (KEEL__T_SELECT | KEEL__T_KILLED)))
+		if (!can_hand_over(mb, r))
 			return send_slow(t, mb, msg);
-		*mb->recv_out = msg;
-		mb->take_remote_first = !mb->take_remote_first;
-		OWNER_INC(&mb->received);
-		mb->receiver = NULL;
-		r->ext->wait_cancel = NULL;
-		r->res = 0;
-		keel__task_enqueue(keel__core_of(r->loop), r);
+		hand_over(mb, r, msg);
 	}
 	return keel__task_ready(t, 0);
 }
