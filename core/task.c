@@ -81,10 +81,11 @@ static inline int slot_take(struct keel__core *c, struct keel_task *t)
 	return 0;
 }
 
+/* The generation moves on when the slot is taken again: a free slot holds
+ * no task, which is all a reader of a free one needs to know. */
 static void slot_release(struct keel__core *c, uint32_t id)
 {
 	c->slots[id].task = NULL;
-	c->slots[id].gen++;
 	c->slots[id].next_free = c->free_slot;
 	c->free_slot = id + 1;
 }
