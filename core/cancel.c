@@ -236,13 +236,11 @@ void keel_token_cb_remove(struct keel_token_cb *cb)
 	cb->tok = NULL;
 }
 
-struct keel__task_ext *keel__task_ext(struct keel_task *t)
+struct keel__task_ext *keel__task_ext_new(struct keel_task *t)
 {
-	if (!t->ext) {
-		t->ext = calloc(1, sizeof(*t->ext));
-		if (t->ext)
-			t->ext->task = t;
-	}
+	t->ext = calloc(1, sizeof(*t->ext));
+	if (t->ext)
+		t->ext->task = t;
 	return t->ext;
 }
 

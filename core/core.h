@@ -460,8 +460,15 @@ void keel__task_drop_token(struct keel_task *t);
 /* Give a new task the token of the task spawning it, if any. */
 int keel__task_inherit_token(struct keel_task *child,
 			     const struct keel_task *parent);
-/* The ext of `t`, allocated on first use; NULL when out of memory. */
-struct keel__task_ext *keel__task_ext(struct keel_task *t);
+/* The ext of `t`, allocated on first use; NULL when out of memory. Inline:
+ * every wait that can be cancelled asks, and all but a task's first find
+ * it there. */
+struct keel__task_ext *keel__task_ext_new(struct keel_task *t);
+static inline struct keel__task_ext *keel__task_ext(struct keel_task *t)
+{
+	return __builtin_expect(t->ext != NULL, 1) ? t->ext
+						   : keel__task_ext_new(t);
+}
 
 /* Abort frames (core/abort.c). */
 /* The step of c->current panicked: unwind it (defers, exit, joiner). */
