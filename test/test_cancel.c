@@ -1732,8 +1732,9 @@ struct count_probe {
 	struct keel_task task;
 	struct keel_mailbox *mb;
 	void *msg;
-	int res[3];
 };
+
+static int g_count_res[3]; /* the frame goes when the probe exits */
 
 static int count_probe_step(struct keel_task *t)
 {
@@ -1741,11 +1742,11 @@ static int count_probe_step(struct keel_task *t)
 
 	KEEL_BEGIN(t);
 	KEEL_AWAIT(t, keel_mb_send(t, p->mb, p));
-	p->res[0] = keel_res(t);
+	g_count_res[0] = keel_res(t);
 	KEEL_AWAIT(t, keel_mb_recv(t, p->mb, &p->msg));
-	p->res[1] = keel_res(t);
+	g_count_res[1] = keel_res(t);
 	KEEL_AWAIT(t, keel_join(t, t));
-	p->res[2] = keel_res(t);
+	g_count_res[2] = keel_res(t);
 	KEEL_END(t);
 }
 static KEEL_TASK_TYPE(count_probe_task, struct count_probe, task,
@@ -1764,11 +1765,13 @@ static void run_count_probe(struct keel_loop *loop, struct keel_token *tok,
 		cr_assert_eq(keel_task_set_token(
 				 keel_task_of(&count_probe_task, p), tok),
 			     0);
+	for (int i = 0; i < 3; i++)
+		g_count_res[i] = 12345;
 	kt_loop_run(loop);
 	keel_mailbox_release(mb);
-	cr_assert_eq(p->res[0], want_send, "send gave %d", p->res[0]);
-	cr_assert_eq(p->res[1], want_recv, "recv gave %d", p->res[1]);
-	cr_assert_eq(p->res[2], want_join, "join gave %d", p->res[2]);
+	cr_assert_eq(g_count_res[0], want_send, "send gave %d", g_count_res[0]);
+	cr_assert_eq(g_count_res[1], want_recv, "recv gave %d", g_count_res[1]);
+	cr_assert_eq(g_count_res[2], want_join, "join gave %d", g_count_res[2]);
 }
 
 Test(cancel, cancelled_tokens_that_come_and_go_hide_no_cancelled_one,
