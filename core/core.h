@@ -305,7 +305,8 @@ struct keel__core {
 /*
  * The core of the loop running on this thread, or NULL. Initial-exec, as
  * keel__virtual_clock below: one load from the thread pointer, not a call
- * to __tls_get_addr from libkeel.so (a mailbox send asks it each time).
+ * to __tls_get_addr from libkeel.so (every try_send, tell and oneshot
+ * send asks which loop runs).
  * glibc places such a library's variables in the static TLS block, or
  * when it is dlopen'ed late, in that block's reserve (some hundreds of
  * bytes: these are two pointers).
