@@ -49,9 +49,24 @@ int keel__tokens_init(struct keel__core *c, struct keel_loop *loop)
 
 void keel__tokens_fini(struct keel__core *c)
 {
-	if (c->root)
+	if (c->root) {
+		/* Tokens still held keep the root: they must not count. */
+		c->root->loop_gone = true;
 		keel_token_release(c->root);
+	}
 	c->root = NULL;
+}
+
+/* A cancelled token goes: its loop counts one fewer, unless the loop went
+ * first (a token may be released after it; its root knows). */
+static void uncount(const struct keel_token *tok)
+{
+	const struct keel_token *root = tok;
+
+	while (root->parent)
+		root = root->parent;
+	if (!root->loop_gone)
+		keel__core_of(tok->loop)->cancelled--;
 }
 
 int keel_token_new(struct keel_loop *loop, struct keel_token *parent,
@@ -85,7 +100,7 @@ void keel_token_release(struct keel_token *tok)
 		if (parent)
 			keel__list_remove(&parent->children, &tok->sibling);
 		if (tok->cause)
-			keel__core_of(tok->loop)->cancelled--;
+			uncount(tok);
 		free(tok);
 		tok = parent; /* drop the reference the child held */
 	}

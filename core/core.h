@@ -188,6 +188,7 @@ struct keel_token {
 	struct keel_timer timer;
 	uint32_t refs;
 	int cause;
+	bool loop_gone; /* the root's: its loop was destroyed first */
 };
 
 /*

@@ -1808,3 +1808,19 @@ Test(cancel, cancelled_tokens_that_come_and_go_hide_no_cancelled_one,
 	assert_quiet(loop);
 	keel_loop_destroy(loop);
 }
+
+/* A token may be released after its loop is gone: freeing a cancelled one
+ * then leaves the loop's count alone (ASan: no write to the freed loop). */
+Test(cancel, cancelled_token_released_after_its_loop_is_gone, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_token *tok = token_new(loop, NULL);
+	struct keel_token *child = token_new(loop, tok);
+
+	keel_token_cancel(tok);
+	keel_token_cancel(keel_loop_token(loop));
+	keel_loop_destroy(loop);
+	keel_token_release(child);
+	cr_assert_eq(keel_token_cause(tok), -ECANCELED);
+	keel_token_release(tok);
+}
