@@ -20,7 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-__thread struct keel__core *keel__current_core;
+__thread struct keel__core *keel__current_core
+    __attribute__((tls_model("initial-exec")));
 
 void keel__abort_clear(struct keel_abort *a)
 {

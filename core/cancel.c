@@ -36,6 +36,7 @@ static int token_alloc(struct keel_loop *loop, struct keel_token *parent,
 		tok->parent = keel_token_ref(parent);
 		keel__list_push_front(&parent->children, &tok->sibling);
 		tok->cause = parent->cause;
+		keel__core_of(loop)->cancelled += tok->cause != 0;
 	}
 	*out = tok;
 	return 0;
@@ -48,9 +49,24 @@ int keel__tokens_init(struct keel__core *c, struct keel_loop *loop)
 
 void keel__tokens_fini(struct keel__core *c)
 {
-	if (c->root)
+	if (c->root) {
+		/* Tokens still held keep the root: they must not count. */
+		c->root->loop_gone = true;
 		keel_token_release(c->root);
+	}
 	c->root = NULL;
+}
+
+/* A cancelled token goes: its loop counts one fewer, unless the loop went
+ * first (a token may be released after it; its root knows). */
+static void uncount(const struct keel_token *tok)
+{
+	const struct keel_token *root = tok;
+
+	while (root->parent)
+		root = root->parent;
+	if (!root->loop_gone)
+		keel__core_of(tok->loop)->cancelled--;
 }
 
 int keel_token_new(struct keel_loop *loop, struct keel_token *parent,
@@ -83,6 +99,8 @@ void keel_token_release(struct keel_token *tok)
 			    NULL;
 		if (parent)
 			keel__list_remove(&parent->children, &tok->sibling);
+		if (tok->cause)
+			uncount(tok);
 		free(tok);
 		tok = parent; /* drop the reference the child held */
 	}
@@ -134,6 +152,7 @@ static void token_cancel(struct keel_token *tok, int cause)
 	if (tok->cause)
 		return;
 	tok->cause = cause;
+	c->cancelled++;
 	keel_token_ref(tok); /* callbacks may drop the last reference */
 	if (keel_timer_armed(&tok->timer))
 		keel_timer_cancel(tok->loop, &tok->timer);
@@ -232,13 +251,11 @@ void keel_token_cb_remove(struct keel_token_cb *cb)
 	cb->tok = NULL;
 }
 
-struct keel__task_ext *keel__task_ext(struct keel_task *t)
+struct keel__task_ext *keel__task_ext_new(struct keel_task *t)
 {
-	if (!t->ext) {
-		t->ext = calloc(1, sizeof(*t->ext));
-		if (t->ext)
-			t->ext->task = t;
-	}
+	t->ext = calloc(1, sizeof(*t->ext));
+	if (t->ext)
+		t->ext->task = t;
 	return t->ext;
 }
 

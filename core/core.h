@@ -230,6 +230,7 @@ struct keel_token {
 	struct keel_timer timer;
 	uint32_t refs;
 	int cause;
+	bool loop_gone; /* the root's: its loop was destroyed first */
 };
 
 /*
@@ -332,6 +333,9 @@ struct keel__core {
 	uint32_t external_waits; /* tasks another thread may wake */
 	struct keel__core_hooks hooks;
 	struct keel_token *root; /* the loop's root token */
+	/* Tokens of this loop cancelled and not yet freed: while none is,
+	 * no task's is either (a task observes a token of its own loop). */
+	uint32_t cancelled;
 	/* Abort frames (core/abort.c): where a panic in a step jumps to. */
 	struct keel_task *current;   /* the task whose step is running */
 	struct keel_task *unwinding; /* the aborted task whose defers run */
@@ -361,9 +365,15 @@ struct keel__core {
 	uint32_t deadlock_nseen;
 };
 
-/* The core of the loop running on this thread, or NULL. Initial-exec: a
- * load from the thread pointer; libkeel.so's default model made each turn
- * call __tls_get_addr for it twice. */
+/*
+ * The core of the loop running on this thread, or NULL. Initial-exec, as
+ * keel__virtual_clock below: one load from the thread pointer, not a call
+ * to __tls_get_addr from libkeel.so (every try_send, tell and oneshot
+ * send asks which loop runs).
+ * glibc places such a library's variables in the static TLS block, or
+ * when it is dlopen'ed late, in that block's reserve (some hundreds of
+ * bytes: these are two pointers).
+ */
 extern __thread struct keel__core *keel__current_core
     __attribute__((tls_model("initial-exec")));
 
@@ -520,22 +530,32 @@ static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 /* Tokens (core/cancel.c). */
 int keel__tokens_init(struct keel__core *c, struct keel_loop *loop);
 void keel__tokens_fini(struct keel__core *c);
-/* The cause of the token `t` observes: 0 if not cancelled. */
+/* The cause of the token `t` observes: 0 if not cancelled. One test while
+ * no token of the loop is cancelled (every await asks). */
 static inline int keel__task_cancel_cause(const struct keel_task *t)
 {
-	const struct keel_token *tok = t->ext ? t->ext->token : NULL;
+	const struct keel__core *c = (const struct keel__core *)t->loop;
 
-	if (!tok)
-		tok = ((const struct keel__core *)t->loop)->root;
-	return tok->cause;
+	if (__builtin_expect(!c->cancelled, 1))
+		return 0;
+	if (t->ext && t->ext->token)
+		return t->ext->token->cause;
+	return c->root->cause;
 }
 /* Make an exiting task stop observing its token. */
 void keel__task_drop_token(struct keel_task *t);
 /* Give a new task the token of the task spawning it, if any. */
 int keel__task_inherit_token(struct keel_task *child,
 			     const struct keel_task *parent);
-/* The ext of `t`, allocated on first use; NULL when out of memory. */
-struct keel__task_ext *keel__task_ext(struct keel_task *t);
+/* The ext of `t`, allocated on first use; NULL when out of memory. Inline:
+ * every wait that can be cancelled asks, and all but a task's first find
+ * it there. */
+struct keel__task_ext *keel__task_ext_new(struct keel_task *t);
+static inline struct keel__task_ext *keel__task_ext(struct keel_task *t)
+{
+	return __builtin_expect(t->ext != NULL, 1) ? t->ext
+						   : keel__task_ext_new(t);
+}
 
 /* Abort frames (core/abort.c). */
 /* The step of c->current panicked: unwind it (defers, exit, joiner). */
@@ -543,6 +563,33 @@ void keel__task_aborted(struct keel__core *c, struct keel_task *t);
 /* Hand an exited task's abort record to whoever collects its status. */
 void keel__abort_transfer(struct keel_task *from, struct keel_abort *to);
 void keel__abort_clear(struct keel_abort *a);
+
+/*
+ * Oneshots (core/sync.c; semantics in keel/sync.h). Defined here so that
+ * one can live inside another object: an actor's ask holds its reply slot
+ * in its envelope's allocation (supervise/actor.c).
+ */
+struct keel_oneshot {
+	struct keel_loop *loop; /* the receiver's */
+	unsigned state;		/* OS_* bits (sync.c), atomic */
+	uint32_t refs;		/* atomic */
+	void *value;		/* written before SENT is published */
+	int err;		/* written before CLOSED is published */
+	keel_mb_drop_fn on_drop;
+	void *drop_arg;
+	/* Instead of free() when the last reference goes (embedded). */
+	void (*done)(struct keel_oneshot *os);
+	/* The receiver's side: its loop's thread only. */
+	struct keel_task *receiver;
+	void **out;
+	struct keel_timer timer; /* the receive's deadline */
+	struct keel__remote_item wake;
+};
+
+/* Make a oneshot in zeroed memory, holding one reference (no on_drop);
+ * `done`, if not NULL, runs instead of free() when the last one goes. */
+void keel__oneshot_init(struct keel_oneshot *os, struct keel_loop *loop,
+			void (*done)(struct keel_oneshot *os));
 
 /* Mailboxes (core/mailbox.c): open a closed mailbox again (owner loop;
  * nobody may be blocked on it). For actors that a supervisor restarts. */
@@ -634,8 +681,11 @@ static inline void *keel__alloc_try(struct keel__alloc *a, size_t size,
 	size_t end = cls << KEEL__FRAME_CLASS_SHIFT;
 	char *p;
 
-	if (__builtin_expect(cls >= KEEL__FRAME_CLASSES, 0) || zero < size ||
-	    size > KEEL__ZERO_INLINE || !(p = a->cached[cls]))
+	/* Up to KEEL__ZERO_INLINE bytes: a small class (one test for both). */
+	_Static_assert(KEEL__ZERO_INLINE >> KEEL__FRAME_CLASS_SHIFT <
+			   KEEL__FRAME_CLASSES,
+		       "inline-zeroed blocks are of small classes");
+	if (size > KEEL__ZERO_INLINE || zero < size || !(p = a->cached[cls]))
 		return NULL;
 	a->cached[cls] = *(void **)p;
 	a->live++;

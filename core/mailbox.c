@@ -79,8 +79,14 @@ struct keel_mailbox {
 	pthread_mutex_t lock; /* remote_senders */
 	struct keel__waitq remote_senders;
 	uint32_t nremote_senders; /* atomic hint read without the lock */
-	uint64_t sent_local;	  /* by the owner loop (OWNER_INC) */
+	/*
+	 * A message sent by the owner loop is received, still queued, or
+	 * dropped queued (DROP_OLDEST): it needs no count of its own, so a
+	 * local message costs one count, not two (keel_mb_stats()).
+	 */
 	uint64_t received;	  /* by the owner loop (OWNER_INC) */
+	uint64_t received_remote; /* of them, from the remote queue */
+	uint64_t dropped_local;	  /* queued local messages dropped */
 	uint64_t sent_remote;	  /* by other threads (atomic add) */
 	uint64_t dropped, full;
 };
@@ -277,6 +283,7 @@ static bool take(struct keel_mailbox *mb, void **msg)
 	if (mb->take_remote_first || !mb->lcount)
 		got = !remote_empty(mb) && remote_pop(mb, msg);
 	if (got) {
+		OWNER_INC(&mb->received_remote);
 		if (remote_senders_waiting(mb))
 			wake_remote_sender(mb);
 	} else if (mb->lcount) {
@@ -287,15 +294,17 @@ static bool take(struct keel_mailbox *mb, void **msg)
 
 		if (w) {
 			local_push(mb, w->payload);
-			OWNER_INC(&mb->sent_local);
 			w->state = KEEL__WAIT_IDLE;
 			w->task->ext->wait_cancel = NULL;
 			keel__task_complete(w->task, 0);
 		}
 	} else if (!mb->take_remote_first) {
 		got = !remote_empty(mb) && remote_pop(mb, msg);
-		if (got && remote_senders_waiting(mb))
-			wake_remote_sender(mb);
+		if (got) {
+			OWNER_INC(&mb->received_remote);
+			if (remote_senders_waiting(mb))
+				wake_remote_sender(mb);
+		}
 	}
 	mb->take_remote_first = !mb->take_remote_first;
 	if (got)
@@ -355,6 +364,20 @@ static void recv_cancelled(struct keel_task *t)
 	keel__task_complete(t, keel__task_cancel_cause(t));
 }
 
+/* Make `t` the waiting receiver: a message (or the close) completes it. The
+ * receiver's slot generation is taken again: a new task in a freed one's
+ * frame and slot is the same pointer (see `rx`). */
+static inline int recv_wait(struct keel_task *t, struct keel__task_ext *x,
+			    struct keel_mailbox *mb, void **out)
+{
+	x->waiter.owner = mb;
+	x->wait_cancel = recv_cancelled;
+	mb_set_receiver(mb, t);
+	mb->receiver = t;
+	mb->recv_out = out;
+	return keel__task_suspend_external(t);
+}
+
 static __attribute__((noinline)) int
 recv_slow(struct keel_task *t, struct keel_mailbox *mb, void **out)
 {
@@ -380,30 +403,38 @@ recv_slow(struct keel_task *t, struct keel_mailbox *mb, void **out)
 
 	if (!x)
 		return keel__task_ready(t, -ENOMEM);
-	x->waiter.owner = mb;
-	x->wait_cancel = recv_cancelled;
-	mb_set_receiver(mb, t);
-	mb->receiver = t;
-	mb->recv_out = out;
-	return keel__task_suspend_external(t);
+	return recv_wait(t, x, mb, out);
 }
 
 /*
- * The common receive, as take() would do it with no call: the same task
- * as last time, a local message first in line (the remote queue empty or
- * not its turn), no blocked local sender to move in. Anything else goes
- * the general way.
+ * The common receives, as recv_slow() would do them with no call, by the
+ * same task as last time with nobody else receiving: a local message first
+ * in line (the remote queue empty or not its turn) with no blocked local
+ * sender to move in is taken; or, both queues empty and the mailbox open,
+ * the task waits (its ext was made by its first wait: the first receive of
+ * a task goes the general way, as rx is not yet the task). Anything else
+ * goes the general way.
  */
 int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 {
-	if (keel__task_cancel_cause(t) || mb->receiver || mb->rx != t ||
-	    !mb->lcount || (mb->take_remote_first && !remote_empty(mb)) ||
-	    mb->local_senders.list.first)
+	struct keel__task_ext *x = t->ext;
+
+	if (keel__task_cancel_cause(t) || mb->receiver || mb->rx != t)
 		return recv_slow(t, mb, out);
-	*out = local_pop(mb);
+	if (mb->lcount) {
+		if ((mb->take_remote_first && !remote_empty(mb)) ||
+		    mb->local_senders.list.first)
+			return recv_slow(t, mb, out);
+		*out = local_pop(mb);
+		mb->take_remote_first = !mb->take_remote_first;
+		OWNER_INC(&mb->received);
+		return keel__task_ready(t, 0);
+	}
+	if (!x || !remote_empty(mb) || LOAD(&mb->closed))
+		return recv_slow(t, mb, out);
+	/* As take() of nothing: the turn passes all the same. */
 	mb->take_remote_first = !mb->take_remote_first;
-	OWNER_INC(&mb->received);
-	return keel__task_ready(t, 0);
+	return recv_wait(t, x, mb, out);
 }
 
 int keel_mb_try_recv(struct keel_mailbox *mb, void **out)
@@ -471,12 +502,46 @@ static int full_send(struct keel_mailbox *mb, void *msg)
 	return MUST_WAIT;
 }
 
+/*
+ * Whether a send on the owner loop may hand its message straight to the
+ * waiting receiver `r`, as local_push() then deliver() would: not in a
+ * select, not killed, and the local ring empty. (An empty local ring has no
+ * blocked local sender: senders block only on a full one, and take() moves
+ * one in per message taken. A remote message that came meanwhile is the
+ * receiver's next: order is kept per sender, and the turn passes on.)
+ */
+static inline bool can_hand_over(const struct keel_mailbox *mb,
+				 const struct keel_task *r)
+{
+	return !mb->lcount && !(r->flags & (KEEL__T_SELECT | KEEL__T_KILLED));
+}
+
+/* A waiting receiver is neither queued nor exited: its wake is
+ * keel__task_enqueue()'s alone. */
+static inline void hand_over(struct keel_mailbox *mb, struct keel_task *r,
+			     void *msg)
+{
+	*mb->recv_out = msg;
+	mb->take_remote_first = !mb->take_remote_first;
+	OWNER_INC(&mb->received);
+	mb->receiver = NULL;
+	r->ext->wait_cancel = NULL;
+	r->res = 0;
+	keel__task_enqueue(keel__core_of(r->loop), r);
+}
+
 static int local_send(struct keel_mailbox *mb, void *msg)
 {
+	struct keel_task *rx = mb->receiver;
+
 	if (mb->lcount < mb->cap) {
+		if (rx && can_hand_over(mb, rx)) {
+			hand_over(mb, rx, msg);
+			return 0;
+		}
 		local_push(mb, msg);
-		OWNER_INC(&mb->sent_local);
-		deliver(mb);
+		if (rx) /* not directly (a select...): deliver() decides */
+			deliver(mb);
 		return 0;
 	}
 	int r = full_send(mb, msg);
@@ -484,8 +549,8 @@ static int local_send(struct keel_mailbox *mb, void *msg)
 	if (r != MUST_WAIT || mb->policy != KEEL_MB_DROP_OLDEST)
 		return r;
 	drop(mb, local_pop(mb));
+	OWNER_INC(&mb->dropped_local);
 	local_push(mb, msg);
-	OWNER_INC(&mb->sent_local);
 	return KEEL_MB_DROPPED;
 }
 
@@ -685,13 +750,10 @@ send_slow(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 }
 
 /*
- * The common sends from a task of the owner loop, with no call (but the
- * receiver's wake): room and nobody receiving, the message is queued; or
- * a receiver waits (not in a select) on an empty mailbox, and the message
- * goes straight to it, as local_send() then deliver() would hand it over.
- * (An empty local ring has no blocked local sender: senders block only
- * on a full one, and take() moves one in per message taken.) Anything
- * else goes the general way.
+ * The common sends from a task of the owner loop, with no call: room and
+ * nobody receiving, the message is queued; or a receiver waits, and the
+ * message goes straight to it (can_hand_over()). Anything else goes the
+ * general way.
  */
 int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 {
@@ -707,17 +769,10 @@ int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 			return send_slow(t, mb, msg);
 		local_push(mb, msg);
 	} else {
-		if (mb->lcount || (r->flags & KEEL__T_SELECT) ||
-		    !remote_empty(mb))
+		if (!can_hand_over(mb, r))
 			return send_slow(t, mb, msg);
-		*mb->recv_out = msg;
-		mb->take_remote_first = !mb->take_remote_first;
-		OWNER_INC(&mb->received);
-		mb->receiver = NULL;
-		r->ext->wait_cancel = NULL;
-		keel__task_complete(r, 0);
+		hand_over(mb, r, msg);
 	}
-	OWNER_INC(&mb->sent_local);
 	return keel__task_ready(t, 0);
 }
 
@@ -754,12 +809,18 @@ void keel_mb_stats(struct keel_mailbox *mb, struct keel_mb_stats *out)
 	uint64_t renq = __atomic_load_n(&mb->renq, __ATOMIC_RELAXED);
 	uint64_t rdeq = __atomic_load_n(&mb->rdeq, __ATOMIC_RELAXED);
 
-	out->sent = __atomic_load_n(&mb->sent_local, __ATOMIC_RELAXED) +
-		    __atomic_load_n(&mb->sent_remote, __ATOMIC_RELAXED);
-	out->received = __atomic_load_n(&mb->received, __ATOMIC_RELAXED);
+	uint64_t received = __atomic_load_n(&mb->received, __ATOMIC_RELAXED);
+	uint32_t lcount = mb->lcount;
+
+	/* Local: received, queued or dropped queued (see `received`). */
+	out->sent =
+	    received - __atomic_load_n(&mb->received_remote, __ATOMIC_RELAXED) +
+	    lcount + __atomic_load_n(&mb->dropped_local, __ATOMIC_RELAXED) +
+	    __atomic_load_n(&mb->sent_remote, __ATOMIC_RELAXED);
+	out->received = received;
 	out->dropped = __atomic_load_n(&mb->dropped, __ATOMIC_RELAXED);
 	out->full = __atomic_load_n(&mb->full, __ATOMIC_RELAXED);
-	out->depth = mb->lcount + (uint32_t)(renq - rdeq);
+	out->depth = lcount + (uint32_t)(renq - rdeq);
 	out->capacity = mb->cap;
 }
 

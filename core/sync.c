@@ -37,23 +37,19 @@
 #define OS_GONE	   0x08u /* the receiver gave up: sends fail */
 #define OS_TAKEN   0x10u /* the value was received */
 
-struct keel_oneshot {
-	struct keel_loop *loop; /* the receiver's */
-	unsigned state;		/* OS_* bits, atomic */
-	uint32_t refs;		/* atomic */
-	void *value;		/* written before SENT is published */
-	int err;		/* written before CLOSED is published */
-	keel_mb_drop_fn on_drop;
-	void *drop_arg;
-	/* The receiver's side: its loop's thread only. */
-	struct keel_task *receiver;
-	void **out;
-	struct keel_timer timer; /* the receive's deadline */
-	struct keel__remote_item wake;
-};
-
 static void oneshot_wake_run(struct keel_loop *loop,
 			     struct keel__remote_item *it);
+
+void keel__oneshot_init(struct keel_oneshot *os, struct keel_loop *loop,
+			void (*done)(struct keel_oneshot *os))
+{
+	os->loop = loop;
+	os->refs = 1;
+	os->err = -EPIPE;
+	os->done = done;
+	keel_timer_init(&os->timer, NULL, os);
+	os->wake.run = oneshot_wake_run;
+}
 
 int keel_oneshot_new(struct keel_loop *loop, keel_mb_drop_fn on_drop,
 		     void *drop_arg, struct keel_oneshot **out)
@@ -62,13 +58,9 @@ int keel_oneshot_new(struct keel_loop *loop, keel_mb_drop_fn on_drop,
 
 	if (!os)
 		return -ENOMEM;
-	os->loop = loop;
-	os->refs = 1;
-	os->err = -EPIPE;
+	keel__oneshot_init(os, loop, NULL);
 	os->on_drop = on_drop;
 	os->drop_arg = drop_arg;
-	keel_timer_init(&os->timer, NULL, os);
-	os->wake.run = oneshot_wake_run;
 	*out = os;
 	return 0;
 }
@@ -87,7 +79,10 @@ void keel_oneshot_release(struct keel_oneshot *os)
 
 	if ((s & OS_SENT) && !(s & OS_TAKEN) && os->on_drop)
 		os->on_drop(os->value, os->drop_arg);
-	free(os);
+	if (os->done)
+		os->done(os);
+	else
+		free(os);
 }
 
 /* The outcome for the receiver once SENT or CLOSED is set; takes it. */
@@ -112,7 +107,8 @@ static void oneshot_wait_end(struct keel_oneshot *os, int res)
 
 	os->receiver = NULL;
 	os->out = NULL;
-	keel_timer_cancel(os->loop, &os->timer);
+	if (keel_timer_armed(&os->timer))
+		keel_timer_cancel(os->loop, &os->timer);
 	t->ext->wait_cancel = NULL;
 	keel__task_complete(t, res);
 	keel_oneshot_release(os);

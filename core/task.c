@@ -81,10 +81,11 @@ static inline int slot_take(struct keel__core *c, struct keel_task *t)
 	return 0;
 }
 
+/* The generation moves on when the slot is taken again: a free slot holds
+ * no task, which is all a reader of a free one needs to know. */
 static void slot_release(struct keel__core *c, uint32_t id)
 {
 	c->slots[id].task = NULL;
-	c->slots[id].gen++;
 	c->slots[id].next_free = c->free_slot;
 	c->free_slot = id + 1;
 }
@@ -206,9 +207,15 @@ void keel__task_wake_other(struct keel_task *t)
 		keel__task_kill_later(t);
 }
 
+/* The running task itself (an await): neither queued nor waiting, so
+ * only its QUEUED bit changes (keel__task_enqueue() less its tests). */
 int keel_yield(struct keel_task *t)
 {
-	keel__task_enqueue(keel__core_of(t->loop), t);
+	struct keel__core *c = keel__core_of(t->loop);
+
+	t->flags |= KEEL__T_QUEUED;
+	keel__taskq_push(&c->runq[t->prio], t);
+	c->runnable++;
 	return KEEL_PENDING;
 }
 
@@ -396,25 +403,26 @@ static __attribute__((noinline)) int join_slow(struct keel_task *self,
 }
 
 /*
- * The common join, with no call: a joiner observing the root token, with
- * no abort record to clear, and a target that has exited (neither joined
- * nor aborted, no ext, no op in flight: its frame goes now), with
- * allowance left for a ready await. Anything else goes the general way.
+ * The common join, with no call: no token of the loop cancelled, a joiner
+ * with no abort record to clear, and a target that has exited (not joined,
+ * no ext, no op in flight: its frame goes now), with allowance left for a
+ * ready await. Anything else goes the general way. (An aborted target with
+ * no ext has no abort record to hand on: the general way would only give
+ * the joiner an empty one.)
  */
 int keel_join(struct keel_task *self, struct keel_task *target)
 {
 	struct keel__core *c = keel__core_of(self->loop);
 	const struct keel__task_ext *sx = self->ext;
 
-	if ((sx && (sx->token || sx->joined_abort.file)) || c->root->cause)
+	if ((sx && sx->joined_abort.file) || c->cancelled)
 		return join_slow(self, target);
 	if (target == self)
 		return keel__task_ready(self, -EDEADLK);
 	if ((target->flags &
 	     (KEEL__T_JOINABLE | KEEL__T_EXITED | KEEL__T_RELEASED)) !=
 		(KEEL__T_JOINABLE | KEEL__T_EXITED) ||
-	    target->ext || target->inflight || target->res == KEEL_ABORTED ||
-	    c->ready_budget <= 0 ||
+	    target->ext || target->inflight || c->ready_budget <= 0 ||
 	    !keel__alloc_free_inline(target->type->frame_size))
 		return join_slow(self, target);
 	/* An exited task has no joiner and is not self (which runs). */

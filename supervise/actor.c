@@ -132,6 +132,16 @@ struct envelope_box {
 	uint32_t refs; /* atomic */
 };
 
+/*
+ * An ask: its box and its reply slot in one allocation. The slot holds a
+ * reference on the box until its own last one goes (the behaviour may keep
+ * the slot past the envelope: keel_envelope_take_reply()).
+ */
+struct ask_box {
+	struct envelope_box box; /* first */
+	struct keel_oneshot reply;
+};
+
 static uint32_t next_generation;
 
 static int actor_step(struct keel_task *t);
@@ -259,7 +269,7 @@ int keel_actor_reply(struct keel_envelope *msg, void *value)
 	/* Past the deadline the slot is retired even if the asker's timer
 	 * has not fired yet (it may run on this very loop): fail it with
 	 * what the timer would give, so the asker sees the same either way. */
-	if (keel__clock_now() >= msg->deadline) {
+	if (msg->deadline != UINT64_MAX && keel__clock_now() >= msg->deadline) {
 		keel_oneshot_fail(msg->reply, -ETIMEDOUT);
 		r = -ETIMEDOUT;
 	} else {
@@ -919,12 +929,13 @@ static void wake_blocked_sender(struct keel_actor *a)
 	}
 }
 
-/* An envelope that may have to wait for room, sent by a task of `from`. */
+/* An envelope that may have to wait for room, sent by a task of `from`;
+ * `size`: of the box, or of what holds it (an ask_box). */
 static struct envelope_box *box_new(struct keel_actor *a, void *payload,
-				    struct keel_loop *from)
+				    struct keel_loop *from, size_t size)
 {
 	struct envelope_box *box =
-	    (struct envelope_box *)envelope_new(a, payload, sizeof(*box));
+	    (struct envelope_box *)envelope_new(a, payload, size);
 
 	if (box) {
 		box->env.flags = ENV_BOXED;
@@ -947,7 +958,7 @@ int keel_actor_tell_await(struct keel_task *t, struct keel_actor *a,
 		return keel__task_ready(t, cause);
 	if (LOAD(&a->down))
 		return keel__task_ready(t, -EPIPE);
-	box = box_new(a, payload, t->loop);
+	box = box_new(a, payload, t->loop, sizeof(*box));
 	if (!box)
 		return keel__task_ready(t, -ENOMEM);
 	r = post_box(a, box);
@@ -973,6 +984,14 @@ int keel_actor_tell_await(struct keel_task *t, struct keel_actor *a,
 	return keel__task_suspend_external(t);
 }
 
+/* An ask's reply slot has no reference left: nor has the box, of it. */
+static void ask_reply_done(struct keel_oneshot *os)
+{
+	struct ask_box *ab = keel_container_of(os, struct ask_box, reply);
+
+	envelope_free(&ab->box.env);
+}
+
 int keel_actor_ask(struct keel_task *t, struct keel_actor *a, void *payload,
 		   uint64_t deadline_ns, void **reply)
 {
@@ -985,15 +1004,15 @@ int keel_actor_ask(struct keel_task *t, struct keel_actor *a, void *payload,
 		return keel__task_ready(t, cause);
 	if (LOAD(&a->down))
 		return keel__task_ready(t, -EPIPE);
-	if (deadline_ns <= keel__clock_now())
+	if (deadline_ns != UINT64_MAX && deadline_ns <= keel__clock_now())
 		return keel__task_ready(t, -ETIMEDOUT);
-	if (!keel__task_ext(t) || keel_oneshot_new(t->loop, NULL, NULL, &os))
+	if (!keel__task_ext(t) ||
+	    !(box = box_new(a, payload, t->loop, sizeof(struct ask_box))))
 		return keel__task_ready(t, -ENOMEM);
-	box = box_new(a, payload, t->loop);
-	if (!box) {
-		keel_oneshot_release(os);
-		return keel__task_ready(t, -ENOMEM);
-	}
+	/* The asker's reference on the slot, and the slot's on the box. */
+	os = &((struct ask_box *)box)->reply;
+	keel__oneshot_init(os, t->loop, ask_reply_done);
+	box->refs++;
 	box->env.flags |= ENV_ASK;
 	box->env.deadline = deadline_ns;
 	box->env.reply = keel_oneshot_ref(os);
@@ -1009,8 +1028,8 @@ int keel_actor_ask(struct keel_task *t, struct keel_actor *a, void *payload,
 	if (r < 0) {
 		keel_oneshot_release(box->env.reply);
 		box->env.reply = NULL;
-		keel_oneshot_release(os);
-		envelope_free(&box->env);
+		envelope_free(&box->env); /* the sender's */
+		keel_oneshot_release(os); /* the last: it frees the box */
 		return keel__task_ready(t, r);
 	}
 	if (r != MUST_WAIT)

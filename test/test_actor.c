@@ -6,7 +6,8 @@
  * during an ask (and asks still queued at exit); tell_await blocking on a
  * full mailbox, in FIFO order, and cancelled without a trace; the FAIL and
  * DROP_NEWEST policies; tells from a plain thread; asks across the loops of
- * a two-thread runtime.
+ * a two-thread runtime; a reply slot taken by the behaviour and answered
+ * after its envelope is gone (from the loop and from a plain thread).
  *
  * One behaviour serves every test; payloads are small integers, with a few
  * reserved ones as commands. What the actor saw goes to globals, checked
@@ -18,8 +19,10 @@
 #include <keel/supervisor.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -31,6 +34,8 @@
 #define M_PANIC	  1000003 /* keel_panic() */
 #define M_SLOW	  1000004 /* block 50 ms, then reply */
 #define M_NOREPLY 1000005 /* return 0 without replying */
+#define M_LATER	  1000006 /* take the reply slot; a timer answers 77 */
+#define M_LATER_T 1000007 /* take it; a plain thread answers 78 */
 
 #define EV_START 9000
 #define EV_STOP	 9100
@@ -73,6 +78,47 @@ static void on_stop(struct keel_actor_ctx *ctx, int reason)
 	kt_log_push(&g_log, EV_STOP);
 }
 
+/* A reply slot taken by the behaviour, answered after it returned (its
+ * envelope freed by then). */
+static struct keel_oneshot *g_later;
+static struct keel_timer g_later_timer;
+static pthread_t g_later_thread;
+static int g_later_res = NOT_SET;
+
+static void later_answer(struct keel_loop *loop, struct keel_timer *tm,
+			 void *arg)
+{
+	(void)loop;
+	(void)tm;
+	g_later_res = keel_oneshot_send(arg, (void *)77);
+	keel_oneshot_release(arg);
+}
+
+static void *later_thread(void *arg)
+{
+	usleep(10000);
+	g_later_res = keel_oneshot_send(arg, (void *)78);
+	keel_oneshot_release(arg);
+	return NULL;
+}
+
+static void later_take(struct keel_actor_ctx *ctx, struct keel_envelope *msg,
+		       bool thread)
+{
+	g_later = keel_envelope_take_reply(msg);
+	if (!g_later)
+		return;
+	if (thread) {
+		if (pthread_create(&g_later_thread, NULL, later_thread,
+				   g_later))
+			abort();
+		return;
+	}
+	keel_timer_init(&g_later_timer, later_answer, g_later);
+	if (keel_timer_arm_after(ctx->loop, &g_later_timer, KT_MS(10)))
+		abort();
+}
+
 static int behave(struct keel_actor_ctx *ctx, struct keel_envelope *msg)
 {
 	uintptr_t v = (uintptr_t)msg->payload;
@@ -98,6 +144,10 @@ static int behave(struct keel_actor_ctx *ctx, struct keel_envelope *msg)
 		    keel_actor_reply(msg, (void *)(uintptr_t)1);
 		return 0;
 	case M_NOREPLY:
+		return 0;
+	case M_LATER:
+	case M_LATER_T:
+		later_take(ctx, msg, v == M_LATER_T);
 		return 0;
 	}
 	if (g_quiet) {
@@ -505,6 +555,37 @@ Test(actor, ask_left_unanswered_fails_with_enomsg, .timeout = 10)
 	cr_expect_eq(g_ask_reply[1], 6);
 	keel_actor_stats(g_actor, &st);
 	cr_expect_eq(st.unanswered, 1);
+	keel_actor_release(g_actor);
+	keel_loop_destroy(loop);
+}
+
+/* The slot outlives the envelope (an ask's slot and envelope are one
+ * allocation): answered from the loop, then from a plain thread. */
+Test(actor, reply_slot_taken_by_the_behaviour_outlives_its_envelope,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_actor_stats st;
+	struct asker *k;
+
+	g_actor = spawn_actor(loop, 8, KEEL_MB_BLOCK);
+	k = spawn_asker(loop, 0, KT_MS(5000), 1);
+	k->payloads[0] = M_LATER;
+	k->payloads[1] = M_LATER_T;
+	k->payloads[2] = 4;
+	k->n = 3;
+	kt_loop_run(loop);
+	cr_assert_eq(pthread_join(g_later_thread, NULL), 0);
+	cr_expect_eq(g_ask_res[0], 0, "ask 0: %d", g_ask_res[0]);
+	cr_expect_eq(g_ask_reply[0], 77);
+	cr_expect_eq(g_ask_res[1], 0, "ask 1: %d", g_ask_res[1]);
+	cr_expect_eq(g_ask_reply[1], 78);
+	cr_expect_eq(g_later_res, 0);
+	cr_expect_eq(g_ask_res[2], 0);
+	cr_expect_eq(g_ask_reply[2], 8);
+	keel_actor_stats(g_actor, &st);
+	cr_expect_eq(st.asks, 3);
+	cr_expect_eq(st.unanswered, 0);
 	keel_actor_release(g_actor);
 	keel_loop_destroy(loop);
 }

@@ -10,9 +10,11 @@
  * wins, clearing); the token tree; callbacks (order, at once when already
  * cancelled, removal, dropping the last reference); the loop's root token;
  * keel_task_cancel (one task only, before its first step, inside a
- * shield); token inheritance; keel_task_set_token waking a waiter; and
+ * shield); token inheritance; keel_task_set_token waking a waiter;
  * shields (cleanup I/O under a cancelled token, a cancel arriving while up,
- * the shield's own timeout).
+ * the shield's own timeout); and the loop's count of cancelled tokens, by
+ * which the fast paths skip the token lookup (cancelled tokens that come
+ * and go hide no cancelled one still there).
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -26,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core.h" /* keel__core_of(loop)->cancelled */
 #include "helpers/keel_test.h"
 
 /*
@@ -1717,4 +1720,107 @@ Test(cancel, task_cancel_inside_shield_waits_for_shield_end, .timeout = 10)
 		     g_sd.after);
 	assert_quiet(loop);
 	keel_loop_destroy(loop);
+}
+
+/*
+ * The awaits' fast paths skip the token lookup while the loop counts no
+ * cancelled token (cancelled and not yet freed). A probe sends itself a
+ * message, receives it and joins itself, under a token that may be
+ * cancelled.
+ */
+struct count_probe {
+	struct keel_task task;
+	struct keel_mailbox *mb;
+	void *msg;
+};
+
+static int g_count_res[3]; /* the frame goes when the probe exits */
+
+static int count_probe_step(struct keel_task *t)
+{
+	struct count_probe *p = keel_container_of(t, struct count_probe, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_mb_send(t, p->mb, p));
+	g_count_res[0] = keel_res(t);
+	KEEL_AWAIT(t, keel_mb_recv(t, p->mb, &p->msg));
+	g_count_res[1] = keel_res(t);
+	KEEL_AWAIT(t, keel_join(t, t));
+	g_count_res[2] = keel_res(t);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(count_probe_task, struct count_probe, task,
+		      count_probe_step);
+
+static void run_count_probe(struct keel_loop *loop, struct keel_token *tok,
+			    int want_send, int want_recv, int want_join)
+{
+	struct count_probe *p =
+	    kt_spawn(loop, &count_probe_task, KEEL_PRIO_NORMAL);
+
+	cr_assert_eq(keel_mailbox_new(loop, NULL, &p->mb), 0);
+	struct keel_mailbox *mb = p->mb;
+
+	if (tok)
+		cr_assert_eq(keel_task_set_token(
+				 keel_task_of(&count_probe_task, p), tok),
+			     0);
+	for (int i = 0; i < 3; i++)
+		g_count_res[i] = 12345;
+	kt_loop_run(loop);
+	keel_mailbox_release(mb);
+	cr_assert_eq(g_count_res[0], want_send, "send gave %d", g_count_res[0]);
+	cr_assert_eq(g_count_res[1], want_recv, "recv gave %d", g_count_res[1]);
+	cr_assert_eq(g_count_res[2], want_join, "join gave %d", g_count_res[2]);
+}
+
+Test(cancel, cancelled_tokens_that_come_and_go_hide_no_cancelled_one,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel__core *c = keel__core_of(loop);
+	struct keel_token *parent = token_new(loop, NULL);
+	struct keel_token *tok;
+
+	cr_assert_eq(c->cancelled, 0);
+	keel_token_cancel(parent);
+	/* Born cancelled under it, then freed. */
+	tok = token_new(loop, parent);
+	cr_assert_eq(keel_token_cause(tok), -ECANCELED);
+	keel_token_release(tok);
+	/* Another cancelled and freed. */
+	tok = token_new(loop, NULL);
+	keel_token_cancel(tok);
+	keel_token_cancel(tok);
+	keel_token_release(tok);
+	cr_assert_eq(c->cancelled, 1);
+	run_count_probe(loop, parent, -ECANCELED, -ECANCELED, -ECANCELED);
+	/* The parent freed (the probe's reference went with it): none is
+	 * counted, and the awaits take their fast paths again. */
+	keel_token_release(parent);
+	cr_assert_eq(c->cancelled, 0);
+	run_count_probe(loop, NULL, 0, 0, -EDEADLK);
+	/* A cancelled root (and its descendants: the loop's stop token)
+	 * counts until the loop goes. */
+	keel_token_cancel(keel_loop_token(loop));
+	cr_assert_gt(c->cancelled, 0);
+	run_count_probe(loop, NULL, -ECANCELED, -ECANCELED, -ECANCELED);
+	assert_quiet(loop);
+	keel_loop_destroy(loop);
+}
+
+/* A token may be released after its loop is gone: freeing a cancelled one
+ * then leaves the loop's count alone (ASan: no write to the freed loop). */
+Test(cancel, cancelled_token_released_after_its_loop_is_gone, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_token *tok = token_new(loop, NULL);
+	struct keel_token *child = token_new(loop, tok);
+
+	keel_token_cancel(tok);
+	keel_token_cancel(keel_loop_token(loop));
+	keel_loop_destroy(loop);
+	keel_token_release(child);
+	cr_assert_eq(keel_token_cause(tok), -ECANCELED);
+	keel_token_release(tok);
 }

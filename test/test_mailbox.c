@@ -11,7 +11,9 @@
  * send/recv in a cancelled task; FIFO per sender under many senders on
  * several loops, with a roomy and with a tiny capacity; a plain thread
  * feeding a parked loop, its doorbells needing no ring of its own (Linux
- * 6.13); wake-up coalescing (doorbells per burst); and
+ * 6.13); wake-up coalescing (doorbells per burst); the stats counting
+ * each message once whichever way it went (handed to a waiting receiver,
+ * queued, moved in from a blocked sender, through the remote queue); and
  * what a loop does with a notification still in its inbox when it ends.
  *
  * Loops other than the test thread's run on plain threads (kt_lthread_*), each
@@ -1566,4 +1568,78 @@ Test(mailbox, message_left_in_mailbox_dropped_when_loop_and_mailbox_go,
 		     "on_drop ran %d times for 4 messages left queued "
 		     "(the mailbox leaked?)",
 		     g_ndropped);
+}
+
+/*
+ * The stats count each message once whichever way it goes (a local one has
+ * no count of its own: received, queued or dropped queued). The receiver
+ * takes a remote message, then waits; the sender hands it one, queues two
+ * (capacity 2), and blocks with a fourth until it moves in.
+ */
+static struct keel_mailbox *g_stats_mb;
+static uintptr_t g_stats_got[8];
+static struct keel_mb_stats g_stats_mid; /* after the hand-over */
+
+struct stats_task {
+	struct keel_task task;
+	int i;
+	void *msg;
+};
+
+static int stats_receiver_step(struct keel_task *t)
+{
+	struct stats_task *s = keel_container_of(t, struct stats_task, task);
+
+	KEEL_BEGIN(t);
+	for (s->i = 0; s->i < 5; s->i++) {
+		KEEL_AWAIT(t, keel_mb_recv(t, g_stats_mb, &s->msg));
+		if (keel_res(t))
+			KEEL_EXIT(t, keel_res(t));
+		g_stats_got[s->i] = VAL(s->msg);
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(stats_receiver_task, struct stats_task, task,
+		      stats_receiver_step);
+
+static int stats_sender_step(struct keel_task *t)
+{
+	struct stats_task *s = keel_container_of(t, struct stats_task, task);
+
+	KEEL_BEGIN(t);
+	for (s->i = 10; s->i < 14; s->i++) {
+		KEEL_AWAIT(t, keel_mb_send(t, g_stats_mb, MSG(s->i)));
+		if (keel_res(t))
+			KEEL_EXIT(t, keel_res(t));
+		if (s->i == 10)
+			keel_mb_stats(g_stats_mb, &g_stats_mid);
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(stats_sender_task, struct stats_task, task,
+		      stats_sender_step);
+
+Test(mailbox, stats_count_each_message_once_whichever_way_it_went,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+
+	g_stats_mb = mb_new(loop, 2, KEEL_MB_BLOCK);
+	/* From this thread, outside the loop: the remote queue. */
+	cr_assert_eq(keel_mb_try_send(g_stats_mb, MSG(1)), 0);
+	kt_spawn(loop, &stats_receiver_task, KEEL_PRIO_NORMAL);
+	kt_spawn(loop, &stats_sender_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(g_stats_got[i], (uintptr_t)(i ? 9 + i : 1),
+			     "message %d was %lu", i,
+			     (unsigned long)g_stats_got[i]);
+	/* The remote one and the one handed over, both received. */
+	cr_assert_eq(g_stats_mid.sent, 2);
+	cr_assert_eq(g_stats_mid.received, 2);
+	cr_assert_eq(g_stats_mid.depth, 0);
+	/* The fourth found it full. */
+	expect_stats(g_stats_mb, 5, 5, 0, 1, 0);
+	keel_mailbox_release(g_stats_mb);
+	keel_loop_destroy(loop);
 }
