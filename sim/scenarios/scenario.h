@@ -55,7 +55,7 @@ struct scenario {
 
 /* The scenarios, in the order `make sim` runs them. */
 extern const struct scenario scn_echo, scn_proxy, scn_supervise, scn_mailbox,
-    scn_cancel, scn_zombie, scn_embedded;
+    scn_cancel, scn_zombie, scn_idle, scn_embedded;
 
 /* A loop on the scenario's machine (the runner checks and destroys it at
  * the end). Fails the seed and returns NULL on error. */
