@@ -128,4 +128,14 @@ void scn_addr(uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
 /* The same as text for keel_sim_listen. */
 const char *scn_addr_text(uint16_t port, char buf[32]);
 
+/*
+ * What the scenarios over connected pairs set up before their main task:
+ * a ring of 2, 8 or 64 buffers of 1 KiB (the PRNG's pick) and a listener
+ * on `port` with a backlog of `backlog`. Fails the seed and returns false
+ * on error.
+ */
+bool scn_ring_and_listener(struct scn *s, struct keel_loop *loop, uint16_t port,
+			   unsigned backlog, struct keel_bufring **ring,
+			   int *lfd);
+
 #endif
