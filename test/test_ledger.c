@@ -3,7 +3,8 @@
  * test_ledger.c: the op ledger's defences, driven through its private
  * interface: CQEs of a stale generation (an op slot reused since), of an
  * index never handed out, and of a free slot are counted and dropped, and
- * never wake the task that owns the slot now.
+ * never wake the task that owns the slot now; also after a trim unmapped
+ * the slot's chunk, and after the chunk was mapped again.
  */
 #include "loop.h"
 
@@ -192,4 +193,87 @@ Test(ledger, frame_leaked_at_destroy_stays_mapped_and_unused, .timeout = 20)
 			  q >= (char *)g_stuck[1] + sizeof(struct stuck_big));
 	}
 	keel_loop_destroy(loop); /* they never ran: freed */
+}
+
+/*
+ * keel__ledger_trim() unmaps a trailing chunk whose ops are all free; a
+ * late CQE for one of its ops (an injected error's NOP, say) must be
+ * stale whether the chunk is gone or mapped again: the new chunk's ops
+ * start above every generation the old one reached.
+ */
+struct idle_owner {
+	struct keel_task task;
+};
+
+static int idle_owner_step(struct keel_task *t)
+{
+	return keel__task_suspend(t); /* holds ops the test hands it */
+}
+
+static KEEL_TASK_TYPE(idle_owner_task, struct idle_owner, task,
+		      idle_owner_step);
+
+enum { TRIM_OPS = KEEL__OP_CHUNK + 44, TRIM_INDEX = KEEL__OP_CHUNK + 4 };
+
+static void take_ops(struct keel__io *io, struct keel_task *t,
+		     struct keel__op **ops)
+{
+	for (int i = 0; i < TRIM_OPS; i++) {
+		ops[i] = keel__op_new(io, t, KEEL__OP_USER, 0xfd);
+		cr_assert_not_null(ops[i]);
+		ops[i]->u.user.cancel = stuck_cancel;
+	}
+}
+
+static void give_ops(struct keel__io *io, struct keel__op **ops)
+{
+	for (int i = 0; i < TRIM_OPS; i++) {
+		ops[i]->pending = 0;
+		keel__op_release_quiet(io, ops[i]);
+	}
+}
+
+Test(ledger, trimmed_chunk_mapped_again_drops_its_old_cqes, .timeout = 10)
+{
+	struct keel_loop *loop;
+	struct keel_loop_stats s;
+	static struct keel__op *ops[TRIM_OPS];
+
+	cr_assert_eq(keel_loop_create(&loop, NULL), 0);
+	struct keel__io *io = keel__io_of(loop);
+	struct keel__ledger *l = &io->ledger;
+	struct idle_owner *o =
+	    keel_spawn(loop, &idle_owner_task, KEEL_PRIO_NORMAL);
+	struct keel_task *t = &o->task;
+
+	keel_loop_step(loop, 0); /* it suspends */
+	take_ops(io, t, ops);
+	cr_assert_eq(l->nchunks, 2);
+	struct keel__op *op = keel__op_at(l, TRIM_INDEX);
+	uint64_t old_ud = keel__op_ud(op, KEEL__UD_MAIN);
+	uint32_t old_gen = op->gen;
+
+	cr_assert(op->flags & KEEL__OP_INUSE);
+	give_ops(io, ops);
+	keel__ledger_trim(l);
+	cr_assert_eq(l->nchunks, 1, "the free trailing chunk is unmapped");
+	forge_cqe(loop, old_ud); /* its chunk is gone */
+	keel_loop_step(loop, 0);
+	keel_loop_stats(loop, &s);
+	cr_assert_eq(s.stale_cqes, 1);
+
+	take_ops(io, t, ops);
+	cr_assert_eq(l->nchunks, 2, "the chunk is mapped again");
+	op = keel__op_at(l, TRIM_INDEX);
+	cr_assert(op->flags & KEEL__OP_INUSE);
+	cr_assert_gt(op->gen, old_gen, "generation %u after %u", op->gen,
+		     old_gen);
+	op->pending = 1; /* it waits for a CQE: the old one must not do */
+	forge_cqe(loop, old_ud);
+	keel_loop_step(loop, 0);
+	keel_loop_stats(loop, &s);
+	cr_assert_eq(s.stale_cqes, 2);
+	cr_assert_eq(op->pending, 1);
+	give_ops(io, ops);
+	keel_loop_destroy(loop);
 }

@@ -63,6 +63,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -1897,6 +1898,7 @@ struct parked_conn {
 	struct keel_recv_stream rs;
 	struct keel_buf buf;
 	int fd, i;
+	bool keep; /* exit with the stream open */
 	struct keel_bufring *ring;
 };
 
@@ -1912,7 +1914,8 @@ static int parked_conn_step(struct keel_task *t)
 		KEEL_EXIT(t, 1);
 	KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
 	g_parked_res[c->i] = keel_res(t);
-	keel_recv_stream_close(&c->rs);
+	if (!c->keep)
+		keel_recv_stream_close(&c->rs);
 	KEEL_END(t);
 }
 
@@ -1970,6 +1973,97 @@ Test(netfast, many_parked_streams_hold_no_ops_and_go_with_the_loop,
 	cr_assert_eq(kt_stats(loop).ops_inflight, PARKED_N - 2);
 	keel_loop_destroy(loop);
 	for (int i = 0; i < PARKED_N; i++) {
+		close(fds[i][0]);
+		close(fds[i][1]);
+	}
+}
+
+/*
+ * A parked stream woken when the ledger has no op free and cannot grow:
+ * the mapping of a new ledger chunk fails while g_fail_chunk_maps is set
+ * (this binary's mmap() stands in front of the kernel's). The stream ends
+ * with -ENOMEM, and what stood for its op (the task's inflight, the
+ * ledger's inuse, the parked count) goes when it is closed, or when its
+ * task exits with it open.
+ */
+static bool g_fail_chunk_maps;
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	if (g_fail_chunk_maps &&
+	    len == KEEL__OP_CHUNK * sizeof(struct keel__op)) {
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+struct sleeper {
+	struct keel_task task;
+};
+
+static int sleeper_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(60000)));
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(sleeper_task, struct sleeper, task, sleeper_step);
+
+Test(netfast, parked_stream_woken_without_memory_for_an_op_ends_enomem,
+     .timeout = 90)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_bufring *ring = ring_new(loop, 8, 64, 0);
+	struct keel__io *io = keel__io_of(loop);
+	struct keel__ledger *l = &io->ledger;
+	int fds[2][2];
+	unsigned sleepers = 0;
+
+	if (!keel_loop_has_op(loop, IORING_OP_POLL_ADD)) {
+		fprintf(stderr, "skipped: this ring runs no POLL_ADD\n");
+		keel_loop_destroy(loop);
+		return;
+	}
+	for (int i = 0; i < 2; i++) {
+		struct parked_conn *c;
+
+		cr_assert_eq(
+		    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds[i]),
+		    0);
+		c = kt_spawn(loop, &parked_conn_task, KEEL_PRIO_NORMAL);
+		c->fd = fds[i][0];
+		c->i = i;
+		c->keep = i == 1;
+		c->ring = ring;
+		g_parked_res[i] = 99;
+	}
+	STEP_UNTIL(loop, kt_stats(loop).idle_polls >= 2);
+	cr_assert_eq(io->parked_polls, 2);
+	/* Every op of the ledger taken (by sleeps): a wake needs a chunk. */
+	while (l->free && sleepers < 4 * KEEL__OP_CHUNK) {
+		kt_spawn(loop, &sleeper_task, KEEL_PRIO_NORMAL);
+		sleepers++;
+		cr_assert_geq(keel_loop_step(loop, 0), 0);
+	}
+	cr_assert_eq(l->free, 0, "%u sleepers left ops free", sleepers);
+	g_fail_chunk_maps = true;
+	cr_assert_eq(write(fds[0][1], "x", 1), 1);
+	cr_assert_eq(write(fds[1][1], "y", 1), 1);
+	STEP_UNTIL(loop, g_parked_res[0] != 99 && g_parked_res[1] != 99);
+	g_fail_chunk_maps = false;
+	cr_assert_eq(g_parked_res[0], -ENOMEM, "woken: %d", g_parked_res[0]);
+	cr_assert_eq(g_parked_res[1], -ENOMEM, "woken: %d", g_parked_res[1]);
+	/* Both gone: one closed its stream, one exited with it open. */
+	STEP_UNTIL(loop, kt_stats(loop).tasks_live == sleepers);
+	cr_assert_eq(kt_stats(loop).tasks_live, sleepers);
+	cr_assert_eq(kt_stats(loop).zombies, 0);
+	cr_assert_eq(io->parked_polls, 0);
+	cr_assert_eq(kt_stats(loop).ops_inflight, sleepers);
+	cr_assert_eq(kt_stats(loop).frames_live, sleepers);
+	keel_loop_destroy(loop);
+	for (int i = 0; i < 2; i++) {
 		close(fds[i][0]);
 		close(fds[i][1]);
 	}

@@ -131,16 +131,26 @@ struct keel_task_type {
 };
 
 /*
+ * The size of a frame type, which must not need more than 16-byte
+ * alignment: frames are aligned as malloc's blocks are (16 bytes), so a
+ * type that asks for more (a member _Alignas(64)) does not compile rather
+ * than run misaligned.
+ */
+#define KEEL__FRAME_SIZE(frame_type)                                           \
+	((uint32_t)sizeof(frame_type) +                                        \
+	 0 * (uint32_t)sizeof(char[__alignof__(frame_type) <= 16 ? 1 : -1]))
+
+/*
  * Define `var`, the type of a task whose frame is `frame_type` with its
  * keel_task in `member`, run by `step_fn`. (Positional, not designated,
- * initialisers: C++ before C++20 has none.)
+ * initialisers: C++ before C++20 has none.) A frame is 16-byte aligned.
  * Ownership: the loop reads the type while any task of it lives; define it
  * static (or at least outliving them).
  */
 #define KEEL_TASK_TYPE(var, frame_type, member, step_fn)                       \
 	const struct keel_task_type var = {                                    \
 	    (step_fn),                                                         \
-	    (uint32_t)sizeof(frame_type),                                      \
+	    KEEL__FRAME_SIZE(frame_type),                                      \
 	    (uint32_t)offsetof(frame_type, member),                            \
 	    #var,                                                              \
 	    0,                                                                 \
@@ -157,7 +167,7 @@ struct keel_task_type {
 #define KEEL_TASK_TYPE_TAIL(var, frame_type, member, step_fn, tail)            \
 	const struct keel_task_type var = {                                    \
 	    (step_fn),                                                         \
-	    (uint32_t)sizeof(frame_type),                                      \
+	    KEEL__FRAME_SIZE(frame_type),                                      \
 	    (uint32_t)offsetof(frame_type, member),                            \
 	    #var,                                                              \
 	    (uint32_t)offsetof(frame_type, tail),                              \

@@ -203,3 +203,27 @@ const char *scn_addr_text(uint16_t port, char buf[32])
 	snprintf(buf, 32, "127.0.0.1:%u", port);
 	return buf;
 }
+
+bool scn_ring_and_listener(struct scn *s, struct keel_loop *loop, uint16_t port,
+			   unsigned backlog, struct keel_bufring **ring,
+			   int *lfd)
+{
+	static const uint32_t counts[] = {2, 8, 64};
+	struct keel_bufring_opts ro = {0};
+	char addr[32];
+	int err;
+
+	ro.count = counts[scn_below(s, 3)];
+	ro.size = 1024;
+	err = keel_bufring_create(loop, &ro, ring);
+	if (err) {
+		scn_fail(s, "bufring_create: %s", keel_strerror(err));
+		return false;
+	}
+	*lfd = keel_sim_listen(s->sim, scn_addr_text(port, addr), backlog);
+	if (*lfd < 0) {
+		scn_fail(s, "keel_sim_listen: %s", keel_strerror(*lfd));
+		return false;
+	}
+	return true;
+}

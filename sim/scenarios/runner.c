@@ -39,7 +39,7 @@
 
 static const struct scenario *const scenarios[] = {
     &scn_echo,	 &scn_proxy,  &scn_supervise, &scn_mailbox,
-    &scn_cancel, &scn_zombie, &scn_embedded,
+    &scn_cancel, &scn_zombie, &scn_idle,      &scn_embedded,
 };
 #define NSCENARIOS (sizeof(scenarios) / sizeof(scenarios[0]))
 

@@ -55,7 +55,7 @@ struct scenario {
 
 /* The scenarios, in the order `make sim` runs them. */
 extern const struct scenario scn_echo, scn_proxy, scn_supervise, scn_mailbox,
-    scn_cancel, scn_zombie, scn_embedded;
+    scn_cancel, scn_zombie, scn_idle, scn_embedded;
 
 /* A loop on the scenario's machine (the runner checks and destroys it at
  * the end). Fails the seed and returns NULL on error. */
@@ -127,5 +127,15 @@ size_t scn_verify(uint64_t stream, uint64_t off, const void *buf, size_t len);
 void scn_addr(uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
 /* The same as text for keel_sim_listen. */
 const char *scn_addr_text(uint16_t port, char buf[32]);
+
+/*
+ * What the scenarios over connected pairs set up before their main task:
+ * a ring of 2, 8 or 64 buffers of 1 KiB (the PRNG's pick) and a listener
+ * on `port` with a backlog of `backlog`. Fails the seed and returns false
+ * on error.
+ */
+bool scn_ring_and_listener(struct scn *s, struct keel_loop *loop, uint16_t port,
+			   unsigned backlog, struct keel_bufring **ring,
+			   int *lfd);
 
 #endif

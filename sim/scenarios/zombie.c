@@ -242,30 +242,16 @@ close:
 
 static void zombie_run(struct scn *s)
 {
-	static const uint32_t counts[] = {2, 8, 64};
 	struct world *w = scn_world(s, sizeof(*w));
 	struct keel_loop *loop = scn_loop(s);
-	struct keel_bufring_opts ro = {0};
-	char addr[32];
-	int err;
 
 	if (!w || !loop)
 		return;
 	w->s = s;
 	for (unsigned i = 0; i < PAIRS; i++)
 		w->cfd[i] = w->sfd[i] = -1;
-	ro.count = counts[scn_below(s, 3)];
-	ro.size = 1024;
-	err = keel_bufring_create(loop, &ro, &w->ring);
-	if (err) {
-		scn_fail(s, "bufring_create: %s", keel_strerror(err));
+	if (!scn_ring_and_listener(s, loop, 7300, PAIRS, &w->ring, &w->lfd))
 		return;
-	}
-	w->lfd = keel_sim_listen(s->sim, scn_addr_text(7300, addr), PAIRS);
-	if (w->lfd < 0) {
-		scn_fail(s, "keel_sim_listen: %s", keel_strerror(w->lfd));
-		return;
-	}
 	struct main_task *m = keel_spawn(loop, &zombie_main, KEEL_PRIO_NORMAL);
 
 	if (!m) {
