@@ -421,6 +421,7 @@ Test(loop, two_loops_on_one_thread_run_independently, .timeout = 10)
 	keel_loop_destroy(b);
 }
 
+#ifndef KEEL_ALLOC_LIBC
 /* Resident set in KiB (/proc/self/statm). */
 static long rss_kib(void)
 {
@@ -432,6 +433,7 @@ static long rss_kib(void)
 	fclose(f);
 	return (long)(resident * (unsigned long)sysconf(_SC_PAGESIZE) / 1024);
 }
+#endif
 
 /*
  * A loop nothing has run on yet costs at most 128 KiB of RSS: its frame
