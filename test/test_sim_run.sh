@@ -21,8 +21,8 @@ if [ ! -x "$sim" ]; then
 fi
 
 scenarios=$("$sim" --list | awk '{ print $1 }')
-check "--list names the seven scenarios" \
-	test "$(echo "$scenarios" | wc -l)" -eq 7
+check "--list names the eight scenarios" \
+	test "$(echo "$scenarios" | wc -l)" -eq 8
 
 for sc in $scenarios; do
 	if "$sim" --scenario "$sc" --from 1 --seeds 5 --recheck 1 \
