@@ -171,19 +171,23 @@ int keel_send(struct keel_task *t, int fd, const void *buf, size_t len,
 
 /* Ops a backend may lack (the simulated kernel has no datagrams): say so
  * plainly rather than let the backend's -EINVAL read as a bad argument. */
-static bool op_missing(struct keel_task *t, uint8_t opcode)
+static bool op_missing(struct keel_task *t, uint8_t opcode, int *await)
 {
 	if (keel_loop_has_op(t->loop, opcode) > 0)
 		return false;
 	keel__op_timeout_drop(keel__io_of(t->loop), t);
-	keel__task_ready(t, -EOPNOTSUPP);
+	/* KEEL_READY, or, past the step's allowance of ready awaits, the
+	 * yield's KEEL_PENDING: the task is queued and its step must stop. */
+	*await = keel__task_ready(t, -EOPNOTSUPP);
 	return true;
 }
 
 int keel_recvmsg(struct keel_task *t, int fd, struct msghdr *msg, int flags)
 {
-	if (op_missing(t, IORING_OP_RECVMSG))
-		return KEEL_READY;
+	int await;
+
+	if (op_missing(t, IORING_OP_RECVMSG, &await))
+		return await;
 	OP_BEGIN(t, IORING_OP_RECVMSG, KEEL__OP_KERNEL);
 	io_uring_prep_recvmsg(sqe, fd, msg, (unsigned)flags);
 	op->fd = fd;
@@ -193,8 +197,10 @@ int keel_recvmsg(struct keel_task *t, int fd, struct msghdr *msg, int flags)
 int keel_sendmsg(struct keel_task *t, int fd, const struct msghdr *msg,
 		 int flags)
 {
-	if (op_missing(t, IORING_OP_SENDMSG))
-		return KEEL_READY;
+	int await;
+
+	if (op_missing(t, IORING_OP_SENDMSG, &await))
+		return await;
 	OP_BEGIN(t, IORING_OP_SENDMSG, KEEL__OP_KERNEL);
 	io_uring_prep_sendmsg(sqe, fd, msg, (unsigned)flags);
 	op->fd = fd;
@@ -203,8 +209,10 @@ int keel_sendmsg(struct keel_task *t, int fd, const struct msghdr *msg,
 
 int keel_shutdown(struct keel_task *t, int fd, int how)
 {
-	if (op_missing(t, IORING_OP_SHUTDOWN))
-		return KEEL_READY;
+	int await;
+
+	if (op_missing(t, IORING_OP_SHUTDOWN, &await))
+		return await;
 	OP_BEGIN(t, IORING_OP_SHUTDOWN, KEEL__OP_KERNEL);
 	io_uring_prep_shutdown(sqe, fd, how);
 	op->fd = fd;

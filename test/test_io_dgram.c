@@ -846,3 +846,58 @@ Test(io_dgram, simulated_kernel_has_no_datagrams, .timeout = 10)
 	keel_loop_destroy(loop);
 	keel_sim_destroy(sim);
 }
+
+/*
+ * An op the backend lacks completes at once with -EOPNOTSUPP, as a ready
+ * await: past the step's allowance of ready awaits the task yields, and
+ * must then stop its step (it ran on while queued, and was stepped again
+ * after it had ended).
+ */
+struct sim_many {
+	struct keel_task task;
+	int fd, i, *unsupported, *done;
+	char buf[8];
+	struct iovec iov;
+	struct msghdr msg;
+};
+
+static int sim_many_step(struct keel_task *t);
+static KEEL_TASK_TYPE(sim_many_task, struct sim_many, task, sim_many_step);
+
+static int sim_many_step(struct keel_task *t)
+{
+	struct sim_many *m = keel_container_of(t, struct sim_many, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_socket(t, AF_INET, SOCK_STREAM, 0));
+	m->fd = keel_res(t);
+	m->iov = (struct iovec){m->buf, sizeof(m->buf)};
+	m->msg = (struct msghdr){.msg_iov = &m->iov, .msg_iovlen = 1};
+	for (m->i = 0; m->i < 200; m->i++) {
+		KEEL_AWAIT(t, keel_recvmsg(t, m->fd, &m->msg, 0));
+		*m->unsupported += keel_res(t) == -EOPNOTSUPP;
+	}
+	KEEL_AWAIT(t, keel_close(t, m->fd));
+	(*m->done)++;
+	KEEL_END(t);
+}
+
+Test(io_dgram, many_missing_ops_in_one_step_yield_and_stop, .timeout = 10)
+{
+	struct keel_sim_opts o = {.seed = 1};
+	struct keel_sim *sim;
+	struct keel_loop *loop;
+	int done = 0, unsupported = 0;
+
+	cr_assert_eq(keel_sim_create(&sim, &o), 0);
+	cr_assert_eq(keel_sim_loop_create(sim, &loop, NULL), 0);
+	struct sim_many *m = kt_spawn(loop, &sim_many_task, KEEL_PRIO_NORMAL);
+
+	m->done = &done;
+	m->unsupported = &unsupported;
+	cr_assert_eq(keel_sim_run(sim, 1000000000u), 0);
+	cr_assert_eq(done, 1, "the task ended %d times", done);
+	cr_assert_eq(unsupported, 200);
+	keel_loop_destroy(loop);
+	keel_sim_destroy(sim);
+}
