@@ -657,16 +657,22 @@ Test(loop, batching_is_on_by_default_and_completions_stay_right, .timeout = 60)
 	}
 }
 
-Test(loop, batching_off_never_waits_for_a_batch, .timeout = 60)
+/* On every backend: `pairs` ping-pong pairs never wait for a batch. */
+static void assert_no_batched_waits(unsigned bw, int pairs, int rounds)
 {
 	for (size_t b = 0; b < sizeof(batch_backends) / sizeof(*batch_backends);
 	     b++) {
 		struct keel_loop_stats st =
-		    ping_pongs(batch_backends[b], KEEL_BATCH_WAIT_OFF, 32, 100);
+		    ping_pongs(batch_backends[b], bw, pairs, rounds);
 
-		cr_assert_eq(st.batch_waits, 0, "backend %u",
-			     batch_backends[b]);
+		cr_assert_eq(st.batch_waits, 0, "backend %u: %lu batched waits",
+			     batch_backends[b], (unsigned long)st.batch_waits);
 	}
+}
+
+Test(loop, batching_off_never_waits_for_a_batch, .timeout = 60)
+{
+	assert_no_batched_waits(KEEL_BATCH_WAIT_OFF, 32, 100);
 }
 
 /*
@@ -678,14 +684,7 @@ Test(loop, batching_off_never_waits_for_a_batch, .timeout = 60)
  */
 Test(loop, few_connections_never_wait_for_a_batch, .timeout = 60)
 {
-	for (size_t b = 0; b < sizeof(batch_backends) / sizeof(*batch_backends);
-	     b++) {
-		struct keel_loop_stats st =
-		    ping_pongs(batch_backends[b], 0, 4, 1000);
-
-		cr_assert_eq(st.batch_waits, 0, "backend %u: %lu batched waits",
-			     batch_backends[b], (unsigned long)st.batch_waits);
-	}
+	assert_no_batched_waits(0, 4, 1000);
 }
 
 /*
