@@ -721,6 +721,7 @@ int main(int argc, char **argv)
 		sum.enobufs += st.enobufs;
 		sum.multishot_rearms += st.multishot_rearms;
 		sum.batch_waits += st.batch_waits;
+		sum.batch_short += st.batch_short;
 	}
 
 	/* Every loop has stopped: the shards are ours to read. */
@@ -742,7 +743,7 @@ int main(int argc, char **argv)
 		printf("echo: ring: %llu enters, %llu SQEs, %llu CQEs for %llu "
 		       "received chunks: %.3f enters and %.2f CQEs per chunk, "
 		       "%.1f CQEs per enter; %llu ENOBUFS, %llu re-arms; "
-		       "%llu batched waits\n",
+		       "%llu batched waits (%llu short)\n",
 		       (unsigned long long)sum.enters,
 		       (unsigned long long)sum.sqes,
 		       (unsigned long long)sum.cqes,
@@ -752,7 +753,8 @@ int main(int argc, char **argv)
 		       sum.enters ? (double)sum.cqes / (double)sum.enters : 0.0,
 		       (unsigned long long)sum.enobufs,
 		       (unsigned long long)sum.multishot_rearms,
-		       (unsigned long long)sum.batch_waits);
+		       (unsigned long long)sum.batch_waits,
+		       (unsigned long long)sum.batch_short);
 	if (fatal) {
 		fprintf(stderr, "echo: %s\n", keel_loop_explain(fatal));
 		return 1;

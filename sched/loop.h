@@ -49,6 +49,7 @@ struct keel_loop {
 	unsigned batch_wait_ns; /* its bound; 0: off (keel_loop_opts) */
 	unsigned batch_avg;	/* CQEs per wake-up, x16, moving average */
 	uint64_t batch_waits;	/* enters that waited for a batch */
+	uint64_t batch_short;	/* ... and got less than it by the bound */
 	uint64_t cqes_per_wake[KEEL__WAKE_BUCKETS]; /* le 0,1,2,4..,+Inf */
 	unsigned jobs; /* blocking jobs not yet posted back (pool's lock) */
 	/* The two-phase stop (keel_loop_stop_token(), keel_loop_hold()). */

@@ -521,6 +521,40 @@ Test(loop, batch_wait_batches_busy_turns_and_never_stalls, .timeout = 20)
 }
 
 /*
+ * Ops that all complete inside the enter that submits them (NOPs, on
+ * every backend) are never held for a batch they cannot make: the batch
+ * counts the SQEs the enter submits, but never more than all the ops in
+ * flight (without that bound, every wait here ran out its 20 us).
+ */
+Test(loop, a_batch_never_waits_for_more_than_is_in_flight, .timeout = 20)
+{
+	for (size_t b = 0; b < 2; b++) {
+		struct keel_loop_opts opts = {
+		    .backend = b ? KEEL_BACKEND_EPOLL : KEEL_BACKEND_IO_URING};
+		struct keel_loop *loop = kt_loop_new(&opts);
+		struct keel_loop_stats st;
+		int done = 0;
+
+		for (int i = 0; i < 32; i++) {
+			struct batch_worker *w = keel_spawn(
+			    loop, &batch_worker_task, KEEL_PRIO_NORMAL);
+
+			cr_assert_not_null(w);
+			w->done = &done;
+		}
+		cr_assert_eq(keel_loop_run(loop), 0);
+		cr_assert_eq(done, 32);
+		keel_loop_stats(loop, &st);
+		cr_assert_gt(st.batch_waits, 0, "backend %zu", b);
+		cr_assert_eq(st.batch_short, 0,
+			     "backend %zu: %lu of %lu batched waits short", b,
+			     (unsigned long)st.batch_short,
+			     (unsigned long)st.batch_waits);
+		keel_loop_destroy(loop);
+	}
+}
+
+/*
  * Completion batching by default (batch_wait_ns 0): busy loops wait for
  * batches (with the kernel's min-wait where it has it, else the timed
  * fallback; the epoll backend takes the fallback), a lone request never

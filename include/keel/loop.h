@@ -268,6 +268,9 @@ struct keel_loop_stats {
 	uint64_t deadlocks;
 	/* Enters that waited for a batch of completions (batch_wait_ns). */
 	uint64_t batch_waits;
+	/* ... of them, those whose bound ran out before the batch came: each
+	 * held its first completion up to batch_wait_ns. */
+	uint64_t batch_short;
 };
 
 /*
