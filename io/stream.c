@@ -50,6 +50,9 @@
 #define S_ACTIVE  0x200 /* recv: armed or a CQE since the last sweep */
 #define S_OPLESS  0x400 /* recv: parked, holding no op (s->op is OP_NONE) */
 #define S_UNPOLL  0x800 /* recv: the parked poll's cancel is queued */
+#define S_IDLE                                                                 \
+	0x1000 /* recv, KEEL_RECV_IDLE_RETURN: stopped by the idle sweep,      \
+		* unarmed; the next take returns -EAGAIN */
 
 /* s->op of a parked stream: open, but holding no op. */
 #define OP_NONE UINT32_MAX
@@ -57,8 +60,6 @@
 #define CHUNK_BLOCK	   256
 #define ACCEPT_BACKOFF_MIN (10ull * 1000 * 1000)
 #define ACCEPT_BACKOFF_MAX (1000ull * 1000 * 1000)
-/* A recv stream idle for one to two sweep periods parks on a poll. */
-#define IDLE_SWEEP_NS (250ull * 1000 * 1000)
 
 /* ---- chunk nodes ---------------------------------------------------- */
 
@@ -212,7 +213,7 @@ static int stream_arm(struct keel__io *io, struct keel__stream *s)
 	if (s->kind == KIND_RECV && io->idle_poll &&
 	    !keel_timer_armed(&io->idle_sweep))
 		keel_timer_arm(s->task->loop, &io->idle_sweep,
-			       io->core.now + IDLE_SWEEP_NS);
+			       io->core.now + io->idle_ns);
 	return 0;
 }
 
@@ -348,9 +349,11 @@ static void stream_deliver(struct keel__stream *s)
 
 		s->state &= (uint16_t)~S_WAITING;
 		keel__task_complete(t, res);
-	} else if (s->state & S_ENDED) {
-		s->state &= (uint16_t)~S_WAITING;
-		keel__task_complete(t, s->end);
+	} else if (s->state & (S_ENDED | S_IDLE)) {
+		int res = s->state & S_ENDED ? s->end : -EAGAIN;
+
+		s->state &= (uint16_t) ~(S_WAITING | S_IDLE);
+		keel__task_complete(t, res);
 	}
 }
 
@@ -543,6 +546,10 @@ static int stream_next(struct keel_task *t, struct keel__stream *s, void *out)
 	if (cause) {
 		stream_stop(io, s);
 		return keel__task_ready(t, cause);
+	}
+	if (s->state & S_IDLE) {
+		s->state &= (uint16_t)~S_IDLE; /* the next call receives */
+		return keel__task_ready(t, -EAGAIN);
 	}
 	if (!(s->state & (S_ARMED | S_PARKED))) {
 		kind_of(s)->restart(io, s);
@@ -803,7 +810,7 @@ static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 	 * sweep after these park does it for them.) */
 	keel__ledger_trim(l);
 	if (hot || parking)
-		keel_timer_arm(loop, timer, io->core.now + IDLE_SWEEP_NS);
+		keel_timer_arm(loop, timer, io->core.now + io->idle_ns);
 }
 
 void keel__stream_io_init(struct keel__io *io)
@@ -841,9 +848,13 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 	} else if (idling && (res == -ECANCELED || res >= 0) &&
 		   !(s->state & S_ENDED) && !keel__task_cancel_cause(s->task)) {
 		/* Stopped by the idle sweep: wait for data with a poll, or
-		 * as if paused when the queue is full meanwhile. */
+		 * as if paused when the queue is full meanwhile; with
+		 * nothing queued, tell a task that asked (it may hibernate
+		 * the socket) instead. */
 		if (s->queued >= s->limit)
 			s->state |= S_PAUSING;
+		else if ((s->flags & KEEL_RECV_IDLE_RETURN) && !s->tail)
+			s->state |= S_IDLE;
 		else
 			recv_park(io, s);
 	} else if (res < 0) {
@@ -929,7 +940,8 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 	struct keel__io *io = keel__io_of(t->loop);
 
 	s->base.op = 0;
-	if (!ring || fd < 0 || (flags & ~KEEL_RECV_BUNDLE))
+	if (!ring || fd < 0 ||
+	    (flags & ~(KEEL_RECV_BUNDLE | KEEL_RECV_IDLE_RETURN)))
 		return -EINVAL;
 	uint16_t gid = keel__bufring_gid(ring);
 

@@ -85,6 +85,15 @@ struct keel_loop_opts {
 	 * KEEL_BACKEND_EPOLL. keel_loop_create(3), NOTES, says what differs.
 	 */
 	unsigned backend;
+	/*
+	 * The idle sweep's period: a recv stream that received nothing for
+	 * one to two of them parks on a poll (or, opened with
+	 * KEEL_RECV_IDLE_RETURN, has keel_recv_next() return -EAGAIN). 0:
+	 * 250 ms. Shorter frees idle connections' memory sooner (with
+	 * keel_hibernate(): their tasks too); each sweep walks the ops in
+	 * flight.
+	 */
+	unsigned idle_ms;
 };
 
 /* keel_loop_opts.batch_wait_ns: no completion batching. */
