@@ -247,13 +247,14 @@ static int conn_step(struct keel_task *t)
 	}
 	for (;;) {
 		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
-		if (keel_res(t) == -EAGAIN) { /* idle, nothing queued */
+		if (keel_res(t) <= 0) {
+			if (keel_res(t) != -EAGAIN)
+				break; /* end of file, an error, the shutdown */
+			/* Idle, nothing queued. */
 			if (conn_hibernate(t, c))
 				KEEL_EXIT(t, 0); /* the socket is the loop's */
 			continue;
 		}
-		if (keel_res(t) <= 0)
-			break; /* end of file, an error, or the shutdown */
 		my_shard->bytes += c->buf.len;
 		/* The kernel sends from the ring buffer; it goes back to the
 		 * ring once the send has completed. */

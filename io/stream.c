@@ -547,11 +547,12 @@ static int stream_next(struct keel_task *t, struct keel__stream *s, void *out)
 		stream_stop(io, s);
 		return keel__task_ready(t, cause);
 	}
-	if (s->state & S_IDLE) {
-		s->state &= (uint16_t)~S_IDLE; /* the next call receives */
-		return keel__task_ready(t, -EAGAIN);
-	}
 	if (!(s->state & (S_ARMED | S_PARKED))) {
+		/* Stopped idle: say so once; the next call receives. */
+		if (s->state & S_IDLE) {
+			s->state &= (uint16_t)~S_IDLE;
+			return keel__task_ready(t, -EAGAIN);
+		}
 		kind_of(s)->restart(io, s);
 		if (s->state & S_ENDED)
 			return keel__task_ready(t, s->end);
