@@ -770,41 +770,51 @@ void keel__stream_cancel_all_parked(struct keel__io *io)
 		parked_stop(io, &io->parked[i]);
 }
 
+/* The sweep's look at one op in use: a recv stream armed and quiet since
+ * the last sweep stops (to park, or to return idle). */
+static void sweep_op(struct keel__io *io, struct keel__op *op, bool *hot,
+		     bool *parking)
+{
+	struct keel__stream *s;
+
+	if (op->kind != KEEL__OP_STREAM || op->u.stream.on_cqe != stream_cqe)
+		return;
+	s = op->u.stream.stream;
+	if (s->kind != KIND_RECV ||
+	    (s->state & (S_ARMED | S_CLOSED | S_ENDED | S_PAUSING |
+			 S_IDLING)) != S_ARMED ||
+	    (op->flags & KEEL__OP_CANCEL_SENT))
+		return;
+	if (s->state & S_ACTIVE) {
+		s->state &= (uint16_t)~S_ACTIVE;
+		*hot = true;
+		return;
+	}
+	s->state |= S_IDLING;
+	keel__op_send_cancel(io, op);
+	if (!(op->flags & KEEL__OP_CANCEL_SENT)) {
+		s->state &= (uint16_t)~S_IDLING; /* no SQE: later */
+		*hot = true;
+	}
+	*parking = true;
+}
+
 static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 		       void *arg)
 {
 	struct keel__io *io = keel__io_of(loop);
 	struct keel__ledger *l = &io->ledger;
-	uint32_t n = l->nchunks << KEEL__OP_CHUNK_SHIFT;
 	bool hot = false, parking = false;
 
 	(void)arg;
-	for (uint32_t i = 0; i < n; i++) {
-		struct keel__op *op = keel__op_at(l, i);
-		struct keel__stream *s;
+	/* A pointer through each chunk: with a short idle_ms the walk runs
+	 * often, and most slots are free. */
+	for (uint32_t c = 0; c < l->nchunks; c++) {
+		struct keel__op *op = l->chunks[c], *end = op + KEEL__OP_CHUNK;
 
-		if (!(op->flags & KEEL__OP_INUSE) ||
-		    op->kind != KEEL__OP_STREAM ||
-		    op->u.stream.on_cqe != stream_cqe)
-			continue;
-		s = op->u.stream.stream;
-		if (s->kind != KIND_RECV ||
-		    (s->state & (S_ARMED | S_CLOSED | S_ENDED | S_PAUSING |
-				 S_IDLING)) != S_ARMED ||
-		    (op->flags & KEEL__OP_CANCEL_SENT))
-			continue;
-		if (s->state & S_ACTIVE) {
-			s->state &= (uint16_t)~S_ACTIVE;
-			hot = true;
-			continue;
-		}
-		s->state |= S_IDLING;
-		keel__op_send_cancel(io, op);
-		if (!(op->flags & KEEL__OP_CANCEL_SENT)) {
-			s->state &= (uint16_t)~S_IDLING; /* no SQE: later */
-			hot = true;
-		}
-		parking = true;
+		for (; op < end; op++)
+			if (op->flags & KEEL__OP_INUSE)
+				sweep_op(io, op, &hot, &parking);
 	}
 	/* The ops of streams parked since the last sweep are free: a peak of
 	 * connections that went idle leaves no ledger behind. (One more
