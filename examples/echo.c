@@ -30,7 +30,7 @@
  * (KEEL_RECV_IDLE_RETURN), hands its socket to the loop (keel_hibernate:
  * a 32-byte record and a poll) and its task ends, frame and all; when the
  * socket is readable again, a fresh task takes it. --no-hibernate keeps
- * the task, its stream parked on a poll. The summary line counts
+ * the task, its stream parked on a poll. A summary line counts
  * hibernations and wakes.
  *
  * Shutdown is keel's: on SIGINT or SIGTERM the runtime cancels every
@@ -800,10 +800,11 @@ int main(int argc, char **argv)
 	keel_health_free(health);
 	free(shards);
 	printf("echo: served %llu connections, echoed %llu bytes, refused %llu "
-	       "connections; %llu hibernations, %llu wakes\n",
+	       "connections\n",
 	       (unsigned long long)conns, (unsigned long long)bytes,
-	       (unsigned long long)refused, (unsigned long long)hibernations,
-	       (unsigned long long)wakes);
+	       (unsigned long long)refused);
+	printf("echo: idle connections: %llu hibernations, %llu wakes\n",
+	       (unsigned long long)hibernations, (unsigned long long)wakes);
 	if (sum.chunks_lent)
 		printf("echo: ring: %llu enters, %llu SQEs, %llu CQEs for %llu "
 		       "received chunks: %.3f enters and %.2f CQEs per chunk, "
