@@ -20,7 +20,7 @@
  * --buf-size BYTES size each loop's ring (default 1024 x 4 KiB); --direct
  * accepts into the ring's file table (registered descriptors: no per-op
  * file lookup in the kernel); --no-idle-poll keeps an idle connection's
- * multishot recv armed instead of parking it on a poll after 250-500 ms
+ * multishot recv armed instead of parking it on a poll after --idle-ms
  * (KEEL_LOOP_NO_IDLE_POLL: about 600 bytes more of kernel memory and 120
  * of user space per idle connection, one completion less when it wakes
  * up; no hibernation either).

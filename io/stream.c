@@ -639,6 +639,12 @@ static void recv_queue(struct keel__io *io, struct keel__stream *s,
  * otherwise), where a cancel or exit of the task (keel__io_cancel_task())
  * and the loop's teardown (keel__io_cancel_all()) find it, as they find
  * ops. Its completion takes an op again.
+ *
+ * Idle return. A stream opened with KEEL_RECV_IDLE_RETURN that the sweep
+ * stopped with nothing queued parks nowhere: it stays unarmed (S_IDLE),
+ * and its task's keel_recv_next() returns -EAGAIN once, so that the task
+ * can close it and hibernate the socket (io/hibernate.c); the next call
+ * re-arms it. The sweep's period is keel_loop_opts.idle_ms (io->idle_ns).
  */
 
 /*
