@@ -20,10 +20,18 @@
  * --buf-size BYTES size each loop's ring (default 1024 x 4 KiB); --direct
  * accepts into the ring's file table (registered descriptors: no per-op
  * file lookup in the kernel); --no-idle-poll keeps an idle connection's
- * multishot recv armed instead of parking it on a poll after 250-500 ms
+ * multishot recv armed instead of parking it on a poll after --idle-ms
  * (KEEL_LOOP_NO_IDLE_POLL: about 600 bytes more of kernel memory and 120
  * of user space per idle connection, one completion less when it wakes
- * up).
+ * up; no hibernation either).
+ *
+ * Hibernation: a connection that received nothing for --idle-ms MS to
+ * twice that (default 20; the loop's idle sweep) is told so by its stream
+ * (KEEL_RECV_IDLE_RETURN), hands its socket to the loop (keel_hibernate:
+ * a 32-byte record and a poll) and its task ends, frame and all; when the
+ * socket is readable again, a fresh task takes it. --no-hibernate keeps
+ * the task, its stream parked on a poll. A summary line counts
+ * hibernations and wakes.
  *
  * Shutdown is keel's: on SIGINT or SIGTERM the runtime cancels every
  * loop's root token, so each pending accept and recv returns -ECANCELED,
@@ -64,7 +72,8 @@ struct shard {
 	uint64_t connections;
 	uint64_t bytes;
 	uint64_t refused; /* over --max-conns, or no memory for a task */
-	int error;	  /* a fatal accept error, or 0 */
+	uint64_t hibernations, wakes;
+	int error; /* a fatal accept error, or 0 */
 };
 
 /* The shard of this thread's loop (one loop per thread), so that a
@@ -124,6 +133,8 @@ static int metrics_fd = -1;
 static bool plain_mode;
 static bool direct_fds;	  /* --direct: sockets in the ring's file table */
 static bool no_idle_poll; /* --no-idle-poll */
+static bool no_hibernate; /* --no-hibernate */
+static long idle_ms = 20; /* --idle-ms */
 static struct keel_bufring_opts ring_opts = {.count = 1024, .size = 4096};
 static unsigned max_conns;	   /* --max-conns; 0: no cap */
 static atomic_uint open_conns;	   /* all loops together, under a cap */
@@ -179,16 +190,50 @@ static void conn_leave(void)
 		atomic_fetch_sub_explicit(&open_conns, 1, memory_order_relaxed);
 }
 
-/* Open the stream on the socket the acceptor left in its place; on
- * failure the socket is back in c->fd. */
+/* Open the stream on the socket the acceptor (or conn_wake) left in its
+ * place; on failure the socket is back in c->fd. */
 static int conn_open(struct keel_task *t, struct conn *c)
 {
 	int fd = c->fd;
-	int err = keel_recv_stream_open(t, &c->rs, fd, my_shard->ring, 0);
+	int err =
+	    keel_recv_stream_open(t, &c->rs, fd, my_shard->ring,
+				  no_hibernate ? 0 : KEEL_RECV_IDLE_RETURN);
 
 	if (err)
 		c->fd = fd;
 	return err;
+}
+
+/* A hibernated connection's socket is readable again (> 0), or the loop
+ * goes (-ECANCELED), or its poll failed: a fresh task for it, or close. */
+static void conn_wake(struct keel_loop *loop, int fd, int res, void *arg)
+{
+	struct conn *c =
+	    res > 0 ? keel_spawn(loop, &conn_task, KEEL_PRIO_NORMAL) : NULL;
+
+	(void)arg;
+	if (c) {
+		c->fd = fd;
+		my_shard->wakes++;
+		return;
+	}
+	/* A direct socket goes with the ring's file table (at the shutdown;
+	 * out of memory for a task, its slot stays taken until then). */
+	if (!keel_fd_is_fixed(fd))
+		close(fd);
+	conn_leave();
+}
+
+/* The stream went idle: hand the socket to the loop. False: the loop
+ * would not take it, and the next keel_recv_next() receives again. */
+static bool conn_hibernate(struct keel_task *t, struct conn *c)
+{
+	if (keel_hibernate(keel_task_loop(t), keel_recv_stream_fd(&c->rs),
+			   conn_wake, NULL, NULL))
+		return false;
+	keel_recv_stream_close(&c->rs);
+	my_shard->hibernations++;
+	return true;
 }
 
 static int conn_step(struct keel_task *t)
@@ -202,8 +247,14 @@ static int conn_step(struct keel_task *t)
 	}
 	for (;;) {
 		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
-		if (keel_res(t) <= 0)
-			break; /* end of file, an error, or the shutdown */
+		if (keel_res(t) <= 0) {
+			if (keel_res(t) != -EAGAIN)
+				break; /* end of file, an error, the shutdown */
+			/* Idle, nothing queued. */
+			if (conn_hibernate(t, c))
+				KEEL_EXIT(t, 0); /* the socket is the loop's */
+			continue;
+		}
 		my_shard->bytes += c->buf.len;
 		/* The kernel sends from the ring buffer; it goes back to the
 		 * ring once the send has completed. */
@@ -523,7 +574,8 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: echo [--threads N] [--metrics MPORT] [--plain]\n"
 		"            [--batch-wait NS] [--bufs N] [--buf-size BYTES]\n"
-		"            [--direct] [--no-idle-poll] [--max-conns N]\n"
+		"            [--direct] [--no-idle-poll] [--no-hibernate]\n"
+		"            [--idle-ms MS] [--max-conns N]\n"
 		"            [ADDR] PORT\n"
 		"       echo --port PORT [--threads N]\n");
 }
@@ -549,6 +601,8 @@ int main(int argc, char **argv)
 	    {"plain", no_argument, NULL, 'P'},
 	    {"direct", no_argument, NULL, 'D'},
 	    {"no-idle-poll", no_argument, NULL, 'I'},
+	    {"no-hibernate", no_argument, NULL, 'H'},
+	    {"idle-ms", required_argument, NULL, 'i'},
 	    {"batch-wait", required_argument, NULL, 'w'},
 	    {"bufs", required_argument, NULL, 'b'},
 	    {"buf-size", required_argument, NULL, 'B'},
@@ -560,7 +614,7 @@ int main(int argc, char **argv)
 	long port = -1, threads = 0, mport = -1, batch_wait = -1, cap = 0;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "p:t:m:PDIw:b:B:M:h", longopts,
+	while ((opt = getopt_long(argc, argv, "p:t:m:PDIHi:w:b:B:M:h", longopts,
 				  NULL)) != -1) {
 		switch (opt) {
 		case 'p':
@@ -580,6 +634,12 @@ int main(int argc, char **argv)
 			break;
 		case 'I':
 			no_idle_poll = true;
+			break;
+		case 'H':
+			no_hibernate = true;
+			break;
+		case 'i':
+			idle_ms = parse_number(optarg, 1, 3600 * 1000);
 			break;
 		case 'w':
 			batch_wait = parse_number(optarg, 0, 10000000);
@@ -622,11 +682,13 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		if ((opt == 'p' && port < 0) || (opt == 't' && threads < 0) ||
-		    (opt == 'm' && mport < 0) || (opt == 'M' && cap < 0)) {
+		    (opt == 'm' && mport < 0) || (opt == 'M' && cap < 0) ||
+		    (opt == 'i' && idle_ms < 0)) {
 			fprintf(stderr, "echo: bad value for --%s: %s\n",
 				opt == 'p'   ? "port"
 				: opt == 't' ? "threads"
 				: opt == 'm' ? "metrics"
+				: opt == 'i' ? "idle-ms"
 					     : "max-conns",
 				optarg);
 			return 2;
@@ -654,6 +716,7 @@ int main(int argc, char **argv)
 		    batch_wait ? (unsigned)batch_wait : KEEL_BATCH_WAIT_OFF;
 	if (no_idle_poll)
 		ropts.loop.flags |= KEEL_LOOP_NO_IDLE_POLL;
+	ropts.loop.idle_ms = (unsigned)idle_ms;
 	struct keel_runtime *rt;
 	int err = keel_runtime_create(&rt, &ropts);
 
@@ -705,7 +768,7 @@ int main(int argc, char **argv)
 	fflush(stdout);
 
 	int status = keel_runtime_run(rt, &echo_main, NULL, NULL);
-	uint64_t conns = 0, bytes = 0, refused = 0;
+	uint64_t conns = 0, bytes = 0, refused = 0, hibernations = 0, wakes = 0;
 	struct keel_loop_stats sum = {0};
 	int fatal = 0;
 
@@ -729,6 +792,8 @@ int main(int argc, char **argv)
 		conns += shards[i].connections;
 		bytes += shards[i].bytes;
 		refused += shards[i].refused;
+		hibernations += shards[i].hibernations;
+		wakes += shards[i].wakes;
 		if (shards[i].error && !fatal)
 			fatal = shards[i].error;
 	}
@@ -739,6 +804,8 @@ int main(int argc, char **argv)
 	       "connections\n",
 	       (unsigned long long)conns, (unsigned long long)bytes,
 	       (unsigned long long)refused);
+	printf("echo: idle connections: %llu hibernations, %llu wakes\n",
+	       (unsigned long long)hibernations, (unsigned long long)wakes);
 	if (sum.chunks_lent)
 		printf("echo: ring: %llu enters, %llu SQEs, %llu CQEs for %llu "
 		       "received chunks: %.3f enters and %.2f CQEs per chunk, "

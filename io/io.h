@@ -27,12 +27,16 @@
 #include <keel/loop.h>
 
 /* CQE roles (user_data bits 1:0). KEEL__UD_INTERNAL with an address above
- * the role bits is a parked stream's poll (io/stream.c), which holds no op. */
+ * the role bits is a parked stream's poll (io/stream.c), which holds no op;
+ * with KEEL__UD_HIBERNATE too, a hibernated descriptor's poll
+ * (io/hibernate.c: its record's generation and index above bit 2; a
+ * stream's address, 8-aligned, never has bit 2). */
 #define KEEL__UD_MAIN	   0u /* the op's own CQE */
 #define KEEL__UD_TIMEOUT   1u /* its linked timeout's CQE */
 #define KEEL__UD_INTERNAL  2u /* a helper request (cancel): only counted */
 #define KEEL__UD_WAKE	   3u /* a doorbell (MSG_RING) from another thread */
 #define KEEL__UD_ROLE_MASK 3u
+#define KEEL__UD_HIBERNATE 4u
 
 /* What an op is, for the completion path. */
 enum keel__op_kind {
@@ -167,6 +171,20 @@ struct keel__chunk {
 	uint16_t ring; /* the buffer ring's index in the loop, + 1; 0: none */
 };
 
+/* A hibernated descriptor (io/hibernate.c): 32 bytes, in io->hib. */
+struct keel__hib {
+	keel_hibernate_fn fn; /* NULL: free */
+	void *arg;
+	int32_t fd;
+	uint32_t gen;	/* in its id and its poll's user_data; never 0 */
+	uint32_t next;	/* the free list: index + 1, 0 = none */
+	uint32_t flags; /* KEEL__HIB_* */
+};
+
+#define KEEL__HIB_CANCEL                                                       \
+	0x1u /* keel_hibernate_cancel(): wakes with                            \
+	      * -ECANCELED whatever the poll says */
+
 /* Chunk nodes come from a per-loop free list, grown in blocks. */
 struct keel__chunk_pool {
 	struct keel__chunk *free;
@@ -208,7 +226,8 @@ struct keel__io {
 	/* Idle recv streams (io/stream.c): a periodic sweep, armed while
 	 * some recv stream has its multishot recv armed, parks the ones
 	 * that received nothing since the previous sweep on a poll. */
-	bool idle_poll; /* not KEEL_LOOP_NO_IDLE_POLL, and POLL_ADD runs */
+	bool idle_poll;	  /* not KEEL_LOOP_NO_IDLE_POLL, and POLL_ADD runs */
+	uint64_t idle_ns; /* the sweep's period (keel_loop_opts.idle_ms) */
 	uint32_t recv_streams; /* recv streams open */
 	struct keel_timer idle_sweep;
 	/* Each task's parked streams (holding no op), by task id: NULL or
@@ -216,6 +235,13 @@ struct keel__io {
 	struct keel__list *parked;
 	uint32_t parked_cap;
 	uint32_t parked_polls; /* parked streams (counted in ledger.inuse) */
+	/* Hibernated descriptors (io/hibernate.c): a table mapped and grown
+	 * with mremap (only the pages records touched are resident), used up
+	 * to hib_used, freed records on a list; hib_live of them hold a poll.
+	 * hib_closed: the loop is going, keel_hibernate() refuses. */
+	struct keel__hib *hib;
+	uint32_t hib_cap, hib_used, hib_free, hib_live;
+	bool hib_closed;
 	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
 	struct keel_bufring **bufrings;
 	uint32_t nbufrings;
@@ -575,6 +601,13 @@ void keel__stream_io_fini(struct keel__io *io);
 /* A parked stream's poll completed (`ud`: its KEEL__UD_INTERNAL user_data
  * with the stream's address). */
 void keel__stream_parked_cqe(struct keel__io *io, uint64_t ud, int res);
+
+/* A hibernated descriptor's poll completed (`ud`: its user_data). */
+void keel__hibernate_cqe(struct keel__io *io, uint64_t ud, int res);
+
+/* The loop is going (keel__io_cancel_all()): every hibernated descriptor's
+ * callback runs now with -ECANCELED, and the table goes. */
+void keel__hibernate_cancel_all(struct keel__io *io);
 
 /* Cancel (or, exited or at teardown, close) the parked streams of `t`, or
  * of every task: what keel__io_cancel_task() and keel__io_cancel_all() do

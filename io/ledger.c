@@ -404,10 +404,14 @@ static inline void handle_cqe(struct keel__io *io,
 	struct keel__ledger *l = &io->ledger;
 
 	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
-		/* An address above the role bits: a parked stream's poll. */
+		/* Bits above the role: a parked stream's poll, or a
+		 * hibernated descriptor's. */
 		if (__builtin_expect(ud != role, 0) &&
 		    role == KEEL__UD_INTERNAL) {
-			keel__stream_parked_cqe(io, ud, cqe->res);
+			if (ud & KEEL__UD_HIBERNATE)
+				keel__hibernate_cqe(io, ud, cqe->res);
+			else
+				keel__stream_parked_cqe(io, ud, cqe->res);
 			return;
 		}
 		/* A doorbell's work is in the inbox, drained in step 2. */
@@ -563,4 +567,5 @@ void keel__io_cancel_all(struct keel__io *io)
 			cancel_op(io, op);
 	}
 	keel__stream_cancel_all_parked(io);
+	keel__hibernate_cancel_all(io);
 }

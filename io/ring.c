@@ -257,6 +257,8 @@ ready:
 	io->idle_poll =
 	    !(flags & KEEL_LOOP_NO_IDLE_POLL) &&
 	    keel_loop_has_op((struct keel_loop *)io, IORING_OP_POLL_ADD);
+	io->idle_ns =
+	    (opts && opts->idle_ms ? opts->idle_ms : 250) * 1000000ull;
 	return keel__ledger_init(&io->ledger);
 }
 

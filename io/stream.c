@@ -50,6 +50,9 @@
 #define S_ACTIVE  0x200 /* recv: armed or a CQE since the last sweep */
 #define S_OPLESS  0x400 /* recv: parked, holding no op (s->op is OP_NONE) */
 #define S_UNPOLL  0x800 /* recv: the parked poll's cancel is queued */
+#define S_IDLE                                                                 \
+	0x1000 /* recv, KEEL_RECV_IDLE_RETURN: stopped by the idle sweep,      \
+		* unarmed; the next take returns -EAGAIN */
 
 /* s->op of a parked stream: open, but holding no op. */
 #define OP_NONE UINT32_MAX
@@ -57,8 +60,6 @@
 #define CHUNK_BLOCK	   256
 #define ACCEPT_BACKOFF_MIN (10ull * 1000 * 1000)
 #define ACCEPT_BACKOFF_MAX (1000ull * 1000 * 1000)
-/* A recv stream idle for one to two sweep periods parks on a poll. */
-#define IDLE_SWEEP_NS (250ull * 1000 * 1000)
 
 /* ---- chunk nodes ---------------------------------------------------- */
 
@@ -212,7 +213,7 @@ static int stream_arm(struct keel__io *io, struct keel__stream *s)
 	if (s->kind == KIND_RECV && io->idle_poll &&
 	    !keel_timer_armed(&io->idle_sweep))
 		keel_timer_arm(s->task->loop, &io->idle_sweep,
-			       io->core.now + IDLE_SWEEP_NS);
+			       io->core.now + io->idle_ns);
 	return 0;
 }
 
@@ -348,9 +349,11 @@ static void stream_deliver(struct keel__stream *s)
 
 		s->state &= (uint16_t)~S_WAITING;
 		keel__task_complete(t, res);
-	} else if (s->state & S_ENDED) {
-		s->state &= (uint16_t)~S_WAITING;
-		keel__task_complete(t, s->end);
+	} else if (s->state & (S_ENDED | S_IDLE)) {
+		int res = s->state & S_ENDED ? s->end : -EAGAIN;
+
+		s->state &= (uint16_t) ~(S_WAITING | S_IDLE);
+		keel__task_complete(t, res);
 	}
 }
 
@@ -545,6 +548,11 @@ static int stream_next(struct keel_task *t, struct keel__stream *s, void *out)
 		return keel__task_ready(t, cause);
 	}
 	if (!(s->state & (S_ARMED | S_PARKED))) {
+		/* Stopped idle: say so once; the next call receives. */
+		if (s->state & S_IDLE) {
+			s->state &= (uint16_t)~S_IDLE;
+			return keel__task_ready(t, -EAGAIN);
+		}
 		kind_of(s)->restart(io, s);
 		if (s->state & S_ENDED)
 			return keel__task_ready(t, s->end);
@@ -631,6 +639,12 @@ static void recv_queue(struct keel__io *io, struct keel__stream *s,
  * otherwise), where a cancel or exit of the task (keel__io_cancel_task())
  * and the loop's teardown (keel__io_cancel_all()) find it, as they find
  * ops. Its completion takes an op again.
+ *
+ * Idle return. A stream opened with KEEL_RECV_IDLE_RETURN that the sweep
+ * stopped with nothing queued parks nowhere: it stays unarmed (S_IDLE),
+ * and its task's keel_recv_next() returns -EAGAIN once, so that the task
+ * can close it and hibernate the socket (io/hibernate.c); the next call
+ * re-arms it. The sweep's period is keel_loop_opts.idle_ms (io->idle_ns).
  */
 
 /*
@@ -762,48 +776,58 @@ void keel__stream_cancel_all_parked(struct keel__io *io)
 		parked_stop(io, &io->parked[i]);
 }
 
+/* The sweep's look at one op in use: a recv stream armed and quiet since
+ * the last sweep stops (to park, or to return idle). */
+static void sweep_op(struct keel__io *io, struct keel__op *op, bool *hot,
+		     bool *parking)
+{
+	struct keel__stream *s;
+
+	if (op->kind != KEEL__OP_STREAM || op->u.stream.on_cqe != stream_cqe)
+		return;
+	s = op->u.stream.stream;
+	if (s->kind != KIND_RECV ||
+	    (s->state & (S_ARMED | S_CLOSED | S_ENDED | S_PAUSING |
+			 S_IDLING)) != S_ARMED ||
+	    (op->flags & KEEL__OP_CANCEL_SENT))
+		return;
+	if (s->state & S_ACTIVE) {
+		s->state &= (uint16_t)~S_ACTIVE;
+		*hot = true;
+		return;
+	}
+	s->state |= S_IDLING;
+	keel__op_send_cancel(io, op);
+	if (!(op->flags & KEEL__OP_CANCEL_SENT)) {
+		s->state &= (uint16_t)~S_IDLING; /* no SQE: later */
+		*hot = true;
+	}
+	*parking = true;
+}
+
 static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 		       void *arg)
 {
 	struct keel__io *io = keel__io_of(loop);
 	struct keel__ledger *l = &io->ledger;
-	uint32_t n = l->nchunks << KEEL__OP_CHUNK_SHIFT;
 	bool hot = false, parking = false;
 
 	(void)arg;
-	for (uint32_t i = 0; i < n; i++) {
-		struct keel__op *op = keel__op_at(l, i);
-		struct keel__stream *s;
+	/* A pointer through each chunk: with a short idle_ms the walk runs
+	 * often, and most slots are free. */
+	for (uint32_t c = 0; c < l->nchunks; c++) {
+		struct keel__op *op = l->chunks[c], *end = op + KEEL__OP_CHUNK;
 
-		if (!(op->flags & KEEL__OP_INUSE) ||
-		    op->kind != KEEL__OP_STREAM ||
-		    op->u.stream.on_cqe != stream_cqe)
-			continue;
-		s = op->u.stream.stream;
-		if (s->kind != KIND_RECV ||
-		    (s->state & (S_ARMED | S_CLOSED | S_ENDED | S_PAUSING |
-				 S_IDLING)) != S_ARMED ||
-		    (op->flags & KEEL__OP_CANCEL_SENT))
-			continue;
-		if (s->state & S_ACTIVE) {
-			s->state &= (uint16_t)~S_ACTIVE;
-			hot = true;
-			continue;
-		}
-		s->state |= S_IDLING;
-		keel__op_send_cancel(io, op);
-		if (!(op->flags & KEEL__OP_CANCEL_SENT)) {
-			s->state &= (uint16_t)~S_IDLING; /* no SQE: later */
-			hot = true;
-		}
-		parking = true;
+		for (; op < end; op++)
+			if (op->flags & KEEL__OP_INUSE)
+				sweep_op(io, op, &hot, &parking);
 	}
 	/* The ops of streams parked since the last sweep are free: a peak of
 	 * connections that went idle leaves no ledger behind. (One more
 	 * sweep after these park does it for them.) */
 	keel__ledger_trim(l);
 	if (hot || parking)
-		keel_timer_arm(loop, timer, io->core.now + IDLE_SWEEP_NS);
+		keel_timer_arm(loop, timer, io->core.now + io->idle_ns);
 }
 
 void keel__stream_io_init(struct keel__io *io)
@@ -841,9 +865,13 @@ static void recv_stopped(struct keel__io *io, struct keel__stream *s, int res,
 	} else if (idling && (res == -ECANCELED || res >= 0) &&
 		   !(s->state & S_ENDED) && !keel__task_cancel_cause(s->task)) {
 		/* Stopped by the idle sweep: wait for data with a poll, or
-		 * as if paused when the queue is full meanwhile. */
+		 * as if paused when the queue is full meanwhile; with
+		 * nothing queued, tell a task that asked (it may hibernate
+		 * the socket) instead. */
 		if (s->queued >= s->limit)
 			s->state |= S_PAUSING;
+		else if ((s->flags & KEEL_RECV_IDLE_RETURN) && !s->tail)
+			s->state |= S_IDLE;
 		else
 			recv_park(io, s);
 	} else if (res < 0) {
@@ -929,7 +957,8 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 	struct keel__io *io = keel__io_of(t->loop);
 
 	s->base.op = 0;
-	if (!ring || fd < 0 || (flags & ~KEEL_RECV_BUNDLE))
+	if (!ring || fd < 0 ||
+	    (flags & ~(KEEL_RECV_BUNDLE | KEEL_RECV_IDLE_RETURN)))
 		return -EINVAL;
 	uint16_t gid = keel__bufring_gid(ring);
 

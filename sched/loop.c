@@ -278,12 +278,14 @@ static void run_ready(struct keel_loop *loop)
 /*
  * Whether anything outside this loop's ready tasks can still wake it: an
  * op in flight, an armed timer, or another thread (a task waits on one, or
- * a runtime loop waits for spawns).
+ * a runtime loop waits for spawns); or, while tasks live, a hibernated
+ * socket's poll (which alone does not keep the loop going).
  */
 static bool loop_wakeable(const struct keel_loop *loop)
 {
 	return loop->io.ledger.inuse || loop->io.core.timers.n ||
-	       loop->io.core.external_waits || loop->persistent;
+	       loop->io.core.external_waits || loop->persistent ||
+	       (loop->io.hib_live && keel__tasks_live(&loop->io.core));
 }
 
 /*

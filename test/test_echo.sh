@@ -9,7 +9,9 @@
 # Then the metrics must be served again once the idle connections go.
 # --max-conns: connections over the cap are closed (with --direct too: a
 # registered socket's slot must be released, not leaked), and once under
-# the cap again, connections are served. Loopback only.
+# the cap again, connections are served. Hibernation: an idle connection
+# wakes for its next message, counts under the cap while hibernated, and
+# goes at the shutdown. Loopback only.
 # Builds nothing: runs $BUILD/examples/echo (BUILD defaults to build).
 # Last line: "echo: N passed, M failed"; exit status 1 on any failure.
 set -u
@@ -166,5 +168,74 @@ PY
 		"$dir/cap.out")
 	check "$mode: echo counts the refused connections (${refused:-?})" \
 		[ "${refused:-0}" -ge 3 ]
+done
+
+# Hibernation (the default): a connection idle for --idle-ms hands its
+# socket to the loop and its task ends; the next message wakes it into a
+# fresh task. A hibernated connection still counts under --max-conns 1
+# (another is refused) until its peer closes; SIGTERM with one hibernated
+# closes it (the callback's -ECANCELED) and echo exits 0.
+for mode in --direct fds; do
+	opt=$mode
+	[ "$mode" = fds ] && opt=
+	# shellcheck disable=SC2086 # $opt is empty or one word
+	"$echo_bin" --threads 1 --max-conns 1 --idle-ms 10 $opt 127.0.0.1 0 \
+		>"$dir/hib.out" 2>"$dir/hib.err" &
+	pid=$!
+	port=$(echo_port $pid "$dir/hib.out")
+	check "hibernate $mode: echo starts" [ -n "$port" ]
+	if [ -z "$port" ]; then
+		cat "$dir/hib.err"
+		continue
+	fi
+	timeout 120 python3 - "$port" >"$dir/hib.client" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+
+def echoes(s, m):
+    try:
+        s.sendall(m)
+        return s.recv(len(m)) == m
+    except OSError:
+        return False
+
+a = socket.create_connection(("127.0.0.1", port), timeout=20)
+ok = echoes(a, b"one")
+time.sleep(0.5)  # idle: hibernated
+ok = ok and echoes(a, b"two")
+time.sleep(0.5)
+print("woken", ok)
+b = socket.create_connection(("127.0.0.1", port), timeout=10)
+try:
+    end = "closed" if b.recv(1) == b"" else "data"
+except ConnectionResetError:
+    end = "closed"
+print("over the cap", end)
+a.close()
+for i in range(200):  # the wake for a's end frees the cap
+    c = socket.create_connection(("127.0.0.1", port), timeout=20)
+    ok = echoes(c, b"three")
+    if ok:
+        break
+    c.close()
+    time.sleep(0.05)
+print("after", ok)
+time.sleep(0.5)  # c hibernates, then the shutdown
+PY
+	cat "$dir/hib.client"
+	check "hibernate $mode: a woken connection echoes" \
+		grep -q '^woken True' "$dir/hib.client"
+	check "hibernate $mode: a hibernated connection counts under the cap" \
+		grep -q '^over the cap closed' "$dir/hib.client"
+	check "hibernate $mode: its end frees the cap" \
+		grep -q '^after True' "$dir/hib.client"
+	kill -TERM $pid 2>/dev/null
+	wait $pid
+	check "hibernate $mode: echo exits 0 on SIGTERM" [ $? = 0 ]
+	cat "$dir/hib.out"
+	hib=$(sed -n 's/.*idle connections: \([0-9]*\) hibernations, \([0-9]*\) wakes$/\1 \2/p' \
+		"$dir/hib.out")
+	check "hibernate $mode: echo counts hibernations and wakes (${hib:-?})" \
+		[ "${hib%% *}" -ge 3 ] && [ "${hib##* }" -ge 2 ]
 done
 finish

@@ -2,7 +2,8 @@
 /*
  * test_sim_io.c: keel's socket and file ops end to end on the simulated
  * kernel: keel tasks on a sim loop use the public API (accept streams,
- * recv streams on a buffer ring (also parked on a poll while idle),
+ * recv streams on a buffer ring (also parked on a poll while idle, or
+ * hibernated: keel_hibernate, the task gone until the socket is readable),
  * keel_send_all, keel_socket/connect,
  * keel_accept, keel_send_zc, openat/read/write/fsync/statx/close), the
  * ring engine executes them on the models (sim/net.c, sim/fs.c), and the
@@ -77,17 +78,47 @@ struct echo_conn {
 static int echo_conn_step(struct keel_task *t);
 static KEEL_TASK_TYPE(echo_conn_task, struct echo_conn, task, echo_conn_step);
 
+/* Connections hibernate when idle (KEEL_RECV_IDLE_RETURN), counted here. */
+static struct {
+	bool on;
+	int hibernations, wakes, bad_wakes;
+} g_hib;
+
+/* Readable again (data or the end): a fresh task for it. */
+static void echo_wake(struct keel_loop *loop, int fd, int res, void *ring)
+{
+	struct echo_conn *c =
+	    res > 0 ? keel_spawn(loop, &echo_conn_task, KEEL_PRIO_NORMAL)
+		    : NULL;
+
+	if (!c) {
+		g_hib.bad_wakes++; /* its socket stays open: the check says */
+		return;
+	}
+	g_hib.wakes++;
+	c->fd = fd;
+	c->ring = ring;
+}
+
 static int echo_conn_step(struct keel_task *t)
 {
 	struct echo_conn *c = keel_container_of(t, struct echo_conn, task);
 
 	KEEL_BEGIN(t);
-	c->end = keel_recv_stream_open(t, &c->rs, c->fd, c->ring, 0);
+	c->end = keel_recv_stream_open(t, &c->rs, c->fd, c->ring,
+				       g_hib.on ? KEEL_RECV_IDLE_RETURN : 0);
 	if (c->end)
 		goto out;
 	for (;;) {
 		KEEL_AWAIT(t, keel_recv_next(t, &c->rs, &c->buf));
 		c->end = keel_res(t);
+		if (c->end == -EAGAIN &&
+		    !keel_hibernate(keel_task_loop(t), c->fd, echo_wake,
+				    c->ring, NULL)) {
+			keel_recv_stream_close(&c->rs);
+			g_hib.hibernations++;
+			KEEL_EXIT(t, 0);
+		}
 		if (c->end <= 0)
 			break;
 		KEEL_AWAIT(t, keel_send_all(t, c->fd, c->buf.data, c->buf.len,
@@ -268,7 +299,15 @@ static void run_echo_paused(uint64_t seed, unsigned short_ppm, unsigned flags,
 	cr_expect_eq(st.fds_open, 0);
 	/* A pause of a second: every server connection's stream went idle
 	 * and parked on a poll (POLL_ADD), once per pause. */
-	if (pause_ns >= 1000000000u) {
+	if (pause_ns >= 1000000000u && g_hib.on) {
+		/* Hibernated instead, once per pause, and woken for the next
+		 * round or the end of file. */
+		cr_expect_geq(g_hib.hibernations, CLIENTS * (ROUNDS - 1));
+		cr_expect_leq(g_hib.hibernations, CLIENTS * ROUNDS);
+		cr_expect_eq(g_hib.wakes, g_hib.hibernations);
+		cr_expect_eq(g_hib.bad_wakes, 0);
+		cr_expect_eq(kt_stats(loop).idle_polls, 0);
+	} else if (pause_ns >= 1000000000u) {
 		uint64_t polls = kt_stats(loop).idle_polls;
 
 		cr_expect_geq(polls, (uint64_t)CLIENTS * (ROUNDS - 1),
@@ -307,6 +346,21 @@ Test(sim_io, echo_with_idle_pauses_parks_streams_on_a_poll, .timeout = 30)
 	for (uint64_t seed = 1; seed <= 4; seed++)
 		run_echo_paused(seed, seed & 1 ? 200000 : 0, 0, 1000000000u);
 	run_echo_paused(5, 100000, KEEL_ACCEPT_DIRECT, 1000000000u);
+}
+
+/* The same with KEEL_RECV_IDLE_RETURN: each idle connection hibernates its
+ * socket and its task ends; the next round (or the client's end of file)
+ * wakes it into a fresh task, byte for byte. */
+Test(sim_io, echo_with_idle_pauses_hibernates_connections, .timeout = 30)
+{
+	for (uint64_t seed = 1; seed <= 4; seed++) {
+		memset(&g_hib, 0, sizeof(g_hib));
+		g_hib.on = true;
+		run_echo_paused(seed, seed & 1 ? 200000 : 0,
+				seed == 4 ? KEEL_ACCEPT_DIRECT : 0,
+				1000000000u);
+	}
+	g_hib.on = false;
 }
 
 /* ---- connection ends: refused, reset, EOF, close with unread data ---- */

@@ -378,6 +378,10 @@ void keel_buf_release(struct keel_buf *buf);
 
 /* keel_recv_stream_open() flags */
 #define KEEL_RECV_BUNDLE 0x1u /* one CQE for several buffers (6.10+) */
+/* When the stream goes idle (nothing received for one to two of the
+ * loop's idle sweeps, 250-500 ms, with nothing queued), keel_recv_next()
+ * returns -EAGAIN instead of waiting on: see keel_recv_next(). */
+#define KEEL_RECV_IDLE_RETURN 0x2u
 
 /* What recv and accept streams share (private; io/stream.c). */
 struct keel__stream {
@@ -434,7 +438,12 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
  * first; a new keel_buf must be zeroed): keel_res() is its length (> 0), 0 at
  * end of file, or a negative errno (the stream's final error, e.g. the
  * task's cancellation cause, -ECONNRESET). Data received before the end is
- * always delivered first.
+ * always delivered first. With KEEL_RECV_IDLE_RETURN, -EAGAIN: the stream
+ * went idle and stopped receiving (no request in the kernel, nothing
+ * queued, nothing lost: the data waits in the socket); the next
+ * keel_recv_next() receives again, or the task closes the stream and
+ * hands the socket to keel_hibernate(). (The idle sweep needs POLL_ADD
+ * and no KEEL_LOOP_NO_IDLE_POLL; without it a stream never goes idle.)
  * Ownership: the chunk in `out` is lent to the task until keel_buf_release()
  * (or the next keel_recv_next into it).
  */
@@ -494,6 +503,57 @@ static inline int keel_recv_stream_fd(const struct keel_recv_stream *s)
  * already taken stay lent until released.
  */
 void keel_recv_stream_close(struct keel_recv_stream *s);
+
+/* ---- hibernation ---------------------------------------------------- */
+
+/*
+ * An idle connection without a task: keel_hibernate() hands socket `fd` to
+ * the loop, which watches it with one single-shot poll (POLLIN; errors
+ * and hang-ups always) and keeps only a 32-byte record of it (in a dense
+ * table, no allocation of its own); the task that held the connection
+ * can then end, and its frame and task slot go. When `fd` is readable
+ * (data, the peer's end of file or reset), `fn` runs on the loop's
+ * thread with the poll's events (> 0), and typically spawns a fresh task
+ * for the connection. (Erlang's hibernate, for a socket.)
+ *
+ * `fn`'s `res`: > 0, the ready events (POLLIN, POLLHUP, POLLERR, ...);
+ * -ECANCELED, keel_hibernate_cancel() or the loop is being destroyed
+ * (keel_loop_destroy(): spawn nothing then, close the socket unless it
+ * is a direct descriptor, which goes with the loop's ring); another
+ * negative errno, the poll failed (-EBADF, ...). `fn` runs once per
+ * keel_hibernate(), from the loop's completion handling (or from
+ * keel_loop_destroy()): it may spawn tasks, hibernate a socket again,
+ * close one; it must not run or step the loop.
+ *
+ * A hibernated socket does not keep keel_loop_run() going (its owner, a
+ * server's acceptor, does), but it wakes a loop that waits.
+ */
+typedef void (*keel_hibernate_fn)(struct keel_loop *loop, int fd, int res,
+				  void *arg);
+
+/*
+ * Hibernate socket `fd` (a direct descriptor too) on `loop`, from the
+ * loop's thread. Returns 0 and, if `id` is not NULL, the hibernation's
+ * id (never 0) for keel_hibernate_cancel(); or -EINVAL (fd < 0, fn
+ * NULL), -EOPNOTSUPP (the ring runs no POLL_ADD), -EACCES (restricted),
+ * -ECANCELED (the loop is being destroyed), -ENOMEM, -EAGAIN (the SQ
+ * stayed full).
+ * Ownership: `fd` is the loop's until `fn` runs, then `fn`'s (it closes
+ * it or gives it to a task); `arg` stays the caller's and must stay
+ * valid until then. Nothing else of the caller's is held.
+ */
+int keel_hibernate(struct keel_loop *loop, int fd, keel_hibernate_fn fn,
+		   void *arg, uint64_t *id);
+
+/*
+ * Wake hibernation `id` early: its poll is cancelled and its `fn` runs
+ * with -ECANCELED (from the loop's completion handling, not from here),
+ * even if the socket became readable meanwhile. Returns 0 (also when a
+ * cancel is already under way), -ENOENT (no such hibernation: its `fn`
+ * has run), -EAGAIN (the SQ stayed full: try again).
+ * Ownership: nothing changes hands here; `fn` gets the socket back.
+ */
+int keel_hibernate_cancel(struct keel_loop *loop, uint64_t id);
 
 /* ---- datagram streams ----------------------------------------------- */
 

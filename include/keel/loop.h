@@ -33,12 +33,13 @@ struct keel_loop;
 #define KEEL_LOOP_RESTRICT 0x4u /* a least-privilege ring: restrict_ops */
 /*
  * Keep an idle recv stream's multishot recv armed. By default a recv
- * stream that has received nothing for 250-500 ms trades its armed recv
- * for a poll for readability, and arms the recv again when data comes:
- * an armed multishot recv costs the kernel about 600 bytes more per
- * socket than a poll (io_uring's per-request async data), which is most
- * of what an idle connection costs it. With this flag a connection that
- * wakes up saves the poll's completion and the re-arm instead.
+ * stream that has received nothing for one to two idle_ms (250-500 ms by
+ * default) trades its armed recv for a poll for readability, and arms the
+ * recv again when data comes: an armed multishot recv costs the kernel
+ * about 600 bytes more per socket than a poll (io_uring's per-request
+ * async data), which is most of what an idle connection costs it. With this
+ * flag a connection that wakes up saves the poll's completion and the re-arm
+ * instead.
  */
 #define KEEL_LOOP_NO_IDLE_POLL 0x8u
 
@@ -85,6 +86,15 @@ struct keel_loop_opts {
 	 * KEEL_BACKEND_EPOLL. keel_loop_create(3), NOTES, says what differs.
 	 */
 	unsigned backend;
+	/*
+	 * The idle sweep's period: a recv stream that received nothing for
+	 * one to two of them parks on a poll (or, opened with
+	 * KEEL_RECV_IDLE_RETURN, has keel_recv_next() return -EAGAIN). 0:
+	 * 250 ms. Shorter frees idle connections' memory sooner (with
+	 * keel_hibernate(): their tasks too); each sweep walks the ops in
+	 * flight.
+	 */
+	unsigned idle_ms;
 };
 
 /* keel_loop_opts.batch_wait_ns: no completion batching. */
