@@ -125,6 +125,22 @@ struct keel__op_lat {
 	uint64_t sum_ns;
 };
 
+/*
+ * The completions of one reap not yet added to the tables: a run of ops of
+ * one opcode submitted in one turn. The loop's clock moves once per turn,
+ * so all of them have one latency: what counts them is a compare and an
+ * increment per op, not a bucket's computation and two stores (some 15
+ * instructions of a NOP's 300). The run's first op is counted at once;
+ * the others are added when an op of another key completes, and at the
+ * end of every reap (keel__io_reap()), so a scrape misses at most the reap
+ * under way, as before.
+ */
+struct keel__op_lat_run {
+	uint64_t start_ns; /* the ops' start (loop clock) */
+	uint32_t n;	   /* ops of the run not yet counted */
+	uint8_t opcode;
+};
+
 struct keel__ledger {
 	/* KEEL__OP_CHUNK ops each, never moved (trailing free ones are
 	 * unmapped: keel__ledger_trim) */
@@ -204,6 +220,7 @@ struct keel__io {
 	struct keel__io_counters count;
 	/* Op latency by opcode (see struct keel__op_lat); NULL: none yet. */
 	struct keel__op_lat *op_lat[KEEL__LAT_OPCODES];
+	struct keel__op_lat_run lat_run;
 	struct keel__chunk_pool chunks;
 	/* Idle recv streams (io/stream.c): a periodic sweep, armed while
 	 * some recv stream has its multishot recv armed, parks the ones

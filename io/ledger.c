@@ -152,26 +152,27 @@ static struct keel__op_lat *op_lat_table(struct keel__io *io, unsigned opcode)
 	return h;
 }
 
+/* A table's first use, and the ops counted into it (see op_lat_add()). */
+static __attribute__((noinline)) void
+op_lat_add_new(struct keel__io *io, unsigned opcode, uint64_t ns, uint32_t n);
+
 /*
- * Count a kernel op's latency. A user op (a sleep) is left out: its
- * "latency" is the time it was asked to wait; so is a multishot stream
- * (its completions come when a peer sends or connects, and its own CQEs
- * never come here but by a linked timeout). Out of memory for a table:
- * the op goes uncounted rather than failing anything.
+ * Count `n` ops of `opcode` of latency `ns`. Out of memory for a table:
+ * they go uncounted rather than failing anything.
  */
 static inline __attribute__((always_inline)) void
-op_lat_record(struct keel__io *io, const struct keel__op *op)
+op_lat_add(struct keel__io *io, unsigned opcode, uint64_t ns, uint32_t n)
 {
 	struct keel__op_lat *h;
-	uint64_t ns = io->core.now - op->start_ns;
 	unsigned k;
 
-	if (op->kind == KEEL__OP_USER || op->kind == KEEL__OP_STREAM ||
-	    op->opcode >= KEEL__LAT_OPCODES)
+	if (opcode >= KEEL__LAT_OPCODES)
 		return;
-	h = io->op_lat[op->opcode];
-	if (__builtin_expect(!h, 0) && !(h = op_lat_table(io, op->opcode)))
+	h = io->op_lat[opcode];
+	if (__builtin_expect(!h, 0)) {
+		op_lat_add_new(io, opcode, ns, n);
 		return;
+	}
 	/* ns in (2^(k-1), 2^k] units -> k, without a branch: ns - 1 (0
 	 * stays 0), its bits below the unit set so that up to one unit
 	 * lands in bucket 0. */
@@ -180,8 +181,60 @@ op_lat_record(struct keel__io *io, const struct keel__op *op)
 				      ((1u << KEEL__LAT_UNIT_SHIFT) - 1)) -
 	    KEEL__LAT_UNIT_SHIFT;
 	k = k < KEEL__LAT_BUCKETS ? k : KEEL__LAT_BUCKETS - 1;
-	__atomic_store_n(&h->bucket[k], h->bucket[k] + 1, __ATOMIC_RELAXED);
-	__atomic_store_n(&h->sum_ns, h->sum_ns + ns, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->bucket[k], h->bucket[k] + n, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->sum_ns, h->sum_ns + ns * n, __ATOMIC_RELAXED);
+}
+
+static void op_lat_add_new(struct keel__io *io, unsigned opcode, uint64_t ns,
+			   uint32_t n)
+{
+	if (op_lat_table(io, opcode))
+		op_lat_add(io, opcode, ns, n);
+}
+
+/* Count the run's ops (see struct keel__op_lat_run). */
+static inline __attribute__((always_inline)) void
+op_lat_count(struct keel__io *io)
+{
+	struct keel__op_lat_run *run = &io->lat_run;
+
+	op_lat_add(io, run->opcode, io->core.now - run->start_ns, run->n);
+	run->n = 0;
+}
+
+/* op_lat_count() where a run ends before the reap does: out of line, so
+ * that the CQE loop saves no register for it. */
+static __attribute__((noinline)) void op_lat_flush(struct keel__io *io)
+{
+	op_lat_count(io);
+}
+
+/*
+ * Count a kernel op's latency. A user op (a sleep) is left out: its
+ * "latency" is the time it was asked to wait; so is a multishot stream
+ * (its completions come when a peer sends or connects, and its own CQEs
+ * never come here but by a linked timeout). The first op of a run is
+ * counted at once, so that a reap of one CQE (a loop at batch 1) pays no
+ * more than that; the ones after it are the run's.
+ */
+static inline __attribute__((always_inline)) void
+op_lat_record(struct keel__io *io, const struct keel__op *op)
+{
+	struct keel__op_lat_run *run = &io->lat_run;
+
+	if (op->kind == KEEL__OP_USER || op->kind == KEEL__OP_STREAM)
+		return;
+	if (__builtin_expect(op->start_ns == run->start_ns &&
+				 op->opcode == run->opcode,
+			     1)) {
+		run->n++;
+		return;
+	}
+	if (run->n)
+		op_lat_flush(io);
+	run->start_ns = op->start_ns;
+	run->opcode = op->opcode;
+	op_lat_add(io, op->opcode, io->core.now - op->start_ns, 1);
 }
 
 /* Tell `t` that its op `ref` ended with `res`: every case. Out of line:
@@ -484,6 +537,8 @@ void keel__io_reap(struct keel__io *io)
 		flushed = true;
 	}
 	io->reaping = false;
+	if (io->lat_run.n)
+		op_lat_count(io);
 	if (io->bufrings_starved)
 		keel__bufrings_settle(io);
 }
