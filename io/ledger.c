@@ -17,6 +17,7 @@
 #include "io.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -218,11 +219,12 @@ static __attribute__((noinline)) void op_lat_flush(struct keel__io *io)
  * more than that; the ones after it are the run's.
  */
 static inline __attribute__((always_inline)) void
-op_lat_record(struct keel__io *io, const struct keel__op *op)
+op_lat_record(struct keel__io *io, const struct keel__op *op, bool kernel)
 {
 	struct keel__op_lat_run *run = &io->lat_run;
 
-	if (op->kind == KEEL__OP_USER || op->kind == KEEL__OP_STREAM)
+	if (!kernel &&
+	    (op->kind == KEEL__OP_USER || op->kind == KEEL__OP_STREAM))
 		return;
 	if (__builtin_expect(op->start_ns == run->start_ns &&
 				 op->opcode == run->opcode,
@@ -263,25 +265,36 @@ static __attribute__((noinline)) void op_tell_task(struct keel_task *t,
 	keel__task_complete(t, res);
 }
 
-/* The op's last CQE is in: release it, then tell its task. Inline in the
- * CQE loop, where a call spilled and restored six registers per CQE. */
+/*
+ * The op's last CQE is in: release it, then tell its task. Inline in the
+ * CQE loop, where a call spilled and restored six registers per CQE.
+ * `kernel`: the op is known to be a KEEL__OP_KERNEL one. The common case,
+ * a task that waits for this op alone, is queued here with one test of its
+ * flags (keel__task_complete() would test them twice more); a task exited,
+ * in a select, already queued, killed or waiting on another thread too, and
+ * a cancelled op, take op_tell_task(). (The op's index outlives its
+ * release: only a trim, never during a reap, unmaps a slot.)
+ */
 static inline __attribute__((always_inline)) void
-op_done(struct keel__io *io, struct keel__op *op, int res)
+op_done(struct keel__io *io, struct keel__op *op, int res, bool kernel)
 {
 	struct keel_task *t = op->task;
-	uint32_t ref = op->index + 1;
 
-	op_lat_record(io, op);
+	op_lat_record(io, op, kernel);
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
 		    (int64_t)res,
 		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
 	op_release(io, op);
-	if (__builtin_expect((t->flags & (KEEL__T_EXITED | KEEL__T_SELECT)) ||
-				 res == -ECANCELED,
-			     0))
-		op_tell_task(t, ref, res);
-	else
-		keel__task_complete(t, res);
+	if (__builtin_expect(
+		(t->flags & (KEEL__T_EXITED | KEEL__T_SELECT | KEEL__T_QUEUED |
+			     KEEL__T_KILLED | KEEL__T_EXTERNAL)) ||
+		    res == -ECANCELED,
+		0)) {
+		op_tell_task(t, op->index + 1, res);
+		return;
+	}
+	t->res = res;
+	keel__task_enqueue(&io->core, t);
 }
 
 struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
@@ -356,7 +369,7 @@ void keel__op_link_deadline(struct keel__io *io, struct keel__op *op,
 
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res)
 {
-	op_done(io, op, res);
+	op_done(io, op, res, false);
 }
 
 /* A short send_all: queue the rest under the same op and user_data. */
@@ -444,17 +457,19 @@ handle_op_cqe(struct keel__io *io, struct keel__op *op, unsigned role,
 	if ((op->flags & KEEL__OP_TIMED_OUT) &&
 	    (res == -ECANCELED || res == -EINTR))
 		res = -ETIMEDOUT;
-	op_done(io, op, res);
+	op_done(io, op, res, false);
 }
 
-static inline void handle_cqe(struct keel__io *io,
-			      const struct io_uring_cqe *cqe)
+/* Every CQE but handle_cqe()'s common case, each checked in its order:
+ * internal ones, stale ones, then the op's. */
+static __attribute__((noinline)) void
+handle_cqe_slow(struct keel__io *io, const struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
 	unsigned role = ud & KEEL__UD_ROLE_MASK;
 	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
-	uint32_t gen = (uint32_t)(ud >> 32);
 	struct keel__ledger *l = &io->ledger;
+	struct keel__op *op;
 
 	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
 		/* An address above the role bits: a parked stream's poll. */
@@ -467,25 +482,63 @@ static inline void handle_cqe(struct keel__io *io,
 		io->count.internal_cqes++;
 		return;
 	}
-	struct keel__op *op;
-
 	if (index >= (l->nchunks << KEEL__OP_CHUNK_SHIFT) ||
-	    (op = keel__op_at(l, index))->gen != gen ||
+	    (op = keel__op_at(l, index))->gen != (uint32_t)(ud >> 32) ||
 	    !(op->flags & KEEL__OP_INUSE) || !op->pending) {
 		io->count.stale_cqes++;
 		return;
 	}
-	/* The common case: a one-shot op's own CQE, no deadline that fired,
-	 * no notification owed. handle_op_cqe() would come to op_done() with
-	 * cqe->res for it, by a dozen more tests. */
+	handle_op_cqe(io, op, role, cqe);
+}
+
+/*
+ * The common case, a one-shot op's own CQE (no deadline that fired, no
+ * notification owed), is told by one test of the op's header word: kind
+ * KEEL__OP_KERNEL, one CQE pending, in use and not timed out (whatever its
+ * opcode, and whether a cancel was sent). handle_op_cqe() would come to
+ * op_done() with cqe->res for it, by a dozen more tests.
+ */
+#define HEAD_MASK                                                              \
+	(0xffu | 0xffu << 16 |                                                 \
+	 (unsigned)(KEEL__OP_INUSE | KEEL__OP_TIMED_OUT) << 24)
+#define HEAD_ONESHOT                                                           \
+	(KEEL__OP_KERNEL | 1u << 16 | (unsigned)KEEL__OP_INUSE << 24)
+_Static_assert(offsetof(struct keel__op, opcode) ==
+		       offsetof(struct keel__op, kind) + 1 &&
+		   offsetof(struct keel__op, pending) ==
+		       offsetof(struct keel__op, kind) + 2 &&
+		   offsetof(struct keel__op, flags) ==
+		       offsetof(struct keel__op, kind) + 3,
+	       "the op's header word: kind, opcode, pending, flags");
+
+static inline uint32_t op_head(const struct keel__op *op)
+{
+	uint32_t head;
+
+	memcpy(&head, &op->kind, sizeof(head));
+	return __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+		   ? head
+		   : __builtin_bswap32(head);
+}
+
+static inline void handle_cqe(struct keel__io *io,
+			      const struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
+	struct keel__ledger *l = &io->ledger;
+	struct keel__op *op;
+
 	if (__builtin_expect(
-		op->kind == KEEL__OP_KERNEL && role == KEEL__UD_MAIN &&
-		    op->pending == 1 && !(op->flags & KEEL__OP_TIMED_OUT) &&
+		(ud & KEEL__UD_ROLE_MASK) == KEEL__UD_MAIN &&
+		    index < (l->nchunks << KEEL__OP_CHUNK_SHIFT) &&
+		    (op = keel__op_at(l, index))->gen == (uint32_t)(ud >> 32) &&
+		    (op_head(op) & HEAD_MASK) == HEAD_ONESHOT &&
 		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
 		1))
-		op_done(io, op, cqe->res);
+		op_done(io, op, cqe->res, true);
 	else
-		handle_op_cqe(io, op, role, cqe);
+		handle_cqe_slow(io, cqe);
 }
 
 /*
