@@ -412,9 +412,13 @@ static unsigned batch_want(const struct keel_loop *loop)
 	return want >= BATCH_MIN_CQES ? want : 0;
 }
 
+/* The average's own test first: the caps only lower the batch, so a loop
+ * whose wake-ups bring few CQEs (at one op in flight, every turn) is told
+ * by one compare. */
 static bool batching(const struct keel_loop *loop, int64_t wait)
 {
-	return wait != 0 && loop->batch_wait_ns && batch_want(loop);
+	return loop->batch_avg >= BATCH_MIN_CQES * 16 && wait != 0 &&
+	       loop->batch_wait_ns && batch_want(loop);
 }
 
 static int enter_batched(struct keel_loop *loop, int64_t wait)
