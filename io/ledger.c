@@ -367,6 +367,20 @@ void keel__op_link_deadline(struct keel__io *io, struct keel__op *op,
 	link_timeout(io, op, sqe);
 }
 
+int keel__op_commit_slow(struct keel_task *t, struct keel__op *op,
+			 struct io_uring_sqe *sqe)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+
+	if (io->core.trace && !op->trace_ns)
+		op->trace_ns = keel__trace_clock();
+	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, t->id, op->index,
+		    0);
+	if (io->timeout_task == t)
+		keel__op_link_deadline(io, op, sqe);
+	return keel__task_suspend(t);
+}
+
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res)
 {
 	op_done(io, op, res, false);
