@@ -299,22 +299,23 @@ op_done(struct keel__io *io, struct keel__op *op, int res, bool kernel)
 
 struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
 					 uint8_t kind, struct keel__op **opp,
-					 int *err)
+					 int *step)
 {
 	struct keel__io *io = keel__io_of(t->loop);
 	bool linked = io->timeout_task == t;
 	int cause = kind == KEEL__OP_CLEANUP ? 0 : keel__task_cancel_cause(t);
+	int err;
 
 	/* Level-triggered: under a cancelled token no op starts. */
 	if (cause) {
-		*err = cause;
+		err = cause;
 		goto fail;
 	}
 	/* A restricted ring's kernel would refuse it: so does keel, before
 	 * it takes an SQE (io/restrict.c). */
 	if (__builtin_expect(io->restricted, 0) &&
 	    !keel__op_allowed(io, opcode)) {
-		*err = keel__restrict_refuse(io);
+		err = keel__restrict_refuse(io);
 		goto fail;
 	}
 	/* The op and its linked timeout must be adjacent in the SQ; an op
@@ -324,7 +325,7 @@ struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
 	struct io_uring_sqe *sqe = keel__io_sqe(io);
 
 	if (!sqe) {
-		*err = -EAGAIN;
+		err = -EAGAIN;
 		goto fail;
 	}
 	*opp = keel__op_new(io, t, kind, opcode);
@@ -332,12 +333,13 @@ struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
 		/* Leave the SQE harmless: a NOP nobody waits for. */
 		io_uring_prep_nop(sqe);
 		io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
-		*err = -ENOMEM;
+		err = -ENOMEM;
 		goto fail;
 	}
 	return sqe;
 fail:
 	keel__op_timeout_drop(io, t);
+	*step = keel__task_ready(t, err);
 	return NULL;
 }
 
