@@ -69,10 +69,13 @@ typedef void (*keel__stream_cancel_fn)(struct keel__io *io,
 
 struct keel__op {
 	struct keel_task *task; /* owner */
-	uint32_t index;		/* own ledger index */
+	/* gen apart from next, both stored by every release: GCC would
+	 * otherwise pack the two stores into one vector store (more
+	 * instructions, not fewer). */
 	uint32_t gen;
-	uint32_t next; /* free list, or the task's op list (index + 1) */
-	uint32_t prev; /* the task's op list (index + 1, 0 = head) */
+	uint32_t index; /* own ledger index */
+	uint32_t next;	/* free list, or the task's op list (index + 1) */
+	uint32_t prev;	/* the task's op list (index + 1, 0 = head) */
 	uint8_t kind;
 	uint8_t opcode;	 /* IORING_OP_*, for dumps and traces */
 	uint8_t pending; /* CQEs the kernel still owes */
@@ -145,8 +148,11 @@ struct keel__ledger {
 	/* KEEL__OP_CHUNK ops each, never moved (trailing free ones are
 	 * unmapped: keel__ledger_trim) */
 	struct keel__op **chunks;
-	uint32_t nchunks;
+	/* free and inuse, which every op moves together, are not adjacent:
+	 * GCC would otherwise pack their two updates into one vector store
+	 * (some 6 instructions where 3 do). */
 	uint32_t free; /* index + 1, 0 = none */
+	uint32_t nchunks;
 	/* Ops the kernel (or a timer) still owns, and parked streams' polls,
 	 * which the kernel owns without an op (io/stream.c). */
 	uint32_t inuse;
