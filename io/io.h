@@ -161,9 +161,12 @@ struct keel__ledger {
 };
 
 struct keel__io_counters {
+	/* enters and sqes, which every enter moves together, are not
+	 * adjacent: GCC would pack the two adds into vector instructions
+	 * (six, where two do). */
 	uint64_t enters;
-	uint64_t sqes;
 	uint64_t cqes;
+	uint64_t sqes;
 	uint64_t stale_cqes;
 	uint64_t internal_cqes;
 	uint64_t sq_full;
