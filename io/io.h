@@ -73,10 +73,13 @@ typedef void (*keel__stream_cancel_fn)(struct keel__io *io,
 
 struct keel__op {
 	struct keel_task *task; /* owner */
-	uint32_t index;		/* own ledger index */
+	/* gen apart from next, both stored by every release: GCC would
+	 * otherwise pack the two stores into one vector store (more
+	 * instructions, not fewer). */
 	uint32_t gen;
-	uint32_t next; /* free list, or the task's op list (index + 1) */
-	uint32_t prev; /* the task's op list (index + 1, 0 = head) */
+	uint32_t index; /* own ledger index */
+	uint32_t next;	/* free list, or the task's op list (index + 1) */
+	uint32_t prev;	/* the task's op list (index + 1, 0 = head) */
 	uint8_t kind;
 	uint8_t opcode;	 /* IORING_OP_*, for dumps and traces */
 	uint8_t pending; /* CQEs the kernel still owes */
@@ -129,12 +132,31 @@ struct keel__op_lat {
 	uint64_t sum_ns;
 };
 
+/*
+ * The completions of one reap not yet added to the tables: a run of ops of
+ * one opcode submitted in one turn. The loop's clock moves once per turn,
+ * so all of them have one latency: what counts them is a compare and an
+ * increment per op, not a bucket's computation and two stores (some 15
+ * instructions of a NOP's 300). The run's first op is counted at once;
+ * the others are added when an op of another key completes, and at the
+ * end of every reap (keel__io_reap()), so a scrape misses at most the reap
+ * under way, as before.
+ */
+struct keel__op_lat_run {
+	uint64_t start_ns; /* the ops' start (loop clock) */
+	uint32_t n;	   /* ops of the run not yet counted */
+	uint8_t opcode;
+};
+
 struct keel__ledger {
 	/* KEEL__OP_CHUNK ops each, never moved (trailing free ones are
 	 * unmapped: keel__ledger_trim) */
 	struct keel__op **chunks;
-	uint32_t nchunks;
+	/* free and inuse, which every op moves together, are not adjacent:
+	 * GCC would otherwise pack their two updates into one vector store
+	 * (some 6 instructions where 3 do). */
 	uint32_t free; /* index + 1, 0 = none */
+	uint32_t nchunks;
 	/* Ops the kernel (or a timer) still owns, and parked streams' polls,
 	 * which the kernel owns without an op (io/stream.c). */
 	uint32_t inuse;
@@ -143,9 +165,12 @@ struct keel__ledger {
 };
 
 struct keel__io_counters {
+	/* enters and sqes, which every enter moves together, are not
+	 * adjacent: GCC would pack the two adds into vector instructions
+	 * (six, where two do). */
 	uint64_t enters;
-	uint64_t sqes;
 	uint64_t cqes;
+	uint64_t sqes;
 	uint64_t stale_cqes;
 	uint64_t internal_cqes;
 	uint64_t sq_full;
@@ -222,6 +247,7 @@ struct keel__io {
 	struct keel__io_counters count;
 	/* Op latency by opcode (see struct keel__op_lat); NULL: none yet. */
 	struct keel__op_lat *op_lat[KEEL__LAT_OPCODES];
+	struct keel__op_lat_run lat_run;
 	struct keel__chunk_pool chunks;
 	/* Idle recv streams (io/stream.c): a periodic sweep, armed while
 	 * some recv stream has its multishot recv armed, parks the ones
@@ -289,13 +315,32 @@ void keel__io_fini(struct keel__io *io);
  * adjacent): submits what is queued if the SQ has less room. */
 void keel__io_reserve(struct keel__io *io, unsigned n);
 
+/*
+ * A free SQE or NULL (the SQ is full): io_uring_get_sqe() without its
+ * tests of the ring's flags (some 8 instructions of an op's 100), which
+ * keel's rings make constant: no IORING_SETUP_SQE128 (keel never asks for
+ * it, nor do the backends), and the SQ head read with acquire as under
+ * SQPOLL (the same move on x86, and correct without SQPOLL too).
+ */
+static inline struct io_uring_sqe *keel__sq_take(struct keel__io *io)
+{
+	struct io_uring_sq *sq = &io->ring.sq;
+	unsigned head = io_uring_smp_load_acquire(sq->khead);
+	unsigned tail = sq->sqe_tail;
+
+	if (__builtin_expect(tail - head >= sq->ring_entries, 0))
+		return NULL;
+	sq->sqe_tail = tail + 1;
+	return &sq->sqes[tail & sq->ring_mask];
+}
+
 /* A free SQE; submits first if the SQ is full. NULL if it stays full.
  * Inline: every op takes one; the full SQ is the rare case. */
 struct io_uring_sqe *keel__io_sqe_full(struct keel__io *io);
 
 static inline struct io_uring_sqe *keel__io_sqe(struct keel__io *io)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+	struct io_uring_sqe *sqe = keel__sq_take(io);
 
 	return __builtin_expect(sqe != NULL, 1) ? sqe : keel__io_sqe_full(io);
 }
@@ -437,18 +482,15 @@ void keel__op_lat_fini(struct keel__io *io);
 int keel__ledger_grow(struct keel__ledger *l);
 
 /*
- * A new op owned by `t`, linked into its op list. NULL: -ENOMEM. Inline:
- * on every op's path (keel__op_begin()), where the call and its spills
- * were a fifth of what the ledger costs a NOP.
+ * A new op owned by `t`, linked into its op list, from the free slot that
+ * the caller knows is there. Inline: on every op's path (keel__op_begin()),
+ * where the call and its spills were a fifth of what the ledger costs a NOP.
  */
-static inline struct keel__op *keel__op_new(struct keel__io *io,
-					    struct keel_task *t, uint8_t kind,
-					    uint8_t opcode)
+static inline struct keel__op *keel__op_take(struct keel__io *io,
+					     struct keel_task *t, uint8_t kind,
+					     uint8_t opcode)
 {
 	struct keel__ledger *l = &io->ledger;
-
-	if (__builtin_expect(!l->free, 0) && keel__ledger_grow(l))
-		return NULL;
 	struct keel__op *op = keel__op_at(l, l->free - 1);
 
 	l->free = op->next;
@@ -461,9 +503,8 @@ static inline struct keel__op *keel__op_new(struct keel__io *io,
 	op->res = 0;
 	op->fd = -1;
 	op->start_ns = io->core.now;
-	/* Its latency while tracing, on the trace's cheap clock (every kind
-	 * of op: a sleep never goes through keel__op_commit). */
-	op->trace_ns = io->core.trace ? keel__trace_clock() : 0;
+	/* Its latency while tracing: see keel__op_new(), keel__op_commit(). */
+	op->trace_ns = 0;
 	/* Newest first on the task's list. */
 	op->prev = 0;
 	op->next = t->ops;
@@ -474,37 +515,59 @@ static inline struct keel__op *keel__op_new(struct keel__io *io,
 	return op;
 }
 
-/* keel__op_begin() beyond its fast path: every case, in its order. */
-struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
-					 uint8_t kind, struct keel__op **opp,
-					 int *err);
+/* keel__op_take(), growing the ledger first if no slot is free. NULL:
+ * -ENOMEM. */
+static inline struct keel__op *keel__op_new(struct keel__io *io,
+					    struct keel_task *t, uint8_t kind,
+					    uint8_t opcode)
+{
+	struct keel__op *op;
+
+	if (__builtin_expect(!io->ledger.free, 0) &&
+	    keel__ledger_grow(&io->ledger))
+		return NULL;
+	op = keel__op_take(io, t, kind, opcode);
+	/* Its latency while tracing, on the trace's cheap clock (every kind
+	 * of op: a sleep never goes through keel__op_commit()). */
+	if (io->core.trace)
+		op->trace_ns = keel__trace_clock();
+	return op;
+}
 
 /*
- * Start an op of `t`: an op slot and its SQE (room for a linked timeout
- * too when one is pending). Returns the SQE, or NULL with *err set (and
- * the pending timeout, if any, dropped: it was this op's). Inline for the
- * common case (no deadline on it, no ring restrictions, its token not
- * cancelled, a free op slot and SQE); anything else, and every failure,
- * takes keel__op_begin_slow(), which checks it all again in order. Always
- * inline: GCC would otherwise make one copy per file, a call per op.
+ * keel__op_begin() beyond its fast path: every case, in its order. Returns
+ * the SQE (the op in *opp), or NULL when the op cannot start: the await is
+ * then complete with the error (keel__task_ready()), and *step holds what
+ * the op function returns.
  */
-static inline __attribute__((always_inline)) struct io_uring_sqe *
+struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
+					 uint8_t kind, struct keel__op **opp,
+					 int *step);
+
+/*
+ * Start an op of `t`: an op slot and its SQE. True in the common case (no
+ * deadline on it, no ring restrictions, its token not cancelled, a free op
+ * slot and SQE); anything else is keel__op_begin_slow()'s, which checks it
+ * all again in order (room for a linked timeout too, failures). Always
+ * inline: GCC would otherwise make one copy per file, a call per op. It
+ * makes no call, so that an op function's fast path saves no register.
+ */
+static inline __attribute__((always_inline)) bool
 keel__op_begin(struct keel_task *t, uint8_t opcode, uint8_t kind,
-	       struct keel__op **opp, int *err)
+	       struct keel__op **opp, struct io_uring_sqe **sqep)
 {
 	struct keel__io *io = keel__io_of(t->loop);
-	struct io_uring_sqe *sqe;
 
 	if (__builtin_expect(
 		io->timeout_task != t && !io->restricted &&
 		    io->ledger.free != 0 &&
 		    (kind == KEEL__OP_CLEANUP || !keel__task_cancel_cause(t)),
 		1) &&
-	    (sqe = io_uring_get_sqe(&io->ring))) {
-		*opp = keel__op_new(io, t, kind, opcode);
-		return sqe;
+	    (*sqep = keel__sq_take(io))) {
+		*opp = keel__op_take(io, t, kind, opcode);
+		return true;
 	}
-	return keel__op_begin_slow(t, opcode, kind, opp, err);
+	return false;
 }
 
 /*
@@ -533,9 +596,16 @@ static inline void keel__sqe_fixed_fd(struct io_uring_sqe *sqe)
 void keel__op_link_deadline(struct keel__io *io, struct keel__op *op,
 			    struct io_uring_sqe *sqe);
 
+/* keel__op_commit() while tracing or with a deadline to link. */
+int keel__op_commit_slow(struct keel_task *t, struct keel__op *op,
+			 struct io_uring_sqe *sqe);
+
 /*
  * Finish queuing an op begun with keel__op_begin(): set its user_data, link
  * the pending timeout if any, and suspend the task (returns KEEL_PENDING).
+ * Tracing (the submit event, and the op's trace clock) and a deadline are a
+ * tail call: the common case makes no call, so an op function saves no
+ * register for one (some 10 instructions an op).
  */
 static inline int keel__op_commit(struct keel_task *t, struct keel__op *op,
 				  struct io_uring_sqe *sqe)
@@ -545,10 +615,9 @@ static inline int keel__op_commit(struct keel_task *t, struct keel__op *op,
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	keel__sqe_fixed_fd(sqe);
 	op->pending = 1;
-	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, t->id, op->index,
-		    0);
-	if (__builtin_expect(io->timeout_task == t, 0))
-		keel__op_link_deadline(io, op, sqe);
+	if (__builtin_expect(io->core.trace != NULL || io->timeout_task == t,
+			     0))
+		return keel__op_commit_slow(t, op, sqe);
 	return keel__task_suspend(t);
 }
 

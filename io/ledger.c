@@ -17,6 +17,7 @@
 #include "io.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -152,26 +153,27 @@ static struct keel__op_lat *op_lat_table(struct keel__io *io, unsigned opcode)
 	return h;
 }
 
+/* A table's first use, and the ops counted into it (see op_lat_add()). */
+static __attribute__((noinline)) void
+op_lat_add_new(struct keel__io *io, unsigned opcode, uint64_t ns, uint32_t n);
+
 /*
- * Count a kernel op's latency. A user op (a sleep) is left out: its
- * "latency" is the time it was asked to wait; so is a multishot stream
- * (its completions come when a peer sends or connects, and its own CQEs
- * never come here but by a linked timeout). Out of memory for a table:
- * the op goes uncounted rather than failing anything.
+ * Count `n` ops of `opcode` of latency `ns`. Out of memory for a table:
+ * they go uncounted rather than failing anything.
  */
 static inline __attribute__((always_inline)) void
-op_lat_record(struct keel__io *io, const struct keel__op *op)
+op_lat_add(struct keel__io *io, unsigned opcode, uint64_t ns, uint32_t n)
 {
 	struct keel__op_lat *h;
-	uint64_t ns = io->core.now - op->start_ns;
 	unsigned k;
 
-	if (op->kind == KEEL__OP_USER || op->kind == KEEL__OP_STREAM ||
-	    op->opcode >= KEEL__LAT_OPCODES)
+	if (opcode >= KEEL__LAT_OPCODES)
 		return;
-	h = io->op_lat[op->opcode];
-	if (__builtin_expect(!h, 0) && !(h = op_lat_table(io, op->opcode)))
+	h = io->op_lat[opcode];
+	if (__builtin_expect(!h, 0)) {
+		op_lat_add_new(io, opcode, ns, n);
 		return;
+	}
 	/* ns in (2^(k-1), 2^k] units -> k, without a branch: ns - 1 (0
 	 * stays 0), its bits below the unit set so that up to one unit
 	 * lands in bucket 0. */
@@ -180,8 +182,61 @@ op_lat_record(struct keel__io *io, const struct keel__op *op)
 				      ((1u << KEEL__LAT_UNIT_SHIFT) - 1)) -
 	    KEEL__LAT_UNIT_SHIFT;
 	k = k < KEEL__LAT_BUCKETS ? k : KEEL__LAT_BUCKETS - 1;
-	__atomic_store_n(&h->bucket[k], h->bucket[k] + 1, __ATOMIC_RELAXED);
-	__atomic_store_n(&h->sum_ns, h->sum_ns + ns, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->bucket[k], h->bucket[k] + n, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->sum_ns, h->sum_ns + ns * n, __ATOMIC_RELAXED);
+}
+
+static void op_lat_add_new(struct keel__io *io, unsigned opcode, uint64_t ns,
+			   uint32_t n)
+{
+	if (op_lat_table(io, opcode))
+		op_lat_add(io, opcode, ns, n);
+}
+
+/* Count the run's ops (see struct keel__op_lat_run). */
+static inline __attribute__((always_inline)) void
+op_lat_count(struct keel__io *io)
+{
+	struct keel__op_lat_run *run = &io->lat_run;
+
+	op_lat_add(io, run->opcode, io->core.now - run->start_ns, run->n);
+	run->n = 0;
+}
+
+/* op_lat_count() where a run ends before the reap does: out of line, so
+ * that the CQE loop saves no register for it. */
+static __attribute__((noinline)) void op_lat_flush(struct keel__io *io)
+{
+	op_lat_count(io);
+}
+
+/*
+ * Count a kernel op's latency. A user op (a sleep) is left out: its
+ * "latency" is the time it was asked to wait; so is a multishot stream
+ * (its completions come when a peer sends or connects, and its own CQEs
+ * never come here but by a linked timeout). The first op of a run is
+ * counted at once, so that a reap of one CQE (a loop at batch 1) pays no
+ * more than that; the ones after it are the run's.
+ */
+static inline __attribute__((always_inline)) void
+op_lat_record(struct keel__io *io, const struct keel__op *op, bool kernel)
+{
+	struct keel__op_lat_run *run = &io->lat_run;
+
+	if (!kernel &&
+	    (op->kind == KEEL__OP_USER || op->kind == KEEL__OP_STREAM))
+		return;
+	if (__builtin_expect(op->start_ns == run->start_ns &&
+				 op->opcode == run->opcode,
+			     1)) {
+		run->n++;
+		return;
+	}
+	if (run->n)
+		op_lat_flush(io);
+	run->start_ns = op->start_ns;
+	run->opcode = op->opcode;
+	op_lat_add(io, op->opcode, io->core.now - op->start_ns, 1);
 }
 
 /* Tell `t` that its op `ref` ended with `res`: every case. Out of line:
@@ -210,45 +265,57 @@ static __attribute__((noinline)) void op_tell_task(struct keel_task *t,
 	keel__task_complete(t, res);
 }
 
-/* The op's last CQE is in: release it, then tell its task. Inline in the
- * CQE loop, where a call spilled and restored six registers per CQE. */
+/*
+ * The op's last CQE is in: release it, then tell its task. Inline in the
+ * CQE loop, where a call spilled and restored six registers per CQE.
+ * `kernel`: the op is known to be a KEEL__OP_KERNEL one. The common case,
+ * a task that waits for this op alone, is queued here with one test of its
+ * flags (keel__task_complete() would test them twice more); a task exited,
+ * in a select, already queued, killed or waiting on another thread too, and
+ * a cancelled op, take op_tell_task(). (The op's index outlives its
+ * release: only a trim, never during a reap, unmaps a slot.)
+ */
 static inline __attribute__((always_inline)) void
-op_done(struct keel__io *io, struct keel__op *op, int res)
+op_done(struct keel__io *io, struct keel__op *op, int res, bool kernel)
 {
 	struct keel_task *t = op->task;
-	uint32_t ref = op->index + 1;
 
-	op_lat_record(io, op);
+	op_lat_record(io, op, kernel);
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
 		    (int64_t)res,
 		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
 	op_release(io, op);
-	if (__builtin_expect((t->flags & (KEEL__T_EXITED | KEEL__T_SELECT)) ||
-				 res == -ECANCELED,
-			     0))
-		op_tell_task(t, ref, res);
-	else
-		keel__task_complete(t, res);
+	if (__builtin_expect(
+		(t->flags & (KEEL__T_EXITED | KEEL__T_SELECT | KEEL__T_QUEUED |
+			     KEEL__T_KILLED | KEEL__T_EXTERNAL)) ||
+		    res == -ECANCELED,
+		0)) {
+		op_tell_task(t, op->index + 1, res);
+		return;
+	}
+	t->res = res;
+	keel__task_enqueue(&io->core, t);
 }
 
 struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
 					 uint8_t kind, struct keel__op **opp,
-					 int *err)
+					 int *step)
 {
 	struct keel__io *io = keel__io_of(t->loop);
 	bool linked = io->timeout_task == t;
 	int cause = kind == KEEL__OP_CLEANUP ? 0 : keel__task_cancel_cause(t);
+	int err;
 
 	/* Level-triggered: under a cancelled token no op starts. */
 	if (cause) {
-		*err = cause;
+		err = cause;
 		goto fail;
 	}
 	/* A restricted ring's kernel would refuse it: so does keel, before
 	 * it takes an SQE (io/restrict.c). */
 	if (__builtin_expect(io->restricted, 0) &&
 	    !keel__op_allowed(io, opcode)) {
-		*err = keel__restrict_refuse(io);
+		err = keel__restrict_refuse(io);
 		goto fail;
 	}
 	/* The op and its linked timeout must be adjacent in the SQ; an op
@@ -258,7 +325,7 @@ struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
 	struct io_uring_sqe *sqe = keel__io_sqe(io);
 
 	if (!sqe) {
-		*err = -EAGAIN;
+		err = -EAGAIN;
 		goto fail;
 	}
 	*opp = keel__op_new(io, t, kind, opcode);
@@ -266,12 +333,13 @@ struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
 		/* Leave the SQE harmless: a NOP nobody waits for. */
 		io_uring_prep_nop(sqe);
 		io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
-		*err = -ENOMEM;
+		err = -ENOMEM;
 		goto fail;
 	}
 	return sqe;
 fail:
 	keel__op_timeout_drop(io, t);
+	*step = keel__task_ready(t, err);
 	return NULL;
 }
 
@@ -301,9 +369,23 @@ void keel__op_link_deadline(struct keel__io *io, struct keel__op *op,
 	link_timeout(io, op, sqe);
 }
 
+int keel__op_commit_slow(struct keel_task *t, struct keel__op *op,
+			 struct io_uring_sqe *sqe)
+{
+	struct keel__io *io = keel__io_of(t->loop);
+
+	if (io->core.trace && !op->trace_ns)
+		op->trace_ns = keel__trace_clock();
+	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, op->opcode, t->id, op->index,
+		    0);
+	if (io->timeout_task == t)
+		keel__op_link_deadline(io, op, sqe);
+	return keel__task_suspend(t);
+}
+
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res)
 {
-	op_done(io, op, res);
+	op_done(io, op, res, false);
 }
 
 /* A short send_all: queue the rest under the same op and user_data. */
@@ -391,17 +473,19 @@ handle_op_cqe(struct keel__io *io, struct keel__op *op, unsigned role,
 	if ((op->flags & KEEL__OP_TIMED_OUT) &&
 	    (res == -ECANCELED || res == -EINTR))
 		res = -ETIMEDOUT;
-	op_done(io, op, res);
+	op_done(io, op, res, false);
 }
 
-static inline void handle_cqe(struct keel__io *io,
-			      const struct io_uring_cqe *cqe)
+/* Every CQE but handle_cqe()'s common case, each checked in its order:
+ * internal ones, stale ones, then the op's. */
+static __attribute__((noinline)) void
+handle_cqe_slow(struct keel__io *io, const struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
 	unsigned role = ud & KEEL__UD_ROLE_MASK;
 	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
-	uint32_t gen = (uint32_t)(ud >> 32);
 	struct keel__ledger *l = &io->ledger;
+	struct keel__op *op;
 
 	if (role == KEEL__UD_INTERNAL || role == KEEL__UD_WAKE) {
 		/* Bits above the role: a parked stream's poll, or a
@@ -418,25 +502,63 @@ static inline void handle_cqe(struct keel__io *io,
 		io->count.internal_cqes++;
 		return;
 	}
-	struct keel__op *op;
-
 	if (index >= (l->nchunks << KEEL__OP_CHUNK_SHIFT) ||
-	    (op = keel__op_at(l, index))->gen != gen ||
+	    (op = keel__op_at(l, index))->gen != (uint32_t)(ud >> 32) ||
 	    !(op->flags & KEEL__OP_INUSE) || !op->pending) {
 		io->count.stale_cqes++;
 		return;
 	}
-	/* The common case: a one-shot op's own CQE, no deadline that fired,
-	 * no notification owed. handle_op_cqe() would come to op_done() with
-	 * cqe->res for it, by a dozen more tests. */
+	handle_op_cqe(io, op, role, cqe);
+}
+
+/*
+ * The common case, a one-shot op's own CQE (no deadline that fired, no
+ * notification owed), is told by one test of the op's header word: kind
+ * KEEL__OP_KERNEL, one CQE pending, in use and not timed out (whatever its
+ * opcode, and whether a cancel was sent). handle_op_cqe() would come to
+ * op_done() with cqe->res for it, by a dozen more tests.
+ */
+#define HEAD_MASK                                                              \
+	(0xffu | 0xffu << 16 |                                                 \
+	 (unsigned)(KEEL__OP_INUSE | KEEL__OP_TIMED_OUT) << 24)
+#define HEAD_ONESHOT                                                           \
+	(KEEL__OP_KERNEL | 1u << 16 | (unsigned)KEEL__OP_INUSE << 24)
+_Static_assert(offsetof(struct keel__op, opcode) ==
+		       offsetof(struct keel__op, kind) + 1 &&
+		   offsetof(struct keel__op, pending) ==
+		       offsetof(struct keel__op, kind) + 2 &&
+		   offsetof(struct keel__op, flags) ==
+		       offsetof(struct keel__op, kind) + 3,
+	       "the op's header word: kind, opcode, pending, flags");
+
+static inline uint32_t op_head(const struct keel__op *op)
+{
+	uint32_t head;
+
+	memcpy(&head, &op->kind, sizeof(head));
+	return __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+		   ? head
+		   : __builtin_bswap32(head);
+}
+
+static inline void handle_cqe(struct keel__io *io,
+			      const struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
+	struct keel__ledger *l = &io->ledger;
+	struct keel__op *op;
+
 	if (__builtin_expect(
-		op->kind == KEEL__OP_KERNEL && role == KEEL__UD_MAIN &&
-		    op->pending == 1 && !(op->flags & KEEL__OP_TIMED_OUT) &&
+		(ud & KEEL__UD_ROLE_MASK) == KEEL__UD_MAIN &&
+		    index < (l->nchunks << KEEL__OP_CHUNK_SHIFT) &&
+		    (op = keel__op_at(l, index))->gen == (uint32_t)(ud >> 32) &&
+		    (op_head(op) & HEAD_MASK) == HEAD_ONESHOT &&
 		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
 		1))
-		op_done(io, op, cqe->res);
+		op_done(io, op, cqe->res, true);
 	else
-		handle_op_cqe(io, op, role, cqe);
+		handle_cqe_slow(io, cqe);
 }
 
 /*
@@ -445,7 +567,9 @@ static inline void handle_cqe(struct keel__io *io,
  * CQE: handle_cqe() stores through pointers, so the compiler reloaded each
  * of them around every CQE. The tail is read again after the run, so CQEs
  * posted meanwhile (a backend executes what a handler submits at once) are
- * reaped in this batch, as before.
+ * reaped in this batch, as before. CQEs are 16 bytes: keel never asks for
+ * IORING_SETUP_CQE32, nor do the backends (a shift less per CQE, and a
+ * register more for the loop).
  */
 static inline __attribute__((always_inline)) unsigned
 reap_batch(struct keel__io *io)
@@ -453,13 +577,12 @@ reap_batch(struct keel__io *io)
 	struct io_uring_cq *cq = &io->ring.cq;
 	struct io_uring_cqe *cqes = cq->cqes;
 	const unsigned mask = cq->ring_mask;
-	const unsigned shift = io_uring_cqe_shift(&io->ring);
 	const unsigned first = *cq->khead;
 	unsigned head = first, tail;
 
 	while ((tail = io_uring_smp_load_acquire(cq->ktail)) != head) {
 		do
-			handle_cqe(io, &cqes[(head & mask) << shift]);
+			handle_cqe(io, &cqes[head & mask]);
 		while (++head != tail);
 	}
 	if (head != first)
@@ -488,6 +611,8 @@ void keel__io_reap(struct keel__io *io)
 		flushed = true;
 	}
 	io->reaping = false;
+	if (io->lat_run.n)
+		op_lat_count(io);
 	if (io->bufrings_starved)
 		keel__bufrings_settle(io);
 }

@@ -12,14 +12,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Begin an op or return its error; binds `sqe` and `op` in the caller. */
+/*
+ * Begin an op or return its error; binds `sqe` and `op` in the caller.
+ * After the slow path's call the task is read back from its op, so that
+ * `t` need not be kept across the call (in a register the fast path would
+ * save and restore).
+ */
 #define OP_BEGIN(t, opcode, kind)                                              \
 	struct keel__op *op;                                                   \
-	int begin_err;                                                         \
-	struct io_uring_sqe *sqe =                                             \
-	    keel__op_begin((t), (opcode), (kind), &op, &begin_err);            \
-	if (!sqe)                                                              \
-		return keel__task_ready((t), begin_err);
+	struct io_uring_sqe *sqe;                                              \
+	if (!keel__op_begin((t), (opcode), (kind), &op, &sqe)) {               \
+		int begin_step;                                                \
+		sqe = keel__op_begin_slow((t), (opcode), (kind), &op,          \
+					  &begin_step);                        \
+		if (!sqe)                                                      \
+			return begin_step;                                     \
+		(t) = op->task;                                                \
+	}
 
 void keel_op_timeout(struct keel_task *t, uint64_t ns)
 {

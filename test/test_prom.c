@@ -11,14 +11,17 @@
  * which must not become a series each. Then the op latency histograms
  * (keel_op_duration_seconds): ops of two loops merged into one series per
  * opcode, read back by the parser: cumulative buckets that never go down,
- * +Inf equal to _count equal to the ops made, sleeps left out.
+ * +Inf equal to _count equal to the ops made, sleeps left out; and the
+ * ops of many tasks of one loop, two opcodes in every reap, each counted.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <keel.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "helpers/keel_test.h"
 #include "prom.h"
@@ -465,4 +468,89 @@ Test(prom, op_latency_histograms_merge_loops_and_count_every_op, .timeout = 30)
 	for (int i = 0; i < 2; i++)
 		keel_loop_destroy(loops[i]);
 	kt_tmpdir_remove(dir);
+}
+
+/*
+ * Many tasks on one loop, NOPs and reads of /dev/zero interleaved: each
+ * reap brings runs of ops of one opcode and submit turn (counted per run,
+ * io/ledger.c), and runs of the other opcode between them. Every op is
+ * counted once, into its opcode's series, and the +Inf bucket is _count
+ * (no parser needed: read back by hand).
+ */
+#define BATCH_NOPPERS 16
+#define BATCH_READERS 8
+#define BATCH_OPS     50
+
+struct batch_op {
+	struct keel_task task;
+	int fd; /* -1: NOPs */
+	int i;
+	char buf[8];
+};
+
+static int batch_op_step(struct keel_task *t)
+{
+	struct batch_op *w = keel_container_of(t, struct batch_op, task);
+
+	KEEL_BEGIN(t);
+	for (w->i = 0; w->i < BATCH_OPS; w->i++) {
+		if (w->fd < 0)
+			KEEL_AWAIT(t, keel_nop(t));
+		else
+			KEEL_AWAIT(
+			    t, keel_read(t, w->fd, w->buf, sizeof(w->buf), 0));
+		if (keel_res(t) < 0)
+			KEEL_EXIT(t, keel_res(t));
+	}
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(batch_op_task, struct batch_op, task, batch_op_step);
+
+/* The value of the sample `name` (up to its value's space), or -1. */
+static long long sample_value(const char *text, const char *name)
+{
+	const char *at = strstr(text, name);
+
+	return at ? atoll(at + strlen(name)) : -1;
+}
+
+Test(prom, op_latency_counts_every_op_of_runs_in_one_reap, .timeout = 30)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	int fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+	char *text;
+	size_t n;
+
+	cr_assert_geq(fd, 0);
+	/* Interleaved, so that a reap switches between the two opcodes, and
+	 * ends in a run of NOPs (two), which only the reap's end counts. */
+	for (int i = 0; i < BATCH_NOPPERS + BATCH_READERS; i++) {
+		struct batch_op *w = kt_spawn(loop, &batch_op_task, 0);
+
+		w->fd = i % 3 == 0 ? fd : -1;
+	}
+	kt_loop_run(loop);
+	n = keel_metrics_render(&loop, 1, NULL, 0);
+	text = malloc(n + 1);
+	cr_assert_not_null(text);
+	cr_assert_eq(keel_metrics_render(&loop, 1, text, n + 1), n);
+	for (int k = 0; k < 2; k++) {
+		const char *op = k ? "read" : "nop";
+		long long want =
+		    (k ? BATCH_READERS : BATCH_NOPPERS) * BATCH_OPS;
+		char name[128];
+
+		snprintf(name, sizeof(name),
+			 "keel_op_duration_seconds_count{op=\"%s\"} ", op);
+		cr_expect_eq(sample_value(text, name), want, "%s", text);
+		snprintf(name, sizeof(name),
+			 "keel_op_duration_seconds_bucket{op=\"%s\","
+			 "le=\"+Inf\"} ",
+			 op);
+		cr_expect_eq(sample_value(text, name), want, "%s", text);
+	}
+	free(text);
+	close(fd);
+	keel_loop_destroy(loop);
 }
