@@ -75,6 +75,41 @@ static inline uint64_t tick_of(uint64_t deadline)
 	return deadline >> TICK_SHIFT;
 }
 
+/*
+ * The run fires in deadline order, which is no order in memory: with
+ * 100k timers each one and what its callback reads (its `arg`: a sleep's
+ * task) miss the cache. Those of the entries a few ahead are fetched
+ * meanwhile: the timer RUN_AHEAD entries on, the arg of the one half as
+ * far (its timer fetched by then), the last RUN_AHEAD of a run not: a
+ * run is hundreds. An armed timer's memory is live, and a cancelled
+ * one's entry is NULL, so the load of `arg` is safe. (Always
+ * inline: GCC 12 drops the call of a function that only prefetches, as
+ * if it did nothing.)
+ */
+#define RUN_AHEAD 8
+
+static inline __attribute__((always_inline)) void
+run_prefetch(const struct keel__timer_run *r)
+{
+	uint32_t near = r->head + RUN_AHEAD / 2, far = r->head + RUN_AHEAD;
+
+	if (far < r->n) {
+		__builtin_prefetch(r->v[far].timer, 1);
+		if (r->v[near].timer)
+			__builtin_prefetch(r->v[near].timer->arg, 1);
+	}
+}
+
+/* A walk over an array of timers (arming order: no order in memory)
+ * reads each: fetch the one RUN_AHEAD on. (A NULL is fetched harmlessly:
+ * a prefetch never faults.) */
+static inline __attribute__((always_inline)) void
+walk_prefetch(struct keel_timer *const *v, uint32_t i, uint32_t n)
+{
+	if (i + RUN_AHEAD < n)
+		__builtin_prefetch(v[i + RUN_AHEAD], 1);
+}
+
 static inline bool earlier(const struct keel__heap_entry *a,
 			   const struct keel__heap_entry *b)
 {
@@ -276,6 +311,7 @@ static bool run_fill(struct keel__timers *h, const struct keel__timer_slot *sl)
 	for (uint32_t i = 0; i < n; i++) {
 		struct keel_timer *t = sl->v[i];
 
+		walk_prefetch(sl->v, i, n);
 		if (t->seq < seq0)
 			return false;
 		ordered &= t->seq > prev;
@@ -465,8 +501,10 @@ static void cascade(struct keel__timers *h, uint32_t id)
 	if (id == OVERFLOW_SLOT)
 		*sl = (struct keel__timer_slot){0};
 	sl->n = 0;
-	for (uint32_t i = 0; i < was.n; i++)
+	for (uint32_t i = 0; i < was.n; i++) {
+		walk_prefetch(was.v, i, was.n);
 		insert(h, was.v[i]);
+	}
 	if (id == OVERFLOW_SLOT) {
 		if (sl->v)
 			free(was.v);
@@ -535,9 +573,11 @@ static void settle(struct keel__core *c)
 	uint32_t n = h->nfresh;
 
 	h->base = arm_base(c);
-	for (uint32_t i = 0; i < n; i++)
+	for (uint32_t i = 0; i < n; i++) {
+		walk_prefetch(fresh, i, n);
 		if (fresh[i])
 			insert(h, fresh[i]);
+	}
 	h->nfresh = h->fresh_holes = 0;
 }
 
@@ -727,10 +767,12 @@ void keel__timers_expire(struct keel_loop *loop)
 
 			if (top->deadline > now || timer->seq > last_seq)
 				break;
-			if (timer->where == IN_RUN)
+			if (timer->where == IN_RUN) {
+				run_prefetch(&h->run);
 				run_remove(&h->run, h->run.head);
-			else
+			} else {
 				heap_remove(&h->heap, 0);
+			}
 			timer->where = NOT_ARMED;
 			h->n--;
 			h->fired++;

@@ -12,12 +12,16 @@
 #include <errno.h>
 
 /* The timer fired: the sleep is over (res: 0, or -ETIMEDOUT when an op
- * timeout cut it short). */
+ * timeout cut it short). Its arg is the task, not the op: the timers fetch
+ * a due timer's arg ahead of firing it (core/timer.c), and waking the task
+ * is what missed the cache; the op is the timer's neighbour. */
 static void sleep_fired(struct keel_loop *loop, struct keel_timer *timer,
 			void *arg)
 {
-	struct keel__op *op = arg;
+	struct keel__op *op =
+	    keel_container_of(timer, struct keel__op, u.user.timer);
 
+	(void)arg;
 	keel__op_user_done(keel__io_of(loop), op, op->res);
 }
 
@@ -62,7 +66,7 @@ sleep_until(struct keel_task *t, uint64_t deadline_ns)
 			op->res = -ETIMEDOUT;
 		}
 	}
-	if (keel__timer_start(loop, &op->u.user.timer, sleep_fired, op,
+	if (keel__timer_start(loop, &op->u.user.timer, sleep_fired, t,
 			      deadline_ns)) {
 		keel__op_user_done(io, op, -ENOMEM);
 		return KEEL_PENDING;
