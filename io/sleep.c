@@ -33,6 +33,28 @@ static void sleep_cancel(struct keel__op *op)
 	keel__op_user_done(keel__io_of(loop), op, -ECANCELED);
 }
 
+/*
+ * The ledger's free list is in the order ops ended: after 100k sleeps
+ * ended in deadline order, each op slot it hands out misses the cache,
+ * and the next one's address is in the slot (a chain of misses, one per
+ * sleep). The list is fetched two slots ahead: the next slot's link was
+ * fetched by the sleep before, so reading it costs little; the slot after
+ * it is fetched now, and the next slot's timer, which its sleep writes.
+ * (Always inline: GCC 12 drops the call of a function that only
+ * prefetches, as if it did nothing.)
+ */
+static inline __attribute__((always_inline)) void
+sleep_prefetch(struct keel__ledger *l)
+{
+	if (l->free) {
+		struct keel__op *next = keel__op_at(l, l->free - 1);
+
+		__builtin_prefetch(&next->u.user.timer, 1);
+		if (next->next)
+			__builtin_prefetch(keel__op_at(l, next->next - 1), 1);
+	}
+}
+
 /* Inline in both entry points: keel_sleep() is the common one, and a
  * call more on its path was a tenth of what it costs. */
 static inline __attribute__((always_inline)) int
@@ -53,6 +75,7 @@ sleep_until(struct keel_task *t, uint64_t deadline_ns)
 		keel__op_timeout_drop(io, t);
 		return keel__task_ready(t, -ENOMEM);
 	}
+	sleep_prefetch(&io->ledger);
 	op->pending = 1;
 	op->res = 0;
 	op->u.user.cancel = sleep_cancel;
