@@ -349,6 +349,20 @@ static void run_remove(struct keel__timer_run *r, uint32_t i)
 		r->head = r->n = 0;
 }
 
+/* The run's head fires: the head moves past it and those gone (its
+ * entry is left as it is: nothing reads those before the head). */
+static inline void run_pop(struct keel__timer_run *r)
+{
+	uint32_t i = r->head + 1;
+
+	while (i < r->n && !r->v[i].timer)
+		i++;
+	if (i == r->n)
+		r->head = r->n = 0;
+	else
+		r->head = i;
+}
+
 /* The nearest of the run's head and the heap's top, or NULL. */
 static inline struct keel__heap_entry *due_top(struct keel__timers *h)
 {
@@ -390,11 +404,17 @@ static inline void slot_push(struct keel__timers *h,
 			     struct keel__timer_slot *sl, uint32_t id,
 			     struct keel_timer *timer)
 {
-	sl->v[sl->n] = timer;
+	uint32_t i = sl->n++;
+
+	sl->v[i] = timer;
 	timer->where = id;
-	timer->index = sl->n++;
-	h->occupied[id / SLOTS] |= 1ull << id % SLOTS;
-	h->levels |= 1u << id / SLOTS;
+	timer->index = i;
+	/* An occupied slot's bits are set already (slot_clear() clears them
+	 * when it empties): with hundreds a slot, most pushes. */
+	if (!i) {
+		h->occupied[id / SLOTS] |= 1ull << id % SLOTS;
+		h->levels |= 1u << id / SLOTS;
+	}
 }
 
 /* Due by the cursor: the heap; else its wheel slot, or the heap if that
@@ -769,7 +789,7 @@ void keel__timers_expire(struct keel_loop *loop)
 				break;
 			if (timer->where == IN_RUN) {
 				run_prefetch(&h->run);
-				run_remove(&h->run, h->run.head);
+				run_pop(&h->run);
 			} else {
 				heap_remove(&h->heap, 0);
 			}
