@@ -49,7 +49,7 @@ __thread const uint64_t *keel__virtual_clock
     __attribute__((tls_model("initial-exec")));
 
 #define ARITY	  4
-#define NOT_ARMED UINT32_MAX
+#define NOT_ARMED KEEL__TIMER_NOT_ARMED
 
 #define TICK_SHIFT    KEEL__TICK_SHIFT
 #define LEVEL_BITS    6
@@ -59,9 +59,10 @@ __thread const uint64_t *keel__virtual_clock
 #define OVERFLOW_SLOT (LEVELS * SLOTS) /* beyond the span: level LEVELS */
 #define IN_HEAP	      (OVERFLOW_SLOT + 1)
 #define IN_RUN	      (OVERFLOW_SLOT + 2)
-#define IN_FRESH      (OVERFLOW_SLOT + 3)
+#define IN_FRESH      KEEL__TIMER_FRESH
 
 _Static_assert(LEVELS == KEEL__TIMER_LEVELS, "core.h sizes the bitmaps");
+_Static_assert(IN_FRESH == OVERFLOW_SLOT + 3, "core.h places the fresh");
 
 /* A wheel slot: its timers, in no order (the heap sorts them). */
 struct keel__timer_slot {
@@ -659,21 +660,15 @@ static int fresh_room(struct keel__timers *h)
 	return 0;
 }
 
-static inline void fresh_push(struct keel__timers *h, struct keel_timer *timer)
-{
-	timer->where = IN_FRESH;
-	timer->index = h->nfresh;
-	h->fresh[h->nfresh++] = timer;
-}
-
 /*
  * Every arm but the common one: a timer armed already, a heap to grow
  * (the first arm too: the slots come with it), a full fresh array (with
  * no memory to grow it, the timer goes into the wheel at once). Out of
  * line, so that the common one is a leaf that saves no registers.
  */
-static __attribute__((noinline)) int
-arm_slow(struct keel__core *c, struct keel_timer *timer, uint64_t deadline_ns)
+__attribute__((noinline)) int keel__timer_arm_slow(struct keel__core *c,
+						   struct keel_timer *timer,
+						   uint64_t deadline_ns)
 {
 	struct keel__timers *h = &c->timers;
 
@@ -694,30 +689,14 @@ arm_slow(struct keel__core *c, struct keel_timer *timer, uint64_t deadline_ns)
 		insert(h, timer);
 		return 0;
 	}
-	fresh_push(h, timer);
-	return 0;
-}
-
-static inline int arm(struct keel__core *c, struct keel_timer *timer,
-		      uint64_t deadline_ns)
-{
-	struct keel__timers *h = &c->timers;
-
-	if (__builtin_expect(timer->where != NOT_ARMED || h->heap.cap <= h->n ||
-				 h->nfresh == h->fresh_cap,
-			     0))
-		return arm_slow(c, timer, deadline_ns);
-	timer->deadline = deadline_ns;
-	timer->seq = ++h->seq;
-	h->n++;
-	fresh_push(h, timer);
+	keel__timer_fresh_push(h, timer);
 	return 0;
 }
 
 int keel_timer_arm(struct keel_loop *loop, struct keel_timer *timer,
 		   uint64_t deadline_ns)
 {
-	return arm(keel__core_of(loop), timer, deadline_ns);
+	return keel__timer_arm(keel__core_of(loop), timer, deadline_ns);
 }
 
 int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
@@ -725,16 +704,7 @@ int keel_timer_arm_after(struct keel_loop *loop, struct keel_timer *timer,
 {
 	struct keel__core *c = keel__core_of(loop);
 
-	return arm(c, timer, c->now + delay_ns);
-}
-
-int keel__timer_start(struct keel_loop *loop, struct keel_timer *timer,
-		      keel_timer_fn fn, void *arg, uint64_t deadline_ns)
-{
-	timer->where = NOT_ARMED;
-	timer->fn = fn;
-	timer->arg = arg;
-	return arm(keel__core_of(loop), timer, deadline_ns);
+	return keel__timer_arm(c, timer, c->now + delay_ns);
 }
 
 bool keel_timer_cancel(struct keel_loop *loop, struct keel_timer *timer)
