@@ -38,10 +38,9 @@ static void sleep_cancel(struct keel__op *op)
  * ended in deadline order, each op slot it hands out misses the cache,
  * and the next one's address is in the slot (a chain of misses, one per
  * sleep). The list is fetched two slots ahead: the next slot's link was
- * fetched by the sleep before, so reading it costs little; the slot after
- * it is fetched now, and the next slot's timer, which its sleep writes.
- * (Always inline: GCC 12 drops the call of a function that only
- * prefetches, as if it did nothing.)
+ * fetched by the sleep before (one step ago: on its way, if not here), the
+ * slot after it is fetched now, and the next slot's timer, which its sleep
+ * writes. (Always inline: see run_prefetch() in core/timer.c.)
  */
 static inline __attribute__((always_inline)) void
 sleep_prefetch(struct keel__ledger *l)
