@@ -492,10 +492,55 @@ uint64_t keel__trace_str_once(struct keel__core *c, const char *text);
 void keel__timers_expire(struct keel_loop *loop);
 void keel__timers_fini(struct keel__timers *h);
 uint64_t keel__timers_next_slow(struct keel__core *c);
-/* keel_timer_init() and keel_timer_arm() in one call, for a timer of
- * keel's own that is not armed (a sleep's: one call on its path, not two). */
-int keel__timer_start(struct keel_loop *loop, struct keel_timer *timer,
-		      keel_timer_fn fn, void *arg, uint64_t deadline_ns);
+
+/* A timer's `where` when not armed, and while it waits among the timers
+ * armed since the wheel last took them in (core/timer.c: settle()). */
+#define KEEL__TIMER_NOT_ARMED UINT32_MAX
+#define KEEL__TIMER_FRESH     (KEEL__TIMER_LEVELS * 64 + 3)
+
+static inline void keel__timer_fresh_push(struct keel__timers *h,
+					  struct keel_timer *timer)
+{
+	timer->where = KEEL__TIMER_FRESH;
+	timer->index = h->nfresh;
+	h->fresh[h->nfresh++] = timer;
+}
+
+/* Every arm but the common one (core/timer.c). */
+int keel__timer_arm_slow(struct keel__core *c, struct keel_timer *timer,
+			 uint64_t deadline_ns);
+
+/* keel_timer_arm(): the common case (a timer not armed, room in the fresh
+ * array and in the heap) inline, so that a sleep arms without a call. */
+static inline int keel__timer_arm(struct keel__core *c,
+				  struct keel_timer *timer,
+				  uint64_t deadline_ns)
+{
+	struct keel__timers *h = &c->timers;
+
+	if (__builtin_expect(timer->where != KEEL__TIMER_NOT_ARMED ||
+				 h->heap.cap <= h->n ||
+				 h->nfresh == h->fresh_cap,
+			     0))
+		return keel__timer_arm_slow(c, timer, deadline_ns);
+	timer->deadline = deadline_ns;
+	timer->seq = ++h->seq;
+	h->n++;
+	keel__timer_fresh_push(h, timer);
+	return 0;
+}
+
+/* keel_timer_init() and keel_timer_arm() in one, for a timer of keel's
+ * own that is not armed (a sleep's). */
+static inline int keel__timer_start(struct keel_loop *loop,
+				    struct keel_timer *timer, keel_timer_fn fn,
+				    void *arg, uint64_t deadline_ns)
+{
+	timer->where = KEEL__TIMER_NOT_ARMED;
+	timer->fn = fn;
+	timer->arg = arg;
+	return keel__timer_arm(keel__core_of(loop), timer, deadline_ns);
+}
 
 /* A tick of the timing wheel: 2^16 ns (65.5 us). See timer.c. */
 #define KEEL__TICK_SHIFT 16
