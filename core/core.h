@@ -725,17 +725,6 @@ static inline void *keel__alloc_part(struct keel__alloc *a, size_t size,
 	return p ? p : keel__alloc_part_slow(a, size, zero);
 }
 
-/* Whether keel__alloc_free() of a block of `size` takes no call. */
-static inline bool keel__alloc_free_inline(size_t size)
-{
-#ifndef KEEL_ALLOC_LIBC
-	return keel__alloc_class(size) < KEEL__FRAME_CLASSES;
-#else
-	(void)size;
-	return false;
-#endif
-}
-
 static inline void keel__alloc_free(struct keel__alloc *a, void *p, size_t size)
 {
 #ifndef KEEL_ALLOC_LIBC
