@@ -752,6 +752,17 @@ static inline void keel__alloc_free(struct keel__alloc *a, void *p, size_t size)
  * allocated with the class's size, so any of them serves any request of
  * that class. keel__shared_free() takes the size that was asked for.
  */
+/* Under ASan (and UBSan) blocks go to calloc and free, so that it sees
+ * each one's lifetime; TSan's builds keep the lists, so that it checks
+ * that only their loop's thread uses them. */
+#if defined(KEEL_ALLOC_LIBC) && !defined(__SANITIZE_THREAD__)
+#if !defined(__has_feature)
+#define KEEL__SHARED_LIBC 1
+#elif !__has_feature(thread_sanitizer)
+#define KEEL__SHARED_LIBC 1
+#endif
+#endif
+
 static inline size_t keel__shared_class(size_t size)
 {
 	return (size - 1) >> KEEL__FRAME_CLASS_SHIFT;
@@ -759,7 +770,7 @@ static inline size_t keel__shared_class(size_t size)
 
 static inline void *keel__shared_calloc(size_t size)
 {
-#ifndef KEEL_ALLOC_LIBC
+#ifndef KEEL__SHARED_LIBC
 	struct keel__core *c = keel__current_core;
 	size_t cls = keel__shared_class(size);
 	void **p;
@@ -778,7 +789,7 @@ static inline void *keel__shared_calloc(size_t size)
 
 static inline void keel__shared_free(void *p, size_t size)
 {
-#ifndef KEEL_ALLOC_LIBC
+#ifndef KEEL__SHARED_LIBC
 	struct keel__core *c = keel__current_core;
 	size_t cls = keel__shared_class(size);
 

@@ -911,9 +911,9 @@ Test(actor, ask_across_loops_of_a_runtime, .timeout = 10)
  * Envelopes' blocks (keel__shared_calloc, core.h): one freed on a loop's
  * thread is handed out again there, zeroed, for any size of its class; a
  * loop keeps at most KEEL__SHARED_KEEP of a class (the rest are freed); a
- * thread running no loop allocates and frees plainly. The sanitizer builds
- * allocate plainly everywhere (KEEL_ALLOC_LIBC): there, only the zeroing
- * and the bound are checked.
+ * thread running no loop allocates and frees plainly. The ASan build
+ * allocates plainly everywhere (KEEL__SHARED_LIBC): there, only the zeroing
+ * is checked.
  */
 static int g_shared_reused;
 static int g_shared_dirty;
@@ -964,7 +964,7 @@ Test(actor, envelope_blocks_are_reused_zeroed_by_the_loop_that_freed_them,
 	kt_spawn(loop, &shared_task, KEEL_PRIO_NORMAL);
 	kt_loop_run(loop);
 	cr_expect_eq(g_shared_dirty, 0);
-#ifdef KEEL_ALLOC_LIBC
+#ifdef KEEL__SHARED_LIBC
 	cr_expect_eq(g_shared_kept, 0);
 #else
 	cr_expect(g_shared_reused);
