@@ -74,6 +74,14 @@ static inline int arena_flags(struct keel__alloc *a)
 
 void keel__alloc_fini(struct keel__alloc *a)
 {
+	for (size_t cls = 0; cls < KEEL__SHARED_CLASSES; cls++) {
+		while (a->shared[cls]) {
+			void *p = a->shared[cls];
+
+			a->shared[cls] = *(void **)p;
+			free(p);
+		}
+	}
 #ifndef KEEL_ALLOC_LIBC
 	/*
 	 * A frame left to the kernel (an op it never returned) lives in a

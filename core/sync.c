@@ -65,16 +65,26 @@ int keel_oneshot_new(struct keel_loop *loop, keel_mb_drop_fn on_drop,
 	return 0;
 }
 
-struct keel_oneshot *keel_oneshot_ref(struct keel_oneshot *os)
+/*
+ * The reference counting and try_recv here are inline for this file's own
+ * calls: an exported function of a -fPIC library is called through its
+ * symbol, never inlined (it could be interposed), and an ask made three
+ * such calls here.
+ */
+static inline void oneshot_ref(struct keel_oneshot *os)
 {
 	__atomic_add_fetch(&os->refs, 1, __ATOMIC_RELAXED);
+}
+
+struct keel_oneshot *keel_oneshot_ref(struct keel_oneshot *os)
+{
+	oneshot_ref(os);
 	return os;
 }
 
-void keel_oneshot_release(struct keel_oneshot *os)
+/* The last reference went. */
+static __attribute__((noinline)) void oneshot_free(struct keel_oneshot *os)
 {
-	if (__atomic_sub_fetch(&os->refs, 1, __ATOMIC_ACQ_REL))
-		return;
 	unsigned s = LOAD(&os->state);
 
 	if ((s & OS_SENT) && !(s & OS_TAKEN) && os->on_drop)
@@ -83,6 +93,17 @@ void keel_oneshot_release(struct keel_oneshot *os)
 		os->done(os);
 	else
 		free(os);
+}
+
+static inline void oneshot_release(struct keel_oneshot *os)
+{
+	if (!__atomic_sub_fetch(&os->refs, 1, __ATOMIC_ACQ_REL))
+		oneshot_free(os);
+}
+
+void keel_oneshot_release(struct keel_oneshot *os)
+{
+	oneshot_release(os);
 }
 
 /* The outcome for the receiver once SENT or CLOSED is set; takes it. */
@@ -111,7 +132,7 @@ static void oneshot_wait_end(struct keel_oneshot *os, int res)
 		keel_timer_cancel(os->loop, &os->timer);
 	t->ext->wait_cancel = NULL;
 	keel__task_complete(t, res);
-	keel_oneshot_release(os);
+	oneshot_release(os);
 }
 
 /* The sender finished: hand the waiting receiver its outcome. */
@@ -131,7 +152,7 @@ static void oneshot_wake_run(struct keel_loop *loop,
 	/* The receiver may have given up meanwhile and taken the outcome
 	 * itself: then there is nobody to deliver to. */
 	oneshot_deliver(os);
-	keel_oneshot_release(os); /* the reference the waker took */
+	oneshot_release(os); /* the reference the waker took */
 }
 
 /* Set SENT or CLOSED unless the slot is done; wake a waiting receiver. */
@@ -150,7 +171,7 @@ static int oneshot_finish(struct keel_oneshot *os, unsigned bit)
 	if (keel__current_core == keel__core_of(os->loop)) {
 		oneshot_deliver(os);
 	} else {
-		keel_oneshot_ref(os); /* held until the wake ran */
+		oneshot_ref(os); /* held until the wake ran */
 		keel__core_of(os->loop)->hooks.remote_post(os->loop, &os->wake);
 	}
 	return 0;
@@ -214,13 +235,18 @@ static void oneshot_timed_out(struct keel_loop *loop, struct keel_timer *timer,
 		oneshot_wait_end(os, oneshot_give_up(os, os->out, -ETIMEDOUT));
 }
 
-int keel_oneshot_try_recv(struct keel_oneshot *os, void **out)
+static inline int oneshot_try_recv(struct keel_oneshot *os, void **out)
 {
 	unsigned s = LOAD(&os->state);
 
 	if (s & (OS_SENT | OS_CLOSED))
 		return oneshot_take(os, out);
 	return s & OS_GONE ? -EPIPE : -EAGAIN;
+}
+
+int keel_oneshot_try_recv(struct keel_oneshot *os, void **out)
+{
+	return oneshot_try_recv(os, out);
 }
 
 bool keel_oneshot_is_closed(const struct keel_oneshot *os)
@@ -243,7 +269,7 @@ int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
 		__atomic_fetch_or(&os->state, OS_GONE, __ATOMIC_ACQ_REL);
 		return keel__task_ready(t, cause);
 	}
-	int r = keel_oneshot_try_recv(os, out);
+	int r = oneshot_try_recv(os, out);
 
 	if (r != -EAGAIN)
 		return keel__task_ready(t, r);
@@ -269,13 +295,12 @@ int keel_oneshot_recv_until(struct keel_task *t, struct keel_oneshot *os,
 			os->receiver = NULL;
 			os->out = NULL;
 			keel_timer_cancel(t->loop, &os->timer);
-			return keel__task_ready(t,
-						keel_oneshot_try_recv(os, out));
+			return keel__task_ready(t, oneshot_try_recv(os, out));
 		}
 	} while (!__atomic_compare_exchange_n(
 	    &os->state, &old, old | OS_WAITING, true, __ATOMIC_ACQ_REL,
 	    __ATOMIC_RELAXED));
-	keel_oneshot_ref(os); /* the wait's: dropped by oneshot_wait_end */
+	oneshot_ref(os); /* the wait's: dropped by oneshot_wait_end */
 	x->waiter.owner = os;
 	x->wait_cancel = oneshot_recv_cancelled;
 	/* The sender may be another thread: the loop must not give up. */

@@ -90,6 +90,18 @@ static void slot_release(struct keel__core *c, uint32_t id)
 	c->free_slot = id + 1;
 }
 
+/* A frame's size: it holds its task's header, so it is never under 64
+ * bytes (the allocator's smallest class), which spares the allocator's
+ * inline paths their test for smaller blocks. */
+static inline size_t frame_size(const struct keel_task_type *type)
+{
+	size_t size = type->frame_size;
+
+	if (size < sizeof(struct keel_task))
+		__builtin_unreachable();
+	return size;
+}
+
 /*
  * keel_spawn() and keel__spawn() in one body, inlined into each, so that
  * the plain spawn tests no `with_ext`. The frame comes zeroed (but for a
@@ -166,30 +178,42 @@ void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
 	struct keel__core *c = keel__core_of(loop);
 	const struct keel_task *cur = c->current;
 	size_t zero = type->zero_size;
+	size_t size = frame_size(type);
+	/* Read before the frame's stores, which the compiler cannot tell
+	 * from the table's (it would read it again after them). */
+	uint32_t id = c->free_slot - 1;
+	unsigned prio = flags & KEEL_SPAWN_PRIO_MASK;
+	struct keel__taskq *q;
 	struct keel_task *t;
 	char *frame;
-	uint32_t id;
 
 	if ((cur && cur->ext && cur->ext->token) || !c->free_slot || c->trace ||
-	    (zero && zero < type->frame_size))
+	    (zero && zero < size))
 		return spawn_slow(loop, type, flags);
-	frame = keel__alloc_try(&c->alloc, type->frame_size, type->frame_size);
+	frame = keel__alloc_try(&c->alloc, size, size);
 	if (!frame)
 		return spawn_slow(loop, type, flags);
 	t = keel_task_of(type, frame);
-	id = c->free_slot - 1;
 	c->free_slot = c->slots[id].next_free;
 	c->slots[id].task = t;
 	c->slots[id].gen++;
 	t->id = id;
 	t->type = type;
 	t->loop = loop;
-	t->prio = (uint8_t)(flags & KEEL_SPAWN_PRIO_MASK);
-	t->flags = (flags & KEEL_SPAWN_JOINABLE)
-		       ? KEEL__T_JOINABLE | KEEL__T_QUEUED
-		       : KEEL__T_QUEUED;
+	t->prio = (uint8_t)prio;
+	/* KEEL_SPAWN_JOINABLE moved onto KEEL__T_JOINABLE: no branch. */
+	_Static_assert(KEEL_SPAWN_JOINABLE >> 6 == KEEL__T_JOINABLE,
+		       "the shift below maps the joinable flag");
+	t->flags =
+	    (uint8_t)(KEEL__T_QUEUED | ((flags >> 6) & KEEL__T_JOINABLE));
 	c->count.spawned++;
-	keel__taskq_push(&c->runq[t->prio], t);
+	/* keel__taskq_push(), but for `next`: the frame came zeroed. */
+	q = &c->runq[prio];
+	if (q->tail)
+		q->tail->next = t;
+	else
+		q->head = t;
+	q->tail = t;
 	c->runnable++;
 	return frame;
 }
@@ -408,7 +432,8 @@ static __attribute__((noinline)) int join_slow(struct keel_task *self,
  * no ext, no op in flight: its frame goes now), with allowance left for a
  * ready await. Anything else goes the general way. (An aborted target with
  * no ext has no abort record to hand on: the general way would only give
- * the joiner an empty one.)
+ * the joiner an empty one.) A large frame's free is the one call, and only
+ * on its own path (the compiler saves no registers on the others).
  */
 int keel_join(struct keel_task *self, struct keel_task *target)
 {
@@ -422,15 +447,14 @@ int keel_join(struct keel_task *self, struct keel_task *target)
 	if ((target->flags &
 	     (KEEL__T_JOINABLE | KEEL__T_EXITED | KEEL__T_RELEASED)) !=
 		(KEEL__T_JOINABLE | KEEL__T_EXITED) ||
-	    target->ext || target->inflight || c->ready_budget <= 0 ||
-	    !keel__alloc_free_inline(target->type->frame_size))
+	    target->ext || target->inflight || c->ready_budget <= 0)
 		return join_slow(self, target);
 	/* An exited task has no joiner and is not self (which runs). */
 	self->res = target->res;
 	c->ready_budget--;
 	slot_release(c, target->id);
 	keel__alloc_free(&c->alloc, (char *)target - target->type->task_offset,
-			 target->type->frame_size);
+			 frame_size(target->type));
 	return KEEL_READY;
 }
 

@@ -3,7 +3,8 @@
  * actor.c: actors (semantics in keel/supervisor.h): a task that receives
  * envelopes from its mailbox and calls the behaviour on each.
  *
- * Every message is an envelope (malloc'd: any thread may send it); an ask's
+ * Every message is an envelope (keel__shared_calloc: malloc'd, as any
+ * thread may send it, but reused by the loop that freed it); an ask's
  * envelope holds a reference on a oneshot whose receiver is the asking
  * task, so a reply reaches exactly its own request and nothing else: once
  * the asker gave up, sends to the slot fail and are counted as late.
@@ -202,11 +203,13 @@ void keel_actor_stats(struct keel_actor *a, struct keel_actor_stats *out)
 
 /* ---- envelopes ---------------------------------------------------------- */
 
-/* `size`: of the envelope, or of the box around it (a blocking send). */
-static struct keel_envelope *envelope_new(struct keel_actor *a, void *payload,
-					  size_t size)
+/* `size`: of the envelope, or of the box around it (a blocking send).
+ * Inline, as box_new(), so that the size is a constant where the block is
+ * zeroed (a few stores, not a `rep stos`). */
+static inline __attribute__((always_inline)) struct keel_envelope *
+envelope_new(struct keel_actor *a, void *payload, size_t size)
 {
-	struct keel_envelope *env = calloc(1, size);
+	struct keel_envelope *env = keel__shared_calloc(size);
 
 	if (env) {
 		env->payload = payload;
@@ -217,17 +220,22 @@ static struct keel_envelope *envelope_new(struct keel_actor *a, void *payload,
 	return env;
 }
 
-/* Done with an envelope: free it, or drop a reference on its box. */
+/* Done with an envelope: free it, or drop a reference on its box. Its
+ * size, for keel__shared_free(), is its kind's (box_new's callers). */
 static void envelope_free(struct keel_envelope *env)
 {
+	size_t size = sizeof(*env);
+
 	if (env->flags & ENV_BOXED) {
 		struct envelope_box *box =
 		    keel_container_of(env, struct envelope_box, env);
 
 		if (__atomic_sub_fetch(&box->refs, 1, __ATOMIC_ACQ_REL))
 			return;
+		size = env->flags & ENV_ASK ? sizeof(struct ask_box)
+					    : sizeof(*box);
 	}
-	free(env);
+	keel__shared_free(env, size);
 }
 
 /* Fail an unanswered ask with `err` and drop its slot reference. */
@@ -759,7 +767,7 @@ int keel_actor_tell(struct keel_actor *a, void *payload)
 		return -ENOMEM;
 	r = post(a, env);
 	if (r < 0)
-		free(env);
+		keel__shared_free(env, sizeof(*env));
 	return r;
 }
 
@@ -931,8 +939,9 @@ static void wake_blocked_sender(struct keel_actor *a)
 
 /* An envelope that may have to wait for room, sent by a task of `from`;
  * `size`: of the box, or of what holds it (an ask_box). */
-static struct envelope_box *box_new(struct keel_actor *a, void *payload,
-				    struct keel_loop *from, size_t size)
+static inline __attribute__((always_inline)) struct envelope_box *
+box_new(struct keel_actor *a, void *payload, struct keel_loop *from,
+	size_t size)
 {
 	struct envelope_box *box =
 	    (struct envelope_box *)envelope_new(a, payload, size);

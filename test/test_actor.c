@@ -26,6 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core.h" /* keel__shared_calloc(): envelopes' blocks */
 #include "helpers/keel_test.h"
 
 /* Commands; any smaller payload is a number to log (and double, if asked). */
@@ -904,4 +905,71 @@ Test(actor, ask_across_loops_of_a_runtime, .timeout = 10)
 	cr_expect_eq(g_wrong_loop, 0, "the actor ran off its loop");
 	cr_expect_eq(g_count, 60); /* 10 asks and 50 tells */
 	cr_expect_eq(g_stop_reason, -ECONNRESET);
+}
+
+/*
+ * Envelopes' blocks (keel__shared_calloc, core.h): one freed on a loop's
+ * thread is handed out again there, zeroed, for any size of its class; a
+ * loop keeps at most KEEL__SHARED_KEEP of a class (the rest are freed); a
+ * thread running no loop allocates and frees plainly. The ASan build
+ * allocates plainly everywhere (KEEL__SHARED_LIBC): there, only the zeroing
+ * is checked.
+ */
+static int g_shared_reused;
+static int g_shared_dirty;
+static unsigned g_shared_kept;
+
+static int shared_step(struct keel_task *t)
+{
+	struct keel__core *c = keel__core_of(keel_task_loop(t));
+	size_t cls = keel__shared_class(256);
+	void *many[KEEL__SHARED_KEEP + 8];
+	unsigned char *p = keel__shared_calloc(256);
+	unsigned char *q;
+
+	if (!p)
+		KEEL_EXIT(t, -ENOMEM);
+	memset(p, 0xab, 256);
+	keel__shared_free(p, 256);
+	/* 250 bytes: the same class as 256, served by the same block. */
+	q = keel__shared_calloc(250);
+	if (!q)
+		KEEL_EXIT(t, -ENOMEM);
+	g_shared_reused = q == p;
+	for (int i = 0; i < 250; i++)
+		g_shared_dirty += q[i] != 0;
+	memset(q, 0xcd, 250);
+	keel__shared_free(q, 250);
+	for (unsigned i = 0; i < KEEL__SHARED_KEEP + 8; i++)
+		many[i] = keel__shared_calloc(256);
+	for (unsigned i = 0; i < KEEL__SHARED_KEEP + 8; i++)
+		keel__shared_free(many[i], 256);
+	g_shared_kept = c->alloc.nshared[cls];
+	KEEL_END(t);
+}
+struct shared_frame {
+	struct keel_task task;
+};
+static KEEL_TASK_TYPE(shared_task, struct shared_frame, task, shared_step);
+
+Test(actor, envelope_blocks_are_reused_zeroed_by_the_loop_that_freed_them,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	void *p = keel__shared_calloc(48);
+
+	/* No loop runs on this thread: plain calloc and free. */
+	cr_assert(p);
+	keel__shared_free(p, 48);
+	kt_spawn(loop, &shared_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	cr_expect_eq(g_shared_dirty, 0);
+#ifdef KEEL__SHARED_LIBC
+	cr_expect_eq(g_shared_kept, 0);
+#else
+	cr_expect(g_shared_reused);
+	cr_expect_eq(g_shared_kept, KEEL__SHARED_KEEP);
+#endif
+	/* What the loop kept goes with it (valgrind: no leak). */
+	keel_loop_destroy(loop);
 }

@@ -705,3 +705,67 @@ Test(task, tail_type_zeroes_the_frame_up_to_its_tail_only, .timeout = 10)
 	cr_assert_eq(scribbler_task.zero_size, 0);
 	keel_loop_destroy(loop);
 }
+
+/*
+ * A frame over the allocator's small classes (4 KiB) goes to the arena and
+ * back: joined once it has exited (the join that frees the frame at once),
+ * round after round, each new frame zeroed and each status delivered.
+ */
+struct big_child {
+	struct keel_task task;
+	unsigned char body[8192];
+};
+
+static int big_child_step(struct keel_task *t)
+{
+	struct big_child *b = keel_container_of(t, struct big_child, task);
+	int zeroed = all_zero(b->body, sizeof(b->body));
+
+	memset(b->body, 0x5a, sizeof(b->body));
+	KEEL_EXIT(t, zeroed ? 7 : 1);
+}
+static KEEL_TASK_TYPE(big_child_task, struct big_child, task, big_child_step);
+
+struct big_parent {
+	struct keel_task task;
+	struct keel_task *kid;
+	int round;
+};
+
+static int g_big_status[3];
+
+static int big_parent_step(struct keel_task *t)
+{
+	struct big_parent *p = keel_container_of(t, struct big_parent, task);
+
+	KEEL_BEGIN(t);
+	for (p->round = 0; p->round < 3; p->round++) {
+		p->kid = keel_task_of(
+		    &big_child_task,
+		    keel_spawn(keel_task_loop(t), &big_child_task,
+			       KEEL_PRIO_NORMAL | KEEL_SPAWN_JOINABLE));
+		/* Let the child run and exit before the join. */
+		KEEL_YIELD(t);
+		KEEL_AWAIT(t, keel_join(t, p->kid));
+		g_big_status[p->round] = keel_res(t);
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(big_parent_task, struct big_parent, task,
+		      big_parent_step);
+
+Test(task, join_of_an_exited_task_frees_a_large_frame_for_reuse_zeroed,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_loop_stats st;
+
+	kt_spawn(loop, &big_parent_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	for (int i = 0; i < 3; i++)
+		cr_expect_eq(g_big_status[i], 7, "round %d: status %d", i,
+			     g_big_status[i]);
+	st = kt_stats(loop);
+	cr_expect_eq(st.frames_live, 0);
+	keel_loop_destroy(loop);
+}
