@@ -201,6 +201,10 @@ static int stream_arm(struct keel__io *io, struct keel__stream *s)
 	kind_of(s)->prep(io, s, sqe);
 	keel__sqe_fixed_fd(sqe);
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
+	/* A cancel of the previous request still waiting for an SQE would
+	 * stop this one. */
+	if (__builtin_expect(io->ledger.nlater != 0, 0))
+		keel__io_cancel_forget(io, keel__op_ud(op, KEEL__UD_MAIN));
 	op->pending = 1;
 	op->flags &= (uint8_t)~KEEL__OP_CANCEL_SENT;
 	op->start_ns = io->core.now;
@@ -418,7 +422,7 @@ static uint64_t parked_ud(const struct keel__stream *s)
 }
 
 /* Cancel the armed request: the op's, or the parked poll (once; with no
- * SQE free, the next cancel or close tries again). */
+ * SQE free, before the next enter: keel__io_cancel_ud()). */
 static void stream_unarm(struct keel__io *io, struct keel__stream *s)
 {
 	if (!(s->state & S_OPLESS))
@@ -718,6 +722,10 @@ void keel__stream_parked_cqe(struct keel__io *io, uint64_t ud, int res)
 
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, IORING_OP_POLL_ADD, t->id,
 		    (int64_t)res, 0);
+	/* Its address may hold another stream next: no cancel waiting for
+	 * an SQE may reach that one's poll. */
+	if (io->ledger.nlater)
+		keel__io_cancel_forget(io, ud);
 	s->state &= (uint16_t) ~(S_ARMED | S_POLLING | S_UNPOLL);
 	if (s->state & S_CLOSED) {
 		stream_finalise(io, s); /* the frame may go */
@@ -793,7 +801,7 @@ static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 		s->state |= S_IDLING;
 		keel__op_send_cancel(io, op);
 		if (!(op->flags & KEEL__OP_CANCEL_SENT)) {
-			s->state &= (uint16_t)~S_IDLING; /* no SQE: later */
+			s->state &= (uint16_t)~S_IDLING; /* no memory: later */
 			hot = true;
 		}
 		parking = true;
