@@ -416,6 +416,10 @@ static void stream_cqe(struct keel__io *io, struct keel__op *op, int res,
 	stream_deliver(s);
 }
 
+/* A parked poll's user_data: the address needs no generation, as nothing
+ * else can live there before the poll's CQE (the frame outlives it, and
+ * an open of the struct is refused meanwhile: stream_claim()), and a
+ * cancel still waiting for an SQE is forgotten at that CQE. */
 static uint64_t parked_ud(const struct keel__stream *s)
 {
 	return (uint64_t)(uintptr_t)s | KEEL__UD_INTERNAL;
@@ -479,6 +483,45 @@ static void stream_own_op(struct keel__stream *s, struct keel__op *op)
 	op->u.stream.on_cqe = stream_cqe;
 	op->u.stream.on_cancel = stream_cancel;
 	s->op = op->index + 1;
+}
+
+/*
+ * Whether struct `s` still holds a stream of `t`: open, or closed with its
+ * request not back from the kernel yet (its op, or its parked poll, still
+ * names `s`, and the request's last CQE is still to come to it). Read from
+ * t's ops and parked streams, never from `s`, which may be memory never
+ * opened.
+ */
+static bool stream_in_use(struct keel__io *io, struct keel_task *t,
+			  const struct keel__stream *s)
+{
+	struct keel__link *n;
+
+	for (uint32_t i = t->ops; i;) {
+		struct keel__op *op = keel__op_at(&io->ledger, i - 1);
+
+		if (op->kind == KEEL__OP_STREAM && op->u.stream.stream == s)
+			return true;
+		i = op->next;
+	}
+	if (t->id >= io->parked_cap)
+		return false;
+	keel__list_for_each (n, &io->parked[t->id])
+		if (&keel__list_entry(n, struct keel_recv_stream, link)->base ==
+		    s)
+			return true;
+	return false;
+}
+
+/* Before any check of an open: a stream still in `s` keeps it (-EBUSY);
+ * otherwise `s` reads as never opened until the open succeeds. */
+static int stream_claim(struct keel__io *io, struct keel_task *t,
+			struct keel__stream *s)
+{
+	if (stream_in_use(io, t, s))
+		return -EBUSY;
+	s->op = 0;
+	return 0;
 }
 
 /* The checks and the op every stream starts with; the caller then sets up
@@ -935,15 +978,17 @@ int keel_recv_stream_open(struct keel_task *t, struct keel_recv_stream *s,
 			  int fd, struct keel_bufring *ring, unsigned flags)
 {
 	struct keel__io *io = keel__io_of(t->loop);
+	int err = stream_claim(io, t, &s->base);
 
-	s->base.op = 0;
+	if (err)
+		return err;
 	if (!ring || fd < 0 || (flags & ~KEEL_RECV_BUNDLE))
 		return -EINVAL;
 	uint16_t gid = keel__bufring_gid(ring);
 
 	if (gid >= io->nbufrings || io->bufrings[gid] != ring)
 		return -EINVAL; /* another loop's ring */
-	int err = stream_open(t, &s->base, KIND_RECV, fd, flags);
+	err = stream_open(t, &s->base, KIND_RECV, fd, flags);
 
 	if (err)
 		return err;
@@ -1082,8 +1127,10 @@ int keel_recvmsg_stream_open(struct keel_task *t, struct keel_recvmsg_stream *s,
 {
 	struct keel__io *io = keel__io_of(t->loop);
 	struct keel_bufring_stats st;
+	int err = stream_claim(io, t, &s->rs.base);
 
-	s->rs.base.op = 0;
+	if (err)
+		return err;
 	if (!ring || fd < 0 || flags)
 		return -EINVAL;
 	uint16_t gid = keel__bufring_gid(ring);
@@ -1095,7 +1142,7 @@ int keel_recvmsg_stream_open(struct keel_task *t, struct keel_recvmsg_stream *s,
 	keel_bufring_stats(ring, &st);
 	if (keel__bufring_incremental(ring) || st.size < 256)
 		return -EINVAL;
-	int err = stream_open(t, &s->rs.base, KIND_RECVMSG, fd, 0);
+	err = stream_open(t, &s->rs.base, KIND_RECVMSG, fd, 0);
 
 	if (err)
 		return err;
@@ -1260,17 +1307,18 @@ int keel_accept_stream_open(struct keel_task *t, struct keel_accept_stream *s,
 			    int fd, unsigned flags)
 {
 	struct keel__io *io = keel__io_of(t->loop);
+	int err = stream_claim(io, t, &s->base);
 
-	s->base.op = 0;
+	if (err)
+		return err;
 	if (fd < 0 || (flags & ~KEEL_ACCEPT_DIRECT))
 		return -EINVAL;
 	if (flags & KEEL_ACCEPT_DIRECT) {
-		int err = keel__io_files(io);
-
+		err = keel__io_files(io);
 		if (err)
 			return err;
 	}
-	int err = stream_open(t, &s->base, KIND_ACCEPT, fd, flags);
+	err = stream_open(t, &s->base, KIND_ACCEPT, fd, flags);
 
 	if (err)
 		return err;
