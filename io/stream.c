@@ -179,6 +179,34 @@ static uint64_t stream_wait_ns(struct keel__io *io, struct keel__op *op)
 	return wait;
 }
 
+/*
+ * A parked poll's start on the trace clock, kept in `end` (free while the
+ * poll is armed: the stream has not ended, and has no other room) in
+ * units of 2^16 ns: 32 bits last 78 hours, to 66 us. 0: not traced.
+ */
+#define PARK_TRACE_SHIFT 16
+
+static int32_t park_trace_start(const struct keel__io *io)
+{
+	if (!io->core.trace)
+		return 0;
+	return (int32_t)(uint32_t)(keel__trace_clock() >> PARK_TRACE_SHIFT);
+}
+
+/* The parked poll's latency in traces: the wait since it was armed (as a
+ * recv's, the time until the next arrival), or 0 if not traced then. */
+static uint64_t park_wait_ns(const struct keel__io *io,
+			     const struct keel__stream *s)
+{
+	uint32_t start = (uint32_t)s->end;
+
+	if (!io->core.trace || !start)
+		return 0;
+	return (uint64_t)((uint32_t)(keel__trace_clock() >> PARK_TRACE_SHIFT) -
+			  start)
+	       << PARK_TRACE_SHIFT;
+}
+
 /* The result a cancelled request reports: the token's cause if any. */
 static int end_result(struct keel_task *t, int res)
 {
@@ -750,6 +778,7 @@ static void recv_park(struct keel__io *io, struct keel__stream *s)
 	keel__op_release_quiet(io, stream_op(io, s->op));
 	s->op = OP_NONE;
 	s->state |= S_OPLESS | S_POLLING | S_ARMED;
+	s->end = park_trace_start(io);
 	io->count.idle_polls++;
 	KEEL__TRACE(&io->core, KEEL_EV_OP_SUBMIT, IORING_OP_POLL_ADD, t->id, 0,
 		    0);
@@ -764,7 +793,7 @@ void keel__stream_parked_cqe(struct keel__io *io, uint64_t ud, int res)
 	struct keel__op *op;
 
 	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, IORING_OP_POLL_ADD, t->id,
-		    (int64_t)res, 0);
+		    (int64_t)res, park_wait_ns(io, s));
 	/* Its address may hold another stream next: no cancel waiting for
 	 * an SQE may reach that one's poll. */
 	if (io->ledger.nlater)
