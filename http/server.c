@@ -314,14 +314,16 @@ static int acceptor_step(struct keel_task *t)
 		    atomic_load(&srv->conns) < srv->opts.max_conns)
 			continue;
 		/* At the cap: stop accepting (the kernel's backlog holds
-		 * the next ones) until the count falls below 7/8 of it. */
+		 * the next ones) until the count falls below 7/8 of it, and
+		 * for one pause at least: the stream opens again once the
+		 * kernel has returned its cancelled accept (-EBUSY before). */
 		keel_accept_stream_close(&a->as);
 		a->open = false;
-		while (!below_low_water(srv)) {
+		do {
 			KEEL_AWAIT(t, keel_sleep(t, PAUSE_NS));
 			if (keel_res(t) < 0)
 				goto out;
-		}
+		} while (!below_low_water(srv));
 	}
 out:
 	if (a->open) {

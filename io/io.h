@@ -162,6 +162,10 @@ struct keel__ledger {
 	uint32_t inuse;
 	/* The first generation of a chunk's ops (see keel__ledger_trim). */
 	uint32_t gen_floor;
+	/* Cancels that found no SQE, by the user_data they cancel: each goes
+	 * out before the next enter (keel__io_cancels_retry). */
+	uint64_t *later;
+	uint32_t nlater, later_cap;
 };
 
 struct keel__io_counters {
@@ -434,10 +438,10 @@ int keel__inject_env(struct keel__io *io);
 int keel__inject_check(const char *spec, char *why, size_t wlen);
 void keel__inject_fini(struct keel__io *io);
 
-/* io->backend or io->inject changed. */
+/* io->backend, io->inject or the cancels waiting for an SQE changed. */
 static inline void keel__io_enter_update(struct keel__io *io)
 {
-	io->enter_slow = io->backend || io->inject;
+	io->enter_slow = io->backend || io->inject || io->ledger.nlater;
 }
 
 /*
@@ -685,8 +689,18 @@ void keel__stream_cancel_parked(struct keel__io *io, struct keel_task *t);
 void keel__stream_cancel_all_parked(struct keel__io *io);
 
 /* Queue an ASYNC_CANCEL for the request with user_data `ud` (its CQE is
- * skipped where the kernel can); false when no SQE was free. */
+ * skipped where the kernel can), now or, with no SQE free, before the next
+ * enter; false: neither (no memory to remember it). */
 bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud);
+
+/* Before an enter (keel__io_enter_slow() while any wait): queue the
+ * cancels that found no SQE into the room the SQ has; returns `wait_ns`,
+ * shortened while some still wait. */
+int64_t keel__io_cancels_retry(struct keel__io *io, int64_t wait_ns);
+
+/* The request with user_data `ud` ended or is armed anew under it: a
+ * cancel still waiting for an SQE must not reach it. */
+void keel__io_cancel_forget(struct keel__io *io, uint64_t ud);
 
 /* Chunk nodes (io/stream.c). */
 struct keel__chunk *keel__chunk_get(struct keel__io *io);

@@ -27,6 +27,9 @@
  * while). */
 #define CHUNK_BYTES (KEEL__OP_CHUNK * sizeof(struct keel__op))
 
+/* How soon an enter that left cancels waiting for an SQE returns. */
+#define CANCEL_RETRY_NS ((int64_t)1000 * 1000)
+
 int keel__ledger_init(struct keel__ledger *l)
 {
 	memset(l, 0, sizeof(*l));
@@ -39,6 +42,7 @@ void keel__ledger_fini(struct keel__ledger *l)
 	for (uint32_t i = 0; i < l->nchunks; i++)
 		munmap(l->chunks[i], CHUNK_BYTES);
 	free(l->chunks);
+	free(l->later);
 	memset(l, 0, sizeof(*l));
 }
 
@@ -627,18 +631,81 @@ static void cancel_op(struct keel__io *io, struct keel__op *op)
 	keel__op_send_cancel(io, op);
 }
 
-bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud)
+static void cancel_prep(struct keel__io *io, struct io_uring_sqe *sqe,
+			uint64_t ud)
 {
-	struct io_uring_sqe *sqe = keel__io_sqe(io);
-
-	if (!sqe)
-		return false;
 	io_uring_prep_cancel64(sqe, ud, 0);
 	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
 	/* Its result only matters as the cancelled request's own CQE. */
 	if (io->features & IORING_FEAT_CQE_SKIP)
 		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+/*
+ * A cancel with no SQE free (the SQ full, and the kernel took none of it:
+ * io_uring_enter's -EAGAIN when it has no memory for requests) is not
+ * dropped: its request would stay in the kernel, and its task, waiting for
+ * it, would never finish exiting. It waits in the ledger, and the enter
+ * (on its slow path while any wait) queues it first, into the room the
+ * previous enter made.
+ */
+bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud)
+{
+	struct keel__ledger *l = &io->ledger;
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	if (sqe) {
+		cancel_prep(io, sqe, ud);
+		return true;
+	}
+	if (l->nlater == l->later_cap) {
+		uint32_t cap = l->later_cap ? 2 * l->later_cap : 8;
+		uint64_t *v = realloc(l->later, cap * sizeof(*v));
+
+		if (!v)
+			return false;
+		l->later = v;
+		l->later_cap = cap;
+	}
+	l->later[l->nlater++] = ud;
+	keel__io_enter_update(io);
 	return true;
+}
+
+int64_t keel__io_cancels_retry(struct keel__io *io, int64_t wait_ns)
+{
+	struct keel__ledger *l = &io->ledger;
+	uint32_t kept = 0;
+
+	/* Never keel__io_sqe(): its submit of a full SQ enters, and so
+	 * comes back here. */
+	for (uint32_t i = 0; i < l->nlater; i++) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
+
+		if (sqe)
+			cancel_prep(io, sqe, l->later[i]);
+		else
+			l->later[kept++] = l->later[i];
+	}
+	l->nlater = kept;
+	keel__io_enter_update(io);
+	/* The SQ was full: this enter empties it, the next one takes them
+	 * (soon, not whenever a CQE comes). */
+	if (kept && (wait_ns < 0 || wait_ns > CANCEL_RETRY_NS))
+		wait_ns = CANCEL_RETRY_NS;
+	return wait_ns;
+}
+
+void keel__io_cancel_forget(struct keel__io *io, uint64_t ud)
+{
+	struct keel__ledger *l = &io->ledger;
+	uint32_t kept = 0;
+
+	for (uint32_t i = 0; i < l->nlater; i++)
+		if (l->later[i] != ud)
+			l->later[kept++] = l->later[i];
+	l->nlater = kept;
+	keel__io_enter_update(io);
 }
 
 void keel__op_send_cancel(struct keel__io *io, struct keel__op *op)

@@ -342,9 +342,12 @@ void keel__io_fini(struct keel__io *io)
 	io->ring_ready = false;
 }
 
-/* A backend, or fault injection, or both (see keel__io_enter()). */
+/* A backend, fault injection, cancels waiting for an SQE, or several (see
+ * keel__io_enter()). */
 int keel__io_enter_slow(struct keel__io *io, unsigned want, int64_t wait_ns)
 {
+	if (io->ledger.nlater)
+		wait_ns = keel__io_cancels_retry(io, wait_ns);
 	if (io->inject)
 		wait_ns = keel__inject_enter(io, want, wait_ns);
 	if (io->backend)

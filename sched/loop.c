@@ -653,8 +653,9 @@ int keel_loop_fd(struct keel_loop *loop)
 int64_t keel_loop_timeout_ns(const struct keel_loop *loop)
 {
 	/* SQEs queued between turns (a re-arm, a timer's cancel) reach the
-	 * kernel only in a step's enter: the host must step first. */
-	if (io_uring_sq_ready(&loop->io.ring))
+	 * kernel only in a step's enter, and so do cancels that found the SQ
+	 * full: the host must step first. */
+	if (io_uring_sq_ready(&loop->io.ring) || loop->io.ledger.nlater)
 		return 0;
 	return loop_timeout(loop, keel__clock_now());
 }

@@ -5,7 +5,8 @@
  * (addresses checked both ways, v4 and v6), MSG_TRUNC reported by the
  * single-shot op and by the multishot recvmsg stream, the stream taking
  * many datagrams from two senders through a ring too small for them (the
- * -ENOBUFS re-arm) with every source address checked, keel_shutdown's
+ * -ENOBUFS re-arm) with every source address checked, the stream's open
+ * refused (-EBUSY) on a struct that holds one still, keel_shutdown's
  * half close, TCP over ::1 end to end, Unix stream sockets (a path and an
  * abstract name; a stale socket file removed, a live one and a plain file
  * left alone), and the simulated kernel saying -EOPNOTSUPP for datagrams.
@@ -486,7 +487,7 @@ Test(io_dgram, recvmsg_stream_ipv6_many_datagrams_with_sources, .timeout = 10)
 /* ---- misuse ---------------------------------------------------------- */
 
 struct misuse_result {
-	int small_open, good_open, raw_next, raw_try;
+	int small_open, good_open, raw_next, raw_try, open_again, open_closing;
 };
 
 struct misuse {
@@ -510,12 +511,17 @@ static int misuse_step(struct keel_task *t)
 	    keel_recvmsg_stream_open(t, &m->rs, m->fd, m->small, 0);
 	m->out->good_open =
 	    keel_recvmsg_stream_open(t, &m->rs, m->fd, m->good, 0);
+	/* Open: the struct is the stream's until its request is back. */
+	m->out->open_again =
+	    keel_recvmsg_stream_open(t, &m->rs, m->fd, m->good, 0);
 	/* Its items are datagrams: the raw recv calls refuse it. */
 	m->out->raw_try = keel_recv_try(&m->rs.rs, &m->b);
 	KEEL_AWAIT(t, keel_recv_next(t, &m->rs.rs, &m->b));
 	m->out->raw_next = keel_res(t);
 	keel_recvmsg_stream_close(&m->rs);
 	keel_recvmsg_stream_close(&m->rs); /* twice is fine */
+	m->out->open_closing =
+	    keel_recvmsg_stream_open(t, &m->rs, m->fd, m->good, 0);
 	KEEL_END(t);
 }
 
@@ -537,6 +543,10 @@ Test(io_dgram, recvmsg_stream_refuses_small_rings_and_raw_takes, .timeout = 10)
 	kt_loop_run(loop);
 	cr_expect_eq(r.small_open, -EINVAL);
 	cr_expect_eq(r.good_open, 0);
+	cr_expect_eq(r.open_again, -EBUSY, "open of an open stream: %d",
+		     r.open_again);
+	cr_expect_eq(r.open_closing, -EBUSY, "open while closing: %d",
+		     r.open_closing);
 	cr_expect_eq(r.raw_try, -EINVAL);
 	cr_expect_eq(r.raw_next, -EINVAL);
 	close(fd);

@@ -2070,6 +2070,329 @@ Test(netfast, parked_stream_woken_without_memory_for_an_op_ends_enomem,
 }
 
 /*
+ * Streams closed while the SQ is full and the kernel takes none of it
+ * (io_uring_enter's -EAGAIN, no memory for requests: this binary's
+ * io_uring_submit() stands in front of liburing's and refuses while
+ * g_refuse_submits is set): a cancel finds no SQE. It must still go out
+ * later, or the stream's request stays in the kernel and its task never
+ * finishes exiting. Five streams on a 4-entry SQ, closed in one step: the
+ * fifth cancel is refused. The fifth is an armed recv, a recv parked on
+ * its idle poll (the poll's cancel), an accept stream, or (no stream) a
+ * plain keel_recv of another task, cancelled.
+ */
+static bool g_refuse_submits;
+static unsigned g_refused;
+
+int io_uring_submit(struct io_uring *ring)
+{
+	if (g_refuse_submits) {
+		g_refused++;
+		return -EAGAIN;
+	}
+	return io_uring_submit_and_wait(ring, 0);
+}
+
+enum { FULL_ARMED, FULL_PARKED, FULL_ACCEPT, FULL_OP };
+enum { FULL_N = 5, FULL_SQ = 4 };
+
+struct full_waiter {
+	struct keel_task task;
+	int fd;
+	int *res;
+	char c;
+};
+
+static int full_waiter_step(struct keel_task *t)
+{
+	struct full_waiter *w = keel_container_of(t, struct full_waiter, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_recv(t, w->fd, &w->c, 1, 0));
+	*w->res = keel_res(t);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(full_waiter_task, struct full_waiter, task,
+		      full_waiter_step);
+
+struct full_closer {
+	struct keel_task task;
+	struct keel_recv_stream rs[FULL_N];
+	struct keel_accept_stream as;
+	struct keel_task *waiter; /* FULL_OP */
+	int fds[FULL_N];	  /* the last: the listener, for FULL_ACCEPT */
+	int mode, i;
+	struct keel_bufring *ring;
+};
+
+static int full_closer_step(struct keel_task *t)
+{
+	struct full_closer *c = keel_container_of(t, struct full_closer, task);
+
+	KEEL_BEGIN(t);
+	for (c->i = 0; c->i < FULL_N - 1; c->i++)
+		if (keel_recv_stream_open(t, &c->rs[c->i], c->fds[c->i],
+					  c->ring, 0))
+			KEEL_EXIT(t, 1);
+	if (c->mode == FULL_ACCEPT
+		? keel_accept_stream_open(t, &c->as, c->fds[FULL_N - 1], 0)
+	    : c->mode == FULL_OP
+		? 0
+		: keel_recv_stream_open(t, &c->rs[FULL_N - 1],
+					c->fds[FULL_N - 1], c->ring, 0))
+		KEEL_EXIT(t, 1);
+	/* The requests reach the kernel (parked: as polls), the SQ empties. */
+	if (c->mode == FULL_PARKED)
+		for (c->i = 0; c->i < 100 && idle_polls(t) < FULL_N; c->i++)
+			KEEL_AWAIT(t, keel_sleep(t, KT_MS(100)));
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+	g_refuse_submits = true;
+	for (c->i = 0; c->i < FULL_N - 1; c->i++)
+		keel_recv_stream_close(&c->rs[c->i]);
+	if (c->mode == FULL_ACCEPT)
+		keel_accept_stream_close(&c->as);
+	else if (c->mode == FULL_OP)
+		keel_task_cancel(c->waiter);
+	else
+		keel_recv_stream_close(&c->rs[FULL_N - 1]);
+	g_refuse_submits = false;
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(full_closer_task, struct full_closer, task,
+		      full_closer_step);
+
+static void run_full_close(int mode)
+{
+	struct keel_loop_opts o = {.sq_entries = FULL_SQ};
+	struct keel_loop *loop = kt_loop_new(&o);
+	struct keel_bufring *ring = ring_new(loop, 8, 64, 0);
+	int fds[FULL_N][2];
+	uint16_t port;
+	int lfd = -1, waited = 1;
+	bool waited_for_sqe = false;
+	struct full_closer *c;
+
+	if (mode == FULL_PARKED &&
+	    !keel_loop_has_op(loop, IORING_OP_POLL_ADD)) {
+		fprintf(stderr, "skipped: this ring runs no POLL_ADD\n");
+		keel_loop_destroy(loop);
+		return;
+	}
+	g_refused = 0;
+	c = kt_spawn(loop, &full_closer_task, KEEL_PRIO_NORMAL);
+	c->mode = mode;
+	c->ring = ring;
+	for (int i = 0; i < FULL_N; i++) {
+		cr_assert_eq(
+		    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds[i]),
+		    0);
+		c->fds[i] = fds[i][0];
+	}
+	if (mode == FULL_ACCEPT)
+		c->fds[FULL_N - 1] = lfd = kt_listen(&port);
+	if (mode == FULL_OP) {
+		struct full_waiter *w =
+		    kt_spawn(loop, &full_waiter_task, KEEL_PRIO_NORMAL);
+
+		w->fd = fds[FULL_N - 1][0];
+		w->res = &waited;
+		c->waiter = &w->task;
+	}
+	/* With the cancel lost, the task stays a zombie. While one waits for
+	 * an SQE, a host must step again at once. */
+	for (int k = 0;
+	     k < 2000 && (kt_stats(loop).tasks_live || kt_stats(loop).zombies);
+	     k++) {
+		cr_assert_geq(keel_loop_step(loop, KT_MS(10)), 0);
+		if (keel__io_of(loop)->ledger.nlater) {
+			waited_for_sqe = true;
+			cr_assert_eq(keel_loop_timeout_ns(loop), 0);
+		}
+	}
+	if (keel__io_of(loop)->backend) {
+		fprintf(stderr, "skipped: this backend submits without "
+				"io_uring_submit()\n");
+	} else {
+		cr_assert_gt(g_refused, 0, "no submit was refused");
+		cr_assert(waited_for_sqe, "no cancel waited for an SQE");
+	}
+	cr_assert_eq(kt_stats(loop).zombies, 0,
+		     "a closed stream's request stayed in the kernel");
+	if (mode == FULL_OP)
+		cr_assert_eq(waited, -ECANCELED, "the cancelled recv: %d",
+			     waited);
+	cr_assert_eq(kt_stats(loop).tasks_live, 0);
+	cr_assert_eq(kt_stats(loop).ops_inflight, 0);
+	cr_assert_eq(kt_stats(loop).frames_live, 0);
+	expect_all_returned(ring, "after the closes");
+	keel_loop_destroy(loop);
+	if (lfd >= 0)
+		close(lfd);
+	for (int i = 0; i < FULL_N; i++) {
+		close(fds[i][0]);
+		close(fds[i][1]);
+	}
+}
+
+Test(netfast, stream_closed_with_sq_full_is_still_cancelled, .timeout = 60)
+{
+	run_full_close(FULL_ARMED);
+}
+
+Test(netfast, parked_stream_closed_with_sq_full_is_still_cancelled,
+     .timeout = 60)
+{
+	run_full_close(FULL_PARKED);
+}
+
+Test(netfast, accept_stream_closed_with_sq_full_is_still_cancelled,
+     .timeout = 60)
+{
+	run_full_close(FULL_ACCEPT);
+}
+
+Test(netfast, op_cancelled_with_sq_full_is_still_cancelled, .timeout = 60)
+{
+	run_full_close(FULL_OP);
+}
+
+/*
+ * A stream struct opened again while its previous stream's close is still
+ * pending (the kernel has not returned the request: an armed recv, a
+ * parked stream's poll, an armed accept) would take that request's late
+ * CQEs for the new stream's: the open refuses with -EBUSY, and so does an
+ * open of a stream that is open. Once the request is back (an await
+ * later) the struct opens again and works. A struct never opened, full of
+ * garbage, opens at once.
+ */
+enum { REOPEN_ARMED, REOPEN_PARKED, REOPEN_ACCEPT };
+
+static struct {
+	int open_again, reopen_busy, reopen, got;
+} g_reopen;
+
+struct reopener {
+	struct keel_task task;
+	struct keel_recv_stream rs;
+	struct keel_accept_stream as;
+	struct keel_buf buf;
+	int fd, peer, mode, i;
+	uint16_t port;
+	struct keel_bufring *ring;
+};
+
+static int reopen_one(struct keel_task *t, struct reopener *r)
+{
+	if (r->mode == REOPEN_ACCEPT)
+		return keel_accept_stream_open(t, &r->as, r->fd, 0);
+	return keel_recv_stream_open(t, &r->rs, r->fd, r->ring, 0);
+}
+
+static int reopener_step(struct keel_task *t)
+{
+	struct reopener *r = keel_container_of(t, struct reopener, task);
+
+	KEEL_BEGIN(t);
+	memset(&r->rs, 0xa5, sizeof(r->rs));
+	memset(&r->as, 0xa5, sizeof(r->as));
+	if (keel_defer(t, release_cb, &r->buf) || reopen_one(t, r))
+		KEEL_EXIT(t, 1);
+	g_reopen.open_again = reopen_one(t, r);
+	if (r->mode == REOPEN_PARKED)
+		for (r->i = 0; r->i < 100 && idle_polls(t) < 1; r->i++)
+			KEEL_AWAIT(t, keel_sleep(t, KT_MS(100)));
+	if (r->mode == REOPEN_ACCEPT)
+		keel_accept_stream_close(&r->as);
+	else
+		keel_recv_stream_close(&r->rs);
+	g_reopen.reopen_busy = reopen_one(t, r);
+	/* The request comes back (cancelled) within a few turns. */
+	for (r->i = 0; r->i < 100 && (g_reopen.reopen = reopen_one(t, r));
+	     r->i++)
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(1)));
+	if (r->mode == REOPEN_ACCEPT) {
+		r->peer = client_connect(r->port);
+		KEEL_AWAIT(t, keel_accept_next(t, &r->as));
+		g_reopen.got = keel_res(t) >= 0 ? 1 : keel_res(t);
+		if (keel_res(t) >= 0)
+			close(keel_res(t));
+		close(r->peer);
+		keel_accept_stream_close(&r->as);
+		KEEL_EXIT(t, 0);
+	}
+	cr_assert_eq(write(r->peer, "hello", 5), 5);
+	KEEL_AWAIT(t, keel_recv_next(t, &r->rs, &r->buf));
+	g_reopen.got = keel_res(t);
+	keel_recv_stream_close(&r->rs);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(reopener_task, struct reopener, task, reopener_step);
+
+static void run_reopen(int mode)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_bufring *ring = ring_new(loop, 8, 64, 0);
+	struct reopener *r;
+	int fds[2];
+	uint16_t port = 0;
+	int lfd = -1;
+
+	if (mode == REOPEN_PARKED &&
+	    !keel_loop_has_op(loop, IORING_OP_POLL_ADD)) {
+		fprintf(stderr, "skipped: this ring runs no POLL_ADD\n");
+		keel_loop_destroy(loop);
+		return;
+	}
+	memset(&g_reopen, 0x7f, sizeof(g_reopen));
+	kt_tcp_pair(fds);
+	if (mode == REOPEN_ACCEPT)
+		lfd = kt_listen(&port);
+	r = kt_spawn(loop, &reopener_task, KEEL_PRIO_NORMAL);
+	r->fd = mode == REOPEN_ACCEPT ? lfd : fds[0];
+	r->peer = fds[1];
+	r->port = port;
+	r->mode = mode;
+	r->ring = ring;
+	/* With the old request taken for the new stream's, an op leaks. */
+	STEP_UNTIL(loop, !kt_stats(loop).tasks_live && !kt_stats(loop).zombies);
+	cr_assert_eq(kt_stats(loop).tasks_live, 0);
+	cr_assert_eq(kt_stats(loop).ops_inflight, 0);
+	expect_all_returned(ring, "after the reopen");
+	cr_assert_eq(kt_stats(loop).frames_live, 0);
+	cr_assert_eq(g_reopen.open_again, -EBUSY, "open of an open stream: %d",
+		     g_reopen.open_again);
+	cr_assert_eq(g_reopen.reopen_busy, -EBUSY,
+		     "open while the close is pending: %d",
+		     g_reopen.reopen_busy);
+	cr_assert_eq(g_reopen.reopen, 0, "open once the close is done: %d",
+		     g_reopen.reopen);
+	cr_assert_eq(g_reopen.got, mode == REOPEN_ACCEPT ? 1 : 5,
+		     "the reopened stream: %d", g_reopen.got);
+	keel_loop_destroy(loop);
+	if (lfd >= 0)
+		close(lfd);
+	close(fds[0]);
+	close(fds[1]);
+}
+
+Test(netfast, recv_stream_reopened_while_closing_is_ebusy, .timeout = 60)
+{
+	run_reopen(REOPEN_ARMED);
+}
+
+Test(netfast, parked_stream_reopened_while_closing_is_ebusy, .timeout = 60)
+{
+	run_reopen(REOPEN_PARKED);
+}
+
+Test(netfast, accept_stream_reopened_while_closing_is_ebusy, .timeout = 60)
+{
+	run_reopen(REOPEN_ACCEPT);
+}
+
+/*
  * keel_loop_destroy() with streams still open: a task waiting in
  * keel_recv_next, one holding a chunk (released by its defer), one with
  * accepted sockets queued. Everything goes (ASan watches), and the queued

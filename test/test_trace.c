@@ -13,7 +13,8 @@
  * cut; a task dump names a task blocked in recv, its await site and its op;
  * the stall detector reports a 30 ms step once (and never when off, nor a
  * 25 ms first step), and traces it; keel_opcode_name() names every opcode up to
- * IORING_OP_PIPE.
+ * IORING_OP_PIPE; an idle recv stream's parked poll completes with its real
+ * latency.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -1771,4 +1772,100 @@ Test(trace, env_path_that_cannot_be_written_says_so_once, .timeout = 30)
 	cr_assert_not_null(strstr(buf, "KEEL_TRACE"), "%s", buf);
 	cr_assert_not_null(strstr(buf, path), "%s", buf);
 	cr_assert_not_null(strstr(buf, strerror(ENOENT)), "%s", buf);
+}
+
+/*
+ * An idle recv stream parks on a poll (io/stream.c), holding no op: the
+ * poll's completion carries its real latency, the wait from its submit to
+ * its completion (as the stream keeps it: in 2^16 ns units), not 0.
+ */
+struct parker {
+	struct keel_task task;
+	struct keel_recv_stream rs;
+	struct keel_buf buf;
+	struct keel_bufring *ring;
+	int fd, peer, i;
+};
+
+static uint64_t parker_polls(struct keel_task *t)
+{
+	struct keel_loop_stats st;
+
+	keel_loop_stats(keel_task_loop(t), &st);
+	return st.idle_polls;
+}
+
+static int parker_step(struct keel_task *t)
+{
+	struct parker *p = keel_container_of(t, struct parker, task);
+
+	KEEL_BEGIN(t);
+	if (keel_recv_stream_open(t, &p->rs, p->fd, p->ring, 0))
+		KEEL_EXIT(t, 1);
+	/* Parked within two sweep periods (250-500 ms), 10 s at most. */
+	for (p->i = 0; p->i < 100 && !parker_polls(t); p->i++)
+		KEEL_AWAIT(t, keel_sleep(t, KT_MS(100)));
+	KEEL_AWAIT(t, keel_sleep(t, KT_MS(20)));
+	cr_assert_eq(write(p->peer, "x", 1), 1);
+	KEEL_AWAIT(t, keel_recv_next(t, &p->rs, &p->buf));
+	keel_buf_release(&p->buf);
+	keel_recv_stream_close(&p->rs);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(parker_task, struct parker, task, parker_step);
+
+Test(trace, parked_poll_completes_with_its_real_latency, .timeout = 30)
+{
+	struct keel_bufring_opts ro = {.count = 4, .size = 64};
+	struct keel_bufring *ring = NULL;
+	struct keel_loop *loop;
+	struct parker *p;
+	char path[300];
+	struct tr t;
+	int sv[2];
+
+	kt_tmpdir_make(g_dir, sizeof(g_dir));
+	snprintf(path, sizeof(path), "%s/parked.ktrace", g_dir);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(keel_trace_start(path), 0);
+	loop = kt_loop_new(NULL);
+	if (!keel_loop_has_op(loop, IORING_OP_POLL_ADD)) {
+		fprintf(stderr, "skipped: this ring runs no POLL_ADD\n");
+		keel_loop_destroy(loop);
+		keel_trace_stop();
+		return;
+	}
+	cr_assert_eq(keel_bufring_create(loop, &ro, &ring), 0);
+	p = kt_spawn(loop, &parker_task, KEEL_PRIO_NORMAL);
+	p->fd = sv[0];
+	p->peer = sv[1];
+	p->ring = ring;
+	kt_loop_run(loop);
+	cr_assert_eq(kt_stats(loop).idle_polls, 1);
+	keel_loop_destroy(loop);
+	cr_assert_eq(keel_trace_stop(), 0, "nothing was dropped");
+	close(sv[0]);
+	close(sv[1]);
+
+	tr_load(path, &t);
+	uint32_t slot = tr_slot_of(&t, "parker_task");
+	long sub = tr_find(&t, 0, slot, KEEL_EV_OP_SUBMIT, IORING_OP_POLL_ADD);
+	long done =
+	    tr_find(&t, 0, slot, KEEL_EV_OP_COMPLETE, IORING_OP_POLL_ADD);
+
+	cr_assert_geq(sub, 0, "no POLL_ADD submitted");
+	cr_assert_gt(done, sub, "no POLL_ADD completed");
+	cr_assert_gt(t.ev[done].ev.a, 0, "the poll's result");
+	/* The events' own times bound it: within one unit (and the clock
+	 * reads between) of the wait they show. */
+	uint64_t shown = t.ev[done].ev.ts - t.ev[sub].ev.ts;
+	uint64_t lat = t.ev[done].ev.b;
+
+	cr_assert_gt(lat, 0, "the parked poll's latency is 0");
+	cr_assert_lt(lat, shown + (2u << 16), "latency %llu ns, shown %llu ns",
+		     (unsigned long long)lat, (unsigned long long)shown);
+	cr_assert_gt(lat + (2u << 16), shown, "latency %llu ns, shown %llu ns",
+		     (unsigned long long)lat, (unsigned long long)shown);
+	tr_free(&t);
 }

@@ -426,7 +426,9 @@ struct keel_recv_stream {
  * Open a stream on socket `fd` for task `t`, receiving into `ring`
  * (a ring of t's loop), and arm it. Returns 0 or a negative errno
  * (-EINVAL: a ring of another loop; -EOPNOTSUPP: no multishot recv
- * (Linux 6.0); -ENOMEM; the task's cancellation cause).
+ * (Linux 6.0); -ENOMEM; -EBUSY: `s` holds a stream of t still, open or
+ * closed with its request not yet back from the kernel, which comes back
+ * within a few turns; the task's cancellation cause).
  * Ownership: `s` is the caller's (in t's frame) and belongs to t; `fd` and
  * `ring` stay the caller's and must outlive the stream.
  */
@@ -590,7 +592,8 @@ struct keel_datagram {
  * arm it. Returns 0 or a negative errno (-EINVAL: a ring of another loop,
  * an incremental ring or small buffers; -EOPNOTSUPP: no multishot recvmsg
  * (Linux 6.0) or a backend without it, such as the simulated kernel;
- * -ENOMEM; the task's cancellation cause).
+ * -ENOMEM; -EBUSY, as keel_recv_stream_open(); the task's cancellation
+ * cause).
  * Ownership: as keel_recv_stream_open(): `s` is in t's frame and belongs
  * to t; `fd` and `ring` stay the caller's and must outlive the stream.
  */
@@ -641,7 +644,8 @@ struct keel_accept_stream {
  * re-arm at once. The task never sees those; any other error ends the
  * stream and is what keel_accept_next() returns from then on.
  * Accepted sockets are SOCK_CLOEXEC. Returns 0 or a negative errno (with
- * KEEL_ACCEPT_DIRECT: the kernel's error registering the file table).
+ * KEEL_ACCEPT_DIRECT: the kernel's error registering the file table;
+ * -EBUSY: `s` holds a stream of t still, as keel_recv_stream_open()).
  * Ownership: `s` is the caller's (keep it in t's frame) and belongs to t;
  * `fd` stays the caller's (close it after keel_accept_stream_close).
  */
