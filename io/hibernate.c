@@ -153,8 +153,10 @@ int keel_hibernate_cancel(struct keel_loop *loop, uint64_t id)
 		return -ENOENT;
 	if (h->flags & KEEL__HIB_CANCEL)
 		return 0;
+	/* With no SQE free the cancel waits in the ledger for the next
+	 * enter; only memory for that wait can fail. */
 	if (!keel__io_cancel_ud(io, hib_ud(id)))
-		return -EAGAIN;
+		return -ENOMEM;
 	h->flags |= KEEL__HIB_CANCEL;
 	return 0;
 }

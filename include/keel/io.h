@@ -552,7 +552,8 @@ int keel_hibernate(struct keel_loop *loop, int fd, keel_hibernate_fn fn,
  * with -ECANCELED (from the loop's completion handling, not from here),
  * even if the socket became readable meanwhile. Returns 0 (also when a
  * cancel is already under way), -ENOENT (no such hibernation: its `fn`
- * has run), -EAGAIN (the SQ stayed full: try again).
+ * has run), -ENOMEM (with the SQ full, no memory to queue the cancel for
+ * the next enter).
  * Ownership: nothing changes hands here; `fn` gets the socket back.
  */
 int keel_hibernate_cancel(struct keel_loop *loop, uint64_t id);
