@@ -109,8 +109,10 @@ struct keel__alloc {
 	bool arena_made; /* arena and tcache asked for (at first use) */
 	bool have_arena;
 	bool have_tcache;
-	bool leaked;   /* a frame was leaked: keep the slabs and arena */
-	uint64_t live; /* blocks handed out and not freed (loop stats) */
+	bool leaked;	    /* a frame was leaked: keep the slabs and arena */
+	uint64_t live;	    /* blocks handed out and not freed (loop stats) */
+	size_t slab_bytes;  /* slabs held, free frames included */
+	size_t large_bytes; /* frames beyond the classes (libc: all frames) */
 };
 
 /* Rarely needed per-task state, allocated on first use. */
@@ -659,6 +661,10 @@ void *keel__alloc_zeroed(struct keel__alloc *a, size_t size);
 /* keel__alloc_part() and keel__alloc_free() beyond their fast paths. */
 void *keel__alloc_part_slow(struct keel__alloc *a, size_t size, size_t zero);
 void keel__alloc_free_slow(struct keel__alloc *a, void *p, size_t size);
+/* Give back the slabs whose frames are all free, when free frames outweigh
+ * live ones (off the hot path: the loop's periodic work calls it). Returns
+ * the number of slabs given back. */
+size_t keel__alloc_trim(struct keel__alloc *a);
 
 /* Frames zeroed inline, in 64-byte stores, up to this size. */
 #define KEEL__ZERO_INLINE 256u

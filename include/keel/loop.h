@@ -278,6 +278,11 @@ struct keel_loop_stats {
 	uint64_t deadlocks;
 	/* Enters that waited for a batch of completions (batch_wait_ns). */
 	uint64_t batch_waits;
+	/* Bytes the loop's frame allocator holds: its 64 KiB slabs of small
+	 * frames, free ones included, and the larger frames live. Slabs
+	 * whose frames are all free are given back by the idle sweep once
+	 * free frames outweigh live ones. */
+	uint64_t frame_bytes;
 };
 
 /*
