@@ -8,9 +8,14 @@
  * recycled through free lists per 16-byte size class: mallocx/sdallocx with
  * explicit arena and tcache flags miss jemalloc's fast path (~140
  * instructions each, measured with callgrind), a free-list pop is a few.
- * The cost is that slab memory is kept at its peak until the loop is
- * destroyed, as in Seastar's per-shard pools. Larger frames go straight to
- * the arena with mallocx/sdallocx.
+ * Larger frames go straight to the arena with mallocx/sdallocx.
+ *
+ * Slabs are aligned to their size, so a frame's slab is its address rounded
+ * down. The lists do not count free bytes (that would cost the fast paths);
+ * keel__alloc_trim() does, rarely: from the loop's idle sweep, when free
+ * frames outweigh live ones (idle connections that hibernated leave their
+ * frames free), it gives back every slab whose frames are all free and has
+ * the arena purge them, so that RSS drops rather than stay at its peak.
  *
  * Invariant: the explicit tcache and the slabs are used by one thread only;
  * a loop is, so this holds as long as frames are allocated and freed on the
@@ -33,6 +38,21 @@
 #include <stdio.h>
 
 #define CLASS_BYTES(cls) ((size_t)(cls) << KEEL__FRAME_CLASS_SHIFT)
+
+/* A slab's first class-sized block. */
+struct slab {
+	struct slab *next; /* all slabs (keel__alloc.slabs) */
+	uint32_t carved;   /* bytes carved into frames */
+	uint32_t free;	   /* keel__alloc_trim(): free bytes on the lists */
+};
+_Static_assert(sizeof(struct slab) == CLASS_BYTES(1),
+	       "the slab header is one class-sized block");
+
+static inline struct slab *slab_of(const void *p)
+{
+	return (struct slab *)((uintptr_t)p &
+			       ~(uintptr_t)(KEEL__SLAB_BYTES - 1));
+}
 #endif
 
 int keel__alloc_init(struct keel__alloc *a)
@@ -70,6 +90,11 @@ static inline int arena_flags(struct keel__alloc *a)
 		arena_make(a);
 	return a->mallocx_flags;
 }
+
+static inline int slab_flags(struct keel__alloc *a)
+{
+	return arena_flags(a) | MALLOCX_ALIGN(KEEL__SLAB_BYTES);
+}
 #endif
 
 void keel__alloc_fini(struct keel__alloc *a)
@@ -100,7 +125,7 @@ void keel__alloc_fini(struct keel__alloc *a)
 		void *slab = a->slabs;
 
 		a->slabs = *(void **)slab;
-		sdallocx(slab, KEEL__SLAB_BYTES, a->mallocx_flags);
+		sdallocx(slab, KEEL__SLAB_BYTES, slab_flags(a));
 	}
 	if (a->have_tcache)
 		mallctl("tcache.destroy", NULL, NULL, &a->tcache,
@@ -123,19 +148,20 @@ static void *slab_carve(struct keel__alloc *a, size_t cls)
 	size_t bytes = CLASS_BYTES(cls);
 
 	if (a->bump_left < bytes) {
-		char *slab =
-		    mallocx(KEEL__SLAB_BYTES, arena_flags(a) | MALLOCX_ZERO);
+		struct slab *slab =
+		    mallocx(KEEL__SLAB_BYTES, slab_flags(a) | MALLOCX_ZERO);
 
 		if (!slab)
 			return NULL;
-		/* The first class-sized block links the slab list. */
-		*(void **)slab = a->slabs;
+		slab->next = a->slabs;
 		a->slabs = slab;
-		a->bump = slab + CLASS_BYTES(1);
-		a->bump_left = KEEL__SLAB_BYTES - CLASS_BYTES(1);
+		a->slab_bytes += KEEL__SLAB_BYTES;
+		a->bump = (char *)slab + sizeof(*slab);
+		a->bump_left = KEEL__SLAB_BYTES - sizeof(*slab);
 	}
 	void *p = a->bump;
 
+	slab_of(p)->carved += (uint32_t)bytes;
 	a->bump += bytes;
 	a->bump_left -= bytes;
 	return p; /* fresh slab memory is zeroed (MALLOCX_ZERO) */
@@ -147,11 +173,11 @@ static void *alloc_zeroed(struct keel__alloc *a, size_t size, size_t zero)
 #ifdef KEEL_ALLOC_LIBC
 	void *p;
 
-	(void)a;
-	if (zero >= size)
-		return calloc(1, size);
-	p = malloc(size);
-	return p ? memset(p, 0, zero) : NULL;
+	p = zero >= size ? calloc(1, size) : malloc(size);
+	if (!p)
+		return NULL;
+	a->large_bytes += size;
+	return memset(p, 0, zero);
 #else
 	size_t cls = keel__alloc_class(size);
 
@@ -164,7 +190,10 @@ static void *alloc_zeroed(struct keel__alloc *a, size_t size, size_t zero)
 		 * memset of memory that is already mapped is cheaper. */
 		void *big = mallocx(size, arena_flags(a));
 
-		return big ? memset(big, 0, zero) : NULL;
+		if (!big)
+			return NULL;
+		a->large_bytes += size;
+		return memset(big, 0, zero);
 	}
 	void *p = a->cached[cls];
 
@@ -195,17 +224,113 @@ void keel__alloc_free_slow(struct keel__alloc *a, void *p, size_t size)
 {
 	a->live--;
 #ifdef KEEL_ALLOC_LIBC
-	(void)a;
-	(void)size;
+	a->large_bytes -= size;
 	free(p);
 #else
 	size_t cls = keel__alloc_class(size);
 
 	if (cls >= KEEL__FRAME_CLASSES) {
+		a->large_bytes -= size;
 		sdallocx(p, size, a->mallocx_flags);
 		return;
 	}
 	*(void **)p = a->cached[cls];
 	a->cached[cls] = p;
+#endif
+}
+
+#ifndef KEEL_ALLOC_LIBC
+/*
+ * Whether a trim may pay: free frames could fill a slab and outweigh the
+ * live ones. From the counters only (each live block is 64 bytes or
+ * more), so a loop whose slabs are mostly live does not walk its lists.
+ */
+static bool trim_may_pay(const struct keel__alloc *a)
+{
+	size_t live_floor = (size_t)a->live * 64;
+
+	return !a->leaked && a->slab_bytes >= KEEL__SLAB_BYTES + live_floor &&
+	       a->slab_bytes >= 2 * live_floor;
+}
+
+/* Sum each slab's free bytes (slab->free); returns the total. */
+static size_t count_free(struct keel__alloc *a, size_t *carved)
+{
+	size_t total = 0;
+
+	*carved = 0;
+	for (struct slab *s = a->slabs; s; s = s->next) {
+		s->free = 0;
+		*carved += s->carved;
+	}
+	for (size_t cls = 0; cls < KEEL__FRAME_CLASSES; cls++)
+		for (void *p = a->cached[cls]; p; p = *(void **)p) {
+			slab_of(p)->free += (uint32_t)CLASS_BYTES(cls);
+			total += CLASS_BYTES(cls);
+		}
+	return total;
+}
+
+static inline bool slab_unused(const struct slab *s)
+{
+	return s->free == s->carved;
+}
+
+/* jemalloc keeps freed extents resident until they decay (seconds): purge
+ * the loop's arena now, one madvise per run of freed slabs. */
+static void arena_purge(struct keel__alloc *a)
+{
+	char name[64];
+
+	if (!a->have_arena)
+		return;
+	snprintf(name, sizeof(name), "arena.%u.purge", a->arena);
+	mallctl(name, NULL, NULL, NULL, 0);
+}
+#endif
+
+size_t keel__alloc_trim(struct keel__alloc *a)
+{
+#ifdef KEEL_ALLOC_LIBC
+	(void)a; /* every frame went back to libc when freed */
+	return 0;
+#else
+	size_t carved, free_bytes, n = 0;
+
+	if (!trim_may_pay(a))
+		return 0;
+	free_bytes = count_free(a, &carved);
+	if (free_bytes < KEEL__SLAB_BYTES || free_bytes < carved - free_bytes)
+		return 0;
+	/* Unlink the frames of the slabs that go from their lists. */
+	for (size_t cls = 0; cls < KEEL__FRAME_CLASSES; cls++) {
+		void **link = &a->cached[cls];
+
+		while (*link)
+			if (slab_unused(slab_of(*link)))
+				*link = *(void **)*link;
+			else
+				link = *link;
+	}
+	for (struct slab **link = (struct slab **)&a->slabs; *link;) {
+		struct slab *s = *link;
+
+		if (!slab_unused(s)) {
+			link = &s->next;
+			continue;
+		}
+		*link = s->next;
+		/* The slab being carved: the next frame takes a new one. */
+		if (a->bump && slab_of(a->bump - 1) == s) {
+			a->bump = NULL;
+			a->bump_left = 0;
+		}
+		sdallocx(s, KEEL__SLAB_BYTES, slab_flags(a));
+		a->slab_bytes -= KEEL__SLAB_BYTES;
+		n++;
+	}
+	if (n)
+		arena_purge(a);
+	return n;
 #endif
 }

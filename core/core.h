@@ -120,6 +120,8 @@ struct keel__alloc {
 	/* Freed shared blocks (keel__shared_calloc), linked by 1st word. */
 	void *shared[KEEL__SHARED_CLASSES];
 	uint8_t nshared[KEEL__SHARED_CLASSES];
+	size_t slab_bytes;  /* slabs held, free frames included */
+	size_t large_bytes; /* frames beyond the classes (libc: all frames) */
 };
 
 /* Rarely needed per-task state, allocated on first use. */
@@ -713,6 +715,10 @@ void *keel__alloc_zeroed(struct keel__alloc *a, size_t size);
 /* keel__alloc_part() and keel__alloc_free() beyond their fast paths. */
 void *keel__alloc_part_slow(struct keel__alloc *a, size_t size, size_t zero);
 void keel__alloc_free_slow(struct keel__alloc *a, void *p, size_t size);
+/* Give back the slabs whose frames are all free, when free frames outweigh
+ * live ones (off the hot path: the loop's periodic work calls it). Returns
+ * the number of slabs given back. */
+size_t keel__alloc_trim(struct keel__alloc *a);
 
 /* Frames zeroed inline, in 64-byte stores, up to this size. */
 #define KEEL__ZERO_INLINE 256u

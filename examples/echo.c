@@ -26,7 +26,8 @@
  * up; no hibernation either).
  *
  * Hibernation: a connection that received nothing for --idle-ms MS to
- * twice that (default 20; the loop's idle sweep) is told so by its stream
+ * twice that (default: the library's, 250; the loop's idle sweep, which
+ * also gives back the frames hibernated tasks left) is told so by its stream
  * (KEEL_RECV_IDLE_RETURN), hands its socket to the loop (keel_hibernate:
  * a 32-byte record and a poll) and its task ends, frame and all; when the
  * socket is readable again, a fresh task takes it. --no-hibernate keeps
@@ -134,7 +135,7 @@ static bool plain_mode;
 static bool direct_fds;	  /* --direct: sockets in the ring's file table */
 static bool no_idle_poll; /* --no-idle-poll */
 static bool no_hibernate; /* --no-hibernate */
-static long idle_ms = 20; /* --idle-ms */
+static long idle_ms;	  /* --idle-ms; 0: the library's default */
 static struct keel_bufring_opts ring_opts = {.count = 1024, .size = 4096};
 static unsigned max_conns;	   /* --max-conns; 0: no cap */
 static atomic_uint open_conns;	   /* all loops together, under a cap */

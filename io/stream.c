@@ -906,6 +906,8 @@ static void idle_sweep(struct keel_loop *loop, struct keel_timer *timer,
 	 * connections that went idle leaves no ledger behind. (One more
 	 * sweep after these park does it for them.) */
 	keel__ledger_trim(l);
+	/* Likewise the frames of their tasks, which ended to hibernate. */
+	keel__alloc_trim(&io->core.alloc);
 	if (hot || parking)
 		keel_timer_arm(loop, timer, io->core.now + io->idle_ns);
 }
@@ -1002,12 +1004,27 @@ static void recv_unpark(struct keel__io *io, struct keel__stream *s)
 	keel__bufring_unwait(recv_ring(io, s), recv_of(s));
 }
 
+/*
+ * No recv stream left: no sweep keeps the loop alive. But when the streams
+ * went because their tasks hibernated (keel_hibernate()) while another task
+ * keeps the loop going anyway (an acceptor), one more sweep gives back what
+ * those tasks left at their peak, ledger chunks and frame slabs; finding no
+ * stream, it does not re-arm.
+ */
+static void last_recv_stream_gone(struct keel__io *io, struct keel_loop *loop)
+{
+	if (io->closing || !io->hib_live || keel__tasks_live(&io->core) <= 1)
+		keel_timer_cancel(loop, &io->idle_sweep);
+	else if (!keel_timer_armed(&io->idle_sweep))
+		keel_timer_arm(loop, &io->idle_sweep,
+			       io->core.now + io->idle_ns);
+}
+
 static void recv_release(struct keel__io *io, struct keel__stream *s)
 {
 	keel__bufring_stream_ref(recv_ring(io, s), -1);
-	/* The last recv stream gone: no sweep keeps the loop alive. */
 	if (s->kind == KIND_RECV && !--io->recv_streams)
-		keel_timer_cancel(s->task->loop, &io->idle_sweep);
+		last_recv_stream_gone(io, s->task->loop);
 }
 
 static const struct keel__stream_kind recv_kind = {

@@ -10,6 +10,8 @@
  * - a task hibernates its socket and ends (no frame, no task left); data
  *   wakes the callback with POLLIN, and the task it spawns echoes it;
  * - the peer's end of file wakes it too, and the new task reads 0;
+ * - 600 tasks that hibernate at once leave their frames to one more idle
+ *   sweep, which gives the slabs back (keel_loop_stats.frame_bytes);
  * - keel_hibernate_cancel wakes one with -ECANCELED (the others stay);
  *   a second cancel, an unknown id: -ENOENT;
  * - keel_loop_run returns with sockets hibernated, and keel_loop_destroy
@@ -287,6 +289,78 @@ Test(hibernate, peer_close_wakes_it_and_the_new_task_reads_eof, .timeout = 60)
 		close(fds[0]);
 		keel_bufring_destroy(ring);
 		keel_loop_destroy(loop);
+	}
+}
+
+/* ---- the frames they leave ---- */
+
+/* Keeps the loop going, as an acceptor would. */
+struct keeper {
+	struct keel_task task;
+};
+
+static int keeper_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, 60ull * 1000 * 1000 * 1000));
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(keeper_task, struct keeper, task, keeper_step);
+
+enum { MANY = 600 };
+
+/*
+ * Many connections go idle at once and their tasks end to hibernate: the
+ * last recv stream closes, and one more idle sweep gives their frames back
+ * (slabs whose frames are all free; with libc's allocator in sanitizer
+ * builds, each frame as it is freed), then stops: only the keeper's timer
+ * is left.
+ */
+Test(hibernate, frames_of_hibernated_tasks_are_given_back, .timeout = 120)
+{
+	static int fds[MANY][2];
+
+	for (size_t b = 0; b < NBACKENDS; b++) {
+		struct keel_loop *loop = loop_on(backends[b]);
+		struct keel_bufring *ring = ring_new(loop);
+		uint64_t peak;
+
+		reset();
+		kt_spawn(loop, &keeper_task, KEEL_PRIO_NORMAL);
+		for (int i = 0; i < MANY; i++) {
+			struct conn *c =
+			    kt_spawn(loop, &conn_task, KEEL_PRIO_NORMAL);
+
+			kt_tcp_pair(fds[i]);
+			c->fd = fds[i][0];
+			c->ring = ring;
+			c->idle_return = true;
+		}
+		peak = kt_stats(loop).frame_bytes;
+		STEP_UNTIL(loop, hibernated(loop) == MANY &&
+				     kt_stats(loop).timers_armed == 1);
+		cr_assert_eq(hibernated(loop), MANY, "%s",
+			     backend_name(backends[b]));
+		cr_assert_eq(kt_stats(loop).timers_armed, 1,
+			     "%s: the idle sweep still armed",
+			     backend_name(backends[b]));
+		cr_assert_eq(kt_stats(loop).frames_live, 1);
+#ifndef KEEL_ALLOC_LIBC
+		cr_assert_geq(peak, 2ull * KEEL__SLAB_BYTES);
+		cr_assert_eq(kt_stats(loop).frame_bytes, KEEL__SLAB_BYTES,
+			     "%s: %llu of %llu bytes of frames kept",
+			     backend_name(backends[b]),
+			     (unsigned long long)kt_stats(loop).frame_bytes,
+			     (unsigned long long)peak);
+#else
+		cr_assert_eq(kt_stats(loop).frame_bytes,
+			     keeper_task.frame_size);
+#endif
+		keel_bufring_destroy(ring);
+		keel_loop_destroy(loop);
+		for (int i = 0; i < MANY; i++)
+			close(fds[i][1]);
 	}
 }
 

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "helpers/keel_test.h"
+#include "io.h"
 
 /* Every test runs in its own process, so these start zeroed. */
 static struct kt_log g_log;
@@ -768,4 +769,149 @@ Test(task, join_of_an_exited_task_frees_a_large_frame_for_reuse_zeroed,
 	st = kt_stats(loop);
 	cr_expect_eq(st.frames_live, 0);
 	keel_loop_destroy(loop);
+}
+
+/*
+ * The frame allocator's trim (keel__alloc_trim(), which the loop's idle
+ * sweep calls). Frames of three size classes, so that the free lists it
+ * walks are several. Each task fills its frame past the header, then
+ * yields while `hold` is set. Sanitizer builds take frames from libc
+ * (KEEL_ALLOC_LIBC): nothing to trim there.
+ */
+struct trimmed {
+	struct keel_task task;
+	int hold;
+	unsigned size; /* of bytes[] */
+	unsigned char bytes[];
+};
+
+static int trimmed_step(struct keel_task *t);
+
+#define TRIMMED_TYPE(extra)                                                    \
+	{                                                                      \
+		trimmed_step, (uint32_t)(sizeof(struct trimmed) + (extra)),    \
+		    (uint32_t)offsetof(struct trimmed, task), "trimmed", 0     \
+	}
+static const struct keel_task_type trimmed_types[] = {
+    TRIMMED_TYPE(48), TRIMMED_TYPE(600), TRIMMED_TYPE(2000)};
+
+static int trimmed_step(struct keel_task *t)
+{
+	struct trimmed *f = keel_container_of(t, struct trimmed, task);
+
+	KEEL_BEGIN(t);
+	memset(f->bytes, 0xa5, f->size);
+	while (f->hold)
+		KEEL_YIELD(t);
+	KEEL_END(t);
+}
+
+#define TRIM_SLAB ((uint64_t)KEEL__SLAB_BYTES)
+
+/* The i-th frame of a batch, checked zeroed (the first spawns carve fresh
+ * slabs, the later ones reuse frames or take slabs made after a trim). */
+static struct trimmed *spawn_trimmed(struct keel_loop *loop, int i)
+{
+	const struct keel_task_type *type = &trimmed_types[i % 3];
+	struct trimmed *f = kt_spawn(loop, type, KEEL_PRIO_NORMAL);
+
+	f->size = type->frame_size - (unsigned)sizeof(*f);
+	cr_assert(all_zero(f->bytes, f->size), "frame %d not zeroed", i);
+	return f;
+}
+
+static size_t trim(struct keel_loop *loop)
+{
+	return keel__alloc_trim(&keel__io_of(loop)->core.alloc);
+}
+
+Test(task, trim_gives_back_the_slabs_whose_frames_are_all_free, .timeout = 10)
+{
+#ifdef KEEL_ALLOC_LIBC
+	cr_skip("sanitizer build: frames come from libc");
+#else
+	struct keel_loop *loop = kt_loop_new(NULL);
+	uint64_t held;
+
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < 300; i++)
+			spawn_trimmed(loop, i);
+		held = kt_stats(loop).frame_bytes;
+		cr_assert_geq(held, 4 * TRIM_SLAB, "300 frames in %llu bytes",
+			      (unsigned long long)held);
+		/* Every frame live: nothing to give back. */
+		cr_assert_eq(trim(loop), 0);
+		cr_assert_eq(kt_stats(loop).frame_bytes, held);
+		kt_loop_run(loop);
+		cr_assert_eq(kt_stats(loop).frames_live, 0);
+		/* All free: every slab goes, the one being carved too. */
+		cr_assert_eq(trim(loop), held / TRIM_SLAB);
+		cr_assert_eq(kt_stats(loop).frame_bytes, 0);
+		cr_assert_eq(trim(loop), 0);
+	}
+	keel_loop_destroy(loop);
+#endif
+}
+
+/* Whether the frames `a` and `b` share no byte. */
+static bool apart(const struct trimmed *a, const struct trimmed *b)
+{
+	return (const unsigned char *)a + sizeof(*a) + a->size <=
+		   (const unsigned char *)b ||
+	       (const unsigned char *)b + sizeof(*b) + b->size <=
+		   (const unsigned char *)a;
+}
+
+static bool all_a5(const unsigned char *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i] != 0xa5)
+			return false;
+	return true;
+}
+
+Test(task, trim_keeps_a_slab_with_a_live_frame, .timeout = 10)
+{
+#ifdef KEEL_ALLOC_LIBC
+	cr_skip("sanitizer build: frames come from libc");
+#else
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct trimmed *first = NULL, *last = NULL, *f;
+	uint64_t held;
+	int steps = 0;
+
+	for (int i = 0; i < 300; i++) {
+		f = spawn_trimmed(loop, i);
+		if (i == 0)
+			first = f;
+		last = f;
+	}
+	/* The first frame's slab is the oldest, the last's the one being
+	 * carved: both stay, the ones between go. */
+	first->hold = last->hold = 1;
+	held = kt_stats(loop).frame_bytes;
+	while (kt_stats(loop).tasks_live > 2 && steps++ < 1000)
+		cr_assert_eq(keel_loop_step(loop, 0), 1);
+	cr_assert_eq(kt_stats(loop).frames_live, 2);
+	cr_assert_eq(trim(loop), held / TRIM_SLAB - 2);
+	cr_assert_eq(kt_stats(loop).frame_bytes, 2 * TRIM_SLAB);
+	cr_assert_eq(kt_stats(loop).frames_live, 2);
+	cr_assert(all_a5(first->bytes, first->size), "a live frame changed");
+	cr_assert(all_a5(last->bytes, last->size), "a live frame changed");
+	/* New frames: from what is left of the kept slabs' lists, the rest
+	 * of the slab being carved, then new slabs; zeroed, apart from the
+	 * live ones. */
+	for (int i = 0; i < 300; i++) {
+		f = spawn_trimmed(loop, i);
+		cr_assert(apart(f, first) && apart(f, last),
+			  "frame %d overlaps a live one", i);
+	}
+	first->hold = last->hold = 0;
+	kt_loop_run(loop);
+	cr_assert_eq(kt_stats(loop).frames_live, 0);
+	held = kt_stats(loop).frame_bytes;
+	cr_assert_eq(trim(loop), held / TRIM_SLAB);
+	cr_assert_eq(kt_stats(loop).frame_bytes, 0);
+	keel_loop_destroy(loop);
+#endif
 }

@@ -281,6 +281,11 @@ struct keel_loop_stats {
 	/* ... of them, those whose bound ran out before the batch came: each
 	 * held its first completion up to batch_wait_ns. */
 	uint64_t batch_short;
+	/* Bytes the loop's frame allocator holds: its 64 KiB slabs of small
+	 * frames, free ones included, and the larger frames live. Slabs
+	 * whose frames are all free are given back by the idle sweep once
+	 * free frames outweigh live ones. */
+	uint64_t frame_bytes;
 };
 
 /*
