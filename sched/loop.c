@@ -699,6 +699,7 @@ void keel_loop_stats(const struct keel_loop *loop, struct keel_loop_stats *out)
 	out->batch_waits = loop->batch_waits;
 	out->batch_short = loop->batch_short;
 	out->frame_bytes = c->alloc.slab_bytes + c->alloc.large_bytes;
+	out->hibernated = io->hib_live;
 }
 
 /*

@@ -286,6 +286,9 @@ struct keel_loop_stats {
 	 * whose frames are all free are given back by the idle sweep once
 	 * free frames outweigh live ones. */
 	uint64_t frame_bytes;
+	/* Sockets hibernated now (keel_hibernate(): a record and a poll
+	 * each, no task). */
+	uint64_t hibernated;
 };
 
 /*
