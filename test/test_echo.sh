@@ -108,6 +108,9 @@ for mode in --direct --plain fds; do
 	opt=$mode
 	[ "$mode" = fds ] && opt=
 	echo "echo --max-conns 1 $opt"
+	# The last mode's output holds the last (dead) echo's port until
+	# this one's redirection truncates it: gone, echo_port waits.
+	rm -f "$dir/cap.out"
 	# shellcheck disable=SC2086 # $opt is empty or one word
 	"$echo_bin" --threads 1 --max-conns 1 $opt 127.0.0.1 0 \
 		>"$dir/cap.out" 2>"$dir/cap.err" &
@@ -178,6 +181,7 @@ done
 for mode in --direct fds; do
 	opt=$mode
 	[ "$mode" = fds ] && opt=
+	rm -f "$dir/hib.out" # see cap.out above
 	# shellcheck disable=SC2086 # $opt is empty or one word
 	"$echo_bin" --threads 1 --max-conns 1 --idle-ms 10 $opt 127.0.0.1 0 \
 		>"$dir/hib.out" 2>"$dir/hib.err" &

@@ -39,6 +39,9 @@ stop() {
 }
 
 for mode in "" --direct; do
+	# Else echo_port may read the last mode's port before this echo's
+	# redirection truncates the file.
+	rm -f "$dir/echo.out"
 	KEEL_RESTRICT=net "$ECHO" --threads 2 $mode 127.0.0.1 0 \
 		>"$dir/echo.out" 2>"$dir/echo.err" &
 	pid=$!

@@ -33,7 +33,7 @@ check() {
 echo_port() {
 	for _ in $(seq 100); do
 		p=$(sed -n 's/^echo: listening on 127.0.0.1:\([0-9]*\) .*/\1/p' \
-			"$2")
+			"$2" 2>/dev/null)
 		[ -n "$p" ] && break
 		kill -0 "$1" 2>/dev/null || break
 		sleep 0.1
