@@ -65,7 +65,8 @@ struct out {
 	size_t len, used;
 };
 
-static void put(struct out *o, const char *fmt, ...)
+static void __attribute__((format(printf, 2, 3)))
+put(struct out *o, const char *fmt, ...)
 {
 	va_list ap;
 	size_t room = o->used < o->len ? o->len - o->used : 0;

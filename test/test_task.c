@@ -785,6 +785,7 @@ struct trimmed {
 	unsigned char bytes[];
 };
 
+#ifndef KEEL_ALLOC_LIBC
 static int trimmed_step(struct keel_task *t);
 
 #define TRIMMED_TYPE(extra)                                                    \
@@ -824,6 +825,7 @@ static size_t trim(struct keel_loop *loop)
 {
 	return keel__alloc_trim(&keel__io_of(loop)->core.alloc);
 }
+#endif /* !KEEL_ALLOC_LIBC */
 
 Test(task, trim_gives_back_the_slabs_whose_frames_are_all_free, .timeout = 10)
 {
@@ -853,6 +855,7 @@ Test(task, trim_gives_back_the_slabs_whose_frames_are_all_free, .timeout = 10)
 #endif
 }
 
+#ifndef KEEL_ALLOC_LIBC
 /* Whether the frames `a` and `b` share no byte. */
 static bool apart(const struct trimmed *a, const struct trimmed *b)
 {
@@ -869,6 +872,7 @@ static bool all_a5(const unsigned char *p, size_t len)
 			return false;
 	return true;
 }
+#endif
 
 Test(task, trim_keeps_a_slab_with_a_live_frame, .timeout = 10)
 {
