@@ -5,18 +5,28 @@
  *
  * An idle connection's task holds a frame and a task slot however small
  * its state; a hibernated socket holds a 32-byte record here instead, and
- * one single-shot POLL_ADD in the kernel. The poll's user_data is the
- * record's generation and index tagged KEEL__UD_INTERNAL |
- * KEEL__UD_HIBERNATE, so its completion comes straight here
- * (keel__hibernate_cqe()) without a ledger op (120 bytes), as a parked
- * stream's does.
+ * its watch in the kernel. On the kernel's io_uring that watch is an item
+ * in one epoll set per loop (made at the first hibernate), and the set is
+ * watched by one multishot POLL_ADD: an epoll item and its wait entry
+ * (eventpoll_epi 128 + eventpoll_pwq 64 bytes) cost the kernel less than
+ * a POLL_ADD per socket (an io_kiocb of 256 bytes, its wait entry in a
+ * 64-byte allocation). A direct descriptor has no number epoll knows, the
+ * other backends (epoll, the simulated kernel) run each POLL_ADD
+ * themselves, and a socket the set refuses (epoll_ctl failed) is watched
+ * as before: by its own single-shot POLL_ADD.
  *
- * Ownership: a record is the loop's from keel_hibernate() until its poll's
- * completion (or the loop's teardown), which frees it and only then runs
- * its callback, which then owns the socket. So a callback may hibernate
- * again (and reuse the slot), and a CQE that comes after its record went
- * (a poll the kernel still held at teardown) finds its generation gone
- * and is dropped.
+ * User data: a record's watch names its generation and index tagged
+ * KEEL__UD_INTERNAL | KEEL__UD_HIBERNATE (in an epoll item's data: the
+ * id alone), so its completion comes straight here (keel__hibernate_cqe())
+ * without a ledger op (120 bytes), as a parked stream's does. Generation
+ * 0, which no record has, names the set's own polls.
+ *
+ * Ownership: a record is the loop's from keel_hibernate() until its watch
+ * fires (or its cancel's completion, or the loop's teardown), which frees
+ * it and only then runs its callback, which then owns the socket. So a
+ * callback may hibernate again (and reuse the slot), and an event that
+ * comes after its record went (a poll or an epoll item the kernel still
+ * held) finds its generation gone and is dropped.
  *
  * The records are not ops: they do not count in ledger.inuse, so they keep
  * neither keel_loop_run() going (their owner does: an acceptor) nor the
@@ -27,12 +37,21 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 /* The first table: a page of records. */
 #define HIB_FIRST (4096 / sizeof(struct keel__hib))
 /* Indexes fit in the user_data's bits 31..3. */
 #define HIB_MAX (1u << 29)
+
+/* The set's polls: generation 0, which no record has. */
+#define HIB_SET_UD  ((uint64_t)(KEEL__UD_HIBERNATE | KEEL__UD_INTERNAL))
+#define HIB_MORE_UD (HIB_SET_UD | 1u << 3) /* hib_drain()'s one-shot */
+/* Events taken from the set per epoll_wait, and per completion. */
+#define HIB_BATCH 64
+#define HIB_TURN  256
 
 _Static_assert(sizeof(struct keel__hib) <= 32, "a hibernated socket's record");
 
@@ -109,6 +128,57 @@ static struct keel__hib *hib_find(struct keel__io *io, uint64_t id)
 	return h->fn && h->gen == (uint32_t)(id >> 32) ? h : NULL;
 }
 
+/*
+ * The loop's epoll set, made and armed at first use: its multishot poll
+ * (re-armed when a completion comes without IORING_CQE_F_MORE). 0 or a
+ * negative errno.
+ */
+static int hib_set(struct keel__io *io)
+{
+	struct io_uring_sqe *sqe;
+
+	if (io->hib_ep < 0) {
+		io->hib_ep = epoll_create1(EPOLL_CLOEXEC);
+		if (io->hib_ep < 0)
+			return -errno;
+	}
+	if (io->hib_ep_armed)
+		return 0;
+	sqe = keel__io_sqe(io);
+	if (!sqe)
+		return -EAGAIN;
+	io_uring_prep_poll_multishot(sqe, io->hib_ep, POLLIN);
+	io_uring_sqe_set_data64(sqe, HIB_SET_UD);
+	io->hib_ep_armed = true;
+	return 0;
+}
+
+/*
+ * Watch `fd` for record `id` in the set: 0, or a negative errno (not a
+ * socket's, or not a number epoll knows: the caller polls it alone).
+ *
+ * A woken item is left in the set, disabled (EPOLLONESHOT), rather than
+ * deleted at wake: a connection that idles again is re-armed by one
+ * EPOLL_CTL_MOD, where deleting would cost an EPOLL_CTL_DEL per wake and
+ * an EPOLL_CTL_ADD (an allocation, a wait entry) per hibernation. A
+ * disabled item costs 192 bytes of the kernel's while its connection is
+ * active (which holds a multishot recv and its buffer then), and goes at
+ * the socket's last close. So MOD is tried first; a socket new to the set
+ * is ADDed.
+ */
+static int hib_watch(struct keel__io *io, int fd, uint64_t id)
+{
+	struct epoll_event ev = {
+	    .events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT,
+	    .data.u64 = id,
+	};
+
+	if (!epoll_ctl(io->hib_ep, EPOLL_CTL_MOD, fd, &ev) ||
+	    (errno == ENOENT && !epoll_ctl(io->hib_ep, EPOLL_CTL_ADD, fd, &ev)))
+		return 0;
+	return -errno;
+}
+
 int keel_hibernate(struct keel_loop *loop, int fd, keel_hibernate_fn fn,
 		   void *arg, uint64_t *id)
 {
@@ -127,17 +197,24 @@ int keel_hibernate(struct keel_loop *loop, int fd, keel_hibernate_fn fn,
 		return keel__restrict_refuse(io);
 	if (hib_room(io))
 		return -ENOMEM;
-	sqe = keel__io_sqe(io);
-	if (!sqe)
-		return -EAGAIN;
 	i = hib_take(io);
 	h = &io->hib[i];
+	if (!io->backend && !keel_fd_is_fixed(fd) && !hib_set(io) &&
+	    !hib_watch(io, fd, hib_id(h, i))) {
+		h->flags = KEEL__HIB_SET;
+	} else {
+		sqe = keel__io_sqe(io);
+		if (!sqe) {
+			hib_put(io, i);
+			return -EAGAIN;
+		}
+		io_uring_prep_poll_add(sqe, fd, POLLIN);
+		keel__sqe_fixed_fd(sqe);
+		io_uring_sqe_set_data64(sqe, hib_ud(hib_id(h, i)));
+	}
 	h->fn = fn;
 	h->arg = arg;
 	h->fd = fd;
-	io_uring_prep_poll_add(sqe, fd, POLLIN);
-	keel__sqe_fixed_fd(sqe);
-	io_uring_sqe_set_data64(sqe, hib_ud(hib_id(h, i)));
 	io->hib_live++;
 	if (id)
 		*id = hib_id(h, i);
@@ -148,15 +225,27 @@ int keel_hibernate_cancel(struct keel_loop *loop, uint64_t id)
 {
 	struct keel__io *io = keel__io_of(loop);
 	struct keel__hib *h = hib_find(io, id);
+	struct io_uring_sqe *sqe;
 
 	if (!h)
 		return -ENOENT;
 	if (h->flags & KEEL__HIB_CANCEL)
 		return 0;
-	/* With no SQE free the cancel waits in the ledger for the next
-	 * enter; only memory for that wait can fail. */
-	if (!keel__io_cancel_ud(io, hib_ud(id)))
+	if (h->flags & KEEL__HIB_SET) {
+		/* Its item stays armed (an event for it later finds the
+		 * record gone); a NOP with its user data brings the wake. No
+		 * EPOLL_CTL_DEL: a socket closed while hibernated left the
+		 * set, and its number may name another socket in it now. */
+		sqe = keel__io_sqe(io);
+		if (!sqe)
+			return -EAGAIN;
+		io_uring_prep_nop(sqe);
+		io_uring_sqe_set_data64(sqe, hib_ud(id));
+	} else if (!keel__io_cancel_ud(io, hib_ud(id))) {
+		/* With no SQE free the cancel waits in the ledger for the
+		 * next enter; only memory for that wait can fail. */
 		return -ENOMEM;
+	}
 	h->flags |= KEEL__HIB_CANCEL;
 	return 0;
 }
@@ -176,10 +265,61 @@ static void hib_wake(struct keel__io *io, uint32_t i, int res)
 	fn((struct keel_loop *)io, fd, res, arg);
 }
 
-void keel__hibernate_cqe(struct keel__io *io, uint64_t ud, int res)
+/*
+ * The set is readable: wake the sockets it reports, HIB_BATCH at a time
+ * and at most HIB_TURN a completion, so a turn stays bounded (a callback
+ * that hibernates a readable socket again puts it straight back). What is
+ * left over is reported by a one-shot poll on the set, which completes at
+ * the next submit: the multishot one only reports new readiness.
+ */
+static void hib_drain(struct keel__io *io)
+{
+	struct epoll_event ev[HIB_BATCH];
+	struct io_uring_sqe *sqe;
+	unsigned got = 0;
+	int n;
+
+	do {
+		n = epoll_wait(io->hib_ep, ev, HIB_BATCH, 0);
+		for (int j = 0; j < n; j++) {
+			uint64_t id = ev[j].data.u64;
+
+			if (hib_find(io, id))
+				hib_wake(io, (uint32_t)id, (int)ev[j].events);
+			else
+				io->count.stale_cqes++;
+		}
+		got += n > 0 ? (unsigned)n : 0;
+	} while (n == HIB_BATCH && got < HIB_TURN);
+	if ((n == HIB_BATCH || (n < 0 && errno == EINTR)) && !io->hib_ep_more &&
+	    (sqe = keel__io_sqe(io))) {
+		io_uring_prep_poll_add(sqe, io->hib_ep, POLLIN);
+		io_uring_sqe_set_data64(sqe, HIB_MORE_UD);
+		io->hib_ep_more = true;
+	}
+}
+
+void keel__hibernate_cqe(struct keel__io *io, uint64_t ud, int res,
+			 unsigned flags)
 {
 	uint64_t id = (ud & ~(uint64_t)0xffffffffu) | ((uint32_t)ud >> 3);
 
+	if (ud == HIB_SET_UD || ud == HIB_MORE_UD) {
+		if (ud == HIB_MORE_UD)
+			io->hib_ep_more = false;
+		else if (!(flags & IORING_CQE_F_MORE))
+			io->hib_ep_armed = false;
+		/* After the teardown: the ring still held the set's polls. */
+		if (io->hib_closed)
+			return;
+		hib_drain(io);
+		/* An error ended the multishot poll (none is expected but
+		 * the teardown's cancel): the next keel_hibernate() tries
+		 * again, rather than every turn. */
+		if (!io->hib_ep_armed && res >= 0)
+			hib_set(io);
+		return;
+	}
 	if (!hib_find(io, id)) {
 		io->count.stale_cqes++;
 		return;
@@ -193,7 +333,11 @@ void keel__hibernate_cancel_all(struct keel__io *io)
 	for (uint32_t i = 0; i < io->hib_used && io->hib_live; i++)
 		if (io->hib[i].fn)
 			hib_wake(io, i, -ECANCELED);
-	/* The kernel may still hold polls: their CQEs find no table. */
+	/* The kernel may still hold polls: their CQEs find no table. The
+	 * set's items go with it when the ring lets go of its poll. */
+	if (io->hib_ep >= 0)
+		close(io->hib_ep);
+	io->hib_ep = -1;
 	if (io->hib)
 		munmap(io->hib, hib_bytes(io->hib_cap));
 	io->hib = NULL;

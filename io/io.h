@@ -28,9 +28,10 @@
 
 /* CQE roles (user_data bits 1:0). KEEL__UD_INTERNAL with an address above
  * the role bits is a parked stream's poll (io/stream.c), which holds no op;
- * with KEEL__UD_HIBERNATE too, a hibernated descriptor's poll
- * (io/hibernate.c: its record's generation and index above bit 2; a
- * stream's address, 8-aligned, never has bit 2). */
+ * with KEEL__UD_HIBERNATE too, a hibernated descriptor's poll or cancel
+ * (io/hibernate.c: its record's generation and index above bit 2;
+ * generation 0: the loop's epoll set's polls; a stream's address,
+ * 8-aligned, never has bit 2). */
 #define KEEL__UD_MAIN	   0u /* the op's own CQE */
 #define KEEL__UD_TIMEOUT   1u /* its linked timeout's CQE */
 #define KEEL__UD_INTERNAL  2u /* a helper request (cancel): only counted */
@@ -213,6 +214,9 @@ struct keel__hib {
 #define KEEL__HIB_CANCEL                                                       \
 	0x1u /* keel_hibernate_cancel(): wakes with                            \
 	      * -ECANCELED whatever the poll says */
+#define KEEL__HIB_SET                                                          \
+	0x2u /* watched in the loop's epoll set, not by a poll                 \
+	      */
 
 /* Chunk nodes come from a per-loop free list, grown in blocks. */
 struct keel__chunk_pool {
@@ -267,11 +271,16 @@ struct keel__io {
 	uint32_t parked_polls; /* parked streams (counted in ledger.inuse) */
 	/* Hibernated descriptors (io/hibernate.c): a table mapped and grown
 	 * with mremap (only the pages records touched are resident), used up
-	 * to hib_used, freed records on a list; hib_live of them hold a poll.
-	 * hib_closed: the loop is going, keel_hibernate() refuses. */
+	 * to hib_used, freed records on a list; hib_live of them are watched.
+	 * hib_closed: the loop is going, keel_hibernate() refuses. hib_ep:
+	 * the epoll set that watches sockets (-1 until the first), armed: its
+	 * multishot poll is in the kernel, more: so is a one-shot poll for
+	 * events a drain left over. */
 	struct keel__hib *hib;
 	uint32_t hib_cap, hib_used, hib_free, hib_live;
 	bool hib_closed;
+	bool hib_ep_armed, hib_ep_more;
+	int hib_ep;
 	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
 	struct keel_bufring **bufrings;
 	uint32_t nbufrings;
@@ -675,8 +684,10 @@ void keel__stream_io_fini(struct keel__io *io);
  * with the stream's address). */
 void keel__stream_parked_cqe(struct keel__io *io, uint64_t ud, int res);
 
-/* A hibernated descriptor's poll completed (`ud`: its user_data). */
-void keel__hibernate_cqe(struct keel__io *io, uint64_t ud, int res);
+/* A hibernated descriptor's poll, its cancel or the epoll set's poll
+ * completed (`ud`, `res`, `flags`: its CQE's). */
+void keel__hibernate_cqe(struct keel__io *io, uint64_t ud, int res,
+			 unsigned flags);
 
 /* The loop is going (keel__io_cancel_all()): every hibernated descriptor's
  * callback runs now with -ECANCELED, and the table goes. */

@@ -497,7 +497,8 @@ handle_cqe_slow(struct keel__io *io, const struct io_uring_cqe *cqe)
 		if (__builtin_expect(ud != role, 0) &&
 		    role == KEEL__UD_INTERNAL) {
 			if (ud & KEEL__UD_HIBERNATE)
-				keel__hibernate_cqe(io, ud, cqe->res);
+				keel__hibernate_cqe(io, ud, cqe->res,
+						    cqe->flags);
 			else
 				keel__stream_parked_cqe(io, ud, cqe->res);
 			return;

@@ -170,6 +170,7 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 
 	/* First: a create that fails the checks below still runs fini. */
 	io->event_fd = -1;
+	io->hib_ep = -1;
 	if (mode < 0 ||
 	    (flags & ~(KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER |
 		       KEEL_LOOP_RESTRICT | KEEL_LOOP_NO_IDLE_POLL)))

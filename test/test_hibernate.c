@@ -17,6 +17,13 @@
  * - keel_loop_run returns with sockets hibernated, and keel_loop_destroy
  *   wakes each with -ECANCELED (the callback closes it; ASan: no leak);
  *   keel_hibernate from that callback is refused;
+ * - 600 sockets readable at once each wake once, with their own
+ *   descriptor (the io_uring backend's epoll set, drained in bounded
+ *   batches);
+ * - a socket closed while hibernated never wakes for the socket that gets
+ *   its number next; its cancel wakes it with -ECANCELED;
+ * - a cancel after the socket became readable wakes it once, with
+ *   -ECANCELED; it hibernates again and wakes for data;
  * - a task waiting for what a wake does is no deadlock: the loop waits
  *   for the poll;
  * - bad input: fd < 0 or no callback (-EINVAL), unknown stream flags.
@@ -28,6 +35,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,6 +455,178 @@ Test(hibernate, loop_destroy_wakes_every_one_with_ecanceled, .timeout = 60)
 				     "socket %d left open", i);
 			close(fds[i][1]);
 		}
+	}
+}
+
+/* ---- many at once, a socket closed while hibernated, a late cancel ---- */
+
+/* Each wake, by the record's index in `arg`. */
+static struct {
+	int wakes[MANY];
+	int res[MANY];
+	int fd[MANY];
+} w;
+
+static void on_wake_note(struct keel_loop *loop, int fd, int res, void *arg)
+{
+	int i = (int)(intptr_t)arg;
+
+	(void)loop;
+	w.wakes[i]++;
+	w.res[i] = res;
+	w.fd[i] = fd;
+}
+
+static int woken(void)
+{
+	int n = 0;
+
+	for (int i = 0; i < MANY; i++)
+		n += w.wakes[i];
+	return n;
+}
+
+/*
+ * MANY sockets hibernated, then readable together: the io_uring backend's
+ * epoll set reports them in batches, at most a bounded number a
+ * completion, and the rest on the next turns; each wakes once, with its
+ * own descriptor.
+ */
+Test(hibernate, many_woken_together_each_once, .timeout = 60)
+{
+	static int fds[MANY][2];
+
+	for (size_t b = 0; b < NBACKENDS; b++) {
+		struct keel_loop *loop = loop_on(backends[b]);
+
+		memset(&w, 0, sizeof(w));
+		for (int i = 0; i < MANY; i++) {
+			cr_assert_eq(socketpair(AF_UNIX,
+						SOCK_STREAM | SOCK_CLOEXEC, 0,
+						fds[i]),
+				     0);
+			cr_assert_eq(keel_hibernate(loop, fds[i][0],
+						    on_wake_note,
+						    (void *)(intptr_t)i, NULL),
+				     0);
+		}
+		cr_assert_geq(keel_loop_step(loop, 0), 0);
+		cr_assert_eq(woken(), 0);
+		for (int i = 0; i < MANY; i++)
+			cr_assert_eq(write(fds[i][1], "x", 1), 1);
+		STEP_UNTIL(loop, woken() == MANY);
+		cr_assert_eq(woken(), MANY, "%s: %d of %d woke",
+			     backend_name(backends[b]), woken(), MANY);
+		for (int i = 0; i < MANY; i++) {
+			cr_assert_eq(w.wakes[i], 1);
+			cr_assert(w.res[i] > 0 && (w.res[i] & POLLIN),
+				  "%s: %d: %#x", backend_name(backends[b]), i,
+				  w.res[i]);
+			cr_assert_eq(w.fd[i], fds[i][0]);
+		}
+		cr_assert_eq(hibernated(loop), 0);
+		keel_loop_destroy(loop);
+		cr_assert_eq(woken(), MANY, "a callback ran at destroy");
+		for (int i = 0; i < MANY; i++) {
+			close(fds[i][0]);
+			close(fds[i][1]);
+		}
+	}
+}
+
+/*
+ * A socket closed while hibernated (the caller's error) leaves the kernel's
+ * watch with it: a new socket that gets its number and hibernates wakes
+ * alone, and the stale record waits for its cancel (or the loop's
+ * destroy), which wakes it with -ECANCELED.
+ */
+Test(hibernate, closed_while_hibernated_never_fires_for_its_number,
+     .timeout = 60)
+{
+	struct keel_loop *loop = loop_on(KEEL_BACKEND_IO_URING);
+	int a[2], c[2];
+	uint64_t ida, idc;
+
+	memset(&w, 0, sizeof(w));
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
+	cr_assert_eq(keel_hibernate(loop, a[0], on_wake_note, (void *)0, &ida),
+		     0);
+	cr_assert_geq(keel_loop_step(loop, 0), 0);
+	close(a[0]);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c), 0);
+	cr_assert_eq(c[0], a[0], "the number was not reused");
+	cr_assert_eq(keel_hibernate(loop, c[0], on_wake_note, (void *)1, &idc),
+		     0);
+	cr_assert_eq(write(c[1], "x", 1), 1);
+	close(a[1]);
+	STEP_UNTIL(loop, w.wakes[1]);
+	for (int k = 0; k < 5; k++)
+		cr_assert_geq(keel_loop_step(loop, 1000 * 1000), 0);
+	cr_assert_eq(w.wakes[1], 1);
+	cr_assert(w.res[1] > 0 && (w.res[1] & POLLIN), "%#x", w.res[1]);
+	cr_assert_eq(w.wakes[0], 0, "the closed socket's record woke: %d",
+		     w.res[0]);
+	cr_assert_eq(hibernated(loop), 1);
+	cr_assert_eq(keel_hibernate_cancel(loop, ida), 0);
+	STEP_UNTIL(loop, w.wakes[0]);
+	cr_assert_eq(w.wakes[0], 1);
+	cr_assert_eq(w.res[0], -ECANCELED);
+	cr_assert_eq(hibernated(loop), 0);
+	keel_loop_destroy(loop);
+	cr_assert_eq(woken(), 2);
+	close(c[0]);
+	close(c[1]);
+}
+
+/*
+ * keel_hibernate_cancel after the socket became readable, before the loop
+ * saw it: one wake, with -ECANCELED; then the same socket hibernates
+ * again (its watch re-armed) and wakes for data; a cancel after its wake:
+ * -ENOENT.
+ */
+Test(hibernate, cancel_after_it_fired_wakes_once, .timeout = 60)
+{
+	for (size_t b = 0; b < NBACKENDS; b++) {
+		struct keel_loop *loop = loop_on(backends[b]);
+		uint64_t id;
+		char x;
+		int fds[2];
+
+		memset(&w, 0, sizeof(w));
+		cr_assert_eq(
+		    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+		cr_assert_eq(
+		    keel_hibernate(loop, fds[0], on_wake_note, (void *)0, &id),
+		    0);
+		cr_assert_geq(keel_loop_step(loop, 0), 0);
+		cr_assert_eq(write(fds[1], "x", 1), 1);
+		cr_assert_eq(keel_hibernate_cancel(loop, id), 0);
+		STEP_UNTIL(loop, w.wakes[0]);
+		for (int k = 0; k < 5; k++)
+			cr_assert_geq(keel_loop_step(loop, 1000 * 1000), 0);
+		cr_assert_eq(w.wakes[0], 1, "%s", backend_name(backends[b]));
+		cr_assert_eq(w.res[0], -ECANCELED, "%s: %d",
+			     backend_name(backends[b]), w.res[0]);
+		cr_assert_eq(keel_hibernate_cancel(loop, id), -ENOENT);
+
+		cr_assert_eq(read(fds[0], &x, 1), 1);
+		cr_assert_eq(
+		    keel_hibernate(loop, fds[0], on_wake_note, (void *)1, &id),
+		    0);
+		for (int k = 0; k < 5; k++)
+			cr_assert_geq(keel_loop_step(loop, 1000 * 1000), 0);
+		cr_assert_eq(w.wakes[1], 0, "woke with nothing to read");
+		cr_assert_eq(write(fds[1], "y", 1), 1);
+		STEP_UNTIL(loop, w.wakes[1]);
+		cr_assert_eq(w.wakes[1], 1);
+		cr_assert(w.res[1] > 0 && (w.res[1] & POLLIN), "%s: %#x",
+			  backend_name(backends[b]), w.res[1]);
+		cr_assert_eq(keel_hibernate_cancel(loop, id), -ENOENT);
+		cr_assert_eq(hibernated(loop), 0);
+		keel_loop_destroy(loop);
+		cr_assert_eq(woken(), 2);
+		close(fds[0]);
+		close(fds[1]);
 	}
 }
 
