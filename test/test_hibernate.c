@@ -26,6 +26,7 @@
  *   its number next; its cancel wakes it with -ECANCELED;
  * - a cancel after the socket became readable wakes it once, with
  *   -ECANCELED; it hibernates again and wakes for data;
+ * - a regular file, which epoll refuses, is polled alone, and wakes;
  * - a task waiting for what a wake does is no deadlock: the loop waits
  *   for the poll;
  * - bad input: fd < 0 or no callback (-EINVAL), unknown stream flags.
@@ -679,6 +680,41 @@ Test(hibernate, cancel_after_it_fired_wakes_once, .timeout = 60)
 		cr_assert_eq(woken(), 2);
 		close(fds[0]);
 		close(fds[1]);
+	}
+}
+
+/* A regular file, which epoll refuses (EPERM): on io_uring it gets a
+ * POLL_ADD of its own, which completes at once (a file is always
+ * readable), and it can be cancelled like any other. */
+Test(hibernate, a_descriptor_epoll_refuses_is_polled_alone, .timeout = 60)
+{
+	for (size_t b = 0; b < NBACKENDS; b++) {
+		struct keel_loop *loop = loop_on(backends[b]);
+		FILE *f = tmpfile();
+		uint64_t id;
+
+		cr_assert_not_null(f);
+		memset(&w, 0, sizeof(w));
+		cr_assert_eq(keel_hibernate(loop, fileno(f), on_wake_note,
+					    (void *)0, NULL),
+			     0);
+		STEP_UNTIL(loop, w.wakes[0]);
+		cr_assert_eq(w.wakes[0], 1);
+		cr_assert(w.res[0] > 0 && (w.res[0] & POLLIN), "%s: %#x",
+			  backend_name(backends[b]), w.res[0]);
+		cr_assert_eq(w.fd[0], fileno(f));
+		/* Cancelled before the loop submits its poll. */
+		cr_assert_eq(keel_hibernate(loop, fileno(f), on_wake_note,
+					    (void *)1, &id),
+			     0);
+		cr_assert_eq(keel_hibernate_cancel(loop, id), 0);
+		STEP_UNTIL(loop, w.wakes[1]);
+		cr_assert_eq(w.wakes[1], 1);
+		cr_assert_eq(w.res[1], -ECANCELED, "%s: %d",
+			     backend_name(backends[b]), w.res[1]);
+		cr_assert_eq(hibernated(loop), 0);
+		keel_loop_destroy(loop);
+		fclose(f);
 	}
 }
 
