@@ -214,9 +214,8 @@ struct keel__hib {
 #define KEEL__HIB_CANCEL                                                       \
 	0x1u /* keel_hibernate_cancel(): wakes with                            \
 	      * -ECANCELED whatever the poll says */
-#define KEEL__HIB_SET                                                          \
-	0x2u /* watched in the loop's epoll set, not by a poll                 \
-	      */
+/* Watched in the loop's epoll set, not by a poll of its own. */
+#define KEEL__HIB_SET 0x2u
 
 /* Chunk nodes come from a per-loop free list, grown in blocks. */
 struct keel__chunk_pool {
