@@ -59,21 +59,6 @@ int keel__fixedbufs_clear(struct keel__fixedbufs *t)
 	return 0;
 }
 
-int keel__fixedbufs_check(const struct keel__fixedbufs *t, unsigned index,
-			  uint64_t addr, uint32_t len)
-{
-	uint64_t base, end;
-
-	if (index >= t->n)
-		return -EINVAL;
-	base = (uint64_t)(uintptr_t)t->iov[index].iov_base;
-	end = base + t->iov[index].iov_len;
-	/* addr > end first: then addr + len (len < 2^32) cannot wrap. */
-	if (addr < base || addr > end || addr + len > end)
-		return -EFAULT;
-	return 0;
-}
-
 int keel_buffers_register(struct keel_loop *loop, const struct iovec *iov,
 			  unsigned n)
 {
@@ -129,16 +114,8 @@ int keel_buffers_unregister(struct keel_loop *loop)
 	return keel__fixedbufs_clear(&io->fixedbufs);
 }
 
-int keel__fixed_rw_check(struct keel_task *t, unsigned index, const void *buf,
-			 unsigned len, int *await)
+int keel__fixed_refuse(struct keel_task *t, int err)
 {
-	struct keel__io *io = keel__io_of(t->loop);
-	int err = keel__fixedbufs_check(&io->fixedbufs, index,
-					(uint64_t)(uintptr_t)buf, len);
-
-	if (__builtin_expect(!err, 1))
-		return 0;
-	keel__op_timeout_drop(io, t);
-	*await = keel__task_ready(t, err);
-	return err;
+	keel__op_timeout_drop(keel__io_of(t->loop), t);
+	return keel__task_ready(t, err);
 }
