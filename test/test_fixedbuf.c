@@ -99,7 +99,7 @@ static void env_close(struct env *e)
 	kt_tmpdir_remove(e->dir);
 }
 
-enum script { ROUND_TRIP, BAD_ARGS, PIPE_READ };
+enum script { ROUND_TRIP, BAD_ARGS, PIPE_READ, COLD_READ };
 
 struct rw {
 	struct keel_task task;
@@ -125,6 +125,12 @@ static int rw_step(struct keel_task *t)
 	if (f->script == PIPE_READ) {
 		KEEL_AWAIT(t, keel_read_fixed(t, f->fd, g_bufs[0], 64,
 					      KEEL_OFF_CURRENT, 0));
+		kt_log_push(&g_log, keel_res(t));
+		goto out;
+	}
+	if (f->script == COLD_READ) {
+		KEEL_AWAIT(t,
+			   keel_read_fixed(t, f->fd, g_bufs[1], BUF_LEN, 0, 1));
 		kt_log_push(&g_log, keel_res(t));
 		goto out;
 	}
@@ -269,6 +275,37 @@ static void step_idle(struct keel_loop *loop)
 {
 	for (int i = 0; i < 8; i++)
 		cr_assert_geq(keel_loop_step(loop, 0), 0);
+}
+
+/*
+ * A read of pages the page cache dropped: on the epoll backend its
+ * nonblocking attempt says -EAGAIN and a worker thread runs it
+ * (io/epoll_pool.c), into the registered buffer.
+ */
+static void cold_read(enum where where)
+{
+	struct env e;
+
+	env_open(&e, where);
+	kt_pattern_fill(g_bufs[0], BUF_LEN, 0, 3);
+	cr_assert_eq(pwrite(e.fd, g_bufs[0], BUF_LEN, 0), BUF_LEN);
+	cr_assert_eq(fsync(e.fd), 0);
+	cr_assert_eq(posix_fadvise(e.fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	cr_assert_eq(keel_buffers_register(e.loop, g_iov, 2), 0);
+	spawn_rw(e.loop, COLD_READ, e.fd);
+	env_run(&e);
+	kt_log_expect(&g_log, (int[]){BUF_LEN}, 1);
+	cr_assert_eq(kt_pattern_mismatch(g_bufs[1], BUF_LEN, 0, 3), SIZE_MAX);
+	env_close(&e);
+}
+
+Test(fixedbuf, cold_read_default)
+{
+	cold_read(DEFAULT);
+}
+Test(fixedbuf, cold_read_epoll)
+{
+	cold_read(EPOLL);
 }
 
 /*
