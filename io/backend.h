@@ -60,7 +60,9 @@ struct keel__backend {
 	 * IORING_REGISTER_FILES2 (arg: struct io_uring_rsrc_register with
 	 * IORING_RSRC_REGISTER_SPARSE and nr slots), IORING_REGISTER_EVENTFD
 	 * (arg: int fd, signalled when CQEs are posted) and
-	 * IORING_UNREGISTER_EVENTFD. Returns 0 or a negative errno
+	 * IORING_UNREGISTER_EVENTFD, IORING_REGISTER_BUFFERS (arg: nr_args
+	 * iovecs; a copy is kept, keel__fixedbufs_set()) and
+	 * IORING_UNREGISTER_BUFFERS. Returns 0 or a negative errno
 	 * (-EINVAL for an opcode it does not have).
 	 */
 	int (*reg)(struct keel__backend *b, struct io_uring *ring,

@@ -154,6 +154,7 @@ struct ep_ring {
 	uint32_t ovf_head, ovf_n, ovf_cap;
 	int *fixed; /* direct descriptors: slot -> real fd, -1: empty */
 	uint32_t nfixed;
+	struct keel__fixedbufs fbufs; /* registered buffers */
 	struct ep_bufring *bufs;
 	uint32_t nbufs;
 	struct ep_fd *fds; /* by descriptor number */
@@ -606,6 +607,8 @@ static bool short_rw(const struct ep_op *op, int res)
 	switch (sqe->opcode) {
 	case IORING_OP_READ:
 	case IORING_OP_WRITE:
+	case IORING_OP_READ_FIXED:
+	case IORING_OP_WRITE_FIXED:
 		want = sqe->len;
 		break;
 	case IORING_OP_READV:
@@ -713,6 +716,8 @@ static bool uses_file(unsigned opcode)
 	switch (opcode) {
 	case IORING_OP_READ:
 	case IORING_OP_WRITE:
+	case IORING_OP_READ_FIXED:
+	case IORING_OP_WRITE_FIXED:
 	case IORING_OP_READV:
 	case IORING_OP_WRITEV:
 	case IORING_OP_RECV:
@@ -1080,6 +1085,19 @@ static int exec_rw(struct ep_op *op, bool write)
 	return n;
 }
 
+/* READ_FIXED/WRITE_FIXED: a read or write at the registered address,
+ * which must lie inside registered buffer buf_index (else the kernel's
+ * -EFAULT). */
+static int exec_fixed(struct ep_op *op)
+{
+	const struct io_uring_sqe *sqe = &op->sqe;
+
+	if (keel__fixedbufs_check(&op->r->fbufs, sqe->buf_index, sqe->addr,
+				  sqe->len))
+		return -EFAULT;
+	return exec_rw(op, sqe->opcode == IORING_OP_WRITE_FIXED);
+}
+
 /* accept4's peer address: sqe->addr, its size at sqe->addr2. */
 static int exec_accept(struct ep_op *op, bool *more);
 static int install(struct ep_op *op, int fd);
@@ -1333,6 +1351,13 @@ static struct result exec(struct ep_op *op)
 	case IORING_OP_WRITEV:
 		out.res = exec_rw(op, true);
 		break;
+	case IORING_OP_READ_FIXED:
+		out.res = exec_fixed(op);
+		out.events = EPOLLIN;
+		break;
+	case IORING_OP_WRITE_FIXED:
+		out.res = exec_fixed(op);
+		break;
 	case IORING_OP_SEND:
 	case IORING_OP_SEND_ZC:
 		out.res = sys(send(op->fd, (const void *)(uintptr_t)sqe->addr,
@@ -1462,9 +1487,11 @@ static int run_blocking(struct ep_op *op)
 	case IORING_OP_READ:
 		return do_read(op, (void *)(uintptr_t)sqe->addr, sqe->len);
 	case IORING_OP_READV:
+	case IORING_OP_READ_FIXED: /* checked by exec() on the loop */
 		return exec_rw(op, false);
 	case IORING_OP_WRITE:
 	case IORING_OP_WRITEV:
+	case IORING_OP_WRITE_FIXED:
 		return exec_rw(op, true);
 	case IORING_OP_FSYNC:
 		return (sqe->fsync_flags & IORING_FSYNC_DATASYNC
@@ -1697,7 +1724,8 @@ static const uint8_t executed_ops[] = {
     IORING_OP_SEND,	  IORING_OP_RECV,	  IORING_OP_SHUTDOWN,
     IORING_OP_MSG_RING,	  IORING_OP_SOCKET,	  IORING_OP_SEND_ZC,
     IORING_OP_SENDMSG_ZC, IORING_OP_SPLICE,	  IORING_OP_TEE,
-    IORING_OP_RECVMSG,	  IORING_OP_POLL_ADD,
+    IORING_OP_RECVMSG,	  IORING_OP_POLL_ADD,	  IORING_OP_WRITE_FIXED,
+    IORING_OP_READ_FIXED,
 };
 
 static void free_memory(struct ep_ring *r)
@@ -2072,6 +2100,10 @@ static int ep_reg(struct keel__backend *b, struct io_uring *ring,
 		r->nfixed = rr->nr;
 		return 0;
 	}
+	case IORING_REGISTER_BUFFERS:
+		return keel__fixedbufs_set(&r->fbufs, arg, nr_args);
+	case IORING_UNREGISTER_BUFFERS:
+		return keel__fixedbufs_clear(&r->fbufs);
 	case IORING_REGISTER_EVENTFD:
 		if (r->eventfd >= 0)
 			return -EBUSY;
@@ -2170,6 +2202,7 @@ static void ep_teardown(struct keel__backend *b, struct io_uring *ring)
 	}
 	free(r->remote);
 	free(r->fixed);
+	keel__fixedbufs_clear(&r->fbufs);
 	free(r->fds);
 	free(r->bufs);
 	free(r->heap);

@@ -224,6 +224,14 @@ struct keel__chunk_pool {
 	uint32_t nblocks;
 };
 
+/* A registered-buffer table (io/fixedbuf.c): what keel_buffers_register()
+ * gave the kernel, kept to check fixed ops before they take an SQE; the
+ * epoll backend and the simulated kernel keep one each too. */
+struct keel__fixedbufs {
+	struct iovec *iov; /* NULL: none registered */
+	uint32_t n;
+};
+
 struct keel__io {
 	struct keel__core core; /* first: see core.h */
 	struct io_uring ring;
@@ -285,6 +293,7 @@ struct keel__io {
 	uint32_t nbufrings;
 	uint32_t zc_threshold; /* keel_send_zc() copies below this */
 	uint32_t files;	       /* direct descriptor slots registered */
+	struct keel__fixedbufs fixedbufs; /* keel_buffers_register() */
 	/* sendmsg_all may go as a vectored SEND (io/ops.c): until the
 	 * kernel refuses one (before 6.17), or KEEL_SEND_VEC=0. */
 	bool send_vec;
@@ -664,6 +673,35 @@ void keel__op_send_cancel(struct keel__io *io, struct keel__op *op);
 
 /* Register a sparse file table for direct descriptors (once). */
 int keel__io_files(struct keel__io *io);
+
+/* Registered buffers (io/fixedbuf.c). keel__fixedbufs_set(): copy `n`
+ * iovecs in (-EBUSY: a table is there; -EINVAL: the kernel's limits;
+ * -ENOMEM); keel__fixedbufs_clear(): free it (-ENXIO: none). */
+int keel__fixedbufs_set(struct keel__fixedbufs *t, const struct iovec *iov,
+			unsigned n);
+int keel__fixedbufs_clear(struct keel__fixedbufs *t);
+
+/* 0 if `len` bytes at `addr` lie inside registered buffer `index`, else
+ * -EINVAL (no such buffer) or -EFAULT (outside it). Inline: every fixed
+ * op asks, and a call cost it some 40 instructions of its 690. */
+static inline int keel__fixedbufs_check(const struct keel__fixedbufs *t,
+					unsigned index, uint64_t addr,
+					uint32_t len)
+{
+	if (__builtin_expect(index >= t->n, 0))
+		return -EINVAL;
+	/* Below the base, off wraps above any size. */
+	uint64_t off = addr - (uint64_t)(uintptr_t)t->iov[index].iov_base;
+	uint64_t size = t->iov[index].iov_len;
+
+	if (__builtin_expect(off > size || len > size - off, 0))
+		return -EFAULT;
+	return 0;
+}
+
+/* A fixed op refused by keel__fixedbufs_check(): its await is complete
+ * with `err` (returns what the op function returns). */
+int keel__fixed_refuse(struct keel_task *t, int err);
 
 /* Prepare the (rest of a) send_all, as SEND_ZC if the op is zero-copy. */
 void keel__prep_send(struct io_uring_sqe *sqe, struct keel__op *op);

@@ -81,6 +81,34 @@ int keel_writev(struct keel_task *t, int fd, const struct iovec *iov,
 	return keel__op_commit(t, op, sqe);
 }
 
+int keel_read_fixed(struct keel_task *t, int fd, void *buf, unsigned len,
+		    uint64_t off, unsigned buf_index)
+{
+	int err = keel__fixedbufs_check(&keel__io_of(t->loop)->fixedbufs,
+					buf_index, (uintptr_t)buf, len);
+
+	if (__builtin_expect(err, 0))
+		return keel__fixed_refuse(t, err);
+	OP_BEGIN(t, IORING_OP_READ_FIXED, KEEL__OP_KERNEL);
+	io_uring_prep_read_fixed(sqe, fd, buf, len, off, (int)buf_index);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
+int keel_write_fixed(struct keel_task *t, int fd, const void *buf, unsigned len,
+		     uint64_t off, unsigned buf_index)
+{
+	int err = keel__fixedbufs_check(&keel__io_of(t->loop)->fixedbufs,
+					buf_index, (uintptr_t)buf, len);
+
+	if (__builtin_expect(err, 0))
+		return keel__fixed_refuse(t, err);
+	OP_BEGIN(t, IORING_OP_WRITE_FIXED, KEEL__OP_KERNEL);
+	io_uring_prep_write_fixed(sqe, fd, buf, len, off, (int)buf_index);
+	op->fd = fd;
+	return keel__op_commit(t, op, sqe);
+}
+
 int keel_openat(struct keel_task *t, int dfd, const char *path, int flags,
 		mode_t mode)
 {

@@ -63,6 +63,8 @@ static const struct {
     {KEEL_OPS_FILES, IORING_OP_WRITE},
     {KEEL_OPS_FILES, IORING_OP_READV},
     {KEEL_OPS_FILES, IORING_OP_WRITEV},
+    {KEEL_OPS_FILES, IORING_OP_READ_FIXED},
+    {KEEL_OPS_FILES, IORING_OP_WRITE_FIXED},
     {KEEL_OPS_FILES, IORING_OP_FSYNC},
     {KEEL_OPS_FILES, IORING_OP_STATX},
     {KEEL_OPS_PIPES, IORING_OP_SPLICE},
@@ -84,6 +86,9 @@ static const struct {
     {KEEL_OPS_NET, IORING_REGISTER_PBUF_RING},
     {KEEL_OPS_NET, IORING_UNREGISTER_PBUF_RING},
     {KEEL_OPS_NET, IORING_REGISTER_FILES2},
+    /* Registered buffers (keel_read_fixed, keel_write_fixed). */
+    {KEEL_OPS_FILES, IORING_REGISTER_BUFFERS},
+    {KEEL_OPS_FILES, IORING_UNREGISTER_BUFFERS},
 };
 
 /* The SQE flags keel sets: links (timeouts, close after its cancel),

@@ -330,6 +330,8 @@ void keel__io_fini(struct keel__io *io)
 		keel__bufrings_fini(io);
 	keel__stream_io_fini(io);
 	keel__inject_fini(io);
+	/* The ring's exit unregisters the buffers; keel's copy goes here. */
+	keel__fixedbufs_clear(&io->fixedbufs);
 	keel__ledger_fini(&io->ledger);
 	keel__op_lat_fini(io);
 	if (io->ring_ready && io->backend) {
@@ -444,6 +446,10 @@ int keel__io_register(struct keel__io *io, unsigned opcode, void *arg,
 	case IORING_REGISTER_FILES2:
 		return io_uring_register_files_sparse(
 		    ring, ((struct io_uring_rsrc_register *)arg)->nr);
+	case IORING_REGISTER_BUFFERS:
+		return io_uring_register_buffers(ring, arg, nr_args);
+	case IORING_UNREGISTER_BUFFERS:
+		return io_uring_unregister_buffers(ring);
 	case IORING_REGISTER_EVENTFD:
 		return io_uring_register_eventfd(ring, *(int *)arg);
 	case IORING_UNREGISTER_EVENTFD:

@@ -70,7 +70,8 @@ struct sim_ring {
 	/* The direct (fixed) descriptor table. */
 	struct sim_file **fixed;
 	uint32_t nfixed;
-	struct sim_bufring *bufs; /* by buffer group id */
+	struct keel__fixedbufs fbufs; /* registered buffers */
+	struct sim_bufring *bufs;     /* by buffer group id */
 	uint32_t nbufs;
 	int eventfd;	       /* registered eventfd, -1: none */
 	struct keel__list ops; /* started ops, in submission order */
@@ -502,6 +503,8 @@ static bool uses_file(unsigned opcode)
 	switch (opcode) {
 	case IORING_OP_READ:
 	case IORING_OP_WRITE:
+	case IORING_OP_READ_FIXED:
+	case IORING_OP_WRITE_FIXED:
 	case IORING_OP_READV:
 	case IORING_OP_WRITEV:
 	case IORING_OP_RECV:
@@ -634,6 +637,7 @@ static int do_io(struct sim_op *op, void *buf, size_t len)
 
 	switch (op->sqe.opcode) {
 	case IORING_OP_READ:
+	case IORING_OP_READ_FIXED:
 		if (o && o->read)
 			return o->read(f, buf, len, off);
 		return o && o->recv ? o->recv(f, buf, len, 0) : -EINVAL;
@@ -705,13 +709,30 @@ static int exec_send(struct sim_op *op, const void *buf, size_t len)
 {
 	const struct sim_file_ops *o = op->file->ops;
 
-	if (op->sqe.opcode == IORING_OP_WRITE)
+	if (op->sqe.opcode == IORING_OP_WRITE ||
+	    op->sqe.opcode == IORING_OP_WRITE_FIXED)
 		return o && o->write
 			   ? o->write(op->file, buf, len, (int64_t)op->sqe.off)
 			   : -EINVAL;
 	return o && o->send
 		   ? o->send(op->file, buf, len, (int)op->sqe.msg_flags)
 		   : -ENOTSOCK;
+}
+
+/* READ_FIXED/WRITE_FIXED: a read or write at the registered address,
+ * which must lie inside registered buffer buf_index (else the kernel's
+ * -EFAULT). */
+static int exec_fixed(struct sim_op *op)
+{
+	const struct io_uring_sqe *sqe = &op->sqe;
+	void *buf = (void *)(uintptr_t)sqe->addr;
+
+	if (keel__fixedbufs_check(&op->r->fbufs, sqe->buf_index, sqe->addr,
+				  sqe->len))
+		return -EFAULT;
+	return sqe->opcode == IORING_OP_READ_FIXED
+		   ? do_io(op, buf, sqe->len)
+		   : exec_send(op, buf, sqe->len);
 }
 
 /* SENDMSG: the iovecs gathered into one send (connected sockets only). */
@@ -926,6 +947,10 @@ static struct result exec(struct sim_op *op)
 	case IORING_OP_SENDMSG_ZC:
 		out.res = exec_sendmsg(op);
 		break;
+	case IORING_OP_READ_FIXED:
+	case IORING_OP_WRITE_FIXED:
+		out.res = exec_fixed(op);
+		break;
 	case IORING_OP_ACCEPT:
 		out.res = exec_accept(op, &out.more);
 		break;
@@ -1085,7 +1110,8 @@ static const uint8_t executed_ops[] = {
     IORING_OP_STATX,	  IORING_OP_READ,	  IORING_OP_WRITE,
     IORING_OP_SEND,	  IORING_OP_RECV,	  IORING_OP_SHUTDOWN,
     IORING_OP_MSG_RING,	  IORING_OP_SOCKET,	  IORING_OP_SEND_ZC,
-    IORING_OP_SENDMSG_ZC, IORING_OP_POLL_ADD,
+    IORING_OP_SENDMSG_ZC, IORING_OP_POLL_ADD,	  IORING_OP_WRITE_FIXED,
+    IORING_OP_READ_FIXED,
 };
 
 static int sim_setup(struct keel__backend *b, struct io_uring *ring,
@@ -1314,6 +1340,10 @@ static int sim_reg(struct keel__backend *b, struct io_uring *ring,
 		r->nfixed = rr->nr;
 		return 0;
 	}
+	case IORING_REGISTER_BUFFERS:
+		return keel__fixedbufs_set(&r->fbufs, arg, nr_args);
+	case IORING_UNREGISTER_BUFFERS:
+		return keel__fixedbufs_clear(&r->fbufs);
 	case IORING_REGISTER_EVENTFD:
 		if (r->eventfd >= 0)
 			return -EBUSY;
@@ -1358,6 +1388,7 @@ static void sim_teardown(struct keel__backend *b, struct io_uring *ring)
 	s->rings[r->id] = NULL;
 	s->loops--;
 	free(r->fixed);
+	keel__fixedbufs_clear(&r->fbufs);
 	free(r->bufs);
 	free(r->ovf);
 	free(r->w);

@@ -47,6 +47,12 @@
  *                     the select); per message
  *   mutex_lock_unlock an uncontended keel_mutex_lock() (a ready await) and
  *                     keel_mutex_unlock(); per pair
+ *   read_4k           one task awaiting keel_read() of 4 KiB at random
+ *                     offsets of a 1 MiB page-cached file (made under
+ *                     $TMPDIR or /tmp, removed at once); per read (and
+ *                     read_4k_cpu, process CPU per read)
+ *   read_fixed_4k     the same with keel_read_fixed() into a registered
+ *                     buffer (keel_buffers_register); per read
  *   task_header_bytes INFO only: sizeof(struct keel_task)
  *   loop_fresh_rss    INFO only: RSS in KiB per loop of FRESH_LOOPS
  *                     loops just created (kib=: rings, loop struct; the
@@ -718,8 +724,65 @@ static void start_xthread(struct keel_loop *loop, const struct bench *b,
 			  uint64_t n);
 static void finish_xthread(const struct bench *b);
 
-/* ---- the benchmark table ---------------------------------------------------
+/* ---- file reads ------------------------------------------------------------
+ * read_4k / read_fixed_4k: keel_read vs keel_read_fixed of 4 KiB at random
+ * offsets of a page-cached file (tools/keel-fixedread.c has the full A/B:
+ * O_DIRECT, depth, raw liburing).
  */
+#define FILE_BLOCKS 256 /* 4 KiB each: 1 MiB */
+
+static int file_fd = -1;
+static char file_buf[4096] __attribute__((aligned(4096)));
+
+struct file_read_frame {
+	struct keel_task task;
+	uint64_t n, rng;
+	bool fixed;
+};
+
+static int file_read_step(struct keel_task *t)
+{
+	struct file_read_frame *f =
+	    keel_container_of(t, struct file_read_frame, task);
+
+	KEEL_BEGIN(t);
+	while (f->n--) {
+		uint64_t off =
+		    xorshift(&f->rng) % FILE_BLOCKS * sizeof(file_buf);
+
+		if (f->fixed)
+			KEEL_AWAIT(t,
+				   keel_read_fixed(t, file_fd, file_buf,
+						   sizeof(file_buf), off, 0));
+		else
+			KEEL_AWAIT(t, keel_read(t, file_fd, file_buf,
+						sizeof(file_buf), off));
+		if (keel_res(t) != (int)sizeof(file_buf))
+			die("keel_read", keel_res(t) < 0 ? -keel_res(t) : EIO);
+	}
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(file_read_task, struct file_read_frame, task,
+		      file_read_step);
+
+/* The file, once per process, written whole (so it is page-cached). */
+static void file_make(void)
+{
+	const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+	char path[4096];
+
+	snprintf(path, sizeof(path), "%s/keel-micro.XXXXXX", dir);
+	file_fd = mkstemp(path);
+	if (file_fd < 0)
+		die(path, errno);
+	unlink(path);
+	for (unsigned i = 0; i < FILE_BLOCKS; i++) {
+		memset(file_buf, (int)i, sizeof(file_buf));
+		if (pwrite(file_fd, file_buf, sizeof(file_buf),
+			   (off_t)(i * sizeof(file_buf))) != sizeof(file_buf))
+			die("pwrite", errno);
+	}
+}
 
 struct bench {
 	const char *name;
@@ -924,6 +987,27 @@ static void start_cancel(struct keel_loop *loop, const struct bench *b,
 	f->n = n;
 }
 
+static void start_file_read(struct keel_loop *loop, const struct bench *b,
+			    uint64_t n)
+{
+	const struct iovec iov = {file_buf, sizeof(file_buf)};
+	struct file_read_frame *f;
+	int err;
+
+	if (file_fd < 0)
+		file_make();
+	/* Once per loop: -EBUSY is this loop's own table. */
+	err = keel_buffers_register(loop, &iov, 1);
+	if (err && err != -EBUSY)
+		die("keel_buffers_register", -err);
+	f = keel_spawn(loop, &file_read_task, KEEL_PRIO_NORMAL);
+	if (!f)
+		die("keel_spawn", ENOMEM);
+	f->n = n;
+	f->rng = 0x9e3779b97f4a7c15ull;
+	f->fixed = b->param;
+}
+
 static const struct bench benches[] = {
     {"spawn_join", NULL, BATCH, 0, start_spawn_join, NULL},
     {"spawn_yield_join", NULL, BATCH, 1, start_spawn_join, NULL},
@@ -950,6 +1034,8 @@ static const struct bench benches[] = {
     {"mb_recv_ready", NULL, 1, 0, start_select_mb, NULL},
     {"select_mb2", NULL, 1, 1, start_select_mb, NULL},
     {"mutex_lock_unlock", NULL, 1, 0, start_mutex, NULL},
+    {"read_4k", "read_4k_cpu", 1, 0, start_file_read, NULL},
+    {"read_fixed_4k", "read_fixed_4k_cpu", 1, 1, start_file_read, NULL},
 };
 
 /* ---- harness ----------------------------------------------------------------
