@@ -328,7 +328,8 @@ struct keel__core_counters {
 struct keel__core {
 	struct keel__taskq runq[KEEL_PRIO_CLASSES];
 	uint32_t runnable;    /* tasks on the run queues */
-	int32_t ready_budget; /* ready-at-once awaits left to this step */
+	int32_t ready_budget; /* ready-at-once awaits left to this step (<= 0:
+				 none) */
 	struct keel__alloc alloc;
 	/* The task table: slots [0, nslots) have been handed out at least
 	 * once; the rest of the allocation (cap_slots) is left untouched, so
@@ -912,16 +913,23 @@ static inline void keel__task_complete(struct keel_task *t, int res)
  * step's allowance lasts (as tokio's coop budget); then it yields, so a task
  * whose awaits are always ready cannot starve the others.
  */
+static inline int keel__task_ready_in(struct keel__core *c, struct keel_task *t,
+				      int res)
+{
+	t->res = res;
+	/* Spent (or below: it stays there until the next step) means yield;
+	 * the decrement first is one instruction with its test. */
+	if (__builtin_expect(--c->ready_budget >= 0, 1))
+		return KEEL_READY;
+	return keel_yield(t);
+}
+
+/* keel__task_ready_in() for a caller that has not got t's core at hand
+ * (one that has passes it: stores in between make the compiler load
+ * t->loop again). */
 static inline int keel__task_ready(struct keel_task *t, int res)
 {
-	struct keel__core *c = keel__core_of(t->loop);
-
-	t->res = res;
-	if (c->ready_budget > 0) {
-		c->ready_budget--;
-		return KEEL_READY;
-	}
-	return keel_yield(t);
+	return keel__task_ready_in(keel__core_of(t->loop), t, res);
 }
 
 /*

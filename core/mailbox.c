@@ -516,10 +516,16 @@ static inline bool can_hand_over(const struct keel_mailbox *mb,
 	return !mb->lcount && !(r->flags & (KEEL__T_SELECT | KEEL__T_KILLED));
 }
 
-/* A waiting receiver is neither queued nor exited: its wake is
- * keel__task_enqueue()'s alone. */
-static inline void hand_over(struct keel_mailbox *mb, struct keel_task *r,
-			     void *msg)
+/*
+ * Wake the waiting receiver `r` of the owner loop (core `c`) with `msg`.
+ * Its state is known, so the wake is keel__task_enqueue() less its tests:
+ * recv_wait() parked it WAITING and EXTERNAL; nothing but its mailbox
+ * queues such a task (the ledger leaves an op's result to it, a kill
+ * clears both bits but marks it KILLED, which can_hand_over() rules out),
+ * so one xor clears both and sets QUEUED.
+ */
+static inline void hand_over(struct keel__core *c, struct keel_mailbox *mb,
+			     struct keel_task *r, void *msg)
 {
 	*mb->recv_out = msg;
 	mb->take_remote_first = !mb->take_remote_first;
@@ -527,7 +533,10 @@ static inline void hand_over(struct keel_mailbox *mb, struct keel_task *r,
 	mb->receiver = NULL;
 	r->ext->wait_cancel = NULL;
 	r->res = 0;
-	keel__task_enqueue(keel__core_of(r->loop), r);
+	c->external_waits--;
+	r->flags ^= KEEL__T_WAITING | KEEL__T_EXTERNAL | KEEL__T_QUEUED;
+	keel__taskq_push(&c->runq[r->prio], r);
+	c->runnable++;
 }
 
 static int local_send(struct keel_mailbox *mb, void *msg)
@@ -536,7 +545,7 @@ static int local_send(struct keel_mailbox *mb, void *msg)
 
 	if (mb->lcount < mb->cap) {
 		if (rx && can_hand_over(mb, rx)) {
-			hand_over(mb, rx, msg);
+			hand_over(keel__core_of(mb->owner), mb, rx, msg);
 			return 0;
 		}
 		local_push(mb, msg);
@@ -757,6 +766,8 @@ send_slow(struct keel_task *t, struct keel_mailbox *mb, void *msg)
  */
 int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 {
+	struct keel__core *c = keel__core_of(t->loop);
+
 	if (keel__task_cancel_cause(t) || t->loop != mb->owner ||
 	    LOAD(&mb->closed))
 		return send_slow(t, mb, msg);
@@ -771,9 +782,9 @@ int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 	} else {
 		if (!can_hand_over(mb, r))
 			return send_slow(t, mb, msg);
-		hand_over(mb, r, msg);
+		hand_over(c, mb, r, msg);
 	}
-	return keel__task_ready(t, 0);
+	return keel__task_ready_in(c, t, 0);
 }
 
 void keel_mb_close(struct keel_mailbox *mb)
