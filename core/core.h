@@ -919,9 +919,9 @@ static inline int keel__task_ready_in(struct keel__core *c, struct keel_task *t,
 	t->res = res;
 	/* Spent (or below: it stays there until the next step) means yield;
 	 * the decrement first is one instruction with its test. */
-	if (__builtin_expect(--c->ready_budget >= 0, 1))
-		return KEEL_READY;
-	return keel_yield(t);
+	if (__builtin_expect(--c->ready_budget < 0, 0))
+		return keel_yield(t);
+	return KEEL_READY;
 }
 
 /* keel__task_ready_in() for a caller that has not got t's core at hand
@@ -936,11 +936,17 @@ static inline int keel__task_ready(struct keel_task *t, int res)
  * Suspend on something only another thread may complete (a mailbox fed by
  * other loops): the loop may then block with nothing in flight.
  */
-static inline int keel__task_suspend_external(struct keel_task *t)
+static inline int keel__task_suspend_external_in(struct keel__core *c,
+						 struct keel_task *t)
 {
-	keel__core_of(t->loop)->external_waits++;
+	c->external_waits++;
 	t->flags |= KEEL__T_EXTERNAL | KEEL__T_WAITING;
 	return KEEL_PENDING;
+}
+
+static inline int keel__task_suspend_external(struct keel_task *t)
+{
+	return keel__task_suspend_external_in(keel__core_of(t->loop), t);
 }
 
 /* Mark the task suspended; the await returns KEEL_PENDING. */

@@ -364,18 +364,20 @@ static void recv_cancelled(struct keel_task *t)
 	keel__task_complete(t, keel__task_cancel_cause(t));
 }
 
-/* Make `t` the waiting receiver: a message (or the close) completes it. The
- * receiver's slot generation is taken again: a new task in a freed one's
- * frame and slot is the same pointer (see `rx`). */
-static inline int recv_wait(struct keel_task *t, struct keel__task_ext *x,
-			    struct keel_mailbox *mb, void **out)
+/* Make `t`, the mailbox's `rx` already, the waiting receiver: a message
+ * (or the close) completes it. The receiver's slot generation is taken
+ * again: a new task in a freed one's frame and slot is the same pointer
+ * (see `rx`). */
+static inline int recv_wait(struct keel__core *c, struct keel_task *t,
+			    struct keel__task_ext *x, struct keel_mailbox *mb,
+			    void **out)
 {
 	x->waiter.owner = mb;
 	x->wait_cancel = recv_cancelled;
-	mb_set_receiver(mb, t);
+	mb->rx_gen = c->slots[t->id].gen;
 	mb->receiver = t;
 	mb->recv_out = out;
-	return keel__task_suspend_external(t);
+	return keel__task_suspend_external_in(c, t);
 }
 
 static __attribute__((noinline)) int
@@ -403,7 +405,7 @@ recv_slow(struct keel_task *t, struct keel_mailbox *mb, void **out)
 
 	if (!x)
 		return keel__task_ready(t, -ENOMEM);
-	return recv_wait(t, x, mb, out);
+	return recv_wait(keel__core_of(t->loop), t, x, mb, out);
 }
 
 /*
@@ -417,6 +419,7 @@ recv_slow(struct keel_task *t, struct keel_mailbox *mb, void **out)
  */
 int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 {
+	struct keel__core *c = keel__core_of(t->loop);
 	struct keel__task_ext *x = t->ext;
 
 	if (keel__task_cancel_cause(t) || mb->receiver || mb->rx != t)
@@ -428,13 +431,13 @@ int keel_mb_recv(struct keel_task *t, struct keel_mailbox *mb, void **out)
 		*out = local_pop(mb);
 		mb->take_remote_first = !mb->take_remote_first;
 		OWNER_INC(&mb->received);
-		return keel__task_ready(t, 0);
+		return keel__task_ready_in(c, t, 0);
 	}
 	if (!x || !remote_empty(mb) || LOAD(&mb->closed))
 		return recv_slow(t, mb, out);
 	/* As take() of nothing: the turn passes all the same. */
 	mb->take_remote_first = !mb->take_remote_first;
-	return recv_wait(t, x, mb, out);
+	return recv_wait(c, t, x, mb, out);
 }
 
 int keel_mb_try_recv(struct keel_mailbox *mb, void **out)
