@@ -74,7 +74,7 @@ typedef void *keel__abort_buf[5];
  */
 struct keel__taskq {
 	struct keel_task *head;
-	struct keel_task *tail;
+	struct keel_task *tail; /* the last task; stale while head is NULL */
 };
 
 /*
@@ -435,14 +435,22 @@ static inline uint64_t keel__tasks_live(const struct keel__core *c)
 	return c->count.spawned - c->count.exited;
 }
 
-static inline void keel__taskq_push(struct keel__taskq *q, struct keel_task *t)
+/* Queue `t`, whose `next` is NULL already (a zeroed frame). Emptiness is
+ * the head's, so that a pop that empties the queue leaves the tail be. */
+static inline void keel__taskq_append(struct keel__taskq *q,
+				      struct keel_task *t)
 {
-	t->next = NULL;
-	if (q->tail)
+	if (q->head)
 		q->tail->next = t;
 	else
 		q->head = t;
 	q->tail = t;
+}
+
+static inline void keel__taskq_push(struct keel__taskq *q, struct keel_task *t)
+{
+	t->next = NULL;
+	keel__taskq_append(q, t);
 }
 
 /* The first task, taken off; its `next` is left stale: only a queue's
@@ -451,11 +459,8 @@ static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 {
 	struct keel_task *t = q->head;
 
-	if (t) {
+	if (t)
 		q->head = t->next;
-		if (!q->head)
-			q->tail = NULL;
-	}
 	return t;
 }
 
