@@ -61,6 +61,9 @@ struct mb_slot {
 
 struct keel_mailbox {
 	struct keel_loop *owner;
+	/* The owner while open, NULL once closed (atomic: any sender reads
+	 * it): a send's fast path tests both with one compare. */
+	struct keel_loop *open_owner;
 	uint32_t cap;
 	int policy;
 	keel_mb_drop_fn on_drop;
@@ -210,6 +213,7 @@ int keel_mailbox_new(struct keel_loop *owner,
 		mb->remote[i].seq = i;
 	mb->rmask = rsize - 1;
 	mb->owner = owner;
+	mb->open_owner = owner;
 	mb->cap = cap;
 	mb->policy = opts ? (int)opts->policy : KEEL_MB_BLOCK;
 	mb->on_drop = opts ? opts->on_drop : NULL;
@@ -779,17 +783,17 @@ send_slow(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 }
 
 /*
- * The common sends from a task of the owner loop, with no call: room and
- * nobody receiving, the message is queued; or a receiver waits, and the
- * message goes straight to it (can_hand_over()). Anything else goes the
- * general way.
+ * The common sends from a task of the owner loop to an open mailbox, with
+ * no call: room and nobody receiving, the message is queued; or a receiver
+ * waits, and the message goes straight to it (can_hand_over()). Anything
+ * else goes the general way.
  */
 int keel_mb_send(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 {
 	struct keel__core *c = keel__core_of(t->loop);
 
-	if (keel__task_cancel_cause(t) || t->loop != mb->owner ||
-	    LOAD(&mb->closed))
+	if (keel__task_cancel_cause(t) ||
+	    t->loop != __atomic_load_n(&mb->open_owner, __ATOMIC_RELAXED))
 		return send_slow(t, mb, msg);
 	/* Only now: the receiver field is the owner loop's, not to be read by
 	 * a sender on another loop (a data race, seen by TSan). */
@@ -813,6 +817,7 @@ void keel_mb_close(struct keel_mailbox *mb)
 
 	if (__atomic_exchange_n(&mb->closed, 1, __ATOMIC_SEQ_CST))
 		return;
+	__atomic_store_n(&mb->open_owner, NULL, __ATOMIC_RELAXED);
 	while ((w = keel__waitq_pop(&mb->local_senders))) {
 		w->state = KEEL__WAIT_IDLE;
 		w->task->ext->wait_cancel = NULL;
@@ -832,6 +837,7 @@ bool keel_mb_is_closed(const struct keel_mailbox *mb)
 void keel__mb_reopen(struct keel_mailbox *mb)
 {
 	/* Closing woke every blocked sender with -EPIPE: none is left. */
+	__atomic_store_n(&mb->open_owner, mb->owner, __ATOMIC_RELAXED);
 	__atomic_store_n(&mb->closed, 0, __ATOMIC_SEQ_CST);
 }
 
