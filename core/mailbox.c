@@ -385,17 +385,22 @@ static void recv_cancelled(struct keel_task *t)
 	keel__task_complete(t, keel__task_cancel_cause(t));
 }
 
-/* Make `t`, the mailbox's `rx` already, the waiting receiver: a message
- * (or the close) completes it. The receiver's slot generation is taken
- * again: a new task in a freed one's frame and slot is the same pointer
- * (see `rx`). */
+/*
+ * Make `t`, the mailbox's `rx` already, the waiting receiver: a message
+ * (or the close) completes it. A new task in a freed one's frame is the
+ * same pointer (see `rx`), so its slot generation is taken again, but
+ * only when the task's last wait was not on this mailbox: a new task's
+ * ext is new (zeroed), and a task that keeps receiving here has it already.
+ */
 static inline int recv_wait(struct keel__core *c, struct keel_task *t,
 			    struct keel__task_ext *x, struct keel_mailbox *mb,
 			    void **out)
 {
-	x->waiter.owner = mb;
+	if (x->waiter.owner != mb) {
+		x->waiter.owner = mb;
+		mb->rx_gen = c->slots[t->id].gen;
+	}
 	x->wait_cancel = recv_cancelled;
-	mb->rx_gen = c->slots[t->id].gen;
 	mb->receiver = t;
 	mb->recv_out = out;
 	return keel__task_suspend_external_in(c, t);
@@ -770,6 +775,11 @@ send_slow(struct keel_task *t, struct keel_mailbox *mb, void *msg)
 	w->owner = mb;
 	w->payload = msg;
 	if (on_owner(mb)) {
+		/* The waiter now names mb, so recv_wait() will not take the
+		 * generation: take it here for a receiver sending to its own
+		 * mailbox (which may be a new task in the receiver's frame). */
+		if (mb->rx == t)
+			mb_set_receiver(mb, t);
 		w->state = KEEL__WAIT_QUEUED;
 		keel__waitq_push(&mb->local_senders, w);
 		x->wait_cancel = local_send_cancelled;
