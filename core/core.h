@@ -74,7 +74,7 @@ typedef void *keel__abort_buf[5];
  */
 struct keel__taskq {
 	struct keel_task *head;
-	struct keel_task *tail;
+	struct keel_task *tail; /* the last task; stale while head is NULL */
 };
 
 /*
@@ -328,7 +328,8 @@ struct keel__core_counters {
 struct keel__core {
 	struct keel__taskq runq[KEEL_PRIO_CLASSES];
 	uint32_t runnable;    /* tasks on the run queues */
-	int32_t ready_budget; /* ready-at-once awaits left to this step */
+	int32_t ready_budget; /* ready-at-once awaits left to this step (<= 0:
+				 none) */
 	struct keel__alloc alloc;
 	/* The task table: slots [0, nslots) have been handed out at least
 	 * once; the rest of the allocation (cap_slots) is left untouched, so
@@ -434,14 +435,22 @@ static inline uint64_t keel__tasks_live(const struct keel__core *c)
 	return c->count.spawned - c->count.exited;
 }
 
-static inline void keel__taskq_push(struct keel__taskq *q, struct keel_task *t)
+/* Queue `t`, whose `next` is NULL already (a zeroed frame). Emptiness is
+ * the head's, so that a pop that empties the queue leaves the tail be. */
+static inline void keel__taskq_append(struct keel__taskq *q,
+				      struct keel_task *t)
 {
-	t->next = NULL;
-	if (q->tail)
+	if (q->head)
 		q->tail->next = t;
 	else
 		q->head = t;
 	q->tail = t;
+}
+
+static inline void keel__taskq_push(struct keel__taskq *q, struct keel_task *t)
+{
+	t->next = NULL;
+	keel__taskq_append(q, t);
 }
 
 /* The first task, taken off; its `next` is left stale: only a queue's
@@ -450,11 +459,8 @@ static inline struct keel_task *keel__taskq_pop(struct keel__taskq *q)
 {
 	struct keel_task *t = q->head;
 
-	if (t) {
+	if (t)
 		q->head = t->next;
-		if (!q->head)
-			q->tail = NULL;
-	}
 	return t;
 }
 
@@ -912,27 +918,40 @@ static inline void keel__task_complete(struct keel_task *t, int res)
  * step's allowance lasts (as tokio's coop budget); then it yields, so a task
  * whose awaits are always ready cannot starve the others.
  */
+static inline int keel__task_ready_in(struct keel__core *c, struct keel_task *t,
+				      int res)
+{
+	t->res = res;
+	/* Spent (or below: it stays there until the next step) means yield;
+	 * the decrement first is one instruction with its test. */
+	if (__builtin_expect(--c->ready_budget < 0, 0))
+		return keel_yield(t);
+	return KEEL_READY;
+}
+
+/* keel__task_ready_in() for a caller that has not got t's core at hand
+ * (one that has passes it: stores in between make the compiler load
+ * t->loop again). */
 static inline int keel__task_ready(struct keel_task *t, int res)
 {
-	struct keel__core *c = keel__core_of(t->loop);
-
-	t->res = res;
-	if (c->ready_budget > 0) {
-		c->ready_budget--;
-		return KEEL_READY;
-	}
-	return keel_yield(t);
+	return keel__task_ready_in(keel__core_of(t->loop), t, res);
 }
 
 /*
  * Suspend on something only another thread may complete (a mailbox fed by
  * other loops): the loop may then block with nothing in flight.
  */
-static inline int keel__task_suspend_external(struct keel_task *t)
+static inline int keel__task_suspend_external_in(struct keel__core *c,
+						 struct keel_task *t)
 {
-	keel__core_of(t->loop)->external_waits++;
+	c->external_waits++;
 	t->flags |= KEEL__T_EXTERNAL | KEEL__T_WAITING;
 	return KEEL_PENDING;
+}
+
+static inline int keel__task_suspend_external(struct keel_task *t)
+{
+	return keel__task_suspend_external_in(keel__core_of(t->loop), t);
 }
 
 /* Mark the task suspended; the await returns KEEL_PENDING. */

@@ -207,13 +207,9 @@ void *keel_spawn(struct keel_loop *loop, const struct keel_task_type *type,
 	t->flags =
 	    (uint8_t)(KEEL__T_QUEUED | ((flags >> 6) & KEEL__T_JOINABLE));
 	c->count.spawned++;
-	/* keel__taskq_push(), but for `next`: the frame came zeroed. */
+	/* Not keel__taskq_push(): the frame came zeroed, `next` too. */
 	q = &c->runq[prio];
-	if (q->tail)
-		q->tail->next = t;
-	else
-		q->head = t;
-	q->tail = t;
+	keel__taskq_append(q, t);
 	c->runnable++;
 	return frame;
 }

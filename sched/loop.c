@@ -165,15 +165,18 @@ static void task_exited(struct keel_loop *loop, struct keel_task *t)
  * A step returned `r` with the watchdog's stall flag set, or while
  * tracing: the stall's report, then the step's end and its wait if it did
  * not exit. (Not inlined: the step loop tests both at once and calls this.)
+ * The site the step resumed from is still the core's current_site: the
+ * step loop alone sets it, and keeps it in no register of its own.
  */
-static __attribute__((noinline)) void
-step_end_slow(struct keel_loop *loop, struct keel_task *t, int r,
-	      const struct keel_await_point *resumed_from)
+static __attribute__((noinline)) void step_end_slow(struct keel_loop *loop,
+						    struct keel_task *t, int r)
 {
 	struct keel__core *c = &loop->io.core;
 
 	if (__atomic_load_n(&c->stall_flag, __ATOMIC_RELAXED))
-		keel__stall_after_step(loop, t, resumed_from);
+		keel__stall_after_step(
+		    loop, t,
+		    __atomic_load_n(&c->current_site, __ATOMIC_RELAXED));
 	KEEL__TRACE(c, KEEL_EV_STEP_END, 0, t->id, r == KEEL__EXITED ? 2 : 1,
 		    0);
 	if (r != KEEL__EXITED)
@@ -203,16 +206,17 @@ static __attribute__((noinline)) void run_steps(struct keel_loop *loop,
 		c->runnable--;
 		t->flags &= (uint8_t)~KEEL__T_QUEUED;
 		c->ready_budget = KEEL__READY_PER_STEP;
-		/* Relaxed stores: the stall watchdog reads these. */
-		const struct keel_await_point *resumed_from = t->at;
+		/* Relaxed stores: the stall watchdog reads these. (The type in
+		 * a local: a relaxed store makes the compiler load it again.)
+		 */
+		const struct keel_task_type *type = t->type;
 
 		__atomic_store_n(&c->current, t, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->current_type, t->type, __ATOMIC_RELAXED);
-		__atomic_store_n(&c->current_site, resumed_from,
-				 __ATOMIC_RELAXED);
+		__atomic_store_n(&c->current_type, type, __ATOMIC_RELAXED);
+		__atomic_store_n(&c->current_site, t->at, __ATOMIC_RELAXED);
 		__atomic_store_n(&c->count.steps, ++steps, __ATOMIC_RELAXED);
 		KEEL__TRACE(c, KEEL_EV_STEP_BEGIN, 0, t->id, 0, 0);
-		int r = t->type->step(t);
+		int r = type->step(t);
 
 		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
 		/* One test for a stall and both trace events. */
@@ -220,7 +224,7 @@ static __attribute__((noinline)) void run_steps(struct keel_loop *loop,
 			__atomic_load_n(&c->stall_flag, __ATOMIC_RELAXED) |
 			    STEP_TRACED(c),
 			0))
-			step_end_slow(loop, t, r, resumed_from);
+			step_end_slow(loop, t, r);
 		if (r == KEEL__EXITED)
 			task_exited(loop, t);
 		/* keel_op_timeout() covers one op of the step that set it. */

@@ -365,6 +365,75 @@ Test(deadlock, two_tasks_blocked_on_each_others_full_mailboxes_are_a_cycle,
 	keel_loop_destroy(loop);
 }
 
+/*
+ * The same cycle, where peer 0 is a new task in the frame of one that
+ * received from mb[0] and exited: the mailbox's receiver is the same
+ * pointer, and only its slot generation, taken again when peer 0 first
+ * waits there, makes peer 1's wait an edge to peer 0.
+ */
+static int once_step(struct keel_task *t)
+{
+	struct peer *p = keel_container_of(t, struct peer, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_mb_recv(t, p->own, &p->msg));
+	cr_assert_eq(keel_res(t), 0);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(once_task, struct peer, task, once_step);
+
+static int poke_step(struct keel_task *t)
+{
+	struct peer *p = keel_container_of(t, struct peer, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_mb_send(t, p->peer, (void *)1));
+	cr_assert_eq(keel_res(t), 0);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(poke_task, struct peer, task, poke_step);
+
+Test(deadlock, a_new_task_in_a_receivers_freed_frame_is_the_receiver,
+     .init = setup, .timeout = 30)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_mailbox_opts o = {.capacity = 1, .policy = KEEL_MB_BLOCK};
+	struct keel_mailbox *mb[2];
+	struct peer *old, *p;
+
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(keel_mailbox_new(loop, &o, &mb[i]), 0);
+	old = kt_spawn(loop, &once_task, KEEL_PRIO_NORMAL);
+	old->own = mb[0];
+	p = kt_spawn(loop, &poke_task, KEEL_PRIO_NORMAL);
+	p->peer = mb[0];
+	kt_loop_run(loop); /* old waits in mb[0], gets 1, exits */
+	cr_assert_eq(keel_mb_try_send(mb[1], (void *)1), 0);
+	for (int i = 0; i < 2; i++) {
+		p = kt_spawn(loop, &peer_task, KEEL_PRIO_NORMAL);
+		p->own = mb[i];
+		p->peer = mb[1 - i];
+		p->i = i;
+		g_t[i] = keel_task_of(&peer_task, p);
+		if (i == 0 && p != old)
+			fprintf(stderr,
+				"a_new_task_in_a_receivers_freed_frame: "
+				"the frame was not reused (a libc "
+				"allocator): no stale receiver\n");
+	}
+	run(loop, check_and_break, NULL, 0);
+	cr_expect_eq(g_cycles, 1, "%s", g_report);
+	expect_task(g_report, 0, "peer_task");
+	expect_task(g_report, 1, "peer_task");
+	cr_expect_eq(g_res[0], -ECANCELED);
+	cr_expect_eq(g_res[1], -ECANCELED);
+	for (int i = 0; i < 2; i++)
+		keel_mailbox_release(mb[i]);
+	keel_loop_destroy(loop);
+}
+
 /* ---- joins ----------------------------------------------------------------
  */
 

@@ -677,6 +677,48 @@ Test(mailbox, close_wakes_waiting_receiver_with_epipe, .timeout = 10)
 	keel_loop_destroy(loop);
 }
 
+/*
+ * A send to a closed mailbox with room, from the owner loop: -EPIPE, and
+ * nothing queued (a send's fast path must see the close, not only the
+ * room). Then the message sent before the close, then -EPIPE.
+ */
+static int g_roomy_send[2] = {UNSET, UNSET};
+
+static int roomy_closer_step(struct keel_task *t)
+{
+	struct close_later *c = keel_container_of(t, struct close_later, task);
+
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_mb_send(t, c->mb, MSG(1)));
+	g_roomy_send[0] = keel_res(t);
+	keel_mb_close(c->mb);
+	KEEL_AWAIT(t, keel_mb_send(t, c->mb, MSG(2)));
+	g_roomy_send[1] = keel_res(t);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(roomy_closer_task, struct close_later, task,
+		      roomy_closer_step);
+
+Test(mailbox, send_to_closed_mailbox_with_room_fails_epipe, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_mailbox *mb = mb_new(loop, 4, KEEL_MB_BLOCK);
+	struct close_later *c =
+	    kt_spawn(loop, &roomy_closer_task, KEEL_PRIO_NORMAL);
+	void *msg = NULL;
+
+	c->mb = mb;
+	kt_loop_run(loop);
+	cr_assert_eq(g_roomy_send[0], 0);
+	cr_assert_eq(g_roomy_send[1], -EPIPE);
+	cr_assert_eq(mb_stats(mb).depth, 1);
+	cr_assert_eq(keel_mb_try_recv(mb, &msg), 0);
+	cr_assert_eq(VAL(msg), 1);
+	cr_assert_eq(keel_mb_try_recv(mb, &msg), -EPIPE);
+	keel_mailbox_release(mb);
+	keel_loop_destroy(loop);
+}
+
 /* ---- cancellation ---------------------------------------------------------
  */
 

@@ -480,6 +480,66 @@ static void host_loop(const struct keel_loop_opts *opts)
 	keel_loop_destroy(loop);
 }
 
+/*
+ * The run queue stays FIFO when a kill takes out its tail or its head and
+ * when running empties it (its tail is then stale: a spawn or wake after
+ * it must not link to the task that was last). Each task logs its number.
+ */
+struct numbered {
+	struct keel_task task;
+	int n;
+};
+
+static int numbered_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	kt_log_push(&g_log, keel_container_of(t, struct numbered, task)->n);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(numbered_task, struct numbered, task, numbered_step);
+
+static struct numbered *spawn_numbered(struct keel_loop *loop, int n)
+{
+	struct numbered *f = kt_spawn(loop, &numbered_task, KEEL_PRIO_NORMAL);
+
+	f->n = n;
+	return f;
+}
+
+struct killer {
+	struct keel_task task;
+};
+
+static int killer_step(struct keel_task *t)
+{
+	struct keel_loop *loop = keel_task_loop(t);
+	struct numbered *f[3];
+
+	KEEL_BEGIN(t);
+	for (int i = 0; i < 3; i++)
+		f[i] = spawn_numbered(loop, i + 1);
+	cr_assert_eq(keel_task_kill(&f[2]->task), 0); /* the tail */
+	spawn_numbered(loop, 4);
+	cr_assert_eq(keel_task_kill(&f[0]->task), 0); /* the head */
+	spawn_numbered(loop, 5);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(killer_task, struct killer, task, killer_step);
+
+Test(sched, run_queue_stays_fifo_after_kills_and_once_emptied, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	const int want[] = {2, 4, 5, 6, 7, 8};
+
+	kt_spawn(loop, &killer_task, KEEL_PRIO_NORMAL);
+	kt_loop_run(loop);
+	for (int n = 6; n <= 8; n++)
+		spawn_numbered(loop, n);
+	kt_loop_run(loop);
+	kt_log_expect(&g_log, want, 6);
+	keel_loop_destroy(loop);
+}
+
 Test(sched, epoll_host_drives_loop_with_step_fd_and_timeout, .timeout = 10)
 {
 	host_loop(NULL);

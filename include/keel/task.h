@@ -175,7 +175,9 @@ struct keel_task_type {
 
 /*
  * A resume point: one static object per await in the source. Storing a
- * pointer to it records both where to resume and what the task waits for.
+ * pointer to it records both where to resume and what the task waits for;
+ * an await stores it only when it suspends (one whose result is there at
+ * once has nothing to record and saves the store).
  */
 struct keel_await_point {
 	void *label;	  /* &&label to `goto *` on resume */
@@ -190,7 +192,7 @@ struct keel_await_point {
  */
 struct keel_task {
 	const struct keel_task_type *type;
-	const struct keel_await_point *at; /* NULL until the first await */
+	const struct keel_await_point *at; /* NULL until it first suspends */
 	struct keel_loop *loop;
 	struct keel_task *next;	    /* run-queue link */
 	struct keel_task *joiner;   /* the task waiting in keel_join() */
@@ -261,9 +263,10 @@ static inline struct keel_loop *keel_task_loop(const struct keel_task *t)
 							       id) = {         \
 		    __extension__ && KEEL__CAT(keel__resume_, id), __FILE__,   \
 		    #op, __LINE__};                                            \
-		(co)->at = &KEEL__CAT(keel__ap_, id);                          \
-		if ((op) == KEEL_PENDING)                                      \
+		if ((op) == KEEL_PENDING) {                                    \
+			(co)->at = &KEEL__CAT(keel__ap_, id);                  \
 			return KEEL_PENDING;                                   \
+		}                                                              \
 		KEEL__CAT(keel__resume_, id) :;                                \
 	} while (0)
 
@@ -491,8 +494,8 @@ const struct keel_abort *keel_task_joined_abort(const struct keel_task *self);
 enum keel_fault_mode {
 	/* Default: no signal handler; a fault kills the process. */
 	KEEL_FAULTS_DIE = 0,
-	/* Print the faulting task's name and await site to stderr, then let
-	 * the signal kill the process as it would have. */
+	/* Print the faulting task's name and the await it last suspended at
+	 * to stderr, then let the signal kill the process as it would have. */
 	KEEL_FAULTS_REPORT = 1,
 	/*
 	 * Turn SIGSEGV/SIGBUS/SIGFPE raised inside a task step into an abort
