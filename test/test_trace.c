@@ -1504,6 +1504,54 @@ Test(trace, task_dump_lists_a_task_blocked_in_recv, .timeout = 10)
 	close(sv[1]);
 }
 
+/* A sleep holds no ledger op (io/sleep.c), but shows as one. */
+struct sleeper {
+	struct keel_task task;
+};
+
+static int sleeper_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, 3600ull * 1000000000u));
+	g_dump_got = keel_res(t);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(sleeper_task, struct sleeper, task, sleeper_step);
+
+Test(trace, task_dump_lists_a_sleeping_task, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct sleeper *s = kt_spawn(loop, &sleeper_task, KEEL_PRIO_NORMAL);
+	char out[4096];
+	int fd, n;
+
+	cr_assert_eq(keel_loop_step(loop, 0), 1);
+	cr_assert_eq(kt_stats(loop).ops_inflight, 1);
+	fd = memfd_create("dump", MFD_CLOEXEC);
+	cr_assert_geq(fd, 0);
+	n = keel_loop_dump(loop, fd);
+	cr_assert_eq(n, 1, "keel_loop_dump listed %d tasks", n);
+	cr_assert_eq(lseek(fd, 0, SEEK_SET), 0);
+	ssize_t len = read(fd, out, sizeof(out) - 1);
+
+	cr_assert_gt(len, 0);
+	out[len] = '\0';
+	close(fd);
+	cr_assert(strstr(out, "1 ops in flight"), "dump:\n%s", out);
+	cr_assert(strstr(out, " sleeper_task [waiting"), "dump:\n%s", out);
+	cr_assert(strstr(out, "\n    op timeout, "), "dump:\n%s", out);
+
+	/* Cancelled, it ends at once with the cause. */
+	g_dump_got = -1000;
+	cr_assert_eq(keel_task_cancel(&s->task), 0);
+	kt_loop_run(loop);
+	cr_assert_eq(g_dump_got, -ECANCELED);
+	cr_assert_eq(kt_stats(loop).ops_inflight, 0);
+	cr_assert_eq(kt_stats(loop).timers_armed, 0);
+	keel_loop_destroy(loop);
+}
+
 /* ---- stall detector ------------------------------------------------------ */
 
 static int g_stall_yield_line;
