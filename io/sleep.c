@@ -66,24 +66,31 @@ static void sleep_fired(struct keel_loop *loop, struct keel_timer *timer,
 	sleep_end(keel__io_of(loop), arg, s, s->res);
 }
 
-void keel__sleep_cancel(struct keel__io *io, uint32_t id)
+static void sleep_cancel(struct keel__io *io, struct keel__sleep *s)
 {
-	struct keel__sleep *s = keel__sleep_at(&io->core, id);
-	struct keel_task *t;
+	struct keel_task *t = s->timer.arg;
 
-	if (!s || s->timer.where == KEEL__TIMER_NOT_ARMED)
-		return;
-	t = s->timer.arg;
 	keel_timer_cancel(t->loop, &s->timer);
 	sleep_end(io, t, s, -ECANCELED);
 }
 
+void keel__sleep_cancel(struct keel__io *io, uint32_t id)
+{
+	struct keel__sleep *s = keel__sleep_at(&io->core, id);
+
+	if (s && s->timer.where != KEEL__TIMER_NOT_ARMED)
+		sleep_cancel(io, s);
+}
+
 void keel__sleep_cancel_all(struct keel__io *io)
 {
-	uint32_t n = io->core.sleep_chunks << KEEL__SLEEP_CHUNK_SHIFT;
+	struct keel__core *c = &io->core;
 
-	for (uint32_t id = 0; id < n; id++)
-		keel__sleep_cancel(io, id);
+	for (uint32_t i = 0; i < c->sleep_chunks; i++)
+		for (uint32_t k = 0; c->sleeps[i] && k < KEEL__SLEEP_CHUNK; k++)
+			if (c->sleeps[i][k].timer.where !=
+			    KEEL__TIMER_NOT_ARMED)
+				sleep_cancel(io, &c->sleeps[i][k]);
 }
 
 /* A select's op branch: a sleep in a ledger op, which the select knows
