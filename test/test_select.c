@@ -242,6 +242,15 @@ Test(select, recv_that_completed_after_losing_is_reported, .timeout = 10)
 /* The same race with an accept: the fd it got is reported, not leaked. */
 static int g_lfd;
 
+/* What a select of two branches gave its task. */
+static void record_two(struct keel_select *sel, struct keel_task *t)
+{
+	g.winner = keel_res(t);
+	g.res[0] = keel_select_res(sel, 0);
+	g.res[1] = keel_select_res(sel, 1);
+	g.inflight = t->inflight;
+}
+
 struct acceptor {
 	struct keel_task task;
 	struct keel_select sel;
@@ -263,10 +272,7 @@ static int acceptor_step(struct keel_task *t)
 	keel_select_recv(&a->sel, g_a, &a->m);
 	keel_select_op(&a->sel, start_accept, NULL);
 	KEEL_AWAIT(t, keel_select(t, &a->sel));
-	g.winner = keel_res(t);
-	g.res[0] = keel_select_res(&a->sel, 0);
-	g.res[1] = keel_select_res(&a->sel, 1);
-	g.inflight = t->inflight;
+	record_two(&a->sel, t);
 	KEEL_END(t);
 }
 
@@ -727,10 +733,7 @@ static int sleep_sel_step(struct keel_task *t)
 	keel_select_op(&f->sel, start_sleep, f);
 	keel_select_timeout(&f->sel, f->timeout);
 	KEEL_AWAIT(t, keel_select(t, &f->sel));
-	g.winner = keel_res(t);
-	g.res[0] = keel_select_res(&f->sel, 0);
-	g.res[1] = keel_select_res(&f->sel, 1);
-	g.inflight = t->inflight;
+	record_two(&f->sel, t);
 	KEEL_END(t);
 }
 
