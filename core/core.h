@@ -325,6 +325,23 @@ struct keel__core_counters {
 			  /* Live now: spawned - exited (keel__tasks_live()). */
 };
 
+/*
+ * A sleep's record (io/sleep.c): one per task slot, made when a task in
+ * that slot first sleeps, in chunks of KEEL__SLEEP_CHUNK that never move
+ * (the wheel points at the timers). One cache line: a sleep touches it
+ * and its task, where a ledger op took two or three lines and kept the
+ * timers' walks in the order ops ended (no order in memory).
+ */
+struct keel__sleep {
+	struct keel_timer timer; /* arg: the task */
+	uint64_t start_ns;	 /* the loop's clock at the call (dumps) */
+	uint64_t trace_ns;	 /* the trace clock then, 0: not traced */
+	int32_t res;		 /* 0, or -ETIMEDOUT: keel_op_timeout's */
+} __attribute__((aligned(64)));
+
+#define KEEL__SLEEP_CHUNK_SHIFT 8
+#define KEEL__SLEEP_CHUNK	(1u << KEEL__SLEEP_CHUNK_SHIFT)
+
 struct keel__core {
 	struct keel__taskq runq[KEEL_PRIO_CLASSES];
 	uint32_t runnable;    /* tasks on the run queues */
@@ -342,6 +359,10 @@ struct keel__core {
 	/* The loop's clock, CLOCK_MONOTONIC ns: set once per turn. */
 	uint64_t now;
 	struct keel__timers timers;
+	/* Sleep records by task slot (chunk id >> KEEL__SLEEP_CHUNK_SHIFT,
+	 * NULL until a task of it sleeps): sleep_chunks of them. */
+	struct keel__sleep **sleeps;
+	uint32_t sleep_chunks;
 	uint32_t external_waits; /* tasks another thread may wake */
 	struct keel__core_hooks hooks;
 	struct keel_token *root; /* the loop's root token */
@@ -558,6 +579,34 @@ static inline int keel__timer_start(struct keel_loop *loop,
 	timer->arg = arg;
 	return keel__timer_arm(keel__core_of(loop), timer, deadline_ns);
 }
+
+/* The sleep record of task slot `id`, or NULL if its chunk is not made
+ * yet (keel__sleep_make() makes it). */
+static inline struct keel__sleep *keel__sleep_at(const struct keel__core *c,
+						 uint32_t id)
+{
+	uint32_t chunk = id >> KEEL__SLEEP_CHUNK_SHIFT;
+
+	if (chunk >= c->sleep_chunks || !c->sleeps[chunk])
+		return NULL;
+	return &c->sleeps[chunk][id & (KEEL__SLEEP_CHUNK - 1)];
+}
+
+/* `t`'s sleep, if it sleeps (its record's timer is armed for it). */
+static inline struct keel__sleep *keel__sleep_of(const struct keel__core *c,
+						 const struct keel_task *t)
+{
+	struct keel__sleep *s = keel__sleep_at(c, t->id);
+
+	return s && s->timer.where != KEEL__TIMER_NOT_ARMED && s->timer.arg == t
+		   ? s
+		   : NULL;
+}
+
+/* keel__sleep_at(), making the chunk if it must: NULL without memory.
+ * keel__sleeps_fini() frees them all (the loop's teardown). */
+struct keel__sleep *keel__sleep_make(struct keel__core *c, uint32_t id);
+void keel__sleeps_fini(struct keel__core *c);
 
 /* A tick of the timing wheel: 2^16 ns (65.5 us). See timer.c. */
 #define KEEL__TICK_SHIFT 16

@@ -38,6 +38,7 @@ int keel__core_init(struct keel__core *c)
 void keel__core_fini(struct keel__core *c)
 {
 	keel__tokens_fini(c);
+	keel__sleeps_fini(c);
 	keel__alloc_fini(&c->alloc);
 	free(c->slots);
 	c->slots = NULL;

@@ -781,6 +781,45 @@ void keel__timers_expire(struct keel_loop *loop)
 	}
 }
 
+struct keel__sleep *keel__sleep_make(struct keel__core *c, uint32_t id)
+{
+	uint32_t chunk = id >> KEEL__SLEEP_CHUNK_SHIFT;
+	struct keel__sleep *v;
+
+	if (chunk >= c->sleep_chunks) {
+		uint32_t n = c->sleep_chunks ? c->sleep_chunks : 4;
+		struct keel__sleep **t;
+
+		while (n <= chunk)
+			n *= 2;
+		t = realloc(c->sleeps, n * sizeof(*t));
+		if (!t)
+			return NULL;
+		memset(t + c->sleep_chunks, 0,
+		       (n - c->sleep_chunks) * sizeof(*t));
+		c->sleeps = t;
+		c->sleep_chunks = n;
+	}
+	if (!c->sleeps[chunk]) {
+		v = aligned_alloc(64, KEEL__SLEEP_CHUNK * sizeof(*v));
+		if (!v)
+			return NULL;
+		for (uint32_t i = 0; i < KEEL__SLEEP_CHUNK; i++)
+			keel_timer_init(&v[i].timer, NULL, NULL);
+		c->sleeps[chunk] = v;
+	}
+	return keel__sleep_at(c, id);
+}
+
+void keel__sleeps_fini(struct keel__core *c)
+{
+	for (uint32_t i = 0; i < c->sleep_chunks; i++)
+		free(c->sleeps[i]);
+	free(c->sleeps);
+	c->sleeps = NULL;
+	c->sleep_chunks = 0;
+}
+
 uint64_t keel_loop_now(const struct keel_loop *loop)
 {
 	return ((const struct keel__core *)loop)->now;

@@ -644,6 +644,9 @@ static inline int keel__op_commit(struct keel_task *t, struct keel__op *op,
 
 /* Complete a user-space op (a sleep): wakes its task with `res`. */
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res);
+/* Tell `t` that its op (ledger index + 1 `ref`; 0: a sleep, io/sleep.c)
+ * ended with `res`, in every case: an exited task, a select, a cancel. */
+void keel__op_tell_task(struct keel_task *t, uint32_t ref, int res);
 
 /*
  * An op of `t`, which waits in a select (KEEL__T_SELECT), ended with `res`:
@@ -734,6 +737,11 @@ void keel__hibernate_cancel_all(struct keel__io *io);
  * of every task: what keel__io_cancel_task() and keel__io_cancel_all() do
  * for ops. */
 void keel__stream_cancel_parked(struct keel__io *io, struct keel_task *t);
+/* The same for the sleep of task slot `id`, if it sleeps (io/sleep.c):
+ * by the slot, which a caller reads while the task is sure to be there
+ * (the sleep's end may free the frame), and for every sleep. */
+void keel__sleep_cancel(struct keel__io *io, uint32_t id);
+void keel__sleep_cancel_all(struct keel__io *io);
 void keel__stream_cancel_all_parked(struct keel__io *io);
 
 /* Queue an ASYNC_CANCEL for the request with user_data `ud` (its CQE is

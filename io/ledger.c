@@ -246,8 +246,8 @@ op_lat_record(struct keel__io *io, const struct keel__op *op, bool kernel)
 /* Tell `t` that its op `ref` ended with `res`: every case. Out of line:
  * op_done() is inline in the CQE loop, and comes here only for an exited
  * task, a select or a cancel. */
-static __attribute__((noinline)) void op_tell_task(struct keel_task *t,
-						   uint32_t ref, int res)
+__attribute__((noinline)) void keel__op_tell_task(struct keel_task *t,
+						  uint32_t ref, int res)
 {
 	if (t->flags & KEEL__T_EXITED) {
 		if (!t->inflight)
@@ -276,7 +276,7 @@ static __attribute__((noinline)) void op_tell_task(struct keel_task *t,
  * a task that waits for this op alone, is queued here with one test of its
  * flags (keel__task_complete() would test them twice more); a task exited,
  * in a select, already queued, killed or waiting on another thread too, and
- * a cancelled op, take op_tell_task(). (The op's index outlives its
+ * a cancelled op, take keel__op_tell_task(). (The op's index outlives its
  * release: only a trim, never during a reap, unmaps a slot.)
  */
 static inline __attribute__((always_inline)) void
@@ -294,7 +294,7 @@ op_done(struct keel__io *io, struct keel__op *op, int res, bool kernel)
 			     KEEL__T_KILLED | KEEL__T_EXTERNAL)) ||
 		    res == -ECANCELED,
 		0)) {
-		op_tell_task(t, op->index + 1, res);
+		keel__op_tell_task(t, op->index + 1, res);
 		return;
 	}
 	t->res = res;
@@ -734,11 +734,13 @@ void keel__io_install_hooks(struct keel__io *io)
 
 void keel__io_cancel_task(struct keel__io *io, struct keel_task *t)
 {
-	uint32_t next = t->ops;
+	uint32_t next = t->ops, id = t->id;
 
 	/* Its parked streams first: when the last of them frees the frame
-	 * (closed, no poll left), t had no op (next is 0). */
+	 * (closed, no poll left), t had no op (next is 0) and no sleep. So
+	 * for its sleep: if its end frees the frame, next is 0. */
 	keel__stream_cancel_parked(io, t);
+	keel__sleep_cancel(io, id);
 	while (next) {
 		struct keel__op *op = keel__op_at(&io->ledger, next - 1);
 
@@ -760,5 +762,6 @@ void keel__io_cancel_all(struct keel__io *io)
 			cancel_op(io, op);
 	}
 	keel__stream_cancel_all_parked(io);
+	keel__sleep_cancel_all(io);
 	keel__hibernate_cancel_all(io);
 }

@@ -409,6 +409,13 @@ int keel_loop_dump(struct keel_loop *loop, int fd)
 				    ? ", cancelling"
 				    : "");
 		}
+		/* A sleep holds no ledger op (io/sleep.c): shown as one. */
+		const struct keel__sleep *s = keel__sleep_of(c, t);
+
+		if (s)
+			fprintf(out, "    op %s, %.3f ms\n",
+				keel_opcode_name(IORING_OP_TIMEOUT),
+				(double)(now - s->start_ns) / 1e6);
 	}
 	deadlocks_to(loop, out);
 	if (fclose(out)) {

@@ -1464,11 +1464,27 @@ static int receiver_step(struct keel_task *t)
 	KEEL_END(t);
 }
 
+/* The loop's task dump, of one task, into `out`. */
+static void dump_one(struct keel_loop *loop, char *out, size_t size)
+{
+	int fd = memfd_create("dump", MFD_CLOEXEC), n;
+
+	cr_assert_geq(fd, 0);
+	n = keel_loop_dump(loop, fd);
+	cr_assert_eq(n, 1, "keel_loop_dump listed %d tasks", n);
+	cr_assert_eq(lseek(fd, 0, SEEK_SET), 0);
+	ssize_t len = read(fd, out, size - 1);
+
+	cr_assert_gt(len, 0);
+	out[len] = '\0';
+	close(fd);
+}
+
 Test(trace, task_dump_lists_a_task_blocked_in_recv, .timeout = 10)
 {
 	struct keel_loop *loop = kt_loop_new(NULL);
 	struct receiver *r;
-	int sv[2], fd, n;
+	int sv[2];
 	char out[4096], want[512];
 
 	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -1476,16 +1492,7 @@ Test(trace, task_dump_lists_a_task_blocked_in_recv, .timeout = 10)
 	r->fd = sv[0];
 	cr_assert_eq(keel_loop_step(loop, 0), 1);
 
-	fd = memfd_create("dump", MFD_CLOEXEC);
-	cr_assert_geq(fd, 0);
-	n = keel_loop_dump(loop, fd);
-	cr_assert_eq(n, 1, "keel_loop_dump listed %d tasks", n);
-	cr_assert_eq(lseek(fd, 0, SEEK_SET), 0);
-	ssize_t len = read(fd, out, sizeof(out) - 1);
-
-	cr_assert_gt(len, 0);
-	out[len] = '\0';
-	close(fd);
+	dump_one(loop, out, sizeof(out));
 	cr_assert(strstr(out, "1 live"), "dump:\n%s", out);
 	cr_assert(strstr(out, " receiver_task [waiting"), "dump:\n%s", out);
 	snprintf(want, sizeof(want), "test_trace.c:%d keel_recv(",
@@ -1502,6 +1509,44 @@ Test(trace, task_dump_lists_a_task_blocked_in_recv, .timeout = 10)
 	keel_loop_destroy(loop);
 	close(sv[0]);
 	close(sv[1]);
+}
+
+/* A sleep holds no ledger op (io/sleep.c), but shows as one. */
+struct sleeper {
+	struct keel_task task;
+};
+
+static int sleeper_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	KEEL_AWAIT(t, keel_sleep(t, 3600ull * 1000000000u));
+	g_dump_got = keel_res(t);
+	KEEL_END(t);
+}
+
+static KEEL_TASK_TYPE(sleeper_task, struct sleeper, task, sleeper_step);
+
+Test(trace, task_dump_lists_a_sleeping_task, .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct sleeper *s = kt_spawn(loop, &sleeper_task, KEEL_PRIO_NORMAL);
+	char out[4096];
+
+	cr_assert_eq(keel_loop_step(loop, 0), 1);
+	cr_assert_eq(kt_stats(loop).ops_inflight, 1);
+	dump_one(loop, out, sizeof(out));
+	cr_assert(strstr(out, "1 ops in flight"), "dump:\n%s", out);
+	cr_assert(strstr(out, " sleeper_task [waiting"), "dump:\n%s", out);
+	cr_assert(strstr(out, "\n    op timeout, "), "dump:\n%s", out);
+
+	/* Cancelled, it ends at once with the cause. */
+	g_dump_got = -1000;
+	cr_assert_eq(keel_task_cancel(&s->task), 0);
+	kt_loop_run(loop);
+	cr_assert_eq(g_dump_got, -ECANCELED);
+	cr_assert_eq(kt_stats(loop).ops_inflight, 0);
+	cr_assert_eq(kt_stats(loop).timers_armed, 0);
+	keel_loop_destroy(loop);
 }
 
 /* ---- stall detector ------------------------------------------------------ */
