@@ -39,6 +39,12 @@ struct keel_loop {
 	unsigned budget;    /* task steps per turn */
 	/* Each class's share of the budget (see run_ready()). */
 	unsigned share[KEEL_PRIO_CLASSES];
+	/* Where a panic left step 1 of the turn (sched/loop.c: run_class()):
+	 * the class and phase, the step count its run ends at, and the step
+	 * count the turn began with. */
+	unsigned resume_class;
+	uint64_t resume_end;
+	uint64_t turn_steps0;
 	bool stop;
 	uint64_t turns;
 	void *altstack; /* the signal stack keel gave this thread, if any */
