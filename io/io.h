@@ -549,12 +549,14 @@ struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
 					 int *step);
 
 /*
- * Start an op of `t`: an op slot and its SQE. True in the common case (no
- * deadline on it, no ring restrictions, its token not cancelled, a free op
- * slot and SQE); anything else is keel__op_begin_slow()'s, which checks it
- * all again in order (room for a linked timeout too, failures). Always
- * inline: GCC would otherwise make one copy per file, a call per op. It
- * makes no call, so that an op function's fast path saves no register.
+ * Start an op of `t`: an op slot and its SQE. True in the common case
+ * (nothing in core.op_slow: no token of the loop cancelled, no deadline
+ * for the next op, no ring restrictions, no tracing; a free op slot and
+ * SQE), told by one test of a word and two of the ledger and the SQ;
+ * anything else is keel__op_begin_slow()'s, which checks it all again in
+ * order (room for a linked timeout too, failures). Always inline: GCC would
+ * otherwise make one copy per file, a call per op. It makes no call, so
+ * that an op function's fast path saves no register.
  */
 static inline __attribute__((always_inline)) bool
 keel__op_begin(struct keel_task *t, uint8_t opcode, uint8_t kind,
@@ -562,11 +564,7 @@ keel__op_begin(struct keel_task *t, uint8_t opcode, uint8_t kind,
 {
 	struct keel__io *io = keel__io_of(t->loop);
 
-	if (__builtin_expect(
-		io->timeout_task != t && !io->restricted &&
-		    io->ledger.free != 0 &&
-		    (kind == KEEL__OP_CLEANUP || !keel__task_cancel_cause(t)),
-		1) &&
+	if (__builtin_expect(!io->core.op_slow.any && io->ledger.free, 1) &&
 	    (*sqep = keel__sq_take(io))) {
 		*opp = keel__op_take(io, t, kind, opcode);
 		return true;
@@ -619,8 +617,9 @@ static inline int keel__op_commit(struct keel_task *t, struct keel__op *op,
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	keel__sqe_fixed_fd(sqe);
 	op->pending = 1;
-	if (__builtin_expect(io->core.trace != NULL || io->timeout_task == t,
-			     0))
+	/* Tracing, or a deadline to link (op_slow.any: one of them, or a
+	 * cancelled token, which keel__op_begin() has seen to). */
+	if (__builtin_expect(io->core.op_slow.any != 0, 0))
 		return keel__op_commit_slow(t, op, sqe);
 	return keel__task_suspend(t);
 }

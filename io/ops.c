@@ -36,6 +36,7 @@ void keel_op_timeout(struct keel_task *t, uint64_t ns)
 
 	io->timeout_task = t;
 	io->timeout_ns = ns;
+	io->core.op_slow.why.timeout = 1;
 }
 
 int keel_nop(struct keel_task *t)

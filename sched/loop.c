@@ -225,6 +225,7 @@ static __attribute__((noinline)) void run_steps(struct keel_loop *loop,
 			task_exited(loop, t);
 		/* keel_op_timeout() covers one op of the step that set it. */
 		loop->io.timeout_task = NULL;
+		c->op_slow.why.timeout = 0;
 	}
 }
 
@@ -656,6 +657,7 @@ static __attribute__((noinline)) int run_turns(struct keel_loop *loop,
 
 		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
 		loop->io.timeout_task = NULL;
+		c->op_slow.why.timeout = 0;
 		c->abort_armed = false;
 		c->ready_budget = 0;
 		keel__task_aborted(c, t); /* traces ABORT, STEP_END 3, EXIT */
