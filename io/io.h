@@ -72,13 +72,16 @@ typedef void (*keel__stream_cancel_fn)(struct keel__io *io,
 				       struct keel__op *op);
 
 struct keel__op {
-	struct keel_task *task; /* owner */
+	union {
+		struct keel_task *task;	    /* owner, while in use */
+		struct keel__op *free_next; /* the free list, while free */
+	};
 	/* gen apart from next, both stored by every release: GCC would
 	 * otherwise pack the two stores into one vector store (more
 	 * instructions, not fewer). */
 	uint32_t gen;
 	uint32_t index; /* own ledger index */
-	uint32_t next;	/* free list, or the task's op list (index + 1) */
+	uint32_t next;	/* the task's op list (index + 1, 0 = tail) */
 	uint32_t prev;	/* the task's op list (index + 1, 0 = head) */
 	uint8_t kind;
 	uint8_t opcode;	 /* IORING_OP_*, for dumps and traces */
@@ -154,8 +157,10 @@ struct keel__ledger {
 	struct keel__op **chunks;
 	/* free and inuse, which every op moves together, are not adjacent:
 	 * GCC would otherwise pack their two updates into one vector store
-	 * (some 6 instructions where 3 do). */
-	uint32_t free; /* index + 1, 0 = none */
+	 * (some 6 instructions where 3 do). The free list is of addresses,
+	 * not indexes: taking and giving back a slot then computes none (a
+	 * slot's address from its index is some 7 instructions). */
+	struct keel__op *free; /* NULL: none */
 	uint32_t nchunks;
 	/* Ops the kernel (or a timer) still owns, and parked streams' polls,
 	 * which the kernel owns without an op (io/stream.c). */
@@ -495,9 +500,9 @@ static inline struct keel__op *keel__op_take(struct keel__io *io,
 					     uint8_t opcode)
 {
 	struct keel__ledger *l = &io->ledger;
-	struct keel__op *op = keel__op_at(l, l->free - 1);
+	struct keel__op *op = l->free;
 
-	l->free = op->next;
+	l->free = op->free_next;
 	l->inuse++;
 	op->task = t;
 	op->kind = kind;

@@ -64,10 +64,10 @@ int keel__ledger_grow(struct keel__ledger *l)
 	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
 		c[i].index = base + i;
 		c[i].gen = l->gen_floor;
-		c[i].next = i + 1 < KEEL__OP_CHUNK ? base + i + 2 : l->free;
+		c[i].free_next = i + 1 < KEEL__OP_CHUNK ? &c[i + 1] : l->free;
 	}
 	chunks[l->nchunks++] = c;
-	l->free = base + 1;
+	l->free = c;
 	return 0;
 }
 
@@ -86,7 +86,7 @@ static bool chunk_free(const struct keel__op *c, uint32_t *gen)
 void keel__ledger_trim(struct keel__ledger *l)
 {
 	uint32_t n = l->nchunks, gen = l->gen_floor;
-	uint32_t *link = &l->free;
+	struct keel__op **link = &l->free;
 
 	while (n > 1 && chunk_free(l->chunks[n - 1], &gen))
 		n--;
@@ -98,11 +98,11 @@ void keel__ledger_trim(struct keel__ledger *l)
 		struct keel__op *op = keel__op_at(l, i);
 
 		if (!(op->flags & KEEL__OP_INUSE)) {
-			*link = i + 1;
-			link = &op->next;
+			*link = op;
+			link = &op->free_next;
 		}
 	}
-	*link = 0;
+	*link = NULL;
 	while (l->nchunks > n)
 		munmap(l->chunks[--l->nchunks], CHUNK_BYTES);
 	/* A chunk mapped again later starts above every generation the
@@ -122,11 +122,10 @@ static inline void op_release(struct keel__io *io, struct keel__op *op)
 	if (op->next)
 		keel__op_at(l, op->next - 1)->prev = op->prev;
 	t->inflight--;
-	op->task = NULL;
 	op->flags = 0;
 	op->gen++;
-	op->next = l->free;
-	l->free = op->index + 1;
+	op->free_next = l->free;
+	l->free = op;
 	l->inuse--;
 }
 

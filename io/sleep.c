@@ -45,12 +45,12 @@ static void sleep_cancel(struct keel__op *op)
 static inline __attribute__((always_inline)) void
 sleep_prefetch(struct keel__ledger *l)
 {
-	if (l->free) {
-		struct keel__op *next = keel__op_at(l, l->free - 1);
+	struct keel__op *next = l->free;
 
+	if (next) {
 		__builtin_prefetch(&next->u.user.timer, 1);
-		if (next->next)
-			__builtin_prefetch(keel__op_at(l, next->next - 1), 1);
+		if (next->free_next)
+			__builtin_prefetch(next->free_next, 1);
 	}
 }
 
