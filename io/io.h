@@ -76,19 +76,20 @@ struct keel__op {
 		struct keel_task *task;	    /* owner, while in use */
 		struct keel__op *free_next; /* the free list, while free */
 	};
-	/* gen apart from next, both stored by every release: GCC would
-	 * otherwise pack the two stores into one vector store (more
-	 * instructions, not fewer). */
-	uint32_t gen;
-	uint32_t index; /* own ledger index */
-	uint32_t next;	/* the task's op list (index + 1, 0 = tail) */
-	uint32_t prev;	/* the task's op list (index + 1, 0 = head) */
+	/* The user_data of its own CQE, kept whole: generation << 32 |
+	 * index << 2 (role KEEL__UD_MAIN), so that a submit stores it with
+	 * one load and a CQE is matched by one compare, its role with it.
+	 * A release moves the generation on. */
+	uint64_t ud;
+	uint32_t next; /* the task's op list (index + 1, 0 = tail) */
+	uint32_t prev; /* the task's op list (index + 1, 0 = head) */
 	uint8_t kind;
 	uint8_t opcode;	 /* IORING_OP_*, for dumps and traces */
 	uint8_t pending; /* CQEs the kernel still owes */
 	uint8_t flags;
 	int32_t res;
 	int32_t fd;
+	uint32_t index;	   /* own ledger index */
 	uint64_t start_ns; /* the loop's clock at submit (for dumps) */
 	uint64_t trace_ns; /* the trace clock at submit, 0: not traced */
 	/* The linked timeout's absolute deadline; read by the kernel. */
@@ -308,7 +309,21 @@ static inline struct keel__op *keel__op_at(struct keel__ledger *l,
 
 static inline uint64_t keel__op_ud(const struct keel__op *op, unsigned role)
 {
-	return ((uint64_t)op->gen << 32) | ((uint64_t)op->index << 2) | role;
+	return op->ud | role;
+}
+
+/* The op's generation (the high half of its user_data). */
+static inline uint32_t keel__op_gen(const struct keel__op *op)
+{
+	return (uint32_t)(op->ud >> 32);
+}
+
+/* Give a slot its index, in generation `gen`. */
+static inline void keel__op_set_id(struct keel__op *op, uint32_t index,
+				   uint32_t gen)
+{
+	op->index = index;
+	op->ud = (uint64_t)gen << 32 | (uint64_t)index << 2;
 }
 
 /* Ring setup and teardown (io/ring.c). `backend` NULL: the kernel's

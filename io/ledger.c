@@ -62,8 +62,7 @@ int keel__ledger_grow(struct keel__ledger *l)
 	uint32_t base = l->nchunks << KEEL__OP_CHUNK_SHIFT;
 
 	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
-		c[i].index = base + i;
-		c[i].gen = l->gen_floor;
+		keel__op_set_id(&c[i], base + i, l->gen_floor);
 		c[i].free_next = i + 1 < KEEL__OP_CHUNK ? &c[i + 1] : l->free;
 	}
 	chunks[l->nchunks++] = c;
@@ -77,8 +76,8 @@ static bool chunk_free(const struct keel__op *c, uint32_t *gen)
 	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
 		if (c[i].flags & KEEL__OP_INUSE)
 			return false;
-		if (c[i].gen >= *gen)
-			*gen = c[i].gen + 1;
+		if (keel__op_gen(&c[i]) >= *gen)
+			*gen = keel__op_gen(&c[i]) + 1;
 	}
 	return true;
 }
@@ -123,7 +122,7 @@ static inline void op_release(struct keel__io *io, struct keel__op *op)
 		keel__op_at(l, op->next - 1)->prev = op->prev;
 	t->inflight--;
 	op->flags = 0;
-	op->gen++;
+	op->ud += (uint64_t)1 << 32; /* the generation (which wraps) */
 	op->free_next = l->free;
 	l->free = op;
 	l->inuse--;
@@ -506,7 +505,8 @@ handle_cqe_slow(struct keel__io *io, const struct io_uring_cqe *cqe)
 		return;
 	}
 	if (index >= (l->nchunks << KEEL__OP_CHUNK_SHIFT) ||
-	    (op = keel__op_at(l, index))->gen != (uint32_t)(ud >> 32) ||
+	    (op = keel__op_at(l, index))->ud !=
+		(ud & ~(uint64_t)KEEL__UD_ROLE_MASK) ||
 	    !(op->flags & KEEL__OP_INUSE) || !op->pending) {
 		io->count.stale_cqes++;
 		return;
@@ -516,7 +516,8 @@ handle_cqe_slow(struct keel__io *io, const struct io_uring_cqe *cqe)
 
 /*
  * The common case, a one-shot op's own CQE (no deadline that fired, no
- * notification owed), is told by one test of the op's header word: kind
+ * notification owed), is told by a compare of its user_data and one test
+ * of the op's header word: kind
  * KEEL__OP_KERNEL, one CQE pending, in use and not timed out (whatever its
  * opcode, and whether a cancel was sent). handle_op_cqe() would come to
  * op_done() with cqe->res for it, by a dozen more tests.
@@ -552,10 +553,12 @@ static inline void handle_cqe(struct keel__io *io,
 	struct keel__ledger *l = &io->ledger;
 	struct keel__op *op;
 
+	/* The op's own user_data matches only its main CQE's (of its
+	 * generation, role KEEL__UD_MAIN): every other role, whatever the
+	 * bits above it, goes to handle_cqe_slow(). */
 	if (__builtin_expect(
-		(ud & KEEL__UD_ROLE_MASK) == KEEL__UD_MAIN &&
-		    index < (l->nchunks << KEEL__OP_CHUNK_SHIFT) &&
-		    (op = keel__op_at(l, index))->gen == (uint32_t)(ud >> 32) &&
+		index < (l->nchunks << KEEL__OP_CHUNK_SHIFT) &&
+		    (op = keel__op_at(l, index))->ud == ud &&
 		    (op_head(op) & HEAD_MASK) == HEAD_ONESHOT &&
 		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
 		1))
