@@ -182,13 +182,12 @@ step_end_slow(struct keel_loop *loop, struct keel_task *t, int r,
 }
 
 /*
- * Run at most `limit` steps of the tasks queued in class `prio`. Not
- * inlined into run_class(): there, after its setjmp, the compiler keeps
- * every local in memory (a __builtin_setjmp's resume clobbers every
- * register), a load or a store more per use in the step loop.
+ * Run at most `limit` steps of the tasks queued in class `prio`. Inline in
+ * run_class(), which has no setjmp of its own (run_turns() has it): one
+ * call and one set of register saves per class run, not two.
  */
-static __attribute__((noinline)) void run_steps(struct keel_loop *loop,
-						unsigned prio, unsigned limit)
+static inline __attribute__((always_inline)) void
+run_steps(struct keel_loop *loop, unsigned prio, unsigned limit)
 {
 	struct keel__core *c = &loop->io.core;
 	struct keel__taskq *q = &c->runq[prio];
@@ -234,10 +233,12 @@ static __attribute__((noinline)) void run_steps(struct keel_loop *loop,
  * rest) of run_ready(); returns how many ran (counted from the step
  * counter, which a panic's jump does not lose). The abort frame that
  * catches a panic in one of them is run_turns()'s, which then resumes the
- * batch where this call left it (run_ready_resume()).
+ * batch where this call left it (run_ready_resume()). Not inlined: one
+ * copy of the step loop, not one per call site of the unrolled
+ * run_ready_from().
  */
-static inline unsigned run_class(struct keel_loop *loop, unsigned prio,
-				 unsigned limit, unsigned phase)
+static __attribute__((noinline)) unsigned
+run_class(struct keel_loop *loop, unsigned prio, unsigned limit, unsigned phase)
 {
 	struct keel__core *c = &loop->io.core;
 	const uint64_t steps0 = c->count.steps;
