@@ -496,6 +496,9 @@ static int enter_batched(struct keel_loop *loop, int64_t wait)
  * busy CQ are not errors of the loop. */
 static int enter_result(int ret)
 {
+	/* The common case first: one test, not five. */
+	if (__builtin_expect(ret >= 0, 1))
+		return 0;
 	if (ret == -ETIME || ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
 		return 0;
 	return ret < 0 ? ret : 0;
