@@ -292,6 +292,7 @@ static void run_ready(struct keel_loop *loop)
 	run_ready_from(loop, loop->budget, 0, KEEL_PRIO_CLASSES - 1);
 }
 
+#ifndef KEEL_NO_ABORT_FRAME
 /*
  * After a panic in a step of run_class(): the rest of that call's steps,
  * then the rest of run_ready(), with what is left of the turn's budget: the
@@ -311,6 +312,7 @@ run_ready_resume(struct keel_loop *loop)
 	    loop, loop->budget - (unsigned)(c->count.steps - loop->turn_steps0),
 	    phase, p - 1);
 }
+#endif
 
 /*
  * Whether anything outside this loop's ready tasks can still wake it: an
