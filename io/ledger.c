@@ -109,17 +109,34 @@ void keel__ledger_trim(struct keel__ledger *l)
 	l->gen_floor = gen;
 }
 
+/* Take `op` off its task's op list, which it is not alone on. */
+static __attribute__((noinline)) void op_unlink(struct keel__ledger *l,
+						struct keel__op *op)
+{
+	if (op->prev)
+		keel__op_at(l, op->prev - 1)->next = op->next;
+	else
+		op->task->ops = op->next;
+	if (op->next)
+		keel__op_at(l, op->next - 1)->prev = op->prev;
+}
+
 static inline void op_release(struct keel__io *io, struct keel__op *op)
 {
 	struct keel__ledger *l = &io->ledger;
 	struct keel_task *t = op->task;
+	uint64_t links;
 
-	if (op->prev)
-		keel__op_at(l, op->prev - 1)->next = op->next;
+	/* The common case, the task's only op (no next, no prev), told by
+	 * one load of both links. */
+	_Static_assert(offsetof(struct keel__op, prev) ==
+			   offsetof(struct keel__op, next) + 4,
+		       "next and prev are adjacent");
+	memcpy(&links, &op->next, sizeof(links));
+	if (__builtin_expect(links == 0, 1))
+		t->ops = 0;
 	else
-		t->ops = op->next;
-	if (op->next)
-		keel__op_at(l, op->next - 1)->prev = op->prev;
+		op_unlink(l, op);
 	t->inflight--;
 	op->flags = 0;
 	op->ud += (uint64_t)1 << 32; /* the generation (which wraps) */
