@@ -292,17 +292,22 @@ static __attribute__((noinline)) void op_tell_task(struct keel_task *t,
  * flags (keel__task_complete() would test them twice more); a task exited,
  * in a select, already queued, killed or waiting on another thread too, and
  * a cancelled op, take op_tell_task(). (The op's index outlives its
- * release: only a trim, never during a reap, unmaps a slot.)
+ * release: only a trim, never during a reap, unmaps a slot.) `may_trace`
+ * false: the loop is known not to be traced (see keel__io_reap()).
  */
-static inline __attribute__((always_inline)) void
-op_done(struct keel__io *io, struct keel__op *op, int res, bool kernel)
+static inline __attribute__((always_inline)) void op_done(struct keel__io *io,
+							  struct keel__op *op,
+							  int res, bool kernel,
+							  bool may_trace)
 {
 	struct keel_task *t = op->task;
 
 	op_lat_record(io, op, kernel);
-	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
-		    (int64_t)res,
-		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
+	if (may_trace)
+		KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
+			    (int64_t)res,
+			    op->trace_ns ? keel__trace_clock() - op->trace_ns
+					 : 0);
 	op_release(io, op);
 	if (__builtin_expect(
 		(t->flags & (KEEL__T_EXITED | KEEL__T_SELECT | KEEL__T_QUEUED |
@@ -404,7 +409,7 @@ int keel__op_commit_slow(struct keel_task *t, struct keel__op *op,
 
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res)
 {
-	op_done(io, op, res, false);
+	op_done(io, op, res, false, true);
 }
 
 /* A short send_all: queue the rest under the same op and user_data. */
@@ -492,7 +497,7 @@ handle_op_cqe(struct keel__io *io, struct keel__op *op, unsigned role,
 	if ((op->flags & KEEL__OP_TIMED_OUT) &&
 	    (res == -ECANCELED || res == -EINTR))
 		res = -ETIMEDOUT;
-	op_done(io, op, res, false);
+	op_done(io, op, res, false, true);
 }
 
 /* Every CQE but handle_cqe()'s common case, each checked in its order:
@@ -562,8 +567,8 @@ static inline uint32_t op_head(const struct keel__op *op)
 		   : __builtin_bswap32(head);
 }
 
-static inline void handle_cqe(struct keel__io *io,
-			      const struct io_uring_cqe *cqe)
+static inline __attribute__((always_inline)) void
+handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe, bool may_trace)
 {
 	uint64_t ud = cqe->user_data;
 	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
@@ -579,7 +584,7 @@ static inline void handle_cqe(struct keel__io *io,
 		    (op_head(op) & HEAD_MASK) == HEAD_ONESHOT &&
 		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
 		1))
-		op_done(io, op, cqe->res, true);
+		op_done(io, op, cqe->res, true, may_trace);
 	else
 		handle_cqe_slow(io, cqe);
 }
@@ -595,7 +600,7 @@ static inline void handle_cqe(struct keel__io *io,
  * register more for the loop).
  */
 static inline __attribute__((always_inline)) unsigned
-reap_batch(struct keel__io *io)
+reap_batch(struct keel__io *io, bool may_trace)
 {
 	struct io_uring_cq *cq = &io->ring.cq;
 	struct io_uring_cqe *cqes = cq->cqes;
@@ -605,7 +610,7 @@ reap_batch(struct keel__io *io)
 
 	while ((tail = io_uring_smp_load_acquire(cq->ktail)) != head) {
 		do
-			handle_cqe(io, &cqes[head & mask]);
+			handle_cqe(io, &cqes[head & mask], may_trace);
 		while (++head != tail);
 	}
 	if (head != first)
@@ -614,7 +619,8 @@ reap_batch(struct keel__io *io)
 	return head - first;
 }
 
-void keel__io_reap(struct keel__io *io)
+static inline __attribute__((always_inline)) void reap_all(struct keel__io *io,
+							   bool may_trace)
 {
 	bool flushed = false;
 
@@ -625,7 +631,7 @@ void keel__io_reap(struct keel__io *io)
 	 * until none is left. (One call of reap_batch(), inlined: a second
 	 * copy made it a call, and its register saves, every turn.)
 	 */
-	while (reap_batch(io) || !flushed) {
+	while (reap_batch(io, may_trace) || !flushed) {
 		if (!io_uring_cq_has_overflow(&io->ring))
 			break;
 		io->count.cq_overflows++;
@@ -638,6 +644,25 @@ void keel__io_reap(struct keel__io *io)
 		op_lat_count(io);
 	if (io->bufrings_starved)
 		keel__bufrings_settle(io);
+}
+
+static __attribute__((noinline)) void reap_traced(struct keel__io *io)
+{
+	reap_all(io, true);
+}
+
+/*
+ * Whether the loop is traced is asked once per reap, not once per CQE: a
+ * loop attaches to a trace only when a turn begins (keel__trace_turn()),
+ * so one not traced now is not until the reap is over. (One traced may
+ * stop being so: its reap tests c->trace at every event, as before.)
+ */
+void keel__io_reap(struct keel__io *io)
+{
+	if (__builtin_expect(io->core.trace != NULL, 0))
+		reap_traced(io);
+	else
+		reap_all(io, false);
 }
 
 static void cancel_op(struct keel__io *io, struct keel__op *op)
