@@ -36,7 +36,7 @@ static int token_alloc(struct keel_loop *loop, struct keel_token *parent,
 		tok->parent = keel_token_ref(parent);
 		keel__list_push_front(&parent->children, &tok->sibling);
 		tok->cause = parent->cause;
-		keel__core_of(loop)->cancelled += tok->cause != 0;
+		keel__cancelled_add(keel__core_of(loop), tok->cause != 0);
 	}
 	*out = tok;
 	return 0;
@@ -66,7 +66,7 @@ static void uncount(const struct keel_token *tok)
 	while (root->parent)
 		root = root->parent;
 	if (!root->loop_gone)
-		keel__core_of(tok->loop)->cancelled--;
+		keel__cancelled_add(keel__core_of(tok->loop), -1);
 }
 
 int keel_token_new(struct keel_loop *loop, struct keel_token *parent,
@@ -152,7 +152,7 @@ static void token_cancel(struct keel_token *tok, int cause)
 	if (tok->cause)
 		return;
 	tok->cause = cause;
-	c->cancelled++;
+	keel__cancelled_add(c, 1);
 	keel_token_ref(tok); /* callbacks may drop the last reference */
 	if (keel_timer_armed(&tok->timer))
 		keel_timer_cancel(tok->loop, &tok->timer);

@@ -369,6 +369,20 @@ struct keel__core {
 	/* Tokens of this loop cancelled and not yet freed: while none is,
 	 * no task's is either (a task observes a token of its own loop). */
 	uint32_t cancelled;
+	/*
+	 * Why an op's start may need more than its fast path, a byte for each
+	 * reason, all tested as one word (io/io.h: keel__op_begin(),
+	 * keel__op_commit()): a token of the loop cancelled (cancelled != 0),
+	 * tracing on, a deadline for the next op (keel_op_timeout(); cleared
+	 * after each step, and only a hint: the slow path compares), a
+	 * restricted ring. any == 0: none of them.
+	 */
+	union {
+		uint32_t any;
+		struct {
+			uint8_t cancelled, trace, timeout, restricted;
+		} why;
+	} op_slow;
 	/* Abort frames (core/abort.c): where a panic in a step jumps to. */
 	struct keel_task *current;   /* the task whose step is running */
 	struct keel_task *unwinding; /* the aborted task whose defers run */
@@ -652,6 +666,12 @@ static inline int keel__task_cancel_cause(const struct keel_task *t)
 	if (t->ext && t->ext->token)
 		return t->ext->token->cause;
 	return c->root->cause;
+}
+/* Count `n` tokens of the loop more (or fewer) cancelled. */
+static inline void keel__cancelled_add(struct keel__core *c, int n)
+{
+	c->cancelled += (uint32_t)n;
+	c->op_slow.why.cancelled = c->cancelled != 0;
 }
 /* Make an exiting task stop observing its token. */
 void keel__task_drop_token(struct keel_task *t);

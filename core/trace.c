@@ -434,6 +434,7 @@ static void attach(struct keel__core *c)
 	take_buffer_locked(tl);
 	pthread_mutex_unlock(&tracer.lock);
 	c->trace = tl;
+	c->op_slow.why.trace = 1;
 }
 
 void keel__trace_detach(struct keel__core *c)
@@ -450,6 +451,7 @@ void keel__trace_detach(struct keel__core *c)
 	free(tl->ids);
 	free(tl);
 	c->trace = NULL;
+	c->op_slow.why.trace = 0;
 	if (thread_loop == c)
 		thread_loop = NULL;
 }

@@ -321,7 +321,7 @@ static void count_fault(struct keel__io *io, uint64_t ud, unsigned opc,
 		if (index < (l->nchunks << KEEL__OP_CHUNK_SHIFT)) {
 			struct keel__op *op = keel__op_at(l, index);
 
-			if (op->task)
+			if (op->flags & KEEL__OP_INUSE)
 				task = op->task->id;
 		}
 		keel__trace_emit(&io->core, KEEL_EV_FAULT, (uint8_t)opc, task,

@@ -73,20 +73,24 @@ typedef void (*keel__stream_cancel_fn)(struct keel__io *io,
 				       struct keel__op *op);
 
 struct keel__op {
-	struct keel_task *task; /* owner */
-	/* gen apart from next, both stored by every release: GCC would
-	 * otherwise pack the two stores into one vector store (more
-	 * instructions, not fewer). */
-	uint32_t gen;
-	uint32_t index; /* own ledger index */
-	uint32_t next;	/* free list, or the task's op list (index + 1) */
-	uint32_t prev;	/* the task's op list (index + 1, 0 = head) */
+	union {
+		struct keel_task *task;	    /* owner, while in use */
+		struct keel__op *free_next; /* the free list, while free */
+	};
+	/* The user_data of its own CQE, kept whole: generation << 32 |
+	 * index << 2 (role KEEL__UD_MAIN), so that a submit stores it with
+	 * one load and a CQE is matched by one compare, its role with it.
+	 * A release moves the generation on. */
+	uint64_t ud;
+	uint32_t next; /* the task's op list (index + 1, 0 = tail) */
+	uint32_t prev; /* the task's op list (index + 1, 0 = head) */
 	uint8_t kind;
 	uint8_t opcode;	 /* IORING_OP_*, for dumps and traces */
 	uint8_t pending; /* CQEs the kernel still owes */
 	uint8_t flags;
 	int32_t res;
 	int32_t fd;
+	uint32_t index;	   /* own ledger index */
 	uint64_t start_ns; /* the loop's clock at submit (for dumps) */
 	uint64_t trace_ns; /* the trace clock at submit, 0: not traced */
 	/* The linked timeout's absolute deadline; read by the kernel. */
@@ -155,8 +159,10 @@ struct keel__ledger {
 	struct keel__op **chunks;
 	/* free and inuse, which every op moves together, are not adjacent:
 	 * GCC would otherwise pack their two updates into one vector store
-	 * (some 6 instructions where 3 do). */
-	uint32_t free; /* index + 1, 0 = none */
+	 * (some 6 instructions where 3 do). The free list is of addresses,
+	 * not indexes: taking and giving back a slot then computes none (a
+	 * slot's address from its index is some 7 instructions). */
+	struct keel__op *free; /* NULL: none */
 	uint32_t nchunks;
 	/* Ops the kernel (or a timer) still owns, and parked streams' polls,
 	 * which the kernel owns without an op (io/stream.c). */
@@ -320,7 +326,21 @@ static inline struct keel__op *keel__op_at(struct keel__ledger *l,
 
 static inline uint64_t keel__op_ud(const struct keel__op *op, unsigned role)
 {
-	return ((uint64_t)op->gen << 32) | ((uint64_t)op->index << 2) | role;
+	return op->ud | role;
+}
+
+/* The op's generation (the high half of its user_data). */
+static inline uint32_t keel__op_gen(const struct keel__op *op)
+{
+	return (uint32_t)(op->ud >> 32);
+}
+
+/* Give a slot its index, in generation `gen`. */
+static inline void keel__op_set_id(struct keel__op *op, uint32_t index,
+				   uint32_t gen)
+{
+	op->index = index;
+	op->ud = (uint64_t)gen << 32 | (uint64_t)index << 2;
 }
 
 /* Ring setup and teardown (io/ring.c). `backend` NULL: the kernel's
@@ -512,9 +532,9 @@ static inline struct keel__op *keel__op_take(struct keel__io *io,
 					     uint8_t opcode)
 {
 	struct keel__ledger *l = &io->ledger;
-	struct keel__op *op = keel__op_at(l, l->free - 1);
+	struct keel__op *op = l->free;
 
-	l->free = op->next;
+	l->free = op->free_next;
 	l->inuse++;
 	op->task = t;
 	op->kind = kind;
@@ -566,12 +586,14 @@ struct io_uring_sqe *keel__op_begin_slow(struct keel_task *t, uint8_t opcode,
 					 int *step);
 
 /*
- * Start an op of `t`: an op slot and its SQE. True in the common case (no
- * deadline on it, no ring restrictions, its token not cancelled, a free op
- * slot and SQE); anything else is keel__op_begin_slow()'s, which checks it
- * all again in order (room for a linked timeout too, failures). Always
- * inline: GCC would otherwise make one copy per file, a call per op. It
- * makes no call, so that an op function's fast path saves no register.
+ * Start an op of `t`: an op slot and its SQE. True in the common case
+ * (nothing in core.op_slow: no token of the loop cancelled, no deadline
+ * for the next op, no ring restrictions, no tracing; a free op slot and
+ * SQE), told by one test of a word and two of the ledger and the SQ;
+ * anything else is keel__op_begin_slow()'s, which checks it all again in
+ * order (room for a linked timeout too, failures). Always inline: GCC would
+ * otherwise make one copy per file, a call per op. It makes no call, so
+ * that an op function's fast path saves no register.
  */
 static inline __attribute__((always_inline)) bool
 keel__op_begin(struct keel_task *t, uint8_t opcode, uint8_t kind,
@@ -579,11 +601,7 @@ keel__op_begin(struct keel_task *t, uint8_t opcode, uint8_t kind,
 {
 	struct keel__io *io = keel__io_of(t->loop);
 
-	if (__builtin_expect(
-		io->timeout_task != t && !io->restricted &&
-		    io->ledger.free != 0 &&
-		    (kind == KEEL__OP_CLEANUP || !keel__task_cancel_cause(t)),
-		1) &&
+	if (__builtin_expect(!io->core.op_slow.any && io->ledger.free, 1) &&
 	    (*sqep = keel__sq_take(io))) {
 		*opp = keel__op_take(io, t, kind, opcode);
 		return true;
@@ -636,8 +654,9 @@ static inline int keel__op_commit(struct keel_task *t, struct keel__op *op,
 	io_uring_sqe_set_data64(sqe, keel__op_ud(op, KEEL__UD_MAIN));
 	keel__sqe_fixed_fd(sqe);
 	op->pending = 1;
-	if (__builtin_expect(io->core.trace != NULL || io->timeout_task == t,
-			     0))
+	/* Tracing, or a deadline to link (op_slow.any: one of them, or a
+	 * cancelled token, which keel__op_begin() has seen to). */
+	if (__builtin_expect(io->core.op_slow.any != 0, 0))
 		return keel__op_commit_slow(t, op, sqe);
 	return keel__task_suspend(t);
 }

@@ -62,12 +62,11 @@ int keel__ledger_grow(struct keel__ledger *l)
 	uint32_t base = l->nchunks << KEEL__OP_CHUNK_SHIFT;
 
 	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
-		c[i].index = base + i;
-		c[i].gen = l->gen_floor;
-		c[i].next = i + 1 < KEEL__OP_CHUNK ? base + i + 2 : l->free;
+		keel__op_set_id(&c[i], base + i, l->gen_floor);
+		c[i].free_next = i + 1 < KEEL__OP_CHUNK ? &c[i + 1] : l->free;
 	}
 	chunks[l->nchunks++] = c;
-	l->free = base + 1;
+	l->free = c;
 	return 0;
 }
 
@@ -77,8 +76,8 @@ static bool chunk_free(const struct keel__op *c, uint32_t *gen)
 	for (uint32_t i = 0; i < KEEL__OP_CHUNK; i++) {
 		if (c[i].flags & KEEL__OP_INUSE)
 			return false;
-		if (c[i].gen >= *gen)
-			*gen = c[i].gen + 1;
+		if (keel__op_gen(&c[i]) >= *gen)
+			*gen = keel__op_gen(&c[i]) + 1;
 	}
 	return true;
 }
@@ -86,7 +85,7 @@ static bool chunk_free(const struct keel__op *c, uint32_t *gen)
 void keel__ledger_trim(struct keel__ledger *l)
 {
 	uint32_t n = l->nchunks, gen = l->gen_floor;
-	uint32_t *link = &l->free;
+	struct keel__op **link = &l->free;
 
 	while (n > 1 && chunk_free(l->chunks[n - 1], &gen))
 		n--;
@@ -98,11 +97,11 @@ void keel__ledger_trim(struct keel__ledger *l)
 		struct keel__op *op = keel__op_at(l, i);
 
 		if (!(op->flags & KEEL__OP_INUSE)) {
-			*link = i + 1;
-			link = &op->next;
+			*link = op;
+			link = &op->free_next;
 		}
 	}
-	*link = 0;
+	*link = NULL;
 	while (l->nchunks > n)
 		munmap(l->chunks[--l->nchunks], CHUNK_BYTES);
 	/* A chunk mapped again later starts above every generation the
@@ -110,23 +109,39 @@ void keel__ledger_trim(struct keel__ledger *l)
 	l->gen_floor = gen;
 }
 
+/* Take `op` off its task's op list, which it is not alone on. */
+static __attribute__((noinline)) void op_unlink(struct keel__ledger *l,
+						struct keel__op *op)
+{
+	if (op->prev)
+		keel__op_at(l, op->prev - 1)->next = op->next;
+	else
+		op->task->ops = op->next;
+	if (op->next)
+		keel__op_at(l, op->next - 1)->prev = op->prev;
+}
+
 static inline void op_release(struct keel__io *io, struct keel__op *op)
 {
 	struct keel__ledger *l = &io->ledger;
 	struct keel_task *t = op->task;
+	uint64_t links;
 
-	if (op->prev)
-		keel__op_at(l, op->prev - 1)->next = op->next;
+	/* The common case, the task's only op (no next, no prev), told by
+	 * one load of both links. */
+	_Static_assert(offsetof(struct keel__op, prev) ==
+			   offsetof(struct keel__op, next) + 4,
+		       "next and prev are adjacent");
+	memcpy(&links, &op->next, sizeof(links));
+	if (__builtin_expect(links == 0, 1))
+		t->ops = 0;
 	else
-		t->ops = op->next;
-	if (op->next)
-		keel__op_at(l, op->next - 1)->prev = op->prev;
+		op_unlink(l, op);
 	t->inflight--;
-	op->task = NULL;
 	op->flags = 0;
-	op->gen++;
-	op->next = l->free;
-	l->free = op->index + 1;
+	op->ud += (uint64_t)1 << 32; /* the generation (which wraps) */
+	op->free_next = l->free;
+	l->free = op;
 	l->inuse--;
 }
 
@@ -277,17 +292,22 @@ __attribute__((noinline)) void keel__op_tell_task(struct keel_task *t,
  * flags (keel__task_complete() would test them twice more); a task exited,
  * in a select, already queued, killed or waiting on another thread too, and
  * a cancelled op, take keel__op_tell_task(). (The op's index outlives its
- * release: only a trim, never during a reap, unmaps a slot.)
+ * release: only a trim, never during a reap, unmaps a slot.) `may_trace`
+ * false: the loop is known not to be traced (see keel__io_reap()).
  */
-static inline __attribute__((always_inline)) void
-op_done(struct keel__io *io, struct keel__op *op, int res, bool kernel)
+static inline __attribute__((always_inline)) void op_done(struct keel__io *io,
+							  struct keel__op *op,
+							  int res, bool kernel,
+							  bool may_trace)
 {
 	struct keel_task *t = op->task;
 
 	op_lat_record(io, op, kernel);
-	KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
-		    (int64_t)res,
-		    op->trace_ns ? keel__trace_clock() - op->trace_ns : 0);
+	if (may_trace)
+		KEEL__TRACE(&io->core, KEEL_EV_OP_COMPLETE, op->opcode, t->id,
+			    (int64_t)res,
+			    op->trace_ns ? keel__trace_clock() - op->trace_ns
+					 : 0);
 	op_release(io, op);
 	if (__builtin_expect(
 		(t->flags & (KEEL__T_EXITED | KEEL__T_SELECT | KEEL__T_QUEUED |
@@ -389,7 +409,7 @@ int keel__op_commit_slow(struct keel_task *t, struct keel__op *op,
 
 void keel__op_user_done(struct keel__io *io, struct keel__op *op, int res)
 {
-	op_done(io, op, res, false);
+	op_done(io, op, res, false, true);
 }
 
 /* A short send_all: queue the rest under the same op and user_data. */
@@ -477,7 +497,7 @@ handle_op_cqe(struct keel__io *io, struct keel__op *op, unsigned role,
 	if ((op->flags & KEEL__OP_TIMED_OUT) &&
 	    (res == -ECANCELED || res == -EINTR))
 		res = -ETIMEDOUT;
-	op_done(io, op, res, false);
+	op_done(io, op, res, false, true);
 }
 
 /* Every CQE but handle_cqe()'s common case, each checked in its order:
@@ -508,7 +528,8 @@ handle_cqe_slow(struct keel__io *io, const struct io_uring_cqe *cqe)
 		return;
 	}
 	if (index >= (l->nchunks << KEEL__OP_CHUNK_SHIFT) ||
-	    (op = keel__op_at(l, index))->gen != (uint32_t)(ud >> 32) ||
+	    (op = keel__op_at(l, index))->ud !=
+		(ud & ~(uint64_t)KEEL__UD_ROLE_MASK) ||
 	    !(op->flags & KEEL__OP_INUSE) || !op->pending) {
 		io->count.stale_cqes++;
 		return;
@@ -518,7 +539,8 @@ handle_cqe_slow(struct keel__io *io, const struct io_uring_cqe *cqe)
 
 /*
  * The common case, a one-shot op's own CQE (no deadline that fired, no
- * notification owed), is told by one test of the op's header word: kind
+ * notification owed), is told by a compare of its user_data and one test
+ * of the op's header word: kind
  * KEEL__OP_KERNEL, one CQE pending, in use and not timed out (whatever its
  * opcode, and whether a cancel was sent). handle_op_cqe() would come to
  * op_done() with cqe->res for it, by a dozen more tests.
@@ -546,22 +568,24 @@ static inline uint32_t op_head(const struct keel__op *op)
 		   : __builtin_bswap32(head);
 }
 
-static inline void handle_cqe(struct keel__io *io,
-			      const struct io_uring_cqe *cqe)
+static inline __attribute__((always_inline)) void
+handle_cqe(struct keel__io *io, const struct io_uring_cqe *cqe, bool may_trace)
 {
 	uint64_t ud = cqe->user_data;
 	uint32_t index = (uint32_t)(ud >> 2) & 0x3fffffffu;
 	struct keel__ledger *l = &io->ledger;
 	struct keel__op *op;
 
+	/* The op's own user_data matches only its main CQE's (of its
+	 * generation, role KEEL__UD_MAIN): every other role, whatever the
+	 * bits above it, goes to handle_cqe_slow(). */
 	if (__builtin_expect(
-		(ud & KEEL__UD_ROLE_MASK) == KEEL__UD_MAIN &&
-		    index < (l->nchunks << KEEL__OP_CHUNK_SHIFT) &&
-		    (op = keel__op_at(l, index))->gen == (uint32_t)(ud >> 32) &&
+		index < (l->nchunks << KEEL__OP_CHUNK_SHIFT) &&
+		    (op = keel__op_at(l, index))->ud == ud &&
 		    (op_head(op) & HEAD_MASK) == HEAD_ONESHOT &&
 		    !(cqe->flags & (IORING_CQE_F_MORE | IORING_CQE_F_NOTIF)),
 		1))
-		op_done(io, op, cqe->res, true);
+		op_done(io, op, cqe->res, true, may_trace);
 	else
 		handle_cqe_slow(io, cqe);
 }
@@ -577,7 +601,7 @@ static inline void handle_cqe(struct keel__io *io,
  * register more for the loop).
  */
 static inline __attribute__((always_inline)) unsigned
-reap_batch(struct keel__io *io)
+reap_batch(struct keel__io *io, bool may_trace)
 {
 	struct io_uring_cq *cq = &io->ring.cq;
 	struct io_uring_cqe *cqes = cq->cqes;
@@ -587,7 +611,7 @@ reap_batch(struct keel__io *io)
 
 	while ((tail = io_uring_smp_load_acquire(cq->ktail)) != head) {
 		do
-			handle_cqe(io, &cqes[head & mask]);
+			handle_cqe(io, &cqes[head & mask], may_trace);
 		while (++head != tail);
 	}
 	if (head != first)
@@ -596,7 +620,8 @@ reap_batch(struct keel__io *io)
 	return head - first;
 }
 
-void keel__io_reap(struct keel__io *io)
+static inline __attribute__((always_inline)) void reap_all(struct keel__io *io,
+							   bool may_trace)
 {
 	bool flushed = false;
 
@@ -607,7 +632,7 @@ void keel__io_reap(struct keel__io *io)
 	 * until none is left. (One call of reap_batch(), inlined: a second
 	 * copy made it a call, and its register saves, every turn.)
 	 */
-	while (reap_batch(io) || !flushed) {
+	while (reap_batch(io, may_trace) || !flushed) {
 		if (!io_uring_cq_has_overflow(&io->ring))
 			break;
 		io->count.cq_overflows++;
@@ -620,6 +645,25 @@ void keel__io_reap(struct keel__io *io)
 		op_lat_count(io);
 	if (io->bufrings_starved)
 		keel__bufrings_settle(io);
+}
+
+static __attribute__((noinline)) void reap_traced(struct keel__io *io)
+{
+	reap_all(io, true);
+}
+
+/*
+ * Whether the loop is traced is asked once per reap, not once per CQE: a
+ * loop attaches to a trace only when a turn begins (keel__trace_turn()),
+ * so one not traced now is not until the reap is over. (One traced may
+ * stop being so: its reap tests c->trace at every event, as before.)
+ */
+void keel__io_reap(struct keel__io *io)
+{
+	if (__builtin_expect(io->core.trace != NULL, 0))
+		reap_traced(io);
+	else
+		reap_all(io, false);
 }
 
 static void cancel_op(struct keel__io *io, struct keel__op *op)

@@ -16,17 +16,21 @@
  * Begin an op or return its error; binds `sqe` and `op` in the caller.
  * After the slow path's call the task is read back from its op, so that
  * `t` need not be kept across the call (in a register the fast path would
- * save and restore).
+ * save and restore). The slow path's op comes back in a variable of its
+ * own: were `op`'s address taken, the fast path too would store it to the
+ * stack and load it back.
  */
 #define OP_BEGIN(t, opcode, kind)                                              \
 	struct keel__op *op;                                                   \
 	struct io_uring_sqe *sqe;                                              \
 	if (!keel__op_begin((t), (opcode), (kind), &op, &sqe)) {               \
+		struct keel__op *slow_op;                                      \
 		int begin_step;                                                \
-		sqe = keel__op_begin_slow((t), (opcode), (kind), &op,          \
+		sqe = keel__op_begin_slow((t), (opcode), (kind), &slow_op,     \
 					  &begin_step);                        \
 		if (!sqe)                                                      \
 			return begin_step;                                     \
+		op = slow_op;                                                  \
 		(t) = op->task;                                                \
 	}
 
@@ -36,6 +40,7 @@ void keel_op_timeout(struct keel_task *t, uint64_t ns)
 
 	io->timeout_task = t;
 	io->timeout_ns = ns;
+	io->core.op_slow.why.timeout = 1;
 }
 
 int keel_nop(struct keel_task *t)

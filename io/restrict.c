@@ -197,6 +197,7 @@ int keel__restrict_apply(struct keel__io *io)
 	unsigned n = 0;
 
 	io->restricted = false;
+	io->core.op_slow.why.restricted = 0;
 	if (!io->restrict_ops)
 		return 0;
 	if (io->backend)
@@ -228,6 +229,7 @@ int keel__restrict_apply(struct keel__io *io)
 	if (err)
 		return err;
 	io->restricted = true;
+	io->core.op_slow.why.restricted = 1;
 	return 0;
 }
 

@@ -41,14 +41,16 @@ static struct {
 	 * value it was started with, so a loop added before it noticed
 	 * cannot keep a retired thread (which someone joins) alive. */
 	uintptr_t epoch;
-	/* Set (atomically) while the thread sleeps for want of a loop that
-	 * could stall: see all_parked(). */
-	int idle;
 	uint64_t ticks; /* samples taken: for tests */
 } watchdog = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
 };
+
+/* Set (atomically) while the thread sleeps for want of a loop that could
+ * stall: see all_parked(). A global of its own, read inline by every
+ * unpark (sched/loop.h). */
+int keel__watchdog_idle;
 
 /*
  * A task's first step is its startup work (a listener creating a buffer ring
@@ -108,7 +110,7 @@ static void watch_one(struct keel_loop *loop, uint64_t now)
  * Every loop waits in the kernel (parked, sched/remote.c): none runs a
  * step, so none can stall, and the thread need not wake every half
  * threshold (an idle process would wake 200 times a second for it). It
- * sleeps until a loop unparks (keel__watchdog_unparked()). The two sides
+ * sleeps until a loop unparks (keel__remote_unpark()). The two sides
  * are Dekker's: the thread stores `idle` then reads each `parked`, a loop
  * stores `parked` = 0 then reads `idle`, all sequentially consistent, so
  * at least one sees the other: the thread stays up, or the loop wakes it.
@@ -126,23 +128,21 @@ static bool idle_while_parked(uintptr_t epoch)
 {
 	if (!all_parked())
 		return false;
-	__atomic_store_n(&watchdog.idle, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&keel__watchdog_idle, 1, __ATOMIC_SEQ_CST);
 	if (!all_parked()) {
-		__atomic_store_n(&watchdog.idle, 0, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&keel__watchdog_idle, 0, __ATOMIC_SEQ_CST);
 		return false;
 	}
-	while (__atomic_load_n(&watchdog.idle, __ATOMIC_SEQ_CST) &&
+	while (__atomic_load_n(&keel__watchdog_idle, __ATOMIC_SEQ_CST) &&
 	       watchdog.epoch == epoch)
 		pthread_cond_wait(&watchdog.wake, &watchdog.lock);
 	return true;
 }
 
-void keel__watchdog_unparked(void)
+void keel__watchdog_wake(void)
 {
-	if (!__atomic_load_n(&watchdog.idle, __ATOMIC_SEQ_CST))
-		return;
 	pthread_mutex_lock(&watchdog.lock);
-	__atomic_store_n(&watchdog.idle, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&keel__watchdog_idle, 0, __ATOMIC_SEQ_CST);
 	pthread_cond_broadcast(&watchdog.wake);
 	pthread_mutex_unlock(&watchdog.lock);
 }
@@ -199,7 +199,7 @@ void keel__watchdog_add(struct keel_loop *loop)
 	loop->watch.next = watchdog.loops;
 	watchdog.loops = loop;
 	/* Not parked yet: the thread must watch it. */
-	__atomic_store_n(&watchdog.idle, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&keel__watchdog_idle, 0, __ATOMIC_SEQ_CST);
 	pthread_cond_broadcast(&watchdog.wake);
 	if (!watchdog.running) {
 		/* Without it the loop runs undetected; nothing else breaks. */

@@ -185,13 +185,12 @@ static __attribute__((noinline)) void step_end_slow(struct keel_loop *loop,
 }
 
 /*
- * Run at most `limit` steps of the tasks queued in class `prio`. Not
- * inlined into run_class(): there, after its setjmp, the compiler keeps
- * every local in memory (a __builtin_setjmp's resume clobbers every
- * register), a load or a store more per use in the step loop.
+ * Run at most `limit` steps of the tasks queued in class `prio`. Inline in
+ * run_class(), which has no setjmp of its own (run_turns() has it): one
+ * call and one set of register saves per class run, not two.
  */
-static __attribute__((noinline)) void run_steps(struct keel_loop *loop,
-						unsigned prio, unsigned limit)
+static inline __attribute__((always_inline)) void
+run_steps(struct keel_loop *loop, unsigned prio, unsigned limit)
 {
 	struct keel__core *c = &loop->io.core;
 	struct keel__taskq *q = &c->runq[prio];
@@ -229,70 +228,95 @@ static __attribute__((noinline)) void run_steps(struct keel_loop *loop,
 			task_exited(loop, t);
 		/* keel_op_timeout() covers one op of the step that set it. */
 		loop->io.timeout_task = NULL;
+		c->op_slow.why.timeout = 0;
 	}
 }
 
 /*
- * Run at most `limit` steps of one class; returns how many ran.
- *
- * The abort frame: set once per call, not per step, so that a resume
- * costs nothing extra; a panic in any step of the batch jumps back here,
- * the task is unwound, and the batch goes on with what is left of it. How
- * many steps ran is counted from the step counter (in the core, so it
- * survives the jump); the running task is in the core (c->current).
+ * Run at most `limit` steps of one class, in `phase` 0 (shares) or 1 (the
+ * rest) of run_ready(); returns how many ran (counted from the step
+ * counter, which a panic's jump does not lose). The abort frame that
+ * catches a panic in one of them is run_turns()'s, which then resumes the
+ * batch where this call left it (run_ready_resume()). Not inlined: one
+ * copy of the step loop, not one per call site of the unrolled
+ * run_ready_from().
  */
-static unsigned run_class(struct keel_loop *loop, unsigned prio, unsigned limit)
+static __attribute__((noinline)) unsigned
+run_class(struct keel_loop *loop, unsigned prio, unsigned limit, unsigned phase)
 {
 	struct keel__core *c = &loop->io.core;
 	const uint64_t steps0 = c->count.steps;
 
-	/* No abort frame for nothing to run (the budget is spent; an empty
-	 * class, which run_ready() does not call for anyway). */
-	if (!c->runq[prio].head || !limit)
+	/* The budget is spent (an empty class, run_ready() does not call
+	 * for). */
+	if (!limit)
 		return 0;
-#ifndef KEEL_NO_ABORT_FRAME /* only to measure what the frame costs */
-	if (KEEL__ABORT_SET(c->abort_env)) {
-		struct keel_task *t = c->current;
-
-		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
-		loop->io.timeout_task = NULL;
-		keel__task_aborted(c, t); /* traces ABORT, STEP_END 3, EXIT */
-		task_exited(loop, t);
-	}
+	loop->resume_class = phase * KEEL_PRIO_CLASSES + prio;
+	loop->resume_end = steps0 + limit;
 	c->abort_armed = true;
-#endif
-	run_steps(loop, prio, limit - (unsigned)(c->count.steps - steps0));
+	run_steps(loop, prio, limit);
 	c->abort_armed = false;
 	c->ready_budget = 0;
 	return (unsigned)(c->count.steps - steps0);
 }
 
 /*
- * Step 1 of the turn: each class's share, then the rest by priority. An
- * empty class is skipped here, not in run_class(): a call of a function
- * that calls setjmp saves and restores every callee-saved register, some
- * 25 instructions, which for the three empty classes of a typical turn,
- * twice, was a fifth of a NOP's turn.
+ * Step 1 of the turn: each class's share, then the rest by priority; from
+ * class `p` of `phase` on, with `left` of the budget (run_ready() starts
+ * at the top). An empty class is skipped here, not in run_class(): four
+ * tests of a head.
  */
-static void run_ready(struct keel_loop *loop)
+static inline __attribute__((always_inline)) void
+run_ready_from(struct keel_loop *loop, unsigned left, unsigned phase, int p)
 {
 	const struct keel__core *c = &loop->io.core;
-	unsigned left = loop->budget;
 
-	/* Unrolled: four tests of a head, not a loop's counter and index
-	 * around each (some 20 instructions a turn). */
+	if (phase == 0) {
+		/* Unrolled: four tests of a head, not a loop's counter and
+		 * index around each (some 20 instructions a turn). */
 #pragma GCC unroll 4
-	for (int p = KEEL_PRIO_CLASSES - 1; p >= 0; p--) {
-		unsigned share = loop->share[p];
+		for (; p >= 0; p--) {
+			unsigned share = loop->share[p];
 
-		if (c->runq[p].head)
-			left -= run_class(loop, (unsigned)p,
-					  share < left ? share : left);
+			if (c->runq[p].head)
+				left -=
+				    run_class(loop, (unsigned)p,
+					      share < left ? share : left, 0);
+		}
+		p = KEEL_PRIO_CLASSES - 1;
 	}
-	for (int p = KEEL_PRIO_CLASSES - 1; p >= 0 && left && c->runnable; p--)
+	for (; p >= 0 && left && c->runnable; p--)
 		if (c->runq[p].head)
-			left -= run_class(loop, (unsigned)p, left);
+			left -= run_class(loop, (unsigned)p, left, 1);
 }
+
+static void run_ready(struct keel_loop *loop)
+{
+	loop->turn_steps0 = loop->io.core.count.steps;
+	run_ready_from(loop, loop->budget, 0, KEEL_PRIO_CLASSES - 1);
+}
+
+#ifndef KEEL_NO_ABORT_FRAME
+/*
+ * After a panic in a step of run_class(): the rest of that call's steps,
+ * then the rest of run_ready(), with what is left of the turn's budget: the
+ * batch goes on as if the task had returned.
+ */
+static __attribute__((noinline, cold)) void
+run_ready_resume(struct keel_loop *loop)
+{
+	const struct keel__core *c = &loop->io.core;
+	unsigned phase = loop->resume_class / KEEL_PRIO_CLASSES;
+	int p = (int)(loop->resume_class % KEEL_PRIO_CLASSES);
+
+	if (loop->resume_end > c->count.steps && c->runq[p].head)
+		run_class(loop, (unsigned)p,
+			  (unsigned)(loop->resume_end - c->count.steps), phase);
+	run_ready_from(
+	    loop, loop->budget - (unsigned)(c->count.steps - loop->turn_steps0),
+	    phase, p - 1);
+}
+#endif
 
 /*
  * Whether anything outside this loop's ready tasks can still wake it: an
@@ -478,6 +502,9 @@ static int enter_batched(struct keel_loop *loop, int64_t wait)
  * busy CQ are not errors of the loop. */
 static int enter_result(int ret)
 {
+	/* The common case first: one test, not five. */
+	if (__builtin_expect(ret >= 0, 1))
+		return 0;
 	if (ret == -ETIME || ret == -EINTR || ret == -EAGAIN || ret == -EBUSY)
 		return 0;
 	return ret < 0 ? ret : 0;
@@ -582,16 +609,11 @@ static void turn_begin(struct keel_loop *loop)
 	loop->turns++;
 }
 
-/* One turn: the list of its steps (see the top of this file). */
-static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
+/* Steps 2 to 5 of a turn: what follows the steps of its ready tasks. */
+static int turn_io(struct keel_loop *loop, int64_t max_wait_ns)
 {
-	struct keel__core *outer = keel__current_core;
 	int err;
 
-	keel__current_core = &loop->io.core;
-	turn_begin(loop);
-	/* 1. Run ready tasks, at most `budget` steps. */
-	run_ready(loop);
 	/* 2. Submit and wait (as long as turn_timeout() says). */
 	err = submit_and_wait(loop, turn_timeout(loop, max_wait_ns));
 	/* 3. Reap completions, then count what this wake brought. */
@@ -603,6 +625,76 @@ static int loop_turn(struct keel_loop *loop, int64_t max_wait_ns)
 	/* 5. Drain the inbox: cross-loop messages, wakes, spawns. */
 	if (keel__remote_pending(loop))
 		keel__remote_drain(loop);
+	return err;
+}
+
+/*
+ * One turn: the list of its steps (see the top of this file). Not inlined
+ * into run_turns(): after its setjmp every local of that function lives in
+ * memory (a resume clobbers every register).
+ */
+static __attribute__((noinline)) int loop_turn(struct keel_loop *loop,
+					       int64_t max_wait_ns)
+{
+	turn_begin(loop);
+	/* 1. Run ready tasks, at most `budget` steps. */
+	run_ready(loop);
+	return turn_io(loop, max_wait_ns);
+}
+
+/*
+ * Turns, with the loop current on this thread: one (`once`, for
+ * keel_loop_step()), or while the loop has work (keel_loop_run()).
+ *
+ * The abort frame is set here, once per call, not per turn or per batch
+ * of steps: a function that calls setjmp saves and restores every
+ * callee-saved register and keeps its locals in memory, some 40
+ * instructions that a turn of one step paid every time. A panic in a step
+ * (run_class() arms the frame only around steps) jumps back here: the task
+ * is unwound, the batch goes on with what is left of it, then the turn.
+ */
+static __attribute__((noinline)) int run_turns(struct keel_loop *loop,
+					       int64_t max_wait_ns, bool once)
+{
+	struct keel__core *c = &loop->io.core;
+	struct keel__core *outer = keel__current_core;
+	int err = 0;
+
+	keel__current_core = c;
+#ifndef KEEL_NO_ABORT_FRAME /* only to measure what the frame costs */
+	if (KEEL__ABORT_SET(c->abort_env)) {
+		struct keel_task *t = c->current;
+
+		__atomic_store_n(&c->current, NULL, __ATOMIC_RELAXED);
+		loop->io.timeout_task = NULL;
+		c->op_slow.why.timeout = 0;
+		c->abort_armed = false;
+		c->ready_budget = 0;
+		keel__task_aborted(c, t); /* traces ABORT, STEP_END 3, EXIT */
+		task_exited(loop, t);
+		run_ready_resume(loop);
+		err = turn_io(loop, max_wait_ns);
+		if (err || once)
+			goto out;
+	}
+#endif
+	if (once) {
+		err = loop_turn(loop, max_wait_ns);
+		goto out;
+	}
+	while (!loop->stop && loop_alive(loop)) {
+		/* Every task waits and nothing can wake one: the tasks wait
+		 * on each other (a join cycle). */
+		if (!c->runnable && !loop_wakeable(loop) &&
+		    !keel__remote_pending(loop)) {
+			err = -EDEADLK;
+			break;
+		}
+		err = loop_turn(loop, max_wait_ns);
+		if (err)
+			break;
+	}
+out:
 	keel__current_core = outer;
 	return err;
 }
@@ -611,18 +703,7 @@ int keel_loop_run(struct keel_loop *loop)
 {
 	loop->stop = false;
 	keel__remote_unpark(loop); /* a host's last step left it parked */
-	while (!loop->stop && loop_alive(loop)) {
-		/* Every task waits and nothing can wake one: the tasks wait
-		 * on each other (a join cycle). */
-		if (!loop->io.core.runnable && !loop_wakeable(loop) &&
-		    !keel__remote_pending(loop))
-			return -EDEADLK;
-		int err = loop_turn(loop, -1);
-
-		if (err)
-			return err;
-	}
-	return 0;
+	return run_turns(loop, -1, false);
 }
 
 /*
@@ -637,7 +718,7 @@ int keel_loop_step(struct keel_loop *loop, int64_t timeout_ns)
 	int err;
 
 	keel__remote_unpark(loop);
-	err = loop_turn(loop, timeout_ns);
+	err = run_turns(loop, timeout_ns, true);
 	keel__remote_park(loop);
 	if (err)
 		return err;

@@ -39,6 +39,12 @@ struct keel_loop {
 	unsigned budget;    /* task steps per turn */
 	/* Each class's share of the budget (see run_ready()). */
 	unsigned share[KEEL_PRIO_CLASSES];
+	/* Where a panic left step 1 of the turn (sched/loop.c: run_class()):
+	 * the class and phase, the step count its run ends at, and the step
+	 * count the turn began with. */
+	unsigned resume_class;
+	uint64_t resume_end;
+	uint64_t turn_steps0;
 	bool stop;
 	uint64_t turns;
 	void *altstack; /* the signal stack keel gave this thread, if any */
@@ -66,19 +72,49 @@ static inline bool keel__remote_pending(const struct keel_loop *loop)
 {
 	return __atomic_load_n(&loop->inbox.head, __ATOMIC_SEQ_CST) != NULL;
 }
-/*
- * Park before blocking: from now on posters ring the doorbell. Returns
- * false if the inbox already has work: then do not block (but unpark).
- */
-bool keel__remote_park(struct keel_loop *loop);
-void keel__remote_unpark(struct keel_loop *loop);
 void keel__remote_drain(struct keel_loop *loop);
 
 /* sched/introspect.c */
 void keel__watchdog_add(struct keel_loop *loop);
 void keel__watchdog_remove(struct keel_loop *loop);
-/* A loop unparked: wake the watchdog if it sleeps (sched/introspect.c). */
-void keel__watchdog_unparked(void);
+/* Nonzero while the stall watchdog sleeps, every loop parked; a loop that
+ * unparks then wakes it (keel__watchdog_wake()). */
+extern int keel__watchdog_idle;
+void keel__watchdog_wake(void);
+
+/*
+ * Park before blocking: from now on posters ring the doorbell. Returns
+ * false if the inbox already has work: then do not block (but unpark).
+ * Park and unpark are inline: every turn that blocks does both.
+ *
+ * `wake_pending` is cleared when the loop parks, before `parked` is set:
+ * cleared at unpark instead, a doorbell rung just after the unpark would
+ * be spent on a turn that does not park, the flag would stay set, and the
+ * next park would sleep through every later post. A plain store: a poster
+ * that sees this `parked` (a release, as every sequentially consistent
+ * store) sees the clear before it too, so its exchange reads 0 or another
+ * poster's 1; one full fence a park (the store of `parked`, before the
+ * look at the inbox) is all the protocol needs, not two (a locked
+ * instruction each on x86: some 20 cycles a blocking turn).
+ */
+static inline bool keel__remote_park(struct keel_loop *loop)
+{
+	__atomic_store_n(&loop->inbox.wake_pending, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&loop->inbox.parked, 1, __ATOMIC_SEQ_CST);
+	/* Posted before `parked` was set: the poster rang nothing. */
+	return !keel__remote_pending(loop);
+}
+
+/* The stall watchdog sleeps while every loop is parked: Dekker's with
+ * its thread (sched/introspect.c: all_parked()), both sides sequentially
+ * consistent. */
+static inline void keel__remote_unpark(struct keel_loop *loop)
+{
+	__atomic_store_n(&loop->inbox.parked, 0, __ATOMIC_SEQ_CST);
+	if (__builtin_expect(
+		__atomic_load_n(&keel__watchdog_idle, __ATOMIC_SEQ_CST), 0))
+		keel__watchdog_wake();
+}
 /* The watchdog's samples so far (tests). */
 uint64_t keel__watchdog_ticks(void);
 void keel__stall_after_step(struct keel_loop *loop, struct keel_task *t,

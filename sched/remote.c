@@ -152,27 +152,6 @@ void keel__remote_post(struct keel_loop *loop, struct keel__remote_item *it)
 		ring_doorbell(loop);
 }
 
-/*
- * `wake_pending` is cleared when the loop parks, before `parked` is set:
- * cleared at unpark instead, a doorbell rung just after the unpark would
- * be spent on a turn that does not park, the flag would stay set, and the
- * next park would sleep through every later post.
- */
-bool keel__remote_park(struct keel_loop *loop)
-{
-	__atomic_store_n(&loop->inbox.wake_pending, 0, __ATOMIC_SEQ_CST);
-	__atomic_store_n(&loop->inbox.parked, 1, __ATOMIC_SEQ_CST);
-	/* Posted before `parked` was set: the poster rang nothing. */
-	return !keel__remote_pending(loop);
-}
-
-void keel__remote_unpark(struct keel_loop *loop)
-{
-	__atomic_store_n(&loop->inbox.parked, 0, __ATOMIC_SEQ_CST);
-	/* The stall watchdog sleeps while every loop is parked. */
-	keel__watchdog_unparked();
-}
-
 void keel__remote_drain(struct keel_loop *loop)
 {
 	/* Empty nearly every turn: a load, not a locked exchange, for that. */

@@ -37,7 +37,7 @@ static int waiter_step(struct keel_task *t)
 	KEEL_BEGIN(t);
 	KEEL_AWAIT(t, keel_nop(t));
 	seen.first_ud =
-	    ((uint64_t)(keel__op_at(&io->ledger, 0)->gen - 1) << 32) |
+	    ((uint64_t)(keel__op_gen(keel__op_at(&io->ledger, 0)) - 1) << 32) |
 	    KEEL__UD_MAIN;
 	KEEL_AWAIT(t, keel_read(t, w->fds[0], w->buf, sizeof(w->buf),
 				KEEL_OFF_CURRENT));
@@ -73,12 +73,12 @@ Test(ledger, stale_generation_cqes_are_dropped, .timeout = 10)
 	struct keel__op *op = keel__op_at(&keel__io_of(loop)->ledger, 0);
 
 	cr_assert(op->flags & KEEL__OP_INUSE, "the read reuses slot 0");
-	cr_assert_eq(op->gen, 2, "slot 0 is in its second generation");
+	cr_assert_eq(keel__op_gen(op), 2, "slot 0 is in its second generation");
 	/* The first op's user_data (generation 1), an index never handed
 	 * out, and a current one with a bad role are all stale. */
 	forge_cqe(loop, seen.first_ud);
 	forge_cqe(loop, ((uint64_t)2 << 32) | (100000u << 2));
-	forge_cqe(loop, ((uint64_t)op->gen << 32) | (5u << 2));
+	forge_cqe(loop, ((uint64_t)keel__op_gen(op) << 32) | (5u << 2));
 	keel_loop_step(loop, 0);
 	keel_loop_stats(loop, &s);
 	cr_assert_eq(s.stale_cqes, 3);
@@ -101,8 +101,11 @@ Test(ledger, stale_generation_cqes_are_dropped, .timeout = 10)
 
 Test(ledger, user_data_encodes_index_generation_and_role, .timeout = 10)
 {
-	struct keel__op op = {.index = 0x1234, .gen = 0xabcdef01};
-	uint64_t ud = keel__op_ud(&op, KEEL__UD_TIMEOUT);
+	struct keel__op op = {0};
+	uint64_t ud;
+
+	keel__op_set_id(&op, 0x1234, 0xabcdef01);
+	ud = keel__op_ud(&op, KEEL__UD_TIMEOUT);
 
 	cr_assert_eq(ud >> 32, 0xabcdef01);
 	cr_assert_eq((ud >> 2) & 0x3fffffff, 0x1234);
@@ -251,7 +254,7 @@ Test(ledger, trimmed_chunk_mapped_again_drops_its_old_cqes, .timeout = 10)
 	cr_assert_eq(l->nchunks, 2);
 	struct keel__op *op = keel__op_at(l, TRIM_INDEX);
 	uint64_t old_ud = keel__op_ud(op, KEEL__UD_MAIN);
-	uint32_t old_gen = op->gen;
+	uint32_t old_gen = keel__op_gen(op);
 
 	cr_assert(op->flags & KEEL__OP_INUSE);
 	give_ops(io, ops);
@@ -266,8 +269,8 @@ Test(ledger, trimmed_chunk_mapped_again_drops_its_old_cqes, .timeout = 10)
 	cr_assert_eq(l->nchunks, 2, "the chunk is mapped again");
 	op = keel__op_at(l, TRIM_INDEX);
 	cr_assert(op->flags & KEEL__OP_INUSE);
-	cr_assert_gt(op->gen, old_gen, "generation %u after %u", op->gen,
-		     old_gen);
+	cr_assert_gt(keel__op_gen(op), old_gen, "generation %u after %u",
+		     keel__op_gen(op), old_gen);
 	op->pending = 1; /* it waits for a CQE: the old one must not do */
 	forge_cqe(loop, old_ud);
 	keel_loop_step(loop, 0);
