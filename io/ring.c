@@ -223,11 +223,7 @@ static int ring_resize(struct keel__io *io, unsigned sq, unsigned cq)
 	fresh.sq.sqe_tail = ring->sq.sqe_tail;
 	ring->sq = fresh.sq;
 	ring->cq = fresh.cq;
-	if (ring->flags & IORING_SETUP_NO_SQARRAY)
-		ring->sq.array = NULL;
-	else
-		for (unsigned i = 0; i < ring->sq.ring_entries; i++)
-			ring->sq.array[i] = i;
+	ring->sq.array = NULL; /* NO_SQARRAY: see ring_start_small() */
 	io->sq_entries = ring->sq.ring_entries;
 	io->cq_entries = ring->cq.ring_entries;
 	return 0;
@@ -243,23 +239,38 @@ static int ring_resize(struct keel__io *io, unsigned sq, unsigned cq)
  * per enter while small, +9 % on keel-micro nop_b1). Only with the default
  * sizes (sizes asked for are kept), not on restricted rings (their
  * restrictions do not allow resizing) and where the kernel resizes (6.13,
- * DEFER_TASKRUN rings); KEEL_RING_RESIZE=0 turns it off. Set up at full
+ * DEFER_TASKRUN rings) a ring without an SQ array (NO_SQARRAY: after a
+ * resize, 6.18 reports the new array's offset as 0, where writing the
+ * array would overwrite the ring's head and tail); KEEL_RING_RESIZE=0
+ * turns it off. Set up at full
  * size and shrunk, so that a refusal leaves the ring as it was.
  */
 #define SMALL_SQ 32u
 
-static int ring_start_small(struct keel__io *io)
+/* 1: a ring of this process's was resized (later loops are set up with
+ * the small SQ at once, saving the resize: 38 us a loop); -1: the kernel
+ * refused (later loops do not try). */
+static int resize_seen;
+
+static int ring_start_small(struct keel__io *io, unsigned sq)
 {
-	unsigned sq = io->ring.sq.ring_entries, cq = io->ring.cq.ring_entries;
+	unsigned cq = io->ring.cq.ring_entries;
 
 	if (!(io->ring.flags & IORING_SETUP_DEFER_TASKRUN) ||
-	    env_off("KEEL_RING_RESIZE") || sq <= SMALL_SQ)
+	    !(io->ring.flags & IORING_SETUP_NO_SQARRAY) || sq <= SMALL_SQ ||
+	    __atomic_load_n(&resize_seen, __ATOMIC_RELAXED) < 0)
 		return 0;
+	if (io->ring.sq.ring_entries == SMALL_SQ) {
+		io->grow_sq = sq;
+		return 0;
+	}
 	int err = ring_resize(io, SMALL_SQ, cq);
 
 	if (io->ring_lost)
 		return err;
 	if (err) {
+		if (err == -EINVAL)
+			__atomic_store_n(&resize_seen, -1, __ATOMIC_RELAXED);
 		note_downgrade(io,
 			       err == -EINVAL
 				   ? "RESIZE_RINGS refused (needs Linux "
@@ -267,6 +278,7 @@ static int ring_start_small(struct keel__io *io)
 				   : "RESIZE_RINGS failed: SQ at full size");
 		return 0;
 	}
+	__atomic_store_n(&resize_seen, 1, __ATOMIC_RELAXED);
 	io->grow_sq = sq;
 	return 0;
 }
@@ -360,6 +372,16 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 	if (err)
 		return err;
 	unsigned r_disabled = io->restrict_ops ? IORING_SETUP_R_DISABLED : 0;
+	/* The default sizes, a ring that can be resized: a small SQ. */
+	bool small = !(opts && (opts->sq_entries || opts->cq_entries)) &&
+		     !io->restrict_ops &&
+		     !(flags & (KEEL_LOOP_SQPOLL | KEEL_LOOP_NO_DEFER)) &&
+		     !env_off("KEEL_RING_RESIZE") &&
+		     !env_off("KEEL_NO_SQARRAY");
+	unsigned setup_sq =
+	    small && __atomic_load_n(&resize_seen, __ATOMIC_RELAXED) > 0
+		? SMALL_SQ
+		: sq;
 
 	if (backend) {
 		err = backend_init(io, backend, sq, cq);
@@ -376,7 +398,7 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 	for (size_t i = 0; i < ntries; i++) {
 		if (tries[i].dropped)
 			note_downgrade(io, tries[i].dropped);
-		err = ring_setup(io, sq, cq,
+		err = ring_setup(io, setup_sq, cq,
 				 tries[i].flags | IORING_SETUP_CQSIZE |
 				     r_disabled);
 		if (err != -EINVAL)
@@ -398,9 +420,8 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 		return err;
 	RING_MAPPED();
 	probe_ops(io);
-	if (!(opts && (opts->sq_entries || opts->cq_entries)) &&
-	    !io->restrict_ops) {
-		err = ring_start_small(io);
+	if (small) {
+		err = ring_start_small(io, sq);
 		if (err) {
 			io->ring_ready = true; /* fini unmaps it */
 			return err;

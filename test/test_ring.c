@@ -10,9 +10,11 @@
  *   head and tail).
  * - IORING_REGISTER_RESIZE_RINGS (6.13): a loop with the default sizes
  *   starts with an SQ of 32 entries (describe says so; on 6.13 and newer
- *   it must), KEEL_RING_RESIZE=0 and sizes asked for keep their size; the
+ *   it must), KEEL_RING_RESIZE=0, KEEL_NO_SQARRAY=0 and sizes asked for
+ *   keep their size; the
  *   first time the SQ fills it grows to 256, with SQEs queued before and
- *   receives in flight across the resize all completing, data intact.
+ *   receives in flight across the resize all completing, data intact
+ *   (the process's first loop shrunk after setup, the next set up small).
  */
 #include <criterion/criterion.h>
 #include <keel.h>
@@ -119,12 +121,19 @@ Test(ring, default_sq_starts_small_other_sizes_stay)
 	cr_assert_not_null(strstr(d, "sq 256, cq 1024;"), "%s", d);
 	keel_loop_destroy(loop);
 
-	cr_assert_eq(setenv("KEEL_RING_RESIZE", "0", 1), 0);
-	loop = kt_loop_new(NULL);
-	unsetenv("KEEL_RING_RESIZE");
-	describe(loop, d, sizeof(d));
-	cr_assert_not_null(strstr(d, "sq 256, cq 1024;"), "%s", d);
-	keel_loop_destroy(loop);
+	/* Off, and with an SQ array (whose offset a resize does not say). */
+	const char *knobs[] = {"KEEL_RING_RESIZE", "KEEL_NO_SQARRAY"};
+
+	for (size_t i = 0; i < 2; i++) {
+		cr_assert_eq(setenv(knobs[i], "0", 1), 0);
+		loop = kt_loop_new(NULL);
+		unsetenv(knobs[i]);
+		describe(loop, d, sizeof(d));
+		cr_assert_not_null(strstr(d, "sq 256, cq 1024;"), "%s: %s",
+				   knobs[i], d);
+		run_nops(loop, 100, 3);
+		keel_loop_destroy(loop);
+	}
 }
 
 #define PAIRS 40
@@ -173,7 +182,7 @@ static int sender_step(struct keel_task *t)
 
 static KEEL_TASK_TYPE(sender_task, struct sender, task, sender_step);
 
-Test(ring, a_full_small_sq_grows_with_ops_in_flight, .timeout = 20)
+static void grow_with_ops_in_flight(void)
 {
 	int fds[2 * PAIRS], done = 0, nops = 0;
 	char d[1024];
@@ -216,4 +225,12 @@ Test(ring, a_full_small_sq_grows_with_ops_in_flight, .timeout = 20)
 	keel_loop_destroy(loop);
 	for (int i = 0; i < 2 * PAIRS; i++)
 		close(fds[i]);
+}
+
+/* The process's first loop is set up at full size and shrunk; later ones
+ * are set up small at once: both grow. */
+Test(ring, a_full_small_sq_grows_with_ops_in_flight, .timeout = 20)
+{
+	grow_with_ops_in_flight();
+	grow_with_ops_in_flight();
 }
