@@ -321,7 +321,9 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 void keel__io_fini(struct keel__io *io);
 
 /* Make sure `n` SQEs can be taken back to back (linked requests must be
- * adjacent): submits what is queued if the SQ has less room. */
+ * adjacent): grows a small SQ, or submits what is queued, if the SQ has
+ * less room. Growing moves the SQ (io/ring.c): an SQE taken before this
+ * or keel__io_sqe() is not to be touched after either. */
 void keel__io_reserve(struct keel__io *io, unsigned n);
 
 /*

@@ -242,8 +242,8 @@ static int ring_resize(struct keel__io *io, unsigned sq, unsigned cq)
  * DEFER_TASKRUN rings) a ring without an SQ array (NO_SQARRAY: after a
  * resize, 6.18 reports the new array's offset as 0, where writing the
  * array would overwrite the ring's head and tail); KEEL_RING_RESIZE=0
- * turns it off. Set up at full
- * size and shrunk, so that a refusal leaves the ring as it was.
+ * turns it off. A process's first such ring is set up at full size and
+ * shrunk (a refusal leaves it as it was), later ones are set up small.
  */
 #define SMALL_SQ 32u
 
