@@ -40,6 +40,7 @@
 
 /* io_uring_register() opcodes newer than 2.3. */
 #define KEEL_IORING_REGISTER_SEND_MSG_RING 31 /* 6.13, with fd -1 */
+#define KEEL_IORING_REGISTER_RESIZE_RINGS  33 /* 6.13 */
 
 /* Features newer than 2.3. */
 #ifndef IORING_FEAT_REG_REG_RING

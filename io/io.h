@@ -260,6 +260,11 @@ struct keel__io {
 	int event_fd; /* for hosts' epoll (keel_loop_fd); -1 until asked */
 	bool ring_fd_registered;
 	bool ring_ready;
+	/* A small SQ that grows when it first fills (io/ring.c): the
+	 * entries to grow to, 0 once grown (or never small). ring_lost: a
+	 * resize moved the rings where they could not be mapped (-errno). */
+	unsigned grow_sq;
+	int ring_lost;
 	bool closing; /* the loop is being destroyed: streams close */
 	bool reaping; /* in keel__io_reap(): buffer counts are stale */
 	/* Some buffer ring has had starved streams since the last settle:
@@ -353,7 +358,9 @@ int keel__io_init(struct keel__io *io, const struct keel_loop_opts *opts,
 void keel__io_fini(struct keel__io *io);
 
 /* Make sure `n` SQEs can be taken back to back (linked requests must be
- * adjacent): submits what is queued if the SQ has less room. */
+ * adjacent): grows a small SQ, or submits what is queued, if the SQ has
+ * less room. Growing moves the SQ (io/ring.c): an SQE taken before this
+ * or keel__io_sqe() is not to be touched after either. */
 void keel__io_reserve(struct keel__io *io, unsigned n);
 
 /*
@@ -478,7 +485,8 @@ void keel__inject_fini(struct keel__io *io);
 /* io->backend, io->inject or the cancels waiting for an SQE changed. */
 static inline void keel__io_enter_update(struct keel__io *io)
 {
-	io->enter_slow = io->backend || io->inject || io->ledger.nlater;
+	io->enter_slow =
+	    io->backend || io->inject || io->ledger.nlater || io->ring_lost;
 }
 
 /*
