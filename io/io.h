@@ -311,7 +311,8 @@ struct keel__io {
 	int hib_ep;
 	/* The wait timer (keel__io_wait_timer()): the armed timeout's
 	 * absolute deadline (0: none armed), its generation, and its
-	 * timespec, which the kernel reads when it takes the SQE. */
+	 * timespec, which the kernel reads when it takes the SQE (so at
+	 * destroy the ring's exit cancels the timeout: nothing to drain). */
 	uint64_t wait_deadline;
 	uint32_t wait_gen;
 	struct __kernel_timespec wait_ts;
