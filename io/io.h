@@ -38,6 +38,16 @@
 #define KEEL__UD_WAKE	   3u /* a doorbell (MSG_RING) from another thread */
 #define KEEL__UD_ROLE_MASK 3u
 #define KEEL__UD_HIBERNATE 4u
+/* The loop's wait timer (keel__io_wait_timer()): generation 0 of the
+ * hibernate space, whose records 0 and 1 are the epoll set's polls; its
+ * arm's generation (2 and up, below 2^29) in the record's place. */
+#define KEEL__UD_WAIT_TIMER(gen)                                               \
+	((uint64_t)(gen) << 3 | KEEL__UD_HIBERNATE | KEEL__UD_INTERNAL)
+#define KEEL__WAIT_TIMER_GEN0 2u
+static inline bool keel__ud_is_wait_timer(uint64_t ud)
+{
+	return ud >> 32 == 0 && (uint32_t)ud >> 3 >= KEEL__WAIT_TIMER_GEN0;
+}
 
 /* What an op is, for the completion path. */
 enum keel__op_kind {
@@ -299,6 +309,13 @@ struct keel__io {
 	bool hib_closed;
 	bool hib_ep_armed, hib_ep_more;
 	int hib_ep;
+	/* The wait timer (keel__io_wait_timer()): the armed timeout's
+	 * absolute deadline (0: none armed), its generation, and its
+	 * timespec, which the kernel reads when it takes the SQE (so at
+	 * destroy the ring's exit cancels the timeout: nothing to drain). */
+	uint64_t wait_deadline;
+	uint32_t wait_gen;
+	struct __kernel_timespec wait_ts;
 	/* Provided-buffer rings (io/bufring.c), by index (bgid). */
 	struct keel_bufring **bufrings;
 	uint32_t nbufrings;
@@ -442,6 +459,20 @@ static inline int keel__io_enter_kernel(struct keel__io *io, unsigned want,
 	ts.tv_nsec = wait_ns % 1000000000;
 	return io_uring_submit_and_wait_timeout(ring, &cqe, want, &ts, NULL);
 }
+
+/*
+ * The loop's wait timer: one kernel timeout (IORING_OP_TIMEOUT, absolute,
+ * CLOCK_MONOTONIC) kept armed for the loop's earliest deadline, so that a
+ * blocking enter needs no timeout of its own: an enter with one arms and
+ * cancels a kernel hrtimer every wait, which at one connection was some
+ * 6 % of the server's CPU per request. true: a timeout that ends at or
+ * before `deadline` (keel__clock_now()'s clock) is armed, or was queued
+ * (removing a later one first); false: the SQ had no room, wait with a
+ * timeout of the enter. keel__io_wait_timer_cqe(): its CQE, or a
+ * superseded one's.
+ */
+bool keel__io_wait_timer(struct keel__io *io, uint64_t deadline);
+void keel__io_wait_timer_cqe(struct keel__io *io, uint64_t ud);
 
 /*
  * keel__io_enter() with the kernel's min-wait (io/ring.c): wait up to

@@ -516,7 +516,10 @@ handle_cqe_slow(struct keel__io *io, const struct io_uring_cqe *cqe)
 		 * hibernated descriptor's. */
 		if (__builtin_expect(ud != role, 0) &&
 		    role == KEEL__UD_INTERNAL) {
-			if (ud & KEEL__UD_HIBERNATE)
+			if ((ud & KEEL__UD_HIBERNATE) &&
+			    keel__ud_is_wait_timer(ud))
+				keel__io_wait_timer_cqe(io, ud);
+			else if (ud & KEEL__UD_HIBERNATE)
 				keel__hibernate_cqe(io, ud, cqe->res,
 						    cqe->flags);
 			else

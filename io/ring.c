@@ -591,6 +591,44 @@ int keel__io_enter_wait(struct keel__io *io, unsigned want)
 	return io_uring_enter(fd, sq_publish(&io->ring), want, flags, NULL);
 }
 
+bool keel__io_wait_timer(struct keel__io *io, uint64_t deadline)
+{
+	struct io_uring_sqe *sqe;
+
+	if (io->wait_deadline && io->wait_deadline <= deadline)
+		return true;
+	/* A later deadline needs nothing: the armed timeout wakes the loop
+	 * early once, and the next wait arms it anew. An earlier one
+	 * replaces it: remove it (its -ECANCELED then has an old
+	 * generation), queue a new one. */
+	if (io_uring_sq_space_left(&io->ring) < (io->wait_deadline ? 2u : 1u))
+		return false;
+	if (io->wait_deadline) {
+		sqe = keel__sq_take(io);
+		io_uring_prep_timeout_remove(
+		    sqe, KEEL__UD_WAIT_TIMER(io->wait_gen), 0);
+		io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+	}
+	if (++io->wait_gen >= 1u << 29 || io->wait_gen < KEEL__WAIT_TIMER_GEN0)
+		io->wait_gen = KEEL__WAIT_TIMER_GEN0;
+	io->wait_ts.tv_sec = (long long)(deadline / 1000000000);
+	io->wait_ts.tv_nsec = (long long)(deadline % 1000000000);
+	sqe = keel__sq_take(io);
+	io_uring_prep_timeout(sqe, &io->wait_ts, 0, IORING_TIMEOUT_ABS);
+	io_uring_sqe_set_data64(sqe, KEEL__UD_WAIT_TIMER(io->wait_gen));
+	io->wait_deadline = deadline;
+	return true;
+}
+
+void keel__io_wait_timer_cqe(struct keel__io *io, uint64_t ud)
+{
+	/* Fired (-ETIME) or removed: a superseded arm's CQE changes
+	 * nothing. */
+	if ((uint32_t)ud >> 3 == io->wait_gen)
+		io->wait_deadline = 0;
+	io->count.internal_cqes++;
+}
+
 /*
  * The kernel's min-wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12): submit, then
  * wait up to `min_wait_ns` for `want` CQEs; if by then any CQE is there,

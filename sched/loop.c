@@ -511,12 +511,31 @@ static int enter_result(int ret)
 }
 
 /*
- * One io_uring_enter: submit the queued SQEs, wait at most `wait` ns.
+ * Whether the loop's wait timer (keel__io_wait_timer()) ends a wait of
+ * `wait` ns from the turn's clock, arming it if it has to: on the kernel's
+ * own ring without SQPOLL (where keel__io_enter_wait() is) and a real
+ * clock. Backends, fault injection and the simulated clock keep a timeout
+ * per enter.
+ */
+static bool wait_timer_covers(struct keel_loop *loop, int64_t wait)
+{
+	struct keel__io *io = &loop->io;
+
+	if (io->enter_slow || (io->setup_flags & IORING_SETUP_SQPOLL) ||
+	    keel__virtual_clock)
+		return false;
+	return keel__io_wait_timer(io, io->core.now + (uint64_t)wait);
+}
+
+/*
+ * One io_uring_enter: submit the queued SQEs, wait at most `wait` ns
+ * (`own`: a wait the loop's timers set, not its caller's bound, which
+ * keeps a timeout of its own enter).
  * Not waiting, nothing to submit, nothing in flight: the kernel has
  * nothing for us, so save the system call (a yield loop, or a task woken
  * from another thread, goes straight on).
  */
-static int enter(struct keel_loop *loop, int64_t wait)
+static int enter(struct keel_loop *loop, int64_t wait, bool own)
 {
 	struct keel__io *io = &loop->io;
 	struct io_uring *ring = &io->ring;
@@ -533,7 +552,9 @@ static int enter(struct keel_loop *loop, int64_t wait)
 	if (batching(loop, wait)) {
 		loop->batch_waits++;
 		ret = enter_batched(loop, wait);
-	} else
+	} else if (wait > 0 && own && wait_timer_covers(loop, wait))
+		ret = keel__io_enter_wait(io, 1);
+	else
 		ret = keel__io_enter(io, 1, wait);
 	return enter_result(ret);
 }
@@ -544,7 +565,7 @@ static int enter(struct keel_loop *loop, int64_t wait)
  * parking finds what was posted before it, and then the loop does not
  * block.
  */
-static int submit_and_wait(struct keel_loop *loop, int64_t wait)
+static int submit_and_wait(struct keel_loop *loop, int64_t wait, bool own)
 {
 	bool parked;
 	int err;
@@ -554,7 +575,7 @@ static int submit_and_wait(struct keel_loop *loop, int64_t wait)
 	parked = wait != 0;
 	if (parked && !keel__remote_park(loop))
 		wait = 0;
-	err = enter(loop, wait);
+	err = enter(loop, wait, own);
 	if (parked)
 		keel__remote_unpark(loop);
 	return err;
@@ -615,7 +636,8 @@ static int turn_io(struct keel_loop *loop, int64_t max_wait_ns)
 	int err;
 
 	/* 2. Submit and wait (as long as turn_timeout() says). */
-	err = submit_and_wait(loop, turn_timeout(loop, max_wait_ns));
+	err = submit_and_wait(loop, turn_timeout(loop, max_wait_ns),
+			      max_wait_ns < 0);
 	/* 3. Reap completions, then count what this wake brought. */
 	count_wake(loop, reap_completions(loop));
 	/* 4. Fire expired timers (which wake sleepers). The tests here save

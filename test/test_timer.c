@@ -865,3 +865,55 @@ Test(timer, wheel_many_arms_and_cancels_within_one_turn_match_the_model,
 	virtual_done(loop);
 	free(m);
 }
+
+/*
+ * The loop's wait timer (io/ring.c): a blocking wait has no timeout of its
+ * own, one kernel timeout is kept armed for the earliest deadline. A timer
+ * armed while the loop waits on nothing else must still wake it, and one
+ * pulled earlier than the kernel timeout armed for a later deadline must
+ * fire at its new time: otherwise the loop sleeps out the later one (a
+ * minute here, past the test's timeout).
+ */
+struct puller {
+	struct keel_task task;
+};
+
+/* Not in the task: `near` outlives it. */
+static struct keel_timer g_pull_later, g_pull_near;
+
+static int puller_step(struct keel_task *t);
+static KEEL_TASK_TYPE(puller_task, struct puller, task, puller_step);
+
+static int puller_step(struct keel_task *t)
+{
+	struct keel_loop *loop = keel_task_loop(t);
+
+	KEEL_BEGIN(t);
+	/* This turn's wait arms the kernel's timeout for `far`. */
+	KEEL_AWAIT(t, keel_nop(t));
+	g_deadline[2] = kt_now_ns() + KT_MS(2);
+	cr_assert_eq(keel_timer_arm(loop, &g_pull_near, g_deadline[2]), 0);
+	cr_assert(keel_timer_cancel(loop, &g_pull_later));
+	KEEL_END(t);
+}
+
+Test(timer, wait_timer_wakes_for_a_lone_timer_and_one_pulled_earlier,
+     .timeout = 10)
+{
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct keel_timer lone;
+
+	g_deadline[3] = kt_now_ns() + KT_MS(1);
+	keel_timer_init(&lone, record_fire, (void *)3);
+	cr_assert_eq(keel_timer_arm(loop, &lone, g_deadline[3]), 0);
+	kt_loop_run(loop);
+	kt_spawn(loop, &puller_task, KEEL_PRIO_NORMAL);
+	keel_timer_init(&g_pull_later, record_fire, (void *)1);
+	keel_timer_init(&g_pull_near, record_fire, (void *)2);
+	cr_assert_eq(keel_timer_arm_after(loop, &g_pull_later, KT_MS(60000)),
+		     0);
+	kt_loop_run(loop);
+	kt_log_expect(&g_log, (const int[]){3, 2}, 2);
+	cr_assert_eq(g_early, 0, "a timer fired before its deadline");
+	keel_loop_destroy(loop);
+}
