@@ -58,13 +58,17 @@ has_flag() {
 start_http() {
 	name=$1
 	shift
+	# A server of the same name before left its (dead) port in the
+	# file until the background redirection truncates it: gone, the
+	# poll below waits.
+	rm -f "$dir/$name.out"
 	"$http_bin" "$@" >"$dir/$name.out" 2>"$dir/$name.err" &
 	pid=$!
 	port=
 	for _ in $(seq 100); do
 		port=$(sed -n \
 			's/^http: listening on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' \
-			"$dir/$name.out")
+			"$dir/$name.out" 2>/dev/null)
 		[ -n "$port" ] && break
 		kill -0 $pid 2>/dev/null || break
 		sleep 0.1

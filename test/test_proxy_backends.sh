@@ -37,6 +37,9 @@ fi
 # start_echo NAME [PORT]: an echo backend; sets its pid in ${NAME}_pid and
 # its port in ${NAME}_port.
 start_echo() {
+	# A restarted echo (e2) left its (dead) port in the file until the
+	# background redirection truncates it: gone, echo_port waits.
+	rm -f "$dir/$1.out"
 	"$ECHO" --threads 1 "${2:-0}" >"$dir/$1.out" 2>&1 &
 	eval "$1_pid=$!"
 	pids="$pids $!"
@@ -46,6 +49,7 @@ start_echo() {
 # start_proxy ARGS...: the proxy with its listener and metrics on free
 # ports; sets proxy_pid, port, mport (empty if it did not start).
 start_proxy() {
+	rm -f "$dir/proxy.out" # the last proxy's port: see start_echo
 	"$PROXY" -l 0 --metrics 0 "$@" >"$dir/proxy.out" 2>"$dir/proxy.err" &
 	proxy_pid=$!
 	pids="$pids $!"
@@ -53,9 +57,9 @@ start_proxy() {
 	mport=
 	for _ in $(seq 100); do
 		port=$(sed -n 's/^proxy: listening on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' \
-			"$dir/proxy.out")
+			"$dir/proxy.out" 2>/dev/null)
 		mport=$(sed -n 's|^proxy: metrics on http://127\.0\.0\.1:\([0-9]*\)/metrics$|\1|p' \
-			"$dir/proxy.out")
+			"$dir/proxy.out" 2>/dev/null)
 		[ -n "$port" ] && [ -n "$mport" ] && break
 		kill -0 "$proxy_pid" 2>/dev/null || break
 		sleep 0.1

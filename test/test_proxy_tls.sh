@@ -49,7 +49,7 @@ cert other other.example
 # (10 s at most).
 port_of() {
 	for _ in $(seq 100); do
-		p=$(sed -n 's/.*listening on [^ ]*:\([0-9]*\) .*/\1/p' "$1" |
+		p=$(sed -n 's/.*listening on [^ ]*:\([0-9]*\) .*/\1/p' "$1" 2>/dev/null |
 			head -n 1)
 		[ -n "$p" ] && break
 		sleep 0.1
@@ -60,6 +60,9 @@ port_of() {
 # start_proxy ARGS...: the proxy in the background (-l 127.0.0.1:0);
 # sets ppid and pport. Its stdout in $dir/out, stderr in $dir/err.
 start_proxy() {
+	# The last proxy left its (dead) port in $dir/out until the
+	# background redirection truncates it: gone, port_of waits.
+	rm -f "$dir/out"
 	"$PROXY" --threads 1 -l 127.0.0.1:0 "$@" >"$dir/out" 2>"$dir/err" &
 	ppid=$!
 	pids="$pids $ppid"

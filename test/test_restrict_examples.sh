@@ -73,12 +73,13 @@ echo "a small file" >"$dir/www/small.txt"
 
 # http_start CLASSES: examples/http on rings restricted to CLASSES.
 http_start() {
+	rm -f "$dir/http.out" # the last http's port: see echo.out above
 	KEEL_RESTRICT=$1 "$HTTP" --threads 2 --root "$dir/www" 0 \
 		>"$dir/http.out" 2>"$dir/http.err" &
 	pid=$!
 	port=
 	for _ in $(seq 100); do
-		port=$(sed -n 's/^http: listening on 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$dir/http.out")
+		port=$(sed -n 's/^http: listening on 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$dir/http.out" 2>/dev/null)
 		[ -n "$port" ] && break
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1

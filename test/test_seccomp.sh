@@ -210,13 +210,17 @@ start() {
 	name=$1
 	pattern=$2
 	shift 2
+	# The last mode's server of this name left its (dead) port in
+	# NAME.out; the redirection below truncates it only once the
+	# background shell runs: remove it first, so the poll waits.
+	rm -f "$dir/$name.out"
 	"$@" >"$dir/$name.out" 2>"$dir/$name.err" &
 	eval "${name}_pid=$!"
 	pids="$pids $!"
 	p=
 	for _ in $(seq 100); do
 		p=$(sed -n "s/^${pattern}\([0-9][0-9]*\)[ (].*/\1/p" \
-			"$dir/$name.out" | head -n 1)
+			"$dir/$name.out" 2>/dev/null | head -n 1)
 		[ -n "$p" ] && break
 		kill -0 "$(eval echo "\$${name}_pid")" 2>/dev/null || break
 		sleep 0.1
