@@ -36,6 +36,8 @@
 #ifndef KEEL_ALLOC_LIBC
 #include <jemalloc/jemalloc.h>
 #include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define CLASS_BYTES(cls) ((size_t)(cls) << KEEL__FRAME_CLASS_SHIFT)
 
@@ -289,6 +291,106 @@ static void arena_purge(struct keel__alloc *a)
 }
 #endif
 
+#define GRANULE	 CLASS_BYTES(1)
+#define GRANULES (KEEL__SLAB_BYTES / GRANULE)
+
+/* The byte just past `s`'s last live frame: its carved part less its
+ * longest free tail (`is_free`: a bit per granule, set where a free frame
+ * lies). */
+static size_t live_end(const struct slab *s, const uint64_t *is_free)
+{
+	size_t g = (sizeof(*s) + s->carved) / GRANULE;
+
+	while (g > sizeof(*s) / GRANULE &&
+	       (is_free[(g - 1) / 64] >> ((g - 1) % 64) & 1))
+		g--;
+	return g * GRANULE;
+}
+
+static int slab_cmp(const void *x, const void *y)
+{
+	uintptr_t a = (uintptr_t) * (struct slab *const *)x;
+	uintptr_t b = (uintptr_t) * (struct slab *const *)y;
+
+	return (a > b) - (a < b);
+}
+
+/*
+ * A peak leaves the slab that stays (the oldest frames, long-lived tasks,
+ * are at its start) carved to its end and resident, its frames free: the
+ * trim cannot give it back, and after a peak of 2,000 connections that
+ * hibernated it was 60 KiB of the 200 KiB they left. So when no slab is
+ * being carved (the trim gave it back) the one with the longest free tail
+ * is carved again from the end of its last live frame: the free frames past
+ * there leave their lists, its whole pages past there go back to the kernel
+ * (they read as zeros again, as a fresh slab's do: slab_carve() relies on
+ * it), and it becomes the slab being carved. Off the hot path, like the
+ * trim: one walk of the lists.
+ */
+static void slab_uncarve(struct keel__alloc *a)
+{
+	struct slab *best = NULL;
+	size_t best_end = 0, page = (size_t)sysconf(_SC_PAGESIZE);
+	uint64_t(*is_free)[GRANULES / 64];
+	size_t nslabs = 0, i;
+	struct slab **v;
+
+	if (a->bump || !a->slabs)
+		return;
+	for (struct slab *s = a->slabs; s; s = s->next)
+		nslabs++;
+	v = malloc(nslabs * sizeof(*v));
+	is_free = calloc(nslabs, sizeof(*is_free));
+	if (!v || !is_free)
+		goto out;
+	i = 0;
+	for (struct slab *s = a->slabs; s; s = s->next)
+		v[i++] = s;
+	qsort(v, nslabs, sizeof(*v), slab_cmp);
+	/* Mark every free frame in its slab's bitmap. */
+	for (size_t cls = 0; cls < KEEL__FRAME_CLASSES; cls++)
+		for (char *p = a->cached[cls]; p; p = *(char **)p) {
+			struct slab *s = slab_of(p), **at;
+			size_t g = (size_t)(p - (char *)s) / GRANULE;
+
+			at = bsearch(&s, v, nslabs, sizeof(*v), slab_cmp);
+			i = (size_t)(at - v);
+			for (size_t k = 0; k < cls; k++, g++)
+				is_free[i][g / 64] |= 1ull << (g % 64);
+		}
+	for (i = 0; i < nslabs; i++) {
+		size_t end = live_end(v[i], is_free[i]);
+
+		if (!best || end < best_end) {
+			best = v[i];
+			best_end = end;
+		}
+	}
+	/* Worth it when a page at least goes back. */
+	if ((best_end + page - 1) / page * page >= KEEL__SLAB_BYTES)
+		goto out;
+	for (size_t cls = 0; cls < KEEL__FRAME_CLASSES; cls++) {
+		void **link = &a->cached[cls];
+
+		while (*link)
+			if (slab_of(*link) == best &&
+			    (size_t)((char *)*link - (char *)best) >= best_end)
+				*link = *(void **)*link;
+			else
+				link = *link;
+	}
+	size_t keep = (best_end + page - 1) / page * page;
+
+	best->carved = (uint32_t)(best_end - sizeof(*best));
+	memset((char *)best + best_end, 0, keep - best_end);
+	madvise((char *)best + keep, KEEL__SLAB_BYTES - keep, MADV_DONTNEED);
+	a->bump = (char *)best + best_end;
+	a->bump_left = KEEL__SLAB_BYTES - best_end;
+out:
+	free(v);
+	free(is_free);
+}
+
 size_t keel__alloc_trim(struct keel__alloc *a)
 {
 #ifdef KEEL_ALLOC_LIBC
@@ -331,6 +433,7 @@ size_t keel__alloc_trim(struct keel__alloc *a)
 	}
 	if (n)
 		arena_purge(a);
+	slab_uncarve(a);
 	return n;
 #endif
 }

@@ -11,6 +11,8 @@
 #include <keel.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "helpers/keel_test.h"
 #include "io.h"
@@ -873,6 +875,67 @@ static bool all_a5(const unsigned char *p, size_t len)
 	return true;
 }
 #endif
+
+/*
+ * After a peak, the slab that stays (its first frame live) is carved to its
+ * end: the trim carves it again from the end of its live frame, its pages
+ * past there leave RSS (mincore), and new frames come from there, zeroed.
+ */
+Test(task, trim_uncarves_the_free_tail_of_the_slab_that_stays, .timeout = 10)
+{
+#ifdef KEEL_ALLOC_LIBC
+	cr_skip("sanitizer build: frames come from libc");
+#else
+	struct keel_loop *loop = kt_loop_new(NULL);
+	struct trimmed *first = NULL, *f;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	unsigned char in_core[KEEL__SLAB_BYTES / 4096];
+	unsigned char *slab;
+	uint64_t held;
+	int steps = 0, reused = 0;
+
+	for (int i = 0; i < 300; i++) {
+		f = spawn_trimmed(loop, i);
+		if (!first)
+			first = f;
+	}
+	slab =
+	    (unsigned char *)((uintptr_t)first & ~(uintptr_t)(TRIM_SLAB - 1));
+	first->hold = 1;
+	held = kt_stats(loop).frame_bytes;
+	while (kt_stats(loop).tasks_live > 1 && steps++ < 1000)
+		cr_assert_eq(keel_loop_step(loop, 0), 1);
+	cr_assert_eq(kt_stats(loop).frames_live, 1);
+	/* Was the oldest slab resident to its end? (It was carved whole.) */
+	cr_assert_eq(mincore(slab, TRIM_SLAB, in_core), 0);
+	cr_assert(in_core[TRIM_SLAB / page - 1] & 1,
+		  "a carved page not in RSS");
+	cr_assert_eq(trim(loop), held / TRIM_SLAB - 1);
+	cr_assert_eq(kt_stats(loop).frame_bytes, TRIM_SLAB);
+	cr_assert(all_a5(first->bytes, first->size), "the live frame changed");
+	/* Past the live frame's page, the slab is out of RSS. */
+	cr_assert_eq(mincore(slab, TRIM_SLAB, in_core), 0);
+	for (size_t p = page; p < TRIM_SLAB; p += page)
+		cr_assert_eq(in_core[p / page] & 1, 0, "page at %zu in RSS", p);
+	/* New frames: zeroed (spawn_trimmed), apart from the live one, the
+	 * first ones from the slab's uncarved rest. */
+	for (int i = 0; i < 300; i++) {
+		f = spawn_trimmed(loop, i);
+		cr_assert(apart(f, first), "frame %d overlaps the live one", i);
+		if ((unsigned char *)f > slab &&
+		    (unsigned char *)f < slab + TRIM_SLAB)
+			reused++;
+	}
+	cr_assert_gt(reused, 10, "%d new frames in the uncarved slab", reused);
+	first->hold = 0;
+	kt_loop_run(loop);
+	cr_assert_eq(kt_stats(loop).frames_live, 0);
+	held = kt_stats(loop).frame_bytes;
+	cr_assert_eq(trim(loop), held / TRIM_SLAB);
+	cr_assert_eq(kt_stats(loop).frame_bytes, 0);
+	keel_loop_destroy(loop);
+#endif
+}
 
 Test(task, trim_keeps_a_slab_with_a_live_frame, .timeout = 10)
 {
