@@ -308,6 +308,11 @@ struct keel__timers {
 	uint64_t base;	/* the wheel's cursor, in ticks: see timer.c */
 	uint64_t seq;	/* arming counter: ties fire in arming order */
 	uint64_t fired; /* timers fired so far */
+	/* No timer the wheel has taken in is due before it: the next
+	 * deadline's computation sets it, taking timers in resets it to 0.
+	 * A turn before it, with no fresh timer, has none to fire and skips
+	 * keel__timers_expire(). */
+	uint64_t due_floor;
 };
 
 /* Task table slot: lets a dump walk every live task and gives handles. */
@@ -632,7 +637,7 @@ void keel__sleeps_fini(struct keel__core *c);
  * due by the wheel's cursor, so it is the nearest. Otherwise (or with
  * timers armed since the wheel last took them in) the wheel takes them in
  * and moves its cursor on to its nearest slot first (which changes nothing
- * anyone can see: hence the cast).
+ * anyone can see: hence the cast). It sets h->due_floor to the answer.
  */
 static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 {
@@ -641,15 +646,15 @@ static inline uint64_t keel__timers_next(const struct keel_loop *loop)
 	uint64_t next = UINT64_MAX;
 
 	if (!h->n)
-		return UINT64_MAX;
+		return h->due_floor = UINT64_MAX;
 	if (h->heap.n)
 		next = h->heap.v[0].deadline;
 	if (h->run.head < h->run.n && h->run.v[h->run.head].deadline < next)
 		next = h->run.v[h->run.head].deadline;
-	if (!h->nfresh && next != UINT64_MAX &&
-	    next >> KEEL__TICK_SHIFT <= h->base)
-		return next;
-	return keel__timers_next_slow(c);
+	if (!(!h->nfresh && next != UINT64_MAX &&
+	      next >> KEEL__TICK_SHIFT <= h->base))
+		next = keel__timers_next_slow(c);
+	return h->due_floor = next;
 }
 
 /* Tokens (core/cancel.c). */

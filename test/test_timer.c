@@ -917,3 +917,55 @@ Test(timer, wait_timer_wakes_for_a_lone_timer_and_one_pulled_earlier,
 	cr_assert_eq(g_early, 0, "a timer fired before its deadline");
 	keel_loop_destroy(loop);
 }
+
+/* Keeps the loop busy (runnable: no turn computes the next deadline) until
+ * g_spin is cleared, a step per turn. */
+static int g_spin;
+
+struct spinner {
+	struct keel_task task;
+};
+
+static int spinner_step(struct keel_task *t)
+{
+	KEEL_BEGIN(t);
+	while (g_spin)
+		KEEL_YIELD(t);
+	KEEL_END(t);
+}
+static KEEL_TASK_TYPE(spinner_task, struct spinner, task, spinner_step);
+
+/*
+ * A turn skips the timers when the clock is before the nearest deadline it
+ * last computed (and no timer was armed since): a timer armed nearer, while
+ * the loop is busy (so no turn computes the deadline again), must still
+ * fire at its own deadline, not the far one's.
+ */
+Test(timer, a_nearer_timer_armed_while_the_loop_is_busy_fires_on_time,
+     .timeout = 10)
+{
+	uint64_t t0 = 1ull << 40;
+	struct keel_loop *loop = virtual_loop(t0);
+	struct keel_timer far, near;
+
+	keel_timer_init(&far, log_id, (void *)1);
+	keel_timer_init(&near, log_id, (void *)2);
+	cr_assert_eq(keel_timer_arm(loop, &far, t0 + KT_MS(10000)), 0);
+	/* The nearest deadline, computed: the far one. */
+	cr_assert_eq(keel_loop_timeout_ns(loop), (int64_t)KT_MS(10000));
+	g_spin = 1;
+	kt_spawn(loop, &spinner_task, KEEL_PRIO_NORMAL);
+	step_at(loop, t0 + KT_MS(1));
+	cr_assert_eq(keel_timer_arm(loop, &near, t0 + KT_MS(3)), 0);
+	for (uint64_t ms = 2; ms <= 5; ms++)
+		step_at(loop, t0 + KT_MS(ms));
+	kt_log_expect(&g_log, (const int[]){2}, 1);
+	for (uint64_t ms = 6; ms <= 10; ms++)
+		step_at(loop, t0 + KT_MS(ms));
+	kt_log_expect(&g_log, (const int[]){2}, 1);
+	g_spin = 0;
+	keel_timer_cancel(loop, &far);
+	kt_loop_run(loop);
+	cr_assert_eq(g_early, 0, "a timer fired before its deadline");
+	virtual_done(loop);
+}
