@@ -227,7 +227,6 @@ int keel_hibernate_cancel(struct keel_loop *loop, uint64_t id)
 {
 	struct keel__io *io = keel__io_of(loop);
 	struct keel__hib *h = hib_find(io, id);
-	struct io_uring_sqe *sqe;
 
 	if (!h)
 		return -ENOENT;
@@ -238,14 +237,12 @@ int keel_hibernate_cancel(struct keel_loop *loop, uint64_t id)
 		 * record gone); a NOP with its user data brings the wake. No
 		 * EPOLL_CTL_DEL: a socket closed while hibernated left the
 		 * set, and its number may name another socket in it now. */
-		sqe = keel__io_sqe(io);
-		if (!sqe)
-			return -EAGAIN;
-		io_uring_prep_nop(sqe);
-		io_uring_sqe_set_data64(sqe, hib_ud(id));
+		if (!keel__io_nop_ud(io, hib_ud(id)))
+			return -ENOMEM;
 	} else if (!keel__io_cancel_ud(io, hib_ud(id))) {
-		/* With no SQE free the cancel waits in the ledger for the
-		 * next enter; only memory for that wait can fail. */
+		/* With no SQE free the cancel (or the NOP above) waits in
+		 * the ledger for the next enter; only memory for that wait
+		 * can fail. */
 		return -ENOMEM;
 	}
 	h->flags |= KEEL__HIB_CANCEL;

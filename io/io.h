@@ -179,10 +179,17 @@ struct keel__ledger {
 	uint32_t inuse;
 	/* The first generation of a chunk's ops (see keel__ledger_trim). */
 	uint32_t gen_floor;
-	/* Cancels that found no SQE, by the user_data they cancel: each goes
-	 * out before the next enter (keel__io_cancels_retry). */
-	uint64_t *later;
+	/* Requests that found no SQE: each goes out before the next enter
+	 * (keel__io_cancels_retry). */
+	struct keel__later *later;
 	uint32_t nlater, later_cap;
+};
+
+/* A request waiting for an SQE: a cancel of the request with user_data
+ * `ud`, or (`nop`) a NOP whose CQE carries `ud`. */
+struct keel__later {
+	uint64_t ud;
+	bool nop;
 };
 
 struct keel__io_counters {
@@ -807,9 +814,13 @@ void keel__stream_cancel_all_parked(struct keel__io *io);
  * enter; false: neither (no memory to remember it). */
 bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud);
 
+/* Queue a NOP whose CQE carries `ud` (a wake for an internal user_data),
+ * now or, with no SQE free, before the next enter; false: neither. */
+bool keel__io_nop_ud(struct keel__io *io, uint64_t ud);
+
 /* Before an enter (keel__io_enter_slow() while any wait): queue the
- * cancels that found no SQE into the room the SQ has; returns `wait_ns`,
- * shortened while some still wait. */
+ * cancels and NOPs that found no SQE into the room the SQ has; returns
+ * `wait_ns`, shortened while some still wait. */
 int64_t keel__io_cancels_retry(struct keel__io *io, int64_t wait_ns);
 
 /* The request with user_data `ud` ended or is armed anew under it: a

@@ -697,27 +697,57 @@ static void cancel_prep(struct keel__io *io, struct io_uring_sqe *sqe,
  * (on its slow path while any wait) queues it first, into the room the
  * previous enter made.
  */
-bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud)
+static bool later_push(struct keel__io *io, uint64_t ud, bool nop)
 {
 	struct keel__ledger *l = &io->ledger;
-	struct io_uring_sqe *sqe = keel__io_sqe(io);
 
-	if (sqe) {
-		cancel_prep(io, sqe, ud);
-		return true;
-	}
 	if (l->nlater == l->later_cap) {
 		uint32_t cap = l->later_cap ? 2 * l->later_cap : 8;
-		uint64_t *v = realloc(l->later, cap * sizeof(*v));
+		struct keel__later *v = realloc(l->later, cap * sizeof(*v));
 
 		if (!v)
 			return false;
 		l->later = v;
 		l->later_cap = cap;
 	}
-	l->later[l->nlater++] = ud;
+	l->later[l->nlater++] = (struct keel__later){ud, nop};
 	keel__io_enter_update(io);
 	return true;
+}
+
+static void later_prep(struct keel__io *io, struct io_uring_sqe *sqe,
+		       const struct keel__later *w)
+{
+	if (w->nop) {
+		io_uring_prep_nop(sqe);
+		io_uring_sqe_set_data64(sqe, w->ud);
+	} else {
+		cancel_prep(io, sqe, w->ud);
+	}
+}
+
+bool keel__io_cancel_ud(struct keel__io *io, uint64_t ud)
+{
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	if (sqe) {
+		cancel_prep(io, sqe, ud);
+		return true;
+	}
+	return later_push(io, ud, false);
+}
+
+/* Likewise a NOP that brings a wake (a hibernated socket's cancel): the
+ * wake must come, so it waits for an SQE as a cancel does. */
+bool keel__io_nop_ud(struct keel__io *io, uint64_t ud)
+{
+	struct io_uring_sqe *sqe = keel__io_sqe(io);
+
+	if (sqe) {
+		later_prep(io, sqe, &(struct keel__later){ud, true});
+		return true;
+	}
+	return later_push(io, ud, true);
 }
 
 int64_t keel__io_cancels_retry(struct keel__io *io, int64_t wait_ns)
@@ -731,7 +761,7 @@ int64_t keel__io_cancels_retry(struct keel__io *io, int64_t wait_ns)
 		struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
 
 		if (sqe)
-			cancel_prep(io, sqe, l->later[i]);
+			later_prep(io, sqe, &l->later[i]);
 		else
 			l->later[kept++] = l->later[i];
 	}
@@ -750,7 +780,7 @@ void keel__io_cancel_forget(struct keel__io *io, uint64_t ud)
 	uint32_t kept = 0;
 
 	for (uint32_t i = 0; i < l->nlater; i++)
-		if (l->later[i] != ud)
+		if (l->later[i].ud != ud || l->later[i].nop)
 			l->later[kept++] = l->later[i];
 	l->nlater = kept;
 	keel__io_enter_update(io);

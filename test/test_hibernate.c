@@ -433,6 +433,62 @@ Test(hibernate, cancel_wakes_one_with_ecanceled, .timeout = 60)
 	}
 }
 
+/*
+ * Cancels while the SQ is full and the kernel takes none of it
+ * (io_uring_enter's -EAGAIN, no memory for requests: this binary's
+ * io_uring_submit() stands in front of liburing's and refuses while
+ * g_refuse_submits is set). A socket in the loop's epoll set is woken by a
+ * NOP: with no SQE free it waits for one, as a cancel does, and
+ * keel_hibernate_cancel() still returns 0 (it returned -EAGAIN). N cancels
+ * on a 4-entry SQ: the fifth finds it full.
+ */
+static bool g_refuse_submits;
+static unsigned g_refused;
+
+int io_uring_submit(struct io_uring *ring)
+{
+	if (g_refuse_submits) {
+		g_refused++;
+		return -EAGAIN;
+	}
+	return io_uring_submit_and_wait(ring, 0);
+}
+
+Test(hibernate, cancel_with_the_sq_full_still_wakes_with_ecanceled,
+     .timeout = 60)
+{
+	struct keel_loop_opts o = {.backend = KEEL_BACKEND_IO_URING,
+				   .idle_ms = IDLE_MS,
+				   .sq_entries = 4};
+	struct keel_loop *loop = kt_loop_new(&o);
+	int fds[N][2];
+	uint64_t id[N];
+
+	reset();
+	hibernate_n(loop, fds, id);
+	/* The set's poll reaches the kernel: the SQ is empty. */
+	cr_assert_geq(keel_loop_step(loop, 0), 0);
+	g_refused = 0;
+	g_refuse_submits = true;
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(keel_hibernate_cancel(loop, id[i]), 0,
+			     "cancel %d with the SQ full", i);
+	g_refuse_submits = false;
+	cr_assert_gt(g_refused, 0, "no submit was refused");
+	cr_assert_gt(keel__io_of(loop)->ledger.nlater, 0,
+		     "no wake waited for an SQE");
+	cr_assert_eq(keel_loop_timeout_ns(loop), 0, "a host must step at once");
+	STEP_UNTIL(loop, g.wakes == N);
+	cr_assert_eq(g.wakes, N);
+	cr_assert_eq(g.wake_res, -ECANCELED);
+	cr_assert_eq(hibernated(loop), 0);
+	for (int i = 0; i < N; i++) {
+		cr_assert(g.closed[fds[i][0]]);
+		close(fds[i][1]);
+	}
+	keel_loop_destroy(loop);
+}
+
 Test(hibernate, loop_destroy_wakes_every_one_with_ecanceled, .timeout = 60)
 {
 	for (size_t b = 0; b < NBACKENDS; b++) {
