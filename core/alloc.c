@@ -289,7 +289,6 @@ static void arena_purge(struct keel__alloc *a)
 	snprintf(name, sizeof(name), "arena.%u.purge", a->arena);
 	mallctl(name, NULL, NULL, NULL, 0);
 }
-#endif
 
 #define GRANULE	 CLASS_BYTES(1)
 #define GRANULES (KEEL__SLAB_BYTES / GRANULE)
@@ -390,6 +389,7 @@ out:
 	free(v);
 	free(is_free);
 }
+#endif
 
 size_t keel__alloc_trim(struct keel__alloc *a)
 {
