@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "helpers/keel_test.h"
+#include "helpers/refuse_submits.h"
 #include "io.h"
 
 #define IDLE_MS 20
@@ -435,25 +436,11 @@ Test(hibernate, cancel_wakes_one_with_ecanceled, .timeout = 60)
 
 /*
  * Cancels while the SQ is full and the kernel takes none of it
- * (io_uring_enter's -EAGAIN, no memory for requests: this binary's
- * io_uring_submit() stands in front of liburing's and refuses while
- * g_refuse_submits is set). A socket in the loop's epoll set is woken by a
+ * (helpers/refuse_submits.h). A socket in the loop's epoll set is woken by a
  * NOP: with no SQE free it waits for one, as a cancel does, and
  * keel_hibernate_cancel() still returns 0 (it returned -EAGAIN). N cancels
  * on a 4-entry SQ: the fifth finds it full.
  */
-static bool g_refuse_submits;
-static unsigned g_refused;
-
-int io_uring_submit(struct io_uring *ring)
-{
-	if (g_refuse_submits) {
-		g_refused++;
-		return -EAGAIN;
-	}
-	return io_uring_submit_and_wait(ring, 0);
-}
-
 Test(hibernate, cancel_with_the_sq_full_still_wakes_with_ecanceled,
      .timeout = 60)
 {

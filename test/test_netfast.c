@@ -71,6 +71,7 @@
 #include <unistd.h>
 
 #include "helpers/keel_test.h"
+#include "helpers/refuse_submits.h"
 #include "io.h"
 
 #define KIB ((size_t)1024)
@@ -2083,27 +2084,13 @@ Test(netfast, parked_stream_woken_without_memory_for_an_op_ends_enomem,
 
 /*
  * Streams closed while the SQ is full and the kernel takes none of it
- * (io_uring_enter's -EAGAIN, no memory for requests: this binary's
- * io_uring_submit() stands in front of liburing's and refuses while
- * g_refuse_submits is set): a cancel finds no SQE. It must still go out
+ * (helpers/refuse_submits.h): a cancel finds no SQE. It must still go out
  * later, or the stream's request stays in the kernel and its task never
  * finishes exiting. Five streams on a 4-entry SQ, closed in one step: the
  * fifth cancel is refused. The fifth is an armed recv, a recv parked on
  * its idle poll (the poll's cancel), an accept stream, or (no stream) a
  * plain keel_recv of another task, cancelled.
  */
-static bool g_refuse_submits;
-static unsigned g_refused;
-
-int io_uring_submit(struct io_uring *ring)
-{
-	if (g_refuse_submits) {
-		g_refused++;
-		return -EAGAIN;
-	}
-	return io_uring_submit_and_wait(ring, 0);
-}
-
 enum { FULL_ARMED, FULL_PARKED, FULL_ACCEPT, FULL_OP };
 enum { FULL_N = 5, FULL_SQ = 4 };
 
