@@ -218,10 +218,9 @@ static void conn_wake(struct keel_loop *loop, int fd, int res, void *arg)
 		my_shard->wakes++;
 		return;
 	}
-	/* A direct socket goes with the ring's file table (at the shutdown;
-	 * out of memory for a task, its slot stays taken until then). */
-	if (!keel_fd_is_fixed(fd))
-		close(fd);
+	/* No task to await keel_close(): either kind of socket is closed
+	 * on the loop's ring (or with the ring, when the loop goes). */
+	keel_close_detached(loop, fd);
 	conn_leave();
 }
 

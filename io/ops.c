@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /*
  * Begin an op or return its error; binds `sqe` and `op` in the caller.
@@ -57,6 +58,63 @@ int keel_read(struct keel_task *t, int fd, void *buf, unsigned len,
 	io_uring_prep_read(sqe, fd, buf, len, off);
 	op->fd = fd;
 	return keel__op_commit(t, op, sqe);
+}
+
+/*
+ * keel_close() without a task (a hibernation's callback, a teardown): the
+ * same two linked requests, helper requests whose CQEs are only counted.
+ * Where they cannot go out, a plain descriptor is closed at once (an op
+ * still in flight on it then keeps the socket until it ends); a direct
+ * one cannot be, so its slot stays taken.
+ */
+int keel_close_detached(struct keel_loop *loop, int fd)
+{
+	struct keel__io *io = keel__io_of(loop);
+	bool fixed = keel_fd_is_fixed(fd);
+	struct io_uring_sqe *cancel = NULL, *sqe = NULL;
+	int err = -EAGAIN;
+
+	if (fd < 0)
+		return -EBADF;
+	/* The loop is going: its ops are cancelled, and its ring's file
+	 * table, which holds the direct descriptors, goes with it. */
+	if (io->closing) {
+		err = 0;
+		goto now;
+	}
+	if (io->restricted && (!keel__op_allowed(io, IORING_OP_ASYNC_CANCEL) ||
+			       !keel__op_allowed(io, IORING_OP_CLOSE))) {
+		err = keel__restrict_refuse(io);
+		goto now;
+	}
+	keel__io_reserve(io, 2);
+	cancel = keel__io_sqe(io);
+	if (cancel)
+		sqe = keel__io_sqe(io);
+	if (!sqe) {
+		if (cancel) { /* a lone helper request that does nothing */
+			io_uring_prep_nop(cancel);
+			io_uring_sqe_set_data64(cancel, KEEL__UD_INTERNAL);
+		}
+		goto now;
+	}
+	io_uring_prep_cancel_fd(cancel, fd & ~KEEL_FIXED_FD_BIT,
+				IORING_ASYNC_CANCEL_ALL |
+				    (fixed ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
+	io_uring_sqe_set_data64(cancel, KEEL__UD_INTERNAL);
+	cancel->flags |= IOSQE_IO_HARDLINK;
+	if (fixed)
+		io_uring_prep_close_direct(sqe,
+					   (unsigned)fd & ~KEEL_FIXED_FD_BIT);
+	else
+		io_uring_prep_close(sqe, fd);
+	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
+	return 0;
+now:
+	if (fixed)
+		return err;
+	close(fd);
+	return 0;
 }
 
 int keel_write(struct keel_task *t, int fd, const void *buf, unsigned len,

@@ -249,20 +249,13 @@ static int stream_arm(struct keel__io *io, struct keel__stream *s)
 	return 0;
 }
 
-/* Close a socket nobody took: a direct one through the ring (the CQE is
- * only counted). */
+/* Close a socket nobody took: no op uses it, so a plain one at once. */
 static void close_socket(struct keel__io *io, int fd)
 {
-	if (!keel_fd_is_fixed(fd)) {
+	if (keel_fd_is_fixed(fd))
+		keel_close_detached((struct keel_loop *)io, fd);
+	else
 		close(fd);
-		return;
-	}
-	struct io_uring_sqe *sqe = keel__io_sqe(io);
-
-	if (!sqe)
-		return; /* the slot stays taken until the loop goes */
-	io_uring_prep_close_direct(sqe, (unsigned)fd & ~KEEL_FIXED_FD_BIT);
-	io_uring_sqe_set_data64(sqe, KEEL__UD_INTERNAL);
 }
 
 /*

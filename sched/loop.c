@@ -821,7 +821,10 @@ static void drain_ops(struct keel_loop *loop)
 {
 	struct keel__io *io = &loop->io;
 
-	io->closing = true; /* streams close instead of ending */
+	/* Helper requests queued with nothing in flight (a detached close:
+	 * the loop would not enter for them) go out first. */
+	if (io_uring_sq_ready(&io->ring))
+		keel__io_submit(io);
 	keel__io_cancel_all(io);
 	for (int i = 0; i < 100 && io->ledger.inuse; i++) {
 		keel__io_enter(io, 1, 10 * 1000 * 1000);
@@ -842,6 +845,9 @@ void keel_loop_destroy(struct keel_loop *loop)
 	/* Items posted by other threads hold references (a mailbox waiting
 	 * to be served, a spawn request): run them, so nothing is left. */
 	keel__remote_drain(loop);
+	/* From here, streams close instead of ending, and what the cancels
+	 * wake closes at once (keel_close_detached()). */
+	loop->io.closing = true;
 	keel__blocking_drain(loop);
 	drain_ops(loop);
 	keel__trace_detach(c);

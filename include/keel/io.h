@@ -160,6 +160,19 @@ int keel_openat(struct keel_task *t, int dfd, const char *path, int flags,
 int keel_close(struct keel_task *t, int fd);
 
 /*
+ * keel_close() for code that runs without a task of the loop, such as a
+ * keel_hibernate() callback: the same cancel and close are queued on
+ * `loop`'s ring (from its thread), and nothing waits for them. Returns 0,
+ * -EBADF (fd < 0), or for a direct descriptor, which only the ring can
+ * release, -EAGAIN (the SQ stayed full) or -EACCES (a restricted ring
+ * refuses ASYNC_CANCEL or CLOSE): its slot then stays taken. A plain
+ * descriptor is closed at once with close(2) in those cases.
+ * Ownership: `fd` is the loop's from the call on, whatever the result
+ * but -EBADF.
+ */
+int keel_close_detached(struct keel_loop *loop, int fd);
+
+/*
  * Registered (direct) descriptors: a socket accepted with
  * KEEL_ACCEPT_DIRECT lives in the ring's file table, not the process's,
  * and keel hands it out as KEEL_FIXED_FD(index). Every keel op takes it
