@@ -175,6 +175,16 @@ static int feeder_step(struct keel_task *t)
 	}
 	/* The end of file wakes a parked stream too. */
 	KEEL_AWAIT(t, keel_shutdown(t, w->cfd[f->i], SHUT_WR));
+	if (keel_res(t) < 0) {
+		/* A faulted shutdown sent no end of file, and the stream
+		 * would wait for it for ever: closing the socket sends it
+		 * (an injected fault never fails a close). */
+		if (!scn_faulted(w->s, keel_res(t)))
+			scn_fail(w->s, "feeder: shutdown: %s",
+				 keel_strerror(keel_res(t)));
+		KEEL_AWAIT(t, keel_close(t, w->cfd[f->i]));
+		w->cfd[f->i] = -1;
+	}
 	w->feeders_left--;
 	KEEL_END(t);
 }
